@@ -1,0 +1,69 @@
+"""Canonical msgpack: the one encoding that digests and signatures are computed over.
+
+Canonical means map keys sorted (by their encoded bytes), text as msgpack str, binary as
+msgpack bin, integers only. Floats are refused anywhere in signed data, so two
+implementations can never disagree about a rounding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import msgpack
+
+
+class CodecError(ValueError):
+    """A value that cannot be encoded canonically, or bytes that are not valid msgpack."""
+
+
+def _canonicalize(value: Any, path: str) -> Any:
+    if isinstance(value, dict):
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise CodecError(f"{path}: map key {key!r} is not text")
+            items.append((key.encode(), key, _canonicalize(item, f"{path}.{key}")))
+        items.sort(key=lambda entry: entry[0])
+        return {key: item for _, key, item in items}
+    if isinstance(value, (list, tuple)):
+        return [_canonicalize(item, f"{path}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, bool) or value is None or isinstance(value, (str, bytes)):
+        return value
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise CodecError(f"{path}: integer {value} does not fit in 64 bits")
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise CodecError(f"{path}: {type(value).__name__} is not allowed in canonical data")
+
+
+def canonical(value: Any) -> bytes:
+    """Encode ``value`` as canonical msgpack (sorted keys, no floats)."""
+    return msgpack.packb(_canonicalize(value, "$"), use_bin_type=True)
+
+
+def digest(value: Any) -> bytes:
+    """SHA-256 of the canonical encoding: the identity of a signed object."""
+    return hashlib.sha256(canonical(value)).digest()
+
+
+def pack(value: Any) -> bytes:
+    """Encode a message body (not necessarily canonical: key order as given)."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode message: {exc}") from exc
+
+
+def unpack(data: bytes, *, max_size: int | None = None) -> Any:
+    """Decode one msgpack value, refusing trailing bytes, raw strings and oversize data."""
+    if max_size is not None and len(data) > max_size:
+        raise CodecError(f"message of {len(data)} bytes exceeds the limit of {max_size}")
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise CodecError(f"malformed msgpack: {exc}") from exc
+    except (ValueError, TypeError) as exc:  # truncated data, bad UTF-8, non-text keys
+        raise CodecError(f"malformed msgpack: {exc}") from exc
