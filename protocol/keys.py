@@ -44,7 +44,9 @@ def unb64u(text: str) -> bytes:
 def agent_id_to_public(agent_id: str) -> bytes:
     """The 32-byte Ed25519 public key behind an agent id (validated)."""
     if not isinstance(agent_id, str) or len(agent_id) != AGENT_ID_LENGTH:
-        raise IdentityError(f"agent id must be {AGENT_ID_LENGTH} base64url characters: {agent_id!r}")
+        raise IdentityError(
+            f"agent id must be {AGENT_ID_LENGTH} base64url characters: {agent_id!r}"
+        )
     raw = unb64u(agent_id)
     if len(raw) != 32 or b64u(raw) != agent_id:
         raise IdentityError(f"agent id is not a canonical 32-byte base64url key: {agent_id!r}")
@@ -103,7 +105,7 @@ def verify_by_agent(agent_id: str, signature: bytes, message: bytes) -> bool:
 class SigningKey:
     """An Ed25519 private key (agent or user) with the derived forms we need."""
 
-    __slots__ = ("_key", "seed", "public", "agent_id")
+    __slots__ = ("_key", "agent_id", "public", "seed")
 
     def __init__(self, seed: bytes) -> None:
         if len(seed) != 32:
@@ -169,7 +171,9 @@ class ChipAddress:
     def __post_init__(self) -> None:
         agent_id_to_public(self.agent)
         if self.cuid is not None and not _CUID.match(self.cuid):
-            raise IdentityError(f"bad user id (cuid) {self.cuid!r}: use letters, digits, '_', '-', '.'")
+            raise IdentityError(
+                f"bad user id (cuid) {self.cuid!r}: use letters, digits, '_', '-', '.'"
+            )
 
     def __str__(self) -> str:
         text = f"{self.cuid}:{self.agent}" if self.cuid else self.agent

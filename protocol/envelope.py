@@ -1,0 +1,171 @@
+"""The message envelope and the ack frame (DESIGN.md §3), with validation naming the bad field.
+
+Every frame body is either an envelope ``{v, id, target, action, object, try, last, to, from,
+re?}`` or an ack ``{v, ack, error?}``. :func:`parse_frame` tells them apart and checks every
+field, so the runtime never touches a half-valid message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.codec import CodecError, pack, unpack
+from protocol.keys import ChipAddress, IdentityError
+
+VERSION = 1
+ID_SIZE = 16
+TARGETS = frozenset({"tally", "chit", "route", "lift", "relay", "ch", "node"})
+_ENVELOPE_KEYS = frozenset({"v", "id", "target", "action", "object", "try", "last", "to", "from"})
+_OPTIONAL_KEYS = frozenset({"re"})
+MAX_ACTION = 64
+
+
+class EnvelopeError(ValueError):
+    """A frame body that is not a valid envelope or ack.
+
+    ``message_id`` is set when the id could be read, so the receiver can reject that message
+    with an error ack rather than only dropping it.
+    """
+
+    def __init__(self, message: str, message_id: bytes | None = None) -> None:
+        super().__init__(message)
+        self.message_id = message_id
+
+
+@dataclass(slots=True)
+class Envelope:
+    id: bytes
+    target: str
+    action: str
+    object: dict
+    to: ChipAddress
+    from_: ChipAddress
+    try_: int = 1
+    last: int = 0
+    re: bytes | None = None
+
+    def to_map(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "v": VERSION,
+            "id": self.id,
+            "target": self.target,
+            "action": self.action,
+            "object": self.object,
+            "try": self.try_,
+            "last": self.last,
+            "to": self.to.to_map(),
+            "from": self.from_.to_map(),
+        }
+        if self.re is not None:
+            out["re"] = self.re
+        return out
+
+    def encode(self) -> bytes:
+        return pack(self.to_map())
+
+
+@dataclass(slots=True)
+class Ack:
+    ack: bytes
+    error: dict | None = field(default=None)
+
+    def encode(self) -> bytes:
+        out: dict[str, Any] = {"v": VERSION, "ack": self.ack}
+        if self.error is not None:
+            out["error"] = self.error
+        return pack(out)
+
+
+def ack_frame(message_id: bytes, code: str | None = None, message: str = "") -> bytes:
+    """Encoded ack body; with ``code`` it rejects the message for good."""
+    error = {"code": code, "message": message} if code is not None else None
+    return Ack(message_id, error).encode()
+
+
+def parse_frame(body: bytes) -> Envelope | Ack:
+    """Decode and validate one frame body. Raises ``CodecError`` or ``EnvelopeError``."""
+    value = unpack(body)
+    if not isinstance(value, dict):
+        raise EnvelopeError(f"frame body is a {type(value).__name__}, expected a map")
+    if value.get("v") != VERSION:
+        raise EnvelopeError(f"field 'v' must be {VERSION}, got {value.get('v')!r}")
+    if "ack" in value:
+        return _parse_ack(value)
+    return _parse_envelope(value)
+
+
+def _parse_ack(value: dict) -> Ack:
+    if set(value) - {"v", "ack", "error"}:
+        raise EnvelopeError(f"unknown ack fields {sorted(set(value) - {'v', 'ack', 'error'})}")
+    ack = value["ack"]
+    if not isinstance(ack, bytes) or len(ack) != ID_SIZE:
+        raise EnvelopeError("field 'ack' must be 16 bytes")
+    error = value.get("error")
+    if error is not None and not (
+        isinstance(error, dict)
+        and isinstance(error.get("code"), str)
+        and isinstance(error.get("message"), str)
+    ):
+        raise EnvelopeError("field 'error' must be a map with text 'code' and 'message'")
+    return Ack(ack, error)
+
+
+def _parse_envelope(value: dict) -> Envelope:
+    message_id = value.get("id")
+    if not isinstance(message_id, bytes) or len(message_id) != ID_SIZE:
+        raise EnvelopeError("field 'id' must be 16 bytes")
+
+    def bad(text: str) -> EnvelopeError:
+        return EnvelopeError(text, message_id)
+
+    missing = _ENVELOPE_KEYS - set(value)
+    if missing:
+        raise bad(f"missing field(s) {sorted(missing)}")
+    unknown = set(value) - _ENVELOPE_KEYS - _OPTIONAL_KEYS
+    if unknown:
+        raise bad(f"unknown field(s) {sorted(unknown)}")
+    target = value["target"]
+    if target not in TARGETS:
+        raise bad(f"field 'target' must be one of {sorted(TARGETS)}, got {target!r}")
+    action = value["action"]
+    if not isinstance(action, str) or not 0 < len(action) <= MAX_ACTION:
+        raise bad("field 'action' must be non-empty text")
+    if not isinstance(value["object"], dict):
+        raise bad("field 'object' must be a map")
+    attempt = value["try"]
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise bad("field 'try' must be an integer >= 1")
+    last = value["last"]
+    if not isinstance(last, int) or isinstance(last, bool) or last < 0:
+        raise bad("field 'last' must be a non-negative integer (ms since the epoch)")
+    addresses = {}
+    for name in ("to", "from"):
+        try:
+            addresses[name] = ChipAddress.from_map(value[name])
+        except IdentityError as exc:
+            raise bad(f"field '{name}': {exc}") from exc
+    re_id = value.get("re")
+    if re_id is not None and (not isinstance(re_id, bytes) or len(re_id) != ID_SIZE):
+        raise bad("field 're' must be 16 bytes")
+    return Envelope(
+        id=message_id,
+        target=target,
+        action=action,
+        object=value["object"],
+        to=addresses["to"],
+        from_=addresses["from"],
+        try_=attempt,
+        last=last,
+        re=re_id,
+    )
+
+
+__all__ = [
+    "Ack",
+    "CodecError",
+    "Envelope",
+    "EnvelopeError",
+    "ack_frame",
+    "parse_frame",
+]

@@ -1,0 +1,8 @@
+"""SQLite persistence: schema and migrations, the single-writer database, repositories.
+
+No sockets and no protocol decisions live here.
+"""
+
+from store.db import Database, DatabaseError
+
+__all__ = ["Database", "DatabaseError"]

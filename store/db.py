@@ -1,0 +1,230 @@
+"""One SQLite database per node: a dedicated writer thread with group commit, and a reader.
+
+Every state change is a *job*: a plain function ``job(conn) -> result`` that runs on the
+writer thread inside a transaction. The writer takes every job waiting in its queue, runs each
+in its own savepoint (a failing job is rolled back alone and its caller gets the exception),
+commits them all with one COMMIT — one fsync for many jobs — and only then wakes the callers.
+So a caller that got a result knows its effects are durable, and a job sees the state left by
+every job before it: read-check-write inside a job is atomic.
+
+Reads that need no transaction use a second connection on the event-loop thread: indexed
+lookups take microseconds, less than the ~250 µs a thread hop costs here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from store.schema import SchemaError, migrate
+
+T = TypeVar("T")
+MAX_BATCH = 2000
+_log = logging.getLogger("agentd.store")
+
+
+class DatabaseError(Exception):
+    """The database cannot be opened, or the writer has stopped."""
+
+
+class _Job:
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], done: trio.Event | None) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = done
+
+
+class PendingWrite(Generic[T]):
+    """A queued job; ``await outcome()`` returns its result once committed."""
+
+    __slots__ = ("_job",)
+
+    def __init__(self, job: _Job) -> None:
+        self._job = job
+
+    @property
+    def done(self) -> bool:
+        return self._job.done is not None and self._job.done.is_set()
+
+    async def outcome(self) -> T:
+        """The job's result, or its exception. The wait is shielded: a job handed to the
+        writer always finishes, and its caller always learns how, so nothing is committed
+        behind a cancelled caller's back."""
+        job = self._job
+        assert job.done is not None
+        if not job.done.is_set():
+            with trio.CancelScope(shield=True):
+                await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+
+_STOP = object()
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA busy_timeout = 30000")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+    else:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+class Database:
+    """The node's database. Use ``async with Database.open(path) as db``."""
+
+    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection):
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._run, name=f"sqlite-writer:{path.name}")
+        self._stopped = False
+        self.commits = 0
+        self.jobs = 0
+
+    @classmethod
+    def open(cls, path: Path | str) -> _DatabaseContext:
+        return _DatabaseContext(Path(path))
+
+    # -- the event-loop side -------------------------------------------------------------
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a transaction on the writer thread; return once it is committed."""
+        return await self.start(fn).outcome()
+
+    def start(self, fn: Callable[[sqlite3.Connection], T]) -> PendingWrite[T]:
+        """Queue ``fn`` now and collect its outcome later, so callers can pipeline jobs
+        (many in the same batch) while still learning each one's outcome in order."""
+        if self._stopped:
+            raise DatabaseError("the database is closed")
+        job = _Job(fn, trio.Event())
+        self._queue.put(job)
+        return PendingWrite(job)
+
+    def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        """Queue a job whose outcome nobody waits for (e.g. deleting acked outbox rows).
+
+        It commits with the next batch; a failure is logged by the writer. Losing it in a
+        crash is harmless by construction (the caller re-derives it).
+        """
+        if not self._stopped:
+            self._queue.put(_Job(fn, None))
+
+    def read(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
+        return self._reader.execute(sql, params).fetchall()
+
+    def read_one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
+        return self._reader.execute(sql, params).fetchone()
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        conn = self._writer
+        while True:
+            first = self._queue.get()
+            if first is _STOP:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    stop = True
+                    break
+                batch.append(job)
+            self._commit(conn, batch)
+            if stop:
+                return
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.fn(conn)
+                except BaseException as exc:  # the job's own failure: undo it alone
+                    job.error = exc
+                    conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+            self.commits += 1
+            self.jobs += len(batch)
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            failure = DatabaseError(f"commit failed, nothing in this batch was written: {exc}")
+            for job in batch:
+                job.error = failure
+                job.result = None
+        for job in batch:
+            if job.done is None and job.error is not None:
+                _log_unwaited_failure(job.error)
+        events = [job.done for job in batch if job.done is not None]
+        if events:
+            self._token.run_sync_soon(_set_all, events)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._thread.start()
+
+    async def _close(self) -> None:
+        self._stopped = True
+        self._queue.put(_STOP)
+        await trio.to_thread.run_sync(self._thread.join)
+        self._writer.close()
+        self._reader.close()
+
+
+def _set_all(events: list[trio.Event]) -> None:
+    for event in events:
+        event.set()
+
+
+def _log_unwaited_failure(error: BaseException) -> None:
+    _log.error("background database job failed: %s", error)
+
+
+class _DatabaseContext:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.db: Database | None = None
+
+    async def __aenter__(self) -> Database:
+        try:
+            writer = _connect(self.path)
+            migrate(writer)
+            reader = _connect(self.path, readonly=True)
+        except (sqlite3.Error, SchemaError) as exc:
+            raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
+        for conn in (writer, reader):
+            conn.row_factory = sqlite3.Row
+        self.db = Database(self.path, writer, reader)
+        self.db._start()
+        return self.db
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.db is not None
+        with trio.CancelScope(shield=True):
+            await self.db._close()

@@ -1,0 +1,77 @@
+"""The transactional outbox: messages written with the state change that causes them.
+
+Jobs call :func:`enqueue` inside their transaction; the pump reads pending rows, and acks
+delete them (or mark them failed with the peer's error).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    seq: int
+    id: bytes
+    peer: str
+    address: str | None
+    target: str
+    action: str
+    body: bytes
+    tries: int
+
+
+def enqueue(
+    conn: sqlite3.Connection,
+    *,
+    message_id: bytes,
+    peer: str,
+    address: str | None,
+    target: str,
+    action: str,
+    body: bytes,
+    now_ms: int,
+) -> None:
+    conn.execute(
+        "INSERT INTO outbox (id, peer, address, target, action, body, created)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (message_id, peer, address, target, action, body, now_ms),
+    )
+
+
+def pending(conn: sqlite3.Connection, after_seq: int = 0, limit: int = 1000) -> list[OutboxRow]:
+    rows = conn.execute(
+        "SELECT seq, id, peer, address, target, action, body, tries FROM outbox"
+        " WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
+        (after_seq, limit),
+    ).fetchall()
+    return [OutboxRow(*row) for row in rows]
+
+
+def delete(conn: sqlite3.Connection, ids: Iterable[bytes]) -> int:
+    return conn.executemany("DELETE FROM outbox WHERE id = ?", ((i,) for i in ids)).rowcount
+
+
+def mark_failed(conn: sqlite3.Connection, message_id: bytes, error: str) -> OutboxRow | None:
+    row = conn.execute(
+        "UPDATE outbox SET state = 'failed', error = ? WHERE id = ? AND state = 'pending'"
+        " RETURNING seq, id, peer, address, target, action, body, tries",
+        (error, message_id),
+    ).fetchone()
+    return OutboxRow(*row) if row else None
+
+
+def record_tries(conn: sqlite3.Connection, tries: Iterable[tuple[int, bytes]]) -> None:
+    conn.executemany("UPDATE outbox SET tries = ? WHERE id = ?", tries)
+
+
+def depth(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+
+
+def failures(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    return conn.execute(
+        "SELECT id, peer, target, action, error FROM outbox WHERE state = 'failed' ORDER BY seq"
+    ).fetchall()
