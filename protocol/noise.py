@@ -17,7 +17,7 @@ import struct
 from enum import Enum
 
 from noise.connection import Keypair, NoiseConnection
-from noise.exceptions import NoiseError
+from noise.exceptions import NoiseHandshakeError, NoiseInvalidMessage, NoiseValueError
 
 PROTOCOL_NAME = b"Noise_IK_25519_ChaChaPoly_BLAKE2b"
 PROLOGUE = b"agentd/1"
@@ -89,7 +89,7 @@ class NoiseSession:
         self._require(Phase.HANDSHAKE)
         try:
             message = bytes(self._conn.write_message(bytes(payload)))
-        except (NoiseError, ValueError) as exc:
+        except (NoiseHandshakeError, NoiseInvalidMessage, NoiseValueError, ValueError) as exc:
             self._fail()
             raise NoiseFailure(f"cannot write handshake message: {exc}") from exc
         self._after_handshake_step()

@@ -1,0 +1,239 @@
+"""Node configuration: a TOML file validated into frozen dataclasses.
+
+Unknown keys and bad values are errors that name the key and the file. Relative paths are
+resolved against the directory of the config file, so a config works from any cwd.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentd.errors import UserError
+from protocol.frames import DEFAULT_MAX_FRAME
+from protocol.keys import IdentityError, is_agent_id, parse_hostport
+
+ROLES = frozenset({"clearinghouse"})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    name: str
+    agent: str
+    address: str
+
+
+@dataclass(frozen=True)
+class ClearingHouseConfig:
+    agent: str
+    address: str
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    principal: str
+    resource: str
+
+
+@dataclass(frozen=True)
+class VerifyPolicy:
+    view: str
+    signers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    name: str
+    data_dir: Path
+    listen: str
+    key_file: Path
+    network: str = "agentd"
+    roles: tuple[str, ...] = ()
+    max_frame: int = DEFAULT_MAX_FRAME
+    advertise: str | None = None
+    handshake_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    peers: tuple[PeerConfig, ...] = ()
+    clearinghouse: ClearingHouseConfig | None = None
+    relay_access: tuple[AccessRule, ...] = ()
+    relay_verify: tuple[VerifyPolicy, ...] = ()
+    log_level: str = "info"
+    log_format: str = "text"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.data_dir / "agentd.sock"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "agentd.db"
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return parse_hostport(self.listen)
+
+
+class _Section:
+    """Reads one TOML table, remembering which keys were used so leftovers are errors."""
+
+    def __init__(self, source: Path, where: str, table: object) -> None:
+        if not isinstance(table, dict):
+            raise UserError(f"{source}: [{where}] must be a table")
+        self.source, self.where, self.table = source, where, table
+        self.used: set[str] = set()
+
+    def _bad(self, key: str, why: str) -> UserError:
+        return UserError(f"{self.source}: {self.where}.{key} {why}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, *,
+            required: bool = False) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if required:
+                raise self._bad(key, "is required")
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) and kind is not bool:
+            raise self._bad(key, f"must be {_kind_name(kind)}, not a boolean")
+        if not isinstance(value, kind):
+            raise self._bad(key, f"must be {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def hostport(self, key: str, *, required: bool = False, default: str | None = None,
+                 allow_zero: bool = False) -> str | None:
+        value = self.get(key, str, default, required=required)
+        if value is None:
+            return None
+        try:
+            _, port = parse_hostport(value)
+        except IdentityError as exc:
+            raise self._bad(key, f"is not HOST:PORT ({exc})") from exc
+        if port == 0 and not allow_zero:
+            raise self._bad(key, "needs a real port, not 0")
+        return value
+
+    def agent(self, key: str) -> str:
+        value = self.get(key, str, required=True)
+        if not is_agent_id(value):
+            raise self._bad(key, f"is not an agent id (43 base64url characters): {value!r}")
+        return value
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            known = ", ".join(sorted(self.used))
+            raise UserError(
+                f"{self.source}: unknown key {self.where}.{unknown[0]} (known keys: {known})"
+            )
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "text", int: "an integer", float: "a number", bool: "true or false",
+             list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def load_config(path: Path | str) -> Config:
+    source = Path(path)
+    try:
+        raw = tomllib.loads(source.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise UserError(f"{source}: config file not found") from exc
+    except OSError as exc:
+        raise UserError(f"{source}: cannot read config file: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{source}: not valid TOML: {exc}") from exc
+    return parse_config(raw, source)
+
+
+def parse_config(raw: dict, source: Path) -> Config:
+    base = source.resolve().parent
+    top = _Section(source, "", raw)
+    top.where = "top level"
+
+    node = _Section(source, "node", top.get("node", dict, required=True))
+    name = node.get("name", str, required=True)
+    if not name:
+        raise UserError(f"{source}: node.name must not be empty")
+    data_dir = base / node.get("data_dir", str, required=True)
+    key_file = base / node.get("key", str, str(data_dir / "agent.key"))
+    listen = node.hostport("listen", required=True, allow_zero=True)
+    network = node.get("network", str, "agentd")
+    roles = tuple(node.get("roles", list, []))
+    for role in roles:
+        if role not in ROLES:
+            raise UserError(f"{source}: node.roles has unknown role {role!r} "
+                            f"(known: {', '.join(sorted(ROLES))})")
+    max_frame = node.get("max_frame", int, DEFAULT_MAX_FRAME)
+    if not 1024 <= max_frame <= 64 << 20:
+        raise UserError(f"{source}: node.max_frame must be between 1024 and 67108864 bytes")
+    advertise = node.hostport("advertise")
+    handshake_timeout = float(node.get("handshake_timeout", (int, float), 10.0))
+    idle_timeout = float(node.get("idle_timeout", (int, float), 60.0))
+    if handshake_timeout <= 0 or idle_timeout <= 0:
+        raise UserError(f"{source}: node.handshake_timeout and node.idle_timeout must be > 0")
+    node.finish()
+
+    peers = []
+    for i, entry in enumerate(top.get("peers", list, [])):
+        section = _Section(source, f"peers[{i}]", entry)
+        peers.append(PeerConfig(
+            name=section.get("name", str, required=True),
+            agent=section.agent("agent"),
+            address=section.hostport("address", required=True),
+        ))
+        section.finish()
+
+    clearinghouse = None
+    if "clearinghouse" in raw:
+        section = _Section(source, "clearinghouse", top.get("clearinghouse", dict))
+        clearinghouse = ClearingHouseConfig(
+            agent=section.agent("agent"), address=section.hostport("address", required=True)
+        )
+        section.finish()
+
+    access: list[AccessRule] = []
+    verify: list[VerifyPolicy] = []
+    if "relay" in raw:
+        relay = _Section(source, "relay", top.get("relay", dict))
+        for i, entry in enumerate(relay.get("access", list, [])):
+            section = _Section(source, f"relay.access[{i}]", entry)
+            principal = section.get("principal", str, required=True)
+            if principal != "*" and not is_agent_id(principal):
+                raise UserError(f"{source}: relay.access[{i}].principal must be an agent id or *")
+            access.append(AccessRule(principal, section.get("resource", str, required=True)))
+            section.finish()
+        for i, entry in enumerate(relay.get("verify", list, [])):
+            section = _Section(source, f"relay.verify[{i}]", entry)
+            signers = section.get("signers", list, required=True)
+            if not all(is_agent_id(s) for s in signers):
+                raise UserError(f"{source}: relay.verify[{i}].signers must be agent ids")
+            verify.append(VerifyPolicy(section.get("view", str, required=True), tuple(signers)))
+            section.finish()
+        relay.finish()
+
+    log_level, log_format = "info", "text"
+    if "log" in raw:
+        log = _Section(source, "log", top.get("log", dict))
+        log_level = log.get("level", str, "info")
+        if log_level not in LOG_LEVELS:
+            raise UserError(f"{source}: log.level must be one of {', '.join(LOG_LEVELS)}")
+        log_format = log.get("format", str, "text")
+        if log_format not in LOG_FORMATS:
+            raise UserError(f"{source}: log.format must be one of {', '.join(LOG_FORMATS)}")
+        log.finish()
+
+    top.finish()
+    return Config(
+        path=source, name=name, data_dir=data_dir, listen=listen, key_file=key_file,
+        network=network, roles=roles, max_frame=max_frame, advertise=advertise,
+        handshake_timeout=handshake_timeout, idle_timeout=idle_timeout, peers=tuple(peers),
+        clearinghouse=clearinghouse, relay_access=tuple(access), relay_verify=tuple(verify),
+        log_level=log_level, log_format=log_format,
+    )

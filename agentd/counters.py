@@ -1,0 +1,29 @@
+"""Counters shown by ``getinfo``: traffic, handshakes, and rejected connections by reason."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Counters:
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    handshakes_ok: int = 0
+    handshakes_failed: int = 0
+    messages_processed: int = 0
+    duplicates: int = 0
+    acks_in: int = 0
+    rejected_by_peer: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] += 1
+
+    def to_map(self) -> dict:
+        out = {k: v for k, v in vars(self).items() if k != "rejected"}
+        out["rejected"] = dict(sorted(self.rejected.items()))
+        return out

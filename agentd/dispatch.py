@@ -1,0 +1,143 @@
+"""Incoming frames: validate, deduplicate, hand to the service by ``target``, ack after commit.
+
+For each envelope the dispatcher queues one database job — record the id in the inbox, then
+let the service apply its guarded transition and queue its replies — without waiting for it,
+so many messages share one group commit. The channel sends the acks in arrival order once
+each job has committed. A duplicate is acked and ignored; a refusal is an error ack.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from agentd.clock import now_ms
+from agentd.services.base import Reject, Service, Tx
+from agentd.transport import Channel, ChannelClosed
+from protocol.codec import CodecError
+from protocol.envelope import Ack, Envelope, EnvelopeError, ack_frame, parse_frame
+from store import inbox, outbox
+
+if TYPE_CHECKING:
+    from agentd.node import Node
+    from store.db import PendingWrite
+
+log = logging.getLogger("agentd.dispatch")
+_DUPLICATE = object()
+
+
+class Dispatcher:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.services: dict[str, Service] = {}
+
+    def register(self, service: Service) -> None:
+        self.services[service.target] = service
+
+    # -- frames from a channel -----------------------------------------------------------
+
+    async def on_frame(self, channel: Channel, body: bytes) -> None:
+        """Handle one frame; raises ChannelClosed when the peer broke the protocol."""
+        counters = self.node.counters
+        try:
+            message = parse_frame(body)
+        except CodecError as exc:
+            raise ChannelClosed("malformed_frame", str(exc)) from exc
+        except EnvelopeError as exc:
+            if exc.message_id is None:
+                raise ChannelClosed("bad_envelope", str(exc)) from exc
+            counters.reject("bad_envelope")
+            log.warning("rejected message from %s: %s", channel.agent[:8], exc)
+            await channel.send_frame(ack_frame(exc.message_id, "BAD_ENVELOPE", str(exc)))
+            return
+        if isinstance(message, Ack):
+            await self._settle(message, channel.agent)
+            return
+        refusal = self._check_addressing(message, channel.agent)
+        if refusal is not None:
+            counters.reject(refusal.code.lower())
+            log.warning("rejected message from %s: %s", channel.agent[:8], refusal)
+            await channel.send_frame(ack_frame(message.id, refusal.code, refusal.message))
+            return
+        pending = self._start(message, channel.agent)
+        await channel.defer(lambda: self._finish(message, pending))
+
+    async def on_ack_frame(self, body: bytes, from_agent: str) -> None:
+        message = parse_frame(body)
+        assert isinstance(message, Ack)
+        await self._settle(message, from_agent)
+
+    async def process_local(self, body: bytes) -> bytes:
+        """Process a message from this node to itself; returns the ack frame body."""
+        message = parse_frame(body)
+        assert isinstance(message, Envelope)
+        return await self._finish(message, self._start(message, self.node.agent_id))
+
+    # -- the pipeline --------------------------------------------------------------------
+
+    def _check_addressing(self, envelope: Envelope, agent: str) -> Reject | None:
+        if envelope.from_.agent != agent:
+            return Reject("FROM_MISMATCH", "from.agent is not the channel's authenticated agent")
+        if envelope.to.agent != self.node.agent_id:
+            return Reject("WRONG_RECIPIENT", "to.agent is not this node")
+        if envelope.target not in self.services:
+            return Reject("UNKNOWN_TARGET", f"this node does not serve {envelope.target!r}")
+        return None
+
+    def _start(self, envelope: Envelope, agent: str) -> PendingWrite:
+        service = self.services[envelope.target]
+        node = self.node
+        received = now_ms()
+
+        def job(conn):
+            if not inbox.claim(conn, envelope.id, agent, received):
+                return _DUPLICATE
+            tx = Tx(node, conn, received)
+            service.handle(tx, envelope)
+            return tx
+
+        return node.db.start(job)
+
+    async def _finish(self, envelope: Envelope, pending: PendingWrite) -> bytes:
+        counters = self.node.counters
+        try:
+            outcome = await pending.outcome()
+        except Reject as exc:
+            counters.reject("refused")
+            log.info("refused %s/%s from %s: %s", envelope.target, envelope.action,
+                     envelope.from_.agent[:8], exc)
+            return ack_frame(envelope.id, exc.code, exc.message)
+        except Exception as exc:
+            log.exception("failed to process %s/%s", envelope.target, envelope.action)
+            return ack_frame(envelope.id, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
+        if outcome is _DUPLICATE:
+            counters.duplicates += 1
+        else:
+            counters.messages_processed += 1
+            outcome.committed()
+        return ack_frame(envelope.id)
+
+    async def _settle(self, ack: Ack, from_agent: str) -> None:
+        refused = self.node.pump.on_ack(ack, from_agent)
+        if refused is None:
+            return
+        item, error = refused
+        code, text = error.get("code", "?"), error.get("message", "")
+        log.warning("%s refused %s/%s: %s %s", from_agent[:8], item.envelope.get("target"),
+                    item.envelope.get("action"), code, text)
+        envelope = item.envelope
+        service = self.services.get(envelope.get("target", ""))
+        node = self.node
+
+        def job(conn):
+            outbox.mark_failed(conn, item.id, f"{code}: {text}")
+            tx = Tx(node, conn, now_ms())
+            if service is not None:
+                service.on_rejected(tx, envelope, code, text)
+            return tx
+
+        tx = await node.db.write(job)
+        tx.committed()
+
+
+__all__ = ["Dispatcher"]

@@ -1,0 +1,201 @@
+"""The outbox pump: at-least-once delivery of everything the transactional outbox holds.
+
+Messages arrive here only after the transaction that wrote them committed (``Tx.committed``)
+or, at start-up, from the table itself. One sender task per peer dials on demand and writes
+batches; each message then waits for its ack. An ack deletes the row; an error ack marks it
+failed and tells the service; silence past the ack timeout (capped exponential backoff with
+jitter) or a lost channel puts it back in the queue with ``try`` bumped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from agentd.clock import now_ms
+from agentd.peers import PeerUnreachable
+from agentd.transport import Channel, ChannelClosed
+from protocol.codec import pack, unpack
+from protocol.envelope import Ack
+from store import outbox
+
+if TYPE_CHECKING:
+    from agentd.node import Node
+
+log = logging.getLogger("agentd.outbox")
+ACK_TIMEOUT_MIN = 2.0
+ACK_TIMEOUT_MAX = 60.0
+SCAN_INTERVAL = 0.25
+SEND_BATCH = 512
+
+
+def ack_timeout(tries: int) -> float:
+    base = min(ACK_TIMEOUT_MAX, ACK_TIMEOUT_MIN * 2 ** max(0, tries - 1))
+    return base * random.uniform(0.8, 1.2)
+
+
+@dataclass(slots=True)
+class Outgoing:
+    id: bytes
+    peer: str
+    address: str | None
+    envelope: dict[str, Any]
+    tries: int
+    due: float = 0.0
+    channel: Channel | None = field(default=None, repr=False)
+
+
+class OutboxPump:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.live: dict[bytes, Outgoing] = {}
+        self._queues: dict[str, deque[Outgoing]] = {}
+        self._wake: dict[str, trio.Event] = {}
+        self._inflight: dict[bytes, Outgoing] = {}
+        self._acked: list[bytes] = []
+        self._acked_event = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._early: list[Outgoing] = []
+
+    @property
+    def depth(self) -> int:
+        return len(self.live)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for row in self.node.db.read(
+                "SELECT id, peer, address, body, tries FROM outbox WHERE state = 'pending'"
+                " ORDER BY seq"
+            ):
+                self.add(row["id"], row["peer"], row["address"], unpack(row["body"]),
+                         row["tries"])
+            for item in self._early:
+                self._enqueue(item)
+            self._early.clear()
+            nursery.start_soon(self._retry_scanner)
+            nursery.start_soon(self._ack_flusher)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- intake --------------------------------------------------------------------------
+
+    def add(self, message_id: bytes, peer: str, address: str | None, envelope: dict,
+            tries: int) -> None:
+        item = Outgoing(message_id, peer, address, envelope, tries)
+        self.live[message_id] = item
+        if self._nursery is None:
+            self._early.append(item)
+        else:
+            self._enqueue(item)
+
+    def _enqueue(self, item: Outgoing) -> None:
+        queue = self._queues.get(item.peer)
+        if queue is None:
+            queue = self._queues[item.peer] = deque()
+            self._wake[item.peer] = trio.Event()
+            assert self._nursery is not None
+            self._nursery.start_soon(self._sender, item.peer)
+        queue.append(item)
+        self._wake[item.peer].set()
+
+    # -- acks ----------------------------------------------------------------------------
+
+    def on_ack(self, ack: Ack, from_agent: str) -> tuple[Outgoing, dict] | None:
+        """Settle a message. Returns (item, error) when the peer refused it for good."""
+        self.node.counters.acks_in += 1
+        item = self.live.get(ack.ack)
+        if item is None or item.peer != from_agent:
+            return None  # a late duplicate ack, or an ack for a message we never sent it
+        del self.live[ack.ack]
+        self._inflight.pop(ack.ack, None)
+        if ack.error is not None:
+            self.node.counters.rejected_by_peer += 1
+            return item, ack.error
+        self._acked.append(ack.ack)
+        self._acked_event.set()
+        return None
+
+    async def _ack_flusher(self) -> None:
+        while True:
+            await self._acked_event.wait()
+            self._acked_event = trio.Event()
+            ids, self._acked = self._acked, []
+            self.node.db.submit(lambda conn, ids=ids: outbox.delete(conn, ids))
+
+    def on_channel_closed(self, channel: Channel) -> None:
+        """Everything sent on a lost channel and not yet acked goes back in its queue."""
+        lost = [item for item in self._inflight.values() if item.channel is channel]
+        for item in lost:
+            del self._inflight[item.id]
+            self._enqueue(item)
+
+    # -- sending -------------------------------------------------------------------------
+
+    async def _sender(self, peer: str) -> None:
+        queue = self._queues[peer]
+        while True:
+            while not queue:
+                self._wake[peer] = trio.Event()
+                await self._wake[peer].wait()
+            if peer == self.node.agent_id:
+                await self._deliver_locally(queue)
+                continue
+            address = next((i.address for i in queue if i.address), None)
+            address = address or self.node.address_of(peer)
+            try:
+                channel = await self.node.peers.connect(peer, address)
+            except PeerUnreachable as exc:
+                log.debug("outbox: %s", exc)
+                await trio.sleep(0.5)
+                continue
+            await self._send_queue(channel, queue)
+
+    async def _send_queue(self, channel: Channel, queue: deque[Outgoing]) -> None:
+        now = trio.current_time()
+        while queue:
+            item = queue.popleft()
+            if item.id not in self.live:
+                continue
+            item.tries += 1
+            item.channel = channel
+            item.due = now + ack_timeout(item.tries)
+            envelope = item.envelope
+            envelope["try"] = item.tries
+            envelope["last"] = now_ms()
+            self._inflight[item.id] = item
+            try:
+                await channel.send_frame(pack(envelope))
+            except ChannelClosed:
+                self._inflight.pop(item.id, None)
+                queue.appendleft(item)
+                return
+
+    async def _deliver_locally(self, queue: deque[Outgoing]) -> None:
+        """Messages between two users of this node take the same path minus the socket."""
+        while queue:
+            item = queue.popleft()
+            if item.id not in self.live:
+                continue
+            item.tries += 1
+            item.envelope["try"] = item.tries
+            item.envelope["last"] = now_ms()
+            ack_body = await self.node.dispatcher.process_local(pack(item.envelope))
+            await self.node.dispatcher.on_ack_frame(ack_body, self.node.agent_id)
+
+    async def _retry_scanner(self) -> None:
+        while True:
+            await trio.sleep(SCAN_INTERVAL)
+            now = trio.current_time()
+            overdue = [item for item in self._inflight.values() if item.due <= now]
+            for item in overdue:
+                del self._inflight[item.id]
+                self._enqueue(item)
+            if overdue:
+                tries = [(item.tries, item.id) for item in overdue]
+                self.node.db.submit(lambda conn, tries=tries: outbox.record_tries(conn, tries))

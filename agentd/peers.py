@@ -1,0 +1,182 @@
+"""The peer manager: one channel per peer, dialled on demand, with backoff and idle close.
+
+It accepts inbound connections (the listener hands each socket here), dials outbound ones
+when the outbox needs a peer, and runs every channel in its own nursery so stopping the
+manager closes them all. A peer that cannot be reached is retried with capped exponential
+backoff and jitter; callers learn at once that it is backing off instead of waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from agentd.counters import Counters
+from agentd.transport import Channel, ChannelClosed, Hello, initiate, respond
+from protocol.keys import IdentityError, SigningKey, parse_hostport
+
+log = logging.getLogger("agentd.peers")
+BACKOFF_MIN = 0.2
+BACKOFF_MAX = 30.0
+MAX_HANDSHAKES = 256
+
+
+class PeerUnreachable(Exception):
+    """No channel to the peer could be opened (now, or while it is backing off)."""
+
+
+@dataclass
+class _DialState:
+    failures: int = 0
+    retry_at: float = 0.0
+    lock: trio.Lock | None = None
+
+
+class PeerManager:
+    def __init__(
+        self,
+        key: SigningKey,
+        hello: Hello,
+        counters: Counters,
+        *,
+        max_frame: int,
+        handshake_timeout: float,
+        idle_timeout: float,
+        on_frame: Callable[[Channel, bytes], Awaitable[None]],
+        on_channel: Callable[[Channel], None],
+        on_channel_closed: Callable[[Channel], None],
+    ) -> None:
+        self.key = key
+        self.hello = hello
+        self.counters = counters
+        self.max_frame = max_frame
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self._on_frame = on_frame
+        self._on_channel = on_channel
+        self._on_channel_closed = on_channel_closed
+        self.channels: dict[str, list[Channel]] = {}
+        self._dial: dict[str, _DialState] = {}
+        self._handshakes = trio.Semaphore(MAX_HANDSHAKES)
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def connected(self, agent: str) -> bool:
+        return bool(self.channels.get(agent))
+
+    def channel_for(self, agent: str) -> Channel | None:
+        channels = self.channels.get(agent)
+        return channels[-1] if channels else None
+
+    # -- inbound -------------------------------------------------------------------------
+
+    async def handle_inbound(self, stream: trio.SocketStream) -> None:
+        """serve_tcp handler: handshake, then run the channel. Never raises."""
+        if self._handshakes.value == 0:
+            self.counters.reject("too_many_handshakes")
+            await stream.aclose()
+            return
+        try:
+            async with self._handshakes:
+                session, remote = await respond(
+                    stream, self.key, self.hello, self.handshake_timeout
+                )
+        except ChannelClosed as exc:
+            self.counters.handshakes_failed += 1
+            self.counters.reject(exc.reason)
+            log.info("inbound handshake rejected: %s", exc)
+            await stream.aclose()
+            return
+        except Exception as exc:  # a socket error of any kind costs this connection only
+            self.counters.handshakes_failed += 1
+            self.counters.reject("handshake_error")
+            log.warning("inbound handshake error: %r", exc)
+            await stream.aclose()
+            return
+        self.counters.handshakes_ok += 1
+        channel = self._make_channel(stream, session, remote, outbound=False)
+        await self._run_channel(channel, idle_timeout=self.idle_timeout)
+
+    # -- outbound ------------------------------------------------------------------------
+
+    async def connect(self, agent: str, address: str | None) -> Channel:
+        """A live channel to ``agent``, dialling ``address`` if there is none."""
+        channel = self.channel_for(agent)
+        if channel is not None:
+            return channel
+        state = self._dial.setdefault(agent, _DialState())
+        if state.lock is None:
+            state.lock = trio.Lock()
+        async with state.lock:
+            channel = self.channel_for(agent)
+            if channel is not None:
+                return channel
+            if address is None:
+                raise PeerUnreachable(f"no address known for agent {agent}")
+            now = trio.current_time()
+            if now < state.retry_at:
+                raise PeerUnreachable(
+                    f"{address} is backing off for {state.retry_at - now:.1f} s more"
+                )
+            try:
+                channel = await self._dial_once(agent, address)
+            except (OSError, ChannelClosed, IdentityError) as exc:
+                state.failures += 1
+                delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (state.failures - 1))
+                state.retry_at = trio.current_time() + delay * random.uniform(0.5, 1.0)
+                if isinstance(exc, ChannelClosed):
+                    self.counters.handshakes_failed += 1
+                raise PeerUnreachable(f"cannot reach {address}: {exc}") from exc
+            state.failures = 0
+            state.retry_at = 0.0
+            return channel
+
+    async def _dial_once(self, agent: str, address: str) -> Channel:
+        host, port = parse_hostport(address)
+        with trio.fail_after(self.handshake_timeout):
+            stream = await trio.open_tcp_stream(host, port)
+        try:
+            session, remote = await initiate(
+                stream, self.key, agent, self.hello, self.handshake_timeout
+            )
+        except BaseException:
+            await stream.aclose()
+            raise
+        self.counters.handshakes_ok += 1
+        channel = self._make_channel(stream, session, remote, outbound=True)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_channel, channel, None)
+        return channel
+
+    def _make_channel(self, stream, session, remote: Hello, *, outbound: bool) -> Channel:
+        channel = Channel(
+            stream, session, remote, outbound=outbound, max_frame=self.max_frame,
+            counters=self.counters,
+        )
+        self.channels.setdefault(channel.agent, []).append(channel)
+        self._on_channel(channel)
+        return channel
+
+    async def _run_channel(self, channel: Channel, idle_timeout: float | None) -> None:
+        try:
+            await channel.run(self._on_frame, idle_timeout)
+        except ChannelClosed as exc:
+            channel.close_reason = exc.reason
+            self.counters.reject(exc.reason)
+            log.warning("closed channel to %s: %s", channel.agent[:8], exc)
+        finally:
+            live = self.channels.get(channel.agent, [])
+            if channel in live:
+                live.remove(channel)
+            if not live:
+                self.channels.pop(channel.agent, None)
+            self._on_channel_closed(channel)

@@ -1,0 +1,207 @@
+"""JSON-RPC 2.0 over the node's Unix control socket, one JSON object per line.
+
+Methods are async functions registered by name; their keyword parameters are the RPC params,
+checked before the call so a typo gets an error naming the parameter and the expected ones.
+Errors carry a stable numeric code and a message a person can act on (see the README).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agentd.errors import UserError
+from agentd.services.base import Reject
+
+log = logging.getLogger("agentd.rpc")
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+REFUSED = -32010  # the request was understood and refused; data.reason says why
+NOT_FOUND = -32011
+UNREACHABLE = -32012
+TIMEOUT = -32013
+MAX_REQUEST = 4 << 20
+
+Method = Callable[..., Awaitable[Any]]
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.reason = reason
+
+    def to_map(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.reason is not None:
+            out["data"] = {"reason": self.reason}
+        return out
+
+
+def invalid_params(message: str) -> RpcError:
+    return RpcError(INVALID_PARAMS, message, "INVALID_PARAMS")
+
+
+class RpcServer:
+    def __init__(self) -> None:
+        self.methods: dict[str, Method] = {}
+
+    def register(self, name: str, method: Method) -> None:
+        self.methods[name] = method
+
+    async def call(self, name: str, params: Any) -> Any:
+        method = self.methods.get(name)
+        if method is None:
+            raise RpcError(METHOD_NOT_FOUND, f"unknown method {name!r}; try 'help'",
+                           "METHOD_NOT_FOUND")
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise invalid_params("params must be an object of name=value pairs")
+        signature = inspect.signature(method)
+        accepted = list(signature.parameters)
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            expected = ", ".join(accepted) or "no parameters"
+            raise invalid_params(f"{name}: unknown parameter {unknown[0]!r} (expected: {expected})")
+        missing = [p.name for p in signature.parameters.values()
+                   if p.default is inspect.Parameter.empty and p.name not in params]
+        if missing:
+            raise invalid_params(f"{name}: missing parameter {missing[0]!r}")
+        try:
+            return await method(**params)
+        except Reject as exc:
+            raise RpcError(REFUSED, f"{exc.code}: {exc.message}", exc.code) from exc
+
+    async def handle_line(self, line: bytes) -> dict[str, Any] | None:
+        try:
+            request = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(None, RpcError(PARSE_ERROR, f"request is not JSON: {exc}"))
+        if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(
+            request.get("method"), str
+        ):
+            return _error(request.get("id") if isinstance(request, dict) else None,
+                          RpcError(INVALID_REQUEST, "expected a JSON-RPC 2.0 request object"))
+        request_id = request.get("id")
+        try:
+            result = await self.call(request["method"], request.get("params"))
+        except RpcError as exc:
+            return _error(request_id, exc)
+        except Exception as exc:
+            log.exception("RPC method %s failed", request["method"])
+            return _error(request_id, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
+        if "id" not in request:
+            return None  # a notification
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}
+
+    async def serve(self, path: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on the Unix socket at ``path`` (mode 0600) until cancelled."""
+        listener = await _unix_listener(path)
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(trio.serve_listeners, self._connection, [listener])
+                task_status.started()
+        finally:
+            path.unlink(missing_ok=True)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        buffer = bytearray()
+        try:
+            async with stream:
+                while True:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    buffer += data
+                    if len(buffer) > MAX_REQUEST:
+                        await stream.send_all(_encode(_error(None, RpcError(
+                            INVALID_REQUEST, f"request larger than {MAX_REQUEST} bytes"))))
+                        return
+                    while b"\n" in buffer:
+                        line, _, rest = bytes(buffer).partition(b"\n")
+                        buffer = bytearray(rest)
+                        if line.strip():
+                            response = await self.handle_line(line)
+                            if response is not None:
+                                await stream.send_all(_encode(response))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+
+def _error(request_id: Any, error: RpcError) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": error.to_map()}
+
+
+def _encode(response: dict[str, Any]) -> bytes:
+    return json.dumps(response, separators=(",", ":")).encode() + b"\n"
+
+
+async def _unix_listener(path: Path) -> trio.SocketListener:
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale socket of a node that did not stop cleanly
+        else:
+            raise UserError(f"{path}: another agentd is already running on this data dir")
+        finally:
+            probe.close()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        await sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"{path}: cannot create control socket: {exc.strerror}") from exc
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(64)
+    return trio.SocketListener(sock)
+
+
+def call(socket_path: Path, method: str, params: dict[str, Any], timeout: float | None = None
+         ) -> Any:
+    """Blocking client: one request, one response. Raises RpcError or UserError."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(str(socket_path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise UserError(
+                f"no agentd is running for this config (no control socket at {socket_path});"
+                " start it with 'agentd run -c CONFIG'"
+            ) from exc
+        request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        buffer = b""
+        while not buffer.endswith(b"\n"):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise UserError(f"agentd closed the control socket during {method!r}")
+            buffer += chunk
+    except TimeoutError as exc:
+        raise UserError(f"agentd did not answer {method!r} within {timeout} s") from exc
+    finally:
+        sock.close()
+    response = json.loads(buffer)
+    if "error" in response:
+        error = response["error"]
+        raise RpcError(error["code"], error["message"], (error.get("data") or {}).get("reason"))
+    return response["result"]

@@ -1,0 +1,1 @@
+"""Services: the glue between a protocol target, the store and the RPC surface."""

@@ -1,0 +1,72 @@
+"""The ``node`` target: ping and pong, the round trip behind ``peers.ping`` and the demo.
+
+A ping goes through the whole delivery path — outbox row, Noise channel, inbox, the pong
+queued in the receiver's transaction, its ack — so its latency is that of every message.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from agentd.rpc import NOT_FOUND, TIMEOUT, RpcError, invalid_params
+from agentd.services.base import Reject, Service, Tx
+from protocol.envelope import Envelope
+from protocol.keys import ChipAddress, is_agent_id
+
+PING_TIMEOUT = 10.0
+
+
+class PingService(Service):
+    target = "node"
+
+    def __init__(self, node) -> None:
+        super().__init__(node)
+        self._waiting: dict[bytes, trio.Event] = {}
+        node.rpc.register("peers.ping", self.rpc_ping)
+
+    def handle(self, tx: Tx, envelope: Envelope) -> None:
+        if envelope.action == "ping":
+            tx.send(envelope.from_, "node", "pong", {"seq": envelope.object.get("seq", 0)},
+                    re=envelope.id)
+        elif envelope.action == "pong":
+            event = self._waiting.get(envelope.re or b"")
+            if event is not None:
+                tx.after_commit(event.set)
+        else:
+            raise Reject("UNKNOWN_ACTION", f"node has no action {envelope.action!r}")
+
+    async def rpc_ping(self, agent: str, count: int = 1) -> dict:
+        """Round trips to ``agent`` through the outbox and ack path; latencies in ms."""
+        if not is_agent_id(agent):
+            raise invalid_params(f"agent is not an agent id: {agent!r}")
+        if not isinstance(count, int) or not 1 <= count <= 1000:
+            raise invalid_params("count must be an integer from 1 to 1000")
+        address = self.node.address_of(agent)
+        if address is None and agent != self.node.agent_id:
+            raise RpcError(NOT_FOUND, f"unknown peer {agent}: add it to [[peers]] first",
+                           "UNKNOWN_PEER")
+        host, _, port = (address or "").rpartition(":")
+        to = ChipAddress(agent=agent, host=host or None, port=int(port) if port else None)
+        rtts = []
+        for seq in range(count):
+            started = trio.current_time()
+            event = trio.Event()
+
+            def job(conn, seq=seq):
+                tx = Tx(self.node, conn, self.node.now_ms())
+                message_id = tx.send(to, "node", "ping", {"seq": seq})
+                return tx, message_id
+
+            tx, message_id = await self.node.db.write(job)
+            self._waiting[message_id] = event
+            tx.committed()
+            try:
+                with trio.move_on_after(PING_TIMEOUT):
+                    await event.wait()
+            finally:
+                del self._waiting[message_id]
+            if not event.is_set():
+                raise RpcError(TIMEOUT, f"no pong from {agent} within {PING_TIMEOUT:g} s"
+                               " (the ping stays in the outbox and will be retried)", "TIMEOUT")
+            rtts.append(round((trio.current_time() - started) * 1000, 3))
+        return {"rtt_ms": rtts}

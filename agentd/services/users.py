@@ -1,0 +1,37 @@
+"""Hosted CHIP users: each has its own Ed25519 signing key, kept in the node's database."""
+
+from __future__ import annotations
+
+from agentd.rpc import invalid_params
+from agentd.services.base import Reject
+from protocol.keys import SigningKey, b64u, valid_cuid
+from store import users
+
+
+class Users:
+    def __init__(self, node) -> None:
+        self.node = node
+        node.rpc.register("users.add", self.rpc_add)
+        node.rpc.register("users.list", self.rpc_list)
+
+    async def rpc_add(self, cuid: str, name: str | None = None) -> dict:
+        """Create a user with a fresh signing key; returns its CHIP address."""
+        if not valid_cuid(cuid):
+            raise invalid_params(
+                f"cuid {cuid!r} must be 1-64 letters, digits, '_', '-' or '.'")
+        if name is not None and not isinstance(name, str):
+            raise invalid_params("name must be text")
+        key = SigningKey.generate()
+        now = self.node.now_ms()
+        added = await self.node.db.write(
+            lambda conn: users.add(conn, cuid, name or cuid, key.seed, key.public, now))
+        if not added:
+            raise Reject("USER_EXISTS", f"user {cuid!r} already exists on this node")
+        return {"cuid": cuid, "address": str(self.node.own_address(cuid))}
+
+    async def rpc_list(self) -> list[dict]:
+        return [
+            {"cuid": row["cuid"], "name": row["name"],
+             "address": str(self.node.own_address(row["cuid"])), "public": b64u(row["public"])}
+            for row in self.node.db.read("SELECT cuid, name, public FROM users ORDER BY cuid")
+        ]
