@@ -35,7 +35,7 @@ SEND_BATCH = 512
 
 
 def ack_timeout(tries: int) -> float:
-    base = min(ACK_TIMEOUT_MAX, ACK_TIMEOUT_MIN * 2 ** max(0, tries - 1))
+    base = min(ACK_TIMEOUT_MAX, ACK_TIMEOUT_MIN * 2 ** min(max(0, tries - 1), 8))
     return base * random.uniform(0.8, 1.2)
 
 

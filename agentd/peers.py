@@ -71,11 +71,13 @@ class PeerManager:
             await trio.sleep_forever()
 
     def connected(self, agent: str) -> bool:
-        return bool(self.channels.get(agent))
+        return self.channel_for(agent) is not None
 
     def channel_for(self, agent: str) -> Channel | None:
-        channels = self.channels.get(agent)
-        return channels[-1] if channels else None
+        for channel in reversed(self.channels.get(agent, ())):
+            if channel.alive:
+                return channel
+        return None
 
     # -- inbound -------------------------------------------------------------------------
 

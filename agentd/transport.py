@@ -79,8 +79,11 @@ async def _read_handshake_message(stream: trio.abc.Stream, reader: HandshakeRead
             if rest:
                 raise ChannelClosed("handshake_garbage", "unexpected bytes after handshake")
             return message
-        if len(data) > MAX_HANDSHAKE_MESSAGE:
-            raise ChannelClosed("handshake_garbage", "handshake message too large")
+        if reader.declared_length > MAX_HANDSHAKE_MESSAGE:
+            raise ChannelClosed(
+                "handshake_garbage",
+                f"handshake message of {reader.declared_length} bytes is too large",
+            )
 
 
 async def initiate(
@@ -122,7 +125,7 @@ async def respond(
                 raise ChannelClosed("hello_mismatch", "Noise static key is not the hello agent's")
             await stream.send_all(session.write_handshake(hello.encode()))
         except NoiseFailure as exc:
-            raise ChannelClosed("handshake_garbage", str(exc)) from exc
+            raise ChannelClosed("handshake_failed", str(exc)) from exc
         except IdentityError as exc:
             raise ChannelClosed("bad_hello", str(exc)) from exc
         except trio.BrokenResourceError as exc:
@@ -165,6 +168,10 @@ class Channel:
         self.close_reason: str | None = None
         self._cancel = trio.CancelScope()
 
+    @property
+    def alive(self) -> bool:
+        return self.close_reason is None and not self.closed.is_set()
+
     async def send_frame(self, body: bytes) -> None:
         """Queue one frame body; waits when the send queue is full (backpressure)."""
         try:
@@ -200,6 +207,7 @@ class Channel:
 
         Raises ChannelClosed for faults of the peer's making; returns on orderly closes.
         """
+        fault: ChannelClosed | None = None
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
@@ -207,14 +215,20 @@ class Channel:
                     nursery.start_soon(self._reply_loop)
                     if idle_timeout is not None:
                         nursery.start_soon(self._idle_watch, idle_timeout)
-                    await self._receive_loop(on_frame)
+                    try:
+                        await self._receive_loop(on_frame)
+                    except ChannelClosed as exc:
+                        fault = exc
                     nursery.cancel_scope.cancel()
         finally:
+            self.close_reason = self.close_reason or "closed"
             self._send.close()
             self._defer_send.close()
             self.closed.set()
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
+        if fault is not None:
+            raise fault
 
     async def _receive_loop(self, on_frame: FrameHandler) -> None:
         counters = self.counters

@@ -170,6 +170,11 @@ class HandshakeReader:
     def __init__(self) -> None:
         self._buffer = bytearray()
 
+    @property
+    def declared_length(self) -> int:
+        """The length the buffered prefix announces (0 until two bytes have arrived)."""
+        return _LEN.unpack_from(self._buffer, 0)[0] if len(self._buffer) >= 2 else 0
+
     def feed(self, data: bytes) -> tuple[bytes | None, bytes]:
         """Returns (message or None, bytes left over after it)."""
         self._buffer += data
