@@ -46,8 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"agentd: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:  # a UserError raised inside the node's nursery
+        matched, _ = group.split(UserError)
+        if matched is None:
+            raise
+        print(f"agentd: {_first_leaf(matched)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _main(argv: list[str]) -> int:

@@ -1,0 +1,134 @@
+"""``agentd demo``: the three nodes of ``configs/local`` as three OS processes, talking.
+
+The demo copies each config (and its development key, with mode 0600) into a fresh
+``.run/demo/NAME`` directory, starts ``agentd run`` for each with ``$NOTIFY_SOCKET`` pointing
+at a socket of its own so it knows when each node is listening, drives them through their
+control sockets exactly as ``agentd -c CONFIG METHOD`` would, prints a summary, stops them
+with the ``stop`` method and makes sure no process is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from agentd.config import Config, load_config
+from agentd.errors import UserError
+from agentd.rpc import call
+
+NAMES = ("alice", "bob", "carol")
+READY_TIMEOUT = 20.0
+
+
+def _repo_configs() -> Path:
+    return Path(__file__).resolve().parent.parent / "configs" / "local"
+
+
+def prepare(configs: Path, workdir: Path, names: tuple[str, ...]) -> dict[str, Config]:
+    """Copy each node's config and key into ``workdir/NAME`` with a fresh data dir."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    prepared = {}
+    for name in names:
+        source = configs / f"{name}.toml"
+        raw = tomllib.loads(source.read_text())
+        node_dir = workdir / name
+        (node_dir / "data").mkdir(parents=True, mode=0o700)
+        key = node_dir / "data" / "agent.key"
+        shutil.copyfile(source.parent / raw["node"]["key"], key)
+        key.chmod(0o600)
+        text = source.read_text()
+        text = text.replace(f'data_dir = "{raw["node"]["data_dir"]}"', 'data_dir = "data"')
+        text = text.replace(f'key = "{raw["node"]["key"]}"', 'key = "data/agent.key"')
+        (node_dir / "agentd.toml").write_text(text)
+        prepared[name] = load_config(node_dir / "agentd.toml")
+    return prepared
+
+
+@contextmanager
+def running(configs: dict[str, Config], workdir: Path) -> Iterator[dict[str, subprocess.Popen]]:
+    """Start one ``agentd run`` per config; wait for READY=1 from each; always clean up."""
+    notify_path = workdir / "notify.sock"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(notify_path))
+    notify.settimeout(0.5)
+    processes: dict[str, subprocess.Popen] = {}
+    try:
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+        for name, config in configs.items():
+            log = open(workdir / name / "agentd.log", "wb")  # noqa: SIM115 - owned by the child
+            processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "agentd", "run", "-c", str(config.path)],
+                stdout=log, stderr=subprocess.STDOUT, env=env)
+            log.close()
+        ready = 0
+        deadline = time.monotonic() + READY_TIMEOUT
+        while ready < len(processes):
+            for name, process in processes.items():
+                if process.poll() is not None:
+                    log_tail = (workdir / name / "agentd.log").read_text()[-2000:]
+                    raise UserError(f"node {name} exited with {process.returncode}:\n{log_tail}")
+            if time.monotonic() > deadline:
+                raise UserError(f"nodes not ready within {READY_TIMEOUT:g} s")
+            try:
+                if notify.recv(256) == b"READY=1":
+                    ready += 1
+            except TimeoutError:
+                continue
+        yield processes
+    finally:
+        for name, process in processes.items():
+            if process.poll() is None:
+                try:
+                    call(configs[name].socket_path, "stop", {}, timeout=5)
+                except Exception:
+                    process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        notify.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agentd demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=".run/demo", help="where nodes keep their data")
+    options = parser.parse_args(argv or [])
+    workdir = Path(options.workdir).resolve()
+    configs = prepare(_repo_configs(), workdir, NAMES)
+    print(f"agentd demo: starting {', '.join(NAMES)} as three processes (data in {workdir})")
+    with running(configs, workdir) as processes:
+        infos = {name: call(c.socket_path, "getinfo", {}) for name, c in configs.items()}
+        for name in NAMES:
+            print(f"  {name:6} {infos[name]['address']}")
+        print("\nping round trips (outbox -> Noise channel -> inbox -> pong -> ack):")
+        for a, b in zip(NAMES, NAMES[1:] + NAMES[:1], strict=True):
+            rtts = call(configs[a].socket_path, "peers.ping",
+                        {"agent": infos[b]["agent"], "count": 5})["rtt_ms"]
+            print(f"  {a:>5} -> {b:<5}  5 pings, median {statistics.median(rtts):6.2f} ms,"
+                  f" max {max(rtts):6.2f} ms")
+        print("\nnodes:")
+        for name, config in configs.items():
+            info = call(config.socket_path, "getinfo", {})
+            counters = info["counters"]
+            peers = call(config.socket_path, "peers.list", {})
+            connected = ", ".join(p["name"] or p["agent"][:8] for p in peers if p["connected"])
+            print(f"  {name:6} peers connected: {connected or '-':14} frames in/out "
+                  f"{counters['frames_in']}/{counters['frames_out']}, processed "
+                  f"{counters['messages_processed']}, outbox {counters['outbox_depth']}")
+    codes = {name: p.returncode for name, p in processes.items()}
+    clean = all(code == 0 for code in codes.values())
+    print(f"\nstopped: {', '.join(f'{n} exit {c}' for n, c in codes.items())}"
+          f" — {'all clean' if clean else 'NOT CLEAN'}")
+    return 0 if clean else 1

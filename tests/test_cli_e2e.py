@@ -1,0 +1,207 @@
+"""End to end: real `agentd` processes from generated configs, driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+AGENTD = [sys.executable, "-m", "agentd"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*AGENTD, *args], capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"agentd {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def init(tmp_path: Path, name: str) -> dict:
+    port = free_port()
+    info = json.loads(cli("init", str(tmp_path / name), "--name", name,
+                          "--listen", f"127.0.0.1:{port}").stdout)
+    info["port"] = port
+    return info
+
+
+def add_peer(config: str, name: str, info: dict) -> None:
+    with open(config, "a") as handle:
+        handle.write(f'\n[[peers]]\nname = "{name}"\nagent = "{info["agent"]}"\n'
+                     f'address = "127.0.0.1:{info["port"]}"\n')
+
+
+def start(config: str) -> subprocess.Popen:
+    process = subprocess.Popen([*AGENTD, "run", "-c", config], stderr=subprocess.PIPE,
+                               text=True)
+    socket_path = Path(config).parent / "data" / "agentd.sock"
+    deadline = time.monotonic() + 20
+    while not socket_path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"node did not start: {process.stderr.read()}")
+        time.sleep(0.05)
+    return process
+
+
+@pytest.fixture
+def three_nodes(tmp_path):
+    infos = {name: init(tmp_path, name) for name in ("a", "b", "c")}
+    for name, info in infos.items():
+        for other, other_info in infos.items():
+            if other != name:
+                add_peer(info["config"], other, other_info)
+    processes = {name: start(info["config"]) for name, info in infos.items()}
+    try:
+        yield infos, processes
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def test_init_writes_a_private_key_and_a_config(tmp_path):
+    info = init(tmp_path, "n")
+    key = Path(info["key"])
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert len(info["agent"]) == 43
+    assert info["address"] == f"{info['agent']}@127.0.0.1:{info['port']}"
+    again = cli("init", str(tmp_path / "n"), "--name", "n", "--listen", "127.0.0.1:1",
+                check=False)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_three_nodes_through_the_cli_then_sigterm(three_nodes):
+    infos, processes = three_nodes
+    a, b, c = (infos[n]["config"] for n in "abc")
+    ping = json.loads(cli("-c", a, "peers.ping", f"agent={infos['b']['agent']}",
+                          "count=3").stdout)
+    assert len(ping["rtt_ms"]) == 3
+    json.loads(cli("-c", b, "peers.ping", f"agent={infos['c']['agent']}").stdout)
+    info = json.loads(cli("-c", a, "getinfo").stdout)
+    assert info["agent"] == infos["a"]["agent"]
+    assert info["counters"]["handshakes_ok"] >= 1
+    added = json.loads(cli("-c", c, "users.add", "cuid=carol", "name=Carol C").stdout)
+    assert added["address"].startswith(f"carol:{infos['c']['agent']}@")
+    users = json.loads(cli("-c", c, "users.list").stdout)
+    assert [u["cuid"] for u in users] == ["carol"]
+    peers = json.loads(cli("-c", a, "peers.list").stdout)
+    assert {p["name"]: p["connected"] for p in peers} == {"b": True, "c": False}
+
+    # errors: JSON on stderr, exit 1
+    bad = cli("-c", a, "peers.ping", "agent=nope", check=False)
+    assert bad.returncode == 1
+    assert json.loads(bad.stderr)["code"] == -32602
+    unknown = cli("-c", a, "no.such.method", check=False)
+    assert unknown.returncode == 1 and "unknown method" in json.loads(unknown.stderr)["message"]
+    typo = cli("-c", a, "peers.ping", "agnet=x", check=False)
+    assert "unknown parameter 'agnet'" in json.loads(typo.stderr)["message"]
+    dup = cli("-c", c, "users.add", "cuid=carol", check=False)
+    assert json.loads(dup.stderr)["reason"] == "USER_EXISTS"
+
+    for process in processes.values():
+        process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    for process in processes.values():
+        assert process.wait(timeout=5) == 0
+    assert time.monotonic() - started < 2.0
+    for info in infos.values():
+        assert not (Path(info["config"]).parent / "data" / "agentd.sock").exists()
+
+
+def test_stop_method_and_sigint(three_nodes):
+    infos, processes = three_nodes
+    assert json.loads(cli("-c", infos["a"]["config"], "stop").stdout) == {}
+    assert processes["a"].wait(timeout=5) == 0
+    processes["b"].send_signal(signal.SIGINT)
+    assert processes["b"].wait(timeout=5) == 0
+
+
+def test_ready_is_sent_to_notify_socket(tmp_path):
+    info = init(tmp_path, "n")
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(20)
+        process = subprocess.Popen([*AGENTD, "run", "-c", info["config"]],
+                                   env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
+                                   stderr=subprocess.DEVNULL)
+        try:
+            assert notify.recv(64) == b"READY=1"
+            process.terminate()
+            assert notify.recv(64) == b"STOPPING=1"
+            assert process.wait(timeout=5) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def run_expecting_error(config: Path) -> str:
+    result = cli("run", "-c", str(config), check=False)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_bad_config_key_names_the_key_and_file(tmp_path):
+    info = init(tmp_path, "n")
+    config = Path(info["config"])
+    config.write_text(config.read_text().replace("[node]", "[node]\nlisten_port = 3"))
+    line = run_expecting_error(config)
+    assert "node.listen_port" in line and str(config) in line
+
+
+def test_bad_value_names_the_key(tmp_path):
+    info = init(tmp_path, "n")
+    config = Path(info["config"])
+    config.write_text(config.read_text().replace('level = "info"', 'level = "loud"'))
+    assert "log.level" in run_expecting_error(config)
+
+
+def test_missing_key_file(tmp_path):
+    info = init(tmp_path, "n")
+    Path(info["key"]).unlink()
+    line = run_expecting_error(Path(info["config"]))
+    assert "key file not found" in line and "agent.key" in line
+
+
+def test_port_in_use(tmp_path):
+    info = init(tmp_path, "n")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", info["port"]))
+        sock.listen()
+        line = run_expecting_error(Path(info["config"]))
+    assert "address already in use" in line and str(info["port"]) in line
+
+
+def test_unreadable_data_dir(tmp_path):
+    info = init(tmp_path, "n")
+    config = Path(info["config"])
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    config.write_text(config.read_text().replace('data_dir = "data"',
+                                                 f'data_dir = "{blocker}/data"\nkey = "data/agent.key"'))
+    line = run_expecting_error(config)
+    assert "data dir" in line and str(blocker) in line
+
+
+def test_cli_without_a_running_node(tmp_path):
+    info = init(tmp_path, "n")
+    result = cli("-c", info["config"], "getinfo", check=False)
+    assert result.returncode == 2
+    assert "no agentd is running" in result.stderr
