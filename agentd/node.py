@@ -59,13 +59,17 @@ class Node:
                                             config.clearinghouse.address)
             self._peer_names.setdefault(config.clearinghouse.agent, "clearinghouse")
         self.peers: PeerManager = None  # type: ignore[assignment]  # set in run()
-        self.dispatcher.register(PingService(self))
-        Users(self)
+        self._install_services()
         for name, method in (("getinfo", self.rpc_getinfo), ("peers.list", self.rpc_peers),
                              ("stop", self.rpc_stop)):
             self.rpc.register(name, method)
 
     now_ms = staticmethod(now_ms)
+
+    def _install_services(self) -> None:
+        """Each service registers its message target and its RPC methods. One line each."""
+        self.dispatcher.register(PingService(self))
+        Users(self)
 
     # -- identity and addresses ----------------------------------------------------------
 

@@ -194,8 +194,8 @@ def test_unreadable_data_dir(tmp_path):
     config = Path(info["config"])
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    config.write_text(config.read_text().replace('data_dir = "data"',
-                                                 f'data_dir = "{blocker}/data"\nkey = "data/agent.key"'))
+    config.write_text(config.read_text().replace(
+        'data_dir = "data"', f'data_dir = "{blocker}/data"\nkey = "data/agent.key"'))
     line = run_expecting_error(config)
     assert "data dir" in line and str(blocker) in line
 
