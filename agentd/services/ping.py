@@ -1,5 +1,8 @@
 """The ``node`` target: ping and pong, the round trip behind ``peers.ping`` and the demo.
 
+``note`` is a one-way message that needs no reply: the receiver only records it (the inbox
+does that), which makes it the unit of the durable-delivery benchmark.
+
 A ping goes through the whole delivery path — outbox row, Noise channel, inbox, the pong
 queued in the receiver's transaction, its ack — so its latency is that of every message.
 """
@@ -28,6 +31,8 @@ class PingService(Service):
         if envelope.action == "ping":
             tx.send(envelope.from_, "node", "pong", {"seq": envelope.object.get("seq", 0)},
                     re=envelope.id)
+        elif envelope.action == "note":
+            return
         elif envelope.action == "pong":
             event = self._waiting.get(envelope.re or b"")
             if event is not None:
