@@ -182,7 +182,8 @@ class Node:
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
             "peers": len(self.peers.channels),
-            "counters": {**self.counters.to_map(), "outbox_depth": self.pump.depth},
+            "counters": {**self.counters.to_map(), "outbox_depth": self.pump.depth,
+                         "db_commits": self.db.commits, "db_jobs": self.db.jobs},
         }
 
     async def rpc_peers(self) -> list[dict]:

@@ -31,7 +31,7 @@ log = logging.getLogger("agentd.outbox")
 ACK_TIMEOUT_MIN = 2.0
 ACK_TIMEOUT_MAX = 60.0
 SCAN_INTERVAL = 0.25
-SEND_BATCH = 512
+WINDOW = 1024  # unacked messages per peer: keeps ack latency, and so timeouts, meaningful
 
 
 def ack_timeout(tries: int) -> float:
@@ -57,6 +57,8 @@ class OutboxPump:
         self._queues: dict[str, deque[Outgoing]] = {}
         self._wake: dict[str, trio.Event] = {}
         self._inflight: dict[bytes, Outgoing] = {}
+        self._unacked: dict[str, int] = {}
+        self._window_open: dict[str, trio.Event] = {}
         self._acked: list[bytes] = []
         self._acked_event = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -113,7 +115,8 @@ class OutboxPump:
         if item is None or item.peer != from_agent:
             return None  # a late duplicate ack, or an ack for a message we never sent it
         del self.live[ack.ack]
-        self._inflight.pop(ack.ack, None)
+        if self._inflight.pop(ack.ack, None) is not None:
+            self._release(item.peer)
         if ack.error is not None:
             self.node.counters.rejected_by_peer += 1
             return item, ack.error
@@ -128,11 +131,18 @@ class OutboxPump:
             ids, self._acked = self._acked, []
             self.node.db.submit(lambda conn, ids=ids: outbox.delete(conn, ids))
 
+    def _release(self, peer: str) -> None:
+        self._unacked[peer] -= 1
+        event = self._window_open.get(peer)
+        if event is not None:
+            event.set()
+
     def on_channel_closed(self, channel: Channel) -> None:
         """Everything sent on a lost channel and not yet acked goes back in its queue."""
         lost = [item for item in self._inflight.values() if item.channel is channel]
         for item in lost:
             del self._inflight[item.id]
+            self._release(item.peer)
             self._enqueue(item)
 
     # -- sending -------------------------------------------------------------------------
@@ -157,14 +167,22 @@ class OutboxPump:
             await self._send_queue(channel, queue)
 
     async def _send_queue(self, channel: Channel, queue: deque[Outgoing]) -> None:
-        now = trio.current_time()
+        peer = channel.agent
         while queue:
+            while self._unacked.get(peer, 0) >= WINDOW:
+                self._window_open[peer] = trio.Event()
+                await self._window_open[peer].wait()
+                if not channel.alive:
+                    return
+            if not queue:
+                return
             item = queue.popleft()
             if item.id not in self.live:
                 continue
             item.tries += 1
             item.channel = channel
-            item.due = now + ack_timeout(item.tries)
+            item.due = trio.current_time() + ack_timeout(item.tries)
+            self._unacked[peer] = self._unacked.get(peer, 0) + 1
             envelope = item.envelope
             envelope["try"] = item.tries
             envelope["last"] = now_ms()
@@ -172,7 +190,8 @@ class OutboxPump:
             try:
                 await channel.send_frame(pack(envelope))
             except ChannelClosed:
-                self._inflight.pop(item.id, None)
+                if self._inflight.pop(item.id, None) is not None:
+                    self._release(peer)
                 queue.appendleft(item)
                 return
 
@@ -195,6 +214,7 @@ class OutboxPump:
             overdue = [item for item in self._inflight.values() if item.due <= now]
             for item in overdue:
                 del self._inflight[item.id]
+                self._release(item.peer)
                 self._enqueue(item)
             if overdue:
                 tries = [(item.tries, item.id) for item in overdue]

@@ -173,9 +173,19 @@ class Channel:
         return self.close_reason is None and not self.closed.is_set()
 
     async def send_frame(self, body: bytes) -> None:
-        """Queue one frame body; waits when the send queue is full (backpressure)."""
+        """Queue one frame body; waits only when the send queue is full (backpressure).
+
+        Not yielding when there is room is deliberate: a burst of frames queued without a
+        checkpoint is picked up by the send loop as one batch — one Noise message, one
+        syscall — instead of one each.
+        """
         try:
-            await self._send.send(body)
+            self._send.send_nowait(body)
+        except trio.WouldBlock:
+            try:
+                await self._send.send(body)
+            except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+                raise ChannelClosed("closed", "channel is closed") from exc
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise ChannelClosed("closed", "channel is closed") from exc
 
@@ -190,12 +200,17 @@ class Channel:
 
     async def _reply_loop(self) -> None:
         async for reply in self._deferred:
-            body = await reply()
-            if body is not None:
+            while True:
+                body = await reply()  # no checkpoint when its commit is already done
+                if body is not None:
+                    try:
+                        await self.send_frame(body)
+                    except ChannelClosed:
+                        return
                 try:
-                    await self._send.send(body)
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
-                    return
+                    reply = self._deferred.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
 
     def close(self, reason: str = "closed") -> None:
         if self.close_reason is None:

@@ -29,6 +29,7 @@ from agentd.bench import table, write_json
 from agentd.config import parse_config
 from agentd.counters import Counters
 from agentd.node import Node
+from agentd.rpc import call
 from agentd.services.base import Tx
 from agentd.transport import Channel, Hello, initiate, respond
 from protocol.codec import pack
@@ -193,6 +194,9 @@ async def durable_rate(count: int, workdir: Path) -> float:
             while node.pump.depth:
                 await trio.sleep(0.005)
             elapsed = time.perf_counter() - started
+            stats = call(receiver_dir / "agentd.sock", "getinfo", {})["counters"]
+            print(f"sender: {node.db.jobs} jobs in {node.db.commits} commits; receiver: "
+                  f"{stats['db_jobs']} jobs in {stats['db_commits']} commits", file=sys.stderr)
             node.stop()
         return count / elapsed
     finally:
