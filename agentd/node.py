@@ -30,10 +30,12 @@ from agentd.services.ping import PingService
 from agentd.services.users import Users
 from agentd.transport import Channel, Hello
 from protocol.keys import ChipAddress, SigningKey
-from store import Database, DatabaseError
+from store import Database, DatabaseError, inbox
 from store import peers as peer_store
 
 log = logging.getLogger("agentd.node")
+INBOX_RETENTION_MS = 30 * 24 * 3600 * 1000  # dedup window: far longer than any retry gap
+MAINTENANCE_INTERVAL = 3600.0
 
 
 class Node:
@@ -146,6 +148,16 @@ class Node:
         self.port = listeners[0].socket.getsockname()[1]
         self.peers.hello = Hello(self.agent_id, self.listen_address, self.config.roles)
         await nursery.start(self.rpc.serve, self.config.socket_path)
+        nursery.start_soon(self._maintenance)
+
+    async def _maintenance(self) -> None:
+        """Hourly: forget processed-message ids older than the dedup window."""
+        while True:
+            cutoff = now_ms() - INBOX_RETENTION_MS
+            pruned = await self.db.write(lambda conn: inbox.prune(conn, cutoff))
+            if pruned:
+                log.info("pruned %d inbox ids older than 30 days", pruned)
+            await trio.sleep(MAINTENANCE_INTERVAL)
 
     async def _load_peers(self) -> None:
         def job(conn):

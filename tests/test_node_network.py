@@ -93,3 +93,16 @@ async def test_outbox_is_reloaded_after_restart(tmp_path):
         sender = await net.restart(0)  # the rows are only in the sender's database now
         receiver = await net.restart(1)
         await wait_for(lambda: set(ids) <= _inbox_ids(receiver), timeout=20)
+
+
+async def test_idle_inbound_channel_is_closed_and_redialled(tmp_path):
+    async with network(tmp_path, n=2, idle_timeout=0.3) as net:
+        a, b = net.nodes
+        await a.rpc.call("peers.ping", {"agent": b.agent_id})
+        assert b.peers.connected(a.agent_id)
+        await wait_for(lambda: not b.peers.connected(a.agent_id), timeout=5)
+        await wait_for(lambda: not a.peers.connected(b.agent_id), timeout=5)
+        assert b.counters.rejected["idle"] == 0  # an idle close is orderly, not a rejection
+        result = await a.rpc.call("peers.ping", {"agent": b.agent_id})
+        assert len(result["rtt_ms"]) == 1
+        assert a.counters.handshakes_ok == 2
