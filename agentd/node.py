@@ -154,7 +154,7 @@ class Node:
         """Hourly: forget processed-message ids older than the dedup window."""
         while True:
             cutoff = now_ms() - INBOX_RETENTION_MS
-            pruned = await self.db.write(lambda conn: inbox.prune(conn, cutoff))
+            pruned = await self.db.write(lambda conn, cutoff=cutoff: inbox.prune(conn, cutoff))
             if pruned:
                 log.info("pruned %d inbox ids older than 30 days", pruned)
             await trio.sleep(MAINTENANCE_INTERVAL)
