@@ -1,0 +1,349 @@
+"""``agentd sim SCENARIO``: a scripted multi-node simulation with invariants and a report.
+
+A scenario (TOML) names the nodes, the topology (explicit edges, a ring, or random with a
+seed), the traffic and the invariants. Every node is a real agentd node — loopback TCP,
+Noise, its own SQLite file — either all in this one Trio process (the default) or one
+``agentd run`` process each (``--processes``); traffic is driven through each node's RPC
+methods either way. The run prints progress, checks the invariants once traffic has
+drained, prints a report and exits 1 if any invariant failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agentd.config import parse_config
+from agentd.errors import UserError
+from agentd.node import Node
+from agentd.rpc import RpcError, call
+from protocol.keys import SigningKey
+
+TOPOLOGIES = ("ring", "random", "explicit", "full")
+TRAFFIC = ("ping",)
+INVARIANTS = ("all_delivered", "outbox_drained", "exactly_once")
+
+
+@dataclass
+class Scenario:
+    name: str
+    nodes: list[str]
+    edges: list[tuple[str, str]]
+    traffic: list[dict[str, Any]]
+    invariants: list[str]
+    seed: int
+    concurrency: int = 16
+
+
+@dataclass
+class Report:
+    counts: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    checks: dict[str, bool] = field(default_factory=dict)
+
+
+def load_scenario(path: Path) -> Scenario:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"{path}: scenario file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: not valid TOML: {exc}") from exc
+
+    def bad(key: str, why: str) -> UserError:
+        return UserError(f"{path}: {key} {why}")
+
+    unknown = set(raw) - {"sim", "nodes", "topology", "traffic", "invariants"}
+    if unknown:
+        raise bad(sorted(unknown)[0], "is not a scenario section")
+    sim = raw.get("sim", {})
+    seed = sim.get("seed", 1)
+    if not isinstance(seed, int):
+        raise bad("sim.seed", "must be an integer")
+    nodes_section = raw.get("nodes", {})
+    if "names" in nodes_section:
+        names = nodes_section["names"]
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise bad("nodes.names", "must be a non-empty list of text")
+    else:
+        count = nodes_section.get("count")
+        if not isinstance(count, int) or not 1 <= count <= 200:
+            raise bad("nodes.count", "must be an integer from 1 to 200 (or give nodes.names)")
+        names = [f"n{i}" for i in range(count)]
+    if len(set(names)) != len(names):
+        raise bad("nodes.names", "has duplicates")
+    rng = random.Random(seed)
+    edges = _topology(raw.get("topology", {"kind": "full"}), names, rng, bad)
+    traffic = raw.get("traffic", [])
+    if not isinstance(traffic, list):
+        raise bad("traffic", "must be an array of tables ([[traffic]])")
+    for i, item in enumerate(traffic):
+        if item.get("kind") not in TRAFFIC:
+            raise bad(f"traffic[{i}].kind", f"must be one of {', '.join(TRAFFIC)}")
+        if not isinstance(item.get("count", 1), int) or item.get("count", 1) < 1:
+            raise bad(f"traffic[{i}].count", "must be a positive integer")
+    invariants = raw.get("invariants", {"check": list(INVARIANTS)}).get("check", [])
+    for name in invariants:
+        if name not in INVARIANTS:
+            raise bad("invariants.check", f"has unknown invariant {name!r} "
+                      f"(known: {', '.join(INVARIANTS)})")
+    return Scenario(sim.get("name", path.stem), names, edges, traffic, invariants, seed,
+                    sim.get("concurrency", 16))
+
+
+def _topology(spec: dict, names: list[str], rng: random.Random, bad) -> list[tuple[str, str]]:
+    kind = spec.get("kind", "full")
+    if kind not in TOPOLOGIES:
+        raise bad("topology.kind", f"must be one of {', '.join(TOPOLOGIES)}")
+    if kind == "full":
+        return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    if kind == "ring":
+        if len(names) < 2:
+            return []
+        return [(names[i], names[(i + 1) % len(names)]) for i in range(len(names))
+                if len(names) > 2 or i == 0]
+    if kind == "random":
+        degree = spec.get("degree", 3)
+        if not isinstance(degree, int) or degree < 1:
+            raise bad("topology.degree", "must be a positive integer")
+        edges = {(names[i], names[(i + 1) % len(names)]) for i in range(len(names) - 1)}
+        for a in names:  # a connected backbone, then random extra links
+            for b in rng.sample(names, min(degree, len(names))):
+                if a != b and (b, a) not in edges:
+                    edges.add((a, b))
+        return sorted(edges)
+    edges = []
+    for i, edge in enumerate(spec.get("edges", [])):
+        if not (isinstance(edge, list) and len(edge) == 2 and set(edge) <= set(names)):
+            raise bad(f"topology.edges[{i}]", "must be a pair of node names")
+        edges.append((edge[0], edge[1]))
+    return edges
+
+
+# -- running nodes: in this process, or one OS process each --------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _neighbours(names: list[str], edges: list[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {name: [] for name in names}
+    for a, b in edges:
+        out[a].append(b)
+        out[b].append(a)
+    return out
+
+
+class InProcess:
+    """All nodes in this Trio process: real sockets, Noise and SQLite, no subprocesses."""
+
+    def __init__(self, nursery: trio.Nursery, workdir: Path) -> None:
+        self.nursery = nursery
+        self.workdir = workdir
+        self.nodes: dict[str, Node] = {}
+
+    async def start(self, names: list[str], edges: list[tuple[str, str]]) -> dict[str, str]:
+        for name in names:
+            config = parse_config({"node": {"name": name, "data_dir": str(self.workdir / name),
+                                            "listen": "127.0.0.1:0"}},
+                                  self.workdir / f"{name}.toml")
+            node = Node(config, SigningKey.generate())
+            await self.nursery.start(node.run)
+            self.nodes[name] = node
+        for name, others in _neighbours(names, edges).items():
+            for other in others:
+                peer = self.nodes[other]
+                self.nodes[name].learn_peer(peer.agent_id, peer.listen_address, other)
+        return {name: node.agent_id for name, node in self.nodes.items()}
+
+    async def call(self, name: str, method: str, params: dict) -> Any:
+        return await self.nodes[name].rpc.call(method, params)
+
+    async def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+class Processes:
+    """One ``agentd run`` OS process per node, peered by config, driven by its socket."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.sockets: dict[str, Path] = {}
+
+    async def start(self, names: list[str], edges: list[tuple[str, str]]) -> dict[str, str]:
+        keys = {name: SigningKey.generate() for name in names}
+        ports = {name: _free_port() for name in names}
+        for name, others in _neighbours(names, edges).items():
+            node_dir = self.workdir / name
+            (node_dir / "data").mkdir(parents=True, exist_ok=True)
+            key = node_dir / "data" / "agent.key"
+            key.write_text(keys[name].dump())
+            key.chmod(0o600)
+            text = (f'[node]\nname = "{name}"\ndata_dir = "data"\n'
+                    f'listen = "127.0.0.1:{ports[name]}"\n\n[log]\nlevel = "warning"\n')
+            for other in others:
+                text += (f'\n[[peers]]\nname = "{other}"\nagent = "{keys[other].agent_id}"\n'
+                         f'address = "127.0.0.1:{ports[other]}"\n')
+            (node_dir / "agentd.toml").write_text(text)
+            with open(node_dir / "agentd.log", "wb") as log:
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "agentd", "run", "-c", str(node_dir / "agentd.toml")],
+                    stdout=log, stderr=subprocess.STDOUT)
+            self.sockets[name] = node_dir / "data" / "agentd.sock"
+        with trio.fail_after(60):
+            while not all(path.exists() for path in self.sockets.values()):
+                for name, proc in self.procs.items():
+                    if proc.poll() is not None:
+                        raise UserError(f"node {name} exited; see {self.workdir / name}")
+                await trio.sleep(0.05)
+        return {name: key.agent_id for name, key in keys.items()}
+
+    async def call(self, name: str, method: str, params: dict) -> Any:
+        return await trio.to_thread.run_sync(partial(call, self.sockets[name], method, params, 60))
+
+    async def stop(self) -> None:
+        for name, proc in self.procs.items():
+            try:
+                await self.call(name, "stop", {})
+            except (RpcError, UserError, OSError):
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                await trio.to_thread.run_sync(partial(proc.wait, 10))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# -- traffic, invariants, report ------------------------------------------------------------
+
+
+async def _ping_traffic(backend, scenario: Scenario, agents: dict[str, str], item: dict,
+                        rng: random.Random, report: Report) -> None:
+    count = item.get("count", 1)
+    if not scenario.edges:
+        report.failures.append("ping traffic needs at least one edge")
+        return
+    pairs = [rng.choice(scenario.edges) for _ in range(count)]
+    pairs = [(a, b) if rng.random() < 0.5 else (b, a) for a, b in pairs]
+    limit = trio.Semaphore(scenario.concurrency)
+    done = 0
+
+    async def one(a: str, b: str) -> None:
+        nonlocal done
+        async with limit:
+            try:
+                result = await backend.call(a, "peers.ping", {"agent": agents[b]})
+                report.latencies_ms.extend(result["rtt_ms"])
+            except RpcError as exc:
+                report.failures.append(f"ping {a} -> {b}: {exc.message}")
+            done += 1
+            if done % max(1, count // 10) == 0 or done == count:
+                print(f"  pings {done}/{count}", flush=True)
+
+    async with trio.open_nursery() as nursery:
+        for a, b in pairs:
+            nursery.start_soon(one, a, b)
+    report.counts["pings"] = report.counts.get("pings", 0) + count
+
+
+async def _check(backend, scenario: Scenario, report: Report) -> None:
+    infos: dict[str, dict] = {}
+    with trio.move_on_after(20):
+        while True:
+            infos = {name: await backend.call(name, "getinfo", {}) for name in scenario.nodes}
+            if all(i["counters"]["outbox_depth"] == 0 for i in infos.values()):
+                break
+            await trio.sleep(0.1)
+    pings = report.counts.get("pings", 0)
+    processed = sum(i["counters"]["messages_processed"] for i in infos.values())
+    results = {
+        "all_delivered": not report.failures and len(report.latencies_ms) == pings,
+        "outbox_drained": all(i["counters"]["outbox_depth"] == 0 for i in infos.values()),
+        "exactly_once": processed == 2 * pings,
+    }
+    report.counts["messages_processed"] = processed
+    report.counts["duplicates_ignored"] = sum(i["counters"]["duplicates"] for i in infos.values())
+    for name in scenario.invariants:
+        report.checks[name] = results[name]
+
+
+async def run_scenario(scenario: Scenario, processes: bool, workdir: Path) -> Report:
+    report = Report()
+    rng = random.Random(scenario.seed)
+    mode = "one process per node" if processes else "one Trio process"
+    print(f"sim {scenario.name!r}: {len(scenario.nodes)} nodes, {len(scenario.edges)} links,"
+          f" {mode}", flush=True)
+    async with trio.open_nursery() as nursery:
+        backend = Processes(workdir) if processes else InProcess(nursery, workdir)
+        try:
+            started = time.perf_counter()
+            agents = await backend.start(scenario.nodes, scenario.edges)
+            print(f"  started in {time.perf_counter() - started:.2f} s", flush=True)
+            started = time.perf_counter()
+            for item in scenario.traffic:
+                await _ping_traffic(backend, scenario, agents, item, rng, report)
+            report.counts["traffic_ms"] = round((time.perf_counter() - started) * 1000)
+            await _check(backend, scenario, report)
+        finally:
+            await backend.stop()
+    return report
+
+
+def print_report(scenario: Scenario, report: Report) -> None:
+    print(f"\nreport for {scenario.name!r}")
+    for key, value in report.counts.items():
+        print(f"  {key:20} {value}")
+    if report.latencies_ms:
+        ordered = sorted(report.latencies_ms)
+        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        print(f"  {'ping p50 / p99':20} {statistics.median(ordered):.2f} / {p99:.2f} ms")
+    for failure in report.failures[:10]:
+        print(f"  failure: {failure}")
+    for name, ok in report.checks.items():
+        print(f"  invariant {name:18} {'ok' if ok else 'FAILED'}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="agentd sim", description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", help="scenario TOML file (see configs/sims/)")
+    parser.add_argument("--processes", action="store_true",
+                        help="run each node as its own 'agentd run' OS process")
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the nodes' data directories")
+    options = parser.parse_args(argv)
+    scenario = load_scenario(Path(options.scenario))
+    workdir = Path(tempfile.mkdtemp(prefix="agentd-sim-"))
+    try:
+        report = trio.run(run_scenario, scenario, options.processes, workdir)
+    finally:
+        if options.keep:
+            print(f"data kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print_report(scenario, report)
+    if options.json:
+        Path(options.json).write_text(json.dumps(
+            {"counts": report.counts, "checks": report.checks, "failures": report.failures},
+            indent=2))
+    return 0 if report.checks and all(report.checks.values()) else 1
