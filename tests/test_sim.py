@@ -42,7 +42,7 @@ def test_ring_and_random_topologies(tmp_path):
     ("[nodez]\ncount = 2\n", "nodez"),
 ])
 def test_bad_scenarios_name_the_key(tmp_path, text, complaint):
-    with pytest.raises(UserError, match="scenario.toml") as caught:
+    with pytest.raises(UserError, match=r"scenario\.toml") as caught:
         load_scenario(write(tmp_path, text))
     assert complaint in str(caught.value)
 
