@@ -127,8 +127,6 @@ def _rpc(config_path: str, method: str, pairs: list[str]) -> int:
 
     config = load_config(config_path)
     params = parse_params(pairs)
-    if method == "help":
-        method = "help"
     try:
         result = call(config.socket_path, method, params)
     except RpcError as exc:

@@ -57,10 +57,21 @@ def invalid_params(message: str) -> RpcError:
 
 class RpcServer:
     def __init__(self) -> None:
-        self.methods: dict[str, Method] = {}
+        self.methods: dict[str, Method] = {"help": self.help}
 
     def register(self, name: str, method: Method) -> None:
         self.methods[name] = method
+
+    async def help(self) -> list[dict[str, Any]]:
+        """Every method with its parameters (optional ones end in '?') and what it does."""
+        out = []
+        for name in sorted(self.methods):
+            method = self.methods[name]
+            params = [p.name + ("" if p.default is inspect.Parameter.empty else "?")
+                      for p in inspect.signature(method).parameters.values()]
+            doc = (inspect.getdoc(method) or "").split("\n\n")[0].replace("\n", " ")
+            out.append({"method": name, "params": params, "doc": doc})
+        return out
 
     async def call(self, name: str, params: Any) -> Any:
         method = self.methods.get(name)

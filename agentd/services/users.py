@@ -30,6 +30,7 @@ class Users:
         return {"cuid": cuid, "address": str(self.node.own_address(cuid))}
 
     async def rpc_list(self) -> list[dict]:
+        """Users hosted on this node, with their CHIP addresses and public keys."""
         return [
             {"cuid": row["cuid"], "name": row["name"],
              "address": str(self.node.own_address(row["cuid"])), "public": b64u(row["public"])}
