@@ -57,12 +57,28 @@ def pack(value: Any) -> bytes:
         raise CodecError(f"cannot encode message: {exc}") from exc
 
 
+def _text_keys_only(value: dict) -> dict:
+    # strict_map_key admits bin keys as well as str ones; our maps have text keys only.
+    for key in value:
+        if type(key) is not str:
+            raise CodecError(f"map key {key!r} is not text")
+    return value
+
+
+def _no_extensions(code: int, data: bytes) -> Any:
+    raise CodecError(f"msgpack extension type {code} is not allowed")
+
+
 def unpack(data: bytes, *, max_size: int | None = None) -> Any:
-    """Decode one msgpack value, refusing trailing bytes, raw strings and oversize data."""
+    """Decode one msgpack value, refusing trailing bytes, raw strings, non-text map keys and
+    oversize data."""
     if max_size is not None and len(data) > max_size:
         raise CodecError(f"message of {len(data)} bytes exceeds the limit of {max_size}")
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True, object_hook=_text_keys_only,
+            ext_hook=_no_extensions,
+        )
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise CodecError(f"malformed msgpack: {exc}") from exc
     except (ValueError, TypeError) as exc:  # truncated data, bad UTF-8, non-text keys

@@ -88,8 +88,14 @@ def parse_frame(body: bytes) -> Envelope | Ack:
     value = unpack(body)
     if not isinstance(value, dict):
         raise EnvelopeError(f"frame body is a {type(value).__name__}, expected a map")
-    if value.get("v") != VERSION:
-        raise EnvelopeError(f"field 'v' must be {VERSION}, got {value.get('v')!r}")
+    version = value.get("v")
+    if type(version) is not int or version != VERSION:  # not True, not 1.0
+        # An envelope with a readable id is rejected with an error ack, not dropped; an ack
+        # is never acked.
+        message_id = None if "ack" in value else value.get("id")
+        if not isinstance(message_id, bytes) or len(message_id) != ID_SIZE:
+            message_id = None
+        raise EnvelopeError(f"field 'v' must be {VERSION}, got {version!r}", message_id)
     if "ack" in value:
         return _parse_ack(value)
     return _parse_envelope(value)
@@ -126,7 +132,7 @@ def _parse_envelope(value: dict) -> Envelope:
     if unknown:
         raise bad(f"unknown field(s) {sorted(unknown)}")
     target = value["target"]
-    if target not in TARGETS:
+    if not isinstance(target, str) or target not in TARGETS:
         raise bad(f"field 'target' must be one of {sorted(TARGETS)}, got {target!r}")
     action = value["action"]
     if not isinstance(action, str) or not 0 < len(action) <= MAX_ACTION:

@@ -70,6 +70,8 @@ def ed25519_public_to_x25519(ed_public: bytes) -> bytes:
         raise IdentityError("Ed25519 public key is not canonical (y >= p)")
     if y == 1:
         raise IdentityError("Ed25519 public key is the identity point")
+    if y == _P - 1:
+        raise IdentityError("Ed25519 public key is a low-order point")
     u = (1 + y) * pow(1 - y, _P - 2, _P) % _P
     return u.to_bytes(32, "little")
 
@@ -145,18 +147,28 @@ class SigningKey:
         return cls(raw)
 
 
-_HOSTPORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>\d{1,5})$")
+# ASCII digits only, and fullmatch (``$`` would also match before a trailing newline).
+_HOSTPORT = re.compile(
+    r"(?P<host>\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.\-]+):(?P<port>\d{1,5})", re.ASCII
+)
+# A host as parse_hostport returns it (IPv6 unbracketed); the bracketed form is tolerated.
+_HOST = re.compile(r"[A-Za-z0-9_.\-]+|[0-9a-fA-F:.]+|\[[0-9a-fA-F:.]+\]")
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
     """Split ``host:port`` (IPv6 in brackets); the port must be 1..65535 (0 only to bind)."""
-    match = _HOSTPORT.match(text or "")
+    match = _HOSTPORT.fullmatch(text or "")
     if not match:
         raise IdentityError(f"expected HOST:PORT, got {text!r}")
     port = int(match["port"])
     if port > 65535:
         raise IdentityError(f"port {port} is out of range in {text!r}")
     return match["host"].strip("[]"), port
+
+
+def format_hostport(host: str, port: int) -> str:
+    """The inverse of :func:`parse_hostport` (brackets an IPv6 host)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -170,7 +182,7 @@ class ChipAddress:
 
     def __post_init__(self) -> None:
         agent_id_to_public(self.agent)
-        if self.cuid is not None and not _CUID.match(self.cuid):
+        if self.cuid is not None and not valid_cuid(self.cuid):
             raise IdentityError(
                 f"bad user id (cuid) {self.cuid!r}: use letters, digits, '_', '-', '.'"
             )
@@ -184,9 +196,9 @@ class ChipAddress:
 
     @classmethod
     def parse(cls, text: str) -> ChipAddress:
-        rest, _, where = text.partition("@")
+        rest, at, where = text.partition("@")
         host = port = None
-        if where:
+        if at:
             host, port = parse_hostport(where)
         cuid, sep, agent = rest.rpartition(":")
         return cls(agent=agent, cuid=cuid if sep else None, host=host, port=port)
@@ -212,6 +224,10 @@ class ChipAddress:
             raise IdentityError("an address has both host and port, or neither")
         if host is not None and (not isinstance(host, str) or not isinstance(port, int)):
             raise IdentityError("address host must be text and port an integer")
+        if host is not None and not _HOST.fullmatch(host):
+            raise IdentityError(f"address host {host!r} is not a host name or IP address")
+        if port is not None and (isinstance(port, bool) or not 0 <= port <= 65535):
+            raise IdentityError(f"address port {port!r} is not an integer from 0 to 65535")
         cuid = value.get("cuid")
         if cuid is not None and not isinstance(cuid, str):
             raise IdentityError("address cuid must be text")
@@ -225,4 +241,4 @@ _CUID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 
 def valid_cuid(cuid: object) -> bool:
-    return isinstance(cuid, str) and bool(_CUID.match(cuid))
+    return isinstance(cuid, str) and bool(_CUID.fullmatch(cuid))

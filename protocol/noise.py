@@ -77,8 +77,9 @@ class NoiseSession:
     @property
     def remote_static(self) -> bytes | None:
         """The peer's X25519 static key, once the handshake has revealed it."""
-        rs = self._handshake_state.rs
-        return bytes(rs.public_bytes) if rs is not None else None
+        # noiseprotocol holds an ``Empty()`` placeholder (not None) until ``s`` is read.
+        public = getattr(self._handshake_state.rs, "public_bytes", None)
+        return bytes(public) if public is not None else None
 
     @property
     def handshake_finished(self) -> bool:

@@ -212,11 +212,14 @@ class _DatabaseContext:
         self.db: Database | None = None
 
     async def __aenter__(self) -> Database:
+        writer = None
         try:
             writer = _connect(self.path)
             migrate(writer)
             reader = _connect(self.path, readonly=True)
         except (sqlite3.Error, SchemaError) as exc:
+            if writer is not None:
+                writer.close()
             raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
         for conn in (writer, reader):
             conn.row_factory = sqlite3.Row

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from protocol.codec import pack
 from protocol.envelope import VERSION, Envelope
-from protocol.keys import ChipAddress
+from protocol.keys import ChipAddress, format_hostport
 from store import outbox
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class Tx:
             id=message_id, target=target, action=action, object=obj, to=to, from_=sender,
             try_=1, last=self.now_ms, re=re,
         ).to_map()
-        address = f"{to.host}:{to.port}" if to.host is not None else None
+        address = format_hostport(to.host, to.port) if to.host is not None else None
         outbox.enqueue(
             self.conn, message_id=message_id, peer=to.agent, address=address, target=target,
             action=action, body=pack(envelope), now_ms=self.now_ms,

@@ -14,7 +14,7 @@ import trio
 from agentd.rpc import NOT_FOUND, TIMEOUT, RpcError, invalid_params
 from agentd.services.base import Reject, Service, Tx
 from protocol.envelope import Envelope
-from protocol.keys import ChipAddress, is_agent_id
+from protocol.keys import ChipAddress, is_agent_id, parse_hostport
 
 PING_TIMEOUT = 10.0
 
@@ -50,8 +50,8 @@ class PingService(Service):
         if address is None and agent != self.node.agent_id:
             raise RpcError(NOT_FOUND, f"unknown peer {agent}: add it to [[peers]] first",
                            "UNKNOWN_PEER")
-        host, _, port = (address or "").rpartition(":")
-        to = ChipAddress(agent=agent, host=host or None, port=int(port) if port else None)
+        host, port = parse_hostport(address) if address else (None, None)
+        to = ChipAddress(agent=agent, host=host, port=port)
         rtts = []
         for seq in range(count):
             started = trio.current_time()

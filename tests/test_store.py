@@ -1,0 +1,437 @@
+"""store/: migrations, the group-commit writer, and the outbox/inbox/peers/users repositories."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import trio
+
+from store import Database, DatabaseError, inbox, outbox, peers, users
+from store.schema import SchemaError, migrate, migrations
+
+LATEST = migrations()[-1][0]
+
+
+def _insert_meta(key: str, value: bytes = b"v") -> Callable[[sqlite3.Connection], int]:
+    def job(conn: sqlite3.Connection) -> int:
+        return conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value)).rowcount
+
+    return job
+
+
+def _meta_keys(db: Database) -> set[str]:
+    return {row["key"] for row in db.read("SELECT key FROM meta")}
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {
+        row[0]
+        for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        if not row[0].startswith("sqlite_")
+    }
+
+
+# -- schema -----------------------------------------------------------------------------------
+
+
+def test_migrations_are_in_version_order_from_one() -> None:
+    steps = migrations()
+    versions = [version for version, _, _ in steps]
+    assert versions[0] == 1
+    assert versions == sorted(set(versions))  # unique, applied in order (gaps allowed)
+    assert steps[0][1] == "001_core.sql"
+    assert all(sql.strip() for _, _, sql in steps)
+
+
+def test_migrate_sets_user_version_and_is_idempotent(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 0
+        assert migrate(conn) == LATEST
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST
+        tables = _tables(conn)
+        assert {"meta", "peers", "users", "outbox", "inbox"} <= tables
+        conn.execute("INSERT INTO meta (key, value) VALUES ('kept', x'00')")
+        assert migrate(conn) == LATEST  # would fail on CREATE TABLE if it re-ran
+        assert _tables(conn) == tables
+        assert conn.execute("SELECT count(*) FROM meta").fetchone()[0] == 1
+        assert not conn.in_transaction
+    finally:
+        conn.close()
+
+
+def test_migrate_refuses_a_newer_database(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "new.db", isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA user_version = {LATEST + 1}")
+        with pytest.raises(SchemaError, match="newer"):
+            migrate(conn)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == LATEST + 1
+        assert _tables(conn) == set()
+    finally:
+        conn.close()
+
+
+async def test_open_sets_the_latest_version_and_reopening_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "node.db"
+    async with Database.open(path) as db:
+        assert db.read("PRAGMA user_version")[0][0] == LATEST
+        await db.write(_insert_meta("first"))
+    async with Database.open(path) as db:
+        assert db.read("PRAGMA user_version")[0][0] == LATEST
+        assert _meta_keys(db) == {"first"}
+
+
+async def test_open_refuses_a_database_newer_than_the_code(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {LATEST + 5}")
+    conn.close()
+    with pytest.raises(DatabaseError, match=f"newer than this agentd \\({LATEST}\\)"):
+        async with Database.open(path):
+            pytest.fail("opened a database from the future")
+
+
+async def test_open_refuses_a_file_that_is_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not an SQLite database, not even close" * 100)
+    with pytest.raises(DatabaseError, match="cannot open database"):
+        async with Database.open(path):
+            pytest.fail("opened junk")
+
+
+async def test_wal_mode_and_pragmas(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "wal.db") as db:
+        assert db.read("PRAGMA journal_mode")[0][0] == "wal"
+
+        def pragmas(conn: sqlite3.Connection) -> tuple[int, int]:
+            return (
+                conn.execute("PRAGMA foreign_keys").fetchone()[0],
+                conn.execute("PRAGMA synchronous").fetchone()[0],
+            )
+
+        assert await db.write(pragmas) == (1, 2)  # foreign keys on, synchronous FULL
+    assert (tmp_path / "wal.db").exists()
+
+
+# -- the writer ---------------------------------------------------------------------------------
+
+
+async def test_write_returns_the_result_after_commit(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "w.db") as db:
+        assert await db.write(_insert_meta("a")) == 1
+        # Committed: the reader connection, outside the writer's transaction, sees it.
+        assert _meta_keys(db) == {"a"}
+        assert db.read_one("SELECT value FROM meta WHERE key = ?", ("a",))["value"] == b"v"
+        assert db.read_one("SELECT value FROM meta WHERE key = ?", ("zz",)) is None
+        assert db.commits >= 1 and db.jobs >= 1
+
+
+async def test_reader_cannot_write(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "r.db") as db:
+        with pytest.raises(sqlite3.OperationalError):
+            db.read("INSERT INTO meta (key, value) VALUES ('x', x'00')")
+
+
+async def test_group_commit_of_500_concurrent_writes(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "g.db") as db:
+        commits0, jobs0 = db.commits, db.jobs
+        pending = [db.start(_insert_meta(f"k{i:03d}")) for i in range(500)]
+        results = [await write.outcome() for write in pending]
+        assert results == [1] * 500
+        assert all(write.done for write in pending)
+        commits, jobs = db.commits - commits0, db.jobs - jobs0
+        assert jobs == 500
+        assert commits < jobs
+        assert commits <= 50, f"{commits} commits for 500 jobs: no group commit"
+        assert len(_meta_keys(db)) == 500
+
+
+async def test_concurrent_writers_from_many_tasks(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "t.db") as db:
+        commits0 = db.commits
+
+        async def writer(i: int) -> None:
+            assert await db.write(_insert_meta(f"task{i}")) == 1
+
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(writer, i)
+        assert len(_meta_keys(db)) == 200
+        assert db.commits - commits0 < 200
+
+
+async def test_jobs_see_the_state_left_by_earlier_jobs(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "seq.db") as db:
+
+        def increment(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'n'").fetchone()
+            n = int(row[0]) + 1 if row else 1
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('n', ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(n).encode(),),
+            )
+            return n
+
+        pending = [db.start(increment) for _ in range(300)]
+        assert [await write.outcome() for write in pending] == list(range(1, 301))
+
+
+class Boom(Exception):
+    pass
+
+
+async def test_a_failing_job_is_rolled_back_alone(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "f.db") as db:
+        # Hold the writer inside a job so that the next three land in one batch.
+        release = threading.Event()
+        entered = threading.Event()
+
+        def blocker(conn: sqlite3.Connection) -> None:
+            entered.set()
+            assert release.wait(10)
+
+        blocked = db.start(blocker)
+        await trio.to_thread.run_sync(entered.wait, 10)
+        commits0 = db.commits
+
+        def failing(conn: sqlite3.Connection) -> None:
+            _insert_meta("bad1")(conn)
+            _insert_meta("bad2")(conn)
+            raise Boom("job failed")
+
+        first = db.start(_insert_meta("good1"))
+        middle = db.start(failing)
+        last = db.start(_insert_meta("good2"))
+        release.set()
+        await blocked.outcome()
+        assert await first.outcome() == 1
+        with pytest.raises(Boom, match="job failed"):
+            await middle.outcome()
+        assert await last.outcome() == 1
+        assert db.commits - commits0 == 2  # the blocker's batch, then one batch of three
+        assert _meta_keys(db) == {"good1", "good2"}
+
+
+async def test_a_constraint_violation_fails_only_its_job(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "c.db") as db:
+        await db.write(_insert_meta("dup"))
+        pending = [
+            db.start(_insert_meta("x1")),
+            db.start(_insert_meta("dup")),
+            db.start(_insert_meta("x2")),
+        ]
+        assert await pending[0].outcome() == 1
+        with pytest.raises(sqlite3.IntegrityError):
+            await pending[1].outcome()
+        assert await pending[2].outcome() == 1
+        assert _meta_keys(db) == {"dup", "x1", "x2"}
+
+
+async def test_submit_commits_with_the_next_batch(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "s.db") as db:
+        db.submit(_insert_meta("fire-and-forget"))
+
+        def keys(conn: sqlite3.Connection) -> set[str]:
+            return {row[0] for row in conn.execute("SELECT key FROM meta")}
+
+        assert await db.write(keys) == {"fire-and-forget"}  # jobs run in queue order
+
+
+async def test_a_failing_submitted_job_is_logged_and_harmless(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    def failing(conn: sqlite3.Connection) -> None:
+        _insert_meta("never")(conn)
+        raise Boom("background failure")
+
+    with caplog.at_level(logging.ERROR, logger="agentd.store"):
+        async with Database.open(tmp_path / "sf.db") as db:
+            db.submit(failing)
+            assert await db.write(_insert_meta("after")) == 1
+            assert _meta_keys(db) == {"after"}
+    assert "background failure" in caplog.text
+
+
+async def test_pending_write_survives_a_cancelled_caller(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "cancel.db") as db:
+        with trio.move_on_after(0):
+            await db.write(_insert_meta("shielded"))
+        # The job was queued before the cancel; its effects are committed regardless.
+        assert await db.write(lambda conn: None) is None
+        assert _meta_keys(db) == {"shielded"}
+
+
+async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "durable.db"
+    async with Database.open(path) as db:
+        pending = [db.start(_insert_meta(f"d{i}")) for i in range(20)]
+        db.submit(_insert_meta("submitted"))  # queued before close: written before close
+    assert all(write.done for write in pending)
+    async with Database.open(path) as db:
+        assert _meta_keys(db) == {f"d{i}" for i in range(20)} | {"submitted"}
+
+
+async def test_closed_database_refuses_new_jobs(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "closed.db") as db:
+        pass
+    with pytest.raises(DatabaseError, match="closed"):
+        db.start(_insert_meta("late"))
+    with pytest.raises(DatabaseError, match="closed"):
+        await db.write(_insert_meta("late"))
+    db.submit(_insert_meta("late"))  # dropped silently, by contract
+
+
+# -- repositories -------------------------------------------------------------------------------
+
+
+async def test_inbox_claim_is_false_the_second_time(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "in.db") as db:
+        mid = bytes(range(16))
+        assert await db.write(lambda c: inbox.claim(c, mid, "peerA", 1_000)) is True
+        assert await db.write(lambda c: inbox.claim(c, mid, "peerA", 2_000)) is False
+        assert await db.write(lambda c: inbox.claim(c, mid, "peerB", 3_000)) is False
+        other = bytes(16)
+        assert await db.write(lambda c: inbox.claim(c, other, "peerA", 5_000)) is True
+        rows = db.read("SELECT id, peer, received FROM inbox ORDER BY received")
+        assert [tuple(row) for row in rows] == [(mid, "peerA", 1_000), (other, "peerA", 5_000)]
+        # Concurrent claims of one id in one batch: exactly one wins.
+        third = b"\x03" * 16
+        pending = [db.start(lambda c: inbox.claim(c, third, "p", 9)) for _ in range(10)]
+        assert sorted([await p.outcome() for p in pending]) == [False] * 9 + [True]
+
+
+async def test_inbox_prune(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "prune.db") as db:
+        for i in range(5):
+            await db.write(lambda c, i=i: inbox.claim(c, bytes([i]) * 16, "p", i * 100))
+        assert await db.write(lambda c: inbox.prune(c, 250)) == 3
+        assert len(db.read("SELECT id FROM inbox")) == 2
+        # A pruned id can be claimed again.
+        assert await db.write(lambda c: inbox.claim(c, bytes(16), "p", 999)) is True
+
+
+def _enqueue(conn: sqlite3.Connection, i: int, peer: str = "bob") -> None:
+    outbox.enqueue(
+        conn,
+        message_id=bytes([i]) * 16,
+        peer=peer,
+        address="127.0.0.1:7001" if i % 2 else None,
+        target="tally",
+        action=f"act{i}",
+        body=b"body%d" % i,
+        now_ms=1_000 + i,
+    )
+
+
+async def test_outbox_enqueue_pending_depth(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "out.db") as db:
+        assert await db.write(outbox.depth) == 0
+        assert await db.write(outbox.pending) == []
+        for i in range(1, 6):
+            await db.write(lambda c, i=i: _enqueue(c, i, "bob" if i < 4 else "carol"))
+        assert await db.write(outbox.depth) == 5
+        rows = await db.write(outbox.pending)
+        assert [row.id for row in rows] == [bytes([i]) * 16 for i in range(1, 6)]
+        first = rows[0]
+        assert (first.peer, first.address, first.target, first.action, first.body) == (
+            "bob",
+            "127.0.0.1:7001",
+            "tally",
+            "act1",
+            b"body1",
+        )
+        assert rows[1].address is None
+        assert all(row.tries == 0 for row in rows)
+        seqs = [row.seq for row in rows]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 5
+        after = await db.write(lambda c: outbox.pending(c, after_seq=seqs[1], limit=2))
+        assert [row.seq for row in after] == seqs[2:4]
+
+
+async def test_outbox_enqueue_of_a_duplicate_id_fails_its_job(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "dup.db") as db:
+        await db.write(lambda c: _enqueue(c, 1))
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.write(lambda c: _enqueue(c, 1))
+        assert await db.write(outbox.depth) == 1
+
+
+async def test_outbox_delete(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "del.db") as db:
+        for i in range(1, 5):
+            await db.write(lambda c, i=i: _enqueue(c, i))
+        ids = [bytes([1]) * 16, bytes([3]) * 16]
+        assert await db.write(lambda c: outbox.delete(c, ids)) == 2
+        assert await db.write(lambda c: outbox.delete(c, ids)) == 0  # already gone
+        assert await db.write(lambda c: outbox.delete(c, [])) == 0
+        assert await db.write(lambda c: outbox.delete(c, iter([bytes([2]) * 16]))) == 1
+        assert [row.id for row in await db.write(outbox.pending)] == [bytes([4]) * 16]
+        assert await db.write(outbox.depth) == 1
+
+
+async def test_outbox_mark_failed_and_record_tries(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "fail.db") as db:
+        for i in range(1, 4):
+            await db.write(lambda c, i=i: _enqueue(c, i))
+        two = bytes([2]) * 16
+        await db.write(lambda c: outbox.record_tries(c, [(3, two), (1, bytes([3]) * 16)]))
+        row = await db.write(lambda c: outbox.mark_failed(c, two, "NOT_FOUND: no such tally"))
+        assert row is not None and row.id == two and row.tries == 3 and row.action == "act2"
+        assert await db.write(lambda c: outbox.mark_failed(c, two, "again")) is None
+        assert await db.write(lambda c: outbox.mark_failed(c, bytes(16), "unknown")) is None
+        assert await db.write(outbox.depth) == 2
+        pending = await db.write(outbox.pending)
+        assert [(r.id, r.tries) for r in pending] == [(bytes([1]) * 16, 0), (bytes([3]) * 16, 1)]
+        failures = await db.write(outbox.failures)
+        assert [(f["id"], f["error"]) for f in failures] == [(two, "NOT_FOUND: no such tally")]
+        # A failed row is kept (for the record) until deleted explicitly.
+        assert await db.write(lambda c: outbox.delete(c, [two])) == 1
+        assert await db.write(outbox.failures) == []
+
+
+async def test_outbox_rows_written_with_a_failed_job_are_rolled_back(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "tx.db") as db:
+
+        def state_change_then_failure(conn: sqlite3.Connection) -> None:
+            _enqueue(conn, 7)
+            _insert_meta("state")(conn)
+            raise Boom("guard failed")
+
+        with pytest.raises(Boom):
+            await db.write(state_change_then_failure)
+        assert await db.write(outbox.depth) == 0
+        assert _meta_keys(db) == set()
+
+
+async def test_peers_upsert_keeps_known_fields(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "peers.db") as db:
+        await db.write(lambda c: peers.upsert(c, "agentB", name="bob", address="h:1"))
+        await db.write(lambda c: peers.upsert(c, "agentB", last_seen=5))
+        await db.write(lambda c: peers.upsert(c, "agentA", address="h:2"))
+        await db.write(lambda c: peers.upsert(c, "agentB", address="h:3"))
+        rows = [tuple(row) for row in await db.write(peers.all_peers)]
+        assert rows == [("agentA", None, "h:2", None), ("agentB", "bob", "h:3", 5)]
+        assert await db.write(lambda c: peers.address_of(c, "agentB")) == "h:3"
+        assert await db.write(lambda c: peers.address_of(c, "nobody")) is None
+
+
+async def test_users_add_get_list(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "users.db") as db:
+        seed, public = b"s" * 32, b"p" * 32
+        assert await db.write(lambda c: users.add(c, "bob", "Bob", seed, public, 10)) is True
+        taken = await db.write(lambda c: users.add(c, "bob", "Other", b"x" * 32, public, 11))
+        assert taken is False
+        assert await db.write(lambda c: users.add(c, "alice", "Alice", seed, public, 12)) is True
+        row = await db.write(lambda c: users.get(c, "bob"))
+        assert tuple(row) == ("bob", "Bob", seed, public, 10)
+        assert await db.write(lambda c: users.get(c, "nobody")) is None
+        listed = await db.write(users.all_users)
+        assert [(r["cuid"], r["name"]) for r in listed] == [("alice", "Alice"), ("bob", "Bob")]
+        assert listed[0].keys() == ["cuid", "name", "public", "created"]  # no seed
