@@ -27,9 +27,10 @@ from agentd.outbox import OutboxPump
 from agentd.peers import PeerManager
 from agentd.rpc import RpcServer
 from agentd.services.ping import PingService
+from agentd.services.relay import RelayService
 from agentd.services.users import Users
 from agentd.transport import Channel, Hello
-from protocol.keys import ChipAddress, SigningKey
+from protocol.keys import ChipAddress, SigningKey, parse_hostport
 from store import Database, DatabaseError, inbox
 from store import peers as peer_store
 
@@ -71,6 +72,8 @@ class Node:
     def _install_services(self) -> None:
         """Each service registers its message target and its RPC methods. One line each."""
         self.dispatcher.register(PingService(self))
+        self.relay = RelayService(self)
+        self.dispatcher.register(self.relay)
         Users(self)
 
     # -- identity and addresses ----------------------------------------------------------
@@ -83,7 +86,9 @@ class Node:
         return f"{host}:{self.port}"
 
     def own_address(self, cuid: str | None = None) -> ChipAddress:
-        return ChipAddress(agent=self.agent_id, cuid=cuid, host=self.host, port=self.port)
+        """Our CHIP address as peers should dial it (the advertised address if set)."""
+        host, port = parse_hostport(self.listen_address)
+        return ChipAddress(agent=self.agent_id, cuid=cuid, host=host, port=port)
 
     def address_of(self, agent: str) -> str | None:
         """Where to dial ``agent``: the config first, then what a hello or ticket taught us."""
@@ -139,6 +144,7 @@ class Node:
         )
         await nursery.start(self.peers.run)
         await nursery.start(self.pump.run)
+        await nursery.start(self.relay.run)
         try:
             listeners = await nursery.start(functools.partial(
                 trio.serve_tcp, self.peers.handle_inbound, self.port, host=self.host))
@@ -184,6 +190,7 @@ class Node:
     # -- core RPC methods ----------------------------------------------------------------
 
     async def rpc_getinfo(self) -> dict:
+        """The node's identity, address, uptime, connected peers and traffic counters."""
         return {
             "name": self.config.name,
             "agent": self.agent_id,
@@ -199,6 +206,7 @@ class Node:
         }
 
     async def rpc_peers(self) -> list[dict]:
+        """Configured and learned peers, with whether a channel is open now."""
         rows = {row["agent"]: row for row in self.db.read(
             "SELECT agent, name, address, last_seen FROM peers")}
         agents = set(rows) | set(self._peer_addresses) | set(self.peers.channels)
@@ -216,5 +224,6 @@ class Node:
         return out
 
     async def rpc_stop(self) -> dict:
+        """Stop the node cleanly (in-flight database work is committed or rolled back)."""
         self.stop()
         return {}

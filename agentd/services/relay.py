@@ -1,0 +1,504 @@
+"""The relay service: Weaver-style data sharing between agentd ledgers (DESIGN.md §5).
+
+Every node is both ends. As the *destination relay* it serves its own clients: ``relay.query``
+stores the request as PENDING_ACK and queues a signed :class:`~protocol.relay.Query` to the
+source in one transaction, and answers with the ``request_id`` at once. As the *source relay*
+it admits a query (requestor signature, network, view, access rules, nonce replay cache),
+then reads the view from its own ledger (``relay_driver``), notarizes it and answers with an
+``ack`` (Ack OK) and a ``view`` (ViewPayload) message, all in the transaction that records
+the query as processed; a refused query is an error ack naming the reason, which the
+destination stores as ERROR. Back on the destination, the Ack moves the request to PENDING
+and the view is verified against the verification policy and stored as COMPLETED or ERROR.
+
+Messages travel through the outbox, so they survive restarts and are retried until acked;
+only the agent a request was sent to may ack or answer it, and every state change is a
+guarded ``UPDATE ... WHERE status IN (...)`` (a late PENDING never overwrites COMPLETED).
+Reading never changes a request. The sweep (``run``) turns a request still pending at its
+deadline into ERROR and withdraws its query from the outbox, marks results older than
+``result_ttl_ms`` DELETED, prunes DELETED rows after ``deleted_ttl_ms`` and forgets nonces
+after ``nonce_ttl_ms``.
+
+A query is answered only to the agent that signed it and sent it (``certificate`` =
+``requesting_relay`` = the channel's authenticated agent), so access rules, which name
+agents, cannot be borrowed by relaying someone else's signed query. For the same reason the
+replay cache can forget a nonce after a week: a replay older than that could only come from
+the signer itself, re-reading what it may read anyway.
+
+``node:info`` is served besides the protocol's views, so the source admits queries with the
+steps of ``protocol.relay.admit_query`` but parses views with ``relay_driver.parse``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from agentd.errors import UserError
+from agentd.rpc import NOT_FOUND, RpcError, invalid_params
+from agentd.services import relay_driver
+from agentd.services.base import Reject, Service, Tx
+from protocol.codec import CodecError, canonical, unpack
+from protocol.envelope import Envelope
+from protocol.keys import ChipAddress, b64u, is_agent_id, parse_hostport
+from protocol.relay import (
+    APPLIES_FROM,
+    AccessRule,
+    Ack,
+    AckStatus,
+    AddressError,
+    GetStateMessage,
+    MessageError,
+    NetworkQuery,
+    Query,
+    RelayError,
+    SignatureError,
+    Status,
+    VerificationPolicy,
+    ViewAddress,
+    ViewPayload,
+    check_access,
+    make_query,
+    make_view,
+    new_nonce,
+    open_view,
+    required_signers,
+    verify_request,
+)
+from store import outbox
+from store import relay as relay_store
+
+if TYPE_CHECKING:
+    from agentd.config import Config
+    from agentd.node import Node
+
+log = logging.getLogger("agentd.relay")
+
+DEFAULT_TIMEOUT_S = 30.0
+MAX_TIMEOUT_S = 24 * 3600.0
+MAX_PAYLOAD = 512 * 1024  # a view's payload must fit in one frame at the default max_frame
+PENDING = (Status.PENDING_ACK, Status.PENDING)
+FINAL = (Status.COMPLETED, Status.ERROR)
+
+
+class RelayService(Service):
+    target = "relay"
+
+    #: How long the sweep keeps results, DELETED rows and seen nonces, and how often it runs.
+    result_ttl_ms = 24 * 3600 * 1000
+    deleted_ttl_ms = 3600 * 1000
+    nonce_ttl_ms = 7 * 24 * 3600 * 1000
+    sweep_interval_ms = 60 * 1000
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node)
+        self.access = _access_rules(node.config)
+        self.policies = _policies(node.config)
+        try:
+            ViewAddress(node.agent_id, node.config.network, "node:info")
+        except AddressError as exc:
+            raise UserError(f"{node.config.path}: node.network cannot name a relay network: "
+                            f"{exc}") from exc
+        self._waiters: dict[str, trio.Event] = {}
+        self._wake = trio.Event()
+        self._wake_at_ms: int | None = None
+        self._next_sweep_ms = 0
+        for name, method in (("relay.query", self.rpc_query), ("relay.state", self.rpc_state),
+                             ("relay.wait", self.rpc_wait), ("relay.delete", self.rpc_delete)):
+            node.rpc.register(name, method)
+
+    # -- RPC: the destination relay's clients --------------------------------------------
+
+    async def rpc_query(self, address: str, policy: str | list[str] | None = None,
+                        confidential: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S
+                        ) -> dict:
+        """Ask the source named in ``address`` for a view; returns ``{request_id}`` at once.
+
+        ``policy`` (agent ids) overrides the configured verification policy for this request;
+        with neither, the view must be notarized by the source agent itself.
+        """
+        try:
+            parsed = ViewAddress.parse(address)
+            relay_driver.parse(parsed.view)
+        except AddressError as exc:
+            raise invalid_params(f"address: {exc}") from exc
+        signers = _policy(policy)
+        if not isinstance(confidential, bool):
+            raise invalid_params("confidential must be true or false")
+        timeout_ms = round(_seconds(timeout_s, "timeout_s") * 1000)
+        to = await self._resolve(parsed)
+        required = signers or required_signers(self.policies, parsed.view) or [to.agent]
+        node = self.node
+        request_id = str(uuid.uuid4())
+        nonce = new_nonce(os.urandom(16))
+        query = make_query(
+            NetworkQuery(policy=tuple(required), address=address, confidential=confidential),
+            request_id=request_id, nonce=nonce, node_key=node.key, network=node.config.network,
+        )
+
+        def job(conn):
+            tx = Tx(node, conn, node.now_ms())
+            query_id = tx.send(to, self.target, "query", query.to_map())
+            relay_store.insert(
+                conn, request_id=request_id, status=Status.PENDING_ACK, source=to.agent,
+                address=address, nonce=nonce, confidential=confidential, required=required,
+                query_id=query_id, deadline=tx.now_ms + timeout_ms, now_ms=tx.now_ms,
+            )
+            return tx
+
+        tx = await node.db.write(job)
+        tx.committed()
+        self._plan_sweep(tx.now_ms + timeout_ms)
+        return {"request_id": request_id}
+
+    async def rpc_state(self, request_id: str) -> dict:
+        """The request's RequestState; reading it changes nothing."""
+        return self._state(self._row(_request_id(request_id)))
+
+    async def rpc_wait(self, request_id: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
+        """Block until the request is COMPLETED, ERROR or DELETED, or ``timeout_s`` passes;
+        returns its state either way."""
+        request_id = _request_id(request_id)
+        timeout = _seconds(timeout_s, "timeout_s")
+        with trio.move_on_after(timeout):
+            while self._row(request_id)["status"] in PENDING:
+                await self._waiters.setdefault(request_id, trio.Event()).wait()
+        return self._state(self._row(request_id))
+
+    async def rpc_delete(self, request_id: str) -> dict:
+        """Explicit cleanup: the request becomes DELETED and its view or error is dropped; a
+        query still waiting in the outbox is withdrawn."""
+        request_id = _request_id(request_id)
+        node = self.node
+
+        def job(conn):
+            row = relay_store.get(conn, request_id)
+            if row is None:
+                return None
+            now = node.now_ms()
+            moved = relay_store.transition(conn, request_id, Status.DELETED,
+                                           APPLIES_FROM[Status.DELETED], now)
+            if moved and row["status"] in PENDING:
+                outbox.mark_failed(conn, row["query_id"], "relay request deleted")
+            return moved, row["query_id"]
+
+        outcome = await node.db.write(job)
+        if outcome is None:
+            raise _unknown(request_id)
+        moved, query_id = outcome
+        if moved:
+            node.pump.live.pop(query_id, None)  # withdrawn: the pump skips what is not live
+            self._notify(request_id)
+        return self._state(self._row(request_id))
+
+    async def _resolve(self, address: ViewAddress) -> ChipAddress:
+        """The source's agent and where to dial it: the agent named in the address, or the
+        known peer listening at its ``HOST:PORT`` (the Noise channel needs the agent id)."""
+        node = self.node
+        if address.agent is not None:
+            agent = address.agent
+            if agent == node.agent_id:
+                return node.own_address()
+            where = node.address_of(agent)
+            if where is None:
+                raise RpcError(NOT_FOUND, f"unknown relay {agent}: add it to [[peers]] first",
+                               "UNKNOWN_PEER")
+        else:
+            where = address.relay
+            if where == node.listen_address:
+                return node.own_address()
+            known = [peer["agent"] for peer in await node.rpc_peers()
+                     if peer["address"] == where]
+            if not known:
+                raise RpcError(
+                    NOT_FOUND, f"no known peer listens at {where}: add it to [[peers]] with "
+                    "exactly this address, or name the relay by its agent id", "UNKNOWN_PEER")
+            agent = known[0]
+        host, port = parse_hostport(where)
+        return ChipAddress(agent=agent, host=host, port=port)
+
+    def _row(self, request_id: str) -> Any:
+        row = self.node.db.read_one(relay_store.SELECT_REQUEST, (request_id,))
+        if row is None:
+            raise _unknown(request_id)
+        return row
+
+    def _state(self, row: Any) -> dict:
+        status = Status(row["status"])
+        out: dict[str, Any] = {"request_id": row["request_id"], "status": status.name,
+                               "status_code": int(status)}
+        if row["view"] is not None:  # verified when it arrived: decode, don't re-check
+            view = unpack(row["view"])
+            interop = unpack(view["data"])["interop_payload"]
+            out["view"] = {
+                "address": interop["address"], "nonce": interop["nonce"],
+                "requestor": interop["requestor"], "signers": row["signers"].split(","),
+                "confidential": interop["confidential"], "timestamp": view["meta"]["timestamp"],
+                "payload": _jsonable(unpack(row["result"])), "proof": b64u(row["view"]),
+            }
+        if row["error"] is not None:
+            out["error"] = row["error"]
+        return out
+
+    # -- messages (on the writer thread) -------------------------------------------------
+
+    def handle(self, tx: Tx, envelope: Envelope) -> None:
+        if envelope.action == "query":
+            self._on_query(tx, envelope)
+        elif envelope.action == "ack":
+            self._on_ack(tx, envelope)
+        elif envelope.action == "view":
+            self._on_view(tx, envelope)
+        else:
+            raise Reject("UNKNOWN_ACTION", f"relay has no action {envelope.action!r}")
+
+    def _on_query(self, tx: Tx, envelope: Envelope) -> None:
+        """Source side: admit the query, then ack it and answer it in this transaction."""
+        try:
+            query = Query.from_map(envelope.object)
+        except MessageError as exc:
+            raise Reject("BAD_QUERY", str(exc)) from exc
+        sender = envelope.from_.agent
+        if query.requesting_relay != sender or query.certificate != sender:
+            raise Reject("NOT_REQUESTOR", f"a query must be signed by the agent that sends it "
+                         f"({sender}), not by {query.certificate} via {query.requesting_relay}")
+        try:
+            verify_request(query.certificate, query.address, query.nonce,
+                           query.requestor_signature)
+        except SignatureError as exc:
+            raise Reject("BAD_SIGNATURE", str(exc)) from exc
+        address = ViewAddress.parse(query.address)
+        network = self.node.config.network
+        if address.network != network:
+            raise Reject("UNKNOWN_NETWORK",
+                         f"this node serves network {network!r}, not {address.network!r}")
+        if address.agent is not None and address.agent != self.node.agent_id:
+            raise Reject("WRONG_RELAY", f"the address names relay {address.agent}, not this node")
+        try:
+            kind, args = relay_driver.parse(address.view)
+        except AddressError as exc:
+            raise Reject("UNKNOWN_VIEW", str(exc)) from exc
+        if not check_access(self.access, query.certificate, address.view):
+            raise Reject("ACCESS_DENIED",
+                         f"no access rule lets {query.certificate} read {address.view!r}")
+        if not relay_store.record_nonce(tx.conn, query.certificate, query.nonce,
+                                        query.request_id, tx.now_ms):
+            raise Reject("REPLAYED_NONCE",
+                         f"nonce {query.nonce} was already used by {query.certificate}")
+        reply_to = envelope.from_
+        tx.send(reply_to, self.target, "ack", Ack(AckStatus.OK, query.request_id).to_map(),
+                re=envelope.id)
+        tx.send(reply_to, self.target, "view", self._answer(tx, query, kind, args).to_map(),
+                re=envelope.id)
+
+    def _answer(self, tx: Tx, query: Query, kind: str, args: tuple[str, ...]) -> ViewPayload:
+        """The driver's view, notarized (and sealed for the requestor), or the reason why not."""
+        try:
+            payload = canonical(relay_driver.read(tx.conn, self.node, kind, args))
+        except relay_driver.ViewError as exc:
+            return ViewPayload(query.request_id, error=str(exc))
+        except CodecError as exc:
+            return ViewPayload(query.request_id,
+                               error=f"UNAVAILABLE: cannot encode the view: {exc}")
+        if len(payload) > MAX_PAYLOAD:
+            return ViewPayload(query.request_id, error=f"UNAVAILABLE: the view is {len(payload)} "
+                               f"bytes, more than the {MAX_PAYLOAD} a relay answer may carry")
+        try:
+            view = make_view(payload, query.address, query.nonce, query.certificate,
+                             query.confidential, self.node.key, tx.now_ms,
+                             os.urandom(32) if query.confidential else None)
+        except RelayError as exc:  # e.g. a requestor key that cannot be encrypted to
+            return ViewPayload(query.request_id, error=f"UNAVAILABLE: {exc}")
+        return ViewPayload(query.request_id, view=view)
+
+    def _asked(self, tx: Tx, request_id: str, envelope: Envelope) -> Any:
+        """The request an ack or view answers, refusing one we never made or sent elsewhere."""
+        row = relay_store.get(tx.conn, request_id)
+        if row is None:
+            raise Reject("UNKNOWN_REQUEST", f"no relay request {request_id} on this node")
+        if row["source"] != envelope.from_.agent:
+            raise Reject("NOT_ASKED", f"request {request_id} was sent to {row['source']}, "
+                         f"not to {envelope.from_.agent}")
+        return row
+
+    def _on_ack(self, tx: Tx, envelope: Envelope) -> None:
+        try:
+            ack = Ack.from_map(envelope.object)
+        except MessageError as exc:
+            raise Reject("BAD_MESSAGE", str(exc)) from exc
+        self._asked(tx, ack.request_id, envelope)
+        if ack.status is AckStatus.OK:
+            relay_store.transition(tx.conn, ack.request_id, Status.PENDING,
+                                   APPLIES_FROM[Status.PENDING], tx.now_ms)
+        else:
+            self._fail(tx, ack.request_id, f"the source refused the query: {ack.message}")
+
+    def _on_view(self, tx: Tx, envelope: Envelope) -> None:
+        try:
+            answer = ViewPayload.from_map(envelope.object)
+        except MessageError as exc:
+            raise Reject("BAD_MESSAGE", str(exc)) from exc
+        request_id = answer.request_id
+        row = self._asked(tx, request_id, envelope)
+        if row["status"] not in PENDING:
+            return  # already settled: a late or repeated answer changes nothing
+        if answer.view is None:
+            self._fail(tx, request_id, f"the source could not serve the view: {answer.error}")
+            return
+        try:
+            opened = open_view(answer.view, self.node.key, row["required"].split(","),
+                               row["address"], row["nonce"],
+                               require_confidential=bool(row["confidential"]))
+            unpack(opened.result)
+        except (RelayError, CodecError) as exc:
+            log.warning("view from %s for %s rejected: %s", row["source"][:8], request_id, exc)
+            self._fail(tx, request_id, f"the view failed verification: {exc}")
+            return
+        if relay_store.transition(tx.conn, request_id, Status.COMPLETED,
+                                  APPLIES_FROM[Status.COMPLETED], tx.now_ms,
+                                  view=canonical(answer.view.to_map()), result=opened.result,
+                                  signers=opened.signers):
+            tx.after_commit(lambda: self._notify(request_id))
+
+    def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
+        """The source refused our query for good: the request ends in ERROR with its reason."""
+        request_id = (envelope.get("object") or {}).get("request_id")
+        if envelope.get("action") == "query" and isinstance(request_id, str):
+            self._fail(tx, request_id, f"the source refused the query: {code}: {message}")
+
+    def _fail(self, tx: Tx, request_id: str, error: str) -> None:
+        if relay_store.transition(tx.conn, request_id, Status.ERROR, APPLIES_FROM[Status.ERROR],
+                                  tx.now_ms, error=error):
+            tx.after_commit(lambda: self._notify(request_id))
+
+    def _notify(self, request_id: str) -> None:
+        event = self._waiters.pop(request_id, None)
+        if event is not None:
+            event.set()
+
+    # -- deadlines and cleanup -----------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Sweep at every request deadline and every ``sweep_interval_ms``, until cancelled."""
+        task_status.started()
+        sql, params = relay_store.next_deadline(PENDING)
+        while True:
+            now = self.node.now_ms()
+            due = self.node.db.read_one(sql, params)[0]
+            if now >= self._next_sweep_ms or (due is not None and due <= now):
+                await self.sweep()
+                self._next_sweep_ms = now + self.sweep_interval_ms
+                continue
+            self._wake_at_ms = self._next_sweep_ms if due is None else min(due,
+                                                                          self._next_sweep_ms)
+            with trio.move_on_after((self._wake_at_ms - now) / 1000):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    def _plan_sweep(self, deadline_ms: int) -> None:
+        """Wake the sweep earlier when a new request's deadline comes before its next run."""
+        if self._wake_at_ms is not None and deadline_ms < self._wake_at_ms:
+            self._wake.set()
+
+    async def sweep(self) -> dict[str, int]:
+        """Expire requests past their deadline, retire old results and prune; returns counts."""
+        node = self.node
+
+        def job(conn):
+            now = node.now_ms()
+            expired = []
+            for row in relay_store.overdue(conn, PENDING, now):
+                waited = (row["deadline"] - row["created"]) / 1000
+                if row["status"] == Status.PENDING_ACK:
+                    error = (f"deadline passed: the source did not acknowledge the query within "
+                             f"{waited:g} s (down or unreachable); the query was withdrawn")
+                else:
+                    error = (f"deadline passed: the source acknowledged the query but sent no "
+                             f"view within {waited:g} s")
+                if relay_store.transition(conn, row["request_id"], Status.ERROR,
+                                          APPLIES_FROM[Status.ERROR], now, error=error):
+                    outbox.mark_failed(conn, row["query_id"], "relay request expired")
+                    expired.append((row["request_id"], row["query_id"]))
+            retired = relay_store.retire(conn, Status.DELETED, FINAL,
+                                         now - self.result_ttl_ms, now)
+            pruned = relay_store.prune(conn, Status.DELETED, now - self.deleted_ttl_ms)
+            nonces = relay_store.prune_nonces(conn, now - self.nonce_ttl_ms)
+            return expired, retired, pruned, nonces
+
+        expired, retired, pruned, nonces = await node.db.write(job)
+        for request_id, query_id in expired:
+            node.pump.live.pop(query_id, None)  # withdrawn: the pump skips what is not live
+            self._notify(request_id)
+        for request_id in retired:
+            self._notify(request_id)
+        return {"expired": len(expired), "retired": len(retired), "pruned": pruned,
+                "nonces": nonces}
+
+
+# -- parameters and config ---------------------------------------------------------------
+
+
+def _request_id(value: object) -> str:
+    try:
+        return GetStateMessage(value).request_id  # type: ignore[arg-type]
+    except MessageError as exc:
+        raise invalid_params(f"request_id {value!r} is not a request id (a lowercase UUID)"
+                             ) from exc
+
+
+def _unknown(request_id: str) -> RpcError:
+    return RpcError(NOT_FOUND, f"no relay request {request_id} on this node", "UNKNOWN_REQUEST")
+
+
+def _seconds(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0 < value <= MAX_TIMEOUT_S
+    ):
+        raise invalid_params(f"{name} must be a number of seconds, more than 0 and at most "
+                             f"{MAX_TIMEOUT_S:g}")
+    return float(value)
+
+
+def _policy(value: object) -> list[str]:
+    """Agent ids as a JSON list or comma-separated text (``policy=ID1,ID2`` on the CLI)."""
+    if value is None:
+        return []
+    items = [p.strip() for p in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(is_agent_id(p) for p in items):
+        raise invalid_params("policy must be one or more agent ids, comma-separated or a list")
+    return list(dict.fromkeys(items))
+
+
+def _jsonable(value: Any) -> Any:
+    """A decoded view payload as JSON: bytes become unpadded base64url text."""
+    if isinstance(value, bytes):
+        return b64u(value)
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _access_rules(config: Config) -> tuple[AccessRule, ...]:
+    rules = []
+    for i, rule in enumerate(config.relay_access):
+        try:
+            rules.append(AccessRule(rule.principal, rule.resource))
+        except MessageError as exc:
+            raise UserError(f"{config.path}: relay.access[{i}]: {exc}") from exc
+    return tuple(rules)
+
+
+def _policies(config: Config) -> tuple[VerificationPolicy, ...]:
+    policies = []
+    for i, policy in enumerate(config.relay_verify):
+        try:
+            policies.append(VerificationPolicy(policy.view, tuple(policy.signers)))
+        except MessageError as exc:
+            raise UserError(f"{config.path}: relay.verify[{i}]: {exc}") from exc
+    return tuple(policies)
