@@ -94,6 +94,11 @@ class Node:
         """Where to dial ``agent``: the config first, then what a hello or ticket taught us."""
         return self._peer_addresses.get(agent)
 
+    def agent_at(self, address: str) -> str | None:
+        """The peer agent known to listen at ``address`` (exactly as configured or learned)."""
+        return next((agent for agent, where in self._peer_addresses.items() if where == address),
+                    None)
+
     def learn_peer(self, agent: str, address: str | None, name: str | None = None) -> None:
         """Remember a peer's address (configured peers keep their configured address)."""
         if address and agent not in {p.agent for p in self.config.peers}:

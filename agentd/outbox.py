@@ -124,6 +124,13 @@ class OutboxPump:
         self._acked_event.set()
         return None
 
+    def withdraw(self, message_id: bytes) -> None:
+        """Stop delivering a message whose row the caller has marked failed or deleted."""
+        self.live.pop(message_id, None)
+        item = self._inflight.pop(message_id, None)
+        if item is not None:
+            self._release(item.peer)
+
     async def _ack_flusher(self) -> None:
         while True:
             await self._acked_event.wait()

@@ -107,11 +107,24 @@ _SEAL_NONCE_BYTES = 12
 
 
 class RelayError(ValueError):
-    """Why the relay refuses something; the text is fit for an ``Ack`` or ``RequestState``."""
+    """Why the relay refuses something; the text is fit for an ``Ack`` or ``RequestState``.
+
+    ``code`` is the stable reason a source relay answers with (the class default, or a more
+    precise one given at the raise site).
+    """
+
+    code = "BAD_REQUEST"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
 
 
 class MessageError(RelayError):
     """A message field that is missing or malformed; ``field`` names it, e.g. ``Query.nonce``."""
+
+    code = "BAD_QUERY"
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(f"{field}: {problem}")
@@ -121,13 +134,19 @@ class MessageError(RelayError):
 class AddressError(RelayError):
     """A view address, view segment or view pattern outside the grammar."""
 
+    code = "BAD_ADDRESS"
+
 
 class SignatureError(RelayError):
     """The requestor's signature over ``address + nonce`` does not verify."""
 
+    code = "BAD_SIGNATURE"
+
 
 class AccessDenied(RelayError):
     """No access rule lets this requestor read this view."""
+
+    code = "ACCESS_DENIED"
 
 
 class ProofError(RelayError):
@@ -360,9 +379,11 @@ def parse_view(segment: str) -> tuple[str, tuple[str, ...]]:
 
     ``tally:<uuid>`` -> ``("tally", (uuid,))``, ``tally:<uuid>:chits`` -> ``("tally.chits",
     (uuid,))``, ``user:<cuid>:balance`` -> ``("user.balance", (cuid,))``, ``lift:<uuid>`` ->
-    ``("lift", (uuid,))``.
+    ``("lift", (uuid,))``, and agentd's own ``node:info`` -> ``("node.info", ())``.
     """
     _check_view(segment)
+    if segment == "node:info":
+        return "node.info", ()
     match segment.split(":"):
         case ["tally", tally]:
             kind, arg, ok = "tally", tally, _is_uuid(tally)
@@ -375,7 +396,7 @@ def parse_view(segment: str) -> tuple[str, tuple[str, ...]]:
         case _:
             raise AddressError(
                 f"unknown view {segment!r}: expected tally:<uuid>, tally:<uuid>:chits, "
-                "user:<cuid>:balance or lift:<uuid>"
+                "user:<cuid>:balance, lift:<uuid> or node:info"
             )
     if not ok:
         expected = "a user id (cuid)" if kind == "user.balance" else "a lowercase UUID"
@@ -649,10 +670,15 @@ def admit_query(
     verify_request(query.certificate, query.address, query.nonce, query.requestor_signature)
     address = ViewAddress.parse(query.address)
     if address.network != network:
-        raise AddressError(f"this node serves network {network!r}, not {address.network!r}")
+        raise AddressError(f"this node serves network {network!r}, not {address.network!r}",
+                           "UNKNOWN_NETWORK")
     if address.agent is not None and address.agent != agent:
-        raise AddressError(f"the address names relay {address.agent}, not this node")
-    parse_view(address.view)
+        raise AddressError(f"the address names relay {address.agent}, not this node",
+                           "WRONG_RELAY")
+    try:
+        parse_view(address.view)
+    except AddressError as exc:
+        raise AddressError(str(exc), "UNKNOWN_VIEW") from exc
     if not check_access(rules, query.certificate, address.view):
         raise AccessDenied(f"no access rule lets {query.certificate} read {address.view!r}")
     return address

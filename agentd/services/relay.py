@@ -24,8 +24,8 @@ agents, cannot be borrowed by relaying someone else's signed query. For the same
 replay cache can forget a nonce after a week: a replay older than that could only come from
 the signer itself, re-reading what it may read anyway.
 
-``node:info`` is served besides the protocol's views, so the source admits queries with the
-steps of ``protocol.relay.admit_query`` but parses views with ``relay_driver.parse``.
+The source admits a query with ``protocol.relay.admit_query`` (signature, network, relay,
+view, access), each refusal answered with its own reason code.
 """
 
 from __future__ import annotations
@@ -55,18 +55,17 @@ from protocol.relay import (
     NetworkQuery,
     Query,
     RelayError,
-    SignatureError,
     Status,
     VerificationPolicy,
     ViewAddress,
     ViewPayload,
-    check_access,
+    admit_query,
     make_query,
     make_view,
     new_nonce,
     open_view,
+    parse_view,
     required_signers,
-    verify_request,
 )
 from store import outbox
 from store import relay as relay_store
@@ -122,7 +121,7 @@ class RelayService(Service):
         """
         try:
             parsed = ViewAddress.parse(address)
-            relay_driver.parse(parsed.view)
+            parse_view(parsed.view)
         except AddressError as exc:
             raise invalid_params(f"address: {exc}") from exc
         signers = _policy(policy)
@@ -190,7 +189,7 @@ class RelayService(Service):
             raise _unknown(request_id)
         moved, query_id = outcome
         if moved:
-            node.pump.live.pop(query_id, None)  # withdrawn: the pump skips what is not live
+            node.pump.withdraw(query_id)
             self._notify(request_id)
         return self._state(self._row(request_id))
 
@@ -210,13 +209,11 @@ class RelayService(Service):
             where = address.relay
             if where == node.listen_address:
                 return node.own_address()
-            known = [peer["agent"] for peer in await node.rpc_peers()
-                     if peer["address"] == where]
-            if not known:
+            agent = node.agent_at(where)
+            if agent is None:
                 raise RpcError(
                     NOT_FOUND, f"no known peer listens at {where}: add it to [[peers]] with "
                     "exactly this address, or name the relay by its agent id", "UNKNOWN_PEER")
-            agent = known[0]
         host, port = parse_hostport(where)
         return ChipAddress(agent=agent, host=host, port=port)
 
@@ -266,24 +263,11 @@ class RelayService(Service):
             raise Reject("NOT_REQUESTOR", f"a query must be signed by the agent that sends it "
                          f"({sender}), not by {query.certificate} via {query.requesting_relay}")
         try:
-            verify_request(query.certificate, query.address, query.nonce,
-                           query.requestor_signature)
-        except SignatureError as exc:
-            raise Reject("BAD_SIGNATURE", str(exc)) from exc
-        address = ViewAddress.parse(query.address)
-        network = self.node.config.network
-        if address.network != network:
-            raise Reject("UNKNOWN_NETWORK",
-                         f"this node serves network {network!r}, not {address.network!r}")
-        if address.agent is not None and address.agent != self.node.agent_id:
-            raise Reject("WRONG_RELAY", f"the address names relay {address.agent}, not this node")
-        try:
-            kind, args = relay_driver.parse(address.view)
-        except AddressError as exc:
-            raise Reject("UNKNOWN_VIEW", str(exc)) from exc
-        if not check_access(self.access, query.certificate, address.view):
-            raise Reject("ACCESS_DENIED",
-                         f"no access rule lets {query.certificate} read {address.view!r}")
+            address = admit_query(query, agent=self.node.agent_id,
+                                  network=self.node.config.network, rules=self.access)
+        except RelayError as exc:
+            raise Reject(exc.code, str(exc)) from exc
+        kind, args = parse_view(address.view)
         if not relay_store.record_nonce(tx.conn, query.certificate, query.nonce,
                                         query.request_id, tx.now_ms):
             raise Reject("REPLAYED_NONCE",
@@ -431,7 +415,7 @@ class RelayService(Service):
 
         expired, retired, pruned, nonces = await node.db.write(job)
         for request_id, query_id in expired:
-            node.pump.live.pop(query_id, None)  # withdrawn: the pump skips what is not live
+            node.pump.withdraw(query_id)
             self._notify(request_id)
         for request_id in retired:
             self._notify(request_id)

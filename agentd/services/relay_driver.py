@@ -20,12 +20,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agentd import __version__
-from protocol.relay import parse_view
 
 if TYPE_CHECKING:
     from agentd.node import Node
 
-NODE_INFO = "node.info"
+NODE_INFO = "node.info"  # agentd's own view, besides the protocol's
 NOT_FOUND = "NOT_FOUND"
 UNAVAILABLE = "UNAVAILABLE"
 
@@ -37,14 +36,6 @@ class ViewError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
-
-
-def parse(segment: str) -> tuple[str, tuple[str, ...]]:
-    """The view kind and its arguments; raises ``protocol.relay.AddressError`` for a view this
-    driver does not serve. ``node:info`` is agentd's own addition to the protocol's views."""
-    if segment == "node:info":
-        return NODE_INFO, ()
-    return parse_view(segment)
 
 
 def read(conn: sqlite3.Connection, node: Node, kind: str, args: tuple[str, ...]) -> dict:
