@@ -3,7 +3,9 @@
 ``agentd -c CONFIG METHOD key=value ...`` sends one JSON-RPC request to the node's control
 socket and prints the result as JSON; each value is parsed as JSON when it parses and taken as
 text otherwise. Problems of the user's making print one line on stderr and exit 2; an error
-answered by the node prints ``{"code", "message"}`` on stderr and exits 1.
+answered by the node prints ``{"code", "message"}`` on stderr and exits 1, and so does a
+result ``{"ok": false, ...}`` (a check such as ``receipts.verify`` that found failures: the
+result is still printed on stdout).
 """
 
 from __future__ import annotations
@@ -136,7 +138,9 @@ def _rpc(config_path: str, method: str, pairs: list[str]) -> int:
         print(json.dumps(error), file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2))
-    return 0
+    # A check that ran and found a problem (receipts.verify) answers {"ok": false, ...}:
+    # the whole result is printed, and the exit status says that the check failed.
+    return 1 if isinstance(result, dict) and result.get("ok") is False else 0
 
 
 def _init(args: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""``agentd demo``: the three nodes of ``configs/local`` as three OS processes, talking.
+"""``agentd demo``: the nodes of ``configs/local`` (alice, bob, carol, their clearing house).
 
 The demo copies each config (and its development key, with mode 0600) into a fresh
 ``.run/demo/NAME`` directory, starts ``agentd run`` for each with ``$NOTIFY_SOCKET`` pointing
@@ -24,9 +24,11 @@ from pathlib import Path
 
 from agentd.config import Config, load_config
 from agentd.errors import UserError
-from agentd.rpc import call
+from agentd.rpc import RpcError, call
 
 NAMES = ("alice", "bob", "carol")
+NODES = (*NAMES, "clearinghouse")
+EVIDENCE_PID = "demo-deal-1"
 READY_TIMEOUT = 20.0
 
 
@@ -101,30 +103,63 @@ def running(configs: dict[str, Config], workdir: Path) -> Iterator[dict[str, sub
         notify.close()
 
 
+def evidence_demo(configs: dict[str, Config], infos: dict[str, dict]) -> None:
+    """The clearing house: alice opens a process owned by alice and bob, both log to it,
+    carol is refused, and alice's and bob's receipts verify (signatures against the stored
+    JWKS, and the hash chain re-walked from the clearing house)."""
+    sockets = {name: config.socket_path for name, config in configs.items()}
+    print("\nevidence at the clearing house (signed receipts, one hash chain per process):")
+    call(sockets["alice"], "ch.create_process",
+         {"pid": EVIDENCE_PID, "owners": [infos["bob"]["agent"]]})
+    print(f"  alice created process {EVIDENCE_PID!r} owned by alice and bob")
+    for name, text in (("alice", "offer: 10 widgets"), ("bob", "accepted"),
+                       ("alice", "delivered")):
+        logged = call(sockets[name], "ch.log", {"pid": EVIDENCE_PID, "payload": text})
+        print(f"  {name:>5} logged {text!r:21} -> seq {logged['seq']}, document "
+              f"{logged['document_id'][:12]}…")
+    try:
+        call(sockets["carol"], "ch.log", {"pid": EVIDENCE_PID, "payload": "me too"})
+    except RpcError as exc:
+        print(f"  carol refused, as she must be: {exc.message}")
+    else:
+        raise UserError("the clearing house let carol log to a process she does not own")
+    for name in ("alice", "bob"):
+        receipts = call(sockets[name], "receipts.list", {"pid": EVIDENCE_PID})
+        result = call(sockets[name], "receipts.verify", {"chain": True})
+        held = ", ".join(f"seq {r['seq']} ({r['document_id'][:8]}…)" for r in receipts)
+        verdict = "all verify" if result["ok"] else f"FAILED: {result['failures']}"
+        print(f"  {name:>5} holds {len(receipts)} receipt(s): {held} — {verdict}"
+              f" ({result['checked']} checked, {result['chains']} chain re-walked)")
+        if not result["ok"]:
+            raise UserError(f"{name}'s receipts do not verify")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentd demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=".run/demo", help="where nodes keep their data")
     options = parser.parse_args(argv or [])
     workdir = Path(options.workdir).resolve()
-    configs = prepare(_repo_configs(), workdir, NAMES)
-    print(f"agentd demo: starting {', '.join(NAMES)} as three processes (data in {workdir})")
+    configs = prepare(_repo_configs(), workdir, NODES)
+    print(f"agentd demo: starting {', '.join(NODES)} as {len(NODES)} processes"
+          f" (data in {workdir})")
     with running(configs, workdir) as processes:
         infos = {name: call(c.socket_path, "getinfo", {}) for name, c in configs.items()}
-        for name in NAMES:
-            print(f"  {name:6} {infos[name]['address']}")
+        for name in NODES:
+            print(f"  {name:13} {infos[name]['address']}")
         print("\nping round trips (outbox -> Noise channel -> inbox -> pong -> ack):")
         for a, b in zip(NAMES, NAMES[1:] + NAMES[:1], strict=True):
             rtts = call(configs[a].socket_path, "peers.ping",
                         {"agent": infos[b]["agent"], "count": 5})["rtt_ms"]
             print(f"  {a:>5} -> {b:<5}  5 pings, median {statistics.median(rtts):6.2f} ms,"
                   f" max {max(rtts):6.2f} ms")
+        evidence_demo(configs, infos)
         print("\nnodes:")
         for name, config in configs.items():
             info = call(config.socket_path, "getinfo", {})
             counters = info["counters"]
             peers = call(config.socket_path, "peers.list", {})
             connected = ", ".join(p["name"] or p["agent"][:8] for p in peers if p["connected"])
-            print(f"  {name:6} peers connected: {connected or '-':14} frames in/out "
+            print(f"  {name:13} peers connected: {connected or '-':14} frames in/out "
                   f"{counters['frames_in']}/{counters['frames_out']}, processed "
                   f"{counters['messages_processed']}, outbox {counters['outbox_depth']}")
     codes = {name: p.returncode for name, p in processes.items()}

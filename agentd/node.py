@@ -26,6 +26,8 @@ from agentd.errors import UserError
 from agentd.outbox import OutboxPump
 from agentd.peers import PeerManager
 from agentd.rpc import RpcServer
+from agentd.services.clearing import ClearingService
+from agentd.services.evidence import Evidence
 from agentd.services.ping import PingService
 from agentd.services.relay import RelayService
 from agentd.services.users import Users
@@ -72,6 +74,8 @@ class Node:
     def _install_services(self) -> None:
         """Each service registers its message target and its RPC methods. One line each."""
         self.dispatcher.register(PingService(self))
+        self.dispatcher.register(ClearingService(self))
+        self.evidence = Evidence(self)
         self.relay = RelayService(self)
         self.dispatcher.register(self.relay)
         Users(self)

@@ -2,7 +2,9 @@
 
 ``async with network(tmp_path, n=5) as nodes`` yields started :class:`Node` objects that
 all know each other as peers. ``restart(nodes, i)`` stops one and starts it again on the
-same port and data dir, as a crash-free restart would.
+same port and data dir with the same config, as a crash-free restart would.
+``network(..., clearinghouse=i)`` gives node ``i`` the clearing-house role and names it in
+every other node's ``[clearinghouse]`` section.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from agentd.node import Node
 from protocol.keys import SigningKey
 
 
-def node_config(tmp_path: Path, name: str, port: int = 0, **node_keys: Any):
+def node_config(tmp_path: Path, name: str, port: int = 0, *,
+                sections: dict[str, Any] | None = None, **node_keys: Any):
+    """A parsed config; ``sections`` adds top-level tables such as ``clearinghouse``."""
     data_dir = tmp_path / name
     data_dir.mkdir(parents=True, exist_ok=True)
     raw = {"node": {"name": name, "data_dir": str(data_dir), "listen": f"127.0.0.1:{port}",
-                    **node_keys}}
+                    **node_keys}, **(sections or {})}
     return parse_config(raw, tmp_path / f"{name}.toml")
 
 
@@ -33,9 +37,12 @@ class Network:
         self.tmp_path = tmp_path
         self.nodes: list[Node] = []
         self._scopes: list[trio.CancelScope] = []
+        self._options: dict[str, dict[str, Any]] = {}
 
-    async def start(self, name: str, key: SigningKey, port: int = 0, **node_keys: Any) -> Node:
-        node = Node(node_config(self.tmp_path, name, port, **node_keys), key)
+    async def start(self, name: str, key: SigningKey, port: int = 0, *,
+                    sections: dict[str, Any] | None = None, **node_keys: Any) -> Node:
+        self._options[name] = {"sections": sections, **node_keys}
+        node = Node(node_config(self.tmp_path, name, port, sections=sections, **node_keys), key)
         await self.nursery.start(node.run)
         return node
 
@@ -58,18 +65,30 @@ class Network:
         old = self.nodes[index]
         await self.stop(index)
         node = await self.start(old.config.name, old.key, old.port,
-                                handshake_timeout=old.config.handshake_timeout)
+                                **self._options[old.config.name])
         self.nodes[index] = node
         self.introduce()
         return node
 
 
 @contextlib.asynccontextmanager
-async def network(tmp_path: Path, n: int, **node_keys: Any) -> AsyncIterator[Network]:
+async def network(tmp_path: Path, n: int, *, clearinghouse: int | None = None,
+                  **node_keys: Any) -> AsyncIterator[Network]:
     async with trio.open_nursery() as nursery:
         net = Network(nursery, tmp_path)
+        sections = None
+        started: dict[int, Node] = {}
+        if clearinghouse is not None:
+            house = await net.start(f"n{clearinghouse}", SigningKey.generate(),
+                                    roles=["clearinghouse"], **node_keys)
+            started[clearinghouse] = house
+            sections = {"clearinghouse": {"agent": house.agent_id,
+                                          "address": house.listen_address}}
         for i in range(n):
-            net.nodes.append(await net.start(f"n{i}", SigningKey.generate(), **node_keys))
+            if i not in started:
+                started[i] = await net.start(f"n{i}", SigningKey.generate(), sections=sections,
+                                             **node_keys)
+        net.nodes.extend(started[i] for i in range(n))
         net.introduce()
         try:
             yield net

@@ -1,0 +1,266 @@
+"""``agentd bench ch``: signed receipts per second through the whole clearing-house path.
+
+K client nodes and one clearing house run as ``agentd run`` OS processes from generated
+configs. This process drives load through each client's control socket with many concurrent
+``ch.log`` calls (one pid per client) for a fixed time. A call returns only once the whole
+path is done: the request committed to the client's outbox, sent over Noise, committed to the
+clearing house's chain with its receipt signed and its reply queued (one transaction, durable:
+``synchronous = FULL``), the reply committed on the client with the receipt verified and
+stored. So receipts/s counts receipts the client holds, and the clearing house's own count of
+chain entries is checked against it. Latency is per call, p50 and p99.
+
+The baseline, measured in the same run: how many receipts per second this machine signs
+(``Keyring.receipt``: PyJWT EdDSA over the same claims) with nothing else to do. The goal is
+receipts/s >= 0.4x that rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from agentd.bench import table, write_json
+from protocol import clearing as ch
+from protocol.keys import SigningKey
+
+READY_TIMEOUT = 30.0
+
+
+def signing_rate(seconds: float) -> float:
+    """Receipts signed per second by one core: the same claims and key type as the service."""
+    key = SigningKey.generate()
+    keyring = ch.Keyring(key.agent_id, key)
+    request = ch.parse_log(ch.log_object("bench-0", "x" * 64), max_payload=1 << 20)
+    entry = ch.next_entry(None, request, client_id=key.agent_id, now_ms=int(time.time() * 1000))
+    done = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for _ in range(200):
+            keyring.receipt(entry)
+        done += 200
+    return done / (time.perf_counter() - started)
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _write_node(directory: Path, name: str, port: int, key: SigningKey, extra: str) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "agent.key").write_text(key.dump())
+    (directory / "agent.key").chmod(0o600)
+    config = directory / "agentd.toml"
+    config.write_text(f'[node]\nname = "{name}"\ndata_dir = "."\nlisten = "127.0.0.1:{port}"\n'
+                      f'{extra}\n[log]\nlevel = "warning"\n')
+    return config
+
+
+class Cluster:
+    """The clearing house and K clients as ``agentd run`` processes in ``workdir``."""
+
+    def __init__(self, workdir: Path, clients: int) -> None:
+        ports = _free_ports(clients + 1)
+        house_key = SigningKey.generate()
+        house = _write_node(workdir / "house", "house", ports[0], house_key,
+                            'roles = ["clearinghouse"]')
+        section = (f'[clearinghouse]\nagent = "{house_key.agent_id}"\n'
+                   f'address = "127.0.0.1:{ports[0]}"')
+        self.configs = [house] + [
+            _write_node(workdir / f"client{i}", f"client{i}", ports[i + 1],
+                        SigningKey.generate(), section)
+            for i in range(clients)
+        ]
+        self.processes: list[subprocess.Popen] = []
+
+    @property
+    def client_sockets(self) -> list[Path]:
+        return [config.parent / "agentd.sock" for config in self.configs[1:]]
+
+    @property
+    def house_db(self) -> Path:
+        return self.configs[0].parent / "agentd.db"
+
+    def __enter__(self) -> Cluster:
+        for config in self.configs:
+            self.processes.append(subprocess.Popen(
+                [sys.executable, "-m", "agentd", "run", "-c", str(config)]))
+        deadline = time.monotonic() + READY_TIMEOUT
+        for config, process in zip(self.configs, self.processes, strict=True):
+            while not (config.parent / "agentd.sock").exists():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"node {config.parent.name} did not start")
+                time.sleep(0.05)
+        return self
+
+    def cpu_seconds(self) -> list[float] | None:
+        """CPU time used so far by each node process (Linux ``/proc``; None elsewhere)."""
+        try:
+            times = []
+            for process in self.processes:
+                fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                times.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError):
+            return None
+        return times
+
+    def __exit__(self, *exc_info: object) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+class RpcStream:
+    """One persistent JSON-RPC connection to a node's control socket."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.buffer = bytearray()
+        self.next_id = 0
+
+    @classmethod
+    async def open(cls, path: Path) -> RpcStream:
+        return cls(await trio.open_unix_socket(str(path)))
+
+    async def call(self, method: str, params: dict) -> dict:
+        self.next_id += 1
+        request = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
+        await self.stream.send_all(json.dumps(request).encode() + b"\n")
+        while b"\n" not in self.buffer:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise RuntimeError("the node closed its control socket")
+            self.buffer += data
+        line, _, rest = bytes(self.buffer).partition(b"\n")
+        self.buffer = bytearray(rest)
+        return json.loads(line)
+
+
+async def drive(sockets: list[Path], concurrency: int, seconds: float) -> tuple[int, list[float],
+                                                                                 float]:
+    """``concurrency`` callers per client logging for ``seconds``: (receipts, latencies, s)."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    for index, path in enumerate(sockets):  # warm up: process created, JWKS fetched
+        warm = await RpcStream.open(path)
+        reply = await warm.call("ch.log", {"pid": f"bench-{index}", "payload": "warm-up"})
+        if "error" in reply:
+            raise RuntimeError(f"warm-up failed: {reply['error']}")
+        await warm.stream.aclose()
+    streams = [(index, await RpcStream.open(path))
+               for index, path in enumerate(sockets) for _ in range(concurrency)]
+
+    async def caller(index: int, stream: RpcStream, deadline: float) -> None:
+        payload = "evidence " + "x" * 56
+        while trio.current_time() < deadline:
+            started = time.perf_counter()
+            reply = await stream.call("ch.log", {"pid": f"bench-{index}", "payload": payload})
+            if "error" in reply:
+                failures.append(reply["error"]["message"])
+                return
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        deadline = trio.current_time() + seconds
+        for index, stream in streams:
+            nursery.start_soon(caller, index, stream, deadline)
+    elapsed = time.perf_counter() - started
+    for _, stream in streams:
+        await stream.stream.aclose()
+    if failures:
+        raise RuntimeError(f"{len(failures)} ch.log calls failed, e.g. {failures[0]}")
+    return len(latencies), latencies, elapsed
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def run(options: argparse.Namespace, workdir: Path) -> dict[str, float]:
+    sign_s = signing_rate(0.5 if options.quick else 2.0)
+    with Cluster(workdir, options.clients) as cluster:
+        cpu_before = cluster.cpu_seconds()
+        count, latencies, elapsed = trio.run(drive, cluster.client_sockets,
+                                             options.concurrency, options.seconds)
+        cpu_after = cluster.cpu_seconds()
+        time.sleep(0.2)
+        with sqlite3.connect(cluster.house_db) as conn:
+            entries = conn.execute("SELECT count(*) FROM ch_entries").fetchone()[0]
+    warm_ups = options.clients
+    if entries < count + warm_ups:
+        raise RuntimeError(f"{count} receipts returned but only {entries - warm_ups} entries "
+                           "committed by the clearing house")
+    receipts_s = count / elapsed
+    cpu: dict[str, float] = {}
+    if cpu_before is not None and cpu_after is not None:  # includes the warm-up calls
+        used = [after - before for before, after in zip(cpu_before, cpu_after, strict=True)]
+        cpu["house_cpu_ms_per_receipt"] = used[0] * 1000 / count
+        cpu["clients_cpu_ms_per_receipt"] = sum(used[1:]) * 1000 / count
+    return {
+        **cpu,
+        "receipts_s": receipts_s,
+        "jwt_sign_s": sign_s,
+        "ratio": receipts_s / sign_s,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p99_ms": _percentile(latencies, 0.99) * 1000,
+        "receipts": count,
+        "seconds": elapsed,
+        "clients": options.clients,
+        "concurrency": options.concurrency,
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="agentd bench ch", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a short run (3 s of load)")
+    parser.add_argument("--json", metavar="FILE", help="write the figures as a flat JSON map")
+    parser.add_argument("--clients", type=int, default=4, help="client nodes (default 4)")
+    parser.add_argument("--concurrency", type=int, default=32, choices=range(1, 65),
+                        metavar="1..64", help="concurrent ch.log calls per client (default 32; "
+                        "at most the control socket's listen backlog, 64)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="seconds of load (default 10, 3 with --quick)")
+    options = parser.parse_args(argv)
+    if options.seconds is None:
+        options.seconds = 3.0 if options.quick else 10.0
+    with tempfile.TemporaryDirectory(prefix="agentd-bench-ch-") as tmp:
+        figures = run(options, Path(tmp))
+    print("agentd bench ch" + (" --quick" if options.quick else ""))
+    print(table([
+        ("receipts committed", f"{figures['receipts_s']:>10,.0f} /s  ({figures['receipts']:,} "
+                               f"in {figures['seconds']:.1f} s, {options.clients} clients x "
+                               f"{options.concurrency} concurrent calls)"),
+        ("EdDSA JWT signing, one core", f"{figures['jwt_sign_s']:>10,.0f} /s"),
+        ("ratio", f"{figures['ratio']:>10.2f}x  (goal >= 0.4x)"),
+        ("latency p50 / p99", f"{figures['p50_ms']:>10.1f} / {figures['p99_ms']:.1f} ms"),
+        *([("CPU per receipt", f"{figures['house_cpu_ms_per_receipt']:>10.2f} ms clearing "
+            f"house, {figures['clients_cpu_ms_per_receipt']:.2f} ms clients")]
+          if "house_cpu_ms_per_receipt" in figures else []),
+    ]))
+    write_json(options.json, figures)
+    return 0

@@ -1,0 +1,109 @@
+"""The ``ch`` target: the clearing-house role (IDS Clearing House semantics, DESIGN §6).
+
+A node with ``roles = ["clearinghouse"]`` serves ``create_process``, ``log``, ``query``,
+``get`` and ``keys``; the rules are ``protocol.clearing``'s, this glues them to the store.
+Every request is handled on the writer thread in the transaction that records it in the
+inbox, and answered with a reply message (``re`` = the request id) queued in that same
+transaction: ``processed``, ``result``, or ``rejection{code, message}`` for a request the
+clearing house refuses. A refusal is a reply, not an error ack — the request was delivered
+and processed — and a savepoint around each request guarantees that a refused one commits
+nothing but its inbox row and that reply.
+
+Appends to one process are serialised because every job runs on the single writer thread,
+one after another; the ``(pid, seq)`` primary key makes a fork impossible even so. Different
+processes need no lock at all. The receipt-signing key is the node's agent key (issuer = its
+agent id); every key that ever signed is kept in ``ch_keys``, so the JWKS still lists a
+retired key after the agent key changes and old receipts keep verifying.
+
+The target is registered on every node: the replies to a node's own requests arrive here
+too and go to :class:`agentd.services.evidence.Evidence`. A node without the role refuses
+requests with the error ack ``NOT_CLEARING_HOUSE``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from agentd.services.base import Reject, Service, Tx
+from protocol import clearing as ch
+from protocol.envelope import Envelope
+from store import clearing as store
+
+if TYPE_CHECKING:
+    from agentd.node import Node
+
+REQUESTS = frozenset({"create_process", "log", "query", "get", "keys"})
+REPLIES = frozenset({"processed", "result", "rejection"})
+ROLE = "clearinghouse"
+# Room for the envelope around a query result, so that a page fits in one frame.
+REPLY_OVERHEAD = 4096
+
+
+class ClearingService(Service):
+    target = ch.TARGET
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node)
+        self.serving = ROLE in node.config.roles
+        # A quarter of a frame: any entry, with its header, then fits in a ``get`` reply.
+        self.max_payload = node.config.max_frame // 4
+        self.max_result = node.config.max_frame - REPLY_OVERHEAD
+        self._keyring: ch.Keyring | None = None  # loaded by the first request (writer thread)
+
+    def handle(self, tx: Tx, envelope: Envelope) -> None:
+        if envelope.action in REPLIES:
+            self.node.evidence.on_reply(tx, envelope)
+            return
+        if envelope.action not in REQUESTS:
+            raise Reject("UNKNOWN_ACTION", f"ch has no action {envelope.action!r}")
+        if not self.serving:
+            raise Reject("NOT_CLEARING_HOUSE", "this node does not have the clearinghouse role")
+        keyring = self._keys(tx)
+        tx.conn.execute("SAVEPOINT ch_request")
+        try:
+            action, obj = self._serve(tx, envelope, keyring)
+        except ch.Rejection as exc:
+            tx.conn.execute("ROLLBACK TO ch_request")
+            action, obj = exc.reply()
+        tx.conn.execute("RELEASE ch_request")
+        tx.send(envelope.from_, ch.TARGET, action, obj, re=envelope.id)
+
+    def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
+        self.node.evidence.on_rejected(tx, envelope, code, message)
+
+    def _keys(self, tx: Tx) -> ch.Keyring:
+        if self._keyring is None:
+            retired = store.signing_keys(tx.conn, self.node.key.public, tx.now_ms)
+            self._keyring = ch.Keyring(self.node.agent_id, self.node.key, tuple(retired))
+        return self._keyring
+
+    def _serve(self, tx: Tx, envelope: Envelope, keyring: ch.Keyring) -> ch.Reply:
+        conn, caller, obj = tx.conn, envelope.from_.agent, envelope.object
+        action = envelope.action
+        if action == "log":
+            request = ch.parse_log(obj, max_payload=self.max_payload)
+            pid = request["pid"]
+            new_owners = ch.authorize("log", pid, caller, store.owners(conn, pid))
+            if new_owners:
+                store.create_process(conn, pid, new_owners, tx.now_ms)
+            entry = ch.next_entry(
+                store.last_entry(conn, pid), request, client_id=caller, now_ms=tx.now_ms
+            )
+            store.append(conn, entry)
+            return ch.processed(keyring.receipt(entry))
+        if action == "create_process":
+            create = ch.parse_create_process(obj)
+            owner_ids = ch.decide_create(create, caller, store.owners(conn, create["pid"]))
+            store.create_process(conn, create["pid"], owner_ids, tx.now_ms)
+            return ch.processed()
+        if action == "query":
+            query = ch.parse_query(obj)
+            ch.authorize("query", query["pid"], caller, store.owners(conn, query["pid"]))
+            entries, total = store.query(conn, query)
+            return ch.query_result(query, entries, total, max_bytes=self.max_result)
+        if action == "get":
+            get = ch.parse_get(obj)
+            ch.authorize("get", get["pid"], caller, store.owners(conn, get["pid"]))
+            return ch.get_result(get, store.get_entry(conn, get["pid"], get["id"]))
+        ch.parse_keys(obj)
+        return "result", keyring.jwks()

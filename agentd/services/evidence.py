@@ -1,0 +1,573 @@
+"""Every node as a clearing-house client: the ``ch.*`` and ``receipts.*`` RPC methods, and
+:func:`log_evidence`, which other services call to log what they agreed.
+
+Requests go to the configured clearing house (``[clearinghouse]``; a clearing-house node
+without one uses itself) through the outbox like any message, and each is recorded in
+``ch_requests`` in the same transaction. The answer comes back to the ``ch`` target as
+``processed`` / ``result`` / ``rejection`` with ``re`` = the request id and is applied here,
+on the writer thread: only the clearing house that was asked may answer, and only once.
+
+Receipts are verified on arrival against the clearing house's JWKS, stored in ``ch_jwks``.
+The first receipt from a clearing house, or one signed by a key the stored JWKS lacks, sends a
+``keys`` request first; the receipt waits as ``unchecked`` and is checked when the JWKS comes.
+So ``receipts.verify`` works offline — the clearing house may be down — and a receipt also has
+to match what this node asked to log (process, payload hash, itself as client).
+
+The RPC methods wait for the answer (``REQUEST_TIMEOUT``); a refusal becomes RPC error -32010
+whose reason is the IDS code (``NOT_AUTHORIZED``, ``NOT_FOUND``, ``BAD_PARAMETERS``, ...). A
+request that times out stays in the outbox and is answered later: a late receipt is still
+stored. Binary values in RPC results (payloads, header fields) are base64url text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import jwt
+import trio
+
+from agentd.rpc import TIMEOUT, RpcError, invalid_params
+from agentd.services.base import Reject, Tx
+from protocol import clearing as ch
+from protocol.codec import CodecError, pack, unpack
+from protocol.envelope import Envelope
+from protocol.keys import ChipAddress, b64u, parse_hostport
+from store import clearing as store
+
+if TYPE_CHECKING:
+    from agentd.node import Node
+
+log = logging.getLogger("agentd.evidence")
+
+REQUEST_TIMEOUT = 10.0
+# Room for the envelope around a request: a larger one could never be delivered.
+ENVELOPE_OVERHEAD = 4096
+RPC_KIND = "ch.log"  # receipts.kind for logs made through the ch.log RPC method
+CHAIN_PAGE = ch.MAX_PAGE_SIZE
+
+
+class _Waiter:
+    """An RPC call waiting for the clearing house's answer to one request."""
+
+    __slots__ = ("error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = None
+        self.error: Reject | None = None
+
+
+def log_evidence(
+    tx: Tx,
+    pid: str,
+    owners: Iterable[str],
+    kind: str,
+    payload: object,
+    *,
+    ref: str | None = None,
+    header: Mapping[str, Any] | None = None,
+    payload_type: str | None = None,
+    mode: str = "full",
+) -> None:
+    """Log ``payload`` as evidence under ``pid`` at this node's clearing house, inside ``tx``.
+
+    One line for a service, e.g. when a tally opens (and likewise ``"tally.close"``,
+    ``"chit.good"``/``"chit.void"`` with ``ref=chit_uuid``)::
+
+        log_evidence(tx, tally_uuid, [stock_agent, foil_agent], "tally.open", signed_tally)
+
+    ``owners`` are the agents that may read and write the process (this node is always one);
+    the first call for a pid also asks the clearing house to create it, and the logs wait in
+    ``ch_requests`` until that is answered, so no log can create the process first with this
+    node as its sole owner. The header logged is ``{kind, ref, **header}`` (``ref`` defaults
+    to ``pid``); ``mode`` is ``full``, ``header`` (the payload's hash only) or ``hash``. A
+    payload too large for the clearing house is logged by hash (mode ``header``).
+
+    Nothing here waits: the messages commit with the caller's state change and the outbox
+    delivers them whenever the clearing house is reachable; the receipt is stored when it
+    comes (``receipts`` with ``kind`` and ``ref``). Without a configured clearing house this
+    does nothing (and logs that once). Raises ``ValueError`` for a bad pid, owner or payload:
+    those are programming errors of the caller.
+    """
+    tx.node.evidence.log(
+        tx, pid, owners, kind, payload, ref=ref, header=header, payload_type=payload_type,
+        mode=mode,
+    )  # fmt: skip
+
+
+class Evidence:
+    """Client side of the clearing house; ``node.evidence``."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._waiting: dict[bytes, _Waiter] = {}
+        self._warned = False
+        for name, method in (
+            ("ch.create_process", self.rpc_create_process),
+            ("ch.log", self.rpc_log),
+            ("ch.query", self.rpc_query),
+            ("ch.get", self.rpc_get),
+            ("receipts.list", self.rpc_receipts_list),
+            ("receipts.verify", self.rpc_receipts_verify),
+        ):
+            node.rpc.register(name, method)
+
+    # -- where requests go ----------------------------------------------------------------
+
+    def clearing_house(self) -> ChipAddress | None:
+        """The configured clearing house; a clearing-house node without one uses itself."""
+        config = self.node.config
+        if config.clearinghouse is not None:
+            host, port = parse_hostport(config.clearinghouse.address)
+            return ChipAddress(agent=config.clearinghouse.agent, host=host, port=port)
+        if "clearinghouse" in config.roles:
+            return self.node.own_address()
+        return None
+
+    def _address(self, agent: str) -> ChipAddress:
+        configured = self.clearing_house()
+        if configured is not None and configured.agent == agent:
+            return configured
+        return ChipAddress(agent=agent)  # the pump looks its address up
+
+    # -- log_evidence (writer thread) -----------------------------------------------------
+
+    def log(
+        self,
+        tx: Tx,
+        pid: str,
+        owners: Iterable[str],
+        kind: str,
+        payload: object,
+        *,
+        ref: str | None,
+        header: Mapping[str, Any] | None,
+        payload_type: str | None,
+        mode: str,
+    ) -> None:
+        """See :func:`log_evidence`."""
+        owner_ids = sorted(set(owners))
+        try:
+            ch.parse_create_process({"pid": pid, "owners": owner_ids})
+        except ch.Rejection as exc:
+            raise ValueError(f"log_evidence: {exc}") from exc
+        house = self.clearing_house()
+        if house is None:
+            if not self._warned:
+                self._warned = True
+                log.info("no [clearinghouse] configured: evidence is not logged")
+            return
+        ref = pid if ref is None else ref
+        full_header = {} if mode == "hash" else {"kind": kind, "ref": ref, **(header or {})}
+        obj = ch.log_object(pid, payload, mode=mode, header=full_header,
+                            payload_type=payload_type)
+        if len(obj.get("payload") or b"") > self.node.config.max_frame // 4:
+            obj.pop("payload")
+            log.info("evidence %s %s: payload too large, logged by its hash", kind, ref)
+        conn = tx.conn
+        state = store.client_process(conn, house.agent, pid)
+        if state is None:
+            create_id = tx.send(house, ch.TARGET, "create_process",
+                                {"pid": pid, "owners": owner_ids})
+            store.add_request(
+                conn, message_id=create_id, ch=house.agent, action="create_process", pid=pid,
+                kind=kind, ref=ref, payload_sha256=None, state="sent", now_ms=tx.now_ms,
+            )  # fmt: skip
+            store.set_client_process(conn, house.agent, pid, "creating")
+            state = "creating"
+        common = {"ch": house.agent, "action": "log", "pid": pid, "kind": kind, "ref": ref,
+                  "payload_sha256": obj["payload_sha256"], "now_ms": tx.now_ms}
+        if state == "creating":
+            store.add_request(conn, message_id=None, state="waiting", obj=pack(obj), **common)
+        else:
+            message_id = tx.send(house, ch.TARGET, "log", obj)
+            store.add_request(conn, message_id=message_id, state="sent", **common)
+
+    # -- answers (writer thread) ----------------------------------------------------------
+
+    def on_reply(self, tx: Tx, envelope: Envelope) -> None:
+        """Apply the clearing house's answer to one of our requests."""
+        if envelope.re is None:
+            raise Reject("MALFORMED_MESSAGE", f"ch/{envelope.action} answers nothing: no 're'")
+        row = store.sent_request(tx.conn, envelope.re)
+        if row is None:
+            log.debug("ch/%s answers no open request", envelope.action)
+            return
+        if envelope.from_.agent != row["ch"]:
+            raise Reject("NOT_AUTHORIZED", "only the clearing house that was asked may answer")
+        obj, action = envelope.object, envelope.action
+        if action == "rejection":
+            code, message = obj.get("code"), obj.get("message")
+            if not isinstance(code, str) or not isinstance(message, str):
+                code, message = "MALFORMED_MESSAGE", f"the rejection is malformed: {obj!r:.200}"
+            self._refused(tx, row, code, message)
+            return
+        expected = "processed" if row["action"] in ("create_process", "log") else "result"
+        if action != expected:
+            self._refused(tx, row, "MALFORMED_MESSAGE",
+                          f"the clearing house answered {row['action']} with {action}")
+            return
+        if row["action"] == "create_process":
+            store.delete_request(tx.conn, row["seq"])
+            self._process_ready(tx, row["ch"], row["pid"])
+            self._resolve(tx, row["id"], {})
+        elif row["action"] == "log":
+            self._receipt(tx, row, obj.get("receipt"))
+        elif row["action"] == "keys":
+            self._keys(tx, row, obj)
+        else:
+            store.delete_request(tx.conn, row["seq"])
+            self._resolve(tx, row["id"], obj)
+
+    def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
+        """A clearing house (or a node that is none) refused a request with an error ack."""
+        message_id = envelope.get("id")
+        row = store.sent_request(tx.conn, message_id) if isinstance(message_id, bytes) else None
+        if row is not None:
+            self._refused(tx, row, code, message)
+
+    def _refused(self, tx: Tx, row: sqlite3.Row, code: str, message: str) -> None:
+        if row["action"] == "create_process" and row["kind"] is not None:
+            # Usually the partner created it first (BAD_PARAMETERS: exists already). Send the
+            # waiting logs anyway: the clearing house judges each, and a refusal is recorded.
+            log.info("clearing house: create_process %s: %s: %s", row["pid"], code, message)
+            store.delete_request(tx.conn, row["seq"])
+            self._process_ready(tx, row["ch"], row["pid"])
+        elif row["kind"] is not None and row["action"] == "log":
+            log.warning("clearing house refused evidence %s %s: %s: %s", row["kind"],
+                        row["ref"], code, message)
+            store.refuse_request(tx.conn, row["seq"], f"{code}: {message}")
+        else:
+            store.delete_request(tx.conn, row["seq"])
+        self._fail(tx, row["id"], Reject(code, message))
+
+    def _process_ready(self, tx: Tx, house: str, pid: str) -> None:
+        """The process exists now (or never will through us): send the logs waiting for it."""
+        store.set_client_process(tx.conn, house, pid, "ready")
+        to = self._address(house)
+        for waiting in store.waiting_logs(tx.conn, house, pid):
+            message_id = tx.send(to, ch.TARGET, "log", unpack(waiting["object"]))
+            store.mark_sent(tx.conn, waiting["seq"], message_id)
+
+    def _receipt(self, tx: Tx, row: sqlite3.Row, token: object) -> None:
+        store.delete_request(tx.conn, row["seq"])
+        if not isinstance(token, str):
+            self._fail(tx, row["id"], Reject("MALFORMED_MESSAGE", "processed without a receipt"))
+            return
+        status, problem, checked = self._check(tx.conn, row["ch"], token, self._expect(row),
+                                               refresh=True)
+        claims = checked or _unverified_claims(token)
+        seq, document_id = claims.get("seq"), claims.get("document_id")
+        store.add_receipt(
+            tx.conn, request=row["id"], ch=row["ch"], pid=row["pid"],
+            seq=seq if isinstance(seq, int) else None,
+            document_id=document_id if isinstance(document_id, str) else None,
+            token=token, kind=row["kind"] or RPC_KIND, ref=row["ref"],
+            payload_sha256=row["payload_sha256"], status=status, problem=problem,
+            now_ms=tx.now_ms,
+        )  # fmt: skip
+        if status == "unchecked":
+            if not store.keys_request_open(tx.conn, row["ch"]):
+                message_id = tx.send(self._address(row["ch"]), ch.TARGET, "keys", {})
+                store.add_request(
+                    tx.conn, message_id=message_id, ch=row["ch"], action="keys", pid=None,
+                    kind=None, ref=None, payload_sha256=None, state="sent", now_ms=tx.now_ms,
+                )  # fmt: skip
+            return
+        self._settle_log(tx, row["id"], token, checked, problem)
+
+    def _keys(self, tx: Tx, row: sqlite3.Row, obj: dict) -> None:
+        """A fresh JWKS: keep every key ever seen, then check the receipts that waited."""
+        store.delete_request(tx.conn, row["seq"])
+        self._resolve(tx, row["id"], obj)
+        keys = obj.get("keys")
+        if not isinstance(keys, list):
+            log.warning("clearing house %s sent a JWKS without keys", row["ch"][:8])
+            return
+        old = store.jwks(tx.conn, row["ch"]) or {"keys": []}
+        merged = {jwk.get("kid"): jwk for jwk in old["keys"]}
+        merged.update({jwk.get("kid"): jwk for jwk in keys if isinstance(jwk, dict)})
+        store.save_jwks(tx.conn, row["ch"], {"keys": list(merged.values())}, tx.now_ms)
+        for receipt in store.unchecked_receipts(tx.conn, row["ch"]):
+            status, problem, claims = self._check(
+                tx.conn, row["ch"], receipt["token"], self._expect(receipt, house=row["ch"]),
+                refresh=False,
+            )  # fmt: skip
+            store.set_receipt_status(tx.conn, receipt["request"], status, problem)
+            self._settle_log(tx, receipt["request"], receipt["token"], claims, problem)
+
+    def _expect(self, row: Mapping[str, Any], house: str | None = None) -> dict[str, Any]:
+        """What a receipt for this log request must say."""
+        return {"iss": house or row["ch"], "process_id": row["pid"],
+                "client_id": self.node.agent_id, "payload_sha256": row["payload_sha256"]}
+
+    @staticmethod
+    def _check(
+        conn: sqlite3.Connection, house: str, token: str, expect: dict, *, refresh: bool
+    ) -> tuple[str, str | None, dict | None]:
+        """(status, problem, claims): ``unchecked`` when ``refresh`` and the key is unknown."""
+        stored = store.jwks(conn, house)
+        if stored is None and refresh:
+            return "unchecked", None, None
+        try:
+            claims = ch.verify_receipt(token, stored or {"keys": []}, expect)
+        except ch.ReceiptError as exc:
+            if refresh and exc.fault is ch.ReceiptFault.UNKNOWN_KEY:
+                return "unchecked", None, None
+            return "invalid", f"{exc.fault.value}: {exc}", None
+        return "valid", None, claims
+
+    def _settle_log(
+        self, tx: Tx, request: bytes, token: str, claims: dict | None, problem: str | None
+    ) -> None:
+        if claims is None:
+            self._fail(tx, request, Reject("RECEIPT_INVALID", f"the receipt is invalid: {problem}"))
+        else:
+            self._resolve(tx, request, {"pid": claims["process_id"], "seq": claims["seq"],
+                                        "document_id": claims["document_id"], "receipt": token})
+
+    def _resolve(self, tx: Tx, request: bytes, value: Any) -> None:
+        tx.after_commit(lambda: self._wake(request, value, None))
+
+    def _fail(self, tx: Tx, request: bytes | None, error: Reject) -> None:
+        if request is not None:
+            tx.after_commit(lambda: self._wake(request, None, error))
+
+    def _wake(self, request: bytes, value: Any, error: Reject | None) -> None:
+        waiter = self._waiting.get(request)
+        if waiter is not None:
+            waiter.value, waiter.error = value, error
+            waiter.event.set()
+
+    # -- requests from RPC ----------------------------------------------------------------
+
+    async def request(self, action: str, obj: dict[str, Any]) -> Any:
+        """Send one request to the clearing house and wait for its answer, as sent (no local
+        validation: the clearing house is the one judge). Raises ``Reject`` for a refusal."""
+        house = self.clearing_house()
+        if house is None:
+            raise Reject("NO_CLEARING_HOUSE",
+                         "no clearing house configured: add [clearinghouse] agent and address")
+        try:
+            size = len(pack(obj))
+        except CodecError as exc:
+            raise invalid_params(str(exc)) from exc
+        if size > self.node.config.max_frame - ENVELOPE_OVERHEAD:
+            raise Reject(ch.Reason.BAD_PARAMETERS.value,
+                         f"the {action} request is {size} bytes, more than a frame can carry")
+        pid = obj.get("pid")
+        sha = obj.get("payload_sha256")
+        node = self.node
+
+        def job(conn: sqlite3.Connection) -> tuple[Tx, bytes]:
+            tx = Tx(node, conn, node.now_ms())
+            message_id = tx.send(house, ch.TARGET, action, obj)
+            store.add_request(
+                conn, message_id=message_id, ch=house.agent, action=action,
+                pid=pid if isinstance(pid, str) else None, kind=None, ref=None,
+                payload_sha256=sha if isinstance(sha, str) else None, state="sent",
+                now_ms=tx.now_ms,
+            )  # fmt: skip
+            return tx, message_id
+
+        tx, message_id = await node.db.write(job)
+        waiter = self._waiting[message_id] = _Waiter()
+        tx.committed()
+        try:
+            with trio.move_on_after(REQUEST_TIMEOUT):
+                await waiter.event.wait()
+        finally:
+            del self._waiting[message_id]
+        if not waiter.event.is_set():
+            raise RpcError(TIMEOUT, f"no answer from the clearing house {house.agent} within "
+                           f"{REQUEST_TIMEOUT:g} s (the request stays in the outbox and will be "
+                           "retried; a late receipt is still stored)", "TIMEOUT")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.value
+
+    async def rpc_create_process(self, pid: str, owners: list[str] | None = None) -> dict:
+        """Create process ``pid`` owned by this node and ``owners`` (agent ids)."""
+        if owners is not None and not isinstance(owners, list):
+            raise invalid_params("owners must be a list of agent ids")
+        await self.request("create_process", {"pid": pid, "owners": owners or []})
+        return {"pid": pid, "owners": sorted({self.node.agent_id, *(owners or [])})}
+
+    async def rpc_log(self, pid: str, payload: Any, mode: str = "full",
+                      header: dict | None = None, payload_type: str | None = None) -> dict:
+        """Log ``payload`` (text as UTF-8, other JSON as canonical msgpack) under ``pid``;
+        ``mode`` full | header (hash of the payload and the header) | hash (the hash alone)."""
+        if header is not None and not isinstance(header, dict):
+            raise invalid_params("header must be an object")
+        if payload_type is not None and not isinstance(payload_type, str):
+            raise invalid_params("payload_type must be text")
+        try:
+            obj = ch.log_object(pid, payload, mode=mode, header=header, payload_type=payload_type)
+        except (ValueError, CodecError) as exc:
+            raise invalid_params(str(exc)) from exc
+        return await self.request("log", obj)
+
+    async def rpc_query(self, pid: str, page: int | None = None, size: int | None = None,
+                        sort: str | None = None, date_from: int | str | None = None,
+                        date_to: int | str | None = None) -> dict:
+        """One page of ``pid``'s entries by seq (newest first unless ``sort=asc``)."""
+        params = {"page": page, "size": size, "sort": sort, "date_from": date_from,
+                  "date_to": date_to}
+        obj = {"pid": pid, **{k: v for k, v in params.items() if v is not None}}
+        result = await self.request("query", obj)
+        return {**result, "entries": [entry_json(e) for e in result.get("entries", [])]}
+
+    async def rpc_get(self, pid: str, id: str) -> dict:
+        """The entry whose document id is ``id``."""
+        result = await self.request("get", {"pid": pid, "id": id})
+        entries = result.get("entries")
+        if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict):
+            raise Reject(ch.Reason.MALFORMED_MESSAGE.value,
+                         "the clearing house answered get without exactly one entry")
+        return entry_json(entries[0])
+
+    async def rpc_receipts_list(self, pid: str | None = None) -> list[dict]:
+        """Every stored receipt (or those of ``pid``), by process and seq."""
+        where, params = ("WHERE pid = ?", (pid,)) if pid is not None else ("", ())
+        rows = self.node.db.read(
+            f"SELECT {store.RECEIPT_COLUMNS} FROM receipts {where} ORDER BY pid, seq", params)
+        return [
+            {"pid": row["pid"], "seq": row["seq"], "document_id": row["document_id"],
+             "kind": row["kind"], "ref": row["ref"], "clearing_house": row["ch"],
+             "status": row["status"], "problem": row["problem"], "received": row["received"],
+             "receipt": row["token"]}
+            for row in rows
+        ]
+
+    async def rpc_receipts_verify(self, chain: bool = False) -> dict:
+        """Check every stored receipt offline against the stored JWKS; with ``chain``, also
+        fetch each process's chain from the clearing house, verify it link by link and match
+        every receipt to its entry. Never raises for a failure: ``ok`` is false and
+        ``failures`` says what failed and why (the CLI then exits 1)."""
+        if not isinstance(chain, bool):
+            raise invalid_params("chain must be true or false")
+        db = self.node.db
+        rows = db.read(f"SELECT {store.RECEIPT_COLUMNS} FROM receipts ORDER BY pid, seq")
+        jwks = {row["ch"]: json.loads(row["jwks"])
+                for row in db.read("SELECT ch, jwks FROM ch_jwks")}
+        failures = await trio.to_thread.run_sync(self._verify_rows, rows, jwks)
+        for row in db.read("SELECT pid, kind, ref, error FROM ch_requests"
+                           " WHERE state = 'refused' ORDER BY seq"):
+            failures.append({"pid": row["pid"], "seq": None, "document_id": None,
+                             "kind": row["kind"], "ref": row["ref"], "fault": "refused",
+                             "message": f"the clearing house refused this evidence: "
+                                        f"{row['error']}"})
+        pending = db.read_one("SELECT count(*) FROM ch_requests WHERE action = 'log'"
+                              " AND state IN ('waiting', 'sent')")[0]
+        result: dict[str, Any] = {"checked": len(rows), "pending": pending}
+        if chain:
+            pids = sorted({row["pid"] for row in rows})
+            for pid in pids:
+                failures.extend(await self._verify_chain(
+                    pid, [row for row in rows if row["pid"] == pid], jwks))
+            result["chains"] = len(pids)
+        return {"ok": not failures, **result, "failures": failures}
+
+    def _verify_rows(self, rows: list[sqlite3.Row], jwks: dict[str, dict]) -> list[dict]:
+        failures = []
+        for row in rows:
+            expect = {**self._expect(row), "seq": row["seq"], "document_id": row["document_id"]}
+            keys = jwks.get(row["ch"])
+            if keys is None:
+                failures.append(_failure(row, "unknown_key", "no JWKS of its clearing house is "
+                                         "stored yet (it was never reachable)"))
+                continue
+            try:
+                ch.verify_receipt(row["token"], keys, expect)
+            except ch.ReceiptError as exc:
+                failures.append(_failure(row, exc.fault.value, str(exc)))
+        return failures
+
+    async def _verify_chain(self, pid: str, receipts: list[sqlite3.Row],
+                            jwks: dict[str, dict]) -> list[dict]:
+        """Walk ``pid``'s whole chain in ascending pages and match its receipts to it."""
+        entries: list[dict] = []
+        page, size = 1, CHAIN_PAGE
+        while True:
+            try:
+                result = await self.request(
+                    "query", {"pid": pid, "page": page, "size": size, "sort": "asc"})
+            except Reject as exc:
+                if exc.code == ch.Reason.TOO_MANY_RESULTS and size > 1:
+                    size //= 2  # pages of big payloads: ask for fewer, from the same offset
+                    page = len(entries) // size + 1
+                    continue
+                return [_chain_failure(pid, f"cannot read the chain: {exc}")]
+            except RpcError as exc:
+                return [_chain_failure(pid, f"cannot read the chain: {exc.message}")]
+            entries.extend(result["entries"])
+            if not result["has_more"]:
+                break
+            page += 1
+        try:
+            ch.verify_chain(entries)
+        except ch.ChainError as exc:
+            return [_chain_failure(pid, f"the chain is broken at {exc}")]
+        by_seq = {entry["seq"]: entry for entry in entries}
+        failures = []
+        for row in receipts:
+            entry = by_seq.get(row["seq"])
+            if entry is None:
+                failures.append(_failure(row, "not_in_chain", f"seq {row['seq']} is not in the "
+                                         f"chain of {len(entries)} entries"))
+                continue
+            try:
+                ch.verify_receipt(row["token"], jwks.get(row["ch"]) or {"keys": []},
+                                  ch.entry_claims(entry))
+            except ch.ReceiptError as exc:
+                failures.append(_failure(row, "chain_mismatch",
+                                         f"the receipt does not match the chain entry: {exc}"))
+        return failures
+
+
+def _unverified_claims(token: str) -> dict[str, Any]:
+    """The claims of a receipt not (yet) verified: only to file it by seq and document."""
+    try:
+        return jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return {}
+
+
+def _failure(row: Mapping[str, Any], fault: str, message: str) -> dict[str, Any]:
+    return {"pid": row["pid"], "seq": row["seq"], "document_id": row["document_id"],
+            "kind": row["kind"], "ref": row["ref"], "fault": fault, "message": message}
+
+
+def _chain_failure(pid: str, message: str) -> dict[str, Any]:
+    return {"pid": pid, "seq": None, "document_id": None, "kind": None, "ref": None,
+            "fault": "chain", "message": message}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return b64u(value)
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def entry_json(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """An entry for JSON: ``document_id`` added, binary as base64url, and ``payload_text``
+    when the payload is UTF-8 text."""
+    out = _jsonable(dict(entry))
+    out["document_id"] = entry["entry_hash"]
+    payload = entry.get("payload")
+    if isinstance(payload, bytes) and str(entry.get("payload_type", "")).startswith("text/"):
+        with contextlib.suppress(UnicodeDecodeError):
+            out["payload_text"] = payload.decode()
+    return out
+
+
+__all__ = ["Evidence", "entry_json", "log_evidence"]

@@ -1,0 +1,260 @@
+"""Clearing-house persistence: the server's processes, chains and keyring, and every node's
+client records (requests in flight, JWKS, receipts).
+
+Plain functions over a ``sqlite3.Connection``; the rules live in ``protocol.clearing`` and the
+services decide. Every write runs inside the caller's transaction on the writer thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from protocol.clearing import Entry, QueryRequest, thumbprint
+from protocol.codec import canonical, unpack
+
+# --- clearing-house side -----------------------------------------------------------------
+
+
+def signing_keys(conn: sqlite3.Connection, current: bytes, now_ms: int) -> list[bytes]:
+    """Record ``current`` as the signing key (retiring any other); return the retired keys,
+    newest first."""
+    conn.execute(
+        "INSERT OR IGNORE INTO ch_keys (public, kid, added) VALUES (?, ?, ?)",
+        (current, thumbprint(current), now_ms),
+    )
+    conn.execute("UPDATE ch_keys SET retired = NULL WHERE public = ?", (current,))
+    conn.execute(
+        "UPDATE ch_keys SET retired = ? WHERE public != ? AND retired IS NULL", (now_ms, current)
+    )
+    rows = conn.execute(
+        "SELECT public FROM ch_keys WHERE public != ? ORDER BY retired DESC, added DESC",
+        (current,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def owners(conn: sqlite3.Connection, pid: str) -> list[str] | None:
+    """The owners of ``pid``, or None when there is no such process."""
+    if conn.execute("SELECT 1 FROM ch_processes WHERE pid = ?", (pid,)).fetchone() is None:
+        return None
+    rows = conn.execute("SELECT agent FROM ch_owners WHERE pid = ? ORDER BY agent", (pid,))
+    return [row[0] for row in rows]
+
+
+def create_process(
+    conn: sqlite3.Connection, pid: str, owner_ids: Iterable[str], now_ms: int
+) -> None:
+    conn.execute("INSERT INTO ch_processes (pid, created) VALUES (?, ?)", (pid, now_ms))
+    conn.executemany(
+        "INSERT INTO ch_owners (pid, agent) VALUES (?, ?)", ((pid, agent) for agent in owner_ids)
+    )
+
+
+_ENTRY_COLUMNS = (
+    "pid, seq, prev_hash, timestamp, client_id, header, payload_sha256, payload_type, payload,"
+    " entry_hash"
+)
+
+
+def _entry(row: Sequence[Any]) -> Entry:
+    return {
+        "pid": row[0],
+        "seq": row[1],
+        "prev_hash": row[2],
+        "timestamp": row[3],
+        "client_id": row[4],
+        "header": unpack(row[5]),
+        "payload_sha256": row[6],
+        "payload_type": row[7],
+        "payload": row[8],
+        "entry_hash": row[9],
+    }
+
+
+def last_entry(conn: sqlite3.Connection, pid: str) -> Entry | None:
+    row = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM ch_entries WHERE pid = ? ORDER BY seq DESC LIMIT 1",
+        (pid,),
+    ).fetchone()
+    return None if row is None else _entry(row)
+
+
+def append(conn: sqlite3.Connection, entry: Entry) -> None:
+    """Insert the next link; the (pid, seq) key refuses a second entry with the same seq."""
+    conn.execute(
+        f"INSERT INTO ch_entries ({_ENTRY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            entry["pid"], entry["seq"], entry["prev_hash"], entry["timestamp"],
+            entry["client_id"], canonical(entry["header"]), entry["payload_sha256"],
+            entry["payload_type"], entry["payload"], entry["entry_hash"],
+        ),
+    )  # fmt: skip
+
+
+def query(conn: sqlite3.Connection, request: QueryRequest) -> tuple[list[Entry], int]:
+    """One page of ``request`` ordered by seq, and the number of entries matching its dates."""
+    where = "pid = ? AND timestamp BETWEEN ? AND ?"
+    bounds = (
+        request["pid"],
+        request["date_from"] if request["date_from"] is not None else 0,
+        request["date_to"] if request["date_to"] is not None else 2**63 - 1,
+    )
+    total = conn.execute(f"SELECT count(*) FROM ch_entries WHERE {where}", bounds).fetchone()[0]
+    order = "ASC" if request["sort"] == "asc" else "DESC"
+    rows = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM ch_entries WHERE {where} ORDER BY seq {order}"
+        " LIMIT ? OFFSET ?",
+        (*bounds, request["size"], (request["page"] - 1) * request["size"]),
+    ).fetchall()
+    return [_entry(row) for row in rows], total
+
+
+def get_entry(conn: sqlite3.Connection, pid: str, document_id: str) -> Entry | None:
+    row = conn.execute(
+        f"SELECT {_ENTRY_COLUMNS} FROM ch_entries WHERE pid = ? AND entry_hash = ?",
+        (pid, document_id),
+    ).fetchone()
+    return None if row is None else _entry(row)
+
+
+# --- client side -------------------------------------------------------------------------
+
+
+def add_request(
+    conn: sqlite3.Connection,
+    *,
+    message_id: bytes | None,
+    ch: str,
+    action: str,
+    pid: str | None,
+    kind: str | None,
+    ref: str | None,
+    payload_sha256: str | None,
+    state: str,
+    now_ms: int,
+    obj: bytes | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO ch_requests (id, ch, action, pid, kind, ref, payload_sha256, object, state,"
+        " created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (message_id, ch, action, pid, kind, ref, payload_sha256, obj, state, now_ms),
+    )
+
+
+def sent_request(conn: sqlite3.Connection, message_id: bytes) -> sqlite3.Row | None:
+    """A request still waiting for its answer."""
+    return conn.execute(
+        "SELECT seq, id, ch, action, pid, kind, ref, payload_sha256 FROM ch_requests"
+        " WHERE id = ? AND state = 'sent'",
+        (message_id,),
+    ).fetchone()
+
+
+def delete_request(conn: sqlite3.Connection, seq: int) -> None:
+    conn.execute("DELETE FROM ch_requests WHERE seq = ?", (seq,))
+
+
+def refuse_request(conn: sqlite3.Connection, seq: int, error: str) -> None:
+    conn.execute(
+        "UPDATE ch_requests SET state = 'refused', error = ?, object = NULL WHERE seq = ?",
+        (error, seq),
+    )
+
+
+def waiting_logs(conn: sqlite3.Connection, ch: str, pid: str) -> list[sqlite3.Row]:
+    return conn.execute(
+        "SELECT seq, object FROM ch_requests WHERE state = 'waiting' AND ch = ? AND pid = ?"
+        " ORDER BY seq",
+        (ch, pid),
+    ).fetchall()
+
+
+def mark_sent(conn: sqlite3.Connection, seq: int, message_id: bytes) -> None:
+    conn.execute(
+        "UPDATE ch_requests SET state = 'sent', id = ?, object = NULL WHERE seq = ?",
+        (message_id, seq),
+    )
+
+
+def keys_request_open(conn: sqlite3.Connection, ch: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM ch_requests WHERE state = 'sent' AND ch = ? AND action = 'keys'", (ch,)
+    ).fetchone()
+    return row is not None
+
+
+def client_process(conn: sqlite3.Connection, ch: str, pid: str) -> str | None:
+    row = conn.execute(
+        "SELECT state FROM ch_client_processes WHERE ch = ? AND pid = ?", (ch, pid)
+    ).fetchone()
+    return None if row is None else row[0]
+
+
+def set_client_process(conn: sqlite3.Connection, ch: str, pid: str, state: str) -> None:
+    conn.execute(
+        "INSERT INTO ch_client_processes (ch, pid, state) VALUES (?, ?, ?)"
+        " ON CONFLICT (ch, pid) DO UPDATE SET state = excluded.state",
+        (ch, pid, state),
+    )
+
+
+def jwks(conn: sqlite3.Connection, ch: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT jwks FROM ch_jwks WHERE ch = ?", (ch,)).fetchone()
+    return None if row is None else json.loads(row[0])
+
+
+def save_jwks(conn: sqlite3.Connection, ch: str, value: dict[str, Any], now_ms: int) -> None:
+    conn.execute(
+        "INSERT INTO ch_jwks (ch, jwks, updated) VALUES (?, ?, ?)"
+        " ON CONFLICT (ch) DO UPDATE SET jwks = excluded.jwks, updated = excluded.updated",
+        (ch, json.dumps(value, sort_keys=True), now_ms),
+    )
+
+
+def add_receipt(
+    conn: sqlite3.Connection,
+    *,
+    request: bytes,
+    ch: str,
+    pid: str,
+    seq: int | None,
+    document_id: str | None,
+    token: str,
+    kind: str,
+    ref: str | None,
+    payload_sha256: str,
+    status: str,
+    problem: str | None,
+    now_ms: int,
+) -> None:
+    conn.execute(
+        "INSERT INTO receipts (request, ch, pid, seq, document_id, token, kind, ref,"
+        " payload_sha256, status, problem, received) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (request, ch, pid, seq, document_id, token, kind, ref, payload_sha256, status, problem,
+         now_ms),
+    )
+
+
+def unchecked_receipts(conn: sqlite3.Connection, ch: str) -> list[sqlite3.Row]:
+    return conn.execute(
+        "SELECT request, pid, token, payload_sha256 FROM receipts"
+        " WHERE status = 'unchecked' AND ch = ?",
+        (ch,),
+    ).fetchall()
+
+
+def set_receipt_status(
+    conn: sqlite3.Connection, request: bytes, status: str, problem: str | None
+) -> None:
+    conn.execute(
+        "UPDATE receipts SET status = ?, problem = ? WHERE request = ?", (status, problem, request)
+    )
+
+
+RECEIPT_COLUMNS = (
+    "request, ch, pid, seq, document_id, token, kind, ref, payload_sha256, status, problem,"
+    " received"
+)

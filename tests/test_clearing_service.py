@@ -1,0 +1,319 @@
+"""The clearing house and its clients on real nodes (loopback, Noise, SQLite), one Trio process.
+
+Node 0 has the clearing-house role and every other node names it in ``[clearinghouse]``.
+Raw requests go through ``node.evidence.request`` (no client-side checks), so every refusal
+asserted here is the clearing house's own answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import trio
+
+from agentd.node import Node
+from agentd.rpc import REFUSED, TIMEOUT, RpcError
+from agentd.services.base import Reject, Tx
+from agentd.services.evidence import log_evidence
+from protocol import clearing as ch
+from protocol.keys import SigningKey
+from tests.netfixture import network, wait_for
+
+T_TABLES = ("ch_processes", "ch_owners", "ch_entries")
+
+
+def house_state(house: Node) -> dict[str, list]:
+    """Everything the clearing house stores about processes."""
+    return {t: [tuple(r) for r in house.db.read(f"SELECT * FROM {t} ORDER BY 1, 2")]
+            for t in T_TABLES}
+
+
+async def refused(code: str, node: Node, action: str, obj: dict[str, Any]) -> str:
+    with pytest.raises(Reject) as info:
+        await node.evidence.request(action, obj)
+    assert info.value.code == code, info.value
+    return info.value.message
+
+
+def log_obj(pid: str, payload: Any = "entry", **kwargs: Any) -> dict[str, Any]:
+    return ch.log_object(pid, payload, **kwargs)
+
+
+async def chain_of(node: Node, pid: str) -> list[dict]:
+    entries: list[dict] = []
+    page = 1
+    while True:
+        result = await node.evidence.request(
+            "query", {"pid": pid, "page": page, "size": 1000, "sort": "asc"})
+        entries += result["entries"]
+        if not result["has_more"]:
+            return entries
+        page += 1
+
+
+def receipts(node: Node, pid: str | None = None) -> list:
+    sql = "SELECT pid, seq, status FROM receipts"
+    return node.db.read(sql + " WHERE pid = ?", (pid,)) if pid else node.db.read(sql)
+
+
+async def evidence(node: Node, count: int, pid: str, owners: list[str], kind: str = "test"
+                   ) -> None:
+    """Queue ``count`` evidence logs in one transaction, as a service would."""
+    def job(conn):
+        tx = Tx(node, conn, node.now_ms())
+        for n in range(count):
+            log_evidence(tx, pid, owners, kind, {"n": n}, ref=f"{kind}-{n}")
+        return tx
+
+    (await node.db.write(job)).committed()
+
+
+async def test_access_matrix_refusals_change_nothing(tmp_path):
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        house, alice, carol = net.nodes
+        await alice.evidence.request("create_process", {"pid": "p", "owners": []})
+        first = await alice.evidence.request("log", log_obj("p"))
+        document_id = first["document_id"]
+        await carol.evidence.request("log", log_obj("carols"))
+        before = house_state(house)
+        big = b"x" * (house.config.max_frame // 4 + 1)
+        cases = [
+            ("NOT_AUTHORIZED", carol, "log", log_obj("p")),
+            ("NOT_AUTHORIZED", carol, "query", {"pid": "p"}),
+            ("NOT_AUTHORIZED", carol, "get", {"pid": "p", "id": document_id}),
+            ("NOT_FOUND", alice, "query", {"pid": "nope"}),
+            ("NOT_FOUND", alice, "get", {"pid": "nope", "id": document_id}),
+            ("BAD_PARAMETERS", alice, "create_process", {"pid": "default"}),
+            ("BAD_PARAMETERS", alice, "create_process", {"pid": ""}),
+            ("BAD_PARAMETERS", alice, "log", log_obj("default")),
+            ("BAD_PARAMETERS", alice, "log", log_obj("")),
+            ("BAD_PARAMETERS", alice, "create_process", {"pid": "p"}),  # owner: exists
+            ("NOT_AUTHORIZED", carol, "create_process", {"pid": "p"}),  # non-owner
+            ("BAD_PARAMETERS", alice, "create_process", {"pid": "q", "owners": ["bob"]}),
+            ("MALFORMED_MESSAGE", alice, "log", {"pid": "p", "header": {}}),
+            ("MALFORMED_MESSAGE", alice, "log", {**log_obj("p"), "header": "text"}),
+            ("MALFORMED_MESSAGE", alice, "log", {**log_obj("p"), "extra": 1}),
+            ("BAD_PARAMETERS", alice, "log", {**log_obj("p"), "payload_sha256": "0" * 64}),
+            ("BAD_PARAMETERS", alice, "log", log_obj("p", big)),
+            ("BAD_PARAMETERS", alice, "log", log_obj("p", b"")),
+            ("BAD_PARAMETERS", alice, "query", {"pid": "p", "page": 0}),
+            ("BAD_PARAMETERS", alice, "query", {"pid": "p", "size": 1001}),
+            ("BAD_PARAMETERS", alice, "query", {"pid": "p", "date_from": "2024-13-01"}),
+            ("BAD_PARAMETERS", alice, "query",
+             {"pid": "p", "date_from": "2024-02-02", "date_to": "2024-02-01"}),
+            ("BAD_PARAMETERS", alice, "query", {"pid": "p", "sort": "up"}),
+            ("NOT_FOUND", alice, "get", {"pid": "p", "id": "a" * 64}),
+            ("NOT_FOUND", carol, "get", {"pid": "carols", "id": document_id}),  # other pid
+            ("BAD_PARAMETERS", alice, "get", {"pid": "p", "id": "not-a-hash"}),
+        ]
+        for code, node, action, obj in cases:
+            message = await refused(code, node, action, obj)
+            assert message, (action, obj)
+        assert house_state(house) == before
+        # Refusals were replies to delivered requests, not error acks.
+        assert house.counters.rejected.get("refused", 0) == 0
+        assert alice.counters.rejected_by_peer == carol.counters.rejected_by_peer == 0
+        # A page beyond the end is empty, not an error.
+        empty = await alice.evidence.request("query", {"pid": "p", "page": 2, "size": 1})
+        assert empty["entries"] == [] and empty["total"] == 1 and not empty["has_more"]
+
+
+async def test_rpc_errors_carry_the_ids_code(tmp_path):
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        _, alice, carol = net.nodes
+        await alice.rpc.call("ch.create_process", {"pid": "p"})
+        with pytest.raises(RpcError) as info:
+            await carol.rpc.call("ch.query", {"pid": "p"})
+        assert info.value.code == REFUSED and info.value.reason == "NOT_AUTHORIZED"
+        assert info.value.message.startswith("NOT_AUTHORIZED: ")
+        with pytest.raises(RpcError) as info:
+            await alice.rpc.call("ch.query", {"pid": "p", "size": 1001})
+        assert info.value.reason == "BAD_PARAMETERS" and "1001" in info.value.message
+        with pytest.raises(RpcError) as info:
+            await alice.rpc.call("ch.log", {"pid": "p", "payload": "x", "mode": "loud"})
+        assert info.value.reason == "INVALID_PARAMS"
+
+
+async def test_two_clients_share_a_process_and_a_third_is_refused(tmp_path):
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        _, alice, bob, carol = net.nodes
+        created = await alice.rpc.call("ch.create_process",
+                                       {"pid": "deal-1", "owners": [bob.agent_id]})
+        assert created["owners"] == sorted([alice.agent_id, bob.agent_id])
+        logged = []
+        for node, text in ((alice, "offer"), (bob, "accept"), (alice, "deliver")):
+            logged.append(await node.rpc.call("ch.log", {"pid": "deal-1", "payload": text}))
+        assert [r["seq"] for r in logged] == [1, 2, 3]
+        with pytest.raises(RpcError) as info:
+            await carol.rpc.call("ch.log", {"pid": "deal-1", "payload": "me too"})
+        assert info.value.reason == "NOT_AUTHORIZED"
+        page = await bob.rpc.call("ch.query", {"pid": "deal-1", "sort": "asc"})
+        assert [e["payload_text"] for e in page["entries"]] == ["offer", "accept", "deliver"]
+        assert [e["client_id"] for e in page["entries"]] == [alice.agent_id, bob.agent_id,
+                                                            alice.agent_id]
+        assert page["total"] == 3 and page["has_more"] is False
+        entry = await bob.rpc.call("ch.get", {"pid": "deal-1", "id": logged[1]["document_id"]})
+        assert entry["seq"] == 2 and entry["prev_hash"] == logged[0]["document_id"]
+        second = await alice.rpc.call("ch.query", {"pid": "deal-1", "page": 2, "size": 2})
+        assert [e["seq"] for e in second["entries"]] == [1] and second["has_more"] is False
+        for node, count in ((alice, 2), (bob, 1)):
+            listed = await node.rpc.call("receipts.list", {})
+            assert len(listed) == count and all(r["status"] == "valid" for r in listed)
+            result = await node.rpc.call("receipts.verify", {"chain": True})
+            assert result == {"ok": True, "checked": count, "pending": 0, "chains": 1,
+                              "failures": []}
+
+
+async def test_concurrent_appends_from_two_owners_make_one_chain(tmp_path):
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        _, alice, bob = net.nodes
+        await alice.rpc.call("ch.create_process", {"pid": "hot", "owners": [bob.agent_id]})
+        results: list[dict] = []
+
+        async def writer(node: Node, n: int) -> None:
+            results.append(await node.rpc.call("ch.log", {"pid": "hot", "payload": f"{n}"}))
+
+        async with trio.open_nursery() as nursery:
+            for n in range(40):
+                nursery.start_soon(writer, alice if n % 2 else bob, n)
+        assert sorted(r["seq"] for r in results) == list(range(1, 41))
+        entries = await chain_of(alice, "hot")
+        ch.verify_chain(entries)
+        assert [e["entry_hash"] for e in entries] == [
+            r["document_id"] for r in sorted(results, key=lambda r: r["seq"])]
+
+
+async def test_clearing_house_restarted_mid_stream_loses_nothing(tmp_path):
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        _, alice, bob = net.nodes
+        owners = [alice.agent_id, bob.agent_id]
+        await evidence(alice, 150, "tally-1", owners, "a")
+        await evidence(bob, 150, "tally-1", owners, "b")
+        house = net.nodes[0]
+        await wait_for(lambda: house.db.read_one("SELECT count(*) FROM ch_entries")[0] > 0)
+        await net.restart(0)  # some logged, some in flight, some still queued
+        await evidence(alice, 50, "tally-1", owners, "c")
+
+        def all_receipts() -> bool:
+            """every log answered with a receipt"""
+            return len(receipts(alice)) == 200 and len(receipts(bob)) == 150
+
+        await wait_for(all_receipts, timeout=25)
+        entries = await chain_of(alice, "tally-1")
+        assert [e["seq"] for e in entries] == list(range(1, 351))
+        ch.verify_chain(entries)
+        refs = {e["header"]["ref"] for e in entries}
+        assert len(refs) == 350  # each evidence logged exactly once
+        for node in (alice, bob):
+            assert all(r["status"] == "valid" for r in receipts(node))
+            result = await node.rpc.call("receipts.verify", {"chain": True})
+            assert result["ok"], result["failures"]
+
+
+async def test_evidence_waits_for_a_clearing_house_that_is_down(tmp_path, monkeypatch):
+    monkeypatch.setattr("agentd.services.evidence.REQUEST_TIMEOUT", 0.5)
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        _, alice, bob = net.nodes
+        await net.stop(0)
+        await evidence(alice, 3, "tally-2", [alice.agent_id, bob.agent_id], "tally.open")
+        await evidence(bob, 1, "tally-2", [alice.agent_id, bob.agent_id], "tally.open")
+        await trio.sleep(0.3)
+        pending = await alice.rpc.call("receipts.verify", {})
+        assert pending == {"ok": True, "checked": 0, "pending": 3, "failures": []}
+        with pytest.raises(RpcError) as info:
+            with trio.fail_after(5):
+                await alice.rpc.call("ch.log", {"pid": "tally-2", "payload": "late"})
+        assert info.value.code == TIMEOUT
+        monkeypatch.undo()  # the chain check below must not time out on a slow machine
+        await net.restart(0)
+        await wait_for(lambda: len(receipts(alice)) == 4 and len(receipts(bob)) == 1,
+                       timeout=20)
+        rows = alice.db.read("SELECT kind, ref FROM receipts WHERE kind = 'tally.open'")
+        assert sorted(r["ref"] for r in rows) == ["tally.open-0", "tally.open-1", "tally.open-2"]
+        result = await alice.rpc.call("receipts.verify", {"chain": True})
+        assert result["ok"] and result["checked"] == 4 and result["pending"] == 0, result
+        assert [e["seq"] for e in await chain_of(bob, "tally-2")] == [1, 2, 3, 4, 5]
+
+
+async def test_receipts_verify_offline_and_catches_tampering(tmp_path):
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
+        _, alice = net.nodes
+        for n in range(3):
+            await alice.rpc.call("ch.log", {"pid": "audit", "payload": f"doc {n}"})
+        await net.stop(0)  # offline from here: the JWKS is in alice's database
+        assert (await alice.rpc.call("receipts.verify", {}))["ok"] is True
+        token = alice.db.read_one("SELECT token FROM receipts WHERE seq = 2")["token"]
+        head, claims, signature = token.split(".")
+        forged = claims[:10] + ("A" if claims[10] != "A" else "B") + claims[11:]
+
+        def tamper(conn):
+            conn.execute("UPDATE receipts SET token = ? WHERE seq = 2",
+                         (f"{head}.{forged}.{signature}",))
+            conn.execute("UPDATE receipts SET seq = 9 WHERE seq = 3")
+
+        await alice.db.write(tamper)
+        result = await alice.rpc.call("receipts.verify", {})
+        assert result["ok"] is False and result["checked"] == 3
+        faults = {f["seq"]: f for f in result["failures"]}
+        assert set(faults) == {2, 9}
+        assert faults[2]["fault"] == "bad_signature"
+        assert "does not verify" in faults[2]["message"]
+        assert faults[9]["fault"] == "mismatch" and "seq" in faults[9]["message"]
+
+
+async def test_receipts_verify_chain_catches_a_rewritten_entry(tmp_path):
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
+        house, alice = net.nodes
+        await alice.rpc.call("ch.log", {"pid": "gone", "payload": "x"})
+        await house.db.write(lambda conn: conn.execute(
+            "UPDATE ch_entries SET payload_type = 'text/html' WHERE pid = 'gone'"))
+        result = await alice.rpc.call("receipts.verify", {"chain": True})
+        assert result["ok"] is False
+        (failure,) = result["failures"]
+        assert failure["fault"] == "chain" and "entry_hash" in failure["message"]
+
+
+async def test_a_rotated_key_stays_in_the_jwks(tmp_path):
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
+        house, alice = net.nodes
+        old = await alice.rpc.call("ch.log", {"pid": "long", "payload": "before"})
+        await net.stop(0)
+        new_key = SigningKey.generate()
+        house = await net.start(house.config.name, new_key, house.port,
+                                roles=["clearinghouse"])
+        old_key, net.nodes[0] = net.nodes[0].key, house
+        jwks = await house.evidence.request("keys", {})
+        kids = [jwk["kid"] for jwk in jwks["keys"]]
+        assert kids == [ch.thumbprint(new_key.public), ch.thumbprint(old_key.public)]
+        claims = ch.verify_receipt(old["receipt"], jwks, {"seq": 1, "process_id": "long"})
+        assert claims["iss"] == old_key.agent_id
+
+
+async def test_a_node_without_the_role_refuses_requests(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        plain, _ = net.nodes
+        client = await net.start("client", SigningKey.generate(), sections={
+            "clearinghouse": {"agent": plain.agent_id, "address": plain.listen_address}})
+        net.nodes.append(client)
+        with pytest.raises(RpcError) as info:
+            await client.rpc.call("ch.log", {"pid": "p", "payload": "x"})
+        assert info.value.reason == "NOT_CLEARING_HOUSE"
+        with pytest.raises(RpcError) as info:
+            await plain.rpc.call("ch.query", {"pid": "p"})
+        assert info.value.reason == "NO_CLEARING_HOUSE"
+
+
+async def test_log_evidence_without_a_clearing_house_does_nothing(tmp_path, caplog):
+    async with network(tmp_path, n=1) as net:
+        (node,) = net.nodes
+        with caplog.at_level(logging.INFO, logger="agentd.evidence"):
+            await evidence(node, 2, "tally-3", [node.agent_id])
+            await evidence(node, 1, "tally-3", [node.agent_id])
+        assert node.db.read_one("SELECT count(*) FROM ch_requests")[0] == 0
+        assert node.pump.depth == 0
+        notes = [r for r in caplog.records if "no [clearinghouse]" in r.getMessage()]
+        assert len(notes) == 1
+        with pytest.raises(ValueError, match="owners"):
+            await evidence(net.nodes[0], 1, "tally-3", ["not-an-agent"])
