@@ -7,6 +7,7 @@ Errors carry a stable numeric code and a message a person can act on (see the RE
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -82,7 +83,7 @@ class RpcServer:
             params = {}
         if not isinstance(params, dict):
             raise invalid_params("params must be an object of name=value pairs")
-        signature = inspect.signature(method)
+        signature = _signature(method)
         accepted = list(signature.parameters)
         unknown = sorted(set(params) - set(accepted))
         if unknown:
@@ -151,6 +152,11 @@ class RpcServer:
                                 await stream.send_all(_encode(response))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
+
+
+@functools.lru_cache(maxsize=256)
+def _signature(method: Method) -> inspect.Signature:
+    return inspect.signature(method)
 
 
 def _error(request_id: Any, error: RpcError) -> dict[str, Any]:
