@@ -118,23 +118,32 @@ class Dispatcher:
         return ack_frame(envelope.id)
 
     async def _settle(self, ack: Ack, from_agent: str) -> None:
-        refused = self.node.pump.on_ack(ack, from_agent)
-        if refused is None:
+        node = self.node
+        item = node.pump.on_ack(ack, from_agent)
+        if item is None:
             return
-        item, error = refused
-        code, text = error.get("code", "?"), error.get("message", "")
-        log.warning("%s refused %s/%s: %s %s", from_agent[:8], item.envelope.get("target"),
-                    item.envelope.get("action"), code, text)
         envelope = item.envelope
         service = self.services.get(envelope.get("target", ""))
-        node = self.node
+        if ack.error is None and (service is None or not service.wants_delivery(envelope)):
+            node.pump.forget(item.id)
+            return
+        if ack.error is None:
+            def job(conn):
+                outbox.delete(conn, [item.id])
+                tx = Tx(node, conn, now_ms())
+                service.on_delivered(tx, envelope)
+                return tx
+        else:
+            code, text = ack.error.get("code", "?"), ack.error.get("message", "")
+            log.warning("%s refused %s/%s: %s %s", from_agent[:8], envelope.get("target"),
+                        envelope.get("action"), code, text)
 
-        def job(conn):
-            outbox.mark_failed(conn, item.id, f"{code}: {text}")
-            tx = Tx(node, conn, now_ms())
-            if service is not None:
-                service.on_rejected(tx, envelope, code, text)
-            return tx
+            def job(conn):
+                outbox.mark_failed(conn, item.id, f"{code}: {text}")
+                tx = Tx(node, conn, now_ms())
+                if service is not None:
+                    service.on_rejected(tx, envelope, code, text)
+                return tx
 
         tx = await node.db.write(job)
         tx.committed()

@@ -108,8 +108,9 @@ class OutboxPump:
 
     # -- acks ----------------------------------------------------------------------------
 
-    def on_ack(self, ack: Ack, from_agent: str) -> tuple[Outgoing, dict] | None:
-        """Settle a message. Returns (item, error) when the peer refused it for good."""
+    def on_ack(self, ack: Ack, from_agent: str) -> Outgoing | None:
+        """Settle a message; returns it, or None for a late or foreign ack. The caller then
+        deletes its row (``forget``) or records the peer's refusal."""
         self.node.counters.acks_in += 1
         item = self.live.get(ack.ack)
         if item is None or item.peer != from_agent:
@@ -119,10 +120,12 @@ class OutboxPump:
             self._release(item.peer)
         if ack.error is not None:
             self.node.counters.rejected_by_peer += 1
-            return item, ack.error
-        self._acked.append(ack.ack)
+        return item
+
+    def forget(self, message_id: bytes) -> None:
+        """Delete an acked message's row with the next batch of deletes."""
+        self._acked.append(message_id)
         self._acked_event.set()
-        return None
 
     def withdraw(self, message_id: bytes) -> None:
         """Stop delivering a message whose row the caller has marked failed or deleted."""

@@ -90,6 +90,13 @@ class Service:
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         raise Reject("NOT_IMPLEMENTED", f"{self.target} accepts no messages")
 
+    def wants_delivery(self, envelope: dict) -> bool:
+        """Whether ``on_delivered`` must run when the recipient acks this message."""
+        return False
+
+    def on_delivered(self, tx: Tx, envelope: dict) -> None:
+        """The recipient committed a message we sent (only when ``wants_delivery``)."""
+
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """A message we sent was refused for good by its recipient (default: nothing)."""
 
