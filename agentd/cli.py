@@ -36,8 +36,12 @@ usage:
   agentd bench {transport}                         run a benchmark
   agentd demo                                      run the three-node demo
 
-methods: getinfo, peers.list, peers.ping agent=ID [count=N], users.add cuid=ID [name=TEXT],
-         users.list, stop   (values are JSON when they parse: units=500, owners='["a","b"]')
+methods (agentd -c CONFIG help lists them all, with their parameters):
+  node      getinfo, peers.list, peers.ping, users.add, users.list, stop
+  credit    tally.*, chit.*
+  relay     relay.query, relay.state, relay.wait, relay.delete
+  evidence  ch.create_process, ch.log, ch.query, ch.get, receipts.list, receipts.verify
+values are JSON when they parse (units=500, owners='["a","b"]') and text otherwise.
 """
 
 
