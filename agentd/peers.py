@@ -131,7 +131,7 @@ class PeerManager:
                 )
             try:
                 channel = await self._dial_once(agent, address)
-            except (OSError, ChannelClosed, IdentityError) as exc:
+            except (OSError, ChannelClosed, IdentityError, trio.TooSlowError) as exc:
                 state.failures += 1
                 delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (state.failures - 1))
                 state.retry_at = trio.current_time() + delay * random.uniform(0.5, 1.0)

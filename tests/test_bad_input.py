@@ -229,3 +229,28 @@ async def test_two_hundred_abandoned_connections(net):
 def test_unpack_helper_is_strict():
     with pytest.raises(ValueError):
         unpack(b"\x92\x01")
+
+
+async def test_dialling_a_peer_whose_connect_hangs(net):
+    from agentd.peers import PeerUnreachable
+
+    node = net.nodes[0]
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):  # fill the accept queue so later SYNs go unanswered
+            sock = trio.socket.socket()
+            with trio.move_on_after(0.2):
+                await sock.connect(("127.0.0.1", port))
+            fillers.append(sock)
+        with trio.fail_after(5):
+            with pytest.raises(PeerUnreachable, match="cannot reach"):
+                await node.peers.connect(SigningKey.generate().agent_id, f"127.0.0.1:{port}")
+    finally:
+        for sock in fillers:
+            sock.close()
+        listener.close()
+    await assert_node_healthy(net)
