@@ -175,6 +175,10 @@ class PeerManager:
             channel.close_reason = exc.reason
             self.counters.reject(exc.reason)
             log.warning("closed channel to %s: %s", channel.agent[:8], exc)
+        except Exception:  # a bug handling this peer's traffic costs its channel, not the node
+            channel.close_reason = "internal_error"
+            self.counters.reject("internal_error")
+            log.exception("closed channel to %s after an internal error", channel.agent[:8])
         finally:
             live = self.channels.get(channel.agent, [])
             if channel in live:

@@ -254,3 +254,37 @@ async def test_dialling_a_peer_whose_connect_hangs(net):
             sock.close()
         listener.close()
     await assert_node_healthy(net)
+
+
+async def test_a_failing_service_job_is_answered_with_an_error_ack(net, monkeypatch):
+    node = net.nodes[0]
+    ping = node.dispatcher.services["node"]
+
+    def broken(tx, envelope):
+        raise KeyError("a bug in a service")
+
+    monkeypatch.setattr(ping, "handle", broken)
+    peer = await RawPeer.connect(node)
+    await peer.handshake(node)
+    message = envelope(peer.key, node)
+    await peer.send_plain(encode_frame(pack(message)))
+    (ack,) = await peer.receive_frames()
+    assert ack.error["code"] == "INTERNAL_ERROR"  # the job failed alone; the sender is told
+    monkeypatch.undo()
+    await assert_node_healthy(net)
+
+
+async def test_a_bug_in_the_frame_path_closes_only_that_channel(net, monkeypatch):
+    node = net.nodes[0]
+
+    def broken(envelope, agent):
+        raise RuntimeError("a bug in dispatch")
+
+    monkeypatch.setattr(node.dispatcher, "_check_addressing", broken)
+    peer = await RawPeer.connect(node)
+    await peer.handshake(node)
+    await peer.send_plain(encode_frame(pack(envelope(peer.key, node))))
+    assert await peer.closed_by_node()
+    await wait_for(lambda: node.counters.rejected["internal_error"] == 1)
+    monkeypatch.undo()
+    await assert_node_healthy(net)
