@@ -1,0 +1,631 @@
+"""Tallies: the signed credit agreement between two CHIP users, and how it is negotiated.
+
+A tally has two halves. The *stock* is held by the vendor (creditor), the *foil* by the client
+(debtor). Each half carries its user's certificate and credit terms, where ``terms.limit`` is
+the most (integer milliCHIPs) the *partner* may owe that side. Both users sign the canonical
+digest of the tally without its ``sign`` field; that digest is block 0 of the chit chain.
+
+Each holder keeps a :class:`LocalTally`: its side, a MyCHIPs ``phase.status.request`` state
+code and the shared tally map. Every change goes through :data:`TRANSITIONS`, the (state, event)
+table below; an event the table does not list for the current state raises :class:`Refusal`
+with code ``bad_state`` and changes nothing, so late, duplicate or replayed messages are
+harmless. The ``status.request`` states (``draft.offer``, ``offer.open``, ``offer.void``,
+``offer.draft``) mean "our decision is made and its message is queued": the runtime reports
+the message's fate with :func:`delivered` (the partner's node committed it) or
+:func:`rejected` (it answered with an error), which settles the state.
+
+Negotiation: the inviter makes a draft and an invitation ticket (out of band); the subject
+sends ``ticket`` with its certificate; the inviter's draft becomes ``P.draft`` (a reusable
+ticket clones the draft under a new uuid instead); the inviter signs and sends ``offer``; the
+subject, in ``P.offer``, accepts (``open`` with both signatures), refuses (``void``) or counters
+(``draft``: signatures cleared, ``version`` bumped, and the subject now holds the pen and
+offers next). Closing: ``close`` moves both holders to ``C.open``, where no chit may raise the
+balance's magnitude, and :func:`settle` ends it at ``close`` once the balance is zero and the
+chain is quiet.
+
+Every transition returns ``(LocalTally, messages)``; a message is
+``{"target": "tally", "action": ..., "object": ...}`` addressed to the tally partner (the
+subject's ``ticket`` request goes to ``ticket["chad"]``).
+
+Refusal codes: ``bad_state``, ``bad_field``, ``bad_signature``, ``bad_key`` (a signing key
+that is not the user's), ``bad_ticket``, ``expired``, ``not_addressed`` (a tally that does not
+name us), ``not_from_partner`` (sent by an agent that is not the partner's), ``not_settled``.
+
+Public API:
+
+- ``Refusal(code, message)`` — a reasoned "no"; also used by ``protocol.chit`` and ``.chain``.
+- ``LocalTally(side, state, tally)`` with ``to_map()/from_map()``, ``.uuid``, ``.partner_side``,
+  ``.partner`` (the partner's ``ChipAddress``).
+- ``make_cert(address, name, public, date_ms)`` / ``check_cert(cert, where)`` — user certificates.
+- ``make_ticket`` / ``check_ticket`` / ``encode_ticket`` / ``decode_ticket`` — invitations.
+- ``core_digest(tally)`` — the digest both users sign; ``chain_origin(local)`` — block 0 hash.
+- ``check_tally(tally)`` / ``check_uuid(value, where)`` — validation naming the bad field.
+- ``other_side(side)``; constants ``STOCK``, ``FOIL``, the state codes, ``TRANSITIONS``,
+  ``BINDING_STATES`` (signed by both), ``MAX_UNITS``, ``MAX_MEMO``.
+- User events: ``invite``, ``edit``, ``offer``, ``accept``, ``refuse``, ``counter``, ``close``;
+  ``ticket_request`` builds the subject's request (no state).
+- Peer events: ``receive_ticket``, ``receive_offer``, ``receive_open``, ``receive_void``,
+  ``receive_draft``, ``receive_close``.
+- Node events: ``delivered``, ``rejected``, ``settle``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hmac
+import uuid as uuidlib
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .codec import CodecError, canonical, digest, unpack
+from .keys import ChipAddress, IdentityError, SigningKey, b64u, unb64u, verify
+
+STOCK = "stock"
+FOIL = "foil"
+SIDES = (STOCK, FOIL)
+
+MAX_UNITS = 10**15  # milliCHIPs: a trillion CHIPs, far inside 64 bits even when summed
+MAX_MEMO = 1000  # characters: keeps every chit and tally well inside one frame
+DEFAULT_AGREEMENT = {"name": "agentd-credit", "version": 1}
+
+DRAFT = "draft"  # no partner yet, or the partner holds the pen after countering our offer
+P_DRAFT = "P.draft"  # partner known, our user edits and offers
+DRAFT_OFFER = "draft.offer"  # we signed and offered; the offer is not yet delivered
+H_OFFER = "H.offer"  # our offer (holder's signature) waits for the partner
+P_OFFER = "P.offer"  # the partner's offer waits for our user
+B_OFFER = "B.offer"  # both signatures, but the partner's node rejected our acceptance
+OFFER_OPEN = "offer.open"  # we accepted; the acceptance is not yet delivered
+OFFER_VOID = "offer.void"  # we refused; the refusal is not yet delivered
+OFFER_DRAFT = "offer.draft"  # we countered; the notice is not yet delivered
+OPEN = "open"
+C_OPEN = "C.open"  # closing: open until the balance reaches zero
+CLOSE = "close"
+VOID = "void"
+
+STATES = (
+    DRAFT,
+    P_DRAFT,
+    DRAFT_OFFER,
+    H_OFFER,
+    P_OFFER,
+    B_OFFER,
+    OFFER_OPEN,
+    OFFER_VOID,
+    OFFER_DRAFT,
+    OPEN,
+    C_OPEN,
+    CLOSE,
+    VOID,
+)
+
+# (state, event) -> new state. ``None`` is "no local tally yet". Events are the local user's
+# actions, "got X" for the partner's message X, and the node's own reports.
+TRANSITIONS: dict[tuple[str | None, str], str] = {
+    # the local user
+    (None, "invite"): DRAFT,
+    (DRAFT, "edit"): DRAFT,
+    (P_DRAFT, "edit"): P_DRAFT,
+    (P_DRAFT, "offer"): DRAFT_OFFER,
+    (P_OFFER, "accept"): OFFER_OPEN,
+    (B_OFFER, "accept"): OFFER_OPEN,  # send the acceptance again
+    (P_OFFER, "refuse"): OFFER_VOID,
+    (B_OFFER, "refuse"): OFFER_VOID,
+    (P_OFFER, "counter"): OFFER_DRAFT,
+    (OPEN, "close"): C_OPEN,
+    # the partner's messages
+    (DRAFT, "got ticket"): P_DRAFT,
+    (None, "got offer"): P_OFFER,
+    (DRAFT, "got offer"): P_OFFER,  # the counter-offer after the partner's counter notice
+    (DRAFT_OFFER, "got offer"): P_OFFER,  # a counter-offer that overtook its notice
+    (H_OFFER, "got offer"): P_OFFER,
+    (DRAFT_OFFER, "got open"): OPEN,
+    (H_OFFER, "got open"): OPEN,
+    (DRAFT_OFFER, "got void"): VOID,
+    (H_OFFER, "got void"): VOID,
+    (DRAFT_OFFER, "got draft"): DRAFT,
+    (H_OFFER, "got draft"): DRAFT,
+    (OPEN, "got close"): C_OPEN,
+    (C_OPEN, "got close"): C_OPEN,  # both users asked to close at once
+    # the node: what became of our queued message, and the zero balance
+    (DRAFT_OFFER, "delivered"): H_OFFER,
+    (OFFER_OPEN, "delivered"): OPEN,
+    (OFFER_VOID, "delivered"): VOID,
+    (OFFER_DRAFT, "delivered"): P_DRAFT,
+    (DRAFT_OFFER, "rejected"): P_DRAFT,
+    (OFFER_OPEN, "rejected"): B_OFFER,
+    (OFFER_VOID, "rejected"): VOID,
+    (OFFER_DRAFT, "rejected"): P_DRAFT,
+    (C_OPEN, "settle"): CLOSE,
+}
+
+# States in which both users have signed and the tally binds its holder.
+BINDING_STATES = frozenset({OFFER_OPEN, OPEN, C_OPEN, CLOSE})
+
+_TALLY_FIELDS = {"version", "uuid", "date", "memo", "agree", "stock", "foil", "sign"}
+_TICKET_FIELDS = {"token", "chad", "expires", "reuse"}
+
+
+class Refusal(Exception):
+    """A reasoned refusal: the event does not apply, and nothing changed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def to_map(self) -> dict[str, str]:
+        """The ``error`` of a rejecting ack."""
+        return {"code": self.code, "message": self.message}
+
+
+Step = tuple["LocalTally", list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class LocalTally:
+    """One holder's copy of a tally: which side it holds, its state, and the shared map."""
+
+    side: str
+    state: str
+    tally: dict[str, Any]
+
+    @property
+    def uuid(self) -> str:
+        return self.tally["uuid"]
+
+    @property
+    def partner_side(self) -> str:
+        return other_side(self.side)
+
+    @property
+    def partner(self) -> ChipAddress:
+        """Where the partner's messages go (its certificate must be present)."""
+        cert = self.tally[self.partner_side]["cert"]
+        if cert is None:
+            raise Refusal("bad_state", f"tally {self.uuid} has no partner yet")
+        return ChipAddress.from_map(cert["chad"])
+
+    def to_map(self) -> dict[str, Any]:
+        return {"side": self.side, "state": self.state, "tally": self.tally}
+
+    @classmethod
+    def from_map(cls, value: Any) -> LocalTally:
+        _fields(value, "local tally", {"side", "state", "tally"})
+        if value["side"] not in SIDES:
+            raise Refusal("bad_field", f"local tally side must be one of {SIDES}")
+        if value["state"] not in STATES:
+            raise Refusal("bad_field", f"unknown tally state {value['state']!r}")
+        check_tally(value["tally"])
+        return cls(value["side"], value["state"], value["tally"])
+
+
+def other_side(side: str) -> str:
+    return FOIL if side == STOCK else STOCK
+
+
+# -- validation helpers -----------------------------------------------------------------------
+
+
+def _fields(value: Any, where: str, names: set[str]) -> None:
+    if not isinstance(value, dict) or set(value) != names:
+        raise Refusal("bad_field", f"{where} must be a map with exactly the fields {sorted(names)}")
+
+
+def _integer(value: Any, where: str, low: int = 0, high: int = 2**63 - 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise Refusal("bad_field", f"{where} must be an integer in [{low}, {high}]")
+
+
+def _text(value: Any, where: str, longest: int = MAX_MEMO) -> None:
+    if not isinstance(value, str) or len(value) > longest:
+        raise Refusal("bad_field", f"{where} must be text of at most {longest} characters")
+
+
+def _bytes_or_none(value: Any, where: str, size: int) -> None:
+    if value is not None and (not isinstance(value, bytes) or len(value) != size):
+        raise Refusal("bad_field", f"{where} must be {size} bytes or nil")
+
+
+def check_uuid(value: Any, where: str) -> None:
+    """A uuid in its canonical lower-case text form (so equal uuids compare equal)."""
+    try:
+        ok = isinstance(value, str) and str(uuidlib.UUID(value)) == value
+    except ValueError:
+        ok = False
+    if not ok:
+        raise Refusal("bad_field", f"{where} must be a canonical uuid string")
+
+
+def _check_canonical(value: Any, where: str) -> None:
+    try:
+        canonical(value)
+    except CodecError as exc:
+        raise Refusal("bad_field", f"{where}: {exc}") from exc
+
+
+# -- certificates -----------------------------------------------------------------------------
+
+
+def make_cert(address: ChipAddress, name: str, public: bytes, date_ms: int) -> dict[str, Any]:
+    """A user's certificate: where the user lives and the Ed25519 key that signs for it."""
+    cert = {"chad": address.to_map(), "name": name, "public": public, "date": date_ms}
+    check_cert(cert, "cert")
+    return cert
+
+
+def check_cert(cert: Any, where: str) -> None:
+    _fields(cert, where, {"chad", "name", "public", "date"})
+    try:
+        address = ChipAddress.from_map(cert["chad"])
+    except IdentityError as exc:
+        raise Refusal("bad_field", f"{where}.chad: {exc}") from exc
+    if address.cuid is None:
+        raise Refusal("bad_field", f"{where}.chad must name a user (cuid)")
+    _text(cert["name"], f"{where}.name", 200)
+    if not isinstance(cert["public"], bytes) or len(cert["public"]) != 32:
+        raise Refusal("bad_field", f"{where}.public must be a 32-byte Ed25519 public key")
+    _integer(cert["date"], f"{where}.date")
+
+
+def _same_user(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a["chad"].get(field) == b["chad"].get(field) for field in ("cuid", "agent"))
+
+
+# -- the tally map ----------------------------------------------------------------------------
+
+
+def check_tally(tally: Any) -> None:
+    """Refuse a tally map that is malformed, naming the first bad field."""
+    _fields(tally, "tally", _TALLY_FIELDS)
+    _integer(tally["version"], "tally.version", 1)
+    check_uuid(tally["uuid"], "tally.uuid")
+    _integer(tally["date"], "tally.date")
+    _text(tally["memo"], "tally.memo")
+    _fields(tally["agree"], "tally.agree", {"name", "version"})
+    _text(tally["agree"]["name"], "tally.agree.name", 200)
+    _integer(tally["agree"]["version"], "tally.agree.version", 1)
+    for side in SIDES:
+        half = tally[side]
+        _fields(half, f"tally.{side}", {"cert", "terms"})
+        if half["cert"] is not None:
+            check_cert(half["cert"], f"tally.{side}.cert")
+        terms = half["terms"]
+        if not isinstance(terms, dict) or "limit" not in terms:
+            raise Refusal("bad_field", f"tally.{side}.terms must be a map with a limit")
+        _integer(terms["limit"], f"tally.{side}.terms.limit", 0, MAX_UNITS)
+    _fields(tally["sign"], "tally.sign", {"hash", *SIDES})
+    _bytes_or_none(tally["sign"]["hash"], "tally.sign.hash", 32)
+    for side in SIDES:
+        _bytes_or_none(tally["sign"][side], f"tally.sign.{side}", 64)
+    _check_canonical(tally, "tally")
+
+
+def core_digest(tally: dict[str, Any]) -> bytes:
+    """The digest both users sign: the canonical tally without its ``sign`` field."""
+    return digest({key: value for key, value in tally.items() if key != "sign"})
+
+
+def _check_signature(tally: dict[str, Any], side: str) -> None:
+    cert = tally[side]["cert"]
+    signature = tally["sign"][side]
+    if cert is None or signature is None:
+        raise Refusal("bad_signature", f"tally {tally['uuid']} has no {side} signature")
+    if tally["sign"]["hash"] != core_digest(tally):
+        raise Refusal("bad_signature", f"tally {tally['uuid']}: sign.hash is not the tally digest")
+    if not verify(cert["public"], signature, tally["sign"]["hash"]):
+        raise Refusal("bad_signature", f"tally {tally['uuid']}: the {side} signature is invalid")
+
+
+def _signed(tally: dict[str, Any], side: str, key: SigningKey) -> dict[str, Any]:
+    """A copy of ``tally`` signed for ``side`` by ``key``, which must be that side's user key."""
+    if key.public != tally[side]["cert"]["public"]:
+        raise Refusal("bad_key", f"the signing key is not the {side} user's key")
+    signed = copy.deepcopy(tally)
+    signed["sign"]["hash"] = core_digest(tally)
+    signed["sign"][side] = key.sign(signed["sign"]["hash"])
+    return signed
+
+
+def chain_origin(local: LocalTally) -> bytes:
+    """Block 0 of the chit chain: the tally digest, once both signatures are present and valid."""
+    if local.state not in BINDING_STATES:
+        raise Refusal("bad_state", f"tally {local.uuid} is {local.state}, not signed by both")
+    for side in SIDES:
+        _check_signature(local.tally, side)
+    return local.tally["sign"]["hash"]
+
+
+# -- transitions ------------------------------------------------------------------------------
+
+
+def _next(state: str | None, event: str) -> str:
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise Refusal("bad_state", f"cannot {event} a tally in state {state or 'none'}") from None
+
+
+def _message(action: str, obj: dict[str, Any]) -> dict[str, Any]:
+    return {"target": "tally", "action": action, "object": obj}
+
+
+def _notice(local: LocalTally, action: str) -> dict[str, Any]:
+    """A short message that names the tally revision it is about."""
+    return _message(action, {"uuid": local.uuid, "version": local.tally["version"]})
+
+
+def _check_notice(local: LocalTally, obj: Any, version: int) -> None:
+    _fields(obj, "notice", {"uuid", "version"})
+    if obj["uuid"] != local.uuid or obj["version"] != version:
+        raise Refusal(
+            "bad_field",
+            f"notice is about {obj['uuid']} v{obj['version']}, expected {local.uuid} v{version}",
+        )
+
+
+def _unsigned(tally: dict[str, Any]) -> dict[str, Any]:
+    cleared = copy.deepcopy(tally)
+    cleared["sign"] = {"hash": None, STOCK: None, FOIL: None}
+    return cleared
+
+
+def invite(
+    *,
+    tally_uuid: str,
+    date_ms: int,
+    cert: dict[str, Any],
+    limit: int,
+    side: str = STOCK,
+    memo: str = "",
+    agree: dict[str, Any] | None = None,
+) -> Step:
+    """A new draft with our certificate on ``side``; ``limit`` applies to both sides until the
+    subject counters."""
+    state = _next(None, "invite")
+    if side not in SIDES:
+        raise Refusal("bad_field", f"side must be one of {SIDES}")
+    tally = {
+        "version": 1,
+        "uuid": tally_uuid,
+        "date": date_ms,
+        "memo": memo,
+        "agree": dict(agree or DEFAULT_AGREEMENT),
+        STOCK: {"cert": cert if side == STOCK else None, "terms": {"limit": limit}},
+        FOIL: {"cert": cert if side == FOIL else None, "terms": {"limit": limit}},
+        "sign": {"hash": None, STOCK: None, FOIL: None},
+    }
+    check_tally(tally)
+    return LocalTally(side, state, tally), []
+
+
+def edit(
+    local: LocalTally, *, memo: str | None = None, limits: dict[str, int] | None = None
+) -> Step:
+    """Change the memo or either side's limit before offering."""
+    state = _next(local.state, "edit")
+    tally = copy.deepcopy(local.tally)
+    if memo is not None:
+        tally["memo"] = memo
+    for side, limit in (limits or {}).items():
+        if side not in SIDES:
+            raise Refusal("bad_field", f"limits: unknown side {side!r}")
+        tally[side]["terms"]["limit"] = limit
+    check_tally(tally)
+    return replace(local, state=state, tally=tally), []
+
+
+def offer(local: LocalTally, key: SigningKey) -> Step:
+    """Sign our side and send the tally to the partner."""
+    state = _next(local.state, "offer")
+    if local.tally[local.partner_side]["cert"] is None:
+        raise Refusal("bad_state", f"tally {local.uuid} has no partner to offer it to")
+    tally = _signed(local.tally, local.side, key)
+    return replace(local, state=state, tally=tally), [_message("offer", tally)]
+
+
+def receive_offer(
+    local: LocalTally | None, obj: Any, *, holder_cert: dict[str, Any], sender_agent: str
+) -> Step:
+    """The partner offers a tally (the first offer, or a counter-offer) signed on its side.
+
+    ``holder_cert`` is our user's certificate (it tells which side is ours);
+    ``sender_agent`` is the channel's authenticated agent, which must be the offerer's.
+    """
+    state = _next(local.state if local else None, "got offer")
+    check_tally(obj)
+    sides = [side for side in SIDES if obj[side]["cert"] == holder_cert]
+    if len(sides) != 1 or obj[other_side(sides[0])]["cert"] is None:
+        raise Refusal("not_addressed", f"tally {obj['uuid']} does not pair our user with a partner")
+    side = sides[0]
+    partner = other_side(side)
+    if obj[partner]["cert"]["chad"]["agent"] != sender_agent:
+        raise Refusal("not_from_partner", f"tally {obj['uuid']} was offered by another agent")
+    if obj["sign"][side] is not None:
+        raise Refusal("bad_field", f"tally.sign.{side}: an offer carries only the offerer's")
+    _check_signature(obj, partner)
+    if local is not None:
+        if obj["uuid"] != local.uuid or side != local.side:
+            raise Refusal("bad_field", f"offer for {obj['uuid']} does not match tally {local.uuid}")
+        # A countered holder already bumped its version to the counter's; otherwise a
+        # counter-offer must be newer than the offer we made.
+        newest = local.tally["version"] + (0 if local.state == DRAFT else 1)
+        if obj["version"] < newest:
+            raise Refusal("bad_field", f"tally.version {obj['version']} is older than {newest}")
+    return LocalTally(side, state, copy.deepcopy(obj)), []
+
+
+def accept(local: LocalTally, key: SigningKey) -> Step:
+    """Sign the partner's offer and send the fully signed tally back (``open``)."""
+    state = _next(local.state, "accept")
+    tally = _signed(local.tally, local.side, key)
+    return replace(local, state=state, tally=tally), [_message("open", tally)]
+
+
+def refuse(local: LocalTally) -> Step:
+    """Turn the partner's offer down (``void``)."""
+    state = _next(local.state, "refuse")
+    return replace(local, state=state), [_notice(local, "void")]
+
+
+def counter(local: LocalTally) -> Step:
+    """Take the pen: clear the signatures, start the next revision, tell the partner (``draft``)."""
+    state = _next(local.state, "counter")
+    tally = _unsigned(local.tally)
+    tally["version"] += 1
+    countered = replace(local, state=state, tally=tally)
+    return countered, [_notice(countered, "draft")]
+
+
+def receive_open(local: LocalTally, obj: Any) -> Step:
+    """The partner accepted our offer: the same tally, now carrying both signatures."""
+    state = _next(local.state, "got open")
+    check_tally(obj)
+    if obj["uuid"] != local.uuid or core_digest(obj) != local.tally["sign"]["hash"]:
+        raise Refusal("bad_field", f"tally {obj['uuid']} is not the tally we offered")
+    if obj["sign"][local.side] != local.tally["sign"][local.side]:
+        raise Refusal("bad_signature", f"tally.sign.{local.side} is not our signature")
+    _check_signature(obj, local.partner_side)
+    return replace(local, state=state, tally=copy.deepcopy(obj)), []
+
+
+def receive_void(local: LocalTally, obj: Any) -> Step:
+    """The partner refused our offer."""
+    state = _next(local.state, "got void")
+    _check_notice(local, obj, local.tally["version"])
+    return replace(local, state=state), []
+
+
+def receive_draft(local: LocalTally, obj: Any) -> Step:
+    """The partner countered our offer: our signature lapses and it offers next."""
+    state = _next(local.state, "got draft")
+    _check_notice(local, obj, local.tally["version"] + 1)
+    tally = _unsigned(local.tally)
+    tally["version"] = obj["version"]
+    return replace(local, state=state, tally=tally), []
+
+
+def close(local: LocalTally) -> Step:
+    """Ask to close: from now on no chit may raise the balance's magnitude."""
+    state = _next(local.state, "close")
+    return replace(local, state=state), [_message("close", {"uuid": local.uuid})]
+
+
+def receive_close(local: LocalTally, obj: Any) -> Step:
+    state = _next(local.state, "got close")
+    _fields(obj, "close", {"uuid"})
+    if obj["uuid"] != local.uuid:
+        raise Refusal("bad_field", f"close is about {obj['uuid']}, not {local.uuid}")
+    return replace(local, state=state), []
+
+
+def delivered(local: LocalTally) -> Step:
+    """The partner's node committed the message our last decision queued."""
+    return replace(local, state=_next(local.state, "delivered")), []
+
+
+def rejected(local: LocalTally) -> Step:
+    """The partner's node refused that message for good: fall back to a state our user can
+    act on again (an offer that did not take lapses, so its signature is dropped)."""
+    state = _next(local.state, "rejected")
+    tally = _unsigned(local.tally) if local.state == DRAFT_OFFER else local.tally
+    return replace(local, state=state, tally=tally), []
+
+
+def settle(local: LocalTally, *, balance: int, quiet: bool) -> Step:
+    """Close a closing tally whose balance is zero and whose chain is quiet (nothing pending,
+    everything confirmed: see ``protocol.chain.settled``)."""
+    state = _next(local.state, "settle")
+    if balance != 0 or not quiet:
+        chain = "quiet" if quiet else "still moving"
+        raise Refusal("not_settled", f"tally {local.uuid}: balance {balance}, chain {chain}")
+    return replace(local, state=state), []
+
+
+# -- invitation tickets -----------------------------------------------------------------------
+
+
+def make_ticket(
+    chad: ChipAddress, token: str, expires_ms: int, *, reuse: bool = False
+) -> dict[str, Any]:
+    """An invitation to ask for a tally: where to ask, a secret token, an expiry (ms), and
+    whether the token may be used more than once (each use gets its own tally)."""
+    ticket = {"token": token, "chad": chad.to_map(), "expires": expires_ms, "reuse": reuse}
+    _check_ticket_fields(ticket)
+    return ticket
+
+
+def _check_ticket_fields(ticket: Any) -> None:
+    _fields(ticket, "ticket", _TICKET_FIELDS)
+    _text(ticket["token"], "ticket.token", 200)
+    if not ticket["token"]:
+        raise Refusal("bad_field", "ticket.token must not be empty")
+    try:
+        ChipAddress.from_map(ticket["chad"])
+    except IdentityError as exc:
+        raise Refusal("bad_field", f"ticket.chad: {exc}") from exc
+    _integer(ticket["expires"], "ticket.expires")
+    if not isinstance(ticket["reuse"], bool):
+        raise Refusal("bad_field", "ticket.reuse must be true or false")
+
+
+def check_ticket(ticket: dict[str, Any], token: Any, now_ms: int) -> None:
+    """Refuse a presented token that is not this ticket's, or a ticket past its expiry."""
+    presented = token.encode() if isinstance(token, str) else b""
+    if not hmac.compare_digest(presented, ticket["token"].encode()):
+        raise Refusal("bad_ticket", "the ticket token is not valid")
+    if now_ms >= ticket["expires"]:
+        raise Refusal("expired", f"the ticket expired at {ticket['expires']}")
+
+
+def encode_ticket(ticket: dict[str, Any]) -> str:
+    """One copyable string for the out-of-band invitation."""
+    return b64u(canonical(ticket))
+
+
+def decode_ticket(text: str) -> dict[str, Any]:
+    try:
+        ticket = unpack(unb64u(text), max_size=4096)
+    except (CodecError, IdentityError) as exc:
+        raise Refusal("bad_ticket", f"not a ticket: {exc}") from exc
+    _check_ticket_fields(ticket)
+    return ticket
+
+
+def ticket_request(ticket: dict[str, Any], cert: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """The subject's ``ticket`` message (send it to ``ticket["chad"]``)."""
+    if now_ms >= ticket["expires"]:
+        raise Refusal("expired", f"the ticket expired at {ticket['expires']}")
+    check_cert(cert, "cert")
+    return _message("ticket", {"token": ticket["token"], "cert": cert})
+
+
+def receive_ticket(
+    template: LocalTally,
+    ticket: dict[str, Any],
+    obj: Any,
+    *,
+    now_ms: int,
+    new_uuid: str,
+    sender_agent: str,
+) -> Step:
+    """A subject presents ``ticket``'s token with its certificate. A one-time ticket puts the
+    subject into ``template`` itself; a reusable one fills a copy under ``new_uuid`` and leaves
+    the template as it was. Store the returned tally under its own uuid."""
+    state = _next(template.state, "got ticket")
+    _fields(obj, "ticket request", {"token", "cert"})
+    check_ticket(ticket, obj["token"], now_ms)
+    cert = obj["cert"]
+    check_cert(cert, "ticket request cert")
+    if cert["chad"]["agent"] != sender_agent:
+        raise Refusal("not_from_partner", "the ticket request's certificate is another agent's")
+    partner = template.partner_side
+    if template.tally[partner]["cert"] is not None:
+        raise Refusal("bad_ticket", f"tally {template.uuid} already has a partner")
+    if _same_user(cert, template.tally[template.side]["cert"]):
+        raise Refusal("bad_ticket", "a user cannot take its own invitation")
+    tally = copy.deepcopy(template.tally)
+    tally[partner]["cert"] = cert
+    if ticket["reuse"]:
+        check_uuid(new_uuid, "new tally uuid")
+        tally["uuid"] = new_uuid
+    return replace(template, state=state, tally=tally), []

@@ -1,0 +1,537 @@
+"""Chit-chain consensus: every command, the recovery paths, and a lossy two-holder simulation."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from protocol import chain as ch
+from protocol import chit as c
+from protocol import tally as t
+from protocol.codec import pack, unpack
+from tests.test_credit_tally import ALICE, BOB, MALLORY, NOW, negotiate, refusal
+
+LIMIT = 10_000
+ALICE_TALLY, BOB_TALLY = negotiate(limit=LIMIT)  # Alice holds the stock, Bob the foil
+GOOD = (c.A_GOOD, c.L_GOOD)
+
+
+class Holder:
+    """One holder of the tally, wired the way the runtime wires the modules: chit events
+    first, then the chain; chits the chain adopts are recorded as received good."""
+
+    def __init__(self, local: t.LocalTally, key: Any) -> None:
+        self.local = local
+        self.key = key
+        self.chain = ch.start(local)
+        self.chits: dict[str, c.LocalChit] = {}
+        self.notices: list[dict[str, Any]] = []  # pend and void: the outbox retries them
+
+    @property
+    def side(self) -> str:
+        return self.local.side
+
+    def pay(self, chit_uuid: str, units: int) -> list[dict[str, Any]]:
+        paid, _ = c.pay(
+            self.local,
+            self.key,
+            chit_uuid=chit_uuid,
+            units=units,
+            date_ms=NOW,
+            balance=ch.balance(self.chain),
+        )
+        return self._good(paid)
+
+    def invoice(self, chit_uuid: str, units: int) -> list[dict[str, Any]]:
+        drafted, messages = c.invoice(
+            self.local,
+            chit_uuid=chit_uuid,
+            units=units,
+            date_ms=NOW,
+            balance=ch.balance(self.chain),
+        )
+        self.chits[drafted.uuid] = drafted
+        self.notices += messages
+        return messages
+
+    def answer(self, chit_uuid: str, *, agree: bool) -> list[dict[str, Any]]:
+        owed = self.chits[chit_uuid]
+        if agree:
+            paid, _ = c.accept(owed, self.local, self.key, balance=ch.balance(self.chain))
+            return self._good(paid)
+        self.chits[chit_uuid], messages = c.refuse(owed, self.local)
+        self.notices += messages
+        return messages
+
+    def receive(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+        """Handle one message; a chit event that no longer applies is refused as ``bad_state``
+        (the sender's duplicate or a copy the chain delivered first)."""
+        action, obj = message["action"], unpack(pack(message["object"]))
+        if action == "chain":
+            received = ch.receive(self.chain, obj, self.local)
+            self.chain = received.chain
+            for chit in received.adopted:
+                self.chits[chit["uuid"]] = self._receive_good(chit)
+            return received.messages
+        known = self.chits.get(obj["uuid"])
+        try:
+            if action == "pend":
+                self.chits[obj["uuid"]], _ = c.receive_pend(known, obj, self.local)
+                return []
+            if action == "void":
+                self.chits[obj["uuid"]], _ = c.receive_void(known, obj, self.local)
+                return []
+            good = self._receive_good(obj)
+        except t.Refusal as refused:
+            assert refused.code == "bad_state", refused
+            return []
+        self.chits[good.uuid] = good
+        self.chain, messages = ch.add(self.chain, good.chit)
+        return messages
+
+    def _receive_good(self, chit: dict[str, Any]) -> c.LocalChit:
+        return c.receive_good(self.chits.get(chit["uuid"]), chit, self.local)[0]
+
+    def _good(self, paid: c.LocalChit) -> list[dict[str, Any]]:
+        self.chits[paid.uuid] = paid
+        self.chain, messages = ch.add(self.chain, paid.chit)
+        return messages
+
+
+class Pair:
+    """Both holders and the messages between them, which a test delivers, drops or repeats."""
+
+    def __init__(self) -> None:
+        self.stock = Holder(ALICE_TALLY, ALICE.key)
+        self.foil = Holder(BOB_TALLY, BOB.key)
+        self.queue: list[tuple[Holder, dict[str, Any]]] = []
+        self.serial = 0
+
+    def other(self, holder: Holder) -> Holder:
+        return self.foil if holder is self.stock else self.stock
+
+    def next_uuid(self) -> str:
+        self.serial += 1
+        return f"00000000-0000-4000-8000-{self.serial:012x}"
+
+    def post(self, sender: Holder, messages: list[dict[str, Any]]) -> None:
+        self.queue += [(self.other(sender), message) for message in messages]
+
+    def deliver(self, position: int = 0) -> None:
+        receiver, message = self.queue.pop(position)
+        self.post(receiver, receiver.receive(message))
+
+    def drain(self) -> None:
+        for _ in range(100_000):
+            if not self.queue:
+                return
+            self.deliver()
+        raise AssertionError("the holders keep talking")
+
+    def recover(self) -> int:
+        """Resend pend/void notices once, then resync until neither side has anything to say;
+        returns how many resync rounds had work."""
+        for holder in (self.stock, self.foil):
+            self.post(holder, holder.notices)
+        self.drain()
+        for rounds in range(100):
+            for holder in (self.stock, self.foil):
+                self.post(holder, ch.resync(holder.chain))
+            if not self.queue:
+                return rounds
+            self.drain()
+        raise AssertionError("resync does not converge")
+
+    def assert_agreed(self) -> None:
+        """Identical chains, every signed chit in them once, opposite balances, matching
+        chit states, limits kept."""
+        stock, foil = self.stock.chain, self.foil.chain
+        assert stock.chits == foil.chits
+        assert ch.settled(stock) and ch.settled(foil)
+        uuids = [chit["uuid"] for chit in foil.chits]
+        assert len(uuids) == len(set(uuids))
+        for holder in (self.stock, self.foil):
+            good = {uuid for uuid, local in holder.chits.items() if local.state in GOOD}
+            assert good == set(uuids)
+            assert ch.balance(holder.chain) <= LIMIT
+        assert ch.balance(stock) == -ch.balance(foil)
+        assert self.stock.chits.keys() == self.foil.chits.keys()
+        for uuid, ours in self.stock.chits.items():
+            theirs = self.foil.chits[uuid]
+            assert {ours.state[0], theirs.state[0]} == {"A", "L"}
+            assert ours.state[1:] == theirs.state[1:]
+
+
+def one(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    [message] = messages
+    return message
+
+
+def command(cmd: str, **fields: Any) -> dict[str, Any]:
+    """The object of a chain message about the test tally."""
+    return {"cmd": cmd, "tally": ALICE_TALLY.uuid, **fields}
+
+
+def chain_cmd(message: dict[str, Any]) -> str:
+    return message["object"]["cmd"] if message["action"] == "chain" else message["action"]
+
+
+# -- the two basic flows --------------------------------------------------------------------------
+
+
+def test_a_chain_starts_at_the_tally_digest_once_both_have_signed() -> None:
+    chain = ch.start(ALICE_TALLY)
+    assert (chain.length, chain.head, chain.conf) == (0, ALICE_TALLY.tally["sign"]["hash"], 0)
+    assert ch.settled(chain) and ch.balance(chain) == 0
+    offered = t.LocalTally(t.STOCK, t.H_OFFER, ALICE_TALLY.tally)
+    assert refusal(ch.start, offered).code == "bad_state"
+
+
+def test_a_foil_payment_travels_with_its_block_and_is_confirmed_both_ways() -> None:
+    pair = Pair()
+    good = one(pair.foil.pay(pair.next_uuid(), 300))
+    block = good["object"]["chain"]
+    origin = pair.foil.chain.origin
+    assert (good["action"], block["index"], block["prev"]) == ("good", 1, origin)
+    assert block["hash"] == ch.block_hash(1, origin, good["object"]["hash"])
+
+    ack = one(pair.stock.receive(good))
+    assert (chain_cmd(ack), ack["object"]["index"]) == ("ack", 1)
+    assert pair.stock.chain.length == 1 and not ch.settled(pair.stock.chain)
+    echo = one(pair.foil.receive(ack))
+    assert (chain_cmd(echo), pair.foil.chain.conf) == ("ack", 1)
+    assert pair.stock.receive(echo) == []
+    assert pair.stock.chain.conf == 1
+    pair.assert_agreed()
+    assert ch.balance(pair.stock.chain) == 300
+
+
+def test_a_stock_payment_waits_in_pending_until_the_foil_orders_it() -> None:
+    pair = Pair()
+    good = one(pair.stock.pay(pair.next_uuid(), 200))
+    assert good["object"]["chain"] is None
+    assert pair.stock.chain.length == 0 and len(pair.stock.chain.pending) == 1
+    assert ch.balance(pair.stock.chain) == -200  # owed already, ordered or not
+    upd = one(pair.foil.receive(good))
+    assert chain_cmd(upd) == "upd"
+    assert [chit["chain"]["index"] for chit in upd["object"]["chits"]] == [1]
+    pair.post(pair.stock, pair.stock.receive(upd))
+    assert pair.stock.chain.pending == () and pair.stock.chain.length == 1
+    pair.drain()
+    pair.assert_agreed()
+
+
+def test_many_chits_in_flight_from_both_sides_in_any_order_need_no_resync() -> None:
+    pair = Pair()
+    shuffle = random.Random(7).shuffle
+    for _ in range(40):
+        pair.post(pair.stock, pair.stock.pay(pair.next_uuid(), 10))
+        pair.post(pair.foil, pair.foil.pay(pair.next_uuid(), 15))
+    while pair.queue:
+        shuffle(pair.queue)
+        pair.deliver()
+    assert ch.resync(pair.stock.chain) == ch.resync(pair.foil.chain) == []
+    pair.assert_agreed()
+    assert pair.foil.chain.length == 80
+    assert ch.balance(pair.stock.chain) == 40 * 15 - 40 * 10
+
+
+# -- reordering and recovery ----------------------------------------------------------------------
+
+
+def test_blocks_that_arrive_early_wait_for_the_gap_to_fill() -> None:
+    pair = Pair()
+    goods = [one(pair.foil.pay(pair.next_uuid(), 1)) for _ in range(3)]
+    for early in (goods[2], goods[1]):
+        req = one(pair.stock.receive(early))
+        assert req["object"] == command("req", index=1)
+    assert [chit["chain"]["index"] for chit in pair.stock.chain.pending] == [3, 2]
+    ack = one(pair.stock.receive(goods[0]))
+    assert (ack["object"]["index"], pair.stock.chain.length) == (3, 3)
+    assert pair.stock.chain.pending == ()
+
+
+def test_req_is_answered_with_blocks_from_that_index_in_batches() -> None:
+    pair = Pair()
+    for _ in range(ch.UPD_BATCH + 5):
+        pair.foil.pay(pair.next_uuid(), 1)
+    upd = one(ch.receive(pair.foil.chain, command("req", index=3), BOB_TALLY).messages)["object"]
+    assert [chit["chain"]["index"] for chit in upd["chits"]] == list(range(3, 3 + ch.UPD_BATCH))
+    beyond = command("req", index=pair.foil.chain.length + 1)
+    assert ch.receive(pair.foil.chain, beyond, BOB_TALLY).messages == []
+    assert len(one(ch.resync(pair.foil.chain))["object"]["chits"]) == ch.UPD_BATCH
+
+
+def test_a_lost_stock_payment_reaches_the_foil_through_new() -> None:
+    pair = Pair()
+    paid_uuid = pair.next_uuid()
+    pair.stock.pay(paid_uuid, 50)  # the good message is lost
+    new = one(ch.resync(pair.stock.chain))
+    assert chain_cmd(new) == "new"
+    received = ch.receive(pair.foil.chain, new["object"], BOB_TALLY)
+    assert [chit["uuid"] for chit in received.adopted] == [paid_uuid]
+    pair.post(pair.stock, [new])
+    pair.drain()
+    assert pair.foil.chits[paid_uuid].state == c.A_GOOD
+    assert ch.balance(pair.foil.chain) == 50
+    pair.assert_agreed()
+
+
+def test_a_lost_foil_payment_reaches_the_stock_through_upd() -> None:
+    pair = Pair()
+    paid_uuid = pair.next_uuid()
+    pair.foil.pay(paid_uuid, 70)  # lost
+    assert ch.resync(pair.stock.chain) == []  # the stock cannot know
+    assert pair.recover() == 1
+    assert pair.stock.chits[paid_uuid].state == c.A_GOOD
+    pair.assert_agreed()
+
+
+def test_a_lost_invoice_acceptance_turns_the_invoice_good_through_the_chain() -> None:
+    pair = Pair()
+    chit_uuid = pair.next_uuid()
+    pair.post(pair.foil, pair.foil.invoice(chit_uuid, 400))
+    pair.drain()
+    assert pair.stock.chits[chit_uuid].state == c.L_PEND
+    pair.stock.answer(chit_uuid, agree=True)  # the good message is lost
+    assert pair.foil.chits[chit_uuid].state == c.A_PEND
+    pair.recover()
+    assert pair.foil.chits[chit_uuid].state == c.A_GOOD
+    pair.assert_agreed()
+
+
+def test_lost_acks_are_sent_again_and_duplicates_change_nothing() -> None:
+    pair = Pair()
+    good = one(pair.foil.pay(pair.next_uuid(), 5))
+    pair.stock.receive(good)  # its ack is lost
+    assert pair.stock.receive(good) == []  # a duplicate good is refused as bad_state
+    assert pair.foil.chain.conf == 0
+    ack = one(ch.resync(pair.stock.chain))
+    assert chain_cmd(ack) == "ack"
+    echo = one(pair.foil.receive(ack))
+    assert one(pair.foil.receive(ack)) == echo  # a repeated ack is answered the same way
+    pair.stock.receive(echo)
+    pair.assert_agreed()
+
+
+def test_a_restored_foil_and_a_stale_stock_are_repaired_by_nak_and_req() -> None:
+    """The foil loses its last block (restored from a backup) and orders another chit there;
+    the stock, which linked the lost block, conforms."""
+    pair = Pair()
+    backup = pair.foil.chain, dict(pair.foil.chits)
+    upd = one(pair.foil.receive(one(pair.stock.pay(pair.next_uuid(), 9))))
+    ack = one(pair.stock.receive(upd))  # the stock links the stock chit at 1
+    pair.foil.chain, pair.foil.chits = backup  # ... and the foil forgets it
+    nak = one(pair.foil.receive(ack))
+    assert (chain_cmd(nak), nak["object"]["index"]) == ("nak", 0)
+    req = one(pair.stock.receive(nak))
+    assert (chain_cmd(req), req["object"]["index"], pair.stock.chain.length) == ("req", 1, 0)
+    good = one(pair.foil.pay(pair.next_uuid(), 4))  # the foil orders its own chit at 1
+    pair.post(pair.foil, [good])
+    pair.post(pair.stock, [req])
+    pair.drain()
+    pair.recover()  # the stock's unlinked chit goes back to the foil in new
+    pair.assert_agreed()
+    assert [chit["units"] for chit in pair.foil.chain.chits] == [4, 9]
+
+
+def test_the_stock_conforms_when_the_foil_reorders_unconfirmed_blocks() -> None:
+    pair = Pair()
+    backup = pair.foil.chain, dict(pair.foil.chits)
+    pair.stock.receive(one(pair.foil.pay(pair.next_uuid(), 1)))  # linked at 1, unconfirmed
+    pair.foil.chain, pair.foil.chits = backup
+    second = one(pair.foil.pay(pair.next_uuid(), 2))  # the foil orders another chit at 1
+    pair.stock.receive(second)
+    assert [chit["units"] for chit in pair.stock.chain.chits] == [2]
+    assert [chit["units"] for chit in pair.stock.chain.pending] == [1]
+
+
+def test_contradicting_a_confirmed_block_is_a_conflict() -> None:
+    pair = Pair()
+    first = one(pair.foil.pay(pair.next_uuid(), 1))
+    pair.post(pair.foil, [first])
+    pair.drain()
+    assert pair.stock.chain.conf == 1
+    rival = one(Pair().foil.pay(pair.next_uuid(), 2))["object"]  # another chit at 1
+    assert refusal(ch.add, pair.stock.chain, rival).code == "conflict"
+    upd = command("upd", chits=[rival], conf=0)
+    assert refusal(ch.receive, pair.stock.chain, upd, ALICE_TALLY).code == "conflict"
+
+
+def test_a_forged_or_altered_chit_in_a_chain_message_is_refused() -> None:
+    pair = Pair()
+    good = one(pair.foil.pay(pair.next_uuid(), 5))["object"]
+    upd = command("upd", chits=[good], conf=0)
+
+    def refused(chit: dict[str, Any]) -> t.Refusal:
+        """What the stock says to an upd carrying ``chit``."""
+        return refusal(ch.receive, pair.stock.chain, {**upd, "chits": [chit]}, ALICE_TALLY)
+
+    wrong_block = {**good, "chain": {**good["chain"], "index": 2}}
+    assert refused(wrong_block).message.endswith("not its block hash")
+    assert refused({**good, "sign": MALLORY.key.sign(good["hash"])}).code == "bad_signature"
+    pair.stock.receive({"target": "chit", "action": "good", "object": good})
+    altered = {**good, "memo": "changed"}
+    altered["hash"] = c.chit_hash(altered)
+    assert refused(altered).code == "conflict"
+    assert refused({**good, "chain": None}).message.endswith("has no chain block")
+    foil_chit_in_new = command("new", chits=[good])
+    assert refusal(ch.receive, Pair().foil.chain, foil_chit_in_new, BOB_TALLY).code == "bad_field"
+
+
+# -- messages, roles, storage -------------------------------------------------------------------
+
+
+def test_each_holder_takes_only_the_commands_of_its_role() -> None:
+    pair = Pair()
+    for stock_only in (command("upd", chits=[{}], conf=0), command("nak", index=0, hash=bytes(32))):
+        assert refusal(ch.receive, pair.foil.chain, stock_only, BOB_TALLY).code == "bad_state"
+    for foil_only in (command("new", chits=[{}]), command("req", index=1)):
+        assert refusal(ch.receive, pair.stock.chain, foil_only, ALICE_TALLY).code == "bad_state"
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        None,
+        {"cmd": "sync"},
+        {**command("ack", index=0, hash=bytes(32)), "tally": "another"},
+        {"cmd": "ack", "index": 0, "hash": bytes(32)},
+        command("ack", index=-1, hash=bytes(32)),
+        command("ack", index=True, hash=bytes(32)),
+        command("ack", index=0, hash=b"short"),
+        command("ack", index=0, hash=bytes(32), extra=1),
+        command("req", index=0),
+        command("upd", chits=[], conf=0),
+        command("upd", chits=[{}] * (ch.UPD_BATCH + 1), conf=0),
+        command("upd", chits={}, conf=0),
+        command("upd", chits=[{}], conf=-1),
+    ],
+)
+def test_chain_messages_are_validated(obj: Any) -> None:
+    assert refusal(ch.receive, ch.start(ALICE_TALLY), obj, ALICE_TALLY).code == "bad_field"
+
+
+def test_add_refuses_a_chit_twice_or_for_another_tally() -> None:
+    pair = Pair()
+    chit_uuid = pair.next_uuid()
+    pair.foil.pay(chit_uuid, 5)
+    chit = pair.foil.chits[chit_uuid].chit
+    assert refusal(ch.add, pair.foil.chain, chit).code == "bad_state"
+    elsewhere = ch.Chain(tally=pair.next_uuid(), side=t.FOIL, origin=bytes(32))
+    assert refusal(ch.add, elsewhere, chit).code == "bad_field"
+
+
+def test_a_chain_survives_storage() -> None:
+    pair = Pair()
+    pair.post(pair.foil, pair.foil.pay(pair.next_uuid(), 5))
+    pair.stock.pay(pair.next_uuid(), 3)
+    pair.drain()
+    for holder in (pair.stock, pair.foil):
+        stored = unpack(pack(holder.chain.to_map()))
+        assert ch.Chain.from_map(stored) == holder.chain
+    assert refusal(ch.Chain.from_map, {"side": t.FOIL}).code == "bad_field"
+    bad_side = {**pair.foil.chain.to_map(), "side": "both"}
+    assert refusal(ch.Chain.from_map, bad_side).code == "bad_field"
+
+
+# -- two holders over a lossy, duplicating, reordering network -----------------------------------
+
+SIDES = st.sampled_from([t.STOCK, t.FOIL])
+PICK = st.integers(0, 10_000)
+
+
+class LossyExchange(RuleBasedStateMachine):
+    """Random payments and invoices from both sides; the network loses, repeats and reorders
+    messages. After a final recovery round the holders must agree exactly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pair = Pair()
+
+    def holder(self, side: str) -> Holder:
+        return self.pair.stock if side == t.STOCK else self.pair.foil
+
+    def issue(self, side: str, make: Any, units: int) -> None:
+        holder = self.holder(side)
+        try:
+            messages = make(holder, self.pair.next_uuid(), units)
+        except t.Refusal as refused:  # judged on the local balance, before anything is sent
+            assert refused.code == "over_limit"
+            return
+        self.pair.post(holder, messages)
+
+    @rule(side=SIDES, units=st.integers(1, 4_000))
+    def pay(self, side: str, units: int) -> None:
+        self.issue(side, Holder.pay, units)
+
+    @rule(side=SIDES, count=st.integers(2, 10), units=st.integers(1, 600))
+    def burst(self, side: str, count: int, units: int) -> None:
+        """Many payments in flight at once: the case where MyCHIPs' consensus stalls."""
+        for _ in range(count):
+            self.issue(side, Holder.pay, units)
+
+    @rule(side=SIDES, units=st.integers(1, 4_000))
+    def invoice(self, side: str, units: int) -> None:
+        self.issue(side, Holder.invoice, units)
+
+    @rule(side=SIDES, pick=PICK, agree=st.booleans())
+    def answer(self, side: str, pick: int, agree: bool) -> None:
+        holder = self.holder(side)
+        owed = sorted(uuid for uuid, local in holder.chits.items() if local.state == c.L_PEND)
+        if not owed:
+            return
+        try:
+            self.pair.post(holder, holder.answer(owed[pick % len(owed)], agree=agree))
+        except t.Refusal as refused:
+            assert refused.code == "over_limit"
+
+    @rule(pick=PICK)
+    def deliver(self, pick: int) -> None:
+        if self.pair.queue:
+            self.pair.deliver(pick % len(self.pair.queue))
+
+    @rule(pick=PICK)
+    def lose(self, pick: int) -> None:
+        if self.pair.queue:
+            self.pair.queue.pop(pick % len(self.pair.queue))
+
+    @rule()
+    def outage(self) -> None:
+        """The connection drops with everything in flight."""
+        self.pair.queue.clear()
+
+    @rule(pick=PICK)
+    def repeat(self, pick: int) -> None:
+        if self.pair.queue:
+            self.pair.queue.append(self.pair.queue[pick % len(self.pair.queue)])
+
+    @rule(side=SIDES)
+    def resync(self, side: str) -> None:
+        holder = self.holder(side)
+        self.pair.post(holder, ch.resync(holder.chain))
+
+    @invariant()
+    def the_stock_chain_is_a_prefix_of_the_foils(self) -> None:
+        stock, foil = self.pair.stock.chain, self.pair.foil.chain
+        assert stock.chits == foil.chits[: stock.length]
+        assert stock.conf <= foil.conf <= foil.length
+
+    @invariant()
+    def nobody_is_owed_past_its_limit(self) -> None:
+        for holder in (self.pair.stock, self.pair.foil):
+            assert ch.balance(holder.chain) <= LIMIT
+
+    def teardown(self) -> None:
+        self.pair.drain()
+        self.pair.recover()
+        self.pair.assert_agreed()
+
+
+LossyExchange.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+test_lossy_exchange = LossyExchange.TestCase

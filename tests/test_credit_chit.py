@@ -1,0 +1,283 @@
+"""Chits: signing, validation, the balance convention, limits, invoices and the closing rule."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from protocol import chit as c
+from protocol import tally as t
+from protocol.codec import pack, unpack
+from tests.test_credit_tally import (
+    ALICE,
+    BOB,
+    MALLORY,
+    NOW,
+    TALLY_UUID,
+    code_of,
+    negotiate,
+    refusal,
+)
+
+# Alice holds the stock (vendor), Bob the foil (client); each side's limit is 10_000.
+ALICE_TALLY, BOB_TALLY = negotiate(limit=10_000)
+KEYS = {t.STOCK: ALICE.key, t.FOIL: BOB.key}
+
+
+def uuid_of(n: int) -> str:
+    return f"00000000-0000-4000-8000-{n:012x}"
+
+
+def pay(
+    local: t.LocalTally, units: int, *, balance: int = 0, n: int = 100, **extra: Any
+) -> c.LocalChit:
+    """``local``'s user pays ``units``; ``extra`` may give ``key``, ``memo`` or ``ref``."""
+    key = extra.pop("key", KEYS[local.side])
+    paid, messages = c.pay(
+        local, key, chit_uuid=uuid_of(n), units=units, date_ms=NOW, balance=balance, **extra
+    )
+    assert messages == []  # the chain sends good chits
+    return paid
+
+
+def closing(local: t.LocalTally) -> t.LocalTally:
+    return t.close(local)[0]
+
+
+# -- a direct payment ---------------------------------------------------------------------------
+
+
+def test_a_payment_is_signed_by_the_payer_and_good_at_once() -> None:
+    paid = pay(BOB_TALLY, 2_500)
+    chit = paid.chit
+    assert paid.state == c.L_GOOD
+    assert (chit["by"], chit["type"], chit["units"], chit["tally"]) == (
+        "foil",
+        "tran",
+        2_500,
+        TALLY_UUID,
+    )
+    assert chit["hash"] == c.chit_hash(chit)
+    assert chit["chain"] is None
+    c.check_chit(unpack(pack(chit)), ALICE_TALLY.tally, signed=True)
+
+
+def test_the_payees_balance_rises_and_the_two_views_are_opposite() -> None:
+    by_foil = pay(BOB_TALLY, 300).chit
+    by_stock = pay(ALICE_TALLY, 100, n=101).chit
+    assert c.effect(by_foil, t.STOCK) == 300  # Bob now owes Alice 300 more
+    assert c.effect(by_foil, t.FOIL) == -300
+    assert c.balance([by_foil, by_stock], t.STOCK) == 200
+    assert c.balance([by_foil, by_stock], t.FOIL) == -200
+
+
+def test_a_payment_past_the_payees_limit_is_refused_before_it_is_signed() -> None:
+    # Bob's balance is -9_000 (he owes Alice 9_000); Alice lets him owe her at most 10_000.
+    assert pay(BOB_TALLY, 1_000, balance=-9_000).state == c.L_GOOD
+    caught = refusal(pay, BOB_TALLY, 1_001, balance=-9_000)
+    assert caught.code == "over_limit"
+    assert "10000" in caught.message
+    # The other way round it is Bob's limit that counts.
+    assert pay(ALICE_TALLY, 10_000, balance=0).state == c.L_GOOD
+    assert refusal(pay, ALICE_TALLY, 10_001, balance=0).code == "over_limit"
+    assert pay(ALICE_TALLY, 15_000, balance=5_000).state == c.L_GOOD  # paying a debt down first
+
+
+def test_only_the_payers_key_signs_and_only_on_an_open_tally() -> None:
+    assert refusal(pay, BOB_TALLY, 1, key=ALICE.key).code == "bad_key"
+    offered = t.LocalTally(BOB_TALLY.side, t.P_OFFER, BOB_TALLY.tally)
+    assert refusal(pay, offered, 1).code == "bad_state"
+    bound = t.LocalTally(BOB_TALLY.side, t.OFFER_OPEN, BOB_TALLY.tally)
+    assert refusal(pay, bound, 1).code == "bad_state"  # not until the acceptance is delivered
+
+
+# -- validation and signatures --------------------------------------------------------------------
+
+
+def test_a_tampered_chit_is_refused() -> None:
+    chit = pay(BOB_TALLY, 2_500).chit
+    more = {**chit, "units": 25_000}
+    assert refusal(c.check_chit, more, ALICE_TALLY.tally, signed=True).message.startswith(
+        "chit.hash"
+    )
+    rehashed = {**more, "hash": c.chit_hash(more)}
+    assert refusal(c.check_chit, rehashed, ALICE_TALLY.tally, signed=True).code == "bad_signature"
+    by_mallory = {**chit, "sign": MALLORY.key.sign(chit["hash"])}
+    assert refusal(c.check_chit, by_mallory, ALICE_TALLY.tally, signed=True).code == "bad_signature"
+    unsigned = {**chit, "sign": None}
+    assert refusal(c.check_chit, unsigned, ALICE_TALLY.tally, signed=True).code == "bad_signature"
+    other_tally = {**ALICE_TALLY.tally, "uuid": uuid_of(9)}
+    assert refusal(c.check_chit, chit, other_tally, signed=True).message.startswith("chit.tally")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("units", 2.5),
+        ("units", 0),
+        ("units", -5),
+        ("units", True),
+        ("units", t.MAX_UNITS + 1),
+        ("by", "middle"),
+        ("type", "gift"),
+        ("date", -1),
+        ("memo", "x" * (t.MAX_MEMO + 1)),
+        ("memo", None),
+        ("uuid", "chit-1"),
+        ("tally", None),
+        ("ref", {"rate": 0.5}),
+        ("ref", "x" * c.MAX_REF),
+        ("sign", b"short"),
+        ("chain", {"index": 0, "prev": bytes(32), "hash": bytes(32)}),
+        ("chain", {"index": 1, "prev": b"short", "hash": bytes(32)}),
+        ("chain", [1]),
+    ],
+)
+def test_validation_names_the_bad_field(field: str, value: Any) -> None:
+    chit = {**pay(BOB_TALLY, 2_500).chit, field: value}
+    caught = refusal(c.check_form, chit)
+    assert caught.code == "bad_field"
+    assert caught.message.startswith(f"chit.{field}")
+
+
+def test_a_chit_needs_exactly_its_fields_and_set_chits_move_nothing() -> None:
+    chit = pay(BOB_TALLY, 2_500).chit
+    assert refusal(c.check_form, {**chit, "extra": 1}).code == "bad_field"
+    setting = {**chit, "type": "set", "units": 0, "ref": {"close": True}}
+    c.check_form({**setting, "hash": c.chit_hash(setting)})
+    assert refusal(c.check_form, {**setting, "units": 1}).message.startswith("chit.units")
+
+
+def test_a_payment_with_a_bad_ref_is_refused_naming_it() -> None:
+    assert refusal(pay, BOB_TALLY, 1, ref={"rate": 1.5}).message.startswith("chit.ref")
+    kept = pay(BOB_TALLY, 1, ref={"order": 42}, memo="beans").chit
+    assert (kept["ref"], kept["memo"]) == ({"order": 42}, "beans")
+
+
+# -- invoices -------------------------------------------------------------------------------------
+
+
+def invoice(units: int = 700, *, balance: int = 0) -> tuple[c.LocalChit, dict[str, Any]]:
+    """Alice (stock) invoices Bob (foil): (Alice's chit, the pend message)."""
+    drafted, [pend] = c.invoice(
+        ALICE_TALLY, chit_uuid=uuid_of(7), units=units, date_ms=NOW, balance=balance, memo="bill"
+    )
+    return drafted, pend
+
+
+def test_an_invoice_paid() -> None:
+    drafted, pend = invoice()
+    assert (drafted.state, pend["action"]) == (c.A_PEND, "pend")
+    assert (pend["object"]["by"], pend["object"]["sign"]) == (t.FOIL, None)
+    owed, messages = c.receive_pend(None, unpack(pack(pend["object"])), BOB_TALLY)
+    assert (owed.state, messages) == (c.L_PEND, [])
+    paid, messages = c.accept(owed, BOB_TALLY, BOB.key, balance=0)
+    assert (paid.state, messages) == (c.L_GOOD, [])
+    c.check_chit(paid.chit, BOB_TALLY.tally, signed=True)
+    assert paid.chit["hash"] == drafted.chit["hash"]
+    received, _ = c.receive_good(drafted, paid.chit, ALICE_TALLY)
+    assert received.state == c.A_GOOD
+    assert c.effect(received.chit, t.STOCK) == 700
+
+
+def test_an_invoice_refused() -> None:
+    drafted, pend = invoice()
+    owed, _ = c.receive_pend(None, pend["object"], BOB_TALLY)
+    refused, [void] = c.refuse(owed, BOB_TALLY)
+    assert refused.state == c.L_VOID
+    assert void == {
+        "target": "chit",
+        "action": "void",
+        "object": {"tally": TALLY_UUID, "uuid": drafted.uuid},
+    }
+    voided, _ = c.receive_void(drafted, void["object"], ALICE_TALLY)
+    assert voided.state == c.A_VOID
+    another = {"tally": TALLY_UUID, "uuid": uuid_of(8)}
+    assert code_of(c.receive_void, drafted, another, ALICE_TALLY) == "bad_field"
+
+
+def test_invoices_respect_the_payees_limit_when_made_and_when_paid() -> None:
+    assert refusal(invoice, 10_001).code == "over_limit"
+    _, pend = invoice(4_000)
+    owed, _ = c.receive_pend(None, pend["object"], BOB_TALLY)
+    # Meanwhile Bob came to owe 7_000: paying 4_000 more would pass Alice's limit.
+    assert refusal(c.accept, owed, BOB_TALLY, BOB.key, balance=-7_000).code == "over_limit"
+    assert refusal(c.accept, owed, BOB_TALLY, ALICE.key, balance=0).code == "bad_key"
+
+
+def test_an_invoice_must_be_in_the_payers_name_unsigned_and_unchained() -> None:
+    _, pend = invoice()
+    chit = pend["object"]
+    mine = {**chit, "by": t.STOCK}
+    mine["hash"] = c.chit_hash(mine)
+    assert refusal(c.receive_pend, None, mine, BOB_TALLY).message.startswith("chit.by")
+    signed = {**chit, "sign": BOB.key.sign(chit["hash"])}
+    assert refusal(c.receive_pend, None, signed, BOB_TALLY).message.startswith("chit.sign")
+    chained = {**chit, "chain": {"index": 1, "prev": bytes(32), "hash": bytes(32)}}
+    assert refusal(c.receive_pend, None, chained, BOB_TALLY).message.startswith("chit.chain")
+
+
+def test_a_payment_received_must_be_the_partners_and_match_our_invoice() -> None:
+    drafted, _ = invoice()
+    other = pay(BOB_TALLY, 701, n=8).chit
+    assert refusal(c.receive_good, drafted, other, ALICE_TALLY).message.startswith("chit.hash")
+    own = pay(ALICE_TALLY, 5, n=9).chit
+    assert refusal(c.receive_good, None, own, ALICE_TALLY).message.startswith("chit.by")
+    direct, _ = c.receive_good(None, other, ALICE_TALLY)
+    assert direct.state == c.A_GOOD
+    assert refusal(c.receive_good, direct, other, ALICE_TALLY).code == "bad_state"  # a replay
+
+
+def test_chits_are_taken_while_the_acceptance_is_in_flight_but_not_after_closing() -> None:
+    chit = pay(ALICE_TALLY, 5).chit
+    bound = t.LocalTally(BOB_TALLY.side, t.OFFER_OPEN, BOB_TALLY.tally)
+    assert c.receive_good(None, chit, bound)[0].state == c.A_GOOD
+    closed = t.LocalTally(BOB_TALLY.side, t.CLOSE, BOB_TALLY.tally)
+    assert refusal(c.receive_good, None, chit, closed).code == "bad_state"
+
+
+# -- closing --------------------------------------------------------------------------------------
+
+
+def test_on_a_closing_tally_no_chit_may_raise_the_balances_magnitude() -> None:
+    bob = closing(BOB_TALLY)
+    alice = closing(ALICE_TALLY)
+    # Bob owes Alice 500 (Bob's balance -500): Bob may not pledge more ...
+    assert refusal(pay, bob, 1, balance=-500).code == "closing"
+    # ... but Alice may pay him back, up to the point where the debt would flip and grow.
+    assert pay(alice, 500, balance=500).state == c.L_GOOD
+    assert pay(alice, 1_000, balance=500).state == c.L_GOOD  # the debt flips to 500 the other way
+    assert refusal(pay, alice, 1_001, balance=500).code == "closing"
+    assert refusal(pay, alice, 1, balance=0).code == "closing"  # at zero nothing moves
+    bill = {"chit_uuid": uuid_of(1), "units": 1, "date_ms": NOW}
+    assert code_of(c.invoice, bob, balance=0, **bill) == "closing"
+
+
+# -- the table and storage ------------------------------------------------------------------------
+
+
+def test_chit_events_outside_the_table_are_refused() -> None:
+    drafted, pend = invoice()
+    owed, _ = c.receive_pend(None, pend["object"], BOB_TALLY)
+    paid, _ = c.accept(owed, BOB_TALLY, BOB.key, balance=0)
+    assert refusal(c.accept, paid, BOB_TALLY, BOB.key, balance=0).code == "bad_state"
+    assert refusal(c.refuse, paid, BOB_TALLY).code == "bad_state"
+    assert refusal(c.receive_pend, owed, pend["object"], BOB_TALLY).code == "bad_state"
+    assert refusal(c.accept, drafted, ALICE_TALLY, ALICE.key, balance=0).code == "bad_state"
+    voided = c.LocalChit(c.A_VOID, drafted.chit)
+    assert refusal(c.receive_good, voided, paid.chit, ALICE_TALLY).code == "bad_state"
+    notice = {"tally": TALLY_UUID, "uuid": drafted.uuid}
+    assert refusal(c.receive_void, voided, notice, ALICE_TALLY).code == "bad_state"
+    named = {state for state, _ in c.TRANSITIONS} | set(c.TRANSITIONS.values())
+    assert named == {None, *c.STATES}
+
+
+def test_a_local_chit_survives_storage() -> None:
+    paid = pay(BOB_TALLY, 42)
+    assert c.LocalChit.from_map(unpack(pack(paid.to_map()))) == paid
+    assert refusal(c.LocalChit.from_map, {"state": "L.lost", "chit": paid.chit}).code == "bad_field"
+    broken = copy.deepcopy(paid.to_map())
+    broken["chit"]["units"] = 43
+    assert refusal(c.LocalChit.from_map, broken).message.startswith("chit.hash")
