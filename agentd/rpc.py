@@ -21,6 +21,7 @@ import trio
 
 from agentd.errors import UserError
 from agentd.services.base import Reject
+from protocol.keys import b64u
 
 log = logging.getLogger("agentd.rpc")
 
@@ -50,6 +51,17 @@ class RpcError(Exception):
         if self.reason is not None:
             out["data"] = {"reason": self.reason}
         return out
+
+
+def jsonable(value: Any) -> Any:
+    """A msgpack value as JSON can carry it: bytes become unpadded base64url text."""
+    if isinstance(value, bytes):
+        return b64u(value)
+    if isinstance(value, dict):
+        return {key: jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(item) for item in value]
+    return value
 
 
 def invalid_params(message: str) -> RpcError:

@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any
 import jwt
 import trio
 
-from agentd.rpc import TIMEOUT, RpcError, invalid_params
+from agentd.rpc import TIMEOUT, RpcError, invalid_params, jsonable
 from agentd.services.base import Reject, Tx
 from protocol import clearing as ch
 from protocol.codec import CodecError, pack, unpack
 from protocol.envelope import Envelope
-from protocol.keys import ChipAddress, b64u, parse_hostport
+from protocol.keys import ChipAddress, parse_hostport
 from store import clearing as store
 
 if TYPE_CHECKING:
@@ -548,20 +548,10 @@ def _chain_failure(pid: str, message: str) -> dict[str, Any]:
             "fault": "chain", "message": message}
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return b64u(value)
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(item) for item in value]
-    return value
-
-
 def entry_json(entry: Mapping[str, Any]) -> dict[str, Any]:
     """An entry for JSON: ``document_id`` added, binary as base64url, and ``payload_text``
     when the payload is UTF-8 text."""
-    out = _jsonable(dict(entry))
+    out = jsonable(dict(entry))
     out["document_id"] = entry["entry_hash"]
     payload = entry.get("payload")
     if isinstance(payload, bytes) and str(entry.get("payload_type", "")).startswith("text/"):

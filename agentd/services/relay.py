@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.errors import UserError
-from agentd.rpc import NOT_FOUND, RpcError, invalid_params
+from agentd.rpc import NOT_FOUND, RpcError, invalid_params, jsonable
 from agentd.services import relay_driver
 from agentd.services.base import Reject, Service, Tx
 from protocol.codec import CodecError, canonical, unpack
@@ -234,7 +234,7 @@ class RelayService(Service):
                 "address": interop["address"], "nonce": interop["nonce"],
                 "requestor": interop["requestor"], "signers": row["signers"].split(","),
                 "confidential": interop["confidential"], "timestamp": view["meta"]["timestamp"],
-                "payload": _jsonable(unpack(row["result"])), "proof": b64u(row["view"]),
+                "payload": jsonable(unpack(row["result"])), "proof": b64u(row["view"]),
             }
         if row["error"] is not None:
             out["error"] = row["error"]
@@ -455,17 +455,6 @@ def _policy(value: object) -> list[str]:
     if not isinstance(items, list) or not items or not all(is_agent_id(p) for p in items):
         raise invalid_params("policy must be one or more agent ids, comma-separated or a list")
     return list(dict.fromkeys(items))
-
-
-def _jsonable(value: Any) -> Any:
-    """A decoded view payload as JSON: bytes become unpadded base64url text."""
-    if isinstance(value, bytes):
-        return b64u(value)
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(item) for item in value]
-    return value
 
 
 def _access_rules(config: Config) -> tuple[AccessRule, ...]:
