@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli_e2e import cli, init, start
+from tests.clihelpers import cli, init, running
 
 
 def rpc(config: str, method: str, *params: str) -> dict | list:
@@ -25,14 +25,8 @@ def evidence_network(tmp_path):
         with open(infos[name]["config"], "a") as handle:
             handle.write(f'\n[clearinghouse]\nagent = "{infos["house"]["agent"]}"\n'
                          f'address = "127.0.0.1:{infos["house"]["port"]}"\n')
-    processes = {name: start(info["config"]) for name, info in infos.items()}
-    try:
+    with running(infos) as processes:
         yield infos, processes
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
 
 
 def test_shared_process_refusal_and_offline_receipt_audit(evidence_network):

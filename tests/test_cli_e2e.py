@@ -7,53 +7,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-AGENTD = [sys.executable, "-m", "agentd"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*AGENTD, *args], capture_output=True, text=True, timeout=60)
-    if check and result.returncode != 0:
-        raise AssertionError(f"agentd {' '.join(args)} failed: {result.stderr}")
-    return result
-
-
-def init(tmp_path: Path, name: str) -> dict:
-    port = free_port()
-    info = json.loads(cli("init", str(tmp_path / name), "--name", name,
-                          "--listen", f"127.0.0.1:{port}").stdout)
-    info["port"] = port
-    return info
-
-
-def add_peer(config: str, name: str, info: dict) -> None:
-    with open(config, "a") as handle:
-        handle.write(f'\n[[peers]]\nname = "{name}"\nagent = "{info["agent"]}"\n'
-                     f'address = "127.0.0.1:{info["port"]}"\n')
-
-
-def start(config: str) -> subprocess.Popen:
-    process = subprocess.Popen([*AGENTD, "run", "-c", config], stderr=subprocess.PIPE,
-                               text=True)
-    socket_path = Path(config).parent / "data" / "agentd.sock"
-    deadline = time.monotonic() + 20
-    while not socket_path.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"node did not start: {process.stderr.read()}")
-        time.sleep(0.05)
-    return process
+from tests.clihelpers import AGENTD, add_peer, cli, init, running
 
 
 @pytest.fixture
@@ -63,14 +22,8 @@ def three_nodes(tmp_path):
         for other, other_info in infos.items():
             if other != name:
                 add_peer(info["config"], other, other_info)
-    processes = {name: start(info["config"]) for name, info in infos.items()}
-    try:
+    with running(infos) as processes:
         yield infos, processes
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
 
 
 def test_init_writes_a_private_key_and_a_config(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 
-from tests.test_cli_e2e import add_peer, cli, init, start
+from tests.clihelpers import add_peer, cli, init, start
 
 
 def test_relay_query_wait_state_delete_through_the_cli(tmp_path):
