@@ -30,6 +30,7 @@ NAMES = ("alice", "bob", "carol")
 NODES = (*NAMES, "clearinghouse")
 EVIDENCE_PID = "demo-deal-1"
 READY_TIMEOUT = 20.0
+SETTLE_TIMEOUT = 10.0
 
 
 def _repo_configs() -> Path:
@@ -134,6 +135,93 @@ def evidence_demo(configs: dict[str, Config], infos: dict[str, dict]) -> None:
             raise UserError(f"{name}'s receipts do not verify")
 
 
+def _until(what: str, predicate) -> None:
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise UserError(f"demo: {what} did not happen within {SETTLE_TIMEOUT:g} s")
+        time.sleep(0.02)
+
+
+def credit_demo(configs: dict[str, Config], infos: dict[str, dict]) -> str:
+    """Alice and Bob open a tally with an invitation ticket (invite, request, offer, accept),
+    pay each other both ways and settle an invoice; both holders must end with the same chain
+    and opposite balances. Returns the tally's uuid."""
+    alice, bob = configs["alice"].socket_path, configs["bob"].socket_path
+    print("\ncredit: a tally between alice (stock) and bob (foil), chits both ways:")
+    for name, sock in (("alice", alice), ("bob", bob)):
+        call(sock, "users.add", {"cuid": name})
+    invited = call(alice, "tally.invite", {"cuid": "alice", "limit": 100_000, "memo": "demo"})
+    tally = invited["tally"]
+    print(f"  alice invites: tally {tally}, ticket {invited['ticket'][:28]}… "
+          f"({len(invited['ticket'])} characters, handed to bob out of band)")
+    requested = call(bob, "tally.request", {"cuid": "bob", "ticket": invited["ticket"]})
+    print(f"  bob requests it with the ticket: {requested['state']}")
+
+    def state(sock, cuid: str) -> str | None:
+        held = call(sock, "tally.list", {"cuid": cuid})
+        return next((t["state"] for t in held if t["tally"] == tally), None)
+
+    call(alice, "tally.offer", {"cuid": "alice", "tally": tally})
+    _until("bob receiving alice's offer", lambda: state(bob, "bob") == "P.offer")
+    print("  alice signs and offers it; bob's copy is P.offer")
+    call(bob, "tally.accept", {"cuid": "bob", "tally": tally})
+    _until("both sides opening the tally",
+           lambda: state(alice, "alice") == state(bob, "bob") == "open")
+    print("  bob signs and accepts: open on both sides, block 0 of the chain is the tally")
+    for payer, sock, units, memo in (("alice", alice, 2000, "seeds"),
+                                     ("bob", bob, 3500, "vegetables")):
+        paid = call(sock, "chit.pay", {"cuid": payer, "tally": tally, "units": units,
+                                       "memo": memo})
+        print(f"  {payer:>5} pays {units:>5} mCHIP ({memo}): chit {paid['chit'][:8]}… "
+              f"{paid['state']}")
+    bill = call(alice, "chit.invoice", {"cuid": "alice", "tally": tally, "units": 1250,
+                                        "memo": "delivery"})
+    _until("bob receiving the invoice", lambda: any(
+        c["chit"] == bill["chit"] for c in call(bob, "chit.list", {"cuid": "bob", "tally": tally})))
+    accepted = call(bob, "chit.accept", {"cuid": "bob", "chit": bill["chit"]})
+    print(f"  alice invoices 1250 mCHIP (delivery); bob accepts: {accepted['state']}")
+
+    def shown() -> tuple[dict, dict]:
+        return (call(alice, "tally.show", {"cuid": "alice", "tally": tally}),
+                call(bob, "tally.show", {"cuid": "bob", "tally": tally}))
+
+    _until("both chains to be confirmed", lambda: all(
+        s["chain"]["index"] == s["chain"]["confirmed"] == 3 for s in shown()))
+    mine, theirs = shown()
+    agree = mine["chain"] == theirs["chain"] and mine["balance"] == -theirs["balance"]
+    for who, held in (("alice", mine), ("bob", theirs)):
+        print(f"  {who:>5} ({held['side']}): balance {held['balance']:>+6} mCHIP, chain index "
+              f"{held['chain']['index']}, head {held['chain']['hash'][:16]}…")
+    print(f"  chains {'agree' if agree else 'DISAGREE'} (same index and head hash, opposite "
+          "balances; positive = the partner owes you)")
+    if not agree:
+        raise UserError("alice's and bob's chains disagree")
+    return tally
+
+
+def tally_view_demo(configs: dict[str, Config], infos: dict[str, dict], tally: str) -> None:
+    """Carol asks her own node for a relay view of the tally on alice's node, which alice's
+    access rules let her read; the view comes back notarized by alice's agent."""
+    carol = configs["carol"].socket_path
+    names = {info["agent"]: name for name, info in infos.items()}
+    address = f"{infos['alice']['listen']}/{infos['alice']['network']}/tally:{tally}"
+    print("\nrelay: carol reads the tally from alice's ledger (Weaver-style view with proof):")
+    asked = call(carol, "relay.query", {"address": address})
+    done = call(carol, "relay.wait", {"request_id": asked["request_id"], "timeout_s": 10})
+    print(f"  relay.query {address}\n  -> {done['status']}")
+    if done["status"] != "COMPLETED":
+        raise UserError(f"carol's relay query failed: {done.get('error')}")
+    view = done["view"]
+    signers = ", ".join(f"{names.get(agent, agent)} ({agent[:8]}…)" for agent in view["signers"])
+    print(f"  proof verified: signed by {signers}, nonce {view['nonce']}, requestor "
+          f"{names.get(view['requestor'], view['requestor'])}")
+    for row in view["payload"]["rows"]:
+        print(f"  {row['cuid']:>5}'s {row['side']}: {row['state']}, balance "
+              f"{row['balance']:+} mCHIP, chain index {row['chain_length']}, head "
+              f"{row['chain_head'][:16]}…")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentd demo", description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default=".run/demo", help="where nodes keep their data")
@@ -153,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {a:>5} -> {b:<5}  5 pings, median {statistics.median(rtts):6.2f} ms,"
                   f" max {max(rtts):6.2f} ms")
         evidence_demo(configs, infos)
+        tally = credit_demo(configs, infos)
+        tally_view_demo(configs, infos, tally)
         print("\nnodes:")
         for name, config in configs.items():
             info = call(config.socket_path, "getinfo", {})

@@ -27,6 +27,7 @@ from agentd.outbox import OutboxPump
 from agentd.peers import PeerManager
 from agentd.rpc import RpcServer
 from agentd.services.clearing import ClearingService
+from agentd.services.credit import Credit
 from agentd.services.evidence import Evidence
 from agentd.services.ping import PingService
 from agentd.services.relay import RelayService
@@ -78,6 +79,7 @@ class Node:
         self.evidence = Evidence(self)
         self.relay = RelayService(self)
         self.dispatcher.register(self.relay)
+        self.credit = Credit(self)  # the tally and chit targets and their RPC methods
         Users(self)
 
     # -- identity and addresses ----------------------------------------------------------
@@ -154,6 +156,7 @@ class Node:
         await nursery.start(self.peers.run)
         await nursery.start(self.pump.run)
         await nursery.start(self.relay.run)
+        await nursery.start(self.credit.run)
         try:
             listeners = await nursery.start(functools.partial(
                 trio.serve_tcp, self.peers.handle_inbound, self.port, host=self.host))

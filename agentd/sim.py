@@ -35,8 +35,11 @@ from agentd.rpc import RpcError, call
 from protocol.keys import SigningKey
 
 TOPOLOGIES = ("ring", "random", "explicit", "full")
-TRAFFIC = ("ping",)
-INVARIANTS = ("all_delivered", "outbox_drained", "exactly_once")
+TRAFFIC = ("ping", "payments")
+INVARIANTS = ("all_delivered", "outbox_drained", "exactly_once", "chains_agree",
+              "balances_zero_sum")
+PAYMENT_LIMIT = 10**9  # milliCHIPs each side of a simulated tally may owe: no refusals
+SETTLE_TIMEOUT = 60.0  # s for every chain to be confirmed on both sides after the traffic
 
 
 @dataclass
@@ -98,11 +101,20 @@ def load_scenario(path: Path) -> Scenario:
             raise bad(f"traffic[{i}].kind", f"must be one of {', '.join(TRAFFIC)}")
         if not isinstance(item.get("count", 1), int) or item.get("count", 1) < 1:
             raise bad(f"traffic[{i}].count", "must be a positive integer")
-    invariants = raw.get("invariants", {"check": list(INVARIANTS)}).get("check", [])
+        if not isinstance(item.get("units", 1), int) or item.get("units", 1) < 1:
+            raise bad(f"traffic[{i}].units", "must be a positive integer")
+    kinds = {item.get("kind") for item in traffic}
+    paying = "payments" in kinds  # exactly_once counts pings; the credit checks need tallies
+    default = ["all_delivered", "outbox_drained",
+               *(["chains_agree", "balances_zero_sum"] if paying else ["exactly_once"])]
+    invariants = raw.get("invariants", {"check": default}).get("check", [])
     for name in invariants:
         if name not in INVARIANTS:
             raise bad("invariants.check", f"has unknown invariant {name!r} "
                       f"(known: {', '.join(INVARIANTS)})")
+    if "exactly_once" in invariants and paying:
+        raise bad("invariants.check", "exactly_once counts ping messages, so it cannot be "
+                  "checked with payments traffic (check chains_agree instead)")
     return Scenario(sim.get("name", path.stem), names, edges, traffic, invariants, seed,
                     sim.get("concurrency", 16))
 
@@ -267,7 +279,101 @@ async def _ping_traffic(backend, scenario: Scenario, agents: dict[str, str], ite
     report.counts["pings"] = report.counts.get("pings", 0) + count
 
 
-async def _check(backend, scenario: Scenario, report: Report) -> None:
+async def _open_tallies(backend, scenario: Scenario) -> dict[tuple[str, str], str]:
+    """One user per node (named after it) and an open tally along every edge: the first
+    node of the edge invites, the second requests, offers are made and accepted."""
+    for name in scenario.nodes:
+        await backend.call(name, "users.add", {"cuid": name})
+
+    async def state(name: str, tally: str) -> str | None:
+        held = await backend.call(name, "tally.list", {"cuid": name})
+        return next((t["state"] for t in held if t["tally"] == tally), None)
+
+    async def negotiate(a: str, b: str, tallies: dict) -> None:
+        invited = await backend.call(a, "tally.invite", {"cuid": a, "limit": PAYMENT_LIMIT})
+        tally = invited["tally"]
+        await backend.call(b, "tally.request", {"cuid": b, "ticket": invited["ticket"]})
+        await backend.call(a, "tally.offer", {"cuid": a, "tally": tally})
+        while await state(b, tally) != "P.offer":
+            await trio.sleep(0.02)
+        await backend.call(b, "tally.accept", {"cuid": b, "tally": tally})
+        while await state(a, tally) != "open" or await state(b, tally) != "open":
+            await trio.sleep(0.02)
+        tallies[(a, b)] = tally
+
+    tallies: dict[tuple[str, str], str] = {}
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for a, b in scenario.edges:
+                nursery.start_soon(negotiate, a, b, tallies)
+    return tallies
+
+
+async def _payment_traffic(backend, scenario: Scenario, tallies: dict[tuple[str, str], str],
+                           item: dict, rng: random.Random, report: Report) -> None:
+    """``count`` payments of 1 to ``units`` milliCHIPs, each across a random tally in a
+    random direction, ``concurrency`` of them in flight at once."""
+    count, units = item.get("count", 1), item.get("units", 1000)
+    if not tallies:
+        report.failures.append("payments traffic needs at least one edge")
+        return
+    edges = sorted(tallies)
+    payments = []
+    for _ in range(count):
+        a, b = rng.choice(edges)
+        payer = a if rng.random() < 0.5 else b
+        payments.append((payer, tallies[(a, b)], rng.randint(1, units)))
+    limit = trio.Semaphore(scenario.concurrency)
+    done = 0
+
+    async def one(payer: str, tally: str, amount: int) -> None:
+        nonlocal done
+        async with limit:
+            try:
+                await backend.call(payer, "chit.pay", {"cuid": payer, "tally": tally,
+                                                       "units": amount})
+            except RpcError as exc:
+                report.failures.append(f"payment by {payer} on {tally}: {exc.message}")
+            done += 1
+            if done % max(1, count // 10) == 0 or done == count:
+                print(f"  payments {done}/{count}", flush=True)
+
+    async with trio.open_nursery() as nursery:
+        for payer, tally, amount in payments:
+            nursery.start_soon(one, payer, tally, amount)
+    report.counts["payments"] = report.counts.get("payments", 0) + count
+
+
+async def _settled_chains(backend, scenario: Scenario, tallies: dict[tuple[str, str], str],
+                          report: Report) -> dict[str, bool]:
+    """Wait for every chain to be confirmed on both sides, then judge the credit invariants:
+    both holders of each tally hold the same chain (index and head hash), and every balance
+    is matched by its opposite, so the network's balances sum to zero."""
+    held: dict[tuple[str, str], dict] = {}
+    with trio.move_on_after(SETTLE_TIMEOUT):
+        while True:
+            held = {}
+            for name in scenario.nodes:
+                for tally in await backend.call(name, "tally.list", {"cuid": name}):
+                    held[(name, tally["tally"])] = tally
+            if all(t["chain"]["index"] == t["chain"]["confirmed"] and not t["chain"]["pending"]
+                   for t in held.values()):
+                break
+            await trio.sleep(0.1)
+    pairs = [(held.get((a, tally)), held.get((b, tally))) for (a, b), tally in tallies.items()]
+    agree = all(x is not None and y is not None and x["chain"] == y["chain"]
+                and x["chain"]["index"] == x["chain"]["confirmed"] for x, y in pairs)
+    opposite = all(x is not None and y is not None and x["balance"] == -y["balance"]
+                   for x, y in pairs)
+    total = sum(t["balance"] for t in held.values())
+    report.counts["tallies"] = len(tallies)
+    report.counts["chits"] = sum(t["chain"]["index"] for t in held.values()) // 2
+    report.counts["balance_sum"] = total
+    return {"chains_agree": agree, "balances_zero_sum": opposite and total == 0}
+
+
+async def _check(backend, scenario: Scenario, report: Report,
+                 credit: dict[str, bool] | None = None) -> None:
     infos: dict[str, dict] = {}
     with trio.move_on_after(20):
         while True:
@@ -281,6 +387,7 @@ async def _check(backend, scenario: Scenario, report: Report) -> None:
         "all_delivered": not report.failures and len(report.latencies_ms) == pings,
         "outbox_drained": all(i["counters"]["outbox_depth"] == 0 for i in infos.values()),
         "exactly_once": processed == 2 * pings,
+        **(credit or {"chains_agree": True, "balances_zero_sum": True}),
     }
     report.counts["messages_processed"] = processed
     report.counts["duplicates_ignored"] = sum(i["counters"]["duplicates"] for i in infos.values())
@@ -300,11 +407,17 @@ async def run_scenario(scenario: Scenario, processes: bool, workdir: Path) -> Re
             started = time.perf_counter()
             agents = await backend.start(scenario.nodes, scenario.edges)
             print(f"  started in {time.perf_counter() - started:.2f} s", flush=True)
+            paying = any(item["kind"] == "payments" for item in scenario.traffic)
+            tallies = await _open_tallies(backend, scenario) if paying else {}
             started = time.perf_counter()
             for item in scenario.traffic:
-                await _ping_traffic(backend, scenario, agents, item, rng, report)
+                if item["kind"] == "payments":
+                    await _payment_traffic(backend, scenario, tallies, item, rng, report)
+                else:
+                    await _ping_traffic(backend, scenario, agents, item, rng, report)
             report.counts["traffic_ms"] = round((time.perf_counter() - started) * 1000)
-            await _check(backend, scenario, report)
+            credit = await _settled_chains(backend, scenario, tallies, report) if paying else None
+            await _check(backend, scenario, report, credit)
         finally:
             await backend.stop()
     return report

@@ -42,11 +42,20 @@ or ``new``, and :func:`receive` returns it in ``adopted`` for the caller to reco
 backup, a bug), the stock unlinks everything after its ``conf`` and asks again (``req``); a
 contradiction of a confirmed block is refused as ``conflict`` and needs a human.
 
+Cost: a chain with thousands of chits must stay cheap per chit, so the versions of one chain
+share lookup hints (where each chit is linked, which ones were ever pending, which block
+indexes wait beyond a gap) instead of scanning it. Make chains with the constructor (or
+``from_map``) and change them only through this module's functions: a version made with
+``dataclasses.replace`` from outside would share hints that do not describe it.
+
 Public API:
 
 - ``Chain`` (frozen; ``to_map()/from_map()``, ``.length``, ``.head``, ``.hash_at(index)``).
 - ``start(local_tally) -> Chain`` — an empty chain on a tally both users signed.
 - ``add(chain, chit) -> (Chain, messages)`` — a chit just became good here.
+- ``add_many(chain, chits) -> (Chain, messages)`` — several of our user's chits at once,
+  sent ``UPD_BATCH`` to a message (``upd`` from the foil, ``new`` from the stock) instead of
+  one ``good`` each; the partner treats them exactly as it would the ``good`` messages.
 - ``receive(chain, obj, local_tally) -> Received(chain, messages, adopted)`` — a ``chain``
   message's object.
 - ``resync(chain) -> messages`` — what to (re)send so lost messages are repaired.
@@ -55,6 +64,7 @@ Public API:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
@@ -73,6 +83,20 @@ _CMD_FIELDS = {
     "nak": {"index", "hash"},
     "req": {"index"},
 }
+_MAP_FIELDS = {"tally", "side", "origin", "chits", "pending", "conf"}
+
+
+@dataclass
+class _Hints:
+    """Lookups that would otherwise scan the chain, shared by every version of one chain
+    derived with ``replace``, so each costs O(1) however long the chain grows. Entries are
+    only ever added: a hit may be stale (another version moved the chit) and is checked
+    against the version at hand, but a miss is certain."""
+
+    linked: dict[str, int] = dataclasses.field(default_factory=dict)  # uuid -> place in chits
+    parked: set[str] = dataclasses.field(default_factory=set)  # uuids ever put in pending
+    foreign: set[str] = dataclasses.field(default_factory=set)  # ... of the partner's chits
+    claims: set[int] = dataclasses.field(default_factory=set)  # indexes of parked blocks
 
 
 @dataclass(frozen=True)
@@ -85,6 +109,13 @@ class Chain:
     chits: tuple[dict[str, Any], ...] = ()  # linked: chits[i - 1] is block i
     pending: tuple[dict[str, Any], ...] = ()  # good, not linked yet (stock only)
     conf: int = 0  # the highest index the partner confirmed
+    hints: _Hints = dataclasses.field(default_factory=_Hints, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.hints.linked and not self.hints.parked:  # built, not derived
+            self.hints.linked.update((chit["uuid"], at) for at, chit in enumerate(self.chits))
+            for chit in self.pending:
+                _note_parked(self, chit)
 
     @property
     def length(self) -> int:
@@ -109,7 +140,7 @@ class Chain:
 
     @classmethod
     def from_map(cls, value: Any) -> Chain:
-        if not isinstance(value, dict) or set(value) != {*cls.__dataclass_fields__}:
+        if not isinstance(value, dict) or set(value) != _MAP_FIELDS:
             raise Refusal("bad_field", "a stored chain has the fields of Chain")
         if value["side"] not in SIDES or not isinstance(value["conf"], int):
             raise Refusal("bad_field", "a stored chain has a side and an integer conf")
@@ -144,18 +175,40 @@ def settled(chain: Chain) -> bool:
 def add(chain: Chain, chit: dict[str, Any]) -> tuple[Chain, list[dict[str, Any]]]:
     """Take a chit that just became good here: one our user signed (this sends it ``good``), or
     a validated ``good`` from the partner."""
-    if chit["tally"] != chain.tally:
-        raise Refusal("bad_field", f"chit {chit['uuid']} is for tally {chit['tally']}")
-    if _find(chain, chit["uuid"]) is not None:
-        raise Refusal("bad_state", f"chit {chit['uuid']} is already in the chain")
+    _check_new(chain, chit)
     ours = chit["by"] == chain.side
     if chain.side == FOIL:
         chain, linked = _append(chain, chit)
         return chain, [_good(linked) if ours else _upd(chain, [linked])]
     if ours:
-        return replace(chain, pending=(*chain.pending, chit)), [_good(chit)]
+        return _park(chain, chit, chain.pending), [_good(chit)]
     chain = _take(chain, chit)
     return chain, _stock_reply(chain)
+
+
+def add_many(
+    chain: Chain, chits: Iterable[dict[str, Any]]
+) -> tuple[Chain, list[dict[str, Any]]]:
+    """Take chits our user just signed, in order, and send them in batches."""
+    chits = list(chits)
+    seen = set()
+    for chit in chits:
+        if chit["by"] != chain.side:
+            raise Refusal("bad_field", f"chit {chit['uuid']} is not the {chain.side} user's")
+        _check_new(chain, chit)
+        if chit["uuid"] in seen:
+            raise Refusal("bad_state", f"chit {chit['uuid']} comes twice")
+        seen.add(chit["uuid"])
+    if chain.side == FOIL:
+        chain, taken = _append_all(chain, chits)
+    else:
+        for chit in chits:
+            _note_parked(chain, chit)
+        chain, taken = replace(chain, pending=chain.pending + tuple(chits)), chits
+    batches = [taken[first : first + UPD_BATCH] for first in range(0, len(taken), UPD_BATCH)]
+    if chain.side == FOIL:
+        return chain, [_upd(chain, batch) for batch in batches]
+    return chain, [_chain_message(chain, "new", chits=batch) for batch in batches]
 
 
 def receive(chain: Chain, obj: Any, local: LocalTally) -> Received:
@@ -223,8 +276,58 @@ def _check_message(chain: Chain, cmd: str, obj: dict[str, Any]) -> None:
 # -- shared helpers ---------------------------------------------------------------------------
 
 
+def _check_new(chain: Chain, chit: dict[str, Any]) -> None:
+    if chit["tally"] != chain.tally:
+        raise Refusal("bad_field", f"chit {chit['uuid']} is for tally {chit['tally']}")
+    if _find(chain, chit["uuid"]) is not None:
+        raise Refusal("bad_state", f"chit {chit['uuid']} is already in the chain")
+
+
 def _find(chain: Chain, chit_uuid: Any) -> dict[str, Any] | None:
-    return next((c for c in (*chain.chits, *chain.pending) if c["uuid"] == chit_uuid), None)
+    linked = _linked(chain, chit_uuid)
+    if linked is not None or chit_uuid not in chain.hints.parked:
+        return linked
+    return next((c for c in chain.pending if c["uuid"] == chit_uuid), None)
+
+
+def _linked(chain: Chain, chit_uuid: Any) -> dict[str, Any] | None:
+    at = chain.hints.linked.get(chit_uuid) if isinstance(chit_uuid, str) else None
+    if at is None:
+        return None
+    if at < chain.length and chain.chits[at]["uuid"] == chit_uuid:
+        return chain.chits[at]
+    return next((c for c in chain.chits if c["uuid"] == chit_uuid), None)  # a stale hint
+
+
+def _link(chain: Chain, chit: dict[str, Any], **changes: Any) -> Chain:
+    """``chain`` with ``chit`` (already carrying its block) linked at the end."""
+    chain.hints.linked[chit["uuid"]] = chain.length
+    # ``+`` copies a long tuple about four times faster than ``(*chain.chits, chit)``
+    return replace(chain, chits=chain.chits + (chit,), **changes)  # noqa: RUF005
+
+
+def _note_parked(chain: Chain, chit: dict[str, Any]) -> None:
+    hints = chain.hints
+    hints.parked.add(chit["uuid"])
+    if chit["by"] != chain.side:
+        hints.foreign.add(chit["uuid"])
+    if chit["chain"] is not None:
+        hints.claims.add(chit["chain"]["index"])
+
+
+def _park(chain: Chain, chit: dict[str, Any], pending: tuple[dict[str, Any], ...]) -> Chain:
+    """``chain`` with ``pending`` and, after them, ``chit`` waiting unlinked."""
+    _note_parked(chain, chit)
+    return replace(chain, pending=pending + (chit,))  # noqa: RUF005 (see _link)
+
+
+def _unparked(chain: Chain, chit_uuid: str) -> tuple[dict[str, Any], ...]:
+    """The pending chits but ``chit_uuid`` (the oldest, usually: the foil orders in turn)."""
+    if chit_uuid in chain.hints.parked:
+        for at, chit in enumerate(chain.pending):
+            if chit["uuid"] == chit_uuid:
+                return chain.pending[:at] + chain.pending[at + 1 :]
+    return chain.pending
 
 
 def _known(chain: Chain, chit: Any, local: LocalTally) -> dict[str, Any] | None:
@@ -243,25 +346,48 @@ def _known(chain: Chain, chit: Any, local: LocalTally) -> dict[str, Any] | None:
 # -- the foil holder: orders ------------------------------------------------------------------
 
 
+def _append_all(
+    chain: Chain, chits: Iterable[dict[str, Any]]
+) -> tuple[Chain, list[dict[str, Any]]]:
+    """``chain`` with ``chits`` linked at its end in order (one copy of the chain, not one per
+    chit), and the linked chits."""
+    linked = []
+    index, prev = chain.length, chain.head
+    for chit in chits:
+        chain.hints.linked[chit["uuid"]] = index
+        index += 1
+        block = {"index": index, "prev": prev, "hash": block_hash(index, prev, chit["hash"])}
+        linked.append({**chit, "chain": block})
+        prev = block["hash"]
+    return replace(chain, chits=chain.chits + tuple(linked)), linked
+
+
 def _append(chain: Chain, chit: dict[str, Any]) -> tuple[Chain, dict[str, Any]]:
-    index, prev = chain.length + 1, chain.head
-    block = {"index": index, "prev": prev, "hash": block_hash(index, prev, chit["hash"])}
-    linked = {**chit, "chain": block}
-    return replace(chain, chits=(*chain.chits, linked)), linked
+    chain, (linked,) = _append_all(chain, [chit])
+    return chain, linked
 
 
 def _foil_new(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
-    blocks: dict[str, dict[str, Any]] = {}
-    adopted = []
+    known: dict[str, dict[str, Any]] = {}  # our linked copies
+    new: dict[str, dict[str, Any]] = {}  # the stock's chits we link now, in message order
     for chit in obj["chits"]:
+        chit_uuid = chit.get("uuid") if isinstance(chit, dict) else None
+        first = new.get(chit_uuid) if isinstance(chit_uuid, str) else None
+        if first is not None:  # the same chit twice in one message
+            check_form(chit)
+            if first["hash"] != chit["hash"]:
+                raise Refusal("conflict", f"chit {chit_uuid} differs from our copy")
+            continue
         ours = _known(chain, chit, local)
-        if ours is None:
-            if chit["by"] != STOCK:
-                raise Refusal("bad_field", "chain new carries the stock holder's own chits")
-            chain, ours = _append(chain, chit)
-            adopted.append(ours)
-        blocks[ours["uuid"]] = ours
-    ordered = sorted(blocks.values(), key=lambda chit: chit["chain"]["index"])
+        if ours is not None:
+            known[ours["uuid"]] = ours
+        elif chit["by"] != STOCK:
+            raise Refusal("bad_field", "chain new carries the stock holder's own chits")
+        else:
+            new[chit["uuid"]] = chit
+    chain, adopted = _append_all(chain, new.values())
+    blocks = [*known.values(), *adopted]
+    ordered = sorted(blocks, key=lambda chit: chit["chain"]["index"])
     return Received(chain, [_upd(chain, ordered)], adopted)
 
 
@@ -294,6 +420,8 @@ def _contradicts(chain: Chain, block: dict[str, Any]) -> bool:
 def _rollback(chain: Chain) -> Chain:
     """Unlink every block after the last confirmed one; the foil will send its order again."""
     unlinked = tuple({**chit, "chain": None} for chit in chain.chits[chain.conf :])
+    for chit in unlinked:
+        _note_parked(chain, chit)
     return replace(chain, chits=chain.chits[: chain.conf], pending=(*unlinked, *chain.pending))
 
 
@@ -309,19 +437,39 @@ def _take(chain: Chain, chit: dict[str, Any]) -> Chain:
             chain = _rollback(chain)
             if _contradicts(chain, block):
                 raise Refusal("conflict", f"block {block['index']} does not follow confirmed ones")
-    linked = next((c for c in chain.chits if c["uuid"] == chit["uuid"]), None)
+    linked = _linked(chain, chit["uuid"])
     if linked is not None:
         if block is None or linked["chain"] == block:
             return chain
         raise Refusal("conflict", f"chit {chit['uuid']} is already linked elsewhere")
-    others = tuple(c for c in chain.pending if c["uuid"] != chit["uuid"])
-    chain = replace(chain, pending=(*others, chit))
-    while True:
-        following = next((c for c in chain.pending if _follows(chain, c["chain"])), None)
-        if following is None:
-            return chain
-        rest = tuple(c for c in chain.pending if c is not following)
-        chain = replace(chain, chits=(*chain.chits, following), pending=rest)
+    others = _unparked(chain, chit["uuid"])
+    if _follows(chain, block) and chain.length + 1 not in chain.hints.claims:
+        chain = _link(chain, chit, pending=others)  # the usual case: no parked rival
+    else:
+        chain = _park(chain, chit, others)
+    if chain.length + 1 in chain.hints.claims:  # a parked block may follow now
+        chain = _link_parked(chain)
+    return chain
+
+
+def _link_parked(chain: Chain) -> Chain:
+    """Link every pending chit whose block follows, in one pass: the same chits, in the same
+    order, as linking the first that follows (in pending order) until none does."""
+    claims: dict[tuple[int, bytes], dict[str, Any]] = {}
+    for chit in chain.pending:
+        if chit["chain"] is not None:
+            claims.setdefault((chit["chain"]["index"], chit["chain"]["prev"]), chit)
+    run = []
+    index, head = chain.length + 1, chain.head
+    while (chit := claims.get((index, head))) is not None:
+        chain.hints.linked[chit["uuid"]] = index - 1
+        run.append(chit)
+        index, head = index + 1, chit["chain"]["hash"]
+    if not run:
+        return chain
+    linked = {id(chit) for chit in run}
+    rest = tuple(chit for chit in chain.pending if id(chit) not in linked)
+    return replace(chain, chits=chain.chits + tuple(run), pending=rest)
 
 
 def _follows(chain: Chain, block: dict[str, Any] | None) -> bool:
@@ -331,7 +479,7 @@ def _follows(chain: Chain, block: dict[str, Any] | None) -> bool:
 def _stock_reply(chain: Chain) -> list[dict[str, Any]]:
     """Ack blocks the foil has not confirmed; ask for the gap before a foil chit we hold."""
     messages = [_ack(chain, chain.length)] if chain.length > chain.conf else []
-    if any(chit["by"] == FOIL for chit in chain.pending):
+    if chain.hints.foreign and any(chit["by"] == FOIL for chit in chain.pending):
         messages.append(_chain_message(chain, "req", index=chain.length + 1))
     return messages
 

@@ -43,6 +43,7 @@ Transitions return ``(LocalChit, messages)``; messages are ``{"target": "chit", 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -189,8 +190,15 @@ def check_chit(chit: Any, tally: dict[str, Any], *, signed: bool) -> None:
             raise _bad("sign", "must be nil until the payer signs")
         return
     public = tally[chit["by"]]["cert"]["public"]
-    if chit["sign"] is None or not verify(public, chit["sign"], chit["hash"]):
+    if chit["sign"] is None or not _signature_valid(public, chit["sign"], chit["hash"]):
         raise Refusal("bad_signature", f"chit {chit['uuid']} lacks a valid {chit['by']} signature")
+
+
+@functools.lru_cache(maxsize=4096)
+def _signature_valid(public: bytes, signature: bytes, chit_hash: bytes) -> bool:
+    """Ed25519 verification, remembered: a chit that arrives in a chain message is checked
+    there (``protocol.chain``) and again when the caller records it (``receive_good``)."""
+    return verify(public, signature, chit_hash)
 
 
 def effect(chit: dict[str, Any], side: str) -> int:

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import copy
 import hmac
-import uuid as uuidlib
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -142,6 +142,8 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
 BINDING_STATES = frozenset({OFFER_OPEN, OPEN, C_OPEN, CLOSE})
 
 _TALLY_FIELDS = {"version", "uuid", "date", "memo", "agree", "stock", "foil", "sign"}
+# str(uuid.UUID(text)) == text, written as a pattern: it is checked on every chit received
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _TICKET_FIELDS = {"token", "chad", "expires", "reuse"}
 
 
@@ -228,11 +230,7 @@ def _bytes_or_none(value: Any, where: str, size: int) -> None:
 
 def check_uuid(value: Any, where: str) -> None:
     """A uuid in its canonical lower-case text form (so equal uuids compare equal)."""
-    try:
-        ok = isinstance(value, str) and str(uuidlib.UUID(value)) == value
-    except ValueError:
-        ok = False
-    if not ok:
+    if not isinstance(value, str) or _CANONICAL_UUID.fullmatch(value) is None:
         raise Refusal("bad_field", f"{where} must be a canonical uuid string")
 
 
@@ -446,6 +444,10 @@ def receive_offer(
     if local is not None:
         if obj["uuid"] != local.uuid or side != local.side:
             raise Refusal("bad_field", f"offer for {obj['uuid']} does not match tally {local.uuid}")
+        known = local.tally[partner]["cert"]
+        offerer = obj[partner]["cert"]
+        if known is None or not _same_user(known, offerer) or known["public"] != offerer["public"]:
+            raise Refusal("not_from_partner", f"tally {obj['uuid']} is offered by a stranger")
         # A countered holder already bumped its version to the counter's; otherwise a
         # counter-offer must be newer than the offer we made.
         newest = local.tally["version"] + (0 if local.state == DRAFT else 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,9 @@ def test_ring_and_random_topologies(tmp_path):
     ('[nodes]\ncount = 2\n[[traffic]]\nkind = "dance"\n', "traffic[0].kind"),
     ('[nodes]\ncount = 2\n[invariants]\ncheck = ["happy"]\n', "unknown invariant 'happy'"),
     ("[nodez]\ncount = 2\n", "nodez"),
+    ('[nodes]\ncount = 2\n[[traffic]]\nkind = "payments"\nunits = 0\n', "traffic[0].units"),
+    ('[nodes]\ncount = 2\n[[traffic]]\nkind = "payments"\n[invariants]\n'
+     'check = ["exactly_once"]\n', "exactly_once counts ping messages"),
 ])
 def test_bad_scenarios_name_the_key(tmp_path, text, complaint):
     with pytest.raises(UserError, match=r"scenario\.toml") as caught:
@@ -79,3 +83,30 @@ def test_a_failed_invariant_exits_non_zero(tmp_path, capsys):
     assert main([str(write(tmp_path, text))]) == 1
     out = capsys.readouterr().out
     assert "invariant all_delivered      FAILED" in out
+
+
+PAYMENTS = """
+[sim]
+name = "small credit"
+seed = 3
+concurrency = 8
+[nodes]
+names = ["a", "b", "c"]
+[topology]
+kind = "ring"
+[[traffic]]
+kind = "payments"
+count = 60
+units = 100
+"""
+
+
+def test_payments_keep_every_chain_agreed_and_the_balances_zero_sum(tmp_path, capsys):
+    report = tmp_path / "report.json"
+    assert main([str(write(tmp_path, PAYMENTS)), "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "invariant chains_agree       ok" in out
+    assert "invariant balances_zero_sum  ok" in out and "exactly_once" not in out
+    counts = json.loads(report.read_text())["counts"]
+    assert (counts["payments"], counts["chits"], counts["tallies"]) == (60, 60, 3)
+    assert counts["balance_sum"] == 0

@@ -10,7 +10,13 @@ Views: ``node:info`` (always served: agent, name, network, users), ``user:<cuid>
 ``chits``, ``lifts``) are read only when they exist, and a tally or lift view returns the
 node's rows for that object column by column, so the driver follows their schema as it is:
 tallies and lifts keyed by ``uuid``, chits by ``tally``, a holder's ``cuid`` and ``balance``
-(integer milliCHIPs, from the holder's side) on each tally row.
+(integer milliCHIPs, from the holder's side) on each tally row. For the credit tables of
+``store/migrations/004_credit.sql`` that means: a tally view has one row per holder on this
+node (two when both partners are its users) with ``state``, ``side``, ``partner``,
+``balance``, ``chain_length``/``chain_head``/``chain_conf`` and ``body``, the signed tally as
+msgpack; a chits view has every holder's chits with ``issuer``, ``units``, ``state``,
+``chain_index``/``chain_hash``, ``body`` (the signed chit as msgpack) and ``block`` (its
+chain block as msgpack).
 """
 
 from __future__ import annotations

@@ -1,0 +1,372 @@
+"""Tallies, chits and invitation tickets, and the writer thread's cache of chit chains.
+
+A holder's tally is one ``tallies`` row. Its chain (``protocol.chain.Chain``) is split
+between that row (origin, length, head, confirmed index, number of unlinked chits) and the
+``chits`` rows (each with its block and, once linked, its index), so a chit costs a row write
+or two and never a rewrite of the chain: :meth:`Ledger.save` writes only what differs
+between the chain it loaded and the one the protocol returned, and a chit that has just
+become good is inserted with its place in the chain rather than inserted and then updated.
+
+:class:`Ledger` remembers the holdings it has built (least recently used first out), each
+with the row's ``token``, which every write to the row replaces with a fresh random one. A
+cached holding is used only while the stored token still equals its own: when a transaction
+rolls back, the row keeps its old token, the cached copy no longer matches, and the holding
+is rebuilt from the rows. Everything here runs on the writer thread, inside its transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.chain import Chain
+from protocol.chit import A_GOOD, L_GOOD, LocalChit
+from protocol.codec import pack, unpack
+from protocol.tally import LocalTally
+
+CACHE_HOLDINGS = 256  # holdings kept in memory; a chain of n chits holds n chit maps
+
+_TALLY_COLUMNS = (
+    "uuid, cuid, side, state, partner, partner_cuid, body, balance, chain_length, chain_head,"
+    " chain_conf, chain_pending, error, created, updated"
+)
+SELECT_TALLY = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE uuid = ? AND cuid = ?"
+LIST_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies ORDER BY cuid, created, uuid"
+LIST_USER_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE cuid = ? ORDER BY created, uuid"
+LIST_CHITS = (
+    "SELECT uuid, issuer, type, units, memo, date, state, chain_index, chain_hash, error"
+    " FROM chits WHERE tally = ? AND cuid = ? ORDER BY chain_index IS NULL, chain_index, seq"
+)
+# Chains that are not settled (protocol.chain.settled) and due for a repair attempt.
+UNSETTLED = (
+    "SELECT uuid, cuid, partner, resync_due, resync_tries FROM tallies"
+    " WHERE chain_origin IS NOT NULL"
+    " AND (chain_conf < chain_length OR chain_pending > 0)"
+)
+_GOOD = (A_GOOD, L_GOOD)
+
+
+@dataclass(frozen=True)
+class Holding:
+    """One holder's tally as stored: the protocol's view of it and the running balance."""
+
+    cuid: str
+    local: LocalTally
+    chain: Chain | None  # None until both users have signed
+    balance: int
+    token: bytes
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.local.uuid, self.cuid)
+
+
+class Ledger:
+    """Reads and writes holdings, chits and tickets; caches holdings across transactions."""
+
+    def __init__(self, capacity: int = CACHE_HOLDINGS) -> None:
+        self.capacity = capacity
+        self._cache: OrderedDict[tuple[str, str], Holding] = OrderedDict()
+        self.rebuilds = 0  # holdings built from rows (cache misses), for tests and stats
+
+    # -- holdings ------------------------------------------------------------------------
+
+    def get(self, conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> Holding | None:
+        row = conn.execute(
+            "SELECT side, state, body, balance, chain_origin, chain_conf, token FROM tallies"
+            " WHERE uuid = ? AND cuid = ?",
+            (tally_uuid, cuid),
+        ).fetchone()
+        if row is None:
+            return None
+        key = (tally_uuid, cuid)
+        cached = self._cache.get(key)
+        if cached is not None and cached.token == row["token"]:
+            self._cache.move_to_end(key)
+            return cached
+        self.rebuilds += 1
+        local = LocalTally(row["side"], row["state"], unpack(row["body"]))
+        chain = None
+        if row["chain_origin"] is not None:
+            chain = _build_chain(conn, local, cuid, row["chain_origin"], row["chain_conf"])
+        return self._remember(Holding(cuid, local, chain, row["balance"], row["token"]))
+
+    def holders_of(self, conn: sqlite3.Connection, tally_uuid: str) -> list[sqlite3.Row]:
+        """Every holder of ``tally_uuid`` on this node (two when both users are ours)."""
+        return conn.execute(
+            "SELECT cuid, side, body FROM tallies WHERE uuid = ?", (tally_uuid,)
+        ).fetchall()
+
+    def create(
+        self, conn: sqlite3.Connection, cuid: str, local: LocalTally, now_ms: int
+    ) -> Holding:
+        token = os.urandom(16)
+        partner, partner_cuid = _partner(local)
+        conn.execute(
+            "INSERT INTO tallies (uuid, cuid, side, state, partner, partner_cuid, body, token,"
+            " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (local.uuid, cuid, local.side, local.state, partner, partner_cuid,
+             pack(local.tally), token, now_ms, now_ms),
+        )  # fmt: skip
+        return self._remember(Holding(cuid, local, None, 0, token))
+
+    def save(
+        self,
+        conn: sqlite3.Connection,
+        old: Holding,
+        now_ms: int,
+        *,
+        local: LocalTally | None = None,
+        chain: Chain | None = None,
+        balance_delta: int = 0,
+        resync_due: int = 0,
+        fresh: Iterable[LocalChit] = (),
+    ) -> Holding:
+        """Write what changed from ``old`` (a holding this transaction loaded or saved):
+        the tally, the chain (with ``resync_due``, when to look at it again if it stays
+        unsettled), the balance, and the rows of ``fresh`` chits (new or changed here; the
+        chain's copy of each gives its block). Returns the new holding."""
+        local = local or old.local
+        chain = chain or old.chain
+        token = os.urandom(16)
+        sets = {"state": local.state, "token": token, "updated": now_ms}
+        if local.tally is not old.local.tally:
+            sets["body"] = pack(local.tally)
+            sets["partner"], sets["partner_cuid"] = _partner(local)
+        if balance_delta:
+            sets["balance"] = old.balance + balance_delta
+        rows = {chit.uuid: chit for chit in fresh}
+        if chain is not old.chain:
+            assert chain is not None
+            sets.update(
+                chain_origin=chain.origin, chain_length=chain.length, chain_head=chain.head,
+                chain_conf=chain.conf, chain_pending=len(chain.pending), resync_due=resync_due,
+                resync_tries=0,
+            )  # fmt: skip
+            _write_chain(conn, old.cuid, old.chain, chain, rows, now_ms)
+        for chit in rows.values():  # the fresh chits the chain does not hold
+            self.put_chit(conn, old.cuid, chit, now_ms)
+        assignments = ", ".join(f"{column} = ?" for column in sets)
+        conn.execute(
+            f"UPDATE tallies SET {assignments} WHERE uuid = ? AND cuid = ?",
+            (*sets.values(), *old.key),
+        )
+        return self._remember(
+            Holding(old.cuid, local, chain, old.balance + balance_delta, token)
+        )
+
+    def set_error(self, conn: sqlite3.Connection, tally_uuid: str, cuid: str, error: str) -> None:
+        """Record the partner's last refusal; the cached holding stays valid."""
+        conn.execute(
+            "UPDATE tallies SET error = ? WHERE uuid = ? AND cuid = ?", (error, tally_uuid, cuid)
+        )
+
+    def resynced(
+        self, conn: sqlite3.Connection, tally_uuid: str, cuid: str, due_ms: int
+    ) -> None:
+        """A repair was sent: look again at ``due_ms`` if the chain is still unsettled."""
+        conn.execute(
+            "UPDATE tallies SET resync_due = ?, resync_tries = resync_tries + 1"
+            " WHERE uuid = ? AND cuid = ?",
+            (due_ms, tally_uuid, cuid),
+        )
+
+    def _remember(self, holding: Holding) -> Holding:
+        self._cache[holding.key] = holding
+        self._cache.move_to_end(holding.key)
+        while len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return holding
+
+    # -- chits ---------------------------------------------------------------------------
+
+    @staticmethod
+    def put_chit(
+        conn: sqlite3.Connection,
+        cuid: str,
+        local_chit: LocalChit,
+        now_ms: int,
+        block: dict[str, Any] | None = None,
+        *,
+        linked: bool = False,
+    ) -> None:
+        """Insert a chit or record its new state and map; ``block`` is the chain block it
+        carries, ``linked`` whether that block is its place in the holder's chain."""
+        chit = local_chit.chit
+        conn.execute(
+            "INSERT INTO chits (tally, cuid, uuid, issuer, type, units, memo, date, state, hash,"
+            " body, block, chain_index, chain_hash, created, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (tally, cuid, uuid) DO UPDATE SET state = excluded.state,"
+            " hash = excluded.hash, body = excluded.body, block = excluded.block,"
+            " chain_index = excluded.chain_index, chain_hash = excluded.chain_hash,"
+            " updated = excluded.updated",
+            (chit["tally"], cuid, chit["uuid"], chit["by"], chit["type"], chit["units"],
+             chit["memo"], chit["date"], local_chit.state, chit["hash"],
+             pack({**chit, "chain": None}), None if block is None else pack(block),
+             block["index"] if linked else None, block["hash"] if linked else None,
+             now_ms, now_ms),
+        )  # fmt: skip
+
+    @staticmethod
+    def get_chit(
+        conn: sqlite3.Connection, tally_uuid: str, cuid: str, chit_uuid: str
+    ) -> LocalChit | None:
+        row = conn.execute(
+            "SELECT state, body, block FROM chits WHERE tally = ? AND cuid = ? AND uuid = ?",
+            (tally_uuid, cuid, chit_uuid),
+        ).fetchone()
+        return None if row is None else LocalChit(row["state"], _chit(row["body"], row["block"]))
+
+    @staticmethod
+    def tallies_with_chit(conn: sqlite3.Connection, cuid: str, chit_uuid: str) -> list[str]:
+        """The user's tallies that hold a chit with this uuid (normally one)."""
+        return [row[0] for row in conn.execute(
+            "SELECT tally FROM chits WHERE cuid = ? AND uuid = ?", (cuid, chit_uuid))]
+
+    @staticmethod
+    def set_chit_error(
+        conn: sqlite3.Connection, tally_uuid: str, cuid: str, chit_uuid: str, error: str
+    ) -> None:
+        conn.execute(
+            "UPDATE chits SET error = ? WHERE tally = ? AND cuid = ? AND uuid = ?",
+            (error, tally_uuid, cuid, chit_uuid),
+        )
+
+    # -- tickets -------------------------------------------------------------------------
+
+    @staticmethod
+    def add_ticket(
+        conn: sqlite3.Connection,
+        token: str,
+        tally_uuid: str,
+        cuid: str,
+        *,
+        reuse: bool,
+        expires_ms: int,
+        now_ms: int,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO tickets (token, tally, cuid, reuse, expires, created)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (token, tally_uuid, cuid, int(reuse), expires_ms, now_ms),
+        )
+
+    @staticmethod
+    def get_ticket(conn: sqlite3.Connection, token: str) -> sqlite3.Row | None:
+        return conn.execute(
+            "SELECT token, tally, cuid, reuse, expires, used FROM tickets WHERE token = ?",
+            (token,),
+        ).fetchone()
+
+    @staticmethod
+    def use_ticket(conn: sqlite3.Connection, token: str) -> None:
+        conn.execute("UPDATE tickets SET used = used + 1 WHERE token = ?", (token,))
+
+
+# -- chains on rows ---------------------------------------------------------------------------
+
+
+def _chit(body: bytes, block: bytes | None) -> dict[str, Any]:
+    chit = unpack(body)
+    chit["chain"] = None if block is None else unpack(block)
+    return chit
+
+
+def _build_chain(
+    conn: sqlite3.Connection, local: LocalTally, cuid: str, origin: bytes, conf: int
+) -> Chain:
+    key = (local.uuid, cuid)
+    linked = conn.execute(
+        "SELECT body, block FROM chits WHERE tally = ? AND cuid = ? AND chain_index IS NOT NULL"
+        " ORDER BY chain_index",
+        key,
+    )
+    unlinked = conn.execute(
+        "SELECT body, block FROM chits WHERE tally = ? AND cuid = ? AND chain_index IS NULL"
+        f" AND state IN ({', '.join('?' * len(_GOOD))}) ORDER BY seq",
+        (*key, *_GOOD),
+    )
+    return Chain(
+        tally=local.uuid,
+        side=local.side,
+        origin=origin,
+        chits=tuple(_chit(body, block) for body, block in linked),
+        pending=tuple(_chit(body, block) for body, block in unlinked),
+        conf=conf,
+    )
+
+
+def _kept(old: Chain, new: Chain) -> int:
+    """How many leading blocks ``new`` shares with ``old`` (the protocol only appends, or
+    unlinks everything after some index and links again)."""
+    length = old.length
+    if length == 0 or (new.length >= length and new.chits[length - 1] is old.chits[length - 1]):
+        return length
+    kept = 0
+    while kept < min(length, new.length) and new.chits[kept] is old.chits[kept]:
+        kept += 1
+    return kept
+
+
+def _write_chain(
+    conn: sqlite3.Connection,
+    cuid: str,
+    old: Chain | None,
+    new: Chain,
+    fresh: dict[str, LocalChit],
+    now_ms: int,
+) -> None:
+    """Write the chain's changes to the chit rows; rows of ``fresh`` chits the chain holds
+    are inserted here with their blocks (and taken out of ``fresh``)."""
+    key = (new.tally, cuid)
+    kept = 0 if old is None else _kept(old, new)
+    if old is not None and kept < old.length:  # a rollback: everything after ``kept`` moves
+        conn.execute(
+            "UPDATE chits SET chain_index = NULL, chain_hash = NULL, block = NULL"
+            " WHERE tally = ? AND cuid = ? AND chain_index > ?",
+            (*key, kept),
+        )
+    moved = []
+    for chit in new.chits[kept:]:
+        row = fresh.pop(chit["uuid"], None)
+        if row is None:
+            moved.append((chit["chain"]["index"], chit["chain"]["hash"], pack(chit["chain"]),
+                          *key, chit["uuid"]))  # fmt: skip
+        else:
+            Ledger.put_chit(conn, cuid, row, now_ms, chit["chain"], linked=True)
+    conn.executemany(
+        "UPDATE chits SET chain_index = ?, chain_hash = ?, block = ?"
+        " WHERE tally = ? AND cuid = ? AND uuid = ?",
+        moved,
+    )
+    # Unlinked chits change their row only by taking a block beyond a gap (a rollback clears
+    # blocks above): with no parked block anywhere in the chain, there is nothing to look at.
+    if not new.hints.claims:
+        return
+    unchanged = set() if old is None else set(map(id, old.pending))
+    parked = []
+    for chit in new.pending:
+        if chit["chain"] is None or id(chit) in unchanged:
+            continue
+        row = fresh.pop(chit["uuid"], None)
+        if row is None:
+            parked.append((pack(chit["chain"]), *key, chit["uuid"]))
+        else:
+            Ledger.put_chit(conn, cuid, row, now_ms, chit["chain"])
+    conn.executemany(
+        "UPDATE chits SET chain_index = NULL, chain_hash = NULL, block = ?"
+        " WHERE tally = ? AND cuid = ? AND uuid = ?",
+        parked,
+    )
+
+
+def _partner(local: LocalTally) -> tuple[str | None, str | None]:
+    cert = local.tally[local.partner_side]["cert"]
+    if cert is None:
+        return None, None
+    return cert["chad"]["agent"], cert["chad"].get("cuid")

@@ -1,0 +1,606 @@
+"""Credit between real nodes (loopback, Noise, SQLite): negotiation, chits, chain consensus,
+persistence, relay views and every kind of bad message."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+import uuid
+from typing import Any
+
+import pytest
+import trio
+
+from agentd.config import AccessRule
+from agentd.node import Node
+from agentd.rpc import NOT_FOUND, RpcError
+from agentd.services.base import Reject, Tx
+from agentd.services.credit import ticket_tally_uuid
+from protocol import chain as ch
+from protocol import chit as c
+from protocol import tally as t
+from protocol.codec import pack, unpack
+from protocol.keys import SigningKey
+from store import outbox
+from store.credit import Ledger
+from store.schema import migrate
+from tests.netfixture import network, node_config, wait_for
+from tests.test_credit_chain import Pair
+from tests.test_credit_tally import ALICE, BOB, negotiate
+
+LIMIT = 1_000_000
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+async def rpc(node: Node, method: str, **params: Any) -> Any:
+    return await node.rpc.call(method, params)
+
+
+async def refused(node: Node, method: str, **params: Any) -> RpcError:
+    """The error of an RPC call that must fail."""
+    with pytest.raises(RpcError) as caught:
+        await rpc(node, method, **params)
+    return caught.value
+
+
+def state(node: Node, cuid: str, tally: str) -> str | None:
+    row = node.db.read_one("SELECT state FROM tallies WHERE uuid = ? AND cuid = ?", (tally, cuid))
+    return None if row is None else row[0]
+
+
+def chain_of(node: Node, cuid: str, tally: str) -> tuple[int, int, bytes, int]:
+    """(length, confirmed, head, balance) as stored."""
+    row = node.db.read_one(
+        "SELECT chain_length, chain_conf, chain_head, balance FROM tallies"
+        " WHERE uuid = ? AND cuid = ?", (tally, cuid))
+    return tuple(row)
+
+
+def agreed(a: Node, a_cuid: str, b: Node, b_cuid: str, tally: str, length: int) -> bool:
+    """Both holders hold ``length`` confirmed blocks with the same head and opposite
+    balances."""
+    mine, theirs = chain_of(a, a_cuid, tally), chain_of(b, b_cuid, tally)
+    return (mine[0] == mine[1] == theirs[0] == theirs[1] == length and mine[2] == theirs[2]
+            and mine[3] == -theirs[3])
+
+
+def rebuilt(node: Node, cuid: str, tally: str):
+    """The holding as a fresh ledger builds it from the rows alone (no cache)."""
+    conn = sqlite3.connect(node.config.db_path)
+    conn.row_factory = sqlite3.Row
+    try:
+        return Ledger().get(conn, tally, cuid)
+    finally:
+        conn.close()
+
+
+def user_key(node: Node, cuid: str) -> SigningKey:
+    return SigningKey(node.db.read_one("SELECT seed FROM users WHERE cuid = ?", (cuid,))[0])
+
+
+async def open_tally(a: Node, a_cuid: str, b: Node, b_cuid: str, *, limit: int = LIMIT) -> str:
+    """Invite (a), request (b), offer (a), accept (b): both holders open."""
+    invited = await rpc(a, "tally.invite", cuid=a_cuid, limit=limit)
+    requested = await rpc(b, "tally.request", cuid=b_cuid, ticket=invited["ticket"])
+    tally = invited["tally"]
+    assert requested == {"tally": tally, "state": "requested",
+                         "partner": str(a.own_address(a_cuid))}
+    assert state(a, a_cuid, tally) == t.P_DRAFT
+    await rpc(a, "tally.offer", cuid=a_cuid, tally=tally)
+    await wait_for(lambda: state(b, b_cuid, tally) == t.P_OFFER)
+    await rpc(b, "tally.accept", cuid=b_cuid, tally=tally)
+    await wait_for(lambda: state(a, a_cuid, tally) == state(b, b_cuid, tally) == t.OPEN)
+    return tally
+
+
+async def send_raw(sender: Node, to: Node, to_cuid: str, target: str, action: str,
+                   obj: dict, from_cuid: str) -> bytes:
+    """Queue a hand-made message; returns its id."""
+    address = to.own_address(to_cuid)
+
+    def job(conn):
+        tx = Tx(sender, conn, sender.now_ms())
+        return tx, tx.send(address, target, action, obj, from_cuid=from_cuid)
+
+    tx, message_id = await sender.db.write(job)
+    tx.committed()
+    return message_id
+
+
+async def refusal_of(sender: Node, message_id: bytes) -> str:
+    """The error the recipient answered a message with (it must refuse it)."""
+    def failed():
+        return sender.db.read_one(
+            "SELECT error FROM outbox WHERE id = ? AND state = 'failed'", (message_id,))
+
+    await wait_for(lambda: failed() is not None)
+    return failed()[0]
+
+
+async def processed(sender: Node, message_id: bytes) -> None:
+    """The recipient committed (acked without error) a message."""
+    def gone():
+        return sender.db.read_one("SELECT 1 FROM outbox WHERE id = ?", (message_id,)) is None
+
+    await wait_for(lambda: message_id not in sender.pump.live and gone())
+
+
+def chit_by(key: SigningKey, tally: str, by: str, units: int, chit_uuid: str | None = None
+            ) -> dict:
+    chit = {"tally": tally, "uuid": chit_uuid or str(uuid.uuid4()), "by": by, "type": "tran",
+            "date": 1_700_000_000_000, "units": units, "ref": None, "memo": "", "hash": b"",
+            "sign": None, "chain": None}
+    chit["hash"] = c.chit_hash(chit)
+    chit["sign"] = key.sign(chit["hash"])
+    return chit
+
+
+async def users(node: Node, *cuids: str) -> None:
+    for cuid in cuids:
+        await rpc(node, "users.add", cuid=cuid)
+
+
+# -- negotiation ------------------------------------------------------------------------------
+
+
+async def test_negotiation_counter_offer_then_accept_and_a_refusal(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        invited = await rpc(a, "tally.invite", cuid="alice", limit=5000, memo="first")
+        tally = invited["tally"]
+        assert invited["state"] == t.DRAFT and isinstance(invited["ticket"], str)
+        assert tally == ticket_tally_uuid(t.decode_ticket(invited["ticket"])["token"])
+        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        offered = await rpc(a, "tally.offer", cuid="alice", tally=tally)
+        assert offered["state"] in (t.DRAFT_OFFER, t.H_OFFER)
+        await wait_for(lambda: state(b, "bob", tally) == t.P_OFFER)
+        await wait_for(lambda: state(a, "alice", tally) == t.H_OFFER)
+        # bob counters: the pen passes to him, alice's signature lapses
+        await rpc(b, "tally.counter", cuid="bob", tally=tally)
+        await wait_for(lambda: state(b, "bob", tally) == t.P_DRAFT)
+        await wait_for(lambda: state(a, "alice", tally) == t.DRAFT)
+        shown = await rpc(a, "tally.show", cuid="alice", tally=tally)
+        assert shown["version"] == 2 and shown["signed"] == []
+        # ... revises the limits (what alice may owe him, what he may owe her) and offers back
+        await rpc(b, "tally.offer", cuid="bob", tally=tally, limit=2000, partner_limit=3000)
+        await wait_for(lambda: state(a, "alice", tally) == t.P_OFFER)
+        await rpc(a, "tally.accept", cuid="alice", tally=tally)
+        await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == t.OPEN)
+        alice = await rpc(a, "tally.show", cuid="alice", tally=tally)
+        bob = await rpc(b, "tally.show", cuid="bob", tally=tally)
+        assert (alice["side"], alice["limit"], alice["partner_limit"]) == ("stock", 3000, 2000)
+        assert (bob["side"], bob["limit"], bob["partner_limit"]) == ("foil", 2000, 3000)
+        assert alice["chain"] == bob["chain"] == {
+            "index": 0, "hash": alice["chain"]["hash"], "confirmed": 0, "pending": 0}
+        assert alice["signed"] == ["stock", "foil"] and alice["partner"] == str(
+            b.own_address("bob"))
+        # a second invitation, refused
+        again = await rpc(a, "tally.invite", cuid="alice", side="foil")
+        await rpc(b, "tally.request", cuid="bob", ticket=again["ticket"])
+        await rpc(a, "tally.offer", cuid="alice", tally=again["tally"])
+        await wait_for(lambda: state(b, "bob", again["tally"]) == t.P_OFFER)
+        assert (await rpc(b, "tally.refuse", cuid="bob", tally=again["tally"]))["state"] in (
+            t.OFFER_VOID, t.VOID)
+        await wait_for(lambda: state(a, "alice", again["tally"]) == state(
+            b, "bob", again["tally"]) == t.VOID)
+        listed = await rpc(a, "tally.list", cuid="alice")
+        assert [(x["tally"], x["state"]) for x in listed] == [(tally, "open"),
+                                                              (again["tally"], "void")]
+        assert (await refused(b, "tally.accept", cuid="bob", tally=again["tally"])).reason == (
+            "BAD_STATE")
+
+
+async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path):
+    async with network(tmp_path, n=1) as net:
+        (a,) = net.nodes
+        await users(a, "alice", "bob", "carol")
+        tally = await open_tally(a, "alice", a, "bob")
+        await rpc(a, "chit.pay", cuid="alice", tally=tally, units=700)
+        await rpc(a, "chit.pay", cuid="bob", tally=tally, units=200)
+        bill = await rpc(a, "chit.invoice", cuid="alice", tally=tally, units=50)
+        assert bill["state"] == c.A_PEND
+        await wait_for(lambda: a.db.read_one(
+            "SELECT 1 FROM chits WHERE cuid = 'bob' AND uuid = ?", (bill["chit"],)) is not None)
+        assert (await rpc(a, "chit.accept", cuid="bob", chit=bill["chit"]))["state"] == c.L_GOOD
+        await wait_for(lambda: agreed(a, "alice", a, "bob", tally, 3))
+        assert chain_of(a, "alice", tally)[3] == -450  # alice (stock) owes bob 700 - 200 - 50
+        bobs = await rpc(a, "chit.list", cuid="bob", tally=tally)
+        alices = await rpc(a, "chit.list", cuid="alice", tally=tally)
+        assert [(x["chit"], x["index"], x["hash"]) for x in bobs] == [
+            (x["chit"], x["index"], x["hash"]) for x in alices]
+        assert {x["state"] for x in bobs} == {c.A_GOOD, c.L_GOOD}
+        # a reusable ticket: a tally of its own for each user who presents it
+        invited = await rpc(a, "tally.invite", cuid="alice", reuse=True)
+        for cuid in ("bob", "carol"):
+            requested = await rpc(a, "tally.request", cuid=cuid, ticket=invited["ticket"])
+            assert requested["tally"] == ticket_tally_uuid(
+                t.decode_ticket(invited["ticket"])["token"], a.own_address(cuid))
+            assert state(a, "alice", requested["tally"]) == t.P_DRAFT
+        assert state(a, "alice", invited["tally"]) == t.DRAFT  # the template stays a draft
+        again = await refused(a, "tally.request", cuid="carol", ticket=invited["ticket"])
+        assert again.reason == "BAD_TICKET" and "already requested" in again.message
+
+
+# -- chits and the chain ----------------------------------------------------------------------
+
+
+async def test_a_thousand_chits_from_both_sides_at_once_converge(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")
+        paid: dict[str, int] = {}
+
+        async def pay(node: Node, cuid: str, count: int) -> None:
+            for i in range(count):
+                result = await rpc(node, "chit.pay", cuid=cuid, tally=tally, units=1 + i % 7)
+                paid[result["chit"]] = result["units"] if cuid == "bob" else -result["units"]
+
+        async def pay_many(node: Node, cuid: str, count: int) -> None:
+            result = await rpc(node, "chit.pay_many", cuid=cuid, tally=tally,
+                               units=[3] * count)
+            paid.update({chit: 3 if cuid == "bob" else -3 for chit in result["chits"]})
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):  # 400 single payments from each side, 20 callers each
+                nursery.start_soon(pay, a, "alice", 20)
+                nursery.start_soon(pay, b, "bob", 20)
+            nursery.start_soon(pay_many, a, "alice", 100)  # and 100 each in one batch
+            nursery.start_soon(pay_many, b, "bob", 100)
+        assert len(paid) == 1000
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 1000), timeout=30)
+        stock, foil = rebuilt(a, "alice", tally), rebuilt(b, "bob", tally)
+        assert stock.chain.chits == foil.chain.chits  # identical chits, signatures and blocks
+        assert {chit["uuid"] for chit in stock.chain.chits} == set(paid)
+        assert stock.balance == ch.balance(stock.chain) == sum(paid.values())
+        assert foil.balance == ch.balance(foil.chain) == -stock.balance
+        listed = await rpc(b, "chit.list", cuid="bob", tally=tally)
+        assert [x["index"] for x in listed] == list(range(1, 1001))
+        assert listed[-1]["hash"] == (await rpc(a, "tally.show", cuid="alice",
+                                                tally=tally))["chain"]["hash"]
+
+
+async def test_limits_closing_and_invoices(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob", limit=1000)
+        depth = a.db.read_one("SELECT count(*) FROM outbox")[0]
+        over = await refused(a, "chit.pay", cuid="alice", tally=tally, units=1001)
+        assert over.reason == "OVER_LIMIT" and "limit of 1000" in over.message
+        assert a.db.read_one("SELECT count(*) FROM outbox")[0] == depth  # nothing sent
+        await rpc(a, "chit.pay", cuid="alice", tally=tally, units=600)
+        # bob refuses one invoice and pays another
+        for units, answer in ((100, "chit.refuse"), (200, "chit.accept")):
+            bill = await rpc(a, "chit.invoice", cuid="alice", tally=tally, units=units)
+            await wait_for(lambda bill=bill: b.db.read_one(
+                "SELECT 1 FROM chits WHERE uuid = ?", (bill["chit"],)) is not None)
+            await rpc(b, answer, cuid="bob", chit=bill["chit"])
+        await wait_for(lambda: a.db.read_one("SELECT state FROM chits WHERE units = 100")[0]
+                       == c.A_VOID)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 2))
+        assert chain_of(a, "alice", tally)[3] == -400
+        # closing: only payments that shrink the balance, then closed at zero
+        assert (await rpc(b, "tally.close", cuid="bob", tally=tally))["state"] == t.C_OPEN
+        await wait_for(lambda: state(a, "alice", tally) == t.C_OPEN)
+        growing = await refused(a, "chit.pay", cuid="alice", tally=tally, units=1)
+        assert growing.reason == "CLOSING"
+        await rpc(b, "chit.pay", cuid="bob", tally=tally, units=400)
+        await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == t.CLOSE)
+        assert chain_of(a, "alice", tally)[3] == chain_of(b, "bob", tally)[3] == 0
+        late = await refused(b, "chit.pay", cuid="bob", tally=tally, units=1)
+        assert late.reason == "BAD_STATE"
+
+
+async def test_a_chain_repairs_itself_after_a_rejected_message(tmp_path):
+    """A chit message the partner refuses for good is not retried by the outbox; the chain's
+    resync brings the chit over once the partner takes it again."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")
+        original = b.dispatcher.services["chit"].handle
+        calls = 0
+
+        def refuse_once(tx, envelope):
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise Reject("BUSY", "try later")
+            original(tx, envelope)
+
+        b.dispatcher.services["chit"].handle = refuse_once
+        await rpc(a, "chit.pay", cuid="alice", tally=tally, units=5)  # stock -> foil, refused
+        await wait_for(lambda: b.db.read_one("SELECT error FROM tallies")[0] is None
+                       and a.db.read_one("SELECT error FROM tallies")[0] is not None)
+        assert "BUSY" in a.db.read_one("SELECT error FROM tallies")[0]
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 1), timeout=15)
+        assert chain_of(b, "bob", tally)[3] == 5
+
+
+# -- persistence ------------------------------------------------------------------------------
+
+
+def test_the_ledger_stores_chains_row_by_row_and_rebuilds_them_after_a_rollback():
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    migrate(conn)
+    alice, bob = negotiate(limit=10**9)  # alice holds the stock, bob the foil
+    ledger = Ledger()
+    conn.execute("BEGIN")
+    stock = ledger.save(conn, ledger.create(conn, "alice", alice, 1), 2, chain=ch.start(alice))
+    foil = ledger.save(conn, ledger.create(conn, "bob", bob, 1), 2, chain=ch.start(bob))
+
+    def pay(holding, key, count):
+        paid = [c.pay(holding.local, key, chit_uuid=str(uuid.uuid4()), units=5, date_ms=3,
+                      balance=0)[0] for _ in range(count)]
+        chain, messages = ch.add_many(holding.chain, [chit.chit for chit in paid])
+        delta = -5 * count
+        return ledger.save(conn, holding, 3, chain=chain, balance_delta=delta, fresh=paid), messages
+
+    def receive(holding, messages):
+        replies = []
+        for message in messages:
+            got = ch.receive(holding.chain, unpack(pack(message["object"])), holding.local)
+            adopted = [c.receive_good(None, chit, holding.local)[0] for chit in got.adopted]
+            holding = ledger.save(conn, holding, 4, chain=got.chain, fresh=adopted,
+                                  balance_delta=5 * len(adopted))
+            replies += got.messages
+        return holding, replies
+
+    stock, news = pay(stock, ALICE.key, 3)  # wait unlinked until the foil orders them
+    assert conn.execute("SELECT count(*) FROM chits WHERE chain_index IS NULL").fetchone()[0] == 3
+    foil, upds = pay(foil, BOB.key, 2)  # linked at once, at 1 and 2
+    stock, acks = receive(stock, upds)
+    foil, ordered = receive(foil, news)  # the stock's three, linked at 3 to 5
+    stock, acks = receive(stock, ordered)
+    foil, _ = receive(foil, acks)
+    conn.execute("COMMIT")
+    assert stock.chain.chits == foil.chain.chits and stock.chain.length == 5
+    assert ch.settled(foil.chain) and not stock.chain.pending
+    assert stock.balance == ch.balance(stock.chain) == -foil.balance == -5
+    for holding in (stock, foil):
+        assert Ledger().get(conn, alice.uuid, holding.cuid) == holding  # the rows alone
+    indexes = conn.execute("SELECT chain_index FROM chits WHERE cuid = 'alice' ORDER BY seq")
+    assert [row[0] for row in indexes] == [3, 4, 5, 1, 2]
+
+    conn.execute("BEGIN")
+    conn.execute("SAVEPOINT job")
+    ledger.save(conn, stock, 5, balance_delta=1000)
+    conn.execute("ROLLBACK TO job")
+    conn.execute("COMMIT")
+    before = ledger.rebuilds
+    assert ledger.get(conn, alice.uuid, "alice").balance == -5
+    assert ledger.rebuilds == before + 1  # the token went back: the cached copy was stale
+    assert ledger.get(conn, alice.uuid, "alice") is ledger.get(conn, alice.uuid, "alice")
+
+
+# -- views ------------------------------------------------------------------------------------
+
+
+async def test_a_relay_view_of_a_real_tally(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        carol, b = net.nodes
+        config = dataclasses.replace(node_config(tmp_path, "alice"), relay_access=(
+            AccessRule(carol.agent_id, "tally:*"),))
+        a = Node(config, SigningKey.generate())
+        await net.nursery.start(a.run)
+        net.nodes.append(a)
+        net.introduce()
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")
+        await rpc(b, "chit.pay", cuid="bob", tally=tally, units=42)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 1))
+        for view in (f"tally:{tally}", f"tally:{tally}:chits"):
+            asked = await rpc(carol, "relay.query",
+                              address=f"{a.listen_address}/{a.config.network}/{view}")
+            done = await rpc(carol, "relay.wait", request_id=asked["request_id"])
+            assert done["status"] == "COMPLETED", done
+            assert done["view"]["signers"] == [a.agent_id]
+            payload = done["view"]["payload"]
+            if view.endswith(":chits"):
+                assert [(x["units"], x["state"], x["chain_index"]) for x in payload["chits"]] == [
+                    (42, c.A_GOOD, 1)]
+            else:
+                [row] = payload["rows"]
+                assert (row["cuid"], row["state"], row["balance"], row["chain_length"]) == (
+                    "alice", "open", 42, 1)
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+async def test_bad_tickets_are_refused_with_the_reason(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob", "carol")
+        expiring = await rpc(a, "tally.invite", cuid="alice", expires_s=0.05)
+        await trio.sleep(0.1)
+        expired = await refused(b, "tally.request", cuid="bob", ticket=expiring["ticket"])
+        assert expired.reason == "EXPIRED"
+        # the inviter checks too, whatever the subject's clock says
+        presented = {"token": t.decode_ticket(expiring["ticket"])["token"],
+                     "cert": t.make_cert(b.own_address("bob"), "bob", user_key(b, "bob").public,
+                                         0)}
+        message = await send_raw(b, a, "alice", "tally", "ticket", presented, "bob")
+        assert (await refusal_of(b, message)).startswith("EXPIRED")
+        once = await rpc(a, "tally.invite", cuid="alice")
+        await rpc(b, "tally.request", cuid="bob", ticket=once["ticket"])
+        reused = await refused(b, "tally.request", cuid="carol", ticket=once["ticket"])
+        assert reused.reason == "BAD_TICKET" and "already used" in reused.message
+        forged = t.make_ticket(a.own_address("alice"), "guessed-token", a.now_ms() + 60_000)
+        unknown = await refused(b, "tally.request", cuid="bob", ticket=t.encode_ticket(forged))
+        assert unknown.reason == "BAD_TICKET" and "never issued" in unknown.message
+        garbled = await refused(b, "tally.request", cuid="bob", ticket="not-a-ticket")
+        assert garbled.reason == "BAD_TICKET"
+        assert (await refused(b, "tally.request", cuid="nobody", ticket=once["ticket"])).code == (
+            NOT_FOUND)
+        assert a.db.read_one("SELECT count(*) FROM tallies WHERE state != 'draft'")[0] == 1
+
+
+async def test_bad_signatures_and_strangers_change_nothing(tmp_path):
+    async with network(tmp_path, n=3) as net:
+        a, b, m = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        await users(m, "mallory")
+        tally = await open_tally(a, "alice", b, "bob")
+        await rpc(b, "chit.pay", cuid="bob", tally=tally, units=10)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 1))
+        before = chain_of(a, "alice", tally)
+        bob_key, wrong = user_key(b, "bob"), SigningKey.generate()
+
+        # an offer signed by the wrong key
+        bob_cert = t.make_cert(b.own_address("bob"), "bob", bob_key.public, 1)
+        alice_cert = rebuilt(a, "alice", tally).local.tally[t.STOCK]["cert"]
+        draft, _ = t.invite(tally_uuid=str(uuid.uuid4()), date_ms=1, cert=bob_cert, limit=5)
+        draft.tally[t.FOIL]["cert"] = alice_cert
+        signed = {**draft.tally, "sign": {"hash": t.core_digest(draft.tally),
+                                          t.STOCK: wrong.sign(t.core_digest(draft.tally)),
+                                          t.FOIL: None}}
+        message = await send_raw(b, a, "alice", "tally", "offer", signed, "bob")
+        assert (await refusal_of(b, message)).startswith("BAD_SIGNATURE")
+        assert state(a, "alice", draft.uuid) is None
+
+        # a chit signed by the wrong key, and a chit reusing a uuid with other contents
+        forged = chit_by(wrong, tally, t.FOIL, 5)
+        message = await send_raw(b, a, "alice", "chit", "good", forged, "bob")
+        assert (await refusal_of(b, message)).startswith("BAD_SIGNATURE")
+        [first] = await rpc(b, "chit.list", cuid="bob", tally=tally)
+        twin = chit_by(bob_key, tally, t.FOIL, 999, chit_uuid=first["chit"])
+        message = await send_raw(b, a, "alice", "chit", "good", twin, "bob")
+        assert (await refusal_of(b, message)).startswith("CONFLICT")
+
+        # messages from an agent that is not party to the tally
+        for target, action, obj in (
+            ("chit", "good", chit_by(user_key(m, "mallory"), tally, t.FOIL, 5)),
+            ("tally", "close", {"uuid": tally}),
+            ("chit", "chain", {"cmd": "req", "tally": tally, "index": 1}),
+        ):
+            message = await send_raw(m, a, "alice", target, action, obj, "mallory")
+            assert (await refusal_of(m, message)).startswith("NOT_PARTY"), action
+        # ... or that names a user this node does not have
+        message = await send_raw(m, a, "nobody", "tally", "close", {"uuid": tally}, "mallory")
+        assert (await refusal_of(m, message)).startswith("UNKNOWN_USER")
+        assert chain_of(a, "alice", tally) == before and state(a, "alice", tally) == t.OPEN
+
+
+async def test_a_counter_offer_from_a_stranger_is_refused(tmp_path):
+    async with network(tmp_path, n=3) as net:
+        a, b, m = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        await users(m, "mallory")
+        invited = await rpc(a, "tally.invite", cuid="alice")
+        tally = invited["tally"]
+        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        await rpc(a, "tally.offer", cuid="alice", tally=tally)
+        await wait_for(lambda: state(a, "alice", tally) == t.H_OFFER)
+        # mallory learned the uuid and offers alice "the same" tally with herself as partner
+        mallory_key = user_key(m, "mallory")
+        ours = rebuilt(a, "alice", tally).local.tally
+        hijack = {**ours, "version": 2, t.FOIL: {"cert": t.make_cert(
+            m.own_address("mallory"), "mallory", mallory_key.public, 1), "terms": {"limit": 9}}}
+        digest = t.core_digest(hijack)
+        hijack["sign"] = {"hash": digest, t.STOCK: None, t.FOIL: mallory_key.sign(digest)}
+        message = await send_raw(m, a, "alice", "tally", "offer", hijack, "mallory")
+        assert (await refusal_of(m, message)).startswith("NOT_FROM_PARTNER")
+        assert state(a, "alice", tally) == t.H_OFFER
+
+
+async def test_chits_for_a_tally_that_is_not_open_and_replays(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        invited = await rpc(a, "tally.invite", cuid="alice")
+        draft = invited["tally"]
+        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        early = chit_by(user_key(b, "bob"), draft, t.FOIL, 5)
+        message = await send_raw(b, a, "alice", "chit", "good", early, "bob")
+        assert (await refusal_of(b, message)).startswith("BAD_STATE")
+        assert (await refused(a, "chit.pay", cuid="alice", tally=draft, units=1)).reason == (
+            "BAD_STATE")
+
+        tally = await open_tally(a, "alice", b, "bob")
+        await net.stop(0)  # bob's payment waits in his outbox, where we can read it
+        await rpc(b, "chit.pay", cuid="bob", tally=tally, units=30)
+        [row] = b.db.read("SELECT body FROM outbox WHERE action = 'good'"
+                          " AND state = 'pending'")
+        envelope = unpack(row["body"])
+        a = await net.restart(0)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 1))
+        await wait_for(lambda: b.pump.depth == 0)
+        settled = chain_of(a, "alice", tally)
+
+        async def replay(envelope: dict) -> None:
+            def job(conn):
+                outbox.enqueue(conn, message_id=envelope["id"], peer=a.agent_id,
+                               address=a.listen_address, target="chit", action="good",
+                               body=pack(envelope), now_ms=b.now_ms())
+
+            await wait_for(lambda: b.db.read_one(
+                "SELECT 1 FROM outbox WHERE id = ?", (envelope["id"],)) is None)
+            await b.db.write(job)
+            b.pump.add(envelope["id"], a.agent_id, a.listen_address, envelope, 0)
+            await processed(b, envelope["id"])
+
+        duplicates = a.counters.duplicates
+        await replay(envelope)  # the very same message: acked and ignored
+        assert a.counters.duplicates == duplicates + 1
+        await replay({**envelope, "id": uuid.uuid4().bytes})  # a copy under a new id
+        assert chain_of(a, "alice", tally) == settled
+        assert len(await rpc(a, "chit.list", cuid="alice", tally=tally)) == 1
+
+
+async def test_rpc_parameters_are_checked(tmp_path):
+    async with network(tmp_path, n=1) as net:
+        (a,) = net.nodes
+        await users(a, "alice")
+        for method, params, words in (
+            ("tally.invite", {"cuid": "alice", "limit": -1}, "limit"),
+            ("tally.invite", {"cuid": "alice", "side": "left"}, "side"),
+            ("tally.invite", {"cuid": "alice", "expires_s": 0}, "expires_s"),
+            ("tally.offer", {"cuid": "alice", "tally": "nope"}, "tally"),
+            ("chit.pay", {"cuid": "alice", "tally": str(uuid.uuid4()), "units": 0}, "units"),
+            ("chit.pay", {"cuid": "alice", "tally": str(uuid.uuid4()), "units": 1.5}, "units"),
+            ("chit.pay_many", {"cuid": "alice", "tally": str(uuid.uuid4()), "units": []},
+             "units"),
+            ("chit.invoice", {"cuid": "alice", "tally": str(uuid.uuid4()), "units": 1,
+                              "memo": 5}, "memo"),
+            ("tally.list", {"cuid": "no body"}, "cuid"),
+        ):
+            error = await refused(a, method, **params)
+            assert error.reason == "INVALID_PARAMS" and words in error.message, method
+        missing = await refused(a, "tally.show", cuid="alice", tally=str(uuid.uuid4()))
+        assert (missing.code, missing.reason) == (NOT_FOUND, "UNKNOWN_TALLY")
+        missing = await refused(a, "chit.accept", cuid="alice", chit=str(uuid.uuid4()))
+        assert (missing.code, missing.reason) == (NOT_FOUND, "UNKNOWN_CHIT")
+        missing = await refused(a, "chit.pay", cuid="alice", tally=str(uuid.uuid4()), units=1)
+        assert (missing.code, missing.reason) == (NOT_FOUND, "UNKNOWN_TALLY")
+        assert (await refused(a, "tally.list", cuid="zed")).reason == "UNKNOWN_USER"
+
+
+def test_chain_add_many_batches_what_add_would_send_one_by_one():
+    pair = Pair()
+    chits = [c.pay(pair.foil.local, BOB.key, chit_uuid=pair.next_uuid(), units=1, date_ms=1,
+                   balance=0)[0] for _ in range(250)]
+    pair.foil.chits.update({chit.uuid: chit for chit in chits})
+    pair.foil.chain, messages = ch.add_many(pair.foil.chain, [chit.chit for chit in chits])
+    assert [len(m["object"]["chits"]) for m in messages] == [100, 100, 50]
+    assert {m["object"]["cmd"] for m in messages} == {"upd"}
+    pair.post(pair.foil, messages)
+    pair.drain()
+    pair.assert_agreed()
+    assert pair.stock.chain.length == 250
+    with pytest.raises(t.Refusal):
+        ch.add_many(pair.stock.chain, [chits[0].chit])  # not the stock user's chit
