@@ -200,6 +200,24 @@ def credit_demo(configs: dict[str, Config], infos: dict[str, dict]) -> str:
     return tally
 
 
+def tally_evidence_demo(configs: dict[str, Config], tally: str) -> None:
+    """The evidence both partners logged on their own as the tally opened and its chits
+    became good: each holds the clearing house's receipts, which verify offline."""
+    print("\nevidence logged automatically for the tally (opened, chits good):")
+    for name in ("alice", "bob"):
+        sock = configs[name].socket_path
+        _until(f"{name}'s tally receipts", lambda sock=sock: len(
+            call(sock, "receipts.list", {"pid": tally})) >= 1 and call(
+            sock, "receipts.verify", {})["pending"] == 0)
+        receipts = call(sock, "receipts.list", {"pid": tally})
+        result = call(sock, "receipts.verify", {})
+        kinds = ", ".join(f"{r['kind']} (seq {r['seq']})" for r in receipts)
+        verdict = "all verify" if result["ok"] else f"FAILED: {result['failures']}"
+        print(f"  {name:>5}: {kinds} — {verdict}")
+        if not result["ok"]:
+            raise UserError(f"{name}'s tally receipts do not verify")
+
+
 def tally_view_demo(configs: dict[str, Config], infos: dict[str, dict], tally: str) -> None:
     """Carol asks her own node for a relay view of the tally on alice's node, which alice's
     access rules let her read; the view comes back notarized by alice's agent."""
@@ -216,10 +234,15 @@ def tally_view_demo(configs: dict[str, Config], infos: dict[str, dict], tally: s
     signers = ", ".join(f"{names.get(agent, agent)} ({agent[:8]}…)" for agent in view["signers"])
     print(f"  proof verified: signed by {signers}, nonce {view['nonce']}, requestor "
           f"{names.get(view['requestor'], view['requestor'])}")
-    for row in view["payload"]["rows"]:
-        print(f"  {row['cuid']:>5}'s {row['side']}: {row['state']}, balance "
-              f"{row['balance']:+} mCHIP, chain index {row['chain_length']}, head "
-              f"{row['chain_head'][:16]}…")
+    payload = view["payload"]
+    signed = payload["signed"]
+    print(f"  tally {signed['uuid']} v{signed['version']}, signed by both users:"
+          f" stock {signed['sign']['stock'][:12]}…, foil {signed['sign']['foil'][:12]}…")
+    for holder in payload["holders"]:
+        chain = holder["chain"]
+        print(f"  {holder['cuid']:>5}'s {holder['side']}: {holder['state']}, balance "
+              f"{holder['balance']:+} mCHIP, chain index {chain['index']}, head "
+              f"{chain['head'][:16]}…, confirmed {chain['confirmed']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,15 +265,16 @@ def main(argv: list[str] | None = None) -> int:
                   f" max {max(rtts):6.2f} ms")
         evidence_demo(configs, infos)
         tally = credit_demo(configs, infos)
+        tally_evidence_demo(configs, tally)
         tally_view_demo(configs, infos, tally)
         print("\nnodes:")
         for name, config in configs.items():
             info = call(config.socket_path, "getinfo", {})
             counters = info["counters"]
             peers = call(config.socket_path, "peers.list", {})
-            connected = ", ".join(p["name"] or p["agent"][:8] for p in peers if p["connected"])
-            print(f"  {name:13} peers connected: {connected or '-':14} frames in/out "
-                  f"{counters['frames_in']}/{counters['frames_out']}, processed "
+            connected = sum(1 for p in peers if p["connected"])
+            print(f"  {name:13} {connected} peers connected, frames in/out "
+                  f"{counters['frames_in']}/{counters['frames_out']}, messages processed "
                   f"{counters['messages_processed']}, outbox {counters['outbox_depth']}")
     codes = {name: p.returncode for name, p in processes.items()}
     clean = all(code == 0 for code in codes.values())

@@ -18,16 +18,17 @@ class SchemaError(Exception):
 
 
 def migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) for every migration, in order of version."""
+    """(version, file name, SQL) for every migration: numbered 1, 2, 3, ... with no gaps."""
     found = []
     for entry in resources.files("store.migrations").iterdir():
         match = _NAME.match(entry.name)
         if match:
             found.append((int(match[1]), entry.name, entry.read_text(encoding="utf-8")))
     found.sort()
-    versions = [version for version, _, _ in found]
-    if len(set(versions)) != len(versions):
-        raise SchemaError("two migrations share a version number")
+    for expected, (version, name, _) in enumerate(found, start=1):
+        if version != expected:
+            raise SchemaError(f"migration {name} is out of sequence (expected {expected:03d}):"
+                              " a database past a gap would never get the skipped one")
     return found
 
 
@@ -38,9 +39,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     current = conn.execute("PRAGMA user_version").fetchone()[0]
     if current > latest:
         raise SchemaError(f"database schema version {current} is newer than this agentd ({latest})")
-    for version, name, sql in steps:
-        if version <= current:
-            continue
+    for version, name, sql in steps[current:]:
         try:
             conn.execute("BEGIN IMMEDIATE")
             for statement in _statements(sql):

@@ -20,7 +20,7 @@ from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
 from protocol.codec import pack, unpack
-from protocol.keys import SigningKey
+from protocol.keys import SigningKey, b64u
 from store import outbox
 from store.credit import Ledger
 from store.schema import migrate
@@ -406,13 +406,19 @@ async def test_a_relay_view_of_a_real_tally(tmp_path):
             assert done["status"] == "COMPLETED", done
             assert done["view"]["signers"] == [a.agent_id]
             payload = done["view"]["payload"]
+            _, _, head, _ = chain_of(a, "alice", tally)
             if view.endswith(":chits"):
-                assert [(x["units"], x["state"], x["chain_index"]) for x in payload["chits"]] == [
-                    (42, c.A_GOOD, 1)]
+                [entry] = payload["chits"]
+                assert (entry["chit"]["units"], entry["chit"]["by"], entry["state"],
+                        entry["index"]) == (42, "foil", c.A_GOOD, 1)
+                assert entry["hash"] == b64u(head)
             else:
-                [row] = payload["rows"]
-                assert (row["cuid"], row["state"], row["balance"], row["chain_length"]) == (
-                    "alice", "open", 42, 1)
+                [holder] = payload["holders"]
+                assert (holder["cuid"], holder["state"], holder["balance"]) == ("alice", "open", 42)
+                assert holder["chain"] == {"index": 1, "head": b64u(head), "confirmed": 1}
+                signed = payload["signed"]
+                assert signed["uuid"] == tally and signed["sign"]["stock"] and \
+                    signed["sign"]["foil"]  # the tally as both users signed it
 
 
 # -- bad input --------------------------------------------------------------------------------

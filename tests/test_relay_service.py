@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import os
 import re
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 
@@ -21,7 +20,6 @@ from agentd.config import AccessRule, VerifyPolicy
 from agentd.errors import UserError
 from agentd.node import Node
 from agentd.rpc import INVALID_PARAMS, NOT_FOUND, RpcError
-from agentd.services import relay_driver
 from agentd.services.base import Service, Tx
 from protocol.codec import canonical, digest, unpack
 from protocol.keys import ChipAddress, SigningKey
@@ -237,7 +235,7 @@ async def test_refused_and_failed_queries_end_in_error(tmp_path):
         assert b.db.read_one("SELECT count(*) FROM relay_nonces")[0] == 1  # only 'missing'
 
 
-async def test_tally_views_report_not_found_without_the_credit_tables(tmp_path):
+async def test_unknown_tallies_and_lifts_are_not_found(tmp_path):
     def settings(keys):
         return [{}, {"access": (("*", "tally:*"), ("*", "lift:*"))}, {}]
 
@@ -501,27 +499,3 @@ def test_bad_relay_config_is_a_startup_error_naming_the_key(tmp_path):
             Node(dataclasses.replace(config, **change), key)
 
 
-def test_driver_reads_the_credit_tables_when_they_exist():
-    conn = sqlite3.connect(":memory:")
-    conn.row_factory = sqlite3.Row
-    conn.execute("CREATE TABLE users (cuid TEXT PRIMARY KEY)")
-    conn.execute("INSERT INTO users VALUES ('bob')")
-    with pytest.raises(relay_driver.ViewError, match="keeps no tallies"):
-        relay_driver.tally(conn, None, "t1")
-    assert relay_driver.user_balance(conn, None, "bob") == {"cuid": "bob", "balance": 0,
-                                                            "tallies": 0}
-    conn.execute("CREATE TABLE tallies (uuid TEXT, cuid TEXT, balance INTEGER, body BLOB)")
-    conn.executemany("INSERT INTO tallies VALUES (?, ?, ?, ?)",
-                     [("t1", "bob", 500, b"\x01"), ("t2", "bob", -200, None)])
-    conn.execute("CREATE TABLE chits (uuid TEXT, tally TEXT, units INTEGER)")
-    conn.execute("INSERT INTO chits VALUES ('c1', 't1', 500)")
-    assert relay_driver.user_balance(conn, None, "bob")["balance"] == 300
-    assert relay_driver.tally(conn, None, "t1") == {
-        "tally": "t1", "rows": [{"uuid": "t1", "cuid": "bob", "balance": 500, "body": b"\x01"}]}
-    assert relay_driver.tally_chits(conn, None, "t1")["chits"] == [
-        {"uuid": "c1", "tally": "t1", "units": 500}]
-    with pytest.raises(relay_driver.ViewError, match="NOT_FOUND: no tally t3"):
-        relay_driver.tally_chits(conn, None, "t3")
-    conn.execute("CREATE TABLE lifts (id TEXT)")  # a schema the driver does not understand
-    with pytest.raises(relay_driver.ViewError, match="UNAVAILABLE: cannot read the lifts"):
-        relay_driver.lift(conn, None, "l1")

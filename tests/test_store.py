@@ -39,11 +39,10 @@ def _tables(conn: sqlite3.Connection) -> set[str]:
 # -- schema -----------------------------------------------------------------------------------
 
 
-def test_migrations_are_in_version_order_from_one() -> None:
+def test_migrations_are_numbered_one_two_three_without_gaps() -> None:
     steps = migrations()
     versions = [version for version, _, _ in steps]
-    assert versions[0] == 1
-    assert versions == sorted(set(versions))  # unique, applied in order (gaps allowed)
+    assert versions == list(range(1, len(steps) + 1))
     assert steps[0][1] == "001_core.sql"
     assert all(sql.strip() for _, _, sql in steps)
 
@@ -435,3 +434,22 @@ async def test_users_add_get_list(tmp_path: Path) -> None:
         listed = await db.write(users.all_users)
         assert [(r["cuid"], r["name"]) for r in listed] == [("alice", "Alice"), ("bob", "Bob")]
         assert listed[0].keys() == ["cuid", "name", "public", "created"]  # no seed
+
+
+def test_a_gap_in_migration_numbers_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from store import schema
+
+    class Entry:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def read_text(self, encoding: str) -> str:
+            return "CREATE TABLE t (x);"
+
+    class Folder:
+        def iterdir(self) -> list[Entry]:
+            return [Entry("001_core.sql"), Entry("003_late.sql")]
+
+    monkeypatch.setattr(schema.resources, "files", lambda package: Folder())
+    with pytest.raises(schema.SchemaError, match=r"003_late\.sql is out of sequence"):
+        schema.migrations()

@@ -5,38 +5,35 @@ the ledger is the node's own SQLite database, so the driver is a set of function
 side calls on the writer thread, inside the transaction that admits the query. Each returns
 a plain map (the view payload, signed by the source) or raises :class:`ViewError`.
 
-Views: ``node:info`` (always served: agent, name, network, users), ``user:<cuid>:balance``,
-``tally:<uuid>``, ``tally:<uuid>:chits`` and ``lift:<uuid>``. The credit tables (``tallies``,
-``chits``, ``lifts``) are read only when they exist, and a tally or lift view returns the
-node's rows for that object column by column, so the driver follows their schema as it is:
-tallies and lifts keyed by ``uuid``, chits by ``tally``, a holder's ``cuid`` and ``balance``
-(integer milliCHIPs, from the holder's side) on each tally row. For the credit tables of
-``store/migrations/004_credit.sql`` that means: a tally view has one row per holder on this
-node (two when both partners are its users) with ``state``, ``side``, ``partner``,
-``balance``, ``chain_length``/``chain_head``/``chain_conf`` and ``body``, the signed tally as
-msgpack; a chits view has every holder's chits with ``issuer``, ``units``, ``state``,
-``chain_index``/``chain_hash``, ``body`` (the signed chit as msgpack) and ``block`` (its
-chain block as msgpack).
+Views:
+
+- ``node:info``: agent, name, network, version, number of users;
+- ``user:<cuid>:balance``: the user's net balance over its tallies (milliCHIPs);
+- ``tally:<uuid>``: the signed tally as both users signed it, and for each holder on this
+  node its side, state, partner, balance and chain (index, head, confirmed index);
+- ``tally:<uuid>:chits``: the signed chits of one holder, in chain order, each with its
+  state, chain index and block hash (the unordered ones last);
+- ``lift:<uuid>``: NOT_FOUND — this node keeps no lifts (lifts are not built yet).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agentd import __version__
+from protocol.codec import unpack
 
 if TYPE_CHECKING:
     from agentd.node import Node
 
 NODE_INFO = "node.info"  # agentd's own view, besides the protocol's
 NOT_FOUND = "NOT_FOUND"
-UNAVAILABLE = "UNAVAILABLE"
 
 
 class ViewError(Exception):
-    """Why a view cannot be served; ``code`` is ``NOT_FOUND`` or ``UNAVAILABLE``."""
+    """Why a view cannot be served; ``code`` is ``NOT_FOUND``."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -58,61 +55,54 @@ def node_info(conn: sqlite3.Connection, node: Node) -> dict:
 def user_balance(conn: sqlite3.Connection, node: Node, cuid: str) -> dict:
     if conn.execute("SELECT 1 FROM users WHERE cuid = ?", (cuid,)).fetchone() is None:
         raise ViewError(NOT_FOUND, f"no user {cuid!r} on this node")
-    count, balance = 0, 0
-    if _has_table(conn, "tallies"):
-        count, balance = _query(
-            conn, "tallies",
-            "SELECT count(*), coalesce(sum(balance), 0) FROM tallies WHERE cuid = ?", (cuid,),
-        )[0]
+    count, balance = conn.execute(
+        "SELECT count(*), coalesce(sum(balance), 0) FROM tallies WHERE cuid = ?", (cuid,)
+    ).fetchone()
     return {"cuid": cuid, "balance": balance, "tallies": count}
 
 
 def tally(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
-    return {"tally": uuid, "rows": _tally_rows(conn, uuid)}
+    rows = _holders(conn, uuid)
+    return {
+        "tally": uuid,
+        "signed": unpack(rows[0]["body"]),
+        "holders": [
+            {"cuid": row["cuid"], "side": row["side"], "state": row["state"],
+             "partner": row["partner"], "balance": row["balance"],
+             "chain": {"index": row["chain_length"], "head": row["chain_head"],
+                       "confirmed": row["chain_conf"]}}
+            for row in rows
+        ],
+    }
 
 
 def tally_chits(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
-    _tally_rows(conn, uuid)
-    chits = []
-    if _has_table(conn, "chits"):
-        chits = _rows(conn, "chits", "SELECT * FROM chits WHERE tally = ?", (uuid,))
-    return {"tally": uuid, "chits": chits}
+    holder = _holders(conn, uuid)[0]["cuid"]
+    rows = conn.execute(
+        "SELECT body, state, chain_index, chain_hash FROM chits WHERE tally = ? AND cuid = ?"
+        " ORDER BY chain_index IS NULL, chain_index, seq", (uuid, holder),
+    ).fetchall()
+    return {
+        "tally": uuid,
+        "holder": holder,
+        "chits": [{"chit": unpack(row["body"]), "state": row["state"],
+                   "index": row["chain_index"], "hash": row["chain_hash"]} for row in rows],
+    }
 
 
 def lift(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
-    if not _has_table(conn, "lifts"):
-        raise ViewError(NOT_FOUND, f"no lift {uuid} on this node (it keeps no lifts yet)")
-    rows = _rows(conn, "lifts", "SELECT * FROM lifts WHERE uuid = ?", (uuid,))
-    if not rows:
-        raise ViewError(NOT_FOUND, f"no lift {uuid} on this node")
-    return {"lift": uuid, "rows": rows}
+    raise ViewError(NOT_FOUND, f"no lift {uuid} on this node (it keeps no lifts)")
 
 
-def _tally_rows(conn: sqlite3.Connection, uuid: str) -> list[dict]:
-    """The node's rows for a tally (two when both partners are users of this node)."""
-    if not _has_table(conn, "tallies"):
-        raise ViewError(NOT_FOUND, f"no tally {uuid} on this node (it keeps no tallies yet)")
-    rows = _rows(conn, "tallies", "SELECT * FROM tallies WHERE uuid = ?", (uuid,))
+def _holders(conn: sqlite3.Connection, uuid: str) -> list[sqlite3.Row]:
+    """The node's rows for a tally: one per holder (two when both users are ours)."""
+    rows = conn.execute(
+        "SELECT cuid, side, state, partner, body, balance, chain_length, chain_head, chain_conf"
+        " FROM tallies WHERE uuid = ? ORDER BY side", (uuid,),
+    ).fetchall()
     if not rows:
         raise ViewError(NOT_FOUND, f"no tally {uuid} on this node")
     return rows
-
-
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
-    ).fetchone() is not None
-
-
-def _query(conn: sqlite3.Connection, table: str, sql: str, params: tuple) -> list[Any]:
-    try:
-        return conn.execute(sql, params).fetchall()
-    except sqlite3.OperationalError as exc:  # a schema this driver does not understand
-        raise ViewError(UNAVAILABLE, f"cannot read the {table} table: {exc}") from exc
-
-
-def _rows(conn: sqlite3.Connection, table: str, sql: str, params: tuple) -> list[dict]:
-    return [dict(row) for row in _query(conn, table, sql, params)]
 
 
 _READERS: dict[str, Callable[..., dict]] = {
