@@ -25,6 +25,7 @@ from agentd.dispatch import Dispatcher
 from agentd.errors import UserError
 from agentd.outbox import OutboxPump
 from agentd.peers import PeerManager
+from agentd.replies import Replies
 from agentd.rpc import RpcServer
 from agentd.services.clearing import ClearingService
 from agentd.services.credit import Credit
@@ -51,6 +52,7 @@ class Node:
         self.rpc = RpcServer()
         self.dispatcher = Dispatcher(self)
         self.pump = OutboxPump(self)
+        self.replies = Replies()
         self.db: Database = None  # type: ignore[assignment]  # set in run()
         self.host, self.port = config.listen_host_port
         self.started_monotonic = 0.0

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from agentd.rpc import NOT_FOUND, TIMEOUT, RpcError, invalid_params
+from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.services.base import Reject, Service, Tx
 from agentd.services.evidence import log_evidence
 from protocol import chain as ch
@@ -95,16 +95,6 @@ class _User:
     cert: dict[str, Any]
 
 
-class _Waiter:
-    """A ``tally.request`` call waiting for the fate of its ticket message."""
-
-    __slots__ = ("error", "event")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.error: Reject | None = None
-
-
 class TallyService(Service):
     """The ``tally`` message target."""
 
@@ -151,7 +141,6 @@ class Credit:
         self.node = node
         self.ledger = Ledger()  # used on the writer thread only
         self._users: dict[str, _User] = {}  # writer thread
-        self._waiting: dict[bytes, _Waiter] = {}
         self._connected: set[str] = set()
         node.dispatcher.register(TallyService(self))
         node.dispatcher.register(ChitService(self))
@@ -250,19 +239,9 @@ class Credit:
             return tx, message_id
 
         tx, message_id = await self._write(job)
-        waiter = self._waiting[message_id] = _Waiter()
-        tx.committed()
-        try:
-            with trio.move_on_after(REQUEST_TIMEOUT):
-                await waiter.event.wait()
-        finally:
-            del self._waiting[message_id]
-        if not waiter.event.is_set():
-            raise RpcError(TIMEOUT, f"the inviter's node {inviter.agent} did not answer within "
-                           f"{REQUEST_TIMEOUT:g} s (the request stays in the outbox and will be "
-                           "retried)", "TIMEOUT")
-        if waiter.error is not None:
-            raise waiter.error
+        await self.node.replies.wait(
+            tx, message_id, REQUEST_TIMEOUT, f"the inviter's node {inviter.agent} did not answer"
+            f" within {REQUEST_TIMEOUT:g} s (the request stays in the outbox and will be retried)")
         return {"tally": tally_uuid, "state": "requested", "partner": str(inviter)}
 
     async def rpc_offer(
@@ -510,10 +489,7 @@ class Credit:
         """The partner's node committed (``refusal`` None) or refused a tally message of ours."""
         message_id = envelope.get("id")
         if envelope.get("action") == "ticket":
-            waiter = self._waiting.get(message_id) if isinstance(message_id, bytes) else None
-            if waiter is not None:
-                waiter.error = refusal
-                tx.after_commit(waiter.event.set)
+            self.node.replies.settle(tx, message_id, error=refusal)
             return
         obj, sender = envelope.get("object") or {}, envelope.get("from") or {}
         holding = self.ledger.get(tx.conn, obj.get("uuid"), sender.get("cuid"))

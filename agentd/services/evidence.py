@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import jwt
 import trio
 
-from agentd.rpc import TIMEOUT, RpcError, invalid_params, jsonable
+from agentd.rpc import RpcError, invalid_params, jsonable
 from agentd.services.base import Reject, Tx
 from protocol import clearing as ch
 from protocol.codec import CodecError, pack, unpack
@@ -49,17 +49,6 @@ REQUEST_TIMEOUT = 10.0
 ENVELOPE_OVERHEAD = 4096
 RPC_KIND = "ch.log"  # receipts.kind for logs made through the ch.log RPC method
 CHAIN_PAGE = ch.MAX_PAGE_SIZE
-
-
-class _Waiter:
-    """An RPC call waiting for the clearing house's answer to one request."""
-
-    __slots__ = ("error", "event", "value")
-
-    def __init__(self) -> None:
-        self.event = trio.Event()
-        self.value: Any = None
-        self.error: Reject | None = None
 
 
 def log_evidence(
@@ -105,7 +94,6 @@ class Evidence:
 
     def __init__(self, node: Node) -> None:
         self.node = node
-        self._waiting: dict[bytes, _Waiter] = {}
         self._warned = False
         for name, method in (
             ("ch.create_process", self.rpc_create_process),
@@ -332,17 +320,10 @@ class Evidence:
                                         "document_id": claims["document_id"], "receipt": token})
 
     def _resolve(self, tx: Tx, request: bytes, value: Any) -> None:
-        tx.after_commit(lambda: self._wake(request, value, None))
+        self.node.replies.settle(tx, request, value)
 
     def _fail(self, tx: Tx, request: bytes | None, error: Reject) -> None:
-        if request is not None:
-            tx.after_commit(lambda: self._wake(request, None, error))
-
-    def _wake(self, request: bytes, value: Any, error: Reject | None) -> None:
-        waiter = self._waiting.get(request)
-        if waiter is not None:
-            waiter.value, waiter.error = value, error
-            waiter.event.set()
+        self.node.replies.settle(tx, request, error=error)
 
     # -- requests from RPC ----------------------------------------------------------------
 
@@ -376,20 +357,10 @@ class Evidence:
             return tx, message_id
 
         tx, message_id = await node.db.write(job)
-        waiter = self._waiting[message_id] = _Waiter()
-        tx.committed()
-        try:
-            with trio.move_on_after(REQUEST_TIMEOUT):
-                await waiter.event.wait()
-        finally:
-            del self._waiting[message_id]
-        if not waiter.event.is_set():
-            raise RpcError(TIMEOUT, f"no answer from the clearing house {house.agent} within "
-                           f"{REQUEST_TIMEOUT:g} s (the request stays in the outbox and will be "
-                           "retried; a late receipt is still stored)", "TIMEOUT")
-        if waiter.error is not None:
-            raise waiter.error
-        return waiter.value
+        return await node.replies.wait(
+            tx, message_id, REQUEST_TIMEOUT, f"no answer from the clearing house {house.agent}"
+            f" within {REQUEST_TIMEOUT:g} s (the request stays in the outbox and will be"
+            " retried; a late receipt is still stored)")
 
     async def rpc_create_process(self, pid: str, owners: list[str] | None = None) -> dict:
         """Create process ``pid`` owned by this node and ``owners`` (agent ids)."""

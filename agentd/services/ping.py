@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import trio
 
-from agentd.rpc import NOT_FOUND, TIMEOUT, RpcError, invalid_params
+from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.services.base import Reject, Service, Tx
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, is_agent_id, parse_hostport
@@ -24,7 +24,6 @@ class PingService(Service):
 
     def __init__(self, node) -> None:
         super().__init__(node)
-        self._waiting: dict[bytes, trio.Event] = {}
         node.rpc.register("peers.ping", self.rpc_ping)
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
@@ -34,9 +33,7 @@ class PingService(Service):
         elif envelope.action == "note":
             return
         elif envelope.action == "pong":
-            event = self._waiting.get(envelope.re or b"")
-            if event is not None:
-                tx.after_commit(event.set)
+            self.node.replies.settle(tx, envelope.re)
         else:
             raise Reject("UNKNOWN_ACTION", f"node has no action {envelope.action!r}")
 
@@ -55,23 +52,14 @@ class PingService(Service):
         rtts = []
         for seq in range(count):
             started = trio.current_time()
-            event = trio.Event()
 
             def job(conn, seq=seq):
                 tx = Tx(self.node, conn, self.node.now_ms())
-                message_id = tx.send(to, "node", "ping", {"seq": seq})
-                return tx, message_id
+                return tx, tx.send(to, "node", "ping", {"seq": seq})
 
             tx, message_id = await self.node.db.write(job)
-            self._waiting[message_id] = event
-            tx.committed()
-            try:
-                with trio.move_on_after(PING_TIMEOUT):
-                    await event.wait()
-            finally:
-                del self._waiting[message_id]
-            if not event.is_set():
-                raise RpcError(TIMEOUT, f"no pong from {agent} within {PING_TIMEOUT:g} s"
-                               " (the ping stays in the outbox and will be retried)", "TIMEOUT")
+            await self.node.replies.wait(
+                tx, message_id, PING_TIMEOUT, f"no pong from {agent} within {PING_TIMEOUT:g} s"
+                " (the ping stays in the outbox and will be retried)")
             rtts.append(round((trio.current_time() - started) * 1000, 3))
         return {"rtt_ms": rtts}

@@ -1,0 +1,62 @@
+"""RPC calls that wait for a peer's answer to a message they sent.
+
+A call commits its request (``Tx.send``), then waits here under the request's message id; the
+service that applies the answer — on the writer thread — settles it with
+``tx.after_commit(...)``, so the caller wakes only once the answer is durable. A call that
+times out leaves its request in the outbox: the answer may still come and is still applied,
+there is just nobody waiting for it any more.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from agentd.rpc import TIMEOUT, RpcError
+from agentd.services.base import Reject, Tx
+
+
+class _Waiter:
+    __slots__ = ("error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.value: Any = None
+        self.error: Reject | None = None
+
+
+class Replies:
+    def __init__(self) -> None:
+        self._waiting: dict[bytes, _Waiter] = {}
+
+    async def wait(self, tx: Tx, message_id: bytes, timeout: float, timeout_message: str) -> Any:
+        """Hand ``tx``'s messages to the pump and wait for the answer to ``message_id``.
+
+        Returns the settled value; raises the settled ``Reject``, or RpcError(TIMEOUT) with
+        ``timeout_message`` when nothing came within ``timeout`` seconds.
+        """
+        waiter = self._waiting[message_id] = _Waiter()
+        tx.committed()
+        try:
+            with trio.move_on_after(timeout):
+                await waiter.event.wait()
+        finally:
+            del self._waiting[message_id]
+        if not waiter.event.is_set():
+            raise RpcError(TIMEOUT, timeout_message, "TIMEOUT")
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.value
+
+    def settle(self, tx: Tx, message_id: object, value: Any = None,
+               error: Reject | None = None) -> None:
+        """Wake the call waiting for ``message_id`` (if any) once ``tx`` has committed."""
+        if isinstance(message_id, bytes) and message_id in self._waiting:
+            tx.after_commit(lambda: self._wake(message_id, value, error))
+
+    def _wake(self, message_id: bytes, value: Any, error: Reject | None) -> None:
+        waiter = self._waiting.get(message_id)
+        if waiter is not None:
+            waiter.value, waiter.error = value, error
+            waiter.event.set()
