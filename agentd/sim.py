@@ -11,13 +11,12 @@ drained, prints a report and exits 1 if any invariant failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import tomllib
@@ -30,6 +29,15 @@ import trio
 
 from agentd.config import parse_config
 from agentd.errors import UserError
+from agentd.localnodes import (
+    LocalNode,
+    free_ports,
+    peer_section,
+    spawn,
+    stop,
+    wait_ready,
+    write_node,
+)
 from agentd.node import Node
 from agentd.rpc import RpcError, call
 from protocol.keys import SigningKey
@@ -151,12 +159,6 @@ def _topology(spec: dict, names: list[str], rng: random.Random, bad) -> list[tup
 # -- running nodes: in this process, or one OS process each --------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _neighbours(names: list[str], edges: list[tuple[str, str]]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {name: [] for name in names}
     for a, b in edges:
@@ -204,47 +206,30 @@ class Processes:
         self.sockets: dict[str, Path] = {}
 
     async def start(self, names: list[str], edges: list[tuple[str, str]]) -> dict[str, str]:
-        keys = {name: SigningKey.generate() for name in names}
-        ports = {name: _free_port() for name in names}
+        planned = {name: LocalNode(name, self.workdir / name, SigningKey.generate(), port)
+                   for name, port in zip(names, free_ports(len(names)), strict=True)}
+        nodes = []
         for name, others in _neighbours(names, edges).items():
-            node_dir = self.workdir / name
-            (node_dir / "data").mkdir(parents=True, exist_ok=True)
-            key = node_dir / "data" / "agent.key"
-            key.write_text(keys[name].dump())
-            key.chmod(0o600)
-            text = (f'[node]\nname = "{name}"\ndata_dir = "data"\n'
-                    f'listen = "127.0.0.1:{ports[name]}"\n\n[log]\nlevel = "warning"\n')
-            for other in others:
-                text += (f'\n[[peers]]\nname = "{other}"\nagent = "{keys[other].agent_id}"\n'
-                         f'address = "127.0.0.1:{ports[other]}"\n')
-            (node_dir / "agentd.toml").write_text(text)
-            with open(node_dir / "agentd.log", "wb") as log:
-                self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "agentd", "run", "-c", str(node_dir / "agentd.toml")],
-                    stdout=log, stderr=subprocess.STDOUT)
-            self.sockets[name] = node_dir / "data" / "agentd.sock"
-        with trio.fail_after(60):
-            while not all(path.exists() for path in self.sockets.values()):
-                for name, proc in self.procs.items():
-                    if proc.poll() is not None:
-                        raise UserError(f"node {name} exited; see {self.workdir / name}")
-                await trio.sleep(0.05)
-        return {name: key.agent_id for name, key in keys.items()}
+            node = planned[name]
+            peers = "".join(peer_section(planned[other]) for other in others)
+            nodes.append(write_node(node.directory, name, node.port, key=node.key,
+                                    sections=peers))
+        self.procs = {node.name: spawn(node) for node in nodes}
+        self.sockets = {node.name: node.socket for node in nodes}
+        try:
+            await trio.to_thread.run_sync(wait_ready, nodes, list(self.procs.values()))
+        except RuntimeError as exc:
+            raise UserError(str(exc)) from exc
+        return {name: node.key.agent_id for name, node in planned.items()}
 
     async def call(self, name: str, method: str, params: dict) -> Any:
         return await trio.to_thread.run_sync(partial(call, self.sockets[name], method, params, 60))
 
     async def stop(self) -> None:
-        for name, proc in self.procs.items():
-            try:
+        for name in self.procs:
+            with contextlib.suppress(RpcError, UserError, OSError):
                 await self.call(name, "stop", {})
-            except (RpcError, UserError, OSError):
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                await trio.to_thread.run_sync(partial(proc.wait, 10))
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        await trio.to_thread.run_sync(stop, list(self.procs.values()))
 
 
 # -- traffic, invariants, report ------------------------------------------------------------

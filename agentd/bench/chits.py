@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ import trio
 
 from agentd.bench import table, write_json
 from agentd.config import parse_config
+from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
 from agentd.node import Node
 from agentd.rpc import call
 from protocol.keys import SigningKey, verify
@@ -49,38 +48,17 @@ def crypto_bound(samples: int) -> tuple[float, float]:
     return (signed - started) / samples, (verified - signed) / samples
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_bob(workdir: Path) -> tuple[subprocess.Popen, Path]:
-    key = SigningKey.generate()
-    directory = workdir / "bob"
-    directory.mkdir()
-    (directory / "agent.key").write_text(key.dump())
-    (directory / "agent.key").chmod(0o600)
-    (directory / "agentd.toml").write_text(
-        f'[node]\nname = "bob"\ndata_dir = "."\nlisten = "127.0.0.1:{_free_port()}"\n'
-        '[log]\nlevel = "warning"\n')
-    process = subprocess.Popen([sys.executable, "-m", "agentd", "run", "-c",
-                                str(directory / "agentd.toml")])
-    return process, directory / "agentd.sock"
-
-
 async def measure(count: int, batch: int, in_flight: int, workdir: Path) -> dict[str, float]:
-    process, bob_socket = _start_bob(workdir)
+    bob_node = write_node(workdir / "bob", "bob", free_ports(1)[0])
+    process = spawn(bob_node)
+    bob_socket = bob_node.socket
 
     async def bob(method: str, **params: Any) -> Any:
         return await trio.to_thread.run_sync(functools.partial(call, bob_socket, method,
                                                                params, 120))
 
     try:
-        while not bob_socket.exists():
-            if process.poll() is not None:
-                raise RuntimeError("bob's node did not start")
-            await trio.sleep(0.05)
+        await trio.to_thread.run_sync(wait_ready, [bob_node], [process])
         config = parse_config({"node": {"name": "alice", "data_dir": str(workdir / "alice"),
                                         "listen": "127.0.0.1:0"}}, workdir / "alice.toml")
         alice = Node(config, SigningKey.generate())
@@ -133,8 +111,7 @@ async def measure(count: int, batch: int, in_flight: int, workdir: Path) -> dict
         return {"chits": total, "chits_s": total / elapsed,
                 "issue_s": issued - started, "confirm_s": elapsed}
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop([process])
 
 
 def main(argv: list[str]) -> int:

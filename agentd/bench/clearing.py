@@ -22,7 +22,6 @@ import os
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,10 +29,9 @@ from pathlib import Path
 import trio
 
 from agentd.bench import table, write_json
+from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
 from protocol import clearing as ch
 from protocol.keys import SigningKey
-
-READY_TIMEOUT = 30.0
 
 
 def signing_rate(seconds: float) -> float:
@@ -51,64 +49,32 @@ def signing_rate(seconds: float) -> float:
     return done / (time.perf_counter() - started)
 
 
-def _free_ports(count: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _write_node(directory: Path, name: str, port: int, key: SigningKey, extra: str) -> Path:
-    directory.mkdir(parents=True)
-    (directory / "agent.key").write_text(key.dump())
-    (directory / "agent.key").chmod(0o600)
-    config = directory / "agentd.toml"
-    config.write_text(f'[node]\nname = "{name}"\ndata_dir = "."\nlisten = "127.0.0.1:{port}"\n'
-                      f'{extra}\n[log]\nlevel = "warning"\n')
-    return config
-
-
 class Cluster:
     """The clearing house and K clients as ``agentd run`` processes in ``workdir``."""
 
     def __init__(self, workdir: Path, clients: int) -> None:
-        ports = _free_ports(clients + 1)
-        house_key = SigningKey.generate()
-        house = _write_node(workdir / "house", "house", ports[0], house_key,
-                            'roles = ["clearinghouse"]')
-        section = (f'[clearinghouse]\nagent = "{house_key.agent_id}"\n'
-                   f'address = "127.0.0.1:{ports[0]}"')
-        self.configs = [house] + [
-            _write_node(workdir / f"client{i}", f"client{i}", ports[i + 1],
-                        SigningKey.generate(), section)
+        ports = free_ports(clients + 1)
+        house = write_node(workdir / "house", "house", ports[0],
+                           node_keys='roles = ["clearinghouse"]')
+        section = (f'[clearinghouse]\nagent = "{house.key.agent_id}"\n'
+                   f'address = "{house.address}"')
+        self.nodes = [house] + [
+            write_node(workdir / f"client{i}", f"client{i}", ports[i + 1], sections=section)
             for i in range(clients)
         ]
         self.processes: list[subprocess.Popen] = []
 
     @property
     def client_sockets(self) -> list[Path]:
-        return [config.parent / "agentd.sock" for config in self.configs[1:]]
+        return [node.socket for node in self.nodes[1:]]
 
     @property
     def house_db(self) -> Path:
-        return self.configs[0].parent / "agentd.db"
+        return self.nodes[0].database
 
     def __enter__(self) -> Cluster:
-        for config in self.configs:
-            self.processes.append(subprocess.Popen(
-                [sys.executable, "-m", "agentd", "run", "-c", str(config)]))
-        deadline = time.monotonic() + READY_TIMEOUT
-        for config, process in zip(self.configs, self.processes, strict=True):
-            while not (config.parent / "agentd.sock").exists():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"node {config.parent.name} did not start")
-                time.sleep(0.05)
+        self.processes = [spawn(node) for node in self.nodes]
+        wait_ready(self.nodes, self.processes)
         return self
 
     def cpu_seconds(self) -> list[float] | None:
@@ -123,14 +89,7 @@ class Cluster:
         return times
 
     def __exit__(self, *exc_info: object) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(self.processes)
 
 
 class RpcStream:

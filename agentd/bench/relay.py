@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +22,17 @@ from typing import Any
 import trio
 
 from agentd.bench import table, write_json
-from agentd.init import init_node
+from agentd.localnodes import (
+    LocalNode,
+    free_ports,
+    peer_section,
+    spawn,
+    stop,
+    wait_ready,
+    write_node,
+)
 from agentd.rpc import RpcError
+from protocol.keys import SigningKey
 
 VIEW = "user:bench:balance"
 WAIT_S = 30
@@ -73,53 +79,31 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def _make_nodes(workdir: Path) -> tuple[dict, dict]:
+def _make_nodes(workdir: Path) -> tuple[LocalNode, LocalNode]:
     """Two node dirs (``dest`` asks, ``source`` serves), peers of each other; the source lets
     anyone read ``node:*`` and ``user:*``."""
-    nodes = {}
-    for name in ("dest", "source"):
-        port = _free_port()
-        nodes[name] = {**init_node(workdir / name, name, f"127.0.0.1:{port}", "agentd"),
-                       "name": name, "port": port}
-    for name, info in nodes.items():
-        other = nodes["source" if name == "dest" else "dest"]
-        config = Path(info["config"])
-        text = config.read_text().replace('level = "info"', 'level = "warning"')
-        text += (f'\n[[peers]]\nname = "{other["name"]}"\nagent = "{other["agent"]}"\n'
-                 f'address = "127.0.0.1:{other["port"]}"\n')
-        if name == "source":
-            text += ('\n[[relay.access]]\nprincipal = "*"\nresource = "node:*"\n'
-                     '\n[[relay.access]]\nprincipal = "*"\nresource = "user:*"\n')
-        config.write_text(text)
-    return nodes["dest"], nodes["source"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-async def _wait_for_socket(path: Path, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 20
-    while not path.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the node for {path.parent} did not start")
-        await trio.sleep(0.05)
+    dest_port, source_port = free_ports(2)
+    dest_key, source_key = SigningKey.generate(), SigningKey.generate()
+    dest = LocalNode("dest", workdir / "dest", dest_key, dest_port)
+    source = LocalNode("source", workdir / "source", source_key, source_port)
+    access = ('[[relay.access]]\nprincipal = "*"\nresource = "node:*"\n'
+              '[[relay.access]]\nprincipal = "*"\nresource = "user:*"\n')
+    return (write_node(dest.directory, "dest", dest_port, key=dest_key,
+                       sections=peer_section(source)),
+            write_node(source.directory, "source", source_port, key=source_key,
+                       sections=peer_section(dest) + access))
 
 
 async def run(quick: bool, workdir: Path) -> dict:
     sequential_n, concurrent_n, concurrency = (200, 1000, 32) if quick else (1000, 5000, 32)
     dest, source = _make_nodes(workdir)
-    processes = [subprocess.Popen([sys.executable, "-m", "agentd", "run", "-c", info["config"]])
-                 for info in (dest, source)]
+    processes = [spawn(dest), spawn(source)]
     try:
-        sockets = [Path(info["config"]).parent / "data" / "agentd.sock" for info in (dest, source)]
-        for path, process in zip(sockets, processes, strict=True):
-            await _wait_for_socket(path, process)
+        await trio.to_thread.run_sync(wait_ready, [dest, source], processes)
+        sockets = [dest.socket, source.socket]
         source_client = await Client.open(sockets[1])
         await source_client.call("users.add", {"cuid": "bench"})
-        address = f"127.0.0.1:{source['port']}/agentd/{VIEW}"
+        address = f"{source.address}/agentd/{VIEW}"
         statuses: dict[str, int] = {}
 
         client = await Client.open(sockets[0])
@@ -150,10 +134,7 @@ async def run(quick: bool, workdir: Path) -> dict:
         await client.call("stop", {})
         await source_client.call("stop", {})
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.terminate()
-            process.wait(timeout=10)
+        stop(processes)
     pending = statuses.get("PENDING_ACK", 0) + statuses.get("PENDING", 0)
     return {
         "sequential_n": sequential_n, "concurrent_n": concurrent_n, "concurrency": concurrency,

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ import trio
 from agentd.bench import table, write_json
 from agentd.config import parse_config
 from agentd.counters import Counters
+from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
 from agentd.node import Node
 from agentd.rpc import call
 from agentd.services.base import Tx
@@ -147,38 +146,21 @@ async def handshake_rate(seconds: float) -> float:
     return done / elapsed
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def durable_rate(count: int, workdir: Path) -> float:
     """Acknowledged messages/s through outbox → Noise → inbox commit → ack → delete."""
-    receiver_key = SigningKey.generate()
-    port = _free_port()
-    receiver_dir = workdir / "receiver"
-    receiver_dir.mkdir()
-    (receiver_dir / "agent.key").write_text(receiver_key.dump())
-    (receiver_dir / "agent.key").chmod(0o600)
-    (receiver_dir / "agentd.toml").write_text(
-        f'[node]\nname = "receiver"\ndata_dir = "."\nlisten = "127.0.0.1:{port}"\n'
-        '[log]\nlevel = "warning"\n')
-    process = subprocess.Popen([sys.executable, "-m", "agentd", "run", "-c",
-                                str(receiver_dir / "agentd.toml")])
+    receiver = write_node(workdir / "receiver", "receiver", free_ports(1)[0])
+    process = spawn(receiver)
     try:
-        while not (receiver_dir / "agentd.sock").exists():
-            if process.poll() is not None:
-                raise RuntimeError("the receiver node did not start")
-            await trio.sleep(0.05)
+        await trio.to_thread.run_sync(wait_ready, [receiver], [process])
         config = parse_config({"node": {"name": "sender", "data_dir": str(workdir / "sender"),
                                         "listen": "127.0.0.1:0"}}, workdir / "sender.toml")
         node = Node(config, SigningKey.generate())
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
-            to = ChipAddress(agent=receiver_key.agent_id, host="127.0.0.1", port=port)
-            node.learn_peer(receiver_key.agent_id, f"127.0.0.1:{port}", "receiver")
-            await node.rpc.call("peers.ping", {"agent": receiver_key.agent_id})  # connect
+            agent = receiver.key.agent_id
+            to = ChipAddress(agent=agent, host="127.0.0.1", port=receiver.port)
+            node.learn_peer(agent, receiver.address, "receiver")
+            await node.rpc.call("peers.ping", {"agent": agent})  # connect
             started = time.perf_counter()
             batch = 1000
             for first in range(0, count, batch):
@@ -194,14 +176,13 @@ async def durable_rate(count: int, workdir: Path) -> float:
             while node.pump.depth:
                 await trio.sleep(0.005)
             elapsed = time.perf_counter() - started
-            stats = call(receiver_dir / "agentd.sock", "getinfo", {})["counters"]
+            stats = call(receiver.socket, "getinfo", {})["counters"]
             print(f"sender: {node.db.jobs} jobs in {node.db.commits} commits; receiver: "
                   f"{stats['db_jobs']} jobs in {stats['db_commits']} commits", file=sys.stderr)
             node.stop()
         return count / elapsed
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop([process])
 
 
 async def libp2p_rate(count: int) -> float | None:

@@ -1,0 +1,106 @@
+"""agentd nodes as local OS processes — for ``agentd sim --processes`` and the benchmarks.
+
+:func:`write_node` lays out a node directory (key with mode 0600, config, data in the same
+directory), :func:`spawn` starts ``agentd run`` on it, and :func:`wait_ready` waits for the
+control sockets, failing with the node's name if one exits first.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.keys import SigningKey
+
+READY_TIMEOUT = 30.0
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass(frozen=True)
+class LocalNode:
+    name: str
+    directory: Path
+    key: SigningKey
+    port: int
+
+    @property
+    def config(self) -> Path:
+        return self.directory / "agentd.toml"
+
+    @property
+    def socket(self) -> Path:
+        return self.directory / "agentd.sock"
+
+    @property
+    def database(self) -> Path:
+        return self.directory / "agentd.db"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def write_node(directory: Path, name: str, port: int, *, key: SigningKey | None = None,
+               node_keys: str = "", sections: str = "", log_level: str = "warning"
+               ) -> LocalNode:
+    """A node directory; ``node_keys`` go into ``[node]``, ``sections`` after it (TOML)."""
+    node = LocalNode(name, directory, key or SigningKey.generate(), port)
+    directory.mkdir(parents=True, exist_ok=True)
+    key_file = directory / "agent.key"
+    key_file.write_text(node.key.dump())
+    key_file.chmod(0o600)
+    node.config.write_text(
+        f'[node]\nname = "{name}"\ndata_dir = "."\nlisten = "{node.address}"\n{node_keys}\n'
+        f'{sections}\n[log]\nlevel = "{log_level}"\n')
+    return node
+
+
+def peer_section(node: LocalNode) -> str:
+    return f'[[peers]]\nname = "{node.name}"\nagent = "{node.key.agent_id}"\naddress = ' \
+           f'"{node.address}"\n'
+
+
+def spawn(node: LocalNode) -> subprocess.Popen:
+    """``agentd run`` on ``node``; its log goes to ``agentd.log`` in the node directory."""
+    with open(node.directory / "agentd.log", "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "agentd", "run", "-c", str(node.config)],
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_ready(nodes: list[LocalNode], processes: list[subprocess.Popen],
+               timeout: float = READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    for node, process in zip(nodes, processes, strict=True):
+        while not node.socket.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"node {node.name} did not start; see "
+                                   f"{node.directory / 'agentd.log'}")
+            time.sleep(0.05)
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM every process, then kill what has not exited within 10 s."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
