@@ -32,7 +32,6 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 REFUSED = -32010  # the request was understood and refused; data.reason says why
 NOT_FOUND = -32011
-UNREACHABLE = -32012
 TIMEOUT = -32013
 MAX_REQUEST = 4 << 20
 
