@@ -5,7 +5,18 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from agentd.logs import setup_logging
+
+
+@pytest.fixture(autouse=True)
+def restore_root_logger():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def test_json_lines_carry_the_node_name_and_level(capsys):
