@@ -6,6 +6,7 @@ resolved against the directory of the config file, so a config works from any cw
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,8 +162,8 @@ def parse_config(raw: dict, source: Path) -> Config:
     name = node.get("name", str, required=True)
     if not name:
         raise UserError(f"{source}: node.name must not be empty")
-    data_dir = base / node.get("data_dir", str, required=True)
-    key_file = base / node.get("key", str, str(data_dir / "agent.key"))
+    data_dir = Path(os.path.normpath(base / node.get("data_dir", str, required=True)))
+    key_file = Path(os.path.normpath(base / node.get("key", str, str(data_dir / "agent.key"))))
     listen = node.hostport("listen", required=True, allow_zero=True)
     network = node.get("network", str, "agentd")
     roles = tuple(node.get("roles", list, []))

@@ -246,7 +246,9 @@ def tally_view_demo(configs: dict[str, Config], infos: dict[str, dict], tally: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agentd demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="agentd demo", description="Run the nodes of configs/local (alice, bob, carol and"
+        " their clearing house) as OS processes and show what they do.")
     parser.add_argument("--workdir", default=".run/demo", help="where nodes keep their data")
     options = parser.parse_args(argv or [])
     workdir = Path(options.workdir).resolve()

@@ -423,7 +423,9 @@ def print_report(scenario: Scenario, report: Report) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="agentd sim", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="agentd sim", description="Run a scripted multi-node simulation (see configs/sims/),"
+        " check its invariants and print a report; exit 1 if one fails.")
     parser.add_argument("scenario", help="scenario TOML file (see configs/sims/)")
     parser.add_argument("--processes", action="store_true",
                         help="run each node as its own 'agentd run' OS process")
