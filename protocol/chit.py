@@ -52,6 +52,7 @@ from .codec import CodecError, canonical, digest
 from .keys import SigningKey, verify
 from .tally import (
     C_OPEN,
+    CLOSE,
     MAX_MEMO,
     MAX_UNITS,
     OFFER_OPEN,
@@ -88,7 +89,9 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
 
 ISSUE_STATES = frozenset({OPEN, C_OPEN})  # tally states in which our user may pledge value
 # ... and in which the partner's chits are taken (an acceptor in offer.open is already bound).
-RECEIVE_STATES = frozenset({OFFER_OPEN, OPEN, C_OPEN})
+# A partner's chit is its word in every binding state; on a closed tally it reopens it
+# (``protocol.tally.reopen``): the partner signed it before it learned of the close.
+RECEIVE_STATES = frozenset({OFFER_OPEN, OPEN, C_OPEN, CLOSE})
 
 SIGNED_FIELDS = ("tally", "uuid", "by", "type", "date", "units", "ref", "memo")
 _FIELDS = {*SIGNED_FIELDS, "hash", "sign", "chain"}

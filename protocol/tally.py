@@ -46,7 +46,7 @@ Public API:
   ``ticket_request`` builds the subject's request (no state).
 - Peer events: ``receive_ticket``, ``receive_offer``, ``receive_open``, ``receive_void``,
   ``receive_draft``, ``receive_close``.
-- Node events: ``delivered``, ``rejected``, ``settle``.
+- Node events: ``delivered``, ``rejected``, ``settle``, ``reopen``.
 """
 
 from __future__ import annotations
@@ -136,6 +136,7 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
     (OFFER_VOID, "rejected"): VOID,
     (OFFER_DRAFT, "rejected"): P_DRAFT,
     (C_OPEN, "settle"): CLOSE,
+    (CLOSE, "reopen"): C_OPEN,  # a partner's chit that was in flight when the tally closed
 }
 
 # States in which both users have signed and the tally binds its holder.
@@ -541,6 +542,13 @@ def settle(local: LocalTally, *, balance: int, quiet: bool) -> Step:
         chain = "quiet" if quiet else "still moving"
         raise Refusal("not_settled", f"tally {local.uuid}: balance {balance}, chain {chain}")
     return replace(local, state=state), []
+
+
+def reopen(local: LocalTally) -> Step:
+    """Back to closing: a good chit from the partner, signed before it learned of the close,
+    arrived after the tally closed. It is owed all the same, so the tally stays ``C.open``
+    (taking only chits that shrink the balance) until the balance is zero again."""
+    return replace(local, state=_next(local.state, "reopen")), []
 
 
 # -- invitation tickets -----------------------------------------------------------------------

@@ -230,12 +230,18 @@ def test_a_payment_received_must_be_the_partners_and_match_our_invoice() -> None
     assert refusal(c.receive_good, direct, other, ALICE_TALLY).code == "bad_state"  # a replay
 
 
-def test_chits_are_taken_while_the_acceptance_is_in_flight_but_not_after_closing() -> None:
+def test_the_partners_chits_are_taken_in_every_binding_state_but_never_issued_after_close(
+) -> None:
     chit = pay(ALICE_TALLY, 5).chit
     bound = t.LocalTally(BOB_TALLY.side, t.OFFER_OPEN, BOB_TALLY.tally)
     assert c.receive_good(None, chit, bound)[0].state == c.A_GOOD
+    # signed before the partner learned of the close: owed all the same (the tally reopens)
     closed = t.LocalTally(BOB_TALLY.side, t.CLOSE, BOB_TALLY.tally)
-    assert refusal(c.receive_good, None, chit, closed).code == "bad_state"
+    assert c.receive_good(None, chit, closed)[0].state == c.A_GOOD
+    assert t.reopen(closed)[0].state == t.C_OPEN
+    assert refusal(pay, closed, 1, balance=0).code == "bad_state"  # our user: no new chits
+    assert code_of(c.invoice, closed, balance=0, chit_uuid=uuid_of(2), units=1,
+                   date_ms=NOW) == "bad_state"
 
 
 # -- closing --------------------------------------------------------------------------------------

@@ -610,3 +610,28 @@ def test_chain_add_many_batches_what_add_would_send_one_by_one():
     assert pair.stock.chain.length == 250
     with pytest.raises(t.Refusal):
         ch.add_many(pair.stock.chain, [chits[0].chit])  # not the stock user's chit
+
+
+async def test_a_chit_in_flight_when_the_tally_closes_reopens_it(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")
+        await net.stop(1)  # bob's node is down: alice's close waits in her outbox
+        assert (await rpc(a, "tally.close", cuid="alice", tally=tally))["state"] == t.CLOSE
+        await net.stop(0)  # ... and now alice's is down while bob, still open, pays
+        b = await net.restart(1)
+        await rpc(b, "chit.pay", cuid="bob", tally=tally, units=100)
+        a = await net.restart(0)  # both messages cross: the close and the late chit
+        await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == t.C_OPEN,
+                       timeout=20)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 1), timeout=20)
+        assert chain_of(a, "alice", tally)[3] == 100  # owed all the same
+        # only a chit that shrinks the balance is taken now; at zero the tally closes again
+        assert (await refused(b, "chit.pay", cuid="bob", tally=tally, units=1)).reason == \
+            "CLOSING"
+        await rpc(a, "chit.pay", cuid="alice", tally=tally, units=100)
+        await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == t.CLOSE,
+                       timeout=20)
+        assert chain_of(a, "alice", tally)[3] == chain_of(b, "bob", tally)[3] == 0

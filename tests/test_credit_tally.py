@@ -470,6 +470,7 @@ def _event_calls() -> dict[str, Any]:
         "delivered": t.delivered,
         "rejected": t.rejected,
         "settle": lambda local: t.settle(local, balance=0, quiet=True),
+        "reopen": t.reopen,
     }
 
 

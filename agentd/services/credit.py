@@ -643,13 +643,16 @@ class Credit:
     ) -> Holding:
         """Save a transition's outcome (with the ``fresh`` chits it made or changed) and
         queue its messages. A tally that just became binding starts its chain; a closing one
-        whose balance is zero and whose chain is quiet closes."""
+        whose balance is zero and whose chain is quiet closes; a closed one that a late chit
+        of the partner's moved off zero is closing again."""
         local = local or holding.local
         chain = chain or holding.chain
         if chain is None and local.state in t.BINDING_STATES:
             chain = ch.start(local)
             self._log(tx, local, "tally.open", local.tally)
         balance = holding.balance + delta
+        if local.state == t.CLOSE and balance != 0:
+            local, _ = t.reopen(local)  # a partner's chit that was in flight at the close
         if local.state == t.C_OPEN and chain is not None and balance == 0 and ch.settled(chain):
             local, _ = t.settle(local, balance=balance, quiet=True)
             self._log(tx, local, "tally.close", local.tally)
