@@ -159,6 +159,7 @@ class Node:
         await nursery.start(self.pump.run)
         await nursery.start(self.relay.run)
         await nursery.start(self.credit.run)
+        await nursery.start(self.evidence.run)
         try:
             listeners = await nursery.start(functools.partial(
                 trio.serve_tcp, self.peers.handle_inbound, self.port, host=self.host))

@@ -36,13 +36,26 @@ class Replies:
         Returns the settled value; raises the settled ``Reject``, or RpcError(TIMEOUT) with
         ``timeout_message`` when nothing came within ``timeout`` seconds.
         """
-        waiter = self._waiting[message_id] = _Waiter()
+        self.expect(message_id)
         tx.committed()
+        return await self.result(message_id, timeout, timeout_message)
+
+    def expect(self, message_id: bytes) -> None:
+        """Register a waiter for ``message_id`` before its request reaches the pump."""
+        self._waiting[message_id] = _Waiter()
+
+    def discard(self, message_id: bytes) -> None:
+        """Forget a waiter nobody will collect (its caller went away)."""
+        self._waiting.pop(message_id, None)
+
+    async def result(self, message_id: bytes, timeout: float, timeout_message: str) -> Any:
+        """Wait for the answer to ``message_id``, registered with ``expect``; as ``wait``."""
+        waiter = self._waiting[message_id]
         try:
             with trio.move_on_after(timeout):
                 await waiter.event.wait()
         finally:
-            del self._waiting[message_id]
+            self.discard(message_id)
         if not waiter.event.is_set():
             raise RpcError(TIMEOUT, timeout_message, "TIMEOUT")
         if waiter.error is not None:

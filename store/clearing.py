@@ -147,7 +147,7 @@ def add_request(
 def sent_request(conn: sqlite3.Connection, message_id: bytes) -> sqlite3.Row | None:
     """A request still waiting for its answer."""
     return conn.execute(
-        "SELECT seq, id, ch, action, pid, kind, ref, payload_sha256 FROM ch_requests"
+        "SELECT seq, id, ch, action, pid, kind, ref, payload_sha256, object FROM ch_requests"
         " WHERE id = ? AND state = 'sent'",
         (message_id,),
     ).fetchone()

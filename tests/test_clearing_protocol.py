@@ -8,6 +8,7 @@ from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -588,6 +589,37 @@ def test_a_receipt_restates_its_entry_and_verifies() -> None:
     }
     assert claims["document_id"] == claims["entry_hash"] == entry["entry_hash"]
     assert claims["prev_hash"] == chain(1)[0]["entry_hash"]
+
+
+def test_a_receipt_verifies_with_pyjwt_too() -> None:
+    ring = keyring()
+    entry = chain(1)[0]
+    token = ring.receipt(entry)
+    public = Ed25519PublicKey.from_public_bytes(RECEIPT_KEY.public)
+    assert jwt.decode(token, public, algorithms=["EdDSA"]) == ch.verify_receipt(
+        token, ring.jwks(), expect=ch.entry_claims(entry)
+    )
+
+
+@pytest.mark.parametrize("segment", [0, 1, 2])
+def test_a_segment_that_is_not_strict_base64url_is_malformed(segment: int) -> None:
+    parts = keyring().receipt(chain(1)[0]).split(".")
+    parts[segment] = parts[segment][:8] + "!" + parts[segment][9:]
+    receipt_fault(ch.ReceiptFault.MALFORMED, ".".join(parts), keyring().jwks())
+
+
+@pytest.mark.parametrize("part", ["header", "claims"])
+def test_a_signed_header_or_claims_that_is_no_json_object_is_malformed(part: str) -> None:
+    ring = keyring()
+    header = b64u(json.dumps({"alg": "EdDSA", "kid": ring.kid}).encode())
+    body = b64u(json.dumps({"seq": 1}).encode())
+    if part == "header":
+        header = b64u(b'["EdDSA"]')
+    else:
+        body = b64u(b"[1, 2]")
+    signature = b64u(RECEIPT_KEY.private_key.sign(f"{header}.{body}".encode()))
+    message = receipt_fault(ch.ReceiptFault.MALFORMED, f"{header}.{body}.{signature}", ring.jwks())
+    assert f"the {part} do" in message
 
 
 def test_jwks_publishes_ed25519_keys_by_thumbprint() -> None:

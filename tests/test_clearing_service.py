@@ -185,6 +185,71 @@ async def test_concurrent_appends_from_two_owners_make_one_chain(tmp_path):
             r["document_id"] for r in sorted(results, key=lambda r: r["seq"])]
 
 
+async def test_log_batch_judges_each_entry_on_its_own(tmp_path):
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        house, alice, carol = net.nodes
+        await carol.evidence.request("log", log_obj("carols"))
+        await alice.evidence.request("log", log_obj("mine", "first"))
+        before = house_state(house)
+        entries = [log_obj("mine", "a"), log_obj("carols", "b"), {"pid": "mine"},
+                   log_obj("default", "c"), log_obj("new", "d"), log_obj("mine", "e")]
+        result = await alice.evidence.request("log_batch", {"entries": entries})
+        outcomes = result["results"]
+        assert [o.get("code") for o in outcomes] == [
+            None, "NOT_AUTHORIZED", "MALFORMED_MESSAGE", "BAD_PARAMETERS", None, None]
+        jwks = await alice.evidence.request("keys", {})
+        claims = [ch.verify_receipt(o["receipt"], jwks) for o in outcomes if "receipt" in o]
+        assert [(c["process_id"], c["seq"]) for c in claims] == [
+            ("mine", 2), ("new", 1), ("mine", 3)]
+        after = house_state(house)
+        assert [e for e in after["ch_entries"] if e[0] == "carols"] == [
+            e for e in before["ch_entries"] if e[0] == "carols"]
+        ch.verify_chain(await chain_of(alice, "mine"))
+        assert "0 entries" in await refused("BAD_PARAMETERS", alice, "log_batch", {"entries": []})
+
+
+async def test_concurrent_ch_log_calls_are_batched_and_each_gets_its_receipt(tmp_path):
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        _, alice, carol = net.nodes
+        await carol.rpc.call("ch.log", {"pid": "carols", "payload": "mine"})
+        await alice.rpc.call("ch.log", {"pid": "many", "payload": "warm-up"})
+        sizes: list[int] = []
+        send_batch = alice.evidence._send_batch
+
+        async def spy(batch: list) -> None:
+            sizes.append(len(batch))
+            await send_batch(batch)
+
+        alice.evidence._send_batch = spy  # type: ignore[method-assign]
+        results: dict[int, dict] = {}
+        refusals: list[str] = []
+
+        async def caller(n: int) -> None:
+            pid = "carols" if n % 7 == 0 else "many"
+            try:
+                results[n] = await alice.rpc.call("ch.log", {"pid": pid, "payload": f"{n}"})
+            except RpcError as exc:
+                refusals.append(exc.reason)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(120):
+                nursery.start_soon(caller, n)
+        assert sum(sizes) == 120 and max(sizes) > 1
+        assert refusals == ["NOT_AUTHORIZED"] * len(range(0, 120, 7))
+        assert sorted(r["seq"] for r in results.values()) == list(range(2, 2 + len(results)))
+        entries = await chain_of(alice, "many")
+        ch.verify_chain(entries)
+        by_seq = {e["seq"]: e for e in entries}
+        for n, result in results.items():
+            entry = by_seq[result["seq"]]
+            assert entry["payload"] == f"{n}".encode()
+            assert result["document_id"] == entry["entry_hash"]
+        listed = await alice.rpc.call("receipts.list", {"pid": "many"})
+        assert len(listed) == len(results) + 1 and all(r["status"] == "valid" for r in listed)
+        verified = await alice.rpc.call("receipts.verify", {"chain": True})
+        assert verified["ok"] is True and verified["pending"] == 0
+
+
 async def test_clearing_house_restarted_mid_stream_loses_nothing(tmp_path):
     async with network(tmp_path, n=3, clearinghouse=0) as net:
         _, alice, bob = net.nodes
@@ -197,8 +262,10 @@ async def test_clearing_house_restarted_mid_stream_loses_nothing(tmp_path):
         await evidence(alice, 50, "tally-1", owners, "c")
 
         def all_receipts() -> bool:
-            """every log answered with a receipt"""
-            return len(receipts(alice)) == 200 and len(receipts(bob)) == 150
+            """every log answered with a receipt, checked (none waiting for the JWKS)"""
+            counts = [(len(rows), sum(r["status"] == "unchecked" for r in rows))
+                      for rows in (receipts(alice), receipts(bob))]
+            return counts == [(200, 0), (150, 0)]
 
         await wait_for(all_receipts, timeout=25)
         entries = await chain_of(alice, "tally-1")

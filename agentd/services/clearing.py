@@ -1,13 +1,14 @@
 """The ``ch`` target: the clearing-house role (IDS Clearing House semantics, DESIGN §6).
 
-A node with ``roles = ["clearinghouse"]`` serves ``create_process``, ``log``, ``query``,
-``get`` and ``keys``; the rules are ``protocol.clearing``'s, this glues them to the store.
-Every request is handled on the writer thread in the transaction that records it in the
+A node with ``roles = ["clearinghouse"]`` serves ``create_process``, ``log``, ``log_batch``,
+``query``, ``get`` and ``keys``; the rules are ``protocol.clearing``'s, this glues them to
+the store. Every request is handled on the writer thread in the transaction that records it in the
 inbox, and answered with a reply message (``re`` = the request id) queued in that same
 transaction: ``processed``, ``result``, or ``rejection{code, message}`` for a request the
 clearing house refuses. A refusal is a reply, not an error ack — the request was delivered
 and processed — and a savepoint around each request guarantees that a refused one commits
-nothing but its inbox row and that reply.
+nothing but its inbox row and that reply. ``log_batch`` nests a savepoint per entry, so a
+refused entry commits nothing and the others still get their receipts.
 
 Appends to one process are serialised because every job runs on the single writer thread,
 one after another; the ``(pid, seq)`` primary key makes a fork impossible even so. Different
@@ -32,8 +33,8 @@ from store import clearing as store
 if TYPE_CHECKING:
     from agentd.node import Node
 
-REQUESTS = frozenset({"create_process", "log", "query", "get", "keys"})
-REPLIES = frozenset({"processed", "result", "rejection"})
+REQUESTS = frozenset({"create_process", "log", "log_batch", "query", "get", "keys"})
+REPLIES = frozenset({"processed", "processed_batch", "result", "rejection"})
 ROLE = "clearinghouse"
 # Room for the envelope around a query result, so that a page fits in one frame.
 REPLY_OVERHEAD = 4096
@@ -81,16 +82,18 @@ class ClearingService(Service):
         conn, caller, obj = tx.conn, envelope.from_.agent, envelope.object
         action = envelope.action
         if action == "log":
-            request = ch.parse_log(obj, max_payload=self.max_payload)
-            pid = request["pid"]
-            new_owners = ch.authorize("log", pid, caller, store.owners(conn, pid))
-            if new_owners:
-                store.create_process(conn, pid, new_owners, tx.now_ms)
-            entry = ch.next_entry(
-                store.last_entry(conn, pid), request, client_id=caller, now_ms=tx.now_ms
-            )
-            store.append(conn, entry)
-            return ch.processed(keyring.receipt(entry))
+            return self._log(tx, caller, obj, keyring)
+        if action == "log_batch":
+            results = []
+            for entry in ch.parse_log_batch(obj):
+                conn.execute("SAVEPOINT ch_entry")
+                try:
+                    results.append(self._log(tx, caller, entry, keyring))
+                except ch.Rejection as exc:
+                    conn.execute("ROLLBACK TO ch_entry")
+                    results.append(exc.reply())
+                conn.execute("RELEASE ch_entry")
+            return ch.processed_batch(results)
         if action == "create_process":
             create = ch.parse_create_process(obj)
             owner_ids = ch.decide_create(create, caller, store.owners(conn, create["pid"]))
@@ -107,3 +110,17 @@ class ClearingService(Service):
             return ch.get_result(get, store.get_entry(conn, get["pid"], get["id"]))
         ch.parse_keys(obj)
         return "result", keyring.jwks()
+
+    def _log(self, tx: Tx, caller: str, obj: object, keyring: ch.Keyring) -> ch.Reply:
+        """Append one ``log`` object to its process's chain; its receipt."""
+        conn = tx.conn
+        request = ch.parse_log(obj, max_payload=self.max_payload)
+        pid = request["pid"]
+        new_owners = ch.authorize("log", pid, caller, store.owners(conn, pid))
+        if new_owners:
+            store.create_process(conn, pid, new_owners, tx.now_ms)
+        entry = ch.next_entry(
+            store.last_entry(conn, pid), request, client_id=caller, now_ms=tx.now_ms
+        )
+        store.append(conn, entry)
+        return ch.processed(keyring.receipt(entry))

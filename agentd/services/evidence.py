@@ -13,6 +13,12 @@ The first receipt from a clearing house, or one signed by a key the stored JWKS 
 So ``receipts.verify`` works offline — the clearing house may be down — and a receipt also has
 to match what this node asked to log (process, payload hash, itself as client).
 
+Concurrent ``ch.log`` calls are coalesced by :meth:`Evidence.run`: the calls queued while the
+previous batch was being committed go as one ``log_batch`` (up to ``ch.MAX_BATCH`` entries,
+one ``ch_requests`` row, one message; a call alone goes as a plain ``log``). Entry ``i`` of a
+batch is known by the key ``message id + i`` (2 bytes, big-endian) in ``receipts.request`` and
+to the waiting caller, which gets its own receipt or its own refusal.
+
 The RPC methods wait for the answer (``REQUEST_TIMEOUT``); a refusal becomes RPC error -32010
 whose reason is the IDS code (``NOT_AUTHORIZED``, ``NOT_FOUND``, ``BAD_PARAMETERS``, ...). A
 request that times out stays in the outbox and is answered later: a late receipt is still
@@ -49,6 +55,20 @@ REQUEST_TIMEOUT = 10.0
 ENVELOPE_OVERHEAD = 4096
 RPC_KIND = "ch.log"  # receipts.kind for logs made through the ch.log RPC method
 CHAIN_PAGE = ch.MAX_PAGE_SIZE
+BATCH_ITEM_OVERHEAD = 16  # msgpack bytes around each entry of a log_batch, generously
+
+
+class _Pending:
+    """A ``ch.log`` call waiting for ``Evidence.run`` to send it."""
+
+    __slots__ = ("abandoned", "error", "house", "key", "obj", "ready", "size")
+
+    def __init__(self, house: ChipAddress, obj: dict[str, Any], size: int) -> None:
+        self.house, self.obj, self.size = house, obj, size
+        self.ready = trio.Event()
+        self.key: bytes | None = None  # the receipt/waiter key, once sent
+        self.error: Exception | None = None
+        self.abandoned = False  # the caller went away: nobody collects the answer
 
 
 def log_evidence(
@@ -95,6 +115,8 @@ class Evidence:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._warned = False
+        # bounded: a burst of callers beyond a few batches waits here (backpressure)
+        self._queue, self._queued = trio.open_memory_channel[_Pending](4 * ch.MAX_BATCH)
         for name, method in (
             ("ch.create_process", self.rpc_create_process),
             ("ch.log", self.rpc_log),
@@ -195,7 +217,8 @@ class Evidence:
                 code, message = "MALFORMED_MESSAGE", f"the rejection is malformed: {obj!r:.200}"
             self._refused(tx, row, code, message)
             return
-        expected = "processed" if row["action"] in ("create_process", "log") else "result"
+        expected = {"create_process": "processed", "log": "processed",
+                    "log_batch": "processed_batch"}.get(row["action"], "result")
         if action != expected:
             self._refused(tx, row, "MALFORMED_MESSAGE",
                           f"the clearing house answered {row['action']} with {action}")
@@ -205,7 +228,10 @@ class Evidence:
             self._process_ready(tx, row["ch"], row["pid"])
             self._resolve(tx, row["id"], {})
         elif row["action"] == "log":
+            store.delete_request(tx.conn, row["seq"])
             self._receipt(tx, row, obj.get("receipt"))
+        elif row["action"] == "log_batch" and row["object"] is not None:
+            self._batch_results(tx, row, obj.get("results"))
         elif row["action"] == "keys":
             self._keys(tx, row, obj)
         else:
@@ -230,9 +256,32 @@ class Evidence:
             log.warning("clearing house refused evidence %s %s: %s: %s", row["kind"],
                         row["ref"], code, message)
             store.refuse_request(tx.conn, row["seq"], f"{code}: {message}")
+        elif row["action"] == "log_batch" and row["object"] is not None:
+            store.delete_request(tx.conn, row["seq"])
+            for entry in _batch_entries(row):
+                self._fail(tx, entry["id"], Reject(code, message))
+            return
         else:
             store.delete_request(tx.conn, row["seq"])
         self._fail(tx, row["id"], Reject(code, message))
+
+    def _batch_results(self, tx: Tx, row: sqlite3.Row, results: object) -> None:
+        """Apply ``processed_batch``: each entry's receipt or refusal, to its own caller."""
+        entries = _batch_entries(row)
+        if (not isinstance(results, list) or len(results) != len(entries)
+                or not all(isinstance(result, dict) for result in results)):
+            self._refused(tx, row, "MALFORMED_MESSAGE",
+                          f"processed_batch does not hold {len(entries)} result maps")
+            return
+        store.delete_request(tx.conn, row["seq"])
+        for entry, result in zip(entries, results, strict=True):
+            if "receipt" in result:
+                self._receipt(tx, entry, result["receipt"])
+                continue
+            code, message = result.get("code"), result.get("message")
+            if not isinstance(code, str) or not isinstance(message, str):
+                code, message = "MALFORMED_MESSAGE", f"the result is malformed: {result!r:.200}"
+            self._fail(tx, entry["id"], Reject(code, message))
 
     def _process_ready(self, tx: Tx, house: str, pid: str) -> None:
         """The process exists now (or never will through us): send the logs waiting for it."""
@@ -242,8 +291,8 @@ class Evidence:
             message_id = tx.send(to, ch.TARGET, "log", unpack(waiting["object"]))
             store.mark_sent(tx.conn, waiting["seq"], message_id)
 
-    def _receipt(self, tx: Tx, row: sqlite3.Row, token: object) -> None:
-        store.delete_request(tx.conn, row["seq"])
+    def _receipt(self, tx: Tx, row: Mapping[str, Any], token: object) -> None:
+        """Check and store the receipt that answers log request ``row`` (deleted already)."""
         if not isinstance(token, str):
             self._fail(tx, row["id"], Reject("MALFORMED_MESSAGE", "processed without a receipt"))
             return
@@ -327,20 +376,37 @@ class Evidence:
 
     # -- requests from RPC ----------------------------------------------------------------
 
-    async def request(self, action: str, obj: dict[str, Any]) -> Any:
-        """Send one request to the clearing house and wait for its answer, as sent (no local
-        validation: the clearing house is the one judge). Raises ``Reject`` for a refusal."""
+    def _house(self) -> ChipAddress:
         house = self.clearing_house()
         if house is None:
             raise Reject("NO_CLEARING_HOUSE",
                          "no clearing house configured: add [clearinghouse] agent and address")
+        return house
+
+    def _size(self, action: str, obj: dict[str, Any]) -> int:
+        """The packed size of a request, refused when no frame could carry it."""
         try:
             size = len(pack(obj))
         except CodecError as exc:
             raise invalid_params(str(exc)) from exc
-        if size > self.node.config.max_frame - ENVELOPE_OVERHEAD:
+        if size > self._room():
             raise Reject(ch.Reason.BAD_PARAMETERS.value,
                          f"the {action} request is {size} bytes, more than a frame can carry")
+        return size
+
+    def _room(self) -> int:
+        return self.node.config.max_frame - ENVELOPE_OVERHEAD
+
+    def _timeout_message(self, house: str) -> str:
+        return (f"no answer from the clearing house {house} within {REQUEST_TIMEOUT:g} s (the"
+                " request stays in the outbox and will be retried; a late receipt is still"
+                " stored)")
+
+    async def request(self, action: str, obj: dict[str, Any]) -> Any:
+        """Send one request to the clearing house and wait for its answer, as sent (no local
+        validation: the clearing house is the one judge). Raises ``Reject`` for a refusal."""
+        house = self._house()
+        self._size(action, obj)
         pid = obj.get("pid")
         sha = obj.get("payload_sha256")
         node = self.node
@@ -357,10 +423,84 @@ class Evidence:
             return tx, message_id
 
         tx, message_id = await node.db.write(job)
-        return await node.replies.wait(
-            tx, message_id, REQUEST_TIMEOUT, f"no answer from the clearing house {house.agent}"
-            f" within {REQUEST_TIMEOUT:g} s (the request stays in the outbox and will be"
-            " retried; a late receipt is still stored)")
+        return await node.replies.wait(tx, message_id, REQUEST_TIMEOUT,
+                                       self._timeout_message(house.agent))
+
+    async def log_request(self, obj: dict[str, Any]) -> Any:
+        """Like ``request("log", obj)``, but coalesced with concurrent calls by ``run``."""
+        house = self._house()
+        item = _Pending(house, obj, self._size("log", obj))
+        try:
+            await self._queue.send(item)
+            await item.ready.wait()
+            if item.error is not None:
+                raise item.error
+            assert item.key is not None
+            return await self.node.replies.result(item.key, REQUEST_TIMEOUT,
+                                                  self._timeout_message(house.agent))
+        finally:
+            item.abandoned = True
+            if item.key is not None:
+                self.node.replies.discard(item.key)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send the queued ``ch.log`` calls: all that queued meanwhile (up to ``MAX_BATCH``
+        and a frame) as one ``log_batch`` to the same clearing house, a lone one as ``log``."""
+        task_status.started()
+        carry: _Pending | None = None
+        while True:
+            first = carry if carry is not None else await self._queued.receive()
+            carry = None
+            batch, size = [first], first.size
+            while len(batch) < ch.MAX_BATCH:
+                try:
+                    item = self._queued.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                size += item.size + BATCH_ITEM_OVERHEAD
+                if item.house != first.house or size > self._room():
+                    carry = item
+                    break
+                batch.append(item)
+            await self._send_batch(batch)
+
+    async def _send_batch(self, batch: list[_Pending]) -> None:
+        node, house = self.node, batch[0].house
+
+        def job(conn: sqlite3.Connection) -> tuple[Tx, list[bytes]]:
+            tx = Tx(node, conn, node.now_ms())
+            if len(batch) == 1:
+                obj = batch[0].obj
+                message_id = tx.send(house, ch.TARGET, "log", obj)
+                store.add_request(
+                    conn, message_id=message_id, ch=house.agent, action="log", pid=obj["pid"],
+                    kind=None, ref=None, payload_sha256=obj["payload_sha256"], state="sent",
+                    now_ms=tx.now_ms,
+                )  # fmt: skip
+                return tx, [message_id]
+            message_id = tx.send(house, ch.TARGET, "log_batch",
+                                 {"entries": [item.obj for item in batch]})
+            store.add_request(
+                conn, message_id=message_id, ch=house.agent, action="log_batch", pid=None,
+                kind=None, ref=None, payload_sha256=None, state="sent", now_ms=tx.now_ms,
+                obj=pack([[item.obj["pid"], item.obj["payload_sha256"]] for item in batch]),
+            )  # fmt: skip
+            return tx, [_entry_key(message_id, index) for index in range(len(batch))]
+
+        try:
+            tx, keys = await node.db.write(job)
+        except Exception as exc:  # each caller gets the failure, as request() would raise it
+            for item in batch:
+                item.error = exc
+                item.ready.set()
+            return
+        for item, key in zip(batch, keys, strict=True):
+            if not item.abandoned:
+                item.key = key
+                node.replies.expect(key)
+        tx.committed()
+        for item in batch:
+            item.ready.set()
 
     async def rpc_create_process(self, pid: str, owners: list[str] | None = None) -> dict:
         """Create process ``pid`` owned by this node and ``owners`` (agent ids)."""
@@ -381,7 +521,7 @@ class Evidence:
             obj = ch.log_object(pid, payload, mode=mode, header=header, payload_type=payload_type)
         except (ValueError, CodecError) as exc:
             raise invalid_params(str(exc)) from exc
-        return await self.request("log", obj)
+        return await self.log_request(obj)
 
     async def rpc_query(self, pid: str, page: int | None = None, size: int | None = None,
                         sort: str | None = None, date_from: int | str | None = None,
@@ -499,6 +639,18 @@ class Evidence:
                 failures.append(_failure(row, "chain_mismatch",
                                          f"the receipt does not match the chain entry: {exc}"))
         return failures
+
+
+def _entry_key(message_id: bytes, index: int) -> bytes:
+    """The key of entry ``index`` of a ``log_batch``: its receipt's ``request`` and waiter."""
+    return message_id + index.to_bytes(2, "big")
+
+
+def _batch_entries(row: sqlite3.Row) -> list[dict[str, Any]]:
+    """The entries of a ``log_batch`` request as rows for ``_receipt``."""
+    return [{"id": _entry_key(row["id"], index), "ch": row["ch"], "pid": pid, "kind": None,
+             "ref": None, "payload_sha256": sha}
+            for index, (pid, sha) in enumerate(unpack(row["object"]))]
 
 
 def _unverified_claims(token: str) -> dict[str, Any]:
