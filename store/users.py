@@ -22,5 +22,8 @@ def get(conn: sqlite3.Connection, cuid: str) -> sqlite3.Row | None:
     ).fetchone()
 
 
+LIST = "SELECT cuid, name, public, created FROM users ORDER BY cuid"  # never the seed
+
+
 def all_users(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    return conn.execute("SELECT cuid, name, public, created FROM users ORDER BY cuid").fetchall()
+    return conn.execute(LIST).fetchall()

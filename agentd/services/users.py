@@ -34,5 +34,5 @@ class Users:
         return [
             {"cuid": row["cuid"], "name": row["name"],
              "address": str(self.node.own_address(row["cuid"])), "public": b64u(row["public"])}
-            for row in self.node.db.read("SELECT cuid, name, public FROM users ORDER BY cuid")
+            for row in self.node.db.read(users.LIST)
         ]
