@@ -71,12 +71,12 @@ class OutboxPump:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for row in self.node.db.read(
-                "SELECT id, peer, address, body, tries FROM outbox WHERE state = 'pending'"
-                " ORDER BY seq"
-            ):
-                self.add(row["id"], row["peer"], row["address"], unpack(row["body"]),
-                         row["tries"])
+            after = 0  # what the last run left undelivered, page by page in commit order
+            while rows := await self.node.db.write(
+                    lambda conn, after=after: outbox.pending(conn, after_seq=after)):
+                for row in rows:
+                    self.add(row.id, row.peer, row.address, unpack(row.body), row.tries)
+                after = rows[-1].seq
             for item in self._early:
                 self._enqueue(item)
             self._early.clear()

@@ -65,13 +65,3 @@ def mark_failed(conn: sqlite3.Connection, message_id: bytes, error: str) -> Outb
 
 def record_tries(conn: sqlite3.Connection, tries: Iterable[tuple[int, bytes]]) -> None:
     conn.executemany("UPDATE outbox SET tries = ? WHERE id = ?", tries)
-
-
-def depth(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT count(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
-
-
-def failures(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    return conn.execute(
-        "SELECT id, peer, target, action, error FROM outbox WHERE state = 'failed' ORDER BY seq"
-    ).fetchall()
