@@ -89,6 +89,8 @@ class OutboxPump:
 
     def add(self, message_id: bytes, peer: str, address: str | None, envelope: dict,
             tries: int) -> None:
+        if message_id in self.live:
+            return  # committed while the start-up reload was reading: already queued
         item = Outgoing(message_id, peer, address, envelope, tries)
         self.live[message_id] = item
         if self._nursery is None:
