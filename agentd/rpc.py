@@ -82,6 +82,7 @@ class RpcServer:
             params = [p.name + ("" if p.default is inspect.Parameter.empty else "?")
                       for p in inspect.signature(method).parameters.values()]
             doc = (inspect.getdoc(method) or "").split("\n\n")[0].replace("\n", " ")
+            doc = doc.replace("``", "")  # docstring markup, not for the terminal
             out.append({"method": name, "params": params, "doc": doc})
         return out
 
