@@ -51,6 +51,10 @@ def test_three_nodes_through_the_cli_then_sigterm(three_nodes):
     assert added["address"].startswith(f"carol:{infos['c']['agent']}@")
     users = json.loads(cli("-c", c, "users.list").stdout)
     assert [u["cuid"] for u in users] == ["carol"]
+    methods = {m["method"]: m for m in json.loads(cli("-c", a, "help").stdout)}
+    assert methods["peers.ping"]["params"] == ["agent", "count?"]
+    assert "``" not in methods["relay.query"]["doc"] and methods["relay.query"]["doc"]
+    assert {"tally.invite", "chit.pay", "ch.log", "relay.wait", "stop"} <= set(methods)
     peers = json.loads(cli("-c", a, "peers.list").stdout)
     assert {p["name"]: p["connected"] for p in peers} == {"b": True, "c": False}
 
