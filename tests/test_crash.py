@@ -5,27 +5,11 @@ from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
-import sys
 
-import trio
-
+from agentd.localnodes import free_ports, spawn, write_node
 from agentd.services.base import Tx
-from protocol.keys import ChipAddress, SigningKey
+from protocol.keys import ChipAddress
 from tests.netfixture import network, wait_for
-
-
-def start_receiver(directory, key: SigningKey, port: int) -> subprocess.Popen:
-    directory.mkdir(exist_ok=True)
-    key_file = directory / "agent.key"
-    if not key_file.exists():
-        key_file.write_text(key.dump())
-        key_file.chmod(0o600)
-    (directory / "agentd.toml").write_text(
-        f'[node]\nname = "receiver"\ndata_dir = "."\nlisten = "127.0.0.1:{port}"\n'
-        '[log]\nlevel = "warning"\n')
-    return subprocess.Popen([sys.executable, "-m", "agentd", "run", "-c",
-                             str(directory / "agentd.toml")], stderr=subprocess.DEVNULL)
 
 
 def processed_ids(directory) -> list[bytes]:
@@ -34,12 +18,9 @@ def processed_ids(directory) -> list[bytes]:
 
 
 async def test_receiver_killed_mid_stream(tmp_path):
-    key = SigningKey.generate()
-    with trio.socket.socket() as sock:
-        await sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    receiver_dir = tmp_path / "receiver"
-    process = start_receiver(receiver_dir, key, port)
+    receiver = write_node(tmp_path / "receiver", "receiver", free_ports(1)[0])
+    key, port, receiver_dir = receiver.key, receiver.port, receiver.directory
+    process = spawn(receiver)
     try:
         async with network(tmp_path, n=1) as net:
             (sender,) = net.nodes
@@ -60,7 +41,7 @@ async def test_receiver_killed_mid_stream(tmp_path):
             process.wait()
             acked_before_crash = set(sent) - set(sender.pump.live)
             assert acked_before_crash <= set(processed_ids(receiver_dir))
-            process = start_receiver(receiver_dir, key, port)
+            process = spawn(receiver)
             await wait_for(lambda: sender.pump.depth == 0, timeout=60)
             ids = processed_ids(receiver_dir)
             assert sorted(ids) == sorted(sent)  # every message, exactly once

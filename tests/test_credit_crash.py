@@ -10,22 +10,17 @@ import signal
 import trio
 
 from agentd.errors import UserError
+from agentd.localnodes import free_ports, spawn, write_node
 from agentd.rpc import RpcError, call
-from protocol.keys import SigningKey
 from tests.netfixture import network, wait_for
-from tests.test_crash import start_receiver
 
 STREAM = 150  # payments from each side
 
 
 async def test_a_partner_killed_mid_stream_loses_no_confirmed_chit(tmp_path):
-    bob_key = SigningKey.generate()
-    with trio.socket.socket() as sock:
-        await sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    bob_dir = tmp_path / "bob"
-    process = start_receiver(bob_dir, bob_key, port)
-    socket_path = bob_dir / "agentd.sock"
+    bob_node = write_node(tmp_path / "bob", "bob", free_ports(1)[0])
+    bob_key, port, socket_path = bob_node.key, bob_node.port, bob_node.socket
+    process = spawn(bob_node)
 
     async def bob(method: str, **params) -> dict:
         return await trio.to_thread.run_sync(
@@ -79,7 +74,7 @@ async def test_a_partner_killed_mid_stream_loses_no_confirmed_chit(tmp_path):
                 process.send_signal(signal.SIGKILL)  # mid-stream, no clean shutdown
                 process.wait()
                 await trio.sleep(0.3)  # alice keeps paying into her outbox meanwhile
-                process = start_receiver(bob_dir, bob_key, port)
+                process = spawn(bob_node)
                 await wait_for(socket_path.exists, timeout=20)
                 with trio.fail_after(20):
                     while True:
