@@ -62,6 +62,17 @@ class Replies:
             raise waiter.error
         return waiter.value
 
+    async def results(self, message_ids: list[bytes]) -> list[Any]:
+        """Wait for the answers to ``message_ids``, registered with ``expect``: each value,
+        or the ``Reject`` it was settled with. The caller bounds the wait with its own
+        cancel scope."""
+        waiters = [self._waiting[key] for key in message_ids]
+        for waiter in waiters:
+            if not waiter.event.is_set():  # the answers of one batch come in one commit
+                await waiter.event.wait()
+        return [waiter.error if waiter.error is not None else waiter.value
+                for waiter in waiters]
+
     def settle(self, tx: Tx, message_id: object, value: Any = None,
                error: Reject | None = None) -> None:
         """Wake the call waiting for ``message_id`` (if any) once ``tx`` has committed."""

@@ -29,7 +29,7 @@ The service runs each request inside one store transaction, e.g. for ``log``::
         store.create_process(request["pid"], new_owners)
     entry = next_entry(store.last_entry(request["pid"]), request, client_id=caller, now_ms=now)
     store.append(entry)
-    reply = processed(keyring.receipt(entry))
+    reply = processed(keyring.receipts([entry])[0])
 
 Choices (DESIGN §6 leaves them open):
 
@@ -42,8 +42,13 @@ Choices (DESIGN §6 leaves them open):
   back), so the chain is ordered by time as well as by ``seq``.
 - ``document_id`` is the entry hash: content-addressed, needs no randomness, and ``get`` on an
   id from another process is simply not found.
-- Receipts are EdDSA compact JWS, ``kid`` the RFC 7638 thumbprint, ``iat`` the entry's time in
-  seconds, ``version`` the receipt format (``RECEIPT_VERSION``), not a software version.
+- Receipts are signed in batches: one EdDSA compact JWS (``kid`` the RFC 7638 thumbprint)
+  signs ``iss``, ``iat``, ``version`` (the receipt format, ``RECEIPT_VERSION``) and the root
+  of a Merkle tree (``protocol.merkle``) over the claims of every entry of one ``log_batch``
+  (one entry for a ``log``). A receipt is ``<that JWS>~<base64url JSON {claims, index,
+  proof}>``: its entry's claims and the inclusion proof that ties them to the signed root.
+  So a batch costs one signature, a client verifies one per batch, and each receipt still
+  proves its entry alone, with any JOSE library plus a dozen lines of hashing.
 - Queries sort by ``seq``, newest first by default (as IDS does); dates are inclusive bounds,
   integer ms or ``YYYY-MM-DD`` (UTC days); no silent "last two weeks" window.
 """
@@ -65,6 +70,7 @@ import jwt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from protocol import merkle
 from protocol.codec import CodecError, canonical, digest, pack
 from protocol.keys import IdentityError, SigningKey, b64u, is_agent_id, unb64u
 
@@ -74,7 +80,7 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_OWNERS = 64
 MAX_BATCH = 256
-RECEIPT_VERSION = 1
+RECEIPT_VERSION = 2
 ZERO_HASH = "0" * 64
 LOG_MODES = ("full", "header", "hash")
 HASHED_FIELDS = (
@@ -605,6 +611,7 @@ def get_result(request: GetRequest, entry: Entry | None) -> Reply:
 
 
 @functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)
 def thumbprint(public: bytes) -> str:
     """RFC 7638 SHA-256 thumbprint of an Ed25519 public key: the receipt's ``kid``."""
     members = json.dumps(
@@ -667,17 +674,48 @@ class Keyring:
         publics = dict.fromkeys((self.current.public, *self.retired))
         return {"keys": [_jwk(public) for public in publics]}
 
-    def receipt(self, entry: Mapping[str, Any]) -> str:
-        """The signed receipt of a stored entry (deterministic: Ed25519 needs no randomness)."""
-        claims = {
+    def receipts(self, entries: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The receipts of stored ``entries`` (at least one), in order, under one signature.
+
+        The JWS signs the batch: ``iss``, ``iat`` (the newest entry's time, in seconds),
+        ``version``, and the root of a Merkle tree whose leaves are the entries' claims. Each
+        receipt is that JWS, ``~``, and base64url JSON ``{claims, index, proof}`` of its
+        entry (``proof``: its Merkle siblings from the bottom up, 32 bytes each, base64url),
+        so it stands alone. Deterministic: Ed25519 needs no randomness.
+        """
+        claims = [entry_claims(entry) for entry in entries]
+        levels = merkle.tree([_leaf(one) for one in claims])
+        batch = {
             "iss": self.issuer,
-            "iat": entry["timestamp"] // 1000,
+            "iat": max(entry["timestamp"] for entry in entries) // 1000,
             "version": RECEIPT_VERSION,
-            **entry_claims(entry),
+            "batch_root": merkle.root(levels).hex(),
+            "batch_size": len(claims),
         }
-        return jwt.encode(
-            claims, self.current.private_key, algorithm="EdDSA", headers={"kid": self.kid}
+        signed = jwt.encode(
+            batch, self.current.private_key, algorithm="EdDSA", headers={"kid": self.kid}
         )
+        return [
+            f"{signed}~" + b64u(_json({
+                "claims": one, "index": index,
+                "proof": b64u(b"".join(merkle.proof(levels, index))),
+            }))
+            for index, one in enumerate(claims)
+        ]
+
+
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+def _json(value: object) -> bytes:
+    return _COMPACT_JSON.encode(value).encode()
+
+
+def _leaf(claims: Mapping[str, Any]) -> bytes:
+    """An entry's Merkle leaf: the hash of its claims as canonical msgpack. Claims are a flat
+    map of text and integers (checked before a receipt's are hashed), so sorting its keys is
+    all that canonical encoding takes."""
+    return merkle.leaf_hash(pack(dict(sorted(claims.items()))))
 
 
 class ReceiptFault(StrEnum):
@@ -698,10 +736,14 @@ class ReceiptError(ValueError):
         self.fault = fault
 
 
-_CLAIM_TYPES: dict[str, type] = {
+_BATCH_TYPES: dict[str, type] = {
     "iss": str,
     "iat": int,
     "version": int,
+    "batch_root": str,
+    "batch_size": int,
+}
+_CLAIM_TYPES: dict[str, type] = {
     "process_id": str,
     "document_id": str,
     "seq": int,
@@ -711,7 +753,9 @@ _CLAIM_TYPES: dict[str, type] = {
     "entry_hash": str,
     "prev_hash": str,
 }
-_URL_ALPHABET = str.maketrans("-_", "+/")
+_URL_ALPHABET = bytes.maketrans(b"-_", b"+/")
+VERIFIED_BATCHES = 4096  # signed batches whose signature check is remembered
+MAX_SIGNED = 2048  # characters of a receipt's JWS: its header and claims are small
 
 
 def _jwks_public(jwks: Mapping[str, Any], kid: str) -> bytes:
@@ -723,11 +767,8 @@ def _jwks_public(jwks: Mapping[str, Any], kid: str) -> bytes:
             continue
         x = jwk.get("x")
         if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and isinstance(x, str):
-            try:
-                public = unb64u(x)
-            except IdentityError:
-                public = b""
-            if len(public) == 32 and thumbprint(public) == kid:
+            public = _thumbprinted_key(x, kid)
+            if public is not None:
                 return public
         raise ReceiptError(
             ReceiptFault.UNKNOWN_KEY, f"JWKS key {kid} is not an Ed25519 key with that thumbprint"
@@ -738,28 +779,52 @@ def _jwks_public(jwks: Mapping[str, Any], kid: str) -> bytes:
     )
 
 
-def _check_claims(claims: Mapping[str, Any]) -> None:
-    missing = sorted(_CLAIM_TYPES.keys() - claims.keys())
+@functools.lru_cache(maxsize=64)
+def _thumbprinted_key(x: str, kid: str) -> bytes | None:
+    """The Ed25519 key that JWK member ``x`` holds, if its thumbprint is ``kid``."""
+    try:
+        public = unb64u(x)
+    except IdentityError:
+        return None
+    return public if len(public) == 32 and thumbprint(public) == kid else None
+
+
+def _check_types(claims: Mapping[str, Any], types: Mapping[str, type], what: str) -> None:
+    if all(type(claims.get(name)) is kind for name, kind in types.items()):
+        return
+    missing = sorted(types.keys() - claims.keys())
     if missing:
-        raise ReceiptError(ReceiptFault.BAD_CLAIMS, f"claims missing: {', '.join(missing)}")
-    for name, kind in _CLAIM_TYPES.items():
+        raise ReceiptError(ReceiptFault.BAD_CLAIMS, f"{what} missing: {', '.join(missing)}")
+    for name, kind in types.items():
         value = claims[name]
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ReceiptError(
                 ReceiptFault.BAD_CLAIMS,
                 f"claim {name} is a {type(value).__name__}, not {kind.__name__}",
             )
-    if claims["version"] != RECEIPT_VERSION:
-        raise ReceiptError(
-            ReceiptFault.BAD_CLAIMS,
-            f"receipt version {claims['version']} is not {RECEIPT_VERSION}, the one this reads",
-        )
 
 
 def _segment(text: str) -> bytes:
-    """A strict base64url decode of one compact-JWS segment; ValueError if it is none."""
-    return binascii.a2b_base64(text.translate(_URL_ALPHABET) + "=" * (-len(text) % 4),
+    """A strict base64url decode of one segment (no padding, no ``+`` or ``/``); ValueError
+    if it is none."""
+    data = text.encode("ascii")  # UnicodeEncodeError is a ValueError
+    if b"+" in data or b"/" in data or b"=" in data:
+        raise ValueError("not base64url: it holds '+', '/' or '='")
+    return binascii.a2b_base64(data.translate(_URL_ALPHABET) + b"=" * (-len(data) % 4),
                                strict_mode=True)
+
+
+def _json_object(text: str | bytes, what: str) -> dict[str, Any]:
+    """A JSON object from a base64url segment (``text``) or decoded ``bytes``."""
+    try:
+        value = json.loads(_segment(text) if isinstance(text, str) else text)
+    except (ValueError, RecursionError) as exc:
+        raise ReceiptError(
+            ReceiptFault.MALFORMED, f"the {what} does not decode: {exc} (truncated or altered)"
+        ) from exc
+    if not isinstance(value, dict):
+        raise ReceiptError(ReceiptFault.MALFORMED, f"the {what} does not decode: not an object")
+    return value
 
 
 @functools.lru_cache(maxsize=64)
@@ -767,19 +832,11 @@ def _public_key(public: bytes) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(public)
 
 
-def verify_receipt(
-    token: object, jwks: Mapping[str, Any], expect: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """The claims of a receipt whose EdDSA signature verifies under its ``kid`` in ``jwks``.
-
-    ``expect`` maps claim names to required values (e.g. ``entry_claims(entry)`` or
-    ``{"process_id": pid}``). Raises ``ReceiptError`` saying why otherwise.
-    """
-    if not isinstance(token, str):
-        raise ReceiptError(
-            ReceiptFault.MALFORMED, f"a receipt is compact JWS text, not {type(token).__name__}"
-        )
-    segments = token.split(".")
+@functools.lru_cache(maxsize=VERIFIED_BATCHES)
+def _signed_batch(signed: str, public: bytes, kid: str) -> dict[str, Any]:
+    """The claims of the batch JWS ``signed`` once its signature verifies (remembered: the
+    receipts of one batch share it, so it is checked once)."""
+    segments = signed.split(".")
     if len(segments) != 3:
         raise ReceiptError(
             ReceiptFault.MALFORMED,
@@ -789,41 +846,123 @@ def verify_receipt(
         signature = _segment(segments[2])
     except ValueError:
         signature = None
-    if signature is None or len(signature) != 64:
+    if signature is None or len(signature) != 64 or b64u(signature) != segments[2]:
         raise ReceiptError(
             ReceiptFault.MALFORMED,
             "the signature is not 64 base64url-encoded bytes: the receipt is truncated or altered",
         )
     try:
-        header = json.loads(_segment(segments[0]))
+        body = _segment(segments[1])
     except ValueError as exc:
-        raise ReceiptError(ReceiptFault.MALFORMED, f"the header does not decode: {exc}") from exc
-    if not isinstance(header, dict):
-        raise ReceiptError(ReceiptFault.MALFORMED, "the header does not decode: not an object")
+        raise ReceiptError(
+            ReceiptFault.MALFORMED, f"the signed batch does not decode: {exc}"
+        ) from exc
+    try:
+        _public_key(public).verify(signature, f"{segments[0]}.{segments[1]}".encode("ascii"))
+    except (InvalidSignature, UnicodeEncodeError) as exc:
+        raise ReceiptError(
+            ReceiptFault.BAD_SIGNATURE,
+            f"the signature does not verify with key {kid}: the header or a claim was altered",
+        ) from exc
+    claims = _json_object(body, "signed batch")
+    _check_types(claims, _BATCH_TYPES, "signed claims")
+    if claims["version"] != RECEIPT_VERSION:
+        raise ReceiptError(
+            ReceiptFault.BAD_CLAIMS,
+            f"receipt version {claims['version']} is not {RECEIPT_VERSION}, the one this reads",
+        )
+    if not _HEX64.fullmatch(claims["batch_root"]) or claims["batch_size"] < 1:
+        raise ReceiptError(ReceiptFault.BAD_CLAIMS, "the signed batch root or size is invalid")
+    return claims
+
+
+def _split(token: object) -> tuple[str, str]:
+    if not isinstance(token, str):
+        raise ReceiptError(
+            ReceiptFault.MALFORMED, f"a receipt is text, not {type(token).__name__}"
+        )
+    parts = token.split("~")
+    if len(parts) == 2 and len(parts[0]) > MAX_SIGNED:
+        raise ReceiptError(
+            ReceiptFault.MALFORMED,
+            f"the signed part is {len(parts[0])} characters, more than a receipt's {MAX_SIGNED}",
+        )
+    if len(parts) != 2:
+        raise ReceiptError(
+            ReceiptFault.MALFORMED,
+            f"{len(parts)} '~'-separated parts, not 2 (the signed batch and the entry):"
+            " truncated or not a receipt",
+        )
+    return parts[0], parts[1]
+
+
+def _disclosure(text: str) -> tuple[dict[str, Any], int, list[bytes]]:
+    """The entry part of a receipt: (claims, index, proof)."""
+    disclosed = _json_object(text, "entry part")
+    claims, index, proof = disclosed.get("claims"), disclosed.get("index"), disclosed.get("proof")
+    if not isinstance(claims, dict):
+        raise ReceiptError(ReceiptFault.MALFORMED, "the entry part holds no claims object")
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise ReceiptError(ReceiptFault.MALFORMED, "the entry part holds no integer index")
+    try:
+        hashes = _segment(proof) if isinstance(proof, str) else b"?"
+    except ValueError:
+        hashes = b"?"
+    if len(hashes) % 32:
+        raise ReceiptError(ReceiptFault.MALFORMED,
+                           "the entry part's proof is not base64url of 32-byte hashes")
+    _check_types(claims, _CLAIM_TYPES, "claims")
+    return claims, index, [hashes[i:i + 32] for i in range(0, len(hashes), 32)]
+
+
+def receipt_claims_unverified(token: object) -> dict[str, Any]:
+    """The entry claims a receipt states, without any check: only to file it by seq and
+    document. ``{}`` when it does not even decode."""
+    try:
+        return _disclosure(_split(token)[1])[0]
+    except ReceiptError:
+        return {}
+
+
+@functools.lru_cache(maxsize=VERIFIED_BATCHES)
+def _kid(signed: str) -> str:
+    header = _json_object(signed.split(".", 1)[0], "header")
     if header.get("alg") != "EdDSA":
         raise ReceiptError(ReceiptFault.MALFORMED, f"alg {header.get('alg')!r} is not EdDSA")
     kid = header.get("kid")
     if not isinstance(kid, str):
         raise ReceiptError(ReceiptFault.MALFORMED, "the header names no kid")
-    public = _public_key(_jwks_public(jwks, kid))
+    return kid
+
+
+def verify_receipt(
+    token: object, jwks: Mapping[str, Any], expect: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The claims of a receipt (``iss, iat, version`` and its entry's) that verifies: its
+    batch's EdDSA signature under its ``kid`` in ``jwks``, and its entry's Merkle proof up to
+    the signed root.
+
+    ``expect`` maps claim names to required values (e.g. ``entry_claims(entry)`` or
+    ``{"process_id": pid}``). Raises ``ReceiptError`` saying why otherwise.
+    """
+    signed, disclosed = _split(token)
+    kid = _kid(signed)
+    batch = _signed_batch(signed, _jwks_public(jwks, kid), kid)
+    claims, index, proof = _disclosure(disclosed)
     try:
-        body = _segment(segments[1])
-    except ValueError as exc:
-        raise ReceiptError(ReceiptFault.MALFORMED, f"the claims do not decode: {exc}") from exc
-    try:
-        public.verify(signature, f"{segments[0]}.{segments[1]}".encode("ascii"))
-    except InvalidSignature as exc:
+        reached = merkle.root_from_proof(_leaf(claims), index, batch["batch_size"], proof)
+    except merkle.ProofError as exc:
+        raise ReceiptError(ReceiptFault.MALFORMED, f"the entry's proof is invalid: {exc}") \
+            from exc
+    except CodecError as exc:
+        raise ReceiptError(ReceiptFault.BAD_CLAIMS, f"the claims do not encode: {exc}") from exc
+    if reached.hex() != batch["batch_root"]:
         raise ReceiptError(
             ReceiptFault.BAD_SIGNATURE,
-            f"the signature does not verify with key {kid}: the header or a claim was altered",
-        ) from exc
-    try:
-        claims = json.loads(body)
-    except ValueError as exc:
-        raise ReceiptError(ReceiptFault.MALFORMED, f"the claims do not decode: {exc}") from exc
-    if not isinstance(claims, dict):
-        raise ReceiptError(ReceiptFault.MALFORMED, "the claims do not decode: not an object")
-    _check_claims(claims)
+            "the entry's claims are not the ones signed (their Merkle proof does not lead to"
+            " the signed root): a claim was altered",
+        )
+    claims = {"iss": batch["iss"], "iat": batch["iat"], "version": batch["version"], **claims}
     for name, wanted in (expect or {}).items():
         if claims.get(name) != wanted:
             raise ReceiptError(

@@ -17,31 +17,39 @@ class CodecError(ValueError):
     """A value that cannot be encoded canonically, or bytes that are not valid msgpack."""
 
 
-def _canonicalize(value: Any, path: str) -> Any:
+Path = tuple[object, ...]  # the keys and indexes from the root, for error messages
+
+
+def _where(path: Path) -> str:
+    return "$" + "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path)
+
+
+def _canonicalize(value: Any, path: Path) -> Any:
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bool or value is None:
+        return value
     if isinstance(value, dict):
-        items = []
-        for key, item in value.items():
+        for key in value:
             if not isinstance(key, str):
-                raise CodecError(f"{path}: map key {key!r} is not text")
-            items.append((key.encode(), key, _canonicalize(item, f"{path}.{key}")))
-        items.sort(key=lambda entry: entry[0])
-        return {key: item for _, key, item in items}
-    if isinstance(value, (list, tuple)):
-        return [_canonicalize(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, bool) or value is None or isinstance(value, (str, bytes)):
+                raise CodecError(f"{_where(path)}: map key {key!r} is not text")
+        # UTF-8 keeps code point order, so sorting the text sorts the encoded keys
+        return {key: _canonicalize(value[key], (*path, key)) for key in sorted(value)}
+    if isinstance(value, list | tuple):
+        return [_canonicalize(item, (*path, i)) for i, item in enumerate(value)]
+    if isinstance(value, str | bytes):
         return value
     if isinstance(value, int):
         if not -(2**63) <= value < 2**64:
-            raise CodecError(f"{path}: integer {value} does not fit in 64 bits")
+            raise CodecError(f"{_where(path)}: integer {value} does not fit in 64 bits")
         return value
-    if isinstance(value, (bytearray, memoryview)):
+    if isinstance(value, bytearray | memoryview):
         return bytes(value)
-    raise CodecError(f"{path}: {type(value).__name__} is not allowed in canonical data")
+    raise CodecError(f"{_where(path)}: {kind.__name__} is not allowed in canonical data")
 
 
 def canonical(value: Any) -> bytes:
     """Encode ``value`` as canonical msgpack (sorted keys, no floats)."""
-    return msgpack.packb(_canonicalize(value, "$"), use_bin_type=True)
+    return msgpack.packb(_canonicalize(value, ()), use_bin_type=True)
 
 
 def digest(value: Any) -> bytes:

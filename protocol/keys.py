@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -47,6 +48,11 @@ def agent_id_to_public(agent_id: str) -> bytes:
         raise IdentityError(
             f"agent id must be {AGENT_ID_LENGTH} base64url characters: {agent_id!r}"
         )
+    return _agent_public(agent_id)
+
+
+@functools.lru_cache(maxsize=4096)  # every message names agents, and few of them
+def _agent_public(agent_id: str) -> bytes:
     raw = unb64u(agent_id)
     if len(raw) != 32 or b64u(raw) != agent_id:
         raise IdentityError(f"agent id is not a canonical 32-byte base64url key: {agent_id!r}")

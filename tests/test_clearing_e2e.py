@@ -45,6 +45,11 @@ def test_shared_process_refusal_and_offline_receipt_audit(evidence_network):
     assert error["code"] == -32010 and error["reason"] == "NOT_AUTHORIZED"
     assert error["message"].startswith("NOT_AUTHORIZED: ")
 
+    many = rpc(carol, "ch.log_many", 'entries=[{"pid": "deal-7", "payload": "mine"},'
+               ' {"pid": "carols", "payload": "a"}, {"pid": "carols", "payload": "b"}]')
+    assert many[0]["error"]["code"] == "NOT_AUTHORIZED"
+    assert [(r["pid"], r["seq"]) for r in many[1:]] == [("carols", 1), ("carols", 2)]
+
     page = rpc(bob, "ch.query", "pid=deal-7", "sort=asc")
     assert [e["seq"] for e in page["entries"]] == [1, 2] and page["total"] == 2
     assert page["entries"][0]["payload_text"] == "contract signed"
@@ -61,7 +66,7 @@ def test_shared_process_refusal_and_offline_receipt_audit(evidence_network):
 
     db = Path(infos["alice"]["config"]).parent / "data" / "agentd.db"
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE receipts SET token = token || 'x'")
+        conn.execute("UPDATE receipts SET token = replace(token, '~', 'x~')")
     audit = cli("-c", alice, "receipts.verify", check=False)
     assert audit.returncode == 1
     result = json.loads(audit.stdout)

@@ -8,11 +8,11 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import clearing as ch
+from protocol import merkle
 from protocol.codec import CodecError, canonical, pack, unpack
 from protocol.keys import SigningKey, b64u, unb64u
 
@@ -568,6 +568,59 @@ def test_any_changed_byte_of_a_stored_chain_is_detected(
 # --- receipts ----------------------------------------------------------------------------
 
 
+def receipt_fault(fault: ch.ReceiptFault, token: object, jwks: Any, **kwargs: Any) -> str:
+    with pytest.raises(ch.ReceiptError) as info:
+        ch.verify_receipt(token, jwks, **kwargs)
+    assert info.value.fault is fault, info.value
+    return str(info.value)
+
+
+def disclose(token: str) -> tuple[str, dict[str, Any]]:
+    """A receipt's signed batch JWS and its decoded entry part ``{claims, index, proof}``."""
+    signed, part = token.split("~")
+    return signed, json.loads(unb64u(part))
+
+
+def attach(signed: str, disclosed: dict[str, Any]) -> str:
+    """A receipt of ``signed`` and an entry part ``disclosed`` (encoded as the server does)."""
+    return f"{signed}~{b64u(json.dumps(disclosed, separators=(',', ':')).encode())}"
+
+
+def signed_claims(token: str) -> dict[str, Any]:
+    return json.loads(unb64u(token.split("~")[0].split(".")[1]))
+
+
+def forge_batch(
+    claims: list[dict[str, Any]],
+    key: SigningKey = RECEIPT_KEY,
+    kid: str | None = None,
+    drop: tuple[str, ...] = (),
+    **changes: Any,
+) -> list[str]:
+    """Receipts of ``claims`` built here by the format's rules, with the signed batch claims
+    changed by ``changes`` (``drop``: left out) and signed by ``key`` under ``kid``."""
+    levels = merkle.tree([merkle.leaf_hash(canonical(one)) for one in claims])
+    batch = {
+        "iss": CH_AGENT,
+        "iat": max(one["timestamp"] for one in claims) // 1000,
+        "version": ch.RECEIPT_VERSION,
+        "batch_root": merkle.root(levels).hex(),
+        "batch_size": len(claims),
+        **changes,
+    }
+    batch = {name: value for name, value in batch.items() if name not in drop}
+    signed = jwt.encode(
+        batch, key.private_key, algorithm="EdDSA", headers={"kid": kid or ch.thumbprint(key.public)}
+    )
+    return [
+        attach(
+            signed,
+            {"claims": one, "index": index, "proof": b64u(b"".join(merkle.proof(levels, index)))},
+        )
+        for index, one in enumerate(claims)
+    ]
+
+
 def test_thumbprint_matches_rfc_8037() -> None:
     key = SigningKey(unb64u("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"))
     assert b64u(key.public) == "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
@@ -577,9 +630,11 @@ def test_thumbprint_matches_rfc_8037() -> None:
 def test_a_receipt_restates_its_entry_and_verifies() -> None:
     ring = keyring()
     entry = chain(2)[1]
-    token = ring.receipt(entry)
-    header = jwt.get_unverified_header(token)
+    [token] = ring.receipts([entry])
+    signed, disclosed = disclose(token)
+    header = jwt.get_unverified_header(signed)
     assert (header["alg"], header["kid"]) == ("EdDSA", ch.thumbprint(RECEIPT_KEY.public))
+    assert disclosed == {"claims": ch.entry_claims(entry), "index": 0, "proof": ""}
     claims = ch.verify_receipt(token, ring.jwks(), expect=ch.entry_claims(entry))
     assert claims == {
         "iss": CH_AGENT,
@@ -591,35 +646,189 @@ def test_a_receipt_restates_its_entry_and_verifies() -> None:
     assert claims["prev_hash"] == chain(1)[0]["entry_hash"]
 
 
-def test_a_receipt_verifies_with_pyjwt_too() -> None:
+def test_a_batch_shares_one_signature_and_each_receipt_verifies_alone() -> None:
     ring = keyring()
-    entry = chain(1)[0]
-    token = ring.receipt(entry)
-    public = Ed25519PublicKey.from_public_bytes(RECEIPT_KEY.public)
-    assert jwt.decode(token, public, algorithms=["EdDSA"]) == ch.verify_receipt(
-        token, ring.jwks(), expect=ch.entry_claims(entry)
+    entries = chain(5, pid="p1")[2:] + chain(2, pid="p2")
+    entries[-1] = {**entries[-1], "timestamp": T0 + 9_999}  # the newest entry sets iat
+    tokens = ring.receipts(entries)
+    assert len(tokens) == len(entries)
+    assert len({token.split("~")[0] for token in tokens}) == 1
+    assert signed_claims(tokens[0])["batch_size"] == len(entries)
+    for index, (token, entry) in enumerate(zip(tokens, entries, strict=True)):
+        assert disclose(token)[1]["index"] == index
+        claims = ch.verify_receipt(token, ring.jwks(), expect=ch.entry_claims(entry))
+        assert claims == {
+            "iss": CH_AGENT,
+            "iat": (T0 + 9_999) // 1000,
+            "version": ch.RECEIPT_VERSION,
+            **ch.entry_claims(entry),
+        }
+        assert ch.receipt_claims_unverified(token) == ch.entry_claims(entry)
+
+
+def test_a_batch_needs_an_entry() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        keyring().receipts([])
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(1, 17), st.data())
+def test_every_receipt_of_any_batch_size_verifies(size: int, data: st.DataObject) -> None:
+    ring = keyring()
+    entries = chain(size)
+    tokens = ring.receipts(entries)
+    index = data.draw(st.integers(0, size - 1))
+    claims = ch.verify_receipt(tokens[index], ring.jwks(), expect=ch.entry_claims(entries[index]))
+    assert claims["seq"] == index + 1
+    assert claims["iat"] == entries[-1]["timestamp"] // 1000
+    _, disclosed = disclose(tokens[index])
+    assert disclosed["index"] == index
+    if size > 1:  # and another receipt of the batch does not pass for this entry's
+        other = data.draw(st.integers(0, size - 1).filter(lambda n: n != index))
+        receipt_fault(
+            ch.ReceiptFault.MISMATCH,
+            tokens[other],
+            ring.jwks(),
+            expect=ch.entry_claims(entries[index]),
+        )
+
+
+def test_a_receipt_verifies_with_pyjwt_and_a_merkle_proof() -> None:
+    ring = keyring()
+    entries = chain(6)
+    jwk = jwt.PyJWK(ring.jwks()["keys"][0])
+    for entry, token in zip(entries, ring.receipts(entries), strict=True):
+        signed, disclosed = disclose(token)
+        batch = jwt.decode(signed, jwk.key, algorithms=["EdDSA"])
+        assert set(batch) == {"iss", "iat", "version", "batch_root", "batch_size"}
+        assert (batch["iss"], batch["version"], batch["batch_size"]) == (
+            CH_AGENT,
+            ch.RECEIPT_VERSION,
+            6,
+        )
+        proof = unb64u(disclosed["proof"])
+        assert len(proof) % 32 == 0
+        leaf = merkle.leaf_hash(canonical(disclosed["claims"]))
+        path = [proof[at : at + 32] for at in range(0, len(proof), 32)]
+        reached = merkle.root_from_proof(leaf, disclosed["index"], batch["batch_size"], path)
+        assert reached.hex() == batch["batch_root"]
+        assert ch.verify_receipt(token, ring.jwks(), expect=ch.entry_claims(entry)) == {
+            "iss": batch["iss"],
+            "iat": batch["iat"],
+            "version": batch["version"],
+            **disclosed["claims"],
+        }
+
+
+def not_base64url(text: str, edit: str) -> str:
+    """``text`` with a character that base64url has not: in place of one, or added (four, so
+    that a lenient decoder that skips it would read the original)."""
+    return text[:8] + "!" + text[9:] if edit == "replaced" else text[:8] + "!!!!" + text[8:]
+
+
+@pytest.mark.parametrize("edit", ["replaced", "inserted"])
+@pytest.mark.parametrize(
+    "segment",
+    [
+        "header",
+        "claims",
+        "signature",
+        "entry",
+    ],
+)
+def test_a_segment_that_is_not_strict_base64url_is_malformed(segment: str, edit: str) -> None:
+    token = keyring().receipts(chain(2))[1]
+    signed, part = token.split("~")
+    parts = signed.split(".")
+    if segment == "entry":
+        part = not_base64url(part, edit)
+    else:
+        at = ["header", "claims", "signature"].index(segment)
+        parts[at] = not_base64url(parts[at], edit)
+    receipt_fault(ch.ReceiptFault.MALFORMED, f"{'.'.join(parts)}~{part}", keyring().jwks())
+
+
+@pytest.mark.parametrize("edit", ["replaced", "inserted"])
+def test_signed_claims_that_are_not_strict_base64url_are_malformed(edit: str) -> None:
+    ring = keyring()
+    signed, disclosed = disclose(ring.receipts(chain(1))[0])
+    header, body, _ = signed.split(".")
+    body = not_base64url(body, edit)
+    signature = b64u(RECEIPT_KEY.private_key.sign(f"{header}.{body}".encode()))
+    token = attach(f"{header}.{body}.{signature}", disclosed)
+    assert "signed batch does not decode" in receipt_fault(
+        ch.ReceiptFault.MALFORMED, token, ring.jwks()
     )
 
 
-@pytest.mark.parametrize("segment", [0, 1, 2])
-def test_a_segment_that_is_not_strict_base64url_is_malformed(segment: int) -> None:
-    parts = keyring().receipt(chain(1)[0]).split(".")
-    parts[segment] = parts[segment][:8] + "!" + parts[segment][9:]
-    receipt_fault(ch.ReceiptFault.MALFORMED, ".".join(parts), keyring().jwks())
-
-
-@pytest.mark.parametrize("part", ["header", "claims"])
-def test_a_signed_header_or_claims_that_is_no_json_object_is_malformed(part: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"proof": "AAAA!AAA"}, "proof is not base64url"),
+        ({"proof": b64u(bytes(31))}, "proof is not base64url of 32-byte hashes"),
+        ({"proof": None}, "proof"),
+        ({"index": "0"}, "no integer index"),
+        ({"index": True}, "no integer index"),
+        ({"index": 3}, "not within a batch of 3"),
+        ({"index": -1}, "not within a batch of 3"),
+        ({"claims": [1]}, "no claims object"),
+        ({"claims": None}, "no claims object"),
+    ],
+)
+def test_an_entry_part_out_of_shape_is_malformed(change: dict[str, Any], reason: str) -> None:
     ring = keyring()
+    signed, disclosed = disclose(ring.receipts(chain(3))[1])
+    token = attach(signed, {**disclosed, **change})
+    assert reason in receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
+
+
+@pytest.mark.parametrize("cut", ["first", "last", "extra"])
+def test_a_proof_of_the_wrong_length_is_malformed(cut: str) -> None:
+    ring = keyring()
+    signed, disclosed = disclose(ring.receipts(chain(5))[0])
+    proof = unb64u(disclosed["proof"])
+    assert len(proof) == 3 * 32
+    proof = {"first": proof[32:], "last": proof[:-32], "extra": proof + bytes(32)}[cut]
+    token = attach(signed, {**disclosed, "proof": b64u(proof)})
+    message = receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
+    assert ("too many" if cut == "extra" else "too few") in message
+
+
+@pytest.mark.parametrize("part", ["header", "signed batch", "entry part"])
+def test_a_header_claims_or_entry_part_that_is_no_json_object_is_malformed(part: str) -> None:
+    ring = keyring()
+    entry = chain(1)[0]
     header = b64u(json.dumps({"alg": "EdDSA", "kid": ring.kid}).encode())
-    body = b64u(json.dumps({"seq": 1}).encode())
+    body = signed_claims(ring.receipts([entry])[0])
+    body = b64u(json.dumps(body).encode())
+    entry_part = b64u(
+        json.dumps({"claims": ch.entry_claims(entry), "index": 0, "proof": ""}).encode()
+    )
     if part == "header":
         header = b64u(b'["EdDSA"]')
-    else:
+    elif part == "signed batch":
         body = b64u(b"[1, 2]")
+    else:
+        entry_part = b64u(b"[1, 2]")
     signature = b64u(RECEIPT_KEY.private_key.sign(f"{header}.{body}".encode()))
-    message = receipt_fault(ch.ReceiptFault.MALFORMED, f"{header}.{body}.{signature}", ring.jwks())
-    assert f"the {part} do" in message
+    token = f"{header}.{body}.{signature}~{entry_part}"
+    if part == "entry part":  # the control: the same token with a good entry part verifies
+        good = ring.receipts([entry])[0].split("~")[1]
+        ch.verify_receipt(f"{header}.{body}.{signature}~{good}", ring.jwks())
+    message = receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
+    assert f"the {part} does not decode: not an object" in message
+
+
+@pytest.mark.parametrize(
+    "where", [pytest.param("header", id="header"), pytest.param("entry", id="entry-part")]
+)
+def test_deeply_nested_json_is_malformed_not_a_crash(where: str) -> None:
+    ring = keyring()
+    signed, part = ring.receipts(chain(1))[0].split("~")
+    nested = b64u(b"[" * 100_000)
+    token = f"{signed}~{nested}" if where == "entry" else f"{nested}.x.y~{part}"
+    receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
+    assert ch.receipt_claims_unverified(f"{signed}~{nested}") == {}
 
 
 def test_jwks_publishes_ed25519_keys_by_thumbprint() -> None:
@@ -637,27 +846,93 @@ def test_jwks_publishes_ed25519_keys_by_thumbprint() -> None:
     }
 
 
-def receipt_fault(fault: ch.ReceiptFault, token: object, jwks: Any, **kwargs: Any) -> str:
-    with pytest.raises(ch.ReceiptError) as info:
-        ch.verify_receipt(token, jwks, **kwargs)
-    assert info.value.fault is fault, info.value
-    return str(info.value)
-
-
-def test_a_tampered_claim_breaks_the_signature() -> None:
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("process_id", "p2"),
+        ("document_id", "ab" * 32),
+        ("seq", 3),
+        ("timestamp", T0 + 5),
+        ("client_id", CAROL),
+        ("payload_sha256", "cd" * 32),
+        ("entry_hash", "ef" * 32),
+        ("prev_hash", ch.ZERO_HASH),
+        ("note", "added"),
+    ],
+)
+def test_a_tampered_entry_claim_breaks_the_signature(name: str, value: Any) -> None:
     ring = keyring()
-    head, body, signature = ring.receipt(chain(1)[0]).split(".")
-    claims = json.loads(unb64u(body))
-    claims["client_id"] = CAROL
-    forged = ".".join([head, b64u(json.dumps(claims).encode()), signature])
+    entries = chain(3)
+    signed, disclosed = disclose(ring.receipts(entries)[1])
+    assert disclosed["claims"].get(name) != value
+    forged = attach(signed, {**disclosed, "claims": {**disclosed["claims"], name: value}})
     message = receipt_fault(ch.ReceiptFault.BAD_SIGNATURE, forged, ring.jwks())
     assert "a claim was altered" in message
+
+
+@pytest.mark.parametrize("change", [{"seq": 2**70}, {"note": -(2**70)}])
+def test_an_entry_claim_that_does_not_encode_is_refused(change: dict[str, Any]) -> None:
+    ring = keyring()
+    signed, disclosed = disclose(ring.receipts(chain(1))[0])
+    forged = attach(signed, {**disclosed, "claims": {**disclosed["claims"], **change}})
+    assert "do not encode" in receipt_fault(ch.ReceiptFault.BAD_CLAIMS, forged, ring.jwks())
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("batch_root", "00" * 32),
+        ("batch_size", 4),
+        ("iss", BOB),
+        ("iat", 0),
+        ("version", ch.RECEIPT_VERSION),  # same value, re-encoded with a space: still altered
+    ],
+)
+def test_a_tampered_signed_claim_breaks_the_signature(name: str, value: Any) -> None:
+    ring = keyring()
+    token = ring.receipts(chain(3))[2]
+    signed, part = token.split("~")
+    header, _, signature = signed.split(".")
+    claims = {**signed_claims(token), name: value}
+    body = b64u(json.dumps(claims).encode())  # json.dumps puts spaces after ',' and ':'
+    forged = f"{header}.{body}.{signature}~{part}"
+    message = receipt_fault(ch.ReceiptFault.BAD_SIGNATURE, forged, ring.jwks())
+    assert "a claim was altered" in message
+
+
+def test_swapping_index_proof_or_claims_within_a_batch_fails() -> None:
+    ring = keyring()
+    entries = chain(6)
+    parts = [disclose(token)[1] for token in ring.receipts(entries)]
+    signed = ring.receipts(entries)[0].split("~")[0]
+    faults = (ch.ReceiptFault.BAD_SIGNATURE, ch.ReceiptFault.MALFORMED)
+    for i, mine in enumerate(parts):
+        for j, theirs in enumerate(parts):
+            if i == j:
+                continue
+            for swapped in (
+                {**mine, "index": theirs["index"]},
+                {**mine, "proof": theirs["proof"]},
+                {**theirs, "claims": mine["claims"]},
+            ):
+                with pytest.raises(ch.ReceiptError) as info:
+                    ch.verify_receipt(attach(signed, swapped), ring.jwks())
+                assert info.value.fault in faults, (i, j, info.value)
+
+
+def test_an_entry_part_on_another_batch_fails() -> None:
+    ring = keyring()
+    first, second = ring.receipts(chain(3, pid="p1")), ring.receipts(chain(3, pid="p2"))
+    for mine, theirs in zip(first, second, strict=True):
+        forged = f"{theirs.split('~')[0]}~{mine.split('~')[1]}"
+        message = receipt_fault(ch.ReceiptFault.BAD_SIGNATURE, forged, ring.jwks())
+        assert "a claim was altered" in message
 
 
 def test_a_receipt_signed_by_another_key_has_an_unknown_kid() -> None:
     intruder = keyring(SigningKey(bytes([7]) * 32))
     message = receipt_fault(
-        ch.ReceiptFault.UNKNOWN_KEY, intruder.receipt(chain(1)[0]), keyring().jwks()
+        ch.ReceiptFault.UNKNOWN_KEY, intruder.receipts(chain(1))[0], keyring().jwks()
     )
     assert intruder.kid in message
 
@@ -666,74 +941,150 @@ def test_a_jwks_entry_whose_key_does_not_match_its_kid_is_refused() -> None:
     ring = keyring()
     impostor = SigningKey(bytes([7]) * 32)
     jwks = {"keys": [{**ring.jwks()["keys"][0], "x": b64u(impostor.public)}]}
-    claims = json.loads(unb64u(ring.receipt(chain(1)[0]).split(".")[1]))
-    relabelled = jwt.encode(
-        claims, impostor.private_key, algorithm="EdDSA", headers={"kid": ring.kid}
-    )
+    claims = [ch.entry_claims(entry) for entry in chain(2)]
+    relabelled = forge_batch(claims, key=impostor, kid=ring.kid)[1]
+    assert jwt.get_unverified_header(relabelled.split("~")[0])["kid"] == ring.kid
     assert "thumbprint" in receipt_fault(ch.ReceiptFault.UNKNOWN_KEY, relabelled, jwks)
 
 
 def test_every_truncation_of_a_receipt_is_malformed() -> None:
     ring = keyring()
-    token = ring.receipt(chain(1)[0])
+    token = ring.receipts(chain(3))[1]
+    signed = token.split("~")[0]
     jwks = ring.jwks()
+    ch.verify_receipt(token, jwks)
     for length in range(len(token)):
         receipt_fault(ch.ReceiptFault.MALFORMED, token[:length], jwks)
-    assert "truncated" in receipt_fault(ch.ReceiptFault.MALFORMED, token[:-1], jwks)
+    assert "truncated" in receipt_fault(ch.ReceiptFault.MALFORMED, signed, jwks)
+    assert "3 '~'-separated parts" in receipt_fault(
+        ch.ReceiptFault.MALFORMED, f"{token}~{token.split('~')[1]}", jwks
+    )
 
 
-@pytest.mark.parametrize("token", [None, b"a.b.c", "not a token", "a.b.c", "..."])
+def test_a_receipt_missing_its_last_character_says_it_is_truncated() -> None:
+    ring = keyring()
+    token = ring.receipts(chain(3))[1]
+    assert "truncated" in receipt_fault(ch.ReceiptFault.MALFORMED, token[:-1], ring.jwks())
+
+
+@pytest.mark.parametrize(
+    "token", [None, b"a.b.c", "not a token", "a.b.c", "...", "a.b.c~d", "~", "..~", "a~b~c"]
+)
 def test_garbage_is_malformed(token: object) -> None:
     receipt_fault(ch.ReceiptFault.MALFORMED, token, keyring().jwks())
 
 
 def test_a_receipt_for_another_process_or_entry_is_a_mismatch() -> None:
     ring = keyring()
-    other = ring.receipt(chain(1, pid="p2")[0])
+    other = ring.receipts(chain(1, pid="p2"))[0]
     message = receipt_fault(
         ch.ReceiptFault.MISMATCH, other, ring.jwks(), expect=ch.entry_claims(chain(1)[0])
     )
     assert "process_id is 'p2', expected 'p1'" in message
     entries = chain(2)
-    message = receipt_fault(
-        ch.ReceiptFault.MISMATCH,
-        ring.receipt(entries[0]),
-        ring.jwks(),
-        expect=ch.entry_claims(entries[1]),
-    )
-    assert "document_id" in message
+    for token in (ring.receipts(entries[:1])[0], ring.receipts(entries)[0]):
+        message = receipt_fault(
+            ch.ReceiptFault.MISMATCH, token, ring.jwks(), expect=ch.entry_claims(entries[1])
+        )
+        assert "document_id" in message
+    message = receipt_fault(ch.ReceiptFault.MISMATCH, other, ring.jwks(), expect={"iss": BOB})
+    assert f"iss is {CH_AGENT!r}, expected {BOB!r}" in message
 
 
 @pytest.mark.parametrize(
-    ("change", "reason"),
-    [({"version": 2}, "version 2"), ({"seq": "1"}, "claim seq is a str"), ({"iss": None}, "iss")],
+    ("batch", "entry", "reason"),
+    [
+        ({"version": 1}, {}, "receipt version 1 is not 2"),
+        ({"version": True}, {}, "claim version is a bool"),
+        ({"drop": ("iss",)}, {}, "signed claims missing: iss"),
+        ({"iat": "1700000000"}, {}, "claim iat is a str"),
+        ({"batch_size": 0}, {}, "batch root or size is invalid"),
+        ({"batch_root": "AB" * 32}, {}, "batch root or size is invalid"),
+        ({"batch_root": "ab" * 31}, {}, "batch root or size is invalid"),
+        ({"batch_root": 7}, {}, "claim batch_root is a int"),
+        ({}, {"seq": "1"}, "claim seq is a str"),
+        ({}, {"client_id": None}, "claims missing: client_id"),
+    ],
 )
-def test_claims_outside_the_receipt_format_are_refused(change: dict[str, Any], reason: str) -> None:
+def test_claims_outside_the_receipt_format_are_refused(
+    batch: dict[str, Any], entry: dict[str, Any], reason: str
+) -> None:
     ring = keyring()
-    claims = {**ch.verify_receipt(ring.receipt(chain(1)[0]), ring.jwks()), **change}
+    claims = {**ch.entry_claims(chain(1)[0]), **entry}
     claims = {name: value for name, value in claims.items() if value is not None}
-    token = jwt.encode(
-        claims, RECEIPT_KEY.private_key, algorithm="EdDSA", headers={"kid": ring.kid}
-    )
+    token = forge_batch([claims], **batch)[0]
     assert reason in receipt_fault(ch.ReceiptFault.BAD_CLAIMS, token, ring.jwks())
+
+
+def test_forged_batches_match_the_keyring_exactly() -> None:
+    """The control for the tests above: ``forge_batch`` without changes is ``receipts``."""
+    entries = chain(7)
+    assert forge_batch([ch.entry_claims(entry) for entry in entries]) == keyring().receipts(entries)
 
 
 def test_a_retired_key_still_verifies_old_receipts() -> None:
     old_ring = keyring()
-    old_entry, new_entry = chain(2)
-    old_receipt = old_ring.receipt(old_entry)
+    entries = chain(4)
+    old_receipts = old_ring.receipts(entries[:2])
     new_ring = old_ring.rotated(SigningKey(bytes([10]) * 32))
-    new_receipt = new_ring.receipt(new_entry)
+    new_receipts = new_ring.receipts(entries[2:])
     assert [key["kid"] for key in new_ring.jwks()["keys"]] == [new_ring.kid, old_ring.kid]
-    assert jwt.get_unverified_header(new_receipt)["kid"] == new_ring.kid
-    for token, entry in ((old_receipt, old_entry), (new_receipt, new_entry)):
+    assert jwt.get_unverified_header(new_receipts[0].split("~")[0])["kid"] == new_ring.kid
+    for token, entry in zip(old_receipts + new_receipts, entries, strict=True):
         ch.verify_receipt(token, new_ring.jwks(), expect=ch.entry_claims(entry))
     without_history = ch.Keyring(CH_AGENT, new_ring.current).jwks()
-    receipt_fault(ch.ReceiptFault.UNKNOWN_KEY, old_receipt, without_history)
+    for token in old_receipts:
+        receipt_fault(ch.ReceiptFault.UNKNOWN_KEY, token, without_history)
+    ch.verify_receipt(new_receipts[1], without_history, expect=ch.entry_claims(entries[3]))
 
 
-def test_a_jwks_without_keys_verifies_nothing() -> None:
-    receipt_fault(ch.ReceiptFault.UNKNOWN_KEY, keyring().receipt(chain(1)[0]), {})
+@pytest.mark.parametrize("jwks", [{}, {"keys": []}, {"keys": None}, None])
+def test_a_jwks_without_keys_verifies_nothing(jwks: Any) -> None:
+    receipt_fault(ch.ReceiptFault.UNKNOWN_KEY, keyring().receipts(chain(1))[0], jwks)
+
+
+def test_the_receipts_of_one_batch_are_signature_checked_once() -> None:
+    ring = keyring()
+    entries = chain(4)
+    tokens = ring.receipts(entries)
+    forged = forge_batch([ch.entry_claims(entry) for entry in entries], version=1)[0]
+    signed, part = tokens[0].split("~")
+    header, _, signature = signed.split(".")
+    altered = {**signed_claims(tokens[0]), "batch_size": 5}
+    tampered = f"{header}.{b64u(json.dumps(altered).encode())}.{signature}~{part}"
+    ch._signed_batch.cache_clear()
+    for _ in range(2):  # failures are not remembered: each is refused again
+        receipt_fault(ch.ReceiptFault.BAD_CLAIMS, forged, ring.jwks())
+        receipt_fault(ch.ReceiptFault.BAD_SIGNATURE, tampered, ring.jwks())
+    assert ch._signed_batch.cache_info().currsize == 0
+    for token, entry in zip(tokens, entries, strict=True):
+        ch.verify_receipt(token, ring.jwks(), expect=ch.entry_claims(entry))
+    info = ch._signed_batch.cache_info()
+    assert (info.currsize, info.hits, info.misses) == (1, 3, 5)
+    receipt_fault(ch.ReceiptFault.BAD_SIGNATURE, tampered, ring.jwks())  # not excused by it
+    intruder = keyring(SigningKey(bytes([7]) * 32)).jwks()
+    receipt_fault(ch.ReceiptFault.UNKNOWN_KEY, tokens[1], intruder)
+
+
+def test_unverified_claims_are_the_entry_claims_or_nothing() -> None:
+    entries = chain(3)
+    intruder = keyring(SigningKey(bytes([7]) * 32))
+    for token, entry in zip(intruder.receipts(entries), entries, strict=True):
+        assert ch.receipt_claims_unverified(token) == ch.entry_claims(entry)
+    token = keyring().receipts(entries)[2]
+    signed, disclosed = disclose(token)
+    for garbage in (
+        None,
+        "",
+        "a.b.c",
+        signed,
+        f"{signed}~",
+        f"{signed}~!!!!",
+        f"{token}~x",
+        attach(signed, {**disclosed, "claims": [1]}),
+        attach(signed, {**disclosed, "claims": {"seq": 3}}),
+    ):
+        assert ch.receipt_claims_unverified(garbage) == {}, garbage
 
 
 # --- client log modes --------------------------------------------------------------------
@@ -794,15 +1145,19 @@ def test_log_round_trip_from_client_to_verified_receipt() -> None:
         prev = store["entries"][-1] if store["entries"] else None
         entry = ch.next_entry(prev, request, client_id=BOB, now_ms=T0 + n)
         store["entries"].append(entry)
-        action, reply = ch.processed(ring.receipt(entry))
+        action, reply = ch.processed(ring.receipts([entry])[0])
         assert action == "processed"
         receipts.append((obj, unpack(pack(reply))["receipt"]))
     assert store["owners"] == {BOB}
-    for obj, receipt in receipts:
+    batch = ring.receipts(unpack(pack(store["entries"])))  # the same entries as one log_batch
+    jwks = unpack(pack(ring.jwks()))
+    for (obj, receipt), batched, entry in zip(receipts, batch, store["entries"], strict=True):
         expect = {
             "process_id": "tally-9",
             "client_id": BOB,
             "payload_sha256": obj["payload_sha256"],
         }
-        ch.verify_receipt(receipt, unpack(pack(ring.jwks())), expect=expect)
+        for token in (receipt, batched):
+            assert ch.verify_receipt(token, jwks, expect=expect)["seq"] == entry["seq"]
+            ch.verify_receipt(token, jwks, expect=ch.entry_claims(entry))
     ch.verify_chain(unpack(pack(store["entries"])))

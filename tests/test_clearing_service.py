@@ -250,6 +250,43 @@ async def test_concurrent_ch_log_calls_are_batched_and_each_gets_its_receipt(tmp
         assert verified["ok"] is True and verified["pending"] == 0
 
 
+async def test_ch_log_many_answers_each_entry_in_order_under_one_signature(tmp_path):
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        house, alice, carol = net.nodes
+        await carol.rpc.call("ch.log", {"pid": "carols", "payload": "mine"})
+        before = house_state(house)
+        for bad, message in (
+            ([], "1 to 1000"),
+            ([{"pid": "x"}], "entries[0] must be an object with pid and payload"),
+            ([{"pid": "x", "payload": "a"}, {"pid": "x", "payload": "b", "loud": 1}],
+             "entries[1] has unknown keys: loud"),
+            ([{"pid": "x", "payload": "a", "mode": "loud"}], "entries[0]: log mode 'loud'"),
+        ):
+            with pytest.raises(RpcError) as info:
+                await alice.rpc.call("ch.log_many", {"entries": bad})
+            assert info.value.reason == "INVALID_PARAMS" and message in info.value.message
+        assert house_state(house) == before  # a bad call logs nothing at all
+
+        entries = [{"pid": "deal", "payload": f"line {n}"} for n in range(5)]
+        entries.insert(2, {"pid": "carols", "payload": "not yours"})
+        entries.append({"pid": "deal", "payload": "by hash", "mode": "hash"})
+        results = await alice.rpc.call("ch.log_many", {"entries": entries})
+        assert [r.get("error", {}).get("code") for r in results] == [
+            None, None, "NOT_AUTHORIZED", None, None, None, None]
+        granted = [r for r in results if "receipt" in r]
+        assert [r["seq"] for r in granted] == [1, 2, 3, 4, 5, 6]
+        signed = {r["receipt"].split("~")[0] for r in granted}
+        assert len(signed) == 1  # one batch, one signature
+        jwks = await alice.evidence.request("keys", {})
+        chain = {e["seq"]: e for e in await chain_of(alice, "deal")}
+        for result in granted:
+            claims = ch.verify_receipt(result["receipt"], jwks,
+                                       expect=ch.entry_claims(chain[result["seq"]]))
+            assert claims["document_id"] == result["document_id"]
+        listed = await alice.rpc.call("receipts.list", {"pid": "deal"})
+        assert [r["status"] for r in listed] == ["valid"] * 6
+
+
 async def test_clearing_house_restarted_mid_stream_loses_nothing(tmp_path):
     async with network(tmp_path, n=3, clearinghouse=0) as net:
         _, alice, bob = net.nodes

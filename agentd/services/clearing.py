@@ -7,8 +7,10 @@ inbox, and answered with a reply message (``re`` = the request id) queued in tha
 transaction: ``processed``, ``result``, or ``rejection{code, message}`` for a request the
 clearing house refuses. A refusal is a reply, not an error ack — the request was delivered
 and processed — and a savepoint around each request guarantees that a refused one commits
-nothing but its inbox row and that reply. ``log_batch`` nests a savepoint per entry, so a
-refused entry commits nothing and the others still get their receipts.
+nothing but its inbox row and that reply. In a ``log_batch`` each entry is checked in full
+before anything of it is written, so a refused entry commits nothing and the others still get
+their receipts — all signed at once
+(one JWS over the Merkle root of the batch, see ``protocol.clearing``).
 
 Appends to one process are serialised because every job runs on the single writer thread,
 one after another; the ``(pid, seq)`` primary key makes a fork impossible even so. Different
@@ -33,6 +35,7 @@ from store import clearing as store
 if TYPE_CHECKING:
     from agentd.node import Node
 
+_Process = tuple[list[str] | None, ch.Entry | None]  # owners and last entry of a process
 REQUESTS = frozenset({"create_process", "log", "log_batch", "query", "get", "keys"})
 REPLIES = frozenset({"processed", "processed_batch", "result", "rejection"})
 ROLE = "clearinghouse"
@@ -82,18 +85,21 @@ class ClearingService(Service):
         conn, caller, obj = tx.conn, envelope.from_.agent, envelope.object
         action = envelope.action
         if action == "log":
-            return self._log(tx, caller, obj, keyring)
+            return ch.processed(keyring.receipts([self._append(tx, caller, obj, {})])[0])
         if action == "log_batch":
-            results = []
-            for entry in ch.parse_log_batch(obj):
-                conn.execute("SAVEPOINT ch_entry")
+            outcomes: list[ch.Entry | ch.Reply] = []
+            known: dict[str, _Process] = {}
+            for request in ch.parse_log_batch(obj):
                 try:
-                    results.append(self._log(tx, caller, entry, keyring))
+                    outcomes.append(self._append(tx, caller, request, known))
                 except ch.Rejection as exc:
-                    conn.execute("ROLLBACK TO ch_entry")
-                    results.append(exc.reply())
-                conn.execute("RELEASE ch_entry")
-            return ch.processed_batch(results)
+                    outcomes.append(exc.reply())
+            entries = [outcome for outcome in outcomes if isinstance(outcome, dict)]
+            receipts = iter(keyring.receipts(entries) if entries else [])
+            return ch.processed_batch([
+                ch.processed(next(receipts)) if isinstance(outcome, dict) else outcome
+                for outcome in outcomes
+            ])
         if action == "create_process":
             create = ch.parse_create_process(obj)
             owner_ids = ch.decide_create(create, caller, store.owners(conn, create["pid"]))
@@ -111,16 +117,22 @@ class ClearingService(Service):
         ch.parse_keys(obj)
         return "result", keyring.jwks()
 
-    def _log(self, tx: Tx, caller: str, obj: object, keyring: ch.Keyring) -> ch.Reply:
-        """Append one ``log`` object to its process's chain; its receipt."""
+    def _append(self, tx: Tx, caller: str, obj: object, known: dict[str, _Process]) -> ch.Entry:
+        """Append one ``log`` object to its process's chain; the new entry. ``known`` holds
+        the owners and last entry of the processes appended to earlier in this transaction,
+        so a batch reads each process once. Every check comes before the first write, so a
+        ``Rejection`` leaves nothing behind (a batch needs no savepoint per entry)."""
         conn = tx.conn
         request = ch.parse_log(obj, max_payload=self.max_payload)
         pid = request["pid"]
-        new_owners = ch.authorize("log", pid, caller, store.owners(conn, pid))
+        owners, last = known.get(pid) or (store.owners(conn, pid), None)
+        new_owners = ch.authorize("log", pid, caller, owners)
         if new_owners:
             store.create_process(conn, pid, new_owners, tx.now_ms)
-        entry = ch.next_entry(
-            store.last_entry(conn, pid), request, client_id=caller, now_ms=tx.now_ms
-        )
+            owners = sorted(new_owners)
+        elif pid not in known:
+            last = store.last_entry(conn, pid)
+        entry = ch.next_entry(last, request, client_id=caller, now_ms=tx.now_ms)
         store.append(conn, entry)
-        return ch.processed(keyring.receipt(entry))
+        known[pid] = (owners, entry)
+        return entry

@@ -13,11 +13,11 @@ The first receipt from a clearing house, or one signed by a key the stored JWKS 
 So ``receipts.verify`` works offline — the clearing house may be down — and a receipt also has
 to match what this node asked to log (process, payload hash, itself as client).
 
-Concurrent ``ch.log`` calls are coalesced by :meth:`Evidence.run`: the calls queued while the
-previous batch was being committed go as one ``log_batch`` (up to ``ch.MAX_BATCH`` entries,
-one ``ch_requests`` row, one message; a call alone goes as a plain ``log``). Entry ``i`` of a
-batch is known by the key ``message id + i`` (2 bytes, big-endian) in ``receipts.request`` and
-to the waiting caller, which gets its own receipt or its own refusal.
+Concurrent ``ch.log`` and ``ch.log_many`` calls are coalesced by :meth:`Evidence.run`: the
+entries queued while the previous batch was being committed go as one ``log_batch`` (up to
+``ch.MAX_BATCH`` entries, one ``ch_requests`` row, one message; an entry alone goes as a plain
+``log``). Entry ``i`` of a batch is known by the key ``message id + i`` (2 bytes, big-endian)
+in ``receipts.request`` and to the waiting caller, which gets its own receipt or refusal.
 
 The RPC methods wait for the answer (``REQUEST_TIMEOUT``); a refusal becomes RPC error -32010
 whose reason is the IDS code (``NOT_AUTHORIZED``, ``NOT_FOUND``, ``BAD_PARAMETERS``, ...). A
@@ -31,13 +31,13 @@ import contextlib
 import json
 import logging
 import sqlite3
+from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import jwt
 import trio
 
-from agentd.rpc import RpcError, invalid_params, jsonable
+from agentd.rpc import TIMEOUT, RpcError, invalid_params, jsonable
 from agentd.services.base import Reject, Tx
 from protocol import clearing as ch
 from protocol.codec import CodecError, pack, unpack
@@ -53,19 +53,21 @@ log = logging.getLogger("agentd.evidence")
 REQUEST_TIMEOUT = 10.0
 # Room for the envelope around a request: a larger one could never be delivered.
 ENVELOPE_OVERHEAD = 4096
+MAX_RPC_BATCH = 1000  # entries in one ch.log_many call
+QUEUE_LIMIT = 4 * ch.MAX_BATCH  # queued entries beyond which ch.log callers wait
 RPC_KIND = "ch.log"  # receipts.kind for logs made through the ch.log RPC method
 CHAIN_PAGE = ch.MAX_PAGE_SIZE
 BATCH_ITEM_OVERHEAD = 16  # msgpack bytes around each entry of a log_batch, generously
 
 
 class _Pending:
-    """A ``ch.log`` call waiting for ``Evidence.run`` to send it."""
+    """A ``ch.log`` entry waiting for ``Evidence.run`` to send it."""
 
-    __slots__ = ("abandoned", "error", "house", "key", "obj", "ready", "size")
+    __slots__ = ("abandoned", "error", "house", "key", "obj", "sent", "size")
 
     def __init__(self, house: ChipAddress, obj: dict[str, Any], size: int) -> None:
         self.house, self.obj, self.size = house, obj, size
-        self.ready = trio.Event()
+        self.sent = False  # committed to the outbox (or failed: ``error``)
         self.key: bytes | None = None  # the receipt/waiter key, once sent
         self.error: Exception | None = None
         self.abandoned = False  # the caller went away: nobody collects the answer
@@ -115,11 +117,16 @@ class Evidence:
     def __init__(self, node: Node) -> None:
         self.node = node
         self._warned = False
-        # bounded: a burst of callers beyond a few batches waits here (backpressure)
-        self._queue, self._queued = trio.open_memory_channel[_Pending](4 * ch.MAX_BATCH)
+        # entries for ``run`` to send, in call order; callers wait while it holds
+        # QUEUE_LIMIT (backpressure), ``run`` while it is empty
+        self._queue: deque[_Pending] = deque()
+        self._queue_space = trio.lowlevel.ParkingLot()
+        self._queue_filled = trio.lowlevel.ParkingLot()
+        self._batch_sent = trio.lowlevel.ParkingLot()
         for name, method in (
             ("ch.create_process", self.rpc_create_process),
             ("ch.log", self.rpc_log),
+            ("ch.log_many", self.rpc_log_many),
             ("ch.query", self.rpc_query),
             ("ch.get", self.rpc_get),
             ("receipts.list", self.rpc_receipts_list),
@@ -229,7 +236,7 @@ class Evidence:
             self._resolve(tx, row["id"], {})
         elif row["action"] == "log":
             store.delete_request(tx.conn, row["seq"])
-            self._receipt(tx, row, obj.get("receipt"))
+            self._receipt(tx, row, obj.get("receipt"), store.jwks(tx.conn, row["ch"]))
         elif row["action"] == "log_batch" and row["object"] is not None:
             self._batch_results(tx, row, obj.get("results"))
         elif row["action"] == "keys":
@@ -274,9 +281,10 @@ class Evidence:
                           f"processed_batch does not hold {len(entries)} result maps")
             return
         store.delete_request(tx.conn, row["seq"])
+        jwks = store.jwks(tx.conn, row["ch"])
         for entry, result in zip(entries, results, strict=True):
             if "receipt" in result:
-                self._receipt(tx, entry, result["receipt"])
+                self._receipt(tx, entry, result["receipt"], jwks)
                 continue
             code, message = result.get("code"), result.get("message")
             if not isinstance(code, str) or not isinstance(message, str):
@@ -291,14 +299,15 @@ class Evidence:
             message_id = tx.send(to, ch.TARGET, "log", unpack(waiting["object"]))
             store.mark_sent(tx.conn, waiting["seq"], message_id)
 
-    def _receipt(self, tx: Tx, row: Mapping[str, Any], token: object) -> None:
-        """Check and store the receipt that answers log request ``row`` (deleted already)."""
+    def _receipt(self, tx: Tx, row: Mapping[str, Any], token: object,
+                 jwks: dict[str, Any] | None) -> None:
+        """Check (with its clearing house's stored ``jwks``) and store the receipt that
+        answers log request ``row`` (deleted already)."""
         if not isinstance(token, str):
             self._fail(tx, row["id"], Reject("MALFORMED_MESSAGE", "processed without a receipt"))
             return
-        status, problem, checked = self._check(tx.conn, row["ch"], token, self._expect(row),
-                                               refresh=True)
-        claims = checked or _unverified_claims(token)
+        status, problem, checked = self._check(token, jwks, self._expect(row), refresh=True)
+        claims = checked or ch.receipt_claims_unverified(token)
         seq, document_id = claims.get("seq"), claims.get("document_id")
         store.add_receipt(
             tx.conn, request=row["id"], ch=row["ch"], pid=row["pid"],
@@ -329,12 +338,12 @@ class Evidence:
         old = store.jwks(tx.conn, row["ch"]) or {"keys": []}
         merged = {jwk.get("kid"): jwk for jwk in old["keys"]}
         merged.update({jwk.get("kid"): jwk for jwk in keys if isinstance(jwk, dict)})
-        store.save_jwks(tx.conn, row["ch"], {"keys": list(merged.values())}, tx.now_ms)
+        jwks = {"keys": list(merged.values())}
+        store.save_jwks(tx.conn, row["ch"], jwks, tx.now_ms)
         for receipt in store.unchecked_receipts(tx.conn, row["ch"]):
             status, problem, claims = self._check(
-                tx.conn, row["ch"], receipt["token"], self._expect(receipt, house=row["ch"]),
-                refresh=False,
-            )  # fmt: skip
+                receipt["token"], jwks, self._expect(receipt, house=row["ch"]), refresh=False
+            )
             store.set_receipt_status(tx.conn, receipt["request"], status, problem)
             self._settle_log(tx, receipt["request"], receipt["token"], claims, problem)
 
@@ -345,14 +354,13 @@ class Evidence:
 
     @staticmethod
     def _check(
-        conn: sqlite3.Connection, house: str, token: str, expect: dict, *, refresh: bool
+        token: str, jwks: dict[str, Any] | None, expect: dict, *, refresh: bool
     ) -> tuple[str, str | None, dict | None]:
         """(status, problem, claims): ``unchecked`` when ``refresh`` and the key is unknown."""
-        stored = store.jwks(conn, house)
-        if stored is None and refresh:
+        if jwks is None and refresh:
             return "unchecked", None, None
         try:
-            claims = ch.verify_receipt(token, stored or {"keys": []}, expect)
+            claims = ch.verify_receipt(token, jwks or {"keys": []}, expect)
         except ch.ReceiptError as exc:
             if refresh and exc.fault is ch.ReceiptFault.UNKNOWN_KEY:
                 return "unchecked", None, None
@@ -428,41 +436,57 @@ class Evidence:
 
     async def log_request(self, obj: dict[str, Any]) -> Any:
         """Like ``request("log", obj)``, but coalesced with concurrent calls by ``run``."""
+        return (await self.log_requests([obj]))[0]
+
+    async def log_requests(self, objs: list[dict[str, Any]], *, each: bool = False) -> list[Any]:
+        """Log ``objs`` through ``run`` (coalesced with every concurrent call) and wait for
+        all of their answers: the results in order. A refusal raises, or with ``each`` is
+        returned in its entry's place as the ``Reject``/``RpcError``."""
         house = self._house()
-        item = _Pending(house, obj, self._size("log", obj))
+        items = [_Pending(house, obj, self._size("log", obj)) for obj in objs]
+        replies = self.node.replies
         try:
-            await self._queue.send(item)
-            await item.ready.wait()
-            if item.error is not None:
-                raise item.error
-            assert item.key is not None
-            return await self.node.replies.result(item.key, REQUEST_TIMEOUT,
-                                                  self._timeout_message(house.agent))
+            with trio.move_on_after(REQUEST_TIMEOUT) as scope:
+                while len(self._queue) >= QUEUE_LIMIT:
+                    await self._queue_space.park()
+                self._queue.extend(items)
+                self._queue_filled.unpark_all()
+                while not items[-1].sent:  # entries are sent in order: the last one is last
+                    await self._batch_sent.park()
+                for item in items:
+                    if item.error is not None:
+                        raise item.error
+                results = await replies.results([item.key for item in items if item.key])
+            if scope.cancelled_caught:
+                raise RpcError(TIMEOUT, self._timeout_message(house.agent), "TIMEOUT")
+            for result in results:
+                if isinstance(result, Exception) and not each:
+                    raise result
+            return results
         finally:
-            item.abandoned = True
-            if item.key is not None:
-                self.node.replies.discard(item.key)
+            for item in items:
+                item.abandoned = True
+                if item.key is not None:
+                    replies.discard(item.key)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send the queued ``ch.log`` calls: all that queued meanwhile (up to ``MAX_BATCH``
+        """Send the queued ``ch.log`` entries: all that queued meanwhile (up to ``MAX_BATCH``
         and a frame) as one ``log_batch`` to the same clearing house, a lone one as ``log``."""
         task_status.started()
-        carry: _Pending | None = None
+        queue = self._queue
         while True:
-            first = carry if carry is not None else await self._queued.receive()
-            carry = None
+            while not queue:
+                await self._queue_filled.park()
+            first = queue.popleft()
             batch, size = [first], first.size
-            while len(batch) < ch.MAX_BATCH:
-                try:
-                    item = self._queued.receive_nowait()
-                except trio.WouldBlock:
+            while queue and len(batch) < ch.MAX_BATCH:
+                size += queue[0].size + BATCH_ITEM_OVERHEAD
+                if queue[0].house != first.house or size > self._room():
                     break
-                size += item.size + BATCH_ITEM_OVERHEAD
-                if item.house != first.house or size > self._room():
-                    carry = item
-                    break
-                batch.append(item)
+                batch.append(queue.popleft())
+            self._queue_space.unpark_all()
             await self._send_batch(batch)
+            self._batch_sent.unpark_all()
 
     async def _send_batch(self, batch: list[_Pending]) -> None:
         node, house = self.node, batch[0].house
@@ -491,16 +515,14 @@ class Evidence:
             tx, keys = await node.db.write(job)
         except Exception as exc:  # each caller gets the failure, as request() would raise it
             for item in batch:
-                item.error = exc
-                item.ready.set()
+                item.error, item.sent = exc, True
             return
         for item, key in zip(batch, keys, strict=True):
+            item.sent = True
             if not item.abandoned:
                 item.key = key
                 node.replies.expect(key)
         tx.committed()
-        for item in batch:
-            item.ready.set()
 
     async def rpc_create_process(self, pid: str, owners: list[str] | None = None) -> dict:
         """Create process ``pid`` owned by this node and ``owners`` (agent ids)."""
@@ -513,15 +535,48 @@ class Evidence:
                       header: dict | None = None, payload_type: str | None = None) -> dict:
         """Log ``payload`` (text as UTF-8, other JSON as canonical msgpack) under ``pid``;
         ``mode`` full | header (hash of the payload and the header) | hash (the hash alone)."""
+        return await self.log_request(self._log_object(pid, payload, mode, header, payload_type))
+
+    @staticmethod
+    def _log_object(pid: object, payload: Any, mode: object = "full", header: object = None,
+                    payload_type: object = None) -> dict[str, Any]:
+        """The ``log`` request for ``ch.log``'s params; ``invalid_params`` names what is bad."""
+        if not isinstance(pid, str):
+            raise invalid_params("pid must be text")
+        if not isinstance(mode, str):
+            raise invalid_params("mode must be full, header or hash")
         if header is not None and not isinstance(header, dict):
             raise invalid_params("header must be an object")
         if payload_type is not None and not isinstance(payload_type, str):
             raise invalid_params("payload_type must be text")
         try:
-            obj = ch.log_object(pid, payload, mode=mode, header=header, payload_type=payload_type)
+            return ch.log_object(pid, payload, mode=mode, header=header,
+                                 payload_type=payload_type)
         except (ValueError, CodecError) as exc:
             raise invalid_params(str(exc)) from exc
-        return await self.log_request(obj)
+
+    async def rpc_log_many(self, entries: list) -> list[dict]:
+        """Log many entries in one call: ``entries`` is a list of ``{pid, payload, mode?,
+        header?, payload_type?}`` (as ``ch.log``); the result has one item per entry, in
+        order: its receipt as ``ch.log`` returns it, or ``{error: {code, message}}`` for an
+        entry the clearing house refused. An invalid entry refuses the whole call."""
+        if not isinstance(entries, list) or not 0 < len(entries) <= MAX_RPC_BATCH:
+            raise invalid_params(f"entries must be a list of 1 to {MAX_RPC_BATCH} objects")
+        objs = []
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not {"pid", "payload"} <= entry.keys():
+                raise invalid_params(f"entries[{index}] must be an object with pid and payload")
+            unknown = entry.keys() - {"pid", "payload", "mode", "header", "payload_type"}
+            if unknown:
+                raise invalid_params(f"entries[{index}] has unknown keys: "
+                                     f"{', '.join(sorted(unknown))}")
+            try:
+                objs.append(self._log_object(**entry))
+            except RpcError as exc:
+                raise invalid_params(f"entries[{index}]: {exc.message}") from exc
+        results = await self.log_requests(objs, each=True)
+        return [_error_json(result) if isinstance(result, Exception) else result
+                for result in results]
 
     async def rpc_query(self, pid: str, page: int | None = None, size: int | None = None,
                         sort: str | None = None, date_from: int | str | None = None,
@@ -653,12 +708,12 @@ def _batch_entries(row: sqlite3.Row) -> list[dict[str, Any]]:
             for index, (pid, sha) in enumerate(unpack(row["object"]))]
 
 
-def _unverified_claims(token: str) -> dict[str, Any]:
-    """The claims of a receipt not (yet) verified: only to file it by seq and document."""
-    try:
-        return jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        return {}
+def _error_json(error: Exception) -> dict[str, Any]:
+    """A refused entry of ``ch.log_many``: its IDS (or timeout) code and message."""
+    if isinstance(error, Reject):
+        return {"error": {"code": error.code, "message": error.message}}
+    assert isinstance(error, RpcError)
+    return {"error": {"code": error.reason or str(error.code), "message": error.message}}
 
 
 def _failure(row: Mapping[str, Any], fault: str, message: str) -> dict[str, Any]:
