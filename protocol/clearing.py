@@ -16,7 +16,8 @@ Requests (envelope ``target`` = ``ch``), each with a parser that raises ``Reject
     keys{}                                        parse_keys -> ("result", keyring.jwks())
 
 Replies are ``(action, object)`` pairs: ``processed{receipt?}``,
-``processed_batch{results}`` (``log_batch``: per entry in order ``{receipt}`` or
+``processed_batch{signed?, results}`` (``log_batch``: per entry in order ``{entry}``, whose
+receipt is ``signed~entry``, or
 ``{code, message}``, each entry judged like a lone ``log`` and a refused one changing nothing),
 ``result{entries, total, page, size, has_more}`` (``get`` answers with a one-entry page,
 ``keys`` with the JWKS ``{keys}``) and ``rejection{code, message}`` from ``Rejection.reply()``.
@@ -45,10 +46,11 @@ Choices (DESIGN §6 leaves them open):
 - Receipts are signed in batches: one EdDSA compact JWS (``kid`` the RFC 7638 thumbprint)
   signs ``iss``, ``iat``, ``version`` (the receipt format, ``RECEIPT_VERSION``) and the root
   of a Merkle tree (``protocol.merkle``) over the claims of every entry of one ``log_batch``
-  (one entry for a ``log``). A receipt is ``<that JWS>~<base64url JSON {claims, index,
-  proof}>``: its entry's claims and the inclusion proof that ties them to the signed root.
-  So a batch costs one signature, a client verifies one per batch, and each receipt still
-  proves its entry alone, with any JOSE library plus a dozen lines of hashing.
+  (one entry for a ``log``). A receipt is ``<that JWS>~<base64url msgpack {claims, index,
+  proof}>``: its entry's claims (canonical msgpack, the bytes its leaf hashes) and the
+  inclusion proof that ties them to the signed root. So a batch costs one signature, a client
+  verifies one per batch, and each receipt still proves its entry alone, with any JOSE
+  library, msgpack and a dozen lines of hashing.
 - Queries sort by ``seq``, newest first by default (as IDS does); dates are inclusive bounds,
   integer ms or ``YYYY-MM-DD`` (UTC days); no silent "last two weeks" window.
 """
@@ -71,7 +73,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protocol import merkle
-from protocol.codec import CodecError, canonical, digest, pack
+from protocol.codec import CodecError, canonical, digest, pack, unpack
 from protocol.keys import IdentityError, SigningKey, b64u, is_agent_id, unb64u
 
 TARGET = "ch"
@@ -176,15 +178,16 @@ def _fields(obj: object, action: str, required: set[str], optional: set[str]) ->
             Reason.MALFORMED_MESSAGE,
             f"{action}: the object must be a map, not {type(obj).__name__}",
         )
-    missing = sorted(required - obj.keys())
+    missing = required - obj.keys()
     if missing:
         raise Rejection(
-            Reason.MALFORMED_MESSAGE, f"{action}: missing field(s) {', '.join(missing)}"
+            Reason.MALFORMED_MESSAGE, f"{action}: missing field(s) {', '.join(sorted(missing))}"
         )
-    unknown = sorted(map(str, obj.keys() - required - optional))
+    unknown = obj.keys() - required - optional
     if unknown:
         raise Rejection(
-            Reason.MALFORMED_MESSAGE, f"{action}: unknown field(s) {', '.join(unknown)}"
+            Reason.MALFORMED_MESSAGE,
+            f"{action}: unknown field(s) {', '.join(sorted(map(str, unknown)))}",
         )
     return obj
 
@@ -566,10 +569,19 @@ def processed(receipt: str | None = None) -> Reply:
     return "processed", {} if receipt is None else {"receipt": receipt}
 
 
-def processed_batch(results: Sequence[Reply]) -> Reply:
-    """``processed_batch{results}``: each entry's ``processed`` or ``rejection`` object, in
-    order."""
-    return "processed_batch", {"results": [obj for _, obj in results]}
+def processed_batch(outcomes: Sequence[Entry | Reply], keyring: Keyring) -> Reply:
+    """``processed_batch{signed?, results}`` for a ``log_batch``'s ``outcomes`` in order: each
+    entry appended (an ``Entry``) or refused (its ``rejection`` reply). The receipts of the
+    entries are signed at once; the batch JWS goes once, as ``signed``, and each entry's
+    result is ``{entry}``, its receipt being ``signed + "~" + entry``; a refusal's is
+    ``{code, message}``."""
+    entries = [outcome for outcome in outcomes if isinstance(outcome, dict)]
+    signed, parts = keyring.sign(entries) if entries else (None, [])
+    next_part = iter(parts).__next__
+    results = [{"entry": next_part()} if isinstance(outcome, dict) else outcome[1]
+               for outcome in outcomes]
+    return "processed_batch", {"results": results} if signed is None else {
+        "signed": signed, "results": results}
 
 
 def query_result(
@@ -610,7 +622,6 @@ def get_result(request: GetRequest, entry: Entry | None) -> Reply:
 # --- receipts ----------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=64)
 @functools.lru_cache(maxsize=64)
 def thumbprint(public: bytes) -> str:
     """RFC 7638 SHA-256 thumbprint of an Ed25519 public key: the receipt's ``kid``."""
@@ -679,12 +690,18 @@ class Keyring:
 
         The JWS signs the batch: ``iss``, ``iat`` (the newest entry's time, in seconds),
         ``version``, and the root of a Merkle tree whose leaves are the entries' claims. Each
-        receipt is that JWS, ``~``, and base64url JSON ``{claims, index, proof}`` of its
-        entry (``proof``: its Merkle siblings from the bottom up, 32 bytes each, base64url),
-        so it stands alone. Deterministic: Ed25519 needs no randomness.
+        receipt is that JWS, ``~``, and the base64url msgpack map ``{claims, index, proof}``
+        of its entry (``claims``: its claims as canonical msgpack, the bytes its leaf hashes;
+        ``proof``: its Merkle siblings from the bottom up, 32 bytes each), so it stands alone.
+        Deterministic: Ed25519 needs no randomness.
         """
-        claims = [entry_claims(entry) for entry in entries]
-        levels = merkle.tree([_leaf(one) for one in claims])
+        signed, parts = self.sign(entries)
+        return [f"{signed}~{part}" for part in parts]
+
+    def sign(self, entries: Sequence[Mapping[str, Any]]) -> tuple[str, list[str]]:
+        """The batch JWS over ``entries`` and each one's entry part: see ``receipts``."""
+        claims = [_claims_bytes(entry_claims(entry)) for entry in entries]
+        levels = merkle.tree([merkle.leaf_hash(one) for one in claims])
         batch = {
             "iss": self.issuer,
             "iat": max(entry["timestamp"] for entry in entries) // 1000,
@@ -695,27 +712,18 @@ class Keyring:
         signed = jwt.encode(
             batch, self.current.private_key, algorithm="EdDSA", headers={"kid": self.kid}
         )
-        return [
-            f"{signed}~" + b64u(_json({
-                "claims": one, "index": index,
-                "proof": b64u(b"".join(merkle.proof(levels, index))),
+        return signed, [
+            b64u(pack({
+                "claims": one, "index": index, "proof": b"".join(merkle.proof(levels, index)),
             }))
             for index, one in enumerate(claims)
         ]
 
 
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
-
-
-def _json(value: object) -> bytes:
-    return _COMPACT_JSON.encode(value).encode()
-
-
-def _leaf(claims: Mapping[str, Any]) -> bytes:
-    """An entry's Merkle leaf: the hash of its claims as canonical msgpack. Claims are a flat
-    map of text and integers (checked before a receipt's are hashed), so sorting its keys is
-    all that canonical encoding takes."""
-    return merkle.leaf_hash(pack(dict(sorted(claims.items()))))
+def _claims_bytes(claims: Mapping[str, Any]) -> bytes:
+    """An entry's claims as canonical msgpack: a flat map of text and integers, so sorting
+    its keys is all that canonical encoding takes."""
+    return pack(dict(sorted(claims.items())))
 
 
 class ReceiptFault(StrEnum):
@@ -756,14 +764,15 @@ _CLAIM_TYPES: dict[str, type] = {
 _URL_ALPHABET = bytes.maketrans(b"-_", b"+/")
 VERIFIED_BATCHES = 4096  # signed batches whose signature check is remembered
 MAX_SIGNED = 2048  # characters of a receipt's JWS: its header and claims are small
+MAX_ENTRY_PART = 8192  # characters of its entry part: claims and a proof (at most 64 hashes)
 
 
 def _jwks_public(jwks: Mapping[str, Any], kid: str) -> bytes:
-    keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
     if not isinstance(keys, list):
         raise ReceiptError(ReceiptFault.UNKNOWN_KEY, "the JWKS has no 'keys' list")
     for jwk in keys:
-        if not isinstance(jwk, Mapping) or jwk.get("kid") != kid:
+        if not isinstance(jwk, dict) or jwk.get("kid") != kid:
             continue
         x = jwk.get("x")
         if jwk.get("kty") == "OKP" and jwk.get("crv") == "Ed25519" and isinstance(x, str):
@@ -882,10 +891,11 @@ def _split(token: object) -> tuple[str, str]:
             ReceiptFault.MALFORMED, f"a receipt is text, not {type(token).__name__}"
         )
     parts = token.split("~")
-    if len(parts) == 2 and len(parts[0]) > MAX_SIGNED:
+    if len(parts) == 2 and (len(parts[0]) > MAX_SIGNED or len(parts[1]) > MAX_ENTRY_PART):
         raise ReceiptError(
             ReceiptFault.MALFORMED,
-            f"the signed part is {len(parts[0])} characters, more than a receipt's {MAX_SIGNED}",
+            f"the receipt's parts are {len(parts[0])} and {len(parts[1])} characters, more"
+            f" than a receipt's {MAX_SIGNED} and {MAX_ENTRY_PART}",
         )
     if len(parts) != 2:
         raise ReceiptError(
@@ -896,23 +906,37 @@ def _split(token: object) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def _disclosure(text: str) -> tuple[dict[str, Any], int, list[bytes]]:
-    """The entry part of a receipt: (claims, index, proof)."""
-    disclosed = _json_object(text, "entry part")
-    claims, index, proof = disclosed.get("claims"), disclosed.get("index"), disclosed.get("proof")
-    if not isinstance(claims, dict):
-        raise ReceiptError(ReceiptFault.MALFORMED, "the entry part holds no claims object")
+def _disclosure(text: str) -> tuple[dict[str, Any], int, list[bytes], bytes]:
+    """The entry part of a receipt: (claims, index, proof, leaf)."""
+    try:
+        disclosed = unpack(_segment(text))
+    except ValueError as exc:  # CodecError too
+        raise ReceiptError(
+            ReceiptFault.MALFORMED, f"the entry part does not decode: {exc} (truncated or altered)"
+        ) from exc
+    if not isinstance(disclosed, dict):
+        raise ReceiptError(ReceiptFault.MALFORMED, "the entry part is not a map")
+    packed, index, proof = disclosed.get("claims"), disclosed.get("index"), disclosed.get("proof")
+    if not isinstance(packed, bytes):
+        raise ReceiptError(ReceiptFault.MALFORMED, "the entry part holds no packed claims")
     if not isinstance(index, int) or isinstance(index, bool):
         raise ReceiptError(ReceiptFault.MALFORMED, "the entry part holds no integer index")
-    try:
-        hashes = _segment(proof) if isinstance(proof, str) else b"?"
-    except ValueError:
-        hashes = b"?"
-    if len(hashes) % 32:
+    if not isinstance(proof, bytes) or len(proof) % 32:
         raise ReceiptError(ReceiptFault.MALFORMED,
-                           "the entry part's proof is not base64url of 32-byte hashes")
+                           "the entry part's proof is not a run of 32-byte hashes")
+    if len(disclosed) != 3:  # one receipt, one spelling: nothing beside claims, index, proof
+        extra = ", ".join(sorted(map(str, disclosed.keys() - {"claims", "index", "proof"})))
+        raise ReceiptError(ReceiptFault.MALFORMED,
+                           f"the entry part holds {extra} beside claims, index and proof")
+    try:
+        claims = unpack(packed)
+    except CodecError as exc:
+        raise ReceiptError(ReceiptFault.MALFORMED, f"the claims do not decode: {exc}") from exc
+    if not isinstance(claims, dict):
+        raise ReceiptError(ReceiptFault.MALFORMED, "the claims are not a map")
     _check_types(claims, _CLAIM_TYPES, "claims")
-    return claims, index, [hashes[i:i + 32] for i in range(0, len(hashes), 32)]
+    hashes = [proof[i:i + 32] for i in range(0, len(proof), 32)]
+    return claims, index, hashes, merkle.leaf_hash(packed)
 
 
 def receipt_claims_unverified(token: object) -> dict[str, Any]:
@@ -948,14 +972,12 @@ def verify_receipt(
     signed, disclosed = _split(token)
     kid = _kid(signed)
     batch = _signed_batch(signed, _jwks_public(jwks, kid), kid)
-    claims, index, proof = _disclosure(disclosed)
+    claims, index, proof, leaf = _disclosure(disclosed)
     try:
-        reached = merkle.root_from_proof(_leaf(claims), index, batch["batch_size"], proof)
+        reached = merkle.root_from_proof(leaf, index, batch["batch_size"], proof)
     except merkle.ProofError as exc:
         raise ReceiptError(ReceiptFault.MALFORMED, f"the entry's proof is invalid: {exc}") \
             from exc
-    except CodecError as exc:
-        raise ReceiptError(ReceiptFault.BAD_CLAIMS, f"the claims do not encode: {exc}") from exc
     if reached.hex() != batch["batch_root"]:
         raise ReceiptError(
             ReceiptFault.BAD_SIGNATURE,

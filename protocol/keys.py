@@ -31,8 +31,12 @@ class IdentityError(ValueError):
     """A key, agent id or address that is malformed."""
 
 
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+
+
 def b64u(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    """Unpadded base64url text."""
+    return binascii.b2a_base64(data, newline=False).translate(_URLSAFE).rstrip(b"=").decode()
 
 
 def unb64u(text: str) -> bytes:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Any
 
 import jwt
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -575,15 +577,24 @@ def receipt_fault(fault: ch.ReceiptFault, token: object, jwks: Any, **kwargs: An
     return str(info.value)
 
 
-def disclose(token: str) -> tuple[str, dict[str, Any]]:
-    """A receipt's signed batch JWS and its decoded entry part ``{claims, index, proof}``."""
+def disclose(token: str, *, raw: bool = False) -> tuple[str, dict[str, Any]]:
+    """A receipt's signed batch JWS and its decoded entry part ``{claims, index, proof}``:
+    ``claims`` unpacked to a dict for convenience, or (``raw``) the bytes exactly as carried."""
     signed, part = token.split("~")
-    return signed, json.loads(unb64u(part))
+    disclosed = unpack(unb64u(part))
+    assert isinstance(disclosed, dict) and isinstance(disclosed["claims"], bytes), disclosed
+    if raw:
+        return signed, disclosed
+    return signed, {**disclosed, "claims": unpack(disclosed["claims"])}
 
 
-def attach(signed: str, disclosed: dict[str, Any]) -> str:
-    """A receipt of ``signed`` and an entry part ``disclosed`` (encoded as the server does)."""
-    return f"{signed}~{b64u(json.dumps(disclosed, separators=(',', ':')).encode())}"
+def attach(signed: str, disclosed: dict[str, Any], *, raw: bool = False) -> str:
+    """A receipt of ``signed`` and an entry part ``disclosed`` (encoded as the server does):
+    dict ``claims`` are packed canonically unless ``raw``; anything else goes as it is."""
+    claims = disclosed.get("claims")
+    if isinstance(claims, dict) and not raw:
+        disclosed = {**disclosed, "claims": canonical(claims)}
+    return f"{signed}~{b64u(pack(disclosed))}"
 
 
 def signed_claims(token: str) -> dict[str, Any]:
@@ -591,21 +602,23 @@ def signed_claims(token: str) -> dict[str, Any]:
 
 
 def forge_batch(
-    claims: list[dict[str, Any]],
+    claims: list[dict[str, Any] | bytes],
     key: SigningKey = RECEIPT_KEY,
     kid: str | None = None,
     drop: tuple[str, ...] = (),
     **changes: Any,
 ) -> list[str]:
-    """Receipts of ``claims`` built here by the format's rules, with the signed batch claims
-    changed by ``changes`` (``drop``: left out) and signed by ``key`` under ``kid``."""
-    levels = merkle.tree([merkle.leaf_hash(canonical(one)) for one in claims])
+    """Receipts of ``claims`` built here by the format's rules (a dict packed canonically,
+    bytes carried as they are), with the signed batch claims changed by ``changes``
+    (``drop``: left out) and signed by ``key`` under ``kid``."""
+    packed = [one if isinstance(one, bytes) else canonical(one) for one in claims]
+    levels = merkle.tree([merkle.leaf_hash(one) for one in packed])
     batch = {
         "iss": CH_AGENT,
-        "iat": max(one["timestamp"] for one in claims) // 1000,
+        "iat": max(unpack(one)["timestamp"] for one in packed) // 1000,
         "version": ch.RECEIPT_VERSION,
         "batch_root": merkle.root(levels).hex(),
-        "batch_size": len(claims),
+        "batch_size": len(packed),
         **changes,
     }
     batch = {name: value for name, value in batch.items() if name not in drop}
@@ -615,9 +628,9 @@ def forge_batch(
     return [
         attach(
             signed,
-            {"claims": one, "index": index, "proof": b64u(b"".join(merkle.proof(levels, index)))},
+            {"claims": one, "index": index, "proof": b"".join(merkle.proof(levels, index))},
         )
-        for index, one in enumerate(claims)
+        for index, one in enumerate(packed)
     ]
 
 
@@ -634,7 +647,11 @@ def test_a_receipt_restates_its_entry_and_verifies() -> None:
     signed, disclosed = disclose(token)
     header = jwt.get_unverified_header(signed)
     assert (header["alg"], header["kid"]) == ("EdDSA", ch.thumbprint(RECEIPT_KEY.public))
-    assert disclosed == {"claims": ch.entry_claims(entry), "index": 0, "proof": ""}
+    assert disclosed == {"claims": ch.entry_claims(entry), "index": 0, "proof": b""}
+    # on the wire: the claims as canonical msgpack bytes, the proof as bytes (none for one)
+    packed = canonical(ch.entry_claims(entry))
+    assert disclose(token, raw=True)[1] == {"claims": packed, "index": 0, "proof": b""}
+    assert token.split("~")[1] == b64u(pack({"claims": packed, "index": 0, "proof": b""}))
     claims = ch.verify_receipt(token, ring.jwks(), expect=ch.entry_claims(entry))
     assert claims == {
         "iss": CH_AGENT,
@@ -698,7 +715,7 @@ def test_a_receipt_verifies_with_pyjwt_and_a_merkle_proof() -> None:
     entries = chain(6)
     jwk = jwt.PyJWK(ring.jwks()["keys"][0])
     for entry, token in zip(entries, ring.receipts(entries), strict=True):
-        signed, disclosed = disclose(token)
+        signed, encoded = token.split("~")  # encoded: unpadded base64url of a msgpack map
         batch = jwt.decode(signed, jwk.key, algorithms=["EdDSA"])
         assert set(batch) == {"iss", "iat", "version", "batch_root", "batch_size"}
         assert (batch["iss"], batch["version"], batch["batch_size"]) == (
@@ -706,17 +723,19 @@ def test_a_receipt_verifies_with_pyjwt_and_a_merkle_proof() -> None:
             ch.RECEIPT_VERSION,
             6,
         )
-        proof = unb64u(disclosed["proof"])
-        assert len(proof) % 32 == 0
-        leaf = merkle.leaf_hash(canonical(disclosed["claims"]))
+        part = msgpack.unpackb(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+        assert part == disclose(token, raw=True)[1]
+        proof = part["proof"]
+        assert isinstance(proof, bytes) and len(proof) % 32 == 0
+        leaf = hashlib.sha256(b"\x00" + part["claims"]).digest()  # the bytes as carried
         path = [proof[at : at + 32] for at in range(0, len(proof), 32)]
-        reached = merkle.root_from_proof(leaf, disclosed["index"], batch["batch_size"], path)
+        reached = merkle.root_from_proof(leaf, part["index"], batch["batch_size"], path)
         assert reached.hex() == batch["batch_root"]
         assert ch.verify_receipt(token, ring.jwks(), expect=ch.entry_claims(entry)) == {
             "iss": batch["iss"],
             "iat": batch["iat"],
             "version": batch["version"],
-            **disclosed["claims"],
+            **msgpack.unpackb(part["claims"]),
         }
 
 
@@ -761,24 +780,58 @@ def test_signed_claims_that_are_not_strict_base64url_are_malformed(edit: str) ->
     )
 
 
+DROP = object()  # in a change: leave the member out
+CLAIMS = ch.entry_claims(chain(3)[1])  # the entry of the receipt the shape tests edit
+PACKED = canonical(CLAIMS)
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [
-        ({"proof": "AAAA!AAA"}, "proof is not base64url"),
-        ({"proof": b64u(bytes(31))}, "proof is not base64url of 32-byte hashes"),
-        ({"proof": None}, "proof"),
+        ({"proof": DROP}, "proof is not a run of 32-byte hashes"),
+        ({"proof": None}, "proof is not a run of 32-byte hashes"),
+        ({"proof": b64u(bytes(64))}, "proof is not a run of 32-byte hashes"),  # text, not bin
+        ({"proof": [bytes(32), bytes(32)]}, "proof is not a run of 32-byte hashes"),
+        ({"proof": bytes(31)}, "proof is not a run of 32-byte hashes"),
+        ({"proof": bytes(65)}, "proof is not a run of 32-byte hashes"),
+        ({"index": DROP}, "no integer index"),
         ({"index": "0"}, "no integer index"),
         ({"index": True}, "no integer index"),
+        ({"index": False}, "no integer index"),
+        ({"index": 1.0}, "no integer index"),
+        ({"index": None}, "no integer index"),
         ({"index": 3}, "not within a batch of 3"),
         ({"index": -1}, "not within a batch of 3"),
-        ({"claims": [1]}, "no claims object"),
-        ({"claims": None}, "no claims object"),
+        ({"index": 2**64 - 1}, "not within a batch of 3"),
+        ({"index": -(2**63)}, "not within a batch of 3"),
+        ({"claims": DROP}, "no packed claims"),
+        ({"claims": None}, "no packed claims"),
+        ({"claims": [1]}, "no packed claims"),
+        ({"claims": CLAIMS}, "no packed claims"),  # a map, not the bytes of one
+        ({"claims": b64u(PACKED)}, "no packed claims"),  # text, not bin
+        ({"claims": json.dumps(CLAIMS)}, "no packed claims"),  # the JSON format before
+        ({"claims": b""}, "the claims do not decode"),
+        ({"claims": b"\xc1"}, "the claims do not decode"),  # a byte msgpack never uses
+        ({"claims": PACKED[:-1]}, "the claims do not decode"),
+        ({"claims": PACKED + b"\xc0"}, "the claims do not decode"),
+        ({"claims": json.dumps(CLAIMS).encode()}, "the claims do not decode"),
+        ({"claims": pack({1: "x"})}, "the claims do not decode"),
+        ({"claims": pack({b"seq": 1})}, "the claims do not decode"),
+        ({"claims": pack(msgpack.ExtType(1, b"x"))}, "the claims do not decode"),
+        ({"claims": b"\xa2\xff\xfe"}, "the claims do not decode"),  # text that is not UTF-8
+        ({"claims": pack([1])}, "the claims are not a map"),
+        ({"claims": pack(None)}, "the claims are not a map"),
+        ({"claims": pack(PACKED)}, "the claims are not a map"),  # packed twice
     ],
 )
 def test_an_entry_part_out_of_shape_is_malformed(change: dict[str, Any], reason: str) -> None:
     ring = keyring()
-    signed, disclosed = disclose(ring.receipts(chain(3))[1])
-    token = attach(signed, {**disclosed, **change})
+    token = ring.receipts(chain(3))[1]
+    signed, disclosed = disclose(token, raw=True)
+    assert disclosed["claims"] == PACKED
+    ch.verify_receipt(attach(signed, disclosed, raw=True), ring.jwks(), expect=CLAIMS)  # control
+    changed = {name: value for name, value in {**disclosed, **change}.items() if value is not DROP}
+    token = attach(signed, changed, raw=True)
     assert reason in receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
 
 
@@ -786,49 +839,89 @@ def test_an_entry_part_out_of_shape_is_malformed(change: dict[str, Any], reason:
 def test_a_proof_of_the_wrong_length_is_malformed(cut: str) -> None:
     ring = keyring()
     signed, disclosed = disclose(ring.receipts(chain(5))[0])
-    proof = unb64u(disclosed["proof"])
+    proof = disclosed["proof"]
     assert len(proof) == 3 * 32
     proof = {"first": proof[32:], "last": proof[:-32], "extra": proof + bytes(32)}[cut]
-    token = attach(signed, {**disclosed, "proof": b64u(proof)})
+    token = attach(signed, {**disclosed, "proof": proof})
     message = receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
     assert ("too many" if cut == "extra" else "too few") in message
 
 
-@pytest.mark.parametrize("part", ["header", "signed batch", "entry part"])
-def test_a_header_claims_or_entry_part_that_is_no_json_object_is_malformed(part: str) -> None:
+@pytest.mark.parametrize("part", ["header", "signed batch"])
+def test_a_header_or_signed_batch_that_is_no_json_object_is_malformed(part: str) -> None:
     ring = keyring()
-    entry = chain(1)[0]
+    token = ring.receipts(chain(1))[0]
     header = b64u(json.dumps({"alg": "EdDSA", "kid": ring.kid}).encode())
-    body = signed_claims(ring.receipts([entry])[0])
-    body = b64u(json.dumps(body).encode())
-    entry_part = b64u(
-        json.dumps({"claims": ch.entry_claims(entry), "index": 0, "proof": ""}).encode()
+    body = b64u(json.dumps(signed_claims(token)).encode())
+    entry_part = token.split("~")[1]
+    ch.verify_receipt(  # the control: the token as built here verifies
+        f"{header}.{body}.{b64u(RECEIPT_KEY.private_key.sign(f'{header}.{body}'.encode()))}"
+        f"~{entry_part}",
+        ring.jwks(),
     )
     if part == "header":
         header = b64u(b'["EdDSA"]')
-    elif part == "signed batch":
-        body = b64u(b"[1, 2]")
     else:
-        entry_part = b64u(b"[1, 2]")
+        body = b64u(b"[1, 2]")
     signature = b64u(RECEIPT_KEY.private_key.sign(f"{header}.{body}".encode()))
     token = f"{header}.{body}.{signature}~{entry_part}"
-    if part == "entry part":  # the control: the same token with a good entry part verifies
-        good = ring.receipts([entry])[0].split("~")[1]
-        ch.verify_receipt(f"{header}.{body}.{signature}~{good}", ring.jwks())
     message = receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
     assert f"the {part} does not decode: not an object" in message
 
 
 @pytest.mark.parametrize(
-    "where", [pytest.param("header", id="header"), pytest.param("entry", id="entry-part")]
+    ("data", "reason"),
+    [
+        (b"", "the entry part does not decode"),
+        (b"\xc1", "the entry part does not decode"),
+        (b'{"claims": {}, "index": 0, "proof": ""}', "the entry part does not decode"),  # JSON
+        (pack({"claims": PACKED, "index": 1, "proof": bytes(64)}) + b"\xc0", "does not decode"),
+        (pack({"claims": PACKED, "index": 1, "proof": bytes(64)})[:-1], "does not decode"),
+        (pack({1: PACKED}), "the entry part does not decode"),
+        (pack(msgpack.ExtType(1, b"x")), "the entry part does not decode"),
+        (pack([PACKED, 1, bytes(64)]), "the entry part is not a map"),
+        (pack(None), "the entry part is not a map"),
+        (pack(b64u(PACKED)), "the entry part is not a map"),
+    ],
 )
-def test_deeply_nested_json_is_malformed_not_a_crash(where: str) -> None:
+def test_an_entry_part_that_is_no_msgpack_map_is_malformed(data: bytes, reason: str) -> None:
+    ring = keyring()
+    signed, part = ring.receipts(chain(3))[1].split("~")
+    assert unb64u(part) == pack({"claims": PACKED, "index": 1, "proof": unb64u(part)[-64:]})
+    message = receipt_fault(ch.ReceiptFault.MALFORMED, f"{signed}~{b64u(data)}", ring.jwks())
+    assert reason in message
+
+
+NESTED = b"\x91" * 1_100 + b"\xc0"  # msgpack [[[...[nil]...]]], deeper than msgpack allows
+NESTED_MAPS = b"\x81\xa1a" * 1_100 + b"\xc0"  # msgpack {"a": {"a": ... nil}}
+
+
+@pytest.mark.parametrize("where", ["header", "entry part", "entry part maps", "claims", "index"])
+def test_deep_nesting_is_malformed_not_a_crash(where: str) -> None:
     ring = keyring()
     signed, part = ring.receipts(chain(1))[0].split("~")
-    nested = b64u(b"[" * 100_000)
-    token = f"{signed}~{nested}" if where == "entry" else f"{nested}.x.y~{part}"
-    receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
-    assert ch.receipt_claims_unverified(f"{signed}~{nested}") == {}
+    disclosed = unpack(unb64u(part))
+    if where == "header":  # JSON
+        token = f"{b64u(b'[' * 100_000)}.x.y~{part}"
+        receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
+        return
+    if where == "entry part":
+        packed = NESTED
+    elif where == "entry part maps":
+        packed = NESTED_MAPS
+    elif where == "claims":
+        packed = pack({**disclosed, "claims": NESTED})
+    else:  # deep inside the entry part's map, where the index belongs (packed last: nil)
+        packed = pack({"claims": disclosed["claims"], "proof": b"", "index": None})
+        assert packed.endswith(b"\xa5index\xc0")
+        packed = packed[:-1] + NESTED
+    with pytest.raises(msgpack.StackError):  # the test's premise: too deep for msgpack
+        msgpack.unpackb(NESTED if where == "claims" else packed)
+    token = f"{signed}~{b64u(packed)}"
+    message = receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
+    what = "the claims do" if where == "claims" else "the entry part does"
+    assert f"{what} not decode" in message
+    assert ch.receipt_claims_unverified(token) == {}
 
 
 def test_jwks_publishes_ed25519_keys_by_thumbprint() -> None:
@@ -870,12 +963,81 @@ def test_a_tampered_entry_claim_breaks_the_signature(name: str, value: Any) -> N
     assert "a claim was altered" in message
 
 
-@pytest.mark.parametrize("change", [{"seq": 2**70}, {"note": -(2**70)}])
-def test_an_entry_claim_that_does_not_encode_is_refused(change: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("change", "fault", "reason"),
+    [
+        ({"seq": 1.5}, ch.ReceiptFault.BAD_CLAIMS, "claim seq is a float, not int"),
+        ({"timestamp": None}, ch.ReceiptFault.BAD_CLAIMS, "claim timestamp is a NoneType"),
+        ({"client_id": b"x"}, ch.ReceiptFault.BAD_CLAIMS, "claim client_id is a bytes"),
+        ({"seq": 2**64 - 1}, ch.ReceiptFault.BAD_SIGNATURE, "a claim was altered"),
+        ({"seq": -(2**63)}, ch.ReceiptFault.BAD_SIGNATURE, "a claim was altered"),
+        ({"note": 1.5}, ch.ReceiptFault.BAD_SIGNATURE, "a claim was altered"),
+        ({"note": [1, {"a": b"x"}]}, ch.ReceiptFault.BAD_SIGNATURE, "a claim was altered"),
+    ],
+)
+def test_entry_claims_outside_canonical_values_are_refused(
+    change: dict[str, Any], fault: ch.ReceiptFault, reason: str
+) -> None:
     ring = keyring()
-    signed, disclosed = disclose(ring.receipts(chain(1))[0])
-    forged = attach(signed, {**disclosed, "claims": {**disclosed["claims"], **change}})
-    assert "do not encode" in receipt_fault(ch.ReceiptFault.BAD_CLAIMS, forged, ring.jwks())
+    signed, disclosed = disclose(ring.receipts(chain(1))[0], raw=True)
+    claims = {**unpack(disclosed["claims"]), **change}
+    forged = attach(signed, {**disclosed, "claims": pack(dict(sorted(claims.items())))})
+    assert reason in receipt_fault(fault, forged, ring.jwks())
+    with pytest.raises(CodecError):  # integers beyond 64 bits cannot even be carried
+        pack({**claims, "seq": 2**70})
+
+
+def test_any_changed_byte_of_the_claims_is_detected() -> None:
+    ring = keyring()
+    signed, disclosed = disclose(ring.receipts(chain(3))[1], raw=True)
+    packed = disclosed["claims"]
+    seen: set[ch.ReceiptFault] = set()
+    for at in range(len(packed)):
+        for mask in (0x01, 0x02, 0x20, 0x80, 0xFF):
+            altered = packed[:at] + bytes([packed[at] ^ mask]) + packed[at + 1 :]
+            forged = attach(signed, {**disclosed, "claims": altered})
+            with pytest.raises(ch.ReceiptError) as info:
+                ch.verify_receipt(forged, ring.jwks())
+            try:
+                claims = unpack(altered)
+            except CodecError:
+                claims = None
+            if not isinstance(claims, dict):  # no longer decodes to a map: plain to see
+                expected = ch.ReceiptFault.MALFORMED
+            elif not all(
+                type(claims.get(name)) is type(value) for name, value in CLAIMS.items()
+            ):  # a claim gone or of another type
+                expected = ch.ReceiptFault.BAD_CLAIMS
+            else:
+                expected = ch.ReceiptFault.BAD_SIGNATURE
+                assert "a claim was altered" in str(info.value)
+            assert info.value.fault is expected, (at, mask, claims, info.value)
+            seen.add(expected)
+    assert seen == {
+        ch.ReceiptFault.MALFORMED,
+        ch.ReceiptFault.BAD_CLAIMS,
+        ch.ReceiptFault.BAD_SIGNATURE,
+    }
+
+
+def test_the_leaf_hashes_the_claims_bytes_as_carried() -> None:
+    ring = keyring()
+    entry = chain(3)[1]
+    signed, disclosed = disclose(ring.receipts([entry])[0], raw=True)
+    claims = ch.entry_claims(entry)
+    assert disclosed["claims"] == canonical(claims) and b"\xa3seq\x02" in disclosed["claims"]
+    wider = disclosed["claims"].replace(b"\xa3seq\x02", b"\xa3seq\xcf" + (2).to_bytes(8, "big"))
+    reordered = pack(dict(reversed(sorted(claims.items()))))
+    for other in (wider, reordered):  # the same claims encoded otherwise are not the ones signed
+        assert other != disclosed["claims"] and unpack(other) == claims
+        forged = attach(signed, {**disclosed, "claims": other})
+        message = receipt_fault(ch.ReceiptFault.BAD_SIGNATURE, forged, ring.jwks())
+        assert "a claim was altered" in message
+        assert ch.receipt_claims_unverified(forged) == claims
+        # and signed as they are, they verify: nothing re-encodes them
+        [token] = forge_batch([other])
+        assert unb64u(token.split("~")[1]) == pack({"claims": other, "index": 0, "proof": b""})
+        assert ch.verify_receipt(token, ring.jwks(), expect=claims)["seq"] == 2
 
 
 @pytest.mark.parametrize(
@@ -903,12 +1065,13 @@ def test_a_tampered_signed_claim_breaks_the_signature(name: str, value: Any) -> 
 def test_swapping_index_proof_or_claims_within_a_batch_fails() -> None:
     ring = keyring()
     entries = chain(6)
-    parts = [disclose(token)[1] for token in ring.receipts(entries)]
+    parts = [disclose(token, raw=True)[1] for token in ring.receipts(entries)]
     signed = ring.receipts(entries)[0].split("~")[0]
     faults = (ch.ReceiptFault.BAD_SIGNATURE, ch.ReceiptFault.MALFORMED)
     for i, mine in enumerate(parts):
         for j, theirs in enumerate(parts):
-            if i == j:
+            if i == j:  # the control: as signed, each verifies
+                ch.verify_receipt(attach(signed, mine), ring.jwks(), ch.entry_claims(entries[i]))
                 continue
             for swapped in (
                 {**mine, "index": theirs["index"]},
@@ -1073,6 +1236,7 @@ def test_unverified_claims_are_the_entry_claims_or_nothing() -> None:
         assert ch.receipt_claims_unverified(token) == ch.entry_claims(entry)
     token = keyring().receipts(entries)[2]
     signed, disclosed = disclose(token)
+    assert ch.receipt_claims_unverified(attach(signed, disclosed)) == ch.entry_claims(entries[2])
     for garbage in (
         None,
         "",
@@ -1081,8 +1245,16 @@ def test_unverified_claims_are_the_entry_claims_or_nothing() -> None:
         f"{signed}~",
         f"{signed}~!!!!",
         f"{token}~x",
+        f"{signed}~{b64u(b'[1]')}",
+        f"{signed}~{b64u(NESTED)}",
         attach(signed, {**disclosed, "claims": [1]}),
         attach(signed, {**disclosed, "claims": {"seq": 3}}),
+        attach(signed, {**disclosed, "claims": pack([1])}),
+        attach(signed, {**disclosed, "claims": canonical(disclosed["claims"])[:-1]}),
+        attach(signed, {**disclosed, "claims": disclosed["claims"]}, raw=True),  # a map, not bytes
+        attach(signed, {**disclosed, "proof": b64u(disclosed["proof"])}),
+        attach(signed, {**disclosed, "index": "2"}),
+        f"{signed}~{b64u(json.dumps({**disclosed, 'proof': ''}).encode())}",  # the JSON format
     ):
         assert ch.receipt_claims_unverified(garbage) == {}, garbage
 
@@ -1161,3 +1333,20 @@ def test_log_round_trip_from_client_to_verified_receipt() -> None:
             assert ch.verify_receipt(token, jwks, expect=expect)["seq"] == entry["seq"]
             ch.verify_receipt(token, jwks, expect=ch.entry_claims(entry))
     ch.verify_chain(unpack(pack(store["entries"])))
+
+
+def test_an_entry_part_with_anything_beside_claims_index_and_proof_is_malformed() -> None:
+    ring = keyring()
+    signed, part = ring.receipts(chain(2))[1].split("~")
+    padded = {**unpack(unb64u(part)), "junk": [1, 2]}
+    message = receipt_fault(ch.ReceiptFault.MALFORMED, f"{signed}~{b64u(pack(padded))}",
+                            ring.jwks())
+    assert "holds junk beside claims, index and proof" in message
+
+
+def test_an_oversized_receipt_is_refused_before_it_is_decoded() -> None:
+    ring = keyring()
+    signed, part = ring.receipts(chain(1))[0].split("~")
+    for token in (f"{signed}~{part}{'A' * ch.MAX_ENTRY_PART}", f"{signed * 5}~{part}"):
+        assert "more than a receipt's" in receipt_fault(ch.ReceiptFault.MALFORMED, token,
+                                                        ring.jwks())

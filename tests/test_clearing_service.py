@@ -198,7 +198,8 @@ async def test_log_batch_judges_each_entry_on_its_own(tmp_path):
         assert [o.get("code") for o in outcomes] == [
             None, "NOT_AUTHORIZED", "MALFORMED_MESSAGE", "BAD_PARAMETERS", None, None]
         jwks = await alice.evidence.request("keys", {})
-        claims = [ch.verify_receipt(o["receipt"], jwks) for o in outcomes if "receipt" in o]
+        claims = [ch.verify_receipt(f"{result['signed']}~{o['entry']}", jwks)
+                  for o in outcomes if "entry" in o]
         assert [(c["process_id"], c["seq"]) for c in claims] == [
             ("mine", 2), ("new", 1), ("mine", 3)]
         after = house_state(house)
@@ -206,6 +207,9 @@ async def test_log_batch_judges_each_entry_on_its_own(tmp_path):
             e for e in before["ch_entries"] if e[0] == "carols"]
         ch.verify_chain(await chain_of(alice, "mine"))
         assert "0 entries" in await refused("BAD_PARAMETERS", alice, "log_batch", {"entries": []})
+        refused_all = await alice.evidence.request("log_batch", {"entries": [log_obj("carols")]})
+        assert refused_all == {"results": [{"code": "NOT_AUTHORIZED", "message": (
+            "log.pid: you are not an owner of 'carols'")}]}  # nothing signed, no 'signed'
 
 
 async def test_concurrent_ch_log_calls_are_batched_and_each_gets_its_receipt(tmp_path):

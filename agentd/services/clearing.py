@@ -94,12 +94,7 @@ class ClearingService(Service):
                     outcomes.append(self._append(tx, caller, request, known))
                 except ch.Rejection as exc:
                     outcomes.append(exc.reply())
-            entries = [outcome for outcome in outcomes if isinstance(outcome, dict)]
-            receipts = iter(keyring.receipts(entries) if entries else [])
-            return ch.processed_batch([
-                ch.processed(next(receipts)) if isinstance(outcome, dict) else outcome
-                for outcome in outcomes
-            ])
+            return ch.processed_batch(outcomes, keyring)
         if action == "create_process":
             create = ch.parse_create_process(obj)
             owner_ids = ch.decide_create(create, caller, store.owners(conn, create["pid"]))

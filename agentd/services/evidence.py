@@ -54,6 +54,8 @@ REQUEST_TIMEOUT = 10.0
 # Room for the envelope around a request: a larger one could never be delivered.
 ENVELOPE_OVERHEAD = 4096
 MAX_RPC_BATCH = 1000  # entries in one ch.log_many call
+_LOG_REQUIRED = frozenset({"pid", "payload"})  # ch.log's params, for ch.log_many entries
+_LOG_PARAMS = frozenset({"pid", "payload", "mode", "header", "payload_type"})
 QUEUE_LIMIT = 4 * ch.MAX_BATCH  # queued entries beyond which ch.log callers wait
 RPC_KIND = "ch.log"  # receipts.kind for logs made through the ch.log RPC method
 CHAIN_PAGE = ch.MAX_PAGE_SIZE
@@ -238,7 +240,7 @@ class Evidence:
             store.delete_request(tx.conn, row["seq"])
             self._receipt(tx, row, obj.get("receipt"), store.jwks(tx.conn, row["ch"]))
         elif row["action"] == "log_batch" and row["object"] is not None:
-            self._batch_results(tx, row, obj.get("results"))
+            self._batch_results(tx, row, obj)
         elif row["action"] == "keys":
             self._keys(tx, row, obj)
         else:
@@ -272,19 +274,27 @@ class Evidence:
             store.delete_request(tx.conn, row["seq"])
         self._fail(tx, row["id"], Reject(code, message))
 
-    def _batch_results(self, tx: Tx, row: sqlite3.Row, results: object) -> None:
+    def _batch_results(self, tx: Tx, row: sqlite3.Row, obj: dict[str, Any]) -> None:
         """Apply ``processed_batch``: each entry's receipt or refusal, to its own caller."""
+        results = obj.get("results")
         entries = _batch_entries(row)
         if (not isinstance(results, list) or len(results) != len(entries)
                 or not all(isinstance(result, dict) for result in results)):
             self._refused(tx, row, "MALFORMED_MESSAGE",
                           f"processed_batch does not hold {len(entries)} result maps")
             return
+        signed = obj.get("signed")
+        if not isinstance(signed, str) and any("entry" in result for result in results):
+            self._refused(tx, row, "MALFORMED_MESSAGE",
+                          "processed_batch has receipts but no signed batch")
+            return
         store.delete_request(tx.conn, row["seq"])
         jwks = store.jwks(tx.conn, row["ch"])
         for entry, result in zip(entries, results, strict=True):
-            if "receipt" in result:
-                self._receipt(tx, entry, result["receipt"], jwks)
+            if "entry" in result:
+                part = result["entry"]
+                self._receipt(tx, entry, f"{signed}~{part}" if isinstance(part, str) else None,
+                              jwks)
                 continue
             code, message = result.get("code"), result.get("message")
             if not isinstance(code, str) or not isinstance(message, str):
@@ -564,9 +574,9 @@ class Evidence:
             raise invalid_params(f"entries must be a list of 1 to {MAX_RPC_BATCH} objects")
         objs = []
         for index, entry in enumerate(entries):
-            if not isinstance(entry, dict) or not {"pid", "payload"} <= entry.keys():
+            if not isinstance(entry, dict) or not entry.keys() >= _LOG_REQUIRED:
                 raise invalid_params(f"entries[{index}] must be an object with pid and payload")
-            unknown = entry.keys() - {"pid", "payload", "mode", "header", "payload_type"}
+            unknown = entry.keys() - _LOG_PARAMS
             if unknown:
                 raise invalid_params(f"entries[{index}] has unknown keys: "
                                      f"{', '.join(sorted(unknown))}")
