@@ -1350,3 +1350,87 @@ def test_an_oversized_receipt_is_refused_before_it_is_decoded() -> None:
     for token in (f"{signed}~{part}{'A' * ch.MAX_ENTRY_PART}", f"{signed * 5}~{part}"):
         assert "more than a receipt's" in receipt_fault(ch.ReceiptFault.MALFORMED, token,
                                                         ring.jwks())
+
+
+def outcome(result: dict[str, Any] | ch.ReceiptError) -> tuple[Any, ...]:
+    if isinstance(result, ch.ReceiptError):
+        return ("error", result.fault, str(result))
+    return ("claims", result)
+
+
+def each_alone(signed: str, parts: list[str], jwks: Any, expects: list[Any]) -> list[Any]:
+    results = []
+    for part, expect in zip(parts, expects, strict=True):
+        try:
+            results.append(ch.verify_receipt(f"{signed}~{part}", jwks, expect))
+        except ch.ReceiptError as exc:
+            results.append(exc)
+    return results
+
+
+TAMPERINGS = ["none", "claims byte", "swap proofs", "index", "drop last", "expect", "garbage"]
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(1, 20), st.data())
+def test_verify_batch_gives_each_receipt_the_verdict_it_gets_alone(
+    size: int, data: st.DataObject
+) -> None:
+    ring = keyring()
+    entries = chain(size)
+    signed, parts = ring.sign(entries)
+    expects: list[Any] = [ch.entry_claims(entry) for entry in entries]
+    tampering = data.draw(st.sampled_from(TAMPERINGS))
+    at = data.draw(st.integers(0, size - 1))
+    if tampering == "claims byte":
+        raw = unpack(unb64u(parts[at]))
+        claims = bytearray(raw["claims"])
+        claims[-1] ^= 1
+        parts[at] = b64u(pack({**raw, "claims": bytes(claims)}))
+    elif tampering == "swap proofs" and size > 1:
+        other = (at + 1) % size
+        mine, theirs = unpack(unb64u(parts[at])), unpack(unb64u(parts[other]))
+        parts[at] = b64u(pack({**mine, "proof": theirs["proof"]}))
+    elif tampering == "index":
+        raw = unpack(unb64u(parts[at]))
+        parts[at] = b64u(pack({**raw, "index": raw["index"] + size}))
+    elif tampering == "drop last":
+        parts, expects = parts[:-1], expects[:-1]
+    elif tampering == "expect":
+        expects[at] = {"process_id": "another"}
+    elif tampering == "garbage":
+        parts[at] = "not a receipt!"
+    batch = ch.verify_batch(signed, parts, ring.jwks(), expects)
+    alone = each_alone(signed, parts, ring.jwks(), expects)
+    assert [outcome(r) for r in batch] == [outcome(r) for r in alone]
+    if tampering == "none":
+        assert all(isinstance(r, dict) for r in batch)
+
+
+def test_verify_batch_with_a_bad_signature_or_unknown_key_fails_every_receipt() -> None:
+    ring = keyring()
+    signed, parts = ring.sign(chain(4))
+    expects = [None] * 4
+    head, body, _ = signed.split(".")
+    forged = f"{head}.{body}.{b64u(bytes(64))}"
+    for jwks, fault in ((ring.jwks(), ch.ReceiptFault.BAD_SIGNATURE),
+                        (keyring(SigningKey(bytes([7]) * 32)).jwks(),
+                         ch.ReceiptFault.UNKNOWN_KEY)):
+        token = forged if fault is ch.ReceiptFault.BAD_SIGNATURE else signed
+        results = ch.verify_batch(token, parts, jwks, expects)
+        assert [r.fault for r in results if isinstance(r, ch.ReceiptError)] == [fault] * 4
+
+
+def test_verify_batch_rebuilds_the_tree_once_instead_of_walking_each_proof(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ring = keyring()
+    entries = chain(9)
+    signed, parts = ring.sign(entries)
+
+    def walked(*args: Any) -> bytes:
+        raise AssertionError("an intact batch should not walk proofs one by one")
+
+    monkeypatch.setattr(merkle, "root_from_proof", walked)
+    results = ch.verify_batch(signed, parts, ring.jwks(), [ch.entry_claims(e) for e in entries])
+    assert [r["seq"] for r in results] == list(range(1, 10))  # type: ignore[index]

@@ -59,6 +59,8 @@ _LOG_PARAMS = frozenset({"pid", "payload", "mode", "header", "payload_type"})
 QUEUE_LIMIT = 4 * ch.MAX_BATCH  # queued entries beyond which ch.log callers wait
 RPC_KIND = "ch.log"  # receipts.kind for logs made through the ch.log RPC method
 CHAIN_PAGE = ch.MAX_PAGE_SIZE
+# A receipt's verified claims, why it failed, or None while no JWKS is stored to check it
+Verdict = dict[str, Any] | ch.ReceiptError | None
 BATCH_ITEM_OVERHEAD = 16  # msgpack bytes around each entry of a log_batch, generously
 
 
@@ -69,7 +71,9 @@ class _Pending:
 
     def __init__(self, house: ChipAddress, obj: dict[str, Any], size: int) -> None:
         self.house, self.obj, self.size = house, obj, size
-        self.sent = False  # committed to the outbox (or failed: ``error``)
+        # set once committed to the outbox (or failed: ``error``); only a call's last entry
+        # has one, as entries are sent in order
+        self.sent: trio.Event | None = None
         self.key: bytes | None = None  # the receipt/waiter key, once sent
         self.error: Exception | None = None
         self.abandoned = False  # the caller went away: nobody collects the answer
@@ -124,7 +128,6 @@ class Evidence:
         self._queue: deque[_Pending] = deque()
         self._queue_space = trio.lowlevel.ParkingLot()
         self._queue_filled = trio.lowlevel.ParkingLot()
-        self._batch_sent = trio.lowlevel.ParkingLot()
         for name, method in (
             ("ch.create_process", self.rpc_create_process),
             ("ch.log", self.rpc_log),
@@ -238,7 +241,9 @@ class Evidence:
             self._resolve(tx, row["id"], {})
         elif row["action"] == "log":
             store.delete_request(tx.conn, row["seq"])
-            self._receipt(tx, row, obj.get("receipt"), store.jwks(tx.conn, row["ch"]))
+            token = obj.get("receipt")
+            self._receipt(tx, row, token,
+                          self._verify(token, store.jwks(tx.conn, row["ch"]), self._expect(row)))
         elif row["action"] == "log_batch" and row["object"] is not None:
             self._batch_results(tx, row, obj)
         elif row["action"] == "keys":
@@ -284,17 +289,24 @@ class Evidence:
                           f"processed_batch does not hold {len(entries)} result maps")
             return
         signed = obj.get("signed")
-        if not isinstance(signed, str) and any("entry" in result for result in results):
+        accepted = [(entry, result["entry"]) for entry, result in zip(entries, results,
+                                                                       strict=True)
+                    if "entry" in result]
+        if accepted and (not isinstance(signed, str)
+                         or not all(isinstance(part, str) for _, part in accepted)):
             self._refused(tx, row, "MALFORMED_MESSAGE",
-                          "processed_batch has receipts but no signed batch")
+                          "processed_batch has receipts but no signed batch or entry text")
             return
         store.delete_request(tx.conn, row["seq"])
         jwks = store.jwks(tx.conn, row["ch"])
+        verdicts = iter(
+            [None] * len(accepted) if jwks is None or not accepted else ch.verify_batch(
+                signed, [part for _, part in accepted], jwks,
+                [self._expect(entry) for entry, _ in accepted])
+        )  # fmt: skip
         for entry, result in zip(entries, results, strict=True):
             if "entry" in result:
-                part = result["entry"]
-                self._receipt(tx, entry, f"{signed}~{part}" if isinstance(part, str) else None,
-                              jwks)
+                self._receipt(tx, entry, f"{signed}~{result['entry']}", next(verdicts))
                 continue
             code, message = result.get("code"), result.get("message")
             if not isinstance(code, str) or not isinstance(message, str):
@@ -309,14 +321,13 @@ class Evidence:
             message_id = tx.send(to, ch.TARGET, "log", unpack(waiting["object"]))
             store.mark_sent(tx.conn, waiting["seq"], message_id)
 
-    def _receipt(self, tx: Tx, row: Mapping[str, Any], token: object,
-                 jwks: dict[str, Any] | None) -> None:
-        """Check (with its clearing house's stored ``jwks``) and store the receipt that
-        answers log request ``row`` (deleted already)."""
+    def _receipt(self, tx: Tx, row: Mapping[str, Any], token: object, verdict: Verdict) -> None:
+        """Store the receipt that answers log request ``row`` (deleted already) with its
+        ``verdict`` (see ``_verify``)."""
         if not isinstance(token, str):
             self._fail(tx, row["id"], Reject("MALFORMED_MESSAGE", "processed without a receipt"))
             return
-        status, problem, checked = self._check(token, jwks, self._expect(row), refresh=True)
+        status, problem, checked = self._status(verdict, refresh=True)
         claims = checked or ch.receipt_claims_unverified(token)
         seq, document_id = claims.get("seq"), claims.get("document_id")
         store.add_receipt(
@@ -351,9 +362,8 @@ class Evidence:
         jwks = {"keys": list(merged.values())}
         store.save_jwks(tx.conn, row["ch"], jwks, tx.now_ms)
         for receipt in store.unchecked_receipts(tx.conn, row["ch"]):
-            status, problem, claims = self._check(
-                receipt["token"], jwks, self._expect(receipt, house=row["ch"]), refresh=False
-            )
+            verdict = self._verify(receipt["token"], jwks, self._expect(receipt, house=row["ch"]))
+            status, problem, claims = self._status(verdict, refresh=False)
             store.set_receipt_status(tx.conn, receipt["request"], status, problem)
             self._settle_log(tx, receipt["request"], receipt["token"], claims, problem)
 
@@ -363,19 +373,26 @@ class Evidence:
                 "client_id": self.node.agent_id, "payload_sha256": row["payload_sha256"]}
 
     @staticmethod
-    def _check(
-        token: str, jwks: dict[str, Any] | None, expect: dict, *, refresh: bool
-    ) -> tuple[str, str | None, dict | None]:
-        """(status, problem, claims): ``unchecked`` when ``refresh`` and the key is unknown."""
-        if jwks is None and refresh:
-            return "unchecked", None, None
+    def _verify(token: object, jwks: dict[str, Any] | None, expect: dict) -> Verdict:
+        """A receipt's claims, or why it fails; None while no JWKS is stored to check it."""
+        if jwks is None:
+            return None
         try:
-            claims = ch.verify_receipt(token, jwks or {"keys": []}, expect)
+            return ch.verify_receipt(token, jwks, expect)
         except ch.ReceiptError as exc:
-            if refresh and exc.fault is ch.ReceiptFault.UNKNOWN_KEY:
+            return exc
+
+    @staticmethod
+    def _status(verdict: Verdict, *, refresh: bool) -> tuple[str, str | None, dict | None]:
+        """(status, problem, claims): ``unchecked`` when ``refresh`` and no key is known."""
+        if isinstance(verdict, ch.ReceiptError):
+            if refresh and verdict.fault is ch.ReceiptFault.UNKNOWN_KEY:
                 return "unchecked", None, None
-            return "invalid", f"{exc.fault.value}: {exc}", None
-        return "valid", None, claims
+            return "invalid", f"{verdict.fault.value}: {verdict}", None
+        if verdict is None:
+            return ("unchecked", None, None) if refresh else (
+                "invalid", "unknown_key: the clearing house's JWKS is not stored", None)
+        return "valid", None, verdict
 
     def _settle_log(
         self, tx: Tx, request: bytes, token: str, claims: dict | None, problem: str | None
@@ -454,6 +471,7 @@ class Evidence:
         returned in its entry's place as the ``Reject``/``RpcError``."""
         house = self._house()
         items = [_Pending(house, obj, self._size("log", obj)) for obj in objs]
+        last_sent = items[-1].sent = trio.Event()
         replies = self.node.replies
         try:
             with trio.move_on_after(REQUEST_TIMEOUT) as scope:
@@ -461,8 +479,7 @@ class Evidence:
                     await self._queue_space.park()
                 self._queue.extend(items)
                 self._queue_filled.unpark_all()
-                while not items[-1].sent:  # entries are sent in order: the last one is last
-                    await self._batch_sent.park()
+                await last_sent.wait()
                 for item in items:
                     if item.error is not None:
                         raise item.error
@@ -496,7 +513,9 @@ class Evidence:
                 batch.append(queue.popleft())
             self._queue_space.unpark_all()
             await self._send_batch(batch)
-            self._batch_sent.unpark_all()
+            for item in batch:
+                if item.sent is not None:
+                    item.sent.set()
 
     async def _send_batch(self, batch: list[_Pending]) -> None:
         node, house = self.node, batch[0].house
@@ -525,10 +544,9 @@ class Evidence:
             tx, keys = await node.db.write(job)
         except Exception as exc:  # each caller gets the failure, as request() would raise it
             for item in batch:
-                item.error, item.sent = exc, True
+                item.error = exc
             return
         for item, key in zip(batch, keys, strict=True):
-            item.sent = True
             if not item.abandoned:
                 item.key = key
                 node.replies.expect(key)
