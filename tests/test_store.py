@@ -64,6 +64,41 @@ def test_migrate_sets_user_version_and_is_idempotent(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_migration_5_keeps_receipts_and_chain_entries_in_rowid_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    try:
+        monkeypatch.setattr("store.schema.migrations", lambda: migrations()[:4])
+        assert migrate(conn) == 4
+        conn.execute("INSERT INTO ch_processes VALUES ('p', 1)")
+        for seq in (1, 2):
+            conn.execute("INSERT INTO ch_entries VALUES ('p', ?, 'prev', 5, 'c', x'80', 'sha',"
+                         " 'text/plain', x'01', ?)", (seq, f"hash{seq}"))
+        conn.execute("INSERT INTO receipts VALUES (x'0102', 'ch', 'p', 1, 'doc', 'token',"
+                     " 'ch.log', NULL, 'sha', 'unchecked', NULL, 7)")
+        monkeypatch.undo()
+        assert migrate(conn) == LATEST
+        assert conn.execute("SELECT seq, entry_hash FROM ch_entries ORDER BY seq").fetchall() \
+            == [(1, "hash1"), (2, "hash2")]
+        assert conn.execute("SELECT request, status FROM receipts").fetchall() == [
+            (b"\x01\x02", "unchecked")]
+        for table in ("receipts", "ch_entries"):
+            sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,))
+            assert "WITHOUT ROWID" not in sql.fetchone()[0]
+        with pytest.raises(sqlite3.IntegrityError):  # still no fork, still one receipt each
+            conn.execute("INSERT INTO ch_entries VALUES ('p', 2, 'x', 5, 'c', x'80', 'sha',"
+                         " 'text/plain', NULL, 'other')")
+        with pytest.raises(sqlite3.IntegrityError):
+            conn.execute("INSERT INTO receipts VALUES (x'0102', 'ch', 'p', 2, 'doc', 'token',"
+                         " 'ch.log', NULL, 'sha', 'valid', NULL, 8)")
+        plan = conn.execute("EXPLAIN QUERY PLAN SELECT request FROM receipts"
+                            " WHERE status = 'unchecked' AND ch = 'ch'").fetchall()
+        assert "receipts_unchecked" in str(plan)
+    finally:
+        conn.close()
+
+
 def test_migrate_refuses_a_newer_database(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "new.db", isolation_level=None)
     try:
