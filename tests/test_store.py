@@ -64,7 +64,7 @@ def test_migrate_sets_user_version_and_is_idempotent(tmp_path: Path) -> None:
         conn.close()
 
 
-def test_migration_5_keeps_receipts_and_chain_entries_in_rowid_tables(
+def test_migration_5_moves_large_rows_to_rowid_tables_and_keeps_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
@@ -83,7 +83,7 @@ def test_migration_5_keeps_receipts_and_chain_entries_in_rowid_tables(
             == [(1, "hash1"), (2, "hash2")]
         assert conn.execute("SELECT request, status FROM receipts").fetchall() == [
             (b"\x01\x02", "unchecked")]
-        for table in ("receipts", "ch_entries"):
+        for table in ("receipts", "ch_entries", "relay_requests"):
             sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,))
             assert "WITHOUT ROWID" not in sql.fetchone()[0]
         with pytest.raises(sqlite3.IntegrityError):  # still no fork, still one receipt each

@@ -1,8 +1,8 @@
--- Receipts (a ~1 KB token each) and chain entries (a payload of up to a quarter of a frame)
--- are rows too large for WITHOUT ROWID tables, which store whole rows in the primary-key
--- B-tree: a receipt's random request id made each insert split pages of big rows (about
--- five times the cost of a rowid insert, measured). Rebuilt as rowid tables, with the same
--- keys as unique indexes.
+-- Receipts (a ~1 KB token each), chain entries (a payload of up to a quarter of a frame)
+-- and relay requests (a notarized view) are rows too large for WITHOUT ROWID tables, which
+-- keep whole rows in the primary-key B-tree: a receipt's random request id made each insert
+-- split pages of big rows (about five times the cost of a rowid insert, measured). Rebuilt
+-- as rowid tables, with the same keys as unique indexes.
 
 CREATE TABLE receipts_rowid (
     request        BLOB NOT NULL UNIQUE,  -- the id of the log request it answers
@@ -53,3 +53,32 @@ DROP TABLE ch_entries;
 ALTER TABLE ch_entries_rowid RENAME TO ch_entries;
 CREATE UNIQUE INDEX ch_entries_hash ON ch_entries (pid, entry_hash);
 CREATE INDEX ch_entries_time ON ch_entries (pid, timestamp);
+
+-- Likewise the relay's requests, which keep the notarized view and the result.
+CREATE TABLE relay_requests_rowid (
+    request_id   TEXT NOT NULL UNIQUE,
+    status       INTEGER NOT NULL,
+    source       TEXT NOT NULL,
+    address      TEXT NOT NULL,
+    nonce        TEXT NOT NULL,
+    confidential INTEGER NOT NULL,
+    required     TEXT NOT NULL,
+    query_id     BLOB NOT NULL,
+    deadline     INTEGER NOT NULL,
+    view         BLOB,
+    result       BLOB,
+    signers      TEXT,
+    error        TEXT,
+    created      INTEGER NOT NULL,
+    updated      INTEGER NOT NULL
+);
+INSERT INTO relay_requests_rowid (request_id, status, source, address, nonce, confidential,
+                                  required, query_id, deadline, view, result, signers, error,
+                                  created, updated)
+    SELECT request_id, status, source, address, nonce, confidential, required, query_id,
+           deadline, view, result, signers, error, created, updated
+    FROM relay_requests ORDER BY created;
+DROP TABLE relay_requests;
+ALTER TABLE relay_requests_rowid RENAME TO relay_requests;
+CREATE INDEX relay_requests_deadline ON relay_requests (status, deadline);
+CREATE INDEX relay_requests_updated ON relay_requests (status, updated);
