@@ -468,7 +468,7 @@ class Evidence:
     async def log_requests(self, objs: list[dict[str, Any]], *, each: bool = False) -> list[Any]:
         """Log ``objs`` through ``run`` (coalesced with every concurrent call) and wait for
         all of their answers: the results in order. A refusal raises, or with ``each`` is
-        returned in its entry's place as the ``Reject``/``RpcError``."""
+        returned in its entry's place as its ``Reject``."""
         house = self._house()
         items = [_Pending(house, obj, self._size("log", obj)) for obj in objs]
         last_sent = items[-1].sent = trio.Event()
@@ -487,7 +487,7 @@ class Evidence:
             if scope.cancelled_caught:
                 raise RpcError(TIMEOUT, self._timeout_message(house.agent), "TIMEOUT")
             for result in results:
-                if isinstance(result, Exception) and not each:
+                if isinstance(result, Reject) and not each:
                     raise result
             return results
         finally:
@@ -603,7 +603,7 @@ class Evidence:
             except RpcError as exc:
                 raise invalid_params(f"entries[{index}]: {exc.message}") from exc
         results = await self.log_requests(objs, each=True)
-        return [_error_json(result) if isinstance(result, Exception) else result
+        return [_error_json(result) if isinstance(result, Reject) else result
                 for result in results]
 
     async def rpc_query(self, pid: str, page: int | None = None, size: int | None = None,
@@ -736,12 +736,9 @@ def _batch_entries(row: sqlite3.Row) -> list[dict[str, Any]]:
             for index, (pid, sha) in enumerate(unpack(row["object"]))]
 
 
-def _error_json(error: Exception) -> dict[str, Any]:
-    """A refused entry of ``ch.log_many``: its IDS (or timeout) code and message."""
-    if isinstance(error, Reject):
-        return {"error": {"code": error.code, "message": error.message}}
-    assert isinstance(error, RpcError)
-    return {"error": {"code": error.reason or str(error.code), "message": error.message}}
+def _error_json(error: Reject) -> dict[str, Any]:
+    """A refused entry of ``ch.log_many``: its IDS code and message."""
+    return {"error": {"code": error.code, "message": error.message}}
 
 
 def _failure(row: Mapping[str, Any], fault: str, message: str) -> dict[str, Any]:
