@@ -105,9 +105,10 @@ def running(configs: dict[str, Config], workdir: Path) -> Iterator[dict[str, sub
 
 
 def evidence_demo(configs: dict[str, Config], infos: dict[str, dict]) -> None:
-    """The clearing house: alice opens a process owned by alice and bob, both log to it,
-    carol is refused, and alice's and bob's receipts verify (signatures against the stored
-    JWKS, and the hash chain re-walked from the clearing house)."""
+    """The clearing house: alice opens a process owned by alice and bob, both log to it (bob
+    also three lines in one call, which one signature covers), carol is refused, and alice's
+    and bob's receipts verify (signatures against the stored JWKS, and the hash chain
+    re-walked from the clearing house)."""
     sockets = {name: config.socket_path for name, config in configs.items()}
     print("\nevidence at the clearing house (signed receipts, one hash chain per process):")
     call(sockets["alice"], "ch.create_process",
@@ -118,6 +119,13 @@ def evidence_demo(configs: dict[str, Config], infos: dict[str, dict]) -> None:
         logged = call(sockets[name], "ch.log", {"pid": EVIDENCE_PID, "payload": text})
         print(f"  {name:>5} logged {text!r:21} -> seq {logged['seq']}, document "
               f"{logged['document_id'][:12]}…")
+    lines = ["invoice 1", "invoice 2", "invoice 3"]
+    many = call(sockets["bob"], "ch.log_many",
+                {"entries": [{"pid": EVIDENCE_PID, "payload": line} for line in lines]})
+    signatures = {result["receipt"].split("~")[0] for result in many}
+    print(f"    bob logged {len(lines)} lines in one ch.log_many call -> seq "
+          f"{', '.join(str(r['seq']) for r in many)}, {len(signatures)} signature for all "
+          f"{len(many)} receipts")
     try:
         call(sockets["carol"], "ch.log", {"pid": EVIDENCE_PID, "payload": "me too"})
     except RpcError as exc:
