@@ -74,3 +74,15 @@ def test_shared_process_refusal_and_offline_receipt_audit(evidence_network):
     [failure] = result["failures"]
     assert failure["seq"] == 1 and failure["fault"] == "malformed"
     assert "signature" in failure["message"]
+
+
+def test_bench_ch_runs_end_to_end_and_reports_its_figures(tmp_path):
+    out = tmp_path / "ch.json"
+    result = cli("bench", "ch", "--quick", "--clients", "1", "--seconds", "1", "--batch", "20",
+                 "--json", str(out))
+    assert "ratio" in result.stdout and "one entry per ch.log call" in result.stdout
+    figures = json.loads(out.read_text())
+    assert figures["receipts"] > 0 and figures["receipts_s"] > 0 and figures["jwt_sign_s"] > 0
+    assert figures["ratio"] == pytest.approx(figures["receipts_s"] / figures["jwt_sign_s"])
+    assert figures["receipts"] % 20 == 0  # whole calls only: every entry got its receipt
+    assert figures["single_receipts_s"] > 0 and figures["p99_ms"] >= figures["p50_ms"] > 0
