@@ -43,9 +43,11 @@ from agentd.rpc import RpcError, call
 from protocol.keys import SigningKey
 
 TOPOLOGIES = ("ring", "random", "explicit", "full")
-TRAFFIC = ("ping", "payments")
+TRAFFIC = ("ping", "payments", "evidence")
 INVARIANTS = ("all_delivered", "outbox_drained", "exactly_once", "chains_agree",
-              "balances_zero_sum")
+              "balances_zero_sum", "receipts_verify")
+HOUSE = "clearinghouse"  # the name of the scenario's clearing-house node, when it has one
+EVIDENCE_BATCH = 50  # entries per ch.log_many call of evidence traffic
 PAYMENT_LIMIT = 10**9  # milliCHIPs each side of a simulated tally may owe: no refusals
 SETTLE_TIMEOUT = 60.0  # s for every chain to be confirmed on both sides after the traffic
 
@@ -59,6 +61,11 @@ class Scenario:
     invariants: list[str]
     seed: int
     concurrency: int = 16
+    house: str | None = None  # the clearing-house node every other node logs to
+
+    @property
+    def all_nodes(self) -> list[str]:
+        return [*self.nodes, *([self.house] if self.house else [])]
 
 
 @dataclass
@@ -99,6 +106,11 @@ def load_scenario(path: Path) -> Scenario:
         names = [f"n{i}" for i in range(count)]
     if len(set(names)) != len(names):
         raise bad("nodes.names", "has duplicates")
+    with_house = nodes_section.get("clearinghouse", False)
+    if not isinstance(with_house, bool):
+        raise bad("nodes.clearinghouse", "must be true or false")
+    if with_house and HOUSE in names:
+        raise bad("nodes.names", f"cannot hold {HOUSE!r}: that is the clearing house's name")
     rng = random.Random(seed)
     edges = _topology(raw.get("topology", {"kind": "full"}), names, rng, bad)
     traffic = raw.get("traffic", [])
@@ -113,18 +125,27 @@ def load_scenario(path: Path) -> Scenario:
             raise bad(f"traffic[{i}].units", "must be a positive integer")
     kinds = {item.get("kind") for item in traffic}
     paying = "payments" in kinds  # exactly_once counts pings; the credit checks need tallies
+    if "evidence" in kinds and not with_house:
+        raise bad("traffic", "has evidence, which needs a clearing house: set "
+                  "[nodes] clearinghouse = true")
     default = ["all_delivered", "outbox_drained",
-               *(["chains_agree", "balances_zero_sum"] if paying else ["exactly_once"])]
+               *(["chains_agree", "balances_zero_sum"] if paying
+                 else [] if with_house else ["exactly_once"]),
+               *(["receipts_verify"] if with_house else [])]
     invariants = raw.get("invariants", {"check": default}).get("check", [])
     for name in invariants:
         if name not in INVARIANTS:
             raise bad("invariants.check", f"has unknown invariant {name!r} "
                       f"(known: {', '.join(INVARIANTS)})")
-    if "exactly_once" in invariants and paying:
+    if "exactly_once" in invariants and (paying or with_house):
         raise bad("invariants.check", "exactly_once counts ping messages, so it cannot be "
-                  "checked with payments traffic (check chains_agree instead)")
+                  "checked with payments or a clearing house (check chains_agree or "
+                  "receipts_verify instead)")
+    if "receipts_verify" in invariants and not with_house:
+        raise bad("invariants.check", "has receipts_verify, which needs a clearing house: "
+                  "set [nodes] clearinghouse = true")
     return Scenario(sim.get("name", path.stem), names, edges, traffic, invariants, seed,
-                    sim.get("concurrency", 16))
+                    sim.get("concurrency", 16), HOUSE if with_house else None)
 
 
 def _topology(spec: dict, names: list[str], rng: random.Random, bad) -> list[tuple[str, str]]:
@@ -175,19 +196,30 @@ class InProcess:
         self.workdir = workdir
         self.nodes: dict[str, Node] = {}
 
-    async def start(self, names: list[str], edges: list[tuple[str, str]]) -> dict[str, str]:
+    async def start(self, names: list[str], edges: list[tuple[str, str]],
+                    house: str | None = None) -> dict[str, str]:
+        logging_to: dict[str, Any] = {}
+        if house is not None:
+            node = await self._start(house, {"roles": ["clearinghouse"]}, {})
+            logging_to = {"clearinghouse": {"agent": node.agent_id,
+                                            "address": node.listen_address}}
         for name in names:
-            config = parse_config({"node": {"name": name, "data_dir": str(self.workdir / name),
-                                            "listen": "127.0.0.1:0"}},
-                                  self.workdir / f"{name}.toml")
-            node = Node(config, SigningKey.generate())
-            await self.nursery.start(node.run)
-            self.nodes[name] = node
+            await self._start(name, {}, logging_to)
         for name, others in _neighbours(names, edges).items():
             for other in others:
                 peer = self.nodes[other]
                 self.nodes[name].learn_peer(peer.agent_id, peer.listen_address, other)
         return {name: node.agent_id for name, node in self.nodes.items()}
+
+    async def _start(self, name: str, node_keys: dict[str, Any], sections: dict[str, Any]
+                     ) -> Node:
+        config = parse_config({"node": {"name": name, "data_dir": str(self.workdir / name),
+                                        "listen": "127.0.0.1:0", **node_keys}, **sections},
+                              self.workdir / f"{name}.toml")
+        node = Node(config, SigningKey.generate())
+        await self.nursery.start(node.run)
+        self.nodes[name] = node
+        return node
 
     async def call(self, name: str, method: str, params: dict) -> Any:
         return await self.nodes[name].rpc.call(method, params)
@@ -205,15 +237,24 @@ class Processes:
         self.procs: dict[str, subprocess.Popen] = {}
         self.sockets: dict[str, Path] = {}
 
-    async def start(self, names: list[str], edges: list[tuple[str, str]]) -> dict[str, str]:
+    async def start(self, names: list[str], edges: list[tuple[str, str]],
+                    house: str | None = None) -> dict[str, str]:
+        everyone = [*names, *([house] if house else [])]
         planned = {name: LocalNode(name, self.workdir / name, SigningKey.generate(), port)
-                   for name, port in zip(names, free_ports(len(names)), strict=True)}
+                   for name, port in zip(everyone, free_ports(len(everyone)), strict=True)}
+        logging_to = "" if house is None else (
+            f'[clearinghouse]\nagent = "{planned[house].key.agent_id}"\n'
+            f'address = "{planned[house].address}"\n')
         nodes = []
+        if house is not None:
+            nodes.append(write_node(planned[house].directory, house, planned[house].port,
+                                    key=planned[house].key,
+                                    node_keys='roles = ["clearinghouse"]'))
         for name, others in _neighbours(names, edges).items():
             node = planned[name]
             peers = "".join(peer_section(planned[other]) for other in others)
             nodes.append(write_node(node.directory, name, node.port, key=node.key,
-                                    sections=peers))
+                                    sections=logging_to + peers))
         self.procs = {node.name: spawn(node) for node in nodes}
         self.sockets = {node.name: node.socket for node in nodes}
         try:
@@ -329,6 +370,67 @@ async def _payment_traffic(backend, scenario: Scenario, tallies: dict[tuple[str,
     report.counts["payments"] = report.counts.get("payments", 0) + count
 
 
+async def _evidence_traffic(backend, scenario: Scenario, agents: dict[str, str], item: dict,
+                            rng: random.Random, report: Report) -> None:
+    """``count`` entries logged at the clearing house, in ``ch.log_many`` calls of up to
+    ``EVIDENCE_BATCH``: one process per link (created by its first node, owned by both), and
+    each entry logged by a random end of a random link (a node alone logs to its own)."""
+    count = item.get("count", 1)
+    links = scenario.edges or [(name, name) for name in scenario.nodes]
+    pids = {}
+    for a, b in links:
+        pid = f"sim-{a}-{b}" if a != b else f"sim-{a}"
+        owners = [agents[b]] if a != b else []
+        await backend.call(a, "ch.create_process", {"pid": pid, "owners": owners})
+        pids[(a, b)] = pid
+    by_node: dict[str, list[dict]] = {name: [] for name in scenario.nodes}
+    for n in range(count):
+        a, b = rng.choice(links)
+        by_node[a if rng.random() < 0.5 else b].append(
+            {"pid": pids[(a, b)], "payload": f"evidence {n}"})
+    calls = [(name, entries[i:i + EVIDENCE_BATCH]) for name, entries in by_node.items()
+             for i in range(0, len(entries), EVIDENCE_BATCH)]
+    limit = trio.Semaphore(scenario.concurrency)
+    done = 0
+
+    async def one(name: str, entries: list[dict]) -> None:
+        nonlocal done
+        async with limit:
+            try:
+                results = await backend.call(name, "ch.log_many", {"entries": entries})
+                report.failures.extend(f"evidence by {name}: {r['error']['message']}"
+                                       for r in results if "error" in r)
+            except RpcError as exc:
+                report.failures.append(f"evidence by {name}: {exc.message}")
+            done += len(entries)
+            if done * 10 // count > (done - len(entries)) * 10 // count:  # every tenth
+                print(f"  evidence {done}/{count}", flush=True)
+
+    async with trio.open_nursery() as nursery:
+        for name, entries in calls:
+            nursery.start_soon(one, name, entries)
+    report.counts["evidence"] = report.counts.get("evidence", 0) + count
+
+
+async def _receipts_verified(backend, scenario: Scenario, report: Report) -> bool:
+    """Once no node waits for a receipt any more, every node's receipts verify offline and
+    against the chains re-walked from the clearing house (``receipts.verify chain=true``)."""
+    results: dict[str, dict] = {}
+    with trio.move_on_after(SETTLE_TIMEOUT):
+        while True:
+            results = {name: await backend.call(name, "receipts.verify", {"chain": True})
+                       for name in scenario.nodes}
+            if all(result["pending"] == 0 for result in results.values()):
+                break
+            await trio.sleep(0.2)
+    report.counts["receipts"] = sum(result["checked"] for result in results.values())
+    for name, result in results.items():
+        report.failures.extend(f"receipt of {name}: {f['fault']}: {f['message']}"
+                               for f in result["failures"])
+    return bool(results) and all(result["ok"] and result["pending"] == 0
+                                 for result in results.values())
+
+
 async def _settled_chains(backend, scenario: Scenario, tallies: dict[tuple[str, str], str],
                           report: Report) -> dict[str, bool]:
     """Wait for every chain to be confirmed on both sides, then judge the credit invariants:
@@ -359,10 +461,13 @@ async def _settled_chains(backend, scenario: Scenario, tallies: dict[tuple[str, 
 
 async def _check(backend, scenario: Scenario, report: Report,
                  credit: dict[str, bool] | None = None) -> None:
+    receipts_ok = await _receipts_verified(backend, scenario, report) if scenario.house \
+        else True
     infos: dict[str, dict] = {}
     with trio.move_on_after(20):
         while True:
-            infos = {name: await backend.call(name, "getinfo", {}) for name in scenario.nodes}
+            infos = {name: await backend.call(name, "getinfo", {})
+                     for name in scenario.all_nodes}
             if all(i["counters"]["outbox_depth"] == 0 for i in infos.values()):
                 break
             await trio.sleep(0.1)
@@ -373,6 +478,7 @@ async def _check(backend, scenario: Scenario, report: Report,
         "outbox_drained": all(i["counters"]["outbox_depth"] == 0 for i in infos.values()),
         "exactly_once": processed == 2 * pings,
         **(credit or {"chains_agree": True, "balances_zero_sum": True}),
+        "receipts_verify": receipts_ok,
     }
     report.counts["messages_processed"] = processed
     report.counts["duplicates_ignored"] = sum(i["counters"]["duplicates"] for i in infos.values())
@@ -384,13 +490,14 @@ async def run_scenario(scenario: Scenario, processes: bool, workdir: Path) -> Re
     report = Report()
     rng = random.Random(scenario.seed)
     mode = "one process per node" if processes else "one Trio process"
-    print(f"sim {scenario.name!r}: {len(scenario.nodes)} nodes, {len(scenario.edges)} links,"
-          f" {mode}", flush=True)
+    house = " and a clearing house" if scenario.house else ""
+    print(f"sim {scenario.name!r}: {len(scenario.nodes)} nodes{house}, {len(scenario.edges)}"
+          f" links, {mode}", flush=True)
     async with trio.open_nursery() as nursery:
         backend = Processes(workdir) if processes else InProcess(nursery, workdir)
         try:
             started = time.perf_counter()
-            agents = await backend.start(scenario.nodes, scenario.edges)
+            agents = await backend.start(scenario.nodes, scenario.edges, scenario.house)
             print(f"  started in {time.perf_counter() - started:.2f} s", flush=True)
             paying = any(item["kind"] == "payments" for item in scenario.traffic)
             tallies = await _open_tallies(backend, scenario) if paying else {}
@@ -398,6 +505,8 @@ async def run_scenario(scenario: Scenario, processes: bool, workdir: Path) -> Re
             for item in scenario.traffic:
                 if item["kind"] == "payments":
                     await _payment_traffic(backend, scenario, tallies, item, rng, report)
+                elif item["kind"] == "evidence":
+                    await _evidence_traffic(backend, scenario, agents, item, rng, report)
                 else:
                     await _ping_traffic(backend, scenario, agents, item, rng, report)
             report.counts["traffic_ms"] = round((time.perf_counter() - started) * 1000)

@@ -44,6 +44,12 @@ def test_ring_and_random_topologies(tmp_path):
     ('[nodes]\ncount = 2\n[[traffic]]\nkind = "payments"\nunits = 0\n', "traffic[0].units"),
     ('[nodes]\ncount = 2\n[[traffic]]\nkind = "payments"\n[invariants]\n'
      'check = ["exactly_once"]\n', "exactly_once counts ping messages"),
+    ('[nodes]\ncount = 2\n[[traffic]]\nkind = "evidence"\n', "needs a clearing house"),
+    ('[nodes]\ncount = 2\n[invariants]\ncheck = ["receipts_verify"]\n',
+     "receipts_verify, which needs a clearing house"),
+    ('[nodes]\ncount = 2\nclearinghouse = "yes"\n', "nodes.clearinghouse"),
+    ('[nodes]\nnames = ["a", "clearinghouse"]\nclearinghouse = true\n',
+     "the clearing house's name"),
 ])
 def test_bad_scenarios_name_the_key(tmp_path, text, complaint):
     with pytest.raises(UserError, match=r"scenario\.toml") as caught:
@@ -110,3 +116,53 @@ def test_payments_keep_every_chain_agreed_and_the_balances_zero_sum(tmp_path, ca
     counts = json.loads(report.read_text())["counts"]
     assert (counts["payments"], counts["chits"], counts["tallies"]) == (60, 60, 3)
     assert counts["balance_sum"] == 0
+
+
+EVIDENCE = """
+[sim]
+name = "small evidence"
+seed = 4
+concurrency = 4
+[nodes]
+names = ["a", "b", "c"]
+clearinghouse = true
+[topology]
+kind = "ring"
+[[traffic]]
+kind = "payments"
+count = 20
+units = 100
+[[traffic]]
+kind = "evidence"
+count = 130
+"""
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["one process", "processes"])
+def test_evidence_is_logged_and_every_receipt_verifies(tmp_path, capsys, processes):
+    report = tmp_path / "report.json"
+    args = [str(write(tmp_path, EVIDENCE)), "--json", str(report)]
+    assert main(args + (["--processes"] if processes else [])) == 0
+    out = capsys.readouterr().out
+    assert "3 nodes and a clearing house" in out
+    assert "invariant receipts_verify    ok" in out and "FAILED" not in out
+    counts = json.loads(report.read_text())["counts"]
+    # the hand-logged entries, plus each side's evidence of 3 tally openings and 20 good chits
+    assert counts["evidence"] == 130 and counts["receipts"] == 130 + 2 * (3 + 20)
+
+
+def test_receipts_that_do_not_verify_fail_the_invariant(tmp_path, capsys, monkeypatch):
+    from protocol import clearing
+
+    real = clearing.Keyring.sign
+
+    def forged(self, entries):  # the clearing house's signatures come out wrong
+        signed, parts = real(self, entries)
+        head, body, _ = signed.split(".")
+        return f"{head}.{body}.{'A' * 86}", parts
+
+    monkeypatch.setattr(clearing.Keyring, "sign", forged)
+    text = EVIDENCE.replace("count = 20\nunits = 100", "count = 2\nunits = 100")
+    assert main([str(write(tmp_path, text))]) == 1
+    out = capsys.readouterr().out
+    assert "invariant receipts_verify    FAILED" in out and "bad_signature" in out
