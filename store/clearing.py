@@ -164,11 +164,24 @@ def refuse_request(conn: sqlite3.Connection, seq: int, error: str) -> None:
     )
 
 
-def waiting_logs(conn: sqlite3.Connection, ch: str, pid: str) -> list[sqlite3.Row]:
+def ready_logs(conn: sqlite3.Connection, limit: int) -> list[sqlite3.Row]:
+    """Evidence logs waiting to be sent whose process is ready, oldest first."""
     return conn.execute(
-        "SELECT seq, object FROM ch_requests WHERE state = 'waiting' AND ch = ? AND pid = ?"
-        " ORDER BY seq",
-        (ch, pid),
+        "SELECT r.seq, r.ch, r.object FROM ch_requests r JOIN ch_client_processes p"
+        " ON p.ch = r.ch AND p.pid = r.pid"
+        " WHERE r.state = 'waiting' AND r.action = 'log' AND p.state = 'ready'"
+        " ORDER BY r.seq LIMIT ?",
+        (limit,),
+    ).fetchall()
+
+
+def sent_entries(conn: sqlite3.Connection, message_id: bytes) -> list[sqlite3.Row]:
+    """The evidence logs sent as entries of the ``log_batch`` ``message_id``, in order: their
+    ids are the message id and a 2-byte index."""
+    return conn.execute(
+        "SELECT seq, id, ch, action, pid, kind, ref, payload_sha256, object FROM ch_requests"
+        " WHERE id > ? AND id <= ? AND length(id) = ? AND state = 'sent' ORDER BY id",
+        (message_id, message_id + b"\xff\xff", len(message_id) + 2),
     ).fetchall()
 
 

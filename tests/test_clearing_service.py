@@ -19,6 +19,7 @@ from agentd.services.base import Reject, Tx
 from agentd.services.evidence import log_evidence
 from protocol import clearing as ch
 from protocol.keys import SigningKey
+from store import clearing as clearing_store
 from tests.netfixture import network, wait_for
 
 T_TABLES = ("ch_processes", "ch_owners", "ch_entries")
@@ -318,6 +319,67 @@ async def test_clearing_house_restarted_mid_stream_loses_nothing(tmp_path):
             assert all(r["status"] == "valid" for r in receipts(node))
             result = await node.rpc.call("receipts.verify", {"chain": True})
             assert result["ok"], result["failures"]
+
+
+async def test_evidence_logged_together_goes_as_one_batch_under_one_signature(tmp_path):
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        house, alice, bob = net.nodes
+        owners = [alice.agent_id, bob.agent_id]
+        await evidence(alice, 1, "tally-3", owners, "tally.open")  # the process exists now
+        await wait_for(lambda: len(receipts(alice)) == 1)
+        before = house.db.read_one("SELECT count(*) FROM inbox")[0]
+        await evidence(alice, 40, "tally-3", owners, "chit.good")  # one transaction
+        await wait_for(lambda: len(receipts(alice)) == 41)
+        assert house.db.read_one("SELECT count(*) FROM inbox")[0] == before + 1  # one message
+        rows = alice.db.read("SELECT ref, token, status FROM receipts WHERE kind = 'chit.good'"
+                             " ORDER BY seq")
+        assert [r["ref"] for r in rows] == [f"chit.good-{n}" for n in range(40)]
+        assert {r["status"] for r in rows} == {"valid"}
+        assert len({r["token"].split("~")[0] for r in rows}) == 1  # one signature for all
+        result = await alice.rpc.call("receipts.verify", {"chain": True})
+        assert result["ok"] and result["checked"] == 41 and result["pending"] == 0, result
+
+
+async def test_a_refused_entry_of_an_evidence_batch_is_kept_as_refused(tmp_path):
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        house, alice, bob = net.nodes
+        await bob.evidence.request("create_process", {"pid": "bobs", "owners": []})
+        # alice believes the process is hers to log to: the clearing house will say no
+        await alice.db.write(lambda conn: clearing_store.set_client_process(
+            conn, house.agent_id, "bobs", "ready"))
+        await evidence(alice, 1, "mine", [alice.agent_id], "tally.open")
+        await wait_for(lambda: len(receipts(alice)) == 1)
+
+        def job(conn):
+            tx = Tx(alice, conn, alice.now_ms())
+            log_evidence(tx, "mine", [alice.agent_id], "chit.good", {"n": 1}, ref="ok-1")
+            log_evidence(tx, "bobs", [alice.agent_id], "chit.good", {"n": 2}, ref="refused")
+            log_evidence(tx, "mine", [alice.agent_id], "chit.good", {"n": 3}, ref="ok-2")
+            return tx
+
+        (await alice.db.write(job)).committed()
+        await wait_for(lambda: len(receipts(alice)) == 3)
+        refused = alice.db.read("SELECT ref, error FROM ch_requests WHERE state = 'refused'")
+        assert [(r["ref"], r["error"].split(":")[0]) for r in refused] == [
+            ("refused", "NOT_AUTHORIZED")]
+        audit = await alice.rpc.call("receipts.verify", {})
+        assert audit["checked"] == 3 and audit["pending"] == 0
+        assert [f["fault"] for f in audit["failures"]] == ["refused"]
+
+
+async def test_evidence_left_waiting_by_a_stopped_node_is_sent_when_it_starts(tmp_path):
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
+        _, alice = net.nodes
+        await evidence(alice, 1, "tally-4", [alice.agent_id], "tally.open")
+        await wait_for(lambda: len(receipts(alice)) == 1)
+        alice.evidence._evidence_due = lambda: None  # as if the node stopped before sending
+        await evidence(alice, 5, "tally-4", [alice.agent_id], "chit.good")
+        await trio.sleep(0.2)
+        waiting = alice.db.read_one("SELECT count(*) FROM ch_requests WHERE state = 'waiting'")
+        assert waiting[0] == 5
+        alice = await net.restart(1)
+        await wait_for(lambda: len(receipts(alice)) == 6)
+        assert [e["seq"] for e in await chain_of(alice, "tally-4")] == [1, 2, 3, 4, 5, 6]
 
 
 async def test_evidence_waits_for_a_clearing_house_that_is_down(tmp_path, monkeypatch):

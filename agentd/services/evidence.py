@@ -19,6 +19,13 @@ entries queued while the previous batch was being committed go as one ``log_batc
 ``log``). Entry ``i`` of a batch is known by the key ``message id + i`` (2 bytes, big-endian)
 in ``receipts.request`` and to the waiting caller, which gets its own receipt or refusal.
 
+Evidence (:func:`log_evidence`) is batched the same way, durably: each log is a ``waiting``
+row of ``ch_requests``, committed with the caller's state change, and
+``Evidence._send_evidence`` sends the rows whose process is ready — all that gathered
+meanwhile as one ``log_batch``, each row then ``sent`` under the key ``message id + i`` — so
+the clearing house signs, and this node verifies, once per batch rather than once per chit.
+Rows left waiting by a stopped node go out when it starts again.
+
 The RPC methods wait for the answer (``REQUEST_TIMEOUT``); a refusal becomes RPC error -32010
 whose reason is the IDS code (``NOT_AUTHORIZED``, ``NOT_FOUND``, ``BAD_PARAMETERS``, ...). A
 request that times out stays in the outbox and is answered later: a late receipt is still
@@ -32,7 +39,7 @@ import json
 import logging
 import sqlite3
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -57,6 +64,7 @@ MAX_RPC_BATCH = 1000  # entries in one ch.log_many call
 _LOG_REQUIRED = frozenset({"pid", "payload"})  # ch.log's params, for ch.log_many entries
 _LOG_PARAMS = frozenset({"pid", "payload", "mode", "header", "payload_type"})
 QUEUE_LIMIT = 4 * ch.MAX_BATCH  # queued entries beyond which ch.log callers wait
+EVIDENCE_RETRY = 1.0  # s before evidence is sent again after a failed write
 RPC_KIND = "ch.log"  # receipts.kind for logs made through the ch.log RPC method
 CHAIN_PAGE = ch.MAX_PAGE_SIZE
 # A receipt's verified claims, why it failed, or None while no JWKS is stored to check it
@@ -105,9 +113,10 @@ def log_evidence(
     to ``pid``); ``mode`` is ``full``, ``header`` (the payload's hash only) or ``hash``. A
     payload too large for the clearing house is logged by hash (mode ``header``).
 
-    Nothing here waits: the messages commit with the caller's state change and the outbox
-    delivers them whenever the clearing house is reachable; the receipt is stored when it
-    comes (``receipts`` with ``kind`` and ``ref``). Without a configured clearing house this
+    Nothing here waits: the request commits with the caller's state change, goes out right
+    after in a batch with the other evidence waiting, and the outbox delivers it whenever the
+    clearing house is reachable; the receipt is stored when it comes (``receipts`` with
+    ``kind`` and ``ref``). Without a configured clearing house this
     does nothing (and logs that once). Raises ``ValueError`` for a bad pid, owner or payload:
     those are programming errors of the caller.
     """
@@ -128,6 +137,10 @@ class Evidence:
         self._queue: deque[_Pending] = deque()
         self._queue_space = trio.lowlevel.ParkingLot()
         self._queue_filled = trio.lowlevel.ParkingLot()
+        # evidence logs wait in ch_requests; ``_send_evidence`` sends them when told (and at
+        # start, for those a previous run left)
+        self._evidence_waiting = True
+        self._evidence_told = trio.lowlevel.ParkingLot()
         for name, method in (
             ("ch.create_process", self.rpc_create_process),
             ("ch.log", self.rpc_log),
@@ -202,13 +215,13 @@ class Evidence:
             )  # fmt: skip
             store.set_client_process(conn, house.agent, pid, "creating")
             state = "creating"
-        common = {"ch": house.agent, "action": "log", "pid": pid, "kind": kind, "ref": ref,
-                  "payload_sha256": obj["payload_sha256"], "now_ms": tx.now_ms}
-        if state == "creating":
-            store.add_request(conn, message_id=None, state="waiting", obj=pack(obj), **common)
-        else:
-            message_id = tx.send(house, ch.TARGET, "log", obj)
-            store.add_request(conn, message_id=message_id, state="sent", **common)
+        store.add_request(
+            conn, message_id=None, ch=house.agent, action="log", pid=pid, kind=kind, ref=ref,
+            payload_sha256=obj["payload_sha256"], state="waiting", now_ms=tx.now_ms,
+            obj=pack(obj),
+        )  # fmt: skip
+        if state == "ready":
+            tx.after_commit(self._evidence_due)
 
     # -- answers (writer thread) ----------------------------------------------------------
 
@@ -218,7 +231,11 @@ class Evidence:
             raise Reject("MALFORMED_MESSAGE", f"ch/{envelope.action} answers nothing: no 're'")
         row = store.sent_request(tx.conn, envelope.re)
         if row is None:
-            log.debug("ch/%s answers no open request", envelope.action)
+            entries = store.sent_entries(tx.conn, envelope.re)
+            if entries:
+                self._evidence_answer(tx, envelope, entries)
+            else:
+                log.debug("ch/%s answers no open request", envelope.action)
             return
         if envelope.from_.agent != row["ch"]:
             raise Reject("NOT_AUTHORIZED", "only the clearing house that was asked may answer")
@@ -245,7 +262,12 @@ class Evidence:
             self._receipt(tx, row, token,
                           self._verify(token, store.jwks(tx.conn, row["ch"]), self._expect(row)))
         elif row["action"] == "log_batch" and row["object"] is not None:
-            self._batch_results(tx, row, obj)
+            problem = self._apply_batch(tx, _batch_entries(row), obj, self._fail_entry,
+                                        rows=False)
+            if problem is None:
+                store.delete_request(tx.conn, row["seq"])
+            else:
+                self._refused(tx, row, "MALFORMED_MESSAGE", problem)
         elif row["action"] == "keys":
             self._keys(tx, row, obj)
         else:
@@ -255,9 +277,11 @@ class Evidence:
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """A clearing house (or a node that is none) refused a request with an error ack."""
         message_id = envelope.get("id")
-        row = store.sent_request(tx.conn, message_id) if isinstance(message_id, bytes) else None
-        if row is not None:
-            self._refused(tx, row, code, message)
+        if not isinstance(message_id, bytes):
+            return
+        row = store.sent_request(tx.conn, message_id)
+        for refused in [row] if row is not None else store.sent_entries(tx.conn, message_id):
+            self._refused(tx, refused, code, message)
 
     def _refused(self, tx: Tx, row: sqlite3.Row, code: str, message: str) -> None:
         if row["action"] == "create_process" and row["kind"] is not None:
@@ -279,26 +303,44 @@ class Evidence:
             store.delete_request(tx.conn, row["seq"])
         self._fail(tx, row["id"], Reject(code, message))
 
-    def _batch_results(self, tx: Tx, row: sqlite3.Row, obj: dict[str, Any]) -> None:
-        """Apply ``processed_batch``: each entry's receipt or refusal, to its own caller."""
+    def _evidence_answer(self, tx: Tx, envelope: Envelope, entries: list[sqlite3.Row]) -> None:
+        """The answer to evidence logs sent as one ``log_batch`` (see ``_send_evidence``)."""
+        if envelope.from_.agent != entries[0]["ch"]:
+            raise Reject("NOT_AUTHORIZED", "only the clearing house that was asked may answer")
+        obj, action = envelope.object, envelope.action
+        if action == "rejection":
+            code, message = obj.get("code"), obj.get("message")
+            if not isinstance(code, str) or not isinstance(message, str):
+                code, message = "MALFORMED_MESSAGE", f"the rejection is malformed: {obj!r:.200}"
+            problem: str | None = f"{code}: {message}"
+        elif action != "processed_batch":
+            code = "MALFORMED_MESSAGE"
+            problem = f"the clearing house answered log_batch with {action}"
+        else:
+            code = "MALFORMED_MESSAGE"
+            problem = self._apply_batch(tx, entries, obj, self._refused, rows=True)
+        if problem is not None:
+            for row in entries:
+                self._refused(tx, row, code, problem.removeprefix(f"{code}: "))
+
+    def _apply_batch(self, tx: Tx, entries: list[Any], obj: dict[str, Any],
+                     refuse: Callable[[Tx, Any, str, str], None], *, rows: bool) -> str | None:
+        """Apply ``processed_batch`` to the ``entries`` it answers, in order: each receipt
+        checked and stored (with ``rows``, the entries are ``ch_requests`` rows, each deleted
+        as it is answered), each refusal passed to ``refuse``. Returns what is malformed
+        about it (then nothing was applied), else None."""
         results = obj.get("results")
-        entries = _batch_entries(row)
         if (not isinstance(results, list) or len(results) != len(entries)
                 or not all(isinstance(result, dict) for result in results)):
-            self._refused(tx, row, "MALFORMED_MESSAGE",
-                          f"processed_batch does not hold {len(entries)} result maps")
-            return
+            return f"processed_batch does not hold {len(entries)} result maps"
         signed = obj.get("signed")
         accepted = [(entry, result["entry"]) for entry, result in zip(entries, results,
                                                                        strict=True)
                     if "entry" in result]
         if accepted and (not isinstance(signed, str)
                          or not all(isinstance(part, str) for _, part in accepted)):
-            self._refused(tx, row, "MALFORMED_MESSAGE",
-                          "processed_batch has receipts but no signed batch or entry text")
-            return
-        store.delete_request(tx.conn, row["seq"])
-        jwks = store.jwks(tx.conn, row["ch"])
+            return "processed_batch has receipts but no signed batch or entry text"
+        jwks = store.jwks(tx.conn, entries[0]["ch"])
         verdicts = iter(
             [None] * len(accepted) if jwks is None or not accepted else ch.verify_batch(
                 signed, [part for _, part in accepted], jwks,
@@ -306,20 +348,23 @@ class Evidence:
         )  # fmt: skip
         for entry, result in zip(entries, results, strict=True):
             if "entry" in result:
+                if rows:
+                    store.delete_request(tx.conn, entry["seq"])
                 self._receipt(tx, entry, f"{signed}~{result['entry']}", next(verdicts))
                 continue
             code, message = result.get("code"), result.get("message")
             if not isinstance(code, str) or not isinstance(message, str):
                 code, message = "MALFORMED_MESSAGE", f"the result is malformed: {result!r:.200}"
-            self._fail(tx, entry["id"], Reject(code, message))
+            refuse(tx, entry, code, message)
+        return None
+
+    def _fail_entry(self, tx: Tx, entry: Mapping[str, Any], code: str, message: str) -> None:
+        self._fail(tx, entry["id"], Reject(code, message))
 
     def _process_ready(self, tx: Tx, house: str, pid: str) -> None:
-        """The process exists now (or never will through us): send the logs waiting for it."""
+        """The process exists now (or never will through us): the logs waiting for it go."""
         store.set_client_process(tx.conn, house, pid, "ready")
-        to = self._address(house)
-        for waiting in store.waiting_logs(tx.conn, house, pid):
-            message_id = tx.send(to, ch.TARGET, "log", unpack(waiting["object"]))
-            store.mark_sent(tx.conn, waiting["seq"], message_id)
+        tx.after_commit(self._evidence_due)
 
     def _receipt(self, tx: Tx, row: Mapping[str, Any], token: object, verdict: Verdict) -> None:
         """Store the receipt that answers log request ``row`` (deleted already) with its
@@ -497,9 +542,68 @@ class Evidence:
                     replies.discard(item.key)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send what waits for the clearing house: ``ch.log`` calls and evidence logs."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_evidence)
+            task_status.started()
+            await self._send_calls()
+
+    def _evidence_due(self) -> None:
+        """An evidence log committed (or its process became ready): send it soon."""
+        self._evidence_waiting = True
+        self._evidence_told.unpark_all()
+
+    async def _send_evidence(self) -> None:
+        """Send the evidence logs waiting in ``ch_requests`` whose process is ready, all that
+        gathered meanwhile (up to ``MAX_BATCH`` and a frame) as one ``log_batch``, each entry's
+        row keyed ``message id + index`` (a lone one as ``log``, keyed by its message id)."""
+        while True:
+            while not self._evidence_waiting:
+                await self._evidence_told.park()
+            self._evidence_waiting = False
+            try:
+                while await self._send_evidence_batch():
+                    pass
+            except Exception:  # a failed write: nothing was sent, so try again shortly
+                log.exception("sending evidence to the clearing house failed; retrying")
+                await trio.sleep(EVIDENCE_RETRY)
+                self._evidence_waiting = True
+
+    async def _send_evidence_batch(self) -> bool:
+        """One ``log``/``log_batch`` of waiting evidence; False when none waits."""
+        node, room = self.node, self._room()
+
+        def job(conn: sqlite3.Connection) -> Tx | None:
+            rows = store.ready_logs(conn, ch.MAX_BATCH)
+            if not rows:
+                return None
+            house, batch, size = rows[0]["ch"], [], 0
+            for row in rows:
+                size += len(row["object"]) + BATCH_ITEM_OVERHEAD
+                if row["ch"] != house or (batch and size > room):
+                    break
+                batch.append(row)
+            tx = Tx(node, conn, node.now_ms())
+            to = self._address(house)
+            if len(batch) == 1:
+                message_id = tx.send(to, ch.TARGET, "log", unpack(batch[0]["object"]))
+                store.mark_sent(conn, batch[0]["seq"], message_id)
+                return tx
+            message_id = tx.send(to, ch.TARGET, "log_batch",
+                                 {"entries": [unpack(row["object"]) for row in batch]})
+            for index, row in enumerate(batch):
+                store.mark_sent(conn, row["seq"], _entry_key(message_id, index))
+            return tx
+
+        tx = await node.db.write(job)
+        if tx is None:
+            return False
+        tx.committed()
+        return True
+
+    async def _send_calls(self) -> None:
         """Send the queued ``ch.log`` entries: all that queued meanwhile (up to ``MAX_BATCH``
         and a frame) as one ``log_batch`` to the same clearing house, a lone one as ``log``."""
-        task_status.started()
         queue = self._queue
         while True:
             while not queue:

@@ -45,8 +45,9 @@ CREATE TABLE ch_keys (
 -- Client side -------------------------------------------------------------------------------
 
 -- Requests this node sent to a clearing house and has no answer for yet, plus evidence logs
--- that wait for their process to be created (state 'waiting': id NULL, object = the log
--- request) and evidence the clearing house refused (state 'refused', kept for audits).
+-- not sent yet (state 'waiting': id NULL, object = the log request; they wait for their
+-- process to be created, then for the next evidence batch) and evidence the clearing house
+-- refused (state 'refused', kept for audits).
 -- kind is NULL for requests made through the ch.* RPC methods.
 CREATE TABLE ch_requests (
     seq            INTEGER PRIMARY KEY AUTOINCREMENT,
