@@ -12,8 +12,9 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from protocol.clearing import Entry, QueryRequest, thumbprint
+from protocol.clearing import Entry, QueryRequest
 from protocol.codec import canonical, unpack
+from protocol.receipts import thumbprint
 
 # --- clearing-house side -----------------------------------------------------------------
 

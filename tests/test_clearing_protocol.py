@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from protocol import clearing as ch
 from protocol import merkle
+from protocol import receipts as rc
 from protocol.codec import CodecError, canonical, pack, unpack
 from protocol.keys import SigningKey, b64u, unb64u
 
@@ -48,8 +49,8 @@ def chain(count: int, pid: str = "p1") -> list[ch.Entry]:
     return entries
 
 
-def keyring(key: SigningKey = RECEIPT_KEY) -> ch.Keyring:
-    return ch.Keyring(issuer=CH_AGENT, current=key)
+def keyring(key: SigningKey = RECEIPT_KEY) -> rc.Keyring:
+    return rc.Keyring(issuer=CH_AGENT, current=key)
 
 
 # --- create_process ----------------------------------------------------------------------
@@ -570,9 +571,9 @@ def test_any_changed_byte_of_a_stored_chain_is_detected(
 # --- receipts ----------------------------------------------------------------------------
 
 
-def receipt_fault(fault: ch.ReceiptFault, token: object, jwks: Any, **kwargs: Any) -> str:
-    with pytest.raises(ch.ReceiptError) as info:
-        ch.verify_receipt(token, jwks, **kwargs)
+def receipt_fault(fault: rc.ReceiptFault, token: object, jwks: Any, **kwargs: Any) -> str:
+    with pytest.raises(rc.ReceiptError) as info:
+        rc.verify_receipt(token, jwks, **kwargs)
     assert info.value.fault is fault, info.value
     return str(info.value)
 
@@ -616,14 +617,14 @@ def forge_batch(
     batch = {
         "iss": CH_AGENT,
         "iat": max(unpack(one)["timestamp"] for one in packed) // 1000,
-        "version": ch.RECEIPT_VERSION,
+        "version": rc.RECEIPT_VERSION,
         "batch_root": merkle.root(levels).hex(),
         "batch_size": len(packed),
         **changes,
     }
     batch = {name: value for name, value in batch.items() if name not in drop}
     signed = jwt.encode(
-        batch, key.private_key, algorithm="EdDSA", headers={"kid": kid or ch.thumbprint(key.public)}
+        batch, key.private_key, algorithm="EdDSA", headers={"kid": kid or rc.thumbprint(key.public)}
     )
     return [
         attach(
@@ -637,7 +638,7 @@ def forge_batch(
 def test_thumbprint_matches_rfc_8037() -> None:
     key = SigningKey(unb64u("nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A"))
     assert b64u(key.public) == "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"
-    assert ch.thumbprint(key.public) == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+    assert rc.thumbprint(key.public) == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
 
 
 def test_a_receipt_restates_its_entry_and_verifies() -> None:
@@ -646,18 +647,18 @@ def test_a_receipt_restates_its_entry_and_verifies() -> None:
     [token] = ring.receipts([entry])
     signed, disclosed = disclose(token)
     header = jwt.get_unverified_header(signed)
-    assert (header["alg"], header["kid"]) == ("EdDSA", ch.thumbprint(RECEIPT_KEY.public))
-    assert disclosed == {"claims": ch.entry_claims(entry), "index": 0, "proof": b""}
+    assert (header["alg"], header["kid"]) == ("EdDSA", rc.thumbprint(RECEIPT_KEY.public))
+    assert disclosed == {"claims": rc.entry_claims(entry), "index": 0, "proof": b""}
     # on the wire: the claims as canonical msgpack bytes, the proof as bytes (none for one)
-    packed = canonical(ch.entry_claims(entry))
+    packed = canonical(rc.entry_claims(entry))
     assert disclose(token, raw=True)[1] == {"claims": packed, "index": 0, "proof": b""}
     assert token.split("~")[1] == b64u(pack({"claims": packed, "index": 0, "proof": b""}))
-    claims = ch.verify_receipt(token, ring.jwks(), expect=ch.entry_claims(entry))
+    claims = rc.verify_receipt(token, ring.jwks(), expect=rc.entry_claims(entry))
     assert claims == {
         "iss": CH_AGENT,
         "iat": entry["timestamp"] // 1000,
-        "version": ch.RECEIPT_VERSION,
-        **ch.entry_claims(entry),
+        "version": rc.RECEIPT_VERSION,
+        **rc.entry_claims(entry),
     }
     assert claims["document_id"] == claims["entry_hash"] == entry["entry_hash"]
     assert claims["prev_hash"] == chain(1)[0]["entry_hash"]
@@ -673,14 +674,14 @@ def test_a_batch_shares_one_signature_and_each_receipt_verifies_alone() -> None:
     assert signed_claims(tokens[0])["batch_size"] == len(entries)
     for index, (token, entry) in enumerate(zip(tokens, entries, strict=True)):
         assert disclose(token)[1]["index"] == index
-        claims = ch.verify_receipt(token, ring.jwks(), expect=ch.entry_claims(entry))
+        claims = rc.verify_receipt(token, ring.jwks(), expect=rc.entry_claims(entry))
         assert claims == {
             "iss": CH_AGENT,
             "iat": (T0 + 9_999) // 1000,
-            "version": ch.RECEIPT_VERSION,
-            **ch.entry_claims(entry),
+            "version": rc.RECEIPT_VERSION,
+            **rc.entry_claims(entry),
         }
-        assert ch.receipt_claims_unverified(token) == ch.entry_claims(entry)
+        assert rc.receipt_claims_unverified(token) == rc.entry_claims(entry)
 
 
 def test_a_batch_needs_an_entry() -> None:
@@ -695,7 +696,7 @@ def test_every_receipt_of_any_batch_size_verifies(size: int, data: st.DataObject
     entries = chain(size)
     tokens = ring.receipts(entries)
     index = data.draw(st.integers(0, size - 1))
-    claims = ch.verify_receipt(tokens[index], ring.jwks(), expect=ch.entry_claims(entries[index]))
+    claims = rc.verify_receipt(tokens[index], ring.jwks(), expect=rc.entry_claims(entries[index]))
     assert claims["seq"] == index + 1
     assert claims["iat"] == entries[-1]["timestamp"] // 1000
     _, disclosed = disclose(tokens[index])
@@ -703,10 +704,10 @@ def test_every_receipt_of_any_batch_size_verifies(size: int, data: st.DataObject
     if size > 1:  # and another receipt of the batch does not pass for this entry's
         other = data.draw(st.integers(0, size - 1).filter(lambda n: n != index))
         receipt_fault(
-            ch.ReceiptFault.MISMATCH,
+            rc.ReceiptFault.MISMATCH,
             tokens[other],
             ring.jwks(),
-            expect=ch.entry_claims(entries[index]),
+            expect=rc.entry_claims(entries[index]),
         )
 
 
@@ -720,7 +721,7 @@ def test_a_receipt_verifies_with_pyjwt_and_a_merkle_proof() -> None:
         assert set(batch) == {"iss", "iat", "version", "batch_root", "batch_size"}
         assert (batch["iss"], batch["version"], batch["batch_size"]) == (
             CH_AGENT,
-            ch.RECEIPT_VERSION,
+            rc.RECEIPT_VERSION,
             6,
         )
         part = msgpack.unpackb(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
@@ -731,7 +732,7 @@ def test_a_receipt_verifies_with_pyjwt_and_a_merkle_proof() -> None:
         path = [proof[at : at + 32] for at in range(0, len(proof), 32)]
         reached = merkle.root_from_proof(leaf, part["index"], batch["batch_size"], path)
         assert reached.hex() == batch["batch_root"]
-        assert ch.verify_receipt(token, ring.jwks(), expect=ch.entry_claims(entry)) == {
+        assert rc.verify_receipt(token, ring.jwks(), expect=rc.entry_claims(entry)) == {
             "iss": batch["iss"],
             "iat": batch["iat"],
             "version": batch["version"],
@@ -764,7 +765,7 @@ def test_a_segment_that_is_not_strict_base64url_is_malformed(segment: str, edit:
     else:
         at = ["header", "claims", "signature"].index(segment)
         parts[at] = not_base64url(parts[at], edit)
-    receipt_fault(ch.ReceiptFault.MALFORMED, f"{'.'.join(parts)}~{part}", keyring().jwks())
+    receipt_fault(rc.ReceiptFault.MALFORMED, f"{'.'.join(parts)}~{part}", keyring().jwks())
 
 
 @pytest.mark.parametrize("edit", ["replaced", "inserted"])
@@ -776,12 +777,12 @@ def test_signed_claims_that_are_not_strict_base64url_are_malformed(edit: str) ->
     signature = b64u(RECEIPT_KEY.private_key.sign(f"{header}.{body}".encode()))
     token = attach(f"{header}.{body}.{signature}", disclosed)
     assert "signed batch does not decode" in receipt_fault(
-        ch.ReceiptFault.MALFORMED, token, ring.jwks()
+        rc.ReceiptFault.MALFORMED, token, ring.jwks()
     )
 
 
 DROP = object()  # in a change: leave the member out
-CLAIMS = ch.entry_claims(chain(3)[1])  # the entry of the receipt the shape tests edit
+CLAIMS = rc.entry_claims(chain(3)[1])  # the entry of the receipt the shape tests edit
 PACKED = canonical(CLAIMS)
 
 
@@ -829,10 +830,10 @@ def test_an_entry_part_out_of_shape_is_malformed(change: dict[str, Any], reason:
     token = ring.receipts(chain(3))[1]
     signed, disclosed = disclose(token, raw=True)
     assert disclosed["claims"] == PACKED
-    ch.verify_receipt(attach(signed, disclosed, raw=True), ring.jwks(), expect=CLAIMS)  # control
+    rc.verify_receipt(attach(signed, disclosed, raw=True), ring.jwks(), expect=CLAIMS)  # control
     changed = {name: value for name, value in {**disclosed, **change}.items() if value is not DROP}
     token = attach(signed, changed, raw=True)
-    assert reason in receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
+    assert reason in receipt_fault(rc.ReceiptFault.MALFORMED, token, ring.jwks())
 
 
 @pytest.mark.parametrize("cut", ["first", "last", "extra"])
@@ -843,7 +844,7 @@ def test_a_proof_of_the_wrong_length_is_malformed(cut: str) -> None:
     assert len(proof) == 3 * 32
     proof = {"first": proof[32:], "last": proof[:-32], "extra": proof + bytes(32)}[cut]
     token = attach(signed, {**disclosed, "proof": proof})
-    message = receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
+    message = receipt_fault(rc.ReceiptFault.MALFORMED, token, ring.jwks())
     assert ("too many" if cut == "extra" else "too few") in message
 
 
@@ -854,7 +855,7 @@ def test_a_header_or_signed_batch_that_is_no_json_object_is_malformed(part: str)
     header = b64u(json.dumps({"alg": "EdDSA", "kid": ring.kid}).encode())
     body = b64u(json.dumps(signed_claims(token)).encode())
     entry_part = token.split("~")[1]
-    ch.verify_receipt(  # the control: the token as built here verifies
+    rc.verify_receipt(  # the control: the token as built here verifies
         f"{header}.{body}.{b64u(RECEIPT_KEY.private_key.sign(f'{header}.{body}'.encode()))}"
         f"~{entry_part}",
         ring.jwks(),
@@ -865,7 +866,7 @@ def test_a_header_or_signed_batch_that_is_no_json_object_is_malformed(part: str)
         body = b64u(b"[1, 2]")
     signature = b64u(RECEIPT_KEY.private_key.sign(f"{header}.{body}".encode()))
     token = f"{header}.{body}.{signature}~{entry_part}"
-    message = receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
+    message = receipt_fault(rc.ReceiptFault.MALFORMED, token, ring.jwks())
     assert f"the {part} does not decode: not an object" in message
 
 
@@ -888,7 +889,7 @@ def test_an_entry_part_that_is_no_msgpack_map_is_malformed(data: bytes, reason: 
     ring = keyring()
     signed, part = ring.receipts(chain(3))[1].split("~")
     assert unb64u(part) == pack({"claims": PACKED, "index": 1, "proof": unb64u(part)[-64:]})
-    message = receipt_fault(ch.ReceiptFault.MALFORMED, f"{signed}~{b64u(data)}", ring.jwks())
+    message = receipt_fault(rc.ReceiptFault.MALFORMED, f"{signed}~{b64u(data)}", ring.jwks())
     assert reason in message
 
 
@@ -903,7 +904,7 @@ def test_deep_nesting_is_malformed_not_a_crash(where: str) -> None:
     disclosed = unpack(unb64u(part))
     if where == "header":  # JSON
         token = f"{b64u(b'[' * 100_000)}.x.y~{part}"
-        receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
+        receipt_fault(rc.ReceiptFault.MALFORMED, token, ring.jwks())
         return
     if where == "entry part":
         packed = NESTED
@@ -918,10 +919,10 @@ def test_deep_nesting_is_malformed_not_a_crash(where: str) -> None:
     with pytest.raises(msgpack.StackError):  # the test's premise: too deep for msgpack
         msgpack.unpackb(NESTED if where == "claims" else packed)
     token = f"{signed}~{b64u(packed)}"
-    message = receipt_fault(ch.ReceiptFault.MALFORMED, token, ring.jwks())
+    message = receipt_fault(rc.ReceiptFault.MALFORMED, token, ring.jwks())
     what = "the claims do" if where == "claims" else "the entry part does"
     assert f"{what} not decode" in message
-    assert ch.receipt_claims_unverified(token) == {}
+    assert rc.receipt_claims_unverified(token) == {}
 
 
 def test_jwks_publishes_ed25519_keys_by_thumbprint() -> None:
@@ -931,7 +932,7 @@ def test_jwks_publishes_ed25519_keys_by_thumbprint() -> None:
                 "kty": "OKP",
                 "crv": "Ed25519",
                 "x": b64u(RECEIPT_KEY.public),
-                "kid": ch.thumbprint(RECEIPT_KEY.public),
+                "kid": rc.thumbprint(RECEIPT_KEY.public),
                 "alg": "EdDSA",
                 "use": "sig",
             }
@@ -959,24 +960,24 @@ def test_a_tampered_entry_claim_breaks_the_signature(name: str, value: Any) -> N
     signed, disclosed = disclose(ring.receipts(entries)[1])
     assert disclosed["claims"].get(name) != value
     forged = attach(signed, {**disclosed, "claims": {**disclosed["claims"], name: value}})
-    message = receipt_fault(ch.ReceiptFault.BAD_SIGNATURE, forged, ring.jwks())
+    message = receipt_fault(rc.ReceiptFault.BAD_SIGNATURE, forged, ring.jwks())
     assert "a claim was altered" in message
 
 
 @pytest.mark.parametrize(
     ("change", "fault", "reason"),
     [
-        ({"seq": 1.5}, ch.ReceiptFault.BAD_CLAIMS, "claim seq is a float, not int"),
-        ({"timestamp": None}, ch.ReceiptFault.BAD_CLAIMS, "claim timestamp is a NoneType"),
-        ({"client_id": b"x"}, ch.ReceiptFault.BAD_CLAIMS, "claim client_id is a bytes"),
-        ({"seq": 2**64 - 1}, ch.ReceiptFault.BAD_SIGNATURE, "a claim was altered"),
-        ({"seq": -(2**63)}, ch.ReceiptFault.BAD_SIGNATURE, "a claim was altered"),
-        ({"note": 1.5}, ch.ReceiptFault.BAD_SIGNATURE, "a claim was altered"),
-        ({"note": [1, {"a": b"x"}]}, ch.ReceiptFault.BAD_SIGNATURE, "a claim was altered"),
+        ({"seq": 1.5}, rc.ReceiptFault.BAD_CLAIMS, "claim seq is a float, not int"),
+        ({"timestamp": None}, rc.ReceiptFault.BAD_CLAIMS, "claim timestamp is a NoneType"),
+        ({"client_id": b"x"}, rc.ReceiptFault.BAD_CLAIMS, "claim client_id is a bytes"),
+        ({"seq": 2**64 - 1}, rc.ReceiptFault.BAD_SIGNATURE, "a claim was altered"),
+        ({"seq": -(2**63)}, rc.ReceiptFault.BAD_SIGNATURE, "a claim was altered"),
+        ({"note": 1.5}, rc.ReceiptFault.BAD_SIGNATURE, "a claim was altered"),
+        ({"note": [1, {"a": b"x"}]}, rc.ReceiptFault.BAD_SIGNATURE, "a claim was altered"),
     ],
 )
 def test_entry_claims_outside_canonical_values_are_refused(
-    change: dict[str, Any], fault: ch.ReceiptFault, reason: str
+    change: dict[str, Any], fault: rc.ReceiptFault, reason: str
 ) -> None:
     ring = keyring()
     signed, disclosed = disclose(ring.receipts(chain(1))[0], raw=True)
@@ -991,32 +992,32 @@ def test_any_changed_byte_of_the_claims_is_detected() -> None:
     ring = keyring()
     signed, disclosed = disclose(ring.receipts(chain(3))[1], raw=True)
     packed = disclosed["claims"]
-    seen: set[ch.ReceiptFault] = set()
+    seen: set[rc.ReceiptFault] = set()
     for at in range(len(packed)):
         for mask in (0x01, 0x02, 0x20, 0x80, 0xFF):
             altered = packed[:at] + bytes([packed[at] ^ mask]) + packed[at + 1 :]
             forged = attach(signed, {**disclosed, "claims": altered})
-            with pytest.raises(ch.ReceiptError) as info:
-                ch.verify_receipt(forged, ring.jwks())
+            with pytest.raises(rc.ReceiptError) as info:
+                rc.verify_receipt(forged, ring.jwks())
             try:
                 claims = unpack(altered)
             except CodecError:
                 claims = None
             if not isinstance(claims, dict):  # no longer decodes to a map: plain to see
-                expected = ch.ReceiptFault.MALFORMED
+                expected = rc.ReceiptFault.MALFORMED
             elif not all(
                 type(claims.get(name)) is type(value) for name, value in CLAIMS.items()
             ):  # a claim gone or of another type
-                expected = ch.ReceiptFault.BAD_CLAIMS
+                expected = rc.ReceiptFault.BAD_CLAIMS
             else:
-                expected = ch.ReceiptFault.BAD_SIGNATURE
+                expected = rc.ReceiptFault.BAD_SIGNATURE
                 assert "a claim was altered" in str(info.value)
             assert info.value.fault is expected, (at, mask, claims, info.value)
             seen.add(expected)
     assert seen == {
-        ch.ReceiptFault.MALFORMED,
-        ch.ReceiptFault.BAD_CLAIMS,
-        ch.ReceiptFault.BAD_SIGNATURE,
+        rc.ReceiptFault.MALFORMED,
+        rc.ReceiptFault.BAD_CLAIMS,
+        rc.ReceiptFault.BAD_SIGNATURE,
     }
 
 
@@ -1024,20 +1025,20 @@ def test_the_leaf_hashes_the_claims_bytes_as_carried() -> None:
     ring = keyring()
     entry = chain(3)[1]
     signed, disclosed = disclose(ring.receipts([entry])[0], raw=True)
-    claims = ch.entry_claims(entry)
+    claims = rc.entry_claims(entry)
     assert disclosed["claims"] == canonical(claims) and b"\xa3seq\x02" in disclosed["claims"]
     wider = disclosed["claims"].replace(b"\xa3seq\x02", b"\xa3seq\xcf" + (2).to_bytes(8, "big"))
     reordered = pack(dict(reversed(sorted(claims.items()))))
     for other in (wider, reordered):  # the same claims encoded otherwise are not the ones signed
         assert other != disclosed["claims"] and unpack(other) == claims
         forged = attach(signed, {**disclosed, "claims": other})
-        message = receipt_fault(ch.ReceiptFault.BAD_SIGNATURE, forged, ring.jwks())
+        message = receipt_fault(rc.ReceiptFault.BAD_SIGNATURE, forged, ring.jwks())
         assert "a claim was altered" in message
-        assert ch.receipt_claims_unverified(forged) == claims
+        assert rc.receipt_claims_unverified(forged) == claims
         # and signed as they are, they verify: nothing re-encodes them
         [token] = forge_batch([other])
         assert unb64u(token.split("~")[1]) == pack({"claims": other, "index": 0, "proof": b""})
-        assert ch.verify_receipt(token, ring.jwks(), expect=claims)["seq"] == 2
+        assert rc.verify_receipt(token, ring.jwks(), expect=claims)["seq"] == 2
 
 
 @pytest.mark.parametrize(
@@ -1047,7 +1048,7 @@ def test_the_leaf_hashes_the_claims_bytes_as_carried() -> None:
         ("batch_size", 4),
         ("iss", BOB),
         ("iat", 0),
-        ("version", ch.RECEIPT_VERSION),  # same value, re-encoded with a space: still altered
+        ("version", rc.RECEIPT_VERSION),  # same value, re-encoded with a space: still altered
     ],
 )
 def test_a_tampered_signed_claim_breaks_the_signature(name: str, value: Any) -> None:
@@ -1058,7 +1059,7 @@ def test_a_tampered_signed_claim_breaks_the_signature(name: str, value: Any) -> 
     claims = {**signed_claims(token), name: value}
     body = b64u(json.dumps(claims).encode())  # json.dumps puts spaces after ',' and ':'
     forged = f"{header}.{body}.{signature}~{part}"
-    message = receipt_fault(ch.ReceiptFault.BAD_SIGNATURE, forged, ring.jwks())
+    message = receipt_fault(rc.ReceiptFault.BAD_SIGNATURE, forged, ring.jwks())
     assert "a claim was altered" in message
 
 
@@ -1067,19 +1068,19 @@ def test_swapping_index_proof_or_claims_within_a_batch_fails() -> None:
     entries = chain(6)
     parts = [disclose(token, raw=True)[1] for token in ring.receipts(entries)]
     signed = ring.receipts(entries)[0].split("~")[0]
-    faults = (ch.ReceiptFault.BAD_SIGNATURE, ch.ReceiptFault.MALFORMED)
+    faults = (rc.ReceiptFault.BAD_SIGNATURE, rc.ReceiptFault.MALFORMED)
     for i, mine in enumerate(parts):
         for j, theirs in enumerate(parts):
             if i == j:  # the control: as signed, each verifies
-                ch.verify_receipt(attach(signed, mine), ring.jwks(), ch.entry_claims(entries[i]))
+                rc.verify_receipt(attach(signed, mine), ring.jwks(), rc.entry_claims(entries[i]))
                 continue
             for swapped in (
                 {**mine, "index": theirs["index"]},
                 {**mine, "proof": theirs["proof"]},
                 {**theirs, "claims": mine["claims"]},
             ):
-                with pytest.raises(ch.ReceiptError) as info:
-                    ch.verify_receipt(attach(signed, swapped), ring.jwks())
+                with pytest.raises(rc.ReceiptError) as info:
+                    rc.verify_receipt(attach(signed, swapped), ring.jwks())
                 assert info.value.fault in faults, (i, j, info.value)
 
 
@@ -1088,14 +1089,14 @@ def test_an_entry_part_on_another_batch_fails() -> None:
     first, second = ring.receipts(chain(3, pid="p1")), ring.receipts(chain(3, pid="p2"))
     for mine, theirs in zip(first, second, strict=True):
         forged = f"{theirs.split('~')[0]}~{mine.split('~')[1]}"
-        message = receipt_fault(ch.ReceiptFault.BAD_SIGNATURE, forged, ring.jwks())
+        message = receipt_fault(rc.ReceiptFault.BAD_SIGNATURE, forged, ring.jwks())
         assert "a claim was altered" in message
 
 
 def test_a_receipt_signed_by_another_key_has_an_unknown_kid() -> None:
     intruder = keyring(SigningKey(bytes([7]) * 32))
     message = receipt_fault(
-        ch.ReceiptFault.UNKNOWN_KEY, intruder.receipts(chain(1))[0], keyring().jwks()
+        rc.ReceiptFault.UNKNOWN_KEY, intruder.receipts(chain(1))[0], keyring().jwks()
     )
     assert intruder.kid in message
 
@@ -1104,10 +1105,10 @@ def test_a_jwks_entry_whose_key_does_not_match_its_kid_is_refused() -> None:
     ring = keyring()
     impostor = SigningKey(bytes([7]) * 32)
     jwks = {"keys": [{**ring.jwks()["keys"][0], "x": b64u(impostor.public)}]}
-    claims = [ch.entry_claims(entry) for entry in chain(2)]
+    claims = [rc.entry_claims(entry) for entry in chain(2)]
     relabelled = forge_batch(claims, key=impostor, kid=ring.kid)[1]
     assert jwt.get_unverified_header(relabelled.split("~")[0])["kid"] == ring.kid
-    assert "thumbprint" in receipt_fault(ch.ReceiptFault.UNKNOWN_KEY, relabelled, jwks)
+    assert "thumbprint" in receipt_fault(rc.ReceiptFault.UNKNOWN_KEY, relabelled, jwks)
 
 
 def test_every_truncation_of_a_receipt_is_malformed() -> None:
@@ -1115,42 +1116,42 @@ def test_every_truncation_of_a_receipt_is_malformed() -> None:
     token = ring.receipts(chain(3))[1]
     signed = token.split("~")[0]
     jwks = ring.jwks()
-    ch.verify_receipt(token, jwks)
+    rc.verify_receipt(token, jwks)
     for length in range(len(token)):
-        receipt_fault(ch.ReceiptFault.MALFORMED, token[:length], jwks)
-    assert "truncated" in receipt_fault(ch.ReceiptFault.MALFORMED, signed, jwks)
+        receipt_fault(rc.ReceiptFault.MALFORMED, token[:length], jwks)
+    assert "truncated" in receipt_fault(rc.ReceiptFault.MALFORMED, signed, jwks)
     assert "3 '~'-separated parts" in receipt_fault(
-        ch.ReceiptFault.MALFORMED, f"{token}~{token.split('~')[1]}", jwks
+        rc.ReceiptFault.MALFORMED, f"{token}~{token.split('~')[1]}", jwks
     )
 
 
 def test_a_receipt_missing_its_last_character_says_it_is_truncated() -> None:
     ring = keyring()
     token = ring.receipts(chain(3))[1]
-    assert "truncated" in receipt_fault(ch.ReceiptFault.MALFORMED, token[:-1], ring.jwks())
+    assert "truncated" in receipt_fault(rc.ReceiptFault.MALFORMED, token[:-1], ring.jwks())
 
 
 @pytest.mark.parametrize(
     "token", [None, b"a.b.c", "not a token", "a.b.c", "...", "a.b.c~d", "~", "..~", "a~b~c"]
 )
 def test_garbage_is_malformed(token: object) -> None:
-    receipt_fault(ch.ReceiptFault.MALFORMED, token, keyring().jwks())
+    receipt_fault(rc.ReceiptFault.MALFORMED, token, keyring().jwks())
 
 
 def test_a_receipt_for_another_process_or_entry_is_a_mismatch() -> None:
     ring = keyring()
     other = ring.receipts(chain(1, pid="p2"))[0]
     message = receipt_fault(
-        ch.ReceiptFault.MISMATCH, other, ring.jwks(), expect=ch.entry_claims(chain(1)[0])
+        rc.ReceiptFault.MISMATCH, other, ring.jwks(), expect=rc.entry_claims(chain(1)[0])
     )
     assert "process_id is 'p2', expected 'p1'" in message
     entries = chain(2)
     for token in (ring.receipts(entries[:1])[0], ring.receipts(entries)[0]):
         message = receipt_fault(
-            ch.ReceiptFault.MISMATCH, token, ring.jwks(), expect=ch.entry_claims(entries[1])
+            rc.ReceiptFault.MISMATCH, token, ring.jwks(), expect=rc.entry_claims(entries[1])
         )
         assert "document_id" in message
-    message = receipt_fault(ch.ReceiptFault.MISMATCH, other, ring.jwks(), expect={"iss": BOB})
+    message = receipt_fault(rc.ReceiptFault.MISMATCH, other, ring.jwks(), expect={"iss": BOB})
     assert f"iss is {CH_AGENT!r}, expected {BOB!r}" in message
 
 
@@ -1173,16 +1174,16 @@ def test_claims_outside_the_receipt_format_are_refused(
     batch: dict[str, Any], entry: dict[str, Any], reason: str
 ) -> None:
     ring = keyring()
-    claims = {**ch.entry_claims(chain(1)[0]), **entry}
+    claims = {**rc.entry_claims(chain(1)[0]), **entry}
     claims = {name: value for name, value in claims.items() if value is not None}
     token = forge_batch([claims], **batch)[0]
-    assert reason in receipt_fault(ch.ReceiptFault.BAD_CLAIMS, token, ring.jwks())
+    assert reason in receipt_fault(rc.ReceiptFault.BAD_CLAIMS, token, ring.jwks())
 
 
 def test_forged_batches_match_the_keyring_exactly() -> None:
     """The control for the tests above: ``forge_batch`` without changes is ``receipts``."""
     entries = chain(7)
-    assert forge_batch([ch.entry_claims(entry) for entry in entries]) == keyring().receipts(entries)
+    assert forge_batch([rc.entry_claims(entry) for entry in entries]) == keyring().receipts(entries)
 
 
 def test_a_retired_key_still_verifies_old_receipts() -> None:
@@ -1194,49 +1195,49 @@ def test_a_retired_key_still_verifies_old_receipts() -> None:
     assert [key["kid"] for key in new_ring.jwks()["keys"]] == [new_ring.kid, old_ring.kid]
     assert jwt.get_unverified_header(new_receipts[0].split("~")[0])["kid"] == new_ring.kid
     for token, entry in zip(old_receipts + new_receipts, entries, strict=True):
-        ch.verify_receipt(token, new_ring.jwks(), expect=ch.entry_claims(entry))
-    without_history = ch.Keyring(CH_AGENT, new_ring.current).jwks()
+        rc.verify_receipt(token, new_ring.jwks(), expect=rc.entry_claims(entry))
+    without_history = rc.Keyring(CH_AGENT, new_ring.current).jwks()
     for token in old_receipts:
-        receipt_fault(ch.ReceiptFault.UNKNOWN_KEY, token, without_history)
-    ch.verify_receipt(new_receipts[1], without_history, expect=ch.entry_claims(entries[3]))
+        receipt_fault(rc.ReceiptFault.UNKNOWN_KEY, token, without_history)
+    rc.verify_receipt(new_receipts[1], without_history, expect=rc.entry_claims(entries[3]))
 
 
 @pytest.mark.parametrize("jwks", [{}, {"keys": []}, {"keys": None}, None])
 def test_a_jwks_without_keys_verifies_nothing(jwks: Any) -> None:
-    receipt_fault(ch.ReceiptFault.UNKNOWN_KEY, keyring().receipts(chain(1))[0], jwks)
+    receipt_fault(rc.ReceiptFault.UNKNOWN_KEY, keyring().receipts(chain(1))[0], jwks)
 
 
 def test_the_receipts_of_one_batch_are_signature_checked_once() -> None:
     ring = keyring()
     entries = chain(4)
     tokens = ring.receipts(entries)
-    forged = forge_batch([ch.entry_claims(entry) for entry in entries], version=1)[0]
+    forged = forge_batch([rc.entry_claims(entry) for entry in entries], version=1)[0]
     signed, part = tokens[0].split("~")
     header, _, signature = signed.split(".")
     altered = {**signed_claims(tokens[0]), "batch_size": 5}
     tampered = f"{header}.{b64u(json.dumps(altered).encode())}.{signature}~{part}"
-    ch._signed_batch.cache_clear()
+    rc._signed_batch.cache_clear()
     for _ in range(2):  # failures are not remembered: each is refused again
-        receipt_fault(ch.ReceiptFault.BAD_CLAIMS, forged, ring.jwks())
-        receipt_fault(ch.ReceiptFault.BAD_SIGNATURE, tampered, ring.jwks())
-    assert ch._signed_batch.cache_info().currsize == 0
+        receipt_fault(rc.ReceiptFault.BAD_CLAIMS, forged, ring.jwks())
+        receipt_fault(rc.ReceiptFault.BAD_SIGNATURE, tampered, ring.jwks())
+    assert rc._signed_batch.cache_info().currsize == 0
     for token, entry in zip(tokens, entries, strict=True):
-        ch.verify_receipt(token, ring.jwks(), expect=ch.entry_claims(entry))
-    info = ch._signed_batch.cache_info()
+        rc.verify_receipt(token, ring.jwks(), expect=rc.entry_claims(entry))
+    info = rc._signed_batch.cache_info()
     assert (info.currsize, info.hits, info.misses) == (1, 3, 5)
-    receipt_fault(ch.ReceiptFault.BAD_SIGNATURE, tampered, ring.jwks())  # not excused by it
+    receipt_fault(rc.ReceiptFault.BAD_SIGNATURE, tampered, ring.jwks())  # not excused by it
     intruder = keyring(SigningKey(bytes([7]) * 32)).jwks()
-    receipt_fault(ch.ReceiptFault.UNKNOWN_KEY, tokens[1], intruder)
+    receipt_fault(rc.ReceiptFault.UNKNOWN_KEY, tokens[1], intruder)
 
 
 def test_unverified_claims_are_the_entry_claims_or_nothing() -> None:
     entries = chain(3)
     intruder = keyring(SigningKey(bytes([7]) * 32))
     for token, entry in zip(intruder.receipts(entries), entries, strict=True):
-        assert ch.receipt_claims_unverified(token) == ch.entry_claims(entry)
+        assert rc.receipt_claims_unverified(token) == rc.entry_claims(entry)
     token = keyring().receipts(entries)[2]
     signed, disclosed = disclose(token)
-    assert ch.receipt_claims_unverified(attach(signed, disclosed)) == ch.entry_claims(entries[2])
+    assert rc.receipt_claims_unverified(attach(signed, disclosed)) == rc.entry_claims(entries[2])
     for garbage in (
         None,
         "",
@@ -1256,7 +1257,7 @@ def test_unverified_claims_are_the_entry_claims_or_nothing() -> None:
         attach(signed, {**disclosed, "index": "2"}),
         f"{signed}~{b64u(json.dumps({**disclosed, 'proof': ''}).encode())}",  # the JSON format
     ):
-        assert ch.receipt_claims_unverified(garbage) == {}, garbage
+        assert rc.receipt_claims_unverified(garbage) == {}, garbage
 
 
 # --- client log modes --------------------------------------------------------------------
@@ -1330,8 +1331,8 @@ def test_log_round_trip_from_client_to_verified_receipt() -> None:
             "payload_sha256": obj["payload_sha256"],
         }
         for token in (receipt, batched):
-            assert ch.verify_receipt(token, jwks, expect=expect)["seq"] == entry["seq"]
-            ch.verify_receipt(token, jwks, expect=ch.entry_claims(entry))
+            assert rc.verify_receipt(token, jwks, expect=expect)["seq"] == entry["seq"]
+            rc.verify_receipt(token, jwks, expect=rc.entry_claims(entry))
     ch.verify_chain(unpack(pack(store["entries"])))
 
 
@@ -1339,7 +1340,7 @@ def test_an_entry_part_with_anything_beside_claims_index_and_proof_is_malformed(
     ring = keyring()
     signed, part = ring.receipts(chain(2))[1].split("~")
     padded = {**unpack(unb64u(part)), "junk": [1, 2]}
-    message = receipt_fault(ch.ReceiptFault.MALFORMED, f"{signed}~{b64u(pack(padded))}",
+    message = receipt_fault(rc.ReceiptFault.MALFORMED, f"{signed}~{b64u(pack(padded))}",
                             ring.jwks())
     assert "holds junk beside claims, index and proof" in message
 
@@ -1347,13 +1348,13 @@ def test_an_entry_part_with_anything_beside_claims_index_and_proof_is_malformed(
 def test_an_oversized_receipt_is_refused_before_it_is_decoded() -> None:
     ring = keyring()
     signed, part = ring.receipts(chain(1))[0].split("~")
-    for token in (f"{signed}~{part}{'A' * ch.MAX_ENTRY_PART}", f"{signed * 5}~{part}"):
-        assert "more than a receipt's" in receipt_fault(ch.ReceiptFault.MALFORMED, token,
+    for token in (f"{signed}~{part}{'A' * rc.MAX_ENTRY_PART}", f"{signed * 5}~{part}"):
+        assert "more than a receipt's" in receipt_fault(rc.ReceiptFault.MALFORMED, token,
                                                         ring.jwks())
 
 
-def outcome(result: dict[str, Any] | ch.ReceiptError) -> tuple[Any, ...]:
-    if isinstance(result, ch.ReceiptError):
+def outcome(result: dict[str, Any] | rc.ReceiptError) -> tuple[Any, ...]:
+    if isinstance(result, rc.ReceiptError):
         return ("error", result.fault, str(result))
     return ("claims", result)
 
@@ -1362,8 +1363,8 @@ def each_alone(signed: str, parts: list[str], jwks: Any, expects: list[Any]) -> 
     results = []
     for part, expect in zip(parts, expects, strict=True):
         try:
-            results.append(ch.verify_receipt(f"{signed}~{part}", jwks, expect))
-        except ch.ReceiptError as exc:
+            results.append(rc.verify_receipt(f"{signed}~{part}", jwks, expect))
+        except rc.ReceiptError as exc:
             results.append(exc)
     return results
 
@@ -1379,7 +1380,7 @@ def test_verify_batch_gives_each_receipt_the_verdict_it_gets_alone(
     ring = keyring()
     entries = chain(size)
     signed, parts = ring.sign(entries)
-    expects: list[Any] = [ch.entry_claims(entry) for entry in entries]
+    expects: list[Any] = [rc.entry_claims(entry) for entry in entries]
     tampering = data.draw(st.sampled_from(TAMPERINGS))
     at = data.draw(st.integers(0, size - 1))
     if tampering == "claims byte":
@@ -1400,7 +1401,7 @@ def test_verify_batch_gives_each_receipt_the_verdict_it_gets_alone(
         expects[at] = {"process_id": "another"}
     elif tampering == "garbage":
         parts[at] = "not a receipt!"
-    batch = ch.verify_batch(signed, parts, ring.jwks(), expects)
+    batch = rc.verify_batch(signed, parts, ring.jwks(), expects)
     alone = each_alone(signed, parts, ring.jwks(), expects)
     assert [outcome(r) for r in batch] == [outcome(r) for r in alone]
     if tampering == "none":
@@ -1413,12 +1414,12 @@ def test_verify_batch_with_a_bad_signature_or_unknown_key_fails_every_receipt() 
     expects = [None] * 4
     head, body, _ = signed.split(".")
     forged = f"{head}.{body}.{b64u(bytes(64))}"
-    for jwks, fault in ((ring.jwks(), ch.ReceiptFault.BAD_SIGNATURE),
+    for jwks, fault in ((ring.jwks(), rc.ReceiptFault.BAD_SIGNATURE),
                         (keyring(SigningKey(bytes([7]) * 32)).jwks(),
-                         ch.ReceiptFault.UNKNOWN_KEY)):
-        token = forged if fault is ch.ReceiptFault.BAD_SIGNATURE else signed
-        results = ch.verify_batch(token, parts, jwks, expects)
-        assert [r.fault for r in results if isinstance(r, ch.ReceiptError)] == [fault] * 4
+                         rc.ReceiptFault.UNKNOWN_KEY)):
+        token = forged if fault is rc.ReceiptFault.BAD_SIGNATURE else signed
+        results = rc.verify_batch(token, parts, jwks, expects)
+        assert [r.fault for r in results if isinstance(r, rc.ReceiptError)] == [fault] * 4
 
 
 def test_verify_batch_rebuilds_the_tree_once_instead_of_walking_each_proof(
@@ -1432,5 +1433,5 @@ def test_verify_batch_rebuilds_the_tree_once_instead_of_walking_each_proof(
         raise AssertionError("an intact batch should not walk proofs one by one")
 
     monkeypatch.setattr(merkle, "root_from_proof", walked)
-    results = ch.verify_batch(signed, parts, ring.jwks(), [ch.entry_claims(e) for e in entries])
+    results = rc.verify_batch(signed, parts, ring.jwks(), [rc.entry_claims(e) for e in entries])
     assert [r["seq"] for r in results] == list(range(1, 10))  # type: ignore[index]

@@ -18,6 +18,7 @@ from agentd.rpc import REFUSED, TIMEOUT, RpcError
 from agentd.services.base import Reject, Tx
 from agentd.services.evidence import log_evidence
 from protocol import clearing as ch
+from protocol import receipts as rc
 from protocol.keys import SigningKey
 from store import clearing as clearing_store
 from tests.netfixture import network, wait_for
@@ -199,7 +200,7 @@ async def test_log_batch_judges_each_entry_on_its_own(tmp_path):
         assert [o.get("code") for o in outcomes] == [
             None, "NOT_AUTHORIZED", "MALFORMED_MESSAGE", "BAD_PARAMETERS", None, None]
         jwks = await alice.evidence.request("keys", {})
-        claims = [ch.verify_receipt(f"{result['signed']}~{o['entry']}", jwks)
+        claims = [rc.verify_receipt(f"{result['signed']}~{o['entry']}", jwks)
                   for o in outcomes if "entry" in o]
         assert [(c["process_id"], c["seq"]) for c in claims] == [
             ("mine", 2), ("new", 1), ("mine", 3)]
@@ -285,8 +286,8 @@ async def test_ch_log_many_answers_each_entry_in_order_under_one_signature(tmp_p
         jwks = await alice.evidence.request("keys", {})
         chain = {e["seq"]: e for e in await chain_of(alice, "deal")}
         for result in granted:
-            claims = ch.verify_receipt(result["receipt"], jwks,
-                                       expect=ch.entry_claims(chain[result["seq"]]))
+            claims = rc.verify_receipt(result["receipt"], jwks,
+                                       expect=rc.entry_claims(chain[result["seq"]]))
             assert claims["document_id"] == result["document_id"]
         listed = await alice.rpc.call("receipts.list", {"pid": "deal"})
         assert [r["status"] for r in listed] == ["valid"] * 6
@@ -456,8 +457,8 @@ async def test_a_rotated_key_stays_in_the_jwks(tmp_path):
         old_key, net.nodes[0] = net.nodes[0].key, house
         jwks = await house.evidence.request("keys", {})
         kids = [jwk["kid"] for jwk in jwks["keys"]]
-        assert kids == [ch.thumbprint(new_key.public), ch.thumbprint(old_key.public)]
-        claims = ch.verify_receipt(old["receipt"], jwks, {"seq": 1, "process_id": "long"})
+        assert kids == [rc.thumbprint(new_key.public), rc.thumbprint(old_key.public)]
+        claims = rc.verify_receipt(old["receipt"], jwks, {"seq": 1, "process_id": "long"})
         assert claims["iss"] == old_key.agent_id
 
 

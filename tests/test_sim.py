@@ -152,16 +152,16 @@ def test_evidence_is_logged_and_every_receipt_verifies(tmp_path, capsys, process
 
 
 def test_receipts_that_do_not_verify_fail_the_invariant(tmp_path, capsys, monkeypatch):
-    from protocol import clearing
+    from protocol import receipts
 
-    real = clearing.Keyring.sign
+    real = receipts.Keyring.sign
 
     def forged(self, entries):  # the clearing house's signatures come out wrong
         signed, parts = real(self, entries)
         head, body, _ = signed.split(".")
         return f"{head}.{body}.{'A' * 86}", parts
 
-    monkeypatch.setattr(clearing.Keyring, "sign", forged)
+    monkeypatch.setattr(receipts.Keyring, "sign", forged)
     text = EVIDENCE.replace("count = 20\nunits = 100", "count = 2\nunits = 100")
     assert main([str(write(tmp_path, text))]) == 1
     out = capsys.readouterr().out

@@ -14,7 +14,7 @@ concurrent one-entry ``ch.log`` calls per client, for the latency and rate of si
 The baseline, measured in the same run just before and just after the load (the mean of the
 two): how many EdDSA JWTs (PyJWT, the claims of one entry) this machine signs per second on
 one core with nothing else to do — what signing each receipt on its own would cost. The
-clearing house signs one JWS per batch (a Merkle root, see ``protocol.clearing``) and each
+clearing house signs one JWS per batch (a Merkle root, see ``protocol.receipts``) and each
 client verifies one per batch. The goal is receipts/s >= 0.4x that rate.
 """
 
@@ -36,6 +36,7 @@ import trio
 from agentd.bench import table, write_json
 from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
 from protocol import clearing as ch
+from protocol import receipts as rc
 from protocol.keys import SigningKey
 
 
@@ -46,8 +47,8 @@ def signing_rate(seconds: float) -> float:
     request = ch.parse_log(ch.log_object("bench-0", "x" * 64), max_payload=1 << 20)
     entry = ch.next_entry(None, request, client_id=key.agent_id, now_ms=int(time.time() * 1000))
     claims = {"iss": key.agent_id, "iat": entry["timestamp"] // 1000,
-              "version": ch.RECEIPT_VERSION, **ch.entry_claims(entry)}
-    kid = ch.thumbprint(key.public)
+              "version": rc.RECEIPT_VERSION, **rc.entry_claims(entry)}
+    kid = rc.thumbprint(key.public)
     done = 0
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:

@@ -10,7 +10,7 @@ and processed — and a savepoint around each request guarantees that a refused 
 nothing but its inbox row and that reply. In a ``log_batch`` each entry is checked in full
 before anything of it is written, so a refused entry commits nothing and the others still get
 their receipts — all signed at once
-(one JWS over the Merkle root of the batch, see ``protocol.clearing``).
+(one JWS over the Merkle root of the batch, see ``protocol.receipts``).
 
 Appends to one process are serialised because every job runs on the single writer thread,
 one after another; the ``(pid, seq)`` primary key makes a fork impossible even so. Different
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from agentd.services.base import Reject, Service, Tx
 from protocol import clearing as ch
+from protocol import receipts as rc
 from protocol.envelope import Envelope
 from store import clearing as store
 
@@ -52,7 +53,7 @@ class ClearingService(Service):
         # A quarter of a frame: any entry, with its header, then fits in a ``get`` reply.
         self.max_payload = node.config.max_frame // 4
         self.max_result = node.config.max_frame - REPLY_OVERHEAD
-        self._keyring: ch.Keyring | None = None  # loaded by the first request (writer thread)
+        self._keyring: rc.Keyring | None = None  # loaded by the first request (writer thread)
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         if envelope.action in REPLIES:
@@ -75,13 +76,13 @@ class ClearingService(Service):
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         self.node.evidence.on_rejected(tx, envelope, code, message)
 
-    def _keys(self, tx: Tx) -> ch.Keyring:
+    def _keys(self, tx: Tx) -> rc.Keyring:
         if self._keyring is None:
             retired = store.signing_keys(tx.conn, self.node.key.public, tx.now_ms)
-            self._keyring = ch.Keyring(self.node.agent_id, self.node.key, tuple(retired))
+            self._keyring = rc.Keyring(self.node.agent_id, self.node.key, tuple(retired))
         return self._keyring
 
-    def _serve(self, tx: Tx, envelope: Envelope, keyring: ch.Keyring) -> ch.Reply:
+    def _serve(self, tx: Tx, envelope: Envelope, keyring: rc.Keyring) -> ch.Reply:
         conn, caller, obj = tx.conn, envelope.from_.agent, envelope.object
         action = envelope.action
         if action == "log":

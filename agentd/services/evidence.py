@@ -47,6 +47,7 @@ import trio
 from agentd.rpc import TIMEOUT, RpcError, invalid_params, jsonable
 from agentd.services.base import Reject, Tx
 from protocol import clearing as ch
+from protocol import receipts as rc
 from protocol.codec import CodecError, pack, unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, parse_hostport
@@ -68,7 +69,7 @@ EVIDENCE_RETRY = 1.0  # s before evidence is sent again after a failed write
 RPC_KIND = "ch.log"  # receipts.kind for logs made through the ch.log RPC method
 CHAIN_PAGE = ch.MAX_PAGE_SIZE
 # A receipt's verified claims, why it failed, or None while no JWKS is stored to check it
-Verdict = dict[str, Any] | ch.ReceiptError | None
+Verdict = dict[str, Any] | rc.ReceiptError | None
 BATCH_ITEM_OVERHEAD = 16  # msgpack bytes around each entry of a log_batch, generously
 
 
@@ -342,7 +343,7 @@ class Evidence:
             return "processed_batch has receipts but no signed batch or entry text"
         jwks = store.jwks(tx.conn, entries[0]["ch"])
         verdicts = iter(
-            [None] * len(accepted) if jwks is None or not accepted else ch.verify_batch(
+            [None] * len(accepted) if jwks is None or not accepted else rc.verify_batch(
                 signed, [part for _, part in accepted], jwks,
                 [self._expect(entry) for entry, _ in accepted])
         )  # fmt: skip
@@ -373,7 +374,7 @@ class Evidence:
             self._fail(tx, row["id"], Reject("MALFORMED_MESSAGE", "processed without a receipt"))
             return
         status, problem, checked = self._status(verdict, refresh=True)
-        claims = checked or ch.receipt_claims_unverified(token)
+        claims = checked or rc.receipt_claims_unverified(token)
         seq, document_id = claims.get("seq"), claims.get("document_id")
         store.add_receipt(
             tx.conn, request=row["id"], ch=row["ch"], pid=row["pid"],
@@ -423,15 +424,15 @@ class Evidence:
         if jwks is None:
             return None
         try:
-            return ch.verify_receipt(token, jwks, expect)
-        except ch.ReceiptError as exc:
+            return rc.verify_receipt(token, jwks, expect)
+        except rc.ReceiptError as exc:
             return exc
 
     @staticmethod
     def _status(verdict: Verdict, *, refresh: bool) -> tuple[str, str | None, dict | None]:
         """(status, problem, claims): ``unchecked`` when ``refresh`` and no key is known."""
-        if isinstance(verdict, ch.ReceiptError):
-            if refresh and verdict.fault is ch.ReceiptFault.UNKNOWN_KEY:
+        if isinstance(verdict, rc.ReceiptError):
+            if refresh and verdict.fault is rc.ReceiptFault.UNKNOWN_KEY:
                 return "unchecked", None, None
             return "invalid", f"{verdict.fault.value}: {verdict}", None
         if verdict is None:
@@ -781,8 +782,8 @@ class Evidence:
                                          "stored yet (it was never reachable)"))
                 continue
             try:
-                ch.verify_receipt(row["token"], keys, expect)
-            except ch.ReceiptError as exc:
+                rc.verify_receipt(row["token"], keys, expect)
+            except rc.ReceiptError as exc:
                 failures.append(_failure(row, exc.fault.value, str(exc)))
         return failures
 
@@ -820,9 +821,9 @@ class Evidence:
                                          f"chain of {len(entries)} entries"))
                 continue
             try:
-                ch.verify_receipt(row["token"], jwks.get(row["ch"]) or {"keys": []},
-                                  ch.entry_claims(entry))
-            except ch.ReceiptError as exc:
+                rc.verify_receipt(row["token"], jwks.get(row["ch"]) or {"keys": []},
+                                  rc.entry_claims(entry))
+            except rc.ReceiptError as exc:
                 failures.append(_failure(row, "chain_mismatch",
                                          f"the receipt does not match the chain entry: {exc}"))
         return failures
