@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -180,15 +181,25 @@ def _run(args: list[str]) -> int:
 async def _serve(config, key) -> None:
     from agentd.node import Node
     from agentd.notify import sd_notify
+    from agentd.reload import reload_config
 
     node = Node(config, key)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)
             sd_notify("READY=1")
 
             async def stop_on_signal() -> None:
-                async for _ in signals:
+                async for signum in signals:
+                    if signum == signal.SIGHUP:  # re-read the config; a bad one changes nothing
+                        sd_notify("RELOADING=1")
+                        try:
+                            reload_config(node)
+                        except UserError as exc:
+                            logging.getLogger("agentd.reload").error(
+                                "reload refused, the running config is kept: %s", exc)
+                        sd_notify("READY=1")
+                        continue
                     sd_notify("STOPPING=1")
                     node.stop()
                     return

@@ -13,6 +13,7 @@ import errno
 import functools
 import logging
 import os
+import sqlite3
 import time
 
 import trio
@@ -25,8 +26,10 @@ from agentd.dispatch import Dispatcher
 from agentd.errors import UserError
 from agentd.outbox import OutboxPump
 from agentd.peers import PeerManager
+from agentd.reload import reload_config
 from agentd.replies import Replies
 from agentd.rpc import RpcServer
+from agentd.services.base import Reject
 from agentd.services.clearing import ClearingService
 from agentd.services.credit import Credit
 from agentd.services.evidence import Evidence
@@ -59,17 +62,11 @@ class Node:
         self._stop = trio.Event()
         self._peer_addresses: dict[str, str] = {}
         self._peer_names: dict[str, str] = {}
-        for peer in config.peers:
-            self._peer_addresses[peer.agent] = peer.address
-            self._peer_names[peer.agent] = peer.name
-        if config.clearinghouse is not None:
-            self._peer_addresses.setdefault(config.clearinghouse.agent,
-                                            config.clearinghouse.address)
-            self._peer_names.setdefault(config.clearinghouse.agent, "clearinghouse")
+        self.configure_peers()
         self.peers: PeerManager = None  # type: ignore[assignment]  # set in run()
         self._install_services()
         for name, method in (("getinfo", self.rpc_getinfo), ("peers.list", self.rpc_peers),
-                             ("stop", self.rpc_stop)):
+                             ("reload", self.rpc_reload), ("stop", self.rpc_stop)):
             self.rpc.register(name, method)
 
     now_ms = staticmethod(now_ms)
@@ -106,6 +103,24 @@ class Node:
         """The peer agent known to listen at ``address`` (exactly as configured or learned)."""
         return next((agent for agent, where in self._peer_addresses.items() if where == address),
                     None)
+
+    def configure_peers(self) -> None:
+        """Dial the configured peers (and clearing house) at their configured addresses."""
+        config = self.config
+        for peer in config.peers:
+            self._peer_addresses[peer.agent] = peer.address
+            self._peer_names[peer.agent] = peer.name
+        if config.clearinghouse is not None:
+            house = config.clearinghouse
+            if house.agent not in {peer.agent for peer in config.peers}:
+                self._peer_addresses[house.agent] = house.address
+            self._peer_names.setdefault(house.agent, "clearinghouse")
+        if self.db is not None:  # at start, run() stores them once the database is open
+            self.db.submit(self._store_configured_peers)
+
+    def _store_configured_peers(self, conn: sqlite3.Connection) -> None:
+        for peer in self.config.peers:
+            peer_store.upsert(conn, peer.agent, name=peer.name, address=peer.address)
 
     def learn_peer(self, agent: str, address: str | None, name: str | None = None) -> None:
         """Remember a peer's address (configured peers keep their configured address)."""
@@ -182,8 +197,7 @@ class Node:
 
     async def _load_peers(self) -> None:
         def job(conn):
-            for peer in self.config.peers:
-                peer_store.upsert(conn, peer.agent, name=peer.name, address=peer.address)
+            self._store_configured_peers(conn)
             return peer_store.all_peers(conn)
 
         for row in await self.db.write(job):
@@ -237,6 +251,14 @@ class Node:
                 "last_seen": now_ms() if connected else (row["last_seen"] if row else None),
             })
         return out
+
+    async def rpc_reload(self) -> dict:
+        """Re-read the config file (as SIGHUP does): peers, clearing house, relay rules and
+        log level apply now; ``restart`` lists changed keys that wait for a restart."""
+        try:
+            return reload_config(self)
+        except UserError as exc:
+            raise Reject("BAD_CONFIG", str(exc)) from exc
 
     async def rpc_stop(self) -> dict:
         """Stop the node cleanly (in-flight database work is committed or rolled back)."""

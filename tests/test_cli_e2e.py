@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from agentd.rpc import RpcError
+from agentd.rpc import call as rpc_call
 from tests.clihelpers import AGENTD, add_peer, cli, init, running
 
 
@@ -162,3 +164,42 @@ def test_cli_without_a_running_node(tmp_path):
     result = cli("-c", info["config"], "getinfo", check=False)
     assert result.returncode == 2
     assert "no agentd is running" in result.stderr
+
+
+def test_sighup_and_reload_apply_new_peers_and_refuse_a_bad_config(tmp_path):
+    infos = {name: init(tmp_path, name) for name in ("alice", "bob", "carol")}
+    alice = infos["alice"]["config"]
+    with running(infos) as processes:
+        unknown = cli("-c", alice, "peers.ping", f"agent={infos['bob']['agent']}", check=False)
+        assert unknown.returncode == 1  # alice has no address for bob yet
+        add_peer(alice, "bob", infos["bob"])
+        processes["alice"].send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while True:  # the signal is handled asynchronously: wait until the ping gets through
+            ping = cli("-c", alice, "peers.ping", f"agent={infos['bob']['agent']}", check=False)
+            if ping.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert ping.returncode == 0, ping.stderr
+        assert processes["alice"].poll() is None
+
+        add_peer(alice, "carol", infos["carol"])
+        text = Path(alice).read_text()
+        Path(alice).write_text(text.replace('level = "info"', 'level = "debug"')
+                               .replace("[node]", '[node]\nmax_frame = 2097152', 1))
+        reloaded = json.loads(cli("-c", alice, "reload").stdout)
+        assert reloaded == {"applied": ["peers", "log_level"], "restart": ["max_frame"]}
+        names = {p["name"] for p in json.loads(cli("-c", alice, "peers.list").stdout)}
+        assert {"bob", "carol"} <= names
+
+        Path(alice).write_text(Path(alice).read_text() + "\n[node2]\nx = 1\n")
+        with pytest.raises(RpcError) as refused:  # straight to the socket: the CLI itself
+            rpc_call(Path(alice).parent / "data" / "agentd.sock", "reload", {})  # reads it
+        assert refused.value.reason == "BAD_CONFIG" and "node2" in refused.value.message
+        processes["alice"].send_signal(signal.SIGHUP)  # logged, and the node keeps running
+        time.sleep(0.3)
+        assert processes["alice"].poll() is None
+        log = (Path(alice).parent / "agentd.log").read_text()
+        assert "reload refused, the running config is kept" in log
+        rpc_call(Path(alice).parent / "data" / "agentd.sock", "peers.ping",
+                 {"agent": infos["carol"]["agent"]})  # the peers reloaded before still work

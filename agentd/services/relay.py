@@ -217,6 +217,17 @@ class RelayService(Service):
         host, port = parse_hostport(where)
         return ChipAddress(agent=agent, host=host, port=port)
 
+
+    @staticmethod
+    def check_rules(config: Config) -> None:
+        """Raise ``UserError`` naming the bad entry if ``config``'s ``[relay]`` is invalid."""
+        _access_rules(config)
+        _policies(config)
+
+    def load_rules(self, config: Config) -> None:
+        """Serve with ``config``'s access rules and verification policies from now on."""
+        self.access = _access_rules(config)
+        self.policies = _policies(config)
     def _row(self, request_id: str) -> Any:
         row = self.node.db.read_one(relay_store.SELECT_REQUEST, (request_id,))
         if row is None:

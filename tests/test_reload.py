@@ -1,0 +1,76 @@
+"""Re-reading a config while the node runs: what applies now, what waits, what is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentd.config import load_config
+from agentd.errors import UserError
+from agentd.node import Node
+from agentd.reload import reload_config
+from protocol.keys import SigningKey
+
+BOB = SigningKey(bytes([2]) * 32).agent_id
+CAROL = SigningKey(bytes([3]) * 32).agent_id
+BASE = f"""[node]
+name = "alice"
+data_dir = "data"
+listen = "127.0.0.1:7901"
+
+[[peers]]
+name = "bob"
+agent = "{BOB}"
+address = "127.0.0.1:7902"
+
+[[relay.access]]
+principal = "*"
+resource = "node:*"
+"""
+
+
+def node_from(tmp_path: Path, text: str) -> tuple[Node, Path]:
+    path = tmp_path / "alice.toml"
+    path.write_text(text)
+    return Node(load_config(path), SigningKey.generate()), path
+
+
+def test_peers_relay_rules_and_log_level_apply_and_the_rest_waits(tmp_path):
+    node, path = node_from(tmp_path, BASE)
+    path.write_text(
+        BASE.replace("127.0.0.1:7902", "127.0.0.1:7912").replace("7901", "7911")
+        + f'\n[[peers]]\nname = "carol"\nagent = "{CAROL}"\naddress = "127.0.0.1:7903"\n'
+        + '\n[[relay.access]]\nprincipal = "*"\nresource = "user:*"\n'
+        + '\n[log]\nlevel = "debug"\n'
+    )
+    result = reload_config(node)
+    assert result == {"applied": ["peers", "relay_access", "log_level"], "restart": ["listen"]}
+    assert node.address_of(BOB) == "127.0.0.1:7912"  # a configured address wins at once
+    assert node.address_of(CAROL) == "127.0.0.1:7903"
+    assert [rule.resource for rule in node.relay.access] == ["node:*", "user:*"]
+    assert node.config.listen == "127.0.0.1:7901"  # still listening where it started
+    assert reload_config(node) == {"applied": [], "restart": ["listen"]}
+
+
+@pytest.mark.parametrize("bad, complaint", [
+    ('\n[[relay.access]]\nprincipal = "nobody"\nresource = "user:*"\n',
+     r"relay\.access\[1\]\.principal"),
+    ("\n[node2]\n", "node2"),
+])
+def test_a_bad_config_changes_nothing(tmp_path, bad, complaint):
+    node, path = node_from(tmp_path, BASE)
+    before = (node.config, node.relay.access, node.address_of(CAROL))
+    path.write_text(BASE + f'\n[[peers]]\nname = "carol"\nagent = "{CAROL}"\n'
+                    f'address = "127.0.0.1:7903"\n' + bad)
+    with pytest.raises(UserError, match=complaint):
+        reload_config(node)
+    assert (node.config, node.relay.access, node.address_of(CAROL)) == before
+
+
+def test_a_missing_config_file_changes_nothing(tmp_path):
+    node, path = node_from(tmp_path, BASE)
+    path.unlink()
+    with pytest.raises(UserError, match="not found"):
+        reload_config(node)
+    assert node.address_of(BOB) == "127.0.0.1:7902"
