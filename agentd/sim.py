@@ -43,11 +43,15 @@ from agentd.rpc import RpcError, call
 from protocol.keys import SigningKey
 
 TOPOLOGIES = ("ring", "random", "explicit", "full")
-TRAFFIC = ("ping", "payments", "evidence")
+TRAFFIC = ("ping", "payments", "invoices", "relay", "evidence")
+CREDIT_TRAFFIC = frozenset({"payments", "invoices"})  # kinds that need a tally on every link
 INVARIANTS = ("all_delivered", "outbox_drained", "exactly_once", "chains_agree",
               "balances_zero_sum", "receipts_verify")
 HOUSE = "clearinghouse"  # the name of the scenario's clearing-house node, when it has one
 EVIDENCE_BATCH = 50  # entries per ch.log_many call of evidence traffic
+RELAY_VIEWS = ("node:info", "user:{cuid}:balance")  # what relay traffic reads (the latter
+# only once every node has its user, i.e. with credit traffic)
+RELAY_ACCESS = {"principal": "*", "resource": "*"}  # every sim node lets every other read
 PAYMENT_LIMIT = 10**9  # milliCHIPs each side of a simulated tally may owe: no refusals
 SETTLE_TIMEOUT = 60.0  # s for every chain to be confirmed on both sides after the traffic
 
@@ -123,24 +127,26 @@ def load_scenario(path: Path) -> Scenario:
             raise bad(f"traffic[{i}].count", "must be a positive integer")
         if not isinstance(item.get("units", 1), int) or item.get("units", 1) < 1:
             raise bad(f"traffic[{i}].units", "must be a positive integer")
+        if not isinstance(item.get("confidential", False), bool):
+            raise bad(f"traffic[{i}].confidential", "must be true or false")
     kinds = {item.get("kind") for item in traffic}
-    paying = "payments" in kinds  # exactly_once counts pings; the credit checks need tallies
+    paying = bool(kinds & CREDIT_TRAFFIC)  # exactly_once counts pings; credit checks need tallies
     if "evidence" in kinds and not with_house:
         raise bad("traffic", "has evidence, which needs a clearing house: set "
                   "[nodes] clearinghouse = true")
     default = ["all_delivered", "outbox_drained",
                *(["chains_agree", "balances_zero_sum"] if paying
-                 else [] if with_house else ["exactly_once"]),
+                 else [] if with_house or "relay" in kinds else ["exactly_once"]),
                *(["receipts_verify"] if with_house else [])]
     invariants = raw.get("invariants", {"check": default}).get("check", [])
     for name in invariants:
         if name not in INVARIANTS:
             raise bad("invariants.check", f"has unknown invariant {name!r} "
                       f"(known: {', '.join(INVARIANTS)})")
-    if "exactly_once" in invariants and (paying or with_house):
+    if "exactly_once" in invariants and (paying or with_house or "relay" in kinds):
         raise bad("invariants.check", "exactly_once counts ping messages, so it cannot be "
-                  "checked with payments or a clearing house (check chains_agree or "
-                  "receipts_verify instead)")
+                  "checked with credit or relay traffic or a clearing house (check "
+                  "chains_agree or receipts_verify instead)")
     if "receipts_verify" in invariants and not with_house:
         raise bad("invariants.check", "has receipts_verify, which needs a clearing house: "
                   "set [nodes] clearinghouse = true")
@@ -204,7 +210,7 @@ class InProcess:
             logging_to = {"clearinghouse": {"agent": node.agent_id,
                                             "address": node.listen_address}}
         for name in names:
-            await self._start(name, {}, logging_to)
+            await self._start(name, {}, {**logging_to, "relay": {"access": [RELAY_ACCESS]}})
         for name, others in _neighbours(names, edges).items():
             for other in others:
                 peer = self.nodes[other]
@@ -250,11 +256,13 @@ class Processes:
             nodes.append(write_node(planned[house].directory, house, planned[house].port,
                                     key=planned[house].key,
                                     node_keys='roles = ["clearinghouse"]'))
+        access = (f'[[relay.access]]\nprincipal = "{RELAY_ACCESS["principal"]}"\n'
+                  f'resource = "{RELAY_ACCESS["resource"]}"\n')
         for name, others in _neighbours(names, edges).items():
             node = planned[name]
             peers = "".join(peer_section(planned[other]) for other in others)
             nodes.append(write_node(node.directory, name, node.port, key=node.key,
-                                    sections=logging_to + peers))
+                                    sections=logging_to + access + peers))
         self.procs = {node.name: spawn(node) for node in nodes}
         self.sockets = {node.name: node.socket for node in nodes}
         try:
@@ -368,6 +376,94 @@ async def _payment_traffic(backend, scenario: Scenario, tallies: dict[tuple[str,
         for payer, tally, amount in payments:
             nursery.start_soon(one, payer, tally, amount)
     report.counts["payments"] = report.counts.get("payments", 0) + count
+
+
+async def _invoice_traffic(backend, scenario: Scenario, tallies: dict[tuple[str, str], str],
+                           item: dict, rng: random.Random, report: Report) -> None:
+    """``count`` invoices of 1 to ``units`` milliCHIPs, each across a random tally in a
+    random direction: the payee invoices, the payer accepts as soon as the invoice reaches
+    it; ``concurrency`` at once."""
+    count, units = item.get("count", 1), item.get("units", 1000)
+    if not tallies:
+        report.failures.append("invoices traffic needs at least one edge")
+        return
+    edges = sorted(tallies)
+    limit = trio.Semaphore(scenario.concurrency)
+    done = 0
+
+    async def one(payee: str, payer: str, tally: str, amount: int) -> None:
+        nonlocal done
+        async with limit:
+            try:
+                chit = (await backend.call(payee, "chit.invoice", {
+                    "cuid": payee, "tally": tally, "units": amount}))["chit"]
+                with trio.fail_after(SETTLE_TIMEOUT):
+                    while True:
+                        try:
+                            await backend.call(payer, "chit.accept", {"cuid": payer,
+                                                                      "chit": chit})
+                            break
+                        except RpcError as exc:
+                            if exc.reason != "UNKNOWN_CHIT":  # not there yet: wait for it
+                                raise
+                            await trio.sleep(0.02)
+            except RpcError as exc:
+                report.failures.append(f"invoice by {payee} on {tally}: {exc.message}")
+            except trio.TooSlowError:
+                report.failures.append(f"invoice by {payee} on {tally} never reached {payer}")
+            done += 1
+            if done % max(1, count // 10) == 0 or done == count:
+                print(f"  invoices {done}/{count}", flush=True)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            a, b = rng.choice(edges)
+            payee, payer = (a, b) if rng.random() < 0.5 else (b, a)
+            nursery.start_soon(one, payee, payer, tallies[(a, b)], rng.randint(1, units))
+    report.counts["invoices"] = report.counts.get("invoices", 0) + count
+
+
+async def _relay_traffic(backend, scenario: Scenario, agents: dict[str, str], item: dict,
+                         rng: random.Random, report: Report, users: bool) -> None:
+    """``count`` relay queries, each by a random end of a random link for a view of the other
+    end's ledger (``node:info``, or with ``users`` also a user's balance), waited for until
+    COMPLETED; ``confidential = true`` has every view encrypted to its requestor."""
+    count, confidential = item.get("count", 1), item.get("confidential", False)
+    if not scenario.edges:
+        report.failures.append("relay traffic needs at least one edge")
+        return
+    views = RELAY_VIEWS if users else RELAY_VIEWS[:1]
+    limit = trio.Semaphore(scenario.concurrency)
+    done = 0
+
+    async def one(asker: str, source: str, view: str) -> None:
+        nonlocal done
+        async with limit:
+            address = f"{agents[source]}/agentd/{view}"
+            try:
+                asked = await backend.call(asker, "relay.query", {
+                    "address": address, "confidential": confidential})
+                state = await backend.call(asker, "relay.wait", {
+                    "request_id": asked["request_id"], "timeout_s": SETTLE_TIMEOUT})
+                if state["status"] != "COMPLETED":
+                    report.failures.append(f"relay {asker} <- {address}: {state['status']}"
+                                           f" {state.get('error') or ''}".rstrip())
+                elif state["view"]["confidential"] != confidential:
+                    report.failures.append(f"relay {asker} <- {address}: the view came back"
+                                           f" {'in clear' if confidential else 'encrypted'}")
+            except RpcError as exc:
+                report.failures.append(f"relay {asker} <- {address}: {exc.message}")
+            done += 1
+            if done % max(1, count // 10) == 0 or done == count:
+                print(f"  relay queries {done}/{count}", flush=True)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(count):
+            a, b = rng.choice(scenario.edges)
+            asker, source = (a, b) if rng.random() < 0.5 else (b, a)
+            view = rng.choice(views).format(cuid=source)
+            nursery.start_soon(one, asker, source, view)
+    report.counts["relay_queries"] = report.counts.get("relay_queries", 0) + count
 
 
 async def _evidence_traffic(backend, scenario: Scenario, agents: dict[str, str], item: dict,
@@ -499,12 +595,16 @@ async def run_scenario(scenario: Scenario, processes: bool, workdir: Path) -> Re
             started = time.perf_counter()
             agents = await backend.start(scenario.nodes, scenario.edges, scenario.house)
             print(f"  started in {time.perf_counter() - started:.2f} s", flush=True)
-            paying = any(item["kind"] == "payments" for item in scenario.traffic)
+            paying = any(item["kind"] in CREDIT_TRAFFIC for item in scenario.traffic)
             tallies = await _open_tallies(backend, scenario) if paying else {}
             started = time.perf_counter()
             for item in scenario.traffic:
                 if item["kind"] == "payments":
                     await _payment_traffic(backend, scenario, tallies, item, rng, report)
+                elif item["kind"] == "invoices":
+                    await _invoice_traffic(backend, scenario, tallies, item, rng, report)
+                elif item["kind"] == "relay":
+                    await _relay_traffic(backend, scenario, agents, item, rng, report, paying)
                 elif item["kind"] == "evidence":
                     await _evidence_traffic(backend, scenario, agents, item, rng, report)
                 else:

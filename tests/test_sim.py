@@ -48,6 +48,10 @@ def test_ring_and_random_topologies(tmp_path):
     ('[nodes]\ncount = 2\n[invariants]\ncheck = ["receipts_verify"]\n',
      "receipts_verify, which needs a clearing house"),
     ('[nodes]\ncount = 2\nclearinghouse = "yes"\n', "nodes.clearinghouse"),
+    ('[nodes]\ncount = 2\n[[traffic]]\nkind = "relay"\nconfidential = 1\n',
+     "traffic[0].confidential"),
+    ('[nodes]\ncount = 2\n[[traffic]]\nkind = "relay"\n[invariants]\n'
+     'check = ["exactly_once"]\n', "exactly_once counts ping messages"),
     ('[nodes]\nnames = ["a", "clearinghouse"]\nclearinghouse = true\n',
      "the clearing house's name"),
 ])
@@ -166,3 +170,43 @@ def test_receipts_that_do_not_verify_fail_the_invariant(tmp_path, capsys, monkey
     assert main([str(write(tmp_path, text))]) == 1
     out = capsys.readouterr().out
     assert "invariant receipts_verify    FAILED" in out and "bad_signature" in out
+
+
+INVOICES_AND_RELAY = """
+[sim]
+name = "invoices and relay"
+seed = 6
+concurrency = 8
+[nodes]
+names = ["a", "b", "c"]
+[topology]
+kind = "ring"
+[[traffic]]
+kind = "invoices"
+count = 30
+units = 100
+[[traffic]]
+kind = "relay"
+count = 20
+[[traffic]]
+kind = "relay"
+count = 10
+confidential = true
+"""
+
+
+def test_invoices_and_relay_queries_complete_and_keep_the_chains_agreed(tmp_path, capsys):
+    report = tmp_path / "report.json"
+    assert main([str(write(tmp_path, INVOICES_AND_RELAY)), "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "invariant chains_agree       ok" in out and "FAILED" not in out
+    counts = json.loads(report.read_text())["counts"]
+    assert (counts["invoices"], counts["chits"], counts["relay_queries"]) == (30, 30, 30)
+
+
+def test_a_refused_relay_query_fails_the_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("agentd.sim.RELAY_ACCESS", {"principal": "*", "resource": "node:*"})
+    text = INVOICES_AND_RELAY.replace("count = 30", "count = 3")
+    assert main([str(write(tmp_path, text))]) == 1  # user balances are not readable now
+    out = capsys.readouterr().out
+    assert "invariant all_delivered      FAILED" in out and "ACCESS_DENIED" in out
