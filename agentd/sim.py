@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 import tomllib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -284,6 +285,28 @@ class Processes:
 # -- traffic, invariants, report ------------------------------------------------------------
 
 
+async def _run_calls(scenario: Scenario, label: str, calls: list[tuple],
+                     call: Callable[..., Awaitable[None]], *, weight: int = 1) -> None:
+    """``call(*args)`` for each ``args`` of ``calls``, ``[sim] concurrency`` at once, with
+    progress printed each tenth of the way (each call counting ``weight``, or the length of
+    its last argument when ``weight`` is 0)."""
+    total = sum(weight or len(args[-1]) for args in calls)
+    limit = trio.Semaphore(scenario.concurrency)
+    done = 0
+
+    async def one(args: tuple) -> None:
+        nonlocal done
+        async with limit:
+            await call(*args)
+        before, done = done, done + (weight or len(args[-1]))
+        if done * 10 // max(total, 1) > before * 10 // max(total, 1):
+            print(f"  {label} {done}/{total}", flush=True)
+
+    async with trio.open_nursery() as nursery:
+        for args in calls:
+            nursery.start_soon(one, args)
+
+
 async def _ping_traffic(backend, scenario: Scenario, agents: dict[str, str], item: dict,
                         rng: random.Random, report: Report) -> None:
     count = item.get("count", 1)
@@ -292,24 +315,15 @@ async def _ping_traffic(backend, scenario: Scenario, agents: dict[str, str], ite
         return
     pairs = [rng.choice(scenario.edges) for _ in range(count)]
     pairs = [(a, b) if rng.random() < 0.5 else (b, a) for a, b in pairs]
-    limit = trio.Semaphore(scenario.concurrency)
-    done = 0
 
     async def one(a: str, b: str) -> None:
-        nonlocal done
-        async with limit:
-            try:
-                result = await backend.call(a, "peers.ping", {"agent": agents[b]})
-                report.latencies_ms.extend(result["rtt_ms"])
-            except RpcError as exc:
-                report.failures.append(f"ping {a} -> {b}: {exc.message}")
-            done += 1
-            if done % max(1, count // 10) == 0 or done == count:
-                print(f"  pings {done}/{count}", flush=True)
+        try:
+            result = await backend.call(a, "peers.ping", {"agent": agents[b]})
+            report.latencies_ms.extend(result["rtt_ms"])
+        except RpcError as exc:
+            report.failures.append(f"ping {a} -> {b}: {exc.message}")
 
-    async with trio.open_nursery() as nursery:
-        for a, b in pairs:
-            nursery.start_soon(one, a, b)
+    await _run_calls(scenario, "pings", pairs, one)
     report.counts["pings"] = report.counts.get("pings", 0) + count
 
 
@@ -357,24 +371,15 @@ async def _payment_traffic(backend, scenario: Scenario, tallies: dict[tuple[str,
         a, b = rng.choice(edges)
         payer = a if rng.random() < 0.5 else b
         payments.append((payer, tallies[(a, b)], rng.randint(1, units)))
-    limit = trio.Semaphore(scenario.concurrency)
-    done = 0
 
     async def one(payer: str, tally: str, amount: int) -> None:
-        nonlocal done
-        async with limit:
-            try:
-                await backend.call(payer, "chit.pay", {"cuid": payer, "tally": tally,
-                                                       "units": amount})
-            except RpcError as exc:
-                report.failures.append(f"payment by {payer} on {tally}: {exc.message}")
-            done += 1
-            if done % max(1, count // 10) == 0 or done == count:
-                print(f"  payments {done}/{count}", flush=True)
+        try:
+            await backend.call(payer, "chit.pay", {"cuid": payer, "tally": tally,
+                                                   "units": amount})
+        except RpcError as exc:
+            report.failures.append(f"payment by {payer} on {tally}: {exc.message}")
 
-    async with trio.open_nursery() as nursery:
-        for payer, tally, amount in payments:
-            nursery.start_soon(one, payer, tally, amount)
+    await _run_calls(scenario, "payments", payments, one)
     report.counts["payments"] = report.counts.get("payments", 0) + count
 
 
@@ -388,38 +393,31 @@ async def _invoice_traffic(backend, scenario: Scenario, tallies: dict[tuple[str,
         report.failures.append("invoices traffic needs at least one edge")
         return
     edges = sorted(tallies)
-    limit = trio.Semaphore(scenario.concurrency)
-    done = 0
+    invoices = []
+    for _ in range(count):
+        a, b = rng.choice(edges)
+        payee, payer = (a, b) if rng.random() < 0.5 else (b, a)
+        invoices.append((payee, payer, tallies[(a, b)], rng.randint(1, units)))
 
     async def one(payee: str, payer: str, tally: str, amount: int) -> None:
-        nonlocal done
-        async with limit:
-            try:
-                chit = (await backend.call(payee, "chit.invoice", {
-                    "cuid": payee, "tally": tally, "units": amount}))["chit"]
-                with trio.fail_after(SETTLE_TIMEOUT):
-                    while True:
-                        try:
-                            await backend.call(payer, "chit.accept", {"cuid": payer,
-                                                                      "chit": chit})
-                            break
-                        except RpcError as exc:
-                            if exc.reason != "UNKNOWN_CHIT":  # not there yet: wait for it
-                                raise
-                            await trio.sleep(0.02)
-            except RpcError as exc:
-                report.failures.append(f"invoice by {payee} on {tally}: {exc.message}")
-            except trio.TooSlowError:
-                report.failures.append(f"invoice by {payee} on {tally} never reached {payer}")
-            done += 1
-            if done % max(1, count // 10) == 0 or done == count:
-                print(f"  invoices {done}/{count}", flush=True)
+        try:
+            chit = (await backend.call(payee, "chit.invoice", {
+                "cuid": payee, "tally": tally, "units": amount}))["chit"]
+            with trio.fail_after(SETTLE_TIMEOUT):
+                while True:
+                    try:
+                        await backend.call(payer, "chit.accept", {"cuid": payer, "chit": chit})
+                        break
+                    except RpcError as exc:
+                        if exc.reason != "UNKNOWN_CHIT":  # not there yet: wait for it
+                            raise
+                        await trio.sleep(0.02)
+        except RpcError as exc:
+            report.failures.append(f"invoice by {payee} on {tally}: {exc.message}")
+        except trio.TooSlowError:
+            report.failures.append(f"invoice by {payee} on {tally} never reached {payer}")
 
-    async with trio.open_nursery() as nursery:
-        for _ in range(count):
-            a, b = rng.choice(edges)
-            payee, payer = (a, b) if rng.random() < 0.5 else (b, a)
-            nursery.start_soon(one, payee, payer, tallies[(a, b)], rng.randint(1, units))
+    await _run_calls(scenario, "invoices", invoices, one)
     report.counts["invoices"] = report.counts.get("invoices", 0) + count
 
 
@@ -433,36 +431,29 @@ async def _relay_traffic(backend, scenario: Scenario, agents: dict[str, str], it
         report.failures.append("relay traffic needs at least one edge")
         return
     views = RELAY_VIEWS if users else RELAY_VIEWS[:1]
-    limit = trio.Semaphore(scenario.concurrency)
-    done = 0
+    queries = []
+    for _ in range(count):
+        a, b = rng.choice(scenario.edges)
+        asker, source = (a, b) if rng.random() < 0.5 else (b, a)
+        queries.append((asker, source, rng.choice(views).format(cuid=source)))
 
     async def one(asker: str, source: str, view: str) -> None:
-        nonlocal done
-        async with limit:
-            address = f"{agents[source]}/agentd/{view}"
-            try:
-                asked = await backend.call(asker, "relay.query", {
-                    "address": address, "confidential": confidential})
-                state = await backend.call(asker, "relay.wait", {
-                    "request_id": asked["request_id"], "timeout_s": SETTLE_TIMEOUT})
-                if state["status"] != "COMPLETED":
-                    report.failures.append(f"relay {asker} <- {address}: {state['status']}"
-                                           f" {state.get('error') or ''}".rstrip())
-                elif state["view"]["confidential"] != confidential:
-                    report.failures.append(f"relay {asker} <- {address}: the view came back"
-                                           f" {'in clear' if confidential else 'encrypted'}")
-            except RpcError as exc:
-                report.failures.append(f"relay {asker} <- {address}: {exc.message}")
-            done += 1
-            if done % max(1, count // 10) == 0 or done == count:
-                print(f"  relay queries {done}/{count}", flush=True)
+        address = f"{agents[source]}/agentd/{view}"
+        try:
+            asked = await backend.call(asker, "relay.query", {
+                "address": address, "confidential": confidential})
+            state = await backend.call(asker, "relay.wait", {
+                "request_id": asked["request_id"], "timeout_s": SETTLE_TIMEOUT})
+            if state["status"] != "COMPLETED":
+                report.failures.append(f"relay {asker} <- {address}: {state['status']}"
+                                       f" {state.get('error') or ''}".rstrip())
+            elif state["view"]["confidential"] != confidential:
+                report.failures.append(f"relay {asker} <- {address}: the view came back"
+                                       f" {'in clear' if confidential else 'encrypted'}")
+        except RpcError as exc:
+            report.failures.append(f"relay {asker} <- {address}: {exc.message}")
 
-    async with trio.open_nursery() as nursery:
-        for _ in range(count):
-            a, b = rng.choice(scenario.edges)
-            asker, source = (a, b) if rng.random() < 0.5 else (b, a)
-            view = rng.choice(views).format(cuid=source)
-            nursery.start_soon(one, asker, source, view)
+    await _run_calls(scenario, "relay queries", queries, one)
     report.counts["relay_queries"] = report.counts.get("relay_queries", 0) + count
 
 
@@ -486,25 +477,16 @@ async def _evidence_traffic(backend, scenario: Scenario, agents: dict[str, str],
             {"pid": pids[(a, b)], "payload": f"evidence {n}"})
     calls = [(name, entries[i:i + EVIDENCE_BATCH]) for name, entries in by_node.items()
              for i in range(0, len(entries), EVIDENCE_BATCH)]
-    limit = trio.Semaphore(scenario.concurrency)
-    done = 0
 
     async def one(name: str, entries: list[dict]) -> None:
-        nonlocal done
-        async with limit:
-            try:
-                results = await backend.call(name, "ch.log_many", {"entries": entries})
-                report.failures.extend(f"evidence by {name}: {r['error']['message']}"
-                                       for r in results if "error" in r)
-            except RpcError as exc:
-                report.failures.append(f"evidence by {name}: {exc.message}")
-            done += len(entries)
-            if done * 10 // count > (done - len(entries)) * 10 // count:  # every tenth
-                print(f"  evidence {done}/{count}", flush=True)
+        try:
+            results = await backend.call(name, "ch.log_many", {"entries": entries})
+            report.failures.extend(f"evidence by {name}: {r['error']['message']}"
+                                   for r in results if "error" in r)
+        except RpcError as exc:
+            report.failures.append(f"evidence by {name}: {exc.message}")
 
-    async with trio.open_nursery() as nursery:
-        for name, entries in calls:
-            nursery.start_soon(one, name, entries)
+    await _run_calls(scenario, "evidence", calls, one, weight=0)
     report.counts["evidence"] = report.counts.get("evidence", 0) + count
 
 

@@ -242,10 +242,7 @@ class Evidence:
             raise Reject("NOT_AUTHORIZED", "only the clearing house that was asked may answer")
         obj, action = envelope.object, envelope.action
         if action == "rejection":
-            code, message = obj.get("code"), obj.get("message")
-            if not isinstance(code, str) or not isinstance(message, str):
-                code, message = "MALFORMED_MESSAGE", f"the rejection is malformed: {obj!r:.200}"
-            self._refused(tx, row, code, message)
+            self._refused(tx, row, *_refusal(obj, "rejection"))
             return
         expected = {"create_process": "processed", "log": "processed",
                     "log_batch": "processed_batch"}.get(row["action"], "result")
@@ -309,20 +306,18 @@ class Evidence:
         if envelope.from_.agent != entries[0]["ch"]:
             raise Reject("NOT_AUTHORIZED", "only the clearing house that was asked may answer")
         obj, action = envelope.object, envelope.action
-        if action == "rejection":
-            code, message = obj.get("code"), obj.get("message")
-            if not isinstance(code, str) or not isinstance(message, str):
-                code, message = "MALFORMED_MESSAGE", f"the rejection is malformed: {obj!r:.200}"
-            problem: str | None = f"{code}: {message}"
-        elif action != "processed_batch":
-            code = "MALFORMED_MESSAGE"
-            problem = f"the clearing house answered log_batch with {action}"
+        if action == "processed_batch":
+            problem = self._apply_batch(tx, entries, obj, self._refused, rows=True)
+            if problem is None:
+                return
+            code, message = "MALFORMED_MESSAGE", problem
+        elif action == "rejection":
+            code, message = _refusal(obj, "rejection")
         else:
             code = "MALFORMED_MESSAGE"
-            problem = self._apply_batch(tx, entries, obj, self._refused, rows=True)
-        if problem is not None:
-            for row in entries:
-                self._refused(tx, row, code, problem.removeprefix(f"{code}: "))
+            message = f"the clearing house answered log_batch with {action}"
+        for row in entries:
+            self._refused(tx, row, code, message)
 
     def _apply_batch(self, tx: Tx, entries: list[Any], obj: dict[str, Any],
                      refuse: Callable[[Tx, Any, str, str], None], *, rows: bool) -> str | None:
@@ -353,10 +348,7 @@ class Evidence:
                     store.delete_request(tx.conn, entry["seq"])
                 self._receipt(tx, entry, f"{signed}~{result['entry']}", next(verdicts))
                 continue
-            code, message = result.get("code"), result.get("message")
-            if not isinstance(code, str) or not isinstance(message, str):
-                code, message = "MALFORMED_MESSAGE", f"the result is malformed: {result!r:.200}"
-            refuse(tx, entry, code, message)
+            refuse(tx, entry, *_refusal(result, "result"))
         return None
 
     def _fail_entry(self, tx: Tx, entry: Mapping[str, Any], code: str, message: str) -> None:
@@ -839,6 +831,15 @@ def _batch_entries(row: sqlite3.Row) -> list[dict[str, Any]]:
     return [{"id": _entry_key(row["id"], index), "ch": row["ch"], "pid": pid, "kind": None,
              "ref": None, "payload_sha256": sha}
             for index, (pid, sha) in enumerate(unpack(row["object"]))]
+
+
+def _refusal(obj: dict[str, Any], what: str) -> tuple[str, str]:
+    """The IDS code and message of a clearing house's ``rejection`` (or refused batch entry);
+    ``MALFORMED_MESSAGE`` when it holds no text code and message."""
+    code, message = obj.get("code"), obj.get("message")
+    if not isinstance(code, str) or not isinstance(message, str):
+        return "MALFORMED_MESSAGE", f"the {what} is malformed: {obj!r:.200}"
+    return code, message
 
 
 def _error_json(error: Reject) -> dict[str, Any]:
