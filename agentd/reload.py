@@ -32,7 +32,7 @@ def reload_config(node: Node) -> dict[str, Any]:
     """
     old = node.config
     new = load_config(old.path)
-    node.relay.check_rules(new)  # a bad [relay] refuses the reload before anything changes
+    rules = node.relay.rules(new)  # a bad [relay] refuses the reload before anything changes
     applied = [name for name in LIVE if getattr(new, name) != getattr(old, name)]
     restart = [field.name for field in fields(Config)
                if field.name not in LIVE and field.name != "path"
@@ -41,7 +41,7 @@ def reload_config(node: Node) -> dict[str, Any]:
     if "peers" in applied or "clearinghouse" in applied:
         node.configure_peers()
     if "relay_access" in applied or "relay_verify" in applied:
-        node.relay.load_rules(new)
+        node.relay.use_rules(rules)
     if "log_level" in applied:
         logging.getLogger().setLevel(new.log_level.upper())
     log.info("reloaded %s: applied %s%s", old.path, ", ".join(applied) or "nothing new",

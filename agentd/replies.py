@@ -18,27 +18,12 @@ from agentd.services.base import Reject, Tx
 
 
 class _Waiter:
-    """One awaited answer. Its ``trio.Event`` is made only if someone has to wait: a batch
-    of entries registers thousands of waiters whose answers mostly arrive together."""
-
-    __slots__ = ("done", "error", "event", "value")
+    __slots__ = ("error", "event", "value")
 
     def __init__(self) -> None:
-        self.done = False
-        self.event: trio.Event | None = None
+        self.event = trio.Event()
         self.value: Any = None
         self.error: Reject | None = None
-
-    async def wait(self) -> None:
-        if not self.done:
-            if self.event is None:
-                self.event = trio.Event()
-            await self.event.wait()
-
-    def set(self, value: Any, error: Reject | None) -> None:
-        self.value, self.error, self.done = value, error, True
-        if self.event is not None:
-            self.event.set()
 
 
 class Replies:
@@ -68,10 +53,10 @@ class Replies:
         waiter = self._waiting[message_id]
         try:
             with trio.move_on_after(timeout):
-                await waiter.wait()
+                await waiter.event.wait()
         finally:
             self.discard(message_id)
-        if not waiter.done:
+        if not waiter.event.is_set():
             raise RpcError(TIMEOUT, timeout_message, "TIMEOUT")
         if waiter.error is not None:
             raise waiter.error
@@ -83,7 +68,8 @@ class Replies:
         cancel scope."""
         waiters = [self._waiting[key] for key in message_ids]
         for waiter in waiters:
-            await waiter.wait()  # the answers of one batch come in one commit: mostly done
+            if not waiter.event.is_set():  # the answers of one batch come in one commit
+                await waiter.event.wait()
         return [waiter.error if waiter.error is not None else waiter.value
                 for waiter in waiters]
 
@@ -96,4 +82,5 @@ class Replies:
     def _wake(self, message_id: bytes, value: Any, error: Reject | None) -> None:
         waiter = self._waiting.get(message_id)
         if waiter is not None:
-            waiter.set(value, error)
+            waiter.value, waiter.error = value, error
+            waiter.event.set()

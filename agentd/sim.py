@@ -285,6 +285,13 @@ class Processes:
 # -- traffic, invariants, report ------------------------------------------------------------
 
 
+def _either_way(rng: random.Random, links: list[tuple[str, str]]
+                ) -> tuple[str, str, tuple[str, str]]:
+    """A random link, and a random direction along it: (from, to, the link)."""
+    link = rng.choice(links)
+    return (*link, link) if rng.random() < 0.5 else (link[1], link[0], link)
+
+
 async def _run_calls(scenario: Scenario, label: str, calls: list[tuple],
                      call: Callable[..., Awaitable[None]], *, weight: int = 1) -> None:
     """``call(*args)`` for each ``args`` of ``calls``, ``[sim] concurrency`` at once, with
@@ -313,8 +320,7 @@ async def _ping_traffic(backend, scenario: Scenario, agents: dict[str, str], ite
     if not scenario.edges:
         report.failures.append("ping traffic needs at least one edge")
         return
-    pairs = [rng.choice(scenario.edges) for _ in range(count)]
-    pairs = [(a, b) if rng.random() < 0.5 else (b, a) for a, b in pairs]
+    pairs = [_either_way(rng, scenario.edges)[:2] for _ in range(count)]
 
     async def one(a: str, b: str) -> None:
         try:
@@ -368,9 +374,8 @@ async def _payment_traffic(backend, scenario: Scenario, tallies: dict[tuple[str,
     edges = sorted(tallies)
     payments = []
     for _ in range(count):
-        a, b = rng.choice(edges)
-        payer = a if rng.random() < 0.5 else b
-        payments.append((payer, tallies[(a, b)], rng.randint(1, units)))
+        payer, _, link = _either_way(rng, edges)
+        payments.append((payer, tallies[link], rng.randint(1, units)))
 
     async def one(payer: str, tally: str, amount: int) -> None:
         try:
@@ -395,9 +400,8 @@ async def _invoice_traffic(backend, scenario: Scenario, tallies: dict[tuple[str,
     edges = sorted(tallies)
     invoices = []
     for _ in range(count):
-        a, b = rng.choice(edges)
-        payee, payer = (a, b) if rng.random() < 0.5 else (b, a)
-        invoices.append((payee, payer, tallies[(a, b)], rng.randint(1, units)))
+        payee, payer, link = _either_way(rng, edges)
+        invoices.append((payee, payer, tallies[link], rng.randint(1, units)))
 
     async def one(payee: str, payer: str, tally: str, amount: int) -> None:
         try:
@@ -433,8 +437,7 @@ async def _relay_traffic(backend, scenario: Scenario, agents: dict[str, str], it
     views = RELAY_VIEWS if users else RELAY_VIEWS[:1]
     queries = []
     for _ in range(count):
-        a, b = rng.choice(scenario.edges)
-        asker, source = (a, b) if rng.random() < 0.5 else (b, a)
+        asker, source, _ = _either_way(rng, scenario.edges)
         queries.append((asker, source, rng.choice(views).format(cuid=source)))
 
     async def one(asker: str, source: str, view: str) -> None:
@@ -472,9 +475,8 @@ async def _evidence_traffic(backend, scenario: Scenario, agents: dict[str, str],
         pids[(a, b)] = pid
     by_node: dict[str, list[dict]] = {name: [] for name in scenario.nodes}
     for n in range(count):
-        a, b = rng.choice(links)
-        by_node[a if rng.random() < 0.5 else b].append(
-            {"pid": pids[(a, b)], "payload": f"evidence {n}"})
+        by, _, link = _either_way(rng, links)
+        by_node[by].append({"pid": pids[link], "payload": f"evidence {n}"})
     calls = [(name, entries[i:i + EVIDENCE_BATCH]) for name, entries in by_node.items()
              for i in range(0, len(entries), EVIDENCE_BATCH)]
 

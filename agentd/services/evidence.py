@@ -427,9 +427,8 @@ class Evidence:
             if refresh and verdict.fault is rc.ReceiptFault.UNKNOWN_KEY:
                 return "unchecked", None, None
             return "invalid", f"{verdict.fault.value}: {verdict}", None
-        if verdict is None:
-            return ("unchecked", None, None) if refresh else (
-                "invalid", "unknown_key: the clearing house's JWKS is not stored", None)
+        if verdict is None:  # no JWKS stored yet: it is being fetched
+            return "unchecked", None, None
         return "valid", None, verdict
 
     def _settle_log(

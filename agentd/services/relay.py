@@ -81,6 +81,8 @@ MAX_TIMEOUT_S = 24 * 3600.0
 MAX_PAYLOAD = 512 * 1024  # a view's payload must fit in one frame at the default max_frame
 PENDING = (Status.PENDING_ACK, Status.PENDING)
 FINAL = (Status.COMPLETED, Status.ERROR)
+# the access rules and verification policies a node serves with (from its [relay] config)
+Rules = tuple[tuple[AccessRule, ...], tuple[VerificationPolicy, ...]]
 
 
 class RelayService(Service):
@@ -94,8 +96,7 @@ class RelayService(Service):
 
     def __init__(self, node: Node) -> None:
         super().__init__(node)
-        self.access = _access_rules(node.config)
-        self.policies = _policies(node.config)
+        self.access, self.policies = self.rules(node.config)
         try:
             ViewAddress(node.agent_id, node.config.network, "node:info")
         except AddressError as exc:
@@ -219,15 +220,14 @@ class RelayService(Service):
 
 
     @staticmethod
-    def check_rules(config: Config) -> None:
-        """Raise ``UserError`` naming the bad entry if ``config``'s ``[relay]`` is invalid."""
-        _access_rules(config)
-        _policies(config)
+    def rules(config: Config) -> Rules:
+        """``config``'s access rules and verification policies; ``UserError`` naming the bad
+        entry if its ``[relay]`` is invalid."""
+        return _access_rules(config), _policies(config)
 
-    def load_rules(self, config: Config) -> None:
-        """Serve with ``config``'s access rules and verification policies from now on."""
-        self.access = _access_rules(config)
-        self.policies = _policies(config)
+    def use_rules(self, rules: Rules) -> None:
+        """Serve with these access rules and verification policies from now on."""
+        self.access, self.policies = rules
     def _row(self, request_id: str) -> Any:
         row = self.node.db.read_one(relay_store.SELECT_REQUEST, (request_id,))
         if row is None:
