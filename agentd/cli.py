@@ -179,9 +179,9 @@ def _run(args: list[str]) -> int:
 
 
 async def _serve(config, key) -> None:
-    from agentd.node import Node
-    from agentd.notify import sd_notify
-    from agentd.reload import reload_config
+    from agentd.runtime.node import Node
+    from agentd.runtime.notify import sd_notify
+    from agentd.runtime.reload import reload_config
 
     node = Node(config, key)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
@@ -196,7 +196,7 @@ async def _serve(config, key) -> None:
                         try:
                             reload_config(node)
                         except UserError as exc:
-                            logging.getLogger("agentd.reload").error(
+                            logging.getLogger("agentd.runtime.reload").error(
                                 "reload refused, the running config is kept: %s", exc)
                         sd_notify("READY=1")
                         continue

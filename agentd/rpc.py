@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from agentd.errors import UserError
-from agentd.services.base import Reject
+from agentd.runtime.context import Reject
 from protocol.keys import b64u
 
 log = logging.getLogger("agentd.rpc")

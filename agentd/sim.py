@@ -39,8 +39,8 @@ from agentd.localnodes import (
     wait_ready,
     write_node,
 )
-from agentd.node import Node
 from agentd.rpc import RpcError, call
+from agentd.runtime.node import Node
 from protocol.keys import SigningKey
 
 TOPOLOGIES = ("ring", "random", "explicit", "full")

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from agentd.config import parse_config
-from agentd.node import Node
+from agentd.runtime.node import Node
 from protocol.keys import SigningKey
 
 

@@ -8,7 +8,7 @@ import struct
 import pytest
 import trio
 
-from agentd.transport import Hello
+from agentd.runtime.transport import Hello
 from protocol.codec import pack, unpack
 from protocol.envelope import parse_frame
 from protocol.frames import FrameDecoder, encode_frame
@@ -232,7 +232,7 @@ def test_unpack_helper_is_strict():
 
 
 async def test_dialling_a_peer_whose_connect_hangs(net):
-    from agentd.peers import PeerUnreachable
+    from agentd.runtime.peers import PeerUnreachable
 
     node = net.nodes[0]
     listener = trio.socket.socket()

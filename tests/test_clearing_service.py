@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import trio
 
-from agentd.node import Node
 from agentd.rpc import REFUSED, TIMEOUT, RpcError
-from agentd.services.base import Reject, Tx
-from agentd.services.evidence import log_evidence
+from agentd.runtime.context import Reject, Tx
+from agentd.runtime.node import Node
+from agentd.services.clearing.client import log_evidence
 from protocol import clearing as ch
 from protocol import receipts as rc
 from protocol.keys import SigningKey
@@ -384,7 +384,7 @@ async def test_evidence_left_waiting_by_a_stopped_node_is_sent_when_it_starts(tm
 
 
 async def test_evidence_waits_for_a_clearing_house_that_is_down(tmp_path, monkeypatch):
-    monkeypatch.setattr("agentd.services.evidence.REQUEST_TIMEOUT", 0.5)
+    monkeypatch.setattr("agentd.services.clearing.client.REQUEST_TIMEOUT", 0.5)
     async with network(tmp_path, n=3, clearinghouse=0) as net:
         _, alice, bob = net.nodes
         await net.stop(0)

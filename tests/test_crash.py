@@ -7,7 +7,7 @@ import signal
 import sqlite3
 
 from agentd.localnodes import free_ports, spawn, write_node
-from agentd.services.base import Tx
+from agentd.runtime.context import Tx
 from protocol.keys import ChipAddress
 from tests.netfixture import network, wait_for
 

@@ -12,10 +12,10 @@ import pytest
 import trio
 
 from agentd.config import AccessRule
-from agentd.node import Node
 from agentd.rpc import NOT_FOUND, RpcError
-from agentd.services.base import Reject, Tx
-from agentd.services.credit import ticket_tally_uuid
+from agentd.runtime.context import Reject, Tx
+from agentd.runtime.node import Node
+from agentd.services.credit.service import ticket_tally_uuid
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t

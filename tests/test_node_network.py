@@ -6,7 +6,7 @@ import itertools
 
 import trio
 
-from agentd.services.base import Tx
+from agentd.runtime.context import Tx
 from protocol.keys import ChipAddress
 from tests.netfixture import network, wait_for
 

@@ -18,9 +18,9 @@ import trio
 
 from agentd.config import AccessRule, VerifyPolicy
 from agentd.errors import UserError
-from agentd.node import Node
 from agentd.rpc import INVALID_PARAMS, NOT_FOUND, RpcError
-from agentd.services.base import Service, Tx
+from agentd.runtime.context import Service, Tx
+from agentd.runtime.node import Node
 from protocol.codec import canonical, digest, unpack
 from protocol.keys import ChipAddress, SigningKey
 from protocol.relay import (

@@ -8,8 +8,8 @@ import pytest
 
 from agentd.config import load_config
 from agentd.errors import UserError
-from agentd.node import Node
-from agentd.reload import reload_config
+from agentd.runtime.node import Node
+from agentd.runtime.reload import reload_config
 from protocol.keys import SigningKey
 
 BOB = SigningKey(bytes([2]) * 32).agent_id

@@ -27,8 +27,8 @@ import trio
 from agentd.bench import table, write_json
 from agentd.config import parse_config
 from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
-from agentd.node import Node
 from agentd.rpc import call
+from agentd.runtime.node import Node
 from protocol.keys import SigningKey, verify
 
 UNITS = 7  # milliCHIPs per payment

@@ -6,7 +6,7 @@ sent, committed to the receiver's inbox, acked and deleted — to a receiver run
 own ``agentd run`` process. Small messages are 200-byte envelopes, large ones 64 KiB. Also
 handshakes/s, and py-libp2p on the small workload when the ``bench`` extra is installed.
 
-(a) and (b) run the same :class:`~agentd.transport.Channel` code (coalescing send loop,
+(a) and (b) run the same :class:`~agentd.runtime.transport.Channel` code (coalescing send loop,
 frame decoder, envelope parsing); only the session differs, so their ratio is the cost of
 Noise itself.
 """
@@ -25,12 +25,12 @@ import trio
 
 from agentd.bench import table, write_json
 from agentd.config import parse_config
-from agentd.counters import Counters
 from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
-from agentd.node import Node
 from agentd.rpc import call
-from agentd.services.base import Tx
-from agentd.transport import Channel, Hello, initiate, respond
+from agentd.runtime.context import Tx
+from agentd.runtime.counters import Counters
+from agentd.runtime.node import Node
+from agentd.runtime.transport import Channel, Hello, initiate, respond
 from protocol.codec import pack
 from protocol.envelope import parse_frame
 from protocol.keys import ChipAddress, SigningKey

@@ -12,7 +12,7 @@ from __future__ import annotations
 import trio
 
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
-from agentd.services.base import Reject, Service, Tx
+from agentd.runtime.context import Reject, Service, Tx
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, is_agent_id, parse_hostport
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agentd.rpc import invalid_params
-from agentd.services.base import Reject
+from agentd.runtime.context import Reject
 from protocol.keys import SigningKey, b64u, valid_cuid
 from store import users
 

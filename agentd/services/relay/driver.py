@@ -26,7 +26,7 @@ from agentd import __version__
 from protocol.codec import unpack
 
 if TYPE_CHECKING:
-    from agentd.node import Node
+    from agentd.runtime.node import Node
 
 NODE_INFO = "node.info"  # agentd's own view, besides the protocol's
 NOT_FOUND = "NOT_FOUND"

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.rpc import TIMEOUT, RpcError, invalid_params, jsonable
-from agentd.services.base import Reject, Tx
+from agentd.runtime.context import Reject, Tx
 from protocol import clearing as ch
 from protocol import receipts as rc
 from protocol.codec import CodecError, pack, unpack
@@ -54,7 +54,7 @@ from protocol.keys import ChipAddress, parse_hostport
 from store import clearing as store
 
 if TYPE_CHECKING:
-    from agentd.node import Node
+    from agentd.runtime.node import Node
 
 log = logging.getLogger("agentd.evidence")
 

@@ -19,7 +19,7 @@ from protocol.keys import ChipAddress, format_hostport
 from store import outbox
 
 if TYPE_CHECKING:
-    from agentd.node import Node
+    from agentd.runtime.node import Node
 
 
 class Reject(Exception):

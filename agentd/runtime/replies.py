@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from agentd.rpc import TIMEOUT, RpcError
-from agentd.services.base import Reject, Tx
+from agentd.runtime.context import Reject, Tx
 
 
 class _Waiter:

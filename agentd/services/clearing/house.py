@@ -19,7 +19,7 @@ agent id); every key that ever signed is kept in ``ch_keys``, so the JWKS still 
 retired key after the agent key changes and old receipts keep verifying.
 
 The target is registered on every node: the replies to a node's own requests arrive here
-too and go to :class:`agentd.services.evidence.Evidence`. A node without the role refuses
+too and go to :class:`agentd.services.clearing.client.Evidence`. A node without the role refuses
 requests with the error ack ``NOT_CLEARING_HOUSE``.
 """
 
@@ -27,14 +27,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agentd.services.base import Reject, Service, Tx
+from agentd.runtime.context import Reject, Service, Tx
 from protocol import clearing as ch
 from protocol import receipts as rc
 from protocol.envelope import Envelope
 from store import clearing as store
 
 if TYPE_CHECKING:
-    from agentd.node import Node
+    from agentd.runtime.node import Node
 
 _Process = tuple[list[str] | None, ch.Entry | None]  # owners and last entry of a process
 REQUESTS = frozenset({"create_process", "log", "log_batch", "query", "get", "keys"})

@@ -41,8 +41,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
-from agentd.services.base import Reject, Service, Tx
-from agentd.services.evidence import log_evidence
+from agentd.runtime.context import Reject, Service, Tx
+from agentd.services.clearing.client import log_evidence
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
@@ -63,7 +63,7 @@ from store.credit import (
 if TYPE_CHECKING:
     import sqlite3
 
-    from agentd.node import Node
+    from agentd.runtime.node import Node
 
 log = logging.getLogger("agentd.credit")
 T = TypeVar("T")

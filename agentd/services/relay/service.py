@@ -39,8 +39,8 @@ import trio
 
 from agentd.errors import UserError
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params, jsonable
-from agentd.services import relay_driver
-from agentd.services.base import Reject, Service, Tx
+from agentd.runtime.context import Reject, Service, Tx
+from agentd.services.relay import driver as relay_driver
 from protocol.codec import CodecError, canonical, unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, b64u, is_agent_id, parse_hostport
@@ -72,7 +72,7 @@ from store import relay as relay_store
 
 if TYPE_CHECKING:
     from agentd.config import Config
-    from agentd.node import Node
+    from agentd.runtime.node import Node
 
 log = logging.getLogger("agentd.relay")
 

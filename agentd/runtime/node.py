@@ -19,29 +19,29 @@ import time
 import trio
 
 from agentd import __version__
-from agentd.clock import now_ms
 from agentd.config import Config
-from agentd.counters import Counters
-from agentd.dispatch import Dispatcher
 from agentd.errors import UserError
-from agentd.outbox import OutboxPump
-from agentd.peers import PeerManager
-from agentd.reload import reload_config
-from agentd.replies import Replies
 from agentd.rpc import RpcServer
-from agentd.services.base import Reject
-from agentd.services.clearing import ClearingService
-from agentd.services.credit import Credit
-from agentd.services.evidence import Evidence
+from agentd.runtime.clock import now_ms
+from agentd.runtime.context import Reject
+from agentd.runtime.counters import Counters
+from agentd.runtime.dispatch import Dispatcher
+from agentd.runtime.outbox import OutboxPump
+from agentd.runtime.peers import PeerManager
+from agentd.runtime.reload import reload_config
+from agentd.runtime.replies import Replies
+from agentd.runtime.transport import Channel, Hello
+from agentd.services.clearing.client import Evidence
+from agentd.services.clearing.house import ClearingService
+from agentd.services.credit.service import Credit
 from agentd.services.ping import PingService
-from agentd.services.relay import RelayService
+from agentd.services.relay.service import RelayService
 from agentd.services.users import Users
-from agentd.transport import Channel, Hello
 from protocol.keys import ChipAddress, SigningKey, parse_hostport
 from store import Database, DatabaseError, inbox
 from store import peers as peer_store
 
-log = logging.getLogger("agentd.node")
+log = logging.getLogger("agentd.runtime.node")
 INBOX_RETENTION_MS = 30 * 24 * 3600 * 1000  # dedup window: far longer than any retry gap
 MAINTENANCE_INTERVAL = 3600.0
 

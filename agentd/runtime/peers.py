@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import trio
 
-from agentd.counters import Counters
-from agentd.transport import Channel, ChannelClosed, Hello, initiate, respond
+from agentd.runtime.counters import Counters
+from agentd.runtime.transport import Channel, ChannelClosed, Hello, initiate, respond
 from protocol.keys import IdentityError, SigningKey, parse_hostport
 
-log = logging.getLogger("agentd.peers")
+log = logging.getLogger("agentd.runtime.peers")
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 30.0
 MAX_HANDSHAKES = 256

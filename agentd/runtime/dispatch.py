@@ -11,18 +11,18 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from agentd.clock import now_ms
-from agentd.services.base import Reject, Service, Tx
-from agentd.transport import Channel, ChannelClosed
+from agentd.runtime.clock import now_ms
+from agentd.runtime.context import Reject, Service, Tx
+from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
 from protocol.envelope import Ack, Envelope, EnvelopeError, ack_frame, parse_frame
 from store import inbox, outbox
 
 if TYPE_CHECKING:
-    from agentd.node import Node
+    from agentd.runtime.node import Node
     from store.db import PendingWrite
 
-log = logging.getLogger("agentd.dispatch")
+log = logging.getLogger("agentd.runtime.dispatch")
 _DUPLICATE = object()
 
 

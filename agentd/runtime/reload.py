@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 from agentd.config import Config, load_config
 
 if TYPE_CHECKING:
-    from agentd.node import Node
+    from agentd.runtime.node import Node
 
-log = logging.getLogger("agentd.reload")
+log = logging.getLogger("agentd.runtime.reload")
 
 LIVE = ("peers", "clearinghouse", "relay_access", "relay_verify", "log_level")
 

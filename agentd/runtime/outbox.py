@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agentd.clock import now_ms
-from agentd.peers import PeerUnreachable
-from agentd.transport import Channel, ChannelClosed
+from agentd.runtime.clock import now_ms
+from agentd.runtime.peers import PeerUnreachable
+from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import pack, unpack
 from protocol.envelope import Ack
 from store import outbox
 
 if TYPE_CHECKING:
-    from agentd.node import Node
+    from agentd.runtime.node import Node
 
-log = logging.getLogger("agentd.outbox")
+log = logging.getLogger("agentd.runtime.outbox")
 ACK_TIMEOUT_MIN = 2.0
 ACK_TIMEOUT_MAX = 60.0
 SCAN_INTERVAL = 0.25

@@ -26,7 +26,7 @@ from protocol.keys import (
 )
 from protocol.noise import HandshakeReader, NoiseFailure, NoiseSession, Role
 
-log = logging.getLogger("agentd.transport")
+log = logging.getLogger("agentd.runtime.transport")
 RECEIVE_SIZE = 256 * 1024
 SEND_QUEUE = 4096
 PIPELINE = 2048

@@ -1,0 +1,2 @@
+"""The Trio runtime: node lifecycle, transport, peers, dispatch, outbox, and the context
+services see."""

@@ -1,0 +1,1 @@
+"""The clearing house (``house``) and every node's evidence client (``client``)."""

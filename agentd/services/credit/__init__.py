@@ -1,0 +1,1 @@
+"""Credit between users: tallies, chits, routes and lifts."""
