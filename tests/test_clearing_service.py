@@ -64,7 +64,7 @@ async def evidence(node: Node, count: int, pid: str, owners: list[str], kind: st
                    ) -> None:
     """Queue ``count`` evidence logs in one transaction, as a service would."""
     def job(conn):
-        tx = Tx(node, conn, node.now_ms())
+        tx = Tx(node, conn, node.clock.now_ms())
         for n in range(count):
             log_evidence(tx, pid, owners, kind, {"n": n}, ref=f"{kind}-{n}")
         return tx
@@ -352,7 +352,7 @@ async def test_a_refused_entry_of_an_evidence_batch_is_kept_as_refused(tmp_path)
         await wait_for(lambda: len(receipts(alice)) == 1)
 
         def job(conn):
-            tx = Tx(alice, conn, alice.now_ms())
+            tx = Tx(alice, conn, alice.clock.now_ms())
             log_evidence(tx, "mine", [alice.agent_id], "chit.good", {"n": 1}, ref="ok-1")
             log_evidence(tx, "bobs", [alice.agent_id], "chit.good", {"n": 2}, ref="refused")
             log_evidence(tx, "mine", [alice.agent_id], "chit.good", {"n": 3}, ref="ok-2")

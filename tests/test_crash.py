@@ -29,7 +29,7 @@ async def test_receiver_killed_mid_stream(tmp_path):
             sent: list[bytes] = []
             for _ in range(20):  # 20 transactions of 100 one-way notes
                 def job(conn):
-                    tx = Tx(sender, conn, sender.now_ms())
+                    tx = Tx(sender, conn, sender.clock.now_ms())
                     return tx, [tx.send(to, "node", "note", {}) for _ in range(100)]
 
                 tx, ids = await sender.db.write(job)

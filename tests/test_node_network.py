@@ -30,7 +30,7 @@ async def _queue_pings(node, to_node, count: int) -> list[bytes]:
     to = ChipAddress(agent=to_node.agent_id, host="127.0.0.1", port=to_node.port)
 
     def job(conn):
-        tx = Tx(node, conn, node.now_ms())
+        tx = Tx(node, conn, node.clock.now_ms())
         ids = [tx.send(to, "node", "ping", {"seq": i}) for i in range(count)]
         return tx, ids
 

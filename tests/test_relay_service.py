@@ -113,7 +113,7 @@ async def send_raw(sender: Node, receiver: Node, action: str, obj: dict) -> str 
     to = ChipAddress(agent=receiver.agent_id, host="127.0.0.1", port=receiver.port)
 
     def job(conn):
-        tx = Tx(sender, conn, sender.now_ms())
+        tx = Tx(sender, conn, sender.clock.now_ms())
         return tx, tx.send(to, "relay", action, obj)
 
     tx, message_id = await sender.db.write(job)

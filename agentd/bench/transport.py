@@ -167,7 +167,7 @@ async def durable_rate(count: int, workdir: Path) -> float:
                 size = min(batch, count - first)
 
                 def job(conn, n=size):
-                    tx = Tx(node, conn, node.now_ms())
+                    tx = Tx(node, conn, node.clock.now_ms())
                     for _ in range(n):
                         tx.send(to, "node", "note", {"pad": b"x" * 40})
                     return tx

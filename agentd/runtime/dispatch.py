@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from agentd.runtime.clock import now_ms
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
@@ -87,7 +86,7 @@ class Dispatcher:
     def _start(self, envelope: Envelope, agent: str) -> PendingWrite:
         service = self.services[envelope.target]
         node = self.node
-        received = now_ms()
+        received = node.clock.now_ms()
 
         def job(conn):
             if not inbox.claim(conn, envelope.id, agent, received):
@@ -130,7 +129,7 @@ class Dispatcher:
         if ack.error is None:
             def job(conn):
                 outbox.delete(conn, [item.id])
-                tx = Tx(node, conn, now_ms())
+                tx = Tx(node, conn, node.clock.now_ms())
                 service.on_delivered(tx, envelope)
                 return tx
         else:
@@ -140,7 +139,7 @@ class Dispatcher:
 
             def job(conn):
                 outbox.mark_failed(conn, item.id, f"{code}: {text}")
-                tx = Tx(node, conn, now_ms())
+                tx = Tx(node, conn, node.clock.now_ms())
                 if service is not None:
                     service.on_rejected(tx, envelope, code, text)
                 return tx

@@ -14,7 +14,6 @@ import functools
 import logging
 import os
 import sqlite3
-import time
 
 import trio
 
@@ -22,7 +21,7 @@ from agentd import __version__
 from agentd.config import Config
 from agentd.errors import UserError
 from agentd.rpc import RpcServer
-from agentd.runtime.clock import now_ms
+from agentd.runtime.clock import Clock
 from agentd.runtime.context import Reject
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
@@ -47,8 +46,9 @@ MAINTENANCE_INTERVAL = 3600.0
 
 
 class Node:
-    def __init__(self, config: Config, key: SigningKey) -> None:
+    def __init__(self, config: Config, key: SigningKey, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock = clock or Clock()
         self.key = key
         self.agent_id = key.agent_id
         self.counters = Counters()
@@ -68,8 +68,6 @@ class Node:
         for name, method in (("getinfo", self.rpc_getinfo), ("peers.list", self.rpc_peers),
                              ("reload", self.rpc_reload), ("stop", self.rpc_stop)):
             self.rpc.register(name, method)
-
-    now_ms = staticmethod(now_ms)
 
     def _install_services(self) -> None:
         """Each service registers its message target and its RPC methods. One line each."""
@@ -153,7 +151,7 @@ class Node:
             await self._load_peers()
             async with trio.open_nursery() as nursery:
                 await self._start(nursery)
-                self.started_monotonic = time.monotonic()
+                self.started_monotonic = self.clock.monotonic()
                 log.info("node %s (%s) listening on %s", config.name, self.agent_id,
                          self.listen_address)
                 task_status.started(self)
@@ -189,7 +187,7 @@ class Node:
     async def _maintenance(self) -> None:
         """Hourly: forget processed-message ids older than the dedup window."""
         while True:
-            cutoff = now_ms() - INBOX_RETENTION_MS
+            cutoff = self.clock.now_ms() - INBOX_RETENTION_MS
             pruned = await self.db.write(lambda conn, cutoff=cutoff: inbox.prune(conn, cutoff))
             if pruned:
                 log.info("pruned %d inbox ids older than 30 days", pruned)
@@ -208,12 +206,12 @@ class Node:
 
     def _channel_opened(self, channel: Channel) -> None:
         self.learn_peer(channel.agent, channel.hello.listen)
-        stamp = now_ms()
+        stamp = self.clock.now_ms()
         self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
 
     def _channel_closed(self, channel: Channel) -> None:
         self.pump.on_channel_closed(channel)
-        stamp = now_ms()
+        stamp = self.clock.now_ms()
         self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
 
     # -- core RPC methods ----------------------------------------------------------------
@@ -228,7 +226,7 @@ class Node:
             "network": self.config.network,
             "roles": list(self.config.roles),
             "version": __version__,
-            "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "uptime_s": round(self.clock.monotonic() - self.started_monotonic, 3),
             "peers": len(self.peers.channels),
             "counters": {**self.counters.to_map(), "outbox_depth": self.pump.depth,
                          "db_commits": self.db.commits, "db_jobs": self.db.jobs},
@@ -239,7 +237,7 @@ class Node:
         rows = {row["agent"]: row for row in self.db.read(
             "SELECT agent, name, address, last_seen FROM peers")}
         agents = set(rows) | set(self._peer_addresses) | set(self.peers.channels)
-        out = []
+        out, now = [], self.clock.now_ms()
         for agent in sorted(agents, key=lambda a: (self._peer_names.get(a) or "~", a)):
             row = rows.get(agent)
             connected = self.peers.connected(agent)
@@ -248,7 +246,7 @@ class Node:
                 "agent": agent,
                 "address": self._peer_addresses.get(agent) or (row["address"] if row else None),
                 "connected": connected,
-                "last_seen": now_ms() if connected else (row["last_seen"] if row else None),
+                "last_seen": now if connected else (row["last_seen"] if row else None),
             })
         return out
 

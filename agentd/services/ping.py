@@ -9,8 +9,6 @@ queued in the receiver's transaction, its ack — so its latency is that of ever
 
 from __future__ import annotations
 
-import trio
-
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.runtime.context import Reject, Service, Tx
 from protocol.envelope import Envelope
@@ -51,15 +49,15 @@ class PingService(Service):
         to = ChipAddress(agent=agent, host=host, port=port)
         rtts = []
         for seq in range(count):
-            started = trio.current_time()
+            started = self.node.clock.monotonic()
 
             def job(conn, seq=seq):
-                tx = Tx(self.node, conn, self.node.now_ms())
+                tx = Tx(self.node, conn, self.node.clock.now_ms())
                 return tx, tx.send(to, "node", "ping", {"seq": seq})
 
             tx, message_id = await self.node.db.write(job)
             await self.node.replies.wait(
                 tx, message_id, PING_TIMEOUT, f"no pong from {agent} within {PING_TIMEOUT:g} s"
                 " (the ping stays in the outbox and will be retried)")
-            rtts.append(round((trio.current_time() - started) * 1000, 3))
+            rtts.append(round((self.node.clock.monotonic() - started) * 1000, 3))
         return {"rtt_ms": rtts}

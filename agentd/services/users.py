@@ -22,7 +22,7 @@ class Users:
         if name is not None and not isinstance(name, str):
             raise invalid_params("name must be text")
         key = SigningKey.generate()
-        now = self.node.now_ms()
+        now = self.node.clock.now_ms()
         added = await self.node.db.write(
             lambda conn: users.add(conn, cuid, name or cuid, key.seed, key.public, now))
         if not added:

@@ -484,7 +484,7 @@ class Evidence:
         node = self.node
 
         def job(conn: sqlite3.Connection) -> tuple[Tx, bytes]:
-            tx = Tx(node, conn, node.now_ms())
+            tx = Tx(node, conn, node.clock.now_ms())
             message_id = tx.send(house, ch.TARGET, action, obj)
             store.add_request(
                 conn, message_id=message_id, ch=house.agent, action=action,
@@ -575,7 +575,7 @@ class Evidence:
                 if row["ch"] != house or (batch and size > room):
                     break
                 batch.append(row)
-            tx = Tx(node, conn, node.now_ms())
+            tx = Tx(node, conn, node.clock.now_ms())
             to = self._address(house)
             if len(batch) == 1:
                 message_id = tx.send(to, ch.TARGET, "log", unpack(batch[0]["object"]))
@@ -617,7 +617,7 @@ class Evidence:
         node, house = self.node, batch[0].house
 
         def job(conn: sqlite3.Connection) -> tuple[Tx, list[bytes]]:
-            tx = Tx(node, conn, node.now_ms())
+            tx = Tx(node, conn, node.clock.now_ms())
             if len(batch) == 1:
                 obj = batch[0].obj
                 message_id = tx.send(house, ch.TARGET, "log", obj)

@@ -226,7 +226,7 @@ class Credit:
                                        subject if invitation["reuse"] else None)
 
         def job(conn: sqlite3.Connection) -> tuple[Tx, bytes]:
-            tx = Tx(node, conn, node.now_ms())
+            tx = Tx(node, conn, node.clock.now_ms())
             with _refusals():
                 user = self._user(conn, cuid)
                 held = self.ledger.get(conn, tally_uuid, cuid)
@@ -588,7 +588,7 @@ class Credit:
         for a while, or its partner's channel just opened) and whose partner has nothing
         waiting in our outbox; returns how many chains were repaired."""
         node = self.node
-        now = node.now_ms()
+        now = node.clock.now_ms()
         rows = node.db.read(UNSETTLED)
         waiting = {row[0] for row in node.db.read(
             "SELECT DISTINCT peer FROM outbox WHERE state = 'pending'")}
@@ -744,7 +744,7 @@ class Credit:
         node = self.node
 
         def job(conn: sqlite3.Connection) -> tuple[Tx, T]:
-            tx = Tx(node, conn, node.now_ms())
+            tx = Tx(node, conn, node.clock.now_ms())
             with _refusals():
                 return tx, work(tx)
 

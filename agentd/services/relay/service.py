@@ -140,7 +140,7 @@ class RelayService(Service):
         )
 
         def job(conn):
-            tx = Tx(node, conn, node.now_ms())
+            tx = Tx(node, conn, node.clock.now_ms())
             query_id = tx.send(to, self.target, "query", query.to_map())
             relay_store.insert(
                 conn, request_id=request_id, status=Status.PENDING_ACK, source=to.agent,
@@ -178,7 +178,7 @@ class RelayService(Service):
             row = relay_store.get(conn, request_id)
             if row is None:
                 return None
-            now = node.now_ms()
+            now = node.clock.now_ms()
             moved = relay_store.transition(conn, request_id, Status.DELETED,
                                            APPLIES_FROM[Status.DELETED], now)
             if moved and row["status"] in PENDING:
@@ -382,7 +382,7 @@ class RelayService(Service):
         task_status.started()
         sql, params = relay_store.next_deadline(PENDING)
         while True:
-            now = self.node.now_ms()
+            now = self.node.clock.now_ms()
             due = self.node.db.read_one(sql, params)[0]
             if now >= self._next_sweep_ms or (due is not None and due <= now):
                 await self.sweep()
@@ -404,7 +404,7 @@ class RelayService(Service):
         node = self.node
 
         def job(conn):
-            now = node.now_ms()
+            now = node.clock.now_ms()
             expired = []
             for row in relay_store.overdue(conn, PENDING, now):
                 waited = (row["deadline"] - row["created"]) / 1000
