@@ -13,7 +13,7 @@ import trio
 
 from agentd.config import AccessRule
 from agentd.rpc import NOT_FOUND, RpcError
-from agentd.runtime.context import Reject, Tx
+from agentd.runtime.context import Reject
 from agentd.runtime.node import Node
 from agentd.services.credit.service import ticket_tally_uuid
 from protocol import chain as ch
@@ -21,6 +21,7 @@ from protocol import chit as c
 from protocol import tally as t
 from protocol.codec import pack, unpack
 from protocol.keys import SigningKey, b64u
+from protocol.messages import Send
 from store import outbox
 from store.credit import Ledger
 from store.schema import migrate
@@ -100,13 +101,8 @@ async def send_raw(sender: Node, to: Node, to_cuid: str, target: str, action: st
     """Queue a hand-made message; returns its id."""
     address = to.own_address(to_cuid)
 
-    def job(conn):
-        tx = Tx(sender, conn, sender.clock.now_ms())
-        return tx, tx.send(address, target, action, obj, from_cuid=from_cuid)
-
-    tx, message_id = await sender.db.write(job)
-    tx.committed()
-    return message_id
+    return await sender.transact(
+        lambda tx: tx.send(Send(address, target, action, obj, from_cuid=from_cuid)))
 
 
 async def refusal_of(sender: Node, message_id: bytes) -> str:

@@ -6,8 +6,8 @@ import itertools
 
 import trio
 
-from agentd.runtime.context import Tx
 from protocol.keys import ChipAddress
+from protocol.messages import Send
 from tests.netfixture import network, wait_for
 
 
@@ -29,14 +29,8 @@ async def test_five_nodes_ping_each_other(tmp_path):
 async def _queue_pings(node, to_node, count: int) -> list[bytes]:
     to = ChipAddress(agent=to_node.agent_id, host="127.0.0.1", port=to_node.port)
 
-    def job(conn):
-        tx = Tx(node, conn, node.clock.now_ms())
-        ids = [tx.send(to, "node", "ping", {"seq": i}) for i in range(count)]
-        return tx, ids
-
-    tx, ids = await node.db.write(job)
-    tx.committed()
-    return ids
+    return await node.transact(
+        lambda tx: [tx.send(Send(to, "node", "ping", {"seq": i})) for i in range(count)])
 
 
 def _inbox_ids(node) -> set[bytes]:

@@ -19,10 +19,11 @@ import trio
 from agentd.config import AccessRule, VerifyPolicy
 from agentd.errors import UserError
 from agentd.rpc import INVALID_PARAMS, NOT_FOUND, RpcError
-from agentd.runtime.context import Service, Tx
+from agentd.runtime.context import Service
 from agentd.runtime.node import Node
 from protocol.codec import canonical, digest, unpack
 from protocol.keys import ChipAddress, SigningKey
+from protocol.messages import Send
 from protocol.relay import (
     Ack,
     AckStatus,
@@ -112,12 +113,7 @@ async def send_raw(sender: Node, receiver: Node, action: str, obj: dict) -> str 
     """Send one relay message as ``sender`` would; returns the receiver's refusal or None."""
     to = ChipAddress(agent=receiver.agent_id, host="127.0.0.1", port=receiver.port)
 
-    def job(conn):
-        tx = Tx(sender, conn, sender.clock.now_ms())
-        return tx, tx.send(to, "relay", action, obj)
-
-    tx, message_id = await sender.db.write(job)
-    tx.committed()
+    message_id = await sender.transact(lambda tx: tx.send(Send(to, "relay", action, obj)))
 
     def settled():
         """the message was acked (row deleted) or refused (row failed)"""

@@ -14,6 +14,8 @@ import functools
 import logging
 import os
 import sqlite3
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -22,11 +24,12 @@ from agentd.config import Config
 from agentd.errors import UserError
 from agentd.rpc import RpcServer
 from agentd.runtime.clock import Clock
-from agentd.runtime.context import Reject
+from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
 from agentd.runtime.outbox import OutboxPump
 from agentd.runtime.peers import PeerManager
+from agentd.runtime.refusals import rpc_error
 from agentd.runtime.reload import reload_config
 from agentd.runtime.replies import Replies
 from agentd.runtime.transport import Channel, Hello
@@ -41,6 +44,7 @@ from store import Database, DatabaseError, inbox
 from store import peers as peer_store
 
 log = logging.getLogger("agentd.runtime.node")
+T = TypeVar("T")
 INBOX_RETENTION_MS = 30 * 24 * 3600 * 1000  # dedup window: far longer than any retry gap
 MAINTENANCE_INTERVAL = 3600.0
 
@@ -52,7 +56,7 @@ class Node:
         self.key = key
         self.agent_id = key.agent_id
         self.counters = Counters()
-        self.rpc = RpcServer()
+        self.rpc = RpcServer(rpc_error)
         self.dispatcher = Dispatcher(self)
         self.pump = OutboxPump(self)
         self.replies = Replies()
@@ -67,17 +71,42 @@ class Node:
         self._install_services()
         for name, method in (("getinfo", self.rpc_getinfo), ("peers.list", self.rpc_peers),
                              ("reload", self.rpc_reload), ("stop", self.rpc_stop)):
-            self.rpc.register(name, method)
+            self.register_method(name, method)
 
     def _install_services(self) -> None:
-        """Each service registers its message target and its RPC methods. One line each."""
-        self.dispatcher.register(PingService(self))
-        self.dispatcher.register(ClearingService(self))
+        """Each service registers its message targets and RPC methods through the runtime
+        interface; a service that needs another is handed it here. One line each."""
+        PingService(self)
         self.evidence = Evidence(self)
+        ClearingService(self, self.evidence)
         self.relay = RelayService(self)
-        self.dispatcher.register(self.relay)
-        self.credit = Credit(self)  # the tally and chit targets and their RPC methods
+        self.credit = Credit(self, self.evidence)  # the tally and chit targets
         Users(self)
+
+    # -- the runtime interface (agentd.runtime.context.Runtime) --------------------------
+
+    def register_target(self, service: Service) -> None:
+        self.dispatcher.register(service)
+
+    def register_method(self, name: str, method: Callable[..., Awaitable[Any]]) -> None:
+        self.rpc.register(name, method)
+
+    def connected(self, agent: str) -> bool:
+        return self.peers is not None and self.peers.connected(agent)
+
+    def new_tx(self, conn: sqlite3.Connection, now_ms: int | None = None) -> Tx:
+        """A transaction context on the writer thread (the runtime's, not a service's)."""
+        return Tx(conn, self.clock.now_ms() if now_ms is None else now_ms, self.own_address,
+                  self.pump)
+
+    async def transact(self, work: Callable[[Tx], T]) -> T:
+        def job(conn: sqlite3.Connection) -> tuple[Tx, T]:
+            tx = self.new_tx(conn)
+            return tx, work(tx)
+
+        tx, result = await self.db.write(job)
+        tx.committed()
+        return result
 
     # -- identity and addresses ----------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Every node as a clearing-house client: the ``ch.*`` and ``receipts.*`` RPC methods, and
-:func:`log_evidence`, which other services call to log what they agreed.
+``Evidence.log``, which other services (handed the Evidence) call to log what they agreed.
 
 Requests go to the configured clearing house (``[clearinghouse]``; a clearing-house node
 without one uses itself) through the outbox like any message, and each is recorded in
@@ -19,7 +19,7 @@ entries queued while the previous batch was being committed go as one ``log_batc
 ``log``). Entry ``i`` of a batch is known by the key ``message id + i`` (2 bytes, big-endian)
 in ``receipts.request`` and to the waiting caller, which gets its own receipt or refusal.
 
-Evidence (:func:`log_evidence`) is batched the same way, durably: each log is a ``waiting``
+Evidence (``Evidence.log``) is batched the same way, durably: each log is a ``waiting``
 row of ``ch_requests``, committed with the caller's state change, and
 ``Evidence._send_evidence`` sends the rows whose process is ready — all that gathered
 meanwhile as one ``log_batch``, each row then ``sent`` under the key ``message id + i`` — so
@@ -51,10 +51,11 @@ from protocol import receipts as rc
 from protocol.codec import CodecError, pack, unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, parse_hostport
+from protocol.messages import Send
 from store import clearing as store
 
 if TYPE_CHECKING:
-    from agentd.runtime.node import Node
+    from agentd.runtime.context import Runtime
 
 log = logging.getLogger("agentd.evidence")
 
@@ -88,50 +89,11 @@ class _Pending:
         self.abandoned = False  # the caller went away: nobody collects the answer
 
 
-def log_evidence(
-    tx: Tx,
-    pid: str,
-    owners: Iterable[str],
-    kind: str,
-    payload: object,
-    *,
-    ref: str | None = None,
-    header: Mapping[str, Any] | None = None,
-    payload_type: str | None = None,
-    mode: str = "full",
-) -> None:
-    """Log ``payload`` as evidence under ``pid`` at this node's clearing house, inside ``tx``.
-
-    One line for a service, e.g. when a tally opens (and likewise ``"tally.close"``,
-    ``"chit.good"``/``"chit.void"`` with ``ref=chit_uuid``)::
-
-        log_evidence(tx, tally_uuid, [stock_agent, foil_agent], "tally.open", signed_tally)
-
-    ``owners`` are the agents that may read and write the process (this node is always one);
-    the first call for a pid also asks the clearing house to create it, and the logs wait in
-    ``ch_requests`` until that is answered, so no log can create the process first with this
-    node as its sole owner. The header logged is ``{kind, ref, **header}`` (``ref`` defaults
-    to ``pid``); ``mode`` is ``full``, ``header`` (the payload's hash only) or ``hash``. A
-    payload too large for the clearing house is logged by hash (mode ``header``).
-
-    Nothing here waits: the request commits with the caller's state change, goes out right
-    after in a batch with the other evidence waiting, and the outbox delivers it whenever the
-    clearing house is reachable; the receipt is stored when it comes (``receipts`` with
-    ``kind`` and ``ref``). Without a configured clearing house this
-    does nothing (and logs that once). Raises ``ValueError`` for a bad pid, owner or payload:
-    those are programming errors of the caller.
-    """
-    tx.node.evidence.log(
-        tx, pid, owners, kind, payload, ref=ref, header=header, payload_type=payload_type,
-        mode=mode,
-    )  # fmt: skip
-
-
 class Evidence:
-    """Client side of the clearing house; ``node.evidence``."""
+    """Client side of the clearing house; services that log evidence are handed it."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
         self._warned = False
         # entries for ``run`` to send, in call order; callers wait while it holds
         # QUEUE_LIMIT (backpressure), ``run`` while it is empty
@@ -151,18 +113,18 @@ class Evidence:
             ("receipts.list", self.rpc_receipts_list),
             ("receipts.verify", self.rpc_receipts_verify),
         ):
-            node.rpc.register(name, method)
+            runtime.register_method(name, method)
 
     # -- where requests go ----------------------------------------------------------------
 
     def clearing_house(self) -> ChipAddress | None:
         """The configured clearing house; a clearing-house node without one uses itself."""
-        config = self.node.config
+        config = self.runtime.config
         if config.clearinghouse is not None:
             host, port = parse_hostport(config.clearinghouse.address)
             return ChipAddress(agent=config.clearinghouse.agent, host=host, port=port)
         if "clearinghouse" in config.roles:
-            return self.node.own_address()
+            return self.runtime.own_address()
         return None
 
     def _address(self, agent: str) -> ChipAddress:
@@ -171,7 +133,7 @@ class Evidence:
             return configured
         return ChipAddress(agent=agent)  # the pump looks its address up
 
-    # -- log_evidence (writer thread) -----------------------------------------------------
+    # -- evidence from services (writer thread) ------------------------------------------
 
     def log(
         self,
@@ -181,17 +143,37 @@ class Evidence:
         kind: str,
         payload: object,
         *,
-        ref: str | None,
-        header: Mapping[str, Any] | None,
-        payload_type: str | None,
-        mode: str,
+        ref: str | None = None,
+        header: Mapping[str, Any] | None = None,
+        payload_type: str | None = None,
+        mode: str = "full",
     ) -> None:
-        """See :func:`log_evidence`."""
+        """Log ``payload`` as evidence under ``pid`` at this node's clearing house, inside ``tx``.
+
+        One line for a service, e.g. when a tally opens (and likewise ``"tally.close"``,
+        ``"chit.good"``/``"chit.void"`` with ``ref=chit_uuid``)::
+
+            evidence.log(tx, tally_uuid, [stock_agent, foil_agent], "tally.open", signed_tally)
+
+        ``owners`` are the agents that may read and write the process (this node is always one);
+        the first call for a pid also asks the clearing house to create it, and the logs wait in
+        ``ch_requests`` until that is answered, so no log can create the process first with this
+        node as its sole owner. The header logged is ``{kind, ref, **header}`` (``ref`` defaults
+        to ``pid``); ``mode`` is ``full``, ``header`` (the payload's hash only) or ``hash``. A
+        payload too large for the clearing house is logged by hash (mode ``header``).
+
+        Nothing here waits: the request commits with the caller's state change, goes out right
+        after in a batch with the other evidence waiting, and the outbox delivers it whenever the
+        clearing house is reachable; the receipt is stored when it comes (``receipts`` with
+        ``kind`` and ``ref``). Without a configured clearing house this does nothing (and logs
+        that once). Raises ``ValueError`` for a bad pid, owner or payload:
+        those are programming errors of the caller.
+        """
         owner_ids = sorted(set(owners))
         try:
             ch.parse_create_process({"pid": pid, "owners": owner_ids})
         except ch.Rejection as exc:
-            raise ValueError(f"log_evidence: {exc}") from exc
+            raise ValueError(f"evidence: {exc}") from exc
         house = self.clearing_house()
         if house is None:
             if not self._warned:
@@ -202,14 +184,14 @@ class Evidence:
         full_header = {} if mode == "hash" else {"kind": kind, "ref": ref, **(header or {})}
         obj = ch.log_object(pid, payload, mode=mode, header=full_header,
                             payload_type=payload_type)
-        if len(obj.get("payload") or b"") > self.node.config.max_frame // 4:
+        if len(obj.get("payload") or b"") > self.runtime.config.max_frame // 4:
             obj.pop("payload")
             log.info("evidence %s %s: payload too large, logged by its hash", kind, ref)
         conn = tx.conn
         state = store.client_process(conn, house.agent, pid)
         if state is None:
-            create_id = tx.send(house, ch.TARGET, "create_process",
-                                {"pid": pid, "owners": owner_ids})
+            create_id = tx.send(Send(house, ch.TARGET, "create_process",
+                                     {"pid": pid, "owners": owner_ids}))
             store.add_request(
                 conn, message_id=create_id, ch=house.agent, action="create_process", pid=pid,
                 kind=kind, ref=ref, payload_sha256=None, state="sent", now_ms=tx.now_ms,
@@ -378,7 +360,7 @@ class Evidence:
         )  # fmt: skip
         if status == "unchecked":
             if not store.keys_request_open(tx.conn, row["ch"]):
-                message_id = tx.send(self._address(row["ch"]), ch.TARGET, "keys", {})
+                message_id = tx.send(Send(self._address(row["ch"]), ch.TARGET, "keys", {}))
                 store.add_request(
                     tx.conn, message_id=message_id, ch=row["ch"], action="keys", pid=None,
                     kind=None, ref=None, payload_sha256=None, state="sent", now_ms=tx.now_ms,
@@ -408,7 +390,7 @@ class Evidence:
     def _expect(self, row: Mapping[str, Any], house: str | None = None) -> dict[str, Any]:
         """What a receipt for this log request must say."""
         return {"iss": house or row["ch"], "process_id": row["pid"],
-                "client_id": self.node.agent_id, "payload_sha256": row["payload_sha256"]}
+                "client_id": self.runtime.agent_id, "payload_sha256": row["payload_sha256"]}
 
     @staticmethod
     def _verify(token: object, jwks: dict[str, Any] | None, expect: dict) -> Verdict:
@@ -441,10 +423,10 @@ class Evidence:
                                         "document_id": claims["document_id"], "receipt": token})
 
     def _resolve(self, tx: Tx, request: bytes, value: Any) -> None:
-        self.node.replies.settle(tx, request, value)
+        self.runtime.replies.settle(tx, request, value)
 
     def _fail(self, tx: Tx, request: bytes | None, error: Reject) -> None:
-        self.node.replies.settle(tx, request, error=error)
+        self.runtime.replies.settle(tx, request, error=error)
 
     # -- requests from RPC ----------------------------------------------------------------
 
@@ -467,7 +449,7 @@ class Evidence:
         return size
 
     def _room(self) -> int:
-        return self.node.config.max_frame - ENVELOPE_OVERHEAD
+        return self.runtime.config.max_frame - ENVELOPE_OVERHEAD
 
     def _timeout_message(self, house: str) -> str:
         return (f"no answer from the clearing house {house} within {REQUEST_TIMEOUT:g} s (the"
@@ -481,22 +463,22 @@ class Evidence:
         self._size(action, obj)
         pid = obj.get("pid")
         sha = obj.get("payload_sha256")
-        node = self.node
+        replies = self.runtime.replies
 
-        def job(conn: sqlite3.Connection) -> tuple[Tx, bytes]:
-            tx = Tx(node, conn, node.clock.now_ms())
-            message_id = tx.send(house, ch.TARGET, action, obj)
+        def work(tx: Tx) -> bytes:
+            message_id = tx.send(Send(house, ch.TARGET, action, obj))
+            replies.expect_after(tx, message_id)
             store.add_request(
-                conn, message_id=message_id, ch=house.agent, action=action,
+                tx.conn, message_id=message_id, ch=house.agent, action=action,
                 pid=pid if isinstance(pid, str) else None, kind=None, ref=None,
                 payload_sha256=sha if isinstance(sha, str) else None, state="sent",
                 now_ms=tx.now_ms,
             )  # fmt: skip
-            return tx, message_id
+            return message_id
 
-        tx, message_id = await node.db.write(job)
-        return await node.replies.wait(tx, message_id, REQUEST_TIMEOUT,
-                                       self._timeout_message(house.agent))
+        message_id = await self.runtime.transact(work)
+        return await replies.result(message_id, REQUEST_TIMEOUT,
+                                    self._timeout_message(house.agent))
 
     async def log_request(self, obj: dict[str, Any]) -> Any:
         """Like ``request("log", obj)``, but coalesced with concurrent calls by ``run``."""
@@ -509,7 +491,7 @@ class Evidence:
         house = self._house()
         items = [_Pending(house, obj, self._size("log", obj)) for obj in objs]
         last_sent = items[-1].sent = trio.Event()
-        replies = self.node.replies
+        replies = self.runtime.replies
         try:
             with trio.move_on_after(REQUEST_TIMEOUT) as scope:
                 while len(self._queue) >= QUEUE_LIMIT:
@@ -563,35 +545,31 @@ class Evidence:
 
     async def _send_evidence_batch(self) -> bool:
         """One ``log``/``log_batch`` of waiting evidence; False when none waits."""
-        node, room = self.node, self._room()
+        room = self._room()
 
-        def job(conn: sqlite3.Connection) -> Tx | None:
+        def work(tx: Tx) -> bool:
+            conn = tx.conn
             rows = store.ready_logs(conn, ch.MAX_BATCH)
             if not rows:
-                return None
+                return False
             house, batch, size = rows[0]["ch"], [], 0
             for row in rows:
                 size += len(row["object"]) + BATCH_ITEM_OVERHEAD
                 if row["ch"] != house or (batch and size > room):
                     break
                 batch.append(row)
-            tx = Tx(node, conn, node.clock.now_ms())
             to = self._address(house)
             if len(batch) == 1:
-                message_id = tx.send(to, ch.TARGET, "log", unpack(batch[0]["object"]))
+                message_id = tx.send(Send(to, ch.TARGET, "log", unpack(batch[0]["object"])))
                 store.mark_sent(conn, batch[0]["seq"], message_id)
-                return tx
-            message_id = tx.send(to, ch.TARGET, "log_batch",
-                                 {"entries": [unpack(row["object"]) for row in batch]})
+                return True
+            message_id = tx.send(Send(to, ch.TARGET, "log_batch",
+                                      {"entries": [unpack(row["object"]) for row in batch]}))
             for index, row in enumerate(batch):
                 store.mark_sent(conn, row["seq"], _entry_key(message_id, index))
-            return tx
+            return True
 
-        tx = await node.db.write(job)
-        if tx is None:
-            return False
-        tx.committed()
-        return True
+        return await self.runtime.transact(work)
 
     async def _send_calls(self) -> None:
         """Send the queued ``ch.log`` entries: all that queued meanwhile (up to ``MAX_BATCH``
@@ -614,46 +592,50 @@ class Evidence:
                     item.sent.set()
 
     async def _send_batch(self, batch: list[_Pending]) -> None:
-        node, house = self.node, batch[0].house
+        house = batch[0].house
 
-        def job(conn: sqlite3.Connection) -> tuple[Tx, list[bytes]]:
-            tx = Tx(node, conn, node.clock.now_ms())
+        def work(tx: Tx) -> list[bytes]:
+            conn = tx.conn
             if len(batch) == 1:
                 obj = batch[0].obj
-                message_id = tx.send(house, ch.TARGET, "log", obj)
+                message_id = tx.send(Send(house, ch.TARGET, "log", obj))
                 store.add_request(
                     conn, message_id=message_id, ch=house.agent, action="log", pid=obj["pid"],
                     kind=None, ref=None, payload_sha256=obj["payload_sha256"], state="sent",
                     now_ms=tx.now_ms,
                 )  # fmt: skip
-                return tx, [message_id]
-            message_id = tx.send(house, ch.TARGET, "log_batch",
-                                 {"entries": [item.obj for item in batch]})
-            store.add_request(
-                conn, message_id=message_id, ch=house.agent, action="log_batch", pid=None,
-                kind=None, ref=None, payload_sha256=None, state="sent", now_ms=tx.now_ms,
-                obj=pack([[item.obj["pid"], item.obj["payload_sha256"]] for item in batch]),
-            )  # fmt: skip
-            return tx, [_entry_key(message_id, index) for index in range(len(batch))]
+                keys = [message_id]
+            else:
+                message_id = tx.send(Send(house, ch.TARGET, "log_batch",
+                                          {"entries": [item.obj for item in batch]}))
+                store.add_request(
+                    conn, message_id=message_id, ch=house.agent, action="log_batch", pid=None,
+                    kind=None, ref=None, payload_sha256=None, state="sent", now_ms=tx.now_ms,
+                    obj=pack([[item.obj["pid"], item.obj["payload_sha256"]] for item in batch]),
+                )  # fmt: skip
+                keys = [_entry_key(message_id, index) for index in range(len(batch))]
+            tx.after_commit(lambda: self._await_answers(batch, keys))
+            return keys
 
         try:
-            tx, keys = await node.db.write(job)
+            await self.runtime.transact(work)
         except Exception as exc:  # each caller gets the failure, as request() would raise it
             for item in batch:
                 item.error = exc
-            return
+
+    def _await_answers(self, batch: list[_Pending], keys: list[bytes]) -> None:
+        """Once a batch committed: a waiter for each entry whose caller is still there."""
         for item, key in zip(batch, keys, strict=True):
             if not item.abandoned:
                 item.key = key
-                node.replies.expect(key)
-        tx.committed()
+                self.runtime.replies.expect(key)
 
     async def rpc_create_process(self, pid: str, owners: list[str] | None = None) -> dict:
         """Create process ``pid`` owned by this node and ``owners`` (agent ids)."""
         if owners is not None and not isinstance(owners, list):
             raise invalid_params("owners must be a list of agent ids")
         await self.request("create_process", {"pid": pid, "owners": owners or []})
-        return {"pid": pid, "owners": sorted({self.node.agent_id, *(owners or [])})}
+        return {"pid": pid, "owners": sorted({self.runtime.agent_id, *(owners or [])})}
 
     async def rpc_log(self, pid: str, payload: Any, mode: str = "full",
                       header: dict | None = None, payload_type: str | None = None) -> dict:
@@ -724,7 +706,7 @@ class Evidence:
     async def rpc_receipts_list(self, pid: str | None = None) -> list[dict]:
         """Every stored receipt (or those of ``pid``), by process and seq."""
         where, params = ("WHERE pid = ?", (pid,)) if pid is not None else ("", ())
-        rows = self.node.db.read(
+        rows = self.runtime.db.read(
             f"SELECT {store.RECEIPT_COLUMNS} FROM receipts {where} ORDER BY pid, seq", params)
         return [
             {"pid": row["pid"], "seq": row["seq"], "document_id": row["document_id"],
@@ -741,7 +723,7 @@ class Evidence:
         ``failures`` says what failed and why (the CLI then exits 1)."""
         if not isinstance(chain, bool):
             raise invalid_params("chain must be true or false")
-        db = self.node.db
+        db = self.runtime.db
         rows = db.read(f"SELECT {store.RECEIPT_COLUMNS} FROM receipts ORDER BY pid, seq")
         jwks = {row["ch"]: json.loads(row["jwks"])
                 for row in db.read("SELECT ch, jwks FROM ch_jwks")}
@@ -868,4 +850,4 @@ def entry_json(entry: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["Evidence", "entry_json", "log_evidence"]
+__all__ = ["Evidence", "entry_json"]

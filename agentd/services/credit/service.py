@@ -23,7 +23,7 @@ looks for chains that are not settled, have been still for a while (or whose par
 channel just opened) and whose partner has nothing waiting in our outbox; each repair pushes
 the next one back (doubling, up to a minute), and any chain change resets the pace.
 
-Evidence (``log_evidence``, a no-op without a clearing house): tally open and close, chits
+Evidence (``Evidence.log``, a no-op without a clearing house): tally open and close, chits
 becoming good or void, under pid = the tally uuid, owned by both partners' agents. When both
 holders are on this node only the foil holder logs, so nothing is logged twice.
 """
@@ -42,13 +42,13 @@ import trio
 
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.runtime.context import Reject, Service, Tx
-from agentd.services.clearing.client import log_evidence
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
 from protocol.codec import unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, SigningKey, b64u, format_hostport, valid_cuid
+from protocol.messages import Send
 from store import users
 from store.credit import (
     LIST_CHITS,
@@ -63,7 +63,8 @@ from store.credit import (
 if TYPE_CHECKING:
     import sqlite3
 
-    from agentd.runtime.node import Node
+    from agentd.runtime.context import Runtime
+    from agentd.services.clearing.client import Evidence
 
 log = logging.getLogger("agentd.credit")
 T = TypeVar("T")
@@ -78,7 +79,6 @@ RESYNC_QUIET_MS = 1000  # a chain this long still is repaired ...
 RESYNC_MAX_MS = 60_000  # ... and, while repairs do not settle it, at most this far apart
 REPORTED = frozenset({"ticket", "offer", "open", "void", "draft"})  # wants_delivery
 _TICKET_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "agentd:tally-ticket")
-_NOT_FOUND = frozenset({"UNKNOWN_USER", "UNKNOWN_TALLY", "UNKNOWN_CHIT"})
 
 
 def ticket_tally_uuid(token: str, subject: ChipAddress | None = None) -> str:
@@ -137,13 +137,14 @@ class Credit:
     """Tallies and chits for the users of one node: RPC methods, both message targets, and
     the chain repair task. ``node.credit``."""
 
-    def __init__(self, node: Node) -> None:
+    def __init__(self, node: Runtime, evidence: Evidence) -> None:
         self.node = node
+        self.evidence = evidence
         self.ledger = Ledger()  # used on the writer thread only
         self._users: dict[str, _User] = {}  # writer thread
         self._connected: set[str] = set()
-        node.dispatcher.register(TallyService(self))
-        node.dispatcher.register(ChitService(self))
+        node.register_target(TallyService(self))
+        node.register_target(ChitService(self))
         for name, method in (
             ("tally.invite", self.rpc_invite),
             ("tally.request", self.rpc_request),
@@ -161,7 +162,7 @@ class Credit:
             ("chit.refuse", self.rpc_chit_refuse),
             ("chit.list", self.rpc_chits),
         ):
-            node.rpc.register(name, method)
+            node.register_method(name, method)
 
     # -- RPC: tallies --------------------------------------------------------------------
 
@@ -225,22 +226,22 @@ class Credit:
         tally_uuid = ticket_tally_uuid(invitation["token"],
                                        subject if invitation["reuse"] else None)
 
-        def job(conn: sqlite3.Connection) -> tuple[Tx, bytes]:
-            tx = Tx(node, conn, node.clock.now_ms())
+        def work(tx: Tx) -> bytes:
             with _refusals():
-                user = self._user(conn, cuid)
-                held = self.ledger.get(conn, tally_uuid, cuid)
+                user = self._user(tx.conn, cuid)
+                held = self.ledger.get(tx.conn, tally_uuid, cuid)
                 if held is not None:
                     raise Reject("BAD_TICKET", f"tally {tally_uuid} is already ours "
                                  f"({held.local.state})")
                 request = t.ticket_request(invitation, user.cert, tx.now_ms)
-            message_id = tx.send(inviter, "tally", request["action"], request["object"],
-                                 from_cuid=cuid)
-            return tx, message_id
+            message_id = tx.send(Send(inviter, "tally", request["action"], request["object"],
+                                      from_cuid=cuid))
+            node.replies.expect_after(tx, message_id)
+            return message_id
 
-        tx, message_id = await self._write(job)
-        await self.node.replies.wait(
-            tx, message_id, REQUEST_TIMEOUT, f"the inviter's node {inviter.agent} did not answer"
+        message_id = await node.transact(work)
+        await node.replies.result(
+            message_id, REQUEST_TIMEOUT, f"the inviter's node {inviter.agent} did not answer"
             f" within {REQUEST_TIMEOUT:g} s (the request stays in the outbox and will be retried)")
         return {"tally": tally_uuid, "state": "requested", "partner": str(inviter)}
 
@@ -594,7 +595,7 @@ class Credit:
             "SELECT DISTINCT peer FROM outbox WHERE state = 'pending'")}
         partners = {row["partner"] for row in rows}
         connected = {agent for agent in partners
-                     if agent == node.agent_id or node.peers.connected(agent)}
+                     if agent == node.agent_id or node.connected(agent)}
         opened, self._connected = connected - self._connected, connected
         due = [row for row in rows if row["partner"] not in waiting
                and (row["resync_due"] <= now or row["partner"] in opened)]
@@ -666,20 +667,20 @@ class Credit:
         to = None
         for message in messages:
             to = to or holding.local.partner
-            tx.send(to, message["target"], message["action"], message["object"],
-                    from_cuid=holding.cuid)
+            tx.send(Send(to, message["target"], message["action"], message["object"],
+                         from_cuid=holding.cuid))
 
     def _log(self, tx: Tx, local: t.LocalTally, kind: str, payload: object,
              ref: str | None = None) -> None:
         """Evidence for the clearing house, once per node (the foil holder's, when both
         holders are ours)."""
-        if self.node.evidence.clearing_house() is None:
-            return  # log_evidence would do nothing, after checking its arguments
+        if self.evidence.clearing_house() is None:
+            return  # evidence.log would do nothing, after checking its arguments
         partner = local.partner
         if partner.agent == self.node.agent_id and local.side == t.STOCK:
             return
         owners = [local.tally[side]["cert"]["chad"]["agent"] for side in t.SIDES]
-        log_evidence(tx, local.uuid, owners, kind, payload, ref=ref)
+        self.evidence.log(tx, local.uuid, owners, kind, payload, ref=ref)
 
     # -- lookups (writer thread) ----------------------------------------------------------
 
@@ -731,26 +732,9 @@ class Credit:
 
     # -- RPC plumbing (event loop) ---------------------------------------------------------
 
-    async def _write(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return await self.node.db.write(job)
-        except Reject as exc:
-            if exc.code in _NOT_FOUND:
-                raise RpcError(NOT_FOUND, exc.message, exc.code) from exc
-            raise
-
     async def _transact(self, work: Callable[[Tx], T]) -> T:
         """Run ``work`` in one transaction; its messages go to the pump once committed."""
-        node = self.node
-
-        def job(conn: sqlite3.Connection) -> tuple[Tx, T]:
-            tx = Tx(node, conn, node.clock.now_ms())
-            with _refusals():
-                return tx, work(tx)
-
-        tx, result = await self._write(job)
-        tx.committed()
-        return result
+        return await self.node.transact(work)
 
     def _known_user(self, cuid: str) -> str:
         if self.node.db.read_one("SELECT 1 FROM users WHERE cuid = ?", (cuid,)) is None:

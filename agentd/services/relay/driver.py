@@ -26,7 +26,7 @@ from agentd import __version__
 from protocol.codec import unpack
 
 if TYPE_CHECKING:
-    from agentd.runtime.node import Node
+    from agentd.runtime.context import Runtime
 
 NODE_INFO = "node.info"  # agentd's own view, besides the protocol's
 NOT_FOUND = "NOT_FOUND"
@@ -41,18 +41,18 @@ class ViewError(Exception):
         self.message = message
 
 
-def read(conn: sqlite3.Connection, node: Node, kind: str, args: tuple[str, ...]) -> dict:
+def read(conn: sqlite3.Connection, node: Runtime, kind: str, args: tuple[str, ...]) -> dict:
     """The payload of a parsed view, read from ``conn``."""
     return _READERS[kind](conn, node, *args)
 
 
-def node_info(conn: sqlite3.Connection, node: Node) -> dict:
+def node_info(conn: sqlite3.Connection, node: Runtime) -> dict:
     users = conn.execute("SELECT count(*) FROM users").fetchone()[0]
     return {"agent": node.agent_id, "name": node.config.name, "network": node.config.network,
             "version": __version__, "users": users}
 
 
-def user_balance(conn: sqlite3.Connection, node: Node, cuid: str) -> dict:
+def user_balance(conn: sqlite3.Connection, node: Runtime, cuid: str) -> dict:
     if conn.execute("SELECT 1 FROM users WHERE cuid = ?", (cuid,)).fetchone() is None:
         raise ViewError(NOT_FOUND, f"no user {cuid!r} on this node")
     count, balance = conn.execute(
@@ -61,7 +61,7 @@ def user_balance(conn: sqlite3.Connection, node: Node, cuid: str) -> dict:
     return {"cuid": cuid, "balance": balance, "tallies": count}
 
 
-def tally(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
+def tally(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
     rows = _holders(conn, uuid)
     return {
         "tally": uuid,
@@ -76,7 +76,7 @@ def tally(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
     }
 
 
-def tally_chits(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
+def tally_chits(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
     holder = _holders(conn, uuid)[0]["cuid"]
     rows = conn.execute(
         "SELECT body, state, chain_index, chain_hash FROM chits WHERE tally = ? AND cuid = ?"
@@ -90,7 +90,7 @@ def tally_chits(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
     }
 
 
-def lift(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
+def lift(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
     raise ViewError(NOT_FOUND, f"no lift {uuid} on this node (it keeps no lifts)")
 
 
