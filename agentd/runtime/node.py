@@ -263,8 +263,7 @@ class Node:
 
     async def rpc_peers(self) -> list[dict]:
         """Configured and learned peers, with whether a channel is open now."""
-        rows = {row["agent"]: row for row in self.db.read(
-            "SELECT agent, name, address, last_seen FROM peers")}
+        rows = {row["agent"]: row for row in self.db.reading(peer_store.all_peers)}
         agents = set(rows) | set(self._peer_addresses) | set(self.peers.channels)
         out, now = [], self.clock.now_ms()
         for agent in sorted(agents, key=lambda a: (self._peer_names.get(a) or "~", a)):

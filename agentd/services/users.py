@@ -34,5 +34,5 @@ class Users:
         return [
             {"cuid": row["cuid"], "name": row["name"],
              "address": str(self.runtime.own_address(row["cuid"])), "public": b64u(row["public"])}
-            for row in self.runtime.db.read(users.LIST)
+            for row in self.runtime.db.reading(users.all_users)
         ]

@@ -35,7 +35,6 @@ stored. Binary values in RPC results (payloads, header fields) are base64url tex
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sqlite3
 from collections import deque
@@ -705,9 +704,7 @@ class Evidence:
 
     async def rpc_receipts_list(self, pid: str | None = None) -> list[dict]:
         """Every stored receipt (or those of ``pid``), by process and seq."""
-        where, params = ("WHERE pid = ?", (pid,)) if pid is not None else ("", ())
-        rows = self.runtime.db.read(
-            f"SELECT {store.RECEIPT_COLUMNS} FROM receipts {where} ORDER BY pid, seq", params)
+        rows = self.runtime.db.reading(lambda conn: store.receipts(conn, pid))
         return [
             {"pid": row["pid"], "seq": row["seq"], "document_id": row["document_id"],
              "kind": row["kind"], "ref": row["ref"], "clearing_house": row["ch"],
@@ -724,18 +721,15 @@ class Evidence:
         if not isinstance(chain, bool):
             raise invalid_params("chain must be true or false")
         db = self.runtime.db
-        rows = db.read(f"SELECT {store.RECEIPT_COLUMNS} FROM receipts ORDER BY pid, seq")
-        jwks = {row["ch"]: json.loads(row["jwks"])
-                for row in db.read("SELECT ch, jwks FROM ch_jwks")}
+        rows = db.reading(store.receipts)
+        jwks = db.reading(store.all_jwks)
         failures = await trio.to_thread.run_sync(self._verify_rows, rows, jwks)
-        for row in db.read("SELECT pid, kind, ref, error FROM ch_requests"
-                           " WHERE state = 'refused' ORDER BY seq"):
+        for row in db.reading(store.refused_evidence):
             failures.append({"pid": row["pid"], "seq": None, "document_id": None,
                              "kind": row["kind"], "ref": row["ref"], "fault": "refused",
                              "message": f"the clearing house refused this evidence: "
                                         f"{row['error']}"})
-        pending = db.read_one("SELECT count(*) FROM ch_requests WHERE action = 'log'"
-                              " AND state IN ('waiting', 'sent')")[0]
+        pending = db.reading(store.pending_logs)
         result: dict[str, Any] = {"checked": len(rows), "pending": pending}
         if chain:
             pids = sorted({row["pid"] for row in rows})

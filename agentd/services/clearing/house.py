@@ -33,6 +33,7 @@ from protocol import receipts as rc
 from protocol.envelope import Envelope
 from protocol.messages import Send
 from store import clearing as store
+from store.db import savepoint
 
 if TYPE_CHECKING:
     from agentd.services.clearing.client import Evidence
@@ -67,13 +68,11 @@ class ClearingService(Service):
         if not self.serving:
             raise Reject("NOT_CLEARING_HOUSE", "this node does not have the clearinghouse role")
         keyring = self._keys(tx)
-        tx.conn.execute("SAVEPOINT ch_request")
         try:
-            action, obj = self._serve(tx, envelope, keyring)
+            with savepoint(tx.conn):
+                action, obj = self._serve(tx, envelope, keyring)
         except ch.Rejection as exc:
-            tx.conn.execute("ROLLBACK TO ch_request")
             action, obj = exc.reply()
-        tx.conn.execute("RELEASE ch_request")
         tx.send(Send(envelope.from_, ch.TARGET, action, obj), re=envelope.id)
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:

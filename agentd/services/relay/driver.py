@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 from agentd import __version__
 from protocol.codec import unpack
+from store import relay as relay_store
+from store import users
 
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
@@ -47,17 +49,14 @@ def read(conn: sqlite3.Connection, node: Runtime, kind: str, args: tuple[str, ..
 
 
 def node_info(conn: sqlite3.Connection, node: Runtime) -> dict:
-    users = conn.execute("SELECT count(*) FROM users").fetchone()[0]
     return {"agent": node.agent_id, "name": node.config.name, "network": node.config.network,
-            "version": __version__, "users": users}
+            "version": __version__, "users": users.count(conn)}
 
 
 def user_balance(conn: sqlite3.Connection, node: Runtime, cuid: str) -> dict:
-    if conn.execute("SELECT 1 FROM users WHERE cuid = ?", (cuid,)).fetchone() is None:
+    if not users.exists(conn, cuid):
         raise ViewError(NOT_FOUND, f"no user {cuid!r} on this node")
-    count, balance = conn.execute(
-        "SELECT count(*), coalesce(sum(balance), 0) FROM tallies WHERE cuid = ?", (cuid,)
-    ).fetchone()
+    count, balance = relay_store.user_totals(conn, cuid)
     return {"cuid": cuid, "balance": balance, "tallies": count}
 
 
@@ -78,10 +77,7 @@ def tally(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
 
 def tally_chits(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
     holder = _holders(conn, uuid)[0]["cuid"]
-    rows = conn.execute(
-        "SELECT body, state, chain_index, chain_hash FROM chits WHERE tally = ? AND cuid = ?"
-        " ORDER BY chain_index IS NULL, chain_index, seq", (uuid, holder),
-    ).fetchall()
+    rows = relay_store.holder_chits(conn, uuid, holder)
     return {
         "tally": uuid,
         "holder": holder,
@@ -96,10 +92,7 @@ def lift(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
 
 def _holders(conn: sqlite3.Connection, uuid: str) -> list[sqlite3.Row]:
     """The node's rows for a tally: one per holder (two when both users are ours)."""
-    rows = conn.execute(
-        "SELECT cuid, side, state, partner, body, balance, chain_length, chain_head, chain_conf"
-        " FROM tallies WHERE uuid = ? ORDER BY side", (uuid,),
-    ).fetchall()
+    rows = relay_store.tally_holders(conn, uuid)
     if not rows:
         raise ViewError(NOT_FOUND, f"no tally {uuid} on this node")
     return rows

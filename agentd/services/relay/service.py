@@ -225,7 +225,7 @@ class RelayService(Service):
         """Serve with these access rules and verification policies from now on."""
         self.access, self.policies = rules
     def _row(self, request_id: str) -> Any:
-        row = self.runtime.db.read_one(relay_store.SELECT_REQUEST, (request_id,))
+        row = self.runtime.db.reading(lambda conn: relay_store.get(conn, request_id))
         if row is None:
             raise _unknown(request_id)
         return row
@@ -376,10 +376,9 @@ class RelayService(Service):
                   ) -> None:
         """Sweep at every request deadline and every ``sweep_interval_ms``, until cancelled."""
         task_status.started()
-        sql, params = relay_store.next_deadline(PENDING)
         while True:
             now = self.runtime.clock.now_ms()
-            due = self.runtime.db.read_one(sql, params)[0]
+            due = self.runtime.db.reading(lambda conn: relay_store.next_deadline(conn, PENDING))
             if now >= self._next_sweep_ms or (due is not None and due <= now):
                 await self.sweep()
                 self._next_sweep_ms = now + self.sweep_interval_ms
