@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from agentd import __version__
 from protocol.codec import unpack
+from protocol.errors import Refusal
 from store import relay as relay_store
 from store import users
 
@@ -34,13 +35,8 @@ NODE_INFO = "node.info"  # agentd's own view, besides the protocol's
 NOT_FOUND = "NOT_FOUND"
 
 
-class ViewError(Exception):
+class ViewError(Refusal):
     """Why a view cannot be served; ``code`` is ``NOT_FOUND``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 def read(conn: sqlite3.Connection, node: Runtime, kind: str, args: tuple[str, ...]) -> dict:
