@@ -42,7 +42,7 @@ from protocol.relay import (
     unseal,
     verify_view,
 )
-from tests.netfixture import Network, node_config, wait_for
+from tests.netfixture import Network, dial_failures, node_config, wait_for
 
 
 @dataclasses.dataclass
@@ -419,9 +419,10 @@ async def test_source_down_stays_pending_ack_and_completes_when_it_returns(tmp_p
         a, b = net[0], net[1]
         address = addr(b, "node:info")
         await net.net.stop(1)
+        failures = dial_failures(a)
         started = await a.rpc.call("relay.query", {"address": address, "timeout_s": 30})
         request_id = started["request_id"]
-        await trio.sleep(0.6)  # the pump has tried to dial, and keeps the query
+        await wait_for(lambda: failures, timeout=10)  # the pump tried to dial, and keeps it
         state = await a.rpc.call("relay.state", {"request_id": request_id})
         assert state["status"] == "PENDING_ACK"
         assert a.pump.depth == 1
