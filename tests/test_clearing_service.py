@@ -217,13 +217,13 @@ async def test_concurrent_ch_log_calls_are_batched_and_each_gets_its_receipt(tmp
         await carol.rpc.call("ch.log", {"pid": "carols", "payload": "mine"})
         await alice.rpc.call("ch.log", {"pid": "many", "payload": "warm-up"})
         sizes: list[int] = []
-        send_batch = alice.evidence._send_batch
+        send_batch = alice.evidence.sender._send_batch
 
         async def spy(batch: list) -> None:
             sizes.append(len(batch))
             await send_batch(batch)
 
-        alice.evidence._send_batch = spy  # type: ignore[method-assign]
+        alice.evidence.sender._send_batch = spy  # type: ignore[method-assign]
         results: dict[int, dict] = {}
         refusals: list[str] = []
 
@@ -369,7 +369,7 @@ async def test_evidence_left_waiting_by_a_stopped_node_is_sent_when_it_starts(tm
         _, alice = net.nodes
         await evidence(alice, 1, "tally-4", [alice.agent_id], "tally.open")
         await wait_for(lambda: len(receipts(alice)) == 1)
-        alice.evidence._evidence_due = lambda: None  # as if the node stopped before sending
+        alice.evidence.sender.evidence_due = lambda: None  # as if the node stopped before sending
         await evidence(alice, 5, "tally-4", [alice.agent_id], "chit.good")
         await trio.sleep(0.2)
         waiting = alice.db.read_one("SELECT count(*) FROM ch_requests WHERE state = 'waiting'")
