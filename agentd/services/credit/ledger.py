@@ -199,7 +199,7 @@ class CreditLedger:
         return result
 
     def known_user(self, cuid: str) -> str:
-        if self.node.db.read_one("SELECT 1 FROM users WHERE cuid = ?", (cuid,)) is None:
+        if self.node.db.read_one(users.EXISTS, (cuid,)) is None:
             raise RpcError(NOT_FOUND, f"no user {cuid!r} on this node", "UNKNOWN_USER")
         return cuid
 

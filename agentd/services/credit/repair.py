@@ -15,6 +15,7 @@ import trio
 from agentd.runtime.context import Tx
 from agentd.services.credit.ledger import RESYNC_QUIET_MS, CreditLedger
 from protocol import chain as ch
+from store import outbox
 from store.credit import UNSETTLED
 
 if TYPE_CHECKING:
@@ -45,8 +46,7 @@ class ChainRepair:
         node = self.node
         now = node.now_ms()
         rows = node.db.read(UNSETTLED)
-        waiting = {row[0] for row in node.db.read(
-            "SELECT DISTINCT peer FROM outbox WHERE state = 'pending'")}
+        waiting = {row[0] for row in node.db.read(outbox.WAITING_PEERS)}
         partners = {row["partner"] for row in rows}
         connected = {agent for agent in partners
                      if agent == node.agent_id or node.peers.connected(agent)}
