@@ -90,25 +90,23 @@ class CreditLedger:
         delta: int = 0,
         messages: Iterable[dict[str, Any]] = (),
         fresh: Iterable[c.LocalChit] = (),
+        lift_delta: tuple[int, int] = (0, 0),
     ) -> Holding:
-        """Save a transition's outcome (with the ``fresh`` chits it made or changed) and
-        queue its messages. A tally that just became binding starts its chain; a closing one
-        whose balance is zero and whose chain is quiet closes; a closed one that a late chit
-        of the partner's moved off zero is closing again."""
-        local = local or holding.local
+        """Save a transition's outcome (with the ``fresh`` chits it made or changed, and the
+        change ``lift_delta`` in what pending lift chits hold) and queue its messages, after
+        the tally lifecycle rules (``protocol.tally.follow``)."""
         chain = chain or holding.chain
-        if chain is None and local.state in t.BINDING_STATES:
+        local, happened = t.follow(local or holding.local, has_chain=chain is not None,
+                                   balance=holding.balance + delta,
+                                   quiet=chain is not None and ch.settled(chain))
+        if t.START_CHAIN in happened:
             chain = ch.start(local)
             self.log(tx, local, "tally.open", local.tally)
-        balance = holding.balance + delta
-        if local.state == t.CLOSE and balance != 0:
-            local, _ = t.reopen(local)  # a partner's chit that was in flight at the close
-        if local.state == t.C_OPEN and chain is not None and balance == 0 and ch.settled(chain):
-            local, _ = t.settle(local, balance=balance, quiet=True)
+        if t.CLOSED in happened:
             self.log(tx, local, "tally.close", local.tally)
         saved = self.store.save(tx.conn, holding, tx.now_ms, local=local, chain=chain,
                                  balance_delta=delta, resync_due=tx.now_ms + RESYNC_QUIET_MS,
-                                 fresh=fresh)
+                                 fresh=fresh, lift_delta=lift_delta)
         self.send(tx, saved, messages)
         return saved
 
