@@ -40,9 +40,10 @@ and ``req`` for gaps. A chit whose ``good`` message was lost thus still arrives,
 or ``new``, and :func:`receive` returns it in ``adopted`` for the caller to record
 (``protocol.chit.receive_good``). A lift chit (unsigned) is never adopted: each holder
 links it with :func:`add` when it applies the lift's decision, and a chain message carrying
-one this holder does not hold yet is refused (``lift_undecided``) until then. If the stock's chain ever contradicts the foil's (a restored
-backup, a bug), the stock unlinks everything after its ``conf`` and asks again (``req``); a
-contradiction of a confirmed block is refused as ``conflict`` and needs a human.
+one this holder does not hold yet is refused (``lift_undecided``) until then. If the stock's
+chain ever contradicts the foil's (a restored backup, a bug), the stock unlinks everything
+after its ``conf`` and asks again (``req``); a contradiction of a confirmed block is refused
+as ``conflict`` and needs a human.
 
 Cost: a chain with thousands of chits must stay cheap per chit, so the versions of one chain
 share lookup hints (where each chit is linked, which ones were ever pending, which block
