@@ -63,7 +63,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .codec import CodecError, canonical, digest
-from .keys import ChipAddress, SigningKey, verify
+from .keys import SigningKey, verify
 from .tally import (
     C_OPEN,
     CLOSE,
@@ -449,8 +449,8 @@ def lift_chit(record: dict[str, Any], hop: int, local: LocalTally) -> LocalChit:
     if by is None or to is None or by == to:
         raise Refusal(
             "not_party",
-            f"tally {local.uuid} is not between {ChipAddress.from_map(payer)} and "
-            f"{ChipAddress.from_map(payee)} (hop {hop} of lift {record['lift']})",
+            f"tally {local.uuid} is not between {payer['cuid']}:{payer['agent']} and "
+            f"{payee['cuid']}:{payee['agent']} (hop {hop} of lift {record['lift']})",
         )
     payor_side = _user_side(local, path[0])
     if payor_side is not None and local.tally[payor_side]["cert"]["public"] != record["public"]:
