@@ -16,6 +16,7 @@ state       event       new state  meaning
 (none)      refuse      pend       we could not take part (no chits): cancel sent
 (none)      void        void       a void decision before any promise reached us
 pend        promise     pend       a circle's payor, promised its last hop
+pend        refuse      pend       a circle's payor, unable to take its last hop
 pend        good/void   good/void  the referee's decision: apply it to every chit
 good/void   same again  same       a repeated decision changes nothing
 ==========  ==========  =========  ==================================================
@@ -29,7 +30,8 @@ Referee (:func:`decide`): ``commit`` before the deadline -> good; ``cancel`` -> 
 event at or after the deadline with no decision -> void; ``query`` before it -> no decision
 yet. A decision ``{lift, state, date, referee, sign}`` (signed by the referee's agent key)
 never changes: asking again returns it, to the asker only. Only agents on the path may ask,
-and only the terminus's agent commits.
+and only the terminus's agent commits. A ``lift/decision`` message carries ``{record,
+decision}``, so a node that never saw the lift can check it too (and refuse a late promise).
 
 Addresses: a path entry names a user ``{cuid, agent}`` only, so a ``Send`` to it carries a
 ``ChipAddress`` with host and port None: the runtime fills them in from what it knows.
@@ -64,6 +66,7 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
     (None, "refuse"): PEND,
     (None, "void"): VOID,
     (PEND, "promise"): PEND,
+    (PEND, "refuse"): PEND,
     (PEND, "good"): GOOD,
     (PEND, "void"): VOID,
     (GOOD, "good"): GOOD,
@@ -308,7 +311,7 @@ def decide(
     if decided is not None:
         if decided["lift"] != record["lift"]:
             raise Refusal("bad_field", f"the kept decision is for lift {decided['lift']}")
-        return decided, [_decision_to(asker, decided)]
+        return decided, [_decision_to(asker, record, decided)]
     expired = now_ms >= record["deadline"]
     if event == "commit" and not expired and asker != record["path"][-1]["agent"]:
         raise Refusal("not_on_path", "only the terminus's agent (path[-1]) commits a lift")
@@ -317,11 +320,12 @@ def decide(
     state = GOOD if event == "commit" and not expired else VOID
     decision = {"lift": record["lift"], "state": state, "date": now_ms, "referee": key.agent_id}
     decision["sign"] = key.sign(_decision_digest(decision))
-    return decision, [_decision_to(agent, decision) for agent in agents]  # the asker among them
+    return decision, [_decision_to(agent, record, decision) for agent in agents]  # asker too
 
 
-def _decision_to(agent: str, decision: dict[str, Any]) -> Send:
-    return Send(ChipAddress(agent=agent), "lift", "decision", decision)
+def _decision_to(agent: str, record: dict[str, Any], decision: dict[str, Any]) -> Send:
+    return Send(ChipAddress(agent=agent), "lift", "decision", {"record": record,
+                                                                "decision": decision})
 
 
 def check_decision(decision: Any, record: dict[str, Any]) -> str:

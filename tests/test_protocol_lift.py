@@ -91,6 +91,7 @@ def test_participant_transitions() -> None:
     assert lf.advance(None, "refuse") == lf.PEND
     assert lf.advance(None, "void") == lf.VOID
     assert lf.advance(lf.PEND, "promise") == lf.PEND  # a circle's payor, its last hop
+    assert lf.advance(lf.PEND, "refuse") == lf.PEND
     assert lf.advance(lf.PEND, "good") == lf.GOOD
     assert lf.advance(lf.PEND, "void") == lf.VOID
 
@@ -263,7 +264,7 @@ def test_a_decision_never_changes_and_goes_to_the_asker_only() -> None:
                              asker=B.address.agent)
     assert again is first
     assert [send.to for send in sends] == [ChipAddress(agent=B.address.agent)]
-    assert sends[0].object == first
+    assert sends[0].object == {"record": LINEAR, "decision": first}
 
 
 def test_the_referee_refuses_strangers_a_wrong_key_and_an_early_commit() -> None:
