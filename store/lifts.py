@@ -96,6 +96,11 @@ def decision(conn: sqlite3.Connection, lift: str) -> dict[str, Any] | None:
     return None if row is None else unpack(row[0])
 
 
+def refereed_record(conn: sqlite3.Connection, lift: str) -> dict[str, Any]:
+    row = conn.execute("SELECT record FROM lift_decisions WHERE lift = ?", (lift,)).fetchone()
+    return unpack(row[0])
+
+
 def decide(conn: sqlite3.Connection, record: dict[str, Any], decided: dict[str, Any],
            now_ms: int) -> None:
     """Keep a referee's decision for ever (the caller checked there was none)."""

@@ -81,7 +81,8 @@ class ChitService(Service):
             balance, paid = holding.balance, []
             for chit_uuid, units in zip(new_uuids(len(amounts)), amounts, strict=True):
                 chit, _ = c.pay(holding.local, key, chit_uuid=chit_uuid, units=units,
-                                date_ms=tx.now_ms, balance=balance, memo=memo)
+                                date_ms=tx.now_ms, balance=balance, memo=memo,
+                                reserved=holding.lift_out)
                 balance += c.effect(chit.chit, holding.local.side)
                 paid.append(chit)
             self.ledger.good(tx, holding, paid, batched=batched)
@@ -100,7 +101,8 @@ class ChitService(Service):
             holding = self.ledger.holding(tx.conn, tally_uuid, cuid)
             drafted, messages = c.invoice(holding.local, chit_uuid=str(uuidlib.uuid4()),
                                           units=units, date_ms=tx.now_ms,
-                                          balance=holding.balance, memo=memo)
+                                          balance=holding.balance, memo=memo,
+                                          reserved=holding.lift_in)
             self.ledger.store.put_chit(tx.conn, cuid, drafted, tx.now_ms)
             self.ledger.send(tx, holding, messages)
             return drafted
@@ -116,7 +118,7 @@ class ChitService(Service):
         def work(tx: Tx) -> c.LocalChit:
             holding, owed = self.ledger.owed(tx.conn, cuid, chit_uuid)
             paid, _ = c.accept(owed, holding.local, self.ledger.user(tx.conn, cuid).key,
-                               balance=holding.balance)
+                               balance=holding.balance, reserved=holding.lift_out)
             self.ledger.good(tx, holding, [paid], batched=False)
             return paid
 

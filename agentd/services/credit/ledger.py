@@ -27,7 +27,8 @@ from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
 from protocol.envelope import Envelope
-from protocol.keys import SigningKey
+from protocol.keys import ChipAddress, SigningKey
+from protocol.messages import Send
 from store import users
 from store.credit import SELECT_TALLY, Holding, Ledger
 
@@ -65,7 +66,8 @@ class CreditLedger:
 
     # -- shared steps (writer thread) ------------------------------------------------------
 
-    def good(self, tx: Tx, holding: Holding, chits: list[c.LocalChit], *, batched: bool) -> None:
+    def good(self, tx: Tx, holding: Holding, chits: list[c.LocalChit], *, batched: bool,
+             lift_delta: tuple[int, int] = (0, 0)) -> None:
         """Chits that just became good here (ours, or one the partner sent ``good``): store
         them, chain them, move the balance, tell the partner."""
         side = holding.local.side
@@ -78,7 +80,8 @@ class CreditLedger:
             (chit,) = chits
             chain, messages = ch.add(holding.chain, chit.chit)
         delta = sum(c.effect(chit.chit, side) for chit in chits)
-        self.commit(tx, holding, chain=chain, delta=delta, messages=messages, fresh=chits)
+        self.commit(tx, holding, chain=chain, delta=delta, messages=messages, fresh=chits,
+                    lift_delta=lift_delta)
 
     def commit(
         self,
@@ -110,6 +113,15 @@ class CreditLedger:
         self.send(tx, saved, messages)
         return saved
 
+    def emit(self, tx: Tx, sends: Iterable[Send]) -> None:
+        """Queue typed messages, each to the recipient it names."""
+        for send in sends:
+            tx.send(send.to, send.target, send.action, send.object, from_cuid=send.from_cuid)
+
+    def partner_address(self, agent: str, cuid: str | None) -> ChipAddress:
+        """A tally partner as a message recipient (the pump finds where to dial it)."""
+        return ChipAddress(agent=agent, cuid=cuid)
+
     def send(self, tx: Tx, holding: Holding, messages: Iterable[dict[str, Any]]) -> None:
         to = None
         for message in messages:
@@ -140,6 +152,10 @@ class CreditLedger:
                                row["created"])
             user = self._users[cuid] = User(cuid, key, cert)
         return user
+
+    def known(self, conn: sqlite3.Connection, cuid: str) -> bool:
+        """Whether ``cuid`` is one of our users."""
+        return cuid in self._users or users.get(conn, cuid) is not None
 
     def holding(self, conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> Holding:
         holding = self.store.get(conn, tally_uuid, cuid)

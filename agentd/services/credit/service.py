@@ -9,7 +9,9 @@ import trio
 
 from agentd.services.credit.chits import ChitService
 from agentd.services.credit.ledger import CreditLedger
+from agentd.services.credit.lifts import LiftService
 from agentd.services.credit.repair import ChainRepair
+from agentd.services.credit.routes import RouteService
 from agentd.services.credit.tallies import TallyService
 
 if TYPE_CHECKING:
@@ -21,12 +23,18 @@ class Credit:
         self.ledger = CreditLedger(node)
         self.tallies = TallyService(node, self.ledger)
         self.chits = ChitService(node, self.ledger)
+        self.routes = RouteService(node, self.ledger)
+        self.lifts = LiftService(node, self.ledger, self.routes)
         self.repair = ChainRepair(node, self.ledger)
-        for service in (self.tallies, self.chits):
+        for service in (self.tallies, self.chits, self.routes, self.lifts):
             node.dispatcher.register(service)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Fill limit columns of old rows, then repair chains until cancelled."""
+        """Fill limit columns of old rows, then repair chains and follow up pending lifts
+        until cancelled."""
         await self.ledger.node.db.write(self.ledger.store.fill_limits)
-        await self.repair.run(task_status=task_status)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.repair.run)
+            await nursery.start(self.lifts.run)
+            task_status.started()

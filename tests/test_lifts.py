@@ -1,0 +1,207 @@
+"""Routes and lifts between real nodes (loopback, Noise, SQLite), refereed by a clearing house:
+discovery, linear and circular lifts end to end, capacity held by pending lift chits, the
+views, and the refusals that must change nothing."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import trio
+
+from agentd.runtime.node import Node
+from protocol.codec import digest, unpack
+from tests.netfixture import network, wait_for
+from tests.test_credit_service import agreed, open_tally, refusal_of, refused, rpc, send_raw
+
+LIMIT = 1_000_000
+
+
+def balance(node: Node, cuid: str, tally: str) -> int:
+    return node.db.read_one("SELECT balance FROM tallies WHERE uuid = ? AND cuid = ?",
+                            (tally, cuid))[0]
+
+
+def chain_length(node: Node, cuid: str, tally: str) -> int:
+    return node.db.read_one("SELECT chain_length FROM tallies WHERE uuid = ? AND cuid = ?",
+                            (tally, cuid))[0]
+
+
+def reserved(node: Node, cuid: str, tally: str) -> tuple[int, int]:
+    return tuple(node.db.read_one(
+        "SELECT lift_in, lift_out FROM tallies WHERE uuid = ? AND cuid = ?", (tally, cuid)))
+
+
+def who(node: Node, cuid: str) -> str:
+    return f"{cuid}:{node.agent_id}"
+
+
+async def line(net, *, limit: int = LIMIT) -> dict[str, Any]:
+    """ann@n1 — bob@n2 — cat@n3 — dan@n4, the clearing house n0 referees."""
+    nodes = net.nodes
+    users = {"ann": nodes[1], "bob": nodes[2], "cat": nodes[3], "dan": nodes[4]}
+    for cuid, node in users.items():
+        await rpc(node, "users.add", cuid=cuid)
+    tallies = {}
+    for (a, b) in (("ann", "bob"), ("bob", "cat"), ("cat", "dan")):
+        tallies[a + b] = await open_tally(users[a], a, users[b], b, limit=limit)
+    return {"users": users, "tallies": tallies}
+
+
+async def settled_everywhere(nodes: list[Node], lift: str, state: str) -> None:
+    async def all_settled() -> bool:
+        for node in nodes:
+            shown = await rpc(node, "lift.show", lift=lift)
+            if shown["state"] != state:
+                return False
+        return True
+
+    with trio.fail_after(20):
+        while not await all_settled():
+            await trio.sleep(0.05)
+
+
+async def test_a_linear_lift_pays_across_three_hops_all_good(tmp_path):
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u, tl = world["users"], world["tallies"]
+        ann, dan = u["ann"], u["dan"]
+        routes = await rpc(ann, "route.find", cuid="ann", find=who(dan, "dan"), units=700)
+        assert [[hop["cuid"] for hop in r["path"]] for r in routes] == [
+            ["ann", "bob", "cat", "dan"]]
+        assert routes[0]["capacity"] >= 700
+        started = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=700,
+                            memo="rent")
+        assert started["state"] == "pend"
+        assert [hop["cuid"] for hop in started["path"]] == ["ann", "bob", "cat", "dan"]
+        done = await rpc(ann, "lift.wait", lift=started["lift"], timeout_s=20)
+        assert done["state"] == "good", done
+        await settled_everywhere(list(u.values()), started["lift"], "good")
+        # ann paid 700, dan got 700, bob and cat passed it on: each tally moved 700.
+        for tally, (payer, payee) in {tl["annbob"]: ("ann", "bob"), tl["bobcat"]: ("bob", "cat"),
+                                      tl["catdan"]: ("cat", "dan")}.items():
+            await wait_for(lambda t=tally, a=payer, b=payee: agreed(u[a], a, u[b], b, t, 1))
+            assert balance(u[payee], payee, tally) == 700
+            assert balance(u[payer], payer, tally) == -700
+            assert reserved(u[payer], payer, tally) == (0, 0)
+            assert reserved(u[payee], payee, tally) == (0, 0)
+        chits = await rpc(u["bob"], "chit.list", cuid="bob", tally=tl["bobcat"])
+        assert [(ch["type"], ch["state"], ch["units"]) for ch in chits] == [
+            ("lift", "L.good", 700)]
+        house = net.nodes[0]
+        shown = await rpc(house, "lift.show", lift=started["lift"])
+        assert shown["state"] == "good" and shown["decision"]["referee"] == house.agent_id
+
+
+async def test_a_circular_lift_clears_a_debt_cycle(tmp_path):
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        nodes = net.nodes
+        users = {"ann": nodes[1], "bob": nodes[2], "cat": nodes[3]}
+        for cuid, node in users.items():
+            await rpc(node, "users.add", cuid=cuid)
+        ab = await open_tally(users["ann"], "ann", users["bob"], "bob")
+        bc = await open_tally(users["bob"], "bob", users["cat"], "cat")
+        ca = await open_tally(users["cat"], "cat", users["ann"], "ann")
+        # bob owes ann 500, cat owes bob 300, ann owes cat 400: a cycle ann->bob->cat->ann
+        # can clear 300.
+        await rpc(users["ann"], "chit.invoice", cuid="ann", tally=ab, units=500)
+        for payer, tally, units in (("bob", ab, 500), ("cat", bc, 300), ("ann", ca, 400)):
+            if payer == "bob":
+                await wait_for(lambda: len(users["bob"].db.read(
+                    "SELECT 1 FROM chits WHERE tally = ? AND cuid = 'bob'", (ab,))) == 1)
+                chit = users["bob"].db.read_one(
+                    "SELECT uuid FROM chits WHERE tally = ? AND cuid = 'bob'", (ab,))[0]
+                await rpc(users["bob"], "chit.accept", cuid="bob", chit=chit)
+            else:
+                await rpc(users[payer], "chit.pay", cuid=payer, tally=tally, units=units)
+        await wait_for(lambda: balance(users["ann"], "ann", ab) == 500
+                       and balance(users["bob"], "bob", bc) == 300
+                       and balance(users["cat"], "cat", ca) == 400)
+        cleared = await rpc(users["ann"], "lift.clear", cuid="ann")
+        assert cleared["units"] == 300
+        assert [hop["cuid"] for hop in cleared["path"]] == ["ann", "bob", "cat", "ann"]
+        done = await rpc(users["ann"], "lift.wait", lift=cleared["lift"], timeout_s=20)
+        assert done["state"] == "good", done
+        await settled_everywhere(list(users.values()), cleared["lift"], "good")
+        await wait_for(lambda: balance(users["ann"], "ann", ab) == 200
+                       and balance(users["bob"], "bob", ab) == -200
+                       and balance(users["bob"], "bob", bc) == 0
+                       and balance(users["cat"], "cat", bc) == 0
+                       and balance(users["cat"], "cat", ca) == 100
+                       and balance(users["ann"], "ann", ca) == -100)
+        # No more cycle through ann: bob<->cat is clear.
+        assert (await refused(users["ann"], "lift.clear", cuid="ann")).reason == "NO_CYCLE"
+
+
+async def test_no_route_and_bad_params_change_nothing(tmp_path):
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net, limit=1000)
+        u, tl = world["users"], world["tallies"]
+        ann, dan = u["ann"], u["dan"]
+        assert await rpc(ann, "route.find", cuid="ann", find=who(dan, "dan"),
+                         units=1001) == []
+        error = await refused(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=1001)
+        assert error.reason == "NO_ROUTE"
+        nobody = f"zed:{dan.agent_id}"
+        assert (await refused(ann, "lift.pay", cuid="ann", find=nobody, units=5)).reason == \
+            "NO_ROUTE"
+        for params in ({"units": 0}, {"units": -5}, {"units": "5"}, {"find": "no-agent"},
+                       {"life_s": 0}):
+            call = {"cuid": "ann", "find": who(dan, "dan"), "units": 5, **params}
+            assert (await refused(ann, "lift.pay", **call)).reason == "INVALID_PARAMS"
+        assert await rpc(ann, "lift.list") == []
+        assert reserved(ann, "ann", tl["annbob"]) == (0, 0)
+        unknown = str(uuid.uuid4())
+        assert (await refused(ann, "lift.show", lift=unknown)).reason == "UNKNOWN_LIFT"
+
+
+async def test_pending_lift_chits_hold_capacity_until_decided(tmp_path):
+    """A lift the referee cannot decide yet (it is down) holds its capacity: a payment that
+    would use it is OVER_LIMIT, a second lift finds no route; once the referee is back past
+    the deadline, the lift is void everywhere and the capacity is free again."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net, limit=1000)
+        u, tl = world["users"], world["tallies"]
+        ann, dan = u["ann"], u["dan"]
+        await net.stop(0)  # the referee
+        started = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=800,
+                            life_s=2)
+        await wait_for(lambda: reserved(dan, "dan", tl["catdan"]) == (800, 0))
+        assert reserved(ann, "ann", tl["annbob"]) == (0, 800)
+        error = await refused(ann, "chit.pay", cuid="ann", tally=tl["annbob"], units=300)
+        assert error.reason == "OVER_LIMIT"
+        await rpc(ann, "chit.pay", cuid="ann", tally=tl["annbob"], units=200)  # fits
+        assert await rpc(ann, "route.find", cuid="ann", find=who(dan, "dan"), units=100) == []
+        await trio.sleep(2.2)  # past the lift's deadline (the referee is down: nothing moves)
+        await net.restart(0)
+        await settled_everywhere(list(u.values()), started["lift"], "void")
+        for payer, payee, tally in (("ann", "bob", tl["annbob"]), ("bob", "cat", tl["bobcat"]),
+                                    ("cat", "dan", tl["catdan"])):
+            assert reserved(u[payer], payer, tally) == (0, 0)
+            assert reserved(u[payee], payee, tally) == (0, 0)
+        assert balance(dan, "dan", tl["catdan"]) == 0
+        chits = await rpc(dan, "chit.list", cuid="dan", tally=tl["catdan"])
+        assert [(ch["type"], ch["state"]) for ch in chits] == [("lift", "A.void")]
+        assert chain_length(dan, "dan", tl["catdan"]) == 0  # void lift chits never chain
+
+
+async def test_a_decision_not_signed_by_the_referee_is_refused(tmp_path):
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u = world["users"]
+        ann, bob, dan = u["ann"], u["bob"], u["dan"]
+        await net.stop(0)  # the referee stays silent
+        started = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=10,
+                            life_s=60)
+        lift = started["lift"]
+        await wait_for(lambda: dan.db.read_one(
+            "SELECT 1 FROM lifts WHERE lift = ?", (lift,)) is not None)
+        record = unpack(dan.db.read_one("SELECT record FROM lifts WHERE lift = ?", (lift,))[0])
+        decision = {"lift": lift, "state": "good", "date": record["date"],
+                    "referee": record["referee"]["agent"]}
+        forged = {**decision, "sign": bob.key.sign(digest(decision))}  # not the referee's key
+        message_id = await send_raw(bob, dan, None, "lift", "decision",
+                                    {"record": record, "decision": forged}, None)
+        assert "BAD_SIGNATURE" in await refusal_of(bob, message_id)
+        assert (await rpc(dan, "lift.show", lift=lift))["state"] == "pend"
+        assert reserved(dan, "dan", world["tallies"]["catdan"]) == (10, 0)
