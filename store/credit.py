@@ -32,13 +32,13 @@ CACHE_HOLDINGS = 256  # holdings kept in memory; a chain of n chits holds n chit
 
 _TALLY_COLUMNS = (
     "uuid, cuid, side, state, partner, partner_cuid, body, balance, chain_length, chain_head,"
-    " chain_conf, chain_pending, error, created, updated"
+    " chain_conf, chain_pending, error, created, updated, lift_in, lift_out"
 )
 SELECT_TALLY = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE uuid = ? AND cuid = ?"
 LIST_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies ORDER BY cuid, created, uuid"
 LIST_USER_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE cuid = ? ORDER BY created, uuid"
 LIST_CHITS = (
-    "SELECT uuid, issuer, type, units, memo, date, state, chain_index, chain_hash, error"
+    "SELECT uuid, issuer, type, units, memo, date, state, chain_index, chain_hash, error, lift"
     " FROM chits WHERE tally = ? AND cuid = ? ORDER BY chain_index IS NULL, chain_index, seq"
 )
 # Chains that are not settled (protocol.chain.settled) and due for a repair attempt.

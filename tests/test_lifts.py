@@ -9,6 +9,7 @@ from typing import Any
 
 import trio
 
+from agentd.rpc import RpcError
 from agentd.runtime.node import Node
 from protocol.codec import digest, unpack
 from tests.netfixture import network, wait_for
@@ -168,6 +169,12 @@ async def test_pending_lift_chits_hold_capacity_until_decided(tmp_path):
                             life_s=2)
         await wait_for(lambda: reserved(dan, "dan", tl["catdan"]) == (800, 0))
         assert reserved(ann, "ann", tl["annbob"]) == (0, 800)
+        shown = await rpc(ann, "tally.show", cuid="ann", tally=tl["annbob"])
+        assert shown["reserved"] == {"in": 0, "out": 800}
+        assert shown["capacity"] == {"pay": 200, "receive": 1000}
+        pending = await rpc(dan, "chit.list", cuid="dan", tally=tl["catdan"])
+        assert [(ch["type"], ch["state"], ch["lift"]) for ch in pending] == [
+            ("lift", "A.lift", started["lift"])]
         error = await refused(ann, "chit.pay", cuid="ann", tally=tl["annbob"], units=300)
         assert error.reason == "OVER_LIMIT"
         await rpc(ann, "chit.pay", cuid="ann", tally=tl["annbob"], units=200)  # fits
@@ -205,3 +212,62 @@ async def test_a_decision_not_signed_by_the_referee_is_refused(tmp_path):
         assert "BAD_SIGNATURE" in await refusal_of(bob, message_id)
         assert (await rpc(dan, "lift.show", lift=lift))["state"] == "pend"
         assert reserved(dan, "dan", world["tallies"]["catdan"]) == (10, 0)
+
+
+async def test_many_lifts_in_flight_over_shared_tallies_never_oversubscribe(tmp_path):
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        users = {"ann": net.nodes[1], "bob": net.nodes[2], "cat": net.nodes[3]}
+        for cuid, node in users.items():
+            await rpc(node, "users.add", cuid=cuid)
+        ab = await open_tally(users["ann"], "ann", users["bob"], "bob", limit=1000)
+        bc = await open_tally(users["bob"], "bob", users["cat"], "cat", limit=1000)
+        started: list[str] = []
+
+        async def pay() -> None:
+            try:
+                lift = await rpc(users["ann"], "lift.pay", cuid="ann",
+                                 find=who(users["cat"], "cat"), units=150)
+            except RpcError as exc:
+                assert exc.reason in ("NO_ROUTE", "OVER_LIMIT"), exc
+                return
+            started.append(lift["lift"])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(12):
+                nursery.start_soon(pay)
+        states = [(await rpc(users["ann"], "lift.wait", lift=lift, timeout_s=20))["state"]
+                  for lift in started]
+        assert "pend" not in states
+        good = states.count("good")
+        assert 1 <= good <= 6  # 6 x 150 = 900 fits a limit of 1000; 7 would not
+        for lift in started:
+            await settled_everywhere(list(users.values()), lift,
+                                     (await rpc(users["ann"], "lift.show", lift=lift))["state"])
+        await wait_for(lambda: balance(users["cat"], "cat", bc) == 150 * good
+                       and balance(users["bob"], "bob", ab) == 150 * good
+                       and balance(users["bob"], "bob", bc) == -150 * good)
+        for node, cuid, tally in ((users["ann"], "ann", ab), (users["bob"], "bob", ab),
+                                  (users["bob"], "bob", bc), (users["cat"], "cat", bc)):
+            assert reserved(node, cuid, tally) == (0, 0)
+
+
+async def test_the_lift_view_serves_record_state_and_decision(tmp_path):
+    relay = {"relay": {"access": [{"principal": "*", "resource": "lift:*"}]}}
+    async with network(tmp_path, n=4, clearinghouse=0, sections=relay) as net:
+        users = {"ann": net.nodes[1], "bob": net.nodes[2], "cat": net.nodes[3]}
+        for cuid, node in users.items():
+            await rpc(node, "users.add", cuid=cuid)
+        await open_tally(users["ann"], "ann", users["bob"], "bob")
+        await open_tally(users["bob"], "bob", users["cat"], "cat")
+        lift = (await rpc(users["ann"], "lift.pay", cuid="ann", find=who(users["cat"], "cat"),
+                          units=42))["lift"]
+        await settled_everywhere(list(users.values()), lift, "good")
+        bob = users["bob"]
+        asked = await rpc(users["cat"], "relay.query",
+                          address=f"{bob.agent_id}/agentd/lift:{lift}")
+        done = await rpc(users["cat"], "relay.wait", request_id=asked["request_id"])
+        assert done["status"] == "COMPLETED", done
+        view = done["view"]["payload"]
+        assert view["lift"] == lift and view["state"] == "good"
+        assert view["record"]["units"] == 42 and view["decision"]["state"] == "good"
+        assert sorted(chit["state"] for chit in view["chits"]) == ["A.good", "L.good"]

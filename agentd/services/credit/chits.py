@@ -149,7 +149,8 @@ class ChitService(Service):
             {"chit": row["uuid"], "by": row["issuer"], "type": row["type"],
              "units": row["units"], "state": row["state"], "index": row["chain_index"],
              "hash": None if row["chain_hash"] is None else b64u(row["chain_hash"]),
-             "memo": row["memo"], "date": row["date"], "error": row["error"]}
+             "memo": row["memo"], "date": row["date"], "error": row["error"],
+             "lift": row["lift"]}
             for row in self.node.db.read(LIST_CHITS, (tally_uuid, cuid))
         ]  # fmt: skip
 

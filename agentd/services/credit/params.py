@@ -7,6 +7,7 @@ import uuid as uuidlib
 from typing import Any
 
 from agentd.rpc import invalid_params
+from protocol import route
 from protocol import tally as t
 from protocol.codec import unpack
 from protocol.keys import ChipAddress, b64u, valid_cuid
@@ -18,15 +19,22 @@ def tally_summary(row: Any) -> dict:
     partner_side = t.other_side(side)
     cert = body[partner_side]["cert"]
     head = row["chain_head"]
+    limit, partner_limit = body[side]["terms"]["limit"], body[partner_side]["terms"]["limit"]
     return {
         "tally": row["uuid"], "cuid": row["cuid"], "side": side, "state": row["state"],
         "partner": None if cert is None else str(ChipAddress.from_map(cert["chad"])),
-        "balance": row["balance"], "limit": body[side]["terms"]["limit"],
-        "partner_limit": body[partner_side]["terms"]["limit"], "version": body["version"],
+        "balance": row["balance"], "limit": limit,
+        "partner_limit": partner_limit, "version": body["version"],
         "memo": body["memo"],
         "chain": {"index": row["chain_length"], "hash": None if head is None else b64u(head),
                   "confirmed": row["chain_conf"], "pending": row["chain_pending"]},
         "error": row["error"],
+        "capacity": {"pay": route.hop_capacity(route.KINDS[0], balance=row["balance"],
+                                               partner_limit=partner_limit,
+                                               lift_out=row["lift_out"]),
+                     "receive": route.receive_capacity(route.KINDS[0], balance=row["balance"],
+                                                       limit=limit, lift_in=row["lift_in"])},
+        "reserved": {"in": row["lift_in"], "out": row["lift_out"]},
     }  # fmt: skip
 
 
