@@ -11,9 +11,18 @@ import trio
 
 from agentd.rpc import RpcError
 from agentd.runtime.node import Node
+from protocol import lift as lf
 from protocol.codec import digest, unpack
 from tests.netfixture import network, wait_for
-from tests.test_credit_service import agreed, open_tally, refusal_of, refused, rpc, send_raw
+from tests.test_credit_service import (
+    agreed,
+    open_tally,
+    refusal_of,
+    refused,
+    rpc,
+    send_raw,
+    user_key,
+)
 
 LIMIT = 1_000_000
 
@@ -271,3 +280,37 @@ async def test_the_lift_view_serves_record_state_and_decision(tmp_path):
         assert view["lift"] == lift and view["state"] == "good"
         assert view["record"]["units"] == 42 and view["decision"]["state"] == "good"
         assert sorted(chit["state"] for chit in view["chits"]) == ["A.good", "L.good"]
+
+
+async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u, tl = world["users"], world["tallies"]
+        bob, cat, house = u["bob"], u["cat"], net.nodes[0]
+        path = [{"cuid": "bob", "agent": bob.agent_id, "tally": tl["bobcat"]},
+                {"cuid": "cat", "agent": cat.agent_id, "tally": None}]
+
+        def record(**changes):
+            made = lf.make_record(lift_uuid=str(uuid.uuid4()), kind="linear", units=10,
+                                  path=changes.pop("path", path), referee=house.own_address(),
+                                  date_ms=changes.pop("date", bob.now_ms()),
+                                  life_ms=changes.pop("life", 60_000), memo="",
+                                  key=user_key(bob, "bob"))
+            return {**made, **changes}
+
+        wrong_tally = [{**path[0], "tally": tl["annbob"]}, path[1]]
+        cases = [
+            (record(units=11), "BAD_SIGNATURE"),  # tampered after signing
+            (record(date=bob.now_ms() - 120_000, life=1_000), "EXPIRED"),
+            (record(path=wrong_tally), "UNKNOWN_TALLY"),  # cat is not party to ann-bob
+        ]
+        for bad, code in cases:
+            message_id = await send_raw(bob, cat, "cat", "lift", "promise",
+                                        {"record": bad, "hop": 0}, "bob")
+            assert code in await refusal_of(bob, message_id), code
+        imposter = await send_raw(u["ann"], cat, "cat", "lift", "promise",
+                                  {"record": record(), "hop": 0}, "ann")
+        assert "NOT_ON_PATH" in await refusal_of(u["ann"], imposter)
+        assert await rpc(cat, "lift.list") == []
+        assert reserved(cat, "cat", tl["bobcat"]) == (0, 0)
+        assert await rpc(cat, "chit.list", cuid="cat", tally=tl["bobcat"]) == []
