@@ -193,6 +193,13 @@ class Ledger:
         ).fetchall()
 
     @staticmethod
+    def creditors(conn: sqlite3.Connection, minimum: int) -> list[str]:
+        """Users owed at least ``minimum`` (beyond pending lift chits) on some open tally."""
+        return [row[0] for row in conn.execute(
+            "SELECT DISTINCT cuid FROM tallies WHERE state = 'open'"
+            " AND balance - lift_out >= ? ORDER BY cuid", (minimum,))]
+
+    @staticmethod
     def lift_chits(conn: sqlite3.Connection, lift: str) -> list[sqlite3.Row]:
         """Every chit of a lift this node holds: (tally, cuid, uuid, state, units, issuer)."""
         return conn.execute(

@@ -103,42 +103,42 @@ async def test_a_linear_lift_pays_across_three_hops_all_good(tmp_path):
         assert shown["state"] == "good" and shown["decision"]["referee"] == house.agent_id
 
 
+async def triangle(net) -> tuple[dict[str, Node], str, str, str]:
+    """ann@n1, bob@n2, cat@n3 in a triangle of tallies where bob owes ann 500, cat owes bob
+    300 and ann owes cat 400: the cycle ann->bob->cat->ann can clear 300."""
+    nodes = net.nodes
+    users = {"ann": nodes[1], "bob": nodes[2], "cat": nodes[3]}
+    for cuid, node in users.items():
+        await rpc(node, "users.add", cuid=cuid)
+    ab = await open_tally(users["ann"], "ann", users["bob"], "bob")
+    bc = await open_tally(users["bob"], "bob", users["cat"], "cat")
+    ca = await open_tally(users["cat"], "cat", users["ann"], "ann")
+    await rpc(users["bob"], "chit.pay", cuid="bob", tally=ab, units=500)
+    await rpc(users["cat"], "chit.pay", cuid="cat", tally=bc, units=300)
+    await rpc(users["ann"], "chit.pay", cuid="ann", tally=ca, units=400)
+    await wait_for(lambda: balance(users["ann"], "ann", ab) == 500
+                   and balance(users["bob"], "bob", bc) == 300
+                   and balance(users["cat"], "cat", ca) == 400)
+    return users, ab, bc, ca
+
+
+def cleared_300(users: dict[str, Node], ab: str, bc: str, ca: str) -> bool:
+    return (balance(users["ann"], "ann", ab) == 200 and balance(users["bob"], "bob", ab) == -200
+            and balance(users["bob"], "bob", bc) == 0 and balance(users["cat"], "cat", bc) == 0
+            and balance(users["cat"], "cat", ca) == 100
+            and balance(users["ann"], "ann", ca) == -100)
+
+
 async def test_a_circular_lift_clears_a_debt_cycle(tmp_path):
     async with network(tmp_path, n=4, clearinghouse=0) as net:
-        nodes = net.nodes
-        users = {"ann": nodes[1], "bob": nodes[2], "cat": nodes[3]}
-        for cuid, node in users.items():
-            await rpc(node, "users.add", cuid=cuid)
-        ab = await open_tally(users["ann"], "ann", users["bob"], "bob")
-        bc = await open_tally(users["bob"], "bob", users["cat"], "cat")
-        ca = await open_tally(users["cat"], "cat", users["ann"], "ann")
-        # bob owes ann 500, cat owes bob 300, ann owes cat 400: a cycle ann->bob->cat->ann
-        # can clear 300.
-        await rpc(users["ann"], "chit.invoice", cuid="ann", tally=ab, units=500)
-        for payer, tally, units in (("bob", ab, 500), ("cat", bc, 300), ("ann", ca, 400)):
-            if payer == "bob":
-                await wait_for(lambda: len(users["bob"].db.read(
-                    "SELECT 1 FROM chits WHERE tally = ? AND cuid = 'bob'", (ab,))) == 1)
-                chit = users["bob"].db.read_one(
-                    "SELECT uuid FROM chits WHERE tally = ? AND cuid = 'bob'", (ab,))[0]
-                await rpc(users["bob"], "chit.accept", cuid="bob", chit=chit)
-            else:
-                await rpc(users[payer], "chit.pay", cuid=payer, tally=tally, units=units)
-        await wait_for(lambda: balance(users["ann"], "ann", ab) == 500
-                       and balance(users["bob"], "bob", bc) == 300
-                       and balance(users["cat"], "cat", ca) == 400)
+        users, ab, bc, ca = await triangle(net)
         cleared = await rpc(users["ann"], "lift.clear", cuid="ann")
         assert cleared["units"] == 300
         assert [hop["cuid"] for hop in cleared["path"]] == ["ann", "bob", "cat", "ann"]
         done = await rpc(users["ann"], "lift.wait", lift=cleared["lift"], timeout_s=20)
         assert done["state"] == "good", done
         await settled_everywhere(list(users.values()), cleared["lift"], "good")
-        await wait_for(lambda: balance(users["ann"], "ann", ab) == 200
-                       and balance(users["bob"], "bob", ab) == -200
-                       and balance(users["bob"], "bob", bc) == 0
-                       and balance(users["cat"], "cat", bc) == 0
-                       and balance(users["cat"], "cat", ca) == 100
-                       and balance(users["ann"], "ann", ca) == -100)
+        await wait_for(lambda: cleared_300(users, ab, bc, ca))
         # No more cycle through ann: bob<->cat is clear.
         assert (await refused(users["ann"], "lift.clear", cuid="ann")).reason == "NO_CYCLE"
 
@@ -314,3 +314,13 @@ async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
         assert await rpc(cat, "lift.list") == []
         assert reserved(cat, "cat", tl["bobcat"]) == (0, 0)
         assert await rpc(cat, "chit.list", cuid="cat", tally=tl["bobcat"]) == []
+
+
+async def test_auto_clear_clears_debt_cycles_on_its_own(tmp_path):
+    auto = {"lift": {"auto_clear": True, "interval_s": 1, "minimum": 100}}
+    async with network(tmp_path, n=4, clearinghouse=0, sections=auto) as net:
+        users, ab, bc, ca = await triangle(net)
+        await wait_for(lambda: cleared_300(users, ab, bc, ca), timeout=20)
+        lifts = await rpc(users["bob"], "lift.list")
+        assert {lift["kind"] for lift in lifts} == {"circular"}
+        assert all(lift["state"] == "good" for lift in lifts)

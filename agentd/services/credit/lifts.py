@@ -95,12 +95,20 @@ class LiftService(Service):
         position changes. ``NO_CYCLE`` when no debt cycle passes through the user."""
         cuid, memo, life_ms = param_cuid(cuid), param_memo(memo), self._life(life_s)
         least = 1 if units is None else param_amount(units, "units")
+        return await self.clear(cuid, least, exact=units is not None, memo=memo,
+                                life_ms=life_ms)
+
+    async def clear(self, cuid: str, least: int, *, exact: bool, memo: str = "",
+                    life_ms: int | None = None) -> dict:
+        """Start a circular lift through ``cuid`` of ``least`` (``exact``) or of all the best
+        cycle can carry, if that is at least ``least``."""
         found = await self.routes.search(cuid, self.node.own_address(cuid), least, "circular")
         if not found:
             raise Reject("NO_CYCLE", f"no debt cycle through {cuid} can clear {least} mCHIP")
         best = found[0]
-        amount = best["capacity"] if units is None else least
-        record = await self._start(cuid, "circular", amount, best, memo, life_ms)
+        amount = least if exact else best["capacity"]
+        record = await self._start(cuid, "circular", amount, best, memo,
+                                   self._life(None) if life_ms is None else life_ms)
         return {**_started(record), "units": amount}
 
     async def rpc_wait(self, lift: str, timeout_s: float = WAIT_S) -> dict:
@@ -334,11 +342,35 @@ class LiftService(Service):
         """Ask the referee about every lift still pending past its deadline, until
         cancelled; sleeps until the next one is due (or a new lift starts)."""
         task_status.started()
+        async with trio.open_nursery() as nursery:
+            if self.node.config.lift.auto_clear:
+                nursery.start_soon(self._auto_clear)
+            await self._follow_up()
+
+    async def _follow_up(self) -> None:
         while True:
             wait = await self.ledger.transact(self._ask_due)
             self._work = trio.Event()
             with trio.move_on_after(wait):
                 await self._work.wait()
+
+    async def _auto_clear(self) -> None:
+        """``[lift] auto_clear``: every ``interval_s``, clear a debt cycle through each of our
+        users owed at least ``minimum``, as MyCHIPs' scheduler does."""
+        settings = self.node.config.lift
+        while True:
+            await trio.sleep(settings.interval_s)
+            creditors = await self.node.db.write(
+                lambda conn: self.ledger.store.creditors(conn, settings.minimum))
+            for cuid in creditors:
+                try:
+                    cleared = await self.clear(cuid, settings.minimum, exact=False,
+                                               memo="auto clear")
+                except Reject as exc:
+                    log.debug("auto clear for %s: %s", cuid, exc)
+                    continue
+                log.info("auto clear for %s: lift %s of %d mCHIP", cuid, cleared["lift"],
+                         cleared["units"])
 
     def _ask_due(self, tx: Tx) -> float:
         for row in lifts.due(tx.conn, tx.now_ms):
