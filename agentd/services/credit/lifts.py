@@ -81,7 +81,7 @@ class LiftService(Service):
         units, memo, life_ms = param_amount(units, "units"), param_memo(memo), self._life(life_s)
         if (target.agent, target.cuid) == (self.node.agent_id, cuid):
             raise invalid_params("find is the payor itself: use lift.clear for a circle")
-        found = await self.routes.search(cuid, target, units, "linear")
+        found = await self.routes.search(cuid, target, units, "linear", first=True)
         if not found:
             raise Reject("NO_ROUTE", f"no route from {cuid} to {target.cuid}:{target.agent} "
                          f"can carry {units} mCHIP now")
@@ -117,10 +117,14 @@ class LiftService(Service):
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not (
                 0 <= timeout_s <= MAX_WAIT_S):
             raise invalid_params(f"timeout_s must be seconds from 0 to {MAX_WAIT_S:g}")
-        shown = await self.rpc_show(lift)
+        event = self._settled.setdefault(lift, trio.Event())  # before we look: no race
+        try:
+            shown = await self.rpc_show(lift)
+        except Reject:
+            self._settled.pop(lift, None)
+            raise
         if shown["state"] != lf.PEND:
             return shown
-        event = self._settled.setdefault(lift, trio.Event())
         with trio.move_on_after(timeout_s):
             await event.wait()
         return await self.rpc_show(lift)
@@ -333,7 +337,12 @@ class LiftService(Service):
                                 ref=decided.uuid)
         lifts.settle(tx.conn, lift, state, decision, tx.now_ms)
         log.info("lift %s: %s", lift, state)
-        tx.after_commit(lambda: self._settled.pop(lift, trio.Event()).set())
+        tx.after_commit(lambda: self._wake(lift))
+
+    def _wake(self, lift: str) -> None:
+        waiting = self._settled.pop(lift, None)
+        if waiting is not None:
+            waiting.set()
 
     # -- asking the referee after the deadline -------------------------------------------
 

@@ -63,8 +63,10 @@ class RouteService(Service):
                                  route.KINDS[0], param_timeout(timeout_s))
 
     async def search(self, cuid: str, find: ChipAddress, units: int, kind: str,
-                     timeout_s: float = SEARCH_S) -> list[dict]:
-        """Run one search and return its routes (each ``{path, hops, capacity}``)."""
+                     timeout_s: float = SEARCH_S, *, first: bool = False) -> list[dict]:
+        """Run one search and return its routes (each ``{path, hops, capacity}``), once it
+        is exhausted or its time is up; with ``first``, as soon as one route is found (a
+        lift needs one; the first to come back is usually the shortest)."""
         query = str(uuidlib.uuid4())
         node = self.node
 
@@ -83,7 +85,7 @@ class RouteService(Service):
         search = route.Search(query, units, started.outstanding, started.found)
         try:
             with trio.move_on_after(timeout_s):
-                while not search.done:
+                while not search.done and not (first and search.found):
                     arrived = trio.Event()
                     self._searches[query] = (search, arrived)
                     await arrived.wait()
