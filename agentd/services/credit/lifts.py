@@ -132,7 +132,7 @@ class LiftService(Service):
     async def rpc_show(self, lift: str) -> dict:
         """One lift as this node sees it: record, state, decision and its chits here."""
         lift = param_uuid(lift, "lift")
-        return await self.node.db.write(lambda conn: self._show(conn, lift))
+        return await self.ledger.write(lambda conn: self._show(conn, lift))
 
     async def rpc_list(self, cuid: str | None = None) -> list[dict]:
         """Lifts this node takes part in (of one user, or all), newest first."""
@@ -141,7 +141,7 @@ class LiftService(Service):
         def job(conn: sqlite3.Connection) -> list[dict]:
             return [self._view(conn, row) for row in lifts.listing(conn, who)]
 
-        return await self.node.db.write(job)
+        return await self.ledger.write(job)
 
     def _life(self, life_s: Any) -> int:
         if life_s is None:
