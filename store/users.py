@@ -33,3 +33,6 @@ def count(conn: sqlite3.Connection) -> int:
 
 def exists(conn: sqlite3.Connection, cuid: str) -> bool:
     return conn.execute("SELECT 1 FROM users WHERE cuid = ?", (cuid,)).fetchone() is not None
+
+
+EXISTS = "SELECT 1 FROM users WHERE cuid = ?"

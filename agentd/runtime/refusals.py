@@ -12,7 +12,7 @@ from enum import Enum
 from agentd.rpc import NOT_FOUND, REFUSED, RpcError
 from protocol.errors import Refusal
 
-NOT_FOUND_CODES = frozenset({"UNKNOWN_USER", "UNKNOWN_TALLY", "UNKNOWN_CHIT"})
+NOT_FOUND_CODES = frozenset({"UNKNOWN_USER", "UNKNOWN_TALLY", "UNKNOWN_CHIT", "UNKNOWN_LIFT"})
 
 
 def code_of(refusal: Refusal) -> str:
