@@ -256,6 +256,9 @@ class LiftService(Service):
         if self.ledger.store.get_chit(tx.conn, incoming.local.uuid, here.cuid,
                                       c.lift_chit(record, hop, incoming.local).uuid):
             return  # this hop's chit is here already: a resent promise
+        known = lifts.get(tx.conn, record["lift"])
+        if known is not None and known["state"] != lf.PEND:
+            raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here already")
         self._learn(record)
         lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
         self._hold(tx, record, hop, here.cuid, outgoing=False)
@@ -310,6 +313,9 @@ class LiftService(Service):
         known = record if row is None else lifts.record_of(row)
         state = lf.check_decision(decision, known)
         if row is None:
+            if state == lf.VOID:  # remembered, so a promise that comes late is refused
+                lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
+                lifts.settle(tx.conn, record["lift"], state, decision, tx.now_ms)
             return  # we hold nothing of this lift (our hop was never reached)
         if row["state"] == state:
             return  # a repeat
