@@ -74,17 +74,15 @@ class RpcServer:
     def register(self, name: str, method: Method) -> None:
         self.methods[name] = method
 
-    async def help(self) -> list[dict[str, Any]]:
-        """Every method with its parameters (optional ones end in '?') and what it does."""
-        out = []
-        for name in sorted(self.methods):
-            method = self.methods[name]
-            params = [p.name + ("" if p.default is inspect.Parameter.empty else "?")
-                      for p in inspect.signature(method).parameters.values()]
-            doc = (inspect.getdoc(method) or "").split("\n\n")[0].replace("\n", " ")
-            doc = doc.replace("``", "")  # docstring markup, not for the terminal
-            out.append({"method": name, "params": params, "doc": doc})
-        return out
+    async def help(self, method: str | None = None) -> list[dict[str, Any]]:
+        """Every method (or the one named) with its parameters, their types and defaults, and
+        what it does."""
+        from agentd.methods import describe
+
+        if method is not None and method not in self.methods:
+            raise RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}", "METHOD_NOT_FOUND")
+        names = [method] if method is not None else sorted(self.methods)
+        return [jsonable(describe(name, self.methods[name])) for name in names]
 
     async def call(self, name: str, params: Any) -> Any:
         method = self.methods.get(name)

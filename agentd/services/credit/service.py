@@ -48,7 +48,7 @@ from protocol import chit as c
 from protocol import tally as t
 from protocol.codec import unpack
 from protocol.envelope import Envelope
-from protocol.keys import ChipAddress, SigningKey, b64u, format_hostport, valid_cuid
+from protocol.keys import CUID_RULE, ChipAddress, SigningKey, b64u, format_hostport, valid_cuid
 from store import users
 from store.credit import (
     LIST_CHITS,
@@ -815,7 +815,7 @@ def _object_uuid(obj: Any, field: str) -> str:
 
 def _cuid(value: Any) -> str:
     if not valid_cuid(value):
-        raise invalid_params(f"cuid {value!r} must be 1-64 letters, digits, '_', '-' or '.'")
+        raise invalid_params(f"cuid {value!r} must be {CUID_RULE}")
     return value
 
 
