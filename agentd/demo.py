@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agentd.config import Config, load_config
+from agentd.configs_dir import configs_dir
 from agentd.errors import UserError
 from agentd.rpc import RpcError, call
 
@@ -34,7 +35,7 @@ SETTLE_TIMEOUT = 10.0
 
 
 def _repo_configs() -> Path:
-    return Path(__file__).resolve().parent.parent / "configs" / "local"
+    return configs_dir() / "local"
 
 
 def prepare(configs: Path, workdir: Path, names: tuple[str, ...]) -> dict[str, Config]:

@@ -194,7 +194,7 @@ async def _unix_listener(path: Path) -> trio.SocketListener:
         await sock.bind(str(path))
     except OSError as exc:
         sock.close()
-        raise UserError(f"{path}: cannot create control socket: {exc.strerror}") from exc
+        raise UserError(f"{path}: cannot create control socket: {exc.strerror or exc}") from exc
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
