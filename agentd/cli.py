@@ -34,6 +34,8 @@ COMMANDS = {
     "sim": ("sim SCENARIO [--processes]", "run a multi-node simulation (configs/sims/)"),
     "bench": ("bench {{{benchmarks}}} [--quick]", "run a benchmark (agentd bench --help)"),
     "demo": ("demo", "alice, bob, carol and a clearing house: a tour"),
+    "up": ("up [DIR]", "start the nodes of DIR (configs/local) and leave them running"),
+    "down": ("down [DIR]", "stop them"),
 }
 LOCAL_COMMANDS = tuple(COMMANDS)
 
@@ -154,6 +156,10 @@ def _local(command: str, args: list[str]) -> int:
         return bench_main(args)
     if command == "help":
         return _help(args)
+    if command in ("up", "down"):
+        from agentd.up import main as up_main
+
+        return up_main(command, args)
     from agentd.configs_dir import scenario_path
     from agentd.sim import main as sim_main
 

@@ -34,6 +34,7 @@ from agentd.runtime.transport import Channel, Hello
 from agentd.services.clearing.client import Evidence
 from agentd.services.clearing.house import ClearingService
 from agentd.services.credit.service import Credit
+from agentd.services.peer_admin import PeerAdmin
 from agentd.services.ping import PingService
 from agentd.services.relay.service import RelayService
 from agentd.services.users import Users
@@ -80,6 +81,7 @@ class Node:
         self.dispatcher.register(self.relay)
         self.credit = Credit(self)  # the tally and chit targets and their RPC methods
         Users(self)
+        PeerAdmin(self)
 
     # -- identity and addresses ----------------------------------------------------------
 
@@ -129,6 +131,20 @@ class Node:
         if name:
             self._peer_names.setdefault(agent, name)
         self.db.submit(lambda conn: peer_store.upsert(conn, agent, name=name, address=address))
+
+    async def forget_peer(self, agent: str) -> None:
+        """Drop a peer the operator removed: its address, its name, its stored row."""
+        self._peer_addresses.pop(agent, None)
+        self._peer_names.pop(agent, None)
+        await self.db.write(lambda conn: peer_store.delete(conn, agent))
+
+    def peer_source(self, agent: str) -> str:
+        """``config`` for a peer (or clearing house) the config file names, else ``learned``
+        (from a hello, a ticket or a certificate)."""
+        house = self.config.clearinghouse
+        configured = {peer.agent for peer in self.config.peers}
+        return "config" if agent in configured or (house and house.agent == agent) \
+            else "learned"
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -235,7 +251,8 @@ class Node:
         }
 
     async def rpc_peers(self) -> list[dict]:
-        """Configured and learned peers, with whether a channel is open now."""
+        """Configured and learned peers: where each came from (source: config or learned) and
+        whether a channel is open now."""
         rows = {row["agent"]: row for row in self.db.read(
             "SELECT agent, name, address, last_seen FROM peers")}
         agents = set(rows) | set(self._peer_addresses) | set(self.peers.channels)
@@ -247,6 +264,7 @@ class Node:
                 "name": self._peer_names.get(agent) or (row["name"] if row else None),
                 "agent": agent,
                 "address": self._peer_addresses.get(agent) or (row["address"] if row else None),
+                "source": self.peer_source(agent),
                 "connected": connected,
                 "last_seen": now_ms() if connected else (row["last_seen"] if row else None),
             })
