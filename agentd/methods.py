@@ -14,7 +14,10 @@ import re
 import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentd.runtime.node import Node
 
 Method = Callable[..., Awaitable[Any]]
 
@@ -27,8 +30,8 @@ GROUPS = {
 
 
 @functools.cache
-def registry() -> dict[str, Method]:
-    """Every RPC method a node serves, by name (``help`` included)."""
+def offline_node() -> Node:
+    """A node that never runs: its services register their methods and message targets."""
     from agentd.config import Config
     from agentd.runtime.node import Node
     from protocol.keys import SigningKey
@@ -36,7 +39,12 @@ def registry() -> dict[str, Method]:
     nowhere = Path("/nonexistent/agentd-help")
     config = Config(path=nowhere / "agentd.toml", name="help", data_dir=nowhere,
                     listen="127.0.0.1:0", key_file=nowhere / "agent.key")
-    return dict(Node(config, SigningKey.generate()).rpc.methods)
+    return Node(config, SigningKey.generate())
+
+
+def registry() -> dict[str, Method]:
+    """Every RPC method a node serves, by name (``help`` included)."""
+    return dict(offline_node().rpc.methods)
 
 
 def plain(doc: str | None) -> str:

@@ -80,8 +80,12 @@ class Dispatcher:
             return Reject("FROM_MISMATCH", "from.agent is not the channel's authenticated agent")
         if envelope.to.agent != self.node.agent_id:
             return Reject("WRONG_RECIPIENT", "to.agent is not this node")
-        if envelope.target not in self.services:
+        service = self.services.get(envelope.target)
+        if service is None:
             return Reject("UNKNOWN_TARGET", f"this node does not serve {envelope.target!r}")
+        if service.actions is not None and envelope.action not in service.actions:
+            return Reject("UNKNOWN_ACTION", f"{envelope.target} has no action "
+                          f"{envelope.action!r} (it takes {', '.join(sorted(service.actions))})")
         return None
 
     def _start(self, envelope: Envelope, agent: str) -> PendingWrite:

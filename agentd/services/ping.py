@@ -21,6 +21,7 @@ PING_TIMEOUT = 10.0
 
 class PingService(Service):
     target = "node"
+    actions = frozenset({"ping", "pong", "note"})
 
     def __init__(self, node) -> None:
         super().__init__(node)

@@ -46,6 +46,7 @@ REPLY_OVERHEAD = 4096
 
 class ClearingService(Service):
     target = ch.TARGET
+    actions = REQUESTS | REPLIES
 
     def __init__(self, node: Node) -> None:
         super().__init__(node)

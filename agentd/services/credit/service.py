@@ -99,6 +99,7 @@ class TallyService(Service):
     """The ``tally`` message target."""
 
     target = "tally"
+    actions = frozenset({"ticket", "offer", "open", "void", "draft", "close"})
 
     def __init__(self, credit: Credit) -> None:
         super().__init__(credit.node)
@@ -121,6 +122,7 @@ class ChitService(Service):
     """The ``chit`` message target."""
 
     target = "chit"
+    actions = frozenset({"good", "pend", "void", "chain"})
 
     def __init__(self, credit: Credit) -> None:
         super().__init__(credit.node)

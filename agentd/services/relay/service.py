@@ -87,6 +87,7 @@ Rules = tuple[tuple[AccessRule, ...], tuple[VerificationPolicy, ...]]
 
 class RelayService(Service):
     target = "relay"
+    actions = frozenset({"query", "ack", "view"})
 
     #: How long the sweep keeps results, DELETED rows and seen nonces, and how often it runs.
     result_ttl_ms = 24 * 3600 * 1000
