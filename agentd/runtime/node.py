@@ -21,6 +21,7 @@ import trio
 from agentd import __version__
 from agentd.config import Config
 from agentd.errors import UserError
+from agentd.logs import event
 from agentd.rpc import RpcServer
 from agentd.runtime.clock import now_ms
 from agentd.runtime.context import Reject
@@ -223,11 +224,14 @@ class Node:
                 self._peer_names.setdefault(row["agent"], row["name"])
 
     def _channel_opened(self, channel: Channel) -> None:
+        event(log, "peer connected", agent=channel.agent, name=self._peer_names.get(channel.agent),
+              address=channel.hello.listen, direction="out" if channel.outbound else "in")
         self.learn_peer(channel.agent, channel.hello.listen)
         stamp = now_ms()
         self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
 
     def _channel_closed(self, channel: Channel) -> None:
+        event(log, "peer lost", agent=channel.agent, name=self._peer_names.get(channel.agent))
         self.pump.on_channel_closed(channel)
         stamp = now_ms()
         self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))

@@ -31,6 +31,7 @@ holders are on this node only the foil holder logs, so nothing is logged twice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import uuid as uuidlib
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
+from agentd.logs import event
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.services.clearing.client import log_evidence
@@ -201,6 +203,7 @@ class Credit:
             draft, _ = t.invite(tally_uuid=ticket_tally_uuid(token), date_ms=tx.now_ms,
                                 cert=user.cert, limit=limit, side=side, memo=memo)
             self.ledger.create(tx.conn, cuid, draft, tx.now_ms)
+            _log_new_tally(tx, cuid, draft)
             expires = tx.now_ms + round(expires_s * 1000)
             ticket = t.make_ticket(self.node.own_address(cuid), token, expires, reuse=reuse)
             self.ledger.add_ticket(tx.conn, token, draft.uuid, cuid, reuse=reuse,
@@ -368,6 +371,7 @@ class Credit:
                                           units=units, date_ms=tx.now_ms,
                                           balance=holding.balance, memo=memo)
             self.ledger.put_chit(tx.conn, cuid, drafted, tx.now_ms)
+            _log_chits(tx, cuid, [drafted])
             self._send(tx, holding, messages)
             return drafted
 
@@ -397,6 +401,7 @@ class Credit:
             holding, owed = self._owed(tx.conn, cuid, chit_uuid)
             refused, messages = c.refuse(owed, holding.local)
             self.ledger.put_chit(tx.conn, cuid, refused, tx.now_ms)
+            _log_chits(tx, cuid, [refused])
             self._log(tx, holding.local, "chit.void", refused.to_map(), ref=chit_uuid)
             self._send(tx, holding, messages)
             return refused
@@ -458,6 +463,7 @@ class Credit:
             raise Reject("NOT_FROM_PARTNER", "the ticket request's certificate is another user's")
         if row["reuse"]:
             self.ledger.create(tx.conn, cuid, local, tx.now_ms)
+            _log_new_tally(tx, cuid, local)
         else:
             self._commit(tx, template, local=local)
         self.ledger.use_ticket(tx.conn, row["token"])
@@ -484,6 +490,7 @@ class Credit:
             raise Reject("NOT_FROM_PARTNER", f"tally {obj['uuid']} names another partner user")
         if holding is None:
             self.ledger.create(tx.conn, cuid, local, tx.now_ms)
+            _log_new_tally(tx, cuid, local)
         else:
             self._commit(tx, holding, local=local)
 
@@ -543,6 +550,7 @@ class Credit:
                 self._good(tx, holding, [received], batched=False)
                 return
             self.ledger.put_chit(tx.conn, cuid, received, tx.now_ms)
+            _log_chits(tx, cuid, [received])
             if action == "void":
                 self._log(tx, holding.local, "chit.void", received.to_map(), ref=chit_uuid)
 
@@ -658,10 +666,16 @@ class Credit:
         if local.state == t.C_OPEN and chain is not None and balance == 0 and ch.settled(chain):
             local, _ = t.settle(local, balance=balance, quiet=True)
             self._log(tx, local, "tally.close", local.tally)
+        fresh = list(fresh)
         saved = self.ledger.save(tx.conn, holding, tx.now_ms, local=local, chain=chain,
                                  balance_delta=delta, resync_due=tx.now_ms + RESYNC_QUIET_MS,
                                  fresh=fresh)
         self._send(tx, saved, messages)
+        if local.state != holding.local.state:
+            tx.after_commit(functools.partial(
+                event, log, "tally state", tally=local.uuid, cuid=holding.cuid,
+                state=local.state, was=holding.local.state, balance=saved.balance))
+        _log_chits(tx, holding.cuid, fresh)
         return saved
 
     def _send(self, tx: Tx, holding: Holding, messages: Iterable[dict[str, Any]]) -> None:
@@ -813,6 +827,19 @@ def _object_uuid(obj: Any, field: str) -> str:
     value = obj.get(field) if isinstance(obj, dict) else None
     t.check_uuid(value, f"object.{field}")
     return value
+
+
+def _log_new_tally(tx: Tx, cuid: str, local: t.LocalTally) -> None:
+    tx.after_commit(functools.partial(event, log, "tally state", tally=local.uuid, cuid=cuid,
+                                      state=local.state, was="none"))
+
+
+def _log_chits(tx: Tx, cuid: str, chits: Iterable[c.LocalChit]) -> None:
+    """The info line per chit state change, once the transaction has committed."""
+    for chit in chits:
+        tx.after_commit(functools.partial(
+            event, log, "chit state", chit=chit.chit["uuid"], tally=chit.chit["tally"],
+            cuid=cuid, state=chit.state, units=chit.chit["units"]))
 
 
 def _cuid(value: Any) -> str:
