@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ COMMANDS = {
     "demo": ("demo", "alice, bob, carol and a clearing house: a tour"),
     "up": ("up [DIR]", "start the nodes of DIR (configs/local) and leave them running"),
     "down": ("down [DIR]", "stop them"),
+    "completion": ("completion {{bash,zsh,tcsh}}", "print a shell completion script"),
 }
 LOCAL_COMMANDS = tuple(COMMANDS)
 
@@ -156,6 +158,10 @@ def _local(command: str, args: list[str]) -> int:
         return bench_main(args)
     if command == "help":
         return _help(args)
+    if command == "completion":
+        from agentd.completion import main as completion_main
+
+        return completion_main(args)
     if command in ("up", "down"):
         from agentd.up import main as up_main
 
@@ -253,7 +259,9 @@ async def _serve(config, key) -> None:
             async def stop_on_signal() -> None:
                 async for signum in signals:
                     if signum == signal.SIGHUP:  # re-read the config; a bad one changes nothing
-                        sd_notify("RELOADING=1")
+                        # systemd matches the reload by the time it began (CLOCK_MONOTONIC, µs)
+                        stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={stamp}")
                         try:
                             reload_config(node)
                         except UserError as exc:

@@ -66,6 +66,7 @@ class Config:
     relay_verify: tuple[VerifyPolicy, ...] = ()
     log_level: str = "info"
     log_format: str = "text"
+    metrics_listen: str | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -231,13 +232,19 @@ def parse_config(raw: dict, source: Path) -> Config:
             raise UserError(f"{source}: log.format must be one of {', '.join(LOG_FORMATS)}")
         log.finish()
 
+    metrics_listen = None
+    if "metrics" in raw:
+        metrics = _Section(source, "metrics", top.get("metrics", dict))
+        metrics_listen = metrics.hostport("listen", required=True, allow_zero=True)
+        metrics.finish()
+
     top.finish()
     return Config(
         path=source, name=name, data_dir=data_dir, listen=listen, key_file=key_file,
         network=network, roles=roles, max_frame=max_frame, advertise=advertise,
         handshake_timeout=handshake_timeout, idle_timeout=idle_timeout, peers=tuple(peers),
         clearinghouse=clearinghouse, relay_access=tuple(access), relay_verify=tuple(verify),
-        log_level=log_level, log_format=log_format,
+        log_level=log_level, log_format=log_format, metrics_listen=metrics_listen,
     )
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ def invalid_params(message: str) -> RpcError:
 class RpcServer:
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {"help": self.help}
+        # told each call's duration (the node feeds its latency histogram from it)
+        self.observe: Callable[[str, float], None] | None = None
 
     def register(self, name: str, method: Method) -> None:
         self.methods[name] = method
@@ -103,10 +106,14 @@ class RpcServer:
                    if p.default is inspect.Parameter.empty and p.name not in params]
         if missing:
             raise invalid_params(f"{name}: missing parameter {missing[0]!r}")
+        started = time.perf_counter()
         try:
             return await method(**params)
         except Reject as exc:
             raise RpcError(REFUSED, f"{exc.code}: {exc.message}", exc.code) from exc
+        finally:
+            if self.observe is not None:
+                self.observe(name, time.perf_counter() - started)
 
     async def handle_line(self, line: bytes) -> dict[str, Any] | None:
         try:

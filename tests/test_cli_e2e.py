@@ -103,6 +103,13 @@ def test_ready_is_sent_to_notify_socket(tmp_path):
                                    stderr=subprocess.DEVNULL)
         try:
             assert notify.recv(64) == b"READY=1"
+            before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            process.send_signal(signal.SIGHUP)  # systemd's reload protocol, as Type=notify-reload
+            reloading, stamp = notify.recv(128).decode().split("\n")
+            assert reloading == "RELOADING=1" and stamp.startswith("MONOTONIC_USEC=")
+            assert before <= int(stamp.removeprefix("MONOTONIC_USEC=")) <= \
+                time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            assert notify.recv(64) == b"READY=1"
             process.terminate()
             assert notify.recv(64) == b"STOPPING=1"
             assert process.wait(timeout=5) == 0

@@ -9,6 +9,7 @@ each job has committed. A duplicate is acked and ignored; a refusal is an error 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from agentd.runtime.clock import now_ms
@@ -59,8 +60,9 @@ class Dispatcher:
             log.warning("rejected message from %s: %s", channel.agent[:8], refusal)
             await channel.send_frame(ack_frame(message.id, refusal.code, refusal.message))
             return
+        started = time.perf_counter()
         pending = self._start(message, channel.agent)
-        await channel.defer(lambda: self._finish(message, pending))
+        await channel.defer(lambda: self._finish(message, pending, started))
 
     async def on_ack_frame(self, body: bytes, from_agent: str) -> None:
         message = parse_frame(body)
@@ -102,7 +104,8 @@ class Dispatcher:
 
         return node.db.start(job)
 
-    async def _finish(self, envelope: Envelope, pending: PendingWrite) -> bytes:
+    async def _finish(self, envelope: Envelope, pending: PendingWrite,
+                      started: float | None = None) -> bytes:
         counters = self.node.counters
         try:
             outcome = await pending.outcome()
@@ -119,6 +122,9 @@ class Dispatcher:
         else:
             counters.messages_processed += 1
             outcome.committed()
+            if started is not None:
+                self.node.metrics.message_seconds.labels(envelope.target).observe(
+                    time.perf_counter() - started)
         return ack_frame(envelope.id)
 
     async def _settle(self, ack: Ack, from_agent: str) -> None:

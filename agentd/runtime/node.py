@@ -22,6 +22,7 @@ from agentd import __version__
 from agentd.config import Config
 from agentd.errors import UserError
 from agentd.logs import event
+from agentd.metrics import Metrics
 from agentd.rpc import RpcServer
 from agentd.runtime.clock import now_ms
 from agentd.runtime.context import Reject
@@ -55,6 +56,10 @@ class Node:
         self.agent_id = key.agent_id
         self.counters = Counters()
         self.rpc = RpcServer()
+        self.metrics = Metrics(self)
+        self.metrics_port: int | None = None  # where [metrics] listen serves, once started
+        self.rpc.observe = lambda method, seconds: self.metrics.rpc_seconds.labels(
+            method).observe(seconds)
         self.dispatcher = Dispatcher(self)
         self.pump = OutboxPump(self)
         self.replies = Replies()
@@ -201,6 +206,9 @@ class Node:
         self.port = listeners[0].socket.getsockname()[1]
         self.peers.hello = Hello(self.agent_id, self.listen_address, self.config.roles)
         await nursery.start(self.rpc.serve, self.config.socket_path)
+        if self.config.metrics_listen:
+            self.metrics_port = await nursery.start(self.metrics.serve,
+                                                    self.config.metrics_listen)
         nursery.start_soon(self._maintenance)
 
     async def _maintenance(self) -> None:
