@@ -46,7 +46,8 @@ Public API:
   ``ticket_request`` builds the subject's request (no state).
 - Peer events: ``receive_ticket``, ``receive_offer``, ``receive_open``, ``receive_void``,
   ``receive_draft``, ``receive_close``.
-- Node events: ``delivered``, ``rejected``, ``settle``, ``reopen``.
+- Node events: ``delivered``, ``rejected``, ``settle``, ``reopen``; ``follow`` applies the
+  lifecycle rules after any change (start the chain, reopen, settle) and says which fired.
 """
 
 from __future__ import annotations
@@ -549,6 +550,30 @@ def reopen(local: LocalTally) -> Step:
     arrived after the tally closed. It is owed all the same, so the tally stays ``C.open``
     (taking only chits that shrink the balance) until the balance is zero again."""
     return replace(local, state=_next(local.state, "reopen")), []
+
+
+START_CHAIN = "start_chain"  # what ``follow`` says happened
+REOPENED = "reopened"
+CLOSED = "closed"
+
+
+def follow(
+    local: LocalTally, *, has_chain: bool, balance: int, quiet: bool
+) -> tuple[LocalTally, tuple[str, ...]]:
+    """The lifecycle rules that follow every change of a holder's tally, with what happened:
+    a tally both users signed and that has no chain starts one (``START_CHAIN``); a closed
+    tally a late partner chit moved off zero is closing again (``REOPENED``); a closing tally
+    whose balance is zero and whose chain is ``quiet`` closes (``CLOSED``)."""
+    happened = []
+    if not has_chain and local.state in BINDING_STATES:
+        happened.append(START_CHAIN)
+    if local.state == CLOSE and balance != 0:
+        local, _ = reopen(local)
+        happened.append(REOPENED)
+    if local.state == C_OPEN and has_chain and balance == 0 and quiet:
+        local, _ = settle(local, balance=balance, quiet=True)
+        happened.append(CLOSED)
+    return local, tuple(happened)
 
 
 # -- invitation tickets -----------------------------------------------------------------------

@@ -27,3 +27,5 @@ LIST = "SELECT cuid, name, public, created FROM users ORDER BY cuid"  # never th
 
 def all_users(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     return conn.execute(LIST).fetchall()
+
+EXISTS = "SELECT 1 FROM users WHERE cuid = ?"

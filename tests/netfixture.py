@@ -73,17 +73,18 @@ class Network:
 
 @contextlib.asynccontextmanager
 async def network(tmp_path: Path, n: int, *, clearinghouse: int | None = None,
+                  sections: dict[str, Any] | None = None,
                   **node_keys: Any) -> AsyncIterator[Network]:
+    """``sections`` adds top-level config tables (e.g. ``relay``, ``lift``) to every node."""
     async with trio.open_nursery() as nursery:
         net = Network(nursery, tmp_path)
-        sections = None
         started: dict[int, Node] = {}
         if clearinghouse is not None:
             house = await net.start(f"n{clearinghouse}", SigningKey.generate(),
-                                    roles=["clearinghouse"], **node_keys)
+                                    roles=["clearinghouse"], sections=sections, **node_keys)
             started[clearinghouse] = house
-            sections = {"clearinghouse": {"agent": house.agent_id,
-                                          "address": house.listen_address}}
+            sections = {**(sections or {}), "clearinghouse": {
+                "agent": house.agent_id, "address": house.listen_address}}
         for i in range(n):
             if i not in started:
                 started[i] = await net.start(f"n{i}", SigningKey.generate(), sections=sections,

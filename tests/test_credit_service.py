@@ -15,7 +15,7 @@ from agentd.config import AccessRule
 from agentd.rpc import NOT_FOUND, RpcError
 from agentd.runtime.context import Reject, Tx
 from agentd.runtime.node import Node
-from agentd.services.credit.service import ticket_tally_uuid
+from agentd.services.credit.tallies import ticket_tally_uuid
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t

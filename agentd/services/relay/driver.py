@@ -13,7 +13,8 @@ Views:
   node its side, state, partner, balance and chain (index, head, confirmed index);
 - ``tally:<uuid>:chits``: the signed chits of one holder, in chain order, each with its
   state, chain index and block hash (the unordered ones last);
-- ``lift:<uuid>``: NOT_FOUND — this node keeps no lifts (lifts are not built yet).
+- ``lift:<uuid>``: a lift this node took part in or refereed: the payor's signed record, its
+  state here, the referee's signed decision (once known) and this node's chits of it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from typing import TYPE_CHECKING
 
 from agentd import __version__
 from protocol.codec import unpack
+from store import lifts
+from store.credit import Ledger
 
 if TYPE_CHECKING:
     from agentd.runtime.node import Node
@@ -91,7 +94,16 @@ def tally_chits(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
 
 
 def lift(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
-    raise ViewError(NOT_FOUND, f"no lift {uuid} on this node (it keeps no lifts)")
+    row = lifts.get(conn, uuid)
+    if row is not None:
+        chits = [dict(chit) for chit in Ledger.lift_chits(conn, uuid)]
+        return {"lift": uuid, "record": lifts.record_of(row), "state": row["state"],
+                "decision": lifts.decision_of(row), "chits": chits}
+    decided = lifts.decision(conn, uuid)
+    if decided is None:
+        raise ViewError(NOT_FOUND, f"no lift {uuid} on this node")
+    return {"lift": uuid, "record": lifts.refereed_record(conn, uuid),
+            "state": decided["state"], "decision": decided, "chits": []}
 
 
 def _holders(conn: sqlite3.Connection, uuid: str) -> list[sqlite3.Row]:
