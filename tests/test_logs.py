@@ -95,3 +95,24 @@ async def test_peers_and_relay_requests_log_one_line_each(tmp_path, caplog):
               and r.fields["request"] == asked["request_id"]]
     assert states[0] == "PENDING_ACK" and states[-1] in ("COMPLETED", "ERROR")
     assert any(r.getMessage().startswith("peer lost") for r in caplog.records)
+
+
+async def test_tally_and_chit_state_changes_log_one_line_each(tmp_path, caplog):
+    from tests.netfixture import network
+    from tests.test_credit_service import open_tally, users
+
+    caplog.set_level(logging.INFO, logger="agentd.credit")
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")
+        paid = await a.rpc.call("chit.pay", {"cuid": "alice", "tally": tally, "units": 5})
+    lines = [r for r in caplog.records if getattr(r, "fields", {}).get("tally") == tally]
+    alice = [r.fields["state"] for r in lines
+             if r.getMessage().startswith("tally state") and r.fields["cuid"] == "alice"]
+    assert alice[0] == "draft" and alice[-1] == "open"
+    assert len(alice) == len(set(alice))  # one line per change, none repeated
+    chits = [r.fields for r in lines if r.getMessage().startswith("chit state")]
+    assert {"chit": paid["chit"], "tally": tally, "cuid": "alice", "state": "L.good",
+            "units": 5} in chits

@@ -25,12 +25,14 @@ referee two-phase commit (DESIGN.md §4):
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from agentd.logs import event
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.services.clearing.client import log_evidence
@@ -186,6 +188,7 @@ class LiftService(Service):
                 referee=referee, date_ms=tx.now_ms, life_ms=life_ms, memo=memo, key=user.key)
             self._learn(record)
             lifts.add(tx.conn, record, payor=cuid, now_ms=tx.now_ms)
+            _log_lift(tx, record["lift"], lf.PEND, kind=kind, units=units, cuid=cuid)
             self._hold(tx, record, 0, cuid, outgoing=True)
             self.ledger.emit(tx, [lf.promise(record, 0)])
             tx.after_commit(self._work.set)
@@ -260,6 +263,8 @@ class LiftService(Service):
             return  # this hop's chit is here already: a resent promise
         self._learn(record)
         lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
+        _log_lift(tx, record["lift"], lf.PEND, kind=record["kind"], units=record["units"],
+                  cuid=here.cuid)
         self._hold(tx, record, hop, here.cuid, outgoing=False)
         last = hop + 1 == len(record["path"]) - 1
         if last:
@@ -337,7 +342,7 @@ class LiftService(Service):
                 self.ledger.log(tx, holding.local, "chit.void", decided.to_map(),
                                 ref=decided.uuid)
         lifts.settle(tx.conn, lift, state, decision, tx.now_ms)
-        log.info("lift %s: %s", lift, state)
+        _log_lift(tx, lift, state)
         tx.after_commit(lambda: self._wake(lift))
 
     def _wake(self, lift: str) -> None:
@@ -410,3 +415,8 @@ def _started(record: dict[str, Any]) -> dict[str, Any]:
             "path": _describe(record)["path"], "referee": record["referee"]["agent"],
             "deadline": record["deadline"]}
 
+
+def _log_lift(tx: Tx, lift: str, state: str, **fields: Any) -> None:
+    """The info line per state change of a lift on this node, once committed."""
+    tx.after_commit(functools.partial(event, log, "lift state", lift=lift, state=state,
+                                      **fields))
