@@ -35,7 +35,7 @@ COMMANDS = {
     "sim": ("sim SCENARIO [--processes]", "run a multi-node simulation (configs/sims/)"),
     "bench": ("bench {{{benchmarks}}} [--quick]", "run a benchmark (agentd bench --help)"),
     "demo": ("demo", "alice, bob, carol and a clearing house: a tour"),
-    "up": ("up [DIR]", "start the nodes of DIR (configs/local) and leave them running"),
+    "up": ("up [DIR]", "start configs/local (or DIR) and leave it running"),
     "down": ("down [DIR]", "stop them"),
     "completion": ("completion {{bash,zsh,tcsh}}", "print a shell completion script"),
 }
@@ -52,9 +52,11 @@ def usage() -> str:
     rows.insert(2, ("agentd -c CONFIG METHOD [key=value ...]", "call a method on a running node"))
     rows.insert(3, ("agentd --socket PATH METHOD [key=value ...]",
                     "the same, naming the control socket"))
-    width = max(len(left) for left, _ in rows)
+    width = min(max(len(left) for left, _ in rows), 46)
     lines = ["agentd — a peer-to-peer agent daemon", "", "usage:"]
-    lines += [f"  {left:<{width}}  {what}" for left, what in rows]
+    for left, what in rows:  # a synopsis too long for the column gets its own line
+        lines += ([f"  {left:<{width}}  {what}"] if len(left) <= width
+                  else [f"  {left}", f"  {'':<{width}}  {what}"])
     lines += ["", "options for a method call:",
               "  -H, --human   readable text instead of JSON",
               "", "methods (agentd help METHOD shows one's parameters and defaults):"]

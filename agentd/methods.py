@@ -92,7 +92,7 @@ def _literal(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    return str(value) if value != "" else '""'
 
 
 def method_help(name: str) -> str:
