@@ -50,8 +50,8 @@ def _run_from(python: Path, target: Path, away: Path) -> None:
     where = subprocess.run([python, "-c", "import agentd; print(agentd.__file__)"], cwd=away,
                            check=True, capture_output=True, text=True).stdout
     assert where.startswith(str(target)), where  # the installed copy, not the repository's
-    demo = subprocess.run([python, "-m", "agentd", "demo"], cwd=away, capture_output=True,
-                          text=True, timeout=120)
+    demo = subprocess.run([python, "-m", "agentd", "demo", "--free-ports"], cwd=away,
+                          capture_output=True, text=True, timeout=120)  # beside a `make demo`
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     assert "all clean" in demo.stdout and (away / ".run" / "demo" / "alice").is_dir()
     sim = subprocess.run([python, "-m", "agentd", "sim", "ring"], cwd=away,
