@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from agentd.errors import UserError
-from agentd.runtime.context import Reject
+from protocol.errors import Refusal
 from protocol.keys import b64u
 
 log = logging.getLogger("agentd.rpc")
@@ -69,8 +69,9 @@ def invalid_params(message: str) -> RpcError:
 
 
 class RpcServer:
-    def __init__(self) -> None:
+    def __init__(self, refused: Callable[[Refusal], RpcError]) -> None:
         self.methods: dict[str, Method] = {"help": self.help}
+        self._refused = refused  # how a method's refusal is answered (agentd.runtime.refusals)
         # told each call's duration (the node feeds its latency histogram from it)
         self.observe: Callable[[str, float], None] | None = None
 
@@ -109,8 +110,8 @@ class RpcServer:
         started = time.perf_counter()
         try:
             return await method(**params)
-        except Reject as exc:
-            raise RpcError(REFUSED, f"{exc.code}: {exc.message}", exc.code) from exc
+        except Refusal as exc:
+            raise self._refused(exc) from exc
         finally:
             if self.observe is not None:
                 self.observe(name, time.perf_counter() - started)

@@ -59,6 +59,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .codec import CodecError, canonical, digest, unpack
+from .errors import Refusal  # tally refusals use lower-case codes
 from .keys import ChipAddress, IdentityError, SigningKey, b64u, unb64u, verify
 
 STOCK = "stock"
@@ -147,19 +148,6 @@ _TALLY_FIELDS = {"version", "uuid", "date", "memo", "agree", "stock", "foil", "s
 # str(uuid.UUID(text)) == text, written as a pattern: it is checked on every chit received
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _TICKET_FIELDS = {"token", "chad", "expires", "reuse"}
-
-
-class Refusal(Exception):
-    """A reasoned refusal: the event does not apply, and nothing changed."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-    def to_map(self) -> dict[str, str]:
-        """The ``error`` of a rejecting ack."""
-        return {"code": self.code, "message": self.message}
 
 
 Step = tuple["LocalTally", list[dict[str, Any]]]

@@ -18,6 +18,8 @@ import trio
 
 from agentd.config import parse_config
 from agentd.runtime.node import Node
+from agentd.runtime.peers import PeerUnreachable
+from agentd.runtime.transport import Channel
 from protocol.keys import SigningKey
 
 
@@ -108,3 +110,20 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> 
 
 
 __all__ = ["Network", "network", "node_config", "wait_for"]
+
+
+def dial_failures(node: Node) -> list[str]:
+    """Record each failed dial of ``node``'s pump from now on (the list fills as it happens):
+    a test waits on it to know the pump really tried, and failed, to reach a peer."""
+    failures: list[str] = []
+    connect = node.peers.connect
+
+    async def recording(agent: str, address: str | None) -> Channel:
+        try:
+            return await connect(agent, address)
+        except PeerUnreachable as exc:
+            failures.append(str(exc))
+            raise
+
+    node.peers.connect = recording  # type: ignore[method-assign]
+    return failures

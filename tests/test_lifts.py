@@ -293,7 +293,7 @@ async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
         def record(**changes):
             made = lf.make_record(lift_uuid=str(uuid.uuid4()), kind="linear", units=10,
                                   path=changes.pop("path", path), referee=house.own_address(),
-                                  date_ms=changes.pop("date", bob.now_ms()),
+                                  date_ms=changes.pop("date", bob.clock.now_ms()),
                                   life_ms=changes.pop("life", 60_000), memo="",
                                   key=user_key(bob, "bob"))
             return {**made, **changes}
@@ -301,7 +301,7 @@ async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
         wrong_tally = [{**path[0], "tally": tl["annbob"]}, path[1]]
         cases = [
             (record(units=11), "BAD_SIGNATURE"),  # tampered after signing
-            (record(date=bob.now_ms() - 120_000, life=1_000), "EXPIRED"),
+            (record(date=bob.clock.now_ms() - 120_000, life=1_000), "EXPIRED"),
             (record(path=wrong_tally), "UNKNOWN_TALLY"),  # cat is not party to ann-bob
         ]
         for bad, code in cases:

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agentd.runtime.clock import now_ms
 from agentd.runtime.peers import PeerUnreachable
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import pack, unpack
@@ -193,11 +192,11 @@ class OutboxPump:
                 continue
             item.tries += 1
             item.channel = channel
-            item.due = trio.current_time() + ack_timeout(item.tries)
+            item.due = self.node.clock.monotonic() + ack_timeout(item.tries)
             self._unacked[peer] = self._unacked.get(peer, 0) + 1
             envelope = item.envelope
             envelope["try"] = item.tries
-            envelope["last"] = now_ms()
+            envelope["last"] = self.node.clock.now_ms()
             self._inflight[item.id] = item
             try:
                 await channel.send_frame(pack(envelope))
@@ -215,14 +214,14 @@ class OutboxPump:
                 continue
             item.tries += 1
             item.envelope["try"] = item.tries
-            item.envelope["last"] = now_ms()
+            item.envelope["last"] = self.node.clock.now_ms()
             ack_body = await self.node.dispatcher.process_local(pack(item.envelope))
             await self.node.dispatcher.on_ack_frame(ack_body, self.node.agent_id)
 
     async def _retry_scanner(self) -> None:
         while True:
             await trio.sleep(SCAN_INTERVAL)
-            now = trio.current_time()
+            now = self.node.clock.monotonic()
             overdue = [item for item in self._inflight.values() if item.due <= now]
             for item in overdue:
                 del self._inflight[item.id]

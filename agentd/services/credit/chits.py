@@ -31,7 +31,7 @@ from protocol.keys import b64u
 from store.credit import LIST_CHITS, Holding
 
 if TYPE_CHECKING:
-    from agentd.runtime.node import Node
+    from agentd.runtime.context import Runtime
 
 log = logging.getLogger("agentd.credit")
 MAX_PAYMENTS = 1000  # payments per chit.pay_many call
@@ -43,13 +43,13 @@ class ChitService(Service):
     target = "chit"
     actions = frozenset({"good", "pend", "void", "chain"})
 
-    def __init__(self, node: Node, ledger: CreditLedger) -> None:
+    def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         super().__init__(node)
         self.ledger = ledger
         for name, method in (("pay", self.rpc_pay), ("pay_many", self.rpc_pay_many),
                              ("invoice", self.rpc_invoice), ("accept", self.rpc_chit_accept),
                              ("refuse", self.rpc_chit_refuse), ("list", self.rpc_chits)):
-            node.rpc.register(f"chit.{name}", method)
+            node.register_method(f"chit.{name}", method)
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         self.chit_rejected(tx, envelope, code, message)
@@ -154,7 +154,7 @@ class ChitService(Service):
              "hash": None if row["chain_hash"] is None else b64u(row["chain_hash"]),
              "memo": row["memo"], "date": row["date"], "error": row["error"],
              "lift": row["lift"]}
-            for row in self.node.db.read(LIST_CHITS, (tally_uuid, cuid))
+            for row in self.runtime.db.read(LIST_CHITS, (tally_uuid, cuid))
         ]  # fmt: skip
 
     # -- messages (writer thread) --------------------------------------------------------

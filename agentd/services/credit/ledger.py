@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from agentd.logs import event
 from agentd.rpc import NOT_FOUND, RpcError
 from agentd.runtime.context import Reject, Tx
-from agentd.services.clearing.client import log_evidence
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
@@ -36,7 +35,8 @@ from store import users
 from store.credit import SELECT_TALLY, Holding, Ledger
 
 if TYPE_CHECKING:
-    from agentd.runtime.node import Node
+    from agentd.runtime.context import Runtime
+    from agentd.services.clearing.client import Evidence
 
 T = TypeVar("T")
 log = logging.getLogger("agentd.credit")
@@ -63,8 +63,9 @@ def refusals() -> Iterator[None]:
 class CreditLedger:
     """Holdings, users and commits, on the writer thread; RPC plumbing on the event loop."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, node: Runtime, evidence: Evidence) -> None:
+        self.runtime = node
+        self.evidence = evidence
         self.store = Ledger()  # used on the writer thread only
         self._users: dict[str, User] = {}  # writer thread
 
@@ -126,7 +127,7 @@ class CreditLedger:
     def emit(self, tx: Tx, sends: Iterable[Send]) -> None:
         """Queue typed messages, each to the recipient it names."""
         for send in sends:
-            tx.send(send.to, send.target, send.action, send.object, from_cuid=send.from_cuid)
+            tx.send(send)
 
     def partner_address(self, agent: str, cuid: str | None) -> ChipAddress:
         """A tally partner as a message recipient (the pump finds where to dial it)."""
@@ -136,20 +137,20 @@ class CreditLedger:
         to = None
         for message in messages:
             to = to or holding.local.partner
-            tx.send(to, message["target"], message["action"], message["object"],
-                    from_cuid=holding.cuid)
+            tx.send(Send(to, message["target"], message["action"], message["object"],
+                         from_cuid=holding.cuid))
 
     def log(self, tx: Tx, local: t.LocalTally, kind: str, payload: object,
              ref: str | None = None) -> None:
         """Evidence for the clearing house, once per node (the foil holder's, when both
         holders are ours)."""
-        if self.node.evidence.clearing_house() is None:
-            return  # log_evidence would do nothing, after checking its arguments
+        if self.evidence.clearing_house() is None:
+            return  # evidence.log would do nothing, after checking its arguments
         partner = local.partner
-        if partner.agent == self.node.agent_id and local.side == t.STOCK:
+        if partner.agent == self.runtime.agent_id and local.side == t.STOCK:
             return
         owners = [local.tally[side]["cert"]["chad"]["agent"] for side in t.SIDES]
-        log_evidence(tx, local.uuid, owners, kind, payload, ref=ref)
+        self.evidence.log(tx, local.uuid, owners, kind, payload, ref=ref)
 
     def user(self, conn: sqlite3.Connection, cuid: str) -> User:
         user = self._users.get(cuid)
@@ -158,7 +159,7 @@ class CreditLedger:
             if row is None:
                 raise Reject("UNKNOWN_USER", f"no user {cuid!r} on this node")
             key = SigningKey(row["seed"])
-            cert = t.make_cert(self.node.own_address(cuid), row["name"], key.public,
+            cert = t.make_cert(self.runtime.own_address(cuid), row["name"], key.public,
                                row["created"])
             user = self._users[cuid] = User(cuid, key, cert)
         return user
@@ -203,7 +204,7 @@ class CreditLedger:
 
     async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            return await self.node.db.write(job)
+            return await self.runtime.db.write(job)
         except Reject as exc:
             if exc.code in _NOT_FOUND:
                 raise RpcError(NOT_FOUND, exc.message, exc.code) from exc
@@ -211,24 +212,15 @@ class CreditLedger:
 
     async def transact(self, work: Callable[[Tx], T]) -> T:
         """Run ``work`` in one transaction; its messages go to the pump once committed."""
-        node = self.node
-
-        def job(conn: sqlite3.Connection) -> tuple[Tx, T]:
-            tx = Tx(node, conn, node.now_ms())
-            with refusals():
-                return tx, work(tx)
-
-        tx, result = await self.write(job)
-        tx.committed()
-        return result
+        return await self.runtime.transact(work)
 
     def known_user(self, cuid: str) -> str:
-        if self.node.db.read_one(users.EXISTS, (cuid,)) is None:
+        if self.runtime.db.read_one(users.EXISTS, (cuid,)) is None:
             raise RpcError(NOT_FOUND, f"no user {cuid!r} on this node", "UNKNOWN_USER")
         return cuid
 
     def tally_row(self, cuid: str, tally_uuid: str) -> Any:
-        row = self.node.db.read_one(SELECT_TALLY, (tally_uuid, self.known_user(cuid)))
+        row = self.runtime.db.read_one(SELECT_TALLY, (tally_uuid, self.known_user(cuid)))
         if row is None:
             raise RpcError(NOT_FOUND, f"user {cuid} holds no tally {tally_uuid}",
                            "UNKNOWN_TALLY")

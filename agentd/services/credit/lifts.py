@@ -35,7 +35,6 @@ import trio
 from agentd.logs import event
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Service, Tx
-from agentd.services.clearing.client import log_evidence
 from agentd.services.credit.ledger import CreditLedger, refusals
 from agentd.services.credit.params import param_amount, param_cuid, param_memo, param_uuid
 from agentd.services.credit.routes import RouteService, param_find
@@ -49,7 +48,7 @@ from store import lifts
 if TYPE_CHECKING:
     import sqlite3
 
-    from agentd.runtime.node import Node
+    from agentd.runtime.context import Runtime
 
 log = logging.getLogger("agentd.lift")
 WAIT_S = 30.0
@@ -64,14 +63,14 @@ class LiftService(Service):
     target = "lift"
     actions = frozenset({"promise", "commit", "cancel", "query", "decision"})
 
-    def __init__(self, node: Node, ledger: CreditLedger, routes: RouteService) -> None:
+    def __init__(self, node: Runtime, ledger: CreditLedger, routes: RouteService) -> None:
         super().__init__(node)
         self.ledger = ledger
         self.routes = routes
         self._settled: dict[str, trio.Event] = {}  # lift -> set when it is decided here
         self._work = trio.Event()  # a new pending lift: look at the deadlines again
         for name in ("pay", "clear", "wait", "show", "list"):
-            node.rpc.register(f"lift.{name}", getattr(self, f"rpc_{name}"))
+            node.register_method(f"lift.{name}", getattr(self, f"rpc_{name}"))
 
     # -- RPC -----------------------------------------------------------------------------
 
@@ -82,7 +81,7 @@ class LiftService(Service):
         ``NO_ROUTE`` when no path can carry ``units`` (checked before anything is promised)."""
         cuid, target = param_cuid(cuid), param_find(find)
         units, memo, life_ms = param_amount(units, "units"), param_memo(memo), self._life(life_s)
-        if (target.agent, target.cuid) == (self.node.agent_id, cuid):
+        if (target.agent, target.cuid) == (self.runtime.agent_id, cuid):
             raise invalid_params("find is the payor itself: use lift.clear for a circle")
         found = await self.routes.search(cuid, target, units, "linear", first=True)
         if not found:
@@ -105,7 +104,7 @@ class LiftService(Service):
                     life_ms: int | None = None) -> dict:
         """Start a circular lift through ``cuid`` of ``least`` (``exact``) or of all the best
         cycle can carry, if that is at least ``least``."""
-        found = await self.routes.search(cuid, self.node.own_address(cuid), least, "circular")
+        found = await self.routes.search(cuid, self.runtime.own_address(cuid), least, "circular")
         if not found:
             raise Reject("NO_CYCLE", f"no debt cycle through {cuid} can clear {least} mCHIP")
         best = found[0]
@@ -148,7 +147,7 @@ class LiftService(Service):
 
     def _life(self, life_s: Any) -> int:
         if life_s is None:
-            return round(self.node.config.lift.life_s * 1000)
+            return round(self.runtime.config.lift.life_s * 1000)
         if isinstance(life_s, bool) or not isinstance(life_s, int | float) or not (
                 1 <= life_s <= 86_400):
             raise invalid_params("life_s must be seconds from 1 to 86400")
@@ -198,7 +197,7 @@ class LiftService(Service):
 
     def referee(self) -> ChipAddress:
         """Who decides our lifts: ``[lift] referee``, else our clearing house, else us."""
-        node, config = self.node, self.node.config
+        node, config = self.runtime, self.runtime.config
         agent = config.lift.referee
         if agent is None and config.clearinghouse is not None:
             agent = config.clearinghouse.agent
@@ -213,7 +212,7 @@ class LiftService(Service):
     def _learn(self, record: dict[str, Any]) -> None:
         """Remember where the lift's nodes and referee listen: decisions and queries go
         there, not only to tally partners."""
-        node = self.node
+        node = self.runtime
         for where in (*record["path"], record["referee"]):
             agent = where["agent"]
             if (agent != node.agent_id and where.get("host") is not None
@@ -252,7 +251,7 @@ class LiftService(Service):
         if here.cuid is None or not self.ledger.known(tx.conn, here.cuid):
             raise Reject("UNKNOWN_USER", f"no user {here.cuid!r} on this node")
         lf.check_promise(record, hop, now_ms=tx.now_ms, sender=envelope.from_, here=here)
-        allowed = self.node.config.lift.referees
+        allowed = self.runtime.config.lift.referees
         if allowed and record["referee"]["agent"] not in allowed:
             raise Reject("REFEREE_REFUSED", f"this node accepts lifts refereed by "
                          f"{', '.join(allowed)} only")
@@ -261,6 +260,9 @@ class LiftService(Service):
         if self.ledger.store.get_chit(tx.conn, incoming.local.uuid, here.cuid,
                                       c.lift_chit(record, hop, incoming.local).uuid):
             return  # this hop's chit is here already: a resent promise
+        known = lifts.get(tx.conn, record["lift"])
+        if known is not None and known["state"] != lf.PEND:
+            raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here already")
         self._learn(record)
         lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
         _log_lift(tx, record["lift"], lf.PEND, kind=record["kind"], units=record["units"],
@@ -293,19 +295,20 @@ class LiftService(Service):
     def _referee(self, tx: Tx, envelope: Envelope) -> None:
         record = envelope.object.get("record")
         lf.check_record(record)
-        if record["referee"]["agent"] != self.node.agent_id:
+        if record["referee"]["agent"] != self.runtime.agent_id:
             raise Reject("NOT_REFEREE", f"lift {record['lift']} is refereed by "
                          f"{record['referee']['agent']}, not this node")
         decided = lifts.decision(tx.conn, record["lift"])
         decision, sends = lf.decide(decided, envelope.action, record, now_ms=tx.now_ms,
-                                    key=self.node.key, asker=envelope.from_.agent)
+                                    key=self.runtime.key, asker=envelope.from_.agent)
         if decision is not None and decided is None:
             self._learn(record)
             lifts.decide(tx.conn, record, decision, tx.now_ms)
             log.info("lift %s: %s (%s)", record["lift"], decision["state"], envelope.action)
             owners = sorted({hop["agent"] for hop in record["path"]})
-            log_evidence(tx, record["lift"], owners, "lift.decision",
-                         {"record": record, "decision": decision}, ref=record["lift"])
+            self.ledger.evidence.log(tx, record["lift"], owners, "lift.decision",
+                                     {"record": record, "decision": decision},
+                                     ref=record["lift"])
         self.ledger.emit(tx, sends)
 
     def _on_decision(self, tx: Tx, envelope: Envelope) -> None:
@@ -316,6 +319,9 @@ class LiftService(Service):
         known = record if row is None else lifts.record_of(row)
         state = lf.check_decision(decision, known)
         if row is None:
+            if state == lf.VOID:  # remembered, so a promise that comes late is refused
+                lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
+                lifts.settle(tx.conn, record["lift"], state, decision, tx.now_ms)
             return  # we hold nothing of this lift (our hop was never reached)
         if row["state"] == state:
             return  # a repeat
@@ -358,7 +364,7 @@ class LiftService(Service):
         cancelled; sleeps until the next one is due (or a new lift starts)."""
         task_status.started()
         async with trio.open_nursery() as nursery:
-            if self.node.config.lift.auto_clear:
+            if self.runtime.config.lift.auto_clear:
                 nursery.start_soon(self._auto_clear)
             await self._follow_up()
 
@@ -372,10 +378,10 @@ class LiftService(Service):
     async def _auto_clear(self) -> None:
         """``[lift] auto_clear``: every ``interval_s``, clear a debt cycle through each of our
         users owed at least ``minimum``, as MyCHIPs' scheduler does."""
-        settings = self.node.config.lift
+        settings = self.runtime.config.lift
         while True:
             await trio.sleep(settings.interval_s)
-            creditors = await self.node.db.write(
+            creditors = await self.runtime.db.write(
                 lambda conn: self.ledger.store.creditors(conn, settings.minimum))
             for cuid in creditors:
                 try:

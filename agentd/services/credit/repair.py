@@ -19,15 +19,15 @@ from store import outbox
 from store.credit import UNSETTLED
 
 if TYPE_CHECKING:
-    from agentd.runtime.node import Node
+    from agentd.runtime.context import Runtime
 
 RESYNC_INTERVAL = 1.0  # s between looks for chains to repair
 RESYNC_MAX_MS = 60_000  # while repairs do not settle a chain, at most this far apart
 
 
 class ChainRepair:
-    def __init__(self, node: Node, ledger: CreditLedger) -> None:
-        self.node = node
+    def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
+        self.runtime = node
         self.ledger = ledger
         self._connected: set[str] = set()
 
@@ -43,13 +43,13 @@ class ChainRepair:
         """Send ``protocol.chain.resync`` repairs for every unsettled chain that is due (still
         for a while, or its partner's channel just opened) and whose partner has nothing
         waiting in our outbox; returns how many chains were repaired."""
-        node = self.node
-        now = node.now_ms()
+        node = self.runtime
+        now = node.clock.now_ms()
         rows = node.db.read(UNSETTLED)
         waiting = {row[0] for row in node.db.read(outbox.WAITING_PEERS)}
         partners = {row["partner"] for row in rows}
         connected = {agent for agent in partners
-                     if agent == node.agent_id or node.peers.connected(agent)}
+                     if agent == node.agent_id or node.connected(agent)}
         opened, self._connected = connected - self._connected, connected
         due = [row for row in rows if row["partner"] not in waiting
                and (row["resync_due"] <= now or row["partner"] in opened)]

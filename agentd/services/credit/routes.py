@@ -32,7 +32,7 @@ from protocol.keys import ChipAddress, IdentityError
 if TYPE_CHECKING:
     import sqlite3
 
-    from agentd.runtime.node import Node
+    from agentd.runtime.context import Runtime
 
 FAN_OUT = 10  # partners a query goes on to from one user
 DEPTH = 10  # hops at most
@@ -47,12 +47,12 @@ class RouteService(Service):
     target = "route"
     actions = frozenset({"query", "good", "none"})
 
-    def __init__(self, node: Node, ledger: CreditLedger) -> None:
+    def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         super().__init__(node)
         self.ledger = ledger
         self._searches: dict[str, tuple[route.Search, trio.Event]] = {}  # event loop
         self._seen: OrderedDict[tuple[Any, Any], None] = OrderedDict()  # writer thread
-        node.rpc.register("route.find", self.rpc_find)
+        node.register_method("route.find", self.rpc_find)
 
     async def rpc_find(self, cuid: str, find: str, units: int,
                        timeout_s: float = SEARCH_S) -> list[dict]:
@@ -69,7 +69,7 @@ class RouteService(Service):
         is exhausted or its time is up; with ``first``, as soon as one route is found (a
         lift needs one; the first to come back is usually the shortest)."""
         query = str(uuidlib.uuid4())
-        node = self.node
+        node = self.runtime
 
         def work(tx: Tx) -> route.Started:
             self.ledger.user(tx.conn, cuid)
@@ -121,7 +121,7 @@ class RouteService(Service):
         if here.cuid is None or not self.ledger.known(tx.conn, here.cuid):
             raise Reject("UNKNOWN_USER", f"no user {here.cuid!r} on this node")
         with refusals():
-            here = self.node.own_address(here.cuid)
+            here = self.runtime.own_address(here.cuid)
             key = (obj.get("query"), here.cuid)
             if key in self._seen:
                 sends = route.repeat(obj, here=here).messages

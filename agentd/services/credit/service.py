@@ -15,25 +15,26 @@ from agentd.services.credit.routes import RouteService
 from agentd.services.credit.tallies import TallyService
 
 if TYPE_CHECKING:
-    from agentd.runtime.node import Node
+    from agentd.runtime.context import Runtime
+    from agentd.services.clearing.client import Evidence
 
 
 class Credit:
-    def __init__(self, node: Node) -> None:
-        self.ledger = CreditLedger(node)
+    def __init__(self, node: Runtime, evidence: Evidence) -> None:
+        self.ledger = CreditLedger(node, evidence)
         self.tallies = TallyService(node, self.ledger)
         self.chits = ChitService(node, self.ledger)
         self.routes = RouteService(node, self.ledger)
         self.lifts = LiftService(node, self.ledger, self.routes)
         self.repair = ChainRepair(node, self.ledger)
         for service in (self.tallies, self.chits, self.routes, self.lifts):
-            node.dispatcher.register(service)
+            node.register_target(service)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Fill limit columns of old rows, then repair chains and follow up pending lifts
         until cancelled."""
-        await self.ledger.node.db.write(self.ledger.store.fill_limits)
+        await self.ledger.runtime.db.write(self.ledger.store.fill_limits)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.repair.run)
             await nursery.start(self.lifts.run)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import uuid as uuidlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -37,10 +36,11 @@ from protocol import tally as t
 from protocol.codec import unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, b64u, format_hostport
+from protocol.messages import Send
 from store.credit import LIST_TALLIES, LIST_USER_TALLIES, Holding
 
 if TYPE_CHECKING:
-    from agentd.runtime.node import Node
+    from agentd.runtime.context import Runtime
 
 log = logging.getLogger("agentd.credit")
 
@@ -79,12 +79,12 @@ class TallyService(Service):
     target = "tally"
     actions = frozenset({"ticket", "offer", "open", "void", "draft", "close"})
 
-    def __init__(self, node: Node, ledger: CreditLedger) -> None:
+    def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         super().__init__(node)
         self.ledger = ledger
         for name in ("invite", "request", "offer", "accept", "refuse", "counter", "close",
                      "list", "show"):
-            node.rpc.register(f"tally.{name}", getattr(self, f"rpc_{name}"))
+            node.register_method(f"tally.{name}", getattr(self, f"rpc_{name}"))
 
     def wants_delivery(self, envelope: dict) -> bool:
         return envelope.get("action") in REPORTED
@@ -133,7 +133,7 @@ class TallyService(Service):
             self.ledger.store.create(tx.conn, cuid, draft, tx.now_ms)
             log_new_tally(tx, cuid, draft)
             expires = tx.now_ms + round(expires_s * 1000)
-            ticket = t.make_ticket(self.node.own_address(cuid), token, expires, reuse=reuse)
+            ticket = t.make_ticket(self.runtime.own_address(cuid), token, expires, reuse=reuse)
             self.ledger.store.add_ticket(tx.conn, token, draft.uuid, cuid, reuse=reuse,
                                    expires_ms=expires, now_ms=tx.now_ms)
             return draft, ticket
@@ -151,29 +151,29 @@ class TallyService(Service):
         with refusals():
             invitation = t.decode_ticket(ticket)
         inviter = ChipAddress.from_map(invitation["chad"])
-        node = self.node
+        node = self.runtime
         if inviter.agent != node.agent_id and inviter.host is not None:
             node.learn_peer(inviter.agent, format_hostport(inviter.host, inviter.port))
         subject = node.own_address(cuid)
         tally_uuid = ticket_tally_uuid(invitation["token"],
                                        subject if invitation["reuse"] else None)
 
-        def job(conn: sqlite3.Connection) -> tuple[Tx, bytes]:
-            tx = Tx(node, conn, node.now_ms())
+        def work(tx: Tx) -> bytes:
             with refusals():
-                user = self.ledger.user(conn, cuid)
-                held = self.ledger.store.get(conn, tally_uuid, cuid)
+                user = self.ledger.user(tx.conn, cuid)
+                held = self.ledger.store.get(tx.conn, tally_uuid, cuid)
                 if held is not None:
                     raise Reject("BAD_TICKET", f"tally {tally_uuid} is already ours "
                                  f"({held.local.state})")
                 request = t.ticket_request(invitation, user.cert, tx.now_ms)
-            message_id = tx.send(inviter, "tally", request["action"], request["object"],
-                                 from_cuid=cuid)
-            return tx, message_id
+            message_id = tx.send(Send(inviter, "tally", request["action"], request["object"],
+                                      from_cuid=cuid))
+            node.replies.expect_after(tx, message_id)
+            return message_id
 
-        tx, message_id = await self.ledger.write(job)
-        await self.node.replies.wait(
-            tx, message_id, REQUEST_TIMEOUT, f"the inviter's node {inviter.agent} did not answer"
+        message_id = await node.transact(work)
+        await node.replies.result(
+            message_id, REQUEST_TIMEOUT, f"the inviter's node {inviter.agent} did not answer"
             f" within {REQUEST_TIMEOUT:g} s (the request stays in the outbox and will be retried)")
         return {"tally": tally_uuid, "state": "requested", "partner": str(inviter)}
 
@@ -223,9 +223,10 @@ class TallyService(Service):
     async def rpc_list(self, cuid: str | None = None) -> list[dict]:
         """Tallies (of one user, or all) with state, partner, balance and chain."""
         if cuid is None:
-            rows = self.node.db.read(LIST_TALLIES)
+            rows = self.runtime.db.read(LIST_TALLIES)
         else:
-            rows = self.node.db.read(LIST_USER_TALLIES, (self.ledger.known_user(param_cuid(cuid)),))
+            rows = self.runtime.db.read(LIST_USER_TALLIES,
+                                        (self.ledger.known_user(param_cuid(cuid)),))
         return [tally_summary(row) for row in rows]
 
     async def rpc_show(self, cuid: str, tally: str) -> dict:
@@ -280,7 +281,7 @@ class TallyService(Service):
         if not row["reuse"] and row["used"]:
             raise Reject("BAD_TICKET", "this one-time ticket was already used")
         template = self.ledger.holding(tx.conn, row["tally"], cuid)
-        ticket = {"token": row["token"], "chad": self.node.own_address(cuid).to_map(),
+        ticket = {"token": row["token"], "chad": self.runtime.own_address(cuid).to_map(),
                   "expires": row["expires"], "reuse": bool(row["reuse"])}
         subject = envelope.from_
         new_uuid = ticket_tally_uuid(row["token"], subject) if row["reuse"] else template.local.uuid
@@ -303,7 +304,7 @@ class TallyService(Service):
         user = self.ledger.user(tx.conn, cuid)
         ours = [side for side in t.SIDES if obj[side]["cert"] is not None
                 and obj[side]["cert"]["chad"].get("cuid") == cuid
-                and obj[side]["cert"]["chad"]["agent"] == self.node.agent_id]
+                and obj[side]["cert"]["chad"]["agent"] == self.runtime.agent_id]
         if len(ours) != 1 or obj[ours[0]]["cert"]["public"] != user.key.public:
             raise Reject("NOT_ADDRESSED", f"tally {obj['uuid']} does not name our user {cuid}")
         for other in self.ledger.store.holders_of(tx.conn, obj["uuid"]):
@@ -327,7 +328,7 @@ class TallyService(Service):
         """The partner's node committed (``refusal`` None) or refused a tally message of ours."""
         message_id = envelope.get("id")
         if envelope.get("action") == "ticket":
-            self.node.replies.settle(tx, message_id, error=refusal)
+            self.runtime.replies.settle(tx, message_id, error=refusal)
             return
         obj, sender = envelope.get("object") or {}, envelope.get("from") or {}
         holding = self.ledger.store.get(tx.conn, obj.get("uuid"), sender.get("cuid"))
