@@ -7,6 +7,7 @@ resolved against the directory of the config file, so a config works from any cw
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,7 @@ class Config:
     relay_verify: tuple[VerifyPolicy, ...] = ()
     log_level: str = "info"
     log_format: str = "text"
+    metrics_listen: str | None = None
     lift: LiftConfig = LiftConfig()
 
     @property
@@ -265,11 +267,41 @@ def parse_config(raw: dict, source: Path) -> Config:
             raise UserError(f"{source}: log.format must be one of {', '.join(LOG_FORMATS)}")
         log.finish()
 
+    metrics_listen = None
+    if "metrics" in raw:
+        metrics = _Section(source, "metrics", top.get("metrics", dict))
+        metrics_listen = metrics.hostport("listen", required=True, allow_zero=True)
+        metrics.finish()
+
     top.finish()
     return Config(
         path=source, name=name, data_dir=data_dir, listen=listen, key_file=key_file,
         network=network, roles=roles, max_frame=max_frame, advertise=advertise,
         handshake_timeout=handshake_timeout, idle_timeout=idle_timeout, peers=tuple(peers),
         clearinghouse=clearinghouse, relay_access=tuple(access), relay_verify=tuple(verify),
-        log_level=log_level, log_format=log_format, lift=lift,
+        log_level=log_level, log_format=log_format, metrics_listen=metrics_listen,
+        lift=lift,
     )
+
+
+def control_socket(path: Path | str) -> Path:
+    """The control socket of the node configured in ``path``, read without validating the
+    rest of the file: the CLI needs only ``[node] data_dir`` to reach a node — to ``reload``
+    it after a bad edit, which the node then refuses naming the problem, or to ``stop`` it.
+    A file that is not TOML at all falls back to its ``data_dir = "..."`` line."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise UserError(f"{source}: config file not found") from exc
+    except OSError as exc:
+        raise UserError(f"{source}: cannot read config file: {exc.strerror}") from exc
+    try:
+        data_dir = tomllib.loads(text).get("node", {}).get("data_dir")
+    except (tomllib.TOMLDecodeError, AttributeError):
+        found = re.search(r'^\s*data_dir\s*=\s*"([^"\\]*)"', text, re.MULTILINE)
+        data_dir = found.group(1) if found else None
+    if not isinstance(data_dir, str) or not data_dir:
+        raise UserError(f"{source}: node.data_dir is required (it locates the control socket;"
+                        " or give --socket PATH)")
+    return Path(os.path.normpath(source.resolve().parent / data_dir)) / "agentd.sock"

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -71,21 +72,21 @@ class RpcServer:
     def __init__(self, refused: Callable[[Refusal], RpcError]) -> None:
         self.methods: dict[str, Method] = {"help": self.help}
         self._refused = refused  # how a method's refusal is answered (agentd.runtime.refusals)
+        # told each call's duration (the node feeds its latency histogram from it)
+        self.observe: Callable[[str, float], None] | None = None
 
     def register(self, name: str, method: Method) -> None:
         self.methods[name] = method
 
-    async def help(self) -> list[dict[str, Any]]:
-        """Every method with its parameters (optional ones end in '?') and what it does."""
-        out = []
-        for name in sorted(self.methods):
-            method = self.methods[name]
-            params = [p.name + ("" if p.default is inspect.Parameter.empty else "?")
-                      for p in inspect.signature(method).parameters.values()]
-            doc = (inspect.getdoc(method) or "").split("\n\n")[0].replace("\n", " ")
-            doc = doc.replace("``", "")  # docstring markup, not for the terminal
-            out.append({"method": name, "params": params, "doc": doc})
-        return out
+    async def help(self, method: str | None = None) -> list[dict[str, Any]]:
+        """Every method (or the one named) with its parameters, their types and defaults, and
+        what it does."""
+        from agentd.methods import describe
+
+        if method is not None and method not in self.methods:
+            raise RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}", "METHOD_NOT_FOUND")
+        names = [method] if method is not None else sorted(self.methods)
+        return [jsonable(describe(name, self.methods[name])) for name in names]
 
     async def call(self, name: str, params: Any) -> Any:
         method = self.methods.get(name)
@@ -106,10 +107,14 @@ class RpcServer:
                    if p.default is inspect.Parameter.empty and p.name not in params]
         if missing:
             raise invalid_params(f"{name}: missing parameter {missing[0]!r}")
+        started = time.perf_counter()
         try:
             return await method(**params)
         except Refusal as exc:
             raise self._refused(exc) from exc
+        finally:
+            if self.observe is not None:
+                self.observe(name, time.perf_counter() - started)
 
     async def handle_line(self, line: bytes) -> dict[str, Any] | None:
         try:
@@ -197,7 +202,7 @@ async def _unix_listener(path: Path) -> trio.SocketListener:
         await sock.bind(str(path))
     except OSError as exc:
         sock.close()
-        raise UserError(f"{path}: cannot create control socket: {exc.strerror}") from exc
+        raise UserError(f"{path}: cannot create control socket: {exc.strerror or exc}") from exc
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)

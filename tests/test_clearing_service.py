@@ -324,7 +324,8 @@ async def test_evidence_logged_together_goes_as_one_batch_under_one_signature(tm
         house, alice, bob = net.nodes
         owners = [alice.agent_id, bob.agent_id]
         await evidence(alice, 1, "tally-3", owners, "tally.open")  # the process exists now
-        await wait_for(lambda: len(receipts(alice)) == 1)
+        # ... and its receipt is checked: the keys request it needed has been answered too
+        await wait_for(lambda: [r["status"] for r in receipts(alice)] == ["valid"])
         before = house.db.read_one("SELECT count(*) FROM inbox")[0]
         await evidence(alice, 40, "tally-3", owners, "chit.good")  # one transaction
         await wait_for(lambda: len(receipts(alice)) == 41)

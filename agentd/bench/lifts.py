@@ -16,7 +16,6 @@ Goals: hop5_p50_ms <= 25, hop5_p99_ms <= 60, lifts_s >= 300, unfinished = 0, voi
 
 from __future__ import annotations
 
-import argparse
 import functools
 import random
 import statistics
@@ -27,7 +26,8 @@ from typing import Any
 
 import trio
 
-from agentd.bench import table, write_json
+from agentd.bench import parser as bench_parser
+from agentd.bench import table, verdict, write_json
 from agentd.bench.chits import measure as measure_chits
 from agentd.localnodes import (
     LocalNode,
@@ -163,14 +163,11 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="agentd bench lifts",
-        description="Lift latency and throughput on a ring of agentd processes.")
+    parser = bench_parser("agentd bench lifts", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
     parser.add_argument("--ring", type=int, default=10, help="nodes round the ring")
     parser.add_argument("--lifts", type=int, help="linear lifts in the throughput phase")
     parser.add_argument("--in-flight", type=int, default=64, help="lifts at once")
-    parser.add_argument("--json", metavar="FILE", help="write the figures as a flat JSON map")
     options = parser.parse_args(argv)
     if options.ring < 6:
         parser.error("--ring must be at least 6 (the latency lift takes 5 hops)")
@@ -197,4 +194,5 @@ def main(argv: list[str]) -> int:
         ("goals", "all met" if not missed else "missed: " + ", ".join(missed)),
     ]))
     write_json(options.json, figures)
-    return 0
+    return verdict([(f"{key} {figures[key]:,.1f} (goal {how} {goal})", key not in missed)
+                    for key, (how, goal) in GOALS.items()], options.no_goals)

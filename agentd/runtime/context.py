@@ -156,6 +156,10 @@ class Service:
     """Base for a message target. Subclasses set ``target`` and implement ``handle``."""
 
     target: ClassVar[str]
+    # The message actions this target takes: the dispatcher refuses any other as
+    # UNKNOWN_ACTION, and docs/protocol.md must describe each (tests/test_protocol_doc.py
+    # fails for a target that leaves this None, which the dispatcher does not check).
+    actions: ClassVar[frozenset[str] | None] = None
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime

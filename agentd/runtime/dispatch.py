@@ -9,6 +9,7 @@ each job has committed. A duplicate is acked and ignored; a refusal is an error 
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from agentd.runtime.context import Reject, Service
@@ -60,8 +61,9 @@ class Dispatcher:
             log.warning("rejected message from %s: %s", channel.agent[:8], refusal)
             await channel.send_frame(ack_frame(message.id, refusal.code, refusal.message))
             return
+        started = time.perf_counter()
         pending = self._start(message, channel.agent)
-        await channel.defer(lambda: self._finish(message, pending))
+        await channel.defer(lambda: self._finish(message, pending, started))
 
     async def on_ack_frame(self, body: bytes, from_agent: str) -> None:
         message = parse_frame(body)
@@ -81,8 +83,12 @@ class Dispatcher:
             return Reject("FROM_MISMATCH", "from.agent is not the channel's authenticated agent")
         if envelope.to.agent != self.node.agent_id:
             return Reject("WRONG_RECIPIENT", "to.agent is not this node")
-        if envelope.target not in self.services:
+        service = self.services.get(envelope.target)
+        if service is None:
             return Reject("UNKNOWN_TARGET", f"this node does not serve {envelope.target!r}")
+        if service.actions is not None and envelope.action not in service.actions:
+            return Reject("UNKNOWN_ACTION", f"{envelope.target} has no action "
+                          f"{envelope.action!r} (it takes {', '.join(sorted(service.actions))})")
         return None
 
     def _start(self, envelope: Envelope, agent: str) -> PendingWrite:
@@ -99,7 +105,8 @@ class Dispatcher:
 
         return node.db.start(job)
 
-    async def _finish(self, envelope: Envelope, pending: PendingWrite) -> bytes:
+    async def _finish(self, envelope: Envelope, pending: PendingWrite,
+                      started: float | None = None) -> bytes:
         counters = self.node.counters
         try:
             outcome = await pending.outcome()
@@ -116,6 +123,9 @@ class Dispatcher:
         else:
             counters.messages_processed += 1
             outcome.committed()
+            if started is not None:
+                self.node.metrics.message_seconds.labels(envelope.target).observe(
+                    time.perf_counter() - started)
         return ack_frame(envelope.id)
 
     async def _settle(self, ack: Ack, from_agent: str) -> None:

@@ -22,6 +22,8 @@ import trio
 from agentd import __version__
 from agentd.config import Config
 from agentd.errors import UserError
+from agentd.logs import event
+from agentd.metrics import Metrics
 from agentd.rpc import RpcServer
 from agentd.runtime.clock import Clock
 from agentd.runtime.context import Reject, Service, Tx
@@ -36,6 +38,7 @@ from agentd.runtime.transport import Channel, Hello
 from agentd.services.clearing.client import Evidence
 from agentd.services.clearing.house import ClearingService
 from agentd.services.credit.service import Credit
+from agentd.services.peer_admin import PeerAdmin
 from agentd.services.ping import PingService
 from agentd.services.relay.service import RelayService
 from agentd.services.users import Users
@@ -57,6 +60,10 @@ class Node:
         self.agent_id = key.agent_id
         self.counters = Counters()
         self.rpc = RpcServer(rpc_error)
+        self.metrics = Metrics(self)
+        self.metrics_port: int | None = None  # where [metrics] listen serves, once started
+        self.rpc.observe = lambda method, seconds: self.metrics.rpc_seconds.labels(
+            method).observe(seconds)
         self.dispatcher = Dispatcher(self)
         self.pump = OutboxPump(self)
         self.replies = Replies()
@@ -82,6 +89,7 @@ class Node:
         self.relay = RelayService(self)
         self.credit = Credit(self, self.evidence)  # the tally and chit targets
         Users(self)
+        PeerAdmin(self)
 
     # -- the runtime interface (agentd.runtime.context.Runtime) --------------------------
 
@@ -157,6 +165,20 @@ class Node:
             self._peer_names.setdefault(agent, name)
         self.db.submit(lambda conn: peer_store.upsert(conn, agent, name=name, address=address))
 
+    async def forget_peer(self, agent: str) -> None:
+        """Drop a peer the operator removed: its address, its name, its stored row."""
+        self._peer_addresses.pop(agent, None)
+        self._peer_names.pop(agent, None)
+        await self.db.write(lambda conn: peer_store.delete(conn, agent))
+
+    def peer_source(self, agent: str) -> str:
+        """``config`` for a peer (or clearing house) the config file names, else ``learned``
+        (from a hello, a ticket or a certificate)."""
+        house = self.config.clearinghouse
+        configured = {peer.agent for peer in self.config.peers}
+        return "config" if agent in configured or (house and house.agent == agent) \
+            else "learned"
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -211,6 +233,9 @@ class Node:
         self.port = listeners[0].socket.getsockname()[1]
         self.peers.hello = Hello(self.agent_id, self.listen_address, self.config.roles)
         await nursery.start(self.rpc.serve, self.config.socket_path)
+        if self.config.metrics_listen:
+            self.metrics_port = await nursery.start(self.metrics.serve,
+                                                    self.config.metrics_listen)
         nursery.start_soon(self._maintenance)
 
     async def _maintenance(self) -> None:
@@ -234,11 +259,14 @@ class Node:
                 self._peer_names.setdefault(row["agent"], row["name"])
 
     def _channel_opened(self, channel: Channel) -> None:
+        event(log, "peer connected", agent=channel.agent, name=self._peer_names.get(channel.agent),
+              address=channel.hello.listen, direction="out" if channel.outbound else "in")
         self.learn_peer(channel.agent, channel.hello.listen)
         stamp = self.clock.now_ms()
         self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
 
     def _channel_closed(self, channel: Channel) -> None:
+        event(log, "peer lost", agent=channel.agent, name=self._peer_names.get(channel.agent))
         self.pump.on_channel_closed(channel)
         stamp = self.clock.now_ms()
         self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
@@ -262,7 +290,8 @@ class Node:
         }
 
     async def rpc_peers(self) -> list[dict]:
-        """Configured and learned peers, with whether a channel is open now."""
+        """Configured and learned peers: where each came from (source: config or learned) and
+        whether a channel is open now."""
         rows = {row["agent"]: row for row in self.db.reading(peer_store.all_peers)}
         agents = set(rows) | set(self._peer_addresses) | set(self.peers.channels)
         out, now = [], self.clock.now_ms()
@@ -273,6 +302,7 @@ class Node:
                 "name": self._peer_names.get(agent) or (row["name"] if row else None),
                 "agent": agent,
                 "address": self._peer_addresses.get(agent) or (row["address"] if row else None),
+                "source": self.peer_source(agent),
                 "connected": connected,
                 "last_seen": now if connected else (row["last_seen"] if row else None),
             })

@@ -20,6 +20,7 @@ PING_TIMEOUT = 10.0
 
 class PingService(Service):
     target = "node"
+    actions = frozenset({"ping", "pong", "note"})
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)

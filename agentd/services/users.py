@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Runtime
-from protocol.keys import SigningKey, b64u, valid_cuid
+from protocol.keys import CUID_RULE, SigningKey, b64u, valid_cuid
 from store import users
 
 
@@ -18,7 +18,7 @@ class Users:
         """Create a user with a fresh signing key; returns its CHIP address."""
         if not valid_cuid(cuid):
             raise invalid_params(
-                f"cuid {cuid!r} must be 1-64 letters, digits, '_', '-' or '.'")
+                f"cuid {cuid!r} must be {CUID_RULE}")
         if name is not None and not isinstance(name, str):
             raise invalid_params("name must be text")
         key = SigningKey.generate()

@@ -48,6 +48,7 @@ REPLY_OVERHEAD = 4096
 
 class ClearingService(Service):
     target = ch.TARGET
+    actions = REQUESTS | REPLIES
 
     def __init__(self, runtime: Runtime, evidence: Evidence) -> None:
         super().__init__(runtime)

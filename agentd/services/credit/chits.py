@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Service, Tx
-from agentd.services.credit.ledger import CreditLedger
+from agentd.services.credit.ledger import CreditLedger, log_chits
 from agentd.services.credit.params import (
     new_uuids,
     object_uuid,
@@ -42,6 +42,7 @@ class ChitService(Service):
     """The ``chit`` target and the ``chit.*`` RPC methods."""
 
     target = "chit"
+    actions = frozenset({"good", "pend", "void", "chain"})
 
     def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         super().__init__(node)
@@ -105,6 +106,7 @@ class ChitService(Service):
                                           balance=holding.balance, memo=memo,
                                           reserved=holding.lift_in)
             self.ledger.store.put_chit(tx.conn, cuid, drafted, tx.now_ms)
+            log_chits(tx, cuid, [drafted])
             self.ledger.send(tx, holding, messages)
             return drafted
 
@@ -134,6 +136,7 @@ class ChitService(Service):
             holding, owed = self.ledger.owed(tx.conn, cuid, chit_uuid)
             refused, messages = c.refuse(owed, holding.local)
             self.ledger.store.put_chit(tx.conn, cuid, refused, tx.now_ms)
+            log_chits(tx, cuid, [refused])
             self.ledger.log(tx, holding.local, "chit.void", refused.to_map(), ref=chit_uuid)
             self.ledger.send(tx, holding, messages)
             return refused
@@ -190,6 +193,7 @@ class ChitService(Service):
             self.ledger.good(tx, holding, [received], batched=False)
             return
         self.ledger.store.put_chit(tx.conn, cuid, received, tx.now_ms)
+        log_chits(tx, cuid, [received])
         if action == "void":
             self.ledger.log(tx, holding.local, "chit.void", received.to_map(), ref=chit_uuid)
 

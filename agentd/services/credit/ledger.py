@@ -14,11 +14,14 @@ are on this node only the foil holder logs, so nothing is logged twice.
 
 from __future__ import annotations
 
+import functools
+import logging
 import sqlite3
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from agentd.logs import event
 from agentd.rpc import NOT_FOUND, RpcError
 from agentd.runtime.context import Reject, Tx
 from protocol import chain as ch
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from agentd.services.clearing.client import Evidence
 
 T = TypeVar("T")
+log = logging.getLogger("agentd.credit")
 RESYNC_QUIET_MS = 1000  # a chain this long still is repaired (see ``repair``)
 
 
@@ -98,10 +102,16 @@ class CreditLedger:
             self.log(tx, local, "tally.open", local.tally)
         if t.CLOSED in happened:
             self.log(tx, local, "tally.close", local.tally)
+        fresh = list(fresh)
         saved = self.store.save(tx.conn, holding, tx.now_ms, local=local, chain=chain,
                                  balance_delta=delta, resync_due=tx.now_ms + RESYNC_QUIET_MS,
                                  fresh=fresh, lift_delta=lift_delta)
         self.send(tx, saved, messages)
+        if local.state != holding.local.state:
+            tx.after_commit(functools.partial(
+                event, log, "tally state", tally=local.uuid, cuid=holding.cuid,
+                state=local.state, was=holding.local.state, balance=saved.balance))
+        log_chits(tx, holding.cuid, fresh)
         return saved
 
     def emit(self, tx: Tx, sends: Iterable[Send]) -> None:
@@ -199,3 +209,17 @@ class CreditLedger:
                            "UNKNOWN_TALLY")
         return row
 
+
+
+def log_new_tally(tx: Tx, cuid: str, local: t.LocalTally) -> None:
+    """The info line for a tally this transaction created, once it has committed."""
+    tx.after_commit(functools.partial(event, log, "tally state", tally=local.uuid, cuid=cuid,
+                                      state=local.state, was="none"))
+
+
+def log_chits(tx: Tx, cuid: str, chits: Iterable[c.LocalChit]) -> None:
+    """The info line per chit state change, once the transaction has committed."""
+    for chit in chits:
+        tx.after_commit(functools.partial(
+            event, log, "chit state", chit=chit.chit["uuid"], tally=chit.chit["tally"],
+            cuid=cuid, state=chit.state, units=chit.chit["units"]))

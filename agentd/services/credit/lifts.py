@@ -25,12 +25,14 @@ referee two-phase commit (DESIGN.md §4):
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from agentd.logs import event
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.services.credit.ledger import CreditLedger
@@ -60,6 +62,7 @@ class LiftService(Service):
     """The ``lift`` target, the referee role and the ``lift.*`` RPC methods."""
 
     target = "lift"
+    actions = frozenset({"promise", "commit", "cancel", "query", "decision"})
 
     def __init__(self, node: Runtime, ledger: CreditLedger, routes: RouteService) -> None:
         super().__init__(node)
@@ -185,6 +188,7 @@ class LiftService(Service):
                 referee=referee, date_ms=tx.now_ms, life_ms=life_ms, memo=memo, key=user.key)
             self._learn(record)
             lifts.add(tx.conn, record, payor=cuid, now_ms=tx.now_ms)
+            _log_lift(tx, record["lift"], lf.PEND, kind=kind, units=units, cuid=cuid)
             self._hold(tx, record, 0, cuid, outgoing=True)
             self.ledger.emit(tx, [lf.promise(record, 0)])
             tx.after_commit(self._work.set)
@@ -261,6 +265,8 @@ class LiftService(Service):
             raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here already")
         self._learn(record)
         lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
+        _log_lift(tx, record["lift"], lf.PEND, kind=record["kind"], units=record["units"],
+                  cuid=here.cuid)
         self._hold(tx, record, hop, here.cuid, outgoing=False)
         last = hop + 1 == len(record["path"]) - 1
         if last:
@@ -342,7 +348,7 @@ class LiftService(Service):
                 self.ledger.log(tx, holding.local, "chit.void", decided.to_map(),
                                 ref=decided.uuid)
         lifts.settle(tx.conn, lift, state, decision, tx.now_ms)
-        log.info("lift %s: %s", lift, state)
+        _log_lift(tx, lift, state)
         tx.after_commit(lambda: self._wake(lift))
 
     def _wake(self, lift: str) -> None:
@@ -415,3 +421,8 @@ def _started(record: dict[str, Any]) -> dict[str, Any]:
             "path": _describe(record)["path"], "referee": record["referee"]["agent"],
             "deadline": record["deadline"]}
 
+
+def _log_lift(tx: Tx, lift: str, state: str, **fields: Any) -> None:
+    """The info line per state change of a lift on this node, once committed."""
+    tx.after_commit(functools.partial(event, log, "lift state", lift=lift, state=state,
+                                      **fields))

@@ -10,7 +10,7 @@ from agentd.rpc import invalid_params
 from protocol import route
 from protocol import tally as t
 from protocol.codec import unpack
-from protocol.keys import ChipAddress, b64u, valid_cuid
+from protocol.keys import CUID_RULE, ChipAddress, b64u, valid_cuid
 
 
 def tally_summary(row: Any) -> dict:
@@ -53,7 +53,7 @@ def object_uuid(obj: Any, field: str) -> str:
 
 def param_cuid(value: Any) -> str:
     if not valid_cuid(value):
-        raise invalid_params(f"cuid {value!r} must be 1-64 letters, digits, '_', '-' or '.'")
+        raise invalid_params(f"cuid {value!r} must be {CUID_RULE}")
     return value
 
 

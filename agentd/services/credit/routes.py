@@ -45,6 +45,7 @@ class RouteService(Service):
     """The ``route`` target and ``route.find``."""
 
     target = "route"
+    actions = frozenset({"query", "good", "none"})
 
     def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         super().__init__(node)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Service, Tx
-from agentd.services.credit.ledger import CreditLedger, User
+from agentd.services.credit.ledger import CreditLedger, User, log_new_tally
 from agentd.services.credit.params import (
     object_uuid,
     param_amount,
@@ -78,6 +78,7 @@ class TallyService(Service):
     """The ``tally`` target and the ``tally.*`` RPC methods."""
 
     target = "tally"
+    actions = frozenset({"ticket", "offer", "open", "void", "draft", "close"})
 
     def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         super().__init__(node)
@@ -131,6 +132,7 @@ class TallyService(Service):
             draft, _ = t.invite(tally_uuid=ticket_tally_uuid(token), date_ms=tx.now_ms,
                                 cert=user.cert, limit=limit, side=side, memo=memo)
             self.ledger.store.create(tx.conn, cuid, draft, tx.now_ms)
+            log_new_tally(tx, cuid, draft)
             expires = tx.now_ms + round(expires_s * 1000)
             ticket = t.make_ticket(self.runtime.own_address(cuid), token, expires, reuse=reuse)
             self.ledger.store.add_ticket(tx.conn, token, draft.uuid, cuid, reuse=reuse,
@@ -289,6 +291,7 @@ class TallyService(Service):
             raise Reject("NOT_FROM_PARTNER", "the ticket request's certificate is another user's")
         if row["reuse"]:
             self.ledger.store.create(tx.conn, cuid, local, tx.now_ms)
+            log_new_tally(tx, cuid, local)
         else:
             self.ledger.commit(tx, template, local=local)
         self.ledger.store.use_ticket(tx.conn, row["token"])
@@ -315,6 +318,7 @@ class TallyService(Service):
             raise Reject("NOT_FROM_PARTNER", f"tally {obj['uuid']} names another partner user")
         if holding is None:
             self.ledger.store.create(tx.conn, cuid, local, tx.now_ms)
+            log_new_tally(tx, cuid, local)
         else:
             self.ledger.commit(tx, holding, local=local)
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.errors import UserError
+from agentd.logs import event
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params, jsonable
 from agentd.runtime.context import Reject, Runtime, Service, Tx
 from agentd.services.relay import driver as relay_driver
@@ -86,6 +87,7 @@ Rules = tuple[tuple[AccessRule, ...], tuple[VerificationPolicy, ...]]
 
 class RelayService(Service):
     target = "relay"
+    actions = frozenset({"query", "ack", "view"})
 
     #: How long the sweep keeps results, DELETED rows and seen nonces, and how often it runs.
     result_ttl_ms = 24 * 3600 * 1000
@@ -151,6 +153,7 @@ class RelayService(Service):
             return tx.now_ms
 
         now = await runtime.transact(work)
+        _changed(request_id, Status.PENDING_ACK, source=to.agent, address=address)
         self._plan_sweep(now + timeout_ms)
         return {"request_id": request_id}
 
@@ -188,6 +191,7 @@ class RelayService(Service):
             raise _unknown(request_id)
         if moved:
             self._notify(request_id)
+            _changed(request_id, Status.DELETED)
         return self._state(self._row(request_id))
 
     async def _resolve(self, address: ViewAddress) -> ChipAddress:
@@ -322,8 +326,9 @@ class RelayService(Service):
             raise Reject("BAD_MESSAGE", str(exc)) from exc
         self._asked(tx, ack.request_id, envelope)
         if ack.status is AckStatus.OK:
-            relay_store.transition(tx.conn, ack.request_id, Status.PENDING,
-                                   APPLIES_FROM[Status.PENDING], tx.now_ms)
+            if relay_store.transition(tx.conn, ack.request_id, Status.PENDING,
+                                      APPLIES_FROM[Status.PENDING], tx.now_ms):
+                tx.after_commit(lambda: _changed(ack.request_id, Status.PENDING))
         else:
             self._fail(tx, ack.request_id, f"the source refused the query: {ack.message}")
 
@@ -353,6 +358,7 @@ class RelayService(Service):
                                   view=canonical(answer.view.to_map()), result=opened.result,
                                   signers=opened.signers):
             tx.after_commit(lambda: self._notify(request_id))
+            tx.after_commit(lambda: _changed(request_id, Status.COMPLETED))
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """The source refused our query for good: the request ends in ERROR with its reason."""
@@ -364,6 +370,7 @@ class RelayService(Service):
         if relay_store.transition(tx.conn, request_id, Status.ERROR, APPLIES_FROM[Status.ERROR],
                                   tx.now_ms, error=error):
             tx.after_commit(lambda: self._notify(request_id))
+            tx.after_commit(lambda: _changed(request_id, Status.ERROR, error=error))
 
     def _notify(self, request_id: str) -> None:
         event = self._waiters.pop(request_id, None)
@@ -419,10 +426,19 @@ class RelayService(Service):
             return expired, retired, pruned, nonces
 
         expired, retired, pruned, nonces = await self.runtime.transact(work)
-        for request_id in expired + retired:
+        for request_id in expired:
             self._notify(request_id)
+            _changed(request_id, Status.ERROR, error="deadline passed")
+        for request_id in retired:
+            self._notify(request_id)
+            _changed(request_id, Status.DELETED, reason="kept long enough")
         return {"expired": len(expired), "retired": len(retired), "pruned": pruned,
                 "nonces": nonces}
+
+
+def _changed(request_id: str, status: Status, **fields: object) -> None:
+    """The one info line per state change of a relay request."""
+    event(log, "relay request", request=request_id, state=status.name, **fields)
 
 
 # -- parameters and config ---------------------------------------------------------------
