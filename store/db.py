@@ -13,7 +13,9 @@ lookups take microseconds, less than the ~250 µs a thread hop costs here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -206,6 +208,15 @@ def _log_unwaited_failure(error: BaseException) -> None:
     _log.error("background database job failed: %s", error)
 
 
+def _make_private(path: Path) -> None:
+    """The database holds signing seeds: it is 0600 whatever the umask. SQLite gives its
+    -wal and -shm files the database file's mode; ones left by an older run are fixed too."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(file, 0o600)
+
+
 class _DatabaseContext:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -214,10 +225,11 @@ class _DatabaseContext:
     async def __aenter__(self) -> Database:
         writer = None
         try:
+            _make_private(self.path)
             writer = _connect(self.path)
             migrate(writer)
             reader = _connect(self.path, readonly=True)
-        except (sqlite3.Error, SchemaError) as exc:
+        except (sqlite3.Error, SchemaError, OSError) as exc:
             if writer is not None:
                 writer.close()
             raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc

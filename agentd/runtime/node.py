@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 import sqlite3
 import time
 
@@ -22,6 +21,7 @@ from agentd import __version__
 from agentd.config import Config
 from agentd.errors import UserError
 from agentd.rpc import RpcServer
+from agentd.runtime import datadir
 from agentd.runtime.clock import now_ms
 from agentd.runtime.context import Reject
 from agentd.runtime.counters import Counters
@@ -137,31 +137,26 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
-        try:
-            config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise UserError(f"{config.data_dir}: cannot create data dir: {exc.strerror}") from exc
-        if not os.access(config.data_dir, os.R_OK | os.W_OK | os.X_OK):
-            raise UserError(f"{config.data_dir}: data dir is not readable and writable")
-        try:
-            database = Database.open(config.db_path)
-            db = await database.__aenter__()
-        except DatabaseError as exc:
-            raise UserError(str(exc)) from exc
-        try:
-            self.db = db
-            await self._load_peers()
-            async with trio.open_nursery() as nursery:
-                await self._start(nursery)
-                self.started_monotonic = time.monotonic()
-                log.info("node %s (%s) listening on %s", config.name, self.agent_id,
-                         self.listen_address)
-                task_status.started(self)
-                await self._stop.wait()
-                log.info("stopping")
-                nursery.cancel_scope.cancel()
-        finally:
-            await database.__aexit__(None, None, None)
+        with datadir.claim(config.data_dir):  # before anything touches the directory
+            try:
+                database = Database.open(config.db_path)
+                db = await database.__aenter__()
+            except DatabaseError as exc:
+                raise UserError(str(exc)) from exc
+            try:
+                self.db = db
+                await self._load_peers()
+                async with trio.open_nursery() as nursery:
+                    await self._start(nursery)
+                    self.started_monotonic = time.monotonic()
+                    log.info("node %s (%s) listening on %s", config.name, self.agent_id,
+                             self.listen_address)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    log.info("stopping")
+                    nursery.cancel_scope.cancel()
+            finally:
+                await database.__aexit__(None, None, None)
 
     async def _start(self, nursery: trio.Nursery) -> None:
         self.peers = PeerManager(
