@@ -100,6 +100,8 @@ class Database:
         self._stopped = False
         self.commits = 0
         self.jobs = 0
+        self.errors = 0  # failures of ours (disk full, I/O error, locked): never the caller's
+        self.last_error: str | None = None
 
     @classmethod
     def open(cls, path: Path | str) -> _DatabaseContext:
@@ -167,14 +169,18 @@ class Database:
                     job.result = job.fn(conn)
                 except BaseException as exc:  # the job's own failure: undo it alone
                     job.error = exc
+                    if isinstance(exc, sqlite3.Error):
+                        self._failed(exc)
                     conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
             conn.execute("COMMIT")
             self.commits += 1
             self.jobs += len(batch)
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            self._failed(exc)
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
             failure = DatabaseError(f"commit failed, nothing in this batch was written: {exc}")
             for job in batch:
                 job.error = failure
@@ -185,6 +191,13 @@ class Database:
         events = [job.done for job in batch if job.done is not None]
         if events:
             self._token.run_sync_soon(_set_all, events)
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        """Count and log loudly a failure of the database itself (it is shown by getinfo)."""
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        _log.error("database write failed (%s); the work is not lost: messages stay unacked"
+                   " and are retried by their senders", self.last_error)
 
     # -- lifecycle -----------------------------------------------------------------------
 

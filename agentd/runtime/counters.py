@@ -18,6 +18,7 @@ class Counters:
     duplicates: int = 0
     acks_in: int = 0
     rejected_by_peer: int = 0
+    unacked_failures: int = 0  # messages we could not commit: left unacked for a retry
     rejected: Counter[str] = field(default_factory=Counter)
 
     def reject(self, reason: str) -> None:

@@ -226,7 +226,9 @@ class Node:
             "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
             "peers": len(self.peers.channels),
             "counters": {**self.counters.to_map(), "outbox_depth": self.pump.depth,
-                         "db_commits": self.db.commits, "db_jobs": self.db.jobs},
+                         "db_commits": self.db.commits, "db_jobs": self.db.jobs,
+                         "db_errors": self.db.errors},
+            "last_db_error": self.db.last_error,
         }
 
     async def rpc_peers(self) -> list[dict]:

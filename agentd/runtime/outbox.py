@@ -217,6 +217,10 @@ class OutboxPump:
             item.envelope["try"] = item.tries
             item.envelope["last"] = now_ms()
             ack_body = await self.node.dispatcher.process_local(pack(item.envelope))
+            if ack_body is None:  # not committed (disk full?): try again a little later
+                queue.appendleft(item)
+                await trio.sleep(ack_timeout(item.tries))
+                continue
             await self.node.dispatcher.on_ack_frame(ack_body, self.node.agent_id)
 
     async def _retry_scanner(self) -> None:
