@@ -30,6 +30,7 @@ from agentd.runtime.outbox import OutboxPump
 from agentd.runtime.peers import PeerManager
 from agentd.runtime.reload import reload_config
 from agentd.runtime.replies import Replies
+from agentd.runtime.strangers import Strangers
 from agentd.runtime.transport import Channel, Hello
 from agentd.services.clearing.client import Evidence
 from agentd.services.clearing.house import ClearingService
@@ -62,6 +63,7 @@ class Node:
         self._stop = trio.Event()
         self._peer_addresses: dict[str, str] = {}
         self._peer_names: dict[str, str] = {}
+        self.strangers = Strangers()
         self.configure_peers()
         self.peers: PeerManager = None  # type: ignore[assignment]  # set in run()
         self._install_services()
@@ -96,7 +98,8 @@ class Node:
         return ChipAddress(agent=self.agent_id, cuid=cuid, host=host, port=port)
 
     def address_of(self, agent: str) -> str | None:
-        """Where to dial ``agent``: the config first, then what a hello or ticket taught us."""
+        """Where to dial ``agent``: the config, or what a ticket, a user or the database
+        taught us — never the address a stranger claims in its hello."""
         return self._peer_addresses.get(agent)
 
     def agent_at(self, address: str) -> str | None:
@@ -202,14 +205,20 @@ class Node:
                 self._peer_names.setdefault(row["agent"], row["name"])
 
     def _channel_opened(self, channel: Channel) -> None:
-        self.learn_peer(channel.agent, channel.hello.listen)
-        stamp = now_ms()
-        self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
+        self._seen(channel)
 
     def _channel_closed(self, channel: Channel) -> None:
         self.pump.on_channel_closed(channel)
+        self._seen(channel)
+
+    def _seen(self, channel: Channel) -> None:
+        """A peer we know gets its last_seen stored; a stranger only a slot in the bounded
+        table (its claimed listen address is never stored, nor dialled)."""
         stamp = now_ms()
-        self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
+        if channel.agent in self._peer_addresses:
+            self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
+        else:
+            self.strangers.seen(channel.agent, channel.hello.listen, stamp)
 
     # -- core RPC methods ----------------------------------------------------------------
 
@@ -227,7 +236,8 @@ class Node:
             "peers": len(self.peers.channels),
             "counters": {**self.counters.to_map(), "outbox_depth": self.pump.depth,
                          "db_commits": self.db.commits, "db_jobs": self.db.jobs,
-                         "db_errors": self.db.errors},
+                         "db_errors": self.db.errors, "strangers": len(self.strangers),
+                         "strangers_evicted": self.strangers.evicted},
             "last_db_error": self.db.last_error,
         }
 
