@@ -102,6 +102,10 @@ class Node:
         taught us — never the address a stranger claims in its hello."""
         return self._peer_addresses.get(agent)
 
+    def is_known(self, agent: str) -> bool:
+        """A configured peer, the clearing house, or one a ticket or a user taught us."""
+        return agent in self._peer_addresses
+
     def agent_at(self, address: str) -> str | None:
         """The peer agent known to listen at ``address`` (exactly as configured or learned)."""
         return next((agent for agent, where in self._peer_addresses.items() if where == address),
@@ -167,6 +171,7 @@ class Node:
             max_frame=self.config.max_frame, handshake_timeout=self.config.handshake_timeout,
             idle_timeout=self.config.idle_timeout, on_frame=self.dispatcher.on_frame,
             on_channel=self._channel_opened, on_channel_closed=self._channel_closed,
+            limits=self.config.limits, is_known=self.is_known,
         )
         await nursery.start(self.peers.run)
         await nursery.start(self.pump.run)
@@ -215,7 +220,7 @@ class Node:
         """A peer we know gets its last_seen stored; a stranger only a slot in the bounded
         table (its claimed listen address is never stored, nor dialled)."""
         stamp = now_ms()
-        if channel.agent in self._peer_addresses:
+        if self.is_known(channel.agent):
             self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
         else:
             self.strangers.seen(channel.agent, channel.hello.listen, stamp)
@@ -237,7 +242,10 @@ class Node:
             "counters": {**self.counters.to_map(), "outbox_depth": self.pump.depth,
                          "db_commits": self.db.commits, "db_jobs": self.db.jobs,
                          "db_errors": self.db.errors, "strangers": len(self.strangers),
-                         "strangers_evicted": self.strangers.evicted},
+                         "strangers_evicted": self.strangers.evicted,
+                         "handshakes_in_progress": len(self.peers.handshakes),
+                         "channels": self.peers.channel_count(),
+                         "partial_frame_bytes": self.peers.budget.total},
             "last_db_error": self.db.last_error,
         }
 
