@@ -16,6 +16,7 @@ BENCHMARKS = {
     "relay": "agentd.bench.relay",
     "chits": "agentd.bench.chits",
     "ch": "agentd.bench.clearing",
+    "abuse": "agentd.bench.abuse",
 }
 
 

@@ -3,7 +3,7 @@
 Anyone can open a TCP connection and stall, so handshake slots are bounded in total and per
 source address. A full table does not turn newcomers away (that would lock out our own peers):
 the newcomer takes the slot of the oldest connection from the same address (or, the table
-being full, of any address) that has not yet sent its first handshake message. Once half the
+being full, of any address) that has not sent a byte yet. Once half the
 slots are taken the deadline to finish a handshake shortens. Established channels are capped
 in total, per address and per identity (peers we know are exempt from the first two: a
 stranger's channel makes room for them), and unfinished frames share one memory budget.
@@ -11,7 +11,10 @@ stranger's channel makes room for them), and unfinished frames share one memory 
 
 from __future__ import annotations
 
+import array
+import fcntl
 import itertools
+import termios
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -25,8 +28,22 @@ from agentd.runtime.counters import Counters
 class HandshakeSlot:
     address: str
     timeout: float
+    fd: int = -1  # the socket, to see whether the peer has sent anything yet
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     spoken: bool = False  # the first handshake message arrived: no longer evictable
+
+    @property
+    def silent(self) -> bool:
+        """Nothing read from it and nothing waiting to be read: a half-open socket (a real
+        peer's first message may already wait in the socket while its task is not yet run)."""
+        if self.spoken:
+            return False
+        try:
+            unread = array.array("i", [0])
+            fcntl.ioctl(self.fd, termios.FIONREAD, unread)
+        except OSError:
+            return True
+        return unread[0] == 0
 
     def evict(self) -> None:
         self.scope.cancel()
@@ -43,7 +60,7 @@ class HandshakeSlots:
     def __len__(self) -> int:
         return len(self._slots)
 
-    def admit(self, address: str) -> tuple[int, HandshakeSlot] | None:
+    def admit(self, address: str, fd: int = -1) -> tuple[int, HandshakeSlot] | None:
         """A slot for a new inbound connection from ``address``, evicting the oldest silent
         one when a bound is reached; None when every slot is busy with a real handshake."""
         limits = self.limits
@@ -56,7 +73,7 @@ class HandshakeSlots:
         timeout = min(self.normal_timeout, limits.busy_handshake_timeout) if busy \
             else self.normal_timeout
         key = next(self._ids)
-        slot = self._slots[key] = HandshakeSlot(address, timeout)
+        slot = self._slots[key] = HandshakeSlot(address, timeout, fd)
         return key, slot
 
     def release(self, key: int) -> None:
@@ -65,7 +82,7 @@ class HandshakeSlots:
     def _evict(self, keys: list[int]) -> bool:
         for key in keys:  # oldest first
             slot = self._slots[key]
-            if not slot.spoken:
+            if slot.silent:
                 del self._slots[key]
                 slot.evict()
                 self.counters.reject("handshake_evicted")

@@ -90,7 +90,7 @@ class PeerManager:
     async def handle_inbound(self, stream: trio.SocketStream) -> None:
         """serve_tcp handler: handshake, then run the channel. Never raises."""
         address = _remote_host(stream)
-        admitted = self.handshakes.admit(address)
+        admitted = self.handshakes.admit(address, stream.socket.fileno())
         if admitted is None:
             self.counters.reject("too_many_handshakes")
             await stream.aclose()
