@@ -69,6 +69,19 @@ LIMIT_RANGES: dict[str, tuple[float, float]] = {
 
 
 @dataclass(frozen=True)
+class LiftConfig:
+    """``[lift]``: who referees our lifts, which referees our hops accept, how long a lift
+    lives, and optional automatic clearing."""
+
+    referee: str | None = None  # agent id; default: the clearing house, else this node
+    referees: tuple[str, ...] = ()  # when set, a hop refuses lifts refereed by anyone else
+    life_s: float = 120.0
+    auto_clear: bool = False
+    minimum: int = 1  # mCHIP: the smallest debt cycle worth clearing
+    interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     name: str
@@ -88,6 +101,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     limits: Limits = Limits()
+    lift: LiftConfig = LiftConfig()
 
     @property
     def socket_path(self) -> Path:
@@ -243,6 +257,27 @@ def parse_config(raw: dict, source: Path) -> Config:
             section.finish()
         relay.finish()
 
+    lift = LiftConfig()
+    if "lift" in raw:
+        section = _Section(source, "lift", top.get("lift", dict))
+        referee = section.agent("referee") if "referee" in section.table else None
+        referees = section.get("referees", list, [])
+        if not all(is_agent_id(agent) for agent in referees):
+            raise UserError(f"{source}: lift.referees must be a list of agent ids")
+        life_s = section.get("life_s", (int, float), 120.0)
+        if isinstance(life_s, bool) or not 1 <= life_s <= 86_400:
+            raise UserError(f"{source}: lift.life_s must be seconds from 1 to 86400")
+        auto_clear = section.get("auto_clear", bool, False)
+        minimum = section.get("minimum", int, 1)
+        if isinstance(minimum, bool) or minimum < 1:
+            raise UserError(f"{source}: lift.minimum must be a whole number of mCHIP >= 1")
+        interval_s = section.get("interval_s", (int, float), 60.0)
+        if isinstance(interval_s, bool) or not 1 <= interval_s <= 86_400:
+            raise UserError(f"{source}: lift.interval_s must be seconds from 1 to 86400")
+        section.finish()
+        lift = LiftConfig(referee, tuple(referees), float(life_s), auto_clear, minimum,
+                          float(interval_s))
+
     log_level, log_format = "info", "text"
     if "log" in raw:
         log = _Section(source, "log", top.get("log", dict))
@@ -260,7 +295,7 @@ def parse_config(raw: dict, source: Path) -> Config:
         network=network, roles=roles, max_frame=max_frame, advertise=advertise,
         handshake_timeout=handshake_timeout, idle_timeout=idle_timeout, peers=tuple(peers),
         clearinghouse=clearinghouse, relay_access=tuple(access), relay_verify=tuple(verify),
-        log_level=log_level, log_format=log_format, limits=limits,
+        log_level=log_level, log_format=log_format, limits=limits, lift=lift,
     )
 
 

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from agentd.config import Config, load_config
+from agentd.demo_lifts import lifts_demo
 from agentd.errors import UserError
 from agentd.rpc import RpcError, call
 
@@ -277,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         tally = credit_demo(configs, infos)
         tally_evidence_demo(configs, tally)
         tally_view_demo(configs, infos, tally)
+        lifts_demo(configs, infos, tally)
         print("\nnodes:")
         for name, config in configs.items():
             info = call(config.socket_path, "getinfo", {})

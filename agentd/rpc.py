@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from agentd.errors import UserError
-from agentd.runtime.context import Reject
+from protocol.errors import Refusal
 from protocol.keys import b64u
 
 log = logging.getLogger("agentd.rpc")
@@ -68,8 +68,9 @@ def invalid_params(message: str) -> RpcError:
 
 
 class RpcServer:
-    def __init__(self) -> None:
+    def __init__(self, refused: Callable[[Refusal], RpcError]) -> None:
         self.methods: dict[str, Method] = {"help": self.help}
+        self._refused = refused  # how a method's refusal is answered (agentd.runtime.refusals)
 
     def register(self, name: str, method: Method) -> None:
         self.methods[name] = method
@@ -107,8 +108,8 @@ class RpcServer:
             raise invalid_params(f"{name}: missing parameter {missing[0]!r}")
         try:
             return await method(**params)
-        except Reject as exc:
-            raise RpcError(REFUSED, f"{exc.code}: {exc.message}", exc.code) from exc
+        except Refusal as exc:
+            raise self._refused(exc) from exc
 
     async def handle_line(self, line: bytes) -> dict[str, Any] | None:
         try:

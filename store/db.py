@@ -19,7 +19,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -130,6 +130,11 @@ class Database:
         """
         if not self._stopped:
             self._queue.put(_Job(fn, None))
+
+    def reading(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run the repository function ``fn`` on the read connection (event loop, no wait):
+        it sees the last committed state."""
+        return fn(self._reader)
 
     def read(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         return self._reader.execute(sql, params).fetchall()
@@ -256,3 +261,17 @@ class _DatabaseContext:
         assert self.db is not None
         with trio.CancelScope(shield=True):
             await self.db._close()
+
+
+@contextlib.contextmanager
+def savepoint(conn: sqlite3.Connection, name: str = "step") -> Iterator[None]:
+    """Undo what the block wrote if it raises (the exception propagates), keep it otherwise:
+    part of a transaction that can fail alone."""
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")

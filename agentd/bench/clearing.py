@@ -38,6 +38,7 @@ from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
 from protocol import clearing as ch
 from protocol import receipts as rc
 from protocol.keys import SigningKey
+from store import clearing as clearing_store
 
 
 def signing_rate(seconds: float) -> float:
@@ -195,7 +196,7 @@ def run(options: argparse.Namespace, workdir: Path) -> dict[str, float]:
             drive, cluster.client_sockets, SINGLE_CONCURRENCY, options.seconds / 2, 1)
         time.sleep(0.2)
         with sqlite3.connect(cluster.house_db) as conn:
-            entries = conn.execute("SELECT count(*) FROM ch_entries").fetchone()[0]
+            entries = clearing_store.entry_count(conn)
     warm_ups = 2 * options.clients
     if entries < count + single_count + warm_ups:
         raise RuntimeError(f"{count + single_count} receipts returned but only "

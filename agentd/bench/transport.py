@@ -27,13 +27,13 @@ from agentd.bench import table, write_json
 from agentd.config import parse_config
 from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
 from agentd.rpc import call
-from agentd.runtime.context import Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.node import Node
 from agentd.runtime.transport import Channel, Hello, initiate, respond
 from protocol.codec import pack
 from protocol.envelope import parse_frame
 from protocol.keys import ChipAddress, SigningKey
+from protocol.messages import Send
 
 
 class PlainSession:
@@ -166,13 +166,11 @@ async def durable_rate(count: int, workdir: Path) -> float:
             for first in range(0, count, batch):
                 size = min(batch, count - first)
 
-                def job(conn, n=size):
-                    tx = Tx(node, conn, node.now_ms())
+                def work(tx, n=size):
                     for _ in range(n):
-                        tx.send(to, "node", "note", {"pad": b"x" * 40})
-                    return tx
+                        tx.send(Send(to, "node", "note", {"pad": b"x" * 40}))
 
-                (await node.db.write(job)).committed()
+                await node.transact(work)
             while node.pump.depth:
                 await trio.sleep(0.005)
             elapsed = time.perf_counter() - started

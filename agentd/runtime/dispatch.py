@@ -13,11 +13,12 @@ import logging
 import sqlite3
 from typing import TYPE_CHECKING
 
-from agentd.runtime.clock import now_ms
-from agentd.runtime.context import Reject, Service, Tx
+from agentd.runtime.context import Reject, Service
+from agentd.runtime.refusals import ack_error
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
 from protocol.envelope import Ack, Envelope, EnvelopeError, ack_frame, parse_frame
+from protocol.errors import Refusal
 from store import DatabaseError, inbox, outbox
 
 if TYPE_CHECKING:
@@ -90,12 +91,12 @@ class Dispatcher:
     def _start(self, envelope: Envelope, agent: str) -> PendingWrite:
         service = self.services[envelope.target]
         node = self.node
-        received = now_ms()
+        received = node.clock.now_ms()
 
         def job(conn):
             if not inbox.claim(conn, envelope.id, agent, received):
                 return _DUPLICATE
-            tx = Tx(node, conn, received)
+            tx = node.new_tx(conn, received)
             service.handle(tx, envelope)
             return tx
 
@@ -105,11 +106,11 @@ class Dispatcher:
         counters = self.node.counters
         try:
             outcome = await pending.outcome()
-        except Reject as exc:
+        except Refusal as exc:
             counters.reject("refused")
             log.info("refused %s/%s from %s: %s", envelope.target, envelope.action,
                      envelope.from_.agent[:8], exc)
-            return ack_frame(envelope.id, exc.code, exc.message)
+            return ack_frame(envelope.id, *ack_error(exc))
         except Exception as exc:  # our failure (disk full, a bug), not the message's: no ack
             counters.unacked_failures += 1
             if isinstance(exc, DatabaseError | sqlite3.Error):
@@ -139,7 +140,7 @@ class Dispatcher:
         if ack.error is None:
             def job(conn):
                 outbox.delete(conn, [item.id])
-                tx = Tx(node, conn, now_ms())
+                tx = node.new_tx(conn)
                 service.on_delivered(tx, envelope)
                 return tx
         else:
@@ -149,7 +150,7 @@ class Dispatcher:
 
             def job(conn):
                 outbox.mark_failed(conn, item.id, f"{code}: {text}")
-                tx = Tx(node, conn, now_ms())
+                tx = node.new_tx(conn)
                 if service is not None:
                     service.on_rejected(tx, envelope, code, text)
                 return tx

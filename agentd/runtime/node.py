@@ -13,7 +13,8 @@ import errno
 import functools
 import logging
 import sqlite3
-import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -22,12 +23,13 @@ from agentd.config import Config
 from agentd.errors import UserError
 from agentd.rpc import RpcServer
 from agentd.runtime import datadir
-from agentd.runtime.clock import now_ms
-from agentd.runtime.context import Reject
+from agentd.runtime.clock import Clock
+from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
 from agentd.runtime.outbox import OutboxPump
 from agentd.runtime.peers import PeerManager
+from agentd.runtime.refusals import rpc_error
 from agentd.runtime.reload import reload_config
 from agentd.runtime.replies import Replies
 from agentd.runtime.strangers import Strangers
@@ -43,17 +45,19 @@ from store import Database, DatabaseError, inbox
 from store import peers as peer_store
 
 log = logging.getLogger("agentd.runtime.node")
+T = TypeVar("T")
 INBOX_RETENTION_MS = 30 * 24 * 3600 * 1000  # dedup window: far longer than any retry gap
 MAINTENANCE_INTERVAL = 3600.0
 
 
 class Node:
-    def __init__(self, config: Config, key: SigningKey) -> None:
+    def __init__(self, config: Config, key: SigningKey, clock: Clock | None = None) -> None:
         self.config = config
+        self.clock = clock or Clock()
         self.key = key
         self.agent_id = key.agent_id
         self.counters = Counters()
-        self.rpc = RpcServer()
+        self.rpc = RpcServer(rpc_error)
         self.dispatcher = Dispatcher(self)
         self.pump = OutboxPump(self)
         self.replies = Replies()
@@ -69,19 +73,42 @@ class Node:
         self._install_services()
         for name, method in (("getinfo", self.rpc_getinfo), ("peers.list", self.rpc_peers),
                              ("reload", self.rpc_reload), ("stop", self.rpc_stop)):
-            self.rpc.register(name, method)
-
-    now_ms = staticmethod(now_ms)
+            self.register_method(name, method)
 
     def _install_services(self) -> None:
-        """Each service registers its message target and its RPC methods. One line each."""
-        self.dispatcher.register(PingService(self))
-        self.dispatcher.register(ClearingService(self))
+        """Each service registers its message targets and RPC methods through the runtime
+        interface; a service that needs another is handed it here. One line each."""
+        PingService(self)
         self.evidence = Evidence(self)
+        ClearingService(self, self.evidence)
         self.relay = RelayService(self)
-        self.dispatcher.register(self.relay)
-        self.credit = Credit(self)  # the tally and chit targets and their RPC methods
+        self.credit = Credit(self, self.evidence)  # the tally and chit targets
         Users(self)
+
+    # -- the runtime interface (agentd.runtime.context.Runtime) --------------------------
+
+    def register_target(self, service: Service) -> None:
+        self.dispatcher.register(service)
+
+    def register_method(self, name: str, method: Callable[..., Awaitable[Any]]) -> None:
+        self.rpc.register(name, method)
+
+    def connected(self, agent: str) -> bool:
+        return self.peers is not None and self.peers.connected(agent)
+
+    def new_tx(self, conn: sqlite3.Connection, now_ms: int | None = None) -> Tx:
+        """A transaction context on the writer thread (the runtime's, not a service's)."""
+        return Tx(conn, self.clock.now_ms() if now_ms is None else now_ms, self.own_address,
+                  self.pump)
+
+    async def transact(self, work: Callable[[Tx], T]) -> T:
+        def job(conn: sqlite3.Connection) -> tuple[Tx, T]:
+            tx = self.new_tx(conn)
+            return tx, work(tx)
+
+        tx, result = await self.db.write(job)
+        tx.committed()
+        return result
 
     # -- identity and addresses ----------------------------------------------------------
 
@@ -155,7 +182,7 @@ class Node:
                 await self._load_peers()
                 async with trio.open_nursery() as nursery:
                     await self._start(nursery)
-                    self.started_monotonic = time.monotonic()
+                    self.started_monotonic = self.clock.monotonic()
                     log.info("node %s (%s) listening on %s", config.name, self.agent_id,
                              self.listen_address)
                     task_status.started(self)
@@ -192,7 +219,7 @@ class Node:
     async def _maintenance(self) -> None:
         """Hourly: forget processed-message ids older than the dedup window."""
         while True:
-            cutoff = now_ms() - INBOX_RETENTION_MS
+            cutoff = self.clock.now_ms() - INBOX_RETENTION_MS
             pruned = await self.db.write(lambda conn, cutoff=cutoff: inbox.prune(conn, cutoff))
             if pruned:
                 log.info("pruned %d inbox ids older than 30 days", pruned)
@@ -219,7 +246,7 @@ class Node:
     def _seen(self, channel: Channel) -> None:
         """A peer we know gets its last_seen stored; a stranger only a slot in the bounded
         table (its claimed listen address is never stored, nor dialled)."""
-        stamp = now_ms()
+        stamp = self.clock.now_ms()
         if self.is_known(channel.agent):
             self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
         else:
@@ -237,7 +264,7 @@ class Node:
             "network": self.config.network,
             "roles": list(self.config.roles),
             "version": __version__,
-            "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "uptime_s": round(self.clock.monotonic() - self.started_monotonic, 3),
             "peers": len(self.peers.channels),
             "counters": {**self.counters.to_map(), "outbox_depth": self.pump.depth,
                          "db_commits": self.db.commits, "db_jobs": self.db.jobs,
@@ -251,10 +278,9 @@ class Node:
 
     async def rpc_peers(self) -> list[dict]:
         """Configured and learned peers, with whether a channel is open now."""
-        rows = {row["agent"]: row for row in self.db.read(
-            "SELECT agent, name, address, last_seen FROM peers")}
+        rows = {row["agent"]: row for row in self.db.reading(peer_store.all_peers)}
         agents = set(rows) | set(self._peer_addresses) | set(self.peers.channels)
-        out = []
+        out, now = [], self.clock.now_ms()
         for agent in sorted(agents, key=lambda a: (self._peer_names.get(a) or "~", a)):
             row = rows.get(agent)
             connected = self.peers.connected(agent)
@@ -263,7 +289,7 @@ class Node:
                 "agent": agent,
                 "address": self._peer_addresses.get(agent) or (row["address"] if row else None),
                 "connected": connected,
-                "last_seen": now_ms() if connected else (row["last_seen"] if row else None),
+                "last_seen": now if connected else (row["last_seen"] if row else None),
             })
         return out
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agentd.runtime.clock import now_ms
 from agentd.runtime.peers import PeerUnreachable
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import pack, unpack
@@ -101,7 +100,7 @@ class OutboxPump:
         if message_id in self.live:
             return  # committed while the start-up reload was reading: already queued
         expires = expires_at(envelope.get("target", ""), envelope.get("action", ""),
-                             now_ms() if created is None else created)
+                             self.node.clock.now_ms() if created is None else created)
         item = Outgoing(message_id, peer, address, envelope, tries, expires)
         self.live[message_id] = item
         if self._nursery is None:
@@ -208,11 +207,11 @@ class OutboxPump:
                 continue
             item.tries += 1
             item.channel = channel
-            item.due = trio.current_time() + ack_timeout(item.tries)
+            item.due = self.node.clock.monotonic() + ack_timeout(item.tries)
             self._unacked[peer] = self._unacked.get(peer, 0) + 1
             envelope = item.envelope
             envelope["try"] = item.tries
-            envelope["last"] = now_ms()
+            envelope["last"] = self.node.clock.now_ms()
             self._inflight[item.id] = item
             try:
                 await channel.send_frame(pack(envelope))
@@ -230,7 +229,7 @@ class OutboxPump:
                 continue
             item.tries += 1
             item.envelope["try"] = item.tries
-            item.envelope["last"] = now_ms()
+            item.envelope["last"] = self.node.clock.now_ms()
             ack_body = await self.node.dispatcher.process_local(pack(item.envelope))
             if ack_body is None:  # not committed (disk full?): try again a little later
                 queue.appendleft(item)
@@ -240,7 +239,7 @@ class OutboxPump:
 
     def _expire(self) -> None:
         """Drop the messages no longer worth delivering, rows included."""
-        now = now_ms()
+        now = self.node.clock.now_ms()
         expired = [item for item in self.live.values()
                    if item.expires is not None and item.expires <= now]
         if not expired:
@@ -266,7 +265,7 @@ class OutboxPump:
             scans += 1
             if scans % EXPIRE_EVERY == 0:
                 self._expire()
-            now = trio.current_time()
+            now = self.node.clock.monotonic()
             overdue = [item for item in self._inflight.values() if item.due <= now]
             for item in overdue:
                 del self._inflight[item.id]
