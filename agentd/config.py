@@ -57,7 +57,7 @@ class Limits:
     max_channels: int = 1024             # established channels, in total
     max_channels_per_address: int = 64   # ... from one address (peers we know are exempt)
     max_channels_per_agent: int = 8      # ... to one identity
-    partial_frames_budget: int = 32 << 20  # bytes of unfinished frames over all channels
+    partial_frames_budget: int = 16 << 20  # bytes of unfinished frames over all channels
 
 
 LIMIT_RANGES: dict[str, tuple[float, float]] = {
