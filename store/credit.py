@@ -50,6 +50,27 @@ UNSETTLED = (
 _GOOD = (A_GOOD, L_GOOD)
 
 
+def tally_row(conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> sqlite3.Row | None:
+    return conn.execute(SELECT_TALLY, (tally_uuid, cuid)).fetchone()
+
+
+def list_tallies(conn: sqlite3.Connection, cuid: str | None = None) -> list[sqlite3.Row]:
+    """A user's tallies (or every holder's), oldest first."""
+    if cuid is None:
+        return conn.execute(LIST_TALLIES).fetchall()
+    return conn.execute(LIST_USER_TALLIES, (cuid,)).fetchall()
+
+
+def list_chits(conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> list[sqlite3.Row]:
+    """A holder's chits in chain order, the unlinked ones last."""
+    return conn.execute(LIST_CHITS, (tally_uuid, cuid)).fetchall()
+
+
+def unsettled(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Chains that are not settled, with when each is due for a repair."""
+    return conn.execute(UNSETTLED).fetchall()
+
+
 @dataclass(frozen=True)
 class Holding:
     """One holder's tally as stored: the protocol's view of it and the running balance."""

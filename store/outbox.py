@@ -67,4 +67,7 @@ def mark_failed(conn: sqlite3.Connection, message_id: bytes, error: str) -> Outb
 def record_tries(conn: sqlite3.Connection, tries: Iterable[tuple[int, bytes]]) -> None:
     conn.executemany("UPDATE outbox SET tries = ? WHERE id = ?", tries)
 
-WAITING_PEERS = "SELECT DISTINCT peer FROM outbox WHERE state = 'pending'"  # peers we owe a send
+def waiting_peers(conn: sqlite3.Connection) -> set[str]:
+    """The peers we have something pending for."""
+    return {row[0] for row in conn.execute(
+        "SELECT DISTINCT peer FROM outbox WHERE state = 'pending'")}

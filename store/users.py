@@ -35,4 +35,3 @@ def exists(conn: sqlite3.Connection, cuid: str) -> bool:
     return conn.execute("SELECT 1 FROM users WHERE cuid = ?", (cuid,)).fetchone() is not None
 
 
-EXISTS = "SELECT 1 FROM users WHERE cuid = ?"

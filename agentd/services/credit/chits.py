@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Service, Tx
-from agentd.services.credit.ledger import CreditLedger, refusals
+from agentd.services.credit.ledger import CreditLedger
 from agentd.services.credit.params import (
     new_uuids,
     object_uuid,
@@ -28,7 +28,8 @@ from protocol import chit as c
 from protocol import tally as t
 from protocol.envelope import Envelope
 from protocol.keys import b64u
-from store.credit import LIST_CHITS, Holding
+from store import credit as credit_store
+from store.credit import Holding
 
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
@@ -151,7 +152,8 @@ class ChitService(Service):
              "hash": None if row["chain_hash"] is None else b64u(row["chain_hash"]),
              "memo": row["memo"], "date": row["date"], "error": row["error"],
              "lift": row["lift"]}
-            for row in self.runtime.db.read(LIST_CHITS, (tally_uuid, cuid))
+            for row in self.runtime.db.reading(
+                lambda conn: credit_store.list_chits(conn, tally_uuid, cuid))
         ]  # fmt: skip
 
     # -- messages (writer thread) --------------------------------------------------------
@@ -159,38 +161,37 @@ class ChitService(Service):
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         cuid = self.ledger.addressee(tx.conn, envelope)
         obj, action = envelope.object, envelope.action
-        with refusals():
-            holding = self.ledger.holding(tx.conn, object_uuid(obj, "tally"), cuid)
-            self.ledger.check_partner(holding, envelope)
-            if action == "chain":
-                self._on_chain(tx, holding, obj)
-                return
-            if action not in ("good", "pend", "void"):
-                raise Reject("UNKNOWN_ACTION", f"chit has no action {action!r}")
-            chit_uuid = object_uuid(obj, "uuid")
-            known = self.ledger.store.get_chit(tx.conn, holding.local.uuid, cuid, chit_uuid)
-            try:
-                if action == "good":
-                    received, _ = c.receive_good(known, obj, holding.local)
-                elif action == "pend":
-                    received, _ = c.receive_pend(known, obj, holding.local)
-                elif known is None:
-                    raise Reject("UNKNOWN_CHIT", f"no chit {chit_uuid} on tally {obj['tally']}")
-                else:
-                    received, _ = c.receive_void(known, obj, holding.local)
-            except t.Refusal as refusal:
-                if known is None or refusal.code != "bad_state":
-                    raise
-                if known.chit["hash"] != obj.get("hash", known.chit["hash"]):
-                    raise Reject("CONFLICT", f"chit {chit_uuid} is already here with other "
-                                 "contents") from refusal
-                return  # a copy of what we already hold (resent, or adopted from the chain)
+        holding = self.ledger.holding(tx.conn, object_uuid(obj, "tally"), cuid)
+        self.ledger.check_partner(holding, envelope)
+        if action == "chain":
+            self._on_chain(tx, holding, obj)
+            return
+        if action not in ("good", "pend", "void"):
+            raise Reject("UNKNOWN_ACTION", f"chit has no action {action!r}")
+        chit_uuid = object_uuid(obj, "uuid")
+        known = self.ledger.store.get_chit(tx.conn, holding.local.uuid, cuid, chit_uuid)
+        try:
             if action == "good":
-                self.ledger.good(tx, holding, [received], batched=False)
-                return
-            self.ledger.store.put_chit(tx.conn, cuid, received, tx.now_ms)
-            if action == "void":
-                self.ledger.log(tx, holding.local, "chit.void", received.to_map(), ref=chit_uuid)
+                received, _ = c.receive_good(known, obj, holding.local)
+            elif action == "pend":
+                received, _ = c.receive_pend(known, obj, holding.local)
+            elif known is None:
+                raise Reject("UNKNOWN_CHIT", f"no chit {chit_uuid} on tally {obj['tally']}")
+            else:
+                received, _ = c.receive_void(known, obj, holding.local)
+        except t.Refusal as refusal:
+            if known is None or refusal.code != "bad_state":
+                raise
+            if known.chit["hash"] != obj.get("hash", known.chit["hash"]):
+                raise Reject("CONFLICT", f"chit {chit_uuid} is already here with other "
+                             "contents") from refusal
+            return  # a copy of what we already hold (resent, or adopted from the chain)
+        if action == "good":
+            self.ledger.good(tx, holding, [received], batched=False)
+            return
+        self.ledger.store.put_chit(tx.conn, cuid, received, tx.now_ms)
+        if action == "void":
+            self.ledger.log(tx, holding.local, "chit.void", received.to_map(), ref=chit_uuid)
 
     def _on_chain(self, tx: Tx, holding: Holding, obj: Any) -> None:
         if holding.chain is None:

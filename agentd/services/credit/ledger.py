@@ -14,9 +14,8 @@ are on this node only the foil holder logs, so nothing is logged twice.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,8 +27,9 @@ from protocol import tally as t
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, SigningKey
 from protocol.messages import Send
+from store import credit as credit_store
 from store import users
-from store.credit import SELECT_TALLY, Holding, Ledger
+from store.credit import Holding, Ledger
 
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 RESYNC_QUIET_MS = 1000  # a chain this long still is repaired (see ``repair``)
-_NOT_FOUND = frozenset({"UNKNOWN_USER", "UNKNOWN_TALLY", "UNKNOWN_CHIT", "UNKNOWN_LIFT"})
 
 
 @dataclass(frozen=True)
@@ -45,15 +44,6 @@ class User:
     cuid: str
     key: SigningKey
     cert: dict[str, Any]
-
-
-@contextlib.contextmanager
-def refusals() -> Iterator[None]:
-    """Turn a protocol refusal into a rejection with the upper-cased code."""
-    try:
-        yield
-    except t.Refusal as exc:
-        raise Reject(exc.code.upper(), exc.message) from exc
 
 
 class CreditLedger:
@@ -192,25 +182,18 @@ class CreditLedger:
                                                            cert["chad"]["cuid"]):
             raise Reject("NOT_PARTY", f"{sender} is not party to tally {holding.local.uuid}")
 
-    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
-        try:
-            return await self.runtime.db.write(job)
-        except Reject as exc:
-            if exc.code in _NOT_FOUND:
-                raise RpcError(NOT_FOUND, exc.message, exc.code) from exc
-            raise
-
     async def transact(self, work: Callable[[Tx], T]) -> T:
         """Run ``work`` in one transaction; its messages go to the pump once committed."""
         return await self.runtime.transact(work)
 
     def known_user(self, cuid: str) -> str:
-        if self.runtime.db.read_one(users.EXISTS, (cuid,)) is None:
+        if not self.runtime.db.reading(lambda conn: users.exists(conn, cuid)):
             raise RpcError(NOT_FOUND, f"no user {cuid!r} on this node", "UNKNOWN_USER")
         return cuid
 
     def tally_row(self, cuid: str, tally_uuid: str) -> Any:
-        row = self.runtime.db.read_one(SELECT_TALLY, (tally_uuid, self.known_user(cuid)))
+        self.known_user(cuid)
+        row = self.runtime.db.reading(lambda conn: credit_store.tally_row(conn, tally_uuid, cuid))
         if row is None:
             raise RpcError(NOT_FOUND, f"user {cuid} holds no tally {tally_uuid}",
                            "UNKNOWN_TALLY")

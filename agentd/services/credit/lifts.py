@@ -33,13 +33,14 @@ import trio
 
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Service, Tx
-from agentd.services.credit.ledger import CreditLedger, refusals
+from agentd.services.credit.ledger import CreditLedger
 from agentd.services.credit.params import param_amount, param_cuid, param_memo, param_uuid
 from agentd.services.credit.routes import RouteService, param_find
 from protocol import chit as c
 from protocol import lift as lf
 from protocol import route
 from protocol.envelope import Envelope
+from protocol.errors import Refusal
 from protocol.keys import ChipAddress, b64u, format_hostport
 from store import lifts
 
@@ -119,7 +120,7 @@ class LiftService(Service):
         event = self._settled.setdefault(lift, trio.Event())  # before we look: no race
         try:
             shown = await self.rpc_show(lift)
-        except Reject:
+        except Refusal:
             self._settled.pop(lift, None)
             raise
         if shown["state"] != lf.PEND:
@@ -131,7 +132,7 @@ class LiftService(Service):
     async def rpc_show(self, lift: str) -> dict:
         """One lift as this node sees it: record, state, decision and its chits here."""
         lift = param_uuid(lift, "lift")
-        return await self.ledger.write(lambda conn: self._show(conn, lift))
+        return await self.runtime.db.write(lambda conn: self._show(conn, lift))
 
     async def rpc_list(self, cuid: str | None = None) -> list[dict]:
         """Lifts this node takes part in (of one user, or all), newest first."""
@@ -140,7 +141,7 @@ class LiftService(Service):
         def job(conn: sqlite3.Connection) -> list[dict]:
             return [self._view(conn, row) for row in lifts.listing(conn, who)]
 
-        return await self.ledger.write(job)
+        return await self.runtime.db.write(job)
 
     def _life(self, life_s: Any) -> int:
         if life_s is None:
@@ -231,15 +232,14 @@ class LiftService(Service):
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         action = envelope.action
-        with refusals():
-            if action == "promise":
-                self._on_promise(tx, envelope)
-            elif action in ("commit", "cancel", "query"):
-                self._referee(tx, envelope)
-            elif action == "decision":
-                self._on_decision(tx, envelope)
-            else:
-                raise Reject("UNKNOWN_ACTION", f"lift has no action {action!r}")
+        if action == "promise":
+            self._on_promise(tx, envelope)
+        elif action in ("commit", "cancel", "query"):
+            self._referee(tx, envelope)
+        elif action == "decision":
+            self._on_decision(tx, envelope)
+        else:
+            raise Reject("UNKNOWN_ACTION", f"lift has no action {action!r}")
 
     def _on_promise(self, tx: Tx, envelope: Envelope) -> None:
         obj, here = envelope.object, envelope.to
@@ -381,7 +381,7 @@ class LiftService(Service):
                 try:
                     cleared = await self.clear(cuid, settings.minimum, exact=False,
                                                memo="auto clear")
-                except Reject as exc:
+                except Refusal as exc:  # no cycle now, or it filled up meanwhile
                     log.debug("auto clear for %s: %s", cuid, exc)
                     continue
                 log.info("auto clear for %s: lift %s of %d mCHIP", cuid, cleared["lift"],

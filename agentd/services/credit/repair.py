@@ -15,8 +15,8 @@ import trio
 from agentd.runtime.context import Tx
 from agentd.services.credit.ledger import RESYNC_QUIET_MS, CreditLedger
 from protocol import chain as ch
+from store import credit as credit_store
 from store import outbox
-from store.credit import UNSETTLED
 
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
@@ -45,8 +45,8 @@ class ChainRepair:
         waiting in our outbox; returns how many chains were repaired."""
         node = self.runtime
         now = node.clock.now_ms()
-        rows = node.db.read(UNSETTLED)
-        waiting = {row[0] for row in node.db.read(outbox.WAITING_PEERS)}
+        rows = node.db.reading(credit_store.unsettled)
+        waiting = node.db.reading(outbox.waiting_peers)
         partners = {row["partner"] for row in rows}
         connected = {agent for agent in partners
                      if agent == node.agent_id or node.connected(agent)}

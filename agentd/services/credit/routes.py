@@ -22,7 +22,7 @@ import trio
 
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Service, Tx
-from agentd.services.credit.ledger import CreditLedger, refusals
+from agentd.services.credit.ledger import CreditLedger
 from agentd.services.credit.params import param_amount, param_cuid
 from protocol import route
 from protocol import tally as t
@@ -119,20 +119,19 @@ class RouteService(Service):
         here = envelope.to
         if here.cuid is None or not self.ledger.known(tx.conn, here.cuid):
             raise Reject("UNKNOWN_USER", f"no user {here.cuid!r} on this node")
-        with refusals():
-            here = self.runtime.own_address(here.cuid)
-            key = (obj.get("query"), here.cuid)
-            if key in self._seen:
-                sends = route.repeat(obj, here=here).messages
-            else:
-                self._seen[key] = None
-                while len(self._seen) > SEEN:
-                    self._seen.popitem(last=False)
-                kind = obj.get("kind") if obj.get("kind") in route.KINDS else route.KINDS[0]
-                sends = route.forward(obj, here=here, now_ms=tx.now_ms,
-                                      candidates=self.candidates(tx.conn, here.cuid, kind),
-                                      fan_out=FAN_OUT).messages
-            self.ledger.emit(tx, sends)
+        here = self.runtime.own_address(here.cuid)
+        key = (obj.get("query"), here.cuid)
+        if key in self._seen:
+            sends = route.repeat(obj, here=here).messages
+        else:
+            self._seen[key] = None
+            while len(self._seen) > SEEN:
+                self._seen.popitem(last=False)
+            kind = obj.get("kind") if obj.get("kind") in route.KINDS else route.KINDS[0]
+            sends = route.forward(obj, here=here, now_ms=tx.now_ms,
+                                  candidates=self.candidates(tx.conn, here.cuid, kind),
+                                  fan_out=FAN_OUT).messages
+        self.ledger.emit(tx, sends)
 
     def _answer(self, tx: Tx, action: str, obj: dict) -> None:
         entry = self._searches.get(obj.get("query")) if isinstance(obj, dict) else None

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Service, Tx
-from agentd.services.credit.ledger import CreditLedger, User, refusals
+from agentd.services.credit.ledger import CreditLedger, User
 from agentd.services.credit.params import (
     object_uuid,
     param_amount,
@@ -37,7 +37,8 @@ from protocol.codec import unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, b64u, format_hostport
 from protocol.messages import Send
-from store.credit import LIST_TALLIES, LIST_USER_TALLIES, Holding
+from store import credit as credit_store
+from store.credit import Holding
 
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
@@ -146,8 +147,7 @@ class TallyService(Service):
         cuid = param_cuid(cuid)
         if not isinstance(ticket, str):
             raise invalid_params("ticket must be the invitation string tally.invite made")
-        with refusals():
-            invitation = t.decode_ticket(ticket)
+        invitation = t.decode_ticket(ticket)
         inviter = ChipAddress.from_map(invitation["chad"])
         node = self.runtime
         if inviter.agent != node.agent_id and inviter.host is not None:
@@ -157,13 +157,12 @@ class TallyService(Service):
                                        subject if invitation["reuse"] else None)
 
         def work(tx: Tx) -> bytes:
-            with refusals():
-                user = self.ledger.user(tx.conn, cuid)
-                held = self.ledger.store.get(tx.conn, tally_uuid, cuid)
-                if held is not None:
-                    raise Reject("BAD_TICKET", f"tally {tally_uuid} is already ours "
-                                 f"({held.local.state})")
-                request = t.ticket_request(invitation, user.cert, tx.now_ms)
+            user = self.ledger.user(tx.conn, cuid)
+            held = self.ledger.store.get(tx.conn, tally_uuid, cuid)
+            if held is not None:
+                raise Reject("BAD_TICKET", f"tally {tally_uuid} is already ours "
+                             f"({held.local.state})")
+            request = t.ticket_request(invitation, user.cert, tx.now_ms)
             message_id = tx.send(Send(inviter, "tally", request["action"], request["object"],
                                       from_cuid=cuid))
             node.replies.expect_after(tx, message_id)
@@ -221,10 +220,10 @@ class TallyService(Service):
     async def rpc_list(self, cuid: str | None = None) -> list[dict]:
         """Tallies (of one user, or all) with state, partner, balance and chain."""
         if cuid is None:
-            rows = self.runtime.db.read(LIST_TALLIES)
+            rows = self.runtime.db.reading(credit_store.list_tallies)
         else:
-            rows = self.runtime.db.read(LIST_USER_TALLIES,
-                                        (self.ledger.known_user(param_cuid(cuid)),))
+            who = self.ledger.known_user(param_cuid(cuid))
+            rows = self.runtime.db.reading(lambda conn: credit_store.list_tallies(conn, who))
         return [tally_summary(row) for row in rows]
 
     async def rpc_show(self, cuid: str, tally: str) -> dict:
@@ -255,20 +254,19 @@ class TallyService(Service):
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         cuid = self.ledger.addressee(tx.conn, envelope)
         obj, action = envelope.object, envelope.action
-        with refusals():
-            if action == "ticket":
-                self._on_ticket(tx, envelope, cuid)
-                return
-            if action == "offer":
-                self._on_offer(tx, envelope, cuid)
-                return
-            receive = TALLY_RECEIVERS.get(action)
-            if receive is None:
-                raise Reject("UNKNOWN_ACTION", f"tally has no action {action!r}")
-            holding = self.ledger.holding(tx.conn, object_uuid(obj, "uuid"), cuid)
-            self.ledger.check_partner(holding, envelope)
-            local, _ = receive(holding.local, obj)
-            self.ledger.commit(tx, holding, local=local)
+        if action == "ticket":
+            self._on_ticket(tx, envelope, cuid)
+            return
+        if action == "offer":
+            self._on_offer(tx, envelope, cuid)
+            return
+        receive = TALLY_RECEIVERS.get(action)
+        if receive is None:
+            raise Reject("UNKNOWN_ACTION", f"tally has no action {action!r}")
+        holding = self.ledger.holding(tx.conn, object_uuid(obj, "uuid"), cuid)
+        self.ledger.check_partner(holding, envelope)
+        local, _ = receive(holding.local, obj)
+        self.ledger.commit(tx, holding, local=local)
 
     def _on_ticket(self, tx: Tx, envelope: Envelope, cuid: str) -> None:
         obj = envelope.object
