@@ -243,6 +243,9 @@ def _run(args: list[str]) -> int:
     config = load_config(options.config)
     setup_logging(config.name, config.log_level, config.log_format)
     key = read_key(config.key_file)
+    from agentd.runtime.memory import return_large_buffers
+
+    return_large_buffers()  # a burst of big frames must not leave a fragmented heap behind
     trio.run(_serve, config, key)
     return 0
 

@@ -48,6 +48,28 @@ class VerifyPolicy:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What a peer can make us hold (``[node]`` keys of the same names; see the README)."""
+
+    max_handshakes: int = 256            # inbound handshakes in progress, in total
+    max_handshakes_per_address: int = 16  # ... from one source address
+    busy_handshake_timeout: float = 2.0  # the deadline once half the handshake slots are taken
+    frame_timeout: float = 30.0          # seconds to finish a frame once it has begun
+    max_channels: int = 1024             # established channels, in total
+    max_channels_per_address: int = 64   # ... from one address (peers we know are exempt)
+    max_channels_per_agent: int = 8      # ... to one identity
+    partial_frames_budget: int = 16 << 20  # bytes of unfinished frames over all channels
+
+
+LIMIT_RANGES: dict[str, tuple[float, float]] = {
+    "max_handshakes": (1, 1 << 16), "max_handshakes_per_address": (1, 1 << 16),
+    "busy_handshake_timeout": (0.05, 3600), "frame_timeout": (0.05, 3600),
+    "max_channels": (1, 1 << 20), "max_channels_per_address": (1, 1 << 20),
+    "max_channels_per_agent": (1, 1024), "partial_frames_budget": (1 << 16, 1 << 40),
+}
+
+
+@dataclass(frozen=True)
 class LiftConfig:
     """``[lift]``: who referees our lifts, which referees our hops accept, how long a lift
     lives, and optional automatic clearing."""
@@ -80,6 +102,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "text"
     metrics_listen: str | None = None
+    limits: Limits = Limits()
     lift: LiftConfig = LiftConfig()
 
     @property
@@ -195,6 +218,7 @@ def parse_config(raw: dict, source: Path) -> Config:
     idle_timeout = float(node.get("idle_timeout", (int, float), 60.0))
     if handshake_timeout <= 0 or idle_timeout <= 0:
         raise UserError(f"{source}: node.handshake_timeout and node.idle_timeout must be > 0")
+    limits = _limits(node)
     node.finish()
 
     peers = []
@@ -280,7 +304,7 @@ def parse_config(raw: dict, source: Path) -> Config:
         handshake_timeout=handshake_timeout, idle_timeout=idle_timeout, peers=tuple(peers),
         clearinghouse=clearinghouse, relay_access=tuple(access), relay_verify=tuple(verify),
         log_level=log_level, log_format=log_format, metrics_listen=metrics_listen,
-        lift=lift,
+        limits=limits, lift=lift,
     )
 
 
@@ -305,3 +329,15 @@ def control_socket(path: Path | str) -> Path:
         raise UserError(f"{source}: node.data_dir is required (it locates the control socket;"
                         " or give --socket PATH)")
     return Path(os.path.normpath(source.resolve().parent / data_dir)) / "agentd.sock"
+
+
+def _limits(node: _Section) -> Limits:
+    values: dict[str, Any] = {}
+    for key, (low, high) in LIMIT_RANGES.items():
+        default = getattr(Limits, key)
+        kind = float if isinstance(default, float) else int
+        value = node.get(key, (int, float) if kind is float else int, default)
+        if not low <= value <= high:
+            raise node._bad(key, f"must be between {low} and {high}, got {value!r}")
+        values[key] = kind(value)
+    return Limits(**values)

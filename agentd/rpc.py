@@ -34,7 +34,7 @@ INTERNAL_ERROR = -32603
 REFUSED = -32010  # the request was understood and refused; data.reason says why
 NOT_FOUND = -32011
 TIMEOUT = -32013
-MAX_REQUEST = 4 << 20
+MAX_REQUEST = 4 << 20  # one request line, in bytes: a longer one is refused, the socket closed
 
 Method = Callable[..., Awaitable[Any]]
 
@@ -121,6 +121,8 @@ class RpcServer:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(None, RpcError(PARSE_ERROR, f"request is not JSON: {exc}"))
+        except RecursionError:
+            return _error(None, RpcError(PARSE_ERROR, "request is nested too deeply"))
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(
             request.get("method"), str
         ):
@@ -148,6 +150,18 @@ class RpcServer:
         finally:
             path.unlink(missing_ok=True)
 
+    async def answer(self, line: bytes) -> bytes | None:
+        """The encoded response to one request line. Whatever the line holds, a failure
+        costs this request an error answer, never the node."""
+        try:
+            response = await self.handle_line(line)
+            return None if response is None else _encode(response)
+        except RecursionError:  # e.g. an id nested too deeply to encode
+            return _encode(_error(None, RpcError(INVALID_REQUEST, "request is nested too deeply")))
+        except Exception as exc:
+            log.exception("RPC request failed")
+            return _encode(_error(None, RpcError(INTERNAL_ERROR, f"internal error: {exc}")))
+
     async def _connection(self, stream: trio.SocketStream) -> None:
         buffer = bytearray()
         try:
@@ -157,17 +171,15 @@ class RpcServer:
                     if not data:
                         return
                     buffer += data
+                    while (end := buffer.find(b"\n")) >= 0 and end <= MAX_REQUEST:
+                        line = bytes(buffer[:end])
+                        del buffer[:end + 1]
+                        if line.strip() and (response := await self.answer(line)) is not None:
+                            await stream.send_all(response)
                     if len(buffer) > MAX_REQUEST:
                         await stream.send_all(_encode(_error(None, RpcError(
-                            INVALID_REQUEST, f"request larger than {MAX_REQUEST} bytes"))))
+                            INVALID_REQUEST, f"request line longer than {MAX_REQUEST} bytes"))))
                         return
-                    while b"\n" in buffer:
-                        line, _, rest = bytes(buffer).partition(b"\n")
-                        buffer = bytearray(rest)
-                        if line.strip():
-                            response = await self.handle_line(line)
-                            if response is not None:
-                                await stream.send_all(_encode(response))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
 

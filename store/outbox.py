@@ -21,6 +21,7 @@ class OutboxRow:
     action: str
     body: bytes
     tries: int
+    created: int = 0
 
 
 def enqueue(
@@ -43,7 +44,7 @@ def enqueue(
 
 def pending(conn: sqlite3.Connection, after_seq: int = 0, limit: int = 1000) -> list[OutboxRow]:
     rows = conn.execute(
-        "SELECT seq, id, peer, address, target, action, body, tries FROM outbox"
+        "SELECT seq, id, peer, address, target, action, body, tries, created FROM outbox"
         " WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
         (after_seq, limit),
     ).fetchall()

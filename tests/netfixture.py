@@ -27,7 +27,7 @@ def node_config(tmp_path: Path, name: str, port: int = 0, *,
                 sections: dict[str, Any] | None = None, **node_keys: Any):
     """A parsed config; ``sections`` adds top-level tables such as ``clearinghouse``."""
     data_dir = tmp_path / name
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     raw = {"node": {"name": name, "data_dir": str(data_dir), "listen": f"127.0.0.1:{port}",
                     **node_keys}, **(sections or {})}
     return parse_config(raw, tmp_path / f"{name}.toml")

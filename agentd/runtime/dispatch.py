@@ -3,12 +3,14 @@
 For each envelope the dispatcher queues one database job — record the id in the inbox, then
 let the service apply its guarded transition and queue its replies — without waiting for it,
 so many messages share one group commit. The channel sends the acks in arrival order once
-each job has committed. A duplicate is acked and ignored; a refusal is an error ack.
+each job has committed. A duplicate is acked and ignored; a refusal is an error ack; a
+failure of ours (disk full, a bug) gets no ack at all, so the sender retries.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from typing import TYPE_CHECKING
 
@@ -18,7 +20,7 @@ from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
 from protocol.envelope import Ack, Envelope, EnvelopeError, ack_frame, parse_frame
 from protocol.errors import Refusal
-from store import inbox, outbox
+from store import DatabaseError, inbox, outbox
 
 if TYPE_CHECKING:
     from agentd.runtime.node import Node
@@ -70,8 +72,9 @@ class Dispatcher:
         assert isinstance(message, Ack)
         await self._settle(message, from_agent)
 
-    async def process_local(self, body: bytes) -> bytes:
-        """Process a message from this node to itself; returns the ack frame body."""
+    async def process_local(self, body: bytes) -> bytes | None:
+        """Process a message from this node to itself; returns the ack frame body, or None
+        when it could not be committed (it is then retried)."""
         message = parse_frame(body)
         assert isinstance(message, Envelope)
         return await self._finish(message, self._start(message, self.node.agent_id))
@@ -106,7 +109,7 @@ class Dispatcher:
         return node.db.start(job)
 
     async def _finish(self, envelope: Envelope, pending: PendingWrite,
-                      started: float | None = None) -> bytes:
+                      started: float | None = None) -> bytes | None:
         counters = self.node.counters
         try:
             outcome = await pending.outcome()
@@ -115,9 +118,15 @@ class Dispatcher:
             log.info("refused %s/%s from %s: %s", envelope.target, envelope.action,
                      envelope.from_.agent[:8], exc)
             return ack_frame(envelope.id, *ack_error(exc))
-        except Exception as exc:
-            log.exception("failed to process %s/%s", envelope.target, envelope.action)
-            return ack_frame(envelope.id, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # our failure (disk full, a bug), not the message's: no ack
+            counters.unacked_failures += 1
+            if isinstance(exc, DatabaseError | sqlite3.Error):
+                log.error("could not commit %s/%s from %s, left unacked for a retry: %s",
+                          envelope.target, envelope.action, envelope.from_.agent[:8], exc)
+            else:
+                log.exception("failed to process %s/%s, left unacked for a retry",
+                              envelope.target, envelope.action)
+            return None
         if outcome is _DUPLICATE:
             counters.duplicates += 1
         else:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from agentd.errors import UserError
 from agentd.logs import event
 from agentd.metrics import Metrics
 from agentd.rpc import RpcServer
+from agentd.runtime import datadir
 from agentd.runtime.clock import Clock
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
@@ -34,6 +34,7 @@ from agentd.runtime.peers import PeerManager
 from agentd.runtime.refusals import rpc_error
 from agentd.runtime.reload import reload_config
 from agentd.runtime.replies import Replies
+from agentd.runtime.strangers import Strangers
 from agentd.runtime.transport import Channel, Hello
 from agentd.services.clearing.client import Evidence
 from agentd.services.clearing.house import ClearingService
@@ -73,6 +74,7 @@ class Node:
         self._stop = trio.Event()
         self._peer_addresses: dict[str, str] = {}
         self._peer_names: dict[str, str] = {}
+        self.strangers = Strangers()
         self.configure_peers()
         self.peers: PeerManager = None  # type: ignore[assignment]  # set in run()
         self._install_services()
@@ -131,8 +133,13 @@ class Node:
         return ChipAddress(agent=self.agent_id, cuid=cuid, host=host, port=port)
 
     def address_of(self, agent: str) -> str | None:
-        """Where to dial ``agent``: the config first, then what a hello or ticket taught us."""
+        """Where to dial ``agent``: the config, or what a ticket, a user or the database
+        taught us — never the address a stranger claims in its hello."""
         return self._peer_addresses.get(agent)
+
+    def is_known(self, agent: str) -> bool:
+        """A configured peer, the clearing house, or one a ticket or a user taught us."""
+        return agent in self._peer_addresses
 
     def agent_at(self, address: str) -> str | None:
         """The peer agent known to listen at ``address`` (exactly as configured or learned)."""
@@ -186,31 +193,26 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
-        try:
-            config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise UserError(f"{config.data_dir}: cannot create data dir: {exc.strerror}") from exc
-        if not os.access(config.data_dir, os.R_OK | os.W_OK | os.X_OK):
-            raise UserError(f"{config.data_dir}: data dir is not readable and writable")
-        try:
-            database = Database.open(config.db_path)
-            db = await database.__aenter__()
-        except DatabaseError as exc:
-            raise UserError(str(exc)) from exc
-        try:
-            self.db = db
-            await self._load_peers()
-            async with trio.open_nursery() as nursery:
-                await self._start(nursery)
-                self.started_monotonic = self.clock.monotonic()
-                log.info("node %s (%s) listening on %s", config.name, self.agent_id,
-                         self.listen_address)
-                task_status.started(self)
-                await self._stop.wait()
-                log.info("stopping")
-                nursery.cancel_scope.cancel()
-        finally:
-            await database.__aexit__(None, None, None)
+        with datadir.claim(config.data_dir):  # before anything touches the directory
+            try:
+                database = Database.open(config.db_path)
+                db = await database.__aenter__()
+            except DatabaseError as exc:
+                raise UserError(str(exc)) from exc
+            try:
+                self.db = db
+                await self._load_peers()
+                async with trio.open_nursery() as nursery:
+                    await self._start(nursery)
+                    self.started_monotonic = self.clock.monotonic()
+                    log.info("node %s (%s) listening on %s", config.name, self.agent_id,
+                             self.listen_address)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    log.info("stopping")
+                    nursery.cancel_scope.cancel()
+            finally:
+                await database.__aexit__(None, None, None)
 
     async def _start(self, nursery: trio.Nursery) -> None:
         self.peers = PeerManager(
@@ -218,6 +220,7 @@ class Node:
             max_frame=self.config.max_frame, handshake_timeout=self.config.handshake_timeout,
             idle_timeout=self.config.idle_timeout, on_frame=self.dispatcher.on_frame,
             on_channel=self._channel_opened, on_channel_closed=self._channel_closed,
+            limits=self.config.limits, is_known=self.is_known,
         )
         await nursery.start(self.peers.run)
         await nursery.start(self.pump.run)
@@ -261,15 +264,21 @@ class Node:
     def _channel_opened(self, channel: Channel) -> None:
         event(log, "peer connected", agent=channel.agent, name=self._peer_names.get(channel.agent),
               address=channel.hello.listen, direction="out" if channel.outbound else "in")
-        self.learn_peer(channel.agent, channel.hello.listen)
-        stamp = self.clock.now_ms()
-        self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
+        self._seen(channel)
 
     def _channel_closed(self, channel: Channel) -> None:
         event(log, "peer lost", agent=channel.agent, name=self._peer_names.get(channel.agent))
         self.pump.on_channel_closed(channel)
+        self._seen(channel)
+
+    def _seen(self, channel: Channel) -> None:
+        """A peer we know gets its last_seen stored; a stranger only a slot in the bounded
+        table (its claimed listen address is never stored, nor dialled)."""
         stamp = self.clock.now_ms()
-        self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
+        if self.is_known(channel.agent):
+            self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
+        else:
+            self.strangers.seen(channel.agent, channel.hello.listen, stamp)
 
     # -- core RPC methods ----------------------------------------------------------------
 
@@ -286,7 +295,13 @@ class Node:
             "uptime_s": round(self.clock.monotonic() - self.started_monotonic, 3),
             "peers": len(self.peers.channels),
             "counters": {**self.counters.to_map(), "outbox_depth": self.pump.depth,
-                         "db_commits": self.db.commits, "db_jobs": self.db.jobs},
+                         "db_commits": self.db.commits, "db_jobs": self.db.jobs,
+                         "db_errors": self.db.errors, "strangers": len(self.strangers),
+                         "strangers_evicted": self.strangers.evicted,
+                         "handshakes_in_progress": len(self.peers.handshakes),
+                         "channels": self.peers.channel_count(),
+                         "partial_frame_bytes": self.peers.budget.total},
+            "last_db_error": self.db.last_error,
         }
 
     async def rpc_peers(self) -> list[dict]:

@@ -21,6 +21,7 @@ from agentd.runtime.peers import PeerUnreachable
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import pack, unpack
 from protocol.envelope import Ack
+from protocol.expiry import expires_at
 from store import outbox
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ log = logging.getLogger("agentd.runtime.outbox")
 ACK_TIMEOUT_MIN = 2.0
 ACK_TIMEOUT_MAX = 60.0
 SCAN_INTERVAL = 0.25
+EXPIRE_EVERY = 4  # scans: expired messages leave the outbox within a second
 WINDOW = 1024  # unacked messages per peer: keeps ack latency, and so timeouts, meaningful
 
 
@@ -45,8 +47,14 @@ class Outgoing:
     address: str | None
     envelope: dict[str, Any]
     tries: int
+    expires: int | None = None  # ms since the epoch; None: never
     due: float = 0.0
     channel: Channel | None = field(default=None, repr=False)
+
+    @property
+    def is_reply(self) -> bool:
+        """A reply goes back to whoever asked: on a channel it opened, unless we know it."""
+        return self.envelope.get("re") is not None
 
 
 class OutboxPump:
@@ -74,7 +82,8 @@ class OutboxPump:
             while rows := await self.node.db.write(
                     lambda conn, after=after: outbox.pending(conn, after_seq=after)):
                 for row in rows:
-                    self.add(row.id, row.peer, row.address, unpack(row.body), row.tries)
+                    self.add(row.id, row.peer, row.address, unpack(row.body), row.tries,
+                             created=row.created)
                 after = rows[-1].seq
             for item in self._early:
                 self._enqueue(item)
@@ -87,10 +96,12 @@ class OutboxPump:
     # -- intake --------------------------------------------------------------------------
 
     def add(self, message_id: bytes, peer: str, address: str | None, envelope: dict,
-            tries: int) -> None:
+            tries: int, created: int | None = None) -> None:
         if message_id in self.live:
             return  # committed while the start-up reload was reading: already queued
-        item = Outgoing(message_id, peer, address, envelope, tries)
+        expires = expires_at(envelope.get("target", ""), envelope.get("action", ""),
+                             self.node.clock.now_ms() if created is None else created)
+        item = Outgoing(message_id, peer, address, envelope, tries, expires)
         self.live[message_id] = item
         if self._nursery is None:
             self._early.append(item)
@@ -167,11 +178,15 @@ class OutboxPump:
             if peer == self.node.agent_id:
                 await self._deliver_locally(queue)
                 continue
-            address = next((i.address for i in queue if i.address), None)
+            # a message we started may dial the address it names (a ticket's, a cert's, a
+            # user's); a reply only an address we know: never one a stranger claims
+            address = next((i.address for i in queue if i.address and not i.is_reply), None)
             address = address or self.node.address_of(peer)
             try:
                 channel = await self.node.peers.connect(peer, address)
             except PeerUnreachable as exc:
+                if address is None:  # a stranger's reply waits for its channel (or expiry)
+                    self.node.counters.no_route += 1
                 log.debug("outbox: %s", exc)
                 await trio.sleep(0.5)
                 continue
@@ -216,11 +231,40 @@ class OutboxPump:
             item.envelope["try"] = item.tries
             item.envelope["last"] = self.node.clock.now_ms()
             ack_body = await self.node.dispatcher.process_local(pack(item.envelope))
+            if ack_body is None:  # not committed (disk full?): try again a little later
+                queue.appendleft(item)
+                await trio.sleep(ack_timeout(item.tries))
+                continue
             await self.node.dispatcher.on_ack_frame(ack_body, self.node.agent_id)
 
+    def _expire(self) -> None:
+        """Drop the messages no longer worth delivering, rows included."""
+        now = self.node.clock.now_ms()
+        expired = [item for item in self.live.values()
+                   if item.expires is not None and item.expires <= now]
+        if not expired:
+            return
+        for item in expired:
+            self.withdraw(item.id)
+        peers = {item.peer for item in expired}
+        for peer in peers:
+            queue = self._queues.get(peer)
+            if queue is not None:
+                kept = [item for item in queue if item.id in self.live]
+                queue.clear()
+                queue.extend(kept)
+        self.node.counters.outbox_expired += len(expired)
+        ids = [item.id for item in expired]
+        self.node.db.submit(lambda conn: outbox.delete(conn, ids))
+        log.info("outbox: %d messages expired undelivered", len(expired))
+
     async def _retry_scanner(self) -> None:
+        scans = 0
         while True:
             await trio.sleep(SCAN_INTERVAL)
+            scans += 1
+            if scans % EXPIRE_EVERY == 0:
+                self._expire()
             now = self.node.clock.monotonic()
             overdue = [item for item in self._inflight.values() if item.due <= now]
             for item in overdue:
