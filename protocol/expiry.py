@@ -15,6 +15,7 @@ EXPIRY_MS: dict[tuple[str, str | None], int] = {
     ("node", "pong"): MINUTE_MS // 2,   # its ping's caller gave up after 10 s
     ("node", "ping"): 5 * MINUTE_MS,
     ("relay", None): 5 * MINUTE_MS,     # queries and answers wait at most minutes
+    ("route", None): MINUTE_MS,         # a route search lasts seconds (30 s at the most)
     ("ch", "processed"): 60 * MINUTE_MS,  # receipts: the client may reconnect to take them
     ("ch", "result"): 60 * MINUTE_MS,
     ("ch", "rejection"): 60 * MINUTE_MS,
