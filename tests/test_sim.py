@@ -205,7 +205,8 @@ def test_invoices_and_relay_queries_complete_and_keep_the_chains_agreed(tmp_path
 
 
 def test_a_refused_relay_query_fails_the_run(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("agentd.sim.RELAY_ACCESS", {"principal": "*", "resource": "node:*"})
+    monkeypatch.setattr("agentd.sim.backends.RELAY_ACCESS",
+                        {"principal": "*", "resource": "node:*"})
     text = INVOICES_AND_RELAY.replace("count = 30", "count = 3")
     assert main([str(write(tmp_path, text))]) == 1  # user balances are not readable now
     out = capsys.readouterr().out

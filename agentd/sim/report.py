@@ -1,0 +1,30 @@
+"""What a simulation found: counts, ping latencies, failures and the invariants' verdicts."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from agentd.sim.scenario import Scenario
+
+
+@dataclass
+class Report:
+    counts: dict[str, int] = field(default_factory=dict)
+    latencies_ms: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    checks: dict[str, bool] = field(default_factory=dict)
+
+
+def print_report(scenario: Scenario, report: Report) -> None:
+    print(f"\nreport for {scenario.name!r}")
+    for key, value in report.counts.items():
+        print(f"  {key:20} {value}")
+    if report.latencies_ms:
+        ordered = sorted(report.latencies_ms)
+        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        print(f"  {'ping p50 / p99':20} {statistics.median(ordered):.2f} / {p99:.2f} ms")
+    for failure in report.failures[:10]:
+        print(f"  failure: {failure}")
+    for name, ok in report.checks.items():
+        print(f"  invariant {name:18} {'ok' if ok else 'FAILED'}")
