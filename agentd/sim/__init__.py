@@ -23,6 +23,7 @@ import trio
 
 from agentd.sim.backends import InProcess, Processes
 from agentd.sim.invariants import check, settled_chains
+from agentd.sim.limits import check_capacity
 from agentd.sim.report import Report, print_report
 from agentd.sim.scenario import CREDIT_TRAFFIC, Scenario, load_scenario
 from agentd.sim.traffic import KINDS, Run, open_tallies
@@ -68,6 +69,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the nodes' data directories")
     options = parser.parse_args(argv)
     scenario = load_scenario(Path(options.scenario))
+    check_capacity(scenario, options.processes)
     workdir = Path(tempfile.mkdtemp(prefix="agentd-sim-"))
     try:
         report = trio.run(run_scenario, scenario, options.processes, workdir)

@@ -1,24 +1,40 @@
 """Scenarios: the TOML file that names a simulation's nodes, topology, traffic and invariants.
 
-``load_scenario`` parses and checks one; a scenario it returns can run.
+``load_scenario`` checks a scenario as strictly as a node config: an unknown key, a value of
+the wrong type or range, an impossible topology, a fault naming a node that does not exist —
+every such error at once, each naming its key and the file — and refuses it before anything
+starts. What the machine cannot hold (open files, memory) is judged by :mod:`.limits`.
 """
 
 from __future__ import annotations
 
 import random
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agentd.errors import UserError
 
 TOPOLOGIES = ("ring", "random", "explicit", "full")
-TRAFFIC = ("ping", "payments", "invoices", "relay", "evidence")
+# the keys each [[traffic]] kind takes besides ``kind`` (a new kind adds its line here)
+TRAFFIC: dict[str, tuple[str, ...]] = {
+    "ping": ("count",),
+    "payments": ("count", "units"),
+    "invoices": ("count", "units"),
+    "relay": ("count", "confidential"),
+    "evidence": ("count",),
+}
 CREDIT_TRAFFIC = frozenset({"payments", "invoices"})  # kinds that need a tally on every link
 INVARIANTS = ("all_delivered", "outbox_drained", "exactly_once", "chains_agree",
               "balances_zero_sum", "receipts_verify")
 HOUSE = "clearinghouse"  # the name of the scenario's clearing-house node, when it has one
+SECTIONS = {
+    "sim": ("name", "seed", "concurrency"),
+    "nodes": ("count", "names", "clearinghouse"),
+    "topology": ("kind", "degree", "links", "edges"),
+    "invariants": ("check",),
+}
 
 
 @dataclass
@@ -31,10 +47,55 @@ class Scenario:
     seed: int
     concurrency: int = 16
     house: str | None = None  # the clearing-house node every other node logs to
+    path: Path = field(default=Path("scenario.toml"))
 
     @property
     def all_nodes(self) -> list[str]:
         return [*self.nodes, *([self.house] if self.house else [])]
+
+
+class _Errors:
+    """Every complaint about one file, raised together."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.found: list[str] = []
+
+    def add(self, key: str, why: str) -> None:
+        self.found.append(f"{self.path}: {key} {why}")
+
+    def unknown(self, table: dict, known: tuple[str, ...], where: str) -> None:
+        for key in sorted(set(table) - set(known)):
+            self.add(f"{where}.{key}" if where else key,
+                     f"is not a known key (known: {', '.join(known)})")
+
+    def integer(self, table: dict, key: str, where: str, default: int, low: int = 1,
+                high: int | None = None) -> int:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (
+                high is not None and value > high):
+            top = f" to {high}" if high is not None else " or more"
+            self.add(f"{where}.{key}", f"must be an integer from {low}{top}, not {value!r}")
+            return default
+        return value
+
+    def boolean(self, table: dict, key: str, where: str) -> bool:
+        value = table.get(key, False)
+        if not isinstance(value, bool):
+            self.add(f"{where}.{key}", f"must be true or false, not {value!r}")
+            return False
+        return value
+
+    def table(self, raw: dict, key: str) -> dict:
+        value = raw.get(key, {})
+        if not isinstance(value, dict):
+            self.add(key, f"must be a table ([{key}])")
+            return {}
+        return value
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise UserError("\n".join(self.found))
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -44,97 +105,162 @@ def load_scenario(path: Path) -> Scenario:
         raise UserError(f"{path}: scenario file not found") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from exc
-
-    def bad(key: str, why: str) -> UserError:
-        return UserError(f"{path}: {key} {why}")
-
-    unknown = set(raw) - {"sim", "nodes", "topology", "traffic", "invariants"}
-    if unknown:
-        raise bad(sorted(unknown)[0], "is not a scenario section")
-    sim = raw.get("sim", {})
-    seed = sim.get("seed", 1)
-    if not isinstance(seed, int):
-        raise bad("sim.seed", "must be an integer")
-    nodes_section = raw.get("nodes", {})
-    if "names" in nodes_section:
-        names = nodes_section["names"]
-        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
-            raise bad("nodes.names", "must be a non-empty list of text")
-    else:
-        count = nodes_section.get("count")
-        if not isinstance(count, int) or not 1 <= count <= 200:
-            raise bad("nodes.count", "must be an integer from 1 to 200 (or give nodes.names)")
-        names = [f"n{i}" for i in range(count)]
-    if len(set(names)) != len(names):
-        raise bad("nodes.names", "has duplicates")
-    with_house = nodes_section.get("clearinghouse", False)
-    if not isinstance(with_house, bool):
-        raise bad("nodes.clearinghouse", "must be true or false")
+    errors = _Errors(path)
+    errors.unknown(raw, (*SECTIONS, "traffic"), "")
+    sim, nodes_section = errors.table(raw, "sim"), errors.table(raw, "nodes")
+    errors.unknown(sim, SECTIONS["sim"], "sim")
+    seed = errors.integer(sim, "seed", "sim", 1, low=0, high=2**63)
+    concurrency = errors.integer(sim, "concurrency", "sim", 16, high=10_000)
+    name = sim.get("name", path.stem)
+    if not isinstance(name, str):
+        errors.add("sim.name", "must be text")
+    names = _node_names(nodes_section, errors)
+    with_house = errors.boolean(nodes_section, "clearinghouse", "nodes")
     if with_house and HOUSE in names:
-        raise bad("nodes.names", f"cannot hold {HOUSE!r}: that is the clearing house's name")
-    rng = random.Random(seed)
-    edges = _topology(raw.get("topology", {"kind": "full"}), names, rng, bad)
-    traffic = raw.get("traffic", [])
-    if not isinstance(traffic, list):
-        raise bad("traffic", "must be an array of tables ([[traffic]])")
-    for i, item in enumerate(traffic):
-        if item.get("kind") not in TRAFFIC:
-            raise bad(f"traffic[{i}].kind", f"must be one of {', '.join(TRAFFIC)}")
-        if not isinstance(item.get("count", 1), int) or item.get("count", 1) < 1:
-            raise bad(f"traffic[{i}].count", "must be a positive integer")
-        if not isinstance(item.get("units", 1), int) or item.get("units", 1) < 1:
-            raise bad(f"traffic[{i}].units", "must be a positive integer")
-        if not isinstance(item.get("confidential", False), bool):
-            raise bad(f"traffic[{i}].confidential", "must be true or false")
+        errors.add("nodes.names", f"cannot hold {HOUSE!r}: that is the clearing house's name")
+    edges = _topology(errors.table(raw, "topology"), names, random.Random(seed), errors)
+    traffic = _traffic(raw.get("traffic", []), errors)
     kinds = {item.get("kind") for item in traffic}
-    paying = bool(kinds & CREDIT_TRAFFIC)  # exactly_once counts pings; credit checks need tallies
     if "evidence" in kinds and not with_house:
-        raise bad("traffic", "has evidence, which needs a clearing house: set "
-                  "[nodes] clearinghouse = true")
+        errors.add("traffic", "has evidence, which needs a clearing house: set "
+                   "[nodes] clearinghouse = true")
+    invariants = _invariants(errors.table(raw, "invariants"), kinds, with_house, errors)
+    errors.raise_any()
+    return Scenario(name, names, edges, traffic, invariants, seed, concurrency,
+                    HOUSE if with_house else None, path)
+
+
+def _node_names(section: dict, errors: _Errors) -> list[str]:
+    errors.unknown(section, SECTIONS["nodes"], "nodes")
+    if "names" in section and "count" in section:
+        errors.add("nodes", "gives both count and names: give one")
+    if "names" in section:
+        names = section["names"]
+        if not (isinstance(names, list) and names and all(isinstance(n, str) and n
+                                                          for n in names)):
+            errors.add("nodes.names", "must be a non-empty list of non-empty text")
+            return []
+        if len(set(names)) != len(names):
+            errors.add("nodes.names", "has duplicates")
+        return names
+    if "count" not in section:
+        errors.add("nodes.count", "is missing (or give nodes.names)")
+        return []
+    count = errors.integer(section, "count", "nodes", 0)
+    return [f"n{i}" for i in range(count)]
+
+
+def _topology(spec: dict, names: list[str], rng: random.Random, errors: _Errors
+              ) -> list[tuple[str, str]]:
+    errors.unknown(spec, SECTIONS["topology"], "topology")
+    kind = spec.get("kind", "full")
+    if kind not in TOPOLOGIES:
+        errors.add("topology.kind", f"must be one of {', '.join(TOPOLOGIES)}, not {kind!r}")
+        return []
+    allowed = {"random": ("degree", "links"), "explicit": ("edges",)}.get(kind, ())
+    for key in ("degree", "links", "edges"):
+        if key in spec and key not in allowed:
+            errors.add(f"topology.{key}", f"does not apply to kind = {kind!r}")
+    n = len(names)
+    if kind == "full":
+        return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+    if kind == "ring":
+        return [(names[i], names[(i + 1) % n]) for i in range(n) if n > 2 or i == 0] \
+            if n >= 2 else []
+    if kind == "random":
+        return _random(spec, names, rng, errors)
+    edges = []
+    raw_edges = spec.get("edges", [])
+    if not isinstance(raw_edges, list):
+        errors.add("topology.edges", "must be a list of [a, b] pairs")
+        return []
+    for i, edge in enumerate(raw_edges):
+        if not (isinstance(edge, list) and len(edge) == 2 and all(isinstance(e, str)
+                                                                  for e in edge)):
+            errors.add(f"topology.edges[{i}]", "must be a pair of node names")
+        elif unknown := [e for e in edge if e not in names]:
+            errors.add(f"topology.edges[{i}]", f"names {', '.join(map(repr, unknown))}, "
+                       "which is not a node")
+        elif edge[0] == edge[1]:
+            errors.add(f"topology.edges[{i}]", "links a node to itself")
+        else:
+            edges.append((edge[0], edge[1]))
+    return edges
+
+
+def _random(spec: dict, names: list[str], rng: random.Random, errors: _Errors
+            ) -> list[tuple[str, str]]:
+    """A connected backbone (a path through every node), then random extra links: ``degree``
+    picks per node, or extra links until there are ``links`` in all."""
+    n = len(names)
+    pairs = n * (n - 1) // 2
+    if "degree" in spec and "links" in spec:
+        errors.add("topology", "gives both degree and links: give one")
+        return []
+    edges = {(names[i], names[i + 1]) for i in range(n - 1)}
+    if "links" in spec:
+        links = errors.integer(spec, "links", "topology", 0)
+        if links > pairs:
+            errors.add("topology.links", f"is {links}, more than the {pairs} pairs "
+                       f"{n} nodes can form")
+        elif 0 < links < n - 1:
+            errors.add("topology.links", f"is {links}: {n} nodes need at least {n - 1} "
+                       "to be connected")
+        elif links:
+            index = {name: i for i, name in enumerate(names)}
+            while len(edges) < links:
+                a, b = sorted(rng.sample(names, 2), key=index.__getitem__)
+                edges.add((a, b))
+        return sorted(edges)
+    degree = errors.integer(spec, "degree", "topology", 3)
+    if n and degree >= n:
+        errors.add("topology.degree", f"is {degree}, but with {n} nodes a node can have at "
+                   f"most {n - 1} links")
+        return []
+    for a in names:
+        for b in rng.sample(names, min(degree, n)):
+            if a != b and (b, a) not in edges:
+                edges.add((a, b))
+    return sorted(edges)
+
+
+def _traffic(traffic: Any, errors: _Errors) -> list[dict[str, Any]]:
+    if not isinstance(traffic, list) or not all(isinstance(i, dict) for i in traffic):
+        errors.add("traffic", "must be an array of tables ([[traffic]])")
+        return []
+    for i, item in enumerate(traffic):
+        where = f"traffic[{i}]"
+        kind = item.get("kind")
+        if kind not in TRAFFIC:
+            errors.add(f"{where}.kind", f"must be one of {', '.join(TRAFFIC)}, not {kind!r}")
+            continue
+        errors.unknown(item, ("kind", *TRAFFIC[kind]), where)
+        errors.integer(item, "count", where, 1)
+        errors.integer(item, "units", where, 1)
+        errors.boolean(item, "confidential", where)
+    return traffic
+
+
+def _invariants(section: dict, kinds: set, with_house: bool, errors: _Errors) -> list[str]:
+    errors.unknown(section, SECTIONS["invariants"], "invariants")
+    paying = bool(kinds & CREDIT_TRAFFIC)  # exactly_once counts pings; credit checks need tallies
     default = ["all_delivered", "outbox_drained",
                *(["chains_agree", "balances_zero_sum"] if paying
                  else [] if with_house or "relay" in kinds else ["exactly_once"]),
                *(["receipts_verify"] if with_house else [])]
-    invariants = raw.get("invariants", {"check": default}).get("check", [])
+    invariants = section.get("check", default)
+    if not isinstance(invariants, list) or not all(isinstance(n, str) for n in invariants):
+        errors.add("invariants.check", "must be a list of invariant names")
+        return []
     for name in invariants:
         if name not in INVARIANTS:
-            raise bad("invariants.check", f"has unknown invariant {name!r} "
-                      f"(known: {', '.join(INVARIANTS)})")
+            errors.add("invariants.check", f"has unknown invariant {name!r} "
+                       f"(known: {', '.join(INVARIANTS)})")
     if "exactly_once" in invariants and (paying or with_house or "relay" in kinds):
-        raise bad("invariants.check", "exactly_once counts ping messages, so it cannot be "
-                  "checked with credit or relay traffic or a clearing house (check "
-                  "chains_agree or receipts_verify instead)")
+        errors.add("invariants.check", "exactly_once counts ping messages, so it cannot be "
+                   "checked with credit or relay traffic or a clearing house (check "
+                   "chains_agree or receipts_verify instead)")
     if "receipts_verify" in invariants and not with_house:
-        raise bad("invariants.check", "has receipts_verify, which needs a clearing house: "
-                  "set [nodes] clearinghouse = true")
-    return Scenario(sim.get("name", path.stem), names, edges, traffic, invariants, seed,
-                    sim.get("concurrency", 16), HOUSE if with_house else None)
-
-
-def _topology(spec: dict, names: list[str], rng: random.Random, bad) -> list[tuple[str, str]]:
-    kind = spec.get("kind", "full")
-    if kind not in TOPOLOGIES:
-        raise bad("topology.kind", f"must be one of {', '.join(TOPOLOGIES)}")
-    if kind == "full":
-        return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
-    if kind == "ring":
-        if len(names) < 2:
-            return []
-        return [(names[i], names[(i + 1) % len(names)]) for i in range(len(names))
-                if len(names) > 2 or i == 0]
-    if kind == "random":
-        degree = spec.get("degree", 3)
-        if not isinstance(degree, int) or degree < 1:
-            raise bad("topology.degree", "must be a positive integer")
-        edges = {(names[i], names[(i + 1) % len(names)]) for i in range(len(names) - 1)}
-        for a in names:  # a connected backbone, then random extra links
-            for b in rng.sample(names, min(degree, len(names))):
-                if a != b and (b, a) not in edges:
-                    edges.add((a, b))
-        return sorted(edges)
-    edges = []
-    for i, edge in enumerate(spec.get("edges", [])):
-        if not (isinstance(edge, list) and len(edge) == 2 and set(edge) <= set(names)):
-            raise bad(f"topology.edges[{i}]", "must be a pair of node names")
-        edges.append((edge[0], edge[1]))
-    return edges
+        errors.add("invariants.check", "has receipts_verify, which needs a clearing house: "
+                   "set [nodes] clearinghouse = true")
+    return invariants
