@@ -24,7 +24,7 @@ from protocol.keys import SigningKey, b64u
 from store import outbox
 from store.credit import Ledger
 from store.schema import migrate
-from tests.netfixture import network, node_config, wait_for
+from tests.netfixture import network, node_config, start_node, wait_for
 from tests.test_credit_chain import Pair
 from tests.test_credit_tally import ALICE, BOB, negotiate
 
@@ -390,8 +390,7 @@ async def test_a_relay_view_of_a_real_tally(tmp_path):
         carol, b = net.nodes
         config = dataclasses.replace(node_config(tmp_path, "alice"), relay_access=(
             AccessRule(carol.agent_id, "tally:*"),))
-        a = Node(config, SigningKey.generate())
-        await net.nursery.start(a.run)
+        a = await start_node(net.nursery, config)
         net.nodes.append(a)
         net.introduce()
         await users(a, "alice")

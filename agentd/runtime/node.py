@@ -30,6 +30,7 @@ from agentd.runtime.outbox import OutboxPump
 from agentd.runtime.peers import PeerManager
 from agentd.runtime.reload import reload_config
 from agentd.runtime.replies import Replies
+from agentd.runtime.timers import Ticker
 from agentd.runtime.transport import Channel, Hello
 from agentd.services.clearing.client import Evidence
 from agentd.services.clearing.house import ClearingService
@@ -184,16 +185,15 @@ class Node:
         self.port = listeners[0].socket.getsockname()[1]
         self.peers.hello = Hello(self.agent_id, self.listen_address, self.config.roles)
         await nursery.start(self.rpc.serve, self.config.socket_path)
-        nursery.start_soon(self._maintenance)
+        nursery.start_soon(Ticker(MAINTENANCE_INTERVAL, self._maintenance, immediately=True).run)
 
-    async def _maintenance(self) -> None:
-        """Hourly: forget processed-message ids older than the dedup window."""
-        while True:
-            cutoff = now_ms() - INBOX_RETENTION_MS
-            pruned = await self.db.write(lambda conn, cutoff=cutoff: inbox.prune(conn, cutoff))
-            if pruned:
-                log.info("pruned %d inbox ids older than 30 days", pruned)
-            await trio.sleep(MAINTENANCE_INTERVAL)
+    async def _maintenance(self) -> bool:
+        """At start and hourly: forget processed-message ids older than the dedup window."""
+        cutoff = now_ms() - INBOX_RETENTION_MS
+        pruned = await self.db.write(lambda conn: inbox.prune(conn, cutoff))
+        if pruned:
+            log.info("pruned %d inbox ids older than 30 days", pruned)
+        return True
 
     async def _load_peers(self) -> None:
         def job(conn):

@@ -19,6 +19,7 @@ import trio
 
 from agentd.runtime.clock import now_ms
 from agentd.runtime.peers import PeerUnreachable
+from agentd.runtime.timers import Ticker
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import pack, unpack
 from protocol.envelope import Ack
@@ -63,6 +64,7 @@ class OutboxPump:
         self._acked_event = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._early: list[Outgoing] = []
+        self._retries = Ticker(SCAN_INTERVAL, self._retry_overdue, armed=False)
 
     @property
     def depth(self) -> int:
@@ -80,7 +82,7 @@ class OutboxPump:
             for item in self._early:
                 self._enqueue(item)
             self._early.clear()
-            nursery.start_soon(self._retry_scanner)
+            nursery.start_soon(self._retries.run)
             nursery.start_soon(self._ack_flusher)
             task_status.started()
             await trio.sleep_forever()
@@ -199,6 +201,7 @@ class OutboxPump:
             envelope["try"] = item.tries
             envelope["last"] = now_ms()
             self._inflight[item.id] = item
+            self._retries.wake()
             try:
                 await channel.send_frame(pack(envelope))
             except ChannelClosed:
@@ -219,15 +222,15 @@ class OutboxPump:
             ack_body = await self.node.dispatcher.process_local(pack(item.envelope))
             await self.node.dispatcher.on_ack_frame(ack_body, self.node.agent_id)
 
-    async def _retry_scanner(self) -> None:
-        while True:
-            await trio.sleep(SCAN_INTERVAL)
-            now = trio.current_time()
-            overdue = [item for item in self._inflight.values() if item.due <= now]
-            for item in overdue:
-                del self._inflight[item.id]
-                self._release(item.peer)
-                self._enqueue(item)
-            if overdue:
-                tries = [(item.tries, item.id) for item in overdue]
-                self.node.db.submit(lambda conn, tries=tries: outbox.record_tries(conn, tries))
+    async def _retry_overdue(self) -> bool:
+        """Requeue what waited for its ack past its timeout; True while anything is in flight."""
+        now = trio.current_time()
+        overdue = [item for item in self._inflight.values() if item.due <= now]
+        for item in overdue:
+            del self._inflight[item.id]
+            self._release(item.peer)
+            self._enqueue(item)
+        if overdue:
+            tries = [(item.tries, item.id) for item in overdue]
+            self.node.db.submit(lambda conn, tries=tries: outbox.record_tries(conn, tries))
+        return bool(self._inflight)

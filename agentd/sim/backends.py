@@ -10,13 +10,14 @@ from typing import Any
 
 import trio
 
-from agentd.config import parse_config
 from agentd.errors import UserError
 from agentd.localnodes import (
     LocalNode,
     free_ports,
+    local_config,
     peer_section,
     spawn,
+    start_node,
     stop,
     wait_ready,
     write_node,
@@ -61,12 +62,8 @@ class InProcess:
 
     async def _start(self, name: str, node_keys: dict[str, Any], sections: dict[str, Any]
                      ) -> Node:
-        config = parse_config({"node": {"name": name, "data_dir": str(self.workdir / name),
-                                        "listen": "127.0.0.1:0", **node_keys}, **sections},
-                              self.workdir / f"{name}.toml")
-        node = Node(config, SigningKey.generate())
-        await self.nursery.start(node.run)
-        self.nodes[name] = node
+        config = local_config(self.workdir, name, sections=sections, **node_keys)
+        node = self.nodes[name] = await start_node(self.nursery, config)
         return node
 
     async def call(self, name: str, method: str, params: dict) -> Any:

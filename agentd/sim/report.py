@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 
+from agentd.bench import percentile
 from agentd.sim.scenario import Scenario
 
 
@@ -21,9 +21,8 @@ def print_report(scenario: Scenario, report: Report) -> None:
     for key, value in report.counts.items():
         print(f"  {key:20} {value}")
     if report.latencies_ms:
-        ordered = sorted(report.latencies_ms)
-        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-        print(f"  {'ping p50 / p99':20} {statistics.median(ordered):.2f} / {p99:.2f} ms")
+        p50, p99 = (percentile(report.latencies_ms, f) for f in (0.5, 0.99))
+        print(f"  {'ping p50 / p99':20} {p50:.2f} / {p99:.2f} ms")
     for failure in report.failures[:10]:
         print(f"  failure: {failure}")
     for name, ok in report.checks.items():

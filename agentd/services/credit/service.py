@@ -18,10 +18,11 @@ An invitation ticket names no tally, so both ends derive its uuid from the token
 has taken the request. ``tally.offer``/``accept``/``refuse``/``counter`` queue a message whose
 delivery settles the state (``protocol.tally.delivered``/``rejected``).
 
-Chains are repaired by ``protocol.chain.resync`` from :meth:`Credit.run`: once a second it
-looks for chains that are not settled, have been still for a while (or whose partner's
-channel just opened) and whose partner has nothing waiting in our outbox; each repair pushes
-the next one back (doubling, up to a minute), and any chain change resets the pace.
+Chains are repaired by ``protocol.chain.resync`` from :meth:`Credit.run`: once a second, for as
+long as some chain is unsettled (a ``Ticker`` a chain change wakes), it looks for chains that
+are not settled, have been still for a while (or whose partner's channel just opened) and
+whose partner has nothing waiting in our outbox; each repair pushes the next one back
+(doubling, up to a minute), and any chain change resets the pace.
 
 Evidence (``log_evidence``, a no-op without a clearing house): tally open and close, chits
 becoming good or void, under pid = the tally uuid, owned by both partners' agents. When both
@@ -42,6 +43,7 @@ import trio
 
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.runtime.context import Reject, Service, Tx
+from agentd.runtime.timers import Ticker
 from agentd.services.clearing.client import log_evidence
 from protocol import chain as ch
 from protocol import chit as c
@@ -142,6 +144,8 @@ class Credit:
         self.ledger = Ledger()  # used on the writer thread only
         self._users: dict[str, _User] = {}  # writer thread
         self._connected: set[str] = set()
+        self._unsettled = False  # whether the last look found a chain to settle
+        self._repairs = Ticker(RESYNC_INTERVAL, self._repair_tick)
         node.dispatcher.register(TallyService(self))
         node.dispatcher.register(ChitService(self))
         for name, method in (
@@ -578,10 +582,12 @@ class Credit:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         """Repair unsettled chains now and then, until cancelled."""
-        task_status.started()
-        while True:
-            await trio.sleep(RESYNC_INTERVAL)
-            await self.resync()
+        await self._repairs.run(task_status=task_status)
+
+    async def _repair_tick(self) -> bool:
+        """One look for chains to repair; True while any chain is unsettled."""
+        await self.resync()
+        return self._unsettled
 
     async def resync(self) -> int:
         """Send ``protocol.chain.resync`` repairs for every unsettled chain that is due (still
@@ -590,6 +596,7 @@ class Credit:
         node = self.node
         now = node.now_ms()
         rows = node.db.read(UNSETTLED)
+        self._unsettled = bool(rows)
         waiting = {row[0] for row in node.db.read(
             "SELECT DISTINCT peer FROM outbox WHERE state = 'pending'")}
         partners = {row["partner"] for row in rows}
@@ -656,6 +663,7 @@ class Credit:
         if local.state == t.C_OPEN and chain is not None and balance == 0 and ch.settled(chain):
             local, _ = t.settle(local, balance=balance, quiet=True)
             self._log(tx, local, "tally.close", local.tally)
+        tx.after_commit(self._repairs.wake)
         saved = self.ledger.save(tx.conn, holding, tx.now_ms, local=local, chain=chain,
                                  balance_delta=delta, resync_due=tx.now_ms + RESYNC_QUIET_MS,
                                  fresh=fresh)

@@ -1,0 +1,46 @@
+"""One way to run periodic work: a :class:`Ticker` that ticks only while there is work.
+
+A node has a few timers (the outbox's retry scan, credit's chain repair, maintenance). Each
+running every interval forever costs every node a wake-up per interval even when idle — at a
+thousand simulated nodes that is most of the event loop. A ticker sleeps parked until
+``wake()`` says there is work, then calls ``tick()`` every ``interval`` seconds for as long as
+``tick()`` returns True (work remains).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+
+
+class Ticker:
+    def __init__(self, interval: float, tick: Callable[[], Awaitable[bool]], *,
+                 armed: bool = True, immediately: bool = False) -> None:
+        """``armed``: there may be work at start; ``immediately``: tick once before the
+        first interval (at start)."""
+        self.interval = interval
+        self.tick = tick
+        self.immediately = immediately
+        self._work = trio.Event()
+        if armed:
+            self._work.set()
+
+    def wake(self) -> None:
+        """There is (new) work: tick within ``interval`` and keep ticking while it lasts."""
+        self._work.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        task_status.started()
+        if self.immediately and not await self.tick():
+            self._work = trio.Event()
+        while True:
+            await self._work.wait()
+            await trio.sleep(self.interval)
+            self._work = trio.Event()  # a wake() from here on is seen after this tick
+            if await self.tick():
+                self._work.set()
+
+
+__all__ = ["Ticker"]
