@@ -51,12 +51,13 @@ def local_config(workdir: Path, name: str, port: int = 0, *,
     return parse_config(raw, workdir / f"{name}.toml")
 
 
-async def start_node(nursery: trio.Nursery, config: Config, key: SigningKey | None = None
-                     ) -> Node:
-    """A :class:`Node` on ``config`` running in ``nursery``, started (listening) on return."""
+async def start_node(nursery: trio.Nursery, config: Config, key: SigningKey | None = None,
+                     **database: Any) -> Node:
+    """A :class:`Node` on ``config`` running in ``nursery``, started (listening) on return;
+    ``database`` are options for ``Database.open`` (a shared writer, ``synchronous``)."""
     from agentd.runtime.node import Node  # the runtime is only loaded by in-process harnesses
 
-    node = Node(config, key or SigningKey.generate())
+    node = Node(config, key or SigningKey.generate(), database=database)
     await nursery.start(node.run)
     return node
 

@@ -47,9 +47,7 @@ class Network:
         node = self.nodes[index]
         node.stop()
         with trio.fail_after(10):
-            while node.db is not None and not node.db._stopped:
-                await trio.sleep(0.01)
-            while node.db._thread.is_alive():
+            while node.db is not None and not node.db.closed:
                 await trio.sleep(0.01)
 
     async def restart(self, index: int) -> Node:

@@ -15,6 +15,7 @@ import logging
 import os
 import sqlite3
 import time
+from typing import Any
 
 import trio
 
@@ -48,8 +49,12 @@ MAINTENANCE_INTERVAL = 3600.0
 
 
 class Node:
-    def __init__(self, config: Config, key: SigningKey) -> None:
+    def __init__(self, config: Config, key: SigningKey, *,
+                 database: dict[str, Any] | None = None) -> None:
+        """``database``: options for ``Database.open`` (``agentd sim`` shares one writer
+        thread between its nodes and relaxes ``synchronous``)."""
         self.config = config
+        self.database_options = database or {}
         self.key = key
         self.agent_id = key.agent_id
         self.counters = Counters()
@@ -145,7 +150,7 @@ class Node:
         if not os.access(config.data_dir, os.R_OK | os.W_OK | os.X_OK):
             raise UserError(f"{config.data_dir}: data dir is not readable and writable")
         try:
-            database = Database.open(config.db_path)
+            database = Database.open(config.db_path, **self.database_options)
             db = await database.__aenter__()
         except DatabaseError as exc:
             raise UserError(str(exc)) from exc

@@ -17,6 +17,7 @@ import random
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -27,32 +28,52 @@ from agentd.sim.limits import check_capacity
 from agentd.sim.report import Report, print_report
 from agentd.sim.scenario import CREDIT_TRAFFIC, Scenario, load_scenario
 from agentd.sim.traffic import KINDS, Run, open_tallies
+from store import SharedWriter
 
 __all__ = ["load_scenario", "main", "run_scenario"]
 
 
-async def run_scenario(scenario: Scenario, processes: bool, workdir: Path) -> Report:
-    report = Report()
-    rng = random.Random(scenario.seed)
+async def run_scenario(scenario: Scenario, workdir: Path, *, processes: bool = False,
+                       durable: bool = False) -> Report:
+    """Start the nodes, open the tallies, run the traffic, check the invariants; the report
+    times each phase (``start_ms``, ``tallies_ms``, ``traffic_ms``, ``checks_ms``)."""
     mode = "one process per node" if processes else "one Trio process"
     house = " and a clearing house" if scenario.house else ""
     print(f"sim {scenario.name!r}: {len(scenario.nodes)} nodes{house}, {len(scenario.edges)}"
           f" links, {mode}", flush=True)
+    if processes or durable:
+        return await _run(scenario, workdir, processes, None)
+    with SharedWriter() as writer:
+        return await _run(scenario, workdir, processes, writer)
+
+
+async def _run(scenario: Scenario, workdir: Path, processes: bool,
+               writer: SharedWriter | None) -> Report:
+    report = Report()
+    rng = random.Random(scenario.seed)
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        report.counts[f"{phase}_ms"] = round((time.perf_counter() - clock) * 1000)
+        clock = time.perf_counter()
+
     async with trio.open_nursery() as nursery:
-        backend = Processes(workdir) if processes else InProcess(nursery, workdir)
+        backend = Processes(workdir) if processes else InProcess(nursery, workdir, writer)
         try:
-            started = time.perf_counter()
             agents = await backend.start(scenario.nodes, scenario.edges, scenario.house)
-            print(f"  started in {time.perf_counter() - started:.2f} s", flush=True)
+            lap("start")
+            print(f"  started in {report.counts['start_ms'] / 1000:.2f} s", flush=True)
             paying = any(item["kind"] in CREDIT_TRAFFIC for item in scenario.traffic)
-            tallies = await open_tallies(backend, scenario) if paying else {}
+            tallies = await open_tallies(backend, scenario, report) if paying else {}
+            lap("tallies")
             run = Run(backend, scenario, agents, tallies, rng, report)
-            started = time.perf_counter()
             for item in scenario.traffic:
                 await KINDS[item["kind"]](run, item)
-            report.counts["traffic_ms"] = round((time.perf_counter() - started) * 1000)
+            lap("traffic")
             credit = await settled_chains(backend, scenario, tallies, report) if paying else None
             await check(backend, scenario, report, credit)
+            lap("checks")
         finally:
             await backend.stop()
     return report
@@ -67,12 +88,16 @@ def main(argv: list[str]) -> int:
                         help="run each node as its own 'agentd run' OS process")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' data directories")
+    parser.add_argument("--durable", action="store_true",
+                        help="in one process, give each node its own database writer thread "
+                        "and synchronous = FULL, as 'agentd run' has (slower)")
     options = parser.parse_args(argv)
     scenario = load_scenario(Path(options.scenario))
     check_capacity(scenario, options.processes)
     workdir = Path(tempfile.mkdtemp(prefix="agentd-sim-"))
     try:
-        report = trio.run(run_scenario, scenario, options.processes, workdir)
+        report = trio.run(partial(run_scenario, scenario, workdir, processes=options.processes,
+                                  durable=options.durable))
     finally:
         if options.keep:
             print(f"data kept in {workdir}")

@@ -25,6 +25,7 @@ from agentd.localnodes import (
 from agentd.rpc import RpcError, call
 from agentd.runtime.node import Node
 from protocol.keys import SigningKey
+from store import SharedWriter
 
 RELAY_ACCESS = {"principal": "*", "resource": "*"}  # every sim node lets every other read
 
@@ -38,12 +39,17 @@ def _neighbours(names: list[str], edges: list[tuple[str, str]]) -> dict[str, lis
 
 
 class InProcess:
-    """All nodes in this Trio process: real sockets, Noise and SQLite, no subprocesses."""
+    """All nodes in this Trio process: real sockets, Noise and SQLite, no subprocesses.
 
-    def __init__(self, nursery: trio.Nursery, workdir: Path) -> None:
+    Unless ``durable``, their databases share one writer thread with ``synchronous =
+    NORMAL`` (see ``store.db``): a simulated crash is a process crash, not a power cut."""
+
+    def __init__(self, nursery: trio.Nursery, workdir: Path, writer: SharedWriter | None
+                 ) -> None:
         self.nursery = nursery
         self.workdir = workdir
         self.nodes: dict[str, Node] = {}
+        self.database = {} if writer is None else {"shared": writer, "synchronous": "NORMAL"}
 
     async def start(self, names: list[str], edges: list[tuple[str, str]],
                     house: str | None = None) -> dict[str, str]:
@@ -63,7 +69,7 @@ class InProcess:
     async def _start(self, name: str, node_keys: dict[str, Any], sections: dict[str, Any]
                      ) -> Node:
         config = local_config(self.workdir, name, sections=sections, **node_keys)
-        node = self.nodes[name] = await start_node(self.nursery, config)
+        node = self.nodes[name] = await start_node(self.nursery, config, **self.database)
         return node
 
     async def call(self, name: str, method: str, params: dict) -> Any:

@@ -87,33 +87,39 @@ async def ping_traffic(run: Run, item: dict) -> None:
     report.counts["pings"] = report.counts.get("pings", 0) + count
 
 
-async def open_tallies(backend, scenario: Scenario) -> dict[tuple[str, str], str]:
+async def open_tallies(backend, scenario: Scenario, report: Report
+                       ) -> dict[tuple[str, str], str]:
     """One user per node (named after it) and an open tally along every edge: the first
-    node of the edge invites, the second requests, offers are made and accepted."""
+    node of the edge invites, the second requests, offers are made and accepted —
+    ``[sim] concurrency`` negotiations at once, each step waited for with ``tally.wait``. A
+    negotiation that fails is a failure of the run; its link carries no credit traffic."""
     for name in scenario.nodes:
         await backend.call(name, "users.add", {"cuid": name})
 
-    async def state(name: str, tally: str) -> str | None:
-        held = await backend.call(name, "tally.list", {"cuid": name})
-        return next((t["state"] for t in held if t["tally"] == tally), None)
+    async def wait(name: str, tally: str, state: str) -> None:
+        shown = await backend.call(name, "tally.wait", {
+            "cuid": name, "tally": tally, "state": state, "timeout_s": SETTLE_TIMEOUT})
+        if shown["state"] != state:
+            raise RpcError(0, f"{name}'s tally is {shown['state']}, not {state}, after "
+                           f"{SETTLE_TIMEOUT:g} s", "TIMEOUT")
 
-    async def negotiate(a: str, b: str, tallies: dict) -> None:
-        invited = await backend.call(a, "tally.invite", {"cuid": a, "limit": PAYMENT_LIMIT})
-        tally = invited["tally"]
-        await backend.call(b, "tally.request", {"cuid": b, "ticket": invited["ticket"]})
-        await backend.call(a, "tally.offer", {"cuid": a, "tally": tally})
-        while await state(b, tally) != "P.offer":
-            await trio.sleep(0.02)
-        await backend.call(b, "tally.accept", {"cuid": b, "tally": tally})
-        while await state(a, tally) != "open" or await state(b, tally) != "open":
-            await trio.sleep(0.02)
+    async def negotiate(a: str, b: str) -> None:
+        try:
+            invited = await backend.call(a, "tally.invite", {"cuid": a, "limit": PAYMENT_LIMIT})
+            tally = invited["tally"]
+            await backend.call(b, "tally.request", {"cuid": b, "ticket": invited["ticket"]})
+            await backend.call(a, "tally.offer", {"cuid": a, "tally": tally})
+            await wait(b, tally, "P.offer")
+            await backend.call(b, "tally.accept", {"cuid": b, "tally": tally})
+            await wait(a, tally, "open")
+            await wait(b, tally, "open")
+        except RpcError as exc:
+            report.failures.append(f"tally {a} - {b}: {exc.message}")
+            return
         tallies[(a, b)] = tally
 
     tallies: dict[tuple[str, str], str] = {}
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            for a, b in scenario.edges:
-                nursery.start_soon(negotiate, a, b, tallies)
+    await run_calls(scenario, "tallies", scenario.edges, negotiate)
     return tallies
 
 

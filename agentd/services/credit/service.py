@@ -74,6 +74,7 @@ DEFAULT_LIMIT = 1_000_000  # milliCHIPs (1,000 CHIPs) each side may owe, until c
 DEFAULT_EXPIRES_S = 48 * 3600  # MyCHIPs' default ticket lifetime
 MAX_EXPIRES_S = 365 * 24 * 3600
 REQUEST_TIMEOUT = 10.0  # s tally.request waits for the inviter's node
+MAX_WAIT_S = 3600.0  # the longest tally.wait
 MAX_PAYMENTS = 1000  # payments per chit.pay_many call
 RESYNC_INTERVAL = 1.0  # s between looks for chains to repair
 RESYNC_QUIET_MS = 1000  # a chain this long still is repaired ...
@@ -146,6 +147,7 @@ class Credit:
         self._connected: set[str] = set()
         self._unsettled = False  # whether the last look found a chain to settle
         self._repairs = Ticker(RESYNC_INTERVAL, self._repair_tick)
+        self._changed = trio.Event()  # set (and replaced) after every committed tally change
         node.dispatcher.register(TallyService(self))
         node.dispatcher.register(ChitService(self))
         for name, method in (
@@ -158,6 +160,7 @@ class Credit:
             ("tally.close", self.rpc_close),
             ("tally.list", self.rpc_list),
             ("tally.show", self.rpc_show),
+            ("tally.wait", self.rpc_wait),
             ("chit.pay", self.rpc_pay),
             ("chit.pay_many", self.rpc_pay_many),
             ("chit.invoice", self.rpc_invoice),
@@ -305,6 +308,40 @@ class Credit:
         return {**_summary(row), "date": body["date"],
                 "signed": [side for side in t.SIDES if body["sign"][side] is not None]}
 
+    async def rpc_wait(self, cuid: str, tally: str, state: str | list[str],
+                       timeout_s: float = REQUEST_TIMEOUT) -> dict:
+        """Block until the tally is in ``state`` (a state, or a list of them) or ``timeout_s``
+        passes; returns the tally as ``tally.show`` does either way (its ``state`` says
+        which). The tally need not exist yet: until it does, ``state`` is null."""
+        cuid, tally_uuid = _cuid(cuid), _uuid(tally, "tally")
+        wanted = {state} if isinstance(state, str) else state
+        if not (isinstance(wanted, (set, list)) and wanted
+                and all(isinstance(s, str) for s in wanted)):
+            raise invalid_params("state must be a tally state or a list of them")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not (
+                0 < timeout_s <= MAX_WAIT_S):
+            raise invalid_params(f"timeout_s must be a number of seconds, more than 0 and at "
+                                 f"most {MAX_WAIT_S:g}")
+
+        async def current() -> dict:
+            try:
+                return await self.rpc_show(cuid, tally_uuid)
+            except RpcError as exc:
+                if exc.reason != "UNKNOWN_TALLY":
+                    raise
+                return {"tally": tally_uuid, "state": None}
+
+        with trio.move_on_after(timeout_s):
+            while (await current())["state"] not in wanted:  # no checkpoint until the wait
+                await self._changed.wait()
+        return await current()
+
+    def _committed(self) -> None:
+        """A tally changed: wake its waiters and the chain repair."""
+        self._changed.set()
+        self._changed = trio.Event()
+        self._repairs.wake()
+
     async def _tally_step(
         self,
         cuid: str,
@@ -422,6 +459,7 @@ class Credit:
     # -- messages: tally (writer thread) -------------------------------------------------
 
     def on_tally(self, tx: Tx, envelope: Envelope) -> None:
+        tx.after_commit(self._committed)  # a tally may be new (no _commit): wake its waiters
         cuid = self._addressee(tx.conn, envelope)
         obj, action = envelope.object, envelope.action
         with _refusals():
@@ -663,7 +701,7 @@ class Credit:
         if local.state == t.C_OPEN and chain is not None and balance == 0 and ch.settled(chain):
             local, _ = t.settle(local, balance=balance, quiet=True)
             self._log(tx, local, "tally.close", local.tally)
-        tx.after_commit(self._repairs.wake)
+        tx.after_commit(self._committed)
         saved = self.ledger.save(tx.conn, holding, tx.now_ms, local=local, chain=chain,
                                  balance_delta=delta, resync_due=tx.now_ms + RESYNC_QUIET_MS,
                                  fresh=fresh)
