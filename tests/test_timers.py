@@ -43,3 +43,18 @@ async def test_immediately_ticks_at_start(autojump_clock):
         await trio.sleep(150)
         assert ticks == [0, 60, 120]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_tick_that_knows_its_next_due_time_sleeps_that_long(autojump_clock):
+    ticks: list[float] = []
+    delays = [5.0, 0.1, False]  # next due in 5 s; then sooner than the interval; then idle
+
+    async def tick() -> bool | float:
+        ticks.append(trio.current_time())
+        return delays.pop(0)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(Ticker(1, tick).run)
+        await trio.sleep(60)
+        assert ticks == [1, 6, 7]  # never sooner than the interval; parked once idle
+        nursery.cancel_scope.cancel()

@@ -17,6 +17,7 @@ BENCHMARKS = {
     "relay": "agentd.bench.relay",
     "chits": "agentd.bench.chits",
     "ch": "agentd.bench.clearing",
+    "sim": "agentd.bench.sim",
 }
 
 

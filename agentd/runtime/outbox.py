@@ -5,6 +5,10 @@ or, at start-up, from the table itself. One sender task per peer dials on demand
 batches; each message then waits for its ack. An ack deletes the row; an error ack marks it
 failed and tells the service; silence past the ack timeout (capped exponential backoff with
 jitter) or a lost channel puts it back in the queue with ``try`` bumped.
+
+The ack timeout follows the peer's measured ack time as TCP's retransmission timeout does
+(RFC 6298: smoothed round trip + 4 times its variation, sampled from first tries only), never
+below ``ACK_TIMEOUT_MIN``: a loaded peer that acks in 3 s is not sent everything twice.
 """
 
 from __future__ import annotations
@@ -35,9 +39,29 @@ SCAN_INTERVAL = 0.25
 WINDOW = 1024  # unacked messages per peer: keeps ack latency, and so timeouts, meaningful
 
 
-def ack_timeout(tries: int) -> float:
-    base = min(ACK_TIMEOUT_MAX, ACK_TIMEOUT_MIN * 2 ** min(max(0, tries - 1), 8))
+def ack_timeout(tries: int, rto: float = ACK_TIMEOUT_MIN) -> float:
+    """The wait for an ack of the ``tries``-th send, when the peer's timeout is ``rto``."""
+    base = min(ACK_TIMEOUT_MAX, max(rto, ACK_TIMEOUT_MIN) * 2 ** min(max(0, tries - 1), 8))
     return base * random.uniform(0.8, 1.2)
+
+
+@dataclass(slots=True)
+class RoundTrip:
+    """A peer's smoothed ack time and its variation (RFC 6298), in seconds."""
+
+    srtt: float | None = None
+    rttvar: float = 0.0
+
+    def sample(self, seconds: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = seconds, seconds / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - seconds)
+            self.srtt = 0.875 * self.srtt + 0.125 * seconds
+
+    @property
+    def rto(self) -> float:
+        return ACK_TIMEOUT_MIN if self.srtt is None else self.srtt + 4 * self.rttvar
 
 
 @dataclass(slots=True)
@@ -48,6 +72,7 @@ class Outgoing:
     envelope: dict[str, Any]
     tries: int
     due: float = 0.0
+    sent: float = 0.0
     channel: Channel | None = field(default=None, repr=False)
 
 
@@ -64,6 +89,7 @@ class OutboxPump:
         self._acked_event = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._early: list[Outgoing] = []
+        self.round_trips: dict[str, RoundTrip] = {}
         self._retries = Ticker(SCAN_INTERVAL, self._retry_overdue, armed=False)
 
     @property
@@ -122,6 +148,9 @@ class OutboxPump:
         del self.live[ack.ack]
         if self._inflight.pop(ack.ack, None) is not None:
             self._release(item.peer)
+            if item.tries == 1:  # Karn: a resent message's ack could answer either send
+                trip = self.round_trips.setdefault(item.peer, RoundTrip())
+                trip.sample(trio.current_time() - item.sent)
         if ack.error is not None:
             self.node.counters.rejected_by_peer += 1
         return item
@@ -195,7 +224,9 @@ class OutboxPump:
                 continue
             item.tries += 1
             item.channel = channel
-            item.due = trio.current_time() + ack_timeout(item.tries)
+            item.sent = trio.current_time()
+            trip = self.round_trips.get(peer)
+            item.due = item.sent + ack_timeout(item.tries, trip.rto if trip else ACK_TIMEOUT_MIN)
             self._unacked[peer] = self._unacked.get(peer, 0) + 1
             envelope = item.envelope
             envelope["try"] = item.tries
@@ -222,8 +253,9 @@ class OutboxPump:
             ack_body = await self.node.dispatcher.process_local(pack(item.envelope))
             await self.node.dispatcher.on_ack_frame(ack_body, self.node.agent_id)
 
-    async def _retry_overdue(self) -> bool:
-        """Requeue what waited for its ack past its timeout; True while anything is in flight."""
+    async def _retry_overdue(self) -> bool | float:
+        """Requeue what waited for its ack past its timeout; then False (nothing in flight)
+        or the seconds until the next ack is due."""
         now = trio.current_time()
         overdue = [item for item in self._inflight.values() if item.due <= now]
         for item in overdue:
@@ -233,4 +265,6 @@ class OutboxPump:
         if overdue:
             tries = [(item.tries, item.id) for item in overdue]
             self.node.db.submit(lambda conn, tries=tries: outbox.record_tries(conn, tries))
-        return bool(self._inflight)
+        if not self._inflight:
+            return False
+        return min(item.due for item in self._inflight.values()) - now

@@ -4,7 +4,8 @@ A node has a few timers (the outbox's retry scan, credit's chain repair, mainten
 running every interval forever costs every node a wake-up per interval even when idle — at a
 thousand simulated nodes that is most of the event loop. A ticker sleeps parked until
 ``wake()`` says there is work, then calls ``tick()`` every ``interval`` seconds for as long as
-``tick()`` returns True (work remains).
+``tick()`` returns True (work remains) — or, when it returns a number of seconds, after that
+long (never sooner than ``interval``): a timer that knows when its next work is due.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import trio
 
 
 class Ticker:
-    def __init__(self, interval: float, tick: Callable[[], Awaitable[bool]], *,
+    def __init__(self, interval: float, tick: Callable[[], Awaitable[bool | float]], *,
                  armed: bool = True, immediately: bool = False) -> None:
         """``armed``: there may be work at start; ``immediately``: tick once before the
         first interval (at start)."""
@@ -33,14 +34,22 @@ class Ticker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
         task_status.started()
-        if self.immediately and not await self.tick():
-            self._work = trio.Event()
+        delay = self.interval
+        if self.immediately:
+            delay = await self._tick()
         while True:
             await self._work.wait()
-            await trio.sleep(self.interval)
-            self._work = trio.Event()  # a wake() from here on is seen after this tick
-            if await self.tick():
-                self._work.set()
+            await trio.sleep(delay)
+            delay = await self._tick()
+
+    async def _tick(self) -> float:
+        """Tick; the delay before the next tick (if ``_work`` stays set)."""
+        self._work = trio.Event()  # a wake() from here on is seen after this tick
+        again = await self.tick()
+        if again is False:
+            return self.interval
+        self._work.set()
+        return self.interval if again is True else max(self.interval, again)
 
 
 __all__ = ["Ticker"]
