@@ -90,6 +90,7 @@ class OutboxPump:
         self._nursery: trio.Nursery | None = None
         self._early: list[Outgoing] = []
         self.round_trips: dict[str, RoundTrip] = {}
+        self.round_trip = RoundTrip()  # all peers': the timeout of a peer not yet measured
         self._retries = Ticker(SCAN_INTERVAL, self._retry_overdue, armed=False)
 
     @property
@@ -149,8 +150,9 @@ class OutboxPump:
         if self._inflight.pop(ack.ack, None) is not None:
             self._release(item.peer)
             if item.tries == 1:  # Karn: a resent message's ack could answer either send
-                trip = self.round_trips.setdefault(item.peer, RoundTrip())
-                trip.sample(trio.current_time() - item.sent)
+                seconds = trio.current_time() - item.sent
+                self.round_trips.setdefault(item.peer, RoundTrip()).sample(seconds)
+                self.round_trip.sample(seconds)
         if ack.error is not None:
             self.node.counters.rejected_by_peer += 1
         return item
@@ -225,8 +227,8 @@ class OutboxPump:
             item.tries += 1
             item.channel = channel
             item.sent = trio.current_time()
-            trip = self.round_trips.get(peer)
-            item.due = item.sent + ack_timeout(item.tries, trip.rto if trip else ACK_TIMEOUT_MIN)
+            trip = self.round_trips.get(peer) or self.round_trip
+            item.due = item.sent + ack_timeout(item.tries, trip.rto)
             self._unacked[peer] = self._unacked.get(peer, 0) + 1
             envelope = item.envelope
             envelope["try"] = item.tries

@@ -28,6 +28,12 @@ TRAFFIC: dict[str, tuple[str, ...]] = {
 CREDIT_TRAFFIC = frozenset({"payments", "invoices"})  # kinds that need a tally on every link
 INVARIANTS = ("all_delivered", "outbox_drained", "exactly_once", "chains_agree",
               "balances_zero_sum", "receipts_verify")
+# the keys each [[faults]] kind takes besides ``kind`` (see agentd.sim.faults)
+FAULTS: dict[str, tuple[str, ...]] = {
+    "cut": ("at_s", "for_s", "every_s", "rate"),
+    "partition": ("at_s", "for_s", "every_s", "groups"),
+    "crash": ("at_s", "every_s", "down_s", "count", "nodes"),
+}
 HOUSE = "clearinghouse"  # the name of the scenario's clearing-house node, when it has one
 SECTIONS = {
     "sim": ("name", "seed", "concurrency"),
@@ -48,6 +54,7 @@ class Scenario:
     concurrency: int = 16
     house: str | None = None  # the clearing-house node every other node logs to
     path: Path = field(default=Path("scenario.toml"))
+    faults: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def all_nodes(self) -> list[str]:
@@ -79,6 +86,13 @@ class _Errors:
             return default
         return value
 
+    def seconds(self, table: dict, key: str, where: str, *, zero: bool = False) -> None:
+        value = table.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or value < 0 or (value == 0 and not zero)):
+            self.add(f"{where}.{key}", f"must be a number of seconds, "
+                     f"{'0 or more' if zero else 'more than 0'}, not {value!r}")
+
     def boolean(self, table: dict, key: str, where: str) -> bool:
         value = table.get(key, False)
         if not isinstance(value, bool):
@@ -106,7 +120,7 @@ def load_scenario(path: Path) -> Scenario:
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from exc
     errors = _Errors(path)
-    errors.unknown(raw, (*SECTIONS, "traffic"), "")
+    errors.unknown(raw, (*SECTIONS, "traffic", "faults"), "")
     sim, nodes_section = errors.table(raw, "sim"), errors.table(raw, "nodes")
     errors.unknown(sim, SECTIONS["sim"], "sim")
     seed = errors.integer(sim, "seed", "sim", 1, low=0, high=2**63)
@@ -125,9 +139,10 @@ def load_scenario(path: Path) -> Scenario:
         errors.add("traffic", "has evidence, which needs a clearing house: set "
                    "[nodes] clearinghouse = true")
     invariants = _invariants(errors.table(raw, "invariants"), kinds, with_house, errors)
+    faults = _faults(raw.get("faults", []), names, errors)
     errors.raise_any()
     return Scenario(name, names, edges, traffic, invariants, seed, concurrency,
-                    HOUSE if with_house else None, path)
+                    HOUSE if with_house else None, path, faults)
 
 
 def _node_names(section: dict, errors: _Errors) -> list[str]:
@@ -264,3 +279,48 @@ def _invariants(section: dict, kinds: set, with_house: bool, errors: _Errors) ->
         errors.add("invariants.check", "has receipts_verify, which needs a clearing house: "
                    "set [nodes] clearinghouse = true")
     return invariants
+
+
+def _faults(faults: Any, names: list[str], errors: _Errors) -> list[dict[str, Any]]:
+    if not isinstance(faults, list) or not all(isinstance(i, dict) for i in faults):
+        errors.add("faults", "must be an array of tables ([[faults]])")
+        return []
+    known = set(names)
+    for i, fault in enumerate(faults):
+        where = f"faults[{i}]"
+        kind = fault.get("kind")
+        if kind not in FAULTS:
+            errors.add(f"{where}.kind", f"must be one of {', '.join(FAULTS)}, not {kind!r}")
+            continue
+        errors.unknown(fault, ("kind", *FAULTS[kind]), where)
+        errors.seconds(fault, "at_s", where, zero=True)
+        for key in ("for_s", "every_s", "down_s", "rate"):
+            errors.seconds(fault, key, where)
+        lasting = fault.get("down_s" if kind == "crash" else "for_s", 1.0)
+        every = fault.get("every_s")
+        if isinstance(every, int | float) and isinstance(lasting, int | float) \
+                and every < lasting:
+            errors.add(f"{where}.every_s", f"is {every}: shorter than the fault lasts "
+                       f"({lasting} s), so they would overlap")
+        errors.integer(fault, "count", where, 1, high=max(1, len(names)))
+        chosen = fault.get("nodes", [])
+        if not isinstance(chosen, list) or not all(isinstance(n, str) for n in chosen):
+            errors.add(f"{where}.nodes", "must be a list of node names")
+        elif unknown := [n for n in chosen if n not in known]:
+            errors.add(f"{where}.nodes", f"names {', '.join(map(repr, unknown))}, which is "
+                       "not a node")
+        groups = fault.get("groups")
+        if groups is None:
+            continue
+        if not (isinstance(groups, list) and len(groups) >= 2 and all(
+                isinstance(g, list) and g and all(isinstance(n, str) for n in g)
+                for g in groups)):
+            errors.add(f"{where}.groups", "must be two or more non-empty lists of node names")
+            continue
+        flat = [n for g in groups for n in g]
+        if unknown := [n for n in flat if n not in known]:
+            errors.add(f"{where}.groups", f"names {', '.join(map(repr, unknown))}, which is "
+                       "not a node")
+        if len(set(flat)) != len(flat):
+            errors.add(f"{where}.groups", "puts a node in more than one group")
+    return faults
