@@ -5,7 +5,8 @@ socket and prints the result as JSON; each value is parsed as JSON when it parse
 text otherwise. Problems of the user's making print one line on stderr and exit 2; an error
 answered by the node prints ``{"code", "message"}`` on stderr and exits 1, and so does a
 result ``{"ok": false, ...}`` (a check such as ``receipts.verify`` that found failures: the
-result is still printed on stdout).
+result is still printed on stdout). The usage text and ``agentd help METHOD`` are built from
+the method registry (:mod:`agentd.methods`) and the benchmark list, so they cannot go stale.
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
+import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,27 +27,45 @@ import trio
 from agentd import __version__
 from agentd.errors import UserError
 
-LOCAL_COMMANDS = ("init", "run", "sim", "bench", "demo")
+# name: (synopsis, what it does) — the commands that run here rather than call a node
+COMMANDS = {
+    "init": ("init DIR --name NAME --listen HOST:PORT", "create a key and a config in DIR"),
+    "run": ("run -c CONFIG", "run a node in the foreground"),
+    "help": ("help [METHOD]", "list the methods, or show one's parameters"),
+    "sim": ("sim SCENARIO [--processes]", "run a multi-node simulation (configs/sims/)"),
+    "bench": ("bench {{{benchmarks}}} [--quick]", "run a benchmark (agentd bench --help)"),
+    "demo": ("demo", "alice, bob, carol and a clearing house: a tour"),
+    "up": ("up [DIR]", "start configs/local (or DIR) and leave it running"),
+    "down": ("down [DIR]", "stop them"),
+    "completion": ("completion {{bash,zsh,tcsh}}", "print a shell completion script"),
+}
+LOCAL_COMMANDS = tuple(COMMANDS)
 
-USAGE = """\
-agentd — a peer-to-peer agent daemon
 
-usage:
-  agentd init DIR --name NAME --listen HOST:PORT   create a key and a config in DIR
-  agentd run -c CONFIG                             run a node in the foreground
-  agentd -c CONFIG METHOD [key=value ...]          call a JSON-RPC method on a running node
-  agentd -c CONFIG help                            list the node's methods
-  agentd sim SCENARIO                              run a multi-node simulation
-  agentd bench {transport}                         run a benchmark
-  agentd demo                                      run the three-node demo
+def usage() -> str:
+    """The top-level help, from the command table, the benchmarks and the method registry."""
+    from agentd.bench import BENCHMARKS
+    from agentd.methods import grouped
 
-methods (agentd -c CONFIG help lists them all, with their parameters):
-  node      getinfo, peers.list, peers.ping, users.add, users.list, stop
-  credit    tally.*, chit.*
-  relay     relay.query, relay.state, relay.wait, relay.delete
-  evidence  ch.create_process, ch.log, ch.query, ch.get, receipts.list, receipts.verify
-values are JSON when they parse (units=500, owners='["a","b"]') and text otherwise.
-"""
+    rows = [(f"agentd {synopsis.format(benchmarks=','.join(BENCHMARKS))}", what)
+            for synopsis, what in COMMANDS.values()]
+    rows.insert(2, ("agentd -c CONFIG METHOD [key=value ...]", "call a method on a running node"))
+    rows.insert(3, ("agentd --socket PATH METHOD [key=value ...]",
+                    "the same, naming the control socket"))
+    width = min(max(len(left) for left, _ in rows), 46)
+    lines = ["agentd — a peer-to-peer agent daemon", "", "usage:"]
+    for left, what in rows:  # a synopsis too long for the column gets its own line
+        lines += ([f"  {left:<{width}}  {what}"] if len(left) <= width
+                  else [f"  {left}", f"  {'':<{width}}  {what}"])
+    lines += ["", "options for a method call:",
+              "  -H, --human   readable text instead of JSON",
+              "", "methods (agentd help METHOD shows one's parameters and defaults):"]
+    for group, names in grouped().items():
+        lines += textwrap.wrap(", ".join(names), width=92, initial_indent=f"  {group:<9} ",
+                               subsequent_indent=" " * 12)
+    lines.append("values are JSON when they parse (units=500, owners='[\"a\",\"b\"]')"
+                 " and text otherwise.")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (agentd ... | head): stop quietly, as a Unix tool does; the
+        # interpreter's final flush must not find the broken pipe again either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 def _first_leaf(error: BaseException) -> BaseException:
@@ -70,30 +97,52 @@ def _first_leaf(error: BaseException) -> BaseException:
 
 
 def _main(argv: list[str]) -> int:
-    top = argparse.ArgumentParser(prog="agentd", usage=USAGE, add_help=False)
+    top = argparse.ArgumentParser(prog="agentd", add_help=False)
     top.add_argument("-c", "--config")
+    top.add_argument("--socket")
+    top.add_argument("-H", "--human", action="store_true")
     top.add_argument("-h", "--help", action="store_true")
     top.add_argument("--version", action="store_true")
     top.add_argument("command", nargs="?")
     top.add_argument("args", nargs=argparse.REMAINDER)
-    options = top.parse_args(argv)
+    options, unknown = top.parse_known_args(argv)
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]!r}; 'agentd --help' lists the options")
     if options.version:
         print(f"agentd {__version__}")
         return 0
-    if options.command is None or (options.help and options.command is None):
-        print(USAGE, end="")
+    if options.command is None:
+        print(usage(), end="")
         return 0 if options.help else 2
     args = options.args
+    if options.command == "help" or (options.help and options.command not in COMMANDS):
+        return _help(args if options.command == "help" else [options.command])
     if options.help:
         args = ["--help", *args]
     if options.command in LOCAL_COMMANDS:
         if options.config:
             args = ["-c", options.config, *args]
         return _local(options.command, args)
-    if not options.config:
+    if options.socket:
+        socket_path = Path(options.socket)
+    elif options.config:
+        from agentd.config import control_socket
+
+        socket_path = control_socket(options.config)
+    else:
         raise UserError(f"'{options.command}' is not a command; to call a method on a node "
                         "give its config: agentd -c CONFIG METHOD [key=value ...]")
-    return _rpc(options.config, options.command, args)
+    return _rpc(socket_path, options.command, args, human=options.human)
+
+
+def _help(args: list[str]) -> int:
+    from agentd.methods import method_help
+
+    if not args:
+        print(usage(), end="")
+        return 0
+    print(method_help(args[0]), end="")
+    return 0
 
 
 def _local(command: str, args: list[str]) -> int:
@@ -109,8 +158,25 @@ def _local(command: str, args: list[str]) -> int:
         from agentd.bench import main as bench_main
 
         return bench_main(args)
+    if command == "help":
+        return _help(args)
+    if command == "completion":
+        from agentd.completion import main as completion_main
+
+        return completion_main(args)
+    if command in ("up", "down"):
+        from agentd.up import main as up_main
+
+        return up_main(command, args)
+    from agentd.configs_dir import scenario_path
     from agentd.sim import main as sim_main
 
+    # the sample scenarios by name, wherever agentd is installed: agentd sim ring
+    positional = next((i for i, arg in enumerate(args) if not arg.startswith("-")
+                       and (i == 0 or args[i - 1] != "--json")), None)
+    if positional is not None:
+        args = [*args[:positional], str(scenario_path(args[positional])),
+                *args[positional + 1:]]
     return sim_main(args)
 
 
@@ -128,21 +194,24 @@ def parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-def _rpc(config_path: str, method: str, pairs: list[str]) -> int:
-    from agentd.config import load_config
+def _rpc(socket_path: Path, method: str, pairs: list[str], *, human: bool = False) -> int:
     from agentd.rpc import RpcError, call
 
-    config = load_config(config_path)
     params = parse_params(pairs)
     try:
-        result = call(config.socket_path, method, params)
+        result = call(socket_path, method, params)
     except RpcError as exc:
         error: dict[str, Any] = {"code": exc.code, "message": exc.message}
         if exc.reason:
             error["reason"] = exc.reason
-        print(json.dumps(error), file=sys.stderr)
+        print(json.dumps(error, ensure_ascii=False), file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
+    if human:
+        from agentd.human import render
+
+        print(render(method, result), end="")
+    else:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
     # A check that ran and found a problem (receipts.verify) answers {"ok": false, ...}:
     # the whole result is printed, and the exit status says that the check failed.
     return 1 if isinstance(result, dict) and result.get("ok") is False else 0
@@ -159,7 +228,7 @@ def _init(args: list[str]) -> int:
     parser.add_argument("--network", default="agentd", help="network id (default: agentd)")
     options = parser.parse_args(args)
     result = init_node(Path(options.dir), options.name, options.listen, options.network)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -174,6 +243,9 @@ def _run(args: list[str]) -> int:
     config = load_config(options.config)
     setup_logging(config.name, config.log_level, config.log_format)
     key = read_key(config.key_file)
+    from agentd.runtime.memory import return_large_buffers
+
+    return_large_buffers()  # a burst of big frames must not leave a fragmented heap behind
     trio.run(_serve, config, key)
     return 0
 
@@ -192,7 +264,9 @@ async def _serve(config, key) -> None:
             async def stop_on_signal() -> None:
                 async for signum in signals:
                     if signum == signal.SIGHUP:  # re-read the config; a bad one changes nothing
-                        sd_notify("RELOADING=1")
+                        # systemd matches the reload by the time it began (CLOCK_MONOTONIC, µs)
+                        stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+                        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={stamp}")
                         try:
                             reload_config(node)
                         except UserError as exc:

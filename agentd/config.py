@@ -7,6 +7,7 @@ resolved against the directory of the config file, so a config works from any cw
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,41 @@ class VerifyPolicy:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What a peer can make us hold (``[node]`` keys of the same names; see the README)."""
+
+    max_handshakes: int = 256            # inbound handshakes in progress, in total
+    max_handshakes_per_address: int = 16  # ... from one source address
+    busy_handshake_timeout: float = 2.0  # the deadline once half the handshake slots are taken
+    frame_timeout: float = 30.0          # seconds to finish a frame once it has begun
+    max_channels: int = 1024             # established channels, in total
+    max_channels_per_address: int = 64   # ... from one address (peers we know are exempt)
+    max_channels_per_agent: int = 8      # ... to one identity
+    partial_frames_budget: int = 16 << 20  # bytes of unfinished frames over all channels
+
+
+LIMIT_RANGES: dict[str, tuple[float, float]] = {
+    "max_handshakes": (1, 1 << 16), "max_handshakes_per_address": (1, 1 << 16),
+    "busy_handshake_timeout": (0.05, 3600), "frame_timeout": (0.05, 3600),
+    "max_channels": (1, 1 << 20), "max_channels_per_address": (1, 1 << 20),
+    "max_channels_per_agent": (1, 1024), "partial_frames_budget": (1 << 16, 1 << 40),
+}
+
+
+@dataclass(frozen=True)
+class LiftConfig:
+    """``[lift]``: who referees our lifts, which referees our hops accept, how long a lift
+    lives, and optional automatic clearing."""
+
+    referee: str | None = None  # agent id; default: the clearing house, else this node
+    referees: tuple[str, ...] = ()  # when set, a hop refuses lifts refereed by anyone else
+    life_s: float = 120.0
+    auto_clear: bool = False
+    minimum: int = 1  # mCHIP: the smallest debt cycle worth clearing
+    interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     name: str
@@ -65,6 +101,9 @@ class Config:
     relay_verify: tuple[VerifyPolicy, ...] = ()
     log_level: str = "info"
     log_format: str = "text"
+    metrics_listen: str | None = None
+    limits: Limits = Limits()
+    lift: LiftConfig = LiftConfig()
 
     @property
     def socket_path(self) -> Path:
@@ -179,6 +218,7 @@ def parse_config(raw: dict, source: Path) -> Config:
     idle_timeout = float(node.get("idle_timeout", (int, float), 60.0))
     if handshake_timeout <= 0 or idle_timeout <= 0:
         raise UserError(f"{source}: node.handshake_timeout and node.idle_timeout must be > 0")
+    limits = _limits(node)
     node.finish()
 
     peers = []
@@ -219,6 +259,27 @@ def parse_config(raw: dict, source: Path) -> Config:
             section.finish()
         relay.finish()
 
+    lift = LiftConfig()
+    if "lift" in raw:
+        section = _Section(source, "lift", top.get("lift", dict))
+        referee = section.agent("referee") if "referee" in section.table else None
+        referees = section.get("referees", list, [])
+        if not all(is_agent_id(agent) for agent in referees):
+            raise UserError(f"{source}: lift.referees must be a list of agent ids")
+        life_s = section.get("life_s", (int, float), 120.0)
+        if isinstance(life_s, bool) or not 1 <= life_s <= 86_400:
+            raise UserError(f"{source}: lift.life_s must be seconds from 1 to 86400")
+        auto_clear = section.get("auto_clear", bool, False)
+        minimum = section.get("minimum", int, 1)
+        if isinstance(minimum, bool) or minimum < 1:
+            raise UserError(f"{source}: lift.minimum must be a whole number of mCHIP >= 1")
+        interval_s = section.get("interval_s", (int, float), 60.0)
+        if isinstance(interval_s, bool) or not 1 <= interval_s <= 86_400:
+            raise UserError(f"{source}: lift.interval_s must be seconds from 1 to 86400")
+        section.finish()
+        lift = LiftConfig(referee, tuple(referees), float(life_s), auto_clear, minimum,
+                          float(interval_s))
+
     log_level, log_format = "info", "text"
     if "log" in raw:
         log = _Section(source, "log", top.get("log", dict))
@@ -230,11 +291,53 @@ def parse_config(raw: dict, source: Path) -> Config:
             raise UserError(f"{source}: log.format must be one of {', '.join(LOG_FORMATS)}")
         log.finish()
 
+    metrics_listen = None
+    if "metrics" in raw:
+        metrics = _Section(source, "metrics", top.get("metrics", dict))
+        metrics_listen = metrics.hostport("listen", required=True, allow_zero=True)
+        metrics.finish()
+
     top.finish()
     return Config(
         path=source, name=name, data_dir=data_dir, listen=listen, key_file=key_file,
         network=network, roles=roles, max_frame=max_frame, advertise=advertise,
         handshake_timeout=handshake_timeout, idle_timeout=idle_timeout, peers=tuple(peers),
         clearinghouse=clearinghouse, relay_access=tuple(access), relay_verify=tuple(verify),
-        log_level=log_level, log_format=log_format,
+        log_level=log_level, log_format=log_format, metrics_listen=metrics_listen,
+        limits=limits, lift=lift,
     )
+
+
+def control_socket(path: Path | str) -> Path:
+    """The control socket of the node configured in ``path``, read without validating the
+    rest of the file: the CLI needs only ``[node] data_dir`` to reach a node — to ``reload``
+    it after a bad edit, which the node then refuses naming the problem, or to ``stop`` it.
+    A file that is not TOML at all falls back to its ``data_dir = "..."`` line."""
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise UserError(f"{source}: config file not found") from exc
+    except OSError as exc:
+        raise UserError(f"{source}: cannot read config file: {exc.strerror}") from exc
+    try:
+        data_dir = tomllib.loads(text).get("node", {}).get("data_dir")
+    except (tomllib.TOMLDecodeError, AttributeError):
+        found = re.search(r'^\s*data_dir\s*=\s*"([^"\\]*)"', text, re.MULTILINE)
+        data_dir = found.group(1) if found else None
+    if not isinstance(data_dir, str) or not data_dir:
+        raise UserError(f"{source}: node.data_dir is required (it locates the control socket;"
+                        " or give --socket PATH)")
+    return Path(os.path.normpath(source.resolve().parent / data_dir)) / "agentd.sock"
+
+
+def _limits(node: _Section) -> Limits:
+    values: dict[str, Any] = {}
+    for key, (low, high) in LIMIT_RANGES.items():
+        default = getattr(Limits, key)
+        kind = float if isinstance(default, float) else int
+        value = node.get(key, (int, float) if kind is float else int, default)
+        if not low <= value <= high:
+            raise node._bad(key, f"must be between {low} and {high}, got {value!r}")
+        values[key] = kind(value)
+    return Limits(**values)

@@ -17,13 +17,17 @@ import statistics
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import tomlkit
+
 from agentd.config import Config, load_config
+from agentd.configs_dir import configs_dir
+from agentd.demo_lifts import lifts_demo
 from agentd.errors import UserError
+from agentd.localnodes import free_ports as pick_free_ports
 from agentd.rpc import RpcError, call
 
 NAMES = ("alice", "bob", "carol")
@@ -34,25 +38,34 @@ SETTLE_TIMEOUT = 10.0
 
 
 def _repo_configs() -> Path:
-    return Path(__file__).resolve().parent.parent / "configs" / "local"
+    return configs_dir() / "local"
 
 
-def prepare(configs: Path, workdir: Path, names: tuple[str, ...]) -> dict[str, Config]:
-    """Copy each node's config and key into ``workdir/NAME`` with a fresh data dir."""
+def prepare(configs: Path, workdir: Path, names: tuple[str, ...], *,
+            free_ports: bool = False) -> dict[str, Config]:
+    """Copy each node's config and key into ``workdir/NAME`` with a fresh data dir (edited
+    with tomlkit, comments kept); with ``free_ports`` every node listens on a port that was
+    free a moment ago instead of its configured one, and every address of it moves along."""
     shutil.rmtree(workdir, ignore_errors=True)
+    documents = {name: tomlkit.parse((configs / f"{name}.toml").read_text()) for name in names}
+    moved: dict[str, str] = {}
+    if free_ports:
+        ports = pick_free_ports(len(names))
+        moved = {str(doc["node"]["listen"]): f"127.0.0.1:{port}"
+                 for doc, port in zip(documents.values(), ports, strict=True)}
     prepared = {}
-    for name in names:
-        source = configs / f"{name}.toml"
-        raw = tomllib.loads(source.read_text())
+    for name, doc in documents.items():
         node_dir = workdir / name
         (node_dir / "data").mkdir(parents=True, mode=0o700)
         key = node_dir / "data" / "agent.key"
-        shutil.copyfile(source.parent / raw["node"]["key"], key)
+        shutil.copyfile(configs / str(doc["node"]["key"]), key)
         key.chmod(0o600)
-        text = source.read_text()
-        text = text.replace(f'data_dir = "{raw["node"]["data_dir"]}"', 'data_dir = "data"')
-        text = text.replace(f'key = "{raw["node"]["key"]}"', 'key = "data/agent.key"')
-        (node_dir / "agentd.toml").write_text(text)
+        doc["node"]["data_dir"], doc["node"]["key"] = "data", "data/agent.key"
+        for table in (doc["node"], *doc.get("peers", []), doc.get("clearinghouse", {})):
+            for field in ("listen", "address"):
+                if str(table.get(field)) in moved:
+                    table[field] = moved[str(table[field])]
+        (node_dir / "agentd.toml").write_text(tomlkit.dumps(doc))
         prepared[name] = load_config(node_dir / "agentd.toml")
     return prepared
 
@@ -258,9 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         prog="agentd demo", description="Run the nodes of configs/local (alice, bob, carol and"
         " their clearing house) as OS processes and show what they do.")
     parser.add_argument("--workdir", default=".run/demo", help="where nodes keep their data")
+    parser.add_argument("--free-ports", action="store_true",
+                        help="listen on free ports instead of 7101-7104 (beside another demo)")
     options = parser.parse_args(argv or [])
     workdir = Path(options.workdir).resolve()
-    configs = prepare(_repo_configs(), workdir, NODES)
+    configs = prepare(_repo_configs(), workdir, NODES, free_ports=options.free_ports)
     print(f"agentd demo: starting {', '.join(NODES)} as {len(NODES)} processes"
           f" (data in {workdir})")
     with running(configs, workdir) as processes:
@@ -277,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         tally = credit_demo(configs, infos)
         tally_evidence_demo(configs, tally)
         tally_view_demo(configs, infos, tally)
+        lifts_demo(configs, infos, tally)
         print("\nnodes:")
         for name, config in configs.items():
             info = call(config.socket_path, "getinfo", {})

@@ -4,28 +4,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tomlkit
+
 from agentd.errors import UserError
 from agentd.keyfile import write_key
 from protocol.keys import ChipAddress, IdentityError, SigningKey, parse_hostport
 
-CONFIG_TEMPLATE = """\
-# agentd node config — see README.md for every key.
-[node]
-name = "{name}"
-data_dir = "data"          # key, database and control socket (relative to this file)
-listen = "{listen}"
-network = "{network}"
-roles = []                 # ["clearinghouse"] to serve as a clearing house
 
-# [[peers]]
-# name = "bob"
-# agent = "<bob's agent id>"
-# address = "127.0.0.1:7102"
-
-[log]
-level = "info"
-format = "text"            # or "json"
-"""
+def config_document(name: str, listen: str, network: str) -> tomlkit.TOMLDocument:
+    """The config ``agentd init`` writes: built with tomlkit, so any name is quoted right,
+    with comments saying what each key is for."""
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("agentd node config — see README.md for every key."))
+    node = tomlkit.table()
+    node.add("name", name)
+    node.add("data_dir", "data")
+    node["data_dir"].comment("key, database and control socket (relative to this file)")
+    node.add("listen", listen)
+    node.add("network", network)
+    node.add("roles", tomlkit.array())
+    node["roles"].comment('["clearinghouse"] to serve as a clearing house')
+    doc.add("node", node)
+    doc.add(tomlkit.nl())
+    doc.add(tomlkit.comment("peers: agentd -c THIS_FILE peers.add name=bob agent=<id> "
+                            "address=HOST:PORT"))
+    log = tomlkit.table()
+    log.add("level", "info")
+    log.add("format", "text")
+    log["format"].comment('or "json"')
+    doc.add("log", log)
+    return doc
 
 
 def init_node(directory: Path, name: str, listen: str, network: str) -> dict:
@@ -38,7 +46,8 @@ def init_node(directory: Path, name: str, listen: str, network: str) -> dict:
         raise UserError(f"{config_path}: already exists; refusing to overwrite it")
     key = SigningKey.generate()
     write_key(directory / "data" / "agent.key", key)
-    config_path.write_text(CONFIG_TEMPLATE.format(name=name, listen=listen, network=network))
+    config_path.write_text(tomlkit.dumps(config_document(name, listen, network)),
+                           encoding="utf-8")
     return {
         "config": str(config_path),
         "key": str(directory / "data" / "agent.key"),

@@ -45,7 +45,7 @@ def local_config(workdir: Path, name: str, port: int = 0, *,
     """The config of node ``name`` with its data in ``workdir/name``, listening on loopback
     (``port`` 0: any free port); ``node_keys`` go into ``[node]``, ``sections`` beside it."""
     data_dir = workdir / name
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     raw = {"node": {"name": name, "data_dir": str(data_dir), "listen": f"127.0.0.1:{port}",
                     **node_keys}, **(sections or {})}
     return parse_config(raw, workdir / f"{name}.toml")

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import trio
 
 from agentd.errors import UserError
-from agentd.runtime.context import Reject
+from protocol.errors import Refusal
 from protocol.keys import b64u
 
 log = logging.getLogger("agentd.rpc")
@@ -33,7 +34,7 @@ INTERNAL_ERROR = -32603
 REFUSED = -32010  # the request was understood and refused; data.reason says why
 NOT_FOUND = -32011
 TIMEOUT = -32013
-MAX_REQUEST = 4 << 20
+MAX_REQUEST = 4 << 20  # one request line, in bytes: a longer one is refused, the socket closed
 
 Method = Callable[..., Awaitable[Any]]
 
@@ -68,23 +69,24 @@ def invalid_params(message: str) -> RpcError:
 
 
 class RpcServer:
-    def __init__(self) -> None:
+    def __init__(self, refused: Callable[[Refusal], RpcError]) -> None:
         self.methods: dict[str, Method] = {"help": self.help}
+        self._refused = refused  # how a method's refusal is answered (agentd.runtime.refusals)
+        # told each call's duration (the node feeds its latency histogram from it)
+        self.observe: Callable[[str, float], None] | None = None
 
     def register(self, name: str, method: Method) -> None:
         self.methods[name] = method
 
-    async def help(self) -> list[dict[str, Any]]:
-        """Every method with its parameters (optional ones end in '?') and what it does."""
-        out = []
-        for name in sorted(self.methods):
-            method = self.methods[name]
-            params = [p.name + ("" if p.default is inspect.Parameter.empty else "?")
-                      for p in inspect.signature(method).parameters.values()]
-            doc = (inspect.getdoc(method) or "").split("\n\n")[0].replace("\n", " ")
-            doc = doc.replace("``", "")  # docstring markup, not for the terminal
-            out.append({"method": name, "params": params, "doc": doc})
-        return out
+    async def help(self, method: str | None = None) -> list[dict[str, Any]]:
+        """Every method (or the one named) with its parameters, their types and defaults, and
+        what it does."""
+        from agentd.methods import describe
+
+        if method is not None and method not in self.methods:
+            raise RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}", "METHOD_NOT_FOUND")
+        names = [method] if method is not None else sorted(self.methods)
+        return [jsonable(describe(name, self.methods[name])) for name in names]
 
     async def call(self, name: str, params: Any) -> Any:
         method = self.methods.get(name)
@@ -105,16 +107,22 @@ class RpcServer:
                    if p.default is inspect.Parameter.empty and p.name not in params]
         if missing:
             raise invalid_params(f"{name}: missing parameter {missing[0]!r}")
+        started = time.perf_counter()
         try:
             return await method(**params)
-        except Reject as exc:
-            raise RpcError(REFUSED, f"{exc.code}: {exc.message}", exc.code) from exc
+        except Refusal as exc:
+            raise self._refused(exc) from exc
+        finally:
+            if self.observe is not None:
+                self.observe(name, time.perf_counter() - started)
 
     async def handle_line(self, line: bytes) -> dict[str, Any] | None:
         try:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError) as exc:
             return _error(None, RpcError(PARSE_ERROR, f"request is not JSON: {exc}"))
+        except RecursionError:
+            return _error(None, RpcError(PARSE_ERROR, "request is nested too deeply"))
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(
             request.get("method"), str
         ):
@@ -142,6 +150,18 @@ class RpcServer:
         finally:
             path.unlink(missing_ok=True)
 
+    async def answer(self, line: bytes) -> bytes | None:
+        """The encoded response to one request line. Whatever the line holds, a failure
+        costs this request an error answer, never the node."""
+        try:
+            response = await self.handle_line(line)
+            return None if response is None else _encode(response)
+        except RecursionError:  # e.g. an id nested too deeply to encode
+            return _encode(_error(None, RpcError(INVALID_REQUEST, "request is nested too deeply")))
+        except Exception as exc:
+            log.exception("RPC request failed")
+            return _encode(_error(None, RpcError(INTERNAL_ERROR, f"internal error: {exc}")))
+
     async def _connection(self, stream: trio.SocketStream) -> None:
         buffer = bytearray()
         try:
@@ -151,17 +171,15 @@ class RpcServer:
                     if not data:
                         return
                     buffer += data
+                    while (end := buffer.find(b"\n")) >= 0 and end <= MAX_REQUEST:
+                        line = bytes(buffer[:end])
+                        del buffer[:end + 1]
+                        if line.strip() and (response := await self.answer(line)) is not None:
+                            await stream.send_all(response)
                     if len(buffer) > MAX_REQUEST:
                         await stream.send_all(_encode(_error(None, RpcError(
-                            INVALID_REQUEST, f"request larger than {MAX_REQUEST} bytes"))))
+                            INVALID_REQUEST, f"request line longer than {MAX_REQUEST} bytes"))))
                         return
-                    while b"\n" in buffer:
-                        line, _, rest = bytes(buffer).partition(b"\n")
-                        buffer = bytearray(rest)
-                        if line.strip():
-                            response = await self.handle_line(line)
-                            if response is not None:
-                                await stream.send_all(_encode(response))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return
 
@@ -196,7 +214,7 @@ async def _unix_listener(path: Path) -> trio.SocketListener:
         await sock.bind(str(path))
     except OSError as exc:
         sock.close()
-        raise UserError(f"{path}: cannot create control socket: {exc.strerror}") from exc
+        raise UserError(f"{path}: cannot create control socket: {exc.strerror or exc}") from exc
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)

@@ -38,9 +38,12 @@ and then (or when a channel to the partner opens): the foil re-sends blocks its 
 confirmed; the stock re-sends ``new`` for its unordered chits, ``ack`` for unconfirmed blocks
 and ``req`` for gaps. A chit whose ``good`` message was lost thus still arrives, inside ``upd``
 or ``new``, and :func:`receive` returns it in ``adopted`` for the caller to record
-(``protocol.chit.receive_good``). If the stock's chain ever contradicts the foil's (a restored
-backup, a bug), the stock unlinks everything after its ``conf`` and asks again (``req``); a
-contradiction of a confirmed block is refused as ``conflict`` and needs a human.
+(``protocol.chit.receive_good``). A lift chit (unsigned) is never adopted: each holder
+links it with :func:`add` when it applies the lift's decision, and a chain message carrying
+one this holder does not hold yet is refused (``lift_undecided``) until then. If the stock's
+chain ever contradicts the foil's (a restored backup, a bug), the stock unlinks everything
+after its ``conf`` and asks again (``req``); a contradiction of a confirmed block is refused
+as ``conflict`` and needs a human.
 
 Cost: a chain with thousands of chits must stay cheap per chit, so the versions of one chain
 share lookup hints (where each chit is linked, which ones were ever pending, which block
@@ -336,6 +339,11 @@ def _known(chain: Chain, chit: Any, local: LocalTally) -> dict[str, Any] | None:
     ours = _find(chain, chit.get("uuid")) if isinstance(chit, dict) else None
     if ours is None:
         check_chit(chit, local.tally, signed=True)
+        if chit["type"] == "lift":  # unsigned: only this holder's own decision links it
+            raise Refusal(
+                "lift_undecided",
+                f"lift chit {chit['uuid']} is not good here yet: ask the lift's referee",
+            )
         return None
     check_form(chit)
     if ours["hash"] != chit["hash"]:

@@ -26,6 +26,16 @@ return no message themselves.
 which counts every good chit this holder knows; the chits it does not know yet can only be the
 partner's payments, which lower what the payer owes, so the local view errs on the safe side.
 The receiving side checks form and signature only: a signed chit is the issuer's word.
+``reserved`` (on ``pay``, ``invoice``, ``accept``) is the sum of pending lift chits that
+already raise the payee's balance on this tally: it counts as spent.
+
+**Lift chits** (``type: lift``, ``ref: {lift: <uuid>}``, ``sign`` always nil) are a tally's
+share of a lift (``protocol.lift``): authorised by the referee's signed decision, not by a
+user's signature. Both holders build the identical chit with :func:`lift_chit` (the uuid is
+derived from the lift and the hop) and hold it pending (``L.lift`` if we pay, ``A.lift`` if
+the partner pays us) until :func:`lift_decided` makes it good or void. A lift chit never
+becomes good by a partner's message: :func:`receive_good` refuses one (``lift_undecided``),
+and so does ``protocol.chain`` for a lift chit it does not hold yet.
 
 Public API:
 
@@ -35,15 +45,19 @@ Public API:
 - ``effect(chit, side)`` / ``balance(chits, side)`` — the sign convention above.
 - User events: ``pay``, ``invoice``, ``accept``, ``refuse``.
 - Peer events: ``receive_pend``, ``receive_good``, ``receive_void``.
+- Lift events: ``lift_chit(record, hop, local)`` (``lift out`` / ``lift in``),
+  ``lift_decided(local_chit, state)`` (``lift good`` / ``lift void``); ``LIFT_NAMESPACE``.
 
 Transitions return ``(LocalChit, messages)``; messages are ``{"target": "chit", "action",
 "object"}`` for the tally partner. Refusals (``protocol.tally.Refusal``) add the codes
-``over_limit`` and ``closing`` to the tally's.
+``over_limit``, ``closing``, ``not_party`` (a lift hop whose users are not this tally's) and
+``lift_undecided`` to the tally's.
 """
 
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -73,7 +87,9 @@ A_GOOD = "A.good"
 L_GOOD = "L.good"
 A_VOID = "A.void"  # our invoice was refused
 L_VOID = "L.void"  # we refused the partner's invoice
-STATES = (A_PEND, L_PEND, A_GOOD, L_GOOD, A_VOID, L_VOID)
+A_LIFT = "A.lift"  # a pending lift chit the partner pays us
+L_LIFT = "L.lift"  # a pending lift chit we pay the partner
+STATES = (A_PEND, L_PEND, A_GOOD, L_GOOD, A_VOID, L_VOID, A_LIFT, L_LIFT)
 
 # (state, event) -> new state; ``None`` is "no local chit yet".
 TRANSITIONS: dict[tuple[str | None, str], str] = {
@@ -85,7 +101,17 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
     (None, "got good"): A_GOOD,
     (A_PEND, "got good"): A_GOOD,
     (A_PEND, "got void"): A_VOID,
+    # lift chits: pending from the promise, settled by the referee's decision
+    (None, "lift out"): L_LIFT,
+    (None, "lift in"): A_LIFT,
+    (L_LIFT, "lift good"): L_GOOD,
+    (A_LIFT, "lift good"): A_GOOD,
+    (L_LIFT, "lift void"): L_VOID,
+    (A_LIFT, "lift void"): A_VOID,
 }
+
+# uuid5(LIFT_NAMESPACE, f"{lift}/{hop}") names the lift chit of one hop on both holdings
+LIFT_NAMESPACE = uuid.UUID("6f1c4a52-8d0e-5b6a-9c41-2e7d3f0a9b15")
 
 ISSUE_STATES = frozenset({OPEN, C_OPEN})  # tally states in which our user may pledge value
 # ... and in which the partner's chits are taken (an acceptor in offer.open is already bound).
@@ -188,6 +214,9 @@ def check_chit(chit: Any, tally: dict[str, Any], *, signed: bool) -> None:
     check_form(chit)
     if chit["tally"] != tally["uuid"]:
         raise _bad("tally", f"is {chit['tally']}, not {tally['uuid']}")
+    if chit["type"] == "lift":
+        _check_lift_fields(chit)
+        return
     if not signed:
         if chit["sign"] is not None:
             raise _bad("sign", "must be nil until the payer signs")
@@ -195,6 +224,16 @@ def check_chit(chit: Any, tally: dict[str, Any], *, signed: bool) -> None:
     public = tally[chit["by"]]["cert"]["public"]
     if chit["sign"] is None or not _signature_valid(public, chit["sign"], chit["hash"]):
         raise Refusal("bad_signature", f"chit {chit['uuid']} lacks a valid {chit['by']} signature")
+
+
+def _check_lift_fields(chit: dict[str, Any]) -> None:
+    """A lift chit names its lift and carries no signature (the decision authorises it)."""
+    ref = chit["ref"]
+    if not isinstance(ref, dict) or set(ref) != {"lift"}:
+        raise _bad("ref", "of a lift chit must be a map {lift: <lift uuid>}")
+    check_uuid(ref["lift"], "chit.ref.lift")
+    if chit["sign"] is not None:
+        raise _bad("sign", "of a lift chit must be nil: the referee's decision authorises it")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -229,19 +268,25 @@ def _require_tally(local: LocalTally, states: frozenset[str]) -> None:
         raise Refusal("bad_state", f"tally {local.uuid} is {local.state}: no chits now")
 
 
-def _check_room(local: LocalTally, chit: dict[str, Any], holder_balance: int) -> None:
-    """The payee's limit, and on a closing tally the rule that |balance| may not grow."""
+def _check_room(
+    local: LocalTally, chit: dict[str, Any], holder_balance: int, reserved: int = 0
+) -> None:
+    """The payee's limit, and on a closing tally the rule that |balance| may not grow.
+    ``reserved``: pending lift chits that already raise the payee's balance (spent)."""
     payee = other_side(chit["by"])
     before = holder_balance if local.side == payee else -holder_balance
-    after = before + chit["units"]
+    after = before + reserved + chit["units"]
     limit = local.tally[payee]["terms"]["limit"]
     if after > limit:
+        held = f" ({reserved} of it reserved by pending lift chits)" if reserved else ""
         raise Refusal(
             "over_limit",
-            f"{chit['units']} would bring the {chit['by']} side's debt to {after}, "
+            f"{chit['units']} would bring the {chit['by']} side's debt to {after}{held}, "
             f"past the {payee} side's limit of {limit}",
         )
-    if local.state == C_OPEN and abs(after) > abs(before):
+    # closing: the magnitude may not grow whether the reserved lift chits go good or void
+    grows = abs(before + chit["units"]) > abs(before) or abs(after) > abs(before + reserved)
+    if local.state == C_OPEN and grows:
         raise Refusal("closing", f"tally {local.uuid} is closing: the balance may only shrink")
 
 
@@ -282,6 +327,7 @@ def pay(
     balance: int,
     memo: str = "",
     ref: Any = None,
+    reserved: int = 0,
 ) -> Step:
     """A direct payment by our user, signed and good at once (``chain.add`` sends it).
     ``balance`` is ours, from ``chain.balance``."""
@@ -290,7 +336,7 @@ def pay(
     chit = _draft(
         local, by=local.side, chit_uuid=chit_uuid, units=units, date_ms=date_ms, memo=memo, ref=ref
     )
-    _check_room(local, chit, balance)
+    _check_room(local, chit, balance, reserved)
     return LocalChit(state, _sign(local, chit, key)), []
 
 
@@ -303,6 +349,7 @@ def invoice(
     balance: int,
     memo: str = "",
     ref: Any = None,
+    reserved: int = 0,
 ) -> Step:
     """Ask the partner to pay ``units``: an unsigned chit issued in its name, sent ``pend``."""
     state = _next(None, "invoice")
@@ -316,15 +363,17 @@ def invoice(
         memo=memo,
         ref=ref,
     )
-    _check_room(local, chit, balance)
+    _check_room(local, chit, balance, reserved)
     return LocalChit(state, chit), [_message("pend", chit)]
 
 
-def accept(local_chit: LocalChit, local: LocalTally, key: SigningKey, *, balance: int) -> Step:
+def accept(
+    local_chit: LocalChit, local: LocalTally, key: SigningKey, *, balance: int, reserved: int = 0
+) -> Step:
     """Pay the partner's invoice: sign it as drafted (``chain.add`` sends it good)."""
     state = _next(local_chit.state, "accept")
     _require_tally(local, ISSUE_STATES)
-    _check_room(local, local_chit.chit, balance)
+    _check_room(local, local_chit.chit, balance, reserved)
     return LocalChit(state, _sign(local, local_chit.chit, key)), []
 
 
@@ -352,6 +401,11 @@ def receive_good(local_chit: LocalChit | None, obj: Any, local: LocalTally) -> S
     state = _next(local_chit.state if local_chit else None, "got good")
     _require_tally(local, RECEIVE_STATES)
     check_chit(obj, local.tally, signed=True)
+    if obj["type"] == "lift":
+        raise Refusal(
+            "lift_undecided", f"chit {obj['uuid']} is a lift chit: only its lift's decision "
+            "makes it good"
+        )
     if obj["by"] != local.partner_side:
         raise _bad("by", f"of a chit we receive must be the partner's side, {local.partner_side}")
     if local_chit is not None and obj["hash"] != local_chit.chit["hash"]:
@@ -365,6 +419,68 @@ def receive_void(local_chit: LocalChit, obj: Any, local: LocalTally) -> Step:
     if obj != {"tally": local.uuid, "uuid": local_chit.uuid}:
         raise Refusal("bad_field", f"void must name tally {local.uuid} and chit {local_chit.uuid}")
     return replace(local_chit, state=state), []
+
+
+# -- lift chits --------------------------------------------------------------------------------
+
+
+def _user_side(local: LocalTally, user: dict[str, Any]) -> str | None:
+    """The side of ``local``'s tally held by ``user`` ({cuid, agent}), if either."""
+    for side in SIDES:
+        cert = local.tally[side]["cert"]
+        if cert is not None and all(
+            cert["chad"].get(field) == user.get(field) for field in ("cuid", "agent")
+        ):
+            return side
+    return None
+
+
+def lift_chit(record: dict[str, Any], hop: int, local: LocalTally) -> LocalChit:
+    """The pending chit of hop ``hop`` of a lift (``protocol.lift`` record, checked by the
+    caller) as held by ``local``: path[hop] pays path[hop + 1] on tally path[hop].tally.
+    Both holders build the identical chit (same uuid and hash)."""
+    path = record["path"]
+    if not isinstance(hop, int) or isinstance(hop, bool) or not 0 <= hop < len(path) - 1:
+        raise Refusal("bad_field", f"hop must be an integer from 0 to {len(path) - 2}")
+    payer, payee = path[hop], path[hop + 1]
+    if payer["tally"] != local.uuid:
+        raise Refusal("not_party", f"hop {hop} of lift {record['lift']} is not on {local.uuid}")
+    by, to = _user_side(local, payer), _user_side(local, payee)
+    if by is None or to is None or by == to:
+        raise Refusal(
+            "not_party",
+            f"tally {local.uuid} is not between {payer['cuid']}:{payer['agent']} and "
+            f"{payee['cuid']}:{payee['agent']} (hop {hop} of lift {record['lift']})",
+        )
+    payor_side = _user_side(local, path[0])
+    if payor_side is not None and local.tally[payor_side]["cert"]["public"] != record["public"]:
+        raise Refusal(
+            "bad_signature", f"lift {record['lift']} is not signed by its payor's user key"
+        )
+    state = _next(None, "lift out" if by == local.side else "lift in")
+    chit = {
+        "tally": local.uuid,
+        "uuid": str(uuid.uuid5(LIFT_NAMESPACE, f"{record['lift']}/{hop}")),
+        "by": by,
+        "type": "lift",
+        "date": record["date"],
+        "units": record["units"],
+        "ref": {"lift": record["lift"]},
+        "memo": record["memo"],
+        "hash": bytes(32),
+        "sign": None,
+        "chain": None,
+    }
+    _check_fields(chit)
+    chit["hash"] = chit_hash(chit)
+    return LocalChit(state, chit)
+
+
+def lift_decided(local_chit: LocalChit, state: str) -> LocalChit:
+    """A pending lift chit once its lift's decision (``good`` or ``void``) is known."""
+    if state not in ("good", "void"):
+        raise Refusal("bad_field", f"a lift decision is good or void, not {state!r}")
+    return replace(local_chit, state=_next(local_chit.state, f"lift {state}"))
 
 
 def _message(action: str, obj: dict[str, Any]) -> dict[str, Any]:

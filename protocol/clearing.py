@@ -59,6 +59,7 @@ from enum import StrEnum
 from typing import Any, Literal, TypedDict
 
 from protocol.codec import CodecError, canonical, digest, pack
+from protocol.errors import Refusal
 from protocol.keys import is_agent_id
 from protocol.receipts import Keyring
 
@@ -97,13 +98,13 @@ class Reason(StrEnum):
     TOO_MANY_RESULTS = "TOO_MANY_RESULTS"
 
 
-class Rejection(Exception):
+class Rejection(Refusal):
     """A request the clearing house refuses; ``reply()`` is the answer to send."""
 
+    code: Reason
+
     def __init__(self, code: Reason, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
 
     def reply(self) -> Reply:
         return "rejection", {"code": self.code.value, "message": self.message}

@@ -32,6 +32,11 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def partial(self) -> bool:
+        """Whether a frame has begun (its header or part of it came) and is not finished."""
+        return self._need is not None or bool(self._buffer)
+
     def feed(self, data: bytes) -> list[bytes]:
         buffer = self._buffer
         frames: list[bytes] = []

@@ -194,7 +194,7 @@ class ChipAddress:
         agent_id_to_public(self.agent)
         if self.cuid is not None and not valid_cuid(self.cuid):
             raise IdentityError(
-                f"bad user id (cuid) {self.cuid!r}: use letters, digits, '_', '-', '.'"
+                f"bad user id (cuid) {self.cuid!r}: must be {CUID_RULE}"
             )
 
     def __str__(self) -> str:
@@ -248,6 +248,9 @@ class ChipAddress:
 
 
 _CUID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# A cuid travels in CHIP addresses, tickets and relay view names other implementations parse:
+# ASCII only, and the message says so.
+CUID_RULE = "1-64 ASCII letters (a-z, A-Z), digits, '_', '-' or '.'"
 
 
 def valid_cuid(cuid: object) -> bool:

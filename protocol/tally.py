@@ -46,7 +46,8 @@ Public API:
   ``ticket_request`` builds the subject's request (no state).
 - Peer events: ``receive_ticket``, ``receive_offer``, ``receive_open``, ``receive_void``,
   ``receive_draft``, ``receive_close``.
-- Node events: ``delivered``, ``rejected``, ``settle``, ``reopen``.
+- Node events: ``delivered``, ``rejected``, ``settle``, ``reopen``; ``follow`` applies the
+  lifecycle rules after any change (start the chain, reopen, settle) and says which fired.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .codec import CodecError, canonical, digest, unpack
+from .errors import Refusal  # tally refusals use lower-case codes
 from .keys import ChipAddress, IdentityError, SigningKey, b64u, unb64u, verify
 
 STOCK = "stock"
@@ -146,19 +148,6 @@ _TALLY_FIELDS = {"version", "uuid", "date", "memo", "agree", "stock", "foil", "s
 # str(uuid.UUID(text)) == text, written as a pattern: it is checked on every chit received
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _TICKET_FIELDS = {"token", "chad", "expires", "reuse"}
-
-
-class Refusal(Exception):
-    """A reasoned refusal: the event does not apply, and nothing changed."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-    def to_map(self) -> dict[str, str]:
-        """The ``error`` of a rejecting ack."""
-        return {"code": self.code, "message": self.message}
 
 
 Step = tuple["LocalTally", list[dict[str, Any]]]
@@ -549,6 +538,30 @@ def reopen(local: LocalTally) -> Step:
     arrived after the tally closed. It is owed all the same, so the tally stays ``C.open``
     (taking only chits that shrink the balance) until the balance is zero again."""
     return replace(local, state=_next(local.state, "reopen")), []
+
+
+START_CHAIN = "start_chain"  # what ``follow`` says happened
+REOPENED = "reopened"
+CLOSED = "closed"
+
+
+def follow(
+    local: LocalTally, *, has_chain: bool, balance: int, quiet: bool
+) -> tuple[LocalTally, tuple[str, ...]]:
+    """The lifecycle rules that follow every change of a holder's tally, with what happened:
+    a tally both users signed and that has no chain starts one (``START_CHAIN``); a closed
+    tally a late partner chit moved off zero is closing again (``REOPENED``); a closing tally
+    whose balance is zero and whose chain is ``quiet`` closes (``CLOSED``)."""
+    happened = []
+    if not has_chain and local.state in BINDING_STATES:
+        happened.append(START_CHAIN)
+    if local.state == CLOSE and balance != 0:
+        local, _ = reopen(local)
+        happened.append(REOPENED)
+    if local.state == C_OPEN and has_chain and balance == 0 and quiet:
+        local, _ = settle(local, balance=balance, quiet=True)
+        happened.append(CLOSED)
+    return local, tuple(happened)
 
 
 # -- invitation tickets -----------------------------------------------------------------------

@@ -272,3 +272,36 @@ RECEIPT_COLUMNS = (
     "request, ch, pid, seq, document_id, token, kind, ref, payload_sha256, status, problem,"
     " received"
 )
+
+
+def receipts(conn: sqlite3.Connection, pid: str | None = None) -> list[sqlite3.Row]:
+    """Every stored receipt (or those of ``pid``), by process and seq."""
+    where, params = ("WHERE pid = ?", (pid,)) if pid is not None else ("", ())
+    return conn.execute(
+        f"SELECT {RECEIPT_COLUMNS} FROM receipts {where} ORDER BY pid, seq", params
+    ).fetchall()
+
+
+def all_jwks(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+    """The stored JWKS of every clearing house, by its agent id."""
+    return {row["ch"]: json.loads(row["jwks"])
+            for row in conn.execute("SELECT ch, jwks FROM ch_jwks")}
+
+
+def refused_evidence(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Evidence logs the clearing house refused, in the order they were made."""
+    return conn.execute(
+        "SELECT pid, kind, ref, error FROM ch_requests WHERE state = 'refused' ORDER BY seq"
+    ).fetchall()
+
+
+def pending_logs(conn: sqlite3.Connection) -> int:
+    """Log requests not answered yet (waiting to go, or sent)."""
+    return conn.execute(
+        "SELECT count(*) FROM ch_requests WHERE action = 'log' AND state IN ('waiting', 'sent')"
+    ).fetchone()[0]
+
+
+def entry_count(conn: sqlite3.Connection) -> int:
+    """Entries in every chain this clearing house keeps."""
+    return conn.execute("SELECT count(*) FROM ch_entries").fetchone()[0]

@@ -32,13 +32,13 @@ CACHE_HOLDINGS = 256  # holdings kept in memory; a chain of n chits holds n chit
 
 _TALLY_COLUMNS = (
     "uuid, cuid, side, state, partner, partner_cuid, body, balance, chain_length, chain_head,"
-    " chain_conf, chain_pending, error, created, updated"
+    " chain_conf, chain_pending, error, created, updated, lift_in, lift_out"
 )
 SELECT_TALLY = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE uuid = ? AND cuid = ?"
 LIST_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies ORDER BY cuid, created, uuid"
 LIST_USER_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE cuid = ? ORDER BY created, uuid"
 LIST_CHITS = (
-    "SELECT uuid, issuer, type, units, memo, date, state, chain_index, chain_hash, error"
+    "SELECT uuid, issuer, type, units, memo, date, state, chain_index, chain_hash, error, lift"
     " FROM chits WHERE tally = ? AND cuid = ? ORDER BY chain_index IS NULL, chain_index, seq"
 )
 # Chains that are not settled (protocol.chain.settled) and due for a repair attempt.
@@ -50,6 +50,27 @@ UNSETTLED = (
 _GOOD = (A_GOOD, L_GOOD)
 
 
+def tally_row(conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> sqlite3.Row | None:
+    return conn.execute(SELECT_TALLY, (tally_uuid, cuid)).fetchone()
+
+
+def list_tallies(conn: sqlite3.Connection, cuid: str | None = None) -> list[sqlite3.Row]:
+    """A user's tallies (or every holder's), oldest first."""
+    if cuid is None:
+        return conn.execute(LIST_TALLIES).fetchall()
+    return conn.execute(LIST_USER_TALLIES, (cuid,)).fetchall()
+
+
+def list_chits(conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> list[sqlite3.Row]:
+    """A holder's chits in chain order, the unlinked ones last."""
+    return conn.execute(LIST_CHITS, (tally_uuid, cuid)).fetchall()
+
+
+def unsettled(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Chains that are not settled, with when each is due for a repair."""
+    return conn.execute(UNSETTLED).fetchall()
+
+
 @dataclass(frozen=True)
 class Holding:
     """One holder's tally as stored: the protocol's view of it and the running balance."""
@@ -59,6 +80,8 @@ class Holding:
     chain: Chain | None  # None until both users have signed
     balance: int
     token: bytes
+    lift_in: int = 0  # units pending lift chits will add to our balance (the partner pays)
+    lift_out: int = 0  # units pending lift chits will take from it (we pay)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -77,8 +100,8 @@ class Ledger:
 
     def get(self, conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> Holding | None:
         row = conn.execute(
-            "SELECT side, state, body, balance, chain_origin, chain_conf, token FROM tallies"
-            " WHERE uuid = ? AND cuid = ?",
+            "SELECT side, state, body, balance, chain_origin, chain_conf, token, lift_in,"
+            " lift_out FROM tallies WHERE uuid = ? AND cuid = ?",
             (tally_uuid, cuid),
         ).fetchone()
         if row is None:
@@ -93,7 +116,8 @@ class Ledger:
         chain = None
         if row["chain_origin"] is not None:
             chain = _build_chain(conn, local, cuid, row["chain_origin"], row["chain_conf"])
-        return self._remember(Holding(cuid, local, chain, row["balance"], row["token"]))
+        return self._remember(Holding(cuid, local, chain, row["balance"], row["token"],
+                                      row["lift_in"], row["lift_out"]))
 
     def holders_of(self, conn: sqlite3.Connection, tally_uuid: str) -> list[sqlite3.Row]:
         """Every holder of ``tally_uuid`` on this node (two when both users are ours)."""
@@ -108,9 +132,9 @@ class Ledger:
         partner, partner_cuid = _partner(local)
         conn.execute(
             "INSERT INTO tallies (uuid, cuid, side, state, partner, partner_cuid, body, token,"
-            " created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " lim, partner_limit, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (local.uuid, cuid, local.side, local.state, partner, partner_cuid,
-             pack(local.tally), token, now_ms, now_ms),
+             pack(local.tally), token, *_limits(local), now_ms, now_ms),
         )  # fmt: skip
         return self._remember(Holding(cuid, local, None, 0, token))
 
@@ -125,11 +149,13 @@ class Ledger:
         balance_delta: int = 0,
         resync_due: int = 0,
         fresh: Iterable[LocalChit] = (),
+        lift_delta: tuple[int, int] = (0, 0),
     ) -> Holding:
         """Write what changed from ``old`` (a holding this transaction loaded or saved):
         the tally, the chain (with ``resync_due``, when to look at it again if it stays
-        unsettled), the balance, and the rows of ``fresh`` chits (new or changed here; the
-        chain's copy of each gives its block). Returns the new holding."""
+        unsettled), the balance, the capacity pending lift chits hold (``lift_delta``: in,
+        out) and the rows of ``fresh`` chits (new or changed here; the chain's copy of each
+        gives its block). Returns the new holding."""
         local = local or old.local
         chain = chain or old.chain
         token = os.urandom(16)
@@ -137,6 +163,10 @@ class Ledger:
         if local.tally is not old.local.tally:
             sets["body"] = pack(local.tally)
             sets["partner"], sets["partner_cuid"] = _partner(local)
+            sets["lim"], sets["partner_limit"] = _limits(local)
+        lift_in, lift_out = old.lift_in + lift_delta[0], old.lift_out + lift_delta[1]
+        if lift_delta != (0, 0):
+            sets["lift_in"], sets["lift_out"] = lift_in, lift_out
         if balance_delta:
             sets["balance"] = old.balance + balance_delta
         rows = {chit.uuid: chit for chit in fresh}
@@ -156,8 +186,47 @@ class Ledger:
             (*sets.values(), *old.key),
         )
         return self._remember(
-            Holding(old.cuid, local, chain, old.balance + balance_delta, token)
+            Holding(old.cuid, local, chain, old.balance + balance_delta, token, lift_in, lift_out)
         )
+
+    @staticmethod
+    def fill_limits(conn: sqlite3.Connection) -> int:
+        """Fill ``lim``/``partner_limit`` of rows made before those columns existed."""
+        rows = conn.execute(
+            "SELECT uuid, cuid, side, state, body FROM tallies WHERE lim IS NULL").fetchall()
+        conn.executemany(
+            "UPDATE tallies SET lim = ?, partner_limit = ? WHERE uuid = ? AND cuid = ?",
+            [(*_limits(LocalTally(row["side"], row["state"], unpack(row["body"]))),
+              row["uuid"], row["cuid"]) for row in rows],
+        )
+        return len(rows)
+
+    @staticmethod
+    def route_candidates(conn: sqlite3.Connection, cuid: str, states: Iterable[str]
+                         ) -> list[sqlite3.Row]:
+        """The user's tallies in ``states`` with what route discovery needs, from columns."""
+        states = tuple(states)
+        return conn.execute(
+            "SELECT uuid, side, partner, partner_cuid, balance, lim, partner_limit, lift_in,"
+            " lift_out FROM tallies WHERE cuid = ?"
+            f" AND state IN ({', '.join('?' * len(states))}) AND partner IS NOT NULL",
+            (cuid, *states),
+        ).fetchall()
+
+    @staticmethod
+    def creditors(conn: sqlite3.Connection, minimum: int) -> list[str]:
+        """Users owed at least ``minimum`` (beyond pending lift chits) on some open tally."""
+        return [row[0] for row in conn.execute(
+            "SELECT DISTINCT cuid FROM tallies WHERE state = 'open'"
+            " AND balance - lift_out >= ? ORDER BY cuid", (minimum,))]
+
+    @staticmethod
+    def lift_chits(conn: sqlite3.Connection, lift: str) -> list[sqlite3.Row]:
+        """Every chit of a lift this node holds: (tally, cuid, uuid, state, units, issuer)."""
+        return conn.execute(
+            "SELECT tally, cuid, uuid, state, units, issuer FROM chits WHERE lift = ?"
+            " ORDER BY seq", (lift,),
+        ).fetchall()
 
     def set_error(self, conn: sqlite3.Connection, tally_uuid: str, cuid: str, error: str) -> None:
         """Record the partner's last refusal; the cached holding stays valid."""
@@ -199,8 +268,8 @@ class Ledger:
         chit = local_chit.chit
         conn.execute(
             "INSERT INTO chits (tally, cuid, uuid, issuer, type, units, memo, date, state, hash,"
-            " body, block, chain_index, chain_hash, created, updated)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " body, block, chain_index, chain_hash, lift, created, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (tally, cuid, uuid) DO UPDATE SET state = excluded.state,"
             " hash = excluded.hash, body = excluded.body, block = excluded.block,"
             " chain_index = excluded.chain_index, chain_hash = excluded.chain_hash,"
@@ -209,7 +278,7 @@ class Ledger:
              chit["memo"], chit["date"], local_chit.state, chit["hash"],
              pack({**chit, "chain": None}), None if block is None else pack(block),
              block["index"] if linked else None, block["hash"] if linked else None,
-             now_ms, now_ms),
+             _lift_of(chit), now_ms, now_ms),
         )  # fmt: skip
 
     @staticmethod
@@ -363,6 +432,17 @@ def _write_chain(
         " WHERE tally = ? AND cuid = ? AND uuid = ?",
         parked,
     )
+
+
+def _limits(local: LocalTally) -> tuple[int, int]:
+    """(the most the partner may owe this holder, the most it may owe the partner)."""
+    return (local.tally[local.side]["terms"]["limit"],
+            local.tally[local.partner_side]["terms"]["limit"])
+
+
+def _lift_of(chit: dict[str, Any]) -> str | None:
+    ref = chit["ref"]
+    return ref.get("lift") if chit["type"] == "lift" and isinstance(ref, dict) else None
 
 
 def _partner(local: LocalTally) -> tuple[str | None, str | None]:

@@ -19,11 +19,13 @@ survives either way; only a power cut could lose the last commits).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -153,6 +155,8 @@ class Database:
         self._stopped = False
         self.commits = 0
         self.jobs = 0
+        self.errors = 0  # failures of ours (disk full, I/O error, locked): never the caller's
+        self.last_error: str | None = None
 
     @classmethod
     def open(cls, path: Path | str, *, shared: SharedWriter | None = None,
@@ -193,6 +197,11 @@ class Database:
         else:
             self._shared.put(self, job)
 
+    def reading(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run the repository function ``fn`` on the read connection (event loop, no wait):
+        it sees the last committed state."""
+        return fn(self._reader)
+
     def read(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
         return self._reader.execute(sql, params).fetchall()
 
@@ -231,14 +240,18 @@ class Database:
                     job.result = job.fn(conn)
                 except BaseException as exc:  # the job's own failure: undo it alone
                     job.error = exc
+                    if isinstance(exc, sqlite3.Error):
+                        self._failed(exc)
                     conn.execute("ROLLBACK TO job")
                 conn.execute("RELEASE job")
             conn.execute("COMMIT")
             self.commits += 1
             self.jobs += len(batch)
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            self._failed(exc)
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
             failure = DatabaseError(f"commit failed, nothing in this batch was written: {exc}")
             for job in batch:
                 job.error = failure
@@ -249,6 +262,13 @@ class Database:
         events = [job.done for job in batch if job.done is not None]
         if events:
             self._token.run_sync_soon(_set_all, events)
+
+    def _failed(self, exc: sqlite3.Error) -> None:
+        """Count and log loudly a failure of the database itself (it is shown by getinfo)."""
+        self.errors += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        _log.error("database write failed (%s); the work is not lost: messages stay unacked"
+                   " and are retried by their senders", self.last_error)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -284,6 +304,15 @@ def _log_unwaited_failure(error: BaseException) -> None:
     _log.error("background database job failed: %s", error)
 
 
+def _make_private(path: Path) -> None:
+    """The database holds signing seeds: it is 0600 whatever the umask. SQLite gives its
+    -wal and -shm files the database file's mode; ones left by an older run are fixed too."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(file, 0o600)
+
+
 class _DatabaseContext:
     def __init__(self, path: Path, shared: SharedWriter | None, synchronous: str) -> None:
         self.path = path
@@ -294,10 +323,11 @@ class _DatabaseContext:
     async def __aenter__(self) -> Database:
         writer = None
         try:
+            _make_private(self.path)
             writer = _connect(self.path, synchronous=self.synchronous)
             migrate(writer)
             reader = _connect(self.path, readonly=True)
-        except (sqlite3.Error, SchemaError) as exc:
+        except (sqlite3.Error, SchemaError, OSError) as exc:
             if writer is not None:
                 writer.close()
             raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
@@ -311,3 +341,17 @@ class _DatabaseContext:
         assert self.db is not None
         with trio.CancelScope(shield=True):
             await self.db._close()
+
+
+@contextlib.contextmanager
+def savepoint(conn: sqlite3.Connection, name: str = "step") -> Iterator[None]:
+    """Undo what the block wrote if it raises (the exception propagates), keep it otherwise:
+    part of a transaction that can fail alone."""
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")

@@ -21,6 +21,7 @@ class OutboxRow:
     action: str
     body: bytes
     tries: int
+    created: int = 0
 
 
 def enqueue(
@@ -43,7 +44,7 @@ def enqueue(
 
 def pending(conn: sqlite3.Connection, after_seq: int = 0, limit: int = 1000) -> list[OutboxRow]:
     rows = conn.execute(
-        "SELECT seq, id, peer, address, target, action, body, tries FROM outbox"
+        "SELECT seq, id, peer, address, target, action, body, tries, created FROM outbox"
         " WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
         (after_seq, limit),
     ).fetchall()
@@ -65,3 +66,8 @@ def mark_failed(conn: sqlite3.Connection, message_id: bytes, error: str) -> Outb
 
 def record_tries(conn: sqlite3.Connection, tries: Iterable[tuple[int, bytes]]) -> None:
     conn.executemany("UPDATE outbox SET tries = ? WHERE id = ?", tries)
+
+def waiting_peers(conn: sqlite3.Connection) -> set[str]:
+    """The peers we have something pending for."""
+    return {row[0] for row in conn.execute(
+        "SELECT DISTINCT peer FROM outbox WHERE state = 'pending'")}

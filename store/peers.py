@@ -32,3 +32,7 @@ def all_peers(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 def address_of(conn: sqlite3.Connection, agent: str) -> str | None:
     row = conn.execute("SELECT address FROM peers WHERE agent = ?", (agent,)).fetchone()
     return row[0] if row else None
+
+
+def delete(conn: sqlite3.Connection, agent: str) -> None:
+    conn.execute("DELETE FROM peers WHERE agent = ?", (agent,))

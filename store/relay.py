@@ -14,7 +14,6 @@ _COLUMNS = (
     "request_id, status, source, address, nonce, confidential, required, query_id, deadline,"
     " view, result, signers, error, created, updated"
 )
-SELECT_REQUEST = f"SELECT {_COLUMNS} FROM relay_requests WHERE request_id = ?"
 
 
 def _marks(values: Sequence[int]) -> str:
@@ -44,7 +43,8 @@ def insert(
 
 
 def get(conn: sqlite3.Connection, request_id: str) -> sqlite3.Row | None:
-    return conn.execute(SELECT_REQUEST, (request_id,)).fetchone()
+    return conn.execute(f"SELECT {_COLUMNS} FROM relay_requests WHERE request_id = ?",
+                        (request_id,)).fetchone()
 
 
 def transition(
@@ -86,11 +86,12 @@ def overdue(
     ).fetchall()
 
 
-def next_deadline(statuses: Sequence[int]) -> tuple[str, tuple[int, ...]]:
-    """SQL and parameters (for the read connection) of the earliest deadline among requests
-    in ``statuses``."""
-    return (f"SELECT min(deadline) FROM relay_requests WHERE status IN ({_marks(statuses)})",
-            tuple(statuses))
+def next_deadline(conn: sqlite3.Connection, statuses: Sequence[int]) -> int | None:
+    """The earliest deadline among requests in ``statuses``, if any."""
+    return conn.execute(
+        f"SELECT min(deadline) FROM relay_requests WHERE status IN ({_marks(statuses)})",
+        tuple(statuses),
+    ).fetchone()[0]
 
 
 def retire(
@@ -129,3 +130,30 @@ def record_nonce(
 
 def prune_nonces(conn: sqlite3.Connection, before_ms: int) -> int:
     return conn.execute("DELETE FROM relay_nonces WHERE seen < ?", (before_ms,)).rowcount
+
+
+# --- source side: what the relay driver reads of the ledger ---------------------------------
+
+
+def user_totals(conn: sqlite3.Connection, cuid: str) -> tuple[int, int]:
+    """How many tallies user ``cuid`` holds and its net balance over them."""
+    count, balance = conn.execute(
+        "SELECT count(*), coalesce(sum(balance), 0) FROM tallies WHERE cuid = ?", (cuid,)
+    ).fetchone()
+    return count, balance
+
+
+def tally_holders(conn: sqlite3.Connection, uuid: str) -> list[sqlite3.Row]:
+    """This node's rows for a tally: one per holder (two when both users are ours)."""
+    return conn.execute(
+        "SELECT cuid, side, state, partner, body, balance, chain_length, chain_head, chain_conf"
+        " FROM tallies WHERE uuid = ? ORDER BY side", (uuid,),
+    ).fetchall()
+
+
+def holder_chits(conn: sqlite3.Connection, uuid: str, cuid: str) -> list[sqlite3.Row]:
+    """The chits of one holder of a tally, in chain order (the unordered ones last)."""
+    return conn.execute(
+        "SELECT body, state, chain_index, chain_hash FROM chits WHERE tally = ? AND cuid = ?"
+        " ORDER BY chain_index IS NULL, chain_index, seq", (uuid, cuid),
+    ).fetchall()

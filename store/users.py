@@ -22,8 +22,16 @@ def get(conn: sqlite3.Connection, cuid: str) -> sqlite3.Row | None:
     ).fetchone()
 
 
-LIST = "SELECT cuid, name, public, created FROM users ORDER BY cuid"  # never the seed
-
-
 def all_users(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    return conn.execute(LIST).fetchall()
+    """Every user, by cuid, without its seed."""
+    return conn.execute("SELECT cuid, name, public, created FROM users ORDER BY cuid").fetchall()
+
+
+def count(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM users").fetchone()[0]
+
+
+def exists(conn: sqlite3.Connection, cuid: str) -> bool:
+    return conn.execute("SELECT 1 FROM users WHERE cuid = ?", (cuid,)).fetchone() is not None
+
+

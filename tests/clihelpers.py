@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 AGENTD = [sys.executable, "-m", "agentd"]
@@ -70,3 +70,12 @@ def running(infos: dict[str, dict]) -> Iterator[dict[str, subprocess.Popen]]:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` (a process, a file) until true; fail naming ``what`` on timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.02)

@@ -18,6 +18,8 @@ import trio
 
 from agentd.localnodes import local_config, start_node
 from agentd.runtime.node import Node
+from agentd.runtime.peers import PeerUnreachable
+from agentd.runtime.transport import Channel
 from protocol.keys import SigningKey
 
 node_config = local_config  # a parsed config; ``sections`` adds tables like ``clearinghouse``
@@ -62,17 +64,18 @@ class Network:
 
 @contextlib.asynccontextmanager
 async def network(tmp_path: Path, n: int, *, clearinghouse: int | None = None,
+                  sections: dict[str, Any] | None = None,
                   **node_keys: Any) -> AsyncIterator[Network]:
+    """``sections`` adds top-level config tables (e.g. ``relay``, ``lift``) to every node."""
     async with trio.open_nursery() as nursery:
         net = Network(nursery, tmp_path)
-        sections = None
         started: dict[int, Node] = {}
         if clearinghouse is not None:
             house = await net.start(f"n{clearinghouse}", SigningKey.generate(),
-                                    roles=["clearinghouse"], **node_keys)
+                                    roles=["clearinghouse"], sections=sections, **node_keys)
             started[clearinghouse] = house
-            sections = {"clearinghouse": {"agent": house.agent_id,
-                                          "address": house.listen_address}}
+            sections = {**(sections or {}), "clearinghouse": {
+                "agent": house.agent_id, "address": house.listen_address}}
         for i in range(n):
             if i not in started:
                 started[i] = await net.start(f"n{i}", SigningKey.generate(), sections=sections,
@@ -95,4 +98,21 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> 
     raise AssertionError(f"condition not reached within {timeout} s: {predicate.__doc__ or ''}")
 
 
-__all__ = ["Network", "network", "node_config", "start_node", "wait_for"]
+__all__ = ["Network", "dial_failures", "network", "node_config", "start_node", "wait_for"]
+
+
+def dial_failures(node: Node) -> list[str]:
+    """Record each failed dial of ``node``'s pump from now on (the list fills as it happens):
+    a test waits on it to know the pump really tried, and failed, to reach a peer."""
+    failures: list[str] = []
+    connect = node.peers.connect
+
+    async def recording(agent: str, address: str | None) -> Channel:
+        try:
+            return await connect(agent, address)
+        except PeerUnreachable as exc:
+            failures.append(str(exc))
+            raise
+
+    node.peers.connect = recording  # type: ignore[method-assign]
+    return failures

@@ -79,7 +79,7 @@ def test_shared_process_refusal_and_offline_receipt_audit(evidence_network):
 def test_bench_ch_runs_end_to_end_and_reports_its_figures(tmp_path):
     out = tmp_path / "ch.json"
     result = cli("bench", "ch", "--quick", "--clients", "1", "--seconds", "1", "--batch", "20",
-                 "--json", str(out))
+                 "--no-goals", "--json", str(out))  # too short a run to judge its goal
     assert "ratio" in result.stdout and "one entry per ch.log call" in result.stdout
     figures = json.loads(out.read_text())
     assert figures["receipts"] > 0 and figures["receipts_s"] > 0 and figures["jwt_sign_s"] > 0

@@ -14,9 +14,8 @@ import pytest
 import trio
 
 from agentd.rpc import REFUSED, TIMEOUT, RpcError
-from agentd.runtime.context import Reject, Tx
+from agentd.runtime.context import Reject
 from agentd.runtime.node import Node
-from agentd.services.clearing.client import log_evidence
 from protocol import clearing as ch
 from protocol import receipts as rc
 from protocol.keys import SigningKey
@@ -63,13 +62,11 @@ def receipts(node: Node, pid: str | None = None) -> list:
 async def evidence(node: Node, count: int, pid: str, owners: list[str], kind: str = "test"
                    ) -> None:
     """Queue ``count`` evidence logs in one transaction, as a service would."""
-    def job(conn):
-        tx = Tx(node, conn, node.now_ms())
+    def work(tx):
         for n in range(count):
-            log_evidence(tx, pid, owners, kind, {"n": n}, ref=f"{kind}-{n}")
-        return tx
+            node.evidence.log(tx, pid, owners, kind, {"n": n}, ref=f"{kind}-{n}")
 
-    (await node.db.write(job)).committed()
+    await node.transact(work)
 
 
 async def test_access_matrix_refusals_change_nothing(tmp_path):
@@ -220,13 +217,13 @@ async def test_concurrent_ch_log_calls_are_batched_and_each_gets_its_receipt(tmp
         await carol.rpc.call("ch.log", {"pid": "carols", "payload": "mine"})
         await alice.rpc.call("ch.log", {"pid": "many", "payload": "warm-up"})
         sizes: list[int] = []
-        send_batch = alice.evidence._send_batch
+        send_batch = alice.evidence.sender._send_batch
 
         async def spy(batch: list) -> None:
             sizes.append(len(batch))
             await send_batch(batch)
 
-        alice.evidence._send_batch = spy  # type: ignore[method-assign]
+        alice.evidence.sender._send_batch = spy  # type: ignore[method-assign]
         results: dict[int, dict] = {}
         refusals: list[str] = []
 
@@ -327,7 +324,8 @@ async def test_evidence_logged_together_goes_as_one_batch_under_one_signature(tm
         house, alice, bob = net.nodes
         owners = [alice.agent_id, bob.agent_id]
         await evidence(alice, 1, "tally-3", owners, "tally.open")  # the process exists now
-        await wait_for(lambda: len(receipts(alice)) == 1)
+        # ... and its receipt is checked: the keys request it needed has been answered too
+        await wait_for(lambda: [r["status"] for r in receipts(alice)] == ["valid"])
         before = house.db.read_one("SELECT count(*) FROM inbox")[0]
         await evidence(alice, 40, "tally-3", owners, "chit.good")  # one transaction
         await wait_for(lambda: len(receipts(alice)) == 41)
@@ -351,14 +349,13 @@ async def test_a_refused_entry_of_an_evidence_batch_is_kept_as_refused(tmp_path)
         await evidence(alice, 1, "mine", [alice.agent_id], "tally.open")
         await wait_for(lambda: len(receipts(alice)) == 1)
 
-        def job(conn):
-            tx = Tx(alice, conn, alice.now_ms())
-            log_evidence(tx, "mine", [alice.agent_id], "chit.good", {"n": 1}, ref="ok-1")
-            log_evidence(tx, "bobs", [alice.agent_id], "chit.good", {"n": 2}, ref="refused")
-            log_evidence(tx, "mine", [alice.agent_id], "chit.good", {"n": 3}, ref="ok-2")
-            return tx
+        def work(tx):
+            log = alice.evidence.log
+            log(tx, "mine", [alice.agent_id], "chit.good", {"n": 1}, ref="ok-1")
+            log(tx, "bobs", [alice.agent_id], "chit.good", {"n": 2}, ref="refused")
+            log(tx, "mine", [alice.agent_id], "chit.good", {"n": 3}, ref="ok-2")
 
-        (await alice.db.write(job)).committed()
+        await alice.transact(work)
         await wait_for(lambda: len(receipts(alice)) == 3)
         refused = alice.db.read("SELECT ref, error FROM ch_requests WHERE state = 'refused'")
         assert [(r["ref"], r["error"].split(":")[0]) for r in refused] == [
@@ -373,7 +370,7 @@ async def test_evidence_left_waiting_by_a_stopped_node_is_sent_when_it_starts(tm
         _, alice = net.nodes
         await evidence(alice, 1, "tally-4", [alice.agent_id], "tally.open")
         await wait_for(lambda: len(receipts(alice)) == 1)
-        alice.evidence._evidence_due = lambda: None  # as if the node stopped before sending
+        alice.evidence.sender.evidence_due = lambda: None  # as if the node stopped before sending
         await evidence(alice, 5, "tally-4", [alice.agent_id], "chit.good")
         await trio.sleep(0.2)
         waiting = alice.db.read_one("SELECT count(*) FROM ch_requests WHERE state = 'waiting'")

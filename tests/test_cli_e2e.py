@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agentd.rpc import RpcError
 from agentd.rpc import call as rpc_call
-from tests.clihelpers import AGENTD, add_peer, cli, init, running
+from tests.clihelpers import AGENTD, add_peer, cli, init, running, wait_until
 
 
 @pytest.fixture
@@ -53,8 +52,12 @@ def test_three_nodes_through_the_cli_then_sigterm(three_nodes):
     assert added["address"].startswith(f"carol:{infos['c']['agent']}@")
     users = json.loads(cli("-c", c, "users.list").stdout)
     assert [u["cuid"] for u in users] == ["carol"]
-    methods = {m["method"]: m for m in json.loads(cli("-c", a, "help").stdout)}
-    assert methods["peers.ping"]["params"] == ["agent", "count?"]
+    sock = Path(a).parent / "data" / "agentd.sock"
+    methods = {m["method"]: m for m in rpc_call(sock, "help", {})}  # the node's own registry
+    assert methods["peers.ping"]["params"] == [
+        {"name": "agent", "type": "str", "required": True},
+        {"name": "count", "type": "int", "required": False, "default": 1}]
+    assert rpc_call(sock, "help", {"method": "stop"})[0]["doc"].startswith("Stop the node")
     assert "``" not in methods["relay.query"]["doc"] and methods["relay.query"]["doc"]
     assert {"tally.invite", "chit.pay", "ch.log", "relay.wait", "stop"} <= set(methods)
     peers = json.loads(cli("-c", a, "peers.list").stdout)
@@ -99,6 +102,13 @@ def test_ready_is_sent_to_notify_socket(tmp_path):
                                    env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
                                    stderr=subprocess.DEVNULL)
         try:
+            assert notify.recv(64) == b"READY=1"
+            before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            process.send_signal(signal.SIGHUP)  # systemd's reload protocol, as Type=notify-reload
+            reloading, stamp = notify.recv(128).decode().split("\n")
+            assert reloading == "RELOADING=1" and stamp.startswith("MONOTONIC_USEC=")
+            assert before <= int(stamp.removeprefix("MONOTONIC_USEC=")) <= \
+                time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
             assert notify.recv(64) == b"READY=1"
             process.terminate()
             assert notify.recv(64) == b"STOPPING=1"
@@ -193,13 +203,30 @@ def test_sighup_and_reload_apply_new_peers_and_refuse_a_bad_config(tmp_path):
         assert {"bob", "carol"} <= names
 
         Path(alice).write_text(Path(alice).read_text() + "\n[node2]\nx = 1\n")
-        with pytest.raises(RpcError) as refused:  # straight to the socket: the CLI itself
-            rpc_call(Path(alice).parent / "data" / "agentd.sock", "reload", {})  # reads it
-        assert refused.value.reason == "BAD_CONFIG" and "node2" in refused.value.message
+        refused = cli("-c", alice, "reload", check=False)  # the CLI reads only data_dir
+        assert refused.returncode == 1
+        error = json.loads(refused.stderr)
+        assert error["reason"] == "BAD_CONFIG" and "node2" in error["message"]
         processes["alice"].send_signal(signal.SIGHUP)  # logged, and the node keeps running
-        time.sleep(0.3)
+        log = Path(alice).parent / "agentd.log"
+        wait_until(lambda: "reload refused, the running config is kept" in log.read_text(),
+                   "the refused reload is logged")
         assert processes["alice"].poll() is None
-        log = (Path(alice).parent / "agentd.log").read_text()
-        assert "reload refused, the running config is kept" in log
         rpc_call(Path(alice).parent / "data" / "agentd.sock", "peers.ping",
                  {"agent": infos["carol"]["agent"]})  # the peers reloaded before still work
+
+
+def test_a_broken_config_still_reaches_the_node_and_text_prints_as_itself(tmp_path):
+    info = init(tmp_path, "n")
+    config = Path(info["config"])
+    with running({"n": info}) as processes:
+        refused = cli("-c", str(config), "users.add", "cuid=zoë", check=False)
+        assert refused.returncode == 1
+        assert "'zoë'" in refused.stderr and "ASCII letters" in refused.stderr
+        config.write_text(config.read_text() + "\n[node.oops\n")  # no longer TOML
+        reload = cli("-c", str(config), "reload", check=False)
+        assert reload.returncode == 1
+        error = json.loads(reload.stderr)
+        assert error["reason"] == "BAD_CONFIG" and "not valid TOML" in error["message"]
+        assert cli("-c", str(config), "stop").returncode == 0
+        assert processes["n"].wait(timeout=10) == 0

@@ -7,8 +7,8 @@ import signal
 import sqlite3
 
 from agentd.localnodes import free_ports, spawn, write_node
-from agentd.runtime.context import Tx
 from protocol.keys import ChipAddress
+from protocol.messages import Send
 from tests.netfixture import network, wait_for
 
 
@@ -28,13 +28,8 @@ async def test_receiver_killed_mid_stream(tmp_path):
             to = ChipAddress(agent=key.agent_id, host="127.0.0.1", port=port)
             sent: list[bytes] = []
             for _ in range(20):  # 20 transactions of 100 one-way notes
-                def job(conn):
-                    tx = Tx(sender, conn, sender.now_ms())
-                    return tx, [tx.send(to, "node", "note", {}) for _ in range(100)]
-
-                tx, ids = await sender.db.write(job)
-                tx.committed()
-                sent += ids
+                sent += await sender.transact(
+                    lambda tx: [tx.send(Send(to, "node", "note", {})) for _ in range(100)])
             await wait_for(lambda: (receiver_dir / "agentd.db").exists())
             await wait_for(lambda: sender.pump.depth < 1900, timeout=20)
             process.send_signal(signal.SIGKILL)  # mid-stream, no clean shutdown

@@ -13,14 +13,15 @@ import trio
 
 from agentd.config import AccessRule
 from agentd.rpc import NOT_FOUND, RpcError
-from agentd.runtime.context import Reject, Tx
+from agentd.runtime.context import Reject
 from agentd.runtime.node import Node
-from agentd.services.credit.service import ticket_tally_uuid
+from agentd.services.credit.tallies import ticket_tally_uuid
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
 from protocol.codec import pack, unpack
 from protocol.keys import SigningKey, b64u
+from protocol.messages import Send
 from store import outbox
 from store.credit import Ledger
 from store.schema import migrate
@@ -100,13 +101,8 @@ async def send_raw(sender: Node, to: Node, to_cuid: str, target: str, action: st
     """Queue a hand-made message; returns its id."""
     address = to.own_address(to_cuid)
 
-    def job(conn):
-        tx = Tx(sender, conn, sender.now_ms())
-        return tx, tx.send(address, target, action, obj, from_cuid=from_cuid)
-
-    tx, message_id = await sender.db.write(job)
-    tx.committed()
-    return message_id
+    return await sender.transact(
+        lambda tx: tx.send(Send(address, target, action, obj, from_cuid=from_cuid)))
 
 
 async def refusal_of(sender: Node, message_id: bytes) -> str:
@@ -474,7 +470,7 @@ async def test_bad_tickets_are_refused_with_the_reason(tmp_path):
         await rpc(b, "tally.request", cuid="bob", ticket=once["ticket"])
         reused = await refused(b, "tally.request", cuid="carol", ticket=once["ticket"])
         assert reused.reason == "BAD_TICKET" and "already used" in reused.message
-        forged = t.make_ticket(a.own_address("alice"), "guessed-token", a.now_ms() + 60_000)
+        forged = t.make_ticket(a.own_address("alice"), "guessed-token", a.clock.now_ms() + 60_000)
         unknown = await refused(b, "tally.request", cuid="bob", ticket=t.encode_ticket(forged))
         assert unknown.reason == "BAD_TICKET" and "never issued" in unknown.message
         garbled = await refused(b, "tally.request", cuid="bob", ticket="not-a-ticket")
@@ -583,7 +579,7 @@ async def test_chits_for_a_tally_that_is_not_open_and_replays(tmp_path):
             def job(conn):
                 outbox.enqueue(conn, message_id=envelope["id"], peer=a.agent_id,
                                address=a.listen_address, target="chit", action="good",
-                               body=pack(envelope), now_ms=b.now_ms())
+                               body=pack(envelope), now_ms=b.clock.now_ms())
 
             await wait_for(lambda: b.db.read_one(
                 "SELECT 1 FROM outbox WHERE id = ?", (envelope["id"],)) is None)

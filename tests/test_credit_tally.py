@@ -534,3 +534,18 @@ def test_check_tally_names_the_bad_field(path: tuple[str, ...], value: Any, fiel
 def test_a_certificate_must_name_a_user() -> None:
     agentless = ChipAddress(agent=ALICE.agent.agent_id)
     assert refusal(t.make_cert, agentless, "x", ALICE.key.public, NOW).code == "bad_field"
+
+
+def test_follow_starts_the_chain_once_reopens_and_closes() -> None:
+    holder, _ = negotiate()
+    assert holder.state in t.BINDING_STATES
+    local, happened = t.follow(holder, has_chain=False, balance=0, quiet=True)
+    assert happened == (t.START_CHAIN,) and local == holder
+    assert t.follow(holder, has_chain=True, balance=0, quiet=True) == (holder, ())
+    closing, _ = t.close(in_state(t.OPEN))
+    assert t.follow(closing, has_chain=True, balance=5, quiet=True)[1] == ()  # still owed
+    assert t.follow(closing, has_chain=True, balance=0, quiet=False)[1] == ()  # chain moving
+    closed, happened = t.follow(closing, has_chain=True, balance=0, quiet=True)
+    assert (closed.state, happened) == (t.CLOSE, (t.CLOSED,))
+    reopened, happened = t.follow(closed, has_chain=True, balance=-3, quiet=True)
+    assert (reopened.state, happened) == (t.C_OPEN, (t.REOPENED,))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -38,3 +39,80 @@ def test_text_lines_name_the_node(capsys):
     err = capsys.readouterr().err
     assert "hidden" not in err
     assert " bob WARNING agentd.test: peer unreachable" in err
+
+
+def test_events_keep_their_fields_and_timestamps_are_full(capsys):
+    from agentd.logs import event
+
+    setup_logging("alice", "info", "json")
+    event(logging.getLogger("agentd.credit"), "tally state", tally="T1", state="open",
+          was="offer.open", memo=None)
+    entry = json.loads(capsys.readouterr().err)
+    assert entry["msg"] == "tally state tally=T1 state=open was=offer.open"
+    assert (entry["tally"], entry["state"], entry["was"]) == ("T1", "open", "offer.open")
+    assert "memo" not in entry
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["ts"])
+    setup_logging("alice", "info", "text")
+    logging.getLogger("agentd.test").info("hello ë")
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z alice INFO agentd.test: hello ë",
+                    capsys.readouterr().err)
+
+
+def test_repeated_warnings_are_held_back_and_counted():
+    from agentd.logs import RepeatFilter
+
+    now = [0.0]
+    limiter = RepeatFilter(window=60, clock=lambda: now[0])
+
+    def record(text: str, level: int = logging.WARNING) -> logging.LogRecord:
+        return logging.LogRecord("agentd.peers", level, __file__, 1, text, None, None)
+
+    assert limiter.filter(record("dial bob failed"))
+    now[0] = 10
+    assert not limiter.filter(record("dial bob failed"))
+    assert not limiter.filter(record("dial bob failed"))
+    assert limiter.filter(record("dial carol failed"))  # other text passes
+    assert limiter.filter(record("all fine", logging.INFO))  # info is never held back
+    now[0] = 61
+    passed = record("dial bob failed")
+    assert limiter.filter(passed) and passed.repeated == 2
+
+
+async def test_peers_and_relay_requests_log_one_line_each(tmp_path, caplog):
+    from tests.netfixture import network
+
+    caplog.set_level(logging.INFO)
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await a.rpc.call("peers.ping", {"agent": b.agent_id})
+        connected = [r for r in caplog.records if r.getMessage().startswith("peer connected")]
+        assert {r.fields["agent"] for r in connected} == {a.agent_id, b.agent_id}
+        assert {r.fields["direction"] for r in connected} == {"in", "out"}
+        asked = await a.rpc.call("relay.query", {"address": f"{b.agent_id}/agentd/node:info"})
+        await a.rpc.call("relay.wait", {"request_id": asked["request_id"]})
+    states = [r.fields["state"] for r in caplog.records
+              if r.getMessage().startswith("relay request")
+              and r.fields["request"] == asked["request_id"]]
+    assert states[0] == "PENDING_ACK" and states[-1] in ("COMPLETED", "ERROR")
+    assert any(r.getMessage().startswith("peer lost") for r in caplog.records)
+
+
+async def test_tally_and_chit_state_changes_log_one_line_each(tmp_path, caplog):
+    from tests.netfixture import network
+    from tests.test_credit_service import open_tally, users
+
+    caplog.set_level(logging.INFO, logger="agentd.credit")
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")
+        paid = await a.rpc.call("chit.pay", {"cuid": "alice", "tally": tally, "units": 5})
+    lines = [r for r in caplog.records if getattr(r, "fields", {}).get("tally") == tally]
+    alice = [r.fields["state"] for r in lines
+             if r.getMessage().startswith("tally state") and r.fields["cuid"] == "alice"]
+    assert alice[0] == "draft" and alice[-1] == "open"
+    assert len(alice) == len(set(alice))  # one line per change, none repeated
+    chits = [r.fields for r in lines if r.getMessage().startswith("chit state")]
+    assert {"chit": paid["chit"], "tally": tally, "cuid": "alice", "state": "L.good",
+            "units": 5} in chits

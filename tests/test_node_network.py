@@ -6,9 +6,10 @@ import itertools
 
 import trio
 
-from agentd.runtime.context import Tx
+from agentd.runtime import outbox as outbox_pump
 from protocol.keys import ChipAddress
-from tests.netfixture import network, wait_for
+from protocol.messages import Send
+from tests.netfixture import dial_failures, network, wait_for
 
 
 async def test_five_nodes_ping_each_other(tmp_path):
@@ -29,14 +30,8 @@ async def test_five_nodes_ping_each_other(tmp_path):
 async def _queue_pings(node, to_node, count: int) -> list[bytes]:
     to = ChipAddress(agent=to_node.agent_id, host="127.0.0.1", port=to_node.port)
 
-    def job(conn):
-        tx = Tx(node, conn, node.now_ms())
-        ids = [tx.send(to, "node", "ping", {"seq": i}) for i in range(count)]
-        return tx, ids
-
-    tx, ids = await node.db.write(job)
-    tx.committed()
-    return ids
+    return await node.transact(
+        lambda tx: [tx.send(Send(to, "node", "ping", {"seq": i})) for i in range(count)])
 
 
 def _inbox_ids(node) -> set[bytes]:
@@ -69,8 +64,9 @@ async def test_outbox_survives_a_peer_that_is_down(tmp_path):
     async with network(tmp_path, n=2) as net:
         sender, receiver = net.nodes
         await net.stop(1)
+        failures = dial_failures(sender)
         ids = await _queue_pings(sender, receiver, 20)
-        await trio.sleep(0.5)
+        await wait_for(lambda: failures, timeout=10)  # the pump tried, and could not dial
         assert sender.pump.depth == 20
         receiver = await net.restart(1)
         await wait_for(lambda: set(ids) <= _inbox_ids(receiver), timeout=20)
@@ -106,3 +102,29 @@ async def test_idle_inbound_channel_is_closed_and_redialled(tmp_path):
         result = await a.rpc.call("peers.ping", {"agent": b.agent_id})
         assert len(result["rtt_ms"]) == 1
         assert a.counters.handshakes_ok == 2
+
+
+async def test_a_message_whose_ack_is_lost_is_resent_and_processed_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(outbox_pump, "ACK_TIMEOUT_MIN", 0.2)  # resend soon after silence
+    async with network(tmp_path, n=2) as net:
+        sender, receiver = net.nodes
+        settle = sender.dispatcher._settle
+        lost: list[bytes] = []
+
+        async def lose_first_ack(ack, from_agent):  # the ack never reaches the sender
+            if not lost:
+                lost.append(ack.ack)
+                return
+            await settle(ack, from_agent)
+
+        monkeypatch.setattr(sender.dispatcher, "_settle", lose_first_ack)
+        to = ChipAddress(agent=receiver.agent_id, host="127.0.0.1", port=receiver.port)
+        message_id = await sender.transact(lambda tx: tx.send(Send(to, "node", "note", {})))
+        await wait_for(lambda: sender.pump.depth == 0, timeout=20)  # acked the second time
+        assert lost == [message_id]
+        assert receiver.counters.messages_processed == 1  # processed once...
+        assert receiver.counters.duplicates >= 1  # ...the resent copy only acked
+        assert _inbox_ids(receiver) == {message_id}
+        with trio.fail_after(10):  # the acked row is deleted with the next batch of deletes
+            while sender.db.read_one("SELECT count(*) FROM outbox")[0]:
+                await trio.sleep(0.01)

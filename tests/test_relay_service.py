@@ -19,10 +19,11 @@ import trio
 from agentd.config import AccessRule, VerifyPolicy
 from agentd.errors import UserError
 from agentd.rpc import INVALID_PARAMS, NOT_FOUND, RpcError
-from agentd.runtime.context import Service, Tx
+from agentd.runtime.context import Service
 from agentd.runtime.node import Node
 from protocol.codec import canonical, digest, unpack
 from protocol.keys import ChipAddress, SigningKey
+from protocol.messages import Send
 from protocol.relay import (
     Ack,
     AckStatus,
@@ -41,7 +42,7 @@ from protocol.relay import (
     unseal,
     verify_view,
 )
-from tests.netfixture import Network, node_config, start_node, wait_for
+from tests.netfixture import Network, dial_failures, node_config, start_node, wait_for
 
 
 @dataclasses.dataclass
@@ -110,12 +111,7 @@ async def send_raw(sender: Node, receiver: Node, action: str, obj: dict) -> str 
     """Send one relay message as ``sender`` would; returns the receiver's refusal or None."""
     to = ChipAddress(agent=receiver.agent_id, host="127.0.0.1", port=receiver.port)
 
-    def job(conn):
-        tx = Tx(sender, conn, sender.now_ms())
-        return tx, tx.send(to, "relay", action, obj)
-
-    tx, message_id = await sender.db.write(job)
-    tx.committed()
+    message_id = await sender.transact(lambda tx: tx.send(Send(to, "relay", action, obj)))
 
     def settled():
         """the message was acked (row deleted) or refused (row failed)"""
@@ -421,9 +417,10 @@ async def test_source_down_stays_pending_ack_and_completes_when_it_returns(tmp_p
         a, b = net[0], net[1]
         address = addr(b, "node:info")
         await net.net.stop(1)
+        failures = dial_failures(a)
         started = await a.rpc.call("relay.query", {"address": address, "timeout_s": 30})
         request_id = started["request_id"]
-        await trio.sleep(0.6)  # the pump has tried to dial, and keeps the query
+        await wait_for(lambda: failures, timeout=10)  # the pump tried to dial, and keeps it
         state = await a.rpc.call("relay.state", {"request_id": request_id})
         assert state["status"] == "PENDING_ACK"
         assert a.pump.depth == 1

@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from store import Database, DatabaseError, SharedWriter, inbox, outbox, peers, users
+from store.db import savepoint
 from store.schema import SchemaError, migrate, migrations
 
 LATEST = migrations()[-1][0]
@@ -540,3 +541,19 @@ def test_a_gap_in_migration_numbers_is_refused(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(schema.resources, "files", lambda package: Folder())
     with pytest.raises(schema.SchemaError, match=r"003_late\.sql is out of sequence"):
         schema.migrations()
+
+
+async def test_a_savepoint_undoes_its_block_alone_when_it_raises(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "s.db") as db:
+        def job(conn: sqlite3.Connection) -> None:
+            _insert_meta("before")(conn)
+            with pytest.raises(ValueError), savepoint(conn):
+                _insert_meta("undone")(conn)
+                raise ValueError("refused")
+            with savepoint(conn):
+                _insert_meta("kept")(conn)
+
+        await db.write(job)
+        assert _meta_keys(db) >= {"before", "kept"}
+        assert "undone" not in _meta_keys(db)
+        assert db.reading(lambda conn: users.all_users(conn)) == []

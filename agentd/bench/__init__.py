@@ -6,6 +6,7 @@ timed tests, which are flaky on shared machines.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import statistics
@@ -17,13 +18,55 @@ BENCHMARKS = {
     "relay": "agentd.bench.relay",
     "chits": "agentd.bench.chits",
     "ch": "agentd.bench.clearing",
+    "abuse": "agentd.bench.abuse",
+    "lifts": "agentd.bench.lifts",
     "sim": "agentd.bench.sim",
 }
 
 
+def usage() -> str:
+    """Every benchmark with the first sentence of its module's docstring, as plain text."""
+    from agentd.methods import first_paragraph
+
+    lines = ["usage: agentd bench NAME [--quick] [--json FILE] [--no-goals] [options]",
+             "       agentd bench NAME --help   (that benchmark's options)", "",
+             "benchmarks:"]
+    width = max(len(name) for name in BENCHMARKS)
+    for name, module_name in BENCHMARKS.items():
+        try:
+            doc = importlib.import_module(module_name).__doc__
+        except ModuleNotFoundError:
+            doc = "(not built yet)"
+        summary = first_paragraph(doc).split(": ", 1)[-1].split(". ")[0].rstrip(".")
+        lines.append(f"  {name:<{width}}  {summary}")
+    lines += ["", "A benchmark prints its figures against its goals; a missed goal prints",
+              "'goal missed: ...' and exits 1 unless --no-goals is given."]
+    return "\n".join(lines) + "\n"
+
+
+def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's argument parser: plain-text description, --quick, --json, --no-goals."""
+    from agentd.methods import plain
+
+    made = argparse.ArgumentParser(prog=prog, description=plain(doc),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    made.add_argument("--json", metavar="FILE", help="write the figures as a flat JSON map")
+    made.add_argument("--no-goals", action="store_true",
+                      help="print missed goals but exit 0 (for exploring settings)")
+    return made
+
+
+def verdict(goals: list[tuple[str, bool]], no_goals: bool) -> int:
+    """Print each goal missed; exit status 1 if one was, unless ``--no-goals``."""
+    missed = [label for label, met in goals if not met]
+    for label in missed:
+        print(f"goal missed: {label}")
+    return 1 if missed and not no_goals else 0
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: agentd bench {" + ",".join(BENCHMARKS) + "} [--quick] [--json FILE]")
+        print(usage(), end="")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     module_name = BENCHMARKS.get(name)

@@ -14,7 +14,6 @@ per second, what one core could do if signatures were all there was to it.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import sys
 import tempfile
@@ -24,7 +23,8 @@ from typing import Any
 
 import trio
 
-from agentd.bench import table, write_json
+from agentd.bench import parser as bench_parser
+from agentd.bench import table, verdict, write_json
 from agentd.localnodes import (
     free_ports,
     local_config,
@@ -118,13 +118,12 @@ async def measure(count: int, batch: int, in_flight: int, workdir: Path) -> dict
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="agentd bench chits", description=__doc__)
+    parser = bench_parser("agentd bench chits", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
     parser.add_argument("--count", type=int, help="chits in all (half from each side)")
     parser.add_argument("--batch", type=int, default=100, help="payments per chit.pay_many")
     parser.add_argument("--in-flight", type=int, default=4,
                         help="chit.pay_many calls outstanding per side")
-    parser.add_argument("--json", metavar="FILE", help="write the figures as a flat JSON map")
     options = parser.parse_args(argv)
     count = options.count or (2_000 if options.quick else 20_000)
     samples = 2_000 if options.quick else 10_000
@@ -147,4 +146,5 @@ def main(argv: list[str]) -> int:
         ("ratio", f"{figures['ratio']:>10.2f}x the crypto bound (goal >= 0.5x)"),
     ]))
     write_json(options.json, figures)
-    return 0
+    return verdict([(f"{figures['ratio']:.2f}x the crypto bound (goal >= 0.5x)",
+                     figures["ratio"] >= 0.5)], options.no_goals)

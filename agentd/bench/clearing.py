@@ -33,11 +33,13 @@ from pathlib import Path
 import jwt
 import trio
 
-from agentd.bench import percentile, table, write_json
+from agentd.bench import parser as bench_parser
+from agentd.bench import percentile, table, verdict, write_json
 from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
 from protocol import clearing as ch
 from protocol import receipts as rc
 from protocol.keys import SigningKey
+from store import clearing as clearing_store
 
 
 def signing_rate(seconds: float) -> float:
@@ -190,7 +192,7 @@ def run(options: argparse.Namespace, workdir: Path) -> dict[str, float]:
             drive, cluster.client_sockets, SINGLE_CONCURRENCY, options.seconds / 2, 1)
         time.sleep(0.2)
         with sqlite3.connect(cluster.house_db) as conn:
-            entries = conn.execute("SELECT count(*) FROM ch_entries").fetchone()[0]
+            entries = clearing_store.entry_count(conn)
     warm_ups = 2 * options.clients
     if entries < count + single_count + warm_ups:
         raise RuntimeError(f"{count + single_count} receipts returned but only "
@@ -222,9 +224,8 @@ def run(options: argparse.Namespace, workdir: Path) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="agentd bench ch", description=__doc__)
+    parser = bench_parser("agentd bench ch", __doc__)
     parser.add_argument("--quick", action="store_true", help="a short run (3 s of load)")
-    parser.add_argument("--json", metavar="FILE", help="write the figures as a flat JSON map")
     parser.add_argument("--clients", type=int, default=4, help="client nodes (default 4)")
     parser.add_argument("--concurrency", type=int, default=8, choices=range(1, 65),
                         metavar="1..64", help="concurrent calls per client (default 8; at "
@@ -258,4 +259,5 @@ def main(argv: list[str]) -> int:
           if "house_cpu_ms_per_receipt" in figures else []),
     ]))
     write_json(options.json, figures)
-    return 0
+    return verdict([(f"{figures['ratio']:.2f}x the JWT signing rate (goal >= 0.4x)",
+                     figures["ratio"] >= 0.4)], options.no_goals)

@@ -11,7 +11,6 @@ ended in ERROR.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import tempfile
@@ -21,7 +20,8 @@ from typing import Any
 
 import trio
 
-from agentd.bench import percentile, table, write_json
+from agentd.bench import parser as bench_parser
+from agentd.bench import percentile, table, verdict, write_json
 from agentd.localnodes import (
     LocalNode,
     free_ports,
@@ -145,9 +145,8 @@ async def run(quick: bool, workdir: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="agentd bench relay", description=__doc__)
+    parser = bench_parser("agentd bench relay", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    parser.add_argument("--json", metavar="FILE", help="write the figures as a flat JSON map")
     options = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="agentd-bench-relay-") as tmp:
         figures = trio.run(run, options.quick, Path(tmp))
@@ -164,4 +163,12 @@ def main(argv: list[str]) -> int:
         ("unfinished / failed", f"{figures['unfinished']:>8} / {figures['failed']}  (goal 0)"),
     ]))
     write_json(options.json, figures)
-    return 0 if figures["unfinished"] == 0 and figures["failed"] == 0 else 1
+    goals = verdict([
+        (f"sequential p50 {figures['seq_p50_ms']:.2f} ms (goal <= 5)", figures["seq_p50_ms"] <= 5),
+        (f"sequential p99 {figures['seq_p99_ms']:.2f} ms (goal <= 25)",
+         figures["seq_p99_ms"] <= 25),
+        (f"concurrent {figures['concurrent_qps']:.0f} queries/s (goal >= 200)",
+         figures["concurrent_qps"] >= 200),
+    ], options.no_goals)
+    # unfinished or failed queries are wrong answers, not slow ones: --no-goals does not excuse
+    return 1 if figures["unfinished"] or figures["failed"] else goals

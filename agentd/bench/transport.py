@@ -13,7 +13,6 @@ Noise itself.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import sys
@@ -23,7 +22,8 @@ from pathlib import Path
 
 import trio
 
-from agentd.bench import table, write_json
+from agentd.bench import parser as bench_parser
+from agentd.bench import table, verdict, write_json
 from agentd.localnodes import (
     free_ports,
     local_config,
@@ -34,12 +34,12 @@ from agentd.localnodes import (
     write_node,
 )
 from agentd.rpc import call
-from agentd.runtime.context import Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.transport import Channel, Hello, initiate, respond
 from protocol.codec import pack
 from protocol.envelope import parse_frame
 from protocol.keys import ChipAddress, SigningKey
+from protocol.messages import Send
 
 
 class PlainSession:
@@ -169,13 +169,11 @@ async def durable_rate(count: int, workdir: Path) -> float:
             for first in range(0, count, batch):
                 size = min(batch, count - first)
 
-                def job(conn, n=size):
-                    tx = Tx(node, conn, node.now_ms())
+                def work(tx, n=size):
                     for _ in range(n):
-                        tx.send(to, "node", "note", {"pad": b"x" * 40})
-                    return tx
+                        tx.send(Send(to, "node", "note", {"pad": b"x" * 40}))
 
-                (await node.db.write(job)).committed()
+                await node.transact(work)
             while node.pump.depth:
                 await trio.sleep(0.005)
             elapsed = time.perf_counter() - started
@@ -216,9 +214,8 @@ async def run(quick: bool, workdir: Path) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="agentd bench transport", description=__doc__)
+    parser = bench_parser("agentd bench transport", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    parser.add_argument("--json", metavar="FILE", help="write the figures as a flat JSON map")
     options = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="agentd-bench-") as tmp:
         figures = trio.run(run, options.quick, Path(tmp))
@@ -241,4 +238,12 @@ def main(argv: list[str]) -> int:
     print("agentd bench transport" + (" --quick" if options.quick else ""))
     print(table(rows))
     write_json(options.json, {k: v for k, v in figures.items() if v is not None})
-    return 0
+    libp2p = figures["noise_vs_libp2p_small"]
+    return verdict([
+        (f"Noise {figures['noise_vs_plain_small']:.2f}x plain (goal >= 0.6x)",
+         figures["noise_vs_plain_small"] >= 0.6),
+        (f"durable {figures['durable_small_msgs_s']:,.0f} acked msgs/s (goal >= 10,000)",
+         figures["durable_small_msgs_s"] >= 10_000),
+        *([(f"agentd Noise {libp2p:.1f}x py-libp2p (goal >= 5x)", libp2p >= 5)]
+          if figures["libp2p_small_msgs_s"] else []),
+    ], options.no_goals)

@@ -1,8 +1,12 @@
-"""What every service gets: a transaction context, a refusal type, and the service shape.
+"""What every service gets: the runtime interface, a transaction context, and the service shape.
+
+A service is handed a :class:`Runtime` (and any other service it needs) through its
+constructor and sees nothing else of the node: identity, config, the database, the clock,
+replies, the peer address book, counters, registration, and one ``transact``.
 
 A service's ``handle(tx, envelope)`` runs on the database writer thread inside the
 transaction that also records the message id in the inbox. Whatever it writes, and every
-message it queues with ``tx.send``, commits together or not at all; ``Reject`` undoes the
+message it queues with ``tx.send``, commits together or not at all; a ``Reject`` undoes the
 lot and answers the sender with an error ack.
 """
 
@@ -10,82 +14,155 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from protocol.codec import pack
 from protocol.envelope import VERSION, Envelope
-from protocol.keys import ChipAddress, format_hostport
+from protocol.errors import Refusal
+from protocol.keys import ChipAddress, SigningKey, format_hostport
+from protocol.messages import Send
 from store import outbox
 
 if TYPE_CHECKING:
-    from agentd.runtime.node import Node
+    from agentd.config import Config
+    from agentd.runtime.clock import Clock
+    from agentd.runtime.counters import Counters
+    from agentd.runtime.outbox import OutboxPump
+    from agentd.runtime.replies import Replies
+    from store import Database
+
+T = TypeVar("T")
 
 
-class Reject(Exception):
-    """Refuse a message (or an RPC call) for good, with a stable code and a readable reason."""
+class Reject(Refusal):
+    """Refuse a message (or an RPC call) for good, with a stable code and a readable reason.
+    Any ``protocol.errors.Refusal`` does the same; ``agentd.runtime.refusals`` maps them."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
+
+@dataclass(slots=True)
+class Queued:
+    """A message written to the outbox in a transaction, for the pump once it commits."""
+
+    id: bytes
+    peer: str
+    address: str | None
+    envelope: dict[str, Any]
 
 
 class Tx:
-    """One transaction on the writer thread, with the node's identity at hand."""
+    """One transaction on the writer thread. Built by the runtime only (``transact``, the
+    dispatcher); a service uses ``conn``, ``now_ms``, ``send``, ``withdraw``, ``after_commit``."""
 
-    def __init__(self, node: Node, conn: sqlite3.Connection, now_ms: int) -> None:
-        self.node = node
+    def __init__(self, conn: sqlite3.Connection, now_ms: int,
+                 own_address: Callable[[str | None], ChipAddress], pump: OutboxPump) -> None:
         self.conn = conn
         self.now_ms = now_ms
-        self.sent: list[dict[str, Any]] = []
+        self.sent: list[Queued] = []
+        self._own_address = own_address
+        self._pump = pump
+        self._withdrawn: list[bytes] = []
         self._after: list[Callable[[], None]] = []
 
-    def send(
-        self,
-        to: ChipAddress,
-        target: str,
-        action: str,
-        obj: dict,
-        *,
-        from_cuid: str | None = None,
-        re: bytes | None = None,
-    ) -> bytes:
-        """Queue a message in the outbox, in this transaction; returns its id."""
+    def send(self, message: Send, *, re: bytes | None = None) -> bytes:
+        """Queue ``message`` in the outbox, in this transaction; returns its id."""
         message_id = os.urandom(16)
-        sender = self.node.own_address(from_cuid)
+        to = message.to
         envelope = Envelope(
-            id=message_id, target=target, action=action, object=obj, to=to, from_=sender,
-            try_=1, last=self.now_ms, re=re,
+            id=message_id, target=message.target, action=message.action, object=message.object,
+            to=to, from_=self._own_address(message.from_cuid), try_=1, last=self.now_ms, re=re,
         ).to_map()
         address = format_hostport(to.host, to.port) if to.host is not None else None
         outbox.enqueue(
-            self.conn, message_id=message_id, peer=to.agent, address=address, target=target,
-            action=action, body=pack(envelope), now_ms=self.now_ms,
+            self.conn, message_id=message_id, peer=to.agent, address=address,
+            target=message.target, action=message.action, body=pack(envelope),
+            now_ms=self.now_ms,
         )
-        self.sent.append({"id": message_id, "peer": to.agent, "address": address,
-                          "envelope": envelope})
+        self.sent.append(Queued(message_id, to.agent, address, envelope))
         return message_id
 
+    def withdraw(self, message_id: bytes, reason: str) -> None:
+        """Stop delivering a message queued earlier: its row is marked failed with ``reason``
+        in this transaction, and the pump drops it once this commits."""
+        outbox.mark_failed(self.conn, message_id, reason)
+        self._withdrawn.append(message_id)
+
     def after_commit(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the event loop once this transaction has committed."""
+        """Run ``fn`` on the event loop once this transaction has committed, before its
+        messages reach the pump (so a waiter registered here never misses the answer)."""
         self._after.append(fn)
 
     def committed(self) -> None:
-        """Called by the runtime after commit: hand sent messages to the pump, run hooks."""
-        for item in self.sent:
-            self.node.pump.add(item["id"], item["peer"], item["address"], item["envelope"], 0)
+        """Called by the runtime after commit: run hooks, then hand messages to the pump."""
         for fn in self._after:
             fn()
+        for message_id in self._withdrawn:
+            self._pump.withdraw(message_id)
+        for item in self.sent:
+            self._pump.add(item.id, item.peer, item.address, item.envelope, 0)
+
+
+class Runtime(Protocol):
+    """The node as a service sees it. Implemented by ``agentd.runtime.node.Node``."""
+
+    agent_id: str
+    key: SigningKey
+    config: Config
+    db: Database
+    clock: Clock
+    replies: Replies
+    counters: Counters
+
+    @property
+    def listen_address(self) -> str: ...
+
+    def own_address(self, cuid: str | None = None) -> ChipAddress:
+        """Our CHIP address (for user ``cuid``) as peers should dial it."""
+        ...
+
+    def address_of(self, agent: str) -> str | None:
+        """Where to dial ``agent``, if known."""
+        ...
+
+    def agent_at(self, address: str) -> str | None:
+        """The peer known to listen at ``address``."""
+        ...
+
+    def learn_peer(self, agent: str, address: str | None, name: str | None = None) -> None:
+        """Remember a peer's address (configured peers keep theirs)."""
+        ...
+
+    def connected(self, agent: str) -> bool:
+        """Whether a channel to ``agent`` is open now."""
+        ...
+
+    def register_target(self, service: Service) -> None:
+        """Deliver messages for ``service.target`` to ``service``."""
+        ...
+
+    def register_method(self, name: str, method: Callable[..., Awaitable[Any]]) -> None:
+        """Serve RPC method ``name``."""
+        ...
+
+    async def transact(self, work: Callable[[Tx], T]) -> T:
+        """Run ``work(tx)`` in one transaction on the writer thread; once it commits, hand
+        its messages to the pump and return its result. A protocol refusal raised by
+        ``work`` rolls everything back and is raised as a ``Reject``."""
+        ...
 
 
 class Service:
     """Base for a message target. Subclasses set ``target`` and implement ``handle``."""
 
     target: ClassVar[str]
+    # The message actions this target takes: the dispatcher refuses any other as
+    # UNKNOWN_ACTION, and docs/protocol.md must describe each (tests/test_protocol_doc.py
+    # fails for a target that leaves this None, which the dispatcher does not check).
+    actions: ClassVar[frozenset[str] | None] = None
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         raise Reject("NOT_IMPLEMENTED", f"{self.target} accepts no messages")
@@ -101,4 +178,4 @@ class Service:
         """A message we sent was refused for good by its recipient (default: nothing)."""
 
 
-__all__ = ["VERSION", "Reject", "Service", "Tx"]
+__all__ = ["VERSION", "Queued", "Reject", "Runtime", "Send", "Service", "Tx"]

@@ -18,6 +18,9 @@ class Counters:
     duplicates: int = 0
     acks_in: int = 0
     rejected_by_peer: int = 0
+    no_route: int = 0  # send attempts to a peer with no channel and no address we may dial
+    outbox_expired: int = 0  # messages dropped undelivered once no longer worth it
+    unacked_failures: int = 0  # messages we could not commit: left unacked for a retry
     rejected: Counter[str] = field(default_factory=Counter)
 
     def reject(self, reason: str) -> None:

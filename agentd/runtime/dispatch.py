@@ -3,20 +3,24 @@
 For each envelope the dispatcher queues one database job — record the id in the inbox, then
 let the service apply its guarded transition and queue its replies — without waiting for it,
 so many messages share one group commit. The channel sends the acks in arrival order once
-each job has committed. A duplicate is acked and ignored; a refusal is an error ack.
+each job has committed. A duplicate is acked and ignored; a refusal is an error ack; a
+failure of ours (disk full, a bug) gets no ack at all, so the sender retries.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from typing import TYPE_CHECKING
 
-from agentd.runtime.clock import now_ms
-from agentd.runtime.context import Reject, Service, Tx
+from agentd.runtime.context import Reject, Service
+from agentd.runtime.refusals import ack_error
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
 from protocol.envelope import Ack, Envelope, EnvelopeError, ack_frame, parse_frame
-from store import inbox, outbox
+from protocol.errors import Refusal
+from store import DatabaseError, inbox, outbox
 
 if TYPE_CHECKING:
     from agentd.runtime.node import Node
@@ -59,16 +63,18 @@ class Dispatcher:
             log.warning("rejected message from %s: %s", channel.agent[:8], refusal)
             await channel.send_frame(ack_frame(message.id, refusal.code, refusal.message))
             return
+        started = time.perf_counter()
         pending = self._start(message, channel.agent)
-        await channel.defer(lambda: self._finish(message, pending))
+        await channel.defer(lambda: self._finish(message, pending, started))
 
     async def on_ack_frame(self, body: bytes, from_agent: str) -> None:
         message = parse_frame(body)
         assert isinstance(message, Ack)
         await self._settle(message, from_agent)
 
-    async def process_local(self, body: bytes) -> bytes:
-        """Process a message from this node to itself; returns the ack frame body."""
+    async def process_local(self, body: bytes) -> bytes | None:
+        """Process a message from this node to itself; returns the ack frame body, or None
+        when it could not be committed (it is then retried)."""
         message = parse_frame(body)
         assert isinstance(message, Envelope)
         return await self._finish(message, self._start(message, self.node.agent_id))
@@ -80,41 +86,55 @@ class Dispatcher:
             return Reject("FROM_MISMATCH", "from.agent is not the channel's authenticated agent")
         if envelope.to.agent != self.node.agent_id:
             return Reject("WRONG_RECIPIENT", "to.agent is not this node")
-        if envelope.target not in self.services:
+        service = self.services.get(envelope.target)
+        if service is None:
             return Reject("UNKNOWN_TARGET", f"this node does not serve {envelope.target!r}")
+        if service.actions is not None and envelope.action not in service.actions:
+            return Reject("UNKNOWN_ACTION", f"{envelope.target} has no action "
+                          f"{envelope.action!r} (it takes {', '.join(sorted(service.actions))})")
         return None
 
     def _start(self, envelope: Envelope, agent: str) -> PendingWrite:
         service = self.services[envelope.target]
         node = self.node
-        received = now_ms()
+        received = node.clock.now_ms()
 
         def job(conn):
             if not inbox.claim(conn, envelope.id, agent, received):
                 return _DUPLICATE
-            tx = Tx(node, conn, received)
+            tx = node.new_tx(conn, received)
             service.handle(tx, envelope)
             return tx
 
         return node.db.start(job)
 
-    async def _finish(self, envelope: Envelope, pending: PendingWrite) -> bytes:
+    async def _finish(self, envelope: Envelope, pending: PendingWrite,
+                      started: float | None = None) -> bytes | None:
         counters = self.node.counters
         try:
             outcome = await pending.outcome()
-        except Reject as exc:
+        except Refusal as exc:
             counters.reject("refused")
             log.info("refused %s/%s from %s: %s", envelope.target, envelope.action,
                      envelope.from_.agent[:8], exc)
-            return ack_frame(envelope.id, exc.code, exc.message)
-        except Exception as exc:
-            log.exception("failed to process %s/%s", envelope.target, envelope.action)
-            return ack_frame(envelope.id, "INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
+            return ack_frame(envelope.id, *ack_error(exc))
+        except Exception as exc:  # our failure (disk full, a bug), not the message's: no ack
+            counters.unacked_failures += 1
+            if isinstance(exc, DatabaseError | sqlite3.Error):
+                log.error("could not commit %s/%s from %s, left unacked for a retry: %s",
+                          envelope.target, envelope.action, envelope.from_.agent[:8], exc)
+            else:
+                log.exception("failed to process %s/%s, left unacked for a retry",
+                              envelope.target, envelope.action)
+            return None
         if outcome is _DUPLICATE:
             counters.duplicates += 1
         else:
             counters.messages_processed += 1
             outcome.committed()
+            if started is not None:
+                self.node.metrics.message_seconds.labels(envelope.target).observe(
+                    time.perf_counter() - started)
         return ack_frame(envelope.id)
 
     async def _settle(self, ack: Ack, from_agent: str) -> None:
@@ -130,7 +150,7 @@ class Dispatcher:
         if ack.error is None:
             def job(conn):
                 outbox.delete(conn, [item.id])
-                tx = Tx(node, conn, now_ms())
+                tx = node.new_tx(conn)
                 service.on_delivered(tx, envelope)
                 return tx
         else:
@@ -140,7 +160,7 @@ class Dispatcher:
 
             def job(conn):
                 outbox.mark_failed(conn, item.id, f"{code}: {text}")
-                tx = Tx(node, conn, now_ms())
+                tx = node.new_tx(conn)
                 if service is not None:
                     service.on_rejected(tx, envelope, code, text)
                 return tx

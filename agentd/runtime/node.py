@@ -12,30 +12,35 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 import sqlite3
-import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
 from agentd import __version__
 from agentd.config import Config
 from agentd.errors import UserError
+from agentd.logs import event
+from agentd.metrics import Metrics
 from agentd.rpc import RpcServer
-from agentd.runtime.clock import now_ms
-from agentd.runtime.context import Reject
+from agentd.runtime import datadir
+from agentd.runtime.clock import Clock
+from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
 from agentd.runtime.outbox import OutboxPump
 from agentd.runtime.peers import PeerManager
+from agentd.runtime.refusals import rpc_error
 from agentd.runtime.reload import reload_config
 from agentd.runtime.replies import Replies
+from agentd.runtime.strangers import Strangers
 from agentd.runtime.timers import Ticker
 from agentd.runtime.transport import Channel, Hello
 from agentd.services.clearing.client import Evidence
 from agentd.services.clearing.house import ClearingService
 from agentd.services.credit.service import Credit
+from agentd.services.peer_admin import PeerAdmin
 from agentd.services.ping import PingService
 from agentd.services.relay.service import RelayService
 from agentd.services.users import Users
@@ -44,21 +49,27 @@ from store import Database, DatabaseError, inbox
 from store import peers as peer_store
 
 log = logging.getLogger("agentd.runtime.node")
+T = TypeVar("T")
 INBOX_RETENTION_MS = 30 * 24 * 3600 * 1000  # dedup window: far longer than any retry gap
 MAINTENANCE_INTERVAL = 3600.0
 
 
 class Node:
-    def __init__(self, config: Config, key: SigningKey, *,
+    def __init__(self, config: Config, key: SigningKey, clock: Clock | None = None, *,
                  database: dict[str, Any] | None = None) -> None:
         """``database``: options for ``Database.open`` (``agentd sim`` shares one writer
         thread between its nodes and relaxes ``synchronous``)."""
         self.config = config
         self.database_options = database or {}
+        self.clock = clock or Clock()
         self.key = key
         self.agent_id = key.agent_id
         self.counters = Counters()
-        self.rpc = RpcServer()
+        self.rpc = RpcServer(rpc_error)
+        self.metrics = Metrics(self)
+        self.metrics_port: int | None = None  # where [metrics] listen serves, once started
+        self.rpc.observe = lambda method, seconds: self.metrics.rpc_seconds.labels(
+            method).observe(seconds)
         self.dispatcher = Dispatcher(self)
         self.pump = OutboxPump(self)
         self.replies = Replies()
@@ -68,24 +79,49 @@ class Node:
         self._stop = trio.Event()
         self._peer_addresses: dict[str, str] = {}
         self._peer_names: dict[str, str] = {}
+        self.strangers = Strangers()
         self.configure_peers()
         self.peers: PeerManager = None  # type: ignore[assignment]  # set in run()
         self._install_services()
         for name, method in (("getinfo", self.rpc_getinfo), ("peers.list", self.rpc_peers),
                              ("reload", self.rpc_reload), ("stop", self.rpc_stop)):
-            self.rpc.register(name, method)
-
-    now_ms = staticmethod(now_ms)
+            self.register_method(name, method)
 
     def _install_services(self) -> None:
-        """Each service registers its message target and its RPC methods. One line each."""
-        self.dispatcher.register(PingService(self))
-        self.dispatcher.register(ClearingService(self))
+        """Each service registers its message targets and RPC methods through the runtime
+        interface; a service that needs another is handed it here. One line each."""
+        PingService(self)
         self.evidence = Evidence(self)
+        ClearingService(self, self.evidence)
         self.relay = RelayService(self)
-        self.dispatcher.register(self.relay)
-        self.credit = Credit(self)  # the tally and chit targets and their RPC methods
+        self.credit = Credit(self, self.evidence)  # the tally and chit targets
         Users(self)
+        PeerAdmin(self)
+
+    # -- the runtime interface (agentd.runtime.context.Runtime) --------------------------
+
+    def register_target(self, service: Service) -> None:
+        self.dispatcher.register(service)
+
+    def register_method(self, name: str, method: Callable[..., Awaitable[Any]]) -> None:
+        self.rpc.register(name, method)
+
+    def connected(self, agent: str) -> bool:
+        return self.peers is not None and self.peers.connected(agent)
+
+    def new_tx(self, conn: sqlite3.Connection, now_ms: int | None = None) -> Tx:
+        """A transaction context on the writer thread (the runtime's, not a service's)."""
+        return Tx(conn, self.clock.now_ms() if now_ms is None else now_ms, self.own_address,
+                  self.pump)
+
+    async def transact(self, work: Callable[[Tx], T]) -> T:
+        def job(conn: sqlite3.Connection) -> tuple[Tx, T]:
+            tx = self.new_tx(conn)
+            return tx, work(tx)
+
+        tx, result = await self.db.write(job)
+        tx.committed()
+        return result
 
     # -- identity and addresses ----------------------------------------------------------
 
@@ -102,8 +138,13 @@ class Node:
         return ChipAddress(agent=self.agent_id, cuid=cuid, host=host, port=port)
 
     def address_of(self, agent: str) -> str | None:
-        """Where to dial ``agent``: the config first, then what a hello or ticket taught us."""
+        """Where to dial ``agent``: the config, or what a ticket, a user or the database
+        taught us — never the address a stranger claims in its hello."""
         return self._peer_addresses.get(agent)
+
+    def is_known(self, agent: str) -> bool:
+        """A configured peer, the clearing house, or one a ticket or a user taught us."""
+        return agent in self._peer_addresses
 
     def agent_at(self, address: str) -> str | None:
         """The peer agent known to listen at ``address`` (exactly as configured or learned)."""
@@ -136,6 +177,20 @@ class Node:
             self._peer_names.setdefault(agent, name)
         self.db.submit(lambda conn: peer_store.upsert(conn, agent, name=name, address=address))
 
+    async def forget_peer(self, agent: str) -> None:
+        """Drop a peer the operator removed: its address, its name, its stored row."""
+        self._peer_addresses.pop(agent, None)
+        self._peer_names.pop(agent, None)
+        await self.db.write(lambda conn: peer_store.delete(conn, agent))
+
+    def peer_source(self, agent: str) -> str:
+        """``config`` for a peer (or clearing house) the config file names, else ``learned``
+        (from a hello, a ticket or a certificate)."""
+        house = self.config.clearinghouse
+        configured = {peer.agent for peer in self.config.peers}
+        return "config" if agent in configured or (house and house.agent == agent) \
+            else "learned"
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -143,31 +198,26 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
-        try:
-            config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        except OSError as exc:
-            raise UserError(f"{config.data_dir}: cannot create data dir: {exc.strerror}") from exc
-        if not os.access(config.data_dir, os.R_OK | os.W_OK | os.X_OK):
-            raise UserError(f"{config.data_dir}: data dir is not readable and writable")
-        try:
-            database = Database.open(config.db_path, **self.database_options)
-            db = await database.__aenter__()
-        except DatabaseError as exc:
-            raise UserError(str(exc)) from exc
-        try:
-            self.db = db
-            await self._load_peers()
-            async with trio.open_nursery() as nursery:
-                await self._start(nursery)
-                self.started_monotonic = time.monotonic()
-                log.info("node %s (%s) listening on %s", config.name, self.agent_id,
-                         self.listen_address)
-                task_status.started(self)
-                await self._stop.wait()
-                log.info("stopping")
-                nursery.cancel_scope.cancel()
-        finally:
-            await database.__aexit__(None, None, None)
+        with datadir.claim(config.data_dir):  # before anything touches the directory
+            try:
+                database = Database.open(config.db_path, **self.database_options)
+                db = await database.__aenter__()
+            except DatabaseError as exc:
+                raise UserError(str(exc)) from exc
+            try:
+                self.db = db
+                await self._load_peers()
+                async with trio.open_nursery() as nursery:
+                    await self._start(nursery)
+                    self.started_monotonic = self.clock.monotonic()
+                    log.info("node %s (%s) listening on %s", config.name, self.agent_id,
+                             self.listen_address)
+                    task_status.started(self)
+                    await self._stop.wait()
+                    log.info("stopping")
+                    nursery.cancel_scope.cancel()
+            finally:
+                await database.__aexit__(None, None, None)
 
     async def _start(self, nursery: trio.Nursery) -> None:
         self.peers = PeerManager(
@@ -175,6 +225,7 @@ class Node:
             max_frame=self.config.max_frame, handshake_timeout=self.config.handshake_timeout,
             idle_timeout=self.config.idle_timeout, on_frame=self.dispatcher.on_frame,
             on_channel=self._channel_opened, on_channel_closed=self._channel_closed,
+            limits=self.config.limits, is_known=self.is_known,
         )
         await nursery.start(self.peers.run)
         await nursery.start(self.pump.run)
@@ -190,11 +241,14 @@ class Node:
         self.port = listeners[0].socket.getsockname()[1]
         self.peers.hello = Hello(self.agent_id, self.listen_address, self.config.roles)
         await nursery.start(self.rpc.serve, self.config.socket_path)
+        if self.config.metrics_listen:
+            self.metrics_port = await nursery.start(self.metrics.serve,
+                                                    self.config.metrics_listen)
         nursery.start_soon(Ticker(MAINTENANCE_INTERVAL, self._maintenance, immediately=True).run)
 
     async def _maintenance(self) -> bool:
         """At start and hourly: forget processed-message ids older than the dedup window."""
-        cutoff = now_ms() - INBOX_RETENTION_MS
+        cutoff = self.clock.now_ms() - INBOX_RETENTION_MS
         pruned = await self.db.write(lambda conn: inbox.prune(conn, cutoff))
         if pruned:
             log.info("pruned %d inbox ids older than 30 days", pruned)
@@ -212,14 +266,23 @@ class Node:
                 self._peer_names.setdefault(row["agent"], row["name"])
 
     def _channel_opened(self, channel: Channel) -> None:
-        self.learn_peer(channel.agent, channel.hello.listen)
-        stamp = now_ms()
-        self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
+        event(log, "peer connected", agent=channel.agent, name=self._peer_names.get(channel.agent),
+              address=channel.hello.listen, direction="out" if channel.outbound else "in")
+        self._seen(channel)
 
     def _channel_closed(self, channel: Channel) -> None:
+        event(log, "peer lost", agent=channel.agent, name=self._peer_names.get(channel.agent))
         self.pump.on_channel_closed(channel)
-        stamp = now_ms()
-        self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
+        self._seen(channel)
+
+    def _seen(self, channel: Channel) -> None:
+        """A peer we know gets its last_seen stored; a stranger only a slot in the bounded
+        table (its claimed listen address is never stored, nor dialled)."""
+        stamp = self.clock.now_ms()
+        if self.is_known(channel.agent):
+            self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
+        else:
+            self.strangers.seen(channel.agent, channel.hello.listen, stamp)
 
     # -- core RPC methods ----------------------------------------------------------------
 
@@ -233,18 +296,24 @@ class Node:
             "network": self.config.network,
             "roles": list(self.config.roles),
             "version": __version__,
-            "uptime_s": round(time.monotonic() - self.started_monotonic, 3),
+            "uptime_s": round(self.clock.monotonic() - self.started_monotonic, 3),
             "peers": len(self.peers.channels),
             "counters": {**self.counters.to_map(), "outbox_depth": self.pump.depth,
-                         "db_commits": self.db.commits, "db_jobs": self.db.jobs},
+                         "db_commits": self.db.commits, "db_jobs": self.db.jobs,
+                         "db_errors": self.db.errors, "strangers": len(self.strangers),
+                         "strangers_evicted": self.strangers.evicted,
+                         "handshakes_in_progress": len(self.peers.handshakes),
+                         "channels": self.peers.channel_count(),
+                         "partial_frame_bytes": self.peers.budget.total},
+            "last_db_error": self.db.last_error,
         }
 
     async def rpc_peers(self) -> list[dict]:
-        """Configured and learned peers, with whether a channel is open now."""
-        rows = {row["agent"]: row for row in self.db.read(
-            "SELECT agent, name, address, last_seen FROM peers")}
+        """Configured and learned peers: where each came from (source: config or learned) and
+        whether a channel is open now."""
+        rows = {row["agent"]: row for row in self.db.reading(peer_store.all_peers)}
         agents = set(rows) | set(self._peer_addresses) | set(self.peers.channels)
-        out = []
+        out, now = [], self.clock.now_ms()
         for agent in sorted(agents, key=lambda a: (self._peer_names.get(a) or "~", a)):
             row = rows.get(agent)
             connected = self.peers.connected(agent)
@@ -252,8 +321,9 @@ class Node:
                 "name": self._peer_names.get(agent) or (row["name"] if row else None),
                 "agent": agent,
                 "address": self._peer_addresses.get(agent) or (row["address"] if row else None),
+                "source": self.peer_source(agent),
                 "connected": connected,
-                "last_seen": now_ms() if connected else (row["last_seen"] if row else None),
+                "last_seen": now if connected else (row["last_seen"] if row else None),
             })
         return out
 

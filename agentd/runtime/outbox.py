@@ -5,10 +5,6 @@ or, at start-up, from the table itself. One sender task per peer dials on demand
 batches; each message then waits for its ack. An ack deletes the row; an error ack marks it
 failed and tells the service; silence past the ack timeout (capped exponential backoff with
 jitter) or a lost channel puts it back in the queue with ``try`` bumped.
-
-The ack timeout follows the peer's measured ack time as TCP's retransmission timeout does
-(RFC 6298: smoothed round trip + 4 times its variation, sampled from first tries only), never
-below ``ACK_TIMEOUT_MIN``: a loaded peer that acks in 3 s is not sent everything twice.
 """
 
 from __future__ import annotations
@@ -21,12 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agentd.runtime.clock import now_ms
 from agentd.runtime.peers import PeerUnreachable
-from agentd.runtime.timers import Ticker
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import pack, unpack
 from protocol.envelope import Ack
+from protocol.expiry import expires_at
 from store import outbox
 
 if TYPE_CHECKING:
@@ -36,6 +31,7 @@ log = logging.getLogger("agentd.runtime.outbox")
 ACK_TIMEOUT_MIN = 2.0
 ACK_TIMEOUT_MAX = 60.0
 SCAN_INTERVAL = 0.25
+EXPIRE_EVERY = 4  # scans: expired messages leave the outbox within a second
 WINDOW = 1024  # unacked messages per peer: keeps ack latency, and so timeouts, meaningful
 
 
@@ -47,7 +43,9 @@ def ack_timeout(tries: int, rto: float = ACK_TIMEOUT_MIN) -> float:
 
 @dataclass(slots=True)
 class RoundTrip:
-    """A peer's smoothed ack time and its variation (RFC 6298), in seconds."""
+    """A peer's smoothed ack time and its variation (RFC 6298), in seconds: the ack timeout
+    follows it (smoothed + 4 times the variation, from first tries only), never below
+    ``ACK_TIMEOUT_MIN``, so a loaded peer that acks in 3 s is not sent everything twice."""
 
     srtt: float | None = None
     rttvar: float = 0.0
@@ -71,9 +69,15 @@ class Outgoing:
     address: str | None
     envelope: dict[str, Any]
     tries: int
+    expires: int | None = None  # ms since the epoch; None: never
     due: float = 0.0
     sent: float = 0.0
     channel: Channel | None = field(default=None, repr=False)
+
+    @property
+    def is_reply(self) -> bool:
+        """A reply goes back to whoever asked: on a channel it opened, unless we know it."""
+        return self.envelope.get("re") is not None
 
 
 class OutboxPump:
@@ -91,7 +95,6 @@ class OutboxPump:
         self._early: list[Outgoing] = []
         self.round_trips: dict[str, RoundTrip] = {}
         self.round_trip = RoundTrip()  # all peers': the timeout of a peer not yet measured
-        self._retries = Ticker(SCAN_INTERVAL, self._retry_overdue, armed=False)
 
     @property
     def depth(self) -> int:
@@ -104,12 +107,13 @@ class OutboxPump:
             while rows := await self.node.db.write(
                     lambda conn, after=after: outbox.pending(conn, after_seq=after)):
                 for row in rows:
-                    self.add(row.id, row.peer, row.address, unpack(row.body), row.tries)
+                    self.add(row.id, row.peer, row.address, unpack(row.body), row.tries,
+                             created=row.created)
                 after = rows[-1].seq
             for item in self._early:
                 self._enqueue(item)
             self._early.clear()
-            nursery.start_soon(self._retries.run)
+            nursery.start_soon(self._retry_scanner)
             nursery.start_soon(self._ack_flusher)
             task_status.started()
             await trio.sleep_forever()
@@ -117,10 +121,12 @@ class OutboxPump:
     # -- intake --------------------------------------------------------------------------
 
     def add(self, message_id: bytes, peer: str, address: str | None, envelope: dict,
-            tries: int) -> None:
+            tries: int, created: int | None = None) -> None:
         if message_id in self.live:
             return  # committed while the start-up reload was reading: already queued
-        item = Outgoing(message_id, peer, address, envelope, tries)
+        expires = expires_at(envelope.get("target", ""), envelope.get("action", ""),
+                             self.node.clock.now_ms() if created is None else created)
+        item = Outgoing(message_id, peer, address, envelope, tries, expires)
         self.live[message_id] = item
         if self._nursery is None:
             self._early.append(item)
@@ -150,7 +156,7 @@ class OutboxPump:
         if self._inflight.pop(ack.ack, None) is not None:
             self._release(item.peer)
             if item.tries == 1:  # Karn: a resent message's ack could answer either send
-                seconds = trio.current_time() - item.sent
+                seconds = self.node.clock.monotonic() - item.sent
                 self.round_trips.setdefault(item.peer, RoundTrip()).sample(seconds)
                 self.round_trip.sample(seconds)
         if ack.error is not None:
@@ -201,11 +207,15 @@ class OutboxPump:
             if peer == self.node.agent_id:
                 await self._deliver_locally(queue)
                 continue
-            address = next((i.address for i in queue if i.address), None)
+            # a message we started may dial the address it names (a ticket's, a cert's, a
+            # user's); a reply only an address we know: never one a stranger claims
+            address = next((i.address for i in queue if i.address and not i.is_reply), None)
             address = address or self.node.address_of(peer)
             try:
                 channel = await self.node.peers.connect(peer, address)
             except PeerUnreachable as exc:
+                if address is None:  # a stranger's reply waits for its channel (or expiry)
+                    self.node.counters.no_route += 1
                 log.debug("outbox: %s", exc)
                 await trio.sleep(0.5)
                 continue
@@ -226,15 +236,14 @@ class OutboxPump:
                 continue
             item.tries += 1
             item.channel = channel
-            item.sent = trio.current_time()
+            item.sent = self.node.clock.monotonic()
             trip = self.round_trips.get(peer) or self.round_trip
             item.due = item.sent + ack_timeout(item.tries, trip.rto)
             self._unacked[peer] = self._unacked.get(peer, 0) + 1
             envelope = item.envelope
             envelope["try"] = item.tries
-            envelope["last"] = now_ms()
+            envelope["last"] = self.node.clock.now_ms()
             self._inflight[item.id] = item
-            self._retries.wake()
             try:
                 await channel.send_frame(pack(envelope))
             except ChannelClosed:
@@ -251,22 +260,48 @@ class OutboxPump:
                 continue
             item.tries += 1
             item.envelope["try"] = item.tries
-            item.envelope["last"] = now_ms()
+            item.envelope["last"] = self.node.clock.now_ms()
             ack_body = await self.node.dispatcher.process_local(pack(item.envelope))
+            if ack_body is None:  # not committed (disk full?): try again a little later
+                queue.appendleft(item)
+                await trio.sleep(ack_timeout(item.tries))
+                continue
             await self.node.dispatcher.on_ack_frame(ack_body, self.node.agent_id)
 
-    async def _retry_overdue(self) -> bool | float:
-        """Requeue what waited for its ack past its timeout; then False (nothing in flight)
-        or the seconds until the next ack is due."""
-        now = trio.current_time()
-        overdue = [item for item in self._inflight.values() if item.due <= now]
-        for item in overdue:
-            del self._inflight[item.id]
-            self._release(item.peer)
-            self._enqueue(item)
-        if overdue:
-            tries = [(item.tries, item.id) for item in overdue]
-            self.node.db.submit(lambda conn, tries=tries: outbox.record_tries(conn, tries))
-        if not self._inflight:
-            return False
-        return min(item.due for item in self._inflight.values()) - now
+    def _expire(self) -> None:
+        """Drop the messages no longer worth delivering, rows included."""
+        now = self.node.clock.now_ms()
+        expired = [item for item in self.live.values()
+                   if item.expires is not None and item.expires <= now]
+        if not expired:
+            return
+        for item in expired:
+            self.withdraw(item.id)
+        peers = {item.peer for item in expired}
+        for peer in peers:
+            queue = self._queues.get(peer)
+            if queue is not None:
+                kept = [item for item in queue if item.id in self.live]
+                queue.clear()
+                queue.extend(kept)
+        self.node.counters.outbox_expired += len(expired)
+        ids = [item.id for item in expired]
+        self.node.db.submit(lambda conn: outbox.delete(conn, ids))
+        log.info("outbox: %d messages expired undelivered", len(expired))
+
+    async def _retry_scanner(self) -> None:
+        scans = 0
+        while True:
+            await trio.sleep(SCAN_INTERVAL)
+            scans += 1
+            if scans % EXPIRE_EVERY == 0:
+                self._expire()
+            now = self.node.clock.monotonic()
+            overdue = [item for item in self._inflight.values() if item.due <= now]
+            for item in overdue:
+                del self._inflight[item.id]
+                self._release(item.peer)
+                self._enqueue(item)
+            if overdue:
+                tries = [(item.tries, item.id) for item in overdue]
+                self.node.db.submit(lambda conn, tries=tries: outbox.record_tries(conn, tries))

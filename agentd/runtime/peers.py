@@ -15,14 +15,15 @@ from dataclasses import dataclass
 
 import trio
 
+from agentd.config import Limits
 from agentd.runtime.counters import Counters
+from agentd.runtime.limits import FrameBudget, HandshakeSlots
 from agentd.runtime.transport import Channel, ChannelClosed, Hello, initiate, respond
 from protocol.keys import IdentityError, SigningKey, parse_hostport
 
 log = logging.getLogger("agentd.runtime.peers")
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 30.0
-MAX_HANDSHAKES = 256
 
 
 class PeerUnreachable(Exception):
@@ -49,6 +50,8 @@ class PeerManager:
         on_frame: Callable[[Channel, bytes], Awaitable[None]],
         on_channel: Callable[[Channel], None],
         on_channel_closed: Callable[[Channel], None],
+        limits: Limits | None = None,
+        is_known: Callable[[str], bool] = lambda agent: False,
     ) -> None:
         self.key = key
         self.hello = hello
@@ -61,7 +64,10 @@ class PeerManager:
         self._on_channel_closed = on_channel_closed
         self.channels: dict[str, list[Channel]] = {}
         self._dial: dict[str, _DialState] = {}
-        self._handshakes = trio.Semaphore(MAX_HANDSHAKES)
+        self.limits = limits = limits or Limits()
+        self._is_known = is_known
+        self.handshakes = HandshakeSlots(limits, handshake_timeout, counters)
+        self.budget = FrameBudget(limits.partial_frames_budget)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -83,14 +89,18 @@ class PeerManager:
 
     async def handle_inbound(self, stream: trio.SocketStream) -> None:
         """serve_tcp handler: handshake, then run the channel. Never raises."""
-        if self._handshakes.value == 0:
+        address = _remote_host(stream)
+        admitted = self.handshakes.admit(address, stream.socket.fileno())
+        if admitted is None:
             self.counters.reject("too_many_handshakes")
             await stream.aclose()
             return
+        key, slot = admitted
         try:
-            async with self._handshakes:
+            with slot.scope:
                 session, remote = await respond(
-                    stream, self.key, self.hello, self.handshake_timeout
+                    stream, self.key, self.hello, slot.timeout,
+                    on_first_message=lambda: setattr(slot, "spoken", True),
                 )
         except ChannelClosed as exc:
             self.counters.handshakes_failed += 1
@@ -104,9 +114,52 @@ class PeerManager:
             log.warning("inbound handshake error: %r", exc)
             await stream.aclose()
             return
+        finally:
+            self.handshakes.release(key)
+        if slot.scope.cancelled_caught:  # evicted to make room for a newer connection
+            await stream.aclose()
+            return
+        refusal = self._admit_channel(remote.agent, address)
+        if refusal is not None:
+            self.counters.reject(refusal)
+            log.info("refused a channel from %s at %s: %s", remote.agent[:8], address, refusal)
+            await stream.aclose()
+            return
         self.counters.handshakes_ok += 1
         channel = self._make_channel(stream, session, remote, outbound=False)
+        channel.address = address
         await self._run_channel(channel, idle_timeout=self.idle_timeout)
+
+    def _admit_channel(self, agent: str, address: str) -> str | None:
+        """None if a new inbound channel from ``agent`` at ``address`` fits the caps (a peer we
+        know makes room by closing a stranger's channel), else the counter reason."""
+        limits = self.limits
+        if len([c for c in self.channels.get(agent, ()) if c.alive]) \
+                >= limits.max_channels_per_agent:
+            return "too_many_channels_agent"
+        if self._is_known(agent):
+            if self.channel_count() >= limits.max_channels:
+                stranger = self._oldest_stranger()
+                if stranger is None:
+                    return "too_many_channels"
+                stranger.close("evicted")
+                self.counters.reject("channel_evicted")
+            return None
+        if self.channel_count() >= limits.max_channels:
+            return "too_many_channels"
+        same = sum(1 for live in self.channels.values() for c in live
+                   if c.alive and c.address == address)
+        if same >= limits.max_channels_per_address:
+            return "too_many_channels_address"
+        return None
+
+    def channel_count(self) -> int:
+        return sum(len(live) for live in self.channels.values())
+
+    def _oldest_stranger(self) -> Channel | None:
+        strangers = [c for agent, live in self.channels.items() if not self._is_known(agent)
+                     for c in live if c.alive and not c.outbound]
+        return min(strangers, key=lambda c: c.opened, default=None)
 
     # -- outbound ------------------------------------------------------------------------
 
@@ -162,7 +215,7 @@ class PeerManager:
     def _make_channel(self, stream, session, remote: Hello, *, outbound: bool) -> Channel:
         channel = Channel(
             stream, session, remote, outbound=outbound, max_frame=self.max_frame,
-            counters=self.counters,
+            counters=self.counters, frame_timeout=self.limits.frame_timeout, budget=self.budget,
         )
         self.channels.setdefault(channel.agent, []).append(channel)
         self._on_channel(channel)
@@ -186,3 +239,10 @@ class PeerManager:
             if not live:
                 self.channels.pop(channel.agent, None)
             self._on_channel_closed(channel)
+
+
+def _remote_host(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, IndexError):
+        return "?"

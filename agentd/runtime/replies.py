@@ -1,8 +1,8 @@
 """RPC calls that wait for a peer's answer to a message they sent.
 
-A call commits its request (``Tx.send``), then waits here under the request's message id; the
-service that applies the answer — on the writer thread — settles it with
-``tx.after_commit(...)``, so the caller wakes only once the answer is durable. A call that
+A call commits its request (``Tx.send``, then ``expect_after``), then waits here under the
+request's message id; the service that applies the answer — on the writer thread — settles
+it with ``tx.after_commit(...)``, so the caller wakes only once the answer is durable. A call that
 times out leaves its request in the outbox: the answer may still come and is still applied,
 there is just nobody waiting for it any more.
 """
@@ -30,26 +30,23 @@ class Replies:
     def __init__(self) -> None:
         self._waiting: dict[bytes, _Waiter] = {}
 
-    async def wait(self, tx: Tx, message_id: bytes, timeout: float, timeout_message: str) -> Any:
-        """Hand ``tx``'s messages to the pump and wait for the answer to ``message_id``.
-
-        Returns the settled value; raises the settled ``Reject``, or RpcError(TIMEOUT) with
-        ``timeout_message`` when nothing came within ``timeout`` seconds.
-        """
-        self.expect(message_id)
-        tx.committed()
-        return await self.result(message_id, timeout, timeout_message)
-
     def expect(self, message_id: bytes) -> None:
         """Register a waiter for ``message_id`` before its request reaches the pump."""
         self._waiting[message_id] = _Waiter()
+
+    def expect_after(self, tx: Tx, message_id: bytes) -> None:
+        """Register a waiter for ``message_id`` once ``tx`` commits (before the pump sends
+        it); then ``await result(message_id, ...)``."""
+        tx.after_commit(lambda: self.expect(message_id))
 
     def discard(self, message_id: bytes) -> None:
         """Forget a waiter nobody will collect (its caller went away)."""
         self._waiting.pop(message_id, None)
 
     async def result(self, message_id: bytes, timeout: float, timeout_message: str) -> Any:
-        """Wait for the answer to ``message_id``, registered with ``expect``; as ``wait``."""
+        """Wait for the answer to ``message_id``, registered with ``expect``: the settled
+        value; raises the settled refusal, or RpcError(TIMEOUT) with ``timeout_message`` when
+        nothing came within ``timeout`` seconds."""
         waiter = self._waiting[message_id]
         try:
             with trio.move_on_after(timeout):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import trio
 
+from agentd.runtime.limits import FrameBudget
 from protocol.codec import CodecError, pack, unpack
 from protocol.frames import FrameDecoder, FrameError, encode_frame
 from protocol.keys import (
@@ -112,13 +113,17 @@ async def initiate(
 
 
 async def respond(
-    stream: trio.SocketStream, key: SigningKey, hello: Hello, timeout: float
+    stream: trio.SocketStream, key: SigningKey, hello: Hello, timeout: float,
+    on_first_message: Callable[[], None] | None = None,
 ) -> tuple[NoiseSession, Hello]:
-    """Run the responder side; checks the Noise static key is the hello agent's key."""
+    """Run the responder side; checks the Noise static key is the hello agent's key.
+    ``on_first_message`` is called once the initiator's message has arrived."""
     session = NoiseSession(Role.RESPONDER, key.x25519_private())
     with trio.move_on_after(timeout) as scope:
         try:
             message = await _read_handshake_message(stream, HandshakeReader())
+            if on_first_message is not None:
+                on_first_message()
             remote_hello = Hello.decode(session.read_handshake(message))
             expected = ed25519_public_to_x25519(agent_id_to_public(remote_hello.agent))
             if session.remote_static != expected:
@@ -152,6 +157,8 @@ class Channel:
         max_frame: int,
         counters,
         now: Callable[[], float] = trio.current_time,
+        frame_timeout: float | None = None,
+        budget: FrameBudget | None = None,
     ) -> None:
         self.stream = stream
         self.session = session
@@ -167,6 +174,11 @@ class Channel:
         self.closed = trio.Event()
         self.close_reason: str | None = None
         self._cancel = trio.CancelScope()
+        self.frame_timeout = frame_timeout
+        self.address: str | None = None  # the remote host of an inbound channel
+        self.opened = now()
+        self._budget = budget
+        self._frame_started: float | None = None  # when the unfinished frame began
 
     @property
     def alive(self) -> bool:
@@ -230,6 +242,8 @@ class Channel:
                     nursery.start_soon(self._reply_loop)
                     if idle_timeout is not None:
                         nursery.start_soon(self._idle_watch, idle_timeout)
+                    if self.frame_timeout is not None:
+                        nursery.start_soon(self._frame_watch, self.frame_timeout)
                     try:
                         await self._receive_loop(on_frame)
                     except ChannelClosed as exc:
@@ -237,6 +251,8 @@ class Channel:
                     nursery.cancel_scope.cancel()
         finally:
             self.close_reason = self.close_reason or "closed"
+            if self._budget is not None:
+                self._budget.update(id(self), 0)
             self._send.close()
             self._defer_send.close()
             self.closed.set()
@@ -264,6 +280,7 @@ class Channel:
                 raise ChannelClosed("decrypt_failed", str(exc)) from exc
             except FrameError as exc:
                 raise ChannelClosed("frame_too_large", str(exc)) from exc
+            self._track_partial_frame(bool(frames))
             counters.frames_in += len(frames)
             for body in frames:
                 await on_frame(self, body)
@@ -286,6 +303,30 @@ class Channel:
             counters.frames_out += len(batch)
             counters.bytes_out += len(wire)
             self.last_activity = self._now()
+
+    def _track_partial_frame(self, completed: bool) -> None:
+        """Start the frame deadline when a frame begins; charge its bytes to the budget."""
+        decoder = self._decoder
+        if not decoder.partial:
+            self._frame_started = None
+        elif completed or self._frame_started is None:
+            self._frame_started = self._now()
+        if self._budget is not None and not self._budget.update(id(self), decoder.buffered):
+            raise ChannelClosed("partial_frames_budget",
+                                f"unfinished frames past the budget of {self._budget.limit} bytes")
+
+    async def _frame_watch(self, frame_timeout: float) -> None:
+        while True:
+            started = self._frame_started
+            remaining = (min(frame_timeout, 1.0) if started is None
+                         else started + frame_timeout - self._now())
+            if remaining <= 0:
+                log.info("closing channel to %s: a frame unfinished after %g s",
+                         self.agent[:8], frame_timeout)
+                self.counters.reject("frame_timeout")
+                self.close("frame_timeout")
+                return
+            await trio.sleep(max(remaining, 0.05))
 
     async def _idle_watch(self, idle_timeout: float) -> None:
         while True:

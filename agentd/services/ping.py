@@ -9,31 +9,32 @@ queued in the receiver's transaction, its ack — so its latency is that of ever
 
 from __future__ import annotations
 
-import trio
-
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
-from agentd.runtime.context import Reject, Service, Tx
+from agentd.runtime.context import Reject, Runtime, Service, Tx
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, is_agent_id, parse_hostport
+from protocol.messages import Send
 
 PING_TIMEOUT = 10.0
 
 
 class PingService(Service):
     target = "node"
+    actions = frozenset({"ping", "pong", "note"})
 
-    def __init__(self, node) -> None:
-        super().__init__(node)
-        node.rpc.register("peers.ping", self.rpc_ping)
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        runtime.register_target(self)
+        runtime.register_method("peers.ping", self.rpc_ping)
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         if envelope.action == "ping":
-            tx.send(envelope.from_, "node", "pong", {"seq": envelope.object.get("seq", 0)},
+            tx.send(Send(envelope.from_, "node", "pong", {"seq": envelope.object.get("seq", 0)}),
                     re=envelope.id)
         elif envelope.action == "note":
             return
         elif envelope.action == "pong":
-            self.node.replies.settle(tx, envelope.re)
+            self.runtime.replies.settle(tx, envelope.re)
         else:
             raise Reject("UNKNOWN_ACTION", f"node has no action {envelope.action!r}")
 
@@ -43,23 +44,25 @@ class PingService(Service):
             raise invalid_params(f"agent is not an agent id: {agent!r}")
         if not isinstance(count, int) or not 1 <= count <= 1000:
             raise invalid_params("count must be an integer from 1 to 1000")
-        address = self.node.address_of(agent)
-        if address is None and agent != self.node.agent_id:
+        runtime = self.runtime
+        address = runtime.address_of(agent)
+        if address is None and agent != runtime.agent_id:
             raise RpcError(NOT_FOUND, f"unknown peer {agent}: add it to [[peers]] first",
                            "UNKNOWN_PEER")
         host, port = parse_hostport(address) if address else (None, None)
         to = ChipAddress(agent=agent, host=host, port=port)
         rtts = []
         for seq in range(count):
-            started = trio.current_time()
+            started = runtime.clock.monotonic()
 
-            def job(conn, seq=seq):
-                tx = Tx(self.node, conn, self.node.now_ms())
-                return tx, tx.send(to, "node", "ping", {"seq": seq})
+            def work(tx: Tx, seq: int = seq) -> bytes:
+                message_id = tx.send(Send(to, "node", "ping", {"seq": seq}))
+                runtime.replies.expect_after(tx, message_id)
+                return message_id
 
-            tx, message_id = await self.node.db.write(job)
-            await self.node.replies.wait(
-                tx, message_id, PING_TIMEOUT, f"no pong from {agent} within {PING_TIMEOUT:g} s"
+            message_id = await runtime.transact(work)
+            await runtime.replies.result(
+                message_id, PING_TIMEOUT, f"no pong from {agent} within {PING_TIMEOUT:g} s"
                 " (the ping stays in the outbox and will be retried)")
-            rtts.append(round((trio.current_time() - started) * 1000, 3))
+            rtts.append(round((runtime.clock.monotonic() - started) * 1000, 3))
         return {"rtt_ms": rtts}

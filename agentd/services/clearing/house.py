@@ -27,14 +27,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from agentd.runtime.context import Reject, Service, Tx
+from agentd.runtime.context import Reject, Runtime, Service, Tx
 from protocol import clearing as ch
 from protocol import receipts as rc
 from protocol.envelope import Envelope
+from protocol.messages import Send
 from store import clearing as store
+from store.db import savepoint
 
 if TYPE_CHECKING:
-    from agentd.runtime.node import Node
+    from agentd.services.clearing.client import Evidence
 
 _Process = tuple[list[str] | None, ch.Entry | None]  # owners and last entry of a process
 REQUESTS = frozenset({"create_process", "log", "log_batch", "query", "get", "keys"})
@@ -46,40 +48,41 @@ REPLY_OVERHEAD = 4096
 
 class ClearingService(Service):
     target = ch.TARGET
+    actions = REQUESTS | REPLIES
 
-    def __init__(self, node: Node) -> None:
-        super().__init__(node)
-        self.serving = ROLE in node.config.roles
+    def __init__(self, runtime: Runtime, evidence: Evidence) -> None:
+        super().__init__(runtime)
+        self.evidence = evidence  # the client side: replies to our own requests go there
+        self.serving = ROLE in runtime.config.roles
         # A quarter of a frame: any entry, with its header, then fits in a ``get`` reply.
-        self.max_payload = node.config.max_frame // 4
-        self.max_result = node.config.max_frame - REPLY_OVERHEAD
+        self.max_payload = runtime.config.max_frame // 4
+        self.max_result = runtime.config.max_frame - REPLY_OVERHEAD
+        runtime.register_target(self)
         self._keyring: rc.Keyring | None = None  # loaded by the first request (writer thread)
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         if envelope.action in REPLIES:
-            self.node.evidence.on_reply(tx, envelope)
+            self.evidence.on_reply(tx, envelope)
             return
         if envelope.action not in REQUESTS:
             raise Reject("UNKNOWN_ACTION", f"ch has no action {envelope.action!r}")
         if not self.serving:
             raise Reject("NOT_CLEARING_HOUSE", "this node does not have the clearinghouse role")
         keyring = self._keys(tx)
-        tx.conn.execute("SAVEPOINT ch_request")
         try:
-            action, obj = self._serve(tx, envelope, keyring)
+            with savepoint(tx.conn):
+                action, obj = self._serve(tx, envelope, keyring)
         except ch.Rejection as exc:
-            tx.conn.execute("ROLLBACK TO ch_request")
             action, obj = exc.reply()
-        tx.conn.execute("RELEASE ch_request")
-        tx.send(envelope.from_, ch.TARGET, action, obj, re=envelope.id)
+        tx.send(Send(envelope.from_, ch.TARGET, action, obj), re=envelope.id)
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
-        self.node.evidence.on_rejected(tx, envelope, code, message)
+        self.evidence.on_rejected(tx, envelope, code, message)
 
     def _keys(self, tx: Tx) -> rc.Keyring:
         if self._keyring is None:
-            retired = store.signing_keys(tx.conn, self.node.key.public, tx.now_ms)
-            self._keyring = rc.Keyring(self.node.agent_id, self.node.key, tuple(retired))
+            retired = store.signing_keys(tx.conn, self.runtime.key.public, tx.now_ms)
+            self._keyring = rc.Keyring(self.runtime.agent_id, self.runtime.key, tuple(retired))
         return self._keyring
 
     def _serve(self, tx: Tx, envelope: Envelope, keyring: rc.Keyring) -> ch.Reply:

@@ -13,7 +13,8 @@ Views:
   node its side, state, partner, balance and chain (index, head, confirmed index);
 - ``tally:<uuid>:chits``: the signed chits of one holder, in chain order, each with its
   state, chain index and block hash (the unordered ones last);
-- ``lift:<uuid>``: NOT_FOUND — this node keeps no lifts (lifts are not built yet).
+- ``lift:<uuid>``: a lift this node took part in or refereed: the payor's signed record, its
+  state here, the referee's signed decision (once known) and this node's chits of it.
 """
 
 from __future__ import annotations
@@ -24,44 +25,40 @@ from typing import TYPE_CHECKING
 
 from agentd import __version__
 from protocol.codec import unpack
+from protocol.errors import Refusal
+from store import lifts, users
+from store import relay as relay_store
+from store.credit import Ledger
 
 if TYPE_CHECKING:
-    from agentd.runtime.node import Node
+    from agentd.runtime.context import Runtime
 
 NODE_INFO = "node.info"  # agentd's own view, besides the protocol's
 NOT_FOUND = "NOT_FOUND"
 
 
-class ViewError(Exception):
+class ViewError(Refusal):
     """Why a view cannot be served; ``code`` is ``NOT_FOUND``."""
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
-
-def read(conn: sqlite3.Connection, node: Node, kind: str, args: tuple[str, ...]) -> dict:
+def read(conn: sqlite3.Connection, node: Runtime, kind: str, args: tuple[str, ...]) -> dict:
     """The payload of a parsed view, read from ``conn``."""
     return _READERS[kind](conn, node, *args)
 
 
-def node_info(conn: sqlite3.Connection, node: Node) -> dict:
-    users = conn.execute("SELECT count(*) FROM users").fetchone()[0]
+def node_info(conn: sqlite3.Connection, node: Runtime) -> dict:
     return {"agent": node.agent_id, "name": node.config.name, "network": node.config.network,
-            "version": __version__, "users": users}
+            "version": __version__, "users": users.count(conn)}
 
 
-def user_balance(conn: sqlite3.Connection, node: Node, cuid: str) -> dict:
-    if conn.execute("SELECT 1 FROM users WHERE cuid = ?", (cuid,)).fetchone() is None:
+def user_balance(conn: sqlite3.Connection, node: Runtime, cuid: str) -> dict:
+    if not users.exists(conn, cuid):
         raise ViewError(NOT_FOUND, f"no user {cuid!r} on this node")
-    count, balance = conn.execute(
-        "SELECT count(*), coalesce(sum(balance), 0) FROM tallies WHERE cuid = ?", (cuid,)
-    ).fetchone()
+    count, balance = relay_store.user_totals(conn, cuid)
     return {"cuid": cuid, "balance": balance, "tallies": count}
 
 
-def tally(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
+def tally(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
     rows = _holders(conn, uuid)
     return {
         "tally": uuid,
@@ -76,12 +73,9 @@ def tally(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
     }
 
 
-def tally_chits(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
+def tally_chits(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
     holder = _holders(conn, uuid)[0]["cuid"]
-    rows = conn.execute(
-        "SELECT body, state, chain_index, chain_hash FROM chits WHERE tally = ? AND cuid = ?"
-        " ORDER BY chain_index IS NULL, chain_index, seq", (uuid, holder),
-    ).fetchall()
+    rows = relay_store.holder_chits(conn, uuid, holder)
     return {
         "tally": uuid,
         "holder": holder,
@@ -90,16 +84,22 @@ def tally_chits(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
     }
 
 
-def lift(conn: sqlite3.Connection, node: Node, uuid: str) -> dict:
-    raise ViewError(NOT_FOUND, f"no lift {uuid} on this node (it keeps no lifts)")
+def lift(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
+    row = lifts.get(conn, uuid)
+    if row is not None:
+        chits = [dict(chit) for chit in Ledger.lift_chits(conn, uuid)]
+        return {"lift": uuid, "record": lifts.record_of(row), "state": row["state"],
+                "decision": lifts.decision_of(row), "chits": chits}
+    decided = lifts.decision(conn, uuid)
+    if decided is None:
+        raise ViewError(NOT_FOUND, f"no lift {uuid} on this node")
+    return {"lift": uuid, "record": lifts.refereed_record(conn, uuid),
+            "state": decided["state"], "decision": decided, "chits": []}
 
 
 def _holders(conn: sqlite3.Connection, uuid: str) -> list[sqlite3.Row]:
     """The node's rows for a tally: one per holder (two when both users are ours)."""
-    rows = conn.execute(
-        "SELECT cuid, side, state, partner, body, balance, chain_length, chain_head, chain_conf"
-        " FROM tallies WHERE uuid = ? ORDER BY side", (uuid,),
-    ).fetchall()
+    rows = relay_store.tally_holders(conn, uuid)
     if not rows:
         raise ViewError(NOT_FOUND, f"no tally {uuid} on this node")
     return rows

@@ -38,12 +38,14 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.errors import UserError
+from agentd.logs import event
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params, jsonable
-from agentd.runtime.context import Reject, Service, Tx
+from agentd.runtime.context import Reject, Runtime, Service, Tx
 from agentd.services.relay import driver as relay_driver
 from protocol.codec import CodecError, canonical, unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, b64u, is_agent_id, parse_hostport
+from protocol.messages import Send
 from protocol.relay import (
     APPLIES_FROM,
     AccessRule,
@@ -67,12 +69,10 @@ from protocol.relay import (
     parse_view,
     required_signers,
 )
-from store import outbox
 from store import relay as relay_store
 
 if TYPE_CHECKING:
     from agentd.config import Config
-    from agentd.runtime.node import Node
 
 log = logging.getLogger("agentd.relay")
 
@@ -87,6 +87,7 @@ Rules = tuple[tuple[AccessRule, ...], tuple[VerificationPolicy, ...]]
 
 class RelayService(Service):
     target = "relay"
+    actions = frozenset({"query", "ack", "view"})
 
     #: How long the sweep keeps results, DELETED rows and seen nonces, and how often it runs.
     result_ttl_ms = 24 * 3600 * 1000
@@ -94,13 +95,14 @@ class RelayService(Service):
     nonce_ttl_ms = 7 * 24 * 3600 * 1000
     sweep_interval_ms = 60 * 1000
 
-    def __init__(self, node: Node) -> None:
-        super().__init__(node)
-        self.access, self.policies = self.rules(node.config)
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        config = runtime.config
+        self.access, self.policies = self.rules(config)
         try:
-            ViewAddress(node.agent_id, node.config.network, "node:info")
+            ViewAddress(runtime.agent_id, config.network, "node:info")
         except AddressError as exc:
-            raise UserError(f"{node.config.path}: node.network cannot name a relay network: "
+            raise UserError(f"{config.path}: node.network cannot name a relay network: "
                             f"{exc}") from exc
         self._waiters: dict[str, trio.Event] = {}
         self._wake = trio.Event()
@@ -108,7 +110,8 @@ class RelayService(Service):
         self._next_sweep_ms = 0
         for name, method in (("relay.query", self.rpc_query), ("relay.state", self.rpc_state),
                              ("relay.wait", self.rpc_wait), ("relay.delete", self.rpc_delete)):
-            node.rpc.register(name, method)
+            runtime.register_method(name, method)
+        runtime.register_target(self)
 
     # -- RPC: the destination relay's clients --------------------------------------------
 
@@ -131,27 +134,27 @@ class RelayService(Service):
         timeout_ms = round(_seconds(timeout_s, "timeout_s") * 1000)
         to = await self._resolve(parsed)
         required = signers or required_signers(self.policies, parsed.view) or [to.agent]
-        node = self.node
+        runtime = self.runtime
         request_id = str(uuid.uuid4())
         nonce = new_nonce(os.urandom(16))
         query = make_query(
             NetworkQuery(policy=tuple(required), address=address, confidential=confidential),
-            request_id=request_id, nonce=nonce, node_key=node.key, network=node.config.network,
+            request_id=request_id, nonce=nonce, node_key=runtime.key,
+            network=runtime.config.network,
         )
 
-        def job(conn):
-            tx = Tx(node, conn, node.now_ms())
-            query_id = tx.send(to, self.target, "query", query.to_map())
+        def work(tx: Tx) -> int:
+            query_id = tx.send(Send(to, self.target, "query", query.to_map()))
             relay_store.insert(
-                conn, request_id=request_id, status=Status.PENDING_ACK, source=to.agent,
+                tx.conn, request_id=request_id, status=Status.PENDING_ACK, source=to.agent,
                 address=address, nonce=nonce, confidential=confidential, required=required,
                 query_id=query_id, deadline=tx.now_ms + timeout_ms, now_ms=tx.now_ms,
             )
-            return tx
+            return tx.now_ms
 
-        tx = await node.db.write(job)
-        tx.committed()
-        self._plan_sweep(tx.now_ms + timeout_ms)
+        now = await runtime.transact(work)
+        _changed(request_id, Status.PENDING_ACK, source=to.agent, address=address)
+        self._plan_sweep(now + timeout_ms)
         return {"request_id": request_id}
 
     async def rpc_state(self, request_id: str) -> dict:
@@ -172,32 +175,29 @@ class RelayService(Service):
         """Explicit cleanup: the request becomes DELETED and its view or error is dropped; a
         query still waiting in the outbox is withdrawn."""
         request_id = _request_id(request_id)
-        node = self.node
 
-        def job(conn):
-            row = relay_store.get(conn, request_id)
+        def work(tx: Tx) -> bool | None:
+            row = relay_store.get(tx.conn, request_id)
             if row is None:
                 return None
-            now = node.now_ms()
-            moved = relay_store.transition(conn, request_id, Status.DELETED,
-                                           APPLIES_FROM[Status.DELETED], now)
+            moved = relay_store.transition(tx.conn, request_id, Status.DELETED,
+                                           APPLIES_FROM[Status.DELETED], tx.now_ms)
             if moved and row["status"] in PENDING:
-                outbox.mark_failed(conn, row["query_id"], "relay request deleted")
-            return moved, row["query_id"]
+                tx.withdraw(row["query_id"], "relay request deleted")
+            return moved
 
-        outcome = await node.db.write(job)
-        if outcome is None:
+        moved = await self.runtime.transact(work)
+        if moved is None:
             raise _unknown(request_id)
-        moved, query_id = outcome
         if moved:
-            node.pump.withdraw(query_id)
             self._notify(request_id)
+            _changed(request_id, Status.DELETED)
         return self._state(self._row(request_id))
 
     async def _resolve(self, address: ViewAddress) -> ChipAddress:
         """The source's agent and where to dial it: the agent named in the address, or the
         known peer listening at its ``HOST:PORT`` (the Noise channel needs the agent id)."""
-        node = self.node
+        node = self.runtime
         if address.agent is not None:
             agent = address.agent
             if agent == node.agent_id:
@@ -229,7 +229,7 @@ class RelayService(Service):
         """Serve with these access rules and verification policies from now on."""
         self.access, self.policies = rules
     def _row(self, request_id: str) -> Any:
-        row = self.node.db.read_one(relay_store.SELECT_REQUEST, (request_id,))
+        row = self.runtime.db.reading(lambda conn: relay_store.get(conn, request_id))
         if row is None:
             raise _unknown(request_id)
         return row
@@ -274,8 +274,8 @@ class RelayService(Service):
             raise Reject("NOT_REQUESTOR", f"a query must be signed by the agent that sends it "
                          f"({sender}), not by {query.certificate} via {query.requesting_relay}")
         try:
-            address = admit_query(query, agent=self.node.agent_id,
-                                  network=self.node.config.network, rules=self.access)
+            address = admit_query(query, agent=self.runtime.agent_id,
+                                  network=self.runtime.config.network, rules=self.access)
         except RelayError as exc:
             raise Reject(exc.code, str(exc)) from exc
         kind, args = parse_view(address.view)
@@ -284,15 +284,15 @@ class RelayService(Service):
             raise Reject("REPLAYED_NONCE",
                          f"nonce {query.nonce} was already used by {query.certificate}")
         reply_to = envelope.from_
-        tx.send(reply_to, self.target, "ack", Ack(AckStatus.OK, query.request_id).to_map(),
+        tx.send(Send(reply_to, self.target, "ack", Ack(AckStatus.OK, query.request_id).to_map()),
                 re=envelope.id)
-        tx.send(reply_to, self.target, "view", self._answer(tx, query, kind, args).to_map(),
+        tx.send(Send(reply_to, self.target, "view", self._answer(tx, query, kind, args).to_map()),
                 re=envelope.id)
 
     def _answer(self, tx: Tx, query: Query, kind: str, args: tuple[str, ...]) -> ViewPayload:
         """The driver's view, notarized (and sealed for the requestor), or the reason why not."""
         try:
-            payload = canonical(relay_driver.read(tx.conn, self.node, kind, args))
+            payload = canonical(relay_driver.read(tx.conn, self.runtime, kind, args))
         except relay_driver.ViewError as exc:
             return ViewPayload(query.request_id, error=str(exc))
         except CodecError as exc:
@@ -303,7 +303,7 @@ class RelayService(Service):
                                f"bytes, more than the {MAX_PAYLOAD} a relay answer may carry")
         try:
             view = make_view(payload, query.address, query.nonce, query.certificate,
-                             query.confidential, self.node.key, tx.now_ms,
+                             query.confidential, self.runtime.key, tx.now_ms,
                              os.urandom(32) if query.confidential else None)
         except RelayError as exc:  # e.g. a requestor key that cannot be encrypted to
             return ViewPayload(query.request_id, error=f"UNAVAILABLE: {exc}")
@@ -326,8 +326,9 @@ class RelayService(Service):
             raise Reject("BAD_MESSAGE", str(exc)) from exc
         self._asked(tx, ack.request_id, envelope)
         if ack.status is AckStatus.OK:
-            relay_store.transition(tx.conn, ack.request_id, Status.PENDING,
-                                   APPLIES_FROM[Status.PENDING], tx.now_ms)
+            if relay_store.transition(tx.conn, ack.request_id, Status.PENDING,
+                                      APPLIES_FROM[Status.PENDING], tx.now_ms):
+                tx.after_commit(lambda: _changed(ack.request_id, Status.PENDING))
         else:
             self._fail(tx, ack.request_id, f"the source refused the query: {ack.message}")
 
@@ -344,7 +345,7 @@ class RelayService(Service):
             self._fail(tx, request_id, f"the source could not serve the view: {answer.error}")
             return
         try:
-            opened = open_view(answer.view, self.node.key, row["required"].split(","),
+            opened = open_view(answer.view, self.runtime.key, row["required"].split(","),
                                row["address"], row["nonce"],
                                require_confidential=bool(row["confidential"]))
             unpack(opened.result)
@@ -357,6 +358,7 @@ class RelayService(Service):
                                   view=canonical(answer.view.to_map()), result=opened.result,
                                   signers=opened.signers):
             tx.after_commit(lambda: self._notify(request_id))
+            tx.after_commit(lambda: _changed(request_id, Status.COMPLETED))
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """The source refused our query for good: the request ends in ERROR with its reason."""
@@ -368,6 +370,7 @@ class RelayService(Service):
         if relay_store.transition(tx.conn, request_id, Status.ERROR, APPLIES_FROM[Status.ERROR],
                                   tx.now_ms, error=error):
             tx.after_commit(lambda: self._notify(request_id))
+            tx.after_commit(lambda: _changed(request_id, Status.ERROR, error=error))
 
     def _notify(self, request_id: str) -> None:
         event = self._waiters.pop(request_id, None)
@@ -380,10 +383,9 @@ class RelayService(Service):
                   ) -> None:
         """Sweep at every request deadline and every ``sweep_interval_ms``, until cancelled."""
         task_status.started()
-        sql, params = relay_store.next_deadline(PENDING)
         while True:
-            now = self.node.now_ms()
-            due = self.node.db.read_one(sql, params)[0]
+            now = self.runtime.clock.now_ms()
+            due = self.runtime.db.reading(lambda conn: relay_store.next_deadline(conn, PENDING))
             if now >= self._next_sweep_ms or (due is not None and due <= now):
                 await self.sweep()
                 self._next_sweep_ms = now + self.sweep_interval_ms
@@ -401,10 +403,9 @@ class RelayService(Service):
 
     async def sweep(self) -> dict[str, int]:
         """Expire requests past their deadline, retire old results and prune; returns counts."""
-        node = self.node
 
-        def job(conn):
-            now = node.now_ms()
+        def work(tx: Tx) -> tuple[list[str], list[str], int, int]:
+            conn, now = tx.conn, tx.now_ms
             expired = []
             for row in relay_store.overdue(conn, PENDING, now):
                 waited = (row["deadline"] - row["created"]) / 1000
@@ -416,22 +417,28 @@ class RelayService(Service):
                              f"view within {waited:g} s")
                 if relay_store.transition(conn, row["request_id"], Status.ERROR,
                                           APPLIES_FROM[Status.ERROR], now, error=error):
-                    outbox.mark_failed(conn, row["query_id"], "relay request expired")
-                    expired.append((row["request_id"], row["query_id"]))
+                    tx.withdraw(row["query_id"], "relay request expired")
+                    expired.append(row["request_id"])
             retired = relay_store.retire(conn, Status.DELETED, FINAL,
                                          now - self.result_ttl_ms, now)
             pruned = relay_store.prune(conn, Status.DELETED, now - self.deleted_ttl_ms)
             nonces = relay_store.prune_nonces(conn, now - self.nonce_ttl_ms)
             return expired, retired, pruned, nonces
 
-        expired, retired, pruned, nonces = await node.db.write(job)
-        for request_id, query_id in expired:
-            node.pump.withdraw(query_id)
+        expired, retired, pruned, nonces = await self.runtime.transact(work)
+        for request_id in expired:
             self._notify(request_id)
+            _changed(request_id, Status.ERROR, error="deadline passed")
         for request_id in retired:
             self._notify(request_id)
+            _changed(request_id, Status.DELETED, reason="kept long enough")
         return {"expired": len(expired), "retired": len(retired), "pruned": pruned,
                 "nonces": nonces}
+
+
+def _changed(request_id: str, status: Status, **fields: object) -> None:
+    """The one info line per state change of a relay request."""
+    event(log, "relay request", request=request_id, state=status.name, **fields)
 
 
 # -- parameters and config ---------------------------------------------------------------

@@ -1,0 +1,198 @@
+"""``agentd bench lifts``: lift latency and throughput on a ring of ``agentd run`` processes.
+
+A clearing house (the referee of every lift) and ``--ring`` nodes (default 10), each an OS
+process with one user, with a tally between each user and the next round the ring. Figures:
+
+- ``hop5_p50_ms`` / ``hop5_p99_ms``: a 5-hop linear lift, one at a time, from ``lift.pay``
+  until the payor's node has applied the referee's ``good`` (route discovery included);
+- ``lifts_s``: ``--lifts`` linear lifts (1 to 5 hops, random payors), ``--in-flight`` (64) at
+  once, until all are decided;
+- ``clear_s``: circular lifts (``lift.clear`` of 10 mCHIP round the whole ring, from random
+  users, 16 at once) per second, once every user owes the previous one;
+- ``unfinished`` (lifts still pending at the end) and ``void``;
+- ``chits_s``: ``bench chits`` on one tally, measured in the same run, for scale.
+Goals: hop5_p50_ms <= 25, hop5_p99_ms <= 60, lifts_s >= 300, unfinished = 0, void = 0.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agentd.bench import parser as bench_parser
+from agentd.bench import table, verdict, write_json
+from agentd.bench.chits import measure as measure_chits
+from agentd.localnodes import (
+    LocalNode,
+    free_ports,
+    peer_section,
+    spawn,
+    stop,
+    wait_ready,
+    write_node,
+)
+from agentd.rpc import call
+
+LIMIT = 10**9
+UNITS = 10
+GOALS = {"hop5_p50_ms": ("<=", 25), "hop5_p99_ms": ("<=", 60), "lifts_s": (">=", 300),
+         "unfinished": ("<=", 0), "void": ("<=", 0)}
+
+
+async def rpc(node: LocalNode, method: str, **params: Any) -> Any:
+    return await trio.to_thread.run_sync(functools.partial(call, node.socket, method, params, 60))
+
+
+async def open_tally(a: LocalNode, a_cuid: str, b: LocalNode, b_cuid: str,
+                     limit: int = LIMIT) -> str:
+    """Invite (a), request (b), offer (a), accept (b), until both holders are open."""
+    invited = await rpc(a, "tally.invite", cuid=a_cuid, limit=limit)
+    tally = invited["tally"]
+    await rpc(b, "tally.request", cuid=b_cuid, ticket=invited["ticket"])
+    await rpc(a, "tally.offer", cuid=a_cuid, tally=tally)
+    with trio.fail_after(30):
+        while not any(row["tally"] == tally for row in await rpc(b, "tally.list", cuid=b_cuid)):
+            await trio.sleep(0.01)
+        await rpc(b, "tally.accept", cuid=b_cuid, tally=tally)
+        for node, cuid in ((a, a_cuid), (b, b_cuid)):
+            while (await rpc(node, "tally.show", cuid=cuid, tally=tally))["state"] != "open":
+                await trio.sleep(0.01)
+    return tally
+
+
+def ring_nodes(workdir: Path, size: int) -> tuple[LocalNode, list[LocalNode]]:
+    """A clearing house and ``size`` nodes that all know one another."""
+    ports = free_ports(size + 1)
+    house = write_node(workdir / "house", "house", ports[0])
+    ring = [write_node(workdir / f"n{i}", f"n{i}", ports[i + 1]) for i in range(size)]
+    everyone = [house, *ring]
+    for node in everyone:
+        peers = "".join(peer_section(other) for other in everyone if other is not node)
+        if node is house:
+            write_node(node.directory, node.name, node.port, key=node.key,
+                       node_keys='roles = ["clearinghouse"]', sections=peers)
+        else:
+            write_node(node.directory, node.name, node.port, key=node.key, sections=peers + (
+                f'[clearinghouse]\nagent = "{house.key.agent_id}"\n'
+                f'address = "{house.address}"\n'))
+    return house, ring
+
+
+async def pay_and_wait(payor: LocalNode, cuid: str, payee: str, units: int) -> tuple[str, float]:
+    started = time.perf_counter()
+    lift = await rpc(payor, "lift.pay", cuid=cuid, find=payee, units=units)
+    done = await rpc(payor, "lift.wait", lift=lift["lift"], timeout_s=60)
+    return done["state"], time.perf_counter() - started
+
+
+async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears: int,
+                  workdir: Path) -> dict[str, float]:
+    house, ring = ring_nodes(workdir, size)
+    processes = [spawn(node) for node in (house, *ring)]
+    rng = random.Random(7)
+    try:
+        await trio.to_thread.run_sync(wait_ready, [house, *ring], processes)
+        users = [f"u{i}" for i in range(size)]
+        for node, cuid in zip(ring, users, strict=True):
+            await rpc(node, "users.add", cuid=cuid)
+        async with trio.open_nursery() as nursery:
+            for i in range(size):
+                j = (i + 1) % size
+                nursery.start_soon(open_tally, ring[i], users[i], ring[j], users[j])
+
+        def address(i: int) -> str:
+            return f"{users[i % size]}:{ring[i % size].key.agent_id}"
+
+        latencies, states = [], []
+        for _ in range(sequential):
+            state, took = await pay_and_wait(ring[0], users[0], address(5), UNITS)
+            states.append(state)
+            latencies.append(took * 1000)
+
+        async def one(slot: int) -> None:
+            for _ in range(slot, lifts, in_flight):
+                i = rng.randrange(size)
+                state, _ = await pay_and_wait(ring[i], users[i], address(i + rng.randint(1, 5)),
+                                              UNITS)
+                states.append(state)
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for slot in range(in_flight):
+                nursery.start_soon(one, slot)
+        lifts_s = lifts / (time.perf_counter() - started)
+
+        # Debt round the ring: every user owes the previous one, so a cycle can clear.
+        async with trio.open_nursery() as nursery:
+            for i in range(size):
+                tally = (await rpc(ring[i], "tally.list", cuid=users[i]))
+                ahead = next(row["tally"] for row in tally
+                             if row["partner"].startswith(f"{users[(i + 1) % size]}:"))
+                nursery.start_soon(functools.partial(
+                    rpc, ring[(i + 1) % size], "chit.pay", cuid=users[(i + 1) % size],
+                    tally=ahead, units=clears * UNITS * 2))
+        cleared: list[str] = []
+
+        async def clear(slot: int) -> None:
+            for _ in range(slot, clears, 16):
+                i = rng.randrange(size)
+                lift = await rpc(ring[i], "lift.clear", cuid=users[i], units=UNITS)
+                done = await rpc(ring[i], "lift.wait", lift=lift["lift"], timeout_s=60)
+                cleared.append(done["state"])
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for slot in range(16):
+                nursery.start_soon(clear, slot)
+        clear_s = clears / (time.perf_counter() - started)
+        states += cleared
+        quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
+        return {"hop5_p50_ms": statistics.median(latencies), "hop5_p99_ms": quantiles[98],
+                "lifts_s": lifts_s, "clear_s": clear_s,
+                "unfinished": states.count("pend"), "void": states.count("void"),
+                "lifts": len(states)}
+    finally:
+        stop(processes)
+
+
+def main(argv: list[str]) -> int:
+    parser = bench_parser("agentd bench lifts", __doc__)
+    parser.add_argument("--quick", action="store_true", help="a small, fast run")
+    parser.add_argument("--ring", type=int, default=10, help="nodes round the ring")
+    parser.add_argument("--lifts", type=int, help="linear lifts in the throughput phase")
+    parser.add_argument("--in-flight", type=int, default=64, help="lifts at once")
+    options = parser.parse_args(argv)
+    if options.ring < 6:
+        parser.error("--ring must be at least 6 (the latency lift takes 5 hops)")
+    sequential = 20 if options.quick else 100
+    lifts = options.lifts or (128 if options.quick else 640)
+    clears = 32 if options.quick else 160
+    with tempfile.TemporaryDirectory(prefix="agentd-bench-") as tmp:
+        figures = trio.run(measure, options.ring, sequential, lifts, options.in_flight, clears,
+                           Path(tmp))
+        chits = trio.run(measure_chits, 2_000 if options.quick else 10_000, 100, 4,
+                         Path(tmp) / "chits")
+    figures["chits_s"] = chits["chits_s"]
+    missed = [key for key, (how, goal) in GOALS.items()
+              if not (figures[key] <= goal if how == "<=" else figures[key] >= goal)]
+    print("agentd bench lifts" + (" --quick" if options.quick else ""))
+    print(table([
+        ("ring", f"{options.ring} nodes + a clearing house (referee), one process each"),
+        ("5-hop lift, p50 / p99", f"{figures['hop5_p50_ms']:.1f} / "
+                                  f"{figures['hop5_p99_ms']:.1f} ms (goal <= 25 / <= 60)"),
+        (f"lifts/s, {options.in_flight} in flight", f"{figures['lifts_s']:,.0f} (goal >= 300)"),
+        ("circular lifts/s, 16 at once", f"{figures['clear_s']:,.0f}"),
+        ("unfinished / void", f"{figures['unfinished']} / {figures['void']} (goal 0 / 0)"),
+        ("chits/s on one tally (bench chits)", f"{figures['chits_s']:,.0f}"),
+        ("goals", "all met" if not missed else "missed: " + ", ".join(missed)),
+    ]))
+    write_json(options.json, figures)
+    return verdict([(f"{key} {figures[key]:,.1f} (goal {how} {goal})", key not in missed)
+                    for key, (how, goal) in GOALS.items()], options.no_goals)

@@ -1,0 +1,26 @@
+"""Where the shipped configs are: ``configs/local`` (the demo network) and ``configs/sims``.
+
+In the repository ``agentd/configs`` links to the top-level ``configs/``; a wheel carries the
+files themselves as package data, so the demo and the sample scenarios work after
+``pip install``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def configs_dir() -> Path:
+    return Path(__file__).resolve().parent / "configs"
+
+
+def scenario_path(name: str) -> Path:
+    """A scenario as given, or else the shipped one it names (``ring``, ``ring.toml`` or
+    ``configs/sims/ring.toml`` from outside the repository)."""
+    given = Path(name)
+    if given.exists():
+        return given
+    shipped = configs_dir() / "sims" / given.name
+    if shipped.suffix != ".toml":
+        shipped = shipped.with_name(shipped.name + ".toml")
+    return shipped if shipped.exists() else given

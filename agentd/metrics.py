@@ -1,0 +1,117 @@
+"""``[metrics] listen``: the node's counters, outbox depth and latencies for Prometheus.
+
+prometheus-client builds the text exposition format from a registry of the node's own (so
+nodes sharing a process never mix): a collector that reads :class:`Counters` and the gauges
+at scrape time, and two latency histograms the node feeds — RPC calls by method, and incoming
+messages by target from arrival to commit. The HTTP side is a few lines on ``trio.serve_tcp``
+in the node's nursery (prometheus-client's own server would be a thread nobody can cancel):
+``GET /metrics`` answers the exposition, anything else 404; a request head is read up to
+8 KiB within 10 s, then the connection closes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import trio
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from agentd.errors import UserError
+from protocol.keys import parse_hostport
+
+if TYPE_CHECKING:
+    from agentd.runtime.node import Node
+
+MAX_REQUEST_HEAD = 8192
+REQUEST_TIMEOUT = 10.0
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                   5.0, 10.0, 30.0)
+COUNTER_HELP = {
+    "frames_in": "frames received", "frames_out": "frames sent",
+    "bytes_in": "bytes received on channels", "bytes_out": "bytes sent on channels",
+    "handshakes_ok": "Noise handshakes completed", "handshakes_failed": "handshakes failed",
+    "messages_processed": "messages processed (committed)",
+    "duplicates": "redelivered messages acked and ignored", "acks_in": "acks received",
+    "rejected_by_peer": "our messages a peer refused for good",
+}
+
+
+class Metrics:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.registry = CollectorRegistry()
+        self.registry.register(_NodeCollector(node))
+        self.rpc_seconds = Histogram(
+            "agentd_rpc_seconds", "RPC call duration by method", ["method"],
+            buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.message_seconds = Histogram(
+            "agentd_message_seconds", "incoming message: arrival to commit, by target",
+            ["target"], buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def serve(self, listen: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        host, port = parse_hostport(listen)
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as exc:
+            raise UserError(f"cannot listen on [metrics] listen {listen}: "
+                            f"{exc.strerror or exc}") from exc
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(functools.partial(_answer, self.exposition), listeners)
+
+
+async def _answer(exposition: Callable[[], bytes], stream: trio.SocketStream) -> None:
+    async with stream:
+        head = b""
+        with trio.move_on_after(REQUEST_TIMEOUT):
+            while b"\r\n\r\n" not in head and len(head) < MAX_REQUEST_HEAD:
+                try:
+                    chunk = await stream.receive_some(MAX_REQUEST_HEAD)
+                except trio.BrokenResourceError:
+                    return
+                if not chunk:
+                    break
+                head += chunk
+        words = head.split(b"\r\n", 1)[0].split()
+        if len(words) >= 2 and words[0] == b"GET" and words[1].split(b"?")[0] == b"/metrics":
+            status, kind, body = b"200 OK", CONTENT_TYPE_LATEST.encode(), exposition()
+        else:
+            status, kind, body = b"404 Not Found", b"text/plain", b"try GET /metrics\n"
+        try:
+            await stream.send_all(b"HTTP/1.1 " + status + b"\r\nContent-Type: " + kind +
+                                  b"\r\nContent-Length: " + str(len(body)).encode() +
+                                  b"\r\nConnection: close\r\n\r\n" + body)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+
+class _NodeCollector:
+    """Reads the node's counters and gauges when scraped; nothing is copied in between."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        node = self.node
+        counters = node.counters.to_map()
+        for name, text in COUNTER_HELP.items():
+            yield CounterMetricFamily(f"agentd_{name}", text, value=counters.get(name, 0))
+        rejected = CounterMetricFamily("agentd_rejected", "connections and messages refused, "
+                                       "by reason", labels=["reason"])
+        for reason, count in counters["rejected"].items():
+            rejected.add_metric([reason], count)
+        yield rejected
+        running = node.db is not None and node.peers is not None
+        yield GaugeMetricFamily("agentd_outbox_depth", "messages waiting to be sent or acked",
+                                value=node.pump.depth if running else 0)
+        yield GaugeMetricFamily("agentd_peers_connected", "open channels",
+                                value=len(node.peers.channels) if running else 0)
+        if running:
+            yield CounterMetricFamily("agentd_db_commits", "database commits",
+                                      value=node.db.commits)

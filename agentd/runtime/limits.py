@@ -1,0 +1,113 @@
+"""Bounds on what peers can make us hold: handshakes in progress, channels, partial frames.
+
+Anyone can open a TCP connection and stall, so handshake slots are bounded in total and per
+source address. A full table does not turn newcomers away (that would lock out our own peers):
+the newcomer takes the slot of the oldest connection from the same address (or, the table
+being full, of any address) that has not sent a byte yet. Once half the
+slots are taken the deadline to finish a handshake shortens. Established channels are capped
+in total, per address and per identity (peers we know are exempt from the first two: a
+stranger's channel makes room for them), and unfinished frames share one memory budget.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import itertools
+import termios
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import trio
+
+from agentd.config import Limits
+from agentd.runtime.counters import Counters
+
+
+@dataclass(eq=False)
+class HandshakeSlot:
+    address: str
+    timeout: float
+    fd: int = -1  # the socket, to see whether the peer has sent anything yet
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    spoken: bool = False  # the first handshake message arrived: no longer evictable
+
+    @property
+    def silent(self) -> bool:
+        """Nothing read from it and nothing waiting to be read: a half-open socket (a real
+        peer's first message may already wait in the socket while its task is not yet run)."""
+        if self.spoken:
+            return False
+        try:
+            unread = array.array("i", [0])
+            fcntl.ioctl(self.fd, termios.FIONREAD, unread)
+        except OSError:
+            return True
+        return unread[0] == 0
+
+    def evict(self) -> None:
+        self.scope.cancel()
+
+
+class HandshakeSlots:
+    def __init__(self, limits: Limits, normal_timeout: float, counters: Counters) -> None:
+        self.limits = limits
+        self.normal_timeout = normal_timeout
+        self.counters = counters
+        self._slots: OrderedDict[int, HandshakeSlot] = OrderedDict()
+        self._ids = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def admit(self, address: str, fd: int = -1) -> tuple[int, HandshakeSlot] | None:
+        """A slot for a new inbound connection from ``address``, evicting the oldest silent
+        one when a bound is reached; None when every slot is busy with a real handshake."""
+        limits = self.limits
+        same = [key for key, slot in self._slots.items() if slot.address == address]
+        if len(same) >= limits.max_handshakes_per_address and not self._evict(same):
+            return None
+        if len(self._slots) >= limits.max_handshakes and not self._evict(list(self._slots)):
+            return None
+        busy = len(self._slots) >= limits.max_handshakes // 2
+        timeout = min(self.normal_timeout, limits.busy_handshake_timeout) if busy \
+            else self.normal_timeout
+        key = next(self._ids)
+        slot = self._slots[key] = HandshakeSlot(address, timeout, fd)
+        return key, slot
+
+    def release(self, key: int) -> None:
+        self._slots.pop(key, None)
+
+    def _evict(self, keys: list[int]) -> bool:
+        for key in keys:  # oldest first
+            slot = self._slots[key]
+            if slot.silent:
+                del self._slots[key]
+                slot.evict()
+                self.counters.reject("handshake_evicted")
+                return True
+        return False
+
+
+class FrameBudget:
+    """Bytes of unfinished frames buffered over all channels, against one budget."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.total = 0
+        self._held: dict[int, int] = {}
+
+    def update(self, channel_id: int, buffered: int) -> bool:
+        """Record a channel's buffered bytes; False when this pushes the total past the
+        budget (the caller closes that channel, the newest offender)."""
+        old = self._held.get(channel_id, 0)
+        self.total += buffered - old
+        if buffered:
+            self._held[channel_id] = buffered
+        else:
+            self._held.pop(channel_id, None)
+        return not (buffered > old and self.total > self.limit)
+
+
+__all__ = ["FrameBudget", "HandshakeSlot", "HandshakeSlots"]

@@ -1,0 +1,140 @@
+"""Auditing this node's receipts: ``receipts.list`` and ``receipts.verify``.
+
+Receipts are checked offline against the stored JWKS (the clearing house may be down); with
+``chain``, each process's chain is also fetched from the clearing house, verified link by link,
+and every receipt matched to its entry.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from agentd.rpc import RpcError, invalid_params
+from agentd.runtime.context import Reject
+from protocol import clearing as ch
+from protocol import evidence as ev
+from protocol import receipts as rc
+from store import clearing as store
+
+if TYPE_CHECKING:
+    from agentd.runtime.context import Runtime
+
+CHAIN_PAGE = ch.MAX_PAGE_SIZE
+
+
+class Audit:
+    def __init__(self, runtime: Runtime,
+                 request: Callable[[str, dict[str, Any]], Awaitable[Any]]) -> None:
+        self.runtime = runtime
+        self._request = request  # one request to the clearing house, waiting for its answer
+        runtime.register_method("receipts.list", self.rpc_receipts_list)
+        runtime.register_method("receipts.verify", self.rpc_receipts_verify)
+
+    async def rpc_receipts_list(self, pid: str | None = None) -> list[dict]:
+        """Every stored receipt (or those of ``pid``), by process and seq."""
+        rows = self.runtime.db.reading(lambda conn: store.receipts(conn, pid))
+        return [
+            {"pid": row["pid"], "seq": row["seq"], "document_id": row["document_id"],
+             "kind": row["kind"], "ref": row["ref"], "clearing_house": row["ch"],
+             "status": row["status"], "problem": row["problem"], "received": row["received"],
+             "receipt": row["token"]}
+            for row in rows
+        ]
+
+    async def rpc_receipts_verify(self, chain: bool = False) -> dict:
+        """Check every stored receipt offline against the stored JWKS; with ``chain``, also
+        fetch each process's chain from the clearing house, verify it link by link and match
+        every receipt to its entry. Never raises for a failure: ``ok`` is false and
+        ``failures`` says what failed and why (the CLI then exits 1)."""
+        if not isinstance(chain, bool):
+            raise invalid_params("chain must be true or false")
+        db = self.runtime.db
+        rows = db.reading(store.receipts)
+        jwks = db.reading(store.all_jwks)
+        failures = await trio.to_thread.run_sync(self._verify_rows, rows, jwks)
+        for row in db.reading(store.refused_evidence):
+            failures.append({"pid": row["pid"], "seq": None, "document_id": None,
+                             "kind": row["kind"], "ref": row["ref"], "fault": "refused",
+                             "message": f"the clearing house refused this evidence: "
+                                        f"{row['error']}"})
+        pending = db.reading(store.pending_logs)
+        result: dict[str, Any] = {"checked": len(rows), "pending": pending}
+        if chain:
+            pids = sorted({row["pid"] for row in rows})
+            for pid in pids:
+                failures.extend(await self._verify_chain(
+                    pid, [row for row in rows if row["pid"] == pid], jwks))
+            result["chains"] = len(pids)
+        return {"ok": not failures, **result, "failures": failures}
+
+    def _verify_rows(self, rows: list[sqlite3.Row], jwks: dict[str, dict]) -> list[dict]:
+        failures = []
+        for row in rows:
+            expect = {**ev.expected_claims(row["ch"], row["pid"], self.runtime.agent_id,
+                                           row["payload_sha256"]),
+                      "seq": row["seq"], "document_id": row["document_id"]}
+            keys = jwks.get(row["ch"])
+            if keys is None:
+                failures.append(_failure(row, "unknown_key", "no JWKS of its clearing house is "
+                                         "stored yet (it was never reachable)"))
+                continue
+            try:
+                rc.verify_receipt(row["token"], keys, expect)
+            except rc.ReceiptError as exc:
+                failures.append(_failure(row, exc.fault.value, str(exc)))
+        return failures
+
+    async def _verify_chain(self, pid: str, receipts: list[sqlite3.Row],
+                            jwks: dict[str, dict]) -> list[dict]:
+        """Walk ``pid``'s whole chain in ascending pages and match its receipts to it."""
+        entries: list[dict] = []
+        page, size = 1, CHAIN_PAGE
+        while True:
+            try:
+                result = await self._request(
+                    "query", {"pid": pid, "page": page, "size": size, "sort": "asc"})
+            except Reject as exc:
+                if exc.code == ch.Reason.TOO_MANY_RESULTS and size > 1:
+                    size //= 2  # pages of big payloads: ask for fewer, from the same offset
+                    page = len(entries) // size + 1
+                    continue
+                return [_chain_failure(pid, f"cannot read the chain: {exc}")]
+            except RpcError as exc:
+                return [_chain_failure(pid, f"cannot read the chain: {exc.message}")]
+            entries.extend(result["entries"])
+            if not result["has_more"]:
+                break
+            page += 1
+        try:
+            ch.verify_chain(entries)
+        except ch.ChainError as exc:
+            return [_chain_failure(pid, f"the chain is broken at {exc}")]
+        by_seq = {entry["seq"]: entry for entry in entries}
+        failures = []
+        for row in receipts:
+            entry = by_seq.get(row["seq"])
+            if entry is None:
+                failures.append(_failure(row, "not_in_chain", f"seq {row['seq']} is not in the "
+                                         f"chain of {len(entries)} entries"))
+                continue
+            try:
+                rc.verify_receipt(row["token"], jwks.get(row["ch"]) or {"keys": []},
+                                  rc.entry_claims(entry))
+            except rc.ReceiptError as exc:
+                failures.append(_failure(row, "chain_mismatch",
+                                         f"the receipt does not match the chain entry: {exc}"))
+        return failures
+
+
+def _failure(row: Mapping[str, Any], fault: str, message: str) -> dict[str, Any]:
+    return {"pid": row["pid"], "seq": row["seq"], "document_id": row["document_id"],
+            "kind": row["kind"], "ref": row["ref"], "fault": fault, "message": message}
+
+
+def _chain_failure(pid: str, message: str) -> dict[str, Any]:
+    return {"pid": pid, "seq": None, "document_id": None, "kind": None, "ref": None,
+            "fault": "chain", "message": message}

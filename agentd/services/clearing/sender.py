@@ -1,0 +1,190 @@
+"""Sending to the clearing house: ``ch.log`` calls and evidence logs, batched.
+
+``ch.log``/``ch.log_many`` entries come through a bounded Trio memory channel (callers wait
+while it is full: backpressure); :meth:`Sender.run` sends all that queued meanwhile, for one
+clearing house and within a frame, as one ``log_batch`` (a lone one as ``log``). Evidence
+logs wait as rows of ``ch_requests``; they go out the same way, all that are ready at once,
+when told (``evidence_due``) and at start for those a stopped node left.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from agentd.runtime.context import Tx
+from protocol import clearing as ch
+from protocol.codec import pack, unpack
+from protocol.evidence import entry_key
+from protocol.keys import ChipAddress
+from protocol.messages import Send
+from store import clearing as store
+
+if TYPE_CHECKING:
+    from agentd.runtime.context import Runtime
+
+log = logging.getLogger("agentd.evidence")
+
+QUEUE_LIMIT = 4 * ch.MAX_BATCH  # queued entries beyond which ch.log callers wait
+EVIDENCE_RETRY = 1.0  # s before evidence is sent again after a failed write
+BATCH_ITEM_OVERHEAD = 16  # msgpack bytes around each entry of a log_batch, generously
+
+
+class Pending:
+    """A ``ch.log`` entry waiting for ``Sender.run`` to send it."""
+
+    __slots__ = ("abandoned", "error", "house", "key", "obj", "sent", "size")
+
+    def __init__(self, house: ChipAddress, obj: dict[str, Any], size: int) -> None:
+        self.house, self.obj, self.size = house, obj, size
+        # set once committed to the outbox (or failed: ``error``); only a call's last entry
+        # has one, as entries are sent in order
+        self.sent: trio.Event | None = None
+        self.key: bytes | None = None  # the receipt/waiter key, once sent
+        self.error: Exception | None = None
+        self.abandoned = False  # the caller went away: nobody collects the answer
+
+
+class Sender:
+    def __init__(self, runtime: Runtime, room: Callable[[], int],
+                 address: Callable[[str], ChipAddress]) -> None:
+        self.runtime = runtime
+        self._room = room  # the largest request a frame carries
+        self._address = address  # where to send to a clearing house, by agent id
+        self._calls_in, self._calls = trio.open_memory_channel[Pending](QUEUE_LIMIT)
+        self._evidence_waiting = True  # at start: what a previous run left
+        self._evidence_told = trio.lowlevel.ParkingLot()
+
+    async def queue(self, items: list[Pending]) -> None:
+        """Queue ``ch.log`` entries, in order; waits only while the queue is full (so a
+        call's entries go in one batch when there is room)."""
+        for item in items:
+            try:
+                self._calls_in.send_nowait(item)
+            except trio.WouldBlock:
+                await self._calls_in.send(item)
+
+    def evidence_due(self) -> None:
+        """An evidence log committed (or its process became ready): send it soon."""
+        self._evidence_waiting = True
+        self._evidence_told.unpark_all()
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send what waits for the clearing house until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_evidence)
+            task_status.started()
+            await self._send_calls()
+
+    # -- ch.log calls ---------------------------------------------------------------------
+
+    async def _send_calls(self) -> None:
+        """Send the queued ``ch.log`` entries: all that queued meanwhile (up to ``MAX_BATCH``
+        and a frame) as one ``log_batch`` to the same clearing house, a lone one as ``log``."""
+        carried: Pending | None = None  # taken from the queue, but for the next batch
+        while True:
+            first = carried or await self._calls.receive()
+            carried = None
+            batch, size = [first], first.size
+            while len(batch) < ch.MAX_BATCH:
+                try:
+                    item = self._calls.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                size += item.size + BATCH_ITEM_OVERHEAD
+                if item.house != first.house or size > self._room():
+                    carried = item
+                    break
+                batch.append(item)
+            await self._send_batch(batch)
+            for item in batch:
+                if item.sent is not None:
+                    item.sent.set()
+
+    async def _send_batch(self, batch: list[Pending]) -> None:
+        house = batch[0].house
+
+        def work(tx: Tx) -> list[bytes]:
+            conn = tx.conn
+            if len(batch) == 1:
+                obj = batch[0].obj
+                message_id = tx.send(Send(house, ch.TARGET, "log", obj))
+                store.add_request(
+                    conn, message_id=message_id, ch=house.agent, action="log", pid=obj["pid"],
+                    kind=None, ref=None, payload_sha256=obj["payload_sha256"], state="sent",
+                    now_ms=tx.now_ms,
+                )  # fmt: skip
+                keys = [message_id]
+            else:
+                message_id = tx.send(Send(house, ch.TARGET, "log_batch",
+                                          {"entries": [item.obj for item in batch]}))
+                store.add_request(
+                    conn, message_id=message_id, ch=house.agent, action="log_batch", pid=None,
+                    kind=None, ref=None, payload_sha256=None, state="sent", now_ms=tx.now_ms,
+                    obj=pack([[item.obj["pid"], item.obj["payload_sha256"]] for item in batch]),
+                )  # fmt: skip
+                keys = [entry_key(message_id, index) for index in range(len(batch))]
+            tx.after_commit(lambda: self._await_answers(batch, keys))
+            return keys
+
+        try:
+            await self.runtime.transact(work)
+        except Exception as exc:  # each caller gets the failure, as request() would raise it
+            for item in batch:
+                item.error = exc
+
+    def _await_answers(self, batch: list[Pending], keys: list[bytes]) -> None:
+        """Once a batch committed: a waiter for each entry whose caller is still there."""
+        for item, key in zip(batch, keys, strict=True):
+            if not item.abandoned:
+                item.key = key
+                self.runtime.replies.expect(key)
+
+    # -- evidence logs ----------------------------------------------------------------------
+
+    async def _send_evidence(self) -> None:
+        """Send the evidence logs waiting in ``ch_requests`` whose process is ready, all that
+        gathered meanwhile (up to ``MAX_BATCH`` and a frame) as one ``log_batch``, each entry's
+        row keyed ``message id + index`` (a lone one as ``log``, keyed by its message id)."""
+        while True:
+            while not self._evidence_waiting:
+                await self._evidence_told.park()
+            self._evidence_waiting = False
+            try:
+                while await self._send_evidence_batch():
+                    pass
+            except Exception:  # a failed write: nothing was sent, so try again shortly
+                log.exception("sending evidence to the clearing house failed; retrying")
+                await trio.sleep(EVIDENCE_RETRY)
+                self._evidence_waiting = True
+
+    async def _send_evidence_batch(self) -> bool:
+        """One ``log``/``log_batch`` of waiting evidence; False when none waits."""
+        room = self._room()
+
+        def work(tx: Tx) -> bool:
+            conn = tx.conn
+            rows = store.ready_logs(conn, ch.MAX_BATCH)
+            if not rows:
+                return False
+            house, batch, size = rows[0]["ch"], [], 0
+            for row in rows:
+                size += len(row["object"]) + BATCH_ITEM_OVERHEAD
+                if row["ch"] != house or (batch and size > room):
+                    break
+                batch.append(row)
+            to = self._address(house)
+            if len(batch) == 1:
+                message_id = tx.send(Send(to, ch.TARGET, "log", unpack(batch[0]["object"])))
+                store.mark_sent(conn, batch[0]["seq"], message_id)
+                return True
+            message_id = tx.send(Send(to, ch.TARGET, "log_batch",
+                                      {"entries": [unpack(row["object"]) for row in batch]}))
+            for index, row in enumerate(batch):
+                store.mark_sent(conn, row["seq"], entry_key(message_id, index))
+            return True
+
+        return await self.runtime.transact(work)

@@ -1,0 +1,228 @@
+"""Chits: payments and invoices on an open tally, and chain messages (the ``chit`` target).
+
+``protocol.chit`` decides each chit's transition and ``protocol.chain`` orders good chits into
+the chain both holders agree on; :meth:`CreditLedger.good` commits a chit that became good,
+chains it and tells the partner. Every chit message must come from the tally partner (agent
+and user) and be addressed to one of our users; signatures are checked by the protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from typing import TYPE_CHECKING, Any
+
+from agentd.rpc import invalid_params
+from agentd.runtime.context import Reject, Service, Tx
+from agentd.services.credit.ledger import CreditLedger, log_chits
+from agentd.services.credit.params import (
+    new_uuids,
+    object_uuid,
+    param_amount,
+    param_cuid,
+    param_memo,
+    param_uuid,
+)
+from protocol import chain as ch
+from protocol import chit as c
+from protocol import tally as t
+from protocol.envelope import Envelope
+from protocol.keys import b64u
+from store import credit as credit_store
+from store.credit import Holding
+
+if TYPE_CHECKING:
+    from agentd.runtime.context import Runtime
+
+log = logging.getLogger("agentd.credit")
+MAX_PAYMENTS = 1000  # payments per chit.pay_many call
+
+
+class ChitService(Service):
+    """The ``chit`` target and the ``chit.*`` RPC methods."""
+
+    target = "chit"
+    actions = frozenset({"good", "pend", "void", "chain"})
+
+    def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
+        super().__init__(node)
+        self.ledger = ledger
+        for name, method in (("pay", self.rpc_pay), ("pay_many", self.rpc_pay_many),
+                             ("invoice", self.rpc_invoice), ("accept", self.rpc_chit_accept),
+                             ("refuse", self.rpc_chit_refuse), ("list", self.rpc_chits)):
+            node.register_method(f"chit.{name}", method)
+
+    def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
+        self.chit_rejected(tx, envelope, code, message)
+
+    # -- RPC -----------------------------------------------------------------------------
+
+    async def rpc_pay(self, cuid: str, tally: str, units: int, memo: str = "") -> dict:
+        """Pay the partner ``units`` milliCHIPs: a chit our user signs, good at once. Refused
+        before anything is sent if it would take the partner past its limit."""
+        result = await self._pay(cuid, tally, [param_amount(units, "units")], memo, batched=False)
+        return result[0]
+
+    async def rpc_pay_many(self, cuid: str, tally: str, units: list[int], memo: str = "") -> dict:
+        """Several payments in one transaction, each its own signed chit, sent to the partner
+        a hundred to a message. All are refused if any would pass the partner's limit."""
+        if not isinstance(units, list) or not 1 <= len(units) <= MAX_PAYMENTS:
+            raise invalid_params(f"units must be a list of 1 to {MAX_PAYMENTS} amounts")
+        paid = await self._pay(cuid, tally, [param_amount(u, "units") for u in units], memo,
+                               batched=True)
+        return {"tally": tally, "chits": [item["chit"] for item in paid]}
+
+    async def _pay(
+        self, cuid: str, tally: str, amounts: list[int], memo: str, *, batched: bool
+    ) -> list[dict]:
+        cuid, tally_uuid, memo = param_cuid(cuid), param_uuid(tally, "tally"), param_memo(memo)
+
+        def work(tx: Tx) -> list[c.LocalChit]:
+            holding = self.ledger.holding(tx.conn, tally_uuid, cuid)
+            key = self.ledger.user(tx.conn, cuid).key
+            balance, paid = holding.balance, []
+            for chit_uuid, units in zip(new_uuids(len(amounts)), amounts, strict=True):
+                chit, _ = c.pay(holding.local, key, chit_uuid=chit_uuid, units=units,
+                                date_ms=tx.now_ms, balance=balance, memo=memo,
+                                reserved=holding.lift_out)
+                balance += c.effect(chit.chit, holding.local.side)
+                paid.append(chit)
+            self.ledger.good(tx, holding, paid, batched=batched)
+            return paid
+
+        paid = await self.ledger.transact(work)
+        return [{"chit": chit.uuid, "state": chit.state, "tally": tally_uuid,
+                 "units": chit.chit["units"]} for chit in paid]
+
+    async def rpc_invoice(self, cuid: str, tally: str, units: int, memo: str = "") -> dict:
+        """Ask the partner to pay ``units``: a chit in its name that it accepts or refuses."""
+        cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
+        units, memo = param_amount(units, "units"), param_memo(memo)
+
+        def work(tx: Tx) -> c.LocalChit:
+            holding = self.ledger.holding(tx.conn, tally_uuid, cuid)
+            drafted, messages = c.invoice(holding.local, chit_uuid=str(uuidlib.uuid4()),
+                                          units=units, date_ms=tx.now_ms,
+                                          balance=holding.balance, memo=memo,
+                                          reserved=holding.lift_in)
+            self.ledger.store.put_chit(tx.conn, cuid, drafted, tx.now_ms)
+            log_chits(tx, cuid, [drafted])
+            self.ledger.send(tx, holding, messages)
+            return drafted
+
+        drafted = await self.ledger.transact(work)
+        return {"chit": drafted.uuid, "state": drafted.state, "tally": tally_uuid,
+                "units": units}
+
+    async def rpc_chit_accept(self, cuid: str, chit: str) -> dict:
+        """Pay the partner's invoice: our user signs it and it is good."""
+        cuid, chit_uuid = param_cuid(cuid), param_uuid(chit, "chit")
+
+        def work(tx: Tx) -> c.LocalChit:
+            holding, owed = self.ledger.owed(tx.conn, cuid, chit_uuid)
+            paid, _ = c.accept(owed, holding.local, self.ledger.user(tx.conn, cuid).key,
+                               balance=holding.balance, reserved=holding.lift_out)
+            self.ledger.good(tx, holding, [paid], batched=False)
+            return paid
+
+        paid = await self.ledger.transact(work)
+        return {"chit": chit_uuid, "state": paid.state, "tally": paid.chit["tally"]}
+
+    async def rpc_chit_refuse(self, cuid: str, chit: str) -> dict:
+        """Turn the partner's invoice down."""
+        cuid, chit_uuid = param_cuid(cuid), param_uuid(chit, "chit")
+
+        def work(tx: Tx) -> c.LocalChit:
+            holding, owed = self.ledger.owed(tx.conn, cuid, chit_uuid)
+            refused, messages = c.refuse(owed, holding.local)
+            self.ledger.store.put_chit(tx.conn, cuid, refused, tx.now_ms)
+            log_chits(tx, cuid, [refused])
+            self.ledger.log(tx, holding.local, "chit.void", refused.to_map(), ref=chit_uuid)
+            self.ledger.send(tx, holding, messages)
+            return refused
+
+        refused = await self.ledger.transact(work)
+        return {"chit": chit_uuid, "state": refused.state, "tally": refused.chit["tally"]}
+
+    async def rpc_chits(self, cuid: str, tally: str) -> list[dict]:
+        """The tally's chits from the user's side, in chain order (unlinked ones last):
+        ``by`` is the issuer (the payer), ``index``/``hash`` its block in the chain."""
+        cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
+        self.ledger.tally_row(cuid, tally_uuid)
+        return [
+            {"chit": row["uuid"], "by": row["issuer"], "type": row["type"],
+             "units": row["units"], "state": row["state"], "index": row["chain_index"],
+             "hash": None if row["chain_hash"] is None else b64u(row["chain_hash"]),
+             "memo": row["memo"], "date": row["date"], "error": row["error"],
+             "lift": row["lift"]}
+            for row in self.runtime.db.reading(
+                lambda conn: credit_store.list_chits(conn, tally_uuid, cuid))
+        ]  # fmt: skip
+
+    # -- messages (writer thread) --------------------------------------------------------
+
+    def handle(self, tx: Tx, envelope: Envelope) -> None:
+        cuid = self.ledger.addressee(tx.conn, envelope)
+        obj, action = envelope.object, envelope.action
+        holding = self.ledger.holding(tx.conn, object_uuid(obj, "tally"), cuid)
+        self.ledger.check_partner(holding, envelope)
+        if action == "chain":
+            self._on_chain(tx, holding, obj)
+            return
+        if action not in ("good", "pend", "void"):
+            raise Reject("UNKNOWN_ACTION", f"chit has no action {action!r}")
+        chit_uuid = object_uuid(obj, "uuid")
+        known = self.ledger.store.get_chit(tx.conn, holding.local.uuid, cuid, chit_uuid)
+        try:
+            if action == "good":
+                received, _ = c.receive_good(known, obj, holding.local)
+            elif action == "pend":
+                received, _ = c.receive_pend(known, obj, holding.local)
+            elif known is None:
+                raise Reject("UNKNOWN_CHIT", f"no chit {chit_uuid} on tally {obj['tally']}")
+            else:
+                received, _ = c.receive_void(known, obj, holding.local)
+        except t.Refusal as refusal:
+            if known is None or refusal.code != "bad_state":
+                raise
+            if known.chit["hash"] != obj.get("hash", known.chit["hash"]):
+                raise Reject("CONFLICT", f"chit {chit_uuid} is already here with other "
+                             "contents") from refusal
+            return  # a copy of what we already hold (resent, or adopted from the chain)
+        if action == "good":
+            self.ledger.good(tx, holding, [received], batched=False)
+            return
+        self.ledger.store.put_chit(tx.conn, cuid, received, tx.now_ms)
+        log_chits(tx, cuid, [received])
+        if action == "void":
+            self.ledger.log(tx, holding.local, "chit.void", received.to_map(), ref=chit_uuid)
+
+    def _on_chain(self, tx: Tx, holding: Holding, obj: Any) -> None:
+        if holding.chain is None:
+            raise Reject("BAD_STATE", f"tally {holding.local.uuid} is {holding.local.state}: "
+                         "it has no chain yet")
+        received = ch.receive(holding.chain, obj, holding.local)
+        adopted = []  # good chits first learned from this message
+        for chit in received.adopted:
+            known = self.ledger.store.get_chit(tx.conn, chit["tally"], holding.cuid, chit["uuid"])
+            got, _ = c.receive_good(known, chit, holding.local)
+            self.ledger.log(tx, holding.local, "chit.good", got.chit, ref=got.uuid)
+            adopted.append(got)
+        delta = sum(c.effect(got.chit, holding.local.side) for got in adopted)
+        self.ledger.commit(tx, holding, chain=received.chain, delta=delta,
+                           messages=received.messages, fresh=adopted)
+
+    def chit_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
+        """The partner refused a chit message of ours for good: keep the reason where the user
+        sees it (the chain repairs itself by resync when the cause is gone)."""
+        obj, sender = envelope.get("object") or {}, envelope.get("from") or {}
+        tally_uuid, cuid = obj.get("tally"), sender.get("cuid")
+        if not isinstance(tally_uuid, str) or not isinstance(cuid, str):
+            return
+        action = envelope.get("action")
+        reason = f"chit {action}: {code}: {message}"
+        log.warning("tally %s: the partner refused %s", tally_uuid, reason)
+        self.ledger.store.set_error(tx.conn, tally_uuid, cuid, reason)
+        if action in ("good", "pend", "void") and isinstance(obj.get("uuid"), str):
+            self.ledger.store.set_chit_error(tx.conn, tally_uuid, cuid, obj["uuid"], reason)
+

@@ -1,0 +1,237 @@
+"""The credit ledger operations every credit service shares: users, holdings, commits.
+
+Tally negotiation (``tallies``), chits (``chits``), chain repair (``repair``) and lifts load a
+holder's tally through :class:`CreditLedger`, let the protocol decide one transition and hand
+the outcome to :meth:`CreditLedger.commit`, which applies the tally lifecycle rules, saves the
+tally, its chain, balance, reservations and chits (``store.credit``) and queues the messages,
+all in the caller's transaction. Messages go to the tally partner (``send``) or to any named
+agent (``tx.send`` with a ``protocol.messages.Send``).
+
+Evidence (``log``, a no-op without a clearing house): tally open and close, chits becoming
+good or void, under pid = the tally uuid, owned by both partners' agents. When both holders
+are on this node only the foil holder logs, so nothing is logged twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import trio
+
+from agentd.logs import event
+from agentd.rpc import NOT_FOUND, RpcError
+from agentd.runtime.context import Reject, Tx
+from protocol import chain as ch
+from protocol import chit as c
+from protocol import tally as t
+from protocol.envelope import Envelope
+from protocol.keys import ChipAddress, SigningKey
+from protocol.messages import Send
+from store import credit as credit_store
+from store import users
+from store.credit import Holding, Ledger
+
+if TYPE_CHECKING:
+    from agentd.runtime.context import Runtime
+    from agentd.services.clearing.client import Evidence
+
+T = TypeVar("T")
+log = logging.getLogger("agentd.credit")
+RESYNC_QUIET_MS = 1000  # a chain this long still is repaired (see ``repair``)
+
+
+@dataclass(frozen=True)
+class User:
+    cuid: str
+    key: SigningKey
+    cert: dict[str, Any]
+
+
+class CreditLedger:
+    """Holdings, users and commits, on the writer thread; RPC plumbing on the event loop."""
+
+    def __init__(self, node: Runtime, evidence: Evidence) -> None:
+        self.changed = trio.Event()  # set (and replaced) after every committed tally change
+        self.on_change: list[Callable[[], None]] = []  # e.g. wake the chain repair
+        self.runtime = node
+        self.evidence = evidence
+        self.store = Ledger()  # used on the writer thread only
+        self._users: dict[str, User] = {}  # writer thread
+
+    # -- shared steps (writer thread) ------------------------------------------------------
+
+    def good(self, tx: Tx, holding: Holding, chits: list[c.LocalChit], *, batched: bool,
+             lift_delta: tuple[int, int] = (0, 0)) -> None:
+        """Chits that just became good here (ours, or one the partner sent ``good``): store
+        them, chain them, move the balance, tell the partner."""
+        side = holding.local.side
+        for chit in chits:
+            self.log(tx, holding.local, "chit.good", chit.chit, ref=chit.uuid)
+        assert holding.chain is not None  # a tally that takes chits is binding
+        if batched:
+            chain, messages = ch.add_many(holding.chain, [chit.chit for chit in chits])
+        else:
+            (chit,) = chits
+            chain, messages = ch.add(holding.chain, chit.chit)
+        delta = sum(c.effect(chit.chit, side) for chit in chits)
+        self.commit(tx, holding, chain=chain, delta=delta, messages=messages, fresh=chits,
+                    lift_delta=lift_delta)
+
+    def commit(
+        self,
+        tx: Tx,
+        holding: Holding,
+        *,
+        local: t.LocalTally | None = None,
+        chain: ch.Chain | None = None,
+        delta: int = 0,
+        messages: Iterable[dict[str, Any]] = (),
+        fresh: Iterable[c.LocalChit] = (),
+        lift_delta: tuple[int, int] = (0, 0),
+    ) -> Holding:
+        """Save a transition's outcome (with the ``fresh`` chits it made or changed, and the
+        change ``lift_delta`` in what pending lift chits hold) and queue its messages, after
+        the tally lifecycle rules (``protocol.tally.follow``)."""
+        chain = chain or holding.chain
+        local, happened = t.follow(local or holding.local, has_chain=chain is not None,
+                                   balance=holding.balance + delta,
+                                   quiet=chain is not None and ch.settled(chain))
+        if t.START_CHAIN in happened:
+            chain = ch.start(local)
+            self.log(tx, local, "tally.open", local.tally)
+        if t.CLOSED in happened:
+            self.log(tx, local, "tally.close", local.tally)
+        fresh = list(fresh)
+        tx.after_commit(self.changed_now)
+        saved = self.store.save(tx.conn, holding, tx.now_ms, local=local, chain=chain,
+                                 balance_delta=delta, resync_due=tx.now_ms + RESYNC_QUIET_MS,
+                                 fresh=fresh, lift_delta=lift_delta)
+        self.send(tx, saved, messages)
+        if local.state != holding.local.state:
+            tx.after_commit(functools.partial(
+                event, log, "tally state", tally=local.uuid, cuid=holding.cuid,
+                state=local.state, was=holding.local.state, balance=saved.balance))
+        log_chits(tx, holding.cuid, fresh)
+        return saved
+
+    def changed_now(self) -> None:
+        """A tally changed (committed): wake ``tally.wait`` callers and ``on_change``."""
+        self.changed.set()
+        self.changed = trio.Event()
+        for wake in self.on_change:
+            wake()
+
+    def emit(self, tx: Tx, sends: Iterable[Send]) -> None:
+        """Queue typed messages, each to the recipient it names."""
+        for send in sends:
+            tx.send(send)
+
+    def partner_address(self, agent: str, cuid: str | None) -> ChipAddress:
+        """A tally partner as a message recipient (the pump finds where to dial it)."""
+        return ChipAddress(agent=agent, cuid=cuid)
+
+    def send(self, tx: Tx, holding: Holding, messages: Iterable[dict[str, Any]]) -> None:
+        to = None
+        for message in messages:
+            to = to or holding.local.partner
+            tx.send(Send(to, message["target"], message["action"], message["object"],
+                         from_cuid=holding.cuid))
+
+    def log(self, tx: Tx, local: t.LocalTally, kind: str, payload: object,
+             ref: str | None = None) -> None:
+        """Evidence for the clearing house, once per node (the foil holder's, when both
+        holders are ours)."""
+        if self.evidence.clearing_house() is None:
+            return  # evidence.log would do nothing, after checking its arguments
+        partner = local.partner
+        if partner.agent == self.runtime.agent_id and local.side == t.STOCK:
+            return
+        owners = [local.tally[side]["cert"]["chad"]["agent"] for side in t.SIDES]
+        self.evidence.log(tx, local.uuid, owners, kind, payload, ref=ref)
+
+    def user(self, conn: sqlite3.Connection, cuid: str) -> User:
+        user = self._users.get(cuid)
+        if user is None:
+            row = users.get(conn, cuid)
+            if row is None:
+                raise Reject("UNKNOWN_USER", f"no user {cuid!r} on this node")
+            key = SigningKey(row["seed"])
+            cert = t.make_cert(self.runtime.own_address(cuid), row["name"], key.public,
+                               row["created"])
+            user = self._users[cuid] = User(cuid, key, cert)
+        return user
+
+    def known(self, conn: sqlite3.Connection, cuid: str) -> bool:
+        """Whether ``cuid`` is one of our users."""
+        return cuid in self._users or users.get(conn, cuid) is not None
+
+    def holding(self, conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> Holding:
+        holding = self.store.get(conn, tally_uuid, cuid)
+        if holding is None:
+            raise Reject("UNKNOWN_TALLY", f"user {cuid} holds no tally {tally_uuid}")
+        return holding
+
+    def owed(self, conn: sqlite3.Connection, cuid: str, chit_uuid: str
+              ) -> tuple[Holding, c.LocalChit]:
+        """The tally and the chit a user answers (an invoice addressed to it)."""
+        tallies = self.store.tallies_with_chit(conn, cuid, chit_uuid)
+        if not tallies:
+            raise Reject("UNKNOWN_CHIT", f"user {cuid} holds no chit {chit_uuid}")
+        if len(tallies) > 1:
+            raise Reject("AMBIGUOUS", f"chit {chit_uuid} is on {len(tallies)} tallies")
+        holding = self.holding(conn, tallies[0], cuid)
+        owed = self.store.get_chit(conn, tallies[0], cuid, chit_uuid)
+        assert owed is not None
+        return holding, owed
+
+    def addressee(self, conn: sqlite3.Connection, envelope: Envelope) -> str:
+        """Our user a tally or chit message is for."""
+        cuid = envelope.to.cuid
+        if cuid is None or users.get(conn, cuid) is None:
+            raise Reject("UNKNOWN_USER", f"no user {cuid!r} on this node")
+        return cuid
+
+    @staticmethod
+    def check_partner(holding: Holding, envelope: Envelope) -> None:
+        cert = holding.local.tally[holding.local.partner_side]["cert"]
+        sender = envelope.from_
+        if cert is None or (sender.agent, sender.cuid) != (cert["chad"]["agent"],
+                                                           cert["chad"]["cuid"]):
+            raise Reject("NOT_PARTY", f"{sender} is not party to tally {holding.local.uuid}")
+
+    async def transact(self, work: Callable[[Tx], T]) -> T:
+        """Run ``work`` in one transaction; its messages go to the pump once committed."""
+        return await self.runtime.transact(work)
+
+    def known_user(self, cuid: str) -> str:
+        if not self.runtime.db.reading(lambda conn: users.exists(conn, cuid)):
+            raise RpcError(NOT_FOUND, f"no user {cuid!r} on this node", "UNKNOWN_USER")
+        return cuid
+
+    def tally_row(self, cuid: str, tally_uuid: str) -> Any:
+        self.known_user(cuid)
+        row = self.runtime.db.reading(lambda conn: credit_store.tally_row(conn, tally_uuid, cuid))
+        if row is None:
+            raise RpcError(NOT_FOUND, f"user {cuid} holds no tally {tally_uuid}",
+                           "UNKNOWN_TALLY")
+        return row
+
+
+
+def log_new_tally(tx: Tx, cuid: str, local: t.LocalTally) -> None:
+    """The info line for a tally this transaction created, once it has committed."""
+    tx.after_commit(functools.partial(event, log, "tally state", tally=local.uuid, cuid=cuid,
+                                      state=local.state, was="none"))
+
+
+def log_chits(tx: Tx, cuid: str, chits: Iterable[c.LocalChit]) -> None:
+    """The info line per chit state change, once the transaction has committed."""
+    for chit in chits:
+        tx.after_commit(functools.partial(
+            event, log, "chit state", chit=chit.chit["uuid"], tally=chit.chit["tally"],
+            cuid=cuid, state=chit.state, units=chit.chit["units"]))

@@ -1,0 +1,428 @@
+"""Lifts: credit moved along a path of tallies, all or nothing (the ``lift`` target).
+
+``protocol.lift`` decides; this service keeps the state and moves the messages. A lift is a
+referee two-phase commit (DESIGN.md §4):
+
+1. ``lift.pay`` / ``lift.clear`` find a route (``RouteService.search``), sign the lift record
+   with the payor's key and, in one transaction, record the lift, a pending lift chit on the
+   first tally (holding its capacity: ``lift_out``) and ``promise`` to the next user.
+2. Each hop checks the promise (record signature, deadline, that the sender is its partner on
+   the incoming tally, capacity on both tallies counting every pending lift chit, the referee)
+   and in one transaction records pending chits on its incoming and outgoing tallies and
+   forwards ``promise``. A hop that cannot take part refuses the promise (an error ack that
+   changes nothing); the sender, which holds a pending chit, then sends ``cancel`` to the
+   referee.
+3. The terminus (the payee, or the payor again for a circle) records its pending chit and
+   sends ``commit`` to the referee.
+4. The referee decides once (``protocol.lift.decide``), keeps the signed decision for ever,
+   logs it as evidence (pid = the lift uuid, owned by every node on the path) and sends it to
+   every node on the path; asking again gets the same answer.
+5. A node applies a decision signed by the lift's referee to all its pending chits of the
+   lift in one transaction: good ones enter the tally chains like any good chit, void ones
+   release their capacity. A node still pending after the deadline asks the referee
+   (``query``), backing off, until it learns the decision.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid as uuidlib
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from agentd.logs import event
+from agentd.rpc import invalid_params
+from agentd.runtime.context import Reject, Service, Tx
+from agentd.services.credit.ledger import CreditLedger
+from agentd.services.credit.params import param_amount, param_cuid, param_memo, param_uuid
+from agentd.services.credit.routes import RouteService, param_find
+from protocol import chit as c
+from protocol import lift as lf
+from protocol import route
+from protocol.envelope import Envelope
+from protocol.errors import Refusal
+from protocol.keys import ChipAddress, b64u, format_hostport
+from store import lifts
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from agentd.runtime.context import Runtime
+
+log = logging.getLogger("agentd.lift")
+WAIT_S = 30.0
+MAX_WAIT_S = 600.0
+QUERY_POLL_S = 5.0  # at most this long between looks for lifts to ask the referee about
+_PENDING = (c.A_LIFT, c.L_LIFT)
+
+
+class LiftService(Service):
+    """The ``lift`` target, the referee role and the ``lift.*`` RPC methods."""
+
+    target = "lift"
+    actions = frozenset({"promise", "commit", "cancel", "query", "decision"})
+
+    def __init__(self, node: Runtime, ledger: CreditLedger, routes: RouteService) -> None:
+        super().__init__(node)
+        self.ledger = ledger
+        self.routes = routes
+        self._settled: dict[str, trio.Event] = {}  # lift -> set when it is decided here
+        self._work = trio.Event()  # a new pending lift: look at the deadlines again
+        for name in ("pay", "clear", "wait", "show", "list"):
+            node.register_method(f"lift.{name}", getattr(self, f"rpc_{name}"))
+
+    # -- RPC -----------------------------------------------------------------------------
+
+    async def rpc_pay(self, cuid: str, find: str, units: int, memo: str = "",
+                      life_s: float | None = None) -> dict:
+        """Pay ``units`` to ``find`` (``cuid:agent`` or a full CHIP address) along a route of
+        tallies: returns at once with the lift pending; ``lift.wait`` tells how it ended.
+        ``NO_ROUTE`` when no path can carry ``units`` (checked before anything is promised)."""
+        cuid, target = param_cuid(cuid), param_find(find)
+        units, memo, life_ms = param_amount(units, "units"), param_memo(memo), self._life(life_s)
+        if (target.agent, target.cuid) == (self.runtime.agent_id, cuid):
+            raise invalid_params("find is the payor itself: use lift.clear for a circle")
+        found = await self.routes.search(cuid, target, units, "linear", first=True)
+        if not found:
+            raise Reject("NO_ROUTE", f"no route from {cuid} to {target.cuid}:{target.agent} "
+                         f"can carry {units} mCHIP now")
+        record = await self._start(cuid, "linear", units, found[0], memo, life_ms)
+        return _started(record)
+
+    async def rpc_clear(self, cuid: str, units: int | None = None, memo: str = "",
+                        life_s: float | None = None) -> dict:
+        """Clear debt round a cycle through our user: the largest amount the best cycle can
+        carry, or ``units``. Every balance on the cycle moves toward zero and nobody's net
+        position changes. ``NO_CYCLE`` when no debt cycle passes through the user."""
+        cuid, memo, life_ms = param_cuid(cuid), param_memo(memo), self._life(life_s)
+        least = 1 if units is None else param_amount(units, "units")
+        return await self.clear(cuid, least, exact=units is not None, memo=memo,
+                                life_ms=life_ms)
+
+    async def clear(self, cuid: str, least: int, *, exact: bool, memo: str = "",
+                    life_ms: int | None = None) -> dict:
+        """Start a circular lift through ``cuid`` of ``least`` (``exact``) or of all the best
+        cycle can carry, if that is at least ``least``."""
+        found = await self.routes.search(cuid, self.runtime.own_address(cuid), least, "circular")
+        if not found:
+            raise Reject("NO_CYCLE", f"no debt cycle through {cuid} can clear {least} mCHIP")
+        best = found[0]
+        amount = least if exact else best["capacity"]
+        record = await self._start(cuid, "circular", amount, best, memo,
+                                   self._life(None) if life_ms is None else life_ms)
+        return {**_started(record), "units": amount}
+
+    async def rpc_wait(self, lift: str, timeout_s: float = WAIT_S) -> dict:
+        """The lift once it is good or void here, or as it is when ``timeout_s`` passes."""
+        lift = param_uuid(lift, "lift")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not (
+                0 <= timeout_s <= MAX_WAIT_S):
+            raise invalid_params(f"timeout_s must be seconds from 0 to {MAX_WAIT_S:g}")
+        event = self._settled.setdefault(lift, trio.Event())  # before we look: no race
+        try:
+            shown = await self.rpc_show(lift)
+        except Refusal:
+            self._settled.pop(lift, None)
+            raise
+        if shown["state"] != lf.PEND:
+            return shown
+        with trio.move_on_after(timeout_s):
+            await event.wait()
+        return await self.rpc_show(lift)
+
+    async def rpc_show(self, lift: str) -> dict:
+        """One lift as this node sees it: record, state, decision and its chits here."""
+        lift = param_uuid(lift, "lift")
+        return await self.runtime.db.write(lambda conn: self._show(conn, lift))
+
+    async def rpc_list(self, cuid: str | None = None) -> list[dict]:
+        """Lifts this node takes part in (of one user, or all), newest first."""
+        who = None if cuid is None else param_cuid(cuid)
+
+        def job(conn: sqlite3.Connection) -> list[dict]:
+            return [self._view(conn, row) for row in lifts.listing(conn, who)]
+
+        return await self.runtime.db.write(job)
+
+    def _life(self, life_s: Any) -> int:
+        if life_s is None:
+            return round(self.runtime.config.lift.life_s * 1000)
+        if isinstance(life_s, bool) or not isinstance(life_s, int | float) or not (
+                1 <= life_s <= 86_400):
+            raise invalid_params("life_s must be seconds from 1 to 86400")
+        return round(life_s * 1000)
+
+    def _show(self, conn: sqlite3.Connection, lift: str) -> dict:
+        row = lifts.get(conn, lift)
+        if row is not None:
+            return self._view(conn, row)
+        decided = lifts.decision(conn, lift)  # only refereed here
+        if decided is None:
+            raise Reject("UNKNOWN_LIFT", f"no lift {lift} on this node")
+        record = lifts.refereed_record(conn, lift)
+        return {**_describe(record), "state": decided["state"], "decision": _decision(decided),
+                "chits": []}
+
+    def _view(self, conn: sqlite3.Connection, row: sqlite3.Row) -> dict:
+        record, decided = lifts.record_of(row), lifts.decision_of(row)
+        chits = [{"chit": chit["uuid"], "tally": chit["tally"], "cuid": chit["cuid"],
+                  "state": chit["state"], "units": chit["units"], "by": chit["issuer"]}
+                 for chit in self.ledger.store.lift_chits(conn, row["lift"])]
+        return {**_describe(record), "state": row["state"], "payor": row["payor"],
+                "decision": None if decided is None else _decision(decided),
+                "error": row["error"], "chits": chits}
+
+    # -- starting a lift -----------------------------------------------------------------
+
+    async def _start(self, cuid: str, kind: str, units: int, found: dict, memo: str,
+                     life_ms: int) -> dict[str, Any]:
+        referee = self.referee()
+        path = route.lift_path(found)
+
+        def work(tx: Tx) -> dict[str, Any]:
+            user = self.ledger.user(tx.conn, cuid)
+            record = lf.make_record(
+                lift_uuid=str(uuidlib.uuid4()), kind=kind, units=units, path=path,
+                referee=referee, date_ms=tx.now_ms, life_ms=life_ms, memo=memo, key=user.key)
+            self._learn(record)
+            lifts.add(tx.conn, record, payor=cuid, now_ms=tx.now_ms)
+            _log_lift(tx, record["lift"], lf.PEND, kind=kind, units=units, cuid=cuid)
+            self._hold(tx, record, 0, cuid, outgoing=True)
+            self.ledger.emit(tx, [lf.promise(record, 0)])
+            tx.after_commit(self._work.set)
+            return record
+
+        return await self.ledger.transact(work)
+
+    def referee(self) -> ChipAddress:
+        """Who decides our lifts: ``[lift] referee``, else our clearing house, else us."""
+        node, config = self.runtime, self.runtime.config
+        agent = config.lift.referee
+        if agent is None and config.clearinghouse is not None:
+            agent = config.clearinghouse.agent
+        if agent is None or agent == node.agent_id:
+            return node.own_address()
+        where = node.address_of(agent)
+        if where is None:
+            raise Reject("NO_REFEREE", f"no address known for the lift referee {agent}: add it "
+                         "to [[peers]] or [clearinghouse]")
+        return ChipAddress.parse(f"{agent}@{where}")
+
+    def _learn(self, record: dict[str, Any]) -> None:
+        """Remember where the lift's nodes and referee listen: decisions and queries go
+        there, not only to tally partners."""
+        node = self.runtime
+        for where in (*record["path"], record["referee"]):
+            agent = where["agent"]
+            if (agent != node.agent_id and where.get("host") is not None
+                    and node.address_of(agent) is None):
+                node.learn_peer(agent, format_hostport(where["host"], where["port"]))
+
+    def _hold(self, tx: Tx, record: dict[str, Any], hop: int, cuid: str, *,
+              outgoing: bool) -> None:
+        """Record the pending chit of hop ``hop`` on our user's tally, after checking the
+        tally takes chits and can carry the lift counting every pending lift chit."""
+        holding = self.ledger.holding(tx.conn, record["path"][hop]["tally"], cuid)
+        pending = c.lift_chit(record, hop, holding.local)
+        units = record["units"]
+        lf.check_room(record, pending, holding.local, balance=holding.balance,
+                      reserved=holding.lift_out if outgoing else holding.lift_in)
+        delta = (0, units) if outgoing else (units, 0)
+        self.ledger.commit(tx, holding, fresh=[pending], lift_delta=delta)
+
+    # -- messages (writer thread) --------------------------------------------------------
+
+    def handle(self, tx: Tx, envelope: Envelope) -> None:
+        action = envelope.action
+        if action == "promise":
+            self._on_promise(tx, envelope)
+        elif action in ("commit", "cancel", "query"):
+            self._referee(tx, envelope)
+        elif action == "decision":
+            self._on_decision(tx, envelope)
+        else:
+            raise Reject("UNKNOWN_ACTION", f"lift has no action {action!r}")
+
+    def _on_promise(self, tx: Tx, envelope: Envelope) -> None:
+        obj, here = envelope.object, envelope.to
+        record, hop = obj.get("record"), obj.get("hop")
+        if here.cuid is None or not self.ledger.known(tx.conn, here.cuid):
+            raise Reject("UNKNOWN_USER", f"no user {here.cuid!r} on this node")
+        lf.check_promise(record, hop, now_ms=tx.now_ms, sender=envelope.from_, here=here)
+        allowed = self.runtime.config.lift.referees
+        if allowed and record["referee"]["agent"] not in allowed:
+            raise Reject("REFEREE_REFUSED", f"this node accepts lifts refereed by "
+                         f"{', '.join(allowed)} only")
+        incoming = self.ledger.holding(tx.conn, record["path"][hop]["tally"], here.cuid)
+        self.ledger.check_partner(incoming, envelope)
+        if self.ledger.store.get_chit(tx.conn, incoming.local.uuid, here.cuid,
+                                      c.lift_chit(record, hop, incoming.local).uuid):
+            return  # this hop's chit is here already: a resent promise
+        known = lifts.get(tx.conn, record["lift"])
+        if known is not None and known["state"] != lf.PEND:
+            raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here already")
+        self._learn(record)
+        lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
+        _log_lift(tx, record["lift"], lf.PEND, kind=record["kind"], units=record["units"],
+                  cuid=here.cuid)
+        self._hold(tx, record, hop, here.cuid, outgoing=False)
+        last = hop + 1 == len(record["path"]) - 1
+        if last:
+            self.ledger.emit(tx, [lf.commit(record)])
+        else:
+            self._hold(tx, record, hop + 1, here.cuid, outgoing=True)
+            self.ledger.emit(tx, [lf.promise(record, hop + 1)])
+        tx.after_commit(self._work.set)
+
+    def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
+        """The next hop refused our promise for good: the lift cannot complete, so tell the
+        referee (our pending chit stays until its void decision comes)."""
+        obj = envelope.get("object") or {}
+        if envelope.get("action") != "promise" or not isinstance(obj.get("record"), dict):
+            return
+        record = obj["record"]
+        row = lifts.get(tx.conn, record.get("lift"))
+        if row is None or row["state"] != lf.PEND:
+            return
+        reason = f"hop {obj.get('hop')} refused: {code}: {message}"
+        log.info("lift %s: %s", row["lift"], reason)
+        lifts.set_error(tx.conn, row["lift"], reason, tx.now_ms)
+        sender = (envelope.get("from") or {}).get("cuid")
+        self.ledger.emit(tx, [lf.cancel(lifts.record_of(row), reason, from_cuid=sender)])
+
+    def _referee(self, tx: Tx, envelope: Envelope) -> None:
+        record = envelope.object.get("record")
+        lf.check_record(record)
+        if record["referee"]["agent"] != self.runtime.agent_id:
+            raise Reject("NOT_REFEREE", f"lift {record['lift']} is refereed by "
+                         f"{record['referee']['agent']}, not this node")
+        decided = lifts.decision(tx.conn, record["lift"])
+        decision, sends = lf.decide(decided, envelope.action, record, now_ms=tx.now_ms,
+                                    key=self.runtime.key, asker=envelope.from_.agent)
+        if decision is not None and decided is None:
+            self._learn(record)
+            lifts.decide(tx.conn, record, decision, tx.now_ms)
+            log.info("lift %s: %s (%s)", record["lift"], decision["state"], envelope.action)
+            owners = sorted({hop["agent"] for hop in record["path"]})
+            self.ledger.evidence.log(tx, record["lift"], owners, "lift.decision",
+                                     {"record": record, "decision": decision},
+                                     ref=record["lift"])
+        self.ledger.emit(tx, sends)
+
+    def _on_decision(self, tx: Tx, envelope: Envelope) -> None:
+        obj = envelope.object
+        record, decision = obj.get("record"), obj.get("decision")
+        lf.check_record(record)
+        row = lifts.get(tx.conn, record["lift"])
+        known = record if row is None else lifts.record_of(row)
+        state = lf.check_decision(decision, known)
+        if row is None:
+            if state == lf.VOID:  # remembered, so a promise that comes late is refused
+                lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
+                lifts.settle(tx.conn, record["lift"], state, decision, tx.now_ms)
+            return  # we hold nothing of this lift (our hop was never reached)
+        if row["state"] == state:
+            return  # a repeat
+        if row["state"] != lf.PEND:
+            raise Reject("CONFLICT", f"lift {row['lift']} is already {row['state']} here")
+        self.apply(tx, row["lift"], state, decision)
+
+    def apply(self, tx: Tx, lift: str, state: str, decision: dict[str, Any]) -> None:
+        """Every pending chit of the lift here becomes good (and is chained) or void."""
+        for chit in self.ledger.store.lift_chits(tx.conn, lift):
+            if chit["state"] not in _PENDING:
+                continue
+            holding = self.ledger.holding(tx.conn, chit["tally"], chit["cuid"])
+            pending = self.ledger.store.get_chit(tx.conn, chit["tally"], chit["cuid"],
+                                                 chit["uuid"])
+            assert pending is not None
+            decided = c.lift_decided(pending, state)
+            units = pending.chit["units"]
+            delta = (-units, 0) if pending.state == c.A_LIFT else (0, -units)
+            if state == lf.GOOD:
+                self.ledger.good(tx, holding, [decided], batched=False, lift_delta=delta)
+            else:
+                self.ledger.commit(tx, holding, fresh=[decided], lift_delta=delta)
+                self.ledger.log(tx, holding.local, "chit.void", decided.to_map(),
+                                ref=decided.uuid)
+        lifts.settle(tx.conn, lift, state, decision, tx.now_ms)
+        _log_lift(tx, lift, state)
+        tx.after_commit(lambda: self._wake(lift))
+
+    def _wake(self, lift: str) -> None:
+        waiting = self._settled.pop(lift, None)
+        if waiting is not None:
+            waiting.set()
+
+    # -- asking the referee after the deadline -------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Ask the referee about every lift still pending past its deadline, until
+        cancelled; sleeps until the next one is due (or a new lift starts)."""
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            if self.runtime.config.lift.auto_clear:
+                nursery.start_soon(self._auto_clear)
+            await self._follow_up()
+
+    async def _follow_up(self) -> None:
+        while True:
+            wait = await self.ledger.transact(self._ask_due)
+            self._work = trio.Event()
+            with trio.move_on_after(wait):
+                await self._work.wait()
+
+    async def _auto_clear(self) -> None:
+        """``[lift] auto_clear``: every ``interval_s``, clear a debt cycle through each of our
+        users owed at least ``minimum``, as MyCHIPs' scheduler does."""
+        settings = self.runtime.config.lift
+        while True:
+            await trio.sleep(settings.interval_s)
+            creditors = await self.runtime.db.write(
+                lambda conn: self.ledger.store.creditors(conn, settings.minimum))
+            for cuid in creditors:
+                try:
+                    cleared = await self.clear(cuid, settings.minimum, exact=False,
+                                               memo="auto clear")
+                except Refusal as exc:  # no cycle now, or it filled up meanwhile
+                    log.debug("auto clear for %s: %s", cuid, exc)
+                    continue
+                log.info("auto clear for %s: lift %s of %d mCHIP", cuid, cleared["lift"],
+                         cleared["units"])
+
+    def _ask_due(self, tx: Tx) -> float:
+        for row in lifts.due(tx.conn, tx.now_ms):
+            self.ledger.emit(tx, [lf.query(lifts.record_of(row), from_cuid=row["payor"])])
+            lifts.asked(tx.conn, row["lift"], tx.now_ms)
+        due = lifts.next_due(tx.conn)
+        if due is None:
+            return QUERY_POLL_S
+        return min(QUERY_POLL_S, max(0.05, (due - tx.now_ms) / 1000))
+
+
+def _describe(record: dict[str, Any]) -> dict[str, Any]:
+    return {"lift": record["lift"], "kind": record["kind"], "units": record["units"],
+            "path": [{"cuid": hop["cuid"], "agent": hop["agent"], "tally": hop.get("tally")}
+                     for hop in record["path"]],
+            "referee": record["referee"]["agent"], "deadline": record["deadline"],
+            "date": record["date"], "memo": record["memo"]}
+
+
+def _decision(decision: dict[str, Any]) -> dict[str, Any]:
+    return {"state": decision["state"], "date": decision["date"],
+            "referee": decision["referee"], "sign": b64u(decision["sign"])}
+
+
+def _started(record: dict[str, Any]) -> dict[str, Any]:
+    return {"lift": record["lift"], "state": lf.PEND, "units": record["units"],
+            "path": _describe(record)["path"], "referee": record["referee"]["agent"],
+            "deadline": record["deadline"]}
+
+
+def _log_lift(tx: Tx, lift: str, state: str, **fields: Any) -> None:
+    """The info line per state change of a lift on this node, once committed."""
+    tx.after_commit(functools.partial(event, log, "lift state", lift=lift, state=state,
+                                      **fields))

@@ -1,0 +1,80 @@
+"""RPC parameter checks and result shapes shared by the credit services."""
+
+from __future__ import annotations
+
+import os
+import uuid as uuidlib
+from typing import Any
+
+from agentd.rpc import invalid_params
+from protocol import route
+from protocol import tally as t
+from protocol.codec import unpack
+from protocol.keys import CUID_RULE, ChipAddress, b64u, valid_cuid
+
+
+def tally_summary(row: Any) -> dict:
+    body = unpack(row["body"])
+    side = row["side"]
+    partner_side = t.other_side(side)
+    cert = body[partner_side]["cert"]
+    head = row["chain_head"]
+    limit, partner_limit = body[side]["terms"]["limit"], body[partner_side]["terms"]["limit"]
+    return {
+        "tally": row["uuid"], "cuid": row["cuid"], "side": side, "state": row["state"],
+        "partner": None if cert is None else str(ChipAddress.from_map(cert["chad"])),
+        "balance": row["balance"], "limit": limit,
+        "partner_limit": partner_limit, "version": body["version"],
+        "memo": body["memo"],
+        "chain": {"index": row["chain_length"], "hash": None if head is None else b64u(head),
+                  "confirmed": row["chain_conf"], "pending": row["chain_pending"]},
+        "error": row["error"],
+        "capacity": {"pay": route.hop_capacity(route.KINDS[0], balance=row["balance"],
+                                               partner_limit=partner_limit,
+                                               lift_out=row["lift_out"]),
+                     "receive": route.receive_capacity(route.KINDS[0], balance=row["balance"],
+                                                       limit=limit, lift_in=row["lift_in"])},
+        "reserved": {"in": row["lift_in"], "out": row["lift_out"]},
+    }  # fmt: skip
+
+
+def new_uuids(count: int) -> list[str]:
+    """``count`` random (version 4) uuids from one read of the system's randomness."""
+    random = os.urandom(16 * count)
+    return [str(uuidlib.UUID(bytes=random[at : at + 16], version=4))
+            for at in range(0, 16 * count, 16)]
+
+
+def object_uuid(obj: Any, field: str) -> str:
+    value = obj.get(field) if isinstance(obj, dict) else None
+    t.check_uuid(value, f"object.{field}")
+    return value
+
+
+def param_cuid(value: Any) -> str:
+    if not valid_cuid(value):
+        raise invalid_params(f"cuid {value!r} must be {CUID_RULE}")
+    return value
+
+
+def param_uuid(value: Any, name: str) -> str:
+    try:
+        t.check_uuid(value, name)
+    except t.Refusal as exc:
+        raise invalid_params(f"{name} must be a uuid like 3f2a…-…, not {value!r}") from exc
+    return value
+
+
+def param_amount(value: Any, name: str, *, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= t.MAX_UNITS:
+        raise invalid_params(f"{name} must be an integer number of milliCHIPs from {low} to "
+                             f"{t.MAX_UNITS}")
+    return value
+
+
+def param_memo(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > t.MAX_MEMO:
+        raise invalid_params(f"memo must be text of at most {t.MAX_MEMO} characters")
+    return value
+
+

@@ -1,0 +1,170 @@
+"""Route discovery: paths of credit through the network, found on demand (the ``route`` target).
+
+A node knows only its own tallies (MyCHIPs 1.5: no routing tables). ``route.find`` starts a
+search from our user's tallies that can carry ``units`` (``protocol.route.start``); each node a
+query reaches offers the tallies of the user it is addressed to (``forward``), which either
+answers ``good`` to the originator's node or forwards it, at most ``FAN_OUT`` ways, never back
+onto the path, until ``DEPTH`` hops or the deadline. Every node a query reaches answers once
+(``none`` says how many it forwarded to), so the originator's :class:`protocol.route.Search`
+knows when the search is exhausted; the call returns then, or at its time budget, with the
+routes best first. Capacity is read from the tally columns (limits, balance, what pending lift
+chits hold) with one indexed query per user; a query is answered once per (query, user):
+repeats get ``none``.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from agentd.rpc import invalid_params
+from agentd.runtime.context import Reject, Service, Tx
+from agentd.services.credit.ledger import CreditLedger
+from agentd.services.credit.params import param_amount, param_cuid
+from protocol import route
+from protocol import tally as t
+from protocol.envelope import Envelope
+from protocol.keys import ChipAddress, IdentityError
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from agentd.runtime.context import Runtime
+
+FAN_OUT = 10  # partners a query goes on to from one user
+DEPTH = 10  # hops at most
+SEARCH_S = 2.0  # default time budget of a search
+MAX_SEARCH_S = 30.0
+SEEN = 10_000  # (query, user) pairs remembered to answer each once
+
+
+class RouteService(Service):
+    """The ``route`` target and ``route.find``."""
+
+    target = "route"
+    actions = frozenset({"query", "good", "none"})
+
+    def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
+        super().__init__(node)
+        self.ledger = ledger
+        self._searches: dict[str, tuple[route.Search, trio.Event]] = {}  # event loop
+        self._seen: OrderedDict[tuple[Any, Any], None] = OrderedDict()  # writer thread
+        node.register_method("route.find", self.rpc_find)
+
+    async def rpc_find(self, cuid: str, find: str, units: int,
+                       timeout_s: float = SEARCH_S) -> list[dict]:
+        """Paths of tallies from our user to ``find`` (``cuid:agent`` or a full CHIP address)
+        that can carry ``units`` now, best (largest capacity, then fewest hops) first; ``[]``
+        when there is none."""
+        target = param_find(find)
+        return await self.search(param_cuid(cuid), target, param_amount(units, "units"),
+                                 route.KINDS[0], param_timeout(timeout_s))
+
+    async def search(self, cuid: str, find: ChipAddress, units: int, kind: str,
+                     timeout_s: float = SEARCH_S, *, first: bool = False) -> list[dict]:
+        """Run one search and return its routes (each ``{path, hops, capacity}``), once it
+        is exhausted or its time is up; with ``first``, as soon as one route is found (a
+        lift needs one; the first to come back is usually the shortest)."""
+        query = str(uuidlib.uuid4())
+        node = self.runtime
+
+        def work(tx: Tx) -> route.Started:
+            self.ledger.user(tx.conn, cuid)
+            started = route.start(
+                query=query, kind=kind, payor=node.own_address(cuid), find=find, units=units,
+                depth=DEPTH, deadline=tx.now_ms + round(timeout_s * 1000),
+                origin=node.own_address(), candidates=self.candidates(tx.conn, cuid, kind),
+                fan_out=FAN_OUT)
+            self.ledger.emit(tx, started.messages)
+            return started
+
+        started = await self.ledger.transact(work)
+        # Registered before the next checkpoint: no answer can have been processed yet.
+        search = route.Search(query, units, started.outstanding, started.found)
+        try:
+            with trio.move_on_after(timeout_s):
+                while not search.done and not (first and search.found):
+                    arrived = trio.Event()
+                    self._searches[query] = (search, arrived)
+                    await arrived.wait()
+        finally:
+            self._searches.pop(query, None)
+        return search.routes
+
+    def candidates(self, conn: sqlite3.Connection, cuid: str, kind: str
+                   ) -> list[route.Candidate]:
+        """Our user's open tallies as hops, with what each can carry now."""
+        out = []
+        for row in self.ledger.store.route_candidates(conn, cuid, (t.OPEN,)):
+            if row["partner_limit"] is None:
+                continue  # not filled yet: offered once the node has started
+            capacity = route.hop_capacity(kind, balance=row["balance"],
+                                          partner_limit=row["partner_limit"],
+                                          lift_out=row["lift_out"])
+            address = self.ledger.partner_address(row["partner"], row["partner_cuid"])
+            out.append(route.Candidate(row["uuid"], address, capacity))
+        return out
+
+    # -- messages (writer thread) --------------------------------------------------------
+
+    def handle(self, tx: Tx, envelope: Envelope) -> None:
+        action, obj = envelope.action, envelope.object
+        if action in ("good", "none"):
+            self._answer(tx, action, obj)
+            return
+        if action != "query":
+            raise Reject("UNKNOWN_ACTION", f"route has no action {action!r}")
+        here = envelope.to
+        if here.cuid is None or not self.ledger.known(tx.conn, here.cuid):
+            raise Reject("UNKNOWN_USER", f"no user {here.cuid!r} on this node")
+        here = self.runtime.own_address(here.cuid)
+        key = (obj.get("query"), here.cuid)
+        if key in self._seen:
+            sends = route.repeat(obj, here=here).messages
+        else:
+            self._seen[key] = None
+            while len(self._seen) > SEEN:
+                self._seen.popitem(last=False)
+            kind = obj.get("kind") if obj.get("kind") in route.KINDS else route.KINDS[0]
+            sends = route.forward(obj, here=here, now_ms=tx.now_ms,
+                                  candidates=self.candidates(tx.conn, here.cuid, kind),
+                                  fan_out=FAN_OUT).messages
+        self.ledger.emit(tx, sends)
+
+    def _answer(self, tx: Tx, action: str, obj: dict) -> None:
+        entry = self._searches.get(obj.get("query")) if isinstance(obj, dict) else None
+        if entry is None:
+            return  # a late answer: its search has ended
+
+        def apply() -> None:
+            current = self._searches.get(obj["query"])
+            if current is None:
+                return
+            search, arrived = current
+            try:
+                search.on_answer(action, obj)
+            except t.Refusal:
+                return
+            arrived.set()
+
+        tx.after_commit(apply)
+
+
+def param_find(value: Any) -> ChipAddress:
+    try:
+        found = ChipAddress.parse(value) if isinstance(value, str) else None
+    except (IdentityError, ValueError) as exc:
+        raise invalid_params(f"find must be cuid:agent or a CHIP address: {exc}") from exc
+    if found is None or found.cuid is None:
+        raise invalid_params("find must name a user: cuid:agent or cuid:agent@host:port")
+    return found
+
+
+def param_timeout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (
+            0 < value <= MAX_SEARCH_S):
+        raise invalid_params(f"timeout_s must be a number of seconds in (0, {MAX_SEARCH_S:g}]")
+    return float(value)

@@ -1,0 +1,380 @@
+"""Tallies: invitation, negotiation and closing of credit agreements (the ``tally`` target).
+
+The protocol decides (``protocol.tally``); this service loads the holder's tally through the
+:class:`~agentd.services.credit.ledger.CreditLedger`, applies one transition and commits it
+with the messages it produces: in an RPC method's own job, or — for a partner's message — in
+the dispatcher's job that also records the message id, so a redelivered message changes
+nothing. A refusal rolls the lot back: an RPC call fails with error -32010 (``data.reason``
+the upper-cased refusal code) before anything is sent; a message gets an error ack.
+
+An invitation ticket names no tally, so both ends derive its uuid from the token
+(:func:`ticket_tally_uuid`): ``tally.request`` can name the tally the moment the inviter's node
+has taken the request. ``tally.offer``/``accept``/``refuse``/``counter`` queue a message whose
+delivery settles the state (``protocol.tally.delivered``/``rejected``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid as uuidlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from agentd.rpc import RpcError, invalid_params
+from agentd.runtime.context import Reject, Service, Tx
+from agentd.services.credit.ledger import CreditLedger, User, log_new_tally
+from agentd.services.credit.params import (
+    object_uuid,
+    param_amount,
+    param_cuid,
+    param_memo,
+    param_uuid,
+    tally_summary,
+)
+from protocol import tally as t
+from protocol.codec import unpack
+from protocol.envelope import Envelope
+from protocol.keys import ChipAddress, b64u, format_hostport
+from protocol.messages import Send
+from store import credit as credit_store
+from store.credit import Holding
+
+if TYPE_CHECKING:
+    from agentd.runtime.context import Runtime
+
+log = logging.getLogger("agentd.credit")
+
+DEFAULT_LIMIT = 1_000_000  # milliCHIPs (1,000 CHIPs) each side may owe, until countered
+
+DEFAULT_EXPIRES_S = 48 * 3600  # MyCHIPs' default ticket lifetime
+
+MAX_EXPIRES_S = 365 * 24 * 3600
+
+REQUEST_TIMEOUT = 10.0  # s tally.request waits for the inviter's node
+MAX_WAIT_S = 3600.0  # the longest tally.wait
+
+REPORTED = frozenset({"ticket", "offer", "open", "void", "draft"})  # wants_delivery
+
+_TICKET_NAMESPACE = uuidlib.uuid5(uuidlib.NAMESPACE_URL, "agentd:tally-ticket")
+
+
+
+def ticket_tally_uuid(token: str, subject: ChipAddress | None = None) -> str:
+    """The tally a ticket leads to, worked out alike by inviter and subject: the draft's own
+    uuid for a one-time ticket; for a reusable one, a uuid per ``subject`` user."""
+    name = token if subject is None else f"{token}/{subject.agent}/{subject.cuid}"
+    return str(uuidlib.uuid5(_TICKET_NAMESPACE, name))
+
+
+TALLY_RECEIVERS: dict[str, Callable[[t.LocalTally, Any], tuple[t.LocalTally, list]]] = {
+    "open": t.receive_open,
+    "void": t.receive_void,
+    "draft": t.receive_draft,
+    "close": t.receive_close,
+}
+
+
+class TallyService(Service):
+    """The ``tally`` target and the ``tally.*`` RPC methods."""
+
+    target = "tally"
+    actions = frozenset({"ticket", "offer", "open", "void", "draft", "close"})
+
+    def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
+        super().__init__(node)
+        self.ledger = ledger
+        for name in ("invite", "request", "offer", "accept", "refuse", "counter", "close",
+                     "list", "show", "wait"):
+            node.register_method(f"tally.{name}", getattr(self, f"rpc_{name}"))
+
+    def wants_delivery(self, envelope: dict) -> bool:
+        return envelope.get("action") in REPORTED
+
+    def on_delivered(self, tx: Tx, envelope: dict) -> None:
+        self.tally_settled(tx, envelope, None)
+
+    def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
+        self.tally_settled(tx, envelope, Reject(code, message))
+
+    # -- RPC -----------------------------------------------------------------------------
+
+    async def rpc_invite(
+        self,
+        cuid: str,
+        limit: int = DEFAULT_LIMIT,
+        side: str = t.STOCK,
+        reuse: bool = False,
+        expires_s: float = DEFAULT_EXPIRES_S,
+        memo: str = "",
+    ) -> dict:
+        """Draft a tally and an invitation ticket: one string to hand to the partner, who
+        requests the tally with it (``tally.request``).
+
+        ``limit`` (milliCHIPs) is the most either side may owe the other until the partner
+        counters; ``side`` is ours: ``stock`` (vendor, the default) or ``foil`` (client); a
+        ``reuse`` ticket starts a new tally for every user who presents it.
+        """
+        cuid = param_cuid(cuid)
+        limit = param_amount(limit, "limit", low=0)
+        if side not in t.SIDES:
+            raise invalid_params(f"side must be one of {', '.join(t.SIDES)}")
+        if not isinstance(reuse, bool):
+            raise invalid_params("reuse must be true or false")
+        if isinstance(expires_s, bool) or not isinstance(expires_s, int | float) or not (
+            0 < expires_s <= MAX_EXPIRES_S
+        ):
+            raise invalid_params(f"expires_s must be a number of seconds in (0, {MAX_EXPIRES_S}]")
+        memo = param_memo(memo)
+        token = b64u(os.urandom(24))
+
+        def work(tx: Tx) -> tuple[t.LocalTally, dict[str, Any]]:
+            user = self.ledger.user(tx.conn, cuid)
+            draft, _ = t.invite(tally_uuid=ticket_tally_uuid(token), date_ms=tx.now_ms,
+                                cert=user.cert, limit=limit, side=side, memo=memo)
+            self.ledger.store.create(tx.conn, cuid, draft, tx.now_ms)
+            log_new_tally(tx, cuid, draft)
+            tx.after_commit(self.ledger.changed_now)
+            expires = tx.now_ms + round(expires_s * 1000)
+            ticket = t.make_ticket(self.runtime.own_address(cuid), token, expires, reuse=reuse)
+            self.ledger.store.add_ticket(tx.conn, token, draft.uuid, cuid, reuse=reuse,
+                                   expires_ms=expires, now_ms=tx.now_ms)
+            return draft, ticket
+
+        draft, ticket = await self.ledger.transact(work)
+        return {"tally": draft.uuid, "state": draft.state, "ticket": t.encode_ticket(ticket),
+                "expires": ticket["expires"]}
+
+    async def rpc_request(self, cuid: str, ticket: str) -> dict:
+        """Present a partner's invitation ticket. Waits until the inviter's node has taken it
+        (state ``requested``: the inviter offers next) or refused it (an error saying why)."""
+        cuid = param_cuid(cuid)
+        if not isinstance(ticket, str):
+            raise invalid_params("ticket must be the invitation string tally.invite made")
+        invitation = t.decode_ticket(ticket)
+        inviter = ChipAddress.from_map(invitation["chad"])
+        node = self.runtime
+        if inviter.agent != node.agent_id and inviter.host is not None:
+            node.learn_peer(inviter.agent, format_hostport(inviter.host, inviter.port))
+        subject = node.own_address(cuid)
+        tally_uuid = ticket_tally_uuid(invitation["token"],
+                                       subject if invitation["reuse"] else None)
+
+        def work(tx: Tx) -> bytes:
+            user = self.ledger.user(tx.conn, cuid)
+            held = self.ledger.store.get(tx.conn, tally_uuid, cuid)
+            if held is not None:
+                raise Reject("BAD_TICKET", f"tally {tally_uuid} is already ours "
+                             f"({held.local.state})")
+            request = t.ticket_request(invitation, user.cert, tx.now_ms)
+            message_id = tx.send(Send(inviter, "tally", request["action"], request["object"],
+                                      from_cuid=cuid))
+            node.replies.expect_after(tx, message_id)
+            return message_id
+
+        message_id = await node.transact(work)
+        await node.replies.result(
+            message_id, REQUEST_TIMEOUT, f"the inviter's node {inviter.agent} did not answer"
+            f" within {REQUEST_TIMEOUT:g} s (the request stays in the outbox and will be retried)")
+        return {"tally": tally_uuid, "state": "requested", "partner": str(inviter)}
+
+    async def rpc_offer(
+        self,
+        cuid: str,
+        tally: str,
+        limit: int | None = None,
+        partner_limit: int | None = None,
+        memo: str | None = None,
+    ) -> dict:
+        """Sign the draft and offer it to the partner. ``limit`` (what the partner may owe
+        us), ``partner_limit`` (what we may owe the partner) and ``memo`` revise it first."""
+        ours = None if limit is None else param_amount(limit, "limit", low=0)
+        theirs = (None if partner_limit is None
+                  else param_amount(partner_limit, "partner_limit", low=0))
+        memo = None if memo is None else param_memo(memo)
+
+        def sign_and_offer(local: t.LocalTally, user: User) -> t.Step:
+            limits = {side: value for side, value in ((local.side, ours),
+                                                      (local.partner_side, theirs))
+                      if value is not None}
+            if limits or memo is not None:
+                local, _ = t.edit(local, memo=memo, limits=limits)
+            return t.offer(local, user.key)
+
+        return await self._tally_step(cuid, tally, sign_and_offer)
+
+    async def rpc_accept(self, cuid: str, tally: str) -> dict:
+        """Sign the partner's offer: the tally binds both users and its chit chain starts."""
+        return await self._tally_step(cuid, tally, lambda local, user: t.accept(local, user.key))
+
+    async def rpc_refuse(self, cuid: str, tally: str) -> dict:
+        """Turn the partner's offer down (the tally becomes void)."""
+        return await self._tally_step(cuid, tally, lambda local, user: t.refuse(local))
+
+    async def rpc_counter(self, cuid: str, tally: str) -> dict:
+        """Take the pen on the partner's offer: revise it (``tally.offer limit=...``) and
+        offer it back."""
+        return await self._tally_step(cuid, tally, lambda local, user: t.counter(local))
+
+    async def rpc_close(self, cuid: str, tally: str) -> dict:
+        """Start closing: no chit may raise the balance's magnitude from now on, and the tally
+        closes once the balance is zero."""
+        return await self._tally_step(cuid, tally, lambda local, user: t.close(local))
+
+    async def rpc_list(self, cuid: str | None = None) -> list[dict]:
+        """Tallies (of one user, or all) with state, partner, balance and chain."""
+        if cuid is None:
+            rows = self.runtime.db.reading(credit_store.list_tallies)
+        else:
+            who = self.ledger.known_user(param_cuid(cuid))
+            rows = self.runtime.db.reading(lambda conn: credit_store.list_tallies(conn, who))
+        return [tally_summary(row) for row in rows]
+
+    async def rpc_show(self, cuid: str, tally: str) -> dict:
+        """One tally: its summary plus date and which sides have signed."""
+        row = self.ledger.tally_row(param_cuid(cuid), param_uuid(tally, "tally"))
+        body = unpack(row["body"])
+        return {**tally_summary(row), "date": body["date"],
+                "signed": [side for side in t.SIDES if body["sign"][side] is not None]}
+
+    async def rpc_wait(self, cuid: str, tally: str, state: str | list[str],
+                       timeout_s: float = REQUEST_TIMEOUT) -> dict:
+        """Block until the tally is in ``state`` (a state, or a list of them) or ``timeout_s``
+        passes; returns the tally as ``tally.show`` does either way (its ``state`` says
+        which). The tally need not exist yet: until it does, ``state`` is null."""
+        cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
+        wanted = {state} if isinstance(state, str) else state
+        if not (isinstance(wanted, set | list) and wanted
+                and all(isinstance(s, str) for s in wanted)):
+            raise invalid_params("state must be a tally state or a list of them")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not (
+                0 < timeout_s <= MAX_WAIT_S):
+            raise invalid_params(f"timeout_s must be a number of seconds, more than 0 and at "
+                                 f"most {MAX_WAIT_S:g}")
+
+        async def current() -> dict:
+            try:
+                return await self.rpc_show(cuid, tally_uuid)
+            except RpcError as exc:
+                if exc.reason != "UNKNOWN_TALLY":
+                    raise
+                return {"tally": tally_uuid, "state": None}
+
+        with trio.move_on_after(timeout_s):
+            while (await current())["state"] not in wanted:  # no checkpoint until the wait
+                await self.ledger.changed.wait()
+        return await current()
+
+    async def _tally_step(
+        self,
+        cuid: str,
+        tally: str,
+        step: Callable[[t.LocalTally, User], t.Step],
+    ) -> dict:
+        cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
+
+        def work(tx: Tx) -> Holding:
+            holding = self.ledger.holding(tx.conn, tally_uuid, cuid)
+            local, messages = step(holding.local, self.ledger.user(tx.conn, cuid))
+            return self.ledger.commit(tx, holding, local=local, messages=messages)
+
+        holding = await self.ledger.transact(work)
+        return {"tally": tally_uuid, "state": holding.local.state}
+
+    # -- messages (writer thread) --------------------------------------------------------
+
+    def handle(self, tx: Tx, envelope: Envelope) -> None:
+        cuid = self.ledger.addressee(tx.conn, envelope)
+        obj, action = envelope.object, envelope.action
+        if action == "ticket":
+            self._on_ticket(tx, envelope, cuid)
+            return
+        if action == "offer":
+            self._on_offer(tx, envelope, cuid)
+            return
+        receive = TALLY_RECEIVERS.get(action)
+        if receive is None:
+            raise Reject("UNKNOWN_ACTION", f"tally has no action {action!r}")
+        holding = self.ledger.holding(tx.conn, object_uuid(obj, "uuid"), cuid)
+        self.ledger.check_partner(holding, envelope)
+        local, _ = receive(holding.local, obj)
+        self.ledger.commit(tx, holding, local=local)
+
+    def _on_ticket(self, tx: Tx, envelope: Envelope, cuid: str) -> None:
+        obj = envelope.object
+        token = obj.get("token")
+        row = self.ledger.store.get_ticket(tx.conn, token) if isinstance(token, str) else None
+        if row is None or row["cuid"] != cuid:
+            raise Reject("BAD_TICKET", "no such ticket: it was never issued here")
+        if not row["reuse"] and row["used"]:
+            raise Reject("BAD_TICKET", "this one-time ticket was already used")
+        template = self.ledger.holding(tx.conn, row["tally"], cuid)
+        ticket = {"token": row["token"], "chad": self.runtime.own_address(cuid).to_map(),
+                  "expires": row["expires"], "reuse": bool(row["reuse"])}
+        subject = envelope.from_
+        new_uuid = ticket_tally_uuid(row["token"], subject) if row["reuse"] else template.local.uuid
+        if row["reuse"] and self.ledger.store.get(tx.conn, new_uuid, cuid) is not None:
+            raise Reject("BAD_TICKET", f"this user already requested tally {new_uuid}")
+        local, _ = t.receive_ticket(template.local, ticket, obj, now_ms=tx.now_ms,
+                                    new_uuid=new_uuid, sender_agent=subject.agent)
+        if local.partner.cuid != subject.cuid:
+            raise Reject("NOT_FROM_PARTNER", "the ticket request's certificate is another user's")
+        if row["reuse"]:
+            self.ledger.store.create(tx.conn, cuid, local, tx.now_ms)
+            log_new_tally(tx, cuid, local)
+            tx.after_commit(self.ledger.changed_now)
+        else:
+            self.ledger.commit(tx, template, local=local)
+        self.ledger.store.use_ticket(tx.conn, row["token"])
+
+    def _on_offer(self, tx: Tx, envelope: Envelope, cuid: str) -> None:
+        obj = envelope.object
+        t.check_tally(obj)
+        user = self.ledger.user(tx.conn, cuid)
+        ours = [side for side in t.SIDES if obj[side]["cert"] is not None
+                and obj[side]["cert"]["chad"].get("cuid") == cuid
+                and obj[side]["cert"]["chad"]["agent"] == self.runtime.agent_id]
+        if len(ours) != 1 or obj[ours[0]]["cert"]["public"] != user.key.public:
+            raise Reject("NOT_ADDRESSED", f"tally {obj['uuid']} does not name our user {cuid}")
+        for other in self.ledger.store.holders_of(tx.conn, obj["uuid"]):
+            theirs = unpack(other["body"])
+            if other["cuid"] != cuid and any(theirs[s]["cert"] != obj[s]["cert"]
+                                             for s in t.SIDES):
+                raise Reject("UUID_TAKEN", f"tally {obj['uuid']} is another tally here")
+        holding = self.ledger.store.get(tx.conn, obj["uuid"], cuid)
+        local, _ = t.receive_offer(holding.local if holding else None, obj,
+                                   holder_cert=obj[ours[0]]["cert"],
+                                   sender_agent=envelope.from_.agent)
+        if local.partner.cuid != envelope.from_.cuid:
+            raise Reject("NOT_FROM_PARTNER", f"tally {obj['uuid']} names another partner user")
+        if holding is None:
+            self.ledger.store.create(tx.conn, cuid, local, tx.now_ms)
+            log_new_tally(tx, cuid, local)
+            tx.after_commit(self.ledger.changed_now)
+        else:
+            self.ledger.commit(tx, holding, local=local)
+
+    def tally_settled(self, tx: Tx, envelope: dict, refusal: Reject | None) -> None:
+        """The partner's node committed (``refusal`` None) or refused a tally message of ours."""
+        message_id = envelope.get("id")
+        if envelope.get("action") == "ticket":
+            self.runtime.replies.settle(tx, message_id, error=refusal)
+            return
+        obj, sender = envelope.get("object") or {}, envelope.get("from") or {}
+        holding = self.ledger.store.get(tx.conn, obj.get("uuid"), sender.get("cuid"))
+        if holding is None or obj.get("version") != holding.local.tally["version"]:
+            return  # about a revision that has moved on
+        if refusal is not None:
+            log.warning("tally %s: the partner refused our %s: %s", holding.local.uuid,
+                        envelope.get("action"), refusal)
+            self.ledger.store.set_error(tx.conn, *holding.key,
+                                        f"{envelope.get('action')}: {refusal}")
+        report = t.delivered if refusal is None else t.rejected
+        try:
+            local, _ = report(holding.local)
+        except t.Refusal:
+            return  # the partner's answer came first and moved the state on
+        self.ledger.commit(tx, holding, local=local)
+

@@ -1,0 +1,121 @@
+"""``peers.add`` and ``peers.remove``: edit the node's config file, then apply it at once.
+
+The operator's change goes where a restart would look for it — the ``[[peers]]`` tables of the
+config file — edited with tomlkit so comments and layout stay as written, then applied with the
+same code as ``reload``. The edited text must validate as a whole before it is written
+(atomically: a temporary file renamed over the old one), so a bad request changes nothing,
+and a config already broken by a hand edit is refused (``BAD_CONFIG``) rather than
+overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+
+from agentd.config import load_config, parse_config
+from agentd.errors import UserError
+from agentd.rpc import NOT_FOUND, RpcError, invalid_params
+from agentd.runtime.context import Reject
+from agentd.runtime.reload import reload_config
+from protocol.keys import IdentityError, is_agent_id, parse_hostport
+
+if TYPE_CHECKING:
+    from agentd.runtime.node import Node
+
+
+class PeerAdmin:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        node.rpc.register("peers.add", self.rpc_add)
+        node.rpc.register("peers.remove", self.rpc_remove)
+
+    async def rpc_add(self, name: str, agent: str, address: str) -> dict[str, Any]:
+        """Add a peer to the config file's [[peers]] (or change the name and address of one
+        already there), keeping the file's comments, and apply it at once."""
+        if not isinstance(name, str) or not name:
+            raise invalid_params("name must be non-empty text")
+        if not is_agent_id(agent):
+            raise invalid_params(f"agent is not an agent id (43 base64url characters): {agent!r}")
+        if agent == self.node.agent_id:
+            raise invalid_params("agent is this node itself")
+        try:
+            parse_hostport(address)
+        except (IdentityError, TypeError) as exc:
+            raise invalid_params(f"address is not HOST:PORT: {address!r}") from exc
+
+        def edit(peers: Any) -> str:
+            for entry in peers:
+                if entry.get("agent") == agent:
+                    entry["name"], entry["address"] = name, address
+                    return "updated"
+            entry = tomlkit.inline_table() if isinstance(peers, tomlkit.items.Array) \
+                else tomlkit.table()
+            entry.update({"name": name, "agent": agent, "address": address})
+            peers.append(entry)
+            return "added"
+
+        return self._apply(edit) | {"name": name, "agent": agent, "address": address}
+
+    async def rpc_remove(self, agent: str) -> dict[str, Any]:
+        """Remove a peer from the config file's [[peers]], keeping the file's comments, and
+        forget its address now (a connection open to it closes when idle)."""
+        if not is_agent_id(agent):
+            raise invalid_params(f"agent is not an agent id (43 base64url characters): {agent!r}")
+
+        def edit(peers: Any) -> str:
+            keep = [i for i, entry in enumerate(peers) if entry.get("agent") != agent]
+            if len(keep) == len(peers):
+                raise RpcError(NOT_FOUND, f"{agent} is not in [[peers]] of "
+                               f"{self.node.config.path}", "UNKNOWN_PEER")
+            for index in reversed(range(len(peers))):
+                if index not in keep:
+                    del peers[index]
+            return "removed"
+
+        result = self._apply(edit)
+        await self.node.forget_peer(agent)
+        return result | {"agent": agent}
+
+    def _apply(self, edit) -> dict[str, Any]:
+        node = self.node
+        path = Path(node.config.path)
+        try:
+            load_config(path)  # a file broken by hand is the operator's to fix, not ours
+            document = tomlkit.parse(path.read_text(encoding="utf-8"))
+        except (UserError, TOMLKitError) as exc:
+            raise Reject("BAD_CONFIG", f"{exc}; fix the file, then try again") from exc
+        if "peers" not in document:
+            document.add(tomlkit.nl())
+            document.add("peers", tomlkit.aot())
+        change = edit(document["peers"])
+        text = tomlkit.dumps(document)
+        try:
+            parse_config(tomlkit.parse(text).unwrap(), path)
+        except UserError as exc:
+            raise invalid_params(str(exc)) from exc
+        _write_atomically(path, text)
+        applied = reload_config(node)
+        return {"change": change, "config": str(path), "applied": applied["applied"]}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so a crash leaves the old file or the new, never half;
+    the file keeps its permissions."""
+    mode = path.stat().st_mode & 0o7777
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

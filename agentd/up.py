@@ -1,0 +1,113 @@
+"""``agentd up [DIR]`` and ``agentd down [DIR]``: a local network that stays up.
+
+``up`` starts ``agentd run -c CONFIG`` for every ``*.toml`` in DIR (default
+``configs/local``: alice, bob, carol and their clearing house) as processes of their own
+session, so they outlive the command, waits until each listens (its control socket answers
+``getinfo``), then prints each node's agent id and how to call and stop them. A node already
+running for a config is left as it is. ``down`` asks each node to ``stop`` through its control
+socket and waits until it has gone. Each node logs to ``agentd.log`` in its data dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agentd.config import Config, control_socket, load_config
+from agentd.errors import UserError
+from agentd.rpc import RpcError, call
+
+DEFAULT_DIR = Path("configs/local")
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+
+def _configs(directory: Path) -> list[Path]:
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such directory of node configs (run from the "
+                        "repository, or give DIR)")
+    found = sorted(directory.glob("*.toml"))
+    if not found:
+        raise UserError(f"{directory}: no *.toml node configs in it")
+    return found
+
+
+def _info(socket_path: Path) -> dict | None:
+    """The node's getinfo, or None when no node answers on ``socket_path``."""
+    try:
+        return call(socket_path, "getinfo", {}, timeout=5)
+    except (UserError, RpcError, OSError):
+        return None
+
+
+def up(directory: Path) -> int:
+    configs: list[Config] = [load_config(path) for path in _configs(directory)]
+    started: dict[str, subprocess.Popen] = {}
+    for config in configs:
+        if _info(config.socket_path) is not None:
+            continue  # already running: leave it be
+        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(config.data_dir / "agentd.log", "ab") as log:
+            started[config.name] = subprocess.Popen(
+                [sys.executable, "-m", "agentd", "run", "-c", str(config.path)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    infos = {}
+    deadline = time.monotonic() + READY_TIMEOUT
+    for config in configs:
+        while (info := _info(config.socket_path)) is None:
+            process = started.get(config.name)
+            if process is not None and process.poll() is not None:
+                raise UserError(f"node {config.name} exited with {process.returncode}; see "
+                                f"{config.data_dir / 'agentd.log'}")
+            if time.monotonic() > deadline:
+                raise UserError(f"node {config.name} did not answer within {READY_TIMEOUT:g} s;"
+                                f" see {config.data_dir / 'agentd.log'}")
+            time.sleep(0.05)
+        infos[config.name] = info
+    shown = os.path.relpath(directory)
+    print(f"agentd up: {len(configs)} nodes running from {shown} "
+          f"({len(started)} started, {len(configs) - len(started)} already running)")
+    width = max(len(name) for name in infos)
+    for config in configs:
+        info = infos[config.name]
+        print(f"  {config.name:<{width}}  {info['listen']:<15}  agent {info['agent']}")
+    first = configs[0]
+    print(f"\ncall one:   agentd -c {os.path.relpath(first.path)} getinfo")
+    print(f"logs:       {os.path.relpath(first.data_dir / 'agentd.log')} (one per node)")
+    print(f"stop them:  agentd down{'' if directory == DEFAULT_DIR else ' ' + shown}")
+    return 0
+
+
+def down(directory: Path) -> int:
+    stopped = []
+    for path in _configs(directory):
+        socket_path = control_socket(path)
+        try:
+            call(socket_path, "stop", {}, timeout=5)
+        except (UserError, RpcError, OSError):
+            continue  # not running
+        stopped.append((path.stem, socket_path))
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for name, socket_path in stopped:
+        while socket_path.exists():  # the node removes it as its last act
+            if time.monotonic() > deadline:
+                raise UserError(f"node {name} did not stop within {STOP_TIMEOUT:g} s")
+            time.sleep(0.05)
+    names = ", ".join(name for name, _ in stopped) or "none were running"
+    print(f"agentd down: stopped {names}")
+    return 0
+
+
+def main(command: str, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog=f"agentd {command}",
+        description=("Start every node configured in DIR and leave them running."
+                     if command == "up" else "Stop every node configured in DIR."))
+    parser.add_argument("dir", nargs="?", default=str(DEFAULT_DIR),
+                        help=f"a directory of node configs (default: {DEFAULT_DIR})")
+    options = parser.parse_args(argv)
+    return (up if command == "up" else down)(Path(options.dir))

@@ -1,0 +1,186 @@
+"""The clearing-house client's decisions, sans-IO: what to log, what an answer means, when a
+receipt is refused.
+
+The node's evidence client (``agentd.services.clearing``) keeps its requests in the database
+and sends them through the outbox; every judgement it makes about them is here, as plain
+functions over plain values, so each branch — above all those that turn away a forged or
+malformed answer — is tested without a network:
+
+=====================  =========================================================================
+answer to a request    meaning (``judge``)
+=====================  =========================================================================
+``rejection``          ``Refused(code, message)``; ``MALFORMED_MESSAGE`` if it holds no text code
+the expected reply      ``None``: apply it (``create_process``/``log`` → ``processed``,
+                       ``log_batch`` → ``processed_batch``, ``query``/``get``/``keys`` → ``result``)
+any other action       ``Refused(MALFORMED_MESSAGE)``: the request failed, nothing is stored
+=====================  =========================================================================
+
+A ``processed_batch`` is read by ``batch_results``: one result per entry (a receipt token, or
+the entry's refusal), or ``MalformedAnswer`` and nothing of it applies. A receipt is then
+checked against the clearing house's JWKS (``verdict``, ``receipt_status``): ``valid``,
+``invalid`` (forged, or not what we asked to log: the caller gets ``RECEIPT_INVALID``), or
+``unchecked`` while the signing key is not known yet (a ``keys`` request fetches it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import clearing as ch
+from protocol import receipts as rc
+
+MALFORMED = ch.Reason.MALFORMED_MESSAGE.value
+RECEIPT_INVALID = "RECEIPT_INVALID"
+EXPECTED_REPLY = {"create_process": "processed", "log": "processed",
+                  "log_batch": "processed_batch", "query": "result", "get": "result",
+                  "keys": "result"}
+# A receipt's verified claims, why it failed, or None while no JWKS is stored to check it
+Verdict = dict[str, Any] | rc.ReceiptError | None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The clearing house (or the answer's shape) refused a request or entry."""
+
+    code: str
+    message: str
+
+
+class MalformedAnswer(ValueError):
+    """An answer that cannot be applied at all; the text says what is wrong with it."""
+
+
+# -- what to log ------------------------------------------------------------------------------
+
+
+def evidence_object(pid: str, owners: Iterable[str], kind: str, payload: object, *,
+                    ref: str | None, header: Mapping[str, Any] | None,
+                    payload_type: str | None, mode: str, max_payload: int,
+                    ) -> tuple[list[str], dict[str, Any], bool]:
+    """The process owners (sorted, unique), the ``log`` object for a piece of evidence, and
+    whether its payload was too large and is logged by its hash only.
+
+    The header is ``{kind, ref, **header}`` (``ref`` defaults to ``pid``; none in ``hash``
+    mode); a payload larger than ``max_payload`` is left out, so it is logged by its hash.
+    Raises ``ValueError`` for a bad pid, owner, payload or mode: the caller's mistake.
+    """
+    owner_ids = sorted(set(owners))
+    try:
+        ch.parse_create_process({"pid": pid, "owners": owner_ids})
+    except ch.Rejection as exc:
+        raise ValueError(f"evidence: {exc}") from exc
+    ref = pid if ref is None else ref
+    full_header = {} if mode == "hash" else {"kind": kind, "ref": ref, **(header or {})}
+    obj = ch.log_object(pid, payload, mode=mode, header=full_header, payload_type=payload_type)
+    too_large = len(obj.get("payload") or b"") > max_payload
+    if too_large:
+        obj.pop("payload")
+    return owner_ids, obj, too_large
+
+
+def entry_key(message_id: bytes, index: int) -> bytes:
+    """The key of entry ``index`` of a ``log_batch``: its receipt's ``request`` and waiter."""
+    return message_id + index.to_bytes(2, "big")
+
+
+def expected_claims(house: str, pid: str, client: str, payload_sha256: str | None
+                    ) -> dict[str, Any]:
+    """What a receipt for a log request must say: issuer, process, client and payload."""
+    return {"iss": house, "process_id": pid, "client_id": client,
+            "payload_sha256": payload_sha256}
+
+
+# -- what an answer means -------------------------------------------------------------------
+
+
+def refusal_of(obj: Mapping[str, Any], what: str) -> Refused:
+    """The IDS code and message of a ``rejection`` (or a refused batch entry);
+    ``MALFORMED_MESSAGE`` when it holds no text code and message."""
+    code, message = obj.get("code"), obj.get("message")
+    if not isinstance(code, str) or not isinstance(message, str):
+        return Refused(MALFORMED, f"the {what} is malformed: {dict(obj)!r:.200}")
+    return Refused(code, message)
+
+
+def judge(request: str, action: str, obj: Mapping[str, Any]) -> Refused | None:
+    """What answer ``action`` (with ``obj``) to a ``request`` means: None when it is the
+    expected reply (apply it), else the refusal the request ends with."""
+    if action == "rejection":
+        return refusal_of(obj, "rejection")
+    expected = EXPECTED_REPLY.get(request, "result")
+    if action != expected:
+        return Refused(MALFORMED, f"the clearing house answered {request} with {action}")
+    return None
+
+
+def batch_results(obj: Mapping[str, Any], count: int) -> tuple[str | None, list[str | Refused]]:
+    """Read a ``processed_batch`` answering ``count`` entries: the signed batch text and,
+    per entry in order, its receipt part or its refusal. ``MalformedAnswer`` when the
+    answer has the wrong number or shape of results, or receipts without their texts."""
+    results = obj.get("results")
+    if (not isinstance(results, list) or len(results) != count
+            or not all(isinstance(result, dict) for result in results)):
+        raise MalformedAnswer(f"processed_batch does not hold {count} result maps")
+    signed = obj.get("signed")
+    parts = [result["entry"] for result in results if "entry" in result]
+    if parts and (not isinstance(signed, str) or not all(isinstance(p, str) for p in parts)):
+        raise MalformedAnswer("processed_batch has receipts but no signed batch or entry text")
+    out: list[str | Refused] = [result["entry"] if "entry" in result
+                                else refusal_of(result, "result") for result in results]
+    return (signed if parts else None), out
+
+
+def batch_verdicts(signed: str | None, parts: Sequence[str], jwks: Mapping[str, Any] | None,
+                   expects: Sequence[Mapping[str, Any]]) -> list[Verdict]:
+    """The verdict on each receipt part of a batch (all None while no JWKS is stored)."""
+    if jwks is None or not parts or signed is None:
+        return [None] * len(parts)
+    return list(rc.verify_batch(signed, list(parts), jwks, list(expects)))
+
+
+# -- when a receipt is refused ----------------------------------------------------------------
+
+
+def verdict(token: object, jwks: Mapping[str, Any] | None, expect: Mapping[str, Any]
+            ) -> Verdict:
+    """A receipt's claims, or why it fails; None while no JWKS is stored to check it."""
+    if jwks is None:
+        return None
+    try:
+        return rc.verify_receipt(token, jwks, expect)
+    except rc.ReceiptError as exc:
+        return exc
+
+
+def receipt_status(verdict: Verdict, *, refresh: bool) -> tuple[str, str | None, dict | None]:
+    """(status, problem, claims) of a receipt: ``unchecked`` while no key is known (with
+    ``refresh``, also when the stored JWKS lacks the signing key: it is fetched again),
+    ``invalid`` with the fault, or ``valid`` with the verified claims."""
+    if isinstance(verdict, rc.ReceiptError):
+        if refresh and verdict.fault is rc.ReceiptFault.UNKNOWN_KEY:
+            return "unchecked", None, None
+        return "invalid", f"{verdict.fault.value}: {verdict}", None
+    if verdict is None:
+        return "unchecked", None, None
+    return "valid", None, verdict
+
+
+def receipt_answer(token: str, claims: dict | None, problem: str | None
+                   ) -> dict[str, Any] | Refused:
+    """What the caller waiting for a checked receipt gets: the receipt, or its refusal."""
+    if claims is None:
+        return Refused(RECEIPT_INVALID, f"the receipt is invalid: {problem}")
+    return {"pid": claims["process_id"], "seq": claims["seq"],
+            "document_id": claims["document_id"], "receipt": token}
+
+
+def merge_jwks(old: Mapping[str, Any] | None, keys: object) -> dict[str, Any] | None:
+    """The stored JWKS with a fresh one's keys added (every key ever seen is kept, so old
+    receipts keep verifying); None when the answer holds no key list."""
+    if not isinstance(keys, list):
+        return None
+    merged = {jwk.get("kid"): jwk for jwk in (old or {"keys": []})["keys"]}
+    merged.update({jwk.get("kid"): jwk for jwk in keys if isinstance(jwk, dict)})
+    return {"keys": list(merged.values())}

@@ -1,0 +1,125 @@
+"""The CLI's front door: usage and method help come from the registry, and stay in the README."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agentd import cli
+from agentd.bench import BENCHMARKS, verdict
+from agentd.bench import usage as bench_usage
+from agentd.config import control_socket
+from agentd.errors import UserError
+from agentd.human import render
+from agentd.methods import describe, method_help, registry
+from tests.clihelpers import AGENTD
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _readme_rpc_methods() -> set[str]:
+    """Method names in the first column of the README's RPC table (``a`` / ``.b`` rows too)."""
+    text = README.read_text()
+    section = text[text.index("## RPC methods"):]
+    section = section[:section.index("\n## ", 1)]
+    names: set[str] = set()
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        first = line.split("|")[1]
+        cells = re.findall(r"`([^`]+)`", first)
+        for cell in cells:
+            names.add(cells[0].rsplit(".", 1)[0] + cell if cell.startswith(".") else cell)
+    return names
+
+
+def test_every_registered_method_has_help_and_a_readme_row():
+    documented = _readme_rpc_methods()
+    methods = registry()
+    assert len(methods) > 30
+    for name, method in methods.items():
+        described = describe(name, method)
+        assert described["doc"], f"{name} has no docstring"
+        assert "``" not in described["doc"] and ":class:" not in described["doc"]
+        assert name in documented, f"{name} is missing from the README's RPC table"
+    assert documented <= set(methods), f"README documents unknown methods: " \
+                                       f"{sorted(documented - set(methods))}"
+
+
+def test_usage_names_every_method_and_benchmark(capsys):
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    for name in registry():
+        assert re.search(rf"[ ,]{re.escape(name)}(,|\n)", text), name
+    assert "{" + ",".join(BENCHMARKS) + "}" in text
+    bench = bench_usage()
+    for name in BENCHMARKS:
+        assert re.search(rf"^  {name} +\w", bench, re.MULTILINE), name
+    assert "``" not in bench
+
+
+def test_method_help_with_and_without_a_config(capsys, tmp_path):
+    assert cli.main(["help", "peers.ping"]) == 0
+    text = capsys.readouterr().out
+    assert "usage: agentd -c CONFIG peers.ping agent [count=1]" in text
+    assert "count  int, default 1" in text
+    config = tmp_path / "broken.toml"
+    config.write_text("this is not toml")
+    assert cli.main(["-c", str(config), "help", "tally.offer"]) == 0  # no node, no validation
+    assert "partner_limit" in capsys.readouterr().out
+    with pytest.raises(UserError, match="did you mean tally"):
+        method_help("tally.acept")
+
+
+def test_control_socket_is_found_without_validating_the_config(tmp_path):
+    config = tmp_path / "n.toml"
+    config.write_text('[node]\ndata_dir = "d"\nbogus = 1\n')
+    assert control_socket(config) == tmp_path / "d" / "agentd.sock"
+    config.write_text('[node]\ndata_dir = "d2"\nlisten = \n')  # not TOML at all
+    assert control_socket(config) == tmp_path / "d2" / "agentd.sock"
+    config.write_text("[node]\n")
+    with pytest.raises(UserError, match="data_dir is required"):
+        control_socket(config)
+
+
+def test_a_closed_stdout_ends_quietly(tmp_path):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to stdout now fails with EPIPE
+    try:
+        result = subprocess.run([*AGENTD, "--help"], stdout=write_end, stderr=subprocess.PIPE,
+                                text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.stderr == ""
+    assert result.returncode == 141
+
+
+def test_bench_goals_decide_the_exit_status(capsys):
+    assert verdict([("a 0.49x (goal >= 0.5x)", False), ("b", True)], no_goals=False) == 1
+    assert capsys.readouterr().out == "goal missed: a 0.49x (goal >= 0.5x)\n"
+    assert verdict([("a", False)], no_goals=True) == 0
+    assert "goal missed: a" in capsys.readouterr().out
+    assert verdict([("a", True)], no_goals=False) == 0
+
+
+def test_human_output():
+    info = render("getinfo", {"name": "alice", "uptime_s": 3725.2, "roles": [],
+                              "counters": {"frames_in": 3, "rejected": {}}})
+    assert info == "name: alice\nuptime_s: 1:02:05\nroles: -\ncounters:\n  frames_in: 3\n" \
+                   "  rejected: {}\n"
+    peers = render("peers.list", [
+        {"name": "bob", "agent": "B", "address": "127.0.0.1:7102", "source": "config",
+         "connected": True, "last_seen": 1_700_000_000_000},
+        {"name": None, "agent": "Ë", "address": None, "source": "learned",
+         "connected": False, "last_seen": None}])
+    assert peers.splitlines() == [
+        "NAME  AGENT  ADDRESS         SOURCE   CONNECTED  LAST_SEEN",
+        "bob   B      127.0.0.1:7102  config   yes        2023-11-14 22:13:20 UTC",
+        "-     Ë      -               learned  no         -"]
+    tallies = render("tally.list", [{"tally": "T", "state": "open", "chain": {"index": 2}}])
+    assert tallies.splitlines()[1].split() == ["T", "-", "-", "open", "-", "-", "-", "2", "-"]
+    assert render("tally.list", []) == "(none)\n"

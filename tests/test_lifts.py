@@ -1,0 +1,326 @@
+"""Routes and lifts between real nodes (loopback, Noise, SQLite), refereed by a clearing house:
+discovery, linear and circular lifts end to end, capacity held by pending lift chits, the
+views, and the refusals that must change nothing."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import trio
+
+from agentd.rpc import RpcError
+from agentd.runtime.node import Node
+from protocol import lift as lf
+from protocol.codec import digest, unpack
+from tests.netfixture import network, wait_for
+from tests.test_credit_service import (
+    agreed,
+    open_tally,
+    refusal_of,
+    refused,
+    rpc,
+    send_raw,
+    user_key,
+)
+
+LIMIT = 1_000_000
+
+
+def balance(node: Node, cuid: str, tally: str) -> int:
+    return node.db.read_one("SELECT balance FROM tallies WHERE uuid = ? AND cuid = ?",
+                            (tally, cuid))[0]
+
+
+def chain_length(node: Node, cuid: str, tally: str) -> int:
+    return node.db.read_one("SELECT chain_length FROM tallies WHERE uuid = ? AND cuid = ?",
+                            (tally, cuid))[0]
+
+
+def reserved(node: Node, cuid: str, tally: str) -> tuple[int, int]:
+    return tuple(node.db.read_one(
+        "SELECT lift_in, lift_out FROM tallies WHERE uuid = ? AND cuid = ?", (tally, cuid)))
+
+
+def who(node: Node, cuid: str) -> str:
+    return f"{cuid}:{node.agent_id}"
+
+
+async def line(net, *, limit: int = LIMIT) -> dict[str, Any]:
+    """ann@n1 — bob@n2 — cat@n3 — dan@n4, the clearing house n0 referees."""
+    nodes = net.nodes
+    users = {"ann": nodes[1], "bob": nodes[2], "cat": nodes[3], "dan": nodes[4]}
+    for cuid, node in users.items():
+        await rpc(node, "users.add", cuid=cuid)
+    tallies = {}
+    for (a, b) in (("ann", "bob"), ("bob", "cat"), ("cat", "dan")):
+        tallies[a + b] = await open_tally(users[a], a, users[b], b, limit=limit)
+    return {"users": users, "tallies": tallies}
+
+
+async def settled_everywhere(nodes: list[Node], lift: str, state: str) -> None:
+    async def all_settled() -> bool:
+        for node in nodes:
+            shown = await rpc(node, "lift.show", lift=lift)
+            if shown["state"] != state:
+                return False
+        return True
+
+    with trio.fail_after(20):
+        while not await all_settled():
+            await trio.sleep(0.05)
+
+
+async def test_a_linear_lift_pays_across_three_hops_all_good(tmp_path):
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u, tl = world["users"], world["tallies"]
+        ann, dan = u["ann"], u["dan"]
+        routes = await rpc(ann, "route.find", cuid="ann", find=who(dan, "dan"), units=700)
+        assert [[hop["cuid"] for hop in r["path"]] for r in routes] == [
+            ["ann", "bob", "cat", "dan"]]
+        assert routes[0]["capacity"] >= 700
+        started = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=700,
+                            memo="rent")
+        assert started["state"] == "pend"
+        assert [hop["cuid"] for hop in started["path"]] == ["ann", "bob", "cat", "dan"]
+        done = await rpc(ann, "lift.wait", lift=started["lift"], timeout_s=20)
+        assert done["state"] == "good", done
+        await settled_everywhere(list(u.values()), started["lift"], "good")
+        # ann paid 700, dan got 700, bob and cat passed it on: each tally moved 700.
+        for tally, (payer, payee) in {tl["annbob"]: ("ann", "bob"), tl["bobcat"]: ("bob", "cat"),
+                                      tl["catdan"]: ("cat", "dan")}.items():
+            await wait_for(lambda t=tally, a=payer, b=payee: agreed(u[a], a, u[b], b, t, 1))
+            assert balance(u[payee], payee, tally) == 700
+            assert balance(u[payer], payer, tally) == -700
+            assert reserved(u[payer], payer, tally) == (0, 0)
+            assert reserved(u[payee], payee, tally) == (0, 0)
+        chits = await rpc(u["bob"], "chit.list", cuid="bob", tally=tl["bobcat"])
+        assert [(ch["type"], ch["state"], ch["units"]) for ch in chits] == [
+            ("lift", "L.good", 700)]
+        house = net.nodes[0]
+        shown = await rpc(house, "lift.show", lift=started["lift"])
+        assert shown["state"] == "good" and shown["decision"]["referee"] == house.agent_id
+
+
+async def triangle(net) -> tuple[dict[str, Node], str, str, str]:
+    """ann@n1, bob@n2, cat@n3 in a triangle of tallies where bob owes ann 500, cat owes bob
+    300 and ann owes cat 400: the cycle ann->bob->cat->ann can clear 300."""
+    nodes = net.nodes
+    users = {"ann": nodes[1], "bob": nodes[2], "cat": nodes[3]}
+    for cuid, node in users.items():
+        await rpc(node, "users.add", cuid=cuid)
+    ab = await open_tally(users["ann"], "ann", users["bob"], "bob")
+    bc = await open_tally(users["bob"], "bob", users["cat"], "cat")
+    ca = await open_tally(users["cat"], "cat", users["ann"], "ann")
+    await rpc(users["bob"], "chit.pay", cuid="bob", tally=ab, units=500)
+    await rpc(users["cat"], "chit.pay", cuid="cat", tally=bc, units=300)
+    await rpc(users["ann"], "chit.pay", cuid="ann", tally=ca, units=400)
+    await wait_for(lambda: balance(users["ann"], "ann", ab) == 500
+                   and balance(users["bob"], "bob", bc) == 300
+                   and balance(users["cat"], "cat", ca) == 400)
+    return users, ab, bc, ca
+
+
+def cleared_300(users: dict[str, Node], ab: str, bc: str, ca: str) -> bool:
+    return (balance(users["ann"], "ann", ab) == 200 and balance(users["bob"], "bob", ab) == -200
+            and balance(users["bob"], "bob", bc) == 0 and balance(users["cat"], "cat", bc) == 0
+            and balance(users["cat"], "cat", ca) == 100
+            and balance(users["ann"], "ann", ca) == -100)
+
+
+async def test_a_circular_lift_clears_a_debt_cycle(tmp_path):
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        users, ab, bc, ca = await triangle(net)
+        cleared = await rpc(users["ann"], "lift.clear", cuid="ann")
+        assert cleared["units"] == 300
+        assert [hop["cuid"] for hop in cleared["path"]] == ["ann", "bob", "cat", "ann"]
+        done = await rpc(users["ann"], "lift.wait", lift=cleared["lift"], timeout_s=20)
+        assert done["state"] == "good", done
+        await settled_everywhere(list(users.values()), cleared["lift"], "good")
+        await wait_for(lambda: cleared_300(users, ab, bc, ca))
+        # No more cycle through ann: bob<->cat is clear.
+        assert (await refused(users["ann"], "lift.clear", cuid="ann")).reason == "NO_CYCLE"
+
+
+async def test_no_route_and_bad_params_change_nothing(tmp_path):
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net, limit=1000)
+        u, tl = world["users"], world["tallies"]
+        ann, dan = u["ann"], u["dan"]
+        assert await rpc(ann, "route.find", cuid="ann", find=who(dan, "dan"),
+                         units=1001) == []
+        error = await refused(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=1001)
+        assert error.reason == "NO_ROUTE"
+        nobody = f"zed:{dan.agent_id}"
+        assert (await refused(ann, "lift.pay", cuid="ann", find=nobody, units=5)).reason == \
+            "NO_ROUTE"
+        for params in ({"units": 0}, {"units": -5}, {"units": "5"}, {"find": "no-agent"},
+                       {"life_s": 0}):
+            call = {"cuid": "ann", "find": who(dan, "dan"), "units": 5, **params}
+            assert (await refused(ann, "lift.pay", **call)).reason == "INVALID_PARAMS"
+        assert await rpc(ann, "lift.list") == []
+        assert reserved(ann, "ann", tl["annbob"]) == (0, 0)
+        unknown = str(uuid.uuid4())
+        assert (await refused(ann, "lift.show", lift=unknown)).reason == "UNKNOWN_LIFT"
+
+
+async def test_pending_lift_chits_hold_capacity_until_decided(tmp_path):
+    """A lift the referee cannot decide yet (it is down) holds its capacity: a payment that
+    would use it is OVER_LIMIT, a second lift finds no route; once the referee is back past
+    the deadline, the lift is void everywhere and the capacity is free again."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net, limit=1000)
+        u, tl = world["users"], world["tallies"]
+        ann, dan = u["ann"], u["dan"]
+        await net.stop(0)  # the referee
+        started = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=800,
+                            life_s=2)
+        await wait_for(lambda: reserved(dan, "dan", tl["catdan"]) == (800, 0))
+        assert reserved(ann, "ann", tl["annbob"]) == (0, 800)
+        shown = await rpc(ann, "tally.show", cuid="ann", tally=tl["annbob"])
+        assert shown["reserved"] == {"in": 0, "out": 800}
+        assert shown["capacity"] == {"pay": 200, "receive": 1000}
+        pending = await rpc(dan, "chit.list", cuid="dan", tally=tl["catdan"])
+        assert [(ch["type"], ch["state"], ch["lift"]) for ch in pending] == [
+            ("lift", "A.lift", started["lift"])]
+        error = await refused(ann, "chit.pay", cuid="ann", tally=tl["annbob"], units=300)
+        assert error.reason == "OVER_LIMIT"
+        await rpc(ann, "chit.pay", cuid="ann", tally=tl["annbob"], units=200)  # fits
+        assert await rpc(ann, "route.find", cuid="ann", find=who(dan, "dan"), units=100) == []
+        await trio.sleep(2.2)  # past the lift's deadline (the referee is down: nothing moves)
+        await net.restart(0)
+        await settled_everywhere(list(u.values()), started["lift"], "void")
+        for payer, payee, tally in (("ann", "bob", tl["annbob"]), ("bob", "cat", tl["bobcat"]),
+                                    ("cat", "dan", tl["catdan"])):
+            assert reserved(u[payer], payer, tally) == (0, 0)
+            assert reserved(u[payee], payee, tally) == (0, 0)
+        assert balance(dan, "dan", tl["catdan"]) == 0
+        chits = await rpc(dan, "chit.list", cuid="dan", tally=tl["catdan"])
+        assert [(ch["type"], ch["state"]) for ch in chits] == [("lift", "A.void")]
+        assert chain_length(dan, "dan", tl["catdan"]) == 0  # void lift chits never chain
+
+
+async def test_a_decision_not_signed_by_the_referee_is_refused(tmp_path):
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u = world["users"]
+        ann, bob, dan = u["ann"], u["bob"], u["dan"]
+        await net.stop(0)  # the referee stays silent
+        started = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=10,
+                            life_s=60)
+        lift = started["lift"]
+        await wait_for(lambda: dan.db.read_one(
+            "SELECT 1 FROM lifts WHERE lift = ?", (lift,)) is not None)
+        record = unpack(dan.db.read_one("SELECT record FROM lifts WHERE lift = ?", (lift,))[0])
+        decision = {"lift": lift, "state": "good", "date": record["date"],
+                    "referee": record["referee"]["agent"]}
+        forged = {**decision, "sign": bob.key.sign(digest(decision))}  # not the referee's key
+        message_id = await send_raw(bob, dan, None, "lift", "decision",
+                                    {"record": record, "decision": forged}, None)
+        assert "BAD_SIGNATURE" in await refusal_of(bob, message_id)
+        assert (await rpc(dan, "lift.show", lift=lift))["state"] == "pend"
+        assert reserved(dan, "dan", world["tallies"]["catdan"]) == (10, 0)
+
+
+async def test_many_lifts_in_flight_over_shared_tallies_never_oversubscribe(tmp_path):
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        users = {"ann": net.nodes[1], "bob": net.nodes[2], "cat": net.nodes[3]}
+        for cuid, node in users.items():
+            await rpc(node, "users.add", cuid=cuid)
+        ab = await open_tally(users["ann"], "ann", users["bob"], "bob", limit=1000)
+        bc = await open_tally(users["bob"], "bob", users["cat"], "cat", limit=1000)
+        started: list[str] = []
+
+        async def pay() -> None:
+            try:
+                lift = await rpc(users["ann"], "lift.pay", cuid="ann",
+                                 find=who(users["cat"], "cat"), units=150)
+            except RpcError as exc:
+                assert exc.reason in ("NO_ROUTE", "OVER_LIMIT"), exc
+                return
+            started.append(lift["lift"])
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(12):
+                nursery.start_soon(pay)
+        states = [(await rpc(users["ann"], "lift.wait", lift=lift, timeout_s=20))["state"]
+                  for lift in started]
+        assert "pend" not in states
+        good = states.count("good")
+        assert 1 <= good <= 6  # 6 x 150 = 900 fits a limit of 1000; 7 would not
+        for lift in started:
+            await settled_everywhere(list(users.values()), lift,
+                                     (await rpc(users["ann"], "lift.show", lift=lift))["state"])
+        await wait_for(lambda: balance(users["cat"], "cat", bc) == 150 * good
+                       and balance(users["bob"], "bob", ab) == 150 * good
+                       and balance(users["bob"], "bob", bc) == -150 * good)
+        for node, cuid, tally in ((users["ann"], "ann", ab), (users["bob"], "bob", ab),
+                                  (users["bob"], "bob", bc), (users["cat"], "cat", bc)):
+            assert reserved(node, cuid, tally) == (0, 0)
+
+
+async def test_the_lift_view_serves_record_state_and_decision(tmp_path):
+    relay = {"relay": {"access": [{"principal": "*", "resource": "lift:*"}]}}
+    async with network(tmp_path, n=4, clearinghouse=0, sections=relay) as net:
+        users = {"ann": net.nodes[1], "bob": net.nodes[2], "cat": net.nodes[3]}
+        for cuid, node in users.items():
+            await rpc(node, "users.add", cuid=cuid)
+        await open_tally(users["ann"], "ann", users["bob"], "bob")
+        await open_tally(users["bob"], "bob", users["cat"], "cat")
+        lift = (await rpc(users["ann"], "lift.pay", cuid="ann", find=who(users["cat"], "cat"),
+                          units=42))["lift"]
+        await settled_everywhere(list(users.values()), lift, "good")
+        bob = users["bob"]
+        asked = await rpc(users["cat"], "relay.query",
+                          address=f"{bob.agent_id}/agentd/lift:{lift}")
+        done = await rpc(users["cat"], "relay.wait", request_id=asked["request_id"])
+        assert done["status"] == "COMPLETED", done
+        view = done["view"]["payload"]
+        assert view["lift"] == lift and view["state"] == "good"
+        assert view["record"]["units"] == 42 and view["decision"]["state"] == "good"
+        assert sorted(chit["state"] for chit in view["chits"]) == ["A.good", "L.good"]
+
+
+async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u, tl = world["users"], world["tallies"]
+        bob, cat, house = u["bob"], u["cat"], net.nodes[0]
+        path = [{"cuid": "bob", "agent": bob.agent_id, "tally": tl["bobcat"]},
+                {"cuid": "cat", "agent": cat.agent_id, "tally": None}]
+
+        def record(**changes):
+            made = lf.make_record(lift_uuid=str(uuid.uuid4()), kind="linear", units=10,
+                                  path=changes.pop("path", path), referee=house.own_address(),
+                                  date_ms=changes.pop("date", bob.clock.now_ms()),
+                                  life_ms=changes.pop("life", 60_000), memo="",
+                                  key=user_key(bob, "bob"))
+            return {**made, **changes}
+
+        wrong_tally = [{**path[0], "tally": tl["annbob"]}, path[1]]
+        cases = [
+            (record(units=11), "BAD_SIGNATURE"),  # tampered after signing
+            (record(date=bob.clock.now_ms() - 120_000, life=1_000), "EXPIRED"),
+            (record(path=wrong_tally), "UNKNOWN_TALLY"),  # cat is not party to ann-bob
+        ]
+        for bad, code in cases:
+            message_id = await send_raw(bob, cat, "cat", "lift", "promise",
+                                        {"record": bad, "hop": 0}, "bob")
+            assert code in await refusal_of(bob, message_id), code
+        imposter = await send_raw(u["ann"], cat, "cat", "lift", "promise",
+                                  {"record": record(), "hop": 0}, "ann")
+        assert "NOT_ON_PATH" in await refusal_of(u["ann"], imposter)
+        assert await rpc(cat, "lift.list") == []
+        assert reserved(cat, "cat", tl["bobcat"]) == (0, 0)
+        assert await rpc(cat, "chit.list", cuid="cat", tally=tl["bobcat"]) == []
+
+
+async def test_auto_clear_clears_debt_cycles_on_its_own(tmp_path):
+    auto = {"lift": {"auto_clear": True, "interval_s": 1, "minimum": 100}}
+    async with network(tmp_path, n=4, clearinghouse=0, sections=auto) as net:
+        users, ab, bc, ca = await triangle(net)
+        await wait_for(lambda: cleared_300(users, ab, bc, ca), timeout=20)
+        lifts = await rpc(users["bob"], "lift.list")
+        assert {lift["kind"] for lift in lifts} == {"circular"}
+        assert all(lift["state"] == "good" for lift in lifts)

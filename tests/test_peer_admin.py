@@ -1,0 +1,82 @@
+"""peers.add / peers.remove edit the config file (comments kept) and apply at once."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from agentd.config import load_config
+from agentd.rpc import RpcError
+from agentd.runtime.node import Node
+from protocol.keys import SigningKey
+
+BOB = SigningKey(bytes([2]) * 32).agent_id
+CAROL = SigningKey(bytes([3]) * 32).agent_id
+DAVE = SigningKey(bytes([4]) * 32).agent_id
+CONFIG = f"""# alice's node — hand-written comments must survive
+[node]
+name = "alice"
+data_dir = "data"   # beside this file
+listen = "127.0.0.1:0"
+
+# bob is our first partner
+[[peers]]
+name = "bob"
+agent = "{BOB}"
+address = "127.0.0.1:7902"
+
+[log]
+level = "warning"
+"""
+
+
+async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
+    path = tmp_path / "alice.toml"
+    path.write_text(CONFIG)
+    path.chmod(0o640)
+    node = Node(load_config(path), SigningKey.generate())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        added = await node.rpc.call("peers.add", {"name": "carol", "agent": CAROL,
+                                                  "address": "127.0.0.1:7903"})
+        assert added["change"] == "added" and added["applied"] == ["peers"]
+        text = path.read_text()
+        for comment in ("# alice's node", "# beside this file", "# bob is our first partner"):
+            assert comment in text
+        assert [p.name for p in load_config(path).peers] == ["bob", "carol"]
+        assert node.address_of(CAROL) == "127.0.0.1:7903"
+        assert path.stat().st_mode & 0o777 == 0o640
+
+        moved = await node.rpc.call("peers.add", {"name": "bobby", "agent": BOB,
+                                                  "address": "127.0.0.1:7912"})
+        assert moved["change"] == "updated"
+        assert node.address_of(BOB) == "127.0.0.1:7912"
+
+        node.learn_peer(DAVE, "127.0.0.1:7904", "dave")  # as a hello would teach it
+        sources = {p["agent"]: p["source"] for p in await node.rpc.call("peers.list", {})}
+        assert sources == {BOB: "config", CAROL: "config", DAVE: "learned"}
+
+        removed = await node.rpc.call("peers.remove", {"agent": BOB})
+        assert removed["change"] == "removed"
+        assert [p.name for p in load_config(path).peers] == ["carol"]
+        assert "# bob is our first partner" in path.read_text()
+        assert node.address_of(BOB) is None
+        listed = {p["agent"] for p in await node.rpc.call("peers.list", {})}
+        assert BOB not in listed and CAROL in listed
+
+        before = path.read_text()
+        with pytest.raises(RpcError, match="address is not HOST:PORT") as bad:
+            await node.rpc.call("peers.add", {"name": "x", "agent": DAVE, "address": "nope"})
+        assert bad.value.reason == "INVALID_PARAMS"
+        with pytest.raises(RpcError) as unknown:
+            await node.rpc.call("peers.remove", {"agent": BOB})
+        assert unknown.value.reason == "UNKNOWN_PEER"
+        assert path.read_text() == before
+
+        path.write_text(before + "\n[nodes]\n")  # broken by hand: ours to refuse, not rewrite
+        with pytest.raises(RpcError, match="unknown key") as broken:
+            await node.rpc.call("peers.add", {"name": "d", "agent": DAVE,
+                                              "address": "127.0.0.1:7904"})
+        assert broken.value.reason == "BAD_CONFIG"
+        assert path.read_text() == before + "\n[nodes]\n"
+        node.stop()

@@ -1,0 +1,112 @@
+"""Issue 12, item 1: strangers neither fill our outbox nor steer our dialler.
+
+A rogue peer (fresh key, valid handshake) floods pings it never acks and claims a "listen"
+address that is really a bait listener; more rogues each send one ping and leave. The node
+answers on the channels they opened, never dials the claimed address, does not store them,
+and lets replies nobody takes expire out of the outbox.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import trio
+
+from agentd.runtime.strangers import Strangers
+from protocol.codec import pack
+from protocol.envelope import Ack, Envelope
+from protocol.expiry import EXPIRY_MS
+from tests.clihelpers import init, running
+from tests.netfixture import network, wait_for
+from tests.rogue import Rogue, getinfo, rpc, wait_until
+
+
+class Bait:
+    """A TCP listener that counts the connections a node opens to it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+
+def test_replies_to_strangers_never_dial_their_claimed_address(tmp_path: Path) -> None:
+    info = init(tmp_path, "n1")
+    bait = Bait()
+    claimed = f"127.0.0.1:{bait.port}"
+    pings = 200
+
+    async def attack() -> list:
+        flood = await Rogue.join(info["port"], info["agent"], listen=claimed)
+        await flood.send_frames([pack(flood.envelope(info["agent"],
+                                                     listen=("127.0.0.1", bait.port)))
+                                 for _ in range(pings)])
+        pongs: list = []
+        with trio.fail_after(20):
+            while len(pongs) < pings:  # replies come back on the channel it opened
+                frames = await flood.receive()
+                assert frames, "the node closed the flooding channel"
+                pongs += [f for f in frames if isinstance(f, Envelope) and f.action == "pong"]
+        for _ in range(30):  # one ping each, then gone before the pong can be sent back
+            rogue = await Rogue.join(info["port"], info["agent"], listen=claimed)
+            await rogue.send_frames([pack(rogue.envelope(info["agent"],
+                                                         listen=("127.0.0.1", bait.port)))])
+            await rogue.aclose()
+        await flood.aclose()
+        return pongs
+
+    with running({"n1": info}) as processes:
+        pongs = trio.run(attack)
+        assert len(pongs) >= pings
+        config = info["config"]
+        wait_until(lambda: (c := getinfo(config)["counters"])["messages_processed"] >= pings + 30
+                   and c["no_route"] > 0, "the pongs of the departed strangers to be tried")
+        assert bait.accepted == 0  # the claimed address was never dialled
+        assert rpc(config, "peers.list") == []  # strangers are not stored as peers
+        counters = getinfo(config)["counters"]
+        assert counters["strangers"] == 31
+        assert processes["n1"].poll() is None
+    bait.sock.close()
+
+
+async def test_replies_nobody_takes_expire_out_of_the_outbox(tmp_path, monkeypatch):
+    monkeypatch.setitem(EXPIRY_MS, ("node", "pong"), 500)
+    async with network(tmp_path, n=1) as net:
+        node = net.nodes[0]
+        rogue = await Rogue.join(node.port, node.agent_id, listen="127.0.0.1:9")
+        await rogue.send_frames([pack(rogue.envelope(node.agent_id)) for _ in range(100)])
+        await wait_for(lambda: node.counters.messages_processed == 100)
+        await rogue.aclose()  # it never acks: its pongs wait for a channel that never comes
+        await wait_for(lambda: node.pump.depth == 0, timeout=20)
+        assert node.counters.outbox_expired == 100
+        await wait_for(lambda: node.db.read_one("SELECT count(*) FROM outbox")[0] == 0)
+
+
+async def test_strangers_are_remembered_in_a_bounded_table(tmp_path):
+    async with network(tmp_path, n=1) as net:
+        node = net.nodes[0]
+        node.strangers = Strangers(limit=5)
+        for _ in range(12):
+            rogue = await Rogue.join(node.port, node.agent_id, listen="127.0.0.1:9")
+            await rogue.send_frames([pack(rogue.envelope(node.agent_id))])
+            acks: list = []
+            while not acks:
+                acks = [f for f in await rogue.receive() if isinstance(f, Ack)]
+            await rogue.aclose()
+        assert len(node.strangers) == 5 and node.strangers.evicted == 7
+        assert node.db.read_one("SELECT count(*) FROM peers")[0] == 0
+        assert node.address_of(rogue.agent) is None
