@@ -1,8 +1,10 @@
-"""agentd nodes as local OS processes — for ``agentd sim --processes`` and the benchmarks.
+"""Local agentd nodes — for ``agentd sim``, the benchmarks and the tests.
 
-:func:`write_node` lays out a node directory (key with mode 0600, config, data in the same
-directory), :func:`spawn` starts ``agentd run`` on it, and :func:`wait_ready` waits for the
-control sockets, failing with the node's name if one exits first.
+In this Trio process: :func:`local_config` builds a node's config in a work directory and
+:func:`start_node` starts a :class:`Node` on it in a nursery (the one way every harness does).
+As OS processes: :func:`write_node` lays out a node directory (key with mode 0600, config, data
+in the same directory), :func:`spawn` starts ``agentd run`` on it, and :func:`wait_ready`
+waits for the control sockets, failing with the node's name if one exits first.
 """
 
 from __future__ import annotations
@@ -13,8 +15,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from agentd.config import Config, parse_config
 from protocol.keys import SigningKey
+
+if TYPE_CHECKING:
+    import trio
+
+    from agentd.runtime.node import Node
 
 READY_TIMEOUT = 30.0
 
@@ -29,6 +38,28 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def local_config(workdir: Path, name: str, port: int = 0, *,
+                 sections: dict[str, Any] | None = None, **node_keys: Any) -> Config:
+    """The config of node ``name`` with its data in ``workdir/name``, listening on loopback
+    (``port`` 0: any free port); ``node_keys`` go into ``[node]``, ``sections`` beside it."""
+    data_dir = workdir / name
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    raw = {"node": {"name": name, "data_dir": str(data_dir), "listen": f"127.0.0.1:{port}",
+                    **node_keys}, **(sections or {})}
+    return parse_config(raw, workdir / f"{name}.toml")
+
+
+async def start_node(nursery: trio.Nursery, config: Config, key: SigningKey | None = None,
+                     **database: Any) -> Node:
+    """A :class:`Node` on ``config`` running in ``nursery``, started (listening) on return;
+    ``database`` are options for ``Database.open`` (a shared writer, ``synchronous``)."""
+    from agentd.runtime.node import Node  # the runtime is only loaded by in-process harnesses
+
+    node = Node(config, key or SigningKey.generate(), database=database)
+    await nursery.start(node.run)
+    return node
 
 
 @dataclass(frozen=True)

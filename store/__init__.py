@@ -3,6 +3,6 @@
 No sockets and no protocol decisions live here.
 """
 
-from store.db import Database, DatabaseError
+from store.db import Database, DatabaseError, SharedWriter
 
-__all__ = ["Database", "DatabaseError"]
+__all__ = ["Database", "DatabaseError", "SharedWriter"]

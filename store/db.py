@@ -9,6 +9,12 @@ every job before it: read-check-write inside a job is atomic.
 
 Reads that need no transaction use a second connection on the event-loop thread: indexed
 lookups take microseconds, less than the ~250 µs a thread hop costs here.
+
+A node opens its database with a writer thread of its own and ``synchronous = FULL`` (a
+commit survives a power cut). ``agentd sim`` runs hundreds of nodes in one process: there,
+one :class:`SharedWriter` thread commits for all of them (hundreds of writer threads fight for
+the GIL) and ``synchronous = NORMAL`` (a simulated crash is a process crash, which WAL mode
+survives either way; only a power cut could lose the last commits).
 """
 
 from __future__ import annotations
@@ -75,25 +81,74 @@ class PendingWrite(Generic[T]):
 _STOP = object()
 
 
-def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+def _connect(path: Path, *, readonly: bool = False, synchronous: str = "FULL"
+             ) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
     conn.execute("PRAGMA busy_timeout = 30000")
     if readonly:
         conn.execute("PRAGMA query_only = ON")
     else:
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+class SharedWriter:
+    """One writer thread for many databases of this process: it takes every job waiting,
+    commits each database's share as one batch (savepoint per job, as alone), and goes on.
+    ``with SharedWriter() as writer`` starts and joins it; open the databases within."""
+
+    def __init__(self, name: str = "sqlite-writer:shared") -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=name)
+
+    def __enter__(self) -> SharedWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._queue.put((None, _STOP))
+        self._thread.join()
+
+    def put(self, db: Database, job: _Job) -> None:
+        self._queue.put((db, job))
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            batches: dict[Database, list[_Job]] = {}
+            item, taken = first, 1
+            while True:
+                db, job = item
+                if job is _STOP:
+                    for db, jobs in batches.items():
+                        db._commit(db._writer, jobs)
+                    return
+                batches.setdefault(db, []).append(job)
+                if taken >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                taken += 1
+            for db, jobs in batches.items():
+                db._commit(db._writer, jobs)
 
 
 class Database:
     """The node's database. Use ``async with Database.open(path) as db``."""
 
-    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection):
+    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection,
+                 shared: SharedWriter | None = None) -> None:
         self.path = path
         self._writer = writer
         self._reader = reader
+        self._shared = shared
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._token = trio.lowlevel.current_trio_token()
         self._thread = threading.Thread(target=self._run, name=f"sqlite-writer:{path.name}")
@@ -104,8 +159,13 @@ class Database:
         self.last_error: str | None = None
 
     @classmethod
-    def open(cls, path: Path | str) -> _DatabaseContext:
-        return _DatabaseContext(Path(path))
+    def open(cls, path: Path | str, *, shared: SharedWriter | None = None,
+             synchronous: str = "FULL") -> _DatabaseContext:
+        """``shared``: commit on that writer thread rather than one of our own;
+        ``synchronous``: FULL (durable across a power cut) or NORMAL (across a crash)."""
+        if synchronous not in SYNCHRONOUS:
+            raise ValueError(f"synchronous must be one of {SYNCHRONOUS}")
+        return _DatabaseContext(Path(path), shared, synchronous)
 
     # -- the event-loop side -------------------------------------------------------------
 
@@ -119,7 +179,7 @@ class Database:
         if self._stopped:
             raise DatabaseError("the database is closed")
         job = _Job(fn, trio.Event())
-        self._queue.put(job)
+        self._put(job)
         return PendingWrite(job)
 
     def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
@@ -129,7 +189,13 @@ class Database:
         crash is harmless by construction (the caller re-derives it).
         """
         if not self._stopped:
-            self._queue.put(_Job(fn, None))
+            self._put(_Job(fn, None))
+
+    def _put(self, job: _Job) -> None:
+        if self._shared is None:
+            self._queue.put(job)
+        else:
+            self._shared.put(self, job)
 
     def reading(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run the repository function ``fn`` on the read connection (event loop, no wait):
@@ -207,14 +273,26 @@ class Database:
     # -- lifecycle -----------------------------------------------------------------------
 
     def _start(self) -> None:
-        self._thread.start()
+        if self._shared is None:
+            self._thread.start()
+
+    @property
+    def closed(self) -> bool:
+        """Whether every job is done and the connections are closed (after ``_close``)."""
+        return self._stopped and self._writer is None
 
     async def _close(self) -> None:
-        self._stopped = True
-        self._queue.put(_STOP)
-        await trio.to_thread.run_sync(self._thread.join)
+        if self._shared is None:
+            self._stopped = True
+            self._queue.put(_STOP)
+            await trio.to_thread.run_sync(self._thread.join)
+        else:  # the shared thread commits in order: once this job is done, all ours are
+            last = self.start(lambda conn: None)
+            self._stopped = True
+            await last.outcome()
         self._writer.close()
         self._reader.close()
+        self._writer = None  # type: ignore[assignment]
 
 
 def _set_all(events: list[trio.Event]) -> None:
@@ -236,15 +314,17 @@ def _make_private(path: Path) -> None:
 
 
 class _DatabaseContext:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, shared: SharedWriter | None, synchronous: str) -> None:
         self.path = path
+        self.shared = shared
+        self.synchronous = synchronous
         self.db: Database | None = None
 
     async def __aenter__(self) -> Database:
         writer = None
         try:
             _make_private(self.path)
-            writer = _connect(self.path)
+            writer = _connect(self.path, synchronous=self.synchronous)
             migrate(writer)
             reader = _connect(self.path, readonly=True)
         except (sqlite3.Error, SchemaError, OSError) as exc:
@@ -253,7 +333,7 @@ class _DatabaseContext:
             raise DatabaseError(f"cannot open database {self.path}: {exc}") from exc
         for conn in (writer, reader):
             conn.row_factory = sqlite3.Row
-        self.db = Database(self.path, writer, reader)
+        self.db = Database(self.path, writer, reader, self.shared)
         self.db._start()
         return self.db
 

@@ -16,21 +16,13 @@ from typing import Any
 
 import trio
 
-from agentd.config import parse_config
+from agentd.localnodes import local_config, start_node
 from agentd.runtime.node import Node
 from agentd.runtime.peers import PeerUnreachable
 from agentd.runtime.transport import Channel
 from protocol.keys import SigningKey
 
-
-def node_config(tmp_path: Path, name: str, port: int = 0, *,
-                sections: dict[str, Any] | None = None, **node_keys: Any):
-    """A parsed config; ``sections`` adds top-level tables such as ``clearinghouse``."""
-    data_dir = tmp_path / name
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    raw = {"node": {"name": name, "data_dir": str(data_dir), "listen": f"127.0.0.1:{port}",
-                    **node_keys}, **(sections or {})}
-    return parse_config(raw, tmp_path / f"{name}.toml")
+node_config = local_config  # a parsed config; ``sections`` adds tables like ``clearinghouse``
 
 
 class Network:
@@ -44,9 +36,8 @@ class Network:
     async def start(self, name: str, key: SigningKey, port: int = 0, *,
                     sections: dict[str, Any] | None = None, **node_keys: Any) -> Node:
         self._options[name] = {"sections": sections, **node_keys}
-        node = Node(node_config(self.tmp_path, name, port, sections=sections, **node_keys), key)
-        await self.nursery.start(node.run)
-        return node
+        return await start_node(self.nursery, node_config(self.tmp_path, name, port,
+                                                          sections=sections, **node_keys), key)
 
     def introduce(self) -> None:
         for a in self.nodes:
@@ -58,9 +49,7 @@ class Network:
         node = self.nodes[index]
         node.stop()
         with trio.fail_after(10):
-            while node.db is not None and not node.db._stopped:
-                await trio.sleep(0.01)
-            while node.db._thread.is_alive():
+            while node.db is not None and not node.db.closed:
                 await trio.sleep(0.01)
 
     async def restart(self, index: int) -> Node:
@@ -109,7 +98,7 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> 
     raise AssertionError(f"condition not reached within {timeout} s: {predicate.__doc__ or ''}")
 
 
-__all__ = ["Network", "network", "node_config", "wait_for"]
+__all__ = ["Network", "dial_failures", "network", "node_config", "start_node", "wait_for"]
 
 
 def dial_failures(node: Node) -> list[str]:

@@ -25,7 +25,7 @@ from protocol.messages import Send
 from store import outbox
 from store.credit import Ledger
 from store.schema import migrate
-from tests.netfixture import network, node_config, wait_for
+from tests.netfixture import network, node_config, start_node, wait_for
 from tests.test_credit_chain import Pair
 from tests.test_credit_tally import ALICE, BOB, negotiate
 
@@ -139,6 +139,38 @@ async def users(node: Node, *cuids: str) -> None:
 
 
 # -- negotiation ------------------------------------------------------------------------------
+
+
+async def test_tally_wait_returns_once_each_step_of_a_negotiation_lands(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        invited = await rpc(a, "tally.invite", cuid="alice", limit=LIMIT)
+        tally = invited["tally"]
+        early = await rpc(b, "tally.wait", cuid="bob", tally=tally, state=t.P_OFFER,
+                          timeout_s=0.01)
+        assert early["state"] is None  # bob holds no such tally yet: the wait times out
+        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        async with trio.open_nursery() as nursery:  # waiting before the offer is even made
+            shown: dict[str, dict] = {}
+
+            async def wait(node: Node, cuid: str, state: str | list[str]) -> None:
+                shown[cuid] = await rpc(node, "tally.wait", cuid=cuid, tally=tally,
+                                        state=state, timeout_s=30)
+
+            nursery.start_soon(wait, b, "bob", t.P_OFFER)
+            await rpc(a, "tally.offer", cuid="alice", tally=tally)
+        assert shown["bob"]["state"] == t.P_OFFER
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait, a, "alice", [t.OPEN, t.VOID])
+            await rpc(b, "tally.accept", cuid="bob", tally=tally)
+        assert shown["alice"]["state"] == t.OPEN and shown["alice"]["tally"] == tally
+        bad = await refused(a, "tally.wait", cuid="alice", tally=tally, state=[], timeout_s=1)
+        assert "state must be" in bad.message
+        bad = await refused(a, "tally.wait", cuid="alice", tally=tally, state=t.OPEN,
+                            timeout_s=0)
+        assert "timeout_s" in bad.message
 
 
 async def test_negotiation_counter_offer_then_accept_and_a_refusal(tmp_path):
@@ -386,8 +418,7 @@ async def test_a_relay_view_of_a_real_tally(tmp_path):
         carol, b = net.nodes
         config = dataclasses.replace(node_config(tmp_path, "alice"), relay_access=(
             AccessRule(carol.agent_id, "tally:*"),))
-        a = Node(config, SigningKey.generate())
-        await net.nursery.start(a.run)
+        a = await start_node(net.nursery, config)
         net.nodes.append(a)
         net.introduce()
         await users(a, "alice")

@@ -42,7 +42,7 @@ from protocol.relay import (
     unseal,
     verify_view,
 )
-from tests.netfixture import Network, dial_failures, node_config, wait_for
+from tests.netfixture import Network, dial_failures, node_config, start_node, wait_for
 
 
 @dataclasses.dataclass
@@ -70,9 +70,7 @@ async def _start(net: Network, index: int, key: SigningKey, port: int = 0, *,
         relay_access=tuple(AccessRule(p, r) for p, r in access),
         relay_verify=tuple(VerifyPolicy(v, tuple(s)) for v, s in verify),
     )
-    node = Node(config, key)
-    await net.nursery.start(node.run)
-    return node
+    return await start_node(net.nursery, config, key)
 
 
 @contextlib.asynccontextmanager

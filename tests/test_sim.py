@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agentd.errors import UserError
-from agentd.sim import load_scenario, main
+from agentd.sim import limits, load_scenario, main
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,11 +54,83 @@ def test_ring_and_random_topologies(tmp_path):
      'check = ["exactly_once"]\n', "exactly_once counts ping messages"),
     ('[nodes]\nnames = ["a", "clearinghouse"]\nclearinghouse = true\n',
      "the clearing house's name"),
+    ("[sim]\nconcurency = 4\n[nodes]\ncount = 2\n", "sim.concurency is not a known key"),
+    ('[nodes]\ncount = 2\n[[traffic]]\nkind = "ping"\ncout = 5\n',
+     "traffic[0].cout is not a known key"),
+    ('[nodes]\ncount = 2\n[[traffic]]\nkind = "ping"\nunits = 5\n',
+     "traffic[0].units is not a known key"),
+    ("[sim]\nconcurrency = 0\n[nodes]\ncount = 2\n", "sim.concurrency must be an integer"),
+    ('[sim]\nseed = "x"\n[nodes]\ncount = 2\n', "sim.seed must be an integer"),
+    ("[nodes]\ncount = true\n", "nodes.count must be an integer"),
+    ('[nodes]\ncount = 2\nnames = ["a", "b"]\n', "gives both count and names"),
+    ('[nodes]\ncount = 4\n[topology]\nkind = "random"\ndegree = 4\n',
+     "topology.degree is 4, but with 4 nodes a node can have at most 3 links"),
+    ('[nodes]\ncount = 4\n[topology]\nkind = "random"\nlinks = 7\n',
+     "topology.links is 7, more than the 6 pairs 4 nodes can form"),
+    ('[nodes]\ncount = 4\n[topology]\nkind = "ring"\ndegree = 2\n',
+     "topology.degree does not apply"),
+    ('[nodes]\nnames = ["a", "b"]\n[topology]\nkind = "explicit"\nedges = [["a", "z"]]\n',
+     "topology.edges[0] names 'z', which is not a node"),
+    ('sim = 3\n[nodes]\ncount = 2\n', "sim must be a table"),
 ])
 def test_bad_scenarios_name_the_key(tmp_path, text, complaint):
     with pytest.raises(UserError, match=r"scenario\.toml") as caught:
         load_scenario(write(tmp_path, text))
     assert complaint in str(caught.value)
+
+
+def test_every_error_is_reported_at_once(tmp_path):
+    text = ('[sim]\nconcurency = 4\n[nodes]\ncount = 3\n[topology]\nkind = "random"\n'
+            'degree = 5\n[[traffic]]\nkind = "ping"\ncout = 1\n')
+    with pytest.raises(UserError) as caught:
+        load_scenario(write(tmp_path, text))
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"{tmp_path}/scenario.toml: ")
+                                   for line in lines)
+    assert {line.split(": ")[1].split()[0] for line in lines} == {
+        "sim.concurency", "topology.degree", "traffic[0].cout"}
+
+
+def test_random_links_gives_exactly_that_many_connected_links(tmp_path):
+    text = '[nodes]\ncount = 30\n[topology]\nkind = "random"\nlinks = 100\n'
+    scenario = load_scenario(write(tmp_path, text))
+    assert len(scenario.edges) == len(set(scenario.edges)) == 100
+    assert all(a != b for a, b in scenario.edges)
+    assert len(load_scenario(write(tmp_path, text.replace("100", "435"))).edges) == 435
+
+
+def test_a_count_beyond_the_open_file_limit_is_refused_before_anything_starts(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(limits.resource, "getrlimit", lambda _which: (1024, 1024))
+    path = write(tmp_path, '[nodes]\ncount = 500\n[topology]\nkind = "ring"\n')
+    started = []
+    monkeypatch.setattr("agentd.sim.run_scenario", lambda *a: started.append(a))
+    with pytest.raises(UserError) as caught:
+        main([str(path)])
+    message = str(caught.value)
+    assert str(path) in message and "open files" in message and "1,024" in message
+    assert "ulimit -Hn" in message and not started
+    assert limits.files_needed(load_scenario(path), processes=True) < 1024
+    limits.check_capacity(load_scenario(path), processes=True)  # one process a node fits
+
+
+def test_a_count_beyond_the_memory_is_refused_with_the_figure(tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "available_mib", lambda: 300.0)
+    scenario = load_scenario(write(tmp_path, "[nodes]\ncount = 100\n[topology]\n"
+                                             'kind = "ring"\n'))
+    with pytest.raises(UserError, match=r"scenario\.toml: nodes: 100 nodes need about "
+                       r"[\d,]+ MiB of memory, but only 300 MiB is available"):
+        limits.check_capacity(scenario, processes=False)
+
+
+def test_the_soft_file_limit_is_raised_when_the_hard_one_allows(tmp_path, monkeypatch):
+    raised = []
+    monkeypatch.setattr(limits.resource, "getrlimit", lambda _which: (256, 100_000))
+    monkeypatch.setattr(limits.resource, "setrlimit", lambda _which, pair: raised.append(pair))
+    scenario = load_scenario(write(tmp_path, '[nodes]\ncount = 300\n[topology]\n'
+                                             'kind = "ring"\n'))
+    limits.check_capacity(scenario, processes=False)
+    assert raised == [(limits.files_needed(scenario, False), 100_000)]
 
 
 SMALL = """
@@ -205,7 +277,8 @@ def test_invoices_and_relay_queries_complete_and_keep_the_chains_agreed(tmp_path
 
 
 def test_a_refused_relay_query_fails_the_run(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("agentd.sim.RELAY_ACCESS", {"principal": "*", "resource": "node:*"})
+    monkeypatch.setattr("agentd.sim.backends.RELAY_ACCESS",
+                        {"principal": "*", "resource": "node:*"})
     text = INVOICES_AND_RELAY.replace("count = 30", "count = 3")
     assert main([str(write(tmp_path, text))]) == 1  # user balances are not readable now
     out = capsys.readouterr().out

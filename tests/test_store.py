@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from store import Database, DatabaseError, inbox, outbox, peers, users
+from store import Database, DatabaseError, SharedWriter, inbox, outbox, peers, users
 from store.db import savepoint
 from store.schema import SchemaError, migrate, migrations
 
@@ -321,6 +321,49 @@ async def test_closed_database_refuses_new_jobs(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match="closed"):
         await db.write(_insert_meta("late"))
     db.submit(_insert_meta("late"))  # dropped silently, by contract
+
+
+async def test_a_shared_writer_commits_for_many_databases_each_alone(tmp_path: Path) -> None:
+    """One thread, three databases: each job lands in its own database, a failing job is
+    rolled back alone, and closing one database waits for its queued jobs."""
+    threads: set[str] = set()
+
+    def insert(key: str) -> Callable[[sqlite3.Connection], int]:
+        def job(conn: sqlite3.Connection) -> int:
+            threads.add(threading.current_thread().name)
+            return _insert_meta(key)(conn)
+        return job
+
+    with SharedWriter() as writer:
+        opened = [Database.open(tmp_path / f"{i}.db", shared=writer, synchronous="NORMAL")
+                  for i in range(3)]
+        dbs = [await context.__aenter__() for context in opened]
+        async with trio.open_nursery() as nursery:
+            for i, db in enumerate(dbs):
+                for n in range(50):
+                    nursery.start_soon(db.write, insert(f"db{i}-{n}"))
+        with pytest.raises(sqlite3.IntegrityError):
+            await dbs[0].write(insert("db0-1"))  # a duplicate key: this job alone fails
+        dbs[1].submit(insert("db1-late"))
+        await opened[1].__aexit__(None, None, None)  # commits what db 1 had queued first
+        assert dbs[1].closed and not dbs[0].closed
+        for i, context in enumerate(opened):
+            if i != 1:
+                await context.__aexit__(None, None, None)
+    assert threads == {"sqlite-writer:shared"}
+    for i in range(3):
+        async with Database.open(tmp_path / f"{i}.db") as db:
+            keys = {key for key in _meta_keys(db) if key.startswith("db")}
+            assert keys == {f"db{i}-{n}" for n in range(50)} | (
+                {"db1-late"} if i == 1 else set())
+
+
+async def test_synchronous_normal_is_set_on_the_writer(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "normal.db", synchronous="NORMAL") as db:
+        assert await db.write(
+            lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == 1
+    with pytest.raises(ValueError, match="synchronous"):
+        Database.open(tmp_path / "off.db", synchronous="OFF")
 
 
 # -- repositories -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ BENCHMARKS = {
     "ch": "agentd.bench.clearing",
     "abuse": "agentd.bench.abuse",
     "lifts": "agentd.bench.lifts",
+    "sim": "agentd.bench.sim",
 }
 
 
@@ -88,3 +90,10 @@ def write_json(path: str | None, figures: dict) -> None:
 def table(rows: list[tuple[str, str]]) -> str:
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"  {label:<{width}}  {value}" for label, value in rows)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The ``fraction`` quantile (0.5 the median, 0.99 p99) of at least one value."""
+    if len(values) < 2:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(fraction * 100) - 1]

@@ -25,10 +25,16 @@ import trio
 
 from agentd.bench import parser as bench_parser
 from agentd.bench import table, verdict, write_json
-from agentd.config import parse_config
-from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
+from agentd.localnodes import (
+    free_ports,
+    local_config,
+    spawn,
+    start_node,
+    stop,
+    wait_ready,
+    write_node,
+)
 from agentd.rpc import call
-from agentd.runtime.node import Node
 from protocol.keys import SigningKey, verify
 
 UNITS = 7  # milliCHIPs per payment
@@ -59,11 +65,8 @@ async def measure(count: int, batch: int, in_flight: int, workdir: Path) -> dict
 
     try:
         await trio.to_thread.run_sync(wait_ready, [bob_node], [process])
-        config = parse_config({"node": {"name": "alice", "data_dir": str(workdir / "alice"),
-                                        "listen": "127.0.0.1:0"}}, workdir / "alice.toml")
-        alice = Node(config, SigningKey.generate())
         async with trio.open_nursery() as nursery:
-            await nursery.start(alice.run)
+            alice = await start_node(nursery, local_config(workdir, "alice"))
 
             async def me(method: str, **params: Any) -> Any:
                 return await alice.rpc.call(method, params)

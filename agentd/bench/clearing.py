@@ -34,7 +34,7 @@ import jwt
 import trio
 
 from agentd.bench import parser as bench_parser
-from agentd.bench import table, verdict, write_json
+from agentd.bench import percentile, table, verdict, write_json
 from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
 from protocol import clearing as ch
 from protocol import receipts as rc
@@ -177,11 +177,6 @@ async def drive(sockets: list[Path], concurrency: int, seconds: float,
 SINGLE_CONCURRENCY = 32  # ch.log calls per client in the one-entry-a-call phase
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
 def run(options: argparse.Namespace, workdir: Path) -> dict[str, float]:
     signing_seconds = 0.5 if options.quick else 1.0
     with Cluster(workdir, options.clients) as cluster:
@@ -216,7 +211,7 @@ def run(options: argparse.Namespace, workdir: Path) -> dict[str, float]:
         "jwt_sign_s_after": sign_after,
         "ratio": receipts_s / ((sign_before + sign_after) / 2),
         "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": _percentile(latencies, 0.99) * 1000,
+        "p99_ms": percentile(latencies, 0.99) * 1000,
         "receipts": count,
         "seconds": elapsed,
         "clients": options.clients,
@@ -224,7 +219,7 @@ def run(options: argparse.Namespace, workdir: Path) -> dict[str, float]:
         "batch": options.batch,
         "single_receipts_s": single_count / single_elapsed,
         "single_p50_ms": statistics.median(single_latencies) * 1000,
-        "single_p99_ms": _percentile(single_latencies, 0.99) * 1000,
+        "single_p99_ms": percentile(single_latencies, 0.99) * 1000,
     }
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from agentd.bench import parser as bench_parser
-from agentd.bench import table, verdict, write_json
+from agentd.bench import percentile, table, verdict, write_json
 from agentd.localnodes import (
     LocalNode,
     free_ports,
@@ -72,11 +72,6 @@ class Client:
         state = await self.call("relay.wait", {"request_id": request["request_id"],
                                                "timeout_s": WAIT_S})
         return time.perf_counter() - started, state["status"]
-
-
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
 def _make_nodes(workdir: Path) -> tuple[LocalNode, LocalNode]:
@@ -138,12 +133,12 @@ async def run(quick: bool, workdir: Path) -> dict:
     pending = statuses.get("PENDING_ACK", 0) + statuses.get("PENDING", 0)
     return {
         "sequential_n": sequential_n, "concurrent_n": concurrent_n, "concurrency": concurrency,
-        "seq_p50_ms": _percentile(sequential, 0.50) * 1000,
-        "seq_p99_ms": _percentile(sequential, 0.99) * 1000,
+        "seq_p50_ms": percentile(sequential, 0.50) * 1000,
+        "seq_p99_ms": percentile(sequential, 0.99) * 1000,
         "seq_qps": sequential_n / seq_elapsed,
         "concurrent_qps": concurrent_n / conc_elapsed,
-        "concurrent_p50_ms": _percentile(concurrent, 0.50) * 1000,
-        "concurrent_p99_ms": _percentile(concurrent, 0.99) * 1000,
+        "concurrent_p50_ms": percentile(concurrent, 0.50) * 1000,
+        "concurrent_p99_ms": percentile(concurrent, 0.99) * 1000,
         "unfinished": pending,
         "failed": statuses.get("ERROR", 0),
     }

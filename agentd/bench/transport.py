@@ -24,11 +24,17 @@ import trio
 
 from agentd.bench import parser as bench_parser
 from agentd.bench import table, verdict, write_json
-from agentd.config import parse_config
-from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
+from agentd.localnodes import (
+    free_ports,
+    local_config,
+    spawn,
+    start_node,
+    stop,
+    wait_ready,
+    write_node,
+)
 from agentd.rpc import call
 from agentd.runtime.counters import Counters
-from agentd.runtime.node import Node
 from agentd.runtime.transport import Channel, Hello, initiate, respond
 from protocol.codec import pack
 from protocol.envelope import parse_frame
@@ -152,11 +158,8 @@ async def durable_rate(count: int, workdir: Path) -> float:
     process = spawn(receiver)
     try:
         await trio.to_thread.run_sync(wait_ready, [receiver], [process])
-        config = parse_config({"node": {"name": "sender", "data_dir": str(workdir / "sender"),
-                                        "listen": "127.0.0.1:0"}}, workdir / "sender.toml")
-        node = Node(config, SigningKey.generate())
         async with trio.open_nursery() as nursery:
-            await nursery.start(node.run)
+            node = await start_node(nursery, local_config(workdir, "sender"))
             agent = receiver.key.agent_id
             to = ChipAddress(agent=agent, host="127.0.0.1", port=receiver.port)
             node.learn_peer(agent, receiver.address, "receiver")

@@ -35,6 +35,7 @@ from agentd.runtime.refusals import rpc_error
 from agentd.runtime.reload import reload_config
 from agentd.runtime.replies import Replies
 from agentd.runtime.strangers import Strangers
+from agentd.runtime.timers import Ticker
 from agentd.runtime.transport import Channel, Hello
 from agentd.services.clearing.client import Evidence
 from agentd.services.clearing.house import ClearingService
@@ -54,8 +55,12 @@ MAINTENANCE_INTERVAL = 3600.0
 
 
 class Node:
-    def __init__(self, config: Config, key: SigningKey, clock: Clock | None = None) -> None:
+    def __init__(self, config: Config, key: SigningKey, clock: Clock | None = None, *,
+                 database: dict[str, Any] | None = None) -> None:
+        """``database``: options for ``Database.open`` (``agentd sim`` shares one writer
+        thread between its nodes and relaxes ``synchronous``)."""
         self.config = config
+        self.database_options = database or {}
         self.clock = clock or Clock()
         self.key = key
         self.agent_id = key.agent_id
@@ -195,7 +200,7 @@ class Node:
         config = self.config
         with datadir.claim(config.data_dir):  # before anything touches the directory
             try:
-                database = Database.open(config.db_path)
+                database = Database.open(config.db_path, **self.database_options)
                 db = await database.__aenter__()
             except DatabaseError as exc:
                 raise UserError(str(exc)) from exc
@@ -239,16 +244,15 @@ class Node:
         if self.config.metrics_listen:
             self.metrics_port = await nursery.start(self.metrics.serve,
                                                     self.config.metrics_listen)
-        nursery.start_soon(self._maintenance)
+        nursery.start_soon(Ticker(MAINTENANCE_INTERVAL, self._maintenance, immediately=True).run)
 
-    async def _maintenance(self) -> None:
-        """Hourly: forget processed-message ids older than the dedup window."""
-        while True:
-            cutoff = self.clock.now_ms() - INBOX_RETENTION_MS
-            pruned = await self.db.write(lambda conn, cutoff=cutoff: inbox.prune(conn, cutoff))
-            if pruned:
-                log.info("pruned %d inbox ids older than 30 days", pruned)
-            await trio.sleep(MAINTENANCE_INTERVAL)
+    async def _maintenance(self) -> bool:
+        """At start and hourly: forget processed-message ids older than the dedup window."""
+        cutoff = self.clock.now_ms() - INBOX_RETENTION_MS
+        pruned = await self.db.write(lambda conn: inbox.prune(conn, cutoff))
+        if pruned:
+            log.info("pruned %d inbox ids older than 30 days", pruned)
+        return True
 
     async def _load_peers(self) -> None:
         def job(conn):

@@ -35,9 +35,31 @@ EXPIRE_EVERY = 4  # scans: expired messages leave the outbox within a second
 WINDOW = 1024  # unacked messages per peer: keeps ack latency, and so timeouts, meaningful
 
 
-def ack_timeout(tries: int) -> float:
-    base = min(ACK_TIMEOUT_MAX, ACK_TIMEOUT_MIN * 2 ** min(max(0, tries - 1), 8))
+def ack_timeout(tries: int, rto: float = ACK_TIMEOUT_MIN) -> float:
+    """The wait for an ack of the ``tries``-th send, when the peer's timeout is ``rto``."""
+    base = min(ACK_TIMEOUT_MAX, max(rto, ACK_TIMEOUT_MIN) * 2 ** min(max(0, tries - 1), 8))
     return base * random.uniform(0.8, 1.2)
+
+
+@dataclass(slots=True)
+class RoundTrip:
+    """A peer's smoothed ack time and its variation (RFC 6298), in seconds: the ack timeout
+    follows it (smoothed + 4 times the variation, from first tries only), never below
+    ``ACK_TIMEOUT_MIN``, so a loaded peer that acks in 3 s is not sent everything twice."""
+
+    srtt: float | None = None
+    rttvar: float = 0.0
+
+    def sample(self, seconds: float) -> None:
+        if self.srtt is None:
+            self.srtt, self.rttvar = seconds, seconds / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - seconds)
+            self.srtt = 0.875 * self.srtt + 0.125 * seconds
+
+    @property
+    def rto(self) -> float:
+        return ACK_TIMEOUT_MIN if self.srtt is None else self.srtt + 4 * self.rttvar
 
 
 @dataclass(slots=True)
@@ -49,6 +71,7 @@ class Outgoing:
     tries: int
     expires: int | None = None  # ms since the epoch; None: never
     due: float = 0.0
+    sent: float = 0.0
     channel: Channel | None = field(default=None, repr=False)
 
     @property
@@ -70,6 +93,8 @@ class OutboxPump:
         self._acked_event = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._early: list[Outgoing] = []
+        self.round_trips: dict[str, RoundTrip] = {}
+        self.round_trip = RoundTrip()  # all peers': the timeout of a peer not yet measured
 
     @property
     def depth(self) -> int:
@@ -130,6 +155,10 @@ class OutboxPump:
         del self.live[ack.ack]
         if self._inflight.pop(ack.ack, None) is not None:
             self._release(item.peer)
+            if item.tries == 1:  # Karn: a resent message's ack could answer either send
+                seconds = self.node.clock.monotonic() - item.sent
+                self.round_trips.setdefault(item.peer, RoundTrip()).sample(seconds)
+                self.round_trip.sample(seconds)
         if ack.error is not None:
             self.node.counters.rejected_by_peer += 1
         return item
@@ -207,7 +236,9 @@ class OutboxPump:
                 continue
             item.tries += 1
             item.channel = channel
-            item.due = self.node.clock.monotonic() + ack_timeout(item.tries)
+            item.sent = self.node.clock.monotonic()
+            trip = self.round_trips.get(peer) or self.round_trip
+            item.due = item.sent + ack_timeout(item.tries, trip.rto)
             self._unacked[peer] = self._unacked.get(peer, 0) + 1
             envelope = item.envelope
             envelope["try"] = item.tries

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import trio
+
 from agentd.logs import event
 from agentd.rpc import NOT_FOUND, RpcError
 from agentd.runtime.context import Reject, Tx
@@ -54,6 +56,8 @@ class CreditLedger:
     """Holdings, users and commits, on the writer thread; RPC plumbing on the event loop."""
 
     def __init__(self, node: Runtime, evidence: Evidence) -> None:
+        self.changed = trio.Event()  # set (and replaced) after every committed tally change
+        self.on_change: list[Callable[[], None]] = []  # e.g. wake the chain repair
         self.runtime = node
         self.evidence = evidence
         self.store = Ledger()  # used on the writer thread only
@@ -103,6 +107,7 @@ class CreditLedger:
         if t.CLOSED in happened:
             self.log(tx, local, "tally.close", local.tally)
         fresh = list(fresh)
+        tx.after_commit(self.changed_now)
         saved = self.store.save(tx.conn, holding, tx.now_ms, local=local, chain=chain,
                                  balance_delta=delta, resync_due=tx.now_ms + RESYNC_QUIET_MS,
                                  fresh=fresh, lift_delta=lift_delta)
@@ -113,6 +118,13 @@ class CreditLedger:
                 state=local.state, was=holding.local.state, balance=saved.balance))
         log_chits(tx, holding.cuid, fresh)
         return saved
+
+    def changed_now(self) -> None:
+        """A tally changed (committed): wake ``tally.wait`` callers and ``on_change``."""
+        self.changed.set()
+        self.changed = trio.Event()
+        for wake in self.on_change:
+            wake()
 
     def emit(self, tx: Tx, sends: Iterable[Send]) -> None:
         """Queue typed messages, each to the recipient it names."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from agentd.runtime.context import Tx
+from agentd.runtime.timers import Ticker
 from agentd.services.credit.ledger import RESYNC_QUIET_MS, CreditLedger
 from protocol import chain as ch
 from store import credit as credit_store
@@ -30,14 +31,19 @@ class ChainRepair:
         self.runtime = node
         self.ledger = ledger
         self._connected: set[str] = set()
+        self._unsettled = False  # whether the last look found a chain to settle
+        self._ticker = Ticker(RESYNC_INTERVAL, self._tick)
+        ledger.on_change.append(self._ticker.wake)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Repair unsettled chains now and then, until cancelled."""
-        task_status.started()
-        while True:
-            await trio.sleep(RESYNC_INTERVAL)
-            await self.resync()
+        """Repair unsettled chains now and then (only while some chain is unsettled: a
+        chain change wakes it), until cancelled."""
+        await self._ticker.run(task_status=task_status)
+
+    async def _tick(self) -> bool:
+        await self.resync()
+        return self._unsettled
 
     async def resync(self) -> int:
         """Send ``protocol.chain.resync`` repairs for every unsettled chain that is due (still
@@ -46,6 +52,7 @@ class ChainRepair:
         node = self.runtime
         now = node.clock.now_ms()
         rows = node.db.reading(credit_store.unsettled)
+        self._unsettled = bool(rows)
         waiting = node.db.reading(outbox.waiting_peers)
         partners = {row["partner"] for row in rows}
         connected = {agent for agent in partners

@@ -21,7 +21,9 @@ import uuid as uuidlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agentd.rpc import invalid_params
+import trio
+
+from agentd.rpc import RpcError, invalid_params
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.services.credit.ledger import CreditLedger, User, log_new_tally
 from agentd.services.credit.params import (
@@ -52,6 +54,7 @@ DEFAULT_EXPIRES_S = 48 * 3600  # MyCHIPs' default ticket lifetime
 MAX_EXPIRES_S = 365 * 24 * 3600
 
 REQUEST_TIMEOUT = 10.0  # s tally.request waits for the inviter's node
+MAX_WAIT_S = 3600.0  # the longest tally.wait
 
 REPORTED = frozenset({"ticket", "offer", "open", "void", "draft"})  # wants_delivery
 
@@ -84,7 +87,7 @@ class TallyService(Service):
         super().__init__(node)
         self.ledger = ledger
         for name in ("invite", "request", "offer", "accept", "refuse", "counter", "close",
-                     "list", "show"):
+                     "list", "show", "wait"):
             node.register_method(f"tally.{name}", getattr(self, f"rpc_{name}"))
 
     def wants_delivery(self, envelope: dict) -> bool:
@@ -133,6 +136,7 @@ class TallyService(Service):
                                 cert=user.cert, limit=limit, side=side, memo=memo)
             self.ledger.store.create(tx.conn, cuid, draft, tx.now_ms)
             log_new_tally(tx, cuid, draft)
+            tx.after_commit(self.ledger.changed_now)
             expires = tx.now_ms + round(expires_s * 1000)
             ticket = t.make_ticket(self.runtime.own_address(cuid), token, expires, reuse=reuse)
             self.ledger.store.add_ticket(tx.conn, token, draft.uuid, cuid, reuse=reuse,
@@ -235,6 +239,34 @@ class TallyService(Service):
         return {**tally_summary(row), "date": body["date"],
                 "signed": [side for side in t.SIDES if body["sign"][side] is not None]}
 
+    async def rpc_wait(self, cuid: str, tally: str, state: str | list[str],
+                       timeout_s: float = REQUEST_TIMEOUT) -> dict:
+        """Block until the tally is in ``state`` (a state, or a list of them) or ``timeout_s``
+        passes; returns the tally as ``tally.show`` does either way (its ``state`` says
+        which). The tally need not exist yet: until it does, ``state`` is null."""
+        cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
+        wanted = {state} if isinstance(state, str) else state
+        if not (isinstance(wanted, set | list) and wanted
+                and all(isinstance(s, str) for s in wanted)):
+            raise invalid_params("state must be a tally state or a list of them")
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not (
+                0 < timeout_s <= MAX_WAIT_S):
+            raise invalid_params(f"timeout_s must be a number of seconds, more than 0 and at "
+                                 f"most {MAX_WAIT_S:g}")
+
+        async def current() -> dict:
+            try:
+                return await self.rpc_show(cuid, tally_uuid)
+            except RpcError as exc:
+                if exc.reason != "UNKNOWN_TALLY":
+                    raise
+                return {"tally": tally_uuid, "state": None}
+
+        with trio.move_on_after(timeout_s):
+            while (await current())["state"] not in wanted:  # no checkpoint until the wait
+                await self.ledger.changed.wait()
+        return await current()
+
     async def _tally_step(
         self,
         cuid: str,
@@ -292,6 +324,7 @@ class TallyService(Service):
         if row["reuse"]:
             self.ledger.store.create(tx.conn, cuid, local, tx.now_ms)
             log_new_tally(tx, cuid, local)
+            tx.after_commit(self.ledger.changed_now)
         else:
             self.ledger.commit(tx, template, local=local)
         self.ledger.store.use_ticket(tx.conn, row["token"])
@@ -319,6 +352,7 @@ class TallyService(Service):
         if holding is None:
             self.ledger.store.create(tx.conn, cuid, local, tx.now_ms)
             log_new_tally(tx, cuid, local)
+            tx.after_commit(self.ledger.changed_now)
         else:
             self.ledger.commit(tx, holding, local=local)
 

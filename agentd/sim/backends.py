@@ -1,0 +1,247 @@
+"""Where a simulation's nodes run: all in this Trio process, or one ``agentd run`` each."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import subprocess
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agentd.config import Config
+from agentd.errors import UserError
+from agentd.localnodes import (
+    LocalNode,
+    free_ports,
+    local_config,
+    peer_section,
+    spawn,
+    stop,
+    wait_ready,
+    write_node,
+)
+from agentd.rpc import RpcError, call
+from agentd.runtime.node import Node
+from agentd.runtime.peers import PeerUnreachable
+from protocol.keys import SigningKey
+from store import SharedWriter
+
+RELAY_ACCESS = {"principal": "*", "resource": "*"}  # every sim node lets every other read
+
+
+def _neighbours(names: list[str], edges: list[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {name: [] for name in names}
+    for a, b in edges:
+        out[a].append(b)
+        out[b].append(a)
+    return out
+
+
+class InProcess:
+    """All nodes in this Trio process: real sockets, Noise and SQLite, no subprocesses.
+
+    Unless ``durable``, their databases share one writer thread with ``synchronous =
+    NORMAL`` (see ``store.db``): a simulated crash is a process crash, not a power cut.
+
+    Faults: ``crash`` cancels a node abruptly (its tasks, channels and in-memory state go;
+    what its database committed stays) and ``restart`` starts a new node on the same key,
+    port and database; ``cut`` closes one live connection; ``partition`` has every node
+    refuse to dial across groups (and closes the channels that cross them) until ``heal``.
+    A call to a crashed node waits for its restart, and one the crash interrupted is made
+    again on the restarted node, as a user whose call failed would."""
+
+    def __init__(self, nursery: trio.Nursery, workdir: Path, writer: SharedWriter | None
+                 ) -> None:
+        self.nursery = nursery
+        self.workdir = workdir
+        self.nodes: dict[str, Node] = {}
+        self.database = {} if writer is None else {"shared": writer, "synchronous": "NORMAL"}
+        self._configs: dict[str, Config] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+        self._up: dict[str, trio.Event] = {}
+        self._down: dict[str, trio.Event] = {}
+        self._group: dict[str, int] | None = None  # the partition in force, by agent
+
+    async def start(self, names: list[str], edges: list[tuple[str, str]],
+                    house: str | None = None) -> dict[str, str]:
+        logging_to: dict[str, Any] = {}
+        if house is not None:
+            node = await self._start(house, {"roles": ["clearinghouse"]}, {})
+            logging_to = {"clearinghouse": {"agent": node.agent_id,
+                                            "address": node.listen_address}}
+        for name in names:
+            await self._start(name, {}, {**logging_to, "relay": {"access": [RELAY_ACCESS]}})
+        for name, others in _neighbours(names, edges).items():
+            for other in others:
+                peer = self.nodes[other]
+                self.nodes[name].learn_peer(peer.agent_id, peer.listen_address, other)
+        return {name: node.agent_id for name, node in self.nodes.items()}
+
+    async def _start(self, name: str, node_keys: dict[str, Any], sections: dict[str, Any]
+                     ) -> Node:
+        config = local_config(self.workdir, name, sections=sections, **node_keys)
+        node = await self._launch(name, config, SigningKey.generate())
+        host, port = node.host, node.port  # restarts keep the port peers know
+        self._configs[name] = dataclasses.replace(config, listen=f"{host}:{port}")
+        return node
+
+    async def _launch(self, name: str, config: Config, key: SigningKey) -> Node:
+        node = Node(config, key, database=self.database)
+        self._down[name] = trio.Event()
+        await self.nursery.start(self._run_node, name, node)
+        self._guard(node)
+        self.nodes[name] = node
+        self._up.setdefault(name, trio.Event()).set()  # (crash left an unset one: waited on)
+        return node
+
+    async def _run_node(self, name: str, node: Node, *,
+                        task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        down = self._down[name]
+        try:
+            with trio.CancelScope() as self._scopes[name]:
+                await node.run(task_status=task_status)
+        finally:
+            down.set()
+
+    def _guard(self, node: Node) -> None:
+        """Let a partition stop this node dialling across it (sim only)."""
+        dial = node.peers.connect
+
+        async def connect(agent: str, address: str | None) -> Any:
+            group = self._group
+            if group is not None and group.get(agent, -1) != group.get(node.agent_id, -2):
+                raise PeerUnreachable(f"partitioned from {agent[:8]} (sim fault)")
+            return await dial(agent, address)
+
+        node.peers.connect = connect  # type: ignore[method-assign]
+
+    async def call(self, name: str, method: str, params: dict) -> Any:
+        while True:
+            await self._up[name].wait()
+            node = self.nodes[name]
+            try:
+                return await node.rpc.call(method, params)
+            except Exception:
+                if self.nodes[name] is node and self._up[name].is_set():
+                    raise
+                # the node crashed during the call: make it again once it is back
+
+    # -- faults ------------------------------------------------------------------------
+
+    async def crash(self, name: str) -> None:
+        self._up[name] = trio.Event()
+        self._scopes[name].cancel()
+        await self._down[name].wait()
+
+    async def restart(self, name: str) -> None:
+        old = self.nodes[name]
+        with trio.CancelScope(shield=True):
+            await self._launch(name, self._configs[name], old.key)  # peers: from its db
+
+    def cut(self, rng: random.Random) -> str | None:
+        """Close one random live connection; which, or None when there is none."""
+        live = [(name, channel) for name, node in self.nodes.items() if self._up[name].is_set()
+                for channels in node.peers.channels.values() for channel in channels
+                if channel.alive]
+        if not live:
+            return None
+        name, channel = rng.choice(live)
+        channel.close("sim_cut")
+        return f"{name} - {self._name_of(channel.agent)}"
+
+    def partition(self, groups: list[list[str]]) -> None:
+        self._group = {self.nodes[name].agent_id: i for i, group in enumerate(groups)
+                       for name in group}
+        for node in self.nodes.values():
+            for agent, channels in list(node.peers.channels.items()):
+                if self._group.get(agent, -1) != self._group.get(node.agent_id, -2):
+                    for channel in list(channels):
+                        channel.close("sim_partition")
+
+    def heal(self) -> None:
+        self._group = None
+
+    def _name_of(self, agent: str) -> str:
+        return next((name for name, node in self.nodes.items() if node.agent_id == agent),
+                    agent[:8])
+
+    async def stop(self) -> None:
+        for node in self.nodes.values():
+            node.stop()
+
+
+class Processes:
+    """One ``agentd run`` OS process per node, peered by config, driven by its socket."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.sockets: dict[str, Path] = {}
+
+    async def start(self, names: list[str], edges: list[tuple[str, str]],
+                    house: str | None = None) -> dict[str, str]:
+        everyone = [*names, *([house] if house else [])]
+        planned = {name: LocalNode(name, self.workdir / name, SigningKey.generate(), port)
+                   for name, port in zip(everyone, free_ports(len(everyone)), strict=True)}
+        logging_to = "" if house is None else (
+            f'[clearinghouse]\nagent = "{planned[house].key.agent_id}"\n'
+            f'address = "{planned[house].address}"\n')
+        nodes = []
+        if house is not None:
+            nodes.append(write_node(planned[house].directory, house, planned[house].port,
+                                    key=planned[house].key,
+                                    node_keys='roles = ["clearinghouse"]'))
+        access = (f'[[relay.access]]\nprincipal = "{RELAY_ACCESS["principal"]}"\n'
+                  f'resource = "{RELAY_ACCESS["resource"]}"\n')
+        for name, others in _neighbours(names, edges).items():
+            node = planned[name]
+            peers = "".join(peer_section(planned[other]) for other in others)
+            nodes.append(write_node(node.directory, name, node.port, key=node.key,
+                                    sections=logging_to + access + peers))
+        self.procs = {node.name: spawn(node) for node in nodes}
+        self.sockets = {node.name: node.socket for node in nodes}
+        self._nodes = {node.name: node for node in nodes}
+        self._up = {node.name: trio.Event() for node in nodes}
+        for event in self._up.values():
+            event.set()
+        try:
+            await trio.to_thread.run_sync(wait_ready, nodes, list(self.procs.values()))
+        except RuntimeError as exc:
+            raise UserError(str(exc)) from exc
+        return {name: node.key.agent_id for name, node in planned.items()}
+
+    async def call(self, name: str, method: str, params: dict) -> Any:
+        while True:
+            await self._up[name].wait()
+            process = self.procs[name]
+            try:
+                return await trio.to_thread.run_sync(
+                    partial(call, self.sockets[name], method, params, 60))
+            except (UserError, OSError):
+                if self.procs[name] is process and self._up[name].is_set():
+                    raise
+                # killed during the call: make it again once it is back
+
+    async def crash(self, name: str) -> None:
+        """SIGKILL: no clean shutdown, as a real crash."""
+        self._up[name] = trio.Event()
+        self.procs[name].kill()
+        await trio.to_thread.run_sync(self.procs[name].wait)
+
+    async def restart(self, name: str) -> None:
+        node = self._nodes[name]
+        node.socket.unlink(missing_ok=True)
+        self.procs[name] = spawn(node)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(wait_ready, [node], [self.procs[name]])
+        self._up[name].set()
+
+    async def stop(self) -> None:
+        for name in self.procs:
+            with contextlib.suppress(RpcError, UserError, OSError):
+                await self.call(name, "stop", {})
+        await trio.to_thread.run_sync(stop, list(self.procs.values()))

@@ -1,0 +1,91 @@
+"""Faults on demand: checked like the rest of a scenario, run beside the traffic, healed, and
+every invariant still holds afterwards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agentd.errors import UserError
+from agentd.sim import load_scenario, main
+
+BASE = '[nodes]\nnames = ["a", "b", "c", "d"]\n[topology]\nkind = "ring"\n'
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "faults.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("fault, complaint", [
+    ('kind = "flood"', "faults[0].kind must be one of cut, partition, crash"),
+    ('kind = "cut"\nrate = 0', "faults[0].rate must be a number of seconds, more than 0"),
+    ('kind = "cut"\ncount = 2', "faults[0].count is not a known key"),
+    ('kind = "crash"\nnodes = ["a", "zed"]', "faults[0].nodes names 'zed', which is not a node"),
+    ('kind = "crash"\ncount = 9', "faults[0].count must be an integer from 1 to 4"),
+    ('kind = "partition"\ngroups = [["a", "b"], ["c", "x"]]',
+     "faults[0].groups names 'x', which is not a node"),
+    ('kind = "partition"\ngroups = [["a", "b"], ["b", "c"]]', "more than one group"),
+    ('kind = "partition"\ngroups = [["a", "b"]]', "two or more non-empty lists"),
+    ('kind = "partition"\nfor_s = 5\nevery_s = 2', "shorter than the fault lasts"),
+    ('kind = "crash"\nat_s = -1', "faults[0].at_s must be a number of seconds, 0 or more"),
+])
+def test_bad_faults_name_the_key_and_the_file(tmp_path, fault, complaint):
+    with pytest.raises(UserError, match=r"faults\.toml") as caught:
+        load_scenario(write(tmp_path, BASE + "[[faults]]\n" + fault + "\n"))
+    assert complaint in str(caught.value)
+
+
+def test_faults_a_process_cannot_take_are_refused_with_processes(tmp_path):
+    path = write(tmp_path, BASE + '[[faults]]\nkind = "partition"\n')
+    with pytest.raises(UserError, match="partition needs the nodes in one process"):
+        main([str(path), "--processes"])
+
+
+ONE_OF_EACH = BASE + """
+[sim]
+seed = 9
+concurrency = 8
+[[traffic]]
+kind = "payments"
+count = 200
+units = 100
+[[faults]]
+kind = "cut"
+rate = 50
+for_s = 0.5
+[[faults]]
+kind = "partition"
+groups = [["a", "b"], ["c", "d"]]
+for_s = 0.3
+[[faults]]
+kind = "crash"
+nodes = ["c"]
+down_s = 0.3
+"""
+
+
+def test_one_of_each_fault_then_every_invariant_holds(tmp_path, capsys):
+    report = tmp_path / "report.json"
+    assert main([str(write(tmp_path, ONE_OF_EACH)), "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "FAILED" not in out and "invariant chains_agree       ok" in out
+    written = json.loads(report.read_text())
+    faults = {f["kind"]: f for f in written["faults"]}  # all at 0 s: in any order
+    assert sorted(faults) == ["crash", "cut", "partition"]
+    assert faults["partition"]["what"] == "a,b | c,d" and faults["crash"]["what"] == "c"
+    assert "fault at" in out and "crash" in out
+    assert written["counts"]["chits"] == 200 and written["counts"]["balance_sum"] == 0
+
+
+def test_a_killed_process_restarts_and_every_invariant_holds(tmp_path, capsys):
+    text = ONE_OF_EACH.split("[[faults]]")[0] + '[[faults]]\nkind = "crash"\ncount = 1\n' \
+        'down_s = 0.3\n'
+    report = tmp_path / "report.json"
+    assert main([str(write(tmp_path, text)), "--processes", "--json", str(report)]) == 0
+    written = json.loads(report.read_text())
+    assert [f["kind"] for f in written["faults"]] == ["crash"]
+    assert written["counts"]["chits"] == 200
