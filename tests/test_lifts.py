@@ -103,6 +103,37 @@ async def test_a_linear_lift_pays_across_three_hops_all_good(tmp_path):
         assert shown["state"] == "good" and shown["decision"]["referee"] == house.agent_id
 
 
+async def test_route_messages_are_ephemeral_no_row_and_still_acked(tmp_path):
+    """A route search commits nothing: no route message gets an inbox row on the node that
+    handles it or an outbox row on the node that sends it, and every one is still delivered
+    and acked (from memory)."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u = world["users"]
+        nodes = list(u.values())
+        handled: list[bytes] = []
+        for node in nodes:
+            routes = node.credit.routes
+            assert routes.ephemeral and node.credit.lifts.ephemeral is False
+
+            def record(tx, envelope, handle=routes.handle):
+                handled.append(envelope.id)
+                handle(tx, envelope)
+
+            routes.handle = record
+        found = await rpc(u["ann"], "route.find", cuid="ann", find=who(u["dan"], "dan"),
+                          units=700)
+        assert [hop["cuid"] for hop in found[0]["path"]] == ["ann", "bob", "cat", "dan"]
+        # queries ann->bob->cat, answers from bob and cat (none) and cat (good) to ann
+        assert len(handled) >= 4
+        await wait_for(lambda: all(node.pump.depth == 0 for node in nodes))
+        for node in nodes:
+            for table in ("inbox", "outbox"):
+                rows = {row[0] for row in node.db.read(f"SELECT id FROM {table}")}
+                assert not rows & set(handled), f"route message rows in {table}"
+            assert node.db.read("SELECT id FROM outbox WHERE target = 'route'") == []
+
+
 async def triangle(net) -> tuple[dict[str, Node], str, str, str]:
     """ann@n1, bob@n2, cat@n3 in a triangle of tallies where bob owes ann 500, cat owes bob
     300 and ann owes cat 400: the cycle ann->bob->cat->ann can clear 300."""

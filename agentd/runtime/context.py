@@ -8,13 +8,17 @@ A service's ``handle(tx, envelope)`` runs on the database writer thread inside t
 transaction that also records the message id in the inbox. Whatever it writes, and every
 message it queues with ``tx.send``, commits together or not at all; a ``Reject`` undoes the
 lot and answers the sender with an error ack.
+
+An *ephemeral* service (``Service.ephemeral``) handles messages that carry no state worth
+keeping, such as route searches: its ``handle`` runs at once on the read connection, with no
+inbox row and no commit, and messages to its target are never written to the outbox.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
@@ -49,6 +53,7 @@ class Queued:
     peer: str
     address: str | None
     envelope: dict[str, Any]
+    durable: bool = True  # False: to an ephemeral target, never written to the outbox
 
 
 class Tx:
@@ -56,17 +61,20 @@ class Tx:
     dispatcher); a service uses ``conn``, ``now_ms``, ``send``, ``withdraw``, ``after_commit``."""
 
     def __init__(self, conn: sqlite3.Connection, now_ms: int,
-                 own_address: Callable[[str | None], ChipAddress], pump: OutboxPump) -> None:
+                 own_address: Callable[[str | None], ChipAddress], pump: OutboxPump,
+                 ephemeral: Collection[str] = ()) -> None:
         self.conn = conn
         self.now_ms = now_ms
         self.sent: list[Queued] = []
         self._own_address = own_address
         self._pump = pump
+        self._ephemeral = ephemeral
         self._withdrawn: list[bytes] = []
         self._after: list[Callable[[], None]] = []
 
     def send(self, message: Send, *, re: bytes | None = None) -> bytes:
-        """Queue ``message`` in the outbox, in this transaction; returns its id."""
+        """Queue ``message`` in the outbox, in this transaction; returns its id. A message to
+        an ephemeral target gets no row: the pump holds it in memory (a crash loses it)."""
         message_id = os.urandom(16)
         to = message.to
         envelope = Envelope(
@@ -74,12 +82,14 @@ class Tx:
             to=to, from_=self._own_address(message.from_cuid), try_=1, last=self.now_ms, re=re,
         ).to_map()
         address = format_hostport(to.host, to.port) if to.host is not None else None
-        outbox.enqueue(
-            self.conn, message_id=message_id, peer=to.agent, address=address,
-            target=message.target, action=message.action, body=pack(envelope),
-            now_ms=self.now_ms,
-        )
-        self.sent.append(Queued(message_id, to.agent, address, envelope))
+        durable = message.target not in self._ephemeral
+        if durable:
+            outbox.enqueue(
+                self.conn, message_id=message_id, peer=to.agent, address=address,
+                target=message.target, action=message.action, body=pack(envelope),
+                now_ms=self.now_ms,
+            )
+        self.sent.append(Queued(message_id, to.agent, address, envelope, durable))
         return message_id
 
     def withdraw(self, message_id: bytes, reason: str) -> None:
@@ -100,7 +110,8 @@ class Tx:
         for message_id in self._withdrawn:
             self._pump.withdraw(message_id)
         for item in self.sent:
-            self._pump.add(item.id, item.peer, item.address, item.envelope, 0)
+            self._pump.add(item.id, item.peer, item.address, item.envelope, 0,
+                           durable=item.durable)
 
 
 class Runtime(Protocol):
@@ -151,6 +162,12 @@ class Runtime(Protocol):
         ``work`` rolls everything back and is raised as a ``Reject``."""
         ...
 
+    def transact_ephemeral(self, work: Callable[[Tx], T]) -> T:
+        """Run ``work(tx)`` at once on the read connection (the last committed state), with
+        no commit to wait for: for work that only reads and sends to ephemeral targets (a
+        write fails). Its messages go to the pump as it returns."""
+        ...
+
 
 class Service:
     """Base for a message target. Subclasses set ``target`` and implement ``handle``."""
@@ -160,6 +177,11 @@ class Service:
     # UNKNOWN_ACTION, and docs/protocol.md must describe each (tests/test_protocol_doc.py
     # fails for a target that leaves this None, which the dispatcher does not check).
     actions: ClassVar[frozenset[str] | None] = None
+    # True for messages worthless after seconds and carrying no state (route searches):
+    # ``handle`` runs on the read connection with no inbox row and no commit (the service
+    # deduplicates them itself), and messages to this target are held in memory only,
+    # retried until acked or expired (protocol.expiry) and lost in a crash.
+    ephemeral: ClassVar[bool] = False
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime

@@ -5,6 +5,9 @@ let the service apply its guarded transition and queue its replies — without w
 so many messages share one group commit. The channel sends the acks in arrival order once
 each job has committed. A duplicate is acked and ignored; a refusal is an error ack; a
 failure of ours (disk full, a bug) gets no ack at all, so the sender retries.
+
+An ephemeral service's messages (``Service.ephemeral``) skip the inbox and the commit: the
+service handles them at once on the read connection and deduplicates them itself.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from agentd.runtime.context import Reject, Service
+from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.refusals import ack_error
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
@@ -24,19 +28,42 @@ from store import DatabaseError, inbox, outbox
 
 if TYPE_CHECKING:
     from agentd.runtime.node import Node
+    from agentd.runtime.outbox import Outgoing
     from store.db import PendingWrite
 
 log = logging.getLogger("agentd.runtime.dispatch")
 _DUPLICATE = object()
 
 
+class _Done:
+    """The outcome of handling an ephemeral message: known at once, nothing to commit."""
+
+    __slots__ = ("error", "result")
+
+    def __init__(self, handle: Callable[[], Any]) -> None:
+        self.result: Any = None
+        self.error: Exception | None = None
+        try:
+            self.result = handle()
+        except Exception as exc:  # raised to _finish, like a failed job's
+            self.error = exc
+
+    async def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 class Dispatcher:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.services: dict[str, Service] = {}
+        self.ephemeral: set[str] = set()  # targets whose messages are never written
 
     def register(self, service: Service) -> None:
         self.services[service.target] = service
+        if service.ephemeral:
+            self.ephemeral.add(service.target)
 
     # -- frames from a channel -----------------------------------------------------------
 
@@ -94,10 +121,17 @@ class Dispatcher:
                           f"{envelope.action!r} (it takes {', '.join(sorted(service.actions))})")
         return None
 
-    def _start(self, envelope: Envelope, agent: str) -> PendingWrite:
+    def _start(self, envelope: Envelope, agent: str) -> PendingWrite | _Done:
         service = self.services[envelope.target]
         node = self.node
         received = node.clock.now_ms()
+        if service.ephemeral:
+            def handle() -> Tx:
+                tx = node.db.reading(lambda conn: node.new_tx(conn, received))
+                service.handle(tx, envelope)
+                return tx
+
+            return _Done(handle)
 
         def job(conn):
             if not inbox.claim(conn, envelope.id, agent, received):
@@ -108,7 +142,7 @@ class Dispatcher:
 
         return node.db.start(job)
 
-    async def _finish(self, envelope: Envelope, pending: PendingWrite,
+    async def _finish(self, envelope: Envelope, pending: PendingWrite | _Done,
                       started: float | None = None) -> bytes | None:
         counters = self.node.counters
         try:
@@ -145,28 +179,40 @@ class Dispatcher:
         envelope = item.envelope
         service = self.services.get(envelope.get("target", ""))
         if ack.error is None and (service is None or not service.wants_delivery(envelope)):
-            node.pump.forget(item.id)
+            node.pump.forget(item)
             return
-        if ack.error is None:
-            def job(conn):
-                outbox.delete(conn, [item.id])
-                tx = node.new_tx(conn)
-                service.on_delivered(tx, envelope)
-                return tx
-        else:
+        if ack.error is not None:
             code, text = ack.error.get("code", "?"), ack.error.get("message", "")
             log.warning("%s refused %s/%s: %s %s", from_agent[:8], envelope.get("target"),
                         envelope.get("action"), code, text)
+        if not item.durable:  # no row to delete or mark: the service hears of it at once
+            tx = node.db.reading(node.new_tx)
+            self._tell(service, tx, item, ack)
+            tx.committed()
+            return
 
-            def job(conn):
+        def job(conn):
+            if ack.error is None:
+                outbox.delete(conn, [item.id])
+            else:
                 outbox.mark_failed(conn, item.id, f"{code}: {text}")
-                tx = node.new_tx(conn)
-                if service is not None:
-                    service.on_rejected(tx, envelope, code, text)
-                return tx
+            tx = node.new_tx(conn)
+            self._tell(service, tx, item, ack)
+            return tx
 
         tx = await node.db.write(job)
         tx.committed()
+
+    @staticmethod
+    def _tell(service: Service | None, tx: Tx, item: Outgoing, ack: Ack) -> None:
+        """The sending service learns that its message was committed, or refused."""
+        if service is None:
+            return
+        if ack.error is None:
+            service.on_delivered(tx, item.envelope)
+        else:
+            service.on_rejected(tx, item.envelope, ack.error.get("code", "?"),
+                                ack.error.get("message", ""))
 
 
 __all__ = ["Dispatcher"]

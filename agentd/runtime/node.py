@@ -110,9 +110,10 @@ class Node:
         return self.peers is not None and self.peers.connected(agent)
 
     def new_tx(self, conn: sqlite3.Connection, now_ms: int | None = None) -> Tx:
-        """A transaction context on the writer thread (the runtime's, not a service's)."""
+        """A transaction context on ``conn``: the writer thread's, or the read connection's
+        for ephemeral work (the runtime's, not a service's)."""
         return Tx(conn, self.clock.now_ms() if now_ms is None else now_ms, self.own_address,
-                  self.pump)
+                  self.pump, self.dispatcher.ephemeral)
 
     async def transact(self, work: Callable[[Tx], T]) -> T:
         def job(conn: sqlite3.Connection) -> tuple[Tx, T]:
@@ -120,6 +121,12 @@ class Node:
             return tx, work(tx)
 
         tx, result = await self.db.write(job)
+        tx.committed()
+        return result
+
+    def transact_ephemeral(self, work: Callable[[Tx], T]) -> T:
+        tx = self.db.reading(self.new_tx)
+        result = work(tx)
         tx.committed()
         return result
 

@@ -4,7 +4,8 @@ Messages arrive here only after the transaction that wrote them committed (``Tx.
 or, at start-up, from the table itself. One sender task per peer dials on demand and writes
 batches; each message then waits for its ack. An ack deletes the row; an error ack marks it
 failed and tells the service; silence past the ack timeout (capped exponential backoff with
-jitter) or a lost channel puts it back in the queue with ``try`` bumped.
+jitter) or a lost channel puts it back in the queue with ``try`` bumped. A message to an
+ephemeral target (``Service.ephemeral``) has no row: it is delivered the same way from memory.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class Outgoing:
     envelope: dict[str, Any]
     tries: int
     expires: int | None = None  # ms since the epoch; None: never
+    durable: bool = True  # False: held in memory only, no outbox row
     due: float = 0.0
     sent: float = 0.0
     channel: Channel | None = field(default=None, repr=False)
@@ -121,12 +123,12 @@ class OutboxPump:
     # -- intake --------------------------------------------------------------------------
 
     def add(self, message_id: bytes, peer: str, address: str | None, envelope: dict,
-            tries: int, created: int | None = None) -> None:
+            tries: int, created: int | None = None, *, durable: bool = True) -> None:
         if message_id in self.live:
             return  # committed while the start-up reload was reading: already queued
         expires = expires_at(envelope.get("target", ""), envelope.get("action", ""),
                              self.node.clock.now_ms() if created is None else created)
-        item = Outgoing(message_id, peer, address, envelope, tries, expires)
+        item = Outgoing(message_id, peer, address, envelope, tries, expires, durable=durable)
         self.live[message_id] = item
         if self._nursery is None:
             self._early.append(item)
@@ -163,10 +165,11 @@ class OutboxPump:
             self.node.counters.rejected_by_peer += 1
         return item
 
-    def forget(self, message_id: bytes) -> None:
+    def forget(self, item: Outgoing) -> None:
         """Delete an acked message's row with the next batch of deletes."""
-        self._acked.append(message_id)
-        self._acked_event.set()
+        if item.durable:
+            self._acked.append(item.id)
+            self._acked_event.set()
 
     def withdraw(self, message_id: bytes) -> None:
         """Stop delivering a message whose row the caller has marked failed or deleted."""
@@ -285,8 +288,9 @@ class OutboxPump:
                 queue.clear()
                 queue.extend(kept)
         self.node.counters.outbox_expired += len(expired)
-        ids = [item.id for item in expired]
-        self.node.db.submit(lambda conn: outbox.delete(conn, ids))
+        ids = [item.id for item in expired if item.durable]
+        if ids:
+            self.node.db.submit(lambda conn: outbox.delete(conn, ids))
         log.info("outbox: %d messages expired undelivered", len(expired))
 
     async def _retry_scanner(self) -> None:
@@ -302,6 +306,6 @@ class OutboxPump:
                 del self._inflight[item.id]
                 self._release(item.peer)
                 self._enqueue(item)
-            if overdue:
-                tries = [(item.tries, item.id) for item in overdue]
+            tries = [(item.tries, item.id) for item in overdue if item.durable]
+            if tries:
                 self.node.db.submit(lambda conn, tries=tries: outbox.record_tries(conn, tries))

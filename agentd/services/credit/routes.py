@@ -10,6 +10,10 @@ knows when the search is exhausted; the call returns then, or at its time budget
 routes best first. Capacity is read from the tally columns (limits, balance, what pending lift
 chits hold) with one indexed query per user; a query is answered once per (query, user):
 repeats get ``none``.
+
+Route messages are worthless seconds later and change no state, so the service is ephemeral
+(``Service.ephemeral``): they are handled on the read connection with no commit and held by
+the pump in memory only. A hop's capacity is checked again, durably, by the lift's promise.
 """
 
 from __future__ import annotations
@@ -46,12 +50,13 @@ class RouteService(Service):
 
     target = "route"
     actions = frozenset({"query", "good", "none"})
+    ephemeral = True
 
     def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         super().__init__(node)
         self.ledger = ledger
-        self._searches: dict[str, tuple[route.Search, trio.Event]] = {}  # event loop
-        self._seen: OrderedDict[tuple[Any, Any], None] = OrderedDict()  # writer thread
+        self._searches: dict[str, tuple[route.Search, trio.Event]] = {}
+        self._seen: OrderedDict[tuple[Any, Any], None] = OrderedDict()
         node.register_method("route.find", self.rpc_find)
 
     async def rpc_find(self, cuid: str, find: str, units: int,
@@ -81,7 +86,7 @@ class RouteService(Service):
             self.ledger.emit(tx, started.messages)
             return started
 
-        started = await self.ledger.transact(work)
+        started = self.runtime.transact_ephemeral(work)
         # Registered before the next checkpoint: no answer can have been processed yet.
         search = route.Search(query, units, started.outstanding, started.found)
         try:
@@ -108,7 +113,7 @@ class RouteService(Service):
             out.append(route.Candidate(row["uuid"], address, capacity))
         return out
 
-    # -- messages (writer thread) --------------------------------------------------------
+    # -- messages (event loop, read connection) ------------------------------------------
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         action, obj = envelope.action, envelope.object
