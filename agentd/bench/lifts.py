@@ -130,14 +130,23 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
         lifts_s = lifts / (time.perf_counter() - started)
 
         # Debt round the ring: every user owes the previous one, so a cycle can clear.
+        ahead = []
         async with trio.open_nursery() as nursery:
             for i in range(size):
                 tally = (await rpc(ring[i], "tally.list", cuid=users[i]))
-                ahead = next(row["tally"] for row in tally
-                             if row["partner"].startswith(f"{users[(i + 1) % size]}:"))
+                ahead.append(next(row["tally"] for row in tally
+                                  if row["partner"].startswith(f"{users[(i + 1) % size]}:")))
                 nursery.start_soon(functools.partial(
                     rpc, ring[(i + 1) % size], "chit.pay", cuid=users[(i + 1) % size],
-                    tally=ahead, units=clears * UNITS * 2))
+                    tally=ahead[i], units=clears * UNITS * 2))
+        # chit.pay returns once the payer's node has it: a search reads the payee's side too
+        with trio.fail_after(60):
+            for i, tally in enumerate(ahead):
+                j = (i + 1) % size
+                while ((await rpc(ring[i], "tally.show", cuid=users[i], tally=tally))["balance"]
+                       != -(await rpc(ring[j], "tally.show", cuid=users[j],
+                                      tally=tally))["balance"]):
+                    await trio.sleep(0.01)
         cleared: list[str] = []
 
         async def clear(slot: int) -> None:

@@ -133,9 +133,11 @@ class LiftService(Service):
         return await self.rpc_show(lift)
 
     async def rpc_show(self, lift: str) -> dict:
-        """One lift as this node sees it: record, state, decision and its chits here."""
+        """One lift as this node sees it: record, state, decision and its chits here (read
+        from the last commit, without waiting for the writer: ``lift.wait`` answers as soon
+        as the decision is applied)."""
         lift = param_uuid(lift, "lift")
-        return await self.runtime.db.write(lambda conn: self._show(conn, lift))
+        return self.runtime.db.reading(lambda conn: self._show(conn, lift))
 
     async def rpc_list(self, cuid: str | None = None) -> list[dict]:
         """Lifts this node takes part in (of one user, or all), newest first."""
