@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
 
 import pytest
@@ -88,7 +89,8 @@ async def assert_node_healthy(net) -> None:
 
 @pytest.fixture
 async def net(tmp_path):
-    async with network(tmp_path, n=2, handshake_timeout=0.5) as net:
+    # defer_accept 0: silent sockets reach the node, whose own handshake limits are tested here
+    async with network(tmp_path, n=2, handshake_timeout=0.5, defer_accept=0) as net:
         yield net
 
 
@@ -299,3 +301,20 @@ async def test_a_bug_in_the_frame_path_closes_only_that_channel(net, monkeypatch
     await wait_for(lambda: node.counters.rejected["internal_error"] == 1)
     monkeypatch.undo()
     await assert_node_healthy(net)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux TCP_DEFER_ACCEPT")
+async def test_silent_connections_wait_in_the_kernel(tmp_path):
+    """With ``defer_accept`` the node never accepts a socket that has sent nothing: 200 of
+    them take no handshake slot and evict nothing, and a peer's handshake passes at once."""
+    async with network(tmp_path, n=2, defer_accept=3600) as net:
+        node, peer = net.nodes
+        streams = [await trio.open_tcp_stream("127.0.0.1", node.port) for _ in range(200)]
+        result = await peer.rpc.call("peers.ping", {"agent": node.agent_id})
+        assert len(result["rtt_ms"]) == 1  # peer dialled node: an inbound handshake there
+        assert not node.peers.channel_for(peer.agent_id).outbound
+        info = await node.rpc.call("getinfo", {})
+        assert info["counters"]["handshakes_in_progress"] == 0
+        assert info["counters"]["rejected"] == {}
+        for stream in streams:
+            await stream.aclose()

@@ -10,7 +10,6 @@ and joins the writer thread before ``run`` returns.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -29,6 +28,7 @@ from agentd.runtime.clock import Clock
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
+from agentd.runtime.limits import defer_accept
 from agentd.runtime.outbox import OutboxPump
 from agentd.runtime.peers import PeerManager
 from agentd.runtime.refusals import rpc_error
@@ -233,11 +233,12 @@ class Node:
         await nursery.start(self.credit.run)
         await nursery.start(self.evidence.run)
         try:
-            listeners = await nursery.start(functools.partial(
-                trio.serve_tcp, self.peers.handle_inbound, self.port, host=self.host))
+            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         except OSError as exc:
             reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
             raise UserError(f"cannot listen on {self.config.listen}: {reason}") from exc
+        defer_accept(listeners, self.config.limits.defer_accept)
+        await nursery.start(trio.serve_listeners, self.peers.handle_inbound, listeners)
         self.port = listeners[0].socket.getsockname()[1]
         self.peers.hello = Hello(self.agent_id, self.listen_address, self.config.roles)
         await nursery.start(self.rpc.serve, self.config.socket_path)
