@@ -9,7 +9,8 @@ import struct
 import pytest
 import trio
 
-from agentd.runtime.transport import Hello
+from agentd.bench.rogue import Rogue
+from agentd.runtime.transport import PIPELINE, Hello
 from protocol.codec import pack, unpack
 from protocol.envelope import Ack, parse_frame
 from protocol.frames import FrameDecoder, encode_frame
@@ -318,3 +319,23 @@ async def test_silent_connections_wait_in_the_kernel(tmp_path):
         assert info["counters"]["rejected"] == {}
         for stream in streams:
             await stream.aclose()
+
+
+async def test_a_strangers_flood_is_processed_a_few_messages_at_a_time(tmp_path):
+    """``stranger_pipeline``: a stranger's channel holds that many messages in processing
+    (then stops reading); a peer we know gets the full pipeline. Nothing is lost: the whole
+    flood is acked, and the known peer's ping passes meanwhile."""
+    async with network(tmp_path, n=2, stranger_pipeline=4) as net:
+        node, peer = net.nodes
+        rogue = await Rogue.join(node.port, node.agent_id)
+        sent = [rogue.envelope(node.agent_id) for _ in range(300)]
+        await rogue.send_frames([pack(message) for message in sent])
+        result = await peer.rpc.call("peers.ping", {"agent": node.agent_id})
+        assert len(result["rtt_ms"]) == 1
+        assert node.peers.channel_for(rogue.agent).pipeline == 4
+        assert node.peers.channel_for(peer.agent_id).pipeline == PIPELINE
+        acked: set[bytes] = set()
+        while len(acked) < len(sent):
+            acked |= {frame.ack for frame in await rogue.receive() if isinstance(frame, Ack)}
+        assert acked == {message["id"] for message in sent}
+        await rogue.aclose()

@@ -160,16 +160,20 @@ class Channel:
         now: Callable[[], float] = trio.current_time,
         frame_timeout: float | None = None,
         budget: FrameBudget | None = None,
+        pipeline: int = PIPELINE,
     ) -> None:
+        """``pipeline``: messages of this peer being processed at once; past it the channel
+        stops reading (a stranger gets a small one, so it cannot crowd the writer thread)."""
         self.stream = stream
         self.session = session
+        self.pipeline = pipeline
         self.agent = hello.agent
         self.hello = hello
         self.outbound = outbound
         self.counters = counters
         self._decoder = FrameDecoder(max_frame)
         self._send, self._queue = trio.open_memory_channel[bytes](SEND_QUEUE)
-        self._defer_send, self._deferred = trio.open_memory_channel[Deferred](PIPELINE)
+        self._defer_send, self._deferred = trio.open_memory_channel[Deferred](pipeline)
         self._now = now
         self.last_activity = now()
         self.closed = trio.Event()
