@@ -27,9 +27,10 @@ from agentd.errors import UserError
 from agentd.sim.backends import InProcess, Processes
 from agentd.sim.faults import PROCESS_FAULTS, Healing, heal_all, run_faults
 from agentd.sim.invariants import check, settled_chains
+from agentd.sim.lifts import LIFT_KINDS, debt, lifts_atomic
 from agentd.sim.limits import check_capacity
 from agentd.sim.report import Report, print_report
-from agentd.sim.scenario import CREDIT_TRAFFIC, Scenario, load_scenario
+from agentd.sim.scenario import CREDIT_TRAFFIC, LIFT_TRAFFIC, Scenario, load_scenario
 from agentd.sim.traffic import KINDS, Run, open_tallies
 from store import SharedWriter
 
@@ -86,11 +87,16 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
                     traffic.start_soon(run_faults, backend, scenario, random.Random(
                         scenario.seed + 1), report, healing)
                 for item in scenario.traffic:
-                    await KINDS[item["kind"]](run, item)
+                    await {**KINDS, **LIFT_KINDS}[item["kind"]](run, item)
                 traffic.cancel_scope.cancel()  # the traffic is done: so are the faults
             await heal_all(backend, report, healing)
             lap("traffic")
             credit = await settled_chains(backend, scenario, tallies, report) if paying else None
+            if any(item["kind"] in LIFT_TRAFFIC for item in scenario.traffic):
+                credit = {**(credit or {}),
+                          "lifts_atomic": await lifts_atomic(backend, scenario, report)}
+            if report.debt_before is not None:
+                report.debt_after = await debt(run)
             await check(backend, scenario, report, credit)
             lap("checks")
         finally:
@@ -130,5 +136,7 @@ def main(argv: list[str]) -> int:
     if options.json:
         Path(options.json).write_text(json.dumps(
             {"counts": report.counts, "checks": report.checks, "failures": report.failures,
-             "faults": report.faults}, indent=2))
+             "faults": report.faults, "lift_latencies_ms": report.lift_latencies_ms,
+             "lift_hops": report.lift_hops, "debt_before": report.debt_before,
+             "debt_after": report.debt_after}, indent=2))
     return 0 if report.checks and all(report.checks.values()) else 1
