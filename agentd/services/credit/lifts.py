@@ -220,14 +220,14 @@ class LiftService(Service):
         return ChipAddress.parse(f"{agent}@{where}")
 
     def _learn(self, record: dict[str, Any]) -> None:
-        """Remember where the lift's nodes and referee listen: decisions and queries go
-        there, not only to tally partners."""
-        node = self.runtime
-        for where in (*record["path"], record["referee"]):
-            agent = where["agent"]
-            if (agent != node.agent_id and where.get("host") is not None
-                    and node.address_of(agent) is None):
-                node.learn_peer(agent, format_hostport(where["host"], where["port"]))
+        """Remember where the lift's referee listens: queries and cancels go there, not only
+        to tally partners. (The referee reaches path nodes at the addresses the route found,
+        which the signed record names; Noise authenticates whoever answers there.)"""
+        node, referee = self.runtime, record["referee"]
+        agent = referee["agent"]
+        if (agent != node.agent_id and referee.get("host") is not None
+                and node.address_of(agent) is None):
+            node.learn_peer(agent, format_hostport(referee["host"], referee["port"]))
 
     def _hold(self, tx: Tx, record: dict[str, Any], hop: int, cuid: str, *,
               outgoing: bool) -> None:
