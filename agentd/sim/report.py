@@ -69,7 +69,7 @@ def print_report(scenario: Scenario, report: Report) -> None:
         print(f"  {'ping p50 / p99':20} {p50:.2f} / {p99:.2f} ms")
     for label, samples in report.call_ms.items():
         p50, p99 = (percentile(samples, f) for f in (0.5, 0.99))
-        print(f"  {label + ' p50 / p99':20} {p50:.1f} / {p99:.1f} ms a call")
+        print(f"  latency {label:13} p50 {p50:.1f} ms, p99 {p99:.1f} ms a call")
     if report.debt_before is not None and report.debt_after is not None:
         print(f"  {'debt before / after':20} {report.debt_before} / {report.debt_after} mCHIP")
     for fault in report.faults:
