@@ -29,9 +29,10 @@ from agentd.sim.backends import InProcess, Processes
 from agentd.sim.faults import PROCESS_FAULTS, Healing, heal_all, run_faults
 from agentd.sim.html import check_report_extra, write_html
 from agentd.sim.invariants import check, settled_chains
+from agentd.sim.lifts import LIFT_KINDS, debt, lifts_atomic
 from agentd.sim.limits import check_capacity
 from agentd.sim.report import Report, print_report
-from agentd.sim.scenario import CREDIT_TRAFFIC, Scenario, load_scenario
+from agentd.sim.scenario import CREDIT_TRAFFIC, LIFT_TRAFFIC, Scenario, load_scenario
 from agentd.sim.traffic import KINDS, Run, open_tallies
 from store import SharedWriter
 
@@ -83,6 +84,8 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
             tallies = await open_tallies(backend, scenario, report) if paying else {}
             lap("tallies")
             run = Run(backend, scenario, agents, tallies, rng, report)
+            if scenario.house and any(item["kind"] in LIFT_TRAFFIC for item in scenario.traffic):
+                report.referees = [scenario.house]  # the default referee of every lift
             healing = Healing()
             report.traffic_at_s = trio.current_time() - report.zero
             async with trio.open_nursery() as traffic:
@@ -90,11 +93,16 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
                     traffic.start_soon(run_faults, backend, scenario, random.Random(
                         scenario.seed + 1), report, healing)
                 for item in scenario.traffic:
-                    await KINDS[item["kind"]](run, item)
+                    await {**KINDS, **LIFT_KINDS}[item["kind"]](run, item)
                 traffic.cancel_scope.cancel()  # the traffic is done: so are the faults
             await heal_all(backend, report, healing)
             lap("traffic")
             credit = await settled_chains(backend, scenario, tallies, report) if paying else None
+            if any(item["kind"] in LIFT_TRAFFIC for item in scenario.traffic):
+                credit = {**(credit or {}),
+                          "lifts_atomic": await lifts_atomic(backend, scenario, report)}
+            if report.debt_before is not None:
+                report.debt_after = await debt(run)
             await check(backend, scenario, report, credit)
             lap("checks")
         finally:

@@ -174,7 +174,7 @@ def latencies(report: Report) -> dict[str, go.Figure]:
     samples = {f"{label} (a call)": values for label, values in report.call_ms.items()}
     if report.latencies_ms:
         samples["ping round trip"] = report.latencies_ms
-    if report.lift_latencies_ms:
+    if report.lift_latencies_ms and not {"lifts", "clearing"} & set(report.call_ms):
         samples["lift to decision"] = report.lift_latencies_ms
     figures = {}
     for n, (label, values) in enumerate(samples.items()):

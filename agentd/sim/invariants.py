@@ -77,7 +77,8 @@ async def check(backend, scenario: Scenario, report: Report,
         "all_delivered": not report.failures and len(report.latencies_ms) == pings,
         "outbox_drained": all(i["counters"]["outbox_depth"] == 0 for i in infos.values()),
         "exactly_once": processed == 2 * pings,
-        **(credit or {"chains_agree": True, "balances_zero_sum": True}),
+        "chains_agree": True, "balances_zero_sum": True, "lifts_atomic": True,
+        **(credit or {}),
         "receipts_verify": receipts_ok,
     }
     report.counts["messages_processed"] = processed

@@ -28,9 +28,10 @@ class Report:
     call_ms: dict[str, list[float]] = field(default_factory=dict)  # label -> each call's latency
     balances: list[tuple[str, str, int]] = field(default_factory=list)  # (a, b, a's balance)
     referees: list[str] = field(default_factory=list)  # nodes that referee lifts
-    lift_latencies_ms: list[float] = field(default_factory=list)  # lift.pay to its decision
-    debt_before: int | None = None  # total debt (mCHIP) before clearing lifts
-    debt_after: int | None = None  # ... and after them
+    lift_latencies_ms: list[float] = field(default_factory=list)  # lift.pay/clear to decided
+    lift_hops: list[int] = field(default_factory=list)
+    debt_before: int | None = None  # what users owe one another, before clearing traffic
+    debt_after: int | None = None  # ... and once everything settled
 
     def done(self, label: str, amount: int, latency_ms: float) -> None:
         """One call of ``label`` finished, counting ``amount``, after ``latency_ms``."""
@@ -56,7 +57,8 @@ class Report:
     def to_json(self) -> dict:
         return {"counts": self.counts, "checks": self.checks, "failures": self.failures,
                 "faults": self.faults, "per_second": self.rates(1.0),
-                "traffic_at_s": self.traffic_at_s, "debt_before": self.debt_before,
+                "traffic_at_s": self.traffic_at_s, "lift_latencies_ms": self.lift_latencies_ms,
+                "lift_hops": self.lift_hops, "debt_before": self.debt_before,
                 "debt_after": self.debt_after}
 
 
@@ -70,8 +72,13 @@ def print_report(scenario: Scenario, report: Report) -> None:
     for label, samples in report.call_ms.items():
         p50, p99 = (percentile(samples, f) for f in (0.5, 0.99))
         print(f"  latency {label:13} p50 {p50:.1f} ms, p99 {p99:.1f} ms a call")
-    if report.debt_before is not None and report.debt_after is not None:
-        print(f"  {'debt before / after':20} {report.debt_before} / {report.debt_after} mCHIP")
+    if report.lift_latencies_ms:
+        p50, p99 = (percentile(report.lift_latencies_ms, f) for f in (0.5, 0.99))
+        hops = sum(report.lift_hops) / len(report.lift_hops)
+        print(f"  {'lift p50 / p99':20} {p50:.1f} / {p99:.1f} ms (mean {hops:.1f} hops)")
+    if report.debt_before is not None:
+        print(f"  {'debt before / after':20} {report.debt_before} / {report.debt_after} mCHIP"
+              " (cleared by circular lifts)")
     for fault in report.faults:
         print(f"  fault at {fault['at_s']:6.2f} s  {fault['kind']:9} for {fault['for_s']:g} s:"
               f" {fault['what']}")

@@ -55,6 +55,7 @@ log = logging.getLogger("agentd.lift")
 WAIT_S = 30.0
 MAX_WAIT_S = 600.0
 QUERY_POLL_S = 5.0  # at most this long between looks for lifts to ask the referee about
+CLEAR_TRIES = 3  # searches lift.clear makes when concurrent lifts take the cycle it found
 _PENDING = (c.A_LIFT, c.L_LIFT)
 
 
@@ -105,13 +106,21 @@ class LiftService(Service):
                     life_ms: int | None = None) -> dict:
         """Start a circular lift through ``cuid`` of ``least`` (``exact``) or of all the best
         cycle can carry, if that is at least ``least``."""
-        found = await self.routes.search(cuid, self.runtime.own_address(cuid), least, "circular")
-        if not found:
-            raise Reject("NO_CYCLE", f"no debt cycle through {cuid} can clear {least} mCHIP")
-        best = found[0]
-        amount = least if exact else best["capacity"]
-        record = await self._start(cuid, "circular", amount, best, memo,
-                                   self._life(None) if life_ms is None else life_ms)
+        life_ms = self._life(None) if life_ms is None else life_ms
+        for attempt in range(CLEAR_TRIES):
+            found = await self.routes.search(cuid, self.runtime.own_address(cuid), least,
+                                             "circular")
+            if not found:
+                raise Reject("NO_CYCLE", f"no debt cycle through {cuid} can clear {least} "
+                             "mCHIP")
+            best = found[0]
+            amount = least if exact else best["capacity"]
+            try:
+                record = await self._start(cuid, "circular", amount, best, memo, life_ms)
+                break
+            except Refusal as exc:  # another lift took our first hop meanwhile: look again
+                if exc.code != "over_limit" or attempt == CLEAR_TRIES - 1:
+                    raise
         return {**_started(record), "units": amount}
 
     async def rpc_wait(self, lift: str, timeout_s: float = WAIT_S) -> dict:
