@@ -21,7 +21,6 @@ from agentd import __version__
 from agentd.config import Config
 from agentd.errors import UserError
 from agentd.logs import event
-from agentd.metrics import Metrics
 from agentd.rpc import RpcServer
 from agentd.runtime import datadir
 from agentd.runtime.clock import Clock
@@ -29,7 +28,9 @@ from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
 from agentd.runtime.limits import defer_accept
+from agentd.runtime.metrics import Metrics
 from agentd.runtime.outbox import OutboxPump
+from agentd.runtime.peer_admin import PeerAdmin
 from agentd.runtime.peers import PeerManager
 from agentd.runtime.refusals import rpc_error
 from agentd.runtime.reload import reload_config
@@ -40,7 +41,6 @@ from agentd.runtime.transport import Channel, Hello
 from agentd.services.clearing.client import Evidence
 from agentd.services.clearing.house import ClearingService
 from agentd.services.credit.service import Credit
-from agentd.services.peer_admin import PeerAdmin
 from agentd.services.ping import PingService
 from agentd.services.relay.service import RelayService
 from agentd.services.users import Users

@@ -30,7 +30,7 @@ from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
 from protocol.envelope import Envelope
-from protocol.keys import ChipAddress, SigningKey
+from protocol.keys import SigningKey
 from protocol.messages import Send
 from store import credit as credit_store
 from store import users
@@ -130,10 +130,6 @@ class CreditLedger:
         """Queue typed messages, each to the recipient it names."""
         for send in sends:
             tx.send(send)
-
-    def partner_address(self, agent: str, cuid: str | None) -> ChipAddress:
-        """A tally partner as a message recipient (the pump finds where to dial it)."""
-        return ChipAddress(agent=agent, cuid=cuid)
 
     def send(self, tx: Tx, holding: Holding, messages: Iterable[dict[str, Any]]) -> None:
         to = None
