@@ -51,6 +51,8 @@ async def settled_chains(backend, scenario: Scenario, tallies: dict[tuple[str, s
     opposite = all(x is not None and y is not None and x["balance"] == -y["balance"]
                    for x, y in pairs)
     total = sum(t["balance"] for t in held.values())
+    report.balances = [(a, b, held[(a, tally)]["balance"]) for (a, b), tally in tallies.items()
+                       if (a, tally) in held]
     report.counts["tallies"] = len(tallies)
     report.counts["chits"] = sum(t["chain"]["index"] for t in held.values()) // 2
     report.counts["balance_sum"] = total

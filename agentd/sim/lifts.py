@@ -78,7 +78,7 @@ async def lift_traffic(run: Run, item: dict) -> None:
         except RpcError as exc:
             report.failures.append(f"lift {payor} -> {payee}: {exc.message}")
 
-    await run_calls(scenario, "lifts", lifts, one)
+    await run_calls(scenario, "lifts", lifts, one, report=report)
     report.counts["lifts"] = report.counts.get("lifts", 0) + count
 
 
@@ -105,7 +105,7 @@ async def clearing_traffic(run: Run, item: dict) -> None:
             else:
                 report.failures.append(f"clearing by {name}: {exc.message}")
 
-    await run_calls(scenario, "clearing", clearers, one)
+    await run_calls(scenario, "clearing", clearers, one, report=report)
     report.counts["clearing_calls"] = report.counts.get("clearing_calls", 0) + len(clearers)
 
 
