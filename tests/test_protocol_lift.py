@@ -204,11 +204,12 @@ def test_a_partner_cannot_make_a_lift_chit_good_by_message() -> None:
     assert code_of(c.receive_good, None, chit, AB_B) == "lift_undecided"
     chain = ch.start(AB_A)  # A holds the stock: the foil's upd carries a lift chit it lacks
     foil = ch.start(AB_B)
-    foil, [upd] = ch.add(foil, chit)
-    assert code_of(ch.receive, chain, upd["object"], AB_A) == "lift_undecided"
+    foil, [upd] = ch.add(foil, chit, AB_B)
+    assert (upd.to, upd.action, upd.from_cuid) == (A.address, "chain", B.address.cuid)
+    assert code_of(ch.receive, chain, upd.object, AB_A) == "lift_undecided"
     # once A applied the decision itself, the same upd links it
-    chain, _ = ch.add(chain, chit)
-    received = ch.receive(chain, upd["object"], AB_A)
+    chain, _ = ch.add(chain, chit, AB_A)
+    received = ch.receive(chain, upd.object, AB_A)
     assert received.adopted == [] and received.chain.length == 1
 
 
