@@ -59,6 +59,8 @@ class Limits:
     max_channels_per_address: int = 64   # ... from one address (peers we know are exempt)
     max_channels_per_agent: int = 8      # ... to one identity
     partial_frames_budget: int = 16 << 20  # bytes of unfinished frames over all channels
+    defer_accept: int = 10               # seconds the kernel holds a connection that is silent
+    stranger_pipeline: int = 64          # a stranger's messages being processed at once
 
 
 LIMIT_RANGES: dict[str, tuple[float, float]] = {
@@ -66,6 +68,7 @@ LIMIT_RANGES: dict[str, tuple[float, float]] = {
     "busy_handshake_timeout": (0.05, 3600), "frame_timeout": (0.05, 3600),
     "max_channels": (1, 1 << 20), "max_channels_per_address": (1, 1 << 20),
     "max_channels_per_agent": (1, 1024), "partial_frames_budget": (1 << 16, 1 << 40),
+    "defer_accept": (0, 3600), "stranger_pipeline": (1, 4096),
 }
 
 

@@ -26,6 +26,7 @@ import tomlkit
 from agentd.config import Config, load_config
 from agentd.configs_dir import configs_dir
 from agentd.demo_lifts import lifts_demo
+from agentd.demo_steps import until
 from agentd.errors import UserError
 from agentd.localnodes import free_ports as pick_free_ports
 from agentd.rpc import RpcError, call
@@ -34,7 +35,6 @@ NAMES = ("alice", "bob", "carol")
 NODES = (*NAMES, "clearinghouse")
 EVIDENCE_PID = "demo-deal-1"
 READY_TIMEOUT = 20.0
-SETTLE_TIMEOUT = 10.0
 
 
 def _repo_configs() -> Path:
@@ -156,14 +156,6 @@ def evidence_demo(configs: dict[str, Config], infos: dict[str, dict]) -> None:
             raise UserError(f"{name}'s receipts do not verify")
 
 
-def _until(what: str, predicate) -> None:
-    deadline = time.monotonic() + SETTLE_TIMEOUT
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise UserError(f"demo: {what} did not happen within {SETTLE_TIMEOUT:g} s")
-        time.sleep(0.02)
-
-
 def credit_demo(configs: dict[str, Config], infos: dict[str, dict]) -> str:
     """Alice and Bob open a tally with an invitation ticket (invite, request, offer, accept),
     pay each other both ways and settle an invoice; both holders must end with the same chain
@@ -184,10 +176,10 @@ def credit_demo(configs: dict[str, Config], infos: dict[str, dict]) -> str:
         return next((t["state"] for t in held if t["tally"] == tally), None)
 
     call(alice, "tally.offer", {"cuid": "alice", "tally": tally})
-    _until("bob receiving alice's offer", lambda: state(bob, "bob") == "P.offer")
+    until("bob receiving alice's offer", lambda: state(bob, "bob") == "P.offer")
     print("  alice signs and offers it; bob's copy is P.offer")
     call(bob, "tally.accept", {"cuid": "bob", "tally": tally})
-    _until("both sides opening the tally",
+    until("both sides opening the tally",
            lambda: state(alice, "alice") == state(bob, "bob") == "open")
     print("  bob signs and accepts: open on both sides, block 0 of the chain is the tally")
     for payer, sock, units, memo in (("alice", alice, 2000, "seeds"),
@@ -198,7 +190,7 @@ def credit_demo(configs: dict[str, Config], infos: dict[str, dict]) -> str:
               f"{paid['state']}")
     bill = call(alice, "chit.invoice", {"cuid": "alice", "tally": tally, "units": 1250,
                                         "memo": "delivery"})
-    _until("bob receiving the invoice", lambda: any(
+    until("bob receiving the invoice", lambda: any(
         c["chit"] == bill["chit"] for c in call(bob, "chit.list", {"cuid": "bob", "tally": tally})))
     accepted = call(bob, "chit.accept", {"cuid": "bob", "chit": bill["chit"]})
     print(f"  alice invoices 1250 mCHIP (delivery); bob accepts: {accepted['state']}")
@@ -207,7 +199,7 @@ def credit_demo(configs: dict[str, Config], infos: dict[str, dict]) -> str:
         return (call(alice, "tally.show", {"cuid": "alice", "tally": tally}),
                 call(bob, "tally.show", {"cuid": "bob", "tally": tally}))
 
-    _until("both chains to be confirmed", lambda: all(
+    until("both chains to be confirmed", lambda: all(
         s["chain"]["index"] == s["chain"]["confirmed"] == 3 for s in shown()))
     mine, theirs = shown()
     agree = mine["chain"] == theirs["chain"] and mine["balance"] == -theirs["balance"]
@@ -227,7 +219,7 @@ def tally_evidence_demo(configs: dict[str, Config], tally: str) -> None:
     print("\nevidence logged automatically for the tally (opened, chits good):")
     for name in ("alice", "bob"):
         sock = configs[name].socket_path
-        _until(f"{name}'s tally receipts", lambda sock=sock: len(
+        until(f"{name}'s tally receipts", lambda sock=sock: len(
             call(sock, "receipts.list", {"pid": tally})) >= 1 and call(
             sock, "receipts.verify", {})["pending"] == 0)
         receipts = call(sock, "receipts.list", {"pid": tally})

@@ -3,37 +3,12 @@ cleared (a circular lift). Runs after the credit part, on its alice-bob tally.""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from agentd.config import Config
+from agentd.demo_steps import open_tally, until
 from agentd.errors import UserError
 from agentd.rpc import call
-
-SETTLE_TIMEOUT = 10.0
-
-
-def _until(what: str, predicate) -> None:
-    deadline = time.monotonic() + SETTLE_TIMEOUT
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise UserError(f"demo: {what} did not happen within {SETTLE_TIMEOUT:g} s")
-        time.sleep(0.02)
-
-
-def open_tally(a: Path, a_cuid: str, b: Path, b_cuid: str, limit: int = 100_000) -> str:
-    """Invite, request, offer, accept: the tally's uuid once both holders are open."""
-    invited = call(a, "tally.invite", {"cuid": a_cuid, "limit": limit})
-    tally = invited["tally"]
-    call(b, "tally.request", {"cuid": b_cuid, "ticket": invited["ticket"]})
-    call(a, "tally.offer", {"cuid": a_cuid, "tally": tally})
-    _until(f"{b_cuid} receiving the offer", lambda: any(
-        row["tally"] == tally for row in call(b, "tally.list", {"cuid": b_cuid})))
-    call(b, "tally.accept", {"cuid": b_cuid, "tally": tally})
-    _until("both sides opening the tally", lambda: all(
-        call(sock, "tally.show", {"cuid": cuid, "tally": tally})["state"] == "open"
-        for sock, cuid in ((a, a_cuid), (b, b_cuid))))
-    return tally
 
 
 def _balance(sock: Path, cuid: str, tally: str) -> int:
@@ -61,9 +36,9 @@ def lifts_demo(configs: dict[str, Config], infos: dict[str, dict], ab: str) -> N
     if done["state"] != "good":
         raise UserError(f"the linear lift ended {done['state']}: {done.get('error')}")
     for name in ("bob", "carol"):
-        _until(f"{name} applying the decision", lambda name=name: call(
+        until(f"{name} applying the decision", lambda name=name: call(
             sock[name], "lift.show", {"lift": lift["lift"]})["state"] == "good")
-    _until("the chains taking the lift chits", lambda: _balance(
+    until("the chains taking the lift chits", lambda: _balance(
         sock["carol"], "carol", bc) == before["bc"] + 700)
     print(f"  alice's balance with bob {before['ab']:+} -> "
           f"{_balance(sock['alice'], 'alice', ab):+}; carol's with bob {before['bc']:+} -> "
@@ -73,7 +48,7 @@ def lifts_demo(configs: dict[str, Config], infos: dict[str, dict], ab: str) -> N
     ca = open_tally(sock["carol"], "carol", sock["alice"], "alice")
     call(sock["carol"], "chit.pay", {"cuid": "carol", "tally": bc, "units": 1000})
     call(sock["alice"], "chit.pay", {"cuid": "alice", "tally": ca, "units": 400})
-    _until("the triangle's payments", lambda: _balance(sock["bob"], "bob", bc) == 300
+    until("the triangle's payments", lambda: _balance(sock["bob"], "bob", bc) == 300
            and _balance(sock["carol"], "carol", ca) == 400)
     owed = {"bob owes alice": _balance(sock["alice"], "alice", ab),
             "carol owes bob": _balance(sock["bob"], "bob", bc),
@@ -85,7 +60,7 @@ def lifts_demo(configs: dict[str, Config], infos: dict[str, dict], ab: str) -> N
     print(f"  lift.clear alice: {cycle}, {cleared['units']} mCHIP -> {done['state']}")
     if done["state"] != "good":
         raise UserError(f"the circular lift ended {done['state']}: {done.get('error')}")
-    _until("the cycle clearing everywhere", lambda: _balance(sock["bob"], "bob", bc) == 0
+    until("the cycle clearing everywhere", lambda: _balance(sock["bob"], "bob", bc) == 0
            and _balance(sock["carol"], "carol", ca) == 100)
     after = {"bob owes alice": _balance(sock["alice"], "alice", ab),
              "carol owes bob": _balance(sock["bob"], "bob", bc),

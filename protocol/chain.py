@@ -16,9 +16,11 @@ bump and re-hash its own chits whenever a foil chit lands first, which stalls wi
 one chit in flight.) Pending chits already count in the balance: a good chit is owed whether or
 not it is ordered yet.
 
-Messages are ``{"target": "chit", "action": "chain", "object": {"cmd", "tally", ...}}``,
-plus ``{"target": "chit", "action": "good", "object": <chit>}``, which :func:`add` sends when
-our own chit becomes good (the foil's carries its block; the stock's carries none):
+Messages are typed ``protocol.messages.Send`` events from our user to the tally partner
+(``protocol.tally.to_partner``; hence the functions that send take the holder's
+``LocalTally``): target ``chit``, action ``chain`` with object ``{cmd, tally, ...}``, plus
+action ``good`` with the chit as object, which :func:`add` sends when our own chit becomes
+good (the foil's carries its block; the stock's carries none):
 
 =====  =============  ================================================================
 cmd    direction      meaning
@@ -55,13 +57,13 @@ Public API:
 
 - ``Chain`` (frozen; ``to_map()/from_map()``, ``.length``, ``.head``, ``.hash_at(index)``).
 - ``start(local_tally) -> Chain`` — an empty chain on a tally both users signed.
-- ``add(chain, chit) -> (Chain, messages)`` — a chit just became good here.
-- ``add_many(chain, chits) -> (Chain, messages)`` — several of our user's chits at once,
+- ``add(chain, chit, local_tally) -> (Chain, sends)`` — a chit just became good here.
+- ``add_many(chain, chits, local_tally) -> (Chain, sends)`` — several of our user's chits at once,
   sent ``UPD_BATCH`` to a message (``upd`` from the foil, ``new`` from the stock) instead of
   one ``good`` each; the partner treats them exactly as it would the ``good`` messages.
 - ``receive(chain, obj, local_tally) -> Received(chain, messages, adopted)`` — a ``chain``
-  message's object.
-- ``resync(chain) -> messages`` — what to (re)send so lost messages are repaired.
+  message's object; ``messages`` are ``Send`` events.
+- ``resync(chain, local_tally) -> sends`` — what to (re)send so lost messages are repaired.
 - ``balance(chain)``, ``settled(chain)``, ``block_hash(index, prev, chit_hash)``.
 """
 
@@ -75,7 +77,8 @@ from typing import Any, NamedTuple
 from .chit import balance as chit_balance
 from .chit import check_chit, check_form
 from .codec import digest
-from .tally import FOIL, SIDES, STOCK, LocalTally, Refusal, chain_origin
+from .messages import Send
+from .tally import FOIL, SIDES, STOCK, LocalTally, Refusal, chain_origin, to_partner
 
 UPD_BATCH = 100  # chits per upd or new message: under 0.6 MiB even with maximal memos and refs
 CMDS = ("new", "ack", "nak", "upd", "req")
@@ -152,7 +155,7 @@ class Chain:
 
 class Received(NamedTuple):
     chain: Chain
-    messages: list[dict[str, Any]]
+    messages: list[Send]
     adopted: list[dict[str, Any]]  # good chits first learned from this message
 
 
@@ -175,23 +178,23 @@ def settled(chain: Chain) -> bool:
     return not chain.pending and chain.conf == chain.length
 
 
-def add(chain: Chain, chit: dict[str, Any]) -> tuple[Chain, list[dict[str, Any]]]:
+def add(chain: Chain, chit: dict[str, Any], local: LocalTally) -> tuple[Chain, list[Send]]:
     """Take a chit that just became good here: one our user signed (this sends it ``good``), or
-    a validated ``good`` from the partner."""
+    a validated ``good`` from the partner. ``local`` is the holder's tally (for addresses)."""
     _check_new(chain, chit)
     ours = chit["by"] == chain.side
     if chain.side == FOIL:
         chain, linked = _append(chain, chit)
-        return chain, [_good(linked) if ours else _upd(chain, [linked])]
+        return chain, [_good(local, linked) if ours else _upd(chain, local, [linked])]
     if ours:
-        return _park(chain, chit, chain.pending), [_good(chit)]
+        return _park(chain, chit, chain.pending), [_good(local, chit)]
     chain = _take(chain, chit)
-    return chain, _stock_reply(chain)
+    return chain, _stock_reply(chain, local)
 
 
 def add_many(
-    chain: Chain, chits: Iterable[dict[str, Any]]
-) -> tuple[Chain, list[dict[str, Any]]]:
+    chain: Chain, chits: Iterable[dict[str, Any]], local: LocalTally
+) -> tuple[Chain, list[Send]]:
     """Take chits our user just signed, in order, and send them in batches."""
     chits = list(chits)
     seen = set()
@@ -210,8 +213,8 @@ def add_many(
         chain, taken = replace(chain, pending=chain.pending + tuple(chits)), chits
     batches = [taken[first : first + UPD_BATCH] for first in range(0, len(taken), UPD_BATCH)]
     if chain.side == FOIL:
-        return chain, [_upd(chain, batch) for batch in batches]
-    return chain, [_chain_message(chain, "new", chits=batch) for batch in batches]
+        return chain, [_upd(chain, local, batch) for batch in batches]
+    return chain, [_chain_message(chain, local, "new", chits=batch) for batch in batches]
 
 
 def receive(chain: Chain, obj: Any, local: LocalTally) -> Received:
@@ -226,34 +229,33 @@ def receive(chain: Chain, obj: Any, local: LocalTally) -> Received:
     return handlers[cmd](chain, obj, local)
 
 
-def resync(chain: Chain) -> list[dict[str, Any]]:
+def resync(chain: Chain, local: LocalTally) -> list[Send]:
     """Messages that repair whatever was lost; none once both sides are in step."""
     if chain.side == FOIL:
         unconfirmed = chain.chits[chain.conf : chain.conf + UPD_BATCH]
-        return [_upd(chain, unconfirmed)] if unconfirmed else []
+        return [_upd(chain, local, unconfirmed)] if unconfirmed else []
     unordered = [chit for chit in chain.pending if chit["by"] == STOCK][:UPD_BATCH]
-    messages = [_chain_message(chain, "new", chits=unordered)] if unordered else []
-    return messages + _stock_reply(chain)
+    messages = [_chain_message(chain, local, "new", chits=unordered)] if unordered else []
+    return messages + _stock_reply(chain, local)
 
 
 # -- messages ---------------------------------------------------------------------------------
 
 
-def _good(chit: dict[str, Any]) -> dict[str, Any]:
-    return {"target": "chit", "action": "good", "object": chit}
+def _good(local: LocalTally, chit: dict[str, Any]) -> Send:
+    return to_partner(local, "chit", "good", chit)
 
 
-def _chain_message(chain: Chain, cmd: str, **fields: Any) -> dict[str, Any]:
-    obj = {"cmd": cmd, "tally": chain.tally, **fields}
-    return {"target": "chit", "action": "chain", "object": obj}
+def _chain_message(chain: Chain, local: LocalTally, cmd: str, **fields: Any) -> Send:
+    return to_partner(local, "chit", "chain", {"cmd": cmd, "tally": chain.tally, **fields})
 
 
-def _upd(chain: Chain, chits: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    return _chain_message(chain, "upd", chits=list(chits), conf=chain.conf)
+def _upd(chain: Chain, local: LocalTally, chits: Iterable[dict[str, Any]]) -> Send:
+    return _chain_message(chain, local, "upd", chits=list(chits), conf=chain.conf)
 
 
-def _ack(chain: Chain, index: int) -> dict[str, Any]:
-    return _chain_message(chain, "ack", index=index, hash=chain.hash_at(index))
+def _ack(chain: Chain, local: LocalTally, index: int) -> Send:
+    return _chain_message(chain, local, "ack", index=index, hash=chain.hash_at(index))
 
 
 def _check_message(chain: Chain, cmd: str, obj: dict[str, Any]) -> None:
@@ -396,22 +398,23 @@ def _foil_new(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
     chain, adopted = _append_all(chain, new.values())
     blocks = [*known.values(), *adopted]
     ordered = sorted(blocks, key=lambda chit: chit["chain"]["index"])
-    return Received(chain, [_upd(chain, ordered)], adopted)
+    return Received(chain, [_upd(chain, local, ordered)], adopted)
 
 
 def _foil_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
     index = obj["index"]
     if index <= chain.length and chain.hash_at(index) == obj["hash"]:
         chain = replace(chain, conf=max(chain.conf, index))
-        return Received(chain, [_ack(chain, chain.conf)], [])
+        return Received(chain, [_ack(chain, local, chain.conf)], [])
     at = min(index, chain.length)
-    return Received(chain, [_chain_message(chain, "nak", index=at, hash=chain.hash_at(at))], [])
+    nak = _chain_message(chain, local, "nak", index=at, hash=chain.hash_at(at))
+    return Received(chain, [nak], [])
 
 
 def _foil_req(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
     first = obj["index"] - 1
     blocks = chain.chits[first : first + UPD_BATCH]
-    return Received(chain, [_upd(chain, blocks)] if blocks else [], [])
+    return Received(chain, [_upd(chain, local, blocks)] if blocks else [], [])
 
 
 # -- the stock holder: conforms ---------------------------------------------------------------
@@ -484,11 +487,11 @@ def _follows(chain: Chain, block: dict[str, Any] | None) -> bool:
     return block is not None and block["index"] == chain.length + 1 and block["prev"] == chain.head
 
 
-def _stock_reply(chain: Chain) -> list[dict[str, Any]]:
+def _stock_reply(chain: Chain, local: LocalTally) -> list[Send]:
     """Ack blocks the foil has not confirmed; ask for the gap before a foil chit we hold."""
-    messages = [_ack(chain, chain.length)] if chain.length > chain.conf else []
+    messages = [_ack(chain, local, chain.length)] if chain.length > chain.conf else []
     if chain.hints.foreign and any(chit["by"] == FOIL for chit in chain.pending):
-        messages.append(_chain_message(chain, "req", index=chain.length + 1))
+        messages.append(_chain_message(chain, local, "req", index=chain.length + 1))
     return messages
 
 
@@ -504,7 +507,7 @@ def _stock_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received
         else:  # keep our copy (and its signature); take only the foil's block
             chain = _take(chain, {**ours, "chain": chit["chain"]})
     chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)))
-    return Received(chain, _stock_reply(chain), adopted)
+    return Received(chain, _stock_reply(chain, local), adopted)
 
 
 def _stock_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
@@ -516,7 +519,7 @@ def _stock_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received
 
 def _stock_nak(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
     chain = _rollback(chain)
-    return Received(chain, [_chain_message(chain, "req", index=chain.conf + 1)], [])
+    return Received(chain, [_chain_message(chain, local, "req", index=chain.conf + 1)], [])
 
 
 _FOIL_HANDLERS = {"new": _foil_new, "ack": _foil_ack, "req": _foil_req}

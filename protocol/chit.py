@@ -48,10 +48,10 @@ Public API:
 - Lift events: ``lift_chit(record, hop, local)`` (``lift out`` / ``lift in``),
   ``lift_decided(local_chit, state)`` (``lift good`` / ``lift void``); ``LIFT_NAMESPACE``.
 
-Transitions return ``(LocalChit, messages)``; messages are ``{"target": "chit", "action",
-"object"}`` for the tally partner. Refusals (``protocol.tally.Refusal``) add the codes
-``over_limit``, ``closing``, ``not_party`` (a lift hop whose users are not this tally's) and
-``lift_undecided`` to the tally's.
+Transitions return ``(LocalChit, sends)``: typed ``protocol.messages.Send`` events with target
+``chit``, from our user to the tally partner (``protocol.tally.to_partner``). Refusals
+(``protocol.tally.Refusal``) add the codes ``over_limit``, ``closing``, ``not_party`` (a lift
+hop whose users are not this tally's) and ``lift_undecided`` to the tally's.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ from typing import Any
 
 from .codec import CodecError, canonical, digest
 from .keys import SigningKey, verify
+from .messages import Send
 from .tally import (
     C_OPEN,
     CLOSE,
@@ -76,6 +77,7 @@ from .tally import (
     Refusal,
     check_uuid,
     other_side,
+    to_partner,
 )
 
 TYPES = ("tran", "set", "lift")  # a transaction, a settings change, a share of a lift
@@ -122,7 +124,7 @@ RECEIVE_STATES = frozenset({OFFER_OPEN, OPEN, C_OPEN, CLOSE})
 SIGNED_FIELDS = ("tally", "uuid", "by", "type", "date", "units", "ref", "memo")
 _FIELDS = {*SIGNED_FIELDS, "hash", "sign", "chain"}
 
-Step = tuple["LocalChit", list[dict[str, Any]]]
+Step = tuple["LocalChit", list[Send]]
 
 
 @dataclass(frozen=True)
@@ -364,7 +366,7 @@ def invoice(
         ref=ref,
     )
     _check_room(local, chit, balance, reserved)
-    return LocalChit(state, chit), [_message("pend", chit)]
+    return LocalChit(state, chit), [to_partner(local, "chit", "pend", chit)]
 
 
 def accept(
@@ -381,7 +383,7 @@ def refuse(local_chit: LocalChit, local: LocalTally) -> Step:
     """Turn the partner's invoice down."""
     state = _next(local_chit.state, "refuse")
     notice = {"tally": local.uuid, "uuid": local_chit.uuid}
-    return replace(local_chit, state=state), [_message("void", notice)]
+    return replace(local_chit, state=state), [to_partner(local, "chit", "void", notice)]
 
 
 def receive_pend(local_chit: LocalChit | None, obj: Any, local: LocalTally) -> Step:
@@ -481,7 +483,3 @@ def lift_decided(local_chit: LocalChit, state: str) -> LocalChit:
     if state not in ("good", "void"):
         raise Refusal("bad_field", f"a lift decision is good or void, not {state!r}")
     return replace(local_chit, state=_next(local_chit.state, f"lift {state}"))
-
-
-def _message(action: str, obj: dict[str, Any]) -> dict[str, Any]:
-    return {"target": "chit", "action": action, "object": obj}

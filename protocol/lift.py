@@ -52,7 +52,7 @@ from . import chit as c
 from .codec import digest
 from .keys import ChipAddress, IdentityError, SigningKey, verify, verify_by_agent
 from .messages import Send
-from .route import KINDS, MAX_DEPTH, hop_capacity, receive_capacity
+from .route import ADDRESS_FIELDS, KINDS, MAX_DEPTH, check_where, hop_capacity, receive_capacity
 from .tally import C_OPEN, MAX_MEMO, MAX_UNITS, LocalTally, Refusal, check_uuid
 
 PEND = "pend"
@@ -117,8 +117,8 @@ def make_record(
         "lift": lift_uuid,
         "kind": kind,
         "units": units,
-        "path": [{"cuid": hop["cuid"], "agent": hop["agent"], "tally": hop["tally"]}
-                 for hop in path],
+        "path": [{key: hop[key] for key in ("cuid", "agent", *sorted(ADDRESS_FIELDS), "tally")
+                  if key in hop} for hop in path],
         "referee": {k: v for k, v in referee.to_map().items() if k != "cuid"},
         "deadline": date_ms + life_ms,
         "date": date_ms,
@@ -145,8 +145,11 @@ def _check_path(path: Any, kind: str) -> None:
         raise _bad("path", f"must be a list of 2 to {MAX_DEPTH + 1} users")
     users = []
     for at, hop in enumerate(path):
-        if not isinstance(hop, dict) or set(hop) != {"cuid", "agent", "tally"}:
-            raise _bad(f"path[{at}]", "must be a map of exactly agent, cuid, tally")
+        fields = {"cuid", "agent", "tally"}
+        if not isinstance(hop, dict) or not fields <= set(hop) <= fields | ADDRESS_FIELDS:
+            raise _bad(f"path[{at}]", "must be a map of exactly agent, cuid, tally (and "
+                       "optionally host, port)")
+        check_where(hop, f"lift record path[{at}]")
         try:
             address = ChipAddress.from_map({"cuid": hop["cuid"], "agent": hop["agent"]})
         except IdentityError as exc:
@@ -209,7 +212,10 @@ def _signed_by(public: bytes, signature: bytes, message: bytes) -> bool:
 
 
 def _address(hop: dict[str, Any]) -> ChipAddress:
-    return ChipAddress(agent=hop["agent"], cuid=hop["cuid"])
+    """A path entry as a recipient: its user, and where its node listens when the route
+    said (so a referee reaches nodes it never talked to)."""
+    return ChipAddress(agent=hop["agent"], cuid=hop["cuid"], host=hop.get("host"),
+                       port=hop.get("port"))
 
 
 def _same(address: ChipAddress, hop: dict[str, Any]) -> bool:
@@ -332,8 +338,9 @@ def decide(
 
 
 def _decision_to(agent: str, record: dict[str, Any], decision: dict[str, Any]) -> Send:
-    return Send(ChipAddress(agent=agent), "lift", "decision", {"record": record,
-                                                                "decision": decision})
+    where = next((hop for hop in record["path"] if hop["agent"] == agent), {"agent": agent})
+    to = ChipAddress(agent=agent, host=where.get("host"), port=where.get("port"))
+    return Send(to, "lift", "decision", {"record": record, "decision": decision})
 
 
 def check_decision(decision: Any, record: dict[str, Any]) -> str:

@@ -56,6 +56,18 @@ KINDS = ("linear", "circular")
 MAX_DEPTH = 32  # hops: bounds every path a stranger can make us carry
 _QUERY_FIELDS = {"query", "kind", "find", "units", "path", "depth", "deadline", "origin"}
 _HOP_FIELDS = {"cuid", "agent", "tally", "capacity"}
+ADDRESS_FIELDS = {"host", "port"}  # where a path entry's node listens, when its sender knew
+
+
+def check_where(value: dict[str, Any], where: str) -> None:
+    """An optional ``host`` and ``port`` (both or neither) in a user's map."""
+    if not ADDRESS_FIELDS & set(value):
+        return
+    host, port = value.get("host"), value.get("port")
+    if not isinstance(host, str) or not 1 <= len(host) <= 255:
+        raise Refusal("bad_field", f"{where}.host must be a host name or address")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise Refusal("bad_field", f"{where}.port must be a port number")
 
 
 def hop_capacity(kind: str, *, balance: int, partner_limit: int, lift_out: int) -> int:
@@ -105,7 +117,10 @@ def _user(address: ChipAddress | dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _entry(user: ChipAddress, tally: str | None, capacity: int | None) -> dict[str, Any]:
-    return {"cuid": user.cuid, "agent": user.agent, "tally": tally, "capacity": capacity}
+    """A path entry: the user, where its node listens (when known), the hop onward."""
+    where = {} if user.host is None else {"host": user.host, "port": user.port}
+    return {"cuid": user.cuid, "agent": user.agent, **where, "tally": tally,
+            "capacity": capacity}
 
 
 def _good(query: str, path: list[dict[str, Any]]) -> dict[str, Any]:
@@ -191,8 +206,11 @@ def _integer(value: Any, where: str, low: int, high: int) -> None:
 
 
 def _user_map(value: Any, where: str, names: set[str]) -> None:
-    if not isinstance(value, dict) or set(value) != names:
-        raise Refusal("bad_field", f"{where} must be a map of exactly {sorted(names)}")
+    """A user's map of exactly ``names``, plus an optional ``host`` and ``port`` of its node."""
+    if not isinstance(value, dict) or not names <= set(value) <= names | ADDRESS_FIELDS:
+        raise Refusal("bad_field", f"{where} must be a map of exactly {sorted(names)}"
+                      " (and optionally host, port)")
+    check_where(value, where)
     try:
         address = ChipAddress.from_map({"cuid": value["cuid"], "agent": value["agent"]})
     except IdentityError as exc:
@@ -252,8 +270,8 @@ def forward(
     if len(path) < obj["depth"]:
         for cand in usable:
             if _user(cand.partner) == find:
-                found = ChipAddress(agent=find[1], cuid=find[0])
-                route = [*path, _entry(here, cand.tally, cand.capacity), _entry(found, None, None)]
+                route = [*path, _entry(here, cand.tally, cand.capacity),
+                         _entry(cand.partner, None, None)]
                 return Forwarded([_answer(obj, here, "good", _good(obj["query"], route))])
     sends = []
     if len(path) + 1 < obj["depth"]:
@@ -329,7 +347,8 @@ class Search:
             path = good["path"]
             key = tuple((hop["cuid"], hop["agent"], hop["tally"]) for hop in path)
             routes.setdefault(key, {
-                "path": [{"cuid": hop["cuid"], "agent": hop["agent"]} for hop in path],
+                "path": [{key: hop[key] for key in ("cuid", "agent", "host", "port")
+                          if key in hop} for hop in path],
                 "hops": [{"tally": hop["tally"], "capacity": hop["capacity"]} for hop in path[:-1]],
                 "capacity": good["capacity"],
             })

@@ -23,9 +23,11 @@ offers next). Closing: ``close`` moves both holders to ``C.open``, where no chit
 balance's magnitude, and :func:`settle` ends it at ``close`` once the balance is zero and the
 chain is quiet.
 
-Every transition returns ``(LocalTally, messages)``; a message is
-``{"target": "tally", "action": ..., "object": ...}`` addressed to the tally partner (the
-subject's ``ticket`` request goes to ``ticket["chad"]``).
+Every transition returns ``(LocalTally, sends)``: typed ``protocol.messages.Send`` events with
+target ``tally``, each naming its recipient, the tally partner (``LocalTally.partner``), and
+its sender, our user (``LocalTally.cuid``). The subject's ``ticket`` request goes to
+``ticket["chad"]``. :func:`to_partner` builds such a ``Send`` for ``protocol.chit`` and
+``protocol.chain`` too.
 
 Refusal codes: ``bad_state``, ``bad_field``, ``bad_signature``, ``bad_key`` (a signing key
 that is not the user's), ``bad_ticket``, ``expired``, ``not_addressed`` (a tally that does not
@@ -35,7 +37,8 @@ Public API:
 
 - ``Refusal(code, message)`` — a reasoned "no"; also used by ``protocol.chit`` and ``.chain``.
 - ``LocalTally(side, state, tally)`` with ``to_map()/from_map()``, ``.uuid``, ``.partner_side``,
-  ``.partner`` (the partner's ``ChipAddress``).
+  ``.partner`` (the partner's ``ChipAddress``), ``.cuid`` (our user's).
+- ``to_partner(local, target, action, obj)`` — a ``Send`` from our user to the partner.
 - ``make_cert(address, name, public, date_ms)`` / ``check_cert(cert, where)`` — user certificates.
 - ``make_ticket`` / ``check_ticket`` / ``encode_ticket`` / ``decode_ticket`` — invitations.
 - ``core_digest(tally)`` — the digest both users sign; ``chain_origin(local)`` — block 0 hash.
@@ -43,7 +46,7 @@ Public API:
 - ``other_side(side)``; constants ``STOCK``, ``FOIL``, the state codes, ``TRANSITIONS``,
   ``BINDING_STATES`` (signed by both), ``MAX_UNITS``, ``MAX_MEMO``.
 - User events: ``invite``, ``edit``, ``offer``, ``accept``, ``refuse``, ``counter``, ``close``;
-  ``ticket_request`` builds the subject's request (no state).
+  ``ticket_request`` builds the subject's request, a ``Send`` (no state).
 - Peer events: ``receive_ticket``, ``receive_offer``, ``receive_open``, ``receive_void``,
   ``receive_draft``, ``receive_close``.
 - Node events: ``delivered``, ``rejected``, ``settle``, ``reopen``; ``follow`` applies the
@@ -61,6 +64,7 @@ from typing import Any
 from .codec import CodecError, canonical, digest, unpack
 from .errors import Refusal  # tally refusals use lower-case codes
 from .keys import ChipAddress, IdentityError, SigningKey, b64u, unb64u, verify
+from .messages import Send
 
 STOCK = "stock"
 FOIL = "foil"
@@ -150,7 +154,7 @@ _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 _TICKET_FIELDS = {"token", "chad", "expires", "reuse"}
 
 
-Step = tuple["LocalTally", list[dict[str, Any]]]
+Step = tuple["LocalTally", list[Send]]
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,11 @@ class LocalTally:
         if cert is None:
             raise Refusal("bad_state", f"tally {self.uuid} has no partner yet")
         return ChipAddress.from_map(cert["chad"])
+
+    @property
+    def cuid(self) -> str:
+        """Our user, who sends this holder's messages (from our certificate)."""
+        return self.tally[self.side]["cert"]["chad"]["cuid"]
 
     def to_map(self) -> dict[str, Any]:
         return {"side": self.side, "state": self.state, "tally": self.tally}
@@ -333,13 +342,18 @@ def _next(state: str | None, event: str) -> str:
         raise Refusal("bad_state", f"cannot {event} a tally in state {state or 'none'}") from None
 
 
-def _message(action: str, obj: dict[str, Any]) -> dict[str, Any]:
-    return {"target": "tally", "action": action, "object": obj}
+def to_partner(local: LocalTally, target: str, action: str, obj: dict[str, Any]) -> Send:
+    """A message from our user to the tally partner (whose certificate must be present)."""
+    return Send(local.partner, target, action, obj, from_cuid=local.cuid)
 
 
-def _notice(local: LocalTally, action: str) -> dict[str, Any]:
+def _message(local: LocalTally, action: str, obj: dict[str, Any]) -> Send:
+    return to_partner(local, "tally", action, obj)
+
+
+def _notice(local: LocalTally, action: str) -> Send:
     """A short message that names the tally revision it is about."""
-    return _message(action, {"uuid": local.uuid, "version": local.tally["version"]})
+    return _message(local, action, {"uuid": local.uuid, "version": local.tally["version"]})
 
 
 def _check_notice(local: LocalTally, obj: Any, version: int) -> None:
@@ -408,7 +422,7 @@ def offer(local: LocalTally, key: SigningKey) -> Step:
     if local.tally[local.partner_side]["cert"] is None:
         raise Refusal("bad_state", f"tally {local.uuid} has no partner to offer it to")
     tally = _signed(local.tally, local.side, key)
-    return replace(local, state=state, tally=tally), [_message("offer", tally)]
+    return replace(local, state=state, tally=tally), [_message(local, "offer", tally)]
 
 
 def receive_offer(
@@ -450,7 +464,7 @@ def accept(local: LocalTally, key: SigningKey) -> Step:
     """Sign the partner's offer and send the fully signed tally back (``open``)."""
     state = _next(local.state, "accept")
     tally = _signed(local.tally, local.side, key)
-    return replace(local, state=state, tally=tally), [_message("open", tally)]
+    return replace(local, state=state, tally=tally), [_message(local, "open", tally)]
 
 
 def refuse(local: LocalTally) -> Step:
@@ -499,7 +513,7 @@ def receive_draft(local: LocalTally, obj: Any) -> Step:
 def close(local: LocalTally) -> Step:
     """Ask to close: from now on no chit may raise the balance's magnitude."""
     state = _next(local.state, "close")
-    return replace(local, state=state), [_message("close", {"uuid": local.uuid})]
+    return replace(local, state=state), [_message(local, "close", {"uuid": local.uuid})]
 
 
 def receive_close(local: LocalTally, obj: Any) -> Step:
@@ -614,12 +628,14 @@ def decode_ticket(text: str) -> dict[str, Any]:
     return ticket
 
 
-def ticket_request(ticket: dict[str, Any], cert: dict[str, Any], now_ms: int) -> dict[str, Any]:
-    """The subject's ``ticket`` message (send it to ``ticket["chad"]``)."""
+def ticket_request(ticket: dict[str, Any], cert: dict[str, Any], now_ms: int) -> Send:
+    """The subject's ``ticket`` message, from the user of ``cert`` to the inviter at
+    ``ticket["chad"]``."""
     if now_ms >= ticket["expires"]:
         raise Refusal("expired", f"the ticket expired at {ticket['expires']}")
     check_cert(cert, "cert")
-    return _message("ticket", {"token": ticket["token"], "cert": cert})
+    return Send(ChipAddress.from_map(ticket["chad"]), "tally", "ticket",
+                {"token": ticket["token"], "cert": cert}, from_cuid=cert["chad"]["cuid"])
 
 
 def receive_ticket(

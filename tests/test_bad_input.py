@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import struct
 
 import pytest
 import trio
 
-from agentd.runtime.transport import Hello
+from agentd.bench.rogue import Rogue
+from agentd.runtime.transport import PIPELINE, Hello
 from protocol.codec import pack, unpack
 from protocol.envelope import Ack, parse_frame
 from protocol.frames import FrameDecoder, encode_frame
@@ -88,7 +90,8 @@ async def assert_node_healthy(net) -> None:
 
 @pytest.fixture
 async def net(tmp_path):
-    async with network(tmp_path, n=2, handshake_timeout=0.5) as net:
+    # defer_accept 0: silent sockets reach the node, whose own handshake limits are tested here
+    async with network(tmp_path, n=2, handshake_timeout=0.5, defer_accept=0) as net:
         yield net
 
 
@@ -299,3 +302,40 @@ async def test_a_bug_in_the_frame_path_closes_only_that_channel(net, monkeypatch
     await wait_for(lambda: node.counters.rejected["internal_error"] == 1)
     monkeypatch.undo()
     await assert_node_healthy(net)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_DEFER_ACCEPT"), reason="Linux TCP_DEFER_ACCEPT")
+async def test_silent_connections_wait_in_the_kernel(tmp_path):
+    """With ``defer_accept`` the node never accepts a socket that has sent nothing: 200 of
+    them take no handshake slot and evict nothing, and a peer's handshake passes at once."""
+    async with network(tmp_path, n=2, defer_accept=3600) as net:
+        node, peer = net.nodes
+        streams = [await trio.open_tcp_stream("127.0.0.1", node.port) for _ in range(200)]
+        result = await peer.rpc.call("peers.ping", {"agent": node.agent_id})
+        assert len(result["rtt_ms"]) == 1  # peer dialled node: an inbound handshake there
+        assert not node.peers.channel_for(peer.agent_id).outbound
+        info = await node.rpc.call("getinfo", {})
+        assert info["counters"]["handshakes_in_progress"] == 0
+        assert info["counters"]["rejected"] == {}
+        for stream in streams:
+            await stream.aclose()
+
+
+async def test_a_strangers_flood_is_processed_a_few_messages_at_a_time(tmp_path):
+    """``stranger_pipeline``: a stranger's channel holds that many messages in processing
+    (then stops reading); a peer we know gets the full pipeline. Nothing is lost: the whole
+    flood is acked, and the known peer's ping passes meanwhile."""
+    async with network(tmp_path, n=2, stranger_pipeline=4) as net:
+        node, peer = net.nodes
+        rogue = await Rogue.join(node.port, node.agent_id)
+        sent = [rogue.envelope(node.agent_id) for _ in range(300)]
+        await rogue.send_frames([pack(message) for message in sent])
+        result = await peer.rpc.call("peers.ping", {"agent": node.agent_id})
+        assert len(result["rtt_ms"]) == 1
+        assert node.peers.channel_for(rogue.agent).pipeline == 4
+        assert node.peers.channel_for(peer.agent_id).pipeline == PIPELINE
+        acked: set[bytes] = set()
+        while len(acked) < len(sent):
+            acked |= {frame.ack for frame in await rogue.receive() if isinstance(frame, Ack)}
+        assert acked == {message["id"] for message in sent}
+        await rogue.aclose()

@@ -14,6 +14,8 @@ from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
 from protocol.codec import pack, unpack
+from protocol.keys import ChipAddress
+from protocol.messages import Send
 from tests.test_credit_tally import ALICE, BOB, MALLORY, NOW, negotiate, refusal
 
 LIMIT = 10_000
@@ -30,13 +32,13 @@ class Holder:
         self.key = key
         self.chain = ch.start(local)
         self.chits: dict[str, c.LocalChit] = {}
-        self.notices: list[dict[str, Any]] = []  # pend and void: the outbox retries them
+        self.notices: list[Send] = []  # pend and void: the outbox retries them
 
     @property
     def side(self) -> str:
         return self.local.side
 
-    def pay(self, chit_uuid: str, units: int) -> list[dict[str, Any]]:
+    def pay(self, chit_uuid: str, units: int) -> list[Send]:
         paid, _ = c.pay(
             self.local,
             self.key,
@@ -47,7 +49,7 @@ class Holder:
         )
         return self._good(paid)
 
-    def invoice(self, chit_uuid: str, units: int) -> list[dict[str, Any]]:
+    def invoice(self, chit_uuid: str, units: int) -> list[Send]:
         drafted, messages = c.invoice(
             self.local,
             chit_uuid=chit_uuid,
@@ -59,7 +61,7 @@ class Holder:
         self.notices += messages
         return messages
 
-    def answer(self, chit_uuid: str, *, agree: bool) -> list[dict[str, Any]]:
+    def answer(self, chit_uuid: str, *, agree: bool) -> list[Send]:
         owed = self.chits[chit_uuid]
         if agree:
             paid, _ = c.accept(owed, self.local, self.key, balance=ch.balance(self.chain))
@@ -68,10 +70,10 @@ class Holder:
         self.notices += messages
         return messages
 
-    def receive(self, message: dict[str, Any]) -> list[dict[str, Any]]:
+    def receive(self, message: Send) -> list[Send]:
         """Handle one message; a chit event that no longer applies is refused as ``bad_state``
         (the sender's duplicate or a copy the chain delivered first)."""
-        action, obj = message["action"], unpack(pack(message["object"]))
+        action, obj = message.action, unpack(pack(message.object))
         if action == "chain":
             received = ch.receive(self.chain, obj, self.local)
             self.chain = received.chain
@@ -91,15 +93,15 @@ class Holder:
             assert refused.code == "bad_state", refused
             return []
         self.chits[good.uuid] = good
-        self.chain, messages = ch.add(self.chain, good.chit)
+        self.chain, messages = ch.add(self.chain, good.chit, self.local)
         return messages
 
     def _receive_good(self, chit: dict[str, Any]) -> c.LocalChit:
         return c.receive_good(self.chits.get(chit["uuid"]), chit, self.local)[0]
 
-    def _good(self, paid: c.LocalChit) -> list[dict[str, Any]]:
+    def _good(self, paid: c.LocalChit) -> list[Send]:
         self.chits[paid.uuid] = paid
-        self.chain, messages = ch.add(self.chain, paid.chit)
+        self.chain, messages = ch.add(self.chain, paid.chit, self.local)
         return messages
 
 
@@ -109,7 +111,7 @@ class Pair:
     def __init__(self) -> None:
         self.stock = Holder(ALICE_TALLY, ALICE.key)
         self.foil = Holder(BOB_TALLY, BOB.key)
-        self.queue: list[tuple[Holder, dict[str, Any]]] = []
+        self.queue: list[tuple[Holder, Send]] = []
         self.serial = 0
 
     def other(self, holder: Holder) -> Holder:
@@ -119,8 +121,15 @@ class Pair:
         self.serial += 1
         return f"00000000-0000-4000-8000-{self.serial:012x}"
 
-    def post(self, sender: Holder, messages: list[dict[str, Any]]) -> None:
-        self.queue += [(self.other(sender), message) for message in messages]
+    def post(self, sender: Holder, messages: list[Send]) -> None:
+        """Queue ``messages`` for the sender's partner: each must name that partner's user
+        (with where its agent listens) as recipient and the sender's user as sender."""
+        receiver = self.other(sender)
+        address = ChipAddress.from_map(receiver.local.tally[receiver.side]["cert"]["chad"])
+        for message in messages:
+            assert (message.to, message.from_cuid) == (address, sender.local.cuid), message
+            assert message.target == "chit"
+        self.queue += [(receiver, message) for message in messages]
 
     def deliver(self, position: int = 0) -> None:
         receiver, message = self.queue.pop(position)
@@ -141,7 +150,7 @@ class Pair:
         self.drain()
         for rounds in range(100):
             for holder in (self.stock, self.foil):
-                self.post(holder, ch.resync(holder.chain))
+                self.post(holder, ch.resync(holder.chain, holder.local))
             if not self.queue:
                 return rounds
             self.drain()
@@ -167,7 +176,7 @@ class Pair:
             assert ours.state[1:] == theirs.state[1:]
 
 
-def one(messages: list[dict[str, Any]]) -> dict[str, Any]:
+def one(messages: list[Send]) -> Send:
     [message] = messages
     return message
 
@@ -177,8 +186,8 @@ def command(cmd: str, **fields: Any) -> dict[str, Any]:
     return {"cmd": cmd, "tally": ALICE_TALLY.uuid, **fields}
 
 
-def chain_cmd(message: dict[str, Any]) -> str:
-    return message["object"]["cmd"] if message["action"] == "chain" else message["action"]
+def chain_cmd(message: Send) -> str:
+    return message.object["cmd"] if message.action == "chain" else message.action
 
 
 # -- the two basic flows --------------------------------------------------------------------------
@@ -195,13 +204,13 @@ def test_a_chain_starts_at_the_tally_digest_once_both_have_signed() -> None:
 def test_a_foil_payment_travels_with_its_block_and_is_confirmed_both_ways() -> None:
     pair = Pair()
     good = one(pair.foil.pay(pair.next_uuid(), 300))
-    block = good["object"]["chain"]
+    block = good.object["chain"]
     origin = pair.foil.chain.origin
-    assert (good["action"], block["index"], block["prev"]) == ("good", 1, origin)
-    assert block["hash"] == ch.block_hash(1, origin, good["object"]["hash"])
+    assert (good.action, block["index"], block["prev"]) == ("good", 1, origin)
+    assert block["hash"] == ch.block_hash(1, origin, good.object["hash"])
 
     ack = one(pair.stock.receive(good))
-    assert (chain_cmd(ack), ack["object"]["index"]) == ("ack", 1)
+    assert (chain_cmd(ack), ack.object["index"]) == ("ack", 1)
     assert pair.stock.chain.length == 1 and not ch.settled(pair.stock.chain)
     echo = one(pair.foil.receive(ack))
     assert (chain_cmd(echo), pair.foil.chain.conf) == ("ack", 1)
@@ -214,12 +223,12 @@ def test_a_foil_payment_travels_with_its_block_and_is_confirmed_both_ways() -> N
 def test_a_stock_payment_waits_in_pending_until_the_foil_orders_it() -> None:
     pair = Pair()
     good = one(pair.stock.pay(pair.next_uuid(), 200))
-    assert good["object"]["chain"] is None
+    assert good.object["chain"] is None
     assert pair.stock.chain.length == 0 and len(pair.stock.chain.pending) == 1
     assert ch.balance(pair.stock.chain) == -200  # owed already, ordered or not
     upd = one(pair.foil.receive(good))
     assert chain_cmd(upd) == "upd"
-    assert [chit["chain"]["index"] for chit in upd["object"]["chits"]] == [1]
+    assert [chit["chain"]["index"] for chit in upd.object["chits"]] == [1]
     pair.post(pair.stock, pair.stock.receive(upd))
     assert pair.stock.chain.pending == () and pair.stock.chain.length == 1
     pair.drain()
@@ -235,7 +244,8 @@ def test_many_chits_in_flight_from_both_sides_in_any_order_need_no_resync() -> N
     while pair.queue:
         shuffle(pair.queue)
         pair.deliver()
-    assert ch.resync(pair.stock.chain) == ch.resync(pair.foil.chain) == []
+    for holder in (pair.stock, pair.foil):
+        assert ch.resync(holder.chain, holder.local) == []
     pair.assert_agreed()
     assert pair.foil.chain.length == 80
     assert ch.balance(pair.stock.chain) == 40 * 15 - 40 * 10
@@ -249,10 +259,10 @@ def test_blocks_that_arrive_early_wait_for_the_gap_to_fill() -> None:
     goods = [one(pair.foil.pay(pair.next_uuid(), 1)) for _ in range(3)]
     for early in (goods[2], goods[1]):
         req = one(pair.stock.receive(early))
-        assert req["object"] == command("req", index=1)
+        assert req.object == command("req", index=1)
     assert [chit["chain"]["index"] for chit in pair.stock.chain.pending] == [3, 2]
     ack = one(pair.stock.receive(goods[0]))
-    assert (ack["object"]["index"], pair.stock.chain.length) == (3, 3)
+    assert (ack.object["index"], pair.stock.chain.length) == (3, 3)
     assert pair.stock.chain.pending == ()
 
 
@@ -260,20 +270,20 @@ def test_req_is_answered_with_blocks_from_that_index_in_batches() -> None:
     pair = Pair()
     for _ in range(ch.UPD_BATCH + 5):
         pair.foil.pay(pair.next_uuid(), 1)
-    upd = one(ch.receive(pair.foil.chain, command("req", index=3), BOB_TALLY).messages)["object"]
+    upd = one(ch.receive(pair.foil.chain, command("req", index=3), BOB_TALLY).messages).object
     assert [chit["chain"]["index"] for chit in upd["chits"]] == list(range(3, 3 + ch.UPD_BATCH))
     beyond = command("req", index=pair.foil.chain.length + 1)
     assert ch.receive(pair.foil.chain, beyond, BOB_TALLY).messages == []
-    assert len(one(ch.resync(pair.foil.chain))["object"]["chits"]) == ch.UPD_BATCH
+    assert len(one(ch.resync(pair.foil.chain, pair.foil.local)).object["chits"]) == ch.UPD_BATCH
 
 
 def test_a_lost_stock_payment_reaches_the_foil_through_new() -> None:
     pair = Pair()
     paid_uuid = pair.next_uuid()
     pair.stock.pay(paid_uuid, 50)  # the good message is lost
-    new = one(ch.resync(pair.stock.chain))
+    new = one(ch.resync(pair.stock.chain, pair.stock.local))
     assert chain_cmd(new) == "new"
-    received = ch.receive(pair.foil.chain, new["object"], BOB_TALLY)
+    received = ch.receive(pair.foil.chain, new.object, BOB_TALLY)
     assert [chit["uuid"] for chit in received.adopted] == [paid_uuid]
     pair.post(pair.stock, [new])
     pair.drain()
@@ -286,7 +296,7 @@ def test_a_lost_foil_payment_reaches_the_stock_through_upd() -> None:
     pair = Pair()
     paid_uuid = pair.next_uuid()
     pair.foil.pay(paid_uuid, 70)  # lost
-    assert ch.resync(pair.stock.chain) == []  # the stock cannot know
+    assert ch.resync(pair.stock.chain, pair.stock.local) == []  # the stock cannot know
     assert pair.recover() == 1
     assert pair.stock.chits[paid_uuid].state == c.A_GOOD
     pair.assert_agreed()
@@ -311,7 +321,7 @@ def test_lost_acks_are_sent_again_and_duplicates_change_nothing() -> None:
     pair.stock.receive(good)  # its ack is lost
     assert pair.stock.receive(good) == []  # a duplicate good is refused as bad_state
     assert pair.foil.chain.conf == 0
-    ack = one(ch.resync(pair.stock.chain))
+    ack = one(ch.resync(pair.stock.chain, pair.stock.local))
     assert chain_cmd(ack) == "ack"
     echo = one(pair.foil.receive(ack))
     assert one(pair.foil.receive(ack)) == echo  # a repeated ack is answered the same way
@@ -328,9 +338,9 @@ def test_a_restored_foil_and_a_stale_stock_are_repaired_by_nak_and_req() -> None
     ack = one(pair.stock.receive(upd))  # the stock links the stock chit at 1
     pair.foil.chain, pair.foil.chits = backup  # ... and the foil forgets it
     nak = one(pair.foil.receive(ack))
-    assert (chain_cmd(nak), nak["object"]["index"]) == ("nak", 0)
+    assert (chain_cmd(nak), nak.object["index"]) == ("nak", 0)
     req = one(pair.stock.receive(nak))
-    assert (chain_cmd(req), req["object"]["index"], pair.stock.chain.length) == ("req", 1, 0)
+    assert (chain_cmd(req), req.object["index"], pair.stock.chain.length) == ("req", 1, 0)
     good = one(pair.foil.pay(pair.next_uuid(), 4))  # the foil orders its own chit at 1
     pair.post(pair.foil, [good])
     pair.post(pair.stock, [req])
@@ -357,15 +367,15 @@ def test_contradicting_a_confirmed_block_is_a_conflict() -> None:
     pair.post(pair.foil, [first])
     pair.drain()
     assert pair.stock.chain.conf == 1
-    rival = one(Pair().foil.pay(pair.next_uuid(), 2))["object"]  # another chit at 1
-    assert refusal(ch.add, pair.stock.chain, rival).code == "conflict"
+    rival = one(Pair().foil.pay(pair.next_uuid(), 2)).object  # another chit at 1
+    assert refusal(ch.add, pair.stock.chain, rival, ALICE_TALLY).code == "conflict"
     upd = command("upd", chits=[rival], conf=0)
     assert refusal(ch.receive, pair.stock.chain, upd, ALICE_TALLY).code == "conflict"
 
 
 def test_a_forged_or_altered_chit_in_a_chain_message_is_refused() -> None:
     pair = Pair()
-    good = one(pair.foil.pay(pair.next_uuid(), 5))["object"]
+    good = one(pair.foil.pay(pair.next_uuid(), 5)).object
     upd = command("upd", chits=[good], conf=0)
 
     def refused(chit: dict[str, Any]) -> t.Refusal:
@@ -375,7 +385,7 @@ def test_a_forged_or_altered_chit_in_a_chain_message_is_refused() -> None:
     wrong_block = {**good, "chain": {**good["chain"], "index": 2}}
     assert refused(wrong_block).message.endswith("not its block hash")
     assert refused({**good, "sign": MALLORY.key.sign(good["hash"])}).code == "bad_signature"
-    pair.stock.receive({"target": "chit", "action": "good", "object": good})
+    pair.stock.receive(t.to_partner(BOB_TALLY, "chit", "good", good))
     altered = {**good, "memo": "changed"}
     altered["hash"] = c.chit_hash(altered)
     assert refused(altered).code == "conflict"
@@ -422,9 +432,9 @@ def test_add_refuses_a_chit_twice_or_for_another_tally() -> None:
     chit_uuid = pair.next_uuid()
     pair.foil.pay(chit_uuid, 5)
     chit = pair.foil.chits[chit_uuid].chit
-    assert refusal(ch.add, pair.foil.chain, chit).code == "bad_state"
+    assert refusal(ch.add, pair.foil.chain, chit, BOB_TALLY).code == "bad_state"
     elsewhere = ch.Chain(tally=pair.next_uuid(), side=t.FOIL, origin=bytes(32))
-    assert refusal(ch.add, elsewhere, chit).code == "bad_field"
+    assert refusal(ch.add, elsewhere, chit, BOB_TALLY).code == "bad_field"
 
 
 def test_a_chain_survives_storage() -> None:
@@ -514,7 +524,7 @@ class LossyExchange(RuleBasedStateMachine):
     @rule(side=SIDES)
     def resync(self, side: str) -> None:
         holder = self.holder(side)
-        self.pair.post(holder, ch.resync(holder.chain))
+        self.pair.post(holder, ch.resync(holder.chain, holder.local))
 
     @invariant()
     def the_stock_chain_is_a_prefix_of_the_foils(self) -> None:

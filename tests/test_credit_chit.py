@@ -10,6 +10,7 @@ import pytest
 from protocol import chit as c
 from protocol import tally as t
 from protocol.codec import pack, unpack
+from protocol.messages import Send
 from tests.test_credit_tally import (
     ALICE,
     BOB,
@@ -159,7 +160,7 @@ def test_a_payment_with_a_bad_ref_is_refused_naming_it() -> None:
 # -- invoices -------------------------------------------------------------------------------------
 
 
-def invoice(units: int = 700, *, balance: int = 0) -> tuple[c.LocalChit, dict[str, Any]]:
+def invoice(units: int = 700, *, balance: int = 0) -> tuple[c.LocalChit, Send]:
     """Alice (stock) invoices Bob (foil): (Alice's chit, the pend message)."""
     drafted, [pend] = c.invoice(
         ALICE_TALLY, chit_uuid=uuid_of(7), units=units, date_ms=NOW, balance=balance, memo="bill"
@@ -169,9 +170,10 @@ def invoice(units: int = 700, *, balance: int = 0) -> tuple[c.LocalChit, dict[st
 
 def test_an_invoice_paid() -> None:
     drafted, pend = invoice()
-    assert (drafted.state, pend["action"]) == (c.A_PEND, "pend")
-    assert (pend["object"]["by"], pend["object"]["sign"]) == (t.FOIL, None)
-    owed, messages = c.receive_pend(None, unpack(pack(pend["object"])), BOB_TALLY)
+    assert (drafted.state, pend.action) == (c.A_PEND, "pend")
+    assert (pend.to, pend.target, pend.from_cuid) == (BOB.address, "chit", "alice")
+    assert (pend.object["by"], pend.object["sign"]) == (t.FOIL, None)
+    owed, messages = c.receive_pend(None, unpack(pack(pend.object)), BOB_TALLY)
     assert (owed.state, messages) == (c.L_PEND, [])
     paid, messages = c.accept(owed, BOB_TALLY, BOB.key, balance=0)
     assert (paid.state, messages) == (c.L_GOOD, [])
@@ -184,15 +186,12 @@ def test_an_invoice_paid() -> None:
 
 def test_an_invoice_refused() -> None:
     drafted, pend = invoice()
-    owed, _ = c.receive_pend(None, pend["object"], BOB_TALLY)
+    owed, _ = c.receive_pend(None, pend.object, BOB_TALLY)
     refused, [void] = c.refuse(owed, BOB_TALLY)
     assert refused.state == c.L_VOID
-    assert void == {
-        "target": "chit",
-        "action": "void",
-        "object": {"tally": TALLY_UUID, "uuid": drafted.uuid},
-    }
-    voided, _ = c.receive_void(drafted, void["object"], ALICE_TALLY)
+    notice = {"tally": TALLY_UUID, "uuid": drafted.uuid}
+    assert void == Send(ALICE.address, "chit", "void", notice, from_cuid="bob")
+    voided, _ = c.receive_void(drafted, void.object, ALICE_TALLY)
     assert voided.state == c.A_VOID
     another = {"tally": TALLY_UUID, "uuid": uuid_of(8)}
     assert code_of(c.receive_void, drafted, another, ALICE_TALLY) == "bad_field"
@@ -201,7 +200,7 @@ def test_an_invoice_refused() -> None:
 def test_invoices_respect_the_payees_limit_when_made_and_when_paid() -> None:
     assert refusal(invoice, 10_001).code == "over_limit"
     _, pend = invoice(4_000)
-    owed, _ = c.receive_pend(None, pend["object"], BOB_TALLY)
+    owed, _ = c.receive_pend(None, pend.object, BOB_TALLY)
     # Meanwhile Bob came to owe 7_000: paying 4_000 more would pass Alice's limit.
     assert refusal(c.accept, owed, BOB_TALLY, BOB.key, balance=-7_000).code == "over_limit"
     assert refusal(c.accept, owed, BOB_TALLY, ALICE.key, balance=0).code == "bad_key"
@@ -209,7 +208,7 @@ def test_invoices_respect_the_payees_limit_when_made_and_when_paid() -> None:
 
 def test_an_invoice_must_be_in_the_payers_name_unsigned_and_unchained() -> None:
     _, pend = invoice()
-    chit = pend["object"]
+    chit = pend.object
     mine = {**chit, "by": t.STOCK}
     mine["hash"] = c.chit_hash(mine)
     assert refusal(c.receive_pend, None, mine, BOB_TALLY).message.startswith("chit.by")
@@ -266,11 +265,11 @@ def test_on_a_closing_tally_no_chit_may_raise_the_balances_magnitude() -> None:
 
 def test_chit_events_outside_the_table_are_refused() -> None:
     drafted, pend = invoice()
-    owed, _ = c.receive_pend(None, pend["object"], BOB_TALLY)
+    owed, _ = c.receive_pend(None, pend.object, BOB_TALLY)
     paid, _ = c.accept(owed, BOB_TALLY, BOB.key, balance=0)
     assert refusal(c.accept, paid, BOB_TALLY, BOB.key, balance=0).code == "bad_state"
     assert refusal(c.refuse, paid, BOB_TALLY).code == "bad_state"
-    assert refusal(c.receive_pend, owed, pend["object"], BOB_TALLY).code == "bad_state"
+    assert refusal(c.receive_pend, owed, pend.object, BOB_TALLY).code == "bad_state"
     assert refusal(c.accept, drafted, ALICE_TALLY, ALICE.key, balance=0).code == "bad_state"
     voided = c.LocalChit(c.A_VOID, drafted.chit)
     assert refusal(c.receive_good, voided, paid.chit, ALICE_TALLY).code == "bad_state"

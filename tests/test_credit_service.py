@@ -369,14 +369,16 @@ def test_the_ledger_stores_chains_row_by_row_and_rebuilds_them_after_a_rollback(
     def pay(holding, key, count):
         paid = [c.pay(holding.local, key, chit_uuid=str(uuid.uuid4()), units=5, date_ms=3,
                       balance=0)[0] for _ in range(count)]
-        chain, messages = ch.add_many(holding.chain, [chit.chit for chit in paid])
+        chain, messages = ch.add_many(holding.chain, [chit.chit for chit in paid], holding.local)
         delta = -5 * count
         return ledger.save(conn, holding, 3, chain=chain, balance_delta=delta, fresh=paid), messages
 
     def receive(holding, messages):
         replies = []
-        for message in messages:
-            got = ch.receive(holding.chain, unpack(pack(message["object"])), holding.local)
+        for message in messages:  # from the partner's user to ours
+            sender = holding.local.partner.cuid
+            assert (message.to.cuid, message.from_cuid) == (holding.cuid, sender)
+            got = ch.receive(holding.chain, unpack(pack(message.object)), holding.local)
             adopted = [c.receive_good(None, chit, holding.local)[0] for chit in got.adopted]
             holding = ledger.save(conn, holding, 4, chain=got.chain, fresh=adopted,
                                   balance_delta=5 * len(adopted))
@@ -628,15 +630,16 @@ def test_chain_add_many_batches_what_add_would_send_one_by_one():
     chits = [c.pay(pair.foil.local, BOB.key, chit_uuid=pair.next_uuid(), units=1, date_ms=1,
                    balance=0)[0] for _ in range(250)]
     pair.foil.chits.update({chit.uuid: chit for chit in chits})
-    pair.foil.chain, messages = ch.add_many(pair.foil.chain, [chit.chit for chit in chits])
-    assert [len(m["object"]["chits"]) for m in messages] == [100, 100, 50]
-    assert {m["object"]["cmd"] for m in messages} == {"upd"}
+    pair.foil.chain, messages = ch.add_many(pair.foil.chain, [chit.chit for chit in chits],
+                                              pair.foil.local)
+    assert [len(m.object["chits"]) for m in messages] == [100, 100, 50]
+    assert {m.object["cmd"] for m in messages} == {"upd"}
     pair.post(pair.foil, messages)
     pair.drain()
     pair.assert_agreed()
     assert pair.stock.chain.length == 250
     with pytest.raises(t.Refusal):
-        ch.add_many(pair.stock.chain, [chits[0].chit])  # not the stock user's chit
+        ch.add_many(pair.stock.chain, [chits[0].chit], pair.stock.local)  # the foil user's chit
 
 
 async def test_a_chit_in_flight_when_the_tally_closes_reopens_it(tmp_path):

@@ -15,6 +15,7 @@ import pytest
 from protocol import tally as t
 from protocol.codec import pack, unpack
 from protocol.keys import ChipAddress, SigningKey
+from protocol.messages import Send
 
 NOW = 1_700_000_000_000
 DAY = 86_400_000
@@ -64,14 +65,14 @@ def present(
     subject: Party = BOB,
     *,
     ticket: dict[str, Any] | None = None,
-    request: dict[str, Any] | None = None,
+    request: dict[str, Any] | None = None,  # the ticket request's object
     now_ms: int = NOW,
     new_uuid: str = CLONE_UUID,
     sender: Party | None = None,
 ) -> t.LocalTally:
     """``subject`` presents ``ticket`` (Alice's one-time ticket unless given) to ``template``."""
     ticket = ticket or ticket_for()
-    request = request or t.ticket_request(ticket, subject.cert, NOW)["object"]
+    request = request or t.ticket_request(ticket, subject.cert, NOW).object
     sender_agent = (sender or subject).agent.agent_id
     filled, messages = t.receive_ticket(
         template, ticket, request, now_ms=now_ms, new_uuid=new_uuid, sender_agent=sender_agent
@@ -104,7 +105,7 @@ def offered(limit: int = 10_000, side: str = t.STOCK) -> tuple[t.LocalTally, t.L
     """(Alice in H.offer, Bob in P.offer)."""
     alice, [offer] = t.offer(requested(limit, side), ALICE.key)
     alice, _ = t.delivered(alice)
-    return alice, take_offer(offer["object"])
+    return alice, take_offer(offer.object)
 
 
 def negotiate(limit: int = 10_000, side: str = t.STOCK) -> tuple[t.LocalTally, t.LocalTally]:
@@ -112,7 +113,7 @@ def negotiate(limit: int = 10_000, side: str = t.STOCK) -> tuple[t.LocalTally, t
     alice, bob = offered(limit, side)
     bob, [opened] = t.accept(bob, BOB.key)
     bob, _ = t.delivered(bob)
-    alice, _ = t.receive_open(alice, opened["object"])
+    alice, _ = t.receive_open(alice, opened.object)
     return alice, bob
 
 
@@ -158,39 +159,39 @@ def test_invite_on_the_foil_side() -> None:
 def test_negotiation_opens_both_holders_on_the_same_signed_tally() -> None:
     ticket = ticket_for()
     request = t.ticket_request(ticket, BOB.cert, NOW)
-    assert request == {
-        "target": "tally",
-        "action": "ticket",
-        "object": {"token": ticket["token"], "cert": BOB.cert},
-    }
+    assert request == Send(
+        ALICE.address, "tally", "ticket", {"token": ticket["token"], "cert": BOB.cert}, "bob"
+    )
     alice, _ = t.receive_ticket(
         invited(),
         ticket,
-        request["object"],
+        request.object,
         now_ms=NOW,
         new_uuid=CLONE_UUID,
         sender_agent=BOB.agent.agent_id,
     )
     assert (alice.state, alice.uuid) == (t.P_DRAFT, TALLY_UUID)
-    assert alice.partner == BOB.address
+    assert (alice.partner, alice.cuid) == (BOB.address, "alice")
 
     alice, [offer] = t.offer(alice, ALICE.key)
-    assert (alice.state, offer["action"]) == (t.DRAFT_OFFER, "offer")
-    assert offer["object"]["sign"]["foil"] is None
+    assert (alice.state, offer.action) == (t.DRAFT_OFFER, "offer")
+    assert (offer.to, offer.target, offer.from_cuid) == (BOB.address, "tally", "alice")
+    assert offer.object["sign"]["foil"] is None
     alice, _ = t.delivered(alice)
     assert alice.state == t.H_OFFER
 
-    wire = unpack(pack(offer["object"]))  # what really crosses the network
+    wire = unpack(pack(offer.object))  # what really crosses the network
     bob, messages = t.receive_offer(
         None, wire, holder_cert=BOB.cert, sender_agent=ALICE.agent.agent_id
     )
     assert (bob.state, bob.side, messages) == (t.P_OFFER, t.FOIL, [])
-    assert bob.partner == ALICE.address
+    assert (bob.partner, bob.cuid) == (ALICE.address, "bob")
 
     bob, [opened] = t.accept(bob, BOB.key)
-    assert (bob.state, opened["action"]) == (t.OFFER_OPEN, "open")
+    assert (bob.state, opened.action) == (t.OFFER_OPEN, "open")
+    assert (opened.to, opened.target, opened.from_cuid) == (ALICE.address, "tally", "bob")
     bob, _ = t.delivered(bob)
-    alice, messages = t.receive_open(alice, unpack(pack(opened["object"])))
+    alice, messages = t.receive_open(alice, unpack(pack(opened.object)))
     assert (alice.state, bob.state, messages) == (t.OPEN, t.OPEN, [])
     assert alice.tally == bob.tally
     origin = t.chain_origin(alice)
@@ -227,7 +228,7 @@ def test_a_reusable_ticket_clones_the_draft_for_each_subject() -> None:
 def test_a_ticket_is_refused_when_expired_or_with_the_wrong_token() -> None:
     ticket = ticket_for()
     assert refusal(present, invited(), now_ms=NOW + DAY).code == "expired"
-    guess = {**t.ticket_request(ticket, BOB.cert, NOW)["object"], "token": "guess"}
+    guess = {**t.ticket_request(ticket, BOB.cert, NOW).object, "token": "guess"}
     assert refusal(present, invited(), request=guess).code == "bad_ticket"
     assert refusal(t.ticket_request, ticket, BOB.cert, NOW + DAY).code == "expired"
     t.check_ticket(ticket, "s3cret-token", NOW + DAY - 1)
@@ -242,7 +243,7 @@ def test_a_ticket_request_must_come_from_the_certified_agent_and_not_the_inviter
 def test_a_countered_inviter_does_not_take_a_ticket_again() -> None:
     alice, bob = offered()
     bob, [notice] = t.counter(bob)
-    alice, _ = t.receive_draft(alice, notice["object"])
+    alice, _ = t.receive_draft(alice, notice.object)
     assert alice.state == t.DRAFT  # the same state as a fresh draft, but it has a partner
     assert refusal(present, alice, MALLORY).code == "bad_ticket"
 
@@ -263,10 +264,10 @@ def test_a_ticket_travels_as_one_string() -> None:
 def test_refusing_an_offer_voids_both_sides() -> None:
     alice, bob = offered()
     bob, [notice] = t.refuse(bob)
-    assert (bob.state, notice["action"]) == (t.OFFER_VOID, "void")
-    assert notice["object"] == {"uuid": TALLY_UUID, "version": 1}
+    assert (bob.state, notice.action) == (t.OFFER_VOID, "void")
+    assert notice.object == {"uuid": TALLY_UUID, "version": 1}
     bob, _ = t.delivered(bob)
-    alice, _ = t.receive_void(alice, notice["object"])
+    alice, _ = t.receive_void(alice, notice.object)
     assert alice.state == bob.state == t.VOID
 
 
@@ -275,11 +276,11 @@ def test_a_counter_offer_swaps_who_offers_and_starts_a_new_revision() -> None:
     bob, [notice] = t.counter(bob)
     assert (bob.state, bob.tally["version"]) == (t.OFFER_DRAFT, 2)
     assert bob.tally["sign"] == {"hash": None, "stock": None, "foil": None}
-    assert (notice["action"], notice["object"]) == ("draft", {"uuid": TALLY_UUID, "version": 2})
+    assert (notice.action, notice.object) == ("draft", {"uuid": TALLY_UUID, "version": 2})
     bob, _ = t.delivered(bob)
     assert bob.state == t.P_DRAFT
 
-    alice, _ = t.receive_draft(alice, notice["object"])
+    alice, _ = t.receive_draft(alice, notice.object)
     assert (alice.state, alice.tally["version"]) == (t.DRAFT, 2)
     assert alice.tally["sign"]["stock"] is None
     assert refusal(t.offer, alice, ALICE.key).code == "bad_state"  # Bob holds the pen now
@@ -287,11 +288,11 @@ def test_a_counter_offer_swaps_who_offers_and_starts_a_new_revision() -> None:
     bob, _ = t.edit(bob, limits={t.FOIL: 2_000}, memo="smaller")
     bob, [offer] = t.offer(bob, BOB.key)
     bob, _ = t.delivered(bob)
-    alice = take_offer(offer["object"], ALICE, local=alice, sender=BOB)
+    alice = take_offer(offer.object, ALICE, local=alice, sender=BOB)
     assert (alice.state, alice.side) == (t.P_OFFER, t.STOCK)
     assert alice.tally[t.FOIL]["terms"]["limit"] == 2_000
     alice, [opened] = t.accept(alice, ALICE.key)
-    bob, _ = t.receive_open(bob, opened["object"])
+    bob, _ = t.receive_open(bob, opened.object)
     alice, _ = t.delivered(alice)
     assert alice.state == bob.state == t.OPEN
     assert alice.tally == bob.tally and alice.tally["version"] == 2
@@ -302,21 +303,21 @@ def test_a_counter_offer_that_overtakes_its_notice_is_taken_and_the_notice_refus
     bob, [notice] = t.counter(bob)
     bob, _ = t.delivered(bob)
     bob, [offer] = t.offer(bob, BOB.key)
-    alice = take_offer(offer["object"], ALICE, local=alice, sender=BOB)
+    alice = take_offer(offer.object, ALICE, local=alice, sender=BOB)
     assert alice.state == t.P_OFFER
-    assert refusal(t.receive_draft, alice, notice["object"]).code == "bad_state"
+    assert refusal(t.receive_draft, alice, notice.object).code == "bad_state"
 
 
 def test_a_counter_offer_must_be_a_newer_revision() -> None:
     alice, bob = offered()
     _, [stale] = t.offer(requested(), ALICE.key)  # Alice's own revision-1 offer, replayed
-    replayed = refusal(take_offer, stale["object"], ALICE, local=alice, sender=BOB)
+    replayed = refusal(take_offer, stale.object, ALICE, local=alice, sender=BOB)
     assert replayed.message.startswith("tally.sign.stock")  # it carries our own signature
     bob, _ = t.counter(bob)
     bob, _ = t.delivered(bob)
     bob = t.LocalTally(bob.side, bob.state, {**bob.tally, "version": 1})  # as if never bumped
     _, [old] = t.offer(bob, BOB.key)
-    assert code_of(take_offer, old["object"], ALICE, local=alice, sender=BOB) == "bad_field"
+    assert code_of(take_offer, old.object, ALICE, local=alice, sender=BOB) == "bad_field"
 
 
 def test_a_rejected_offer_lapses_and_can_be_made_again() -> None:
@@ -336,7 +337,7 @@ def test_a_rejected_acceptance_leaves_both_signatures_and_can_be_resent_or_withd
     again, [second] = t.accept(bob, BOB.key)
     assert again.state == t.OFFER_OPEN and second == first  # Ed25519 is deterministic
     withdrawn, [notice] = t.refuse(bob)
-    assert (withdrawn.state, notice["action"]) == (t.OFFER_VOID, "void")
+    assert (withdrawn.state, notice.action) == (t.OFFER_VOID, "void")
 
 
 def test_rejected_refusals_and_counters_settle_where_the_user_can_act() -> None:
@@ -351,16 +352,16 @@ def test_an_offer_received_while_our_offer_is_undelivered() -> None:
     """The partner can answer before our node has seen its ack."""
     alice, [offer] = t.offer(requested(), ALICE.key)
     assert alice.state == t.DRAFT_OFFER
-    bob = take_offer(offer["object"])
+    bob = take_offer(offer.object)
     _, [opened] = t.accept(bob, BOB.key)
-    assert t.receive_open(alice, opened["object"])[0].state == t.OPEN
+    assert t.receive_open(alice, opened.object)[0].state == t.OPEN
     _, [void] = t.refuse(bob)
-    assert t.receive_void(alice, void["object"])[0].state == t.VOID
+    assert t.receive_void(alice, void.object)[0].state == t.VOID
     countered, [draft] = t.counter(bob)
-    assert t.receive_draft(alice, draft["object"])[0].state == t.DRAFT
+    assert t.receive_draft(alice, draft.object)[0].state == t.DRAFT
     countered, _ = t.delivered(countered)
     _, [counter_offer] = t.offer(countered, BOB.key)
-    taken = take_offer(counter_offer["object"], ALICE, local=alice, sender=BOB)
+    taken = take_offer(counter_offer.object, ALICE, local=alice, sender=BOB)
     assert (taken.state, taken.tally["version"]) == (t.P_OFFER, 2)
 
 
@@ -381,9 +382,9 @@ def test_closing_and_settling() -> None:
     alice, [notice] = t.close(alice)
     assert (alice.state, notice) == (
         t.C_OPEN,
-        {"target": "tally", "action": "close", "object": {"uuid": TALLY_UUID}},
+        Send(BOB.address, "tally", "close", {"uuid": TALLY_UUID}, from_cuid="alice"),
     )
-    bob, _ = t.receive_close(bob, notice["object"])
+    bob, _ = t.receive_close(bob, notice.object)
     assert bob.state == t.C_OPEN
     assert t.receive_close(alice, {"uuid": TALLY_UUID})[0].state == t.C_OPEN  # both at once
     assert refusal(t.receive_close, bob, {"uuid": CLONE_UUID}).code == "bad_field"
@@ -405,7 +406,7 @@ def test_only_the_users_own_key_signs_its_side() -> None:
 
 def test_a_tampered_offer_is_refused() -> None:
     _, [offer] = t.offer(requested(), ALICE.key)
-    tampered = copy.deepcopy(offer["object"])
+    tampered = copy.deepcopy(offer.object)
     tampered[t.FOIL]["terms"]["limit"] = 99_999_999  # Alice signed 10_000
     assert code_of(take_offer, tampered) == "bad_signature"
 
@@ -419,20 +420,20 @@ def test_an_offer_signed_with_another_key_is_refused() -> None:
 
 def test_an_offer_must_name_us_and_come_from_the_offerer() -> None:
     _, [offer] = t.offer(requested(), ALICE.key)
-    assert code_of(take_offer, offer["object"], MALLORY) == "not_addressed"
-    assert code_of(take_offer, offer["object"], sender=MALLORY) == "not_from_partner"
+    assert code_of(take_offer, offer.object, MALLORY) == "not_addressed"
+    assert code_of(take_offer, offer.object, sender=MALLORY) == "not_from_partner"
 
 
 def test_an_acceptance_must_be_our_tally_with_our_signature_and_a_valid_partner_one() -> None:
     alice, bob = offered()
     _, [opened] = t.accept(bob, BOB.key)
-    changed = copy.deepcopy(opened["object"])
+    changed = copy.deepcopy(opened.object)
     changed["memo"] = "something else"
     assert refusal(t.receive_open, alice, changed).code == "bad_field"
-    not_ours = copy.deepcopy(opened["object"])
+    not_ours = copy.deepcopy(opened.object)
     not_ours["sign"][t.STOCK] = MALLORY.key.sign(not_ours["sign"]["hash"])
     assert refusal(t.receive_open, alice, not_ours).code == "bad_signature"
-    bad_partner = copy.deepcopy(opened["object"])
+    bad_partner = copy.deepcopy(opened.object)
     bad_partner["sign"][t.FOIL] = MALLORY.key.sign(bad_partner["sign"]["hash"])
     assert refusal(t.receive_open, alice, bad_partner).code == "bad_signature"
 
@@ -462,8 +463,8 @@ def _event_calls() -> dict[str, Any]:
         "counter": t.counter,
         "close": t.close,
         "got ticket": lambda local: present(local, MALLORY),
-        "got offer": lambda local: take_offer(offer["object"], local=local),
-        "got open": lambda local: t.receive_open(local, opened["object"]),
+        "got offer": lambda local: take_offer(offer.object, local=local),
+        "got open": lambda local: t.receive_open(local, opened.object),
         "got void": lambda local: t.receive_void(local, notice),
         "got draft": lambda local: t.receive_draft(local, {**notice, "version": 2}),
         "got close": lambda local: t.receive_close(local, {"uuid": TALLY_UUID}),

@@ -12,17 +12,13 @@ import subprocess
 import pytest
 import trio
 
+from agentd.bench.lifts import open_tally, rpc
 from agentd.errors import UserError
 from agentd.localnodes import LocalNode, free_ports, peer_section, spawn, stop, write_node
-from agentd.rpc import RpcError, call
+from agentd.rpc import RpcError
 
 LIFTS = 12
 UNITS = 10
-
-
-async def rpc(node: LocalNode, method: str, **params):
-    return await trio.to_thread.run_sync(
-        functools.partial(call, node.socket, method, params, 10))
 
 
 async def until(predicate, timeout: float, what: str) -> None:
@@ -54,27 +50,6 @@ def cluster(tmp_path) -> dict[str, LocalNode]:
         write_node(node.directory, name, node.port, key=node.key, node_keys=roles,
                    sections=sections)
     return nodes
-
-
-async def open_tally(a: LocalNode, a_cuid: str, b: LocalNode, b_cuid: str) -> str:
-    invited = await rpc(a, "tally.invite", cuid=a_cuid, limit=10**6)
-    tally = invited["tally"]
-    await rpc(b, "tally.request", cuid=b_cuid, ticket=invited["ticket"])
-    await rpc(a, "tally.offer", cuid=a_cuid, tally=tally)
-
-    async def offered() -> bool:
-        return any(row["tally"] == tally for row in await rpc(b, "tally.list", cuid=b_cuid))
-
-    await until(offered, 10, "the offer arrives")
-    await rpc(b, "tally.accept", cuid=b_cuid, tally=tally)
-
-    async def opened() -> bool:
-        mine = await rpc(a, "tally.show", cuid=a_cuid, tally=tally)
-        theirs = await rpc(b, "tally.show", cuid=b_cuid, tally=tally)
-        return mine["state"] == theirs["state"] == "open"
-
-    await until(opened, 10, "the tally opens on both sides")
-    return tally
 
 
 @pytest.mark.e2e

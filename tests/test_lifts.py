@@ -101,6 +101,11 @@ async def test_a_linear_lift_pays_across_three_hops_all_good(tmp_path):
         house = net.nodes[0]
         shown = await rpc(house, "lift.show", lift=started["lift"])
         assert shown["state"] == "good" and shown["decision"]["referee"] == house.agent_id
+        # the decision is evidence at the clearing house, readable by every node on the path
+        await wait_for(lambda: house.db.read_one(
+            "SELECT count(*) FROM receipts WHERE pid = ?", (started["lift"],))[0] == 1)
+        logged = await rpc(dan, "ch.query", pid=started["lift"])
+        assert [entry["header"]["kind"] for entry in logged["entries"]] == ["lift.decision"]
 
 
 async def test_route_messages_are_ephemeral_no_row_and_still_acked(tmp_path):

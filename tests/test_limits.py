@@ -23,6 +23,7 @@ def _limits(info: dict, **keys) -> None:
 
 def test_half_open_connections_do_not_lock_out_a_peer(tmp_path: Path) -> None:
     n1, n2 = init(tmp_path, "n1"), init(tmp_path, "n2")
+    _limits(n1, defer_accept=0)  # the silent sockets reach the node's handshake slots
     add_peer(n2["config"], "n1", n1)
     held = 500
 

@@ -204,11 +204,12 @@ def test_a_partner_cannot_make_a_lift_chit_good_by_message() -> None:
     assert code_of(c.receive_good, None, chit, AB_B) == "lift_undecided"
     chain = ch.start(AB_A)  # A holds the stock: the foil's upd carries a lift chit it lacks
     foil = ch.start(AB_B)
-    foil, [upd] = ch.add(foil, chit)
-    assert code_of(ch.receive, chain, upd["object"], AB_A) == "lift_undecided"
+    foil, [upd] = ch.add(foil, chit, AB_B)
+    assert (upd.to, upd.action, upd.from_cuid) == (A.address, "chain", B.address.cuid)
+    assert code_of(ch.receive, chain, upd.object, AB_A) == "lift_undecided"
     # once A applied the decision itself, the same upd links it
-    chain, _ = ch.add(chain, chit)
-    received = ch.receive(chain, upd["object"], AB_A)
+    chain, _ = ch.add(chain, chit, AB_A)
+    received = ch.receive(chain, upd.object, AB_A)
     assert received.adopted == [] and received.chain.length == 1
 
 
@@ -288,3 +289,24 @@ def test_a_decision_signed_by_another_key_is_refused() -> None:
                    LINEAR) == "wrong_referee"
     assert code_of(lf.check_decision, decision, CIRCLE) == "bad_field"  # another lift
     assert code_of(lf.check_decision, {**decision, "state": "pend"}, LINEAR) == "bad_field"
+
+
+def test_a_path_may_say_where_each_node_listens_and_the_referee_sends_there() -> None:
+    path = [{**user_map(u), "host": "127.0.0.1", "port": 7000 + n, "tally": tally}
+            for n, (u, tally) in enumerate(zip([A, B, C], [T_AB, T_BC, None], strict=True))]
+    rec = lf.make_record(lift_uuid=uuid_of(502), kind="linear", units=100, path=path,
+                         referee=ChipAddress(agent=REFEREE.agent_id), date_ms=NOW,
+                         life_ms=60_000, memo="", key=A.key)
+    lf.check_record(rec)
+    decision, sends = lf.decide(None, "commit", rec, now_ms=NOW, key=REFEREE,
+                                asker=C.address.agent)
+    assert decision is not None and decision["state"] == lf.GOOD
+    assert {(s.to.agent, s.to.port) for s in sends} == {
+        (A.address.agent, 7000), (B.address.agent, 7001), (C.address.agent, 7002)}
+    assert lf.promise(rec, 0).to.port == 7001  # the next hop, where it listens
+    for bad in ({"host": "127.0.0.1"}, {"host": "", "port": 1}, {"host": "h", "port": 0},
+                {"host": "h", "port": True}):
+        hops = [{**path[0], **bad}, *path[1:]]
+        if "port" not in bad:
+            del hops[0]["port"]
+        assert code_of(lf.check_record, {**rec, "path": hops}) == "bad_field", bad

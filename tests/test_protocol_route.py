@@ -30,8 +30,14 @@ def started(kind: str = "linear", find: ChipAddress = D, *candidates: rt.Candida
                     deadline=NOW + 1_000, origin=ORIGIN, candidates=candidates, fan_out=fan_out)
 
 
+def where(user) -> dict[str, Any]:
+    """A user in a found route: its map and where its node listens."""
+    return {**user_map(user), "host": user.address.host, "port": user.address.port}
+
+
 def hop(user: ChipAddress, n: int | None, capacity: int | None) -> dict[str, Any]:
-    return {"cuid": user.cuid, "agent": user.agent,
+    """A path entry: the user, where its node listens (the fixtures' users all say), a hop."""
+    return {"cuid": user.cuid, "agent": user.agent, "host": user.host, "port": user.port,
             "tally": None if n is None else uuid_of(n), "capacity": capacity}
 
 
@@ -211,7 +217,7 @@ def test_the_search_counts_answers_until_none_is_outstanding() -> None:
     assert [route["capacity"] for route in search.routes] == [800, 300, 300]
     assert [len(route["hops"]) for route in search.routes] == [2, 1, 2]
     best = search.routes[0]
-    assert best["path"] == [user_map(USERS[0]), user_map(USERS[1]), user_map(USERS[3])]
+    assert best["path"] == [where(USERS[0]), where(USERS[1]), where(USERS[3])]
     assert best["hops"] == [{"tally": uuid_of(1), "capacity": 900},
                             {"tally": uuid_of(2), "capacity": 800}]
 
@@ -247,9 +253,9 @@ def test_a_route_rebuilds_the_lift_path() -> None:
     search = rt.Search(QUERY, 100, 1, [])
     search.on_answer("good", good(hop(A, 1, 900), hop(B, 2, 800), hop(D, None, None)))
     path = rt.lift_path(search.routes[0])
-    assert path == [{**user_map(USERS[0]), "tally": uuid_of(1)},
-                    {**user_map(USERS[1]), "tally": uuid_of(2)},
-                    {**user_map(USERS[3]), "tally": None}]
+    assert path == [{**where(USERS[0]), "tally": uuid_of(1)},
+                    {**where(USERS[1]), "tally": uuid_of(2)},
+                    {**where(USERS[3]), "tally": None}]
     record = lf.make_record(lift_uuid=uuid_of(700), kind="linear", units=100, path=path,
                             referee=REFEREE_ADDRESS, date_ms=NOW, life_ms=1_000, memo="",
                             key=USERS[0].key)

@@ -9,6 +9,8 @@ import pytest
 
 from agentd.errors import UserError
 from agentd.sim import limits, load_scenario, main
+from agentd.sim.lifts import lifts_atomic
+from agentd.sim.report import Report
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -283,3 +285,79 @@ def test_a_refused_relay_query_fails_the_run(tmp_path, capsys, monkeypatch):
     assert main([str(write(tmp_path, text))]) == 1  # user balances are not readable now
     out = capsys.readouterr().out
     assert "invariant all_delivered      FAILED" in out and "ACCESS_DENIED" in out
+
+
+LIFTS = """
+[sim]
+name = "small lifts"
+seed = 8
+concurrency = 4
+[nodes]
+names = ["a", "b", "c", "d", "e", "f"]
+clearinghouse = true
+[topology]
+kind = "ring"
+[[traffic]]
+kind = "payments"
+count = 40
+units = 1000
+[[traffic]]
+kind = "lifts"
+count = 10
+units = 500
+max_hops = 3
+[[traffic]]
+kind = "clearing"
+count = 4
+"""
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["one process", "processes"])
+def test_lifts_and_clearing_end_all_or_nothing_everywhere(tmp_path, capsys, processes):
+    report = tmp_path / "report.json"
+    args = [str(write(tmp_path, LIFTS)), "--json", str(report)]
+    assert main(args + (["--processes"] if processes else [])) == 0
+    out = capsys.readouterr().out
+    assert "invariant lifts_atomic       ok" in out and "FAILED" not in out
+    assert "lift p50 / p99" in out and "debt before / after" in out
+    written = json.loads(report.read_text())
+    counts = written["counts"]
+    assert counts["lifts"] == 10 and counts["clearing_calls"] == 4
+    decided = counts.get("lifts_good", 0) + counts.get("lifts_void", 0)
+    assert decided == 10 + 4 - counts.get("no_cycle", 0) - counts.get("clear_contended", 0)
+    assert counts["lifts_seen"] == decided and counts["balance_sum"] == 0
+
+
+class _Nodes:
+    """A backend whose nodes report the lifts given (for judging the invariant alone)."""
+
+    def __init__(self, lifts: dict[str, list[dict]]) -> None:
+        self.lifts = lifts
+
+    async def call(self, name: str, method: str, params: dict) -> list[dict]:
+        assert method == "lift.list"
+        return self.lifts[name]
+
+
+def _lift(state: str, chits: list[tuple[str, str, int]], kind: str = "linear") -> dict:
+    path = [{"cuid": "a"}, {"cuid": "b"}, {"cuid": "c"}]
+    return {"lift": "L1", "kind": kind, "state": state, "units": 5, "path": path,
+            "chits": [{"chit": f"c{i}", "cuid": cuid, "state": chit_state, "units": units}
+                      for i, (cuid, chit_state, units) in enumerate(chits)]}
+
+
+@pytest.mark.parametrize(("lifts", "problem"), [
+    ({"a": [_lift("good", [("a", "L.good", 5)])],
+      "b": [_lift("void", [("b", "A.void", 5), ("b", "L.void", 5)])]}, "on different nodes"),
+    ({"a": [_lift("good", [("a", "L.good", 5)])],
+      "b": [_lift("good", [("b", "A.good", 5), ("b", "L.void", 5)])]}, "on a good lift"),
+    ({"a": [_lift("good", [("a", "L.good", 5)])],
+      "b": [_lift("good", [("b", "A.good", 5), ("b", "L.good", 5)])],
+      "c": [_lift("good", [("c", "A.good", 4)])]}, "moved"),
+])
+async def test_lifts_atomic_finds_a_lift_that_is_not_all_or_nothing(tmp_path, lifts, problem):
+    scenario = load_scenario(write(tmp_path, '[nodes]\nnames = ["a", "b", "c"]\n'))
+    report = Report()
+    assert not await lifts_atomic(_Nodes({name: lifts.get(name, []) for name in "abc"}),
+                                  scenario, report)
+    assert any(problem in failure for failure in report.failures), report.failures

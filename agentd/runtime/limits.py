@@ -1,12 +1,15 @@
 """Bounds on what peers can make us hold: handshakes in progress, channels, partial frames.
 
-Anyone can open a TCP connection and stall, so handshake slots are bounded in total and per
-source address. A full table does not turn newcomers away (that would lock out our own peers):
-the newcomer takes the slot of the oldest connection from the same address (or, the table
-being full, of any address) that has not sent a byte yet. Once half the
-slots are taken the deadline to finish a handshake shortens. Established channels are capped
-in total, per address and per identity (peers we know are exempt from the first two: a
-stranger's channel makes room for them), and unfinished frames share one memory budget.
+A peer speaks first (the Noise initiator's message), so the kernel holds a connection that
+has sent nothing for ``defer_accept`` seconds before the node even accepts it: half-open
+sockets cost no task, no slot and no key work while they stay silent. Anyone can open a
+TCP connection and stall, so handshake slots are bounded in total and per source address. A
+full table does not turn newcomers away (that would lock out our own peers): the newcomer
+takes the slot of the oldest connection from the same address (or, the table being full, of
+any address) that has not sent a byte yet. Once half the slots are taken the deadline to
+finish a handshake shortens. Established channels are capped in total, per address and per
+identity (peers we know are exempt from the first two: a stranger's channel makes room for
+them), and unfinished frames share one memory budget.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import array
 import fcntl
 import itertools
+import socket
 import termios
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -110,4 +114,14 @@ class FrameBudget:
         return not (buffered > old and self.total > self.limit)
 
 
-__all__ = ["FrameBudget", "HandshakeSlot", "HandshakeSlots"]
+def defer_accept(listeners: list[trio.SocketListener], seconds: int) -> None:
+    """Have the kernel hand us a connection only once its first bytes arrive, or after about
+    ``seconds`` (Linux ``TCP_DEFER_ACCEPT``; a no-op elsewhere or when ``seconds`` is 0)."""
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if option is None or seconds <= 0:
+        return
+    for listener in listeners:
+        listener.socket.setsockopt(socket.IPPROTO_TCP, option, seconds)
+
+
+__all__ = ["FrameBudget", "HandshakeSlot", "HandshakeSlots", "defer_accept"]

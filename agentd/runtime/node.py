@@ -10,7 +10,6 @@ and joins the writer thread before ``run`` returns.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -22,14 +21,16 @@ from agentd import __version__
 from agentd.config import Config
 from agentd.errors import UserError
 from agentd.logs import event
-from agentd.metrics import Metrics
 from agentd.rpc import RpcServer
 from agentd.runtime import datadir
 from agentd.runtime.clock import Clock
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
+from agentd.runtime.limits import defer_accept
+from agentd.runtime.metrics import Metrics
 from agentd.runtime.outbox import OutboxPump
+from agentd.runtime.peer_admin import PeerAdmin
 from agentd.runtime.peers import PeerManager
 from agentd.runtime.refusals import rpc_error
 from agentd.runtime.reload import reload_config
@@ -40,7 +41,6 @@ from agentd.runtime.transport import Channel, Hello
 from agentd.services.clearing.client import Evidence
 from agentd.services.clearing.house import ClearingService
 from agentd.services.credit.service import Credit
-from agentd.services.peer_admin import PeerAdmin
 from agentd.services.ping import PingService
 from agentd.services.relay.service import RelayService
 from agentd.services.users import Users
@@ -240,11 +240,12 @@ class Node:
         await nursery.start(self.credit.run)
         await nursery.start(self.evidence.run)
         try:
-            listeners = await nursery.start(functools.partial(
-                trio.serve_tcp, self.peers.handle_inbound, self.port, host=self.host))
+            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         except OSError as exc:
             reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
             raise UserError(f"cannot listen on {self.config.listen}: {reason}") from exc
+        defer_accept(listeners, self.config.limits.defer_accept)
+        await nursery.start(trio.serve_listeners, self.peers.handle_inbound, listeners)
         self.port = listeners[0].socket.getsockname()[1]
         self.peers.hello = Hello(self.agent_id, self.listen_address, self.config.roles)
         await nursery.start(self.rpc.serve, self.config.socket_path)

@@ -18,7 +18,14 @@ import trio
 from agentd.config import Limits
 from agentd.runtime.counters import Counters
 from agentd.runtime.limits import FrameBudget, HandshakeSlots
-from agentd.runtime.transport import Channel, ChannelClosed, Hello, initiate, respond
+from agentd.runtime.transport import (
+    PIPELINE,
+    Channel,
+    ChannelClosed,
+    Hello,
+    initiate,
+    respond,
+)
 from protocol.keys import IdentityError, SigningKey, parse_hostport
 
 log = logging.getLogger("agentd.runtime.peers")
@@ -213,9 +220,11 @@ class PeerManager:
         return channel
 
     def _make_channel(self, stream, session, remote: Hello, *, outbound: bool) -> Channel:
+        known = outbound or self._is_known(remote.agent)
         channel = Channel(
             stream, session, remote, outbound=outbound, max_frame=self.max_frame,
             counters=self.counters, frame_timeout=self.limits.frame_timeout, budget=self.budget,
+            pipeline=PIPELINE if known else self.limits.stranger_pipeline,
         )
         self.channels.setdefault(channel.agent, []).append(channel)
         self._on_channel(channel)

@@ -117,13 +117,14 @@ async def respond(
     on_first_message: Callable[[], None] | None = None,
 ) -> tuple[NoiseSession, Hello]:
     """Run the responder side; checks the Noise static key is the hello agent's key.
-    ``on_first_message`` is called once the initiator's message has arrived."""
-    session = NoiseSession(Role.RESPONDER, key.x25519_private())
+    ``on_first_message`` is called once the initiator's message has arrived. No Noise work
+    is done before that message: a socket that never speaks costs no key operations."""
     with trio.move_on_after(timeout) as scope:
         try:
             message = await _read_handshake_message(stream, HandshakeReader())
             if on_first_message is not None:
                 on_first_message()
+            session = NoiseSession(Role.RESPONDER, key.x25519_private())
             remote_hello = Hello.decode(session.read_handshake(message))
             expected = ed25519_public_to_x25519(agent_id_to_public(remote_hello.agent))
             if session.remote_static != expected:
@@ -159,16 +160,20 @@ class Channel:
         now: Callable[[], float] = trio.current_time,
         frame_timeout: float | None = None,
         budget: FrameBudget | None = None,
+        pipeline: int = PIPELINE,
     ) -> None:
+        """``pipeline``: messages of this peer being processed at once; past it the channel
+        stops reading (a stranger gets a small one, so it cannot crowd the writer thread)."""
         self.stream = stream
         self.session = session
+        self.pipeline = pipeline
         self.agent = hello.agent
         self.hello = hello
         self.outbound = outbound
         self.counters = counters
         self._decoder = FrameDecoder(max_frame)
         self._send, self._queue = trio.open_memory_channel[bytes](SEND_QUEUE)
-        self._defer_send, self._deferred = trio.open_memory_channel[Deferred](PIPELINE)
+        self._defer_send, self._deferred = trio.open_memory_channel[Deferred](pipeline)
         self._now = now
         self.last_activity = now()
         self.closed = trio.Event()

@@ -5,8 +5,9 @@ a ring, or random with a seed), the traffic and the invariants. Every node is a 
 node — loopback TCP, Noise, its own SQLite file — either all in this one Trio process (the
 default) or one ``agentd run`` process each (``--processes``, :mod:`agentd.sim.backends`);
 traffic (:mod:`agentd.sim.traffic`) is driven through each node's RPC methods either way. The
-run prints progress, checks the invariants (:mod:`agentd.sim.invariants`) once traffic has
-drained, prints a report and exits 1 if any invariant failed.
+run shows progress, checks the invariants (:mod:`agentd.sim.invariants`) once traffic has
+drained, prints a report (and with ``--report DIR`` draws it, :mod:`agentd.sim.html`) and
+exits 1 if any invariant failed.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import trio
 from agentd.errors import UserError
 from agentd.sim.backends import InProcess, Processes
 from agentd.sim.faults import PROCESS_FAULTS, Healing, heal_all, run_faults
+from agentd.sim.html import check_report_extra, write_html
 from agentd.sim.invariants import check, settled_chains
+from agentd.sim.lifts import LIFT_KINDS, debt, lifts_atomic
 from agentd.sim.limits import check_capacity
 from agentd.sim.report import Report, print_report
-from agentd.sim.scenario import CREDIT_TRAFFIC, Scenario, load_scenario
+from agentd.sim.scenario import CREDIT_TRAFFIC, LIFT_TRAFFIC, Scenario, load_scenario
 from agentd.sim.traffic import KINDS, Run, open_tallies
 from store import SharedWriter
 
@@ -76,21 +79,30 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
             agents = await backend.start(scenario.nodes, scenario.edges, scenario.house)
             lap("start")
             print(f"  started in {report.counts['start_ms'] / 1000:.2f} s", flush=True)
+            report.zero = trio.current_time()  # the timeline of --report starts here
             paying = any(item["kind"] in CREDIT_TRAFFIC for item in scenario.traffic)
             tallies = await open_tallies(backend, scenario, report) if paying else {}
             lap("tallies")
             run = Run(backend, scenario, agents, tallies, rng, report)
+            if scenario.house and any(item["kind"] in LIFT_TRAFFIC for item in scenario.traffic):
+                report.referees = [scenario.house]  # the default referee of every lift
             healing = Healing()
+            report.traffic_at_s = trio.current_time() - report.zero
             async with trio.open_nursery() as traffic:
                 if scenario.faults:
                     traffic.start_soon(run_faults, backend, scenario, random.Random(
                         scenario.seed + 1), report, healing)
                 for item in scenario.traffic:
-                    await KINDS[item["kind"]](run, item)
+                    await {**KINDS, **LIFT_KINDS}[item["kind"]](run, item)
                 traffic.cancel_scope.cancel()  # the traffic is done: so are the faults
             await heal_all(backend, report, healing)
             lap("traffic")
             credit = await settled_chains(backend, scenario, tallies, report) if paying else None
+            if any(item["kind"] in LIFT_TRAFFIC for item in scenario.traffic):
+                credit = {**(credit or {}),
+                          "lifts_atomic": await lifts_atomic(backend, scenario, report)}
+            if report.debt_before is not None:
+                report.debt_after = await debt(run)
             await check(backend, scenario, report, credit)
             lap("checks")
         finally:
@@ -106,6 +118,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--processes", action="store_true",
                         help="run each node as its own 'agentd run' OS process")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--report", metavar="DIR",
+                        help="also write DIR/index.html: the network, throughput over time "
+                        "with the faults, latency histograms and the invariants, in one "
+                        "self-contained page (needs the 'report' extra)")
     parser.add_argument("--keep", action="store_true", help="keep the nodes' data directories")
     parser.add_argument("--durable", action="store_true",
                         help="in one process, give each node its own database writer thread "
@@ -113,6 +129,8 @@ def main(argv: list[str]) -> int:
     options = parser.parse_args(argv)
     scenario = load_scenario(Path(options.scenario))
     check_capacity(scenario, options.processes)
+    if options.report:
+        check_report_extra()  # before the run, not after minutes of it
     if options.processes and (kinds := {f["kind"] for f in scenario.faults} - PROCESS_FAULTS):
         raise UserError(f"{scenario.path}: faults: {', '.join(sorted(kinds))} needs the nodes "
                         "in one process (drop --processes); with --processes only "
@@ -128,7 +146,7 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print_report(scenario, report)
     if options.json:
-        Path(options.json).write_text(json.dumps(
-            {"counts": report.counts, "checks": report.checks, "failures": report.failures,
-             "faults": report.faults}, indent=2))
+        Path(options.json).write_text(json.dumps(report.to_json(), indent=2))
+    if options.report:
+        print(f"report written to {write_html(scenario, report, Path(options.report))}")
     return 0 if report.checks and all(report.checks.values()) else 1

@@ -51,6 +51,8 @@ async def settled_chains(backend, scenario: Scenario, tallies: dict[tuple[str, s
     opposite = all(x is not None and y is not None and x["balance"] == -y["balance"]
                    for x, y in pairs)
     total = sum(t["balance"] for t in held.values())
+    report.balances = [(a, b, held[(a, tally)]["balance"]) for (a, b), tally in tallies.items()
+                       if (a, tally) in held]
     report.counts["tallies"] = len(tallies)
     report.counts["chits"] = sum(t["chain"]["index"] for t in held.values()) // 2
     report.counts["balance_sum"] = total
@@ -75,7 +77,8 @@ async def check(backend, scenario: Scenario, report: Report,
         "all_delivered": not report.failures and len(report.latencies_ms) == pings,
         "outbox_drained": all(i["counters"]["outbox_depth"] == 0 for i in infos.values()),
         "exactly_once": processed == 2 * pings,
-        **(credit or {"chains_agree": True, "balances_zero_sum": True}),
+        "chains_agree": True, "balances_zero_sum": True, "lifts_atomic": True,
+        **(credit or {}),
         "receipts_verify": receipts_ok,
     }
     report.counts["messages_processed"] = processed

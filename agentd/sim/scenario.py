@@ -24,10 +24,14 @@ TRAFFIC: dict[str, tuple[str, ...]] = {
     "invoices": ("count", "units"),
     "relay": ("count", "confidential"),
     "evidence": ("count",),
+    "lifts": ("count", "units", "max_hops"),
+    "clearing": ("count",),
 }
-CREDIT_TRAFFIC = frozenset({"payments", "invoices"})  # kinds that need a tally on every link
+LIFT_TRAFFIC = frozenset({"lifts", "clearing"})
+# kinds that need a user on every node and a tally on every link
+CREDIT_TRAFFIC = frozenset({"payments", "invoices"}) | LIFT_TRAFFIC
 INVARIANTS = ("all_delivered", "outbox_drained", "exactly_once", "chains_agree",
-              "balances_zero_sum", "receipts_verify")
+              "balances_zero_sum", "receipts_verify", "lifts_atomic")
 # the keys each [[faults]] kind takes besides ``kind`` (see agentd.sim.faults)
 FAULTS: dict[str, tuple[str, ...]] = {
     "cut": ("at_s", "for_s", "every_s", "rate"),
@@ -252,6 +256,7 @@ def _traffic(traffic: Any, errors: _Errors) -> list[dict[str, Any]]:
         errors.unknown(item, ("kind", *TRAFFIC[kind]), where)
         errors.integer(item, "count", where, 1)
         errors.integer(item, "units", where, 1)
+        errors.integer(item, "max_hops", where, 5, low=2, high=10)
         errors.boolean(item, "confidential", where)
     return traffic
 
@@ -262,6 +267,7 @@ def _invariants(section: dict, kinds: set, with_house: bool, errors: _Errors) ->
     default = ["all_delivered", "outbox_drained",
                *(["chains_agree", "balances_zero_sum"] if paying
                  else [] if with_house or "relay" in kinds else ["exactly_once"]),
+               *(["lifts_atomic"] if kinds & LIFT_TRAFFIC else []),
                *(["receipts_verify"] if with_house else [])]
     invariants = section.get("check", default)
     if not isinstance(invariants, list) or not all(isinstance(n, str) for n in invariants):

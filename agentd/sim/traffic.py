@@ -14,6 +14,7 @@ from typing import Any
 import trio
 
 from agentd.rpc import RpcError
+from agentd.sim.progress import progress
 from agentd.sim.report import Report
 from agentd.sim.scenario import Scenario
 
@@ -45,25 +46,27 @@ def either_way(rng: random.Random, links: list[tuple[str, str]]
 
 
 async def run_calls(scenario: Scenario, label: str, calls: list[tuple],
-                     call: Callable[..., Awaitable[None]], *, weight: int = 1) -> None:
-    """``call(*args)`` for each ``args`` of ``calls``, ``[sim] concurrency`` at once, with
-    progress printed each tenth of the way (each call counting ``weight``, or the length of
-    its last argument when ``weight`` is 0)."""
+                     call: Callable[..., Awaitable[None]], *, report: Report,
+                     weight: int = 1) -> None:
+    """``call(*args)`` for each ``args`` of ``calls``, ``[sim] concurrency`` at once, each
+    call counting ``weight`` (or, when ``weight`` is 0, the length of its last argument):
+    shown as progress, and recorded in the report (done each second, each call's latency)."""
     total = sum(weight or len(args[-1]) for args in calls)
     limit = trio.Semaphore(scenario.concurrency)
-    done = 0
 
-    async def one(args: tuple) -> None:
-        nonlocal done
+    async def one(args: tuple, advance: Callable[[int], None]) -> None:
         async with limit:
+            started = trio.current_time()
             await call(*args)
-        before, done = done, done + (weight or len(args[-1]))
-        if done * 10 // max(total, 1) > before * 10 // max(total, 1):
-            print(f"  {label} {done}/{total}", flush=True)
+            latency_ms = (trio.current_time() - started) * 1000
+        amount = weight or len(args[-1])
+        report.done(label, amount, latency_ms)
+        advance(amount)
 
-    async with trio.open_nursery() as nursery:
-        for args in calls:
-            nursery.start_soon(one, args)
+    with progress(label, total) as advance:
+        async with trio.open_nursery() as nursery:
+            for args in calls:
+                nursery.start_soon(one, args, advance)
 
 
 async def ping_traffic(run: Run, item: dict) -> None:
@@ -83,7 +86,7 @@ async def ping_traffic(run: Run, item: dict) -> None:
         except RpcError as exc:
             report.failures.append(f"ping {a} -> {b}: {exc.message}")
 
-    await run_calls(run.scenario, "pings", pairs, one)
+    await run_calls(run.scenario, "pings", pairs, one, report=report)
     report.counts["pings"] = report.counts.get("pings", 0) + count
 
 
@@ -119,7 +122,7 @@ async def open_tallies(backend, scenario: Scenario, report: Report
         tallies[(a, b)] = tally
 
     tallies: dict[tuple[str, str], str] = {}
-    await run_calls(scenario, "tallies", scenario.edges, negotiate)
+    await run_calls(scenario, "tallies", scenario.edges, negotiate, report=report)
     return tallies
 
 
@@ -144,7 +147,7 @@ async def payment_traffic(run: Run, item: dict) -> None:
         except RpcError as exc:
             report.failures.append(f"payment by {payer} on {tally}: {exc.message}")
 
-    await run_calls(run.scenario, "payments", payments, one)
+    await run_calls(run.scenario, "payments", payments, one, report=report)
     report.counts["payments"] = report.counts.get("payments", 0) + count
 
 
@@ -181,7 +184,7 @@ async def invoice_traffic(run: Run, item: dict) -> None:
         except trio.TooSlowError:
             report.failures.append(f"invoice by {payee} on {tally} never reached {payer}")
 
-    await run_calls(run.scenario, "invoices", invoices, one)
+    await run_calls(run.scenario, "invoices", invoices, one, report=report)
     report.counts["invoices"] = report.counts.get("invoices", 0) + count
 
 
@@ -218,7 +221,7 @@ async def relay_traffic(run: Run, item: dict) -> None:
         except RpcError as exc:
             report.failures.append(f"relay {asker} <- {address}: {exc.message}")
 
-    await run_calls(run.scenario, "relay queries", queries, one)
+    await run_calls(run.scenario, "relay queries", queries, one, report=report)
     report.counts["relay_queries"] = report.counts.get("relay_queries", 0) + count
 
 
@@ -251,7 +254,7 @@ async def evidence_traffic(run: Run, item: dict) -> None:
         except RpcError as exc:
             report.failures.append(f"evidence by {name}: {exc.message}")
 
-    await run_calls(run.scenario, "evidence", calls, one, weight=0)
+    await run_calls(run.scenario, "evidence", calls, one, report=report, weight=0)
     report.counts["evidence"] = report.counts.get("evidence", 0) + count
 
 

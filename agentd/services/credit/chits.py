@@ -107,7 +107,7 @@ class ChitService(Service):
                                           reserved=holding.lift_in)
             self.ledger.store.put_chit(tx.conn, cuid, drafted, tx.now_ms)
             log_chits(tx, cuid, [drafted])
-            self.ledger.send(tx, holding, messages)
+            self.ledger.emit(tx, messages)
             return drafted
 
         drafted = await self.ledger.transact(work)
@@ -138,7 +138,7 @@ class ChitService(Service):
             self.ledger.store.put_chit(tx.conn, cuid, refused, tx.now_ms)
             log_chits(tx, cuid, [refused])
             self.ledger.log(tx, holding.local, "chit.void", refused.to_map(), ref=chit_uuid)
-            self.ledger.send(tx, holding, messages)
+            self.ledger.emit(tx, messages)
             return refused
 
         refused = await self.ledger.transact(work)

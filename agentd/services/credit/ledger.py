@@ -4,8 +4,9 @@ Tally negotiation (``tallies``), chits (``chits``), chain repair (``repair``) an
 holder's tally through :class:`CreditLedger`, let the protocol decide one transition and hand
 the outcome to :meth:`CreditLedger.commit`, which applies the tally lifecycle rules, saves the
 tally, its chain, balance, reservations and chits (``store.credit``) and queues the messages,
-all in the caller's transaction. Messages go to the tally partner (``send``) or to any named
-agent (``tx.send`` with a ``protocol.messages.Send``).
+all in the caller's transaction. Every message is a ``protocol.messages.Send`` that names its
+recipient (the tally partner, for tally, chit and chain messages; any agent, for lifts and
+routes); :meth:`CreditLedger.emit` queues them as they are.
 
 Evidence (``log``, a no-op without a clearing house): tally open and close, chits becoming
 good or void, under pid = the tally uuid, owned by both partners' agents. When both holders
@@ -30,7 +31,7 @@ from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
 from protocol.envelope import Envelope
-from protocol.keys import ChipAddress, SigningKey
+from protocol.keys import SigningKey
 from protocol.messages import Send
 from store import credit as credit_store
 from store import users
@@ -74,10 +75,11 @@ class CreditLedger:
             self.log(tx, holding.local, "chit.good", chit.chit, ref=chit.uuid)
         assert holding.chain is not None  # a tally that takes chits is binding
         if batched:
-            chain, messages = ch.add_many(holding.chain, [chit.chit for chit in chits])
+            chain, messages = ch.add_many(holding.chain, [chit.chit for chit in chits],
+                                          holding.local)
         else:
             (chit,) = chits
-            chain, messages = ch.add(holding.chain, chit.chit)
+            chain, messages = ch.add(holding.chain, chit.chit, holding.local)
         delta = sum(c.effect(chit.chit, side) for chit in chits)
         self.commit(tx, holding, chain=chain, delta=delta, messages=messages, fresh=chits,
                     lift_delta=lift_delta)
@@ -90,7 +92,7 @@ class CreditLedger:
         local: t.LocalTally | None = None,
         chain: ch.Chain | None = None,
         delta: int = 0,
-        messages: Iterable[dict[str, Any]] = (),
+        messages: Iterable[Send] = (),
         fresh: Iterable[c.LocalChit] = (),
         lift_delta: tuple[int, int] = (0, 0),
     ) -> Holding:
@@ -111,7 +113,7 @@ class CreditLedger:
         saved = self.store.save(tx.conn, holding, tx.now_ms, local=local, chain=chain,
                                  balance_delta=delta, resync_due=tx.now_ms + RESYNC_QUIET_MS,
                                  fresh=fresh, lift_delta=lift_delta)
-        self.send(tx, saved, messages)
+        self.emit(tx, messages)
         if local.state != holding.local.state:
             tx.after_commit(functools.partial(
                 event, log, "tally state", tally=local.uuid, cuid=holding.cuid,
@@ -130,17 +132,6 @@ class CreditLedger:
         """Queue typed messages, each to the recipient it names."""
         for send in sends:
             tx.send(send)
-
-    def partner_address(self, agent: str, cuid: str | None) -> ChipAddress:
-        """A tally partner as a message recipient (the pump finds where to dial it)."""
-        return ChipAddress(agent=agent, cuid=cuid)
-
-    def send(self, tx: Tx, holding: Holding, messages: Iterable[dict[str, Any]]) -> None:
-        to = None
-        for message in messages:
-            to = to or holding.local.partner
-            tx.send(Send(to, message["target"], message["action"], message["object"],
-                         from_cuid=holding.cuid))
 
     def log(self, tx: Tx, local: t.LocalTally, kind: str, payload: object,
              ref: str | None = None) -> None:

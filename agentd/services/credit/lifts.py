@@ -55,6 +55,7 @@ log = logging.getLogger("agentd.lift")
 WAIT_S = 30.0
 MAX_WAIT_S = 600.0
 QUERY_POLL_S = 5.0  # at most this long between looks for lifts to ask the referee about
+CLEAR_TRIES = 3  # searches lift.clear makes when concurrent lifts take the cycle it found
 _PENDING = (c.A_LIFT, c.L_LIFT)
 
 
@@ -105,13 +106,21 @@ class LiftService(Service):
                     life_ms: int | None = None) -> dict:
         """Start a circular lift through ``cuid`` of ``least`` (``exact``) or of all the best
         cycle can carry, if that is at least ``least``."""
-        found = await self.routes.search(cuid, self.runtime.own_address(cuid), least, "circular")
-        if not found:
-            raise Reject("NO_CYCLE", f"no debt cycle through {cuid} can clear {least} mCHIP")
-        best = found[0]
-        amount = least if exact else best["capacity"]
-        record = await self._start(cuid, "circular", amount, best, memo,
-                                   self._life(None) if life_ms is None else life_ms)
+        life_ms = self._life(None) if life_ms is None else life_ms
+        for attempt in range(CLEAR_TRIES):
+            found = await self.routes.search(cuid, self.runtime.own_address(cuid), least,
+                                             "circular")
+            if not found:
+                raise Reject("NO_CYCLE", f"no debt cycle through {cuid} can clear {least} "
+                             "mCHIP")
+            best = found[0]
+            amount = least if exact else best["capacity"]
+            try:
+                record = await self._start(cuid, "circular", amount, best, memo, life_ms)
+                break
+            except Refusal as exc:  # another lift took our first hop meanwhile: look again
+                if exc.code != "over_limit" or attempt == CLEAR_TRIES - 1:
+                    raise
         return {**_started(record), "units": amount}
 
     async def rpc_wait(self, lift: str, timeout_s: float = WAIT_S) -> dict:
@@ -213,14 +222,14 @@ class LiftService(Service):
         return ChipAddress.parse(f"{agent}@{where}")
 
     def _learn(self, record: dict[str, Any]) -> None:
-        """Remember where the lift's nodes and referee listen: decisions and queries go
-        there, not only to tally partners."""
-        node = self.runtime
-        for where in (*record["path"], record["referee"]):
-            agent = where["agent"]
-            if (agent != node.agent_id and where.get("host") is not None
-                    and node.address_of(agent) is None):
-                node.learn_peer(agent, format_hostport(where["host"], where["port"]))
+        """Remember where the lift's referee listens: queries and cancels go there, not only
+        to tally partners. (The referee reaches path nodes at the addresses the route found,
+        which the signed record names; Noise authenticates whoever answers there.)"""
+        node, referee = self.runtime, record["referee"]
+        agent = referee["agent"]
+        if (agent != node.agent_id and referee.get("host") is not None
+                and node.address_of(agent) is None):
+            node.learn_peer(agent, format_hostport(referee["host"], referee["port"]))
 
     def _hold(self, tx: Tx, record: dict[str, Any], hop: int, cuid: str, *,
               outgoing: bool) -> None:

@@ -68,7 +68,7 @@ class ChainRepair:
                 holding = self.ledger.store.get(tx.conn, row["uuid"], row["cuid"])
                 if holding is None or holding.chain is None:
                     continue
-                self.ledger.send(tx, holding, ch.resync(holding.chain))
+                self.ledger.emit(tx, ch.resync(holding.chain, holding.local))
                 pause = RESYNC_QUIET_MS * 2 ** min(row["resync_tries"] + 1, 16)
                 due_ms = tx.now_ms + min(pause, RESYNC_MAX_MS)
                 self.ledger.store.resynced(tx.conn, *holding.key, due_ms)

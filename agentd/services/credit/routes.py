@@ -31,7 +31,7 @@ from agentd.services.credit.params import param_amount, param_cuid
 from protocol import route
 from protocol import tally as t
 from protocol.envelope import Envelope
-from protocol.keys import ChipAddress, IdentityError
+from protocol.keys import ChipAddress, IdentityError, parse_hostport
 
 if TYPE_CHECKING:
     import sqlite3
@@ -109,9 +109,18 @@ class RouteService(Service):
             capacity = route.hop_capacity(kind, balance=row["balance"],
                                           partner_limit=row["partner_limit"],
                                           lift_out=row["lift_out"])
-            address = self.ledger.partner_address(row["partner"], row["partner_cuid"])
+            address = self.partner_address(row["partner"], row["partner_cuid"])
             out.append(route.Candidate(row["uuid"], address, capacity))
         return out
+
+    def partner_address(self, agent: str, cuid: str | None) -> ChipAddress:
+        """A tally partner as a hop of a route: with where its node listens, if known (so a
+        referee can reach it), else the pump finds it when it dials."""
+        known = self.runtime.address_of(agent)
+        if known is None:
+            return ChipAddress(agent=agent, cuid=cuid)
+        host, port = parse_hostport(known)
+        return ChipAddress(agent=agent, cuid=cuid, host=host, port=port)
 
     # -- messages (event loop, read connection) ------------------------------------------
 

@@ -38,7 +38,6 @@ from protocol import tally as t
 from protocol.codec import unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, b64u, format_hostport
-from protocol.messages import Send
 from store import credit as credit_store
 from store.credit import Holding
 
@@ -168,9 +167,7 @@ class TallyService(Service):
             if held is not None:
                 raise Reject("BAD_TICKET", f"tally {tally_uuid} is already ours "
                              f"({held.local.state})")
-            request = t.ticket_request(invitation, user.cert, tx.now_ms)
-            message_id = tx.send(Send(inviter, "tally", request["action"], request["object"],
-                                      from_cuid=cuid))
+            message_id = tx.send(t.ticket_request(invitation, user.cert, tx.now_ms))
             node.replies.expect_after(tx, message_id)
             return message_id
 

@@ -1,0 +1,160 @@
+"""Lift traffic and its invariant: linear lifts between users of distant nodes, clearing
+calls, and ``lifts_atomic`` — every lift ended the same on every node, all or nothing, and
+moved exactly what it should."""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import trio
+
+from agentd.rpc import RpcError
+from agentd.sim.report import Report
+from agentd.sim.scenario import Scenario
+from agentd.sim.traffic import SETTLE_TIMEOUT, Run, run_calls
+
+LIFT_WAIT_S = 60.0
+
+
+def _distances(edges: list[tuple[str, str]], start: str) -> dict[str, int]:
+    """Links from ``start`` to every node it reaches (breadth first)."""
+    around: dict[str, list[str]] = collections.defaultdict(list)
+    for a, b in edges:
+        around[a].append(b)
+        around[b].append(a)
+    seen, frontier = {start: 0}, [start]
+    while frontier:
+        following = []
+        for node in frontier:
+            for other in around[node]:
+                if other not in seen:
+                    seen[other] = seen[node] + 1
+                    following.append(other)
+        frontier = following
+    return seen
+
+
+async def debt(run: Run) -> int:
+    """What all users owe one another: the sum of the positive balances."""
+    total = 0
+    for name in run.scenario.nodes:
+        for tally in await run.backend.call(name, "tally.list", {"cuid": name}):
+            total += max(tally["balance"], 0)
+    return total
+
+
+async def _decided(run: Run, name: str, started: dict, began: float) -> None:
+    done = await run.backend.call(name, "lift.wait", {"lift": started["lift"],
+                                                       "timeout_s": LIFT_WAIT_S})
+    report = run.report
+    report.counts[f"lifts_{done['state']}"] = report.counts.get(f"lifts_{done['state']}", 0) + 1
+    report.lift_hops.append(len(started["path"]) - 1)
+    if done["state"] != "pend":
+        report.lift_latencies_ms.append((time.perf_counter() - began) * 1000)
+
+
+async def lift_traffic(run: Run, item: dict) -> None:
+    """``count`` linear lifts of 1 to ``units`` mCHIP, each from a random user to one 2 to
+    ``max_hops`` links away (routes are found by the nodes), waited for until decided."""
+    scenario, rng, report = run.scenario, run.rng, run.report
+    count, units, max_hops = item.get("count", 1), item.get("units", 1000), item.get(
+        "max_hops", 5)
+    links = sorted(run.tallies)
+    pairs = [(a, b) for a in scenario.nodes for b, hops in _distances(links, a).items()
+             if 2 <= hops <= max_hops]
+    if not pairs:
+        report.failures.append(f"lifts traffic: no two users 2 to {max_hops} tallies apart")
+        return
+    lifts = [(*rng.choice(pairs), rng.randint(1, units)) for _ in range(count)]
+
+    async def one(payor: str, payee: str, amount: int) -> None:
+        began = time.perf_counter()
+        try:
+            started = await run.backend.call(payor, "lift.pay", {
+                "cuid": payor, "find": f"{payee}:{run.agents[payee]}", "units": amount})
+            await _decided(run, payor, started, began)
+        except RpcError as exc:
+            report.failures.append(f"lift {payor} -> {payee}: {exc.message}")
+
+    await run_calls(scenario, "lifts", lifts, one, report=report)
+    report.counts["lifts"] = report.counts.get("lifts", 0) + count
+
+
+async def clearing_traffic(run: Run, item: dict) -> None:
+    """``count`` ``lift.clear`` calls from random users, each clearing the best debt cycle
+    through its user. ``NO_CYCLE`` (there is none) and ``OVER_LIMIT`` (concurrent clearing
+    took the cycle each time it looked) are answers, counted, not failures."""
+    scenario, rng, report = run.scenario, run.rng, run.report
+    if report.debt_before is None:
+        report.debt_before = await debt(run)
+    clearers = [(rng.choice(scenario.nodes),) for _ in range(item.get("count", 1))]
+
+    async def one(name: str) -> None:
+        began = time.perf_counter()
+        try:
+            started = await run.backend.call(name, "lift.clear", {"cuid": name})
+            await _decided(run, name, started, began)
+            report.counts["cleared_mchip"] = report.counts.get("cleared_mchip", 0) + started[
+                "units"]
+        except RpcError as exc:
+            if exc.reason in ("NO_CYCLE", "OVER_LIMIT"):  # none, or concurrent ones took it
+                key = "no_cycle" if exc.reason == "NO_CYCLE" else "clear_contended"
+                report.counts[key] = report.counts.get(key, 0) + 1
+            else:
+                report.failures.append(f"clearing by {name}: {exc.message}")
+
+    await run_calls(scenario, "clearing", clearers, one, report=report)
+    report.counts["clearing_calls"] = report.counts.get("clearing_calls", 0) + len(clearers)
+
+
+LIFT_KINDS = {"lifts": lift_traffic, "clearing": clearing_traffic}
+
+
+async def lifts_atomic(backend: Any, scenario: Scenario, report: Report) -> bool:
+    """Once no node holds a pending lift: every lift ended the same on every node that took
+    part, each node's chits of it are all good or all void, and a good lift moved its payor
+    by -units, its payee by +units and everyone else (every user of a circle) by 0."""
+    held: dict[str, list[dict]] = {}
+    with trio.move_on_after(SETTLE_TIMEOUT):
+        while True:
+            held = {name: await backend.call(name, "lift.list", {}) for name in scenario.nodes}
+            if all(lift["state"] != "pend" for lifts in held.values() for lift in lifts):
+                break
+            await trio.sleep(0.2)
+    states: dict[str, set[str]] = collections.defaultdict(set)
+    moved: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    records: dict[str, dict] = {}
+    ok = True
+    for lifts in held.values():
+        for lift in lifts:
+            states[lift["lift"]].add(lift["state"])
+            records[lift["lift"]] = lift
+            for chit in lift["chits"]:
+                if chit["state"][2:] != lift["state"]:
+                    ok = False
+                    report.failures.append(f"lift {lift['lift']}: chit {chit['chit']} is "
+                                           f"{chit['state']} on a {lift['state']} lift")
+                if chit["state"].endswith("good"):
+                    sign = 1 if chit["state"].startswith("A.") else -1
+                    moved[lift["lift"]][chit["cuid"]] += sign * chit["units"]
+    for lift, seen in states.items():
+        record = records[lift]
+        if len(seen) != 1:
+            ok = False
+            report.failures.append(f"lift {lift} ended {sorted(seen)} on different nodes")
+            continue
+        if seen != {"good"}:
+            continue
+        path, units = record["path"], record["units"]
+        want = collections.Counter()
+        if record["kind"] == "linear":
+            want[path[0]["cuid"]] -= units
+            want[path[-1]["cuid"]] += units
+        got = {cuid: net for cuid, net in moved[lift].items() if net}
+        if got != {cuid: net for cuid, net in want.items() if net}:
+            ok = False
+            report.failures.append(f"lift {lift} moved {got}, not {dict(want)}")
+    report.counts["lifts_seen"] = len(states)
+    return ok
