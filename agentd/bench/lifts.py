@@ -129,7 +129,8 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
                 nursery.start_soon(one, slot)
         lifts_s = lifts / (time.perf_counter() - started)
 
-        # Debt round the ring: every user owes the previous one, so a cycle can clear.
+        # Debt round the ring: every user owes the previous one, so a cycle can clear, by
+        # more than the linear lifts can have moved the other way across any one tally.
         ahead = []
         async with trio.open_nursery() as nursery:
             for i in range(size):
@@ -138,7 +139,7 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
                                   if row["partner"].startswith(f"{users[(i + 1) % size]}:")))
                 nursery.start_soon(functools.partial(
                     rpc, ring[(i + 1) % size], "chit.pay", cuid=users[(i + 1) % size],
-                    tally=ahead[i], units=clears * UNITS * 2))
+                    tally=ahead[i], units=(clears * 2 + lifts) * UNITS))
         # chit.pay returns once the payer's node has it: a search reads the payee's side too
         with trio.fail_after(60):
             for i, tally in enumerate(ahead):
