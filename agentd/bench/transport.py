@@ -238,7 +238,7 @@ def main(argv: list[str]) -> int:
     print("agentd bench transport" + (" --quick" if options.quick else ""))
     print(table(rows))
     write_json(options.json, {k: v for k, v in figures.items() if v is not None})
-    libp2p = figures["noise_vs_libp2p_small"]
+    libp2p = figures.get("noise_vs_libp2p_small")
     return verdict([
         (f"Noise {figures['noise_vs_plain_small']:.2f}x plain (goal >= 0.6x)",
          figures["noise_vs_plain_small"] >= 0.6),
