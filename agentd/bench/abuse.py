@@ -28,7 +28,8 @@ from typing import Any
 
 import trio
 
-from agentd.bench import table, write_json
+from agentd.bench import parser as bench_parser
+from agentd.bench import table, verdict, write_json
 from agentd.bench.rogue import Rogue
 from agentd.localnodes import free_ports, peer_section, spawn, stop, wait_ready, write_node
 from agentd.rpc import call
@@ -195,8 +196,7 @@ async def measure(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="agentd bench abuse", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser("agentd bench abuse", __doc__)
     parser.add_argument("--quick", action="store_true",
                         help="a few seconds: a smaller attack and a short wait")
     parser.add_argument("--seconds", type=float, help="length of the attack (default 30)")
@@ -205,7 +205,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tricklers", type=int, help="trickling channels (default 200)")
     parser.add_argument("--wait", type=float,
                         help="seconds after the attack before the outbox is read (default 60)")
-    parser.add_argument("--json", metavar="FILE", help="write the figures as a JSON map")
     options = parser.parse_args(argv)
     quick = options.quick
     for name, full, small in (("seconds", 30.0, 3.0), ("half_open", 500, 100),
@@ -229,4 +228,10 @@ def main(argv: list[str]) -> int:
          f"(at the end: {figures['outbox_at_end']}; goal 0 after 60 s)"),
     ]))
     write_json(options.json, figures)
-    return 0
+    goals = [(f"legit ping p99 {p99 or 0:.1f} ms (goal <= 50)", p99 is not None and p99 <= 50),
+             (f"RSS growth {figures['rss_growth_mb']:.1f} MB (goal <= 64)",
+              figures["rss_growth_mb"] <= 64)]
+    if "outbox_after_60s" in figures:  # a short --wait cannot judge it
+        goals.append((f"outbox {figures['outbox_after_60s']} 60 s after the attack (goal 0)",
+                      figures["outbox_after_60s"] == 0))
+    return verdict(goals, options.no_goals)
