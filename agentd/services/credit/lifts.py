@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentd.lift")
 WAIT_S = 30.0
 MAX_WAIT_S = 600.0
-QUERY_POLL_S = 5.0  # at most this long between looks for lifts to ask the referee about
+QUERY_POLL_S = 60.0  # at most this long between looks while a lift is pending (a safety net)
 CLEAR_TRIES = 3  # searches lift.clear makes when concurrent lifts take the cycle it found
 _PENDING = (c.A_LIFT, c.L_LIFT)
 
@@ -202,7 +203,7 @@ class LiftService(Service):
             _log_lift(tx, record["lift"], lf.PEND, kind=kind, units=units, cuid=cuid)
             self._hold(tx, record, 0, cuid, outgoing=True)
             self.ledger.emit(tx, [lf.promise(record, 0)])
-            tx.after_commit(self._work.set)
+            tx.after_commit(lambda: self._work.set())  # whichever event the loop waits on
             return record
 
         return await self.ledger.transact(work)
@@ -285,7 +286,7 @@ class LiftService(Service):
         else:
             self._hold(tx, record, hop + 1, here.cuid, outgoing=True)
             self.ledger.emit(tx, [lf.promise(record, hop + 1)])
-        tx.after_commit(self._work.set)
+        tx.after_commit(lambda: self._work.set())  # whichever event the loop waits on
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """The next hop refused our promise for good: the lift cannot complete, so tell the
@@ -381,9 +382,9 @@ class LiftService(Service):
 
     async def _follow_up(self) -> None:
         while True:
+            self._work = trio.Event()  # before we look: a lift started meanwhile wakes us
             wait = await self.ledger.transact(self._ask_due)
-            self._work = trio.Event()
-            with trio.move_on_after(wait):
+            with trio.move_on_after(math.inf if wait is None else wait):
                 await self._work.wait()
 
     async def _auto_clear(self) -> None:
@@ -404,13 +405,15 @@ class LiftService(Service):
                 log.info("auto clear for %s: lift %s of %d mCHIP", cuid, cleared["lift"],
                          cleared["units"])
 
-    def _ask_due(self, tx: Tx) -> float:
+    def _ask_due(self, tx: Tx) -> float | None:
+        """Ask about the lifts that are due; seconds until the next one (None: no lift is
+        pending, so nothing wakes us but a new one)."""
         for row in lifts.due(tx.conn, tx.now_ms):
             self.ledger.emit(tx, [lf.query(lifts.record_of(row), from_cuid=row["payor"])])
             lifts.asked(tx.conn, row["lift"], tx.now_ms)
         due = lifts.next_due(tx.conn)
         if due is None:
-            return QUERY_POLL_S
+            return None
         return min(QUERY_POLL_S, max(0.05, (due - tx.now_ms) / 1000))
 
 
