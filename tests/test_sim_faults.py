@@ -68,9 +68,11 @@ down_s = 0.3
 """
 
 
-def test_one_of_each_fault_then_every_invariant_holds(tmp_path, capsys):
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["one process", "two workers"])
+def test_one_of_each_fault_then_every_invariant_holds(tmp_path, capsys, workers):
     report = tmp_path / "report.json"
-    assert main([str(write(tmp_path, ONE_OF_EACH)), "--json", str(report)]) == 0
+    assert main([str(write(tmp_path, ONE_OF_EACH)), "--json", str(report), "--workers",
+                 workers]) == 0
     out = capsys.readouterr().out
     assert "FAILED" not in out and "invariant chains_agree       ok" in out
     written = json.loads(report.read_text())

@@ -48,7 +48,8 @@ def measure(nodes: int, workdir: Path, extra: list[str]) -> dict[str, float]:
                          f"{process.returncode}); run `agentd sim {path}` to see why")
     counts = json.loads(report.read_text())["counts"]
     return {f"nodes_{nodes}_wall_s": wall,
-            f"nodes_{nodes}_rss_mb": usage.ru_maxrss / 1024,
+            # with --workers the sim sums its workers' peaks and its own; else its own
+            f"nodes_{nodes}_rss_mb": counts.get("peak_rss_mb", usage.ru_maxrss / 1024),
             f"nodes_{nodes}_payments_s": counts["payments"] / (counts["traffic_ms"] / 1000),
             f"nodes_{nodes}_tallies_s": counts["tallies_ms"] / 1000,
             f"nodes_{nodes}_duplicates": counts["duplicates_ignored"]}

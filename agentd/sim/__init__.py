@@ -2,8 +2,9 @@
 
 A scenario (TOML, :mod:`agentd.sim.scenario`) names the nodes, the topology (explicit edges,
 a ring, or random with a seed), the traffic and the invariants. Every node is a real agentd
-node — loopback TCP, Noise, its own SQLite file — either all in this one Trio process (the
-default) or one ``agentd run`` process each (``--processes``, :mod:`agentd.sim.backends`);
+node — loopback TCP, Noise, its own SQLite file — sharded across ``--workers`` Trio processes
+(the default: one a core, :mod:`agentd.sim.workers`), all in this one (``--workers 1``), or one
+``agentd run`` process each (``--processes``, :mod:`agentd.sim.backends`);
 traffic (:mod:`agentd.sim.traffic`) is driven through each node's RPC methods either way. The
 run shows progress, checks the invariants (:mod:`agentd.sim.invariants`) once traffic has
 drained, prints a report (and with ``--report DIR`` draws it, :mod:`agentd.sim.html`) and
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import resource
 import shutil
 import sys
 import tempfile
@@ -34,6 +37,7 @@ from agentd.sim.limits import check_capacity
 from agentd.sim.report import Report, print_report
 from agentd.sim.scenario import CREDIT_TRAFFIC, LIFT_TRAFFIC, Scenario, load_scenario
 from agentd.sim.traffic import KINDS, Run, open_tallies
+from agentd.sim.workers import Workers
 from store import SharedWriter
 
 __all__ = ["load_scenario", "main", "run_scenario"]
@@ -44,15 +48,18 @@ SWITCH_INTERVAL = 0.0002
 
 
 async def run_scenario(scenario: Scenario, workdir: Path, *, processes: bool = False,
-                       durable: bool = False) -> Report:
+                       durable: bool = False, workers: int = 1) -> Report:
     """Start the nodes, open the tallies, run the traffic, check the invariants; the report
-    times each phase (``start_ms``, ``tallies_ms``, ``traffic_ms``, ``checks_ms``)."""
-    mode = "one process per node" if processes else "one Trio process"
+    times each phase (``start_ms``, ``tallies_ms``, ``traffic_ms``, ``checks_ms``).
+    ``workers`` > 1 shards the nodes across that many worker processes."""
+    workers = 1 if processes else min(workers, len(scenario.all_nodes))
+    mode = "one process per node" if processes else "one Trio process" if workers == 1 \
+        else f"{workers} worker processes"
     house = " and a clearing house" if scenario.house else ""
     print(f"sim {scenario.name!r}: {len(scenario.nodes)} nodes{house}, {len(scenario.edges)}"
           f" links, {mode}", flush=True)
-    if processes or durable:
-        return await _run(scenario, workdir, processes, None)
+    if processes or durable or workers > 1:  # (each worker has its own shared writer)
+        return await _run(scenario, workdir, processes, None, workers, durable)
     switch = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     try:
@@ -63,7 +70,8 @@ async def run_scenario(scenario: Scenario, workdir: Path, *, processes: bool = F
 
 
 async def _run(scenario: Scenario, workdir: Path, processes: bool,
-               writer: SharedWriter | None) -> Report:
+               writer: SharedWriter | None, workers: int = 1, durable: bool = False
+               ) -> Report:
     report = Report()
     rng = random.Random(scenario.seed)
     clock = time.perf_counter()
@@ -74,7 +82,9 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
         clock = time.perf_counter()
 
     async with trio.open_nursery() as nursery:
-        backend = Processes(workdir) if processes else InProcess(nursery, workdir, writer)
+        backend = Processes(workdir) if processes else InProcess(
+            nursery, workdir, writer) if workers == 1 else Workers(
+            nursery, workdir, workers, durable=durable)
         try:
             agents = await backend.start(scenario.nodes, scenario.edges, scenario.house)
             lap("start")
@@ -107,7 +117,20 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
             lap("checks")
         finally:
             await backend.stop()
+    if not processes:  # this process and its workers at their peaks (summed)
+        report.counts["peak_rss_mb"] = round((resource.getrusage(
+            resource.RUSAGE_SELF).ru_maxrss + getattr(backend, "rss_kib", 0)) / 1024)
     return report
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count of processes (1 or more)")
+    return value
 
 
 def main(argv: list[str]) -> int:
@@ -117,6 +140,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("scenario", help="scenario TOML file (see configs/sims/)")
     parser.add_argument("--processes", action="store_true",
                         help="run each node as its own 'agentd run' OS process")
+    parser.add_argument("--workers", type=_count, default=os.cpu_count() or 1, metavar="N",
+                        help="shard the nodes across N worker processes linked by TCP "
+                        "(default: one a core, here %(default)s; 1: all in this process)")
     parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--report", metavar="DIR",
                         help="also write DIR/index.html: the network, throughput over time "
@@ -138,7 +164,7 @@ def main(argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="agentd-sim-"))
     try:
         report = trio.run(partial(run_scenario, scenario, workdir, processes=options.processes,
-                                  durable=options.durable))
+                                  durable=options.durable, workers=options.workers))
     finally:
         if options.keep:
             print(f"data kept in {workdir}")

@@ -51,6 +51,8 @@ class InProcess:
     what its database committed stays) and ``restart`` starts a new node on the same key,
     port and database; ``cut`` closes one live connection; ``partition`` has every node
     refuse to dial across groups (and closes the channels that cross them) until ``heal``.
+    ``agents`` names every node of the simulation (also those another worker process hosts,
+    :mod:`agentd.sim.workers`), so a partition and a cut can name them.
     A call to a crashed node waits for its restart, and one the crash interrupted is made
     again on the restarted node, as a user whose call failed would."""
 
@@ -59,6 +61,7 @@ class InProcess:
         self.nursery = nursery
         self.workdir = workdir
         self.nodes: dict[str, Node] = {}
+        self.agents: dict[str, str] = {}  # name -> agent id, of every node of the sim
         self.database = {} if writer is None else {"shared": writer, "synchronous": "NORMAL"}
         self._configs: dict[str, Config] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
@@ -70,23 +73,25 @@ class InProcess:
                     house: str | None = None) -> dict[str, str]:
         logging_to: dict[str, Any] = {}
         if house is not None:
-            node = await self._start(house, {"roles": ["clearinghouse"]}, {})
+            node = await self.host(house, {"roles": ["clearinghouse"]}, {})
             logging_to = {"clearinghouse": {"agent": node.agent_id,
                                             "address": node.listen_address}}
         for name in names:
-            await self._start(name, {}, {**logging_to, "relay": {"access": [RELAY_ACCESS]}})
+            await self.host(name, {}, {**logging_to, "relay": {"access": [RELAY_ACCESS]}})
         for name, others in _neighbours(names, edges).items():
             for other in others:
                 peer = self.nodes[other]
                 self.nodes[name].learn_peer(peer.agent_id, peer.listen_address, other)
         return {name: node.agent_id for name, node in self.nodes.items()}
 
-    async def _start(self, name: str, node_keys: dict[str, Any], sections: dict[str, Any]
-                     ) -> Node:
+    async def host(self, name: str, node_keys: dict[str, Any], sections: dict[str, Any]
+                   ) -> Node:
+        """Start node ``name`` here: ``node_keys`` go into its ``[node]``, ``sections`` beside."""
         config = local_config(self.workdir, name, sections=sections, **node_keys)
         node = await self._launch(name, config, SigningKey.generate())
         host, port = node.host, node.port  # restarts keep the port peers know
         self._configs[name] = dataclasses.replace(config, listen=f"{host}:{port}")
+        self.agents[name] = node.agent_id
         return node
 
     async def _launch(self, name: str, config: Config, key: SigningKey) -> Node:
@@ -142,7 +147,7 @@ class InProcess:
         with trio.CancelScope(shield=True):
             await self._launch(name, self._configs[name], old.key)  # peers: from its db
 
-    def cut(self, rng: random.Random) -> str | None:
+    async def cut(self, rng: random.Random) -> str | None:
         """Close one random live connection; which, or None when there is none."""
         live = [(name, channel) for name, node in self.nodes.items() if self._up[name].is_set()
                 for channels in node.peers.channels.values() for channel in channels
@@ -153,8 +158,8 @@ class InProcess:
         channel.close("sim_cut")
         return f"{name} - {self._name_of(channel.agent)}"
 
-    def partition(self, groups: list[list[str]]) -> None:
-        self._group = {self.nodes[name].agent_id: i for i, group in enumerate(groups)
+    async def partition(self, groups: list[list[str]]) -> None:
+        self._group = {self.agents[name]: i for i, group in enumerate(groups)
                        for name in group}
         for node in self.nodes.values():
             for agent, channels in list(node.peers.channels.items()):
@@ -162,11 +167,11 @@ class InProcess:
                     for channel in list(channels):
                         channel.close("sim_partition")
 
-    def heal(self) -> None:
+    async def heal(self) -> None:
         self._group = None
 
     def _name_of(self, agent: str) -> str:
-        return next((name for name, node in self.nodes.items() if node.agent_id == agent),
+        return next((name for name, known in self.agents.items() if known == agent),
                     agent[:8])
 
     async def stop(self) -> None:

@@ -68,7 +68,7 @@ async def _one(backend: Any, scenario: Scenario, fault: dict, rng: random.Random
         cuts = 0
         end = trio.current_time() + lasting
         while trio.current_time() < end:
-            if backend.cut(rng):
+            if await backend.cut(rng):
                 cuts += 1
                 event["what"] = f"{cuts} connections closed"
             await trio.sleep(1 / fault.get("rate", 1.0))
@@ -76,10 +76,10 @@ async def _one(backend: Any, scenario: Scenario, fault: dict, rng: random.Random
         groups = fault.get("groups") or _halves(scenario, rng)
         event["what"] = " | ".join(",".join(g[:4]) + ("..." if len(g) > 4 else "")
                                    for g in groups)
-        backend.partition(groups)
+        await backend.partition(groups)
         healing.partitioned = True
         await trio.sleep(lasting)
-        backend.heal()
+        await backend.heal()
         healing.partitioned = False
     else:
         up = [name for name in scenario.nodes if name not in healing.crashed]
@@ -106,7 +106,7 @@ def _halves(scenario: Scenario, rng: random.Random) -> list[list[str]]:
 async def heal_all(backend: Any, report: Report, healing: Healing) -> None:
     """Undo every fault still in force (the traffic ended during it)."""
     if healing.partitioned:
-        backend.heal()
+        await backend.heal()
         healing.partitioned = False
     for name in sorted(healing.crashed):
         await backend.restart(name)
