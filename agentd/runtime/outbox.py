@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.runtime.peers import PeerUnreachable
+from agentd.runtime.timers import Ticker
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import pack, unpack
 from protocol.envelope import Ack
@@ -31,8 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentd.runtime.outbox")
 ACK_TIMEOUT_MIN = 2.0
 ACK_TIMEOUT_MAX = 60.0
-SCAN_INTERVAL = 0.25
-EXPIRE_EVERY = 4  # scans: expired messages leave the outbox within a second
+SCAN_INTERVAL = 0.25  # the retry scan's shortest interval: a retry is at most this late...
+SCAN_AT_MOST = 1.0  # ... or, while messages are live, this: expired ones leave within it
 ACK_DELETE_S = 0.2  # acked rows wait this long, to be deleted together
 WINDOW = 1024  # unacked messages per peer: keeps ack latency, and so timeouts, meaningful
 
@@ -98,6 +99,7 @@ class OutboxPump:
         self._early: list[Outgoing] = []
         self.round_trips: dict[str, RoundTrip] = {}
         self.round_trip = RoundTrip()  # all peers': the timeout of a peer not yet measured
+        self._scanner = Ticker(SCAN_INTERVAL, self._scan)
 
     @property
     def depth(self) -> int:
@@ -116,7 +118,7 @@ class OutboxPump:
             for item in self._early:
                 self._enqueue(item)
             self._early.clear()
-            nursery.start_soon(self._retry_scanner)
+            nursery.start_soon(self._scanner.run)
             nursery.start_soon(self._ack_flusher)
             task_status.started()
             await trio.sleep_forever()
@@ -131,6 +133,7 @@ class OutboxPump:
                              self.node.clock.now_ms() if created is None else created)
         item = Outgoing(message_id, peer, address, envelope, tries, expires, durable=durable)
         self.live[message_id] = item
+        self._scanner.wake()
         if self._nursery is None:
             self._early.append(item)
         else:
@@ -298,19 +301,22 @@ class OutboxPump:
             self.node.db.submit(lambda conn: outbox.delete(conn, ids))
         log.info("outbox: %d messages expired undelivered", len(expired))
 
-    async def _retry_scanner(self) -> None:
-        scans = 0
-        while True:
-            await trio.sleep(SCAN_INTERVAL)
-            scans += 1
-            if scans % EXPIRE_EVERY == 0:
-                self._expire()
-            now = self.node.clock.monotonic()
-            overdue = [item for item in self._inflight.values() if item.due <= now]
-            for item in overdue:
-                del self._inflight[item.id]
-                self._release(item.peer)
-                self._enqueue(item)
-            tries = [(item.tries, item.id) for item in overdue if item.durable]
-            if tries:
-                self.node.db.submit(lambda conn, tries=tries: outbox.record_tries(conn, tries))
+    async def _scan(self) -> bool | float:
+        """Put back in their queues the messages whose ack is overdue, drop the expired; the
+        seconds until the next ack falls due (at most ``SCAN_AT_MOST``), or False when no
+        message is live (then the scan sleeps until one is added): a node with nothing to
+        deliver has no timer, and a busy one scans about once a second, not four times."""
+        self._expire()
+        now = self.node.clock.monotonic()
+        overdue = [item for item in self._inflight.values() if item.due <= now]
+        for item in overdue:
+            del self._inflight[item.id]
+            self._release(item.peer)
+            self._enqueue(item)
+        tries = [(item.tries, item.id) for item in overdue if item.durable]
+        if tries:
+            self.node.db.submit(lambda conn, tries=tries: outbox.record_tries(conn, tries))
+        if not self.live:
+            return False
+        due = min((item.due for item in self._inflight.values()), default=now + SCAN_AT_MOST)
+        return min(max(due - now, 0.0), SCAN_AT_MOST)

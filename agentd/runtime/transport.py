@@ -184,6 +184,7 @@ class Channel:
         self.opened = now()
         self._budget = budget
         self._frame_started: float | None = None  # when the unfinished frame began
+        self._frame_begun = trio.Event()  # set when a frame starts: wakes the frame watch
 
     @property
     def alive(self) -> bool:
@@ -316,15 +317,22 @@ class Channel:
             self._frame_started = None
         elif completed or self._frame_started is None:
             self._frame_started = self._now()
+            self._frame_begun.set()
         if self._budget is not None and not self._budget.update(id(self), decoder.buffered):
             raise ChannelClosed("partial_frames_budget",
                                 f"unfinished frames past the budget of {self._budget.limit} bytes")
 
     async def _frame_watch(self, frame_timeout: float) -> None:
+        """Close the channel when a frame stays unfinished ``frame_timeout``. It sleeps only
+        while a frame is unfinished: a timer a second on every channel was, at a thousand
+        simulated nodes (10,000 channel ends), a large part of the event loop."""
         while True:
             started = self._frame_started
-            remaining = (min(frame_timeout, 1.0) if started is None
-                         else started + frame_timeout - self._now())
+            if started is None:
+                self._frame_begun = trio.Event()
+                await self._frame_begun.wait()
+                continue
+            remaining = started + frame_timeout - self._now()
             if remaining <= 0:
                 log.info("closing channel to %s: a frame unfinished after %g s",
                          self.agent[:8], frame_timeout)
