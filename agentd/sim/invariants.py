@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import trio
 
+from agentd.sim.gather import on_every
 from agentd.sim.report import Report
 from agentd.sim.scenario import Scenario
 from agentd.sim.traffic import SETTLE_TIMEOUT
@@ -16,8 +17,8 @@ async def receipts_verified(backend, scenario: Scenario, report: Report) -> bool
     results: dict[str, dict] = {}
     with trio.move_on_after(SETTLE_TIMEOUT):
         while True:
-            results = {name: await backend.call(name, "receipts.verify", {"chain": True})
-                       for name in scenario.nodes}
+            results = await on_every(backend, scenario.nodes, "receipts.verify",
+                                     {"chain": True})
             if all(result["pending"] == 0 for result in results.values()):
                 break
             await trio.sleep(0.2)
@@ -37,10 +38,10 @@ async def settled_chains(backend, scenario: Scenario, tallies: dict[tuple[str, s
     held: dict[tuple[str, str], dict] = {}
     with trio.move_on_after(SETTLE_TIMEOUT):
         while True:
-            held = {}
-            for name in scenario.nodes:
-                for tally in await backend.call(name, "tally.list", {"cuid": name}):
-                    held[(name, tally["tally"])] = tally
+            listed = await on_every(backend, scenario.nodes, "tally.list",
+                                    lambda name: {"cuid": name})
+            held = {(name, tally["tally"]): tally for name, tallies in listed.items()
+                    for tally in tallies}
             if all(t["chain"]["index"] == t["chain"]["confirmed"] and not t["chain"]["pending"]
                    for t in held.values()):
                 break
@@ -66,8 +67,7 @@ async def check(backend, scenario: Scenario, report: Report,
     infos: dict[str, dict] = {}
     with trio.move_on_after(20):
         while True:
-            infos = {name: await backend.call(name, "getinfo", {})
-                     for name in scenario.all_nodes}
+            infos = await on_every(backend, scenario.all_nodes, "getinfo", {})
             if all(i["counters"]["outbox_depth"] == 0 for i in infos.values()):
                 break
             await trio.sleep(0.1)

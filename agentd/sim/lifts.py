@@ -11,6 +11,7 @@ from typing import Any
 import trio
 
 from agentd.rpc import RpcError
+from agentd.sim.gather import on_every
 from agentd.sim.report import Report
 from agentd.sim.scenario import Scenario
 from agentd.sim.traffic import SETTLE_TIMEOUT, Run, run_calls
@@ -38,11 +39,9 @@ def _distances(edges: list[tuple[str, str]], start: str) -> dict[str, int]:
 
 async def debt(run: Run) -> int:
     """What all users owe one another: the sum of the positive balances."""
-    total = 0
-    for name in run.scenario.nodes:
-        for tally in await run.backend.call(name, "tally.list", {"cuid": name}):
-            total += max(tally["balance"], 0)
-    return total
+    listed = await on_every(run.backend, run.scenario.nodes, "tally.list",
+                            lambda name: {"cuid": name})
+    return sum(max(tally["balance"], 0) for tallies in listed.values() for tally in tallies)
 
 
 async def _decided(run: Run, name: str, started: dict, began: float) -> None:
@@ -119,7 +118,7 @@ async def lifts_atomic(backend: Any, scenario: Scenario, report: Report) -> bool
     held: dict[str, list[dict]] = {}
     with trio.move_on_after(SETTLE_TIMEOUT):
         while True:
-            held = {name: await backend.call(name, "lift.list", {}) for name in scenario.nodes}
+            held = await on_every(backend, scenario.nodes, "lift.list", {})
             if all(lift["state"] != "pend" for lifts in held.values() for lift in lifts):
                 break
             await trio.sleep(0.2)
