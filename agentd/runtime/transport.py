@@ -17,7 +17,7 @@ import trio
 
 from agentd.runtime.limits import FrameBudget
 from protocol.codec import CodecError, pack, unpack
-from protocol.frames import FrameDecoder, FrameError, encode_frame
+from protocol.frames import FrameDecoder, FrameError, FrameRefused, encode_frame
 from protocol.keys import (
     IdentityError,
     SigningKey,
@@ -171,7 +171,8 @@ class Channel:
         self.hello = hello
         self.outbound = outbound
         self.counters = counters
-        self._decoder = FrameDecoder(max_frame)
+        self._budget = budget
+        self._decoder = FrameDecoder(max_frame, admit=self._admit_frame if budget else None)
         self._send, self._queue = trio.open_memory_channel[bytes](SEND_QUEUE)
         self._defer_send, self._deferred = trio.open_memory_channel[Deferred](pipeline)
         self._now = now
@@ -182,7 +183,6 @@ class Channel:
         self.frame_timeout = frame_timeout
         self.address: str | None = None  # the remote host of an inbound channel
         self.opened = now()
-        self._budget = budget
         self._frame_started: float | None = None  # when the unfinished frame began
 
     @property
@@ -252,12 +252,17 @@ class Channel:
                     try:
                         await self._receive_loop(on_frame)
                     except ChannelClosed as exc:
-                        fault = exc
+                        # A new exception, without the traceback that holds the receive
+                        # loop's buffers: the one raised below is kept alive by a cycle
+                        # until the garbage collector runs, so it must hold nothing big.
+                        fault = ChannelClosed(exc.reason, exc.detail)
                     nursery.cancel_scope.cancel()
         finally:
             self.close_reason = self.close_reason or "closed"
             if self._budget is not None:
                 self._budget.update(id(self), 0)
+            self._decoder.discard()  # the buffers go now, not when a cycle is collected
+            self.session.close()
             self._send.close()
             self._defer_send.close()
             self.closed.set()
@@ -283,6 +288,9 @@ class Channel:
                 frames = self._decoder.feed(self.session.decrypt(data))
             except NoiseFailure as exc:
                 raise ChannelClosed("decrypt_failed", str(exc)) from exc
+            except FrameRefused as exc:
+                raise ChannelClosed("partial_frames_budget", f"{exc}: unfinished frames would "
+                                    f"pass the budget of {self._budget.limit} bytes") from exc
             except FrameError as exc:
                 raise ChannelClosed("frame_too_large", str(exc)) from exc
             self._track_partial_frame(bool(frames))
@@ -309,16 +317,21 @@ class Channel:
             counters.bytes_out += len(wire)
             self.last_activity = self._now()
 
+    def _admit_frame(self, length: int) -> bool:
+        """Charge an unfinished frame's declared length to the budget before any of its body
+        is buffered; False (the channel is closed) when it would pass the budget."""
+        assert self._budget is not None
+        return self._budget.update(id(self), length)
+
     def _track_partial_frame(self, completed: bool) -> None:
-        """Start the frame deadline when a frame begins; charge its bytes to the budget."""
+        """Start the frame deadline when a frame begins; a finished frame frees its charge."""
         decoder = self._decoder
         if not decoder.partial:
             self._frame_started = None
         elif completed or self._frame_started is None:
             self._frame_started = self._now()
-        if self._budget is not None and not self._budget.update(id(self), decoder.buffered):
-            raise ChannelClosed("partial_frames_budget",
-                                f"unfinished frames past the budget of {self._budget.limit} bytes")
+        if self._budget is not None:
+            self._budget.update(id(self), decoder.pending)
 
     async def _frame_watch(self, frame_timeout: float) -> None:
         while True:
