@@ -195,8 +195,11 @@ class RelayService(Service):
         return self._state(self._row(request_id))
 
     async def _resolve(self, address: ViewAddress) -> ChipAddress:
-        """The source's agent and where to dial it: the agent named in the address, or the
-        known peer listening at its ``HOST:PORT`` (the Noise channel needs the agent id)."""
+        """The source's agent and where to reach it. A ``HOST:PORT`` relay resolves only to a
+        peer we may dial there (configured, a tally partner, an address a user gave), never
+        to one that merely connected to us: the address a peer claims is not evidence of
+        who listens there. An agent-id relay is dialled at its known address, or reached
+        over the channel it has open to us."""
         node = self.runtime
         if address.agent is not None:
             agent = address.agent
@@ -204,8 +207,12 @@ class RelayService(Service):
                 return node.own_address()
             where = node.address_of(agent)
             if where is None:
-                raise RpcError(NOT_FOUND, f"unknown relay {agent}: add it to [[peers]] first",
-                               "UNKNOWN_PEER")
+                if node.connected(agent):
+                    return ChipAddress(agent=agent)  # the outbox uses its open channel
+                raise RpcError(
+                    NOT_FOUND, f"unknown relay {agent}: it is not a configured peer or tally "
+                    "partner and has no channel open to this node; add it with peers.add",
+                    "UNKNOWN_PEER")
         else:
             where = address.relay
             if where == node.listen_address:
@@ -213,8 +220,9 @@ class RelayService(Service):
             agent = node.agent_at(where)
             if agent is None:
                 raise RpcError(
-                    NOT_FOUND, f"no known peer listens at {where}: add it to [[peers]] with "
-                    "exactly this address, or name the relay by its agent id", "UNKNOWN_PEER")
+                    NOT_FOUND, f"no configured peer, tally partner or address a user gave is "
+                    f"{where}: name a peer that connected to this node by its agent id "
+                    "(AGENT/NETWORK/VIEW), or add it with peers.add", "UNKNOWN_PEER")
         host, port = parse_hostport(where)
         return ChipAddress(agent=agent, host=host, port=port)
 
