@@ -24,24 +24,12 @@ from agentd.runtime.node import Node
 from protocol.codec import canonical, digest, unpack
 from protocol.keys import ChipAddress, SigningKey
 from protocol.messages import Send
-from protocol.relay import (
-    Ack,
-    AckStatus,
-    DecryptionError,
-    InteropPayload,
-    Meta,
-    NetworkQuery,
-    ProofError,
-    Query,
-    View,
-    ViewPayload,
-    make_query,
-    make_view,
-    new_nonce,
-    open_view,
-    unseal,
-    verify_view,
-)
+from protocol.relay import AckStatus
+from protocol.relay_fields import DecryptionError, ProofError
+from protocol.relay_messages import Ack, Meta, View, ViewPayload
+from protocol.relay_query import NetworkQuery, Query, make_query, new_nonce
+from protocol.relay_seal import unseal
+from protocol.relay_views import InteropPayload, make_view, open_view, verify_view
 from tests.netfixture import Network, dial_failures, node_config, start_node, wait_for
 
 

@@ -1,8 +1,8 @@
 """The relay service: Weaver-style data sharing between agentd ledgers (DESIGN.md §5).
 
 Every node is both ends. As the *destination relay* it serves its own clients: ``relay.query``
-stores the request as PENDING_ACK and queues a signed :class:`~protocol.relay.Query` to the
-source in one transaction, and answers with the ``request_id`` at once. As the *source relay*
+stores the request as PENDING_ACK and queues a signed :class:`~protocol.relay_query.Query` to
+the source in one transaction, and answers with the ``request_id`` at once. As the *source relay*
 it admits a query (requestor signature, network, view, access rules, nonce replay cache),
 then reads the view from its own ledger (``relay_driver``), notarizes it and answers with an
 ``ack`` (Ack OK) and a ``view`` (ViewPayload) message, all in the transaction that records
@@ -24,7 +24,7 @@ agents, cannot be borrowed by relaying someone else's signed query. For the same
 replay cache can forget a nonce after a week: a replay older than that could only come from
 the signer itself, re-reading what it may read anyway.
 
-The source admits a query with ``protocol.relay.admit_query`` (signature, network, relay,
+The source admits a query with ``protocol.relay_query.admit_query`` (signature, network, relay,
 view, access), each refusal answered with its own reason code.
 """
 
@@ -46,29 +46,13 @@ from protocol.codec import CodecError, canonical, unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, b64u, is_agent_id, parse_hostport
 from protocol.messages import Send
-from protocol.relay import (
-    APPLIES_FROM,
-    AccessRule,
-    Ack,
-    AckStatus,
-    AddressError,
-    GetStateMessage,
-    MessageError,
-    NetworkQuery,
-    Query,
-    RelayError,
-    Status,
-    VerificationPolicy,
-    ViewAddress,
-    ViewPayload,
-    admit_query,
-    make_query,
-    make_view,
-    new_nonce,
-    open_view,
-    parse_view,
-    required_signers,
-)
+from protocol.relay import APPLIES_FROM, AckStatus, Status
+from protocol.relay_address import ViewAddress, parse_view
+from protocol.relay_fields import AddressError, MessageError, RelayError
+from protocol.relay_messages import Ack, GetStateMessage, ViewPayload
+from protocol.relay_policy import AccessRule, VerificationPolicy, required_signers
+from protocol.relay_query import NetworkQuery, Query, admit_query, make_query, new_nonce
+from protocol.relay_views import make_view, open_view
 from store import relay as relay_store
 
 if TYPE_CHECKING:
