@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 
 from agentd.bench.rogue import Rogue
+from agentd.runtime.limits import FrameBudget
 from protocol.keys import SigningKey
 from tests.clihelpers import add_peer, cli, init, running
 from tests.rogue import getinfo
@@ -116,3 +117,12 @@ def test_trickled_frames_and_piles_of_channels_are_closed(tmp_path: Path) -> Non
         assert outcome["crowd_closed"] == [False] * 4 + [True] * 2
         assert counters["rejected"]["too_many_channels_address"] == 2
         assert processes["n1"].poll() is None
+
+
+def test_the_frame_budget_never_passes_its_limit_and_a_refusal_takes_nothing() -> None:
+    budget = FrameBudget(100)
+    assert budget.update(1, 60) and budget.total == 60
+    assert not budget.update(2, 50) and budget.total == 60  # refused: 2 holds nothing
+    assert budget.update(1, 30) and budget.update(2, 50) and budget.total == 80
+    assert not budget.update(1, 51) and budget.total == 80  # 1 keeps its 30
+    assert budget.update(1, 0) and budget.update(2, 0) and budget.total == 0

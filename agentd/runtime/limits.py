@@ -105,15 +105,18 @@ class FrameBudget:
         self._held: dict[int, int] = {}
 
     def update(self, channel_id: int, charge: int) -> bool:
-        """Set a channel's charge; False when raising it pushes the total past the budget
-        (the caller closes that channel, the newest offender, which frees its charge)."""
+        """Set a channel's charge; False, and the charge not taken, when raising it would
+        push the total past the budget (the caller closes that channel, the newest
+        offender): the total never passes the budget, so no one else is refused for it."""
         old = self._held.get(channel_id, 0)
+        if charge > old and self.total + charge - old > self.limit:
+            return False
         self.total += charge - old
         if charge:
             self._held[channel_id] = charge
         else:
             self._held.pop(channel_id, None)
-        return not (charge > old and self.total > self.limit)
+        return True
 
 
 def defer_accept(listeners: list[trio.SocketListener], seconds: int) -> None:
