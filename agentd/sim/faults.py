@@ -99,6 +99,8 @@ async def _one(backend: Any, scenario: Scenario, fault: dict, rng: random.Random
             up, min(fault.get("count", 1), len(up))) if name not in healing.crashed]
         event["what"] = ", ".join(names)
         healing.crashed.update(names)
+        for name in names:
+            report.crashed[name] = report.crashed.get(name, 0) + 1
         with trio.CancelScope(shield=True):  # a node is either up or wholly down
             for name in names:
                 await backend.crash(name)
