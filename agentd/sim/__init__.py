@@ -82,7 +82,7 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
     async with trio.open_nursery() as nursery:
         shaped = any(f["kind"] in LINK_FAULTS for f in scenario.faults)
         backend = Processes(workdir, shaped=shaped) if processes else InProcess(
-            nursery, workdir, writer)
+            nursery, workdir, writer, shaped=shaped)
         try:
             agents = await backend.start(scenario.nodes, scenario.edges, scenario.house)
             lap("start")

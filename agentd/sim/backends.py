@@ -59,8 +59,9 @@ class InProcess:
     A call to a crashed node waits for its restart, and one the crash interrupted is made
     again on the restarted node, as a user whose call failed would."""
 
-    def __init__(self, nursery: trio.Nursery, workdir: Path, writer: SharedWriter | None
-                 ) -> None:
+    def __init__(self, nursery: trio.Nursery, workdir: Path, writer: SharedWriter | None,
+                 *, shaped: bool = False) -> None:
+        """``shaped``: give the nodes link faults, for a scenario with delay or loss."""
         self.nursery = nursery
         self.workdir = workdir
         self.nodes: dict[str, Node] = {}
@@ -70,6 +71,7 @@ class InProcess:
         self._up: dict[str, trio.Event] = {}
         self._down: dict[str, trio.Event] = {}
         self._group: dict[str, int] | None = None  # the partition in force, by agent
+        self._shaped = shaped
         self._links: dict[str, Links] = {}  # each node's link faults (kept across restarts)
 
     async def start(self, names: list[str], edges: list[tuple[str, str]],
@@ -97,7 +99,8 @@ class InProcess:
 
     async def _launch(self, name: str, config: Config, key: SigningKey) -> Node:
         node = Node(config, key, database=self.database)
-        node.links = self._links.setdefault(name, Links())
+        if self._shaped:
+            node.links = self._links.setdefault(name, Links())
         self._down[name] = trio.Event()
         await self.nursery.start(self._run_node, name, node)
         self._guard(node)
