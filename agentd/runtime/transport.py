@@ -9,6 +9,7 @@ costs that one connection, never the node.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import trio
 
 from agentd.runtime.limits import FrameBudget
+from agentd.runtime.links import Links
 from protocol.codec import CodecError, pack, unpack
 from protocol.frames import FrameDecoder, FrameError, FrameRefused, encode_frame
 from protocol.keys import (
@@ -161,9 +163,11 @@ class Channel:
         frame_timeout: float | None = None,
         budget: FrameBudget | None = None,
         pipeline: int = PIPELINE,
+        links: Links | None = None,
     ) -> None:
         """``pipeline``: messages of this peer being processed at once; past it the channel
-        stops reading (a stranger gets a small one, so it cannot crowd the writer thread)."""
+        stops reading (a stranger gets a small one, so it cannot crowd the writer thread).
+        ``links``: simulated link faults (``agentd sim`` only; see agentd.runtime.links)."""
         self.stream = stream
         self.session = session
         self.pipeline = pipeline
@@ -184,6 +188,7 @@ class Channel:
         self.address: str | None = None  # the remote host of an inbound channel
         self.opened = now()
         self._frame_started: float | None = None  # when the unfinished frame began
+        self._line = links.line(self.agent) if links is not None else None
 
     @property
     def alive(self) -> bool:
@@ -196,6 +201,15 @@ class Channel:
         checkpoint is picked up by the send loop as one batch — one Noise message, one
         syscall — instead of one each.
         """
+        if self._line is not None:
+            try:
+                if await self._line.hold(body):
+                    return  # dropped or delayed by a simulated link fault
+            except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+                raise ChannelClosed("closed", "channel is closed") from exc
+        await self._queue_frame(body)
+
+    async def _queue_frame(self, body: bytes) -> None:
         try:
             self._send.send_nowait(body)
         except trio.WouldBlock:
@@ -205,6 +219,12 @@ class Channel:
                 raise ChannelClosed("closed", "channel is closed") from exc
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise ChannelClosed("closed", "channel is closed") from exc
+
+    async def _release(self, body: bytes) -> None:
+        """Send a frame the link held; one for a channel that closed meanwhile is lost (as a
+        queued one is; the outbox sends it again)."""
+        with contextlib.suppress(ChannelClosed):
+            await self._queue_frame(body)
 
     async def defer(self, reply: Deferred) -> None:
         """Queue ``reply`` (an async callable giving a frame body or None) to be awaited
@@ -245,6 +265,8 @@ class Channel:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_loop)
                     nursery.start_soon(self._reply_loop)
+                    if self._line is not None:
+                        nursery.start_soon(self._line.run, self._release)
                     if idle_timeout is not None:
                         nursery.start_soon(self._idle_watch, idle_timeout)
                     if self.frame_timeout is not None:

@@ -32,7 +32,13 @@ from agentd.sim.invariants import check, settled_chains
 from agentd.sim.lifts import LIFT_KINDS, debt, lifts_atomic
 from agentd.sim.limits import check_capacity
 from agentd.sim.report import Report, print_report
-from agentd.sim.scenario import CREDIT_TRAFFIC, LIFT_TRAFFIC, Scenario, load_scenario
+from agentd.sim.scenario import (
+    CREDIT_TRAFFIC,
+    LIFT_TRAFFIC,
+    LINK_FAULTS,
+    Scenario,
+    load_scenario,
+)
 from agentd.sim.traffic import KINDS, Run, open_tallies
 from store import SharedWriter
 
@@ -74,7 +80,9 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
         clock = time.perf_counter()
 
     async with trio.open_nursery() as nursery:
-        backend = Processes(workdir) if processes else InProcess(nursery, workdir, writer)
+        shaped = any(f["kind"] in LINK_FAULTS for f in scenario.faults)
+        backend = Processes(workdir, shaped=shaped) if processes else InProcess(
+            nursery, workdir, writer, shaped=shaped)
         try:
             agents = await backend.start(scenario.nodes, scenario.edges, scenario.house)
             lap("start")
@@ -96,6 +104,8 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
                     await {**KINDS, **LIFT_KINDS}[item["kind"]](run, item)
                 traffic.cancel_scope.cancel()  # the traffic is done: so are the faults
             await heal_all(backend, report, healing)
+            if shaped:
+                report.counts.update(await backend.link_counts())
             lap("traffic")
             credit = await settled_chains(backend, scenario, tallies, report) if paying else None
             if any(item["kind"] in LIFT_TRAFFIC for item in scenario.traffic):
