@@ -19,6 +19,7 @@ import signal
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,7 @@ def _local(command: str, args: list[str]) -> int:
     if command == "init":
         return _init(args)
     if command == "run":
-        return _run(args)
+        return run_node(args)
     if command == "demo":
         from agentd.demo import main as demo_main
 
@@ -232,7 +233,9 @@ def _init(args: list[str]) -> int:
     return 0
 
 
-def _run(args: list[str]) -> int:
+def run_node(args: list[str], prepare: Callable[[Any], None] | None = None) -> int:
+    """``agentd run``; ``prepare`` sees the node before it starts (the sim's hook: see
+    agentd.sim.node)."""
     from agentd.config import load_config
     from agentd.keyfile import read_key
     from agentd.logs import setup_logging
@@ -246,16 +249,18 @@ def _run(args: list[str]) -> int:
     from agentd.runtime.memory import return_large_buffers
 
     return_large_buffers()  # a burst of big frames must not leave a fragmented heap behind
-    trio.run(_serve, config, key)
+    trio.run(_serve, config, key, prepare)
     return 0
 
 
-async def _serve(config, key) -> None:
+async def _serve(config, key, prepare: Callable[[Any], None] | None = None) -> None:
     from agentd.runtime.node import Node
     from agentd.runtime.notify import sd_notify
     from agentd.runtime.reload import reload_config
 
     node = Node(config, key)
+    if prepare is not None:
+        prepare(node)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(node.run)

@@ -106,10 +106,14 @@ def peer_section(node: LocalNode) -> str:
            f'"{node.address}"\n'
 
 
-def spawn(node: LocalNode) -> subprocess.Popen:
-    """``agentd run`` on ``node``; its log goes to ``agentd.log`` in the node directory."""
+RUN = ("agentd", "run")
+
+
+def spawn(node: LocalNode, module: tuple[str, ...] = RUN) -> subprocess.Popen:
+    """``agentd run`` on ``node`` (or another ``python -m`` module taking ``-c CONFIG``, such
+    as the sim's ``agentd.sim.node``); its log goes to ``agentd.log`` in the node directory."""
     with open(node.directory / "agentd.log", "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "agentd", "run", "-c", str(node.config)],
+        return subprocess.Popen([sys.executable, "-m", *module, "-c", str(node.config)],
                                 stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -1,7 +1,8 @@
 """``agentd up [DIR]`` and ``agentd down [DIR]``: a local network that stays up.
 
-``up`` starts ``agentd run -c CONFIG`` for every ``*.toml`` in DIR (default
-``configs/local``: alice, bob, carol and their clearing house) as processes of their own
+``up`` starts ``agentd run -c CONFIG`` for every ``*.toml`` in DIR and every
+``DIR/*/agentd.toml`` (the layout ``agentd init DIR/NAME`` makes; default ``configs/local``:
+alice, bob, carol and their clearing house) as processes of their own
 session, so they outlive the command, waits until each listens (its control socket answers
 ``getinfo``), then prints each node's agent id and how to call and stop them. A node already
 running for a config is left as it is. ``down`` asks each node to ``stop`` through its control
@@ -30,9 +31,10 @@ def _configs(directory: Path) -> list[Path]:
     if not directory.is_dir():
         raise UserError(f"{directory}: no such directory of node configs (run from the "
                         "repository, or give DIR)")
-    found = sorted(directory.glob("*.toml"))
+    found = sorted([*directory.glob("*.toml"), *directory.glob("*/agentd.toml")])
     if not found:
-        raise UserError(f"{directory}: no *.toml node configs in it")
+        raise UserError(f"{directory}: no node configs in it (*.toml, or */agentd.toml as "
+                        "`agentd init` writes)")
     return found
 
 
@@ -90,7 +92,8 @@ def down(directory: Path) -> int:
             call(socket_path, "stop", {}, timeout=5)
         except (UserError, RpcError, OSError):
             continue  # not running
-        stopped.append((path.stem, socket_path))
+        stopped.append((path.parent.name if path.name == "agentd.toml" else path.stem,
+                        socket_path))
     deadline = time.monotonic() + STOP_TIMEOUT
     for name, socket_path in stopped:
         while socket_path.exists():  # the node removes it as its last act
@@ -108,6 +111,7 @@ def main(command: str, argv: list[str]) -> int:
         description=("Start every node configured in DIR and leave them running."
                      if command == "up" else "Stop every node configured in DIR."))
     parser.add_argument("dir", nargs="?", default=str(DEFAULT_DIR),
-                        help=f"a directory of node configs (default: {DEFAULT_DIR})")
+                        help=("a directory of node configs: its *.toml files and the "
+                              f"agentd.toml of each subdirectory (default: {DEFAULT_DIR})"))
     options = parser.parse_args(argv)
     return (up if command == "up" else down)(Path(options.dir))

@@ -126,31 +126,49 @@ class NoiseSession:
         return b"".join(out)
 
     def decrypt(self, data: bytes) -> bytes:
-        """Feed wire bytes; returns the plaintext of every complete Noise message in them."""
+        """Feed wire bytes; returns the plaintext of every complete Noise message in them.
+
+        Only an unfinished message at the end is kept (copied) between calls; complete ones
+        are read in place."""
         self._require(Phase.TRANSPORT)
         buffer = self._buffer
-        buffer += data
+        if buffer:
+            buffer += data
+        view = memoryview(buffer if buffer else data)
         out = []
         offset = 0
+        size = len(view)
         decrypt = self._conn.decrypt
         try:
-            while len(buffer) - offset >= 2:
-                (length,) = _LEN.unpack_from(buffer, offset)
+            while size - offset >= 2:
+                (length,) = _LEN.unpack_from(view, offset)
                 if length < TAG_SIZE:
                     raise NoiseFailure(f"Noise message of {length} bytes is shorter than its tag")
                 end = offset + 2 + length
-                if end > len(buffer):
+                if end > size:
                     break
-                out.append(decrypt(bytes(buffer[offset + 2 : end])))
+                out.append(decrypt(bytes(view[offset + 2 : end])))
                 offset = end
         except NoiseFailure:
+            view.release()
             self._fail()
             raise
         except Exception as exc:
+            view.release()
             self._fail()
             raise NoiseFailure(f"decryption failed: {type(exc).__name__}: {exc}") from exc
-        del buffer[:offset]
+        if buffer:
+            view.release()
+            del buffer[:offset]
+        else:
+            buffer += view[offset:]
+            view.release()
         return b"".join(out)
+
+    def close(self) -> None:
+        """Free the unfinished message held (the channel is over); the session is unusable."""
+        self.phase = Phase.FAILED
+        self._buffer = bytearray()
 
     # -- guards ------------------------------------------------------------------------
 
@@ -161,8 +179,7 @@ class NoiseSession:
             raise NoiseFailure(f"not allowed during {self.phase.value}")
 
     def _fail(self) -> None:
-        self.phase = Phase.FAILED
-        self._buffer.clear()
+        self.close()
 
 
 class HandshakeReader:

@@ -10,6 +10,7 @@ from pathlib import Path
 import trio
 
 from agentd.bench.rogue import Rogue
+from agentd.runtime.limits import FrameBudget
 from protocol.keys import SigningKey
 from tests.clihelpers import add_peer, cli, init, running
 from tests.rogue import getinfo
@@ -81,10 +82,12 @@ def test_trickled_frames_and_piles_of_channels_are_closed(tmp_path: Path) -> Non
             outcome["trickler_closed"] = await trickler.closed_by_node(timeout=10)
             nursery.cancel_scope.cancel()
 
-        holders = []  # unfinished frames of 30,000 bytes: the third passes the 64 KiB budget
-        for _ in range(3):
+        # Unfinished frames of 30,000 bytes, charged in full on their header: the third
+        # would pass the 64 KiB budget and is closed on its header alone.
+        holders = []
+        for first in (b"\x00" * 20_000, b"\x00" * 20_000, b""):
             holder = await Rogue.join(port, agent)
-            await holder.start_frame(40_000, b"\x00" * 30_000)
+            await holder.start_frame(30_000, first)
             holders.append(holder)
         outcome["third_holder_closed"] = await holders[2].closed_by_node(timeout=5)
 
@@ -114,3 +117,12 @@ def test_trickled_frames_and_piles_of_channels_are_closed(tmp_path: Path) -> Non
         assert outcome["crowd_closed"] == [False] * 4 + [True] * 2
         assert counters["rejected"]["too_many_channels_address"] == 2
         assert processes["n1"].poll() is None
+
+
+def test_the_frame_budget_never_passes_its_limit_and_a_refusal_takes_nothing() -> None:
+    budget = FrameBudget(100)
+    assert budget.update(1, 60) and budget.total == 60
+    assert not budget.update(2, 50) and budget.total == 60  # refused: 2 holds nothing
+    assert budget.update(1, 30) and budget.update(2, 50) and budget.total == 80
+    assert not budget.update(1, 51) and budget.total == 80  # 1 keeps its 30
+    assert budget.update(1, 0) and budget.update(2, 0) and budget.total == 0

@@ -9,7 +9,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, FrameError, encode_frame
+from protocol.frames import (
+    DEFAULT_MAX_FRAME,
+    FrameDecoder,
+    FrameError,
+    FrameRefused,
+    encode_frame,
+)
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -142,3 +148,19 @@ def test_any_oversize_header_in_any_split_raises(length: int, cuts: list[int]) -
         assert decoder.feed(piece) == []
     with pytest.raises(FrameError):
         decoder.feed(pieces[-1] + b"body")
+
+
+def test_admit_judges_an_unfinished_frame_on_its_declared_length() -> None:
+    asked: list[int] = []
+    decoder = FrameDecoder(admit=lambda length: asked.append(length) or length <= 200)
+    assert decoder.feed(encode_frame(b"x" * 500)) == [b"x" * 500]  # whole: never asked
+    assert decoder.feed(struct.pack(">I", 100)) == []  # the header alone is charged
+    assert asked == [100] and decoder.pending == 100 and decoder.buffered == 0
+    assert decoder.feed(b"y" * 100 + struct.pack(">I", 101) + b"z") == [b"y" * 100]
+    assert asked == [100, 101]
+    with pytest.raises(FrameRefused):  # refused before a byte of its body was kept
+        FrameDecoder(admit=lambda length: False).feed(struct.pack(">I", 10) + b"abc")
+    decoder = FrameDecoder(admit=lambda length: True)
+    decoder.feed(struct.pack(">I", 10) + b"abc")
+    decoder.discard()
+    assert (decoder.pending, decoder.buffered) == (0, 0)

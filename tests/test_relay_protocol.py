@@ -10,45 +10,30 @@ from hypothesis import strategies as st
 
 from protocol.codec import canonical, pack, unpack
 from protocol.keys import SigningKey, b64u
-from protocol.relay import (
-    APPLIES_FROM,
-    TRANSITIONS,
+from protocol.relay import APPLIES_FROM, TRANSITIONS, AckStatus, Status, next_status
+from protocol.relay_address import ViewAddress, parse_view
+from protocol.relay_fields import (
     AccessDenied,
-    AccessRule,
-    Ack,
-    AckStatus,
     AddressError,
     DecryptionError,
-    GetStateMessage,
     MessageError,
-    Meta,
-    NetworkQuery,
-    Proof,
     ProofError,
-    Query,
     RelayError,
-    RequestState,
     SignatureError,
-    Status,
-    VerificationPolicy,
-    View,
-    ViewAddress,
-    ViewPayload,
-    admit_query,
-    check_access,
-    make_query,
-    make_view,
-    new_nonce,
-    next_status,
-    open_view,
-    parse_view,
-    required_signers,
-    seal,
-    sign_request,
-    unseal,
-    verify_request,
-    verify_view,
 )
+from protocol.relay_messages import Ack, GetStateMessage, Meta, RequestState, View, ViewPayload
+from protocol.relay_policy import AccessRule, VerificationPolicy, check_access, required_signers
+from protocol.relay_query import (
+    NetworkQuery,
+    Query,
+    admit_query,
+    make_query,
+    new_nonce,
+    sign_request,
+    verify_request,
+)
+from protocol.relay_seal import seal, unseal
+from protocol.relay_views import Proof, make_view, open_view, verify_view
 
 SOURCE = SigningKey(bytes([1]) * 32)
 REQUESTOR = SigningKey(bytes([2]) * 32)

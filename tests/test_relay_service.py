@@ -24,24 +24,12 @@ from agentd.runtime.node import Node
 from protocol.codec import canonical, digest, unpack
 from protocol.keys import ChipAddress, SigningKey
 from protocol.messages import Send
-from protocol.relay import (
-    Ack,
-    AckStatus,
-    DecryptionError,
-    InteropPayload,
-    Meta,
-    NetworkQuery,
-    ProofError,
-    Query,
-    View,
-    ViewPayload,
-    make_query,
-    make_view,
-    new_nonce,
-    open_view,
-    unseal,
-    verify_view,
-)
+from protocol.relay import AckStatus
+from protocol.relay_fields import DecryptionError, ProofError
+from protocol.relay_messages import Ack, Meta, View, ViewPayload
+from protocol.relay_query import NetworkQuery, Query, make_query, new_nonce
+from protocol.relay_seal import unseal
+from protocol.relay_views import InteropPayload, make_view, open_view, verify_view
 from tests.netfixture import Network, dial_failures, node_config, start_node, wait_for
 
 
@@ -267,6 +255,42 @@ async def test_bad_parameters_are_invalid_params_naming_the_problem(tmp_path):
             unknown = await rpc_error(a, method, {"request_id": str(uuid.uuid4())})
             assert unknown.code == NOT_FOUND and unknown.reason == "UNKNOWN_REQUEST"
         assert a.db.read_one("SELECT count(*) FROM relay_requests")[0] == 0
+
+
+async def test_a_peer_that_only_connected_to_us_is_reached_by_agent_id_not_by_address(
+        tmp_path):
+    """n1 knows n0 and opens a channel to it; n0 never learned n1. Its listen address is what
+    n1 claims, so HOST:PORT does not resolve to it; its agent id works over that channel."""
+    keys = [SigningKey.generate() for _ in range(2)]
+    async with trio.open_nursery() as nursery:
+        net = Network(nursery, tmp_path)
+        dest = await _start(net, 0, keys[0])
+        source = await _start(net, 1, keys[1],
+                              access=((keys[0].agent_id, "node:*"),))
+        net.nodes += [dest, source]
+        try:
+            by_agent = {"address": f"{source.agent_id}/agentd/node:info"}
+            unknown = await rpc_error(dest, "relay.query", by_agent)  # no channel yet
+            assert (unknown.code, unknown.reason) == (NOT_FOUND, "UNKNOWN_PEER")
+            assert source.agent_id in unknown.message and "peers.add" in unknown.message
+
+            source.learn_peer(dest.agent_id, dest.listen_address, "n0")
+            await source.rpc.call("peers.ping", {"agent": dest.agent_id})
+            assert dest.connected(source.agent_id) and dest.address_of(source.agent_id) is None
+
+            by_address = await rpc_error(dest, "relay.query", {"address": addr(source,
+                                                                               "node:info")})
+            assert (by_address.code, by_address.reason) == (NOT_FOUND, "UNKNOWN_PEER")
+            assert source.listen_address in by_address.message
+            assert "agent id" in by_address.message and "peers.add" in by_address.message
+
+            done = await query(dest, by_agent["address"])
+            assert done["status"] == "COMPLETED", done
+            assert done["view"]["payload"]["agent"] == source.agent_id
+            assert dest.address_of(source.agent_id) is None  # still not dialled, nor stored
+        finally:
+            for node in net.nodes:
+                node.stop()
 
 
 async def test_source_refuses_bad_signatures_other_requestors_unknown_views_and_replays(

@@ -14,7 +14,7 @@ import pytest
 
 import agentd.sim.html
 from agentd.errors import UserError
-from agentd.sim import main
+from agentd.sim import load_scenario, main
 
 SCENARIO = """
 [sim]
@@ -39,6 +39,11 @@ kind = "cut"
 at_s = 0.1
 for_s = 0.3
 rate = 10
+[[faults]]
+kind = "crash"
+nodes = ["n1"]
+at_s = 0.1
+down_s = 0.2
 [invariants]
 check = ["all_delivered", "outbox_drained", "chains_agree", "balances_zero_sum"]
 """
@@ -94,15 +99,39 @@ def test_the_report_renders_in_a_headless_browser(tmp_path, capsys, chromium):
     assert tallies == links >= 6
     # a line per tally, a dot per node, per tally (its hover) and for the clearing house
     assert network.count('class="js-line"') == links
-    assert network.count('class="point"') == 6 + tallies + 1
+    # ... and a cross on the one that crashed, in the legend
+    assert network.count('class="point"') == 6 + tallies + 1 + 1
     assert ">clearing house<" in network and network.count("colorbar") == 2
+    assert ">crashed, restarted<" in network
     throughput = part("throughput", "latency-0")
     assert throughput.count('class="trace scatter') == 3  # tallies, payments, relay queries
-    assert throughput.count('class="shape-group"') == 2  # the cut, shaded; traffic's start
+    # the cut and the crash, shaded; the traffic's start
+    assert throughput.count('class="shape-group"') == 3
     histograms = dom[dom.index('id="latency-0"'):]
     assert histograms.count('class="trace bars') == 3
     assert len(re.findall(r'class="point"', histograms)) >= 3
-    assert "all_delivered" in dom and ">cut<" in dom
+    assert "all_delivered" in dom and ">cut<" in dom and ">crash<" in dom
+
+
+def test_the_network_picture_crosses_out_the_nodes_that_crashed(tmp_path):
+    """The crashed nodes' trace: on their dots, named in the legend, hover saying so."""
+    pytest.importorskip("plotly", reason="the report extra is not installed")
+    from agentd.sim import figures
+    from agentd.sim.report import Report
+
+    path = tmp_path / "scenario.toml"
+    path.write_text(SCENARIO)
+    scenario = load_scenario(path)
+    report = Report(crashed={"n1": 1, "n4": 2})
+    traces = {trace.name: trace for trace in figures.network(scenario, report).data}
+    nodes, crashed = traces["nodes"], traces["crashed, restarted"]
+    at = {name: (x, y) for name, x, y in zip(nodes.text, nodes.x, nodes.y, strict=True)}
+    assert list(zip(crashed.x, crashed.y, strict=True)) == [at["n1"], at["n4"]]
+    assert crashed.showlegend is not False and crashed.marker.symbol == "x-thin"
+    assert crashed.hovertext == ("n1: crashed and restarted",
+                                 "n4: crashed and restarted (2 times)")
+    assert "crashed, restarted" not in {t.name for t in figures.network(
+        scenario, Report()).data}  # no crash, no entry
 
 
 def test_report_without_its_extra_is_refused_before_the_run(tmp_path, monkeypatch):

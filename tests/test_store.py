@@ -100,6 +100,36 @@ def test_migration_5_moves_large_rows_to_rowid_tables_and_keeps_them(
         conn.close()
 
 
+def test_migration_7_forgets_strangers_older_versions_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database of version 6 holds every peer that ever completed a handshake, with the
+    address its hello claimed; the migration keeps only the peers something of ours names."""
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    try:
+        monkeypatch.setattr("store.schema.migrations", lambda: migrations()[:6])
+        assert migrate(conn) == 6
+        rows = [("stranger", None, "203.0.113.9:7000", 5), ("silent", None, None, 6),
+                ("configured", "bob", "127.0.0.1:7102", 7), ("partner", None, "10.0.0.2:1", 8),
+                ("referee", None, "10.0.0.3:1", 9)]
+        conn.executemany("INSERT INTO peers VALUES (?, ?, ?, ?)", rows)
+        conn.execute("INSERT INTO tallies (uuid, cuid, side, state, partner, body, token,"
+                     " created, updated) VALUES ('t', 'u', 'stock', 'open', 'partner', x'80',"
+                     " x'00', 1, 1)")
+        conn.execute("INSERT INTO tallies (uuid, cuid, side, state, body, token, created,"
+                     " updated) VALUES ('t2', 'u', 'stock', 'draft', x'80', x'00', 1, 1)")
+        conn.execute("INSERT INTO lifts (lift, kind, state, units, referee, deadline, record,"
+                     " query_due, created, updated) VALUES ('l', 'linear', 'pend', 1, 'referee',"
+                     " 1, x'80', 1, 1, 1)")
+        monkeypatch.undo()
+        assert migrate(conn) == LATEST
+        kept = conn.execute("SELECT agent, name, address FROM peers ORDER BY agent").fetchall()
+        assert kept == [("configured", "bob", "127.0.0.1:7102"),
+                        ("partner", None, "10.0.0.2:1"), ("referee", None, "10.0.0.3:1")]
+    finally:
+        conn.close()
+
+
 def test_migrate_refuses_a_newer_database(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "new.db", isolation_level=None)
     try:

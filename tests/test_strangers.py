@@ -14,6 +14,7 @@ from pathlib import Path
 
 import trio
 
+from agentd.runtime.outbox import STRANGER_QUEUE, WINDOW
 from agentd.runtime.strangers import Strangers
 from protocol.codec import pack
 from protocol.envelope import Ack, Envelope
@@ -94,6 +95,24 @@ async def test_replies_nobody_takes_expire_out_of_the_outbox(tmp_path, monkeypat
         await wait_for(lambda: node.pump.depth == 0, timeout=20)
         assert node.counters.outbox_expired == 100
         await wait_for(lambda: node.db.read_one("SELECT count(*) FROM outbox")[0] == 0)
+
+
+async def test_a_stranger_that_never_acks_holds_a_bounded_queue_of_replies(tmp_path):
+    async with network(tmp_path, n=1) as net:
+        node = net.nodes[0]
+        rogue = await Rogue.join(node.port, node.agent_id)
+        pings = WINDOW + STRANGER_QUEUE + 300
+        await rogue.send_frames([pack(rogue.envelope(node.agent_id)) for _ in range(pings)])
+        await wait_for(lambda: node.counters.messages_processed == pings, timeout=30)
+        # at most a window of pongs is out unacked and STRANGER_QUEUE wait: the rest (and
+        # any unacked pong that comes back for a retry) are dropped, rows included
+        counters = node.counters
+        await wait_for(lambda: node.pump.depth + counters.outbox_dropped == pings
+                       and node.pump.depth <= WINDOW + STRANGER_QUEUE)
+        assert counters.outbox_dropped >= 300
+        await wait_for(lambda: node.db.read_one("SELECT count(*) FROM outbox")[0]
+                       == node.pump.depth)
+        await rogue.aclose()
 
 
 async def test_strangers_are_remembered_in_a_bounded_table(tmp_path):

@@ -20,6 +20,7 @@ class Counters:
     rejected_by_peer: int = 0
     no_route: int = 0  # send attempts to a peer with no channel and no address we may dial
     outbox_expired: int = 0  # messages dropped undelivered once no longer worth it
+    outbox_dropped: int = 0  # replies to a stranger dropped past its queue's bound
     unacked_failures: int = 0  # messages we could not commit: left unacked for a retry
     rejected: Counter[str] = field(default_factory=Counter)
 

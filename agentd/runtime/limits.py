@@ -95,23 +95,28 @@ class HandshakeSlots:
 
 
 class FrameBudget:
-    """Bytes of unfinished frames buffered over all channels, against one budget."""
+    """The declared lengths of unfinished frames over all channels, against one budget: a
+    frame is charged in full when its header arrives, so what the budget admits bounds what
+    the buffers can grow to, however the bytes come."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.total = 0
         self._held: dict[int, int] = {}
 
-    def update(self, channel_id: int, buffered: int) -> bool:
-        """Record a channel's buffered bytes; False when this pushes the total past the
-        budget (the caller closes that channel, the newest offender)."""
+    def update(self, channel_id: int, charge: int) -> bool:
+        """Set a channel's charge; False, and the charge not taken, when raising it would
+        push the total past the budget (the caller closes that channel, the newest
+        offender): the total never passes the budget, so no one else is refused for it."""
         old = self._held.get(channel_id, 0)
-        self.total += buffered - old
-        if buffered:
-            self._held[channel_id] = buffered
+        if charge > old and self.total + charge - old > self.limit:
+            return False
+        self.total += charge - old
+        if charge:
+            self._held[channel_id] = charge
         else:
             self._held.pop(channel_id, None)
-        return not (buffered > old and self.total > self.limit)
+        return True
 
 
 def defer_accept(listeners: list[trio.SocketListener], seconds: int) -> None:

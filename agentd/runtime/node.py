@@ -28,6 +28,7 @@ from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
 from agentd.runtime.limits import defer_accept
+from agentd.runtime.links import Links
 from agentd.runtime.metrics import Metrics
 from agentd.runtime.outbox import OutboxPump
 from agentd.runtime.peer_admin import PeerAdmin
@@ -82,6 +83,7 @@ class Node:
         self.strangers = Strangers()
         self.configure_peers()
         self.peers: PeerManager = None  # type: ignore[assignment]  # set in run()
+        self.links: Links | None = None  # simulated link faults: set by agentd sim, before run
         self._install_services()
         for name, method in (("getinfo", self.rpc_getinfo), ("peers.list", self.rpc_peers),
                              ("reload", self.rpc_reload), ("stop", self.rpc_stop)):
@@ -232,7 +234,7 @@ class Node:
             max_frame=self.config.max_frame, handshake_timeout=self.config.handshake_timeout,
             idle_timeout=self.config.idle_timeout, on_frame=self.dispatcher.on_frame,
             on_channel=self._channel_opened, on_channel_closed=self._channel_closed,
-            limits=self.config.limits, is_known=self.is_known,
+            limits=self.config.limits, is_known=self.is_known, links=self.links,
         )
         await nursery.start(self.peers.run)
         await nursery.start(self.pump.run)

@@ -36,6 +36,7 @@ SCAN_INTERVAL = 0.25  # the retry scan's shortest interval: a retry is at most t
 SCAN_AT_MOST = 1.0  # ... or, while messages are live, this: expired ones leave within it
 ACK_DELETE_S = 0.2  # acked rows wait this long, to be deleted together
 WINDOW = 1024  # unacked messages per peer: keeps ack latency, and so timeouts, meaningful
+STRANGER_QUEUE = 256  # replies waiting to go to one peer we do not know; past it the oldest go
 
 
 def ack_timeout(tries: int, rto: float = ACK_TIMEOUT_MIN) -> float:
@@ -147,7 +148,21 @@ class OutboxPump:
             assert self._nursery is not None
             self._nursery.start_soon(self._sender, item.peer)
         queue.append(item)
+        if len(queue) > STRANGER_QUEUE and item.is_reply and not self.node.is_known(item.peer):
+            self._drop_oldest_reply(queue)
         self._wake[item.peer].set()
+
+    def _drop_oldest_reply(self, queue: deque[Outgoing]) -> None:
+        """A stranger that floods us and never acks would have us hold every reply until it
+        expires: past ``STRANGER_QUEUE`` waiting, its oldest reply is dropped, row included
+        (``outbox_dropped``). Replies cost the stranger's own requests, nothing of ours."""
+        victim = next((i for i in queue if i.is_reply and i.id in self.live), None)
+        if victim is None:
+            return
+        queue.remove(victim)
+        del self.live[victim.id]
+        self.forget(victim)  # its row goes with the next batch of deletes
+        self.node.counters.outbox_dropped += 1
 
     # -- acks ----------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import trio
 from agentd.config import Limits
 from agentd.runtime.counters import Counters
 from agentd.runtime.limits import FrameBudget, HandshakeSlots
+from agentd.runtime.links import Links
 from agentd.runtime.transport import (
     PIPELINE,
     Channel,
@@ -59,8 +60,10 @@ class PeerManager:
         on_channel_closed: Callable[[Channel], None],
         limits: Limits | None = None,
         is_known: Callable[[str], bool] = lambda agent: False,
+        links: Links | None = None,
     ) -> None:
         self.key = key
+        self.links = links  # simulated link faults, agentd sim only
         self.hello = hello
         self.counters = counters
         self.max_frame = max_frame
@@ -224,7 +227,7 @@ class PeerManager:
         channel = Channel(
             stream, session, remote, outbound=outbound, max_frame=self.max_frame,
             counters=self.counters, frame_timeout=self.limits.frame_timeout, budget=self.budget,
-            pipeline=PIPELINE if known else self.limits.stranger_pipeline,
+            pipeline=PIPELINE if known else self.limits.stranger_pipeline, links=self.links,
         )
         self.channels.setdefault(channel.agent, []).append(channel)
         self._on_channel(channel)

@@ -9,6 +9,7 @@ costs that one connection, never the node.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 import trio
 
 from agentd.runtime.limits import FrameBudget
+from agentd.runtime.links import Links
 from protocol.codec import CodecError, pack, unpack
-from protocol.frames import FrameDecoder, FrameError, encode_frame
+from protocol.frames import FrameDecoder, FrameError, FrameRefused, encode_frame
 from protocol.keys import (
     IdentityError,
     SigningKey,
@@ -161,9 +163,11 @@ class Channel:
         frame_timeout: float | None = None,
         budget: FrameBudget | None = None,
         pipeline: int = PIPELINE,
+        links: Links | None = None,
     ) -> None:
         """``pipeline``: messages of this peer being processed at once; past it the channel
-        stops reading (a stranger gets a small one, so it cannot crowd the writer thread)."""
+        stops reading (a stranger gets a small one, so it cannot crowd the writer thread).
+        ``links``: simulated link faults (``agentd sim`` only; see agentd.runtime.links)."""
         self.stream = stream
         self.session = session
         self.pipeline = pipeline
@@ -171,7 +175,8 @@ class Channel:
         self.hello = hello
         self.outbound = outbound
         self.counters = counters
-        self._decoder = FrameDecoder(max_frame)
+        self._budget = budget
+        self._decoder = FrameDecoder(max_frame, admit=self._admit_frame if budget else None)
         self._send, self._queue = trio.open_memory_channel[bytes](SEND_QUEUE)
         self._defer_send, self._deferred = trio.open_memory_channel[Deferred](pipeline)
         self._now = now
@@ -182,9 +187,9 @@ class Channel:
         self.frame_timeout = frame_timeout
         self.address: str | None = None  # the remote host of an inbound channel
         self.opened = now()
-        self._budget = budget
         self._frame_started: float | None = None  # when the unfinished frame began
         self._frame_begun = trio.Event()  # set when a frame starts: wakes the frame watch
+        self._line = links.line(self.agent) if links is not None else None
 
     @property
     def alive(self) -> bool:
@@ -197,6 +202,15 @@ class Channel:
         checkpoint is picked up by the send loop as one batch — one Noise message, one
         syscall — instead of one each.
         """
+        if self._line is not None:
+            try:
+                if await self._line.hold(body):
+                    return  # dropped or delayed by a simulated link fault
+            except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+                raise ChannelClosed("closed", "channel is closed") from exc
+        await self._queue_frame(body)
+
+    async def _queue_frame(self, body: bytes) -> None:
         try:
             self._send.send_nowait(body)
         except trio.WouldBlock:
@@ -206,6 +220,12 @@ class Channel:
                 raise ChannelClosed("closed", "channel is closed") from exc
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise ChannelClosed("closed", "channel is closed") from exc
+
+    async def _release(self, body: bytes) -> None:
+        """Send a frame the link held; one for a channel that closed meanwhile is lost (as a
+        queued one is; the outbox sends it again)."""
+        with contextlib.suppress(ChannelClosed):
+            await self._queue_frame(body)
 
     async def defer(self, reply: Deferred) -> None:
         """Queue ``reply`` (an async callable giving a frame body or None) to be awaited
@@ -246,6 +266,8 @@ class Channel:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._send_loop)
                     nursery.start_soon(self._reply_loop)
+                    if self._line is not None:
+                        nursery.start_soon(self._line.run, self._release)
                     if idle_timeout is not None:
                         nursery.start_soon(self._idle_watch, idle_timeout)
                     if self.frame_timeout is not None:
@@ -253,12 +275,17 @@ class Channel:
                     try:
                         await self._receive_loop(on_frame)
                     except ChannelClosed as exc:
-                        fault = exc
+                        # A new exception, without the traceback that holds the receive
+                        # loop's buffers: the one raised below is kept alive by a cycle
+                        # until the garbage collector runs, so it must hold nothing big.
+                        fault = ChannelClosed(exc.reason, exc.detail)
                     nursery.cancel_scope.cancel()
         finally:
             self.close_reason = self.close_reason or "closed"
             if self._budget is not None:
                 self._budget.update(id(self), 0)
+            self._decoder.discard()  # the buffers go now, not when a cycle is collected
+            self.session.close()
             self._send.close()
             self._defer_send.close()
             self.closed.set()
@@ -284,6 +311,9 @@ class Channel:
                 frames = self._decoder.feed(self.session.decrypt(data))
             except NoiseFailure as exc:
                 raise ChannelClosed("decrypt_failed", str(exc)) from exc
+            except FrameRefused as exc:
+                raise ChannelClosed("partial_frames_budget", f"{exc}: unfinished frames would "
+                                    f"pass the budget of {self._budget.limit} bytes") from exc
             except FrameError as exc:
                 raise ChannelClosed("frame_too_large", str(exc)) from exc
             self._track_partial_frame(bool(frames))
@@ -310,17 +340,22 @@ class Channel:
             counters.bytes_out += len(wire)
             self.last_activity = self._now()
 
+    def _admit_frame(self, length: int) -> bool:
+        """Charge an unfinished frame's declared length to the budget before any of its body
+        is buffered; False (the channel is closed) when it would pass the budget."""
+        assert self._budget is not None
+        return self._budget.update(id(self), length)
+
     def _track_partial_frame(self, completed: bool) -> None:
-        """Start the frame deadline when a frame begins; charge its bytes to the budget."""
+        """Start the frame deadline when a frame begins; a finished frame frees its charge."""
         decoder = self._decoder
         if not decoder.partial:
             self._frame_started = None
         elif completed or self._frame_started is None:
             self._frame_started = self._now()
             self._frame_begun.set()
-        if self._budget is not None and not self._budget.update(id(self), decoder.buffered):
-            raise ChannelClosed("partial_frames_budget",
-                                f"unfinished frames past the budget of {self._budget.limit} bytes")
+        if self._budget is not None:
+            self._budget.update(id(self), decoder.pending)
 
     async def _frame_watch(self, frame_timeout: float) -> None:
         """Close the channel when a frame stays unfinished ``frame_timeout``. It sleeps only

@@ -35,7 +35,13 @@ from agentd.sim.invariants import check, settled_chains
 from agentd.sim.lifts import LIFT_KINDS, debt, lifts_atomic
 from agentd.sim.limits import check_capacity
 from agentd.sim.report import Report, print_report
-from agentd.sim.scenario import CREDIT_TRAFFIC, LIFT_TRAFFIC, Scenario, load_scenario
+from agentd.sim.scenario import (
+    CREDIT_TRAFFIC,
+    LIFT_TRAFFIC,
+    LINK_FAULTS,
+    Scenario,
+    load_scenario,
+)
 from agentd.sim.traffic import KINDS, Run, open_tallies
 from agentd.sim.workers import Workers
 from store import SharedWriter
@@ -82,9 +88,10 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
         clock = time.perf_counter()
 
     async with trio.open_nursery() as nursery:
-        backend = Processes(workdir) if processes else InProcess(
-            nursery, workdir, writer) if workers == 1 else Workers(
-            nursery, workdir, workers, durable=durable)
+        shaped = any(f["kind"] in LINK_FAULTS for f in scenario.faults)
+        backend = Processes(workdir, shaped=shaped) if processes else InProcess(
+            nursery, workdir, writer, shaped=shaped) if workers == 1 else Workers(
+            nursery, workdir, workers, durable=durable, shaped=shaped)
         try:
             agents = await backend.start(scenario.nodes, scenario.edges, scenario.house)
             lap("start")
@@ -106,6 +113,8 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
                     await {**KINDS, **LIFT_KINDS}[item["kind"]](run, item)
                 traffic.cancel_scope.cancel()  # the traffic is done: so are the faults
             await heal_all(backend, report, healing)
+            if shaped:
+                report.counts.update(await backend.link_counts())
             lap("traffic")
             credit = await settled_chains(backend, scenario, tallies, report) if paying else None
             if any(item["kind"] in LIFT_TRAFFIC for item in scenario.traffic):

@@ -6,6 +6,8 @@ import contextlib
 import dataclasses
 import random
 import subprocess
+from collections import Counter
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import trio
 from agentd.config import Config
 from agentd.errors import UserError
 from agentd.localnodes import (
+    RUN,
     LocalNode,
     free_ports,
     local_config,
@@ -25,8 +28,10 @@ from agentd.localnodes import (
     write_node,
 )
 from agentd.rpc import RpcError, call
+from agentd.runtime.links import Links, Rule
 from agentd.runtime.node import Node
 from agentd.runtime.peers import PeerUnreachable
+from agentd.sim.node import METHOD
 from protocol.keys import SigningKey
 from store import SharedWriter
 
@@ -56,8 +61,9 @@ class InProcess:
     A call to a crashed node waits for its restart, and one the crash interrupted is made
     again on the restarted node, as a user whose call failed would."""
 
-    def __init__(self, nursery: trio.Nursery, workdir: Path, writer: SharedWriter | None
-                 ) -> None:
+    def __init__(self, nursery: trio.Nursery, workdir: Path, writer: SharedWriter | None,
+                 *, shaped: bool = False) -> None:
+        """``shaped``: give the nodes link faults, for a scenario with delay or loss."""
         self.nursery = nursery
         self.workdir = workdir
         self.nodes: dict[str, Node] = {}
@@ -68,6 +74,8 @@ class InProcess:
         self._up: dict[str, trio.Event] = {}
         self._down: dict[str, trio.Event] = {}
         self._group: dict[str, int] | None = None  # the partition in force, by agent
+        self._shaped = shaped
+        self._links: dict[str, Links] = {}  # each node's link faults (kept across restarts)
 
     async def start(self, names: list[str], edges: list[tuple[str, str]],
                     house: str | None = None) -> dict[str, str]:
@@ -96,6 +104,8 @@ class InProcess:
 
     async def _launch(self, name: str, config: Config, key: SigningKey) -> Node:
         node = Node(config, key, database=self.database)
+        if self._shaped:
+            node.links = self._links.setdefault(name, Links())
         self._down[name] = trio.Event()
         await self.nursery.start(self._run_node, name, node)
         self._guard(node)
@@ -170,6 +180,13 @@ class InProcess:
     async def heal(self) -> None:
         self._group = None
 
+    async def shape(self, name: str, peer: str, fault: str, rule: Rule | None) -> None:
+        """Put link fault ``fault`` in force on ``name``'s frames to ``peer`` (None: heal)."""
+        self._links[name].set(self.agents[peer], fault, rule)
+
+    async def link_counts(self) -> dict[str, int]:
+        return dict(sum((Counter(links.counts()) for links in self._links.values()), Counter()))
+
     def _name_of(self, agent: str) -> str:
         return next((name for name, known in self.agents.items() if known == agent),
                     agent[:8])
@@ -182,10 +199,16 @@ class InProcess:
 class Processes:
     """One ``agentd run`` OS process per node, peered by config, driven by its socket."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, shaped: bool = False) -> None:
+        """``shaped``: start the nodes as ``agentd.sim.node`` (``agentd run`` with link
+        faults), for a scenario with delay or loss faults."""
         self.workdir = workdir
         self.procs: dict[str, subprocess.Popen] = {}
         self.sockets: dict[str, Path] = {}
+        self._module = ("agentd.sim.node",) if shaped else RUN
+        self._rules: dict[str, dict[tuple[str, str], Rule]] = {}  # name -> (peer, fault) -> rule
+        self._counted: dict[str, Counter] = {}  # link counts of each node: earlier lives
+        self._seen: dict[str, dict[str, int]] = {}  # ... and its current one, as last seen
 
     async def start(self, names: list[str], edges: list[tuple[str, str]],
                     house: str | None = None) -> dict[str, str]:
@@ -207,7 +230,7 @@ class Processes:
             peers = "".join(peer_section(planned[other]) for other in others)
             nodes.append(write_node(node.directory, name, node.port, key=node.key,
                                     sections=logging_to + access + peers))
-        self.procs = {node.name: spawn(node) for node in nodes}
+        self.procs = {node.name: spawn(node, self._module) for node in nodes}
         self.sockets = {node.name: node.socket for node in nodes}
         self._nodes = {node.name: node for node in nodes}
         self._up = {node.name: trio.Event() for node in nodes}
@@ -240,10 +263,40 @@ class Processes:
     async def restart(self, name: str) -> None:
         node = self._nodes[name]
         node.socket.unlink(missing_ok=True)
-        self.procs[name] = spawn(node)
+        self.procs[name] = spawn(node, self._module)
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(wait_ready, [node], [self.procs[name]])
+            self._counted.setdefault(name, Counter()).update(self._seen.pop(name, {}))
+            for (peer, fault), rule in self._rules.get(name, {}).items():  # a new process
+                await self._set_link(name, peer, fault, rule)
         self._up[name].set()
+
+    async def shape(self, name: str, peer: str, fault: str, rule: Rule | None) -> None:
+        rules = self._rules.setdefault(name, {})
+        if rule is None:
+            rules.pop((peer, fault), None)
+        else:
+            rules[(peer, fault)] = rule
+        if self._up[name].is_set():  # (a crashed node is given its rules as it restarts)
+            self._seen[name] = await self.call(name, METHOD, self._link(peer, fault, rule))
+
+    async def _set_link(self, name: str, peer: str, fault: str, rule: Rule | None) -> None:
+        self._seen[name] = await trio.to_thread.run_sync(partial(
+            call, self.sockets[name], METHOD, self._link(peer, fault, rule), 60))
+
+    def _link(self, peer: str, fault: str, rule: Rule | None) -> dict[str, Any]:
+        return {"peer": self._nodes[peer].key.agent_id, "fault": fault,
+                "rule": None if rule is None else asdict(rule)}
+
+    async def link_counts(self) -> dict[str, int]:
+        """Frames dropped and delayed, by every node in all its lives (what a killed process
+        had counted since the sim last asked it is lost with it)."""
+        total: Counter = Counter()
+        for name in self.procs:
+            self._seen[name] = await self.call(name, METHOD, {})
+            total.update(self._counted.get(name, Counter()))
+            total.update(self._seen[name])
+        return dict(total)
 
     async def stop(self) -> None:
         for name in self.procs:

@@ -8,7 +8,13 @@ traffic runs) and lasts ``for_s`` (a crash: ``down_s``):
   connection crosses the split until it heals;
 - ``crash``: kill ``count`` random nodes (or the ``nodes`` named) and restart them from their
   databases ``down_s`` later — in one process, the node is cancelled abruptly and a new one
-  started on its key, port and database; with ``--processes``, SIGKILL and ``agentd run``.
+  started on its key, port and database; with ``--processes``, SIGKILL and ``agentd run``;
+- ``delay``: on ``links`` of the topology's links (a fraction, or a count; default all) each
+  frame either way waits ``ms`` plus up to ``jitter_ms`` more; a ping across one of them
+  measures the round trip (``rtt_ms`` in the report);
+- ``loss``: on ``links`` of the links, ``rate`` of the frames either way are dropped; the
+  at-least-once delivery resends them. Both act in the nodes' transport
+  (:mod:`agentd.runtime.links`); with ``--processes`` the nodes run as ``agentd.sim.node``.
 
 When the traffic is done every fault heals (crashed nodes restart, partitions lift) and the
 invariants are checked on the healed network. The report lists each fault as it happened.
@@ -21,10 +27,13 @@ from typing import Any
 
 import trio
 
+from agentd.rpc import RpcError
+from agentd.runtime.links import Rule
 from agentd.sim.report import Report
 from agentd.sim.scenario import Scenario
 
-PROCESS_FAULTS = frozenset({"crash"})  # what --processes can do (no hook into a process's dials)
+# what --processes can do (no hook into a process's dials: no cut, no partition)
+PROCESS_FAULTS = frozenset({"crash", "delay", "loss"})
 
 
 async def run_faults(backend: Any, scenario: Scenario, rng: random.Random, report: Report,
@@ -55,6 +64,7 @@ class Healing:
     def __init__(self) -> None:
         self.crashed: set[str] = set()
         self.partitioned = False
+        self.shaped: dict[str, list[tuple[str, str]]] = {}  # link fault -> the links it shapes
 
 
 async def _one(backend: Any, scenario: Scenario, fault: dict, rng: random.Random,
@@ -72,6 +82,8 @@ async def _one(backend: Any, scenario: Scenario, fault: dict, rng: random.Random
                 cuts += 1
                 event["what"] = f"{cuts} connections closed"
             await trio.sleep(1 / fault.get("rate", 1.0))
+    elif kind in ("delay", "loss"):
+        await _shape(backend, scenario, fault, rng, report, healing, event, lasting)
     elif kind == "partition":
         groups = fault.get("groups") or _halves(scenario, rng)
         event["what"] = " | ".join(",".join(g[:4]) + ("..." if len(g) > 4 else "")
@@ -87,6 +99,8 @@ async def _one(backend: Any, scenario: Scenario, fault: dict, rng: random.Random
             up, min(fault.get("count", 1), len(up))) if name not in healing.crashed]
         event["what"] = ", ".join(names)
         healing.crashed.update(names)
+        for name in names:
+            report.crashed[name] = report.crashed.get(name, 0) + 1
         with trio.CancelScope(shield=True):  # a node is either up or wholly down
             for name in names:
                 await backend.crash(name)
@@ -94,6 +108,51 @@ async def _one(backend: Any, scenario: Scenario, fault: dict, rng: random.Random
         for name in names:
             await backend.restart(name)
             healing.crashed.discard(name)
+
+
+async def _shape(backend: Any, scenario: Scenario, fault: dict, rng: random.Random,
+                 report: Report, healing: Healing, event: dict, lasting: float) -> None:
+    share = fault.get("links", 1.0)
+    links = rng.sample(scenario.edges, share if isinstance(share, int)
+                       else max(1, round(share * len(scenario.edges))))
+    key = f"{fault['kind']}{len(report.faults)}"  # this occurrence, as the nodes know it
+    if fault["kind"] == "delay":
+        rule = Rule(ms=fault["ms"], jitter_ms=fault.get("jitter_ms", 0))
+        jitter = f" + up to {rule.jitter_ms:g}" if rule.jitter_ms else ""
+        event["what"] = f"{len(links)} of {len(scenario.edges)} links: {rule.ms:g}{jitter} ms " \
+            "each way"
+    else:
+        rule = Rule(loss=fault["rate"])
+        event["what"] = f"{len(links)} of {len(scenario.edges)} links: {rule.loss:.0%} of " \
+            "frames dropped"
+    healing.shaped[key] = links  # before any is shaped: heal_all undoes a half-done one
+    await _set(backend, links, key, rule)
+    if fault["kind"] == "delay":
+        with trio.CancelScope(shield=True):  # measured even if the traffic ends meanwhile
+            await _probe(backend, links[0], report, event)
+    await trio.sleep(lasting)
+    await _set(backend, links, key, None)
+    del healing.shaped[key]
+
+
+async def _set(backend: Any, links: list[tuple[str, str]], key: str, rule: Rule | None) -> None:
+    for a, b in links:
+        await backend.shape(a, b, key, rule)
+        await backend.shape(b, a, key, rule)
+
+
+async def _probe(backend: Any, link: tuple[str, str], report: Report, event: dict) -> None:
+    """One ping across a delayed link: the round trip it measured goes in the report."""
+    a, b = link
+    agent = (await backend.call(b, "getinfo", {}))["agent"]
+    report.counts["probe_pings"] = report.counts.get("probe_pings", 0) + 1  # processed twice
+    try:
+        rtt = (await backend.call(a, "peers.ping", {"agent": agent}))["rtt_ms"][0]
+    except RpcError as exc:
+        event["what"] += f"; ping {a} -> {b}: {exc.message}"
+        return
+    event["rtt_ms"] = rtt
+    event["what"] += f"; ping {a} -> {b} {rtt:.0f} ms"
 
 
 def _halves(scenario: Scenario, rng: random.Random) -> list[list[str]]:
@@ -111,6 +170,9 @@ async def heal_all(backend: Any, report: Report, healing: Healing) -> None:
     for name in sorted(healing.crashed):
         await backend.restart(name)
     healing.crashed.clear()
+    for key, links in healing.shaped.items():
+        await _set(backend, links, key, None)
+    healing.shaped.clear()
 
 
 __all__ = ["PROCESS_FAULTS", "Healing", "heal_all", "run_faults"]

@@ -2,7 +2,8 @@
 
 The network is laid out by networkx (ForceAtlas2: numpy only, no scipy, about 3 s at 1,000
 nodes); each tally is a line whose colour and width grow with its balance, each node a dot
-coloured by its net position; the clearing house is a star and referees wear a ring.
+coloured by its net position; the clearing house is a star, referees wear a ring and nodes
+a fault crashed (and the sim restarted) are crossed out.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from agentd.sim.scenario import Scenario
 
 BALANCE_BANDS = 6  # tallies are drawn in this many bands of |balance| (one trace each)
 NAMED_UP_TO = 40  # nodes are labelled on the picture in networks up to this size
-FAULT_COLOURS = {"cut": "#f4a261", "partition": "#9b5de5", "crash": "#e63946"}
+FAULT_COLOURS = {"cut": "#f4a261", "partition": "#9b5de5", "crash": "#e63946",
+                 "delay": "#3a86ff", "loss": "#8d6e63"}
 MAX_BINS = 200  # bins on the throughput plot at most
 FONT = {"family": "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", "size": 13}
 
@@ -107,6 +109,16 @@ def network(scenario: Scenario, report: Report) -> go.Figure:
             name="referee", hoverinfo="text", hovertext=[f"{r}: referee" for r in referees],
             marker={"symbol": "circle-open", "size": 30, "color": "#2a9d8f",
                     "line": {"width": 3}}))
+    crashed = [n for n in names if n in report.crashed]
+    if crashed:
+        figure.add_trace(go.Scatter(
+            x=[pos[n][0] for n in crashed], y=[pos[n][1] for n in crashed], mode="markers",
+            name="crashed, restarted", hoverinfo="text", hovertext=[
+                f"{n}: crashed and restarted"
+                + (f" ({report.crashed[n]} times)" if report.crashed[n] > 1 else "")
+                for n in crashed],
+            marker={"symbol": "x-thin", "size": 20, "color": FAULT_COLOURS["crash"],
+                    "line": {"width": 3, "color": FAULT_COLOURS["crash"]}}))
     figure.update_layout(_layout(
         height=640, hovermode="closest", legend={"orientation": "h", "y": -0.02},
         xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},

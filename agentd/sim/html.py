@@ -150,8 +150,9 @@ p.note {{ color: #5a6270; margin: 4px 0 0; }}
 <main>
 <section><h2>The network</h2><div class="plot" id="network"></div>
 <p class="note">Each line is a link; a tally's colour and width grow with its balance, each
-node's colour is its net position (blue: owed, red: owing). Hover for figures; drag to zoom,
-double-click to reset.</p></section>
+node's colour is its net position (blue: owed, red: owing); a red cross marks a node that
+crashed during the run and was restarted. Hover for figures; drag to zoom, double-click to
+reset.</p></section>
 <section><h2>Throughput</h2><div class="plot" id="throughput"></div></section>
 <section><h2>Latency</h2><div class="grid">{histograms}</div></section>
 <section><h2>Debt</h2>{debt}</section>

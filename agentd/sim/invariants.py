@@ -76,7 +76,7 @@ async def check(backend, scenario: Scenario, report: Report,
     results = {
         "all_delivered": not report.failures and len(report.latencies_ms) == pings,
         "outbox_drained": all(i["counters"]["outbox_depth"] == 0 for i in infos.values()),
-        "exactly_once": processed == 2 * pings,
+        "exactly_once": processed == 2 * (pings + report.counts.get("probe_pings", 0)),
         "chains_agree": True, "balances_zero_sum": True, "lifts_atomic": True,
         **(credit or {}),
         "receipts_verify": receipts_ok,

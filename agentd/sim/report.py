@@ -19,6 +19,7 @@ class Report:
     failures: list[str] = field(default_factory=list)
     checks: dict[str, bool] = field(default_factory=dict)
     faults: list[dict] = field(default_factory=list)  # {kind, at_s, for_s, what} as they ran
+    crashed: dict[str, int] = field(default_factory=dict)  # node -> times a fault crashed it
     # the timeline: seconds from ``zero`` (trio time, once the nodes are up); the traffic,
     # and so each fault's ``at_s``, starts ``traffic_at_s`` into it
     zero: float | None = None
@@ -56,7 +57,7 @@ class Report:
 
     def to_json(self) -> dict:
         return {"counts": self.counts, "checks": self.checks, "failures": self.failures,
-                "faults": self.faults, "per_second": self.rates(1.0),
+                "faults": self.faults, "crashed": self.crashed, "per_second": self.rates(1.0),
                 "traffic_at_s": self.traffic_at_s, "lift_latencies_ms": self.lift_latencies_ms,
                 "lift_hops": self.lift_hops, "debt_before": self.debt_before,
                 "debt_after": self.debt_after}

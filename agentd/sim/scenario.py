@@ -37,7 +37,10 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "cut": ("at_s", "for_s", "every_s", "rate"),
     "partition": ("at_s", "for_s", "every_s", "groups"),
     "crash": ("at_s", "every_s", "down_s", "count", "nodes"),
+    "delay": ("at_s", "for_s", "every_s", "links", "ms", "jitter_ms"),
+    "loss": ("at_s", "for_s", "every_s", "links", "rate"),
 }
+LINK_FAULTS = frozenset({"delay", "loss"})  # shape frames on a share of the topology's links
 HOUSE = "clearinghouse"  # the name of the scenario's clearing-house node, when it has one
 SECTIONS = {
     "sim": ("name", "seed", "concurrency"),
@@ -143,7 +146,7 @@ def load_scenario(path: Path) -> Scenario:
         errors.add("traffic", "has evidence, which needs a clearing house: set "
                    "[nodes] clearinghouse = true")
     invariants = _invariants(errors.table(raw, "invariants"), kinds, with_house, errors)
-    faults = _faults(raw.get("faults", []), names, errors)
+    faults = _faults(raw.get("faults", []), names, len(edges), errors)
     errors.raise_any()
     return Scenario(name, names, edges, traffic, invariants, seed, concurrency,
                     HOUSE if with_house else None, path, faults)
@@ -287,7 +290,40 @@ def _invariants(section: dict, kinds: set, with_house: bool, errors: _Errors) ->
     return invariants
 
 
-def _faults(faults: Any, names: list[str], errors: _Errors) -> list[dict[str, Any]]:
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _link_fault(fault: dict, kind: str, where: str, links: int, errors: _Errors) -> None:
+    """``links``: a fraction of the topology's links or a count of them; a delay's ``ms``
+    (and ``jitter_ms``), a loss's ``rate`` (the fraction of frames dropped)."""
+    share = fault.get("links", 1.0)
+    if isinstance(share, int) and not isinstance(share, bool):
+        if not 1 <= share <= links:
+            errors.add(f"{where}.links", f"is {share}, but the topology has {links} links "
+                       f"(give a count from 1 to {links}, or a fraction such as 0.5)")
+    elif not (isinstance(share, float) and 0 < share <= 1):
+        errors.add(f"{where}.links", "must be a fraction of the links, more than 0 and at most"
+                   f" 1.0, or a count of them, not {share!r}")
+    needed = "ms" if kind == "delay" else "rate"
+    if needed not in fault:
+        errors.add(f"{where}.{needed}", "is missing: " + (
+            "a delay needs the milliseconds it adds to each frame" if kind == "delay"
+            else "a loss needs the fraction of frames dropped (0.1: one in ten)"))
+    for key, low in (("ms", "more than 0"), ("jitter_ms", "0 or more")):
+        value = fault.get(key)
+        if value is not None and not (_number(value) and value >= 0
+                                      and (value > 0 or key == "jitter_ms")):
+            errors.add(f"{where}.{key}", f"must be a number of milliseconds, {low}, "
+                       f"not {value!r}")
+    rate = fault.get("rate")
+    if kind == "loss" and rate is not None and not (_number(rate) and 0 < rate <= 1):
+        errors.add(f"{where}.rate", "must be the fraction of frames dropped, more than 0 and "
+                   f"at most 1 (0.1: one in ten), not {rate!r}")
+
+
+def _faults(faults: Any, names: list[str], links: int, errors: _Errors
+            ) -> list[dict[str, Any]]:
     if not isinstance(faults, list) or not all(isinstance(i, dict) for i in faults):
         errors.add("faults", "must be an array of tables ([[faults]])")
         return []
@@ -300,8 +336,10 @@ def _faults(faults: Any, names: list[str], errors: _Errors) -> list[dict[str, An
             continue
         errors.unknown(fault, ("kind", *FAULTS[kind]), where)
         errors.seconds(fault, "at_s", where, zero=True)
-        for key in ("for_s", "every_s", "down_s", "rate"):
+        for key in ("for_s", "every_s", "down_s", *(() if kind == "loss" else ("rate",))):
             errors.seconds(fault, key, where)
+        if kind in LINK_FAULTS:
+            _link_fault(fault, kind, where, links, errors)
         lasting = fault.get("down_s" if kind == "crash" else "for_s", 1.0)
         every = fault.get("every_s")
         if isinstance(every, int | float) and isinstance(lasting, int | float) \

@@ -4,7 +4,8 @@ asks over the control link (:mod:`agentd.sim.wire`): start a node, give it its p
 an RPC call on it, crash and restart it, cut or partition its connections, stop.
 
 Started by :mod:`agentd.sim.workers` as ``python -m agentd.sim.worker FD WORKDIR
-[--durable]``, FD being its end of a socket pair; it exits when the parent closes it.
+[--durable] [--shaped]``, FD being its end of a socket pair; it exits when the parent closes
+it.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from typing import Any
 
 import trio
 
+from agentd.runtime.links import Rule
 from agentd.sim.backends import InProcess
 from agentd.sim.wire import Link, error_value
 from store import SharedWriter
 
 SWITCH_INTERVAL = 0.0002  # as agentd.sim sets for its own in-process run (see there)
 OPS = frozenset({"host", "learn", "know", "call", "crash", "restart", "cut", "partition",
-                 "heal", "stop"})
+                 "heal", "shape", "link_counts", "stop"})
 
 
 class Host:
@@ -64,19 +66,25 @@ class Host:
     async def heal(self) -> None:
         await self.backend.heal()
 
+    async def shape(self, name: str, peer: str, fault: str, rule: dict | None) -> None:
+        await self.backend.shape(name, peer, fault, None if rule is None else Rule(**rule))
+
+    async def link_counts(self) -> dict[str, int]:
+        return await self.backend.link_counts()
+
     async def stop(self) -> int:
         """Stop every node; this process's peak resident memory, in KiB."""
         await self.backend.stop()
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-async def serve(fd: int, workdir: Path, durable: bool) -> None:
+async def serve(fd: int, workdir: Path, durable: bool, shaped: bool) -> None:
     sock = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
     link = Link(trio.SocketStream(sock))
     writer = contextlib.nullcontext(None) if durable else SharedWriter()
     with writer as shared:
         async with trio.open_nursery() as nodes:
-            host = Host(InProcess(nodes, workdir, shared))
+            host = Host(InProcess(nodes, workdir, shared, shaped=shaped))
 
             async def answer(message: list) -> None:
                 ident, op, args = message
@@ -98,7 +106,7 @@ def main(argv: list[str]) -> None:
     fd, workdir = int(argv[0]), Path(argv[1])
     if "--durable" not in argv:
         sys.setswitchinterval(SWITCH_INTERVAL)
-    trio.run(serve, fd, workdir, "--durable" in argv)
+    trio.run(serve, fd, workdir, "--durable" in argv, "--shaped" in argv)
 
 
 if __name__ == "__main__":

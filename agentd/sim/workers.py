@@ -7,7 +7,7 @@ starts the nodes, gives them their peers, and forwards every RPC call and fault 
 worker hosting the node, over a msgpack control link (:mod:`agentd.sim.wire`). Crash and
 restart act inside the worker (the node is cancelled and started again from its database);
 a cut closes a random live connection of a random worker; a partition is put in force by
-every worker on its own nodes.
+every worker on its own nodes; delay and loss shape the node's links in its worker.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import itertools
 import random
 import socket
 import sys
+from collections import Counter
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ import trio
 
 from agentd.errors import UserError
 from agentd.rpc import RpcError
+from agentd.runtime.links import Rule
 from agentd.sim import backends
 from agentd.sim.wire import Link
 
@@ -49,11 +52,13 @@ class Workers:
     """The simulation backend that shards the nodes across ``count`` worker processes."""
 
     def __init__(self, nursery: trio.Nursery, workdir: Path, count: int, *,
-                 durable: bool = False) -> None:
+                 durable: bool = False, shaped: bool = False) -> None:
+        """``durable`` and ``shaped`` as for :class:`~agentd.sim.backends.InProcess`."""
         self.nursery = nursery
         self.workdir = workdir
         self.count = count
         self.durable = durable
+        self.shaped = shaped
         self.rss_kib = 0  # the workers' peak resident memory, summed, once stopped
         self._workers: list[_Worker] = []
         self._where: dict[str, _Worker] = {}
@@ -106,7 +111,8 @@ class Workers:
     async def _spawn(self, index: int) -> _Worker:
         ours, theirs = socket.socketpair()
         command = [sys.executable, "-m", "agentd.sim.worker", str(theirs.fileno()),
-                   str(self.workdir), *(["--durable"] if self.durable else [])]
+                   str(self.workdir), *(["--durable"] if self.durable else []),
+                   *(["--shaped"] if self.shaped else [])]
         try:
             process = await self.nursery.start(partial(
                 trio.run_process, command, check=False, pass_fds=(theirs.fileno(),)))
@@ -172,6 +178,17 @@ class Workers:
     async def heal(self) -> None:
         for worker in self._workers:
             await self._ask(worker, "heal")
+
+    async def shape(self, name: str, peer: str, fault: str, rule: Rule | None) -> None:
+        """Put link fault ``fault`` in force on ``name``'s frames to ``peer`` (None: heal)."""
+        await self._ask(self._where[name], "shape", name, peer, fault,
+                        None if rule is None else asdict(rule))
+
+    async def link_counts(self) -> dict[str, int]:
+        total: Counter = Counter()
+        for worker in self._workers:
+            total.update(await self._ask(worker, "link_counts"))
+        return dict(total)
 
     async def stop(self) -> None:
         """Stop every node, then every worker (killed if it has not exited in time)."""

@@ -1,8 +1,8 @@
 """The relay service: Weaver-style data sharing between agentd ledgers (DESIGN.md §5).
 
 Every node is both ends. As the *destination relay* it serves its own clients: ``relay.query``
-stores the request as PENDING_ACK and queues a signed :class:`~protocol.relay.Query` to the
-source in one transaction, and answers with the ``request_id`` at once. As the *source relay*
+stores the request as PENDING_ACK and queues a signed :class:`~protocol.relay_query.Query` to
+the source in one transaction, and answers with the ``request_id`` at once. As the *source relay*
 it admits a query (requestor signature, network, view, access rules, nonce replay cache),
 then reads the view from its own ledger (``relay_driver``), notarizes it and answers with an
 ``ack`` (Ack OK) and a ``view`` (ViewPayload) message, all in the transaction that records
@@ -24,7 +24,7 @@ agents, cannot be borrowed by relaying someone else's signed query. For the same
 replay cache can forget a nonce after a week: a replay older than that could only come from
 the signer itself, re-reading what it may read anyway.
 
-The source admits a query with ``protocol.relay.admit_query`` (signature, network, relay,
+The source admits a query with ``protocol.relay_query.admit_query`` (signature, network, relay,
 view, access), each refusal answered with its own reason code.
 """
 
@@ -46,29 +46,13 @@ from protocol.codec import CodecError, canonical, unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, b64u, is_agent_id, parse_hostport
 from protocol.messages import Send
-from protocol.relay import (
-    APPLIES_FROM,
-    AccessRule,
-    Ack,
-    AckStatus,
-    AddressError,
-    GetStateMessage,
-    MessageError,
-    NetworkQuery,
-    Query,
-    RelayError,
-    Status,
-    VerificationPolicy,
-    ViewAddress,
-    ViewPayload,
-    admit_query,
-    make_query,
-    make_view,
-    new_nonce,
-    open_view,
-    parse_view,
-    required_signers,
-)
+from protocol.relay import APPLIES_FROM, AckStatus, Status
+from protocol.relay_address import ViewAddress, parse_view
+from protocol.relay_fields import AddressError, MessageError, RelayError
+from protocol.relay_messages import Ack, GetStateMessage, ViewPayload
+from protocol.relay_policy import AccessRule, VerificationPolicy, required_signers
+from protocol.relay_query import NetworkQuery, Query, admit_query, make_query, new_nonce
+from protocol.relay_views import make_view, open_view
 from store import relay as relay_store
 
 if TYPE_CHECKING:
@@ -195,8 +179,11 @@ class RelayService(Service):
         return self._state(self._row(request_id))
 
     async def _resolve(self, address: ViewAddress) -> ChipAddress:
-        """The source's agent and where to dial it: the agent named in the address, or the
-        known peer listening at its ``HOST:PORT`` (the Noise channel needs the agent id)."""
+        """The source's agent and where to reach it. A ``HOST:PORT`` relay resolves only to a
+        peer we may dial there (configured, a tally partner, an address a user gave), never
+        to one that merely connected to us: the address a peer claims is not evidence of
+        who listens there. An agent-id relay is dialled at its known address, or reached
+        over the channel it has open to us."""
         node = self.runtime
         if address.agent is not None:
             agent = address.agent
@@ -204,8 +191,12 @@ class RelayService(Service):
                 return node.own_address()
             where = node.address_of(agent)
             if where is None:
-                raise RpcError(NOT_FOUND, f"unknown relay {agent}: add it to [[peers]] first",
-                               "UNKNOWN_PEER")
+                if node.connected(agent):
+                    return ChipAddress(agent=agent)  # the outbox uses its open channel
+                raise RpcError(
+                    NOT_FOUND, f"unknown relay {agent}: it is not a configured peer or tally "
+                    "partner and has no channel open to this node; add it with peers.add",
+                    "UNKNOWN_PEER")
         else:
             where = address.relay
             if where == node.listen_address:
@@ -213,8 +204,9 @@ class RelayService(Service):
             agent = node.agent_at(where)
             if agent is None:
                 raise RpcError(
-                    NOT_FOUND, f"no known peer listens at {where}: add it to [[peers]] with "
-                    "exactly this address, or name the relay by its agent id", "UNKNOWN_PEER")
+                    NOT_FOUND, f"no configured peer, tally partner or address a user gave is "
+                    f"{where}: name a peer that connected to this node by its agent id "
+                    "(AGENT/NETWORK/VIEW), or add it with peers.add", "UNKNOWN_PEER")
         host, port = parse_hostport(where)
         return ChipAddress(agent=agent, host=host, port=port)
 

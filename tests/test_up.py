@@ -1,0 +1,27 @@
+"""``agentd up DIR`` finds the nodes of a directory in both layouts it documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentd.errors import UserError
+from agentd.up import _configs
+
+
+def test_up_takes_the_toml_files_and_the_agentd_toml_of_each_subdirectory(tmp_path: Path):
+    (tmp_path / "alice.toml").write_text("")
+    for name in ("n1", "n2"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "agentd.toml").write_text("")
+    (tmp_path / "n2" / "notes.toml").write_text("")  # only agentd.toml counts in a subdirectory
+    found = [path.relative_to(tmp_path).as_posix() for path in _configs(tmp_path)]
+    assert found == ["alice.toml", "n1/agentd.toml", "n2/agentd.toml"]
+
+
+def test_up_names_an_empty_directory_and_what_it_looked_for(tmp_path: Path):
+    with pytest.raises(UserError, match=r"no node configs in it \(\*\.toml, or \*/agentd\.toml"):
+        _configs(tmp_path)
+    with pytest.raises(UserError, match="no such directory"):
+        _configs(tmp_path / "missing")
