@@ -1,30 +1,37 @@
 """Routes: on-demand discovery of a path of tallies that can carry a lift (MyCHIPs 1.5 style).
 
 No routing tables: a node knows only its own tallies. A ``route/query`` travels from the
-payor's node along hops that can carry ``units`` in the direction the lift pays, and every
-node it reaches answers the originator's node (``origin``) exactly once:
+payor's node along hops that can carry ``units`` in the direction the lift pays, and the
+answers travel back the way it came, hop by hop over the same tallies' channels, so a search
+never makes a node dial anyone but its tally partners. Every query a user receives gets
+exactly one ``none`` back to its sender, the end of that user's part of the search:
 
 =================================  ===========================================================
-what the node sees                 answer to ``origin``
+what the node sees                 answers to the sender
 =================================  ===========================================================
-deadline passed, path too long     ``none {query, forwarded: 0}``
-``here`` is ``find``               ``good {query, path, capacity}``
-a candidate's partner is ``find``  ``good`` through that candidate (the best one)
-otherwise                          ``none {query, forwarded: k}``, and ``query`` to k partners
+seen this (query, user) already    ``none {query, goods: 0}``
+deadline passed, path too long     ``none {query, goods: 0}``
+``here`` is ``find``               ``good {query, path, capacity}``, ``none {query, goods: 1}``
+a candidate's partner is ``find``  the same, through that candidate (the best one)
+no candidate to forward to         ``none {query, goods: 0}``
+otherwise                          ``query`` to k partners, and a :class:`Relay` that passes
+                                   every ``good`` back at once and, when all k partners
+                                   answered ``none``, sends ``none`` with the sum of their
+                                   ``goods``
 =================================  ===========================================================
 
-So the originator counts: it starts with ``outstanding`` = the queries it sent; a ``good``
-takes one off, a ``none`` takes one off and adds ``forwarded``; at zero the search is over
-(:class:`Search`). A node that has seen this query for this user already (the runtime's
-seen-set of ``(query, user)``) must still answer, with :func:`repeat` (``none``, forwarded 0),
-or the originator waits for its deadline; it never forwards the same query twice.
+So the originator (:class:`Search`) waits for a ``none`` from each partner it asked; ``goods``
+tells it how many ``good`` answers to expect (one may overtake another on the way back), and
+the search is over when it has them all. Answers are taken only from the partners a node
+asked, and a ``none`` only once from each: a duplicate changes nothing.
 
-Query object: ``{query, kind, find: {cuid, agent}, units, path, depth, deadline, origin}``.
+Query object: ``{query, kind, find: {cuid, agent}, units, path, depth, deadline}``.
 ``path`` runs from the payor to the sender, ``[{cuid, agent, tally, capacity}]``: each entry's
 ``tally`` and ``capacity`` describe the hop from that user to the next one (the last entry's
-hop leads to the addressee). In a ``good`` answer, ``path`` ends with the found user, whose
-``tally`` and ``capacity`` are nil, and ``capacity`` is the smallest hop capacity. ``depth``
-is the most hops a route may have (at most :data:`MAX_DEPTH`).
+hop leads to the addressee, and the last entry is the sender itself). In a ``good`` answer,
+``path`` ends with the found user, whose ``tally`` and ``capacity`` are nil, and ``capacity``
+is the smallest hop capacity. ``depth`` is the most hops a route may have (at most
+:data:`MAX_DEPTH`).
 
 Capacity of a hop where X pays Y, from X's holding (``balance``: what Y owes X; ``limit``: the
 most Y may owe X; ``partner_limit``: the most X may owe Y); pending lift chits count as spent:
@@ -38,14 +45,14 @@ Loop freedom: a user or tally already on the path is never used again (for a cir
 the payor is allowed only as ``find``, which ends the route).
 
 Public API: ``KINDS``, ``MAX_DEPTH``, ``hop_capacity``, ``receive_capacity``, ``Candidate``,
-``start -> Started``, ``forward -> Forwarded``, ``repeat``, ``check_query``, ``Search``,
-``lift_path(route)``. Refusal codes: ``bad_field``.
+``ACTIONS``, ``start -> Started``, ``forward -> Forwarded``, ``repeat``, ``check_query``, ``Relay``,
+``Search``, ``lift_path(route)``. Refusal codes: ``bad_field``, ``not_asked``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .keys import ChipAddress, IdentityError
@@ -53,10 +60,14 @@ from .messages import Send
 from .tally import MAX_UNITS, Refusal, check_uuid
 
 KINDS = ("linear", "circular")
+ACTIONS = ("query", "good", "none")
 MAX_DEPTH = 32  # hops: bounds every path a stranger can make us carry
-_QUERY_FIELDS = {"query", "kind", "find", "units", "path", "depth", "deadline", "origin"}
+MAX_GOODS = 2**31  # a none's goods: more than any search can find
+_QUERY_FIELDS = {"query", "kind", "find", "units", "path", "depth", "deadline"}
 _HOP_FIELDS = {"cuid", "agent", "tally", "capacity"}
 ADDRESS_FIELDS = {"host", "port"}  # where a path entry's node listens, when its sender knew
+
+User = tuple[Any, Any]  # (cuid, agent): who a query went to, who an answer came from
 
 
 def check_where(value: dict[str, Any], where: str) -> None:
@@ -102,15 +113,9 @@ class Candidate:
 class Started:
     messages: list[Send]  # route/query to the first hops
     found: list[dict[str, Any]]  # good answers known at once (find is a partner)
-    outstanding: int  # answers to wait for
 
 
-@dataclass(frozen=True)
-class Forwarded:
-    messages: list[Send]  # the one answer to the origin, then any forwarded queries
-
-
-def _user(address: ChipAddress | dict[str, Any]) -> tuple[Any, Any]:
+def _user(address: ChipAddress | dict[str, Any]) -> User:
     if isinstance(address, ChipAddress):
         return address.cuid, address.agent
     return address.get("cuid"), address.get("agent")
@@ -146,7 +151,6 @@ def start(
     units: int,
     depth: int,
     deadline: int,
-    origin: ChipAddress,
     candidates: Iterable[Candidate],
     fan_out: int = 10,
 ) -> Started:
@@ -163,7 +167,6 @@ def start(
         "path": [],
         "depth": depth,
         "deadline": deadline,
-        "origin": _node(origin),
     }
     check_query(obj)
     found, messages = [], []
@@ -173,12 +176,7 @@ def start(
             found.append(_good(query, [*path, _entry(find, None, None)]))
         elif _user(cand.partner) != _user(payor) and len(messages) < fan_out and depth >= 2:
             messages.append(_query_to(obj, path, cand))
-    return Started(messages, found, len(messages))
-
-
-def _node(origin: ChipAddress) -> dict[str, Any]:
-    """The origin as a node address (no user)."""
-    return {key: value for key, value in origin.to_map().items() if key != "cuid"}
+    return Started(messages, found)
 
 
 def check_query(obj: Any) -> None:
@@ -191,12 +189,6 @@ def check_query(obj: Any) -> None:
     _integer(obj["units"], "query.units", 1, MAX_UNITS)
     _integer(obj["depth"], "query.depth", 1, MAX_DEPTH)
     _integer(obj["deadline"], "query.deadline", 0, 2**63 - 1)
-    try:
-        origin = ChipAddress.from_map(obj["origin"])
-    except IdentityError as exc:
-        raise Refusal("bad_field", f"query.origin: {exc}") from exc
-    if origin.cuid is not None:
-        raise Refusal("bad_field", "query.origin is a node: it has no cuid")
     _hops(obj["path"], "query.path", 0, MAX_DEPTH)
 
 
@@ -229,50 +221,67 @@ def _hops(path: Any, where: str, shortest: int, longest: int) -> None:
         _integer(hop["capacity"], f"{where}[{at}].capacity", 0, 2**63 - 1)
 
 
-def _answer(obj: dict[str, Any], here: ChipAddress, action: str, answer: dict) -> Send:
-    return Send(ChipAddress.from_map(obj["origin"]), "route", action, answer, here.cuid)
-
-
-def repeat(obj: Any, *, here: ChipAddress) -> Forwarded:
-    """The answer to a query this user has seen already: none, forwarded nowhere."""
+def _check_received(obj: Any, sender: ChipAddress) -> ChipAddress:
+    """A query as received: well formed, with a path that ends with the user who sent it.
+    Returns where its answers go: that user, with no address to dial (they go back over the
+    channel the query came in on, or to where we know the partner listens)."""
     check_query(obj)
-    return Forwarded([_answer(obj, here, "none", {"query": obj["query"], "forwarded": 0})])
+    if not obj["path"]:
+        raise Refusal("bad_field", "query.path must hold at least the payor")
+    if _user(obj["path"][-1]) != _user(sender):
+        raise Refusal("bad_field", "query.path must end with the user who sent it")
+    return ChipAddress(agent=sender.agent, cuid=sender.cuid)
+
+
+def _none(query: str, to: ChipAddress, here: ChipAddress, goods: int) -> Send:
+    return Send(to, "route", "none", {"query": query, "goods": goods}, here.cuid)
+
+
+def repeat(obj: Any, *, here: ChipAddress, sender: ChipAddress) -> Forwarded:
+    """The answer to a query this user has seen already: none, nothing found."""
+    sender = _check_received(obj, sender)
+    return Forwarded([_none(obj["query"], sender, here, 0)], None)
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    messages: list[Send]  # answers to the sender, or queries forwarded onward
+    relay: Relay | None  # set when the query went onward: it carries their answers back
 
 
 def forward(
     obj: Any,
     *,
     here: ChipAddress,
+    sender: ChipAddress,
     now_ms: int,
     candidates: Iterable[Candidate],
     fan_out: int = 10,
 ) -> Forwarded:
-    """A node's handling of one query addressed to its user ``here``: exactly one answer to
-    the origin, and the query forwarded to at most ``fan_out`` candidates."""
-    check_query(obj)
-    if not obj["path"]:
-        raise Refusal("bad_field", "query.path must hold at least the payor")
-    path, units, find = obj["path"], obj["units"], _user(obj["find"])
+    """A node's handling of one query from ``sender`` addressed to its user ``here``: the
+    answers to the sender when the search ends here, else the query forwarded to at most
+    ``fan_out`` candidates and the :class:`Relay` that will answer for them."""
+    sender = _check_received(obj, sender)
+    query, path, units, find = obj["query"], obj["path"], obj["units"], _user(obj["find"])
 
-    def none(forwarded: int) -> Send:
-        return _answer(obj, here, "none", {"query": obj["query"], "forwarded": forwarded})
+    def found(route: list[dict[str, Any]]) -> Forwarded:
+        return Forwarded([Send(sender, "route", "good", _good(query, route), here.cuid),
+                          _none(query, sender, here, 1)], None)
 
     on_path = {_user(hop) for hop in path}
     if now_ms >= obj["deadline"] or len(path) > obj["depth"]:
-        return Forwarded([none(0)])
+        return Forwarded([_none(query, sender, here, 0)], None)
     if _user(here) == find:
-        route = [*path, _entry(here, None, None)]
-        return Forwarded([_answer(obj, here, "good", _good(obj["query"], route))])
+        return found([*path, _entry(here, None, None)])
     if _user(here) in on_path:  # a loop: only find may come round again
-        return Forwarded([none(0)])
+        return Forwarded([_none(query, sender, here, 0)], None)
     used = {hop["tally"] for hop in path}
     usable = [cand for cand in _usable(candidates, units) if cand.tally not in used]
     if len(path) < obj["depth"]:
         for cand in usable:
             if _user(cand.partner) == find:
-                route = [*path, _entry(here, cand.tally, cand.capacity),
-                         _entry(cand.partner, None, None)]
-                return Forwarded([_answer(obj, here, "good", _good(obj["query"], route))])
+                return found([*path, _entry(here, cand.tally, cand.capacity),
+                              _entry(cand.partner, None, None)])
     sends = []
     if len(path) + 1 < obj["depth"]:
         hop = _entry(here, None, None)
@@ -282,7 +291,10 @@ def forward(
                 continue
             step = [*path, {**hop, "tally": cand.tally, "capacity": cand.capacity}]
             sends.append(_query_to(obj, step, cand))
-    return Forwarded([none(len(sends)), *sends])
+    if not sends:
+        return Forwarded([_none(query, sender, here, 0)], None)
+    return Forwarded(sends, Relay(query, obj["units"], here, sender,
+                                  {_user(send.to) for send in sends}))
 
 
 def _check_good(obj: Any, units: int) -> None:
@@ -300,43 +312,92 @@ def _check_good(obj: Any, units: int) -> None:
         raise Refusal("bad_field", f"good.capacity must be the smallest hop capacity, >= {units}")
 
 
-@dataclass
-class Search:
-    """The originator's aggregation of the answers to one query (sans-IO)."""
+def _check_answer(action: str, obj: Any, units: int) -> None:
+    if not isinstance(obj, dict) or "query" not in obj:
+        raise Refusal("bad_field", "a route answer names its query")
+    if action == "good":
+        _check_good(obj, units)
+    elif action == "none":
+        if set(obj) != {"query", "goods"}:
+            raise Refusal("bad_field", "route none has exactly the fields goods, query")
+        _integer(obj["goods"], "none.goods", 0, MAX_GOODS)
+    else:
+        raise Refusal("bad_field", f"a route answer is good or none, not {action!r}")
 
-    query: str
-    units: int
-    outstanding: int
-    found: list[dict[str, Any]] = field(default_factory=list)  # good answer objects
 
-    def __post_init__(self) -> None:
-        self.found = list(self.found)
-        for good in self.found:
-            _check_good(good, self.units)
+class _Answers:
+    """What one user that sent a query on is owed: a ``none`` from each partner it asked
+    (``waiting``), and how many ``good`` answers their ``none`` said they sent (``goods``)."""
+
+    def __init__(self, query: str, units: int, asked: set[User]) -> None:
+        self.query, self.units = query, units
+        self.asked, self.waiting = frozenset(asked), set(asked)
+        self.goods = 0
+
+    def take(self, action: str, obj: Any, sender: ChipAddress) -> bool:
+        """Check and count one answer; whether it is one to act on (not another query's, not
+        a repeated ``none``). An answer from a user we did not ask is refused."""
+        _check_answer(action, obj, self.units)
+        if obj["query"] != self.query:
+            return False
+        if _user(sender) not in self.asked:
+            raise Refusal("not_asked", "a route answer from a user this query was not sent to")
+        if action == "none":
+            if _user(sender) not in self.waiting:
+                return False  # a duplicate
+            self.waiting.discard(_user(sender))
+            self.goods += obj["goods"]
+        return True
+
+
+class Relay(_Answers):
+    """A node's part in carrying answers back to the user that sent it the query
+    (``upstream``): every ``good`` at once, and one ``none`` once every partner it asked has
+    answered, announcing all the goods their nones announced."""
+
+    def __init__(self, query: str, units: int, here: ChipAddress, upstream: ChipAddress,
+                 asked: set[User]) -> None:
+        super().__init__(query, units, asked)
+        self.here, self.upstream = here, upstream
 
     @property
     def done(self) -> bool:
-        return self.outstanding <= 0
+        return not self.waiting
 
-    def on_answer(self, action: str, obj: Any) -> None:
+    def on_answer(self, action: str, obj: Any, sender: ChipAddress) -> list[Send]:
+        """The messages one answer from a partner we asked makes us send upstream (a good
+        that a none overtook still goes up: the none announced it)."""
+        if not self.take(action, obj, sender):
+            return []
+        if action == "good":
+            return [Send(self.upstream, "route", "good", obj, self.here.cuid)]
+        if self.waiting:
+            return []
+        return [_none(self.query, self.upstream, self.here, self.goods)]
+
+
+class Search(_Answers):
+    """The originator's aggregation of the answers to one query (sans-IO): over once every
+    partner asked has answered ``none`` and every good they announced has come (a good can
+    be overtaken by a none on the way back)."""
+
+    def __init__(self, query: str, units: int, asked: Iterable[ChipAddress],
+                 found: Iterable[dict[str, Any]] = ()) -> None:
+        super().__init__(query, units, {_user(to) for to in asked})
+        self.found = list(found)  # good answer objects
+        for good in self.found:
+            _check_good(good, self.units)
+        self._arrived: set[tuple] = set()  # distinct routes the answers brought
+
+    @property
+    def done(self) -> bool:
+        return not self.waiting and len(self._arrived) >= self.goods
+
+    def on_answer(self, action: str, obj: Any, sender: ChipAddress) -> None:
         """Count one ``route/good`` or ``route/none``; answers to another query are ignored."""
-        if not isinstance(obj, dict) or "query" not in obj:
-            raise Refusal("bad_field", "a route answer names its query")
-        if action == "good":
-            _check_good(obj, self.units)
-        elif action == "none":
-            if set(obj) != {"query", "forwarded"}:
-                raise Refusal("bad_field", "route none has exactly the fields forwarded, query")
-            _integer(obj["forwarded"], "none.forwarded", 0, 10 * MAX_DEPTH)
-        else:
-            raise Refusal("bad_field", f"a route answer is good or none, not {action!r}")
-        if obj["query"] != self.query:
-            return
-        self.outstanding -= 1
-        if action == "good":
+        if self.take(action, obj, sender) and action == "good":
             self.found.append(obj)
-        else:
-            self.outstanding += obj["forwarded"]
+            self._arrived.add(_route_key(obj))
 
     @property
     def routes(self) -> list[dict[str, Any]]:
@@ -345,14 +406,17 @@ class Search:
         routes: dict[tuple, dict[str, Any]] = {}
         for good in self.found:
             path = good["path"]
-            key = tuple((hop["cuid"], hop["agent"], hop["tally"]) for hop in path)
-            routes.setdefault(key, {
+            routes.setdefault(_route_key(good), {
                 "path": [{key: hop[key] for key in ("cuid", "agent", "host", "port")
                           if key in hop} for hop in path],
                 "hops": [{"tally": hop["tally"], "capacity": hop["capacity"]} for hop in path[:-1]],
                 "capacity": good["capacity"],
             })
         return sorted(routes.values(), key=lambda route: (-route["capacity"], len(route["hops"])))
+
+
+def _route_key(good: dict[str, Any]) -> tuple:
+    return tuple((hop["cuid"], hop["agent"], hop["tally"]) for hop in good["path"])
 
 
 def lift_path(route: dict[str, Any]) -> list[dict[str, Any]]:

@@ -155,26 +155,35 @@ class LiftNetwork(RuleBasedStateMachine):
             self.outbox.append(message)
 
     def discover(self, payor: Node, kind: str, find: Node, units: int) -> list[dict[str, Any]]:
-        """Route discovery, delivered at once and in order (its losses are not modelled)."""
+        """Route discovery, delivered at once and in order (its losses are not modelled):
+        queries out, answers back hop by hop through each node's relay."""
         query = uuid_of(10_000 + self.lift_count)
-        origin = ChipAddress(agent=payor.address.agent)
         started = rt.start(query=query, kind=kind, payor=payor.address, find=find.address,
-                           units=units, depth=5, deadline=self.now + LIFE, origin=origin,
+                           units=units, depth=5, deadline=self.now + LIFE,
                            candidates=payor.candidates(kind))
-        search = rt.Search(query, units, started.outstanding, started.found)
-        queue, seen = deque(started.messages), set()
+        search = rt.Search(query, units, [send.to for send in started.messages],
+                           started.found)
+        queue = deque((send, payor.address) for send in started.messages)
+        relays: dict[Node, rt.Relay | None] = {}
         while queue:
-            send = queue.popleft()
-            if send.action != "query":
-                search.on_answer(send.action, send.object)
-                continue
+            send, sender = queue.popleft()
             node = self.by_agent[send.to.agent]
-            if node in seen:
-                queue.extend(rt.repeat(send.object, here=node.address).messages)
+            if send.action != "query":
+                relay = relays.get(node)
+                if relay is None:
+                    assert node is payor
+                    search.on_answer(send.action, send.object, sender)
+                else:
+                    queue.extend((up, node.address)
+                                 for up in relay.on_answer(send.action, send.object, sender))
                 continue
-            seen.add(node)
-            queue.extend(rt.forward(send.object, here=node.address, now_ms=self.now,
-                                    candidates=node.candidates(kind)).messages)
+            if node in relays:
+                out = rt.repeat(send.object, here=node.address, sender=sender)
+            else:
+                out = rt.forward(send.object, here=node.address, sender=sender,
+                                 now_ms=self.now, candidates=node.candidates(kind))
+                relays[node] = out.relay
+            queue.extend((message, node.address) for message in out.messages)
         assert search.done
         return search.routes
 

@@ -16,8 +16,12 @@ from tests.liftdata import REFEREE_ADDRESS, USERS, user_map, uuid_of
 from tests.test_credit_tally import NOW, code_of, refusal
 
 A, B, C, D, E = (user.address for user in USERS[:5])
-ORIGIN = ChipAddress(agent=A.agent, host="127.0.0.1", port=65010)
 QUERY = uuid_of(900)
+
+
+def bare(user: ChipAddress) -> ChipAddress:
+    """A user as answers are addressed: no address to dial."""
+    return ChipAddress(agent=user.agent, cuid=user.cuid)
 
 
 def cand(n: int, partner: ChipAddress, capacity: int) -> rt.Candidate:
@@ -27,7 +31,7 @@ def cand(n: int, partner: ChipAddress, capacity: int) -> rt.Candidate:
 def started(kind: str = "linear", find: ChipAddress = D, *candidates: rt.Candidate,
             fan_out: int = 10, depth: int = 6) -> rt.Started:
     return rt.start(query=QUERY, kind=kind, payor=A, find=find, units=100, depth=depth,
-                    deadline=NOW + 1_000, origin=ORIGIN, candidates=candidates, fan_out=fan_out)
+                    deadline=NOW + 1_000, candidates=candidates, fan_out=fan_out)
 
 
 def where(user) -> dict[str, Any]:
@@ -44,13 +48,24 @@ def hop(user: ChipAddress, n: int | None, capacity: int | None) -> dict[str, Any
 def query_obj(*path: dict[str, Any], kind: str = "linear", find: ChipAddress = D,
               depth: int = 6) -> dict[str, Any]:
     return {"query": QUERY, "kind": kind, "find": {"cuid": find.cuid, "agent": find.agent},
-            "units": 100, "path": list(path), "depth": depth, "deadline": NOW + 1_000,
-            "origin": {"agent": A.agent, "host": "127.0.0.1", "port": 65010}}
+            "units": 100, "path": list(path), "depth": depth, "deadline": NOW + 1_000}
+
+
+def sender_of(obj: dict[str, Any]) -> ChipAddress:
+    """The user a query comes from: the last on its path."""
+    last = obj["path"][-1] if obj.get("path") else {"agent": A.agent, "cuid": A.cuid}
+    return ChipAddress(agent=last["agent"], cuid=last["cuid"])
+
+
+def forwarded(obj: dict[str, Any], here: ChipAddress, *candidates: rt.Candidate,
+              now: int = NOW, fan_out: int = 10) -> rt.Forwarded:
+    return rt.forward(obj, here=here, sender=sender_of(obj), now_ms=now, candidates=candidates,
+                      fan_out=fan_out)
 
 
 def forward(obj: dict[str, Any], here: ChipAddress, *candidates: rt.Candidate,
             now: int = NOW, fan_out: int = 10) -> list[Any]:
-    return rt.forward(obj, here=here, now_ms=now, candidates=candidates, fan_out=fan_out).messages
+    return forwarded(obj, here, *candidates, now=now, fan_out=fan_out).messages
 
 
 # -- capacity -----------------------------------------------------------------------------------
@@ -87,11 +102,10 @@ def test_payer_and_payee_see_the_same_capacity(
 def test_start_queries_the_best_partners_and_finds_a_direct_one_at_once() -> None:
     out = started("linear", D, cand(1, B, 500), cand(2, C, 50), cand(3, E, 900), cand(4, D, 300))
     assert [send.to for send in out.messages] == [E, B]  # best first; C cannot carry 100
-    assert out.outstanding == 2
     first = out.messages[0]
     assert (first.target, first.action, first.from_cuid) == ("route", "query", A.cuid)
     assert first.object["path"] == [hop(A, 3, 900)]
-    assert first.object["origin"] == {"agent": A.agent, "host": "127.0.0.1", "port": 65010}
+    assert "origin" not in first.object  # answers come back the way it went
     assert out.found == [{"query": QUERY, "path": [hop(A, 4, 300), hop(D, None, None)],
                           "capacity": 300}]
 
@@ -111,66 +125,74 @@ def test_a_circular_search_looks_for_the_payor_and_a_linear_one_does_not() -> No
 # -- forwarding ---------------------------------------------------------------------------------
 
 
-def test_the_found_user_answers_good_with_the_whole_path() -> None:
-    [answer] = forward(query_obj(hop(A, 1, 500), hop(B, 2, 200)), D)
-    assert (answer.to, answer.action, answer.from_cuid) == (ORIGIN, "good", D.cuid)
+def test_the_found_user_answers_good_with_the_whole_path_then_none() -> None:
+    out = forwarded(query_obj(hop(A, 1, 500), hop(B, 2, 200)), D)
+    answer, done = out.messages
+    assert out.relay is None
+    assert (answer.to, answer.action, answer.from_cuid) == (bare(B), "good", D.cuid)  # sender
     assert answer.object == {"query": QUERY, "capacity": 200,
                              "path": [hop(A, 1, 500), hop(B, 2, 200), hop(D, None, None)]}
+    assert (done.to, done.action, done.object) == (bare(B), "none", {"query": QUERY, "goods": 1})
 
 
 def test_a_partner_of_find_answers_good_through_its_best_tally() -> None:
     obj = query_obj(hop(A, 1, 500))
-    [answer] = forward(obj, B, cand(2, D, 150), cand(3, D, 400), cand(4, C, 900))
-    assert answer.action == "good"
+    answer, done = forward(obj, B, cand(2, D, 150), cand(3, D, 400), cand(4, C, 900))
+    assert answer.action == "good" and done.object["goods"] == 1
     assert answer.object["path"] == [hop(A, 1, 500), hop(B, 3, 400), hop(D, None, None)]
     assert answer.object["capacity"] == 400
 
 
 def test_forwarding_skips_users_and_tallies_on_the_path() -> None:
     obj = query_obj(hop(A, 1, 500), hop(B, 2, 500))
-    answer, *sends = forward(obj, C, cand(3, A, 900), cand(4, B, 900), cand(2, E, 900),
-                             cand(5, E, 800), cand(6, C, 900), cand(7, USERS[5].address, 50))
-    assert answer.object == {"query": QUERY, "forwarded": 1}
-    assert answer.action == "none" and answer.to == ORIGIN
-    [send] = sends
+    out = forwarded(obj, C, cand(3, A, 900), cand(4, B, 900), cand(2, E, 900),
+                    cand(5, E, 800), cand(6, C, 900), cand(7, USERS[5].address, 50))
+    [send] = out.messages  # no answer yet: the relay answers once E has
+    assert out.relay is not None and out.relay.upstream == bare(B)
     assert send.to == E and send.from_cuid == C.cuid
     assert send.object["path"] == [hop(A, 1, 500), hop(B, 2, 500), hop(C, 5, 800)]
 
 
 def test_forwarding_respects_fan_out() -> None:
     obj = query_obj(hop(A, 1, 500))
-    answer, *sends = forward(obj, B, cand(2, C, 300), cand(3, E, 400), fan_out=1)
-    assert answer.object["forwarded"] == 1 and [s.to for s in sends] == [E]
+    sends = forward(obj, B, cand(2, C, 300), cand(3, E, 400), fan_out=1)
+    assert [s.to for s in sends] == [E]
 
 
 def test_past_the_deadline_or_the_depth_the_answer_is_none() -> None:
     obj = query_obj(hop(A, 1, 500))
     assert [m.object for m in forward(obj, B, cand(2, D, 900), now=NOW + 1_000)] == [
-        {"query": QUERY, "forwarded": 0}]
+        {"query": QUERY, "goods": 0}]
     deep = query_obj(hop(A, 1, 500), hop(B, 2, 500), depth=2)
     [answer] = forward(deep, C, cand(3, D, 900))  # a third hop would pass the depth
-    assert answer.object == {"query": QUERY, "forwarded": 0}
+    assert answer.object == {"query": QUERY, "goods": 0}
     at_depth = query_obj(hop(A, 1, 500), depth=2)  # one more hop reaches find, no further
     assert forward(at_depth, B, cand(2, D, 900))[0].action == "good"
-    assert forward(at_depth, B, cand(3, C, 900))[0].object["forwarded"] == 0
+    assert forward(at_depth, B, cand(3, C, 900))[0].object == {"query": QUERY, "goods": 0}
 
 
 def test_a_query_that_came_round_to_a_user_on_its_path_stops() -> None:
     obj = query_obj(hop(A, 1, 500), hop(B, 2, 500))
-    assert forward(obj, B, cand(3, C, 900))[0].object == {"query": QUERY, "forwarded": 0}
+    assert forward(obj, B, cand(3, C, 900))[0].object == {"query": QUERY, "goods": 0}
 
 
 def test_a_two_hop_circle_through_two_tallies() -> None:
     obj = query_obj(hop(A, 1, 500), kind="circular", find=A)
     [same] = forward(obj, B, cand(1, A, 900))  # the tally it came by does not count
-    assert same.object == {"query": QUERY, "forwarded": 0}
-    [answer] = forward(obj, B, cand(2, A, 300))
+    assert same.object == {"query": QUERY, "goods": 0}
+    answer, _ = forward(obj, B, cand(2, A, 300))
     assert answer.object["path"] == [hop(A, 1, 500), hop(B, 2, 300), hop(A, None, None)]
 
 
 def test_a_repeat_is_answered_none() -> None:
-    [answer] = rt.repeat(query_obj(hop(A, 1, 500)), here=B).messages
-    assert answer.object == {"query": QUERY, "forwarded": 0}
+    [answer] = rt.repeat(query_obj(hop(A, 1, 500)), here=B, sender=A).messages
+    assert (answer.to, answer.object) == (bare(A), {"query": QUERY, "goods": 0})
+
+
+def test_a_query_must_come_from_the_last_user_on_its_path() -> None:
+    obj = query_obj(hop(A, 1, 500), hop(C, 2, 500))
+    caught = refusal(rt.forward, obj, here=B, sender=A, now_ms=NOW, candidates=())
+    assert caught.code == "bad_field" and "sent it" in caught.message
 
 
 @pytest.mark.parametrize(
@@ -184,7 +206,7 @@ def test_a_repeat_is_answered_none() -> None:
         (lambda q: q["path"][0].update(capacity=-1), "path[0].capacity"),
         (lambda q: q["path"][0].update(tally="t"), "path[0].tally"),
         (lambda q: q["find"].update(cuid=None), "find"),
-        (lambda q: q["origin"].update(cuid="x"), "origin"),
+        (lambda q: q.update(origin={"agent": A.agent}), "fields"),
         (lambda q: q.pop("deadline"), "fields"),
     ],
 )
@@ -203,16 +225,20 @@ def good(*path: dict[str, Any]) -> dict[str, Any]:
             "capacity": min(entry["capacity"] for entry in path[:-1])}
 
 
-def test_the_search_counts_answers_until_none_is_outstanding() -> None:
+def none(goods: int, query: str = QUERY) -> dict[str, Any]:
+    return {"query": query, "goods": goods}
+
+
+def test_the_search_waits_for_a_none_from_each_partner_and_every_good_announced() -> None:
     direct = good(hop(A, 4, 300), hop(D, None, None))
-    search = rt.Search(QUERY, 100, 2, [direct])
+    search = rt.Search(QUERY, 100, [B, C], [direct])
     assert not search.done
-    search.on_answer("none", {"query": QUERY, "forwarded": 2})
-    search.on_answer("none", {"query": uuid_of(901), "forwarded": 0})  # another search's
-    search.on_answer("good", good(hop(A, 1, 900), hop(B, 2, 800), hop(D, None, None)))
-    search.on_answer("good", good(hop(A, 1, 900), hop(C, 3, 300), hop(D, None, None)))
-    assert not search.done
-    search.on_answer("none", {"query": QUERY, "forwarded": 0})
+    search.on_answer("none", none(2), B)  # B's part is over: two goods, still on their way
+    search.on_answer("none", none(0, uuid_of(901)), C)  # another search's
+    search.on_answer("good", good(hop(A, 1, 900), hop(B, 2, 800), hop(D, None, None)), B)
+    search.on_answer("good", good(hop(A, 1, 900), hop(B, 3, 300), hop(D, None, None)), B)
+    assert not search.done  # C has not answered
+    search.on_answer("none", none(0), C)
     assert search.done
     assert [route["capacity"] for route in search.routes] == [800, 300, 300]
     assert [len(route["hops"]) for route in search.routes] == [2, 1, 2]
@@ -222,12 +248,30 @@ def test_the_search_counts_answers_until_none_is_outstanding() -> None:
                             {"tally": uuid_of(2), "capacity": 800}]
 
 
-def test_the_search_keeps_one_copy_of_a_route() -> None:
+def test_a_good_overtaken_by_its_none_is_still_waited_for() -> None:
+    search = rt.Search(QUERY, 100, [B])
+    search.on_answer("none", none(1), B)
+    assert not search.done
+    search.on_answer("good", good(hop(A, 1, 900), hop(B, 2, 800), hop(D, None, None)), B)
+    assert search.done
+
+
+def test_the_search_keeps_one_copy_of_a_route_and_counts_a_none_once() -> None:
     same = good(hop(A, 1, 900), hop(D, None, None))
-    search = rt.Search(QUERY, 100, 2, [])
-    search.on_answer("good", same)
-    search.on_answer("good", copy.deepcopy(same))
-    assert search.done and len(search.routes) == 1
+    search = rt.Search(QUERY, 100, [B, C])
+    search.on_answer("good", same, B)
+    search.on_answer("good", copy.deepcopy(same), B)
+    search.on_answer("none", none(2), B)  # B announced two goods, but they are one route
+    search.on_answer("none", none(2), B)  # a duplicate none changes nothing
+    assert not search.done and search.goods == 2
+    search.on_answer("none", none(0), C)
+    assert len(search.routes) == 1
+
+
+def test_an_answer_from_a_user_not_asked_is_refused() -> None:
+    search = rt.Search(QUERY, 100, [B])
+    assert code_of(search.on_answer, "none", none(0), C) == "not_asked"
+    assert search.waiting == {(B.cuid, B.agent)}
 
 
 @pytest.mark.parametrize(
@@ -237,21 +281,61 @@ def test_the_search_keeps_one_copy_of_a_route() -> None:
         ("good", {**good(hop(A, 1, 900), hop(D, None, None)), "capacity": 5}),
         ("good", good(hop(A, 1, 50), hop(D, None, None))),  # cannot carry the units
         ("good", good(hop(A, 1, 500), hop(D, 2, 500))),
-        ("none", {"query": QUERY, "forwarded": -1}),
+        ("none", {"query": QUERY, "goods": -1}),
         ("none", {"query": QUERY}),
+        ("none", {"query": QUERY, "forwarded": 0}),
         ("maybe", {"query": QUERY}),
         ("none", None),
     ],
 )
 def test_a_malformed_answer_is_refused(action: str, obj: Any) -> None:
-    search = rt.Search(QUERY, 100, 1, [])
-    assert code_of(search.on_answer, action, obj) == "bad_field"
-    assert search.outstanding == 1
+    search = rt.Search(QUERY, 100, [B])
+    assert code_of(search.on_answer, action, obj, B) == "bad_field"
+    assert not search.done
+
+
+# -- the relay ----------------------------------------------------------------------------------
+
+
+def test_a_relay_passes_goods_back_at_once_and_none_when_every_partner_answered() -> None:
+    obj = query_obj(hop(A, 1, 900))
+    out = forwarded(obj, B, cand(2, C, 800), cand(3, E, 700))
+    relay = out.relay
+    assert [send.to for send in out.messages] == [C, E] and relay is not None
+    found = good(hop(A, 1, 900), hop(B, 2, 800), hop(C, 4, 500), hop(D, None, None))
+    [up] = relay.on_answer("good", found, C)
+    assert (up.to, up.action, up.object, up.from_cuid) == (bare(A), "good", found, B.cuid)
+    assert relay.on_answer("none", none(1), C) == []  # E still owes its answer
+    assert relay.on_answer("none", none(1), C) == []  # a duplicate
+    [end] = relay.on_answer("none", none(2), E)
+    assert (end.to, end.action, end.object) == (bare(A), "none", none(3))
+    assert relay.done
+    late = good(hop(A, 1, 900), hop(B, 3, 700), hop(E, 5, 600), hop(D, None, None))
+    assert [m.object for m in relay.on_answer("good", late, E)] == [late]  # announced: sent on
+    assert code_of(relay.on_answer, "none", none(0), D) == "not_asked"
+
+
+def test_relayed_answers_reach_the_originator_through_a_chain_of_relays() -> None:
+    """A -> B -> C -> D: D is found; its good and none travel back C, B, A."""
+    start = started("linear", D, cand(1, B, 900))
+    search = rt.Search(QUERY, 100, [send.to for send in start.messages], start.found)
+    [to_b] = start.messages
+    at_b = forwarded(to_b.object, B, cand(2, C, 800))
+    [to_c] = at_b.messages
+    at_c = forwarded(to_c.object, C, cand(3, D, 700))
+    found, done = at_c.messages  # C is a partner of D: it answers for the route through it
+    ups = [*at_b.relay.on_answer(found.action, found.object, C),
+           *at_b.relay.on_answer(done.action, done.object, C)]
+    for up in ups:
+        assert up.to == bare(A)
+        search.on_answer(up.action, up.object, B)
+    assert search.done
+    assert [len(route["hops"]) for route in search.routes] == [3]
 
 
 def test_a_route_rebuilds_the_lift_path() -> None:
-    search = rt.Search(QUERY, 100, 1, [])
-    search.on_answer("good", good(hop(A, 1, 900), hop(B, 2, 800), hop(D, None, None)))
+    search = rt.Search(QUERY, 100, [B])
+    search.on_answer("good", good(hop(A, 1, 900), hop(B, 2, 800), hop(D, None, None)), B)
     path = rt.lift_path(search.routes[0])
     assert path == [{**where(USERS[0]), "tally": uuid_of(1)},
                     {**where(USERS[1]), "tally": uuid_of(2)},

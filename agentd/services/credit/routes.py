@@ -3,13 +3,14 @@
 A node knows only its own tallies (MyCHIPs 1.5: no routing tables). ``route.find`` starts a
 search from our user's tallies that can carry ``units`` (``protocol.route.start``); each node a
 query reaches offers the tallies of the user it is addressed to (``forward``), which either
-answers ``good`` to the originator's node or forwards it, at most ``FAN_OUT`` ways, never back
-onto the path, until ``DEPTH`` hops or the deadline. Every node a query reaches answers once
-(``none`` says how many it forwarded to), so the originator's :class:`protocol.route.Search`
-knows when the search is exhausted; the call returns then, or at its time budget, with the
-routes best first. Capacity is read from the tally columns (limits, balance, what pending lift
-chits hold) with one indexed query per user; a query is answered once per (query, user):
-repeats get ``none``.
+answers ``good`` or forwards it, at most ``FAN_OUT`` ways, never back onto the path, until
+``DEPTH`` hops or the deadline. Answers go back the way the query came, hop by hop
+(``protocol.route.Relay``), so a search only uses channels to tally partners and never makes a
+node dial an address someone else named. Every query gets one ``none`` back, counting the
+goods sent before it, so the originator's :class:`protocol.route.Search` knows when the
+search is exhausted; the call returns then, or at its time budget, with the routes best first.
+Capacity is read from the tally columns (limits, balance, what pending lift chits hold) with
+one indexed query per user; a query is handled once per (query, user): repeats get ``none``.
 
 Route messages are worthless seconds later and change no state, so the service is ephemeral
 (``Service.ephemeral``): they are handled on the read connection with no commit and held by
@@ -42,21 +43,21 @@ FAN_OUT = 10  # partners a query goes on to from one user
 DEPTH = 10  # hops at most
 SEARCH_S = 2.0  # default time budget of a search
 MAX_SEARCH_S = 30.0
-SEEN = 10_000  # (query, user) pairs remembered to answer each once
+SEEN = 10_000  # (query, user) pairs remembered to answer each once, and relays kept
 
 
 class RouteService(Service):
     """The ``route`` target and ``route.find``."""
 
     target = "route"
-    actions = frozenset({"query", "good", "none"})
+    actions = frozenset(route.ACTIONS)
     ephemeral = True
 
     def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         super().__init__(node)
         self.ledger = ledger
         self._searches: dict[str, tuple[route.Search, trio.Event]] = {}
-        self._seen: OrderedDict[tuple[Any, Any], None] = OrderedDict()
+        self._seen: OrderedDict[tuple[Any, Any], route.Relay | None] = OrderedDict()
         node.register_method("route.find", self.rpc_find)
 
     async def rpc_find(self, cuid: str, find: str, units: int,
@@ -81,14 +82,14 @@ class RouteService(Service):
             started = route.start(
                 query=query, kind=kind, payor=node.own_address(cuid), find=find, units=units,
                 depth=DEPTH, deadline=tx.now_ms + round(timeout_s * 1000),
-                origin=node.own_address(), candidates=self.candidates(tx.conn, cuid, kind),
-                fan_out=FAN_OUT)
+                candidates=self.candidates(tx.conn, cuid, kind), fan_out=FAN_OUT)
             self.ledger.emit(tx, started.messages)
             return started
 
         started = self.runtime.transact_ephemeral(work)
         # Registered before the next checkpoint: no answer can have been processed yet.
-        search = route.Search(query, units, started.outstanding, started.found)
+        search = route.Search(query, units, [send.to for send in started.messages],
+                              started.found)
         try:
             with trio.move_on_after(timeout_s):
                 while not search.done and not (first and search.found):
@@ -126,40 +127,49 @@ class RouteService(Service):
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         action, obj = envelope.action, envelope.object
-        if action in ("good", "none"):
-            self._answer(tx, action, obj)
-            return
-        if action != "query":
+        if action not in route.ACTIONS:
             raise Reject("UNKNOWN_ACTION", f"route has no action {action!r}")
         here = envelope.to
         if here.cuid is None or not self.ledger.known(tx.conn, here.cuid):
             raise Reject("UNKNOWN_USER", f"no user {here.cuid!r} on this node")
         here = self.runtime.own_address(here.cuid)
-        key = (obj.get("query"), here.cuid)
+        if action != "query":
+            self._answer(tx, action, obj, here, envelope.from_)
+            return
+        key = (obj.get("query") if isinstance(obj, dict) else None, here.cuid)
         if key in self._seen:
-            sends = route.repeat(obj, here=here).messages
+            sends = route.repeat(obj, here=here, sender=envelope.from_).messages
         else:
-            self._seen[key] = None
+            kind = obj.get("kind") if obj.get("kind") in route.KINDS else route.KINDS[0]
+            forwarded = route.forward(obj, here=here, sender=envelope.from_, now_ms=tx.now_ms,
+                                      candidates=self.candidates(tx.conn, here.cuid, kind),
+                                      fan_out=FAN_OUT)
+            self._seen[key] = forwarded.relay
             while len(self._seen) > SEEN:
                 self._seen.popitem(last=False)
-            kind = obj.get("kind") if obj.get("kind") in route.KINDS else route.KINDS[0]
-            sends = route.forward(obj, here=here, now_ms=tx.now_ms,
-                                  candidates=self.candidates(tx.conn, here.cuid, kind),
-                                  fan_out=FAN_OUT).messages
+            sends = forwarded.messages
         self.ledger.emit(tx, sends)
 
-    def _answer(self, tx: Tx, action: str, obj: dict) -> None:
-        entry = self._searches.get(obj.get("query")) if isinstance(obj, dict) else None
+    def _answer(self, tx: Tx, action: str, obj: Any, here: ChipAddress,
+                sender: ChipAddress) -> None:
+        """An answer to a query our user ``here`` sent on: passed back by its relay, or
+        counted by the search it belongs to; a late one (its search ended) is dropped."""
+        query = obj.get("query") if isinstance(obj, dict) else None
+        relay = self._seen.get((query, here.cuid))
+        if relay is not None:
+            self.ledger.emit(tx, relay.on_answer(action, obj, sender))
+            return
+        entry = self._searches.get(query)
         if entry is None:
-            return  # a late answer: its search has ended
+            return
 
         def apply() -> None:
-            current = self._searches.get(obj["query"])
+            current = self._searches.get(query)
             if current is None:
                 return
             search, arrived = current
             try:
-                search.on_answer(action, obj)
+                search.on_answer(action, obj, sender)
             except t.Refusal:
                 return
             arrived.set()
