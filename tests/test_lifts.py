@@ -360,3 +360,34 @@ async def test_auto_clear_clears_debt_cycles_on_its_own(tmp_path):
         lifts = await rpc(users["bob"], "lift.list")
         assert {lift["kind"] for lift in lifts} == {"circular"}
         assert all(lift["state"] == "good" for lift in lifts)
+
+
+async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
+    """eve is four hops from ann: the near round (three hops) is exhausted without a route,
+    so the lift's search looks again to the full depth, and the lift is good. A payee within
+    three hops is found by the near round alone: one query."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u, dan = world["users"], world["users"]["dan"]
+        await rpc(dan, "users.add", cuid="eve")
+        await open_tally(dan, "dan", dan, "eve", limit=LIMIT)
+        queries: list[str] = []
+        for node in u.values():
+            routes = node.credit.routes
+
+            def record(tx, envelope, handle=routes.handle):
+                if envelope.action == "query" and envelope.object["query"] not in queries:
+                    queries.append(envelope.object["query"])
+                handle(tx, envelope)
+
+            routes.handle = record
+        far = await rpc(u["ann"], "lift.pay", cuid="ann", find=who(dan, "eve"), units=500)
+        assert [hop["cuid"] for hop in far["path"]] == ["ann", "bob", "cat", "dan", "eve"]
+        assert (await rpc(u["ann"], "lift.wait", lift=far["lift"], timeout_s=20))["state"] \
+            == "good"
+        assert len(queries) == 2  # near, then full depth
+        queries.clear()
+        near = await rpc(u["ann"], "lift.pay", cuid="ann", find=who(dan, "dan"), units=500)
+        assert len(near["path"]) == 4 and len(queries) == 1
+        assert (await rpc(u["ann"], "lift.wait", lift=near["lift"], timeout_s=20))["state"] \
+            == "good"

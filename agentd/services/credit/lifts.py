@@ -86,7 +86,7 @@ class LiftService(Service):
         units, memo, life_ms = param_amount(units, "units"), param_memo(memo), self._life(life_s)
         if (target.agent, target.cuid) == (self.runtime.agent_id, cuid):
             raise invalid_params("find is the payor itself: use lift.clear for a circle")
-        found = await self.routes.search(cuid, target, units, "linear", first=True)
+        found = await self.routes.search_near_first(cuid, target, units, "linear", first=True)
         if not found:
             raise Reject("NO_ROUTE", f"no route from {cuid} to {target.cuid}:{target.agent} "
                          f"can carry {units} mCHIP now")
@@ -109,8 +109,8 @@ class LiftService(Service):
         cycle can carry, if that is at least ``least``."""
         life_ms = self._life(None) if life_ms is None else life_ms
         for attempt in range(CLEAR_TRIES):
-            found = await self.routes.search(cuid, self.runtime.own_address(cuid), least,
-                                             "circular")
+            found = await self.routes.search_near_first(
+                cuid, self.runtime.own_address(cuid), least, "circular", first=False)
             if not found:
                 raise Reject("NO_CYCLE", f"no debt cycle through {cuid} can clear {least} "
                              "mCHIP")

@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 
 FAN_OUT = 10  # partners a query goes on to from one user
 DEPTH = 10  # hops at most
+NEAR = 3  # hops a lift's search tries first
 SEARCH_S = 2.0  # default time budget of a search
+LIFT_SEARCH_S = 10.0  # a lift's: a search exhausted sooner ends sooner; this bounds a busy one
 MAX_SEARCH_S = 30.0
 SEEN = 10_000  # (query, user) pairs remembered to answer each once, and relays kept
 
@@ -70,10 +72,30 @@ class RouteService(Service):
                                  route.KINDS[0], param_timeout(timeout_s))
 
     async def search(self, cuid: str, find: ChipAddress, units: int, kind: str,
-                     timeout_s: float = SEARCH_S, *, first: bool = False) -> list[dict]:
-        """Run one search and return its routes (each ``{path, hops, capacity}``), once it
-        is exhausted or its time is up; with ``first``, as soon as one route is found (a
-        lift needs one; the first to come back is usually the shortest)."""
+                     timeout_s: float = SEARCH_S) -> list[dict]:
+        """Every route the network offers within ``DEPTH`` hops (each ``{path, hops,
+        capacity}``), once the search is exhausted or its time is up."""
+        routes, _ = await self._search(cuid, find, units, kind, DEPTH, timeout_s, first=False)
+        return routes
+
+    async def search_near_first(self, cuid: str, find: ChipAddress, units: int, kind: str,
+                                *, first: bool) -> list[dict]:
+        """A lift's search: within ``NEAR`` hops first, and only when that finds nothing (and
+        is over in time) within ``DEPTH``. A query's flood grows with the partners' partners
+        at every hop, and in a well-connected network most users are a few hops away, so the
+        near round finds most routes for a small share of the messages. With ``first``, each
+        round ends at its first route (a lift needs one)."""
+        ends = trio.current_time() + LIFT_SEARCH_S
+        for depth in (NEAR, DEPTH):
+            routes, over = await self._search(cuid, find, units, kind, depth,
+                                              ends - trio.current_time(), first=first)
+            if routes or not over:
+                return routes
+        return []
+
+    async def _search(self, cuid: str, find: ChipAddress, units: int, kind: str, depth: int,
+                      timeout_s: float, *, first: bool) -> tuple[list[dict], bool]:
+        """One query: its routes, and whether it was exhausted in time."""
         query = str(uuidlib.uuid4())
         node = self.runtime
 
@@ -81,7 +103,7 @@ class RouteService(Service):
             self.ledger.user(tx.conn, cuid)
             started = route.start(
                 query=query, kind=kind, payor=node.own_address(cuid), find=find, units=units,
-                depth=DEPTH, deadline=tx.now_ms + round(timeout_s * 1000),
+                depth=depth, deadline=tx.now_ms + round(timeout_s * 1000),
                 candidates=self.candidates(tx.conn, cuid, kind), fan_out=FAN_OUT)
             self.ledger.emit(tx, started.messages)
             return started
@@ -91,14 +113,14 @@ class RouteService(Service):
         search = route.Search(query, units, [send.to for send in started.messages],
                               started.found)
         try:
-            with trio.move_on_after(timeout_s):
+            with trio.move_on_after(max(timeout_s, 0)):
                 while not search.done and not (first and search.found):
                     arrived = trio.Event()
                     self._searches[query] = (search, arrived)
                     await arrived.wait()
         finally:
             self._searches.pop(query, None)
-        return search.routes
+        return search.routes, search.done
 
     def candidates(self, conn: sqlite3.Connection, cuid: str, kind: str
                    ) -> list[route.Candidate]:
