@@ -4,7 +4,9 @@ Messages arrive here only after the transaction that wrote them committed (``Tx.
 or, at start-up, from the table itself. One sender task per peer dials on demand and writes
 batches; each message then waits for its ack. An ack deletes the row; an error ack marks it
 failed and tells the service; silence past the ack timeout (capped exponential backoff with
-jitter) or a lost channel puts it back in the queue with ``try`` bumped. A message to an
+jitter) or a lost channel puts it back in the queue with ``try`` bumped. Only the timeouts
+lengthen the next wait: a message resent because its channel was lost is no later for it, so
+a burst of cut connections does not leave it waiting half a minute for an ack. A message to an
 ephemeral target (``Service.ephemeral``) has no row: it is delivered the same way from memory.
 """
 
@@ -73,6 +75,7 @@ class Outgoing:
     address: str | None
     envelope: dict[str, Any]
     tries: int
+    timeouts: int = 0  # acks that never came in time: what the backoff counts (see _scan)
     expires: int | None = None  # ms since the epoch; None: never
     durable: bool = True  # False: held in memory only, no outbox row
     due: float = 0.0
@@ -132,7 +135,9 @@ class OutboxPump:
             return  # committed while the start-up reload was reading: already queued
         expires = expires_at(envelope.get("target", ""), envelope.get("action", ""),
                              self.node.clock.now_ms() if created is None else created)
-        item = Outgoing(message_id, peer, address, envelope, tries, expires, durable=durable)
+        # a message a stopped node left unacked keeps its backoff: count its tries as timeouts
+        item = Outgoing(message_id, peer, address, envelope, tries, tries, expires,
+                        durable=durable)
         self.live[message_id] = item
         self._scanner.wake()
         if self._nursery is None:
@@ -215,7 +220,8 @@ class OutboxPump:
             event.set()
 
     def on_channel_closed(self, channel: Channel) -> None:
-        """Everything sent on a lost channel and not yet acked goes back in its queue."""
+        """Everything sent on a lost channel and not yet acked goes back in its queue, its
+        backoff as it was (the peer did not fail to ack it: the channel went)."""
         lost = [item for item in self._inflight.values() if item.channel is channel]
         for item in lost:
             del self._inflight[item.id]
@@ -264,7 +270,7 @@ class OutboxPump:
             item.channel = channel
             item.sent = self.node.clock.monotonic()
             trip = self.round_trips.get(peer) or self.round_trip
-            item.due = item.sent + ack_timeout(item.tries, trip.rto)
+            item.due = item.sent + ack_timeout(item.timeouts + 1, trip.rto)
             self._unacked[peer] = self._unacked.get(peer, 0) + 1
             envelope = item.envelope
             envelope["try"] = item.tries
@@ -326,6 +332,7 @@ class OutboxPump:
         overdue = [item for item in self._inflight.values() if item.due <= now]
         for item in overdue:
             del self._inflight[item.id]
+            item.timeouts += 1
             self._release(item.peer)
             self._enqueue(item)
         tries = [(item.tries, item.id) for item in overdue if item.durable]
