@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import trio
 
 from agentd.errors import UserError
 from agentd.sim import limits, load_scenario, main
 from agentd.sim.lifts import lifts_atomic
 from agentd.sim.report import Report
+from agentd.sim.traffic import run_calls
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -74,6 +76,8 @@ def test_ring_and_random_topologies(tmp_path):
     ('[nodes]\nnames = ["a", "b"]\n[topology]\nkind = "explicit"\nedges = [["a", "z"]]\n',
      "topology.edges[0] names 'z', which is not a node"),
     ('sim = 3\n[nodes]\ncount = 2\n', "sim must be a table"),
+    ('[nodes]\ncount = 2\n[[traffic]]\nkind = "lifts"\nconcurrency = 0\n',
+     "traffic[0].concurrency must be an integer"),
 ])
 def test_bad_scenarios_name_the_key(tmp_path, text, complaint):
     with pytest.raises(UserError, match=r"scenario\.toml") as caught:
@@ -362,3 +366,21 @@ async def test_lifts_atomic_finds_a_lift_that_is_not_all_or_nothing(tmp_path, li
     assert not await lifts_atomic(_Nodes({name: lifts.get(name, []) for name in "abc"}),
                                   scenario, report)
     assert any(problem in failure for failure in report.failures), report.failures
+
+
+async def test_a_traffic_item_runs_its_own_concurrency_at_once(tmp_path):
+    """``[[traffic]] concurrency`` overrides ``[sim] concurrency`` for that item alone."""
+    scenario = load_scenario(write(tmp_path, "[sim]\nconcurrency = 8\n[nodes]\ncount = 2\n"))
+    running, most = 0, {}
+
+    async def call(label: str) -> None:
+        nonlocal running
+        running += 1
+        most[label] = max(most.get(label, 0), running)
+        await trio.sleep(0.01)
+        running -= 1
+
+    await run_calls(scenario, "own", [("own",)] * 12, call, report=Report(),
+                    item={"concurrency": 3})
+    await run_calls(scenario, "sim", [("sim",)] * 12, call, report=Report(), item={})
+    assert most == {"own": 3, "sim": 8}

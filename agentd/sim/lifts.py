@@ -77,7 +77,7 @@ async def lift_traffic(run: Run, item: dict) -> None:
         except RpcError as exc:
             report.failures.append(f"lift {payor} -> {payee}: {exc.message}")
 
-    await run_calls(scenario, "lifts", lifts, one, report=report)
+    await run_calls(scenario, "lifts", lifts, one, report=report, item=item)
     report.counts["lifts"] = report.counts.get("lifts", 0) + count
 
 
@@ -104,7 +104,7 @@ async def clearing_traffic(run: Run, item: dict) -> None:
             else:
                 report.failures.append(f"clearing by {name}: {exc.message}")
 
-    await run_calls(scenario, "clearing", clearers, one, report=report)
+    await run_calls(scenario, "clearing", clearers, one, report=report, item=item)
     report.counts["clearing_calls"] = report.counts.get("clearing_calls", 0) + len(clearers)
 
 

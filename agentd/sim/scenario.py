@@ -256,8 +256,9 @@ def _traffic(traffic: Any, errors: _Errors) -> list[dict[str, Any]]:
         if kind not in TRAFFIC:
             errors.add(f"{where}.kind", f"must be one of {', '.join(TRAFFIC)}, not {kind!r}")
             continue
-        errors.unknown(item, ("kind", *TRAFFIC[kind]), where)
+        errors.unknown(item, ("kind", "concurrency", *TRAFFIC[kind]), where)
         errors.integer(item, "count", where, 1)
+        errors.integer(item, "concurrency", where, 16, high=10_000)
         errors.integer(item, "units", where, 1)
         errors.integer(item, "max_hops", where, 5, low=2, high=10)
         errors.boolean(item, "confidential", where)

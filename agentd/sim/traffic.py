@@ -47,12 +47,13 @@ def either_way(rng: random.Random, links: list[tuple[str, str]]
 
 async def run_calls(scenario: Scenario, label: str, calls: list[tuple],
                      call: Callable[..., Awaitable[None]], *, report: Report,
-                     weight: int = 1) -> None:
-    """``call(*args)`` for each ``args`` of ``calls``, ``[sim] concurrency`` at once, each
-    call counting ``weight`` (or, when ``weight`` is 0, the length of its last argument):
-    shown as progress, and recorded in the report (done each second, each call's latency)."""
+                     weight: int = 1, item: dict | None = None) -> None:
+    """``call(*args)`` for each ``args`` of ``calls``, ``[sim] concurrency`` at once (or the
+    traffic ``item``'s own ``concurrency``), each call counting ``weight`` (or, when
+    ``weight`` is 0, the length of its last argument): shown as progress, and recorded in
+    the report (done each second, each call's latency)."""
     total = sum(weight or len(args[-1]) for args in calls)
-    limit = trio.Semaphore(scenario.concurrency)
+    limit = trio.Semaphore((item or {}).get("concurrency", scenario.concurrency))
 
     async def one(args: tuple, advance: Callable[[int], None]) -> None:
         async with limit:
@@ -86,7 +87,7 @@ async def ping_traffic(run: Run, item: dict) -> None:
         except RpcError as exc:
             report.failures.append(f"ping {a} -> {b}: {exc.message}")
 
-    await run_calls(run.scenario, "pings", pairs, one, report=report)
+    await run_calls(run.scenario, "pings", pairs, one, report=report, item=item)
     report.counts["pings"] = report.counts.get("pings", 0) + count
 
 
@@ -147,7 +148,7 @@ async def payment_traffic(run: Run, item: dict) -> None:
         except RpcError as exc:
             report.failures.append(f"payment by {payer} on {tally}: {exc.message}")
 
-    await run_calls(run.scenario, "payments", payments, one, report=report)
+    await run_calls(run.scenario, "payments", payments, one, report=report, item=item)
     report.counts["payments"] = report.counts.get("payments", 0) + count
 
 
@@ -184,7 +185,7 @@ async def invoice_traffic(run: Run, item: dict) -> None:
         except trio.TooSlowError:
             report.failures.append(f"invoice by {payee} on {tally} never reached {payer}")
 
-    await run_calls(run.scenario, "invoices", invoices, one, report=report)
+    await run_calls(run.scenario, "invoices", invoices, one, report=report, item=item)
     report.counts["invoices"] = report.counts.get("invoices", 0) + count
 
 
@@ -221,7 +222,7 @@ async def relay_traffic(run: Run, item: dict) -> None:
         except RpcError as exc:
             report.failures.append(f"relay {asker} <- {address}: {exc.message}")
 
-    await run_calls(run.scenario, "relay queries", queries, one, report=report)
+    await run_calls(run.scenario, "relay queries", queries, one, report=report, item=item)
     report.counts["relay_queries"] = report.counts.get("relay_queries", 0) + count
 
 
@@ -254,7 +255,8 @@ async def evidence_traffic(run: Run, item: dict) -> None:
         except RpcError as exc:
             report.failures.append(f"evidence by {name}: {exc.message}")
 
-    await run_calls(run.scenario, "evidence", calls, one, report=report, weight=0)
+    await run_calls(run.scenario, "evidence", calls, one, report=report, weight=0,
+                    item=item)
     report.counts["evidence"] = report.counts.get("evidence", 0) + count
 
 
