@@ -44,9 +44,10 @@ never below 0. :func:`receive_capacity` is the same hop seen from Y's holding.
 Loop freedom: a user or tally already on the path is never used again (for a circular lift
 the payor is allowed only as ``find``, which ends the route).
 
-Public API: ``KINDS``, ``MAX_DEPTH``, ``hop_capacity``, ``receive_capacity``, ``Candidate``,
-``ACTIONS``, ``start -> Started``, ``forward -> Forwarded``, ``repeat``, ``check_query``, ``Relay``,
-``Search``, ``lift_path(route)``. Refusal codes: ``bad_field``, ``not_asked``.
+Public API: ``KINDS``, ``ACTIONS``, ``MAX_DEPTH``, ``MAX_ROUTES``, ``hop_capacity``,
+``receive_capacity``, ``Candidate``, ``start -> Started``, ``forward -> Forwarded``, ``repeat``,
+``check_query``, ``Relay``, ``Search``, ``lift_path(route)``. Refusal codes: ``bad_field``,
+``not_asked``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ KINDS = ("linear", "circular")
 ACTIONS = ("query", "good", "none")
 MAX_DEPTH = 32  # hops: bounds every path a stranger can make us carry
 MAX_GOODS = 2**31  # a none's goods: more than any search can find
+MAX_ROUTES = 256  # goods one user takes per query: a partner cannot make us carry more
 _QUERY_FIELDS = {"query", "kind", "find", "units", "path", "depth", "deadline"}
 _HOP_FIELDS = {"cuid", "agent", "tally", "capacity"}
 ADDRESS_FIELDS = {"host", "port"}  # where a path entry's node listens, when its sender knew
@@ -333,6 +335,7 @@ class _Answers:
         self.query, self.units = query, units
         self.asked, self.waiting = frozenset(asked), set(asked)
         self.goods = 0
+        self.taken = 0  # goods taken so far (at most MAX_ROUTES)
 
     def take(self, action: str, obj: Any, sender: ChipAddress) -> bool:
         """Check and count one answer; whether it is one to act on (not another query's, not
@@ -342,6 +345,10 @@ class _Answers:
             return False
         if _user(sender) not in self.asked:
             raise Refusal("not_asked", "a route answer from a user this query was not sent to")
+        if action == "good":
+            self.taken += 1
+            if self.taken > MAX_ROUTES:
+                raise Refusal("bad_field", f"more than {MAX_ROUTES} routes for one query")
         if action == "none":
             if _user(sender) not in self.waiting:
                 return False  # a duplicate

@@ -344,3 +344,11 @@ def test_a_route_rebuilds_the_lift_path() -> None:
                             referee=REFEREE_ADDRESS, date_ms=NOW, life_ms=1_000, memo="",
                             key=USERS[0].key)
     lf.check_record(record)
+
+
+def test_a_partner_cannot_make_a_relay_carry_routes_without_end() -> None:
+    relay = forwarded(query_obj(hop(A, 1, 900)), B, cand(2, C, 800)).relay
+    found = good(hop(A, 1, 900), hop(B, 2, 800), hop(D, None, None))
+    for _ in range(rt.MAX_ROUTES):
+        assert len(relay.on_answer("good", found, C)) == 1
+    assert code_of(relay.on_answer, "good", found, C) == "bad_field"
