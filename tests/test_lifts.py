@@ -391,3 +391,19 @@ async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
         assert len(near["path"]) == 4 and len(queries) == 1
         assert (await rpc(u["ann"], "lift.wait", lift=near["lift"], timeout_s=20))["state"] \
             == "good"
+
+
+async def test_hostile_route_messages_are_refused_never_our_failure(tmp_path):
+    """Route objects of the wrong shape, or whose query id is no text (a list cannot key
+    anything), are refused as the message's fault: never left unacked as if we had failed."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        ann, bob = world["users"]["ann"], world["users"]["bob"]
+        before = sum(bob.counters.rejected.values())
+        hostile = [("query", {"query": ["x"], "kind": "linear"}), ("query", {"kind": ["x"]}),
+                   ("none", {"query": ["x"], "goods": 0}), ("good", {"query": {"a": 1}})]
+        for action, obj in hostile:
+            await send_raw(ann, bob, "bob", "route", action, obj, "ann")
+        await wait_for(lambda: sum(bob.counters.rejected.values()) == before + len(hostile))
+        assert bob.counters.unacked_failures == 0
+        await wait_for(lambda: ann.pump.depth == 0)  # refused for good: nothing left to resend

@@ -158,11 +158,12 @@ class RouteService(Service):
         if action != "query":
             self._answer(tx, action, obj, here, envelope.from_)
             return
-        key = (obj.get("query") if isinstance(obj, dict) else None, here.cuid)
+        route.check_query(obj)  # before its fields key anything
+        key = (obj["query"], here.cuid)
         if key in self._seen:
             sends = route.repeat(obj, here=here, sender=envelope.from_).messages
         else:
-            kind = obj.get("kind") if obj.get("kind") in route.KINDS else route.KINDS[0]
+            kind = obj["kind"]
             forwarded = route.forward(obj, here=here, sender=envelope.from_, now_ms=tx.now_ms,
                                       candidates=self.candidates(tx.conn, here.cuid, kind),
                                       fan_out=FAN_OUT)
@@ -177,6 +178,8 @@ class RouteService(Service):
         """An answer to a query our user ``here`` sent on: passed back by its relay, or
         counted by the search it belongs to; a late one (its search ended) is dropped."""
         query = obj.get("query") if isinstance(obj, dict) else None
+        if not isinstance(query, str):
+            raise Reject("BAD_FIELD", "a route answer names its query (a uuid)")
         relay = self._seen.get((query, here.cuid))
         if relay is not None:
             self.ledger.emit(tx, relay.on_answer(action, obj, sender))
