@@ -41,8 +41,10 @@ confirmed; the stock re-sends ``new`` for its unordered chits, ``ack`` for uncon
 and ``req`` for gaps. A chit whose ``good`` message was lost thus still arrives, inside ``upd``
 or ``new``, and :func:`receive` returns it in ``adopted`` for the caller to record
 (``protocol.chit.receive_good``). A lift chit (unsigned) is never adopted: each holder
-links it with :func:`add` when it applies the lift's decision, and a chain message carrying
-one this holder does not hold yet is refused (``lift_undecided``) until then. If the stock's
+takes it with :func:`add` when it applies the lift's decision (nobody sends it ``good``: the
+foil sends its block in an ``upd``, the stock waits for it without a ``req``), and a chain
+message carrying one this holder does not hold yet is refused (``lift_undecided``) until
+then; the stock's ``resync`` asks for it again. If the stock's
 chain ever contradicts the foil's (a restored backup, a bug), the stock unlinks everything
 after its ``conf`` and asks again (``req``); a contradiction of a confirmed block is refused
 as ``conflict`` and needs a human.
@@ -179,13 +181,21 @@ def settled(chain: Chain) -> bool:
 
 
 def add(chain: Chain, chit: dict[str, Any], local: LocalTally) -> tuple[Chain, list[Send]]:
-    """Take a chit that just became good here: one our user signed (this sends it ``good``), or
-    a validated ``good`` from the partner. ``local`` is the holder's tally (for addresses)."""
+    """Take a chit that just became good here: one our user signed (this sends it ``good``), a
+    validated ``good`` from the partner, or a lift chit whose decision this holder applied.
+    ``local`` is the holder's tally (for addresses).
+
+    Both holders of a lift chit apply its decision each on its own, so neither tells the other
+    it is good: the foil links it and sends its block in an ``upd``; the stock parks it and
+    waits for that ``upd`` (no ``good``, no ``req``: resync repairs a lost one)."""
     _check_new(chain, chit)
-    ours = chit["by"] == chain.side
+    ours, lift = chit["by"] == chain.side, chit["type"] == "lift"
     if chain.side == FOIL:
         chain, linked = _append(chain, chit)
-        return chain, [_good(local, linked) if ours else _upd(chain, local, [linked])]
+        return chain, [_good(local, linked) if ours and not lift
+                       else _upd(chain, local, [linked])]
+    if lift:
+        return _park(chain, chit, chain.pending), []
     if ours:
         return _park(chain, chit, chain.pending), [_good(local, chit)]
     chain = _take(chain, chit)
@@ -236,7 +246,7 @@ def resync(chain: Chain, local: LocalTally) -> list[Send]:
         return [_upd(chain, local, unconfirmed)] if unconfirmed else []
     unordered = [chit for chit in chain.pending if chit["by"] == STOCK][:UPD_BATCH]
     messages = [_chain_message(chain, local, "new", chits=unordered)] if unordered else []
-    return messages + _stock_reply(chain, local)
+    return messages + _stock_reply(chain, local, repair=True)
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -487,10 +497,15 @@ def _follows(chain: Chain, block: dict[str, Any] | None) -> bool:
     return block is not None and block["index"] == chain.length + 1 and block["prev"] == chain.head
 
 
-def _stock_reply(chain: Chain, local: LocalTally) -> list[Send]:
-    """Ack blocks the foil has not confirmed; ask for the gap before a foil chit we hold."""
+def _stock_reply(chain: Chain, local: LocalTally, *, repair: bool = False) -> list[Send]:
+    """Ack blocks the foil has not confirmed; ask for the gap before a foil chit we hold. A
+    foil lift chit without a block is not a gap: the foil sends its ``upd`` when it applies
+    the decision (so only a ``repair`` asks for it)."""
     messages = [_ack(chain, local, chain.length)] if chain.length > chain.conf else []
-    if chain.hints.foreign and any(chit["by"] == FOIL for chit in chain.pending):
+    if chain.hints.foreign and any(
+        chit["by"] == FOIL and (repair or chit["type"] != "lift" or chit["chain"] is not None)
+        for chit in chain.pending
+    ):
         messages.append(_chain_message(chain, local, "req", index=chain.length + 1))
     return messages
 

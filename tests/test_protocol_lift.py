@@ -213,6 +213,37 @@ def test_a_partner_cannot_make_a_lift_chit_good_by_message() -> None:
     assert received.adopted == [] and received.chain.length == 1
 
 
+@pytest.mark.parametrize("paid_by", [t.STOCK, t.FOIL])
+def test_a_good_lift_chit_joins_the_chain_with_one_upd_and_two_acks(paid_by: str) -> None:
+    # both holders apply the decision on their own: neither sends the chit `good`; the foil
+    # links it and sends its block, the stock parks it silently until that block comes
+    rec = LINEAR if paid_by == t.STOCK else record([B, A], [T_AB], lift_uuid=uuid_of(502))
+    stock, foil = ch.start(AB_A), ch.start(AB_B)
+    stock, sent = ch.add(stock, c.lift_decided(c.lift_chit(rec, 0, AB_A), "good").chit, AB_A)
+    assert sent == [] and stock.length == 0 and len(stock.pending) == 1
+    foil, [upd] = ch.add(foil, c.lift_decided(c.lift_chit(rec, 0, AB_B), "good").chit, AB_B)
+    assert (upd.action, upd.object["cmd"], foil.length) == ("chain", "upd", 1)
+    linked = ch.receive(stock, upd.object, AB_A)
+    assert linked.chain.length == 1 and linked.chain.pending == () and linked.adopted == []
+    [ack] = linked.messages
+    assert ack.object["cmd"] == "ack" and ack.object["index"] == 1
+    answered = ch.receive(foil, ack.object, AB_B)
+    assert answered.chain.conf == 1 and [m.object["cmd"] for m in answered.messages] == ["ack"]
+    settled = ch.receive(linked.chain, answered.messages[0].object, AB_A).chain
+    assert ch.settled(settled) and ch.settled(answered.chain)
+
+
+def test_a_parked_foil_lift_chit_waits_for_its_upd_and_only_a_repair_asks() -> None:
+    backwards = record([B, A], [T_AB], lift_uuid=uuid_of(503))  # B, the foil, pays A
+    stock, foil = ch.start(AB_A), ch.start(AB_B)
+    stock, _ = ch.add(stock, c.lift_decided(c.lift_chit(backwards, 0, AB_A), "good").chit, AB_A)
+    paid, _ = c.pay(AB_B, B.key, chit_uuid=uuid_of(78), units=5, date_ms=NOW, balance=0)
+    foil, [good] = ch.add(foil, paid.chit, AB_B)
+    stock, replies = ch.add(stock, good.object, AB_A)  # another foil chit arrives meanwhile
+    assert [m.object["cmd"] for m in replies] == ["ack"]  # no req for the parked lift chit
+    assert [m.object["cmd"] for m in ch.resync(stock, AB_A)] == ["ack", "req"]
+
+
 def test_reserved_lift_chits_count_as_spent_in_a_payment() -> None:
     # B (foil of T_AB) may owe A at most 1_000; 700 are reserved by B's pending lift chits
     pay = {"chit_uuid": uuid_of(77), "units": 400, "date_ms": NOW, "balance": 0}
