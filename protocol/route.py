@@ -9,21 +9,25 @@ exactly one ``none`` back to its sender, the end of that user's part of the sear
 =================================  ===========================================================
 what the node sees                 answers to the sender
 =================================  ===========================================================
-seen this (query, user) already    ``none {query, goods: 0}``
-deadline passed, path too long     ``none {query, goods: 0}``
-``here`` is ``find``               ``good {query, path, capacity}``, ``none {query, goods: 1}``
+seen this (query, user) already    ``none {query, goods: 0, frontier: 0}``
+deadline passed, path too long     ``none {query, goods: 0, frontier: 0}``
+``here`` is ``find``               ``good {query, path, capacity}``, ``none {…, goods: 1}``
 a candidate's partner is ``find``  the same, through that candidate (the best one)
-no candidate to forward to         ``none {query, goods: 0}``
+at the depth, with partners left   ``none {query, goods: 0, frontier: 1}``
+no candidate to forward to         ``none {query, goods: 0, frontier: 0}``
 otherwise                          ``query`` to k partners, and a :class:`Relay` that passes
                                    every ``good`` back at once and, when all k partners
-                                   answered ``none``, sends ``none`` with the sum of their
-                                   ``goods``
+                                   answered ``none``, sends ``none`` with the sums of their
+                                   ``goods`` and ``frontier``
 =================================  ===========================================================
 
 So the originator (:class:`Search`) waits for a ``none`` from each partner it asked; ``goods``
 tells it how many ``good`` answers to expect (one may overtake another on the way back), and
 the search is over when it has them all. Answers are taken only from the partners a node
-asked, and a ``none`` only once from each: a duplicate changes nothing.
+asked, and a ``none`` only once from each: a duplicate changes nothing. ``frontier`` counts the
+users where the query stopped only because of ``depth`` (they had partners left to ask), so
+an exhausted search knows whether a deeper one could find more (0: it cannot) and roughly how
+wide the network is where it stopped.
 
 Query object: ``{query, kind, find: {cuid, agent}, units, path, depth, deadline}``.
 ``path`` runs from the payor to the sender, ``[{cuid, agent, tally, capacity}]``: each entry's
@@ -46,8 +50,8 @@ the payor is allowed only as ``find``, which ends the route).
 
 Public API: ``KINDS``, ``ACTIONS``, ``MAX_DEPTH``, ``MAX_ROUTES``, ``hop_capacity``,
 ``receive_capacity``, ``Candidate``, ``start -> Started``, ``forward -> Forwarded``, ``repeat``,
-``check_query``, ``Relay``, ``Search``, ``lift_path(route)``. Refusal codes: ``bad_field``,
-``not_asked``.
+``check_query``, ``Relay``, ``Search``, ``next_depth``, ``lift_path(route)``. Refusal codes:
+``bad_field``, ``not_asked``.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ KINDS = ("linear", "circular")
 ACTIONS = ("query", "good", "none")
 MAX_DEPTH = 32  # hops: bounds every path a stranger can make us carry
 MAX_GOODS = 2**31  # a none's goods: more than any search can find
+MAX_FRONTIER = 2**31  # a none's frontier: more users than any search can reach
 MAX_ROUTES = 256  # goods one user takes per query: a partner cannot make us carry more
 _QUERY_FIELDS = {"query", "kind", "find", "units", "path", "depth", "deadline"}
 _HOP_FIELDS = {"cuid", "agent", "tally", "capacity"}
@@ -115,6 +120,7 @@ class Candidate:
 class Started:
     messages: list[Send]  # route/query to the first hops
     found: list[dict[str, Any]]  # good answers known at once (find is a partner)
+    frontier: int = 0  # 1 when depth kept the payor from asking partners it could have asked
 
 
 def _user(address: ChipAddress | dict[str, Any]) -> User:
@@ -171,14 +177,17 @@ def start(
         "deadline": deadline,
     }
     check_query(obj)
-    found, messages = [], []
+    found, messages, held_back = [], [], False
     for cand in _usable(candidates, units):
         path = [_entry(payor, cand.tally, cand.capacity)]
         if _user(cand.partner) == _user(find):
             found.append(_good(query, [*path, _entry(find, None, None)]))
-        elif _user(cand.partner) != _user(payor) and len(messages) < fan_out and depth >= 2:
-            messages.append(_query_to(obj, path, cand))
-    return Started(messages, found)
+        elif _user(cand.partner) != _user(payor) and len(messages) < fan_out:
+            if depth >= 2:
+                messages.append(_query_to(obj, path, cand))
+            else:
+                held_back = True
+    return Started(messages, found, int(held_back))
 
 
 def check_query(obj: Any) -> None:
@@ -235,8 +244,10 @@ def _check_received(obj: Any, sender: ChipAddress) -> ChipAddress:
     return ChipAddress(agent=sender.agent, cuid=sender.cuid)
 
 
-def _none(query: str, to: ChipAddress, here: ChipAddress, goods: int) -> Send:
-    return Send(to, "route", "none", {"query": query, "goods": goods}, here.cuid)
+def _none(query: str, to: ChipAddress, here: ChipAddress, goods: int, frontier: int = 0
+          ) -> Send:
+    return Send(to, "route", "none", {"query": query, "goods": goods, "frontier": frontier},
+                here.cuid)
 
 
 def repeat(obj: Any, *, here: ChipAddress, sender: ChipAddress) -> Forwarded:
@@ -284,15 +295,13 @@ def forward(
             if _user(cand.partner) == find:
                 return found([*path, _entry(here, cand.tally, cand.capacity),
                               _entry(cand.partner, None, None)])
-    sends = []
-    if len(path) + 1 < obj["depth"]:
-        hop = _entry(here, None, None)
-        for cand in usable:
-            partner = _user(cand.partner)
-            if partner in on_path or partner == _user(here) or len(sends) == fan_out:
-                continue
-            step = [*path, {**hop, "tally": cand.tally, "capacity": cand.capacity}]
-            sends.append(_query_to(obj, step, cand))
+    onward = [cand for cand in usable
+              if _user(cand.partner) not in on_path and _user(cand.partner) != _user(here)]
+    if len(path) + 1 >= obj["depth"]:  # one more hop would pass the depth: stop here
+        return Forwarded([_none(query, sender, here, 0, int(bool(onward)))], None)
+    hop = _entry(here, None, None)
+    sends = [_query_to(obj, [*path, {**hop, "tally": cand.tally, "capacity": cand.capacity}],
+                       cand) for cand in onward[:fan_out]]
     if not sends:
         return Forwarded([_none(query, sender, here, 0)], None)
     return Forwarded(sends, Relay(query, obj["units"], here, sender,
@@ -320,21 +329,24 @@ def _check_answer(action: str, obj: Any, units: int) -> None:
     if action == "good":
         _check_good(obj, units)
     elif action == "none":
-        if set(obj) != {"query", "goods"}:
-            raise Refusal("bad_field", "route none has exactly the fields goods, query")
+        if set(obj) != {"query", "goods", "frontier"}:
+            raise Refusal("bad_field", "route none has exactly the fields frontier, goods, query")
         _integer(obj["goods"], "none.goods", 0, MAX_GOODS)
+        _integer(obj["frontier"], "none.frontier", 0, MAX_FRONTIER)
     else:
         raise Refusal("bad_field", f"a route answer is good or none, not {action!r}")
 
 
 class _Answers:
     """What one user that sent a query on is owed: a ``none`` from each partner it asked
-    (``waiting``), and how many ``good`` answers their ``none`` said they sent (``goods``)."""
+    (``waiting``), how many ``good`` answers their ``none`` said they sent (``goods``), and
+    how many users their part of the search stopped at only because of the depth
+    (``frontier``)."""
 
     def __init__(self, query: str, units: int, asked: set[User]) -> None:
         self.query, self.units = query, units
         self.asked, self.waiting = frozenset(asked), set(asked)
-        self.goods = 0
+        self.goods = self.frontier = 0
         self.taken = 0  # goods taken so far (at most MAX_ROUTES)
 
     def take(self, action: str, obj: Any, sender: ChipAddress) -> bool:
@@ -354,6 +366,7 @@ class _Answers:
                 return False  # a duplicate
             self.waiting.discard(_user(sender))
             self.goods += obj["goods"]
+            self.frontier = min(self.frontier + obj["frontier"], MAX_FRONTIER)
         return True
 
 
@@ -380,7 +393,7 @@ class Relay(_Answers):
             return [Send(self.upstream, "route", "good", obj, self.here.cuid)]
         if self.waiting:
             return []
-        return [_none(self.query, self.upstream, self.here, self.goods)]
+        return [_none(self.query, self.upstream, self.here, self.goods, self.frontier)]
 
 
 class Search(_Answers):
@@ -389,8 +402,9 @@ class Search(_Answers):
     be overtaken by a none on the way back)."""
 
     def __init__(self, query: str, units: int, asked: Iterable[ChipAddress],
-                 found: Iterable[dict[str, Any]] = ()) -> None:
+                 found: Iterable[dict[str, Any]] = (), frontier: int = 0) -> None:
         super().__init__(query, units, {_user(to) for to in asked})
+        self.frontier = frontier  # the payor's own (Started.frontier), then the answers'
         self.found = list(found)  # good answer objects
         for good in self.found:
             _check_good(good, self.units)
@@ -424,6 +438,18 @@ class Search(_Answers):
 
 def _route_key(good: dict[str, Any]) -> tuple:
     return tuple((hop["cuid"], hop["agent"], hop["tally"]) for hop in good["path"])
+
+
+def next_depth(depth: int, frontier: int, *, deepest: int, thin: int) -> int | None:
+    """The depth of a search's next round after one of ``depth`` was exhausted with no route
+    (an expanding ring search), or None when no deeper round can find one: its ``frontier``
+    is 0 (nothing stopped because of the depth) or it was already ``deepest``. A flood grows
+    with the partners' partners at every hop, so the next round goes one hop further, except
+    where the round stopped at ``thin`` users or fewer (a chain, a ring), where a round to
+    ``deepest`` costs little."""
+    if frontier == 0 or depth >= deepest:
+        return None
+    return deepest if frontier <= thin else depth + 1
 
 
 def lift_path(route: dict[str, Any]) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 import trio
 
 from agentd.rpc import RpcError
@@ -364,8 +365,9 @@ async def test_auto_clear_clears_debt_cycles_on_its_own(tmp_path):
 
 async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
     """eve is four hops from ann: the near round (three hops) is exhausted without a route,
-    so the lift's search looks again to the full depth, and the lift is good. A payee within
-    three hops is found by the near round alone: one query."""
+    so the lift's search looks again to the full depth (a line is thin), and the lift is good.
+    A payee within three hops is found by the near round alone: one query. A round that
+    reached everything reachable is the last."""
     async with network(tmp_path, n=5, clearinghouse=0) as net:
         world = await line(net)
         u, dan = world["users"], world["users"]["dan"]
@@ -391,6 +393,15 @@ async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
         assert len(near["path"]) == 4 and len(queries) == 1
         assert (await rpc(u["ann"], "lift.wait", lift=near["lift"], timeout_s=20))["state"] \
             == "good"
+        # yan and xia trade only with each other: the near round reaches all there is (its
+        # frontier is 0), so no deeper round is tried
+        await rpc(u["bob"], "users.add", cuid="yan")
+        await rpc(u["cat"], "users.add", cuid="xia")
+        await open_tally(u["bob"], "yan", u["cat"], "xia", limit=LIMIT)
+        queries.clear()
+        with pytest.raises(RpcError) as caught:
+            await rpc(u["bob"], "lift.pay", cuid="yan", find=who(dan, "eve"), units=500)
+        assert caught.value.reason == "NO_ROUTE" and len(queries) == 1
 
 
 async def test_hostile_route_messages_are_refused_never_our_failure(tmp_path):

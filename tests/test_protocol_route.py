@@ -132,7 +132,7 @@ def test_the_found_user_answers_good_with_the_whole_path_then_none() -> None:
     assert (answer.to, answer.action, answer.from_cuid) == (bare(B), "good", D.cuid)  # sender
     assert answer.object == {"query": QUERY, "capacity": 200,
                              "path": [hop(A, 1, 500), hop(B, 2, 200), hop(D, None, None)]}
-    assert (done.to, done.action, done.object) == (bare(B), "none", {"query": QUERY, "goods": 1})
+    assert (done.to, done.action, done.object) == (bare(B), "none", none(1))
 
 
 def test_a_partner_of_find_answers_good_through_its_best_tally() -> None:
@@ -162,31 +162,32 @@ def test_forwarding_respects_fan_out() -> None:
 def test_past_the_deadline_or_the_depth_the_answer_is_none() -> None:
     obj = query_obj(hop(A, 1, 500))
     assert [m.object for m in forward(obj, B, cand(2, D, 900), now=NOW + 1_000)] == [
-        {"query": QUERY, "goods": 0}]
+        {"query": QUERY, "goods": 0, "frontier": 0}]
     deep = query_obj(hop(A, 1, 500), hop(B, 2, 500), depth=2)
     [answer] = forward(deep, C, cand(3, D, 900))  # a third hop would pass the depth
-    assert answer.object == {"query": QUERY, "goods": 0}
+    assert answer.object == {"query": QUERY, "goods": 0, "frontier": 1}  # D was left to ask
     at_depth = query_obj(hop(A, 1, 500), depth=2)  # one more hop reaches find, no further
     assert forward(at_depth, B, cand(2, D, 900))[0].action == "good"
-    assert forward(at_depth, B, cand(3, C, 900))[0].object == {"query": QUERY, "goods": 0}
+    assert forward(at_depth, B, cand(3, C, 900))[0].object == {"query": QUERY, "goods": 0,
+                                                                 "frontier": 1}
 
 
 def test_a_query_that_came_round_to_a_user_on_its_path_stops() -> None:
     obj = query_obj(hop(A, 1, 500), hop(B, 2, 500))
-    assert forward(obj, B, cand(3, C, 900))[0].object == {"query": QUERY, "goods": 0}
+    assert forward(obj, B, cand(3, C, 900))[0].object == {"query": QUERY, "goods": 0, "frontier": 0}
 
 
 def test_a_two_hop_circle_through_two_tallies() -> None:
     obj = query_obj(hop(A, 1, 500), kind="circular", find=A)
     [same] = forward(obj, B, cand(1, A, 900))  # the tally it came by does not count
-    assert same.object == {"query": QUERY, "goods": 0}
+    assert same.object == {"query": QUERY, "goods": 0, "frontier": 0}
     answer, _ = forward(obj, B, cand(2, A, 300))
     assert answer.object["path"] == [hop(A, 1, 500), hop(B, 2, 300), hop(A, None, None)]
 
 
 def test_a_repeat_is_answered_none() -> None:
     [answer] = rt.repeat(query_obj(hop(A, 1, 500)), here=B, sender=A).messages
-    assert (answer.to, answer.object) == (bare(A), {"query": QUERY, "goods": 0})
+    assert (answer.to, answer.object) == (bare(A), {"query": QUERY, "goods": 0, "frontier": 0})
 
 
 def test_a_query_must_come_from_the_last_user_on_its_path() -> None:
@@ -225,8 +226,8 @@ def good(*path: dict[str, Any]) -> dict[str, Any]:
             "capacity": min(entry["capacity"] for entry in path[:-1])}
 
 
-def none(goods: int, query: str = QUERY) -> dict[str, Any]:
-    return {"query": query, "goods": goods}
+def none(goods: int, query: str = QUERY, frontier: int = 0) -> dict[str, Any]:
+    return {"query": query, "goods": goods, "frontier": frontier}
 
 
 def test_the_search_waits_for_a_none_from_each_partner_and_every_good_announced() -> None:
@@ -281,7 +282,10 @@ def test_an_answer_from_a_user_not_asked_is_refused() -> None:
         ("good", {**good(hop(A, 1, 900), hop(D, None, None)), "capacity": 5}),
         ("good", good(hop(A, 1, 50), hop(D, None, None))),  # cannot carry the units
         ("good", good(hop(A, 1, 500), hop(D, 2, 500))),
-        ("none", {"query": QUERY, "goods": -1}),
+        ("none", {"query": QUERY, "goods": -1, "frontier": 0}),
+        ("none", {"query": QUERY, "goods": 0, "frontier": -1}),
+        ("none", {"query": QUERY, "goods": 0, "frontier": "1"}),
+        ("none", {"query": QUERY, "goods": 0}),
         ("none", {"query": QUERY}),
         ("none", {"query": QUERY, "forwarded": 0}),
         ("maybe", {"query": QUERY}),
@@ -344,6 +348,44 @@ def test_a_route_rebuilds_the_lift_path() -> None:
                             referee=REFEREE_ADDRESS, date_ms=NOW, life_ms=1_000, memo="",
                             key=USERS[0].key)
     lf.check_record(record)
+
+
+def test_the_frontier_adds_up_through_relays_to_the_search() -> None:
+    """A -> B, which asks C and E at the depth limit: C has a partner left to ask, E none."""
+    obj = query_obj(hop(A, 1, 900), depth=3)
+    at_b = forwarded(obj, B, cand(2, C, 800), cand(3, E, 700))
+    to_c, to_e = at_b.messages
+    [from_c] = forwarded(to_c.object, C, cand(4, USERS[5].address, 600)).messages
+    [from_e] = forwarded(to_e.object, E, cand(3, B, 700)).messages  # only back the way it came
+    assert (from_c.object["frontier"], from_e.object["frontier"]) == (1, 0)
+    [up] = [*at_b.relay.on_answer("none", from_c.object, C),
+            *at_b.relay.on_answer("none", from_e.object, E)]
+    search = rt.Search(QUERY, 100, [B])
+    search.on_answer(up.action, up.object, B)
+    assert search.done and search.frontier == 1 and search.routes == []
+
+
+def test_a_payor_held_back_by_a_depth_of_one_counts_in_the_frontier() -> None:
+    assert started("linear", D, cand(1, B, 900)).frontier == 0
+    held = rt.start(query=QUERY, kind="linear", payor=A, find=D, units=100, depth=1,
+                    deadline=NOW + 1_000, candidates=[cand(1, B, 900)])
+    assert (held.messages, held.frontier) == ([], 1)
+
+
+@pytest.mark.parametrize(
+    ("depth", "frontier", "following"),
+    [
+        (3, 0, None),  # nothing stopped at the depth: no deeper round can find more
+        (3, 2, 10),  # a ring or a chain: the full depth is cheap
+        (3, 10, 10),
+        (3, 11, 4),  # a wide network: one hop more
+        (9, 500, 10),
+        (10, 500, None),  # already the deepest
+    ],
+)
+def test_the_next_round_goes_one_hop_further_or_to_the_full_depth_where_thin(
+        depth: int, frontier: int, following: int | None) -> None:
+    assert rt.next_depth(depth, frontier, deepest=10, thin=10) == following
 
 
 def test_a_partner_cannot_make_a_relay_carry_routes_without_end() -> None:

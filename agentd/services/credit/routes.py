@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 FAN_OUT = 10  # partners a query goes on to from one user
 DEPTH = 10  # hops at most
 NEAR = 3  # hops a lift's search tries first
+THIN = FAN_OUT  # a round that stopped at no more users than this: the next goes to DEPTH
 SEARCH_S = 2.0  # default time budget of a search
 LIFT_SEARCH_S = 10.0  # a lift's: a search exhausted sooner ends sooner; this bounds a busy one
 MAX_SEARCH_S = 30.0
@@ -80,22 +81,26 @@ class RouteService(Service):
 
     async def search_near_first(self, cuid: str, find: ChipAddress, units: int, kind: str,
                                 *, first: bool) -> list[dict]:
-        """A lift's search: within ``NEAR`` hops first, and only when that finds nothing (and
-        is over in time) within ``DEPTH``. A query's flood grows with the partners' partners
-        at every hop, and in a well-connected network most users are a few hops away, so the
-        near round finds most routes for a small share of the messages. With ``first``, each
-        round ends at its first route (a lift needs one)."""
+        """A lift's search, in rounds of growing depth (an expanding ring search,
+        ``protocol.route.next_depth``): within ``NEAR`` hops first, then one hop more each
+        round that found nothing while a deeper one can find more, or straight to ``DEPTH``
+        where the network is thin. In a well-connected network each round costs several times
+        the one before, so the first round that reaches the payee is about the cheapest that
+        can. With ``first``, a round ends at its first route (a lift needs one).
+        ``LIFT_SEARCH_S`` bounds all the rounds."""
         ends = trio.current_time() + LIFT_SEARCH_S
-        for depth in (NEAR, DEPTH):
-            routes, over = await self._search(cuid, find, units, kind, depth,
-                                              ends - trio.current_time(), first=first)
-            if routes or not over:
+        depth: int | None = NEAR
+        while depth is not None:
+            routes, search = await self._search(cuid, find, units, kind, depth,
+                                                ends - trio.current_time(), first=first)
+            if routes or not search.done:
                 return routes
+            depth = route.next_depth(depth, search.frontier, deepest=DEPTH, thin=THIN)
         return []
 
     async def _search(self, cuid: str, find: ChipAddress, units: int, kind: str, depth: int,
-                      timeout_s: float, *, first: bool) -> tuple[list[dict], bool]:
-        """One query: its routes, and whether it was exhausted in time."""
+                      timeout_s: float, *, first: bool) -> tuple[list[dict], route.Search]:
+        """One query: its routes, and the search (``done`` if it was exhausted in time)."""
         query = str(uuidlib.uuid4())
         node = self.runtime
 
@@ -111,7 +116,7 @@ class RouteService(Service):
         started = self.runtime.transact_ephemeral(work)
         # Registered before the next checkpoint: no answer can have been processed yet.
         search = route.Search(query, units, [send.to for send in started.messages],
-                              started.found)
+                              started.found, started.frontier)
         try:
             with trio.move_on_after(max(timeout_s, 0)):
                 while not search.done and not (first and search.found):
@@ -120,7 +125,7 @@ class RouteService(Service):
                     await arrived.wait()
         finally:
             self._searches.pop(query, None)
-        return search.routes, search.done
+        return search.routes, search
 
     def candidates(self, conn: sqlite3.Connection, cuid: str, kind: str
                    ) -> list[route.Candidate]:
