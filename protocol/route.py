@@ -56,6 +56,7 @@ Public API: ``KINDS``, ``ACTIONS``, ``MAX_DEPTH``, ``MAX_ROUTES``, ``hop_capacit
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +71,8 @@ MAX_DEPTH = 32  # hops: bounds every path a stranger can make us carry
 MAX_GOODS = 2**31  # a none's goods: more than any search can find
 MAX_FRONTIER = 2**31  # a none's frontier: more users than any search can reach
 MAX_ROUTES = 256  # goods one user takes per query: a partner cannot make us carry more
-_QUERY_FIELDS = {"query", "kind", "find", "units", "path", "depth", "deadline"}
+MAX_LAST = 16  # last hops one query carries
+_QUERY_FIELDS = {"query", "kind", "find", "units", "path", "depth", "deadline", "last"}
 _HOP_FIELDS = {"cuid", "agent", "tally", "capacity"}
 ADDRESS_FIELDS = {"host", "port"}  # where a path entry's node listens, when its sender knew
 
@@ -114,6 +116,31 @@ class Candidate:
     tally: str
     partner: ChipAddress
     capacity: int
+
+
+@dataclass(frozen=True)
+class LastHop:
+    """A hop into ``find`` that the originator knows already: ``user`` pays ``find`` over
+    ``tally``, which can carry ``capacity`` (:func:`receive_capacity` from ``find``'s
+    holding). A query names it only by :func:`last_digest`, so the nodes it reaches learn no
+    more than which of their own partners it is."""
+
+    user: ChipAddress
+    tally: str
+    capacity: int
+
+
+def last_digest(query: str, user: ChipAddress | dict[str, Any]) -> bytes:
+    """How a query names a last-hop user: salted by the query, so no two searches match."""
+    cuid, agent = _user(user)
+    return hashlib.sha256(f"{query}\n{cuid}\n{agent}".encode()).digest()[:16]
+
+
+def _last(hops: Iterable[LastHop], units: int, payor: ChipAddress) -> list[LastHop]:
+    """The last hops a query carries: those that can carry ``units``, best first, not from
+    the payor itself (that would be a route of one hop, found without asking)."""
+    fit = [hop for hop in hops if hop.capacity >= units and _user(hop.user) != _user(payor)]
+    return sorted(fit, key=lambda hop: (-hop.capacity, hop.tally))[:MAX_LAST]
 
 
 @dataclass(frozen=True)
@@ -161,8 +188,11 @@ def start(
     deadline: int,
     candidates: Iterable[Candidate],
     fan_out: int = 10,
+    last: Iterable[LastHop] = (),
 ) -> Started:
-    """The originator's first step over its user's (``payor``'s) candidate tallies."""
+    """The originator's first step over its user's (``payor``'s) candidate tallies, with the
+    ``last`` hops into ``find`` it knows (a route through one of them it completes itself:
+    :class:`Search`)."""
     if payor.cuid is None or find.cuid is None:
         raise Refusal("bad_field", "payor and find must name users (cuid)")
     if (_user(find) == _user(payor)) != (_kind(kind) == "circular"):
@@ -175,19 +205,31 @@ def start(
         "path": [],
         "depth": depth,
         "deadline": deadline,
+        "last": [last_digest(query, hop.user) for hop in _last(last, units, payor)],
     }
     check_query(obj)
     found, messages, held_back = [], [], False
+    reach = _reach(obj)
     for cand in _usable(candidates, units):
         path = [_entry(payor, cand.tally, cand.capacity)]
         if _user(cand.partner) == _user(find):
             found.append(_good(query, [*path, _entry(find, None, None)]))
-        elif _user(cand.partner) != _user(payor) and len(messages) < fan_out:
-            if depth >= 2:
+        elif _user(cand.partner) == _user(payor):
+            continue
+        elif depth >= 2 and last_digest(query, cand.partner) in obj["last"]:
+            found.append(_good(query, [*path, _entry(cand.partner, None, None)]))
+        elif len(messages) < fan_out:
+            if reach <= depth:
                 messages.append(_query_to(obj, path, cand))
             else:
                 held_back = True
     return Started(messages, found, int(held_back))
+
+
+def _reach(obj: dict[str, Any]) -> int:
+    """Hops a query's addressee can still add to a route without asking anyone: to ``find``
+    through a partner, and one more through a partner that is a last hop."""
+    return 3 if obj["last"] else 2
 
 
 def check_query(obj: Any) -> None:
@@ -201,6 +243,11 @@ def check_query(obj: Any) -> None:
     _integer(obj["depth"], "query.depth", 1, MAX_DEPTH)
     _integer(obj["deadline"], "query.deadline", 0, 2**63 - 1)
     _hops(obj["path"], "query.path", 0, MAX_DEPTH)
+    last = obj["last"]
+    if not isinstance(last, list) or len(last) > MAX_LAST or not all(
+            isinstance(digest, bytes) and len(digest) == 16 for digest in last):
+        raise Refusal("bad_field", f"query.last must be a list of at most {MAX_LAST} 16-byte "
+                      "digests")
 
 
 def _integer(value: Any, where: str, low: int, high: int) -> None:
@@ -297,7 +344,12 @@ def forward(
                               _entry(cand.partner, None, None)])
     onward = [cand for cand in usable
               if _user(cand.partner) not in on_path and _user(cand.partner) != _user(here)]
-    if len(path) + 1 >= obj["depth"]:  # one more hop would pass the depth: stop here
+    if len(path) + 2 <= obj["depth"]:  # through a last hop: the originator adds the hop to find
+        for cand in onward:
+            if last_digest(query, cand.partner) in obj["last"]:
+                return found([*path, _entry(here, cand.tally, cand.capacity),
+                              _entry(cand.partner, None, None)])
+    if len(path) + _reach(obj) > obj["depth"]:  # the next user could add nothing: stop here
         return Forwarded([_none(query, sender, here, 0, int(bool(onward)))], None)
     hop = _entry(here, None, None)
     sends = [_query_to(obj, [*path, {**hop, "tally": cand.tally, "capacity": cand.capacity}],
@@ -399,15 +451,20 @@ class Relay(_Answers):
 class Search(_Answers):
     """The originator's aggregation of the answers to one query (sans-IO): over once every
     partner asked has answered ``none`` and every good they announced has come (a good can
-    be overtaken by a none on the way back)."""
+    be overtaken by a none on the way back). A good that ends with one of the query's
+    ``last`` hops is completed here, with that hop into ``find``."""
 
     def __init__(self, query: str, units: int, asked: Iterable[ChipAddress],
-                 found: Iterable[dict[str, Any]] = (), frontier: int = 0) -> None:
+                 found: Iterable[dict[str, Any]] = (), frontier: int = 0, *,
+                 find: ChipAddress | None = None, last: Iterable[LastHop] = ()) -> None:
         super().__init__(query, units, {_user(to) for to in asked})
         self.frontier = frontier  # the payor's own (Started.frontier), then the answers'
-        self.found = list(found)  # good answer objects
-        for good in self.found:
+        self._find = find
+        self._last = {_user(hop.user): hop for hop in last}
+        self.found: list[dict[str, Any]] = []  # good answer objects, completed
+        for good in found:
             _check_good(good, self.units)
+            self._keep(good)
         self._arrived: set[tuple] = set()  # distinct routes the answers brought
 
     @property
@@ -417,8 +474,23 @@ class Search(_Answers):
     def on_answer(self, action: str, obj: Any, sender: ChipAddress) -> None:
         """Count one ``route/good`` or ``route/none``; answers to another query are ignored."""
         if self.take(action, obj, sender) and action == "good":
-            self.found.append(obj)
             self._arrived.add(_route_key(obj))
+            self._keep(obj)
+
+    def _keep(self, good: dict[str, Any]) -> None:
+        """Keep a good, completed through its last hop when it ends at one; one that would
+        then use a user or a tally twice is dropped."""
+        path, ends = good["path"], _user(good["path"][-1])
+        hop = self._last.get(ends)
+        if hop is None or self._find is None or ends == _user(self._find):
+            self.found.append(good)
+            return
+        if _user(self._find) in {_user(entry) for entry in path[1:]} or hop.tally in {
+                entry["tally"] for entry in path}:
+            return
+        self.found.append(_good(self.query, [
+            *path[:-1], {**path[-1], "tally": hop.tally, "capacity": hop.capacity},
+            _entry(self._find, None, None)]))
 
     @property
     def routes(self) -> list[dict[str, Any]]:

@@ -46,9 +46,10 @@ def hop(user: ChipAddress, n: int | None, capacity: int | None) -> dict[str, Any
 
 
 def query_obj(*path: dict[str, Any], kind: str = "linear", find: ChipAddress = D,
-              depth: int = 6) -> dict[str, Any]:
+              depth: int = 6, last: tuple[ChipAddress, ...] = ()) -> dict[str, Any]:
     return {"query": QUERY, "kind": kind, "find": {"cuid": find.cuid, "agent": find.agent},
-            "units": 100, "path": list(path), "depth": depth, "deadline": NOW + 1_000}
+            "units": 100, "path": list(path), "depth": depth, "deadline": NOW + 1_000,
+            "last": [rt.last_digest(QUERY, user) for user in last]}
 
 
 def sender_of(obj: dict[str, Any]) -> ChipAddress:
@@ -394,3 +395,59 @@ def test_a_partner_cannot_make_a_relay_carry_routes_without_end() -> None:
     for _ in range(rt.MAX_ROUTES):
         assert len(relay.on_answer("good", found, C)) == 1
     assert code_of(relay.on_answer, "good", found, C) == "bad_field"
+
+
+# -- last hops: the hops into find the originator knows ------------------------------------------
+
+
+def test_a_partner_that_is_a_last_hop_ends_the_route_for_the_originator_to_complete() -> None:
+    obj = query_obj(hop(A, 1, 900), last=(C,))
+    answer, done = forward(obj, B, cand(2, C, 800), cand(3, E, 700))
+    assert answer.object["path"] == [hop(A, 1, 900), hop(B, 2, 800), hop(C, None, None)]
+    assert done.object == none(1)
+    search = rt.Search(QUERY, 100, [B], find=D, last=[rt.LastHop(C, uuid_of(4), 600)])
+    search.on_answer("good", answer.object, B)
+    search.on_answer("none", done.object, B)
+    assert search.done
+    [found] = search.routes
+    assert [entry["cuid"] for entry in found["path"]] == [A.cuid, B.cuid, C.cuid, D.cuid]
+    assert found["hops"][-1] == {"tally": uuid_of(4), "capacity": 600}
+    assert found["capacity"] == 600
+
+
+def test_with_last_hops_a_query_goes_one_hop_less_far() -> None:
+    # depth 3: B (one hop from A) can still reach D through a last hop; a user two hops from A
+    # could add nothing a last hop does not cover, so B stops, and counts in the frontier
+    obj = query_obj(hop(A, 1, 900), depth=3, last=(USERS[5].address,))
+    [stop] = forward(obj, B, cand(2, C, 800))
+    assert stop.object == none(0, frontier=1)
+    deeper = query_obj(hop(A, 1, 900), depth=4, last=(USERS[5].address,))
+    assert [send.to for send in forward(deeper, B, cand(2, C, 800))] == [C]
+
+
+def test_a_completed_route_that_would_use_a_tally_twice_is_dropped() -> None:
+    search = rt.Search(QUERY, 100, [B], find=D, last=[rt.LastHop(C, uuid_of(1), 600)])
+    search.on_answer("good", good(hop(A, 1, 900), hop(B, 2, 800), hop(C, None, None)), B)
+    search.on_answer("none", none(1), B)
+    assert search.done and search.routes == []
+
+
+def test_the_payor_finds_a_two_hop_route_through_its_own_partner_that_is_a_last_hop() -> None:
+    start = rt.start(query=QUERY, kind="linear", payor=A, find=D, units=100, depth=6,
+                     deadline=NOW + 1_000, candidates=[cand(1, B, 900), cand(2, C, 800)],
+                     last=[rt.LastHop(B, uuid_of(3), 500), rt.LastHop(A, uuid_of(4), 900),
+                           rt.LastHop(E, uuid_of(5), 50)])
+    assert len(start.messages[0].object["last"]) == 1  # not the payor's, nor one too small
+    assert [send.to for send in start.messages] == [C]
+    search = rt.Search(QUERY, 100, [send.to for send in start.messages], start.found,
+                       find=D, last=[rt.LastHop(B, uuid_of(3), 500)])
+    assert [[entry["cuid"] for entry in route["path"]] for route in search.routes] == [
+        [A.cuid, B.cuid, D.cuid]]
+
+
+@pytest.mark.parametrize("last", [b"x" * 16, [b"short"], ["x" * 16], [b"x" * 16] * 17])
+def test_a_malformed_last_is_refused(last: Any) -> None:
+    obj = query_obj(hop(A, 1, 500))
+    obj["last"] = last
+    caught = refusal(forward, obj, B)
+    assert caught.code == "bad_field" and "query.last" in caught.message

@@ -104,19 +104,23 @@ class RouteService(Service):
         query = str(uuidlib.uuid4())
         node = self.runtime
 
+        last: list[route.LastHop] = []
+
         def work(tx: Tx) -> route.Started:
             self.ledger.user(tx.conn, cuid)
+            if kind == "circular":  # the hops into our own user: we know them
+                last.extend(self.last_hops(tx.conn, cuid, kind))
             started = route.start(
                 query=query, kind=kind, payor=node.own_address(cuid), find=find, units=units,
                 depth=depth, deadline=tx.now_ms + round(timeout_s * 1000),
-                candidates=self.candidates(tx.conn, cuid, kind), fan_out=FAN_OUT)
+                candidates=self.candidates(tx.conn, cuid, kind), fan_out=FAN_OUT, last=last)
             self.ledger.emit(tx, started.messages)
             return started
 
         started = self.runtime.transact_ephemeral(work)
         # Registered before the next checkpoint: no answer can have been processed yet.
         search = route.Search(query, units, [send.to for send in started.messages],
-                              started.found, started.frontier)
+                              started.found, started.frontier, find=find, last=last)
         try:
             with trio.move_on_after(max(timeout_s, 0)):
                 while not search.done and not (first and search.found):
@@ -139,6 +143,18 @@ class RouteService(Service):
                                           lift_out=row["lift_out"])
             address = self.partner_address(row["partner"], row["partner_cuid"])
             out.append(route.Candidate(row["uuid"], address, capacity))
+        return out
+
+    def last_hops(self, conn: sqlite3.Connection, cuid: str, kind: str) -> list[route.LastHop]:
+        """Our user's open tallies as hops into it: what each partner can pay it now."""
+        out = []
+        for row in self.ledger.store.route_candidates(conn, cuid, (t.OPEN,)):
+            if row["lim"] is None:
+                continue  # not filled yet, as in candidates()
+            capacity = route.receive_capacity(kind, balance=row["balance"], limit=row["lim"],
+                                              lift_in=row["lift_in"])
+            out.append(route.LastHop(self.partner_address(row["partner"], row["partner_cuid"]),
+                                     row["uuid"], capacity))
         return out
 
     def partner_address(self, agent: str, cuid: str | None) -> ChipAddress:
