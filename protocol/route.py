@@ -50,7 +50,8 @@ the payor is allowed only as ``find``, which ends the route).
 
 Public API: ``KINDS``, ``ACTIONS``, ``MAX_DEPTH``, ``MAX_ROUTES``, ``hop_capacity``,
 ``receive_capacity``, ``Candidate``, ``start -> Started``, ``forward -> Forwarded``, ``repeat``,
-``check_query``, ``Relay``, ``Search``, ``next_depth``, ``lift_path(route)``. Refusal codes:
+``check_query``, ``LastHop``, ``last_digest``, ``last_hops``, ``ask``, ``answer_ask``,
+``read_hops``, ``Relay``, ``Search``, ``next_depth``, ``lift_path(route)``. Refusal codes:
 ``bad_field``, ``not_asked``.
 """
 
@@ -66,13 +67,14 @@ from .messages import Send
 from .tally import MAX_UNITS, Refusal, check_uuid
 
 KINDS = ("linear", "circular")
-ACTIONS = ("query", "good", "none")
+ACTIONS = ("query", "good", "none", "ask", "hops")
 MAX_DEPTH = 32  # hops: bounds every path a stranger can make us carry
 MAX_GOODS = 2**31  # a none's goods: more than any search can find
 MAX_FRONTIER = 2**31  # a none's frontier: more users than any search can reach
 MAX_ROUTES = 256  # goods one user takes per query: a partner cannot make us carry more
 MAX_LAST = 16  # last hops one query carries
-_QUERY_FIELDS = {"query", "kind", "find", "units", "path", "depth", "deadline", "last"}
+SALT_BYTES = DIGEST_BYTES = 16
+_QUERY_FIELDS = {"query", "kind", "find", "units", "path", "depth", "deadline", "salt", "last"}
 _HOP_FIELDS = {"cuid", "agent", "tally", "capacity"}
 ADDRESS_FIELDS = {"host", "port"}  # where a path entry's node listens, when its sender knew
 
@@ -120,27 +122,29 @@ class Candidate:
 
 @dataclass(frozen=True)
 class LastHop:
-    """A hop into ``find`` that the originator knows already: ``user`` pays ``find`` over
-    ``tally``, which can carry ``capacity`` (:func:`receive_capacity` from ``find``'s
-    holding). A query names it only by :func:`last_digest`, so the nodes it reaches learn no
-    more than which of their own partners it is."""
+    """A hop into ``find`` that the originator knows already: the user :func:`last_digest`
+    names pays ``find`` over ``tally``, which can carry ``capacity``. Queries and the payee's
+    node name that user only by the salted digest, so the nodes a search reaches (and the
+    payor) learn no more than which of their own partners it is."""
 
-    user: ChipAddress
+    digest: bytes
     tally: str
     capacity: int
 
 
-def last_digest(query: str, user: ChipAddress | dict[str, Any]) -> bytes:
-    """How a query names a last-hop user: salted by the query, so no two searches match."""
+def last_digest(salt: bytes, user: ChipAddress | dict[str, Any]) -> bytes:
+    """How a search names a last-hop user: salted per search, so no two searches match."""
     cuid, agent = _user(user)
-    return hashlib.sha256(f"{query}\n{cuid}\n{agent}".encode()).digest()[:16]
+    return hashlib.sha256(salt + f"\n{cuid}\n{agent}".encode()).digest()[:DIGEST_BYTES]
 
 
-def _last(hops: Iterable[LastHop], units: int, payor: ChipAddress) -> list[LastHop]:
-    """The last hops a query carries: those that can carry ``units``, best first, not from
-    the payor itself (that would be a route of one hop, found without asking)."""
-    fit = [hop for hop in hops if hop.capacity >= units and _user(hop.user) != _user(payor)]
-    return sorted(fit, key=lambda hop: (-hop.capacity, hop.tally))[:MAX_LAST]
+def last_hops(salt: bytes, into: Iterable[Candidate], units: int) -> list[LastHop]:
+    """A user's hops into it (each ``Candidate``'s capacity from :func:`receive_capacity`)
+    as last hops of a search for ``units``: those that can carry them, best first, at most
+    :data:`MAX_LAST`."""
+    fit = sorted((cand for cand in into if cand.capacity >= units),
+                 key=lambda cand: (-cand.capacity, cand.tally))[:MAX_LAST]
+    return [LastHop(last_digest(salt, cand.partner), cand.tally, cand.capacity) for cand in fit]
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,7 @@ def start(
     deadline: int,
     candidates: Iterable[Candidate],
     fan_out: int = 10,
+    salt: bytes = bytes(SALT_BYTES),
     last: Iterable[LastHop] = (),
 ) -> Started:
     """The originator's first step over its user's (``payor``'s) candidate tallies, with the
@@ -205,7 +210,8 @@ def start(
         "path": [],
         "depth": depth,
         "deadline": deadline,
-        "last": [last_digest(query, hop.user) for hop in _last(last, units, payor)],
+        "salt": salt,
+        "last": [hop.digest for hop in last if hop.digest != last_digest(salt, payor)],
     }
     check_query(obj)
     found, messages, held_back = [], [], False
@@ -216,7 +222,7 @@ def start(
             found.append(_good(query, [*path, _entry(find, None, None)]))
         elif _user(cand.partner) == _user(payor):
             continue
-        elif depth >= 2 and last_digest(query, cand.partner) in obj["last"]:
+        elif depth >= 2 and last_digest(salt, cand.partner) in obj["last"]:
             found.append(_good(query, [*path, _entry(cand.partner, None, None)]))
         elif len(messages) < fan_out:
             if reach <= depth:
@@ -243,11 +249,16 @@ def check_query(obj: Any) -> None:
     _integer(obj["depth"], "query.depth", 1, MAX_DEPTH)
     _integer(obj["deadline"], "query.deadline", 0, 2**63 - 1)
     _hops(obj["path"], "query.path", 0, MAX_DEPTH)
-    last = obj["last"]
+    _digests(obj["salt"], obj["last"], "query")
+
+
+def _digests(salt: Any, last: Any, where: str) -> None:
+    if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
+        raise Refusal("bad_field", f"{where}.salt must be {SALT_BYTES} bytes")
     if not isinstance(last, list) or len(last) > MAX_LAST or not all(
-            isinstance(digest, bytes) and len(digest) == 16 for digest in last):
-        raise Refusal("bad_field", f"query.last must be a list of at most {MAX_LAST} 16-byte "
-                      "digests")
+            isinstance(digest, bytes) and len(digest) == DIGEST_BYTES for digest in last):
+        raise Refusal("bad_field", f"{where}.last must be a list of at most {MAX_LAST} "
+                      f"{DIGEST_BYTES}-byte digests")
 
 
 def _integer(value: Any, where: str, low: int, high: int) -> None:
@@ -346,7 +357,7 @@ def forward(
               if _user(cand.partner) not in on_path and _user(cand.partner) != _user(here)]
     if len(path) + 2 <= obj["depth"]:  # through a last hop: the originator adds the hop to find
         for cand in onward:
-            if last_digest(query, cand.partner) in obj["last"]:
+            if last_digest(obj["salt"], cand.partner) in obj["last"]:
                 return found([*path, _entry(here, cand.tally, cand.capacity),
                               _entry(cand.partner, None, None)])
     if len(path) + _reach(obj) > obj["depth"]:  # the next user could add nothing: stop here
@@ -456,11 +467,12 @@ class Search(_Answers):
 
     def __init__(self, query: str, units: int, asked: Iterable[ChipAddress],
                  found: Iterable[dict[str, Any]] = (), frontier: int = 0, *,
-                 find: ChipAddress | None = None, last: Iterable[LastHop] = ()) -> None:
+                 find: ChipAddress | None = None, salt: bytes = bytes(SALT_BYTES),
+                 last: Iterable[LastHop] = ()) -> None:
         super().__init__(query, units, {_user(to) for to in asked})
         self.frontier = frontier  # the payor's own (Started.frontier), then the answers'
         self._find = find
-        self._last = {_user(hop.user): hop for hop in last}
+        self._salt, self._last = salt, {hop.digest: hop for hop in last}
         self.found: list[dict[str, Any]] = []  # good answer objects, completed
         for good in found:
             _check_good(good, self.units)
@@ -481,7 +493,7 @@ class Search(_Answers):
         """Keep a good, completed through its last hop when it ends at one; one that would
         then use a user or a tally twice is dropped."""
         path, ends = good["path"], _user(good["path"][-1])
-        hop = self._last.get(ends)
+        hop = self._last.get(last_digest(self._salt, path[-1])) if self._last else None
         if hop is None or self._find is None or ends == _user(self._find):
             self.found.append(good)
             return
@@ -510,6 +522,56 @@ class Search(_Answers):
 
 def _route_key(good: dict[str, Any]) -> tuple:
     return tuple((hop["cuid"], hop["agent"], hop["tally"]) for hop in good["path"])
+
+
+# -- the payee's last hops: asked of its node before a payment's search ------------------------
+
+
+def ask(*, query: str, kind: str, find: ChipAddress, units: int, salt: bytes,
+        payor_cuid: str) -> Send:
+    """The payor's question to ``find``'s node: which of its user's partners can pay it
+    ``units`` now, named by digests salted with ``salt`` (answered by :func:`answer_ask`)."""
+    obj = {"query": query, "kind": kind, "units": units, "salt": salt}
+    check_ask(obj)
+    return Send(find, "route", "ask", obj, payor_cuid)
+
+
+def check_ask(obj: Any) -> None:
+    if not isinstance(obj, dict) or set(obj) != {"query", "kind", "units", "salt"}:
+        raise Refusal("bad_field", "a route ask has exactly the fields kind, query, salt, units")
+    check_uuid(obj["query"], "ask.query")
+    if _kind(obj["kind"]) != "linear":
+        raise Refusal("bad_field", "only a payment's payee is asked for its last hops")
+    _integer(obj["units"], "ask.units", 1, MAX_UNITS)
+    _digests(obj["salt"], [], "ask")
+
+
+def answer_ask(obj: Any, *, here: ChipAddress, sender: ChipAddress,
+               into: Iterable[Candidate]) -> Send:
+    """The payee's node's answer: ``{query, last: [{digest, tally}]}`` for the hops ``into``
+    its user that can carry ``units``, best first. It names neither the partners (only
+    salted digests) nor how much more than ``units`` they could carry. The answer goes to
+    the asking user over the channel the ask came by, never to an address it names."""
+    check_ask(obj)
+    hops = last_hops(obj["salt"], into, obj["units"])
+    return Send(ChipAddress(agent=sender.agent, cuid=sender.cuid), "route", "hops",
+                {"query": obj["query"],
+                 "last": [{"digest": hop.digest, "tally": hop.tally} for hop in hops]},
+                here.cuid)
+
+
+def read_hops(obj: Any, units: int) -> list[LastHop]:
+    """The last hops in a payee's node's answer, each good for ``units`` (all it says)."""
+    if not isinstance(obj, dict) or set(obj) != {"query", "last"}:
+        raise Refusal("bad_field", "route hops has exactly the fields last, query")
+    last = obj["last"]
+    if not isinstance(last, list) or not all(
+            isinstance(hop, dict) and set(hop) == {"digest", "tally"} for hop in last):
+        raise Refusal("bad_field", "hops.last must be a list of {digest, tally} maps")
+    _digests(bytes(SALT_BYTES), [hop["digest"] for hop in last], "hops")
+    for at, hop in enumerate(last):
+        check_uuid(hop["tally"], f"hops.last[{at}].tally")
+    return [LastHop(hop["digest"], hop["tally"], units) for hop in last]
 
 
 def next_depth(depth: int, frontier: int, *, deepest: int, thin: int) -> int | None:

@@ -366,20 +366,24 @@ async def test_auto_clear_clears_debt_cycles_on_its_own(tmp_path):
 async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
     """eve is four hops from ann: the near round (three hops) is exhausted without a route,
     so the lift's search looks again to the full depth (a line is thin), and the lift is good.
-    A payee within three hops is found by the near round alone: one query. A round that
-    reached everything reachable is the last."""
+    A payee within three hops is found by the near round alone: one query, which goes no
+    further than the partner of a last hop. A round that reached everything reachable is the
+    last."""
     async with network(tmp_path, n=5, clearinghouse=0) as net:
         world = await line(net)
         u, dan = world["users"], world["users"]["dan"]
         await rpc(dan, "users.add", cuid="eve")
         await open_tally(dan, "dan", dan, "eve", limit=LIMIT)
         queries: list[str] = []
+        arrivals: list[str] = []  # the user each query message reached
         for node in u.values():
             routes = node.credit.routes
 
             def record(tx, envelope, handle=routes.handle):
-                if envelope.action == "query" and envelope.object["query"] not in queries:
-                    queries.append(envelope.object["query"])
+                if envelope.action == "query":
+                    arrivals.append(envelope.to.cuid)
+                    if envelope.object["query"] not in queries:
+                        queries.append(envelope.object["query"])
                 handle(tx, envelope)
 
             routes.handle = record
@@ -389,8 +393,11 @@ async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
             == "good"
         assert len(queries) == 2  # near, then full depth
         queries.clear()
+        arrivals.clear()
         near = await rpc(u["ann"], "lift.pay", cuid="ann", find=who(dan, "dan"), units=500)
         assert len(near["path"]) == 4 and len(queries) == 1
+        # dan's node named cat as a last hop: bob, cat's partner, answered without asking cat
+        assert arrivals == ["bob"]
         assert (await rpc(u["ann"], "lift.wait", lift=near["lift"], timeout_s=20))["state"] \
             == "good"
         # yan and xia trade only with each other: the near round reaches all there is (its

@@ -17,6 +17,7 @@ from tests.test_credit_tally import NOW, code_of, refusal
 
 A, B, C, D, E = (user.address for user in USERS[:5])
 QUERY = uuid_of(900)
+SALT = bytes(range(16))
 
 
 def bare(user: ChipAddress) -> ChipAddress:
@@ -49,7 +50,11 @@ def query_obj(*path: dict[str, Any], kind: str = "linear", find: ChipAddress = D
               depth: int = 6, last: tuple[ChipAddress, ...] = ()) -> dict[str, Any]:
     return {"query": QUERY, "kind": kind, "find": {"cuid": find.cuid, "agent": find.agent},
             "units": 100, "path": list(path), "depth": depth, "deadline": NOW + 1_000,
-            "last": [rt.last_digest(QUERY, user) for user in last]}
+            "salt": SALT, "last": [rt.last_digest(SALT, user) for user in last]}
+
+
+def last_hop(user: ChipAddress, n: int, capacity: int) -> rt.LastHop:
+    return rt.LastHop(rt.last_digest(SALT, user), uuid_of(n), capacity)
 
 
 def sender_of(obj: dict[str, Any]) -> ChipAddress:
@@ -405,7 +410,7 @@ def test_a_partner_that_is_a_last_hop_ends_the_route_for_the_originator_to_compl
     answer, done = forward(obj, B, cand(2, C, 800), cand(3, E, 700))
     assert answer.object["path"] == [hop(A, 1, 900), hop(B, 2, 800), hop(C, None, None)]
     assert done.object == none(1)
-    search = rt.Search(QUERY, 100, [B], find=D, last=[rt.LastHop(C, uuid_of(4), 600)])
+    search = rt.Search(QUERY, 100, [B], find=D, salt=SALT, last=[last_hop(C, 4, 600)])
     search.on_answer("good", answer.object, B)
     search.on_answer("none", done.object, B)
     assert search.done
@@ -426,21 +431,23 @@ def test_with_last_hops_a_query_goes_one_hop_less_far() -> None:
 
 
 def test_a_completed_route_that_would_use_a_tally_twice_is_dropped() -> None:
-    search = rt.Search(QUERY, 100, [B], find=D, last=[rt.LastHop(C, uuid_of(1), 600)])
+    search = rt.Search(QUERY, 100, [B], find=D, salt=SALT, last=[last_hop(C, 1, 600)])
     search.on_answer("good", good(hop(A, 1, 900), hop(B, 2, 800), hop(C, None, None)), B)
     search.on_answer("none", none(1), B)
     assert search.done and search.routes == []
 
 
 def test_the_payor_finds_a_two_hop_route_through_its_own_partner_that_is_a_last_hop() -> None:
+    into = [cand(3, B, 500), cand(4, A, 900), cand(5, E, 50)]
+    last = rt.last_hops(SALT, into, 100)
+    assert [hop.tally for hop in last] == [uuid_of(4), uuid_of(3)]  # best first; E's too small
     start = rt.start(query=QUERY, kind="linear", payor=A, find=D, units=100, depth=6,
                      deadline=NOW + 1_000, candidates=[cand(1, B, 900), cand(2, C, 800)],
-                     last=[rt.LastHop(B, uuid_of(3), 500), rt.LastHop(A, uuid_of(4), 900),
-                           rt.LastHop(E, uuid_of(5), 50)])
-    assert len(start.messages[0].object["last"]) == 1  # not the payor's, nor one too small
+                     salt=SALT, last=last)
+    assert start.messages[0].object["last"] == [last[1].digest]  # not the payor's own
     assert [send.to for send in start.messages] == [C]
     search = rt.Search(QUERY, 100, [send.to for send in start.messages], start.found,
-                       find=D, last=[rt.LastHop(B, uuid_of(3), 500)])
+                       find=D, salt=SALT, last=last)
     assert [[entry["cuid"] for entry in route["path"]] for route in search.routes] == [
         [A.cuid, B.cuid, D.cuid]]
 
@@ -451,3 +458,48 @@ def test_a_malformed_last_is_refused(last: Any) -> None:
     obj["last"] = last
     caught = refusal(forward, obj, B)
     assert caught.code == "bad_field" and "query.last" in caught.message
+
+
+@pytest.mark.parametrize("salt", [b"short", "x" * 16, None])
+def test_a_malformed_salt_is_refused(salt: Any) -> None:
+    obj = query_obj(hop(A, 1, 500))
+    obj["salt"] = salt
+    caught = refusal(forward, obj, B)
+    assert caught.code == "bad_field" and "query.salt" in caught.message
+
+
+def test_the_payees_node_names_its_last_hops_by_digest_only() -> None:
+    ask = rt.ask(query=QUERY, kind="linear", find=D, units=100, salt=SALT, payor_cuid=A.cuid)
+    assert (ask.to, ask.action, ask.from_cuid) == (D, "ask", A.cuid)
+    answer = rt.answer_ask(ask.object, here=D, sender=A,
+                           into=[cand(3, B, 500), cand(4, C, 90), cand(5, E, 900)])
+    assert (answer.to, answer.action, answer.from_cuid) == (bare(A), "hops", D.cuid)
+    assert answer.object == {"query": QUERY, "last": [
+        {"digest": rt.last_digest(SALT, E), "tally": uuid_of(5)},
+        {"digest": rt.last_digest(SALT, B), "tally": uuid_of(3)}]}  # no partner, no capacity
+    assert rt.read_hops(answer.object, 100) == [last_hop(E, 5, 100), last_hop(B, 3, 100)]
+
+
+@pytest.mark.parametrize(
+    ("obj", "field"),
+    [
+        ({"query": QUERY, "kind": "circular", "units": 1, "salt": SALT}, "payment"),
+        ({"query": QUERY, "kind": "linear", "units": 0, "salt": SALT}, "ask.units"),
+        ({"query": QUERY, "kind": "linear", "units": 1, "salt": b"x"}, "ask.salt"),
+        ({"query": "q", "kind": "linear", "units": 1, "salt": SALT}, "ask.query"),
+        ({"query": QUERY, "kind": "linear", "units": 1}, "fields"),
+    ],
+)
+def test_a_malformed_ask_is_refused(obj: dict[str, Any], field: str) -> None:
+    caught = refusal(rt.answer_ask, obj, here=D, sender=A, into=[])
+    assert caught.code == "bad_field" and field in caught.message
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [{"query": QUERY}, {"query": QUERY, "last": [{"digest": b"x", "tally": uuid_of(1)}]},
+     {"query": QUERY, "last": [{"digest": bytes(16), "tally": "t"}]},
+     {"query": QUERY, "last": [{"digest": bytes(16)}]}, {"query": QUERY, "last": "x"}],
+)
+def test_malformed_hops_are_refused(obj: dict[str, Any]) -> None:
+    assert refusal(rt.read_hops, obj, 100).code == "bad_field"

@@ -67,12 +67,15 @@ async def lift_traffic(run: Run, item: dict) -> None:
         report.failures.append(f"lifts traffic: no two users 2 to {max_hops} tallies apart")
         return
     lifts = [(*rng.choice(pairs), rng.randint(1, units)) for _ in range(count)]
+    # a payee's full CHIP address, as a user would give it: the payor's node asks the payee's
+    # node for its last hops before it searches
+    infos = await on_every(run.backend, sorted({payee for _, payee, _ in lifts}), "getinfo", {})
 
     async def one(payor: str, payee: str, amount: int) -> None:
         began = time.perf_counter()
         try:
             started = await run.backend.call(payor, "lift.pay", {
-                "cuid": payor, "find": f"{payee}:{run.agents[payee]}", "units": amount})
+                "cuid": payor, "find": f"{payee}:{infos[payee]['address']}", "units": amount})
             await _decided(run, payor, started, began)
         except RpcError as exc:
             report.failures.append(f"lift {payor} -> {payee}: {exc.message}")

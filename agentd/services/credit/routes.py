@@ -19,6 +19,7 @@ the pump in memory only. A hop's capacity is checked again, durably, by the lift
 
 from __future__ import annotations
 
+import os
 import uuid as uuidlib
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,7 @@ THIN = FAN_OUT  # a round that stopped at no more users than this: the next goes
 SEARCH_S = 2.0  # default time budget of a search
 LIFT_SEARCH_S = 10.0  # a lift's: a search exhausted sooner ends sooner; this bounds a busy one
 MAX_SEARCH_S = 30.0
+ASK_S = 1.0  # at most this long for the payee's node to name its last hops, then search without
 SEEN = 10_000  # (query, user) pairs remembered to answer each once, and relays kept
 
 
@@ -60,6 +62,7 @@ class RouteService(Service):
         super().__init__(node)
         self.ledger = ledger
         self._searches: dict[str, tuple[route.Search, trio.Event]] = {}
+        self._asks: dict[str, tuple[ChipAddress, int, list[route.LastHop], trio.Event]] = {}
         self._seen: OrderedDict[tuple[Any, Any], route.Relay | None] = OrderedDict()
         node.register_method("route.find", self.rpc_find)
 
@@ -87,40 +90,76 @@ class RouteService(Service):
         where the network is thin. In a well-connected network each round costs several times
         the one before, so the first round that reaches the payee is about the cheapest that
         can. With ``first``, a round ends at its first route (a lift needs one).
-        ``LIFT_SEARCH_S`` bounds all the rounds."""
+        ``LIFT_SEARCH_S`` bounds all the rounds.
+
+        Every round carries the *last hops*, the hops into the payee that can carry
+        ``units``: a node with one of them as a partner answers at once, so a round goes one
+        hop less far. For a circle they are our own user's; for a payment the payee's node
+        names them when asked (:meth:`_ask`)."""
         ends = trio.current_time() + LIFT_SEARCH_S
+        salt = os.urandom(route.SALT_BYTES)
+        last = await self._ask(cuid, find, units, salt) if kind == "linear" else None
         depth: int | None = NEAR
         while depth is not None:
             routes, search = await self._search(cuid, find, units, kind, depth,
-                                                ends - trio.current_time(), first=first)
+                                                ends - trio.current_time(), first=first,
+                                                salt=salt, last=last)
             if routes or not search.done:
                 return routes
             depth = route.next_depth(depth, search.frontier, deepest=DEPTH, thin=THIN)
         return []
 
+    async def _ask(self, cuid: str, find: ChipAddress, units: int, salt: bytes
+                   ) -> list[route.LastHop]:
+        """The payee's last hops, from its node (ours: read here), or none when its node
+        cannot be reached (no address known) or does not answer within ``ASK_S``."""
+        node = self.runtime
+        if find.agent == node.agent_id:
+            return node.db.reading(lambda conn: route.last_hops(
+                salt, self.into(conn, find.cuid, "linear") if self.ledger.known(
+                    conn, find.cuid) else [], units))
+        if find.host is None and node.address_of(find.agent) is None:
+            return []
+        query, arrived = str(uuidlib.uuid4()), trio.Event()
+        answer: list[route.LastHop] = []
+        self._asks[query] = (find, units, answer, arrived)
+        try:
+            node.transact_ephemeral(lambda tx: self.ledger.emit(tx, [route.ask(
+                query=query, kind="linear", find=find, units=units, salt=salt,
+                payor_cuid=cuid)]))
+            with trio.move_on_after(ASK_S):
+                await arrived.wait()
+        finally:
+            self._asks.pop(query, None)
+        return answer
+
     async def _search(self, cuid: str, find: ChipAddress, units: int, kind: str, depth: int,
-                      timeout_s: float, *, first: bool) -> tuple[list[dict], route.Search]:
-        """One query: its routes, and the search (``done`` if it was exhausted in time)."""
+                      timeout_s: float, *, first: bool, salt: bytes = bytes(route.SALT_BYTES),
+                      last: list[route.LastHop] | None = None
+                      ) -> tuple[list[dict], route.Search]:
+        """One query: its routes, and the search (``done`` if it was exhausted in time).
+        ``last``: the payee's last hops; None for a circle's (our user's own, read here)."""
         query = str(uuidlib.uuid4())
         node = self.runtime
-
-        last: list[route.LastHop] = []
+        hops = list(last or [])
 
         def work(tx: Tx) -> route.Started:
             self.ledger.user(tx.conn, cuid)
-            if kind == "circular":  # the hops into our own user: we know them
-                last.extend(self.last_hops(tx.conn, cuid, kind))
+            if last is None and kind == "circular":
+                hops.extend(route.last_hops(salt, self.into(tx.conn, cuid, kind), units))
             started = route.start(
                 query=query, kind=kind, payor=node.own_address(cuid), find=find, units=units,
                 depth=depth, deadline=tx.now_ms + round(timeout_s * 1000),
-                candidates=self.candidates(tx.conn, cuid, kind), fan_out=FAN_OUT, last=last)
+                candidates=self.candidates(tx.conn, cuid, kind), fan_out=FAN_OUT, salt=salt,
+                last=hops)
             self.ledger.emit(tx, started.messages)
             return started
 
         started = self.runtime.transact_ephemeral(work)
         # Registered before the next checkpoint: no answer can have been processed yet.
         search = route.Search(query, units, [send.to for send in started.messages],
-                              started.found, started.frontier, find=find, last=last)
+                              started.found, started.frontier, find=find, salt=salt,
+                              last=hops)
         try:
             with trio.move_on_after(max(timeout_s, 0)):
                 while not search.done and not (first and search.found):
@@ -145,16 +184,17 @@ class RouteService(Service):
             out.append(route.Candidate(row["uuid"], address, capacity))
         return out
 
-    def last_hops(self, conn: sqlite3.Connection, cuid: str, kind: str) -> list[route.LastHop]:
-        """Our user's open tallies as hops into it: what each partner can pay it now."""
+    def into(self, conn: sqlite3.Connection, cuid: str, kind: str) -> list[route.Candidate]:
+        """Our user's open tallies as hops into it, with what each partner can pay it now."""
         out = []
         for row in self.ledger.store.route_candidates(conn, cuid, (t.OPEN,)):
             if row["lim"] is None:
                 continue  # not filled yet, as in candidates()
             capacity = route.receive_capacity(kind, balance=row["balance"], limit=row["lim"],
                                               lift_in=row["lift_in"])
-            out.append(route.LastHop(self.partner_address(row["partner"], row["partner_cuid"]),
-                                     row["uuid"], capacity))
+            out.append(route.Candidate(
+                row["uuid"], ChipAddress(agent=row["partner"], cuid=row["partner_cuid"]),
+                capacity))
         return out
 
     def partner_address(self, agent: str, cuid: str | None) -> ChipAddress:
@@ -176,6 +216,14 @@ class RouteService(Service):
         if here.cuid is None or not self.ledger.known(tx.conn, here.cuid):
             raise Reject("UNKNOWN_USER", f"no user {here.cuid!r} on this node")
         here = self.runtime.own_address(here.cuid)
+        if action == "ask":
+            tx.send(route.answer_ask(obj, here=here, sender=envelope.from_,
+                                     into=self.into(tx.conn, here.cuid, "linear")),
+                    re=envelope.id)
+            return
+        if action == "hops":
+            self._hops(tx, obj, envelope.from_)
+            return
         if action != "query":
             self._answer(tx, action, obj, here, envelope.from_)
             return
@@ -219,6 +267,26 @@ class RouteService(Service):
             except t.Refusal:
                 return
             arrived.set()
+
+        tx.after_commit(apply)
+
+
+    def _hops(self, tx: Tx, obj: Any, sender: ChipAddress) -> None:
+        """The payee's node's answer to our ask: taken only from the payee asked; a late one
+        (the search went on without it) is dropped."""
+        query = obj.get("query") if isinstance(obj, dict) else None
+        asked = self._asks.get(query) if isinstance(query, str) else None
+        if asked is None:
+            return
+        find, units, answer, arrived = asked
+        if (sender.agent, sender.cuid) != (find.agent, find.cuid):
+            raise Reject("NOT_ASKED", "route hops from a user this ask was not sent to")
+        hops = route.read_hops(obj, units)
+
+        def apply() -> None:
+            if not arrived.is_set():
+                answer.extend(hops)
+                arrived.set()
 
         tx.after_commit(apply)
 
