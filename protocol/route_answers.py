@@ -1,0 +1,167 @@
+"""Route answers: carrying them back (:class:`Relay`), gathering them at the originator
+(:class:`Search`), and what a search does next (:func:`next_depth`) (sans-IO).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from .keys import ChipAddress
+from .messages import Send
+from .route_fields import (
+    MAX_FRONTIER,
+    MAX_ROUTES,
+    SALT_BYTES,
+    Refusal,
+    User,
+    check_answer,
+    check_good,
+    good_answer,
+    none_answer,
+    path_entry,
+    user_key,
+)
+from .route_last import LastHop, last_digest
+
+
+class _Answers:
+    """What one user that sent a query on is owed: a ``none`` from each partner it asked
+    (``waiting``), how many ``good`` answers their ``none`` said they sent (``goods``), and
+    how many users their part of the search stopped at only because of the depth
+    (``frontier``)."""
+
+    def __init__(self, query: str, units: int, asked: set[User]) -> None:
+        self.query, self.units = query, units
+        self.asked, self.waiting = frozenset(asked), set(asked)
+        self.goods = self.frontier = 0
+        self.taken = 0  # goods taken so far (at most MAX_ROUTES)
+
+    def take(self, action: str, obj: Any, sender: ChipAddress) -> bool:
+        """Check and count one answer; whether it is one to act on (not another query's, not
+        a repeated ``none``). An answer from a user we did not ask is refused."""
+        check_answer(action, obj, self.units)
+        if obj["query"] != self.query:
+            return False
+        if user_key(sender) not in self.asked:
+            raise Refusal("not_asked", "a route answer from a user this query was not sent to")
+        if action == "good":
+            self.taken += 1
+            if self.taken > MAX_ROUTES:
+                raise Refusal("bad_field", f"more than {MAX_ROUTES} routes for one query")
+        if action == "none":
+            if user_key(sender) not in self.waiting:
+                return False  # a duplicate
+            self.waiting.discard(user_key(sender))
+            self.goods += obj["goods"]
+            self.frontier = min(self.frontier + obj["frontier"], MAX_FRONTIER)
+        return True
+
+
+class Relay(_Answers):
+    """A node's part in carrying answers back to the user that sent it the query
+    (``upstream``): every ``good`` at once, and one ``none`` once every partner it asked has
+    answered, announcing all the goods their nones announced."""
+
+    def __init__(self, query: str, units: int, here: ChipAddress, upstream: ChipAddress,
+                 asked: set[User]) -> None:
+        super().__init__(query, units, asked)
+        self.here, self.upstream = here, upstream
+
+    @property
+    def done(self) -> bool:
+        return not self.waiting
+
+    def on_answer(self, action: str, obj: Any, sender: ChipAddress) -> list[Send]:
+        """The messages one answer from a partner we asked makes us send upstream (a good
+        that a none overtook still goes up: the none announced it)."""
+        if not self.take(action, obj, sender):
+            return []
+        if action == "good":
+            return [Send(self.upstream, "route", "good", obj, self.here.cuid)]
+        if self.waiting:
+            return []
+        return [none_answer(self.query, self.upstream, self.here, self.goods, self.frontier)]
+
+
+class Search(_Answers):
+    """The originator's aggregation of the answers to one query (sans-IO): over once every
+    partner asked has answered ``none`` and every good they announced has come (a good can
+    be overtaken by a none on the way back). A good that ends with one of the query's
+    ``last`` hops is completed here, with that hop into ``find``."""
+
+    def __init__(self, query: str, units: int, asked: Iterable[ChipAddress],
+                 found: Iterable[dict[str, Any]] = (), frontier: int = 0, *,
+                 find: ChipAddress | None = None, salt: bytes = bytes(SALT_BYTES),
+                 last: Iterable[LastHop] = ()) -> None:
+        super().__init__(query, units, {user_key(to) for to in asked})
+        self.frontier = frontier  # the payor's own (Started.frontier), then the answers'
+        self._find = find
+        self._salt, self._last = salt, {hop.digest: hop for hop in last}
+        self.found: list[dict[str, Any]] = []  # good answer objects, completed
+        for good in found:
+            check_good(good, self.units)
+            self._keep(good)
+        self._arrived: set[tuple] = set()  # distinct routes the answers brought
+
+    @property
+    def done(self) -> bool:
+        return not self.waiting and len(self._arrived) >= self.goods
+
+    def on_answer(self, action: str, obj: Any, sender: ChipAddress) -> None:
+        """Count one ``route/good`` or ``route/none``; answers to another query are ignored."""
+        if self.take(action, obj, sender) and action == "good":
+            self._arrived.add(_route_key(obj))
+            self._keep(obj)
+
+    def _keep(self, good: dict[str, Any]) -> None:
+        """Keep a good, completed through its last hop when it ends at one; one that would
+        then use a user or a tally twice is dropped."""
+        path, ends = good["path"], user_key(good["path"][-1])
+        hop = self._last.get(last_digest(self._salt, path[-1])) if self._last else None
+        if hop is None or self._find is None or ends == user_key(self._find):
+            self.found.append(good)
+            return
+        if user_key(self._find) in {user_key(entry) for entry in path[1:]} or hop.tally in {
+                entry["tally"] for entry in path}:
+            return
+        self.found.append(good_answer(self.query, [
+            *path[:-1], {**path[-1], "tally": hop.tally, "capacity": hop.capacity},
+            path_entry(self._find, None, None)]))
+
+    @property
+    def routes(self) -> list[dict[str, Any]]:
+        """Distinct routes, best first (capacity, then fewer hops): ``{path: [{cuid, agent}],
+        hops: [{tally, capacity}], capacity}``; ``hops[i]`` joins ``path[i]`` and ``path[i+1]``."""
+        routes: dict[tuple, dict[str, Any]] = {}
+        for good in self.found:
+            path = good["path"]
+            routes.setdefault(_route_key(good), {
+                "path": [{key: hop[key] for key in ("cuid", "agent", "host", "port")
+                          if key in hop} for hop in path],
+                "hops": [{"tally": hop["tally"], "capacity": hop["capacity"]} for hop in path[:-1]],
+                "capacity": good["capacity"],
+            })
+        return sorted(routes.values(), key=lambda route: (-route["capacity"], len(route["hops"])))
+
+
+def _route_key(good: dict[str, Any]) -> tuple:
+    return tuple((hop["cuid"], hop["agent"], hop["tally"]) for hop in good["path"])
+
+
+def next_depth(depth: int, frontier: int, *, deepest: int, thin: int) -> int | None:
+    """The depth of a search's next round after one of ``depth`` was exhausted with no route
+    (an expanding ring search), or None when no deeper round can find one: its ``frontier``
+    is 0 (nothing stopped because of the depth) or it was already ``deepest``. A flood grows
+    with the partners' partners at every hop, so the next round goes one hop further, except
+    where the round stopped at ``thin`` users or fewer (a chain, a ring), where a round to
+    ``deepest`` costs little."""
+    if frontier == 0 or depth >= deepest:
+        return None
+    return deepest if frontier <= thin else depth + 1
+
+
+def lift_path(route: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``path`` of a lift record (``protocol.lift``) along one of :attr:`Search.routes`."""
+    tallies = [hop["tally"] for hop in route["hops"]] + [None]
+    return [{**user, "tally": tally} for user, tally in zip(route["path"], tallies, strict=True)]
