@@ -13,7 +13,7 @@ seen this (query, user) already    ``none {query, goods: 0, frontier: 0}``
 deadline passed, path too long     ``none {query, goods: 0, frontier: 0}``
 ``here`` is ``find``               ``good {query, path, capacity}``, ``none {…, goods: 1}``
 a candidate's partner is ``find``  the same, through that candidate (the best one)
-at the depth, with partners left   ``none {query, goods: 0, frontier: 1}``
+at the depth, k partners left      ``none {query, goods: 0, frontier: k}``
 no candidate to forward to         ``none {query, goods: 0, frontier: 0}``
 otherwise                          ``query`` to k partners, and a :class:`Relay` that passes
                                    every ``good`` back at once and, when all k partners
@@ -25,9 +25,9 @@ So the originator (:class:`Search`) waits for a ``none`` from each partner it as
 tells it how many ``good`` answers to expect (one may overtake another on the way back), and
 the search is over when it has them all. Answers are taken only from the partners a node
 asked, and a ``none`` only once from each: a duplicate changes nothing. ``frontier`` counts the
-users where the query stopped only because of ``depth`` (they had partners left to ask), so
-an exhausted search knows whether a deeper one could find more (0: it cannot) and roughly how
-wide the network is where it stopped.
+queries the search would have sent on (at most ``fan_out`` a user) where it stopped only
+because of ``depth``, so an exhausted search knows whether a deeper one could find more (0: it
+cannot) and about how much the next hop of a deeper one would cost.
 
 Query object: ``{query, kind, find: {cuid, agent}, units, path, depth, deadline, salt,
 last}``; ``last`` names the hops into ``find`` its originator knows, as digests salted with
@@ -113,7 +113,7 @@ def receive_capacity(kind: str, *, balance: int, limit: int, lift_in: int) -> in
 class Started:
     messages: list[Send]  # route/query to the first hops
     found: list[dict[str, Any]]  # good answers known at once (find is a partner)
-    frontier: int = 0  # 1 when depth kept the payor from asking partners it could have asked
+    frontier: int = 0  # partners depth kept the payor from asking
 
 
 def _usable(candidates: Iterable[Candidate], units: int) -> list[Candidate]:
@@ -159,7 +159,7 @@ def start(
         "last": [hop.digest for hop in last if hop.digest != last_digest(salt, payor)],
     }
     check_query(obj)
-    found, messages, held_back = [], [], False
+    found, messages, held_back = [], [], 0
     reach = _reach(obj)
     for cand in _usable(candidates, units):
         path = [path_entry(payor, cand.tally, cand.capacity)]
@@ -173,8 +173,8 @@ def start(
             if reach <= depth:
                 messages.append(_query_to(obj, path, cand))
             else:
-                held_back = True
-    return Started(messages, found, int(held_back))
+                held_back += 1
+    return Started(messages, found, held_back)
 
 
 def _reach(obj: dict[str, Any]) -> int:
@@ -248,7 +248,7 @@ def forward(
                 return found([*path, path_entry(here, cand.tally, cand.capacity),
                               path_entry(cand.partner, None, None)])
     if len(path) + _reach(obj) > obj["depth"]:  # the next user could add nothing: stop here
-        return Forwarded([none_answer(query, sender, here, 0, int(bool(onward)))], None)
+        return Forwarded([none_answer(query, sender, here, 0, len(onward[:fan_out]))], None)
     hop = path_entry(here, None, None)
     sends = [_query_to(obj, [*path, {**hop, "tally": cand.tally, "capacity": cand.capacity}],
                        cand) for cand in onward[:fan_out]]

@@ -28,7 +28,7 @@ from .route_last import LastHop, last_digest
 class _Answers:
     """What one user that sent a query on is owed: a ``none`` from each partner it asked
     (``waiting``), how many ``good`` answers their ``none`` said they sent (``goods``), and
-    how many users their part of the search stopped at only because of the depth
+    how many queries their part of the search would have sent on but for the depth
     (``frontier``)."""
 
     def __init__(self, query: str, units: int, asked: set[User]) -> None:
@@ -154,8 +154,8 @@ def next_depth(depth: int, frontier: int, *, deepest: int, thin: int) -> int | N
     (an expanding ring search), or None when no deeper round can find one: its ``frontier``
     is 0 (nothing stopped because of the depth) or it was already ``deepest``. A flood grows
     with the partners' partners at every hop, so the next round goes one hop further, except
-    where the round stopped at ``thin`` users or fewer (a chain, a ring), where a round to
-    ``deepest`` costs little."""
+    where the round would have sent ``thin`` queries or fewer past where it stopped (a chain,
+    a ring), where a round to ``deepest`` costs little."""
     if frontier == 0 or depth >= deepest:
         return None
     return deepest if frontier <= thin else depth + 1

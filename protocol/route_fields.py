@@ -17,7 +17,7 @@ KINDS = ("linear", "circular")
 ACTIONS = ("query", "good", "none", "ask", "hops")
 MAX_DEPTH = 32  # hops: bounds every path a stranger can make us carry
 MAX_GOODS = 2**31  # a none's goods: more than any search can find
-MAX_FRONTIER = 2**31  # a none's frontier: more users than any search can reach
+MAX_FRONTIER = 2**31  # a none's frontier: more queries than any search can send
 MAX_ROUTES = 256  # goods one user takes per query: a partner cannot make us carry more
 MAX_LAST = 16  # last hops one query carries
 SALT_BYTES = DIGEST_BYTES = 16

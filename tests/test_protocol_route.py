@@ -357,25 +357,27 @@ def test_a_route_rebuilds_the_lift_path() -> None:
 
 
 def test_the_frontier_adds_up_through_relays_to_the_search() -> None:
-    """A -> B, which asks C and E at the depth limit: C has a partner left to ask, E none."""
+    """A -> B, which asks C and E at the depth limit: C has two partners left to ask (one more
+    than its fan-out lets it count), E none."""
     obj = query_obj(hop(A, 1, 900), depth=3)
     at_b = forwarded(obj, B, cand(2, C, 800), cand(3, E, 700))
     to_c, to_e = at_b.messages
-    [from_c] = forwarded(to_c.object, C, cand(4, USERS[5].address, 600)).messages
+    onward = cand(4, USERS[5].address, 600), cand(5, USERS[6].address, 600), cand(6, A, 600)
+    [from_c] = forwarded(to_c.object, C, *onward, fan_out=2).messages
     [from_e] = forwarded(to_e.object, E, cand(3, B, 700)).messages  # only back the way it came
-    assert (from_c.object["frontier"], from_e.object["frontier"]) == (1, 0)
+    assert (from_c.object["frontier"], from_e.object["frontier"]) == (2, 0)
     [up] = [*at_b.relay.on_answer("none", from_c.object, C),
             *at_b.relay.on_answer("none", from_e.object, E)]
     search = rt.Search(QUERY, 100, [B])
     search.on_answer(up.action, up.object, B)
-    assert search.done and search.frontier == 1 and search.routes == []
+    assert search.done and search.frontier == 2 and search.routes == []
 
 
 def test_a_payor_held_back_by_a_depth_of_one_counts_in_the_frontier() -> None:
     assert started("linear", D, cand(1, B, 900)).frontier == 0
     held = rt.start(query=QUERY, kind="linear", payor=A, find=D, units=100, depth=1,
-                    deadline=NOW + 1_000, candidates=[cand(1, B, 900)])
-    assert (held.messages, held.frontier) == ([], 1)
+                    deadline=NOW + 1_000, candidates=[cand(1, B, 900), cand(2, C, 900)])
+    assert (held.messages, held.frontier) == ([], 2)
 
 
 @pytest.mark.parametrize(
