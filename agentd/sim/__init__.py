@@ -94,11 +94,13 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
             nursery, workdir, workers, durable=durable, shaped=shaped)
         try:
             agents = await backend.start(scenario.nodes, scenario.edges, scenario.house)
+            await backend.freeze()
             lap("start")
             print(f"  started in {report.counts['start_ms'] / 1000:.2f} s", flush=True)
             report.zero = trio.current_time()  # the timeline of --report starts here
             paying = any(item["kind"] in CREDIT_TRAFFIC for item in scenario.traffic)
             tallies = await open_tallies(backend, scenario, report) if paying else {}
+            await backend.freeze()
             lap("tallies")
             run = Run(backend, scenario, agents, tallies, rng, report)
             if scenario.house and any(item["kind"] in LIFT_TRAFFIC for item in scenario.traffic):

@@ -27,7 +27,7 @@ from store import SharedWriter
 
 SWITCH_INTERVAL = 0.0002  # as agentd.sim sets for its own in-process run (see there)
 OPS = frozenset({"host", "learn", "know", "call", "crash", "restart", "cut", "partition",
-                 "heal", "shape", "link_counts", "stop"})
+                 "heal", "shape", "link_counts", "freeze", "stop"})
 
 
 class Host:
@@ -71,6 +71,9 @@ class Host:
 
     async def link_counts(self) -> dict[str, int]:
         return await self.backend.link_counts()
+
+    async def freeze(self) -> None:
+        await self.backend.freeze()
 
     async def stop(self) -> int:
         """Stop every node; this process's peak resident memory, in KiB."""

@@ -190,6 +190,12 @@ class Workers:
             total.update(await self._ask(worker, "link_counts"))
         return dict(total)
 
+    async def freeze(self) -> None:
+        """Every worker freezes what its nodes hold so far (``InProcess.freeze``)."""
+        async with trio.open_nursery() as nursery:
+            for worker in self._workers:
+                nursery.start_soon(self._ask, worker, "freeze")
+
     async def stop(self) -> None:
         """Stop every node, then every worker (killed if it has not exited in time)."""
         with trio.CancelScope(shield=True):
