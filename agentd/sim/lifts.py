@@ -85,7 +85,7 @@ async def lift_traffic(run: Run, item: dict) -> None:
 
 
 async def clearing_traffic(run: Run, item: dict) -> None:
-    """``count`` ``lift.clear`` calls from random users, each clearing the best debt cycle
+    """``count`` ``lift.clear`` calls from random users, each clearing the first debt cycle
     through its user. ``NO_CYCLE`` (there is none) and ``OVER_LIMIT`` (concurrent clearing
     took the cycle each time it looked) are answers, counted, not failures."""
     scenario, rng, report = run.scenario, run.rng, run.report

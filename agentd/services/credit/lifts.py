@@ -95,8 +95,8 @@ class LiftService(Service):
 
     async def rpc_clear(self, cuid: str, units: int | None = None, memo: str = "",
                         life_s: float | None = None) -> dict:
-        """Clear debt round a cycle through our user: the largest amount the best cycle can
-        carry, or ``units``. Every balance on the cycle moves toward zero and nobody's net
+        """Clear debt round a cycle through our user: the largest amount the first cycle found
+        can carry, or ``units``. Every balance on the cycle moves toward zero and nobody's net
         position changes. ``NO_CYCLE`` when no debt cycle passes through the user."""
         cuid, memo, life_ms = param_cuid(cuid), param_memo(memo), self._life(life_s)
         least = 1 if units is None else param_amount(units, "units")
@@ -105,12 +105,14 @@ class LiftService(Service):
 
     async def clear(self, cuid: str, least: int, *, exact: bool, memo: str = "",
                     life_ms: int | None = None) -> dict:
-        """Start a circular lift through ``cuid`` of ``least`` (``exact``) or of all the best
-        cycle can carry, if that is at least ``least``."""
+        """Start a circular lift through ``cuid`` of ``least`` (``exact``) or of all the cycle
+        can carry, if that is at least ``least``. The cycle is the first the search finds: it
+        looks nearest first, and waiting for a whole round to pick the best one cost seconds
+        under load at 1,000 nodes (most calls ended ``NO_CYCLE`` at the time budget)."""
         life_ms = self._life(None) if life_ms is None else life_ms
         for attempt in range(CLEAR_TRIES):
             found = await self.routes.search_near_first(
-                cuid, self.runtime.own_address(cuid), least, "circular", first=False)
+                cuid, self.runtime.own_address(cuid), least, "circular", first=True)
             if not found:
                 raise Reject("NO_CYCLE", f"no debt cycle through {cuid} can clear {least} "
                              "mCHIP")

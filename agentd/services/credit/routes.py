@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 FAN_OUT = 10  # partners a query goes on to from one user
 DEPTH = 10  # hops at most
 NEAR = 3  # hops a lift's search tries first
-THIN = FAN_OUT  # a round that stopped short of no more queries than this: the next goes to DEPTH
+THIN = 2  # a round that stopped short of no more queries than this (a ring, a chain): next DEPTH
 SEARCH_S = 2.0  # default time budget of a search
 LIFT_SEARCH_S = 10.0  # a lift's: a search exhausted sooner ends sooner; this bounds a busy one
 MAX_SEARCH_S = 30.0
