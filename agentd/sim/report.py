@@ -85,5 +85,7 @@ def print_report(scenario: Scenario, report: Report) -> None:
               f" {fault['what']}")
     for failure in report.failures[:10]:
         print(f"  failure: {failure}")
+    if len(report.failures) > 10:
+        print(f"  … and {len(report.failures) - 10} more failures (all in --json)")
     for name, ok in report.checks.items():
         print(f"  invariant {name:18} {'ok' if ok else 'FAILED'}")
