@@ -413,13 +413,21 @@ async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
 
 async def test_hostile_route_messages_are_refused_never_our_failure(tmp_path):
     """Route objects of the wrong shape, or whose query id is no text (a list cannot key
-    anything), are refused as the message's fault: never left unacked as if we had failed."""
+    anything), are refused as the message's fault: never left unacked as if we had failed.
+    So are asks for a circle's last hops (only a payment's payee is asked) and hops that
+    answer no ask of ours."""
     async with network(tmp_path, n=5, clearinghouse=0) as net:
         world = await line(net)
         ann, bob = world["users"]["ann"], world["users"]["bob"]
         before = sum(bob.counters.rejected.values())
         hostile = [("query", {"query": ["x"], "kind": "linear"}), ("query", {"kind": ["x"]}),
-                   ("none", {"query": ["x"], "goods": 0}), ("good", {"query": {"a": 1}})]
+                   ("none", {"query": ["x"], "goods": 0}), ("good", {"query": {"a": 1}}),
+                   ("ask", {"query": ["x"], "kind": "linear", "units": 1, "salt": b"s" * 16}),
+                   ("ask", {"query": str(uuid.uuid4()), "kind": "circular", "units": 1,
+                            "salt": b"s" * 16}),
+                   ("ask", {"query": str(uuid.uuid4()), "kind": "linear", "units": 1,
+                            "salt": ["x"]}),
+                   ("hops", {"query": ["x"], "last": []})]
         for action, obj in hostile:
             await send_raw(ann, bob, "bob", "route", action, obj, "ann")
         await wait_for(lambda: sum(bob.counters.rejected.values()) == before + len(hostile))

@@ -47,7 +47,7 @@ THIN = 2  # a round that stopped short of no more queries than this (a ring, a c
 SEARCH_S = 2.0  # default time budget of a search
 LIFT_SEARCH_S = 10.0  # a lift's: a search exhausted sooner ends sooner; this bounds a busy one
 MAX_SEARCH_S = 30.0
-ASK_S = 1.0  # at most this long for the payee's node to name its last hops, then search without
+ASK_S = 2.0  # at most this long for the payee's node to name its last hops, then search without
 SEEN = 10_000  # (query, user) pairs remembered to answer each once, and relays kept
 
 
@@ -275,7 +275,9 @@ class RouteService(Service):
         """The payee's node's answer to our ask: taken only from the payee asked; a late one
         (the search went on without it) is dropped."""
         query = obj.get("query") if isinstance(obj, dict) else None
-        asked = self._asks.get(query) if isinstance(query, str) else None
+        if not isinstance(query, str):
+            raise Reject("BAD_FIELD", "route hops names its ask (a uuid)")
+        asked = self._asks.get(query)
         if asked is None:
             return
         find, units, answer, arrived = asked
