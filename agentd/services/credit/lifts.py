@@ -315,6 +315,7 @@ class LiftService(Service):
         decided = lifts.decision(tx.conn, record["lift"])
         decision, sends = lf.decide(decided, envelope.action, record, now_ms=tx.now_ms,
                                     key=self.runtime.key, asker=envelope.from_.agent)
+        self.ledger.emit(tx, sends)  # first: the nodes wait for it, the evidence does not
         if decision is not None and decided is None:
             self._learn(record)
             lifts.decide(tx.conn, record, decision, tx.now_ms)
@@ -323,7 +324,6 @@ class LiftService(Service):
             self.ledger.evidence.log(tx, record["lift"], owners, "lift.decision",
                                      {"record": record, "decision": decision},
                                      ref=record["lift"])
-        self.ledger.emit(tx, sends)
 
     def _on_decision(self, tx: Tx, envelope: Envelope) -> None:
         obj = envelope.object
