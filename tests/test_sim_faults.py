@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from agentd.errors import UserError
+from agentd.rpc import RpcError
+from agentd.runtime.peers import PeerUnreachable
 from agentd.sim import load_scenario, main
+from agentd.sim import node as simnode
+from tests.netfixture import network
 
 BASE = '[nodes]\nnames = ["a", "b", "c", "d"]\n[topology]\nkind = "ring"\n'
 
@@ -49,10 +53,6 @@ def test_bad_faults_name_the_key_and_the_file(tmp_path, fault, complaint):
     assert complaint in str(caught.value)
 
 
-def test_faults_a_process_cannot_take_are_refused_with_processes(tmp_path):
-    path = write(tmp_path, BASE + '[[faults]]\nkind = "partition"\n')
-    with pytest.raises(UserError, match="partition needs the nodes in one process"):
-        main([str(path), "--processes"])
 
 
 ONE_OF_EACH = BASE + """
@@ -133,6 +133,38 @@ def _link_faults_acted(written: dict) -> None:
     assert counts["frames_dropped"] > 0 and counts["frames_delayed"] > 0
     assert faults["delay"]["rtt_ms"] >= 2 * 30
     assert counts["probe_pings"] == 1
+
+
+def test_cut_partition_and_crash_with_processes_then_every_invariant_holds(tmp_path, capsys):
+    """Each node its own ``agentd.sim.node`` process: the sim asks them to close channels
+    and to refuse to dial across the partition (a node killed meanwhile is told again as it
+    restarts), then heals, and every invariant holds."""
+    report = tmp_path / "report.json"
+    assert main([str(write(tmp_path, ONE_OF_EACH)), "--processes", "--json", str(report)]) == 0
+    assert "FAILED" not in capsys.readouterr().out
+    written = json.loads(report.read_text())
+    faults = {f["kind"]: f for f in written["faults"]}
+    assert sorted(faults) == ["crash", "cut", "partition"]
+    assert faults["cut"]["what"].endswith("connections closed")
+    assert faults["partition"]["what"] == "a,b | c,d" and faults["crash"]["what"] == "c"
+    assert written["counts"]["chits"] == 200 and written["counts"]["balance_sum"] == 0
+
+
+async def test_the_sim_node_methods_refuse_bad_params_and_partition_its_dials(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        simnode.install(a)
+        with pytest.raises(RpcError, match="seed must be an integer"):
+            await a.rpc.call(simnode.CUT, {"seed": "x"})
+        with pytest.raises(RpcError, match="agents must be a list of agent ids"):
+            await a.rpc.call(simnode.PARTITION, {"agents": "everyone"})
+        assert (await a.rpc.call("peers.ping", {"agent": b.agent_id}))["rtt_ms"]
+        assert await a.rpc.call(simnode.CUT, {"seed": 1}) == b.agent_id
+        assert await a.rpc.call(simnode.PARTITION, {"agents": [b.agent_id]}) == {"apart": 1}
+        with pytest.raises(PeerUnreachable, match="partitioned"):
+            await a.peers.connect(b.agent_id, b.listen_address)
+        assert await a.rpc.call(simnode.PARTITION, {}) == {"apart": 0}  # healed
+        assert (await a.peers.connect(b.agent_id, b.listen_address)).alive
 
 
 def test_a_killed_process_restarts_and_every_invariant_holds(tmp_path, capsys):

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import trio
 
-from agentd.errors import UserError
 from agentd.sim.backends import InProcess, Processes
-from agentd.sim.faults import PROCESS_FAULTS, Healing, heal_all, run_faults
+from agentd.sim.faults import Healing, heal_all, run_faults
 from agentd.sim.html import check_report_extra, write_html
 from agentd.sim.invariants import check, settled_chains
 from agentd.sim.lifts import LIFT_KINDS, debt, lifts_atomic
@@ -89,7 +88,8 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
 
     async with trio.open_nursery() as nursery:
         shaped = any(f["kind"] in LINK_FAULTS for f in scenario.faults)
-        backend = Processes(workdir, shaped=shaped) if processes else InProcess(
+        faulted = shaped or any(f["kind"] in ("cut", "partition") for f in scenario.faults)
+        backend = Processes(workdir, faulted=faulted) if processes else InProcess(
             nursery, workdir, writer, shaped=shaped) if workers == 1 else Workers(
             nursery, workdir, workers, durable=durable, shaped=shaped)
         try:
@@ -168,10 +168,6 @@ def main(argv: list[str]) -> int:
     check_capacity(scenario, options.processes)
     if options.report:
         check_report_extra()  # before the run, not after minutes of it
-    if options.processes and (kinds := {f["kind"] for f in scenario.faults} - PROCESS_FAULTS):
-        raise UserError(f"{scenario.path}: faults: {', '.join(sorted(kinds))} needs the nodes "
-                        "in one process (drop --processes); with --processes only "
-                        f"{', '.join(sorted(PROCESS_FAULTS))} can be simulated")
     workdir = Path(tempfile.mkdtemp(prefix="agentd-sim-"))
     try:
         report = trio.run(partial(run_scenario, scenario, workdir, processes=options.processes,

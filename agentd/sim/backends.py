@@ -32,7 +32,7 @@ from agentd.rpc import RpcError, call
 from agentd.runtime.links import Links, Rule
 from agentd.runtime.node import Node
 from agentd.runtime.peers import PeerUnreachable
-from agentd.sim.node import METHOD
+from agentd.sim.node import CUT, METHOD, PARTITION
 from protocol.keys import SigningKey
 from store import SharedWriter
 
@@ -215,13 +215,14 @@ class InProcess:
 class Processes:
     """One ``agentd run`` OS process per node, peered by config, driven by its socket."""
 
-    def __init__(self, workdir: Path, *, shaped: bool = False) -> None:
-        """``shaped``: start the nodes as ``agentd.sim.node`` (``agentd run`` with link
-        faults), for a scenario with delay or loss faults."""
+    def __init__(self, workdir: Path, *, faulted: bool = False) -> None:
+        """``faulted``: start the nodes as ``agentd.sim.node`` (``agentd run`` with network
+        faults), for a scenario with cut, partition, delay or loss faults."""
         self.workdir = workdir
         self.procs: dict[str, subprocess.Popen] = {}
         self.sockets: dict[str, Path] = {}
-        self._module = ("agentd.sim.node",) if shaped else RUN
+        self._module = ("agentd.sim.node",) if faulted else RUN
+        self._groups: list[list[str]] | None = None  # the partition in force
         self._rules: dict[str, dict[tuple[str, str], Rule]] = {}  # name -> (peer, fault) -> rule
         self._counted: dict[str, Counter] = {}  # link counts of each node: earlier lives
         self._seen: dict[str, dict[str, int]] = {}  # ... and its current one, as last seen
@@ -285,7 +286,42 @@ class Processes:
             self._counted.setdefault(name, Counter()).update(self._seen.pop(name, {}))
             for (peer, fault), rule in self._rules.get(name, {}).items():  # a new process
                 await self._set_link(name, peer, fault, rule)
+            if self._groups is not None:  # ... that must not reach across the partition
+                await trio.to_thread.run_sync(partial(
+                    call, self.sockets[name], PARTITION, {"agents": self._apart(name)}, 60))
         self._up[name].set()
+
+    async def cut(self, rng: random.Random) -> str | None:
+        """Close one random live connection (asking random nodes until one has one): which,
+        or None when there is none."""
+        names = [name for name in self.procs if self._up[name].is_set()]
+        rng.shuffle(names)
+        for name in names:
+            agent = await self.call(name, CUT, {"seed": rng.randrange(2**31)})
+            if agent is not None:
+                peer = next((other for other, node in self._nodes.items()
+                             if node.key.agent_id == agent), agent[:8])
+                return f"{name} - {peer}"
+        return None
+
+    async def partition(self, groups: list[list[str]]) -> None:
+        self._groups = groups
+        for name in self.procs:
+            if self._up[name].is_set():  # (a crashed node is told as it restarts)
+                await self.call(name, PARTITION, {"agents": self._apart(name)})
+
+    async def heal(self) -> None:
+        self._groups = None
+        for name in self.procs:
+            if self._up[name].is_set():
+                await self.call(name, PARTITION, {"agents": []})
+
+    def _apart(self, name: str) -> list[str]:
+        """The agents of every node in another group than ``name``'s (or in none)."""
+        group = {member: i for i, members in enumerate(self._groups or []) for member in members}
+        ours = group.get(name, -1)
+        return sorted(node.key.agent_id for other, node in self._nodes.items()
+                      if other != name and (ours == -1 or group.get(other, -2) != ours))
 
     async def shape(self, name: str, peer: str, fault: str, rule: Rule | None) -> None:
         rules = self._rules.setdefault(name, {})

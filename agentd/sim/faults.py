@@ -6,6 +6,9 @@ traffic runs) and lasts ``for_s`` (a crash: ``down_s``):
 - ``cut``: close ``rate`` random live connections a second, like a flaky network;
 - ``partition``: split the nodes into ``groups`` (default: a random half each side); no
   connection crosses the split until it heals;
+- ``cut`` and ``partition`` with ``--processes``: the nodes run as ``agentd.sim.node``,
+  which closes a channel (``sim.cut``) or refuses to dial across (``sim.partition``) when
+  the sim asks;
 - ``crash``: kill ``count`` random nodes (or the ``nodes`` named) and restart them from their
   databases ``down_s`` later — in one process, the node is cancelled abruptly and a new one
   started on its key, port and database; with ``--processes``, SIGKILL and ``agentd run``;
@@ -31,9 +34,6 @@ from agentd.rpc import RpcError
 from agentd.runtime.links import Rule
 from agentd.sim.report import Report
 from agentd.sim.scenario import Scenario
-
-# what --processes can do (no hook into a process's dials: no cut, no partition)
-PROCESS_FAULTS = frozenset({"crash", "delay", "loss"})
 
 
 async def run_faults(backend: Any, scenario: Scenario, rng: random.Random, report: Report,
@@ -175,4 +175,4 @@ async def heal_all(backend: Any, report: Report, healing: Healing) -> None:
     healing.shaped.clear()
 
 
-__all__ = ["PROCESS_FAULTS", "Healing", "heal_all", "run_faults"]
+__all__ = ["Healing", "heal_all", "run_faults"]
