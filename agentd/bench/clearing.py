@@ -21,7 +21,6 @@ client verifies one per batch. The goal is receipts/s >= 0.4x that rate.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
 import statistics
@@ -35,6 +34,7 @@ import trio
 
 from agentd.bench import parser as bench_parser
 from agentd.bench import percentile, table, verdict, write_json
+from agentd.bench.rpc_stream import RpcStream
 from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
 from protocol import clearing as ch
 from protocol import receipts as rc
@@ -101,32 +101,6 @@ class Cluster:
 
     def __exit__(self, *exc_info: object) -> None:
         stop(self.processes)
-
-
-class RpcStream:
-    """One persistent JSON-RPC connection to a node's control socket."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.buffer = bytearray()
-        self.next_id = 0
-
-    @classmethod
-    async def open(cls, path: Path) -> RpcStream:
-        return cls(await trio.open_unix_socket(str(path)))
-
-    async def call(self, method: str, params: dict) -> dict:
-        self.next_id += 1
-        request = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
-        await self.stream.send_all(json.dumps(request).encode() + b"\n")
-        while b"\n" not in self.buffer:
-            data = await self.stream.receive_some(65536)
-            if not data:
-                raise RuntimeError("the node closed its control socket")
-            self.buffer += data
-        line, _, rest = bytes(self.buffer).partition(b"\n")
-        self.buffer = bytearray(rest)
-        return json.loads(line)
 
 
 async def drive(sockets: list[Path], concurrency: int, seconds: float,

@@ -328,9 +328,13 @@ class LiftService(Service):
     def _on_decision(self, tx: Tx, envelope: Envelope) -> None:
         obj = envelope.object
         record, decision = obj.get("record"), obj.get("decision")
-        lf.check_record(record)
-        row = lifts.get(tx.conn, record["lift"])
-        known = record if row is None else lifts.record_of(row)
+        lift = record.get("lift") if isinstance(record, dict) else None
+        row = lifts.get(tx.conn, lift) if isinstance(lift, str) else None
+        if row is None:  # a lift new to us: its record must stand on its own
+            lf.check_record(record)
+            known = record
+        else:  # the record we checked when we took part is the one that counts
+            known = lifts.record_of(row)
         state = lf.check_decision(decision, known)
         if row is None:
             if state == lf.VOID:  # remembered, so a promise that comes late is refused
