@@ -42,7 +42,8 @@ and ``req`` for gaps. A chit whose ``good`` message was lost thus still arrives,
 or ``new``, and :func:`receive` returns it in ``adopted`` for the caller to record
 (``protocol.chit.receive_good``). A lift chit (unsigned) is never adopted: each holder
 takes it with :func:`add` when it applies the lift's decision (nobody sends it ``good``: the
-foil sends its block in an ``upd``, the stock waits for it without a ``req``), and a chain
+foil sends its block in a later ``upd``, from :func:`resync`, and the stock waits for it
+without a ``req``), and a chain
 message carrying one this holder does not hold yet is refused (``lift_undecided``) until
 then; the stock's ``resync`` asks for it again. If the stock's
 chain ever contradicts the foil's (a restored backup, a bug), the stock unlinks everything
@@ -59,7 +60,8 @@ Public API:
 
 - ``Chain`` (frozen; ``to_map()/from_map()``, ``.length``, ``.head``, ``.hash_at(index)``).
 - ``start(local_tally) -> Chain`` — an empty chain on a tally both users signed.
-- ``add(chain, chit, local_tally) -> (Chain, sends)`` — a chit just became good here.
+- ``add(chain, chit, local_tally) -> (Chain, sends)`` — a chit just became good here (a foil's
+  lift chit sends nothing: ``resync`` sends its block).
 - ``add_many(chain, chits, local_tally) -> (Chain, sends)`` — several of our user's chits at once,
   sent ``UPD_BATCH`` to a message (``upd`` from the foil, ``new`` from the stock) instead of
   one ``good`` each; the partner treats them exactly as it would the ``good`` messages.
@@ -186,14 +188,18 @@ def add(chain: Chain, chit: dict[str, Any], local: LocalTally) -> tuple[Chain, l
     ``local`` is the holder's tally (for addresses).
 
     Both holders of a lift chit apply its decision each on its own, so neither tells the other
-    it is good: the foil links it and sends its block in an ``upd``; the stock parks it and
-    waits for that ``upd`` (no ``good``, no ``req``: resync repairs a lost one)."""
+    it is good: the foil links it and sends nothing yet: its block goes in the ``upd`` that
+    :func:`resync` makes, which the caller sends a moment later (by then the stock has
+    usually applied the decision too, so it does not refuse the block as undecided, and one
+    ``upd`` carries the blocks of every lift decided meanwhile); the stock parks it and waits
+    for that ``upd`` (no ``good``, no ``req``: resync repairs a lost one)."""
     _check_new(chain, chit)
     ours, lift = chit["by"] == chain.side, chit["type"] == "lift"
     if chain.side == FOIL:
         chain, linked = _append(chain, chit)
-        return chain, [_good(local, linked) if ours and not lift
-                       else _upd(chain, local, [linked])]
+        if lift:
+            return chain, []
+        return chain, [_good(local, linked) if ours else _upd(chain, local, [linked])]
     if lift:
         return _park(chain, chit, chain.pending), []
     if ours:

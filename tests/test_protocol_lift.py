@@ -204,7 +204,9 @@ def test_a_partner_cannot_make_a_lift_chit_good_by_message() -> None:
     assert code_of(c.receive_good, None, chit, AB_B) == "lift_undecided"
     chain = ch.start(AB_A)  # A holds the stock: the foil's upd carries a lift chit it lacks
     foil = ch.start(AB_B)
-    foil, [upd] = ch.add(foil, chit, AB_B)
+    foil, sent = ch.add(foil, chit, AB_B)
+    assert sent == []  # the foil sends the block later, in the upd resync makes
+    [upd] = ch.resync(foil, AB_B)
     assert (upd.to, upd.action, upd.from_cuid) == (A.address, "chain", B.address.cuid)
     assert code_of(ch.receive, chain, upd.object, AB_A) == "lift_undecided"
     # once A applied the decision itself, the same upd links it
@@ -216,13 +218,17 @@ def test_a_partner_cannot_make_a_lift_chit_good_by_message() -> None:
 @pytest.mark.parametrize("paid_by", [t.STOCK, t.FOIL])
 def test_a_good_lift_chit_joins_the_chain_with_one_upd_and_two_acks(paid_by: str) -> None:
     # both holders apply the decision on their own: neither sends the chit `good`; the foil
-    # links it and sends its block, the stock parks it silently until that block comes
+    # links it and sends its block a moment later (resync: the runtime's ChainRepair.owe),
+    # the stock parks it silently until that block comes
     rec = LINEAR if paid_by == t.STOCK else record([B, A], [T_AB], lift_uuid=uuid_of(502))
     stock, foil = ch.start(AB_A), ch.start(AB_B)
     stock, sent = ch.add(stock, c.lift_decided(c.lift_chit(rec, 0, AB_A), "good").chit, AB_A)
     assert sent == [] and stock.length == 0 and len(stock.pending) == 1
-    foil, [upd] = ch.add(foil, c.lift_decided(c.lift_chit(rec, 0, AB_B), "good").chit, AB_B)
-    assert (upd.action, upd.object["cmd"], foil.length) == ("chain", "upd", 1)
+    foil, sent = ch.add(foil, c.lift_decided(c.lift_chit(rec, 0, AB_B), "good").chit, AB_B)
+    assert sent == [] and foil.length == 1
+    [upd] = ch.resync(foil, AB_B)
+    assert (upd.action, upd.object["cmd"], upd.object["chits"][0]["chain"]["index"]) == (
+        "chain", "upd", 1)
     linked = ch.receive(stock, upd.object, AB_A)
     assert linked.chain.length == 1 and linked.chain.pending == () and linked.adopted == []
     [ack] = linked.messages

@@ -59,6 +59,9 @@ class CreditLedger:
     def __init__(self, node: Runtime, evidence: Evidence) -> None:
         self.changed = trio.Event()  # set (and replaced) after every committed tally change
         self.on_change: list[Callable[[], None]] = []  # e.g. wake the chain repair
+        # a chain whose partner is owed blocks nothing sent yet (a foil's lift chits): the
+        # chain repair sends them shortly, together (``ChainRepair.owe``)
+        self.owe: Callable[[str, str], None] = lambda tally, cuid: None
         self.runtime = node
         self.evidence = evidence
         self.store = Ledger()  # used on the writer thread only
@@ -80,6 +83,9 @@ class CreditLedger:
         else:
             (chit,) = chits
             chain, messages = ch.add(holding.chain, chit.chit, holding.local)
+            if chit.chit["type"] == "lift" and side == t.FOIL:  # its block goes a moment later
+                key = holding.key
+                tx.after_commit(lambda: self.owe(*key))
         delta = sum(c.effect(chit.chit, side) for chit in chits)
         self.commit(tx, holding, chain=chain, delta=delta, messages=messages, fresh=chits,
                     lift_delta=lift_delta)
