@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from agentd.rpc import RpcError
+from agentd.runtime.context import NotYet
 from agentd.runtime.node import Node
 from protocol import lift as lf
 from protocol.codec import digest, unpack
@@ -433,3 +434,44 @@ async def test_hostile_route_messages_are_refused_never_our_failure(tmp_path):
         await wait_for(lambda: sum(bob.counters.rejected.values()) == before + len(hostile))
         assert bob.counters.unacked_failures == 0
         await wait_for(lambda: ann.pump.depth == 0)  # refused for good: nothing left to resend
+
+
+async def test_a_chain_block_that_comes_before_our_decision_waits_for_it(tmp_path):
+    """The foil holder applied the lift's decision first and sent the lift chit's block; the
+    stock holder, whose decision is still on its way, leaves that ``upd`` unacked (deferred)
+    instead of refusing it, and takes it when it comes again: no refusal, no tally error."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u, annbob = world["users"], world["tallies"]["annbob"]
+        ann, bob = u["ann"], u["bob"]  # ann holds annbob's stock side, bob its foil side
+        lifts, chits = ann.dispatcher.services["lift"], ann.dispatcher.services["chit"]
+        decide, chain = lifts.handle, chits.handle
+        released, early = trio.Event(), []
+
+        def late_decision(tx, envelope):  # ann's decision is held back until released
+            if envelope.action == "decision" and not released.is_set():
+                raise NotYet("the test holds ann's decision back")
+            return decide(tx, envelope)
+
+        def watched(tx, envelope):
+            try:
+                return chain(tx, envelope)
+            except NotYet:
+                early.append(envelope.object.get("cmd"))
+                raise
+
+        lifts.handle, chits.handle = late_decision, watched
+        try:
+            before = bob.counters.rejected_by_peer
+            started = await rpc(ann, "lift.pay", cuid="ann", find=who(u["cat"], "cat"),
+                                units=300)
+            await wait_for(lambda: early == ["upd"])  # bob's block came first: deferred
+            assert ann.counters.deferred >= 1
+            released.set()
+            await settled_everywhere([ann, bob, u["cat"]], started["lift"], "good")
+            await wait_for(lambda: agreed(ann, "ann", bob, "bob", annbob, 1), timeout=20)
+        finally:
+            lifts.handle, chits.handle = decide, chain
+        assert bob.counters.rejected_by_peer == before
+        assert bob.db.read_one("SELECT error FROM tallies WHERE uuid = ? AND cuid = 'bob'",
+                               (annbob,))[0] is None

@@ -45,6 +45,12 @@ class Reject(Refusal):
     Any ``protocol.errors.Refusal`` does the same; ``agentd.runtime.refusals`` maps them."""
 
 
+class NotYet(Exception):
+    """A message this node cannot take *yet*, because it depends on another still on its way
+    (a chain block of a lift chit whose decision has not arrived here): it changes nothing
+    and is left unacked, so its sender sends it again after its ack timeout."""
+
+
 @dataclass(slots=True)
 class Queued:
     """A message written to the outbox in a transaction, for the pump once it commits."""
@@ -200,4 +206,4 @@ class Service:
         """A message we sent was refused for good by its recipient (default: nothing)."""
 
 
-__all__ = ["VERSION", "Queued", "Reject", "Runtime", "Send", "Service", "Tx"]
+__all__ = ["VERSION", "NotYet", "Queued", "Reject", "Runtime", "Send", "Service", "Tx"]

@@ -4,7 +4,8 @@ For each envelope the dispatcher queues one database job — record the id in th
 let the service apply its guarded transition and queue its replies — without waiting for it,
 so many messages share one group commit. The channel sends the acks in arrival order once
 each job has committed. A duplicate is acked and ignored; a refusal is an error ack; a
-failure of ours (disk full, a bug) gets no ack at all, so the sender retries.
+failure of ours (disk full, a bug), or a message that depends on one not here yet
+(``NotYet``), gets no ack at all, so the sender retries.
 
 An ephemeral service's messages (``Service.ephemeral``) skip the inbox and the commit: the
 service handles them at once on the read connection and deduplicates them itself.
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agentd.runtime.context import Reject, Service, Tx
+from agentd.runtime.context import NotYet, Reject, Service, Tx
 from agentd.runtime.refusals import ack_error
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
@@ -147,6 +148,11 @@ class Dispatcher:
         counters = self.node.counters
         try:
             outcome = await pending.outcome()
+        except NotYet as exc:  # before ``Refusal``: nothing wrong, just early
+            counters.deferred += 1
+            log.debug("deferred %s/%s from %s: %s", envelope.target, envelope.action,
+                      envelope.from_.agent[:8], exc)
+            return None
         except Refusal as exc:
             counters.reject("refused")
             log.info("refused %s/%s from %s: %s", envelope.target, envelope.action,

@@ -13,7 +13,7 @@ import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
 
 from agentd.rpc import invalid_params
-from agentd.runtime.context import Reject, Service, Tx
+from agentd.runtime.context import NotYet, Reject, Service, Tx
 from agentd.services.credit.ledger import CreditLedger, log_chits
 from agentd.services.credit.params import (
     new_uuids,
@@ -27,6 +27,7 @@ from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
 from protocol.envelope import Envelope
+from protocol.errors import Refusal
 from protocol.keys import b64u
 from store import credit as credit_store
 from store.credit import Holding
@@ -201,7 +202,12 @@ class ChitService(Service):
         if holding.chain is None:
             raise Reject("BAD_STATE", f"tally {holding.local.uuid} is {holding.local.state}: "
                          "it has no chain yet")
-        received = ch.receive(holding.chain, obj, holding.local)
+        try:
+            received = ch.receive(holding.chain, obj, holding.local)
+        except Refusal as exc:
+            if exc.code == "lift_undecided" and self._awaiting_decision(tx, holding, obj):
+                raise NotYet(exc.message) from exc
+            raise
         adopted = []  # good chits first learned from this message
         for chit in received.adopted:
             known = self.ledger.store.get_chit(tx.conn, chit["tally"], holding.cuid, chit["uuid"])
@@ -211,6 +217,20 @@ class ChitService(Service):
         delta = sum(c.effect(got.chit, holding.local.side) for got in adopted)
         self.ledger.commit(tx, holding, chain=received.chain, delta=delta,
                            messages=received.messages, fresh=adopted)
+
+    def _awaiting_decision(self, tx: Tx, holding: Holding, obj: dict[str, Any]) -> bool:
+        """Whether a chain message carries a lift chit we hold pending: the partner applied
+        the lift's decision before us (ours is on its way), so the message is early, not
+        wrong, and is taken when it comes again."""
+        chits = obj.get("chits")
+        for chit in chits if isinstance(chits, list) else []:
+            if isinstance(chit, dict) and chit.get("type") == "lift" and isinstance(
+                    chit.get("uuid"), str):
+                held = self.ledger.store.get_chit(tx.conn, holding.local.uuid, holding.cuid,
+                                                  chit["uuid"])
+                if held is not None and held.state in (c.A_LIFT, c.L_LIFT):
+                    return True
+        return False
 
     def chit_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """The partner refused a chit message of ours for good: keep the reason where the user
