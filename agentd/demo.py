@@ -285,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         tally_evidence_demo(configs, tally)
         tally_view_demo(configs, infos, tally)
         lifts_demo(configs, infos, tally)
+        # evidence and chain blocks go out a moment after what caused them: let them land
+        until("every outbox emptying", lambda: all(
+            call(c.socket_path, "getinfo", {})["counters"]["outbox_depth"] == 0
+            for c in configs.values()))
         print("\nnodes:")
         for name, config in configs.items():
             info = call(config.socket_path, "getinfo", {})
