@@ -59,8 +59,8 @@ class CreditLedger:
     def __init__(self, node: Runtime, evidence: Evidence) -> None:
         self.changed = trio.Event()  # set (and replaced) after every committed tally change
         self.on_change: list[Callable[[], None]] = []  # e.g. wake the chain repair
-        # a chain whose partner is owed blocks nothing sent yet (a foil's lift chits): the
-        # chain repair sends them shortly, together (``ChainRepair.owe``)
+        # told of a chain that owes its partner blocks not sent yet (a foil's lift chits):
+        # the chain repair sends them shortly, several together (``ChainRepair.owe``)
         self.owe: Callable[[str, str], None] = lambda tally, cuid: None
         self.runtime = node
         self.evidence = evidence
