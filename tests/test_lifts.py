@@ -475,3 +475,24 @@ async def test_a_chain_block_that_comes_before_our_decision_waits_for_it(tmp_pat
         assert bob.counters.rejected_by_peer == before
         assert bob.db.read_one("SELECT error FROM tallies WHERE uuid = ? AND cuid = 'bob'",
                                (annbob,))[0] is None
+
+
+async def test_a_foils_lift_chits_reach_the_stock_without_the_repair(tmp_path, monkeypatch):
+    """The foil sends its lift chits' blocks itself, shortly after the decision (one ``upd``
+    for the lifts decided meanwhile): with every node's periodic chain repair silenced, the
+    chains still agree after two lifts."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u, tl = world["users"], world["tallies"]
+        for node in u.values():
+            async def silent() -> int:
+                return 0
+            monkeypatch.setattr(node.credit.repair, "resync", silent)
+        for _ in range(2):
+            started = await rpc(u["ann"], "lift.pay", cuid="ann", find=who(u["dan"], "dan"),
+                                units=100)
+            assert (await rpc(u["ann"], "lift.wait", lift=started["lift"],
+                              timeout_s=20))["state"] == "good"
+        for tally, (a, b) in {tl["annbob"]: ("ann", "bob"), tl["bobcat"]: ("bob", "cat"),
+                              tl["catdan"]: ("cat", "dan")}.items():
+            await wait_for(lambda t=tally, a=a, b=b: agreed(u[a], a, u[b], b, t, 2))

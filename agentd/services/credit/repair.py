@@ -27,6 +27,7 @@ from agentd.services.credit.ledger import RESYNC_QUIET_MS, CreditLedger
 from protocol import chain as ch
 from store import credit as credit_store
 from store import outbox
+from store.credit import Holding
 
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
@@ -67,16 +68,23 @@ class ChainRepair:
         owed, self._owed = self._owed, set()
 
         def work(tx: Tx) -> None:
-            for key in owed:
-                holding = self.ledger.store.get(tx.conn, *key)
-                if holding is not None and holding.chain is not None:
-                    self.ledger.emit(tx, ch.resync(holding.chain, holding.local))
+            for tally, cuid in owed:
+                self._resend(tx, tally, cuid)
 
         try:
             await self.ledger.transact(work)
         except Exception:  # our failure: the chains stay unsettled, and are repaired
             log.exception("sending %d chains' owed blocks failed; the repair will", len(owed))
         return False
+
+    def _resend(self, tx: Tx, tally: str, cuid: str) -> Holding | None:
+        """Queue what ``protocol.chain.resync`` sends for one holder's chain; the holding,
+        or None when it has no chain (any more)."""
+        holding = self.ledger.store.get(tx.conn, tally, cuid)
+        if holding is None or holding.chain is None:
+            return None
+        self.ledger.emit(tx, ch.resync(holding.chain, holding.local))
+        return holding
 
     async def _tick(self) -> bool:
         await self.resync()
@@ -102,10 +110,9 @@ class ChainRepair:
 
         def work(tx: Tx) -> int:
             for row in due:
-                holding = self.ledger.store.get(tx.conn, row["uuid"], row["cuid"])
-                if holding is None or holding.chain is None:
+                holding = self._resend(tx, row["uuid"], row["cuid"])
+                if holding is None:
                     continue
-                self.ledger.emit(tx, ch.resync(holding.chain, holding.local))
                 pause = RESYNC_QUIET_MS * 2 ** min(row["resync_tries"] + 1, 16)
                 due_ms = tx.now_ms + min(pause, RESYNC_MAX_MS)
                 self.ledger.store.resynced(tx.conn, *holding.key, due_ms)
