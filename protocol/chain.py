@@ -305,14 +305,18 @@ def _check_new(chain: Chain, chit: dict[str, Any]) -> None:
 
 
 def _find(chain: Chain, chit_uuid: Any) -> dict[str, Any] | None:
+    """Our copy of a chit, linked or parked; ``None`` for a uuid that is no text (a peer's
+    list or map cannot key anything, and ``check_chit`` refuses it)."""
+    if not isinstance(chit_uuid, str):
+        return None
     linked = _linked(chain, chit_uuid)
     if linked is not None or chit_uuid not in chain.hints.parked:
         return linked
     return next((c for c in chain.pending if c["uuid"] == chit_uuid), None)
 
 
-def _linked(chain: Chain, chit_uuid: Any) -> dict[str, Any] | None:
-    at = chain.hints.linked.get(chit_uuid) if isinstance(chit_uuid, str) else None
+def _linked(chain: Chain, chit_uuid: str) -> dict[str, Any] | None:
+    at = chain.hints.linked.get(chit_uuid)
     if at is None:
         return None
     if at < chain.length and chain.chits[at]["uuid"] == chit_uuid:

@@ -390,6 +390,8 @@ def test_a_forged_or_altered_chit_in_a_chain_message_is_refused() -> None:
     altered["hash"] = c.chit_hash(altered)
     assert refused(altered).code == "conflict"
     assert refused({**good, "chain": None}).message.endswith("has no chain block")
+    for no_text in ([good["uuid"]], {"a": 1}):  # cannot key anything: refused, not a crash
+        assert refused({**good, "uuid": no_text}).code == "bad_field"
     foil_chit_in_new = command("new", chits=[good])
     assert refusal(ch.receive, Pair().foil.chain, foil_chit_in_new, BOB_TALLY).code == "bad_field"
 

@@ -1,0 +1,119 @@
+"""Lifts and routes refuse what they must, and the refusal changes nothing: bad parameters, no
+route, a decision not signed by the referee, promises that are tampered with, expired, signed
+with a key that is not the payor's or sent by a node off the path, and route messages of the
+wrong shape (refused as the message's fault, never left unacked as if we had failed)."""
+
+from __future__ import annotations
+
+import uuid
+
+from protocol import lift as lf
+from protocol.codec import digest, unpack
+from protocol.keys import SigningKey
+from tests.netfixture import network, wait_for
+from tests.test_credit_service import refusal_of, refused, rpc, send_raw, user_key
+from tests.test_lifts import line, reserved, who
+
+
+async def test_no_route_and_bad_params_change_nothing(tmp_path):
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net, limit=1000)
+        u, tl = world["users"], world["tallies"]
+        ann, dan = u["ann"], u["dan"]
+        assert await rpc(ann, "route.find", cuid="ann", find=who(dan, "dan"),
+                         units=1001) == []
+        error = await refused(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=1001)
+        assert error.reason == "NO_ROUTE"
+        nobody = f"zed:{dan.agent_id}"
+        assert (await refused(ann, "lift.pay", cuid="ann", find=nobody, units=5)).reason == \
+            "NO_ROUTE"
+        for params in ({"units": 0}, {"units": -5}, {"units": "5"}, {"find": "no-agent"},
+                       {"life_s": 0}):
+            call = {"cuid": "ann", "find": who(dan, "dan"), "units": 5, **params}
+            assert (await refused(ann, "lift.pay", **call)).reason == "INVALID_PARAMS"
+        assert await rpc(ann, "lift.list") == []
+        assert reserved(ann, "ann", tl["annbob"]) == (0, 0)
+        unknown = str(uuid.uuid4())
+        assert (await refused(ann, "lift.show", lift=unknown)).reason == "UNKNOWN_LIFT"
+
+
+async def test_a_decision_not_signed_by_the_referee_is_refused(tmp_path):
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u = world["users"]
+        ann, bob, dan = u["ann"], u["bob"], u["dan"]
+        await net.stop(0)  # the referee stays silent
+        started = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=10,
+                            life_s=60)
+        lift = started["lift"]
+        await wait_for(lambda: dan.db.read_one(
+            "SELECT 1 FROM lifts WHERE lift = ?", (lift,)) is not None)
+        record = unpack(dan.db.read_one("SELECT record FROM lifts WHERE lift = ?", (lift,))[0])
+        decision = {"lift": lift, "state": "good", "date": record["date"],
+                    "referee": record["referee"]["agent"]}
+        forged = {**decision, "sign": bob.key.sign(digest(decision))}  # not the referee's key
+        message_id = await send_raw(bob, dan, None, "lift", "decision",
+                                    {"record": record, "decision": forged}, None)
+        assert "BAD_SIGNATURE" in await refusal_of(bob, message_id)
+        assert (await rpc(dan, "lift.show", lift=lift))["state"] == "pend"
+        assert reserved(dan, "dan", world["tallies"]["catdan"]) == (10, 0)
+
+
+async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u, tl = world["users"], world["tallies"]
+        bob, cat, house = u["bob"], u["cat"], net.nodes[0]
+        path = [{"cuid": "bob", "agent": bob.agent_id, "tally": tl["bobcat"]},
+                {"cuid": "cat", "agent": cat.agent_id, "tally": None}]
+
+        def record(**changes):
+            made = lf.make_record(lift_uuid=str(uuid.uuid4()), kind="linear", units=10,
+                                  path=changes.pop("path", path), referee=house.own_address(),
+                                  date_ms=changes.pop("date", bob.clock.now_ms()),
+                                  life_ms=changes.pop("life", 60_000), memo="",
+                                  key=changes.pop("key", user_key(bob, "bob")))
+            return {**made, **changes}
+
+        wrong_tally = [{**path[0], "tally": tl["annbob"]}, path[1]]
+        cases = [
+            (record(units=11), "BAD_SIGNATURE"),  # tampered after signing
+            (record(date=bob.clock.now_ms() - 120_000, life=1_000), "EXPIRED"),
+            (record(path=wrong_tally), "UNKNOWN_TALLY"),  # cat is not party to ann-bob
+            # well signed, but not with the key of bob's certificate on the bob-cat tally
+            (record(key=SigningKey.generate()), "BAD_SIGNATURE"),
+        ]
+        for bad, code in cases:
+            message_id = await send_raw(bob, cat, "cat", "lift", "promise",
+                                        {"record": bad, "hop": 0}, "bob")
+            assert code in await refusal_of(bob, message_id), code
+        imposter = await send_raw(u["ann"], cat, "cat", "lift", "promise",
+                                  {"record": record(), "hop": 0}, "ann")
+        assert "NOT_ON_PATH" in await refusal_of(u["ann"], imposter)
+        assert await rpc(cat, "lift.list") == []
+        assert reserved(cat, "cat", tl["bobcat"]) == (0, 0)
+        assert await rpc(cat, "chit.list", cuid="cat", tally=tl["bobcat"]) == []
+
+
+async def test_hostile_route_messages_are_refused_never_our_failure(tmp_path):
+    """Route objects of the wrong shape, or whose query id is no text (a list cannot key
+    anything), are refused as the message's fault: never left unacked as if we had failed.
+    So are asks for a circle's last hops (only a payment's payee is asked) and hops that
+    answer no ask of ours."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        ann, bob = world["users"]["ann"], world["users"]["bob"]
+        before = sum(bob.counters.rejected.values())
+        hostile = [("query", {"query": ["x"], "kind": "linear"}), ("query", {"kind": ["x"]}),
+                   ("none", {"query": ["x"], "goods": 0}), ("good", {"query": {"a": 1}}),
+                   ("ask", {"query": ["x"], "kind": "linear", "units": 1, "salt": b"s" * 16}),
+                   ("ask", {"query": str(uuid.uuid4()), "kind": "circular", "units": 1,
+                            "salt": b"s" * 16}),
+                   ("ask", {"query": str(uuid.uuid4()), "kind": "linear", "units": 1,
+                            "salt": ["x"]}),
+                   ("hops", {"query": ["x"], "last": []})]
+        for action, obj in hostile:
+            await send_raw(ann, bob, "bob", "route", action, obj, "ann")
+        await wait_for(lambda: sum(bob.counters.rejected.values()) == before + len(hostile))
+        assert bob.counters.unacked_failures == 0
+        await wait_for(lambda: ann.pump.depth == 0)  # refused for good: nothing left to resend
