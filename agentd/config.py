@@ -16,6 +16,7 @@ from typing import Any
 from agentd.errors import UserError
 from protocol.frames import DEFAULT_MAX_FRAME
 from protocol.keys import IdentityError, is_agent_id, parse_hostport
+from protocol.lift import MAX_LIFE_MS
 
 ROLES = frozenset({"clearinghouse"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -270,8 +271,9 @@ def parse_config(raw: dict, source: Path) -> Config:
         if not all(is_agent_id(agent) for agent in referees):
             raise UserError(f"{source}: lift.referees must be a list of agent ids")
         life_s = section.get("life_s", (int, float), 120.0)
-        if isinstance(life_s, bool) or not 1 <= life_s <= 86_400:
-            raise UserError(f"{source}: lift.life_s must be seconds from 1 to 86400")
+        if isinstance(life_s, bool) or not 1 <= life_s <= MAX_LIFE_MS // 1000:
+            raise UserError(f"{source}: lift.life_s must be seconds from 1 to "
+                            f"{MAX_LIFE_MS // 1000}")
         auto_clear = section.get("auto_clear", bool, False)
         minimum = section.get("minimum", int, 1)
         if isinstance(minimum, bool) or minimum < 1:

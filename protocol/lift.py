@@ -60,6 +60,9 @@ GOOD = "good"
 VOID = "void"
 STATES = (PEND, GOOD, VOID)
 DECISIONS = (GOOD, VOID)
+# A hop takes part only in a lift decided within a day: its pending chits hold capacity until
+# the decision, so a payor cannot lock a tally for years with a far deadline.
+MAX_LIFE_MS = 86_400_000
 
 TRANSITIONS: dict[tuple[str | None, str], str] = {
     (None, "originate"): PEND,
@@ -235,6 +238,10 @@ def check_promise(
         raise Refusal("bad_field", f"promise hop must be an integer from 0 to {len(path) - 2}")
     if now_ms >= record["deadline"]:
         raise Refusal("expired", f"lift {record['lift']} passed its deadline")
+    if record["deadline"] - now_ms > MAX_LIFE_MS:
+        raise Refusal("bad_field", f"lift {record['lift']} has its deadline more than "
+                      f"{MAX_LIFE_MS // 1000} s away: a hop holds capacity for a lift that long "
+                      "at most")
     if not _same(sender, path[hop]) or not _same(here, path[hop + 1]):
         raise Refusal(
             "not_on_path",

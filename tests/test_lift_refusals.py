@@ -79,6 +79,8 @@ async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
         cases = [
             (record(units=11), "BAD_SIGNATURE"),  # tampered after signing
             (record(date=bob.clock.now_ms() - 120_000, life=1_000), "EXPIRED"),
+            # a deadline so far off that pending chits would hold the capacity for years
+            (record(life=lf.MAX_LIFE_MS + 60_000), "BAD_FIELD"),
             (record(path=wrong_tally), "UNKNOWN_TALLY"),  # cat is not party to ann-bob
             # well signed, but not with the key of bob's certificate on the bob-cat tally
             (record(key=SigningKey.generate()), "BAD_SIGNATURE"),

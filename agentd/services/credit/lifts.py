@@ -163,9 +163,10 @@ class LiftService(Service):
     def _life(self, life_s: Any) -> int:
         if life_s is None:
             return round(self.runtime.config.lift.life_s * 1000)
+        longest = lf.MAX_LIFE_MS // 1000
         if isinstance(life_s, bool) or not isinstance(life_s, int | float) or not (
-                1 <= life_s <= 86_400):
-            raise invalid_params("life_s must be seconds from 1 to 86400")
+                1 <= life_s <= longest):
+            raise invalid_params(f"life_s must be seconds from 1 to {longest}")
         return round(life_s * 1000)
 
     def _show(self, conn: sqlite3.Connection, lift: str) -> dict:
