@@ -116,7 +116,8 @@ def _main(argv: list[str]) -> int:
         print(usage(), end="")
         return 0 if options.help else 2
     args = options.args
-    if options.command == "help" or (options.help and options.command not in COMMANDS):
+    asks_help = options.help or any(arg in ("-h", "--help") for arg in args)
+    if options.command == "help" or (asks_help and options.command not in COMMANDS):
         return _help(args if options.command == "help" else [options.command])
     if options.help:
         args = ["--help", *args]

@@ -19,7 +19,7 @@ COLUMNS = {
     "receipts.list": ("pid", "seq", "kind", "status", "document_id"),
     "chit.list": ("chit", "by", "type", "units", "state", "index", "memo"),
 }
-TIMESTAMPS = ("last_seen", "date", "received", "timestamp", "expires")
+TIMESTAMPS = ("last_seen", "date", "received", "timestamp", "expires", "deadline")
 
 
 def render(method: str, result: Any) -> str:

@@ -100,8 +100,8 @@ def down(directory: Path) -> int:
             if time.monotonic() > deadline:
                 raise UserError(f"node {name} did not stop within {STOP_TIMEOUT:g} s")
             time.sleep(0.05)
-    names = ", ".join(name for name, _ in stopped) or "none were running"
-    print(f"agentd down: stopped {names}")
+    names = ", ".join(name for name, _ in stopped)
+    print(f"agentd down: stopped {names}" if names else "agentd down: no node was running")
     return 0
 
 

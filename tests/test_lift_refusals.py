@@ -35,6 +35,7 @@ async def test_no_route_and_bad_params_change_nothing(tmp_path):
         assert reserved(ann, "ann", tl["annbob"]) == (0, 0)
         unknown = str(uuid.uuid4())
         assert (await refused(ann, "lift.show", lift=unknown)).reason == "UNKNOWN_LIFT"
+        assert (await refused(ann, "lift.list", cuid="ghost")).reason == "UNKNOWN_USER"
 
 
 async def test_a_decision_not_signed_by_the_referee_is_refused(tmp_path):

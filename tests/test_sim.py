@@ -327,10 +327,10 @@ def test_lifts_and_clearing_end_all_or_nothing_everywhere(tmp_path, capsys, proc
     assert "lift p50 / p99" in out and "debt before / after" in out
     written = json.loads(report.read_text())
     counts = written["counts"]
-    assert counts["lifts"] == 10 and counts["clearing_calls"] == 4
+    assert counts["lift_pay_calls"] == 10 and counts["clearing_calls"] == 4
     decided = counts.get("lifts_good", 0) + counts.get("lifts_void", 0)
     assert decided == 10 + 4 - counts.get("no_cycle", 0) - counts.get("clear_contended", 0)
-    assert counts["lifts_seen"] == decided and counts["balance_sum"] == 0
+    assert counts["lifts_checked"] == decided and counts["balance_sum"] == 0
 
 
 class _Nodes:

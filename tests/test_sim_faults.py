@@ -99,13 +99,15 @@ for_s = 60
 @pytest.mark.parametrize("workers", ["1", "2"], ids=["one process", "two workers"])
 def test_one_of_each_fault_then_every_invariant_holds(tmp_path, capsys, workers):
     report = tmp_path / "report.json"
-    assert main([str(write(tmp_path, ONE_OF_EACH)), "--json", str(report), "--workers",
+    late = '[[faults]]\nkind = "loss"\nrate = 0.5\nat_s = 600\nfor_s = 1\n'  # never starts
+    assert main([str(write(tmp_path, ONE_OF_EACH + late)), "--json", str(report), "--workers",
                  workers]) == 0
     out = capsys.readouterr().out
     assert "FAILED" not in out and "invariant chains_agree       ok" in out
     written = json.loads(report.read_text())
     faults = {f["kind"]: f for f in written["faults"]}  # all at 0 s: in any order
-    assert sorted(faults) == ["crash", "cut", "partition"]
+    assert sorted(faults) == ["crash", "cut", "loss", "partition"]
+    assert faults["loss"]["what"] == "not started: the traffic was over first"
     assert faults["partition"]["what"] == "a,b | c,d" and faults["crash"]["what"] == "c"
     assert "fault at" in out and "crash" in out
     assert written["counts"]["chits"] == 200 and written["counts"]["balance_sum"] == 0

@@ -15,7 +15,6 @@ per second, what one core could do if signatures were all there was to it.
 from __future__ import annotations
 
 import functools
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -106,10 +105,6 @@ async def measure(count: int, batch: int, in_flight: int, workdir: Path) -> dict
                     break
                 await trio.sleep(0.005)
             elapsed = time.perf_counter() - started
-            bob_info = await bob("getinfo")
-            print(f"alice: {alice.db.jobs} jobs in {alice.db.commits} commits; bob: "
-                  f"{bob_info['counters']['db_jobs']} jobs in "
-                  f"{bob_info['counters']['db_commits']} commits", file=sys.stderr)
             alice.stop()
         return {"chits": total, "chits_s": total / elapsed,
                 "issue_s": issued - started, "confirm_s": elapsed}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +32,6 @@ from agentd.localnodes import (
     wait_ready,
     write_node,
 )
-from agentd.rpc import call
 from agentd.runtime.counters import Counters
 from agentd.runtime.transport import Channel, Hello, initiate, respond
 from protocol.codec import pack
@@ -181,9 +179,6 @@ async def durable_rate(count: int, workdir: Path) -> float:
             while node.pump.depth:
                 await trio.sleep(0.005)
             elapsed = time.perf_counter() - started
-            stats = call(receiver.socket, "getinfo", {})["counters"]
-            print(f"sender: {node.db.jobs} jobs in {node.db.commits} commits; receiver: "
-                  f"{stats['db_jobs']} jobs in {stats['db_commits']} commits", file=sys.stderr)
             node.stop()
         return count / elapsed
     finally:

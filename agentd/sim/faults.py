@@ -50,12 +50,19 @@ async def run_faults(backend: Any, scenario: Scenario, rng: random.Random, repor
 async def _schedule(backend: Any, scenario: Scenario, fault: dict, rng: random.Random,
                     report: Report, healing: Healing, started: float) -> None:
     at = fault.get("at_s", 0.0)
-    while True:
-        await trio.sleep_until(started + at)
-        await _one(backend, scenario, fault, rng, report, healing, started)
-        if "every_s" not in fault:
-            return
-        at += fault["every_s"]
+    ran = False
+    try:
+        while True:
+            await trio.sleep_until(started + at)
+            ran = True
+            await _one(backend, scenario, fault, rng, report, healing, started)
+            if "every_s" not in fault:
+                return
+            at += fault["every_s"]
+    finally:
+        if not ran:  # the report says so, rather than leave the fault out
+            report.faults.append({"kind": fault["kind"], "at_s": at, "for_s": 0.0,
+                                  "what": "not started: the traffic was over first"})
 
 
 class Healing:

@@ -69,7 +69,8 @@ def print_report(scenario: Scenario, report: Report) -> None:
         print(f"  {key:20} {value}")
     if report.latencies_ms:
         p50, p99 = (percentile(report.latencies_ms, f) for f in (0.5, 0.99))
-        print(f"  {'ping p50 / p99':20} {p50:.2f} / {p99:.2f} ms")
+        print(f"  {'ping rtt p50 / p99':20} {p50:.2f} / {p99:.2f} ms (node to node; the call"
+              " latency below adds the RPC)")
     for label, samples in report.call_ms.items():
         p50, p99 = (percentile(samples, f) for f in (0.5, 0.99))
         print(f"  latency {label:13} p50 {p50:.1f} ms, p99 {p99:.1f} ms a call")

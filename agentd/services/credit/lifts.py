@@ -81,7 +81,8 @@ class LiftService(Service):
                       life_s: float | None = None) -> dict:
         """Pay ``units`` to ``find`` (``cuid:agent`` or a full CHIP address) along a route of
         tallies: returns at once with the lift pending; ``lift.wait`` tells how it ended.
-        ``NO_ROUTE`` when no path can carry ``units`` (checked before anything is promised)."""
+        ``NO_ROUTE`` when no path can carry ``units`` (checked before anything is promised).
+        ``life_s``: seconds the lift may take (1 to 86400; null: ``[lift] life_s``, 120)."""
         cuid, target = param_cuid(cuid), param_find(find)
         units, memo, life_ms = param_amount(units, "units"), param_memo(memo), self._life(life_s)
         if (target.agent, target.cuid) == (self.runtime.agent_id, cuid):
@@ -89,7 +90,8 @@ class LiftService(Service):
         found = await self.routes.search_near_first(cuid, target, units, "linear", first=True)
         if not found:
             raise Reject("NO_ROUTE", f"no route from {cuid} to {target.cuid}:{target.agent} "
-                         f"can carry {units} mCHIP now")
+                         f"can carry {units} mCHIP now (no path of tallies with that much room "
+                         "reaches that user, or that node has no such user)")
         record = await self._start(cuid, "linear", units, found[0], memo, life_ms)
         return _started(record)
 
@@ -97,7 +99,8 @@ class LiftService(Service):
                         life_s: float | None = None) -> dict:
         """Clear debt round a cycle through our user: the largest amount the first cycle found
         can carry, or ``units``. Every balance on the cycle moves toward zero and nobody's net
-        position changes. ``NO_CYCLE`` when no debt cycle passes through the user."""
+        position changes. ``NO_CYCLE`` when no debt cycle passes through the user.
+        ``life_s`` as for ``lift.pay``."""
         cuid, memo, life_ms = param_cuid(cuid), param_memo(memo), self._life(life_s)
         least = 1 if units is None else param_amount(units, "units")
         return await self.clear(cuid, least, exact=units is not None, memo=memo,
@@ -153,7 +156,7 @@ class LiftService(Service):
 
     async def rpc_list(self, cuid: str | None = None) -> list[dict]:
         """Lifts this node takes part in (of one user, or all), newest first."""
-        who = None if cuid is None else param_cuid(cuid)
+        who = None if cuid is None else self.ledger.known_user(param_cuid(cuid))
 
         def job(conn: sqlite3.Connection) -> list[dict]:
             return [self._view(conn, row) for row in lifts.listing(conn, who)]
