@@ -92,7 +92,11 @@ def running(configs: dict[str, Config], workdir: Path) -> Iterator[dict[str, sub
             for name, process in processes.items():
                 if process.poll() is not None:
                     log_tail = (workdir / name / "agentd.log").read_text()[-2000:]
-                    raise UserError(f"node {name} exited with {process.returncode}:\n{log_tail}")
+                    hint = ("\nits port is taken (nodes from 'agentd up' still running? "
+                            "'agentd down' stops them), or run 'agentd demo --free-ports'"
+                            if "address already in use" in log_tail else "")
+                    raise UserError(f"node {name} exited with {process.returncode}:\n"
+                                    f"{log_tail}{hint}")
             if time.monotonic() > deadline:
                 raise UserError(f"nodes not ready within {READY_TIMEOUT:g} s")
             try:
