@@ -1,7 +1,8 @@
 """How long each kind of message is worth delivering.
 
 A pong or a relay answer nobody took within minutes is worthless, and keeping it would let
-a stranger who never acks fill our outbox; a chit or a tally message is never dropped. The
+a stranger who never acks fill our outbox; a chit or a tally message is never dropped, nor is
+a lift's promise, commit or cancel. The
 outbox drops a message whose time has passed (counted as ``outbox_expired``). Time is a
 parameter: callers pass the creation time and now, in ms.
 """
@@ -17,8 +18,16 @@ EXPIRY_MS: dict[tuple[str, str | None], int] = {
     ("relay", None): 5 * MINUTE_MS,     # queries and answers wait at most minutes
     ("route", None): MINUTE_MS,         # a route search lasts seconds (30 s at the most)
     ("ch", "processed"): 60 * MINUTE_MS,  # receipts: the client may reconnect to take them
+    ("ch", "processed_batch"): 60 * MINUTE_MS,
     ("ch", "result"): 60 * MINUTE_MS,
     ("ch", "rejection"): 60 * MINUTE_MS,
+    # a referee's decision: a participant still pending after the deadline asks the referee,
+    # which answers from the decision it keeps, so nothing is lost when a push is dropped (a
+    # path node that never answers, or one that does not exist, costs us no row for good)
+    ("lift", "decision"): 60 * MINUTE_MS,
+    # a question to the referee is asked again at least once a minute while the lift is
+    # pending: an old one that is still undelivered is worth nothing
+    ("lift", "query"): 2 * MINUTE_MS,
 }
 
 

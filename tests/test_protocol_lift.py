@@ -11,6 +11,7 @@ from protocol import chain as ch
 from protocol import chit as c
 from protocol import lift as lf
 from protocol import tally as t
+from protocol.expiry import expires_at
 from protocol.keys import ChipAddress, SigningKey
 from tests.liftdata import REFEREE, USERS, open_tally, record, user_map, uuid_of
 from tests.test_credit_tally import NOW, code_of, refusal
@@ -347,3 +348,14 @@ def test_a_path_may_say_where_each_node_listens_and_the_referee_sends_there() ->
         if "port" not in bad:
             del hops[0]["port"]
         assert code_of(lf.check_record, {**rec, "path": hops}) == "bad_field", bad
+
+
+def test_a_pushed_decision_may_expire_but_nothing_else_of_a_lift_does() -> None:
+    """A decision the referee could not deliver leaves its outbox after an hour (a path node
+    that never answers costs it no row for good): a participant still pending asks after the
+    deadline and gets the decision the referee keeps; its question, asked again each minute,
+    lasts two. Promises, commits and cancels are delivered however long it takes."""
+    assert expires_at("lift", "decision", NOW) == NOW + 3_600_000
+    assert expires_at("lift", "query", NOW) == NOW + 120_000  # asked again every minute
+    for action in ("promise", "commit", "cancel"):
+        assert expires_at("lift", action, NOW) is None, action
