@@ -71,7 +71,8 @@ class LiftService(Service):
         self.ledger = ledger
         self.routes = routes
         self._settled: dict[str, trio.Event] = {}  # lift -> set when it is decided here
-        self._work = trio.Event()  # a new pending lift: look at the deadlines again
+        self._work = trio.Event()  # a lift pending here is due sooner than we sleep until
+        self._next_due: int | None = None  # ms: when the next question to a referee is due
         for name in ("pay", "clear", "wait", "show", "list"):
             node.register_method(f"lift.{name}", getattr(self, f"rpc_{name}"))
 
@@ -209,7 +210,7 @@ class LiftService(Service):
             _log_lift(tx, record["lift"], lf.PEND, kind=kind, units=units, cuid=cuid)
             self._hold(tx, record, 0, cuid, outgoing=True)
             self.ledger.emit(tx, [lf.promise(record, 0)])
-            tx.after_commit(lambda: self._work.set())  # whichever event the loop waits on
+            tx.after_commit(lambda: self._due_at(record["deadline"]))
             return record
 
         return await self.ledger.transact(work)
@@ -292,7 +293,7 @@ class LiftService(Service):
         else:
             self._hold(tx, record, hop + 1, here.cuid, outgoing=True)
             self.ledger.emit(tx, [lf.promise(record, hop + 1)])
-        tx.after_commit(lambda: self._work.set())  # whichever event the loop waits on
+        tx.after_commit(lambda: self._due_at(record["deadline"]))
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """The next hop refused our promise for good: the lift cannot complete, so tell the
@@ -391,11 +392,31 @@ class LiftService(Service):
             await self._follow_up()
 
     async def _follow_up(self) -> None:
+        """Look in the database only when a question is due (or ``QUERY_POLL_S`` passed): a
+        lift that becomes pending here is due at its deadline, which ``_due_at`` notes in
+        memory, so taking part in a lift costs no look of its own."""
         while True:
-            self._work = trio.Event()  # before we look: a lift started meanwhile wakes us
-            wait = await self.ledger.transact(self._ask_due)
-            with trio.move_on_after(math.inf if wait is None else wait):
-                await self._work.wait()
+            self._next_due = None  # from here on, lifts that become pending note their due
+            looked = await self.ledger.transact(self._ask_due)
+            self._next_due = looked if self._next_due is None or looked is None else min(
+                looked, self._next_due)
+            while True:
+                self._work = trio.Event()
+                due = self._next_due
+                wait = math.inf if due is None else min(
+                    QUERY_POLL_S, (due - self.runtime.clock.now_ms()) / 1000)
+                if wait <= 0:
+                    break
+                with trio.move_on_after(wait):
+                    await self._work.wait()  # a lift due sooner: sleep until then instead
+                    continue
+                break
+
+    def _due_at(self, due_ms: int) -> None:
+        """A lift became pending here; its question to the referee is due at ``due_ms``."""
+        if self._next_due is None or due_ms < self._next_due:
+            self._next_due = due_ms
+            self._work.set()
 
     async def _auto_clear(self) -> None:
         """``[lift] auto_clear``: every ``interval_s``, clear a debt cycle through each of our
@@ -415,16 +436,14 @@ class LiftService(Service):
                 log.info("auto clear for %s: lift %s of %d mCHIP", cuid, cleared["lift"],
                          cleared["units"])
 
-    def _ask_due(self, tx: Tx) -> float | None:
-        """Ask about the lifts that are due; seconds until the next one (None: no lift is
-        pending, so nothing wakes us but a new one)."""
+    def _ask_due(self, tx: Tx) -> int | None:
+        """Ask about the lifts that are due; when the next one is (ms since the epoch, at
+        least 50 ms from now), or None when no lift is pending."""
         for row in lifts.due(tx.conn, tx.now_ms):
             self.ledger.emit(tx, [lf.query(lifts.record_of(row), from_cuid=row["payor"])])
             lifts.asked(tx.conn, row["lift"], tx.now_ms)
         due = lifts.next_due(tx.conn)
-        if due is None:
-            return None
-        return min(QUERY_POLL_S, max(0.05, (due - tx.now_ms) / 1000))
+        return None if due is None else max(due, tx.now_ms + 50)
 
 
 def _describe(record: dict[str, Any]) -> dict[str, Any]:
