@@ -24,7 +24,9 @@ good/void   same again  same       a repeated decision changes nothing
 A decision contradicting ours (good after void, void after good) is ``conflict``. Each hop's
 payer records its pending chit, then sends ``promise`` to the next user; the terminus (the
 payee, or the payor again for a circle) sends ``commit`` to the referee; a hop that cannot
-take part sends ``cancel``; a node still pending after the deadline sends ``query``.
+take part sends ``cancel``; a node still pending after the deadline sends ``query``, and so
+does a node that takes part while no channel joins it to the referee (the runtime's call): its
+question opens the channel the decision is pushed on, or is answered with the decision.
 
 Referee (:func:`decide`): ``commit`` before the deadline -> good; ``cancel`` -> void; any
 event at or after the deadline with no decision -> void; ``query`` before it -> no decision
@@ -33,8 +35,10 @@ never changes: asking again returns it, to the asker only. Only agents on the pa
 and only the terminus's agent commits. A ``lift/decision`` message carries ``{record,
 decision}``, so a node that never saw the lift can check it too (and refuse a late promise).
 
-Addresses: a path entry names a user ``{cuid, agent}`` only, so a ``Send`` to it carries a
-``ChipAddress`` with host and port None: the runtime fills them in from what it knows.
+Addresses: a path entry may say where its node listens (``host``, ``port``, as the route search
+found it), and a promise goes there. A decision is addressed to an agent alone: the runtime
+pushes it only to a node it knows or that is connected to it, never to an address a record
+names, so a record made up by anyone cannot make a referee dial where it says.
 
 Public API: ``PEND``, ``GOOD``, ``VOID``, ``TRANSITIONS``, ``advance(state, event)``;
 ``make_record``, ``check_record``, ``record_digest``, ``check_promise``, ``check_room``;
@@ -345,9 +349,8 @@ def decide(
 
 
 def _decision_to(agent: str, record: dict[str, Any], decision: dict[str, Any]) -> Send:
-    where = next((hop for hop in record["path"] if hop["agent"] == agent), {"agent": agent})
-    to = ChipAddress(agent=agent, host=where.get("host"), port=where.get("port"))
-    return Send(to, "lift", "decision", {"record": record, "decision": decision})
+    return Send(ChipAddress(agent=agent), "lift", "decision",
+                {"record": record, "decision": decision})
 
 
 def check_decision(decision: Any, record: dict[str, Any]) -> str:

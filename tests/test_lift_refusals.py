@@ -120,3 +120,36 @@ async def test_hostile_route_messages_are_refused_never_our_failure(tmp_path):
         await wait_for(lambda: sum(bob.counters.rejected.values()) == before + len(hostile))
         assert bob.counters.unacked_failures == 0
         await wait_for(lambda: ann.pump.depth == 0)  # refused for good: nothing left to resend
+
+
+async def test_a_made_up_lift_makes_the_referee_dial_nothing_and_hold_nothing_for_it(tmp_path):
+    """Anyone can sign a record with a key of their own and commit it as its last node: the
+    referee decides it (it cannot know better), but pushes the decision only to nodes it
+    knows or that are connected to it. The made-up nodes on the path, at the addresses the
+    record gives, are never dialled and leave nothing in the referee's outbox."""
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
+        house, mallory = net.nodes
+        dialled: list[str | None] = []
+        connect = house.peers.connect
+
+        async def recording(agent: str, address: str | None):
+            dialled.append(address)
+            return await connect(agent, address)
+
+        house.peers.connect = recording
+        made_up = [SigningKey.generate().agent_id for _ in range(3)]
+        path = [{"cuid": "x", "agent": agent, "host": "192.0.2.1", "port": 9000 + i,
+                 "tally": str(uuid.uuid4())} for i, agent in enumerate(made_up)]
+        path.append({"cuid": "me", "agent": mallory.agent_id, "tally": None})
+        record = lf.make_record(lift_uuid=str(uuid.uuid4()), kind="linear", units=5,
+                                path=path, referee=house.own_address(),
+                                date_ms=mallory.clock.now_ms(), life_ms=60_000, memo="",
+                                key=SigningKey.generate())
+        await send_raw(mallory, house, None, "lift", "commit", {"record": record}, None)
+        await wait_for(lambda: (house.db.read_one(
+            "SELECT decision FROM lift_decisions WHERE lift = ?", (record["lift"],)) or [None])[0]
+            is not None)
+        await wait_for(lambda: house.pump.depth == 0)  # only mallory's own copy went out
+        assert not any(address and address.startswith("192.0.2.1") for address in dialled)
+        queued = house.db.read("SELECT peer FROM outbox WHERE target = 'lift'")
+        assert not {row["peer"] for row in queued} & set(made_up)

@@ -392,3 +392,37 @@ async def test_a_foils_lift_chits_reach_the_stock_without_the_repair(tmp_path, m
         for tally, (a, b) in {tl["annbob"]: ("ann", "bob"), tl["bobcat"]: ("bob", "cat"),
                               tl["catdan"]: ("cat", "dan")}.items():
             await wait_for(lambda t=tally, a=a, b=b: agreed(u[a], a, u[b], b, t, 2))
+
+
+async def test_nodes_the_referee_does_not_know_ask_it_and_learn_the_decision_at_once(tmp_path):
+    """The referee pushes a decision only to nodes it knows or that are connected to it: one
+    that takes part while no channel joins it to the referee asks it at once, which opens
+    the channel the decision comes back on. So a lift is good everywhere in moments, not
+    at its deadline (60 s here), and the referee never dials an address the record names."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        u, house = world["users"], net.nodes[0]
+        ann, dan = u["ann"], u["dan"]
+        strangers = {node.agent_id for node in u.values()}
+        dialled: list[tuple[str, str | None]] = []
+        connect = house.peers.connect
+
+        async def recording(agent: str, address: str | None):
+            dialled.append((agent, address))
+            return await connect(agent, address)
+
+        house.peers.connect = recording
+        await wait_for(lambda: all(node.pump.depth == 0 for node in net.nodes))  # all said
+        for agent in strangers:  # the referee forgets them, and every channel closes
+            house._peer_addresses.pop(agent, None)
+        for channels in list(house.peers.channels.values()):
+            for channel in channels:
+                channel.close("test")
+        await wait_for(lambda: not any(house.connected(agent) for agent in strangers))
+        paid = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=40,
+                         life_s=60)
+        with trio.fail_after(15):
+            await settled_everywhere(list(u.values()), paid["lift"], "good")
+        # pushed on the channels they opened: never an address to dial
+        assert [address for agent, address in dialled if agent in strangers] == [
+            None] * sum(agent in strangers for agent, _ in dialled)

@@ -329,7 +329,9 @@ def test_a_decision_signed_by_another_key_is_refused() -> None:
     assert code_of(lf.check_decision, {**decision, "state": "pend"}, LINEAR) == "bad_field"
 
 
-def test_a_path_may_say_where_each_node_listens_and_the_referee_sends_there() -> None:
+def test_a_path_may_say_where_each_node_listens_but_a_decision_names_agents_only() -> None:
+    """A promise goes where the route found the next node; a decision names the agent
+    alone, so a made-up record cannot make a referee dial the addresses it names."""
     path = [{**user_map(u), "host": "127.0.0.1", "port": 7000 + n, "tally": tally}
             for n, (u, tally) in enumerate(zip([A, B, C], [T_AB, T_BC, None], strict=True))]
     rec = lf.make_record(lift_uuid=uuid_of(502), kind="linear", units=100, path=path,
@@ -339,8 +341,9 @@ def test_a_path_may_say_where_each_node_listens_and_the_referee_sends_there() ->
     decision, sends = lf.decide(None, "commit", rec, now_ms=NOW, key=REFEREE,
                                 asker=C.address.agent)
     assert decision is not None and decision["state"] == lf.GOOD
-    assert {(s.to.agent, s.to.port) for s in sends} == {
-        (A.address.agent, 7000), (B.address.agent, 7001), (C.address.agent, 7002)}
+    assert {(s.to.agent, s.to.host, s.to.port) for s in sends} == {
+        (A.address.agent, None, None), (B.address.agent, None, None),
+        (C.address.agent, None, None)}
     assert lf.promise(rec, 0).to.port == 7001  # the next hop, where it listens
     for bad in ({"host": "127.0.0.1"}, {"host": "", "port": 1}, {"host": "h", "port": 0},
                 {"host": "h", "port": True}):

@@ -210,6 +210,7 @@ class LiftService(Service):
             _log_lift(tx, record["lift"], lf.PEND, kind=kind, units=units, cuid=cuid)
             self._hold(tx, record, 0, cuid, outgoing=True)
             self.ledger.emit(tx, [lf.promise(record, 0)])
+            self._ask_referee(tx, record, cuid)
             tx.after_commit(lambda: self._due_at(record["deadline"]))
             return record
 
@@ -293,6 +294,7 @@ class LiftService(Service):
         else:
             self._hold(tx, record, hop + 1, here.cuid, outgoing=True)
             self.ledger.emit(tx, [lf.promise(record, hop + 1)])
+            self._ask_referee(tx, record, here.cuid)
         tx.after_commit(lambda: self._due_at(record["deadline"]))
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
@@ -320,7 +322,8 @@ class LiftService(Service):
         decided = lifts.decision(tx.conn, record["lift"])
         decision, sends = lf.decide(decided, envelope.action, record, now_ms=tx.now_ms,
                                     key=self.runtime.key, asker=envelope.from_.agent)
-        self.ledger.emit(tx, sends)  # first: the nodes wait for it, the evidence does not
+        self.ledger.emit(tx, [send for send in sends if self._reachable(send.to.agent)])
+        # first: the nodes wait for it, the evidence does not
         if decision is not None and decided is None:
             self._learn(record)
             lifts.decide(tx.conn, record, decision, tx.now_ms)
@@ -329,6 +332,22 @@ class LiftService(Service):
             self.ledger.evidence.log(tx, record["lift"], owners, "lift.decision",
                                      {"record": record, "decision": decision},
                                      ref=record["lift"])
+
+    def _reachable(self, agent: str) -> bool:
+        """Whether to push a decision to ``agent``: ourselves, a node we know, or one
+        connected to us now. Any other asks (``_ask_referee``), and a made-up record cannot
+        make us dial the addresses it names or queue messages nobody takes."""
+        node = self.runtime
+        return agent == node.agent_id or node.address_of(agent) is not None or node.connected(
+            agent)
+
+    def _ask_referee(self, tx: Tx, record: dict[str, Any], cuid: str) -> None:
+        """We take part in a lift while no channel joins us to its referee, which pushes its
+        decision only on one (or to nodes it knows): ask now, so the question opens the
+        channel, or is answered with the decision if it came first."""
+        referee = record["referee"]["agent"]
+        if referee != self.runtime.agent_id and not self.runtime.connected(referee):
+            self.ledger.emit(tx, [lf.query(record, from_cuid=cuid)])
 
     def _on_decision(self, tx: Tx, envelope: Envelope) -> None:
         obj = envelope.object
