@@ -112,6 +112,10 @@ class RpcServer:
             return await method(**params)
         except Refusal as exc:
             raise self._refused(exc) from exc
+        except RpcError as exc:  # a bad value: say in which call, as for a missing one
+            if exc.code != INVALID_PARAMS or exc.message.startswith(f"{name}: "):
+                raise
+            raise RpcError(exc.code, f"{name}: {exc.message}", exc.reason) from exc
         finally:
             if self.observe is not None:
                 self.observe(name, time.perf_counter() - started)

@@ -411,7 +411,6 @@ async def test_nodes_the_referee_does_not_know_ask_it_and_learn_the_decision_at_
             dialled.append((agent, address))
             return await connect(agent, address)
 
-        house.peers.connect = recording
         await wait_for(lambda: all(node.pump.depth == 0 for node in net.nodes))  # all said
         for agent in strangers:  # the referee forgets them, and every channel closes
             house._peer_addresses.pop(agent, None)
@@ -419,6 +418,7 @@ async def test_nodes_the_referee_does_not_know_ask_it_and_learn_the_decision_at_
             for channel in channels:
                 channel.close("test")
         await wait_for(lambda: not any(house.connected(agent) for agent in strangers))
+        house.peers.connect = recording
         paid = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=40,
                          life_s=60)
         with trio.fail_after(15):

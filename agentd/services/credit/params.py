@@ -68,13 +68,14 @@ def param_uuid(value: Any, name: str) -> str:
 def param_amount(value: Any, name: str, *, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= t.MAX_UNITS:
         raise invalid_params(f"{name} must be an integer number of milliCHIPs from {low} to "
-                             f"{t.MAX_UNITS}")
+                             f"{t.MAX_UNITS}, not {value!r}")
     return value
 
 
 def param_memo(value: Any) -> str:
     if not isinstance(value, str) or len(value) > t.MAX_MEMO:
-        raise invalid_params(f"memo must be text of at most {t.MAX_MEMO} characters")
+        raise invalid_params(f"memo must be text of at most {t.MAX_MEMO} characters, not "
+                             f"{type(value).__name__ if not isinstance(value, str) else 'longer'}")
     return value
 
 
