@@ -188,6 +188,10 @@ class Service:
     # deduplicates them itself), and messages to this target are held in memory only,
     # retried until acked or expired (protocol.expiry) and lost in a crash.
     ephemeral: ClassVar[bool] = False
+    # (action, error code) pairs that are a routine outcome of this target's protocol when a
+    # peer refuses our message (a lift promise that no longer fits): logged as info, not as a
+    # warning, and ``on_rejected`` deals with them
+    routine_refusals: ClassVar[frozenset[tuple[str, str]]] = frozenset()
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime

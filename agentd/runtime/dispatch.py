@@ -189,8 +189,10 @@ class Dispatcher:
             return
         if ack.error is not None:
             code, text = ack.error.get("code", "?"), ack.error.get("message", "")
-            log.warning("%s refused %s/%s: %s %s", from_agent[:8], envelope.get("target"),
-                        envelope.get("action"), code, text)
+            routine = service is not None and (envelope.get("action"), code) in (
+                service.routine_refusals)
+            log.log(logging.INFO if routine else logging.WARNING, "%s refused %s/%s: %s %s",
+                    from_agent[:8], envelope.get("target"), envelope.get("action"), code, text)
         if not item.durable:  # no row to delete or mark: the service hears of it at once
             tx = node.db.reading(node.new_tx)
             self._tell(service, tx, item, ack)

@@ -65,6 +65,9 @@ class LiftService(Service):
 
     target = "lift"
     actions = frozenset({"promise", "commit", "cancel", "query", "decision"})
+    # lifts in flight at once race for the same capacity: the loser's promise is refused
+    # and the lift is voided (on_rejected), which is no cause for a warning
+    routine_refusals = frozenset({("promise", "OVER_LIMIT")})
 
     def __init__(self, node: Runtime, ledger: CreditLedger, routes: RouteService) -> None:
         super().__init__(node)
