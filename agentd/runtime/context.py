@@ -151,7 +151,8 @@ class Runtime(Protocol):
         ...
 
     def connected(self, agent: str) -> bool:
-        """Whether a channel to ``agent`` is open now."""
+        """Whether a channel to ``agent`` is open now (a read of the channel table: a
+        handler on the writer thread may ask too)."""
         ...
 
     def register_target(self, service: Service) -> None:
