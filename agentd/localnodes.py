@@ -9,6 +9,7 @@ waits for the control sockets, failing with the node's name if one exits first.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -126,6 +127,19 @@ def wait_ready(nodes: list[LocalNode], processes: list[subprocess.Popen],
                 raise RuntimeError(f"node {node.name} did not start; see "
                                    f"{node.directory / 'agentd.log'}")
             time.sleep(0.05)
+
+
+def cpu_seconds(processes: list[subprocess.Popen]) -> list[float] | None:
+    """CPU time (user and system) each process has used so far, from Linux's ``/proc``;
+    None elsewhere, or once one of them has gone."""
+    try:
+        times = []
+        for process in processes:
+            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            times.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError):
+        return None
+    return times
 
 
 def stop(processes: list[subprocess.Popen]) -> None:

@@ -21,7 +21,6 @@ client verifies one per batch. The goal is receipts/s >= 0.4x that rate.
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ import trio
 from agentd.bench import parser as bench_parser
 from agentd.bench import percentile, table, verdict, write_json
 from agentd.bench.rpc_stream import RpcStream
-from agentd.localnodes import free_ports, spawn, stop, wait_ready, write_node
+from agentd.localnodes import cpu_seconds, free_ports, spawn, stop, wait_ready, write_node
 from protocol import clearing as ch
 from protocol import receipts as rc
 from protocol.keys import SigningKey
@@ -90,14 +89,7 @@ class Cluster:
 
     def cpu_seconds(self) -> list[float] | None:
         """CPU time used so far by each node process (Linux ``/proc``; None elsewhere)."""
-        try:
-            times = []
-            for process in self.processes:
-                fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                times.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
-        except (OSError, ValueError):
-            return None
-        return times
+        return cpu_seconds(self.processes)
 
     def __exit__(self, *exc_info: object) -> None:
         stop(self.processes)

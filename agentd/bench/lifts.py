@@ -10,6 +10,9 @@ process with one user, with a tally between each user and the next round the rin
 - ``clear_s``: circular lifts (``lift.clear`` of 10 mCHIP round the whole ring, from random
   users, 16 at once) per second, once every user owes the previous one;
 - ``unfinished`` (lifts still pending at the end) and ``void``;
+- ``hop5_cpu_ms`` / ``lifts_cpu_ms``: CPU time over every node process (Linux ``/proc``) per
+  sequential lift and per lift in flight, and ``cpu_bound_lifts_s``, what the machine's
+  cores could carry at ``lifts_cpu_ms`` a lift: what bounds the figures, measured each run;
 - ``chits_s``: ``bench chits`` on one tally, measured in the same run, for scale.
 Goals: hop5_p50_ms <= 25, hop5_p99_ms <= 60, lifts_s >= 300, unfinished = 0, void = 0.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import os
 import random
 import statistics
 import tempfile
@@ -33,6 +37,7 @@ from agentd.bench.chits import measure as measure_chits
 from agentd.bench.rpc_stream import RpcPool
 from agentd.localnodes import (
     LocalNode,
+    cpu_seconds,
     free_ports,
     peer_section,
     spawn,
@@ -126,6 +131,7 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
             return f"{users[i % size]}:{ring[i % size].key.agent_id}"
 
         latencies, states = [], []
+        cpu = {"before": cpu_seconds(processes)}
         for _ in range(sequential):
             state, took = await pay_and_wait(ring[0], users[0], address(5), UNITS)
             states.append(state)
@@ -138,11 +144,13 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
                                               UNITS)
                 states.append(state)
 
+        cpu["sequential"] = cpu_seconds(processes)
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for slot in range(in_flight):
                 nursery.start_soon(one, slot)
         lifts_s = lifts / (time.perf_counter() - started)
+        cpu["in flight"] = cpu_seconds(processes)
 
         # Debt round the ring: every user owes the previous one, so a cycle can clear, by
         # more than the linear lifts can have moved the other way across any one tally.
@@ -179,13 +187,23 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
         clear_s = clears / (time.perf_counter() - started)
         states += cleared
         quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
-        return {"hop5_p50_ms": statistics.median(latencies), "hop5_p99_ms": quantiles[98],
-                "lifts_s": lifts_s, "clear_s": clear_s,
-                "unfinished": states.count("pend"), "void": states.count("void"),
-                "lifts": len(states)}
+        figures = {"hop5_p50_ms": statistics.median(latencies), "hop5_p99_ms": quantiles[98],
+                   "lifts_s": lifts_s, "clear_s": clear_s,
+                   "unfinished": states.count("pend"), "void": states.count("void"),
+                   "lifts": len(states)}
+        if None not in cpu.values():
+            figures["hop5_cpu_ms"] = _spent(cpu["before"], cpu["sequential"]) / sequential
+            figures["lifts_cpu_ms"] = _spent(cpu["sequential"], cpu["in flight"]) / lifts
+            figures["cpu_bound_lifts_s"] = (os.cpu_count() or 1) * 1000 / figures["lifts_cpu_ms"]
+        return figures
     finally:
         await connections.aclose()
         stop(processes)
+
+
+def _spent(before: list[float], after: list[float]) -> float:
+    """Milliseconds of CPU every process spent between two readings."""
+    return (sum(after) - sum(before)) * 1000
 
 
 def main(argv: list[str]) -> int:
@@ -216,6 +234,10 @@ def main(argv: list[str]) -> int:
         (f"lifts/s, {options.in_flight} in flight", f"{figures['lifts_s']:,.0f} (goal >= 300)"),
         ("circular lifts/s, 16 at once", f"{figures['clear_s']:,.0f}"),
         ("unfinished / void", f"{figures['unfinished']} / {figures['void']} (goal 0 / 0)"),
+        *([("CPU a lift, every node", f"{figures['hop5_cpu_ms']:.1f} ms one at a time, "
+            f"{figures['lifts_cpu_ms']:.1f} ms at {options.in_flight} in flight: "
+            f"{os.cpu_count()} cores carry at most {figures['cpu_bound_lifts_s']:,.0f} lifts/s")]
+          if "lifts_cpu_ms" in figures else []),
         ("chits/s on one tally (bench chits)", f"{figures['chits_s']:,.0f}"),
         ("goals", "all met" if not missed else "missed: " + ", ".join(missed)),
     ]))
