@@ -251,7 +251,11 @@ def call(socket_path: Path, method: str, params: dict[str, Any], timeout: float 
         raise UserError(f"agentd did not answer {method!r} within {timeout} s") from exc
     finally:
         sock.close()
-    response = json.loads(buffer)
+    return result_of(json.loads(buffer))
+
+
+def result_of(response: dict[str, Any]) -> Any:
+    """A JSON-RPC response's result; its error raised as ``RpcError``."""
     if "error" in response:
         error = response["error"]
         raise RpcError(error["code"], error["message"], (error.get("data") or {}).get("reason"))

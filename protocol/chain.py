@@ -43,9 +43,8 @@ or ``new``, and :func:`receive` returns it in ``adopted`` for the caller to reco
 (``protocol.chit.receive_good``). A lift chit (unsigned) is never adopted: each holder
 takes it with :func:`add` when it applies the lift's decision (nobody sends it ``good``: the
 foil sends its block in a later ``upd``, from :func:`resync`, and the stock waits for it
-without a ``req``), and a chain
-message carrying one this holder does not hold yet is refused (``lift_undecided``) until
-then; the stock's ``resync`` asks for it again. If the stock's
+without a ``req``), and a chain message carrying one this holder does not hold yet is refused
+(``lift_undecided``) until then; the stock's ``resync`` asks for it again. If the stock's
 chain ever contradicts the foil's (a restored backup, a bug), the stock unlinks everything
 after its ``conf`` and asks again (``req``); a contradiction of a confirmed block is refused
 as ``conflict`` and needs a human.

@@ -2,9 +2,8 @@
 
 A pong or a relay answer nobody took within minutes is worthless, and keeping it would let
 a stranger who never acks fill our outbox; a chit or a tally message is never dropped, nor is
-a lift's promise, commit or cancel. The
-outbox drops a message whose time has passed (counted as ``outbox_expired``). Time is a
-parameter: callers pass the creation time and now, in ms.
+a lift's promise, commit or cancel. The outbox drops a message whose time has passed (counted
+as ``outbox_expired``). Time is a parameter: callers pass the creation time and now, in ms.
 """
 
 from __future__ import annotations

@@ -200,6 +200,9 @@ async def test_pending_lift_chits_hold_capacity_until_decided(tmp_path):
         await rpc(ann, "chit.pay", cuid="ann", tally=tl["annbob"], units=200)  # fits
         assert await rpc(ann, "route.find", cuid="ann", find=who(dan, "dan"), units=100) == []
         await trio.sleep(2.2)  # past the lift's deadline (the referee is down: nothing moves)
+        for node in (ann, u["bob"], dan):  # each node still pending asks the referee
+            await wait_for(lambda node=node: node.db.read_one(
+                "SELECT query_tries FROM lifts WHERE lift = ?", (started["lift"],))[0] >= 1)
         await net.restart(0)
         await settled_everywhere(list(u.values()), started["lift"], "void")
         for payer, payee, tally in (("ann", "bob", tl["annbob"]), ("bob", "cat", tl["bobcat"]),

@@ -87,10 +87,6 @@ class Cluster:
         wait_ready(self.nodes, self.processes)
         return self
 
-    def cpu_seconds(self) -> list[float] | None:
-        """CPU time used so far by each node process (Linux ``/proc``; None elsewhere)."""
-        return cpu_seconds(self.processes)
-
     def __exit__(self, *exc_info: object) -> None:
         stop(self.processes)
 
@@ -149,10 +145,10 @@ def run(options: argparse.Namespace, workdir: Path) -> dict[str, float]:
         # the baseline just before and just after the load (nodes idle), so that a host whose
         # speed drifts during the run moves both figures alike
         sign_before = signing_rate(signing_seconds)
-        cpu_before = cluster.cpu_seconds()
+        cpu_before = cpu_seconds(cluster.processes)
         count, latencies, elapsed = trio.run(drive, cluster.client_sockets,
                                              options.concurrency, options.seconds, options.batch)
-        cpu_after = cluster.cpu_seconds()
+        cpu_after = cpu_seconds(cluster.processes)
         sign_after = signing_rate(signing_seconds)
         single_count, single_latencies, single_elapsed = trio.run(
             drive, cluster.client_sockets, SINGLE_CONCURRENCY, options.seconds / 2, 1)

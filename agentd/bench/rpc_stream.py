@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from agentd.rpc import RpcError
+from agentd.rpc import result_of
 
 
 class RpcStream:
@@ -56,11 +56,7 @@ class RpcPool:
         stream = idle.pop() if idle else await RpcStream.open(path)
         response = await stream.call(method, params)
         idle.append(stream)
-        if "error" in response:
-            error = response["error"]
-            raise RpcError(error["code"], error["message"],
-                           (error.get("data") or {}).get("reason"))
-        return response["result"]
+        return result_of(response)
 
     async def aclose(self) -> None:
         for streams in self._idle.values():

@@ -325,8 +325,8 @@ class LiftService(Service):
         decided = lifts.decision(tx.conn, record["lift"])
         decision, sends = lf.decide(decided, envelope.action, record, now_ms=tx.now_ms,
                                     key=self.runtime.key, asker=envelope.from_.agent)
-        self.ledger.emit(tx, [send for send in sends if self._reachable(send.to.agent)])
         # first: the nodes wait for it, the evidence does not
+        self.ledger.emit(tx, [send for send in sends if self._reachable(send.to.agent)])
         if decision is not None and decided is None:
             self._learn(record)
             lifts.decide(tx.conn, record, decision, tx.now_ms)
@@ -420,8 +420,8 @@ class LiftService(Service):
         while True:
             self._next_due = None  # from here on, lifts that become pending note their due
             looked = await self.ledger.transact(self._ask_due)
-            self._next_due = looked if self._next_due is None or looked is None else min(
-                looked, self._next_due)
+            if looked is not None and (self._next_due is None or looked < self._next_due):
+                self._next_due = looked  # else a lift told meanwhile is due sooner (or alone)
             while True:
                 self._work = trio.Event()
                 due = self._next_due

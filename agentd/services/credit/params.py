@@ -74,8 +74,9 @@ def param_amount(value: Any, name: str, *, low: int = 1) -> int:
 
 def param_memo(value: Any) -> str:
     if not isinstance(value, str) or len(value) > t.MAX_MEMO:
+        given = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
         raise invalid_params(f"memo must be text of at most {t.MAX_MEMO} characters, not "
-                             f"{type(value).__name__ if not isinstance(value, str) else 'longer'}")
+                             f"{given}")
     return value
 
 
