@@ -13,6 +13,7 @@ seen this (query, user) already    ``none {query, goods: 0, frontier: 0}``
 deadline passed, path too long     ``none {query, goods: 0, frontier: 0}``
 ``here`` is ``find``               ``good {query, path, capacity}``, ``none {…, goods: 1}``
 a candidate's partner is ``find``  the same, through that candidate (the best one)
+at the depth, one tally onward     as if ``depth`` were one hop more (a chain: see below)
 at the depth, k partners left      ``none {query, goods: 0, frontier: k}``
 no candidate to forward to         ``none {query, goods: 0, frontier: 0}``
 otherwise                          ``query`` to k partners, and a :class:`Relay` that passes
@@ -27,7 +28,12 @@ the search is over when it has them all. Answers are taken only from the partner
 asked, and a ``none`` only once from each: a duplicate changes nothing. ``frontier`` counts the
 queries the search would have sent on (at most ``fan_out`` a user) where it stopped only
 because of ``depth``, so an exhausted search knows whether a deeper one could find more (0: it
-cannot) and about how much the next hop of a deeper one would cost.
+cannot) and about how much the next hop of a deeper one would cost. A user the depth would
+stop that has exactly one tally onward that can carry ``units`` is on a chain (a ring, a
+path out to the edge of the network): following it costs one query a hop, so it passes the
+query on with ``depth`` raised by the one hop (at most :data:`MAX_DEPTH`) instead of making
+the originator come back for it with a deeper round. Only a branching point counts in the
+``frontier``.
 
 Query object: ``{query, kind, find: {cuid, agent}, units, path, depth, deadline, salt,
 last}``; ``last`` names the hops into ``find`` its originator knows, as digests salted with
@@ -235,23 +241,27 @@ def forward(
         return Forwarded([none_answer(query, sender, here, 0)], None)
     used = {hop["tally"] for hop in path}
     usable = [cand for cand in _usable(candidates, units) if cand.tally not in used]
-    if len(path) < obj["depth"]:
+    depth, stretch = obj["depth"], len(path) + _reach(obj)
+    if depth < stretch <= MAX_DEPTH and len(usable) == 1:
+        depth = stretch  # a chain: following it costs one query a hop, so depth stops no branch
+    if len(path) < depth:
         for cand in usable:
             if user_key(cand.partner) == find:
                 return found([*path, path_entry(here, cand.tally, cand.capacity),
                               path_entry(cand.partner, None, None)])
     onward = [cand for cand in usable
               if user_key(cand.partner) not in on_path and user_key(cand.partner) != user_key(here)]
-    if len(path) + 2 <= obj["depth"]:  # through a last hop: the originator adds the hop to find
+    if len(path) + 2 <= depth:  # through a last hop: the originator adds the hop to find
         for cand in onward:
             if last_digest(obj["salt"], cand.partner) in obj["last"]:
                 return found([*path, path_entry(here, cand.tally, cand.capacity),
                               path_entry(cand.partner, None, None)])
-    if len(path) + _reach(obj) > obj["depth"]:  # the next user could add nothing: stop here
+    if stretch > depth:  # the next user could add nothing: stop here
         return Forwarded([none_answer(query, sender, here, 0, len(onward[:fan_out]))], None)
-    hop = path_entry(here, None, None)
-    sends = [_query_to(obj, [*path, {**hop, "tally": cand.tally, "capacity": cand.capacity}],
-                       cand) for cand in onward[:fan_out]]
+    hop, onward_obj = path_entry(here, None, None), {**obj, "depth": depth}
+    sends = [_query_to(onward_obj,
+                       [*path, {**hop, "tally": cand.tally, "capacity": cand.capacity}], cand)
+             for cand in onward[:fan_out]]
     if not sends:
         return Forwarded([none_answer(query, sender, here, 0)], None)
     return Forwarded(sends, Relay(query, obj["units"], here, sender,

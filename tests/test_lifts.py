@@ -287,11 +287,12 @@ async def test_auto_clear_clears_debt_cycles_on_its_own(tmp_path):
 
 
 async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
-    """eve is four hops from ann: the near round (three hops) is exhausted without a route,
-    so the lift's search looks again to the full depth (a line is thin), and the lift is good.
-    A payee within three hops is found by the near round alone: one query, which goes no
-    further than the partner of a last hop. A round that reached everything reachable is the
-    last."""
+    """eve is four hops from ann. On a line the near round (three hops) follows the chain
+    past its depth and finds her in one query. Once bob also trades with fay, bob is a fork
+    the near round stops at, so the lift's search looks again to the full depth (the round
+    stopped short of two queries only: thin) and the lift is good. A payee within three hops
+    is found by the near round alone: one query, which goes no further than the partner of a
+    last hop. A round that reached everything reachable is the last."""
     async with network(tmp_path, n=5, clearinghouse=0) as net:
         world = await line(net)
         u, dan = world["users"], world["users"]["dan"]
@@ -310,11 +311,21 @@ async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
                 handle(tx, envelope)
 
             routes.handle = record
-        far = await rpc(u["ann"], "lift.pay", cuid="ann", find=who(dan, "eve"), units=500)
-        assert [hop["cuid"] for hop in far["path"]] == ["ann", "bob", "cat", "dan", "eve"]
-        assert (await rpc(u["ann"], "lift.wait", lift=far["lift"], timeout_s=20))["state"] \
-            == "good"
-        assert len(queries) == 2  # near, then full depth
+
+        async def pay_eve() -> None:
+            far = await rpc(u["ann"], "lift.pay", cuid="ann", find=who(dan, "eve"), units=500)
+            assert [hop["cuid"] for hop in far["path"]] == ["ann", "bob", "cat", "dan", "eve"]
+            assert (await rpc(u["ann"], "lift.wait", lift=far["lift"], timeout_s=20))["state"] \
+                == "good"
+
+        await pay_eve()
+        assert len(queries) == 1 and arrivals == ["bob", "cat"]  # cat's partner dan is a last hop
+        await rpc(u["cat"], "users.add", cuid="fay")
+        await open_tally(u["bob"], "bob", u["cat"], "fay", limit=LIMIT)
+        queries.clear()
+        arrivals.clear()
+        await pay_eve()
+        assert len(queries) == 2  # near (stopped at bob, a fork), then full depth
         queries.clear()
         arrivals.clear()
         near = await rpc(u["ann"], "lift.pay", cuid="ann", find=who(dan, "dan"), units=500)

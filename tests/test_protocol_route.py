@@ -13,7 +13,7 @@ from protocol import lift as lf
 from protocol import route as rt
 from protocol.keys import ChipAddress
 from tests.liftdata import REFEREE_ADDRESS, USERS, user_map, uuid_of
-from tests.test_credit_tally import NOW, code_of, refusal
+from tests.test_credit_tally import NOW, code_of, party, refusal
 
 A, B, C, D, E = (user.address for user in USERS[:5])
 QUERY = uuid_of(900)
@@ -170,12 +170,32 @@ def test_past_the_deadline_or_the_depth_the_answer_is_none() -> None:
     assert [m.object for m in forward(obj, B, cand(2, D, 900), now=NOW + 1_000)] == [
         {"query": QUERY, "goods": 0, "frontier": 0}]
     deep = query_obj(hop(A, 1, 500), hop(B, 2, 500), depth=2)
-    [answer] = forward(deep, C, cand(3, D, 900))  # a third hop would pass the depth
-    assert answer.object == {"query": QUERY, "goods": 0, "frontier": 1}  # D was left to ask
+    [answer] = forward(deep, C, cand(3, D, 900), cand(4, E, 900))  # a third hop would pass it
+    assert answer.object == {"query": QUERY, "goods": 0, "frontier": 2}  # D, E left to ask
     at_depth = query_obj(hop(A, 1, 500), depth=2)  # one more hop reaches find, no further
     assert forward(at_depth, B, cand(2, D, 900))[0].action == "good"
-    assert forward(at_depth, B, cand(3, C, 900))[0].object == {"query": QUERY, "goods": 0,
-                                                                 "frontier": 1}
+    assert forward(at_depth, B, cand(3, C, 900), cand(4, E, 900))[0].object == {
+        "query": QUERY, "goods": 0, "frontier": 2}
+
+
+def test_a_chain_is_followed_past_the_depth_one_query_a_hop() -> None:
+    """A user the depth would stop with exactly one tally onward passes the query on with the
+    depth one hop more (a ring, a chain: no deeper round needed), or finds across it."""
+    at_depth = query_obj(hop(A, 1, 500), depth=2)
+    [on] = forward(at_depth, B, cand(3, C, 900))
+    assert (on.to, on.object["depth"]) == (C, 3)
+    assert on.object["path"] == [hop(A, 1, 500), hop(B, 3, 900)]
+    deep = query_obj(hop(A, 1, 500), hop(B, 2, 500), depth=2)
+    good_answer, _ = forward(deep, C, cand(3, D, 900))  # D is find, one hop past the depth
+    assert good_answer.object["path"][-1] == hop(D, None, None)
+    with_last = query_obj(hop(A, 1, 900), depth=3, last=(USERS[5].address,))
+    [on] = forward(with_last, B, cand(2, C, 800))  # last hops reach one hop further
+    assert on.object["depth"] == 4  # C may still end a route through a last hop
+    chain = [party(40 + n, f"chain{n}").address for n in range(rt.MAX_DEPTH)]
+    at_most = query_obj(*(hop(user, n + 1, 900) for n, user in enumerate(chain[:-1])),
+                        depth=rt.MAX_DEPTH)  # a chain as long as any route may be
+    [stop] = forward(at_most, chain[-1], cand(99, E, 900))
+    assert stop.object == none(0, frontier=1)
 
 
 def test_a_query_that_came_round_to_a_user_on_its_path_stops() -> None:
@@ -426,10 +446,10 @@ def test_with_last_hops_a_query_goes_one_hop_less_far() -> None:
     # depth 3: B (one hop from A) can still reach D through a last hop; a user two hops from A
     # could add nothing a last hop does not cover, so B stops, and counts in the frontier
     obj = query_obj(hop(A, 1, 900), depth=3, last=(USERS[5].address,))
-    [stop] = forward(obj, B, cand(2, C, 800))
-    assert stop.object == none(0, frontier=1)
+    [stop] = forward(obj, B, cand(2, C, 800), cand(3, E, 800))
+    assert stop.object == none(0, frontier=2)
     deeper = query_obj(hop(A, 1, 900), depth=4, last=(USERS[5].address,))
-    assert [send.to for send in forward(deeper, B, cand(2, C, 800))] == [C]
+    assert [send.to for send in forward(deeper, B, cand(2, C, 800), cand(3, E, 800))] == [C, E]
 
 
 def test_a_completed_route_that_would_use_a_tally_twice_is_dropped() -> None:
