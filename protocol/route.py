@@ -13,8 +13,8 @@ seen this (query, user) already    ``none {query, goods: 0, frontier: 0}``
 deadline passed, path too long     ``none {query, goods: 0, frontier: 0}``
 ``here`` is ``find``               ``good {query, path, capacity}``, ``none {…, goods: 1}``
 a candidate's partner is ``find``  the same, through that candidate (the best one)
-at the depth, one tally onward     as if ``depth`` were one hop more (a chain: see below)
-at the depth, k partners left      ``none {query, goods: 0, frontier: k}``
+at the depth, k partners left      ``none {query, goods: 0, frontier: k}`` (on a chain, one
+                                   tally onward, the depth is twice ``depth``: see below)
 no candidate to forward to         ``none {query, goods: 0, frontier: 0}``
 otherwise                          ``query`` to k partners, and a :class:`Relay` that passes
                                    every ``good`` back at once and, when all k partners
@@ -28,12 +28,11 @@ the search is over when it has them all. Answers are taken only from the partner
 asked, and a ``none`` only once from each: a duplicate changes nothing. ``frontier`` counts the
 queries the search would have sent on (at most ``fan_out`` a user) where it stopped only
 because of ``depth``, so an exhausted search knows whether a deeper one could find more (0: it
-cannot) and about how much the next hop of a deeper one would cost. A user the depth would
-stop that has exactly one tally onward that can carry ``units`` is on a chain (a ring, a
-path out to the edge of the network): following it costs one query a hop, so it passes the
-query on with ``depth`` raised by the one hop (at most :data:`MAX_DEPTH`) instead of making
-the originator come back for it with a deeper round. Only a branching point counts in the
-``frontier``.
+cannot) and about how much the next hop of a deeper one would cost. On a chain (a user with
+exactly one tally onward that can carry ``units``: a ring, a line out to the edge of the
+network) a query costs one message a hop, so there the depth is twice ``depth`` (at most
+:data:`MAX_DEPTH`): a search for a payee a little beyond its depth along a chain needs no
+second, deeper round, and the flood where users branch is bounded by ``depth`` as before.
 
 Query object: ``{query, kind, find: {cuid, agent}, units, path, depth, deadline, salt,
 last}``; ``last`` names the hops into ``find`` its originator knows, as digests salted with
@@ -98,7 +97,7 @@ __all__ = [
     "ACTIONS", "ADDRESS_FIELDS", "KINDS", "MAX_DEPTH", "MAX_ROUTES", "SALT_BYTES", "Candidate",
     "Forwarded", "LastHop", "Relay", "Search", "Started", "answer_ask", "ask", "check_query",
     "check_where", "forward", "hop_capacity", "last_digest", "last_hops", "lift_path",
-    "next_depth", "read_hops", "receive_capacity", "repeat", "start",
+    "next_depth", "read_hops", "receive_capacity", "repeat", "start", "user_key",
 ]
 
 
@@ -145,10 +144,12 @@ def start(
     fan_out: int = 10,
     salt: bytes = bytes(SALT_BYTES),
     last: Iterable[LastHop] = (),
+    first: bool = False,
 ) -> Started:
     """The originator's first step over its user's (``payor``'s) candidate tallies, with the
     ``last`` hops into ``find`` it knows (a route through one of them it completes itself:
-    :class:`Search`)."""
+    :class:`Search`). With ``first`` (a lift, which needs one route), a route found here
+    sends no query at all."""
     if payor.cuid is None or find.cuid is None:
         raise Refusal("bad_field", "payor and find must name users (cuid)")
     if (user_key(find) == user_key(payor)) != (check_kind(kind) == "circular"):
@@ -180,6 +181,8 @@ def start(
                 messages.append(_query_to(obj, path, cand))
             else:
                 held_back += 1
+    if first and found:
+        return Started([], found)
     return Started(messages, found, held_back)
 
 
@@ -187,6 +190,11 @@ def _reach(obj: dict[str, Any]) -> int:
     """Hops a query's addressee can still add to a route without asking anyone: to ``find``
     through a partner, and one more through a partner that is a last hop."""
     return 3 if obj["last"] else 2
+
+
+def _chain_depth(depth: int) -> int:
+    """How far a query of ``depth`` runs along a chain: twice as far, at most MAX_DEPTH."""
+    return min(2 * depth, MAX_DEPTH)
 
 
 def _check_received(obj: Any, sender: ChipAddress) -> ChipAddress:
@@ -233,7 +241,7 @@ def forward(
                           none_answer(query, sender, here, 1)], None)
 
     on_path = {user_key(hop) for hop in path}
-    if now_ms >= obj["deadline"] or len(path) > obj["depth"]:
+    if now_ms >= obj["deadline"] or len(path) > _chain_depth(obj["depth"]):
         return Forwarded([none_answer(query, sender, here, 0)], None)
     if user_key(here) == find:
         return found([*path, path_entry(here, None, None)])
@@ -241,9 +249,7 @@ def forward(
         return Forwarded([none_answer(query, sender, here, 0)], None)
     used = {hop["tally"] for hop in path}
     usable = [cand for cand in _usable(candidates, units) if cand.tally not in used]
-    depth, stretch = obj["depth"], len(path) + _reach(obj)
-    if depth < stretch <= MAX_DEPTH and len(usable) == 1:
-        depth = stretch  # a chain: following it costs one query a hop, so depth stops no branch
+    depth = _chain_depth(obj["depth"]) if len(usable) == 1 else obj["depth"]
     if len(path) < depth:
         for cand in usable:
             if user_key(cand.partner) == find:
@@ -256,12 +262,11 @@ def forward(
             if last_digest(obj["salt"], cand.partner) in obj["last"]:
                 return found([*path, path_entry(here, cand.tally, cand.capacity),
                               path_entry(cand.partner, None, None)])
-    if stretch > depth:  # the next user could add nothing: stop here
+    if len(path) + _reach(obj) > depth:  # the next user could add nothing: stop here
         return Forwarded([none_answer(query, sender, here, 0, len(onward[:fan_out]))], None)
-    hop, onward_obj = path_entry(here, None, None), {**obj, "depth": depth}
-    sends = [_query_to(onward_obj,
-                       [*path, {**hop, "tally": cand.tally, "capacity": cand.capacity}], cand)
-             for cand in onward[:fan_out]]
+    hop = path_entry(here, None, None)
+    sends = [_query_to(obj, [*path, {**hop, "tally": cand.tally, "capacity": cand.capacity}],
+                       cand) for cand in onward[:fan_out]]
     if not sends:
         return Forwarded([none_answer(query, sender, here, 0)], None)
     return Forwarded(sends, Relay(query, obj["units"], here, sender,

@@ -178,24 +178,37 @@ def test_past_the_deadline_or_the_depth_the_answer_is_none() -> None:
         "query": QUERY, "goods": 0, "frontier": 2}
 
 
-def test_a_chain_is_followed_past_the_depth_one_query_a_hop() -> None:
-    """A user the depth would stop with exactly one tally onward passes the query on with the
-    depth one hop more (a ring, a chain: no deeper round needed), or finds across it."""
+def test_a_chain_is_followed_to_twice_the_depth() -> None:
+    """A user with exactly one tally onward is on a chain (a ring, a line), where a query costs
+    one message a hop: there the depth is twice the query's, so a payee a little beyond the
+    depth needs no deeper round. The query itself is passed on unchanged."""
     at_depth = query_obj(hop(A, 1, 500), depth=2)
     [on] = forward(at_depth, B, cand(3, C, 900))
-    assert (on.to, on.object["depth"]) == (C, 3)
+    assert (on.to, on.object["depth"]) == (C, 2)
     assert on.object["path"] == [hop(A, 1, 500), hop(B, 3, 900)]
     deep = query_obj(hop(A, 1, 500), hop(B, 2, 500), depth=2)
     good_answer, _ = forward(deep, C, cand(3, D, 900))  # D is find, one hop past the depth
     assert good_answer.object["path"][-1] == hop(D, None, None)
-    with_last = query_obj(hop(A, 1, 900), depth=3, last=(USERS[5].address,))
-    [on] = forward(with_last, B, cand(2, C, 800))  # last hops reach one hop further
-    assert on.object["depth"] == 4  # C may still end a route through a last hop
-    chain = [party(40 + n, f"chain{n}").address for n in range(rt.MAX_DEPTH)]
-    at_most = query_obj(*(hop(user, n + 1, 900) for n, user in enumerate(chain[:-1])),
-                        depth=rt.MAX_DEPTH)  # a chain as long as any route may be
-    [stop] = forward(at_most, chain[-1], cand(99, E, 900))
-    assert stop.object == none(0, frontier=1)
+    chain = [party(40 + n, f"chain{n}").address for n in range(8)]
+    along = [hop(user, n + 1, 900) for n, user in enumerate(chain)]
+    [on] = forward(query_obj(*along[:4], depth=3), chain[4], cand(9, chain[5], 900))
+    assert on.action == "query"  # four hops along, within twice three
+    [stop] = forward(query_obj(*along[:5], depth=3), chain[5], cand(9, chain[6], 900))
+    assert stop.object == none(0, frontier=1)  # the next user would pass six hops
+    [fork] = forward(query_obj(*along[:4], depth=3), chain[4], cand(9, chain[5], 900),
+                     cand(10, chain[6], 900))
+    assert fork.object == none(0, frontier=2)  # a fork past the depth: a deeper round's part
+    ten = query_obj(*along[:4], depth=rt.MAX_DEPTH)
+    assert forward(ten, chain[4], cand(9, chain[5], 900))[0].action == "query"
+
+
+def test_a_lift_search_that_finds_its_route_at_the_payor_sends_no_query() -> None:
+    direct = rt.start(query=QUERY, kind="linear", payor=A, find=D, units=100, depth=3,
+                      deadline=NOW + 1_000, candidates=[cand(1, D, 900), cand(2, B, 900)],
+                      first=True)
+    assert direct.messages == [] and len(direct.found) == 1
+    every = started("linear", D, cand(1, D, 900), cand(2, B, 900))  # route.find: all routes
+    assert [send.to for send in every.messages] == [B] and len(every.found) == 1
 
 
 def test_a_query_that_came_round_to_a_user_on_its_path_stops() -> None:

@@ -98,7 +98,9 @@ class RouteService(Service):
         names them when asked (:meth:`_ask`)."""
         ends = trio.current_time() + LIFT_SEARCH_S
         salt = os.urandom(route.SALT_BYTES)
-        last = await self._ask(cuid, find, units, salt) if kind == "linear" else None
+        last = None
+        if kind == "linear" and not self._partner_can_pay(cuid, find, units):
+            last = await self._ask(cuid, find, units, salt)
         depth: int | None = NEAR
         while depth is not None:
             routes, search = await self._search(cuid, find, units, kind, depth,
@@ -108,6 +110,14 @@ class RouteService(Service):
                 return routes
             depth = route.next_depth(depth, search.frontier, deepest=DEPTH, thin=THIN)
         return []
+
+    def _partner_can_pay(self, cuid: str, find: ChipAddress, units: int) -> bool:
+        """Whether our user can pay ``find`` directly, over one tally: then the first round
+        finds that route at once, and the payee's last hops are not worth a question."""
+        payee = route.user_key(find)
+        return any(route.user_key(cand.partner) == payee and cand.capacity >= units
+                   for cand in self.runtime.db.reading(
+                       lambda conn: self.candidates(conn, cuid, "linear")))
 
     async def _ask(self, cuid: str, find: ChipAddress, units: int, salt: bytes
                    ) -> list[route.LastHop]:
@@ -151,7 +161,7 @@ class RouteService(Service):
                 query=query, kind=kind, payor=node.own_address(cuid), find=find, units=units,
                 depth=depth, deadline=tx.now_ms + round(timeout_s * 1000),
                 candidates=self.candidates(tx.conn, cuid, kind), fan_out=FAN_OUT, salt=salt,
-                last=hops)
+                last=hops, first=first)
             self.ledger.emit(tx, started.messages)
             return started
 
