@@ -462,7 +462,7 @@ def lift_chit(record: dict[str, Any], hop: int, local: LocalTally) -> LocalChit:
     state = _next(None, "lift out" if by == local.side else "lift in")
     chit = {
         "tally": local.uuid,
-        "uuid": str(uuid.uuid5(LIFT_NAMESPACE, f"{record['lift']}/{hop}")),
+        "uuid": lift_chit_uuid(record["lift"], hop),
         "by": by,
         "type": "lift",
         "date": record["date"],
@@ -476,6 +476,11 @@ def lift_chit(record: dict[str, Any], hop: int, local: LocalTally) -> LocalChit:
     _check_fields(chit)
     chit["hash"] = chit_hash(chit)
     return LocalChit(state, chit)
+
+
+def lift_chit_uuid(lift: str, hop: int) -> str:
+    """The uuid of hop ``hop``'s chit of lift ``lift``, the same on both of its holders."""
+    return str(uuid.uuid5(LIFT_NAMESPACE, f"{lift}/{hop}"))
 
 
 def lift_decided(local_chit: LocalChit, state: str) -> LocalChit:

@@ -47,9 +47,39 @@ def _canonicalize(value: Any, path: Path) -> Any:
     raise CodecError(f"{_where(path)}: {kind.__name__} is not allowed in canonical data")
 
 
+class _Unusual(Exception):
+    """A value the fast walk does not take: the careful one says what is wrong, and where."""
+
+
+def _sorted_plain(value: Any) -> Any:
+    """The fast walk of :func:`canonical` over plain maps, lists, text, bytes and integers
+    (what digests are nearly always taken of): no path kept for an error message."""
+    kind = type(value)
+    if kind is dict:
+        out = {}
+        for key in sorted(value):  # keys of mixed types raise TypeError: the careful walk
+            if type(key) is not str:
+                raise _Unusual
+            out[key] = _sorted_plain(value[key])
+        return out
+    if kind is str or kind is bytes or kind is bool or value is None:
+        return value
+    if kind is int:
+        if not -(2**63) <= value < 2**64:
+            raise _Unusual
+        return value
+    if kind is list or kind is tuple:
+        return [_sorted_plain(item) for item in value]
+    raise _Unusual
+
+
 def canonical(value: Any) -> bytes:
     """Encode ``value`` as canonical msgpack (sorted keys, no floats)."""
-    return msgpack.packb(_canonicalize(value, ()), use_bin_type=True)
+    try:
+        plain = _sorted_plain(value)
+    except (_Unusual, TypeError, RecursionError):
+        plain = _canonicalize(value, ())
+    return msgpack.packb(plain, use_bin_type=True)
 
 
 def digest(value: Any) -> bytes:

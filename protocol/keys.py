@@ -224,6 +224,23 @@ class ChipAddress:
 
     @classmethod
     def from_map(cls, value: object) -> ChipAddress:
+        """The address a wire map names, checked. Every envelope names two and a lift or a
+        route path a few more, mostly the same ones over and over: an address already
+        checked (its fields of exactly the plain types) is taken from a bounded memo."""
+        if type(value) is dict and len(value) <= 4:
+            key = (value.get("agent"), value.get("cuid"), value.get("host"), value.get("port"))
+            known = _CHECKED.get(key) if _plain(key) else None
+            if known is not None and len(value) == known.fields:
+                return known.address
+        address = cls._checked(value)
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[(address.agent, address.cuid, address.host, address.port)] = _Checked(
+            address, len(address.to_map()))
+        return address
+
+    @classmethod
+    def _checked(cls, value: object) -> ChipAddress:
         if not isinstance(value, dict):
             raise IdentityError("an address must be a map")
         unknown = set(value) - {"agent", "cuid", "host", "port"}
@@ -245,6 +262,24 @@ class ChipAddress:
         if not isinstance(agent, str):
             raise IdentityError("address agent must be an agent id")
         return cls(agent=agent, cuid=cuid, host=host, port=port)
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    address: ChipAddress
+    fields: int  # how many fields its map has: a map with another key is checked again
+
+
+_CHECKED: dict[tuple, _Checked] = {}
+_CHECKED_MAX = 4096
+
+
+def _plain(key: tuple) -> bool:
+    """Whether (agent, cuid, host, port) are of exactly the types a checked address has:
+    a ``True`` port equals 1 as a dict key, and must be refused, not found."""
+    agent, cuid, host, port = key
+    return (type(agent) is str and (cuid is None or type(cuid) is str)
+            and (host is None or type(host) is str) and (port is None or type(port) is int))
 
 
 _CUID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")

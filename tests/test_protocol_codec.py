@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocol import codec
 from protocol.codec import CodecError, canonical, digest, pack, unpack
 
 # -- strategies -------------------------------------------------------------------------
@@ -151,6 +152,23 @@ def test_canonical_bytes_do_not_depend_on_key_order(value: Any, rng: random.Rand
 
 
 @settings(deadline=None, max_examples=200)
+@given(st.recursive(scalars | st.floats() | st.integers() | st.binary().map(bytearray),
+                    lambda children: st.lists(children, max_size=4) | st.tuples(children)
+                    | st.dictionaries(st.text(max_size=4) | st.integers(), children, max_size=4),
+                    max_leaves=20))
+def test_the_fast_walk_encodes_or_refuses_as_the_careful_one_does(value: Any) -> None:
+    """``canonical`` walks plain data without keeping a path, and falls back to the walk that
+    names where a value is wrong: the outcome is the same either way."""
+    try:
+        careful: bytes | str = msgpack.packb(codec._canonicalize(value, ()), use_bin_type=True)
+    except CodecError as exc:
+        careful = str(exc)
+    try:
+        assert canonical(value) == careful
+    except CodecError as exc:
+        assert str(exc) == careful
+
+
 @given(canonical_values)
 def test_canonical_is_idempotent(value: Any) -> None:
     data = canonical(value)

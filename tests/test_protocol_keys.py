@@ -327,6 +327,22 @@ def test_address_round_trips(address: ChipAddress) -> None:
     assert ChipAddress.from_map(unpack(canonical(as_map))) == address
 
 
+@pytest.mark.parametrize("bad", [
+    {"port": True},  # equal to 1 as a key of the memo of checked addresses
+    {"port": 1.0},
+    {"extra": None},
+    {"cuid": ["alice"]},  # unhashable: refused, not a TypeError
+    {"host": {"a": 1}},
+    {"port": None},
+])
+def test_an_address_checked_once_is_not_a_pass_for_a_map_that_differs(bad: dict) -> None:
+    agent = SigningKey(bytes(32)).agent_id
+    good = {"agent": agent, "cuid": "alice", "host": "example.org", "port": 1}
+    assert ChipAddress.from_map(good) is ChipAddress.from_map(dict(good))  # from the memo
+    with pytest.raises(IdentityError):
+        ChipAddress.from_map({**good, **bad})
+
+
 def test_address_text_forms() -> None:
     agent = SigningKey(bytes(32)).agent_id
     assert str(ChipAddress(agent)) == agent

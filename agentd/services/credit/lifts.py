@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     import sqlite3
 
     from agentd.runtime.context import Runtime
+    from store.credit import Holding
 
 log = logging.getLogger("agentd.lift")
 WAIT_S = 30.0
@@ -244,10 +245,12 @@ class LiftService(Service):
             node.learn_peer(agent, format_hostport(referee["host"], referee["port"]))
 
     def _hold(self, tx: Tx, record: dict[str, Any], hop: int, cuid: str, *,
-              outgoing: bool) -> None:
-        """Record the pending chit of hop ``hop`` on our user's tally, after checking the
-        tally takes chits and can carry the lift counting every pending lift chit."""
-        holding = self.ledger.holding(tx.conn, record["path"][hop]["tally"], cuid)
+              outgoing: bool, holding: Holding | None = None) -> None:
+        """Record the pending chit of hop ``hop`` on our user's tally (``holding``, when the
+        caller has loaded it), after checking the tally takes chits and can carry the lift
+        counting every pending lift chit."""
+        if holding is None:
+            holding = self.ledger.holding(tx.conn, record["path"][hop]["tally"], cuid)
         pending = c.lift_chit(record, hop, holding.local)
         units = record["units"]
         lf.check_room(record, pending, holding.local, balance=holding.balance,
@@ -281,7 +284,7 @@ class LiftService(Service):
         incoming = self.ledger.holding(tx.conn, record["path"][hop]["tally"], here.cuid)
         self.ledger.check_partner(incoming, envelope)
         if self.ledger.store.get_chit(tx.conn, incoming.local.uuid, here.cuid,
-                                      c.lift_chit(record, hop, incoming.local).uuid):
+                                      c.lift_chit_uuid(record["lift"], hop)):
             return  # this hop's chit is here already: a resent promise
         known = lifts.get(tx.conn, record["lift"])
         if known is not None and known["state"] != lf.PEND:
@@ -290,7 +293,7 @@ class LiftService(Service):
         lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
         _log_lift(tx, record["lift"], lf.PEND, kind=record["kind"], units=record["units"],
                   cuid=here.cuid)
-        self._hold(tx, record, hop, here.cuid, outgoing=False)
+        self._hold(tx, record, hop, here.cuid, outgoing=False, holding=incoming)
         last = hop + 1 == len(record["path"]) - 1
         if last:
             self.ledger.emit(tx, [lf.commit(record)])
