@@ -77,6 +77,24 @@ class Ack:
         return pack(out)
 
 
+_ATTEMPT = ("try", "last")
+
+
+def attempt_prefix(envelope: dict[str, Any]) -> bytes:
+    """An envelope map encoded up to its ``try`` and ``last``, which go last: each attempt
+    appends its own (:func:`with_attempt`) instead of encoding the whole message again."""
+    rest = {key: value for key, value in envelope.items() if key not in _ATTEMPT}
+    if len(rest) + len(_ATTEMPT) > 15:
+        raise CodecError("an envelope has at most 15 fields")
+    body = pack(rest)  # a fixmap: one header byte, which now counts try and last too
+    return bytes([0x80 | (len(rest) + len(_ATTEMPT))]) + body[1:]
+
+
+def with_attempt(prefix: bytes, tries: int, last: int) -> bytes:
+    """The frame body of one attempt: :func:`attempt_prefix`'s bytes, ``try``, ``last``."""
+    return prefix + pack("try") + pack(tries) + pack("last") + pack(last)
+
+
 def ack_frame(message_id: bytes, code: str | None = None, message: str = "") -> bytes:
     """Encoded ack body; with ``code`` it rejects the message for good."""
     error = {"code": code, "message": message} if code is not None else None

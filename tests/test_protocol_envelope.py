@@ -15,7 +15,9 @@ from protocol.envelope import (
     Envelope,
     EnvelopeError,
     ack_frame,
+    attempt_prefix,
     parse_frame,
+    with_attempt,
 )
 from protocol.keys import ChipAddress, SigningKey, b64u
 
@@ -57,6 +59,17 @@ def test_valid_envelope_parses() -> None:
     assert (message.try_, message.last, message.re) == (1, 1_700_000_000_000, bytes(16))
     assert message.to == ChipAddress(agent=BOB, cuid="bob", host="127.0.0.1", port=7001)
     assert message.from_ == ChipAddress(agent=ALICE, cuid="alice")
+
+
+@given(st.integers(1, 2**40), st.integers(0, 2**62), st.booleans())
+def test_an_attempt_spliced_onto_the_encoded_envelope_parses_as_the_whole(
+        tries: int, last: int, with_re: bool) -> None:
+    """Each attempt appends its try and last to the envelope encoded once: the same message
+    as encoding it all again."""
+    value = envelope_map(re=bytes(16)) if with_re else envelope_map()
+    body = with_attempt(attempt_prefix(value), tries, last)
+    assert parse_frame(body) == parse_frame(pack({**value, "try": tries, "last": last}))
+    assert msgpack.unpackb(body) == {**value, "try": tries, "last": last}
 
 
 def test_envelope_round_trip_with_and_without_re() -> None:

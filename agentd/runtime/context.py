@@ -22,8 +22,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from protocol.codec import pack
-from protocol.envelope import VERSION, Envelope
+from protocol.envelope import VERSION, Envelope, attempt_prefix, with_attempt
 from protocol.errors import Refusal
 from protocol.keys import ChipAddress, SigningKey, format_hostport
 from protocol.messages import Send
@@ -60,6 +59,7 @@ class Queued:
     address: str | None
     envelope: dict[str, Any]
     durable: bool = True  # False: to an ephemeral target, never written to the outbox
+    prefix: bytes | None = None  # the envelope up to try and last (attempt_prefix)
 
 
 class Tx:
@@ -89,13 +89,14 @@ class Tx:
         ).to_map()
         address = format_hostport(to.host, to.port) if to.host is not None else None
         durable = message.target not in self._ephemeral
+        prefix = attempt_prefix(envelope)
         if durable:
             outbox.enqueue(
                 self.conn, message_id=message_id, peer=to.agent, address=address,
-                target=message.target, action=message.action, body=pack(envelope),
-                now_ms=self.now_ms,
+                target=message.target, action=message.action,
+                body=with_attempt(prefix, 1, self.now_ms), now_ms=self.now_ms,
             )
-        self.sent.append(Queued(message_id, to.agent, address, envelope, durable))
+        self.sent.append(Queued(message_id, to.agent, address, envelope, durable, prefix))
         return message_id
 
     def withdraw(self, message_id: bytes, reason: str) -> None:
@@ -117,7 +118,7 @@ class Tx:
             self._pump.withdraw(message_id)
         for item in self.sent:
             self._pump.add(item.id, item.peer, item.address, item.envelope, 0,
-                           durable=item.durable)
+                           durable=item.durable, prefix=item.prefix)
 
 
 class Runtime(Protocol):

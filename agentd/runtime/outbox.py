@@ -23,8 +23,8 @@ import trio
 from agentd.runtime.peers import PeerUnreachable
 from agentd.runtime.timers import Ticker
 from agentd.runtime.transport import Channel, ChannelClosed
-from protocol.codec import pack, unpack
-from protocol.envelope import Ack
+from protocol.codec import unpack
+from protocol.envelope import Ack, attempt_prefix, with_attempt
 from protocol.expiry import expires_at
 from store import outbox
 
@@ -81,6 +81,15 @@ class Outgoing:
     due: float = 0.0
     sent: float = 0.0
     channel: Channel | None = field(default=None, repr=False)
+    prefix: bytes | None = field(default=None, repr=False)  # see protocol.envelope
+
+    def attempt(self, now_ms: int) -> bytes:
+        """The frame body of this attempt (``tries`` counted already): the envelope encoded
+        once, with this attempt's ``try`` and ``last``."""
+        if self.prefix is None:
+            self.prefix = attempt_prefix(self.envelope)
+        self.envelope["try"], self.envelope["last"] = self.tries, now_ms
+        return with_attempt(self.prefix, self.tries, now_ms)
 
     @property
     def is_reply(self) -> bool:
@@ -130,14 +139,15 @@ class OutboxPump:
     # -- intake --------------------------------------------------------------------------
 
     def add(self, message_id: bytes, peer: str, address: str | None, envelope: dict,
-            tries: int, created: int | None = None, *, durable: bool = True) -> None:
+            tries: int, created: int | None = None, *, durable: bool = True,
+            prefix: bytes | None = None) -> None:
         if message_id in self.live:
             return  # committed while the start-up reload was reading: already queued
         expires = expires_at(envelope.get("target", ""), envelope.get("action", ""),
                              self.node.clock.now_ms() if created is None else created)
         # a message a stopped node left unacked keeps its backoff: count its tries as timeouts
         item = Outgoing(message_id, peer, address, envelope, tries, tries, expires,
-                        durable=durable)
+                        durable=durable, prefix=prefix)
         self.live[message_id] = item
         self._scanner.wake()
         if self._nursery is None:
@@ -272,12 +282,9 @@ class OutboxPump:
             trip = self.round_trips.get(peer) or self.round_trip
             item.due = item.sent + ack_timeout(item.timeouts + 1, trip.rto)
             self._unacked[peer] = self._unacked.get(peer, 0) + 1
-            envelope = item.envelope
-            envelope["try"] = item.tries
-            envelope["last"] = self.node.clock.now_ms()
             self._inflight[item.id] = item
             try:
-                await channel.send_frame(pack(envelope))
+                await channel.send_frame(item.attempt(self.node.clock.now_ms()))
             except ChannelClosed:
                 if self._inflight.pop(item.id, None) is not None:
                     self._release(peer)
@@ -291,9 +298,8 @@ class OutboxPump:
             if item.id not in self.live:
                 continue
             item.tries += 1
-            item.envelope["try"] = item.tries
-            item.envelope["last"] = self.node.clock.now_ms()
-            ack_body = await self.node.dispatcher.process_local(pack(item.envelope))
+            ack_body = await self.node.dispatcher.process_local(
+                item.attempt(self.node.clock.now_ms()))
             if ack_body is None:  # not committed (disk full?): try again a little later
                 queue.appendleft(item)
                 await trio.sleep(ack_timeout(item.tries))
