@@ -57,6 +57,7 @@ from protocol.messages import Send
 from store import clearing as store
 
 if TYPE_CHECKING:
+    from agentd.config import ClearingHouseConfig
     from agentd.runtime.context import Runtime
 
 log = logging.getLogger("agentd.evidence")
@@ -75,6 +76,8 @@ class Evidence:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._warned = False
+        # the configured clearing house, and its address parsed (clearing_house)
+        self._configured: tuple[ClearingHouseConfig, ChipAddress] | None = None
         self.sender = Sender(runtime, self._room, self._address)
         self.answers = Answers(runtime, self._address, self.sender.evidence_due)
         Audit(runtime, self.request)
@@ -90,11 +93,15 @@ class Evidence:
     # -- where requests go ----------------------------------------------------------------
 
     def clearing_house(self) -> ChipAddress | None:
-        """The configured clearing house; a clearing-house node without one uses itself."""
+        """The configured clearing house; a clearing-house node without one uses itself.
+        Asked once per evidence entry: the address is parsed once per configuration."""
         config = self.runtime.config
         if config.clearinghouse is not None:
-            host, port = parse_hostport(config.clearinghouse.address)
-            return ChipAddress(agent=config.clearinghouse.agent, host=host, port=port)
+            if self._configured is None or self._configured[0] != config.clearinghouse:
+                host, port = parse_hostport(config.clearinghouse.address)
+                self._configured = (config.clearinghouse, ChipAddress(
+                    agent=config.clearinghouse.agent, host=host, port=port))
+            return self._configured[1]
         if "clearinghouse" in config.roles:
             return self.runtime.own_address()
         return None
