@@ -4,28 +4,31 @@ No routing tables: a node knows only its own tallies. A ``route/query`` travels 
 payor's node along hops that can carry ``units`` in the direction the lift pays, and the
 answers travel back the way it came, hop by hop over the same tallies' channels, so a search
 never makes a node dial anyone but its tally partners. Every query a user receives gets
-exactly one ``none`` back to its sender, the end of that user's part of the search:
+exactly one end of that user's part of the search back to its sender: a ``none``, or a
+``good`` that carries the none's ``goods`` and ``frontier`` (one message for the two):
 
 =================================  ===========================================================
 what the node sees                 answers to the sender
 =================================  ===========================================================
 seen this (query, user) already    ``none {query, goods: 0, frontier: 0}``
 deadline passed, path too long     ``none {query, goods: 0, frontier: 0}``
-``here`` is ``find``               ``good {query, path, capacity}``, ``none {…, goods: 1}``
+``here`` is ``find``               ``good {query, path, capacity, goods: 1, frontier: 0}``
+                                   (a good that ends this user's part, as a none would)
 a candidate's partner is ``find``  the same, through that candidate (the best one)
 at the depth, k partners left      ``none {query, goods: 0, frontier: k}`` (on a chain, one
                                    tally onward, the depth is twice ``depth``: see below)
 no candidate to forward to         ``none {query, goods: 0, frontier: 0}``
 otherwise                          ``query`` to k partners, and a :class:`Relay` that passes
-                                   every ``good`` back at once and, when all k partners
-                                   answered ``none``, sends ``none`` with the sums of their
-                                   ``goods`` and ``frontier``
+                                   every ``good`` back at once and, once all k partners
+                                   ended their part, ends its own with the sums of their
+                                   ``goods`` and ``frontier`` (on the good that was the
+                                   last answer, or as a ``none``)
 =================================  ===========================================================
 
-So the originator (:class:`Search`) waits for a ``none`` from each partner it asked; ``goods``
+So the originator (:class:`Search`) waits for the end from each partner it asked; ``goods``
 tells it how many ``good`` answers to expect (one may overtake another on the way back), and
 the search is over when it has them all. Answers are taken only from the partners a node
-asked, and a ``none`` only once from each: a duplicate changes nothing. ``frontier`` counts the
+asked, and an end only once from each: a duplicate changes nothing. ``frontier`` counts the
 queries the search would have sent on (at most ``fan_out`` a user) where it stopped only
 because of ``depth``, so an exhausted search knows whether a deeper one could find more (0: it
 cannot) and about how much the next hop of a deeper one would cost. On a chain (a user with
@@ -86,6 +89,7 @@ from .route_fields import (
     check_kind,
     check_query,
     check_where,
+    ends,
     good_answer,
     none_answer,
     path_entry,
@@ -96,7 +100,7 @@ from .route_last import LastHop, answer_ask, ask, last_digest, last_hops, read_h
 __all__ = [
     "ACTIONS", "ADDRESS_FIELDS", "KINDS", "MAX_DEPTH", "MAX_ROUTES", "SALT_BYTES", "Candidate",
     "Forwarded", "LastHop", "Relay", "Search", "Started", "answer_ask", "ask", "check_query",
-    "check_where", "forward", "hop_capacity", "last_digest", "last_hops", "lift_path",
+    "check_where", "ends", "forward", "hop_capacity", "last_digest", "last_hops", "lift_path",
     "next_depth", "read_hops", "receive_capacity", "repeat", "start", "user_key",
 ]
 
@@ -236,9 +240,10 @@ def forward(
     sender = _check_received(obj, sender)
     query, path, units, find = obj["query"], obj["path"], obj["units"], user_key(obj["find"])
 
-    def found(route: list[dict[str, Any]]) -> Forwarded:
-        return Forwarded([Send(sender, "route", "good", good_answer(query, route), here.cuid),
-                          none_answer(query, sender, here, 1)], None)
+    def found(route: list[dict[str, Any]]) -> Forwarded:  # the good, and the end of our part
+        return Forwarded([Send(sender, "route", "good",
+                               {**good_answer(query, route), "goods": 1, "frontier": 0},
+                               here.cuid)], None)
 
     on_path = {user_key(hop) for hop in path}
     if now_ms >= obj["deadline"] or len(path) > _chain_depth(obj["depth"]):

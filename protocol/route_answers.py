@@ -10,6 +10,7 @@ from typing import Any
 from .keys import ChipAddress
 from .messages import Send
 from .route_fields import (
+    GOOD_FIELDS,
     MAX_FRONTIER,
     MAX_ROUTES,
     SALT_BYTES,
@@ -17,6 +18,7 @@ from .route_fields import (
     User,
     check_answer,
     check_good,
+    ends,
     good_answer,
     none_answer,
     path_entry,
@@ -49,12 +51,18 @@ class _Answers:
             self.taken += 1
             if self.taken > MAX_ROUTES:
                 raise Refusal("bad_field", f"more than {MAX_ROUTES} routes for one query")
-        if action == "none":
-            if user_key(sender) not in self.waiting:
-                return False  # a duplicate
-            self.waiting.discard(user_key(sender))
-            self.goods += obj["goods"]
-            self.frontier = min(self.frontier + obj["frontier"], MAX_FRONTIER)
+            if ends(obj):
+                self._ended(obj, sender)
+            return True
+        return self._ended(obj, sender)
+
+    def _ended(self, obj: dict[str, Any], sender: ChipAddress) -> bool:
+        """A partner's part is over (its none, or a good that ends it); False for a repeat."""
+        if user_key(sender) not in self.waiting:
+            return False
+        self.waiting.discard(user_key(sender))
+        self.goods += obj["goods"]
+        self.frontier = min(self.frontier + obj["frontier"], MAX_FRONTIER)
         return True
 
 
@@ -75,11 +83,16 @@ class Relay(_Answers):
     def on_answer(self, action: str, obj: Any, sender: ChipAddress) -> list[Send]:
         """The messages one answer from a partner we asked makes us send upstream (a good
         that a none overtook still goes up: the none announced it)."""
+        was_waiting = bool(self.waiting)
         if not self.take(action, obj, sender):
             return []
+        over = was_waiting and not self.waiting  # this answer ended our part
         if action == "good":
-            return [Send(self.upstream, "route", "good", obj, self.here.cuid)]
-        if self.waiting:
+            good = {key: obj[key] for key in GOOD_FIELDS}
+            if over:  # the good and our none in one message
+                good.update(goods=self.goods, frontier=self.frontier)
+            return [Send(self.upstream, "route", "good", good, self.here.cuid)]
+        if not over:
             return []
         return [none_answer(self.query, self.upstream, self.here, self.goods, self.frontier)]
 

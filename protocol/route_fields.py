@@ -130,9 +130,18 @@ def check_hops(path: Any, where: str, shortest: int, longest: int) -> None:
         check_integer(hop["capacity"], f"{where}[{at}].capacity", 0, 2**63 - 1)
 
 
+GOOD_FIELDS = frozenset({"query", "path", "capacity"})
+NONE_FIELDS = frozenset({"goods", "frontier"})  # a none's own, beside its query
+
+
 def check_good(obj: Any, units: int) -> None:
-    if not isinstance(obj, dict) or set(obj) != {"query", "path", "capacity"}:
-        raise Refusal("bad_field", "route good has exactly the fields capacity, path, query")
+    """A ``good``: the fields capacity, path and query, and, when it also ends its sender's
+    part of the search (:func:`ends`), a none's goods and frontier."""
+    if not isinstance(obj, dict) or set(obj) not in (GOOD_FIELDS, GOOD_FIELDS | NONE_FIELDS):
+        raise Refusal("bad_field", "route good has exactly the fields capacity, path, query"
+                      " (and goods, frontier when it is its sender's last answer)")
+    if ends(obj):
+        _check_counts(obj)
     path = obj["path"]
     if not isinstance(path, list) or not 2 <= len(path) <= MAX_DEPTH + 1:
         raise Refusal("bad_field", f"route good path must have 2 to {MAX_DEPTH + 1} entries")
@@ -145,15 +154,25 @@ def check_good(obj: Any, units: int) -> None:
         raise Refusal("bad_field", f"good.capacity must be the smallest hop capacity, >= {units}")
 
 
+def ends(good: dict[str, Any]) -> bool:
+    """Whether a ``good`` also ends its sender's part, as a ``none`` would (one message for
+    the two: a user that finds the payee, and a relay whose last partner's answer it is)."""
+    return "goods" in good
+
+
+def _check_counts(obj: dict[str, Any]) -> None:
+    check_integer(obj["goods"], "none.goods", 0, MAX_GOODS)
+    check_integer(obj["frontier"], "none.frontier", 0, MAX_FRONTIER)
+
+
 def check_answer(action: str, obj: Any, units: int) -> None:
     if not isinstance(obj, dict) or "query" not in obj:
         raise Refusal("bad_field", "a route answer names its query")
     if action == "good":
         check_good(obj, units)
     elif action == "none":
-        if set(obj) != {"query", "goods", "frontier"}:
+        if set(obj) != {"query"} | NONE_FIELDS:
             raise Refusal("bad_field", "route none has exactly the fields frontier, goods, query")
-        check_integer(obj["goods"], "none.goods", 0, MAX_GOODS)
-        check_integer(obj["frontier"], "none.frontier", 0, MAX_FRONTIER)
+        _check_counts(obj)
     else:
         raise Refusal("bad_field", f"a route answer is good or none, not {action!r}")

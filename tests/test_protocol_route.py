@@ -131,20 +131,19 @@ def test_a_circular_search_looks_for_the_payor_and_a_linear_one_does_not() -> No
 # -- forwarding ---------------------------------------------------------------------------------
 
 
-def test_the_found_user_answers_good_with_the_whole_path_then_none() -> None:
+def test_the_found_user_answers_good_with_the_whole_path_which_ends_its_part() -> None:
     out = forwarded(query_obj(hop(A, 1, 500), hop(B, 2, 200)), D)
-    answer, done = out.messages
+    [answer] = out.messages  # the good, and the none that ends D's part, in one message
     assert out.relay is None
     assert (answer.to, answer.action, answer.from_cuid) == (bare(B), "good", D.cuid)  # sender
-    assert answer.object == {"query": QUERY, "capacity": 200,
-                             "path": [hop(A, 1, 500), hop(B, 2, 200), hop(D, None, None)]}
-    assert (done.to, done.action, done.object) == (bare(B), "none", none(1))
+    assert answer.object == {"query": QUERY, "capacity": 200, **none(1), "path": [
+        hop(A, 1, 500), hop(B, 2, 200), hop(D, None, None)]}
 
 
 def test_a_partner_of_find_answers_good_through_its_best_tally() -> None:
     obj = query_obj(hop(A, 1, 500))
-    answer, done = forward(obj, B, cand(2, D, 150), cand(3, D, 400), cand(4, C, 900))
-    assert answer.action == "good" and done.object["goods"] == 1
+    [answer] = forward(obj, B, cand(2, D, 150), cand(3, D, 400), cand(4, C, 900))
+    assert answer.action == "good" and answer.object["goods"] == 1
     assert answer.object["path"] == [hop(A, 1, 500), hop(B, 3, 400), hop(D, None, None)]
     assert answer.object["capacity"] == 400
 
@@ -187,7 +186,7 @@ def test_a_chain_is_followed_to_twice_the_depth() -> None:
     assert (on.to, on.object["depth"]) == (C, 2)
     assert on.object["path"] == [hop(A, 1, 500), hop(B, 3, 900)]
     deep = query_obj(hop(A, 1, 500), hop(B, 2, 500), depth=2)
-    good_answer, _ = forward(deep, C, cand(3, D, 900))  # D is find, one hop past the depth
+    [good_answer] = forward(deep, C, cand(3, D, 900))  # D is find, one hop past the depth
     assert good_answer.object["path"][-1] == hop(D, None, None)
     chain = [party(40 + n, f"chain{n}").address for n in range(8)]
     along = [hop(user, n + 1, 900) for n, user in enumerate(chain)]
@@ -220,7 +219,7 @@ def test_a_two_hop_circle_through_two_tallies() -> None:
     obj = query_obj(hop(A, 1, 500), kind="circular", find=A)
     [same] = forward(obj, B, cand(1, A, 900))  # the tally it came by does not count
     assert same.object == {"query": QUERY, "goods": 0, "frontier": 0}
-    answer, _ = forward(obj, B, cand(2, A, 300))
+    [answer] = forward(obj, B, cand(2, A, 300))
     assert answer.object["path"] == [hop(A, 1, 500), hop(B, 2, 300), hop(A, None, None)]
 
 
@@ -321,6 +320,9 @@ def test_an_answer_from_a_user_not_asked_is_refused() -> None:
         ("good", {**good(hop(A, 1, 900), hop(D, None, None)), "capacity": 5}),
         ("good", good(hop(A, 1, 50), hop(D, None, None))),  # cannot carry the units
         ("good", good(hop(A, 1, 500), hop(D, 2, 500))),
+        ("good", {**good(hop(A, 1, 900), hop(D, None, None)), "goods": 1}),  # no frontier
+        ("good", {**good(hop(A, 1, 900), hop(D, None, None)), **none(-1)}),
+        ("good", {**good(hop(A, 1, 900), hop(D, None, None)), **none(1, frontier=True)}),
         ("none", {"query": QUERY, "goods": -1, "frontier": 0}),
         ("none", {"query": QUERY, "goods": 0, "frontier": -1}),
         ("none", {"query": QUERY, "goods": 0, "frontier": "1"}),
@@ -358,20 +360,39 @@ def test_a_relay_passes_goods_back_at_once_and_none_when_every_partner_answered(
     assert code_of(relay.on_answer, "none", none(0), D) == "not_asked"
 
 
+def test_a_good_that_ends_a_partners_part_is_passed_on_alone_or_with_the_relays_none() -> None:
+    """A good that also ends its sender's part counts as that partner's none: passed on as a
+    plain good while other partners still owe their answer, and as a good that ends the
+    relay's own part (with the sums of its partners' goods and frontier) once it is the
+    last."""
+    relay = forwarded(query_obj(hop(A, 1, 900)), B, cand(2, C, 800), cand(3, E, 700)).relay
+    route_c = good(hop(A, 1, 900), hop(B, 2, 800), hop(C, 4, 500), hop(D, None, None))
+    [up] = relay.on_answer("good", {**route_c, **none(1)}, C)
+    assert up.object == route_c and not relay.done  # E still owes its answer
+    route_e = good(hop(A, 1, 900), hop(B, 3, 700), hop(E, 5, 600), hop(D, None, None))
+    [last] = relay.on_answer("good", {**route_e, **none(1, frontier=2)}, E)
+    assert last.object == {**route_e, **none(2, frontier=2)} and relay.done
+    again = relay.on_answer("good", {**route_e, **none(1)}, E)  # a repeat: its none is not
+    assert [m.object for m in again] == [route_e]  # counted twice, nor ours sent again
+    search = rt.Search(QUERY, 100, [B])
+    for message in (up, last):
+        search.on_answer(message.action, message.object, B)
+    assert search.done and len(search.routes) == 2
+
+
 def test_relayed_answers_reach_the_originator_through_a_chain_of_relays() -> None:
-    """A -> B -> C -> D: D is found; its good and none travel back C, B, A."""
+    """A -> B -> C -> D: D is found; its good, which ends C's part and then B's, travels back
+    C, B, A: one message a hop."""
     start = started("linear", D, cand(1, B, 900))
     search = rt.Search(QUERY, 100, [send.to for send in start.messages], start.found)
     [to_b] = start.messages
     at_b = forwarded(to_b.object, B, cand(2, C, 800))
     [to_c] = at_b.messages
     at_c = forwarded(to_c.object, C, cand(3, D, 700))
-    found, done = at_c.messages  # C is a partner of D: it answers for the route through it
-    ups = [*at_b.relay.on_answer(found.action, found.object, C),
-           *at_b.relay.on_answer(done.action, done.object, C)]
-    for up in ups:
-        assert up.to == bare(A)
-        search.on_answer(up.action, up.object, B)
+    [found] = at_c.messages  # C is a partner of D: it answers for the route through it
+    [up] = at_b.relay.on_answer(found.action, found.object, C)
+    assert (up.to, up.action, up.object["goods"]) == (bare(A), "good", 1)
+    search.on_answer(up.action, up.object, B)
     assert search.done
     assert [len(route["hops"]) for route in search.routes] == [3]
 
@@ -442,12 +463,11 @@ def test_a_partner_cannot_make_a_relay_carry_routes_without_end() -> None:
 
 def test_a_partner_that_is_a_last_hop_ends_the_route_for_the_originator_to_complete() -> None:
     obj = query_obj(hop(A, 1, 900), last=(C,))
-    answer, done = forward(obj, B, cand(2, C, 800), cand(3, E, 700))
+    [answer] = forward(obj, B, cand(2, C, 800), cand(3, E, 700))
     assert answer.object["path"] == [hop(A, 1, 900), hop(B, 2, 800), hop(C, None, None)]
-    assert done.object == none(1)
+    assert rt.ends(answer.object) and answer.object["goods"] == 1
     search = rt.Search(QUERY, 100, [B], find=D, salt=SALT, last=[last_hop(C, 4, 600)])
     search.on_answer("good", answer.object, B)
-    search.on_answer("none", done.object, B)
     assert search.done
     [found] = search.routes
     assert [entry["cuid"] for entry in found["path"]] == [A.cuid, B.cuid, C.cuid, D.cuid]
