@@ -78,6 +78,7 @@ class Ack:
 
 
 _ATTEMPT = ("try", "last")
+_TRY, _LAST = pack("try"), pack("last")
 
 
 def attempt_prefix(envelope: dict[str, Any]) -> bytes:
@@ -92,7 +93,7 @@ def attempt_prefix(envelope: dict[str, Any]) -> bytes:
 
 def with_attempt(prefix: bytes, tries: int, last: int) -> bytes:
     """The frame body of one attempt: :func:`attempt_prefix`'s bytes, ``try``, ``last``."""
-    return prefix + pack("try") + pack(tries) + pack("last") + pack(last)
+    return prefix + _TRY + pack(tries) + _LAST + pack(last)
 
 
 def ack_frame(message_id: bytes, code: str | None = None, message: str = "") -> bytes:
