@@ -93,7 +93,7 @@ class Dispatcher:
             return
         started = time.perf_counter()
         pending = self._start(message, channel.agent)
-        await channel.defer(lambda: self._finish(message, pending, started))
+        await channel.defer(lambda: self._finish(message, pending, started, channel))
 
     async def on_ack_frame(self, body: bytes, from_agent: str) -> None:
         message = parse_frame(body)
@@ -144,7 +144,12 @@ class Dispatcher:
         return node.db.start(job)
 
     async def _finish(self, envelope: Envelope, pending: PendingWrite | _Done,
-                      started: float | None = None) -> bytes | None:
+                      started: float | None = None, channel: Channel | None = None
+                      ) -> bytes | None:
+        """The ack (or error ack) to send for a message once its job is done, or None when
+        it must stay unacked. On ``channel`` the ack of a committed message is queued here,
+        before the messages the commit caused reach the pump (which may send them at once):
+        a peer hears that its message was taken before it hears what that caused."""
         counters = self.node.counters
         try:
             outcome = await pending.outcome()
@@ -167,15 +172,17 @@ class Dispatcher:
                 log.exception("failed to process %s/%s, left unacked for a retry",
                               envelope.target, envelope.action)
             return None
+        ack = ack_frame(envelope.id)
         if outcome is _DUPLICATE:
             counters.duplicates += 1
-        else:
-            counters.messages_processed += 1
-            outcome.committed()
-            if started is not None:
-                self.node.metrics.message_seconds.labels(envelope.target).observe(
-                    time.perf_counter() - started)
-        return ack_frame(envelope.id)
+            return ack
+        counters.messages_processed += 1
+        sent = channel is not None and channel.send_now(ack)
+        outcome.committed()
+        if started is not None:
+            self.node.metrics.message_seconds.labels(envelope.target).observe(
+                time.perf_counter() - started)
+        return None if sent else ack
 
     async def _settle(self, ack: Ack, from_agent: str) -> None:
         node = self.node
