@@ -232,19 +232,26 @@ class Database:
                 return
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        alone = len(batch) == 1  # a lone job needs no savepoint: its failure undoes it all
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
-                conn.execute("SAVEPOINT job")
+                if not alone:
+                    conn.execute("SAVEPOINT job")
                 try:
                     job.result = job.fn(conn)
                 except BaseException as exc:  # the job's own failure: undo it alone
                     job.error = exc
                     if isinstance(exc, sqlite3.Error):
                         self._failed(exc)
-                    conn.execute("ROLLBACK TO job")
-                conn.execute("RELEASE job")
-            conn.execute("COMMIT")
+                    if not alone:
+                        conn.execute("ROLLBACK TO job")
+                    elif conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                if not alone:
+                    conn.execute("RELEASE job")
+            if conn.in_transaction:
+                conn.execute("COMMIT")
             self.commits += 1
             self.jobs += len(batch)
         except sqlite3.Error as exc:

@@ -284,6 +284,26 @@ async def test_a_failing_job_is_rolled_back_alone(tmp_path: Path) -> None:
         assert _meta_keys(db) == {"good1", "good2"}
 
 
+async def test_a_lone_failing_job_is_undone_without_a_savepoint(tmp_path: Path) -> None:
+    """A batch of one job runs without a savepoint (two statements fewer per commit): its
+    failure rolls the whole transaction back, and the next job starts from a clean state."""
+    async with Database.open(tmp_path / "lone.db") as db:
+        def failing(conn: sqlite3.Connection) -> None:
+            _insert_meta("bad")(conn)
+            raise Boom("job failed")
+
+        with pytest.raises(Boom, match="job failed"):
+            await db.write(failing)
+        def twice(conn: sqlite3.Connection) -> None:
+            _insert_meta("twice")(conn)
+            _insert_meta("twice")(conn)  # a constraint the job breaks itself
+
+        with pytest.raises(sqlite3.IntegrityError):
+            await db.write(twice)
+        assert await db.write(_insert_meta("after")) == 1
+        assert _meta_keys(db) == {"after"}  # neither "bad" nor the first "twice"
+
+
 async def test_a_constraint_violation_fails_only_its_job(tmp_path: Path) -> None:
     async with Database.open(tmp_path / "c.db") as db:
         await db.write(_insert_meta("dup"))
