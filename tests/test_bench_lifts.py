@@ -21,6 +21,9 @@ def test_a_small_ring_reports_every_figure_and_what_the_lifts_cost(tmp_path) -> 
     # a lift costs every node on its path some CPU, more than a millisecond in all
     assert figures["hop5_cpu_ms"] > 1 and figures["lifts_cpu_ms"] > 1
     assert figures["cpu_bound_lifts_s"] > 0
+    # a lift is at least a promise a hop, its commit and a decision to each node on its path
+    # (on a ring of six the "5-hop" payee is the payor's other partner: one hop)
+    assert figures["hop5_messages"] >= 4 and figures["lifts_messages"] >= 4
 
 
 def test_cpu_seconds_reads_what_each_process_spent() -> None:

@@ -13,6 +13,9 @@ process with one user, with a tally between each user and the next round the rin
 - ``hop5_cpu_ms`` / ``lifts_cpu_ms``: CPU time over every node process (Linux ``/proc``) per
   sequential lift and per lift in flight, and ``cpu_bound_lifts_s``, what the machine's
   cores could carry at ``lifts_cpu_ms`` a lift: what bounds the figures, measured each run;
+- ``hop5_messages`` / ``lifts_messages``: messages processed over every node (``getinfo``
+  ``messages_processed``, acks not counted) per sequential lift and per lift in flight (the
+  chain and evidence messages a phase's last lifts cause after it ends count in the next);
 - ``chits_s``: ``bench chits`` on one tally, measured in the same run, for scale.
 Goals: hop5_p50_ms <= 25, hop5_p99_ms <= 60, lifts_s >= 300, unfinished = 0, void = 0.
 """
@@ -130,8 +133,11 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
         def address(i: int) -> str:
             return f"{users[i % size]}:{ring[i % size].key.agent_id}"
 
+        await trio.sleep(0.5)  # the tallies' trailing chain and evidence messages go first
+        everyone = [house, *ring]
         latencies, states = [], []
         cpu = {"before": cpu_seconds(processes)}
+        messages = {"before": await processed(everyone)}
         for _ in range(sequential):
             state, took = await pay_and_wait(ring[0], users[0], address(5), UNITS)
             states.append(state)
@@ -145,12 +151,14 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
                 states.append(state)
 
         cpu["sequential"] = cpu_seconds(processes)
+        messages["sequential"] = await processed(everyone)
         started = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for slot in range(in_flight):
                 nursery.start_soon(one, slot)
         lifts_s = lifts / (time.perf_counter() - started)
         cpu["in flight"] = cpu_seconds(processes)
+        messages["in flight"] = await processed(everyone)
 
         # Debt round the ring: every user owes the previous one, so a cycle can clear, by
         # more than the linear lifts can have moved the other way across any one tally.
@@ -191,6 +199,8 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
                    "lifts_s": lifts_s, "clear_s": clear_s,
                    "unfinished": states.count("pend"), "void": states.count("void"),
                    "lifts": len(states)}
+        figures["hop5_messages"] = (messages["sequential"] - messages["before"]) / sequential
+        figures["lifts_messages"] = (messages["in flight"] - messages["sequential"]) / lifts
         if None not in cpu.values():
             figures["hop5_cpu_ms"] = _spent(cpu["before"], cpu["sequential"]) / sequential
             figures["lifts_cpu_ms"] = _spent(cpu["sequential"], cpu["in flight"]) / lifts
@@ -199,6 +209,14 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
     finally:
         await connections.aclose()
         stop(processes)
+
+
+async def processed(nodes: list[LocalNode]) -> int:
+    """Messages every node has processed so far (``getinfo`` counters; acks not counted)."""
+    total = 0
+    for node in nodes:
+        total += (await rpc(node, "getinfo"))["counters"]["messages_processed"]
+    return total
 
 
 def _spent(before: list[float], after: list[float]) -> float:
@@ -234,6 +252,9 @@ def main(argv: list[str]) -> int:
         (f"lifts/s, {options.in_flight} in flight", f"{figures['lifts_s']:,.0f} (goal >= 300)"),
         ("circular lifts/s, 16 at once", f"{figures['clear_s']:,.0f}"),
         ("unfinished / void", f"{figures['unfinished']} / {figures['void']} (goal 0 / 0)"),
+        ("messages a lift, every node", f"{figures['hop5_messages']:.1f} one at a time, "
+                                        f"{figures['lifts_messages']:.1f} at "
+                                        f"{options.in_flight} in flight (and as many acks)"),
         *([("CPU a lift, every node", f"{figures['hop5_cpu_ms']:.1f} ms one at a time, "
             f"{figures['lifts_cpu_ms']:.1f} ms at {options.in_flight} in flight: "
             f"{os.cpu_count()} cores carry at most {figures['cpu_bound_lifts_s']:,.0f} lifts/s")]
