@@ -93,6 +93,13 @@ class Dispatcher:
             return
         started = time.perf_counter()
         pending = self._start(message, channel.agent)
+        if isinstance(pending, _Done) and channel.replies_idle:
+            # an ephemeral message's outcome is known already and no earlier ack waits to
+            # go before its own: answer now, not on the reply task's next turn
+            body = self._conclude(message, pending.result, pending.error, started, channel)
+            if body is not None:
+                await channel.send_frame(body)
+            return
         await channel.defer(lambda: self._finish(message, pending, started, channel))
 
     async def on_ack_frame(self, body: bytes, from_agent: str) -> None:
@@ -147,30 +154,38 @@ class Dispatcher:
                       started: float | None = None, channel: Channel | None = None
                       ) -> bytes | None:
         """The ack (or error ack) to send for a message once its job is done, or None when
-        it must stay unacked. On ``channel`` the ack of a committed message is queued here,
-        before the messages the commit caused reach the pump (which may send them at once):
-        a peer hears that its message was taken before it hears what that caused."""
-        counters = self.node.counters
+        it must stay unacked (or its ack is sent already: see :meth:`_conclude`)."""
         try:
             outcome = await pending.outcome()
-        except NotYet as exc:  # before ``Refusal``: nothing wrong, just early
+        except Exception as exc:  # the job's, told apart by _conclude
+            return self._conclude(envelope, None, exc, started, channel)
+        return self._conclude(envelope, outcome, None, started, channel)
+
+    def _conclude(self, envelope: Envelope, outcome: Any, error: Exception | None,
+                  started: float | None, channel: Channel | None) -> bytes | None:
+        """What a message's outcome (or ``error``) calls for. On ``channel`` the ack of a
+        committed message is queued here, before the messages the commit caused reach the
+        pump (which may send them at once): a peer hears that its message was taken before
+        it hears what that caused; None is returned then, as for a message left unacked."""
+        counters = self.node.counters
+        if isinstance(error, NotYet):  # before ``Refusal``: nothing wrong, just early
             counters.deferred += 1
             log.debug("deferred %s/%s from %s: %s", envelope.target, envelope.action,
-                      envelope.from_.agent[:8], exc)
+                      envelope.from_.agent[:8], error)
             return None
-        except Refusal as exc:
+        if isinstance(error, Refusal):
             counters.reject("refused")
             log.info("refused %s/%s from %s: %s", envelope.target, envelope.action,
-                     envelope.from_.agent[:8], exc)
-            return ack_frame(envelope.id, *ack_error(exc))
-        except Exception as exc:  # our failure (disk full, a bug), not the message's: no ack
+                     envelope.from_.agent[:8], error)
+            return ack_frame(envelope.id, *ack_error(error))
+        if error is not None:  # our failure (disk full, a bug), not the message's: no ack
             counters.unacked_failures += 1
-            if isinstance(exc, DatabaseError | sqlite3.Error):
+            if isinstance(error, DatabaseError | sqlite3.Error):
                 log.error("could not commit %s/%s from %s, left unacked for a retry: %s",
-                          envelope.target, envelope.action, envelope.from_.agent[:8], exc)
+                          envelope.target, envelope.action, envelope.from_.agent[:8], error)
             else:
-                log.exception("failed to process %s/%s, left unacked for a retry",
-                              envelope.target, envelope.action)
+                log.error("failed to process %s/%s, left unacked for a retry",
+                          envelope.target, envelope.action, exc_info=error)
             return None
         ack = ack_frame(envelope.id)
         if outcome is _DUPLICATE:

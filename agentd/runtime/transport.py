@@ -179,6 +179,7 @@ class Channel:
         self._decoder = FrameDecoder(max_frame, admit=self._admit_frame if budget else None)
         self._send, self._queue = trio.open_memory_channel[bytes](SEND_QUEUE)
         self._defer_send, self._deferred = trio.open_memory_channel[Deferred](pipeline)
+        self._replies = 0  # deferred replies not yet sent (replies_idle)
         self._now = now
         self.last_activity = now()
         self.closed = trio.Event()
@@ -242,10 +243,16 @@ class Channel:
         """Queue ``reply`` (an async callable giving a frame body or None) to be awaited
         and sent in arrival order. This lets the receive loop keep reading while earlier
         messages are still committing; a full pipeline makes it wait (backpressure)."""
+        self._replies += 1
         try:
             await self._defer_send.send(reply)
         except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             raise ChannelClosed("closed", "channel is closed") from exc
+
+    @property
+    def replies_idle(self) -> bool:
+        """Whether no deferred reply waits to be sent: one known now may go at once."""
+        return self._replies == 0
 
     async def _reply_loop(self) -> None:
         async for reply in self._deferred:
@@ -256,6 +263,7 @@ class Channel:
                         await self.send_frame(body)
                     except ChannelClosed:
                         return
+                self._replies -= 1
                 try:
                     reply = self._deferred.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
