@@ -165,8 +165,8 @@ class Dispatcher:
                   started: float | None, channel: Channel | None) -> bytes | None:
         """What a message's outcome (or ``error``) calls for. On ``channel`` the ack of a
         committed message is queued here, before the messages the commit caused reach the
-        pump (which may send them at once): a peer hears that its message was taken before
-        it hears what that caused; None is returned then, as for a message left unacked."""
+        pump, so a peer hears that its message was taken before it hears what that caused;
+        None is returned then, as for a message left unacked."""
         counters = self.node.counters
         if isinstance(error, NotYet):  # before ``Refusal``: nothing wrong, just early
             counters.deferred += 1

@@ -162,8 +162,6 @@ class OutboxPump:
             self._wake[item.peer] = trio.Event()
             assert self._nursery is not None
             self._nursery.start_soon(self._sender, item.peer)
-        if not queue and self._send_now(item):
-            return
         queue.append(item)
         if len(queue) > STRANGER_QUEUE and item.is_reply and not self.node.is_known(item.peer):
             self._drop_oldest_reply(queue)
@@ -264,24 +262,6 @@ class OutboxPump:
                 await trio.sleep(0.5)
                 continue
             await self._send_queue(channel, queue)
-
-    def _send_now(self, item: Outgoing) -> bool:
-        """Send a message at once, without waking its peer's sender task, when nothing of
-        that peer's waits before it, its window is open and a channel to it takes the frame
-        without a wait: the common case, a task switch less per message."""
-        peer = item.peer
-        if peer == self.node.agent_id or self._unacked.get(peer, 0) >= WINDOW:
-            return False
-        channel = self.node.peers.channel_for(peer)
-        if channel is None:
-            return False
-        if channel.send_now(self._launch(item, channel)):
-            return True
-        del self._inflight[item.id]  # undone: the sender task sends it as usual
-        self._release(peer)
-        item.tries -= 1
-        item.channel = None
-        return False
 
     def _launch(self, item: Outgoing, channel: Channel) -> bytes:
         """Count one attempt of ``item`` on ``channel`` (in flight, its ack due) and return
