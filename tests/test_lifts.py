@@ -300,10 +300,13 @@ async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
         await open_tally(dan, "dan", dan, "eve", limit=LIMIT)
         queries: list[str] = []
         arrivals: list[str] = []  # the user each query message reached
+        asks: list[str] = []  # the payee each ask for last hops went to
         for node in u.values():
             routes = node.credit.routes
 
             def record(tx, envelope, handle=routes.handle):
+                if envelope.action == "ask":
+                    asks.append(envelope.to.cuid)
                 if envelope.action == "query":
                     arrivals.append(envelope.to.cuid)
                     if envelope.object["query"] not in queries:
@@ -320,6 +323,15 @@ async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
 
         await pay_eve()
         assert len(queries) == 1 and arrivals == ["bob", "cat"]  # cat's partner dan is a last hop
+        assert asks == ["eve"]
+        queries.clear()
+        arrivals.clear()
+        asks.clear()
+        direct = await rpc(u["ann"], "lift.pay", cuid="ann", find=who(u["bob"], "bob"), units=500)
+        assert [hop["cuid"] for hop in direct["path"]] == ["ann", "bob"]
+        assert (queries, asks) == ([], [])  # bob is ann's partner: no search, nobody asked
+        assert (await rpc(u["ann"], "lift.wait", lift=direct["lift"], timeout_s=20))["state"] \
+            == "good"
         await rpc(u["cat"], "users.add", cuid="fay")
         await open_tally(u["bob"], "bob", u["cat"], "fay", limit=LIMIT)
         queries.clear()

@@ -96,11 +96,11 @@ class Dispatcher:
         if isinstance(pending, _Done) and channel.replies_idle:
             # an ephemeral message's outcome is known already and no earlier ack waits to
             # go before its own: answer now, not on the reply task's next turn
-            body = self._conclude(message, pending.result, pending.error, started, channel)
+            body = self._conclude(message, pending.result, pending.error, started)
             if body is not None:
                 await channel.send_frame(body)
             return
-        await channel.defer(lambda: self._finish(message, pending, started, channel))
+        await channel.defer(lambda: self._finish(message, pending, started))
 
     async def on_ack_frame(self, body: bytes, from_agent: str) -> None:
         message = parse_frame(body)
@@ -151,22 +151,20 @@ class Dispatcher:
         return node.db.start(job)
 
     async def _finish(self, envelope: Envelope, pending: PendingWrite | _Done,
-                      started: float | None = None, channel: Channel | None = None
-                      ) -> bytes | None:
+                      started: float | None = None) -> bytes | None:
         """The ack (or error ack) to send for a message once its job is done, or None when
-        it must stay unacked (or its ack is sent already: see :meth:`_conclude`)."""
+        it must stay unacked."""
         try:
             outcome = await pending.outcome()
         except Exception as exc:  # the job's, told apart by _conclude
-            return self._conclude(envelope, None, exc, started, channel)
-        return self._conclude(envelope, outcome, None, started, channel)
+            return self._conclude(envelope, None, exc, started)
+        return self._conclude(envelope, outcome, None, started)
 
     def _conclude(self, envelope: Envelope, outcome: Any, error: Exception | None,
-                  started: float | None, channel: Channel | None) -> bytes | None:
-        """What a message's outcome (or ``error``) calls for. On ``channel`` the ack of a
-        committed message is queued here, before the messages the commit caused reach the
-        pump, so a peer hears that its message was taken before it hears what that caused;
-        None is returned then, as for a message left unacked."""
+                  started: float | None) -> bytes | None:
+        """What a message's outcome (or ``error``) calls for: its ack, an error ack, or None
+        (left unacked). The messages a commit caused go to the pump, whose tasks send them
+        after the caller has queued this ack: a peer hears its message was taken first."""
         counters = self.node.counters
         if isinstance(error, NotYet):  # before ``Refusal``: nothing wrong, just early
             counters.deferred += 1
@@ -192,12 +190,11 @@ class Dispatcher:
             counters.duplicates += 1
             return ack
         counters.messages_processed += 1
-        sent = channel is not None and channel.send_now(ack)
         outcome.committed()
         if started is not None:
             self.node.metrics.message_seconds.labels(envelope.target).observe(
                 time.perf_counter() - started)
-        return None if sent else ack
+        return ack
 
     async def _settle(self, ack: Ack, from_agent: str) -> None:
         node = self.node

@@ -88,7 +88,6 @@ class Outgoing:
         once, with this attempt's ``try`` and ``last``."""
         if self.prefix is None:
             self.prefix = attempt_prefix(self.envelope)
-        self.envelope["try"], self.envelope["last"] = self.tries, now_ms
         return with_attempt(self.prefix, self.tries, now_ms)
 
     @property
@@ -263,19 +262,6 @@ class OutboxPump:
                 continue
             await self._send_queue(channel, queue)
 
-    def _launch(self, item: Outgoing, channel: Channel) -> bytes:
-        """Count one attempt of ``item`` on ``channel`` (in flight, its ack due) and return
-        the frame body to send."""
-        peer = channel.agent
-        item.tries += 1
-        item.channel = channel
-        item.sent = self.node.clock.monotonic()
-        trip = self.round_trips.get(peer) or self.round_trip
-        item.due = item.sent + ack_timeout(item.timeouts + 1, trip.rto)
-        self._unacked[peer] = self._unacked.get(peer, 0) + 1
-        self._inflight[item.id] = item
-        return item.attempt(self.node.clock.now_ms())
-
     async def _send_queue(self, channel: Channel, queue: deque[Outgoing]) -> None:
         peer = channel.agent
         while queue:
@@ -289,8 +275,15 @@ class OutboxPump:
             item = queue.popleft()
             if item.id not in self.live:
                 continue
+            item.tries += 1
+            item.channel = channel
+            item.sent = self.node.clock.monotonic()
+            trip = self.round_trips.get(peer) or self.round_trip
+            item.due = item.sent + ack_timeout(item.timeouts + 1, trip.rto)
+            self._unacked[peer] = self._unacked.get(peer, 0) + 1
+            self._inflight[item.id] = item
             try:
-                await channel.send_frame(self._launch(item, channel))
+                await channel.send_frame(item.attempt(self.node.clock.now_ms()))
             except ChannelClosed:
                 if self._inflight.pop(item.id, None) is not None:
                     self._release(peer)

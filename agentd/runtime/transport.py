@@ -211,17 +211,6 @@ class Channel:
                 raise ChannelClosed("closed", "channel is closed") from exc
         await self._queue_frame(body)
 
-    def send_now(self, body: bytes) -> bool:
-        """Queue one frame body if that needs no wait (room in the send queue, no simulated
-        link in the way); False, and nothing queued, otherwise."""
-        if self._line is not None:
-            return False
-        try:
-            self._send.send_nowait(body)
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
-        return True
-
     async def _queue_frame(self, body: bytes) -> None:
         try:
             self._send.send_nowait(body)
