@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -182,6 +183,35 @@ async def test_wal_mode_and_pragmas(tmp_path: Path) -> None:
 
         assert await db.write(pragmas) == (1, 2)  # foreign keys on, synchronous FULL
     assert (tmp_path / "wal.db").exists()
+
+
+async def test_a_savepoint_that_changes_many_pages_writes_no_temporary_file(
+        tmp_path: Path) -> None:
+    """Each job of a batch runs in a savepoint, whose undo journal SQLite by default spills to
+    a temporary file past 64 KiB and keeps until the commit: a syscall per page on every
+    busy commit. The writer keeps it in memory."""
+    def temporary_files() -> list[str]:
+        links = (os.path.join("/proc/self/fd", fd) for fd in os.listdir("/proc/self/fd"))
+        return [target for target in map(_readlink, links) if "etilqs" in target]
+
+    async with Database.open(tmp_path / "big.db") as db:
+        await db.write(lambda conn: conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v)"))
+        await db.write(lambda conn: conn.executemany(
+            "INSERT INTO t (v) VALUES (?)", [(os.urandom(3000),) for _ in range(100)]))
+
+        def rewrite(conn: sqlite3.Connection) -> list[str]:
+            conn.execute("UPDATE t SET v = ?", (os.urandom(3000),))  # ~100 pages, 400 KiB
+            return temporary_files()
+
+        jobs = [db.start(rewrite) for _ in range(3)]  # one batch: a savepoint each
+        assert [await job.outcome() for job in jobs] == [[], [], []]
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:  # closed meanwhile
+        return ""
 
 
 # -- the writer ---------------------------------------------------------------------------------
