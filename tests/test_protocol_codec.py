@@ -137,6 +137,15 @@ def test_pack_keeps_insertion_order_and_refuses_unencodable() -> None:
         pack(2**64)
 
 
+def test_a_value_that_fails_half_packed_leaves_nothing_for_the_next() -> None:
+    """The packer is reused: what it wrote before failing must not prefix the next value."""
+    for bad in ([1, "two", b"three", object()], {"a": [1] * 100, "z": object()}):
+        with pytest.raises(CodecError):
+            pack(bad)
+        assert pack({"ok": [1, 2]}) == msgpack.packb({"ok": [1, 2]}, use_bin_type=True)
+        assert canonical({"ok": 1}) == msgpack.packb({"ok": 1}, use_bin_type=True)
+
+
 @settings(deadline=None, max_examples=200)
 @given(canonical_values)
 def test_round_trip(value: Any) -> None:
