@@ -365,6 +365,40 @@ async def test_a_refused_entry_of_an_evidence_batch_is_kept_as_refused(tmp_path)
         assert [f["fault"] for f in audit["failures"]] == ["refused"]
 
 
+async def test_a_clearing_house_logs_its_own_evidence_at_once_without_messages(tmp_path):
+    """What a clearing house logs of its own (a referee's lift decisions) is appended in the
+    transaction that made it, with its receipt: no create_process or log goes round through
+    its own outbox and inbox. The receipt verifies offline like any other, and every owner
+    reads the process. A process that is not its own to append to falls back to a request,
+    refused and recorded as such."""
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        house, alice, bob = net.nodes
+        inbox = house.db.read_one("SELECT count(*) FROM inbox")[0]
+        await house.transact(lambda tx: house.evidence.log(
+            tx, "lift-1", [alice.agent_id, bob.agent_id], "lift.decision", {"n": 1}))
+        # committed: the entry and its checked receipt are there already, nothing to send
+        assert [tuple(r) for r in receipts(house, "lift-1")] == [("lift-1", 1, "valid")]
+        assert house.db.read_one("SELECT count(*) FROM outbox")[0] == 0
+        assert house.db.read_one("SELECT count(*) FROM inbox")[0] == inbox
+        assert house.db.read_one("SELECT count(*) FROM ch_requests")[0] == 0
+        assert clearing_store.owners(house.db._reader, "lift-1") == sorted(
+            [house.agent_id, alice.agent_id, bob.agent_id])
+        entries = await chain_of(alice, "lift-1")
+        assert [entry["header"]["kind"] for entry in entries] == ["lift.decision"]
+        audit = await house.rpc.call("receipts.verify", {"chain": True})
+        assert audit["ok"] and audit["checked"] == 1 and audit["pending"] == 0, audit
+
+        await bob.evidence.request("create_process", {"pid": "bobs", "owners": []})
+        await house.transact(lambda tx: house.evidence.log(
+            tx, "bobs", [alice.agent_id], "lift.decision", {"n": 2}, ref="theirs"))
+        await wait_for(lambda: house.db.read(
+            "SELECT ref FROM ch_requests WHERE state = 'refused'"))
+        refused = house.db.read("SELECT ref, error FROM ch_requests WHERE state = 'refused'")
+        assert [(r["ref"], r["error"].split(":")[0]) for r in refused] == [
+            ("theirs", "NOT_AUTHORIZED")]
+        assert receipts(house, "bobs") == []
+
+
 async def test_evidence_left_waiting_by_a_stopped_node_is_sent_when_it_starts(tmp_path):
     async with network(tmp_path, n=2, clearinghouse=0) as net:
         _, alice = net.nodes

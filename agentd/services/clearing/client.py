@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
 
 log = logging.getLogger("agentd.evidence")
+# ClearingService.log_own: (tx, log object, owners, kind, ref) -> whether it was appended
+OwnHouse = Callable[[Tx, dict[str, Any], list[str], str, str], bool]
 
 REQUEST_TIMEOUT = 10.0
 # Room for the envelope around a request: a larger one could never be delivered.
@@ -78,6 +80,8 @@ class Evidence:
         self._warned = False
         # the configured clearing house, and its address parsed (clearing_house)
         self._configured: tuple[ClearingHouseConfig, ChipAddress] | None = None
+        # set by this node's clearing-house role: logs its own evidence without messages
+        self.own_house: OwnHouse | None = None
         self.sender = Sender(runtime, self._room, self._address)
         self.answers = Answers(runtime, self._address, self.sender.evidence_due)
         Audit(runtime, self.request)
@@ -144,9 +148,11 @@ class Evidence:
         Nothing here waits: the request commits with the caller's state change, goes out right
         after in a batch with the other evidence waiting, and the outbox delivers it whenever the
         clearing house is reachable; the receipt is stored when it comes (``receipts`` with
-        ``kind`` and ``ref``). Without a configured clearing house this does nothing (and logs
-        that once). Raises ``ValueError`` for a bad pid, owner or payload:
-        those are programming errors of the caller.
+        ``kind`` and ``ref``). A clearing house that is its own appends the entry to its log
+        in ``tx`` and stores the receipt at once (``ClearingService.log_own``). Without a
+        configured clearing house this does nothing (and logs that once). Raises
+        ``ValueError`` for a bad pid, owner or payload: those are programming errors of the
+        caller.
         """
         owner_ids, obj, by_hash = ev.evidence_object(
             pid, owners, kind, payload, ref=ref, header=header, payload_type=payload_type,
@@ -160,6 +166,9 @@ class Evidence:
         ref = pid if ref is None else ref
         if by_hash:
             log.info("evidence %s %s: payload too large, logged by its hash", kind, ref)
+        if (house.agent == self.runtime.agent_id and self.own_house is not None
+                and self.own_house(tx, obj, owner_ids, kind, ref)):
+            return
         conn = tx.conn
         state = store.client_process(conn, house.agent, pid)
         if state is None:

@@ -25,10 +25,12 @@ requests with the error ack ``NOT_CLEARING_HOUSE``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import os
+from typing import TYPE_CHECKING, Any
 
 from agentd.runtime.context import Reject, Runtime, Service, Tx
 from protocol import clearing as ch
+from protocol import evidence as ev
 from protocol import receipts as rc
 from protocol.envelope import Envelope
 from protocol.messages import Send
@@ -59,6 +61,8 @@ class ClearingService(Service):
         self.max_result = runtime.config.max_frame - REPLY_OVERHEAD
         runtime.register_target(self)
         self._keyring: rc.Keyring | None = None  # loaded by the first request (writer thread)
+        if self.serving:
+            evidence.own_house = self.log_own
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         if envelope.action in REPLIES:
@@ -75,6 +79,35 @@ class ClearingService(Service):
         except ch.Rejection as exc:
             action, obj = exc.reply()
         tx.send(Send(envelope.from_, ch.TARGET, action, obj), re=envelope.id)
+
+    def log_own(self, tx: Tx, obj: dict[str, Any], owners: list[str], kind: str,
+                ref: str) -> bool:
+        """Evidence of this node's own (a referee's lift decisions, above all), appended to
+        its own log in the transaction that made it, its receipt stored at once: what sending
+        it to ourselves would come to, without the create_process, log and their answers
+        through the outbox and the inbox (four commits, and the decisions waited behind them).
+        False, with nothing written, when the process is not ours to append to: the caller
+        then sends the log as a request, whose refusal is recorded like any other."""
+        conn, me = tx.conn, self.runtime.agent_id
+        keyring = self._keys(tx)
+        try:
+            with savepoint(conn, "own"):
+                if store.owners(conn, obj["pid"]) is None:
+                    store.create_process(conn, obj["pid"], sorted({*owners, me}), tx.now_ms)
+                entry = self._append(tx, me, obj, {})
+        except ch.Rejection:
+            return False
+        token = keyring.receipts([entry])[0]
+        store.add_receipt(
+            conn, request=os.urandom(16), ch=me, pid=entry["pid"], seq=entry["seq"],
+            document_id=entry["entry_hash"], token=token, kind=kind, ref=ref,
+            payload_sha256=entry["payload_sha256"], status="valid", problem=None,
+            now_ms=tx.now_ms,
+        )  # fmt: skip
+        stored = store.jwks(conn, me)
+        if stored is None or keyring.kid not in {key.get("kid") for key in stored["keys"]}:
+            store.save_jwks(conn, me, ev.merge_jwks(stored, keyring.jwks()["keys"]), tx.now_ms)
+        return True
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         self.evidence.on_rejected(tx, envelope, code, message)
