@@ -88,13 +88,15 @@ class ClearingService(Service):
         through the outbox and the inbox (four commits, and the decisions waited behind them).
         False, with nothing written, when the process is not ours to append to: the caller
         then sends the log as a request, whose refusal is recorded like any other."""
-        conn, me = tx.conn, self.runtime.agent_id
+        conn, me, pid = tx.conn, self.runtime.agent_id, obj["pid"]
         keyring = self._keys(tx)
+        known: dict[str, _Process] = {}  # a process made here: _append need not read it back
         try:
             with savepoint(conn, "own"):
-                if store.owners(conn, obj["pid"]) is None:
-                    store.create_process(conn, obj["pid"], sorted({*owners, me}), tx.now_ms)
-                entry = self._append(tx, me, obj, {})
+                if store.owners(conn, pid) is None:
+                    known[pid] = (sorted({*owners, me}), None)
+                    store.create_process(conn, pid, known[pid][0], tx.now_ms)
+                entry = self._append(tx, me, obj, known)
         except ch.Rejection:
             return False
         token = keyring.receipts([entry])[0]
