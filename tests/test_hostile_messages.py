@@ -180,9 +180,10 @@ async def test_every_message_mangled_field_by_field_is_taken_or_refused(tmp_path
         await rpc(ann, "chit.refuse", cuid="ann", chit=invoice["chit"])
         await rpc(u["cat"], "tally.close", cuid="cat", tally=tl["catdan"])
         await rpc(ann, "relay.query", address=f"{bob.agent_id}/agentd/user:bob:balance")
+        await rpc(ann, "ch.log", pid="hostile", payload="a lone entry goes as log")
         with trio.fail_after(20):
             while not {("chit", "void", None), ("tally", "close", None), ("relay", "query", None),
-                       ("ch", "processed_batch", None)} <= set(captured):
+                       ("ch", "log", None), ("ch", "processed_batch", None)} <= set(captured):
                 await trio.sleep(0.05)
         add_the_rest(captured)
 

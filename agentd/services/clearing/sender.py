@@ -33,7 +33,7 @@ log = logging.getLogger("agentd.evidence")
 
 QUEUE_LIMIT = 4 * ch.MAX_BATCH  # queued entries beyond which ch.log callers wait
 EVIDENCE_RETRY = 1.0  # s before evidence is sent again after a failed write
-EVIDENCE_LINGER_S = 0.2  # evidence waits this long for more to go in the same batch
+EVIDENCE_LINGER_S = 1.0  # evidence waits this long for more to go in the same batch
 BATCH_ITEM_OVERHEAD = 16  # msgpack bytes around each entry of a log_batch, generously
 
 
