@@ -187,10 +187,49 @@ def sent_entries(conn: sqlite3.Connection, message_id: bytes) -> list[sqlite3.Ro
 
 
 def mark_sent(conn: sqlite3.Connection, seq: int, message_id: bytes) -> None:
+    """An evidence log sent under ``message_id``; it keeps its object until it is answered
+    (``resend``)."""
+    conn.execute("UPDATE ch_requests SET state = 'sent', id = ? WHERE seq = ?", (message_id, seq))
+
+
+# Requests whose answer this node must have: evidence (logs and the processes they go to) and
+# the questions for a JWKS that receipts wait on. A ``ch.*`` RPC call's has a caller waiting.
+_OWED = "state = 'sent' AND (kind IS NOT NULL OR action = 'keys')"
+
+
+def note_delivered(conn: sqlite3.Connection, now_ms: int) -> None:
+    """Note ``now_ms`` as the delivery time of every owed request first seen delivered: its
+    message (the first 16 bytes of a batch entry's key) is gone from the outbox."""
     conn.execute(
-        "UPDATE ch_requests SET state = 'sent', id = ?, object = NULL WHERE seq = ?",
-        (message_id, seq),
+        f"UPDATE ch_requests SET delivered = ? WHERE {_OWED} AND delivered IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = substr(ch_requests.id, 1, 16))",
+        (now_ms,),
     )
+
+
+def unanswered(conn: sqlite3.Connection, delivered_before: int) -> list[sqlite3.Row]:
+    """Owed requests delivered before ``delivered_before`` and still unanswered that can be
+    sent again (a request of an older version kept no object)."""
+    return conn.execute(
+        "SELECT seq, ch, action, object FROM ch_requests"
+        f" WHERE {_OWED} AND delivered < ? AND (action = 'keys' OR object IS NOT NULL)"
+        " ORDER BY seq",
+        (delivered_before,),
+    ).fetchall()
+
+
+def resend(conn: sqlite3.Connection, seq: int, message_id: bytes | None) -> None:
+    """Send a request again: under ``message_id``, or (None) as a log waiting for the next
+    batch."""
+    conn.execute(
+        "UPDATE ch_requests SET state = ?, id = ?, delivered = NULL WHERE seq = ?",
+        ("waiting" if message_id is None else "sent", message_id, seq),
+    )
+
+
+def owes_answers(conn: sqlite3.Connection) -> bool:
+    """Whether an owed request waits for its answer."""
+    return conn.execute(f"SELECT 1 FROM ch_requests WHERE {_OWED} LIMIT 1").fetchone() is not None
 
 
 def keys_request_open(conn: sqlite3.Connection, ch: str) -> bool:

@@ -414,6 +414,41 @@ async def test_evidence_left_waiting_by_a_stopped_node_is_sent_when_it_starts(tm
         assert [e["seq"] for e in await chain_of(alice, "tally-4")] == [1, 2, 3, 4, 5, 6]
 
 
+async def test_evidence_whose_answer_never_came_is_sent_again(tmp_path, monkeypatch):
+    """A clearing house drops its answer after an hour; a client down longer never gets it.
+    Once its request has been delivered that long, the client asks again: a process still
+    ``creating`` is created again (``BAD_PARAMETERS``: it exists, so it is ready) and its logs
+    go; a log goes again in the next batch, and the second entry's receipt is kept."""
+    monkeypatch.setattr("agentd.services.clearing.lost.ANSWER_LOST_MS", 0)
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
+        house, alice = net.nodes
+        answers = alice.evidence.answers
+
+        async def answers_lost(then) -> None:
+            answers.on_reply = lambda tx, envelope: None  # taken, and never applied
+            await then()
+            await wait_for(lambda: not clearing_store.ready_logs(alice.db._reader, 1) and (
+                alice.db.read_one("SELECT count(*) FROM outbox")[0] == 0))  # sent, delivered
+            del answers.on_reply
+            await alice.evidence.lost.check()  # notes when they were delivered
+            assert house.db.read_one("SELECT count(*) FROM outbox")[0] == 0  # nothing to come
+            await trio.sleep(0.01)
+            assert await alice.evidence.lost.check()  # and sends them again
+
+        await answers_lost(lambda: evidence(alice, 2, "tally-9", [alice.agent_id], "tally.open"))
+        await wait_for(lambda: len(receipts(alice)) == 2)
+        assert clearing_store.client_process(alice.db._reader, house.agent_id, "tally-9") == (
+            "ready")
+        await answers_lost(lambda: evidence(alice, 1, "tally-9", [alice.agent_id], "chit.good"))
+        await wait_for(lambda: len(receipts(alice)) == 3)
+        refs = [e["header"]["ref"] for e in await chain_of(alice, "tally-9")]
+        assert refs == ["tally.open-0", "tally.open-1", "chit.good-0", "chit.good-0"]
+        assert alice.db.read_one("SELECT count(*) FROM ch_requests")[0] == 0
+        assert not await alice.evidence.lost.check()  # nothing owed: the checks stop
+        audit = await alice.rpc.call("receipts.verify", {"chain": True})
+        assert audit["ok"] and audit["checked"] == 3 and audit["pending"] == 0, audit
+
+
 async def test_evidence_waits_for_a_clearing_house_that_is_down(tmp_path, monkeypatch):
     monkeypatch.setattr("agentd.services.clearing.client.REQUEST_TIMEOUT", 0.5)
     async with network(tmp_path, n=3, clearinghouse=0) as net:

@@ -26,7 +26,8 @@ of ``ch_requests``, committed with the caller's state change, and the ``Sender``
 rows whose process is ready — all that gathered meanwhile as one ``log_batch``, each row
 then ``sent`` under the key ``message id + i`` — so the clearing house signs, and this node
 verifies, once per batch rather than once per chit.
-Rows left waiting by a stopped node go out when it starts again.
+Rows left waiting by a stopped node go out when it starts again, and evidence whose answer
+never came (the clearing house drops an answer after an hour) is sent again (``lost.py``).
 
 The RPC methods wait for the answer (``REQUEST_TIMEOUT``); a refusal becomes RPC error -32010
 whose reason is the IDS code (``NOT_AUTHORIZED``, ``NOT_FOUND``, ``BAD_PARAMETERS``, ...). A
@@ -47,6 +48,7 @@ from agentd.rpc import TIMEOUT, RpcError, invalid_params, jsonable
 from agentd.runtime.context import Reject, Tx
 from agentd.services.clearing.answers import Answers
 from agentd.services.clearing.audit import Audit
+from agentd.services.clearing.lost import LostAnswers
 from agentd.services.clearing.sender import Pending, Sender
 from protocol import clearing as ch
 from protocol import evidence as ev
@@ -84,6 +86,7 @@ class Evidence:
         self.own_house: OwnHouse | None = None
         self.sender = Sender(runtime, self._room, self._address)
         self.answers = Answers(runtime, self._address, self.sender.evidence_due)
+        self.lost = LostAnswers(runtime, self._address, self.sender.evidence_due)
         Audit(runtime, self.request)
         for name, method in (
             ("ch.create_process", self.rpc_create_process),
@@ -177,6 +180,7 @@ class Evidence:
             store.add_request(
                 conn, message_id=create_id, ch=house.agent, action="create_process", pid=pid,
                 kind=kind, ref=ref, payload_sha256=None, state="sent", now_ms=tx.now_ms,
+                obj=pack({"pid": pid, "owners": owner_ids}),
             )  # fmt: skip
             store.set_client_process(conn, house.agent, pid, "creating")
             state = "creating"
@@ -187,6 +191,7 @@ class Evidence:
         )  # fmt: skip
         if state == "ready":
             tx.after_commit(self.sender.evidence_due)
+        tx.after_commit(self.lost.wake)
 
     # -- answers (writer thread, through the ``ch`` target) -----------------------------
 
@@ -283,8 +288,11 @@ class Evidence:
                     replies.discard(item.key)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Send what waits for the clearing house: ``ch.log`` calls and evidence logs."""
-        await self.sender.run(task_status)
+        """Send what waits for the clearing house: ``ch.log`` calls and evidence logs, and
+        evidence again whose answer never came (``lost.py``)."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.lost.run)
+            await self.sender.run(task_status)
 
     async def rpc_create_process(self, pid: str, owners: list[str] | None = None) -> dict:
         """Create process ``pid`` owned by this node and ``owners`` (agent ids)."""
