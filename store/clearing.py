@@ -197,13 +197,16 @@ def mark_sent(conn: sqlite3.Connection, seq: int, message_id: bytes) -> None:
 _OWED = "state = 'sent' AND (kind IS NOT NULL OR action = 'keys')"
 
 
-def note_delivered(conn: sqlite3.Connection, now_ms: int) -> None:
-    """Note ``now_ms`` as the delivery time of every owed request first seen delivered: its
-    message (the first 16 bytes of a batch entry's key) is gone from the outbox."""
+def note_delivered(conn: sqlite3.Connection, now_ms: int, *, at_creation: bool = False
+                   ) -> None:
+    """Note ``now_ms`` (``at_creation``: the request's creation) as the delivery time of every
+    owed request first seen delivered: its message (the first 16 bytes of a batch entry's
+    key) is gone from the outbox."""
     conn.execute(
-        f"UPDATE ch_requests SET delivered = ? WHERE {_OWED} AND delivered IS NULL"
+        "UPDATE ch_requests SET delivered = CASE WHEN ? THEN created ELSE ? END"
+        f" WHERE {_OWED} AND delivered IS NULL"
         " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id = substr(ch_requests.id, 1, 16))",
-        (now_ms,),
+        (at_creation, now_ms),
     )
 
 

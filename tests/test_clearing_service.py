@@ -418,17 +418,22 @@ async def test_evidence_whose_answer_never_came_is_sent_again(tmp_path, monkeypa
     """A clearing house drops its answer after an hour; a client down longer never gets it.
     Once its request has been delivered that long, the client asks again: a process still
     ``creating`` is created again (``BAD_PARAMETERS``: it exists, so it is ready) and its logs
-    go; a log goes again in the next batch, and the second entry's receipt is kept."""
+    go; a log goes again in the next batch, and the second entry's receipt is kept. What a
+    previous run left unanswered counts as delivered when it was made."""
     monkeypatch.setattr("agentd.services.clearing.lost.ANSWER_LOST_MS", 0)
     async with network(tmp_path, n=2, clearinghouse=0) as net:
         house, alice = net.nodes
         answers = alice.evidence.answers
+        assert not await alice.evidence.lost.check()  # the first look: nothing owed
 
-        async def answers_lost(then) -> None:
+        async def delivered_unanswered(then) -> None:
             answers.on_reply = lambda tx, envelope: None  # taken, and never applied
             await then()
             await wait_for(lambda: not clearing_store.ready_logs(alice.db._reader, 1) and (
                 alice.db.read_one("SELECT count(*) FROM outbox")[0] == 0))  # sent, delivered
+
+        async def answers_lost(then) -> None:
+            await delivered_unanswered(then)
             del answers.on_reply
             # the dropped answers were taken: nothing more is to come from the clearing house
             await wait_for(lambda: house.db.read_one("SELECT count(*) FROM outbox")[0] == 0)
@@ -446,8 +451,15 @@ async def test_evidence_whose_answer_never_came_is_sent_again(tmp_path, monkeypa
         assert refs == ["tally.open-0", "tally.open-1", "chit.good-0", "chit.good-0"]
         assert alice.db.read_one("SELECT count(*) FROM ch_requests")[0] == 0
         assert not await alice.evidence.lost.check()  # nothing owed: the checks stop
+
+        await delivered_unanswered(
+            lambda: evidence(alice, 1, "tally-9", [alice.agent_id], "chit.void"))
+        await wait_for(lambda: house.db.read_one("SELECT count(*) FROM outbox")[0] == 0)
+        alice = await net.restart(1)  # back before the answer came: it never will
+        assert await alice.evidence.lost.check()  # its first look sends it again at once
+        await wait_for(lambda: len(receipts(alice)) == 4)
         audit = await alice.rpc.call("receipts.verify", {"chain": True})
-        assert audit["ok"] and audit["checked"] == 3 and audit["pending"] == 0, audit
+        assert audit["ok"] and audit["checked"] == 4 and audit["pending"] == 0, audit
 
 
 async def test_evidence_waits_for_a_clearing_house_that_is_down(tmp_path, monkeypatch):

@@ -6,7 +6,11 @@ Its request would then stay ``sent`` for ever: the receipt missing from ``receip
 (counted as pending), the logs of a process still ``creating`` never sent, receipts waiting for
 a JWKS left ``unchecked``. So once a minute, while such a request waits, this notes when each
 was delivered (its message acked and gone from the outbox) and sends again those still
-unanswered ``ANSWER_LOST_MS`` after that, by which time the answer has expired:
+unanswered ``ANSWER_LOST_MS`` after that, by which time the answer has expired. What a
+previous run left delivered is taken as delivered when it was made (the run may have been
+down for hours): a node back from a long stop asks again within a minute, and one back from
+a short one is answered before then (an answer that crosses a request sent again is ignored,
+and the clearing house holds one entry more).
 
 - an evidence log goes back to ``waiting`` and out with the next batch (the clearing house then
   holds two entries for the same payload, and this node the receipt of the second);
@@ -51,6 +55,7 @@ class LostAnswers:
         self._address = address  # where to send to a clearing house, by agent id
         self._evidence_due = evidence_due
         self._ticker = Ticker(CHECK_S, self.check)
+        self._first = True  # the first look notes what a previous run left delivered
 
     def wake(self) -> None:
         """A request that needs its answer was sent: look now and then until none waits."""
@@ -62,12 +67,12 @@ class LostAnswers:
 
     async def check(self) -> bool:
         """Note deliveries, send again what is overdue; whether an answer is still owed."""
-        db = self.runtime.db
-        if not db.reading(store.owes_answers):
+        first, self._first = self._first, False
+        if not self.runtime.db.reading(store.owes_answers):
             return False
 
         def work(tx: Tx) -> bool:
-            store.note_delivered(tx.conn, tx.now_ms)
+            store.note_delivered(tx.conn, tx.now_ms, at_creation=first)
             logs = 0
             for row in store.unanswered(tx.conn, tx.now_ms - ANSWER_LOST_MS):
                 if row["action"] == "log":
