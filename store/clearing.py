@@ -235,6 +235,12 @@ def owes_answers(conn: sqlite3.Connection) -> bool:
     return conn.execute(f"SELECT 1 FROM ch_requests WHERE {_OWED} LIMIT 1").fetchone() is not None
 
 
+def keys_asked(conn: sqlite3.Connection) -> set[str]:
+    """The clearing houses asked for their JWKS that have not answered yet."""
+    return {row[0] for row in conn.execute(
+        "SELECT DISTINCT ch FROM ch_requests WHERE state = 'sent' AND action = 'keys'")}
+
+
 def keys_request_open(conn: sqlite3.Connection, ch: str) -> bool:
     row = conn.execute(
         "SELECT 1 FROM ch_requests WHERE state = 'sent' AND ch = ? AND action = 'keys'", (ch,)

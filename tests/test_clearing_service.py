@@ -462,6 +462,28 @@ async def test_evidence_whose_answer_never_came_is_sent_again(tmp_path, monkeypa
         assert audit["ok"] and audit["checked"] == 4 and audit["pending"] == 0, audit
 
 
+async def test_a_receipt_whose_keys_are_on_their_way_is_pending_not_failed(tmp_path,
+                                                                           monkeypatch):
+    """The first receipt from a clearing house waits for its JWKS: ``receipts.verify`` counts
+    it as pending meanwhile, not as a failure. A JWKS answer that never comes is asked for
+    again, and the receipt is then checked."""
+    monkeypatch.setattr("agentd.services.clearing.lost.ANSWER_LOST_MS", 0)
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
+        _, alice = net.nodes
+        alice.evidence.answers._keys = lambda tx, row, obj: None  # taken, never applied
+        await evidence(alice, 1, "tally-7", [alice.agent_id], "tally.open")
+        await wait_for(lambda: len(receipts(alice)) == 1 and alice.db.read_one(
+            "SELECT count(*) FROM outbox")[0] == 0)  # the keys question went, and was taken
+        assert [r["status"] for r in receipts(alice)] == ["unchecked"]
+        audit = await alice.rpc.call("receipts.verify", {})
+        assert audit == {"ok": True, "checked": 0, "pending": 1, "failures": []}
+        del alice.evidence.answers._keys
+        assert await alice.evidence.lost.check()  # asks for the keys again
+        await wait_for(lambda: [r["status"] for r in receipts(alice)] == ["valid"])
+        audit = await alice.rpc.call("receipts.verify", {"chain": True})
+        assert audit["ok"] and audit["checked"] == 1 and audit["pending"] == 0, audit
+
+
 async def test_evidence_waits_for_a_clearing_house_that_is_down(tmp_path, monkeypatch):
     monkeypatch.setattr("agentd.services.clearing.client.REQUEST_TIMEOUT", 0.5)
     async with network(tmp_path, n=3, clearinghouse=0) as net:
