@@ -7,7 +7,7 @@ Its request would then stay ``sent`` for ever: the receipt missing from ``receip
 a JWKS left ``unchecked``. So once a minute, while such a request waits, this notes when each
 was delivered (its message acked and gone from the outbox) and sends again those still
 unanswered ``ANSWER_LOST_MS`` after that, by which time the answer has expired. What a
-previous run left delivered is taken as delivered when it was made (the run may have been
+previous run left delivered is taken as delivered when it was made (the node may have been
 down for hours): a node back from a long stop asks again within a minute, and one back from
 a short one is answered before then (an answer that crosses a request sent again is ignored,
 and the clearing house holds one entry more).
