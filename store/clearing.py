@@ -193,7 +193,7 @@ def mark_sent(conn: sqlite3.Connection, seq: int, message_id: bytes) -> None:
 
 
 # Requests whose answer this node must have: evidence (logs and the processes they go to) and
-# the questions for a JWKS that receipts wait on. A ``ch.*`` RPC call's has a caller waiting.
+# the questions for a JWKS that receipts wait on; a ``ch.*`` RPC call's request is its caller's.
 _OWED = "state = 'sent' AND (kind IS NOT NULL OR action = 'keys')"
 
 

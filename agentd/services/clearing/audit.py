@@ -55,17 +55,18 @@ class Audit:
         db = self.runtime.db
         rows = db.reading(store.receipts)
         jwks = db.reading(store.all_jwks)
-        # a receipt whose clearing house's JWKS is on its way (its first) is pending, not failed
-        asked = db.reading(store.keys_asked) - jwks.keys()
-        waiting = sum(1 for row in rows if row["ch"] in asked)
-        rows = [row for row in rows if row["ch"] not in asked]
+        # a receipt kept unchecked while its clearing house's JWKS is on its way (a first
+        # receipt, or one signed by a new key) is pending, not failed
+        asked = db.reading(store.keys_asked)
+        rows, waiting = _split(rows, lambda row: row["status"] == "unchecked"
+                               and row["ch"] in asked)
         failures = await trio.to_thread.run_sync(self._verify_rows, rows, jwks)
         for row in db.reading(store.refused_evidence):
             failures.append({"pid": row["pid"], "seq": None, "document_id": None,
                              "kind": row["kind"], "ref": row["ref"], "fault": "refused",
                              "message": f"the clearing house refused this evidence: "
                                         f"{row['error']}"})
-        pending = db.reading(store.pending_logs) + waiting
+        pending = db.reading(store.pending_logs) + len(waiting)
         result: dict[str, Any] = {"checked": len(rows), "pending": pending}
         if chain:
             pids = sorted({row["pid"] for row in rows})
@@ -132,6 +133,12 @@ class Audit:
                 failures.append(_failure(row, "chain_mismatch",
                                          f"the receipt does not match the chain entry: {exc}"))
         return failures
+
+
+def _split(rows: list[sqlite3.Row], waits: Callable[[sqlite3.Row], bool]
+           ) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+    """``rows`` as (to check, waiting)."""
+    return [row for row in rows if not waits(row)], [row for row in rows if waits(row)]
 
 
 def _failure(row: Mapping[str, Any], fault: str, message: str) -> dict[str, Any]:
