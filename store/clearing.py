@@ -241,13 +241,6 @@ def keys_asked(conn: sqlite3.Connection) -> set[str]:
         "SELECT DISTINCT ch FROM ch_requests WHERE state = 'sent' AND action = 'keys'")}
 
 
-def keys_request_open(conn: sqlite3.Connection, ch: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM ch_requests WHERE state = 'sent' AND ch = ? AND action = 'keys'", (ch,)
-    ).fetchone()
-    return row is not None
-
-
 def client_process(conn: sqlite3.Connection, ch: str, pid: str) -> str | None:
     row = conn.execute(
         "SELECT state FROM ch_client_processes WHERE ch = ? AND pid = ?", (ch, pid)

@@ -170,7 +170,7 @@ class Answers:
             now_ms=tx.now_ms,
         )  # fmt: skip
         if status == "unchecked":
-            if not store.keys_request_open(tx.conn, row["ch"]):
+            if row["ch"] not in store.keys_asked(tx.conn):
                 message_id = tx.send(Send(self._address(row["ch"]), ch.TARGET, "keys", {}))
                 store.add_request(
                     tx.conn, message_id=message_id, ch=row["ch"], action="keys", pid=None,
