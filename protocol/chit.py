@@ -68,17 +68,14 @@ from .messages import Send
 from .tally import (
     C_OPEN,
     CLOSE,
-    MAX_MEMO,
-    MAX_UNITS,
     OFFER_OPEN,
     OPEN,
-    SIDES,
     LocalTally,
     Refusal,
-    check_uuid,
     other_side,
     to_partner,
 )
+from .tally_fields import MAX_MEMO, MAX_UNITS, SIDES, check_uuid
 
 TYPES = ("tran", "set", "lift")  # a transaction, a settings change, a share of a lift
 MAX_REF = 1024  # bytes of canonical ``ref``: with MAX_MEMO, a chain batch stays within a frame

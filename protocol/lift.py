@@ -57,7 +57,8 @@ from .codec import digest
 from .keys import ChipAddress, IdentityError, SigningKey, verify, verify_by_agent
 from .messages import Send
 from .route import ADDRESS_FIELDS, KINDS, MAX_DEPTH, check_where, hop_capacity, receive_capacity
-from .tally import C_OPEN, MAX_MEMO, MAX_UNITS, LocalTally, Refusal, check_uuid
+from .tally import C_OPEN, LocalTally, Refusal
+from .tally_fields import MAX_MEMO, MAX_UNITS, check_uuid
 
 PEND = "pend"
 GOOD = "good"

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import Refusal
 from .keys import ChipAddress, IdentityError
 from .messages import Send
-from .tally import MAX_UNITS, Refusal, check_uuid
+from .tally_fields import MAX_UNITS, check_uuid
 
 KINDS = ("linear", "circular")
 ACTIONS = ("query", "good", "none", "ask", "hops")

@@ -33,18 +33,16 @@ Refusal codes: ``bad_state``, ``bad_field``, ``bad_signature``, ``bad_key`` (a s
 that is not the user's), ``bad_ticket``, ``expired``, ``not_addressed`` (a tally that does not
 name us), ``not_from_partner`` (sent by an agent that is not the partner's), ``not_settled``.
 
-Public API:
+Public API (the tally map's fields, user certificates and invitation tickets, with their
+checks, are in :mod:`protocol.tally_fields`):
 
 - ``Refusal(code, message)`` — a reasoned "no"; also used by ``protocol.chit`` and ``.chain``.
 - ``LocalTally(side, state, tally)`` with ``to_map()/from_map()``, ``.uuid``, ``.partner_side``,
   ``.partner`` (the partner's ``ChipAddress``), ``.cuid`` (our user's).
 - ``to_partner(local, target, action, obj)`` — a ``Send`` from our user to the partner.
-- ``make_cert(address, name, public, date_ms)`` / ``check_cert(cert, where)`` — user certificates.
-- ``make_ticket`` / ``check_ticket`` / ``encode_ticket`` / ``decode_ticket`` — invitations.
 - ``core_digest(tally)`` — the digest both users sign; ``chain_origin(local)`` — block 0 hash.
-- ``check_tally(tally)`` / ``check_uuid(value, where)`` — validation naming the bad field.
-- ``other_side(side)``; constants ``STOCK``, ``FOIL``, the state codes, ``TRANSITIONS``,
-  ``BINDING_STATES`` (signed by both), ``MAX_UNITS``, ``MAX_MEMO``.
+- ``other_side(side)``; constants ``STOCK``, ``FOIL`` (from ``protocol.tally_fields``), the state
+  codes, ``TRANSITIONS``, ``BINDING_STATES`` (signed by both).
 - User events: ``invite``, ``edit``, ``offer``, ``accept``, ``refuse``, ``counter``, ``close``;
   ``ticket_request`` builds the subject's request, a ``Send`` (no state).
 - Peer events: ``receive_ticket``, ``receive_offer``, ``receive_open``, ``receive_void``,
@@ -56,22 +54,25 @@ Public API:
 from __future__ import annotations
 
 import copy
-import hmac
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .codec import CodecError, canonical, digest, unpack
+from .codec import digest
 from .errors import Refusal  # tally refusals use lower-case codes
-from .keys import ChipAddress, IdentityError, SigningKey, b64u, unb64u, verify
+from .keys import ChipAddress, SigningKey, verify
 from .messages import Send
+from .tally_fields import (
+    FOIL,
+    SIDES,
+    STOCK,
+    check_cert,
+    check_tally,
+    check_ticket,
+    check_uuid,
+    exact_fields,
+    same_user,
+)
 
-STOCK = "stock"
-FOIL = "foil"
-SIDES = (STOCK, FOIL)
-
-MAX_UNITS = 10**15  # milliCHIPs: a trillion CHIPs, far inside 64 bits even when summed
-MAX_MEMO = 1000  # characters: keeps every chit and tally well inside one frame
 DEFAULT_AGREEMENT = {"name": "agentd-credit", "version": 1}
 
 DRAFT = "draft"  # no partner yet, or the partner holds the pen after countering our offer
@@ -148,11 +149,6 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
 # States in which both users have signed and the tally binds its holder.
 BINDING_STATES = frozenset({OFFER_OPEN, OPEN, C_OPEN, CLOSE})
 
-_TALLY_FIELDS = {"version", "uuid", "date", "memo", "agree", "stock", "foil", "sign"}
-# str(uuid.UUID(text)) == text, written as a pattern: it is checked on every chit received
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_TICKET_FIELDS = {"token", "chad", "expires", "reuse"}
-
 
 Step = tuple["LocalTally", list[Send]]
 
@@ -191,7 +187,7 @@ class LocalTally:
 
     @classmethod
     def from_map(cls, value: Any) -> LocalTally:
-        _fields(value, "local tally", {"side", "state", "tally"})
+        exact_fields(value, "local tally", {"side", "state", "tally"})
         if value["side"] not in SIDES:
             raise Refusal("bad_field", f"local tally side must be one of {SIDES}")
         if value["state"] not in STATES:
@@ -204,97 +200,7 @@ def other_side(side: str) -> str:
     return FOIL if side == STOCK else STOCK
 
 
-# -- validation helpers -----------------------------------------------------------------------
-
-
-def _fields(value: Any, where: str, names: set[str]) -> None:
-    if not isinstance(value, dict) or set(value) != names:
-        raise Refusal("bad_field", f"{where} must be a map with exactly the fields {sorted(names)}")
-
-
-def _integer(value: Any, where: str, low: int = 0, high: int = 2**63 - 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise Refusal("bad_field", f"{where} must be an integer in [{low}, {high}]")
-
-
-def _text(value: Any, where: str, longest: int = MAX_MEMO) -> None:
-    if not isinstance(value, str) or len(value) > longest:
-        raise Refusal("bad_field", f"{where} must be text of at most {longest} characters")
-
-
-def _bytes_or_none(value: Any, where: str, size: int) -> None:
-    if value is not None and (not isinstance(value, bytes) or len(value) != size):
-        raise Refusal("bad_field", f"{where} must be {size} bytes or nil")
-
-
-def check_uuid(value: Any, where: str) -> None:
-    """A uuid in its canonical lower-case text form (so equal uuids compare equal)."""
-    if not isinstance(value, str) or _CANONICAL_UUID.fullmatch(value) is None:
-        raise Refusal("bad_field", f"{where} must be a canonical uuid string")
-
-
-def _check_canonical(value: Any, where: str) -> None:
-    try:
-        canonical(value)
-    except CodecError as exc:
-        raise Refusal("bad_field", f"{where}: {exc}") from exc
-
-
-# -- certificates -----------------------------------------------------------------------------
-
-
-def make_cert(address: ChipAddress, name: str, public: bytes, date_ms: int) -> dict[str, Any]:
-    """A user's certificate: where the user lives and the Ed25519 key that signs for it."""
-    cert = {"chad": address.to_map(), "name": name, "public": public, "date": date_ms}
-    check_cert(cert, "cert")
-    return cert
-
-
-def check_cert(cert: Any, where: str) -> None:
-    _fields(cert, where, {"chad", "name", "public", "date"})
-    try:
-        address = ChipAddress.from_map(cert["chad"])
-    except IdentityError as exc:
-        raise Refusal("bad_field", f"{where}.chad: {exc}") from exc
-    if address.cuid is None:
-        raise Refusal("bad_field", f"{where}.chad must name a user (cuid)")
-    _text(cert["name"], f"{where}.name", 200)
-    if not isinstance(cert["public"], bytes) or len(cert["public"]) != 32:
-        raise Refusal("bad_field", f"{where}.public must be a 32-byte Ed25519 public key")
-    _integer(cert["date"], f"{where}.date")
-
-
-def _same_user(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(a["chad"].get(field) == b["chad"].get(field) for field in ("cuid", "agent"))
-
-
-# -- the tally map ----------------------------------------------------------------------------
-
-
-def check_tally(tally: Any) -> None:
-    """Refuse a tally map that is malformed, naming the first bad field."""
-    _fields(tally, "tally", _TALLY_FIELDS)
-    _integer(tally["version"], "tally.version", 1)
-    check_uuid(tally["uuid"], "tally.uuid")
-    _integer(tally["date"], "tally.date")
-    _text(tally["memo"], "tally.memo")
-    _fields(tally["agree"], "tally.agree", {"name", "version"})
-    _text(tally["agree"]["name"], "tally.agree.name", 200)
-    _integer(tally["agree"]["version"], "tally.agree.version", 1)
-    for side in SIDES:
-        half = tally[side]
-        _fields(half, f"tally.{side}", {"cert", "terms"})
-        if half["cert"] is not None:
-            check_cert(half["cert"], f"tally.{side}.cert")
-        terms = half["terms"]
-        if not isinstance(terms, dict) or "limit" not in terms:
-            raise Refusal("bad_field", f"tally.{side}.terms must be a map with a limit")
-        _integer(terms["limit"], f"tally.{side}.terms.limit", 0, MAX_UNITS)
-    _fields(tally["sign"], "tally.sign", {"hash", *SIDES})
-    _bytes_or_none(tally["sign"]["hash"], "tally.sign.hash", 32)
-    for side in SIDES:
-        _bytes_or_none(tally["sign"][side], f"tally.sign.{side}", 64)
-    _check_canonical(tally, "tally")
+# -- signatures -------------------------------------------------------------------------------
 
 
 def core_digest(tally: dict[str, Any]) -> bytes:
@@ -357,7 +263,7 @@ def _notice(local: LocalTally, action: str) -> Send:
 
 
 def _check_notice(local: LocalTally, obj: Any, version: int) -> None:
-    _fields(obj, "notice", {"uuid", "version"})
+    exact_fields(obj, "notice", {"uuid", "version"})
     if obj["uuid"] != local.uuid or obj["version"] != version:
         raise Refusal(
             "bad_field",
@@ -450,7 +356,7 @@ def receive_offer(
             raise Refusal("bad_field", f"offer for {obj['uuid']} does not match tally {local.uuid}")
         known = local.tally[partner]["cert"]
         offerer = obj[partner]["cert"]
-        if known is None or not _same_user(known, offerer) or known["public"] != offerer["public"]:
+        if known is None or not same_user(known, offerer) or known["public"] != offerer["public"]:
             raise Refusal("not_from_partner", f"tally {obj['uuid']} is offered by a stranger")
         # A countered holder already bumped its version to the counter's; otherwise a
         # counter-offer must be newer than the offer we made.
@@ -518,7 +424,7 @@ def close(local: LocalTally) -> Step:
 
 def receive_close(local: LocalTally, obj: Any) -> Step:
     state = _next(local.state, "got close")
-    _fields(obj, "close", {"uuid"})
+    exact_fields(obj, "close", {"uuid"})
     if obj["uuid"] != local.uuid:
         raise Refusal("bad_field", f"close is about {obj['uuid']}, not {local.uuid}")
     return replace(local, state=state), []
@@ -578,55 +484,6 @@ def follow(
     return local, tuple(happened)
 
 
-# -- invitation tickets -----------------------------------------------------------------------
-
-
-def make_ticket(
-    chad: ChipAddress, token: str, expires_ms: int, *, reuse: bool = False
-) -> dict[str, Any]:
-    """An invitation to ask for a tally: where to ask, a secret token, an expiry (ms), and
-    whether the token may be used more than once (each use gets its own tally)."""
-    ticket = {"token": token, "chad": chad.to_map(), "expires": expires_ms, "reuse": reuse}
-    _check_ticket_fields(ticket)
-    return ticket
-
-
-def _check_ticket_fields(ticket: Any) -> None:
-    _fields(ticket, "ticket", _TICKET_FIELDS)
-    _text(ticket["token"], "ticket.token", 200)
-    if not ticket["token"]:
-        raise Refusal("bad_field", "ticket.token must not be empty")
-    try:
-        ChipAddress.from_map(ticket["chad"])
-    except IdentityError as exc:
-        raise Refusal("bad_field", f"ticket.chad: {exc}") from exc
-    _integer(ticket["expires"], "ticket.expires")
-    if not isinstance(ticket["reuse"], bool):
-        raise Refusal("bad_field", "ticket.reuse must be true or false")
-
-
-def check_ticket(ticket: dict[str, Any], token: Any, now_ms: int) -> None:
-    """Refuse a presented token that is not this ticket's, or a ticket past its expiry."""
-    presented = token.encode() if isinstance(token, str) else b""
-    if not hmac.compare_digest(presented, ticket["token"].encode()):
-        raise Refusal("bad_ticket", "the ticket token is not valid")
-    if now_ms >= ticket["expires"]:
-        raise Refusal("expired", f"the ticket expired at {ticket['expires']}")
-
-
-def encode_ticket(ticket: dict[str, Any]) -> str:
-    """One copyable string for the out-of-band invitation."""
-    return b64u(canonical(ticket))
-
-
-def decode_ticket(text: str) -> dict[str, Any]:
-    try:
-        ticket = unpack(unb64u(text), max_size=4096)
-    except (CodecError, IdentityError) as exc:
-        raise Refusal("bad_ticket", f"not a ticket: {exc}") from exc
-    _check_ticket_fields(ticket)
-    return ticket
-
 
 def ticket_request(ticket: dict[str, Any], cert: dict[str, Any], now_ms: int) -> Send:
     """The subject's ``ticket`` message, from the user of ``cert`` to the inviter at
@@ -651,7 +508,7 @@ def receive_ticket(
     subject into ``template`` itself; a reusable one fills a copy under ``new_uuid`` and leaves
     the template as it was. Store the returned tally under its own uuid."""
     state = _next(template.state, "got ticket")
-    _fields(obj, "ticket request", {"token", "cert"})
+    exact_fields(obj, "ticket request", {"token", "cert"})
     check_ticket(ticket, obj["token"], now_ms)
     cert = obj["cert"]
     check_cert(cert, "ticket request cert")
@@ -660,7 +517,7 @@ def receive_ticket(
     partner = template.partner_side
     if template.tally[partner]["cert"] is not None:
         raise Refusal("bad_ticket", f"tally {template.uuid} already has a partner")
-    if _same_user(cert, template.tally[template.side]["cert"]):
+    if same_user(cert, template.tally[template.side]["cert"]):
         raise Refusal("bad_ticket", "a user cannot take its own invitation")
     tally = copy.deepcopy(template.tally)
     tally[partner]["cert"] = cert

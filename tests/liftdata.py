@@ -6,6 +6,7 @@ from typing import Any
 
 from protocol import lift as lf
 from protocol import tally as t
+from protocol import tally_fields as tf
 from protocol.keys import ChipAddress, SigningKey
 from tests.test_credit_tally import NOW, Party, party
 
@@ -38,7 +39,7 @@ def open_tally(
     }
     core = t.core_digest(tally)
     tally["sign"] = {"hash": core, "stock": stock.key.sign(core), "foil": foil.key.sign(core)}
-    t.check_tally(tally)
+    tf.check_tally(tally)
     return t.LocalTally(t.STOCK, t.OPEN, tally), t.LocalTally(t.FOIL, t.OPEN, tally)
 
 

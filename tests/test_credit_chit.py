@@ -9,6 +9,7 @@ import pytest
 
 from protocol import chit as c
 from protocol import tally as t
+from protocol import tally_fields as tf
 from protocol.codec import pack, unpack
 from protocol.messages import Send
 from tests.test_credit_tally import (
@@ -120,11 +121,11 @@ def test_a_tampered_chit_is_refused() -> None:
         ("units", 0),
         ("units", -5),
         ("units", True),
-        ("units", t.MAX_UNITS + 1),
+        ("units", tf.MAX_UNITS + 1),
         ("by", "middle"),
         ("type", "gift"),
         ("date", -1),
-        ("memo", "x" * (t.MAX_MEMO + 1)),
+        ("memo", "x" * (tf.MAX_MEMO + 1)),
         ("memo", None),
         ("uuid", "chit-1"),
         ("tally", None),

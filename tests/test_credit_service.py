@@ -19,6 +19,7 @@ from agentd.services.credit.tallies import ticket_tally_uuid
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
+from protocol import tally_fields as tf
 from protocol.codec import pack, unpack
 from protocol.keys import SigningKey, b64u
 from protocol.messages import Send
@@ -181,7 +182,7 @@ async def test_negotiation_counter_offer_then_accept_and_a_refusal(tmp_path):
         invited = await rpc(a, "tally.invite", cuid="alice", limit=5000, memo="first")
         tally = invited["tally"]
         assert invited["state"] == t.DRAFT and isinstance(invited["ticket"], str)
-        assert tally == ticket_tally_uuid(t.decode_ticket(invited["ticket"])["token"])
+        assert tally == ticket_tally_uuid(tf.decode_ticket(invited["ticket"])["token"])
         await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
         offered = await rpc(a, "tally.offer", cuid="alice", tally=tally)
         assert offered["state"] in (t.DRAFT_OFFER, t.H_OFFER)
@@ -246,7 +247,7 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path):
         for cuid in ("bob", "carol"):
             requested = await rpc(a, "tally.request", cuid=cuid, ticket=invited["ticket"])
             assert requested["tally"] == ticket_tally_uuid(
-                t.decode_ticket(invited["ticket"])["token"], a.own_address(cuid))
+                tf.decode_ticket(invited["ticket"])["token"], a.own_address(cuid))
             assert state(a, "alice", requested["tally"]) == t.P_DRAFT
         assert state(a, "alice", invited["tally"]) == t.DRAFT  # the template stays a draft
         again = await refused(a, "tally.request", cuid="carol", ticket=invited["ticket"])
@@ -463,8 +464,8 @@ async def test_bad_tickets_are_refused_with_the_reason(tmp_path):
         expired = await refused(b, "tally.request", cuid="bob", ticket=expiring["ticket"])
         assert expired.reason == "EXPIRED"
         # the inviter checks too, whatever the subject's clock says
-        presented = {"token": t.decode_ticket(expiring["ticket"])["token"],
-                     "cert": t.make_cert(b.own_address("bob"), "bob", user_key(b, "bob").public,
+        presented = {"token": tf.decode_ticket(expiring["ticket"])["token"],
+                     "cert": tf.make_cert(b.own_address("bob"), "bob", user_key(b, "bob").public,
                                          0)}
         message = await send_raw(b, a, "alice", "tally", "ticket", presented, "bob")
         assert (await refusal_of(b, message)).startswith("EXPIRED")
@@ -472,8 +473,8 @@ async def test_bad_tickets_are_refused_with_the_reason(tmp_path):
         await rpc(b, "tally.request", cuid="bob", ticket=once["ticket"])
         reused = await refused(b, "tally.request", cuid="carol", ticket=once["ticket"])
         assert reused.reason == "BAD_TICKET" and "already used" in reused.message
-        forged = t.make_ticket(a.own_address("alice"), "guessed-token", a.clock.now_ms() + 60_000)
-        unknown = await refused(b, "tally.request", cuid="bob", ticket=t.encode_ticket(forged))
+        forged = tf.make_ticket(a.own_address("alice"), "guessed-token", a.clock.now_ms() + 60_000)
+        unknown = await refused(b, "tally.request", cuid="bob", ticket=tf.encode_ticket(forged))
         assert unknown.reason == "BAD_TICKET" and "never issued" in unknown.message
         garbled = await refused(b, "tally.request", cuid="bob", ticket="not-a-ticket")
         assert garbled.reason == "BAD_TICKET"
@@ -495,7 +496,7 @@ async def test_bad_signatures_and_strangers_change_nothing(tmp_path):
         bob_key, wrong = user_key(b, "bob"), SigningKey.generate()
 
         # an offer signed by the wrong key
-        bob_cert = t.make_cert(b.own_address("bob"), "bob", bob_key.public, 1)
+        bob_cert = tf.make_cert(b.own_address("bob"), "bob", bob_key.public, 1)
         alice_cert = rebuilt(a, "alice", tally).local.tally[t.STOCK]["cert"]
         draft, _ = t.invite(tally_uuid=str(uuid.uuid4()), date_ms=1, cert=bob_cert, limit=5)
         draft.tally[t.FOIL]["cert"] = alice_cert
@@ -543,7 +544,7 @@ async def test_a_counter_offer_from_a_stranger_is_refused(tmp_path):
         # mallory learned the uuid and offers alice "the same" tally with herself as partner
         mallory_key = user_key(m, "mallory")
         ours = rebuilt(a, "alice", tally).local.tally
-        hijack = {**ours, "version": 2, t.FOIL: {"cert": t.make_cert(
+        hijack = {**ours, "version": 2, t.FOIL: {"cert": tf.make_cert(
             m.own_address("mallory"), "mallory", mallory_key.public, 1), "terms": {"limit": 9}}}
         digest = t.core_digest(hijack)
         hijack["sign"] = {"hash": digest, t.STOCK: None, t.FOIL: mallory_key.sign(digest)}

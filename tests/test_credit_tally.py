@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from protocol import tally as t
+from protocol import tally_fields as tf
 from protocol.codec import pack, unpack
 from protocol.keys import ChipAddress, SigningKey
 from protocol.messages import Send
@@ -40,7 +41,7 @@ def party(seed: int, cuid: str) -> Party:
     agent = SigningKey(bytes([seed]) * 32)
     key = SigningKey(bytes([seed + 100]) * 32)
     address = ChipAddress(agent=agent.agent_id, cuid=cuid, host="127.0.0.1", port=65000 + seed)
-    return Party(agent, key, t.make_cert(address, cuid.title(), key.public, NOW))
+    return Party(agent, key, tf.make_cert(address, cuid.title(), key.public, NOW))
 
 
 ALICE = party(1, "alice")  # the inviter
@@ -49,7 +50,7 @@ MALLORY = party(3, "mallory")
 
 
 def ticket_for(inviter: Party = ALICE, *, reuse: bool = False) -> dict[str, Any]:
-    return t.make_ticket(inviter.address, "s3cret-token", NOW + DAY, reuse=reuse)
+    return tf.make_ticket(inviter.address, "s3cret-token", NOW + DAY, reuse=reuse)
 
 
 def invited(limit: int = 10_000, side: str = t.STOCK) -> t.LocalTally:
@@ -231,8 +232,8 @@ def test_a_ticket_is_refused_when_expired_or_with_the_wrong_token() -> None:
     guess = {**t.ticket_request(ticket, BOB.cert, NOW).object, "token": "guess"}
     assert refusal(present, invited(), request=guess).code == "bad_ticket"
     assert refusal(t.ticket_request, ticket, BOB.cert, NOW + DAY).code == "expired"
-    t.check_ticket(ticket, "s3cret-token", NOW + DAY - 1)
-    assert refusal(t.check_ticket, ticket, None, NOW).code == "bad_ticket"
+    tf.check_ticket(ticket, "s3cret-token", NOW + DAY - 1)
+    assert refusal(tf.check_ticket, ticket, None, NOW).code == "bad_ticket"
 
 
 def test_a_ticket_request_must_come_from_the_certified_agent_and_not_the_inviter() -> None:
@@ -250,12 +251,12 @@ def test_a_countered_inviter_does_not_take_a_ticket_again() -> None:
 
 def test_a_ticket_travels_as_one_string() -> None:
     ticket = ticket_for(reuse=True)
-    text = t.encode_ticket(ticket)
+    text = tf.encode_ticket(ticket)
     assert isinstance(text, str) and text.isascii() and " " not in text
-    assert t.decode_ticket(text) == ticket
-    assert refusal(t.decode_ticket, "not a ticket!").code == "bad_ticket"
-    assert refusal(t.decode_ticket, t.encode_ticket({**ticket, "reuse": 1})).code == "bad_field"
-    assert refusal(t.make_ticket, ALICE.address, "", NOW).code == "bad_field"
+    assert tf.decode_ticket(text) == ticket
+    assert refusal(tf.decode_ticket, "not a ticket!").code == "bad_ticket"
+    assert refusal(tf.decode_ticket, tf.encode_ticket({**ticket, "reuse": 1})).code == "bad_field"
+    assert refusal(tf.make_ticket, ALICE.address, "", NOW).code == "bad_field"
 
 
 # -- refusing, countering, retrying -----------------------------------------------------------
@@ -511,7 +512,7 @@ def test_a_local_tally_survives_storage() -> None:
         (("stock", "terms", "limit"), True, "tally.stock.terms.limit"),
         (("uuid",), "not-a-uuid", "tally.uuid"),
         (("uuid",), "00000000-0000-4000-8000-00000000000A", "tally.uuid"),
-        (("memo",), "x" * (t.MAX_MEMO + 1), "tally.memo"),
+        (("memo",), "x" * (tf.MAX_MEMO + 1), "tally.memo"),
         (("version",), 0, "tally.version"),
         (("agree", "version"), "1", "tally.agree.version"),
         (("foil", "cert", "public"), b"short", "tally.foil.cert.public"),
@@ -527,14 +528,14 @@ def test_check_tally_names_the_bad_field(path: tuple[str, ...], value: Any, fiel
     for key in path[:-1]:
         target = target[key]
     target[path[-1]] = value
-    caught = refusal(t.check_tally, broken)
+    caught = refusal(tf.check_tally, broken)
     assert caught.code == "bad_field"
     assert caught.message.startswith(field)
 
 
 def test_a_certificate_must_name_a_user() -> None:
     agentless = ChipAddress(agent=ALICE.agent.agent_id)
-    assert refusal(t.make_cert, agentless, "x", ALICE.key.public, NOW).code == "bad_field"
+    assert refusal(tf.make_cert, agentless, "x", ALICE.key.public, NOW).code == "bad_field"
 
 
 def test_follow_starts_the_chain_once_reopens_and_closes() -> None:

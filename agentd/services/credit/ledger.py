@@ -30,6 +30,7 @@ from agentd.runtime.context import Reject, Tx
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
+from protocol import tally_fields as tf
 from protocol.envelope import Envelope
 from protocol.keys import SigningKey
 from protocol.messages import Send
@@ -158,7 +159,7 @@ class CreditLedger:
             if row is None:
                 raise Reject("UNKNOWN_USER", f"no user {cuid!r} on this node")
             key = SigningKey(row["seed"])
-            cert = t.make_cert(self.runtime.own_address(cuid), row["name"], key.public,
+            cert = tf.make_cert(self.runtime.own_address(cuid), row["name"], key.public,
                                row["created"])
             user = self._users[cuid] = User(cuid, key, cert)
         return user

@@ -9,6 +9,7 @@ from typing import Any
 from agentd.rpc import invalid_params
 from protocol import route
 from protocol import tally as t
+from protocol import tally_fields as tf
 from protocol.codec import unpack
 from protocol.keys import CUID_RULE, ChipAddress, b64u, valid_cuid
 
@@ -47,7 +48,7 @@ def new_uuids(count: int) -> list[str]:
 
 def object_uuid(obj: Any, field: str) -> str:
     value = obj.get(field) if isinstance(obj, dict) else None
-    t.check_uuid(value, f"object.{field}")
+    tf.check_uuid(value, f"object.{field}")
     return value
 
 
@@ -59,23 +60,23 @@ def param_cuid(value: Any) -> str:
 
 def param_uuid(value: Any, name: str) -> str:
     try:
-        t.check_uuid(value, name)
+        tf.check_uuid(value, name)
     except t.Refusal as exc:
         raise invalid_params(f"{name} must be a uuid like 3f2a…-…, not {value!r}") from exc
     return value
 
 
 def param_amount(value: Any, name: str, *, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= t.MAX_UNITS:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= tf.MAX_UNITS:
         raise invalid_params(f"{name} must be an integer number of milliCHIPs from {low} to "
-                             f"{t.MAX_UNITS}, not {value!r}")
+                             f"{tf.MAX_UNITS}, not {value!r}")
     return value
 
 
 def param_memo(value: Any) -> str:
-    if not isinstance(value, str) or len(value) > t.MAX_MEMO:
+    if not isinstance(value, str) or len(value) > tf.MAX_MEMO:
         given = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
-        raise invalid_params(f"memo must be text of at most {t.MAX_MEMO} characters, not "
+        raise invalid_params(f"memo must be text of at most {tf.MAX_MEMO} characters, not "
                              f"{given}")
     return value
 

@@ -35,6 +35,7 @@ from agentd.services.credit.params import (
     tally_summary,
 )
 from protocol import tally as t
+from protocol import tally_fields as tf
 from protocol.codec import unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, b64u, format_hostport
@@ -137,13 +138,13 @@ class TallyService(Service):
             log_new_tally(tx, cuid, draft)
             tx.after_commit(self.ledger.changed_now)
             expires = tx.now_ms + round(expires_s * 1000)
-            ticket = t.make_ticket(self.runtime.own_address(cuid), token, expires, reuse=reuse)
+            ticket = tf.make_ticket(self.runtime.own_address(cuid), token, expires, reuse=reuse)
             self.ledger.store.add_ticket(tx.conn, token, draft.uuid, cuid, reuse=reuse,
                                    expires_ms=expires, now_ms=tx.now_ms)
             return draft, ticket
 
         draft, ticket = await self.ledger.transact(work)
-        return {"tally": draft.uuid, "state": draft.state, "ticket": t.encode_ticket(ticket),
+        return {"tally": draft.uuid, "state": draft.state, "ticket": tf.encode_ticket(ticket),
                 "expires": ticket["expires"]}
 
     async def rpc_request(self, cuid: str, ticket: str) -> dict:
@@ -152,7 +153,7 @@ class TallyService(Service):
         cuid = param_cuid(cuid)
         if not isinstance(ticket, str):
             raise invalid_params("ticket must be the invitation string tally.invite made")
-        invitation = t.decode_ticket(ticket)
+        invitation = tf.decode_ticket(ticket)
         inviter = ChipAddress.from_map(invitation["chad"])
         node = self.runtime
         if inviter.agent != node.agent_id and inviter.host is not None:
@@ -328,7 +329,7 @@ class TallyService(Service):
 
     def _on_offer(self, tx: Tx, envelope: Envelope, cuid: str) -> None:
         obj = envelope.object
-        t.check_tally(obj)
+        tf.check_tally(obj)
         user = self.ledger.user(tx.conn, cuid)
         ours = [side for side in t.SIDES if obj[side]["cert"] is not None
                 and obj[side]["cert"]["chad"].get("cuid") == cuid
