@@ -36,11 +36,8 @@ Choices (DESIGN §6 leaves them open):
 
 - Hashes are 64 lowercase hex digits everywhere (wire, entries, receipt claims), so a receipt
   claim and a stored field compare as equal text, and JSON (RPC, JWS) carries them unchanged.
-- Each process is a hash chain: ``seq`` from 1, ``prev_hash`` of seq 1 is ``ZERO_HASH``
-  (64 zeros), ``entry_hash`` = SHA-256 of the canonical map of ``HASHED_FIELDS``. That list
-  adds ``payload_type`` to DESIGN's, so no stored field can change undetected.
-- An entry's time never precedes its predecessor's (``next_entry`` clamps a clock that went
-  back), so the chain is ordered by time as well as by ``seq``.
+- Each process is a hash chain (``protocol.clearing_chain``: ``next_entry`` appends,
+  ``verify_chain`` audits), ordered by time as well as by ``seq``.
 - ``document_id`` is the entry hash: content-addressed, needs no randomness, and ``get`` on an
   id from another process is simply not found.
 - Receipts are signed a batch at a time, one JWS over the Merkle root of a ``log_batch``'s
@@ -53,12 +50,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from datetime import date
 from enum import StrEnum
 from typing import Any, Literal, TypedDict
 
-from protocol.codec import CodecError, canonical, digest, pack
+from protocol.codec import CodecError, canonical, pack
 from protocol.errors import Refusal
 from protocol.keys import is_agent_id
 from protocol.receipts import Keyring
@@ -69,11 +66,6 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_OWNERS = 64
 MAX_BATCH = 256
-ZERO_HASH = "0" * 64
-LOG_MODES = ("full", "header", "hash")
-HASHED_FIELDS = (
-    "pid", "seq", "prev_hash", "timestamp", "client_id", "header", "payload_sha256", "payload_type",
-)  # fmt: skip
 
 _MAX_PID_LENGTH = 128
 _MAX_TYPE_LENGTH = 255
@@ -430,123 +422,6 @@ def authorize(
     return None
 
 
-# --- the per-process hash chain ----------------------------------------------------------
-
-
-class ChainError(ValueError):
-    """The first entry of a chain that does not verify, and why."""
-
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(f"entry {index}: {reason}")
-        self.index = index
-        self.reason = reason
-
-
-_ENTRY_TYPES: dict[str, type | tuple[type, ...]] = {
-    "pid": str,
-    "seq": int,
-    "prev_hash": str,
-    "timestamp": int,
-    "client_id": str,
-    "header": dict,
-    "payload_sha256": str,
-    "payload_type": str,
-    "payload": (bytes, type(None)),
-    "entry_hash": str,
-}
-
-
-def entry_hash(entry: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of the canonical map of an entry's ``HASHED_FIELDS``."""
-    return digest({name: entry[name] for name in HASHED_FIELDS}).hex()
-
-
-def next_entry(
-    prev: Mapping[str, Any] | None, request: LogRequest, *, client_id: str, now_ms: int
-) -> Entry:
-    """The entry that appends ``request`` after ``prev`` (None: the process's first entry)."""
-    if not isinstance(now_ms, int) or now_ms < 0:
-        raise ValueError(f"now_ms must be integer ms since the epoch, got {now_ms!r}")
-    if prev is None:
-        seq, prev_hash, timestamp = 1, ZERO_HASH, now_ms
-    elif prev["pid"] != request["pid"]:
-        raise ValueError(
-            f"the previous entry is from process {prev['pid']!r}, not {request['pid']!r}"
-        )
-    else:
-        seq, prev_hash = prev["seq"] + 1, prev["entry_hash"]
-        timestamp = max(now_ms, prev["timestamp"])
-    entry: Entry = {
-        "pid": request["pid"],
-        "seq": seq,
-        "prev_hash": prev_hash,
-        "timestamp": timestamp,
-        "client_id": client_id,
-        "header": request["header"],
-        "payload_sha256": request["payload_sha256"],
-        "payload_type": request["payload_type"],
-        "payload": request["payload"],
-        "entry_hash": "",
-    }
-    entry["entry_hash"] = entry_hash(entry)
-    return entry
-
-
-def _entry_problem(entry: object, prev: Mapping[str, Any] | None) -> str | None:
-    if not isinstance(entry, Mapping):
-        return f"is a {type(entry).__name__}, not a map"
-    missing = sorted(_ENTRY_TYPES.keys() - entry.keys())
-    unknown = sorted(map(str, entry.keys() - _ENTRY_TYPES.keys()))
-    if missing or unknown:
-        return f"fields missing {missing}, unexpected {unknown}"
-    for name, kind in _ENTRY_TYPES.items():
-        value = entry[name]
-        if not isinstance(value, kind) or isinstance(value, bool):
-            return f"{name} is a {type(value).__name__}"
-    for name in ("prev_hash", "payload_sha256", "entry_hash"):
-        if not _HEX64.fullmatch(entry[name]):
-            return f"{name} {entry[name][:70]!r} is not 64 lowercase hex digits"
-    seq = entry["seq"]
-    if prev is None:
-        expected_seq, expected_prev = 1, ZERO_HASH
-    else:
-        if entry["pid"] != prev["pid"]:
-            return f"seq {seq}: pid {entry['pid']!r} differs from the chain's {prev['pid']!r}"
-        expected_seq, expected_prev = prev["seq"] + 1, prev["entry_hash"]
-        if entry["timestamp"] < prev["timestamp"]:
-            return f"seq {seq}: timestamp {entry['timestamp']} precedes {prev['timestamp']}"
-    if seq != expected_seq:
-        return f"seq {seq} where {expected_seq} is due: an entry is missing or out of order"
-    if entry["prev_hash"] != expected_prev:
-        return f"seq {seq}: prev_hash {entry['prev_hash']} is not the previous hash {expected_prev}"
-    payload = entry["payload"]
-    if payload is not None and hashlib.sha256(payload).hexdigest() != entry["payload_sha256"]:
-        return f"seq {seq}: the payload does not hash to payload_sha256"
-    try:
-        recomputed = entry_hash(entry)
-    except CodecError as exc:
-        return f"seq {seq}: cannot be hashed: {exc}"
-    if recomputed != entry["entry_hash"]:
-        return f"seq {seq}: entry_hash is not {recomputed}, the hash of the entry's fields"
-    return None
-
-
-def verify_chain(
-    entries: Sequence[Mapping[str, Any]], prev: Mapping[str, Any] | None = None
-) -> None:
-    """Check consecutive entries in ascending ``seq``; raise ``ChainError`` at the first bad one.
-
-    ``prev`` is the trusted entry just before ``entries[0]``; None means the chain must start
-    at seq 1, so a full audit needs every page of an ascending query. A withheld payload
-    (None) passes: its hash is still bound into the chain.
-    """
-    for index, entry in enumerate(entries):
-        problem = _entry_problem(entry, prev)
-        if problem is not None:
-            raise ChainError(index, problem)
-        prev = entry
-
-
 # --- replies -----------------------------------------------------------------------------
 
 
@@ -603,44 +478,3 @@ def get_result(request: GetRequest, entry: Entry | None) -> Reply:
             Reason.NOT_FOUND, f"get.id: process {request['pid']!r} has no entry {request['id']}"
         )
     return "result", {"entries": [entry], "total": 1, "page": 1, "size": 1, "has_more": False}
-
-
-# --- client side -------------------------------------------------------------------------
-
-
-def _payload_bytes(payload: object) -> tuple[bytes, str]:
-    if isinstance(payload, bytes | bytearray | memoryview):
-        return bytes(payload), "application/octet-stream"
-    if isinstance(payload, str):
-        return payload.encode(), "text/plain; charset=utf-8"
-    return canonical(payload), "application/msgpack"
-
-
-def log_object(
-    pid: str,
-    payload: object,
-    *,
-    mode: str = "full",
-    header: Mapping[str, Any] | None = None,
-    payload_type: str | None = None,
-) -> dict[str, Any]:
-    """The ``log`` object for a user payload in one of ``LOG_MODES``.
-
-    ``full`` sends header and payload; ``header`` sends the header and the payload's hash, so
-    the clearing house never holds the data; ``hash`` sends the hash alone. Bytes go as they
-    are, text as UTF-8, anything else as canonical msgpack (``CodecError`` on floats).
-    """
-    if mode not in LOG_MODES:
-        raise ValueError(f"log mode {mode!r} is not one of {', '.join(LOG_MODES)}")
-    if mode == "hash" and header:
-        raise ValueError("log mode 'hash' sends the hash alone: drop the header or use 'header'")
-    data, inferred_type = _payload_bytes(payload)
-    obj: dict[str, Any] = {
-        "pid": pid,
-        "header": dict(header or {}),
-        "payload_sha256": hashlib.sha256(data).hexdigest(),
-        "payload_type": payload_type or inferred_type,
-    }
-    if mode == "full":
-        obj["payload"] = data
-    return obj

@@ -24,12 +24,14 @@ checked against the clearing house's JWKS (``verdict``, ``receipt_status``): ``v
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from protocol import clearing as ch
 from protocol import receipts as rc
+from protocol.codec import canonical
 
 MALFORMED = ch.Reason.MALFORMED_MESSAGE.value
 RECEIPT_INVALID = "RECEIPT_INVALID"
@@ -38,6 +40,7 @@ EXPECTED_REPLY = {"create_process": "processed", "log": "processed",
                   "keys": "result"}
 # A receipt's verified claims, why it failed, or None while no JWKS is stored to check it
 Verdict = dict[str, Any] | rc.ReceiptError | None
+LOG_MODES = ("full", "header", "hash")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,44 @@ class MalformedAnswer(ValueError):
 
 
 # -- what to log ------------------------------------------------------------------------------
+
+
+def _payload_bytes(payload: object) -> tuple[bytes, str]:
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload), "application/octet-stream"
+    if isinstance(payload, str):
+        return payload.encode(), "text/plain; charset=utf-8"
+    return canonical(payload), "application/msgpack"
+
+
+def log_object(
+    pid: str,
+    payload: object,
+    *,
+    mode: str = "full",
+    header: Mapping[str, Any] | None = None,
+    payload_type: str | None = None,
+) -> dict[str, Any]:
+    """The ``log`` object for a user payload in one of ``LOG_MODES``.
+
+    ``full`` sends header and payload; ``header`` sends the header and the payload's hash, so
+    the clearing house never holds the data; ``hash`` sends the hash alone. Bytes go as they
+    are, text as UTF-8, anything else as canonical msgpack (``CodecError`` on floats).
+    """
+    if mode not in LOG_MODES:
+        raise ValueError(f"log mode {mode!r} is not one of {', '.join(LOG_MODES)}")
+    if mode == "hash" and header:
+        raise ValueError("log mode 'hash' sends the hash alone: drop the header or use 'header'")
+    data, inferred_type = _payload_bytes(payload)
+    obj: dict[str, Any] = {
+        "pid": pid,
+        "header": dict(header or {}),
+        "payload_sha256": hashlib.sha256(data).hexdigest(),
+        "payload_type": payload_type or inferred_type,
+    }
+    if mode == "full":
+        obj["payload"] = data
+    return obj
 
 
 def evidence_object(pid: str, owners: Iterable[str], kind: str, payload: object, *,
@@ -73,7 +114,7 @@ def evidence_object(pid: str, owners: Iterable[str], kind: str, payload: object,
         raise ValueError(f"evidence: {exc}") from exc
     ref = pid if ref is None else ref
     full_header = {} if mode == "hash" else {"kind": kind, "ref": ref, **(header or {})}
-    obj = ch.log_object(pid, payload, mode=mode, header=full_header, payload_type=payload_type)
+    obj = log_object(pid, payload, mode=mode, header=full_header, payload_type=payload_type)
     too_large = len(obj.get("payload") or b"") > max_payload
     if too_large:
         obj.pop("payload")

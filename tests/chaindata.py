@@ -6,6 +6,8 @@ from typing import Any
 
 from protocol import clearing as ch
 from protocol import receipts as rc
+from protocol.clearing_chain import next_entry
+from protocol.evidence import log_object
 from protocol.keys import SigningKey
 
 ALICE = SigningKey(bytes([1]) * 32).agent_id
@@ -18,7 +20,7 @@ T0 = 1_700_000_000_000
 
 
 def log_request(pid: str = "p1", payload: bytes = b"evidence", **kwargs: Any) -> ch.LogRequest:
-    return ch.parse_log(ch.log_object(pid, payload, **kwargs), max_payload=MAX_PAYLOAD)
+    return ch.parse_log(log_object(pid, payload, **kwargs), max_payload=MAX_PAYLOAD)
 
 
 def chain(count: int, pid: str = "p1") -> list[ch.Entry]:
@@ -26,7 +28,7 @@ def chain(count: int, pid: str = "p1") -> list[ch.Entry]:
     for n in range(count):
         prev = entries[-1] if entries else None
         request = log_request(pid, f"payload {n}".encode(), header={"n": n})
-        entries.append(ch.next_entry(prev, request, client_id=ALICE, now_ms=T0 + n))
+        entries.append(next_entry(prev, request, client_id=ALICE, now_ms=T0 + n))
     return entries
 
 

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from protocol import clearing as ch
 from protocol import receipts as rc
+from protocol.clearing_chain import ChainError, next_entry, verify_chain
 from protocol.codec import CodecError, canonical, pack, unpack
+from protocol.evidence import LOG_MODES, log_object
 from protocol.keys import SigningKey
 from tests.chaindata import (
     ALICE,
@@ -89,7 +91,7 @@ PARSERS = {
     "create_process": (ch.parse_create_process, {}),
     "log": (
         lambda obj: ch.parse_log(obj, max_payload=MAX_PAYLOAD),
-        {k: v for k, v in ch.log_object("x", b"data").items() if k != "pid"},
+        {k: v for k, v in log_object("x", b"data").items() if k != "pid"},
     ),
     "query": (ch.parse_query, {}),
     "get": (ch.parse_get, {"id": "a" * 64}),
@@ -143,7 +145,7 @@ def test_log_by_a_non_owner_is_not_authorized() -> None:
 
 
 def valid_log() -> dict[str, Any]:
-    return ch.log_object("p1", b"evidence", header={"event": "tally.open"})
+    return log_object("p1", b"evidence", header={"event": "tally.open"})
 
 
 @pytest.mark.parametrize(
@@ -190,10 +192,10 @@ def test_log_with_bad_values_is_bad_parameters(change: dict[str, Any], where: st
 
 
 def test_payload_over_the_limit_is_bad_parameters() -> None:
-    obj = ch.log_object("p1", b"x" * 101)
+    obj = log_object("p1", b"x" * 101)
     message = rejection(ch.Reason.BAD_PARAMETERS, ch.parse_log, obj, max_payload=100)
     assert message.startswith("log.payload: 101 bytes exceed the limit of 100")
-    assert ch.parse_log(ch.log_object("p1", b"x" * 100), max_payload=100)["payload"] == b"x" * 100
+    assert ch.parse_log(log_object("p1", b"x" * 100), max_payload=100)["payload"] == b"x" * 100
 
 
 def test_payload_hash_must_match_the_payload() -> None:
@@ -352,7 +354,7 @@ def test_replies_are_msgpack_maps() -> None:
 
 def test_first_entry_links_to_zero_and_hashes_the_documented_fields() -> None:
     request = log_request(header={"event": "tally.open"}, payload_type="application/x")
-    entry = ch.next_entry(None, request, client_id=BOB, now_ms=T0)
+    entry = next_entry(None, request, client_id=BOB, now_ms=T0)
     assert (entry["seq"], entry["prev_hash"], entry["timestamp"]) == (1, "0" * 64, T0)
     hashed = {
         "pid": "p1",
@@ -369,8 +371,8 @@ def test_first_entry_links_to_zero_and_hashes_the_documented_fields() -> None:
 
 
 def test_entries_never_go_back_in_time() -> None:
-    first = ch.next_entry(None, log_request(), client_id=ALICE, now_ms=T0)
-    second = ch.next_entry(first, log_request(), client_id=ALICE, now_ms=T0 - 5000)
+    first = next_entry(None, log_request(), client_id=ALICE, now_ms=T0)
+    second = next_entry(first, log_request(), client_id=ALICE, now_ms=T0 - 5000)
     assert (second["seq"], second["timestamp"], second["prev_hash"]) == (
         2,
         T0,
@@ -381,20 +383,20 @@ def test_entries_never_go_back_in_time() -> None:
 def test_next_entry_refuses_a_predecessor_from_another_process() -> None:
     first = chain(1, pid="p1")[0]
     with pytest.raises(ValueError, match="from process 'p1', not 'p2'"):
-        ch.next_entry(first, log_request("p2"), client_id=ALICE, now_ms=T0)
+        next_entry(first, log_request("p2"), client_id=ALICE, now_ms=T0)
 
 
 def test_a_chain_survives_msgpack_and_verifies_in_windows() -> None:
     entries = unpack(pack(chain(6)))
-    ch.verify_chain(entries)
-    ch.verify_chain(entries[3:], prev=entries[2])
-    with pytest.raises(ch.ChainError, match="seq 4 where 1 is due"):
-        ch.verify_chain(entries[3:])
+    verify_chain(entries)
+    verify_chain(entries[3:], prev=entries[2])
+    with pytest.raises(ChainError, match="seq 4 where 1 is due"):
+        verify_chain(entries[3:])
 
 
-def chain_problem(entries: list[Any], prev: Any = None) -> ch.ChainError:
-    with pytest.raises(ch.ChainError) as info:
-        ch.verify_chain(entries, prev)
+def chain_problem(entries: list[Any], prev: Any = None) -> ChainError:
+    with pytest.raises(ChainError) as info:
+        verify_chain(entries, prev)
     return info.value
 
 
@@ -426,7 +428,7 @@ def test_a_payload_swapped_for_another_is_reported() -> None:
 def test_a_withheld_payload_still_verifies() -> None:
     entries = chain(2)
     entries[0] = {**entries[0], "payload": None}
-    ch.verify_chain(entries)
+    verify_chain(entries)
 
 
 @pytest.mark.parametrize(
@@ -465,7 +467,7 @@ appends = st.lists(
         st.sampled_from([ALICE, BOB, CAROL]),
         headers,
         st.binary(min_size=1, max_size=40),
-        st.sampled_from(ch.LOG_MODES),
+        st.sampled_from(LOG_MODES),
         st.integers(0, 2**45),
     ),
     min_size=1,
@@ -476,10 +478,10 @@ appends = st.lists(
 def build(steps: list[tuple[str, dict[str, Any], bytes, str, int]]) -> list[ch.Entry]:
     entries: list[ch.Entry] = []
     for client, header, payload, mode, now_ms in steps:
-        obj = ch.log_object("pid", payload, mode=mode, header=None if mode == "hash" else header)
+        obj = log_object("pid", payload, mode=mode, header=None if mode == "hash" else header)
         request = ch.parse_log(obj, max_payload=MAX_PAYLOAD)
         entries.append(
-            ch.next_entry(
+            next_entry(
                 entries[-1] if entries else None, request, client_id=client, now_ms=now_ms
             )
         )
@@ -490,7 +492,7 @@ def build(steps: list[tuple[str, dict[str, Any], bytes, str, int]]) -> list[ch.E
 @given(appends)
 def test_any_sequence_of_appends_verifies(steps: list[Any]) -> None:
     entries = build(steps)
-    ch.verify_chain(entries)
+    verify_chain(entries)
     assert [entry["seq"] for entry in entries] == list(range(1, len(entries) + 1))
 
 
@@ -525,8 +527,8 @@ def test_any_changed_field_is_detected_at_its_entry(steps: list[Any], data: st.D
     index = data.draw(st.integers(0, len(entries) - 1))
     name = data.draw(st.sampled_from(sorted(entries[index])))
     forged = {**entries[index], name: tampered(data.draw, entries[index], name)}
-    with pytest.raises(ch.ChainError) as info:
-        ch.verify_chain([*entries[:index], forged, *entries[index + 1 :]])
+    with pytest.raises(ChainError) as info:
+        verify_chain([*entries[:index], forged, *entries[index + 1 :]])
     assert info.value.index == index
 
 
@@ -545,15 +547,15 @@ def test_any_changed_byte_of_a_stored_chain_is_detected(
     if decoded == unpack(packed):
         return  # another encoding of the same values (e.g. a wider integer type)
     assert isinstance(decoded, list)
-    with pytest.raises(ch.ChainError):
-        ch.verify_chain(decoded)
+    with pytest.raises(ChainError):
+        verify_chain(decoded)
 
 
 # --- client log modes --------------------------------------------------------------------
 
 
 def test_full_mode_sends_the_payload_and_its_hash() -> None:
-    obj = ch.log_object("p1", b"\x00\x01", header={"event": "chit.good"})
+    obj = log_object("p1", b"\x00\x01", header={"event": "chit.good"})
     assert obj == {
         "pid": "p1",
         "header": {"event": "chit.good"},
@@ -565,18 +567,18 @@ def test_full_mode_sends_the_payload_and_its_hash() -> None:
 
 
 def test_header_mode_keeps_the_payload_at_home() -> None:
-    obj = ch.log_object("p1", "secret terms", mode="header", header={"event": "tally.open"})
+    obj = log_object("p1", "secret terms", mode="header", header={"event": "tally.open"})
     assert "payload" not in obj
     assert obj["header"] == {"event": "tally.open"}
     assert obj["payload_sha256"] == hashlib.sha256(b"secret terms").hexdigest()
     assert obj["payload_type"] == "text/plain; charset=utf-8"
-    entry = ch.next_entry(None, ch.parse_log(obj, max_payload=1), client_id=ALICE, now_ms=T0)
+    entry = next_entry(None, ch.parse_log(obj, max_payload=1), client_id=ALICE, now_ms=T0)
     assert entry["payload"] is None
-    ch.verify_chain([entry])
+    verify_chain([entry])
 
 
 def test_hash_mode_sends_the_hash_alone() -> None:
-    obj = ch.log_object("p1", {"units": 500}, mode="hash")
+    obj = log_object("p1", {"units": 500}, mode="hash")
     assert obj == {
         "pid": "p1",
         "header": {},
@@ -584,14 +586,14 @@ def test_hash_mode_sends_the_hash_alone() -> None:
         "payload_type": "application/msgpack",
     }
     with pytest.raises(ValueError, match="hash alone"):
-        ch.log_object("p1", b"x", mode="hash", header={"event": "tally.open"})
+        log_object("p1", b"x", mode="hash", header={"event": "tally.open"})
 
 
 def test_client_helper_refuses_unknown_modes_and_floats() -> None:
     with pytest.raises(ValueError, match="log mode 'all'"):
-        ch.log_object("p1", b"x", mode="all")
+        log_object("p1", b"x", mode="all")
     with pytest.raises(CodecError):
-        ch.log_object("p1", {"units": 1.5})
+        log_object("p1", {"units": 1.5})
 
 
 def test_log_round_trip_from_client_to_verified_receipt() -> None:
@@ -599,13 +601,13 @@ def test_log_round_trip_from_client_to_verified_receipt() -> None:
     store: dict[str, Any] = {"owners": None, "entries": []}
     receipts = []
     for n in range(3):
-        obj = unpack(pack(ch.log_object("tally-9", {"chit": n}, header={"n": n})))
+        obj = unpack(pack(log_object("tally-9", {"chit": n}, header={"n": n})))
         request = ch.parse_log(obj, max_payload=MAX_PAYLOAD)
         new_owners = ch.authorize("log", request["pid"], BOB, store["owners"])
         if new_owners:
             store["owners"] = set(new_owners)
         prev = store["entries"][-1] if store["entries"] else None
-        entry = ch.next_entry(prev, request, client_id=BOB, now_ms=T0 + n)
+        entry = next_entry(prev, request, client_id=BOB, now_ms=T0 + n)
         store["entries"].append(entry)
         action, reply = ch.processed(ring.receipts([entry])[0])
         assert action == "processed"
@@ -622,4 +624,4 @@ def test_log_round_trip_from_client_to_verified_receipt() -> None:
         for token in (receipt, batched):
             assert rc.verify_receipt(token, jwks, expect=expect)["seq"] == entry["seq"]
             rc.verify_receipt(token, jwks, expect=rc.entry_claims(entry))
-    ch.verify_chain(unpack(pack(store["entries"])))
+    verify_chain(unpack(pack(store["entries"])))

@@ -16,8 +16,9 @@ import trio
 from agentd.rpc import REFUSED, TIMEOUT, RpcError
 from agentd.runtime.context import Reject
 from agentd.runtime.node import Node
-from protocol import clearing as ch
 from protocol import receipts as rc
+from protocol.clearing_chain import verify_chain
+from protocol.evidence import log_object
 from protocol.keys import SigningKey
 from store import clearing as clearing_store
 from tests.netfixture import network, wait_for
@@ -39,7 +40,7 @@ async def refused(code: str, node: Node, action: str, obj: dict[str, Any]) -> st
 
 
 def log_obj(pid: str, payload: Any = "entry", **kwargs: Any) -> dict[str, Any]:
-    return ch.log_object(pid, payload, **kwargs)
+    return log_object(pid, payload, **kwargs)
 
 
 async def chain_of(node: Node, pid: str) -> list[dict]:
@@ -179,7 +180,7 @@ async def test_concurrent_appends_from_two_owners_make_one_chain(tmp_path):
                 nursery.start_soon(writer, alice if n % 2 else bob, n)
         assert sorted(r["seq"] for r in results) == list(range(1, 41))
         entries = await chain_of(alice, "hot")
-        ch.verify_chain(entries)
+        verify_chain(entries)
         assert [e["entry_hash"] for e in entries] == [
             r["document_id"] for r in sorted(results, key=lambda r: r["seq"])]
 
@@ -204,7 +205,7 @@ async def test_log_batch_judges_each_entry_on_its_own(tmp_path):
         after = house_state(house)
         assert [e for e in after["ch_entries"] if e[0] == "carols"] == [
             e for e in before["ch_entries"] if e[0] == "carols"]
-        ch.verify_chain(await chain_of(alice, "mine"))
+        verify_chain(await chain_of(alice, "mine"))
         assert "0 entries" in await refused("BAD_PARAMETERS", alice, "log_batch", {"entries": []})
         refused_all = await alice.evidence.request("log_batch", {"entries": [log_obj("carols")]})
         assert refused_all == {"results": [{"code": "NOT_AUTHORIZED", "message": (
@@ -241,7 +242,7 @@ async def test_concurrent_ch_log_calls_are_batched_and_each_gets_its_receipt(tmp
         assert refusals == ["NOT_AUTHORIZED"] * len(range(0, 120, 7))
         assert sorted(r["seq"] for r in results.values()) == list(range(2, 2 + len(results)))
         entries = await chain_of(alice, "many")
-        ch.verify_chain(entries)
+        verify_chain(entries)
         by_seq = {e["seq"]: e for e in entries}
         for n, result in results.items():
             entry = by_seq[result["seq"]]
@@ -310,7 +311,7 @@ async def test_clearing_house_restarted_mid_stream_loses_nothing(tmp_path):
         await wait_for(all_receipts, timeout=25)
         entries = await chain_of(alice, "tally-1")
         assert [e["seq"] for e in entries] == list(range(1, 351))
-        ch.verify_chain(entries)
+        verify_chain(entries)
         refs = {e["header"]["ref"] for e in entries}
         assert len(refs) == 350  # each evidence logged exactly once
         for node in (alice, bob):

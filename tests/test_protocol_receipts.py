@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import clearing as ch
 from protocol import merkle
 from protocol import receipts as rc
+from protocol.clearing_chain import ZERO_HASH
 from protocol.codec import CodecError, canonical, pack, unpack
 from protocol.keys import SigningKey, b64u, unb64u
 from tests.chaindata import (
@@ -408,7 +408,7 @@ def test_jwks_publishes_ed25519_keys_by_thumbprint() -> None:
         ("client_id", CAROL),
         ("payload_sha256", "cd" * 32),
         ("entry_hash", "ef" * 32),
-        ("prev_hash", ch.ZERO_HASH),
+        ("prev_hash", ZERO_HASH),
         ("note", "added"),
     ],
 )

@@ -37,6 +37,8 @@ from agentd.bench.rpc_stream import RpcStream
 from agentd.localnodes import cpu_seconds, free_ports, spawn, stop, wait_ready, write_node
 from protocol import clearing as ch
 from protocol import receipts as rc
+from protocol.clearing_chain import next_entry
+from protocol.evidence import log_object
 from protocol.keys import SigningKey
 from store import clearing as clearing_store
 
@@ -45,8 +47,8 @@ def signing_rate(seconds: float) -> float:
     """EdDSA JWTs signed per second by one core (PyJWT, an Ed25519 key, the claims one receipt
     per entry would carry): the cost of signing every receipt on its own."""
     key = SigningKey.generate()
-    request = ch.parse_log(ch.log_object("bench-0", "x" * 64), max_payload=1 << 20)
-    entry = ch.next_entry(None, request, client_id=key.agent_id, now_ms=int(time.time() * 1000))
+    request = ch.parse_log(log_object("bench-0", "x" * 64), max_payload=1 << 20)
+    entry = next_entry(None, request, client_id=key.agent_id, now_ms=int(time.time() * 1000))
     claims = {"iss": key.agent_id, "iat": entry["timestamp"] // 1000,
               "version": rc.RECEIPT_VERSION, **rc.entry_claims(entry)}
     kid = rc.thumbprint(key.public)

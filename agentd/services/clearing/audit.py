@@ -18,6 +18,7 @@ from agentd.runtime.context import Reject
 from protocol import clearing as ch
 from protocol import evidence as ev
 from protocol import receipts as rc
+from protocol.clearing_chain import ChainError, verify_chain
 from store import clearing as store
 
 if TYPE_CHECKING:
@@ -115,8 +116,8 @@ class Audit:
                 break
             page += 1
         try:
-            ch.verify_chain(entries)
-        except ch.ChainError as exc:
+            verify_chain(entries)
+        except ChainError as exc:
             return [_chain_failure(pid, f"the chain is broken at {exc}")]
         by_seq = {entry["seq"]: entry for entry in entries}
         failures = []

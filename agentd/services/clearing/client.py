@@ -320,7 +320,7 @@ class Evidence:
         if payload_type is not None and not isinstance(payload_type, str):
             raise invalid_params("payload_type must be text")
         try:
-            return ch.log_object(pid, payload, mode=mode, header=header,
+            return ev.log_object(pid, payload, mode=mode, header=header,
                                  payload_type=payload_type)
         except (ValueError, CodecError) as exc:
             raise invalid_params(str(exc)) from exc

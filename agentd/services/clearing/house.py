@@ -32,6 +32,7 @@ from agentd.runtime.context import Reject, Runtime, Service, Tx
 from protocol import clearing as ch
 from protocol import evidence as ev
 from protocol import receipts as rc
+from protocol.clearing_chain import next_entry
 from protocol.envelope import Envelope
 from protocol.messages import Send
 from store import clearing as store
@@ -166,7 +167,7 @@ class ClearingService(Service):
             owners = sorted(new_owners)
         elif pid not in known:
             last = store.last_entry(conn, pid)
-        entry = ch.next_entry(last, request, client_id=caller, now_ms=tx.now_ms)
+        entry = next_entry(last, request, client_id=caller, now_ms=tx.now_ms)
         store.append(conn, entry)
         known[pid] = (owners, entry)
         return entry
