@@ -12,8 +12,8 @@ the method registry (:mod:`agentd.methods`) and the benchmark list, so they cann
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import logging
 import os
 import signal
 import sys
@@ -273,11 +273,8 @@ async def _serve(config, key, prepare: Callable[[Any], None] | None = None) -> N
                         # systemd matches the reload by the time it began (CLOCK_MONOTONIC, µs)
                         stamp = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
                         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={stamp}")
-                        try:
+                        with contextlib.suppress(UserError):  # reload_config logs it
                             reload_config(node)
-                        except UserError as exc:
-                            logging.getLogger("agentd.runtime.reload").error(
-                                "reload refused, the running config is kept: %s", exc)
                         sd_notify("READY=1")
                         continue
                     sd_notify("STOPPING=1")

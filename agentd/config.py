@@ -6,6 +6,7 @@ resolved against the directory of the config file, so a config works from any cw
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -122,31 +123,59 @@ class Config:
         return parse_hostport(self.listen)
 
 
-class _Section:
-    """Reads one TOML table, remembering which keys were used so leftovers are errors."""
+class _Problems:
+    """Every complaint about one config file, raised together (one line each, naming the key
+    and the file), so a user fixes them in one edit rather than one per try."""
 
-    def __init__(self, source: Path, where: str, table: object) -> None:
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.found: list[str] = []
+
+    def add(self, complaint: str) -> None:
+        self.found.append(f"{self.source}: {complaint}")
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise UserError("\n".join(self.found))
+
+
+class _Section:
+    """Reads one TOML table, remembering which keys were used so leftovers are errors. A bad
+    value is noted (``_Problems``) and read as its default, so parsing goes on to the end."""
+
+    def __init__(self, problems: _Problems, where: str, table: object) -> None:
         if not isinstance(table, dict):
-            raise UserError(f"{source}: [{where}] must be a table")
-        self.source, self.where, self.table = source, where, table
+            problems.add(f"[{where}] must be a table")
+            table = {}
+        self.problems, self.where, self.table = problems, where, table
         self.used: set[str] = set()
 
-    def _bad(self, key: str, why: str) -> UserError:
-        return UserError(f"{self.source}: {self.where}.{key} {why}")
+    def name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def bad(self, key: str, why: str) -> None:
+        self.problems.add(f"{self.name(key)} {why}")
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, *,
             required: bool = False) -> Any:
         self.used.add(key)
         if key not in self.table:
             if required:
-                raise self._bad(key, "is required")
+                self.bad(key, "is required" + self._misspelt_as(key))
             return default
         value = self.table[key]
         if isinstance(value, bool) and kind is not bool:
-            raise self._bad(key, f"must be {_kind_name(kind)}, not a boolean")
+            self.bad(key, f"must be {_kind_name(kind)}, not a boolean")
+            return default
         if not isinstance(value, kind):
-            raise self._bad(key, f"must be {_kind_name(kind)}, got {value!r}")
+            self.bad(key, f"must be {_kind_name(kind)}, got {value!r}")
+            return default
         return value
+
+    def _misspelt_as(self, key: str) -> str:
+        close = difflib.get_close_matches(key, [k for k in self.table if isinstance(k, str)],
+                                          n=1, cutoff=0.75)
+        return f" (is {self.name(close[0])} a misspelling of it?)" if close else ""
 
     def hostport(self, key: str, *, required: bool = False, default: str | None = None,
                  allow_zero: bool = False) -> str | None:
@@ -156,24 +185,26 @@ class _Section:
         try:
             _, port = parse_hostport(value)
         except IdentityError as exc:
-            raise self._bad(key, f"is not HOST:PORT ({exc})") from exc
+            self.bad(key, f"is not HOST:PORT ({exc})")
+            return None
         if port == 0 and not allow_zero:
-            raise self._bad(key, "needs a real port, not 0")
+            self.bad(key, "needs a real port, not 0")
+            return None
         return value
 
     def agent(self, key: str) -> str:
         value = self.get(key, str, required=True)
-        if not is_agent_id(value):
-            raise self._bad(key, f"is not an agent id (43 base64url characters): {value!r}")
-        return value
+        if value is not None and not is_agent_id(value):
+            self.bad(key, f"is not an agent id (43 base64url characters): {value!r}")
+        return value or ""
 
     def finish(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
-        if unknown:
-            known = ", ".join(sorted(self.used))
-            raise UserError(
-                f"{self.source}: unknown key {self.where}.{unknown[0]} (known keys: {known})"
-            )
+        known = sorted(self.used)
+        for key in sorted(map(str, set(self.table) - self.used)):
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}? " if close else ""
+            self.problems.add(f"unknown key {self.name(key)} ({hint}known keys: "
+                              f"{', '.join(known)})")
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -197,37 +228,39 @@ def load_config(path: Path | str) -> Config:
 
 
 def parse_config(raw: dict, source: Path) -> Config:
+    """Validate a config's tables; every problem found is raised at once (``UserError``)."""
     base = source.resolve().parent
-    top = _Section(source, "", raw)
-    top.where = "top level"
+    problems = _Problems(source)
+    top = _Section(problems, "", raw)
+    top.used.update(("clearinghouse", "relay", "lift", "log", "metrics"))  # optional tables
 
-    node = _Section(source, "node", top.get("node", dict, required=True))
+    node = _Section(problems, "node", top.get("node", dict, {}, required=True))
     name = node.get("name", str, required=True)
-    if not name:
-        raise UserError(f"{source}: node.name must not be empty")
-    data_dir = Path(os.path.normpath(base / node.get("data_dir", str, required=True)))
+    if name == "":
+        node.bad("name", "must not be empty")
+    data_dir = Path(os.path.normpath(base / (node.get("data_dir", str, required=True) or ".")))
     key_file = Path(os.path.normpath(base / node.get("key", str, str(data_dir / "agent.key"))))
     listen = node.hostport("listen", required=True, allow_zero=True)
     network = node.get("network", str, "agentd")
     roles = tuple(node.get("roles", list, []))
     for role in roles:
         if role not in ROLES:
-            raise UserError(f"{source}: node.roles has unknown role {role!r} "
-                            f"(known: {', '.join(sorted(ROLES))})")
+            node.bad("roles", f"has unknown role {role!r} (known: {', '.join(sorted(ROLES))})")
     max_frame = node.get("max_frame", int, DEFAULT_MAX_FRAME)
     if not 1024 <= max_frame <= 64 << 20:
-        raise UserError(f"{source}: node.max_frame must be between 1024 and 67108864 bytes")
+        node.bad("max_frame", "must be between 1024 and 67108864 bytes")
     advertise = node.hostport("advertise")
     handshake_timeout = float(node.get("handshake_timeout", (int, float), 10.0))
     idle_timeout = float(node.get("idle_timeout", (int, float), 60.0))
-    if handshake_timeout <= 0 or idle_timeout <= 0:
-        raise UserError(f"{source}: node.handshake_timeout and node.idle_timeout must be > 0")
+    for key, value in (("handshake_timeout", handshake_timeout), ("idle_timeout", idle_timeout)):
+        if value <= 0:
+            node.bad(key, "must be > 0")
     limits = _limits(node)
     node.finish()
 
     peers = []
     for i, entry in enumerate(top.get("peers", list, [])):
-        section = _Section(source, f"peers[{i}]", entry)
+        section = _Section(problems, f"peers[{i}]", entry)
         peers.append(PeerConfig(
             name=section.get("name", str, required=True),
             agent=section.agent("agent"),
@@ -237,7 +270,7 @@ def parse_config(raw: dict, source: Path) -> Config:
 
     clearinghouse = None
     if "clearinghouse" in raw:
-        section = _Section(source, "clearinghouse", top.get("clearinghouse", dict))
+        section = _Section(problems, "clearinghouse", top.get("clearinghouse", dict, {}))
         clearinghouse = ClearingHouseConfig(
             agent=section.agent("agent"), address=section.hostport("address", required=True)
         )
@@ -246,63 +279,64 @@ def parse_config(raw: dict, source: Path) -> Config:
     access: list[AccessRule] = []
     verify: list[VerifyPolicy] = []
     if "relay" in raw:
-        relay = _Section(source, "relay", top.get("relay", dict))
+        relay = _Section(problems, "relay", top.get("relay", dict, {}))
         for i, entry in enumerate(relay.get("access", list, [])):
-            section = _Section(source, f"relay.access[{i}]", entry)
+            section = _Section(problems, f"relay.access[{i}]", entry)
             principal = section.get("principal", str, required=True)
-            if principal != "*" and not is_agent_id(principal):
-                raise UserError(f"{source}: relay.access[{i}].principal must be an agent id or *")
+            if principal is not None and principal != "*" and not is_agent_id(principal):
+                section.bad("principal", "must be an agent id or *")
             access.append(AccessRule(principal, section.get("resource", str, required=True)))
             section.finish()
         for i, entry in enumerate(relay.get("verify", list, [])):
-            section = _Section(source, f"relay.verify[{i}]", entry)
-            signers = section.get("signers", list, required=True)
+            section = _Section(problems, f"relay.verify[{i}]", entry)
+            signers = section.get("signers", list, [], required=True)
             if not all(is_agent_id(s) for s in signers):
-                raise UserError(f"{source}: relay.verify[{i}].signers must be agent ids")
+                section.bad("signers", "must be agent ids")
             verify.append(VerifyPolicy(section.get("view", str, required=True), tuple(signers)))
             section.finish()
         relay.finish()
 
     lift = LiftConfig()
     if "lift" in raw:
-        section = _Section(source, "lift", top.get("lift", dict))
+        section = _Section(problems, "lift", top.get("lift", dict, {}))
         referee = section.agent("referee") if "referee" in section.table else None
+        section.used.add("referee")
         referees = section.get("referees", list, [])
         if not all(is_agent_id(agent) for agent in referees):
-            raise UserError(f"{source}: lift.referees must be a list of agent ids")
+            section.bad("referees", "must be a list of agent ids")
         life_s = section.get("life_s", (int, float), 120.0)
-        if isinstance(life_s, bool) or not 1 <= life_s <= MAX_LIFE_MS // 1000:
-            raise UserError(f"{source}: lift.life_s must be seconds from 1 to "
-                            f"{MAX_LIFE_MS // 1000}")
+        if not 1 <= life_s <= MAX_LIFE_MS // 1000:
+            section.bad("life_s", f"must be seconds from 1 to {MAX_LIFE_MS // 1000}")
         auto_clear = section.get("auto_clear", bool, False)
         minimum = section.get("minimum", int, 1)
-        if isinstance(minimum, bool) or minimum < 1:
-            raise UserError(f"{source}: lift.minimum must be a whole number of mCHIP >= 1")
+        if minimum < 1:
+            section.bad("minimum", "must be a whole number of mCHIP >= 1")
         interval_s = section.get("interval_s", (int, float), 60.0)
-        if isinstance(interval_s, bool) or not 1 <= interval_s <= 86_400:
-            raise UserError(f"{source}: lift.interval_s must be seconds from 1 to 86400")
+        if not 1 <= interval_s <= 86_400:
+            section.bad("interval_s", "must be seconds from 1 to 86400")
         section.finish()
         lift = LiftConfig(referee, tuple(referees), float(life_s), auto_clear, minimum,
                           float(interval_s))
 
     log_level, log_format = "info", "text"
     if "log" in raw:
-        log = _Section(source, "log", top.get("log", dict))
+        log = _Section(problems, "log", top.get("log", dict, {}))
         log_level = log.get("level", str, "info")
         if log_level not in LOG_LEVELS:
-            raise UserError(f"{source}: log.level must be one of {', '.join(LOG_LEVELS)}")
+            log.bad("level", f"must be one of {', '.join(LOG_LEVELS)}")
         log_format = log.get("format", str, "text")
         if log_format not in LOG_FORMATS:
-            raise UserError(f"{source}: log.format must be one of {', '.join(LOG_FORMATS)}")
+            log.bad("format", f"must be one of {', '.join(LOG_FORMATS)}")
         log.finish()
 
     metrics_listen = None
     if "metrics" in raw:
-        metrics = _Section(source, "metrics", top.get("metrics", dict))
+        metrics = _Section(problems, "metrics", top.get("metrics", dict, {}))
         metrics_listen = metrics.hostport("listen", required=True, allow_zero=True)
         metrics.finish()
 
     top.finish()
+    problems.raise_any()
     return Config(
         path=source, name=name, data_dir=data_dir, listen=listen, key_file=key_file,
         network=network, roles=roles, max_frame=max_frame, advertise=advertise,
@@ -343,6 +377,7 @@ def _limits(node: _Section) -> Limits:
         kind = float if isinstance(default, float) else int
         value = node.get(key, (int, float) if kind is float else int, default)
         if not low <= value <= high:
-            raise node._bad(key, f"must be between {low} and {high}, got {value!r}")
+            node.bad(key, f"must be between {low} and {high}, got {value!r}")
+            value = default
         values[key] = kind(value)
     return Limits(**values)

@@ -45,12 +45,12 @@ def test_peers_relay_rules_and_log_level_apply_and_the_rest_waits(tmp_path):
         + '\n[log]\nlevel = "debug"\n'
     )
     result = reload_config(node)
-    assert result == {"applied": ["peers", "relay_access", "log_level"], "restart": ["listen"]}
+    assert result == {"applied": ["peers", "relay.access", "log.level"], "restart": ["node.listen"]}
     assert node.address_of(BOB) == "127.0.0.1:7912"  # a configured address wins at once
     assert node.address_of(CAROL) == "127.0.0.1:7903"
     assert [rule.resource for rule in node.relay.access] == ["node:*", "user:*"]
     assert node.config.listen == "127.0.0.1:7901"  # still listening where it started
-    assert reload_config(node) == {"applied": [], "restart": ["listen"]}
+    assert reload_config(node) == {"applied": [], "restart": ["node.listen"]}
 
 
 @pytest.mark.parametrize("bad, complaint", [
@@ -74,3 +74,19 @@ def test_a_missing_config_file_changes_nothing(tmp_path):
     with pytest.raises(UserError, match="not found"):
         reload_config(node)
     assert node.address_of(BOB) == "127.0.0.1:7902"
+
+
+def test_a_refused_reload_is_logged_and_changes_wait_by_their_file_names(tmp_path, caplog):
+    node, path = node_from(tmp_path, BASE)
+    path.write_text(BASE.replace('listen = "127.0.0.1:7901"', 'lisen = "127.0.0.1:7901"'))
+    with pytest.raises(UserError, match=r"node\.listen is required"):
+        reload_config(node)
+    refused = [r for r in caplog.records if r.name == "agentd.runtime.reload"]
+    assert [r.levelname for r in refused] == ["ERROR"]
+    assert "reload refused, the running config is kept" in refused[0].getMessage()
+    assert "node.lisen" in refused[0].getMessage()
+    path.write_text(BASE.replace('listen = "127.0.0.1:7901"',
+                                 'listen = "127.0.0.1:7901"\nmax_channels = 99')
+                    + '\n[lift]\nlife_s = 30\n\n[log]\nformat = "json"\n')
+    assert reload_config(node) == {
+        "applied": [], "restart": ["log.format", "node.max_channels", "lift.life_s"]}

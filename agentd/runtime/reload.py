@@ -11,10 +11,12 @@ config that does not validate changes nothing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
 from agentd.config import Config, load_config
+from agentd.errors import UserError
 
 if TYPE_CHECKING:
     from agentd.runtime.node import Node
@@ -22,27 +24,52 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentd.runtime.reload")
 
 LIVE = ("peers", "clearinghouse", "relay_access", "relay_verify", "log_level")
+# Config fields by the names a user writes in the file (the rest are [node] keys of their own)
+FILE_KEYS = {"peers": "peers", "clearinghouse": "clearinghouse", "relay_access": "relay.access",
+             "relay_verify": "relay.verify", "log_level": "log.level", "log_format": "log.format",
+             "metrics_listen": "metrics.listen", "key_file": "node.key"}
+TABLES = {"limits": "node", "lift": "lift"}  # fields whose own fields are that table's keys
+
+
+def changed_keys(old: Config, new: Config, names: Iterable[str]) -> list[str]:
+    """The config keys, as written in the file, of the fields ``names`` that differ."""
+    keys = []
+    for name in names:
+        before, after = getattr(old, name), getattr(new, name)
+        if before == after:
+            continue
+        if name in TABLES:
+            keys += [f"{TABLES[name]}.{field.name}" for field in fields(before)
+                     if getattr(before, field.name) != getattr(after, field.name)]
+        else:
+            keys.append(FILE_KEYS.get(name, f"node.{name}"))
+    return keys
 
 
 def reload_config(node: Node) -> dict[str, Any]:
     """Re-read ``node``'s config file and apply what can change while it runs.
 
-    Returns what changed: ``{applied: [keys], restart: [keys]}``. Raises ``UserError``
-    (nothing applied) for a config file that is missing or invalid.
+    Returns what changed, by the keys' names in the file: ``{applied: [keys], restart:
+    [keys]}``. Raises ``UserError`` (nothing applied, and logged) for a config file that is
+    missing or invalid.
     """
     old = node.config
-    new = load_config(old.path)
-    rules = node.relay.rules(new)  # a bad [relay] refuses the reload before anything changes
-    applied = [name for name in LIVE if getattr(new, name) != getattr(old, name)]
-    restart = [field.name for field in fields(Config)
-               if field.name not in LIVE and field.name != "path"
-               and getattr(new, field.name) != getattr(old, field.name)]
+    try:
+        new = load_config(old.path)
+        rules = node.relay.rules(new)  # a bad [relay] refuses the reload before anything changes
+    except UserError as exc:
+        log.error("reload refused, the running config is kept: %s", exc)
+        raise
+    live = [name for name in LIVE if getattr(new, name) != getattr(old, name)]
+    applied = changed_keys(old, new, live)
+    restart = changed_keys(old, new, [field.name for field in fields(Config)
+                                      if field.name not in LIVE and field.name != "path"])
     node.config = replace(old, **{name: getattr(new, name) for name in LIVE})
-    if "peers" in applied or "clearinghouse" in applied:
+    if "peers" in live or "clearinghouse" in live:
         node.configure_peers()
-    if "relay_access" in applied or "relay_verify" in applied:
+    if "relay_access" in live or "relay_verify" in live:
         node.relay.use_rules(rules)
-    if "log_level" in applied:
+    if "log_level" in live:
         logging.getLogger().setLevel(new.log_level.upper())
     log.info("reloaded %s: applied %s%s", old.path, ", ".join(applied) or "nothing new",
              f"; waiting for a restart: {', '.join(restart)}" if restart else "")

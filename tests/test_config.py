@@ -1,0 +1,69 @@
+"""Reading a node's config file: every mistake in it named at once, with the key and the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentd.config import load_config
+from agentd.errors import UserError
+
+GOOD = """[node]
+name = "alice"
+data_dir = "data"
+listen = "127.0.0.1:7901"
+"""
+
+
+def complaints(tmp_path, text: str) -> list[str]:
+    path = tmp_path / "alice.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as refused:
+        load_config(path)
+    lines = str(refused.value).splitlines()
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    return [line.removeprefix(f"{path}: ") for line in lines]
+
+
+def test_a_good_config_loads(tmp_path):
+    path = tmp_path / "alice.toml"
+    path.write_text(GOOD + "\n[lift]\nauto_clear = true\n")
+    config = load_config(path)
+    assert (config.name, config.listen, config.lift.auto_clear) == ("alice", "127.0.0.1:7901",
+                                                                    True)
+
+
+def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
+    text = GOOD.replace("listen =", "lisen =") + (
+        "max_channels = 0\n\n[lift]\nlife_s = 0\nauto_clar = true\n\n[node2]\n")
+    found = complaints(tmp_path, text)
+    assert found[0] == "node.listen is required (is node.lisen a misspelling of it?)"
+    assert found[1] == "node.max_channels must be between 1 and 1048576, got 0"
+    assert found[2].startswith("unknown key node.lisen (did you mean listen? known keys: ")
+    assert found[3] == "lift.life_s must be seconds from 1 to 86400"
+    assert found[4].startswith("unknown key lift.auto_clar (did you mean auto_clear? ")
+    assert "referee, referees" in found[4]
+    assert found[5] == ("unknown key node2 (did you mean node? known keys: clearinghouse, "
+                        "lift, log, metrics, node, peers, relay)")
+    assert len(found) == 6
+
+
+@pytest.mark.parametrize("text, complaint", [
+    (GOOD.replace('name = "alice"', 'name = ""'), "node.name must not be empty"),
+    (GOOD + "idle_timeout = 0\n", "node.idle_timeout must be > 0"),
+    (GOOD + "roles = [\"house\"]\n", "node.roles has unknown role 'house' (known: clearinghouse)"),
+    (GOOD + "max_frame = true\n", "node.max_frame must be an integer, not a boolean"),
+    (GOOD + '\n[[peers]]\nname = "bob"\nagent = "x"\naddress = "127.0.0.1:7902"\n',
+     "peers[0].agent is not an agent id (43 base64url characters): 'x'"),
+    (GOOD + '\n[log]\nlevel = "loud"\n', "log.level must be one of debug, info, warning, error"),
+    (GOOD + '\n[metrics]\nlisten = "nowhere"\n', "metrics.listen is not HOST:PORT"),
+])
+def test_one_problem(tmp_path, text, complaint):
+    found = complaints(tmp_path, text)
+    assert len(found) == 1 and found[0].startswith(complaint), found
+
+
+@pytest.mark.parametrize("text, first", [("", "node is required"),
+                                         ("node = 3\n", "node must be a table, got 3")])
+def test_a_missing_node_table_names_what_it_must_hold(tmp_path, text, first):
+    assert complaints(tmp_path, text) == [first, "node.name is required",
+                                          "node.data_dir is required", "node.listen is required"]
