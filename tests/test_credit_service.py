@@ -172,6 +172,9 @@ async def test_tally_wait_returns_once_each_step_of_a_negotiation_lands(tmp_path
         bad = await refused(a, "tally.wait", cuid="alice", tally=tally, state=t.OPEN,
                             timeout_s=0)
         assert "timeout_s" in bad.message
+        bad = await refused(a, "tally.wait", cuid="alice", tally=tally,
+                            state=[t.OPEN, "opne"], timeout_s=1)
+        assert bad.message.startswith("tally.wait: state 'opne' is not a tally state (one of: ")
 
 
 async def test_negotiation_counter_offer_then_accept_and_a_refusal(tmp_path):

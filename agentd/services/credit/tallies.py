@@ -247,6 +247,10 @@ class TallyService(Service):
         if not (isinstance(wanted, set | list) and wanted
                 and all(isinstance(s, str) for s in wanted)):
             raise invalid_params("state must be a tally state or a list of them")
+        unknown = [s for s in wanted if s not in t.STATES]
+        if unknown:
+            raise invalid_params(f"state {unknown[0]!r} is not a tally state (one of: "
+                                 f"{', '.join(t.STATES)})")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not (
                 0 < timeout_s <= MAX_WAIT_S):
             raise invalid_params(f"timeout_s must be a number of seconds, more than 0 and at "
