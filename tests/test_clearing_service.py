@@ -134,6 +134,12 @@ async def test_rpc_errors_carry_the_ids_code(tmp_path):
         with pytest.raises(RpcError) as info:
             await alice.rpc.call("ch.log", {"pid": "p", "payload": "x", "mode": "loud"})
         assert info.value.reason == "INVALID_PARAMS"
+        with pytest.raises(RpcError) as info:  # a seq where the document id goes
+            await alice.rpc.call("ch.get", {"pid": "p", "id": 2})
+        assert info.value.reason == "INVALID_PARAMS"
+        assert info.value.message == (
+            "ch.get: id must be a document id (the 64 lowercase hex digits ch.log and ch.query "
+            "give as document_id), not 2")
 
 
 async def test_two_clients_share_a_process_and_a_third_is_refused(tmp_path):

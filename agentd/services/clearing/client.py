@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,7 @@ ENVELOPE_OVERHEAD = 4096
 MAX_RPC_BATCH = 1000  # entries in one ch.log_many call
 _LOG_REQUIRED = frozenset({"pid", "payload"})  # ch.log's params, for ch.log_many entries
 _LOG_PARAMS = frozenset({"pid", "payload", "mode", "header", "payload_type"})
+_HEX64 = re.compile(r"[0-9a-f]{64}")  # a document id
 
 
 class Evidence:
@@ -359,7 +361,11 @@ class Evidence:
         return {**result, "entries": [entry_json(e) for e in result.get("entries", [])]}
 
     async def rpc_get(self, pid: str, id: str) -> dict:
-        """The entry whose document id is ``id``."""
+        """The entry whose document id is ``id`` (``document_id`` in what ``ch.log`` and
+        ``ch.query`` return)."""
+        if not isinstance(id, str) or not _HEX64.fullmatch(id):
+            raise invalid_params(f"id must be a document id (the 64 lowercase hex digits "
+                                 f"ch.log and ch.query give as document_id), not {id!r}")
         result = await self.request("get", {"pid": pid, "id": id})
         entries = result.get("entries")
         if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict):
