@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from agentd import __version__
-from agentd.errors import UserError
+from agentd.errors import UserError, did_you_mean
 
 # name: (synopsis, what it does) — the commands that run here rather than call a node
 COMMANDS = {
@@ -38,7 +38,8 @@ COMMANDS = {
     "demo": ("demo", "alice, bob, carol and a clearing house: a tour"),
     "up": ("up [DIR]", "start configs/local (or DIR) and leave it running"),
     "down": ("down [DIR]", "stop them"),
-    "completion": ("completion {{bash,zsh,tcsh}}", "print a shell completion script"),
+    "completion": ("completion {{bash,zsh,tcsh,fish,powershell}}",
+                   "print a shell completion script"),
 }
 LOCAL_COMMANDS = tuple(COMMANDS)
 
@@ -132,7 +133,8 @@ def _main(argv: list[str]) -> int:
 
         socket_path = control_socket(options.config)
     else:
-        raise UserError(f"'{options.command}' is not a command; to call a method on a node "
+        raise UserError(f"'{options.command}' is not a command"
+                        f"{did_you_mean(options.command, COMMANDS)}; to call a method on a node "
                         "give its config: agentd -c CONFIG METHOD [key=value ...]")
     return _rpc(socket_path, options.command, args, human=options.human)
 

@@ -1,4 +1,5 @@
-"""``agentd completion {bash,zsh,tcsh}``: a shell completion script, made by shtab.
+"""``agentd completion {bash,zsh,tcsh,fish,powershell}``: a shell completion script, made
+by shtab.
 
 shtab writes the script from an argparse parser, so the parser here is built for completion
 only, from the same tables as the usage text: the commands, the benchmarks, and every method
@@ -12,6 +13,8 @@ import argparse
 import shtab
 
 from agentd.methods import describe, registry
+
+SHELLS = ("bash", "zsh", "tcsh", "fish", "powershell")  # shtab's, as of 1.13
 
 
 def completion_parser() -> argparse.ArgumentParser:
@@ -33,7 +36,7 @@ def completion_parser() -> argparse.ArgumentParser:
         elif name in ("run", "init", "sim", "up", "down"):
             sub.add_argument("path", nargs="?").complete = shtab.FILE
         elif name == "completion":
-            sub.add_argument("shell", choices=shtab.SUPPORTED_SHELLS)
+            sub.add_argument("shell", choices=SHELLS)
     for name, method in sorted(methods.items()):
         if name in COMMANDS:  # `help` is the command that also explains methods
             continue

@@ -1,8 +1,23 @@
 """Errors a person sees: each names what is wrong and where."""
 
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
 
 class UserError(Exception):
     """A problem with the user's input or environment (bad config, port in use, ...).
 
     The CLI prints it as one line and exits 2, without a traceback.
     """
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` (did you mean a, b?)`` naming the known names closest to a mistyped ``name`` (its
+    misspellings, and names of the same dotted family), or "" when none is close."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    family = name.split(".")[0] + "."
+    close += [k for k in known if "." in name and k.startswith(family) and k not in close]
+    return f" (did you mean {', '.join(close[:5])}?)" if close else ""

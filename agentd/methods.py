@@ -79,10 +79,11 @@ def describe(name: str, method: Method) -> dict[str, Any]:
 
 
 def signature_line(described: dict[str, Any]) -> str:
-    """``tally.offer cuid tally [limit=None] ...`` — how the CLI spells a call."""
+    """``tally.offer cuid=CUID tally=TALLY [limit=null] ...`` — how the CLI spells a call:
+    every param as ``key=value``, the optional ones in brackets with their defaults."""
     parts = [described["method"]]
     for param in described["params"]:
-        parts.append(param["name"] if param["required"]
+        parts.append(f"{param['name']}={param['name'].upper()}" if param["required"]
                      else f"[{param['name']}={_literal(param['default'])}]")
     return " ".join(parts)
 
@@ -99,11 +100,10 @@ def method_help(name: str) -> str:
     """The text ``agentd help METHOD`` prints."""
     methods = registry()
     if name not in methods:
-        from agentd.errors import UserError
+        from agentd.errors import UserError, did_you_mean
 
-        close = [m for m in sorted(methods) if name in m or m.startswith(name.split(".")[0])]
-        hint = f" (did you mean {', '.join(close[:5])}?)" if close else ""
-        raise UserError(f"unknown method {name!r}{hint}; 'agentd help' lists them all")
+        raise UserError(f"unknown method {name!r}{did_you_mean(name, methods)}; "
+                        "'agentd help' lists them all")
     described = describe(name, methods[name])
     lines = [f"usage: agentd -c CONFIG {signature_line(described)}", "",
              *textwrap.wrap(described["doc"], 92)]

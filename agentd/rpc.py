@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from agentd.errors import UserError
+from agentd.errors import UserError, did_you_mean
 from protocol.errors import Refusal
 from protocol.keys import b64u
 
@@ -84,14 +84,16 @@ class RpcServer:
         from agentd.methods import describe
 
         if method is not None and method not in self.methods:
-            raise RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}", "METHOD_NOT_FOUND")
+            raise RpcError(METHOD_NOT_FOUND, f"unknown method {method!r}"
+                           f"{did_you_mean(method, self.methods)}", "METHOD_NOT_FOUND")
         names = [method] if method is not None else sorted(self.methods)
         return [jsonable(describe(name, self.methods[name])) for name in names]
 
     async def call(self, name: str, params: Any) -> Any:
         method = self.methods.get(name)
         if method is None:
-            raise RpcError(METHOD_NOT_FOUND, f"unknown method {name!r}; try 'help'",
+            raise RpcError(METHOD_NOT_FOUND, f"unknown method {name!r}"
+                           f"{did_you_mean(name, self.methods)}; 'agentd help' lists them all",
                            "METHOD_NOT_FOUND")
         if params is None:
             params = {}

@@ -69,6 +69,9 @@ def test_three_nodes_through_the_cli_then_sigterm(three_nodes):
     assert json.loads(bad.stderr)["code"] == -32602
     unknown = cli("-c", a, "no.such.method", check=False)
     assert unknown.returncode == 1 and "unknown method" in json.loads(unknown.stderr)["message"]
+    misspelt = cli("-c", a, "peers.pnig", check=False)
+    assert json.loads(misspelt.stderr)["message"].startswith(
+        "unknown method 'peers.pnig' (did you mean peers.ping, ")
     typo = cli("-c", a, "peers.ping", "agnet=x", check=False)
     assert "unknown parameter 'agnet'" in json.loads(typo.stderr)["message"]
     dup = cli("-c", c, "users.add", "cuid=carol", check=False)

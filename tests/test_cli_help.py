@@ -13,7 +13,7 @@ from agentd import cli
 from agentd.bench import BENCHMARKS, verdict
 from agentd.bench import usage as bench_usage
 from agentd.config import control_socket
-from agentd.errors import UserError
+from agentd.errors import UserError, did_you_mean
 from agentd.human import render
 from agentd.methods import describe, method_help, registry
 from tests.clihelpers import AGENTD
@@ -65,7 +65,7 @@ def test_usage_names_every_method_and_benchmark(capsys):
 def test_method_help_with_and_without_a_config(capsys, tmp_path):
     assert cli.main(["help", "peers.ping"]) == 0
     text = capsys.readouterr().out
-    assert "usage: agentd -c CONFIG peers.ping agent [count=1]" in text
+    assert "usage: agentd -c CONFIG peers.ping agent=AGENT [count=1]" in text
     assert "count  int, default 1" in text
     config = tmp_path / "broken.toml"
     config.write_text("this is not toml")
@@ -123,3 +123,13 @@ def test_human_output():
     tallies = render("tally.list", [{"tally": "T", "state": "open", "chain": {"index": 2}}])
     assert tallies.splitlines()[1].split() == ["T", "-", "-", "open", "-", "-", "-", "2", "-"]
     assert render("tally.list", []) == "(none)\n"
+
+
+def test_a_mistyped_name_gets_the_names_it_is_close_to():
+    known = ["help", "init", "run", "peers.ping", "peers.add", "lift.pay", "lift.wait"]
+    assert did_you_mean("halp", known) == " (did you mean help?)"
+    assert did_you_mean("peers.pnig", known) == " (did you mean peers.ping, peers.add?)"
+    assert did_you_mean("lift", known) == " (did you mean lift.pay, lift.wait?)"
+    assert did_you_mean("zzz", known) == ""
+    with pytest.raises(UserError, match=r"'halp' is not a command \(did you mean help\?\)"):
+        cli._main(["halp"])

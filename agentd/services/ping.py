@@ -39,7 +39,8 @@ class PingService(Service):
             raise Reject("UNKNOWN_ACTION", f"node has no action {envelope.action!r}")
 
     async def rpc_ping(self, agent: str, count: int = 1) -> dict:
-        """Round trips to ``agent`` through the outbox and ack path; latencies in ms."""
+        """``count`` (1 to 1000) round trips to ``agent`` through the outbox and ack path;
+        latencies in ms."""
         if not is_agent_id(agent):
             raise invalid_params(f"agent is not an agent id: {agent!r}")
         if not isinstance(count, int) or not 1 <= count <= 1000:
