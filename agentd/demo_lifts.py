@@ -50,6 +50,8 @@ def lifts_demo(configs: dict[str, Config], infos: dict[str, dict], ab: str) -> N
     call(sock["alice"], "chit.pay", {"cuid": "alice", "tally": ca, "units": 400})
     until("the triangle's payments", lambda: _balance(sock["bob"], "bob", bc) == 300
            and _balance(sock["carol"], "carol", ca) == 400)
+    print(f"  carol and alice open a tally ({ca[:8]}…); carol pays bob 1000 (he owed her 700"
+          f" after the lift: now she owes him 300); alice pays carol 400")
     owed = {"bob owes alice": _balance(sock["alice"], "alice", ab),
             "carol owes bob": _balance(sock["bob"], "bob", bc),
             "alice owes carol": _balance(sock["carol"], "carol", ca)}
