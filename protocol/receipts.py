@@ -90,10 +90,6 @@ class Keyring:
     def kid(self) -> str:
         return thumbprint(self.current.public)
 
-    def rotated(self, new_key: SigningKey) -> Keyring:
-        """Sign with ``new_key`` from now on and keep the current key's public half."""
-        return Keyring(self.issuer, new_key, (self.current.public, *self.retired))
-
     def jwks(self) -> dict[str, Any]:
         """Every public key, current first, as a JWKS: the ``keys`` reply."""
         publics = dict.fromkeys((self.current.public, *self.retired))

@@ -19,7 +19,7 @@ Modules
 -------
 This module holds the request state machine: ``Status`` and ``AckStatus`` (IntEnums),
 ``TRANSITIONS`` (status -> statuses it may move to), ``APPLIES_FROM`` (status -> statuses it
-may be applied over, for ``UPDATE ... WHERE status IN (...)``), ``next_status``. The rest:
+may be applied over, for ``UPDATE ... WHERE status IN (...)``), ``parse_status``. The rest:
 
 ``relay_fields``
     ``RelayError`` and its kinds (``MessageError`` names the bad field, ``AddressError``,
@@ -123,10 +123,3 @@ def parse_status(value: object, where: str) -> Status:
     if not (is_int(value) and value in _STATUS_CODES):
         raise MessageError(where, f"{value!r} is not a request status")
     return Status(value)
-
-
-def next_status(current: Status | int, incoming: Status | int) -> Status | None:
-    """The status after ``incoming`` arrives, or None to ignore it (late, duplicate, backward)."""
-    now = parse_status(current, "current status")
-    new = parse_status(incoming, "incoming status")
-    return new if new in TRANSITIONS[now] else None

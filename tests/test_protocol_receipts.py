@@ -648,7 +648,7 @@ def test_a_retired_key_still_verifies_old_receipts() -> None:
     old_ring = keyring()
     entries = chain(4)
     old_receipts = old_ring.receipts(entries[:2])
-    new_ring = old_ring.rotated(SigningKey(bytes([10]) * 32))
+    new_ring = rc.Keyring(CH_AGENT, SigningKey(bytes([10]) * 32), (old_ring.current.public,))
     new_receipts = new_ring.receipts(entries[2:])
     assert [key["kid"] for key in new_ring.jwks()["keys"]] == [new_ring.kid, old_ring.kid]
     assert jwt.get_unverified_header(new_receipts[0].split("~")[0])["kid"] == new_ring.kid
