@@ -30,7 +30,8 @@ from agentd.errors import UserError, did_you_mean
 
 # name: (synopsis, what it does) — the commands that run here rather than call a node
 COMMANDS = {
-    "init": ("init DIR --name NAME --listen HOST:PORT", "create a key and a config in DIR"),
+    "init": ("init DIR --name NAME --listen HOST:PORT [--advertise HOST:PORT]",
+             "create a key and a config in DIR"),
     "run": ("run -c CONFIG", "run a node in the foreground"),
     "help": ("help [METHOD]", "list the methods, or show one's parameters"),
     "sim": ("sim SCENARIO [--processes]", "run a multi-node simulation (configs/sims/)"),
@@ -229,9 +230,12 @@ def _init(args: list[str]) -> int:
     parser.add_argument("dir", help="directory for the config, key and data")
     parser.add_argument("--name", required=True, help="the node's name")
     parser.add_argument("--listen", required=True, help="HOST:PORT to listen on")
+    parser.add_argument("--advertise", help="HOST:PORT peers should dial, when it differs "
+                        "from --listen (needed with --listen 0.0.0.0:PORT)")
     parser.add_argument("--network", default="agentd", help="network id (default: agentd)")
     options = parser.parse_args(args)
-    result = init_node(Path(options.dir), options.name, options.listen, options.network)
+    result = init_node(Path(options.dir), options.name, options.listen, options.network,
+                       options.advertise)
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 

@@ -7,6 +7,7 @@ resolved against the directory of the config file, so a config works from any cw
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
@@ -207,6 +208,16 @@ class _Section:
                               f"{', '.join(known)})")
 
 
+def listens_everywhere(hostport: str) -> bool:
+    """Whether ``HOST:PORT`` names every interface (0.0.0.0, ::): fine to bind, but a peer
+    given it would dial itself, so the node must advertise another address."""
+    host, _ = parse_hostport(hostport)
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False  # a host name
+
+
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     names = {str: "text", int: "an integer", float: "a number", bool: "true or false",
@@ -250,6 +261,11 @@ def parse_config(raw: dict, source: Path) -> Config:
     if not 1024 <= max_frame <= 64 << 20:
         node.bad("max_frame", "must be between 1024 and 67108864 bytes")
     advertise = node.hostport("advertise")
+    if listen is not None and advertise is None and listens_everywhere(listen):
+        node.bad("listen", f"{listen} listens on every interface, an address peers cannot dial:"
+                           ' set node.advertise = "HOST:PORT", where they should dial')
+    if advertise is not None and listens_everywhere(advertise):
+        node.bad("advertise", f"{advertise} is not an address peers can dial")
     handshake_timeout = float(node.get("handshake_timeout", (int, float), 10.0))
     idle_timeout = float(node.get("idle_timeout", (int, float), 60.0))
     for key, value in (("handshake_timeout", handshake_timeout), ("idle_timeout", idle_timeout)):

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import tomlkit
 
+from agentd.config import listens_everywhere
 from agentd.errors import UserError
 from agentd.keyfile import write_key
 from protocol.keys import ChipAddress, IdentityError, SigningKey, parse_hostport
 
 
-def config_document(name: str, listen: str, network: str) -> tomlkit.TOMLDocument:
+def config_document(name: str, listen: str, network: str, advertise: str | None = None
+                    ) -> tomlkit.TOMLDocument:
     """The config ``agentd init`` writes: built with tomlkit, so any name is quoted right,
     with comments saying what each key is for."""
     doc = tomlkit.document()
@@ -21,6 +23,9 @@ def config_document(name: str, listen: str, network: str) -> tomlkit.TOMLDocumen
     node.add("data_dir", "data")
     node["data_dir"].comment("key, database and control socket (relative to this file)")
     node.add("listen", listen)
+    if advertise is not None:
+        node.add("advertise", advertise)
+        node["advertise"].comment("where peers dial us (tickets and certificates carry it)")
     node.add("network", network)
     node.add("roles", tomlkit.array())
     node["roles"].comment('["clearinghouse"] to serve as a clearing house')
@@ -36,17 +41,28 @@ def config_document(name: str, listen: str, network: str) -> tomlkit.TOMLDocumen
     return doc
 
 
-def init_node(directory: Path, name: str, listen: str, network: str) -> dict:
+def init_node(directory: Path, name: str, listen: str, network: str,
+              advertise: str | None = None) -> dict:
     try:
         host, port = parse_hostport(listen)
     except IdentityError as exc:
         raise UserError(f"--listen: {exc}") from exc
+    if advertise is not None:
+        try:
+            host, port = parse_hostport(advertise)
+        except IdentityError as exc:
+            raise UserError(f"--advertise: {exc}") from exc
+        if listens_everywhere(advertise) or port == 0:
+            raise UserError(f"--advertise {advertise} is not an address peers can dial")
+    elif listens_everywhere(listen):
+        raise UserError(f"--listen {listen} listens on every interface, an address peers "
+                        "cannot dial: give --advertise HOST:PORT too, where they should dial")
     config_path = directory / "agentd.toml"
     if config_path.exists():
         raise UserError(f"{config_path}: already exists; refusing to overwrite it")
     key = SigningKey.generate()
     write_key(directory / "data" / "agent.key", key)
-    config_path.write_text(tomlkit.dumps(config_document(name, listen, network)),
+    config_path.write_text(tomlkit.dumps(config_document(name, listen, network, advertise)),
                            encoding="utf-8")
     return {
         "config": str(config_path),

@@ -56,6 +56,10 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
      "peers[0].agent is not an agent id (43 base64url characters): 'x'"),
     (GOOD + '\n[log]\nlevel = "loud"\n', "log.level must be one of debug, info, warning, error"),
     (GOOD + '\n[metrics]\nlisten = "nowhere"\n', "metrics.listen is not HOST:PORT"),
+    (GOOD.replace("127.0.0.1:7901", "0.0.0.0:7901"),
+     'node.listen 0.0.0.0:7901 listens on every interface, an address peers cannot dial: set '
+     'node.advertise = "HOST:PORT", where they should dial'),
+    (GOOD + 'advertise = "[::]:7901"\n', "node.advertise [::]:7901 is not an address peers"),
 ])
 def test_one_problem(tmp_path, text, complaint):
     found = complaints(tmp_path, text)

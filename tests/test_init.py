@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agentd.config import load_config
+from agentd.errors import UserError
 from agentd.init import init_node
 
 
@@ -14,3 +17,15 @@ def test_a_name_with_quotes_and_backslashes_round_trips(tmp_path):
     assert config.key_file == tmp_path / "n" / "data" / "agent.key"
     text = (tmp_path / "n" / "agentd.toml").read_text(encoding="utf-8")
     assert "# agentd node config" in text and "peers.add" in text
+
+
+def test_a_node_on_every_interface_advertises_where_peers_dial_it(tmp_path):
+    with pytest.raises(UserError, match=r"--listen 0\.0\.0\.0:7301 listens on every interface"):
+        init_node(tmp_path / "a", "a", "0.0.0.0:7301", "agentd")
+    with pytest.raises(UserError, match=r"--advertise \[::\]:7301 is not an address"):
+        init_node(tmp_path / "a", "a", "0.0.0.0:7301", "agentd", "[::]:7301")
+    assert not (tmp_path / "a").exists()
+    made = init_node(tmp_path / "a", "a", "0.0.0.0:7301", "agentd", "node-a.example:7301")
+    assert made["address"] == f"{made['agent']}@node-a.example:7301"
+    config = load_config(made["config"])
+    assert (config.listen, config.advertise) == ("0.0.0.0:7301", "node-a.example:7301")
