@@ -29,6 +29,12 @@ def test_shipped_scenarios_parse():
         assert scenario.nodes and scenario.edges and scenario.traffic
 
 
+def test_a_missing_scenario_lists_the_shipped_ones(tmp_path):
+    with pytest.raises(UserError, match=r"scenario file not found \(shipped scenarios, by "
+                       r"name: credit-ring, evidence, faults, lifts, mixed, random, ring, "):
+        load_scenario(tmp_path / "nosuch.toml")
+
+
 def test_ring_and_random_topologies(tmp_path):
     ring = load_scenario(write(tmp_path, '[nodes]\ncount = 5\n[topology]\nkind = "ring"\n'))
     assert len(ring.edges) == 5

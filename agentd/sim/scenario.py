@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentd.configs_dir import configs_dir
 from agentd.errors import UserError
 
 TOPOLOGIES = ("ring", "random", "explicit", "full")
@@ -123,7 +124,9 @@ def load_scenario(path: Path) -> Scenario:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise UserError(f"{path}: scenario file not found") from exc
+        shipped = ", ".join(sorted(f.stem for f in (configs_dir() / "sims").glob("*.toml")))
+        raise UserError(f"{path}: scenario file not found (shipped scenarios, by name: "
+                        f"{shipped})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from exc
     errors = _Errors(path)
