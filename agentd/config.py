@@ -255,7 +255,7 @@ def parse_config(raw: dict, source: Path) -> Config:
     network = node.get("network", str, "agentd")
     roles = tuple(node.get("roles", list, []))
     for role in roles:
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             node.bad("roles", f"has unknown role {role!r} (known: {', '.join(sorted(ROLES))})")
     max_frame = node.get("max_frame", int, DEFAULT_MAX_FRAME)
     if not 1024 <= max_frame <= 64 << 20:

@@ -51,6 +51,7 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
     (GOOD.replace('name = "alice"', 'name = ""'), "node.name must not be empty"),
     (GOOD + "idle_timeout = 0\n", "node.idle_timeout must be > 0"),
     (GOOD + "roles = [\"house\"]\n", "node.roles has unknown role 'house' (known: clearinghouse)"),
+    (GOOD + "roles = [{}]\n", "node.roles has unknown role {} (known: clearinghouse)"),
     (GOOD + "max_frame = true\n", "node.max_frame must be an integer, not a boolean"),
     (GOOD + '\n[[peers]]\nname = "bob"\nagent = "x"\naddress = "127.0.0.1:7902"\n',
      "peers[0].agent is not an agent id (43 base64url characters): 'x'"),
