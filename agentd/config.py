@@ -152,7 +152,8 @@ class _Section:
         self.used: set[str] = set()
 
     def name(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
+        shown = key if key.isprintable() else repr(key)  # a complaint stays one line
+        return f"{self.where}.{shown}" if self.where else shown
 
     def bad(self, key: str, why: str) -> None:
         self.problems.add(f"{self.name(key)} {why}")

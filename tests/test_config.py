@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from agentd.config import load_config
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agentd.config import load_config, parse_config
 from agentd.errors import UserError
 
 GOOD = """[node]
@@ -72,3 +76,43 @@ def test_one_problem(tmp_path, text, complaint):
 def test_a_missing_node_table_names_what_it_must_hold(tmp_path, text, first):
     assert complaints(tmp_path, text) == [first, "node.name is required",
                                           "node.data_dir is required", "node.listen is required"]
+
+
+TOML_VALUES = st.recursive(
+    st.none().map(lambda _: "") | st.booleans() | st.integers(-2**63, 2**63 - 1)
+    | st.floats(allow_nan=False) | st.text(max_size=50),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                  max_size=4),
+    max_leaves=10)
+NODE_KEYS = ["name", "data_dir", "listen", "advertise", "roles", "max_frame", "key",
+             "idle_timeout", "max_channels", "nmae"]
+PLAUSIBLE = ["alice", "data", "127.0.0.1:7301", "0.0.0.0:7301", "[::]:0", "debug", 30,
+             ["clearinghouse"], "wKIbDc-V_mRGqnY-o0zYiOBvUq5Iu6orALZXJk9tJzU"]
+TABLES = {"node": NODE_KEYS, "lift": ["referee", "referees", "life_s", "minimum", "auto_clear"],
+          "relay": ["access", "verify"], "log": ["level", "format"], "metrics": ["listen"],
+          "clearinghouse": ["agent", "address"], "peers": []}
+
+
+@st.composite
+def configs(draw) -> dict:
+    raw = {}
+    for table in draw(st.lists(st.sampled_from(sorted(TABLES)), unique=True, max_size=5)):
+        keys = TABLES[table]
+        if not keys or draw(st.booleans()):
+            raw[table] = draw(TOML_VALUES)
+        else:
+            raw[table] = {key: draw(TOML_VALUES | st.sampled_from(PLAUSIBLE))
+                          for key in draw(st.lists(st.sampled_from(keys), unique=True))}
+    return raw
+
+
+@settings(max_examples=300, deadline=None)
+@given(configs())
+def test_any_table_loads_or_is_refused_with_a_user_error(raw):
+    """Whatever a config holds, reading it ends in a Config or a UserError naming the file:
+    never another exception (a traceback) for the user to read."""
+    source = Path("/nowhere/alice.toml")
+    try:
+        parse_config(raw, source)
+    except UserError as refused:
+        assert all(line.startswith(f"{source}: ") for line in str(refused).splitlines())
