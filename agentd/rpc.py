@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from agentd.errors import UserError, did_you_mean
+from agentd.rpc_types import check_params
 from protocol.errors import Refusal
 from protocol.keys import b64u
 
@@ -35,6 +36,7 @@ REFUSED = -32010  # the request was understood and refused; data.reason says why
 NOT_FOUND = -32011
 TIMEOUT = -32013
 MAX_REQUEST = 4 << 20  # one request line, in bytes: a longer one is refused, the socket closed
+MAX_MESSAGE = 1000  # characters of an error message: one echoing a huge value is cut short
 
 Method = Callable[..., Awaitable[Any]]
 
@@ -47,7 +49,10 @@ class RpcError(Exception):
         self.reason = reason
 
     def to_map(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        message = self.message  # one that echoes a huge value is cut short
+        if len(message) > MAX_MESSAGE:
+            message = message[:MAX_MESSAGE - 3] + "..."
+        out: dict[str, Any] = {"code": self.code, "message": message}
         if self.reason is not None:
             out["data"] = {"reason": self.reason}
         return out
@@ -109,6 +114,9 @@ class RpcServer:
                    if p.default is inspect.Parameter.empty and p.name not in params]
         if missing:
             raise invalid_params(f"{name}: missing parameter {missing[0]!r}")
+        misfit = check_params(name, signature, params)
+        if misfit is not None:
+            raise invalid_params(misfit)
         started = time.perf_counter()
         try:
             return await method(**params)

@@ -137,9 +137,12 @@ async def test_rpc_errors_carry_the_ids_code(tmp_path):
         with pytest.raises(RpcError) as info:  # a seq where the document id goes
             await alice.rpc.call("ch.get", {"pid": "p", "id": 2})
         assert info.value.reason == "INVALID_PARAMS"
+        assert info.value.message == "ch.get: id must be text, not 2"
+        with pytest.raises(RpcError) as info:
+            await alice.rpc.call("ch.get", {"pid": "p", "id": "2"})
         assert info.value.message == (
             "ch.get: id must be a document id (the 64 lowercase hex digits ch.log and ch.query "
-            "give as document_id), not 2")
+            "give as document_id), not '2'")
 
 
 async def test_two_clients_share_a_process_and_a_third_is_refused(tmp_path):

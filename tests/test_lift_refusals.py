@@ -33,7 +33,7 @@ async def test_no_route_and_bad_params_change_nothing(tmp_path):
             assert (await refused(ann, "lift.pay", **call)).reason == "INVALID_PARAMS"
         bad_units = await refused(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units="5")
         assert bad_units.message.startswith("lift.pay: units must be an integer")
-        assert bad_units.message.endswith("not '5'")  # the call and the value, by name
+        assert bad_units.message.endswith('not "5"')  # the call and the value, as JSON
         assert await rpc(ann, "lift.list") == []
         assert reserved(ann, "ann", tl["annbob"]) == (0, 0)
         unknown = str(uuid.uuid4())
