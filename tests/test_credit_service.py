@@ -627,6 +627,15 @@ async def test_rpc_parameters_are_checked(tmp_path):
         missing = await refused(a, "chit.pay", cuid="alice", tally=str(uuid.uuid4()), units=1)
         assert (missing.code, missing.reason) == (NOT_FOUND, "UNKNOWN_TALLY")
         assert (await refused(a, "tally.list", cuid="zed")).reason == "UNKNOWN_USER"
+        for method in ("chit.pay", "tally.show"):  # a user before a tally: UNKNOWN_USER
+            missing = await refused(a, method, cuid="zed", tally=str(uuid.uuid4()),
+                                    **({"units": 1} if method == "chit.pay" else {}))
+            assert (missing.reason, missing.message) == (
+                "UNKNOWN_USER", "no user 'zed' on this node"), method
+        selfward = await refused(a, "route.find", cuid="alice", find=f"alice:{a.agent_id}",
+                                 units=1)
+        assert (selfward.reason, selfward.message) == (
+            "INVALID_PARAMS", "route.find: find is the payor itself: lift.clear finds a circle")
 
 
 def test_chain_add_many_batches_what_add_would_send_one_by_one():

@@ -71,8 +71,10 @@ class RouteService(Service):
         """Paths of tallies from our user to ``find`` (``cuid:agent`` or a full CHIP address)
         that can carry ``units`` now, best (largest capacity, then fewest hops) first; ``[]``
         when there is none."""
-        target = param_find(find)
-        return await self.search(param_cuid(cuid), target, param_amount(units, "units"),
+        cuid, target = param_cuid(cuid), param_find(find)
+        if (target.agent, target.cuid) == (self.runtime.agent_id, cuid):
+            raise invalid_params("find is the payor itself: lift.clear finds a circle")
+        return await self.search(cuid, target, param_amount(units, "units"),
                                  route.KINDS[0], param_timeout(timeout_s))
 
     async def search(self, cuid: str, find: ChipAddress, units: int, kind: str,
