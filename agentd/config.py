@@ -23,6 +23,7 @@ from protocol.lift import MAX_LIFE_MS
 ROLES = frozenset({"clearinghouse"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
+MAX_PEER_NAME = 64  # characters
 
 
 @dataclass(frozen=True)
@@ -209,6 +210,11 @@ class _Section:
                               f"{', '.join(known)})")
 
 
+def is_peer_name(name: str) -> bool:
+    """A peer's name as logs and tables show it: one line, not too long to read."""
+    return 0 < len(name) <= MAX_PEER_NAME and name.isprintable()
+
+
 def listens_everywhere(hostport: str) -> bool:
     """Whether ``HOST:PORT`` names every interface (0.0.0.0, ::): fine to bind, but a peer
     given it would dial itself, so the node must advertise another address."""
@@ -275,14 +281,23 @@ def parse_config(raw: dict, source: Path) -> Config:
     limits = _limits(node)
     node.finish()
 
-    peers = []
+    peers: list[PeerConfig] = []
     for i, entry in enumerate(top.get("peers", list, [])):
         section = _Section(problems, f"peers[{i}]", entry)
-        peers.append(PeerConfig(
+        peer = PeerConfig(
             name=section.get("name", str, required=True),
             agent=section.agent("agent"),
             address=section.hostport("address", required=True),
-        ))
+        )
+        if peer.name is not None and not is_peer_name(peer.name):
+            section.bad("name", f"must be 1 to {MAX_PEER_NAME} printable characters, "
+                                f"not {peer.name[:80]!r}")
+        for j, other in enumerate(peers):
+            if peer.agent and other.agent == peer.agent:
+                section.bad("agent", f"is peers[{j}]'s too: one entry per peer")
+            elif peer.name is not None and other.name == peer.name:
+                section.bad("name", f"{peer.name!r} is peers[{j}]'s too: names tell peers apart")
+        peers.append(peer)
         section.finish()
 
     clearinghouse = None

@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from agentd.config import load_config, parse_config
 from agentd.errors import UserError
+from protocol.keys import SigningKey
 
+BOB = SigningKey(bytes([2]) * 32).agent_id
+CAROL = SigningKey(bytes([3]) * 32).agent_id
 GOOD = """[node]
 name = "alice"
 data_dir = "data"
@@ -60,6 +63,14 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
     (GOOD + '\n[[peers]]\nname = "bob"\nagent = "x"\naddress = "127.0.0.1:7902"\n',
      "peers[0].agent is not an agent id (43 base64url characters): 'x'"),
     (GOOD + '\n[log]\nlevel = "loud"\n', "log.level must be one of debug, info, warning, error"),
+    (GOOD + f'[[peers]]\nname = "bob"\nagent = "{BOB}"\naddress = "127.0.0.1:7902"\n'
+     f'[[peers]]\nname = "bob"\nagent = "{CAROL}"\naddress = "127.0.0.1:7903"\n',
+     "peers[1].name 'bob' is peers[0]'s too: names tell peers apart"),
+    (GOOD + f'[[peers]]\nname = "bob"\nagent = "{BOB}"\naddress = "127.0.0.1:7902"\n'
+     f'[[peers]]\nname = "bob2"\nagent = "{BOB}"\naddress = "127.0.0.1:7903"\n',
+     "peers[1].agent is peers[0]'s too: one entry per peer"),
+    (GOOD + f'[[peers]]\nname = "a\\nb"\nagent = "{BOB}"\naddress = "127.0.0.1:7902"\n',
+     "peers[0].name must be 1 to 64 printable characters, not 'a\\nb'"),
     (GOOD + '\n[metrics]\nlisten = "nowhere"\n', "metrics.listen is not HOST:PORT"),
     (GOOD.replace("127.0.0.1:7901", "0.0.0.0:7901"),
      'node.listen 0.0.0.0:7901 listens on every interface, an address peers cannot dial: set '

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import trio
 
@@ -71,6 +73,12 @@ async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
         with pytest.raises(RpcError) as unknown:
             await node.rpc.call("peers.remove", {"agent": BOB})
         assert unknown.value.reason == "UNKNOWN_PEER"
+        for name, complaint in (("two\nlines", "printable characters (no line breaks)"),
+                                ("x" * 65, "1 to 64 printable characters"),
+                                ("carol", f"name 'carol' is already peer {CAROL}'s")):
+            with pytest.raises(RpcError, match=re.escape(complaint)):
+                await node.rpc.call("peers.add", {"name": name, "agent": DAVE,
+                                                  "address": "127.0.0.1:7904"})
         assert path.read_text() == before
 
         path.write_text(before + "\n[nodes]\n")  # broken by hand: ours to refuse, not rewrite

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from agentd.config import load_config, parse_config
+from agentd.config import MAX_PEER_NAME, is_peer_name, load_config, parse_config
 from agentd.errors import UserError
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.runtime.context import Reject
@@ -38,8 +38,9 @@ class PeerAdmin:
     async def rpc_add(self, name: str, agent: str, address: str) -> dict[str, Any]:
         """Add a peer to the config file's [[peers]] (or change the name and address of one
         already there), keeping the file's comments, and apply it at once."""
-        if not isinstance(name, str) or not name:
-            raise invalid_params("name must be non-empty text")
+        if not is_peer_name(name):
+            raise invalid_params(f"name must be 1 to {MAX_PEER_NAME} printable characters "
+                                 f"(no line breaks), not {name[:80]!r}")
         if not is_agent_id(agent):
             raise invalid_params(f"agent is not an agent id (43 base64url characters): {agent!r}")
         if agent == self.node.agent_id:
@@ -50,6 +51,10 @@ class PeerAdmin:
             raise invalid_params(f"address is not HOST:PORT: {address!r}") from exc
 
         def edit(peers: Any) -> str:
+            for entry in peers:
+                if entry.get("name") == name and entry.get("agent") != agent:
+                    raise invalid_params(f"name {name!r} is already peer {entry.get('agent')}'s"
+                                         ": give this one another name")
             for entry in peers:
                 if entry.get("agent") == agent:
                     entry["name"], entry["address"] = name, address
