@@ -622,6 +622,9 @@ async def test_rpc_parameters_are_checked(tmp_path):
             assert error.reason == "INVALID_PARAMS" and words in error.message, method
         missing = await refused(a, "tally.show", cuid="alice", tally=str(uuid.uuid4()))
         assert (missing.code, missing.reason) == (NOT_FOUND, "UNKNOWN_TALLY")
+        assert missing.message.endswith("(a tally requested with a ticket is held from the "
+                                        "inviter's offer on: tally.wait state=P.offer waits "
+                                        "for it)")
         missing = await refused(a, "chit.accept", cuid="alice", chit=str(uuid.uuid4()))
         assert (missing.code, missing.reason) == (NOT_FOUND, "UNKNOWN_CHIT")
         missing = await refused(a, "chit.pay", cuid="alice", tally=str(uuid.uuid4()), units=1)

@@ -172,7 +172,9 @@ class CreditLedger:
         holding = self.store.get(conn, tally_uuid, cuid)
         if holding is None:
             self.user(conn, cuid)  # UNKNOWN_USER for a user this node does not host
-            raise Reject("UNKNOWN_TALLY", f"user {cuid} holds no tally {tally_uuid}")
+            raise Reject("UNKNOWN_TALLY", f"user {cuid} holds no tally {tally_uuid} (a tally"
+                         " requested with a ticket is held from the inviter's offer on: "
+                         "tally.wait state=P.offer waits for it)")
         return holding
 
     def owed(self, conn: sqlite3.Connection, cuid: str, chit_uuid: str
