@@ -172,9 +172,7 @@ class CreditLedger:
         holding = self.store.get(conn, tally_uuid, cuid)
         if holding is None:
             self.user(conn, cuid)  # UNKNOWN_USER for a user this node does not host
-            raise Reject("UNKNOWN_TALLY", f"user {cuid} holds no tally {tally_uuid} (a tally"
-                         " requested with a ticket is held from the inviter's offer on: "
-                         "tally.wait state=P.offer waits for it)")
+            raise Reject("UNKNOWN_TALLY", no_tally(cuid, tally_uuid))
         return holding
 
     def owed(self, conn: sqlite3.Connection, cuid: str, chit_uuid: str
@@ -218,8 +216,7 @@ class CreditLedger:
         self.known_user(cuid)
         row = self.runtime.db.reading(lambda conn: credit_store.tally_row(conn, tally_uuid, cuid))
         if row is None:
-            raise RpcError(NOT_FOUND, f"user {cuid} holds no tally {tally_uuid}",
-                           "UNKNOWN_TALLY")
+            raise RpcError(NOT_FOUND, no_tally(cuid, tally_uuid), "UNKNOWN_TALLY")
         return row
 
 
@@ -236,3 +233,10 @@ def log_chits(tx: Tx, cuid: str, chits: Iterable[c.LocalChit]) -> None:
         tx.after_commit(functools.partial(
             event, log, "chit state", chit=chit.chit["uuid"], tally=chit.chit["tally"],
             cuid=cuid, state=chit.state, units=chit.chit["units"]))
+
+
+def no_tally(cuid: str, tally_uuid: str) -> str:
+    """UNKNOWN_TALLY's message: it also names the wait a subject that just presented a
+    ticket is in (its node holds the tally once the inviter offers it)."""
+    return (f"user {cuid} holds no tally {tally_uuid} (a tally requested with a ticket is held"
+            " from the inviter's offer on: tally.wait state=P.offer waits for it)")
