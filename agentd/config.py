@@ -17,7 +17,7 @@ from typing import Any
 
 from agentd.errors import UserError
 from protocol.frames import DEFAULT_MAX_FRAME
-from protocol.keys import IdentityError, is_agent_id, parse_hostport
+from protocol.keys import IdentityError, agent_id_problem, is_agent_id, parse_hostport
 from protocol.lift import MAX_LIFE_MS
 
 ROLES = frozenset({"clearinghouse"})
@@ -197,8 +197,8 @@ class _Section:
 
     def agent(self, key: str) -> str:
         value = self.get(key, str, required=True)
-        if value is not None and not is_agent_id(value):
-            self.bad(key, f"is not an agent id (43 base64url characters): {value!r}")
+        if value is not None and (problem := agent_id_problem(value)) is not None:
+            self.bad(key, f"is not an agent id ({problem})")
         return value or ""
 
     def finish(self) -> None:

@@ -64,11 +64,17 @@ def _agent_public(agent_id: str) -> bytes:
 
 
 def is_agent_id(value: object) -> bool:
+    return agent_id_problem(value) is None
+
+
+def agent_id_problem(value: object) -> str | None:
+    """Why ``value`` is not an agent id (its length, or a key that is not canonical), or
+    None when it is one."""
     try:
         agent_id_to_public(value)  # type: ignore[arg-type]
-    except IdentityError:
-        return False
-    return True
+    except IdentityError as exc:
+        return str(exc)
+    return None
 
 
 def ed25519_public_to_x25519(ed_public: bytes) -> bytes:

@@ -170,8 +170,11 @@ async def test_tally_wait_returns_once_each_step_of_a_negotiation_lands(tmp_path
         bad = await refused(a, "tally.wait", cuid="alice", tally=tally, state=[], timeout_s=1)
         assert "state must be" in bad.message
         bad = await refused(a, "tally.wait", cuid="alice", tally=tally, state=t.OPEN,
-                            timeout_s=0)
-        assert "timeout_s" in bad.message
+                            timeout_s=-1)
+        assert bad.message == ("tally.wait: timeout_s must be seconds from 0 (look now) to 3600,"
+                               " not -1")
+        looked = await rpc(a, "tally.wait", cuid="alice", tally=tally, state=t.VOID, timeout_s=0)
+        assert looked["state"] == t.OPEN  # a look: the state as it is, at once
         bad = await refused(a, "tally.wait", cuid="alice", tally=tally,
                             state=[t.OPEN, "opne"], timeout_s=1)
         assert bad.message.startswith("tally.wait: state 'opne' is not a tally state (one of: ")

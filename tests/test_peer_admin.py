@@ -79,6 +79,10 @@ async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
             with pytest.raises(RpcError, match=re.escape(complaint)):
                 await node.rpc.call("peers.add", {"name": name, "agent": DAVE,
                                                   "address": "127.0.0.1:7904"})
+        near = "A" * 42 + "B"  # 43 base64url characters, but no canonical 32-byte key
+        with pytest.raises(RpcError, match="agent id is not a canonical 32-byte base64url key"):
+            await node.rpc.call("peers.add", {"name": "d", "agent": near,
+                                              "address": "127.0.0.1:7904"})
         assert path.read_text() == before
 
         path.write_text(before + "\n[nodes]\n")  # broken by hand: ours to refuse, not rewrite

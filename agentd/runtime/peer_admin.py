@@ -23,7 +23,7 @@ from agentd.errors import UserError
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.runtime.context import Reject
 from agentd.runtime.reload import reload_config
-from protocol.keys import IdentityError, is_agent_id, parse_hostport
+from protocol.keys import IdentityError, agent_id_problem, parse_hostport
 
 if TYPE_CHECKING:
     from agentd.runtime.node import Node
@@ -41,8 +41,8 @@ class PeerAdmin:
         if not is_peer_name(name):
             raise invalid_params(f"name must be 1 to {MAX_PEER_NAME} printable characters "
                                  f"(no line breaks), not {name[:80]!r}")
-        if not is_agent_id(agent):
-            raise invalid_params(f"agent is not an agent id (43 base64url characters): {agent!r}")
+        if (problem := agent_id_problem(agent)) is not None:
+            raise invalid_params(f"agent: {problem}")
         if agent == self.node.agent_id:
             raise invalid_params("agent is this node itself")
         try:
@@ -70,8 +70,8 @@ class PeerAdmin:
     async def rpc_remove(self, agent: str) -> dict[str, Any]:
         """Remove a peer from the config file's [[peers]], keeping the file's comments, and
         forget its address now (a connection open to it closes when idle)."""
-        if not is_agent_id(agent):
-            raise invalid_params(f"agent is not an agent id (43 base64url characters): {agent!r}")
+        if (problem := agent_id_problem(agent)) is not None:
+            raise invalid_params(f"agent: {problem}")
 
         def edit(peers: Any) -> str:
             keep = [i for i, entry in enumerate(peers) if entry.get("agent") != agent]

@@ -62,7 +62,8 @@ def param_uuid(value: Any, name: str) -> str:
     try:
         tf.check_uuid(value, name)
     except t.Refusal as exc:
-        raise invalid_params(f"{name} must be a uuid like 3f2a…-…, not {value!r}") from exc
+        raise invalid_params(f"{name} must be a lowercase uuid like "
+                             f"3f2a5b1c-9d4e-4f7a-8b6c-1d2e3f4a5b6c, not {value!r}") from exc
     return value
 
 

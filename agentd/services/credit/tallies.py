@@ -252,9 +252,9 @@ class TallyService(Service):
             raise invalid_params(f"state {unknown[0]!r} is not a tally state (one of: "
                                  f"{', '.join(t.STATES)})")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not (
-                0 < timeout_s <= MAX_WAIT_S):
-            raise invalid_params(f"timeout_s must be a number of seconds, more than 0 and at "
-                                 f"most {MAX_WAIT_S:g}")
+                0 <= timeout_s <= MAX_WAIT_S):
+            raise invalid_params(f"timeout_s must be seconds from 0 (look now) to "
+                                 f"{MAX_WAIT_S:g}, not {timeout_s!r}")
 
         async def current() -> dict:
             try:
