@@ -57,6 +57,9 @@ async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
         node.learn_peer(DAVE, "127.0.0.1:7904", "dave")  # as a hello would teach it
         sources = {p["agent"]: p["source"] for p in await node.rpc.call("peers.list", {})}
         assert sources == {BOB: "config", CAROL: "config", DAVE: "learned"}
+        with pytest.raises(RpcError, match=r"peers\.list shows it as learned") as learned:
+            await node.rpc.call("peers.remove", {"agent": DAVE})
+        assert learned.value.reason == "UNKNOWN_PEER"
 
         removed = await node.rpc.call("peers.remove", {"agent": BOB})
         assert removed["change"] == "removed"

@@ -76,8 +76,11 @@ class PeerAdmin:
         def edit(peers: Any) -> str:
             keep = [i for i, entry in enumerate(peers) if entry.get("agent") != agent]
             if len(keep) == len(peers):
+                learned = (" (peers.list shows it as learned: its address came from a hello, a"
+                           " ticket or a certificate, and is kept to reach it)"
+                           if self.node.address_of(agent) else "")
                 raise RpcError(NOT_FOUND, f"{agent} is not in [[peers]] of "
-                               f"{self.node.config.path}", "UNKNOWN_PEER")
+                               f"{self.node.config.path}{learned}", "UNKNOWN_PEER")
             for index in reversed(range(len(peers))):
                 if index not in keep:
                     del peers[index]
