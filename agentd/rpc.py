@@ -244,10 +244,15 @@ def call(socket_path: Path, method: str, params: dict[str, Any], timeout: float 
     try:
         try:
             sock.connect(str(socket_path))
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
+        except FileNotFoundError as exc:
             raise UserError(
                 f"no agentd is running for this config (no control socket at {socket_path});"
                 " start it with 'agentd run -c CONFIG'"
+            ) from exc
+        except ConnectionRefusedError as exc:  # the socket file of a node that was killed
+            raise UserError(
+                f"no agentd is running for this config (nothing answers at {socket_path}: the"
+                " node stopped without removing it); start it with 'agentd run -c CONFIG'"
             ) from exc
         request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
         sock.sendall(json.dumps(request).encode() + b"\n")

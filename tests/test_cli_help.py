@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -133,3 +134,17 @@ def test_a_mistyped_name_gets_the_names_it_is_close_to():
     assert did_you_mean("zzz", known) == ""
     with pytest.raises(UserError, match=r"'halp' is not a command \(did you mean help\?\)"):
         cli._main(["halp"])
+
+
+def test_a_killed_nodes_socket_file_is_told_apart_from_no_socket(tmp_path):
+    from agentd.rpc import call
+
+    path = tmp_path / "agentd.sock"
+    with pytest.raises(UserError, match="no control socket at"):
+        call(path, "getinfo", {})
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))  # bound, never listening, then gone: what a SIGKILL leaves
+    stale.close()
+    with pytest.raises(UserError, match=r"nothing answers at .*: the node stopped without "
+                                        r"removing it"):
+        call(path, "getinfo", {})
