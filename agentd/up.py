@@ -85,15 +85,16 @@ def up(directory: Path) -> int:
 
 
 def down(directory: Path) -> int:
-    stopped = []
+    stopped, idle = [], []
     for path in _configs(directory):
+        name = path.parent.name if path.name == "agentd.toml" else path.stem
         socket_path = control_socket(path)
         try:
             call(socket_path, "stop", {}, timeout=5)
         except (UserError, RpcError, OSError):
-            continue  # not running
-        stopped.append((path.parent.name if path.name == "agentd.toml" else path.stem,
-                        socket_path))
+            idle.append(name)  # not running
+            continue
+        stopped.append((name, socket_path))
     deadline = time.monotonic() + STOP_TIMEOUT
     for name, socket_path in stopped:
         while socket_path.exists():  # the node removes it as its last act
@@ -101,7 +102,12 @@ def down(directory: Path) -> int:
                 raise UserError(f"node {name} did not stop within {STOP_TIMEOUT:g} s")
             time.sleep(0.05)
     names = ", ".join(name for name, _ in stopped)
-    print(f"agentd down: stopped {names}" if names else "agentd down: no node was running")
+    if not names:
+        print("agentd down: no node was running")
+    else:
+        print(f"agentd down: stopped {names}"
+              + (f"; {', '.join(idle)} {'was' if len(idle) == 1 else 'were'} not running"
+                 if idle else ""))
     return 0
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from agentd.errors import UserError
-from agentd.up import _configs
+from agentd.up import _configs, down
+from tests.clihelpers import init, start
 
 
 def test_up_takes_the_toml_files_and_the_agentd_toml_of_each_subdirectory(tmp_path: Path):
@@ -25,3 +26,17 @@ def test_up_names_an_empty_directory_and_what_it_looked_for(tmp_path: Path):
         _configs(tmp_path)
     with pytest.raises(UserError, match="no such directory"):
         _configs(tmp_path / "missing")
+
+
+def test_down_names_the_nodes_it_stopped_and_those_not_running(tmp_path: Path, capsys):
+    a, _ = init(tmp_path, "a"), init(tmp_path, "b")
+    process = start(a["config"])
+    try:
+        assert down(tmp_path) == 0
+        assert capsys.readouterr().out == "agentd down: stopped a; b was not running\n"
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert down(tmp_path) == 0
+    assert capsys.readouterr().out == "agentd down: no node was running\n"
