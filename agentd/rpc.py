@@ -143,15 +143,20 @@ class RpcServer:
             return _error(request.get("id") if isinstance(request, dict) else None,
                           RpcError(INVALID_REQUEST, "expected a JSON-RPC 2.0 request object"))
         request_id = request.get("id")
+        if isinstance(request_id, bool) or not isinstance(request_id, str | int | float | None):
+            return _error(None, RpcError(INVALID_REQUEST, "id must be a string, a number or "
+                                         "null"))
+        notification = "id" not in request  # answered with nothing, not even an error
         try:
             result = await self.call(request["method"], request.get("params"))
         except RpcError as exc:
-            return _error(request_id, exc)
+            return None if notification else _error(request_id, exc)
         except Exception as exc:
             log.exception("RPC method %s failed", request["method"])
-            return _error(request_id, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
-        if "id" not in request:
-            return None  # a notification
+            return None if notification else _error(
+                request_id, RpcError(INTERNAL_ERROR, f"internal error: {exc}"))
+        if notification:
+            return None
         return {"jsonrpc": "2.0", "id": request_id, "result": result}
 
     async def serve(self, path: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

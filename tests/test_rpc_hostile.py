@@ -33,7 +33,12 @@ HOSTILE = [
     (b'{"jsonrpc":"2.0","id":1,"method":"peers.ping","params":{"agent":[[[1]]]}}', -32602),
     (b'{"jsonrpc":"2.0","id":1,"method":"peers.ping","params":{"agent":"a","count":1e999}}',
      -32602),
-    (b'{"jsonrpc":"2.0","id":' + b"[" * 900 + b"]" * 900 + b',"method":"no.such"}', None),
+    (b'{"jsonrpc":"2.0","id":' + b"[" * 900 + b"]" * 900 + b',"method":"no.such"}', -32600),
+    (b'{"jsonrpc":"2.0","id":{"a":1},"method":"getinfo"}', -32600),  # id: text, number or null
+    (b'{"jsonrpc":"2.0","id":true,"method":"getinfo"}', -32600),
+    (b'{"jsonrpc":"2.0","method":"no.such"}\n'
+     b'{"jsonrpc":"2.0","id":2,"method":"getinfo","params":[1]}',
+     -32602),  # a notification gets no answer, even an error: the first answer is the second's
 ]
 
 
