@@ -391,14 +391,17 @@ def control_socket(path: Path | str) -> Path:
         raise UserError(f"{source}: config file not found") from exc
     except OSError as exc:
         raise UserError(f"{source}: cannot read config file: {exc.strerror}") from exc
+    toml = ""
     try:
         data_dir = tomllib.loads(text).get("node", {}).get("data_dir")
-    except (tomllib.TOMLDecodeError, AttributeError):
+    except (tomllib.TOMLDecodeError, AttributeError) as exc:
         found = re.search(r'^\s*data_dir\s*=\s*"([^"\\]*)"', text, re.MULTILINE)
         data_dir = found.group(1) if found else None
+        toml = f"is not a TOML config ({exc}), and " if isinstance(
+            exc, tomllib.TOMLDecodeError) else ""
     if not isinstance(data_dir, str) or not data_dir:
-        raise UserError(f"{source}: node.data_dir is required (it locates the control socket;"
-                        " or give --socket PATH)")
+        raise UserError(f"{source}: {toml}node.data_dir is required (it locates the control "
+                        "socket; or give --socket PATH)")
     return Path(os.path.normpath(source.resolve().parent / data_dir)) / "agentd.sock"
 
 

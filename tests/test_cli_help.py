@@ -83,7 +83,11 @@ def test_control_socket_is_found_without_validating_the_config(tmp_path):
     config.write_text('[node]\ndata_dir = "d2"\nlisten = \n')  # not TOML at all
     assert control_socket(config) == tmp_path / "d2" / "agentd.sock"
     config.write_text("[node]\n")
-    with pytest.raises(UserError, match="data_dir is required"):
+    with pytest.raises(UserError, match=r"n\.toml: node\.data_dir is required"):
+        control_socket(config)
+    config.write_text("# agentd\nA README, not a config\n")
+    with pytest.raises(UserError, match=r"n\.toml: is not a TOML config \(.*\), and "
+                                        r"node\.data_dir is required"):
         control_socket(config)
 
 
