@@ -139,7 +139,8 @@ class LiftService(Service):
         lift = param_uuid(lift, "lift")
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not (
                 0 <= timeout_s <= MAX_WAIT_S):
-            raise invalid_params(f"timeout_s must be seconds from 0 to {MAX_WAIT_S:g}")
+            raise invalid_params(f"timeout_s must be seconds from 0 (look now) to "
+                                 f"{MAX_WAIT_S:g}, not {timeout_s!r}")
         event = self._settled.setdefault(lift, trio.Event())  # before we look: no race
         try:
             shown = await self.rpc_show(lift)
