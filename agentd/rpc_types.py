@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 
-# a hint's name -> (the check, how an error names it)
 def _text(value: Any) -> bool:
     """Text that can be stored and sent: UTF-8, so no lone surrogate (JSON's "\\ud800")."""
     if not isinstance(value, str):
@@ -27,6 +26,7 @@ def _text(value: Any) -> bool:
     return True
 
 
+# a hint's name -> (the check, how an error names it)
 _KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "str": (_text, "text"),
     "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
@@ -66,5 +66,5 @@ def check_params(method: str, signature: inspect.Signature, params: dict[str, An
 def shown(value: Any, longest: int = 60) -> str:
     """A param's value as the caller wrote it (JSON), cut short: an error echoes what was
     wrong, never a megabyte of it."""
-    text = json.dumps(value, ensure_ascii=True)
+    text = json.dumps(value, ensure_ascii=True, default=repr)  # in-process callers: any value
     return text if len(text) <= longest else text[:longest - 3] + "..."

@@ -77,6 +77,7 @@ class ChitService(Service):
         self, cuid: str, tally: str, amounts: list[int], memo: str, *, batched: bool
     ) -> list[dict]:
         cuid, tally_uuid, memo = param_cuid(cuid), param_uuid(tally, "tally"), param_memo(memo)
+        self.ledger.known_user(cuid)  # UNKNOWN_USER before UNKNOWN_TALLY
 
         def work(tx: Tx) -> list[c.LocalChit]:
             holding = self.ledger.holding(tx.conn, tally_uuid, cuid)
@@ -99,6 +100,7 @@ class ChitService(Service):
         """Ask the partner to pay ``units``: a chit in its name that it accepts or refuses."""
         cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
         units, memo = param_amount(units, "units"), param_memo(memo)
+        self.ledger.known_user(cuid)
 
         def work(tx: Tx) -> c.LocalChit:
             holding = self.ledger.holding(tx.conn, tally_uuid, cuid)
@@ -118,6 +120,7 @@ class ChitService(Service):
     async def rpc_chit_accept(self, cuid: str, chit: str) -> dict:
         """Pay the partner's invoice: our user signs it and it is good."""
         cuid, chit_uuid = param_cuid(cuid), param_uuid(chit, "chit")
+        self.ledger.known_user(cuid)
 
         def work(tx: Tx) -> c.LocalChit:
             holding, owed = self.ledger.owed(tx.conn, cuid, chit_uuid)
@@ -132,6 +135,7 @@ class ChitService(Service):
     async def rpc_chit_refuse(self, cuid: str, chit: str) -> dict:
         """Turn the partner's invoice down."""
         cuid, chit_uuid = param_cuid(cuid), param_uuid(chit, "chit")
+        self.ledger.known_user(cuid)
 
         def work(tx: Tx) -> c.LocalChit:
             holding, owed = self.ledger.owed(tx.conn, cuid, chit_uuid)

@@ -171,7 +171,6 @@ class CreditLedger:
     def holding(self, conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> Holding:
         holding = self.store.get(conn, tally_uuid, cuid)
         if holding is None:
-            self.user(conn, cuid)  # UNKNOWN_USER for a user this node does not host
             raise Reject("UNKNOWN_TALLY", no_tally(cuid, tally_uuid))
         return holding
 

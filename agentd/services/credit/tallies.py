@@ -276,6 +276,7 @@ class TallyService(Service):
         step: Callable[[t.LocalTally, User], t.Step],
     ) -> dict:
         cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
+        self.ledger.known_user(cuid)  # UNKNOWN_USER before UNKNOWN_TALLY
 
         def work(tx: Tx) -> Holding:
             holding = self.ledger.holding(tx.conn, tally_uuid, cuid)
