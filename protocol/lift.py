@@ -28,12 +28,16 @@ take part sends ``cancel``; a node still pending after the deadline sends ``quer
 does a node that takes part while no channel joins it to the referee (the runtime's call): its
 question opens the channel the decision is pushed on, or is answered with the decision.
 
-Referee (:func:`decide`): ``commit`` before the deadline -> good; ``cancel`` -> void; any
-event at or after the deadline with no decision -> void; ``query`` before it -> no decision
-yet. A decision ``{lift, state, date, referee, sign}`` (signed by the referee's agent key)
-never changes: asking again returns it, to the asker only. Only agents on the path may ask,
-and only the terminus's agent commits. A ``lift/decision`` message carries ``{record,
-decision}``, so a node that never saw the lift can check it too (and refuse a late promise).
+Referee (:func:`decide`): ``commit`` before the deadline -> good; ``cancel`` -> void; any event
+at or after the deadline with no decision -> void; ``query`` before it -> no decision yet. A
+decision ``{lift, state, date, referee, record, sign}`` (``record``: the digest of the record
+decided; signed by the referee's agent key) never changes: asking again returns it, to the
+asker only. The referee decides each record once, not each lift uuid: a record made up with a
+real lift's uuid gets a decision of its own, which no participant of the real lift applies
+(``check_decision`` wants the digest of the record it holds: ``other_record``). Only agents on
+the path may ask, and only the terminus's agent commits. A ``lift/decision`` message carries
+``{record, decision}``, so a node that never saw the lift can check it too (and refuse a late
+promise).
 
 Addresses: a path entry may say where its node listens (``host``, ``port``, as the route search
 found it), and a promise goes there. A decision is addressed to an agent alone: the runtime
@@ -44,7 +48,7 @@ Public API: ``PEND``, ``GOOD``, ``VOID``, ``TRANSITIONS``, ``advance(state, even
 ``make_record``, ``check_record``, ``record_digest``, ``check_promise``, ``check_room``;
 messages ``promise``, ``commit``, ``cancel``, ``query``; referee ``decide``, ``check_decision``.
 Refusal codes: ``bad_field``, ``bad_signature``, ``bad_state``, ``conflict``, ``expired``,
-``not_on_path``, ``wrong_referee``, ``over_limit``.
+``not_on_path``, ``wrong_referee``, ``other_record``, ``over_limit``.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
 _RECORD_FIELDS = {
     "lift", "kind", "units", "path", "referee", "deadline", "date", "memo", "public", "sign",
 }
-_DECISION_FIELDS = {"lift", "state", "date", "referee", "sign"}
+_DECISION_FIELDS = {"lift", "state", "date", "referee", "record", "sign"}
 EVENTS = ("commit", "cancel", "query")  # what the referee is asked
 
 
@@ -337,16 +341,26 @@ def decide(
     if decided is not None:
         if decided["lift"] != record["lift"]:
             raise Refusal("bad_field", f"the kept decision is for lift {decided['lift']}")
+        if "record" not in decided:  # made before decisions named their record: name it now
+            decided = _signed(decided["state"], decided["date"], record, key)
         return decided, [_decision_to(asker, record, decided)]
     expired = now_ms >= record["deadline"]
     if event == "commit" and not expired and asker != record["path"][-1]["agent"]:
         raise Refusal("not_on_path", "only the terminus's agent (path[-1]) commits a lift")
     if event == "query" and not expired:
         return None, []
-    state = GOOD if event == "commit" and not expired else VOID
-    decision = {"lift": record["lift"], "state": state, "date": now_ms, "referee": key.agent_id}
-    decision["sign"] = key.sign(_decision_digest(decision))
+    decision = _signed(GOOD if event == "commit" and not expired else VOID, now_ms, record, key)
     return decision, [_decision_to(agent, record, decision) for agent in agents]  # asker too
+
+
+def _signed(state: str, date_ms: int, record: dict[str, Any], key: SigningKey
+            ) -> dict[str, Any]:
+    """A decision on ``record`` itself: its digest is signed with the state, so a decision on
+    a made-up record that reuses the lift's uuid settles nothing of the real one."""
+    decision = {"lift": record["lift"], "state": state, "date": date_ms,
+                "referee": key.agent_id, "record": record_digest(record)}
+    decision["sign"] = key.sign(_decision_digest(decision))
+    return decision
 
 
 def _decision_to(agent: str, record: dict[str, Any], decision: dict[str, Any]) -> Send:
@@ -366,6 +380,9 @@ def check_decision(decision: Any, record: dict[str, Any]) -> str:
         raise Refusal("bad_field", "decision.date must be an integer")
     if decision["referee"] != record["referee"]["agent"]:
         raise Refusal("wrong_referee", f"lift {record['lift']} names another referee")
+    if decision["record"] != record_digest(record):
+        raise Refusal("other_record", f"the decision is on another record of lift "
+                      f"{record['lift']} than the one held here")
     if not isinstance(decision["sign"], bytes) or not verify_by_agent(
         decision["referee"], decision["sign"], _decision_digest(decision)
     ):

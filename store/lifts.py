@@ -12,6 +12,7 @@ import sqlite3
 from typing import Any
 
 from protocol.codec import pack, unpack
+from protocol.lift import record_digest
 
 _COLUMNS = ("lift, kind, state, units, payor, referee, deadline, record, decision, query_due,"
             " query_tries, error, created, updated")
@@ -91,21 +92,37 @@ def listing(conn: sqlite3.Connection, cuid: str | None = None) -> list[sqlite3.R
 # -- as referee --------------------------------------------------------------------------------
 
 
-def decision(conn: sqlite3.Connection, lift: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT decision FROM lift_decisions WHERE lift = ?", (lift,)).fetchone()
-    return None if row is None else unpack(row[0])
+def decision(conn: sqlite3.Connection, lift: str, record: dict[str, Any]
+             ) -> dict[str, Any] | None:
+    """The decision kept on this record of ``lift`` (each record its own), if any. One made
+    before decisions named their record is found by its stored record (see migration 009)."""
+    row = conn.execute("SELECT decision FROM lift_decisions WHERE lift = ? AND record_hash = ?",
+                       (lift, record_digest(record))).fetchone()
+    if row is not None:
+        return unpack(row[0])
+    row = conn.execute("SELECT decision, record FROM lift_decisions WHERE lift = ? AND"
+                       " record_hash = X''", (lift,)).fetchone()
+    return unpack(row[0]) if row is not None and unpack(row[1]) == record else None
 
 
-def refereed_record(conn: sqlite3.Connection, lift: str) -> dict[str, Any]:
-    row = conn.execute("SELECT record FROM lift_decisions WHERE lift = ?", (lift,)).fetchone()
-    return unpack(row[0])
+def refereed(conn: sqlite3.Connection, lift: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(record, decision) of the latest decision this referee made on ``lift`` (``lift.show``
+    at the referee; a made-up record with the same uuid has a decision of its own)."""
+    row = conn.execute("SELECT record, decision FROM lift_decisions WHERE lift = ?"
+                       " ORDER BY created DESC LIMIT 1", (lift,)).fetchone()
+    return None if row is None else (unpack(row[0]), unpack(row[1]))
 
 
 def decide(conn: sqlite3.Connection, record: dict[str, Any], decided: dict[str, Any],
-           now_ms: int) -> None:
-    """Keep a referee's decision for ever (the caller checked there was none)."""
+           now_ms: int, *, legacy: bool = False) -> None:
+    """Keep a referee's decision on ``record`` for ever. ``legacy``: it is one made before
+    decisions named their record (found by :func:`decision`), signed again; its old row goes."""
+    if legacy:
+        conn.execute("DELETE FROM lift_decisions WHERE lift = ? AND record_hash = X''",
+                     (record["lift"],))
     conn.execute(
-        "INSERT INTO lift_decisions (lift, state, decision, record, created)"
-        " VALUES (?, ?, ?, ?, ?)",
-        (record["lift"], decided["state"], pack(decided), pack(record), now_ms),
+        "INSERT INTO lift_decisions (lift, record_hash, state, decision, record, created)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (record["lift"], decided["record"], decided["state"], pack(decided), pack(record),
+         now_ms),
     )

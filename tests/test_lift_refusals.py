@@ -12,7 +12,7 @@ from protocol.codec import digest, unpack
 from protocol.keys import SigningKey
 from tests.netfixture import network, wait_for
 from tests.test_credit_service import refusal_of, refused, rpc, send_raw, user_key
-from tests.test_lifts import line, reserved, who
+from tests.test_lifts import line, reserved, settled_everywhere, who
 
 
 async def test_no_route_and_bad_params_change_nothing(tmp_path):
@@ -54,7 +54,7 @@ async def test_a_decision_not_signed_by_the_referee_is_refused(tmp_path):
             "SELECT 1 FROM lifts WHERE lift = ?", (lift,)) is not None)
         record = unpack(dan.db.read_one("SELECT record FROM lifts WHERE lift = ?", (lift,))[0])
         decision = {"lift": lift, "state": "good", "date": record["date"],
-                    "referee": record["referee"]["agent"]}
+                    "referee": record["referee"]["agent"], "record": lf.record_digest(record)}
         forged = {**decision, "sign": bob.key.sign(digest(decision))}  # not the referee's key
         message_id = await send_raw(bob, dan, None, "lift", "decision",
                                     {"record": record, "decision": forged}, None)
@@ -156,3 +156,47 @@ async def test_a_made_up_lift_makes_the_referee_dial_nothing_and_hold_nothing_fo
         assert not any(address and address.startswith("192.0.2.1") for address in dialled)
         queued = house.db.read("SELECT peer FROM outbox WHERE target = 'lift'")
         assert not {row["peer"] for row in queued} & set(made_up)
+
+
+async def test_a_made_up_record_with_a_real_lifts_uuid_settles_nothing_of_it(tmp_path):
+    """Anyone who learns a lift's uuid (every hop does) can make up a record that reuses it,
+    name itself the terminus and commit it (or cancel it) at the referee. The referee decides
+    that record, not the uuid: no participant of the real lift applies the decision, and the
+    real lift still gets its own."""
+    async with network(tmp_path, n=6, clearinghouse=0) as net:
+        world = await line(net)
+        u, tl = world["users"], world["tallies"]
+        ann, bob, cat, house, mallory = u["ann"], u["bob"], u["cat"], net.nodes[0], net.nodes[5]
+        await net.stop(4)  # dan's node: the real lift waits at cat, its promise queued
+        started = await rpc(ann, "lift.pay", cuid="ann", find=who(u["dan"], "dan"), units=500,
+                            life_s=60)
+        lift = started["lift"]
+        await wait_for(lambda: cat.db.read_one("SELECT 1 FROM lifts WHERE lift = ?",
+                                               (lift,)) is not None)
+        path = [{"cuid": "ann", "agent": ann.agent_id, "tally": str(uuid.uuid4())},
+                {"cuid": "bob", "agent": bob.agent_id, "tally": str(uuid.uuid4())},
+                {"cuid": "cat", "agent": cat.agent_id, "tally": str(uuid.uuid4())},
+                {"cuid": "m", "agent": mallory.agent_id, "tally": None}]
+        for action in ("commit", "cancel"):
+            made_up = lf.make_record(lift_uuid=lift, kind="linear", units=1 + len(action),
+                                     path=path, referee=house.own_address(),
+                                     date_ms=mallory.clock.now_ms(), life_ms=60_000, memo="",
+                                     key=SigningKey.generate())
+            extra = {"reason": "no"} if action == "cancel" else {}
+            await send_raw(mallory, house, None, "lift", action, {"record": made_up, **extra},
+                           None)
+        # the referee decided both made-up records and told ann, bob and cat, who refuse both
+        await wait_for(lambda: house.db.read_one(
+            "SELECT count(*) FROM outbox WHERE action = 'decision' AND state = 'failed' AND"
+            " error LIKE 'OTHER_RECORD%'")[0] == 6)
+        for node, cuid in ((ann, "ann"), (bob, "bob"), (cat, "cat")):
+            assert (await rpc(node, "lift.show", lift=lift))["state"] == "pend", cuid
+        assert (reserved(ann, "ann", tl["annbob"]), reserved(cat, "cat", tl["catdan"])) == (
+            (0, 500), (0, 500))
+        assert house.db.read_one("SELECT count(*) FROM lift_decisions WHERE lift = ?",
+                                 (lift,))[0] == 2
+        await net.restart(4)  # dan takes the promise and commits the real record
+        dan = net.nodes[4]
+        await settled_everywhere([ann, bob, cat, dan], lift, "good")
+        assert house.db.read_one("SELECT count(*) FROM lift_decisions WHERE lift = ?",
+                                 (lift,))[0] == 3

@@ -6,13 +6,17 @@ import logging
 import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 
-from store import Database, DatabaseError, SharedWriter, inbox, outbox, peers, users
+from protocol import lift as lf
+from protocol.codec import digest, pack
+from protocol.keys import ChipAddress, SigningKey
+from store import Database, DatabaseError, SharedWriter, inbox, lifts, outbox, peers, users
 from store.db import savepoint
 from store.schema import SchemaError, migrate, migrations
 
@@ -127,6 +131,42 @@ def test_migration_7_forgets_strangers_older_versions_stored(
         kept = conn.execute("SELECT agent, name, address FROM peers ORDER BY agent").fetchall()
         assert kept == [("configured", "bob", "127.0.0.1:7102"),
                         ("partner", None, "10.0.0.2:1"), ("referee", None, "10.0.0.3:1")]
+    finally:
+        conn.close()
+
+
+def test_migration_9_keeps_decisions_made_before_they_named_their_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A referee's decision from before migration 9 (kept under the lift uuid, not naming its
+    record) is found by its stored record, answered again signed with the record's digest,
+    and then kept under that digest; another record with the same uuid finds nothing."""
+    referee, payor = SigningKey(bytes([7]) * 32), SigningKey(bytes([8]) * 32)
+    made = lf.make_record(
+        lift_uuid=str(uuid.UUID(int=1)), kind="linear", units=5, memo="",
+        path=[{"cuid": "a", "agent": payor.agent_id, "tally": str(uuid.UUID(int=2))},
+              {"cuid": "b", "agent": referee.agent_id, "tally": None}],
+        referee=ChipAddress(agent=referee.agent_id, host="127.0.0.1", port=1),
+        date_ms=1_000, life_ms=60_000, key=payor)
+    old = {"lift": made["lift"], "state": "good", "date": 2_000, "referee": referee.agent_id}
+    old["sign"] = referee.sign(digest(old))
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    try:
+        monkeypatch.setattr("store.schema.migrations", lambda: migrations()[:8])
+        assert migrate(conn) == 8
+        conn.execute("INSERT INTO lift_decisions VALUES (?, 'good', ?, ?, 2000)",
+                     (made["lift"], pack(old), pack(made)))
+        monkeypatch.undo()
+        assert migrate(conn) == LATEST
+        assert lifts.decision(conn, made["lift"], made) == old
+        other = {**made, "units": 6}
+        assert lifts.decision(conn, made["lift"], other) is None
+        decision, _ = lf.decide(old, "query", made, now_ms=3_000, key=referee,
+                                asker=payor.agent_id)
+        assert lf.check_decision(decision, made) == "good" and decision["date"] == 2_000
+        lifts.decide(conn, made, decision, 3_000, legacy=True)
+        assert lifts.decision(conn, made["lift"], made) == decision
+        assert conn.execute("SELECT count(*) FROM lift_decisions").fetchone()[0] == 1
     finally:
         conn.close()
 

@@ -182,10 +182,10 @@ class LiftService(Service):
         row = lifts.get(conn, lift)
         if row is not None:
             return self._view(conn, row)
-        decided = lifts.decision(conn, lift)  # only refereed here
-        if decided is None:
+        refereed = lifts.refereed(conn, lift)  # only refereed here
+        if refereed is None:
             raise Reject("UNKNOWN_LIFT", f"no lift {lift} on this node")
-        record = lifts.refereed_record(conn, lift)
+        record, decided = refereed
         return {**_describe(record), "state": decided["state"], "decision": _decision(decided),
                 "chits": []}
 
@@ -326,11 +326,13 @@ class LiftService(Service):
         if record["referee"]["agent"] != self.runtime.agent_id:
             raise Reject("NOT_REFEREE", f"lift {record['lift']} is refereed by "
                          f"{record['referee']['agent']}, not this node")
-        decided = lifts.decision(tx.conn, record["lift"])
+        decided = lifts.decision(tx.conn, record["lift"], record)
         decision, sends = lf.decide(decided, envelope.action, record, now_ms=tx.now_ms,
                                     key=self.runtime.key, asker=envelope.from_.agent)
         # first: the nodes wait for it, the evidence does not
         self.ledger.emit(tx, [send for send in sends if self._reachable(send.to.agent)])
+        if decided is not None and decision is not decided:  # one made before 009, signed again
+            lifts.decide(tx.conn, record, decision, tx.now_ms, legacy=True)
         if decision is not None and decided is None:
             self._learn(record)
             lifts.decide(tx.conn, record, decision, tx.now_ms)

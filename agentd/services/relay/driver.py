@@ -90,11 +90,12 @@ def lift(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
         chits = [dict(chit) for chit in Ledger.lift_chits(conn, uuid)]
         return {"lift": uuid, "record": lifts.record_of(row), "state": row["state"],
                 "decision": lifts.decision_of(row), "chits": chits}
-    decided = lifts.decision(conn, uuid)
-    if decided is None:
+    refereed = lifts.refereed(conn, uuid)
+    if refereed is None:
         raise ViewError(NOT_FOUND, f"no lift {uuid} on this node")
-    return {"lift": uuid, "record": lifts.refereed_record(conn, uuid),
-            "state": decided["state"], "decision": decided, "chits": []}
+    record, decided = refereed
+    return {"lift": uuid, "record": record, "state": decided["state"], "decision": decided,
+            "chits": []}
 
 
 def _holders(conn: sqlite3.Connection, uuid: str) -> list[sqlite3.Row]:
