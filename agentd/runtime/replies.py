@@ -18,26 +18,28 @@ from agentd.runtime.context import Reject, Tx
 
 
 class _Waiter:
-    __slots__ = ("error", "event", "value")
+    __slots__ = ("error", "event", "peer", "value")
 
-    def __init__(self) -> None:
+    def __init__(self, peer: str | None = None) -> None:
         self.event = trio.Event()
         self.value: Any = None
         self.error: Reject | None = None
+        self.peer = peer  # the agent whose pong settles it (None: only its caller's checks do)
 
 
 class Replies:
     def __init__(self) -> None:
         self._waiting: dict[bytes, _Waiter] = {}
 
-    def expect(self, message_id: bytes) -> None:
-        """Register a waiter for ``message_id`` before its request reaches the pump."""
-        self._waiting[message_id] = _Waiter()
+    def expect(self, message_id: bytes, peer: str | None = None) -> None:
+        """Register a waiter for ``message_id`` before its request reaches the pump; with
+        ``peer``, only an answer from that agent settles it."""
+        self._waiting[message_id] = _Waiter(peer)
 
-    def expect_after(self, tx: Tx, message_id: bytes) -> None:
+    def expect_after(self, tx: Tx, message_id: bytes, peer: str | None = None) -> None:
         """Register a waiter for ``message_id`` once ``tx`` commits (before the pump sends
         it); then ``await result(message_id, ...)``."""
-        tx.after_commit(lambda: self.expect(message_id))
+        tx.after_commit(lambda: self.expect(message_id, peer))
 
     def discard(self, message_id: bytes) -> None:
         """Forget a waiter nobody will collect (its caller went away)."""
@@ -71,9 +73,12 @@ class Replies:
                 for waiter in waiters]
 
     def settle(self, tx: Tx, message_id: object, value: Any = None,
-               error: Reject | None = None) -> None:
-        """Wake the call waiting for ``message_id`` (if any) once ``tx`` has committed."""
-        if isinstance(message_id, bytes) and message_id in self._waiting:
+               error: Reject | None = None, *, peer: str | None = None) -> None:
+        """Wake the call waiting for ``message_id`` (if any) once ``tx`` has committed. With
+        ``peer`` (an answer anyone may send, such as a pong), only a waiter that expects that
+        very peer: a pong naming another call's request id settles nothing."""
+        waiter = self._waiting.get(message_id) if isinstance(message_id, bytes) else None
+        if waiter is not None and (peer is None or waiter.peer == peer):
             tx.after_commit(lambda: self._wake(message_id, value, error))
 
     def _wake(self, message_id: bytes, value: Any, error: Reject | None) -> None:

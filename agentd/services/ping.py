@@ -34,7 +34,7 @@ class PingService(Service):
         elif envelope.action == "note":
             return
         elif envelope.action == "pong":
-            self.runtime.replies.settle(tx, envelope.re)
+            self.runtime.replies.settle(tx, envelope.re, peer=envelope.from_.agent)
         else:
             raise Reject("UNKNOWN_ACTION", f"node has no action {envelope.action!r}")
 
@@ -58,7 +58,7 @@ class PingService(Service):
 
             def work(tx: Tx, seq: int = seq) -> bytes:
                 message_id = tx.send(Send(to, "node", "ping", {"seq": seq}))
-                runtime.replies.expect_after(tx, message_id)
+                runtime.replies.expect_after(tx, message_id, agent)
                 return message_id
 
             message_id = await runtime.transact(work)
