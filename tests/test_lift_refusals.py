@@ -200,3 +200,33 @@ async def test_a_made_up_record_with_a_real_lifts_uuid_settles_nothing_of_it(tmp
         await settled_everywhere([ann, bob, cat, dan], lift, "good")
         assert house.db.read_one("SELECT count(*) FROM lift_decisions WHERE lift = ?",
                                  (lift,))[0] == 3
+
+
+async def test_a_made_up_void_that_reaches_a_hop_first_does_not_turn_the_real_promise_away(
+        tmp_path):
+    """A node told of a void decision on a lift it never saw remembers it, to refuse that
+    lift's promise if it comes late. A void on a record made up with the real lift's uuid,
+    pushed ahead of the real promise, must not turn that promise away."""
+    async with network(tmp_path, n=6, clearinghouse=0) as net:
+        world = await line(net)
+        u = world["users"]
+        ann, bob, dan, house, mallory = u["ann"], u["bob"], u["dan"], net.nodes[0], net.nodes[5]
+        await net.stop(3)  # cat's node: the real promise waits at bob
+        started = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=300,
+                            life_s=60)
+        lift = started["lift"]
+        await wait_for(lambda: bob.db.read_one("SELECT 1 FROM lifts WHERE lift = ?",
+                                               (lift,)) is not None)
+        made_up = lf.make_record(
+            lift_uuid=lift, kind="linear", units=1, memo="", referee=house.own_address(),
+            path=[{"cuid": "m", "agent": mallory.agent_id, "tally": str(uuid.uuid4())},
+                  {"cuid": "dan", "agent": dan.agent_id, "tally": None}],
+            date_ms=mallory.clock.now_ms(), life_ms=60_000, key=SigningKey.generate())
+        await send_raw(mallory, house, None, "lift", "cancel",
+                       {"record": made_up, "reason": "no"}, None)
+        await wait_for(lambda: (row := dan.db.read_one(
+            "SELECT state FROM lifts WHERE lift = ?", (lift,))) is not None
+            and row["state"] == "void")  # dan heard of a void on "this lift"
+        await net.restart(3)  # cat forwards the real promise to dan, who takes it
+        cat = net.nodes[3]
+        await settled_everywhere([ann, bob, cat, dan], lift, "good")

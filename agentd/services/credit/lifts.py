@@ -289,7 +289,11 @@ class LiftService(Service):
             return  # this hop's chit is here already: a resent promise
         known = lifts.get(tx.conn, record["lift"])
         if known is not None and known["state"] != lf.PEND:
-            raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here already")
+            if self._heard_of_another(tx, known, record):
+                lifts.forget(tx.conn, record["lift"])  # a record made up with this lift's uuid
+            else:
+                raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here "
+                             "already")
         self._learn(record)
         lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
         _log_lift(tx, record["lift"], lf.PEND, kind=record["kind"], units=record["units"],
@@ -303,6 +307,14 @@ class LiftService(Service):
             self.ledger.emit(tx, [lf.promise(record, hop + 1)])
             self._ask_referee(tx, record, here.cuid)
         tx.after_commit(lambda: self._due_at(record["deadline"]))
+
+    def _heard_of_another(self, tx: Tx, known: sqlite3.Row, record: dict[str, Any]) -> bool:
+        """Whether ``known`` is a decision we only heard of (we held nothing of that lift) on
+        another record than ``record`` of the same uuid: one made up, whose decision must not
+        turn away the real lift's promise."""
+        return (known["payor"] is None
+                and lf.record_digest(lifts.record_of(known)) != lf.record_digest(record)
+                and not self.ledger.store.lift_chits(tx.conn, record["lift"]))
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """The next hop refused our promise for good: the lift cannot complete, so tell the
