@@ -336,6 +336,17 @@ def refused_evidence(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     ).fetchall()
 
 
+def audit_snapshot(conn: sqlite3.Connection
+                   ) -> tuple[int, list[sqlite3.Row], dict[str, dict], set[str]]:
+    """What ``receipts.verify`` reads, from one snapshot (one read transaction): log requests
+    not answered yet, every receipt, every JWKS, the clearing houses asked for keys."""
+    conn.execute("BEGIN")
+    try:
+        return pending_logs(conn), receipts(conn), all_jwks(conn), keys_asked(conn)
+    finally:
+        conn.execute("COMMIT")
+
+
 def pending_logs(conn: sqlite3.Connection) -> int:
     """Log requests not answered yet (waiting to go, or sent)."""
     return conn.execute(

@@ -54,11 +54,11 @@ class Audit:
         if not isinstance(chain, bool):
             raise invalid_params("chain must be true or false")
         db = self.runtime.db
-        rows = db.reading(store.receipts)
-        jwks = db.reading(store.all_jwks)
+        # one snapshot: an answer committed between two reads would be neither pending nor
+        # checked (or a receipt unchecked, its keys question already closed)
+        unanswered, rows, jwks, asked = db.reading(store.audit_snapshot)
         # a receipt kept unchecked while its clearing house's JWKS is on its way (a first
         # receipt, or one signed by a new key) is pending, not failed
-        asked = db.reading(store.keys_asked)
         rows, waiting = _split(rows, lambda row: row["status"] == "unchecked"
                                and row["ch"] in asked)
         failures = await trio.to_thread.run_sync(self._verify_rows, rows, jwks)
@@ -67,7 +67,7 @@ class Audit:
                              "kind": row["kind"], "ref": row["ref"], "fault": "refused",
                              "message": f"the clearing house refused this evidence: "
                                         f"{row['error']}"})
-        pending = db.reading(store.pending_logs) + len(waiting)
+        pending = unanswered + len(waiting)
         result: dict[str, Any] = {"checked": len(rows), "pending": pending}
         if chain:
             pids = sorted({row["pid"] for row in rows})
