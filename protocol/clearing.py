@@ -72,7 +72,7 @@ _MAX_TYPE_LENGTH = 255
 _INT64_LIMIT = 2**63
 _DAY_MS = 86_400_000
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+HEX64 = re.compile(r"[0-9a-f]{64}")  # every hash, and so every document id
 _DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 Reply = tuple[str, dict[str, Any]]
@@ -195,7 +195,7 @@ def _pid(value: object, action: str) -> str:
 def _hex64(value: object, where: str, what: str) -> str:
     if not isinstance(value, str):
         raise _malformed_type(where, "text", value)
-    if not _HEX64.fullmatch(value):
+    if not HEX64.fullmatch(value):
         raise Rejection(Reason.BAD_PARAMETERS, f"{where}: {value[:70]!r} is not {what}")
     return value
 

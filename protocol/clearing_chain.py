@@ -12,19 +12,16 @@ appends with :func:`next_entry`; a process owner audits what it read with
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from protocol.clearing import Entry, LogRequest
+from protocol.clearing import HEX64, Entry, LogRequest
 from protocol.codec import CodecError, digest
 
 ZERO_HASH = "0" * 64
 HASHED_FIELDS = (
     "pid", "seq", "prev_hash", "timestamp", "client_id", "header", "payload_sha256", "payload_type",
 )  # fmt: skip
-
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class ChainError(ValueError):
@@ -98,7 +95,7 @@ def _entry_problem(entry: object, prev: Mapping[str, Any] | None) -> str | None:
         if not isinstance(value, kind) or isinstance(value, bool):
             return f"{name} is a {type(value).__name__}"
     for name in ("prev_hash", "payload_sha256", "entry_hash"):
-        if not _HEX64.fullmatch(entry[name]):
+        if not HEX64.fullmatch(entry[name]):
             return f"{name} {entry[name][:70]!r} is not 64 lowercase hex digits"
     seq = entry["seq"]
     if prev is None:

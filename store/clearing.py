@@ -336,13 +336,15 @@ def refused_evidence(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-def audit_snapshot(conn: sqlite3.Connection
-                   ) -> tuple[int, list[sqlite3.Row], dict[str, dict], set[str]]:
+def audit_snapshot(conn: sqlite3.Connection) -> tuple[
+        int, list[sqlite3.Row], dict[str, dict], set[str], list[sqlite3.Row]]:
     """What ``receipts.verify`` reads, from one snapshot (one read transaction): log requests
-    not answered yet, every receipt, every JWKS, the clearing houses asked for keys."""
+    not answered yet, every receipt, every JWKS, the clearing houses asked for keys, and the
+    evidence refused."""
     conn.execute("BEGIN")
     try:
-        return pending_logs(conn), receipts(conn), all_jwks(conn), keys_asked(conn)
+        return (pending_logs(conn), receipts(conn), all_jwks(conn), keys_asked(conn),
+                refused_evidence(conn))
     finally:
         conn.execute("COMMIT")
 

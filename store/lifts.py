@@ -101,13 +101,13 @@ def decision(conn: sqlite3.Connection, lift: str, record: dict[str, Any]
              ) -> dict[str, Any] | None:
     """The decision kept on this record of ``lift`` (each record its own), if any. One made
     before decisions named their record is found by its stored record (see migration 009)."""
-    row = conn.execute("SELECT decision FROM lift_decisions WHERE lift = ? AND record_hash = ?",
-                       (lift, record_digest(record))).fetchone()
-    if row is not None:
-        return unpack(row[0])
-    row = conn.execute("SELECT decision, record FROM lift_decisions WHERE lift = ? AND"
-                       " record_hash = X''", (lift,)).fetchone()
-    return unpack(row[0]) if row is not None and unpack(row[1]) == record else None
+    for decided, kept, record_hash in conn.execute(
+            "SELECT decision, record, record_hash FROM lift_decisions WHERE lift = ?"
+            " AND record_hash IN (?, X'') ORDER BY record_hash DESC",  # by its digest first
+            (lift, record_digest(record))):
+        if record_hash or unpack(kept) == record:
+            return unpack(decided)
+    return None
 
 
 def refereed(conn: sqlite3.Connection, lift: str) -> tuple[dict[str, Any], dict[str, Any]] | None:

@@ -158,7 +158,7 @@ async def test_the_sim_node_methods_refuse_bad_params_and_partition_its_dials(tm
         simnode.install(a)
         with pytest.raises(RpcError, match="seed must be an integer"):
             await a.rpc.call(simnode.CUT, {"seed": "x"})
-        with pytest.raises(RpcError, match="agents must be a list or null"):
+        with pytest.raises(RpcError, match="agents must be a list of text or null"):
             await a.rpc.call(simnode.PARTITION, {"agents": "everyone"})
         assert (await a.rpc.call("peers.ping", {"agent": b.agent_id}))["rtt_ms"]
         assert await a.rpc.call(simnode.CUT, {"seed": 1}) == b.agent_id

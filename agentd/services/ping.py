@@ -43,7 +43,7 @@ class PingService(Service):
         latencies in ms."""
         if not is_agent_id(agent):
             raise invalid_params(f"agent is not an agent id: {agent!r}")
-        if not isinstance(count, int) or not 1 <= count <= 1000:
+        if not 1 <= count <= 1000:
             raise invalid_params("count must be an integer from 1 to 1000")
         runtime = self.runtime
         address = runtime.address_of(agent)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agentd.rpc import RpcError, invalid_params
+from agentd.rpc import RpcError
 from agentd.runtime.context import Reject
 from protocol import clearing as ch
 from protocol import evidence as ev
@@ -51,18 +51,16 @@ class Audit:
         fetch each process's chain from the clearing house, verify it link by link and match
         every receipt to its entry. Never raises for a failure: ``ok`` is false and
         ``failures`` says what failed and why (the CLI then exits 1)."""
-        if not isinstance(chain, bool):
-            raise invalid_params("chain must be true or false")
         db = self.runtime.db
         # one snapshot: an answer committed between two reads would be neither pending nor
         # checked (or a receipt unchecked, its keys question already closed)
-        unanswered, rows, jwks, asked = db.reading(store.audit_snapshot)
+        unanswered, rows, jwks, asked, refused = db.reading(store.audit_snapshot)
         # a receipt kept unchecked while its clearing house's JWKS is on its way (a first
         # receipt, or one signed by a new key) is pending, not failed
         rows, waiting = _split(rows, lambda row: row["status"] == "unchecked"
                                and row["ch"] in asked)
         failures = await trio.to_thread.run_sync(self._verify_rows, rows, jwks)
-        for row in db.reading(store.refused_evidence):
+        for row in refused:
             failures.append({"pid": row["pid"], "seq": None, "document_id": None,
                              "kind": row["kind"], "ref": row["ref"], "fault": "refused",
                              "message": f"the clearing house refused this evidence: "

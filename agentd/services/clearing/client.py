@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +72,6 @@ ENVELOPE_OVERHEAD = 4096
 MAX_RPC_BATCH = 1000  # entries in one ch.log_many call
 _LOG_REQUIRED = frozenset({"pid", "payload"})  # ch.log's params, for ch.log_many entries
 _LOG_PARAMS = frozenset({"pid", "payload", "mode", "header", "payload_type"})
-_HEX64 = re.compile(r"[0-9a-f]{64}")  # a document id
 
 
 class Evidence:
@@ -363,7 +361,7 @@ class Evidence:
     async def rpc_get(self, pid: str, id: str) -> dict:
         """The entry whose document id is ``id`` (``document_id`` in what ``ch.log`` and
         ``ch.query`` return)."""
-        if not isinstance(id, str) or not _HEX64.fullmatch(id):
+        if not ch.HEX64.fullmatch(id):  # its type: agentd.rpc_types
             raise invalid_params(f"id must be a document id (the 64 lowercase hex digits "
                                  f"ch.log and ch.query give as document_id), not {id!r}")
         result = await self.request("get", {"pid": pid, "id": id})

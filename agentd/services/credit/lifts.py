@@ -137,8 +137,7 @@ class LiftService(Service):
     async def rpc_wait(self, lift: str, timeout_s: float = WAIT_S) -> dict:
         """The lift once it is good or void here, or as it is when ``timeout_s`` passes."""
         lift = param_uuid(lift, "lift")
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not (
-                0 <= timeout_s <= MAX_WAIT_S):
+        if not 0 <= timeout_s <= MAX_WAIT_S:  # its type: agentd.rpc_types
             raise invalid_params(f"timeout_s must be seconds from 0 (look now) to "
                                  f"{MAX_WAIT_S:g}, not {timeout_s!r}")
         event = self._settled.setdefault(lift, trio.Event())  # before we look: no race
@@ -169,12 +168,11 @@ class LiftService(Service):
 
         return await self.runtime.db.write(job)
 
-    def _life(self, life_s: Any) -> int:
+    def _life(self, life_s: float | None) -> int:
         if life_s is None:
             return round(self.runtime.config.lift.life_s * 1000)
         longest = lf.MAX_LIFE_MS // 1000
-        if isinstance(life_s, bool) or not isinstance(life_s, int | float) or not (
-                1 <= life_s <= longest):
+        if not 1 <= life_s <= longest:
             raise invalid_params(f"life_s must be seconds from 1 to {longest}")
         return round(life_s * 1000)
 

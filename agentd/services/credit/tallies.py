@@ -121,11 +121,7 @@ class TallyService(Service):
         limit = param_amount(limit, "limit", low=0)
         if side not in t.SIDES:
             raise invalid_params(f"side must be one of {', '.join(t.SIDES)}")
-        if not isinstance(reuse, bool):
-            raise invalid_params("reuse must be true or false")
-        if isinstance(expires_s, bool) or not isinstance(expires_s, int | float) or not (
-            0 < expires_s <= MAX_EXPIRES_S
-        ):
+        if not 0 < expires_s <= MAX_EXPIRES_S:  # the params' types: agentd.rpc_types
             raise invalid_params(f"expires_s must be a number of seconds in (0, {MAX_EXPIRES_S}]")
         memo = param_memo(memo)
         token = b64u(os.urandom(24))
@@ -151,8 +147,6 @@ class TallyService(Service):
         """Present a partner's invitation ticket. Waits until the inviter's node has taken it
         (state ``requested``: the inviter offers next) or refused it (an error saying why)."""
         cuid = param_cuid(cuid)
-        if not isinstance(ticket, str):
-            raise invalid_params("ticket must be the invitation string tally.invite made")
         invitation = tf.decode_ticket(ticket)
         inviter = ChipAddress.from_map(invitation["chad"])
         node = self.runtime
@@ -243,16 +237,14 @@ class TallyService(Service):
         passes; returns the tally as ``tally.show`` does either way (its ``state`` says
         which). The tally need not exist yet: until it does, ``state`` is null."""
         cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
-        wanted = {state} if isinstance(state, str) else state
-        if not (isinstance(wanted, set | list) and wanted
-                and all(isinstance(s, str) for s in wanted)):
+        wanted = [state] if isinstance(state, str) else state
+        if not wanted:
             raise invalid_params("state must be a tally state or a list of them")
         unknown = [s for s in wanted if s not in t.STATES]
         if unknown:
             raise invalid_params(f"state {unknown[0]!r} is not a tally state (one of: "
                                  f"{', '.join(t.STATES)})")
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not (
-                0 <= timeout_s <= MAX_WAIT_S):
+        if not 0 <= timeout_s <= MAX_WAIT_S:
             raise invalid_params(f"timeout_s must be seconds from 0 (look now) to "
                                  f"{MAX_WAIT_S:g}, not {timeout_s!r}")
 
