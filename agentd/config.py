@@ -65,6 +65,10 @@ class Limits:
     partial_frames_budget: int = 16 << 20  # bytes of unfinished frames over all channels
     defer_accept: int = 10               # seconds the kernel holds a connection that is silent
     stranger_pipeline: int = 64          # a stranger's messages being processed at once
+    stranger_write_rate: int = 1 << 20   # bytes a second one stranger may make us write...
+    stranger_write_burst: int = 16 << 20  # ... and at once, before the rate applies
+    all_strangers_write_rate: int = 4 << 20  # the same for all strangers together
+    all_strangers_write_burst: int = 64 << 20
 
 
 LIMIT_RANGES: dict[str, tuple[float, float]] = {
@@ -73,6 +77,8 @@ LIMIT_RANGES: dict[str, tuple[float, float]] = {
     "max_channels": (1, 1 << 20), "max_channels_per_address": (1, 1 << 20),
     "max_channels_per_agent": (1, 1024), "partial_frames_budget": (1 << 16, 1 << 40),
     "defer_accept": (0, 3600), "stranger_pipeline": (1, 4096),
+    "stranger_write_rate": (1024, 1 << 40), "stranger_write_burst": (1024, 1 << 40),
+    "all_strangers_write_rate": (1024, 1 << 40), "all_strangers_write_burst": (1024, 1 << 40),
 }
 
 

@@ -66,6 +66,21 @@ def list_chits(conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> list[sql
     return conn.execute(LIST_CHITS, (tally_uuid, cuid)).fetchall()
 
 
+def partner_addresses(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
+    """Each partner agent of an open (or once open) tally, and the host and port its
+    certificate gives: the peers our tallies taught us (``CreditLedger._know_partner``)."""
+    rows = conn.execute("SELECT partner, body, side FROM tallies"
+                        " WHERE chain_origin IS NOT NULL AND partner IS NOT NULL"
+                        " GROUP BY partner").fetchall()
+    found = {}
+    for row in rows:
+        other = "foil" if row["side"] == "stock" else "stock"
+        chad = unpack(row["body"])[other]["cert"]["chad"]
+        if chad.get("host") is not None:
+            found[row["partner"]] = (chad["host"], chad["port"])
+    return found
+
+
 def unsettled(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     """Chains that are not settled, with when each is due for a repair."""
     return conn.execute(UNSETTLED).fetchall()

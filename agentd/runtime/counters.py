@@ -23,6 +23,7 @@ class Counters:
     outbox_dropped: int = 0  # replies to a stranger dropped past its queue's bound
     unacked_failures: int = 0  # messages we could not commit: left unacked for a retry
     deferred: int = 0  # messages that depend on one not here yet: left unacked for a retry
+    rationed: int = 0  # strangers' messages held back past their write allowance (WriteRation)
     rejected: Counter[str] = field(default_factory=Counter)
 
     def reject(self, reason: str) -> None:

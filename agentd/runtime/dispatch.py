@@ -5,7 +5,8 @@ let the service apply its guarded transition and queue its replies — without w
 so many messages share one group commit. The channel sends the acks in arrival order once
 each job has committed. A duplicate is acked and ignored; a refusal is an error ack; a
 failure of ours (disk full, a bug), or a message that depends on one not here yet
-(``NotYet``), gets no ack at all, so the sender retries.
+(``NotYet``), gets no ack at all, so the sender retries. A stranger's message waits first
+for its write allowance (``WriteRation``), its channel reading nothing meanwhile.
 
 An ephemeral service's messages (``Service.ephemeral``) skip the inbox and the commit: the
 service handles them at once on the read connection and deduplicates them itself.
@@ -19,7 +20,10 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from agentd.runtime.context import NotYet, Reject, Service, Tx
+from agentd.runtime.limits import MESSAGE_COST
 from agentd.runtime.refusals import ack_error
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
@@ -91,6 +95,8 @@ class Dispatcher:
             log.warning("rejected message from %s: %s", channel.agent[:8], refusal)
             await channel.send_frame(ack_frame(message.id, refusal.code, refusal.message))
             return
+        if message.target not in self.ephemeral and not self.node.is_known(channel.agent):
+            await self._ration(channel.agent, len(body))
         started = time.perf_counter()
         pending = self._start(message, channel.agent)
         if isinstance(pending, _Done) and channel.replies_idle:
@@ -101,6 +107,12 @@ class Dispatcher:
                 await channel.send_frame(body)
             return
         await channel.defer(lambda: self._finish(message, pending, started))
+
+    async def _ration(self, agent: str, size: int) -> None:
+        wait = self.node.ration.charge(agent, size + MESSAGE_COST, trio.current_time())
+        if wait > 0:
+            self.node.counters.rationed += 1
+            await trio.sleep(wait)
 
     async def on_ack_frame(self, body: bytes, from_agent: str) -> None:
         message = parse_frame(body)

@@ -9,7 +9,8 @@ takes the slot of the oldest connection from the same address (or, the table bei
 any address) that has not sent a byte yet. Once half the slots are taken the deadline to
 finish a handshake shortens. Established channels are capped in total, per address and per
 identity (peers we know are exempt from the first two: a stranger's channel makes room for
-them), and unfinished frames share one memory budget.
+them), and unfinished frames share one memory budget. What strangers make us write is
+rationed (``WriteRation``).
 """
 
 from __future__ import annotations
@@ -119,6 +120,51 @@ class FrameBudget:
         return True
 
 
+MESSAGE_COST = 1024  # bytes charged per message beyond its frame: its inbox row, indexes, commit
+
+
+class WriteRation:
+    """What agents we do not know may make us write, in bytes a second with a burst: each
+    stranger on its own, and all of them together. A message to a target that writes (every
+    one but ``route``) is charged its frame's length plus ``MESSAGE_COST`` before it is
+    processed; past either allowance it waits, and its channel reads nothing meanwhile, so
+    TCP slows the sender down. Nothing is refused: a legitimate stranger (a clearing house's
+    client, a lift's participant at its referee, a relay requestor) is only slowed, and a
+    flood of fresh identities shares the one allowance of all strangers, which leaves the
+    writer to the peers we know.
+
+    Each allowance is a GCRA bucket (the virtual-scheduling form of a token bucket): ``due``
+    is when it would be full again, so a charge waits for whatever of it lies more than a
+    burst ahead. An agent whose bucket is full again, or the oldest past ``MAX_TRACKED``, is
+    forgotten: it comes back with a full burst, which the shared allowance still bounds."""
+
+    MAX_TRACKED = 4096
+
+    def __init__(self, rate: float, burst: float, all_rate: float, all_burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.all_rate, self.all_burst = all_rate, all_burst
+        self._due: OrderedDict[str, float] = OrderedDict()  # agent -> when its bucket is full
+        self._all_due = 0.0
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def charge(self, agent: str, cost: int, now: float) -> float:
+        """Charge ``agent`` ``cost`` bytes at ``now`` (seconds, monotonic); the seconds it
+        must wait before it may go on (0 when within its allowance)."""
+        self._forget(now)
+        due = max(self._due.pop(agent, now), now) + cost / self.rate
+        self._due[agent] = due
+        self._all_due = max(self._all_due, now) + cost / self.all_rate
+        wait = max(due - self.burst / self.rate, self._all_due - self.all_burst / self.all_rate)
+        return max(0.0, wait - now)
+
+    def _forget(self, now: float) -> None:
+        due = self._due
+        while due and (len(due) >= self.MAX_TRACKED or next(iter(due.values())) <= now):
+            due.popitem(last=False)
+
+
 def defer_accept(listeners: list[trio.SocketListener], seconds: int) -> None:
     """Have the kernel hand us a connection only once its first bytes arrive, or after about
     ``seconds`` (Linux ``TCP_DEFER_ACCEPT``; a no-op elsewhere or when ``seconds`` is 0)."""
@@ -129,4 +175,5 @@ def defer_accept(listeners: list[trio.SocketListener], seconds: int) -> None:
         listener.socket.setsockopt(socket.IPPROTO_TCP, option, seconds)
 
 
-__all__ = ["FrameBudget", "HandshakeSlot", "HandshakeSlots", "defer_accept"]
+__all__ = ["MESSAGE_COST", "FrameBudget", "HandshakeSlot", "HandshakeSlots", "WriteRation",
+           "defer_accept"]

@@ -27,7 +27,7 @@ from agentd.runtime.clock import Clock
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
-from agentd.runtime.limits import defer_accept
+from agentd.runtime.limits import WriteRation, defer_accept
 from agentd.runtime.links import Links
 from agentd.runtime.metrics import Metrics
 from agentd.runtime.outbox import OutboxPump
@@ -45,8 +45,9 @@ from agentd.services.credit.service import Credit
 from agentd.services.ping import PingService
 from agentd.services.relay.service import RelayService
 from agentd.services.users import Users
-from protocol.keys import ChipAddress, SigningKey, parse_hostport
+from protocol.keys import ChipAddress, SigningKey, format_hostport, parse_hostport
 from store import Database, DatabaseError, inbox
+from store import credit as credit_store
 from store import peers as peer_store
 
 log = logging.getLogger("agentd.runtime.node")
@@ -81,6 +82,9 @@ class Node:
         self._peer_addresses: dict[str, str] = {}
         self._peer_names: dict[str, str] = {}
         self.strangers = Strangers()
+        limits = config.limits
+        self.ration = WriteRation(limits.stranger_write_rate, limits.stranger_write_burst,
+                                  limits.all_strangers_write_rate, limits.all_strangers_write_burst)
         self.configure_peers()
         self.peers: PeerManager = None  # type: ignore[assignment]  # set in run()
         self.links: Links | None = None  # simulated link faults: set by agentd sim, before run
@@ -152,7 +156,8 @@ class Node:
         return self._peer_addresses.get(agent)
 
     def is_known(self, agent: str) -> bool:
-        """A configured peer, the clearing house, or one a ticket or a user taught us."""
+        """A configured peer, the clearing house, a partner in an open tally, or one a ticket
+        or a user taught us."""
         return agent in self._peer_addresses
 
     def agent_at(self, address: str) -> str | None:
@@ -267,13 +272,17 @@ class Node:
     async def _load_peers(self) -> None:
         def job(conn):
             self._store_configured_peers(conn)
-            return peer_store.all_peers(conn)
+            return peer_store.all_peers(conn), credit_store.partner_addresses(conn)
 
-        for row in await self.db.write(job):
+        rows, partners = await self.db.write(job)
+        for row in rows:
             if row["address"]:
                 self._peer_addresses.setdefault(row["agent"], row["address"])
             if row["name"]:
                 self._peer_names.setdefault(row["agent"], row["name"])
+        for agent, (host, port) in partners.items():  # tallies opened before partners were
+            if agent != self.agent_id:                # learnt (CreditLedger._know_partner)
+                self._peer_addresses.setdefault(agent, format_hostport(host, port))
 
     def _channel_opened(self, channel: Channel) -> None:
         event(log, "peer connected", agent=channel.agent, name=self._peer_names.get(channel.agent),

@@ -32,7 +32,7 @@ from protocol import chit as c
 from protocol import tally as t
 from protocol import tally_fields as tf
 from protocol.envelope import Envelope
-from protocol.keys import SigningKey
+from protocol.keys import SigningKey, format_hostport
 from protocol.messages import Send
 from store import credit as credit_store
 from store import users
@@ -113,6 +113,7 @@ class CreditLedger:
         if t.START_CHAIN in happened:
             chain = ch.start(local)
             self.log(tx, local, "tally.open", local.tally)
+            self._know_partner(tx, local)
         if t.CLOSED in happened:
             self.log(tx, local, "tally.close", local.tally)
         fresh = list(fresh)
@@ -127,6 +128,16 @@ class CreditLedger:
                 state=local.state, was=holding.local.state, balance=saved.balance))
         log_chits(tx, holding.cuid, fresh)
         return saved
+
+    def _know_partner(self, tx: Tx, local: t.LocalTally) -> None:
+        """An open tally's partner is a peer we know from then on (the address its
+        certificate gives): the inviter learns it here, as the subject learnt the inviter's
+        from the ticket, so neither side's messages are a stranger's (``is_known``)."""
+        partner = local.partner
+        if partner.agent != self.runtime.agent_id and partner.host is not None \
+                and self.runtime.address_of(partner.agent) is None:
+            address = format_hostport(partner.host, partner.port)
+            tx.after_commit(lambda: self.runtime.learn_peer(partner.agent, address))
 
     def changed_now(self) -> None:
         """A tally changed (committed): wake ``tally.wait`` callers and ``on_change``."""

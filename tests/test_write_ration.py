@@ -1,0 +1,105 @@
+"""What strangers make a node write is rationed (``WriteRation``): each stranger, and all of
+them together, get a byte rate with a burst; past it their messages wait, and nothing is lost."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+import trio
+
+from agentd.bench.rogue import Rogue
+from agentd.runtime.limits import MESSAGE_COST, WriteRation
+from protocol.codec import pack
+from protocol.envelope import Ack
+from protocol.keys import SigningKey
+from tests.netfixture import network, wait_for
+from tests.test_credit_service import agreed, open_tally, rpc
+
+
+def test_a_burst_passes_then_each_charge_waits_its_cost_at_the_rate():
+    ration = WriteRation(rate=1000, burst=3000, all_rate=10**9, all_burst=10**9)
+    assert [ration.charge("a", 1000, now=10.0) for _ in range(3)] == [0, 0, 0]
+    assert ration.charge("a", 1000, now=10.0) == pytest.approx(1.0)
+    assert ration.charge("a", 500, now=10.0) == pytest.approx(1.5)
+    # time refills the allowance: 4 s later the 4.5 s charged are 0.5 s ahead, within the burst
+    assert ration.charge("a", 1000, now=14.0) == 0
+    assert ration.charge("b", 3000, now=14.0) == 0  # another stranger has its own allowance
+
+
+def test_all_strangers_share_one_allowance():
+    ration = WriteRation(rate=1000, burst=3000, all_rate=1000, all_burst=5000)
+    assert ration.charge("a", 3000, now=0.0) == 0
+    assert ration.charge("b", 2000, now=0.0) == 0
+    # c is within its own allowance, but all together are 2 s past theirs
+    assert ration.charge("c", 2000, now=0.0) == pytest.approx(2.0)
+    assert ration.charge("d", 1000, now=7.0) == 0  # 7 s later it has all refilled
+
+
+def test_the_agents_tracked_are_bounded_and_full_ones_forgotten():
+    ration = WriteRation(rate=1000, burst=1000, all_rate=10**9, all_burst=10**9)
+    for i in range(WriteRation.MAX_TRACKED + 500):
+        ration.charge(f"agent{i}", 2000, now=0.0)  # each now a second past its burst
+    assert len(ration) == WriteRation.MAX_TRACKED
+    ration.charge("late", 1, now=100.0)  # everyone else's allowance is full again by now
+    assert len(ration) == 1
+
+
+async def test_a_strangers_flood_is_slowed_to_its_rate_and_nothing_is_lost(tmp_path):
+    """A stranger's 100 pings past its burst wait at its rate (the node's channel reads
+    nothing meanwhile); every one is still processed and acked. A peer the node knows is
+    never rationed."""
+    rate, burst = 50 << 10, 16 << 10
+    async with network(tmp_path, n=2, stranger_write_rate=rate,
+                       stranger_write_burst=burst) as net:
+        node, peer = net.nodes
+        rogue = await Rogue.join(node.port, node.agent_id)
+        bodies = [pack(rogue.envelope(node.agent_id)) for _ in range(100)]
+        charged = sum(len(body) + MESSAGE_COST for body in bodies)
+        started = trio.current_time()
+        await rogue.send_frames(bodies)
+        acked: set[bytes] = set()
+        while len(acked) < len(bodies):
+            acked |= {frame.ack for frame in await rogue.receive() if isinstance(frame, Ack)}
+        # the rationing's own arithmetic: it cannot have taken less than this
+        assert trio.current_time() - started >= (charged - burst) / rate * 0.99
+        assert node.counters.rationed > 0
+        assert node.counters.messages_processed >= len(bodies)
+        rationed = node.counters.rationed
+        result = await peer.rpc.call("peers.ping", {"agent": node.agent_id, "count": 20})
+        assert len(result["rtt_ms"]) == 20
+        assert node.counters.rationed == rationed
+        info = await node.rpc.call("getinfo", {})
+        assert info["counters"]["rationed"] == rationed
+        await rogue.aclose()
+
+
+async def test_a_tally_partner_met_by_ticket_is_known_on_both_sides(tmp_path):
+    """Two nodes that are not each other's peers open a tally by ticket: from then on each
+    knows the other (the inviter from the subject's certificate, also after a restart with
+    the peer row gone, as in a database from before), so chits are never rationed; before
+    it opens, the subject's messages to the inviter are a stranger's."""
+    tiny = {"stranger_write_rate": 1024, "stranger_write_burst": 1024}
+    async with network(tmp_path, n=0) as net:
+        inviter = await net.start("inviter", SigningKey.generate(), **tiny)
+        subject = await net.start("subject", SigningKey.generate(), **tiny)
+        net.nodes.extend([inviter, subject])
+        assert not inviter.is_known(subject.agent_id)
+        await rpc(inviter, "users.add", cuid="ann")
+        await rpc(subject, "users.add", cuid="bob")
+        tally = await open_tally(inviter, "ann", subject, "bob")
+        await wait_for(lambda: inviter.is_known(subject.agent_id))
+        assert subject.is_known(inviter.agent_id)
+        before = inviter.counters.rationed  # the ticket and the accept came from a stranger
+        for _ in range(20):
+            await rpc(subject, "chit.pay", cuid="bob", tally=tally, units=10)
+        await wait_for(lambda: agreed(inviter, "ann", subject, "bob", tally, 20))
+        assert inviter.counters.rationed == before
+        assert subject.counters.rationed == 0
+
+        await net.stop(0)
+        with sqlite3.connect(inviter.config.db_path) as conn:
+            conn.execute("DELETE FROM peers")
+        inviter = net.nodes[0] = await net.start("inviter", inviter.key, inviter.port, **tiny)
+        assert inviter.is_known(subject.agent_id)
+        assert inviter.address_of(subject.agent_id) == subject.listen_address
