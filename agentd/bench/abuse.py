@@ -14,6 +14,8 @@ It reports the legitimate ping's p50/p99 (``legit_ping_p99_ms``, goal <= 50), th
 resident memory growth over its level before the attack (``rss_growth_mb``, goal <= 64),
 and its outbox depth ``--wait`` seconds after the attack ended (``outbox_after_60s``, goal 0;
 ``--quick`` waits less and reports ``outbox_after_wait`` with ``outbox_wait_s`` instead).
+``processed`` and ``rationed`` count the target's messages processed and those that waited
+for a stranger's write allowance (a flood past ``stranger_write_burst``).
 """
 
 from __future__ import annotations
@@ -189,6 +191,7 @@ async def measure(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "outbox_at_end": counters["outbox_depth"],
         "outbox_wait_s": options.wait, "outbox_after_wait": after["counters"]["outbox_depth"],
         "rejected": counters["rejected"],
+        "processed": counters["messages_processed"], "rationed": counters["rationed"],
     }
     if options.wait >= 60:
         figures["outbox_after_60s"] = figures["outbox_after_wait"]
@@ -223,6 +226,8 @@ def main(argv: list[str]) -> int:
         ("legit pings (failed)", f"{figures['legit_pings']} ({figures['legit_ping_failures']})"),
         ("legit ping p50 / p99", f"{figures['legit_ping_p50_ms'] or 0:.1f} / "
                                  f"{p99 or 0:.1f} ms (goal p99 <= 50)"),
+        ("messages processed", f"{figures['processed']:,} ({figures['rationed']:,} waited for "
+                               "a stranger's write allowance)"),
         ("target RSS growth", f"{figures['rss_growth_mb']:.1f} MB (goal <= 64)"),
         (f"outbox {figures['outbox_wait_s']:g} s after", f"{figures['outbox_after_wait']} "
          f"(at the end: {figures['outbox_at_end']}; "

@@ -83,6 +83,9 @@ async def check(backend, scenario: Scenario, report: Report,
     }
     report.counts["messages_processed"] = processed
     report.counts["duplicates_ignored"] = sum(i["counters"]["duplicates"] for i in infos.values())
+    # strangers' messages that waited for their write allowance (a clearing house that does
+    # not know its clients, above all): a simulation that meets it is slowed, not wrong
+    report.counts["rationed"] = sum(i["counters"]["rationed"] for i in infos.values())
     # channels opened (both ends count a handshake): beyond one a link, opened again after
     # a cut, a crash or the idle timeout, or when both ends dialled at once
     report.counts["channels_opened"] = sum(i["counters"]["handshakes_ok"]
