@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from agentd.bench.rogue import Rogue
-from agentd.runtime.limits import MESSAGE_COST, WriteRation
+from agentd.runtime.limits import MAX_WAIT, MESSAGE_COST, WriteRation
 from protocol.codec import pack
 from protocol.envelope import Ack
 from protocol.keys import SigningKey
@@ -103,3 +103,26 @@ async def test_a_tally_partner_met_by_ticket_is_known_on_both_sides(tmp_path):
         inviter = net.nodes[0] = await net.start("inviter", inviter.key, inviter.port, **tiny)
         assert inviter.is_known(subject.agent_id)
         assert inviter.address_of(subject.agent_id) == subject.listen_address
+
+
+def test_a_wait_past_max_wait_is_not_booked():
+    ration = WriteRation(rate=10**9, burst=10**9, all_rate=1000, all_burst=1000)
+    assert ration.charge("a", 1000 + 1000 * int(MAX_WAIT), now=0.0) == pytest.approx(MAX_WAIT)
+    assert ration.charge("b", 1000, now=0.0) is None  # 31 s: refused, and nothing charged
+    assert ration.charge("b", 1000, now=1.0) == pytest.approx(MAX_WAIT)
+
+
+async def test_a_message_that_would_wait_past_max_wait_closes_the_strangers_channel(tmp_path):
+    """At 1 KiB/s for all strangers, a 40 KB message would wait ~40 s: it is not taken (not
+    processed, not acked: its sender may send it again later) and its channel is closed."""
+    async with network(tmp_path, n=2, all_strangers_write_rate=1024,
+                       all_strangers_write_burst=1024) as net:
+        node, peer = net.nodes
+        rogue = await Rogue.join(node.port, node.agent_id)
+        processed = node.counters.messages_processed
+        await rogue.send_frames([pack(rogue.envelope(node.agent_id, obj={"pad": "x" * 40_000}))])
+        assert await rogue.closed_by_node()
+        await wait_for(lambda: node.counters.rejected["write_ration"] == 1)
+        assert node.counters.messages_processed == processed
+        result = await peer.rpc.call("peers.ping", {"agent": node.agent_id})
+        assert len(result["rtt_ms"]) == 1

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.runtime.context import NotYet, Reject, Service, Tx
-from agentd.runtime.limits import MESSAGE_COST
+from agentd.runtime.limits import MAX_WAIT, MESSAGE_COST
 from agentd.runtime.refusals import ack_error
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
@@ -110,6 +110,9 @@ class Dispatcher:
 
     async def _ration(self, agent: str, size: int) -> None:
         wait = self.node.ration.charge(agent, size + MESSAGE_COST, trio.current_time())
+        if wait is None:  # unacked: the sender sends it again, on a new channel, later
+            raise ChannelClosed("write_ration", f"strangers' messages would wait more than "
+                                f"{MAX_WAIT:g} s for their write allowance")
         if wait > 0:
             self.node.counters.rationed += 1
             await trio.sleep(wait)

@@ -121,6 +121,7 @@ class FrameBudget:
 
 
 MESSAGE_COST = 1024  # bytes charged per message beyond its frame: its inbox row, indexes, commit
+MAX_WAIT = 30.0  # seconds a stranger's message may wait for its write allowance
 
 
 class WriteRation:
@@ -128,7 +129,8 @@ class WriteRation:
     stranger on its own, and all of them together. A message to a target that writes (every
     one but ``route``) is charged its frame's length plus ``MESSAGE_COST`` before it is
     processed; past either allowance it waits, and its channel reads nothing meanwhile, so
-    TCP slows the sender down. Nothing is refused: a legitimate stranger (a clearing house's
+    TCP slows the sender down (or, past ``MAX_WAIT``, its channel is closed). Nothing is
+    refused: a legitimate stranger (a clearing house's
     client, a lift's participant at its referee, a relay requestor) is only slowed, and a
     flood of fresh identities shares the one allowance of all strangers, which leaves the
     writer to the peers we know.
@@ -149,15 +151,23 @@ class WriteRation:
     def __len__(self) -> int:
         return len(self._due)
 
-    def charge(self, agent: str, cost: int, now: float) -> float:
+    def charge(self, agent: str, cost: int, now: float) -> float | None:
         """Charge ``agent`` ``cost`` bytes at ``now`` (seconds, monotonic); the seconds it
-        must wait before it may go on (0 when within its allowance)."""
+        must wait before it may go on (0 when within its allowance), or None, charging
+        nothing, when that would be more than ``MAX_WAIT``: the caller closes the channel
+        and the sender tries again later. So a swarm of fresh identities cannot book the
+        shared allowance further ahead than that, and it is back within ``MAX_WAIT`` of the
+        swarm's end."""
         self._forget(now)
-        due = max(self._due.pop(agent, now), now) + cost / self.rate
+        due = max(self._due.get(agent, now), now) + cost / self.rate
+        all_due = max(self._all_due, now) + cost / self.all_rate
+        wait = max(due - self.burst / self.rate, all_due - self.all_burst / self.all_rate) - now
+        if wait > MAX_WAIT:
+            return None
+        self._due.pop(agent, None)
         self._due[agent] = due
-        self._all_due = max(self._all_due, now) + cost / self.all_rate
-        wait = max(due - self.burst / self.rate, self._all_due - self.all_burst / self.all_rate)
-        return max(0.0, wait - now)
+        self._all_due = all_due
+        return max(0.0, wait)
 
     def _forget(self, now: float) -> None:
         due = self._due
@@ -175,5 +185,5 @@ def defer_accept(listeners: list[trio.SocketListener], seconds: int) -> None:
         listener.socket.setsockopt(socket.IPPROTO_TCP, option, seconds)
 
 
-__all__ = ["MESSAGE_COST", "FrameBudget", "HandshakeSlot", "HandshakeSlots", "WriteRation",
-           "defer_accept"]
+__all__ = ["MAX_WAIT", "MESSAGE_COST", "FrameBudget", "HandshakeSlot", "HandshakeSlots",
+           "WriteRation", "defer_accept"]
