@@ -109,6 +109,8 @@ class Dispatcher:
         await channel.defer(lambda: self._finish(message, pending, started))
 
     async def _ration(self, agent: str, size: int) -> None:
+        """Wait for a stranger's write allowance (``WriteRation``) before its message is
+        processed; ChannelClosed when the wait would be too long."""
         wait = self.node.ration.charge(agent, size + MESSAGE_COST, trio.current_time())
         if wait is None:  # unacked: the sender sends it again, on a new channel, later
             raise ChannelClosed("write_ration", f"strangers' messages would wait more than "
