@@ -156,8 +156,8 @@ class Node:
         return self._peer_addresses.get(agent)
 
     def is_known(self, agent: str) -> bool:
-        """A configured peer, the clearing house, a partner in an open tally, or one a ticket
-        or a user taught us."""
+        """A configured peer, the clearing house, a partner in a tally that has opened (and
+        may since have closed), or one a ticket or a user taught us."""
         return agent in self._peer_addresses
 
     def agent_at(self, address: str) -> str | None:
