@@ -37,8 +37,8 @@ real lift's uuid gets a decision of its own, which no participant of the real li
 (``check_decision`` wants the digest of the record it holds: ``other_record``). Only agents on
 the path may ask, and only the terminus's agent commits. A ``lift/decision`` message carries
 ``{record, decision}``, so a node that never saw the lift can check it too (and refuse a late
-promise of that record; a promise of another record with the same uuid replaces what it heard,
-the runtime's call, as that decision was on a record made up).
+promise of that record, but not of another record with the same uuid, whose decision was on a
+record made up: the runtime's call).
 
 Addresses: a path entry may say where its node listens (``host``, ``port``, as the route search
 found it), and a promise goes there. A decision is addressed to an agent alone: the runtime

@@ -10,6 +10,8 @@ exactly one end of that user's part of the search back to its sender: a ``none``
 =================================  ===========================================================
 what the node sees                 answers to the sender
 =================================  ===========================================================
+not over an open tally between     refused (``unknown_tally``): only tally partners search
+  the sender and ``here``          through a node
 seen this (query, user) already    ``none {query, goods: 0, frontier: 0}``
 deadline passed, path too long     ``none {query, goods: 0, frontier: 0}``
 ``here`` is ``find``               ``good {query, path, capacity, goods: 1, frontier: 0}``
@@ -65,7 +67,9 @@ re-exports what the runtime uses. Public API: ``KINDS``, ``ACTIONS``, ``MAX_DEPT
 ``MAX_ROUTES``, ``hop_capacity``, ``receive_capacity``, ``Candidate``, ``start -> Started``,
 ``forward -> Forwarded``, ``repeat``, ``check_query``, ``LastHop``, ``last_digest``,
 ``last_hops``, ``ask``, ``answer_ask``, ``read_hops``, ``Relay``, ``Search``, ``next_depth``,
-``lift_path(route)``. Refusal codes: ``bad_field``, ``not_asked``.
+``lift_path(route)``. Refusal codes: ``bad_field``, ``not_asked``, ``unknown_tally`` (a
+query that did not come over an open tally between its sender and the user it is addressed
+to: a stranger cannot make a node search on its behalf).
 """
 
 from __future__ import annotations
@@ -239,6 +243,12 @@ def forward(
     ``fan_out`` candidates and the :class:`Relay` that will answer for them."""
     sender = _check_received(obj, sender)
     query, path, units, find = obj["query"], obj["path"], obj["units"], user_key(obj["find"])
+    candidates = list(candidates)
+    came_by = path[-1]["tally"]
+    if not any(cand.tally == came_by and user_key(cand.partner) == user_key(sender)
+               for cand in candidates):
+        raise Refusal("unknown_tally", f"query.path[-1].tally {came_by} is no open tally of "
+                      f"{here.cuid} with the sender: a query comes only over one")
 
     def found(route: list[dict[str, Any]]) -> Forwarded:  # the good, and the end of our part
         return Forwarded([Send(sender, "route", "good",

@@ -351,6 +351,20 @@ class Ledger:
     def use_ticket(conn: sqlite3.Connection, token: str) -> None:
         conn.execute("UPDATE tickets SET used = used + 1 WHERE token = ?", (token,))
 
+    @staticmethod
+    def add_request(conn: sqlite3.Connection, tally_uuid: str, cuid: str, inviter: str,
+                    now_ms: int) -> None:
+        """Our user presented a ticket to ``inviter``: the offer of ``tally_uuid`` may come."""
+        conn.execute("INSERT OR REPLACE INTO tally_requests (tally, cuid, inviter, created)"
+                     " VALUES (?, ?, ?, ?)", (tally_uuid, cuid, inviter, now_ms))
+
+    @staticmethod
+    def take_request(conn: sqlite3.Connection, tally_uuid: str, cuid: str, inviter: str
+                     ) -> bool:
+        """Whether our user asked ``inviter`` for the tally (and no longer waits for it)."""
+        return conn.execute("DELETE FROM tally_requests WHERE tally = ? AND cuid = ?"
+                            " AND inviter = ?", (tally_uuid, cuid, inviter)).rowcount == 1
+
 
 # -- chains on rows ---------------------------------------------------------------------------
 

@@ -52,11 +52,6 @@ def settle(conn: sqlite3.Connection, lift: str, state: str, decision: dict[str, 
     )
 
 
-def forget(conn: sqlite3.Connection, lift: str) -> None:
-    """Drop a lift this node only heard decided (it held nothing of it)."""
-    conn.execute("DELETE FROM lifts WHERE lift = ?", (lift,))
-
-
 def set_error(conn: sqlite3.Connection, lift: str, error: str, now_ms: int) -> None:
     conn.execute("UPDATE lifts SET error = ?, updated = ? WHERE lift = ?", (error, now_ms, lift))
 

@@ -512,6 +512,18 @@ async def test_bad_signatures_and_strangers_change_nothing(tmp_path):
         message = await send_raw(b, a, "alice", "tally", "offer", signed, "bob")
         assert (await refusal_of(b, message)).startswith("BAD_SIGNATURE")
         assert state(a, "alice", draft.uuid) is None
+        # a well-signed offer alice never asked for (she presented no ticket of bob's for it):
+        # anyone with her certificate could otherwise fill her tally list
+        for _ in range(3):
+            draft, _ = t.invite(tally_uuid=str(uuid.uuid4()), date_ms=1, cert=bob_cert, limit=5)
+            draft.tally[t.FOIL]["cert"] = alice_cert
+            unasked = {**draft.tally, "sign": {"hash": t.core_digest(draft.tally),
+                                               t.STOCK: bob_key.sign(t.core_digest(draft.tally)),
+                                               t.FOIL: None}}
+            message = await send_raw(b, a, "alice", "tally", "offer", unasked, "bob")
+            assert (await refusal_of(b, message)).startswith("NOT_REQUESTED")
+            assert state(a, "alice", draft.uuid) is None
+        assert len(await rpc(a, "tally.list", cuid="alice")) == 1
 
         # a chit signed by the wrong key, and a chit reusing a uuid with other contents
         forged = chit_by(wrong, tally, t.FOIL, 5)

@@ -9,7 +9,7 @@ import uuid
 
 from protocol import lift as lf
 from protocol.codec import digest, unpack
-from protocol.keys import SigningKey
+from protocol.keys import ChipAddress, SigningKey
 from tests.netfixture import network, wait_for
 from tests.test_credit_service import refusal_of, refused, rpc, send_raw, user_key
 from tests.test_lifts import line, reserved, settled_everywhere, who
@@ -73,12 +73,14 @@ async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
 
         def record(**changes):
             made = lf.make_record(lift_uuid=str(uuid.uuid4()), kind="linear", units=10,
-                                  path=changes.pop("path", path), referee=house.own_address(),
+                                  path=changes.pop("path", path),
+                                  referee=changes.pop("referee", house.own_address()),
                                   date_ms=changes.pop("date", bob.clock.now_ms()),
                                   life_ms=changes.pop("life", 60_000), memo="",
                                   key=changes.pop("key", user_key(bob, "bob")))
             return {**made, **changes}
 
+        stranger = ChipAddress(agent=SigningKey.generate().agent_id, host="192.0.2.7", port=9)
         wrong_tally = [{**path[0], "tally": tl["annbob"]}, path[1]]
         cases = [
             (record(units=11), "BAD_SIGNATURE"),  # tampered after signing
@@ -88,6 +90,8 @@ async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
             (record(path=wrong_tally), "UNKNOWN_TALLY"),  # cat is not party to ann-bob
             # well signed, but not with the key of bob's certificate on the bob-cat tally
             (record(key=SigningKey.generate()), "BAD_SIGNATURE"),
+            # and naming a referee nobody knows, at an address of the sender's choosing
+            (record(key=SigningKey.generate(), referee=stranger), "BAD_SIGNATURE"),
         ]
         for bad, code in cases:
             message_id = await send_raw(bob, cat, "cat", "lift", "promise",
@@ -98,6 +102,10 @@ async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
         assert "NOT_ON_PATH" in await refusal_of(u["ann"], imposter)
         assert await rpc(cat, "lift.list") == []
         assert reserved(cat, "cat", tl["bobcat"]) == (0, 0)
+        # a refused promise teaches no referee: not a peer to dial, nor one we know
+        assert cat.address_of(stranger.agent) is None and not cat.is_known(stranger.agent)
+        await wait_for(lambda: cat.db.read_one("SELECT count(*) FROM peers")[0] > 0)
+        assert cat.db.read_one("SELECT 1 FROM peers WHERE agent = ?", (stranger.agent,)) is None
         assert await rpc(cat, "chit.list", cuid="cat", tally=tl["bobcat"]) == []
 
 
@@ -123,6 +131,39 @@ async def test_hostile_route_messages_are_refused_never_our_failure(tmp_path):
         await wait_for(lambda: sum(bob.counters.rejected.values()) == before + len(hostile))
         assert bob.counters.unacked_failures == 0
         await wait_for(lambda: ann.pump.depth == 0)  # refused for good: nothing left to resend
+
+
+async def test_a_route_query_that_came_over_no_tally_of_ours_goes_no_further(tmp_path):
+    """A stranger (or anyone without a tally with the user it writes to) cannot make a node
+    search, or make its partners search, on its behalf: its queries are refused
+    (UNKNOWN_TALLY) and nothing is sent on. The partners' own searches still pass."""
+    async with network(tmp_path, n=6, clearinghouse=0) as net:
+        world = await line(net)
+        u = world["users"]
+        ann, bob, dan, mallory = u["ann"], u["bob"], u["dan"], net.nodes[5]
+        sent: list[tuple[str, str]] = []
+        add = bob.pump.add
+
+        def recording(message_id, peer, address, envelope, *args, **kwargs):
+            sent.append((envelope.get("target"), envelope.get("action")))
+            return add(message_id, peer, address, envelope, *args, **kwargs)
+
+        bob.pump.add = recording
+        refused_before = bob.counters.rejected.get("refused", 0)
+        for tally in (str(uuid.uuid4()), world["tallies"]["annbob"]):  # made up; not mallory's
+            query = {"query": str(uuid.uuid4()), "kind": "linear",
+                     "find": {"cuid": "dan", "agent": dan.agent_id}, "units": 1,
+                     "path": [{"cuid": "m", "agent": mallory.agent_id, "tally": tally,
+                               "capacity": 10**9}],
+                     "depth": 10, "deadline": mallory.clock.now_ms() + 30_000,
+                     "salt": bytes(16), "last": []}
+            await send_raw(mallory, bob, "bob", "route", "query", query, "m")
+        await wait_for(lambda: bob.counters.rejected.get("refused", 0) == refused_before + 2)
+        await wait_for(lambda: mallory.pump.depth == 0)  # refused for good, not retried
+        assert ("route", "query") not in sent and ("route", "good") not in sent
+        found = await rpc(ann, "route.find", cuid="ann", find=who(dan, "dan"), units=1)
+        assert [hop["cuid"] for hop in found[0]["path"]] == ["ann", "bob", "cat", "dan"]
+        assert ("route", "query") in sent  # bob passed ann's query on to cat
 
 
 async def test_a_made_up_lift_makes_the_referee_dial_nothing_and_hold_nothing_for_it(tmp_path):
@@ -224,9 +265,41 @@ async def test_a_made_up_void_that_reaches_a_hop_first_does_not_turn_the_real_pr
             date_ms=mallory.clock.now_ms(), life_ms=60_000, key=SigningKey.generate())
         await send_raw(mallory, house, None, "lift", "cancel",
                        {"record": made_up, "reason": "no"}, None)
-        await wait_for(lambda: (row := dan.db.read_one(
-            "SELECT state FROM lifts WHERE lift = ?", (lift,))) is not None
-            and row["state"] == "void")  # dan heard of a void on "this lift"
+        await wait_for(lambda: lift in dan.credit.lifts._heard_void)  # a void on "this lift"
+        assert dan.db.read_one("SELECT 1 FROM lifts WHERE lift = ?", (lift,)) is None
         await net.restart(3)  # cat forwards the real promise to dan, who takes it
         cat = net.nodes[3]
         await settled_everywhere([ann, bob, cat, dan], lift, "good")
+
+
+async def test_voids_on_lifts_that_never_reached_us_leave_no_rows(tmp_path):
+    """Anyone can sign records as their own referee and push void decisions on them. A node
+    keeps no row for a lift it holds nothing of: a void on one that names it is remembered in
+    memory (bounded) until its deadline, so its late promise is refused; one that does not
+    name it, or whose deadline has passed, is not remembered at all."""
+    async with network(tmp_path, n=2) as net:
+        victim, mallory = net.nodes
+        await rpc(victim, "users.add", cuid="vic")
+        lifts = victim.credit.lifts
+        own = SigningKey.generate()  # mallory's referee key: the agent key of its node
+        sent = []
+        for n in range(60):
+            on_path = n % 3 != 0
+            last = {"cuid": "vic", "agent": victim.agent_id} if on_path else {
+                "cuid": "z", "agent": SigningKey.generate().agent_id}
+            record = lf.make_record(
+                lift_uuid=str(uuid.uuid4()), kind="linear", units=1, memo="",
+                referee=mallory.own_address(),
+                path=[{"cuid": "m", "agent": mallory.agent_id, "tally": str(uuid.uuid4())},
+                      {**last, "tally": None}],
+                date_ms=mallory.clock.now_ms() - (90_000 if n % 3 == 1 else 0),
+                life_ms=60_000, key=own)
+            decision, _ = lf.decide(None, "cancel", record, now_ms=mallory.clock.now_ms(),
+                                    key=mallory.key, asker=mallory.agent_id)
+            sent.append((record, on_path and n % 3 != 1))
+            await send_raw(mallory, victim, None, "lift", "decision",
+                           {"record": record, "decision": decision}, None)
+        await wait_for(lambda: mallory.pump.depth == 0)  # every one taken
+        assert victim.db.read_one("SELECT count(*) FROM lifts")[0] == 0
+        assert await rpc(victim, "lift.list") == []
+        assert set(lifts._heard_void) == {record["lift"] for record, kept in sent if kept}

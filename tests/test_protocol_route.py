@@ -65,7 +65,13 @@ def sender_of(obj: dict[str, Any]) -> ChipAddress:
 
 def forwarded(obj: dict[str, Any], here: ChipAddress, *candidates: rt.Candidate,
               now: int = NOW, fan_out: int = 10) -> rt.Forwarded:
-    return rt.forward(obj, here=here, sender=sender_of(obj), now_ms=now, candidates=candidates,
+    """``forward`` at ``here``, which also holds the tally the query came by (with no room
+    back to its sender, unless ``candidates`` name it)."""
+    sender = sender_of(obj)
+    came_by = obj["path"][-1]["tally"] if obj.get("path") else None
+    if came_by is not None and all(cand.tally != came_by for cand in candidates):
+        candidates = (*candidates, rt.Candidate(came_by, sender, 0))
+    return rt.forward(obj, here=here, sender=sender, now_ms=now, candidates=candidates,
                       fan_out=fan_out)
 
 
@@ -150,12 +156,24 @@ def test_a_partner_of_find_answers_good_through_its_best_tally() -> None:
 
 def test_forwarding_skips_users_and_tallies_on_the_path() -> None:
     obj = query_obj(hop(A, 1, 500), hop(B, 2, 500))
-    out = forwarded(obj, C, cand(3, A, 900), cand(4, B, 900), cand(2, E, 900),
+    out = forwarded(obj, C, cand(3, A, 900), cand(4, B, 900), cand(2, B, 900),
                     cand(5, E, 800), cand(6, C, 900), cand(7, USERS[5].address, 50))
     [send] = out.messages  # no answer yet: the relay answers once E has
     assert out.relay is not None and out.relay.upstream == bare(B)
     assert send.to == E and send.from_cuid == C.cuid
     assert send.object["path"] == [hop(A, 1, 500), hop(B, 2, 500), hop(C, 5, 800)]
+
+
+def test_a_query_that_did_not_come_over_a_tally_with_its_sender_is_refused() -> None:
+    """Only a tally partner searches through a node: a stranger naming a made-up tally, or
+    one of ours with someone else, makes it send nothing on."""
+    obj = query_obj(hop(A, 1, 500), hop(B, 2, 500))
+    for candidates in ((cand(3, E, 900),),  # tally 2 is not C's
+                       (cand(2, E, 900), cand(3, D, 900))):  # C's tally 2 is with E, not B
+        with pytest.raises(rt.Refusal) as refused:
+            rt.forward(obj, here=C, sender=bare(B), now_ms=NOW, candidates=candidates)
+        assert refused.value.code == "unknown_tally"
+        assert "query.path[-1].tally" in refused.value.message
 
 
 def test_forwarding_respects_fan_out() -> None:

@@ -8,17 +8,19 @@ and lets replies nobody takes expire out of the outbox.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from pathlib import Path
 
 import trio
 
-from agentd.runtime.outbox import STRANGER_QUEUE, WINDOW
+from agentd.runtime.outbox import EPHEMERAL_QUEUE, STRANGER_QUEUE, WINDOW
 from agentd.runtime.strangers import Strangers
 from protocol.codec import pack
 from protocol.envelope import Ack, Envelope
 from protocol.expiry import EXPIRY_MS
+from protocol.keys import SigningKey
 from tests.clihelpers import init, running
 from tests.netfixture import network, wait_for
 from tests.rogue import Rogue, getinfo, rpc, wait_until
@@ -129,3 +131,26 @@ async def test_strangers_are_remembered_in_a_bounded_table(tmp_path):
         assert len(node.strangers) == 5 and node.strangers.evicted == 7
         assert node.db.read_one("SELECT count(*) FROM peers")[0] == 0
         assert node.address_of(rogue.agent) is None
+
+
+async def test_route_messages_for_a_peer_far_behind_are_not_queued(tmp_path):
+    """A peer that already has ``EPHEMERAL_QUEUE`` messages waiting (unreachable, or slow)
+    gets no more route messages: a partner flooding searches through us cannot make us hold
+    their fan-out. Durable messages still queue: nothing we committed is dropped."""
+    async with network(tmp_path, n=1) as net:
+        node = net.nodes[0]
+        away = SigningKey.generate().agent_id  # no address: every message waits
+
+        def envelope(target: str) -> dict:
+            return {"v": 1, "id": os.urandom(16), "target": target, "action": "query",
+                    "object": {}, "to": {"agent": away}, "from": {"agent": node.agent_id}}
+
+        for _ in range(EPHEMERAL_QUEUE + 5):
+            item = envelope("route")
+            node.pump.add(item["id"], away, None, item, 0, durable=False)
+        durable = envelope("chit")
+        node.pump.add(durable["id"], away, None, durable, 0)
+        queue = node.pump._queues[away]
+        assert len(queue) == EPHEMERAL_QUEUE + 1 and queue[-1].id == durable["id"]
+        assert node.counters.outbox_dropped == 5
+        assert node.pump.depth == EPHEMERAL_QUEUE + 1

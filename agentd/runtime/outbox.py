@@ -39,6 +39,7 @@ SCAN_AT_MOST = 1.0  # ... or, while messages are live, this: expired ones leave 
 ACK_DELETE_S = 0.2  # acked rows wait this long, to be deleted together
 WINDOW = 1024  # unacked messages per peer: keeps ack latency, and so timeouts, meaningful
 STRANGER_QUEUE = 256  # replies waiting to go to one peer we do not know; past it the oldest go
+EPHEMERAL_QUEUE = 4096  # messages waiting for one peer past which an ephemeral one is not queued
 
 
 def ack_timeout(tries: int, rto: float = ACK_TIMEOUT_MIN) -> float:
@@ -161,6 +162,12 @@ class OutboxPump:
             self._wake[item.peer] = trio.Event()
             assert self._nursery is not None
             self._nursery.start_soon(self._sender, item.peer)
+        if not item.durable and len(queue) >= EPHEMERAL_QUEUE:
+            # a peer this far behind will not take a route message in time to matter, and a
+            # partner flooding searches through us must not make us hold its fan-out
+            del self.live[item.id]
+            self.node.counters.outbox_dropped += 1
+            return
         queue.append(item)
         if len(queue) > STRANGER_QUEUE and item.is_reply and not self.node.is_known(item.peer):
             self._drop_oldest_reply(queue)

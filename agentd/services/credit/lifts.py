@@ -29,6 +29,7 @@ import functools
 import logging
 import math
 import uuid as uuidlib
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -59,6 +60,7 @@ MAX_WAIT_S = 600.0
 QUERY_POLL_S = 60.0  # at most this long between looks while a lift is pending (a safety net)
 CLEAR_TRIES = 3  # searches lift.clear makes when concurrent lifts take the cycle it found
 _PENDING = (c.A_LIFT, c.L_LIFT)
+HEARD_VOIDS = 4096  # voids remembered on lifts whose promise has not reached us (writer thread)
 
 
 class LiftService(Service):
@@ -77,6 +79,7 @@ class LiftService(Service):
         self._settled: dict[str, trio.Event] = {}  # lift -> set when it is decided here
         self._work = trio.Event()  # a lift pending here is due sooner than we sleep until
         self._next_due: int | None = None  # ms: when the next question to a referee is due
+        self._heard_void: OrderedDict[str, bytes] = OrderedDict()  # lift -> record digest
         for name in ("pay", "clear", "wait", "show", "list"):
             node.register_method(f"lift.{name}", getattr(self, f"rpc_{name}"))
 
@@ -208,7 +211,6 @@ class LiftService(Service):
             record = lf.make_record(
                 lift_uuid=str(uuidlib.uuid4()), kind=kind, units=units, path=path,
                 referee=referee, date_ms=tx.now_ms, life_ms=life_ms, memo=memo, key=user.key)
-            self._learn(record)
             lifts.add(tx.conn, record, payor=cuid, now_ms=tx.now_ms)
             _log_lift(tx, record["lift"], lf.PEND, kind=kind, units=units, cuid=cuid)
             self._hold(tx, record, 0, cuid, outgoing=True)
@@ -236,7 +238,10 @@ class LiftService(Service):
     def _learn(self, record: dict[str, Any]) -> None:
         """Remember where the lift's referee listens: queries and cancels go there, not only
         to tally partners. (The referee reaches path nodes at the addresses the route found,
-        which the signed record names; Noise authenticates whoever answers there.)"""
+        which the signed record names; Noise authenticates whoever answers there.) Only for a
+        promise we took, once it is committed: its record is signed by the payor's user on a
+        tally we hold, and its pending chits hold capacity, so nobody can make us learn
+        referees faster than our limits allow."""
         node, referee = self.runtime, record["referee"]
         agent = referee["agent"]
         if (agent != node.agent_id and referee.get("host") is not None
@@ -287,12 +292,9 @@ class LiftService(Service):
             return  # this hop's chit is here already: a resent promise
         known = lifts.get(tx.conn, record["lift"])
         if known is not None and known["state"] != lf.PEND:
-            if self._heard_of_another(tx, known, record):
-                lifts.forget(tx.conn, record["lift"])  # a record made up with this lift's uuid
-            else:
-                raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here "
-                             "already")
-        self._learn(record)
+            raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here already")
+        if self._heard_void.get(record["lift"]) == lf.record_digest(record):
+            raise Reject("BAD_STATE", f"lift {record['lift']} is void: its referee said so")
         lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
         _log_lift(tx, record["lift"], lf.PEND, kind=record["kind"], units=record["units"],
                   cuid=here.cuid)
@@ -304,15 +306,8 @@ class LiftService(Service):
             self._hold(tx, record, hop + 1, here.cuid, outgoing=True)
             self.ledger.emit(tx, [lf.promise(record, hop + 1)])
             self._ask_referee(tx, record, here.cuid)
+        tx.after_commit(lambda: self._learn(record))  # a refused promise teaches nothing
         tx.after_commit(lambda: self._due_at(record["deadline"]))
-
-    def _heard_of_another(self, tx: Tx, known: sqlite3.Row, record: dict[str, Any]) -> bool:
-        """Whether ``known`` is a decision we only heard of (we held nothing of that lift) on
-        another record than ``record`` of the same uuid: one made up, whose decision must not
-        turn away the real lift's promise."""
-        return (known["payor"] is None
-                and lf.record_digest(lifts.record_of(known)) != lf.record_digest(record)
-                and not self.ledger.store.lift_chits(tx.conn, record["lift"]))
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """The next hop refused our promise for good: the lift cannot complete, so tell the
@@ -344,7 +339,6 @@ class LiftService(Service):
         if decided is not None and decision is not decided:  # one made before 009, signed again
             lifts.decide(tx.conn, record, decision, tx.now_ms, legacy=True)
         if decision is not None and decided is None:
-            self._learn(record)
             lifts.decide(tx.conn, record, decision, tx.now_ms)
             log.info("lift %s: %s (%s)", record["lift"], decision["state"], envelope.action)
             owners = sorted({hop["agent"] for hop in record["path"]})
@@ -379,16 +373,31 @@ class LiftService(Service):
         else:  # the record we checked when we took part is the one that counts
             known = lifts.record_of(row)
         state = lf.check_decision(decision, known)
-        if row is None:
-            if state == lf.VOID:  # remembered, so a promise that comes late is refused
-                lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
-                lifts.settle(tx.conn, record["lift"], state, decision, tx.now_ms)
-            return  # we hold nothing of this lift (our hop was never reached)
+        if row is None:  # we hold nothing of this lift (our hop was never reached)
+            if state == lf.VOID:
+                self._hear_void(record, tx.now_ms)
+            return
         if row["state"] == state:
             return  # a repeat
         if row["state"] != lf.PEND:
             raise Reject("CONFLICT", f"lift {row['lift']} is already {row['state']} here")
         self.apply(tx, row["lift"], state, decision)
+
+    def _hear_void(self, record: dict[str, Any], now_ms: int) -> None:
+        """Remember a void on a lift that names our node but has not reached it, so its
+        promise is refused if it comes late, until its deadline (a promise after it is refused
+        anyway). In memory, at most ``HEARD_VOIDS`` (a restart forgets them: the promise is
+        then taken and voided when the referee is asked): anyone can sign records as their
+        own referee, and no row of ours is theirs to make. A void on another record of the
+        same uuid (one made up) does not match the real one's promise."""
+        if record["deadline"] <= now_ms or all(
+                hop["agent"] != self.runtime.agent_id for hop in record["path"]):
+            return
+        heard = self._heard_void
+        heard[record["lift"]] = lf.record_digest(record)
+        heard.move_to_end(record["lift"])
+        while len(heard) > HEARD_VOIDS:
+            heard.popitem(last=False)
 
     def apply(self, tx: Tx, lift: str, state: str, decision: dict[str, Any]) -> None:
         """Every pending chit of the lift here becomes good (and is chained) or void."""

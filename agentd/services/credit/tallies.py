@@ -163,6 +163,7 @@ class TallyService(Service):
                 raise Reject("BAD_TICKET", f"tally {tally_uuid} is already ours "
                              f"({held.local.state})")
             message_id = tx.send(t.ticket_request(invitation, user.cert, tx.now_ms))
+            self.ledger.store.add_request(tx.conn, tally_uuid, cuid, inviter.agent, tx.now_ms)
             node.replies.expect_after(tx, message_id)
             return message_id
 
@@ -345,6 +346,10 @@ class TallyService(Service):
         if local.partner.cuid != envelope.from_.cuid:
             raise Reject("NOT_FROM_PARTNER", f"tally {obj['uuid']} names another partner user")
         if holding is None:
+            if not self.ledger.store.take_request(tx.conn, local.uuid, cuid,
+                                                  envelope.from_.agent):
+                raise Reject("NOT_REQUESTED", f"{cuid} presented no ticket of that agent's "
+                             f"for tally {local.uuid}: a first offer answers tally.request")
             self.ledger.store.create(tx.conn, cuid, local, tx.now_ms)
             log_new_tally(tx, cuid, local)
             tx.after_commit(self.ledger.changed_now)
