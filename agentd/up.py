@@ -48,46 +48,65 @@ def _info(socket_path: Path) -> dict | None:
 
 def up(directory: Path) -> int:
     configs: list[Config] = [load_config(path) for path in _configs(directory)]
-    started: dict[str, subprocess.Popen] = {}
+    started: dict[Path, subprocess.Popen] = {}  # by config file: two may share a name
     for config in configs:
         if _info(config.socket_path) is not None:
             continue  # already running: leave it be
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(config.data_dir / "agentd.log", "ab") as log:
-            started[config.name] = subprocess.Popen(
+            started[config.path] = subprocess.Popen(
                 [sys.executable, "-m", "agentd", "run", "-c", str(config.path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-    infos = {}
+    infos: dict[Path, dict] = {}
+    shown = os.path.relpath(directory)
+    stop_them = f"agentd down{'' if directory == DEFAULT_DIR else ' ' + shown}"
     deadline = time.monotonic() + READY_TIMEOUT
     for config in configs:
         while (info := _info(config.socket_path)) is None:
-            process = started.get(config.name)
+            process = started.get(config.path)
             if process is not None and process.poll() is not None:
                 raise UserError(f"node {config.name} exited with {process.returncode}; see "
-                                f"{config.data_dir / 'agentd.log'}")
+                                f"{config.data_dir / 'agentd.log'}"
+                                + _left_running(configs, config, stop_them))
             if time.monotonic() > deadline:
                 raise UserError(f"node {config.name} did not answer within {READY_TIMEOUT:g} s;"
-                                f" see {config.data_dir / 'agentd.log'}")
+                                f" see {config.data_dir / 'agentd.log'}"
+                                + _left_running(configs, config, stop_them))
             time.sleep(0.05)
-        infos[config.name] = info
-    shown = os.path.relpath(directory)
-    print(f"agentd up: {len(configs)} nodes running from {shown} "
+        infos[config.path] = info
+    print(f"agentd up: {_nodes(len(configs))} running from {shown} "
           f"({len(started)} started, {len(configs) - len(started)} already running)")
-    width = max(len(name) for name in infos)
+    width = max(len(config.name) for config in configs)
     for config in configs:
-        info = infos[config.name]
-        print(f"  {config.name:<{width}}  {info['listen']:<15}  agent {info['agent']}")
+        info = infos[config.path]
+        advertised = info["address"].partition("@")[2]
+        where = info["listen"] + ("" if advertised == info["listen"] else
+                                  f" (advertised {advertised})")
+        print(f"  {config.name:<{width}}  {where:<15}  agent {info['agent']}")
     first = configs[0]
     print(f"\ncall one:   agentd -c {os.path.relpath(first.path)} getinfo")
     print(f"logs:       {os.path.relpath(first.data_dir / 'agentd.log')} (one per node)")
-    print(f"stop them:  agentd down{'' if directory == DEFAULT_DIR else ' ' + shown}")
+    print(f"stop them:  {stop_them}")
     return 0
+
+
+def _nodes(count: int) -> str:
+    return f"{count} node{'' if count == 1 else 's'}"
+
+
+def _left_running(configs: list[Config], failed: Config, stop_them: str) -> str:
+    """What a failed ``up`` leaves behind: the nodes that do answer, and how to stop them."""
+    running = [config.name for config in configs
+               if config is not failed and _info(config.socket_path) is not None]
+    if not running:
+        return ""
+    return f"; left running: {', '.join(running)} (`{stop_them}` stops them)"
 
 
 def down(directory: Path) -> int:
     stopped, idle = [], []
     for path in _configs(directory):
-        name = path.parent.name if path.name == "agentd.toml" else path.stem
+        name = _name(path)
         socket_path = control_socket(path)
         try:
             call(socket_path, "stop", {}, timeout=5)
@@ -109,6 +128,14 @@ def down(directory: Path) -> int:
               + (f"; {', '.join(idle)} {'was' if len(idle) == 1 else 'were'} not running"
                  if idle else ""))
     return 0
+
+
+def _name(path: Path) -> str:
+    """A node's ``[node] name``, as ``up`` shows it; its file's name if the config is broken."""
+    try:
+        return load_config(path).name
+    except UserError:
+        return path.parent.name if path.name == "agentd.toml" else path.stem
 
 
 def main(command: str, argv: list[str]) -> int:

@@ -68,6 +68,7 @@ from .tally_fields import (
     check_cert,
     check_tally,
     check_ticket,
+    check_unexpired,
     check_uuid,
     exact_fields,
     same_user,
@@ -488,8 +489,7 @@ def follow(
 def ticket_request(ticket: dict[str, Any], cert: dict[str, Any], now_ms: int) -> Send:
     """The subject's ``ticket`` message, from the user of ``cert`` to the inviter at
     ``ticket["chad"]``."""
-    if now_ms >= ticket["expires"]:
-        raise Refusal("expired", f"the ticket expired at {ticket['expires']}")
+    check_unexpired(ticket, now_ms)
     check_cert(cert, "cert")
     return Send(ChipAddress.from_map(ticket["chad"]), "tally", "ticket",
                 {"token": ticket["token"], "cert": cert}, from_cuid=cert["chad"]["cuid"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 from .codec import CodecError, canonical, unpack
@@ -154,8 +155,15 @@ def check_ticket(ticket: dict[str, Any], token: Any, now_ms: int) -> None:
     presented = token.encode() if isinstance(token, str) else b""
     if not hmac.compare_digest(presented, ticket["token"].encode()):
         raise Refusal("bad_ticket", "the ticket token is not valid")
+    check_unexpired(ticket, now_ms)
+
+
+def check_unexpired(ticket: dict[str, Any], now_ms: int) -> None:
+    """Refuse a ticket past its expiry, saying when that was (UTC)."""
     if now_ms >= ticket["expires"]:
-        raise Refusal("expired", f"the ticket expired at {ticket['expires']}")
+        when = datetime.fromtimestamp(ticket["expires"] / 1000, tz=UTC)
+        raise Refusal("expired", f"the ticket expired at {when:%Y-%m-%d %H:%M:%S} UTC "
+                      "(ask the inviter for a new one)")
 
 
 def encode_ticket(ticket: dict[str, Any]) -> str:

@@ -116,6 +116,9 @@ def test_users_on_three_hosts_open_tallies_and_pay_through_an_intermediary(tmp_p
         alice, bob, carol = node["alice"], node["bob"], node["carol"]
         for name, info in node.items():
             assert info["address"].endswith(f"@{HOSTS[name]}:{PORT}")
+            shown = call(info, "getinfo")  # where it listens, and where peers dial it
+            assert (shown["listen"], shown["address"]) == (
+                f"0.0.0.0:{PORT}", f"{info['agent']}@{HOSTS[name]}:{PORT}")
             call(info, "users.add", cuid=name)
         ab = open_tally(alice, bob, ("alice", "bob"))
         bc = open_tally(bob, carol, ("bob", "carol"))

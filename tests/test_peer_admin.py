@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import socket
 
 import pytest
 import trio
@@ -95,3 +97,26 @@ async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
         assert broken.value.reason == "BAD_CONFIG"
         assert path.read_text() == before + "\n[nodes]\n"
         node.stop()
+
+
+async def test_a_ping_that_times_out_says_why_the_peer_cannot_be_dialled(tmp_path, monkeypatch,
+                                                                         caplog):
+    """A peer whose address nobody answers at: the ping's TIMEOUT names the dial's failure,
+    and the log says it once (not once per retry)."""
+    monkeypatch.setattr("agentd.services.ping.PING_TIMEOUT", 1.5)
+    caplog.set_level(logging.INFO, logger="agentd.runtime.peers")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    path = tmp_path / "alice.toml"
+    path.write_text(CONFIG.replace("127.0.0.1:7902", f"127.0.0.1:{port}"))
+    node = Node(load_config(path), SigningKey.generate())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        with pytest.raises(RpcError) as caught:
+            await node.rpc.call("peers.ping", {"agent": BOB})
+        assert caught.value.reason == "TIMEOUT"
+        assert f"cannot reach 127.0.0.1:{port}" in caught.value.message
+        node.stop()
+    said = [r for r in caplog.records if r.getMessage().startswith("cannot reach 127.0.0.1")]
+    assert len(said) == 1 and said[0].levelname == "INFO"

@@ -337,6 +337,8 @@ def test_lifts_and_clearing_end_all_or_nothing_everywhere(tmp_path, capsys, proc
     decided = counts.get("lifts_good", 0) + counts.get("lifts_void", 0)
     assert decided == 10 + 4 - counts.get("no_cycle", 0) - counts.get("clear_contended", 0)
     assert counts["lifts_checked"] == decided and counts["balance_sum"] == 0
+    # clearing ran alone, last: the debt fell by exactly what the good circles cleared
+    assert written["debt_before"] - written["debt_after"] == counts.get("cleared_debt_mchip", 0)
 
 
 class _Nodes:

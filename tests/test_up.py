@@ -30,10 +30,12 @@ def test_up_names_an_empty_directory_and_what_it_looked_for(tmp_path: Path):
 
 def test_down_names_the_nodes_it_stopped_and_those_not_running(tmp_path: Path, capsys):
     a, _ = init(tmp_path, "a"), init(tmp_path, "b")
+    config = Path(a["config"])  # named as up shows it: by [node] name, not its directory
+    config.write_text(config.read_text().replace('name = "a"', 'name = "alpha"', 1))
     process = start(a["config"])
     try:
         assert down(tmp_path) == 0
-        assert capsys.readouterr().out == "agentd down: stopped a; b was not running\n"
+        assert capsys.readouterr().out == "agentd down: stopped alpha; b was not running\n"
         assert process.wait(timeout=10) == 0
     finally:
         if process.poll() is None:

@@ -156,6 +156,10 @@ class Runtime(Protocol):
         handler on the writer thread may ask too)."""
         ...
 
+    def dial_error(self, agent: str) -> str | None:
+        """Why the last dial of ``agent`` failed, while none since has succeeded."""
+        ...
+
     def register_target(self, service: Service) -> None:
         """Deliver messages for ``service.target`` to ``service``."""
         ...

@@ -115,6 +115,9 @@ class Node:
     def connected(self, agent: str) -> bool:
         return self.peers is not None and self.peers.connected(agent)
 
+    def dial_error(self, agent: str) -> str | None:
+        return None if self.peers is None else self.peers.dial_error(agent)
+
     def new_tx(self, conn: sqlite3.Connection, now_ms: int | None = None) -> Tx:
         """A transaction context on ``conn``: the writer thread's, or the read connection's
         for ephemeral work (the runtime's, not a service's)."""
@@ -139,11 +142,15 @@ class Node:
     # -- identity and addresses ----------------------------------------------------------
 
     @property
-    def listen_address(self) -> str:
-        if self.config.advertise:
-            return self.config.advertise
+    def bound_address(self) -> str:
+        """Where this node listens: ``[node] listen``, with the port it got."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
+
+    @property
+    def listen_address(self) -> str:
+        """Where peers dial this node: ``[node] advertise`` if set, else where it listens."""
+        return self.config.advertise or self.bound_address
 
     def own_address(self, cuid: str | None = None) -> ChipAddress:
         """Our CHIP address as peers should dial it (the advertised address if set)."""
@@ -224,8 +231,9 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     await self._start(nursery)
                     self.started_monotonic = self.clock.monotonic()
-                    log.info("node %s (%s) listening on %s", config.name, self.agent_id,
-                             self.listen_address)
+                    log.info("node %s (%s) listening on %s%s", config.name, self.agent_id,
+                             self.bound_address, f" (advertised as {config.advertise})"
+                             if config.advertise else "")
                     task_status.started(self)
                     await self._stop.wait()
                     log.info("stopping")
@@ -311,7 +319,7 @@ class Node:
             "name": self.config.name,
             "agent": self.agent_id,
             "address": str(self.own_address()),
-            "listen": self.listen_address,
+            "listen": self.bound_address,
             "network": self.config.network,
             "roles": list(self.config.roles),
             "version": __version__,

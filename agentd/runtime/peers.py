@@ -43,6 +43,7 @@ class _DialState:
     failures: int = 0
     retry_at: float = 0.0
     lock: trio.Lock | None = None
+    error: str | None = None  # why the last dial failed, until one succeeds
 
 
 class PeerManager:
@@ -200,10 +201,19 @@ class PeerManager:
                 state.retry_at = trio.current_time() + delay * random.uniform(0.5, 1.0)
                 if isinstance(exc, ChannelClosed):
                     self.counters.handshakes_failed += 1
-                raise PeerUnreachable(f"cannot reach {address}: {exc}") from exc
+                state.error = f"cannot reach {address}: {exc or type(exc).__name__}"
+                if state.failures == 1:  # once a streak: the retries back off quietly
+                    log.info("%s (agent %s); retrying with backoff", state.error, agent[:8])
+                raise PeerUnreachable(state.error) from exc
             state.failures = 0
             state.retry_at = 0.0
+            state.error = None
             return channel
+
+    def dial_error(self, agent: str) -> str | None:
+        """Why the last dial of ``agent`` failed, while no dial since has succeeded."""
+        state = self._dial.get(agent)
+        return None if state is None else state.error
 
     async def _dial_once(self, agent: str, address: str) -> Channel:
         host, port = parse_hostport(address)

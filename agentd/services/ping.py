@@ -62,8 +62,14 @@ class PingService(Service):
                 return message_id
 
             message_id = await runtime.transact(work)
-            await runtime.replies.result(
-                message_id, PING_TIMEOUT, f"no pong from {agent} within {PING_TIMEOUT:g} s"
-                " (the ping stays in the outbox and will be retried)")
+            try:
+                await runtime.replies.result(
+                    message_id, PING_TIMEOUT, f"no pong from {agent} within {PING_TIMEOUT:g} s"
+                    " (the ping stays in the outbox and will be retried)")
+            except RpcError as exc:
+                why = runtime.dial_error(agent)
+                if exc.reason != "TIMEOUT" or why is None:
+                    raise
+                raise RpcError(exc.code, f"{exc.message}: {why}", exc.reason) from None
             rtts.append(round((runtime.clock.monotonic() - started) * 1000, 3))
         return {"rtt_ms": rtts}

@@ -44,7 +44,8 @@ async def debt(run: Run) -> int:
     return sum(max(tally["balance"], 0) for tallies in listed.values() for tally in tallies)
 
 
-async def _decided(run: Run, name: str, started: dict, began: float) -> None:
+async def _decided(run: Run, name: str, started: dict, began: float) -> str:
+    """Wait for a lift started by ``name`` to be decided; count it and return its state."""
     done = await run.backend.call(name, "lift.wait", {"lift": started["lift"],
                                                        "timeout_s": LIFT_WAIT_S})
     report = run.report
@@ -52,6 +53,7 @@ async def _decided(run: Run, name: str, started: dict, began: float) -> None:
     report.lift_hops.append(len(started["path"]) - 1)
     if done["state"] != "pend":
         report.lift_latencies_ms.append((time.perf_counter() - began) * 1000)
+    return done["state"]
 
 
 async def lift_traffic(run: Run, item: dict) -> None:
@@ -87,7 +89,8 @@ async def lift_traffic(run: Run, item: dict) -> None:
 async def clearing_traffic(run: Run, item: dict) -> None:
     """``count`` ``lift.clear`` calls from random users, each clearing the first debt cycle
     through its user. ``NO_CYCLE`` (there is none) and ``OVER_LIMIT`` (concurrent clearing
-    took the cycle each time it looked) are answers, counted, not failures."""
+    took the cycle each time it looked) are answers, counted, not failures. Only circles that
+    end good count in ``cleared_mchip``; the others as ``clear_void`` (or ``clear_pend``)."""
     scenario, rng, report = run.scenario, run.rng, run.report
     if report.debt_before is None:
         report.debt_before = await debt(run)
@@ -97,9 +100,15 @@ async def clearing_traffic(run: Run, item: dict) -> None:
         began = time.perf_counter()
         try:
             started = await run.backend.call(name, "lift.clear", {"cuid": name})
-            await _decided(run, name, started, began)
-            report.counts["cleared_mchip"] = report.counts.get("cleared_mchip", 0) + started[
-                "units"]
+            state = await _decided(run, name, started, began)
+            if state == "good":  # a void or undecided circle cleared nothing
+                units, hops = started["units"], len(started["path"]) - 1
+                report.counts["cleared_mchip"] = report.counts.get("cleared_mchip", 0) + units
+                # every tally of the circle owes ``units`` less: what debt() falls by
+                report.counts["cleared_debt_mchip"] = report.counts.get(
+                    "cleared_debt_mchip", 0) + units * hops
+            else:
+                report.counts[f"clear_{state}"] = report.counts.get(f"clear_{state}", 0) + 1
         except RpcError as exc:
             if exc.reason in ("NO_CYCLE", "OVER_LIMIT"):  # none, or concurrent ones took it
                 key = "no_cycle" if exc.reason == "NO_CYCLE" else "clear_contended"
