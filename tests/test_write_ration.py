@@ -3,7 +3,9 @@ them together, get a byte rate with a burst; past it their messages wait, and no
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import uuid
 
 import pytest
 import trio
@@ -126,3 +128,33 @@ async def test_a_message_that_would_wait_past_max_wait_closes_the_strangers_chan
         assert node.counters.messages_processed == processed
         result = await peer.rpc.call("peers.ping", {"agent": node.agent_id})
         assert len(result["rtt_ms"]) == 1
+
+
+async def test_a_strangers_route_asks_are_rationed_too(tmp_path):
+    """A route ask writes nothing, but answering one reads the user's tallies: a stranger's
+    asks draw on its allowance like any message of its, and each is still answered."""
+    rate, burst = 50 << 10, 8 << 10
+    async with network(tmp_path, n=1, stranger_write_rate=rate,
+                       stranger_write_burst=burst) as net:
+        node = net.nodes[0]
+        await rpc(node, "users.add", cuid="dan")
+        rogue = await Rogue.join(node.port, node.agent_id)
+        asks = []
+        for _ in range(40):
+            ask = rogue.envelope(node.agent_id, "ask", {
+                "query": str(uuid.uuid4()), "kind": "linear", "units": 1,
+                "salt": os.urandom(16)}, target="route")
+            ask["to"]["cuid"], ask["from"]["cuid"] = "dan", "m"
+            asks.append(ask)
+        await rogue.send_frames([pack(ask) for ask in asks])
+        acked: set[bytes] = set()
+        answers = 0
+        while len(acked) < len(asks) or answers < len(asks):
+            for frame in await rogue.receive():
+                if isinstance(frame, Ack):
+                    acked.add(frame.ack)
+                elif frame.action == "hops":
+                    answers += 1
+        assert acked == {ask["id"] for ask in asks}
+        assert node.counters.rationed > 0
+        await rogue.aclose()

@@ -6,7 +6,8 @@ so many messages share one group commit. The channel sends the acks in arrival o
 each job has committed. A duplicate is acked and ignored; a refusal is an error ack; a
 failure of ours (disk full, a bug), or a message that depends on one not here yet
 (``NotYet``), gets no ack at all, so the sender retries. A stranger's message waits first
-for its write allowance (``WriteRation``), its channel reading nothing meanwhile.
+for its allowance (``WriteRation``), its channel reading nothing meanwhile: an ephemeral one
+too, which writes nothing but costs as much to handle (a route ask reads the tallies).
 
 An ephemeral service's messages (``Service.ephemeral``) skip the inbox and the commit: the
 service handles them at once on the read connection and deduplicates them itself.
@@ -95,7 +96,7 @@ class Dispatcher:
             log.warning("rejected message from %s: %s", channel.agent[:8], refusal)
             await channel.send_frame(ack_frame(message.id, refusal.code, refusal.message))
             return
-        if message.target not in self.ephemeral and not self.node.is_known(channel.agent):
+        if not self.node.is_known(channel.agent):
             await self._ration(channel.agent, len(body))
         started = time.perf_counter()
         pending = self._start(message, channel.agent)

@@ -126,14 +126,15 @@ MAX_WAIT = 30.0  # seconds a stranger's message may wait for its write allowance
 
 class WriteRation:
     """What agents we do not know may make us write, in bytes a second with a burst: each
-    stranger on its own, and all of them together. A message to a target that writes (every
-    one but ``route``) is charged its frame's length plus ``MESSAGE_COST`` before it is
-    processed; past either allowance it waits, and its channel reads nothing meanwhile, so
-    TCP slows the sender down (or, past ``MAX_WAIT``, its channel is closed and the message
-    is sent again later). Nothing is refused for good: a legitimate stranger (a clearing
-    house's client, a lift's participant at its referee, a relay requestor) is only slowed,
-    and a flood of fresh identities shares the one allowance of all strangers, which leaves
-    the writer to the peers we know.
+    stranger on its own, and all of them together. A message is charged its frame's length
+    plus ``MESSAGE_COST`` before it is processed (a ``route`` message too: it writes nothing,
+    but a stranger's route ask costs as much to answer); past either allowance it waits, and
+    its channel reads nothing meanwhile, so TCP slows the sender down (or, past
+    ``MAX_WAIT``, its channel is closed and the message is sent again later). Nothing is
+    refused for good: a legitimate stranger (a clearing house's client, a lift's participant
+    at its referee, a relay requestor, a payor asking for last hops) is only slowed, and a
+    flood of fresh identities shares the one allowance of all strangers, which leaves the
+    writer to the peers we know.
 
     Each allowance is a GCRA bucket (the virtual-scheduling form of a token bucket): ``due``
     is when it would be full again, so a charge waits for whatever of it lies more than a
