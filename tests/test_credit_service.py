@@ -501,28 +501,25 @@ async def test_bad_signatures_and_strangers_change_nothing(tmp_path):
         before = chain_of(a, "alice", tally)
         bob_key, wrong = user_key(b, "bob"), SigningKey.generate()
 
-        # an offer signed by the wrong key
         bob_cert = tf.make_cert(b.own_address("bob"), "bob", bob_key.public, 1)
         alice_cert = rebuilt(a, "alice", tally).local.tally[t.STOCK]["cert"]
-        draft, _ = t.invite(tally_uuid=str(uuid.uuid4()), date_ms=1, cert=bob_cert, limit=5)
-        draft.tally[t.FOIL]["cert"] = alice_cert
-        signed = {**draft.tally, "sign": {"hash": t.core_digest(draft.tally),
-                                          t.STOCK: wrong.sign(t.core_digest(draft.tally)),
-                                          t.FOIL: None}}
-        message = await send_raw(b, a, "alice", "tally", "offer", signed, "bob")
-        assert (await refusal_of(b, message)).startswith("BAD_SIGNATURE")
-        assert state(a, "alice", draft.uuid) is None
+
+        async def offer_to_alice(key: SigningKey) -> str:
+            """A first offer of a new tally from bob to alice, signed by ``key``: refused."""
+            draft, _ = t.invite(tally_uuid=str(uuid.uuid4()), date_ms=1, cert=bob_cert, limit=5)
+            draft.tally[t.FOIL]["cert"] = alice_cert
+            core = t.core_digest(draft.tally)
+            signed = {**draft.tally, "sign": {"hash": core, t.STOCK: key.sign(core), t.FOIL: None}}
+            message = await send_raw(b, a, "alice", "tally", "offer", signed, "bob")
+            refusal = await refusal_of(b, message)
+            assert state(a, "alice", draft.uuid) is None
+            return refusal
+
+        assert (await offer_to_alice(wrong)).startswith("BAD_SIGNATURE")
         # a well-signed offer alice never asked for (she presented no ticket of bob's for it):
         # anyone with her certificate could otherwise fill her tally list
         for _ in range(3):
-            draft, _ = t.invite(tally_uuid=str(uuid.uuid4()), date_ms=1, cert=bob_cert, limit=5)
-            draft.tally[t.FOIL]["cert"] = alice_cert
-            unasked = {**draft.tally, "sign": {"hash": t.core_digest(draft.tally),
-                                               t.STOCK: bob_key.sign(t.core_digest(draft.tally)),
-                                               t.FOIL: None}}
-            message = await send_raw(b, a, "alice", "tally", "offer", unasked, "bob")
-            assert (await refusal_of(b, message)).startswith("NOT_REQUESTED")
-            assert state(a, "alice", draft.uuid) is None
+            assert (await offer_to_alice(bob_key)).startswith("NOT_REQUESTED")
         assert len(await rpc(a, "tally.list", cuid="alice")) == 1
 
         # a chit signed by the wrong key, and a chit reusing a uuid with other contents
