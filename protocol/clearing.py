@@ -220,17 +220,21 @@ def parse_create_process(obj: object) -> CreateProcess:
 
 
 def parse_log(obj: object, *, max_payload: int) -> LogRequest:
-    """Validate ``log``: a canonical header, a well-formed hash that matches the payload when
-    one is sent, and a non-empty payload of at most ``max_payload`` bytes."""
+    """Validate ``log``: a canonical header of at most ``max_payload`` bytes, a well-formed
+    hash that matches the payload when one is sent, and a non-empty payload of at most
+    ``max_payload`` bytes (so any entry fits in the answer to a ``get``)."""
     fields = _fields(obj, "log", {"pid", "header", "payload_sha256", "payload_type"}, {"payload"})
     pid = _pid(fields["pid"], "log")
     header = fields["header"]
     if not isinstance(header, dict):
         raise _malformed_type("log.header", "a map", header)
     try:
-        canonical(header)
+        encoded = canonical(header)
     except CodecError as exc:
         raise Rejection(Reason.BAD_PARAMETERS, f"log.header: {exc}") from exc
+    if len(encoded) > max_payload:
+        raise Rejection(Reason.BAD_PARAMETERS, f"log.header: {len(encoded)} bytes exceed the "
+                        f"limit of {max_payload}; put the bulk in the payload")
     payload_type = fields["payload_type"]
     if not isinstance(payload_type, str):
         raise _malformed_type("log.payload_type", "text", payload_type)
@@ -461,20 +465,32 @@ def query_result(
         "size": size,
         "has_more": page * size < total,
     }
-    packed = len(pack(result))
-    if packed > max_bytes:
-        raise Rejection(
-            Reason.TOO_MANY_RESULTS,
-            f"query.size: page {page} of {size} entries is {packed} bytes, over the "
-            f"{max_bytes}-byte reply limit; ask for a smaller size",
-        )
+    check_page_bytes(request, len(pack(result)), max_bytes)
     return "result", result
 
 
-def get_result(request: GetRequest, entry: Entry | None) -> Reply:
-    """The answer to ``get``: a one-entry page, or ``NOT_FOUND``."""
+def check_page_bytes(request: QueryRequest, size_bytes: int, max_bytes: int) -> None:
+    """``TOO_MANY_RESULTS`` when a page of ``request`` is ``size_bytes`` long, over
+    ``max_bytes`` (the frame limit less the envelope). The house checks the stored headers'
+    and payloads' lengths before it reads a page, then the page it built."""
+    if size_bytes > max_bytes:
+        raise Rejection(
+            Reason.TOO_MANY_RESULTS,
+            f"query.size: page {request['page']} of {request['size']} entries is "
+            f"{size_bytes} bytes, over the {max_bytes}-byte reply limit; ask for a smaller size",
+        )
+
+
+def get_result(request: GetRequest, entry: Entry | None, *, max_bytes: int) -> Reply:
+    """The answer to ``get``: a one-entry page, or ``NOT_FOUND``; ``TOO_MANY_RESULTS`` for an
+    entry too large to answer with (logged before headers were bounded)."""
     if entry is None:
         raise Rejection(
             Reason.NOT_FOUND, f"get.id: process {request['pid']!r} has no entry {request['id']}"
         )
-    return "result", {"entries": [entry], "total": 1, "page": 1, "size": 1, "has_more": False}
+    result = {"entries": [entry], "total": 1, "page": 1, "size": 1, "has_more": False}
+    packed = len(pack(result))
+    if packed > max_bytes:
+        raise Rejection(Reason.TOO_MANY_RESULTS, f"get.id: entry {request['id']} is {packed} "
+                        f"bytes, over the {max_bytes}-byte reply limit")
+    return "result", result

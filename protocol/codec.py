@@ -75,12 +75,19 @@ def _sorted_plain(value: Any) -> Any:
 
 
 def canonical(value: Any) -> bytes:
-    """Encode ``value`` as canonical msgpack (sorted keys, no floats)."""
+    """Encode ``value`` as canonical msgpack (sorted keys, no floats). Data nested deeper
+    than msgpack packs (or Python recurses) is a ``CodecError``: it came from a peer."""
     try:
         plain = _sorted_plain(value)
     except (_Unusual, TypeError, RecursionError):
-        plain = _canonicalize(value, ())
-    return _packer().pack(plain)
+        try:
+            plain = _canonicalize(value, ())
+        except RecursionError:
+            raise CodecError("nested too deeply to encode") from None
+    try:
+        return _packer().pack(plain)
+    except ValueError as exc:  # msgpack's nesting limit
+        raise CodecError(f"cannot encode: {exc}") from exc
 
 
 def digest(value: Any) -> bytes:
@@ -123,13 +130,13 @@ def _no_extensions(code: int, data: bytes) -> Any:
     raise CodecError(f"msgpack extension type {code} is not allowed")
 
 
-def unpack(data: bytes, *, max_size: int | None = None) -> Any:
-    """Decode one msgpack value, refusing trailing bytes, raw strings, non-text map keys and
-    oversize data."""
+def unpack(data: bytes, *, max_size: int | None = None, max_nesting: int | None = None) -> Any:
+    """Decode one msgpack value, refusing trailing bytes, raw strings, non-text map keys,
+    oversize data and (with ``max_nesting``) maps and lists nested deeper than that."""
     if max_size is not None and len(data) > max_size:
         raise CodecError(f"message of {len(data)} bytes exceeds the limit of {max_size}")
     try:
-        return msgpack.unpackb(
+        value = msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True, object_hook=_text_keys_only,
             ext_hook=_no_extensions,
         )
@@ -137,3 +144,25 @@ def unpack(data: bytes, *, max_size: int | None = None) -> Any:
         raise CodecError(f"malformed msgpack: {exc}") from exc
     except (ValueError, TypeError) as exc:  # truncated data, bad UTF-8, non-text keys
         raise CodecError(f"malformed msgpack: {exc}") from exc
+    if max_nesting is not None and nesting(value) > max_nesting:
+        raise CodecError(f"malformed msgpack: maps and lists nested deeper than {max_nesting}")
+    return value
+
+
+def nesting(value: Any) -> int:
+    """How deep maps and lists nest in ``value`` (0 for a scalar), walked without recursion:
+    msgpack decodes ~1,000 levels, deeper than Python code that walks them (or writes them in
+    an error message) can recurse."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            item = item.values()
+        elif kind is not list and kind is not tuple:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((inner, depth + 1) for inner in item
+                     if type(inner) in (dict, list, tuple))
+    return deepest

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.codec import CodecError, pack, unpack
+from protocol.codec import CodecError, nesting, pack, unpack
 from protocol.keys import ChipAddress, IdentityError
 
 VERSION = 1
@@ -19,6 +19,8 @@ TARGETS = frozenset({"tally", "chit", "route", "lift", "relay", "ch", "node"})
 _ENVELOPE_KEYS = frozenset({"v", "id", "target", "action", "object", "try", "last", "to", "from"})
 _OPTIONAL_KEYS = frozenset({"re"})
 MAX_ACTION = 64
+MAX_NESTING = 32  # maps and lists in a frame body: a peer's deeper one is malformed
+ATTEMPT_ROOM = 32  # bytes ``with_attempt`` adds at most: try and last, each up to 64 bits
 
 
 class EnvelopeError(ValueError):
@@ -96,15 +98,31 @@ def with_attempt(prefix: bytes, tries: int, last: int) -> bytes:
     return prefix + _TRY + pack(tries) + _LAST + pack(last)
 
 
+def unsendable(prefix: bytes, envelope: dict[str, Any], max_frame: int) -> str | None:
+    """Why a peer with our limits would refuse this message as malformed (so it must not be
+    queued: it would be sent again and again), or None. ``prefix``: its ``attempt_prefix``."""
+    size = len(prefix) + ATTEMPT_ROOM
+    if size > max_frame:
+        return f"it would be a frame of up to {size} bytes, over max_frame ({max_frame})"
+    if nesting(envelope) > MAX_NESTING:
+        return f"it nests maps and lists deeper than {MAX_NESTING} levels"
+    return None
+
+
+MAX_ERROR_MESSAGE = 2000  # characters of an error ack's message: one that echoes a value is cut
+
+
 def ack_frame(message_id: bytes, code: str | None = None, message: str = "") -> bytes:
     """Encoded ack body; with ``code`` it rejects the message for good."""
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[:MAX_ERROR_MESSAGE - 3] + "..."
     error = {"code": code, "message": message} if code is not None else None
     return Ack(message_id, error).encode()
 
 
 def parse_frame(body: bytes) -> Envelope | Ack:
     """Decode and validate one frame body. Raises ``CodecError`` or ``EnvelopeError``."""
-    value = unpack(body)
+    value = unpack(body, max_nesting=MAX_NESTING)
     if not isinstance(value, dict):
         raise EnvelopeError(f"frame body is a {type(value).__name__}, expected a map")
     version = value.get("v")

@@ -95,14 +95,18 @@ def append(conn: sqlite3.Connection, entry: Entry) -> None:
     )  # fmt: skip
 
 
-def query(conn: sqlite3.Connection, request: QueryRequest) -> tuple[list[Entry], int]:
-    """One page of ``request`` ordered by seq, and the number of entries matching its dates."""
-    where = "pid = ? AND timestamp BETWEEN ? AND ?"
-    bounds = (
+def _dates(request: QueryRequest) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause and its values for the entries of ``request``'s process and dates."""
+    return "pid = ? AND timestamp BETWEEN ? AND ?", (
         request["pid"],
         request["date_from"] if request["date_from"] is not None else 0,
         request["date_to"] if request["date_to"] is not None else 2**63 - 1,
     )
+
+
+def query(conn: sqlite3.Connection, request: QueryRequest) -> tuple[list[Entry], int]:
+    """One page of ``request`` ordered by seq, and the number of entries matching its dates."""
+    where, bounds = _dates(request)
     total = conn.execute(f"SELECT count(*) FROM ch_entries WHERE {where}", bounds).fetchone()[0]
     order = "ASC" if request["sort"] == "asc" else "DESC"
     rows = conn.execute(
@@ -111,6 +115,19 @@ def query(conn: sqlite3.Connection, request: QueryRequest) -> tuple[list[Entry],
         (*bounds, request["size"], (request["page"] - 1) * request["size"]),
     ).fetchall()
     return [_entry(row) for row in rows], total
+
+
+def page_bytes(conn: sqlite3.Connection, request: QueryRequest) -> int:
+    """The headers' and payloads' bytes of the page ``query`` would read (their lengths are
+    in the row headers: nothing is loaded), so an oversize page is refused unread."""
+    where, bounds = _dates(request)
+    order = "ASC" if request["sort"] == "asc" else "DESC"
+    row = conn.execute(
+        f"SELECT sum(length(header) + ifnull(length(payload), 0)) FROM (SELECT header, payload"
+        f" FROM ch_entries WHERE {where} ORDER BY seq {order} LIMIT ? OFFSET ?)",
+        (*bounds, request["size"], (request["page"] - 1) * request["size"]),
+    ).fetchone()
+    return row[0] or 0
 
 
 def get_entry(conn: sqlite3.Connection, pid: str, document_id: str) -> Entry | None:

@@ -174,6 +174,13 @@ def test_log_without_a_header_is_malformed() -> None:
     )
 
 
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
 @pytest.mark.parametrize(
     ("change", "where"),
     [
@@ -182,6 +189,8 @@ def test_log_without_a_header_is_malformed() -> None:
         ({"payload_sha256": "ab" * 31}, "log.payload_sha256"),
         ({"payload_type": ""}, "log.payload_type"),
         ({"payload": b""}, "log.payload: is empty"),
+        ({"header": {"notes": "x" * 200}}, "log.header: 2"),  # over max_payload bytes
+        ({"header": _nested(1100)}, "log.header: nested too deeply"),
     ],
 )
 def test_log_with_bad_values_is_bad_parameters(change: dict[str, Any], where: str) -> None:
@@ -321,12 +330,15 @@ def test_a_page_too_big_for_a_reply_is_too_many_results() -> None:
 def test_get_returns_one_entry_or_not_found() -> None:
     entry = chain(1)[0]
     request = ch.parse_get({"pid": "p1", "id": entry["entry_hash"]})
-    assert ch.get_result(request, entry) == (
+    assert ch.get_result(request, entry, max_bytes=10_000) == (
         "result",
         {"entries": [entry], "total": 1, "page": 1, "size": 1, "has_more": False},
     )
-    message = rejection(ch.Reason.NOT_FOUND, ch.get_result, request, None)
+    message = rejection(ch.Reason.NOT_FOUND, ch.get_result, request, None, max_bytes=10_000)
     assert message == f"get.id: process 'p1' has no entry {entry['entry_hash']}"
+    # an entry too large to answer with (one logged before headers were bounded)
+    message = rejection(ch.Reason.TOO_MANY_RESULTS, ch.get_result, request, entry, max_bytes=100)
+    assert message.startswith(f"get.id: entry {entry['entry_hash']} is ")
 
 
 def test_get_refuses_an_id_that_is_no_document_id() -> None:
@@ -563,7 +575,7 @@ def test_full_mode_sends_the_payload_and_its_hash() -> None:
         "payload_sha256": hashlib.sha256(b"\x00\x01").hexdigest(),
         "payload_type": "application/octet-stream",
     }
-    assert ch.parse_log(obj, max_payload=10)["payload"] == b"\x00\x01"
+    assert ch.parse_log(obj, max_payload=64)["payload"] == b"\x00\x01"
 
 
 def test_header_mode_keeps_the_payload_at_home() -> None:
@@ -572,7 +584,7 @@ def test_header_mode_keeps_the_payload_at_home() -> None:
     assert obj["header"] == {"event": "tally.open"}
     assert obj["payload_sha256"] == hashlib.sha256(b"secret terms").hexdigest()
     assert obj["payload_type"] == "text/plain; charset=utf-8"
-    entry = next_entry(None, ch.parse_log(obj, max_payload=1), client_id=ALICE, now_ms=T0)
+    entry = next_entry(None, ch.parse_log(obj, max_payload=64), client_id=ALICE, now_ms=T0)
     assert entry["payload"] is None
     verify_chain([entry])
 

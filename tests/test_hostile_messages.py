@@ -35,7 +35,7 @@ def nested(depth: int) -> list:
 
 
 HOSTILE = [None, -1, 2**64 + 5, 1.5, "", "x" * 5000, b"\x00" * 64, [], {"a": 1}, [1, "a"], True,
-           nested(200)]
+           nested(200), nested(1000)]
 Sample = tuple[Node, Envelope, str]  # the receiving node, the message, the sending agent
 
 

@@ -11,12 +11,16 @@ from hypothesis import strategies as st
 
 from protocol.codec import CodecError, pack
 from protocol.envelope import (
+    ATTEMPT_ROOM,
+    MAX_ERROR_MESSAGE,
+    MAX_NESTING,
     Ack,
     Envelope,
     EnvelopeError,
     ack_frame,
     attempt_prefix,
     parse_frame,
+    unsendable,
     with_attempt,
 )
 from protocol.keys import ChipAddress, SigningKey, b64u
@@ -215,6 +219,40 @@ def test_malformed_msgpack_is_a_codec_error(data: bytes) -> None:
 
 
 # -- acks -----------------------------------------------------------------------------------
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_body_nested_past_the_limit_is_malformed() -> None:
+    """msgpack decodes ~1,000 levels, more than code that walks them can recurse: a peer's
+    frame nested deeper than MAX_NESTING (the envelope map counts as one) is refused."""
+    assert parse_frame(body(envelope_map(object={"x": nested(MAX_NESTING - 2)})))
+    with pytest.raises(CodecError, match=f"nested deeper than {MAX_NESTING}"):
+        parse_frame(body(envelope_map(object={"x": nested(MAX_NESTING - 1)})))
+
+
+def test_what_a_peer_would_refuse_is_not_sendable() -> None:
+    """A message whose frame could pass max_frame, or whose nesting passes MAX_NESTING, is
+    refused where it is made: queued, it would be sent and refused again and again."""
+    fine = envelope_map()
+    prefix = attempt_prefix(fine)
+    assert unsendable(prefix, fine, len(prefix) + ATTEMPT_ROOM) is None
+    assert "over max_frame" in unsendable(prefix, fine, len(prefix) + ATTEMPT_ROOM - 1)
+    assert len(with_attempt(prefix, 2**64 - 1, 2**63 - 1)) <= len(prefix) + ATTEMPT_ROOM
+    deep = envelope_map(object={"x": nested(MAX_NESTING - 1)})
+    assert "deeper than" in unsendable(attempt_prefix(deep), deep, 1 << 20)
+
+
+def test_an_error_ack_echoing_a_huge_value_is_cut_short() -> None:
+    ack = parse_frame(ack_frame(MID, "BAD_FIELD", "x" * 100_000))
+    assert isinstance(ack, Ack) and ack.error is not None
+    assert len(ack.error["message"]) == MAX_ERROR_MESSAGE
+    assert ack.error["message"].endswith("...")
 
 
 def test_ack_without_error() -> None:

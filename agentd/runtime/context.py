@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
-from protocol.envelope import VERSION, Envelope, attempt_prefix, with_attempt
+from protocol.envelope import VERSION, Envelope, attempt_prefix, unsendable, with_attempt
 from protocol.errors import Refusal
 from protocol.keys import ChipAddress, SigningKey, format_hostport
 from protocol.messages import Send
@@ -68,9 +68,10 @@ class Tx:
 
     def __init__(self, conn: sqlite3.Connection, now_ms: int,
                  own_address: Callable[[str | None], ChipAddress], pump: OutboxPump,
-                 ephemeral: Collection[str] = ()) -> None:
+                 ephemeral: Collection[str], max_frame: int) -> None:
         self.conn = conn
         self.now_ms = now_ms
+        self._max_frame = max_frame
         self.sent: list[Queued] = []
         self._own_address = own_address
         self._pump = pump
@@ -90,6 +91,10 @@ class Tx:
         address = format_hostport(to.host, to.port) if to.host is not None else None
         durable = message.target not in self._ephemeral
         prefix = attempt_prefix(envelope)
+        problem = unsendable(prefix, envelope, self._max_frame)
+        if problem is not None:  # what asked for it is refused instead
+            raise Reject("TOO_LARGE", f"{message.target}/{message.action} to {to.agent}: "
+                         f"{problem}")
         if durable:
             outbox.enqueue(
                 self.conn, message_id=message_id, peer=to.agent, address=address,

@@ -122,7 +122,7 @@ class Node:
         """A transaction context on ``conn``: the writer thread's, or the read connection's
         for ephemeral work (the runtime's, not a service's)."""
         return Tx(conn, self.clock.now_ms() if now_ms is None else now_ms, self.own_address,
-                  self.pump, self.dispatcher.ephemeral)
+                  self.pump, self.dispatcher.ephemeral, self.config.max_frame)
 
     async def transact(self, work: Callable[[Tx], T]) -> T:
         def job(conn: sqlite3.Connection) -> tuple[Tx, T]:

@@ -143,12 +143,14 @@ class ClearingService(Service):
         if action == "query":
             query = ch.parse_query(obj)
             ch.authorize("query", query["pid"], caller, store.owners(conn, query["pid"]))
+            ch.check_page_bytes(query, store.page_bytes(conn, query), self.max_result)
             entries, total = store.query(conn, query)
             return ch.query_result(query, entries, total, max_bytes=self.max_result)
         if action == "get":
             get = ch.parse_get(obj)
             ch.authorize("get", get["pid"], caller, store.owners(conn, get["pid"]))
-            return ch.get_result(get, store.get_entry(conn, get["pid"], get["id"]))
+            return ch.get_result(get, store.get_entry(conn, get["pid"], get["id"]),
+                                 max_bytes=self.max_result)
         ch.parse_keys(obj)
         return "result", keyring.jwks()
 
