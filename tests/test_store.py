@@ -135,6 +135,31 @@ def test_migration_7_forgets_strangers_older_versions_stored(
         conn.close()
 
 
+def test_migration_10_forgets_voids_heard_of_lifts_that_never_reached_us(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before version 10 a void pushed to a node that held nothing of the lift left a row for
+    ever; the migration drops those, and keeps every lift the node paid or took part in."""
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    try:
+        monkeypatch.setattr("store.schema.migrations", lambda: migrations()[:9])
+        assert migrate(conn) == 9
+        for lift, payor, state in (("heard", None, "void"), ("hop", None, "void"),
+                                   ("paid", "u", "good")):
+            conn.execute("INSERT INTO lifts (lift, kind, state, units, payor, referee, deadline,"
+                         " record, query_due, created, updated) VALUES (?, 'linear', ?, 1, ?,"
+                         " 'r', 1, x'80', 1, 1, 1)", (lift, state, payor))
+        conn.execute("INSERT INTO chits (tally, cuid, uuid, issuer, type, units, memo, date,"
+                     " state, hash, body, created, updated, lift) VALUES ('t', 'u', 'c',"
+                     " 'stock', 'lift', 1, '', 1, 'A.void', x'00', x'80', 1, 1, 'hop')")
+        monkeypatch.undo()
+        assert migrate(conn) == LATEST
+        kept = [row[0] for row in conn.execute("SELECT lift FROM lifts ORDER BY lift")]
+        assert kept == ["hop", "paid"]
+    finally:
+        conn.close()
+
+
 def test_migration_9_keeps_decisions_made_before_they_named_their_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
