@@ -150,19 +150,20 @@ def unpack(data: bytes, *, max_size: int | None = None, max_nesting: int | None 
 
 
 def nesting(value: Any) -> int:
-    """How deep maps and lists nest in ``value`` (0 for a scalar), walked without recursion:
-    msgpack decodes ~1,000 levels, deeper than Python code that walks them (or writes them in
-    an error message) can recurse."""
-    deepest = 0
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        kind = type(item)
-        if kind is dict:
-            item = item.values()
-        elif kind is not list and kind is not tuple:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((inner, depth + 1) for inner in item
-                     if type(inner) in (dict, list, tuple))
-    return deepest
+    """How deep maps and lists nest in ``value`` (0 for a scalar), walked a level at a time
+    rather than recursively: msgpack decodes ~1,000 levels, deeper than Python code that
+    walks them (or writes them in an error message) can recurse."""
+    depth = 0
+    level = [value] if type(value) in _NESTS else []
+    while level:
+        depth += 1
+        deeper = []
+        for item in level:
+            for inner in item.values() if type(item) is dict else item:
+                if type(inner) in _NESTS:
+                    deeper.append(inner)
+        level = deeper
+    return depth
+
+
+_NESTS = frozenset({dict, list, tuple})
