@@ -293,7 +293,8 @@ class LiftService(Service):
         known = lifts.get(tx.conn, record["lift"])
         if known is not None and known["state"] != lf.PEND:
             raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here already")
-        if self._heard_void.get(record["lift"]) == lf.record_digest(record):
+        heard = self._heard_void.get(record["lift"])
+        if heard is not None and heard == lf.record_digest(record):
             raise Reject("BAD_STATE", f"lift {record['lift']} is void: its referee said so")
         lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
         _log_lift(tx, record["lift"], lf.PEND, kind=record["kind"], units=record["units"],
