@@ -105,8 +105,9 @@ def method_help(name: str) -> str:
         raise UserError(f"unknown method {name!r}{did_you_mean(name, methods)}; "
                         "'agentd help' lists them all")
     described = describe(name, methods[name])
-    lines = [f"usage: agentd -c CONFIG {signature_line(described)}", "",
-             *textwrap.wrap(described["doc"], 92)]
+    lines = [f"usage: agentd -c CONFIG {signature_line(described)}"]
+    for paragraph in plain(inspect.cleandoc(methods[name].__doc__ or "")).split("\n\n"):
+        lines += ["", *textwrap.wrap(" ".join(paragraph.split()), 92)]  # the whole docstring
     if described["params"]:
         lines += ["", "parameters:"]
         width = max(len(p["name"]) for p in described["params"])

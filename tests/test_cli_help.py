@@ -74,6 +74,8 @@ def test_method_help_with_and_without_a_config(capsys, tmp_path):
     assert "partner_limit" in capsys.readouterr().out
     with pytest.raises(UserError, match="did you mean tally"):
         method_help("tally.acept")
+    whole = method_help("tally.invite")  # every paragraph of the docstring, not the first
+    assert "side is ours: stock (vendor, the default) or foil (client)" in whole
 
 
 def test_control_socket_is_found_without_validating_the_config(tmp_path):
