@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import uuid
 
+import trio
+
+from agentd.runtime.context import Reject
 from protocol import lift as lf
 from protocol.codec import digest, unpack
 from protocol.keys import ChipAddress, SigningKey
@@ -164,6 +167,27 @@ async def test_a_route_query_that_came_over_no_tally_of_ours_goes_no_further(tmp
         found = await rpc(ann, "route.find", cuid="ann", find=who(dan, "dan"), units=1)
         assert [hop["cuid"] for hop in found[0]["path"]] == ["ann", "bob", "cat", "dan"]
         assert ("route", "query") in sent  # bob passed ann's query on to cat
+
+
+async def test_a_refused_query_ends_that_partners_part_of_the_search(tmp_path):
+    """A partner that refuses a query (here every one: say, over a tally it no longer holds
+    open) has ended its part of the search as a none would: the search is exhausted at once
+    instead of waiting out its time budget."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        ann, cat, dan = world["users"]["ann"], world["users"]["cat"], world["users"]["dan"]
+        routes = cat.dispatcher.services["route"]
+        handle = routes.handle
+
+        def refusing(tx, envelope):
+            if envelope.action == "query":
+                raise Reject("UNKNOWN_TALLY", "no such open tally here")
+            return handle(tx, envelope)
+
+        routes.handle = refusing
+        find = ChipAddress.parse(f"dan:{dan.agent_id}")
+        with trio.fail_after(10):  # the search's own budget is 20 s
+            assert await ann.credit.routes.search("ann", find, 1, "linear", 20.0) == []
 
 
 async def test_a_made_up_lift_makes_the_referee_dial_nothing_and_hold_nothing_for_it(tmp_path):

@@ -283,6 +283,18 @@ class RouteService(Service):
         tx.after_commit(apply)
 
 
+    def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
+        """A partner refused a query of ours (say, over a tally it holds open no longer): its
+        part of the search is over as if it had answered ``none``, so the search need not
+        wait out its time for it."""
+        obj, to, sent_by = (envelope.get(key) or {} for key in ("object", "to", "from"))
+        if envelope.get("action") != "query" or not isinstance(obj.get("query"), str):
+            return
+        partner = ChipAddress(agent=to["agent"], cuid=to.get("cuid"))
+        here = self.runtime.own_address(sent_by.get("cuid"))
+        self._answer(tx, "none", {"query": obj["query"], "goods": 0, "frontier": 0}, here,
+                     partner)
+
     def _hops(self, tx: Tx, obj: Any, sender: ChipAddress) -> None:
         """The payee's node's answer to our ask: taken only from the payee asked; a late one
         (the search went on without it) is dropped."""
