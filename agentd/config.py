@@ -271,8 +271,9 @@ def parse_config(raw: dict, source: Path) -> Config:
         if not isinstance(role, str) or role not in ROLES:
             node.bad("roles", f"has unknown role {role!r} (known: {', '.join(sorted(ROLES))})")
     max_frame = node.get("max_frame", int, DEFAULT_MAX_FRAME)
-    if not 1024 <= max_frame <= 64 << 20:
-        node.bad("max_frame", "must be between 1024 and 67108864 bytes")
+    if not DEFAULT_MAX_FRAME <= max_frame <= 64 << 20:  # the protocol's own batches need it
+        node.bad("max_frame", "must be between 1048576 and 67108864 bytes (a chain batch or a "
+                 "relay view a node must be able to send takes up to 0.6 MiB)")
     advertise = node.hostport("advertise")
     if listen is not None and advertise is None and listens_everywhere(listen):
         node.bad("listen", f"{listen} listens on every interface, an address peers cannot dial:"

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from protocol.codec import CodecError, canonical, digest, unpack
+from protocol.envelope import MAX_NESTING
 from protocol.keys import SigningKey, is_agent_id, verify_by_agent
 from protocol.relay_address import ViewAddress
 from protocol.relay_fields import (
@@ -158,7 +159,8 @@ def verify_view(view: View, required: Sequence[str]) -> VerifiedView:
             f"format {meta.serialization_format!r}"
         )
     try:
-        items = map_fields("View.data", unpack(view.data), ("interop_payload", "proofs"))
+        items = map_fields("View.data", unpack(view.data, max_nesting=MAX_NESTING),
+                           ("interop_payload", "proofs"))
     except CodecError as exc:
         raise MessageError("View.data", str(exc)) from exc
     interop = InteropPayload.from_map(items["interop_payload"])

@@ -147,15 +147,15 @@ async def test_rpc_errors_carry_the_ids_code(tmp_path):
 
 async def test_what_a_reply_could_not_carry_is_refused_before_it_is_read(tmp_path,
                                                                          monkeypatch):
-    """At a 64 KiB max_frame: a header over a quarter of a frame is refused, so every entry
+    """At the 1 MiB max_frame: a header over a quarter of a frame is refused, so every entry
     fits the answer to a get; one nested deeper than a peer takes is not even sent; a page
     whose stored entries are too large for one reply is refused (TOO_MANY_RESULTS) before a
     row of it is read, and a smaller page still works."""
-    async with network(tmp_path, n=2, clearinghouse=0, max_frame=64 << 10) as net:
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
         house, alice = net.nodes
         with pytest.raises(RpcError) as info:
             await alice.rpc.call("ch.log", {"pid": "p", "payload": "x",
-                                            "header": {"notes": "y" * (20 << 10)}})
+                                            "header": {"notes": "y" * (257 << 10)}})
         assert info.value.reason == "BAD_PARAMETERS" and "log.header" in info.value.message
         deep: dict[str, Any] = {}
         for _ in range(40):
@@ -164,7 +164,7 @@ async def test_what_a_reply_could_not_carry_is_refused_before_it_is_read(tmp_pat
             await alice.rpc.call("ch.log", {"pid": "p", "payload": "x", "header": deep})
         assert info.value.reason == "TOO_LARGE" and "deeper than 32" in info.value.message
         assert alice.pump.depth == 0
-        logged = [await alice.rpc.call("ch.log", {"pid": "p", "payload": "z" * (15 << 10)})
+        logged = [await alice.rpc.call("ch.log", {"pid": "p", "payload": "z" * (250 << 10)})
                   for _ in range(5)]
         read = []
         query = clearing_store.query

@@ -60,6 +60,7 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
     (GOOD + "roles = [\"house\"]\n", "node.roles has unknown role 'house' (known: clearinghouse)"),
     (GOOD + "roles = [{}]\n", "node.roles has unknown role {} (known: clearinghouse)"),
     (GOOD + "max_frame = true\n", "node.max_frame must be an integer, not a boolean"),
+    (GOOD + "max_frame = 65536\n", "node.max_frame must be between 1048576 and 67108864"),
     (GOOD + '\n[[peers]]\nname = "bob"\nagent = "x"\naddress = "127.0.0.1:7902"\n',
      "peers[0].agent is not an agent id (agent id must be 43 base64url characters: 'x')"),
     (GOOD + '\n[log]\nlevel = "loud"\n', "log.level must be one of debug, info, warning, error"),

@@ -384,15 +384,15 @@ async def test_an_ack_moves_to_pending_and_an_error_ack_to_error(tmp_path):
         assert pending["status"] == "PENDING"
 
 
-async def test_views_signed_by_the_wrong_key_are_rejected(tmp_path):
+async def test_views_signed_by_the_wrong_key_or_nested_too_deep_are_rejected(tmp_path):
     async with relays(tmp_path) as net:
         a, b = net[0], net[1]
         intruder = SigningKey.generate()
         recorder = Recorder(b)
         b.dispatcher.register(recorder)
         ids = [(await a.rpc.call("relay.query", {"address": addr(b, "node:info")}))["request_id"]
-               for _ in range(3)]
-        await wait_for(lambda: len(recorder.queries) == 3)
+               for _ in range(4)]
+        await wait_for(lambda: len(recorder.queries) == 4)
         asked = {q.request_id: q for q in recorder.queries}
 
         # notarized by another key: the required signer (the source) is missing
@@ -409,7 +409,16 @@ async def test_views_signed_by_the_wrong_key_are_rejected(tmp_path):
         swapped = ViewPayload(ids[2], view=_view(b.key, asked[ids[0]], {"x": 1}))
         assert await send_raw(b, a, "view", swapped.to_map()) is None
 
-        states = [await a.rpc.call("relay.state", {"request_id": i}) for i in ids]
+        # well signed by the source, but its payload nests lists ~1,000 deep: stored, it
+        # could never be shown as JSON again
+        deep, deep_id = b"\x91" * 950 + b"\xc0", ids[3]
+        nested = make_view(deep, asked[deep_id].address, asked[deep_id].nonce,
+                           asked[deep_id].certificate, False, b.key, 1_700_000_000_000)
+        assert await send_raw(b, a, "view", ViewPayload(deep_id, view=nested).to_map()) is None
+        deep_state = await a.rpc.call("relay.state", {"request_id": deep_id})
+        assert deep_state["status"] == "ERROR" and "nested deeper" in deep_state["error"]
+
+        states = [await a.rpc.call("relay.state", {"request_id": i}) for i in ids[:3]]
         assert all(s["status"] == "ERROR" and "view" not in s for s in states)
         assert "required signer(s) " + b.agent_id in states[0]["error"]
         assert f"notarization by {b.agent_id} does not verify" in states[1]["error"]

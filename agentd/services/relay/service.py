@@ -43,7 +43,7 @@ from agentd.rpc import NOT_FOUND, RpcError, invalid_params, jsonable
 from agentd.runtime.context import Reject, Runtime, Service, Tx
 from agentd.services.relay import driver as relay_driver
 from protocol.codec import CodecError, canonical, unpack
-from protocol.envelope import Envelope
+from protocol.envelope import MAX_NESTING, Envelope
 from protocol.keys import ChipAddress, b64u, is_agent_id, parse_hostport
 from protocol.messages import Send
 from protocol.relay import APPLIES_FROM, AckStatus, Status
@@ -340,7 +340,7 @@ class RelayService(Service):
             opened = open_view(answer.view, self.runtime.key, row["required"].split(","),
                                row["address"], row["nonce"],
                                require_confidential=bool(row["confidential"]))
-            unpack(opened.result)
+            unpack(opened.result, max_nesting=MAX_NESTING)  # it is shown as JSON later
         except (RelayError, CodecError) as exc:
             log.warning("view from %s for %s rejected: %s", row["source"][:8], request_id, exc)
             self._fail(tx, request_id, f"the view failed verification: {exc}")
