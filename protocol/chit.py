@@ -267,11 +267,10 @@ def _require_tally(local: LocalTally, states: frozenset[str]) -> None:
         raise Refusal("bad_state", f"tally {local.uuid} is {local.state}: no chits now")
 
 
-def _check_room(
+def _check_limit(
     local: LocalTally, chit: dict[str, Any], holder_balance: int, reserved: int = 0
-) -> None:
-    """The payee's limit, and on a closing tally the rule that |balance| may not grow.
-    ``reserved``: pending lift chits that already raise the payee's balance (spent)."""
+) -> int:
+    """The payee's limit on the payer's debt; returns that debt before ``chit``."""
     payee = other_side(chit["by"])
     before = holder_balance if local.side == payee else -holder_balance
     after = before + reserved + chit["units"]
@@ -283,6 +282,16 @@ def _check_room(
             f"{chit['units']} would bring the {chit['by']} side's debt to {after}{held}, "
             f"past the {payee} side's limit of {limit}",
         )
+    return before
+
+
+def _check_room(
+    local: LocalTally, chit: dict[str, Any], holder_balance: int, reserved: int = 0
+) -> None:
+    """The payee's limit, and on a closing tally the rule that |balance| may not grow.
+    ``reserved``: pending lift chits that already raise the payee's balance (spent)."""
+    before = _check_limit(local, chit, holder_balance, reserved)
+    after = before + reserved + chit["units"]
     # closing: the magnitude may not grow whether the reserved lift chits go good or void
     grows = abs(before + chit["units"]) > abs(before) or abs(after) > abs(before + reserved)
     if local.state == C_OPEN and grows:
@@ -395,8 +404,13 @@ def receive_pend(local_chit: LocalChit | None, obj: Any, local: LocalTally) -> S
     return LocalChit(state, obj), []
 
 
-def receive_good(local_chit: LocalChit | None, obj: Any, local: LocalTally) -> Step:
-    """The partner pays: directly, or by signing our invoice (then it must be that invoice)."""
+def receive_good(local_chit: LocalChit | None, obj: Any, local: LocalTally, *,
+                 balance: int) -> Step:
+    """The partner pays: directly, or by signing our invoice (then it must be that invoice).
+    ``balance`` (our holding's, before this chit) must leave room under our limit on the
+    partner's debt, as the partner checked before it signed: our view of that debt is never
+    above its own (what raises it, the partner signs or accepts first; pending lift chits it
+    counts as spent), so an honest chit always fits and only a forged ledger is refused."""
     state = _next(local_chit.state if local_chit else None, "got good")
     _require_tally(local, RECEIVE_STATES)
     check_chit(obj, local.tally, signed=True)
@@ -409,6 +423,7 @@ def receive_good(local_chit: LocalChit | None, obj: Any, local: LocalTally) -> S
         raise _bad("by", f"of a chit we receive must be the partner's side, {local.partner_side}")
     if local_chit is not None and obj["hash"] != local_chit.chit["hash"]:
         raise _bad("hash", f"differs from our invoice {local_chit.uuid}")
+    _check_limit(local, obj, balance)
     return LocalChit(state, obj), []
 
 

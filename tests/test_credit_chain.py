@@ -76,9 +76,11 @@ class Holder:
         action, obj = message.action, unpack(pack(message.object))
         if action == "chain":
             received = ch.receive(self.chain, obj, self.local)
+            balance = ch.balance(self.chain)  # before the chits this message adopts
             self.chain = received.chain
             for chit in received.adopted:
-                self.chits[chit["uuid"]] = self._receive_good(chit)
+                self.chits[chit["uuid"]] = self._receive_good(chit, balance)
+                balance += c.effect(chit, self.local.side)
             return received.messages
         known = self.chits.get(obj["uuid"])
         try:
@@ -88,7 +90,7 @@ class Holder:
             if action == "void":
                 self.chits[obj["uuid"]], _ = c.receive_void(known, obj, self.local)
                 return []
-            good = self._receive_good(obj)
+            good = self._receive_good(obj, ch.balance(self.chain))
         except t.Refusal as refused:
             assert refused.code == "bad_state", refused
             return []
@@ -96,8 +98,11 @@ class Holder:
         self.chain, messages = ch.add(self.chain, good.chit, self.local)
         return messages
 
-    def _receive_good(self, chit: dict[str, Any]) -> c.LocalChit:
-        return c.receive_good(self.chits.get(chit["uuid"]), chit, self.local)[0]
+    def _receive_good(self, chit: dict[str, Any], balance: int) -> c.LocalChit:
+        """The partner's good chit, checked against our limit at our ``balance``: under
+        every interleaving the model tries, an honest partner's chit must fit."""
+        return c.receive_good(self.chits.get(chit["uuid"]), chit, self.local,
+                              balance=balance)[0]
 
     def _good(self, paid: c.LocalChit) -> list[Send]:
         self.chits[paid.uuid] = paid

@@ -180,7 +180,7 @@ def test_an_invoice_paid() -> None:
     assert (paid.state, messages) == (c.L_GOOD, [])
     c.check_chit(paid.chit, BOB_TALLY.tally, signed=True)
     assert paid.chit["hash"] == drafted.chit["hash"]
-    received, _ = c.receive_good(drafted, paid.chit, ALICE_TALLY)
+    received, _ = c.receive_good(drafted, paid.chit, ALICE_TALLY, balance=0)
     assert received.state == c.A_GOOD
     assert c.effect(received.chit, t.STOCK) == 700
 
@@ -222,22 +222,35 @@ def test_an_invoice_must_be_in_the_payers_name_unsigned_and_unchained() -> None:
 def test_a_payment_received_must_be_the_partners_and_match_our_invoice() -> None:
     drafted, _ = invoice()
     other = pay(BOB_TALLY, 701, n=8).chit
-    assert refusal(c.receive_good, drafted, other, ALICE_TALLY).message.startswith("chit.hash")
+    assert refusal(c.receive_good, drafted, other, ALICE_TALLY,
+                   balance=0).message.startswith("chit.hash")
     own = pay(ALICE_TALLY, 5, n=9).chit
-    assert refusal(c.receive_good, None, own, ALICE_TALLY).message.startswith("chit.by")
-    direct, _ = c.receive_good(None, other, ALICE_TALLY)
+    assert refusal(c.receive_good, None, own, ALICE_TALLY,
+                   balance=0).message.startswith("chit.by")
+    direct, _ = c.receive_good(None, other, ALICE_TALLY, balance=0)
     assert direct.state == c.A_GOOD
-    assert refusal(c.receive_good, direct, other, ALICE_TALLY).code == "bad_state"  # a replay
+    assert refusal(c.receive_good, direct, other, ALICE_TALLY,
+                   balance=0).code == "bad_state"  # a replay
+
+
+def test_a_partners_chit_past_our_limit_is_refused_though_its_signature_is_good() -> None:
+    """The partner's node checks our limit before its user signs; a chit that passes it
+    anyway (a forged ledger) is refused on receipt, so the holders cannot drift apart."""
+    limit = BOB_TALLY.tally[BOB_TALLY.side]["terms"]["limit"]
+    fits = pay(ALICE_TALLY, 30, balance=0).chit
+    assert c.receive_good(None, fits, BOB_TALLY, balance=limit - 30)[0].state == c.A_GOOD
+    refused = refusal(c.receive_good, None, fits, BOB_TALLY, balance=limit - 29)
+    assert refused.code == "over_limit" and f"limit of {limit}" in refused.message
 
 
 def test_the_partners_chits_are_taken_in_every_binding_state_but_never_issued_after_close(
 ) -> None:
     chit = pay(ALICE_TALLY, 5).chit
     bound = t.LocalTally(BOB_TALLY.side, t.OFFER_OPEN, BOB_TALLY.tally)
-    assert c.receive_good(None, chit, bound)[0].state == c.A_GOOD
+    assert c.receive_good(None, chit, bound, balance=0)[0].state == c.A_GOOD
     # signed before the partner learned of the close: owed all the same (the tally reopens)
     closed = t.LocalTally(BOB_TALLY.side, t.CLOSE, BOB_TALLY.tally)
-    assert c.receive_good(None, chit, closed)[0].state == c.A_GOOD
+    assert c.receive_good(None, chit, closed, balance=0)[0].state == c.A_GOOD
     assert t.reopen(closed)[0].state == t.C_OPEN
     assert refusal(pay, closed, 1, balance=0).code == "bad_state"  # our user: no new chits
     assert code_of(c.invoice, closed, balance=0, chit_uuid=uuid_of(2), units=1,
@@ -273,7 +286,7 @@ def test_chit_events_outside_the_table_are_refused() -> None:
     assert refusal(c.receive_pend, owed, pend.object, BOB_TALLY).code == "bad_state"
     assert refusal(c.accept, drafted, ALICE_TALLY, ALICE.key, balance=0).code == "bad_state"
     voided = c.LocalChit(c.A_VOID, drafted.chit)
-    assert refusal(c.receive_good, voided, paid.chit, ALICE_TALLY).code == "bad_state"
+    assert refusal(c.receive_good, voided, paid.chit, ALICE_TALLY, balance=0).code == "bad_state"
     notice = {"tally": TALLY_UUID, "uuid": drafted.uuid}
     assert refusal(c.receive_void, voided, notice, ALICE_TALLY).code == "bad_state"
     named = {state for state, _ in c.TRANSITIONS} | set(c.TRANSITIONS.values())

@@ -386,7 +386,8 @@ def test_the_ledger_stores_chains_row_by_row_and_rebuilds_them_after_a_rollback(
             sender = holding.local.partner.cuid
             assert (message.to.cuid, message.from_cuid) == (holding.cuid, sender)
             got = ch.receive(holding.chain, unpack(pack(message.object)), holding.local)
-            adopted = [c.receive_good(None, chit, holding.local)[0] for chit in got.adopted]
+            adopted = [c.receive_good(None, chit, holding.local, balance=0)[0]
+                       for chit in got.adopted]
             holding = ledger.save(conn, holding, 4, chain=got.chain, fresh=adopted,
                                   balance_delta=5 * len(adopted))
             replies += got.messages
@@ -530,6 +531,11 @@ async def test_bad_signatures_and_strangers_change_nothing(tmp_path):
         twin = chit_by(bob_key, tally, t.FOIL, 999, chit_uuid=first["chit"])
         message = await send_raw(b, a, "alice", "chit", "good", twin, "bob")
         assert (await refusal_of(b, message)).startswith("CONFLICT")
+
+        # a well-signed chit bob's own node would never have signed: past alice's limit
+        over = chit_by(bob_key, tally, t.FOIL, LIMIT + 1)
+        message = await send_raw(b, a, "alice", "chit", "good", over, "bob")
+        assert (await refusal_of(b, message)).startswith("OVER_LIMIT")
 
         # messages from an agent that is not party to the tally
         for target, action, obj in (

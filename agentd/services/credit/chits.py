@@ -180,7 +180,8 @@ class ChitService(Service):
         known = self.ledger.store.get_chit(tx.conn, holding.local.uuid, cuid, chit_uuid)
         try:
             if action == "good":
-                received, _ = c.receive_good(known, obj, holding.local)
+                received, _ = c.receive_good(known, obj, holding.local,
+                                             balance=holding.balance)
             elif action == "pend":
                 received, _ = c.receive_pend(known, obj, holding.local)
             elif known is None:
@@ -213,12 +214,13 @@ class ChitService(Service):
                 raise NotYet(exc.message) from exc
             raise
         adopted = []  # good chits first learned from this message
+        delta = 0
         for chit in received.adopted:
             known = self.ledger.store.get_chit(tx.conn, chit["tally"], holding.cuid, chit["uuid"])
-            got, _ = c.receive_good(known, chit, holding.local)
+            got, _ = c.receive_good(known, chit, holding.local, balance=holding.balance + delta)
             self.ledger.log(tx, holding.local, "chit.good", got.chit, ref=got.uuid)
             adopted.append(got)
-        delta = sum(c.effect(got.chit, holding.local.side) for got in adopted)
+            delta += c.effect(got.chit, holding.local.side)
         self.ledger.commit(tx, holding, chain=received.chain, delta=delta,
                            messages=received.messages, fresh=adopted)
 
