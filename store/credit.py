@@ -307,6 +307,14 @@ class Ledger:
         return None if row is None else LocalChit(row["state"], _chit(row["body"], row["block"]))
 
     @staticmethod
+    def count_unchained(conn: sqlite3.Connection, tally_uuid: str, cuid: str, state: str) -> int:
+        """How many of a holder's chits not in the chain (pending or void) are in ``state``:
+        read from the chain index's unchained end, not the whole tally."""
+        return conn.execute(
+            "SELECT count(*) FROM chits WHERE tally = ? AND cuid = ? AND chain_index IS NULL"
+            " AND state = ?", (tally_uuid, cuid, state)).fetchone()[0]
+
+    @staticmethod
     def tallies_with_chit(conn: sqlite3.Connection, cuid: str, chit_uuid: str) -> list[str]:
         """The user's tallies that hold a chit with this uuid (normally one)."""
         return [row[0] for row in conn.execute(

@@ -699,3 +699,36 @@ async def test_a_chit_in_flight_when_the_tally_closes_reopens_it(tmp_path):
         await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == t.CLOSE,
                        timeout=20)
         assert chain_of(a, "alice", tally)[3] == chain_of(b, "bob", tally)[3] == 0
+
+
+async def test_a_partners_invoices_waiting_for_an_answer_are_bounded(tmp_path, monkeypatch):
+    """Each invoice waiting for our user is a row: past MAX_INVOICES on a tally the next is
+    refused (TOO_MANY_INVOICES) until our user answers one."""
+    monkeypatch.setattr("agentd.services.credit.chits.MAX_INVOICES", 3)
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")
+
+        async def invoice() -> str:
+            return (await rpc(b, "chit.invoice", cuid="bob", tally=tally, units=10))["chit"]
+
+        def waiting() -> int:
+            return a.db.read_one("SELECT count(*) FROM chits WHERE tally = ? AND cuid = 'alice'"
+                                 " AND state = 'L.pend'", (tally,))[0]
+
+        first = [await invoice() for _ in range(3)]
+        await wait_for(lambda: waiting() == 3)
+        fourth = await invoice()
+
+        def error_of(chit: str) -> str | None:
+            row = b.db.read_one("SELECT error FROM chits WHERE uuid = ?", (chit,))
+            return row["error"] if row is not None else None
+
+        await wait_for(lambda: "TOO_MANY_INVOICES" in (error_of(fourth) or ""))
+        assert waiting() == 3
+        await rpc(a, "chit.refuse", cuid="alice", chit=first[0])
+        await invoice()
+        await wait_for(lambda: waiting() == 3 and a.db.read_one(
+            "SELECT count(*) FROM chits WHERE tally = ? AND cuid = 'alice'", (tally,))[0] == 4)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentd.credit")
 MAX_PAYMENTS = 1000  # payments per chit.pay_many call
+MAX_INVOICES = 1000  # a partner's invoices waiting for our user's answer on one tally
 
 
 class ChitService(Service):
@@ -184,6 +185,7 @@ class ChitService(Service):
                                              balance=holding.balance)
             elif action == "pend":
                 received, _ = c.receive_pend(known, obj, holding.local)
+                self._room_for_invoice(tx, holding, cuid)
             elif known is None:
                 raise Reject("UNKNOWN_CHIT", f"no chit {chit_uuid} on tally {obj['tally']}")
             else:
@@ -202,6 +204,15 @@ class ChitService(Service):
         log_chits(tx, cuid, [received])
         if action == "void":
             self.ledger.log(tx, holding.local, "chit.void", received.to_map(), ref=chit_uuid)
+
+    def _room_for_invoice(self, tx: Tx, holding: Holding, cuid: str) -> None:
+        """A partner's invoices wait for our user, each a row: at most ``MAX_INVOICES`` on a
+        tally at once, so a partner cannot make us keep them without bound."""
+        waiting = self.ledger.store.count_unchained(tx.conn, holding.local.uuid, cuid, c.L_PEND)
+        if waiting >= MAX_INVOICES:
+            raise Reject("TOO_MANY_INVOICES", f"{cuid} has {waiting} invoices of yours on tally "
+                         f"{holding.local.uuid} to answer already; wait for them to be "
+                         "accepted or refused")
 
     def _on_chain(self, tx: Tx, holding: Holding, obj: Any) -> None:
         if holding.chain is None:
