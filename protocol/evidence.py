@@ -217,11 +217,20 @@ def receipt_answer(token: str, claims: dict | None, problem: str | None
             "document_id": claims["document_id"], "receipt": token}
 
 
+MAX_JWKS_KEYS = 256  # keys kept for one clearing house: it rotates its key rarely
+
+
 def merge_jwks(old: Mapping[str, Any] | None, keys: object) -> dict[str, Any] | None:
     """The stored JWKS with a fresh one's keys added (every key ever seen is kept, so old
-    receipts keep verifying); None when the answer holds no key list."""
+    receipts keep verifying); None when the answer holds no key list. Only Ed25519 keys
+    whose ``kid`` is their thumbprint are kept, as exactly those members, and at most
+    ``MAX_JWKS_KEYS`` (the ones kept already first): a house's answer cannot make us store
+    or parse more."""
     if not isinstance(keys, list):
         return None
-    merged = {jwk.get("kid"): jwk for jwk in (old or {"keys": []})["keys"]}
-    merged.update({jwk.get("kid"): jwk for jwk in keys if isinstance(jwk, dict)})
+    merged: dict[str, dict[str, str]] = {}
+    kept = (old or {"keys": []})["keys"][:MAX_JWKS_KEYS]
+    for jwk in map(rc.jwk_key, [*kept, *keys[:MAX_JWKS_KEYS]]):
+        if jwk is not None and len(merged) < MAX_JWKS_KEYS:
+            merged.setdefault(jwk["kid"], jwk)
     return {"keys": list(merged.values())}

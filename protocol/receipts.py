@@ -198,6 +198,18 @@ def _jwks_public(jwks: Mapping[str, Any], kid: str) -> bytes:
     )
 
 
+def jwk_key(jwk: object) -> dict[str, str] | None:
+    """``jwk`` rebuilt as exactly the members we keep (an Ed25519 key whose ``kid`` is its
+    thumbprint), or None for anything else: what a clearing house's JWKS may add."""
+    if not isinstance(jwk, dict) or jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519":
+        return None
+    x, kid = jwk.get("x"), jwk.get("kid")
+    if not isinstance(x, str) or not isinstance(kid, str) or len(x) > 64:
+        return None
+    public = _thumbprinted_key(x, kid)
+    return None if public is None else _jwk(public)
+
+
 @functools.lru_cache(maxsize=64)
 def _thumbprinted_key(x: str, kid: str) -> bytes | None:
     """The Ed25519 key that JWK member ``x`` holds, if its thumbprint is ``kid``."""

@@ -165,6 +165,21 @@ def test_a_fresh_jwks_adds_to_the_stored_keys_and_a_keyless_one_is_ignored():
     assert ev.merge_jwks(None, [42, *old["keys"]]) == old  # junk in the list is dropped
 
 
+def test_a_houses_jwks_adds_only_well_formed_keys_and_a_bounded_number_of_them():
+    """A clearing house's answer cannot make us store, or trip over, what is not an Ed25519
+    key named by its thumbprint, nor more than MAX_JWKS_KEYS keys (the ones kept first)."""
+    old = keyring().jwks()
+    [good] = old["keys"]
+    odd = [{**good, "kid": [good["kid"]]}, {**good, "x": 7}, {**good, "kid": "x" * 43},
+           {**good, "crv": "X25519"}, {"kid": good["kid"]}, {**good, "x": "A" * 5000}]
+    assert ev.merge_jwks(None, odd) == {"keys": []}
+    assert ev.merge_jwks(None, [{**good, "note": "x" * 10_000}]) == old  # extra members go
+    many = [jwk for _ in range(ev.MAX_JWKS_KEYS + 10)
+            for jwk in keyring(SigningKey.generate()).jwks()["keys"]]
+    merged = ev.merge_jwks(old, many)
+    assert len(merged["keys"]) == ev.MAX_JWKS_KEYS and merged["keys"][0] == good
+
+
 def test_evidence_names_its_kind_and_ref_and_a_large_payload_goes_by_hash():
     owners, obj, by_hash = ev.evidence_object(
         "t1", [BOB, ALICE, BOB], "chit.good", {"n": 1}, ref="c1", header=None,
