@@ -634,3 +634,22 @@ async def test_log_evidence_without_a_clearing_house_does_nothing(tmp_path, capl
         assert len(notes) == 1
         with pytest.raises(ValueError, match="owners"):
             await evidence(net.nodes[0], 1, "tally-3", ["not-an-agent"])
+
+
+async def test_a_houses_answer_that_holds_no_entries_is_its_fault_not_ours(tmp_path,
+                                                                           monkeypatch):
+    """A clearing house whose query or get answer holds things that are not entries: the
+    call is refused as the house's malformed message, not an internal error of ours."""
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
+        _, alice = net.nodes
+        logged = await alice.rpc.call("ch.log", {"pid": "p", "payload": "x"})
+        odd = {"entries": [1, 2, 3], "total": 3, "page": 1, "size": 3, "has_more": False}
+        monkeypatch.setattr("protocol.clearing.query_result", lambda *a, **k: ("result", odd))
+        monkeypatch.setattr("protocol.clearing.get_result",
+                            lambda *a, **k: ("result", {**odd, "entries": [{"seq": 1}]}))
+        for method, params in (("ch.query", {"pid": "p"}),
+                               ("ch.get", {"pid": "p", "id": logged["document_id"]})):
+            with pytest.raises(RpcError) as info:
+                await alice.rpc.call(method, params)
+            assert info.value.reason == "MALFORMED_MESSAGE", method
+            assert "not entries" in info.value.message

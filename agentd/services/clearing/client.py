@@ -356,7 +356,7 @@ class Evidence:
                   "date_to": date_to}
         obj = {"pid": pid, **{k: v for k, v in params.items() if v is not None}}
         result = await self.request("query", obj)
-        return {**result, "entries": [entry_json(e) for e in result.get("entries", [])]}
+        return {**result, "entries": [entry_json(e) for e in _entries(result, "query")]}
 
     async def rpc_get(self, pid: str, id: str) -> dict:
         """The entry whose document id is ``id`` (``document_id`` in what ``ch.log`` and
@@ -365,11 +365,23 @@ class Evidence:
             raise invalid_params(f"id must be a document id (the 64 lowercase hex digits "
                                  f"ch.log and ch.query give as document_id), not {id!r}")
         result = await self.request("get", {"pid": pid, "id": id})
-        entries = result.get("entries")
-        if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict):
+        entries = _entries(result, "get")
+        if len(entries) != 1:
             raise Reject(ch.Reason.MALFORMED_MESSAGE.value,
                          "the clearing house answered get without exactly one entry")
         return entry_json(entries[0])
+
+
+def _entries(result: Mapping[str, Any], action: str) -> list[dict[str, Any]]:
+    """The entries of the house's answer to ``action``, each a map with its document id; any
+    other shape is the house's fault, said as such (not an error of ours)."""
+    entries = result.get("entries", [])
+    if not isinstance(entries, list) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("entry_hash"), str)
+            for entry in entries):
+        raise Reject(ch.Reason.MALFORMED_MESSAGE.value, f"the clearing house answered {action} "
+                     "with entries that are not entries (maps with an entry_hash)")
+    return entries
 
 
 def _error_json(error: Reject) -> dict[str, Any]:
