@@ -202,7 +202,7 @@ def test_lift_chits_follow_the_decision() -> None:
 
 def test_a_partner_cannot_make_a_lift_chit_good_by_message() -> None:
     chit = c.lift_chit(LINEAR, 0, AB_A).chit
-    assert code_of(c.receive_good, None, chit, AB_B) == "lift_undecided"
+    assert code_of(c.receive_good, None, chit, AB_B, balance=0) == "lift_undecided"
     chain = ch.start(AB_A)  # A holds the stock: the foil's upd carries a lift chit it lacks
     foil = ch.start(AB_B)
     foil, sent = ch.add(foil, chit, AB_B)
