@@ -122,8 +122,8 @@ def page_bytes(conn: sqlite3.Connection, request: QueryRequest) -> int:
     in the row headers: nothing is loaded), so an oversize page is refused unread."""
     where, bounds = _dates(request)
     order = "ASC" if request["sort"] == "asc" else "DESC"
-    row = conn.execute(
-        f"SELECT sum(length(header) + ifnull(length(payload), 0)) FROM (SELECT header, payload"
+    row = conn.execute(  # length() of a column reads the record header, not the blob
+        f"SELECT sum(size) FROM (SELECT length(header) + ifnull(length(payload), 0) AS size"
         f" FROM ch_entries WHERE {where} ORDER BY seq {order} LIMIT ? OFFSET ?)",
         (*bounds, request["size"], (request["page"] - 1) * request["size"]),
     ).fetchone()
