@@ -37,6 +37,7 @@ import trio
 from agentd.logs import event
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Service, Tx
+from agentd.services.credit import lift_views
 from agentd.services.credit.ledger import CreditLedger
 from agentd.services.credit.params import param_amount, param_cuid, param_memo, param_uuid
 from agentd.services.credit.routes import RouteService, param_find
@@ -45,7 +46,7 @@ from protocol import lift as lf
 from protocol import route
 from protocol.envelope import Envelope
 from protocol.errors import Refusal
-from protocol.keys import ChipAddress, b64u, format_hostport
+from protocol.keys import ChipAddress, format_hostport
 from store import lifts
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class LiftService(Service):
                          f"can carry {units} mCHIP now (no path of tallies with that much room "
                          "reaches that user, or that node has no such user)")
         record = await self._start(cuid, "linear", units, found[0], memo, life_ms)
-        return _started(record)
+        return lift_views.started(record)
 
     async def rpc_clear(self, cuid: str, units: int | None = None, memo: str = "",
                         life_s: float | None = None) -> dict:
@@ -135,7 +136,7 @@ class LiftService(Service):
             except Refusal as exc:  # another lift took our first hop meanwhile: look again
                 if exc.code != "over_limit" or attempt == CLEAR_TRIES - 1:
                     raise
-        return {**_started(record), "units": amount}
+        return {**lift_views.started(record), "units": amount}
 
     async def rpc_wait(self, lift: str, timeout_s: float = WAIT_S) -> dict:
         """The lift once it is good or void here, or as it is when ``timeout_s`` passes."""
@@ -160,14 +161,16 @@ class LiftService(Service):
         from the last commit, without waiting for the writer: ``lift.wait`` answers as soon
         as the decision is applied)."""
         lift = param_uuid(lift, "lift")
-        return self.runtime.db.reading(lambda conn: self._show(conn, lift))
+        return self.runtime.db.reading(
+            lambda conn: lift_views.shown(conn, lift, self.ledger.store))
 
     async def rpc_list(self, cuid: str | None = None) -> list[dict]:
         """Lifts this node takes part in (of one user, or all), newest first."""
         who = None if cuid is None else self.ledger.known_user(param_cuid(cuid))
 
         def job(conn: sqlite3.Connection) -> list[dict]:
-            return [self._view(conn, row) for row in lifts.listing(conn, who)]
+            return [lift_views.view(conn, row, self.ledger.store)
+                    for row in lifts.listing(conn, who)]
 
         return await self.runtime.db.write(job)
 
@@ -178,26 +181,6 @@ class LiftService(Service):
         if not 1 <= life_s <= longest:
             raise invalid_params(f"life_s must be seconds from 1 to {longest}")
         return round(life_s * 1000)
-
-    def _show(self, conn: sqlite3.Connection, lift: str) -> dict:
-        row = lifts.get(conn, lift)
-        if row is not None:
-            return self._view(conn, row)
-        refereed = lifts.refereed(conn, lift)  # only refereed here
-        if refereed is None:
-            raise Reject("UNKNOWN_LIFT", f"no lift {lift} on this node")
-        record, decided = refereed
-        return {**_describe(record), "state": decided["state"], "decision": _decision(decided),
-                "chits": []}
-
-    def _view(self, conn: sqlite3.Connection, row: sqlite3.Row) -> dict:
-        record, decided = lifts.record_of(row), lifts.decision_of(row)
-        chits = [{"chit": chit["uuid"], "tally": chit["tally"], "cuid": chit["cuid"],
-                  "state": chit["state"], "units": chit["units"], "by": chit["issuer"]}
-                 for chit in self.ledger.store.lift_chits(conn, row["lift"])]
-        return {**_describe(record), "state": row["state"], "payor": row["payor"],
-                "decision": None if decided is None else _decision(decided),
-                "error": row["error"], "chits": chits}
 
     # -- starting a lift -----------------------------------------------------------------
 
@@ -492,25 +475,6 @@ class LiftService(Service):
             lifts.asked(tx.conn, row["lift"], tx.now_ms)
         due = lifts.next_due(tx.conn)
         return None if due is None else max(due, tx.now_ms + 50)
-
-
-def _describe(record: dict[str, Any]) -> dict[str, Any]:
-    return {"lift": record["lift"], "kind": record["kind"], "units": record["units"],
-            "path": [{"cuid": hop["cuid"], "agent": hop["agent"], "tally": hop.get("tally")}
-                     for hop in record["path"]],
-            "referee": record["referee"]["agent"], "deadline": record["deadline"],
-            "date": record["date"], "memo": record["memo"]}
-
-
-def _decision(decision: dict[str, Any]) -> dict[str, Any]:
-    return {"state": decision["state"], "date": decision["date"],
-            "referee": decision["referee"], "sign": b64u(decision["sign"])}
-
-
-def _started(record: dict[str, Any]) -> dict[str, Any]:
-    return {"lift": record["lift"], "state": lf.PEND, "units": record["units"],
-            "path": _describe(record)["path"], "referee": record["referee"]["agent"],
-            "deadline": record["deadline"]}
 
 
 def _log_lift(tx: Tx, lift: str, state: str, **fields: Any) -> None:

@@ -1,0 +1,58 @@
+"""What ``lift.pay``, ``lift.clear``, ``lift.show`` and ``lift.list`` return: a lift as JSON,
+read from the database (its signed record, its state here, the referee's decision, and this
+node's chits of it)."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from agentd.runtime.context import Reject
+from protocol import lift as lf
+from protocol.keys import b64u
+from store import lifts
+from store.credit import Ledger
+
+
+def started(record: dict[str, Any]) -> dict[str, Any]:
+    """A lift just started here: pending, with its path and referee."""
+    return {"lift": record["lift"], "state": lf.PEND, "units": record["units"],
+            "path": _describe(record)["path"], "referee": record["referee"]["agent"],
+            "deadline": record["deadline"]}
+
+
+def shown(conn: sqlite3.Connection, lift: str, store: Ledger) -> dict[str, Any]:
+    """A lift this node takes part in, or only referees; ``UNKNOWN_LIFT`` otherwise."""
+    row = lifts.get(conn, lift)
+    if row is not None:
+        return view(conn, row, store)
+    refereed = lifts.refereed(conn, lift)
+    if refereed is None:
+        raise Reject("UNKNOWN_LIFT", f"no lift {lift} on this node")
+    record, decided = refereed
+    return {**_describe(record), "state": decided["state"], "decision": _decision(decided),
+            "chits": []}
+
+
+def view(conn: sqlite3.Connection, row: sqlite3.Row, store: Ledger) -> dict[str, Any]:
+    """A lift this node takes part in (its ``lifts`` row), with its chits here."""
+    record, decided = lifts.record_of(row), lifts.decision_of(row)
+    chits = [{"chit": chit["uuid"], "tally": chit["tally"], "cuid": chit["cuid"],
+              "state": chit["state"], "units": chit["units"], "by": chit["issuer"]}
+             for chit in store.lift_chits(conn, row["lift"])]
+    return {**_describe(record), "state": row["state"], "payor": row["payor"],
+            "decision": None if decided is None else _decision(decided),
+            "error": row["error"], "chits": chits}
+
+
+def _describe(record: dict[str, Any]) -> dict[str, Any]:
+    return {"lift": record["lift"], "kind": record["kind"], "units": record["units"],
+            "path": [{"cuid": hop["cuid"], "agent": hop["agent"], "tally": hop.get("tally")}
+                     for hop in record["path"]],
+            "referee": record["referee"]["agent"], "deadline": record["deadline"],
+            "date": record["date"], "memo": record["memo"]}
+
+
+def _decision(decision: dict[str, Any]) -> dict[str, Any]:
+    return {"state": decision["state"], "date": decision["date"],
+            "referee": decision["referee"], "sign": b64u(decision["sign"])}
