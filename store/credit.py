@@ -26,7 +26,7 @@ from typing import Any
 from protocol.chain import Chain
 from protocol.chit import A_GOOD, L_GOOD, LocalChit
 from protocol.codec import pack, unpack
-from protocol.tally import LocalTally
+from protocol.tally import LocalTally, other_side
 
 CACHE_HOLDINGS = 256  # holdings kept in memory; a chain of n chits holds n chit maps
 
@@ -74,8 +74,7 @@ def partner_addresses(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
                         " GROUP BY partner").fetchall()
     found = {}
     for row in rows:
-        other = "foil" if row["side"] == "stock" else "stock"
-        chad = unpack(row["body"])[other]["cert"]["chad"]
+        chad = unpack(row["body"])[other_side(row["side"])]["cert"]["chad"]
         if chad.get("host") is not None:
             found[row["partner"]] = (chad["host"], chad["port"])
     return found

@@ -536,6 +536,11 @@ async def test_bad_signatures_and_strangers_change_nothing(tmp_path):
         over = chit_by(bob_key, tally, t.FOIL, LIMIT + 1)
         message = await send_raw(b, a, "alice", "chit", "good", over, "bob")
         assert (await refusal_of(b, message)).startswith("OVER_LIMIT")
+        # ... nor one carried in the chain, as a good message lost on the way would be
+        carried = chit_by(user_key(a, "alice"), tally, t.STOCK, 2 * LIMIT)  # bob owes 10
+        message = await send_raw(a, b, "bob", "chit", "chain",
+                                 {"cmd": "new", "tally": tally, "chits": [carried]}, "alice")
+        assert (await refusal_of(a, message)).startswith("OVER_LIMIT")
 
         # messages from an agent that is not party to the tally
         for target, action, obj in (

@@ -110,6 +110,12 @@ async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
         await wait_for(lambda: cat.db.read_one("SELECT count(*) FROM peers")[0] > 0)
         assert cat.db.read_one("SELECT 1 FROM peers WHERE agent = ?", (stranger.agent,)) is None
         assert await rpc(cat, "chit.list", cuid="cat", tally=tl["bobcat"]) == []
+        # a promise cat takes teaches it where that lift's referee listens (it asks there)
+        elsewhere = ChipAddress(agent=SigningKey.generate().agent_id, host="192.0.2.8", port=9)
+        taken = await send_raw(bob, cat, "cat", "lift", "promise",
+                               {"record": record(referee=elsewhere), "hop": 0}, "bob")
+        await wait_for(lambda: taken not in bob.pump.live)  # acked: cat took it
+        await wait_for(lambda: cat.address_of(elsewhere.agent) == "192.0.2.8:9")
 
 
 async def test_hostile_route_messages_are_refused_never_our_failure(tmp_path):

@@ -156,6 +156,11 @@ class Runtime(Protocol):
         """Remember a peer's address (configured peers keep theirs)."""
         ...
 
+    def learn_address(self, address: ChipAddress) -> None:
+        """Remember where ``address``'s agent listens, unless we know already (or it is
+        us, or the address names no host)."""
+        ...
+
     def connected(self, agent: str) -> bool:
         """Whether a channel to ``agent`` is open now (a read of the channel table: a
         handler on the writer thread may ask too)."""

@@ -198,6 +198,13 @@ class Node:
             self._peer_names.setdefault(agent, name)
         self.db.submit(lambda conn: peer_store.upsert(conn, agent, name=name, address=address))
 
+    def learn_address(self, address: ChipAddress) -> None:
+        """Remember where ``address``'s agent listens, unless we know already (what we know
+        wins: the config, a ticket, an earlier lesson), or it is us, or it names no host."""
+        if (address.agent != self.agent_id and address.host is not None
+                and address.agent not in self._peer_addresses):
+            self.learn_peer(address.agent, format_hostport(address.host, address.port))
+
     async def forget_peer(self, agent: str) -> None:
         """Drop a peer the operator removed: its address, its name, its stored row."""
         self._peer_addresses.pop(agent, None)

@@ -32,7 +32,7 @@ from protocol import chit as c
 from protocol import tally as t
 from protocol import tally_fields as tf
 from protocol.envelope import Envelope
-from protocol.keys import SigningKey, format_hostport
+from protocol.keys import SigningKey
 from protocol.messages import Send
 from store import credit as credit_store
 from store import users
@@ -133,11 +133,7 @@ class CreditLedger:
         """An open tally's partner is a peer we know from then on (the address its
         certificate gives): the inviter learns it here, as the subject learnt the inviter's
         from the ticket, so neither side's messages are a stranger's (``is_known``)."""
-        partner = local.partner
-        if partner.agent != self.runtime.agent_id and partner.host is not None \
-                and self.runtime.address_of(partner.agent) is None:
-            address = format_hostport(partner.host, partner.port)
-            tx.after_commit(lambda: self.runtime.learn_peer(partner.agent, address))
+        tx.after_commit(lambda: self.runtime.learn_address(local.partner))
 
     def changed_now(self) -> None:
         """A tally changed (committed): wake ``tally.wait`` callers and ``on_change``."""

@@ -46,7 +46,7 @@ from protocol import lift as lf
 from protocol import route
 from protocol.envelope import Envelope
 from protocol.errors import Refusal
-from protocol.keys import ChipAddress, format_hostport
+from protocol.keys import ChipAddress
 from store import lifts
 
 if TYPE_CHECKING:
@@ -225,11 +225,7 @@ class LiftService(Service):
         promise we took, once it is committed: its record is signed by the payor's user on a
         tally we hold, and its pending chits hold capacity, so nobody can make us learn
         referees faster than our limits allow."""
-        node, referee = self.runtime, record["referee"]
-        agent = referee["agent"]
-        if (agent != node.agent_id and referee.get("host") is not None
-                and node.address_of(agent) is None):
-            node.learn_peer(agent, format_hostport(referee["host"], referee["port"]))
+        self.runtime.learn_address(ChipAddress.from_map(record["referee"]))
 
     def _hold(self, tx: Tx, record: dict[str, Any], hop: int, cuid: str, *,
               outgoing: bool, holding: Holding | None = None) -> None:
