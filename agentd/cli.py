@@ -2,11 +2,12 @@
 
 ``agentd -c CONFIG METHOD key=value ...`` sends one JSON-RPC request to the node's control
 socket and prints the result as JSON; each value is parsed as JSON when it parses and taken as
-text otherwise. Problems of the user's making print one line on stderr and exit 2; an error
-answered by the node prints ``{"code", "message"}`` on stderr and exits 1, and so does a
-result ``{"ok": false, ...}`` (a check such as ``receipts.verify`` that found failures: the
-result is still printed on stdout). The usage text and ``agentd help METHOD`` are built from
-the method registry (:mod:`agentd.methods`) and the benchmark list, so they cannot go stale.
+text otherwise, or where its parameter takes only text. Problems of the user's making print one
+line on stderr and exit 2; an error answered by the node prints ``{"code", "message"}`` on
+stderr and exits 1, and so does a result ``{"ok": false, ...}`` (a check such as
+``receipts.verify`` that found failures: the result is still printed on stdout). The usage
+text and ``agentd help METHOD`` are built from the method registry (:mod:`agentd.methods`) and
+the benchmark list, so they cannot go stale.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ def usage() -> str:
     for group, names in grouped().items():
         lines += textwrap.wrap(", ".join(names), width=92, initial_indent=f"  {group:<9} ",
                                subsequent_indent=" " * 12)
-    lines.append("values are JSON when they parse (units=500, owners='[\"a\",\"b\"]')"
-                 " and text otherwise.")
+    lines.append("values are JSON when they parse (units=500, owners='[\"a\",\"b\"]') and"
+                 " text otherwise, or where the parameter takes text (memo=2024).")
     return "\n".join(lines) + "\n"
 
 
@@ -137,7 +138,9 @@ def _main(argv: list[str]) -> int:
         raise UserError(f"'{options.command}' is not a command"
                         f"{did_you_mean(options.command, COMMANDS)}; to call a method on a node "
                         "give its config: agentd -c CONFIG METHOD [key=value ...]")
-    return _rpc(socket_path, options.command, args, human=options.human)
+    human = options.human or any(arg in ("-H", "--human") for arg in args)
+    args = [arg for arg in args if arg not in ("-H", "--human")]  # after the method too
+    return _rpc(socket_path, options.command, args, human=human)
 
 
 def _help(args: list[str]) -> int:
@@ -185,26 +188,57 @@ def _local(command: str, args: list[str]) -> int:
     return sim_main(args)
 
 
-def parse_params(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs: a value is JSON when it parses, text otherwise."""
+def parse_params(pairs: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``key=value`` pairs: a value is JSON when it parses, text otherwise. Returns the
+    values and, for those JSON made something other than text, the text as typed (which
+    :func:`_fit_text` gives a parameter that takes only text)."""
     params: dict[str, Any] = {}
+    typed: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise UserError(f"expected key=value, got {pair!r}")
+        if key in params:
+            raise UserError(f"{key} is given twice ({key}={typed.get(key, params[key])} and "
+                            f"{pair}); give each parameter once")
         try:
             params[key] = json.loads(value)
         except ValueError:
             params[key] = value
-    return params
+        if not isinstance(params[key], str):
+            typed[key] = value
+    return params, typed
+
+
+def _fit_text(socket_path: Path, method: str, params: dict[str, Any],
+              typed: dict[str, str]) -> dict[str, Any]:
+    """``memo=2024`` or ``cuid=123`` mean text: a value JSON read as a number (or true,
+    null, a list) goes as the text typed when its parameter takes text but not that. The
+    node's ``help`` says what each parameter takes; asked only when some value is not text."""
+    from agentd.rpc import RpcError, call
+    from agentd.rpc_types import accepts
+
+    if not typed:
+        return params
+    try:
+        (described,) = call(socket_path, "help", {"method": method})
+    except (RpcError, ValueError):  # an unknown method: the call itself will say so
+        return params
+    hints = {param["name"]: param["type"] for param in described["params"]}
+    fitted = dict(params)
+    for key, text in typed.items():
+        hint = hints.get(key)
+        if hint is not None and accepts(hint, text) and accepts(hint, params[key]) is False:
+            fitted[key] = text
+    return fitted
 
 
 def _rpc(socket_path: Path, method: str, pairs: list[str], *, human: bool = False) -> int:
     from agentd.rpc import RpcError, call
 
-    params = parse_params(pairs)
+    params, typed = parse_params(pairs)
     try:
-        result = call(socket_path, method, params)
+        result = call(socket_path, method, _fit_text(socket_path, method, params, typed))
     except RpcError as exc:
         error: dict[str, Any] = {"code": exc.code, "message": exc.message}
         if exc.reason:

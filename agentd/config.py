@@ -238,6 +238,15 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
+def _unreadable(source: Path, exc: OSError) -> UserError:
+    hint = ""
+    if source.is_dir():
+        inside = source / "agentd.toml"
+        hint = f"; did you mean {inside}?" if inside.is_file() else "; give the config file"
+
+    return UserError(f"{source}: cannot read config file: {exc.strerror}{hint}")
+
+
 def load_config(path: Path | str) -> Config:
     source = Path(path)
     try:
@@ -245,7 +254,7 @@ def load_config(path: Path | str) -> Config:
     except FileNotFoundError as exc:
         raise UserError(f"{source}: config file not found") from exc
     except OSError as exc:
-        raise UserError(f"{source}: cannot read config file: {exc.strerror}") from exc
+        raise _unreadable(source, exc) from exc
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{source}: not valid TOML: {exc}") from exc
     return parse_config(raw, source)
@@ -397,7 +406,7 @@ def control_socket(path: Path | str) -> Path:
     except FileNotFoundError as exc:
         raise UserError(f"{source}: config file not found") from exc
     except OSError as exc:
-        raise UserError(f"{source}: cannot read config file: {exc.strerror}") from exc
+        raise _unreadable(source, exc) from exc
     toml = ""
     try:
         data_dir = tomllib.loads(text).get("node", {}).get("data_dir")

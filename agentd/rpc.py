@@ -241,6 +241,10 @@ async def _unix_listener(path: Path) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
+_START = ("start it with 'agentd up DIR' (in the background) or 'agentd run -c CONFIG' (in the"
+          " foreground)")
+
+
 def call(socket_path: Path, method: str, params: dict[str, Any], timeout: float | None = None
          ) -> Any:
     """Blocking client: one request, one response. Raises RpcError or UserError."""
@@ -250,15 +254,11 @@ def call(socket_path: Path, method: str, params: dict[str, Any], timeout: float 
         try:
             sock.connect(str(socket_path))
         except FileNotFoundError as exc:
-            raise UserError(
-                f"no agentd is running for this config (no control socket at {socket_path});"
-                " start it with 'agentd run -c CONFIG'"
-            ) from exc
+            raise UserError(f"no agentd is running here (no control socket at {socket_path});"
+                            f" {_START}") from exc
         except ConnectionRefusedError as exc:  # the socket file of a node that was killed
-            raise UserError(
-                f"no agentd is running for this config (nothing answers at {socket_path}: the"
-                " node stopped without removing it); start it with 'agentd run -c CONFIG'"
-            ) from exc
+            raise UserError(f"no agentd is running here (nothing answers at {socket_path}: the"
+                            f" node stopped without removing it); {_START}") from exc
         request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
         sock.sendall(json.dumps(request).encode() + b"\n")
         buffer = b""

@@ -53,6 +53,13 @@ def _check(hint: str) -> Check | None:
     return tuple(check for check, _ in kinds), " or ".join(name for _, name in kinds)
 
 
+def accepts(hint: str, value: Any) -> bool | None:
+    """Whether a param with the hint ``hint`` takes ``value``; None when the hint takes
+    anything (or is one this table does not know)."""
+    checked = _check(hint)
+    return None if checked is None else any(check(value) for check in checked[0])
+
+
 def check_params(method: str, signature: inspect.Signature, params: dict[str, Any]) -> str | None:
     """Why ``params`` do not fit ``signature``'s hints (the first misfit), or None."""
     for name, value in params.items():

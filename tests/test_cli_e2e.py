@@ -233,3 +233,27 @@ def test_a_broken_config_still_reaches_the_node_and_text_prints_as_itself(tmp_pa
         assert error["reason"] == "BAD_CONFIG" and "not valid TOML" in error["message"]
         assert cli("-c", str(config), "stop").returncode == 0
         assert processes["n"].wait(timeout=10) == 0
+
+
+def test_values_are_text_where_a_parameter_takes_text_only(tmp_path):
+    """``cuid=123`` names user "123" and ``memo=2024`` is the memo "2024": JSON would read
+    numbers, but those parameters take text; ``limit=500`` stays a number, a value given
+    twice is refused, and ``-H`` may follow the method."""
+    info = init(tmp_path, "n")
+    config = info["config"]
+    with running({"n": info}):
+        added = json.loads(cli("-c", config, "users.add", "cuid=123", "name=2024").stdout)
+        assert added["cuid"] == "123"
+        invited = json.loads(cli("-c", config, "tally.invite", "cuid=123", "limit=500").stdout)
+        shown = json.loads(cli("-c", config, "tally.show", "cuid=123",
+                               f"tally={invited['tally']}").stdout)
+        assert shown["limit"] == 500
+        listed = cli("-c", config, "users.list", "-H").stdout
+        assert listed.split("\n")[0].split() == ["CUID", "NAME", "ADDRESS"]
+        assert listed.split("\n")[1].split()[:2] == ["123", "2024"]
+        twice = cli("-c", config, "users.add", "cuid=a", "cuid=b", check=False)
+        assert twice.returncode == 2 and "cuid is given twice" in twice.stderr
+        assert [user["cuid"] for user in json.loads(cli("-c", config, "users.list").stdout)
+                ] == ["123"]
+        wrong = cli("-c", config, "tally.invite", "cuid=123", "limit=lots", check=False)
+        assert wrong.returncode == 1 and "limit must be" in wrong.stderr
