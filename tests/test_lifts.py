@@ -172,7 +172,17 @@ async def test_a_circular_lift_clears_a_debt_cycle(tmp_path):
         await settled_everywhere(list(users.values()), cleared["lift"], "good")
         await wait_for(lambda: cleared_300(users, ab, bc, ca))
         # No more cycle through ann: bob<->cat is clear.
-        assert (await refused(users["ann"], "lift.clear", cuid="ann")).reason == "NO_CYCLE"
+        none = await refused(users["ann"], "lift.clear", cuid="ann")
+        assert none.reason == "NO_CYCLE" and "mCHIP" not in none.message  # no amount asked
+        assert "can clear 5 mCHIP" in (await refused(users["ann"], "lift.clear", cuid="ann",
+                                                     units=5)).message
+        # a user the node does not have is refused before anything is asked of anyone
+        sent = users["cat"].counters.messages_processed
+        for method, extra in (("lift.pay", {"find": who(users["cat"], "cat"), "units": 5}),
+                              ("lift.clear", {})):
+            error = await refused(users["ann"], method, cuid="nobody", **extra)
+            assert error.reason == "UNKNOWN_USER", error
+        assert users["cat"].counters.messages_processed == sent
 
 
 

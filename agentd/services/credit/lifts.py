@@ -92,7 +92,7 @@ class LiftService(Service):
         tallies: returns at once with the lift pending; ``lift.wait`` tells how it ended.
         ``NO_ROUTE`` when no path can carry ``units`` (checked before anything is promised).
         ``life_s``: seconds the lift may take (1 to 86400; null: ``[lift] life_s``, 120)."""
-        cuid, target = param_cuid(cuid), param_find(find)
+        cuid, target = self.ledger.known_user(param_cuid(cuid)), param_find(find)
         units, memo, life_ms = param_amount(units, "units"), param_memo(memo), self._life(life_s)
         if (target.agent, target.cuid) == (self.runtime.agent_id, cuid):
             raise invalid_params("find is the payor itself: use lift.clear for a circle")
@@ -110,7 +110,8 @@ class LiftService(Service):
         can carry, or ``units``. Every balance on the cycle moves toward zero and nobody's net
         position changes. ``NO_CYCLE`` when no debt cycle passes through the user.
         ``life_s`` as for ``lift.pay``."""
-        cuid, memo, life_ms = param_cuid(cuid), param_memo(memo), self._life(life_s)
+        cuid, memo = self.ledger.known_user(param_cuid(cuid)), param_memo(memo)
+        life_ms = self._life(life_s)
         least = 1 if units is None else param_amount(units, "units")
         return await self.clear(cuid, least, exact=units is not None, memo=memo,
                                 life_ms=life_ms)
@@ -126,8 +127,9 @@ class LiftService(Service):
             found = await self.routes.search_near_first(
                 cuid, self.runtime.own_address(cuid), least, "circular", first=True)
             if not found:
-                raise Reject("NO_CYCLE", f"no debt cycle through {cuid} can clear {least} "
-                             "mCHIP")
+                raise Reject("NO_CYCLE", f"no debt cycle through {cuid}" + (
+                    f" can clear {least} mCHIP" if exact or least > 1 else
+                    " (a circle of tallies on which each user owes the one before)"))
             best = found[0]
             amount = least if exact else best["capacity"]
             try:
