@@ -172,6 +172,9 @@ def encode_ticket(ticket: dict[str, Any]) -> str:
 
 
 def decode_ticket(text: str) -> dict[str, Any]:
+    half = len(text) // 2
+    if text and text[:half] * 2 == text:
+        raise Refusal("bad_ticket", "not a ticket: it is one ticket twice over (pasted twice?)")
     try:
         ticket = unpack(unb64u(text), max_size=4096)
     except (CodecError, IdentityError) as exc:

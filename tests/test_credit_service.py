@@ -477,9 +477,21 @@ async def test_bad_tickets_are_refused_with_the_reason(tmp_path):
         message = await send_raw(b, a, "alice", "tally", "ticket", presented, "bob")
         assert (await refusal_of(b, message)).startswith("EXPIRED")
         once = await rpc(a, "tally.invite", cuid="alice")
-        await rpc(b, "tally.request", cuid="bob", ticket=once["ticket"])
+        first = await rpc(b, "tally.request", cuid="bob", ticket=once["ticket"])
+        # bob presenting it again is taken again until alice offers; then told where it is
+        assert await rpc(b, "tally.request", cuid="bob", ticket=once["ticket"]) == first
         reused = await refused(b, "tally.request", cuid="carol", ticket=once["ticket"])
         assert reused.reason == "BAD_TICKET" and "already used" in reused.message
+        twice = await refused(b, "tally.request", cuid="bob", ticket=once["ticket"] * 2)
+        assert twice.reason == "BAD_TICKET" and "pasted twice" in twice.message
+        offered = await rpc(a, "tally.offer", cuid="alice", tally=once["tally"])
+        presented = {"token": tf.decode_ticket(once["ticket"])["token"],
+                     "cert": tf.make_cert(b.own_address("bob"), "bob", user_key(b, "bob").public,
+                                         0)}  # bob's node itself refuses: the tally is its own
+        message = await send_raw(b, a, "alice", "tally", "ticket", presented, "bob")
+        assert (await refusal_of(b, message)).startswith(
+            f"BAD_TICKET: you used this ticket already: tally {once['tally']} is "
+            f"{offered['state']} at the inviter's node")
         forged = tf.make_ticket(a.own_address("alice"), "guessed-token", a.clock.now_ms() + 60_000)
         unknown = await refused(b, "tally.request", cuid="bob", ticket=tf.encode_ticket(forged))
         assert unknown.reason == "BAD_TICKET" and "never issued" in unknown.message

@@ -304,9 +304,11 @@ class TallyService(Service):
         row = self.ledger.store.get_ticket(tx.conn, token) if isinstance(token, str) else None
         if row is None or row["cuid"] != cuid:
             raise Reject("BAD_TICKET", "no such ticket: it was never issued here")
-        if not row["reuse"] and row["used"]:
-            raise Reject("BAD_TICKET", "this one-time ticket was already used")
         template = self.ledger.holding(tx.conn, row["tally"], cuid)
+        if not row["reuse"] and row["used"]:
+            if self._taken_from(template.local, envelope.from_):
+                return  # presented again by the user who used it: nothing changes
+            raise Reject("BAD_TICKET", "this one-time ticket was already used")
         ticket = {"token": row["token"], "chad": self.runtime.own_address(cuid).to_map(),
                   "expires": row["expires"], "reuse": bool(row["reuse"])}
         subject = envelope.from_
@@ -324,6 +326,20 @@ class TallyService(Service):
         else:
             self.ledger.commit(tx, template, local=local)
         self.ledger.store.use_ticket(tx.conn, row["token"])
+
+    @staticmethod
+    def _taken_from(local: t.LocalTally, subject: ChipAddress) -> bool:
+        """Whether a used one-time ticket was used by ``subject`` and the inviter has not
+        offered yet (so presenting it again is taken, as the first time); once offered, a
+        refusal says where the tally got."""
+        partner = local.tally[local.partner_side]["cert"]
+        chad = partner["chad"] if partner is not None else {}
+        if (chad.get("agent"), chad.get("cuid")) != (subject.agent, subject.cuid):
+            return False
+        if local.state == "P.draft":
+            return True
+        raise Reject("BAD_TICKET", f"you used this ticket already: tally {local.uuid} is "
+                     f"{local.state} at the inviter's node (tally.list shows it once offered)")
 
     def _on_offer(self, tx: Tx, envelope: Envelope, cuid: str) -> None:
         obj = envelope.object
