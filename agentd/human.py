@@ -18,6 +18,8 @@ COLUMNS = {
     "users.list": ("cuid", "name", "address"),
     "receipts.list": ("pid", "seq", "kind", "status", "document_id"),
     "chit.list": ("chit", "by", "type", "units", "state", "index", "memo"),
+    "route.find": ("capacity", "path"),
+    "lift.list": ("lift", "kind", "state", "units", "deadline", "path"),
 }
 TIMESTAMPS = ("last_seen", "date", "received", "timestamp", "expires", "deadline")
 
@@ -76,6 +78,9 @@ def _scalar(key: str, value: Any) -> str:
         return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
     if key == "uptime_s" and isinstance(value, int | float):
         return str(datetime.timedelta(seconds=round(value)))
+    if key == "path" and isinstance(value, list) and all(isinstance(hop, dict) for hop in value):
+        # a route's or a lift's users, each with the start of its node's agent id
+        return " -> ".join(f"{hop.get('cuid')}@{str(hop.get('agent'))[:8]}" for hop in value)
     if isinstance(value, list):
         return ", ".join(_scalar("", item) for item in value) or "-"
     return str(value)

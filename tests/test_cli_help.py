@@ -130,6 +130,10 @@ def test_human_output():
     tallies = render("tally.list", [{"tally": "T", "state": "open", "chain": {"index": 2}}])
     assert tallies.splitlines()[1].split() == ["T", "-", "-", "open", "-", "-", "-", "2", "-"]
     assert render("tally.list", []) == "(none)\n"
+    routes = render("route.find", [{"path": [{"cuid": "ann", "agent": "A" * 43},
+                                             {"cuid": "cyd", "agent": "C" * 43}],
+                                    "capacity": 700}])
+    assert routes.splitlines() == ["CAPACITY  PATH", "700       ann@AAAAAAAA -> cyd@CCCCCCCC"]
 
 
 def test_a_mistyped_name_gets_the_names_it_is_close_to():
