@@ -96,6 +96,15 @@ async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
                                               "address": "127.0.0.1:7904"})
         assert broken.value.reason == "BAD_CONFIG"
         assert path.read_text() == before + "\n[nodes]\n"
+        path.write_text(before)
+
+        # removing the last peer leaves no "peers = []" behind, and the next add is a table
+        await node.rpc.call("peers.remove", {"agent": CAROL})
+        assert "peers" not in path.read_text()
+        await node.rpc.call("peers.add", {"name": "dave", "agent": DAVE,
+                                          "address": "127.0.0.1:7904"})
+        text = path.read_text()
+        assert text.startswith("# alice's node") and "\n[[peers]]\nname = \"dave\"" in text
         node.stop()
 
 

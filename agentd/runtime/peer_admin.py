@@ -102,6 +102,8 @@ class PeerAdmin:
             document.add(tomlkit.nl())
             document.add("peers", tomlkit.aot())
         change = edit(document["peers"])
+        if not document["peers"]:  # tomlkit writes an emptied [[peers]] as "peers = []",
+            del document["peers"]  # and the next add as an inline array, at the file's top
         text = tomlkit.dumps(document)
         try:
             parse_config(tomlkit.parse(text).unwrap(), path)
