@@ -277,12 +277,20 @@ def _check_limit(
     limit = local.tally[payee]["terms"]["limit"]
     if after > limit:
         held = f" ({reserved} of it reserved by pending lift chits)" if reserved else ""
+        payer_name, payee_name = _user(local, chit["by"]), _user(local, payee)
+        fits = max(limit - after + chit["units"], 0)
         raise Refusal(
             "over_limit",
-            f"{chit['units']} would bring the {chit['by']} side's debt to {after}{held}, "
-            f"past the {payee} side's limit of {limit}",
+            f"{chit['units']} would bring {payer_name}'s debt to {payee_name} to {after}{held},"
+            f" past {payee_name}'s limit of {limit}: at most {fits} fits now",
         )
     return before
+
+
+def _user(local: LocalTally, side: str) -> str:
+    """The user holding ``side`` of the tally, as error messages name it."""
+    cert = local.tally[side]["cert"]
+    return f"{cert['chad']['cuid']} ({side})" if cert is not None else f"the {side} side"
 
 
 def _check_room(

@@ -80,7 +80,8 @@ def test_a_payment_past_the_payees_limit_is_refused_before_it_is_signed() -> Non
     assert pay(BOB_TALLY, 1_000, balance=-9_000).state == c.L_GOOD
     caught = refusal(pay, BOB_TALLY, 1_001, balance=-9_000)
     assert caught.code == "over_limit"
-    assert "10000" in caught.message
+    assert caught.message == ("1001 would bring bob (foil)'s debt to alice (stock) to 10001, "
+                              "past alice (stock)'s limit of 10000: at most 1000 fits now")
     # The other way round it is Bob's limit that counts.
     assert pay(ALICE_TALLY, 10_000, balance=0).state == c.L_GOOD
     assert refusal(pay, ALICE_TALLY, 10_001, balance=0).code == "over_limit"

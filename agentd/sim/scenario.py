@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from agentd.configs_dir import configs_dir
-from agentd.errors import UserError
+from agentd.errors import UserError, did_you_mean
 
 TOPOLOGIES = ("ring", "random", "explicit", "full")
 # the keys each [[traffic]] kind takes besides ``kind`` (a new kind adds its line here)
@@ -82,7 +82,7 @@ class _Errors:
     def unknown(self, table: dict, known: tuple[str, ...], where: str) -> None:
         for key in sorted(set(table) - set(known)):
             self.add(f"{where}.{key}" if where else key,
-                     f"is not a known key (known: {', '.join(known)})")
+                     f"is not a known key{did_you_mean(key, known)} (known: {', '.join(known)})")
 
     def integer(self, table: dict, key: str, where: str, default: int, low: int = 1,
                 high: int | None = None) -> int:

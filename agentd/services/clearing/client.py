@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from agentd.errors import did_you_mean
 from agentd.rpc import TIMEOUT, RpcError, invalid_params, jsonable
 from agentd.runtime.context import Reject, Tx
 from agentd.services.clearing.answers import Answers
@@ -334,12 +335,16 @@ class Evidence:
             raise invalid_params(f"entries must be a list of 1 to {MAX_RPC_BATCH} objects")
         objs = []
         for index, entry in enumerate(entries):
-            if not isinstance(entry, dict) or not entry.keys() >= _LOG_REQUIRED:
+            if not isinstance(entry, dict):
                 raise invalid_params(f"entries[{index}] must be an object with pid and payload")
-            unknown = entry.keys() - _LOG_PARAMS
+            unknown = sorted(entry.keys() - _LOG_PARAMS)
             if unknown:
-                raise invalid_params(f"entries[{index}] has unknown keys: "
-                                     f"{', '.join(sorted(unknown))}")
+                raise invalid_params(f"entries[{index}] has unknown key {unknown[0]!r}"
+                                     f"{did_you_mean(unknown[0], _LOG_PARAMS)} (it takes "
+                                     f"{', '.join(sorted(_LOG_PARAMS))})")
+            missing = sorted(_LOG_REQUIRED - entry.keys())
+            if missing:
+                raise invalid_params(f"entries[{index}] has no {missing[0]}")
             try:
                 objs.append(self._log_object(**entry))
             except RpcError as exc:

@@ -318,6 +318,10 @@ class RouteService(Service):
 
 
 def param_find(value: Any) -> ChipAddress:
+    if isinstance(value, str) and ":" not in value and "@" not in value:
+        raise invalid_params(f"find {value!r} names no node: give cuid:agent (the agent id of "
+                             "the user's node, which its users.list address shows) or "
+                             "cuid:agent@host:port")
     try:
         found = ChipAddress.parse(value) if isinstance(value, str) else None
     except (IdentityError, ValueError) as exc:
