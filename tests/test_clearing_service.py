@@ -308,9 +308,9 @@ async def test_ch_log_many_answers_each_entry_in_order_under_one_signature(tmp_p
             ([{"pid": "x"}], "entries[0] has no payload"),
             (["x"], "entries[0] must be an object with pid and payload"),
             ([{"pid": "x", "payload": "a"}, {"pid": "x", "payload": "b", "loud": 1}],
-             "entries[1] has unknown key 'loud' (it takes header, mode, payload,"),
+             "entries[1] has unknown key 'loud'; an entry takes header, mode, payload,"),
             ([{"pid": "x", "paylod": "a"}],
-             "entries[0] has unknown key 'paylod' (did you mean payload?)"),
+             "entries[0] has unknown key 'paylod' (did you mean payload"),
             ([{"pid": "x", "payload": "a", "mode": "loud"}], "entries[0]: log mode 'loud'"),
         ):
             with pytest.raises(RpcError) as info:

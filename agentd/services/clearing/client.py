@@ -340,8 +340,8 @@ class Evidence:
             unknown = sorted(entry.keys() - _LOG_PARAMS)
             if unknown:
                 raise invalid_params(f"entries[{index}] has unknown key {unknown[0]!r}"
-                                     f"{did_you_mean(unknown[0], _LOG_PARAMS)} (it takes "
-                                     f"{', '.join(sorted(_LOG_PARAMS))})")
+                                     f"{did_you_mean(unknown[0], _LOG_PARAMS)}; an entry takes"
+                                     f" {', '.join(sorted(_LOG_PARAMS))}")
             missing = sorted(_LOG_REQUIRED - entry.keys())
             if missing:
                 raise invalid_params(f"entries[{index}] has no {missing[0]}")
