@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[test,report]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
+	chmod 600 configs/local/dev-keys/*.key  # git keeps no mode but x: agentd warns at 0644
 
 demo: $(STAMP)
 	$(VENV)/bin/agentd demo

@@ -356,7 +356,11 @@ class Evidence:
     async def rpc_query(self, pid: str, page: int | None = None, size: int | None = None,
                         sort: str | None = None, date_from: int | str | None = None,
                         date_to: int | str | None = None) -> dict:
-        """One page of ``pid``'s entries by seq (newest first unless ``sort=asc``)."""
+        """One page of ``pid``'s entries by seq (newest first unless ``sort=asc``).
+
+        A null leaves the clearing house's default: ``page`` 1 (from 1), ``size`` 100 (at
+        most 1000), ``sort`` desc; ``date_from``/``date_to`` bound the entries' timestamps
+        (ms since the epoch, or a day as YYYY-MM-DD, inclusive)."""
         params = {"page": page, "size": size, "sort": sort, "date_from": date_from,
                   "date_to": date_to}
         obj = {"pid": pid, **{k: v for k, v in params.items() if v is not None}}
