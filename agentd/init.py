@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import tomlkit
@@ -41,6 +42,24 @@ def config_document(name: str, listen: str, network: str, advertise: str | None 
     return doc
 
 
+def _check_siblings(directory: Path, listen: str) -> None:
+    """Refuse the listen address of a node beside this one (``agentd up`` of the parent
+    directory starts them all, and the second could not bind). Every-interface addresses
+    are left alone: nodes for several hosts may share one port."""
+    if listens_everywhere(listen) or listen.endswith(":0"):
+        return
+    for other in sorted(directory.parent.glob("*/agentd.toml")):
+        if other.parent.resolve() == directory.resolve():
+            continue
+        try:
+            theirs = tomllib.loads(other.read_text(encoding="utf-8")).get("node", {}).get("listen")
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+            continue
+        if theirs == listen:
+            raise UserError(f"--listen {listen} is the address of {other} already ('agentd up "
+                            f"{other.parent.parent}' could not start both): pick another port")
+
+
 def init_node(directory: Path, name: str, listen: str, network: str,
               advertise: str | None = None) -> dict:
     try:
@@ -60,6 +79,7 @@ def init_node(directory: Path, name: str, listen: str, network: str,
     config_path = directory / "agentd.toml"
     if config_path.exists():
         raise UserError(f"{config_path}: already exists; refusing to overwrite it")
+    _check_siblings(directory, listen)
     key = SigningKey.generate()
     write_key(directory / "data" / "agent.key", key)
     config_path.write_text(tomlkit.dumps(config_document(name, listen, network, advertise)),

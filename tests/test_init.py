@@ -29,3 +29,15 @@ def test_a_node_on_every_interface_advertises_where_peers_dial_it(tmp_path):
     assert made["address"] == f"{made['agent']}@node-a.example:7301"
     config = load_config(made["config"])
     assert (config.listen, config.advertise) == ("0.0.0.0:7301", "node-a.example:7301")
+
+
+def test_a_port_a_node_beside_it_listens_on_is_refused(tmp_path):
+    init_node(tmp_path / "n1", "n1", "127.0.0.1:7301", "agentd")
+    with pytest.raises(UserError, match=r"--listen 127\.0\.0\.1:7301 is the address of .*n1/"
+                                        r"agentd\.toml already"):
+        init_node(tmp_path / "n2", "n2", "127.0.0.1:7301", "agentd")
+    assert not (tmp_path / "n2").exists()  # nothing written
+    init_node(tmp_path / "n2", "n2", "127.0.0.1:7302", "agentd")
+    # nodes for several hosts may share a port on every interface
+    init_node(tmp_path / "h1", "h1", "0.0.0.0:7400", "agentd", advertise="10.0.0.1:7400")
+    init_node(tmp_path / "h2", "h2", "0.0.0.0:7400", "agentd", advertise="10.0.0.2:7400")
