@@ -243,7 +243,6 @@ def _unreadable(source: Path, exc: OSError) -> UserError:
     if source.is_dir():
         inside = source / "agentd.toml"
         hint = f"; did you mean {inside}?" if inside.is_file() else "; give the config file"
-
     return UserError(f"{source}: cannot read config file: {exc.strerror}{hint}")
 
 
