@@ -51,7 +51,8 @@ Public API:
 Transitions return ``(LocalChit, sends)``: typed ``protocol.messages.Send`` events with target
 ``chit``, from our user to the tally partner (``protocol.tally.to_partner``). Refusals
 (``protocol.tally.Refusal``) add the codes ``over_limit``, ``closing``, ``not_party`` (a lift
-hop whose users are not this tally's) and ``lift_undecided`` to the tally's.
+hop whose users are not this tally's), ``lift_undecided`` and ``awaiting_lift`` (both: early,
+not wrong) to the tally's.
 """
 
 from __future__ import annotations
@@ -413,12 +414,16 @@ def receive_pend(local_chit: LocalChit | None, obj: Any, local: LocalTally) -> S
 
 
 def receive_good(local_chit: LocalChit | None, obj: Any, local: LocalTally, *,
-                 balance: int) -> Step:
+                 balance: int, paying: int = 0) -> Step:
     """The partner pays: directly, or by signing our invoice (then it must be that invoice).
     ``balance`` (our holding's, before this chit) must leave room under our limit on the
     partner's debt, as the partner checked before it signed: our view of that debt is never
     above its own (what raises it, the partner signs or accepts first; pending lift chits it
-    counts as spent), so an honest chit always fits and only a forged ledger is refused."""
+    counts as spent), so an honest chit always fits and only a forged ledger is refused. But
+    for one case: ``paying``, what our pending lift chits on this tally pay the partner, is
+    off its debt in its view once it has applied their lift's ``good`` and before we have. A
+    chit that fits only then is ``awaiting_lift`` (early: taken once we apply it too), not
+    ``over_limit``."""
     state = _next(local_chit.state if local_chit else None, "got good")
     _require_tally(local, RECEIVE_STATES)
     check_chit(obj, local.tally, signed=True)
@@ -431,7 +436,14 @@ def receive_good(local_chit: LocalChit | None, obj: Any, local: LocalTally, *,
         raise _bad("by", f"of a chit we receive must be the partner's side, {local.partner_side}")
     if local_chit is not None and obj["hash"] != local_chit.chit["hash"]:
         raise _bad("hash", f"differs from our invoice {local_chit.uuid}")
-    _check_limit(local, obj, balance)
+    try:
+        _check_limit(local, obj, balance)
+    except Refusal as over:
+        if not paying:
+            raise
+        _check_limit(local, obj, balance - paying)  # still over: over_limit, as it is
+        raise Refusal("awaiting_lift", f"{over.message}, until our pending lift chits of "
+                      f"{paying} to the partner are good here, as they may be there") from over
     return LocalChit(state, obj), []
 
 

@@ -242,6 +242,14 @@ def test_a_partners_chit_past_our_limit_is_refused_though_its_signature_is_good(
     assert c.receive_good(None, fits, BOB_TALLY, balance=limit - 30)[0].state == c.A_GOOD
     refused = refusal(c.receive_good, None, fits, BOB_TALLY, balance=limit - 29)
     assert refused.code == "over_limit" and f"limit of {limit}" in refused.message
+    # Bob's own pending lift chits to Alice (paying 9) may be good in Alice's view already:
+    # a chit that fits once they are is early, one that would not fit even then is refused
+    early = refusal(c.receive_good, None, fits, BOB_TALLY, balance=limit - 29, paying=9)
+    assert early.code == "awaiting_lift" and "pending lift chits of 9" in early.message
+    assert refusal(c.receive_good, None, fits, BOB_TALLY, balance=limit - 20,
+                   paying=9).code == "over_limit"
+    assert c.receive_good(None, fits, BOB_TALLY, balance=limit - 30, paying=9)[0].state == (
+        c.A_GOOD)
 
 
 def test_the_partners_chits_are_taken_in_every_binding_state_but_never_issued_after_close(

@@ -186,6 +186,43 @@ async def test_a_circular_lift_clears_a_debt_cycle(tmp_path):
 
 
 
+async def test_a_payment_into_room_a_lift_freed_waits_for_a_partner_still_pending(tmp_path):
+    """p owes q the whole limit; q pays p 4,000 by a lift, whose decision reaches p first.
+    p pays q 4,000 back into the room it sees: q, still holding the lift chit pending, takes
+    that chit once its own decision comes, not refuses it as over its limit."""
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        _, pn, qn = net.nodes
+        await rpc(pn, "users.add", cuid="p")
+        await rpc(qn, "users.add", cuid="q")
+        tally = await open_tally(pn, "p", qn, "q", limit=10_000)
+        await rpc(pn, "chit.pay", cuid="p", tally=tally, units=10_000)
+        await wait_for(lambda: balance(qn, "q", tally) == 10_000)
+        lifts = qn.dispatcher.services["lift"]
+        handle, held = lifts.handle, []
+
+        def holding_decisions(tx, envelope):  # q's decision is late: its sender resends it
+            if envelope.action == "decision" and not held:
+                raise NotYet("the test holds q's decision")
+            return handle(tx, envelope)
+
+        lifts.handle = holding_decisions
+        started = await rpc(qn, "lift.pay", cuid="q", find=who(pn, "p"), units=4_000)
+        await wait_for(lambda: tuple(pn.db.read_one("SELECT state FROM lifts WHERE lift = ?",
+                                                    (started["lift"],)) or ()) == ("good",))
+        assert reserved(qn, "q", tally) == (0, 4_000)  # still pending at q
+        deferred = qn.counters.deferred
+        paid = await rpc(pn, "chit.pay", cuid="p", tally=tally, units=4_000)
+        await wait_for(lambda: qn.counters.deferred > deferred + 1)  # the chit, and the decision
+        assert pn.db.read_one("SELECT count(*) FROM outbox WHERE state = 'failed'")[0] == 0
+        held.append(True)
+        await wait_for(lambda: agreed(pn, "p", qn, "q", tally, 3), timeout=30)
+        assert balance(qn, "q", tally) == 10_000
+        chits = {row["chit"]: row for row in await rpc(pn, "chit.list", cuid="p", tally=tally)}
+        assert chits[paid["chit"]]["state"] == "L.good" and chits[paid["chit"]]["error"] is None
+        assert (await rpc(pn, "tally.show", cuid="p", tally=tally)).get("error") is None
+        assert pn.db.read_one("SELECT count(*) FROM outbox WHERE state = 'failed'")[0] == 0
+
+
 async def test_pending_lift_chits_hold_capacity_until_decided(tmp_path):
     """A lift the referee cannot decide yet (it is down) holds its capacity: a payment that
     would use it is OVER_LIMIT, a second lift finds no route; once the referee is back past

@@ -181,8 +181,7 @@ class ChitService(Service):
         known = self.ledger.store.get_chit(tx.conn, holding.local.uuid, cuid, chit_uuid)
         try:
             if action == "good":
-                received, _ = c.receive_good(known, obj, holding.local,
-                                             balance=holding.balance)
+                received = _receive_good(known, obj, holding, holding.balance)
             elif action == "pend":
                 received, _ = c.receive_pend(known, obj, holding.local)
                 self._room_for_invoice(tx, holding, cuid)
@@ -228,7 +227,7 @@ class ChitService(Service):
         delta = 0
         for chit in received.adopted:
             known = self.ledger.store.get_chit(tx.conn, chit["tally"], holding.cuid, chit["uuid"])
-            got, _ = c.receive_good(known, chit, holding.local, balance=holding.balance + delta)
+            got = _receive_good(known, chit, holding, holding.balance + delta)
             self.ledger.log(tx, holding.local, "chit.good", got.chit, ref=got.uuid)
             adopted.append(got)
             delta += c.effect(got.chit, holding.local.side)
@@ -263,3 +262,18 @@ class ChitService(Service):
         if action in ("good", "pend", "void") and isinstance(obj.get("uuid"), str):
             self.ledger.store.set_chit_error(tx.conn, tally_uuid, cuid, obj["uuid"], reason)
 
+
+
+def _receive_good(known: c.LocalChit | None, chit: Any, holding: Holding,
+                  balance: int) -> c.LocalChit:
+    """``protocol.chit.receive_good`` on ``holding``; a chit it finds ``awaiting_lift`` (it
+    fits once a lift's decision the partner has applied reaches us too) is left unacked
+    (``NotYet``) and taken when it comes again."""
+    try:
+        received, _ = c.receive_good(known, chit, holding.local, balance=balance,
+                                     paying=holding.lift_out)
+    except Refusal as exc:
+        if exc.code == "awaiting_lift":
+            raise NotYet(exc.message) from exc
+        raise
+    return received
