@@ -152,14 +152,17 @@ class ChitService(Service):
 
     async def rpc_chits(self, cuid: str, tally: str) -> list[dict]:
         """The tally's chits from the user's side, in chain order (unlinked ones last):
-        ``by`` is the issuer (the payer), ``index``/``hash`` its block in the chain."""
+        ``by`` is the issuer (the payer), ``index``/``hash`` its block in the chain, ``error``
+        the partner's refusal of it while the partner has not confirmed its block (a refusal
+        the chain's repair overcame is no longer shown)."""
         cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
-        self.ledger.tally_row(cuid, tally_uuid)
+        confirmed = self.ledger.tally_row(cuid, tally_uuid)["chain_conf"] or 0
         return [
             {"chit": row["uuid"], "by": row["issuer"], "type": row["type"],
              "units": row["units"], "state": row["state"], "index": row["chain_index"],
              "hash": None if row["chain_hash"] is None else b64u(row["chain_hash"]),
-             "memo": row["memo"], "date": row["date"], "error": row["error"],
+             "memo": row["memo"], "date": row["date"],
+             "error": _unconfirmed(row["error"], row["chain_index"], confirmed),
              "lift": row["lift"]}
             for row in self.runtime.db.reading(
                 lambda conn: credit_store.list_chits(conn, tally_uuid, cuid))
@@ -262,6 +265,10 @@ class ChitService(Service):
         if action in ("good", "pend", "void") and isinstance(obj.get("uuid"), str):
             self.ledger.store.set_chit_error(tx.conn, tally_uuid, cuid, obj["uuid"], reason)
 
+
+def _unconfirmed(error: str | None, index: int | None, confirmed: int) -> str | None:
+    """A chit's error as shown: the partner's refusal matters until it confirms the block."""
+    return None if index is not None and index <= confirmed else error
 
 
 def _receive_good(known: c.LocalChit | None, chit: Any, holding: Holding,
