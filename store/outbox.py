@@ -55,6 +55,13 @@ def delete(conn: sqlite3.Connection, ids: Iterable[bytes]) -> int:
     return conn.executemany("DELETE FROM outbox WHERE id = ?", ((i,) for i in ids)).rowcount
 
 
+def prune_failed(conn: sqlite3.Connection, older_than_ms: int) -> int:
+    """Forget messages the peer refused for good that were made before ``older_than_ms``:
+    their rows say why (``error``) for a while, not for ever."""
+    return conn.execute("DELETE FROM outbox WHERE state = 'failed' AND created < ?",
+                        (older_than_ms,)).rowcount
+
+
 def mark_failed(conn: sqlite3.Connection, message_id: bytes, error: str) -> OutboxRow | None:
     row = conn.execute(
         "UPDATE outbox SET state = 'failed', error = ? WHERE id = ? AND state = 'pending'"

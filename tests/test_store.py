@@ -540,6 +540,19 @@ async def test_inbox_prune(tmp_path: Path) -> None:
         assert await db.write(lambda c: inbox.claim(c, bytes(16), "p", 999)) is True
 
 
+async def test_refused_outbox_rows_are_pruned_and_pending_ones_kept(tmp_path: Path) -> None:
+    async with Database.open(tmp_path / "prune.db") as db:
+        for i in range(4):
+            await db.write(lambda c, i=i: outbox.enqueue(
+                c, message_id=bytes([i]) * 16, peer="p", address=None, target="node",
+                action="ping", body=b"x", now_ms=i * 100))
+        for i in (0, 1, 3):
+            await db.write(lambda c, i=i: outbox.mark_failed(c, bytes([i]) * 16, "NO: no"))
+        assert await db.write(lambda c: outbox.prune_failed(c, 250)) == 2  # 0 and 1
+        rows = db.read("SELECT id, state FROM outbox ORDER BY seq")
+        assert [(row["id"][0], row["state"]) for row in rows] == [(2, "pending"), (3, "failed")]
+
+
 def _enqueue(conn: sqlite3.Connection, i: int, peer: str = "bob") -> None:
     outbox.enqueue(
         conn,

@@ -46,7 +46,7 @@ from agentd.services.ping import PingService
 from agentd.services.relay.service import RelayService
 from agentd.services.users import Users
 from protocol.keys import ChipAddress, SigningKey, format_hostport, parse_hostport
-from store import Database, DatabaseError, inbox
+from store import Database, DatabaseError, inbox, outbox
 from store import credit as credit_store
 from store import peers as peer_store
 
@@ -277,11 +277,14 @@ class Node:
         nursery.start_soon(Ticker(MAINTENANCE_INTERVAL, self._maintenance, immediately=True).run)
 
     async def _maintenance(self) -> bool:
-        """At start and hourly: forget processed-message ids older than the dedup window."""
+        """At start and hourly: forget processed-message ids older than the dedup window, and
+        our messages peers refused for good as long ago (their reasons are in the log)."""
         cutoff = self.clock.now_ms() - INBOX_RETENTION_MS
-        pruned = await self.db.write(lambda conn: inbox.prune(conn, cutoff))
-        if pruned:
-            log.info("pruned %d inbox ids older than 30 days", pruned)
+        ids, refused = await self.db.write(
+            lambda conn: (inbox.prune(conn, cutoff), outbox.prune_failed(conn, cutoff)))
+        if ids or refused:
+            log.info("pruned %d inbox ids and %d refused outbox messages older than 30 days",
+                     ids, refused)
         return True
 
     async def _load_peers(self) -> None:
