@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import sqlite3
 
 import trio
 
@@ -129,3 +130,15 @@ async def test_a_message_whose_ack_is_lost_is_resent_and_processed_once(tmp_path
         with trio.fail_after(10):  # the acked row is deleted with the next batch of deletes
             while sender.db.read_one("SELECT count(*) FROM outbox")[0]:
                 await trio.sleep(0.01)
+
+
+async def test_a_clean_stop_deletes_the_rows_of_messages_already_acked(tmp_path):
+    """Acked rows are deleted a fraction of a second later, several in one commit; a stop in
+    that fraction deletes them too, so the next start sends nothing again."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await a.rpc.call("peers.ping", {"agent": b.agent_id, "count": 5})
+        path = a.config.db_path
+        await net.stop(0)  # at once: within the flusher's wait
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0

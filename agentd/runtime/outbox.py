@@ -221,13 +221,20 @@ class OutboxPump:
     async def _ack_flusher(self) -> None:
         """Deletes acked rows in one commit per ``ACK_DELETE_S``: a commit (and an fsync)
         fewer per message sent. A crash before it only makes the next run send those
-        messages again, and their recipients ack the duplicates."""
-        while True:
-            await self._acked_event.wait()
-            await trio.sleep(ACK_DELETE_S)
-            self._acked_event = trio.Event()
-            ids, self._acked = self._acked, []
-            self.node.db.submit(lambda conn, ids=ids: outbox.delete(conn, ids))
+        messages again, and their recipients ack the duplicates; a clean stop deletes them."""
+        try:
+            while True:
+                await self._acked_event.wait()
+                await trio.sleep(ACK_DELETE_S)
+                self._acked_event = trio.Event()
+                self._delete_acked()
+        finally:  # cancelled by the stop: the database takes this job before it closes
+            self._delete_acked()
+
+    def _delete_acked(self) -> None:
+        ids, self._acked = self._acked, []
+        if ids:
+            self.node.db.submit(lambda conn: outbox.delete(conn, ids))
 
     def _release(self, peer: str) -> None:
         self._unacked[peer] -= 1
