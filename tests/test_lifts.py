@@ -83,6 +83,9 @@ async def test_a_linear_lift_pays_across_three_hops_all_good(tmp_path):
         done = await rpc(ann, "lift.wait", lift=started["lift"], timeout_s=20)
         assert done["state"] == "good", done
         await settled_everywhere(list(u.values()), started["lift"], "good")
+        for node in u.values():  # waiting on a decided lift leaves nothing behind
+            assert (await rpc(node, "lift.wait", lift=started["lift"]))["state"] == "good"
+            assert started["lift"] not in node.dispatcher.services["lift"]._settled
         # ann paid 700, dan got 700, bob and cat passed it on: each tally moved 700.
         for tally, (payer, payee) in {tl["annbob"]: ("ann", "bob"), tl["bobcat"]: ("bob", "cat"),
                                       tl["catdan"]: ("cat", "dan")}.items():

@@ -152,7 +152,9 @@ class LiftService(Service):
         except Refusal:
             self._settled.pop(lift, None)
             raise
-        if shown["state"] != lf.PEND:
+        if shown["state"] != lf.PEND:  # decided before we came: nobody waits on this event
+            if self._settled.get(lift) is event:
+                del self._settled[lift]
             return shown
         with trio.move_on_after(timeout_s):
             await event.wait()
