@@ -154,3 +154,40 @@ async def test_route_messages_for_a_peer_far_behind_are_not_queued(tmp_path):
         assert len(queue) == EPHEMERAL_QUEUE + 1 and queue[-1].id == durable["id"]
         assert node.counters.outbox_dropped == 5
         assert node.pump.depth == EPHEMERAL_QUEUE + 1
+
+
+async def test_a_stranger_answered_once_leaves_no_sender_behind(tmp_path, monkeypatch):
+    """Each peer we send to has a sender task (and a queue, a window, a round trip): once it
+    has had nothing to send or await for a while, all of it goes, so strangers that ping once
+    and leave do not each keep a task for the life of the node; a known peer's round trip
+    stays."""
+    from agentd.runtime import outbox as pump
+
+    monkeypatch.setattr(pump, "SENDER_IDLE_S", 0.3)
+    async with network(tmp_path, n=2) as net:
+        node, friend = net.nodes
+        await node.rpc.call("peers.ping", {"agent": friend.agent_id})
+        for _ in range(20):
+            rogue = await Rogue.join(node.port, node.agent_id)
+            await rogue.send_frames([pack(rogue.envelope(node.agent_id))])
+            pongs: list = []
+            while not pongs:
+                pongs = [f for f in await rogue.receive() if isinstance(f, Envelope)]
+            await rogue.send_frames([pack({"v": 1, "ack": pong.id}) for pong in pongs])
+            await wait_for(lambda: not node.pump.live)
+            await rogue.aclose()
+        await wait_for(lambda: not node.pump._queues, timeout=5)
+        assert not node.pump._unacked and not node.pump._wake
+        assert set(node.pump.round_trips) <= {friend.agent_id}
+        assert sum(task.name.endswith("_sender") for task in _tasks()) == 0
+        await node.rpc.call("peers.ping", {"agent": friend.agent_id})  # a new sender starts
+
+
+def _tasks() -> list:
+    """Every task of this Trio run."""
+    found, todo = [], [trio.lowlevel.current_root_task()]
+    while todo:
+        task = todo.pop()
+        found.append(task)
+        todo += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
+    return found

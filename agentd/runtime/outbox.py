@@ -40,6 +40,7 @@ ACK_DELETE_S = 0.2  # acked rows wait this long, to be deleted together
 WINDOW = 1024  # unacked messages per peer: keeps ack latency, and so timeouts, meaningful
 STRANGER_QUEUE = 256  # replies waiting to go to one peer we do not know; past it the oldest go
 EPHEMERAL_QUEUE = 4096  # messages waiting for one peer past which an ephemeral one is not queued
+SENDER_IDLE_S = 60.0  # a peer's sender ends after this long with nothing to send or await
 
 
 def ack_timeout(tries: int, rto: float = ACK_TIMEOUT_MIN) -> float:
@@ -254,11 +255,18 @@ class OutboxPump:
     # -- sending -------------------------------------------------------------------------
 
     async def _sender(self, peer: str) -> None:
+        """Send ``peer``'s queue, dialling as needed, until it has been idle ``SENDER_IDLE_S``
+        with nothing unacked: then its task and state go (``_retire``), so every stranger we
+        ever answered does not keep a task; the next message for it starts another."""
         queue = self._queues[peer]
         while True:
             while not queue:
                 self._wake[peer] = trio.Event()
-                await self._wake[peer].wait()
+                with trio.move_on_after(SENDER_IDLE_S):
+                    await self._wake[peer].wait()
+                if not queue and not self._unacked.get(peer):
+                    self._retire(peer)
+                    return
             if peer == self.node.agent_id:
                 await self._deliver_locally(queue)
                 continue
@@ -275,6 +283,13 @@ class OutboxPump:
                 await trio.sleep(0.5)
                 continue
             await self._send_queue(channel, queue)
+
+    def _retire(self, peer: str) -> None:
+        del self._queues[peer], self._wake[peer]
+        self._unacked.pop(peer, None)
+        self._window_open.pop(peer, None)
+        if not self.node.is_known(peer):  # a known peer's round trip is worth remembering
+            self.round_trips.pop(peer, None)
 
     async def _send_queue(self, channel: Channel, queue: deque[Outgoing]) -> None:
         peer = channel.agent
