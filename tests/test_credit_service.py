@@ -359,10 +359,13 @@ async def test_a_chain_repairs_itself_after_a_rejected_message(tmp_path):
         assert "BUSY" in a.db.read_one("SELECT error FROM tallies")[0]
         await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 1), timeout=15)
         assert chain_of(b, "bob", tally)[3] == 5
-        # the refusal stays the tally's last one, but the chit bob confirmed shows none
+        # the rows keep the refusal, but neither the chit bob confirmed nor the tally, whose
+        # chain is settled again, shows it
         assert "BUSY" in a.db.read_one("SELECT error FROM chits")[0]
+        assert "BUSY" in a.db.read_one("SELECT error FROM tallies")[0]
         assert [chit["error"] for chit in await rpc(a, "chit.list", cuid="alice",
                                                     tally=tally)] == [None]
+        assert (await rpc(a, "tally.show", cuid="alice", tally=tally))["error"] is None
 
 
 # -- persistence ------------------------------------------------------------------------------

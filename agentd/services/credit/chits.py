@@ -259,7 +259,7 @@ class ChitService(Service):
         if not isinstance(tally_uuid, str) or not isinstance(cuid, str):
             return
         action = envelope.get("action")
-        reason = f"chit {action}: {code}: {message}"
+        reason = f"chit {action}: {code}: {message}"  # its form: see params._standing
         log.warning("tally %s: the partner refused %s", tally_uuid, reason)
         self.ledger.store.set_error(tx.conn, tally_uuid, cuid, reason)
         if action in ("good", "pend", "void") and isinstance(obj.get("uuid"), str):

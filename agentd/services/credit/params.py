@@ -29,7 +29,7 @@ def tally_summary(row: Any) -> dict:
         "memo": body["memo"],
         "chain": {"index": row["chain_length"], "hash": None if head is None else b64u(head),
                   "confirmed": row["chain_conf"], "pending": row["chain_pending"]},
-        "error": row["error"],
+        "error": _standing(row),
         "capacity": {"pay": route.hop_capacity(route.KINDS[0], balance=row["balance"],
                                                partner_limit=partner_limit,
                                                lift_out=row["lift_out"]),
@@ -37,6 +37,17 @@ def tally_summary(row: Any) -> dict:
                                                        limit=limit, lift_in=row["lift_in"])},
         "reserved": {"in": row["lift_in"], "out": row["lift_out"]},
     }  # fmt: skip
+
+
+def _standing(row: Any) -> str | None:
+    """The tally's error as shown: the partner's last refusal, but for a refusal of a chit's
+    ``good`` or a chain message once the chain is settled again (every chit ordered and
+    confirmed: the repair overcame it)."""
+    error = row["error"]
+    if error is not None and error.startswith(("chit good:", "chit chain:")) and (
+            row["chain_pending"] == 0 and row["chain_conf"] == row["chain_length"]):
+        return None
+    return error
 
 
 def new_uuids(count: int) -> list[str]:
