@@ -336,7 +336,7 @@ class TallyService(Service):
         chad = partner["chad"] if partner is not None else {}
         if (chad.get("agent"), chad.get("cuid")) != (subject.agent, subject.cuid):
             return False
-        if local.state == "P.draft":
+        if local.state == t.P_DRAFT:
             return True
         raise Reject("BAD_TICKET", f"you used this ticket already: tally {local.uuid} is "
                      f"{local.state} at the inviter's node (tally.list shows it once offered)")
