@@ -67,8 +67,9 @@ def usage() -> str:
     for group, names in grouped().items():
         lines += textwrap.wrap(", ".join(names), width=92, initial_indent=f"  {group:<9} ",
                                subsequent_indent=" " * 12)
-    lines.append("values are JSON when they parse (units=500, owners='[\"a\",\"b\"]') and"
-                 " text otherwise, or where the parameter takes text (memo=2024).")
+    lines += ["values are JSON when they parse (units=500, owners='[\"a\",\"b\"]') and text"
+              " otherwise,", "or where the parameter takes only text (memo=2024 is the text"
+              " \"2024\")."]
     return "\n".join(lines) + "\n"
 
 
