@@ -31,7 +31,7 @@ from agentd.errors import UserError, did_you_mean
 
 # name: (synopsis, what it does) — the commands that run here rather than call a node
 COMMANDS = {
-    "init": ("init DIR --name NAME --listen HOST:PORT [--advertise HOST:PORT]",
+    "init": ("init DIR --name NAME --listen HOST:PORT [--advertise HOST:PORT] [--network ID]",
              "create a key and a config in DIR"),
     "run": ("run -c CONFIG", "run a node in the foreground"),
     "help": ("help [METHOD]", "list the methods, or show one's parameters"),

@@ -34,8 +34,9 @@ async def test_no_route_and_bad_params_change_nothing(tmp_path):
                        {"life_s": 0}):
             call = {"cuid": "ann", "find": who(dan, "dan"), "units": 5, **params}
             assert (await refused(ann, "lift.pay", **call)).reason == "INVALID_PARAMS"
-        no_node = await refused(ann, "lift.pay", cuid="ann", find="dan", units=5)
-        assert "find 'dan' names no node: give cuid:agent" in no_node.message
+        for find in ("dan", "dan@127.0.0.1:7103", "dan:", "dan:@127.0.0.1:7103"):
+            no_agent = await refused(ann, "lift.pay", cuid="ann", find=find, units=5)
+            assert f"find {find!r} names no agent: give cuid:agent" in no_agent.message
         bad_units = await refused(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units="5")
         assert bad_units.message.startswith("lift.pay: units must be an integer")
         assert bad_units.message.endswith('not "5"')  # the call and the value, as JSON

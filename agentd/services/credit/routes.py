@@ -318,8 +318,9 @@ class RouteService(Service):
 
 
 def param_find(value: Any) -> ChipAddress:
-    if isinstance(value, str) and ":" not in value and "@" not in value:
-        raise invalid_params(f"find {value!r} names no node: give cuid:agent (the agent id of "
+    if isinstance(value, str) and (":" not in value.partition("@")[0]
+                                   or value.partition("@")[0].endswith(":")):
+        raise invalid_params(f"find {value!r} names no agent: give cuid:agent (the agent id of "
                              "the user's node, which its users.list address shows) or "
                              "cuid:agent@host:port")
     try:
