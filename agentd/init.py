@@ -10,6 +10,7 @@ import tomlkit
 from agentd.config import listens_everywhere
 from agentd.errors import UserError
 from agentd.keyfile import write_key
+from agentd.up import node_configs
 from protocol.keys import ChipAddress, IdentityError, SigningKey, parse_hostport
 
 
@@ -48,16 +49,25 @@ def _check_siblings(directory: Path, listen: str) -> None:
     are left alone: nodes for several hosts may share one port."""
     if listens_everywhere(listen) or listen.endswith(":0"):
         return
-    for other in sorted(directory.parent.glob("*/agentd.toml")):
+    ours = _bound(listen)
+    for other in node_configs(directory.parent):
         if other.parent.resolve() == directory.resolve():
             continue
         try:
             theirs = tomllib.loads(other.read_text(encoding="utf-8")).get("node", {}).get("listen")
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+            clash = isinstance(theirs, str) and _bound(theirs) == ours
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError,
+                IdentityError):
             continue
-        if theirs == listen:
+        if clash:
             raise UserError(f"--listen {listen} is the address of {other} already ('agentd up "
-                            f"{other.parent.parent}' could not start both): pick another port")
+                            f"{directory.parent}' could not start both): pick another port")
+
+
+def _bound(listen: str) -> tuple[str, int]:
+    """What a listen address binds, as far as its text says: ``localhost`` is loopback."""
+    host, port = parse_hostport(listen)
+    return ("127.0.0.1" if host == "localhost" else host), port
 
 
 def init_node(directory: Path, name: str, listen: str, network: str,

@@ -27,11 +27,16 @@ READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 
 
+def node_configs(directory: Path) -> list[Path]:
+    """The configs ``agentd up DIR`` starts: ``DIR/*.toml`` and ``DIR/*/agentd.toml``."""
+    return sorted([*directory.glob("*.toml"), *directory.glob("*/agentd.toml")])
+
+
 def _configs(directory: Path) -> list[Path]:
     if not directory.is_dir():
         raise UserError(f"{directory}: no such directory of node configs (run from the "
                         "repository, or give DIR)")
-    found = sorted([*directory.glob("*.toml"), *directory.glob("*/agentd.toml")])
+    found = node_configs(directory)
     if not found:
         raise UserError(f"{directory}: no node configs in it (*.toml, or */agentd.toml as "
                         "`agentd init` writes)")

@@ -41,3 +41,13 @@ def test_a_port_a_node_beside_it_listens_on_is_refused(tmp_path):
     # nodes for several hosts may share a port on every interface
     init_node(tmp_path / "h1", "h1", "0.0.0.0:7400", "agentd", advertise="10.0.0.1:7400")
     init_node(tmp_path / "h2", "h2", "0.0.0.0:7400", "agentd", advertise="10.0.0.2:7400")
+
+
+def test_the_port_of_a_config_file_beside_it_or_written_as_localhost_is_refused(tmp_path):
+    """``agentd up DIR`` starts ``DIR/*.toml`` too (configs/local's layout), and localhost
+    binds loopback."""
+    (tmp_path / "alice.toml").write_text('[node]\nname = "alice"\nlisten = "127.0.0.1:7101"\n')
+    with pytest.raises(UserError, match=r"is the address of .*alice\.toml already"):
+        init_node(tmp_path / "dave", "dave", "127.0.0.1:7101", "agentd")
+    with pytest.raises(UserError, match=r"--listen localhost:7101 is the address of"):
+        init_node(tmp_path / "erin", "erin", "localhost:7101", "agentd")
