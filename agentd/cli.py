@@ -141,7 +141,8 @@ def _main(argv: list[str]) -> int:
                         "give its config: agentd -c CONFIG METHOD [key=value ...]")
     human = options.human or any(arg in ("-H", "--human") for arg in args)
     args = [arg for arg in args if arg not in ("-H", "--human")]  # after the method too
-    return _rpc(socket_path, options.command, args, human=human)
+    return _rpc(socket_path, options.command, args, human=human,
+                start=_how_to_start(options.config))
 
 
 def _help(args: list[str]) -> int:
@@ -212,7 +213,7 @@ def parse_params(pairs: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 def _fit_text(socket_path: Path, method: str, params: dict[str, Any],
-              typed: dict[str, str]) -> dict[str, Any]:
+              typed: dict[str, str], start: str) -> dict[str, Any]:
     """``memo=2024`` or ``cuid=123`` mean text: a value JSON read as a number (or true,
     null, a list) goes as the text typed when its parameter takes text but not that. The
     node's ``help`` says what each parameter takes; asked only when some value is not text."""
@@ -222,7 +223,7 @@ def _fit_text(socket_path: Path, method: str, params: dict[str, Any],
     if not typed:
         return params
     try:
-        (described,) = call(socket_path, "help", {"method": method})
+        (described,) = call(socket_path, "help", {"method": method}, start=start)
     except (RpcError, ValueError):  # an unknown method: the call itself will say so
         return params
     hints = {param["name"]: param["type"] for param in described["params"]}
@@ -234,12 +235,26 @@ def _fit_text(socket_path: Path, method: str, params: dict[str, Any],
     return fitted
 
 
-def _rpc(socket_path: Path, method: str, pairs: list[str], *, human: bool = False) -> int:
+def _how_to_start(config: str | None) -> str:
+    """What to run when no node answers: the commands for this config, when one was given."""
+    from agentd.rpc import START
+
+    if config is None:
+        return START
+    path = Path(config)
+    directory = path.parent.parent if path.name == "agentd.toml" else path.parent
+    return (f"start it with 'agentd up {directory}' (in the background) or 'agentd run -c "
+            f"{path}' (in the foreground)")
+
+
+def _rpc(socket_path: Path, method: str, pairs: list[str], *, human: bool = False,
+         start: str) -> int:
     from agentd.rpc import RpcError, call
 
     params, typed = parse_params(pairs)
     try:
-        result = call(socket_path, method, _fit_text(socket_path, method, params, typed))
+        params = _fit_text(socket_path, method, params, typed, start)
+        result = call(socket_path, method, params, start=start)
     except RpcError as exc:
         error: dict[str, Any] = {"code": exc.code, "message": exc.message}
         if exc.reason:

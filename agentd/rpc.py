@@ -241,13 +241,14 @@ async def _unix_listener(path: Path) -> trio.SocketListener:
     return trio.SocketListener(sock)
 
 
-_START = ("start it with 'agentd up DIR' (in the background) or 'agentd run -c CONFIG' (in the"
+START = ("start it with 'agentd up DIR' (in the background) or 'agentd run -c CONFIG' (in the"
           " foreground)")
 
 
-def call(socket_path: Path, method: str, params: dict[str, Any], timeout: float | None = None
-         ) -> Any:
-    """Blocking client: one request, one response. Raises RpcError or UserError."""
+def call(socket_path: Path, method: str, params: dict[str, Any], timeout: float | None = None,
+         *, start: str = START) -> Any:
+    """Blocking client: one request, one response. Raises RpcError or UserError (``start``:
+    how to start the node, when none answers)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -255,10 +256,10 @@ def call(socket_path: Path, method: str, params: dict[str, Any], timeout: float 
             sock.connect(str(socket_path))
         except FileNotFoundError as exc:
             raise UserError(f"no agentd is running here (no control socket at {socket_path});"
-                            f" {_START}") from exc
+                            f" {start}") from exc
         except ConnectionRefusedError as exc:  # the socket file of a node that was killed
             raise UserError(f"no agentd is running here (nothing answers at {socket_path}: the"
-                            f" node stopped without removing it); {_START}") from exc
+                            f" node stopped without removing it); {start}") from exc
         request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
         sock.sendall(json.dumps(request).encode() + b"\n")
         buffer = b""

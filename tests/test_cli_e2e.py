@@ -177,6 +177,9 @@ def test_cli_without_a_running_node(tmp_path):
     result = cli("-c", info["config"], "getinfo", check=False)
     assert result.returncode == 2
     assert "no agentd is running" in result.stderr
+    config = Path(info["config"])  # the commands that start this node, not placeholders
+    assert (f"start it with 'agentd up {config.parent.parent}' (in the background) or "
+            f"'agentd run -c {config}'") in result.stderr
 
 
 def test_sighup_and_reload_apply_new_peers_and_refuse_a_bad_config(tmp_path):
