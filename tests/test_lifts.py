@@ -255,6 +255,8 @@ async def test_pending_lift_chits_hold_capacity_until_decided(tmp_path):
                 "SELECT query_tries FROM lifts WHERE lift = ?", (started["lift"],))[0] >= 1)
         await net.restart(0)
         await settled_everywhere(list(u.values()), started["lift"], "void")
+        shown = await rpc(ann, "lift.show", lift=started["lift"])
+        assert shown["error"].startswith("the referee voided it: its deadline passed")
         for payer, payee, tally in (("ann", "bob", tl["annbob"]), ("bob", "cat", tl["bobcat"]),
                                     ("cat", "dan", tl["catdan"])):
             assert reserved(u[payer], payer, tally) == (0, 0)

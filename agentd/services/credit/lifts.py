@@ -366,6 +366,12 @@ class LiftService(Service):
         if row["state"] != lf.PEND:
             raise Reject("CONFLICT", f"lift {row['lift']} is already {row['state']} here")
         self.apply(tx, row["lift"], state, decision)
+        if state == lf.VOID and row["error"] is None:  # say why, as far as we can tell
+            late = isinstance(decision.get("date"), int) and decision["date"] >= row["deadline"]
+            lifts.set_error(tx.conn, row["lift"], "the referee voided it: " + (
+                "its deadline passed before every hop had taken part (a node on the path down"
+                " or slow)" if late else "a hop could not take part and cancelled it"),
+                tx.now_ms)
 
     def _hear_void(self, record: dict[str, Any], now_ms: int) -> None:
         """Remember a void on a lift that names our node but has not reached it, so its
