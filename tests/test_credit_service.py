@@ -311,6 +311,11 @@ async def test_limits_closing_and_invoices(tmp_path):
         over = await refused(a, "chit.pay", cuid="alice", tally=tally, units=1001)
         assert over.reason == "OVER_LIMIT" and "limit of 1000" in over.message
         assert a.db.read_one("SELECT count(*) FROM outbox")[0] == depth  # nothing sent
+        many = await refused(a, "chit.pay_many", cuid="alice", tally=tally, units=[600, 600])
+        assert many.reason == "OVER_LIMIT" and many.message.startswith(
+            "OVER_LIMIT: units[1], after 600 in this call before it (nothing was paid): 600 "
+            "would bring alice (stock)'s debt")
+        assert a.db.read_one("SELECT count(*) FROM outbox")[0] == depth
         await rpc(a, "chit.pay", cuid="alice", tally=tally, units=600)
         # bob refuses one invoice and pays another
         for units, answer in ((100, "chit.refuse"), (200, "chit.accept")):

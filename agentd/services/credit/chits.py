@@ -84,10 +84,17 @@ class ChitService(Service):
             holding = self.ledger.holding(tx.conn, tally_uuid, cuid)
             key = self.ledger.user(tx.conn, cuid).key
             balance, paid = holding.balance, []
-            for chit_uuid, units in zip(new_uuids(len(amounts)), amounts, strict=True):
-                chit, _ = c.pay(holding.local, key, chit_uuid=chit_uuid, units=units,
-                                date_ms=tx.now_ms, balance=balance, memo=memo,
-                                reserved=holding.lift_out)
+            for at, (chit_uuid, units) in enumerate(zip(new_uuids(len(amounts)), amounts,
+                                                        strict=True)):
+                try:
+                    chit, _ = c.pay(holding.local, key, chit_uuid=chit_uuid, units=units,
+                                    date_ms=tx.now_ms, balance=balance, memo=memo,
+                                    reserved=holding.lift_out)
+                except Refusal as exc:  # say which, and that the call paid nothing
+                    if not batched or not at:
+                        raise
+                    raise Refusal(exc.code, f"units[{at}], after {sum(amounts[:at])} in this "
+                                  f"call before it (nothing was paid): {exc.message}") from exc
                 balance += c.effect(chit.chit, holding.local.side)
                 paid.append(chit)
             self.ledger.good(tx, holding, paid, batched=batched)
