@@ -242,7 +242,7 @@ async def _unix_listener(path: Path) -> trio.SocketListener:
 
 
 START = ("start it with 'agentd up DIR' (in the background) or 'agentd run -c CONFIG' (in the"
-          " foreground)")
+         " foreground)")
 
 
 def call(socket_path: Path, method: str, params: dict[str, Any], timeout: float | None = None,
