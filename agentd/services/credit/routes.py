@@ -282,7 +282,6 @@ class RouteService(Service):
 
         tx.after_commit(apply)
 
-
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """A partner refused a query of ours (say, over a tally it holds open no longer): its
         part of the search is over as if it had answered ``none``, so the search need not
@@ -318,8 +317,8 @@ class RouteService(Service):
 
 
 def param_find(value: Any) -> ChipAddress:
-    if isinstance(value, str) and (":" not in value.partition("@")[0]
-                                   or value.partition("@")[0].endswith(":")):
+    user = value.partition("@")[0] if isinstance(value, str) else None  # cuid:agent
+    if user is not None and (":" not in user or user.endswith(":")):
         raise invalid_params(f"find {value!r} names no agent: give cuid:agent (the agent id of "
                              "the user's node, which its users.list address shows) or "
                              "cuid:agent@host:port")
