@@ -142,6 +142,15 @@ def cpu_seconds(processes: list[subprocess.Popen]) -> list[float] | None:
     return times
 
 
+def rss_mb(pid: int) -> float:
+    """The process's resident memory, in MiB (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def stop(processes: list[subprocess.Popen]) -> None:
     """SIGTERM every process, then kill what has not exited within 10 s."""
     for process in processes:

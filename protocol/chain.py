@@ -55,17 +55,28 @@ indexes wait beyond a gap) instead of scanning it. Make chains with the construc
 ``from_map``) and change them only through this module's functions: a version made with
 ``dataclasses.replace`` from outside would share hints that do not describe it.
 
+Memory: a chain need not hold its whole history. :func:`trim` lets it forget the blocks up to
+``base``, all confirmed by the partner (the caller keeps them: the runtime's chit rows), so a
+tally with a million chits costs a holder's cache only its recent blocks. Nothing a partner
+sends can make the chain reach behind its ``base`` unasked: a chain message that names a chit
+or a block index behind it (a late copy, a ``req`` from a partner restored from a backup)
+names it in :func:`wanted`, and the caller passes those blocks to :func:`receive` as
+``history``. A chit the chain does not hold is thus either one of ``history`` or new.
+
 Public API:
 
 - ``Chain`` (frozen; ``to_map()/from_map()``, ``.length``, ``.head``, ``.hash_at(index)``).
+- ``trim(chain, keep) -> Chain`` — the chain without confirmed blocks more than ``keep`` old.
+- ``wanted(chain, obj) -> Wanted`` — the chits and block indexes behind the chain's ``base``
+  that a chain message names, for the caller to read and pass to ``receive``.
 - ``start(local_tally) -> Chain`` — an empty chain on a tally both users signed.
 - ``add(chain, chit, local_tally) -> (Chain, sends)`` — a chit just became good here (a foil's
   lift chit sends nothing: ``resync`` sends its block).
 - ``add_many(chain, chits, local_tally) -> (Chain, sends)`` — several of our user's chits at once,
   sent ``UPD_BATCH`` to a message (``upd`` from the foil, ``new`` from the stock) instead of
   one ``good`` each; the partner treats them exactly as it would the ``good`` messages.
-- ``receive(chain, obj, local_tally) -> Received(chain, messages, adopted)`` — a ``chain``
-  message's object; ``messages`` are ``Send`` events.
+- ``receive(chain, obj, local_tally, history) -> Received(chain, messages, adopted)`` — a
+  ``chain`` message's object; ``messages`` are ``Send`` events.
 - ``resync(chain, local_tally) -> sends`` — what to (re)send so lost messages are repaired.
 - ``balance(chain)``, ``settled(chain)``, ``block_hash(index, prev, chit_hash)``.
 """
@@ -73,7 +84,7 @@ Public API:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
@@ -92,7 +103,8 @@ _CMD_FIELDS = {
     "nak": {"index", "hash"},
     "req": {"index"},
 }
-_MAP_FIELDS = {"tally", "side", "origin", "chits", "pending", "conf"}
+_MAP_FIELDS = {"tally", "side", "origin", "chits", "pending", "conf", "base", "base_hash",
+               "base_balance"}
 
 
 @dataclass
@@ -102,7 +114,7 @@ class _Hints:
     only ever added: a hit may be stale (another version moved the chit) and is checked
     against the version at hand, but a miss is certain."""
 
-    linked: dict[str, int] = dataclasses.field(default_factory=dict)  # uuid -> place in chits
+    linked: dict[str, int] = dataclasses.field(default_factory=dict)  # uuid -> block index
     parked: set[str] = dataclasses.field(default_factory=set)  # uuids ever put in pending
     foreign: set[str] = dataclasses.field(default_factory=set)  # ... of the partner's chits
     claims: set[int] = dataclasses.field(default_factory=set)  # indexes of parked blocks
@@ -115,27 +127,50 @@ class Chain:
     tally: str  # the tally uuid
     side: str  # the side this holder holds
     origin: bytes  # block 0: the tally digest
-    chits: tuple[dict[str, Any], ...] = ()  # linked: chits[i - 1] is block i
+    chits: tuple[dict[str, Any], ...] = ()  # linked: chits[i - 1 - base] is block i
     pending: tuple[dict[str, Any], ...] = ()  # good, not linked yet (stock only)
     conf: int = 0  # the highest index the partner confirmed
+    base: int = 0  # blocks 1 to base (all confirmed) are not held here: see trim()
+    base_hash: bytes | None = None  # block base's hash (None while base is 0: the origin)
+    base_balance: int = 0  # what blocks 1 to base moved (see balance())
     hints: _Hints = dataclasses.field(default_factory=_Hints, compare=False, repr=False)
+    # blocks behind ``base`` a message names, by index: set by receive() for one call
+    history: Mapping[int, dict[str, Any]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.hints.linked and not self.hints.parked:  # built, not derived
-            self.hints.linked.update((chit["uuid"], at) for at, chit in enumerate(self.chits))
+            self.hints.linked.update(
+                (chit["uuid"], self.base + at) for at, chit in enumerate(self.chits, 1))
             for chit in self.pending:
                 _note_parked(self, chit)
 
     @property
     def length(self) -> int:
-        return len(self.chits)
+        return self.base + len(self.chits)
 
     @property
     def head(self) -> bytes:
         return self.hash_at(self.length)
 
     def hash_at(self, index: int) -> bytes:
-        return self.origin if index == 0 else self.chits[index - 1]["chain"]["hash"]
+        if index == 0:
+            return self.origin
+        if index == self.base:
+            assert self.base_hash is not None
+            return self.base_hash
+        return self.linked_at(index)["chain"]["hash"]
+
+    def linked_at(self, index: int) -> dict[str, Any]:
+        """Block ``index`` (1 to ``length``): from the chain, or behind ``base`` from the
+        ``history`` the caller read for this message (:func:`wanted`)."""
+        if index > self.base:
+            return self.chits[index - self.base - 1]
+        try:
+            return self.history[index]
+        except KeyError:
+            raise LookupError(f"block {index} of tally {self.tally} is behind the chain's base "
+                              f"{self.base} and was not read: see protocol.chain.wanted") from None
 
     def to_map(self) -> dict[str, Any]:
         return {
@@ -145,15 +180,31 @@ class Chain:
             "chits": list(self.chits),
             "pending": list(self.pending),
             "conf": self.conf,
+            "base": self.base,
+            "base_hash": self.base_hash,
+            "base_balance": self.base_balance,
         }
 
     @classmethod
     def from_map(cls, value: Any) -> Chain:
         if not isinstance(value, dict) or set(value) != _MAP_FIELDS:
             raise Refusal("bad_field", "a stored chain has the fields of Chain")
-        if value["side"] not in SIDES or not isinstance(value["conf"], int):
-            raise Refusal("bad_field", "a stored chain has a side and an integer conf")
+        if value["side"] not in SIDES or not all(
+                isinstance(value[key], int) for key in ("conf", "base", "base_balance")):
+            raise Refusal("bad_field", "a stored chain has a side and integer conf and base")
         return cls(**{**value, "chits": tuple(value["chits"]), "pending": tuple(value["pending"])})
+
+
+class Wanted(NamedTuple):
+    """What a chain message names behind a chain's ``base``: the caller reads those blocks
+    (its linked chits with these uuids, and at these indexes) and passes them to
+    :func:`receive`."""
+
+    uuids: frozenset[str]
+    indexes: frozenset[int]
+
+
+NOTHING = Wanted(frozenset(), frozenset())
 
 
 class Received(NamedTuple):
@@ -172,7 +223,50 @@ def block_hash(index: int, prev: bytes, chit_hash: bytes) -> bytes:
 
 def balance(chain: Chain) -> int:
     """What the partner owes this holder, over every good chit it knows, linked or not."""
-    return chit_balance((*chain.chits, *chain.pending), chain.side)
+    return chain.base_balance + chit_balance((*chain.chits, *chain.pending), chain.side)
+
+
+def trim(chain: Chain, keep: int) -> Chain:
+    """``chain`` without the blocks the partner confirmed that are more than ``keep`` blocks
+    old, which the caller keeps elsewhere; dropped ``keep`` or more at a time, so trimming
+    costs O(1) a block. Messages that name them then need :func:`wanted`."""
+    cut = min(chain.conf, chain.length - keep)
+    if cut - chain.base < keep:
+        return chain
+    dropped, held = chain.chits[: cut - chain.base], chain.chits[cut - chain.base :]
+    return Chain(tally=chain.tally, side=chain.side, origin=chain.origin, chits=held,
+                 pending=chain.pending, conf=chain.conf, base=cut,
+                 base_hash=dropped[-1]["chain"]["hash"],
+                 base_balance=chain.base_balance + chit_balance(dropped, chain.side))
+
+
+def wanted(chain: Chain, obj: Any) -> Wanted:
+    """The chits (by uuid) and blocks (by index) behind ``chain.base`` that the chain message
+    ``obj`` names, which :func:`receive` needs as ``history``: none while nothing was trimmed.
+    A uuid the chain does not hold is named (the caller finds it behind the base or not at
+    all), so a chit trimmed away is never taken for a new one."""
+    if chain.base == 0 or not isinstance(obj, dict):
+        return NOTHING
+    uuids, indexes = set(), set()
+    index = obj.get("index")
+    if isinstance(index, int) and not isinstance(index, bool):
+        if obj.get("cmd") == "req":
+            indexes.update(range(max(index, 1), min(index + UPD_BATCH, chain.base + 1)))
+        elif 0 < index <= chain.base:
+            indexes.add(index)
+    chits = obj.get("chits")
+    if not isinstance(chits, list) or len(chits) > UPD_BATCH:  # receive() refuses it
+        chits = []
+    for chit in chits:
+        if not isinstance(chit, dict):
+            continue
+        if isinstance(chit.get("uuid"), str) and _find(chain, chit["uuid"]) is None:
+            uuids.add(chit["uuid"])
+        block = chit.get("chain")
+        at = block.get("index") if isinstance(block, dict) else None
+        if isinstance(at, int) and not isinstance(at, bool) and 0 < at <= chain.base:
+            indexes.add(at)
+    return Wanted(frozenset(uuids), frozenset(indexes))
 
 
 def settled(chain: Chain) -> bool:
@@ -232,8 +326,10 @@ def add_many(
     return chain, [_chain_message(chain, local, "new", chits=batch) for batch in batches]
 
 
-def receive(chain: Chain, obj: Any, local: LocalTally) -> Received:
-    """Apply a ``chain`` message from the partner."""
+def receive(chain: Chain, obj: Any, local: LocalTally,
+            history: Mapping[int, dict[str, Any]] | None = None) -> Received:
+    """Apply a ``chain`` message from the partner. ``history``: the linked chits behind the
+    chain's ``base`` that :func:`wanted` names, by index."""
     if not isinstance(obj, dict) or obj.get("cmd") not in CMDS:
         raise Refusal("bad_field", f"chain.cmd must be one of {CMDS}")
     cmd = obj["cmd"]
@@ -241,13 +337,17 @@ def receive(chain: Chain, obj: Any, local: LocalTally) -> Received:
     handlers = _FOIL_HANDLERS if chain.side == FOIL else _STOCK_HANDLERS
     if cmd not in handlers:
         raise Refusal("bad_state", f"the {chain.side} holder does not take chain {cmd}")
-    return handlers[cmd](chain, obj, local)
+    if not history:
+        return handlers[cmd](chain, obj, local)
+    received = handlers[cmd](replace(chain, history=history), obj, local)
+    return received._replace(chain=replace(received.chain, history={}))
 
 
 def resync(chain: Chain, local: LocalTally) -> list[Send]:
     """Messages that repair whatever was lost; none once both sides are in step."""
     if chain.side == FOIL:
-        unconfirmed = chain.chits[chain.conf : chain.conf + UPD_BATCH]
+        start = chain.conf - chain.base
+        unconfirmed = chain.chits[start : start + UPD_BATCH]
         return [_upd(chain, local, unconfirmed)] if unconfirmed else []
     unordered = [chit for chit in chain.pending if chit["by"] == STOCK][:UPD_BATCH]
     messages = [_chain_message(chain, local, "new", chits=unordered)] if unordered else []
@@ -315,17 +415,24 @@ def _find(chain: Chain, chit_uuid: Any) -> dict[str, Any] | None:
 
 
 def _linked(chain: Chain, chit_uuid: str) -> dict[str, Any] | None:
-    at = chain.hints.linked.get(chit_uuid)
-    if at is None:
-        return None
-    if at < chain.length and chain.chits[at]["uuid"] == chit_uuid:
+    index = chain.hints.linked.get(chit_uuid)
+    if index is None:
+        return _behind(chain, chit_uuid)
+    at = index - chain.base - 1
+    if 0 <= at < len(chain.chits) and chain.chits[at]["uuid"] == chit_uuid:
         return chain.chits[at]
-    return next((c for c in chain.chits if c["uuid"] == chit_uuid), None)  # a stale hint
+    found = next((c for c in chain.chits if c["uuid"] == chit_uuid), None)  # a stale hint
+    return found if found is not None else _behind(chain, chit_uuid)
+
+
+def _behind(chain: Chain, chit_uuid: str) -> dict[str, Any] | None:
+    """A chit linked behind ``base``, if the caller read it for this message."""
+    return next((c for c in chain.history.values() if c["uuid"] == chit_uuid), None)
 
 
 def _link(chain: Chain, chit: dict[str, Any], **changes: Any) -> Chain:
     """``chain`` with ``chit`` (already carrying its block) linked at the end."""
-    chain.hints.linked[chit["uuid"]] = chain.length
+    chain.hints.linked[chit["uuid"]] = chain.length + 1
     # ``+`` copies a long tuple about four times faster than ``(*chain.chits, chit)``
     return replace(chain, chits=chain.chits + (chit,), **changes)  # noqa: RUF005
 
@@ -383,8 +490,8 @@ def _append_all(
     linked = []
     index, prev = chain.length, chain.head
     for chit in chits:
-        chain.hints.linked[chit["uuid"]] = index
         index += 1
+        chain.hints.linked[chit["uuid"]] = index
         block = {"index": index, "prev": prev, "hash": block_hash(index, prev, chit["hash"])}
         linked.append({**chit, "chain": block})
         prev = block["hash"]
@@ -431,8 +538,11 @@ def _foil_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
 
 
 def _foil_req(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
-    first = obj["index"] - 1
-    blocks = chain.chits[first : first + UPD_BATCH]
+    first = obj["index"]
+    behind = [chain.linked_at(index)
+              for index in range(first, min(first + UPD_BATCH, chain.base + 1))]
+    start = max(first - chain.base - 1, 0)
+    blocks = behind + list(chain.chits[start : start + UPD_BATCH - len(behind)])
     return Received(chain, [_upd(chain, local, blocks)] if blocks else [], [])
 
 
@@ -443,16 +553,17 @@ def _contradicts(chain: Chain, block: dict[str, Any]) -> bool:
     """Whether the foil's block disagrees with what this stock holder has linked."""
     index = block["index"]
     if index <= chain.length:
-        return chain.chits[index - 1]["chain"] != block
+        return chain.linked_at(index)["chain"] != block
     return index == chain.length + 1 and block["prev"] != chain.head
 
 
 def _rollback(chain: Chain) -> Chain:
     """Unlink every block after the last confirmed one; the foil will send its order again."""
-    unlinked = tuple({**chit, "chain": None} for chit in chain.chits[chain.conf :])
+    kept = chain.conf - chain.base  # never negative: only confirmed blocks are trimmed
+    unlinked = tuple({**chit, "chain": None} for chit in chain.chits[kept:])
     for chit in unlinked:
         _note_parked(chain, chit)
-    return replace(chain, chits=chain.chits[: chain.conf], pending=(*unlinked, *chain.pending))
+    return replace(chain, chits=chain.chits[:kept], pending=(*unlinked, *chain.pending))
 
 
 def _take(chain: Chain, chit: dict[str, Any]) -> Chain:
@@ -492,7 +603,7 @@ def _link_parked(chain: Chain) -> Chain:
     run = []
     index, head = chain.length + 1, chain.head
     while (chit := claims.get((index, head))) is not None:
-        chain.hints.linked[chit["uuid"]] = index - 1
+        chain.hints.linked[chit["uuid"]] = index
         run.append(chit)
         index, head = index + 1, chit["chain"]["hash"]
     if not run:

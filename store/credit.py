@@ -6,6 +6,9 @@ between that row (origin, length, head, confirmed index, number of unlinked chit
 or two and never a rewrite of the chain: :meth:`Ledger.save` writes only what differs
 between the chain it loaded and the one the protocol returned, and a chit that has just
 become good is inserted with its place in the chain rather than inserted and then updated.
+A holding keeps only its chain's recent blocks (``CHAIN_WINDOW``, ``protocol.chain.trim``):
+the rows are the chain, and :meth:`Ledger.history` reads the older blocks a chain message
+names (``protocol.chain.wanted``).
 
 :class:`Ledger` remembers the holdings it has built (least recently used first out), each
 with the row's ``token``, which every write to the row replaces with a fresh random one. A
@@ -23,12 +26,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.chain import Chain
+from protocol.chain import Chain, Wanted, trim
 from protocol.chit import A_GOOD, L_GOOD, LocalChit
+from protocol.chit import balance as chit_balance
 from protocol.codec import pack, unpack
 from protocol.tally import LocalTally, other_side
 
-CACHE_HOLDINGS = 256  # holdings kept in memory; a chain of n chits holds n chit maps
+CACHE_HOLDINGS = 256  # holdings kept in memory
+# Confirmed blocks a holding's chain keeps in memory at least (and drops this many at a time):
+# with the partner's unconfirmed ones and the unlinked good chits, all it holds of the chain.
+CHAIN_WINDOW = 128
 
 _TALLY_COLUMNS = (
     "uuid, cuid, side, state, partner, partner_cuid, body, balance, chain_length, chain_head,"
@@ -114,8 +121,8 @@ class Ledger:
 
     def get(self, conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> Holding | None:
         row = conn.execute(
-            "SELECT side, state, body, balance, chain_origin, chain_conf, token, lift_in,"
-            " lift_out FROM tallies WHERE uuid = ? AND cuid = ?",
+            "SELECT side, state, body, balance, chain_origin, chain_length, chain_conf, token,"
+            " lift_in, lift_out FROM tallies WHERE uuid = ? AND cuid = ?",
             (tally_uuid, cuid),
         ).fetchone()
         if row is None:
@@ -129,7 +136,7 @@ class Ledger:
         local = LocalTally(row["side"], row["state"], unpack(row["body"]))
         chain = None
         if row["chain_origin"] is not None:
-            chain = _build_chain(conn, local, cuid, row["chain_origin"], row["chain_conf"])
+            chain = _build_chain(conn, local, cuid, row)
         return self._remember(Holding(cuid, local, chain, row["balance"], row["token"],
                                       row["lift_in"], row["lift_out"]))
 
@@ -199,9 +206,31 @@ class Ledger:
             f"UPDATE tallies SET {assignments} WHERE uuid = ? AND cuid = ?",
             (*sets.values(), *old.key),
         )
+        if chain is not None:
+            chain = trim(chain, CHAIN_WINDOW)
         return self._remember(
             Holding(old.cuid, local, chain, old.balance + balance_delta, token, lift_in, lift_out)
         )
+
+    @staticmethod
+    def history(conn: sqlite3.Connection, holding: Holding, wanted: Wanted
+                ) -> dict[int, dict[str, Any]]:
+        """The linked chits behind the holding's chain window that a chain message names
+        (``protocol.chain.wanted``), by chain index: at most two indexed reads, and none for
+        the usual message."""
+        chain = holding.chain
+        if chain is None or not (wanted.uuids or wanted.indexes):
+            return {}
+        query = ("SELECT chain_index, body, block FROM chits WHERE tally = ? AND cuid = ?"
+                 " AND chain_index <= ? AND {} IN ({})")
+        found = {}
+        for column, values in (("uuid", wanted.uuids), ("chain_index", wanted.indexes)):
+            if values:
+                for index, body, block in conn.execute(
+                        query.format(column, ", ".join("?" * len(values))),
+                        (*holding.key, chain.base, *values)):
+                    found[index] = _chit(body, block)
+        return found
 
     @staticmethod
     def fill_limits(conn: sqlite3.Connection) -> int:
@@ -382,40 +411,46 @@ def _chit(body: bytes, block: bytes | None) -> dict[str, Any]:
     return chit
 
 
-def _build_chain(
-    conn: sqlite3.Connection, local: LocalTally, cuid: str, origin: bytes, conf: int
-) -> Chain:
+def _build_chain(conn: sqlite3.Connection, local: LocalTally, cuid: str, row: sqlite3.Row
+                 ) -> Chain:
+    """The holder's chain from its rows: only the ``CHAIN_WINDOW`` newest confirmed blocks
+    and those after them, so a restart does not read a long tally's whole history."""
     key = (local.uuid, cuid)
-    linked = conn.execute(
-        "SELECT body, block FROM chits WHERE tally = ? AND cuid = ? AND chain_index IS NOT NULL"
-        " ORDER BY chain_index",
-        key,
-    )
-    unlinked = conn.execute(
+    conf = row["chain_conf"]
+    base = max(0, min(conf, row["chain_length"] - CHAIN_WINDOW))
+    linked = [_chit(body, block) for body, block in conn.execute(
+        "SELECT body, block FROM chits WHERE tally = ? AND cuid = ? AND chain_index > ?"
+        " ORDER BY chain_index", (*key, base))]
+    unlinked = [_chit(body, block) for body, block in conn.execute(
         "SELECT body, block FROM chits WHERE tally = ? AND cuid = ? AND chain_index IS NULL"
-        f" AND state IN ({', '.join('?' * len(_GOOD))}) ORDER BY seq",
-        (*key, *_GOOD),
-    )
+        f" AND state IN ({', '.join('?' * len(_GOOD))}) ORDER BY seq", (*key, *_GOOD))]
+    base_hash = None if base == 0 else conn.execute(
+        "SELECT chain_hash FROM chits WHERE tally = ? AND cuid = ? AND chain_index = ?",
+        (*key, base)).fetchone()[0]
     return Chain(
         tally=local.uuid,
         side=local.side,
-        origin=origin,
-        chits=tuple(_chit(body, block) for body, block in linked),
-        pending=tuple(_chit(body, block) for body, block in unlinked),
+        origin=row["chain_origin"],
+        chits=tuple(linked),
+        pending=tuple(unlinked),
         conf=conf,
+        base=base,
+        base_hash=base_hash,
+        base_balance=row["balance"] - chit_balance(linked + unlinked, local.side),
     )
 
 
 def _kept(old: Chain, new: Chain) -> int:
-    """How many leading blocks ``new`` shares with ``old`` (the protocol only appends, or
-    unlinks everything after some index and links again)."""
-    length = old.length
-    if length == 0 or (new.length >= length and new.chits[length - 1] is old.chits[length - 1]):
-        return length
+    """The index of the last block ``new`` shares with ``old`` (the protocol only appends, or
+    unlinks everything after some index and links again, and never moves ``base``)."""
+    assert new.base == old.base, "a chain is trimmed only once it is saved"
+    held = len(old.chits)
+    if held == 0 or (len(new.chits) >= held and new.chits[held - 1] is old.chits[held - 1]):
+        return old.length
     kept = 0
-    while kept < min(length, new.length) and new.chits[kept] is old.chits[kept]:
+    while kept < min(held, len(new.chits)) and new.chits[kept] is old.chits[kept]:
         kept += 1
-    return kept
+    return old.base + kept
 
 
 def _write_chain(
@@ -437,7 +472,7 @@ def _write_chain(
             (*key, kept),
         )
     moved = []
-    for chit in new.chits[kept:]:
+    for chit in new.chits[kept - new.base :]:
         row = fresh.pop(chit["uuid"], None)
         if row is None:
             moved.append((chit["chain"]["index"], chit["chain"]["hash"], pack(chit["chain"]),

@@ -25,14 +25,36 @@ GOOD = (c.A_GOOD, c.L_GOOD)
 
 class Holder:
     """One holder of the tally, wired the way the runtime wires the modules: chit events
-    first, then the chain; chits the chain adopts are recorded as received good."""
+    first, then the chain; chits the chain adopts are recorded as received good. ``rows``
+    keeps every block the chain held, by index, as the runtime's chit rows do, so a chain
+    trimmed (``ch.trim``) reads back what a message names behind its base."""
 
     def __init__(self, local: t.LocalTally, key: Any) -> None:
         self.local = local
         self.key = key
+        self.rows: dict[int, dict[str, Any]] = {}
         self.chain = ch.start(local)
         self.chits: dict[str, c.LocalChit] = {}
         self.notices: list[Send] = []  # pend and void: the outbox retries them
+
+    @property
+    def chain(self) -> ch.Chain:
+        return self._chain
+
+    @chain.setter
+    def chain(self, chain: ch.Chain) -> None:
+        self.rows.update((chain.base + at, chit) for at, chit in enumerate(chain.chits, 1))
+        self._chain = chain
+
+    def whole(self) -> tuple[dict[str, Any], ...]:
+        """Every linked block, the trimmed ones from ``rows``."""
+        return tuple(self.rows[i] for i in range(1, self.chain.base + 1)) + self.chain.chits
+
+    def history(self, wanted: ch.Wanted) -> dict[int, dict[str, Any]]:
+        """What the runtime's ``Ledger.history`` reads: blocks behind the base by index or
+        by chit uuid."""
+        return {i: chit for i, chit in self.rows.items() if i <= self.chain.base and (
+            i in wanted.indexes or chit["uuid"] in wanted.uuids)}
 
     @property
     def side(self) -> str:
@@ -75,7 +97,8 @@ class Holder:
         (the sender's duplicate or a copy the chain delivered first)."""
         action, obj = message.action, unpack(pack(message.object))
         if action == "chain":
-            received = ch.receive(self.chain, obj, self.local)
+            history = self.history(ch.wanted(self.chain, obj))
+            received = ch.receive(self.chain, obj, self.local, history)
             balance = ch.balance(self.chain)  # before the chits this message adopts
             self.chain = received.chain
             for chit in received.adopted:
@@ -117,6 +140,7 @@ class Pair:
         self.stock = Holder(ALICE_TALLY, ALICE.key)
         self.foil = Holder(BOB_TALLY, BOB.key)
         self.queue: list[tuple[Holder, Send]] = []
+        self.sent: list[tuple[Holder, Send]] = []  # every message ever queued
         self.serial = 0
 
     def other(self, holder: Holder) -> Holder:
@@ -135,6 +159,7 @@ class Pair:
             assert (message.to, message.from_cuid) == (address, sender.local.cuid), message
             assert message.target == "chit"
         self.queue += [(receiver, message) for message in messages]
+        self.sent += [(receiver, message) for message in messages]
 
     def deliver(self, position: int = 0) -> None:
         receiver, message = self.queue.pop(position)
@@ -165,9 +190,9 @@ class Pair:
         """Identical chains, every signed chit in them once, opposite balances, matching
         chit states, limits kept."""
         stock, foil = self.stock.chain, self.foil.chain
-        assert stock.chits == foil.chits
+        assert self.stock.whole() == self.foil.whole()
         assert ch.settled(stock) and ch.settled(foil)
-        uuids = [chit["uuid"] for chit in foil.chits]
+        uuids = [chit["uuid"] for chit in self.foil.whole()]
         assert len(uuids) == len(set(uuids))
         for holder in (self.stock, self.foil):
             good = {uuid for uuid, local in holder.chits.items() if local.state in GOOD}
@@ -457,6 +482,75 @@ def test_a_chain_survives_storage() -> None:
     assert refusal(ch.Chain.from_map, bad_side).code == "bad_field"
 
 
+# -- a chain that holds only its recent blocks -------------------------------------------------
+
+
+def answer(chain: ch.Chain, obj: dict[str, Any], history: dict | None = None) -> Any:
+    """What ``chain`` makes of a chain message: its new state and replies, or its refusal."""
+    try:
+        got = ch.receive(chain, obj, ALICE_TALLY if chain.side == t.STOCK else BOB_TALLY,
+                         history)
+    except t.Refusal as refused:
+        return refused.code, refused.message
+    kept = got.chain
+    return kept.length, kept.chits[-1:], kept.pending, kept.conf, got.messages, got.adopted
+
+
+def test_a_trimmed_chain_answers_every_message_as_the_whole_chain_does() -> None:
+    """Each holder of a settled chain of 60 blocks keeps only its last 3; every chain message
+    of the session arrives again, with requests, acks and repairs that name the forgotten
+    blocks: each answer is the whole chain's, from the blocks ``wanted`` names alone."""
+    pair = Pair()
+    for _ in range(20):
+        pair.post(pair.stock, pair.stock.pay(pair.next_uuid(), 10))
+        pair.post(pair.foil, pair.foil.pay(pair.next_uuid(), 15))
+        pair.post(pair.stock, ch.resync(pair.stock.chain, pair.stock.local))  # new, ack
+    pair.drain()
+    pair.recover()
+    for _ in range(20):  # chits on the chain, and others in flight, as trimming happens
+        pair.post(pair.foil, pair.foil.pay(pair.next_uuid(), 1))
+    pair.drain()
+    pair.assert_agreed()
+    stock_chit = next(chit for chit in pair.foil.whole() if chit["by"] == t.STOCK)
+    for holder in (pair.stock, pair.foil):
+        whole = holder.chain
+        holder.chain = ch.trim(whole, 3)
+        assert (holder.chain.base, len(holder.chain.chits)) == (whole.length - 3, 3)
+        assert ch.balance(holder.chain) == ch.balance(whole)
+        blocks = holder.whole()
+        objects = [unpack(pack(message.object)) for receiver, message in pair.sent
+                   if receiver is holder and message.action == "chain"]
+        objects += [command("req", index=1), command("req", index=whole.length - 4),
+                    command("ack", index=2, hash=whole.hash_at(2)),
+                    command("ack", index=2, hash=whole.hash_at(3)),  # a block it does not hold
+                    command("new", chits=[{**stock_chit, "chain": None}]),
+                    command("upd", chits=list(blocks[1:4]), conf=2)]
+        assert len(objects) > 60
+        for obj in objects:
+            wanted = ch.wanted(holder.chain, obj)
+            assert answer(holder.chain, obj, holder.history(wanted)) == answer(whole, obj), obj
+        assert holder.history(ch.wanted(holder.chain, objects[-1]))  # it did read back
+
+
+def test_wanted_names_only_what_lies_behind_the_base() -> None:
+    pair = Pair()
+    for _ in range(6):
+        pair.post(pair.foil, pair.foil.pay(pair.next_uuid(), 1))
+    pair.drain()
+    foil = ch.trim(pair.foil.chain, 2)
+    assert (foil.base, foil.length) == (4, 6)
+    assert ch.wanted(pair.foil.chain, command("req", index=1)) == ch.NOTHING  # nothing trimmed
+    assert ch.wanted(foil, command("req", index=3)).indexes == {3, 4}
+    assert ch.wanted(foil, command("ack", index=5, hash=bytes(32))) == ch.NOTHING
+    held, old = foil.chits[0], pair.foil.whole()[0]
+    assert ch.wanted(foil, command("upd", chits=[held, old], conf=0)) == ch.Wanted(
+        frozenset({old["uuid"]}), frozenset({1}))
+    assert ch.wanted(foil, command("upd", chits=[old] * (ch.UPD_BATCH + 1), conf=0)) == (
+        ch.NOTHING)  # refused by receive anyway: nothing to read for it
+    with pytest.raises(LookupError, match="behind the chain's base 4"):
+        ch.receive(foil, command("req", index=1), BOB_TALLY)  # its caller forgot to read
+
+
 # -- two holders over a lossy, duplicating, reordering network -----------------------------------
 
 SIDES = st.sampled_from([t.STOCK, t.FOIL])
@@ -535,9 +629,9 @@ class LossyExchange(RuleBasedStateMachine):
 
     @invariant()
     def the_stock_chain_is_a_prefix_of_the_foils(self) -> None:
-        stock, foil = self.pair.stock.chain, self.pair.foil.chain
-        assert stock.chits == foil.chits[: stock.length]
-        assert stock.conf <= foil.conf <= foil.length
+        stock, foil = self.pair.stock, self.pair.foil
+        assert stock.whole() == foil.whole()[: stock.chain.length]
+        assert stock.chain.conf <= foil.chain.conf <= foil.chain.length
 
     @invariant()
     def nobody_is_owed_past_its_limit(self) -> None:
@@ -552,3 +646,32 @@ class LossyExchange(RuleBasedStateMachine):
 
 LossyExchange.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
 test_lossy_exchange = LossyExchange.TestCase
+
+
+class ForgetfulExchange(LossyExchange):
+    """The same, with holders that keep only their recent blocks as the runtime's cache does
+    (``ch.trim``): late, repeated and repair messages that name older blocks must be taken
+    exactly as before, from the blocks ``ch.wanted`` names."""
+
+    @rule()
+    def calm(self) -> None:
+        """Everything in flight arrives: blocks get confirmed, so there is something to
+        forget."""
+        self.pair.drain()
+
+    @rule(side=SIDES, keep=st.integers(1, 3))
+    def forget(self, side: str, keep: int) -> None:
+        holder = self.holder(side)
+        holder.chain = ch.trim(holder.chain, keep)
+
+    @rule(pick=PICK)
+    def replay(self, pick: int) -> None:
+        """A message sent long ago arrives again (a partner's retry, a restored backup's
+        repair): it names blocks the receiver may have forgotten."""
+        if self.pair.sent:
+            self.pair.queue.append(self.pair.sent[pick % len(self.pair.sent)])
+
+
+ForgetfulExchange.TestCase.settings = settings(max_examples=150, stateful_step_count=80,
+                                               deadline=None)
+test_forgetful_exchange = ForgetfulExchange.TestCase

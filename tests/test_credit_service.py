@@ -22,10 +22,10 @@ from protocol import chit as c
 from protocol import tally as t
 from protocol import tally_fields as tf
 from protocol.codec import pack, unpack
-from protocol.keys import SigningKey, b64u
+from protocol.keys import ChipAddress, SigningKey, b64u
 from protocol.messages import Send
 from store import outbox
-from store.credit import Ledger
+from store.credit import CHAIN_WINDOW, Ledger
 from store.schema import migrate
 from tests.netfixture import network, node_config, start_node, wait_for
 from tests.test_credit_chain import Pair
@@ -77,6 +77,18 @@ def rebuilt(node: Node, cuid: str, tally: str):
         return Ledger().get(conn, tally, cuid)
     finally:
         conn.close()
+
+
+def node_holding(node: Node, cuid: str, tally: str):
+    """The holding as the node's ledger holds it in memory."""
+    return node.credit.ledger.store._cache[(tally, cuid)]
+
+
+def whole_chain(node: Node, cuid: str, tally: str) -> list[dict[str, Any]]:
+    """Every linked chit of the holder's chain, with its block, from the rows."""
+    rows = node.db.read("SELECT body, block FROM chits WHERE tally = ? AND cuid = ?"
+                            " AND chain_index IS NOT NULL ORDER BY chain_index", (tally, cuid))
+    return [{**unpack(body), "chain": unpack(block)} for body, block in rows]
 
 
 def user_key(node: Node, cuid: str) -> SigningKey:
@@ -290,15 +302,32 @@ async def test_a_thousand_chits_from_both_sides_at_once_converge(tmp_path):
             nursery.start_soon(pay_many, b, "bob", 100)
         assert len(paid) == 1000
         await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 1000), timeout=30)
-        stock, foil = rebuilt(a, "alice", tally), rebuilt(b, "bob", tally)
-        assert stock.chain.chits == foil.chain.chits  # identical chits, signatures and blocks
-        assert {chit["uuid"] for chit in stock.chain.chits} == set(paid)
-        assert stock.balance == ch.balance(stock.chain) == sum(paid.values())
-        assert foil.balance == ch.balance(foil.chain) == -stock.balance
+        stock, foil = whole_chain(a, "alice", tally), whole_chain(b, "bob", tally)
+        assert stock == foil  # identical chits, signatures and blocks
+        assert [chit["chain"]["index"] for chit in stock] == list(range(1, 1001))
+        assert {chit["uuid"] for chit in stock} == set(paid)
+        assert c.balance(stock, t.STOCK) == sum(paid.values()) == -c.balance(foil, t.FOIL)
+        for node, cuid in ((a, "alice"), (b, "bob")):  # only the newest blocks in memory
+            for holding in (rebuilt(node, cuid, tally), node_holding(node, cuid, tally)):
+                assert len(holding.chain.chits) <= 2 * CHAIN_WINDOW
+                assert holding.chain.chits[-1] == stock[-1]
+                assert ch.balance(holding.chain) == holding.balance == c.balance(
+                    stock, holding.local.side)
         listed = await rpc(b, "chit.list", cuid="bob", tally=tally)
         assert [x["index"] for x in listed] == list(range(1, 1001))
         assert listed[-1]["hash"] == (await rpc(a, "tally.show", cuid="alice",
                                                 tally=tally))["chain"]["hash"]
+        # Alice asks for the blocks from 1 again, as a partner restored from a backup does:
+        # bob's node reads them back from its rows, and alice's takes them as known.
+        message = await send_raw(a, b, "bob", "chit", "chain",
+                                 {"cmd": "req", "tally": tally, "index": 1}, "alice")
+        await wait_for(lambda: a.db.read_one("SELECT count(*) FROM outbox WHERE id = ?",
+                                             (message,))[0] == 0)  # taken
+        await wait_for(lambda: b.db.read_one("SELECT count(*) FROM outbox")[0] == 0)
+        assert whole_chain(a, "alice", tally) == whole_chain(b, "bob", tally) == stock
+        assert agreed(a, "alice", b, "bob", tally, 1000)
+        for node, cuid in ((a, "alice"), (b, "bob")):
+            assert (await rpc(node, "tally.show", cuid=cuid, tally=tally))["error"] is None
 
 
 async def test_limits_closing_and_invoices(tmp_path):
@@ -376,36 +405,51 @@ async def test_a_chain_repairs_itself_after_a_rejected_message(tmp_path):
 # -- persistence ------------------------------------------------------------------------------
 
 
-def test_the_ledger_stores_chains_row_by_row_and_rebuilds_them_after_a_rollback():
-    conn = sqlite3.connect(":memory:", isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    migrate(conn)
-    alice, bob = negotiate(limit=10**9)  # alice holds the stock, bob the foil
-    ledger = Ledger()
-    conn.execute("BEGIN")
-    stock = ledger.save(conn, ledger.create(conn, "alice", alice, 1), 2, chain=ch.start(alice))
-    foil = ledger.save(conn, ledger.create(conn, "bob", bob, 1), 2, chain=ch.start(bob))
+class Rows:
+    """Both holders of a tally in one in-memory database, wired as the chit service wires
+    the ledger and the chain protocol: payments of 5, chain messages with their history."""
 
-    def pay(holding, key, count):
+    def __init__(self) -> None:
+        self.conn = conn = sqlite3.connect(":memory:", isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        migrate(conn)
+        self.alice, self.bob = negotiate(limit=10**9)  # alice holds the stock, bob the foil
+        self.ledger = ledger = Ledger()
+        conn.execute("BEGIN")
+        self.stock = ledger.save(conn, ledger.create(conn, "alice", self.alice, 1), 2,
+                                 chain=ch.start(self.alice))
+        self.foil = ledger.save(conn, ledger.create(conn, "bob", self.bob, 1), 2,
+                                chain=ch.start(self.bob))
+
+    def pay(self, holding, key, count):
         paid = [c.pay(holding.local, key, chit_uuid=str(uuid.uuid4()), units=5, date_ms=3,
                       balance=0)[0] for _ in range(count)]
         chain, messages = ch.add_many(holding.chain, [chit.chit for chit in paid], holding.local)
         delta = -5 * count
-        return ledger.save(conn, holding, 3, chain=chain, balance_delta=delta, fresh=paid), messages
+        saved = self.ledger.save(self.conn, holding, 3, chain=chain, balance_delta=delta,
+                                 fresh=paid)
+        return saved, messages
 
-    def receive(holding, messages):
+    def receive(self, holding, messages):
         replies = []
         for message in messages:  # from the partner's user to ours
             sender = holding.local.partner.cuid
             assert (message.to.cuid, message.from_cuid) == (holding.cuid, sender)
-            got = ch.receive(holding.chain, unpack(pack(message.object)), holding.local)
+            obj = unpack(pack(message.object))
+            history = self.ledger.history(self.conn, holding, ch.wanted(holding.chain, obj))
+            got = ch.receive(holding.chain, obj, holding.local, history)
             adopted = [c.receive_good(None, chit, holding.local, balance=0)[0]
                        for chit in got.adopted]
-            holding = ledger.save(conn, holding, 4, chain=got.chain, fresh=adopted,
-                                  balance_delta=5 * len(adopted))
+            holding = self.ledger.save(self.conn, holding, 4, chain=got.chain, fresh=adopted,
+                                       balance_delta=5 * len(adopted))
             replies += got.messages
         return holding, replies
 
+
+def test_the_ledger_stores_chains_row_by_row_and_rebuilds_them_after_a_rollback():
+    rows = Rows()
+    conn, ledger, alice, pay, receive = rows.conn, rows.ledger, rows.alice, rows.pay, rows.receive
+    stock, foil = rows.stock, rows.foil
     stock, news = pay(stock, ALICE.key, 3)  # wait unlinked until the foil orders them
     assert conn.execute("SELECT count(*) FROM chits WHERE chain_index IS NULL").fetchone()[0] == 3
     foil, upds = pay(foil, BOB.key, 2)  # linked at once, at 1 and 2
@@ -431,6 +475,34 @@ def test_the_ledger_stores_chains_row_by_row_and_rebuilds_them_after_a_rollback(
     assert ledger.get(conn, alice.uuid, "alice").balance == -5
     assert ledger.rebuilds == before + 1  # the token went back: the cached copy was stale
     assert ledger.get(conn, alice.uuid, "alice") is ledger.get(conn, alice.uuid, "alice")
+
+
+def test_a_long_chain_is_held_by_its_newest_blocks_and_reads_older_ones_back():
+    rows = Rows()
+    conn, ledger = rows.conn, rows.ledger
+    stock, news = rows.pay(rows.stock, ALICE.key, 50)  # ordered at 251 to 300
+    foil, upds = rows.pay(rows.foil, BOB.key, 250)
+    for _ in range(4):  # until neither side has anything to say
+        stock, replies = rows.receive(stock, upds)
+        foil, upds = rows.receive(foil, news + replies)
+        news = []
+    assert (foil.chain.length, foil.chain.conf, stock.chain.conf) == (300, 300, 300)
+    whole = [{**unpack(body), "chain": unpack(block)} for body, block in conn.execute(
+        "SELECT body, block FROM chits WHERE cuid = 'bob' ORDER BY chain_index")]
+    for holding in (stock, foil, ledger.get(conn, foil.local.uuid, "bob"),
+                    Ledger().get(conn, foil.local.uuid, "bob")):  # saved, cached, rebuilt
+        assert holding.chain.base > 0 and len(holding.chain.chits) <= 2 * CHAIN_WINDOW
+        assert list(holding.chain.chits) == whole[holding.chain.base:]
+        assert ch.balance(holding.chain) == holding.balance
+    # A restored partner asks from block 1: the blocks come back from the rows.
+    to_bob = ChipAddress(agent=foil.local.tally[t.FOIL]["cert"]["chad"]["agent"], cuid="bob")
+    req = {"cmd": "req", "tally": foil.local.uuid, "index": 1}
+    foil, (upd,) = rows.receive(foil, [Send(to_bob, "chit", "chain", req, "alice")])
+    assert upd.object["chits"] == whole[:ch.UPD_BATCH]
+    # ... and the stock takes that late copy of blocks it forgot as what it holds already.
+    before = stock.chain
+    stock, replies = rows.receive(stock, [upd])
+    assert replies == [] and stock.chain.chits == before.chits and stock.balance == 250 * 5 - 50 * 5
 
 
 # -- views ------------------------------------------------------------------------------------

@@ -33,20 +33,20 @@ import trio
 from agentd.bench import parser as bench_parser
 from agentd.bench import table, verdict, write_json
 from agentd.bench.rogue import Rogue
-from agentd.localnodes import free_ports, peer_section, spawn, stop, wait_ready, write_node
+from agentd.localnodes import (
+    free_ports,
+    peer_section,
+    rss_mb,
+    spawn,
+    stop,
+    wait_ready,
+    write_node,
+)
 from agentd.rpc import call
 from protocol.codec import pack
 
 FRAME = 1 << 20
 HOST = "127.0.0.1"  # never anything else: this attacks a node of our own
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 class Attack:

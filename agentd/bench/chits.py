@@ -9,7 +9,10 @@ node, committed on both nodes and chained; the clock stops when both holders hav
 linked and confirmed (chain length = confirmed index = count on both, same head hash).
 Beside it, in the same run (before and after, averaged: the machine's speed drifts), the
 Ed25519 sign + verify time of one chit gives the crypto bound: ``1 / (sign + verify)`` chits
-per second, what one core could do if signatures were all there was to it.
+per second, what one core could do if signatures were all there was to it. And what the
+chain costs in memory: Bob's process's resident memory before the payments and once every
+chit is confirmed (``bob_rss_growth_mb``; a node keeps only a chain's newest blocks in memory,
+so this stays flat however long the tally grows).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from agentd.bench import table, verdict, write_json
 from agentd.localnodes import (
     free_ports,
     local_config,
+    rss_mb,
     spawn,
     start_node,
     stop,
@@ -84,6 +88,7 @@ async def measure(count: int, batch: int, in_flight: int, workdir: Path) -> dict
                 while (await caller("tally.show", cuid=cuid, tally=tally))["state"] != "open":
                     await trio.sleep(0.01)
 
+            rss_before = rss_mb(process.pid)
             batches = [min(batch, count // 2 - first) for first in range(0, count // 2, batch)]
 
             async def pay(caller, cuid: str, sizes: list[int]) -> None:
@@ -105,9 +110,13 @@ async def measure(count: int, batch: int, in_flight: int, workdir: Path) -> dict
                     break
                 await trio.sleep(0.005)
             elapsed = time.perf_counter() - started
+            await bob("getinfo")  # the node's last writes are done: its memory has settled
+            rss_after = rss_mb(process.pid)
             alice.stop()
         return {"chits": total, "chits_s": total / elapsed,
-                "issue_s": issued - started, "confirm_s": elapsed}
+                "issue_s": issued - started, "confirm_s": elapsed,
+                "bob_rss_before_mb": round(rss_before, 1),
+                "bob_rss_growth_mb": round(rss_after - rss_before, 1)}
     finally:
         stop([process])
 
@@ -139,6 +148,8 @@ def main(argv: list[str]) -> int:
         ("Ed25519 sign / verify", f"{figures['sign_us']:>7.1f} / {figures['verify_us']:.1f} µs"),
         ("crypto bound 1/(sign+verify)", f"{figures['crypto_bound_chits_s']:>10,.0f} chits/s"),
         ("ratio", f"{figures['ratio']:>10.2f}x the crypto bound (goal >= 0.5x)"),
+        ("Bob's node, memory", f"{figures['bob_rss_before_mb']:>7.1f} MB before, "
+                               f"{figures['bob_rss_growth_mb']:+.1f} MB after"),
     ]))
     write_json(options.json, figures)
     return verdict([(f"{figures['ratio']:.2f}x the crypto bound (goal >= 0.5x)",

@@ -227,8 +227,9 @@ class ChitService(Service):
         if holding.chain is None:
             raise Reject("BAD_STATE", f"tally {holding.local.uuid} is {holding.local.state}: "
                          "it has no chain yet")
+        history = self.ledger.store.history(tx.conn, holding, ch.wanted(holding.chain, obj))
         try:
-            received = ch.receive(holding.chain, obj, holding.local)
+            received = ch.receive(holding.chain, obj, holding.local, history)
         except Refusal as exc:
             if exc.code == "lift_undecided" and self._awaiting_decision(tx, holding, obj):
                 raise NotYet(exc.message) from exc
