@@ -34,21 +34,30 @@ def enqueue(
     action: str,
     body: bytes,
     now_ms: int,
-) -> None:
-    conn.execute(
+) -> int:
+    """Write a message; returns its ``seq`` (commit order, per database)."""
+    return conn.execute(
         "INSERT INTO outbox (id, peer, address, target, action, body, created)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (message_id, peer, address, target, action, body, now_ms),
-    )
+    ).lastrowid
 
 
-def pending(conn: sqlite3.Connection, after_seq: int = 0, limit: int = 1000) -> list[OutboxRow]:
+def pending_to(conn: sqlite3.Connection, peer: str, after_seq: int, limit: int
+               ) -> list[OutboxRow]:
+    """One peer's pending messages after ``after_seq``, oldest first."""
     rows = conn.execute(
         "SELECT seq, id, peer, address, target, action, body, tries, created FROM outbox"
-        " WHERE state = 'pending' AND seq > ? ORDER BY seq LIMIT ?",
-        (after_seq, limit),
+        " WHERE state = 'pending' AND peer = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (peer, after_seq, limit),
     ).fetchall()
     return [OutboxRow(*row) for row in rows]
+
+
+def count_pending_to(conn: sqlite3.Connection, peer: str, after_seq: int) -> int:
+    return conn.execute(
+        "SELECT count(*) FROM outbox WHERE state = 'pending' AND peer = ? AND seq > ?",
+        (peer, after_seq)).fetchone()[0]
 
 
 def delete(conn: sqlite3.Connection, ids: Iterable[bytes]) -> int:

@@ -553,8 +553,8 @@ async def test_refused_outbox_rows_are_pruned_and_pending_ones_kept(tmp_path: Pa
         assert [(row["id"][0], row["state"]) for row in rows] == [(2, "pending"), (3, "failed")]
 
 
-def _enqueue(conn: sqlite3.Connection, i: int, peer: str = "bob") -> None:
-    outbox.enqueue(
+def _enqueue(conn: sqlite3.Connection, i: int, peer: str = "bob") -> int:
+    return outbox.enqueue(
         conn,
         message_id=bytes([i]) * 16,
         peer=peer,
@@ -578,12 +578,12 @@ def _pending_count(conn: sqlite3.Connection) -> int:
 async def test_outbox_enqueue_pending_depth(tmp_path: Path) -> None:
     async with Database.open(tmp_path / "out.db") as db:
         assert await db.write(_pending_count) == 0
-        assert await db.write(outbox.pending) == []
-        for i in range(1, 6):
-            await db.write(lambda c, i=i: _enqueue(c, i, "bob" if i < 4 else "carol"))
+        assert await db.write(lambda c: outbox.pending_to(c, "bob", 0, 10)) == []
+        seqs = [await db.write(lambda c, i=i: _enqueue(c, i, "bob" if i < 4 else "carol"))
+                for i in range(1, 6)]
         assert await db.write(_pending_count) == 5
-        rows = await db.write(outbox.pending)
-        assert [row.id for row in rows] == [bytes([i]) * 16 for i in range(1, 6)]
+        rows = await db.write(lambda c: outbox.pending_to(c, "bob", 0, 10))
+        assert [row.id for row in rows] == [bytes([i]) * 16 for i in range(1, 4)]
         first = rows[0]
         assert (first.peer, first.address, first.target, first.action, first.body) == (
             "bob",
@@ -594,10 +594,11 @@ async def test_outbox_enqueue_pending_depth(tmp_path: Path) -> None:
         )
         assert rows[1].address is None
         assert all(row.tries == 0 for row in rows)
-        seqs = [row.seq for row in rows]
-        assert seqs == sorted(seqs) and len(set(seqs)) == 5
-        after = await db.write(lambda c: outbox.pending(c, after_seq=seqs[1], limit=2))
-        assert [row.seq for row in after] == seqs[2:4]
+        assert [row.seq for row in rows] == seqs[:3] == sorted(seqs[:3])
+        assert len(set(seqs)) == 5
+        after = await db.write(lambda c: outbox.pending_to(c, "carol", seqs[0], 1))
+        assert [row.seq for row in after] == seqs[3:4]  # carol's first, one at most
+        assert await db.write(lambda c: outbox.count_pending_to(c, "bob", seqs[0])) == 2
 
 
 async def test_outbox_enqueue_of_a_duplicate_id_fails_its_job(tmp_path: Path) -> None:
@@ -617,7 +618,8 @@ async def test_outbox_delete(tmp_path: Path) -> None:
         assert await db.write(lambda c: outbox.delete(c, ids)) == 0  # already gone
         assert await db.write(lambda c: outbox.delete(c, [])) == 0
         assert await db.write(lambda c: outbox.delete(c, iter([bytes([2]) * 16]))) == 1
-        assert [row.id for row in await db.write(outbox.pending)] == [bytes([4]) * 16]
+        pending = await db.write(lambda c: outbox.pending_to(c, "bob", 0, 10))
+        assert [row.id for row in pending] == [bytes([4]) * 16]
         assert await db.write(_pending_count) == 1
 
 
@@ -632,7 +634,7 @@ async def test_outbox_mark_failed_and_record_tries(tmp_path: Path) -> None:
         assert await db.write(lambda c: outbox.mark_failed(c, two, "again")) is None
         assert await db.write(lambda c: outbox.mark_failed(c, bytes(16), "unknown")) is None
         assert await db.write(_pending_count) == 2
-        pending = await db.write(outbox.pending)
+        pending = await db.write(lambda c: outbox.pending_to(c, "bob", 0, 10))
         assert [(r.id, r.tries) for r in pending] == [(bytes([1]) * 16, 0), (bytes([3]) * 16, 1)]
         failures = await db.write(_failures)
         assert failures == [(two, "NOT_FOUND: no such tally")]

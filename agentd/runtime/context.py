@@ -60,6 +60,7 @@ class Queued:
     envelope: dict[str, Any]
     durable: bool = True  # False: to an ephemeral target, never written to the outbox
     prefix: bytes | None = None  # the envelope up to try and last (attempt_prefix)
+    seq: int | None = None  # its outbox row's (durable messages)
 
 
 class Tx:
@@ -95,13 +96,12 @@ class Tx:
         if problem is not None:  # what asked for it is refused instead
             raise Reject("TOO_LARGE", f"{message.target}/{message.action} to {to.agent}: "
                          f"{problem}")
-        if durable:
-            outbox.enqueue(
-                self.conn, message_id=message_id, peer=to.agent, address=address,
-                target=message.target, action=message.action,
-                body=with_attempt(prefix, 1, self.now_ms), now_ms=self.now_ms,
-            )
-        self.sent.append(Queued(message_id, to.agent, address, envelope, durable, prefix))
+        seq = outbox.enqueue(
+            self.conn, message_id=message_id, peer=to.agent, address=address,
+            target=message.target, action=message.action,
+            body=with_attempt(prefix, 1, self.now_ms), now_ms=self.now_ms,
+        ) if durable else None
+        self.sent.append(Queued(message_id, to.agent, address, envelope, durable, prefix, seq))
         return message_id
 
     def withdraw(self, message_id: bytes, reason: str) -> None:
@@ -123,7 +123,7 @@ class Tx:
             self._pump.withdraw(message_id)
         for item in self.sent:
             self._pump.add(item.id, item.peer, item.address, item.envelope, 0,
-                           durable=item.durable, prefix=item.prefix)
+                           durable=item.durable, prefix=item.prefix, seq=item.seq)
 
 
 class Runtime(Protocol):

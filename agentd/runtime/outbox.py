@@ -8,6 +8,12 @@ jitter) or a lost channel puts it back in the queue with ``try`` bumped. Only th
 lengthen the next wait: a message resent because its channel was lost is no later for it, so
 a burst of cut connections does not leave it waiting half a minute for an ack. A message to an
 ephemeral target (``Service.ephemeral``) has no row: it is delivered the same way from memory.
+
+Memory is bounded by peer, not by what waits: a peer's queue holds at most ``HOLD`` durable
+messages (and ``WINDOW`` more in flight). Past that, new messages for it stay in their rows
+(the peer is *spilled*) and its sender reads them back in commit order as it sends, so a
+partner away for a day, or slower than our users, costs rows on disk, not memory; a restart
+reads each peer's first ``HOLD`` rows, not the whole table.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ WINDOW = 1024  # unacked messages per peer: keeps ack latency, and so timeouts, 
 STRANGER_QUEUE = 256  # replies waiting to go to one peer we do not know; past it the oldest go
 EPHEMERAL_QUEUE = 4096  # messages waiting for one peer past which an ephemeral one is not queued
 SENDER_IDLE_S = 60.0  # a peer's sender ends after this long with nothing to send or await
+HOLD = 1024  # durable messages waiting for one peer in memory; later ones wait in their rows
 
 
 def ack_timeout(tries: int, rto: float = ACK_TIMEOUT_MIN) -> float:
@@ -111,24 +118,28 @@ class OutboxPump:
         self._acked_event = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._early: list[Outgoing] = []
+        self._spilled: dict[str, int] = {}  # peer -> the last seq in memory: later rows wait
         self.round_trips: dict[str, RoundTrip] = {}
         self.round_trip = RoundTrip()  # all peers': the timeout of a peer not yet measured
         self._scanner = Ticker(SCAN_INTERVAL, self._scan)
 
     @property
     def depth(self) -> int:
-        return len(self.live)
+        """Messages waiting to be sent or acked: in memory, and the rows of spilled peers."""
+        waiting = len(self.live)
+        for peer, after in self._spilled.items():
+            waiting += self.node.db.reading(
+                lambda conn, peer=peer, after=after: outbox.count_pending_to(conn, peer, after))
+        return waiting
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            after = 0  # what the last run left undelivered, page by page in commit order
-            while rows := await self.node.db.write(
-                    lambda conn, after=after: outbox.pending(conn, after_seq=after)):
-                for row in rows:
-                    self.add(row.id, row.peer, row.address, unpack(row.body), row.tries,
-                             created=row.created)
-                after = rows[-1].seq
+            # what the last run left undelivered stays in its rows: each sender reads its own
+            for peer in await self.node.db.write(outbox.waiting_peers):
+                self._spilled[peer] = 0
+                if peer not in self._queues:  # else a message committed since has one
+                    self._start_sender(peer)
             for item in self._early:
                 self._enqueue(item)
             self._early.clear()
@@ -141,9 +152,12 @@ class OutboxPump:
 
     def add(self, message_id: bytes, peer: str, address: str | None, envelope: dict,
             tries: int, created: int | None = None, *, durable: bool = True,
-            prefix: bytes | None = None) -> None:
+            prefix: bytes | None = None, seq: int | None = None) -> None:
+        """A message just committed (``seq``: its row's), for delivery."""
         if message_id in self.live:
-            return  # committed while the start-up reload was reading: already queued
+            return  # its sender read its row first
+        if seq is not None and self._spill(peer, seq):
+            return
         expires = expires_at(envelope.get("target", ""), envelope.get("action", ""),
                              self.node.clock.now_ms() if created is None else created)
         # a message a stopped node left unacked keeps its backoff: count its tries as timeouts
@@ -156,13 +170,49 @@ class OutboxPump:
         else:
             self._enqueue(item)
 
+    def _spill(self, peer: str, seq: int) -> bool:
+        """Whether the message of row ``seq`` stays in its row for now: its peer has ``HOLD``
+        waiting in memory already, or rows waiting before it, which it must not overtake."""
+        after = self._spilled.get(peer)
+        if after is None:
+            queue = self._queues.get(peer)
+            if queue is None or len(queue) < HOLD:
+                return False
+            self._spilled[peer] = after = seq - 1
+        if seq <= after:  # committed before the spill began: its place is in memory
+            return False
+        self._wake[peer].set()
+        return True
+
+    def _refill(self, peer: str, queue: deque[Outgoing]) -> None:
+        """A spilled peer's next rows, read into its queue once it runs low. A read that finds
+        fewer than it asked for ends the spill: it runs on the event loop, so every message
+        committed before it is in its rows, and every one added after it is held."""
+        after = self._spilled.get(peer)
+        if after is None or len(queue) >= HOLD // 2:
+            return
+        room = HOLD - len(queue)
+        rows = self.node.db.reading(lambda conn: outbox.pending_to(conn, peer, after, room))
+        if len(rows) < room:
+            del self._spilled[peer]
+        else:
+            self._spilled[peer] = rows[-1].seq
+        for row in rows:
+            if row.id not in self.live:
+                self.add(row.id, row.peer, row.address, unpack(row.body), row.tries,
+                         created=row.created)
+
+    def _start_sender(self, peer: str) -> deque[Outgoing]:
+        queue = self._queues[peer] = deque()
+        self._wake[peer] = trio.Event()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._sender, peer)
+        return queue
+
     def _enqueue(self, item: Outgoing) -> None:
         queue = self._queues.get(item.peer)
         if queue is None:
-            queue = self._queues[item.peer] = deque()
-            self._wake[item.peer] = trio.Event()
-            assert self._nursery is not None
-            self._nursery.start_soon(self._sender, item.peer)
+            queue = self._start_sender(item.peer)
         if not item.durable and len(queue) >= EPHEMERAL_QUEUE:
             # a peer this far behind will not take a route message in time to matter, and a
             # partner flooding searches through us must not make us hold its fan-out
@@ -261,10 +311,13 @@ class OutboxPump:
         queue = self._queues[peer]
         while True:
             while not queue:
+                self._refill(peer, queue)
+                if queue:
+                    break
                 self._wake[peer] = trio.Event()
                 with trio.move_on_after(SENDER_IDLE_S):
                     await self._wake[peer].wait()
-                if not queue and not self._unacked.get(peer):
+                if not queue and not self._unacked.get(peer) and peer not in self._spilled:
                     self._retire(peer)
                     return
             if peer == self.node.agent_id:
@@ -302,6 +355,7 @@ class OutboxPump:
             if not queue:
                 return
             item = queue.popleft()
+            self._refill(peer, queue)
             if item.id not in self.live:
                 continue
             item.tries += 1
@@ -323,6 +377,7 @@ class OutboxPump:
         """Messages between two users of this node take the same path minus the socket."""
         while queue:
             item = queue.popleft()
+            self._refill(self.node.agent_id, queue)
             if item.id not in self.live:
                 continue
             item.tries += 1

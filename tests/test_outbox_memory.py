@@ -1,0 +1,75 @@
+"""A peer that is away, or slower than our users, costs rows, not memory: the pump holds at
+most ``HOLD`` durable messages for it (and ``WINDOW`` in flight) and reads the rest back from
+the outbox in commit order, after a restart too."""
+
+from __future__ import annotations
+
+import trio
+
+from agentd.runtime import outbox as pump_module
+from agentd.runtime.node import Node
+from agentd.services.ping import PingService
+from protocol.keys import ChipAddress, parse_hostport
+from protocol.messages import Send
+from tests.netfixture import network, wait_for
+
+HOLD, WINDOW = 16, 8
+
+
+def notes(sender: Node, to: Node, count: int) -> list[bytes]:
+    """``count`` one-way messages to ``to``'s agent, in one transaction (run it with
+    ``transact``)."""
+    host, port = parse_hostport(to.listen_address)
+    address = ChipAddress(agent=to.agent_id, host=host, port=port)
+    return lambda tx: [tx.send(Send(address, "node", "note", {"n": n})) for n in range(count)]
+
+
+def received(node: Node, ids: list[bytes]) -> set[bytes]:
+    """Which of ``ids`` the node took."""
+    return {row[0] for row in node.db.read("SELECT id FROM inbox")} & set(ids)
+
+
+async def test_a_peer_away_costs_rows_not_memory_and_gets_everything_in_order(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(pump_module, "HOLD", HOLD)
+    monkeypatch.setattr(pump_module, "WINDOW", WINDOW)
+    taken: list[int] = []  # the notes' numbers, in the order the receiver commits them
+    handle = PingService.handle
+
+    def recording(service, tx, envelope):
+        handle(service, tx, envelope)
+        if envelope.action == "note":
+            tx.after_commit(lambda: taken.append(envelope.object["n"]))
+
+    monkeypatch.setattr(PingService, "handle", recording)
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await net.stop(1)  # b is away
+        ids = await a.transact(notes(a, b, 100))
+        assert len(a.pump.live) == HOLD and a.pump.depth == 100  # the rest wait in their rows
+        a = await net.restart(0)  # a restart reads the first HOLD rows, not the table
+        await wait_for(lambda: len(a.pump.live) == HOLD)
+        assert a.pump.depth == 100
+
+        most = 0
+
+        async def watch() -> None:
+            nonlocal most
+            while True:
+                most = max(most, len(a.pump.live))
+                await trio.sleep(0.002)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            b = await net.restart(1)
+            await wait_for(lambda: a.pump.depth == 0, timeout=20)
+            nursery.cancel_scope.cancel()
+        assert most <= HOLD + WINDOW
+        assert received(b, ids) == set(ids)
+        assert taken == list(range(100))  # every one, once, in the order they were committed
+        assert b.counters.duplicates == 0
+        assert not a.pump._spilled  # caught up: new messages are held again
+        more = await a.transact(notes(a, b, 5))
+        await wait_for(lambda: received(b, more) == set(more))
+        await wait_for(lambda: a.pump.depth == 0)
+        await wait_for(lambda: a.db.read_one("SELECT count(*) FROM outbox")[0] == 0)
