@@ -58,17 +58,19 @@ indexes wait beyond a gap) instead of scanning it. Make chains with the construc
 Memory: a chain need not hold its whole history. :func:`trim` lets it forget the blocks up to
 ``base``, all confirmed by the partner (the caller keeps them: the runtime's chit rows), so a
 tally with a million chits costs a holder's cache only its recent blocks. Nothing a partner
-sends can make the chain reach behind its ``base`` unasked: a chain message that names a chit
-or a block index behind it (a late copy, a ``req`` from a partner restored from a backup)
-names it in :func:`wanted`, and the caller passes those blocks to :func:`receive` as
-``history``. A chit the chain does not hold is thus either one of ``history`` or new.
+sends can make the chain reach behind its ``base`` unasked: :func:`wanted` names every chit a
+chain message carries that the chain does not hold and every block index behind ``base`` it
+names (a late copy, a ``req`` from a partner restored from a backup), and the caller passes
+the blocks behind ``base`` among them to :func:`receive` as ``history``. A chit the chain
+does not hold is thus either one of ``history`` or new to the chain.
 
 Public API:
 
 - ``Chain`` (frozen; ``to_map()/from_map()``, ``.length``, ``.head``, ``.hash_at(index)``).
 - ``trim(chain, keep) -> Chain`` — the chain without confirmed blocks more than ``keep`` old.
-- ``wanted(chain, obj) -> Wanted`` — the chits and block indexes behind the chain's ``base``
-  that a chain message names, for the caller to read and pass to ``receive``.
+- ``wanted(chain, obj) -> Wanted`` — the chits a chain message names that the chain does not
+  hold and the block indexes behind its ``base``, for the caller to read (``receive`` takes
+  the blocks behind ``base``).
 - ``start(local_tally) -> Chain`` — an empty chain on a tally both users signed.
 - ``add(chain, chit, local_tally) -> (Chain, sends)`` — a chit just became good here (a foil's
   lift chit sends nothing: ``resync`` sends its block).
@@ -196,9 +198,7 @@ class Chain:
 
 
 class Wanted(NamedTuple):
-    """What a chain message names behind a chain's ``base``: the caller reads those blocks
-    (its linked chits with these uuids, and at these indexes) and passes them to
-    :func:`receive`."""
+    """What a chain message names that a chain does not hold (:func:`wanted`)."""
 
     uuids: frozenset[str]
     indexes: frozenset[int]
@@ -241,15 +241,16 @@ def trim(chain: Chain, keep: int) -> Chain:
 
 
 def wanted(chain: Chain, obj: Any) -> Wanted:
-    """The chits (by uuid) and blocks (by index) behind ``chain.base`` that the chain message
-    ``obj`` names, which :func:`receive` needs as ``history``: none while nothing was trimmed.
-    A uuid the chain does not hold is named (the caller finds it behind the base or not at
-    all), so a chit trimmed away is never taken for a new one."""
-    if chain.base == 0 or not isinstance(obj, dict):
+    """What the chain message ``obj`` names that ``chain`` does not hold: the chits it does
+    not hold, by uuid (each one linked behind ``base``, or one the caller knows otherwise, or
+    new), and blocks behind ``base``, by index. The caller reads them and passes the linked
+    ones behind ``base`` to :func:`receive` as ``history``, so a chit trimmed away is never
+    taken for a new one."""
+    if not isinstance(obj, dict):
         return NOTHING
     uuids, indexes = set(), set()
     index = obj.get("index")
-    if isinstance(index, int) and not isinstance(index, bool):
+    if chain.base and isinstance(index, int) and not isinstance(index, bool):
         if obj.get("cmd") == "req":
             indexes.update(range(max(index, 1), min(index + UPD_BATCH, chain.base + 1)))
         elif 0 < index <= chain.base:

@@ -213,24 +213,30 @@ class Ledger:
         )
 
     @staticmethod
-    def history(conn: sqlite3.Connection, holding: Holding, wanted: Wanted
-                ) -> dict[int, dict[str, Any]]:
-        """The linked chits behind the holding's chain window that a chain message names
-        (``protocol.chain.wanted``), by chain index: at most two indexed reads, and none for
-        the usual message."""
-        chain = holding.chain
-        if chain is None or not (wanted.uuids or wanted.indexes):
-            return {}
-        query = ("SELECT chain_index, body, block FROM chits WHERE tally = ? AND cuid = ?"
-                 " AND chain_index <= ? AND {} IN ({})")
-        found = {}
+    def named(conn: sqlite3.Connection, holding: Holding, wanted: Wanted
+              ) -> tuple[dict[int, dict[str, Any]], dict[str, LocalChit]]:
+        """What a chain message names that the holding's chain does not hold
+        (``protocol.chain.wanted``): the linked chits behind its window, by chain index (the
+        ``history`` the protocol needs), and the rows of the chits it names by uuid, in any
+        state (those it adopts are looked up here, not read again). One indexed read, and a
+        second only for a message that names blocks behind the window by index."""
+        history: dict[int, dict[str, Any]] = {}
+        rows: dict[str, LocalChit] = {}
+        base = 0 if holding.chain is None else holding.chain.base
+        query = ("SELECT uuid, state, body, block, chain_index FROM chits"
+                 " WHERE tally = ? AND cuid = ? AND {} IN ({})")
         for column, values in (("uuid", wanted.uuids), ("chain_index", wanted.indexes)):
-            if values:
-                for index, body, block in conn.execute(
-                        query.format(column, ", ".join("?" * len(values))),
-                        (*holding.key, chain.base, *values)):
-                    found[index] = _chit(body, block)
-        return found
+            if not values:
+                continue
+            for uuid, state, body, block, index in conn.execute(
+                    query.format(column, ", ".join("?" * len(values))),
+                    (*holding.key, *values)):
+                chit = _chit(body, block)
+                if column == "uuid":
+                    rows[uuid] = LocalChit(state, chit)
+                if index is not None and index <= base:
+                    history[index] = chit
+        return history, rows
 
     @staticmethod
     def fill_limits(conn: sqlite3.Connection) -> int:

@@ -532,7 +532,7 @@ def test_a_trimmed_chain_answers_every_message_as_the_whole_chain_does() -> None
         assert holder.history(ch.wanted(holder.chain, objects[-1]))  # it did read back
 
 
-def test_wanted_names_only_what_lies_behind_the_base() -> None:
+def test_wanted_names_chits_not_held_and_blocks_behind_the_base() -> None:
     pair = Pair()
     for _ in range(6):
         pair.post(pair.foil, pair.foil.pay(pair.next_uuid(), 1))
@@ -540,6 +540,9 @@ def test_wanted_names_only_what_lies_behind_the_base() -> None:
     foil = ch.trim(pair.foil.chain, 2)
     assert (foil.base, foil.length) == (4, 6)
     assert ch.wanted(pair.foil.chain, command("req", index=1)) == ch.NOTHING  # nothing trimmed
+    new = one(Pair().stock.pay(pair.next_uuid(), 1)).object
+    assert ch.wanted(pair.foil.chain, command("new", chits=[new])) == ch.Wanted(
+        frozenset({new["uuid"]}), frozenset())  # new, or known to the caller only
     assert ch.wanted(foil, command("req", index=3)).indexes == {3, 4}
     assert ch.wanted(foil, command("ack", index=5, hash=bytes(32))) == ch.NOTHING
     held, old = foil.chits[0], pair.foil.whole()[0]

@@ -436,7 +436,7 @@ class Rows:
             sender = holding.local.partner.cuid
             assert (message.to.cuid, message.from_cuid) == (holding.cuid, sender)
             obj = unpack(pack(message.object))
-            history = self.ledger.history(self.conn, holding, ch.wanted(holding.chain, obj))
+            history, _ = self.ledger.named(self.conn, holding, ch.wanted(holding.chain, obj))
             got = ch.receive(holding.chain, obj, holding.local, history)
             adopted = [c.receive_good(None, chit, holding.local, balance=0)[0]
                        for chit in got.adopted]

@@ -227,7 +227,8 @@ class ChitService(Service):
         if holding.chain is None:
             raise Reject("BAD_STATE", f"tally {holding.local.uuid} is {holding.local.state}: "
                          "it has no chain yet")
-        history = self.ledger.store.history(tx.conn, holding, ch.wanted(holding.chain, obj))
+        wanted = ch.wanted(holding.chain, obj)
+        history, rows = self.ledger.store.named(tx.conn, holding, wanted)
         try:
             received = ch.receive(holding.chain, obj, holding.local, history)
         except Refusal as exc:
@@ -236,8 +237,9 @@ class ChitService(Service):
             raise
         adopted = []  # good chits first learned from this message
         delta = 0
-        for chit in received.adopted:
-            known = self.ledger.store.get_chit(tx.conn, chit["tally"], holding.cuid, chit["uuid"])
+        for chit in received.adopted:  # each named in wanted: the chain did not hold it
+            known = rows.get(chit["uuid"]) if chit["uuid"] in wanted.uuids else (
+                self.ledger.store.get_chit(tx.conn, chit["tally"], holding.cuid, chit["uuid"]))
             got = _receive_good(known, chit, holding, holding.balance + delta)
             self.ledger.log(tx, holding.local, "chit.good", got.chit, ref=got.uuid)
             adopted.append(got)
