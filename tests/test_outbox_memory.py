@@ -16,12 +16,13 @@ from tests.netfixture import network, wait_for
 HOLD, WINDOW = 16, 8
 
 
-def notes(sender: Node, to: Node, count: int) -> list[bytes]:
-    """``count`` one-way messages to ``to``'s agent, in one transaction (run it with
-    ``transact``)."""
+def notes(sender: Node, to: Node, count: int, pad: int = 0) -> list[bytes]:
+    """``count`` one-way messages to ``to``'s agent (with ``pad`` bytes of text each), in one
+    transaction (run it with ``transact``)."""
     host, port = parse_hostport(to.listen_address)
     address = ChipAddress(agent=to.agent_id, host=host, port=port)
-    return lambda tx: [tx.send(Send(address, "node", "note", {"n": n})) for n in range(count)]
+    return lambda tx: [tx.send(Send(address, "node", "note", {"n": n, "pad": "x" * pad}))
+                       for n in range(count)]
 
 
 def received(node: Node, ids: list[bytes]) -> set[bytes]:
@@ -73,3 +74,28 @@ async def test_a_peer_away_costs_rows_not_memory_and_gets_everything_in_order(
         await wait_for(lambda: received(b, more) == set(more))
         await wait_for(lambda: a.pump.depth == 0)
         await wait_for(lambda: a.db.read_one("SELECT count(*) FROM outbox")[0] == 0)
+
+
+async def test_big_messages_are_held_by_their_bytes(tmp_path, monkeypatch):
+    """The same bound in bytes: messages of ~2 KB against ``HOLD_BYTES`` of 8 KB."""
+    monkeypatch.setattr(pump_module, "HOLD_BYTES", 8_000)
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await net.stop(1)
+        ids = await a.transact(notes(a, b, 40, pad=2_000))
+        assert 4 <= len(a.pump.live) <= 5 and a.pump.depth == 40  # 8 KB, and the one past it
+        most = 0
+
+        async def watch() -> None:
+            nonlocal most
+            while True:
+                most = max(most, sum(item.size for item in a.pump.live.values()))
+                await trio.sleep(0.002)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            b = await net.restart(1)
+            await wait_for(lambda: received(b, ids) == set(ids), timeout=20)
+            nursery.cancel_scope.cancel()
+        assert most <= 8_000 + 2_200  # never more than the budget and one message
+        await wait_for(lambda: a.pump.depth == 0 and not a.pump._held)

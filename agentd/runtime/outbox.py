@@ -10,7 +10,8 @@ a burst of cut connections does not leave it waiting half a minute for an ack. A
 ephemeral target (``Service.ephemeral``) has no row: it is delivered the same way from memory.
 
 Memory is bounded by peer, not by what waits: a peer's queue holds at most ``HOLD`` durable
-messages (and ``WINDOW`` more in flight). Past that, new messages for it stay in their rows
+messages (and ``WINDOW`` more in flight), and what it holds in all comes to about
+``HOLD_BYTES`` at most. Past either, new messages for it stay in their rows
 (the peer is *spilled*) and its sender reads them back in commit order as it sends, so a
 partner away for a day, or slower than our users, costs rows on disk, not memory; a restart
 reads each peer's first ``HOLD`` rows, not the whole table.
@@ -48,6 +49,7 @@ STRANGER_QUEUE = 256  # replies waiting to go to one peer we do not know; past i
 EPHEMERAL_QUEUE = 4096  # messages waiting for one peer past which an ephemeral one is not queued
 SENDER_IDLE_S = 60.0  # a peer's sender ends after this long with nothing to send or await
 HOLD = 1024  # durable messages waiting for one peer in memory; later ones wait in their rows
+HOLD_BYTES = 8 << 20  # encoded bytes of one peer's durable messages in memory (and in flight)
 
 
 def ack_timeout(tries: int, rto: float = ACK_TIMEOUT_MIN) -> float:
@@ -87,6 +89,7 @@ class Outgoing:
     timeouts: int = 0  # acks that never came in time: what the backoff counts (see _scan)
     expires: int | None = None  # ms since the epoch; None: never
     durable: bool = True  # False: held in memory only, no outbox row
+    size: int = 0  # encoded bytes (durable messages: what HOLD_BYTES counts)
     due: float = 0.0
     sent: float = 0.0
     channel: Channel | None = field(default=None, repr=False)
@@ -119,6 +122,7 @@ class OutboxPump:
         self._nursery: trio.Nursery | None = None
         self._early: list[Outgoing] = []
         self._spilled: dict[str, int] = {}  # peer -> the last seq in memory: later rows wait
+        self._held: dict[str, int] = {}  # peer -> bytes of its durable messages in ``live``
         self.round_trips: dict[str, RoundTrip] = {}
         self.round_trip = RoundTrip()  # all peers': the timeout of a peer not yet measured
         self._scanner = Ticker(SCAN_INTERVAL, self._scan)
@@ -152,8 +156,9 @@ class OutboxPump:
 
     def add(self, message_id: bytes, peer: str, address: str | None, envelope: dict,
             tries: int, created: int | None = None, *, durable: bool = True,
-            prefix: bytes | None = None, seq: int | None = None) -> None:
-        """A message just committed (``seq``: its row's), for delivery."""
+            prefix: bytes | None = None, seq: int | None = None, size: int = 0) -> None:
+        """A message just committed (``seq``: its row's), or read back from its row (``size``:
+        the row's bytes), for delivery."""
         if message_id in self.live:
             return  # its sender read its row first
         if seq is not None and self._spill(peer, seq):
@@ -162,8 +167,9 @@ class OutboxPump:
                              self.node.clock.now_ms() if created is None else created)
         # a message a stopped node left unacked keeps its backoff: count its tries as timeouts
         item = Outgoing(message_id, peer, address, envelope, tries, tries, expires,
-                        durable=durable, prefix=prefix)
-        self.live[message_id] = item
+                        durable=durable, prefix=prefix,
+                        size=len(prefix) if prefix is not None else size)
+        self._hold(item)
         self._scanner.wake()
         if self._nursery is None:
             self._early.append(item)
@@ -176,7 +182,7 @@ class OutboxPump:
         after = self._spilled.get(peer)
         if after is None:
             queue = self._queues.get(peer)
-            if queue is None or len(queue) < HOLD:
+            if queue is None or (len(queue) < HOLD and self._held.get(peer, 0) < HOLD_BYTES):
                 return False
             self._spilled[peer] = after = seq - 1
         if seq <= after:  # committed before the spill began: its place is in memory
@@ -189,18 +195,40 @@ class OutboxPump:
         fewer than it asked for ends the spill: it runs on the event loop, so every message
         committed before it is in its rows, and every one added after it is held."""
         after = self._spilled.get(peer)
-        if after is None or len(queue) >= HOLD // 2:
+        if after is None or len(queue) >= HOLD // 2 or self._held.get(peer, 0) >= HOLD_BYTES // 2:
             return
         room = HOLD - len(queue)
         rows = self.node.db.reading(lambda conn: outbox.pending_to(conn, peer, after, room))
-        if len(rows) < room:
-            del self._spilled[peer]
-        else:
-            self._spilled[peer] = rows[-1].seq
+        taken = 0
         for row in rows:
+            if taken and self._held.get(peer, 0) >= HOLD_BYTES:
+                break  # the rest wait for acks to make room (on_ack wakes the sender)
+            taken += 1
             if row.id not in self.live:
                 self.add(row.id, row.peer, row.address, unpack(row.body), row.tries,
-                         created=row.created)
+                         created=row.created, size=len(row.body))
+        if taken == len(rows) < room:
+            del self._spilled[peer]
+        elif taken:
+            self._spilled[peer] = rows[taken - 1].seq
+
+    def _hold(self, item: Outgoing) -> None:
+        self.live[item.id] = item
+        if item.durable:
+            self._held[item.peer] = self._held.get(item.peer, 0) + item.size
+
+    def _let_go(self, message_id: bytes) -> Outgoing | None:
+        """Take a message out of ``live`` (acked, withdrawn, dropped or expired)."""
+        item = self.live.pop(message_id, None)
+        if item is not None and item.durable:
+            held = self._held[item.peer] - item.size
+            if held:
+                self._held[item.peer] = held
+            else:
+                del self._held[item.peer]
+            if item.peer in self._spilled:  # room for its next rows
+                self._wake[item.peer].set()
+        return item
 
     def _start_sender(self, peer: str) -> deque[Outgoing]:
         queue = self._queues[peer] = deque()
@@ -216,7 +244,7 @@ class OutboxPump:
         if not item.durable and len(queue) >= EPHEMERAL_QUEUE:
             # a peer this far behind will not take a route message in time to matter, and a
             # partner flooding searches through us must not make us hold its fan-out
-            del self.live[item.id]
+            self._let_go(item.id)
             self.node.counters.outbox_dropped += 1
             return
         queue.append(item)
@@ -232,7 +260,7 @@ class OutboxPump:
         if victim is None:
             return
         queue.remove(victim)
-        del self.live[victim.id]
+        self._let_go(victim.id)
         self.forget(victim)  # its row goes with the next batch of deletes
         self.node.counters.outbox_dropped += 1
 
@@ -245,7 +273,7 @@ class OutboxPump:
         item = self.live.get(ack.ack)
         if item is None or item.peer != from_agent:
             return None  # a late duplicate ack, or an ack for a message we never sent it
-        del self.live[ack.ack]
+        self._let_go(ack.ack)
         if self._inflight.pop(ack.ack, None) is not None:
             self._release(item.peer)
             if item.tries == 1:  # Karn: a resent message's ack could answer either send
@@ -264,7 +292,7 @@ class OutboxPump:
 
     def withdraw(self, message_id: bytes) -> None:
         """Stop delivering a message whose row the caller has marked failed or deleted."""
-        self.live.pop(message_id, None)
+        self._let_go(message_id)
         item = self._inflight.pop(message_id, None)
         if item is not None:
             self._release(item.peer)
