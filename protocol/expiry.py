@@ -30,10 +30,13 @@ EXPIRY_MS: dict[tuple[str, str | None], int] = {
 }
 
 
+EXPIRING_TARGETS = frozenset(target for target, _ in EXPIRY_MS)  # the others never expire
+
+
 def expires_at(target: str, action: str, created_ms: int) -> int | None:
     """When a message created at ``created_ms`` stops being worth delivering (None: never)."""
     ttl = EXPIRY_MS.get((target, action), EXPIRY_MS.get((target, None)))
     return None if ttl is None else created_ms + ttl
 
 
-__all__ = ["EXPIRY_MS", "expires_at"]
+__all__ = ["EXPIRING_TARGETS", "EXPIRY_MS", "expires_at"]

@@ -7,7 +7,7 @@ delete them (or mark them failed with the peer's error).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 
@@ -58,6 +58,19 @@ def count_pending_to(conn: sqlite3.Connection, peer: str, after_seq: int) -> int
     return conn.execute(
         "SELECT count(*) FROM outbox WHERE state = 'pending' AND peer = ? AND seq > ?",
         (peer, after_seq)).fetchone()[0]
+
+
+def expire_after(conn: sqlite3.Connection, peer: str, after_seq: int, targets: Collection[str],
+                 expired: Callable[[str, str, int], bool]) -> int:
+    """Delete the peer's pending rows after ``after_seq`` to ``targets`` that ``expired(target,
+    action, created)`` says are past their time; returns how many."""
+    rows = conn.execute(
+        "SELECT id, target, action, created FROM outbox WHERE state = 'pending' AND peer = ?"
+        f" AND seq > ? AND target IN ({', '.join('?' * len(targets))})",
+        (peer, after_seq, *targets)).fetchall()
+    gone = [(row[0],) for row in rows if expired(row[1], row[2], row[3])]
+    conn.executemany("DELETE FROM outbox WHERE id = ?", gone)
+    return len(gone)
 
 
 def delete(conn: sqlite3.Connection, ids: Iterable[bytes]) -> int:

@@ -9,11 +9,17 @@ import trio
 from agentd.runtime import outbox as pump_module
 from agentd.runtime.node import Node
 from agentd.services.ping import PingService
+from protocol import expiry
 from protocol.keys import ChipAddress, parse_hostport
 from protocol.messages import Send
 from tests.netfixture import network, wait_for
 
 HOLD, WINDOW = 16, 8
+
+
+def to(node: Node) -> ChipAddress:
+    host, port = parse_hostport(node.listen_address)
+    return ChipAddress(agent=node.agent_id, host=host, port=port)
 
 
 def notes(sender: Node, to: Node, count: int, pad: int = 0) -> list[bytes]:
@@ -99,3 +105,25 @@ async def test_big_messages_are_held_by_their_bytes(tmp_path, monkeypatch):
             nursery.cancel_scope.cancel()
         assert most <= 8_000 + 2_200  # never more than the budget and one message
         await wait_for(lambda: a.pump.depth == 0 and not a.pump._held)
+
+
+async def test_messages_waiting_in_their_rows_still_expire(tmp_path, monkeypatch):
+    """A partner away keeps 20 notes (which never expire) waiting, 16 in memory, and behind
+    them 10 pings that expire in half a second: they go from their rows on time, unread."""
+    monkeypatch.setattr(pump_module, "HOLD", HOLD)
+    monkeypatch.setattr(pump_module, "ROW_SWEEP_S", 0.2)
+    monkeypatch.setitem(expiry.EXPIRY_MS, ("node", "ping"), 500)
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await net.stop(1)
+        kept = await a.transact(notes(a, b, 20))
+        pings = await a.transact(
+            lambda tx: [tx.send(Send(to(b), "node", "ping", {"seq": n})) for n in range(10)])
+        assert a.pump.depth == 30 and len(a.pump.live) == HOLD
+        await wait_for(lambda: a.counters.outbox_expired == 10, timeout=5)
+        assert a.pump.depth == 20
+        assert a.db.read_one("SELECT count(*) FROM outbox WHERE action = 'ping'")[0] == 0
+        b = await net.restart(1)
+        await wait_for(lambda: received(b, kept) == set(kept), timeout=20)
+        assert received(b, pings) == set()
+        await wait_for(lambda: a.pump.depth == 0)

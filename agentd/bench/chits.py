@@ -11,8 +11,9 @@ Beside it, in the same run (before and after, averaged: the machine's speed drif
 Ed25519 sign + verify time of one chit gives the crypto bound: ``1 / (sign + verify)`` chits
 per second, what one core could do if signatures were all there was to it. And what the
 chain costs in memory: Bob's process's resident memory before the payments and once every
-chit is confirmed (``bob_rss_growth_mb``; a node keeps only a chain's newest blocks in memory,
-so this stays flat however long the tally grows).
+chit is confirmed (``bob_rss_growth_mb``). A node keeps only a chain's newest blocks in
+memory, so its live objects do not grow with the tally; what this shows is mostly the
+allocator's high water of the messages in flight while both users outpay the chain.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from agentd.runtime.timers import Ticker
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import unpack
 from protocol.envelope import Ack, attempt_prefix, with_attempt
-from protocol.expiry import expires_at
+from protocol.expiry import EXPIRING_TARGETS, expires_at
 from store import outbox
 
 if TYPE_CHECKING:
@@ -50,6 +50,13 @@ EPHEMERAL_QUEUE = 4096  # messages waiting for one peer past which an ephemeral 
 SENDER_IDLE_S = 60.0  # a peer's sender ends after this long with nothing to send or await
 HOLD = 1024  # durable messages waiting for one peer in memory; later ones wait in their rows
 HOLD_BYTES = 8 << 20  # encoded bytes of one peer's durable messages in memory (and in flight)
+ROW_SWEEP_S = 30.0  # how often spilled peers' rows are looked at for messages past their time
+
+
+def _past(target: str, action: str, created_ms: int, now_ms: int) -> bool:
+    """Whether a message of this kind made at ``created_ms`` is past its time."""
+    expiry = expires_at(target, action, created_ms)
+    return expiry is not None and expiry <= now_ms
 
 
 def ack_timeout(tries: int, rto: float = ACK_TIMEOUT_MIN) -> float:
@@ -123,6 +130,7 @@ class OutboxPump:
         self._early: list[Outgoing] = []
         self._spilled: dict[str, int] = {}  # peer -> the last seq in memory: later rows wait
         self._held: dict[str, int] = {}  # peer -> bytes of its durable messages in ``live``
+        self._rows_swept = 0.0  # when _expire_rows last looked (monotonic)
         self.round_trips: dict[str, RoundTrip] = {}
         self.round_trip = RoundTrip()  # all peers': the timeout of a peer not yet measured
         self._scanner = Ticker(SCAN_INTERVAL, self._scan)
@@ -199,18 +207,42 @@ class OutboxPump:
             return
         room = HOLD - len(queue)
         rows = self.node.db.reading(lambda conn: outbox.pending_to(conn, peer, after, room))
-        taken = 0
+        now, taken, expired = self.node.clock.now_ms(), 0, []
         for row in rows:
             if taken and self._held.get(peer, 0) >= HOLD_BYTES:
                 break  # the rest wait for acks to make room (on_ack wakes the sender)
             taken += 1
-            if row.id not in self.live:
-                self.add(row.id, row.peer, row.address, unpack(row.body), row.tries,
-                         created=row.created, size=len(row.body))
+            if row.id in self.live:
+                continue
+            if _past(row.target, row.action, row.created, now):
+                expired.append(row.id)  # its time passed while it waited in its row
+                continue
+            self.add(row.id, row.peer, row.address, unpack(row.body), row.tries,
+                     created=row.created, size=len(row.body))
         if taken == len(rows) < room:
             del self._spilled[peer]
         elif taken:
             self._spilled[peer] = rows[taken - 1].seq
+        if expired:
+            self.node.counters.outbox_expired += len(expired)
+            self.node.db.submit(lambda conn: outbox.delete(conn, expired))
+
+    async def _expire_rows(self) -> None:
+        """Drop what spilled peers' rows hold past its time, without reading it back:
+        ``_expire`` sees only the messages in memory, and a partner away for a day must not
+        keep pings and relay queries waiting behind its chits. At most every ``ROW_SWEEP_S``;
+        it reads only rows to targets that expire."""
+        now = self.node.clock.monotonic()
+        if not self._spilled or now < self._rows_swept + ROW_SWEEP_S:
+            return
+        self._rows_swept, spilled, now_ms = now, dict(self._spilled), self.node.clock.now_ms()
+        gone = await self.node.db.write(lambda conn: sum(
+            outbox.expire_after(conn, peer, after, EXPIRING_TARGETS,
+                                lambda *kind: _past(*kind, now_ms))
+            for peer, after in spilled.items()))
+        if gone:
+            self.node.counters.outbox_expired += gone
+            log.info("outbox: %d messages expired undelivered in their rows", gone)
 
     def _hold(self, item: Outgoing) -> None:
         self.live[item.id] = item
@@ -445,6 +477,7 @@ class OutboxPump:
         message is live (then the scan sleeps until one is added): a node with nothing to
         deliver has no timer, and a busy one scans about once a second, not four times."""
         self._expire()
+        await self._expire_rows()
         now = self.node.clock.monotonic()
         overdue = [item for item in self._inflight.values() if item.due <= now]
         for item in overdue:
