@@ -7,7 +7,7 @@ or two and never a rewrite of the chain: :meth:`Ledger.save` writes only what di
 between the chain it loaded and the one the protocol returned, and a chit that has just
 become good is inserted with its place in the chain rather than inserted and then updated.
 A holding keeps only its chain's recent blocks (``CHAIN_WINDOW``, ``protocol.chain.trim``):
-the rows are the chain, and :meth:`Ledger.history` reads the older blocks a chain message
+the rows are the chain, and :meth:`Ledger.named` reads the older blocks a chain message
 names (``protocol.chain.wanted``).
 
 :class:`Ledger` remembers the holdings it has built (least recently used first out), each

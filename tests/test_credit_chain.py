@@ -51,8 +51,8 @@ class Holder:
         return tuple(self.rows[i] for i in range(1, self.chain.base + 1)) + self.chain.chits
 
     def history(self, wanted: ch.Wanted) -> dict[int, dict[str, Any]]:
-        """What the runtime's ``Ledger.history`` reads: blocks behind the base by index or
-        by chit uuid."""
+        """The history the runtime's ``Ledger.named`` reads: blocks behind the base, by
+        index or by chit uuid."""
         return {i: chit for i, chit in self.rows.items() if i <= self.chain.base and (
             i in wanted.indexes or chit["uuid"] in wanted.uuids)}
 
