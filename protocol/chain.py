@@ -330,7 +330,8 @@ def add_many(
 def receive(chain: Chain, obj: Any, local: LocalTally,
             history: Mapping[int, dict[str, Any]] | None = None) -> Received:
     """Apply a ``chain`` message from the partner. ``history``: the linked chits behind the
-    chain's ``base`` that :func:`wanted` names, by index."""
+    chain's ``base`` that :func:`wanted` names, by index. Every chit it adopts is one
+    ``wanted(chain, obj)`` named, so the caller has read its row (if any) already."""
     if not isinstance(obj, dict) or obj.get("cmd") not in CMDS:
         raise Refusal("bad_field", f"chain.cmd must be one of {CMDS}")
     cmd = obj["cmd"]

@@ -97,8 +97,9 @@ class Holder:
         (the sender's duplicate or a copy the chain delivered first)."""
         action, obj = message.action, unpack(pack(message.object))
         if action == "chain":
-            history = self.history(ch.wanted(self.chain, obj))
-            received = ch.receive(self.chain, obj, self.local, history)
+            wanted = ch.wanted(self.chain, obj)
+            received = ch.receive(self.chain, obj, self.local, self.history(wanted))
+            assert {chit["uuid"] for chit in received.adopted} <= wanted.uuids
             balance = ch.balance(self.chain)  # before the chits this message adopts
             self.chain = received.chain
             for chit in received.adopted:

@@ -186,7 +186,8 @@ class OutboxPump:
 
     def _spill(self, peer: str, seq: int) -> bool:
         """Whether the message of row ``seq`` stays in its row for now: its peer has ``HOLD``
-        waiting in memory already, or rows waiting before it, which it must not overtake."""
+        messages waiting in memory already (or ``HOLD_BYTES`` held), or rows waiting before
+        it, which it must not overtake."""
         after = self._spilled.get(peer)
         if after is None:
             queue = self._queues.get(peer)

@@ -237,9 +237,8 @@ class ChitService(Service):
             raise
         adopted = []  # good chits first learned from this message
         delta = 0
-        for chit in received.adopted:  # each named in wanted: the chain did not hold it
-            known = rows.get(chit["uuid"]) if chit["uuid"] in wanted.uuids else (
-                self.ledger.store.get_chit(tx.conn, chit["tally"], holding.cuid, chit["uuid"]))
+        for chit in received.adopted:  # wanted named each (the chain did not hold it): read
+            known = rows.get(chit["uuid"])
             got = _receive_good(known, chit, holding, holding.balance + delta)
             self.ledger.log(tx, holding.local, "chit.good", got.chit, ref=got.uuid)
             adopted.append(got)
