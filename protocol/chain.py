@@ -141,11 +141,14 @@ class Chain:
         default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.hints.linked and not self.hints.parked:  # built, not derived
-            self.hints.linked.update(
+        hints = self.hints
+        if not hints.linked and not hints.parked:  # built, not derived
+            hints.linked.update(
                 (chit["uuid"], self.base + at) for at, chit in enumerate(self.chits, 1))
-            for chit in self.pending:
-                _note_parked(self, chit)
+            hints.parked.update(chit["uuid"] for chit in self.pending)
+            hints.foreign.update(chit["uuid"] for chit in self.pending if chit["by"] != self.side)
+            hints.claims.update(
+                chit["chain"]["index"] for chit in self.pending if chit["chain"] is not None)
 
     @property
     def length(self) -> int:
@@ -633,18 +636,58 @@ def _stock_reply(chain: Chain, local: LocalTally, *, repair: bool = False) -> li
 
 
 def _stock_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
+    """Take the foil's blocks in message order. The usual upd is a run of blocks that follow
+    the chain's head one after another: those are linked in one copy of the chain and of
+    ``pending`` (not one per chit: ``pending`` holds thousands when both users outpay the
+    foil's ordering), with the same result as taking them one by one."""
     adopted = []
+    run: dict[str, dict[str, Any]] = {}  # uuid -> chit with its block, following the head
     for chit in obj["chits"]:
+        chit_uuid = chit.get("uuid") if isinstance(chit, dict) else None
+        if isinstance(chit_uuid, str) and chit_uuid in run:  # the same chit again
+            chain, run = _link_run(chain, run), {}
         ours = _known(chain, chit, local)
         if chit["chain"] is None:
             raise Refusal("bad_field", f"chit {chit['uuid']} in an upd has no chain block")
         if ours is None:
             adopted.append(chit)
-            chain = _take(chain, chit)
         else:  # keep our copy (and its signature); take only the foil's block
-            chain = _take(chain, {**ours, "chain": chit["chain"]})
+            chit = {**ours, "chain": chit["chain"]}
+        if _extends(chain, run, chit):
+            run[chit["uuid"]] = chit
+            continue
+        chain, run = _link_run(chain, run), {}
+        chain = _take(chain, chit)
+    chain = _link_run(chain, run)
     chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)))
     return Received(chain, _stock_reply(chain, local), adopted)
+
+
+def _extends(chain: Chain, run: dict[str, dict[str, Any]], chit: dict[str, Any]) -> bool:
+    """Whether ``chit``'s block follows ``chain`` with ``run`` linked after it, in the case
+    :func:`_take` would simply link it: a block that hashes right, on an index no parked
+    block claims, for a chit not linked yet."""
+    block = chit["chain"]
+    index = chain.length + len(run) + 1
+    prev = next(reversed(run.values()))["chain"]["hash"] if run else chain.head
+    return (block["index"] == index and block["prev"] == prev
+            and index not in chain.hints.claims
+            and block["hash"] == block_hash(index, prev, chit["hash"])
+            and _linked(chain, chit["uuid"]) is None)
+
+
+def _link_run(chain: Chain, run: dict[str, dict[str, Any]]) -> Chain:
+    """``chain`` with the blocks of ``run`` (see :func:`_extends`) linked at its end and out
+    of ``pending``, then any parked blocks that follow them."""
+    if not run:
+        return chain
+    for index, chit_uuid in enumerate(run, chain.length + 1):
+        chain.hints.linked[chit_uuid] = index
+    pending = chain.pending
+    if not chain.hints.parked.isdisjoint(run):
+        pending = tuple(chit for chit in pending if chit["uuid"] not in run)
+    chain = replace(chain, chits=chain.chits + tuple(run.values()), pending=pending)
+    return _link_parked(chain) if chain.length + 1 in chain.hints.claims else chain
 
 
 def _stock_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:

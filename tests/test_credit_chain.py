@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
@@ -99,6 +100,9 @@ class Holder:
         if action == "chain":
             wanted = ch.wanted(self.chain, obj)
             received = ch.receive(self.chain, obj, self.local, self.history(wanted))
+            if obj["cmd"] == "upd":
+                assert outcome(received) == outcome(
+                    one_by_one(self.chain, obj, self.local, self.history(wanted)))
             assert {chit["uuid"] for chit in received.adopted} <= wanted.uuids
             balance = ch.balance(self.chain)  # before the chits this message adopts
             self.chain = received.chain
@@ -205,6 +209,36 @@ class Pair:
             theirs = self.foil.chits[uuid]
             assert {ours.state[0], theirs.state[0]} == {"A", "L"}
             assert ours.state[1:] == theirs.state[1:]
+
+
+def fresh(chain: ch.Chain) -> ch.Chain:
+    """The same chain with lookup hints of its own: the versions of one chain share theirs,
+    and hints other cases left (a claim on an index, say) would steer this one."""
+    return ch.Chain.from_map(chain.to_map())
+
+
+def one_by_one(chain: ch.Chain, obj: dict[str, Any], local: t.LocalTally,
+               history: dict[int, dict[str, Any]] | None = None) -> ch.Received:
+    """The stock's ``upd`` taken a chit at a time, each linked with its own copy of the
+    chain (as before ``receive`` linked a run of blocks at once): what the batched path must
+    equal. Run on a copy with hints of its own, so neither path leans on the other's."""
+    chain = replace(fresh(chain), history=history or {})
+    adopted = []
+    for chit in obj["chits"]:
+        ours = ch._known(chain, chit, local)
+        if chit["chain"] is None:
+            raise t.Refusal("bad_field", f"chit {chit['uuid']} in an upd has no chain block")
+        if ours is None:
+            adopted.append(chit)
+        chain = ch._take(chain, chit if ours is None else {**ours, "chain": chit["chain"]})
+    chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)), history={})
+    return ch.Received(chain, ch._stock_reply(chain, local), adopted)
+
+
+def outcome(received: ch.Received) -> tuple[Any, ...]:
+    chain = received.chain
+    return (chain.base, chain.chits, chain.pending, chain.conf, received.messages,
+            received.adopted)
 
 
 def one(messages: list[Send]) -> Send:
@@ -425,6 +459,86 @@ def test_a_forged_or_altered_chit_in_a_chain_message_is_refused() -> None:
         assert refused({**good, "uuid": no_text}).code == "bad_field"
     foil_chit_in_new = command("new", chits=[good])
     assert refusal(ch.receive, Pair().foil.chain, foil_chit_in_new, BOB_TALLY).code == "bad_field"
+
+
+def upd_cases() -> tuple[Pair, list[dict[str, Any]]]:
+    """A stock holding two confirmed blocks and a third unconfirmed, two of its own chits
+    waiting for the foil's order and an early block parked beyond a gap; and every block the
+    foil could send it (1 to 8), rival orders (blocks 3 to 5, and a block 7 after the same
+    6), and blocks that lie."""
+    pair = Pair()
+    for _ in range(2):
+        pair.post(pair.foil, pair.foil.pay(pair.next_uuid(), 3))
+    pair.drain()
+    rival = Holder(BOB_TALLY, BOB.key)
+    rival.chain = pair.foil.chain
+    for _ in range(3):
+        rival.pay(pair.next_uuid(), 4)
+    pair.stock.receive(one(pair.foil.pay(pair.next_uuid(), 3)))  # linked at 3, unconfirmed
+    for good in [one(pair.stock.pay(pair.next_uuid(), 2)) for _ in range(2)]:
+        pair.foil.receive(good)  # the foil orders them at 4 and 5; the stock has not heard
+    pair.foil.pay(pair.next_uuid(), 1)
+    other = Holder(BOB_TALLY, BOB.key)
+    other.chain = pair.foil.chain
+    other.pay(pair.next_uuid(), 5)  # another block 7 on the same block 6
+    early = [one(pair.foil.pay(pair.next_uuid(), 1)) for _ in range(2)]
+    pair.stock.receive(early[0])  # parked: block 7 waits for block 6
+    blocks = list(pair.foil.chain.chits)
+
+    def placed(chit: dict[str, Any], index: int, prev: bytes) -> dict[str, Any]:
+        return {**chit, "chain": {"index": index, "prev": prev,
+                                  "hash": ch.block_hash(index, prev, chit["hash"])}}
+
+    moved = {**blocks[3], "chain": {**blocks[3]["chain"], "index": 9}}  # its hash lies
+    forged = {**blocks[3], "chain": {**blocks[3]["chain"], "hash": bytes(32)}}
+    astray = placed(blocks[4], 5, bytes(32))
+    again = placed(blocks[2], 4, blocks[2]["chain"]["hash"])  # block 3's chit at 4 too
+    return pair, [*blocks, *rival.chain.chits[2:], other.chain.chits[-1], moved, astray, again,
+                  forged]
+
+
+UPD_PAIR, UPD_BLOCKS = upd_cases()
+
+
+@settings(max_examples=400, deadline=None)
+@given(picks=st.lists(st.integers(0, len(UPD_BLOCKS) - 1), min_size=1, max_size=12),
+       conf=st.integers(0, 8))
+def test_an_upd_links_its_run_of_blocks_as_taking_them_one_by_one_would(
+        picks: list[int], conf: int) -> None:
+    """Any upd a foil, honest or not, could send (blocks in any order, repeated, rivals,
+    lying blocks) leaves the stock's chain, replies and adopted chits, or its refusal, as
+    taking its chits one at a time did."""
+    stock = fresh(UPD_PAIR.stock.chain)
+    upd = unpack(pack(command("upd", chits=[UPD_BLOCKS[i] for i in picks], conf=conf)))
+    try:
+        batched: Any = outcome(ch.receive(stock, upd, ALICE_TALLY))
+    except t.Refusal as refused:
+        batched = refused.code, refused.message
+    try:
+        expected: Any = outcome(one_by_one(stock, upd, ALICE_TALLY))
+    except t.Refusal as refused:
+        expected = refused.code, refused.message
+    assert batched == expected
+
+
+def test_the_upd_cases_reach_every_path() -> None:
+    """The cases above link runs, park, fill the gap, roll back and refuse."""
+    stock, blocks = UPD_PAIR.stock.chain, UPD_BLOCKS
+    assert (stock.length, stock.conf, len(stock.pending)) == (3, 2, 3)
+
+    def took(*picks: int) -> ch.Chain:
+        upd = command("upd", chits=[blocks[i] for i in picks], conf=0)
+        return ch.receive(fresh(stock), upd, ALICE_TALLY).chain
+
+    assert (took(3, 4, 5, 6, 7).length, took(3, 4, 5, 6, 7).pending) == (8, ())
+    assert took(3, 4, 5).length == 7  # 6 links the parked 7 behind it
+    assert (took(4, 5).length, len(took(4, 5).pending)) == (3, 4)  # beyond the gap
+    assert [chit["units"] for chit in took(8).chits] == [3, 3, 4]  # rolled back to 2
+    assert refusal(took, 12).message.endswith("not its block hash")
+    assert took(3, 13).length == 2  # block 5 on another 4: rolled back, parked
+    assert refusal(took, 14).message.endswith("already linked elsewhere")
+    assert refusal(took, 15).message.endswith("not its block hash")
+    assert took(3, 4, 5, 11).length == 2  # the parked 7 linked, then another 7: rolled back
 
 
 # -- messages, roles, storage -------------------------------------------------------------------
