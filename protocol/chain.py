@@ -237,10 +237,17 @@ def trim(chain: Chain, keep: int) -> Chain:
     if cut - chain.base < keep:
         return chain
     dropped, held = chain.chits[: cut - chain.base], chain.chits[cut - chain.base :]
+    # hints of its own, without the dropped chits (so they stay bounded), made by set
+    # operations rather than by a walk over ``pending``, which can hold thousands
+    gone = {chit["uuid"] for chit in dropped}
+    hints = _Hints(linked={chit["uuid"]: index for index, chit in enumerate(held, cut + 1)},
+                   parked=chain.hints.parked - gone, foreign=chain.hints.foreign - gone,
+                   claims={index for index in chain.hints.claims if index > cut})
     return Chain(tally=chain.tally, side=chain.side, origin=chain.origin, chits=held,
                  pending=chain.pending, conf=chain.conf, base=cut,
                  base_hash=dropped[-1]["chain"]["hash"],
-                 base_balance=chain.base_balance + chit_balance(dropped, chain.side))
+                 base_balance=chain.base_balance + chit_balance(dropped, chain.side),
+                 hints=hints)
 
 
 def wanted(chain: Chain, obj: Any) -> Wanted:
@@ -683,9 +690,15 @@ def _link_run(chain: Chain, run: dict[str, dict[str, Any]]) -> Chain:
         return chain
     for index, chit_uuid in enumerate(run, chain.length + 1):
         chain.hints.linked[chit_uuid] = index
-    pending = chain.pending
-    if not chain.hints.parked.isdisjoint(run):
-        pending = tuple(chit for chit in pending if chit["uuid"] not in run)
+    pending, parked = chain.pending, len(chain.hints.parked.intersection(run))
+    if parked:  # usually the oldest pending chits, in order: the foil orders them in turn
+        front = 0
+        while front < len(pending) and pending[front]["uuid"] in run:
+            front += 1
+        if front == parked:  # every run chit pending is in front (parked may be stale)
+            pending = pending[front:]
+        else:
+            pending = tuple(chit for chit in pending if chit["uuid"] not in run)
     chain = replace(chain, chits=chain.chits + tuple(run.values()), pending=pending)
     return _link_parked(chain) if chain.length + 1 in chain.hints.claims else chain
 

@@ -498,17 +498,22 @@ def upd_cases() -> tuple[Pair, list[dict[str, Any]]]:
 
 
 UPD_PAIR, UPD_BLOCKS = upd_cases()
+OWN_4, OWN_5, PARKED_7 = UPD_PAIR.stock.chain.pending
+# the same stock with the parked block between its own chits (the order events left them in
+# is not always the foil's)
+UPD_STOCKS = (UPD_PAIR.stock.chain, ch.Chain.from_map(
+    {**UPD_PAIR.stock.chain.to_map(), "pending": [OWN_4, PARKED_7, OWN_5]}))
 
 
 @settings(max_examples=400, deadline=None)
 @given(picks=st.lists(st.integers(0, len(UPD_BLOCKS) - 1), min_size=1, max_size=12),
-       conf=st.integers(0, 8))
+       conf=st.integers(0, 8), which=st.sampled_from(UPD_STOCKS))
 def test_an_upd_links_its_run_of_blocks_as_taking_them_one_by_one_would(
-        picks: list[int], conf: int) -> None:
+        picks: list[int], conf: int, which: ch.Chain) -> None:
     """Any upd a foil, honest or not, could send (blocks in any order, repeated, rivals,
     lying blocks) leaves the stock's chain, replies and adopted chits, or its refusal, as
     taking its chits one at a time did."""
-    stock = fresh(UPD_PAIR.stock.chain)
+    stock = fresh(which)
     upd = unpack(pack(command("upd", chits=[UPD_BLOCKS[i] for i in picks], conf=conf)))
     try:
         batched: Any = outcome(ch.receive(stock, upd, ALICE_TALLY))
@@ -539,6 +544,8 @@ def test_the_upd_cases_reach_every_path() -> None:
     assert refusal(took, 14).message.endswith("already linked elsewhere")
     assert refusal(took, 15).message.endswith("not its block hash")
     assert took(3, 4, 5, 11).length == 2  # the parked 7 linked, then another 7: rolled back
+    stock = UPD_STOCKS[1]
+    assert (took(3, 4).length, took(3, 4).pending) == (5, (PARKED_7,))
 
 
 # -- messages, roles, storage -------------------------------------------------------------------
@@ -645,6 +652,21 @@ def test_a_trimmed_chain_answers_every_message_as_the_whole_chain_does() -> None
             wanted = ch.wanted(holder.chain, obj)
             assert answer(holder.chain, obj, holder.history(wanted)) == answer(whole, obj), obj
         assert holder.history(ch.wanted(holder.chain, objects[-1]))  # it did read back
+
+
+def test_a_trimmed_stock_still_links_and_asks_for_what_it_parked() -> None:
+    pair = Pair()
+    for _ in range(6):
+        pair.post(pair.foil, pair.foil.pay(pair.next_uuid(), 1))
+    pair.drain()
+    g7, g8, g9 = (one(pair.foil.pay(pair.next_uuid(), 1)) for _ in range(3))
+    pair.stock.receive(g9)  # parked beyond the gap
+    pair.stock.chain = ch.trim(pair.stock.chain, 2)
+    assert (pair.stock.chain.base, pair.stock.chain.pending) == (4, (g9.object,))
+    assert chain_cmd(ch.resync(pair.stock.chain, pair.stock.local)[-1]) == "req"
+    pair.stock.receive(g7)
+    pair.stock.receive(g8)  # fills the gap: the parked block follows at once
+    assert (pair.stock.chain.length, pair.stock.chain.pending) == (9, ())
 
 
 def test_wanted_names_chits_not_held_and_blocks_behind_the_base() -> None:
@@ -780,7 +802,19 @@ class ForgetfulExchange(LossyExchange):
     @rule(side=SIDES, keep=st.integers(1, 3))
     def forget(self, side: str, keep: int) -> None:
         holder = self.holder(side)
-        holder.chain = ch.trim(holder.chain, keep)
+        before, holder.chain = holder.chain, ch.trim(holder.chain, keep)
+        chain = holder.chain
+        if chain.base == before.base:
+            return
+        forgotten = {holder.rows[index]["uuid"] for index in range(1, chain.base + 1)}
+        hints = chain.hints  # what a trimmed chain remembers is bounded by what it holds
+        assert set(hints.linked) == {chit["uuid"] for chit in chain.chits}
+        assert not forgotten & (hints.parked | hints.foreign)
+        assert all(index > chain.base for index in hints.claims)
+        for chit in chain.pending:  # and still names everything it holds (a miss is certain)
+            assert chit["uuid"] in hints.parked
+            assert chit["by"] == chain.side or chit["uuid"] in hints.foreign
+            assert chit["chain"] is None or chit["chain"]["index"] in hints.claims
 
     @rule(pick=PICK)
     def replay(self, pick: int) -> None:
