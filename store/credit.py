@@ -46,7 +46,8 @@ LIST_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies ORDER BY cuid, created, uu
 LIST_USER_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE cuid = ? ORDER BY created, uuid"
 LIST_CHITS = (
     "SELECT uuid, issuer, type, units, memo, date, state, chain_index, chain_hash, error, lift"
-    " FROM chits WHERE tally = ? AND cuid = ? ORDER BY chain_index IS NULL, chain_index, seq"
+    " FROM chits WHERE tally = ? AND cuid = ? AND (chain_index >= ? OR chain_index IS NULL)"
+    " ORDER BY chain_index IS NULL, chain_index, seq LIMIT ?"
 )
 # Chains that are not settled (protocol.chain.settled) and due for a repair attempt.
 UNSETTLED = (
@@ -68,9 +69,12 @@ def list_tallies(conn: sqlite3.Connection, cuid: str | None = None) -> list[sqli
     return conn.execute(LIST_USER_TALLIES, (cuid,)).fetchall()
 
 
-def list_chits(conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> list[sqlite3.Row]:
-    """A holder's chits in chain order, the unlinked ones last."""
-    return conn.execute(LIST_CHITS, (tally_uuid, cuid)).fetchall()
+def list_chits(conn: sqlite3.Connection, tally_uuid: str, cuid: str, start: int = 1,
+               limit: int | None = None) -> list[sqlite3.Row]:
+    """A holder's chits in chain order from block ``start``, the unlinked ones last; at most
+    ``limit`` of them (all when None)."""
+    return conn.execute(LIST_CHITS, (tally_uuid, cuid, start, -1 if limit is None else limit)
+                        ).fetchall()
 
 
 def partner_addresses(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:

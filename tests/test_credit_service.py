@@ -261,6 +261,15 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path):
         assert [(x["chit"], x["index"], x["hash"]) for x in bobs] == [
             (x["chit"], x["index"], x["hash"]) for x in alices]
         assert {x["state"] for x in bobs} == {c.A_GOOD, c.L_GOOD}
+        # an unlinked chit (a refused invoice) comes after the chain, on the page that ends it
+        refused_bill = await rpc(a, "chit.invoice", cuid="alice", tally=tally, units=5)
+        await wait_for(lambda: a.db.read_one(
+            "SELECT 1 FROM chits WHERE cuid = 'bob' AND uuid = ?", (refused_bill["chit"],)))
+        await rpc(a, "chit.refuse", cuid="bob", chit=refused_bill["chit"])
+        listed = await rpc(a, "chit.list", cuid="bob", tally=tally)
+        assert [x["index"] for x in listed] == [1, 2, 3, None]
+        assert await rpc(a, "chit.list", cuid="bob", tally=tally, start=3, limit=1) == listed[2:3]
+        assert await rpc(a, "chit.list", cuid="bob", tally=tally, start=4) == listed[3:]
         # a reusable ticket: a tally of its own for each user who presents it
         invited = await rpc(a, "tally.invite", cuid="alice", reuse=True)
         for cuid in ("bob", "carol"):
@@ -315,6 +324,12 @@ async def test_a_thousand_chits_from_both_sides_at_once_converge(tmp_path):
                     stock, holding.local.side)
         listed = await rpc(b, "chit.list", cuid="bob", tally=tally)
         assert [x["index"] for x in listed] == list(range(1, 1001))
+        paged, start = [], 1  # a page at a time, each from the block after the last one shown
+        while page := await rpc(b, "chit.list", cuid="bob", tally=tally, start=start, limit=300):
+            paged.append(page)
+            start = page[-1]["index"] + 1
+        assert [len(page) for page in paged] == [300, 300, 300, 100]
+        assert [x for page in paged for x in page] == listed
         assert listed[-1]["hash"] == (await rpc(a, "tally.show", cuid="alice",
                                                 tally=tally))["chain"]["hash"]
         # Alice asks for the blocks from 1 again, as a partner restored from a backup does:
@@ -737,6 +752,10 @@ async def test_rpc_parameters_are_checked(tmp_path):
             ("chit.invoice", {"cuid": "alice", "tally": str(uuid.uuid4()), "units": 1,
                               "memo": 5}, "memo"),
             ("tally.list", {"cuid": "no body"}, "cuid"),
+            ("chit.list", {"cuid": "alice", "tally": str(uuid.uuid4()), "start": 0}, "start"),
+            ("chit.list", {"cuid": "alice", "tally": str(uuid.uuid4()), "limit": 0}, "limit"),
+            ("chit.list", {"cuid": "alice", "tally": str(uuid.uuid4()), "limit": 2**64},
+             "limit"),
         ):
             error = await refused(a, method, **params)
             assert error.reason == "INVALID_PARAMS" and words in error.message, method

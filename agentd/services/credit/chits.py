@@ -157,12 +157,19 @@ class ChitService(Service):
         refused = await self.ledger.transact(work)
         return {"chit": chit_uuid, "state": refused.state, "tally": refused.chit["tally"]}
 
-    async def rpc_chits(self, cuid: str, tally: str) -> list[dict]:
+    async def rpc_chits(self, cuid: str, tally: str, start: int = 1,
+                        limit: int | None = None) -> list[dict]:
         """The tally's chits from the user's side, in chain order (unlinked ones last):
         ``by`` is the issuer (the payer), ``index``/``hash`` its block in the chain, ``error``
         the partner's refusal of it while the partner has not confirmed its block (a refusal
-        the chain's repair overcame is no longer shown)."""
+        the chain's repair overcame is no longer shown). A long tally is read a page at a
+        time: the chits from block ``start`` (default 1) on, at most ``limit`` (default
+        all); the next page starts after the last index shown."""
         cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
+        for name, value, what in (("start", start, "a block index"),
+                                  ("limit", limit, "a number of chits")):
+            if value is not None and not 1 <= value < 2**63:  # its type: agentd.rpc_types
+                raise invalid_params(f"{name} must be {what} from 1, not {value}")
         confirmed = self.ledger.tally_row(cuid, tally_uuid)["chain_conf"] or 0
         return [
             {"chit": row["uuid"], "by": row["issuer"], "type": row["type"],
@@ -172,7 +179,7 @@ class ChitService(Service):
              "error": _unconfirmed(row["error"], row["chain_index"], confirmed),
              "lift": row["lift"]}
             for row in self.runtime.db.reading(
-                lambda conn: credit_store.list_chits(conn, tally_uuid, cuid))
+                lambda conn: credit_store.list_chits(conn, tally_uuid, cuid, start, limit))
         ]  # fmt: skip
 
     # -- messages (writer thread) --------------------------------------------------------
