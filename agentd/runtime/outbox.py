@@ -50,6 +50,7 @@ EPHEMERAL_QUEUE = 4096  # messages waiting for one peer past which an ephemeral 
 SENDER_IDLE_S = 60.0  # a peer's sender ends after this long with nothing to send or await
 HOLD = 1024  # durable messages waiting for one peer in memory; later ones wait in their rows
 HOLD_BYTES = 8 << 20  # encoded bytes of one peer's durable messages in memory (and in flight)
+_JITTER = random.Random()  # its own: the global random stays whoever seeded it (a test)
 ROW_SWEEP_S = 30.0  # how often spilled peers' rows are looked at for messages past their time
 
 
@@ -62,7 +63,7 @@ def _past(target: str, action: str, created_ms: int, now_ms: int) -> bool:
 def ack_timeout(tries: int, rto: float = ACK_TIMEOUT_MIN) -> float:
     """The wait for an ack of the ``tries``-th send, when the peer's timeout is ``rto``."""
     base = min(ACK_TIMEOUT_MAX, max(rto, ACK_TIMEOUT_MIN) * 2 ** min(max(0, tries - 1), 8))
-    return base * random.uniform(0.8, 1.2)
+    return base * _JITTER.uniform(0.8, 1.2)
 
 
 @dataclass(slots=True)

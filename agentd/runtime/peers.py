@@ -32,6 +32,7 @@ from protocol.keys import IdentityError, SigningKey, parse_hostport
 log = logging.getLogger("agentd.runtime.peers")
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 30.0
+_JITTER = random.Random()  # its own: the global random stays whoever seeded it (a test)
 
 
 class PeerUnreachable(Exception):
@@ -198,7 +199,7 @@ class PeerManager:
             except (OSError, ChannelClosed, IdentityError, trio.TooSlowError) as exc:
                 state.failures += 1
                 delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** (state.failures - 1))
-                state.retry_at = trio.current_time() + delay * random.uniform(0.5, 1.0)
+                state.retry_at = trio.current_time() + delay * _JITTER.uniform(0.5, 1.0)
                 if isinstance(exc, ChannelClosed):
                     self.counters.handshakes_failed += 1
                 state.error = f"cannot reach {address}: {exc or type(exc).__name__}"
