@@ -78,14 +78,18 @@ def asked(conn: sqlite3.Connection, lift: str, now_ms: int) -> None:
     )
 
 
-def listing(conn: sqlite3.Connection, cuid: str | None = None) -> list[sqlite3.Row]:
-    """Lifts, newest first; with ``cuid``, those where that user holds a chit or pays."""
+def listing(conn: sqlite3.Connection, cuid: str | None = None,
+            limit: int | None = None) -> list[sqlite3.Row]:
+    """Lifts, newest first, at most ``limit`` (all when None); with ``cuid``, those where
+    that user holds a chit or pays."""
+    most = -1 if limit is None else limit
     if cuid is None:
-        return conn.execute(f"SELECT {_COLUMNS} FROM lifts ORDER BY created DESC").fetchall()
+        return conn.execute(f"SELECT {_COLUMNS} FROM lifts ORDER BY created DESC LIMIT ?",
+                            (most,)).fetchall()
     return conn.execute(
         f"SELECT {_COLUMNS} FROM lifts WHERE payor = ? OR lift IN"
         " (SELECT lift FROM chits WHERE cuid = ? AND lift IS NOT NULL)"
-        " ORDER BY created DESC", (cuid, cuid),
+        " ORDER BY created DESC LIMIT ?", (cuid, cuid, most),
     ).fetchall()
 
 

@@ -45,6 +45,10 @@ async def test_no_route_and_bad_params_change_nothing(tmp_path):
         unknown = str(uuid.uuid4())
         assert (await refused(ann, "lift.show", lift=unknown)).reason == "UNKNOWN_LIFT"
         assert (await refused(ann, "lift.list", cuid="ghost")).reason == "UNKNOWN_USER"
+        for limit in (0, -1, 2**63):
+            too_few = await refused(ann, "lift.list", limit=limit)
+            assert (too_few.reason, too_few.message) == (
+                "INVALID_PARAMS", f"lift.list: limit must be a number of lifts from 1, not {limit}")
 
 
 async def test_a_decision_not_signed_by_the_referee_is_refused(tmp_path):

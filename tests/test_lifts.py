@@ -303,6 +303,10 @@ async def test_many_lifts_in_flight_over_shared_tallies_never_oversubscribe(tmp_
         for node, cuid, tally in ((users["ann"], "ann", ab), (users["bob"], "bob", ab),
                                   (users["bob"], "bob", bc), (users["cat"], "cat", bc)):
             assert reserved(node, cuid, tally) == (0, 0)
+        listed = await rpc(users["ann"], "lift.list", cuid="ann")
+        assert sorted(lift["lift"] for lift in listed) == sorted(started)
+        assert await rpc(users["ann"], "lift.list", cuid="ann", limit=3) == listed[:3]
+        assert await rpc(users["ann"], "lift.list", limit=len(started) + 5) == listed
 
 
 async def test_the_lift_view_serves_record_state_and_decision(tmp_path):

@@ -168,15 +168,19 @@ class LiftService(Service):
         return self.runtime.db.reading(
             lambda conn: lift_views.shown(conn, lift, self.ledger.store))
 
-    async def rpc_list(self, cuid: str | None = None) -> list[dict]:
-        """Lifts this node takes part in (of one user, or all), newest first."""
+    async def rpc_list(self, cuid: str | None = None, limit: int | None = None) -> list[dict]:
+        """Lifts this node takes part in (of one user, or all), newest first: the newest
+        ``limit`` of them (default all; a node keeps every lift it took part in). Read from
+        the last commit, as lift.show is."""
         who = None if cuid is None else self.ledger.known_user(param_cuid(cuid))
+        if limit is not None and not 1 <= limit < 2**63:  # its type: agentd.rpc_types
+            raise invalid_params(f"limit must be a number of lifts from 1, not {limit}")
 
-        def job(conn: sqlite3.Connection) -> list[dict]:
+        def read(conn: sqlite3.Connection) -> list[dict]:
             return [lift_views.view(conn, row, self.ledger.store)
-                    for row in lifts.listing(conn, who)]
+                    for row in lifts.listing(conn, who, limit)]
 
-        return await self.runtime.db.write(job)
+        return self.runtime.db.reading(read)
 
     def _life(self, life_s: float | None) -> int:
         if life_s is None:
