@@ -15,6 +15,7 @@ from typing import Any
 from protocol.clearing import Entry, QueryRequest
 from protocol.codec import canonical, unpack
 from protocol.receipts import thumbprint
+from store.db import snapshot
 
 # --- clearing-house side -----------------------------------------------------------------
 
@@ -358,12 +359,9 @@ def audit_snapshot(conn: sqlite3.Connection) -> tuple[
     """What ``receipts.verify`` reads, from one snapshot (one read transaction): log requests
     not answered yet, every receipt, every JWKS, the clearing houses asked for keys, and the
     evidence refused."""
-    conn.execute("BEGIN")
-    try:
+    with snapshot(conn):
         return (pending_logs(conn), receipts(conn), all_jwks(conn), keys_asked(conn),
                 refused_evidence(conn))
-    finally:
-        conn.execute("COMMIT")
 
 
 def pending_logs(conn: sqlite3.Connection) -> int:

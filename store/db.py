@@ -368,3 +368,14 @@ def savepoint(conn: sqlite3.Connection, name: str = "step") -> Iterator[None]:
         conn.execute(f"RELEASE {name}")
         raise
     conn.execute(f"RELEASE {name}")
+
+
+@contextlib.contextmanager
+def snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """One read transaction: every read in the block sees the same commit (a commit between
+    two reads would otherwise show half of a change)."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")

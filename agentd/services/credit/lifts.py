@@ -48,6 +48,7 @@ from protocol.envelope import Envelope
 from protocol.errors import Refusal
 from protocol.keys import ChipAddress
 from store import lifts
+from store.db import snapshot
 
 if TYPE_CHECKING:
     import sqlite3
@@ -177,8 +178,9 @@ class LiftService(Service):
             raise invalid_params(f"limit must be a number of lifts from 1, not {limit}")
 
         def read(conn: sqlite3.Connection) -> list[dict]:
-            return [lift_views.view(conn, row, self.ledger.store)
-                    for row in lifts.listing(conn, who, limit)]
+            with snapshot(conn):  # each lift's state as its chits show it
+                return [lift_views.view(conn, row, self.ledger.store)
+                        for row in lifts.listing(conn, who, limit)]
 
         return self.runtime.db.reading(read)
 
