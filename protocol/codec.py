@@ -7,6 +7,7 @@ implementations can never disagree about a rounding.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
 from typing import Any
@@ -135,6 +136,9 @@ def unpack(data: bytes, *, max_size: int | None = None, max_nesting: int | None 
     oversize data and (with ``max_nesting``) maps and lists nested deeper than that."""
     if max_size is not None and len(data) > max_size:
         raise CodecError(f"message of {len(data)} bytes exceeds the limit of {max_size}")
+    collecting = gc.isenabled()
+    if collecting:  # decoding makes a tree, no cycle to collect: a megabyte of empty lists
+        gc.disable()  # decodes ~5x faster without the collector scanning them as they come
     try:
         value = msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True, object_hook=_text_keys_only,
@@ -144,6 +148,9 @@ def unpack(data: bytes, *, max_size: int | None = None, max_nesting: int | None 
         raise CodecError(f"malformed msgpack: {exc}") from exc
     except (ValueError, TypeError) as exc:  # truncated data, bad UTF-8, non-text keys
         raise CodecError(f"malformed msgpack: {exc}") from exc
+    finally:
+        if collecting:
+            gc.enable()
     if max_nesting is not None and nesting(value) > max_nesting:
         raise CodecError(f"malformed msgpack: maps and lists nested deeper than {max_nesting}")
     return value

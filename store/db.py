@@ -35,6 +35,12 @@ from store.schema import SchemaError, migrate
 
 T = TypeVar("T")
 MAX_BATCH = 2000
+
+
+def _ran(conn: sqlite3.Connection) -> None:
+    raise AssertionError("a job runs once")
+
+
 _log = logging.getLogger("agentd.store")
 
 
@@ -246,7 +252,9 @@ class Database:
                     conn.execute("SAVEPOINT job")
                 try:
                     job.result = job.fn(conn)
+                    job.fn = _ran  # what it captured can go now (a message's object)
                 except BaseException as exc:  # the job's own failure: undo it alone
+                    job.fn = _ran
                     job.error = exc
                     if isinstance(exc, sqlite3.Error):
                         self._failed(exc)

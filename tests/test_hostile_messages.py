@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from agentd.runtime.dispatch import _Heard
 from agentd.runtime.node import Node
 from protocol import lift as lf
 from protocol.codec import CodecError
@@ -98,11 +99,11 @@ def capture(nodes: list[Node]) -> dict[tuple, Sample]:
     for node in nodes:
         start = node.dispatcher._start
 
-        def recording(envelope, agent, start=start, node=node):
+        def recording(envelope, agent, share=None, *, start=start, node=node):
             cmd = envelope.object.get("cmd")
             key = (envelope.target, envelope.action, cmd if isinstance(cmd, str) else None)
             captured.setdefault(key, (node, envelope, agent))
-            return start(envelope, agent)
+            return start(envelope, agent, share)
 
         node.dispatcher._start = recording
     return captured
@@ -153,7 +154,7 @@ async def feed(sample: Sample, objects: list[dict]) -> tuple[int, int, int]:
                 continue
             started.append((fresh, dispatcher._start(fresh, agent)))
         for fresh, pending in started:
-            ack = await dispatcher._finish(fresh, pending)
+            ack = await dispatcher._finish(_Heard.of(fresh), pending)
             if ack is None:
                 unacked += 1
             elif parse_frame(ack).error is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import trio
 
 from agentd.bench.rogue import Rogue
-from agentd.runtime.limits import FrameBudget
+from agentd.runtime.limits import DecodeBudget, FrameBudget
 from protocol.keys import SigningKey
 from tests.clihelpers import add_peer, cli, init, running
 from tests.rogue import getinfo
@@ -126,3 +126,30 @@ def test_the_frame_budget_never_passes_its_limit_and_a_refusal_takes_nothing() -
     assert budget.update(1, 30) and budget.update(2, 50) and budget.total == 80
     assert not budget.update(1, 51) and budget.total == 80  # 1 keeps its 30
     assert budget.update(1, 0) and budget.update(2, 0) and budget.total == 0
+
+
+async def test_the_decode_budget_serves_frames_in_turn_and_one_too_big_alone():
+    budget = DecodeBudget(100)
+    assert await budget.acquire(60) == 60
+    order: list[str] = []
+
+    async def take(name: str, size: int, cancel: trio.CancelScope | None = None) -> None:
+        with cancel or trio.CancelScope():
+            held = await budget.acquire(size)
+            order.append(name)
+            await trio.sleep(0.01)
+            budget.release(held)
+
+    async with trio.open_nursery() as nursery:
+        gone = trio.CancelScope()
+        nursery.start_soon(take, "big", 500)  # more than the whole budget: alone, capped
+        await trio.sleep(0.01)
+        nursery.start_soon(take, "cancelled", 10, gone)
+        await trio.sleep(0.01)
+        nursery.start_soon(take, "small", 10)  # fits now, but waits its turn behind big
+        await trio.sleep(0.01)
+        assert order == [] and budget.used == 60
+        gone.cancel()  # a waiter that gives up leaves the line
+        await trio.sleep(0.01)
+        budget.release(60)
+    assert order == ["big", "small"] and budget.used == 0

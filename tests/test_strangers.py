@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from agentd.runtime import dispatch
 from agentd.runtime.outbox import EPHEMERAL_QUEUE, STRANGER_QUEUE, WINDOW
 from agentd.runtime.strangers import Strangers
 from protocol.codec import pack
@@ -191,3 +192,35 @@ def _tasks() -> list:
         found.append(task)
         todo += [child for nursery in task.child_nurseries for child in nursery.child_tasks]
     return found
+
+
+async def test_strangers_frames_are_decoded_only_within_one_budget(tmp_path, monkeypatch):
+    """Eight strangers each send frames of ~300,000 empty lists (a frame decodes into ~70
+    times its size in Python objects): a frame is decoded only once its bytes fit the
+    budget of strangers' frames in hand (max_frame, over all of them), every one is
+    answered, and the budget is whole again afterwards."""
+    async with network(tmp_path, n=1) as net:
+        node = net.nodes[0]
+        budget = node.decoding
+        seen: list[tuple[int, int]] = []  # (frame size, budget in use) as each is decoded
+        parse = dispatch.parse_frame
+
+        def parse_and_note(body: bytes):
+            seen.append((len(body), budget.used))
+            return parse(body)
+
+        monkeypatch.setattr(dispatch, "parse_frame", parse_and_note)
+        rogues = [await Rogue.join(node.port, node.agent_id) for _ in range(8)]
+        bombs = [[pack(rogue.envelope(node.agent_id, "ping", {"x": [[]] * 300_000}))
+                  for _ in range(2)] for rogue in rogues]
+        async with trio.open_nursery() as nursery:
+            for rogue, two in zip(rogues, bombs, strict=True):
+                nursery.start_soon(rogue.send_frames, two)
+        counters = node.counters
+        await wait_for(lambda: counters.messages_processed == 16, timeout=60)
+        assert len(seen) == 16
+        assert all(size <= used <= budget.limit for size, used in seen)
+        assert max(used for _, used in seen) > len(bombs[0][0])  # two at once where they fit
+        await wait_for(lambda: budget.used == 0)
+        for rogue in rogues:
+            await rogue.aclose()

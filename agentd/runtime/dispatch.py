@@ -5,9 +5,12 @@ let the service apply its guarded transition and queue its replies — without w
 so many messages share one group commit. The channel sends the acks in arrival order once
 each job has committed. A duplicate is acked and ignored; a refusal is an error ack; a
 failure of ours (disk full, a bug), or a message that depends on one not here yet
-(``NotYet``), gets no ack at all, so the sender retries. A stranger's message waits first
-for its allowance (``WriteRation``), its channel reading nothing meanwhile: an ephemeral one
-too, which writes nothing but costs as much to handle (a route ask reads the tallies).
+(``NotYet``), gets no ack at all, so the sender retries. A stranger's frame waits first, as
+bytes, for its allowance (``WriteRation``) and then for its share of what strangers' frames
+may hold decoded at once (``DecodeBudget``, given back once its job has run), its channel
+reading nothing meanwhile: an ephemeral one too, which writes nothing but costs as much to
+handle (a route ask reads the tallies). What waits in the pipeline for its commit keeps
+only the message's id and names (``_Heard``), not its object.
 
 An ephemeral service's messages (``Service.ephemeral``) skip the inbox and the commit: the
 service handles them at once on the read connection and deduplicates them itself.
@@ -15,16 +18,17 @@ service handles them at once on the read connection and deduplicates them itself
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
 from agentd.runtime.context import NotYet, Reject, Service, Tx
-from agentd.runtime.limits import MAX_WAIT, MESSAGE_COST
+from agentd.runtime.limits import MAX_WAIT, MESSAGE_COST, DecodeBudget
 from agentd.runtime.refusals import ack_error
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
@@ -39,6 +43,35 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentd.runtime.dispatch")
 _DUPLICATE = object()
+
+
+class _Heard(NamedTuple):
+    """What concluding a message needs of it: not its object, which a stranger's frame can
+    make huge, and which its job has done with by then."""
+
+    id: bytes
+    target: str
+    action: str
+    sender: str
+
+    @classmethod
+    def of(cls, envelope: Envelope) -> _Heard:
+        return cls(envelope.id, envelope.target, envelope.action, envelope.from_.agent)
+
+
+class _Share:
+    """A stranger's frame's share of the decoding budget, given back once: when its job has
+    run (from the writer thread), or when it is handled without one."""
+
+    __slots__ = ("budget", "handed", "size")
+
+    def __init__(self, budget: DecodeBudget, size: int) -> None:
+        self.budget, self.size, self.handed = budget, size, False
+
+    def release(self) -> None:
+        if self.size:
+            self.budget.release(self.size)
+            self.size = 0
 
 
 class _Done:
@@ -75,6 +108,22 @@ class Dispatcher:
 
     async def on_frame(self, channel: Channel, body: bytes) -> None:
         """Handle one frame; raises ChannelClosed when the peer broke the protocol."""
+        if self.node.is_known(channel.agent):
+            await self._on_frame(channel, body, None)
+            return
+        await self._ration(channel.agent, len(body))
+        with trio.move_on_after(MAX_WAIT):
+            share = _Share(self.node.decoding, await self.node.decoding.acquire(len(body)))
+            try:
+                await self._on_frame(channel, body, share)
+            finally:
+                if not share.handed:
+                    share.release()
+            return
+        raise ChannelClosed("decode_budget", f"strangers' frames would wait more than "
+                            f"{MAX_WAIT:g} s to be read")
+
+    async def _on_frame(self, channel: Channel, body: bytes, share: _Share | None) -> None:
         counters = self.node.counters
         try:
             message = parse_frame(body)
@@ -96,18 +145,18 @@ class Dispatcher:
             log.warning("rejected message from %s: %s", channel.agent[:8], refusal)
             await channel.send_frame(ack_frame(message.id, refusal.code, refusal.message))
             return
-        if not self.node.is_known(channel.agent):
-            await self._ration(channel.agent, len(body))
         started = time.perf_counter()
-        pending = self._start(message, channel.agent)
+        pending = self._start(message, channel.agent, share)
+        heard = _Heard.of(message)
+        del message  # the pipeline keeps what concluding needs, not the object
         if isinstance(pending, _Done) and channel.replies_idle:
             # an ephemeral message's outcome is known already and no earlier ack waits to
             # go before its own: answer now, not on the reply task's next turn
-            body = self._conclude(message, pending.result, pending.error, started)
+            body = self._conclude(heard, pending.result, pending.error, started)
             if body is not None:
                 await channel.send_frame(body)
             return
-        await channel.defer(lambda: self._finish(message, pending, started))
+        await channel.defer(lambda: self._finish(heard, pending, started))
 
     async def _ration(self, agent: str, size: int) -> None:
         """Wait for a stranger's write allowance (``WriteRation``) before its message is
@@ -130,7 +179,7 @@ class Dispatcher:
         when it could not be committed (it is then retried)."""
         message = parse_frame(body)
         assert isinstance(message, Envelope)
-        return await self._finish(message, self._start(message, self.node.agent_id))
+        return await self._finish(_Heard.of(message), self._start(message, self.node.agent_id))
 
     # -- the pipeline --------------------------------------------------------------------
 
@@ -147,7 +196,10 @@ class Dispatcher:
                           f"{envelope.action!r} (it takes {', '.join(sorted(service.actions))})")
         return None
 
-    def _start(self, envelope: Envelope, agent: str) -> PendingWrite | _Done:
+    def _start(self, envelope: Envelope, agent: str,
+               share: _Share | None = None) -> PendingWrite | _Done:
+        """Handle an ephemeral message now, or queue the job of a durable one, which gives
+        back a stranger's ``share`` of the decoding budget once it has run."""
         service = self.services[envelope.target]
         node = self.node
         received = node.clock.now_ms()
@@ -160,25 +212,32 @@ class Dispatcher:
             return _Done(handle)
 
         def job(conn):
-            if not inbox.claim(conn, envelope.id, agent, received):
-                return _DUPLICATE
-            tx = node.new_tx(conn, received)
-            service.handle(tx, envelope)
-            return tx
+            try:
+                if not inbox.claim(conn, envelope.id, agent, received):
+                    return _DUPLICATE
+                tx = node.new_tx(conn, received)
+                service.handle(tx, envelope)
+                return tx
+            finally:
+                if share is not None:
+                    with contextlib.suppress(trio.RunFinishedError):
+                        token.run_sync_soon(share.release)
 
+        if share is not None:
+            token, share.handed = trio.lowlevel.current_trio_token(), True
         return node.db.start(job)
 
-    async def _finish(self, envelope: Envelope, pending: PendingWrite | _Done,
+    async def _finish(self, heard: _Heard, pending: PendingWrite | _Done,
                       started: float | None = None) -> bytes | None:
         """The ack (or error ack) to send for a message once its job is done, or None when
         it must stay unacked."""
         try:
             outcome = await pending.outcome()
         except Exception as exc:  # the job's, told apart by _conclude
-            return self._conclude(envelope, None, exc, started)
-        return self._conclude(envelope, outcome, None, started)
+            return self._conclude(heard, None, exc, started)
+        return self._conclude(heard, outcome, None, started)
 
-    def _conclude(self, envelope: Envelope, outcome: Any, error: Exception | None,
+    def _conclude(self, heard: _Heard, outcome: Any, error: Exception | None,
                   started: float | None) -> bytes | None:
         """What a message's outcome (or ``error``) calls for: its ack, an error ack, or None
         (left unacked). The messages a commit caused go to the pump, whose tasks send them
@@ -186,31 +245,31 @@ class Dispatcher:
         counters = self.node.counters
         if isinstance(error, NotYet):  # before ``Refusal``: nothing wrong, just early
             counters.deferred += 1
-            log.debug("deferred %s/%s from %s: %s", envelope.target, envelope.action,
-                      envelope.from_.agent[:8], error)
+            log.debug("deferred %s/%s from %s: %s", heard.target, heard.action,
+                      heard.sender[:8], error)
             return None
         if isinstance(error, Refusal):
             counters.reject("refused")
-            log.info("refused %s/%s from %s: %s", envelope.target, envelope.action,
-                     envelope.from_.agent[:8], error)
-            return ack_frame(envelope.id, *ack_error(error))
+            log.info("refused %s/%s from %s: %s", heard.target, heard.action,
+                     heard.sender[:8], error)
+            return ack_frame(heard.id, *ack_error(error))
         if error is not None:  # our failure (disk full, a bug), not the message's: no ack
             counters.unacked_failures += 1
             if isinstance(error, DatabaseError | sqlite3.Error):
                 log.error("could not commit %s/%s from %s, left unacked for a retry: %s",
-                          envelope.target, envelope.action, envelope.from_.agent[:8], error)
+                          heard.target, heard.action, heard.sender[:8], error)
             else:
                 log.error("failed to process %s/%s, left unacked for a retry",
-                          envelope.target, envelope.action, exc_info=error)
+                          heard.target, heard.action, exc_info=error)
             return None
-        ack = ack_frame(envelope.id)
+        ack = ack_frame(heard.id)
         if outcome is _DUPLICATE:
             counters.duplicates += 1
             return ack
         counters.messages_processed += 1
         outcome.committed()
         if started is not None:
-            self.node.metrics.message_seconds.labels(envelope.target).observe(
+            self.node.metrics.message_seconds.labels(heard.target).observe(
                 time.perf_counter() - started)
         return ack
 

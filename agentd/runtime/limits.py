@@ -9,8 +9,8 @@ takes the slot of the oldest connection from the same address (or, the table bei
 any address) that has not sent a byte yet. Once half the slots are taken the deadline to
 finish a handshake shortens. Established channels are capped in total, per address and per
 identity (peers we know are exempt from the first two: a stranger's channel makes room for
-them), and unfinished frames share one memory budget. What strangers make us write is
-rationed (``WriteRation``).
+them), and unfinished frames share one memory budget, as do strangers' frames being decoded
+and processed (``DecodeBudget``). What strangers make us write is rationed (``WriteRation``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import fcntl
 import itertools
 import socket
 import termios
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import trio
@@ -120,6 +120,50 @@ class FrameBudget:
         return True
 
 
+class DecodeBudget:
+    """Bytes of strangers' frames decoded and not yet processed, over all channels, against
+    one budget. A frame decodes into up to ~70 times its size in Python objects (a megabyte
+    of empty lists is a million lists), so what strangers' messages may hold in memory at
+    once is bounded by their bytes here, not by their count: a frame waits its turn as bytes
+    (its channel reads nothing meanwhile), first come first served; one larger than the
+    budget goes alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._waiting: deque[tuple[int, trio.Event]] = deque()
+
+    async def acquire(self, size: int) -> int:
+        """Wait for ``size`` bytes (at most the whole budget); returns what was taken, for
+        :meth:`release`."""
+        size = min(size, self.limit)
+        if not self._waiting and self.used + size <= self.limit:
+            self.used += size
+            return size
+        turn = (size, trio.Event())
+        self._waiting.append(turn)
+        try:
+            await turn[1].wait()
+        except BaseException:
+            if turn[1].is_set():
+                self.release(size)
+            else:
+                self._waiting.remove(turn)
+                self._grant()  # the next in line may fit now
+            raise
+        return size
+
+    def release(self, size: int) -> None:
+        self.used -= size
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self.used + self._waiting[0][0] <= self.limit:
+            size, event = self._waiting.popleft()
+            self.used += size
+            event.set()
+
+
 MESSAGE_COST = 1024  # bytes charged per message beyond its frame: its inbox row, indexes, commit
 MAX_WAIT = 30.0  # seconds a stranger's message may wait for its write allowance
 
@@ -186,5 +230,5 @@ def defer_accept(listeners: list[trio.SocketListener], seconds: int) -> None:
         listener.socket.setsockopt(socket.IPPROTO_TCP, option, seconds)
 
 
-__all__ = ["MAX_WAIT", "MESSAGE_COST", "FrameBudget", "HandshakeSlot", "HandshakeSlots",
-           "WriteRation", "defer_accept"]
+__all__ = ["MAX_WAIT", "MESSAGE_COST", "DecodeBudget", "FrameBudget", "HandshakeSlot",
+           "HandshakeSlots", "WriteRation", "defer_accept"]

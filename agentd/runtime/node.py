@@ -27,7 +27,7 @@ from agentd.runtime.clock import Clock
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
-from agentd.runtime.limits import WriteRation, defer_accept
+from agentd.runtime.limits import DecodeBudget, WriteRation, defer_accept
 from agentd.runtime.links import Links
 from agentd.runtime.metrics import Metrics
 from agentd.runtime.outbox import OutboxPump
@@ -85,6 +85,7 @@ class Node:
         limits = config.limits
         self.ration = WriteRation(limits.stranger_write_rate, limits.stranger_write_burst,
                                   limits.all_strangers_write_rate, limits.all_strangers_write_burst)
+        self.decoding = DecodeBudget(config.max_frame)  # strangers' frames being handled
         self.configure_peers()
         self.peers: PeerManager = None  # type: ignore[assignment]  # set in run()
         self.links: Links | None = None  # simulated link faults: set by agentd sim, before run
@@ -341,7 +342,8 @@ class Node:
                          "strangers_evicted": self.strangers.evicted,
                          "handshakes_in_progress": len(self.peers.handshakes),
                          "channels": self.peers.channel_count(),
-                         "partial_frame_bytes": self.peers.budget.total},
+                         "partial_frame_bytes": self.peers.budget.total,
+                         "stranger_frame_bytes": self.decoding.used},
             "last_db_error": self.db.last_error,
         }
 
