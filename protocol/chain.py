@@ -141,14 +141,26 @@ class Chain:
         default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not self.hints.linked and not self.hints.parked:  # built, not derived
+            self._note_all()
+
+    def _note_all(self) -> None:
+        """Fill the (empty) hints from this version alone."""
         hints = self.hints
-        if not hints.linked and not hints.parked:  # built, not derived
-            hints.linked.update(
-                (chit["uuid"], self.base + at) for at, chit in enumerate(self.chits, 1))
-            hints.parked.update(chit["uuid"] for chit in self.pending)
-            hints.foreign.update(chit["uuid"] for chit in self.pending if chit["by"] != self.side)
-            hints.claims.update(
-                chit["chain"]["index"] for chit in self.pending if chit["chain"] is not None)
+        hints.linked.update(
+            (chit["uuid"], self.base + at) for at, chit in enumerate(self.chits, 1))
+        hints.parked.update(chit["uuid"] for chit in self.pending)
+        hints.foreign.update(chit["uuid"] for chit in self.pending if chit["by"] != self.side)
+        hints.claims.update(
+            chit["chain"]["index"] for chit in self.pending if chit["chain"] is not None)
+
+    def forget_other_versions(self) -> None:
+        """Hints of this version alone, again: a refused message's work (links it noted in
+        versions nobody keeps) would otherwise send later lookups scanning the chain."""
+        hints = self.hints
+        for noted in (hints.linked, hints.parked, hints.foreign, hints.claims):
+            noted.clear()
+        self._note_all()
 
     @property
     def length(self) -> int:
@@ -349,9 +361,13 @@ def receive(chain: Chain, obj: Any, local: LocalTally,
     handlers = _FOIL_HANDLERS if chain.side == FOIL else _STOCK_HANDLERS
     if cmd not in handlers:
         raise Refusal("bad_state", f"the {chain.side} holder does not take chain {cmd}")
-    if not history:
-        return handlers[cmd](chain, obj, local)
-    received = handlers[cmd](replace(chain, history=history), obj, local)
+    try:
+        if not history:
+            return handlers[cmd](chain, obj, local)
+        received = handlers[cmd](replace(chain, history=history), obj, local)
+    except Refusal:
+        chain.forget_other_versions()
+        raise
     return received._replace(chain=replace(received.chain, history={}))
 
 

@@ -548,6 +548,19 @@ def test_the_upd_cases_reach_every_path() -> None:
     assert (took(3, 4).length, took(3, 4).pending) == (5, (PARKED_7,))
 
 
+def test_a_refused_upd_leaves_no_hint_of_the_links_it_made_on_the_way() -> None:
+    """Three blocks link before the fourth is found forged: the upd is refused whole, and
+    the chain's lookup hints name only what it holds (a stale hint sent every later lookup
+    of those chits scanning the whole chain: a hostile foil replayed such upds to make
+    each cost a scan of tens of thousands of blocks)."""
+    stock = fresh(UPD_PAIR.stock.chain)
+    upd = command("upd", chits=[UPD_BLOCKS[i] for i in (3, 4, 5, 15)], conf=0)
+    assert refusal(ch.receive, stock, upd, ALICE_TALLY).message.endswith("not its block hash")
+    assert set(stock.hints.linked) == {chit["uuid"] for chit in stock.chits}
+    assert ch.receive(stock, command("upd", chits=[UPD_BLOCKS[3]], conf=0),
+                      ALICE_TALLY).chain.length == 4  # and it takes the next one as before
+
+
 # -- messages, roles, storage -------------------------------------------------------------------
 
 
