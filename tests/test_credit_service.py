@@ -285,6 +285,30 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path):
 # -- chits and the chain ----------------------------------------------------------------------
 
 
+async def test_chain_messages_past_the_unconfirmed_bound_wait_and_are_taken_later(
+        tmp_path, monkeypatch):
+    """With a holder taking at most 3 blocks its partner has not confirmed, payments from
+    both sides at once run into the bound: a message past it is left unacked (deferred, not
+    refused), sent again, and taken once the partner confirms; the chains converge."""
+    monkeypatch.setattr(ch, "MAX_UNCONFIRMED", 3)
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")
+
+        async def pay(node: Node, cuid: str) -> None:
+            for _ in range(6):
+                await rpc(node, "chit.pay", cuid=cuid, tally=tally, units=1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pay, a, "alice")
+            nursery.start_soon(pay, b, "bob")
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 12), timeout=60)
+        assert a.counters.deferred + b.counters.deferred > 0
+        assert not a.counters.rejected and not b.counters.rejected
+
+
 async def test_a_thousand_chits_from_both_sides_at_once_converge(tmp_path):
     async with network(tmp_path, n=2) as net:
         a, b = net.nodes

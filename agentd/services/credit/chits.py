@@ -185,6 +185,14 @@ class ChitService(Service):
     # -- messages (writer thread) --------------------------------------------------------
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
+        try:
+            self._handle(tx, envelope)
+        except Refusal as exc:
+            if exc.code == "ahead":  # past what we keep unconfirmed: when the partner confirms
+                raise NotYet(exc.message) from exc
+            raise
+
+    def _handle(self, tx: Tx, envelope: Envelope) -> None:
         cuid = self.ledger.addressee(tx.conn, envelope)
         obj, action = envelope.object, envelope.action
         holding = self.ledger.holding(tx.conn, object_uuid(obj, "tally"), cuid)
