@@ -73,6 +73,14 @@ def expire_after(conn: sqlite3.Connection, peer: str, after_seq: int, targets: C
     return len(gone)
 
 
+def any_pending(conn: sqlite3.Connection, ids: Collection[bytes]) -> bool:
+    """Whether one of these messages still waits to be sent or acked."""
+    marks = ", ".join("?" * len(ids))
+    return bool(ids) and conn.execute(
+        f"SELECT 1 FROM outbox WHERE id IN ({marks}) AND state = 'pending' LIMIT 1",
+        tuple(ids)).fetchone() is not None
+
+
 def delete(conn: sqlite3.Connection, ids: Iterable[bytes]) -> int:
     return conn.executemany("DELETE FROM outbox WHERE id = ?", ((i,) for i in ids)).rowcount
 

@@ -15,6 +15,7 @@ import trio
 from agentd.config import AccessRule
 from agentd.rpc import NOT_FOUND, RpcError
 from agentd.runtime.context import Reject
+from agentd.runtime.dispatch import _Heard
 from agentd.runtime.node import Node
 from agentd.services.credit.tallies import ticket_tally_uuid
 from protocol import chain as ch
@@ -22,6 +23,7 @@ from protocol import chit as c
 from protocol import tally as t
 from protocol import tally_fields as tf
 from protocol.codec import pack, unpack
+from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, SigningKey, b64u
 from protocol.messages import Send
 from store import outbox
@@ -307,6 +309,41 @@ async def test_chain_messages_past_the_unconfirmed_bound_wait_and_are_taken_late
         await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 12), timeout=60)
         assert a.counters.deferred + b.counters.deferred > 0
         assert not a.counters.rejected and not b.counters.rejected
+
+
+async def test_a_partner_that_never_acks_gets_one_repair_at_a_time(tmp_path):
+    """Requests for old blocks, acks again and copies change nothing, and what answers them
+    is a repair the partner's resync asks for again: while our last one waits unacked, a
+    new one is not written (a partner that never acks made each small request cost a row
+    of up to 100 blocks, for ever)."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")  # alice holds the stock, bob the foil
+        for _ in range(3):
+            await rpc(a, "chit.pay", cuid="alice", tally=tally, units=1)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 3))
+        alice = a.own_address("alice")
+        length, _, head, _ = chain_of(b, "bob", tally)
+        await net.stop(0)  # nothing bob's node answers is acked now
+
+        async def from_alice(obj: dict) -> bytes | None:
+            message = Envelope(id=uuid.uuid4().bytes, target="chit", action="chain",
+                               object={"tally": tally, **obj}, to=b.own_address("bob"),
+                               from_=alice, last=b.clock.now_ms())
+            return await b.dispatcher._finish(_Heard.of(message),
+                                              b.dispatcher._start(message, a.agent_id))
+
+        def answers() -> int:
+            return b.db.read_one("SELECT count(*) FROM outbox WHERE action = 'chain'")[0]
+
+        before = answers()
+        for obj in ({"cmd": "req", "index": 1}, {"cmd": "ack", "index": length, "hash": head},
+                    {"cmd": "req", "index": 2}) * 10:
+            assert await from_alice(obj) is not None  # taken (acked), each of them
+        assert answers() == before + 1
+        assert chain_of(b, "bob", tally)[0] == length
 
 
 async def test_a_thousand_chits_from_both_sides_at_once_converge(tmp_path):

@@ -30,10 +30,12 @@ from protocol.envelope import Envelope
 from protocol.errors import Refusal
 from protocol.keys import b64u
 from store import credit as credit_store
+from store import outbox
 from store.credit import Holding
 
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
+    from protocol.messages import Send
 
 log = logging.getLogger("agentd.credit")
 MAX_PAYMENTS = 1000  # payments per chit.pay_many call
@@ -49,6 +51,8 @@ class ChitService(Service):
     def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         super().__init__(node)
         self.ledger = ledger
+        # per (tally, user): our last replies to chain messages that changed nothing
+        self._repairs: dict[tuple[str, str], list[bytes]] = {}
         for name, method in (("pay", self.rpc_pay), ("pay_many", self.rpc_pay_many),
                              ("invoice", self.rpc_invoice), ("accept", self.rpc_chit_accept),
                              ("refuse", self.rpc_chit_refuse), ("list", self.rpc_chits)):
@@ -250,6 +254,9 @@ class ChitService(Service):
             if exc.code == "lift_undecided" and self._awaiting_decision(tx, holding, obj):
                 raise NotYet(exc.message) from exc
             raise
+        if _same(holding.chain, received.chain):
+            self._repair(tx, holding, received.messages)
+            return
         adopted = []  # good chits first learned from this message
         delta = 0
         for chit in received.adopted:  # wanted named each (the chain did not hold it): read
@@ -260,6 +267,17 @@ class ChitService(Service):
             delta += c.effect(got.chit, holding.local.side)
         self.ledger.commit(tx, holding, chain=received.chain, delta=delta,
                            messages=received.messages, fresh=adopted)
+
+    def _repair(self, tx: Tx, holding: Holding, messages: list[Send]) -> None:
+        """Answer a chain message that changed nothing (a request for old blocks, an ack
+        again, a copy): what we say is a repair, which the partner's resync asks for again
+        if it is lost, so one at a time: while our last one still waits in the outbox, a new
+        one is not written. Otherwise a partner that never acks could have each small
+        message it sends make us keep an answer of up to 100 blocks for ever."""
+        key = (holding.local.uuid, holding.cuid)
+        if not messages or outbox.any_pending(tx.conn, self._repairs.get(key, ())):
+            return
+        self._repairs[key] = [tx.send(message) for message in messages]
 
     def _awaiting_decision(self, tx: Tx, holding: Holding, obj: dict[str, Any]) -> bool:
         """Whether a chain message carries a lift chit we hold pending: the partner applied
@@ -288,6 +306,12 @@ class ChitService(Service):
         self.ledger.store.set_error(tx.conn, tally_uuid, cuid, reason)
         if action in ("good", "pend", "void") and isinstance(obj.get("uuid"), str):
             self.ledger.store.set_chit_error(tx.conn, tally_uuid, cuid, obj["uuid"], reason)
+
+
+def _same(before: ch.Chain, after: ch.Chain) -> bool:
+    """Whether a chain message left the chain as it was."""
+    return (before.length, before.head, before.conf, before.pending) == (
+        after.length, after.head, after.conf, after.pending)
 
 
 def _unconfirmed(error: str | None, index: int | None, confirmed: int) -> str | None:
