@@ -128,9 +128,9 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
             lap("checks")
         finally:
             await backend.stop()
-    if not processes:  # this process and its workers at their peaks (summed)
-        report.counts["peak_rss_mb"] = round((resource.getrusage(
-            resource.RUSAGE_SELF).ru_maxrss + getattr(backend, "rss_kib", 0)) / 1024)
+    # this process and its workers, or its nodes' processes, at their peaks (summed)
+    report.counts["peak_rss_mb"] = round((resource.getrusage(
+        resource.RUSAGE_SELF).ru_maxrss + getattr(backend, "rss_kib", 0)) / 1024)
     return report
 
 

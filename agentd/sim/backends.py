@@ -226,6 +226,7 @@ class Processes:
         self._rules: dict[str, dict[tuple[str, str], Rule]] = {}  # name -> (peer, fault) -> rule
         self._counted: dict[str, Counter] = {}  # link counts of each node: earlier lives
         self._seen: dict[str, dict[str, int]] = {}  # ... and its current one, as last seen
+        self.rss_kib = 0  # the nodes' peak resident memory, summed, once stopped
 
     async def start(self, names: list[str], edges: list[tuple[str, str]],
                     house: str | None = None) -> dict[str, str]:
@@ -354,7 +355,18 @@ class Processes:
         """Nothing to do: each node is a process of its own, with a small heap."""
 
     async def stop(self) -> None:
+        self.rss_kib = sum(_peak_kib(proc.pid) for proc in self.procs.values())
         for name in self.procs:
             with contextlib.suppress(RpcError, UserError, OSError):
                 await self.call(name, "stop", {})
         await trio.to_thread.run_sync(stop, list(self.procs.values()))
+
+
+def _peak_kib(pid: int) -> int:
+    """A live process's peak resident memory (0 once it is gone, or off Linux)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next((int(line.split()[1]) for line in status if line.startswith("VmHWM")),
+                        0)
+    except OSError:
+        return 0

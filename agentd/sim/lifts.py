@@ -58,12 +58,14 @@ async def debt(run: Run) -> int:
     return sum(max(tally["balance"], 0) for tallies in listed.values() for tally in tallies)
 
 
-async def _decided(run: Run, name: str, started: dict, began: float) -> str:
-    """Wait for a lift started by ``name`` to be decided; count it and return its state."""
+async def _decided(run: Run, name: str, started: dict, began: float, kind: str) -> str:
+    """Wait for a lift started by ``name`` to be decided; count it as ``kind`` (``lifts``,
+    linear, or ``clear``, circular) and return its state."""
     done = await run.backend.call(name, "lift.wait", {"lift": started["lift"],
                                                        "timeout_s": LIFT_WAIT_S})
     report = run.report
-    report.counts[f"lifts_{done['state']}"] = report.counts.get(f"lifts_{done['state']}", 0) + 1
+    key = f"{kind}_{done['state']}"
+    report.counts[key] = report.counts.get(key, 0) + 1
     report.lift_hops.append(len(started["path"]) - 1)
     if done["state"] != "pend":
         report.lift_latencies_ms.append((time.perf_counter() - began) * 1000)
@@ -83,6 +85,8 @@ async def lift_traffic(run: Run, item: dict) -> None:
         report.failures.append(f"lifts traffic: no two users 2 to {max_hops} tallies apart")
         return
     lifts = [(*rng.choice(pairs), rng.randint(1, units)) for _ in range(count)]
+    for key in ("lifts_good", "lifts_void"):
+        report.counts.setdefault(key, 0)
     # a payee's full CHIP address, as a user would give it: the payor's node asks the payee's
     # node for its last hops before it searches
     infos = await on_every(run.backend, sorted({payee for _, payee, _ in lifts}), "getinfo", {})
@@ -92,7 +96,7 @@ async def lift_traffic(run: Run, item: dict) -> None:
         try:
             started = await run.backend.call(payor, "lift.pay", {
                 "cuid": payor, "find": f"{payee}:{infos[payee]['address']}", "units": amount})
-            await _decided(run, payor, started, began)
+            await _decided(run, payor, started, began, "lifts")
         except RpcError as exc:
             report.failures.append(f"lift {payor} -> {payee}: {exc.message}")
 
@@ -103,30 +107,28 @@ async def lift_traffic(run: Run, item: dict) -> None:
 async def clearing_traffic(run: Run, item: dict) -> None:
     """``count`` ``lift.clear`` calls from random users, each clearing the first debt cycle
     through its user. ``NO_CYCLE`` (there is none) and ``OVER_LIMIT`` (concurrent clearing
-    took the cycle each time it looked) are answers, counted, not failures. Only circles that
-    end good count in ``cleared_mchip``; the others as ``clear_void`` (or ``clear_pend``)."""
+    took the cycle each time it looked) are answers, counted, not failures. Circles count as
+    ``clear_good`` and ``clear_void`` (or ``clear_pend``); only good ones in ``cleared_mchip``."""
     scenario, rng, report = run.scenario, run.rng, run.report
     if report.debt_before is None:
         report.debt_before = await debt(run)
     clearers = [(rng.choice(scenario.nodes),) for _ in range(item.get("count", 1))]
+    for key in ("clear_good", "clear_void", "no_cycle", "clear_contended", "cleared_mchip",
+                "cleared_debt_mchip"):
+        report.counts.setdefault(key, 0)
 
     async def one(name: str) -> None:
         began = time.perf_counter()
         try:
             started = await run.backend.call(name, "lift.clear", {"cuid": name})
-            state = await _decided(run, name, started, began)
-            if state == "good":  # a void or undecided circle cleared nothing
+            if await _decided(run, name, started, began, "clear") == "good":
                 units, hops = started["units"], len(started["path"]) - 1
-                report.counts["cleared_mchip"] = report.counts.get("cleared_mchip", 0) + units
+                report.counts["cleared_mchip"] += units  # a void circle cleared nothing
                 # every tally of the circle owes ``units`` less: what debt() falls by
-                report.counts["cleared_debt_mchip"] = report.counts.get(
-                    "cleared_debt_mchip", 0) + units * hops
-            else:
-                report.counts[f"clear_{state}"] = report.counts.get(f"clear_{state}", 0) + 1
+                report.counts["cleared_debt_mchip"] += units * hops
         except RpcError as exc:
             if exc.reason in ("NO_CYCLE", "OVER_LIMIT"):  # none, or concurrent ones took it
-                key = "no_cycle" if exc.reason == "NO_CYCLE" else "clear_contended"
-                report.counts[key] = report.counts.get(key, 0) + 1
+                report.counts["no_cycle" if exc.reason == "NO_CYCLE" else "clear_contended"] += 1
             else:
                 report.failures.append(f"clearing by {name}: {exc.message}")
 
