@@ -437,9 +437,15 @@ async def test_limits_closing_and_invoices(tmp_path):
         await wait_for(lambda: state(a, "alice", tally) == t.C_OPEN)
         growing = await refused(a, "chit.pay", cuid="alice", tally=tally, units=1)
         assert growing.reason == "CLOSING"
+        capacity = {cuid: (await rpc(node, "tally.show", cuid=cuid, tally=tally))["capacity"]
+                    for node, cuid in ((a, "alice"), (b, "bob"))}
+        assert capacity == {"alice": {"pay": 0, "receive": 400},  # toward zero only
+                            "bob": {"pay": 400, "receive": 0}}
         await rpc(b, "chit.pay", cuid="bob", tally=tally, units=400)
         await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == t.CLOSE)
         assert chain_of(a, "alice", tally)[3] == chain_of(b, "bob", tally)[3] == 0
+        closed = await rpc(a, "tally.show", cuid="alice", tally=tally)
+        assert closed["capacity"] == {"pay": 0, "receive": 0}  # a closed tally carries nothing
         late = await refused(b, "chit.pay", cuid="bob", tally=tally, units=1)
         assert late.reason == "BAD_STATE"
 

@@ -30,13 +30,24 @@ def tally_summary(row: Any) -> dict:
         "chain": {"index": row["chain_length"], "hash": None if head is None else b64u(head),
                   "confirmed": row["chain_conf"], "pending": row["chain_pending"]},
         "error": _standing(row),
-        "capacity": {"pay": route.hop_capacity(route.KINDS[0], balance=row["balance"],
-                                               partner_limit=partner_limit,
-                                               lift_out=row["lift_out"]),
-                     "receive": route.receive_capacity(route.KINDS[0], balance=row["balance"],
-                                                       limit=limit, lift_in=row["lift_in"])},
+        "capacity": _capacity(row, limit, partner_limit),
         "reserved": {"in": row["lift_in"], "out": row["lift_out"]},
     }  # fmt: skip
+
+
+def _capacity(row: Any, limit: int, partner_limit: int) -> dict[str, int]:
+    """What the tally can still carry each way: within the limits while it is open, only
+    toward a zero balance while it closes, nothing otherwise (not open yet, or closed)."""
+    balance, state = row["balance"], row["state"]
+    if state not in (t.OPEN, t.C_OPEN):
+        return {"pay": 0, "receive": 0}
+    pay = route.hop_capacity(route.KINDS[0], balance=balance, partner_limit=partner_limit,
+                             lift_out=row["lift_out"])
+    receive = route.receive_capacity(route.KINDS[0], balance=balance, limit=limit,
+                                     lift_in=row["lift_in"])
+    if state == t.C_OPEN:
+        pay, receive = min(pay, max(balance, 0)), min(receive, max(-balance, 0))
+    return {"pay": pay, "receive": receive}
 
 
 def _standing(row: Any) -> str | None:
