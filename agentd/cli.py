@@ -267,6 +267,7 @@ def _rpc(socket_path: Path, method: str, pairs: list[str], *, human: bool = Fals
         print(render(method, result), end="")
     else:
         print(json.dumps(result, indent=2, ensure_ascii=False))
+    sys.stdout.flush()  # a reader gone (| head) is found here, inside main's handler
     # A check that ran and found a problem (receipts.verify) answers {"ok": false, ...}:
     # the whole result is printed, and the exit status says that the check failed.
     return 1 if isinstance(result, dict) and result.get("ok") is False else 0

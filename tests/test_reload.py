@@ -85,6 +85,7 @@ def test_a_refused_reload_is_logged_and_changes_wait_by_their_file_names(tmp_pat
     assert [r.levelname for r in refused] == ["ERROR"]
     assert "reload refused, the running config is kept" in refused[0].getMessage()
     assert "node.lisen" in refused[0].getMessage()
+    assert "\n" not in refused[0].getMessage()  # two problems, one line of the log
     path.write_text(BASE.replace('listen = "127.0.0.1:7901"',
                                  'listen = "127.0.0.1:7901"\nmax_channels = 99')
                     + '\n[lift]\nlife_s = 30\n\n[log]\nformat = "json"\n')

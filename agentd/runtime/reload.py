@@ -58,7 +58,8 @@ def reload_config(node: Node) -> dict[str, Any]:
         new = load_config(old.path)
         rules = node.relay.rules(new)  # a bad [relay] refuses the reload before anything changes
     except UserError as exc:
-        log.error("reload refused, the running config is kept: %s", exc)
+        log.error("reload refused, the running config is kept: %s",  # one line a record
+                  "; ".join(str(exc).splitlines()))
         raise
     live = [name for name in LIVE if getattr(new, name) != getattr(old, name)]
     applied = changed_keys(old, new, live)
