@@ -5,8 +5,10 @@ from __future__ import annotations
 import itertools
 import sqlite3
 
+import pytest
 import trio
 
+from agentd.rpc import RpcError
 from agentd.runtime import outbox as outbox_pump
 from protocol.keys import ChipAddress
 from protocol.messages import Send
@@ -37,6 +39,16 @@ async def _queue_pings(node, to_node, count: int) -> list[bytes]:
 
 def _inbox_ids(node) -> set[bytes]:
     return {row[0] for row in node.db.read("SELECT id FROM inbox")}
+
+
+async def test_a_peer_whose_address_we_do_not_know_is_pinged_while_it_is_connected(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        b._peer_addresses.pop(a.agent_id)  # b knows a only by the channel a opens
+        with pytest.raises(RpcError, match=r"add it to \[\[peers\]\] first"):
+            await b.rpc.call("peers.ping", {"agent": a.agent_id})  # no channel yet
+        await a.rpc.call("peers.ping", {"agent": b.agent_id})
+        assert len((await b.rpc.call("peers.ping", {"agent": a.agent_id}))["rtt_ms"]) == 1
 
 
 async def test_peer_restarted_mid_traffic_loses_nothing(tmp_path):

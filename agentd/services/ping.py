@@ -40,16 +40,17 @@ class PingService(Service):
 
     async def rpc_ping(self, agent: str, count: int = 1) -> dict:
         """``count`` (1 to 1000) round trips to ``agent`` through the outbox and ack path;
-        latencies in ms."""
+        latencies in ms. A peer whose address we do not know is pinged over the channel it
+        has open to us."""
         if not is_agent_id(agent):
             raise invalid_params(f"agent is not an agent id: {agent!r}")
         if not 1 <= count <= 1000:
             raise invalid_params("count must be an integer from 1 to 1000")
         runtime = self.runtime
         address = runtime.address_of(agent)
-        if address is None and agent != runtime.agent_id:
-            raise RpcError(NOT_FOUND, f"unknown peer {agent}: add it to [[peers]] first",
-                           "UNKNOWN_PEER")
+        if address is None and agent != runtime.agent_id and not runtime.connected(agent):
+            raise RpcError(NOT_FOUND, f"unknown peer {agent}: add it to [[peers]] first (or "
+                           "ping it while it is connected)", "UNKNOWN_PEER")
         host, port = parse_hostport(address) if address else (None, None)
         to = ChipAddress(agent=agent, host=host, port=port)
         rtts = []
