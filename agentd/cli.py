@@ -151,7 +151,8 @@ def _help(args: list[str]) -> int:
     if not args:
         print(usage(), end="")
         return 0
-    print(method_help(args[0]), end="")
+    name = args[0].removeprefix("method=")  # as the RPC help method is called: method=NAME
+    print(method_help(name), end="")
     return 0
 
 

@@ -178,6 +178,8 @@ def decode_ticket(text: str) -> dict[str, Any]:
     try:
         ticket = unpack(unb64u(text), max_size=4096)
     except (CodecError, IdentityError) as exc:
-        raise Refusal("bad_ticket", f"not a ticket: {exc}") from exc
+        cut = "incomplete" in str(exc) or "truncated" in str(exc)
+        raise Refusal("bad_ticket", "not a ticket: it ends too soon (copy the whole string "
+                      "tally.invite printed)" if cut else f"not a ticket: {exc}") from exc
     _check_ticket_fields(ticket)
     return ticket

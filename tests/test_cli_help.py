@@ -72,6 +72,8 @@ def test_method_help_with_and_without_a_config(capsys, tmp_path):
     config.write_text("this is not toml")
     assert cli.main(["-c", str(config), "help", "tally.offer"]) == 0  # no node, no validation
     assert "partner_limit" in capsys.readouterr().out
+    assert cli.main(["-c", str(config), "help", "method=tally.offer"]) == 0  # as the RPC's
+    assert "partner_limit" in capsys.readouterr().out
     with pytest.raises(UserError, match="did you mean tally"):
         method_help("tally.acept")
     whole = method_help("tally.invite")  # every paragraph of the docstring, not the first

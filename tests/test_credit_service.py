@@ -282,6 +282,10 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path):
         assert state(a, "alice", invited["tally"]) == t.DRAFT  # the template stays a draft
         again = await refused(a, "tally.request", cuid="carol", ticket=invited["ticket"])
         assert again.reason == "BAD_TICKET" and "already requested" in again.message
+        own = await refused(a, "tally.request", cuid="alice", ticket=invited["ticket"])
+        assert own.reason == "BAD_TICKET" and own.message.endswith(
+            "alice made this ticket: the user it is for presents it, with tally.request on "
+            "that user's node")
 
 
 # -- chits and the chain ----------------------------------------------------------------------

@@ -255,6 +255,8 @@ def test_a_ticket_travels_as_one_string() -> None:
     assert isinstance(text, str) and text.isascii() and " " not in text
     assert tf.decode_ticket(text) == ticket
     assert refusal(tf.decode_ticket, "not a ticket!").code == "bad_ticket"
+    assert refusal(tf.decode_ticket, text[:-8]).message == (
+        "not a ticket: it ends too soon (copy the whole string tally.invite printed)")
     assert refusal(tf.decode_ticket, tf.encode_ticket({**ticket, "reuse": 1})).code == "bad_field"
     assert refusal(tf.make_ticket, ALICE.address, "", NOW).code == "bad_field"
 

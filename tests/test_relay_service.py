@@ -152,6 +152,8 @@ async def test_query_returns_at_once_and_completes_with_a_verified_view(tmp_path
         # reading never destroys the result
         assert await a.rpc.call("relay.state", {"request_id": request_id}) == done
         assert await a.rpc.call("relay.wait", {"request_id": request_id}) == done
+        assert await a.rpc.call("relay.wait", {"request_id": request_id, "timeout_s": 0}) == (
+            done)  # 0: a look, as tally.wait and lift.wait take it
         assert b.db.read_one("SELECT count(*) FROM relay_nonces")[0] == 1
 
         # the relay named by agent id, and node:info

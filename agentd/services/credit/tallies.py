@@ -150,6 +150,9 @@ class TallyService(Service):
         invitation = tf.decode_ticket(ticket)
         inviter = ChipAddress.from_map(invitation["chad"])
         node = self.runtime
+        if inviter.agent == node.agent_id and inviter.cuid == cuid:
+            raise Reject("BAD_TICKET", f"{cuid} made this ticket: the user it is for presents "
+                         "it, with tally.request on that user's node")
         if inviter.agent != node.agent_id and inviter.host is not None:
             node.learn_peer(inviter.agent, format_hostport(inviter.host, inviter.port))
         subject = node.own_address(cuid)

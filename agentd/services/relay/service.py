@@ -146,10 +146,10 @@ class RelayService(Service):
         return self._state(self._row(_request_id(request_id)))
 
     async def rpc_wait(self, request_id: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
-        """Block until the request is COMPLETED, ERROR or DELETED, or ``timeout_s`` passes;
-        returns its state either way."""
+        """Block until the request is COMPLETED, ERROR or DELETED, or ``timeout_s`` passes
+        (0: look now); returns its state either way."""
         request_id = _request_id(request_id)
-        timeout = _seconds(timeout_s, "timeout_s")
+        timeout = _seconds(timeout_s, "timeout_s", look=True)
         with trio.move_on_after(timeout):
             while self._row(request_id)["status"] in PENDING:
                 await self._waiters.setdefault(request_id, trio.Event()).wait()
@@ -448,12 +448,14 @@ def _unknown(request_id: str) -> RpcError:
     return RpcError(NOT_FOUND, f"no relay request {request_id} on this node", "UNKNOWN_REQUEST")
 
 
-def _seconds(value: object, name: str) -> float:
+def _seconds(value: object, name: str, *, look: bool = False) -> float:
+    """A number of seconds up to ``MAX_TIMEOUT_S``; 0 too when it means a look (a wait)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        0 < value <= MAX_TIMEOUT_S
+        (value >= 0 if look else value > 0) and value <= MAX_TIMEOUT_S
     ):
-        raise invalid_params(f"{name} must be a number of seconds, more than 0 and at most "
-                             f"{MAX_TIMEOUT_S:g}")
+        span = "from 0 (look now) to" if look else "more than 0 and at most"
+        raise invalid_params(f"{name} must be a number of seconds, {span} {MAX_TIMEOUT_S:g}, "
+                             f"not {value!r}")
     return float(value)
 
 
