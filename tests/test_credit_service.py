@@ -255,6 +255,10 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path):
         assert bill["state"] == c.A_PEND
         await wait_for(lambda: a.db.read_one(
             "SELECT 1 FROM chits WHERE cuid = 'bob' AND uuid = ?", (bill["chit"],)) is not None)
+        mine = await refused(a, "chit.accept", cuid="alice", chit=bill["chit"])
+        assert mine.reason == "BAD_STATE" and mine.message.endswith(
+            "is alice's own invoice, waiting for the partner: the payer accepts or refuses "
+            "it, on its node")
         assert (await rpc(a, "chit.accept", cuid="bob", chit=bill["chit"]))["state"] == c.L_GOOD
         await wait_for(lambda: agreed(a, "alice", a, "bob", tally, 3))
         assert chain_of(a, "alice", tally)[3] == -450  # alice (stock) owes bob 700 - 200 - 50
@@ -844,7 +848,8 @@ async def test_rpc_parameters_are_checked(tmp_path):
             missing = await refused(a, method, cuid="zed", tally=str(uuid.uuid4()),
                                     **({"units": 1} if method == "chit.pay" else {}))
             assert (missing.reason, missing.message) == (
-                "UNKNOWN_USER", "no user 'zed' on this node"), method
+                "UNKNOWN_USER", "no user 'zed' on this node (n0: users.list shows its users)"
+            ), method
         selfward = await refused(a, "route.find", cuid="alice", find=f"alice:{a.agent_id}",
                                  units=1)
         assert (selfward.reason, selfward.message) == (

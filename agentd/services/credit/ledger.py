@@ -192,6 +192,9 @@ class CreditLedger:
         holding = self.holding(conn, tallies[0], cuid)
         owed = self.store.get_chit(conn, tallies[0], cuid, chit_uuid)
         assert owed is not None
+        if owed.state == c.A_PEND:  # our user's own invoice
+            raise Reject("BAD_STATE", f"chit {chit_uuid} is {cuid}'s own invoice, waiting for "
+                         "the partner: the payer accepts or refuses it, on its node")
         return holding, owed
 
     def addressee(self, conn: sqlite3.Connection, envelope: Envelope) -> str:
@@ -215,7 +218,9 @@ class CreditLedger:
 
     def known_user(self, cuid: str) -> str:
         if not self.runtime.db.reading(lambda conn: users.exists(conn, cuid)):
-            raise RpcError(NOT_FOUND, f"no user {cuid!r} on this node", "UNKNOWN_USER")
+            raise RpcError(NOT_FOUND, f"no user {cuid!r} on this node "
+                           f"({self.runtime.config.name}: users.list shows its users)",
+                           "UNKNOWN_USER")
         return cuid
 
     def tally_row(self, cuid: str, tally_uuid: str) -> Any:
