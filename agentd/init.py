@@ -47,7 +47,7 @@ def _check_siblings(directory: Path, listen: str) -> None:
     """Refuse the listen address of a node beside this one (``agentd up`` of the parent
     directory starts them all, and the second could not bind). Every-interface addresses
     are left alone: nodes for several hosts may share one port."""
-    if listens_everywhere(listen) or listen.endswith(":0"):
+    if listens_everywhere(listen):
         return
     ours = _bound(listen)
     for other in node_configs(directory.parent):
@@ -76,6 +76,9 @@ def init_node(directory: Path, name: str, listen: str, network: str,
         host, port = parse_hostport(listen)
     except IdentityError as exc:
         raise UserError(f"--listen: {exc}") from exc
+    if port == 0:
+        raise UserError(f"--listen {listen}: port 0 is a new port at every start, which no "
+                        "peer or ticket could keep up with: give a fixed port")
     if advertise is not None:
         try:
             host, port = parse_hostport(advertise)

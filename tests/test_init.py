@@ -24,6 +24,8 @@ def test_a_node_on_every_interface_advertises_where_peers_dial_it(tmp_path):
         init_node(tmp_path / "a", "a", "0.0.0.0:7301", "agentd")
     with pytest.raises(UserError, match=r"--advertise \[::\]:7301 is not an address"):
         init_node(tmp_path / "a", "a", "0.0.0.0:7301", "agentd", "[::]:7301")
+    with pytest.raises(UserError, match=r"--listen 127\.0\.0\.1:0: port 0 is a new port"):
+        init_node(tmp_path / "a", "a", "127.0.0.1:0", "agentd")
     assert not (tmp_path / "a").exists()
     made = init_node(tmp_path / "a", "a", "0.0.0.0:7301", "agentd", "node-a.example:7301")
     assert made["address"] == f"{made['agent']}@node-a.example:7301"
