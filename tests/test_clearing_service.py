@@ -546,6 +546,7 @@ async def test_evidence_waits_for_a_clearing_house_that_is_down(tmp_path, monkey
             with trio.fail_after(5):
                 await alice.rpc.call("ch.log", {"pid": "tally-2", "payload": "late"})
         assert info.value.code == TIMEOUT
+        assert ": cannot reach 127.0.0.1:" in info.value.message  # why, as peers.ping says
         monkeypatch.undo()  # the chain check below must not time out on a slow machine
         await net.restart(0)
         await wait_for(lambda: len(receipts(alice)) == 4 and len(receipts(bob)) == 1,

@@ -228,9 +228,12 @@ class Evidence:
         return self.runtime.config.max_frame - ENVELOPE_OVERHEAD
 
     def _timeout_message(self, house: str) -> str:
+        """What a call that waited in vain is told, with why the house could not be reached
+        when a dial says so."""
+        why = self.runtime.dial_error(house)
         return (f"no answer from the clearing house {house} within {REQUEST_TIMEOUT:g} s (the"
                 " request stays in the outbox and will be retried; a late receipt is still"
-                " stored)")
+                " stored)" + (f": {why}" if why else ""))
 
     async def request(self, action: str, obj: dict[str, Any]) -> Any:
         """Send one request to the clearing house and wait for its answer, as sent (no local
@@ -253,8 +256,12 @@ class Evidence:
             return message_id
 
         message_id = await self.runtime.transact(work)
-        return await replies.result(message_id, REQUEST_TIMEOUT,
-                                    self._timeout_message(house.agent))
+        try:
+            return await replies.result(message_id, REQUEST_TIMEOUT, "")
+        except RpcError as exc:
+            if exc.reason != "TIMEOUT":
+                raise
+            raise RpcError(exc.code, self._timeout_message(house.agent), exc.reason) from None
 
     async def log_request(self, obj: dict[str, Any]) -> Any:
         """Like ``request("log", obj)``, but coalesced with concurrent calls by the sender."""
