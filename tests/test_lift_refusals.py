@@ -82,7 +82,8 @@ async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
                 {"cuid": "cat", "agent": cat.agent_id, "tally": None}]
 
         def record(**changes):
-            made = lf.make_record(lift_uuid=str(uuid.uuid4()), kind="linear", units=10,
+            made = lf.make_record(lift_uuid=changes.pop("lift", str(uuid.uuid4())),
+                                  kind="linear", units=changes.pop("units_", 10),
                                   path=changes.pop("path", path),
                                   referee=changes.pop("referee", house.own_address()),
                                   date_ms=changes.pop("date", bob.clock.now_ms()),
@@ -119,10 +120,23 @@ async def test_bad_promises_are_refused_and_change_nothing(tmp_path):
         assert await rpc(cat, "chit.list", cuid="cat", tally=tl["bobcat"]) == []
         # a promise cat takes teaches it where that lift's referee listens (it asks there)
         elsewhere = ChipAddress(agent=SigningKey.generate().agent_id, host="192.0.2.8", port=9)
+        first = record(referee=elsewhere)
         taken = await send_raw(bob, cat, "cat", "lift", "promise",
-                               {"record": record(referee=elsewhere), "hop": 0}, "bob")
+                               {"record": first, "hop": 0}, "bob")
         await wait_for(lambda: taken not in bob.pump.live)  # acked: cat took it
         await wait_for(lambda: cat.address_of(elsewhere.agent) == "192.0.2.8:9")
+        # while it waits for its referee, another record with its uuid (the one decision
+        # on a lift settles every chit of that uuid here) is refused and holds nothing
+        zed = {"cuid": "zed", "agent": SigningKey.generate().agent_id, "tally": str(uuid.uuid4())}
+        for hop, twin_path in ((0, path), (1, [zed, *path])):  # cat at the same hop, or not
+            other = record(referee=elsewhere, lift=first["lift"], units_=20, path=twin_path,
+                           key=SigningKey.generate() if hop else user_key(bob, "bob"))
+            twin = await send_raw(bob, cat, "cat", "lift", "promise",
+                                  {"record": other, "hop": hop}, "bob")
+            assert "CONFLICT" in await refusal_of(bob, twin), hop
+        assert reserved(cat, "cat", tl["bobcat"]) == (10, 0)
+        assert [chit["units"] for chit in await rpc(cat, "chit.list", cuid="cat",
+                                                    tally=tl["bobcat"])] == [10]
 
 
 async def test_hostile_route_messages_are_refused_never_our_failure(tmp_path):

@@ -276,10 +276,14 @@ class LiftService(Service):
                          f"{', '.join(allowed)} only")
         incoming = self.ledger.holding(tx.conn, record["path"][hop]["tally"], here.cuid)
         self.ledger.check_partner(incoming, envelope)
+        known = lifts.get(tx.conn, record["lift"])
+        if known is not None and lf.record_digest(lifts.record_of(known)) != lf.record_digest(
+                record):  # one lift, one record: a decision settles every chit of its uuid
+            raise Reject("CONFLICT", f"lift {record['lift']} is here already with another "
+                         "record")
         if self.ledger.store.get_chit(tx.conn, incoming.local.uuid, here.cuid,
                                       c.lift_chit_uuid(record["lift"], hop)):
             return  # this hop's chit is here already: a resent promise
-        known = lifts.get(tx.conn, record["lift"])
         if known is not None and known["state"] != lf.PEND:
             raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here already")
         heard = self._heard_void.get(record["lift"])
