@@ -10,8 +10,10 @@ import uuid
 import trio
 
 from agentd.runtime.context import Reject
+from agentd.runtime.dispatch import _Heard
 from protocol import lift as lf
 from protocol.codec import digest, unpack
+from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, SigningKey
 from tests.netfixture import network, wait_for
 from tests.test_credit_service import refusal_of, refused, rpc, send_raw, user_key
@@ -248,6 +250,39 @@ async def test_a_made_up_lift_makes_the_referee_dial_nothing_and_hold_nothing_fo
         assert not any(address and address.startswith("192.0.2.1") for address in dialled)
         queued = house.db.read("SELECT peer FROM outbox WHERE target = 'lift'")
         assert not {row["peer"] for row in queued} & set(made_up)
+
+
+async def test_a_participant_asking_again_and_again_gets_one_answer_at_a_time(tmp_path):
+    """A referee answers a query (or a commit or cancel again) with the decision it keeps;
+    to a participant that never acks, one answer waits at a time (each query made a row of
+    its own, kept an hour: 5,000 queries left 69 MB)."""
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
+        house, mallory = net.nodes
+        path = [{"cuid": "a", "agent": SigningKey.generate().agent_id, "tally": str(uuid.uuid4())},
+                {"cuid": "me", "agent": mallory.agent_id, "tally": None}]
+        record = lf.make_record(lift_uuid=str(uuid.uuid4()), kind="linear", units=5,
+                                path=path, referee=house.own_address(),
+                                date_ms=mallory.clock.now_ms(), life_ms=60_000, memo="",
+                                key=SigningKey.generate())
+        await send_raw(mallory, house, None, "lift", "cancel", {"record": record, "reason": "x"},
+                       None)
+        await wait_for(lambda: house.db.read_one(
+            "SELECT 1 FROM lift_decisions WHERE lift = ?", (record["lift"],)) is not None)
+        me = mallory.own_address("me")
+        await net.stop(1)  # nothing the referee sends mallory is acked now
+
+        def answers() -> int:
+            return house.db.read_one("SELECT count(*) FROM outbox WHERE action = 'decision'"
+                                     " AND peer = ?", (mallory.agent_id,))[0]
+
+        before = answers()
+        for _ in range(20):
+            query = Envelope(id=uuid.uuid4().bytes, target="lift", action="query",
+                             object={"record": record}, to=house.own_address(), from_=me,
+                             last=house.clock.now_ms())
+            assert await house.dispatcher._finish(_Heard.of(query), house.dispatcher._start(
+                query, mallory.agent_id)) is not None  # taken, each of them
+        assert answers() == before + 1
 
 
 async def test_a_made_up_record_with_a_real_lifts_uuid_settles_nothing_of_it(tmp_path):

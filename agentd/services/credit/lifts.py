@@ -14,9 +14,10 @@ referee two-phase commit (DESIGN.md §4):
    referee.
 3. The terminus (the payee, or the payor again for a circle) records its pending chit and
    sends ``commit`` to the referee.
-4. The referee decides once (``protocol.lift.decide``), keeps the signed decision for ever,
-   logs it as evidence (pid = the lift uuid, owned by every node on the path) and sends it to
-   every node on the path; asking again gets the same answer.
+4. The referee (``referee.Referee``, when the record names this node) decides once
+   (``protocol.lift.decide``), keeps the signed decision for ever, logs it as evidence (pid =
+   the lift uuid, owned by every node on the path) and sends it to every node on the path;
+   asking again gets the same answer.
 5. A node applies a decision signed by the lift's referee to all its pending chits of the
    lift in one transaction: good ones enter the tally chains like any good chit, void ones
    release their capacity. A node still pending after the deadline asks the referee
@@ -40,6 +41,7 @@ from agentd.runtime.context import Reject, Service, Tx
 from agentd.services.credit import lift_views
 from agentd.services.credit.ledger import CreditLedger
 from agentd.services.credit.params import param_amount, param_cuid, param_memo, param_uuid
+from agentd.services.credit.referee import Referee
 from agentd.services.credit.routes import RouteService, param_find
 from protocol import chit as c
 from protocol import lift as lf
@@ -82,6 +84,7 @@ class LiftService(Service):
         self._work = trio.Event()  # a lift pending here is due sooner than we sleep until
         self._next_due: int | None = None  # ms: when the next question to a referee is due
         self._heard_void: OrderedDict[str, bytes] = OrderedDict()  # lift -> record digest
+        self.referee_role = Referee(node, ledger)  # lifts others name this node to decide
         for name in ("pay", "clear", "wait", "show", "list"):
             node.register_method(f"lift.{name}", getattr(self, f"rpc_{name}"))
 
@@ -258,7 +261,7 @@ class LiftService(Service):
         if action == "promise":
             self._on_promise(tx, envelope)
         elif action in ("commit", "cancel", "query"):
-            self._referee(tx, envelope)
+            self.referee_role.handle(tx, envelope)
         elif action == "decision":
             self._on_decision(tx, envelope)
         else:
@@ -318,35 +321,6 @@ class LiftService(Service):
         lifts.set_error(tx.conn, row["lift"], reason, tx.now_ms)
         sender = (envelope.get("from") or {}).get("cuid")
         self.ledger.emit(tx, [lf.cancel(lifts.record_of(row), reason, from_cuid=sender)])
-
-    def _referee(self, tx: Tx, envelope: Envelope) -> None:
-        record = envelope.object.get("record")
-        lf.check_record(record)
-        if record["referee"]["agent"] != self.runtime.agent_id:
-            raise Reject("NOT_REFEREE", f"lift {record['lift']} is refereed by "
-                         f"{record['referee']['agent']}, not this node")
-        decided = lifts.decision(tx.conn, record["lift"], record)
-        decision, sends = lf.decide(decided, envelope.action, record, now_ms=tx.now_ms,
-                                    key=self.runtime.key, asker=envelope.from_.agent)
-        # first: the nodes wait for it, the evidence does not
-        self.ledger.emit(tx, [send for send in sends if self._reachable(send.to.agent)])
-        if decided is not None and decision is not decided:  # one made before 009, signed again
-            lifts.decide(tx.conn, record, decision, tx.now_ms, legacy=True)
-        if decision is not None and decided is None:
-            lifts.decide(tx.conn, record, decision, tx.now_ms)
-            log.info("lift %s: %s (%s)", record["lift"], decision["state"], envelope.action)
-            owners = sorted({hop["agent"] for hop in record["path"]})
-            self.ledger.evidence.log(tx, record["lift"], owners, "lift.decision",
-                                     {"record": record, "decision": decision},
-                                     ref=record["lift"])
-
-    def _reachable(self, agent: str) -> bool:
-        """Whether to push a decision to ``agent``: ourselves, a node we know, or one
-        connected to us now. Any other asks (``_ask_referee``), and a made-up record cannot
-        make us dial the addresses it names or queue messages nobody takes."""
-        node = self.runtime
-        return agent == node.agent_id or node.address_of(agent) is not None or node.connected(
-            agent)
 
     def _ask_referee(self, tx: Tx, record: dict[str, Any], cuid: str) -> None:
         """We take part in a lift while no channel joins us to its referee, which pushes its
