@@ -97,11 +97,6 @@ from .messages import Send
 from .tally import FOIL, SIDES, STOCK, LocalTally, Refusal, chain_origin, to_partner
 
 UPD_BATCH = 100  # chits per upd or new message: under 0.6 MiB even with maximal memos and refs
-# What a partner's messages can make a holder keep in memory (its chain holds the blocks
-# its partner has not confirmed, and the stock the foil's blocks beyond a gap): past either
-# bound a message is ``ahead``, taken once the partner has confirmed (or the gap is filled).
-MAX_UNCONFIRMED = 4096  # blocks beyond the last one the partner confirmed
-MAX_AHEAD = 4 * UPD_BATCH  # the foil's blocks a stock keeps beyond a gap, and how far beyond
 CMDS = ("new", "ack", "nak", "upd", "req")
 _CMD_FIELDS = {
     "new": {"chits"},
@@ -325,8 +320,6 @@ def add(chain: Chain, chit: dict[str, Any], local: LocalTally) -> tuple[Chain, l
         return _park(chain, chit, chain.pending), []
     if ours:
         return _park(chain, chit, chain.pending), [_good(local, chit)]
-    if chit["chain"] is not None:
-        _check_ahead(chit["chain"]["index"], chain.conf)
     chain = _take(chain, chit)
     return chain, _stock_reply(chain, local)
 
@@ -482,17 +475,7 @@ def _note_parked(chain: Chain, chit: dict[str, Any]) -> None:
 
 
 def _park(chain: Chain, chit: dict[str, Any], pending: tuple[dict[str, Any], ...]) -> Chain:
-    """``chain`` with ``pending`` and, after them, ``chit`` waiting unlinked (at most
-    ``MAX_AHEAD`` of the foil's blocks wait so: more are ``ahead``)."""
-    if chit["by"] != chain.side and chit["chain"] is not None:
-        if chit["chain"]["index"] > chain.length + MAX_AHEAD:
-            raise Refusal("ahead", f"block {chit['chain']['index']} is over {MAX_AHEAD} past "
-                          f"the chain's head ({chain.length}): taken once the blocks before "
-                          "it are")
-        if sum(1 for other in pending
-               if other["chain"] is not None and other["by"] != chain.side) >= MAX_AHEAD:
-            raise Refusal("ahead", f"{MAX_AHEAD} blocks of the foil wait beyond a gap at "
-                          f"{chain.length + 1} already: taken once the gap is filled")
+    """``chain`` with ``pending`` and, after them, ``chit`` waiting unlinked."""
     _note_parked(chain, chit)
     return replace(chain, pending=pending + (chit,))  # noqa: RUF005 (see _link)
 
@@ -566,10 +549,6 @@ def _foil_new(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
             raise Refusal("bad_field", "chain new carries the stock holder's own chits")
         else:
             new[chit["uuid"]] = chit
-    if new and chain.length + len(new) > chain.conf + MAX_UNCONFIRMED:
-        raise Refusal("ahead", f"{len(new)} chits more would leave over {MAX_UNCONFIRMED} "
-                      f"blocks unconfirmed by the partner (it confirmed {chain.conf} of "
-                      f"{chain.length}): taken once it confirms")
     chain, adopted = _append_all(chain, new.values())
     blocks = [*known.values(), *adopted]
     ordered = sorted(blocks, key=lambda chit: chit["chain"]["index"])
@@ -596,13 +575,6 @@ def _foil_req(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
 
 
 # -- the stock holder: conforms ---------------------------------------------------------------
-
-
-def _check_ahead(index: int, conf: int) -> None:
-    """Refuse for now (``ahead``) a foil block past what the stock keeps unconfirmed."""
-    if index > conf + MAX_UNCONFIRMED:
-        raise Refusal("ahead", f"block {index} is over {MAX_UNCONFIRMED} past the last block "
-                      f"the partner confirmed ({conf}): taken once it confirms")
 
 
 def _contradicts(chain: Chain, block: dict[str, Any]) -> bool:
@@ -691,12 +663,6 @@ def _stock_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received
     the chain's head one after another: those are linked in one copy of the chain and of
     ``pending`` (not one per chit: ``pending`` holds thousands when both users outpay the
     foil's ordering), with the same result as taking them one by one."""
-    conf = max(chain.conf, min(obj["conf"], chain.length))
-    for chit in obj["chits"]:
-        block = chit.get("chain") if isinstance(chit, dict) else None
-        at = block.get("index") if isinstance(block, dict) else None
-        if isinstance(at, int):
-            _check_ahead(at, conf)
     adopted = []
     run: dict[str, dict[str, Any]] = {}  # uuid -> chit with its block, following the head
     for chit in obj["chits"]:

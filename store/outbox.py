@@ -73,12 +73,14 @@ def expire_after(conn: sqlite3.Connection, peer: str, after_seq: int, targets: C
     return len(gone)
 
 
-def any_pending(conn: sqlite3.Connection, ids: Collection[bytes]) -> bool:
-    """Whether one of these messages still waits to be sent or acked."""
+def still_pending(conn: sqlite3.Connection, ids: Collection[bytes]) -> list[bytes]:
+    """Which of these messages still wait to be sent or acked (an acked one may wait a
+    moment longer: acked rows are deleted together)."""
+    if not ids:
+        return []
     marks = ", ".join("?" * len(ids))
-    return bool(ids) and conn.execute(
-        f"SELECT 1 FROM outbox WHERE id IN ({marks}) AND state = 'pending' LIMIT 1",
-        tuple(ids)).fetchone() is not None
+    return [row[0] for row in conn.execute(
+        f"SELECT id FROM outbox WHERE id IN ({marks}) AND state = 'pending'", tuple(ids))]
 
 
 def delete(conn: sqlite3.Connection, ids: Iterable[bytes]) -> int:

@@ -561,42 +561,6 @@ def test_a_refused_upd_leaves_no_hint_of_the_links_it_made_on_the_way() -> None:
                       ALICE_TALLY).chain.length == 4  # and it takes the next one as before
 
 
-def test_a_partner_that_never_confirms_cannot_grow_a_holders_chain_past_a_bound(monkeypatch):
-    """Blocks the partner has not confirmed stay in memory, so a holder takes at most
-    ``MAX_UNCONFIRMED`` of them (and the stock at most ``MAX_AHEAD`` beyond a gap): past
-    that a message is ``ahead`` (the runtime leaves it unacked) and changes nothing."""
-    monkeypatch.setattr(ch, "MAX_UNCONFIRMED", 6)
-    monkeypatch.setattr(ch, "MAX_AHEAD", 3)
-    pair = Pair()
-    goods = [one(pair.foil.pay(pair.next_uuid(), 1)).object for _ in range(8)]
-    stock = pair.stock.chain
-    taken = ch.receive(stock, command("upd", chits=goods[:6], conf=0), ALICE_TALLY).chain
-    assert taken.length == 6
-    ahead = refusal(ch.receive, taken, command("upd", chits=goods[6:7], conf=0), ALICE_TALLY)
-    assert (ahead.code, taken.length) == ("ahead", 6)
-    assert "over 6 past the last block the partner confirmed (0)" in ahead.message
-    assert refusal(ch.add, taken, goods[6], ALICE_TALLY).code == "ahead"  # in its good, too
-    confirmed = command("upd", chits=goods[6:7], conf=6)  # the foil confirmed them meanwhile
-    assert ch.receive(taken, confirmed, ALICE_TALLY).chain.length == 7
-    assert refusal(ch.add, stock, goods[3], ALICE_TALLY).code == "ahead"  # 4: past head + 3
-
-    def astray(chit: dict[str, Any], index: int) -> dict[str, Any]:  # a block that never links
-        return {**chit, "chain": {"index": index, "prev": bytes(32),
-                                  "hash": ch.block_hash(index, bytes(32), chit["hash"])}}
-
-    parked = stock
-    for early in (goods[1], goods[2], astray(goods[5], 2)):
-        parked = ch.add(parked, early, ALICE_TALLY)[0]
-    assert (parked.length, len(parked.pending)) == (0, 3)  # waiting for block 1
-    assert refusal(ch.add, parked, astray(goods[6], 3), ALICE_TALLY).code == "ahead"  # a 4th
-    assert ch.add(parked, goods[0], ALICE_TALLY)[0].length == 3  # the gap filled
-    foil = Pair()
-    news = [one(foil.stock.pay(foil.next_uuid(), 1)).object for _ in range(7)]
-    foil_chain = ch.receive(foil.foil.chain, command("new", chits=news[:6]), BOB_TALLY).chain
-    assert refusal(ch.receive, foil_chain, command("new", chits=news[6:]), BOB_TALLY).code == (
-        "ahead")
-
-
 # -- messages, roles, storage -------------------------------------------------------------------
 
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentd.credit")
 MAX_PAYMENTS = 1000  # payments per chit.pay_many call
 MAX_INVOICES = 1000  # a partner's invoices waiting for our user's answer on one tally
+REPAIRS = 8  # blocks sent to repair a partner's chain, waiting unacked on one tally at most
 
 
 class ChitService(Service):
@@ -51,7 +52,8 @@ class ChitService(Service):
     def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         super().__init__(node)
         self.ledger = ledger
-        # per (tally, user): our last replies to chain messages that changed nothing
+        # per (tally, user): our last blocks sent in answer to a chain message that changed
+        # nothing
         self._repairs: dict[tuple[str, str], list[bytes]] = {}
         for name, method in (("pay", self.rpc_pay), ("pay_many", self.rpc_pay_many),
                              ("invoice", self.rpc_invoice), ("accept", self.rpc_chit_accept),
@@ -189,14 +191,6 @@ class ChitService(Service):
     # -- messages (writer thread) --------------------------------------------------------
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
-        try:
-            self._handle(tx, envelope)
-        except Refusal as exc:
-            if exc.code == "ahead":  # past what we keep unconfirmed: when the partner confirms
-                raise NotYet(exc.message) from exc
-            raise
-
-    def _handle(self, tx: Tx, envelope: Envelope) -> None:
         cuid = self.ledger.addressee(tx.conn, envelope)
         obj, action = envelope.object, envelope.action
         holding = self.ledger.holding(tx.conn, object_uuid(obj, "tally"), cuid)
@@ -270,14 +264,21 @@ class ChitService(Service):
 
     def _repair(self, tx: Tx, holding: Holding, messages: list[Send]) -> None:
         """Answer a chain message that changed nothing (a request for old blocks, an ack
-        again, a copy): what we say is a repair, which the partner's resync asks for again
-        if it is lost, so one at a time: while our last one still waits in the outbox, a new
-        one is not written. Otherwise a partner that never acks could have each small
-        message it sends make us keep an answer of up to 100 blocks for ever."""
+        again, a copy). Its blocks (an ``upd``, up to 100 of them) are a repair the
+        partner's resync asks for again if it is lost, so a few at a time: while
+        ``REPAIRS`` such answers on this tally still wait in the outbox, a new one is not
+        written. Otherwise a partner that never acks could have each small message it
+        sends make us keep an answer of up to 100 blocks for ever. A short answer (an ack,
+        a request) goes as ever."""
         key = (holding.local.uuid, holding.cuid)
-        if not messages or outbox.any_pending(tx.conn, self._repairs.get(key, ())):
-            return
-        self._repairs[key] = [tx.send(message) for message in messages]
+        for message in messages:
+            if message.object.get("cmd") != "upd":
+                tx.send(message)
+                continue
+            waiting = outbox.still_pending(tx.conn, self._repairs.get(key, ()))
+            if len(waiting) < REPAIRS:
+                waiting.append(tx.send(message))
+            self._repairs[key] = waiting
 
     def _awaiting_decision(self, tx: Tx, holding: Holding, obj: dict[str, Any]) -> bool:
         """Whether a chain message carries a lift chit we hold pending: the partner applied

@@ -67,7 +67,7 @@ class Referee:
                 continue
             key = (record["lift"], lf.record_digest(record), send.to.agent)
             last = self._told_again.get(key)
-            if last is not None and outbox.any_pending(tx.conn, [last]):
+            if last is not None and outbox.still_pending(tx.conn, [last]):
                 continue
             self._told_again[key] = tx.send(send)
             self._told_again.move_to_end(key)
