@@ -113,8 +113,9 @@ _MAP_FIELDS = {"tally", "side", "origin", "chits", "pending", "conf", "base", "b
 class _Hints:
     """Lookups that would otherwise scan the chain, shared by every version of one chain
     derived with ``replace``, so each costs O(1) however long the chain grows. Entries are
-    only ever added: a hit may be stale (another version moved the chit) and is checked
-    against the version at hand, but a miss is certain."""
+    only ever added (after a refused message they are made anew from the chain it was
+    refused on): a hit may be stale (another version moved the chit) and is checked against
+    the version at hand, but a miss is certain."""
 
     linked: dict[str, int] = dataclasses.field(default_factory=dict)  # uuid -> block index
     parked: set[str] = dataclasses.field(default_factory=set)  # uuids ever put in pending

@@ -112,16 +112,17 @@ class Dispatcher:
             await self._on_frame(channel, body, None)
             return
         await self._ration(channel.agent, len(body))
-        with trio.move_on_after(MAX_WAIT):
-            share = _Share(self.node.decoding, await self.node.decoding.acquire(len(body)))
-            try:
-                await self._on_frame(channel, body, share)
-            finally:
-                if not share.handed:
-                    share.release()
-            return
-        raise ChannelClosed("decode_budget", f"strangers' frames would wait more than "
-                            f"{MAX_WAIT:g} s to be read")
+        with trio.move_on_after(MAX_WAIT) as waiting:
+            size = await self.node.decoding.acquire(len(body))
+        if waiting.cancelled_caught:
+            raise ChannelClosed("decode_budget", f"strangers' frames would wait more than "
+                                f"{MAX_WAIT:g} s to be read")
+        share = _Share(self.node.decoding, size)
+        try:
+            await self._on_frame(channel, body, share)
+        finally:
+            if not share.handed:
+                share.release()
 
     async def _on_frame(self, channel: Channel, body: bytes, share: _Share | None) -> None:
         counters = self.node.counters
