@@ -237,11 +237,17 @@ def forward(
     now_ms: int,
     candidates: Iterable[Candidate],
     fan_out: int = 10,
+    depth: int = MAX_DEPTH,
+    budget_ms: int | None = None,
 ) -> Forwarded:
     """A node's handling of one query from ``sender`` addressed to its user ``here``: the
     answers to the sender when the search ends here, else the query forwarded to at most
-    ``fan_out`` candidates and the :class:`Relay` that will answer for them."""
+    ``fan_out`` candidates and the :class:`Relay` that will answer for them. A query asking
+    for more than this node's own searches take (``depth``, a deadline ``budget_ms`` away)
+    goes on held to those: a partner cannot have us carry a search further or longer."""
     sender = _check_received(obj, sender)
+    latest = obj["deadline"] if budget_ms is None else now_ms + budget_ms
+    obj = {**obj, "depth": min(obj["depth"], depth), "deadline": min(obj["deadline"], latest)}
     query, path, units, find = obj["query"], obj["path"], obj["units"], user_key(obj["find"])
     candidates = list(candidates)
     came_by = path[-1]["tally"]

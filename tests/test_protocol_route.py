@@ -195,6 +195,23 @@ def test_past_the_deadline_or_the_depth_the_answer_is_none() -> None:
         "query": QUERY, "goods": 0, "frontier": 2}
 
 
+def test_a_query_goes_on_held_to_this_nodes_own_depth_and_time() -> None:
+    """A partner asking for a deeper or longer search than ours gets ours: the query goes on
+    with our depth and a deadline no further than our budget away."""
+    obj = query_obj(hop(A, 1, 500), depth=32)
+    obj["deadline"] = NOW + 10**9
+    sender = sender_of(obj)
+    candidates = (cand(2, C, 300), cand(3, E, 400), rt.Candidate(uuid_of(1), sender, 0))
+    sends = rt.forward(obj, here=B, sender=sender, now_ms=NOW, candidates=candidates,
+                       depth=10, budget_ms=30_000).messages
+    assert {(s.object["depth"], s.object["deadline"]) for s in sends} == {(10, NOW + 30_000)}
+    deep = query_obj(*(hop(A, n, 500) for n in range(1, 21)), depth=32)  # 20 hops already
+    [answer] = rt.forward(deep, here=B, sender=sender_of(deep), now_ms=NOW, depth=10,
+                          candidates=(cand(30, C, 300), rt.Candidate(uuid_of(20), A, 0))
+                          ).messages
+    assert answer.action == "none"
+
+
 def test_a_chain_is_followed_to_twice_the_depth() -> None:
     """A user with exactly one tally onward is on a chain (a ring, a line), where a query costs
     one message a hop: there the depth is twice the query's, so a payee a little beyond the

@@ -247,7 +247,8 @@ class RouteService(Service):
             kind = obj["kind"]
             forwarded = route.forward(obj, here=here, sender=envelope.from_, now_ms=tx.now_ms,
                                       candidates=self.candidates(tx.conn, here.cuid, kind),
-                                      fan_out=FAN_OUT)
+                                      fan_out=FAN_OUT, depth=DEPTH,
+                                      budget_ms=round(MAX_SEARCH_S * 1000))
             self._seen[key] = forwarded.relay
             while len(self._seen) > SEEN:
                 self._seen.popitem(last=False)
