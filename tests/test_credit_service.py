@@ -799,6 +799,8 @@ async def test_rpc_parameters_are_checked(tmp_path):
             ("chit.pay", {"cuid": "alice", "tally": str(uuid.uuid4()), "units": 1.5}, "units"),
             ("chit.pay_many", {"cuid": "alice", "tally": str(uuid.uuid4()), "units": []},
              "units"),
+            ("chit.pay_many", {"cuid": "alice", "tally": str(uuid.uuid4()), "units": [5, 0]},
+             "units[1] must be"),  # which of them
             ("chit.invoice", {"cuid": "alice", "tally": str(uuid.uuid4()), "units": 1,
                               "memo": 5}, "memo"),
             ("tally.list", {"cuid": "no body"}, "cuid"),

@@ -76,7 +76,8 @@ class ChitService(Service):
         a hundred to a message. All are refused if any would pass the partner's limit."""
         if not isinstance(units, list) or not 1 <= len(units) <= MAX_PAYMENTS:
             raise invalid_params(f"units must be a list of 1 to {MAX_PAYMENTS} amounts")
-        paid = await self._pay(cuid, tally, [param_amount(u, "units") for u in units], memo,
+        paid = await self._pay(cuid, tally, [param_amount(u, f"units[{at}]")
+                                             for at, u in enumerate(units)], memo,
                                batched=True)
         return {"tally": tally, "chits": [item["chit"] for item in paid]}
 
