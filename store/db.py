@@ -35,12 +35,6 @@ from store.schema import SchemaError, migrate
 
 T = TypeVar("T")
 MAX_BATCH = 2000
-
-
-def _ran(conn: sqlite3.Connection) -> None:
-    raise AssertionError("a job runs once")
-
-
 _log = logging.getLogger("agentd.store")
 
 
@@ -56,6 +50,12 @@ class _Job:
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = done
+
+
+def _ran(conn: sqlite3.Connection) -> None:
+    """A job's function once it has run: the writer lets go of what the real one captured
+    (a message's object) while the job waits to be collected with its outcome."""
+    raise AssertionError("a job runs once")
 
 
 class PendingWrite(Generic[T]):
