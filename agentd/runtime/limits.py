@@ -165,7 +165,7 @@ class DecodeBudget:
 
 
 MESSAGE_COST = 1024  # bytes charged per message beyond its frame: its inbox row, indexes, commit
-MAX_WAIT = 30.0  # seconds a stranger's message may wait for its write allowance
+MAX_WAIT = 30.0  # seconds a stranger's message may wait for its write allowance, or to be decoded
 
 
 class WriteRation:
