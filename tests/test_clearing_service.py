@@ -186,6 +186,9 @@ async def test_two_clients_share_a_process_and_a_third_is_refused(tmp_path):
         created = await alice.rpc.call("ch.create_process",
                                        {"pid": "deal-1", "owners": [bob.agent_id]})
         assert created["owners"] == sorted([alice.agent_id, bob.agent_id])
+        as_text = await alice.rpc.call("ch.create_process",  # as owners=ID1,ID2 on the CLI
+                                       {"pid": "deal-2", "owners": f"{bob.agent_id}, "})
+        assert as_text["owners"] == created["owners"]
         logged = []
         for node, text in ((alice, "offer"), (bob, "accept"), (alice, "deliver")):
             logged.append(await node.rpc.call("ch.log", {"pid": "deal-1", "payload": text}))

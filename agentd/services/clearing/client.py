@@ -302,10 +302,12 @@ class Evidence:
             await nursery.start(self.lost.run)
             await self.sender.run(task_status)
 
-    async def rpc_create_process(self, pid: str, owners: list[str] | None = None) -> dict:
-        """Create process ``pid`` owned by this node and ``owners`` (agent ids)."""
-        if owners is not None and not isinstance(owners, list):
-            raise invalid_params("owners must be a list of agent ids")
+    async def rpc_create_process(self, pid: str, owners: list[str] | str | None = None
+                                 ) -> dict:
+        """Create process ``pid`` owned by this node and ``owners`` (agent ids: a list, or
+        comma-separated text, as ``owners=ID1,ID2`` on the command line)."""
+        if isinstance(owners, str):  # its other types: agentd.rpc_types
+            owners = [owner.strip() for owner in owners.split(",") if owner.strip()]
         await self.request("create_process", {"pid": pid, "owners": owners or []})
         return {"pid": pid, "owners": sorted({self.runtime.agent_id, *(owners or [])})}
 
