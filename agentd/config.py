@@ -233,6 +233,8 @@ def listens_everywhere(hostport: str) -> bool:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if set(kinds) == {int, float}:  # a number, whole or not
+        return "a number"
     names = {str: "text", int: "an integer", float: "a number", bool: "true or false",
              list: "a list", dict: "a table"}
     return " or ".join(names.get(k, k.__name__) for k in kinds)

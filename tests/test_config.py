@@ -57,6 +57,7 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
 @pytest.mark.parametrize("text, complaint", [
     (GOOD.replace('name = "alice"', 'name = ""'), "node.name must not be empty"),
     (GOOD + "idle_timeout = 0\n", "node.idle_timeout must be > 0"),
+    (GOOD + 'idle_timeout = "sixty"\n', "node.idle_timeout must be a number, got 'sixty'"),
     (GOOD + "roles = [\"house\"]\n", "node.roles has unknown role 'house' (known: clearinghouse)"),
     (GOOD + "roles = [{}]\n", "node.roles has unknown role {} (known: clearinghouse)"),
     (GOOD + "max_frame = true\n", "node.max_frame must be an integer, not a boolean"),
