@@ -50,10 +50,9 @@ after its ``conf`` and asks again (``req``); a contradiction of a confirmed bloc
 as ``conflict`` and needs a human.
 
 Cost: a chain with thousands of chits must stay cheap per chit, so the versions of one chain
-share lookup hints (where each chit is linked, which ones were ever pending, which block
-indexes wait beyond a gap) instead of scanning it. Make chains with the constructor (or
-``from_map``) and change them only through this module's functions: a version made with
-``dataclasses.replace`` from outside would share hints that do not describe it.
+share lookup hints instead of scanning it (``protocol.chain_state``, where the chain and
+everything that changes it live). Make chains with the constructor (or ``from_map``) and
+change them only through these two modules' functions.
 
 Memory: a chain need not hold its whole history. :func:`trim` lets it forget the blocks up to
 ``base``, all confirmed by the partner (the caller keeps them: the runtime's chit rows), so a
@@ -85,16 +84,15 @@ Public API:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, NamedTuple
 
-from .chit import balance as chit_balance
+from . import chain_state as cs
+from .chain_state import Chain, balance, block_hash, settled, trim
 from .chit import check_chit, check_form
-from .codec import digest
 from .messages import Send
-from .tally import FOIL, SIDES, STOCK, LocalTally, Refusal, chain_origin, to_partner
+from .tally import FOIL, STOCK, LocalTally, Refusal, chain_origin, to_partner
 
 UPD_BATCH = 100  # chits per upd or new message: under 0.6 MiB even with maximal memos and refs
 CMDS = ("new", "ack", "nak", "upd", "req")
@@ -105,112 +103,6 @@ _CMD_FIELDS = {
     "nak": {"index", "hash"},
     "req": {"index"},
 }
-_MAP_FIELDS = {"tally", "side", "origin", "chits", "pending", "conf", "base", "base_hash",
-               "base_balance"}
-
-
-@dataclass
-class _Hints:
-    """Lookups that would otherwise scan the chain, shared by every version of one chain
-    derived with ``replace``, so each costs O(1) however long the chain grows. Entries are
-    only ever added (after a refused message they are made anew from the chain it was
-    refused on): a hit may be stale (another version moved the chit) and is checked against
-    the version at hand, but a miss is certain."""
-
-    linked: dict[str, int] = dataclasses.field(default_factory=dict)  # uuid -> block index
-    parked: set[str] = dataclasses.field(default_factory=set)  # uuids ever put in pending
-    foreign: set[str] = dataclasses.field(default_factory=set)  # ... of the partner's chits
-    claims: set[int] = dataclasses.field(default_factory=set)  # indexes of parked blocks
-
-
-@dataclass(frozen=True)
-class Chain:
-    """One holder's view of the chit chain of one tally."""
-
-    tally: str  # the tally uuid
-    side: str  # the side this holder holds
-    origin: bytes  # block 0: the tally digest
-    chits: tuple[dict[str, Any], ...] = ()  # linked: chits[i - 1 - base] is block i
-    pending: tuple[dict[str, Any], ...] = ()  # good, not linked yet (stock only)
-    conf: int = 0  # the highest index the partner confirmed
-    base: int = 0  # blocks 1 to base (all confirmed) are not held here: see trim()
-    base_hash: bytes | None = None  # block base's hash (None while base is 0: the origin)
-    base_balance: int = 0  # what blocks 1 to base moved (see balance())
-    hints: _Hints = dataclasses.field(default_factory=_Hints, compare=False, repr=False)
-    # blocks behind ``base`` a message names, by index: set by receive() for one call
-    history: Mapping[int, dict[str, Any]] = dataclasses.field(
-        default_factory=dict, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.hints.linked and not self.hints.parked:  # built, not derived
-            self._note_all()
-
-    def _note_all(self) -> None:
-        """Fill the (empty) hints from this version alone."""
-        hints = self.hints
-        hints.linked.update(
-            (chit["uuid"], self.base + at) for at, chit in enumerate(self.chits, 1))
-        hints.parked.update(chit["uuid"] for chit in self.pending)
-        hints.foreign.update(chit["uuid"] for chit in self.pending if chit["by"] != self.side)
-        hints.claims.update(
-            chit["chain"]["index"] for chit in self.pending if chit["chain"] is not None)
-
-    def forget_other_versions(self) -> None:
-        """Hints of this version alone, again: a refused message's work (links it noted in
-        versions nobody keeps) would otherwise send later lookups scanning the chain."""
-        hints = self.hints
-        for noted in (hints.linked, hints.parked, hints.foreign, hints.claims):
-            noted.clear()
-        self._note_all()
-
-    @property
-    def length(self) -> int:
-        return self.base + len(self.chits)
-
-    @property
-    def head(self) -> bytes:
-        return self.hash_at(self.length)
-
-    def hash_at(self, index: int) -> bytes:
-        if index == 0:
-            return self.origin
-        if index == self.base:
-            assert self.base_hash is not None
-            return self.base_hash
-        return self.linked_at(index)["chain"]["hash"]
-
-    def linked_at(self, index: int) -> dict[str, Any]:
-        """Block ``index`` (1 to ``length``): from the chain, or behind ``base`` from the
-        ``history`` the caller read for this message (:func:`wanted`)."""
-        if index > self.base:
-            return self.chits[index - self.base - 1]
-        try:
-            return self.history[index]
-        except KeyError:
-            raise LookupError(f"block {index} of tally {self.tally} is behind the chain's base "
-                              f"{self.base} and was not read: see protocol.chain.wanted") from None
-
-    def to_map(self) -> dict[str, Any]:
-        return {
-            "tally": self.tally,
-            "side": self.side,
-            "origin": self.origin,
-            "chits": list(self.chits),
-            "pending": list(self.pending),
-            "conf": self.conf,
-            "base": self.base,
-            "base_hash": self.base_hash,
-            "base_balance": self.base_balance,
-        }
-
-    @classmethod
-    def from_map(cls, value: Any) -> Chain:
-        if not isinstance(value, dict) or set(value) != _MAP_FIELDS:
-            raise Refusal("bad_field", "a stored chain has the fields of Chain")
-        if value["side"] not in SIDES or not all(
-                isinstance(value[key], int) for key in ("conf", "base", "base_balance")):
-            raise Refusal("bad_field", "a stored chain has a side and integer conf and base")
-        return cls(**{**value, "chits": tuple(value["chits"]), "pending": tuple(value["pending"])})
 
 
 class Wanted(NamedTuple):
@@ -231,36 +123,6 @@ class Received(NamedTuple):
 
 def start(local: LocalTally) -> Chain:
     return Chain(tally=local.uuid, side=local.side, origin=chain_origin(local))
-
-
-def block_hash(index: int, prev: bytes, chit_hash: bytes) -> bytes:
-    return digest({"index": index, "prev": prev, "chit": chit_hash})
-
-
-def balance(chain: Chain) -> int:
-    """What the partner owes this holder, over every good chit it knows, linked or not."""
-    return chain.base_balance + chit_balance((*chain.chits, *chain.pending), chain.side)
-
-
-def trim(chain: Chain, keep: int) -> Chain:
-    """``chain`` without the blocks the partner confirmed that are more than ``keep`` blocks
-    old, which the caller keeps elsewhere; dropped ``keep`` or more at a time, so trimming
-    costs O(1) a block. Messages that name them then need :func:`wanted`."""
-    cut = min(chain.conf, chain.length - keep)
-    if cut - chain.base < keep:
-        return chain
-    dropped, held = chain.chits[: cut - chain.base], chain.chits[cut - chain.base :]
-    # hints of its own, without the dropped chits (so they stay bounded), made by set
-    # operations rather than by a walk over ``pending``, which can hold thousands
-    gone = {chit["uuid"] for chit in dropped}
-    hints = _Hints(linked={chit["uuid"]: index for index, chit in enumerate(held, cut + 1)},
-                   parked=chain.hints.parked - gone, foreign=chain.hints.foreign - gone,
-                   claims={index for index in chain.hints.claims if index > cut})
-    return Chain(tally=chain.tally, side=chain.side, origin=chain.origin, chits=held,
-                 pending=chain.pending, conf=chain.conf, base=cut,
-                 base_hash=dropped[-1]["chain"]["hash"],
-                 base_balance=chain.base_balance + chit_balance(dropped, chain.side),
-                 hints=hints)
 
 
 def wanted(chain: Chain, obj: Any) -> Wanted:
@@ -284,19 +146,13 @@ def wanted(chain: Chain, obj: Any) -> Wanted:
     for chit in chits:
         if not isinstance(chit, dict):
             continue
-        if isinstance(chit.get("uuid"), str) and _find(chain, chit["uuid"]) is None:
+        if isinstance(chit.get("uuid"), str) and cs.find(chain, chit["uuid"]) is None:
             uuids.add(chit["uuid"])
         block = chit.get("chain")
         at = block.get("index") if isinstance(block, dict) else None
         if isinstance(at, int) and not isinstance(at, bool) and 0 < at <= chain.base:
             indexes.add(at)
     return Wanted(frozenset(uuids), frozenset(indexes))
-
-
-def settled(chain: Chain) -> bool:
-    """Nothing waits for an order and the partner confirmed every block. (The foil cannot see
-    stock chits still in flight; a closing tally relies on both sides being quiet.)"""
-    return not chain.pending and chain.conf == chain.length
 
 
 def add(chain: Chain, chit: dict[str, Any], local: LocalTally) -> tuple[Chain, list[Send]]:
@@ -313,14 +169,14 @@ def add(chain: Chain, chit: dict[str, Any], local: LocalTally) -> tuple[Chain, l
     _check_new(chain, chit)
     ours, lift = chit["by"] == chain.side, chit["type"] == "lift"
     if chain.side == FOIL:
-        chain, linked = _append(chain, chit)
+        chain, linked = cs.append(chain, chit)
         if lift:
             return chain, []
         return chain, [_good(local, linked) if ours else _upd(chain, local, [linked])]
     if lift:
-        return _park(chain, chit, chain.pending), []
+        return cs.park(chain, chit, chain.pending), []
     if ours:
-        return _park(chain, chit, chain.pending), [_good(local, chit)]
+        return cs.park(chain, chit, chain.pending), [_good(local, chit)]
     chain = _take(chain, chit)
     return chain, _stock_reply(chain, local)
 
@@ -339,10 +195,10 @@ def add_many(
             raise Refusal("bad_state", f"chit {chit['uuid']} comes twice")
         seen.add(chit["uuid"])
     if chain.side == FOIL:
-        chain, taken = _append_all(chain, chits)
+        chain, taken = cs.append_all(chain, chits)
     else:
         for chit in chits:
-            _note_parked(chain, chit)
+            cs.note_parked(chain, chit)
         chain, taken = replace(chain, pending=chain.pending + tuple(chits)), chits
     batches = [taken[first : first + UPD_BATCH] for first in range(0, len(taken), UPD_BATCH)]
     if chain.side == FOIL:
@@ -428,72 +284,14 @@ def _check_message(chain: Chain, cmd: str, obj: dict[str, Any]) -> None:
 def _check_new(chain: Chain, chit: dict[str, Any]) -> None:
     if chit["tally"] != chain.tally:
         raise Refusal("bad_field", f"chit {chit['uuid']} is for tally {chit['tally']}")
-    if _find(chain, chit["uuid"]) is not None:
+    if cs.find(chain, chit["uuid"]) is not None:
         raise Refusal("bad_state", f"chit {chit['uuid']} is already in the chain")
-
-
-def _find(chain: Chain, chit_uuid: Any) -> dict[str, Any] | None:
-    """Our copy of a chit, linked or parked; ``None`` for a uuid that is no text (a peer's
-    list or map cannot key anything, and ``check_chit`` refuses it)."""
-    if not isinstance(chit_uuid, str):
-        return None
-    linked = _linked(chain, chit_uuid)
-    if linked is not None or chit_uuid not in chain.hints.parked:
-        return linked
-    return next((c for c in chain.pending if c["uuid"] == chit_uuid), None)
-
-
-def _linked(chain: Chain, chit_uuid: str) -> dict[str, Any] | None:
-    index = chain.hints.linked.get(chit_uuid)
-    if index is None:
-        return _behind(chain, chit_uuid)
-    at = index - chain.base - 1
-    if 0 <= at < len(chain.chits) and chain.chits[at]["uuid"] == chit_uuid:
-        return chain.chits[at]
-    found = next((c for c in chain.chits if c["uuid"] == chit_uuid), None)  # a stale hint
-    return found if found is not None else _behind(chain, chit_uuid)
-
-
-def _behind(chain: Chain, chit_uuid: str) -> dict[str, Any] | None:
-    """A chit linked behind ``base``, if the caller read it for this message."""
-    return next((c for c in chain.history.values() if c["uuid"] == chit_uuid), None)
-
-
-def _link(chain: Chain, chit: dict[str, Any], **changes: Any) -> Chain:
-    """``chain`` with ``chit`` (already carrying its block) linked at the end."""
-    chain.hints.linked[chit["uuid"]] = chain.length + 1
-    # ``+`` copies a long tuple about four times faster than ``(*chain.chits, chit)``
-    return replace(chain, chits=chain.chits + (chit,), **changes)  # noqa: RUF005
-
-
-def _note_parked(chain: Chain, chit: dict[str, Any]) -> None:
-    hints = chain.hints
-    hints.parked.add(chit["uuid"])
-    if chit["by"] != chain.side:
-        hints.foreign.add(chit["uuid"])
-    if chit["chain"] is not None:
-        hints.claims.add(chit["chain"]["index"])
-
-
-def _park(chain: Chain, chit: dict[str, Any], pending: tuple[dict[str, Any], ...]) -> Chain:
-    """``chain`` with ``pending`` and, after them, ``chit`` waiting unlinked."""
-    _note_parked(chain, chit)
-    return replace(chain, pending=pending + (chit,))  # noqa: RUF005 (see _link)
-
-
-def _unparked(chain: Chain, chit_uuid: str) -> tuple[dict[str, Any], ...]:
-    """The pending chits but ``chit_uuid`` (the oldest, usually: the foil orders in turn)."""
-    if chit_uuid in chain.hints.parked:
-        for at, chit in enumerate(chain.pending):
-            if chit["uuid"] == chit_uuid:
-                return chain.pending[:at] + chain.pending[at + 1 :]
-    return chain.pending
 
 
 def _known(chain: Chain, chit: Any, local: LocalTally) -> dict[str, Any] | None:
     """Validate a chit from a chain message: our copy if we know it, else ``None`` once its
     issuer's signature checks out (the caller adopts it)."""
-    ours = _find(chain, chit.get("uuid")) if isinstance(chit, dict) else None
+    ours = cs.find(chain, chit.get("uuid")) if isinstance(chit, dict) else None
     if ours is None:
         check_chit(chit, local.tally, signed=True)
         if chit["type"] == "lift":  # unsigned: only this holder's own decision links it
@@ -509,27 +307,6 @@ def _known(chain: Chain, chit: Any, local: LocalTally) -> dict[str, Any] | None:
 
 
 # -- the foil holder: orders ------------------------------------------------------------------
-
-
-def _append_all(
-    chain: Chain, chits: Iterable[dict[str, Any]]
-) -> tuple[Chain, list[dict[str, Any]]]:
-    """``chain`` with ``chits`` linked at its end in order (one copy of the chain, not one per
-    chit), and the linked chits."""
-    linked = []
-    index, prev = chain.length, chain.head
-    for chit in chits:
-        index += 1
-        chain.hints.linked[chit["uuid"]] = index
-        block = {"index": index, "prev": prev, "hash": block_hash(index, prev, chit["hash"])}
-        linked.append({**chit, "chain": block})
-        prev = block["hash"]
-    return replace(chain, chits=chain.chits + tuple(linked)), linked
-
-
-def _append(chain: Chain, chit: dict[str, Any]) -> tuple[Chain, dict[str, Any]]:
-    chain, (linked,) = _append_all(chain, [chit])
-    return chain, linked
 
 
 def _foil_new(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
@@ -550,7 +327,7 @@ def _foil_new(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
             raise Refusal("bad_field", "chain new carries the stock holder's own chits")
         else:
             new[chit["uuid"]] = chit
-    chain, adopted = _append_all(chain, new.values())
+    chain, adopted = cs.append_all(chain, new.values())
     blocks = [*known.values(), *adopted]
     ordered = sorted(blocks, key=lambda chit: chit["chain"]["index"])
     return Received(chain, [_upd(chain, local, ordered)], adopted)
@@ -586,15 +363,6 @@ def _contradicts(chain: Chain, block: dict[str, Any]) -> bool:
     return index == chain.length + 1 and block["prev"] != chain.head
 
 
-def _rollback(chain: Chain) -> Chain:
-    """Unlink every block after the last confirmed one; the foil will send its order again."""
-    kept = chain.conf - chain.base  # never negative: only confirmed blocks are trimmed
-    unlinked = tuple({**chit, "chain": None} for chit in chain.chits[kept:])
-    for chit in unlinked:
-        _note_parked(chain, chit)
-    return replace(chain, chits=chain.chits[:kept], pending=(*unlinked, *chain.pending))
-
-
 def _take(chain: Chain, chit: dict[str, Any]) -> Chain:
     """Keep a good chit (with the foil's block, if it has one) and link what is contiguous."""
     block = chit["chain"]
@@ -604,42 +372,22 @@ def _take(chain: Chain, chit: dict[str, Any]) -> Chain:
         if _contradicts(chain, block):
             if block["index"] <= chain.conf:
                 raise Refusal("conflict", f"the foil contradicts confirmed block {block['index']}")
-            chain = _rollback(chain)
+            chain = cs.rollback(chain)
             if _contradicts(chain, block):
                 raise Refusal("conflict", f"block {block['index']} does not follow confirmed ones")
-    linked = _linked(chain, chit["uuid"])
+    linked = cs.linked(chain, chit["uuid"])
     if linked is not None:
         if block is None or linked["chain"] == block:
             return chain
         raise Refusal("conflict", f"chit {chit['uuid']} is already linked elsewhere")
-    others = _unparked(chain, chit["uuid"])
+    others = cs.unparked(chain, chit["uuid"])
     if _follows(chain, block) and chain.length + 1 not in chain.hints.claims:
-        chain = _link(chain, chit, pending=others)  # the usual case: no parked rival
+        chain = cs.link(chain, chit, pending=others)  # the usual case: no parked rival
     else:
-        chain = _park(chain, chit, others)
+        chain = cs.park(chain, chit, others)
     if chain.length + 1 in chain.hints.claims:  # a parked block may follow now
-        chain = _link_parked(chain)
+        chain = cs.link_parked(chain)
     return chain
-
-
-def _link_parked(chain: Chain) -> Chain:
-    """Link every pending chit whose block follows, in one pass: the same chits, in the same
-    order, as linking the first that follows (in pending order) until none does."""
-    claims: dict[tuple[int, bytes], dict[str, Any]] = {}
-    for chit in chain.pending:
-        if chit["chain"] is not None:
-            claims.setdefault((chit["chain"]["index"], chit["chain"]["prev"]), chit)
-    run = []
-    index, head = chain.length + 1, chain.head
-    while (chit := claims.get((index, head))) is not None:
-        chain.hints.linked[chit["uuid"]] = index
-        run.append(chit)
-        index, head = index + 1, chit["chain"]["hash"]
-    if not run:
-        return chain
-    linked = {id(chit) for chit in run}
-    rest = tuple(chit for chit in chain.pending if id(chit) not in linked)
-    return replace(chain, chits=chain.chits + tuple(run), pending=rest)
 
 
 def _follows(chain: Chain, block: dict[str, Any] | None) -> bool:
@@ -669,7 +417,7 @@ def _stock_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received
     for chit in obj["chits"]:
         chit_uuid = chit.get("uuid") if isinstance(chit, dict) else None
         if isinstance(chit_uuid, str) and chit_uuid in run:  # the same chit again
-            chain, run = _link_run(chain, run), {}
+            chain, run = cs.link_run(chain, run), {}
         ours = _known(chain, chit, local)
         if chit["chain"] is None:
             raise Refusal("bad_field", f"chit {chit['uuid']} in an upd has no chain block")
@@ -680,9 +428,9 @@ def _stock_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received
         if _extends(chain, run, chit):
             run[chit["uuid"]] = chit
             continue
-        chain, run = _link_run(chain, run), {}
+        chain, run = cs.link_run(chain, run), {}
         chain = _take(chain, chit)
-    chain = _link_run(chain, run)
+    chain = cs.link_run(chain, run)
     chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)))
     return Received(chain, _stock_reply(chain, local), adopted)
 
@@ -697,27 +445,7 @@ def _extends(chain: Chain, run: dict[str, dict[str, Any]], chit: dict[str, Any])
     return (block["index"] == index and block["prev"] == prev
             and index not in chain.hints.claims
             and block["hash"] == block_hash(index, prev, chit["hash"])
-            and _linked(chain, chit["uuid"]) is None)
-
-
-def _link_run(chain: Chain, run: dict[str, dict[str, Any]]) -> Chain:
-    """``chain`` with the blocks of ``run`` (see :func:`_extends`) linked at its end and out
-    of ``pending``, then any parked blocks that follow them."""
-    if not run:
-        return chain
-    for index, chit_uuid in enumerate(run, chain.length + 1):
-        chain.hints.linked[chit_uuid] = index
-    pending, parked = chain.pending, len(chain.hints.parked.intersection(run))
-    if parked:  # usually the oldest pending chits, in order: the foil orders them in turn
-        front = 0
-        while front < len(pending) and pending[front]["uuid"] in run:
-            front += 1
-        if front == parked:  # every run chit pending is in front (parked may be stale)
-            pending = pending[front:]
-        else:
-            pending = tuple(chit for chit in pending if chit["uuid"] not in run)
-    chain = replace(chain, chits=chain.chits + tuple(run.values()), pending=pending)
-    return _link_parked(chain) if chain.length + 1 in chain.hints.claims else chain
+            and cs.linked(chain, chit["uuid"]) is None)
 
 
 def _stock_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
@@ -728,9 +456,12 @@ def _stock_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received
 
 
 def _stock_nak(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
-    chain = _rollback(chain)
+    chain = cs.rollback(chain)
     return Received(chain, [_chain_message(chain, local, "req", index=chain.conf + 1)], [])
 
 
 _FOIL_HANDLERS = {"new": _foil_new, "ack": _foil_ack, "req": _foil_req}
 _STOCK_HANDLERS = {"upd": _stock_upd, "ack": _stock_ack, "nak": _stock_nak}
+
+__all__ = ["CMDS", "NOTHING", "UPD_BATCH", "Chain", "Received", "Wanted", "add", "add_many",
+           "balance", "block_hash", "receive", "resync", "settled", "start", "trim", "wanted"]

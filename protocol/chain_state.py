@@ -1,0 +1,296 @@
+"""A holder's chit chain and what changes it: the state that ``protocol.chain`` reasons about.
+
+A :class:`Chain` is frozen; its versions are made by this module's functions (linking,
+parking, rolling back, trimming), never by ``dataclasses.replace`` from outside: the
+versions of one chain share lookup hints (:class:`_Hints`: where each chit is linked, which
+ones were ever pending, which block indexes wait beyond a gap), so a lookup costs O(1)
+however long the chain grows, and a version made elsewhere would share hints that do not
+describe it. ``protocol.chain`` decides what the partner's messages do; this module keeps
+the chain and its hints consistent while it does.
+
+Memory: :func:`trim` forgets the blocks up to ``base``, all confirmed by the partner (the
+caller keeps them: the runtime's chit rows); a message that names them needs
+``protocol.chain.wanted``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .chit import balance as chit_balance
+from .codec import digest
+from .tally import SIDES, Refusal
+
+_MAP_FIELDS = {"tally", "side", "origin", "chits", "pending", "conf", "base", "base_hash",
+               "base_balance"}
+
+
+@dataclass
+class _Hints:
+    """Lookups that would otherwise scan the chain, shared by every version of one chain
+    derived with ``replace``, so each costs O(1) however long the chain grows. Entries are
+    only ever added (after a refused message they are made anew from the chain it was
+    refused on): a hit may be stale (another version moved the chit) and is checked against
+    the version at hand, but a miss is certain."""
+
+    linked: dict[str, int] = dataclasses.field(default_factory=dict)  # uuid -> block index
+    parked: set[str] = dataclasses.field(default_factory=set)  # uuids ever put in pending
+    foreign: set[str] = dataclasses.field(default_factory=set)  # ... of the partner's chits
+    claims: set[int] = dataclasses.field(default_factory=set)  # indexes of parked blocks
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One holder's view of the chit chain of one tally."""
+
+    tally: str  # the tally uuid
+    side: str  # the side this holder holds
+    origin: bytes  # block 0: the tally digest
+    chits: tuple[dict[str, Any], ...] = ()  # linked: chits[i - 1 - base] is block i
+    pending: tuple[dict[str, Any], ...] = ()  # good, not linked yet (stock only)
+    conf: int = 0  # the highest index the partner confirmed
+    base: int = 0  # blocks 1 to base (all confirmed) are not held here: see trim()
+    base_hash: bytes | None = None  # block base's hash (None while base is 0: the origin)
+    base_balance: int = 0  # what blocks 1 to base moved (see balance())
+    hints: _Hints = dataclasses.field(default_factory=_Hints, compare=False, repr=False)
+    # blocks behind ``base`` a message names, by index: set by receive() for one call
+    history: Mapping[int, dict[str, Any]] = dataclasses.field(
+        default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.hints.linked and not self.hints.parked:  # built, not derived
+            self._note_all()
+
+    def _note_all(self) -> None:
+        """Fill the (empty) hints from this version alone."""
+        hints = self.hints
+        hints.linked.update(
+            (chit["uuid"], self.base + at) for at, chit in enumerate(self.chits, 1))
+        hints.parked.update(chit["uuid"] for chit in self.pending)
+        hints.foreign.update(chit["uuid"] for chit in self.pending if chit["by"] != self.side)
+        hints.claims.update(
+            chit["chain"]["index"] for chit in self.pending if chit["chain"] is not None)
+
+    def forget_other_versions(self) -> None:
+        """Hints of this version alone, again: a refused message's work (links it noted in
+        versions nobody keeps) would otherwise send later lookups scanning the chain."""
+        hints = self.hints
+        for noted in (hints.linked, hints.parked, hints.foreign, hints.claims):
+            noted.clear()
+        self._note_all()
+
+    @property
+    def length(self) -> int:
+        return self.base + len(self.chits)
+
+    @property
+    def head(self) -> bytes:
+        return self.hash_at(self.length)
+
+    def hash_at(self, index: int) -> bytes:
+        if index == 0:
+            return self.origin
+        if index == self.base:
+            assert self.base_hash is not None
+            return self.base_hash
+        return self.linked_at(index)["chain"]["hash"]
+
+    def linked_at(self, index: int) -> dict[str, Any]:
+        """Block ``index`` (1 to ``length``): from the chain, or behind ``base`` from the
+        ``history`` the caller read for this message (:func:`wanted`)."""
+        if index > self.base:
+            return self.chits[index - self.base - 1]
+        try:
+            return self.history[index]
+        except KeyError:
+            raise LookupError(f"block {index} of tally {self.tally} is behind the chain's base "
+                              f"{self.base} and was not read: see protocol.chain.wanted") from None
+
+    def to_map(self) -> dict[str, Any]:
+        return {
+            "tally": self.tally,
+            "side": self.side,
+            "origin": self.origin,
+            "chits": list(self.chits),
+            "pending": list(self.pending),
+            "conf": self.conf,
+            "base": self.base,
+            "base_hash": self.base_hash,
+            "base_balance": self.base_balance,
+        }
+
+    @classmethod
+    def from_map(cls, value: Any) -> Chain:
+        if not isinstance(value, dict) or set(value) != _MAP_FIELDS:
+            raise Refusal("bad_field", "a stored chain has the fields of Chain")
+        if value["side"] not in SIDES or not all(
+                isinstance(value[key], int) for key in ("conf", "base", "base_balance")):
+            raise Refusal("bad_field", "a stored chain has a side and integer conf and base")
+        return cls(**{**value, "chits": tuple(value["chits"]), "pending": tuple(value["pending"])})
+
+
+def block_hash(index: int, prev: bytes, chit_hash: bytes) -> bytes:
+    return digest({"index": index, "prev": prev, "chit": chit_hash})
+
+
+def balance(chain: Chain) -> int:
+    """What the partner owes this holder, over every good chit it knows, linked or not."""
+    return chain.base_balance + chit_balance((*chain.chits, *chain.pending), chain.side)
+
+
+def trim(chain: Chain, keep: int) -> Chain:
+    """``chain`` without the blocks the partner confirmed that are more than ``keep`` blocks
+    old, which the caller keeps elsewhere; dropped ``keep`` or more at a time, so trimming
+    costs O(1) a block. Messages that name them then need :func:`wanted`."""
+    cut = min(chain.conf, chain.length - keep)
+    if cut - chain.base < keep:
+        return chain
+    dropped, held = chain.chits[: cut - chain.base], chain.chits[cut - chain.base :]
+    # hints of its own, without the dropped chits (so they stay bounded), made by set
+    # operations rather than by a walk over ``pending``, which can hold thousands
+    gone = {chit["uuid"] for chit in dropped}
+    hints = _Hints(linked={chit["uuid"]: index for index, chit in enumerate(held, cut + 1)},
+                   parked=chain.hints.parked - gone, foreign=chain.hints.foreign - gone,
+                   claims={index for index in chain.hints.claims if index > cut})
+    return Chain(tally=chain.tally, side=chain.side, origin=chain.origin, chits=held,
+                 pending=chain.pending, conf=chain.conf, base=cut,
+                 base_hash=dropped[-1]["chain"]["hash"],
+                 base_balance=chain.base_balance + chit_balance(dropped, chain.side),
+                 hints=hints)
+
+
+def settled(chain: Chain) -> bool:
+    """Nothing waits for an order and the partner confirmed every block. (The foil cannot see
+    stock chits still in flight; a closing tally relies on both sides being quiet.)"""
+    return not chain.pending and chain.conf == chain.length
+
+
+def find(chain: Chain, chit_uuid: Any) -> dict[str, Any] | None:
+    """Our copy of a chit, linked or parked; ``None`` for a uuid that is no text (a peer's
+    list or map cannot key anything, and ``check_chit`` refuses it)."""
+    if not isinstance(chit_uuid, str):
+        return None
+    held = linked(chain, chit_uuid)
+    if held is not None or chit_uuid not in chain.hints.parked:
+        return held
+    return next((c for c in chain.pending if c["uuid"] == chit_uuid), None)
+
+
+def linked(chain: Chain, chit_uuid: str) -> dict[str, Any] | None:
+    index = chain.hints.linked.get(chit_uuid)
+    if index is None:
+        return behind(chain, chit_uuid)
+    at = index - chain.base - 1
+    if 0 <= at < len(chain.chits) and chain.chits[at]["uuid"] == chit_uuid:
+        return chain.chits[at]
+    found = next((c for c in chain.chits if c["uuid"] == chit_uuid), None)  # a stale hint
+    return found if found is not None else behind(chain, chit_uuid)
+
+
+def behind(chain: Chain, chit_uuid: str) -> dict[str, Any] | None:
+    """A chit linked behind ``base``, if the caller read it for this message."""
+    return next((c for c in chain.history.values() if c["uuid"] == chit_uuid), None)
+
+
+def link(chain: Chain, chit: dict[str, Any], **changes: Any) -> Chain:
+    """``chain`` with ``chit`` (already carrying its block) linked at the end."""
+    chain.hints.linked[chit["uuid"]] = chain.length + 1
+    # ``+`` copies a long tuple about four times faster than ``(*chain.chits, chit)``
+    return replace(chain, chits=chain.chits + (chit,), **changes)  # noqa: RUF005
+
+
+def note_parked(chain: Chain, chit: dict[str, Any]) -> None:
+    hints = chain.hints
+    hints.parked.add(chit["uuid"])
+    if chit["by"] != chain.side:
+        hints.foreign.add(chit["uuid"])
+    if chit["chain"] is not None:
+        hints.claims.add(chit["chain"]["index"])
+
+
+def park(chain: Chain, chit: dict[str, Any], pending: tuple[dict[str, Any], ...]) -> Chain:
+    """``chain`` with ``pending`` and, after them, ``chit`` waiting unlinked."""
+    note_parked(chain, chit)
+    return replace(chain, pending=pending + (chit,))  # noqa: RUF005 (see link)
+
+
+def unparked(chain: Chain, chit_uuid: str) -> tuple[dict[str, Any], ...]:
+    """The pending chits but ``chit_uuid`` (the oldest, usually: the foil orders in turn)."""
+    if chit_uuid in chain.hints.parked:
+        for at, chit in enumerate(chain.pending):
+            if chit["uuid"] == chit_uuid:
+                return chain.pending[:at] + chain.pending[at + 1 :]
+    return chain.pending
+
+
+def append_all(
+    chain: Chain, chits: Iterable[dict[str, Any]]
+) -> tuple[Chain, list[dict[str, Any]]]:
+    """``chain`` with ``chits`` linked at its end in order (one copy of the chain, not one per
+    chit), and the linked chits."""
+    made = []
+    index, prev = chain.length, chain.head
+    for chit in chits:
+        index += 1
+        chain.hints.linked[chit["uuid"]] = index
+        block = {"index": index, "prev": prev, "hash": block_hash(index, prev, chit["hash"])}
+        made.append({**chit, "chain": block})
+        prev = block["hash"]
+    return replace(chain, chits=chain.chits + tuple(made)), made
+
+
+def append(chain: Chain, chit: dict[str, Any]) -> tuple[Chain, dict[str, Any]]:
+    chain, (made,) = append_all(chain, [chit])
+    return chain, made
+
+
+def rollback(chain: Chain) -> Chain:
+    """Unlink every block after the last confirmed one; the foil will send its order again."""
+    kept = chain.conf - chain.base  # never negative: only confirmed blocks are trimmed
+    unlinked = tuple({**chit, "chain": None} for chit in chain.chits[kept:])
+    for chit in unlinked:
+        note_parked(chain, chit)
+    return replace(chain, chits=chain.chits[:kept], pending=(*unlinked, *chain.pending))
+
+
+def link_parked(chain: Chain) -> Chain:
+    """Link every pending chit whose block follows, in one pass: the same chits, in the same
+    order, as linking the first that follows (in pending order) until none does."""
+    claims: dict[tuple[int, bytes], dict[str, Any]] = {}
+    for chit in chain.pending:
+        if chit["chain"] is not None:
+            claims.setdefault((chit["chain"]["index"], chit["chain"]["prev"]), chit)
+    run = []
+    index, head = chain.length + 1, chain.head
+    while (chit := claims.get((index, head))) is not None:
+        chain.hints.linked[chit["uuid"]] = index
+        run.append(chit)
+        index, head = index + 1, chit["chain"]["hash"]
+    if not run:
+        return chain
+    taken = {id(chit) for chit in run}
+    rest = tuple(chit for chit in chain.pending if id(chit) not in taken)
+    return replace(chain, chits=chain.chits + tuple(run), pending=rest)
+
+
+def link_run(chain: Chain, run: dict[str, dict[str, Any]]) -> Chain:
+    """``chain`` with the blocks of ``run`` (see ``chain._extends``) linked at its end and out
+    of ``pending``, then any parked blocks that follow them."""
+    if not run:
+        return chain
+    for index, chit_uuid in enumerate(run, chain.length + 1):
+        chain.hints.linked[chit_uuid] = index
+    pending, parked = chain.pending, len(chain.hints.parked.intersection(run))
+    if parked:  # usually the oldest pending chits, in order: the foil orders them in turn
+        front = 0
+        while front < len(pending) and pending[front]["uuid"] in run:
+            front += 1
+        if front == parked:  # every run chit pending is in front (parked may be stale)
+            pending = pending[front:]
+        else:
+            pending = tuple(chit for chit in pending if chit["uuid"] not in run)
+    chain = replace(chain, chits=chain.chits + tuple(run.values()), pending=pending)
+    return link_parked(chain) if chain.length + 1 in chain.hints.claims else chain
