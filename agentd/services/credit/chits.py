@@ -13,6 +13,7 @@ import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
 
 from agentd.rpc import invalid_params
+from agentd.runtime.answers import AnswersInFlight
 from agentd.runtime.context import NotYet, Reject, Service, Tx
 from agentd.services.credit.ledger import CreditLedger, log_chits
 from agentd.services.credit.params import (
@@ -30,7 +31,6 @@ from protocol.envelope import Envelope
 from protocol.errors import Refusal
 from protocol.keys import b64u
 from store import credit as credit_store
-from store import outbox
 from store.credit import Holding
 
 if TYPE_CHECKING:
@@ -52,9 +52,8 @@ class ChitService(Service):
     def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         super().__init__(node)
         self.ledger = ledger
-        # per (tally, user): our last blocks sent in answer to a chain message that changed
-        # nothing
-        self._repairs: dict[tuple[str, str], list[bytes]] = {}
+        # blocks sent in answer to chain messages that changed nothing, by (tally, user)
+        self._repairs = AnswersInFlight(REPAIRS)
         for name, method in (("pay", self.rpc_pay), ("pay_many", self.rpc_pay_many),
                              ("invoice", self.rpc_invoice), ("accept", self.rpc_chit_accept),
                              ("refuse", self.rpc_chit_refuse), ("list", self.rpc_chits)):
@@ -275,11 +274,8 @@ class ChitService(Service):
         for message in messages:
             if message.object.get("cmd") != "upd":
                 tx.send(message)
-                continue
-            waiting = outbox.still_pending(tx.conn, self._repairs.get(key, ()))
-            if len(waiting) < REPAIRS:
-                waiting.append(tx.send(message))
-            self._repairs[key] = waiting
+            elif self._repairs.room(tx.conn, key):
+                self._repairs.sent(key, tx.send(message))
 
     def _awaiting_decision(self, tx: Tx, holding: Holding, obj: dict[str, Any]) -> bool:
         """Whether a chain message carries a lift chit we hold pending: the partner applied

@@ -10,12 +10,12 @@ referee answers the asker with the decision it keeps, one answer at a time.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from agentd.runtime.answers import AnswersInFlight
 from agentd.runtime.context import Reject, Tx
 from protocol import lift as lf
-from store import lifts, outbox
+from store import lifts
 
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
@@ -24,15 +24,14 @@ if TYPE_CHECKING:
     from protocol.messages import Send
 
 log = logging.getLogger("agentd.lift")
-TOLD_AGAIN = 4096  # answers sent again remembered (the last to each asker, while it waits)
 
 
 class Referee:
     def __init__(self, runtime: Runtime, ledger: CreditLedger) -> None:
         self.runtime = runtime
         self.ledger = ledger
-        # the decision last sent again to an agent, by (lift, record digest, agent)
-        self._told_again: OrderedDict[tuple[str, bytes, str], bytes] = OrderedDict()
+        # decisions sent again, by (lift, record digest, agent asking)
+        self._told_again = AnswersInFlight(1)
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         """A ``lift/commit``, ``cancel`` or ``query`` for a record that names us referee."""
@@ -66,13 +65,8 @@ class Referee:
             if not self._reachable(send.to.agent):
                 continue
             key = (record["lift"], lf.record_digest(record), send.to.agent)
-            last = self._told_again.get(key)
-            if last is not None and outbox.still_pending(tx.conn, [last]):
-                continue
-            self._told_again[key] = tx.send(send)
-            self._told_again.move_to_end(key)
-            while len(self._told_again) > TOLD_AGAIN:
-                self._told_again.popitem(last=False)
+            if self._told_again.room(tx.conn, key):
+                self._told_again.sent(key, tx.send(send))
 
     def _reachable(self, agent: str) -> bool:
         """Whether to push a decision to ``agent``: ourselves, a node we know, or one
