@@ -40,9 +40,12 @@ network) a query costs one message a hop, so there the depth is twice ``depth`` 
 second, deeper round, and the flood where users branch is bounded by ``depth`` as before.
 
 Query object: ``{query, kind, find: {cuid, agent}, units, path, depth, deadline, salt,
-last}``; ``last`` names the hops into ``find`` its originator knows, as digests salted with
-``salt`` (:mod:`protocol.route_last`): a node whose partner is one answers ``good`` through
-it, so a query that carries them goes one hop less far.
+last, via?}``; ``last`` names the hops into ``find`` its originator knows, as digests salted
+with ``salt`` (:mod:`protocol.route_last`): a node whose partner is one answers ``good``
+through it, so a query that carries them goes one hop less far. ``via``, in the same digests,
+makes a query *directed*: it goes on only to ``find`` or to a user it names, so a payor that
+found a route to ``find`` before can check that route again at one message a hop, instead of
+a flood (every hop's capacity is checked again as the query passes).
 ``path`` runs from the payor to the sender, ``[{cuid, agent, tally, capacity}]``: each entry's
 ``tally`` and ``capacity`` describe the hop from that user to the next one (the last entry's
 hop leads to the addressee, and the last entry is the sender itself). In a ``good`` answer,
@@ -153,11 +156,13 @@ def start(
     salt: bytes = bytes(SALT_BYTES),
     last: Iterable[LastHop] = (),
     first: bool = False,
+    via: Iterable[ChipAddress | dict[str, Any]] = (),
 ) -> Started:
     """The originator's first step over its user's (``payor``'s) candidate tallies, with the
     ``last`` hops into ``find`` it knows (a route through one of them it completes itself:
     :class:`Search`). With ``first`` (a lift, which needs one route), a route found here
-    sends no query at all."""
+    sends no query at all. With ``via`` (the users between the payor and ``find`` on a route
+    found before), the query is *directed*: it goes only through those users."""
     if payor.cuid is None or find.cuid is None:
         raise Refusal("bad_field", "payor and find must name users (cuid)")
     if (user_key(find) == user_key(payor)) != (check_kind(kind) == "circular"):
@@ -173,10 +178,12 @@ def start(
         "salt": salt,
         "last": [hop.digest for hop in last if hop.digest != last_digest(salt, payor)],
     }
+    if via:
+        obj["via"] = [last_digest(salt, user) for user in via]
     check_query(obj)
     found, messages, held_back = [], [], 0
     reach = _reach(obj)
-    for cand in _usable(candidates, units):
+    for cand in _directed(obj, _usable(candidates, units)):
         path = [path_entry(payor, cand.tally, cand.capacity)]
         if user_key(cand.partner) == user_key(find):
             found.append(good_answer(query, [*path, path_entry(find, None, None)]))
@@ -192,6 +199,16 @@ def start(
     if first and found:
         return Started([], found)
     return Started(messages, found, held_back)
+
+
+def _directed(obj: dict[str, Any], usable: list[Candidate]) -> list[Candidate]:
+    """The candidates a query may go on to: all of them, or for a directed query (``via``)
+    only those toward ``find`` or one of the users it names."""
+    if "via" not in obj:
+        return usable
+    via, find = set(obj["via"]), user_key(obj["find"])
+    return [cand for cand in usable if user_key(cand.partner) == find
+            or last_digest(obj["salt"], cand.partner) in via]
 
 
 def _reach(obj: dict[str, Any]) -> int:
@@ -269,7 +286,8 @@ def forward(
     if user_key(here) in on_path:  # a loop: only find may come round again
         return Forwarded([none_answer(query, sender, here, 0)], None)
     used = {hop["tally"] for hop in path}
-    usable = [cand for cand in _usable(candidates, units) if cand.tally not in used]
+    usable = [cand for cand in _directed(obj, _usable(candidates, units))
+              if cand.tally not in used]
     depth = _chain_depth(obj["depth"]) if len(usable) == 1 else obj["depth"]
     if len(path) < depth:
         for cand in usable:

@@ -23,6 +23,7 @@ MAX_ROUTES = 256  # goods one user takes per query: a partner cannot make us car
 MAX_LAST = 16  # last hops one query carries
 SALT_BYTES = DIGEST_BYTES = 16
 QUERY_FIELDS = {"query", "kind", "find", "units", "path", "depth", "deadline", "salt", "last"}
+OPTIONAL_QUERY_FIELDS = {"via"}  # a directed query's users, as salted digests
 HOP_FIELDS = {"cuid", "agent", "tally", "capacity"}
 ADDRESS_FIELDS = {"host", "port"}  # where a path entry's node listens, when its sender knew
 
@@ -81,8 +82,10 @@ def none_answer(query: str, to: ChipAddress, here: ChipAddress, goods: int, fron
 
 def check_query(obj: Any) -> None:
     """Refuse a malformed query object, naming the field."""
-    if not isinstance(obj, dict) or set(obj) != QUERY_FIELDS:
-        raise Refusal("bad_field", f"a route query has exactly the fields {sorted(QUERY_FIELDS)}")
+    if not isinstance(obj, dict) or not QUERY_FIELDS <= set(obj) <= (
+            QUERY_FIELDS | OPTIONAL_QUERY_FIELDS):
+        raise Refusal("bad_field", f"a route query has exactly the fields {sorted(QUERY_FIELDS)}"
+                      f" (and optionally {sorted(OPTIONAL_QUERY_FIELDS)})")
     check_uuid(obj["query"], "query.query")
     check_kind(obj["kind"])
     check_user_map(obj["find"], "query.find", {"cuid", "agent"})
@@ -91,14 +94,20 @@ def check_query(obj: Any) -> None:
     check_integer(obj["deadline"], "query.deadline", 0, 2**63 - 1)
     check_hops(obj["path"], "query.path", 0, MAX_DEPTH)
     check_digests(obj["salt"], obj["last"], "query")
+    if "via" in obj:
+        _check_digest_list(obj["via"], "query.via", 1, MAX_DEPTH)
 
 
 def check_digests(salt: Any, last: Any, where: str) -> None:
     if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
         raise Refusal("bad_field", f"{where}.salt must be {SALT_BYTES} bytes")
-    if not isinstance(last, list) or len(last) > MAX_LAST or not all(
-            isinstance(digest, bytes) and len(digest) == DIGEST_BYTES for digest in last):
-        raise Refusal("bad_field", f"{where}.last must be a list of at most {MAX_LAST} "
+    _check_digest_list(last, f"{where}.last", 0, MAX_LAST)
+
+
+def _check_digest_list(value: Any, where: str, shortest: int, longest: int) -> None:
+    if not isinstance(value, list) or not shortest <= len(value) <= longest or not all(
+            isinstance(digest, bytes) and len(digest) == DIGEST_BYTES for digest in value):
+        raise Refusal("bad_field", f"{where} must be a list of {shortest} to {longest} "
                       f"{DIGEST_BYTES}-byte digests")
 
 

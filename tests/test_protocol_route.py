@@ -593,3 +593,39 @@ def test_a_malformed_ask_is_refused(obj: dict[str, Any], field: str) -> None:
 )
 def test_malformed_hops_are_refused(obj: dict[str, Any]) -> None:
     assert refusal(rt.read_hops, obj, 100).code == "bad_field"
+
+
+# -- a directed query (via) ---------------------------------------------------------------------
+
+
+def test_a_directed_query_starts_only_toward_the_users_it_names() -> None:
+    """A payor that knows a route checks it again along its users alone: the query goes to
+    the partner it names though another can carry more, and carries the names on."""
+    out = rt.start(query=QUERY, kind="linear", payor=A, find=D, units=100, depth=3,
+                   deadline=NOW + 1_000, candidates=[cand(1, B, 500), cand(2, C, 900)],
+                   salt=SALT, via=[B, E])
+    assert [send.to for send in out.messages] == [B]
+    assert out.messages[0].object["via"] == [rt.last_digest(SALT, B), rt.last_digest(SALT, E)]
+    assert rt.start(query=QUERY, kind="linear", payor=A, find=D, units=100, depth=3,
+                    deadline=NOW + 1_000, candidates=[cand(2, C, 900)], salt=SALT,
+                    via=[B]).messages == []  # the route's first hop is gone: nothing to ask
+
+
+def test_a_directed_query_goes_on_only_through_the_users_it_names_or_to_find() -> None:
+    obj = {**query_obj(hop(A, 1, 500)), "via": [rt.last_digest(SALT, B), rt.last_digest(SALT, E)]}
+    onward = forward(obj, B, cand(2, C, 900), cand(3, E, 400))
+    assert [(send.action, send.to) for send in onward] == [("query", E)]
+    assert onward[0].object["via"] == obj["via"]
+    # find is a partner: good, though find is not named
+    assert [send.action for send in forward(obj, B, cand(2, C, 900), cand(4, D, 300))] == [
+        "good"]
+    # the named user's hop cannot carry the units any more: the route is gone, none
+    assert [send.action for send in forward(obj, B, cand(2, C, 900), cand(3, E, 50))] == [
+        "none"]
+
+
+@pytest.mark.parametrize("via", [[], [b"short"], b"x" * 16, [b"x" * 16] * 33])
+def test_a_malformed_via_is_refused(via: Any) -> None:
+    obj = {**query_obj(hop(A, 1, 500)), "via": via}
+    caught = refusal(forward, obj, B)
+    assert caught.code == "bad_field" and "query.via" in caught.message

@@ -48,6 +48,8 @@ SEARCH_S = 2.0  # default time budget of a search
 LIFT_SEARCH_S = 10.0  # a lift's: a search exhausted sooner ends sooner; this bounds a busy one
 MAX_SEARCH_S = 30.0
 ASK_S = 2.0  # at most this long for the payee's node to name its last hops, then search without
+DIRECT_S = 2.0  # at most this long for a directed query along the route a lift took last time
+KNOWN = 1024  # routes remembered: the last one each of our users' lifts took to each payee
 SEEN = 10_000  # (query, user) pairs remembered to answer each once, and relays kept
 
 
@@ -64,6 +66,7 @@ class RouteService(Service):
         self._searches: dict[str, tuple[route.Search, trio.Event]] = {}
         self._asks: dict[str, tuple[ChipAddress, int, list[route.LastHop], trio.Event]] = {}
         self._seen: OrderedDict[tuple[Any, Any], route.Relay | None] = OrderedDict()
+        self._known: OrderedDict[tuple[str, str, Any], list[ChipAddress]] = OrderedDict()
         node.register_method("route.find", self.rpc_find)
 
     async def rpc_find(self, cuid: str, find: str, units: int,
@@ -86,19 +89,53 @@ class RouteService(Service):
 
     async def search_near_first(self, cuid: str, find: ChipAddress, units: int, kind: str,
                                 *, first: bool) -> list[dict]:
-        """A lift's search, in rounds of growing depth (an expanding ring search,
-        ``protocol.route.next_depth``): within ``NEAR`` hops first, then one hop more each
-        round that found nothing while a deeper one can find more, or straight to ``DEPTH``
-        where the network is thin. In a well-connected network each round costs several times
-        the one before, so the first round that reaches the payee is about the cheapest that
-        can. With ``first``, a round ends at its first route (a lift needs one).
-        ``LIFT_SEARCH_S`` bounds all the rounds.
+        """A lift's search. A route a lift of this user took to the same payee (or round the
+        same circle) is tried again first, with a directed query (:meth:`_directed`): one
+        message a hop where a flood costs several. When there is none, or it cannot carry
+        ``units`` any more, or it does not answer within ``DIRECT_S``, the search floods in
+        rounds (:meth:`_rounds`). With ``first``, a round ends at its first route (a lift
+        needs one). ``LIFT_SEARCH_S`` bounds it all. The route found is remembered (at most
+        ``KNOWN``, the least recently used forgotten first)."""
+        ends = trio.current_time() + LIFT_SEARCH_S
+        key = (cuid, kind, route.user_key(find))
+        routes = await self._directed(key, find, units, first=first, ends=ends)
+        if not routes:
+            routes = await self._rounds(cuid, find, units, kind, first=first, ends=ends)
+        if routes and len(routes[0]["path"]) > 2:  # one with a user between: worth a query
+            self._known[key] = [ChipAddress.from_map(user) for user in routes[0]["path"][1:-1]]
+            self._known.move_to_end(key)
+            if len(self._known) > KNOWN:
+                self._known.popitem(last=False)
+        return routes
+
+    async def _directed(self, key: tuple[str, str, Any], find: ChipAddress, units: int, *,
+                        first: bool, ends: float) -> list[dict]:
+        """The route remembered under ``key``, checked again hop by hop with a query that
+        goes only through its users (``protocol.route.start`` ``via``); [] (and forgotten)
+        when it cannot carry ``units`` now, or there is none."""
+        via = self._known.get(key)
+        if via is None:
+            return []
+        cuid, kind, _ = key
+        routes, _ = await self._search(
+            cuid, find, units, kind, len(via) + 1, min(DIRECT_S, ends - trio.current_time()),
+            first=first, salt=os.urandom(route.SALT_BYTES), via=via)
+        if not routes:
+            self._known.pop(key, None)
+        return routes
+
+    async def _rounds(self, cuid: str, find: ChipAddress, units: int, kind: str, *,
+                      first: bool, ends: float) -> list[dict]:
+        """Rounds of growing depth (an expanding ring search, ``protocol.route.next_depth``):
+        within ``NEAR`` hops first, then one hop more each round that found nothing while a
+        deeper one can find more, or straight to ``DEPTH`` where the network is thin. In a
+        well-connected network each round costs several times the one before, so the first
+        round that reaches the payee is about the cheapest that can.
 
         Every round carries the *last hops*, the hops into the payee that can carry
         ``units``: a node with one of them as a partner answers at once, so a round goes one
         hop less far. For a circle they are our own user's; for a payment the payee's node
         names them when asked (:meth:`_ask`)."""
-        ends = trio.current_time() + LIFT_SEARCH_S
         salt = os.urandom(route.SALT_BYTES)
         last = None
         if kind == "linear" and not self._partner_can_pay(cuid, find, units):
@@ -147,10 +184,11 @@ class RouteService(Service):
 
     async def _search(self, cuid: str, find: ChipAddress, units: int, kind: str, depth: int,
                       timeout_s: float, *, first: bool, salt: bytes = bytes(route.SALT_BYTES),
-                      last: list[route.LastHop] | None = None
+                      last: list[route.LastHop] | None = None, via: list[ChipAddress] = ()
                       ) -> tuple[list[dict], route.Search]:
         """One query: its routes, and the search (``done`` if it was exhausted in time).
-        ``last``: the payee's last hops; None for a circle's (our user's own, read here)."""
+        ``last``: the payee's last hops; None for a circle's (our user's own, read here).
+        ``via``: the users a directed query goes through."""
         query = str(uuidlib.uuid4())
         node = self.runtime
         hops = list(last or [])
@@ -163,7 +201,7 @@ class RouteService(Service):
                 query=query, kind=kind, payor=node.own_address(cuid), find=find, units=units,
                 depth=depth, deadline=tx.now_ms + round(timeout_s * 1000),
                 candidates=self.candidates(tx.conn, cuid, kind), fan_out=FAN_OUT, salt=salt,
-                last=hops, first=first)
+                last=hops, first=first, via=via)
             self.ledger.emit(tx, started.messages)
             return started
 
