@@ -117,6 +117,9 @@ def _main(argv: list[str]) -> int:
         print(f"agentd {__version__}")
         return 0
     if options.command is None:
+        if options.config and not options.help:  # agentd -c CONFIG, and nothing to do
+            raise UserError("no METHOD to call: agentd -c CONFIG METHOD [key=value ...] "
+                            "(agentd -c CONFIG help lists the methods, getinfo shows the node)")
         print(usage(), end="")
         return 0 if options.help else 2
     args = options.args

@@ -109,7 +109,8 @@ class RpcServer:
         unknown = sorted(set(params) - set(accepted))
         if unknown:
             expected = ", ".join(accepted) or "no parameters"
-            raise invalid_params(f"{name}: unknown parameter {unknown[0]!r} (expected: {expected})")
+            raise invalid_params(f"{name}: unknown parameter {unknown[0]!r}"
+                                 f"{did_you_mean(unknown[0], accepted)}; expected: {expected}")
         missing = [p.name for p in signature.parameters.values()
                    if p.default is inspect.Parameter.empty and p.name not in params]
         if missing:

@@ -304,7 +304,9 @@ def _check_room(
     # closing: the magnitude may not grow whether the reserved lift chits go good or void
     grows = abs(before + chit["units"]) > abs(before) or abs(after) > abs(before + reserved)
     if local.state == C_OPEN and grows:
-        raise Refusal("closing", f"tally {local.uuid} is closing: the balance may only shrink")
+        fits = max(0, -2 * (before + reserved))  # to as far past zero as it is short of it
+        raise Refusal("closing", f"tally {local.uuid} is closing: no payment may make what "
+                      f"either side owes grow; at most {fits} fits now")
 
 
 def _draft(

@@ -109,6 +109,16 @@ def decision(conn: sqlite3.Connection, lift: str, record: dict[str, Any]
     return None
 
 
+def refereed_listing(conn: sqlite3.Connection, limit: int | None = None
+                     ) -> list[tuple[dict[str, Any], dict[str, Any], int]]:
+    """(record, decision, created) of the decisions this referee made on lifts it takes no
+    part in, newest first, at most ``limit`` (all when None)."""
+    most = -1 if limit is None else limit
+    return [(unpack(record), unpack(decision), created) for record, decision, created in
+            conn.execute("SELECT record, decision, created FROM lift_decisions WHERE lift NOT IN"
+                         " (SELECT lift FROM lifts) ORDER BY created DESC LIMIT ?", (most,))]
+
+
 def refereed(conn: sqlite3.Connection, lift: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """(record, decision) of the latest decision this referee made on ``lift`` (``lift.show``
     at the referee; a made-up record with the same uuid has a decision of its own)."""

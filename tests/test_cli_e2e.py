@@ -73,7 +73,8 @@ def test_three_nodes_through_the_cli_then_sigterm(three_nodes):
     assert json.loads(misspelt.stderr)["message"].startswith(
         "unknown method 'peers.pnig' (did you mean peers.ping, ")
     typo = cli("-c", a, "peers.ping", "agnet=x", check=False)
-    assert "unknown parameter 'agnet'" in json.loads(typo.stderr)["message"]
+    assert "unknown parameter 'agnet' (did you mean agent?); expected: agent, count" in \
+        json.loads(typo.stderr)["message"]
     dup = cli("-c", c, "users.add", "cuid=carol", check=False)
     assert json.loads(dup.stderr)["reason"] == "USER_EXISTS"
 

@@ -148,6 +148,13 @@ def test_a_mistyped_name_gets_the_names_it_is_close_to():
         cli._main(["halp"])
 
 
+def test_a_config_without_a_method_says_a_method_is_missing(capsys):
+    with pytest.raises(UserError, match=r"no METHOD to call: agentd -c CONFIG METHOD"):
+        cli._main(["-c", "any.toml"])
+    assert cli._main(["-c", "any.toml", "--help"]) == 0  # asked for: the usage
+    assert "agentd -c CONFIG METHOD" in capsys.readouterr().out
+
+
 def test_a_killed_nodes_socket_file_is_told_apart_from_no_socket(tmp_path):
     from agentd.rpc import call
 

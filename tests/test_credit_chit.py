@@ -6,6 +6,8 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol import chit as c
 from protocol import tally as t
@@ -277,10 +279,36 @@ def test_on_a_closing_tally_no_chit_may_raise_the_balances_magnitude() -> None:
     # ... but Alice may pay him back, up to the point where the debt would flip and grow.
     assert pay(alice, 500, balance=500).state == c.L_GOOD
     assert pay(alice, 1_000, balance=500).state == c.L_GOOD  # the debt flips to 500 the other way
-    assert refusal(pay, alice, 1_001, balance=500).code == "closing"
+    refused = refusal(pay, alice, 1_001, balance=500)
+    assert refused.code == "closing" and "at most 1000 fits now" in refused.message
     assert refusal(pay, alice, 1, balance=0).code == "closing"  # at zero nothing moves
     bill = {"chit_uuid": uuid_of(1), "units": 1, "date_ms": NOW}
     assert code_of(c.invoice, bob, balance=0, **bill) == "closing"
+
+
+@given(balance=st.integers(-10_000, 10_000), reserved=st.integers(0, 10_000),
+       units=st.integers(1, 30_000))
+def test_a_closing_refusal_names_exactly_the_most_that_fits(
+    balance: int, reserved: int, units: int
+) -> None:
+    """The payee's side of a closing tally: a payment fits exactly when it is no more than
+    the refusal of a larger one says."""
+    bob = closing(BOB_TALLY)
+
+    def refused(units: int) -> t.Refusal | None:
+        try:
+            c._check_room(bob, {"by": bob.side, "units": units}, balance, reserved)
+        except t.Refusal as exc:
+            return exc
+        return None
+
+    why = refused(units)
+    if why is None or why.code != "closing":  # it fits, or the limit refuses it first
+        return
+    fits = int(why.message.rsplit("at most ", 1)[1].split()[0])
+    assert units > fits
+    assert fits == 0 or refused(fits) is None or refused(fits).code == "over_limit"
+    assert refused(fits + 1) is not None
 
 
 # -- the table and storage ------------------------------------------------------------------------

@@ -100,6 +100,9 @@ async def test_a_linear_lift_pays_across_three_hops_all_good(tmp_path):
         house = net.nodes[0]
         shown = await rpc(house, "lift.show", lift=started["lift"])
         assert shown["state"] == "good" and shown["decision"]["referee"] == house.agent_id
+        assert (shown["payor"], shown["error"], shown["chits"]) == (None, None, [])
+        assert await rpc(house, "lift.list") == [shown]  # the lifts it referees, too
+        assert (await rpc(ann, "lift.show", lift=started["lift"]))["payor"] == "ann"
         # the decision is evidence at the clearing house, readable by every node on the path
         await wait_for(lambda: house.db.read_one(
             "SELECT count(*) FROM receipts WHERE pid = ?", (started["lift"],))[0] == 1)

@@ -29,9 +29,31 @@ def shown(conn: sqlite3.Connection, lift: str, store: Ledger) -> dict[str, Any]:
     refereed = lifts.refereed(conn, lift)
     if refereed is None:
         raise Reject("UNKNOWN_LIFT", f"no lift {lift} on this node")
-    record, decided = refereed
-    return {**_describe(record), "state": decided["state"], "decision": _decision(decided),
-            "chits": []}
+    return refereed_view(*refereed)
+
+
+def refereed_view(record: dict[str, Any], decided: dict[str, Any]) -> dict[str, Any]:
+    """A lift this node only referees: its record and decision, no chits here, no payor
+    (that user is on another node), and for a void one why, as the decision's date tells."""
+    error = None
+    if decided["state"] != "good":
+        error = ("its deadline passed before the terminus's commit reached this referee"
+                 if decided["date"] >= record["deadline"] else
+                 "a hop cancelled it (it could not take part) before any commit came")
+    return {**_describe(record), "state": decided["state"], "payor": None,
+            "decision": _decision(decided), "error": error, "chits": []}
+
+
+def listed(conn: sqlite3.Connection, cuid: str | None, limit: int | None,
+           store: Ledger) -> list[dict[str, Any]]:
+    """The lifts of ``cuid``, or (without) every lift this node takes part in or referees,
+    newest first, at most ``limit``."""
+    rows = [(row["created"], view(conn, row, store)) for row in lifts.listing(conn, cuid, limit)]
+    if cuid is None:
+        rows += [(created, refereed_view(record, decided))
+                 for record, decided, created in lifts.refereed_listing(conn, limit)]
+        rows.sort(key=lambda pair: pair[0], reverse=True)
+    return [shown for _, shown in rows[:limit]]
 
 
 def view(conn: sqlite3.Connection, row: sqlite3.Row, store: Ledger) -> dict[str, Any]:

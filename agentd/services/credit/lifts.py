@@ -132,7 +132,8 @@ class LiftService(Service):
                 cuid, self.runtime.own_address(cuid), least, "circular", first=True)
             if not found:
                 raise Reject("NO_CYCLE", f"no debt cycle through {cuid}" + (
-                    f" can clear {least} mCHIP" if exact or least > 1 else
+                    f" can clear {least} mCHIP (without units, lift.clear clears the most "
+                    "the first cycle it finds can)" if exact or least > 1 else
                     " (a circle of tallies on which each user owes the one before)"))
             best = found[0]
             amount = least if exact else best["capacity"]
@@ -173,17 +174,16 @@ class LiftService(Service):
             lambda conn: lift_views.shown(conn, lift, self.ledger.store))
 
     async def rpc_list(self, cuid: str | None = None, limit: int | None = None) -> list[dict]:
-        """Lifts this node takes part in (of one user, or all), newest first: the newest
-        ``limit`` of them (default all; a node keeps every lift it took part in). Read from
-        the last commit, as lift.show is."""
+        """Lifts this node takes part in (of one user; without ``cuid`` also those it only
+        referees), newest first: the newest ``limit`` of them (default all; a node keeps every
+        lift it took part in or decided). Read from the last commit, as lift.show is."""
         who = None if cuid is None else self.ledger.known_user(param_cuid(cuid))
         if limit is not None and not 1 <= limit < 2**63:  # its type: agentd.rpc_types
             raise invalid_params(f"limit must be a number of lifts from 1, not {limit}")
 
         def read(conn: sqlite3.Connection) -> list[dict]:
             with snapshot(conn):  # each lift's state as its chits show it
-                return [lift_views.view(conn, row, self.ledger.store)
-                        for row in lifts.listing(conn, who, limit)]
+                return lift_views.listed(conn, who, limit, self.ledger.store)
 
         return self.runtime.db.reading(read)
 
@@ -192,7 +192,7 @@ class LiftService(Service):
             return round(self.runtime.config.lift.life_s * 1000)
         longest = lf.MAX_LIFE_MS // 1000
         if not 1 <= life_s <= longest:
-            raise invalid_params(f"life_s must be seconds from 1 to {longest}")
+            raise invalid_params(f"life_s must be seconds from 1 to {longest}, not {life_s:g}")
         return round(life_s * 1000)
 
     # -- starting a lift -----------------------------------------------------------------
