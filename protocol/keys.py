@@ -294,5 +294,10 @@ _CUID = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 CUID_RULE = "1-64 ASCII letters (a-z, A-Z), digits, '_', '-' or '.'"
 
 
+def valid_host(host: object) -> bool:
+    """A host name or IP address, as an address map carries it (``ChipAddress``)."""
+    return isinstance(host, str) and bool(_HOST.fullmatch(host))
+
+
 def valid_cuid(cuid: object) -> bool:
     return isinstance(cuid, str) and bool(_CUID.fullmatch(cuid))

@@ -288,7 +288,8 @@ def forward(
     used = {hop["tally"] for hop in path}
     usable = [cand for cand in _directed(obj, _usable(candidates, units))
               if cand.tally not in used]
-    depth = _chain_depth(obj["depth"]) if len(usable) == 1 else obj["depth"]
+    # a chain runs to twice the depth; a directed query goes exactly as far as its route
+    depth = _chain_depth(obj["depth"]) if len(usable) == 1 and "via" not in obj else obj["depth"]
     if len(path) < depth:
         for cand in usable:
             if user_key(cand.partner) == find:

@@ -11,6 +11,7 @@ from .keys import ChipAddress
 from .messages import Send
 from .route_fields import (
     GOOD_FIELDS,
+    MAX_DEPTH,
     MAX_FRONTIER,
     MAX_ROUTES,
     SALT_BYTES,
@@ -128,12 +129,15 @@ class Search(_Answers):
             self._keep(obj)
 
     def _keep(self, good: dict[str, Any]) -> None:
-        """Keep a good, completed through its last hop when it ends at one; one that would
-        then use a user or a tally twice is dropped."""
+        """Keep a good that ends at ``find``, or completed through its last hop when it ends
+        at one; any other (a partner's made-up route to someone else), and one that would
+        then use a user or a tally twice, is dropped."""
         path, ends = good["path"], user_key(good["path"][-1])
-        hop = self._last.get(last_digest(self._salt, path[-1])) if self._last else None
-        if hop is None or self._find is None or ends == user_key(self._find):
+        if self._find is None or ends == user_key(self._find):
             self.found.append(good)
+            return
+        hop = self._last.get(last_digest(self._salt, path[-1])) if self._last else None
+        if hop is None or len(path) > MAX_DEPTH:  # completed, it would be too long to lift
             return
         if user_key(self._find) in {user_key(entry) for entry in path[1:]} or hop.tally in {
                 entry["tally"] for entry in path}:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import Refusal
-from .keys import ChipAddress, IdentityError
+from .keys import ChipAddress, IdentityError, valid_host
 from .messages import Send
 from .tally_fields import MAX_UNITS, check_uuid
 
@@ -45,7 +45,7 @@ def check_where(value: dict[str, Any], where: str) -> None:
     if not ADDRESS_FIELDS & set(value):
         return
     host, port = value.get("host"), value.get("port")
-    if not isinstance(host, str) or not 1 <= len(host) <= 255:
+    if not valid_host(host) or len(host) > 255:
         raise Refusal("bad_field", f"{where}.host must be a host name or address")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise Refusal("bad_field", f"{where}.port must be a port number")

@@ -4,9 +4,11 @@ cannot carry the lift any more (real nodes, loopback, Noise, SQLite)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from agentd.runtime.node import Node
+from protocol.keys import SigningKey
 from tests.netfixture import network
 from tests.test_credit_service import open_tally, rpc
 from tests.test_lifts import LIMIT, who
@@ -83,3 +85,67 @@ async def test_the_route_a_lift_took_is_checked_again_one_message_a_hop(tmp_path
         void = [lift for lift in await rpc(ann, "lift.list", cuid="ann")
                 if lift["state"] != "good"]
         assert void == []
+
+
+async def test_a_route_whose_lift_went_void_is_forgotten(tmp_path):
+    """bob's node answers route queries but refuses promises (it takes only lifts another
+    referee decides: a legitimate config). ann's route through bob, good before, is checked
+    again and passes, and the lift goes void; the next lift does not check that route again
+    but floods (both middles hear it, eve's node is asked), as it would have with no route
+    known."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        users = {"ann": net.nodes[1], "bob": net.nodes[2], "cat": net.nodes[3],
+                 "dan": net.nodes[4]}
+        for cuid, node in users.items():
+            await rpc(node, "users.add", cuid=cuid)
+        await rpc(users["dan"], "users.add", cuid="eve")
+        users["eve"] = users["dan"]
+        for a, b in (("ann", "bob"), ("bob", "dan"), ("cat", "dan"), ("dan", "eve")):
+            await open_tally(users[a], a, users[b], b, limit=LIMIT)
+        ann, bob, eve = users["ann"], users["bob"], users["eve"]
+
+        async def pay_eve() -> tuple[str, str]:
+            started = await rpc(ann, "lift.pay", cuid="ann", find=who(eve, "eve"), units=500)
+            done = await rpc(ann, "lift.wait", lift=started["lift"], timeout_s=20)
+            return started["path"][1]["cuid"], done["state"]
+
+        assert await pay_eve() == ("bob", "good")  # remembered: the only way so far
+        await open_tally(ann, "ann", users["cat"], "cat", limit=LIMIT)
+        bob.config = dataclasses.replace(bob.config, lift=dataclasses.replace(
+            bob.config.lift, referees=(SigningKey.generate().agent_id,)))
+        seen = watch_queries(users)
+        assert await pay_eve() == ("bob", "void")  # the directed check passes; bob refuses
+        assert len(seen["queries"]) == 1 and seen["arrivals"] == ["bob", "dan"]
+        for key in seen:
+            seen[key].clear()
+        await pay_eve()
+        assert set(seen["arrivals"]) == {"bob", "cat"} and seen["asks"] == ["eve"]
+
+
+async def test_lifts_at_once_look_wider_than_what_their_own_route_can_carry(tmp_path):
+    """The known route through bob has room for one 500 lift (cat's is wide). Two lifts at
+    once: the second does not pile onto bob's route, as its check still shows room there,
+    but floods; neither goes void in any of three rounds."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        users = {"ann": net.nodes[1], "bob": net.nodes[2], "cat": net.nodes[3],
+                 "dan": net.nodes[4]}
+        for cuid, node in users.items():
+            await rpc(node, "users.add", cuid=cuid)
+        await rpc(users["dan"], "users.add", cuid="eve")
+        users["eve"] = users["dan"]
+        narrow = await open_tally(users["bob"], "bob", users["dan"], "dan", limit=10_000)
+        for a, b in (("ann", "bob"), ("dan", "eve")):
+            await open_tally(users[a], a, users[b], b, limit=LIMIT)
+        ann, eve = users["ann"], users["eve"]
+        first = await pay(ann, eve, 500)  # the only route yet: bob's, remembered
+        assert first["path"][1]["cuid"] == "bob"
+        for a, b in (("ann", "cat"), ("cat", "dan")):
+            await open_tally(users[a], a, users[b], b, limit=LIMIT)
+        # bob's hop to dan keeps room for one 500 lift at a time
+        await rpc(users["bob"], "chit.pay", cuid="bob", tally=narrow, units=10_000 - 500 - 900)
+        for _ in range(3):
+            started = [await rpc(ann, "lift.pay", cuid="ann", find=who(eve, "eve"), units=500)
+                       for _ in range(2)]
+            ends = [await rpc(ann, "lift.wait", lift=lift["lift"], timeout_s=20)
+                    for lift in started]
+            assert [end["state"] for end in ends] == ["good", "good"], ends

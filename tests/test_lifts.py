@@ -393,14 +393,14 @@ async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
             == "good"
         await rpc(u["cat"], "users.add", cuid="fay")
         await open_tally(u["bob"], "bob", u["cat"], "fay", limit=LIMIT)
-        u["ann"].credit.routes._known.clear()  # the rounds, not the route the last lift took
+        u["ann"].credit.routes.known._known.clear()  # the rounds, not the route the last lift took
         queries.clear()
         arrivals.clear()
         await pay_eve()
         assert len(queries) == 2  # near (stopped at bob, a fork), then full depth
         queries.clear()
         arrivals.clear()
-        u["ann"].credit.routes._known.clear()
+        u["ann"].credit.routes.known._known.clear()
         near = await rpc(u["ann"], "lift.pay", cuid="ann", find=who(dan, "dan"), units=500)
         assert len(near["path"]) == 4 and len(queries) == 1
         # dan's node named cat as a last hop: bob, cat's partner, answered without asking cat

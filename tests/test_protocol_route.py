@@ -358,6 +358,8 @@ def test_an_answer_from_a_user_not_asked_is_refused() -> None:
         ("good", {**good(hop(A, 1, 900), hop(D, None, None)), "goods": 1}),  # no frontier
         ("good", {**good(hop(A, 1, 900), hop(D, None, None)), **none(-1)}),
         ("good", {**good(hop(A, 1, 900), hop(D, None, None)), **none(1, frontier=True)}),
+        ("good", good({**hop(A, 1, 900), "host": "not a host!"}, hop(D, None, None))),
+        ("good", good(hop(A, 1, 900), {**hop(D, None, None), "port": 0})),
         ("none", {"query": QUERY, "goods": -1, "frontier": 0}),
         ("none", {"query": QUERY, "goods": 0, "frontier": -1}),
         ("none", {"query": QUERY, "goods": 0, "frontier": "1"}),
@@ -629,3 +631,33 @@ def test_a_malformed_via_is_refused(via: Any) -> None:
     obj = {**query_obj(hop(A, 1, 500)), "via": via}
     caught = refusal(forward, obj, B)
     assert caught.code == "bad_field" and "query.via" in caught.message
+
+
+def test_the_search_keeps_only_routes_to_find_or_through_a_last_hop() -> None:
+    """A partner's answer that ends at someone else (its own user, say) is no route to the
+    payee: it is dropped, though it counts as an answer. One through a last hop is completed;
+    one that completed would pass the longest lift path is dropped too."""
+    search = rt.Search(QUERY, 100, [B], find=D, salt=SALT, last=[last_hop(E, 7, 500)])
+    elsewhere = good(hop(A, 1, 900), hop(B, 2, 800), hop(C, None, None))
+    search.on_answer("good", elsewhere, B)
+    assert search.routes == []
+    via_last = good(hop(A, 1, 900), hop(B, 2, 800), hop(E, None, None))
+    search.on_answer("good", {**via_last, **none(2)}, B)
+    assert search.done
+    assert [[entry["cuid"] for entry in route["path"]] for route in search.routes] == [
+        [A.cuid, B.cuid, E.cuid, D.cuid]]
+    longest = [hop(A, 1, 900)] + [hop(B, n, 800) for n in range(2, rt.MAX_DEPTH + 1)]
+    too_long = rt.Search(QUERY, 100, [B], find=D, salt=SALT, last=[last_hop(E, 7, 500)])
+    too_long.on_answer("good", good(*longest, hop(E, None, None)), B)
+    assert too_long.routes == []
+
+
+def test_a_directed_query_goes_exactly_as_far_as_its_route_even_along_a_chain() -> None:
+    """At a node where ``via`` leaves one partner to go on to (a chain, for an undirected
+    query, which runs to twice its depth), a directed query stops at its depth."""
+    path = [hop(A, 1, 900), hop(B, 2, 900)]
+    obj = {**query_obj(*path, depth=2), "via": [rt.last_digest(SALT, C), rt.last_digest(SALT, E)]}
+    assert [send.action for send in forward(obj, C, cand(3, E, 900), cand(4, B, 900))] == [
+        "none"]
+    undirected = query_obj(*path, depth=2)
+    assert [send.action for send in forward(undirected, C, cand(3, E, 900))] == ["query"]

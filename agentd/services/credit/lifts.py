@@ -100,12 +100,14 @@ class LiftService(Service):
         units, memo, life_ms = param_amount(units, "units"), param_memo(memo), self._life(life_s)
         if (target.agent, target.cuid) == (self.runtime.agent_id, cuid):
             raise invalid_params("find is the payor itself: use lift.clear for a circle")
+        began = trio.current_time()
         found = await self.routes.search_near_first(cuid, target, units, "linear", first=True)
         if not found:
             raise Reject("NO_ROUTE", f"no route from {cuid} to {target.cuid}:{target.agent} "
                          f"can carry {units} mCHIP now (no path of tallies with that much room "
                          "reaches that user, or that node has no such user)")
-        record = await self._start(cuid, "linear", units, found[0], memo, life_ms)
+        record = await self._start(cuid, "linear", units, found[0], memo, life_ms,
+                                   took_s=trio.current_time() - began)
         return lift_views.started(record)
 
     async def rpc_clear(self, cuid: str, units: int | None = None, memo: str = "",
@@ -128,6 +130,7 @@ class LiftService(Service):
         under load at 1,000 nodes (most calls ended ``NO_CYCLE`` at the time budget)."""
         life_ms = self._life(None) if life_ms is None else life_ms
         for attempt in range(CLEAR_TRIES):
+            began = trio.current_time()
             found = await self.routes.search_near_first(
                 cuid, self.runtime.own_address(cuid), least, "circular", first=True)
             if not found:
@@ -138,7 +141,8 @@ class LiftService(Service):
             best = found[0]
             amount = least if exact else best["capacity"]
             try:
-                record = await self._start(cuid, "circular", amount, best, memo, life_ms)
+                record = await self._start(cuid, "circular", amount, best, memo, life_ms,
+                                           took_s=trio.current_time() - began)
                 break
             except Refusal as exc:  # another lift took our first hop meanwhile: look again
                 if exc.code != "over_limit" or attempt == CLEAR_TRIES - 1:
@@ -198,7 +202,8 @@ class LiftService(Service):
     # -- starting a lift -----------------------------------------------------------------
 
     async def _start(self, cuid: str, kind: str, units: int, found: dict, memo: str,
-                     life_ms: int) -> dict[str, Any]:
+                     life_ms: int, *, took_s: float) -> dict[str, Any]:
+        """Record and promise a lift along ``found`` (its search took ``took_s``)."""
         referee = self.referee()
         path = route.lift_path(found)
 
@@ -213,6 +218,7 @@ class LiftService(Service):
             self.ledger.emit(tx, [lf.promise(record, 0)])
             self._ask_referee(tx, record, cuid)
             tx.after_commit(lambda: self._due_at(record["deadline"]))
+            tx.after_commit(lambda: self.routes.known.started(record, took_s))
             return record
 
         return await self.ledger.transact(work)
@@ -394,6 +400,7 @@ class LiftService(Service):
         lifts.settle(tx.conn, lift, state, decision, tx.now_ms)
         _log_lift(tx, lift, state)
         tx.after_commit(lambda: self._wake(lift))
+        tx.after_commit(lambda: self.routes.known.decided(lift, state))
 
     def _wake(self, lift: str) -> None:
         waiting = self._settled.pop(lift, None)

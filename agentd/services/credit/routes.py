@@ -28,6 +28,7 @@ import trio
 
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Service, Tx
+from agentd.services.credit.known_routes import Key, KnownRoutes
 from agentd.services.credit.ledger import CreditLedger
 from agentd.services.credit.params import param_amount, param_cuid
 from protocol import route
@@ -48,8 +49,7 @@ SEARCH_S = 2.0  # default time budget of a search
 LIFT_SEARCH_S = 10.0  # a lift's: a search exhausted sooner ends sooner; this bounds a busy one
 MAX_SEARCH_S = 30.0
 ASK_S = 2.0  # at most this long for the payee's node to name its last hops, then search without
-DIRECT_S = 2.0  # at most this long for a directed query along the route a lift took last time
-KNOWN = 1024  # routes remembered: the last one each of our users' lifts took to each payee
+DIRECT_S = 2.0  # at least this long for a directed query along the route a lift took last time
 SEEN = 10_000  # (query, user) pairs remembered to answer each once, and relays kept
 
 
@@ -66,7 +66,7 @@ class RouteService(Service):
         self._searches: dict[str, tuple[route.Search, trio.Event]] = {}
         self._asks: dict[str, tuple[ChipAddress, int, list[route.LastHop], trio.Event]] = {}
         self._seen: OrderedDict[tuple[Any, Any], route.Relay | None] = OrderedDict()
-        self._known: OrderedDict[tuple[str, str, Any], list[ChipAddress]] = OrderedDict()
+        self.known = KnownRoutes(longest=DEPTH)  # routes our lifts took, to check again
         node.register_method("route.find", self.rpc_find)
 
     async def rpc_find(self, cuid: str, find: str, units: int,
@@ -89,39 +89,42 @@ class RouteService(Service):
 
     async def search_near_first(self, cuid: str, find: ChipAddress, units: int, kind: str,
                                 *, first: bool) -> list[dict]:
-        """A lift's search. A route a lift of this user took to the same payee (or round the
-        same circle) is tried again first, with a directed query (:meth:`_directed`): one
-        message a hop where a flood costs several. When there is none, or it cannot carry
-        ``units`` any more, or it does not answer within ``DIRECT_S``, the search floods in
-        rounds (:meth:`_rounds`). With ``first``, a round ends at its first route (a lift
-        needs one). ``LIFT_SEARCH_S`` bounds it all. The route found is remembered (at most
-        ``KNOWN``, the least recently used forgotten first)."""
+        """A lift's search. The route a good lift of this user took to the same payee (or
+        round the same circle) is checked again first, with a directed query
+        (:meth:`_directed`): one message a hop where a flood costs several. When there is
+        none, or it cannot carry ``units`` now, the search floods in rounds
+        (:meth:`_rounds`). With ``first``, a round ends at its first route (a lift needs
+        one). ``LIFT_SEARCH_S`` bounds it all. Which routes are remembered, and for how long:
+        :mod:`agentd.services.credit.known_routes` (the lift service tells it how lifts end)."""
         ends = trio.current_time() + LIFT_SEARCH_S
-        key = (cuid, kind, route.user_key(find))
-        routes = await self._directed(key, find, units, first=first, ends=ends)
-        if not routes:
-            routes = await self._rounds(cuid, find, units, kind, first=first, ends=ends)
-        if routes and len(routes[0]["path"]) > 2:  # one with a user between: worth a query
-            self._known[key] = [ChipAddress.from_map(user) for user in routes[0]["path"][1:-1]]
-            self._known.move_to_end(key)
-            if len(self._known) > KNOWN:
-                self._known.popitem(last=False)
-        return routes
+        routes = await self._directed((cuid, kind, route.user_key(find)), find, units,
+                                      first=first, ends=ends)
+        return routes or await self._rounds(cuid, find, units, kind, first=first, ends=ends)
 
-    async def _directed(self, key: tuple[str, str, Any], find: ChipAddress, units: int, *,
-                        first: bool, ends: float) -> list[dict]:
-        """The route remembered under ``key``, checked again hop by hop with a query that
-        goes only through its users (``protocol.route.start`` ``via``); [] (and forgotten)
-        when it cannot carry ``units`` now, or there is none."""
-        via = self._known.get(key)
-        if via is None:
+    async def _directed(self, key: Key, find: ChipAddress, units: int, *, first: bool,
+                        ends: float) -> list[dict]:
+        """The route known for ``key``, checked again hop by hop with a query that goes only
+        through its users (``protocol.route.start`` ``via``), with three times as long as its
+        search took (at least ``DIRECT_S``: the check runs one hop further, having no last
+        hops); [] when there is none, or it cannot carry ``units`` now, counting what our
+        undecided lifts along it hold."""
+        known = self.known.to_check(key, trio.current_time())
+        if known is None:
             return []
         cuid, kind, _ = key
-        routes, _ = await self._search(
-            cuid, find, units, kind, len(via) + 1, min(DIRECT_S, ends - trio.current_time()),
-            first=first, salt=os.urandom(route.SALT_BYTES), via=via)
+        via = [{"cuid": user_cuid, "agent": agent} for user_cuid, agent in known.via]
+        timeout_s = min(max(DIRECT_S, 3 * known.took_s), ends - trio.current_time())
+        try:
+            routes, _ = await self._search(cuid, find, units, kind, len(via) + 1, timeout_s,
+                                           first=first, salt=os.urandom(route.SALT_BYTES),
+                                           via=via)
+        except t.Refusal:  # a route we can no longer even ask along (a tally closed)
+            routes = []
         if not routes:
-            self._known.pop(key, None)
+            self.known.failed(key, trio.current_time())
+            return []
+        if routes[0]["capacity"] - self.known.held(key, known.via) < units:
+            return []  # our own lifts along it may take what the check saw: look wider
         return routes
 
     async def _rounds(self, cuid: str, find: ChipAddress, units: int, kind: str, *,
@@ -184,7 +187,7 @@ class RouteService(Service):
 
     async def _search(self, cuid: str, find: ChipAddress, units: int, kind: str, depth: int,
                       timeout_s: float, *, first: bool, salt: bytes = bytes(route.SALT_BYTES),
-                      last: list[route.LastHop] | None = None, via: list[ChipAddress] = ()
+                      last: list[route.LastHop] | None = None, via: list[dict] = ()
                       ) -> tuple[list[dict], route.Search]:
         """One query: its routes, and the search (``done`` if it was exhausted in time).
         ``last``: the payee's last hops; None for a circle's (our user's own, read here).
