@@ -176,6 +176,15 @@ def delete_request(conn: sqlite3.Connection, seq: int) -> None:
     conn.execute("DELETE FROM ch_requests WHERE seq = ?", (seq,))
 
 
+def prune_unanswered_calls(conn: sqlite3.Connection, before_ms: int) -> int:
+    """Forget ``ch.*`` RPC calls made before ``before_ms`` still waiting for an answer: long
+    past the hour a clearing house keeps one, and their callers timed out (evidence and
+    ``keys``, which this node needs answered, are sent again instead: ``lost.py``)."""
+    return conn.execute(
+        "DELETE FROM ch_requests WHERE state = 'sent' AND kind IS NULL AND action != 'keys'"
+        " AND created < ?", (before_ms,)).rowcount
+
+
 def refuse_request(conn: sqlite3.Connection, seq: int, error: str) -> None:
     conn.execute(
         "UPDATE ch_requests SET state = 'refused', error = ?, object = NULL WHERE seq = ?",

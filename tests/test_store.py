@@ -16,7 +16,17 @@ import trio
 from protocol import lift as lf
 from protocol.codec import digest, pack
 from protocol.keys import ChipAddress, SigningKey
-from store import Database, DatabaseError, SharedWriter, inbox, lifts, outbox, peers, users
+from store import (
+    Database,
+    DatabaseError,
+    SharedWriter,
+    clearing,
+    inbox,
+    lifts,
+    outbox,
+    peers,
+    users,
+)
 from store.db import savepoint
 from store.schema import SchemaError, migrate, migrations
 
@@ -551,6 +561,25 @@ async def test_refused_outbox_rows_are_pruned_and_pending_ones_kept(tmp_path: Pa
         assert await db.write(lambda c: outbox.prune_failed(c, 250)) == 2  # 0 and 1
         rows = db.read("SELECT id, state FROM outbox ORDER BY seq")
         assert [(row["id"][0], row["state"]) for row in rows] == [(2, "pending"), (3, "failed")]
+
+
+async def test_unanswered_ch_calls_are_pruned_and_owed_answers_kept(tmp_path: Path) -> None:
+    """A ch.* call whose answer never came is forgotten once old; evidence, a JWKS question
+    and newer calls are kept (lost.py sends the owed ones again)."""
+    async with Database.open(tmp_path / "prune.db") as db:
+        rows = [("query", None, "sent", 100), ("log", None, "sent", 200),
+                ("keys", None, "sent", 100), ("log", "chit.good", "sent", 100),
+                ("query", None, "sent", 900), ("create_process", None, "refused", 100)]
+        for n, (action, kind, state, created) in enumerate(rows):
+            await db.write(lambda c, n=n, a=action, k=kind, s=state, t=created:
+                           clearing.add_request(c, message_id=bytes([n]) * 16, ch="house",
+                                                action=a, pid="p", kind=k, ref=None,
+                                                payload_sha256=None, state=s, now_ms=t))
+        assert await db.write(lambda c: clearing.prune_unanswered_calls(c, 500)) == 2
+        kept = db.read("SELECT action, kind, created FROM ch_requests ORDER BY seq")
+        assert [tuple(row) for row in kept] == [
+            ("keys", None, 100), ("log", "chit.good", 100), ("query", None, 900),
+            ("create_process", None, 100)]
 
 
 def _enqueue(conn: sqlite3.Connection, i: int, peer: str = "bob") -> int:

@@ -47,6 +47,7 @@ from agentd.services.relay.service import RelayService
 from agentd.services.users import Users
 from protocol.keys import ChipAddress, SigningKey, format_hostport, parse_hostport
 from store import Database, DatabaseError, inbox, outbox
+from store import clearing as clearing_store
 from store import credit as credit_store
 from store import peers as peer_store
 
@@ -278,14 +279,17 @@ class Node:
         nursery.start_soon(Ticker(MAINTENANCE_INTERVAL, self._maintenance, immediately=True).run)
 
     async def _maintenance(self) -> bool:
-        """At start and hourly: forget processed-message ids older than the dedup window, and
-        our messages peers refused for good as long ago (their reasons are in the log)."""
+        """At start and hourly: forget processed-message ids older than the dedup window, our
+        messages peers refused for good as long ago (their reasons are in the log), and
+        ``ch.*`` calls the clearing house never answered (its answer expired within an hour;
+        the caller was told it timed out)."""
         cutoff = self.clock.now_ms() - INBOX_RETENTION_MS
-        ids, refused = await self.db.write(
-            lambda conn: (inbox.prune(conn, cutoff), outbox.prune_failed(conn, cutoff)))
-        if ids or refused:
-            log.info("pruned %d inbox ids and %d refused outbox messages older than 30 days",
-                     ids, refused)
+        ids, refused, calls = await self.db.write(lambda conn: (
+            inbox.prune(conn, cutoff), outbox.prune_failed(conn, cutoff),
+            clearing_store.prune_unanswered_calls(conn, cutoff)))
+        if ids or refused or calls:
+            log.info("pruned %d inbox ids, %d refused outbox messages and %d unanswered ch.* "
+                     "calls older than 30 days", ids, refused, calls)
         return True
 
     async def _load_peers(self) -> None:
