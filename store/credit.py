@@ -345,6 +345,12 @@ class Ledger:
         return None if row is None else LocalChit(row["state"], _chit(row["body"], row["block"]))
 
     @staticmethod
+    def count_in_state(conn: sqlite3.Connection, cuid: str, state: str) -> int:
+        """How many of our user's tallies are in ``state`` (from the index by user)."""
+        return conn.execute("SELECT count(*) FROM tallies WHERE cuid = ? AND state = ?",
+                            (cuid, state)).fetchone()[0]
+
+    @staticmethod
     def count_unchained(conn: sqlite3.Connection, tally_uuid: str, cuid: str, state: str) -> int:
         """How many of a holder's chits not in the chain (pending or void) are in ``state``:
         read from the chain index's unchained end, not the whole tally."""

@@ -17,6 +17,7 @@ from agentd.rpc import NOT_FOUND, RpcError
 from agentd.runtime.context import Reject
 from agentd.runtime.dispatch import _Heard
 from agentd.runtime.node import Node
+from agentd.services.credit import tallies as tallies_module
 from agentd.services.credit.chits import REPAIRS
 from agentd.services.credit.tallies import ticket_tally_uuid
 from protocol import chain as ch
@@ -245,7 +246,7 @@ async def test_negotiation_counter_offer_then_accept_and_a_refusal(tmp_path):
             "BAD_STATE")
 
 
-async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path):
+async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path, monkeypatch):
     async with network(tmp_path, n=1) as net:
         (a,) = net.nodes
         await users(a, "alice", "bob", "carol")
@@ -291,6 +292,13 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path):
         assert own.reason == "BAD_TICKET" and own.message.endswith(
             "alice made this ticket: the user it is for presents it, with tally.request on "
             "that user's node")
+        # requests waiting for alice's offer are bounded: a public ticket makes no endless rows
+        rows = a.db.read_one("SELECT count(*) FROM tallies")[0]
+        monkeypatch.setattr(tallies_module, "MAX_REQUESTS", 2)
+        await rpc(a, "users.add", cuid="dan")
+        busy = await refused(a, "tally.request", cuid="dan", ticket=invited["ticket"])
+        assert busy.reason == "TOO_MANY_REQUESTS" and "alice has 2 tally requests" in busy.message
+        assert a.db.read_one("SELECT count(*) FROM tallies")[0] == rows
 
 
 # -- chits and the chain ----------------------------------------------------------------------

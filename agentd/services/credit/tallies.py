@@ -55,6 +55,7 @@ MAX_EXPIRES_S = 365 * 24 * 3600
 
 REQUEST_TIMEOUT = 10.0  # s tally.request waits for the inviter's node
 MAX_WAIT_S = 3600.0  # the longest tally.wait
+MAX_REQUESTS = 1000  # tallies a user's reusable tickets started that wait for its offer
 
 REPORTED = frozenset({"ticket", "offer", "open", "void", "draft"})  # wants_delivery
 
@@ -318,6 +319,11 @@ class TallyService(Service):
         new_uuid = ticket_tally_uuid(row["token"], subject) if row["reuse"] else template.local.uuid
         if row["reuse"] and self.ledger.store.get(tx.conn, new_uuid, cuid) is not None:
             raise Reject("BAD_TICKET", f"this user already requested tally {new_uuid}")
+        if row["reuse"]:  # each new subject makes a row: a public ticket must not make endless
+            waiting = self.ledger.store.count_in_state(tx.conn, cuid, t.P_DRAFT)
+            if waiting >= MAX_REQUESTS:
+                raise Reject("TOO_MANY_REQUESTS", f"{cuid} has {waiting} tally requests "
+                             "waiting for its offer already: present the ticket again later")
         local, _ = t.receive_ticket(template.local, ticket, obj, now_ms=tx.now_ms,
                                     new_uuid=new_uuid, sender_agent=subject.agent)
         if local.partner.cuid != subject.cuid:
