@@ -33,6 +33,15 @@ def watch_queries(nodes: dict[str, Node]) -> dict[str, list]:
     return seen
 
 
+async def diamond_users(net) -> dict[str, Node]:
+    """ann@n1, bob@n2, cat@n3, and dan and eve on n4; no tallies yet (n0 referees)."""
+    users = {"ann": net.nodes[1], "bob": net.nodes[2], "cat": net.nodes[3],
+             "dan": net.nodes[4], "eve": net.nodes[4]}
+    for cuid, node in users.items():
+        await rpc(node, "users.add", cuid=cuid)
+    return users
+
+
 async def pay(ann: Node, eve: Node, units: int) -> dict[str, Any]:
     started = await rpc(ann, "lift.pay", cuid="ann", find=who(eve, "eve"), units=units)
     done = await rpc(ann, "lift.wait", lift=started["lift"], timeout_s=20)
@@ -47,12 +56,7 @@ async def test_the_route_a_lift_took_is_checked_again_one_message_a_hop(tmp_path
     middle's hop to dan cannot carry the payment, the directed query finds nothing, the
     search floods again and the lift goes through the other middle: nothing void."""
     async with network(tmp_path, n=5, clearinghouse=0) as net:
-        users = {"ann": net.nodes[1], "bob": net.nodes[2], "cat": net.nodes[3],
-                 "dan": net.nodes[4]}
-        for cuid, node in users.items():
-            await rpc(node, "users.add", cuid=cuid)
-        await rpc(users["dan"], "users.add", cuid="eve")
-        users["eve"] = users["dan"]
+        users = await diamond_users(net)
         for a, b in (("ann", "bob"), ("ann", "cat"), ("bob", "dan"), ("cat", "dan"),
                      ("dan", "eve")):
             await open_tally(users[a], a, users[b], b, limit=LIMIT)
@@ -94,12 +98,7 @@ async def test_a_route_whose_lift_went_void_is_forgotten(tmp_path):
     but floods (both middles hear it, eve's node is asked), as it would have with no route
     known."""
     async with network(tmp_path, n=5, clearinghouse=0) as net:
-        users = {"ann": net.nodes[1], "bob": net.nodes[2], "cat": net.nodes[3],
-                 "dan": net.nodes[4]}
-        for cuid, node in users.items():
-            await rpc(node, "users.add", cuid=cuid)
-        await rpc(users["dan"], "users.add", cuid="eve")
-        users["eve"] = users["dan"]
+        users = await diamond_users(net)
         for a, b in (("ann", "bob"), ("bob", "dan"), ("cat", "dan"), ("dan", "eve")):
             await open_tally(users[a], a, users[b], b, limit=LIMIT)
         ann, bob, eve = users["ann"], users["bob"], users["eve"]
@@ -127,12 +126,7 @@ async def test_lifts_at_once_look_wider_than_what_their_own_route_can_carry(tmp_
     once: the second does not pile onto bob's route, as its check still shows room there,
     but floods; neither goes void in any of three rounds."""
     async with network(tmp_path, n=5, clearinghouse=0) as net:
-        users = {"ann": net.nodes[1], "bob": net.nodes[2], "cat": net.nodes[3],
-                 "dan": net.nodes[4]}
-        for cuid, node in users.items():
-            await rpc(node, "users.add", cuid=cuid)
-        await rpc(users["dan"], "users.add", cuid="eve")
-        users["eve"] = users["dan"]
+        users = await diamond_users(net)
         narrow = await open_tally(users["bob"], "bob", users["dan"], "dan", limit=10_000)
         for a, b in (("ann", "bob"), ("dan", "eve")):
             await open_tally(users[a], a, users[b], b, limit=LIMIT)
