@@ -291,10 +291,13 @@ def _to_referee(record: dict[str, Any], action: str, obj: dict, from_cuid: str |
 
 
 def promise(record: dict[str, Any], hop: int) -> Send:
-    """Hop ``hop``'s payer tells its payee: take part (the payer holds its pending chit)."""
-    path = record["path"]
-    return Send(_address(path[hop + 1]), "lift", "promise", {"record": record, "hop": hop},
-                path[hop]["cuid"])
+    """Hop ``hop``'s payer tells its payee: take part (the payer holds its pending chit).
+    The payee is the payer's tally partner, whose node the payer knows already: the promise
+    names no address, so the one a route answer put in the path never steers where an honest
+    hop dials (nor, through the outbox, its other messages to that partner)."""
+    payee = record["path"][hop + 1]
+    return Send(ChipAddress(agent=payee["agent"], cuid=payee["cuid"]), "lift", "promise",
+                {"record": record, "hop": hop}, record["path"][hop]["cuid"])
 
 
 def commit(record: dict[str, Any]) -> Send:

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .keys import ChipAddress
@@ -30,15 +30,18 @@ from .route_last import LastHop, last_digest
 
 class _Answers:
     """What one user that sent a query on is owed: a ``none`` from each partner it asked
-    (``waiting``), how many ``good`` answers their ``none`` said they sent (``goods``), and
-    how many queries their part of the search would have sent on but for the depth
-    (``frontier``)."""
+    (``waiting``), how many ``good`` answers their ``none`` said they sent (``goods``, and
+    each partner's in ``announced``), and how many queries their part of the search would
+    have sent on but for the depth (``frontier``). Every count is kept by partner where one
+    partner could spend it for the others: its goods past ``MAX_ROUTES`` are refused, not
+    the others'."""
 
     def __init__(self, query: str, units: int, asked: set[User]) -> None:
         self.query, self.units = query, units
         self.asked, self.waiting = frozenset(asked), set(asked)
         self.goods = self.frontier = 0
-        self.taken = 0  # goods taken so far (at most MAX_ROUTES)
+        self.announced: dict[User, int] = {}  # goods each partner's end said it sent
+        self.taken: dict[User, int] = {}  # goods each partner sent so far (MAX_ROUTES each)
 
     def take(self, action: str, obj: Any, sender: ChipAddress) -> bool:
         """Check and count one answer; whether it is one to act on (not another query's, not
@@ -49,9 +52,11 @@ class _Answers:
         if user_key(sender) not in self.asked:
             raise Refusal("not_asked", "a route answer from a user this query was not sent to")
         if action == "good":
-            self.taken += 1
-            if self.taken > MAX_ROUTES:
-                raise Refusal("bad_field", f"more than {MAX_ROUTES} routes for one query")
+            partner = user_key(sender)
+            self.taken[partner] = self.taken.get(partner, 0) + 1
+            if self.taken[partner] > MAX_ROUTES:
+                raise Refusal("bad_field", f"more than {MAX_ROUTES} routes for one query "
+                              "from one partner")
             if ends(obj):
                 self._ended(obj, sender)
             return True
@@ -62,6 +67,7 @@ class _Answers:
         if user_key(sender) not in self.waiting:
             return False
         self.waiting.discard(user_key(sender))
+        self.announced[user_key(sender)] = obj["goods"]
         self.goods += obj["goods"]
         self.frontier = min(self.frontier + obj["frontier"], MAX_FRONTIER)
         return True
@@ -102,31 +108,54 @@ class Search(_Answers):
     """The originator's aggregation of the answers to one query (sans-IO): over once every
     partner asked has answered ``none`` and every good they announced has come (a good can
     be overtaken by a none on the way back). A good that ends with one of the query's
-    ``last`` hops is completed here, with that hop into ``find``."""
+    ``last`` hops is completed here, with that hop into ``find``. With ``first_hops`` (the
+    payor's path entry each partner was sent), a good is kept only if it starts with that
+    entry, then that partner, and uses no user or tally twice: what the payor can check of a
+    route it did not see made is checked."""
 
     def __init__(self, query: str, units: int, asked: Iterable[ChipAddress],
                  found: Iterable[dict[str, Any]] = (), frontier: int = 0, *,
                  find: ChipAddress | None = None, salt: bytes = bytes(SALT_BYTES),
-                 last: Iterable[LastHop] = ()) -> None:
+                 last: Iterable[LastHop] = (),
+                 first_hops: Mapping[User, dict[str, Any]] | None = None) -> None:
         super().__init__(query, units, {user_key(to) for to in asked})
         self.frontier = frontier  # the payor's own (Started.frontier), then the answers'
         self._find = find
+        self._first_hops = first_hops
         self._salt, self._last = salt, {hop.digest: hop for hop in last}
         self.found: list[dict[str, Any]] = []  # good answer objects, completed
         for good in found:
             check_good(good, self.units)
             self._keep(good)
-        self._arrived: set[tuple] = set()  # distinct routes the answers brought
+        self._arrived: dict[User, set[tuple]] = {}  # distinct routes each partner brought
 
     @property
     def done(self) -> bool:
-        return not self.waiting and len(self._arrived) >= self.goods
+        """Every partner ended its part, and each sent the goods it said (whether we kept
+        them or not): one partner's goods never stand in for another's."""
+        return not self.waiting and all(
+            len(self._arrived.get(partner, ())) >= goods
+            for partner, goods in self.announced.items())
 
     def on_answer(self, action: str, obj: Any, sender: ChipAddress) -> None:
         """Count one ``route/good`` or ``route/none``; answers to another query are ignored."""
         if self.take(action, obj, sender) and action == "good":
-            self._arrived.add(_route_key(obj))
-            self._keep(obj)
+            self._arrived.setdefault(user_key(sender), set()).add(_route_key(obj))
+            if self._from_us(obj["path"], sender):
+                self._keep(obj)
+
+    def _from_us(self, path: list[dict[str, Any]], sender: ChipAddress) -> bool:
+        """Whether a good's path starts as the query we sent ``sender`` did, and uses no user
+        (but a circle's payor, at both ends) or tally twice."""
+        if self._first_hops is None:
+            return True
+        sent = self._first_hops.get(user_key(sender))
+        if sent is None or _hop(path[0]) != _hop(sent) or user_key(path[1]) != user_key(sender):
+            return False
+        users = [user_key(entry) for entry in path]
+        tallies = [entry["tally"] for entry in path[:-1]]
+        return (len(set(users[:-1])) == len(users) - 1 and users[-1] not in users[1:-1]
+                and len(set(tallies)) == len(tallies))
 
     def _keep(self, good: dict[str, Any]) -> None:
         """Keep a good that ends at ``find``, or completed through its last hop when it ends
@@ -160,6 +189,10 @@ class Search(_Answers):
                 "capacity": good["capacity"],
             })
         return sorted(routes.values(), key=lambda route: (-route["capacity"], len(route["hops"])))
+
+
+def _hop(entry: dict[str, Any]) -> tuple:
+    return entry["cuid"], entry["agent"], entry["tally"], entry["capacity"]
 
 
 def _route_key(good: dict[str, Any]) -> tuple:

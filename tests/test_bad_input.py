@@ -10,7 +10,6 @@ import pytest
 import trio
 
 from agentd.bench.rogue import Rogue
-from agentd.rpc import RpcError
 from agentd.runtime.transport import PIPELINE, Hello
 from protocol.codec import pack, unpack
 from protocol.envelope import Ack, parse_frame
@@ -341,16 +340,3 @@ async def test_a_strangers_flood_is_processed_a_few_messages_at_a_time(tmp_path)
         assert acked == {message["id"] for message in sent}
         await rogue.aclose()
 
-
-async def test_a_ping_to_a_peer_that_cannot_be_dialled_says_so_without_waiting_out(tmp_path):
-    """With the peer down, the ping is UNREACHABLE, naming the dial's failure, once a redial
-    has had half a second (not TIMEOUT, which would have waited the whole ten)."""
-    async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await assert_node_healthy(net)
-        await net.stop(1)
-        with pytest.raises(RpcError) as caught:
-            await a.rpc.call("peers.ping", {"agent": b.agent_id})
-        assert caught.value.reason == "UNREACHABLE"
-        assert caught.value.message.startswith(f"cannot reach {b.agent_id}: ")
-        assert "stays in the outbox" in caught.value.message

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from agentd.runtime.node import Node
+from agentd.services.credit import routes as route_service
 from protocol.keys import SigningKey
 from tests.netfixture import network
 from tests.test_credit_service import open_tally, rpc
@@ -143,3 +144,26 @@ async def test_lifts_at_once_look_wider_than_what_their_own_route_can_carry(tmp_
             ends = [await rpc(ann, "lift.wait", lift=lift["lift"], timeout_s=20)
                     for lift in started]
             assert [end["state"] for end in ends] == ["good", "good"], ends
+
+
+async def test_one_peers_queries_do_not_push_out_the_relays_of_others(tmp_path):
+    """A node remembers each (query, user) it handled, and the relay of each it passed on:
+    a partner that floods it with queries of its own evicts its own first (past
+    SEEN_PER_PEER), so a search others sent through the node keeps its relay; and all of
+    them together stay within SEEN."""
+    async with network(tmp_path, n=1) as net:
+        routes = net.nodes[0].credit.routes
+        flooder, honest = (SigningKey.generate().agent_id for _ in range(2))
+        relayed = ("00000000-0000-4000-8000-000000000001", "bob")
+        routes._note_seen(relayed, "a relay", honest)
+        for n in range(route_service.SEEN + route_service.SEEN_PER_PEER):  # past the bound
+            routes._note_seen((str(n), "bob"), None, flooder)
+        assert routes._seen[relayed] == ("a relay", honest)
+        assert len(routes._seen_by[flooder]) == route_service.SEEN_PER_PEER
+        peers = [SigningKey.generate().agent_id for _ in range(20)]
+        for n in range(2 * route_service.SEEN):
+            routes._note_seen((f"q{n}", "bob"), None, peers[n % 20])
+        assert len(routes._seen) == route_service.SEEN
+        assert sum(len(keys) for keys in routes._seen_by.values()) == route_service.SEEN
+        assert all(routes._seen[key][1] == peer
+                   for peer, keys in routes._seen_by.items() for key in keys)

@@ -330,8 +330,9 @@ def test_a_decision_signed_by_another_key_is_refused() -> None:
 
 
 def test_a_path_may_say_where_each_node_listens_but_a_decision_names_agents_only() -> None:
-    """A promise goes where the route found the next node; a decision names the agent
-    alone, so a made-up record cannot make a referee dial the addresses it names."""
+    """A path may say where each node listens, but neither a promise (to the payer's tally
+    partner, whose node it knows) nor a decision names more than the agent: a route answer
+    cannot steer where an honest hop dials, a made-up record where a referee does."""
     path = [{**user_map(u), "host": "127.0.0.1", "port": 7000 + n, "tally": tally}
             for n, (u, tally) in enumerate(zip([A, B, C], [T_AB, T_BC, None], strict=True))]
     rec = lf.make_record(lift_uuid=uuid_of(502), kind="linear", units=100, path=path,
@@ -344,7 +345,9 @@ def test_a_path_may_say_where_each_node_listens_but_a_decision_names_agents_only
     assert {(s.to.agent, s.to.host, s.to.port) for s in sends} == {
         (A.address.agent, None, None), (B.address.agent, None, None),
         (C.address.agent, None, None)}
-    assert lf.promise(rec, 0).to.port == 7001  # the next hop, where it listens
+    promised = lf.promise(rec, 0).to
+    assert (promised.agent, promised.cuid, promised.host, promised.port) == (
+        B.address.agent, B.address.cuid, None, None)
     for bad in ({"host": "127.0.0.1"}, {"host": "", "port": 1}, {"host": "h", "port": 0},
                 {"host": "h", "port": True}):
         hops = [{**path[0], **bad}, *path[1:]]

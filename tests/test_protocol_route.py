@@ -661,3 +661,44 @@ def test_a_directed_query_goes_exactly_as_far_as_its_route_even_along_a_chain() 
         "none"]
     undirected = query_obj(*path, depth=2)
     assert [send.action for send in forward(undirected, C, cand(3, E, 900))] == ["query"]
+
+
+def test_one_partners_goods_neither_use_up_nor_stand_in_for_anothers() -> None:
+    """B sends as many goods as one partner may, none of them a route to find: C's good is
+    still taken. And B's goods count only against what B announced: with C's none (one good)
+    come before C's good, the search waits for that good though B sent more than enough."""
+    search = rt.Search(QUERY, 100, [B, C], find=D)
+    junk = [good(hop(A, 1, 900), hop(B, n, 800), hop(E, None, None))
+            for n in range(2, rt.MAX_ROUTES + 2)]
+    for answer in junk:
+        search.on_answer("good", answer, B)
+    assert code_of(search.on_answer, "good", junk[0], B) == "bad_field"  # B's own limit
+    search.on_answer("good", good(hop(A, 3, 900), hop(C, 4, 700), hop(D, None, None)), C)
+    assert [len(route["hops"]) for route in search.routes] == [2]
+
+    waits = rt.Search(QUERY, 100, [B, C], find=D)
+    waits.on_answer("good", junk[0], B)
+    waits.on_answer("good", junk[1], B)
+    waits.on_answer("none", none(1), B)  # B announced one, sent two
+    waits.on_answer("none", none(1), C)  # C's good is still on its way
+    assert not waits.done
+    waits.on_answer("good", good(hop(A, 3, 900), hop(C, 4, 700), hop(D, None, None)), C)
+    assert waits.done and len(waits.routes) == 1
+
+
+def test_the_search_keeps_only_goods_that_start_as_the_query_it_sent_did() -> None:
+    """With the payor's first hop sent to each partner, a good must start with that hop and
+    that partner, and use no user or tally twice."""
+    sent = {(B.cuid, B.agent): hop(A, 1, 900)}
+
+    def kept(*path: dict[str, Any]) -> bool:
+        search = rt.Search(QUERY, 100, [B], find=D, first_hops=sent)
+        search.on_answer("good", good(*path), B)
+        return bool(search.routes)
+
+    assert kept(hop(A, 1, 900), hop(B, 2, 800), hop(D, None, None))
+    assert not kept(hop(A, 5, 900), hop(B, 2, 800), hop(D, None, None))  # another tally
+    assert not kept(hop(A, 1, 9_000), hop(B, 2, 800), hop(D, None, None))  # more room
+    assert not kept(hop(A, 1, 900), hop(C, 2, 800), hop(D, None, None))  # not B next
+    assert not kept(hop(A, 1, 900), hop(B, 2, 800), hop(B, 3, 800), hop(D, None, None))
+    assert not kept(hop(A, 1, 900), hop(B, 1, 800), hop(D, None, None))  # a tally twice

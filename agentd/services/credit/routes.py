@@ -51,6 +51,7 @@ MAX_SEARCH_S = 30.0
 ASK_S = 2.0  # at most this long for the payee's node to name its last hops, then search without
 DIRECT_S = 2.0  # at least this long for a directed query along the route a lift took last time
 SEEN = 10_000  # (query, user) pairs remembered to answer each once, and relays kept
+SEEN_PER_PEER = 1_000  # ... of them from one peer's queries: its flood evicts its own first
 
 
 class RouteService(Service):
@@ -65,7 +66,9 @@ class RouteService(Service):
         self.ledger = ledger
         self._searches: dict[str, tuple[route.Search, trio.Event]] = {}
         self._asks: dict[str, tuple[ChipAddress, int, list[route.LastHop], trio.Event]] = {}
-        self._seen: OrderedDict[tuple[Any, Any], route.Relay | None] = OrderedDict()
+        # (query, user) -> (the relay carrying its answers back or None, the peer it came from)
+        self._seen: OrderedDict[tuple[Any, Any], tuple[route.Relay | None, str]] = OrderedDict()
+        self._seen_by: dict[str, OrderedDict[tuple[Any, Any], None]] = {}  # the same, by peer
         self.known = KnownRoutes(longest=DEPTH)  # routes our lifts took, to check again
         node.register_method("route.find", self.rpc_find)
 
@@ -209,10 +212,13 @@ class RouteService(Service):
             return started
 
         started = self.runtime.transact_ephemeral(work)
+        if kind == "linear":  # our user has this query: one sent back to it is a repeat, not
+            self._note_seen((query, cuid), None, node.agent_id)  # a relay taking our answers
         # Registered before the next checkpoint: no answer can have been processed yet.
         search = route.Search(query, units, [send.to for send in started.messages],
                               started.found, started.frontier, find=find, salt=salt,
-                              last=hops)
+                              last=hops, first_hops={route.user_key(send.to): send.object[
+                                  "path"][0] for send in started.messages})
         try:
             with trio.move_on_after(max(timeout_s, 0)):
                 while not search.done and not (first and search.found):
@@ -290,11 +296,26 @@ class RouteService(Service):
                                       candidates=self.candidates(tx.conn, here.cuid, kind),
                                       fan_out=FAN_OUT, depth=DEPTH,
                                       budget_ms=round(MAX_SEARCH_S * 1000))
-            self._seen[key] = forwarded.relay
-            while len(self._seen) > SEEN:
-                self._seen.popitem(last=False)
+            self._note_seen(key, forwarded.relay, envelope.from_.agent)
             sends = forwarded.messages
         self.ledger.emit(tx, sends)
+
+    def _note_seen(self, key: tuple[str, str], relay: route.Relay | None, peer: str) -> None:
+        """A (query, user) handled once, and the relay carrying its answers back, if any,
+        for a query from ``peer``. Past ``SEEN_PER_PEER`` of one peer's, its oldest goes: a
+        partner that floods us with queries cannot push out the relays of searches others
+        sent through us (then the oldest of all, past ``SEEN``)."""
+        mine = self._seen_by.setdefault(peer, OrderedDict())
+        mine[key] = None
+        self._seen[key] = (relay, peer)
+        if len(mine) > SEEN_PER_PEER:
+            self._seen.pop(mine.popitem(last=False)[0], None)
+        while len(self._seen) > SEEN:
+            gone, (_, owner) = self._seen.popitem(last=False)
+            owned = self._seen_by[owner]
+            del owned[gone]
+            if not owned:
+                del self._seen_by[owner]
 
     def _answer(self, tx: Tx, action: str, obj: Any, here: ChipAddress,
                 sender: ChipAddress) -> None:
@@ -303,7 +324,7 @@ class RouteService(Service):
         query = obj.get("query") if isinstance(obj, dict) else None
         if not isinstance(query, str):
             raise Reject("BAD_FIELD", "a route answer names its query (a uuid)")
-        relay = self._seen.get((query, here.cuid))
+        relay, _ = self._seen.get((query, here.cuid), (None, None))
         if relay is not None:
             self.ledger.emit(tx, relay.on_answer(action, obj, sender))
             return
