@@ -262,13 +262,19 @@ def call(socket_path: Path, method: str, params: dict[str, Any], timeout: float 
             raise UserError(f"no agentd is running here (nothing answers at {socket_path}: the"
                             f" node stopped without removing it); {start}") from exc
         request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
-        sock.sendall(json.dumps(request).encode() + b"\n")
-        buffer = b""
-        while not buffer.endswith(b"\n"):
-            chunk = sock.recv(1 << 20)
-            if not chunk:
-                raise UserError(f"agentd closed the control socket during {method!r}")
-            buffer += chunk
+        lost = UserError(f"agentd closed the control socket during {method!r}: whether it was "
+                         "done is unknown (look, with a .list or .show method, before calling "
+                         "it again)")
+        try:  # MSG_NOSIGNAL: a node gone mid-request is an error here, not a SIGPIPE death
+            sock.sendall(json.dumps(request).encode() + b"\n", socket.MSG_NOSIGNAL)
+            buffer = b""
+            while not buffer.endswith(b"\n"):
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise lost
+                buffer += chunk
+        except ConnectionError as exc:  # reset or broken pipe: the node went away
+            raise lost from exc
     except TimeoutError as exc:
         raise UserError(f"agentd did not answer {method!r} within {timeout} s") from exc
     finally:
