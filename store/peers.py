@@ -29,6 +29,12 @@ def all_peers(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     ).fetchall()
 
 
+def last_seen(conn: sqlite3.Connection, agent: str) -> int | None:
+    """When a channel to ``agent`` was last open (ms), or None: never, as far as we know."""
+    row = conn.execute("SELECT last_seen FROM peers WHERE agent = ?", (agent,)).fetchone()
+    return row[0] if row else None
+
+
 def address_of(conn: sqlite3.Connection, agent: str) -> str | None:
     row = conn.execute("SELECT address FROM peers WHERE agent = ?", (agent,)).fetchone()
     return row[0] if row else None

@@ -5,6 +5,7 @@ wrong shape (refused as the message's fault, never left unacked as if we had fai
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import trio
@@ -389,3 +390,25 @@ async def test_voids_on_lifts_that_never_reached_us_leave_no_rows(tmp_path):
         assert victim.db.read_one("SELECT count(*) FROM lifts")[0] == 0
         assert await rpc(victim, "lift.list") == []
         assert set(lifts._heard_void) == {record["lift"] for record, kept in sent if kept}
+
+
+async def test_a_referee_that_never_answered_and_cannot_be_reached_starts_no_lift(tmp_path):
+    """ann's node names as referee an agent id mistyped (at the clearing house's address,
+    where another key answers): lift.pay and lift.clear are NO_REFEREE, and nothing is held
+    (a lift it could never decide would hold every hop's room for ever)."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net, limit=1000)
+        u, tl = world["users"], world["tallies"]
+        ann, dan, house = u["ann"], u["dan"], net.nodes[0]
+        typo = SigningKey.generate().agent_id
+        ann.learn_peer(typo, house.listen_address)
+        ann.config = dataclasses.replace(ann.config, lift=dataclasses.replace(
+            ann.config.lift, referee=typo))
+        for method, params in (("lift.pay", {"find": who(dan, "dan"), "units": 5}),
+                               ("lift.clear", {})):
+            error = await refused(ann, method, cuid="ann", **params)
+            assert error.reason == "NO_REFEREE"
+            assert f"the lift referee {typo} (at 127.0.0.1:" in error.message
+            assert "has never answered this node and cannot be reached now: " in error.message
+        assert await rpc(ann, "lift.list") == []
+        assert reserved(ann, "ann", tl["annbob"]) == (0, 0)

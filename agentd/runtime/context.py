@@ -170,6 +170,15 @@ class Runtime(Protocol):
         """Why the last dial of ``agent`` failed, while none since has succeeded."""
         ...
 
+    def seen_before(self, agent: str) -> bool:
+        """Whether a channel to ``agent`` is open or ever was (a known peer's last_seen)."""
+        ...
+
+    async def reach(self, agent: str, timeout: float) -> str | None:
+        """Open a channel to ``agent`` at the address we know, unless one is open (or it is
+        us); None once there is one, else why there is none (within ``timeout``)."""
+        ...
+
     def register_target(self, service: Service) -> None:
         """Deliver messages for ``service.target`` to ``service``."""
         ...

@@ -32,7 +32,7 @@ from agentd.runtime.links import Links
 from agentd.runtime.metrics import Metrics
 from agentd.runtime.outbox import OutboxPump
 from agentd.runtime.peer_admin import PeerAdmin
-from agentd.runtime.peers import PeerManager
+from agentd.runtime.peers import PeerManager, PeerUnreachable
 from agentd.runtime.refusals import rpc_error
 from agentd.runtime.reload import reload_config
 from agentd.runtime.replies import Replies
@@ -119,6 +119,24 @@ class Node:
 
     def dial_error(self, agent: str) -> str | None:
         return None if self.peers is None else self.peers.dial_error(agent)
+
+    def seen_before(self, agent: str) -> bool:
+        return self.connected(agent) or self.db.reading(
+            lambda conn: peer_store.last_seen(conn, agent)) is not None
+
+    async def reach(self, agent: str, timeout: float) -> str | None:
+        if agent == self.agent_id or self.connected(agent):
+            return None
+        if self.peers is None:
+            return "this node is not listening yet"
+        try:
+            with trio.fail_after(timeout):
+                await self.peers.connect(agent, self.address_of(agent))
+        except PeerUnreachable as exc:
+            return str(exc)
+        except trio.TooSlowError:
+            return f"no handshake within {timeout:g} s"
+        return None
 
     def new_tx(self, conn: sqlite3.Connection, now_ms: int | None = None) -> Tx:
         """A transaction context on ``conn``: the writer thread's, or the read connection's

@@ -63,6 +63,7 @@ WAIT_S = 30.0
 MAX_WAIT_S = 600.0
 QUERY_POLL_S = 60.0  # at most this long between looks while a lift is pending (a safety net)
 CLEAR_TRIES = 3  # searches lift.clear makes when concurrent lifts take the cycle it found
+REFEREE_DIAL_S = 5.0  # the most a lift waits for a channel to its referee before it starts
 _PENDING = (c.A_LIFT, c.L_LIFT)
 HEARD_VOIDS = 4096  # voids remembered on lifts whose promise has not reached us (writer thread)
 
@@ -100,6 +101,7 @@ class LiftService(Service):
         units, memo, life_ms = param_amount(units, "units"), param_memo(memo), self._life(life_s)
         if (target.agent, target.cuid) == (self.runtime.agent_id, cuid):
             raise invalid_params("find is the payor itself: use lift.clear for a circle")
+        await self._reach_referee()
         began = trio.current_time()
         found = await self.routes.search_near_first(cuid, target, units, "linear", first=True)
         if not found:
@@ -129,6 +131,7 @@ class LiftService(Service):
         looks nearest first, and waiting for a whole round to pick the best one cost seconds
         under load at 1,000 nodes (most calls ended ``NO_CYCLE`` at the time budget)."""
         life_ms = self._life(None) if life_ms is None else life_ms
+        await self._reach_referee()
         for attempt in range(CLEAR_TRIES):
             began = trio.current_time()
             found = await self.routes.search_near_first(
@@ -222,6 +225,21 @@ class LiftService(Service):
             return record
 
         return await self.ledger.transact(work)
+
+    async def _reach_referee(self) -> None:
+        """``NO_REFEREE`` when our lifts' referee has never answered us and does not now: a
+        lift its referee cannot decide would hold room on every hop's tallies until it can,
+        for ever if its agent id or address is mistyped. One that answered before but is
+        down now may decide later: its lifts start, and end good or void as it comes back."""
+        runtime, referee = self.runtime, self.referee()
+        if runtime.seen_before(referee.agent):
+            return
+        why = await runtime.reach(referee.agent, REFEREE_DIAL_S)
+        if why is not None:
+            raise Reject("NO_REFEREE", f"the lift referee {referee.agent} (at {referee.host}:"
+                         f"{referee.port}) has never answered this node and cannot be reached "
+                         f"now: {why}; check [lift] referee, else [clearinghouse] agent and "
+                         "address")
 
     def referee(self) -> ChipAddress:
         """Who decides our lifts: ``[lift] referee``, else our clearing house, else us."""
