@@ -25,6 +25,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -35,6 +36,7 @@ from store.schema import SchemaError, migrate
 
 T = TypeVar("T")
 MAX_BATCH = 2000
+FILE_CHECK_S = 1.0  # how often a commit first checks that the database's files are still ours
 _log = logging.getLogger("agentd.store")
 
 
@@ -169,6 +171,9 @@ class Database:
         self.jobs = 0
         self.errors = 0  # failures of ours (disk full, I/O error, locked): never the caller's
         self.last_error: str | None = None
+        self._files: dict[Path, tuple[int, int]] = {}  # (device, inode) of the db, its WAL
+        self._files_checked = 0.0
+        self._gone: str | None = None  # why the files are no longer ours: no more writes
 
     @classmethod
     def open(cls, path: Path | str, *, shared: SharedWriter | None = None,
@@ -243,8 +248,42 @@ class Database:
             if stop:
                 return
 
+    def _files_gone(self) -> str | None:
+        """Why the database file or its WAL is no longer the one this node opened (deleted or
+        replaced while it runs: what it would write next would be lost), or None. Checked at
+        most every ``FILE_CHECK_S``; once gone, for good."""
+        now = time.monotonic()
+        if self._gone is not None or now - self._files_checked < FILE_CHECK_S:
+            return self._gone
+        self._files_checked = now
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                found = os.stat(path)
+            except FileNotFoundError:
+                if path in self._files or path == self.path:
+                    self._gone = f"{path} was deleted while the node ran"
+                continue
+            identity = (found.st_dev, found.st_ino)
+            if self._files.setdefault(path, identity) != identity:
+                self._gone = f"{path} was replaced while the node ran"
+        if self._gone is not None:
+            _log.critical("%s: nothing more is written (what it would hold would be lost); "
+                          "stop the node, and restore the file or start afresh", self._gone)
+        return self._gone
+
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         alone = len(batch) == 1  # a lone job needs no savepoint: its failure undoes it all
+        gone = self._files_gone()
+        if gone is not None:
+            self.errors += 1
+            self.last_error = gone
+            failure = DatabaseError(f"not written: {gone}")
+            for job in batch:
+                job.fn, job.error, job.result = _ran, failure, None
+            events = [job.done for job in batch if job.done is not None]
+            if events:
+                self._token.run_sync_soon(_set_all, events)
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:

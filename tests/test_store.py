@@ -746,3 +746,27 @@ async def test_a_savepoint_undoes_its_block_alone_when_it_raises(tmp_path: Path)
         assert _meta_keys(db) >= {"before", "kept"}
         assert "undone" not in _meta_keys(db)
         assert db.reading(lambda conn: users.all_users(conn)) == []
+
+
+async def test_a_database_deleted_or_replaced_while_open_takes_no_more_writes(
+        tmp_path: Path, monkeypatch) -> None:
+    """What a node writes after its database file (or the WAL) was deleted or replaced would
+    be lost at the next start: every later write fails, as a failure of ours, naming why."""
+    monkeypatch.setattr("store.db.FILE_CHECK_S", 0.0)
+    for victim in ("gone.db", "gone.db-wal"):
+        path = tmp_path / "gone.db"
+        async with Database.open(path) as db:
+            await db.write(lambda c: inbox.claim(c, b"\x01" * 16, "p", 1))
+            os.unlink(tmp_path / victim)
+            with pytest.raises(DatabaseError, match=f"not written: .*{victim} was deleted"):
+                await db.write(lambda c: inbox.claim(c, b"\x02" * 16, "p", 2))
+            assert db.errors == 1 and "was deleted while the node ran" in db.last_error
+        for leftover in tmp_path.glob("gone.db*"):
+            leftover.unlink()
+    path = tmp_path / "swapped.db"
+    async with Database.open(path) as db:
+        await db.write(lambda c: inbox.claim(c, b"\x01" * 16, "p", 1))
+        os.rename(path, tmp_path / "old.db")
+        path.write_bytes(b"")
+        with pytest.raises(DatabaseError, match=r"swapped\.db was replaced"):
+            await db.write(lambda c: inbox.claim(c, b"\x02" * 16, "p", 2))
