@@ -259,7 +259,9 @@ async def test_pending_lift_chits_hold_capacity_until_decided(tmp_path):
         await net.restart(0)
         await settled_everywhere(list(u.values()), started["lift"], "void")
         shown = await rpc(ann, "lift.show", lift=started["lift"])
-        assert shown["error"].startswith("the referee voided it: its deadline passed")
+        assert shown["error"].startswith("the referee voided it: its deadline passed before the "
+                                         "terminus's commit reached it (a node on the path, "
+                                         "or the referee, down or slow")
         for payer, payee, tally in (("ann", "bob", tl["annbob"]), ("bob", "cat", tl["bobcat"]),
                                     ("cat", "dan", tl["catdan"])):
             assert reserved(u[payer], payer, tally) == (0, 0)

@@ -377,8 +377,9 @@ class LiftService(Service):
         if state == lf.VOID and row["error"] is None:  # say why, as far as we can tell
             late = isinstance(decision.get("date"), int) and decision["date"] >= row["deadline"]
             lifts.set_error(tx.conn, row["lift"], "the referee voided it: " + (
-                "its deadline passed before every hop had taken part (a node on the path down"
-                " or slow)" if late else "a hop could not take part and cancelled it"),
+                "its deadline passed before the terminus's commit reached it (a node on the"
+                " path, or the referee, down or slow; or clocks apart)" if late else
+                "a hop could not take part and cancelled it"),
                 tx.now_ms)
 
     def _hear_void(self, record: dict[str, Any], now_ms: int) -> None:
