@@ -225,10 +225,9 @@ def _signed_by(public: bytes, signature: bytes, message: bytes) -> bool:
 
 
 def _address(hop: dict[str, Any]) -> ChipAddress:
-    """A path entry as a recipient: its user, and where its node listens when the route
-    said (so a referee reaches nodes it never talked to)."""
-    return ChipAddress(agent=hop["agent"], cuid=hop["cuid"], host=hop.get("host"),
-                       port=hop.get("port"))
+    """A path entry's user, as a refusal names it. (No message goes to the address a path
+    entry may carry: a promise goes to a tally partner we know, a decision to agents.)"""
+    return ChipAddress(agent=hop["agent"], cuid=hop["cuid"])
 
 
 def _same(address: ChipAddress, hop: dict[str, Any]) -> bool:

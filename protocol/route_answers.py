@@ -39,9 +39,14 @@ class _Answers:
     def __init__(self, query: str, units: int, asked: set[User]) -> None:
         self.query, self.units = query, units
         self.asked, self.waiting = frozenset(asked), set(asked)
-        self.goods = self.frontier = 0
+        self.frontier = 0
         self.announced: dict[User, int] = {}  # goods each partner's end said it sent
         self.taken: dict[User, int] = {}  # goods each partner sent so far (MAX_ROUTES each)
+
+    @property
+    def goods(self) -> int:
+        """Goods the partners that ended their part said they sent, in all."""
+        return sum(self.announced.values())
 
     def take(self, action: str, obj: Any, sender: ChipAddress) -> bool:
         """Check and count one answer; whether it is one to act on (not another query's, not
@@ -68,7 +73,6 @@ class _Answers:
             return False
         self.waiting.discard(user_key(sender))
         self.announced[user_key(sender)] = obj["goods"]
-        self.goods += obj["goods"]
         self.frontier = min(self.frontier + obj["frontier"], MAX_FRONTIER)
         return True
 

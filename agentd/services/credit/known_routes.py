@@ -89,10 +89,11 @@ class KnownRoutes:
         held = self._held.pop((key, users)) - units
         if held:
             self._held[key, users] = held
+        known = self._known.get(key)
         if state == "good" and len(users) < self.longest:
             self._known[key] = Known(users, took_s)
             self._known.move_to_end(key)
             if len(self._known) > KNOWN:
                 self._known.popitem(last=False)
-        elif state == "void" and getattr(self._known.get(key), "via", None) == users:
+        elif state == "void" and known is not None and known.via == users:
             del self._known[key]

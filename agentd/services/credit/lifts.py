@@ -101,7 +101,7 @@ class LiftService(Service):
         units, memo, life_ms = param_amount(units, "units"), param_memo(memo), self._life(life_s)
         if (target.agent, target.cuid) == (self.runtime.agent_id, cuid):
             raise invalid_params("find is the payor itself: use lift.clear for a circle")
-        await self._reach_referee()
+        referee = await self._reach_referee()
         began = trio.current_time()
         found = await self.routes.search_near_first(cuid, target, units, "linear", first=True)
         if not found:
@@ -109,7 +109,7 @@ class LiftService(Service):
                          f"can carry {units} mCHIP now (no path of tallies with that much room "
                          "reaches that user, or that node has no such user)")
         record = await self._start(cuid, "linear", units, found[0], memo, life_ms,
-                                   took_s=trio.current_time() - began)
+                                   referee=referee, took_s=trio.current_time() - began)
         return lift_views.started(record)
 
     async def rpc_clear(self, cuid: str, units: int | None = None, memo: str = "",
@@ -131,7 +131,7 @@ class LiftService(Service):
         looks nearest first, and waiting for a whole round to pick the best one cost seconds
         under load at 1,000 nodes (most calls ended ``NO_CYCLE`` at the time budget)."""
         life_ms = self._life(None) if life_ms is None else life_ms
-        await self._reach_referee()
+        referee = await self._reach_referee()
         for attempt in range(CLEAR_TRIES):
             began = trio.current_time()
             found = await self.routes.search_near_first(
@@ -145,7 +145,7 @@ class LiftService(Service):
             amount = least if exact else best["capacity"]
             try:
                 record = await self._start(cuid, "circular", amount, best, memo, life_ms,
-                                           took_s=trio.current_time() - began)
+                                           referee=referee, took_s=trio.current_time() - began)
                 break
             except Refusal as exc:  # another lift took our first hop meanwhile: look again
                 if exc.code != "over_limit" or attempt == CLEAR_TRIES - 1:
@@ -205,9 +205,9 @@ class LiftService(Service):
     # -- starting a lift -----------------------------------------------------------------
 
     async def _start(self, cuid: str, kind: str, units: int, found: dict, memo: str,
-                     life_ms: int, *, took_s: float) -> dict[str, Any]:
-        """Record and promise a lift along ``found`` (its search took ``took_s``)."""
-        referee = self.referee()
+                     life_ms: int, *, referee: ChipAddress, took_s: float) -> dict[str, Any]:
+        """Record and promise a lift along ``found`` (its search took ``took_s``), to be
+        decided by ``referee``."""
         path = route.lift_path(found)
 
         def work(tx: Tx) -> dict[str, Any]:
@@ -226,20 +226,21 @@ class LiftService(Service):
 
         return await self.ledger.transact(work)
 
-    async def _reach_referee(self) -> None:
-        """``NO_REFEREE`` when our lifts' referee has never answered us and does not now: a
+    async def _reach_referee(self) -> ChipAddress:
+        """Our lifts' referee; ``NO_REFEREE`` when it has never answered us and does not now: a
         lift its referee cannot decide would hold room on every hop's tallies until it can,
         for ever if its agent id or address is mistyped. One that answered before but is
         down now may decide later: its lifts start, and end good or void as it comes back."""
         runtime, referee = self.runtime, self.referee()
         if runtime.seen_before(referee.agent):
-            return
+            return referee
         why = await runtime.reach(referee.agent, REFEREE_DIAL_S)
         if why is not None:
             raise Reject("NO_REFEREE", f"the lift referee {referee.agent} (at {referee.host}:"
                          f"{referee.port}) has never answered this node and cannot be reached "
                          f"now: {why}; check [lift] referee, else [clearinghouse] agent and "
                          "address")
+        return referee
 
     def referee(self) -> ChipAddress:
         """Who decides our lifts: ``[lift] referee``, else our clearing house, else us."""
