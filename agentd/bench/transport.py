@@ -32,6 +32,7 @@ from agentd.localnodes import (
     wait_ready,
     write_node,
 )
+from agentd.rpc import call
 from agentd.runtime.counters import Counters
 from agentd.runtime.transport import Channel, Hello, initiate, respond
 from protocol.codec import pack
@@ -156,12 +157,19 @@ async def handshake_rate(seconds: float) -> float:
 
 async def durable_rate(count: int, workdir: Path) -> float:
     """Acknowledged messages/s through outbox → Noise → inbox commit → ack → delete."""
-    receiver = write_node(workdir / "receiver", "receiver", free_ports(1)[0])
+    sender_key, (receiver_port, sender_port) = SigningKey.generate(), free_ports(2)
+    # the sender is the receiver's configured peer: a stranger's messages wait for the
+    # write ration (agentd.runtime.limits), which this would measure instead of the path
+    sender_peer = (f'[[peers]]\nname = "sender"\nagent = "{sender_key.agent_id}"\n'
+                   f'address = "127.0.0.1:{sender_port}"\n')
+    receiver = write_node(workdir / "receiver", "receiver", receiver_port,
+                          sections=sender_peer)
     process = spawn(receiver)
     try:
         await trio.to_thread.run_sync(wait_ready, [receiver], [process])
         async with trio.open_nursery() as nursery:
-            node = await start_node(nursery, local_config(workdir, "sender"))
+            node = await start_node(nursery, local_config(workdir, "sender", sender_port),
+                                    sender_key)
             agent = receiver.key.agent_id
             to = ChipAddress(agent=agent, host="127.0.0.1", port=receiver.port)
             node.learn_peer(agent, receiver.address, "receiver")
@@ -180,6 +188,10 @@ async def durable_rate(count: int, workdir: Path) -> float:
                 await trio.sleep(0.005)
             elapsed = time.perf_counter() - started
             node.stop()
+        info = await trio.to_thread.run_sync(call, receiver.socket, "getinfo", {}, 60)
+        if info["counters"]["rationed"]:
+            raise RuntimeError("the receiver rationed the sender's messages as a stranger's: "
+                               "the figure would measure the ration, not the path")
         return count / elapsed
     finally:
         stop([process])
