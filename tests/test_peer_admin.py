@@ -13,6 +13,9 @@ from agentd.config import load_config
 from agentd.rpc import RpcError
 from agentd.runtime.node import Node
 from protocol.keys import SigningKey
+from store import peers as peer_store
+from tests.netfixture import network
+from tests.test_credit_service import open_tally, users
 
 BOB = SigningKey(bytes([2]) * 32).agent_id
 CAROL = SigningKey(bytes([3]) * 32).agent_id
@@ -59,9 +62,16 @@ async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
         node.learn_peer(DAVE, "127.0.0.1:7904", "dave")  # as a hello would teach it
         sources = {p["agent"]: p["source"] for p in await node.rpc.call("peers.list", {})}
         assert sources == {BOB: "config", CAROL: "config", DAVE: "learned"}
-        with pytest.raises(RpcError, match=r"peers\.list shows it as learned") as learned:
+        before = path.read_text()
+        forgotten = await node.rpc.call("peers.remove", {"agent": DAVE})  # nothing needs it
+        assert forgotten == {"change": "forgotten", "config": str(path), "applied": [],
+                             "agent": DAVE}
+        assert node.address_of(DAVE) is None and path.read_text() == before
+        assert DAVE not in {p["agent"] for p in await node.rpc.call("peers.list", {})}
+        assert DAVE not in {row["agent"] for row in node.db.reading(peer_store.all_peers)}
+        with pytest.raises(RpcError, match="nor a peer this node learned") as gone:
             await node.rpc.call("peers.remove", {"agent": DAVE})
-        assert learned.value.reason == "UNKNOWN_PEER"
+        assert gone.value.reason == "UNKNOWN_PEER"
 
         removed = await node.rpc.call("peers.remove", {"agent": BOB})
         assert removed["change"] == "removed"
@@ -131,3 +141,37 @@ async def test_a_ping_that_times_out_says_why_the_peer_cannot_be_dialled(tmp_pat
         node.stop()
     said = [r for r in caplog.records if r.getMessage().startswith("cannot reach 127.0.0.1")]
     assert len(said) == 1 and said[0].levelname == "INFO"
+
+
+async def test_a_peer_the_node_still_needs_keeps_its_address(tmp_path):
+    """peers.remove forgets a learned peer only when nothing here still needs its address:
+    the clearing house and a tally partner's node are refused (PEER_IN_USE, saying why), and
+    a configured tally partner leaves the file but stays, learned, with ``kept`` saying why."""
+    async with network(tmp_path, 3, clearinghouse=2) as net:
+        alice, bob, house = net.nodes
+        path = tmp_path / "n0.toml"  # the file n0's config names, as `agentd init` writes it
+        path.write_text(f'[node]\nname = "n0"\ndata_dir = "n0"\nlisten = "127.0.0.1:0"\n\n'
+                        f'[clearinghouse]\nagent = "{house.agent_id}"\n'
+                        f'address = "{house.listen_address}"\n')
+        with pytest.raises(RpcError, match=r"\[clearinghouse\] agent in .*n0\.toml") as ch:
+            await alice.rpc.call("peers.remove", {"agent": house.agent_id})
+        assert ch.value.reason == "PEER_IN_USE"
+        assert alice.address_of(house.agent_id) == house.listen_address
+
+        removed = await alice.rpc.call("peers.remove", {"agent": bob.agent_id})
+        assert removed["change"] == "forgotten" and alice.address_of(bob.agent_id) is None
+        await users(alice, "ann")
+        await users(bob, "ben")
+        await open_tally(alice, "ann", bob, "ben")  # its ticket teaches alice bob's address
+        with pytest.raises(RpcError, match=r"partner's side of 1 of our tallies") as partner:
+            await alice.rpc.call("peers.remove", {"agent": bob.agent_id})
+        assert partner.value.reason == "PEER_IN_USE"
+        assert alice.address_of(bob.agent_id) == bob.listen_address
+
+        await alice.rpc.call("peers.add", {"name": "bob", "agent": bob.agent_id,
+                                           "address": bob.listen_address})
+        removed = await alice.rpc.call("peers.remove", {"agent": bob.agent_id})
+        assert removed["change"] == "removed" and "bob" not in path.read_text()
+        assert removed["kept"].startswith("its address stays (learned): it holds the partner")
+        assert alice.address_of(bob.agent_id) == bob.listen_address
+        assert alice.peer_source(bob.agent_id) == "learned"

@@ -24,9 +24,14 @@ from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.runtime.context import Reject
 from agentd.runtime.reload import reload_config
 from protocol.keys import IdentityError, agent_id_problem, parse_hostport
+from store import peers as peer_store
 
 if TYPE_CHECKING:
     from agentd.runtime.node import Node
+
+
+class _NotInFile(Exception):
+    """The config file's [[peers]] does not name the agent to remove."""
 
 
 class PeerAdmin:
@@ -68,27 +73,66 @@ class PeerAdmin:
         return self._apply(edit) | {"name": name, "agent": agent, "address": address}
 
     async def rpc_remove(self, agent: str) -> dict[str, Any]:
-        """Remove a peer from the config file's [[peers]], keeping the file's comments, and
-        forget its address now (a connection open to it closes when idle)."""
+        """Remove a peer from the config file's [[peers]] (keeping the file's comments), or
+        forget a learned one, and forget its address now (a connection open to it closes when
+        idle) — unless the node still needs that address (``_needed``): then a configured
+        peer leaves the file but its address stays, listed as learned (``kept`` says why),
+        and a learned one is refused (``PEER_IN_USE``)."""
         if (problem := agent_id_problem(agent)) is not None:
             raise invalid_params(f"agent: {problem}")
 
         def edit(peers: Any) -> str:
             keep = [i for i, entry in enumerate(peers) if entry.get("agent") != agent]
             if len(keep) == len(peers):
-                learned = (" (peers.list shows it as learned: its address came from a hello, a"
-                           " ticket or a certificate, and is kept to reach it)"
-                           if self.node.address_of(agent) else "")
-                raise RpcError(NOT_FOUND, f"{agent} is not in [[peers]] of "
-                               f"{self.node.config.path}{learned}", "UNKNOWN_PEER")
+                raise _NotInFile
             for index in reversed(range(len(peers))):
                 if index not in keep:
                     del peers[index]
             return "removed"
 
-        result = self._apply(edit)
+        try:
+            result = self._apply(edit) | {"agent": agent}
+        except _NotInFile:
+            return await self._forget_learned(agent)
+        why = self._needed(agent)
+        if why is not None:
+            return result | {"kept": f"its address stays (learned): {why}"}
         await self.node.forget_peer(agent)
-        return result | {"agent": agent}
+        return result
+
+    async def _forget_learned(self, agent: str) -> dict[str, Any]:
+        node, path = self.node, self.node.config.path
+        stored = node.db.reading(lambda conn: peer_store.address_of(conn, agent))
+        if node.address_of(agent) is None and stored is None:
+            raise RpcError(NOT_FOUND, f"{agent} is not in [[peers]] of {path}, nor a peer this "
+                           "node learned an address of (peers.list)", "UNKNOWN_PEER")
+        why = self._needed(agent)
+        if why is not None:
+            raise Reject("PEER_IN_USE", f"{agent} is not in [[peers]] of {path} but learned, "
+                         f"and this node still needs its address: {why}")
+        await node.forget_peer(agent)
+        return {"change": "forgotten", "config": str(path), "applied": [], "agent": agent}
+
+    def _needed(self, agent: str) -> str | None:
+        """Why the node still needs to know where ``agent`` listens, or None. It needs the
+        nodes it dials on its own for what it keeps: its clearing house (evidence), its
+        ``[lift] referee`` (every lift it starts), and the partner's node of a tally of ours
+        that is not void (chain and tally messages; a start learns it again from the tally's
+        certificate anyway). Not needed: whatever else a hello, a ticket or a lift taught it —
+        a message that names its own address (a lift's query to its referee, a reply) still
+        goes there, and a peer that dials us is still answered."""
+        config = self.node.config
+        if config.clearinghouse is not None and config.clearinghouse.agent == agent:
+            return (f"it is the clearing house ([clearinghouse] agent in {config.path}); "
+                    "to stop using it, change that section and reload")
+        if config.lift.referee == agent:
+            return (f"it is the lift referee ([lift] referee in {config.path}); to stop "
+                    "using it, change that and reload")
+        tallies = self.node.db.reading(lambda conn: peer_store.tallies_with(conn, agent))
+        if tallies:
+            return (f"it holds the partner's side of {tallies} of our tallies (tally.list), "
+                    "whose messages go to its node for as long as they are kept")
+        return None
 
     def _apply(self, edit) -> dict[str, Any]:
         node = self.node
