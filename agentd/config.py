@@ -130,6 +130,14 @@ class Config:
     def listen_host_port(self) -> tuple[str, int]:
         return parse_hostport(self.listen)
 
+    @property
+    def referee(self) -> str | None:
+        """The agent that decides the lifts this node starts: ``[lift] referee``, else the
+        clearing house; None: this node itself (DESIGN.md §4)."""
+        if self.lift.referee is not None or self.clearinghouse is None:
+            return self.lift.referee
+        return self.clearinghouse.agent
+
 
 class _Problems:
     """Every complaint about one config file, raised together (one line each, naming the key

@@ -53,6 +53,28 @@ def test_peers_relay_rules_and_log_level_apply_and_the_rest_waits(tmp_path):
     assert reload_config(node) == {"applied": [], "restart": ["node.listen"]}
 
 
+def test_a_new_clearing_house_names_the_lift_referee_it_makes(tmp_path):
+    """With no [lift] referee the clearing house referees our lifts, so changing who it is
+    changes the referee at once, and reload says so; its new address alone does not, and
+    neither does a clearing house beside a [lift] referee of our own."""
+    house = f'\n[clearinghouse]\nagent = "{CAROL}"\naddress = "127.0.0.1:7903"\n'
+    node, path = node_from(tmp_path, BASE)
+    path.write_text(BASE + house)
+    assert reload_config(node) == {"applied": ["clearinghouse", "lift.referee"], "restart": []}
+    assert node.config.referee == CAROL
+    path.write_text(BASE + house.replace("7903", "7913"))
+    assert reload_config(node) == {"applied": ["clearinghouse"], "restart": []}
+    path.write_text(BASE)
+    assert reload_config(node) == {"applied": ["clearinghouse", "lift.referee"], "restart": []}
+    assert node.config.referee is None  # this node referees its own lifts again
+
+    own = f'\n[lift]\nreferee = "{BOB}"\n'
+    node, path = node_from(tmp_path, BASE + own)
+    path.write_text(BASE + own + house)
+    assert reload_config(node) == {"applied": ["clearinghouse"], "restart": []}
+    assert node.config.referee == BOB
+
+
 @pytest.mark.parametrize("bad, complaint", [
     ('\n[[relay.access]]\nprincipal = "nobody"\nresource = "user:*"\n',
      r"relay\.access\[1\]\.principal"),

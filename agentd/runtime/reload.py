@@ -50,8 +50,9 @@ def reload_config(node: Node) -> dict[str, Any]:
     """Re-read ``node``'s config file and apply what can change while it runs.
 
     Returns what changed, by the keys' names in the file: ``{applied: [keys], restart:
-    [keys]}``. Raises ``UserError`` (nothing applied, and logged) for a config file that is
-    missing or invalid.
+    [keys]}``; ``applied`` names ``lift.referee`` too when a new ``[clearinghouse]`` changes
+    who referees new lifts (``[lift] referee`` unset: the clearing house does). Raises
+    ``UserError`` (nothing applied, and logged) for a config file that is missing or invalid.
     """
     old = node.config
     try:
@@ -66,6 +67,8 @@ def reload_config(node: Node) -> dict[str, Any]:
     restart = changed_keys(old, new, [field.name for field in fields(Config)
                                       if field.name not in LIVE and field.name != "path"])
     node.config = replace(old, **{name: getattr(new, name) for name in LIVE})
+    if node.config.referee != old.referee:  # [clearinghouse] moved the default lift referee
+        applied.insert(applied.index("clearinghouse") + 1, "lift.referee")
     if "peers" in live or "clearinghouse" in live:
         node.configure_peers()
     if "relay_access" in live or "relay_verify" in live:

@@ -245,9 +245,7 @@ class LiftService(Service):
     def referee(self) -> ChipAddress:
         """Who decides our lifts: ``[lift] referee``, else our clearing house, else us."""
         node, config = self.runtime, self.runtime.config
-        agent = config.lift.referee
-        if agent is None and config.clearinghouse is not None:
-            agent = config.clearinghouse.agent
+        agent = config.referee
         if agent is None or agent == node.agent_id:
             return node.own_address()
         where = node.address_of(agent)
