@@ -171,6 +171,7 @@ class Database:
         self.jobs = 0
         self.errors = 0  # failures of ours (disk full, I/O error, locked): never the caller's
         self.last_error: str | None = None
+        self.last_error_at: int | None = None  # when (ms since the epoch): is it still news?
         self._files: dict[Path, tuple[int, int]] = {}  # (device, inode) of the db, its WAL
         self._files_checked = 0.0
         self._gone: str | None = None  # why the files are no longer ours: no more writes
@@ -275,8 +276,7 @@ class Database:
         alone = len(batch) == 1  # a lone job needs no savepoint: its failure undoes it all
         gone = self._files_gone()
         if gone is not None:
-            self.errors += 1
-            self.last_error = gone
+            self._count_error(gone)
             failure = DatabaseError(f"not written: {gone}")
             for job in batch:
                 job.fn, job.error, job.result = _ran, failure, None
@@ -325,10 +325,13 @@ class Database:
 
     def _failed(self, exc: sqlite3.Error) -> None:
         """Count and log loudly a failure of the database itself (it is shown by getinfo)."""
-        self.errors += 1
-        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._count_error(f"{type(exc).__name__}: {exc}")
         _log.error("database write failed (%s); the work is not lost: messages stay unacked"
                    " and are retried by their senders", self.last_error)
+
+    def _count_error(self, error: str) -> None:
+        self.errors += 1
+        self.last_error, self.last_error_at = error, time.time_ns() // 1_000_000
 
     # -- lifecycle -----------------------------------------------------------------------
 

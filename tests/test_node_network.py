@@ -12,6 +12,7 @@ from agentd.rpc import RpcError
 from agentd.runtime import outbox as outbox_pump
 from protocol.keys import ChipAddress
 from protocol.messages import Send
+from store import DatabaseError
 from tests.netfixture import dial_failures, network, wait_for
 
 
@@ -154,3 +155,21 @@ async def test_a_clean_stop_deletes_the_rows_of_messages_already_acked(tmp_path)
         await net.stop(0)  # at once: within the flusher's wait
         with sqlite3.connect(path) as conn:
             assert conn.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
+
+
+async def test_getinfo_says_when_the_last_database_failure_was(tmp_path, monkeypatch):
+    """``last_db_error`` alone cannot tell an operator whether it is news: ``last_db_error_at``
+    (ms since the epoch) says when, and both are null while nothing has failed."""
+    monkeypatch.setattr("store.db.FILE_CHECK_S", 0.0)
+    async with network(tmp_path, n=1) as net:
+        node = net.nodes[0]
+        await node.rpc.call("users.add", {"cuid": "ann"})  # and the writes queued at start
+        info = await node.rpc.call("getinfo", {})
+        assert info["last_db_error"] is None and info["last_db_error_at"] is None
+        node.config.db_path.unlink()  # a failure of ours: every write from now on fails
+        before = node.clock.now_ms()
+        with pytest.raises(DatabaseError):
+            await node.rpc.call("users.add", {"cuid": "bob"})
+        info = await node.rpc.call("getinfo", {})
+        assert "was deleted while the node ran" in info["last_db_error"]
+        assert before <= info["last_db_error_at"] <= node.clock.now_ms()

@@ -367,6 +367,7 @@ class Node:
                          "partial_frame_bytes": self.peers.budget.total,
                          "stranger_frame_bytes": self.decoding.used},
             "last_db_error": self.db.last_error,
+            "last_db_error_at": self.db.last_error_at,
         }
 
     async def rpc_peers(self) -> list[dict]:
