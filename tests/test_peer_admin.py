@@ -14,7 +14,7 @@ from agentd.rpc import RpcError
 from agentd.runtime.node import Node
 from protocol.keys import SigningKey
 from store import peers as peer_store
-from tests.netfixture import network
+from tests.netfixture import Network, network
 from tests.test_credit_service import open_tally, users
 
 BOB = SigningKey(bytes([2]) * 32).agent_id
@@ -139,8 +139,38 @@ async def test_a_ping_that_times_out_says_why_the_peer_cannot_be_dialled(tmp_pat
         assert caught.value.message.startswith(f"cannot reach {BOB}: ")
         assert f"cannot reach 127.0.0.1:{port}" in caught.value.message
         node.stop()
-    said = [r for r in caplog.records if r.getMessage().startswith("cannot reach 127.0.0.1")]
+    said = [r for r in caplog.records if f"cannot reach 127.0.0.1:{port}" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "INFO"
+    assert said[0].getMessage().startswith(f"bob (agent {BOB[:8]}): ")
+
+
+async def test_a_peer_configured_with_another_nodes_agent_id_is_named_with_the_fix(
+        tmp_path, caplog):
+    """A [[peers]] entry whose agent id is not that of the node at its address: the dial
+    fails (that node cannot read an IK handshake made for another key and hangs up), and
+    the ping's error and the log line name the peer, the address dialled and the likely
+    cause, with the line of the config to check; the other node's log says who dialled."""
+    caplog.set_level(logging.INFO, logger="agentd.runtime.peers")
+    wrong = SigningKey.generate().agent_id
+    async with trio.open_nursery() as nursery:
+        net = Network(nursery, tmp_path)
+        bob = await net.start("bob", SigningKey.generate())
+        alice = await net.start("alice", SigningKey.generate(), sections={"peers": [
+            {"name": "bob", "agent": wrong, "address": bob.listen_address}]})
+        with pytest.raises(RpcError) as caught:
+            await alice.rpc.call("peers.ping", {"agent": wrong})
+        hint = (f"most likely the node at {bob.listen_address} has another key than bob "
+                f'(agent {wrong[:8]}): check agent = "{wrong}" of [[peers]] "bob" in '
+                f"{alice.config.path}")
+        assert caught.value.reason == "UNREACHABLE" and hint in caught.value.message
+        assert f"cannot reach {bob.listen_address}: handshake_eof" in caught.value.message
+        alice.stop()
+        bob.stop()
+    said = [r for r in caplog.records if hint in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING"
+    assert said[0].getMessage().startswith(f"bob (agent {wrong[:8]}): cannot reach ")
+    assert any(r.getMessage().startswith("inbound handshake from 127.0.0.1 rejected: "
+                                         "handshake_failed") for r in caplog.records)
 
 
 async def test_a_peer_the_node_still_needs_keeps_its_address(tmp_path):

@@ -239,6 +239,20 @@ class Node:
         return "config" if agent in configured or (house and house.agent == agent) \
             else "learned"
 
+    def describe_peer(self, agent: str) -> tuple[str, str]:
+        """How a log line names ``agent`` (its name, if known, and the start of its id), and
+        where an operator checks the agent id the node dials it by."""
+        name = self._peer_names.get(agent)
+        who = f"{name} (agent {agent[:8]})" if name else f"agent {agent[:8]}"
+        config, house = self.config, self.config.clearinghouse
+        peer = next((peer for peer in config.peers if peer.agent == agent), None)
+        if peer is not None:
+            return who, f'agent = "{agent}" of [[peers]] "{peer.name}" in {config.path}'
+        if house is not None and house.agent == agent:
+            return who, f"[clearinghouse] agent in {config.path}"
+        return who, (f"the address learned for it (peers.list); peers.remove agent={agent} "
+                     "forgets it")
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def stop(self) -> None:
@@ -275,6 +289,7 @@ class Node:
             idle_timeout=self.config.idle_timeout, on_frame=self.dispatcher.on_frame,
             on_channel=self._channel_opened, on_channel_closed=self._channel_closed,
             limits=self.config.limits, is_known=self.is_known, links=self.links,
+            describe=self.describe_peer,
         )
         await nursery.start(self.peers.run)
         await nursery.start(self.pump.run)

@@ -63,7 +63,11 @@ class PeerManager:
         limits: Limits | None = None,
         is_known: Callable[[str], bool] = lambda agent: False,
         links: Links | None = None,
+        describe: Callable[[str], tuple[str, str]] = lambda agent: (
+            f"agent {agent[:8]}", "its agent id"),
     ) -> None:
+        """``describe(agent)``: how a log line names a peer, and where the operator checks its
+        agent id (its line of the config), for a dial that failed."""
         self.key = key
         self.links = links  # simulated link faults, agentd sim only
         self.hello = hello
@@ -78,6 +82,7 @@ class PeerManager:
         self._dial: dict[str, _DialState] = {}
         self.limits = limits = limits or Limits()
         self._is_known = is_known
+        self._describe = describe
         self.handshakes = HandshakeSlots(limits, handshake_timeout, counters)
         self.budget = FrameBudget(limits.partial_frames_budget)
         self._nursery: trio.Nursery | None = None
@@ -117,7 +122,9 @@ class PeerManager:
         except ChannelClosed as exc:
             self.counters.handshakes_failed += 1
             self.counters.reject(exc.reason)
-            log.info("inbound handshake rejected: %s", exc)
+            log.info("inbound handshake from %s rejected: %s%s", address, exc,
+                     " (a node dialling another agent id at our address?)"
+                     if exc.reason == "handshake_failed" else "")
             await stream.aclose()
             return
         except Exception as exc:  # a socket error of any kind costs this connection only
@@ -202,9 +209,15 @@ class PeerManager:
                 state.retry_at = trio.current_time() + delay * _JITTER.uniform(0.5, 1.0)
                 if isinstance(exc, ChannelClosed):
                     self.counters.handshakes_failed += 1
+                who, where = self._describe(agent)
                 state.error = f"cannot reach {address}: {exc or type(exc).__name__}"
+                wrong_key = isinstance(exc, ChannelClosed) and exc.reason == "handshake_eof"
+                if wrong_key:  # an IK responder without the key we dial cannot read us
+                    state.error += (f"; most likely the node at {address} has another key "
+                                    f"than {who}: check {where}")
                 if state.failures == 1:  # once a streak: the retries back off quietly
-                    log.info("%s (agent %s); retrying with backoff", state.error, agent[:8])
+                    log.log(logging.WARNING if wrong_key else logging.INFO,
+                            "%s: %s; retrying with backoff", who, state.error)
                 raise PeerUnreachable(state.error) from exc
             state.failures = 0
             state.retry_at = 0.0
