@@ -5,13 +5,17 @@
 alice, bob, carol and their clearing house) as processes of their own
 session, so they outlive the command, waits until each listens (its control socket answers
 ``getinfo``), then prints each node's agent id and how to call and stop them. A node already
-running for a config is left as it is. ``down`` asks each node to ``stop`` through its control
-socket and waits until it has gone. Each node logs to ``agentd.log`` in its data dir.
+running for a config is left as it is, and so is one another ``up`` is starting: each ``up``
+holds ``DATA_DIR/agentd.up.lock`` (``flock``) from deciding to start a node until it answers,
+so two at once never both start one, nor both say they did. ``down`` asks each node to
+``stop`` through its control socket and waits until it has gone. Each node logs to
+``agentd.log`` in its data dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import subprocess
 import sys
@@ -24,6 +28,7 @@ from agentd.rpc import RpcError, call
 
 DEFAULT_DIR = Path("configs/local")
 READY_TIMEOUT = 30.0
+START_LOCK = "agentd.up.lock"
 STOP_TIMEOUT = 15.0
 
 
@@ -51,13 +56,42 @@ def _info(socket_path: Path) -> dict | None:
         return None
 
 
+def _claim_start(config: Config) -> int | None:
+    """The descriptor holding ``config``'s start lock, for this ``up`` to start the node; None
+    when another ``up`` holds it (that one starts the node)."""
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(config.data_dir / START_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def up(directory: Path) -> int:
     configs: list[Config] = [load_config(path) for path in _configs(directory)]
+    locks: list[int] = []  # held until the nodes this up starts answer
+    try:
+        return _up(directory, configs, locks)
+    finally:
+        for fd in locks:
+            os.close(fd)
+
+
+def _up(directory: Path, configs: list[Config], locks: list[int]) -> int:
     started: dict[Path, subprocess.Popen] = {}  # by config file: two may share a name
+    elsewhere = 0  # nodes another `agentd up` is starting
     for config in configs:
         if _info(config.socket_path) is not None:
             continue  # already running: leave it be
-        config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = _claim_start(config)
+        if fd is None:
+            elsewhere += 1  # it answers once the other up has started it
+            continue
+        locks.append(fd)
+        if _info(config.socket_path) is not None:
+            continue  # started by an up that held the lock until just now
         with open(config.data_dir / "agentd.log", "ab") as log:
             started[config.path] = subprocess.Popen(
                 [sys.executable, "-m", "agentd", "run", "-c", str(config.path)],
@@ -79,8 +113,9 @@ def up(directory: Path) -> int:
                                 + _left_running(configs, config, stop_them))
             time.sleep(0.05)
         infos[config.path] = info
-    print(f"agentd up: {_nodes(len(configs))} running from {shown} "
-          f"({len(started)} started, {len(configs) - len(started)} already running)")
+    others = f", {elsewhere} being started by another `agentd up`" if elsewhere else ""
+    print(f"agentd up: {_nodes(len(configs))} running from {shown} ({len(started)} started, "
+          f"{len(configs) - len(started) - elsewhere} already running{others})")
     width = max(len(config.name) for config in configs)
     for config in configs:
         info = infos[config.path]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from agentd.errors import UserError
 from agentd.up import _configs, down
-from tests.clihelpers import init, start
+from tests.clihelpers import AGENTD, init, start
 
 
 def test_up_takes_the_toml_files_and_the_agentd_toml_of_each_subdirectory(tmp_path: Path):
@@ -42,3 +44,26 @@ def test_down_names_the_nodes_it_stopped_and_those_not_running(tmp_path: Path, c
             process.kill()
     assert down(tmp_path) == 0
     assert capsys.readouterr().out == "agentd down: no node was running\n"
+
+
+def test_two_concurrent_ups_start_each_node_once(tmp_path: Path):
+    """Two ``agentd up DIR`` at once: each node is started by one of them, and the other says
+    it was being started elsewhere, not that it started it (nor that it failed)."""
+    for name in ("a", "b"):
+        init(tmp_path, name)
+    ups = [subprocess.Popen([*AGENTD, "up", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        outputs = [process.communicate(timeout=60) for process in ups]
+        assert [process.returncode for process in ups] == [0, 0], outputs
+        counts = [re.search(r"\((\d) started, (\d) already running(?:, (\d) being started "
+                            r"by another `agentd up`)?\)", out).groups(default="0")
+                  for out, _ in outputs]
+        started = sorted(int(count[0]) for count in counts)
+        assert sum(started) == 2, outputs  # every node once, by one up or the other
+        assert all(int(c[0]) + int(c[1]) + int(c[2]) == 2 for c in counts), outputs
+        logs = "".join((tmp_path / name / "data" / "agentd.log").read_text()
+                       for name in ("a", "b"))
+        assert "already running" not in logs  # no second `agentd run` was even tried
+    finally:
+        assert down(tmp_path) == 0
