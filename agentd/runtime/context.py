@@ -170,6 +170,11 @@ class Runtime(Protocol):
         """Why the last dial of ``agent`` failed, while none since has succeeded."""
         ...
 
+    def clock_ahead_ms(self, agent: str) -> int | None:
+        """How far ``agent``'s clock is ahead of ours, from its messages' send times
+        (``agentd.runtime.clocks``); None before any message of its."""
+        ...
+
     def seen_before(self, agent: str) -> bool:
         """Whether a channel to ``agent`` is open or ever was (a known peer's last_seen)."""
         ...

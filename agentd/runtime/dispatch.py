@@ -147,6 +147,7 @@ class Dispatcher:
             await channel.send_frame(ack_frame(message.id, refusal.code, refusal.message))
             return
         started = time.perf_counter()
+        self.node.clocks.sample(channel.agent, message.last, self.node.clock.now_ms())
         pending = self._start(message, channel.agent, share)
         heard = _Heard.of(message)
         del message  # the pipeline keeps what concluding needs, not the object

@@ -24,6 +24,7 @@ from agentd.logs import event
 from agentd.rpc import RpcServer
 from agentd.runtime import datadir
 from agentd.runtime.clock import Clock
+from agentd.runtime.clocks import PeerClocks
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
@@ -83,6 +84,7 @@ class Node:
         self._peer_addresses: dict[str, str] = {}
         self._peer_names: dict[str, str] = {}
         self.strangers = Strangers()
+        self.clocks = PeerClocks(lambda agent: self.describe_peer(agent)[0])
         limits = config.limits
         self.ration = WriteRation(limits.stranger_write_rate, limits.stranger_write_burst,
                                   limits.all_strangers_write_rate, limits.all_strangers_write_burst)
@@ -116,6 +118,9 @@ class Node:
 
     def connected(self, agent: str) -> bool:
         return self.peers is not None and self.peers.connected(agent)
+
+    def clock_ahead_ms(self, agent: str) -> int | None:
+        return self.clocks.ahead_ms(agent)
 
     def dial_error(self, agent: str) -> str | None:
         return None if self.peers is None else self.peers.dial_error(agent)
@@ -401,6 +406,7 @@ class Node:
                 "source": self.peer_source(agent),
                 "connected": connected,
                 "last_seen": now if connected else (row["last_seen"] if row else None),
+                "clock_ahead_ms": self.clocks.ahead_ms(agent),
             })
         return out
 

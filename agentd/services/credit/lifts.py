@@ -37,6 +37,7 @@ import trio
 
 from agentd.logs import event
 from agentd.rpc import invalid_params
+from agentd.runtime import clocks
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.services.credit import lift_views
 from agentd.services.credit.ledger import CreditLedger
@@ -377,9 +378,17 @@ class LiftService(Service):
             late = isinstance(decision.get("date"), int) and decision["date"] >= row["deadline"]
             lifts.set_error(tx.conn, row["lift"], "the referee voided it: " + (
                 "its deadline passed before the terminus's commit reached it (a node on the"
-                " path, or the referee, down or slow; or clocks apart)" if late else
-                "a hop could not take part and cancelled it"),
+                f" path, or the referee, down or slow; or {self._clocks(decision)})" if late
+                else "a hop could not take part and cancelled it"),
                 tx.now_ms)
+
+    def _clocks(self, decision: dict[str, Any]) -> str:
+        """What a late void says of the clocks: the referee's offset from ours, when its
+        messages have shown it (``agentd.runtime.clocks``) to be off by more than noise."""
+        ahead = self.runtime.clock_ahead_ms(decision["referee"])
+        if ahead is None or abs(ahead) < clocks.WARN_MS:
+            return "clocks apart"
+        return f"clocks apart: the referee's is {ahead / 1000:+.1f} s from this node's"
 
     def _hear_void(self, record: dict[str, Any], now_ms: int) -> None:
         """Remember a void on a lift that names our node but has not reached it, so its
