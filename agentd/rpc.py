@@ -24,6 +24,7 @@ from agentd.errors import UserError, did_you_mean
 from agentd.rpc_types import check_params
 from protocol.errors import Refusal
 from protocol.keys import b64u
+from store import is_failure
 
 log = logging.getLogger("agentd.rpc")
 
@@ -35,6 +36,7 @@ INTERNAL_ERROR = -32603
 REFUSED = -32010  # the request was understood and refused; data.reason says why
 NOT_FOUND = -32011
 TIMEOUT = -32013
+DATABASE = -32014  # the node's database failed (disk full, I/O error, file deleted): not the call
 MAX_REQUEST = 4 << 20  # one request line, in bytes: a longer one is refused, the socket closed
 MAX_MESSAGE = 1000  # characters of an error message: one echoing a huge value is cut short
 
@@ -71,6 +73,18 @@ def jsonable(value: Any) -> Any:
 
 def invalid_params(message: str) -> RpcError:
     return RpcError(INVALID_PARAMS, message, "INVALID_PARAMS")
+
+
+def database_error(method: str, exc: BaseException) -> RpcError:
+    """A call that met a failure of the node's database (``store.is_failure``): the node's
+    fault, not the request's, said so, and logged (the writer counted it for getinfo). The
+    write that failed changed nothing (a job is rolled back whole, or never run); a call that
+    wrote before it may have saved that earlier write, so the message does not promise more."""
+    log.error("RPC %s: the node's database failed: %s", method, exc)
+    return RpcError(DATABASE, f"the node could not use its database: {exc}; the write that "
+                    "failed changed nothing. This is the node's failure, not the request's: "
+                    "fix the cause (the node's log and getinfo.last_db_error say more) before "
+                    "calling again", "DATABASE")
 
 
 class RpcServer:
@@ -127,6 +141,10 @@ class RpcServer:
             if exc.code != INVALID_PARAMS or exc.message.startswith(f"{name}: "):
                 raise
             raise RpcError(exc.code, f"{name}: {exc.message}", exc.reason) from exc
+        except Exception as exc:
+            if not is_failure(exc):
+                raise  # a bug: the caller answers INTERNAL_ERROR
+            raise database_error(name, exc) from exc
         finally:
             if self.observe is not None:
                 self.observe(name, time.perf_counter() - started)

@@ -3,6 +3,6 @@
 No sockets and no protocol decisions live here.
 """
 
-from store.db import Database, DatabaseError, SharedWriter
+from store.db import Database, DatabaseError, SharedWriter, is_failure
 
-__all__ = ["Database", "DatabaseError", "SharedWriter"]
+__all__ = ["Database", "DatabaseError", "SharedWriter", "is_failure"]

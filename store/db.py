@@ -44,6 +44,22 @@ class DatabaseError(Exception):
     """The database cannot be opened, or the writer has stopped."""
 
 
+# SQLite's primary result codes that say the database failed, not the statement: busy,
+# locked, out of memory, read-only, I/O error, corrupt, full, cannot open, lock protocol,
+# not a database
+_FAILURE_CODES = frozenset({5, 6, 7, 8, 10, 11, 13, 14, 15, 26})
+
+
+def is_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database failing (disk full, I/O error, locked, its file deleted
+    or corrupt): work that meets it is tried again later. Bad SQL, a broken constraint or a
+    misuse is a bug of ours instead, and surfaces as one."""
+    if isinstance(exc, DatabaseError):
+        return True
+    return (isinstance(exc, sqlite3.Error)
+            and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _FAILURE_CODES)
+
+
 class _Job:
     __slots__ = ("done", "error", "fn", "result")
 
@@ -217,14 +233,20 @@ class Database:
 
     def reading(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run the repository function ``fn`` on the read connection (event loop, no wait):
-        it sees the last committed state."""
-        return fn(self._reader)
+        it sees the last committed state. A failure of the database is counted, as a
+        write's is."""
+        try:
+            return fn(self._reader)
+        except sqlite3.Error as exc:
+            if is_failure(exc):
+                self._count_error(f"{type(exc).__name__}: {exc}")
+            raise
 
     def read(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
-        return self._reader.execute(sql, params).fetchall()
+        return self.reading(lambda conn: conn.execute(sql, params).fetchall())
 
     def read_one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
-        return self._reader.execute(sql, params).fetchone()
+        return self.reading(lambda conn: conn.execute(sql, params).fetchone())
 
     # -- the writer thread ---------------------------------------------------------------
 
@@ -330,6 +352,8 @@ class Database:
                    " and are retried by their senders", self.last_error)
 
     def _count_error(self, error: str) -> None:
+        """Count a failure of the database (shown by getinfo): a write's, on the writer
+        thread, or a read's, on the event loop."""
         self.errors += 1
         self.last_error, self.last_error_at = error, time.time_ns() // 1_000_000
 

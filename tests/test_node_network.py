@@ -12,7 +12,6 @@ from agentd.rpc import RpcError
 from agentd.runtime import outbox as outbox_pump
 from protocol.keys import ChipAddress
 from protocol.messages import Send
-from store import DatabaseError
 from tests.netfixture import dial_failures, network, wait_for
 
 
@@ -168,8 +167,8 @@ async def test_getinfo_says_when_the_last_database_failure_was(tmp_path, monkeyp
         assert info["last_db_error"] is None and info["last_db_error_at"] is None
         node.config.db_path.unlink()  # a failure of ours: every write from now on fails
         before = node.clock.now_ms()
-        with pytest.raises(DatabaseError):
-            await node.rpc.call("users.add", {"cuid": "bob"})
+        with pytest.raises(RpcError, match="was deleted while the node ran"):
+            await node.rpc.call("users.add", {"cuid": "bob"})  # -32014 DATABASE
         info = await node.rpc.call("getinfo", {})
         assert "was deleted while the node ran" in info["last_db_error"]
         assert before <= info["last_db_error_at"] <= node.clock.now_ms()

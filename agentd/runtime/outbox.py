@@ -126,7 +126,6 @@ class OutboxPump:
         self._unacked: dict[str, int] = {}
         self._window_open: dict[str, trio.Event] = {}
         self._acked: list[bytes] = []
-        self._acked_event = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._early: list[Outgoing] = []
         self._spilled: dict[str, int] = {}  # peer -> the last seq in memory: later rows wait
@@ -134,7 +133,9 @@ class OutboxPump:
         self._rows_swept = 0.0  # when _expire_rows last looked (monotonic)
         self.round_trips: dict[str, RoundTrip] = {}
         self.round_trip = RoundTrip()  # all peers': the timeout of a peer not yet measured
-        self._scanner = Ticker(SCAN_INTERVAL, self._scan)
+        self._scanner = Ticker(SCAN_INTERVAL, self._scan, task="the outbox's retry scan")
+        self._flusher = Ticker(ACK_DELETE_S, self._flush_acked, armed=False,
+                               task="deleting acked outbox rows")
 
     @property
     def depth(self) -> int:
@@ -322,7 +323,7 @@ class OutboxPump:
         """Delete an acked message's row with the next batch of deletes."""
         if item.durable:
             self._acked.append(item.id)
-            self._acked_event.set()
+            self._flusher.wake()
 
     def withdraw(self, message_id: bytes) -> None:
         """Stop delivering a message whose row the caller has marked failed or deleted."""
@@ -336,13 +337,21 @@ class OutboxPump:
         fewer per message sent. A crash before it only makes the next run send those
         messages again, and their recipients ack the duplicates; a clean stop deletes them."""
         try:
-            while True:
-                await self._acked_event.wait()
-                await trio.sleep(ACK_DELETE_S)
-                self._acked_event = trio.Event()
-                self._delete_acked()
+            await self._flusher.run()
         finally:  # cancelled by the stop: the database takes this job before it closes
             self._delete_acked()
+
+    async def _flush_acked(self) -> bool:
+        """Delete the rows acked since the last flush; ids whose delete failed (the
+        database's failure) are kept for the ticker's next try."""
+        ids, self._acked = self._acked, []
+        if ids:
+            try:
+                await self.node.db.write(lambda conn: outbox.delete(conn, ids))
+            except BaseException:
+                self._acked[:0] = ids
+                raise
+        return False
 
     def _delete_acked(self) -> None:
         ids, self._acked = self._acked, []
@@ -479,7 +488,6 @@ class OutboxPump:
         message is live (then the scan sleeps until one is added): a node with nothing to
         deliver has no timer, and a busy one scans about once a second, not four times."""
         self._expire()
-        await self._expire_rows()
         now = self.node.clock.monotonic()
         overdue = [item for item in self._inflight.values() if item.due <= now]
         for item in overdue:
@@ -490,6 +498,7 @@ class OutboxPump:
         tries = [(item.tries, item.id) for item in overdue if item.durable]
         if tries:
             self.node.db.submit(lambda conn, tries=tries: outbox.record_tries(conn, tries))
+        await self._expire_rows()  # last: a failing database does not hold back the resends
         if not self.live:
             return False
         due = min((item.due for item in self._inflight.values()), default=now + SCAN_AT_MOST)

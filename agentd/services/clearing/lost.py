@@ -54,7 +54,8 @@ class LostAnswers:
         self.runtime = runtime
         self._address = address  # where to send to a clearing house, by agent id
         self._evidence_due = evidence_due
-        self._ticker = Ticker(CHECK_S, self.check)
+        self._ticker = Ticker(CHECK_S, self.check,
+                              task="asking the clearing house again for lost answers")
         self._first = True  # the first look notes what a previous run left delivered
 
     def wake(self) -> None:

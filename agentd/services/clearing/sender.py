@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.runtime.context import Tx
+from agentd.runtime.timers import Failures
 from protocol import clearing as ch
 from protocol.codec import pack, unpack
 from protocol.evidence import entry_key
@@ -153,6 +154,7 @@ class Sender:
         """Send the evidence logs waiting in ``ch_requests`` whose process is ready, all that
         gathered meanwhile (up to ``MAX_BATCH`` and a frame) as one ``log_batch``, each entry's
         row keyed ``message id + index`` (a lone one as ``log``, keyed by its message id)."""
+        failures = Failures("sending evidence to the clearing house")
         while True:
             while not self._evidence_waiting:
                 await self._evidence_told.park()
@@ -161,10 +163,14 @@ class Sender:
             try:
                 while await self._send_evidence_batch():
                     pass
-            except Exception:  # a failed write: nothing was sent, so try again shortly
-                log.exception("sending evidence to the clearing house failed; retrying")
-                await trio.sleep(EVIDENCE_RETRY)
+            except Exception as exc:  # a failed write: nothing was sent, so try again soon
+                wait = failures.survive(exc)  # the database's: logged once, with a backoff
+                if wait is None:  # else a bug: logged in full each time, as it always was
+                    log.exception("sending evidence to the clearing house failed; retrying")
+                await trio.sleep(wait or EVIDENCE_RETRY)
                 self._evidence_waiting = True
+            else:
+                failures.recovered()
 
     async def _send_evidence_batch(self) -> bool:
         """One ``log``/``log_batch`` of waiting evidence; False when none waits."""

@@ -39,6 +39,7 @@ from agentd.logs import event
 from agentd.rpc import invalid_params
 from agentd.runtime import clocks
 from agentd.runtime.context import Reject, Service, Tx
+from agentd.runtime.timers import Failures
 from agentd.services.credit import lift_views
 from agentd.services.credit.ledger import CreditLedger
 from agentd.services.credit.params import param_amount, param_cuid, param_memo, param_uuid
@@ -450,9 +451,10 @@ class LiftService(Service):
         """Look in the database only when a question is due (or ``QUERY_POLL_S`` passed): a
         lift that becomes pending here is due at its deadline, which ``_due_at`` notes in
         memory, so taking part in a lift costs no look of its own."""
+        asking = Failures("asking referees about lifts past their deadline")
         while True:
             self._next_due = None  # from here on, lifts that become pending note their due
-            looked = await self.ledger.transact(self._ask_due)
+            looked = await asking.retry(lambda: self.ledger.transact(self._ask_due))
             if looked is not None and (self._next_due is None or looked < self._next_due):
                 self._next_due = looked  # else a lift told meanwhile is due sooner (or alone)
             while True:
@@ -476,20 +478,24 @@ class LiftService(Service):
     async def _auto_clear(self) -> None:
         """``[lift] auto_clear``: every ``interval_s``, clear a debt cycle through each of our
         users owed at least ``minimum``, as MyCHIPs' scheduler does."""
-        settings = self.runtime.config.lift
+        clearing = Failures("[lift] auto_clear")
         while True:
-            await trio.sleep(settings.interval_s)
-            creditors = await self.runtime.db.write(
-                lambda conn: self.ledger.store.creditors(conn, settings.minimum))
-            for cuid in creditors:
-                try:
-                    cleared = await self.clear(cuid, settings.minimum, exact=False,
-                                               memo="auto clear")
-                except Refusal as exc:  # no cycle now, or it filled up meanwhile
-                    log.debug("auto clear for %s: %s", cuid, exc)
-                    continue
-                log.info("auto clear for %s: lift %s of %d mCHIP", cuid, cleared["lift"],
-                         cleared["units"])
+            await trio.sleep(self.runtime.config.lift.interval_s)
+            await clearing.retry(self._clear_creditors)
+
+    async def _clear_creditors(self) -> None:
+        settings = self.runtime.config.lift
+        creditors = await self.runtime.db.write(
+            lambda conn: self.ledger.store.creditors(conn, settings.minimum))
+        for cuid in creditors:
+            try:
+                cleared = await self.clear(cuid, settings.minimum, exact=False,
+                                           memo="auto clear")
+            except Refusal as exc:  # no cycle now, or it filled up meanwhile
+                log.debug("auto clear for %s: %s", cuid, exc)
+                continue
+            log.info("auto clear for %s: lift %s of %d mCHIP", cuid, cleared["lift"],
+                     cleared["units"])
 
     def _ask_due(self, tx: Tx) -> int | None:
         """Ask about the lifts that are due; when the next one is (ms since the epoch, at

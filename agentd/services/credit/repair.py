@@ -28,7 +28,7 @@ from agentd.runtime.timers import Ticker
 from agentd.services.credit.ledger import RESYNC_QUIET_MS, CreditLedger
 from protocol import chain as ch
 from store import credit as credit_store
-from store import outbox
+from store import is_failure, outbox
 from store.credit import Holding
 
 if TYPE_CHECKING:
@@ -47,10 +47,11 @@ class ChainRepair:
         self.ledger = ledger
         self._connected: set[str] = set()
         self._unsettled = False  # whether the last look found a chain to settle
-        self._ticker = Ticker(RESYNC_INTERVAL, self._tick)
+        self._ticker = Ticker(RESYNC_INTERVAL, self._tick, task="chain repair")
         ledger.on_change.append(self._ticker.wake)
         self._owed: set[tuple[str, str]] = set()  # (tally, cuid) of chains that owe blocks
-        self._owed_ticker = Ticker(OWED_LINGER_S, self._send_owed, armed=False)
+        self._owed_ticker = Ticker(OWED_LINGER_S, self._send_owed, armed=False,
+                                   task="sending chains' owed blocks")
         ledger.owe = self.owe
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -76,7 +77,10 @@ class ChainRepair:
 
         try:
             await self.ledger.transact(work)
-        except Exception:  # our failure: the chains stay unsettled, and are repaired
+        except Exception as exc:  # the chains stay unsettled, and are repaired
+            if is_failure(exc):  # the database's: the ticker tries again after a backoff
+                self._owed |= owed
+                raise
             log.exception("sending %d chains' owed blocks failed; the repair will", len(owed))
         return False
 

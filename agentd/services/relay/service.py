@@ -41,6 +41,7 @@ from agentd.errors import UserError
 from agentd.logs import event
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params, jsonable
 from agentd.runtime.context import Reject, Runtime, Service, Tx
+from agentd.runtime.timers import Failures
 from agentd.services.relay import driver as relay_driver
 from protocol.codec import CodecError, canonical, unpack
 from protocol.envelope import MAX_NESTING, Envelope
@@ -375,11 +376,12 @@ class RelayService(Service):
                   ) -> None:
         """Sweep at every request deadline and every ``sweep_interval_ms``, until cancelled."""
         task_status.started()
+        sweeping = Failures("the relay's sweep of requests past their deadline or TTL")
         while True:
             now = self.runtime.clock.now_ms()
             due = self.runtime.db.reading(lambda conn: relay_store.next_deadline(conn, PENDING))
             if now >= self._next_sweep_ms or (due is not None and due <= now):
-                await self.sweep()
+                await sweeping.retry(self.sweep)
                 self._next_sweep_ms = now + self.sweep_interval_ms
                 continue
             self._wake_at_ms = self._next_sweep_ms if due is None else min(due,

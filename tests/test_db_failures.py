@@ -1,0 +1,139 @@
+"""A failure of the node's own database (its file deleted, a full disk) costs neither the node
+nor its background work: each task tries again with a backoff and the node keeps answering;
+an RPC call that meets it is error -32014 DATABASE, the node's fault and not the request's."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from agentd.rpc import DATABASE, RpcError
+from agentd.runtime import node as node_module
+from agentd.services.relay.service import RelayService
+from protocol.keys import ChipAddress
+from protocol.messages import Send
+from tests.clihelpers import cli, init, running
+from tests.netfixture import network, wait_for
+
+
+def _outbox_rows(node) -> int:
+    return node.db.read_one("SELECT count(*) FROM outbox")[0]
+
+
+async def _queue_pings(node, to_node, count: int) -> None:
+    to = ChipAddress(agent=to_node.agent_id, host="127.0.0.1", port=to_node.port)
+    await node.transact(lambda tx: [tx.send(Send(to, "node", "ping", {"seq": i}))
+                                    for i in range(count)])
+
+
+async def test_a_node_whose_database_was_deleted_keeps_running_its_timers(
+        tmp_path, monkeypatch, caplog):
+    """Maintenance and the relay's sweep tick every 0.1 s here, and the deleted file fails
+    every write: each task backs off, logs once, and the node goes on answering."""
+    monkeypatch.setattr("store.db.FILE_CHECK_S", 0.0)
+    monkeypatch.setattr(node_module, "MAINTENANCE_INTERVAL", 0.1)
+    monkeypatch.setattr(RelayService, "sweep_interval_ms", 100)
+    caplog.set_level(logging.ERROR, logger="agentd.runtime")
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await net.stop(1)
+        await _queue_pings(a, b, 5)  # rows waiting for b, acked once it is back
+        a.config.db_path.unlink()
+        b = await net.restart(1)
+        await wait_for(lambda: a.db.errors >= 3, timeout=10)
+        await trio.sleep(2.5)  # maintenance and the sweep fail, back off and fail again
+        info = await a.rpc.call("getinfo", {})
+        assert info["counters"]["db_errors"] >= 3
+        assert "was deleted while the node ran" in info["last_db_error"]
+        with pytest.raises(RpcError) as raised:
+            await a.rpc.call("users.add", {"cuid": "ann"})
+        assert raised.value.code == DATABASE and raised.value.reason == "DATABASE"
+        assert "was deleted while the node ran" in raised.value.message
+        assert "not the request's" in raised.value.message
+    streaks = [r.getMessage() for r in caplog.records if "trying again" in r.getMessage()]
+    maintenance = [line for line in streaks if line.startswith("maintenance")]
+    assert len(maintenance) == 1, streaks  # once per streak, not once per failed tick
+    assert any(line.startswith("the relay's sweep") for line in streaks), streaks
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """``tmp_path/n0`` (node n0's data directory) on a 4 MiB tmpfs: needs root and mount."""
+    directory = tmp_path / "n0"
+    directory.mkdir(mode=0o700)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("needs root and mount(8) to make a small tmpfs for a real full disk")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs",
+                              str(directory)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+        except OSError:
+            pass
+    return filler
+
+
+async def test_a_full_disk_fails_background_writes_and_the_work_is_done_once_space_returns(
+        small_disk, tmp_path, monkeypatch):
+    """A real full disk (SQLITE_FULL): the acked rows' deletes and maintenance fail while it
+    lasts, the node keeps running, and once space returns the acked rows are deleted."""
+    monkeypatch.setattr(node_module, "MAINTENANCE_INTERVAL", 0.1)
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await net.stop(1)
+        await _queue_pings(a, b, 20)
+        with sqlite3.connect(a.config.db_path) as conn:  # an empty WAL: the next write grows it
+            assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        filler = _fill(small_disk)
+        b = await net.restart(1)  # b takes the pings and acks them; a cannot delete the rows
+        await wait_for(lambda: a.counters.acks_in >= 20, timeout=20)
+        await wait_for(lambda: a.db.errors >= 3, timeout=10)
+        await trio.sleep(1.5)  # the deletes and maintenance back off and fail again
+        info = await a.rpc.call("getinfo", {})
+        assert "full" in info["last_db_error"], info["last_db_error"]
+        assert _outbox_rows(a) == 20  # acked, but not deleted: nothing could be written
+        filler.unlink()  # space returns: the ids kept are deleted at the next try
+        await wait_for(lambda: _outbox_rows(a) == 0, timeout=30)
+        await wait_for(lambda: a.db.read_one("SELECT count(*) FROM inbox")[0] == 20,
+                       timeout=30)  # and b's pongs, unacked meanwhile, were taken
+        await a.rpc.call("users.add", {"cuid": "ann"})  # writes work again
+
+
+def test_the_cli_says_a_failed_write_is_the_nodes_database_not_the_request(tmp_path):
+    """Over the control socket: error -32014 DATABASE on stderr, exit 1, node still up."""
+    alice = init(tmp_path, "alice")
+    config = alice["config"]
+    with running({"alice": alice}) as processes:
+        cli("-c", config, "users.add", "cuid=ann")
+        (Path(config).parent / "data" / "agentd.db").unlink()
+        time.sleep(1.2)  # the writer looks for its files at most once a second
+        failed = cli("-c", config, "users.add", "cuid=bob", check=False)
+        assert failed.returncode == 1, failed
+        error = json.loads(failed.stderr)
+        assert error["code"] == DATABASE and error["reason"] == "DATABASE"
+        assert "could not use its database" in error["message"]
+        assert "was deleted while the node ran" in error["message"]
+        assert "changed nothing" in error["message"]
+        info = json.loads(cli("-c", config, "getinfo").stdout)
+        assert info["counters"]["db_errors"] >= 1
+        assert processes["alice"].poll() is None
