@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from agentd.rpc import RpcError
-from agentd.runtime import outbox as outbox_pump
+from agentd.runtime import outgoing
 from protocol.keys import ChipAddress
 from protocol.messages import Send
 from tests.netfixture import dial_failures, network, wait_for
@@ -119,7 +119,7 @@ async def test_idle_inbound_channel_is_closed_and_redialled(tmp_path):
 
 
 async def test_a_message_whose_ack_is_lost_is_resent_and_processed_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(outbox_pump, "ACK_TIMEOUT_MIN", 0.2)  # resend soon after silence
+    monkeypatch.setattr(outgoing, "ACK_TIMEOUT_MIN", 0.2)  # resend soon after silence
     async with network(tmp_path, n=2) as net:
         sender, receiver = net.nodes
         settle = sender.dispatcher._settle

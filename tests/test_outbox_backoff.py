@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import trio
 
-from agentd.runtime.outbox import ACK_TIMEOUT_MAX
+from agentd.runtime.outgoing import ACK_TIMEOUT_MAX
 from tests.netfixture import network, wait_for
 from tests.test_credit_service import rpc
 

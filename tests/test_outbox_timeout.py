@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agentd.runtime.outbox import ACK_TIMEOUT_MAX, ACK_TIMEOUT_MIN, RoundTrip, ack_timeout
+from agentd.runtime.outgoing import ACK_TIMEOUT_MAX, ACK_TIMEOUT_MIN, RoundTrip, ack_timeout
 
 
 def test_without_samples_the_timeout_is_the_floor():

@@ -38,7 +38,7 @@ from store import DatabaseError, inbox, outbox
 
 if TYPE_CHECKING:
     from agentd.runtime.node import Node
-    from agentd.runtime.outbox import Outgoing
+    from agentd.runtime.outgoing import Outgoing
     from store.db import PendingWrite
 
 log = logging.getLogger("agentd.runtime.dispatch")

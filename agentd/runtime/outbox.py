@@ -20,18 +20,17 @@ reads each peer's first ``HOLD`` rows, not the whole table.
 from __future__ import annotations
 
 import logging
-import random
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
+from agentd.runtime.outgoing import Outgoing, RoundTrip, ack_timeout
 from agentd.runtime.peers import PeerUnreachable
 from agentd.runtime.timers import Ticker
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import unpack
-from protocol.envelope import Ack, attempt_prefix, with_attempt
+from protocol.envelope import Ack
 from protocol.expiry import EXPIRING_TARGETS, expires_at
 from store import outbox
 
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
     from agentd.runtime.node import Node
 
 log = logging.getLogger("agentd.runtime.outbox")
-ACK_TIMEOUT_MIN = 2.0
-ACK_TIMEOUT_MAX = 60.0
 SCAN_INTERVAL = 0.25  # the retry scan's shortest interval: a retry is at most this late...
 SCAN_AT_MOST = 1.0  # ... or, while messages are live, this: expired ones leave within it
 ACK_DELETE_S = 0.2  # acked rows wait this long, to be deleted together
@@ -50,7 +47,6 @@ EPHEMERAL_QUEUE = 4096  # messages waiting for one peer past which an ephemeral 
 SENDER_IDLE_S = 60.0  # a peer's sender ends after this long with nothing to send or await
 HOLD = 1024  # durable messages waiting for one peer in memory; later ones wait in their rows
 HOLD_BYTES = 8 << 20  # encoded bytes of one peer's durable messages in memory (and in flight)
-_JITTER = random.Random()  # its own: the global random stays whoever seeded it (a test)
 ROW_SWEEP_S = 30.0  # how often spilled peers' rows are looked at for messages past their time
 
 
@@ -58,62 +54,6 @@ def _past(target: str, action: str, created_ms: int, now_ms: int) -> bool:
     """Whether a message of this kind made at ``created_ms`` is past its time."""
     expiry = expires_at(target, action, created_ms)
     return expiry is not None and expiry <= now_ms
-
-
-def ack_timeout(tries: int, rto: float = ACK_TIMEOUT_MIN) -> float:
-    """The wait for an ack of the ``tries``-th send, when the peer's timeout is ``rto``."""
-    base = min(ACK_TIMEOUT_MAX, max(rto, ACK_TIMEOUT_MIN) * 2 ** min(max(0, tries - 1), 8))
-    return base * _JITTER.uniform(0.8, 1.2)
-
-
-@dataclass(slots=True)
-class RoundTrip:
-    """A peer's smoothed ack time and its variation (RFC 6298), in seconds: the ack timeout
-    follows it (smoothed + 4 times the variation, from first tries only), never below
-    ``ACK_TIMEOUT_MIN``, so a loaded peer that acks in 3 s is not sent everything twice."""
-
-    srtt: float | None = None
-    rttvar: float = 0.0
-
-    def sample(self, seconds: float) -> None:
-        if self.srtt is None:
-            self.srtt, self.rttvar = seconds, seconds / 2
-        else:
-            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - seconds)
-            self.srtt = 0.875 * self.srtt + 0.125 * seconds
-
-    @property
-    def rto(self) -> float:
-        return ACK_TIMEOUT_MIN if self.srtt is None else self.srtt + 4 * self.rttvar
-
-
-@dataclass(slots=True)
-class Outgoing:
-    id: bytes
-    peer: str
-    address: str | None
-    envelope: dict[str, Any]
-    tries: int
-    timeouts: int = 0  # acks that never came in time: what the backoff counts (see _scan)
-    expires: int | None = None  # ms since the epoch; None: never
-    durable: bool = True  # False: held in memory only, no outbox row
-    size: int = 0  # encoded bytes (durable messages: what HOLD_BYTES counts)
-    due: float = 0.0
-    sent: float = 0.0
-    channel: Channel | None = field(default=None, repr=False)
-    prefix: bytes | None = field(default=None, repr=False)  # see protocol.envelope
-
-    def attempt(self, now_ms: int) -> bytes:
-        """The frame body of this attempt (``tries`` counted already): the envelope encoded
-        once, with this attempt's ``try`` and ``last``."""
-        if self.prefix is None:
-            self.prefix = attempt_prefix(self.envelope)
-        return with_attempt(self.prefix, self.tries, now_ms)
-
-    @property
-    def is_reply(self) -> bool:
-        """A reply goes back to whoever asked: on a channel it opened, unless we know it."""
-        return self.envelope.get("re") is not None
 
 
 class OutboxPump:

@@ -21,14 +21,13 @@ referee two-phase commit (DESIGN.md §4):
 5. A node applies a decision signed by the lift's referee to all its pending chits of the
    lift in one transaction: good ones enter the tally chains like any good chit, void ones
    release their capacity. A node still pending after the deadline asks the referee
-   (``query``), backing off, until it learns the decision.
+   (``query``), backing off, until it learns the decision (``lift_follow_up``).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
 import uuid as uuidlib
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -39,9 +38,9 @@ from agentd.logs import event
 from agentd.rpc import invalid_params
 from agentd.runtime import clocks
 from agentd.runtime.context import Reject, Service, Tx
-from agentd.runtime.timers import Failures
 from agentd.services.credit import lift_views
 from agentd.services.credit.ledger import CreditLedger
+from agentd.services.credit.lift_follow_up import FollowUp
 from agentd.services.credit.params import param_amount, param_cuid, param_memo, param_uuid
 from agentd.services.credit.referee import Referee
 from agentd.services.credit.routes import RouteService, param_find
@@ -63,7 +62,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentd.lift")
 WAIT_S = 30.0
 MAX_WAIT_S = 600.0
-QUERY_POLL_S = 60.0  # at most this long between looks while a lift is pending (a safety net)
 CLEAR_TRIES = 3  # searches lift.clear makes when concurrent lifts take the cycle it found
 REFEREE_DIAL_S = 5.0  # the most a lift waits for a channel to its referee before it starts
 _PENDING = (c.A_LIFT, c.L_LIFT)
@@ -84,10 +82,9 @@ class LiftService(Service):
         self.ledger = ledger
         self.routes = routes
         self._settled: dict[str, trio.Event] = {}  # lift -> set when it is decided here
-        self._work = trio.Event()  # a lift pending here is due sooner than we sleep until
-        self._next_due: int | None = None  # ms: when the next question to a referee is due
         self._heard_void: OrderedDict[str, bytes] = OrderedDict()  # lift -> record digest
         self.referee_role = Referee(node, ledger)  # lifts others name this node to decide
+        self.follow_up = FollowUp(node, ledger, self.clear)
         for name in ("pay", "clear", "wait", "show", "list"):
             node.register_method(f"lift.{name}", getattr(self, f"rpc_{name}"))
 
@@ -222,7 +219,7 @@ class LiftService(Service):
             self._hold(tx, record, 0, cuid, outgoing=True)
             self.ledger.emit(tx, [lf.promise(record, 0)])
             self._ask_referee(tx, record, cuid)
-            tx.after_commit(lambda: self._due_at(record["deadline"]))
+            tx.after_commit(lambda: self.follow_up.due_at(record["deadline"]))
             tx.after_commit(lambda: self.routes.known.started(record, took_s))
             return record
 
@@ -329,7 +326,7 @@ class LiftService(Service):
             self.ledger.emit(tx, [lf.promise(record, hop + 1)])
             self._ask_referee(tx, record, here.cuid)
         tx.after_commit(lambda: self._learn(record))  # a refused promise teaches nothing
-        tx.after_commit(lambda: self._due_at(record["deadline"]))
+        tx.after_commit(lambda: self.follow_up.due_at(record["deadline"]))
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """The next hop refused our promise for good: the lift cannot complete, so tell the
@@ -435,76 +432,12 @@ class LiftService(Service):
         if waiting is not None:
             waiting.set()
 
-    # -- asking the referee after the deadline -------------------------------------------
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
-        """Ask the referee about every lift still pending past its deadline, until
-        cancelled; sleeps until the next one is due (or a new lift starts)."""
-        task_status.started()
-        async with trio.open_nursery() as nursery:
-            if self.runtime.config.lift.auto_clear:
-                nursery.start_soon(self._auto_clear)
-            await self._follow_up()
-
-    async def _follow_up(self) -> None:
-        """Look in the database only when a question is due (or ``QUERY_POLL_S`` passed): a
-        lift that becomes pending here is due at its deadline, which ``_due_at`` notes in
-        memory, so taking part in a lift costs no look of its own."""
-        asking = Failures("asking referees about lifts past their deadline")
-        while True:
-            self._next_due = None  # from here on, lifts that become pending note their due
-            looked = await asking.retry(lambda: self.ledger.transact(self._ask_due))
-            if looked is not None and (self._next_due is None or looked < self._next_due):
-                self._next_due = looked  # else a lift told meanwhile is due sooner (or alone)
-            while True:
-                self._work = trio.Event()
-                due = self._next_due
-                wait = math.inf if due is None else min(
-                    QUERY_POLL_S, (due - self.runtime.clock.now_ms()) / 1000)
-                if wait <= 0:
-                    break
-                with trio.move_on_after(wait):
-                    await self._work.wait()  # a lift due sooner: sleep until then instead
-                    continue
-                break
-
-    def _due_at(self, due_ms: int) -> None:
-        """A lift became pending here; its question to the referee is due at ``due_ms``."""
-        if self._next_due is None or due_ms < self._next_due:
-            self._next_due = due_ms
-            self._work.set()
-
-    async def _auto_clear(self) -> None:
-        """``[lift] auto_clear``: every ``interval_s``, clear a debt cycle through each of our
-        users owed at least ``minimum``, as MyCHIPs' scheduler does."""
-        clearing = Failures("[lift] auto_clear")
-        while True:
-            await trio.sleep(self.runtime.config.lift.interval_s)
-            await clearing.retry(self._clear_creditors)
-
-    async def _clear_creditors(self) -> None:
-        settings = self.runtime.config.lift
-        creditors = await self.runtime.db.write(
-            lambda conn: self.ledger.store.creditors(conn, settings.minimum))
-        for cuid in creditors:
-            try:
-                cleared = await self.clear(cuid, settings.minimum, exact=False,
-                                           memo="auto clear")
-            except Refusal as exc:  # no cycle now, or it filled up meanwhile
-                log.debug("auto clear for %s: %s", cuid, exc)
-                continue
-            log.info("auto clear for %s: lift %s of %d mCHIP", cuid, cleared["lift"],
-                     cleared["units"])
-
-    def _ask_due(self, tx: Tx) -> int | None:
-        """Ask about the lifts that are due; when the next one is (ms since the epoch, at
-        least 50 ms from now), or None when no lift is pending."""
-        for row in lifts.due(tx.conn, tx.now_ms):
-            self.ledger.emit(tx, [lf.query(lifts.record_of(row), from_cuid=row["payor"])])
-            lifts.asked(tx.conn, row["lift"], tx.now_ms)
-        due = lifts.next_due(tx.conn)
-        return None if due is None else max(due, tx.now_ms + 50)
+        """Ask referees about lifts pending here past their deadline, and clear debt cycles
+        on a schedule when ``[lift] auto_clear`` is set (``lift_follow_up``), until
+        cancelled."""
+        await self.follow_up.run(task_status=task_status)
 
 
 def _log_lift(tx: Tx, lift: str, state: str, **fields: Any) -> None:
