@@ -52,6 +52,17 @@ def settle(conn: sqlite3.Connection, lift: str, state: str, decision: dict[str, 
     )
 
 
+def prune_void(conn: sqlite3.Connection, before_ms: int) -> int:
+    """Forget the lifts that went void before ``before_ms``, with their lift chits (void:
+    they never entered a chain); how many lifts. A good lift is history and stays, and so
+    does every decision this node made as a referee (``lift_decisions``)."""
+    void = "SELECT lift FROM lifts WHERE state = 'void' AND updated < ?"
+    conn.execute(f"DELETE FROM chits WHERE lift IN ({void}) AND chain_index IS NULL",
+                 (before_ms,))
+    return conn.execute("DELETE FROM lifts WHERE state = 'void' AND updated < ?",
+                        (before_ms,)).rowcount
+
+
 def set_error(conn: sqlite3.Connection, lift: str, error: str, now_ms: int) -> None:
     conn.execute("UPDATE lifts SET error = ?, updated = ? WHERE lift = ?", (error, now_ms, lift))
 

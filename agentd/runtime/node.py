@@ -50,6 +50,7 @@ from protocol.keys import ChipAddress, SigningKey, format_hostport, parse_hostpo
 from store import Database, DatabaseError, inbox, outbox
 from store import clearing as clearing_store
 from store import credit as credit_store
+from store import lifts as lift_store
 from store import peers as peer_store
 
 log = logging.getLogger("agentd.runtime.node")
@@ -320,16 +321,18 @@ class Node:
 
     async def _maintenance(self) -> bool:
         """At start and hourly: forget processed-message ids older than the dedup window, our
-        messages peers refused for good as long ago (their reasons are in the log), and
+        messages peers refused for good as long ago (their reasons are in the log),
         ``ch.*`` calls the clearing house never answered (its answer expired within an hour;
-        the caller was told it timed out)."""
+        the caller was told it timed out), and lifts that went void as long ago, with their
+        void chits (their promises expired within a day)."""
         cutoff = self.clock.now_ms() - INBOX_RETENTION_MS
-        ids, refused, calls = await self.db.write(lambda conn: (
+        ids, refused, calls, void = await self.db.write(lambda conn: (
             inbox.prune(conn, cutoff), outbox.prune_failed(conn, cutoff),
-            clearing_store.prune_unanswered_calls(conn, cutoff)))
-        if ids or refused or calls:
-            log.info("pruned %d inbox ids, %d refused outbox messages and %d unanswered ch.* "
-                     "calls older than 30 days", ids, refused, calls)
+            clearing_store.prune_unanswered_calls(conn, cutoff),
+            lift_store.prune_void(conn, cutoff)))
+        if ids or refused or calls or void:
+            log.info("pruned %d inbox ids, %d refused outbox messages, %d unanswered ch.* "
+                     "calls and %d void lifts older than 30 days", ids, refused, calls, void)
         return True
 
     async def _load_peers(self) -> None:
