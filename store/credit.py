@@ -91,6 +91,12 @@ def partner_addresses(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
     return found
 
 
+def tallies_with(conn: sqlite3.Connection, agent: str) -> int:
+    """How many of our tallies, not void, have their partner on ``agent``'s node."""
+    return conn.execute("SELECT count(*) FROM tallies WHERE partner = ? AND state != 'void'",
+                        (agent,)).fetchone()[0]
+
+
 def unsettled(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     """Chains that are not settled, with when each is due for a repair."""
     return conn.execute(UNSETTLED).fetchall()

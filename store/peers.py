@@ -42,9 +42,3 @@ def address_of(conn: sqlite3.Connection, agent: str) -> str | None:
 
 def delete(conn: sqlite3.Connection, agent: str) -> None:
     conn.execute("DELETE FROM peers WHERE agent = ?", (agent,))
-
-
-def tallies_with(conn: sqlite3.Connection, agent: str) -> int:
-    """How many of our tallies, not void, have their partner on ``agent``'s node."""
-    return conn.execute("SELECT count(*) FROM tallies WHERE partner = ? AND state != 'void'",
-                        (agent,)).fetchone()[0]

@@ -24,6 +24,7 @@ from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.runtime.context import Reject
 from agentd.runtime.reload import reload_config
 from protocol.keys import IdentityError, agent_id_problem, parse_hostport
+from store import credit as credit_store
 from store import peers as peer_store
 
 if TYPE_CHECKING:
@@ -128,7 +129,7 @@ class PeerAdmin:
         if config.lift.referee == agent:
             return (f"it is the lift referee ([lift] referee in {config.path}); to stop "
                     "using it, change that and reload")
-        tallies = self.node.db.reading(lambda conn: peer_store.tallies_with(conn, agent))
+        tallies = self.node.db.reading(lambda conn: credit_store.tallies_with(conn, agent))
         if tallies:
             return (f"it holds the partner's side of {tallies} of our tallies (tally.list), "
                     "whose messages go to its node for as long as they are kept")
