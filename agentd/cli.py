@@ -38,8 +38,8 @@ COMMANDS = {
     "sim": ("sim SCENARIO [--processes]", "run a multi-node simulation (configs/sims/)"),
     "bench": ("bench {{{benchmarks}}} [--quick]", "run a benchmark (agentd bench --help)"),
     "demo": ("demo", "alice, bob, carol and a clearing house: a tour"),
-    "up": ("up [DIR]", "start configs/local (or DIR) and leave it running"),
-    "down": ("down [DIR]", "stop them"),
+    "up": ("up [DIR|CONFIG]", "start configs/local (or DIR, or one node) and leave it running"),
+    "down": ("down [DIR|CONFIG]", "stop them"),
     "completion": ("completion {{bash,zsh,tcsh,fish,powershell}}",
                    "print a shell completion script"),
 }
@@ -245,9 +245,8 @@ def _how_to_start(config: str | None) -> str:
 
     if config is None:
         return START
-    path = Path(config)
-    directory = path.parent.parent if path.name == "agentd.toml" else path.parent
-    return (f"start it with 'agentd up {directory}' (in the background) or 'agentd run -c "
+    path = Path(config)  # this node alone: its directory's parent may hold others' configs
+    return (f"start it with 'agentd up {path}' (in the background) or 'agentd run -c "
             f"{path}' (in the foreground)")
 
 

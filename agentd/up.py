@@ -1,4 +1,4 @@
-"""``agentd up [DIR]`` and ``agentd down [DIR]``: a local network that stays up.
+"""``agentd up [DIR|CONFIG]`` and ``agentd down [DIR|CONFIG]``: a local network that stays up.
 
 ``up`` starts ``agentd run -c CONFIG`` for every ``*.toml`` in DIR and every
 ``DIR/*/agentd.toml`` (the layout ``agentd init DIR/NAME`` makes; default ``configs/local``:
@@ -38,9 +38,12 @@ def node_configs(directory: Path) -> list[Path]:
 
 
 def _configs(directory: Path) -> list[Path]:
+    """The node configs ``directory`` names: its own, or the one file it is."""
+    if directory.is_file():
+        return [directory]
     if not directory.is_dir():
-        raise UserError(f"{directory}: no such directory of node configs (run from the "
-                        "repository, or give DIR)")
+        raise UserError(f"{directory}: no such directory of node configs, nor a config file "
+                        "(run from the repository, or give DIR or CONFIG)")
     found = node_configs(directory)
     if not found:
         raise UserError(f"{directory}: no node configs in it (*.toml, or */agentd.toml as "
@@ -181,10 +184,12 @@ def _name(path: Path) -> str:
 def main(command: str, argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog=f"agentd {command}",
-        description=("Start every node configured in DIR and leave them running."
-                     if command == "up" else "Stop every node configured in DIR."))
-    parser.add_argument("dir", nargs="?", default=str(DEFAULT_DIR),
+        description=("Start every node configured in DIR (or the one CONFIG names) and leave "
+                     "them running." if command == "up" else
+                     "Stop every node configured in DIR (or the one CONFIG names)."))
+    parser.add_argument("dir", nargs="?", default=str(DEFAULT_DIR), metavar="DIR|CONFIG",
                         help=("a directory of node configs: its *.toml files and the "
-                              f"agentd.toml of each subdirectory (default: {DEFAULT_DIR})"))
+                              f"agentd.toml of each subdirectory (default: {DEFAULT_DIR}); or "
+                              "one node's config file"))
     options = parser.parse_args(argv)
     return (up if command == "up" else down)(Path(options.dir))

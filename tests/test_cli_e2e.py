@@ -179,7 +179,7 @@ def test_cli_without_a_running_node(tmp_path):
     assert result.returncode == 2
     assert "no agentd is running" in result.stderr
     config = Path(info["config"])  # the commands that start this node, not placeholders
-    assert (f"start it with 'agentd up {config.parent.parent}' (in the background) or "
+    assert (f"start it with 'agentd up {config}' (in the background) or "
             f"'agentd run -c {config}'") in result.stderr
 
 

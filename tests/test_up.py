@@ -67,3 +67,20 @@ def test_two_concurrent_ups_start_each_node_once(tmp_path: Path):
         assert "already running" not in logs  # no second `agentd run` was even tried
     finally:
         assert down(tmp_path) == 0
+
+
+def test_up_and_down_of_one_config_start_and_stop_that_node_alone(tmp_path: Path, capsys):
+    """``agentd up CONFIG`` (what the CLI suggests when a node is not running) starts that
+    node, not the others beside it; ``agentd down CONFIG`` stops it."""
+    a, b = init(tmp_path, "a"), init(tmp_path, "b")
+    assert _configs(Path(a["config"])) == [Path(a["config"])]
+    result = subprocess.run([*AGENTD, "up", a["config"]], capture_output=True, text=True,
+                            timeout=60)
+    try:
+        assert result.returncode == 0, result.stderr
+        assert "(1 started, 0 already running)" in result.stdout
+        assert (Path(a["config"]).parent / "data" / "agentd.sock").exists()
+        assert not (Path(b["config"]).parent / "data" / "agentd.sock").exists()
+    finally:
+        assert down(Path(a["config"])) == 0
+    assert capsys.readouterr().out == "agentd down: stopped a\n"
