@@ -275,11 +275,15 @@ def client_process(conn: sqlite3.Connection, ch: str, pid: str) -> str | None:
     return None if row is None else row[0]
 
 
-def set_client_process(conn: sqlite3.Connection, ch: str, pid: str, state: str) -> None:
+def set_client_process(conn: sqlite3.Connection, ch: str, pid: str, state: str,
+                       owners: Sequence[str] | None = None) -> None:
+    """Record ``pid``'s state at ``ch`` (``owners``: those it was asked to be created with,
+    kept so that another clearing house can be asked the same: ``moves.py``)."""
     conn.execute(
-        "INSERT INTO ch_client_processes (ch, pid, state) VALUES (?, ?, ?)"
-        " ON CONFLICT (ch, pid) DO UPDATE SET state = excluded.state",
-        (ch, pid, state),
+        "INSERT INTO ch_client_processes (ch, pid, state, owners) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (ch, pid) DO UPDATE SET state = excluded.state,"
+        " owners = coalesce(excluded.owners, owners)",
+        (ch, pid, state, None if owners is None else canonical(list(owners))),
     )
 
 
@@ -364,20 +368,73 @@ def refused_evidence(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 
 
 def audit_snapshot(conn: sqlite3.Connection) -> tuple[
-        int, list[sqlite3.Row], dict[str, dict], set[str], list[sqlite3.Row]]:
+        list[sqlite3.Row], list[sqlite3.Row], dict[str, dict], set[str], list[sqlite3.Row]]:
     """What ``receipts.verify`` reads, from one snapshot (one read transaction): log requests
-    not answered yet, every receipt, every JWKS, the clearing houses asked for keys, and the
-    evidence refused."""
+    not answered yet by clearing house, every receipt, every JWKS, the clearing houses asked
+    for keys, and the evidence refused."""
     with snapshot(conn):
         return (pending_logs(conn), receipts(conn), all_jwks(conn), keys_asked(conn),
                 refused_evidence(conn))
 
 
-def pending_logs(conn: sqlite3.Connection) -> int:
-    """Log requests not answered yet (waiting to go, or sent)."""
+def pending_logs(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Log requests not answered yet (waiting to go, or sent), by the clearing house they
+    wait for: ``ch``, ``logs``, ``evidence`` (those of them that are), ``since`` (the oldest's
+    creation) and ``error`` (why an agent that is no clearing house refused them, kept for
+    ``moves.py``), oldest first."""
     return conn.execute(
-        "SELECT count(*) FROM ch_requests WHERE action = 'log' AND state IN ('waiting', 'sent')"
-    ).fetchone()[0]
+        "SELECT ch, sum(action = 'log') AS logs, sum(action = 'log' AND kind IS NOT NULL)"
+        " AS evidence, min(created) AS since, max(error) AS error"
+        " FROM ch_requests WHERE state IN ('waiting', 'sent')"
+        " AND (action = 'log' OR (action = 'create_process' AND kind IS NOT NULL))"
+        " GROUP BY ch HAVING logs > 0 ORDER BY since"
+    ).fetchall()
+
+
+# --- evidence moving to another clearing house (agentd/services/clearing/moves.py) -----
+
+
+def evidence_elsewhere(conn: sqlite3.Connection, house: str | None) -> list[sqlite3.Row]:
+    """Evidence not answered yet — logs, and the processes they wait to be created — bound to
+    a clearing house other than ``house`` (None: to any), oldest first."""
+    return conn.execute(
+        "SELECT seq, id, ch, action, pid, kind, ref FROM ch_requests WHERE kind IS NOT NULL"
+        " AND state IN ('waiting', 'sent') AND action IN ('log', 'create_process')"
+        " AND ch IS NOT ? ORDER BY seq",
+        (house,),
+    ).fetchall()
+
+
+def calls_undelivered_elsewhere(conn: sqlite3.Connection, house: str) -> list[sqlite3.Row]:
+    """``ch.*`` RPC calls to a clearing house other than ``house`` whose message has not been
+    delivered (it is still pending in the outbox)."""
+    return conn.execute(
+        "SELECT r.seq, r.id, r.ch FROM ch_requests r JOIN outbox o ON o.id = r.id"
+        " WHERE r.kind IS NULL AND r.action != 'keys' AND r.state = 'sent' AND r.ch != ?"
+        " AND o.state = 'pending' ORDER BY r.seq",
+        (house,),
+    ).fetchall()
+
+
+def move_log(conn: sqlite3.Connection, seq: int, house: str) -> None:
+    """Bind an evidence log to ``house``, waiting to be sent there afresh."""
+    conn.execute(
+        "UPDATE ch_requests SET ch = ?, state = 'waiting', id = NULL, delivered = NULL,"
+        " error = NULL WHERE seq = ?",
+        (house, seq),
+    )
+
+
+def note_error(conn: sqlite3.Connection, seq: int, error: str) -> None:
+    """Why a request is not answered, while it stays unanswered."""
+    conn.execute("UPDATE ch_requests SET error = ? WHERE seq = ?", (error, seq))
+
+
+def forget_client_process(conn: sqlite3.Connection, ch: str, pid: str) -> list[str] | None:
+    """Forget ``pid``'s state at ``ch``; the owners it was asked for (None: not known)."""
+    row = conn.execute("DELETE FROM ch_client_processes WHERE ch = ? AND pid = ? RETURNING owners",
+                       (ch, pid)).fetchone()
+    return None if row is None or row[0] is None else list(unpack(row[0]))
 
 
 def entry_count(conn: sqlite3.Connection) -> int:

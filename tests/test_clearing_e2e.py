@@ -60,7 +60,7 @@ def test_shared_process_refusal_and_offline_receipt_audit(evidence_network):
     processes["house"].send_signal(signal.SIGTERM)  # the audit below is offline
     assert processes["house"].wait(timeout=5) == 0
     assert rpc(alice, "receipts.verify") == {"ok": True, "checked": 1, "pending": 0,
-                                             "failures": []}
+                                             "pending_detail": [], "failures": []}
     [listed] = rpc(bob, "receipts.list")
     assert listed["seq"] == 2 and listed["status"] == "valid"
 

@@ -209,8 +209,8 @@ async def test_two_clients_share_a_process_and_a_third_is_refused(tmp_path):
             listed = await node.rpc.call("receipts.list", {})
             assert len(listed) == count and all(r["status"] == "valid" for r in listed)
             result = await node.rpc.call("receipts.verify", {"chain": True})
-            assert result == {"ok": True, "checked": count, "pending": 0, "chains": 1,
-                              "failures": []}
+            assert result == {"ok": True, "checked": count, "pending": 0,
+                              "pending_detail": [], "chains": 1, "failures": []}
 
 
 async def test_concurrent_appends_from_two_owners_make_one_chain(tmp_path):
@@ -520,14 +520,17 @@ async def test_a_receipt_whose_keys_are_on_their_way_is_pending_not_failed(tmp_p
     again, and the receipt is then checked."""
     monkeypatch.setattr("agentd.services.clearing.lost.ANSWER_LOST_MS", 0)
     async with network(tmp_path, n=2, clearinghouse=0) as net:
-        _, alice = net.nodes
+        house, alice = net.nodes
         alice.evidence.answers._keys = lambda tx, row, obj: None  # taken, never applied
         await evidence(alice, 1, "tally-7", [alice.agent_id], "tally.open")
         await wait_for(lambda: len(receipts(alice)) == 1 and alice.db.read_one(
             "SELECT count(*) FROM outbox")[0] == 0)  # the keys question went, and was taken
         assert [r["status"] for r in receipts(alice)] == ["unchecked"]
         audit = await alice.rpc.call("receipts.verify", {})
-        assert audit == {"ok": True, "checked": 0, "pending": 1, "failures": []}
+        [received] = alice.db.read("SELECT received FROM receipts")
+        assert audit == {"ok": True, "checked": 0, "pending": 1, "pending_detail": [
+            {"clearing_house": house.agent_id, "configured": True, "logs": 0, "keys": 1,
+             "since": received[0], "problem": None}], "failures": []}
         del alice.evidence.answers._keys
         assert await alice.evidence.lost.check()  # asks for the keys again
         await wait_for(lambda: [r["status"] for r in receipts(alice)] == ["valid"])
@@ -544,7 +547,10 @@ async def test_evidence_waits_for_a_clearing_house_that_is_down(tmp_path, monkey
         await evidence(bob, 1, "tally-2", [alice.agent_id, bob.agent_id], "tally.open")
         await trio.sleep(0.3)
         pending = await alice.rpc.call("receipts.verify", {})
+        [waits] = pending.pop("pending_detail")
         assert pending == {"ok": True, "checked": 0, "pending": 3, "failures": []}
+        assert waits["clearing_house"] == net.nodes[0].agent_id and waits["configured"]
+        assert (waits["logs"], waits["keys"]) == (3, 0)
         with pytest.raises(RpcError) as info:
             with trio.fail_after(5):
                 await alice.rpc.call("ch.log", {"pid": "tally-2", "payload": "late"})

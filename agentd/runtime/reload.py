@@ -2,10 +2,12 @@
 
 What a node can take while it runs is applied: ``[[peers]]`` (new peers, and new addresses
 or names of known ones, dialled from the next connection on), ``[clearinghouse]``, the
-``[relay]`` access rules and verification policies, and ``[log] level``. Everything else —
-identity, ``listen``, ``data_dir``, roles, limits and timeouts, the log format — is read
-once at start: a change there is reported as waiting for a restart, not half applied. A
-config that does not validate changes nothing.
+``[relay]`` access rules and verification policies, and ``[log] level``; evidence not
+answered yet that is bound to another agent moves to a new ``[clearinghouse]``
+(``agentd/services/clearing/moves.py``). Everything else — identity, ``listen``,
+``data_dir``, roles, limits and timeouts, the log format — is read once at start: a change
+there is reported as waiting for a restart, not half applied. A config that does not
+validate changes nothing.
 """
 
 from __future__ import annotations
@@ -71,6 +73,8 @@ def reload_config(node: Node) -> dict[str, Any]:
         applied.insert(applied.index("clearinghouse") + 1, "lift.referee")
     if "peers" in live or "clearinghouse" in live:
         node.configure_peers()
+    if "clearinghouse" in live:
+        node.evidence.house_changed()
     if "relay_access" in live or "relay_verify" in live:
         node.relay.use_rules(rules)
     if "log_level" in live:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agentd.evidence")
 RPC_KIND = "ch.log"  # receipts.kind for logs made through the ch.log RPC method
+NOT_A_HOUSE = "NOT_CLEARING_HOUSE"  # the error ack of a node without the clearinghouse role
 
 
 class Answers:
@@ -85,8 +86,23 @@ class Answers:
         if not isinstance(message_id, bytes):
             return
         row = store.sent_request(tx.conn, message_id)
-        for refused in [row] if row is not None else store.sent_entries(tx.conn, message_id):
+        rows = [row] if row is not None else store.sent_entries(tx.conn, message_id)
+        if code == NOT_A_HOUSE and rows and rows[0]["kind"] is not None:
+            self._not_a_house(tx, rows, f"{code}: {message}")
+            return
+        for refused in rows:
             self._refused(tx, refused, ev.Refused(code, message))
+
+    def _not_a_house(self, tx: Tx, rows: list[sqlite3.Row], error: str) -> None:
+        """Evidence sent to an agent that is no clearing house (a mistyped ``[clearinghouse]
+        agent``): not a verdict on the evidence, so it is not recorded as refused. It stays
+        unanswered, with why (``receipts.verify`` shows it), until the config names a clearing
+        house and the node reloads or restarts: then it moves there (``moves.py``)."""
+        for row in rows:
+            store.note_error(tx.conn, row["seq"], error)
+        log.warning("agent %s is not a clearing house (%s): %d evidence requests wait until "
+                    "[clearinghouse] agent in %s names one (then reload)", rows[0]["ch"][:8],
+                    error, len(rows), self.runtime.config.path)
 
     def _refused(self, tx: Tx, row: sqlite3.Row, refused: ev.Refused) -> None:
         code, message = refused.code, refused.message

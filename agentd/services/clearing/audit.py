@@ -23,15 +23,18 @@ from store import clearing as store
 
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
+    from protocol.keys import ChipAddress
 
 CHAIN_PAGE = ch.MAX_PAGE_SIZE
 
 
 class Audit:
     def __init__(self, runtime: Runtime,
-                 request: Callable[[str, dict[str, Any]], Awaitable[Any]]) -> None:
+                 request: Callable[[str, dict[str, Any]], Awaitable[Any]],
+                 house: Callable[[], ChipAddress | None]) -> None:
         self.runtime = runtime
         self._request = request  # one request to the clearing house, waiting for its answer
+        self._house = house  # the configured clearing house
         runtime.register_method("receipts.list", self.rpc_receipts_list)
         runtime.register_method("receipts.verify", self.rpc_receipts_verify)
 
@@ -50,7 +53,9 @@ class Audit:
         """Check every stored receipt offline against the stored JWKS; with ``chain``, also
         fetch each process's chain from the clearing house, verify it link by link and match
         every receipt to its entry. Never raises for a failure: ``ok`` is false and
-        ``failures`` says what failed and why (the CLI then exits 1)."""
+        ``failures`` says what failed and why (the CLI then exits 1). What is pending is not a
+        failure; ``pending_detail`` says whom it waits for, since when, and why that may be
+        in vain (``_pending_detail``)."""
         db = self.runtime.db
         # one snapshot: an answer committed between two reads would be neither pending nor
         # checked (or a receipt unchecked, its keys question already closed)
@@ -65,8 +70,9 @@ class Audit:
                              "kind": row["kind"], "ref": row["ref"], "fault": "refused",
                              "message": f"the clearing house refused this evidence: "
                                         f"{row['error']}"})
-        pending = unanswered + len(waiting)
-        result: dict[str, Any] = {"checked": len(rows), "pending": pending}
+        pending = sum(row["logs"] for row in unanswered) + len(waiting)
+        result: dict[str, Any] = {"checked": len(rows), "pending": pending,
+                                  "pending_detail": self._pending_detail(unanswered, waiting)}
         if chain:
             pids = sorted({row["pid"] for row in rows})
             for pid in pids:
@@ -74,6 +80,49 @@ class Audit:
                     pid, [row for row in rows if row["pid"] == pid], jwks))
             result["chains"] = len(pids)
         return {"ok": not failures, **result, "failures": failures}
+
+    def _pending_detail(self, unanswered: list[sqlite3.Row], waiting: list[sqlite3.Row]
+                        ) -> list[dict[str, Any]]:
+        """What is pending, by the agent it waits for, oldest first: ``{clearing_house,
+        configured, logs, keys, since, problem}`` — ``logs``: evidence and ``ch.log`` calls
+        not answered, ``keys``: receipts waiting for its JWKS, ``since``: when the oldest was
+        made (ms), ``configured``: whether that agent is this node's clearing house,
+        ``problem``: why it may never come (an agent that is not this node's clearing house,
+        or is none, or cannot be reached), else None."""
+        house = self._house()
+        ours = None if house is None else house.agent
+        detail: dict[str, dict[str, Any]] = {}
+        for row in unanswered:
+            detail[row["ch"]] = {"clearing_house": row["ch"], "configured": row["ch"] == ours,
+                                 "logs": row["logs"], "keys": 0, "since": row["since"],
+                                 "problem": self._problem(row["ch"], ours, row["error"],
+                                                          evidence=row["evidence"] > 0)}
+        for row in waiting:
+            item = detail.setdefault(row["ch"], {
+                "clearing_house": row["ch"], "configured": row["ch"] == ours, "logs": 0,
+                "keys": 0, "since": row["received"],
+                "problem": self._problem(row["ch"], ours, evidence=False)})
+            item["keys"] += 1
+            item["since"] = min(item["since"], row["received"])
+        return sorted(detail.values(), key=lambda item: item["since"])
+
+    def _problem(self, agent: str, ours: str | None, error: str | None = None, *,
+                 evidence: bool) -> str | None:
+        """Why what waits for ``agent`` may never be answered; None when nothing says so."""
+        path = self.runtime.config.path
+        if evidence and agent != ours:  # calls and receipts wait for a former house: fine
+            if ours is None:
+                return (f"agent {agent} is not this node's clearing house: no [clearinghouse] "
+                        f"is configured in {path}; this evidence stays pending until one is "
+                        "(then reload), and moves there")
+            return (f"agent {agent} is not this node's clearing house ({ours}): this evidence "
+                    "moves there within seconds")
+        if error is not None:
+            return (f"agent {agent} answered {error}: it is not a clearing house; set "
+                    f"[clearinghouse] agent in {path} to the clearing house's agent id and "
+                    "reload, and this evidence moves there")
+        why = self.runtime.dial_error(agent)
+        return None if why is None else f"cannot reach it: {why}"
 
     def _verify_rows(self, rows: list[sqlite3.Row], jwks: dict[str, dict]) -> list[dict]:
         failures = []

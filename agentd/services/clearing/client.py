@@ -28,6 +28,8 @@ then ``sent`` under the key ``message id + i`` — so the clearing house signs, 
 verifies, once per batch rather than once per chit.
 Rows left waiting by a stopped node go out when it starts again, and evidence whose answer
 never came (the clearing house drops an answer after an hour) is sent again (``lost.py``).
+Evidence bound to an agent that is no longer the clearing house (a mistyped ``[clearinghouse]
+agent``, fixed by a reload or a restart) moves to the one configured (``moves.py``).
 
 The RPC methods wait for the answer (``REQUEST_TIMEOUT``); a refusal becomes RPC error -32010
 whose reason is the IDS code (``NOT_AUTHORIZED``, ``NOT_FOUND``, ``BAD_PARAMETERS``, ...). A
@@ -50,6 +52,7 @@ from agentd.runtime.context import Reject, Tx
 from agentd.services.clearing.answers import Answers
 from agentd.services.clearing.audit import Audit
 from agentd.services.clearing.lost import LostAnswers
+from agentd.services.clearing.moves import move_evidence
 from agentd.services.clearing.sender import Pending, Sender
 from protocol import clearing as ch
 from protocol import evidence as ev
@@ -85,10 +88,10 @@ class Evidence:
         self._configured: tuple[ClearingHouseConfig, ChipAddress] | None = None
         # set by this node's clearing-house role: logs its own evidence without messages
         self.own_house: OwnHouse | None = None
-        self.sender = Sender(runtime, self._room, self._address)
+        self.sender = Sender(runtime, self._room, self._address, self._move)
         self.answers = Answers(runtime, self._address, self.sender.evidence_due)
         self.lost = LostAnswers(runtime, self._address, self.sender.evidence_due)
-        Audit(runtime, self.request)
+        Audit(runtime, self.request, self.clearing_house)
         for name, method in (
             ("ch.create_process", self.rpc_create_process),
             ("ch.log", self.rpc_log),
@@ -119,6 +122,15 @@ class Evidence:
         if configured is not None and configured.agent == agent:
             return configured
         return ChipAddress(agent=agent)  # the pump looks its address up
+
+    def house_changed(self) -> None:
+        """A reload changed ``[clearinghouse]``: evidence not answered yet that is bound to
+        another agent moves to the clearing house now configured (``moves.py``)."""
+        self.sender.house_changed()
+
+    def _move(self, tx: Tx) -> None:
+        if move_evidence(tx, self.clearing_house(), str(self.runtime.config.path)):
+            tx.after_commit(self.lost.wake)  # the processes asked of it are owed an answer
 
     # -- evidence from services (writer thread) ------------------------------------------
 
@@ -183,7 +195,7 @@ class Evidence:
                 kind=kind, ref=ref, payload_sha256=None, state="sent", now_ms=tx.now_ms,
                 obj=pack({"pid": pid, "owners": owner_ids}),
             )  # fmt: skip
-            store.set_client_process(conn, house.agent, pid, "creating")
+            store.set_client_process(conn, house.agent, pid, "creating", owner_ids)
             state = "creating"
         store.add_request(
             conn, message_id=None, ch=house.agent, action="log", pid=pid, kind=kind, ref=ref,

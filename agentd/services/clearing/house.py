@@ -29,6 +29,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from agentd.runtime.context import Reject, Runtime, Service, Tx
+from agentd.services.clearing.answers import NOT_A_HOUSE
 from protocol import clearing as ch
 from protocol import evidence as ev
 from protocol import receipts as rc
@@ -72,7 +73,7 @@ class ClearingService(Service):
         if envelope.action not in REQUESTS:
             raise Reject("UNKNOWN_ACTION", f"ch has no action {envelope.action!r}")
         if not self.serving:
-            raise Reject("NOT_CLEARING_HOUSE", "this node does not have the clearinghouse role")
+            raise Reject(NOT_A_HOUSE, "this node does not have the clearinghouse role")
         keyring = self._keys(tx)
         try:
             with savepoint(tx.conn):

@@ -5,7 +5,9 @@ while it is full: backpressure); :meth:`Sender.run` sends all that queued meanwh
 clearing house and within a frame, as one ``log_batch`` (a lone one as ``log``). Evidence
 logs wait as rows of ``ch_requests``; they go out the same way, all that are ready at once,
 ``EVIDENCE_LINGER_S`` after being told (``evidence_due``), and at start for those a stopped
-node left. Nothing waits on evidence, and one batch costs the node and the clearing house
+node left — first moving the evidence bound to an agent that is no longer the clearing house
+to the one configured (``moves.py``: at start, and when told of a new ``[clearinghouse]``).
+Nothing waits on evidence, and one batch costs the node and the clearing house
 about what one entry does, so the linger saves CPU: on a node making one lift after another,
 evidence sent as it happened was about a sixth of each lift's CPU over all nodes.
 """
@@ -55,10 +57,12 @@ class Pending:
 
 class Sender:
     def __init__(self, runtime: Runtime, room: Callable[[], int],
-                 address: Callable[[str], ChipAddress]) -> None:
+                 address: Callable[[str], ChipAddress], move: Callable[[Tx], None]) -> None:
         self.runtime = runtime
         self._room = room  # the largest request a frame carries
         self._address = address  # where to send to a clearing house, by agent id
+        self._move = move  # evidence bound to another clearing house moves to ours (moves.py)
+        self._move_due = True  # at start: the configured clearing house may be a new one
         self._calls_in, self._calls = trio.open_memory_channel[Pending](QUEUE_LIMIT)
         self._evidence_waiting = True  # at start: what a previous run left
         self._evidence_told = trio.lowlevel.ParkingLot()
@@ -76,6 +80,11 @@ class Sender:
         """An evidence log committed (or its process became ready): send it soon."""
         self._evidence_waiting = True
         self._evidence_told.unpark_all()
+
+    def house_changed(self) -> None:
+        """``[clearinghouse]`` changed: the evidence bound to the old one moves, then goes."""
+        self._move_due = True
+        self.evidence_due()
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Send what waits for the clearing house until cancelled."""
@@ -160,7 +169,10 @@ class Sender:
                 await self._evidence_told.park()
             await trio.sleep(EVIDENCE_LINGER_S)
             self._evidence_waiting = False
+            moving, self._move_due = self._move_due, False
             try:
+                if moving:
+                    await self.runtime.transact(self._move)
                 while await self._send_evidence_batch():
                     pass
             except Exception as exc:  # a failed write: nothing was sent, so try again soon
@@ -169,6 +181,7 @@ class Sender:
                     log.exception("sending evidence to the clearing house failed; retrying")
                 await trio.sleep(wait or EVIDENCE_RETRY)
                 self._evidence_waiting = True
+                self._move_due = self._move_due or moving
             else:
                 failures.recovered()
 
