@@ -137,3 +137,30 @@ def test_the_cli_says_a_failed_write_is_the_nodes_database_not_the_request(tmp_p
         info = json.loads(cli("-c", config, "getinfo").stdout)
         assert info["counters"]["db_errors"] >= 1
         assert processes["alice"].poll() is None
+
+
+async def test_a_refusal_that_cannot_be_recorded_is_asked_again_and_recorded_once_space_returns(
+        small_disk, tmp_path):
+    """b refuses a's messages (UNKNOWN_TARGET) while a's disk is full: marking their rows
+    refused fails. That is a's failure: the channel stays open, the messages stay live and
+    are sent again; once space returns b's refusals are recorded."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await net.stop(1)
+        to = ChipAddress(agent=b.agent_id, host="127.0.0.1", port=b.port)
+        await a.transact(lambda tx: [tx.send(Send(to, "no-such-target", "ping", {"seq": i}))
+                                     for i in range(5)])
+        with sqlite3.connect(a.config.db_path) as conn:  # an empty WAL: the next write grows it
+            assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        filler = _fill(small_disk)
+        b = await net.restart(1)
+        await wait_for(lambda: a.counters.rejected_by_peer >= 5, timeout=20)
+        await trio.sleep(0.5)
+        assert a.db.errors >= 1 and "full" in a.db.last_error, a.db.last_error
+        assert a.counters.rejected["internal_error"] == 0  # the channel was not closed for it
+        assert len(a.pump.live) == 5  # not lost: each waits to be sent again
+        filler.unlink()
+        await wait_for(lambda: a.db.read_one(
+            "SELECT count(*) FROM outbox WHERE state = 'failed'")[0] == 5, timeout=30)
+        assert not a.pump.live
+        assert a.counters.rejected["internal_error"] == 0

@@ -30,6 +30,7 @@ import trio
 from agentd.runtime.context import NotYet, Reject, Service, Tx
 from agentd.runtime.limits import MAX_WAIT, MESSAGE_COST, DecodeBudget
 from agentd.runtime.refusals import ack_error
+from agentd.runtime.timers import Failures
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
 from protocol.envelope import Ack, Envelope, EnvelopeError, ack_frame, parse_frame
@@ -98,6 +99,8 @@ class Dispatcher:
         self.node = node
         self.services: dict[str, Service] = {}
         self.ephemeral: set[str] = set()  # targets whose messages are never written
+        self._recording = Failures("recording peers' acks of our messages (each is sent "
+                                   "again after its ack timeout, and its duplicate acked)")
 
     def register(self, service: Service) -> None:
         self.services[service.target] = service
@@ -291,23 +294,38 @@ class Dispatcher:
                 service.routine_refusals)
             log.log(logging.INFO if routine else logging.WARNING, "%s refused %s/%s: %s %s",
                     from_agent[:8], envelope.get("target"), envelope.get("action"), code, text)
-        if not item.durable:  # no row to delete or mark: the service hears of it at once
+        try:
+            tx = await self._record(item, service, ack)
+        except Exception as exc:
+            if self._recording.survive(exc) is None:
+                raise  # a bug: it costs this channel, as any bug handling a peer's traffic
+            node.pump.unsettle(item)  # our failure, not the peer's: as if the ack were lost
+            return
+        self._recording.recovered()
+        tx.committed()
+
+    async def _record(self, item: Outgoing, service: Service | None, ack: Ack) -> Tx:
+        """Delete (or mark refused) the acked message's row and tell its service, in one
+        transaction; a message without a row: its service hears of it on the read
+        connection. The caller runs the transaction's after-commit work."""
+        node = self.node
+        if not item.durable:
             tx = node.db.reading(node.new_tx)
             self._tell(service, tx, item, ack)
-            tx.committed()
-            return
+            return tx
 
         def job(conn):
             if ack.error is None:
                 outbox.delete(conn, [item.id])
             else:
-                outbox.mark_failed(conn, item.id, f"{code}: {text}")
+                error = ack.error
+                outbox.mark_failed(conn, item.id,
+                                   f"{error.get('code', '?')}: {error.get('message', '')}")
             tx = node.new_tx(conn)
             self._tell(service, tx, item, ack)
             return tx
 
-        tx = await node.db.write(job)
-        tx.committed()
+        return await node.db.write(job)
 
     @staticmethod
     def _tell(service: Service | None, tx: Tx, item: Outgoing, ack: Ack) -> None:

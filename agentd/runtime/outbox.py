@@ -259,6 +259,20 @@ class OutboxPump:
             self.node.counters.rejected_by_peer += 1
         return item
 
+    def unsettle(self, item: Outgoing) -> None:
+        """An ack ``on_ack`` took whose row and service we could not update (our database
+        failed): the message is live again, as if the ack had been lost, and is sent again
+        once its ack timeout passes (a backoff, growing while it keeps failing); the
+        recipient acks the duplicate, or decides again on a message it refused."""
+        if item.id in self.live:
+            return
+        self._hold(item)
+        trip = self.round_trips.get(item.peer) or self.round_trip
+        item.due = self.node.clock.monotonic() + ack_timeout(item.timeouts + 1, trip.rto)
+        self._unacked[item.peer] = self._unacked.get(item.peer, 0) + 1
+        self._inflight[item.id] = item
+        self._scanner.wake()
+
     def forget(self, item: Outgoing) -> None:
         """Delete an acked message's row with the next batch of deletes."""
         if item.durable:
