@@ -18,6 +18,7 @@ import trio
 
 from agentd.rpc import DATABASE, RpcError
 from agentd.runtime import node as node_module
+from agentd.runtime import outbox as pump_module
 from agentd.services.relay.service import RelayService
 from protocol.keys import ChipAddress
 from protocol.messages import Send
@@ -164,3 +165,76 @@ async def test_a_refusal_that_cannot_be_recorded_is_asked_again_and_recorded_onc
             "SELECT count(*) FROM outbox WHERE state = 'failed'")[0] == 5, timeout=30)
         assert not a.pump.live
         assert a.counters.rejected["internal_error"] == 0
+
+
+def _corrupt_copy(db_path: Path, ids: list[bytes], copy: Path) -> sqlite3.Connection:
+    """A copy of the database (checkpointed first) whose table pages that hold ``ids``' rows
+    are garbage: reading those rows from it fails as a real corrupt file does."""
+    with sqlite3.connect(db_path) as conn:
+        assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray(db_path.read_bytes())
+    for start in range(page, len(data), page):  # page 1 (the schema) stays
+        if data[start] == 0x0D and any(i in data[start:start + page] for i in ids):
+            data[start + 8:start + page] = b"\xff" * (page - 8)  # a table leaf's cells
+    copy.write_bytes(bytes(data))
+    conn = sqlite3.connect(copy, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+async def test_a_failed_read_of_spilled_outbox_rows_costs_neither_the_sender_nor_the_node(
+        tmp_path, monkeypatch, caplog):
+    """b is away while a queues 30 messages for it: 8 wait in memory, the rest in their rows.
+    Once b is back, reading those rows fails (a real SQLITE_CORRUPT: the read connection is
+    swapped for a corrupt copy of the file): a's sender backs off and tries again, the node
+    keeps running, and once reads work the rest are delivered."""
+    monkeypatch.setattr(pump_module, "HOLD", 8)
+    caplog.set_level(logging.ERROR, logger="agentd.runtime")
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await net.stop(1)
+        await _queue_pings(a, b, 30)
+        assert len(a.pump.live) == 8 and a.pump.depth == 30
+        spilled = [row[0] for row in a.db.read("SELECT id FROM outbox ORDER BY seq")[8:]]
+        reader, a.db._reader = a.db._reader, _corrupt_copy(a.config.db_path, spilled,
+                                                            tmp_path / "corrupt.db")
+        try:
+            b = await net.restart(1)  # the 8 are acked, and the sender reads the rest back
+            await wait_for(lambda: any("reading spilled outbox rows" in r.getMessage()
+                                       for r in caplog.records), timeout=20)
+            await trio.sleep(1.5)  # tried again after a second: fails again
+            assert "malformed" in a.db.last_error, a.db.last_error
+            assert a.counters.acks_in == 8 and not a.pump.live  # the rest wait in their rows
+            assert (await a.rpc.call("getinfo", {}))["counters"]["db_errors"] >= 2
+        finally:
+            a.db._reader.close()
+            a.db._reader = reader
+        await wait_for(lambda: _outbox_rows(a) == 0, timeout=30)
+        assert b.db.read_one("SELECT count(*) FROM inbox")[0] == 30
+
+
+async def test_the_relay_survives_a_failed_read_of_its_next_deadline(
+        tmp_path, monkeypatch, caplog):
+    """The relay's sweep loop reads when its next deadline is: a read connection on a file
+    that is not a database (a real SQLITE_NOTADB) fails it every time; the loop backs off,
+    logs once, and goes on once reads work."""
+    monkeypatch.setattr(RelayService, "sweep_interval_ms", 100)
+    caplog.set_level(logging.WARNING, logger="agentd.runtime")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\xff" * 8192)
+    async with network(tmp_path, n=1) as net:
+        node = net.nodes[0]
+        reader = node.db._reader
+        node.db._reader = sqlite3.connect(garbage, check_same_thread=False)
+        try:
+            await wait_for(lambda: node.db.errors >= 2, timeout=10)
+            assert "not a database" in node.db.last_error, node.db.last_error
+        finally:
+            node.db._reader.close()
+            node.db._reader = reader
+        await wait_for(lambda: any("relay's sweep" in r.getMessage() and "works again"
+                                   in r.getMessage() for r in caplog.records), timeout=10)
+    failed = [r for r in caplog.records if "relay's sweep" in r.getMessage()
+              and "trying again" in r.getMessage()]
+    assert len(failed) == 1, [r.getMessage() for r in caplog.records]

@@ -27,7 +27,7 @@ import trio
 
 from agentd.runtime.outgoing import Outgoing, RoundTrip, ack_timeout
 from agentd.runtime.peers import PeerUnreachable
-from agentd.runtime.timers import Ticker
+from agentd.runtime.timers import Failures, Ticker
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import unpack
 from protocol.envelope import Ack
@@ -71,6 +71,8 @@ class OutboxPump:
         self._spilled: dict[str, int] = {}  # peer -> the last seq in memory: later rows wait
         self._held: dict[str, int] = {}  # peer -> bytes of its durable messages in ``live``
         self._rows_swept = 0.0  # when _expire_rows last looked (monotonic)
+        self._reading = Failures("reading spilled outbox rows back to send them")
+        self._reads_resume = 0.0  # after a failed read of them: not before (monotonic)
         self.round_trips: dict[str, RoundTrip] = {}
         self.round_trip = RoundTrip()  # all peers': the timeout of a peer not yet measured
         self._scanner = Ticker(SCAN_INTERVAL, self._scan, task="the outbox's retry scan")
@@ -148,8 +150,18 @@ class OutboxPump:
         after = self._spilled.get(peer)
         if after is None or len(queue) >= HOLD // 2 or self._held.get(peer, 0) >= HOLD_BYTES // 2:
             return
+        if self.node.clock.monotonic() < self._reads_resume:
+            return
         room = HOLD - len(queue)
-        rows = self.node.db.reading(lambda conn: outbox.pending_to(conn, peer, after, room))
+        try:
+            rows = self.node.db.reading(lambda conn: outbox.pending_to(conn, peer, after, room))
+        except Exception as exc:
+            wait = self._reading.survive(exc)
+            if wait is None:
+                raise  # a bug
+            self._reads_resume = self.node.clock.monotonic() + wait  # the sender waits for it
+            return
+        self._reading.recovered()
         now, taken, expired = self.node.clock.now_ms(), 0, []
         for row in rows:
             if taken and self._held.get(peer, 0) >= HOLD_BYTES:
@@ -340,7 +352,10 @@ class OutboxPump:
                 if queue:
                     break
                 self._wake[peer] = trio.Event()
-                with trio.move_on_after(SENDER_IDLE_S):
+                idle, deferred = SENDER_IDLE_S, self._reads_resume - self.node.clock.monotonic()
+                if peer in self._spilled and deferred > 0:  # its rows' read failed: try again
+                    idle = min(idle, deferred)
+                with trio.move_on_after(idle):
                     await self._wake[peer].wait()
                 if not queue and not self._unacked.get(peer) and peer not in self._spilled:
                     self._retire(peer)

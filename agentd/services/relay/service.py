@@ -377,9 +377,13 @@ class RelayService(Service):
         """Sweep at every request deadline and every ``sweep_interval_ms``, until cancelled."""
         task_status.started()
         sweeping = Failures("the relay's sweep of requests past their deadline or TTL")
+
+        async def next_deadline() -> int | None:
+            return self.runtime.db.reading(lambda conn: relay_store.next_deadline(conn, PENDING))
+
         while True:
+            due = await sweeping.retry(next_deadline)
             now = self.runtime.clock.now_ms()
-            due = self.runtime.db.reading(lambda conn: relay_store.next_deadline(conn, PENDING))
             if now >= self._next_sweep_ms or (due is not None and due <= now):
                 await sweeping.retry(self.sweep)
                 self._next_sweep_ms = now + self.sweep_interval_ms
