@@ -238,3 +238,36 @@ async def test_the_relay_survives_a_failed_read_of_its_next_deadline(
     failed = [r for r in caplog.records if "relay's sweep" in r.getMessage()
               and "trying again" in r.getMessage()]
     assert len(failed) == 1, [r.getMessage() for r in caplog.records]
+
+
+def _garble_table(db_path: Path, table: str) -> None:
+    """Overwrite ``table``'s root page with garbage: reading it fails (SQLITE_CORRUPT)."""
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?",
+                            (table,)).fetchone()[0]
+    with open(db_path, "r+b") as handle:
+        handle.seek((root - 1) * page)
+        handle.write(b"\xff" * page)
+
+
+@pytest.mark.parametrize("table", ["peers", "outbox_pending"])
+def test_agentd_run_on_a_database_that_fails_at_start_exits_with_one_line(tmp_path, table):
+    """A start-up read or write that fails (loading the peers, before the node's tasks; the
+    outbox's waiting peers, in the pump's start) ends ``agentd run`` with one line naming the
+    database and the failure, exit 2, no traceback."""
+    alice = init(tmp_path, "alice")
+    config = alice["config"]
+    with running({"alice": alice}) as processes:  # made the database
+        cli("-c", config, "stop")
+        assert processes["alice"].wait(timeout=20) == 0
+    db_path = Path(config).parent / "data" / "agentd.db"
+    _garble_table(db_path, table)
+    failed = cli("run", "-c", config, check=False)
+    assert failed.returncode == 2, failed
+    assert "Traceback" not in failed.stderr, failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last == (f"agentd: cannot start: the database {db_path} failed: database disk image "
+                    "is malformed; fix that (free disk space, restore the file from a backup) "
+                    "and start again"), failed.stderr

@@ -47,7 +47,7 @@ from agentd.services.ping import PingService
 from agentd.services.relay.service import RelayService
 from agentd.services.users import Users
 from protocol.keys import ChipAddress, SigningKey, format_hostport, parse_hostport
-from store import Database, DatabaseError, inbox, outbox
+from store import Database, DatabaseError, inbox, is_failure, outbox
 from store import clearing as clearing_store
 from store import credit as credit_store
 from store import lifts as lift_store
@@ -272,11 +272,13 @@ class Node:
                 db = await database.__aenter__()
             except DatabaseError as exc:
                 raise UserError(str(exc)) from exc
+            starting = True
             try:
                 self.db = db
                 await self._load_peers()
                 async with trio.open_nursery() as nursery:
                     await self._start(nursery)
+                    starting = False
                     self.started_monotonic = self.clock.monotonic()
                     log.info("node %s (%s) listening on %s%s", config.name, self.agent_id,
                              self.bound_address, f" (advertised as {config.advertise})"
@@ -285,6 +287,13 @@ class Node:
                     await self._stop.wait()
                     log.info("stopping")
                     nursery.cancel_scope.cancel()
+            except Exception as exc:
+                failure = _database_failure(exc) if starting else None
+                if failure is None:
+                    raise
+                raise UserError(f"cannot start: the database {config.db_path} failed: "
+                                f"{failure}; fix that (free disk space, restore the file from "
+                                "a backup) and start again") from exc
             finally:
                 await database.__aexit__(None, None, None)
 
@@ -427,3 +436,14 @@ class Node:
         """Stop the node cleanly (in-flight database work is committed or rolled back)."""
         self.stop()
         return {}
+
+
+def _database_failure(exc: BaseException) -> BaseException | None:
+    """The failure of the database (``store.is_failure``) that ``exc`` is, or the first of an
+    exception group from the start-up's nursery that holds nothing else; else None."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc if is_failure(exc) else None
+    matched, rest = exc.split(is_failure)
+    while isinstance(matched, BaseExceptionGroup) and rest is None:
+        matched = matched.exceptions[0]
+    return None if rest is not None else matched
