@@ -191,6 +191,7 @@ class Database:
         self._files: dict[Path, tuple[int, int]] = {}  # (device, inode) of the db, its WAL
         self._files_checked = 0.0
         self._gone: str | None = None  # why the files are no longer ours: no more writes
+        self._failing = 0  # the writer's current streak of failed writes (logged once)
 
     @classmethod
     def open(cls, path: Path | str, *, shared: SharedWriter | None = None,
@@ -306,6 +307,7 @@ class Database:
             if events:
                 self._token.run_sync_soon(_set_all, events)
             return
+        changes = conn.total_changes
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
@@ -329,6 +331,10 @@ class Database:
                 conn.execute("COMMIT")
             self.commits += 1
             self.jobs += len(batch)
+            if (self._failing and conn.total_changes > changes  # one that wrote, not empty
+                    and not any(is_failure(job.error) for job in batch)):
+                _log.warning("database writes work again, after %d failed", self._failing)
+                self._failing = 0
         except sqlite3.Error as exc:
             self._failed(exc)
             with contextlib.suppress(sqlite3.Error):
@@ -338,18 +344,25 @@ class Database:
             for job in batch:
                 job.error = failure
                 job.result = None
-        for job in batch:
-            if job.done is None and job.error is not None:
-                _log_unwaited_failure(job.error)
+        for job in batch:  # a failure of the database is logged once per streak (_failed)
+            if job.done is None and job.error is not None and not is_failure(job.error):
+                _log.error("background database job failed (a bug?): %r", job.error)
         events = [job.done for job in batch if job.done is not None]
         if events:
             self._token.run_sync_soon(_set_all, events)
 
     def _failed(self, exc: sqlite3.Error) -> None:
-        """Count and log loudly a failure of the database itself (it is shown by getinfo)."""
+        """Count a failed write (getinfo shows each); log the first of a streak of failures
+        of the database, not every job of it: the work that waits on them logs its own."""
         self._count_error(f"{type(exc).__name__}: {exc}")
-        _log.error("database write failed (%s); the work is not lost: messages stay unacked"
-                   " and are retried by their senders", self.last_error)
+        if not is_failure(exc):  # a statement's error: its caller has the exception
+            return
+        self._failing += 1
+        if self._failing == 1:
+            _log.error("database write failed (%s): nothing of it was written. Messages we "
+                       "could not commit stay unacked for their senders to retry, and the "
+                       "node's own work is tried again later; logged once until a write "
+                       "works again (getinfo: db_errors, last_db_error)", self.last_error)
 
     def _count_error(self, error: str) -> None:
         """Count a failure of the database (shown by getinfo): a write's, on the writer
@@ -385,10 +398,6 @@ class Database:
 def _set_all(events: list[trio.Event]) -> None:
     for event in events:
         event.set()
-
-
-def _log_unwaited_failure(error: BaseException) -> None:
-    _log.error("background database job failed: %s", error)
 
 
 def _make_private(path: Path) -> None:

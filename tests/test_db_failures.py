@@ -95,10 +95,12 @@ def _fill(directory: Path) -> Path:
 
 
 async def test_a_full_disk_fails_background_writes_and_the_work_is_done_once_space_returns(
-        small_disk, tmp_path, monkeypatch):
+        small_disk, tmp_path, monkeypatch, caplog):
     """A real full disk (SQLITE_FULL): the acked rows' deletes and maintenance fail while it
-    lasts, the node keeps running, and once space returns the acked rows are deleted."""
+    lasts, the node keeps running, and once space returns the acked rows are deleted. The
+    writer logs the streak once, not each failed job, and when writes work again."""
     monkeypatch.setattr(node_module, "MAINTENANCE_INTERVAL", 0.1)
+    caplog.set_level(logging.WARNING, logger="agentd.store")
     async with network(tmp_path, n=2) as net:
         a, b = net.nodes
         await net.stop(1)
@@ -118,6 +120,12 @@ async def test_a_full_disk_fails_background_writes_and_the_work_is_done_once_spa
         await wait_for(lambda: a.db.read_one("SELECT count(*) FROM inbox")[0] == 20,
                        timeout=30)  # and b's pongs, unacked meanwhile, were taken
         await a.rpc.call("users.add", {"cuid": "ann"})  # writes work again
+    store_lines = [r.getMessage() for r in caplog.records
+                   if r.name == "agentd.store" and r.getMessage().startswith("database write")]
+    assert len(store_lines) == 2, store_lines  # a's streak; b's disk is not full
+    assert "logged once until a write works again" in store_lines[0]
+    assert store_lines[1].startswith("database writes work again, after ")
+    assert not any("background database job" in r.getMessage() for r in caplog.records)
 
 
 def test_the_cli_says_a_failed_write_is_the_nodes_database_not_the_request(tmp_path):
