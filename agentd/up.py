@@ -59,6 +59,15 @@ def _info(socket_path: Path) -> dict | None:
         return None
 
 
+def _last_line(log: Path) -> str:
+    """``: LINE``, the last line a node that failed to start wrote (its reason), or ''."""
+    try:
+        lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return f": {lines[-1].strip()}" if lines else ""
+
+
 def _claim_start(config: Config) -> int | None:
     """The descriptor holding ``config``'s start lock, for this ``up`` to start the node; None
     when another ``up`` holds it (that one starts the node)."""
@@ -107,7 +116,8 @@ def _up(directory: Path, configs: list[Config], locks: list[int]) -> int:
         while (info := _info(config.socket_path)) is None:
             process = started.get(config.path)
             if process is not None and process.poll() is not None:
-                raise UserError(f"node {config.name} exited with {process.returncode}; see "
+                raise UserError(f"node {config.name} exited with {process.returncode}"
+                                f"{_last_line(config.data_dir / 'agentd.log')}; see "
                                 f"{config.data_dir / 'agentd.log'}"
                                 + _left_running(configs, config, stop_them))
             if time.monotonic() > deadline:

@@ -118,6 +118,7 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
     (B_OFFER, "accept"): OFFER_OPEN,  # send the acceptance again
     (P_OFFER, "refuse"): OFFER_VOID,
     (B_OFFER, "refuse"): OFFER_VOID,
+    (DRAFT, "refuse"): VOID,  # our invitation withdrawn, while no ticket has come for it
     (P_OFFER, "counter"): OFFER_DRAFT,
     (OPEN, "close"): C_OPEN,
     # the partner's messages
@@ -375,8 +376,14 @@ def accept(local: LocalTally, key: SigningKey) -> Step:
 
 
 def refuse(local: LocalTally) -> Step:
-    """Turn the partner's offer down (``void``)."""
+    """Turn the partner's offer down (``void``); or, on a ``draft`` no ticket has come for,
+    withdraw our invitation: nobody to tell, and a ticket presented later is refused."""
     state = _next(local.state, "refuse")
+    if local.state == DRAFT:
+        if local.tally[local.partner_side]["cert"] is not None:
+            raise Refusal("bad_state", f"tally {local.uuid} is the partner's to offer again "
+                          "(it countered our offer): refuse that offer when it comes")
+        return replace(local, state=state), []
     return replace(local, state=state), [_notice(local, "void")]
 
 

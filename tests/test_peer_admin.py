@@ -186,6 +186,8 @@ async def test_a_peer_the_node_still_needs_keeps_its_address(tmp_path):
         with pytest.raises(RpcError, match=r"\[clearinghouse\] agent in .*n0\.toml") as ch:
             await alice.rpc.call("peers.remove", {"agent": house.agent_id})
         assert ch.value.reason == "PEER_IN_USE"
+        assert "outside [[peers]]" in ch.value.message  # as peers.list says: source config
+        assert "learned" not in ch.value.message
         assert alice.address_of(house.agent_id) == house.listen_address
 
         removed = await alice.rpc.call("peers.remove", {"agent": bob.agent_id})
@@ -195,7 +197,7 @@ async def test_a_peer_the_node_still_needs_keeps_its_address(tmp_path):
         await open_tally(alice, "ann", bob, "ben")  # its ticket teaches alice bob's address
         with pytest.raises(RpcError, match=r"partner's side of 1 of our tallies") as partner:
             await alice.rpc.call("peers.remove", {"agent": bob.agent_id})
-        assert partner.value.reason == "PEER_IN_USE"
+        assert partner.value.reason == "PEER_IN_USE" and "but learned" in partner.value.message
         assert alice.address_of(bob.agent_id) == bob.listen_address
 
         await alice.rpc.call("peers.add", {"name": "bob", "agent": bob.agent_id,

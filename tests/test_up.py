@@ -84,3 +84,19 @@ def test_up_and_down_of_one_config_start_and_stop_that_node_alone(tmp_path: Path
     finally:
         assert down(Path(a["config"])) == 0
     assert capsys.readouterr().out == "agentd down: stopped a\n"
+
+
+def test_a_node_that_cannot_start_is_named_with_its_reason(tmp_path: Path):
+    """Its port taken: up says why (the last line of the node's log), not only the exit code
+    and where to look."""
+    import socket
+
+    a = init(tmp_path, "a")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", a["port"]))
+        taken.listen()
+        result = subprocess.run([*AGENTD, "up", a["config"]], capture_output=True, text=True,
+                                timeout=60)
+    assert result.returncode != 0
+    assert re.search(r"node a exited with 2: .*cannot listen on 127\.0\.0\.1:\d+: address "
+                     r"already in use; see ", result.stderr), result.stderr

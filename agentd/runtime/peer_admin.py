@@ -109,8 +109,10 @@ class PeerAdmin:
                            "node learned an address of (peers.list)", "UNKNOWN_PEER")
         why = self._needed(agent)
         if why is not None:
-            raise Reject("PEER_IN_USE", f"{agent} is not in [[peers]] of {path} but learned, "
-                         f"and this node still needs its address: {why}")
+            source = (f"named in {path} outside [[peers]]" if node.peer_source(agent) ==
+                      "config" else f"not in [[peers]] of {path} but learned")
+            raise Reject("PEER_IN_USE", f"{agent} is {source}, and this node still needs its "
+                         f"address: {why}")
         await node.forget_peer(agent)
         return {"change": "forgotten", "config": str(path), "applied": [], "agent": agent}
 

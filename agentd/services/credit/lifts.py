@@ -92,7 +92,7 @@ class LiftService(Service):
 
     async def rpc_pay(self, cuid: str, find: str, units: int, memo: str = "",
                       life_s: float | None = None) -> dict:
-        """Pay ``units`` to ``find`` (``cuid:agent`` or a full CHIP address) along a route of
+        """Pay ``units`` mCHIP to ``find`` (``cuid:agent`` or a full CHIP address) along a route of
         tallies: returns at once with the lift pending; ``lift.wait`` tells how it ended.
         ``NO_ROUTE`` when no path can carry ``units`` (checked before anything is promised).
         ``life_s``: seconds the lift may take (1 to 86400; null: ``[lift] life_s``, 120)."""
@@ -114,7 +114,7 @@ class LiftService(Service):
     async def rpc_clear(self, cuid: str, units: int | None = None, memo: str = "",
                         life_s: float | None = None) -> dict:
         """Clear debt round a cycle through our user: the largest amount the first cycle found
-        can carry, or ``units``. Every balance on the cycle moves toward zero and nobody's net
+        can carry, or ``units`` mCHIP. Every balance on the cycle moves toward zero and nobody's net
         position changes. ``NO_CYCLE`` when no debt cycle passes through the user.
         ``life_s`` as for ``lift.pay``."""
         cuid, memo = self.ledger.known_user(param_cuid(cuid)), param_memo(memo)

@@ -207,7 +207,9 @@ class TallyService(Service):
         return await self._tally_step(cuid, tally, lambda local, user: t.accept(local, user.key))
 
     async def rpc_refuse(self, cuid: str, tally: str) -> dict:
-        """Turn the partner's offer down (the tally becomes void)."""
+        """Turn the partner's offer down (the tally becomes void); on a draft of our own
+        invitation that no ticket has come for yet (an unused or expired ticket), withdraw
+        it (void: a ticket presented later is refused)."""
         return await self._tally_step(cuid, tally, lambda local, user: t.refuse(local))
 
     async def rpc_counter(self, cuid: str, tally: str) -> dict:

@@ -1,0 +1,43 @@
+"""An invitation nobody used (its ticket unused, or expired) is withdrawn with tally.refuse on
+the inviter's draft: the draft becomes void (it stayed a draft for ever: refuse, close and
+offer all said BAD_STATE), and a ticket presented later is refused."""
+
+from __future__ import annotations
+
+from tests.netfixture import network, wait_for
+from tests.test_credit_service import refused, rpc, state
+
+
+async def test_an_unused_invitation_is_withdrawn_and_its_ticket_refused_after(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await rpc(a, "users.add", cuid="alice")
+        await rpc(b, "users.add", cuid="bob")
+        invited = await rpc(a, "tally.invite", cuid="alice")
+        tally = invited["tally"]
+        assert await rpc(a, "tally.refuse", cuid="alice", tally=tally) == {
+            "tally": tally, "state": "void"}
+        assert [row["state"] for row in await rpc(a, "tally.list", cuid="alice")] == ["void"]
+        late = await refused(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        assert "void" in late.message, late.message
+        assert [row["state"] for row in await rpc(a, "tally.list", cuid="alice")] == ["void"]
+        assert await rpc(b, "tally.list", cuid="bob") == []
+
+
+async def test_a_draft_the_partner_countered_is_not_withdrawn_behind_its_back(tmp_path):
+    """After a counter the partner holds the pen (our draft names it): refusing then would
+    leave it offering a tally we dropped without a word, so it is refused until its offer."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await rpc(a, "users.add", cuid="alice")
+        await rpc(b, "users.add", cuid="bob")
+        invited = await rpc(a, "tally.invite", cuid="alice")
+        tally = invited["tally"]
+        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        await rpc(a, "tally.offer", cuid="alice", tally=tally)
+        await wait_for(lambda: state(b, "bob", tally) == "P.offer")
+        await rpc(b, "tally.counter", cuid="bob", tally=tally)
+        await wait_for(lambda: state(a, "alice", tally) == "draft")
+        error = await refused(a, "tally.refuse", cuid="alice", tally=tally)
+        assert error.reason == "BAD_STATE" and "countered" in error.message
+        assert state(a, "alice", tally) == "draft"
