@@ -24,6 +24,7 @@ from protocol.keys import ChipAddress
 from protocol.messages import Send
 from tests.clihelpers import cli, init, running
 from tests.netfixture import network, wait_for
+from tests.test_disk_full import fill
 
 
 def _outbox_rows(node) -> int:
@@ -83,17 +84,6 @@ def small_disk(tmp_path: Path):
         subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
-def _fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as handle:
-        try:
-            while True:
-                handle.write(b"\0" * 65536)
-        except OSError:
-            pass
-    return filler
-
-
 async def test_a_full_disk_fails_background_writes_and_the_work_is_done_once_space_returns(
         small_disk, tmp_path, monkeypatch, caplog):
     """A real full disk (SQLITE_FULL): the acked rows' deletes and maintenance fail while it
@@ -107,7 +97,7 @@ async def test_a_full_disk_fails_background_writes_and_the_work_is_done_once_spa
         await _queue_pings(a, b, 20)
         with sqlite3.connect(a.config.db_path) as conn:  # an empty WAL: the next write grows it
             assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
-        filler = _fill(small_disk)
+        filler = fill(small_disk)
         b = await net.restart(1)  # b takes the pings and acks them; a cannot delete the rows
         await wait_for(lambda: a.counters.acks_in >= 20, timeout=20)
         await wait_for(lambda: a.db.errors >= 3, timeout=10)
@@ -161,7 +151,7 @@ async def test_a_refusal_that_cannot_be_recorded_is_asked_again_and_recorded_onc
                                      for i in range(5)])
         with sqlite3.connect(a.config.db_path) as conn:  # an empty WAL: the next write grows it
             assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
-        filler = _fill(small_disk)
+        filler = fill(small_disk)
         b = await net.restart(1)
         await wait_for(lambda: a.counters.rejected_by_peer >= 5, timeout=20)
         await trio.sleep(0.5)

@@ -47,7 +47,8 @@ def small_disk(tmp_path: Path):
         subprocess.run(["umount", "-l", str(data)], check=False)
 
 
-def _fill(directory: Path) -> Path:
+def fill(directory: Path) -> Path:
+    """Fill the file system of ``directory`` (a small tmpfs) to the last byte."""
     filler = directory / "filler"
     with open(filler, "wb", buffering=0) as handle:  # nothing left to flush at close
         try:
@@ -76,7 +77,7 @@ def test_full_disk_leaves_messages_unacked_and_they_flow_once_space_returns(smal
                      f'address = "127.0.0.1:{house["port"]}"\n')
     with running({"house": house, "alice": alice}) as processes:
         rpc(alice["config"], "ch.create_process", "pid=p1")
-        filler = _fill(data)
+        filler = fill(data)
         payload = "x" * 120_000  # more than the WAL already holds: it must grow
         call = subprocess.Popen([*AGENTD, "-c", alice["config"], "ch.log", "pid=p1",
                                  f"payload={payload}"], stdout=subprocess.PIPE,

@@ -8,13 +8,18 @@ from tests.netfixture import network, wait_for
 from tests.test_credit_service import refused, rpc, state
 
 
+async def _invited(net) -> tuple:
+    """alice (on a) invites; bob is on b: the nodes, the invitation and its tally."""
+    a, b = net.nodes
+    await rpc(a, "users.add", cuid="alice")
+    await rpc(b, "users.add", cuid="bob")
+    invited = await rpc(a, "tally.invite", cuid="alice")
+    return a, b, invited, invited["tally"]
+
+
 async def test_an_unused_invitation_is_withdrawn_and_its_ticket_refused_after(tmp_path):
     async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await rpc(a, "users.add", cuid="alice")
-        await rpc(b, "users.add", cuid="bob")
-        invited = await rpc(a, "tally.invite", cuid="alice")
-        tally = invited["tally"]
+        a, b, invited, tally = await _invited(net)
         assert await rpc(a, "tally.refuse", cuid="alice", tally=tally) == {
             "tally": tally, "state": "void"}
         assert [row["state"] for row in await rpc(a, "tally.list", cuid="alice")] == ["void"]
@@ -28,11 +33,7 @@ async def test_a_draft_the_partner_countered_is_not_withdrawn_behind_its_back(tm
     """After a counter the partner holds the pen (our draft names it): refusing then would
     leave it offering a tally we dropped without a word, so it is refused until its offer."""
     async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await rpc(a, "users.add", cuid="alice")
-        await rpc(b, "users.add", cuid="bob")
-        invited = await rpc(a, "tally.invite", cuid="alice")
-        tally = invited["tally"]
+        a, b, invited, tally = await _invited(net)
         await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
         await rpc(a, "tally.offer", cuid="alice", tally=tally)
         await wait_for(lambda: state(b, "bob", tally) == "P.offer")
