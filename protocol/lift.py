@@ -225,8 +225,9 @@ def _signed_by(public: bytes, signature: bytes, message: bytes) -> bool:
 
 
 def _address(hop: dict[str, Any]) -> ChipAddress:
-    """A path entry's user, as a refusal names it. (No message goes to the address a path
-    entry may carry: a promise goes to a tally partner we know, a decision to agents.)"""
+    """A path entry's user, as a refusal names it and a promise goes to it: no message goes
+    to the address a path entry may carry (a promise goes to a tally partner whose node we
+    know, a decision to agents)."""
     return ChipAddress(agent=hop["agent"], cuid=hop["cuid"])
 
 
@@ -294,9 +295,9 @@ def promise(record: dict[str, Any], hop: int) -> Send:
     The payee is the payer's tally partner, whose node the payer knows already: the promise
     names no address, so the one a route answer put in the path never steers where an honest
     hop dials (nor, through the outbox, its other messages to that partner)."""
-    payee = record["path"][hop + 1]
-    return Send(ChipAddress(agent=payee["agent"], cuid=payee["cuid"]), "lift", "promise",
-                {"record": record, "hop": hop}, record["path"][hop]["cuid"])
+    path = record["path"]
+    return Send(_address(path[hop + 1]), "lift", "promise", {"record": record, "hop": hop},
+                path[hop]["cuid"])
 
 
 def commit(record: dict[str, Any]) -> Send:

@@ -296,17 +296,26 @@ class Database:
         return self._gone
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        alone = len(batch) == 1  # a lone job needs no savepoint: its failure undoes it all
+        """Write ``batch`` (or, once the files are gone, fail every job of it), then wake
+        the jobs' callers."""
         gone = self._files_gone()
-        if gone is not None:
+        if gone is None:
+            self._write(conn, batch)
+        else:
             self._count_error(gone)
             failure = DatabaseError(f"not written: {gone}")
             for job in batch:
                 job.fn, job.error, job.result = _ran, failure, None
-            events = [job.done for job in batch if job.done is not None]
-            if events:
-                self._token.run_sync_soon(_set_all, events)
-            return
+        for job in batch:  # a failure of the database is logged once per streak (_failed)
+            if job.done is None and job.error is not None and not is_failure(job.error):
+                _log.error("background database job failed (a bug?): %r", job.error)
+        events = [job.done for job in batch if job.done is not None]
+        if events:
+            self._token.run_sync_soon(_set_all, events)
+
+    def _write(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        """Run the batch's jobs, each in a savepoint, and commit them together."""
+        alone = len(batch) == 1  # a lone job needs no savepoint: its failure undoes it all
         changes = conn.total_changes
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -344,12 +353,6 @@ class Database:
             for job in batch:
                 job.error = failure
                 job.result = None
-        for job in batch:  # a failure of the database is logged once per streak (_failed)
-            if job.done is None and job.error is not None and not is_failure(job.error):
-                _log.error("background database job failed (a bug?): %r", job.error)
-        events = [job.done for job in batch if job.done is not None]
-        if events:
-            self._token.run_sync_soon(_set_all, events)
 
     def _failed(self, exc: sqlite3.Error) -> None:
         """Count a failed write (getinfo shows each); log the first of a streak of failures

@@ -325,8 +325,7 @@ class Node:
             self.metrics_port = await nursery.start(self.metrics.serve,
                                                     self.config.metrics_listen)
         nursery.start_soon(Ticker(MAINTENANCE_INTERVAL, self._maintenance, immediately=True,
-                                  task="maintenance (pruning old inbox ids and refused "
-                                  "messages)").run)
+                                  task="maintenance (pruning what is kept 30 days)").run)
 
     async def _maintenance(self) -> bool:
         """At start and hourly: forget processed-message ids older than the dedup window, our
