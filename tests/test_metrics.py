@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentd.errors import UserError
+from agentd.runtime import outbox as pump_module
 from agentd.runtime.node import Node
-from protocol.keys import SigningKey
-from tests.netfixture import node_config
+from protocol.keys import ChipAddress, SigningKey
+from protocol.messages import Send
+from tests.netfixture import network, node_config
 
 
 async def scrape(port: int, path: str = "/metrics") -> tuple[str, str]:
@@ -56,3 +61,56 @@ def test_metrics_listen_is_checked(tmp_path):
         node_config(tmp_path, "a", sections={"metrics": {"listen": "nowhere"}})
     with pytest.raises(UserError, match=r"unknown key metrics\.port"):
         node_config(tmp_path, "a", sections={"metrics": {"listen": "127.0.0.1:0", "port": 1}})
+
+
+async def test_a_scrape_whose_outbox_read_fails_serves_the_rest_and_the_node_runs_on(
+        tmp_path, monkeypatch, caplog):
+    """b is away and a's queue for it spilled to its rows, so the outbox depth is a database
+    read; a's read connection is swapped for a file that is not a database (a real
+    SQLITE_NOTADB). Each scrape is still answered, without the depth and with
+    ``agentd_scrape_success{figure="outbox_depth"} 0``; the failure is logged once for the
+    streak, getinfo still answers (``outbox_depth`` null) and the node runs on; once reads
+    work the depth is back."""
+    monkeypatch.setattr(pump_module, "HOLD", 8)
+    caplog.set_level(logging.WARNING, logger="agentd.runtime")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\xff" * 8192)
+    async with network(tmp_path, n=2, sections={"metrics": {"listen": "127.0.0.1:0"}}) as net:
+        a, b = net.nodes
+        await net.stop(1)
+        to = ChipAddress(agent=b.agent_id, host="127.0.0.1", port=b.port)
+        await a.transact(lambda tx: [tx.send(Send(to, "node", "ping", {"seq": i}))
+                                     for i in range(30)])
+        assert a.pump.depth == 30  # 8 in memory, 22 in their rows
+        reader, a.db._reader = a.db._reader, sqlite3.connect(garbage, check_same_thread=False)
+        try:
+            for _ in range(3):
+                status, body = await scrape(a.metrics_port)
+                assert status == "HTTP/1.1 200 OK"
+                families = {f.name: f for f in text_string_to_metric_families(body)}
+                assert "agentd_outbox_depth" not in families  # no figure rather than a wrong one
+                assert _samples(families, "agentd_scrape_success") == {
+                    ("agentd_scrape_success", "outbox_depth"): 0}
+                errors = _samples(families, "agentd_db_errors")[("agentd_db_errors_total", None)]
+                assert 1 <= errors <= a.db.errors  # this read's failure counted
+                assert families["agentd_peers_connected"].samples[0].value == 0
+            info = await a.rpc.call("getinfo", {})
+            assert info["counters"]["outbox_depth"] is None
+            assert "not a database" in info["last_db_error"]
+            assert info["counters"]["db_errors"] >= 4  # three scrapes and this call
+        finally:
+            a.db._reader.close()
+            a.db._reader = reader
+        status, body = await scrape(a.metrics_port)
+        families = {f.name: f for f in text_string_to_metric_families(body)}
+        assert families["agentd_outbox_depth"].samples[0].value == 30
+        assert _samples(families, "agentd_scrape_success") == {
+            ("agentd_scrape_success", "outbox_depth"): 1}
+        assert (await a.rpc.call("getinfo", {}))["counters"]["outbox_depth"] == 30
+    lines = [r.getMessage() for r in caplog.records if "outbox depth" in r.getMessage()]
+    assert len(lines) == 2, lines  # the streak's first failure, and that it works again
+    assert "not a database" in lines[0] and "works again" in lines[1]
+
+
+def _samples(families: dict, name: str) -> dict[tuple[str, str | None], float]:
+    return {(s.name, s.labels.get("figure")): s.value for s in families[name].samples}

@@ -3,10 +3,12 @@
 prometheus-client builds the text exposition format from a registry of the node's own (so
 nodes sharing a process never mix): a collector that reads :class:`Counters` and the gauges
 at scrape time, and two latency histograms the node feeds — RPC calls by method, and incoming
-messages by target from arrival to commit. The HTTP side is a few lines on ``trio.serve_tcp``
-in the node's nursery (prometheus-client's own server would be a thread nobody can cancel):
-``GET /metrics`` answers the exposition, anything else 404; a request head is read up to
-8 KiB within 10 s, then the connection closes.
+messages by target from arrival to commit. A figure the database fails to read (the outbox
+depth of a spilled peer) is left out of that scrape and flagged in ``agentd_scrape_success``:
+the scrape is how an operator sees the failure, so it must not fail with it. The HTTP side
+is a few lines on ``trio.serve_tcp`` in the node's nursery (prometheus-client's own server
+would be a thread nobody can cancel): ``GET /metrics`` answers the exposition, anything else
+404; a request head is read up to 8 KiB within 10 s, then the connection closes.
 """
 
 from __future__ import annotations
@@ -108,10 +110,19 @@ class _NodeCollector:
             rejected.add_metric([reason], count)
         yield rejected
         running = node.db is not None and node.peers is not None
-        yield GaugeMetricFamily("agentd_outbox_depth", "messages waiting to be sent or acked",
-                                value=node.pump.depth if running else 0)
+        depth = node.pump.depth_if_readable() if running else 0
+        if depth is not None:  # a failed read is no figure, rather than a wrong one
+            yield GaugeMetricFamily("agentd_outbox_depth", "messages waiting to be sent or "
+                                    "acked", value=depth)
+        read = GaugeMetricFamily("agentd_scrape_success", "1 when the figure was read, 0 "
+                                 "when the database failed to read it (it is left out)",
+                                 labels=["figure"])
+        read.add_metric(["outbox_depth"], depth is not None)
+        yield read
         yield GaugeMetricFamily("agentd_peers_connected", "open channels",
                                 value=len(node.peers.channels) if running else 0)
         if running:
             yield CounterMetricFamily("agentd_db_commits", "database commits",
                                       value=node.db.commits)
+            yield CounterMetricFamily("agentd_db_errors", "failures of the database, on a "
+                                      "write or a read", value=node.db.errors)

@@ -391,7 +391,7 @@ class Node:
             "version": __version__,
             "uptime_s": round(self.clock.monotonic() - self.started_monotonic, 3),
             "peers": len(self.peers.channels),
-            "counters": {**self.counters.to_map(), "outbox_depth": self.pump.depth,
+            "counters": {**self.counters.to_map(), "outbox_depth": self.pump.depth_if_readable(),
                          "db_commits": self.db.commits, "db_jobs": self.db.jobs,
                          "db_errors": self.db.errors, "strangers": len(self.strangers),
                          "strangers_evicted": self.strangers.evicted,

@@ -73,6 +73,9 @@ class OutboxPump:
         self._rows_swept = 0.0  # when _expire_rows last looked (monotonic)
         self._reading = Failures("reading spilled outbox rows back to send them")
         self._reads_resume = 0.0  # after a failed read of them: not before (monotonic)
+        self._counting = Failures(
+            "reading the outbox depth (the rows of peers whose queue spilled to disk)",
+            meanwhile="getinfo shows outbox_depth null and the metrics scrape leaves it out")
         self.round_trips: dict[str, RoundTrip] = {}
         self.round_trip = RoundTrip()  # all peers': the timeout of a peer not yet measured
         self._scanner = Ticker(SCAN_INTERVAL, self._scan, task="the outbox's retry scan")
@@ -87,6 +90,19 @@ class OutboxPump:
             waiting += self.node.db.reading(
                 lambda conn, peer=peer, after=after: outbox.count_pending_to(conn, peer, after))
         return waiting
+
+    def depth_if_readable(self) -> int | None:
+        """``depth``, or None while the database fails to count a spilled peer's rows: for
+        getinfo and the metrics scrape, which must answer then (it is how the failure is
+        seen), not stop the node. Logged once a streak; each failed read is in db_errors."""
+        try:
+            depth = self.depth
+        except Exception as exc:
+            if self._counting.survive(exc) is None:
+                raise  # a bug
+            return None
+        self._counting.recovered()
+        return depth
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

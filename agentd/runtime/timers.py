@@ -36,8 +36,11 @@ class Failures:
     counted each already (``db_errors`` in getinfo); this logs the first of a streak at
     error level, naming the task, and when the task works again."""
 
-    def __init__(self, task: str) -> None:
-        self.task = task  # what a person reads in the log: what is not being done
+    def __init__(self, task: str, *, meanwhile: str | None = None) -> None:
+        """``task``: what a person reads in the log (what is not being done);
+        ``meanwhile``: what happens until it works, when not the backoff's retries."""
+        self.task = task
+        self.meanwhile = meanwhile or f"trying again, at most every {RETRY_MAX_S:g} s"
         self.streak = 0
 
     def survive(self, exc: BaseException) -> float | None:
@@ -47,9 +50,8 @@ class Failures:
             return None
         self.streak += 1
         if self.streak == 1:
-            log.error("%s failed: the database failed (%s); trying again, at most every "
-                      "%g s, logged once until it works (getinfo: last_db_error)",
-                      self.task, exc, RETRY_MAX_S)
+            log.error("%s failed: the database failed (%s); %s; logged once until it "
+                      "works (getinfo: last_db_error)", self.task, exc, self.meanwhile)
         return min(RETRY_MAX_S, RETRY_S * 2 ** min(self.streak - 1, 16))
 
     def recovered(self) -> None:
