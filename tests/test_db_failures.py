@@ -139,10 +139,13 @@ def test_the_cli_says_a_failed_write_is_the_nodes_database_not_the_request(tmp_p
 
 
 async def test_a_refusal_that_cannot_be_recorded_is_asked_again_and_recorded_once_space_returns(
-        small_disk, tmp_path):
-    """b refuses a's messages (UNKNOWN_TARGET) while a's disk is full: marking their rows
-    refused fails. That is a's failure: the channel stays open, the messages stay live and
-    are sent again; once space returns b's refusals are recorded."""
+        small_disk, tmp_path, caplog):
+    """b refuses a's messages (BAD_ENVELOPE: no such target) while a's disk is full: marking
+    their rows refused fails. That is a's failure: the channel stays open, the messages stay
+    live and are sent again (b refuses each again); once space returns b's refusals are
+    recorded, and each message's refusal is counted (rejected_by_peer) and logged once, not
+    once a send."""
+    caplog.set_level(logging.WARNING, logger="agentd.runtime.dispatch")
     async with network(tmp_path, n=2) as net:
         a, b = net.nodes
         await net.stop(1)
@@ -153,16 +156,20 @@ async def test_a_refusal_that_cannot_be_recorded_is_asked_again_and_recorded_onc
             assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
         filler = fill(small_disk)
         b = await net.restart(1)
-        await wait_for(lambda: a.counters.rejected_by_peer >= 5, timeout=20)
-        await trio.sleep(0.5)
+        await wait_for(lambda: a.counters.acks_in >= 10, timeout=30)  # each refused twice
         assert a.db.errors >= 1 and "full" in a.db.last_error, a.db.last_error
         assert a.counters.rejected["internal_error"] == 0  # the channel was not closed for it
         assert len(a.pump.live) == 5  # not lost: each waits to be sent again
+        assert a.counters.rejected_by_peer == 0  # not recorded yet
         filler.unlink()
         await wait_for(lambda: a.db.read_one(
             "SELECT count(*) FROM outbox WHERE state = 'failed'")[0] == 5, timeout=30)
         assert not a.pump.live
         assert a.counters.rejected["internal_error"] == 0
+        assert a.counters.rejected_by_peer == 5
+    refusals = [r.getMessage() for r in caplog.records
+                if "refused no-such-target/ping: BAD_ENVELOPE" in r.getMessage()]
+    assert len(refusals) == 5, refusals
 
 
 def _corrupt_copy(db_path: Path, ids: list[bytes], copy: Path) -> sqlite3.Connection:

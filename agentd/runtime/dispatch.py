@@ -288,12 +288,6 @@ class Dispatcher:
         if ack.error is None and (service is None or not service.wants_delivery(envelope)):
             node.pump.forget(item)
             return
-        if ack.error is not None:
-            code, text = ack.error.get("code", "?"), ack.error.get("message", "")
-            routine = service is not None and (envelope.get("action"), code) in (
-                service.routine_refusals)
-            log.log(logging.INFO if routine else logging.WARNING, "%s refused %s/%s: %s %s",
-                    from_agent[:8], envelope.get("target"), envelope.get("action"), code, text)
         try:
             tx = await self._record(item, service, ack)
         except Exception as exc:
@@ -302,6 +296,13 @@ class Dispatcher:
             node.pump.unsettle(item)  # our failure, not the peer's: as if the ack were lost
             return
         self._recording.recovered()
+        if ack.error is not None:  # counted and logged as recorded: once, however many
+            node.counters.rejected_by_peer += 1  # sends it took to record (unsettle)
+            code, text = ack.error.get("code", "?"), ack.error.get("message", "")
+            routine = service is not None and (envelope.get("action"), code) in (
+                service.routine_refusals)
+            log.log(logging.INFO if routine else logging.WARNING, "%s refused %s/%s: %s %s",
+                    from_agent[:8], envelope.get("target"), envelope.get("action"), code, text)
         tx.committed()
 
     async def _record(self, item: Outgoing, service: Service | None, ack: Ack) -> Tx:

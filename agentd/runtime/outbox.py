@@ -283,8 +283,6 @@ class OutboxPump:
                 seconds = self.node.clock.monotonic() - item.sent
                 self.round_trips.setdefault(item.peer, RoundTrip()).sample(seconds)
                 self.round_trip.sample(seconds)
-        if ack.error is not None:
-            self.node.counters.rejected_by_peer += 1
         return item
 
     def unsettle(self, item: Outgoing) -> None:
