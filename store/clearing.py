@@ -398,7 +398,8 @@ def evidence_elsewhere(conn: sqlite3.Connection, house: str | None) -> list[sqli
     """Evidence not answered yet — logs, and the processes they wait to be created — bound to
     a clearing house other than ``house`` (None: to any), oldest first."""
     return conn.execute(
-        "SELECT seq, id, ch, action, pid, kind, ref FROM ch_requests WHERE kind IS NOT NULL"
+        "SELECT seq, id, ch, action, pid, kind, ref, object FROM ch_requests"
+        " WHERE kind IS NOT NULL"
         " AND state IN ('waiting', 'sent') AND action IN ('log', 'create_process')"
         " AND ch IS NOT ? ORDER BY seq",
         (house,),

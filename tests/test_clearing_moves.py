@@ -14,7 +14,9 @@ import trio
 
 from agentd.rpc import RpcError
 from agentd.runtime.node import Node
+from protocol.codec import unpack
 from protocol.keys import SigningKey
+from store import clearing as clearing_store
 from tests.netfixture import Network, dial_failures, network, wait_for
 from tests.test_clearing_service import evidence, receipts
 
@@ -32,9 +34,10 @@ async def start_alice(net: Network, sections: dict, key: SigningKey | None = Non
 
 
 def write_config(node: Node, house: Node | None) -> None:
-    """Alice's config file as the operator fixes it: the same node, ``house`` (or none)."""
-    text = (f'[node]\nname = "alice"\ndata_dir = "{node.config.data_dir}"\n'
-            f'listen = "{node.config.listen}"\n')
+    """The node's config file as the operator fixes it: the same node, ``house`` (or none)."""
+    text = (f'[node]\nname = "{node.config.name}"\ndata_dir = "{node.config.data_dir}"\n'
+            f'listen = "{node.config.listen}"\nroles = {list(node.config.roles)!r}\n'
+            .replace("'", '"'))
     if house is not None:
         text += (f'\n[clearinghouse]\nagent = "{house.agent_id}"\n'
                  f'address = "{house.listen_address}"\n')
@@ -161,3 +164,42 @@ async def test_receipts_of_a_former_clearing_house_stay_and_still_verify(tmp_pat
         assert houses == {"tally.open": first.agent_id, "chit.good": second.agent_id}
         assert [(action, state) for action, state, _ in outbox_to(alice, first.agent_id)] == [
             ("log", "failed")]  # withdrawn: the first house is not dialled for it any more
+
+
+async def test_evidence_of_a_clearing_house_that_moves_to_itself_is_appended_directly(tmp_path):
+    """A clearing house whose own evidence went to another agent (a mistyped [clearinghouse])
+    is reconfigured to name itself: its unanswered evidence is appended to its own log in the
+    move's transaction, as its own evidence always is, with the owners first asked for and
+    the receipts stored at once: no create_process, log, keys or answer goes through its
+    outbox and inbox to itself. Evidence logged after the move takes the same path."""
+    async with network(tmp_path, n=1) as net:
+        [bob] = net.nodes
+        wrong = SigningKey.generate().agent_id
+        carl = await net.start("carl", SigningKey.generate(), roles=["clearinghouse"],
+                               sections=house_section(wrong, bob.listen_address))
+        net.nodes.append(carl)
+        net.introduce()
+        owners = [carl.agent_id, bob.agent_id]
+        await evidence(carl, 2, "tally-5", owners, "tally.open")
+        await wait_for(lambda: not carl.evidence.sender._move_due)  # the look at start is over
+        assert [action for action, *_ in outbox_to(carl, wrong)] == ["create_process"]
+        write_config(carl, carl)
+        assert "clearinghouse" in (await carl.rpc.call("reload", {}))["applied"]
+        await wait_for(lambda: [r["status"] for r in receipts(carl)] == ["valid"] * 2)
+        await evidence(carl, 1, "tally-5", owners, "chit.good")  # appended at once
+        assert [r["status"] for r in receipts(carl)] == ["valid"] * 3
+        assert carl.db.read_one("SELECT count(*) FROM ch_requests")[0] == 0
+        assert [(action, state) for action, state, _ in outbox_to(carl, wrong)] == [
+            ("create_process", "failed")]  # withdrawn; the logs waited for its answer
+        assert outbox_to(carl, carl.agent_id) == []
+        assert carl.db.read_one("SELECT count(*) FROM inbox")[0] == 0  # nothing sent to itself
+        chain = carl.db.read("SELECT header FROM ch_entries WHERE pid = 'tally-5' ORDER BY seq")
+        assert [unpack(row["header"])["ref"] for row in chain] == [
+            "tally.open-0", "tally.open-1", "chit.good-0"]  # in the order they were logged
+        assert carl.db.reading(lambda conn: clearing_store.owners(conn, "tally-5")) == sorted(
+            owners)  # as first asked for: bob may log to it too
+        audit = await carl.rpc.call("receipts.verify", {"chain": True})
+        assert audit["ok"] and audit["checked"] == 3 and audit["pending_detail"] == [], audit
+        assert {(r["kind"], r["clearing_house"]) for r in
+                await carl.rpc.call("receipts.list", {})} == {
+            ("tally.open", carl.agent_id), ("chit.good", carl.agent_id)}

@@ -128,8 +128,14 @@ class Evidence:
         another agent moves to the clearing house now configured (``moves.py``)."""
         self.sender.house_changed()
 
+    def _own(self, house: ChipAddress) -> OwnHouse | None:
+        """How to append to ``house``'s log directly: when it is this clearing house."""
+        return self.own_house if house.agent == self.runtime.agent_id else None
+
     def _move(self, tx: Tx) -> None:
-        if move_evidence(tx, self.clearing_house(), str(self.runtime.config.path)):
+        house = self.clearing_house()
+        own = None if house is None else self._own(house)
+        if move_evidence(tx, house, str(self.runtime.config.path), own):
             tx.after_commit(self.lost.wake)  # the processes asked of it are owed an answer
 
     # -- evidence from services (writer thread) ------------------------------------------
@@ -182,8 +188,8 @@ class Evidence:
         ref = pid if ref is None else ref
         if by_hash:
             log.info("evidence %s %s: payload too large, logged by its hash", kind, ref)
-        if (house.agent == self.runtime.agent_id and self.own_house is not None
-                and self.own_house(tx, obj, owner_ids, kind, ref)):
+        own = self._own(house)
+        if own is not None and own(tx, obj, owner_ids, kind, ref):
             return
         conn = tx.conn
         state = store.client_process(conn, house.agent, pid)

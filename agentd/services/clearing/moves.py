@@ -24,6 +24,19 @@ worst) and can call again, and an answer to a query nobody waits for is worth no
 whose message never left are withdrawn, and forgotten, so the old agent is not dialled for
 them; one that was delivered may still be answered by the house it went to.
 
+When the clearing house configured now is this node itself (a clearing house that named
+another), its moved logs take the path its own evidence always takes (``ClearingService.
+log_own``): each is appended to its own log in the move's transaction, to a process made
+with the owners first asked for, and its receipt stored at once. Sent as messages to itself,
+they went round its outbox and inbox as create_process and log_batch with their answers
+(delivered locally, and answered correctly, but as a stranger's requests would be: four
+messages and commits, and a create_process refused as a duplicate when evidence of the same
+process had been appended directly meanwhile). A log that is not ours to append to (a
+process of that pid made by others without us) still goes as a request, refused and recorded
+like any other. The move runs when the sender next sends (within a second of the reload):
+evidence logged in that second is appended before the moved logs, as a clearing house
+appends in the order logs reach it.
+
 With no clearing house configured any more, nothing moves: the evidence stays pending, bound
 to the agent it was sent to, is logged as waiting, and ``receipts.verify`` lists it in
 ``pending_detail`` as waiting for a clearing house that is not configured.
@@ -38,21 +51,24 @@ from typing import TYPE_CHECKING
 
 from agentd.runtime.context import Tx
 from protocol import clearing as ch
-from protocol.codec import pack
+from protocol.codec import pack, unpack
 from protocol.messages import Send
 from store import clearing as store
 from store import outbox
 
 if TYPE_CHECKING:
+    from agentd.services.clearing.client import OwnHouse
     from protocol.keys import ChipAddress
 
 log = logging.getLogger("agentd.evidence")
 
 
-def move_evidence(tx: Tx, house: ChipAddress | None, config: str) -> bool:
+def move_evidence(tx: Tx, house: ChipAddress | None, config: str,
+                  own: OwnHouse | None = None) -> bool:
     """Bind the evidence not answered yet to ``house``, this node's clearing house (None: there
     is none; ``config`` names the file in the log); whether any moved (its processes are then
-    being created, or its logs wait to go)."""
+    being created, or its logs wait to go). ``own``: ``house`` is this node, which appends
+    the logs to its own log with it."""
     conn = tx.conn
     rows = store.evidence_elsewhere(conn, None if house is None else house.agent)
     waits = Counter(row["ch"][:8] for row in rows if row["action"] == "log")
@@ -67,17 +83,23 @@ def move_evidence(tx: Tx, house: ChipAddress | None, config: str) -> bool:
         return False
     _withdraw(tx, {row["id"][:16] for row in rows if row["id"] is not None},
               f"evidence moved to the clearing house {house.agent} ([clearinghouse] changed)")
-    first: dict[str, sqlite3.Row] = {}  # each process's first log that moves
     owners: dict[str, list[str]] = {}
     for row in rows:
-        if row["action"] == "log":
-            store.move_log(conn, row["seq"], house.agent)
-            first.setdefault(row["pid"], row)
-        else:
+        if row["action"] != "log":
             store.delete_request(conn, row["seq"])
         known = store.forget_client_process(conn, row["ch"], row["pid"])
         if known is not None:
             owners[row["pid"]] = known
+    first: dict[str, sqlite3.Row] = {}  # each process's first log that moves as a request
+    for row in rows:
+        if row["action"] != "log":
+            continue
+        if own is not None and own(tx, unpack(row["object"]), owners.get(row["pid"], []),
+                                   row["kind"], row["ref"]):
+            store.delete_request(conn, row["seq"])  # answered: its receipt is stored
+            continue
+        store.move_log(conn, row["seq"], house.agent)
+        first.setdefault(row["pid"], row)
     for pid, row in first.items():
         if store.client_process(conn, house.agent, pid) is None:
             _create(tx, house, row, owners.get(pid, []))
