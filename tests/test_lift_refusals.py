@@ -32,7 +32,7 @@ async def test_no_route_and_bad_params_change_nothing(tmp_path):
         assert error.reason == "NO_ROUTE"
         nobody = f"zed:{dan.agent_id}"
         assert (await refused(ann, "lift.pay", cuid="ann", find=nobody, units=5)).reason == \
-            "NO_ROUTE"
+            "UNKNOWN_PAYEE"
         for params in ({"units": 0}, {"units": -5}, {"units": "5"}, {"find": "no-agent"},
                        {"life_s": 0}):
             call = {"cuid": "ann", "find": who(dan, "dan"), "units": 5, **params}

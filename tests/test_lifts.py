@@ -362,6 +362,7 @@ async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
         queries: list[str] = []
         arrivals: list[str] = []  # the user each query message reached
         asks: list[str] = []  # the payee each ask for last hops went to
+        amounts: list[int] = []  # the units each query searched for
         for node in u.values():
             routes = node.credit.routes
 
@@ -372,6 +373,7 @@ async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
                     arrivals.append(envelope.to.cuid)
                     if envelope.object["query"] not in queries:
                         queries.append(envelope.object["query"])
+                        amounts.append(envelope.object["units"])
                 handle(tx, envelope)
 
             routes.handle = record
@@ -415,9 +417,12 @@ async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
         await rpc(u["cat"], "users.add", cuid="xia")
         await open_tally(u["bob"], "yan", u["cat"], "xia", limit=LIMIT)
         queries.clear()
+        amounts.clear()
         with pytest.raises(RpcError) as caught:
             await rpc(u["bob"], "lift.pay", cuid="yan", find=who(dan, "eve"), units=500)
-        assert caught.value.reason == "NO_ROUTE" and len(queries) == 1
+        # one round, then one search for any room at all (units 1) to say what would fit
+        assert caught.value.reason == "NO_ROUTE" and amounts == [500, 1]
+        assert "no path of tallies with room to pay reaches that user" in caught.value.message
 
 
 

@@ -12,7 +12,8 @@ from enum import Enum
 from agentd.rpc import NOT_FOUND, REFUSED, RpcError
 from protocol.errors import Refusal
 
-NOT_FOUND_CODES = frozenset({"UNKNOWN_USER", "UNKNOWN_TALLY", "UNKNOWN_CHIT", "UNKNOWN_LIFT"})
+NOT_FOUND_CODES = frozenset({"UNKNOWN_USER", "UNKNOWN_TALLY", "UNKNOWN_CHIT", "UNKNOWN_LIFT",
+                             "UNKNOWN_PAYEE"})
 
 
 def code_of(refusal: Refusal) -> str:

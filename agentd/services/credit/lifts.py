@@ -94,7 +94,9 @@ class LiftService(Service):
                       life_s: float | None = None) -> dict:
         """Pay ``units`` mCHIP to ``find`` (``cuid:agent`` or a full CHIP address) along a route of
         tallies: returns at once with the lift pending; ``lift.wait`` tells how it ended.
-        ``NO_ROUTE`` when no path can carry ``units`` (checked before anything is promised).
+        ``NO_ROUTE`` when no path can carry ``units`` (checked before anything is promised;
+        it says the most a route found can carry), ``UNKNOWN_PAYEE`` when ``find``'s node
+        hosts no such user.
         ``life_s``: seconds the lift may take (1 to 86400; null: ``[lift] life_s``, 120)."""
         cuid, target = self.ledger.known_user(param_cuid(cuid)), param_find(find)
         units, memo, life_ms = param_amount(units, "units"), param_memo(memo), self._life(life_s)
@@ -102,11 +104,10 @@ class LiftService(Service):
             raise invalid_params("find is the payor itself: use lift.clear for a circle")
         referee = await self._reach_referee()
         began = trio.current_time()
-        found = await self.routes.search_near_first(cuid, target, units, "linear", first=True)
+        found, exhausted = await self.routes.search_near_first(cuid, target, units, "linear",
+                                                               first=True)
         if not found:
-            raise Reject("NO_ROUTE", f"no route from {cuid} to {target.cuid}:{target.agent} "
-                         f"can carry {units} mCHIP now (no path of tallies with that much room "
-                         "reaches that user, or that node has no such user)")
+            raise await self.routes.no_route(cuid, target, units, exhausted=exhausted)
         record = await self._start(cuid, "linear", units, found[0], memo, life_ms,
                                    referee=referee, took_s=trio.current_time() - began)
         return lift_views.started(record)
@@ -133,7 +134,7 @@ class LiftService(Service):
         referee = await self._reach_referee()
         for attempt in range(CLEAR_TRIES):
             began = trio.current_time()
-            found = await self.routes.search_near_first(
+            found, _ = await self.routes.search_near_first(
                 cuid, self.runtime.own_address(cuid), least, "circular", first=True)
             if not found:
                 raise Reject("NO_CYCLE", f"no debt cycle through {cuid}" + (

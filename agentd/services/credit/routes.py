@@ -31,6 +31,7 @@ from agentd.runtime.context import Reject, Service, Tx
 from agentd.services.credit.known_routes import Key, KnownRoutes
 from agentd.services.credit.ledger import CreditLedger
 from agentd.services.credit.params import param_amount, param_cuid
+from agentd.services.credit.payee_asks import UNKNOWN, PayeeAsks, unknown_payee
 from protocol import route
 from protocol import tally as t
 from protocol.envelope import Envelope
@@ -48,7 +49,6 @@ THIN = 2  # a round that stopped short of no more queries than this (a ring, a c
 SEARCH_S = 2.0  # default time budget of a search
 LIFT_SEARCH_S = 10.0  # a lift's: a search exhausted sooner ends sooner; this bounds a busy one
 MAX_SEARCH_S = 30.0
-ASK_S = 2.0  # at most this long for the payee's node to name its last hops, then search without
 DIRECT_S = 2.0  # at least this long for a directed query along the route a lift took last time
 SEEN = 10_000  # (query, user) pairs remembered to answer each once, and relays kept
 SEEN_PER_PEER = 1_000  # ... of them from one peer's queries: its flood evicts its own first
@@ -60,12 +60,15 @@ class RouteService(Service):
     target = "route"
     actions = frozenset(route.ACTIONS)
     ephemeral = True
+    # a payee's node answers an ask for a user it does not host so: the search ends, and
+    # the caller is told, which is no cause for a warning
+    routine_refusals = frozenset({("ask", UNKNOWN)})
 
     def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         super().__init__(node)
         self.ledger = ledger
         self._searches: dict[str, tuple[route.Search, trio.Event]] = {}
-        self._asks: dict[str, tuple[ChipAddress, int, list[route.LastHop], trio.Event]] = {}
+        self.asks = PayeeAsks(node, ledger, lambda conn, cuid: self.into(conn, cuid, "linear"))
         # (query, user) -> (the relay carrying its answers back or None, the peer it came from)
         self._seen: OrderedDict[tuple[Any, Any], tuple[route.Relay | None, str]] = OrderedDict()
         self._seen_by: dict[str, OrderedDict[tuple[Any, Any], None]] = {}  # the same, by peer
@@ -76,12 +79,26 @@ class RouteService(Service):
                        timeout_s: float = SEARCH_S) -> list[dict]:
         """Paths of tallies from our user to ``find`` (``cuid:agent`` or a full CHIP address)
         that can carry ``units`` now, best (largest capacity, then fewest hops) first; ``[]``
-        when there is none."""
+        when there is none. ``UNKNOWN_PAYEE`` when ``find``'s node says it has no such user:
+        it is asked beside the search, which its refusal ends."""
         cuid, target = param_cuid(cuid), param_find(find)
         if (target.agent, target.cuid) == (self.runtime.agent_id, cuid):
             raise invalid_params("find is the payor itself: lift.clear finds a circle")
-        return await self.search(cuid, target, param_amount(units, "units"),
-                                 route.KINDS[0], param_timeout(timeout_s))
+        units, timeout_s = param_amount(units, "units"), param_timeout(timeout_s)
+        self.ledger.known_user(cuid)
+        self.asks.check_ours(target)
+        ends = trio.current_time() + timeout_s
+        routes: list[dict] = []
+        with self.asks.asking(cuid, target, units, os.urandom(route.SALT_BYTES)) as ask, \
+                trio.CancelScope() as search:
+            ask.search = search  # ended by the node's word that it has no such user
+            routes = await self.search(cuid, target, units, route.KINDS[0], timeout_s)
+            if not routes and ask.sent:  # whether the payee's node says why, in the time left
+                with trio.move_on_after(max(ends - trio.current_time(), 0)):
+                    await ask.arrived.wait()
+        if ask.unknown:
+            raise unknown_payee(target)
+        return routes
 
     async def search(self, cuid: str, find: ChipAddress, units: int, kind: str,
                      timeout_s: float = SEARCH_S) -> list[dict]:
@@ -91,18 +108,42 @@ class RouteService(Service):
         return routes
 
     async def search_near_first(self, cuid: str, find: ChipAddress, units: int, kind: str,
-                                *, first: bool) -> list[dict]:
-        """A lift's search. The route a good lift of this user took to the same payee (or
+                                *, first: bool) -> tuple[list[dict], bool]:
+        """A lift's search: its routes, and whether it was exhausted (False: its time ran
+        out first). The route a good lift of this user took to the same payee (or
         round the same circle) is checked again first, with a directed query
         (:meth:`_directed`): one message a hop where a flood costs several. When there is
         none, or it cannot carry ``units`` now, the search floods in rounds
         (:meth:`_rounds`). With ``first``, a round ends at its first route (a lift needs
         one). ``LIFT_SEARCH_S`` bounds it all. Which routes are remembered, and for how long:
-        :mod:`agentd.services.credit.known_routes` (the lift service tells it how lifts end)."""
+        :mod:`agentd.services.credit.known_routes` (the lift service tells it how lifts end).
+        ``UNKNOWN_PAYEE`` when the payee's node says it has no such user."""
         ends = trio.current_time() + LIFT_SEARCH_S
         routes = await self._directed((cuid, kind, route.user_key(find)), find, units,
                                       first=first, ends=ends)
-        return routes or await self._rounds(cuid, find, units, kind, first=first, ends=ends)
+        if routes:
+            return routes, True
+        return await self._rounds(cuid, find, units, kind, first=first, ends=ends)
+
+    async def no_route(self, cuid: str, find: ChipAddress, units: int, *,
+                       exhausted: bool) -> Reject:
+        """``NO_ROUTE`` for a payment whose search found no route, saying what does fit:
+        once the search was exhausted, a second one, as ``route.find units=1`` makes, finds
+        the routes with any room, and the refusal names the most one of them can carry (a
+        route's own capacity, which route.find shows anyone who asks)."""
+        head = f"no route from {cuid} to {find.cuid}:{find.agent} can carry {units} mCHIP now"
+        if not exhausted:
+            return Reject("NO_ROUTE", f"{head}: none was found within {LIFT_SEARCH_S:g} s, "
+                          "and the search was cut short there (a busy network): try again")
+        routes = await self.search(cuid, find, 1, route.KINDS[0], SEARCH_S)
+        if routes:
+            return Reject("NO_ROUTE", f"{head}: the most a route found can carry is "
+                          f"{routes[0]['capacity']} mCHIP (route.find lists the routes)")
+        unasked = "" if self.asks.can_ask(find) else (
+            "; and its node was not asked whether it hosts that user: no address is known "
+            "for it (give find as cuid:agent@host:port)")
+        return Reject("NO_ROUTE", f"{head}: no path of tallies with room to pay reaches that "
+                      f"user within {DEPTH} hops{unasked}")
 
     async def _directed(self, key: Key, find: ChipAddress, units: int, *, first: bool,
                         ends: float) -> list[dict]:
@@ -131,7 +172,7 @@ class RouteService(Service):
         return routes
 
     async def _rounds(self, cuid: str, find: ChipAddress, units: int, kind: str, *,
-                      first: bool, ends: float) -> list[dict]:
+                      first: bool, ends: float) -> tuple[list[dict], bool]:
         """Rounds of growing depth (an expanding ring search, ``protocol.route.next_depth``):
         within ``NEAR`` hops first, then one hop more each round that found nothing while a
         deeper one can find more, or straight to ``DEPTH`` where the network is thin. In a
@@ -141,20 +182,20 @@ class RouteService(Service):
         Every round carries the *last hops*, the hops into the payee that can carry
         ``units``: a node with one of them as a partner answers at once, so a round goes one
         hop less far. For a circle they are our own user's; for a payment the payee's node
-        names them when asked (:meth:`_ask`)."""
+        names them when asked (``PayeeAsks.last_hops``)."""
         salt = os.urandom(route.SALT_BYTES)
         last = None
         if kind == "linear" and not self._partner_can_pay(cuid, find, units):
-            last = await self._ask(cuid, find, units, salt)
+            last = await self.asks.last_hops(cuid, find, units, salt)
         depth: int | None = NEAR
         while depth is not None:
             routes, search = await self._search(cuid, find, units, kind, depth,
                                                 ends - trio.current_time(), first=first,
                                                 salt=salt, last=last)
             if routes or not search.done:
-                return routes
+                return routes, search.done
             depth = route.next_depth(depth, search.frontier, deepest=DEPTH, thin=THIN)
-        return []
+        return [], True
 
     def _partner_can_pay(self, cuid: str, find: ChipAddress, units: int) -> bool:
         """Whether our user can pay ``find`` directly, over one tally: then the first round
@@ -163,30 +204,6 @@ class RouteService(Service):
         return any(route.user_key(cand.partner) == payee and cand.capacity >= units
                    for cand in self.runtime.db.reading(
                        lambda conn: self.candidates(conn, cuid, "linear")))
-
-    async def _ask(self, cuid: str, find: ChipAddress, units: int, salt: bytes
-                   ) -> list[route.LastHop]:
-        """The payee's last hops, from its node (ours: read here), or none when its node
-        cannot be reached (no address known) or does not answer within ``ASK_S``."""
-        node = self.runtime
-        if find.agent == node.agent_id:
-            return node.db.reading(lambda conn: route.last_hops(
-                salt, self.into(conn, find.cuid, "linear") if self.ledger.known(
-                    conn, find.cuid) else [], units))
-        if find.host is None and node.address_of(find.agent) is None:
-            return []
-        query, arrived = str(uuidlib.uuid4()), trio.Event()
-        answer: list[route.LastHop] = []
-        self._asks[query] = (find, units, answer, arrived)
-        try:
-            node.transact_ephemeral(lambda tx: self.ledger.emit(tx, [route.ask(
-                query=query, kind="linear", find=find, units=units, salt=salt,
-                payor_cuid=cuid)]))
-            with trio.move_on_after(ASK_S):
-                await arrived.wait()
-        finally:
-            self._asks.pop(query, None)
-        return answer
 
     async def _search(self, cuid: str, find: ChipAddress, units: int, kind: str, depth: int,
                       timeout_s: float, *, first: bool, salt: bytes = bytes(route.SALT_BYTES),
@@ -281,7 +298,7 @@ class RouteService(Service):
                     re=envelope.id)
             return
         if action == "hops":
-            self._hops(tx, obj, envelope.from_)
+            self.asks.answered(tx, obj, envelope.from_)
             return
         if action != "query":
             self._answer(tx, action, obj, here, envelope.from_)
@@ -348,35 +365,19 @@ class RouteService(Service):
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """A partner refused a query of ours (say, over a tally it holds open no longer): its
         part of the search is over as if it had answered ``none``, so the search need not
-        wait out its time for it."""
+        wait out its time for it. A payee's node refused our ask: ``PayeeAsks.refused``."""
         obj, to, sent_by = (envelope.get(key) or {} for key in ("object", "to", "from"))
-        if envelope.get("action") != "query" or not isinstance(obj.get("query"), str):
+        if not isinstance(obj.get("query"), str):
+            return
+        if envelope.get("action") == "ask":
+            self.asks.refused(tx, obj["query"], code)
+            return
+        if envelope.get("action") != "query":
             return
         partner = ChipAddress(agent=to["agent"], cuid=to.get("cuid"))
         here = self.runtime.own_address(sent_by.get("cuid"))
         self._answer(tx, "none", {"query": obj["query"], "goods": 0, "frontier": 0}, here,
                      partner)
-
-    def _hops(self, tx: Tx, obj: Any, sender: ChipAddress) -> None:
-        """The payee's node's answer to our ask: taken only from the payee asked; a late one
-        (the search went on without it) is dropped."""
-        query = obj.get("query") if isinstance(obj, dict) else None
-        if not isinstance(query, str):
-            raise Reject("BAD_FIELD", "route hops names its ask (a uuid)")
-        asked = self._asks.get(query)
-        if asked is None:
-            return
-        find, units, answer, arrived = asked
-        if (sender.agent, sender.cuid) != (find.agent, find.cuid):
-            raise Reject("NOT_ASKED", "route hops from a user this ask was not sent to")
-        hops = route.read_hops(obj, units)
-
-        def apply() -> None:
-            if not arrived.is_set():
-                answer.extend(hops)
-                arrived.set()
-
-        tx.after_commit(apply)
 
 
 def param_find(value: Any) -> ChipAddress:
