@@ -17,6 +17,9 @@ from agentd.sim.scenario import Scenario
 from agentd.sim.traffic import SETTLE_TIMEOUT, Run, run_calls
 
 LIFT_WAIT_S = 60.0
+# what a node whose promise the next hop refused for room records as the lift's error
+# (LiftService.on_rejected): a concurrent lift took that room after the search saw it
+RACED = " refused: OVER_LIMIT: "
 
 
 def _distances(edges: list[tuple[str, str]], start: str) -> dict[str, int]:
@@ -60,16 +63,34 @@ async def debt(run: Run) -> int:
 
 async def _decided(run: Run, name: str, started: dict, began: float, kind: str) -> str:
     """Wait for a lift started by ``name`` to be decided; count it as ``kind`` (``lifts``,
-    linear, or ``clear``, circular) and return its state."""
+    linear, or ``clear``, circular), a void one also as ``{kind}_raced`` when it lost a
+    race (:func:`_raced`), and return its state."""
     done = await run.backend.call(name, "lift.wait", {"lift": started["lift"],
                                                        "timeout_s": LIFT_WAIT_S})
     report = run.report
     key = f"{kind}_{done['state']}"
     report.counts[key] = report.counts.get(key, 0) + 1
+    if done["state"] == "void" and await _raced(run, started):
+        report.counts[f"{kind}_raced"] = report.counts.get(f"{kind}_raced", 0) + 1
     report.lift_hops.append(len(started["path"]) - 1)
     if done["state"] != "pend":
         report.lift_latencies_ms.append((time.perf_counter() - began) * 1000)
     return done["state"]
+
+
+async def _raced(run: Run, started: dict) -> bool:
+    """Whether a void lift lost a race: a hop refused its promise because a concurrent lift
+    had taken the room the search saw, as the node that sent that promise says (``lift.show``
+    ``error``). The sim's users are named after their nodes; a node the promise never
+    reached does not know the lift."""
+    for name in sorted({hop["cuid"] for hop in started["path"]}):
+        try:
+            shown = await run.backend.call(name, "lift.show", {"lift": started["lift"]})
+        except RpcError:
+            continue
+        if RACED in (shown["error"] or ""):
+            return True
+    return False
 
 
 async def lift_traffic(run: Run, item: dict) -> None:
@@ -85,7 +106,7 @@ async def lift_traffic(run: Run, item: dict) -> None:
         report.failures.append(f"lifts traffic: no two users 2 to {max_hops} tallies apart")
         return
     lifts = [(*rng.choice(pairs), rng.randint(1, units)) for _ in range(count)]
-    for key in ("lifts_good", "lifts_void"):
+    for key in ("lifts_good", "lifts_void", "lifts_raced"):
         report.counts.setdefault(key, 0)
     # a payee's full CHIP address, as a user would give it: the payor's node asks the payee's
     # node for its last hops before it searches
@@ -108,13 +129,14 @@ async def clearing_traffic(run: Run, item: dict) -> None:
     """``count`` ``lift.clear`` calls from random users, each clearing the first debt cycle
     through its user. ``NO_CYCLE`` (there is none) and ``OVER_LIMIT`` (concurrent clearing
     took the cycle each time it looked) are answers, counted, not failures. Circles count as
-    ``clear_good`` and ``clear_void`` (or ``clear_pend``); only good ones in ``cleared_mchip``."""
+    ``clear_good`` and ``clear_void`` (or ``clear_pend``), the void ones that concurrent
+    lifts raced for a hop's debt also as ``clear_raced``; only good ones in ``cleared_mchip``."""
     scenario, rng, report = run.scenario, run.rng, run.report
     if report.debt_before is None:
         report.debt_before = await debt(run)
     clearers = [(rng.choice(scenario.nodes),) for _ in range(item.get("count", 1))]
-    for key in ("clear_good", "clear_void", "no_cycle", "clear_contended", "cleared_mchip",
-                "cleared_debt_mchip"):
+    for key in ("clear_good", "clear_void", "clear_raced", "no_cycle", "clear_contended",
+                "cleared_mchip", "cleared_debt_mchip"):
         report.counts.setdefault(key, 0)
 
     async def one(name: str) -> None:
