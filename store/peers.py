@@ -42,3 +42,8 @@ def address_of(conn: sqlite3.Connection, agent: str) -> str | None:
 
 def delete(conn: sqlite3.Connection, agent: str) -> None:
     conn.execute("DELETE FROM peers WHERE agent = ?", (agent,))
+
+
+def unname(conn: sqlite3.Connection, agent: str) -> None:
+    """Forget ``agent``'s name: another peer has it now."""
+    conn.execute("UPDATE peers SET name = NULL WHERE agent = ?", (agent,))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import trio
@@ -22,7 +22,7 @@ from agentd.config import Config
 from agentd.errors import UserError
 from agentd.logs import event
 from agentd.rpc import RpcServer
-from agentd.runtime import datadir
+from agentd.runtime import datadir, peer_names
 from agentd.runtime.clock import Clock
 from agentd.runtime.clocks import PeerClocks
 from agentd.runtime.context import Reject, Service, Tx
@@ -33,6 +33,7 @@ from agentd.runtime.links import Links
 from agentd.runtime.metrics import Metrics
 from agentd.runtime.outbox import OutboxPump
 from agentd.runtime.peer_admin import PeerAdmin
+from agentd.runtime.peer_names import Unnamed
 from agentd.runtime.peers import PeerManager, PeerUnreachable
 from agentd.runtime.refusals import rpc_error
 from agentd.runtime.reload import reload_config
@@ -198,30 +199,39 @@ class Node:
         return next((agent for agent, where in self._peer_addresses.items() if where == address),
                     None)
 
-    def configure_peers(self) -> None:
-        """Dial the configured peers (and clearing house) at their configured addresses."""
+    def configure_peers(self) -> list[Unnamed]:
+        """Dial the configured peers (and clearing house) at their configured addresses, and
+        give them the config's names; returns the peers that lost their name to one of them
+        (``agentd.runtime.peer_names``: one name, one peer)."""
         config = self.config
         for peer in config.peers:
             self._peer_addresses[peer.agent] = peer.address
-            self._peer_names[peer.agent] = peer.name
-        if config.clearinghouse is not None:
-            house = config.clearinghouse
-            if house.agent not in {peer.agent for peer in config.peers}:
-                self._peer_addresses[house.agent] = house.address
-            self._peer_names.setdefault(house.agent, "clearinghouse")
+        house = config.clearinghouse
+        if house is not None and house.agent not in {peer.agent for peer in config.peers}:
+            self._peer_addresses[house.agent] = house.address
+        unnamed = peer_names.settle(self._peer_names, config)
+        for gone in unnamed:
+            log.warning("%s", gone)
         if self.db is not None:  # at start, run() stores them once the database is open
-            self.db.submit(self._store_configured_peers)
+            self.db.submit(lambda conn: self._store_configured_peers(conn, unnamed))
+        return unnamed
 
-    def _store_configured_peers(self, conn: sqlite3.Connection) -> None:
+    def _store_configured_peers(self, conn: sqlite3.Connection,
+                                unnamed: Iterable[Unnamed] = ()) -> None:
         for peer in self.config.peers:
             peer_store.upsert(conn, peer.agent, name=peer.name, address=peer.address)
+        for gone in unnamed:
+            peer_store.unname(conn, gone.agent)
 
     def learn_peer(self, agent: str, address: str | None, name: str | None = None) -> None:
-        """Remember a peer's address (configured peers keep their configured address)."""
+        """Remember a peer's address (configured peers keep their configured address), and
+        its name unless it has one or another peer has that name."""
         if address and agent not in {p.agent for p in self.config.peers}:
             self._peer_addresses[agent] = address
+        if agent in self._peer_names or name in self._peer_names.values():
+            name = None
         if name:
-            self._peer_names.setdefault(agent, name)
+            self._peer_names[agent] = name
         self.db.submit(lambda conn: peer_store.upsert(conn, agent, name=name, address=address))
 
     def learn_address(self, address: ChipAddress) -> None:
@@ -344,16 +354,24 @@ class Node:
         return True
 
     async def _load_peers(self) -> None:
+        names = dict(self._peer_names)  # the config's, set before the database opened
+
         def job(conn):
             self._store_configured_peers(conn)
-            return peer_store.all_peers(conn), credit_store.partner_addresses(conn)
+            rows = peer_store.all_peers(conn)
+            unnamed = peer_names.load(names, [(row["agent"], row["name"]) for row in rows
+                                              if row["name"]])
+            for gone in unnamed:
+                peer_store.unname(conn, gone.agent)
+            return rows, unnamed, credit_store.partner_addresses(conn)
 
-        rows, partners = await self.db.write(job)
+        rows, unnamed, partners = await self.db.write(job)
+        self._peer_names.update(names)  # with the stored names it took
+        for gone in unnamed:
+            log.warning("%s", gone)
         for row in rows:
             if row["address"]:
                 self._peer_addresses.setdefault(row["agent"], row["address"])
-            if row["name"]:
-                self._peer_names.setdefault(row["agent"], row["name"])
         for agent, (host, port) in partners.items():  # tallies opened before partners were
             if agent != self.agent_id:                # learnt (CreditLedger._know_partner)
                 self._peer_addresses.setdefault(agent, format_hostport(host, port))
@@ -413,7 +431,7 @@ class Node:
             row = rows.get(agent)
             connected = self.peers.connected(agent)
             out.append({
-                "name": self._peer_names.get(agent) or (row["name"] if row else None),
+                "name": self._peer_names.get(agent),  # what the database keeps, and more
                 "agent": agent,
                 "address": self._peer_addresses.get(agent) or (row["address"] if row else None),
                 "source": self.peer_source(agent),

@@ -158,7 +158,8 @@ class PeerAdmin:
             raise invalid_params(str(exc)) from exc
         _write_atomically(path, text)
         applied = reload_config(node)
-        return {"change": change, "config": str(path), "applied": applied["applied"]}
+        return {"change": change, "config": str(path), "applied": applied["applied"],
+                **({"unnamed": applied["unnamed"]} if "unnamed" in applied else {})}
 
 
 def _write_atomically(path: Path, text: str) -> None:

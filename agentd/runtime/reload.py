@@ -53,7 +53,9 @@ def reload_config(node: Node) -> dict[str, Any]:
 
     Returns what changed, by the keys' names in the file: ``{applied: [keys], restart:
     [keys]}``; ``applied`` names ``lift.referee`` too when a new ``[clearinghouse]`` changes
-    who referees new lifts (``[lift] referee`` unset: the clearing house does). Raises
+    who referees new lifts (``[lift] referee`` unset: the clearing house does), and
+    ``unnamed`` (when there are any) the peers whose name the config now gives another
+    (``agentd.runtime.peer_names``: ``[{agent, name, now}]``). Raises
     ``UserError`` (nothing applied, and logged) for a config file that is missing or invalid.
     """
     old = node.config
@@ -71,8 +73,7 @@ def reload_config(node: Node) -> dict[str, Any]:
     node.config = replace(old, **{name: getattr(new, name) for name in LIVE})
     if node.config.referee != old.referee:  # [clearinghouse] moved the default lift referee
         applied.insert(applied.index("clearinghouse") + 1, "lift.referee")
-    if "peers" in live or "clearinghouse" in live:
-        node.configure_peers()
+    unnamed = node.configure_peers() if "peers" in live or "clearinghouse" in live else []
     if "clearinghouse" in live:
         node.evidence.house_changed()
     if "relay_access" in live or "relay_verify" in live:
@@ -81,4 +82,7 @@ def reload_config(node: Node) -> dict[str, Any]:
         logging.getLogger().setLevel(new.log_level.upper())
     log.info("reloaded %s: applied %s%s", old.path, ", ".join(applied) or "nothing new",
              f"; waiting for a restart: {', '.join(restart)}" if restart else "")
-    return {"applied": applied, "restart": restart}
+    result: dict[str, Any] = {"applied": applied, "restart": restart}
+    if unnamed:
+        result["unnamed"] = [gone.to_map() for gone in unnamed]
+    return result
