@@ -1,12 +1,16 @@
-"""A hostile tally partner answering route searches (real nodes, loopback, Noise, SQLite):
-what it sends back can mislead nobody into a wrong lift, nor take the payor's search over."""
+"""A hostile tally partner in route searches (real nodes, loopback, Noise, SQLite): what it
+sends back can mislead nobody into a wrong lift, nor take the payor's search over, and what
+it sends through us costs bounded memory."""
 
 from __future__ import annotations
 
+import uuid
+
+from agentd.runtime import outbox as pump_module
 from agentd.runtime.node import Node
-from protocol.keys import ChipAddress
+from protocol.keys import ChipAddress, SigningKey
 from protocol.messages import Send
-from tests.netfixture import network
+from tests.netfixture import network, wait_for
 from tests.test_credit_service import open_tally, rpc
 from tests.test_lifts import LIMIT, who
 
@@ -96,3 +100,42 @@ async def test_a_route_the_payor_can_tell_is_not_from_its_query_is_dropped(tmp_p
             users["ann"].credit.routes.known._known.clear()
             started = await pay_eve(users)
             assert [hop["cuid"] for hop in started["path"]][:2] == ["ann", "bob"]
+
+
+async def test_a_partners_query_flood_toward_partners_that_are_away_is_held_by_its_bytes(
+        tmp_path, monkeypatch):
+    """mal floods vic with route queries whose paths are as long, in hops and host names, as
+    vic passes on (~4 KB each); vic's other partners are away, so what vic forwards to them
+    waits. Past ``HOLD_BYTES`` for one peer a route message is not queued (it had only a
+    count, 4,096: 16 MB of such queries for each partner away)."""
+    monkeypatch.setattr(pump_module, "HOLD_BYTES", 64_000)
+    async with network(tmp_path, n=4) as net:
+        mal, vic, *away = net.nodes
+        for node, cuid in ((mal, "mal"), (vic, "vic"), (away[0], "ann"), (away[1], "bob")):
+            await rpc(node, "users.add", cuid=cuid)
+        tally = await open_tally(vic, "vic", mal, "mal", limit=LIMIT)
+        await open_tally(vic, "vic", away[0], "ann", limit=LIMIT)
+        await open_tally(vic, "vic", away[1], "bob", limit=LIMIT)
+        for index in (2, 3):
+            await net.stop(index)
+        host = ".".join(["h" * 63] * 4)  # the longest host name an address may carry
+        made_up = [{"cuid": "c" * 64, "agent": SigningKey.generate().agent_id, "host": host,
+                    "port": 9, "tally": str(uuid.uuid4()), "capacity": LIMIT}
+                   for _ in range(7)]  # vic passes on a query of 8 hops (then 2 to go)
+        last = {"cuid": "mal", "agent": mal.agent_id, "tally": tally, "capacity": LIMIT}
+        find = {"cuid": "zed", "agent": SigningKey.generate().agent_id}
+
+        def queries(tx) -> None:
+            for _ in range(100):
+                send(mal, tx, {"cuid": "vic", "agent": vic.agent_id}, "query", {
+                    "query": str(uuid.uuid4()), "kind": "linear", "find": find, "units": 1,
+                    "path": [*made_up, last], "depth": 10, "deadline": tx.now_ms + 30_000,
+                    "salt": bytes(16), "last": []})
+
+        for _ in range(3):
+            mal.transact_ephemeral(queries)
+        await wait_for(lambda: mal.pump.depth == 0, timeout=20)  # vic took every one
+        for node in away:
+            held = [item.size for item in vic.pump.live.values() if item.peer == node.agent_id]
+            assert held and sum(held) <= 64_000 + max(held)  # the budget, and one past it
+        assert vic.counters.outbox_dropped > 0

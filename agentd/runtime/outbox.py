@@ -10,11 +10,12 @@ a burst of cut connections does not leave it waiting half a minute for an ack. A
 ephemeral target (``Service.ephemeral``) has no row: it is delivered the same way from memory.
 
 Memory is bounded by peer, not by what waits: a peer's queue holds at most ``HOLD`` durable
-messages (and ``WINDOW`` more in flight), and what it holds in all comes to about
-``HOLD_BYTES`` at most. Past either, new messages for it stay in their rows
-(the peer is *spilled*) and its sender reads them back in commit order as it sends, so a
-partner away for a day, or slower than our users, costs rows on disk, not memory; a restart
-reads each peer's first ``HOLD`` rows, not the whole table.
+messages (and ``WINDOW`` more in flight), and what it holds in all, ephemeral messages
+included, comes to about ``HOLD_BYTES`` at most. Past either, new durable messages for it
+stay in their rows (the peer is *spilled*) and its sender reads them back in commit order as
+it sends, so a partner away for a day, or slower than our users, costs rows on disk, not
+memory; a restart reads each peer's first ``HOLD`` rows, not the whole table. An ephemeral
+message, which has no row, is not queued at all past ``HOLD_BYTES`` (or ``EPHEMERAL_QUEUE``).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ STRANGER_QUEUE = 256  # replies waiting to go to one peer we do not know; past i
 EPHEMERAL_QUEUE = 4096  # messages waiting for one peer past which an ephemeral one is not queued
 SENDER_IDLE_S = 60.0  # a peer's sender ends after this long with nothing to send or await
 HOLD = 1024  # durable messages waiting for one peer in memory; later ones wait in their rows
-HOLD_BYTES = 8 << 20  # encoded bytes of one peer's durable messages in memory (and in flight)
+HOLD_BYTES = 8 << 20  # encoded bytes of one peer's messages in memory (and in flight)
 ROW_SWEEP_S = 30.0  # how often spilled peers' rows are looked at for messages past their time
 
 
@@ -69,7 +70,7 @@ class OutboxPump:
         self._nursery: trio.Nursery | None = None
         self._early: list[Outgoing] = []
         self._spilled: dict[str, int] = {}  # peer -> the last seq in memory: later rows wait
-        self._held: dict[str, int] = {}  # peer -> bytes of its durable messages in ``live``
+        self._held: dict[str, int] = {}  # peer -> bytes of its messages in ``live``
         self._rows_swept = 0.0  # when _expire_rows last looked (monotonic)
         self._reading = Failures("reading spilled outbox rows back to send them")
         self._reads_resume = 0.0  # after a failed read of them: not before (monotonic)
@@ -217,13 +218,12 @@ class OutboxPump:
 
     def _hold(self, item: Outgoing) -> None:
         self.live[item.id] = item
-        if item.durable:
-            self._held[item.peer] = self._held.get(item.peer, 0) + item.size
+        self._held[item.peer] = self._held.get(item.peer, 0) + item.size
 
     def _let_go(self, message_id: bytes) -> Outgoing | None:
         """Take a message out of ``live`` (acked, withdrawn, dropped or expired)."""
         item = self.live.pop(message_id, None)
-        if item is not None and item.durable:
+        if item is not None:
             held = self._held[item.peer] - item.size
             if held:
                 self._held[item.peer] = held
@@ -244,9 +244,11 @@ class OutboxPump:
         queue = self._queues.get(item.peer)
         if queue is None:
             queue = self._start_sender(item.peer)
-        if not item.durable and len(queue) >= EPHEMERAL_QUEUE:
+        if not item.durable and (len(queue) >= EPHEMERAL_QUEUE
+                                 or self._held.get(item.peer, 0) > HOLD_BYTES):
             # a peer this far behind will not take a route message in time to matter, and a
-            # partner flooding searches through us must not make us hold its fan-out
+            # partner flooding searches through us must not make us hold its fan-out (a
+            # route query with a long path of long host names is ~4 KB: 4,096 were 16 MB)
             self._let_go(item.id)
             self.node.counters.outbox_dropped += 1
             return

@@ -53,7 +53,7 @@ class Outgoing:
     timeouts: int = 0  # acks that never came in time: what the backoff counts (see _scan)
     expires: int | None = None  # ms since the epoch; None: never
     durable: bool = True  # False: held in memory only, no outbox row
-    size: int = 0  # encoded bytes (durable messages: what HOLD_BYTES counts)
+    size: int = 0  # encoded bytes: what HOLD_BYTES counts
     due: float = 0.0
     sent: float = 0.0
     channel: Channel | None = field(default=None, repr=False)
