@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import reprlib
 from collections.abc import Collection, Sequence
 from datetime import date
 from enum import StrEnum
@@ -149,6 +150,28 @@ class Entry(TypedDict):
 
 # --- request validation ------------------------------------------------------------------
 
+# A rejection quotes what it refuses, but never more than a few dozen characters of it: quoted
+# whole, a value as long as a frame (repr shows a byte of "\x00" as four) made the reply too
+# large to send, and the request got TOO_LARGE about our reply instead of what was wrong with it.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = _QUOTE.maxother = 60
+_QUOTE.maxlist = _QUOTE.maxdict = 4
+_NAMES_SHOWN = 5
+
+
+def _shown(value: object) -> str:
+    """``value`` as a rejection quotes it: its repr, cut short (never built in full)."""
+    return _QUOTE.repr(value)
+
+
+def _names(names: Collection[str]) -> str:
+    """Field names as a rejection lists them: the first few, each cut short."""
+    listed = sorted(names)
+    shown = ", ".join(name if len(name) <= 40 else name[:37] + "..."
+                      for name in listed[:_NAMES_SHOWN])
+    more = len(listed) - _NAMES_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
 
 def _fields(obj: object, action: str, required: set[str], optional: set[str]) -> dict[str, Any]:
     if not isinstance(obj, dict):
@@ -159,13 +182,13 @@ def _fields(obj: object, action: str, required: set[str], optional: set[str]) ->
     missing = required - obj.keys()
     if missing:
         raise Rejection(
-            Reason.MALFORMED_MESSAGE, f"{action}: missing field(s) {', '.join(sorted(missing))}"
+            Reason.MALFORMED_MESSAGE, f"{action}: missing field(s) {_names(missing)}"
         )
     unknown = obj.keys() - required - optional
     if unknown:
         raise Rejection(
             Reason.MALFORMED_MESSAGE,
-            f"{action}: unknown field(s) {', '.join(sorted(map(str, unknown)))}",
+            f"{action}: unknown field(s) {_names(unknown)}",
         )
     return obj
 
@@ -213,7 +236,7 @@ def parse_create_process(obj: object) -> CreateProcess:
         if not is_agent_id(owner):
             raise Rejection(
                 Reason.BAD_PARAMETERS,
-                f"create_process.owners[{index}]: {owner!r} is not an agent id "
+                f"create_process.owners[{index}]: {_shown(owner)} is not an agent id "
                 "(43 base64url characters)",
             )
     return {"pid": pid, "owners": sorted(set(owners))}
@@ -318,7 +341,7 @@ def _date_ms(value: object, where: str, *, end_of_day: bool) -> int | None:
         return start + _DAY_MS - 1 if end_of_day else start
     raise Rejection(
         Reason.BAD_PARAMETERS,
-        f"{where}: {value!r} is neither integer ms since the epoch nor a YYYY-MM-DD day",
+        f"{where}: {_shown(value)} is neither integer ms since the epoch nor a YYYY-MM-DD day",
     )
 
 
@@ -338,7 +361,8 @@ def parse_query(obj: object) -> QueryRequest:
     if sort is None:
         sort = "desc"
     if sort not in ("asc", "desc"):
-        raise Rejection(Reason.BAD_PARAMETERS, f"query.sort: {sort!r} is neither 'asc' nor 'desc'")
+        raise Rejection(Reason.BAD_PARAMETERS,
+                        f"query.sort: {_shown(sort)} is neither 'asc' nor 'desc'")
     date_from = _date_ms(fields.get("date_from"), "query.date_from", end_of_day=False)
     date_to = _date_ms(fields.get("date_to"), "query.date_to", end_of_day=True)
     if date_from is not None and date_to is not None and date_from > date_to:
