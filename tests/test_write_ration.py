@@ -1,5 +1,7 @@
 """What strangers make a node write is rationed (``WriteRation``): each stranger, and all of
-them together, get a byte rate with a burst; past it their messages wait, and nothing is lost."""
+them together, get a byte rate with a burst; past it their messages wait, and nothing is lost.
+What a message made the node write beyond its frame (a referee's decisions, a batch's entries)
+is paid for after it."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import trio
 
 from agentd.bench.rogue import Rogue
 from agentd.runtime.limits import MAX_WAIT, MESSAGE_COST, WriteRation
+from protocol import lift as lf
 from protocol.codec import pack
 from protocol.envelope import Ack
 from protocol.keys import SigningKey
@@ -158,3 +161,73 @@ async def test_a_strangers_route_asks_are_rationed_too(tmp_path):
         assert acked == {ask["id"] for ask in asks}
         assert node.counters.rationed > 0
         await rogue.aclose()
+
+
+def test_a_debit_is_waited_for_and_booked_at_most_max_wait_ahead():
+    """What a message made us write beyond its charge, known once it ran, is booked after
+    it: the next message waits for it, and past ``MAX_WAIT`` is refused, as a charge is."""
+    ration = WriteRation(rate=1000, burst=1000, all_rate=10**9, all_burst=10**9)
+    assert ration.charge("a", 1000, now=0.0) == 0
+    ration.debit("a", 5000, now=0.0)
+    assert ration.charge("a", 1000, now=0.0) == pytest.approx(6.0)  # 1 + 5 + 1 s - burst
+    ration.debit("a", 10**9, now=0.0)  # a day of it: booked MAX_WAIT ahead, no further
+    assert ration.charge("a", 1000, now=0.0) is None
+    assert ration.charge("a", 1000, now=2.0) == pytest.approx(MAX_WAIT - 1)
+
+
+async def stranger_pays_for(node, rogue: Rogue, messages: list[dict]) -> None:
+    """``rogue``'s messages are taken at once, within its burst; they made ``node`` write far
+    more than that, so the next one, a ping, would wait more than ``MAX_WAIT``: its channel
+    is closed and the ping is not taken."""
+    await rogue.send_frames([pack(message) for message in messages])
+    acked: set[bytes] = set()
+    while len(acked) < len(messages):
+        acked |= {frame.ack for frame in await rogue.receive() if isinstance(frame, Ack)}
+    assert node.counters.rationed == 0
+    processed = node.counters.messages_processed
+    await rogue.send_frames([pack(rogue.envelope(node.agent_id))])
+    assert await rogue.closed_by_node(timeout=5)
+    await wait_for(lambda: node.counters.rejected["write_ration"] == 1)
+    assert node.counters.messages_processed == processed
+
+
+async def test_a_stranger_pays_for_the_decisions_its_cancel_makes_a_referee_send(tmp_path):
+    """Anyone can cancel a record it made up at a referee, naming on its path nodes the
+    referee knows: the referee sends its decision, record and all, to each. Three cancels
+    (~5 KB each) naming 31 such nodes made it queue 0.5 MB; the stranger pays for that."""
+    async with network(tmp_path, n=1, clearinghouse=0, stranger_write_rate=4096,
+                       stranger_write_burst=128 << 10) as net:
+        house = net.nodes[0]
+        known = [SigningKey.generate().agent_id for _ in range(31)]
+        for agent in known:
+            house.learn_peer(agent, "127.0.0.1:9")
+        rogue = await Rogue.join(house.port, house.agent_id)
+        cancels = []
+        for _ in range(3):
+            path = [{"cuid": "u", "agent": agent, "tally": str(uuid.uuid4())} for agent in known]
+            record = lf.make_record(
+                lift_uuid=str(uuid.uuid4()), kind="linear", units=1, memo="", life_ms=60_000,
+                path=[*path, {"cuid": "me", "agent": rogue.agent, "tally": None}],
+                referee=house.own_address(), date_ms=house.clock.now_ms(),
+                key=SigningKey.generate())
+            cancel = rogue.envelope(house.agent_id, "cancel", {"record": record, "reason": "x"},
+                                    target="lift")
+            cancel["from"]["cuid"] = "me"
+            cancels.append(cancel)
+        await stranger_pays_for(house, rogue, cancels)
+        assert house.db.read_one("SELECT count(*) FROM outbox WHERE action = 'decision' AND"
+                                 " peer != ?", (rogue.agent,))[0] == 3 * 31
+
+
+async def test_a_stranger_pays_for_each_entry_of_its_batch(tmp_path):
+    """A batch of 256 entries to new processes (~32 KB) writes what 256 logs do (~1.4 KB an
+    entry: the process, its owner, the entry): it is charged as 256 logs would be."""
+    async with network(tmp_path, n=1, clearinghouse=0, stranger_write_rate=4096,
+                       stranger_write_burst=128 << 10) as net:
+        house = net.nodes[0]
+        rogue = await Rogue.join(house.port, house.agent_id)
+        entries = [{"pid": str(uuid.uuid4()), "header": {}, "payload_sha256": "0" * 64,
+                    "payload_type": "t"} for _ in range(256)]
+        batch = rogue.envelope(house.agent_id, "log_batch", {"entries": entries}, target="ch")
+        await stranger_pays_for(house, rogue, [batch])
+        assert house.db.read_one("SELECT count(*) FROM ch_processes")[0] == 256

@@ -65,7 +65,8 @@ class Queued:
 
 class Tx:
     """One transaction on the writer thread. Built by the runtime only (``transact``, the
-    dispatcher); a service uses ``conn``, ``now_ms``, ``send``, ``withdraw``, ``after_commit``."""
+    dispatcher); a service uses ``conn``, ``now_ms``, ``send``, ``withdraw``, ``after_commit``,
+    ``charge``."""
 
     def __init__(self, conn: sqlite3.Connection, now_ms: int,
                  own_address: Callable[[str | None], ChipAddress], pump: OutboxPump,
@@ -79,6 +80,13 @@ class Tx:
         self._ephemeral = ephemeral
         self._withdrawn: list[bytes] = []
         self._after: list[Callable[[], None]] = []
+        self.cost = 0  # bytes written beyond the message's own rows and sends: see charge
+
+    def charge(self, cost: int) -> None:
+        """Note that the message this transaction handles made us write ``cost`` bytes that
+        neither its frame nor the messages it makes us send show (each entry of a batch past
+        its first): a stranger's write allowance pays for them (``WriteRation.debit``)."""
+        self.cost += cost
 
     def send(self, message: Send, *, re: bytes | None = None) -> bytes:
         """Queue ``message`` in the outbox, in this transaction; returns its id. A message to

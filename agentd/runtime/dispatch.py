@@ -174,6 +174,17 @@ class Dispatcher:
             self.node.counters.rationed += 1
             await trio.sleep(wait)
 
+    def _debit(self, stranger: str, tx: Tx) -> None:
+        """A stranger's message paid for its frame before it ran; what it made us write beyond
+        that is booked against its allowance now, so that its next messages wait for it: the
+        messages it made us send to anyone but itself (a referee's decision to every node on a
+        lift's path: one cancel of a record naming 31 nodes we know made 32 times its bytes)
+        and what its service charged (``Tx.charge``)."""
+        cost = tx.cost + sum(len(item.prefix or b"") + MESSAGE_COST for item in tx.sent
+                             if item.peer != stranger)
+        if cost:
+            self.node.ration.debit(stranger, cost, trio.current_time())
+
     async def on_ack_frame(self, body: bytes, from_agent: str) -> None:
         message = parse_frame(body)
         assert isinstance(message, Ack)
@@ -273,6 +284,8 @@ class Dispatcher:
             return ack
         counters.messages_processed += 1
         outcome.committed()
+        if heard.sender != self.node.agent_id and not self.node.is_known(heard.sender):
+            self._debit(heard.sender, outcome)
         if started is not None:
             self.node.metrics.message_seconds.labels(heard.target).observe(
                 time.perf_counter() - started)

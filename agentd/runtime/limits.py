@@ -172,7 +172,8 @@ class WriteRation:
     """What agents we do not know may make us write, in bytes a second with a burst: each
     stranger on its own, and all of them together. A message is charged its frame's length
     plus ``MESSAGE_COST`` before it is processed (a ``route`` message too: it writes nothing,
-    but a stranger's route ask costs as much to answer); past either allowance it waits, and
+    but a stranger's route ask costs as much to answer), and what it made us write beyond
+    that once it has (:meth:`debit`); past either allowance it waits, and
     its channel reads nothing meanwhile, so TCP slows the sender down (or, past
     ``MAX_WAIT``, its channel is closed and the message is sent again later). Nothing is
     refused for good: a legitimate stranger (a clearing house's client, a lift's participant
@@ -213,6 +214,20 @@ class WriteRation:
         self._due[agent] = due
         self._all_due = all_due
         return max(0.0, wait)
+
+    def debit(self, agent: str, cost: int, now: float) -> None:
+        """Book ``cost`` bytes that ``agent``'s message made us write beyond what it was
+        charged (a referee's decision sent to every node on a lift's path, the entries of a
+        batch past its first), known only once it ran: its next messages, and all strangers',
+        wait for it. Booked at most ``MAX_WAIT`` ahead, as a charge is: past that, the next
+        message closes its channel until the allowance comes back."""
+        self._forget(now)
+        most = now + MAX_WAIT
+        due = max(self._due.get(agent, now), now) + cost / self.rate
+        self._due.pop(agent, None)
+        self._due[agent] = min(due, most + self.burst / self.rate)
+        all_due = max(self._all_due, now) + cost / self.all_rate
+        self._all_due = min(all_due, most + self.all_burst / self.all_rate)
 
     def _forget(self, now: float) -> None:
         due = self._due
