@@ -49,194 +49,65 @@ Choices (DESIGN §6 leaves them open):
 from __future__ import annotations
 
 import hashlib
-import re
-import reprlib
 from collections.abc import Collection, Sequence
-from datetime import date
-from enum import StrEnum
-from typing import Any, Literal, TypedDict
+from typing import Literal
 
+from protocol.clearing_fields import (
+    DEFAULT_PAGE_SIZE,
+    HEX64,
+    INT64_LIMIT,
+    MAX_BATCH,
+    MAX_OWNERS,
+    MAX_PAGE_SIZE,
+    MAX_TYPE_LENGTH,
+    RESERVED_PID,
+    CreateProcess,
+    Entry,
+    GetRequest,
+    LogRequest,
+    QueryRequest,
+    Reason,
+    Rejection,
+    Reply,
+    check_count,
+    check_fields,
+    check_hex64,
+    check_pid,
+    date_ms,
+    malformed_type,
+    shown,
+)
 from protocol.codec import CodecError, canonical, pack
-from protocol.errors import Refusal
 from protocol.keys import is_agent_id
 from protocol.receipts import Keyring
 
 TARGET = "ch"
-RESERVED_PID = "default"
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
-MAX_OWNERS = 64
-MAX_BATCH = 256
-
-_MAX_PID_LENGTH = 128
-_MAX_TYPE_LENGTH = 255
-_INT64_LIMIT = 2**63
-_DAY_MS = 86_400_000
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-HEX64 = re.compile(r"[0-9a-f]{64}")  # every hash, and so every document id
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-
-Reply = tuple[str, dict[str, Any]]
+__all__ = [
+    "DEFAULT_PAGE_SIZE", "HEX64", "MAX_BATCH", "MAX_OWNERS", "MAX_PAGE_SIZE", "RESERVED_PID",
+    "TARGET", "CreateProcess", "Entry", "GetRequest", "LogRequest", "QueryRequest", "Reason",
+    "Rejection", "Reply", "authorize", "check_page_bytes", "decide_create", "get_result",
+    "parse_create_process", "parse_get", "parse_keys", "parse_log", "parse_log_batch",
+    "parse_query", "processed", "processed_batch", "query_result",
+]
 
 
-class Reason(StrEnum):
-    """IDS rejection reason codes, sent as text in ``rejection{code}``."""
-
-    NOT_AUTHENTICATED = "NOT_AUTHENTICATED"
-    NOT_AUTHORIZED = "NOT_AUTHORIZED"
-    NOT_FOUND = "NOT_FOUND"
-    BAD_PARAMETERS = "BAD_PARAMETERS"
-    MALFORMED_MESSAGE = "MALFORMED_MESSAGE"
-    INTERNAL_RECIPIENT_ERROR = "INTERNAL_RECIPIENT_ERROR"
-    TOO_MANY_RESULTS = "TOO_MANY_RESULTS"
-
-
-class Rejection(Refusal):
-    """A request the clearing house refuses; ``reply()`` is the answer to send."""
-
-    code: Reason
-
-    def __init__(self, code: Reason, message: str) -> None:
-        super().__init__(code, message)
-
-    def reply(self) -> Reply:
-        return "rejection", {"code": self.code.value, "message": self.message}
-
-
-class CreateProcess(TypedDict):
-    pid: str
-    owners: list[str]
-
-
-class LogRequest(TypedDict):
-    pid: str
-    header: dict[str, Any]
-    payload: bytes | None
-    payload_sha256: str
-    payload_type: str
-
-
-class QueryRequest(TypedDict):
-    """The store selects ``date_from <= timestamp <= date_to`` (None: unbounded), orders by
-    ``seq`` in ``sort`` order and returns ``size`` entries from offset ``(page - 1) * size``."""
-
-    pid: str
-    page: int
-    size: int
-    sort: Literal["asc", "desc"]
-    date_from: int | None
-    date_to: int | None
-
-
-class GetRequest(TypedDict):
-    pid: str
-    id: str
-
-
-class Entry(TypedDict):
-    """One link of a process's chain, as stored and as returned by ``query``/``get``."""
-
-    pid: str
-    seq: int
-    prev_hash: str
-    timestamp: int
-    client_id: str
-    header: dict[str, Any]
-    payload_sha256: str
-    payload_type: str
-    payload: bytes | None
-    entry_hash: str
-
-
-# --- request validation ------------------------------------------------------------------
-
-# A rejection quotes what it refuses, but never more than a few dozen characters of it: quoted
-# whole, a value as long as a frame (repr shows a byte of "\x00" as four) made the reply too
-# large to send, and the request got TOO_LARGE about our reply instead of what was wrong with it.
-_QUOTE = reprlib.Repr()
-_QUOTE.maxstring = _QUOTE.maxother = 60
-_QUOTE.maxlist = _QUOTE.maxdict = 4
-_NAMES_SHOWN = 5
-
-
-def _shown(value: object) -> str:
-    """``value`` as a rejection quotes it: its repr, cut short (never built in full)."""
-    return _QUOTE.repr(value)
-
-
-def _names(names: Collection[str]) -> str:
-    """Field names as a rejection lists them: the first few, each cut short."""
-    listed = sorted(names)
-    shown = ", ".join(name if len(name) <= 40 else name[:37] + "..."
-                      for name in listed[:_NAMES_SHOWN])
-    more = len(listed) - _NAMES_SHOWN
-    return shown + (f" and {more} more" if more > 0 else "")
-
-
-def _fields(obj: object, action: str, required: set[str], optional: set[str]) -> dict[str, Any]:
-    if not isinstance(obj, dict):
-        raise Rejection(
-            Reason.MALFORMED_MESSAGE,
-            f"{action}: the object must be a map, not {type(obj).__name__}",
-        )
-    missing = required - obj.keys()
-    if missing:
-        raise Rejection(
-            Reason.MALFORMED_MESSAGE, f"{action}: missing field(s) {_names(missing)}"
-        )
-    unknown = obj.keys() - required - optional
-    if unknown:
-        raise Rejection(
-            Reason.MALFORMED_MESSAGE,
-            f"{action}: unknown field(s) {_names(unknown)}",
-        )
-    return obj
-
-
-def _malformed_type(where: str, expected: str, value: object) -> Rejection:
-    return Rejection(
-        Reason.MALFORMED_MESSAGE, f"{where}: must be {expected}, not {type(value).__name__}"
-    )
-
-
-def _pid(value: object, action: str) -> str:
-    where = f"{action}.pid"
-    if not isinstance(value, str):
-        raise _malformed_type(where, "text", value)
-    if not value:
-        raise Rejection(Reason.BAD_PARAMETERS, f"{where}: must not be empty")
-    if value == RESERVED_PID:
-        raise Rejection(Reason.BAD_PARAMETERS, f"{where}: {RESERVED_PID!r} is reserved")
-    if len(value) > _MAX_PID_LENGTH or not value.isprintable() or " " in value:
-        raise Rejection(
-            Reason.BAD_PARAMETERS,
-            f"{where}: {value[:40]!r} is not 1 to {_MAX_PID_LENGTH} printable non-space characters",
-        )
-    return value
-
-
-def _hex64(value: object, where: str, what: str) -> str:
-    if not isinstance(value, str):
-        raise _malformed_type(where, "text", value)
-    if not HEX64.fullmatch(value):
-        raise Rejection(Reason.BAD_PARAMETERS, f"{where}: {value[:70]!r} is not {what}")
-    return value
+# --- requests ----------------------------------------------------------------------------
 
 
 def parse_create_process(obj: object) -> CreateProcess:
     """Validate ``create_process{pid, owners?}``; owners come back deduplicated and sorted."""
-    fields = _fields(obj, "create_process", {"pid"}, {"owners"})
-    pid = _pid(fields["pid"], "create_process")
+    fields = check_fields(obj, "create_process", {"pid"}, {"owners"})
+    pid = check_pid(fields["pid"], "create_process")
     owners = fields.get("owners")
     if owners is None:
         owners = []
     elif not isinstance(owners, list):
-        raise _malformed_type("create_process.owners", "a list of agent ids", owners)
+        raise malformed_type("create_process.owners", "a list of agent ids", owners)
     for index, owner in enumerate(owners):
         if not is_agent_id(owner):
             raise Rejection(
                 Reason.BAD_PARAMETERS,
-                f"create_process.owners[{index}]: {_shown(owner)} is not an agent id "
+                f"create_process.owners[{index}]: {shown(owner)} is not an agent id "
                 "(43 base64url characters)",
             )
     return {"pid": pid, "owners": sorted(set(owners))}
@@ -246,11 +117,12 @@ def parse_log(obj: object, *, max_payload: int) -> LogRequest:
     """Validate ``log``: a canonical header of at most ``max_payload`` bytes, a well-formed
     hash that matches the payload when one is sent, and a non-empty payload of at most
     ``max_payload`` bytes (so any entry fits in the answer to a ``get``)."""
-    fields = _fields(obj, "log", {"pid", "header", "payload_sha256", "payload_type"}, {"payload"})
-    pid = _pid(fields["pid"], "log")
+    fields = check_fields(obj, "log", {"pid", "header", "payload_sha256", "payload_type"},
+                          {"payload"})
+    pid = check_pid(fields["pid"], "log")
     header = fields["header"]
     if not isinstance(header, dict):
-        raise _malformed_type("log.header", "a map", header)
+        raise malformed_type("log.header", "a map", header)
     try:
         encoded = canonical(header)
     except CodecError as exc:
@@ -260,18 +132,18 @@ def parse_log(obj: object, *, max_payload: int) -> LogRequest:
                         f"limit of {max_payload}; put the bulk in the payload")
     payload_type = fields["payload_type"]
     if not isinstance(payload_type, str):
-        raise _malformed_type("log.payload_type", "text", payload_type)
-    if not 0 < len(payload_type) <= _MAX_TYPE_LENGTH:
+        raise malformed_type("log.payload_type", "text", payload_type)
+    if not 0 < len(payload_type) <= MAX_TYPE_LENGTH:
         raise Rejection(
-            Reason.BAD_PARAMETERS, f"log.payload_type: must be 1 to {_MAX_TYPE_LENGTH} characters"
+            Reason.BAD_PARAMETERS, f"log.payload_type: must be 1 to {MAX_TYPE_LENGTH} characters"
         )
-    payload_sha256 = _hex64(
+    payload_sha256 = check_hex64(
         fields["payload_sha256"], "log.payload_sha256", "64 lowercase hex digits (a SHA-256)"
     )
     payload = fields.get("payload")
     if payload is not None:
         if not isinstance(payload, bytes):
-            raise _malformed_type("log.payload", "binary", payload)
+            raise malformed_type("log.payload", "binary", payload)
         if not payload:
             raise Rejection(
                 Reason.BAD_PARAMETERS, "log.payload: is empty; omit it to log the hash alone"
@@ -300,10 +172,10 @@ def parse_log(obj: object, *, max_payload: int) -> LogRequest:
 def parse_log_batch(obj: object) -> list[object]:
     """Validate ``log_batch{entries}``: 1 to ``MAX_BATCH`` entries, each checked by
     ``parse_log`` on its own so that one bad entry refuses only itself."""
-    fields = _fields(obj, "log_batch", {"entries"}, set())
+    fields = check_fields(obj, "log_batch", {"entries"}, set())
     entries = fields["entries"]
     if not isinstance(entries, list):
-        raise _malformed_type("log_batch.entries", "a list of log objects", entries)
+        raise malformed_type("log_batch.entries", "a list of log objects", entries)
     if not 0 < len(entries) <= MAX_BATCH:
         raise Rejection(
             Reason.BAD_PARAMETERS,
@@ -312,59 +184,26 @@ def parse_log_batch(obj: object) -> list[object]:
     return entries
 
 
-def _count(value: object, where: str, default: int) -> int:
-    if value is None:
-        return default
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _malformed_type(where, "an integer", value)
-    if value < 1:
-        raise Rejection(Reason.BAD_PARAMETERS, f"{where}: {value} is below 1")
-    return value
-
-
-def _date_ms(value: object, where: str, *, end_of_day: bool) -> int | None:
-    """An inclusive bound in ms: integer ms as given, or a UTC day's first (last) ms."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not 0 <= value < _INT64_LIMIT:
-            raise Rejection(Reason.BAD_PARAMETERS, f"{where}: {value} ms is outside 0..2^63-1")
-        return value
-    if isinstance(value, str) and _DAY.fullmatch(value):
-        try:
-            day = date.fromisoformat(value)
-        except ValueError as exc:
-            raise Rejection(Reason.BAD_PARAMETERS, f"{where}: {value!r}: {exc}") from exc
-        start = (day.toordinal() - _EPOCH_ORDINAL) * _DAY_MS
-        if start < 0:
-            raise Rejection(Reason.BAD_PARAMETERS, f"{where}: {value!r} is before 1970-01-01")
-        return start + _DAY_MS - 1 if end_of_day else start
-    raise Rejection(
-        Reason.BAD_PARAMETERS,
-        f"{where}: {_shown(value)} is neither integer ms since the epoch nor a YYYY-MM-DD day",
-    )
-
-
 def parse_query(obj: object) -> QueryRequest:
     """Validate ``query`` and fill the defaults: page 1, size 100, newest first, no dates."""
-    fields = _fields(obj, "query", {"pid"}, {"page", "size", "sort", "date_from", "date_to"})
-    pid = _pid(fields["pid"], "query")
-    page = _count(fields.get("page"), "query.page", 1)
-    size = _count(fields.get("size"), "query.size", DEFAULT_PAGE_SIZE)
+    fields = check_fields(obj, "query", {"pid"}, {"page", "size", "sort", "date_from", "date_to"})
+    pid = check_pid(fields["pid"], "query")
+    page = check_count(fields.get("page"), "query.page", 1)
+    size = check_count(fields.get("size"), "query.size", DEFAULT_PAGE_SIZE)
     if size > MAX_PAGE_SIZE:
         raise Rejection(
             Reason.BAD_PARAMETERS, f"query.size: {size} is above the maximum of {MAX_PAGE_SIZE}"
         )
-    if (page - 1) * size >= _INT64_LIMIT:
+    if (page - 1) * size >= INT64_LIMIT:
         raise Rejection(Reason.BAD_PARAMETERS, f"query.page: {page} is beyond any result")
     sort = fields.get("sort")
     if sort is None:
         sort = "desc"
     if sort not in ("asc", "desc"):
         raise Rejection(Reason.BAD_PARAMETERS,
-                        f"query.sort: {_shown(sort)} is neither 'asc' nor 'desc'")
-    date_from = _date_ms(fields.get("date_from"), "query.date_from", end_of_day=False)
-    date_to = _date_ms(fields.get("date_to"), "query.date_to", end_of_day=True)
+                        f"query.sort: {shown(sort)} is neither 'asc' nor 'desc'")
+    date_from = date_ms(fields.get("date_from"), "query.date_from", end_of_day=False)
+    date_to = date_ms(fields.get("date_to"), "query.date_to", end_of_day=True)
     if date_from is not None and date_to is not None and date_from > date_to:
         raise Rejection(
             Reason.BAD_PARAMETERS,
@@ -382,15 +221,15 @@ def parse_query(obj: object) -> QueryRequest:
 
 def parse_get(obj: object) -> GetRequest:
     """Validate ``get{pid, id}``; a document id is the entry hash."""
-    fields = _fields(obj, "get", {"pid", "id"}, set())
-    pid = _pid(fields["pid"], "get")
-    document_id = _hex64(fields["id"], "get.id", "a document id (64 lowercase hex digits)")
+    fields = check_fields(obj, "get", {"pid", "id"}, set())
+    pid = check_pid(fields["pid"], "get")
+    document_id = check_hex64(fields["id"], "get.id", "a document id (64 lowercase hex digits)")
     return {"pid": pid, "id": document_id}
 
 
 def parse_keys(obj: object) -> None:
     """Validate ``keys{}``: it takes no fields."""
-    _fields(obj, "keys", set(), set())
+    check_fields(obj, "keys", set(), set())
 
 
 # --- access decisions --------------------------------------------------------------------
