@@ -2,7 +2,9 @@
 
 A list of objects becomes a table (one row each, a column per field, nested values left out
 unless a method names them), an object becomes ``key: value`` lines, nested objects indented.
-The common calls choose their columns; every other method gets the generic layout.
+The common calls choose their columns; every other method gets the generic layout. A table
+cell shows hashes, receipts and payloads cut short, so that a row stays readable in a
+terminal: the JSON output has every value whole.
 """
 
 from __future__ import annotations
@@ -10,25 +12,38 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-# the columns of the common list results, in order; a missing field prints as "-"
+# the columns of the common list results, in order (a dotted name reaches into a nested
+# object; "METHOD.KEY" names the list under KEY of an object result); a missing field is "-"
 COLUMNS = {
-    "peers.list": ("name", "agent", "address", "source", "connected", "last_seen"),
+    "peers.list": ("name", "agent", "address", "source", "connected", "last_seen",
+                   "clock_ahead_ms"),
     "tally.list": ("tally", "cuid", "side", "state", "partner", "balance", "limit",
-                   "chain.index", "chain.confirmed"),
+                   "capacity.pay", "capacity.receive", "chain.index", "chain.confirmed"),
     "users.list": ("cuid", "name", "address"),
     "receipts.list": ("pid", "seq", "kind", "status", "document_id"),
     "chit.list": ("chit", "by", "type", "units", "state", "index", "memo"),
     "route.find": ("capacity", "path"),
     "lift.list": ("lift", "kind", "state", "units", "deadline", "path"),
+    "ch.query.entries": ("seq", "timestamp", "client_id", "header.kind", "document_id",
+                         "payload_text"),
 }
+# headers other than the column's name in capitals
+TITLES = {"capacity.pay": "CAN_PAY", "capacity.receive": "CAN_RECEIVE", "chain.index": "CHAIN",
+          "chain.confirmed": "CONFIRMED", "header.kind": "KIND", "payload_text": "TEXT"}
+SPARSE = ("clock_ahead_ms",)  # a column only when some row has a value (null until measured)
+# table cells show the first N characters of these, and "…"
+CUT = {"entry_hash": 12, "prev_hash": 12, "document_id": 12, "payload_sha256": 12,
+       "client_id": 8, "receipt": 16, "payload": 16, "proof": 16, "payload_text": 24}
 TIMESTAMPS = ("last_seen", "date", "received", "timestamp", "expires", "deadline")
+DURATIONS = ("uptime_s",)
+UNITS = (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1))
 
 
 def render(method: str, result: Any) -> str:
     if isinstance(result, list) and all(isinstance(item, dict) for item in result):
         return table(result, COLUMNS.get(method))
     if isinstance(result, dict):
-        return "\n".join(_lines(result, 0)) + "\n"
+        return "\n".join(_lines(result, 0, method)) + "\n"
     return f"{_scalar('', result)}\n"
 
 
@@ -38,12 +53,25 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) ->
     if columns is None:
         columns = tuple(key for key, value in rows[0].items()
                         if not isinstance(value, dict | list))
-    cells = [[column.upper() for column in columns]]
-    cells += [[_scalar(column, _field(row, column)) for column in columns] for row in rows]
+    columns = tuple(column for column in columns if column not in SPARSE
+                    or any(_field(row, column) is not None for row in rows))
+    cells = [[TITLES.get(column, column.upper()) for column in columns]]
+    cells += [[_cell(column, _field(row, column)) for column in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths,
                                                                        strict=True)).rstrip()
                    + "\n" for line in cells)
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``3 min 20 s``, ``2 h 13 min``, ``4 d 1 h``: the largest unit and the next."""
+    total = max(round(seconds), 0)
+    i = next((i for i, (_, size) in enumerate(UNITS) if total >= size), len(UNITS) - 1)
+    (name, size), smaller = UNITS[i], UNITS[i + 1:i + 2]
+    count, rest = divmod(total, size)
+    if smaller and rest >= smaller[0][1]:
+        return f"{count} {name} {rest // smaller[0][1]} {smaller[0][0]}"
+    return f"{count} {name}"
 
 
 def _field(row: dict[str, Any], path: str) -> Any:
@@ -53,19 +81,36 @@ def _field(row: dict[str, Any], path: str) -> Any:
     return value
 
 
-def _lines(value: dict[str, Any], depth: int) -> list[str]:
+def _lines(value: dict[str, Any], depth: int, where: str) -> list[str]:
     pad = "  " * depth
     out = []
     for key, item in value.items():
         if isinstance(item, dict) and item:
             out.append(f"{pad}{key}:")
-            out += _lines(item, depth + 1)
+            out += _lines(item, depth + 1, f"{where}.{key}")
         elif isinstance(item, list) and item and isinstance(item[0], dict):
             out.append(f"{pad}{key}:")
-            out += [pad + "  " + line for line in table(item).splitlines()]
+            out += [pad + "  " + line
+                    for line in table(item, COLUMNS.get(f"{where}.{key}")).splitlines()]
         else:
             out.append(f"{pad}{key}: {_scalar(key, item)}")
     return out
+
+
+def _cell(column: str, value: Any) -> str:
+    """A table cell: a partner as ``cuid@agent`` (the start of its node's agent id), as paths
+    show users; a long hash or payload cut short."""
+    name = column.rsplit(".", 1)[-1]
+    if name == "partner" and isinstance(value, str) and ":" in value:  # cuid:agent@host:port
+        cuid, _, rest = value.partition(":")
+        return _user(cuid, rest.split("@")[0])
+    text = _scalar(name, value)
+    cut = CUT.get(name)
+    return text if cut is None or len(text) <= cut + 1 else text[:cut] + "…"
+
+
+def _user(cuid: Any, agent: Any) -> str:
+    return f"{cuid}@{str(agent)[:8]}"
 
 
 def _scalar(key: str, value: Any) -> str:
@@ -76,11 +121,11 @@ def _scalar(key: str, value: Any) -> str:
     if key in TIMESTAMPS and isinstance(value, int) and value > 10**11:  # ms since the epoch
         moment = datetime.datetime.fromtimestamp(value / 1000, datetime.UTC)
         return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-    if key == "uptime_s" and isinstance(value, int | float):
-        return str(datetime.timedelta(seconds=round(value)))
+    if key in DURATIONS and isinstance(value, int | float):
+        return duration(value)
     if key == "path" and isinstance(value, list) and all(isinstance(hop, dict) for hop in value):
         # a route's or a lift's users, each with the start of its node's agent id
-        return " -> ".join(f"{hop.get('cuid')}@{str(hop.get('agent'))[:8]}" for hop in value)
+        return " -> ".join(_user(hop.get("cuid"), hop.get("agent")) for hop in value)
     if isinstance(value, list):
         return ", ".join(_scalar("", item) for item in value) or "-"
     return str(value)

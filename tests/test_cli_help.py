@@ -15,7 +15,7 @@ from agentd.bench import BENCHMARKS, verdict
 from agentd.bench import usage as bench_usage
 from agentd.config import control_socket
 from agentd.errors import UserError, did_you_mean
-from agentd.human import render
+from agentd.human import duration, render
 from agentd.methods import describe, method_help, registry
 from tests.clihelpers import AGENTD
 
@@ -118,24 +118,60 @@ def test_bench_goals_decide_the_exit_status(capsys):
 def test_human_output():
     info = render("getinfo", {"name": "alice", "uptime_s": 3725.2, "roles": [],
                               "counters": {"frames_in": 3, "rejected": {}}})
-    assert info == "name: alice\nuptime_s: 1:02:05\nroles: -\ncounters:\n  frames_in: 3\n" \
+    assert info == "name: alice\nuptime_s: 1 h 2 min\nroles: -\ncounters:\n  frames_in: 3\n" \
                    "  rejected: {}\n"
-    peers = render("peers.list", [
-        {"name": "bob", "agent": "B", "address": "127.0.0.1:7102", "source": "config",
-         "connected": True, "last_seen": 1_700_000_000_000},
-        {"name": None, "agent": "Ë", "address": None, "source": "learned",
-         "connected": False, "last_seen": None}])
-    assert peers.splitlines() == [
+    assert [duration(s) for s in (0, 45, 60, 125, 7980, 86_400 * 3 + 4 * 3600 + 59)] == [
+        "0 s", "45 s", "1 min", "2 min 5 s", "2 h 13 min", "3 d 4 h"]
+    bob = {"name": "bob", "agent": "B", "address": "127.0.0.1:7102", "source": "config",
+           "connected": True, "last_seen": 1_700_000_000_000, "clock_ahead_ms": None}
+    stranger = {"name": None, "agent": "Ë", "address": None, "source": "learned",
+                "connected": False, "last_seen": None, "clock_ahead_ms": None}
+    assert render("peers.list", [bob, stranger]).splitlines() == [  # no offset measured yet
         "NAME  AGENT  ADDRESS         SOURCE   CONNECTED  LAST_SEEN",
         "bob   B      127.0.0.1:7102  config   yes        2023-11-14 22:13:20 UTC",
         "-     Ë      -               learned  no         -"]
-    tallies = render("tally.list", [{"tally": "T", "state": "open", "chain": {"index": 2}}])
-    assert tallies.splitlines()[1].split() == ["T", "-", "-", "open", "-", "-", "-", "2", "-"]
+    assert render("peers.list", [{**bob, "clock_ahead_ms": 5200}, stranger]).splitlines() == [
+        "NAME  AGENT  ADDRESS         SOURCE   CONNECTED  LAST_SEEN                CLOCK_AHEAD_MS",
+        "bob   B      127.0.0.1:7102  config   yes        2023-11-14 22:13:20 UTC  5200",
+        "-     Ë      -               learned  no         -                        -"]
+    tallies = render("tally.list", [
+        {"tally": "T", "state": "open", "partner": f"bob:{'B' * 43}@127.0.0.1:7102",
+         "balance": -300, "capacity": {"pay": 700, "receive": 1300}, "chain": {"index": 2}}])
+    assert tallies.splitlines()[0].split() == [
+        "TALLY", "CUID", "SIDE", "STATE", "PARTNER", "BALANCE", "LIMIT", "CAN_PAY",
+        "CAN_RECEIVE", "CHAIN", "CONFIRMED"]
+    assert tallies.splitlines()[1].split() == [
+        "T", "-", "-", "open", "bob@BBBBBBBB", "-300", "-", "700", "1300", "2", "-"]
     assert render("tally.list", []) == "(none)\n"
     routes = render("route.find", [{"path": [{"cuid": "ann", "agent": "A" * 43},
                                              {"cuid": "cyd", "agent": "C" * 43}],
                                     "capacity": 700}])
     assert routes.splitlines() == ["CAPACITY  PATH", "700       ann@AAAAAAAA -> cyd@CCCCCCCC"]
+
+
+def test_human_clearing_house_entries_fit_a_terminal():
+    """ch.query entries carry three 64-digit hashes, an agent id and a payload: a row of
+    each in full was ~400 columns. The table cuts them short; the JSON keeps them whole."""
+    def entry(seq: int, text: str | None) -> dict:
+        return {"pid": "8e0c5a4e-0a49-5b38-9ad6-1d4b5e1c7f60", "seq": seq,
+                "prev_hash": "0" * 64, "timestamp": 1_700_000_000_000, "client_id": "Z" * 43,
+                "header": {"kind": "tally.open" if text is None else None, "ref": "x" * 36},
+                "payload_sha256": "a" * 64, "payload_type": "application/msgpack",
+                "payload": "i" * 600, "entry_hash": f"{seq:x}" * 64,
+                "document_id": f"{seq:x}" * 64, "payload_text": text}
+
+    text = render("ch.query", {"entries": [entry(12, None), entry(11, "offer: 10 widgets, "
+                                                                         "delivered by Friday")],
+                               "total": 2, "page": 1, "size": 100, "has_more": False})
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100, text
+    cells = [re.split(r"\s{2,}", line.strip()) for line in lines[1:4]]
+    assert cells == [
+        ["SEQ", "TIMESTAMP", "CLIENT_ID", "KIND", "DOCUMENT_ID", "TEXT"],
+        ["12", "2023-11-14 22:13:20 UTC", "ZZZZZZZZ…", "tally.open", "cccccccccccc…", "-"],
+        ["11", "2023-11-14 22:13:20 UTC", "ZZZZZZZZ…", "-", "bbbbbbbbbbbb…",
+         "offer: 10 widgets, deliv…"]]
+    assert lines[4:] == ["total: 2", "page: 1", "size: 100", "has_more: no"]
 
 
 def test_a_mistyped_name_gets_the_names_it_is_close_to():
