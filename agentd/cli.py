@@ -34,7 +34,7 @@ COMMANDS = {
     "init": ("init DIR --name NAME --listen HOST:PORT [--advertise HOST:PORT] [--network ID]",
              "create a key and a config in DIR"),
     "run": ("run -c CONFIG", "run a node in the foreground"),
-    "help": ("help [METHOD]", "list the methods, or show one's parameters"),
+    "help": ("help [METHOD | COMMAND]", "list the methods, or show one method or command"),
     "sim": ("sim SCENARIO [--processes]", "run a multi-node simulation (configs/sims/)"),
     "bench": ("bench {{{benchmarks}}} [--quick]", "run a benchmark (agentd bench --help)"),
     "demo": ("demo", "alice, bob, carol and a clearing house: a tour"),
@@ -148,13 +148,34 @@ def _main(argv: list[str]) -> int:
                 start=_how_to_start(options.config))
 
 
+HELP_USAGE = """usage: agentd help [METHOD | COMMAND]
+
+Without an argument: the commands and every method (as agentd --help). With a method: its
+parameters, their types and defaults, and what it does. With a command: its options (as
+agentd COMMAND --help). No node is needed, nor a config.
+"""
+
+
 def _help(args: list[str]) -> int:
     from agentd.methods import method_help
 
+    args = [arg for arg in args if arg not in ("-H", "--human")]  # text already
+    if any(arg in ("-h", "--help") for arg in args):
+        print(HELP_USAGE, end="")
+        return 0
     if not args:
         print(usage(), end="")
         return 0
+    if args[0].startswith("-"):
+        raise UserError(f"unknown option {args[0]!r} for agentd help; {HELP_USAGE.splitlines()[0]}")
+    if len(args) > 1:
+        raise UserError(f"agentd help takes one METHOD or COMMAND, not {' '.join(args)!r}")
     name = args[0].removeprefix("method=")  # as the RPC help method is called: method=NAME
+    if name == "help":
+        print(HELP_USAGE, end="")
+        return 0
+    if name in COMMANDS:
+        return _local(name, ["--help"])
     print(method_help(name), end="")
     return 0
 

@@ -30,7 +30,7 @@ def completion_parser() -> argparse.ArgumentParser:
     for name, (_, what) in COMMANDS.items():
         sub = commands.add_parser(name, help=what)
         if name == "help":
-            sub.add_argument("method", nargs="?", choices=sorted(methods))
+            sub.add_argument("name", nargs="?", choices=sorted({*methods, *COMMANDS}))
         elif name == "bench":
             sub.add_argument("benchmark", choices=list(BENCHMARKS))
         elif name in ("run", "init", "sim", "up", "down"):

@@ -100,10 +100,12 @@ def method_help(name: str) -> str:
     """The text ``agentd help METHOD`` prints."""
     methods = registry()
     if name not in methods:
+        from agentd.cli import COMMANDS
         from agentd.errors import UserError, did_you_mean
 
-        raise UserError(f"unknown method {name!r}{did_you_mean(name, methods)}; "
-                        "'agentd help' lists them all")
+        raise UserError(f"{name!r} is neither a method nor a command"
+                        f"{did_you_mean(name, [*methods, *COMMANDS])}; 'agentd help' lists "
+                        "them all")
     described = describe(name, methods[name])
     lines = [f"usage: agentd -c CONFIG {signature_line(described)}"]
     for paragraph in plain(inspect.cleandoc(methods[name].__doc__ or "")).split("\n\n"):

@@ -80,6 +80,26 @@ def test_method_help_with_and_without_a_config(capsys, tmp_path):
     assert "side is ours: stock (vendor, the default) or foil (client)" in whole
 
 
+def test_help_on_help_and_on_what_help_does_not_know(capsys):
+    """agentd help --help said "unknown method '--help' (did you mean help?)"; a command,
+    an option or a second name each got "unknown method", or was ignored."""
+    for argv in (["help", "--help"], ["help", "-h"], ["help", "help"],
+                 ["-c", "any.toml", "help", "--help"]):
+        assert cli.main(argv) == 0
+        assert capsys.readouterr().out == cli.HELP_USAGE
+    with pytest.raises(SystemExit) as exited:  # the command's own --help, from argparse
+        cli.main(["help", "init"])
+    assert exited.value.code == 0 and "--listen" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"^unknown option '--foo' for agentd help; usage: "
+                                        r"agentd help \[METHOD \| COMMAND\]$"):
+        cli._main(["help", "--foo"])
+    with pytest.raises(UserError, match=r"takes one METHOD or COMMAND, not 'peers\.ping extra'"):
+        cli._main(["help", "peers.ping", "extra"])
+    with pytest.raises(UserError, match=r"'inti' is neither a method nor a command \(did you "
+                                        r"mean init\?\)"):
+        cli._main(["help", "inti"])
+
+
 def test_control_socket_is_found_without_validating_the_config(tmp_path):
     config = tmp_path / "n.toml"
     config.write_text('[node]\ndata_dir = "d"\nbogus = 1\n')

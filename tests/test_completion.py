@@ -28,5 +28,6 @@ def test_bash_completes_commands_methods_and_parameters():
     assert complete(script, "-c", "n.toml", "peers.ping", "") == ["agent=", "count="]
     assert complete(script, "bench", "") == list(BENCHMARKS)
     assert "tally.accept" in complete(script, "help", "tally.")
+    assert complete(script, "help", "ini") == ["init"]  # agentd help COMMAND shows its options
     assert "demo" in complete(script, "de")
     assert cli("completion", "zsh").stdout.startswith("#compdef agentd")
