@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from agentd.config import AccessRule
+from agentd.methods import method_help
 from agentd.rpc import NOT_FOUND, RpcError
 from agentd.runtime.context import Reject
 from agentd.runtime.dispatch import _Heard
@@ -839,6 +840,14 @@ async def test_rpc_parameters_are_checked(tmp_path):
                                  units=1)
         assert (selfward.reason, selfward.message) == (
             "INVALID_PARAMS", "route.find: find is the payor itself: lift.clear finds a circle")
+        for timeout_s in (0, -1, 30.5):  # the range is (0, 30]; the help says so too
+            late = await refused(a, "route.find", cuid="alice", find=f"zed:{a.agent_id}",
+                                 units=1, timeout_s=timeout_s)
+            assert (late.reason, late.message) == (
+                "INVALID_PARAMS", "route.find: timeout_s must be more than 0 and at most 30 "
+                f"seconds (the search's time budget), not {timeout_s}")
+        help_text = " ".join(method_help("route.find").split())
+        assert "(more than 0 and at most 30; default 2)" in help_text
 
 
 def test_chain_add_many_batches_what_add_would_send_one_by_one():

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.rpc import invalid_params
+from agentd.rpc_types import shown
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.services.credit.known_routes import Key, KnownRoutes
 from agentd.services.credit.ledger import CreditLedger
@@ -80,7 +81,10 @@ class RouteService(Service):
         """Paths of tallies from our user to ``find`` (``cuid:agent`` or a full CHIP address)
         that can carry ``units`` now, best (largest capacity, then fewest hops) first; ``[]``
         when there is none. ``UNKNOWN_PAYEE`` when ``find``'s node says it has no such user:
-        it is asked beside the search, which its refusal ends."""
+        it is asked beside the search, which its refusal ends.
+
+        The search returns once it is exhausted, or when ``timeout_s`` seconds have passed
+        (more than 0 and at most 30; default 2) with the routes found by then."""
         cuid, target = param_cuid(cuid), param_find(find)
         if (target.agent, target.cuid) == (self.runtime.agent_id, cuid):
             raise invalid_params("find is the payor itself: lift.clear finds a circle")
@@ -398,5 +402,6 @@ def param_find(value: Any) -> ChipAddress:
 def param_timeout(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not (
             0 < value <= MAX_SEARCH_S):
-        raise invalid_params(f"timeout_s must be a number of seconds in (0, {MAX_SEARCH_S:g}]")
+        raise invalid_params(f"timeout_s must be more than 0 and at most {MAX_SEARCH_S:g} "
+                             f"seconds (the search's time budget), not {shown(value)}")
     return float(value)
