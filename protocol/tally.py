@@ -424,8 +424,18 @@ def receive_draft(local: LocalTally, obj: Any) -> Step:
     return replace(local, state=state, tally=tally), []
 
 
-def close(local: LocalTally) -> Step:
-    """Ask to close: from now on no chit may raise the balance's magnitude."""
+def close(local: LocalTally, *, balance: int) -> Step:
+    """Ask to close: from now on no chit may raise the balance's magnitude. Asked again, it
+    says what the user waits for: the balance (ours, ``balance``) to reach zero."""
+    if local.state == C_OPEN:
+        owed = (f"{local.cuid}'s partner owes it {balance}" if balance > 0
+                else f"{local.cuid} owes its partner {-balance}")
+        raise Refusal("bad_state", f"tally {local.uuid} is already closing ({C_OPEN}): " + (
+            "its balance is 0, and it closes as soon as its chain is settled" if balance == 0
+            else f"it closes once its balance, now {balance} ({owed}), reaches zero: only "
+            "chits that bring the balance toward zero are taken"))
+    if local.state == CLOSE:
+        raise Refusal("bad_state", f"tally {local.uuid} is already closed ({CLOSE})")
     state = _next(local.state, "close")
     return replace(local, state=state), [_message(local, "close", {"uuid": local.uuid})]
 

@@ -47,7 +47,7 @@ def pay(
 
 
 def closing(local: t.LocalTally) -> t.LocalTally:
-    return t.close(local)[0]
+    return t.close(local, balance=0)[0]
 
 
 # -- a direct payment ---------------------------------------------------------------------------

@@ -426,6 +426,11 @@ async def test_limits_closing_and_invoices(tmp_path):
         assert chain_of(a, "alice", tally)[3] == -400
         # closing: only payments that shrink the balance, then closed at zero
         assert (await rpc(b, "tally.close", cuid="bob", tally=tally))["state"] == t.C_OPEN
+        again = await refused(b, "tally.close", cuid="bob", tally=tally)
+        assert (again.reason, again.message) == ("BAD_STATE", (
+            f"BAD_STATE: tally {tally} is already closing (C.open): it closes once its "
+            "balance, now 400 (bob's partner owes it 400), reaches zero: only chits that "
+            "bring the balance toward zero are taken"))
         await wait_for(lambda: state(a, "alice", tally) == t.C_OPEN)
         growing = await refused(a, "chit.pay", cuid="alice", tally=tally, units=1)
         assert growing.reason == "CLOSING"

@@ -382,11 +382,19 @@ def test_edit_changes_the_memo_and_limits_and_checks_them() -> None:
 
 def test_closing_and_settling() -> None:
     alice, bob = negotiate()
-    alice, [notice] = t.close(alice)
+    alice, [notice] = t.close(alice, balance=0)
     assert (alice.state, notice) == (
         t.C_OPEN,
         Send(BOB.address, "tally", "close", {"uuid": TALLY_UUID}, from_cuid="alice"),
     )
+    again = refusal(t.close, alice, balance=-300)  # asked again: what it waits for
+    assert (again.code, again.message) == ("bad_state", (
+        f"tally {TALLY_UUID} is already closing (C.open): it closes once its balance, now "
+        "-300 (alice owes its partner 300), reaches zero: only chits that bring the balance "
+        "toward zero are taken"))
+    assert refusal(t.close, alice, balance=0).message == (
+        f"tally {TALLY_UUID} is already closing (C.open): its balance is 0, and it closes as "
+        "soon as its chain is settled")
     bob, _ = t.receive_close(bob, notice.object)
     assert bob.state == t.C_OPEN
     assert t.receive_close(alice, {"uuid": TALLY_UUID})[0].state == t.C_OPEN  # both at once
@@ -395,7 +403,8 @@ def test_closing_and_settling() -> None:
     assert refusal(t.settle, alice, balance=0, quiet=False).code == "not_settled"
     closed, _ = t.settle(alice, balance=0, quiet=True)
     assert closed.state == t.CLOSE
-    assert refusal(t.close, closed).code == "bad_state"
+    assert refusal(t.close, closed, balance=0).to_map() == {
+        "code": "bad_state", "message": f"tally {TALLY_UUID} is already closed (close)"}
 
 
 # -- signatures -------------------------------------------------------------------------------
@@ -464,7 +473,7 @@ def _event_calls() -> dict[str, Any]:
         "accept": lambda local: t.accept(local, ALICE.key),
         "refuse": t.refuse,
         "counter": t.counter,
-        "close": t.close,
+        "close": lambda local: t.close(local, balance=0),
         "got ticket": lambda local: present(local, MALLORY),
         "got offer": lambda local: take_offer(offer.object, local=local),
         "got open": lambda local: t.receive_open(local, opened.object),
@@ -546,7 +555,7 @@ def test_follow_starts_the_chain_once_reopens_and_closes() -> None:
     local, happened = t.follow(holder, has_chain=False, balance=0, quiet=True)
     assert happened == (t.START_CHAIN,) and local == holder
     assert t.follow(holder, has_chain=True, balance=0, quiet=True) == (holder, ())
-    closing, _ = t.close(in_state(t.OPEN))
+    closing, _ = t.close(in_state(t.OPEN), balance=0)
     assert t.follow(closing, has_chain=True, balance=5, quiet=True)[1] == ()  # still owed
     assert t.follow(closing, has_chain=True, balance=0, quiet=False)[1] == ()  # chain moving
     closed, happened = t.follow(closing, has_chain=True, balance=0, quiet=True)

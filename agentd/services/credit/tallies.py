@@ -192,7 +192,8 @@ class TallyService(Service):
                   else param_amount(partner_limit, "partner_limit", low=0))
         memo = None if memo is None else param_memo(memo)
 
-        def sign_and_offer(local: t.LocalTally, user: User) -> t.Step:
+        def sign_and_offer(holding: Holding, user: User) -> t.Step:
+            local = holding.local
             limits = {side: value for side, value in ((local.side, ours),
                                                       (local.partner_side, theirs))
                       if value is not None}
@@ -204,23 +205,25 @@ class TallyService(Service):
 
     async def rpc_accept(self, cuid: str, tally: str) -> dict:
         """Sign the partner's offer: the tally binds both users and its chit chain starts."""
-        return await self._tally_step(cuid, tally, lambda local, user: t.accept(local, user.key))
+        return await self._tally_step(
+            cuid, tally, lambda holding, user: t.accept(holding.local, user.key))
 
     async def rpc_refuse(self, cuid: str, tally: str) -> dict:
         """Turn the partner's offer down (the tally becomes void); on a draft of our own
         invitation that no ticket has come for yet (an unused or expired ticket), withdraw
         it (void: a ticket presented later is refused)."""
-        return await self._tally_step(cuid, tally, lambda local, user: t.refuse(local))
+        return await self._tally_step(cuid, tally, lambda holding, _: t.refuse(holding.local))
 
     async def rpc_counter(self, cuid: str, tally: str) -> dict:
         """Take the pen on the partner's offer: revise it (``tally.offer limit=...``) and
         offer it back."""
-        return await self._tally_step(cuid, tally, lambda local, user: t.counter(local))
+        return await self._tally_step(cuid, tally, lambda holding, _: t.counter(holding.local))
 
     async def rpc_close(self, cuid: str, tally: str) -> dict:
         """Start closing: no chit may raise the balance's magnitude from now on, and the tally
-        closes once the balance is zero."""
-        return await self._tally_step(cuid, tally, lambda local, user: t.close(local))
+        closes once the balance is zero (asked again, the answer says what the balance is)."""
+        return await self._tally_step(
+            cuid, tally, lambda holding, _: t.close(holding.local, balance=holding.balance))
 
     async def rpc_list(self, cuid: str | None = None) -> list[dict]:
         """Tallies (of one user, or all) with state, partner, balance and chain."""
@@ -272,14 +275,14 @@ class TallyService(Service):
         self,
         cuid: str,
         tally: str,
-        step: Callable[[t.LocalTally, User], t.Step],
+        step: Callable[[Holding, User], t.Step],
     ) -> dict:
         cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
         self.ledger.known_user(cuid)  # UNKNOWN_USER before UNKNOWN_TALLY
 
         def work(tx: Tx) -> Holding:
             holding = self.ledger.holding(tx.conn, tally_uuid, cuid)
-            local, messages = step(holding.local, self.ledger.user(tx.conn, cuid))
+            local, messages = step(holding, self.ledger.user(tx.conn, cuid))
             return self.ledger.commit(tx, holding, local=local, messages=messages)
 
         holding = await self.ledger.transact(work)
