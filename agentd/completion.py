@@ -9,12 +9,28 @@ of the registry with its parameters offered as ``name=`` words.
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 import shtab
 
 from agentd.methods import describe, registry
 
-SHELLS = ("bash", "zsh", "tcsh", "fish", "powershell")  # shtab's, as of 1.13
+# where each shell's script goes and how the shell finds it there: the script's opening
+# comment says it (in place of shtab's own advice, which names other places), as does the README
+INSTALL = {
+    "bash": ("~/.local/share/bash-completion/completions/agentd",
+             "bash-completion loads it from there the first time agentd is completed "
+             "(without bash-completion, source it from ~/.bashrc)."),
+    "zsh": ("~/.local/share/zsh_completion/_agentd",
+            "Then add fpath=(~/.local/share/zsh_completion $fpath) to ~/.zshrc, before "
+            "compinit."),
+    "tcsh": ("~/.local/share/tcsh_completion/agentd",
+             "Then add source ~/.local/share/tcsh_completion/agentd to ~/.tcshrc."),
+    "fish": ("~/.config/fish/completions/agentd.fish", "fish loads it from there."),
+    "powershell": ("~/.config/powershell/completions/agentd.ps1",
+                   "Then add . ~/.config/powershell/completions/agentd.ps1 to your $PROFILE."),
+}
+SHELLS = tuple(INSTALL)  # shtab's, as of 1.13
 
 
 def completion_parser() -> argparse.ArgumentParser:
@@ -48,11 +64,35 @@ def completion_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def install_command(shell: str) -> str:
+    """The shell command that installs ``shell``'s script where :data:`INSTALL` says."""
+    path = INSTALL[shell][0]
+    return f"mkdir -p {path.rsplit('/', 1)[0]} && agentd completion {shell} > {path}"
+
+
+def script(shell: str) -> str:
+    """shtab's script for ``shell``, its opening comment saying where it goes (shtab's names
+    other places than the README does)."""
+    lines = shtab.complete(completion_parser(), shell=shell).split("\n")
+    start = 1 if lines[0].startswith("#compdef") else 0  # zsh's tag stays the first line
+    while lines[start] == "":
+        start += 1
+    end = start
+    while lines[end].startswith("#"):
+        end += 1
+    note = [f"# agentd's {shell} completion, written by shtab (https://github.com/tqdm/shtab).",
+            f"# Install: {install_command(shell)}",
+            *textwrap.wrap(INSTALL[shell][1], 88, initial_indent="# ",
+                           subsequent_indent="# ", break_on_hyphens=False)]
+    return "\n".join([*lines[:start], *note, *lines[end:]])
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="agentd completion", description="Print a shell completion script, e.g. "
-        "agentd completion bash > ~/.local/share/bash-completion/completions/agentd")
-    parser.add_argument("shell", choices=shtab.SUPPORTED_SHELLS)
+        prog="agentd completion", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"Print a shell completion script; for bash:\n  {install_command('bash')}"
+        "\n(the script's first lines say where each shell's goes)")
+    parser.add_argument("shell", choices=SHELLS)
     options = parser.parse_args(argv)
-    print(shtab.complete(completion_parser(), shell=options.shell))
+    print(script(options.shell))
     return 0

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from agentd.bench import BENCHMARKS
+from agentd.completion import INSTALL, install_command
 from tests.clihelpers import cli
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 
 def complete(script: str, *words: str) -> list[str]:
@@ -31,3 +35,21 @@ def test_bash_completes_commands_methods_and_parameters():
     assert complete(script, "help", "ini") == ["init"]  # agentd help COMMAND shows its options
     assert "demo" in complete(script, "de")
     assert cli("completion", "zsh").stdout.startswith("#compdef agentd")
+
+
+def test_each_script_says_where_it_goes_as_the_readme_does():
+    """shtab's comment told bash users ~/.local/share/bash_completion/agentd, sourced from
+    ~/.bashrc, where the README says bash-completion's own directory."""
+    readme = " ".join(README.read_text().split())
+    assert "mkdir -p ~/.local/share/bash-completion/completions\nagentd completion bash > " \
+           "~/.local/share/bash-completion/completions/agentd\n" in README.read_text()
+    for shell, (path, how) in INSTALL.items():
+        script = cli("completion", shell).stdout
+        head = script.split("\n\n", 2)[1 if shell == "zsh" else 0]  # after zsh's #compdef
+        assert head.splitlines()[1] == f"# Install: {install_command(shell)}", shell
+        assert " ".join(line.removeprefix("# ") for line in head.splitlines()[2:]) == how
+        assert f"`{shell}` `{path}`" in readme or shell == "bash", shell
+        assert "Usage:" not in script and "_completion/agentd)" not in script, shell
+    assert install_command("bash") == ("mkdir -p ~/.local/share/bash-completion/completions "
+                                       "&& agentd completion bash > "
+                                       "~/.local/share/bash-completion/completions/agentd")
