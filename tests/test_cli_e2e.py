@@ -205,7 +205,8 @@ def test_sighup_and_reload_apply_new_peers_and_refuse_a_bad_config(tmp_path):
         Path(alice).write_text(text.replace('level = "info"', 'level = "debug"')
                                .replace("[node]", '[node]\nmax_frame = 2097152', 1))
         reloaded = json.loads(cli("-c", alice, "reload").stdout)
-        assert reloaded == {"applied": ["peers", "log.level"], "restart": ["node.max_frame"]}
+        assert reloaded == {"applied": ["peers", "log.level"], "restart": ["node.max_frame"],
+                            "warnings": []}
         names = {p["name"] for p in json.loads(cli("-c", alice, "peers.list").stdout)}
         assert {"bob", "carol"} <= names
 

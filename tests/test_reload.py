@@ -11,6 +11,7 @@ from agentd.errors import UserError
 from agentd.runtime.node import Node
 from agentd.runtime.reload import reload_config
 from protocol.keys import SigningKey
+from tests.netfixture import network
 
 BOB = SigningKey(bytes([2]) * 32).agent_id
 CAROL = SigningKey(bytes([3]) * 32).agent_id
@@ -45,12 +46,13 @@ def test_peers_relay_rules_and_log_level_apply_and_the_rest_waits(tmp_path):
         + '\n[log]\nlevel = "debug"\n'
     )
     result = reload_config(node)
-    assert result == {"applied": ["peers", "relay.access", "log.level"], "restart": ["node.listen"]}
+    assert result == {"applied": ["peers", "relay.access", "log.level"],
+                      "restart": ["node.listen"], "warnings": []}
     assert node.address_of(BOB) == "127.0.0.1:7912"  # a configured address wins at once
     assert node.address_of(CAROL) == "127.0.0.1:7903"
     assert [rule.resource for rule in node.relay.access] == ["node:*", "user:*"]
     assert node.config.listen == "127.0.0.1:7901"  # still listening where it started
-    assert reload_config(node) == {"applied": [], "restart": ["node.listen"]}
+    assert reload_config(node) == {"applied": [], "restart": ["node.listen"], "warnings": []}
 
 
 def test_a_new_clearing_house_names_the_lift_referee_it_makes(tmp_path):
@@ -60,18 +62,20 @@ def test_a_new_clearing_house_names_the_lift_referee_it_makes(tmp_path):
     house = f'\n[clearinghouse]\nagent = "{CAROL}"\naddress = "127.0.0.1:7903"\n'
     node, path = node_from(tmp_path, BASE)
     path.write_text(BASE + house)
-    assert reload_config(node) == {"applied": ["clearinghouse", "lift.referee"], "restart": []}
+    assert reload_config(node) == {"applied": ["clearinghouse", "lift.referee"], "restart": [],
+                                   "warnings": []}
     assert node.config.referee == CAROL
     path.write_text(BASE + house.replace("7903", "7913"))
-    assert reload_config(node) == {"applied": ["clearinghouse"], "restart": []}
+    assert reload_config(node) == {"applied": ["clearinghouse"], "restart": [], "warnings": []}
     path.write_text(BASE)
-    assert reload_config(node) == {"applied": ["clearinghouse", "lift.referee"], "restart": []}
+    assert reload_config(node) == {"applied": ["clearinghouse", "lift.referee"], "restart": [],
+                                   "warnings": []}
     assert node.config.referee is None  # this node referees its own lifts again
 
     own = f'\n[lift]\nreferee = "{BOB}"\n'
     node, path = node_from(tmp_path, BASE + own)
     path.write_text(BASE + own + house)
-    assert reload_config(node) == {"applied": ["clearinghouse"], "restart": []}
+    assert reload_config(node) == {"applied": ["clearinghouse"], "restart": [], "warnings": []}
     assert node.config.referee == BOB
 
 
@@ -112,4 +116,47 @@ def test_a_refused_reload_is_logged_and_changes_wait_by_their_file_names(tmp_pat
                                  'listen = "127.0.0.1:7901"\nmax_channels = 99')
                     + '\n[lift]\nlife_s = 30\n\n[log]\nformat = "json"\n')
     assert reload_config(node) == {
-        "applied": [], "restart": ["log.format", "node.max_channels", "lift.life_s"]}
+        "applied": [], "restart": ["log.format", "node.max_channels", "lift.life_s"],
+        "warnings": []}
+
+
+DAVE = SigningKey(bytes([4]) * 32).agent_id
+
+
+def no_address(config_path: Path, agent: str) -> str:
+    return (f"lift.referee in {config_path}: the node knows no address for {agent} (not a "
+            "[[peers]] entry, not the [clearinghouse], not learned from a tally or a lift): "
+            "lift.pay with this referee answers NO_REFEREE until the node learns one; add the "
+            "referee to [[peers]] (agentd peers.add)")
+
+
+def test_a_lift_referee_with_no_known_address_is_taken_and_warned_of(tmp_path, caplog):
+    """An agent id is a valid [lift] referee, and the node may learn its address later (a
+    tally, a lift), so reload does not refuse it: a config is checked by itself, as at start.
+    But lift.pay would answer NO_REFEREE, so reload's answer and the log say so, naming the
+    key and the file; a referee the same reload configures as a peer or clearing house is
+    known."""
+    node, path = node_from(tmp_path, BASE)
+    path.write_text(BASE + f'\n[lift]\nreferee = "{DAVE}"\n')
+    warning = no_address(node.config.path, DAVE)
+    assert reload_config(node) == {"applied": [], "restart": ["lift.referee"],
+                                   "warnings": [warning]}
+    logged = [r.getMessage() for r in caplog.records
+              if r.name == "agentd.runtime.reload" and r.levelname == "WARNING"]
+    assert logged == [warning]
+    for known in (f'\n[[peers]]\nname = "dave"\nagent = "{DAVE}"\naddress = "127.0.0.1:7904"\n',
+                  f'\n[clearinghouse]\nagent = "{DAVE}"\naddress = "127.0.0.1:7904"\n'):
+        node, path = node_from(tmp_path, BASE)
+        path.write_text(BASE + known + f'\n[lift]\nreferee = "{DAVE}"\n')
+        assert reload_config(node)["warnings"] == []
+    path.write_text(BASE + f'\n[lift]\nreferee = "{BOB}"\n')  # a configured peer
+    assert reload_config(node)["warnings"] == []
+
+
+async def test_a_node_warns_at_start_of_a_lift_referee_it_knows_no_address_for(tmp_path,
+                                                                               caplog):
+    async with network(tmp_path, n=1, sections={"lift": {"referee": DAVE}}) as net:
+        config_path = net.nodes[0].config.path
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and "lift.referee" in r.getMessage()]
+    assert warnings == [no_address(config_path, DAVE)]

@@ -36,7 +36,7 @@ from agentd.runtime.peer_admin import PeerAdmin
 from agentd.runtime.peer_names import Unnamed
 from agentd.runtime.peers import PeerManager, PeerUnreachable
 from agentd.runtime.refusals import rpc_error
-from agentd.runtime.reload import reload_config
+from agentd.runtime.reload import referee_warnings, reload_config
 from agentd.runtime.replies import Replies
 from agentd.runtime.strangers import Strangers
 from agentd.runtime.timers import Ticker
@@ -286,6 +286,8 @@ class Node:
             try:
                 self.db = db
                 await self._load_peers()
+                for warning in referee_warnings(self, config):  # at start as at a reload
+                    log.warning("%s", warning)
                 async with trio.open_nursery() as nursery:
                     await self._start(nursery)
                     starting = False
@@ -443,7 +445,8 @@ class Node:
 
     async def rpc_reload(self) -> dict:
         """Re-read the config file (as SIGHUP does): peers, clearing house, relay rules and
-        log level apply now; ``restart`` lists changed keys that wait for a restart."""
+        log level apply now; ``restart`` lists changed keys that wait for a restart, and
+        ``warnings`` what may not work yet (a ``[lift] referee`` with no known address)."""
         try:
             return reload_config(self)
         except UserError as exc:

@@ -7,7 +7,10 @@ answered yet that is bound to another agent moves to a new ``[clearinghouse]``
 (``agentd/services/clearing/moves.py``). Everything else — identity, ``listen``,
 ``data_dir``, roles, limits and timeouts, the log format — is read once at start: a change
 there is reported as waiting for a restart, not half applied. A config that does not
-validate changes nothing.
+validate changes nothing. A value that validates but may not work yet is applied and warned
+of (``warnings``, and the log): a ``[lift] referee`` the node knows no address for, as the
+node may still learn one — the config is checked by itself, as at start, never against what
+the node has learned.
 """
 
 from __future__ import annotations
@@ -48,14 +51,29 @@ def changed_keys(old: Config, new: Config, names: Iterable[str]) -> list[str]:
     return keys
 
 
+def referee_warnings(node: Node, config: Config) -> list[str]:
+    """Why ``config``'s ``[lift] referee`` cannot decide this node's lifts yet: the node knows
+    no address for it (not a configured peer, not the clearing house, not learned). Not an
+    error: the address may come later (a tally, a lift, ``peers.add``), but until it does
+    ``lift.pay`` answers ``NO_REFEREE``."""
+    agent = config.lift.referee
+    if agent is None or agent == node.agent_id or node.address_of(agent) is not None:
+        return []
+    return [f"lift.referee in {config.path}: the node knows no address for {agent} (not a "
+            "[[peers]] entry, not the [clearinghouse], not learned from a tally or a lift): "
+            "lift.pay with this referee answers NO_REFEREE until the node learns one; add the "
+            "referee to [[peers]] (agentd peers.add)"]
+
+
 def reload_config(node: Node) -> dict[str, Any]:
     """Re-read ``node``'s config file and apply what can change while it runs.
 
     Returns what changed, by the keys' names in the file: ``{applied: [keys], restart:
-    [keys]}``; ``applied`` names ``lift.referee`` too when a new ``[clearinghouse]`` changes
-    who referees new lifts (``[lift] referee`` unset: the clearing house does), and
-    ``unnamed`` (when there are any) the peers whose name the config now gives another
-    (``agentd.runtime.peer_names``: ``[{agent, name, now}]``). Raises
+    [keys], warnings: [text]}``; ``applied`` names ``lift.referee`` too when a new
+    ``[clearinghouse]`` changes who referees new lifts (``[lift] referee`` unset: the clearing
+    house does); ``warnings`` (also logged) names values applied that may not work yet
+    (:func:`referee_warnings`); ``unnamed`` (when there are any) the peers whose name the
+    config now gives another (``agentd.runtime.peer_names``: ``[{agent, name, now}]``). Raises
     ``UserError`` (nothing applied, and logged) for a config file that is missing or invalid.
     """
     old = node.config
@@ -82,7 +100,10 @@ def reload_config(node: Node) -> dict[str, Any]:
         logging.getLogger().setLevel(new.log_level.upper())
     log.info("reloaded %s: applied %s%s", old.path, ", ".join(applied) or "nothing new",
              f"; waiting for a restart: {', '.join(restart)}" if restart else "")
-    result: dict[str, Any] = {"applied": applied, "restart": restart}
+    warnings = referee_warnings(node, new)
+    for warning in warnings:
+        log.warning("%s", warning)
+    result: dict[str, Any] = {"applied": applied, "restart": restart, "warnings": warnings}
     if unnamed:
         result["unnamed"] = [gone.to_map() for gone in unnamed]
     return result
