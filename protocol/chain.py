@@ -55,21 +55,30 @@ everything that changes it live). Make chains with the constructor (or ``from_ma
 change them only through these two modules' functions.
 
 Memory: a chain need not hold its whole history. :func:`trim` lets it forget the blocks up to
-``base``, all confirmed by the partner (the caller keeps them: the runtime's chit rows), so a
-tally with a million chits costs a holder's cache only its recent blocks. Nothing a partner
-sends can make the chain reach behind its ``base`` unasked: :func:`wanted` names every chit a
-chain message carries that the chain does not hold and every block index behind ``base`` it
-names (a late copy, a ``req`` from a partner restored from a backup), and the caller passes
-the blocks behind ``base`` among them to :func:`receive` as ``history``. A chit the chain
-does not hold is thus either one of ``history`` or new to the chain.
+``base``, confirmed by the partner or not, and the newest of the unordered chits that pile up
+in a stock's ``pending`` (``spilled``); the caller keeps them (the runtime's chit rows), so
+a tally with a million chits costs a holder's cache only its recent blocks, even when the
+partner never confirms a block or never orders a chit. Nothing a partner sends can make the
+chain reach behind its ``base`` unasked: :func:`wanted` names every chit a chain message
+carries that the chain does not hold, every block index behind ``base`` it names (a late
+copy, a ``req`` from a partner restored from a backup) and the confirmed block when it is
+behind ``base`` (an ack answers with it; a rollback goes back to it); the caller passes the
+blocks behind ``base`` among them to :func:`receive` as ``history``, and puts the spilled
+chits among them back in the chain first (:func:`unspill`). A chit the chain does not hold is
+thus either one of ``history`` or new to the chain. A stock's rollback leaves the blocks
+behind ``base`` spilled (but those the message names). The foil's repair reads what it
+sends the same way (:func:`to_resend`): the unconfirmed blocks behind ``base``, as
+``history``, or the spilled chits, held again.
 
 Public API:
 
 - ``Chain`` (frozen; ``to_map()/from_map()``, ``.length``, ``.head``, ``.hash_at(index)``).
-- ``trim(chain, keep) -> Chain`` — the chain without confirmed blocks more than ``keep`` old.
+- ``trim(chain, keep) -> Chain`` — the chain without blocks more than ``keep`` old and with
+  at most about ``keep`` unordered chits; ``unspill(chain, chits)`` takes spilled ones back.
 - ``wanted(chain, obj) -> Wanted`` — the chits a chain message names that the chain does not
   hold and the block indexes behind its ``base``, for the caller to read (``receive`` takes
   the blocks behind ``base``).
+- ``to_resend(chain) -> Wanted`` — the blocks behind ``base`` that ``resync`` sends.
 - ``start(local_tally) -> Chain`` — an empty chain on a tally both users signed.
 - ``add(chain, chit, local_tally) -> (Chain, sends)`` — a chit just became good here (a foil's
   lift chit sends nothing: ``resync`` sends its block).
@@ -78,7 +87,8 @@ Public API:
   one ``good`` each; the partner treats them exactly as it would the ``good`` messages.
 - ``receive(chain, obj, local_tally, history) -> Received(chain, messages, adopted)`` — a
   ``chain`` message's object; ``messages`` are ``Send`` events.
-- ``resync(chain, local_tally) -> sends`` — what to (re)send so lost messages are repaired.
+- ``resync(chain, local_tally, history) -> sends`` — what to (re)send so lost messages are
+  repaired; ``history``: the blocks ``to_resend`` names.
 - ``balance(chain)``, ``settled(chain)``, ``block_hash(index, prev, chit_hash)``.
 """
 
@@ -89,7 +99,7 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 from . import chain_state as cs
-from .chain_state import Chain, balance, block_hash, settled, trim
+from .chain_state import Chain, balance, block_hash, settled, trim, unspill
 from .chit import check_chit, check_form
 from .messages import Send
 from .tally import FOIL, STOCK, LocalTally, Refusal, chain_origin, to_partner
@@ -106,10 +116,12 @@ _CMD_FIELDS = {
 
 
 class Wanted(NamedTuple):
-    """What a chain message names that a chain does not hold (:func:`wanted`)."""
+    """What a chain message names that a chain does not hold (:func:`wanted`), or what a
+    repair sends that it does not hold (:func:`to_resend`)."""
 
     uuids: frozenset[str]
     indexes: frozenset[int]
+    spilled: int = 0  # how many of the spilled chits to hold again, the oldest first
 
 
 NOTHING = Wanted(frozenset(), frozenset())
@@ -134,6 +146,8 @@ def wanted(chain: Chain, obj: Any) -> Wanted:
     if not isinstance(obj, dict):
         return NOTHING
     uuids, indexes = set(), set()
+    if 0 < chain.conf < chain.base:  # an ack echoes it; a rollback goes back to it
+        indexes.add(chain.conf)
     index = obj.get("index")
     if chain.base and isinstance(index, int) and not isinstance(index, bool):
         if obj.get("cmd") == "req":
@@ -153,6 +167,18 @@ def wanted(chain: Chain, obj: Any) -> Wanted:
         if isinstance(at, int) and not isinstance(at, bool) and 0 < at <= chain.base:
             indexes.add(at)
     return Wanted(frozenset(uuids), frozenset(indexes))
+
+
+def to_resend(chain: Chain) -> Wanted:
+    """What :func:`resync` sends that the chain does not hold, for the caller to read: a
+    foil's unconfirmed blocks behind ``base`` (passed as ``history``), a stock's spilled
+    chits (held again: :func:`unspill`), so a repair sends a full batch either way."""
+    if chain.side == STOCK:
+        return Wanted(frozenset(), frozenset(), min(chain.spilled, UPD_BATCH))
+    if chain.conf >= chain.base:
+        return NOTHING
+    first = chain.conf + 1
+    return Wanted(frozenset(), frozenset(range(first, min(first + UPD_BATCH, chain.base + 1))))
 
 
 def add(chain: Chain, chit: dict[str, Any], local: LocalTally) -> tuple[Chain, list[Send]]:
@@ -228,11 +254,12 @@ def receive(chain: Chain, obj: Any, local: LocalTally,
     return received._replace(chain=replace(received.chain, history={}))
 
 
-def resync(chain: Chain, local: LocalTally) -> list[Send]:
-    """Messages that repair whatever was lost; none once both sides are in step."""
+def resync(chain: Chain, local: LocalTally,
+           history: Mapping[int, dict[str, Any]] | None = None) -> list[Send]:
+    """Messages that repair whatever was lost; none once both sides are in step.
+    ``history``: the blocks :func:`to_resend` names, by index."""
     if chain.side == FOIL:
-        start = chain.conf - chain.base
-        unconfirmed = chain.chits[start : start + UPD_BATCH]
+        unconfirmed = _blocks_from(replace(chain, history=history or {}), chain.conf + 1)
         return [_upd(chain, local, unconfirmed)] if unconfirmed else []
     unordered = [chit for chit in chain.pending if chit["by"] == STOCK][:UPD_BATCH]
     messages = [_chain_message(chain, local, "new", chits=unordered)] if unordered else []
@@ -344,12 +371,17 @@ def _foil_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
 
 
 def _foil_req(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
-    first = obj["index"]
+    blocks = _blocks_from(chain, obj["index"])
+    return Received(chain, [_upd(chain, local, blocks)] if blocks else [], [])
+
+
+def _blocks_from(chain: Chain, first: int) -> list[dict[str, Any]]:
+    """Up to ``UPD_BATCH`` linked blocks from index ``first``, those behind ``base`` from the
+    ``history`` the caller read."""
     behind = [chain.linked_at(index)
               for index in range(first, min(first + UPD_BATCH, chain.base + 1))]
     start = max(first - chain.base - 1, 0)
-    blocks = behind + list(chain.chits[start : start + UPD_BATCH - len(behind)])
-    return Received(chain, [_upd(chain, local, blocks)] if blocks else [], [])
+    return behind + list(chain.chits[start : start + UPD_BATCH - len(behind)])
 
 
 # -- the stock holder: conforms ---------------------------------------------------------------
@@ -464,4 +496,5 @@ _FOIL_HANDLERS = {"new": _foil_new, "ack": _foil_ack, "req": _foil_req}
 _STOCK_HANDLERS = {"upd": _stock_upd, "ack": _stock_ack, "nak": _stock_nak}
 
 __all__ = ["CMDS", "NOTHING", "UPD_BATCH", "Chain", "Received", "Wanted", "add", "add_many",
-           "balance", "block_hash", "receive", "resync", "settled", "start", "trim", "wanted"]
+           "balance", "block_hash", "receive", "resync", "settled", "start", "to_resend", "trim",
+           "unspill", "wanted"]

@@ -8,9 +8,12 @@ however long the chain grows, and a version made elsewhere would share hints tha
 describe it. ``protocol.chain`` decides what the partner's messages do; this module keeps
 the chain and its hints consistent while it does.
 
-Memory: :func:`trim` forgets the blocks up to ``base``, all confirmed by the partner (the
-caller keeps them: the runtime's chit rows); a message that names them needs
-``protocol.chain.wanted``.
+Memory: :func:`trim` forgets the blocks up to ``base``, confirmed by the partner or not, and
+the newest of many good chits that wait unordered without a block (``spilled``); the caller
+keeps them all (the runtime's chit rows). A message that names them needs
+``protocol.chain.wanted``, a repair ``protocol.chain.to_resend``, and :func:`unspill` takes
+spilled chits back. So a partner that never confirms a block, or never orders a chit, costs
+a holder's memory a window of the chain, not the whole unconfirmed tail.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from .codec import digest
 from .tally import SIDES, Refusal
 
 _MAP_FIELDS = {"tally", "side", "origin", "chits", "pending", "conf", "base", "base_hash",
-               "base_balance"}
+               "base_balance", "spilled"}
 
 
 @dataclass
@@ -52,9 +55,10 @@ class Chain:
     chits: tuple[dict[str, Any], ...] = ()  # linked: chits[i - 1 - base] is block i
     pending: tuple[dict[str, Any], ...] = ()  # good, not linked yet (stock only)
     conf: int = 0  # the highest index the partner confirmed
-    base: int = 0  # blocks 1 to base (all confirmed) are not held here: see trim()
+    base: int = 0  # blocks 1 to base are not held here (confirmed or not): see trim()
     base_hash: bytes | None = None  # block base's hash (None while base is 0: the origin)
-    base_balance: int = 0  # what blocks 1 to base moved (see balance())
+    base_balance: int = 0  # what the good chits not held here moved (see balance())
+    spilled: int = 0  # good chits not linked, without a block, not held here: see trim()
     hints: _Hints = dataclasses.field(default_factory=_Hints, compare=False, repr=False)
     # blocks behind ``base`` a message names, by index: set by receive() for one call
     history: Mapping[int, dict[str, Any]] = dataclasses.field(
@@ -120,6 +124,7 @@ class Chain:
             "base": self.base,
             "base_hash": self.base_hash,
             "base_balance": self.base_balance,
+            "spilled": self.spilled,
         }
 
     @classmethod
@@ -127,7 +132,8 @@ class Chain:
         if not isinstance(value, dict) or set(value) != _MAP_FIELDS:
             raise Refusal("bad_field", "a stored chain has the fields of Chain")
         if value["side"] not in SIDES or not all(
-                isinstance(value[key], int) for key in ("conf", "base", "base_balance")):
+                isinstance(value[key], int)
+                for key in ("conf", "base", "base_balance", "spilled")):
             raise Refusal("bad_field", "a stored chain has a side and integer conf and base")
         return cls(**{**value, "chits": tuple(value["chits"]), "pending": tuple(value["pending"])})
 
@@ -142,30 +148,56 @@ def balance(chain: Chain) -> int:
 
 
 def trim(chain: Chain, keep: int) -> Chain:
-    """``chain`` without the blocks the partner confirmed that are more than ``keep`` blocks
-    old, which the caller keeps elsewhere; dropped ``keep`` or more at a time, so trimming
-    costs O(1) a block. Messages that name them then need :func:`wanted`."""
-    cut = min(chain.conf, chain.length - keep)
-    if cut - chain.base < keep:
+    """``chain`` without the blocks more than ``keep`` blocks old, confirmed or not, and
+    without the unordered chits (good, no block) in ``pending`` after its ``keep`` oldest
+    (``spilled``), all of which the caller keeps elsewhere. Each is dropped once ``keep`` more
+    pile up, so trimming costs O(1) a chit. Messages that name them then need :func:`wanted`
+    (and the chits it names that are spilled, :func:`unspill`); a foil's repair needs
+    ``to_resend``."""
+    cut = chain.length - keep
+    dropped = chain.chits[: cut - chain.base] if cut - chain.base >= keep else ()
+    held = chain.chits[len(dropped):]
+    pending, spilled = chain.pending, ()
+    if len(pending) >= 2 * keep:  # parked blocks stay: their claims steer the linking
+        unordered = [chit for chit in pending if chit["chain"] is None]
+        if len(unordered) > keep:
+            spilled = tuple(unordered[keep:])
+            out = {id(chit) for chit in spilled}
+            pending = tuple(chit for chit in pending if id(chit) not in out)
+    if not dropped and not spilled:
         return chain
-    dropped, held = chain.chits[: cut - chain.base], chain.chits[cut - chain.base :]
     # hints of its own, without the dropped chits (so they stay bounded), made by set
-    # operations rather than by a walk over ``pending``, which can hold thousands
-    gone = {chit["uuid"] for chit in dropped}
-    hints = _Hints(linked={chit["uuid"]: index for index, chit in enumerate(held, cut + 1)},
+    # operations rather than by a walk over ``pending``
+    base = chain.base + len(dropped)
+    gone = {chit["uuid"] for chit in (*dropped, *spilled)}
+    hints = _Hints(linked={chit["uuid"]: index for index, chit in enumerate(held, base + 1)},
                    parked=chain.hints.parked - gone, foreign=chain.hints.foreign - gone,
-                   claims={index for index in chain.hints.claims if index > cut})
+                   claims={index for index in chain.hints.claims if index > base})
     return Chain(tally=chain.tally, side=chain.side, origin=chain.origin, chits=held,
-                 pending=chain.pending, conf=chain.conf, base=cut,
-                 base_hash=dropped[-1]["chain"]["hash"],
-                 base_balance=chain.base_balance + chit_balance(dropped, chain.side),
-                 hints=hints)
+                 pending=pending, conf=chain.conf, base=base,
+                 base_hash=dropped[-1]["chain"]["hash"] if dropped else chain.base_hash,
+                 base_balance=chain.base_balance + chit_balance((*dropped, *spilled), chain.side),
+                 spilled=chain.spilled + len(spilled), hints=hints)
+
+
+def unspill(chain: Chain, chits: Iterable[dict[str, Any]]) -> Chain:
+    """``chain`` holding again spilled chits (:func:`trim`) that the caller read back, after
+    the pending ones."""
+    chits = tuple(chits)
+    if not chits:
+        return chain
+    if len(chits) > chain.spilled:
+        raise ValueError(f"{len(chits)} chits taken back, but only {chain.spilled} spilled")
+    for chit in chits:
+        note_parked(chain, chit)
+    return replace(chain, pending=chain.pending + chits, spilled=chain.spilled - len(chits),
+                   base_balance=chain.base_balance - chit_balance(chits, chain.side))
 
 
 def settled(chain: Chain) -> bool:
     """Nothing waits for an order and the partner confirmed every block. (The foil cannot see
     stock chits still in flight; a closing tally relies on both sides being quiet.)"""
-    return not chain.pending and chain.conf == chain.length
+    return not chain.pending and not chain.spilled and chain.conf == chain.length
 
 
 def find(chain: Chain, chit_uuid: Any) -> dict[str, Any] | None:
@@ -248,12 +280,27 @@ def append(chain: Chain, chit: dict[str, Any]) -> tuple[Chain, dict[str, Any]]:
 
 
 def rollback(chain: Chain) -> Chain:
-    """Unlink every block after the last confirmed one; the foil will send its order again."""
-    kept = chain.conf - chain.base  # never negative: only confirmed blocks are trimmed
-    unlinked = tuple({**chit, "chain": None} for chit in chain.chits[kept:])
+    """Unlink every block after the last confirmed one; the foil will send its order again.
+    Unconfirmed blocks behind ``base`` stay spilled, but those the message at hand names
+    (its ``history``), which come back to ``pending``."""
+    if chain.conf >= chain.base:
+        kept = chain.conf - chain.base
+        unlinked = tuple({**chit, "chain": None} for chit in chain.chits[kept:])
+        for chit in unlinked:
+            note_parked(chain, chit)
+        return replace(chain, chits=chain.chits[:kept], pending=(*unlinked, *chain.pending))
+    behind = range(chain.conf + 1, chain.base + 1)
+    back = tuple({**chain.history[index], "chain": None} for index in behind
+                 if index in chain.history)
+    unlinked = (*back, *({**chit, "chain": None} for chit in chain.chits))
     for chit in unlinked:
         note_parked(chain, chit)
-    return replace(chain, chits=chain.chits[:kept], pending=(*unlinked, *chain.pending))
+    return replace(chain, chits=(), pending=(*unlinked, *chain.pending), base=chain.conf,
+                   base_hash=None if chain.conf == 0 else chain.hash_at(chain.conf),
+                   base_balance=chain.base_balance - chit_balance(back, chain.side),
+                   spilled=chain.spilled + len(behind) - len(back),
+                   history={index: chit for index, chit in chain.history.items()
+                            if index <= chain.conf})
 
 
 def link_parked(chain: Chain) -> Chain:

@@ -6,9 +6,8 @@ between that row (origin, length, head, confirmed index, number of unlinked chit
 or two and never a rewrite of the chain: :meth:`Ledger.save` writes only what differs
 between the chain it loaded and the one the protocol returned, and a chit that has just
 become good is inserted with its place in the chain rather than inserted and then updated.
-A holding keeps only its chain's recent blocks (``CHAIN_WINDOW``, ``protocol.chain.trim``):
-the rows are the chain, and :meth:`Ledger.named` reads the older blocks a chain message
-names (``protocol.chain.wanted``).
+A holding keeps only a window of its chain in memory: the rows are the chain, and
+``store.chain_rows`` builds, writes and reads it back (:meth:`Ledger.named`).
 
 :class:`Ledger` remembers the holdings it has built (least recently used first out), each
 with the row's ``token``, which every write to the row replaces with a fresh random one. A
@@ -27,16 +26,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.chain import Chain, Wanted, trim
-from protocol.chit import A_GOOD, L_GOOD, LocalChit
-from protocol.chit import balance as chit_balance
+from protocol.chit import LocalChit
 from protocol.codec import pack, unpack
 from protocol.tally import LocalTally, other_side
+from store import chain_rows
 
 CACHE_HOLDINGS = 256  # holdings kept in memory
-# Confirmed blocks a holding's chain keeps in memory at least (and drops this many at a time):
-# with the partner's unconfirmed ones and the unlinked good chits, all it holds of the chain.
-CHAIN_WINDOW = 128
-
 _TALLY_COLUMNS = (
     "uuid, cuid, side, state, partner, partner_cuid, body, balance, chain_length, chain_head,"
     " chain_conf, chain_pending, error, created, updated, lift_in, lift_out"
@@ -55,7 +50,6 @@ UNSETTLED = (
     " WHERE chain_origin IS NOT NULL"
     " AND (chain_conf < chain_length OR chain_pending > 0)"
 )
-_GOOD = (A_GOOD, L_GOOD)
 
 
 def tally_row(conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> sqlite3.Row | None:
@@ -146,7 +140,7 @@ class Ledger:
         local = LocalTally(row["side"], row["state"], unpack(row["body"]))
         chain = None
         if row["chain_origin"] is not None:
-            chain = _build_chain(conn, local, cuid, row)
+            chain = chain_rows.build_chain(conn, local, cuid, row)
         return self._remember(Holding(cuid, local, chain, row["balance"], row["token"],
                                       row["lift_in"], row["lift_out"]))
 
@@ -205,10 +199,11 @@ class Ledger:
             assert chain is not None
             sets.update(
                 chain_origin=chain.origin, chain_length=chain.length, chain_head=chain.head,
-                chain_conf=chain.conf, chain_pending=len(chain.pending), resync_due=resync_due,
+                chain_conf=chain.conf, chain_pending=len(chain.pending) + chain.spilled,
+                resync_due=resync_due,
                 resync_tries=0,
             )  # fmt: skip
-            _write_chain(conn, old.cuid, old.chain, chain, rows, now_ms)
+            chain_rows.write_chain(conn, old.cuid, old.chain, chain, rows, now_ms)
         for chit in rows.values():  # the fresh chits the chain does not hold
             self.put_chit(conn, old.cuid, chit, now_ms)
         assignments = ", ".join(f"{column} = ?" for column in sets)
@@ -217,36 +212,16 @@ class Ledger:
             (*sets.values(), *old.key),
         )
         if chain is not None:
-            chain = trim(chain, CHAIN_WINDOW)
+            chain = trim(chain, chain_rows.CHAIN_WINDOW)
         return self._remember(
             Holding(old.cuid, local, chain, old.balance + balance_delta, token, lift_in, lift_out)
         )
 
     @staticmethod
     def named(conn: sqlite3.Connection, holding: Holding, wanted: Wanted
-              ) -> tuple[dict[int, dict[str, Any]], dict[str, LocalChit]]:
-        """What a chain message names that the holding's chain does not hold
-        (``protocol.chain.wanted``): the linked chits behind its window, by chain index (the
-        ``history`` the protocol needs), and the rows of the chits it names by uuid, in any
-        state (those it adopts are looked up here, not read again). One indexed read, and a
-        second only for a message that names blocks behind the window by index."""
-        history: dict[int, dict[str, Any]] = {}
-        rows: dict[str, LocalChit] = {}
-        base = 0 if holding.chain is None else holding.chain.base
-        query = ("SELECT uuid, state, body, block, chain_index FROM chits"
-                 " WHERE tally = ? AND cuid = ? AND {} IN ({})")
-        for column, values in (("uuid", wanted.uuids), ("chain_index", wanted.indexes)):
-            if not values:
-                continue
-            for uuid, state, body, block, index in conn.execute(
-                    query.format(column, ", ".join("?" * len(values))),
-                    (*holding.key, *values)):
-                chit = _chit(body, block)
-                if column == "uuid":
-                    rows[uuid] = LocalChit(state, chit)
-                if index is not None and index <= base:
-                    history[index] = chit
-        return history, rows
+              ) -> tuple[Chain | None, dict[int, dict[str, Any]], dict[str, LocalChit]]:
+        """``store.chain_rows.named`` for the holding's chain."""
+        return chain_rows.named(conn, holding.key, holding.chain, wanted)
 
     @staticmethod
     def fill_limits(conn: sqlite3.Connection) -> int:
@@ -312,33 +287,7 @@ class Ledger:
 
     # -- chits ---------------------------------------------------------------------------
 
-    @staticmethod
-    def put_chit(
-        conn: sqlite3.Connection,
-        cuid: str,
-        local_chit: LocalChit,
-        now_ms: int,
-        block: dict[str, Any] | None = None,
-        *,
-        linked: bool = False,
-    ) -> None:
-        """Insert a chit or record its new state and map; ``block`` is the chain block it
-        carries, ``linked`` whether that block is its place in the holder's chain."""
-        chit = local_chit.chit
-        conn.execute(
-            "INSERT INTO chits (tally, cuid, uuid, issuer, type, units, memo, date, state, hash,"
-            " body, block, chain_index, chain_hash, lift, created, updated)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (tally, cuid, uuid) DO UPDATE SET state = excluded.state,"
-            " hash = excluded.hash, body = excluded.body, block = excluded.block,"
-            " chain_index = excluded.chain_index, chain_hash = excluded.chain_hash,"
-            " updated = excluded.updated",
-            (chit["tally"], cuid, chit["uuid"], chit["by"], chit["type"], chit["units"],
-             chit["memo"], chit["date"], local_chit.state, chit["hash"],
-             pack({**chit, "chain": None}), None if block is None else pack(block),
-             block["index"] if linked else None, block["hash"] if linked else None,
-             _lift_of(chit), now_ms, now_ms),
-        )  # fmt: skip
+    put_chit = staticmethod(chain_rows.put_chit)
 
     @staticmethod
     def get_chit(
@@ -348,7 +297,9 @@ class Ledger:
             "SELECT state, body, block FROM chits WHERE tally = ? AND cuid = ? AND uuid = ?",
             (tally_uuid, cuid, chit_uuid),
         ).fetchone()
-        return None if row is None else LocalChit(row["state"], _chit(row["body"], row["block"]))
+        if row is None:
+            return None
+        return LocalChit(row["state"], chain_rows.chit_of(row["body"], row["block"]))
 
     @staticmethod
     def count_in_state(conn: sqlite3.Connection, cuid: str, state: str) -> int:
@@ -424,118 +375,10 @@ class Ledger:
                             " AND inviter = ?", (tally_uuid, cuid, inviter)).rowcount == 1
 
 
-# -- chains on rows ---------------------------------------------------------------------------
-
-
-def _chit(body: bytes, block: bytes | None) -> dict[str, Any]:
-    chit = unpack(body)
-    chit["chain"] = None if block is None else unpack(block)
-    return chit
-
-
-def _build_chain(conn: sqlite3.Connection, local: LocalTally, cuid: str, row: sqlite3.Row
-                 ) -> Chain:
-    """The holder's chain from its rows: only the ``CHAIN_WINDOW`` newest confirmed blocks
-    and those after them, so a restart does not read a long tally's whole history."""
-    key = (local.uuid, cuid)
-    conf = row["chain_conf"]
-    base = max(0, min(conf, row["chain_length"] - CHAIN_WINDOW))
-    linked = [_chit(body, block) for body, block in conn.execute(
-        "SELECT body, block FROM chits WHERE tally = ? AND cuid = ? AND chain_index > ?"
-        " ORDER BY chain_index", (*key, base))]
-    unlinked = [_chit(body, block) for body, block in conn.execute(
-        "SELECT body, block FROM chits WHERE tally = ? AND cuid = ? AND chain_index IS NULL"
-        f" AND state IN ({', '.join('?' * len(_GOOD))}) ORDER BY seq", (*key, *_GOOD))]
-    base_hash = None if base == 0 else conn.execute(
-        "SELECT chain_hash FROM chits WHERE tally = ? AND cuid = ? AND chain_index = ?",
-        (*key, base)).fetchone()[0]
-    return Chain(
-        tally=local.uuid,
-        side=local.side,
-        origin=row["chain_origin"],
-        chits=tuple(linked),
-        pending=tuple(unlinked),
-        conf=conf,
-        base=base,
-        base_hash=base_hash,
-        base_balance=row["balance"] - chit_balance(linked + unlinked, local.side),
-    )
-
-
-def _kept(old: Chain, new: Chain) -> int:
-    """The index of the last block ``new`` shares with ``old`` (the protocol only appends, or
-    unlinks everything after some index and links again, and never moves ``base``)."""
-    assert new.base == old.base, "a chain is trimmed only once it is saved"
-    held = len(old.chits)
-    if held == 0 or (len(new.chits) >= held and new.chits[held - 1] is old.chits[held - 1]):
-        return old.length
-    kept = 0
-    while kept < min(held, len(new.chits)) and new.chits[kept] is old.chits[kept]:
-        kept += 1
-    return old.base + kept
-
-
-def _write_chain(
-    conn: sqlite3.Connection,
-    cuid: str,
-    old: Chain | None,
-    new: Chain,
-    fresh: dict[str, LocalChit],
-    now_ms: int,
-) -> None:
-    """Write the chain's changes to the chit rows; rows of ``fresh`` chits the chain holds
-    are inserted here with their blocks (and taken out of ``fresh``)."""
-    key = (new.tally, cuid)
-    kept = 0 if old is None else _kept(old, new)
-    if old is not None and kept < old.length:  # a rollback: everything after ``kept`` moves
-        conn.execute(
-            "UPDATE chits SET chain_index = NULL, chain_hash = NULL, block = NULL"
-            " WHERE tally = ? AND cuid = ? AND chain_index > ?",
-            (*key, kept),
-        )
-    moved = []
-    for chit in new.chits[kept - new.base :]:
-        row = fresh.pop(chit["uuid"], None)
-        if row is None:
-            moved.append((chit["chain"]["index"], chit["chain"]["hash"], pack(chit["chain"]),
-                          *key, chit["uuid"]))  # fmt: skip
-        else:
-            Ledger.put_chit(conn, cuid, row, now_ms, chit["chain"], linked=True)
-    conn.executemany(
-        "UPDATE chits SET chain_index = ?, chain_hash = ?, block = ?"
-        " WHERE tally = ? AND cuid = ? AND uuid = ?",
-        moved,
-    )
-    # Unlinked chits change their row only by taking a block beyond a gap (a rollback clears
-    # blocks above): with no parked block anywhere in the chain, there is nothing to look at.
-    if not new.hints.claims:
-        return
-    unchanged = set() if old is None else set(map(id, old.pending))
-    parked = []
-    for chit in new.pending:
-        if chit["chain"] is None or id(chit) in unchanged:
-            continue
-        row = fresh.pop(chit["uuid"], None)
-        if row is None:
-            parked.append((pack(chit["chain"]), *key, chit["uuid"]))
-        else:
-            Ledger.put_chit(conn, cuid, row, now_ms, chit["chain"])
-    conn.executemany(
-        "UPDATE chits SET chain_index = NULL, chain_hash = NULL, block = ?"
-        " WHERE tally = ? AND cuid = ? AND uuid = ?",
-        parked,
-    )
-
-
 def _limits(local: LocalTally) -> tuple[int, int]:
     """(the most the partner may owe this holder, the most it may owe the partner)."""
     return (local.tally[local.side]["terms"]["limit"],
             local.tally[local.partner_side]["terms"]["limit"])
-
-
-def _lift_of(chit: dict[str, Any]) -> str | None:
-    ref = chit["ref"]
-    return ref.get("lift") if chit["type"] == "lift" and isinstance(ref, dict) else None
 
 
 def _partner(local: LocalTally) -> tuple[str | None, str | None]:

@@ -28,7 +28,9 @@ class Holder:
     """One holder of the tally, wired the way the runtime wires the modules: chit events
     first, then the chain; chits the chain adopts are recorded as received good. ``rows``
     keeps every block the chain held, by index, as the runtime's chit rows do, so a chain
-    trimmed (``ch.trim``) reads back what a message names behind its base."""
+    trimmed (``ch.trim``) reads back what a message names behind its base; the good chits
+    neither linked nor held are the ones it spilled, which a message that names them and a
+    repair take back (``ch.unspill``), as ``store.credit`` does."""
 
     def __init__(self, local: t.LocalTally, key: Any) -> None:
         self.local = local
@@ -46,6 +48,25 @@ class Holder:
     def chain(self, chain: ch.Chain) -> None:
         self.rows.update((chain.base + at, chit) for at, chit in enumerate(chain.chits, 1))
         self._chain = chain
+
+    def spilled(self) -> list[dict[str, Any]]:
+        """The good chits the chain neither links nor holds, oldest first."""
+        held = {chit["uuid"] for chit in (*self.whole(), *self.chain.pending)}
+        return [{**local.chit, "chain": None} for uuid, local in self.chits.items()
+                if local.state in GOOD and uuid not in held]
+
+    def named(self, wanted: ch.Wanted) -> ch.Chain:
+        """The chain holding again the spilled chits ``wanted`` names, or the oldest ones it
+        asks for (``Ledger.named``)."""
+        spilled = self.spilled()
+        named = [chit for chit in spilled if chit["uuid"] in wanted.uuids]
+        named += [chit for chit in spilled if chit not in named][: wanted.spilled]
+        return ch.unspill(self.chain, named) if self.chain.spilled else self.chain
+
+    def resync(self) -> list[Send]:
+        """``ch.resync`` with what it sends read back (``ChainRepair._resend``)."""
+        wanted = ch.to_resend(self.chain)
+        return ch.resync(self.named(wanted), self.local, self.history(wanted))
 
     def whole(self) -> tuple[dict[str, Any], ...]:
         """Every linked block, the trimmed ones from ``rows``."""
@@ -99,12 +120,13 @@ class Holder:
         action, obj = message.action, unpack(pack(message.object))
         if action == "chain":
             wanted = ch.wanted(self.chain, obj)
-            received = ch.receive(self.chain, obj, self.local, self.history(wanted))
+            chain = self.named(wanted)
+            received = ch.receive(chain, obj, self.local, self.history(wanted))
             if obj["cmd"] == "upd":
                 assert outcome(received) == outcome(
-                    one_by_one(self.chain, obj, self.local, self.history(wanted)))
+                    one_by_one(chain, obj, self.local, self.history(wanted)))
             assert {chit["uuid"] for chit in received.adopted} <= wanted.uuids
-            balance = ch.balance(self.chain)  # before the chits this message adopts
+            balance = ch.balance(chain)  # before the chits this message adopts
             self.chain = received.chain
             for chit in received.adopted:
                 self.chits[chit["uuid"]] = self._receive_good(chit, balance)
@@ -185,7 +207,7 @@ class Pair:
         self.drain()
         for rounds in range(100):
             for holder in (self.stock, self.foil):
-                self.post(holder, ch.resync(holder.chain, holder.local))
+                self.post(holder, holder.resync())
             if not self.queue:
                 return rounds
             self.drain()
@@ -778,7 +800,7 @@ class LossyExchange(RuleBasedStateMachine):
     @rule(side=SIDES)
     def resync(self, side: str) -> None:
         holder = self.holder(side)
-        self.pair.post(holder, ch.resync(holder.chain, holder.local))
+        self.pair.post(holder, holder.resync())
 
     @invariant()
     def the_stock_chain_is_a_prefix_of_the_foils(self) -> None:

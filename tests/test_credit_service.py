@@ -30,7 +30,8 @@ from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, SigningKey, b64u
 from protocol.messages import Send
 from store import outbox
-from store.credit import CHAIN_WINDOW, Ledger
+from store.chain_rows import CHAIN_WINDOW
+from store.credit import Ledger
 from store.schema import migrate
 from tests.netfixture import network, node_config, start_node, wait_for
 from tests.test_credit_chain import Pair
@@ -515,8 +516,9 @@ class Rows:
             sender = holding.local.partner.cuid
             assert (message.to.cuid, message.from_cuid) == (holding.cuid, sender)
             obj = unpack(pack(message.object))
-            history, _ = self.ledger.named(self.conn, holding, ch.wanted(holding.chain, obj))
-            got = ch.receive(holding.chain, obj, holding.local, history)
+            chain, history, _ = self.ledger.named(self.conn, holding,
+                                                  ch.wanted(holding.chain, obj))
+            got = ch.receive(chain, obj, holding.local, history)
             adopted = [c.receive_good(None, chit, holding.local, balance=0)[0]
                        for chit in got.adopted]
             holding = self.ledger.save(self.conn, holding, 4, chain=got.chain, fresh=adopted,

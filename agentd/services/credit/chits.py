@@ -241,14 +241,15 @@ class ChitService(Service):
             raise Reject("BAD_STATE", f"tally {holding.local.uuid} is {holding.local.state}: "
                          "it has no chain yet")
         wanted = ch.wanted(holding.chain, obj)
-        history, rows = self.ledger.store.named(tx.conn, holding, wanted)
+        chain, history, rows = self.ledger.store.named(tx.conn, holding, wanted)
+        assert chain is not None
         try:
-            received = ch.receive(holding.chain, obj, holding.local, history)
+            received = ch.receive(chain, obj, holding.local, history)
         except Refusal as exc:
             if exc.code == "lift_undecided" and self._awaiting_decision(tx, holding, obj):
                 raise NotYet(exc.message) from exc
             raise
-        if _same(holding.chain, received.chain):
+        if _same(chain, received.chain):
             self._repair(tx, holding, received.messages)
             return
         adopted = []  # good chits first learned from this message
@@ -308,8 +309,8 @@ class ChitService(Service):
 
 def _same(before: ch.Chain, after: ch.Chain) -> bool:
     """Whether a chain message left the chain as it was."""
-    return (before.length, before.head, before.conf, before.pending) == (
-        after.length, after.head, after.conf, after.pending)
+    return (before.length, before.head, before.conf, before.pending, before.spilled) == (
+        after.length, after.head, after.conf, after.pending, after.spilled)
 
 
 def _unconfirmed(error: str | None, index: int | None, confirmed: int) -> str | None:

@@ -90,7 +90,10 @@ class ChainRepair:
         holding = self.ledger.store.get(tx.conn, tally, cuid)
         if holding is None or holding.chain is None:
             return None
-        self.ledger.emit(tx, ch.resync(holding.chain, holding.local))
+        chain, history, _ = self.ledger.store.named(tx.conn, holding,
+                                                    ch.to_resend(holding.chain))
+        assert chain is not None
+        self.ledger.emit(tx, ch.resync(chain, holding.local, history))
         return holding
 
     async def _tick(self) -> bool:
