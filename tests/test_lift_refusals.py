@@ -40,6 +40,15 @@ async def test_no_route_and_bad_params_change_nothing(tmp_path):
         for find in ("dan", "dan@127.0.0.1:7103", "dan:", "dan:@127.0.0.1:7103"):
             no_agent = await refused(ann, "lift.pay", cuid="ann", find=find, units=5)
             assert f"find {find!r} names no agent: give cuid:agent" in no_agent.message
+        # the two slips a user makes with an agent id at hand: it alone, or @ for :
+        for method in ("lift.pay", "route.find"):
+            alone = await refused(ann, method, cuid="ann", find=dan.agent_id, units=5)
+            assert alone.message == (
+                f"{method}: find {dan.agent_id!r} is an agent id alone: name the user too, "
+                f"as cuid:{dan.agent_id} (the address users.list shows on its node)")
+            at = await refused(ann, method, cuid="ann", find=f"dan@{dan.agent_id}", units=5)
+            assert at.message == (f"{method}: find 'dan@{dan.agent_id}' has @ where : goes: "
+                                  f"cuid:agent (dan:{dan.agent_id}), or cuid:agent@host:port")
         bad_units = await refused(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units="5")
         assert bad_units.message.startswith("lift.pay: units must be an integer")
         assert bad_units.message.endswith('not "5"')  # the call and the value, as JSON

@@ -36,7 +36,7 @@ from agentd.services.credit.payee_asks import UNKNOWN, PayeeAsks, unknown_payee
 from protocol import route
 from protocol import tally as t
 from protocol.envelope import Envelope
-from protocol.keys import ChipAddress, IdentityError, parse_hostport
+from protocol.keys import ChipAddress, IdentityError, is_agent_id, parse_hostport
 
 if TYPE_CHECKING:
     import sqlite3
@@ -385,8 +385,14 @@ class RouteService(Service):
 
 
 def param_find(value: Any) -> ChipAddress:
-    user = value.partition("@")[0] if isinstance(value, str) else None  # cuid:agent
+    user, _, where = value.partition("@") if isinstance(value, str) else (None, "", "")
     if user is not None and (":" not in user or user.endswith(":")):
+        if is_agent_id(user):  # the node, not a user on it
+            raise invalid_params(f"find {value!r} is an agent id alone: name the user too, as "
+                                 f"cuid:{value} (the address users.list shows on its node)")
+        if ":" not in user and is_agent_id(where):  # cuid@agent
+            raise invalid_params(f"find {value!r} has @ where : goes: cuid:agent "
+                                 f"({user}:{where}), or cuid:agent@host:port")
         raise invalid_params(f"find {value!r} names no agent: give cuid:agent (the agent id of "
                              "the user's node, which its users.list address shows) or "
                              "cuid:agent@host:port")
