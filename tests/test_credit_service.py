@@ -837,12 +837,19 @@ async def test_rpc_parameters_are_checked(tmp_path):
         missing = await refused(a, "chit.pay", cuid="alice", tally=str(uuid.uuid4()), units=1)
         assert (missing.code, missing.reason) == (NOT_FOUND, "UNKNOWN_TALLY")
         assert (await refused(a, "tally.list", cuid="zed")).reason == "UNKNOWN_USER"
-        for method in ("chit.pay", "tally.show"):  # a user before a tally: UNKNOWN_USER
-            missing = await refused(a, method, cuid="zed", tally=str(uuid.uuid4()),
-                                    **({"units": 1} if method == "chit.pay" else {}))
+        # a user before a tally, a ticket or a route: UNKNOWN_USER, saying where to look
+        elsewhere = ChipAddress(agent=SigningKey.generate().agent_id, cuid="ivy",
+                                host="127.0.0.1", port=9)
+        ticket = tf.encode_ticket(tf.make_ticket(elsewhere, b64u(bytes(24)), 2**40))
+        for method, params in (("chit.pay", {"tally": str(uuid.uuid4()), "units": 1}),
+                               ("tally.show", {"tally": str(uuid.uuid4())}),
+                               ("tally.invite", {}), ("tally.request", {"ticket": ticket}),
+                               ("route.find", {"find": str(elsewhere), "units": 1})):
+            missing = await refused(a, method, cuid="zed", **params)
             assert (missing.reason, missing.message) == (
                 "UNKNOWN_USER", "no user 'zed' on this node (n0: users.list shows its users)"
             ), method
+        assert await rpc(a, "peers.list") == []  # the refused ticket taught it no address
         selfward = await refused(a, "route.find", cuid="alice", find=f"alice:{a.agent_id}",
                                  units=1)
         assert (selfward.reason, selfward.message) == (

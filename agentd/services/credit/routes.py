@@ -85,11 +85,10 @@ class RouteService(Service):
 
         The search returns once it is exhausted, or when ``timeout_s`` seconds have passed
         (more than 0 and at most 30; default 2) with the routes found by then."""
-        cuid, target = param_cuid(cuid), param_find(find)
+        cuid, target = self.ledger.known_user(param_cuid(cuid)), param_find(find)
         if (target.agent, target.cuid) == (self.runtime.agent_id, cuid):
             raise invalid_params("find is the payor itself: lift.clear finds a circle")
         units, timeout_s = param_amount(units, "units"), param_timeout(timeout_s)
-        self.ledger.known_user(cuid)
         self.asks.check_ours(target)
         ends = trio.current_time() + timeout_s
         routes: list[dict] = []

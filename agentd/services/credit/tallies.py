@@ -118,7 +118,7 @@ class TallyService(Service):
         counters; ``side`` is ours: ``stock`` (vendor, the default) or ``foil`` (client); a
         ``reuse`` ticket starts a new tally for every user who presents it.
         """
-        cuid = param_cuid(cuid)
+        cuid = self.ledger.known_user(param_cuid(cuid))
         limit = param_amount(limit, "limit", low=0)
         if side not in t.SIDES:
             raise invalid_params(f"side must be one of {', '.join(t.SIDES)}")
@@ -146,8 +146,9 @@ class TallyService(Service):
 
     async def rpc_request(self, cuid: str, ticket: str) -> dict:
         """Present a partner's invitation ticket. Waits until the inviter's node has taken it
-        (state ``requested``: the inviter offers next) or refused it (an error saying why)."""
-        cuid = param_cuid(cuid)
+        (state ``requested``: the inviter offers next) or refused it (an error saying why).
+        An unknown user is refused before the ticket teaches the node the inviter's address."""
+        cuid = self.ledger.known_user(param_cuid(cuid))
         invitation = tf.decode_ticket(ticket)
         inviter = ChipAddress.from_map(invitation["chad"])
         node = self.runtime
