@@ -24,3 +24,8 @@ def scenario_path(name: str) -> Path:
     if shipped.suffix != ".toml":
         shipped = shipped.with_name(shipped.name + ".toml")
     return shipped if shipped.exists() else given
+
+
+def shipped_scenarios() -> list[str]:
+    """The names ``agentd sim NAME`` finds in the installed package."""
+    return sorted(path.stem for path in (configs_dir() / "sims").glob("*.toml"))

@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="agentd demo", description="Run the nodes of configs/local (alice, bob, carol and"
         " their clearing house) as OS processes and show what they do.")
-    parser.add_argument("--workdir", default=".run/demo", help="where nodes keep their data")
+    parser.add_argument("--workdir", default=".run/demo",
+                        help="where nodes keep their data (default: %(default)s)")
     parser.add_argument("--free-ports", action="store_true",
                         help="listen on free ports instead of 7101-7104 (beside another demo)")
     options = parser.parse_args(argv or [])

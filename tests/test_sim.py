@@ -35,6 +35,16 @@ def test_a_missing_scenario_lists_the_shipped_ones(tmp_path):
         load_scenario(tmp_path / "nosuch.toml")
 
 
+def test_sim_help_names_the_shipped_scenarios(capsys):
+    """agentd sim ring works from anywhere: --help says so, naming each shipped scenario."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "scenario TOML file, or a shipped one by name:" in text
+    for path in (REPO / "configs" / "sims").glob("*.toml"):
+        assert path.stem in text, path.stem
+
+
 def test_ring_and_random_topologies(tmp_path):
     ring = load_scenario(write(tmp_path, '[nodes]\ncount = 5\n[topology]\nkind = "ring"\n'))
     assert len(ring.edges) == 5

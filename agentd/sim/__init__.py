@@ -27,6 +27,7 @@ from pathlib import Path
 
 import trio
 
+from agentd.configs_dir import shipped_scenarios
 from agentd.sim.backends import InProcess, Processes
 from agentd.sim.faults import Healing, heal_all, run_faults
 from agentd.sim.html import check_report_extra, write_html
@@ -148,7 +149,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="agentd sim", description="Run a scripted multi-node simulation (see configs/sims/),"
         " check its invariants and print a report; exit 1 if one fails.")
-    parser.add_argument("scenario", help="scenario TOML file (see configs/sims/)")
+    parser.add_argument("scenario", help="scenario TOML file, or a shipped one by name: "
+                        f"{', '.join(shipped_scenarios())} (configs/sims/)")
     parser.add_argument("--processes", action="store_true",
                         help="run each node as its own 'agentd run' OS process")
     parser.add_argument("--workers", type=_count, default=os.cpu_count() or 1, metavar="N",

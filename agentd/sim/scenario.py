@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentd.configs_dir import configs_dir
+from agentd.configs_dir import shipped_scenarios
 from agentd.errors import UserError, did_you_mean
 
 TOPOLOGIES = ("ring", "random", "explicit", "full")
@@ -124,7 +124,7 @@ def load_scenario(path: Path) -> Scenario:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
-        shipped = ", ".join(sorted(f.stem for f in (configs_dir() / "sims").glob("*.toml")))
+        shipped = ", ".join(shipped_scenarios())
         raise UserError(f"{path}: scenario file not found (shipped scenarios, by name: "
                         f"{shipped})") from exc
     except tomllib.TOMLDecodeError as exc:
