@@ -127,8 +127,10 @@ class RpcServer:
                                  f"{did_you_mean(unknown[0], accepted)}; expected: {expected}")
         missing = [p.name for p in signature.parameters.values()
                    if p.default is inspect.Parameter.empty and p.name not in params]
-        if missing:
-            raise invalid_params(f"{name}: missing parameter {missing[0]!r}")
+        if missing:  # all of them at once, and where to read what they take
+            named = ", ".join(map(repr, missing))
+            raise invalid_params(f"{name}: missing parameter{'s' * (len(missing) > 1)} {named} "
+                                 f"(agentd help {name} shows what each takes)")
         misfit = check_params(name, signature, params)
         if misfit is not None:
             raise invalid_params(misfit)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from agentd.rpc import NOT_FOUND, REFUSED, RpcServer
@@ -46,3 +48,20 @@ async def test_an_rpc_method_that_refuses_gets_the_mapped_error():
     assert response == {"jsonrpc": "2.0", "id": 7, "error": {
         "code": REFUSED, "message": "BAD_STATE: tally t is closed",
         "data": {"reason": "BAD_STATE"}}}
+
+
+async def test_missing_parameters_are_named_all_at_once():
+    server = RpcServer(rpc_error)
+
+    async def pay(cuid: str, find: str, units: int, memo: str = "") -> None:
+        raise AssertionError("not called without its parameters")
+
+    server.register("lift.pay", pay)
+    for params, message in (
+            ({}, "lift.pay: missing parameters 'cuid', 'find', 'units' (agentd help lift.pay "
+                 "shows what each takes)"),
+            ({"cuid": "ann", "find": "x"}, "lift.pay: missing parameter 'units' (agentd help "
+                                           "lift.pay shows what each takes)")):
+        request = {"jsonrpc": "2.0", "id": 1, "method": "lift.pay", "params": params}
+        response = await server.handle_line(json.dumps(request).encode())
+        assert response["error"]["message"] == message, params
