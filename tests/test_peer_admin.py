@@ -161,7 +161,8 @@ async def test_a_peer_configured_with_another_nodes_agent_id_is_named_with_the_f
             await alice.rpc.call("peers.ping", {"agent": wrong})
         hint = (f"most likely the node at {bob.listen_address} has another key than bob "
                 f'(agent {wrong[:8]}): check agent = "{wrong}" of [[peers]] "bob" in '
-                f"{alice.config.path}")
+                f"{alice.config.path} (unless that node was stopping just then: it hangs up "
+                "on a handshake too)")
         assert caught.value.reason == "UNREACHABLE" and hint in caught.value.message
         assert f"cannot reach {bob.listen_address}: handshake_eof" in caught.value.message
         alice.stop()

@@ -214,7 +214,8 @@ class PeerManager:
                 wrong_key = isinstance(exc, ChannelClosed) and exc.reason == "handshake_eof"
                 if wrong_key:  # an IK responder without the key we dial cannot read us
                     state.error += (f"; most likely the node at {address} has another key "
-                                    f"than {who}: check {where}")
+                                    f"than {who}: check {where} (unless that node was "
+                                    "stopping just then: it hangs up on a handshake too)")
                 if state.failures == 1:  # once a streak: the retries back off quietly
                     log.log(logging.WARNING if wrong_key else logging.INFO,
                             "%s: %s; retrying with backoff", who, state.error)
