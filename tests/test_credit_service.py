@@ -271,6 +271,14 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path, monkeypatc
         assert [(x["chit"], x["index"], x["hash"]) for x in bobs] == [
             (x["chit"], x["index"], x["hash"]) for x in alices]
         assert {x["state"] for x in bobs} == {c.A_GOOD, c.L_GOOD}
+        # carol named where alice or bob was meant: told who holds it here, by every method
+        for method, params in (("tally.show", {}), ("chit.list", {}),
+                               ("chit.pay", {"units": 1}), ("chit.invoice", {"units": 1}),
+                               ("tally.close", {})):
+            wrong = await refused(a, method, cuid="carol", tally=tally, **params)
+            assert (wrong.reason, wrong.message) == ("UNKNOWN_TALLY", (
+                f"user carol holds no tally {tally}: on this node alice and bob hold it "
+                "(cuid=alice)")), method
         # an unlinked chit (a refused invoice) comes after the chain, on the page that ends it
         refused_bill = await rpc(a, "chit.invoice", cuid="alice", tally=tally, units=5)
         await wait_for(lambda: a.db.read_one(

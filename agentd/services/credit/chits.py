@@ -87,7 +87,7 @@ class ChitService(Service):
         self.ledger.known_user(cuid)  # UNKNOWN_USER before UNKNOWN_TALLY
 
         def work(tx: Tx) -> list[c.LocalChit]:
-            holding = self.ledger.holding(tx.conn, tally_uuid, cuid)
+            holding = self.ledger.holding(tx.conn, tally_uuid, cuid, ours=True)
             key = self.ledger.user(tx.conn, cuid).key
             balance, paid = holding.balance, []
             for at, (chit_uuid, units) in enumerate(zip(new_uuids(len(amounts)), amounts,
@@ -117,7 +117,7 @@ class ChitService(Service):
         self.ledger.known_user(cuid)
 
         def work(tx: Tx) -> c.LocalChit:
-            holding = self.ledger.holding(tx.conn, tally_uuid, cuid)
+            holding = self.ledger.holding(tx.conn, tally_uuid, cuid, ours=True)
             drafted, messages = c.invoice(holding.local, chit_uuid=str(uuidlib.uuid4()),
                                           units=units, date_ms=tx.now_ms,
                                           balance=holding.balance, memo=memo,

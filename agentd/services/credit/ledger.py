@@ -175,10 +175,15 @@ class CreditLedger:
         """Whether ``cuid`` is one of our users."""
         return cuid in self._users or users.get(conn, cuid) is not None
 
-    def holding(self, conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> Holding:
+    def holding(self, conn: sqlite3.Connection, tally_uuid: str, cuid: str, *,
+                ours: bool = False) -> Holding:
+        """``ours``: our user asks (an RPC call), so ``UNKNOWN_TALLY`` may name the user of
+        this node who does hold it (a peer is not told who else we host)."""
         holding = self.store.get(conn, tally_uuid, cuid)
         if holding is None:
-            raise Reject("UNKNOWN_TALLY", no_tally(cuid, tally_uuid))
+            held_by = [row["cuid"] for row in self.store.holders_of(conn, tally_uuid)] \
+                if ours else []
+            raise Reject("UNKNOWN_TALLY", no_tally(cuid, tally_uuid, held_by))
         return holding
 
     def owed(self, conn: sqlite3.Connection, cuid: str, chit_uuid: str
@@ -225,9 +230,14 @@ class CreditLedger:
 
     def tally_row(self, cuid: str, tally_uuid: str) -> Any:
         self.known_user(cuid)
-        row = self.runtime.db.reading(lambda conn: credit_store.tally_row(conn, tally_uuid, cuid))
+        def read(conn: sqlite3.Connection) -> tuple[Any, list[str]]:
+            row = credit_store.tally_row(conn, tally_uuid, cuid)
+            return row, [] if row is not None else [
+                held["cuid"] for held in self.store.holders_of(conn, tally_uuid)]
+
+        row, held_by = self.runtime.db.reading(read)
         if row is None:
-            raise RpcError(NOT_FOUND, no_tally(cuid, tally_uuid), "UNKNOWN_TALLY")
+            raise RpcError(NOT_FOUND, no_tally(cuid, tally_uuid, held_by), "UNKNOWN_TALLY")
         return row
 
 
@@ -246,8 +256,14 @@ def log_chits(tx: Tx, cuid: str, chits: Iterable[c.LocalChit]) -> None:
             cuid=cuid, state=chit.state, units=chit.chit["units"]))
 
 
-def no_tally(cuid: str, tally_uuid: str) -> str:
-    """UNKNOWN_TALLY's message: it also names the wait a subject that just presented a
-    ticket is in (its node holds the tally once the inviter offers it)."""
+def no_tally(cuid: str, tally_uuid: str, held_by: list[str] | None = None) -> str:
+    """UNKNOWN_TALLY's message: the user of this node who holds the tally, when the caller
+    named another (two users on one node, as in the README's examples), or else the wait a
+    subject that just presented a ticket is in (its node holds the tally once the inviter
+    offers it)."""
+    if held_by:
+        return (f"user {cuid} holds no tally {tally_uuid}: on this node "
+                f"{' and '.join(held_by)} hold{'s' * (len(held_by) == 1)} it "
+                f"(cuid={held_by[0]})")
     return (f"user {cuid} holds no tally {tally_uuid} (a tally requested with a ticket is held"
             " from the inviter's offer on: tally.wait state=P.offer waits for it)")

@@ -282,7 +282,7 @@ class TallyService(Service):
         self.ledger.known_user(cuid)  # UNKNOWN_USER before UNKNOWN_TALLY
 
         def work(tx: Tx) -> Holding:
-            holding = self.ledger.holding(tx.conn, tally_uuid, cuid)
+            holding = self.ledger.holding(tx.conn, tally_uuid, cuid, ours=True)
             local, messages = step(holding, self.ledger.user(tx.conn, cuid))
             return self.ledger.commit(tx, holding, local=local, messages=messages)
 
