@@ -6,6 +6,7 @@ wrong shape (refused as the message's fault, never left unacked as if we had fai
 from __future__ import annotations
 
 import dataclasses
+import socket
 import uuid
 
 import trio
@@ -61,6 +62,23 @@ async def test_no_route_and_bad_params_change_nothing(tmp_path):
             too_few = await refused(ann, "lift.list", limit=limit)
             assert (too_few.reason, too_few.message) == (
                 "INVALID_PARAMS", f"lift.list: limit must be a number of lifts from 1, not {limit}")
+
+
+async def test_a_wrong_address_in_find_holds_up_nothing_sent_to_a_node_we_know(tmp_path):
+    """find with a mistyped port for a payee's node we know as a peer: the payee's node is
+    asked where we know it is, so the ask does not make the pump dial the wrong port for
+    everything queued to that node (a ping here: it was UNREACHABLE, naming that port)."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        u = (await line(net))["users"]
+        ann, dan = u["ann"], u["dan"]
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            dead = probe.getsockname()[1]
+        started = await rpc(ann, "lift.pay", cuid="ann", units=5,
+                            find=f"dan:{dan.agent_id}@127.0.0.1:{dead}")
+        assert (await rpc(ann, "peers.ping", agent=dan.agent_id))["rtt_ms"]
+        done = await rpc(ann, "lift.wait", lift=started["lift"], timeout_s=20)
+        assert done["state"] == "good", done
 
 
 async def test_a_decision_not_signed_by_the_referee_is_refused(tmp_path):

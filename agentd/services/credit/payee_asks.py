@@ -109,15 +109,22 @@ class PayeeAsks:
     def asking(self, cuid: str, find: ChipAddress, units: int, salt: bytes
                ) -> Iterator[Ask]:
         """Our user ``cuid``'s question to the node of ``find`` (another node's user), open
-        while the block runs; not sent (``sent`` False) when no address is known for it."""
+        while the block runs; not sent (``sent`` False) when no address is known for it.
+        A node we know is asked at the address we know, not at one ``find`` names: the pump
+        dials a peer at the address its first queued message names, so a mistyped port in
+        ``find`` would hold up everything we send that node (a payment to its users) until
+        the ask expired."""
         ask, query = Ask(find, units), str(uuidlib.uuid4())
         if find.agent == self.runtime.agent_id or not self.can_ask(find):
             yield ask
             return
+        to = find
+        if self.runtime.address_of(find.agent) is not None:
+            to = ChipAddress(agent=find.agent, cuid=find.cuid)
         self._asks[query] = ask
         try:
             self.runtime.transact_ephemeral(lambda tx: self.ledger.emit(tx, [route.ask(
-                query=query, kind="linear", find=find, units=units, salt=salt,
+                query=query, kind="linear", find=to, units=units, salt=salt,
                 payor_cuid=cuid)]))
             ask.sent = True
             yield ask
