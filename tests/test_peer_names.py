@@ -49,7 +49,7 @@ async def test_a_name_the_config_gives_another_peer_leaves_the_old_one_unnamed(t
         path.write_text(HEAD + peer("bob", CAROL, 7903))
         reloaded = await node.rpc.call("reload", {})
         assert await names(node) == {CAROL: ("bob", "config"), BOB: (None, "learned")}
-        assert reloaded == {"applied": ["peers"], "restart": [],
+        assert reloaded == {"applied": ["peers"], "restart": [], "warnings": [],
                             "unnamed": [{"agent": BOB, "name": "bob", "now": CAROL}]}
         said = [r.getMessage() for r in caplog.records]
         assert said == [f"peer {BOB} is no longer called 'bob': that name is {CAROL}'s "
@@ -60,7 +60,7 @@ async def test_a_name_the_config_gives_another_peer_leaves_the_old_one_unnamed(t
         reloaded = await node.rpc.call("reload", {})
         assert await names(node) == {BOB: ("bob", "config"), CAROL: (None, "learned")}
         assert reloaded["unnamed"] == [{"agent": CAROL, "name": "bob", "now": BOB}]
-        assert await node.rpc.call("reload", {}) == {"applied": [], "restart": []}
+        assert await node.rpc.call("reload", {}) == {"applied": [], "restart": [], "warnings": []}
 
         # a new clearing house takes the name from the one before
         path.write_text(HEAD + peer("bob", BOB, 7902) + house(HOUSE, 7905))
