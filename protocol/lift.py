@@ -46,20 +46,29 @@ pushes it only to a node it knows or that is connected to it, never to an addres
 names, so a record made up by anyone cannot make a referee dial where it says.
 
 Public API: ``PEND``, ``GOOD``, ``VOID``, ``TRANSITIONS``, ``advance(state, event)``;
-``make_record``, ``check_record``, ``record_digest``, ``check_promise``, ``check_room``;
+``make_record``, ``check_record``, ``record_digest``, ``check_promise``, ``check_room``,
+``referee_at``, ``check_held`` (``MAX_HELD``, ``MAX_UNANSWERED``);
 messages ``promise``, ``commit``, ``cancel``, ``query``; referee ``decide``, ``check_decision``.
 Refusal codes: ``bad_field``, ``bad_signature``, ``bad_state``, ``conflict``, ``expired``,
-``not_on_path``, ``wrong_referee``, ``other_record``, ``over_limit``.
+``not_on_path``, ``wrong_referee``, ``other_record``, ``over_limit``, ``referee_refused``.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 from typing import Any
 
 from . import chit as c
 from .codec import digest
-from .keys import ChipAddress, IdentityError, SigningKey, verify, verify_by_agent
+from .keys import (
+    ChipAddress,
+    IdentityError,
+    SigningKey,
+    format_hostport,
+    verify,
+    verify_by_agent,
+)
 from .messages import Send
 from .route import ADDRESS_FIELDS, KINDS, MAX_DEPTH, check_where, hop_capacity, receive_capacity
 from .tally import C_OPEN, LocalTally, Refusal
@@ -73,6 +82,11 @@ DECISIONS = (GOOD, VOID)
 # A hop takes part only in a lift decided within a day: its pending chits hold capacity until
 # the decision, so a payor cannot lock a tally for years with a far deadline.
 MAX_LIFE_MS = 86_400_000
+# What promises over one incoming tally may make a node hold, pending, at once (a hop cannot
+# void a lift on its own: its referee may have decided good): lifts, and among the places
+# their referees are asked at (agent, HOST:PORT), those where the referee never answered.
+MAX_HELD = 1024
+MAX_UNANSWERED = 4
 
 TRANSITIONS: dict[tuple[str | None, str], str] = {
     (None, "originate"): PEND,
@@ -284,6 +298,37 @@ def check_room(
             f"tally {local.uuid} can carry {room} more in this {kind} direction "
             f"({reserved} reserved by pending lift chits), not {record['units']}",
         )
+
+
+def referee_at(record: dict[str, Any]) -> str | None:
+    """Where the record says its referee listens (``HOST:PORT``, as a message to it is sent
+    there), or None when it says nowhere."""
+    referee = ChipAddress.from_map(record["referee"])
+    if referee.host is None or referee.port is None:
+        return None
+    return format_hostport(referee.host, referee.port)
+
+
+def check_held(record: dict[str, Any], tally: str, *, held: int,
+               unanswered: Collection[tuple[str, str | None]] | None) -> None:
+    """Whether a promise over our incoming ``tally`` may make us hold one more lift, while
+    ``held`` lifts that promises over it brought are pending here. ``unanswered``: the
+    (referee, address) of those lifts where the referee never answered a dial of ours, or None
+    when the record's referee has answered at the address it names. Past ``MAX_UNANSWERED`` of
+    them, a partner could make us dial addresses of its choice, naming a made-up referee at
+    each."""
+    if held >= MAX_HELD:
+        raise Refusal("over_limit", f"tally {tally} has {held} lifts pending here that came "
+                      f"over it, the most a partner's promises may make this node hold at once: "
+                      "another waits until some are decided")
+    asked = (record["referee"]["agent"], referee_at(record))
+    if unanswered is not None and asked not in unanswered and len(unanswered) >= MAX_UNANSWERED:
+        raise Refusal("referee_refused", f"the lifts pending here that came over tally {tally} "
+                      f"name {len(unanswered)} referees that have never answered this node at "
+                      f"the address their records give (the most they may name: each is dialled"
+                      f" until it answers), and {asked[0]} at {asked[1] or 'no address'} has not"
+                      " either: its lift waits until one of them answers or its lifts are "
+                      "decided")
 
 
 def _to_referee(record: dict[str, Any], action: str, obj: dict, from_cuid: str | None) -> Send:

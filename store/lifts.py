@@ -12,24 +12,42 @@ import sqlite3
 from typing import Any
 
 from protocol.codec import pack, unpack
-from protocol.lift import record_digest
+from protocol.lift import record_digest, referee_at
 
 _COLUMNS = ("lift, kind, state, units, payor, referee, deadline, record, decision, query_due,"
             " query_tries, error, created, updated")
 RETRY_MAX_MS = 60_000  # a pending lift past its deadline asks its referee at least this often
 
 
-def add(conn: sqlite3.Connection, record: dict[str, Any], *, payor: str | None, now_ms: int
-        ) -> bool:
-    """Record a lift we take part in (pending); False if it is already here."""
+def add(conn: sqlite3.Connection, record: dict[str, Any], *, payor: str | None, now_ms: int,
+        via: tuple[str, str] | None = None) -> bool:
+    """Record a lift we take part in (pending), which our user ``payor`` started or a promise
+    over ``via`` (tally, our user holding it) brought; False if it is already here."""
+    via_tally, via_cuid = via or (None, None)
     cursor = conn.execute(
         "INSERT INTO lifts (lift, kind, state, units, payor, referee, deadline, record,"
-        " query_due, created, updated) VALUES (?, ?, 'pend', ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (lift) DO NOTHING",
+        " query_due, created, updated, via_tally, via_cuid, referee_at)"
+        " VALUES (?, ?, 'pend', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (lift) DO NOTHING",
         (record["lift"], record["kind"], record["units"], payor, record["referee"]["agent"],
-         record["deadline"], pack(record), record["deadline"], now_ms, now_ms),
+         record["deadline"], pack(record), record["deadline"], now_ms, now_ms, via_tally,
+         via_cuid, referee_at(record)),
     )
     return cursor.rowcount == 1
+
+
+def held(conn: sqlite3.Connection, tally: str, cuid: str) -> int:
+    """How many lifts promises over ``tally`` (held by our ``cuid``) brought that are pending
+    (an index's count: at most the bound the caller keeps)."""
+    return conn.execute("SELECT COUNT(*) FROM lifts WHERE via_tally = ? AND via_cuid = ?"
+                        " AND state = 'pend'", (tally, cuid)).fetchone()[0]
+
+
+def held_referees(conn: sqlite3.Connection, tally: str, cuid: str
+                  ) -> list[tuple[str, str | None]]:
+    """The (referee, where its record says it listens) of those lifts, each once."""
+    return [(agent, at) for agent, at in conn.execute(
+        "SELECT DISTINCT referee, referee_at FROM lifts WHERE via_tally = ? AND via_cuid = ?"
+        " AND state = 'pend'", (tally, cuid))]
 
 
 def get(conn: sqlite3.Connection, lift: str) -> sqlite3.Row | None:

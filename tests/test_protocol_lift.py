@@ -275,6 +275,20 @@ def test_room_for_a_lift_chit() -> None:
     assert code_of(lf.check_room, LINEAR, paying, voided, balance=0, reserved=0) == "bad_state"
 
 
+def test_what_promises_over_one_tally_may_make_a_node_hold() -> None:
+    """At most MAX_HELD lifts, naming at most MAX_UNANSWERED places (referee, address) where
+    the referee never answered us; one of those again, or an answered one, is no more."""
+    here = (REFEREE.agent_id, "127.0.0.1:65099")  # where LINEAR's record says it listens
+    assert lf.referee_at(LINEAR) == here[1]
+    others = {(SigningKey.generate().agent_id, f"10.0.0.{n}:1") for n in range(4)}
+    lf.check_held(LINEAR, T_AB, held=lf.MAX_HELD - 1, unanswered=set(list(others)[:3]))
+    lf.check_held(LINEAR, T_AB, held=1, unanswered=None)  # answered: not counted
+    lf.check_held(LINEAR, T_AB, held=1, unanswered={here, *list(others)[:3]})
+    assert code_of(lf.check_held, LINEAR, T_AB, held=lf.MAX_HELD,
+                   unanswered=None) == "over_limit"
+    assert code_of(lf.check_held, LINEAR, T_AB, held=4, unanswered=others) == "referee_refused"
+
+
 # -- the referee --------------------------------------------------------------------------------
 
 

@@ -170,6 +170,40 @@ def test_migration_10_forgets_voids_heard_of_lifts_that_never_reached_us(
         conn.close()
 
 
+def test_migration_14_finds_the_tally_a_pending_lift_came_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lift pending from before version 14 is counted against the tally its promise came
+    over (the one holding its incoming pending chit), so what a partner made the node hold
+    before the upgrade counts too; a lift our user started, or one decided, came over none."""
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    try:
+        monkeypatch.setattr("store.schema.migrations", lambda: migrations()[:13])
+        assert migrate(conn) == 13
+        for lift, payor, state in (("hop", None, "pend"), ("paid", "u", "pend"),
+                                   ("done", None, "good")):
+            conn.execute("INSERT INTO lifts (lift, kind, state, units, payor, referee, deadline,"
+                         " record, query_due, created, updated) VALUES (?, 'linear', ?, 1, ?,"
+                         " 'r', 1, x'80', 1, 1, 1)", (lift, state, payor))
+        for tally, chit, state, lift in (("out", "c1", "L.lift", "hop"), ("in", "c2", "A.lift",
+                                                                          "hop"),
+                                         ("in", "c3", "A.lift", "paid"),
+                                         ("in", "c4", "A.good", "done")):
+            conn.execute("INSERT INTO chits (tally, cuid, uuid, issuer, type, units, memo, date,"
+                         " state, hash, body, created, updated, lift) VALUES (?, 'u', ?,"
+                         " 'stock', 'lift', 1, '', 1, ?, x'00', x'80', 1, 1, ?)",
+                         (tally, chit, state, lift))
+        monkeypatch.undo()
+        assert migrate(conn) == LATEST
+        assert conn.execute("SELECT lift, via_tally, via_cuid FROM lifts ORDER BY lift"
+                            ).fetchall() == [("done", None, None), ("hop", "in", "u"),
+                                             ("paid", None, None)]
+        assert lifts.held(conn, "in", "u") == 1
+        assert lifts.held_referees(conn, "in", "u") == [("r", None)]
+    finally:
+        conn.close()
+
+
 def test_migration_9_keeps_decisions_made_before_they_named_their_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -187,6 +187,11 @@ class Runtime(Protocol):
         """Whether a channel to ``agent`` is open or ever was (a known peer's last_seen)."""
         ...
 
+    def answered(self, agent: str, address: str | None) -> bool:
+        """Whether ``agent`` is us, or answered a dial of ours at ``address`` (None: at the
+        address we know for it) since the node started."""
+        ...
+
     async def reach(self, agent: str, timeout: float) -> str | None:
         """Open a channel to ``agent`` at the address we know, unless one is open (or it is
         us); None once there is one, else why there is none (within ``timeout``)."""

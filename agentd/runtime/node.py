@@ -131,6 +131,11 @@ class Node:
         return self.connected(agent) or self.db.reading(
             lambda conn: peer_store.last_seen(conn, agent)) is not None
 
+    def answered(self, agent: str, address: str | None) -> bool:
+        address = address or self.address_of(agent)
+        return agent == self.agent_id or (self.peers is not None and address is not None
+                                          and self.peers.answered(agent, address))
+
     async def reach(self, agent: str, timeout: float) -> str | None:
         if agent == self.agent_id or self.connected(agent):
             return None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from protocol.keys import IdentityError, SigningKey, parse_hostport
 log = logging.getLogger("agentd.runtime.peers")
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 30.0
+ANSWERED = 4096  # places (agent, address) kept as having answered a dial of ours
 _JITTER = random.Random()  # its own: the global random stays whoever seeded it (a test)
 
 
@@ -80,6 +82,7 @@ class PeerManager:
         self._on_channel_closed = on_channel_closed
         self.channels: dict[str, list[Channel]] = {}
         self._dial: dict[str, _DialState] = {}
+        self._answered: OrderedDict[tuple[str, str], None] = OrderedDict()
         self.limits = limits = limits or Limits()
         self._is_known = is_known
         self._describe = describe
@@ -95,6 +98,12 @@ class PeerManager:
 
     def connected(self, agent: str) -> bool:
         return self.channel_for(agent) is not None
+
+    def answered(self, agent: str, address: str) -> bool:
+        """Whether ``agent`` answered a dial of ours at ``address`` since the node started
+        (the last ``ANSWERED`` such places): a handshake there shows the address is the
+        agent's own, as a channel it opened to us, or a message it sent, does not."""
+        return (agent, address) in self._answered
 
     def channel_for(self, agent: str) -> Channel | None:
         for channel in reversed(self.channels.get(agent, ())):
@@ -223,6 +232,10 @@ class PeerManager:
             state.failures = 0
             state.retry_at = 0.0
             state.error = None
+            self._answered[(agent, address)] = None
+            self._answered.move_to_end((agent, address))
+            while len(self._answered) > ANSWERED:
+                self._answered.popitem(last=False)
             return channel
 
     def dial_error(self, agent: str) -> str | None:

@@ -7,11 +7,11 @@ referee two-phase commit (DESIGN.md §4):
    with the payor's key and, in one transaction, record the lift, a pending lift chit on the
    first tally (holding its capacity: ``lift_out``) and ``promise`` to the next user.
 2. Each hop checks the promise (record signature, deadline, that the sender is its partner on
-   the incoming tally, capacity on both tallies counting every pending lift chit, the referee)
-   and in one transaction records pending chits on its incoming and outgoing tallies and
-   forwards ``promise``. A hop that cannot take part refuses the promise (an error ack that
-   changes nothing); the sender, which holds a pending chit, then sends ``cancel`` to the
-   referee.
+   the incoming tally, capacity on both tallies counting every pending lift chit, the referee,
+   and what promises over the incoming tally hold here already: ``_check_held``) and in one
+   transaction records pending chits on its incoming and outgoing tallies and forwards
+   ``promise``. A hop that cannot take part refuses the promise (an error ack that changes
+   nothing); the sender, which holds a pending chit, then sends ``cancel`` to the referee.
 3. The terminus (the payee, or the payor again for a circle) records its pending chit and
    sends ``commit`` to the referee.
 4. The referee (``referee.Referee``, when the record names this node) decides once
@@ -315,7 +315,10 @@ class LiftService(Service):
         heard = self._heard_void.get(record["lift"])
         if heard is not None and heard == lf.record_digest(record):
             raise Reject("BAD_STATE", f"lift {record['lift']} is void: its referee said so")
-        lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms)
+        if known is None:
+            via = (incoming.local.uuid, here.cuid)
+            self._check_held(tx, record, *via)
+            lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms, via=via)
         _log_lift(tx, record["lift"], lf.PEND, kind=record["kind"], units=record["units"],
                   cuid=here.cuid)
         self._hold(tx, record, hop, here.cuid, outgoing=False, holding=incoming)
@@ -328,6 +331,19 @@ class LiftService(Service):
             self._ask_referee(tx, record, here.cuid)
         tx.after_commit(lambda: self._learn(record))  # a refused promise teaches nothing
         tx.after_commit(lambda: self.follow_up.due_at(record["deadline"]))
+
+    def _check_held(self, tx: Tx, record: dict[str, Any], tally: str, cuid: str) -> None:
+        """Bound what promises over one incoming tally can make us hold (``lf.check_held``):
+        a hop cannot void a lift on its own (its referee may have decided good), so what a
+        partner can open is bounded, not what it left open. Two indexed reads, the second
+        only for a referee that never answered us where its record says it listens."""
+        answered = self.runtime.answered
+        unanswered = None
+        if not answered(record["referee"]["agent"], lf.referee_at(record)):
+            unanswered = {place for place in lifts.held_referees(tx.conn, tally, cuid)
+                          if not answered(*place)}
+        lf.check_held(record, tally, held=lifts.held(tx.conn, tally, cuid),
+                      unanswered=unanswered)
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """The next hop refused our promise for good: the lift cannot complete, so tell the

@@ -1,0 +1,150 @@
+"""What a tally partner's promises can make a node hold (``protocol.lift.check_held``): a hop
+cannot void a lift on its own, so what a partner can open over one tally is bounded — lifts
+pending at once (``MAX_HELD``), and the places (referee, address) those lifts name where the
+referee never answered a dial of ours (``MAX_UNANSWERED``), each of which the node dials until
+it answers. Real nodes; the hostile partner's promises are made by hand."""
+
+from __future__ import annotations
+
+import uuid
+
+from protocol import lift as lf
+from protocol.keys import ChipAddress, SigningKey
+from protocol.messages import Send
+from tests.clihelpers import free_port
+from tests.netfixture import dial_failures, network, wait_for
+from tests.test_credit_service import open_tally, processed, refusal_of, rpc, send_raw, user_key
+from tests.test_lifts import reserved, who
+
+
+def made_up() -> ChipAddress:
+    """A referee nobody runs, at a loopback port nobody listens on (a dial fails at once)."""
+    return ChipAddress(agent=SigningKey.generate().agent_id, host="127.0.0.1", port=free_port())
+
+
+def lift_record(payer, cuid: str, payee, payee_cuid: str, tally: str, referee: ChipAddress,
+                *, units: int = 1) -> dict:
+    """A lift of ``units`` from ``cuid`` on ``payer`` to its partner, signed by ``cuid``."""
+    path = [{"cuid": cuid, "agent": payer.agent_id, "tally": tally},
+            {"cuid": payee_cuid, "agent": payee.agent_id, "tally": None}]
+    return lf.make_record(lift_uuid=str(uuid.uuid4()), kind="linear", units=units, path=path,
+                          referee=referee, date_ms=payer.clock.now_ms(), life_ms=600_000,
+                          memo="", key=user_key(payer, cuid))
+
+
+def pending_over(node, tally: str) -> int:
+    return node.db.read_one("SELECT count(*) FROM lifts WHERE state = 'pend' AND lift IN"
+                            " (SELECT lift FROM chits WHERE tally = ?)", (tally,))[0]
+
+
+async def users(net, *names: str) -> list:
+    nodes = net.nodes[1:1 + len(names)]
+    for node, cuid in zip(nodes, names, strict=True):
+        await rpc(node, "users.add", cuid=cuid)
+    return nodes
+
+
+async def test_a_partners_promises_hold_at_most_max_held_lifts_over_its_tally(tmp_path):
+    """bob promises cat MAX_HELD + 1 lifts of 1 mCHIP under a referee that never answers:
+    cat takes MAX_HELD and refuses the next (OVER_LIMIT, saying why), which changes nothing;
+    a decision makes room again, and ann's lift over her own tally with cat is good."""
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        ann, bob, cat = await users(net, "ann", "bob", "cat")
+        bobcat = await open_tally(bob, "bob", cat, "cat")
+        await open_tally(ann, "ann", cat, "cat")
+        referee_key = SigningKey.generate()
+        referee = ChipAddress(agent=referee_key.agent_id, host="127.0.0.1", port=free_port())
+        records = [lift_record(bob, "bob", cat, "cat", bobcat, referee)
+                   for _ in range(lf.MAX_HELD + 1)]
+        to = cat.own_address("cat")
+        ids = await bob.transact(lambda tx: [
+            tx.send(Send(to, "lift", "promise", {"record": record, "hop": 0}, from_cuid="bob"))
+            for record in records])
+        await wait_for(lambda: not any(i in bob.pump.live for i in ids), timeout=60)
+        refusals = bob.db.read("SELECT error FROM outbox WHERE state = 'failed'")
+        assert len(refusals) == 1, [row[0] for row in refusals[:3]]
+        assert refusals[0][0] == (
+            f"OVER_LIMIT: tally {bobcat} has {lf.MAX_HELD} lifts pending here that came over "
+            "it, the most a partner's promises may make this node hold at once: another waits "
+            "until some are decided")
+        assert pending_over(cat, bobcat) == lf.MAX_HELD
+        assert reserved(cat, "cat", bobcat) == (lf.MAX_HELD, 0)
+        # a lift decided (void: the referee's key signs it) makes room for one more
+        held = [record for record in records if cat.db.read_one(
+            "SELECT 1 FROM lifts WHERE lift = ?", (record["lift"],))]
+        decision, _ = lf.decide(None, "cancel", held[0], now_ms=bob.clock.now_ms(),
+                                key=referee_key, asker=bob.agent_id)
+        voided = await send_raw(bob, cat, None, "lift", "decision",
+                                {"record": held[0], "decision": decision}, None)
+        await processed(bob, voided)
+        assert pending_over(cat, bobcat) == lf.MAX_HELD - 1
+        again = await send_raw(bob, cat, "cat", "lift", "promise",
+                               {"record": lift_record(bob, "bob", cat, "cat", bobcat, referee),
+                                "hop": 0}, "bob")
+        await processed(bob, again)
+        more = await send_raw(bob, cat, "cat", "lift", "promise",
+                              {"record": lift_record(bob, "bob", cat, "cat", bobcat, referee),
+                               "hop": 0}, "bob")
+        assert (await refusal_of(bob, more)).startswith("OVER_LIMIT: ")
+        assert pending_over(cat, bobcat) == lf.MAX_HELD
+        # another partner's lift over its own tally with cat is not held back
+        paid = await rpc(ann, "lift.pay", cuid="ann", find=who(cat, "cat"), units=5)
+        assert (await rpc(ann, "lift.wait", lift=paid["lift"], timeout_s=20))["state"] == "good"
+
+
+async def test_a_partners_lifts_name_at_most_four_referees_that_never_answered(tmp_path):
+    """bob's promises name made-up referees at addresses of his choice: cat takes lifts naming
+    MAX_UNANSWERED of them (dialling each) and refuses one naming another (REFEREE_REFUSED),
+    or one of them at another address; it never dials those. A referee that reached cat on its
+    own has not answered a dial of cat's; one cat dialled has, and its lifts are taken. ann's
+    promises over her own tally are not held back by bob's."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        ann, bob, cat = await users(net, "ann", "bob", "cat")
+        real = net.nodes[4]
+        bobcat = await open_tally(bob, "bob", cat, "cat")
+        anncat = await open_tally(ann, "ann", cat, "cat")
+        dials = dial_failures(cat)
+
+        async def promise(referee: ChipAddress, payer=bob, cuid="bob", tally=bobcat) -> bytes:
+            record = lift_record(payer, cuid, cat, "cat", tally, referee)
+            return await send_raw(payer, cat, "cat", "lift", "promise",
+                                  {"record": record, "hop": 0}, cuid)
+
+        referees = [made_up() for _ in range(lf.MAX_UNANSWERED)]
+        for referee in referees:
+            await processed(bob, await promise(referee))
+        fifth_key = SigningKey.generate()
+        fifth = ChipAddress(agent=fifth_key.agent_id, host="127.0.0.1", port=free_port())
+        refused = await refusal_of(bob, await promise(fifth))
+        assert refused == (
+            f"REFEREE_REFUSED: the lifts pending here that came over tally {bobcat} name "
+            f"{lf.MAX_UNANSWERED} referees that have never answered this node at the address "
+            f"their records give (the most they may name: each is dialled until it answers), "
+            f"and {fifth.agent} at 127.0.0.1:{fifth.port} has not either: its lift waits until "
+            "one of them answers or its lifts are decided")
+        await processed(bob, await promise(referees[0]))  # one named already
+        elsewhere = ChipAddress(agent=referees[0].agent, host="127.0.0.1", port=fifth.port)
+        assert "REFEREE_REFUSED" in await refusal_of(bob, await promise(elsewhere))
+        # the fifth's key reaches cat from a node of its own, and is answered: that is no
+        # answer to a dial of cat's at the address bob's record gives
+        intruder = await net.start("intruder", fifth_key)
+        net.nodes.append(intruder)
+        intruder.learn_peer(cat.agent_id, cat.listen_address)
+        assert (await rpc(intruder, "peers.ping", agent=cat.agent_id))["rtt_ms"]
+        assert cat.connected(fifth.agent)
+        assert "REFEREE_REFUSED" in await refusal_of(bob, await promise(fifth))
+        # cat dials each of the four (its commits wait for them), never the fifth's address
+        ports = {referee.port for referee in referees}
+        await wait_for(lambda: {port for port in ports if any(
+            f"127.0.0.1:{port}:" in failure for failure in dials)} == ports, timeout=20)
+        assert not any(f"127.0.0.1:{fifth.port}:" in failure for failure in dials)
+        assert cat.address_of(fifth.agent) is None
+        # a node that answered cat's dial at the address its record gives is no made-up one
+        assert "REFEREE_REFUSED" in await refusal_of(bob, await promise(real.own_address()))
+        assert await cat.reach(real.agent_id, 5) is None
+        await net.stop(4)  # so its lifts stay pending, as the made-up ones do
+        await processed(bob, await promise(real.own_address()))
+        # ann's promises over her own tally with cat may name a referee of their own
+        await processed(ann, await promise(made_up(), payer=ann, cuid="ann", tally=anncat))
+        assert pending_over(cat, bobcat) == lf.MAX_UNANSWERED + 2
+        assert pending_over(cat, anncat) == 1
