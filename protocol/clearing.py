@@ -42,6 +42,10 @@ Choices (DESIGN §6 leaves them open):
   id from another process is simply not found.
 - Receipts are signed a batch at a time, one JWS over the Merkle root of a ``log_batch``'s
   entries, each receipt carrying its own inclusion proof: see ``protocol.receipts``.
+- A pid that begins with an agent id and ``/`` is in that agent's namespace: only it may
+  create it (``namespace_of``), by ``create_process`` or by a first ``log``. DESIGN §6's rules
+  let whoever creates a pid first own it; a name another node can learn in advance (a lift's
+  evidence, under its referee's namespace) would otherwise be theirs to take.
 - Queries sort by ``seq``, newest first by default (as IDS does); dates are inclusive bounds,
   integer ms or ``YYYY-MM-DD`` (UTC days); no silent "last two weeks" window.
 """
@@ -86,6 +90,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE", "HEX64", "MAX_BATCH", "MAX_OWNERS", "MAX_PAGE_SIZE", "RESERVED_PID",
     "TARGET", "CreateProcess", "Entry", "GetRequest", "LogRequest", "QueryRequest", "Reason",
     "Rejection", "Reply", "authorize", "check_page_bytes", "decide_create", "get_result",
+    "namespace_of",
     "parse_create_process", "parse_get", "parse_keys", "parse_log", "parse_log_batch",
     "parse_query", "processed", "processed_batch", "query_result",
 ]
@@ -243,13 +248,33 @@ def _authenticated(action: str, caller: str) -> None:
         )
 
 
+def namespace_of(pid: str) -> str | None:
+    """The agent whose namespace ``pid`` is in, if any: a pid that begins with an agent id and
+    ``/`` (``AGENT/...``) is that agent's alone to create. So a name someone else can learn
+    before the agent uses it (a lift's uuid, which every hop reads in its promise, under its
+    referee's agent id) cannot be taken first by them, as sole owner, to have the agent's own
+    create and logs refused."""
+    head, slash, _ = pid.partition("/")
+    return head if slash and is_agent_id(head) else None
+
+
+def _may_create(action: str, pid: str, caller: str) -> None:
+    """Refuse to create ``pid`` for ``caller`` when it is in another agent's namespace."""
+    owner = namespace_of(pid)
+    if owner is not None and owner != caller:
+        raise Rejection(Reason.NOT_AUTHORIZED, f"{action}.pid: {pid!r} is in the namespace of "
+                        f"agent {owner} (a pid that begins with an agent id and '/'): only "
+                        "that agent may create it")
+
+
 def decide_create(
     request: CreateProcess, caller: str, existing_owners: Collection[str] | None
 ) -> list[str]:
     """The owners to store for a new process: the requested ones plus the caller.
 
     A pid that exists already is refused: ``BAD_PARAMETERS`` for one of its owners (a client
-    mistake), ``NOT_AUTHORIZED`` for anyone else.
+    mistake), ``NOT_AUTHORIZED`` for anyone else; so is one in another agent's namespace
+    (``namespace_of``: ``NOT_AUTHORIZED``).
     """
     _authenticated("create_process", caller)
     pid = request["pid"]
@@ -259,6 +284,7 @@ def decide_create(
         raise Rejection(
             Reason.NOT_AUTHORIZED, f"create_process.pid: {pid!r} exists and you do not own it"
         )
+    _may_create("create_process", pid, caller)
     owners = sorted({caller, *request["owners"]})
     if len(owners) > MAX_OWNERS:
         raise Rejection(
@@ -277,11 +303,13 @@ def authorize(
     """Check that ``caller`` may run ``action`` on ``pid``; only owners read or write.
 
     Returns the owners of a process to create first (a ``log`` to an unknown pid makes the
-    caller its sole owner), else None. Reading an unknown pid is ``NOT_FOUND``.
+    caller its sole owner, unless the pid is in another agent's namespace), else None.
+    Reading an unknown pid is ``NOT_FOUND``.
     """
     _authenticated(action, caller)
     if existing_owners is None:
         if action == "log":
+            _may_create("log", pid, caller)
             return [caller]
         raise Rejection(Reason.NOT_FOUND, f"{action}.pid: there is no process {pid!r}")
     if caller not in existing_owners:

@@ -47,7 +47,7 @@ names, so a record made up by anyone cannot make a referee dial where it says.
 
 Public API: ``PEND``, ``GOOD``, ``VOID``, ``TRANSITIONS``, ``advance(state, event)``;
 ``make_record``, ``check_record``, ``record_digest``, ``check_promise``, ``check_room``,
-``referee_at``, ``check_held`` (``MAX_HELD``, ``MAX_UNANSWERED``);
+``referee_at``, ``check_held`` (``MAX_HELD``, ``MAX_UNANSWERED``), ``evidence_pid``;
 messages ``promise``, ``commit``, ``cancel``, ``query``; referee ``decide``, ``check_decision``.
 Refusal codes: ``bad_field``, ``bad_signature``, ``bad_state``, ``conflict``, ``expired``,
 ``not_on_path``, ``wrong_referee``, ``other_record``, ``over_limit``, ``referee_refused``.
@@ -298,6 +298,15 @@ def check_room(
             f"tally {local.uuid} can carry {room} more in this {kind} direction "
             f"({reserved} reserved by pending lift chits), not {record['units']}",
         )
+
+
+def evidence_pid(record: dict[str, Any]) -> str:
+    """The clearing-house process the referee logs its decision under: the lift's uuid in the
+    referee's namespace (``REFEREE/LIFT``), which only the referee may create
+    (``protocol.clearing.namespace_of``). Under the bare uuid, which every hop reads in its
+    promise, a hop could create the process first, as its sole owner, and the referee's create
+    and log would be refused: no evidence of the decision."""
+    return f"{record['referee']['agent']}/{record['lift']}"
 
 
 def referee_at(record: dict[str, Any]) -> str | None:

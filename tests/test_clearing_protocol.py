@@ -144,6 +144,27 @@ def test_log_by_a_non_owner_is_not_authorized() -> None:
     assert message == "log.pid: you are not an owner of 'p1'"
 
 
+def test_a_pid_in_an_agents_namespace_is_that_agents_alone_to_create() -> None:
+    """``AGENT/...`` (an agent id, then '/') only AGENT may create, by create_process or by a
+    first log; once it exists, its owners read and write it as any other."""
+    pid = f"{ALICE}/lift-1"
+    assert ch.namespace_of(pid) == ALICE
+    assert ch.namespace_of("deal/1") is None and ch.namespace_of(f"{ALICE}x/1") is None
+    assert ch.namespace_of(ALICE) is None  # the id alone is no namespace
+    request = ch.parse_create_process({"pid": pid, "owners": [BOB]})
+    assert ch.decide_create(request, ALICE, None) == sorted([ALICE, BOB])
+    message = rejection(ch.Reason.NOT_AUTHORIZED, ch.decide_create, request, BOB, None)
+    assert message == (f"create_process.pid: {pid!r} is in the namespace of agent {ALICE} (a "
+                       "pid that begins with an agent id and '/'): only that agent may create it")
+    assert ch.authorize("log", pid, ALICE, None) == [ALICE]
+    assert "only that agent may create it" in rejection(
+        ch.Reason.NOT_AUTHORIZED, ch.authorize, "log", pid, BOB, None)
+    assert ch.authorize("log", pid, BOB, {ALICE, BOB}) is None
+    # existing: as for any pid (an owner's create is a mistake, anyone else's not allowed)
+    rejection(ch.Reason.BAD_PARAMETERS, ch.decide_create, request, BOB, {ALICE, BOB})
+    rejection(ch.Reason.NOT_AUTHORIZED, ch.decide_create, request, CAROL, {ALICE, BOB})
+
+
 def valid_log() -> dict[str, Any]:
     return log_object("p1", b"evidence", header={"event": "tally.open"})
 

@@ -103,10 +103,12 @@ async def test_a_linear_lift_pays_across_three_hops_all_good(tmp_path):
         assert (shown["payor"], shown["error"], shown["chits"]) == (None, None, [])
         assert await rpc(house, "lift.list") == [shown]  # the lifts it referees, too
         assert (await rpc(ann, "lift.show", lift=started["lift"]))["payor"] == "ann"
-        # the decision is evidence at the clearing house, readable by every node on the path
+        # the decision is evidence at the clearing house, readable by every node on the path,
+        # in the referee's namespace
+        pid = f"{house.agent_id}/{started['lift']}"
         await wait_for(lambda: house.db.read_one(
-            "SELECT count(*) FROM receipts WHERE pid = ?", (started["lift"],))[0] == 1)
-        logged = await rpc(dan, "ch.query", pid=started["lift"])
+            "SELECT count(*) FROM receipts WHERE pid = ?", (pid,))[0] == 1)
+        logged = await rpc(dan, "ch.query", pid=pid)
         assert [entry["header"]["kind"] for entry in logged["entries"]] == ["lift.decision"]
 
 

@@ -16,7 +16,7 @@ referee two-phase commit (DESIGN.md §4):
    sends ``commit`` to the referee.
 4. The referee (``referee.Referee``, when the record names this node) decides once
    (``protocol.lift.decide``), keeps the signed decision for ever, logs it as evidence (pid =
-   the lift uuid, owned by every node on the path) and sends it to every node on the path;
+   ``REFEREE/LIFT``, owned by every node on the path) and sends it to every node on the path;
    asking again gets the same answer.
 5. A node applies a decision signed by the lift's referee to all its pending chits of the
    lift in one transaction: good ones enter the tally chains like any good chit, void ones

@@ -2,9 +2,11 @@
 
 A commit before the deadline makes a lift good, a cancel (or any event past the deadline
 with no decision yet) void; the decision is signed once, kept for ever under the record it
-decides (``store.lifts``), logged as evidence, and sent to every node on the path that we
-know or that is connected to us. Asked again (a query, a commit or cancel repeated), the
-referee answers the asker with the decision it keeps, one answer at a time.
+decides (``store.lifts``), logged as evidence (under ``lf.evidence_pid``, in the referee's
+namespace at the clearing house, so no hop can create the process first), and sent to every
+node on the path that we know or that is connected to us. Asked again (a query, a commit or
+cancel repeated), the referee answers the asker with the decision it keeps, one answer at a
+time.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Referee:
             lifts.decide(tx.conn, record, decision, tx.now_ms)
             log.info("lift %s: %s (%s)", record["lift"], decision["state"], envelope.action)
             owners = sorted({hop["agent"] for hop in record["path"]})
-            self.ledger.evidence.log(tx, record["lift"], owners, "lift.decision",
+            self.ledger.evidence.log(tx, lf.evidence_pid(record), owners, "lift.decision",
                                      {"record": record, "decision": decision},
                                      ref=record["lift"])
 
