@@ -91,12 +91,9 @@ class PayeeAsks:
         hosts no such user."""
         node = self.runtime
         if find.agent == node.agent_id:
-            def read(conn: sqlite3.Connection) -> list[route.LastHop]:
-                if not self.ledger.known(conn, find.cuid):
-                    raise unknown_payee(find)
-                return route.last_hops(salt, self._into(conn, find.cuid), units)
-
-            return node.db.reading(read)
+            self.check_ours(find)
+            return node.db.reading(
+                lambda conn: route.last_hops(salt, self._into(conn, find.cuid), units))
         with self.asking(cuid, find, units, salt) as ask:
             if ask.sent:
                 with trio.move_on_after(ASK_S):
