@@ -196,6 +196,25 @@ def test_verify_refuses_tampering_wrong_keys_and_bad_shapes() -> None:
 
 
 @settings(deadline=None, max_examples=30)
+@given(seeds, st.binary(max_size=200))
+def test_signatures_are_those_cryptography_makes_and_checks(seed: bytes, message: bytes) -> None:
+    """libsodium signs and checks; keys, and signatures made before it, are OpenSSL's."""
+    theirs = Ed25519PrivateKey.from_private_bytes(seed)
+    key = SigningKey(seed)
+    assert key.sign(message) == theirs.sign(message)
+    assert verify(key.public, theirs.sign(message), message)
+
+
+def test_a_small_order_key_verifies_nothing() -> None:
+    """The identity point as a key: with signature R = identity, S = 0, the Ed25519 equation
+    holds for any message; libsodium refuses the key (OpenSSL accepts this signature)."""
+    identity = (1).to_bytes(32, "little")
+    forged = identity + bytes(32)
+    assert not verify(identity, forged, b"anything at all")
+    assert not verify_by_agent(b64u(identity), forged, b"anything at all")
+
+
+@settings(deadline=None, max_examples=30)
 @given(seeds, st.binary(max_size=200), st.integers(min_value=0, max_value=63 * 8 + 7))
 def test_any_flipped_signature_bit_fails(seed: bytes, message: bytes, bit: int) -> None:
     key = SigningKey(seed)
