@@ -49,8 +49,8 @@ Public API:
   ``lift_decided(local_chit, state)`` (``lift good`` / ``lift void``); ``LIFT_NAMESPACE``.
 
 Transitions return ``(LocalChit, sends)``: typed ``protocol.messages.Send`` events with target
-``chit``, from our user to the tally partner (``protocol.tally.to_partner``). Refusals
-(``protocol.tally.Refusal``) add the codes ``over_limit``, ``closing``, ``not_party`` (a lift
+``chit``, from our user to the tally partner (``protocol.tally_local.to_partner``). Refusals
+(``protocol.errors.Refusal``) add the codes ``over_limit``, ``closing``, ``not_party`` (a lift
 hop whose users are not this tally's), ``lift_undecided`` and ``awaiting_lift`` (both: early,
 not wrong) to the tally's.
 """
@@ -64,19 +64,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from .codec import CodecError, canonical, digest
+from .errors import Refusal
 from .keys import SigningKey, verify
 from .messages import Send
-from .tally import (
-    C_OPEN,
-    CLOSE,
-    OFFER_OPEN,
-    OPEN,
-    LocalTally,
-    Refusal,
-    other_side,
-    to_partner,
-)
 from .tally_fields import MAX_MEMO, MAX_UNITS, SIDES, check_uuid
+from .tally_local import LocalTally, other_side, to_partner
+from .tally_states import C_OPEN, CLOSE, OFFER_OPEN, OPEN
 
 TYPES = ("tran", "set", "lift")  # a transaction, a settings change, a share of a lift
 MAX_REF = 1024  # bytes of canonical ``ref``: with MAX_MEMO, a chain batch stays within a frame

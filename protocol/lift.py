@@ -61,6 +61,7 @@ from typing import Any
 
 from . import chit as c
 from .codec import digest
+from .errors import Refusal
 from .keys import (
     ChipAddress,
     IdentityError,
@@ -71,8 +72,9 @@ from .keys import (
 )
 from .messages import Send
 from .route import ADDRESS_FIELDS, KINDS, MAX_DEPTH, check_where, hop_capacity, receive_capacity
-from .tally import C_OPEN, LocalTally, Refusal
 from .tally_fields import MAX_MEMO, MAX_UNITS, check_uuid
+from .tally_local import LocalTally
+from .tally_states import C_OPEN
 
 PEND = "pend"
 GOOD = "good"

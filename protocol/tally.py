@@ -1,18 +1,18 @@
-"""Tallies: the signed credit agreement between two CHIP users, and how it is negotiated.
+"""Tallies: how two CHIP users negotiate, close and settle their signed credit agreement.
 
 A tally has two halves. The *stock* is held by the vendor (creditor), the *foil* by the client
 (debtor). Each half carries its user's certificate and credit terms, where ``terms.limit`` is
 the most (integer milliCHIPs) the *partner* may owe that side. Both users sign the canonical
 digest of the tally without its ``sign`` field; that digest is block 0 of the chit chain.
 
-Each holder keeps a :class:`LocalTally`: its side, a MyCHIPs ``phase.status.request`` state
-code and the shared tally map. Every change goes through :data:`TRANSITIONS`, the (state, event)
-table below; an event the table does not list for the current state raises :class:`Refusal`
-with code ``bad_state`` and changes nothing, so late, duplicate or replayed messages are
-harmless. The ``status.request`` states (``draft.offer``, ``offer.open``, ``offer.void``,
-``offer.draft``) mean "our decision is made and its message is queued": the runtime reports
-the message's fate with :func:`delivered` (the partner's node committed it) or
-:func:`rejected` (it answered with an error), which settles the state.
+This module holds the events; each goes through the state table (:mod:`protocol.tally_states`),
+so one the table does not list for the current state is refused ``bad_state`` and changes
+nothing. The other parts each have a module of their own: the tally map, certificates and
+tickets with their checks (:mod:`protocol.tally_fields`), one holder's copy
+(:class:`protocol.tally_local.LocalTally`) and what the users sign
+(:mod:`protocol.tally_sign`). A queued decision's fate is reported with :func:`delivered` (the
+partner's node committed it) or :func:`rejected` (it answered with an error), which settles
+the state.
 
 Negotiation: the inviter makes a draft and an invitation ticket (out of band); the subject
 sends ``ticket`` with its certificate; the inviter's draft becomes ``P.draft`` (a reusable
@@ -26,40 +26,36 @@ chain is quiet.
 Every transition returns ``(LocalTally, sends)``: typed ``protocol.messages.Send`` events with
 target ``tally``, each naming its recipient, the tally partner (``LocalTally.partner``), and
 its sender, our user (``LocalTally.cuid``). The subject's ``ticket`` request goes to
-``ticket["chad"]``. :func:`to_partner` builds such a ``Send`` for ``protocol.chit`` and
-``protocol.chain`` too.
+``ticket["chad"]``. ``protocol.tally_local.to_partner`` builds such a ``Send`` for
+``protocol.chit`` and ``protocol.chain`` too.
 
 Refusal codes: ``bad_state``, ``bad_field``, ``bad_signature``, ``bad_key`` (a signing key
 that is not the user's), ``bad_ticket``, ``expired``, ``not_addressed`` (a tally that does not
 name us), ``not_from_partner`` (sent by an agent that is not the partner's), ``not_settled``.
 
-Public API (the tally map's fields, user certificates and invitation tickets, with their
-checks, are in :mod:`protocol.tally_fields`):
+Public API (``Refusal``, from ``protocol.errors``, is a reasoned "no"; the sides ``STOCK``,
+``FOIL``, ``SIDES`` are ``protocol.tally_fields``'):
 
-- ``Refusal(code, message)`` — a reasoned "no"; also used by ``protocol.chit`` and ``.chain``.
-- ``LocalTally(side, state, tally)`` with ``to_map()/from_map()``, ``.uuid``, ``.partner_side``,
-  ``.partner`` (the partner's ``ChipAddress``), ``.cuid`` (our user's).
-- ``to_partner(local, target, action, obj)`` — a ``Send`` from our user to the partner.
-- ``core_digest(tally)`` — the digest both users sign; ``chain_origin(local)`` — block 0 hash.
-- ``other_side(side)``; constants ``STOCK``, ``FOIL`` (from ``protocol.tally_fields``), the state
-  codes, ``TRANSITIONS``, ``BINDING_STATES`` (signed by both).
 - User events: ``invite``, ``edit``, ``offer``, ``accept``, ``refuse``, ``counter``, ``close``;
   ``ticket_request`` builds the subject's request, a ``Send`` (no state).
 - Peer events: ``receive_ticket``, ``receive_offer``, ``receive_open``, ``receive_void``,
   ``receive_draft``, ``receive_close``.
 - Node events: ``delivered``, ``rejected``, ``settle``, ``reopen``; ``follow`` applies the
   lifecycle rules after any change (start the chain, reopen, settle) and says which fired.
+
+``protocol.chain``, ``protocol.chain_state`` and the credit ledger import ``LocalTally``,
+``to_partner``, ``chain_origin``, the sides and ``Refusal`` from here (they predate the split
+into these modules); everything else imports each name from its own module.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from .codec import digest
 from .errors import Refusal  # tally refusals use lower-case codes
-from .keys import ChipAddress, SigningKey, verify
+from .keys import ChipAddress, SigningKey
 from .messages import Send
 from .tally_fields import (
     FOIL,
@@ -73,186 +69,14 @@ from .tally_fields import (
     exact_fields,
     same_user,
 )
+from .tally_local import LocalTally, other_side, to_partner
+from .tally_sign import chain_origin as chain_origin  # re-exported for protocol.chain
+from .tally_sign import check_signature, core_digest, signed, unsigned
+from .tally_states import BINDING_STATES, C_OPEN, CLOSE, DRAFT, DRAFT_OFFER, next_state
 
 DEFAULT_AGREEMENT = {"name": "agentd-credit", "version": 1}
 
-DRAFT = "draft"  # no partner yet, or the partner holds the pen after countering our offer
-P_DRAFT = "P.draft"  # partner known, our user edits and offers
-DRAFT_OFFER = "draft.offer"  # we signed and offered; the offer is not yet delivered
-H_OFFER = "H.offer"  # our offer (holder's signature) waits for the partner
-P_OFFER = "P.offer"  # the partner's offer waits for our user
-B_OFFER = "B.offer"  # both signatures, but the partner's node rejected our acceptance
-OFFER_OPEN = "offer.open"  # we accepted; the acceptance is not yet delivered
-OFFER_VOID = "offer.void"  # we refused; the refusal is not yet delivered
-OFFER_DRAFT = "offer.draft"  # we countered; the notice is not yet delivered
-OPEN = "open"
-C_OPEN = "C.open"  # closing: open until the balance reaches zero
-CLOSE = "close"
-VOID = "void"
-
-STATES = (
-    DRAFT,
-    P_DRAFT,
-    DRAFT_OFFER,
-    H_OFFER,
-    P_OFFER,
-    B_OFFER,
-    OFFER_OPEN,
-    OFFER_VOID,
-    OFFER_DRAFT,
-    OPEN,
-    C_OPEN,
-    CLOSE,
-    VOID,
-)
-
-# (state, event) -> new state. ``None`` is "no local tally yet". Events are the local user's
-# actions, "got X" for the partner's message X, and the node's own reports.
-TRANSITIONS: dict[tuple[str | None, str], str] = {
-    # the local user
-    (None, "invite"): DRAFT,
-    (DRAFT, "edit"): DRAFT,
-    (P_DRAFT, "edit"): P_DRAFT,
-    (P_DRAFT, "offer"): DRAFT_OFFER,
-    (P_OFFER, "accept"): OFFER_OPEN,
-    (B_OFFER, "accept"): OFFER_OPEN,  # send the acceptance again
-    (P_OFFER, "refuse"): OFFER_VOID,
-    (B_OFFER, "refuse"): OFFER_VOID,
-    (DRAFT, "refuse"): VOID,  # our invitation withdrawn, while no ticket has come for it
-    (P_OFFER, "counter"): OFFER_DRAFT,
-    (OPEN, "close"): C_OPEN,
-    # the partner's messages
-    (DRAFT, "got ticket"): P_DRAFT,
-    (None, "got offer"): P_OFFER,
-    (DRAFT, "got offer"): P_OFFER,  # the counter-offer after the partner's counter notice
-    (DRAFT_OFFER, "got offer"): P_OFFER,  # a counter-offer that overtook its notice
-    (H_OFFER, "got offer"): P_OFFER,
-    (DRAFT_OFFER, "got open"): OPEN,
-    (H_OFFER, "got open"): OPEN,
-    (DRAFT_OFFER, "got void"): VOID,
-    (H_OFFER, "got void"): VOID,
-    (DRAFT_OFFER, "got draft"): DRAFT,
-    (H_OFFER, "got draft"): DRAFT,
-    (OPEN, "got close"): C_OPEN,
-    (C_OPEN, "got close"): C_OPEN,  # both users asked to close at once
-    # the node: what became of our queued message, and the zero balance
-    (DRAFT_OFFER, "delivered"): H_OFFER,
-    (OFFER_OPEN, "delivered"): OPEN,
-    (OFFER_VOID, "delivered"): VOID,
-    (OFFER_DRAFT, "delivered"): P_DRAFT,
-    (DRAFT_OFFER, "rejected"): P_DRAFT,
-    (OFFER_OPEN, "rejected"): B_OFFER,
-    (OFFER_VOID, "rejected"): VOID,
-    (OFFER_DRAFT, "rejected"): P_DRAFT,
-    (C_OPEN, "settle"): CLOSE,
-    (CLOSE, "reopen"): C_OPEN,  # a partner's chit that was in flight when the tally closed
-}
-
-# States in which both users have signed and the tally binds its holder.
-BINDING_STATES = frozenset({OFFER_OPEN, OPEN, C_OPEN, CLOSE})
-
-
-Step = tuple["LocalTally", list[Send]]
-
-
-@dataclass(frozen=True)
-class LocalTally:
-    """One holder's copy of a tally: which side it holds, its state, and the shared map."""
-
-    side: str
-    state: str
-    tally: dict[str, Any]
-
-    @property
-    def uuid(self) -> str:
-        return self.tally["uuid"]
-
-    @property
-    def partner_side(self) -> str:
-        return other_side(self.side)
-
-    @property
-    def partner(self) -> ChipAddress:
-        """Where the partner's messages go (its certificate must be present)."""
-        cert = self.tally[self.partner_side]["cert"]
-        if cert is None:
-            raise Refusal("bad_state", f"tally {self.uuid} has no partner yet")
-        return ChipAddress.from_map(cert["chad"])
-
-    @property
-    def cuid(self) -> str:
-        """Our user, who sends this holder's messages (from our certificate)."""
-        return self.tally[self.side]["cert"]["chad"]["cuid"]
-
-    def to_map(self) -> dict[str, Any]:
-        return {"side": self.side, "state": self.state, "tally": self.tally}
-
-    @classmethod
-    def from_map(cls, value: Any) -> LocalTally:
-        exact_fields(value, "local tally", {"side", "state", "tally"})
-        if value["side"] not in SIDES:
-            raise Refusal("bad_field", f"local tally side must be one of {SIDES}")
-        if value["state"] not in STATES:
-            raise Refusal("bad_field", f"unknown tally state {value['state']!r}")
-        check_tally(value["tally"])
-        return cls(value["side"], value["state"], value["tally"])
-
-
-def other_side(side: str) -> str:
-    return FOIL if side == STOCK else STOCK
-
-
-# -- signatures -------------------------------------------------------------------------------
-
-
-def core_digest(tally: dict[str, Any]) -> bytes:
-    """The digest both users sign: the canonical tally without its ``sign`` field."""
-    return digest({key: value for key, value in tally.items() if key != "sign"})
-
-
-def _check_signature(tally: dict[str, Any], side: str) -> None:
-    cert = tally[side]["cert"]
-    signature = tally["sign"][side]
-    if cert is None or signature is None:
-        raise Refusal("bad_signature", f"tally {tally['uuid']} has no {side} signature")
-    if tally["sign"]["hash"] != core_digest(tally):
-        raise Refusal("bad_signature", f"tally {tally['uuid']}: sign.hash is not the tally digest")
-    if not verify(cert["public"], signature, tally["sign"]["hash"]):
-        raise Refusal("bad_signature", f"tally {tally['uuid']}: the {side} signature is invalid")
-
-
-def _signed(tally: dict[str, Any], side: str, key: SigningKey) -> dict[str, Any]:
-    """A copy of ``tally`` signed for ``side`` by ``key``, which must be that side's user key."""
-    if key.public != tally[side]["cert"]["public"]:
-        raise Refusal("bad_key", f"the signing key is not the {side} user's key")
-    signed = copy.deepcopy(tally)
-    signed["sign"]["hash"] = core_digest(tally)
-    signed["sign"][side] = key.sign(signed["sign"]["hash"])
-    return signed
-
-
-def chain_origin(local: LocalTally) -> bytes:
-    """Block 0 of the chit chain: the tally digest, once both signatures are present and valid."""
-    if local.state not in BINDING_STATES:
-        raise Refusal("bad_state", f"tally {local.uuid} is {local.state}, not signed by both")
-    for side in SIDES:
-        _check_signature(local.tally, side)
-    return local.tally["sign"]["hash"]
-
-
-# -- transitions ------------------------------------------------------------------------------
-
-
-def _next(state: str | None, event: str) -> str:
-    try:
-        return TRANSITIONS[(state, event)]
-    except KeyError:
-        raise Refusal("bad_state", f"cannot {event} a tally in state {state or 'none'}") from None
-
-
-def to_partner(local: LocalTally, target: str, action: str, obj: dict[str, Any]) -> Send:
-    """A message from our user to the tally partner (whose certificate must be present)."""
-    return Send(local.partner, target, action, obj, from_cuid=local.cuid)
+Step = tuple[LocalTally, list[Send]]
 
 
 def _message(local: LocalTally, action: str, obj: dict[str, Any]) -> Send:
@@ -273,12 +97,6 @@ def _check_notice(local: LocalTally, obj: Any, version: int) -> None:
         )
 
 
-def _unsigned(tally: dict[str, Any]) -> dict[str, Any]:
-    cleared = copy.deepcopy(tally)
-    cleared["sign"] = {"hash": None, STOCK: None, FOIL: None}
-    return cleared
-
-
 def invite(
     *,
     tally_uuid: str,
@@ -291,7 +109,7 @@ def invite(
 ) -> Step:
     """A new draft with our certificate on ``side``; ``limit`` applies to both sides until the
     subject counters."""
-    state = _next(None, "invite")
+    state = next_state(None, "invite")
     if side not in SIDES:
         raise Refusal("bad_field", f"side must be one of {SIDES}")
     tally = {
@@ -312,7 +130,7 @@ def edit(
     local: LocalTally, *, memo: str | None = None, limits: dict[str, int] | None = None
 ) -> Step:
     """Change the memo or either side's limit before offering."""
-    state = _next(local.state, "edit")
+    state = next_state(local.state, "edit")
     tally = copy.deepcopy(local.tally)
     if memo is not None:
         tally["memo"] = memo
@@ -326,10 +144,10 @@ def edit(
 
 def offer(local: LocalTally, key: SigningKey) -> Step:
     """Sign our side and send the tally to the partner."""
-    state = _next(local.state, "offer")
+    state = next_state(local.state, "offer")
     if local.tally[local.partner_side]["cert"] is None:
         raise Refusal("bad_state", f"tally {local.uuid} has no partner to offer it to")
-    tally = _signed(local.tally, local.side, key)
+    tally = signed(local.tally, local.side, key)
     return replace(local, state=state, tally=tally), [_message(local, "offer", tally)]
 
 
@@ -341,7 +159,7 @@ def receive_offer(
     ``holder_cert`` is our user's certificate (it tells which side is ours);
     ``sender_agent`` is the channel's authenticated agent, which must be the offerer's.
     """
-    state = _next(local.state if local else None, "got offer")
+    state = next_state(local.state if local else None, "got offer")
     check_tally(obj)
     sides = [side for side in SIDES if obj[side]["cert"] == holder_cert]
     if len(sides) != 1 or obj[other_side(sides[0])]["cert"] is None:
@@ -352,7 +170,7 @@ def receive_offer(
         raise Refusal("not_from_partner", f"tally {obj['uuid']} was offered by another agent")
     if obj["sign"][side] is not None:
         raise Refusal("bad_field", f"tally.sign.{side}: an offer carries only the offerer's")
-    _check_signature(obj, partner)
+    check_signature(obj, partner)
     if local is not None:
         if obj["uuid"] != local.uuid or side != local.side:
             raise Refusal("bad_field", f"offer for {obj['uuid']} does not match tally {local.uuid}")
@@ -370,15 +188,15 @@ def receive_offer(
 
 def accept(local: LocalTally, key: SigningKey) -> Step:
     """Sign the partner's offer and send the fully signed tally back (``open``)."""
-    state = _next(local.state, "accept")
-    tally = _signed(local.tally, local.side, key)
+    state = next_state(local.state, "accept")
+    tally = signed(local.tally, local.side, key)
     return replace(local, state=state, tally=tally), [_message(local, "open", tally)]
 
 
 def refuse(local: LocalTally) -> Step:
     """Turn the partner's offer down (``void``); or, on a ``draft`` no ticket has come for,
     withdraw our invitation: nobody to tell, and a ticket presented later is refused."""
-    state = _next(local.state, "refuse")
+    state = next_state(local.state, "refuse")
     if local.state == DRAFT:
         if local.tally[local.partner_side]["cert"] is not None:
             raise Refusal("bad_state", f"tally {local.uuid} is the partner's to offer again "
@@ -389,8 +207,8 @@ def refuse(local: LocalTally) -> Step:
 
 def counter(local: LocalTally) -> Step:
     """Take the pen: clear the signatures, start the next revision, tell the partner (``draft``)."""
-    state = _next(local.state, "counter")
-    tally = _unsigned(local.tally)
+    state = next_state(local.state, "counter")
+    tally = unsigned(local.tally)
     tally["version"] += 1
     countered = replace(local, state=state, tally=tally)
     return countered, [_notice(countered, "draft")]
@@ -398,28 +216,28 @@ def counter(local: LocalTally) -> Step:
 
 def receive_open(local: LocalTally, obj: Any) -> Step:
     """The partner accepted our offer: the same tally, now carrying both signatures."""
-    state = _next(local.state, "got open")
+    state = next_state(local.state, "got open")
     check_tally(obj)
     if obj["uuid"] != local.uuid or core_digest(obj) != local.tally["sign"]["hash"]:
         raise Refusal("bad_field", f"tally {obj['uuid']} is not the tally we offered")
     if obj["sign"][local.side] != local.tally["sign"][local.side]:
         raise Refusal("bad_signature", f"tally.sign.{local.side} is not our signature")
-    _check_signature(obj, local.partner_side)
+    check_signature(obj, local.partner_side)
     return replace(local, state=state, tally=copy.deepcopy(obj)), []
 
 
 def receive_void(local: LocalTally, obj: Any) -> Step:
     """The partner refused our offer."""
-    state = _next(local.state, "got void")
+    state = next_state(local.state, "got void")
     _check_notice(local, obj, local.tally["version"])
     return replace(local, state=state), []
 
 
 def receive_draft(local: LocalTally, obj: Any) -> Step:
     """The partner countered our offer: our signature lapses and it offers next."""
-    state = _next(local.state, "got draft")
+    state = next_state(local.state, "got draft")
     _check_notice(local, obj, local.tally["version"] + 1)
-    tally = _unsigned(local.tally)
+    tally = unsigned(local.tally)
     tally["version"] = obj["version"]
     return replace(local, state=state, tally=tally), []
 
@@ -436,12 +254,12 @@ def close(local: LocalTally, *, balance: int) -> Step:
             "chits that bring the balance toward zero are taken"))
     if local.state == CLOSE:
         raise Refusal("bad_state", f"tally {local.uuid} is already closed ({CLOSE})")
-    state = _next(local.state, "close")
+    state = next_state(local.state, "close")
     return replace(local, state=state), [_message(local, "close", {"uuid": local.uuid})]
 
 
 def receive_close(local: LocalTally, obj: Any) -> Step:
-    state = _next(local.state, "got close")
+    state = next_state(local.state, "got close")
     exact_fields(obj, "close", {"uuid"})
     if obj["uuid"] != local.uuid:
         raise Refusal("bad_field", f"close is about {obj['uuid']}, not {local.uuid}")
@@ -450,21 +268,21 @@ def receive_close(local: LocalTally, obj: Any) -> Step:
 
 def delivered(local: LocalTally) -> Step:
     """The partner's node committed the message our last decision queued."""
-    return replace(local, state=_next(local.state, "delivered")), []
+    return replace(local, state=next_state(local.state, "delivered")), []
 
 
 def rejected(local: LocalTally) -> Step:
     """The partner's node refused that message for good: fall back to a state our user can
     act on again (an offer that did not take lapses, so its signature is dropped)."""
-    state = _next(local.state, "rejected")
-    tally = _unsigned(local.tally) if local.state == DRAFT_OFFER else local.tally
+    state = next_state(local.state, "rejected")
+    tally = unsigned(local.tally) if local.state == DRAFT_OFFER else local.tally
     return replace(local, state=state, tally=tally), []
 
 
 def settle(local: LocalTally, *, balance: int, quiet: bool) -> Step:
     """Close a closing tally whose balance is zero and whose chain is quiet (nothing pending,
     everything confirmed: see ``protocol.chain.settled``)."""
-    state = _next(local.state, "settle")
+    state = next_state(local.state, "settle")
     if balance != 0 or not quiet:
         chain = "quiet" if quiet else "still moving"
         raise Refusal("not_settled", f"tally {local.uuid}: balance {balance}, chain {chain}")
@@ -475,7 +293,7 @@ def reopen(local: LocalTally) -> Step:
     """Back to closing: a good chit from the partner, signed before it learned of the close,
     arrived after the tally closed. It is owed all the same, so the tally stays ``C.open``
     (taking only chits that shrink the balance) until the balance is zero again."""
-    return replace(local, state=_next(local.state, "reopen")), []
+    return replace(local, state=next_state(local.state, "reopen")), []
 
 
 START_CHAIN = "start_chain"  # what ``follow`` says happened
@@ -502,7 +320,6 @@ def follow(
     return local, tuple(happened)
 
 
-
 def ticket_request(ticket: dict[str, Any], cert: dict[str, Any], now_ms: int) -> Send:
     """The subject's ``ticket`` message, from the user of ``cert`` to the inviter at
     ``ticket["chad"]``."""
@@ -524,7 +341,7 @@ def receive_ticket(
     """A subject presents ``ticket``'s token with its certificate. A one-time ticket puts the
     subject into ``template`` itself; a reusable one fills a copy under ``new_uuid`` and leaves
     the template as it was. Store the returned tally under its own uuid."""
-    state = _next(template.state, "got ticket")
+    state = next_state(template.state, "got ticket")
     exact_fields(obj, "ticket request", {"token", "cert"})
     check_ticket(ticket, obj["token"], now_ms)
     cert = obj["cert"]

@@ -19,7 +19,7 @@ from protocol.chain import Chain, Wanted, unspill
 from protocol.chit import A_GOOD, L_GOOD, LocalChit
 from protocol.chit import balance as chit_balance
 from protocol.codec import pack, unpack
-from protocol.tally import LocalTally
+from protocol.tally_local import LocalTally
 
 # Blocks a holding's chain keeps in memory at least, confirmed or not (it drops this many at
 # a time), and unordered chits (good, no block yet) it keeps at most, once they pile up: with

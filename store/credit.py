@@ -28,7 +28,7 @@ from typing import Any
 from protocol.chain import Chain, Wanted, trim
 from protocol.chit import LocalChit
 from protocol.codec import pack, unpack
-from protocol.tally import LocalTally, other_side
+from protocol.tally_local import LocalTally, other_side
 from store import chain_rows
 
 CACHE_HOLDINGS = 256  # holdings kept in memory

@@ -7,7 +7,10 @@ from typing import Any
 from protocol import lift as lf
 from protocol import tally as t
 from protocol import tally_fields as tf
+from protocol import tally_states as ts
 from protocol.keys import ChipAddress, SigningKey
+from protocol.tally_local import LocalTally
+from protocol.tally_sign import core_digest
 from tests.test_credit_tally import NOW, Party, party
 
 REFEREE = SigningKey(bytes([99]) * 32)  # the referee's agent key
@@ -25,7 +28,7 @@ def user_map(user: Party) -> dict[str, Any]:
 
 def open_tally(
     tally_uuid: str, stock: Party, foil: Party, *, stock_limit: int, foil_limit: int
-) -> tuple[t.LocalTally, t.LocalTally]:
+) -> tuple[LocalTally, LocalTally]:
     """(stock's holding, foil's holding) of a tally both users signed, open."""
     tally = {
         "version": 1,
@@ -37,10 +40,10 @@ def open_tally(
         "foil": {"cert": foil.cert, "terms": {"limit": foil_limit}},
         "sign": {"hash": None, "stock": None, "foil": None},
     }
-    core = t.core_digest(tally)
+    core = core_digest(tally)
     tally["sign"] = {"hash": core, "stock": stock.key.sign(core), "foil": foil.key.sign(core)}
     tf.check_tally(tally)
-    return t.LocalTally(t.STOCK, t.OPEN, tally), t.LocalTally(t.FOIL, t.OPEN, tally)
+    return LocalTally(t.STOCK, ts.OPEN, tally), LocalTally(t.FOIL, ts.OPEN, tally)
 
 
 def record(

@@ -14,9 +14,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
+from protocol import tally_states as ts
 from protocol.codec import pack, unpack
 from protocol.keys import ChipAddress
 from protocol.messages import Send
+from protocol.tally_local import LocalTally, to_partner
 from tests.test_credit_tally import ALICE, BOB, MALLORY, NOW, negotiate, refusal
 
 LIMIT = 10_000
@@ -32,7 +34,7 @@ class Holder:
     neither linked nor held are the ones it spilled, which a message that names them and a
     repair take back (``ch.unspill``), as ``store.credit`` does."""
 
-    def __init__(self, local: t.LocalTally, key: Any) -> None:
+    def __init__(self, local: LocalTally, key: Any) -> None:
         self.local = local
         self.key = key
         self.rows: dict[int, dict[str, Any]] = {}
@@ -239,7 +241,7 @@ def fresh(chain: ch.Chain) -> ch.Chain:
     return ch.Chain.from_map(chain.to_map())
 
 
-def one_by_one(chain: ch.Chain, obj: dict[str, Any], local: t.LocalTally,
+def one_by_one(chain: ch.Chain, obj: dict[str, Any], local: LocalTally,
                history: dict[int, dict[str, Any]] | None = None) -> ch.Received:
     """The stock's ``upd`` taken a chit at a time, each linked with its own copy of the
     chain (as before ``receive`` linked a run of blocks at once): what the batched path must
@@ -284,7 +286,7 @@ def test_a_chain_starts_at_the_tally_digest_once_both_have_signed() -> None:
     chain = ch.start(ALICE_TALLY)
     assert (chain.length, chain.head, chain.conf) == (0, ALICE_TALLY.tally["sign"]["hash"], 0)
     assert ch.settled(chain) and ch.balance(chain) == 0
-    offered = t.LocalTally(t.STOCK, t.H_OFFER, ALICE_TALLY.tally)
+    offered = LocalTally(t.STOCK, ts.H_OFFER, ALICE_TALLY.tally)
     assert refusal(ch.start, offered).code == "bad_state"
 
 
@@ -472,7 +474,7 @@ def test_a_forged_or_altered_chit_in_a_chain_message_is_refused() -> None:
     wrong_block = {**good, "chain": {**good["chain"], "index": 2}}
     assert refused(wrong_block).message.endswith("not its block hash")
     assert refused({**good, "sign": MALLORY.key.sign(good["hash"])}).code == "bad_signature"
-    pair.stock.receive(t.to_partner(BOB_TALLY, "chit", "good", good))
+    pair.stock.receive(to_partner(BOB_TALLY, "chit", "good", good))
     altered = {**good, "memo": "changed"}
     altered["hash"] = c.chit_hash(altered)
     assert refused(altered).code == "conflict"

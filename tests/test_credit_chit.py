@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from protocol import chit as c
 from protocol import tally as t
 from protocol import tally_fields as tf
+from protocol import tally_states as ts
 from protocol.codec import pack, unpack
 from protocol.messages import Send
+from protocol.tally_local import LocalTally
 from tests.test_credit_tally import (
     ALICE,
     BOB,
@@ -35,7 +37,7 @@ def uuid_of(n: int) -> str:
 
 
 def pay(
-    local: t.LocalTally, units: int, *, balance: int = 0, n: int = 100, **extra: Any
+    local: LocalTally, units: int, *, balance: int = 0, n: int = 100, **extra: Any
 ) -> c.LocalChit:
     """``local``'s user pays ``units``; ``extra`` may give ``key``, ``memo`` or ``ref``."""
     key = extra.pop("key", KEYS[local.side])
@@ -46,7 +48,7 @@ def pay(
     return paid
 
 
-def closing(local: t.LocalTally) -> t.LocalTally:
+def closing(local: LocalTally) -> LocalTally:
     return t.close(local, balance=0)[0]
 
 
@@ -92,9 +94,9 @@ def test_a_payment_past_the_payees_limit_is_refused_before_it_is_signed() -> Non
 
 def test_only_the_payers_key_signs_and_only_on_an_open_tally() -> None:
     assert refusal(pay, BOB_TALLY, 1, key=ALICE.key).code == "bad_key"
-    offered = t.LocalTally(BOB_TALLY.side, t.P_OFFER, BOB_TALLY.tally)
+    offered = LocalTally(BOB_TALLY.side, ts.P_OFFER, BOB_TALLY.tally)
     assert refusal(pay, offered, 1).code == "bad_state"
-    bound = t.LocalTally(BOB_TALLY.side, t.OFFER_OPEN, BOB_TALLY.tally)
+    bound = LocalTally(BOB_TALLY.side, ts.OFFER_OPEN, BOB_TALLY.tally)
     assert refusal(pay, bound, 1).code == "bad_state"  # not until the acceptance is delivered
 
 
@@ -257,12 +259,12 @@ def test_a_partners_chit_past_our_limit_is_refused_though_its_signature_is_good(
 def test_the_partners_chits_are_taken_in_every_binding_state_but_never_issued_after_close(
 ) -> None:
     chit = pay(ALICE_TALLY, 5).chit
-    bound = t.LocalTally(BOB_TALLY.side, t.OFFER_OPEN, BOB_TALLY.tally)
+    bound = LocalTally(BOB_TALLY.side, ts.OFFER_OPEN, BOB_TALLY.tally)
     assert c.receive_good(None, chit, bound, balance=0)[0].state == c.A_GOOD
     # signed before the partner learned of the close: owed all the same (the tally reopens)
-    closed = t.LocalTally(BOB_TALLY.side, t.CLOSE, BOB_TALLY.tally)
+    closed = LocalTally(BOB_TALLY.side, ts.CLOSE, BOB_TALLY.tally)
     assert c.receive_good(None, chit, closed, balance=0)[0].state == c.A_GOOD
-    assert t.reopen(closed)[0].state == t.C_OPEN
+    assert t.reopen(closed)[0].state == ts.C_OPEN
     assert refusal(pay, closed, 1, balance=0).code == "bad_state"  # our user: no new chits
     assert code_of(c.invoice, closed, balance=0, chit_uuid=uuid_of(2), units=1,
                    date_ms=NOW) == "bad_state"

@@ -25,10 +25,12 @@ from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
 from protocol import tally_fields as tf
+from protocol import tally_states as ts
 from protocol.codec import pack, unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, SigningKey, b64u
 from protocol.messages import Send
+from protocol.tally_sign import core_digest
 from store import outbox
 from store.chain_rows import CHAIN_WINDOW
 from store.credit import Ledger
@@ -108,11 +110,11 @@ async def open_tally(a: Node, a_cuid: str, b: Node, b_cuid: str, *, limit: int =
     tally = invited["tally"]
     assert requested == {"tally": tally, "state": "requested",
                          "partner": str(a.own_address(a_cuid))}
-    assert state(a, a_cuid, tally) == t.P_DRAFT
+    assert state(a, a_cuid, tally) == ts.P_DRAFT
     await rpc(a, "tally.offer", cuid=a_cuid, tally=tally)
-    await wait_for(lambda: state(b, b_cuid, tally) == t.P_OFFER)
+    await wait_for(lambda: state(b, b_cuid, tally) == ts.P_OFFER)
     await rpc(b, "tally.accept", cuid=b_cuid, tally=tally)
-    await wait_for(lambda: state(a, a_cuid, tally) == state(b, b_cuid, tally) == t.OPEN)
+    await wait_for(lambda: state(a, a_cuid, tally) == state(b, b_cuid, tally) == ts.OPEN)
     return tally
 
 
@@ -168,7 +170,7 @@ async def test_tally_wait_returns_once_each_step_of_a_negotiation_lands(tmp_path
         await users(b, "bob")
         invited = await rpc(a, "tally.invite", cuid="alice", limit=LIMIT)
         tally = invited["tally"]
-        early = await rpc(b, "tally.wait", cuid="bob", tally=tally, state=t.P_OFFER,
+        early = await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER,
                           timeout_s=0.01)
         assert early["state"] is None  # bob holds no such tally yet: the wait times out
         await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
@@ -179,23 +181,23 @@ async def test_tally_wait_returns_once_each_step_of_a_negotiation_lands(tmp_path
                 shown[cuid] = await rpc(node, "tally.wait", cuid=cuid, tally=tally,
                                         state=state, timeout_s=30)
 
-            nursery.start_soon(wait, b, "bob", t.P_OFFER)
+            nursery.start_soon(wait, b, "bob", ts.P_OFFER)
             await rpc(a, "tally.offer", cuid="alice", tally=tally)
-        assert shown["bob"]["state"] == t.P_OFFER
+        assert shown["bob"]["state"] == ts.P_OFFER
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(wait, a, "alice", [t.OPEN, t.VOID])
+            nursery.start_soon(wait, a, "alice", [ts.OPEN, ts.VOID])
             await rpc(b, "tally.accept", cuid="bob", tally=tally)
-        assert shown["alice"]["state"] == t.OPEN and shown["alice"]["tally"] == tally
+        assert shown["alice"]["state"] == ts.OPEN and shown["alice"]["tally"] == tally
         bad = await refused(a, "tally.wait", cuid="alice", tally=tally, state=[], timeout_s=1)
         assert "state must be" in bad.message
-        bad = await refused(a, "tally.wait", cuid="alice", tally=tally, state=t.OPEN,
+        bad = await refused(a, "tally.wait", cuid="alice", tally=tally, state=ts.OPEN,
                             timeout_s=-1)
         assert bad.message == ("tally.wait: timeout_s must be seconds from 0 (look now) to 3600,"
                                " not -1")
-        looked = await rpc(a, "tally.wait", cuid="alice", tally=tally, state=t.VOID, timeout_s=0)
-        assert looked["state"] == t.OPEN  # a look: the state as it is, at once
+        looked = await rpc(a, "tally.wait", cuid="alice", tally=tally, state=ts.VOID, timeout_s=0)
+        assert looked["state"] == ts.OPEN  # a look: the state as it is, at once
         bad = await refused(a, "tally.wait", cuid="alice", tally=tally,
-                            state=[t.OPEN, "opne"], timeout_s=1)
+                            state=[ts.OPEN, "opne"], timeout_s=1)
         assert bad.message.startswith("tally.wait: state 'opne' is not a tally state (one of: ")
 
 
@@ -206,24 +208,24 @@ async def test_negotiation_counter_offer_then_accept_and_a_refusal(tmp_path):
         await users(b, "bob")
         invited = await rpc(a, "tally.invite", cuid="alice", limit=5000, memo="first")
         tally = invited["tally"]
-        assert invited["state"] == t.DRAFT and isinstance(invited["ticket"], str)
+        assert invited["state"] == ts.DRAFT and isinstance(invited["ticket"], str)
         assert tally == ticket_tally_uuid(tf.decode_ticket(invited["ticket"])["token"])
         await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
         offered = await rpc(a, "tally.offer", cuid="alice", tally=tally)
-        assert offered["state"] in (t.DRAFT_OFFER, t.H_OFFER)
-        await wait_for(lambda: state(b, "bob", tally) == t.P_OFFER)
-        await wait_for(lambda: state(a, "alice", tally) == t.H_OFFER)
+        assert offered["state"] in (ts.DRAFT_OFFER, ts.H_OFFER)
+        await wait_for(lambda: state(b, "bob", tally) == ts.P_OFFER)
+        await wait_for(lambda: state(a, "alice", tally) == ts.H_OFFER)
         # bob counters: the pen passes to him, alice's signature lapses
         await rpc(b, "tally.counter", cuid="bob", tally=tally)
-        await wait_for(lambda: state(b, "bob", tally) == t.P_DRAFT)
-        await wait_for(lambda: state(a, "alice", tally) == t.DRAFT)
+        await wait_for(lambda: state(b, "bob", tally) == ts.P_DRAFT)
+        await wait_for(lambda: state(a, "alice", tally) == ts.DRAFT)
         shown = await rpc(a, "tally.show", cuid="alice", tally=tally)
         assert shown["version"] == 2 and shown["signed"] == []
         # ... revises the limits (what alice may owe him, what he may owe her) and offers back
         await rpc(b, "tally.offer", cuid="bob", tally=tally, limit=2000, partner_limit=3000)
-        await wait_for(lambda: state(a, "alice", tally) == t.P_OFFER)
+        await wait_for(lambda: state(a, "alice", tally) == ts.P_OFFER)
         await rpc(a, "tally.accept", cuid="alice", tally=tally)
-        await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == t.OPEN)
+        await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == ts.OPEN)
         alice = await rpc(a, "tally.show", cuid="alice", tally=tally)
         bob = await rpc(b, "tally.show", cuid="bob", tally=tally)
         assert (alice["side"], alice["limit"], alice["partner_limit"]) == ("stock", 3000, 2000)
@@ -236,11 +238,11 @@ async def test_negotiation_counter_offer_then_accept_and_a_refusal(tmp_path):
         again = await rpc(a, "tally.invite", cuid="alice", side="foil")
         await rpc(b, "tally.request", cuid="bob", ticket=again["ticket"])
         await rpc(a, "tally.offer", cuid="alice", tally=again["tally"])
-        await wait_for(lambda: state(b, "bob", again["tally"]) == t.P_OFFER)
+        await wait_for(lambda: state(b, "bob", again["tally"]) == ts.P_OFFER)
         assert (await rpc(b, "tally.refuse", cuid="bob", tally=again["tally"]))["state"] in (
-            t.OFFER_VOID, t.VOID)
+            ts.OFFER_VOID, ts.VOID)
         await wait_for(lambda: state(a, "alice", again["tally"]) == state(
-            b, "bob", again["tally"]) == t.VOID)
+            b, "bob", again["tally"]) == ts.VOID)
         listed = await rpc(a, "tally.list", cuid="alice")
         assert [(x["tally"], x["state"]) for x in listed] == [(tally, "open"),
                                                               (again["tally"], "void")]
@@ -294,8 +296,8 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path, monkeypatc
             requested = await rpc(a, "tally.request", cuid=cuid, ticket=invited["ticket"])
             assert requested["tally"] == ticket_tally_uuid(
                 tf.decode_ticket(invited["ticket"])["token"], a.own_address(cuid))
-            assert state(a, "alice", requested["tally"]) == t.P_DRAFT
-        assert state(a, "alice", invited["tally"]) == t.DRAFT  # the template stays a draft
+            assert state(a, "alice", requested["tally"]) == ts.P_DRAFT
+        assert state(a, "alice", invited["tally"]) == ts.DRAFT  # the template stays a draft
         again = await refused(a, "tally.request", cuid="carol", ticket=invited["ticket"])
         assert again.reason == "BAD_TICKET" and "already requested" in again.message
         own = await refused(a, "tally.request", cuid="alice", ticket=invited["ticket"])
@@ -434,13 +436,13 @@ async def test_limits_closing_and_invoices(tmp_path):
         await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 2))
         assert chain_of(a, "alice", tally)[3] == -400
         # closing: only payments that shrink the balance, then closed at zero
-        assert (await rpc(b, "tally.close", cuid="bob", tally=tally))["state"] == t.C_OPEN
+        assert (await rpc(b, "tally.close", cuid="bob", tally=tally))["state"] == ts.C_OPEN
         again = await refused(b, "tally.close", cuid="bob", tally=tally)
         assert (again.reason, again.message) == ("BAD_STATE", (
             f"BAD_STATE: tally {tally} is already closing (C.open): it closes once its "
             "balance, now 400 (bob's partner owes it 400), reaches zero: only chits that "
             "bring the balance toward zero are taken"))
-        await wait_for(lambda: state(a, "alice", tally) == t.C_OPEN)
+        await wait_for(lambda: state(a, "alice", tally) == ts.C_OPEN)
         growing = await refused(a, "chit.pay", cuid="alice", tally=tally, units=1)
         assert growing.reason == "CLOSING"
         capacity = {cuid: (await rpc(node, "tally.show", cuid=cuid, tally=tally))["capacity"]
@@ -448,7 +450,7 @@ async def test_limits_closing_and_invoices(tmp_path):
         assert capacity == {"alice": {"pay": 0, "receive": 400},  # toward zero only
                             "bob": {"pay": 400, "receive": 0}}
         await rpc(b, "chit.pay", cuid="bob", tally=tally, units=400)
-        await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == t.CLOSE)
+        await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == ts.CLOSE)
         assert chain_of(a, "alice", tally)[3] == chain_of(b, "bob", tally)[3] == 0
         closed = await rpc(a, "tally.show", cuid="alice", tally=tally)
         assert closed["capacity"] == {"pay": 0, "receive": 0}  # a closed tally carries nothing
@@ -695,7 +697,7 @@ async def test_bad_signatures_and_strangers_change_nothing(tmp_path):
             """A first offer of a new tally from bob to alice, signed by ``key``: refused."""
             draft, _ = t.invite(tally_uuid=str(uuid.uuid4()), date_ms=1, cert=bob_cert, limit=5)
             draft.tally[t.FOIL]["cert"] = alice_cert
-            core = t.core_digest(draft.tally)
+            core = core_digest(draft.tally)
             signed = {**draft.tally, "sign": {"hash": core, t.STOCK: key.sign(core), t.FOIL: None}}
             message = await send_raw(b, a, "alice", "tally", "offer", signed, "bob")
             refusal = await refusal_of(b, message)
@@ -739,7 +741,7 @@ async def test_bad_signatures_and_strangers_change_nothing(tmp_path):
         # ... or that names a user this node does not have
         message = await send_raw(m, a, "nobody", "tally", "close", {"uuid": tally}, "mallory")
         assert (await refusal_of(m, message)).startswith("UNKNOWN_USER")
-        assert chain_of(a, "alice", tally) == before and state(a, "alice", tally) == t.OPEN
+        assert chain_of(a, "alice", tally) == before and state(a, "alice", tally) == ts.OPEN
 
 
 async def test_a_counter_offer_from_a_stranger_is_refused(tmp_path):
@@ -752,17 +754,17 @@ async def test_a_counter_offer_from_a_stranger_is_refused(tmp_path):
         tally = invited["tally"]
         await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
         await rpc(a, "tally.offer", cuid="alice", tally=tally)
-        await wait_for(lambda: state(a, "alice", tally) == t.H_OFFER)
+        await wait_for(lambda: state(a, "alice", tally) == ts.H_OFFER)
         # mallory learned the uuid and offers alice "the same" tally with herself as partner
         mallory_key = user_key(m, "mallory")
         ours = rebuilt(a, "alice", tally).local.tally
         hijack = {**ours, "version": 2, t.FOIL: {"cert": tf.make_cert(
             m.own_address("mallory"), "mallory", mallory_key.public, 1), "terms": {"limit": 9}}}
-        digest = t.core_digest(hijack)
+        digest = core_digest(hijack)
         hijack["sign"] = {"hash": digest, t.STOCK: None, t.FOIL: mallory_key.sign(digest)}
         message = await send_raw(m, a, "alice", "tally", "offer", hijack, "mallory")
         assert (await refusal_of(m, message)).startswith("NOT_FROM_PARTNER")
-        assert state(a, "alice", tally) == t.H_OFFER
+        assert state(a, "alice", tally) == ts.H_OFFER
 
 
 async def test_chits_for_a_tally_that_is_not_open_and_replays(tmp_path):
@@ -896,12 +898,12 @@ async def test_a_chit_in_flight_when_the_tally_closes_reopens_it(tmp_path):
         await users(b, "bob")
         tally = await open_tally(a, "alice", b, "bob")
         await net.stop(1)  # bob's node is down: alice's close waits in her outbox
-        assert (await rpc(a, "tally.close", cuid="alice", tally=tally))["state"] == t.CLOSE
+        assert (await rpc(a, "tally.close", cuid="alice", tally=tally))["state"] == ts.CLOSE
         await net.stop(0)  # ... and now alice's is down while bob, still open, pays
         b = await net.restart(1)
         await rpc(b, "chit.pay", cuid="bob", tally=tally, units=100)
         a = await net.restart(0)  # both messages cross: the close and the late chit
-        await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == t.C_OPEN,
+        await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == ts.C_OPEN,
                        timeout=20)
         await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 1), timeout=20)
         assert chain_of(a, "alice", tally)[3] == 100  # owed all the same
@@ -909,7 +911,7 @@ async def test_a_chit_in_flight_when_the_tally_closes_reopens_it(tmp_path):
         assert (await refused(b, "chit.pay", cuid="bob", tally=tally, units=1)).reason == \
             "CLOSING"
         await rpc(a, "chit.pay", cuid="alice", tally=tally, units=100)
-        await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == t.CLOSE,
+        await wait_for(lambda: state(a, "alice", tally) == state(b, "bob", tally) == ts.CLOSE,
                        timeout=20)
         assert chain_of(a, "alice", tally)[3] == chain_of(b, "bob", tally)[3] == 0
 

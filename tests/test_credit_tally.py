@@ -14,9 +14,12 @@ import pytest
 
 from protocol import tally as t
 from protocol import tally_fields as tf
+from protocol import tally_states as ts
 from protocol.codec import pack, unpack
 from protocol.keys import ChipAddress, SigningKey
 from protocol.messages import Send
+from protocol.tally_local import LocalTally
+from protocol.tally_sign import chain_origin, core_digest
 
 NOW = 1_700_000_000_000
 DAY = 86_400_000
@@ -53,7 +56,7 @@ def ticket_for(inviter: Party = ALICE, *, reuse: bool = False) -> dict[str, Any]
     return tf.make_ticket(inviter.address, "s3cret-token", NOW + DAY, reuse=reuse)
 
 
-def invited(limit: int = 10_000, side: str = t.STOCK) -> t.LocalTally:
+def invited(limit: int = 10_000, side: str = t.STOCK) -> LocalTally:
     draft, messages = t.invite(
         tally_uuid=TALLY_UUID, date_ms=NOW, cert=ALICE.cert, limit=limit, side=side, memo="hi"
     )
@@ -62,7 +65,7 @@ def invited(limit: int = 10_000, side: str = t.STOCK) -> t.LocalTally:
 
 
 def present(
-    template: t.LocalTally,
+    template: LocalTally,
     subject: Party = BOB,
     *,
     ticket: dict[str, Any] | None = None,
@@ -70,7 +73,7 @@ def present(
     now_ms: int = NOW,
     new_uuid: str = CLONE_UUID,
     sender: Party | None = None,
-) -> t.LocalTally:
+) -> LocalTally:
     """``subject`` presents ``ticket`` (Alice's one-time ticket unless given) to ``template``."""
     ticket = ticket or ticket_for()
     request = request or t.ticket_request(ticket, subject.cert, NOW).object
@@ -82,7 +85,7 @@ def present(
     return filled
 
 
-def requested(limit: int = 10_000, side: str = t.STOCK) -> t.LocalTally:
+def requested(limit: int = 10_000, side: str = t.STOCK) -> LocalTally:
     """Alice's draft after Bob presented the (one-time) ticket."""
     return present(invited(limit, side))
 
@@ -91,9 +94,9 @@ def take_offer(
     obj: dict[str, Any],
     holder: Party = BOB,
     *,
-    local: t.LocalTally | None = None,
+    local: LocalTally | None = None,
     sender: Party = ALICE,
-) -> t.LocalTally:
+) -> LocalTally:
     """``holder`` receives the tally ``obj`` offered over ``sender``'s channel."""
     taken, messages = t.receive_offer(
         local, obj, holder_cert=holder.cert, sender_agent=sender.agent.agent_id
@@ -102,14 +105,14 @@ def take_offer(
     return taken
 
 
-def offered(limit: int = 10_000, side: str = t.STOCK) -> tuple[t.LocalTally, t.LocalTally]:
+def offered(limit: int = 10_000, side: str = t.STOCK) -> tuple[LocalTally, LocalTally]:
     """(Alice in H.offer, Bob in P.offer)."""
     alice, [offer] = t.offer(requested(limit, side), ALICE.key)
     alice, _ = t.delivered(alice)
     return alice, take_offer(offer.object)
 
 
-def negotiate(limit: int = 10_000, side: str = t.STOCK) -> tuple[t.LocalTally, t.LocalTally]:
+def negotiate(limit: int = 10_000, side: str = t.STOCK) -> tuple[LocalTally, LocalTally]:
     """(Alice, Bob), both open: Alice invited on ``side`` with ``limit`` for both sides."""
     alice, bob = offered(limit, side)
     bob, [opened] = t.accept(bob, BOB.key)
@@ -118,11 +121,11 @@ def negotiate(limit: int = 10_000, side: str = t.STOCK) -> tuple[t.LocalTally, t
     return alice, bob
 
 
-def in_state(state: str) -> t.LocalTally:
+def in_state(state: str) -> LocalTally:
     """A fully signed tally of Alice's relabelled to ``state``: the guard must refuse by state
     alone, before it looks at anything else."""
     alice, _ = negotiate()
-    return t.LocalTally(alice.side, state, alice.tally)
+    return LocalTally(alice.side, state, alice.tally)
 
 
 def refusal(call: Any, *args: Any, **kwargs: Any) -> t.Refusal:
@@ -141,7 +144,7 @@ def code_of(call: Any, *args: Any, **kwargs: Any) -> str:
 
 def test_invite_makes_a_draft_with_the_same_limit_on_both_sides() -> None:
     draft = invited(limit=5_000)
-    assert draft.state == t.DRAFT
+    assert draft.state == ts.DRAFT
     assert draft.side == t.STOCK
     assert draft.tally[t.STOCK]["cert"] == ALICE.cert
     assert draft.tally[t.FOIL]["cert"] is None
@@ -171,39 +174,39 @@ def test_negotiation_opens_both_holders_on_the_same_signed_tally() -> None:
         new_uuid=CLONE_UUID,
         sender_agent=BOB.agent.agent_id,
     )
-    assert (alice.state, alice.uuid) == (t.P_DRAFT, TALLY_UUID)
+    assert (alice.state, alice.uuid) == (ts.P_DRAFT, TALLY_UUID)
     assert (alice.partner, alice.cuid) == (BOB.address, "alice")
 
     alice, [offer] = t.offer(alice, ALICE.key)
-    assert (alice.state, offer.action) == (t.DRAFT_OFFER, "offer")
+    assert (alice.state, offer.action) == (ts.DRAFT_OFFER, "offer")
     assert (offer.to, offer.target, offer.from_cuid) == (BOB.address, "tally", "alice")
     assert offer.object["sign"]["foil"] is None
     alice, _ = t.delivered(alice)
-    assert alice.state == t.H_OFFER
+    assert alice.state == ts.H_OFFER
 
     wire = unpack(pack(offer.object))  # what really crosses the network
     bob, messages = t.receive_offer(
         None, wire, holder_cert=BOB.cert, sender_agent=ALICE.agent.agent_id
     )
-    assert (bob.state, bob.side, messages) == (t.P_OFFER, t.FOIL, [])
+    assert (bob.state, bob.side, messages) == (ts.P_OFFER, t.FOIL, [])
     assert (bob.partner, bob.cuid) == (ALICE.address, "bob")
 
     bob, [opened] = t.accept(bob, BOB.key)
-    assert (bob.state, opened.action) == (t.OFFER_OPEN, "open")
+    assert (bob.state, opened.action) == (ts.OFFER_OPEN, "open")
     assert (opened.to, opened.target, opened.from_cuid) == (ALICE.address, "tally", "bob")
     bob, _ = t.delivered(bob)
     alice, messages = t.receive_open(alice, unpack(pack(opened.object)))
-    assert (alice.state, bob.state, messages) == (t.OPEN, t.OPEN, [])
+    assert (alice.state, bob.state, messages) == (ts.OPEN, ts.OPEN, [])
     assert alice.tally == bob.tally
-    origin = t.chain_origin(alice)
-    assert origin == t.chain_origin(bob) == t.core_digest(bob.tally) == bob.tally["sign"]["hash"]
+    origin = chain_origin(alice)
+    assert origin == chain_origin(bob) == core_digest(bob.tally) == bob.tally["sign"]["hash"]
 
 
 def test_the_acceptor_is_bound_before_its_acceptance_is_delivered() -> None:
     _, bob = offered()
     bob, _ = t.accept(bob, BOB.key)
-    assert bob.state == t.OFFER_OPEN
-    assert t.chain_origin(bob) == bob.tally["sign"]["hash"]
+    assert bob.state == ts.OFFER_OPEN
+    assert chain_origin(bob) == bob.tally["sign"]["hash"]
 
 
 # -- tickets ----------------------------------------------------------------------------------
@@ -211,7 +214,7 @@ def test_the_acceptor_is_bound_before_its_acceptance_is_delivered() -> None:
 
 def test_a_one_time_ticket_fills_the_draft_itself_and_only_once() -> None:
     filled = requested()
-    assert (filled.uuid, filled.state) == (TALLY_UUID, t.P_DRAFT)
+    assert (filled.uuid, filled.state) == (TALLY_UUID, ts.P_DRAFT)
     assert refusal(present, filled, MALLORY).code == "bad_state"
 
 
@@ -221,8 +224,8 @@ def test_a_reusable_ticket_clones_the_draft_for_each_subject() -> None:
     bobs = present(template, ticket=ticket)
     other_uuid = "00000000-0000-4000-8000-000000000003"
     mallorys = present(template, MALLORY, ticket=ticket, new_uuid=other_uuid)
-    assert template.state == t.DRAFT and template.tally[t.FOIL]["cert"] is None
-    assert (bobs.uuid, bobs.state, bobs.tally[t.FOIL]["cert"]) == (CLONE_UUID, t.P_DRAFT, BOB.cert)
+    assert template.state == ts.DRAFT and template.tally[t.FOIL]["cert"] is None
+    assert (bobs.uuid, bobs.state, bobs.tally[t.FOIL]["cert"]) == (CLONE_UUID, ts.P_DRAFT, BOB.cert)
     assert (mallorys.uuid, mallorys.tally[t.FOIL]["cert"]) == (other_uuid, MALLORY.cert)
 
 
@@ -245,7 +248,7 @@ def test_a_countered_inviter_does_not_take_a_ticket_again() -> None:
     alice, bob = offered()
     bob, [notice] = t.counter(bob)
     alice, _ = t.receive_draft(alice, notice.object)
-    assert alice.state == t.DRAFT  # the same state as a fresh draft, but it has a partner
+    assert alice.state == ts.DRAFT  # the same state as a fresh draft, but it has a partner
     assert refusal(present, alice, MALLORY).code == "bad_ticket"
 
 
@@ -267,24 +270,24 @@ def test_a_ticket_travels_as_one_string() -> None:
 def test_refusing_an_offer_voids_both_sides() -> None:
     alice, bob = offered()
     bob, [notice] = t.refuse(bob)
-    assert (bob.state, notice.action) == (t.OFFER_VOID, "void")
+    assert (bob.state, notice.action) == (ts.OFFER_VOID, "void")
     assert notice.object == {"uuid": TALLY_UUID, "version": 1}
     bob, _ = t.delivered(bob)
     alice, _ = t.receive_void(alice, notice.object)
-    assert alice.state == bob.state == t.VOID
+    assert alice.state == bob.state == ts.VOID
 
 
 def test_a_counter_offer_swaps_who_offers_and_starts_a_new_revision() -> None:
     alice, bob = offered(limit=10_000)
     bob, [notice] = t.counter(bob)
-    assert (bob.state, bob.tally["version"]) == (t.OFFER_DRAFT, 2)
+    assert (bob.state, bob.tally["version"]) == (ts.OFFER_DRAFT, 2)
     assert bob.tally["sign"] == {"hash": None, "stock": None, "foil": None}
     assert (notice.action, notice.object) == ("draft", {"uuid": TALLY_UUID, "version": 2})
     bob, _ = t.delivered(bob)
-    assert bob.state == t.P_DRAFT
+    assert bob.state == ts.P_DRAFT
 
     alice, _ = t.receive_draft(alice, notice.object)
-    assert (alice.state, alice.tally["version"]) == (t.DRAFT, 2)
+    assert (alice.state, alice.tally["version"]) == (ts.DRAFT, 2)
     assert alice.tally["sign"]["stock"] is None
     assert refusal(t.offer, alice, ALICE.key).code == "bad_state"  # Bob holds the pen now
 
@@ -292,12 +295,12 @@ def test_a_counter_offer_swaps_who_offers_and_starts_a_new_revision() -> None:
     bob, [offer] = t.offer(bob, BOB.key)
     bob, _ = t.delivered(bob)
     alice = take_offer(offer.object, ALICE, local=alice, sender=BOB)
-    assert (alice.state, alice.side) == (t.P_OFFER, t.STOCK)
+    assert (alice.state, alice.side) == (ts.P_OFFER, t.STOCK)
     assert alice.tally[t.FOIL]["terms"]["limit"] == 2_000
     alice, [opened] = t.accept(alice, ALICE.key)
     bob, _ = t.receive_open(bob, opened.object)
     alice, _ = t.delivered(alice)
-    assert alice.state == bob.state == t.OPEN
+    assert alice.state == bob.state == ts.OPEN
     assert alice.tally == bob.tally and alice.tally["version"] == 2
 
 
@@ -307,7 +310,7 @@ def test_a_counter_offer_that_overtakes_its_notice_is_taken_and_the_notice_refus
     bob, _ = t.delivered(bob)
     bob, [offer] = t.offer(bob, BOB.key)
     alice = take_offer(offer.object, ALICE, local=alice, sender=BOB)
-    assert alice.state == t.P_OFFER
+    assert alice.state == ts.P_OFFER
     assert refusal(t.receive_draft, alice, notice.object).code == "bad_state"
 
 
@@ -318,7 +321,7 @@ def test_a_counter_offer_must_be_a_newer_revision() -> None:
     assert replayed.message.startswith("tally.sign.stock")  # it carries our own signature
     bob, _ = t.counter(bob)
     bob, _ = t.delivered(bob)
-    bob = t.LocalTally(bob.side, bob.state, {**bob.tally, "version": 1})  # as if never bumped
+    bob = LocalTally(bob.side, bob.state, {**bob.tally, "version": 1})  # as if never bumped
     _, [old] = t.offer(bob, BOB.key)
     assert code_of(take_offer, old.object, ALICE, local=alice, sender=BOB) == "bad_field"
 
@@ -326,46 +329,46 @@ def test_a_counter_offer_must_be_a_newer_revision() -> None:
 def test_a_rejected_offer_lapses_and_can_be_made_again() -> None:
     alice, _ = t.offer(requested(), ALICE.key)
     alice, _ = t.rejected(alice)
-    assert alice.state == t.P_DRAFT
+    assert alice.state == ts.P_DRAFT
     assert alice.tally["sign"] == {"hash": None, "stock": None, "foil": None}
     alice, _ = t.offer(alice, ALICE.key)
-    assert alice.state == t.DRAFT_OFFER
+    assert alice.state == ts.DRAFT_OFFER
 
 
 def test_a_rejected_acceptance_leaves_both_signatures_and_can_be_resent_or_withdrawn() -> None:
     _, bob = offered()
     bob, [first] = t.accept(bob, BOB.key)
     bob, _ = t.rejected(bob)
-    assert bob.state == t.B_OFFER
+    assert bob.state == ts.B_OFFER
     again, [second] = t.accept(bob, BOB.key)
-    assert again.state == t.OFFER_OPEN and second == first  # Ed25519 is deterministic
+    assert again.state == ts.OFFER_OPEN and second == first  # Ed25519 is deterministic
     withdrawn, [notice] = t.refuse(bob)
-    assert (withdrawn.state, notice.action) == (t.OFFER_VOID, "void")
+    assert (withdrawn.state, notice.action) == (ts.OFFER_VOID, "void")
 
 
 def test_rejected_refusals_and_counters_settle_where_the_user_can_act() -> None:
     _, bob = offered()
     refused, _ = t.refuse(bob)
-    assert t.rejected(refused)[0].state == t.VOID
+    assert t.rejected(refused)[0].state == ts.VOID
     countered, _ = t.counter(bob)
-    assert t.rejected(countered)[0].state == t.P_DRAFT
+    assert t.rejected(countered)[0].state == ts.P_DRAFT
 
 
 def test_an_offer_received_while_our_offer_is_undelivered() -> None:
     """The partner can answer before our node has seen its ack."""
     alice, [offer] = t.offer(requested(), ALICE.key)
-    assert alice.state == t.DRAFT_OFFER
+    assert alice.state == ts.DRAFT_OFFER
     bob = take_offer(offer.object)
     _, [opened] = t.accept(bob, BOB.key)
-    assert t.receive_open(alice, opened.object)[0].state == t.OPEN
+    assert t.receive_open(alice, opened.object)[0].state == ts.OPEN
     _, [void] = t.refuse(bob)
-    assert t.receive_void(alice, void.object)[0].state == t.VOID
+    assert t.receive_void(alice, void.object)[0].state == ts.VOID
     countered, [draft] = t.counter(bob)
-    assert t.receive_draft(alice, draft.object)[0].state == t.DRAFT
+    assert t.receive_draft(alice, draft.object)[0].state == ts.DRAFT
     countered, _ = t.delivered(countered)
     _, [counter_offer] = t.offer(countered, BOB.key)
     taken = take_offer(counter_offer.object, ALICE, local=alice, sender=BOB)
-    assert (taken.state, taken.tally["version"]) == (t.P_OFFER, 2)
+    assert (taken.state, taken.tally["version"]) == (ts.P_OFFER, 2)
 
 
 def test_edit_changes_the_memo_and_limits_and_checks_them() -> None:
@@ -384,7 +387,7 @@ def test_closing_and_settling() -> None:
     alice, bob = negotiate()
     alice, [notice] = t.close(alice, balance=0)
     assert (alice.state, notice) == (
-        t.C_OPEN,
+        ts.C_OPEN,
         Send(BOB.address, "tally", "close", {"uuid": TALLY_UUID}, from_cuid="alice"),
     )
     again = refusal(t.close, alice, balance=-300)  # asked again: what it waits for
@@ -396,13 +399,13 @@ def test_closing_and_settling() -> None:
         f"tally {TALLY_UUID} is already closing (C.open): its balance is 0, and it closes as "
         "soon as its chain is settled")
     bob, _ = t.receive_close(bob, notice.object)
-    assert bob.state == t.C_OPEN
-    assert t.receive_close(alice, {"uuid": TALLY_UUID})[0].state == t.C_OPEN  # both at once
+    assert bob.state == ts.C_OPEN
+    assert t.receive_close(alice, {"uuid": TALLY_UUID})[0].state == ts.C_OPEN  # both at once
     assert refusal(t.receive_close, bob, {"uuid": CLONE_UUID}).code == "bad_field"
     assert refusal(t.settle, alice, balance=5, quiet=True).code == "not_settled"
     assert refusal(t.settle, alice, balance=0, quiet=False).code == "not_settled"
     closed, _ = t.settle(alice, balance=0, quiet=True)
-    assert closed.state == t.CLOSE
+    assert closed.state == ts.CLOSE
     assert refusal(t.close, closed, balance=0).to_map() == {
         "code": "bad_state", "message": f"tally {TALLY_UUID} is already closed (close)"}
 
@@ -425,7 +428,7 @@ def test_a_tampered_offer_is_refused() -> None:
 
 def test_an_offer_signed_with_another_key_is_refused() -> None:
     forged = copy.deepcopy(requested().tally)
-    forged["sign"]["hash"] = t.core_digest(forged)
+    forged["sign"]["hash"] = core_digest(forged)
     forged["sign"][t.STOCK] = MALLORY.key.sign(forged["sign"]["hash"])
     assert code_of(take_offer, forged) == "bad_signature"
 
@@ -454,8 +457,8 @@ def test_chain_origin_needs_two_valid_signatures() -> None:
     alice, _ = negotiate()
     broken = copy.deepcopy(alice.tally)
     broken["sign"][t.FOIL] = bytes(64)
-    assert refusal(t.chain_origin, t.LocalTally(t.STOCK, t.OPEN, broken)).code == "bad_signature"
-    assert code_of(t.chain_origin, t.LocalTally(t.STOCK, t.H_OFFER, alice.tally)) == "bad_state"
+    assert refusal(chain_origin, LocalTally(t.STOCK, ts.OPEN, broken)).code == "bad_signature"
+    assert code_of(chain_origin, LocalTally(t.STOCK, ts.H_OFFER, alice.tally)) == "bad_state"
 
 
 # -- the table: every listed transition reached above, everything else refused -----------------
@@ -487,13 +490,13 @@ def _event_calls() -> dict[str, Any]:
     }
 
 
-EVENTS = sorted({event for _, event in t.TRANSITIONS} - {"invite"})  # invite needs no tally
-UNLISTED = [(s, e) for s in t.STATES for e in EVENTS if (s, e) not in t.TRANSITIONS]
+EVENTS = sorted({event for _, event in ts.TRANSITIONS} - {"invite"})  # invite needs no tally
+UNLISTED = [(s, e) for s in ts.STATES for e in EVENTS if (s, e) not in ts.TRANSITIONS]
 
 
 def test_the_table_names_every_state_and_every_event_has_a_function() -> None:
-    named = {state for state, _ in t.TRANSITIONS} | set(t.TRANSITIONS.values())
-    assert named == {None, *t.STATES}
+    named = {state for state, _ in ts.TRANSITIONS} | set(ts.TRANSITIONS.values())
+    assert named == {None, *ts.STATES}
     assert set(_event_calls()) == set(EVENTS)
 
 
@@ -511,9 +514,9 @@ def test_an_event_the_table_does_not_list_is_refused_by_state(state: str, event:
 def test_a_local_tally_survives_storage() -> None:
     alice, _ = negotiate()
     stored = unpack(pack(alice.to_map()))
-    assert t.LocalTally.from_map(stored) == alice
-    assert refusal(t.LocalTally.from_map, {**stored, "state": "limbo"}).code == "bad_field"
-    assert refusal(t.LocalTally.from_map, {**stored, "side": "both"}).code == "bad_field"
+    assert LocalTally.from_map(stored) == alice
+    assert refusal(LocalTally.from_map, {**stored, "state": "limbo"}).code == "bad_field"
+    assert refusal(LocalTally.from_map, {**stored, "side": "both"}).code == "bad_field"
 
 
 @pytest.mark.parametrize(
@@ -551,14 +554,14 @@ def test_a_certificate_must_name_a_user() -> None:
 
 def test_follow_starts_the_chain_once_reopens_and_closes() -> None:
     holder, _ = negotiate()
-    assert holder.state in t.BINDING_STATES
+    assert holder.state in ts.BINDING_STATES
     local, happened = t.follow(holder, has_chain=False, balance=0, quiet=True)
     assert happened == (t.START_CHAIN,) and local == holder
     assert t.follow(holder, has_chain=True, balance=0, quiet=True) == (holder, ())
-    closing, _ = t.close(in_state(t.OPEN), balance=0)
+    closing, _ = t.close(in_state(ts.OPEN), balance=0)
     assert t.follow(closing, has_chain=True, balance=5, quiet=True)[1] == ()  # still owed
     assert t.follow(closing, has_chain=True, balance=0, quiet=False)[1] == ()  # chain moving
     closed, happened = t.follow(closing, has_chain=True, balance=0, quiet=True)
-    assert (closed.state, happened) == (t.CLOSE, (t.CLOSED,))
+    assert (closed.state, happened) == (ts.CLOSE, (t.CLOSED,))
     reopened, happened = t.follow(closed, has_chain=True, balance=-3, quiet=True)
-    assert (reopened.state, happened) == (t.C_OPEN, (t.REOPENED,))
+    assert (reopened.state, happened) == (ts.C_OPEN, (t.REOPENED,))

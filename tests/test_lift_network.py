@@ -23,6 +23,7 @@ from protocol import route as rt
 from protocol import tally as t
 from protocol.keys import ChipAddress
 from protocol.messages import Send
+from protocol.tally_local import LocalTally
 from tests.liftdata import REFEREE, REFEREE_ADDRESS, USERS, open_tally, uuid_of
 from tests.test_credit_tally import NOW, Party
 
@@ -41,7 +42,7 @@ class Node:
     def __init__(self, user: Party) -> None:
         self.user = user
         self.address = user.address
-        self.holdings: dict[str, t.LocalTally] = {}
+        self.holdings: dict[str, LocalTally] = {}
         self.initial: dict[str, int] = {}  # the balance before any lift
         self.chits: dict[str, c.LocalChit] = {}  # every lift chit, by uuid
         self.lifts: dict[str, str] = {}  # participant state

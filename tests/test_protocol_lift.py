@@ -11,8 +11,10 @@ from protocol import chain as ch
 from protocol import chit as c
 from protocol import lift as lf
 from protocol import tally as t
+from protocol import tally_states as ts
 from protocol.expiry import expires_at
 from protocol.keys import ChipAddress, SigningKey
+from protocol.tally_local import LocalTally
 from tests.liftdata import REFEREE, USERS, open_tally, record, user_map, uuid_of
 from tests.test_credit_tally import NOW, code_of, refusal
 
@@ -268,10 +270,10 @@ def test_room_for_a_lift_chit() -> None:
     circle = c.lift_chit(CIRCLE, 0, AB_A)  # A may clear only what B owes it
     assert code_of(lf.check_room, CIRCLE, circle, AB_A, balance=99, reserved=0) == "over_limit"
     lf.check_room(CIRCLE, circle, AB_A, balance=150, reserved=50)
-    closing = t.LocalTally(AB_A.side, t.C_OPEN, AB_A.tally)  # linear, but must shrink
+    closing = LocalTally(AB_A.side, ts.C_OPEN, AB_A.tally)  # linear, but must shrink
     assert code_of(lf.check_room, LINEAR, paying, closing, balance=0, reserved=0) == "over_limit"
     lf.check_room(LINEAR, paying, closing, balance=100, reserved=0)
-    voided = t.LocalTally(AB_A.side, t.VOID, AB_A.tally)
+    voided = LocalTally(AB_A.side, ts.VOID, AB_A.tally)
     assert code_of(lf.check_room, LINEAR, paying, voided, balance=0, reserved=0) == "bad_state"
 
 

@@ -10,14 +10,16 @@ from agentd.rpc import invalid_params
 from protocol import route
 from protocol import tally as t
 from protocol import tally_fields as tf
+from protocol import tally_states as ts
 from protocol.codec import unpack
 from protocol.keys import CUID_RULE, ChipAddress, b64u, valid_cuid
+from protocol.tally_local import other_side
 
 
 def tally_summary(row: Any) -> dict:
     body = unpack(row["body"])
     side = row["side"]
-    partner_side = t.other_side(side)
+    partner_side = other_side(side)
     cert = body[partner_side]["cert"]
     head = row["chain_head"]
     limit, partner_limit = body[side]["terms"]["limit"], body[partner_side]["terms"]["limit"]
@@ -39,13 +41,13 @@ def _capacity(row: Any, limit: int, partner_limit: int) -> dict[str, int]:
     """What the tally can still carry each way: within the limits while it is open, only
     toward a zero balance while it closes, nothing otherwise (not open yet, or closed)."""
     balance, state = row["balance"], row["state"]
-    if state not in (t.OPEN, t.C_OPEN):
+    if state not in (ts.OPEN, ts.C_OPEN):
         return {"pay": 0, "receive": 0}
     pay = route.hop_capacity(route.KINDS[0], balance=balance, partner_limit=partner_limit,
                              lift_out=row["lift_out"])
     receive = route.receive_capacity(route.KINDS[0], balance=balance, limit=limit,
                                      lift_in=row["lift_in"])
-    if state == t.C_OPEN:
+    if state == ts.C_OPEN:
         pay, receive = min(pay, max(balance, 0)), min(receive, max(-balance, 0))
     return {"pay": pay, "receive": receive}
 

@@ -35,6 +35,7 @@ from agentd.services.credit.params import param_amount, param_cuid
 from agentd.services.credit.payee_asks import UNKNOWN, PayeeAsks, unknown_payee
 from protocol import route
 from protocol import tally as t
+from protocol import tally_states as ts
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, IdentityError, is_agent_id, parse_hostport
 
@@ -253,7 +254,7 @@ class RouteService(Service):
                    ) -> list[route.Candidate]:
         """Our user's open tallies as hops, with what each can carry now."""
         out = []
-        for row in self.ledger.store.route_candidates(conn, cuid, (t.OPEN,)):
+        for row in self.ledger.store.route_candidates(conn, cuid, (ts.OPEN,)):
             if row["partner_limit"] is None:
                 continue  # not filled yet: offered once the node has started
             capacity = route.hop_capacity(kind, balance=row["balance"],
@@ -266,7 +267,7 @@ class RouteService(Service):
     def into(self, conn: sqlite3.Connection, cuid: str, kind: str) -> list[route.Candidate]:
         """Our user's open tallies as hops into it, with what each partner can pay it now."""
         out = []
-        for row in self.ledger.store.route_candidates(conn, cuid, (t.OPEN,)):
+        for row in self.ledger.store.route_candidates(conn, cuid, (ts.OPEN,)):
             if row["lim"] is None:
                 continue  # not filled yet, as in candidates()
             capacity = route.receive_capacity(kind, balance=row["balance"], limit=row["lim"],

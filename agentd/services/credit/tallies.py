@@ -36,9 +36,11 @@ from agentd.services.credit.params import (
 )
 from protocol import tally as t
 from protocol import tally_fields as tf
+from protocol import tally_states as ts
 from protocol.codec import unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, b64u, format_hostport
+from protocol.tally_local import LocalTally
 from store import credit as credit_store
 from store.credit import Holding
 
@@ -70,7 +72,7 @@ def ticket_tally_uuid(token: str, subject: ChipAddress | None = None) -> str:
     return str(uuidlib.uuid5(_TICKET_NAMESPACE, name))
 
 
-TALLY_RECEIVERS: dict[str, Callable[[t.LocalTally, Any], tuple[t.LocalTally, list]]] = {
+TALLY_RECEIVERS: dict[str, Callable[[LocalTally, Any], tuple[LocalTally, list]]] = {
     "open": t.receive_open,
     "void": t.receive_void,
     "draft": t.receive_draft,
@@ -127,7 +129,7 @@ class TallyService(Service):
         memo = param_memo(memo)
         token = b64u(os.urandom(24))
 
-        def work(tx: Tx) -> tuple[t.LocalTally, dict[str, Any]]:
+        def work(tx: Tx) -> tuple[LocalTally, dict[str, Any]]:
             user = self.ledger.user(tx.conn, cuid)
             draft, _ = t.invite(tally_uuid=ticket_tally_uuid(token), date_ms=tx.now_ms,
                                 cert=user.cert, limit=limit, side=side, memo=memo)
@@ -251,10 +253,10 @@ class TallyService(Service):
         wanted = [state] if isinstance(state, str) else state
         if not wanted:
             raise invalid_params("state must be a tally state or a list of them")
-        unknown = [s for s in wanted if s not in t.STATES]
+        unknown = [s for s in wanted if s not in ts.STATES]
         if unknown:
             raise invalid_params(f"state {unknown[0]!r} is not a tally state (one of: "
-                                 f"{', '.join(t.STATES)})")
+                                 f"{', '.join(ts.STATES)})")
         if not 0 <= timeout_s <= MAX_WAIT_S:
             raise invalid_params(f"timeout_s must be seconds from 0 (look now) to "
                                  f"{MAX_WAIT_S:g}, not {timeout_s!r}")
@@ -326,7 +328,7 @@ class TallyService(Service):
         if row["reuse"] and self.ledger.store.get(tx.conn, new_uuid, cuid) is not None:
             raise Reject("BAD_TICKET", f"this user already requested tally {new_uuid}")
         if row["reuse"]:  # each new subject makes a row: a public ticket must not make endless
-            waiting = self.ledger.store.count_in_state(tx.conn, cuid, t.P_DRAFT)
+            waiting = self.ledger.store.count_in_state(tx.conn, cuid, ts.P_DRAFT)
             if waiting >= MAX_REQUESTS:
                 raise Reject("TOO_MANY_REQUESTS", f"{cuid} has {waiting} tally requests "
                              "waiting for its offer already: present the ticket again later")
@@ -343,7 +345,7 @@ class TallyService(Service):
         self.ledger.store.use_ticket(tx.conn, row["token"])
 
     @staticmethod
-    def _taken_from(local: t.LocalTally, subject: ChipAddress) -> bool:
+    def _taken_from(local: LocalTally, subject: ChipAddress) -> bool:
         """Whether a used one-time ticket was used by ``subject`` and the inviter has not
         offered yet (so presenting it again is taken, as the first time); once offered, a
         refusal says where the tally got."""
@@ -351,7 +353,7 @@ class TallyService(Service):
         chad = partner["chad"] if partner is not None else {}
         if (chad.get("agent"), chad.get("cuid")) != (subject.agent, subject.cuid):
             return False
-        if local.state == t.P_DRAFT:
+        if local.state == ts.P_DRAFT:
             return True
         raise Reject("BAD_TICKET", f"you used this ticket already: tally {local.uuid} is "
                      f"{local.state} at the inviter's node (tally.list shows it once offered)")
