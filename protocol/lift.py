@@ -6,7 +6,7 @@ payer of hop *i*) and ``path[i + 1]``; the last entry's tally is nil. A linear l
 has no repeated user; a circular one (clearing) ends where it starts and has >= 3 entries.
 ``public`` is the payor's user key and ``sign`` its signature over :func:`record_digest`.
 
-Participants (one state per node and lift; each hop's chits come from ``chit.lift_chit``):
+Participants (one state per node and lift; each hop's chits come from ``chit_lift.lift_chit``):
 
 ==========  ==========  =========  ==================================================
 state       event       new state  meaning
@@ -59,7 +59,8 @@ import functools
 from collections.abc import Collection
 from typing import Any
 
-from . import chit as c
+from .chit_local import LocalChit
+from .chit_states import ISSUE_STATES
 from .codec import digest
 from .errors import Refusal
 from .keys import (
@@ -277,14 +278,14 @@ def check_promise(
 
 
 def check_room(
-    record: dict[str, Any], local_chit: c.LocalChit, local: LocalTally, *, balance: int,
+    record: dict[str, Any], local_chit: LocalChit, local: LocalTally, *, balance: int,
     reserved: int,
 ) -> None:
     """Whether ``local`` can take its pending lift chit: the tally takes chits and the hop's
     capacity (``route``) from this holder's view covers the units. ``balance`` is ours;
     ``reserved`` the pending lift chits on this tally in the chit's direction. On a closing
     tally only a hop that moves the balance toward zero fits (circular capacity)."""
-    if local.state not in c.ISSUE_STATES:
+    if local.state not in ISSUE_STATES:
         raise Refusal("bad_state", f"tally {local.uuid} is {local.state}: no lift chits now")
     kind = "circular" if local.state == C_OPEN else record["kind"]
     ours, partners = local.tally[local.side], local.tally[local.partner_side]

@@ -2,7 +2,7 @@
 
 Every check refuses with ``Refusal("bad_field", …)`` naming the first bad field (a ticket's
 token or expiry: ``bad_ticket``, ``expired``), so a user or a peer learns what is wrong and
-where. :mod:`protocol.tally` negotiates tallies out of these parts; :mod:`protocol.chit`,
+where. :mod:`protocol.tally` negotiates tallies out of these parts; :mod:`protocol.chit_fields`,
 :mod:`protocol.lift` and the route modules share the amount and uuid rules.
 """
 

@@ -16,8 +16,9 @@ import sqlite3
 from typing import Any
 
 from protocol.chain import Chain, Wanted, unspill
-from protocol.chit import A_GOOD, L_GOOD, LocalChit
-from protocol.chit import balance as chit_balance
+from protocol.chit_local import LocalChit
+from protocol.chit_local import balance as chit_balance
+from protocol.chit_states import A_GOOD, L_GOOD
 from protocol.codec import pack, unpack
 from protocol.tally_local import LocalTally
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol.chain import Chain, Wanted, trim
-from protocol.chit import LocalChit
+from protocol.chit_local import LocalChit
 from protocol.codec import pack, unpack
 from protocol.tally_local import LocalTally, other_side
 from store import chain_rows

@@ -14,6 +14,7 @@ import pytest
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
+from protocol.chit_local import effect
 from protocol.codec import pack, unpack
 from protocol.messages import Send
 from store import chain_rows
@@ -155,7 +156,7 @@ def take(rows: Rows, holding: credit_store.Holding, messages: list[Send]
         got = ch.receive(chain, obj, holding.local, history)
         adopted = [c.receive_good(None, chit, holding.local, balance=0)[0]
                    for chit in got.adopted]
-        delta = sum(c.effect(chit.chit, holding.local.side) for chit in adopted)
+        delta = sum(effect(chit.chit, holding.local.side) for chit in adopted)
         holding = rows.ledger.save(rows.conn, holding, 4, chain=got.chain, fresh=adopted,
                                    balance_delta=delta)
         replies += got.messages

@@ -13,8 +13,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from protocol import chain as ch
 from protocol import chit as c
+from protocol import chit_states as cs
 from protocol import tally as t
 from protocol import tally_states as ts
+from protocol.chit_fields import chit_hash
+from protocol.chit_local import LocalChit, effect
 from protocol.codec import pack, unpack
 from protocol.keys import ChipAddress
 from protocol.messages import Send
@@ -23,7 +26,7 @@ from tests.test_credit_tally import ALICE, BOB, MALLORY, NOW, negotiate, refusal
 
 LIMIT = 10_000
 ALICE_TALLY, BOB_TALLY = negotiate(limit=LIMIT)  # Alice holds the stock, Bob the foil
-GOOD = (c.A_GOOD, c.L_GOOD)
+GOOD = (cs.A_GOOD, cs.L_GOOD)
 
 
 class Holder:
@@ -39,7 +42,7 @@ class Holder:
         self.key = key
         self.rows: dict[int, dict[str, Any]] = {}
         self.chain = ch.start(local)
-        self.chits: dict[str, c.LocalChit] = {}
+        self.chits: dict[str, LocalChit] = {}
         self.notices: list[Send] = []  # pend and void: the outbox retries them
 
     @property
@@ -132,7 +135,7 @@ class Holder:
             self.chain = received.chain
             for chit in received.adopted:
                 self.chits[chit["uuid"]] = self._receive_good(chit, balance)
-                balance += c.effect(chit, self.local.side)
+                balance += effect(chit, self.local.side)
             return received.messages
         known = self.chits.get(obj["uuid"])
         try:
@@ -150,13 +153,13 @@ class Holder:
         self.chain, messages = ch.add(self.chain, good.chit, self.local)
         return messages
 
-    def _receive_good(self, chit: dict[str, Any], balance: int) -> c.LocalChit:
+    def _receive_good(self, chit: dict[str, Any], balance: int) -> LocalChit:
         """The partner's good chit, checked against our limit at our ``balance``: under
         every interleaving the model tries, an honest partner's chit must fit."""
         return c.receive_good(self.chits.get(chit["uuid"]), chit, self.local,
                               balance=balance)[0]
 
-    def _good(self, paid: c.LocalChit) -> list[Send]:
+    def _good(self, paid: LocalChit) -> list[Send]:
         self.chits[paid.uuid] = paid
         self.chain, messages = ch.add(self.chain, paid.chit, self.local)
         return messages
@@ -376,7 +379,7 @@ def test_a_lost_stock_payment_reaches_the_foil_through_new() -> None:
     assert [chit["uuid"] for chit in received.adopted] == [paid_uuid]
     pair.post(pair.stock, [new])
     pair.drain()
-    assert pair.foil.chits[paid_uuid].state == c.A_GOOD
+    assert pair.foil.chits[paid_uuid].state == cs.A_GOOD
     assert ch.balance(pair.foil.chain) == 50
     pair.assert_agreed()
 
@@ -387,7 +390,7 @@ def test_a_lost_foil_payment_reaches_the_stock_through_upd() -> None:
     pair.foil.pay(paid_uuid, 70)  # lost
     assert ch.resync(pair.stock.chain, pair.stock.local) == []  # the stock cannot know
     assert pair.recover() == 1
-    assert pair.stock.chits[paid_uuid].state == c.A_GOOD
+    assert pair.stock.chits[paid_uuid].state == cs.A_GOOD
     pair.assert_agreed()
 
 
@@ -396,11 +399,11 @@ def test_a_lost_invoice_acceptance_turns_the_invoice_good_through_the_chain() ->
     chit_uuid = pair.next_uuid()
     pair.post(pair.foil, pair.foil.invoice(chit_uuid, 400))
     pair.drain()
-    assert pair.stock.chits[chit_uuid].state == c.L_PEND
+    assert pair.stock.chits[chit_uuid].state == cs.L_PEND
     pair.stock.answer(chit_uuid, agree=True)  # the good message is lost
-    assert pair.foil.chits[chit_uuid].state == c.A_PEND
+    assert pair.foil.chits[chit_uuid].state == cs.A_PEND
     pair.recover()
-    assert pair.foil.chits[chit_uuid].state == c.A_GOOD
+    assert pair.foil.chits[chit_uuid].state == cs.A_GOOD
     pair.assert_agreed()
 
 
@@ -476,7 +479,7 @@ def test_a_forged_or_altered_chit_in_a_chain_message_is_refused() -> None:
     assert refused({**good, "sign": MALLORY.key.sign(good["hash"])}).code == "bad_signature"
     pair.stock.receive(to_partner(BOB_TALLY, "chit", "good", good))
     altered = {**good, "memo": "changed"}
-    altered["hash"] = c.chit_hash(altered)
+    altered["hash"] = chit_hash(altered)
     assert refused(altered).code == "conflict"
     assert refused({**good, "chain": None}).message.endswith("has no chain block")
     for no_text in ([good["uuid"]], {"a": 1}):  # cannot key anything: refused, not a crash
@@ -771,7 +774,7 @@ class LossyExchange(RuleBasedStateMachine):
     @rule(side=SIDES, pick=PICK, agree=st.booleans())
     def answer(self, side: str, pick: int, agree: bool) -> None:
         holder = self.holder(side)
-        owed = sorted(uuid for uuid, local in holder.chits.items() if local.state == c.L_PEND)
+        owed = sorted(uuid for uuid, local in holder.chits.items() if local.state == cs.L_PEND)
         if not owed:
             return
         try:

@@ -23,9 +23,12 @@ from agentd.services.credit.chits import REPAIRS
 from agentd.services.credit.tallies import ticket_tally_uuid
 from protocol import chain as ch
 from protocol import chit as c
+from protocol import chit_states as cs
 from protocol import tally as t
 from protocol import tally_fields as tf
 from protocol import tally_states as ts
+from protocol.chit_fields import chit_hash
+from protocol.chit_local import balance as chit_balance
 from protocol.codec import pack, unpack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, SigningKey, b64u
@@ -150,7 +153,7 @@ def chit_by(key: SigningKey, tally: str, by: str, units: int, chit_uuid: str | N
     chit = {"tally": tally, "uuid": chit_uuid or str(uuid.uuid4()), "by": by, "type": "tran",
             "date": 1_700_000_000_000, "units": units, "ref": None, "memo": "", "hash": b"",
             "sign": None, "chain": None}
-    chit["hash"] = c.chit_hash(chit)
+    chit["hash"] = chit_hash(chit)
     chit["sign"] = key.sign(chit["hash"])
     return chit
 
@@ -258,21 +261,21 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path, monkeypatc
         await rpc(a, "chit.pay", cuid="alice", tally=tally, units=700)
         await rpc(a, "chit.pay", cuid="bob", tally=tally, units=200)
         bill = await rpc(a, "chit.invoice", cuid="alice", tally=tally, units=50)
-        assert bill["state"] == c.A_PEND
+        assert bill["state"] == cs.A_PEND
         await wait_for(lambda: a.db.read_one(
             "SELECT 1 FROM chits WHERE cuid = 'bob' AND uuid = ?", (bill["chit"],)) is not None)
         mine = await refused(a, "chit.accept", cuid="alice", chit=bill["chit"])
         assert mine.reason == "BAD_STATE" and mine.message.endswith(
             "is alice's own invoice, waiting for the partner: the payer accepts or refuses "
             "it, on its node")
-        assert (await rpc(a, "chit.accept", cuid="bob", chit=bill["chit"]))["state"] == c.L_GOOD
+        assert (await rpc(a, "chit.accept", cuid="bob", chit=bill["chit"]))["state"] == cs.L_GOOD
         await wait_for(lambda: agreed(a, "alice", a, "bob", tally, 3))
         assert chain_of(a, "alice", tally)[3] == -450  # alice (stock) owes bob 700 - 200 - 50
         bobs = await rpc(a, "chit.list", cuid="bob", tally=tally)
         alices = await rpc(a, "chit.list", cuid="alice", tally=tally)
         assert [(x["chit"], x["index"], x["hash"]) for x in bobs] == [
             (x["chit"], x["index"], x["hash"]) for x in alices]
-        assert {x["state"] for x in bobs} == {c.A_GOOD, c.L_GOOD}
+        assert {x["state"] for x in bobs} == {cs.A_GOOD, cs.L_GOOD}
         # carol named where alice or bob was meant: told who holds it here, by every method
         for method, params in (("tally.show", {}), ("chit.list", {}),
                                ("chit.pay", {"units": 1}), ("chit.invoice", {"units": 1}),
@@ -379,12 +382,12 @@ async def test_a_thousand_chits_from_both_sides_at_once_converge(tmp_path):
         assert stock == foil  # identical chits, signatures and blocks
         assert [chit["chain"]["index"] for chit in stock] == list(range(1, 1001))
         assert {chit["uuid"] for chit in stock} == set(paid)
-        assert c.balance(stock, t.STOCK) == sum(paid.values()) == -c.balance(foil, t.FOIL)
+        assert chit_balance(stock, t.STOCK) == sum(paid.values()) == -chit_balance(foil, t.FOIL)
         for node, cuid in ((a, "alice"), (b, "bob")):  # only the newest blocks in memory
             for holding in (rebuilt(node, cuid, tally), node_holding(node, cuid, tally)):
                 assert len(holding.chain.chits) <= 2 * CHAIN_WINDOW
                 assert holding.chain.chits[-1] == stock[-1]
-                assert ch.balance(holding.chain) == holding.balance == c.balance(
+                assert ch.balance(holding.chain) == holding.balance == chit_balance(
                     stock, holding.local.side)
         listed = await rpc(b, "chit.list", cuid="bob", tally=tally)
         assert [x["index"] for x in listed] == list(range(1, 1001))
@@ -432,7 +435,7 @@ async def test_limits_closing_and_invoices(tmp_path):
                 "SELECT 1 FROM chits WHERE uuid = ?", (bill["chit"],)) is not None)
             await rpc(b, answer, cuid="bob", chit=bill["chit"])
         await wait_for(lambda: a.db.read_one("SELECT state FROM chits WHERE units = 100")[0]
-                       == c.A_VOID)
+                       == cs.A_VOID)
         await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 2))
         assert chain_of(a, "alice", tally)[3] == -400
         # closing: only payments that shrink the balance, then closed at zero
@@ -623,7 +626,7 @@ async def test_a_relay_view_of_a_real_tally(tmp_path):
             if view.endswith(":chits"):
                 [entry] = payload["chits"]
                 assert (entry["chit"]["units"], entry["chit"]["by"], entry["state"],
-                        entry["index"]) == (42, "foil", c.A_GOOD, 1)
+                        entry["index"]) == (42, "foil", cs.A_GOOD, 1)
                 assert entry["hash"] == b64u(head)
             else:
                 [holder] = payload["holders"]

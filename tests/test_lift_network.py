@@ -1,7 +1,7 @@
 """A lossy network of users running route discovery, lifts and a referee (sans-IO core only).
 
 Each user lives on its own agent; its ``Node`` is wired the way the runtime wires the modules
-(route candidates from ``route.hop_capacity``, lift chits from ``chit.lift_chit``, room from
+(route candidates from ``route.hop_capacity``, lift chits from ``chit_lift.lift_chit``, room from
 ``lift.check_room``, the participant table from ``lift.advance``). Messages wait in a bag
 from which they are delivered in any order, lost, duplicated, or sent again from the outbox.
 """
@@ -17,17 +17,20 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from protocol import chit as c
+from protocol import chit_states as cs
 from protocol import lift as lf
 from protocol import route as rt
 from protocol import tally as t
+from protocol.chit_lift import lift_chit, lift_decided
+from protocol.chit_local import LocalChit, effect
+from protocol.chit_local import balance as chit_balance
 from protocol.keys import ChipAddress
 from protocol.messages import Send
 from protocol.tally_local import LocalTally
 from tests.liftdata import REFEREE, REFEREE_ADDRESS, USERS, open_tally, uuid_of
 from tests.test_credit_tally import NOW, Party
 
-PENDING, GOOD, VOID = (c.A_LIFT, c.L_LIFT), (c.A_GOOD, c.L_GOOD), (c.A_VOID, c.L_VOID)
+PENDING, GOOD, VOID = (cs.A_LIFT, cs.L_LIFT), (cs.A_GOOD, cs.L_GOOD), (cs.A_VOID, cs.L_VOID)
 PAIRS = [(0, 1), (1, 2), (2, 3), (3, 0), (1, 3), (0, 2), (2, 4), (4, 0), (1, 0)]  # tally i+1
 LIFE = 1_000
 
@@ -44,7 +47,7 @@ class Node:
         self.address = user.address
         self.holdings: dict[str, LocalTally] = {}
         self.initial: dict[str, int] = {}  # the balance before any lift
-        self.chits: dict[str, c.LocalChit] = {}  # every lift chit, by uuid
+        self.chits: dict[str, LocalChit] = {}  # every lift chit, by uuid
         self.lifts: dict[str, str] = {}  # participant state
         self.records: dict[str, dict[str, Any]] = {}
         self.took: set[tuple[str, int]] = set()  # (lift, hop) promises taken
@@ -53,7 +56,7 @@ class Node:
         side = self.holdings[tally].side
         good = [lc.chit for lc in self.chits.values() if lc.chit["tally"] == tally
                 and lc.state in GOOD]
-        return self.initial[tally] + c.balance(good, side)
+        return self.initial[tally] + chit_balance(good, side)
 
     def reserved(self, tally: str, by: str) -> int:
         return sum(lc.chit["units"] for lc in self.chits.values()
@@ -68,9 +71,9 @@ class Node:
             out.append(rt.Candidate(tally, local.partner, room))
         return out
 
-    def _take(self, record: dict[str, Any], hop: int) -> c.LocalChit:
+    def _take(self, record: dict[str, Any], hop: int) -> LocalChit:
         local = self.holdings[record["path"][hop]["tally"]]
-        chit = c.lift_chit(record, hop, local)
+        chit = lift_chit(record, hop, local)
         lf.check_room(record, chit, local, balance=self.balance(local.uuid),
                       reserved=self.reserved(local.uuid, chit.chit["by"]))
         return chit
@@ -112,7 +115,7 @@ class Node:
         self.records[lift] = obj["record"]
         for uuid, chit in self.chits.items():
             if chit.chit["ref"] == {"lift": lift} and chit.state in PENDING:
-                self.chits[uuid] = c.lift_decided(chit, decided)
+                self.chits[uuid] = lift_decided(chit, decided)
 
 
 @dataclass
@@ -336,7 +339,7 @@ class LiftNetwork(RuleBasedStateMachine):
             record = next(n.records[lift] for n in self.nodes if lift in n.records)
             users = [(hop["cuid"], hop["agent"]) for hop in record["path"]]
             for at, node in enumerate(self.nodes):
-                net = sum(c.effect(ch.chit, node.holdings[ch.chit["tally"]].side)
+                net = sum(effect(ch.chit, node.holdings[ch.chit["tally"]].side)
                           for ch in node.chits.values() if ch.chit["ref"] == {"lift": lift})
                 me = (node.address.cuid, node.address.agent)
                 expected = 0

@@ -9,9 +9,13 @@ import pytest
 
 from protocol import chain as ch
 from protocol import chit as c
+from protocol import chit_states as cs
 from protocol import lift as lf
 from protocol import tally as t
 from protocol import tally_states as ts
+from protocol.chit_fields import check_chit, chit_hash
+from protocol.chit_lift import lift_chit, lift_decided
+from protocol.chit_local import effect
 from protocol.expiry import expires_at
 from protocol.keys import ChipAddress, SigningKey
 from protocol.tally_local import LocalTally
@@ -156,54 +160,54 @@ def test_messages_name_their_users_and_the_referee() -> None:
 
 
 def test_both_holders_build_the_identical_lift_chit() -> None:
-    paying, paid = c.lift_chit(LINEAR, 0, AB_A), c.lift_chit(LINEAR, 0, AB_B)
-    assert (paying.state, paid.state) == (c.L_LIFT, c.A_LIFT)
+    paying, paid = lift_chit(LINEAR, 0, AB_A), lift_chit(LINEAR, 0, AB_B)
+    assert (paying.state, paid.state) == (cs.L_LIFT, cs.A_LIFT)
     assert paying.chit == paid.chit
     chit = paying.chit
     assert (chit["by"], chit["type"], chit["units"], chit["sign"]) == ("stock", "lift", 100, None)
     assert chit["ref"] == {"lift": LINEAR["lift"]}
-    assert c.lift_chit(LINEAR, 1, BC_B).chit["uuid"] != chit["uuid"]
-    c.check_chit(chit, AB_B.tally, signed=True)  # authorised by the decision, not a signature
-    assert c.effect(chit, t.STOCK) == -100  # A pays B
+    assert lift_chit(LINEAR, 1, BC_B).chit["uuid"] != chit["uuid"]
+    check_chit(chit, AB_B.tally, signed=True)  # authorised by the decision, not a signature
+    assert effect(chit, t.STOCK) == -100  # A pays B
 
 
 def test_a_lift_chit_on_a_tally_of_other_users_is_not_party() -> None:
-    assert code_of(c.lift_chit, LINEAR, 1, AB_A) == "not_party"  # hop 1 is on T_BC
+    assert code_of(lift_chit, LINEAR, 1, AB_A) == "not_party"  # hop 1 is on T_BC
     foreign = copy.deepcopy(LINEAR)
     foreign["path"][1]["tally"] = T_AB  # hop 1 claims T_AB, whose users are A and B
-    assert code_of(c.lift_chit, foreign, 1, AB_B) == "not_party"
-    assert code_of(c.lift_chit, LINEAR, 2, BC_C) == "bad_field"
+    assert code_of(lift_chit, foreign, 1, AB_B) == "not_party"
+    assert code_of(lift_chit, LINEAR, 2, BC_C) == "bad_field"
 
 
 def test_a_lift_chit_needs_the_payors_own_key() -> None:
     mallory = record([A, B, C], [T_AB, T_BC], key=D.key)  # signed by a stranger in A's name
-    assert code_of(c.lift_chit, mallory, 0, AB_B) == "bad_signature"
-    c.lift_chit(mallory, 1, BC_C)  # C cannot tell (A is not its partner); B's refusal stops it
+    assert code_of(lift_chit, mallory, 0, AB_B) == "bad_signature"
+    lift_chit(mallory, 1, BC_C)  # C cannot tell (A is not its partner); B's refusal stops it
 
 
 def test_a_lift_chit_with_a_signature_or_a_bad_ref_is_refused() -> None:
-    chit = c.lift_chit(LINEAR, 0, AB_A).chit
+    chit = lift_chit(LINEAR, 0, AB_A).chit
     signed = {**chit, "sign": A.key.sign(chit["hash"])}
-    assert "sign" in refusal(c.check_chit, signed, AB_B.tally, signed=True).message
+    assert "sign" in refusal(check_chit, signed, AB_B.tally, signed=True).message
     for ref in ({"lift": "x"}, {"lift": LINEAR["lift"], "more": 1}, None):
         bad = {**chit, "ref": ref}
-        bad["hash"] = c.chit_hash(bad)
-        assert "ref" in refusal(c.check_chit, bad, AB_B.tally, signed=True).message
+        bad["hash"] = chit_hash(bad)
+        assert "ref" in refusal(check_chit, bad, AB_B.tally, signed=True).message
 
 
 def test_lift_chits_follow_the_decision() -> None:
-    paying, paid = c.lift_chit(LINEAR, 0, AB_A), c.lift_chit(LINEAR, 0, AB_B)
-    assert c.lift_decided(paying, "good").state == c.L_GOOD
-    assert c.lift_decided(paid, "good").state == c.A_GOOD
-    assert c.lift_decided(paying, "void").state == c.L_VOID
-    assert c.lift_decided(paid, "void").state == c.A_VOID
-    done = c.lift_decided(paid, "good")
-    assert code_of(c.lift_decided, done, "void") == "bad_state"
-    assert code_of(c.lift_decided, paid, "maybe") == "bad_field"
+    paying, paid = lift_chit(LINEAR, 0, AB_A), lift_chit(LINEAR, 0, AB_B)
+    assert lift_decided(paying, "good").state == cs.L_GOOD
+    assert lift_decided(paid, "good").state == cs.A_GOOD
+    assert lift_decided(paying, "void").state == cs.L_VOID
+    assert lift_decided(paid, "void").state == cs.A_VOID
+    done = lift_decided(paid, "good")
+    assert code_of(lift_decided, done, "void") == "bad_state"
+    assert code_of(lift_decided, paid, "maybe") == "bad_field"
 
 
 def test_a_partner_cannot_make_a_lift_chit_good_by_message() -> None:
-    chit = c.lift_chit(LINEAR, 0, AB_A).chit
+    chit = lift_chit(LINEAR, 0, AB_A).chit
     assert code_of(c.receive_good, None, chit, AB_B, balance=0) == "lift_undecided"
     chain = ch.start(AB_A)  # A holds the stock: the foil's upd carries a lift chit it lacks
     foil = ch.start(AB_B)
@@ -225,9 +229,9 @@ def test_a_good_lift_chit_joins_the_chain_with_one_upd_and_two_acks(paid_by: str
     # the stock parks it silently until that block comes
     rec = LINEAR if paid_by == t.STOCK else record([B, A], [T_AB], lift_uuid=uuid_of(502))
     stock, foil = ch.start(AB_A), ch.start(AB_B)
-    stock, sent = ch.add(stock, c.lift_decided(c.lift_chit(rec, 0, AB_A), "good").chit, AB_A)
+    stock, sent = ch.add(stock, lift_decided(lift_chit(rec, 0, AB_A), "good").chit, AB_A)
     assert sent == [] and stock.length == 0 and len(stock.pending) == 1
-    foil, sent = ch.add(foil, c.lift_decided(c.lift_chit(rec, 0, AB_B), "good").chit, AB_B)
+    foil, sent = ch.add(foil, lift_decided(lift_chit(rec, 0, AB_B), "good").chit, AB_B)
     assert sent == [] and foil.length == 1
     [upd] = ch.resync(foil, AB_B)
     assert (upd.action, upd.object["cmd"], upd.object["chits"][0]["chain"]["index"]) == (
@@ -245,7 +249,7 @@ def test_a_good_lift_chit_joins_the_chain_with_one_upd_and_two_acks(paid_by: str
 def test_a_parked_foil_lift_chit_waits_for_its_upd_and_only_a_repair_asks() -> None:
     backwards = record([B, A], [T_AB], lift_uuid=uuid_of(503))  # B, the foil, pays A
     stock, foil = ch.start(AB_A), ch.start(AB_B)
-    stock, _ = ch.add(stock, c.lift_decided(c.lift_chit(backwards, 0, AB_A), "good").chit, AB_A)
+    stock, _ = ch.add(stock, lift_decided(lift_chit(backwards, 0, AB_A), "good").chit, AB_A)
     paid, _ = c.pay(AB_B, B.key, chit_uuid=uuid_of(78), units=5, date_ms=NOW, balance=0)
     foil, [good] = ch.add(foil, paid.chit, AB_B)
     stock, replies = ch.add(stock, good.object, AB_A)  # another foil chit arrives meanwhile
@@ -256,18 +260,18 @@ def test_a_parked_foil_lift_chit_waits_for_its_upd_and_only_a_repair_asks() -> N
 def test_reserved_lift_chits_count_as_spent_in_a_payment() -> None:
     # B (foil of T_AB) may owe A at most 1_000; 700 are reserved by B's pending lift chits
     pay = {"chit_uuid": uuid_of(77), "units": 400, "date_ms": NOW, "balance": 0}
-    assert c.pay(AB_B, B.key, **pay)[0].state == c.L_GOOD
+    assert c.pay(AB_B, B.key, **pay)[0].state == cs.L_GOOD
     caught = refusal(c.pay, AB_B, B.key, **pay, reserved=700)
     assert caught.code == "over_limit" and "700 of it reserved" in caught.message
 
 
 def test_room_for_a_lift_chit() -> None:
-    paying, paid = c.lift_chit(LINEAR, 0, AB_A), c.lift_chit(LINEAR, 0, AB_B)
+    paying, paid = lift_chit(LINEAR, 0, AB_A), lift_chit(LINEAR, 0, AB_B)
     lf.check_room(LINEAR, paying, AB_A, balance=0, reserved=900)
     lf.check_room(LINEAR, paid, AB_B, balance=0, reserved=900)
     assert code_of(lf.check_room, LINEAR, paying, AB_A, balance=0, reserved=901) == "over_limit"
     assert code_of(lf.check_room, LINEAR, paid, AB_B, balance=0, reserved=901) == "over_limit"
-    circle = c.lift_chit(CIRCLE, 0, AB_A)  # A may clear only what B owes it
+    circle = lift_chit(CIRCLE, 0, AB_A)  # A may clear only what B owes it
     assert code_of(lf.check_room, CIRCLE, circle, AB_A, balance=99, reserved=0) == "over_limit"
     lf.check_room(CIRCLE, circle, AB_A, balance=150, reserved=50)
     closing = LocalTally(AB_A.side, ts.C_OPEN, AB_A.tally)  # linear, but must shrink

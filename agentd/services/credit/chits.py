@@ -26,7 +26,9 @@ from agentd.services.credit.params import (
 )
 from protocol import chain as ch
 from protocol import chit as c
+from protocol import chit_states as cs
 from protocol import tally as t
+from protocol.chit_local import LocalChit, effect
 from protocol.envelope import Envelope
 from protocol.errors import Refusal
 from protocol.keys import b64u
@@ -86,7 +88,7 @@ class ChitService(Service):
         cuid, tally_uuid, memo = param_cuid(cuid), param_uuid(tally, "tally"), param_memo(memo)
         self.ledger.known_user(cuid)  # UNKNOWN_USER before UNKNOWN_TALLY
 
-        def work(tx: Tx) -> list[c.LocalChit]:
+        def work(tx: Tx) -> list[LocalChit]:
             holding = self.ledger.holding(tx.conn, tally_uuid, cuid, ours=True)
             key = self.ledger.user(tx.conn, cuid).key
             balance, paid = holding.balance, []
@@ -101,7 +103,7 @@ class ChitService(Service):
                         raise
                     raise Refusal(exc.code, f"units[{at}], after {sum(amounts[:at])} in this "
                                   f"call before it (nothing was paid): {exc.message}") from exc
-                balance += c.effect(chit.chit, holding.local.side)
+                balance += effect(chit.chit, holding.local.side)
                 paid.append(chit)
             self.ledger.good(tx, holding, paid, batched=batched)
             return paid
@@ -116,7 +118,7 @@ class ChitService(Service):
         units, memo = param_amount(units, "units"), param_memo(memo)
         self.ledger.known_user(cuid)
 
-        def work(tx: Tx) -> c.LocalChit:
+        def work(tx: Tx) -> LocalChit:
             holding = self.ledger.holding(tx.conn, tally_uuid, cuid, ours=True)
             drafted, messages = c.invoice(holding.local, chit_uuid=str(uuidlib.uuid4()),
                                           units=units, date_ms=tx.now_ms,
@@ -136,7 +138,7 @@ class ChitService(Service):
         cuid, chit_uuid = param_cuid(cuid), param_uuid(chit, "chit")
         self.ledger.known_user(cuid)
 
-        def work(tx: Tx) -> c.LocalChit:
+        def work(tx: Tx) -> LocalChit:
             holding, owed = self.ledger.owed(tx.conn, cuid, chit_uuid)
             paid, _ = c.accept(owed, holding.local, self.ledger.user(tx.conn, cuid).key,
                                balance=holding.balance, reserved=holding.lift_out)
@@ -151,7 +153,7 @@ class ChitService(Service):
         cuid, chit_uuid = param_cuid(cuid), param_uuid(chit, "chit")
         self.ledger.known_user(cuid)
 
-        def work(tx: Tx) -> c.LocalChit:
+        def work(tx: Tx) -> LocalChit:
             holding, owed = self.ledger.owed(tx.conn, cuid, chit_uuid)
             refused, messages = c.refuse(owed, holding.local)
             self.ledger.store.put_chit(tx.conn, cuid, refused, tx.now_ms)
@@ -230,7 +232,7 @@ class ChitService(Service):
     def _room_for_invoice(self, tx: Tx, holding: Holding, cuid: str) -> None:
         """A partner's invoices wait for our user, each a row: at most ``MAX_INVOICES`` on a
         tally at once, so a partner cannot make us keep them without bound."""
-        waiting = self.ledger.store.count_unchained(tx.conn, holding.local.uuid, cuid, c.L_PEND)
+        waiting = self.ledger.store.count_unchained(tx.conn, holding.local.uuid, cuid, cs.L_PEND)
         if waiting >= MAX_INVOICES:
             raise Reject("TOO_MANY_INVOICES", f"{cuid} has {waiting} invoices of yours on tally "
                          f"{holding.local.uuid} to answer already; wait for them to be "
@@ -259,7 +261,7 @@ class ChitService(Service):
             got = _receive_good(known, chit, holding, holding.balance + delta)
             self.ledger.log(tx, holding.local, "chit.good", got.chit, ref=got.uuid)
             adopted.append(got)
-            delta += c.effect(got.chit, holding.local.side)
+            delta += effect(got.chit, holding.local.side)
         self.ledger.commit(tx, holding, chain=received.chain, delta=delta,
                            messages=received.messages, fresh=adopted)
 
@@ -288,7 +290,7 @@ class ChitService(Service):
                     chit.get("uuid"), str):
                 held = self.ledger.store.get_chit(tx.conn, holding.local.uuid, holding.cuid,
                                                   chit["uuid"])
-                if held is not None and held.state in (c.A_LIFT, c.L_LIFT):
+                if held is not None and held.state in (cs.A_LIFT, cs.L_LIFT):
                     return True
         return False
 
@@ -318,8 +320,8 @@ def _unconfirmed(error: str | None, index: int | None, confirmed: int) -> str | 
     return None if index is not None and index <= confirmed else error
 
 
-def _receive_good(known: c.LocalChit | None, chit: Any, holding: Holding,
-                  balance: int) -> c.LocalChit:
+def _receive_good(known: LocalChit | None, chit: Any, holding: Holding,
+                  balance: int) -> LocalChit:
     """``protocol.chit.receive_good`` on ``holding``; a chit it finds ``awaiting_lift`` (it
     fits once a lift's decision the partner has applied reaches us too) is left unacked
     (``NotYet``) and taken when it comes again."""

@@ -44,9 +44,10 @@ from agentd.services.credit.lift_follow_up import FollowUp
 from agentd.services.credit.params import param_amount, param_cuid, param_memo, param_uuid
 from agentd.services.credit.referee import Referee
 from agentd.services.credit.routes import RouteService, param_find
-from protocol import chit as c
+from protocol import chit_states as cs
 from protocol import lift as lf
 from protocol import route
+from protocol.chit_lift import lift_chit, lift_chit_uuid, lift_decided
 from protocol.envelope import Envelope
 from protocol.errors import Refusal
 from protocol.keys import ChipAddress
@@ -64,7 +65,7 @@ WAIT_S = 30.0
 MAX_WAIT_S = 600.0
 CLEAR_TRIES = 3  # searches lift.clear makes when concurrent lifts take the cycle it found
 REFEREE_DIAL_S = 5.0  # the most a lift waits for a channel to its referee before it starts
-_PENDING = (c.A_LIFT, c.L_LIFT)
+_PENDING = (cs.A_LIFT, cs.L_LIFT)
 HEARD_VOIDS = 4096  # voids remembered on lifts whose promise has not reached us (writer thread)
 
 
@@ -270,7 +271,7 @@ class LiftService(Service):
         counting every pending lift chit."""
         if holding is None:
             holding = self.ledger.holding(tx.conn, record["path"][hop]["tally"], cuid)
-        pending = c.lift_chit(record, hop, holding.local)
+        pending = lift_chit(record, hop, holding.local)
         units = record["units"]
         lf.check_room(record, pending, holding.local, balance=holding.balance,
                       reserved=holding.lift_out if outgoing else holding.lift_in)
@@ -308,7 +309,7 @@ class LiftService(Service):
             raise Reject("CONFLICT", f"lift {record['lift']} is here already with another "
                          "record")
         if self.ledger.store.get_chit(tx.conn, incoming.local.uuid, here.cuid,
-                                      c.lift_chit_uuid(record["lift"], hop)):
+                                      lift_chit_uuid(record["lift"], hop)):
             return  # this hop's chit is here already: a resent promise
         if known is not None and known["state"] != lf.PEND:
             raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here already")
@@ -430,9 +431,9 @@ class LiftService(Service):
             pending = self.ledger.store.get_chit(tx.conn, chit["tally"], chit["cuid"],
                                                  chit["uuid"])
             assert pending is not None
-            decided = c.lift_decided(pending, state)
+            decided = lift_decided(pending, state)
             units = pending.chit["units"]
-            delta = (-units, 0) if pending.state == c.A_LIFT else (0, -units)
+            delta = (-units, 0) if pending.state == cs.A_LIFT else (0, -units)
             if state == lf.GOOD:
                 self.ledger.good(tx, holding, [decided], batched=False, lift_delta=delta)
             else:
