@@ -20,34 +20,31 @@ referee two-phase commit (DESIGN.md §4):
    asking again gets the same answer.
 5. A node applies a decision signed by the lift's referee to all its pending chits of the
    lift in one transaction: good ones enter the tally chains like any good chit, void ones
-   release their capacity. A node still pending after the deadline asks the referee
-   (``query``), backing off, until it learns the decision (``lift_follow_up``).
+   release their capacity (``lift_decisions``). A node still pending after the deadline
+   asks the referee (``query``), backing off, until it learns the decision
+   (``lift_follow_up``).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid as uuidlib
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agentd.logs import event
 from agentd.rpc import invalid_params
-from agentd.runtime import clocks
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.services.credit import lift_views
 from agentd.services.credit.ledger import CreditLedger
+from agentd.services.credit.lift_decisions import LiftDecisions, log_lift
 from agentd.services.credit.lift_follow_up import FollowUp
 from agentd.services.credit.params import param_amount, param_cuid, param_memo, param_uuid
 from agentd.services.credit.referee import Referee
 from agentd.services.credit.routes import RouteService, param_find
-from protocol import chit_states as cs
 from protocol import lift as lf
 from protocol import route
-from protocol.chit_lift import lift_chit, lift_chit_uuid, lift_decided
+from protocol.chit_lift import lift_chit, lift_chit_uuid
 from protocol.envelope import Envelope
 from protocol.errors import Refusal
 from protocol.keys import ChipAddress
@@ -65,8 +62,6 @@ WAIT_S = 30.0
 MAX_WAIT_S = 600.0
 CLEAR_TRIES = 3  # searches lift.clear makes when concurrent lifts take the cycle it found
 REFEREE_DIAL_S = 5.0  # the most a lift waits for a channel to its referee before it starts
-_PENDING = (cs.A_LIFT, cs.L_LIFT)
-HEARD_VOIDS = 4096  # voids remembered on lifts whose promise has not reached us (writer thread)
 
 
 class LiftService(Service):
@@ -83,8 +78,8 @@ class LiftService(Service):
         self.ledger = ledger
         self.routes = routes
         self._settled: dict[str, trio.Event] = {}  # lift -> set when it is decided here
-        self._heard_void: OrderedDict[str, bytes] = OrderedDict()  # lift -> record digest
         self.referee_role = Referee(node, ledger)  # lifts others name this node to decide
+        self.decisions = LiftDecisions(node, ledger, routes, self._wake)
         self.follow_up = FollowUp(node, ledger, self.clear)
         for name in ("pay", "clear", "wait", "show", "list"):
             node.register_method(f"lift.{name}", getattr(self, f"rpc_{name}"))
@@ -217,7 +212,7 @@ class LiftService(Service):
                 lift_uuid=str(uuidlib.uuid4()), kind=kind, units=units, path=path,
                 referee=referee, date_ms=tx.now_ms, life_ms=life_ms, memo=memo, key=user.key)
             lifts.add(tx.conn, record, payor=cuid, now_ms=tx.now_ms)
-            _log_lift(tx, record["lift"], lf.PEND, kind=kind, units=units, cuid=cuid)
+            log_lift(tx, record["lift"], lf.PEND, kind=kind, units=units, cuid=cuid)
             self._hold(tx, record, 0, cuid, outgoing=True)
             self.ledger.emit(tx, [lf.promise(record, 0)])
             self._ask_referee(tx, record, cuid)
@@ -287,7 +282,7 @@ class LiftService(Service):
         elif action in ("commit", "cancel", "query"):
             self.referee_role.handle(tx, envelope)
         elif action == "decision":
-            self._on_decision(tx, envelope)
+            self.decisions.handle(tx, envelope)
         else:
             raise Reject("UNKNOWN_ACTION", f"lift has no action {action!r}")
 
@@ -313,15 +308,15 @@ class LiftService(Service):
             return  # this hop's chit is here already: a resent promise
         if known is not None and known["state"] != lf.PEND:
             raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here already")
-        heard = self._heard_void.get(record["lift"])
+        heard = self.decisions.heard_void.get(record["lift"])
         if heard is not None and heard == lf.record_digest(record):
             raise Reject("BAD_STATE", f"lift {record['lift']} is void: its referee said so")
         if known is None:
             via = (incoming.local.uuid, here.cuid)
             self._check_held(tx, record, *via)
             lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms, via=via)
-        _log_lift(tx, record["lift"], lf.PEND, kind=record["kind"], units=record["units"],
-                  cuid=here.cuid)
+        log_lift(tx, record["lift"], lf.PEND, kind=record["kind"], units=record["units"],
+                 cuid=here.cuid)
         self._hold(tx, record, hop, here.cuid, outgoing=False, holding=incoming)
         last = hop + 1 == len(record["path"]) - 1
         if last:
@@ -370,81 +365,6 @@ class LiftService(Service):
         if referee != self.runtime.agent_id and not self.runtime.connected(referee):
             self.ledger.emit(tx, [lf.query(record, from_cuid=cuid)])
 
-    def _on_decision(self, tx: Tx, envelope: Envelope) -> None:
-        obj = envelope.object
-        record, decision = obj.get("record"), obj.get("decision")
-        lift = record.get("lift") if isinstance(record, dict) else None
-        row = lifts.get(tx.conn, lift) if isinstance(lift, str) else None
-        if row is None:  # a lift new to us: its record must stand on its own
-            lf.check_record(record)
-            known = record
-        else:  # the record we checked when we took part is the one that counts
-            known = lifts.record_of(row)
-        state = lf.check_decision(decision, known)
-        if row is None:  # we hold nothing of this lift (our hop was never reached)
-            if state == lf.VOID:
-                self._hear_void(record, tx.now_ms)
-            return
-        if row["state"] == state:
-            return  # a repeat
-        if row["state"] != lf.PEND:
-            raise Reject("CONFLICT", f"lift {row['lift']} is already {row['state']} here")
-        self.apply(tx, row["lift"], state, decision)
-        if state == lf.VOID and row["error"] is None:  # say why, as far as we can tell
-            late = isinstance(decision.get("date"), int) and decision["date"] >= row["deadline"]
-            lifts.set_error(tx.conn, row["lift"], "the referee voided it: " + (
-                "its deadline passed before the terminus's commit reached it (a node on the"
-                f" path, or the referee, down or slow; or {self._clocks(decision)})" if late
-                else "a hop could not take part and cancelled it"),
-                tx.now_ms)
-
-    def _clocks(self, decision: dict[str, Any]) -> str:
-        """What a late void says of the clocks: the referee's offset from ours, when its
-        messages have shown it (``agentd.runtime.clocks``) to be off by more than noise."""
-        ahead = self.runtime.clock_ahead_ms(decision["referee"])
-        if ahead is None or abs(ahead) < clocks.WARN_MS:
-            return "clocks apart"
-        return f"clocks apart: the referee's is {ahead / 1000:+.1f} s from this node's"
-
-    def _hear_void(self, record: dict[str, Any], now_ms: int) -> None:
-        """Remember a void on a lift that names our node but has not reached it, so its
-        promise is refused if it comes late, until its deadline (a promise after it is refused
-        anyway). In memory, at most ``HEARD_VOIDS`` (a restart forgets them: the promise is
-        then taken and voided when the referee is asked): anyone can sign records as their
-        own referee, and no row of ours is theirs to make. A void on another record of the
-        same uuid (one made up) does not match the real one's promise."""
-        if record["deadline"] <= now_ms or all(
-                hop["agent"] != self.runtime.agent_id for hop in record["path"]):
-            return
-        heard = self._heard_void
-        heard[record["lift"]] = lf.record_digest(record)
-        heard.move_to_end(record["lift"])
-        while len(heard) > HEARD_VOIDS:
-            heard.popitem(last=False)
-
-    def apply(self, tx: Tx, lift: str, state: str, decision: dict[str, Any]) -> None:
-        """Every pending chit of the lift here becomes good (and is chained) or void."""
-        for chit in self.ledger.store.lift_chits(tx.conn, lift):
-            if chit["state"] not in _PENDING:
-                continue
-            holding = self.ledger.holding(tx.conn, chit["tally"], chit["cuid"])
-            pending = self.ledger.store.get_chit(tx.conn, chit["tally"], chit["cuid"],
-                                                 chit["uuid"])
-            assert pending is not None
-            decided = lift_decided(pending, state)
-            units = pending.chit["units"]
-            delta = (-units, 0) if pending.state == cs.A_LIFT else (0, -units)
-            if state == lf.GOOD:
-                self.ledger.good(tx, holding, [decided], batched=False, lift_delta=delta)
-            else:
-                self.ledger.commit(tx, holding, fresh=[decided], lift_delta=delta)
-                self.ledger.log(tx, holding.local, "chit.void", decided.to_map(),
-                                ref=decided.uuid)
-        lifts.settle(tx.conn, lift, state, decision, tx.now_ms)
-        _log_lift(tx, lift, state)
-        tx.after_commit(lambda: self._wake(lift))
-        tx.after_commit(lambda: self.routes.known.decided(lift, state))
-
     def _wake(self, lift: str) -> None:
         waiting = self._settled.pop(lift, None)
         if waiting is not None:
@@ -457,8 +377,3 @@ class LiftService(Service):
         cancelled."""
         await self.follow_up.run(task_status=task_status)
 
-
-def _log_lift(tx: Tx, lift: str, state: str, **fields: Any) -> None:
-    """The info line per state change of a lift on this node, once committed."""
-    tx.after_commit(functools.partial(event, log, "lift state", lift=lift, state=state,
-                                      **fields))
