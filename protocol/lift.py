@@ -21,7 +21,9 @@ pend        good/void   good/void  the referee's decision: apply it to every chi
 good/void   same again  same       a repeated decision changes nothing
 ==========  ==========  =========  ==================================================
 
-A decision contradicting ours (good after void, void after good) is ``conflict``. Each hop's
+A decision contradicting ours (good after void, void after good) is ``conflict`` here; when
+both are the referee's, it equivocated, and ``protocol.lift_equivocation`` settles the lift
+(good wins, on every node that sees both). Each hop's
 payer records its pending chit, then sends ``promise`` to the next user; the terminus (the
 payee, or the payor again for a circle) sends ``commit`` to the referee; a hop that cannot
 take part sends ``cancel``; a node still pending after the deadline sends ``query``, and so
