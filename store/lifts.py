@@ -15,7 +15,7 @@ from protocol.codec import pack, unpack
 from protocol.lift import record_digest, referee_at
 
 _COLUMNS = ("lift, kind, state, units, payor, referee, deadline, record, decision, query_due,"
-            " query_tries, error, created, updated")
+            " query_tries, error, created, updated, contradicted")
 RETRY_MAX_MS = 60_000  # a pending lift past its deadline asks its referee at least this often
 
 
@@ -68,6 +68,34 @@ def settle(conn: sqlite3.Connection, lift: str, state: str, decision: dict[str, 
         "UPDATE lifts SET state = ?, decision = ?, updated = ? WHERE lift = ?",
         (state, pack(decision), now_ms, lift),
     )
+
+
+def contradict(conn: sqlite3.Connection, lift: str, other: dict[str, Any]) -> bool:
+    """Keep the referee's decision that contradicts the one applied to ``lift`` (the proof
+    that it equivocated); False when one is kept already."""
+    return conn.execute("UPDATE lifts SET contradicted = ? WHERE lift = ? AND contradicted IS"
+                        " NULL", (pack(other), lift)).rowcount == 1
+
+
+def contradiction_of(row: sqlite3.Row) -> dict[str, Any] | None:
+    return None if row["contradicted"] is None else unpack(row["contradicted"])
+
+
+def add_equivocator(conn: sqlite3.Connection, referee: str, lift: str, proof: dict[str, Any],
+                    now_ms: int, *, keep: int) -> None:
+    """Remember that ``referee`` equivocated on ``lift`` (its first proof here), keeping the
+    newest ``keep`` referees: each needs a lift this node took part in, and anyone can make
+    up referee keys."""
+    conn.execute("INSERT INTO equivocators (referee, lift, proof, created) VALUES (?, ?, ?, ?)"
+                 " ON CONFLICT (referee) DO NOTHING", (referee, lift, pack(proof), now_ms))
+    conn.execute("DELETE FROM equivocators WHERE referee IN (SELECT referee FROM equivocators"
+                 " ORDER BY created DESC, rowid DESC LIMIT -1 OFFSET ?)", (keep,))
+
+
+def equivocated_on(conn: sqlite3.Connection, referee: str) -> str | None:
+    """The lift on which ``referee`` was first proven here to have equivocated, if any."""
+    row = conn.execute("SELECT lift FROM equivocators WHERE referee = ?", (referee,)).fetchone()
+    return None if row is None else row[0]
 
 
 def prune_void(conn: sqlite3.Connection, before_ms: int) -> int:

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from protocol import lift as lf
-from protocol.codec import digest, pack
+from protocol.codec import digest, pack, unpack
 from protocol.keys import ChipAddress, SigningKey
 from store import (
     Database,
@@ -200,6 +200,30 @@ def test_migration_14_finds_the_tally_a_pending_lift_came_over(
                                              ("paid", None, None)]
         assert lifts.held(conn, "in", "u") == 1
         assert lifts.held_referees(conn, "in", "u") == [("r", None)]
+    finally:
+        conn.close()
+
+
+def test_equivocating_referees_are_kept_the_newest_first_and_a_proof_once(
+        tmp_path: Path) -> None:
+    """What a referee that signed both good and void makes a node keep is bounded: one row a
+    referee, its first proof, the newest ``keep`` of them; and the losing decision once a
+    lift (a second proof changes nothing)."""
+    conn = sqlite3.connect(tmp_path / "e.db", isolation_level=None)
+    try:
+        migrate(conn)
+        for at in range(5):
+            lifts.add_equivocator(conn, f"r{at}", f"l{at}", {"n": at}, at, keep=3)
+        lifts.add_equivocator(conn, "r4", "later", {"n": 9}, 9, keep=3)  # known: unchanged
+        assert [lifts.equivocated_on(conn, f"r{at}") for at in range(5)] == [
+            None, None, "l2", "l3", "l4"]
+        conn.execute("INSERT INTO lifts (lift, kind, state, units, referee, deadline, record,"
+                     " query_due, created, updated) VALUES ('l', 'linear', 'good', 1, 'r', 1,"
+                     " x'80', 1, 1, 1)")
+        assert lifts.contradict(conn, "l", {"state": "void", "n": 1})
+        assert not lifts.contradict(conn, "l", {"state": "void", "n": 2})
+        row = conn.execute("SELECT contradicted FROM lifts").fetchone()
+        assert unpack(row[0]) == {"state": "void", "n": 1}
     finally:
         conn.close()
 

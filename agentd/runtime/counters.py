@@ -24,6 +24,7 @@ class Counters:
     unacked_failures: int = 0  # messages we could not commit: left unacked for a retry
     deferred: int = 0  # messages that depend on one not here yet: left unacked for a retry
     rationed: int = 0  # strangers' messages held back past their write allowance (WriteRation)
+    lift_equivocations: int = 0  # lifts whose referee signed both good and void, proven here
     rejected: Counter[str] = field(default_factory=Counter)
 
     def reject(self, reason: str) -> None:

@@ -39,6 +39,7 @@ COUNTER_HELP = {
     "messages_processed": "messages processed (committed)",
     "duplicates": "redelivered messages acked and ignored", "acks_in": "acks received",
     "rejected_by_peer": "our messages a peer refused for good",
+    "lift_equivocations": "lifts whose referee signed both good and void, proven here",
 }
 
 

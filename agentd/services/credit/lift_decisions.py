@@ -1,9 +1,22 @@
-"""A lift's decision at a participant (DESIGN.md §4, step 5).
+"""A lift's decision at a participant (DESIGN.md §4, step 5), and a referee that equivocates.
 
 ``LiftService`` hands this every ``lift/decision``. A decision signed by the lift's referee on
 the record we hold makes every pending chit of the lift here good (chained) or void, in one
 transaction; a void on a lift that has not reached us is remembered in memory, so its promise
 is refused if it comes late.
+
+A referee that signs both ``good`` and ``void`` on one record (``protocol.lift_equivocation``)
+could leave a tally's partners disagreeing for ever, one holding the lift chit good and in its
+chain, the other void. Two such decisions are a proof anyone can check, and a node that holds
+one and hears the other (or hears both in one message) settles the lift **good**: its void
+chits become good and are chained. It keeps the losing decision on the lift row (``lift.show``
+``equivocation``), logs the proof to its clearing house (pid ``AGENT/LIFT/equivocation`` in its
+own namespace, owned by every agent on the path), warns, counts it
+(``getinfo.counters.lift_equivocations``), refuses the referee for later lifts
+(``refusal``: ``equivocators``, the newest ``MAX_EQUIVOCATORS``) and shows the proof to its
+partners on the lift, who may hold the losing state. What gets a partner that holds a lift
+void the good decision in the first place is the chain repair (``on_repair``): a holder whose
+partner has not taken a good lift chit shows it the decision.
 """
 
 from __future__ import annotations
@@ -16,21 +29,33 @@ from typing import TYPE_CHECKING, Any
 
 from agentd.logs import event
 from agentd.runtime import clocks
-from agentd.runtime.context import Reject, Tx
+from agentd.runtime.answers import AnswersInFlight
+from agentd.runtime.context import Tx
 from protocol import chit_states as cs
 from protocol import lift as lf
-from protocol.chit_lift import lift_decided
+from protocol.chit_lift import lift_chit, lift_decided
+from protocol import lift_equivocation as eq
+from protocol.messages import Send
 from store import lifts
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from agentd.runtime.context import Runtime
     from agentd.services.credit.ledger import CreditLedger
     from agentd.services.credit.routes import RouteService
     from protocol.envelope import Envelope
+    from store.credit import Holding
 
 log = logging.getLogger("agentd.lift")
 HEARD_VOIDS = 4096  # voids remembered on lifts whose promise has not reached us (writer thread)
+MAX_EQUIVOCATORS = 1024  # referees remembered as having equivocated (rows)
+SHOWN_PER_REPAIR = 8  # decisions a chain repair shows the partner at most, per tally
+# ... of lifts decided here this long ago at least: by then the referee's own decision has
+# reached a partner that is up, unless the referee withheld it or told it the other state
+SHOW_AFTER_MS = 5_000
 _PENDING = (cs.A_LIFT, cs.L_LIFT)
+_VOID = (cs.A_VOID, cs.L_VOID)
 
 
 class LiftDecisions:
@@ -41,9 +66,10 @@ class LiftDecisions:
         self.routes = routes
         self._wake = wake  # lift.wait callers of a lift decided here
         self.heard_void: OrderedDict[str, bytes] = OrderedDict()  # lift -> record digest
+        self._shown = AnswersInFlight(1)  # decisions and proofs shown, by (lift, agent)
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
-        """A ``lift/decision``: ``{record, decision}``."""
+        """A ``lift/decision``: ``{record, decision, other?}``."""
         obj = envelope.object
         record, decision = obj.get("record"), obj.get("decision")
         lift = record.get("lift") if isinstance(record, dict) else None
@@ -53,13 +79,17 @@ class LiftDecisions:
             if lf.check_decision(decision, record) == lf.VOID:
                 self._hear_void(record, tx.now_ms)
             return
-        state = lf.check_decision(decision, lifts.record_of(row))  # the record we took part in
-        if row["state"] == state:
+        known = lifts.record_of(row)  # the record we checked when we took part counts
+        held = lifts.decision_of(row) if row["state"] != lf.PEND else None
+        other = obj.get("other")
+        outcome = eq.receive(known, held, decision, other)
+        if outcome.proof is not None:
+            self._proven(tx, row, known, outcome, envelope, carried=other is not None)
+            return
+        if row["state"] == outcome.state:
             return  # a repeat
-        if row["state"] != lf.PEND:
-            raise Reject("CONFLICT", f"lift {row['lift']} is already {row['state']} here")
-        self.apply(tx, row["lift"], state, decision)
-        if state == lf.VOID and row["error"] is None:  # say why, as far as we can tell
+        self.apply(tx, row["lift"], outcome.state, decision)
+        if outcome.state == lf.VOID and row["error"] is None:  # say why, as far as we can tell
             late = isinstance(decision.get("date"), int) and decision["date"] >= row["deadline"]
             lifts.set_error(tx.conn, row["lift"], "the referee voided it: " + (
                 "its deadline passed before the terminus's commit reached it (a node on the"
@@ -67,12 +97,20 @@ class LiftDecisions:
                 else "a hop could not take part and cancelled it"),
                 tx.now_ms)
 
-    def apply(self, tx: Tx, lift: str, state: str, decision: dict[str, Any]) -> None:
-        """Every pending chit of the lift here becomes good (and is chained) or void."""
+    def apply(self, tx: Tx, lift: str, state: str, decision: dict[str, Any],
+              record: dict[str, Any] | None = None) -> None:
+        """Every pending chit of the lift here becomes good (and is chained) or void; given
+        the lift's ``record``, a good decision makes its void chits good too (the referee
+        equivocated: ``protocol.lift_equivocation``), each the chit the promise made."""
         for chit in self.ledger.store.lift_chits(tx.conn, lift):
-            if chit["state"] not in _PENDING:
+            again = record is not None and state == lf.GOOD and chit["state"] in _VOID
+            if chit["state"] not in _PENDING and not again:
                 continue
             holding = self.ledger.holding(tx.conn, chit["tally"], chit["cuid"])
+            if again:
+                assert record is not None
+                self._chain_again(tx, holding, record, chit["uuid"])
+                continue
             pending = self.ledger.store.get_chit(tx.conn, chit["tally"], chit["cuid"],
                                                  chit["uuid"])
             assert pending is not None
@@ -89,6 +127,101 @@ class LiftDecisions:
         log_lift(tx, lift, state)
         tx.after_commit(lambda: self._wake(lift))
         tx.after_commit(lambda: self.routes.known.decided(lift, state))
+
+    def _chain_again(self, tx: Tx, holding: Holding, record: dict[str, Any],
+                     chit_uuid: str) -> None:
+        """A void lift chit made good: the chit the promise made, decided good (the same
+        uuid and hash on both holders), chained like any good one (its capacity was released
+        when it went void: nothing reserved to release)."""
+        hop = next(at for at, step in enumerate(record["path"][:-1])
+                   if step["tally"] == holding.local.uuid)
+        made = lift_decided(lift_chit(record, hop, holding.local), lf.GOOD)
+        assert made.uuid == chit_uuid
+        self.ledger.good(tx, holding, [made], batched=False)
+
+    # -- a referee that equivocated ----------------------------------------------------------
+
+    def refusal(self, conn: sqlite3.Connection, referee: str) -> str | None:
+        """Why ``referee`` may not decide a lift here: it equivocated on one (None if not)."""
+        lift = lifts.equivocated_on(conn, referee)
+        if lift is None:
+            return None
+        return (f"the lift referee {referee} signed both good and void on lift {lift} (it "
+                "equivocated): this node takes no lift it referees")
+
+    def _proven(self, tx: Tx, row: sqlite3.Row, record: dict[str, Any], outcome: eq.Outcome,
+                envelope: Envelope, *, carried: bool) -> None:
+        """The referee of ``row``'s lift signed both states: the lift is good here (its
+        pending or void chits become good), the proof is kept and shown to the partners."""
+        lift, referee, proof = row["lift"], record["referee"]["agent"], outcome.proof
+        assert proof is not None and outcome.state == lf.GOOD
+        new = lifts.contradict(tx.conn, lift, proof.void)
+        if row["state"] != outcome.state:
+            self.apply(tx, lift, outcome.state, proof.good, record)
+            lifts.set_error(tx.conn, lift, f"its referee {referee} signed both good and void "
+                            f"(it equivocated): it was {row['state']} here and is good, as on "
+                            "every node that sees both, so both partners of each tally agree",
+                            tx.now_ms)
+        if new:
+            evidence = {"record": record, "good": proof.good, "void": proof.void}
+            lifts.add_equivocator(tx.conn, referee, lift, evidence, tx.now_ms,
+                                  keep=MAX_EQUIVOCATORS)
+            self.ledger.evidence.log(
+                tx, eq.evidence_pid(record, self.runtime.agent_id),
+                sorted({hop["agent"] for hop in record["path"]}), "lift.equivocation",
+                evidence, ref=lift)
+            tx.after_commit(functools.partial(self._warn, lift, referee, row["state"]))
+        heard = envelope.object["decision"]["state"]
+        for agent in eq.to_tell(new=new, carried=carried, heard=heard,
+                                sender=envelope.from_.agent, partners=self._partners(tx, lift),
+                                record=record, here=self.runtime.agent_id):
+            self._show(tx, lift, eq.proof_message(agent, record, proof))
+
+    def _warn(self, lift: str, referee: str, was: str) -> None:
+        self.runtime.counters.lift_equivocations += 1
+        log.warning("lift %s: its referee %s signed both good and void (it equivocated); the "
+                    "lift is good here (it was %s), the proof is logged, and this node refuses "
+                    "that referee from now on", lift, referee, was)
+
+    def _partners(self, tx: Tx, lift: str) -> set[str]:
+        """The agents of our users' tally partners on the lift."""
+        return {self.ledger.holding(tx.conn, chit["tally"], chit["cuid"]).local.partner.agent
+                for chit in self.ledger.store.lift_chits(tx.conn, lift)}
+
+    def _show(self, tx: Tx, lift: str, send: Send) -> None:
+        """Send a decision (or a proof) to an agent we know or that is connected to us, one
+        at a time per lift and agent: a partner that keeps asking gets one answer at once."""
+        agent = send.to.agent
+        node = self.runtime
+        if node.address_of(agent) is None and not node.connected(agent):
+            return
+        key = (lift, agent)
+        if self._shown.room(tx.conn, key):
+            self._shown.sent(key, tx.send(send))
+
+    def on_repair(self, tx: Tx, holding: Holding, sends: list[Send]) -> None:
+        """A chain repair of ``holding`` (its messages: ``sends``): show the partner the
+        decision of the good lift chits it has not taken (``protocol.lift_equivocation.
+        waiting``) that were decided here ``SHOW_AFTER_MS`` ago or more, or the proof when we
+        hold one: the referee may have withheld its decision, or told the partner void. (A
+        repair also comes when a channel opens, or a chain is still for a second: with the
+        lifts of the moment, the partner has their decisions, or has them on their way.)"""
+        assert holding.chain is not None
+        partner = holding.local.partner.agent
+        if partner == self.runtime.agent_id:
+            return
+        for lift in eq.waiting(holding.chain, sends, SHOWN_PER_REPAIR):
+            row = lifts.get(tx.conn, lift)
+            if row is None or row["state"] != lf.GOOD or (
+                    tx.now_ms - row["updated"] < SHOW_AFTER_MS):
+                continue
+            record, good = lifts.record_of(row), lifts.decision_of(row)
+            assert good is not None
+            void = lifts.contradiction_of(row)
+            self._show(tx, lift, eq.decision_message(partner, record, good) if void is None
+                       else eq.proof_message(partner, record, eq.Proof(good, void)))
+
+    # -- voids on lifts not here yet -------------------------------------------------------
 
     def _clocks(self, decision: dict[str, Any]) -> str:
         """What a late void says of the clocks: the referee's offset from ours, when its

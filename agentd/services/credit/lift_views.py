@@ -1,6 +1,8 @@
 """What ``lift.pay``, ``lift.clear``, ``lift.show`` and ``lift.list`` return: a lift as JSON,
 read from the database (its signed record, its state here, the referee's decision, and this
-node's chits of it)."""
+node's chits of it). ``equivocation``: the referee's other decision on the lift, when it signed
+both good and void (``protocol.lift_equivocation``: the lift is good, and ``decision`` the
+good one)."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def refereed_view(record: dict[str, Any], decided: dict[str, Any]) -> dict[str, 
                  if decided["date"] >= record["deadline"] else
                  "a hop cancelled it (it could not take part) before any commit came")
     return {**_describe(record), "state": decided["state"], "payor": None,
-            "decision": _decision(decided), "error": error, "chits": []}
+            "decision": _decision(decided), "equivocation": None, "error": error, "chits": []}
 
 
 def listed(conn: sqlite3.Connection, cuid: str | None, limit: int | None,
@@ -59,11 +61,13 @@ def listed(conn: sqlite3.Connection, cuid: str | None, limit: int | None,
 def view(conn: sqlite3.Connection, row: sqlite3.Row, store: Ledger) -> dict[str, Any]:
     """A lift this node takes part in (its ``lifts`` row), with its chits here."""
     record, decided = lifts.record_of(row), lifts.decision_of(row)
+    other = lifts.contradiction_of(row)
     chits = [{"chit": chit["uuid"], "tally": chit["tally"], "cuid": chit["cuid"],
               "state": chit["state"], "units": chit["units"], "by": chit["issuer"]}
              for chit in store.lift_chits(conn, row["lift"])]
     return {**_describe(record), "state": row["state"], "payor": row["payor"],
             "decision": None if decided is None else _decision(decided),
+            "equivocation": None if other is None else _decision(other),
             "error": row["error"], "chits": chits}
 
 

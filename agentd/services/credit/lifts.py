@@ -22,7 +22,9 @@ referee two-phase commit (DESIGN.md §4):
    lift in one transaction: good ones enter the tally chains like any good chit, void ones
    release their capacity (``lift_decisions``). A node still pending after the deadline
    asks the referee (``query``), backing off, until it learns the decision
-   (``lift_follow_up``).
+   (``lift_follow_up``). A referee proven to have signed both good and void on a lift
+   (``protocol.lift_equivocation``) makes that lift good, and is refused from then on
+   (``REFEREE_REFUSED``), by promises and by our own lifts.
 """
 
 from __future__ import annotations
@@ -226,8 +228,13 @@ class LiftService(Service):
         """Our lifts' referee; ``NO_REFEREE`` when it has never answered us and does not now: a
         lift its referee cannot decide would hold room on every hop's tallies until it can,
         for ever if its agent id or address is mistyped. One that answered before but is
-        down now may decide later: its lifts start, and end good or void as it comes back."""
+        down now may decide later: its lifts start, and end good or void as it comes back.
+        ``REFEREE_REFUSED`` when it equivocated on a lift this node took part in."""
         runtime, referee = self.runtime, self.referee()
+        refused = runtime.db.reading(lambda conn: self.decisions.refusal(conn, referee.agent))
+        if refused is not None:
+            raise Reject("REFEREE_REFUSED", f"{refused}; name another in [lift] referee (or "
+                         "[clearinghouse], which referees without one)")
         if runtime.seen_before(referee.agent):
             return referee
         why = await runtime.reach(referee.agent, REFEREE_DIAL_S)
@@ -312,6 +319,9 @@ class LiftService(Service):
         if heard is not None and heard == lf.record_digest(record):
             raise Reject("BAD_STATE", f"lift {record['lift']} is void: its referee said so")
         if known is None:
+            refused = self.decisions.refusal(tx.conn, record["referee"]["agent"])
+            if refused is not None:
+                raise Reject("REFEREE_REFUSED", refused)
             via = (incoming.local.uuid, here.cuid)
             self._check_held(tx, record, *via)
             lifts.add(tx.conn, record, payor=None, now_ms=tx.now_ms, via=via)
