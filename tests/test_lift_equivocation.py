@@ -24,7 +24,8 @@ from tests.test_lifts import balance, line, reserved, settled_everywhere, who
 UNITS = 70
 
 
-async def hostile_lift(net, payor: str, payee: str) -> tuple[dict, Any, dict[str, Any]]:
+async def hostile_lift(net, payor: str, payee: str, *, life_s: float = 600
+                       ) -> tuple[dict, Any, dict[str, Any]]:
     """A lift of ``UNITS`` from ``payor`` to ``payee`` along the line, refereed by node 5,
     whose referee role takes commits and questions and answers none: every node on the path
     holds its pending chits. Returns (world, the referee node, the record)."""
@@ -37,7 +38,7 @@ async def hostile_lift(net, payor: str, payee: str) -> tuple[dict, Any, dict[str
     asked: list[str] = []
     judge.credit.lifts.referee_role.handle = lambda tx, envelope: asked.append(envelope.action)
     started = await rpc(payor_node, "lift.pay", cuid=payor, find=who(u[payee], payee),
-                        units=UNITS, life_s=600)
+                        units=UNITS, life_s=life_s)
     await wait_for(lambda: "commit" in asked, timeout=20)
     row = payor_node.db.read_one("SELECT record FROM lifts WHERE lift = ?", (started["lift"],))
     return world, judge, unpack(row[0])
@@ -121,6 +122,26 @@ async def test_every_tally_converges_on_good_when_the_referee_signs_both(tmp_pat
         for name, (a, b) in hops.items():
             await wait_for(lambda t=tl[name], a=a, b=b: agreed(u[a], a, u[b], b, t, 2),
                            timeout=30)
+
+
+async def test_a_decision_withheld_from_one_partner_reaches_it_from_the_other(tmp_path):
+    """The referee tells cat nothing, and everyone else good: cat leaves its partners' chain
+    messages that carry the lift chit unacked until the lift's deadline (its decision may be
+    on its way), then refuses them, so their chain repair goes on and shows it the decision:
+    cat does not wait for ever on a referee that will never answer it. Not an equivocation:
+    nobody counts one."""
+    async with network(tmp_path, n=6, clearinghouse=0) as net:
+        world, judge, record = await hostile_lift(net, "ann", "dan", life_s=4)
+        u, tl = world["users"], world["tallies"]
+        await equivocate(judge, record, {
+            node: "good" for cuid, node in u.items() if cuid != "cat"})
+        await settled_everywhere(list(u.values()), record["lift"], "good")
+        for name, (a, b) in {"bobcat": ("bob", "cat"), "catdan": ("cat", "dan")}.items():
+            await wait_for(lambda t=tl[name], a=a, b=b: agreed(u[a], a, u[b], b, t, 1),
+                           timeout=30)
+        for node in u.values():
+            assert node.counters.lift_equivocations == 0
+            assert (await rpc(node, "lift.show", lift=record["lift"]))["equivocation"] is None
 
 
 async def test_what_is_no_proof_changes_nothing(tmp_path):

@@ -33,6 +33,7 @@ from protocol.envelope import Envelope
 from protocol.errors import Refusal
 from protocol.keys import b64u
 from store import credit as credit_store
+from store import lifts
 from store.credit import Holding
 
 if TYPE_CHECKING:
@@ -248,8 +249,8 @@ class ChitService(Service):
         try:
             received = ch.receive(chain, obj, holding.local, history)
         except Refusal as exc:
-            if exc.code == "lift_undecided" and self._awaiting_decision(tx, holding, obj):
-                raise NotYet(exc.message) from exc
+            if exc.code == "lift_undecided":
+                self._awaiting_decision(tx, holding, obj, exc)
             raise
         if _same(chain, received.chain):
             self._repair(tx, holding, received.messages)
@@ -280,19 +281,28 @@ class ChitService(Service):
             elif self._repairs.room(tx.conn, key):
                 self._repairs.sent(key, tx.send(message))
 
-    def _awaiting_decision(self, tx: Tx, holding: Holding, obj: dict[str, Any]) -> bool:
-        """Whether a chain message carries a lift chit we hold pending: the partner applied
-        the lift's decision before us (ours is on its way), so the message is early, not
-        wrong, and is taken when it comes again."""
+    def _awaiting_decision(self, tx: Tx, holding: Holding, obj: dict[str, Any],
+                           undecided: Refusal) -> None:
+        """A chain message carries a lift chit we do not hold good (``undecided``). If we
+        hold it pending, the partner applied the lift's decision before us: until the lift's
+        deadline, ours is on its way, so the message is early, not wrong (``NotYet``: taken
+        when it comes again). Past it, the referee may be withholding ours: the refusal lets
+        the partner's chain repair go on, which shows us the decision (``LiftDecisions.
+        on_repair``), as it does when we hold the chit void."""
         chits = obj.get("chits")
         for chit in chits if isinstance(chits, list) else []:
             if isinstance(chit, dict) and chit.get("type") == "lift" and isinstance(
                     chit.get("uuid"), str):
                 held = self.ledger.store.get_chit(tx.conn, holding.local.uuid, holding.cuid,
                                                   chit["uuid"])
-                if held is not None and held.state in (cs.A_LIFT, cs.L_LIFT):
-                    return True
-        return False
+                if held is None or held.state not in (cs.A_LIFT, cs.L_LIFT):
+                    continue
+                lift = lifts.get(tx.conn, held.chit["ref"]["lift"])
+                if lift is None or tx.now_ms < lift["deadline"]:
+                    raise NotYet(undecided.message) from undecided
+                raise Refusal("lift_undecided", f"lift chit {held.uuid} is still pending here "
+                              f"past lift {lift['lift']}'s deadline: its referee has not told "
+                              "this node (the chain repair shows it the decision)")
 
     def chit_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """The partner refused a chit message of ours for good: keep the reason where the user

@@ -33,8 +33,8 @@ from agentd.runtime.answers import AnswersInFlight
 from agentd.runtime.context import Tx
 from protocol import chit_states as cs
 from protocol import lift as lf
-from protocol.chit_lift import lift_chit, lift_decided
 from protocol import lift_equivocation as eq
+from protocol.chit_lift import lift_chit, lift_decided
 from protocol.messages import Send
 from store import lifts
 
