@@ -6,13 +6,17 @@ import json
 
 import pytest
 
+from agentd.bench.rogue import Rogue
 from agentd.rpc import NOT_FOUND, REFUSED, RpcServer
 from agentd.runtime.context import Reject
-from agentd.runtime.refusals import ack_error, rpc_error
+from agentd.runtime.refusals import RefusedIds, ack_error, rpc_error
 from agentd.services.relay.driver import ViewError
 from protocol import clearing as ch
 from protocol import tally as t
+from protocol.codec import pack
+from protocol.envelope import Ack
 from protocol.errors import Refusal
+from tests.netfixture import network
 
 
 @pytest.mark.parametrize("refusal", [
@@ -65,3 +69,43 @@ async def test_missing_parameters_are_named_all_at_once():
         request = {"jsonrpc": "2.0", "id": 1, "method": "lift.pay", "params": params}
         response = await server.handle_line(json.dumps(request).encode())
         assert response["error"]["message"] == message, params
+
+
+async def errors_acked(rogue: Rogue, ids: set[bytes]) -> dict[bytes, str]:
+    """The error code of each of ``ids``' acks, as the node sends them."""
+    codes: dict[bytes, str] = {}
+    while set(codes) != ids:
+        for frame in await rogue.receive():
+            if isinstance(frame, Ack) and frame.ack in ids:
+                codes[frame.ack] = (frame.error or {}).get("code")
+    return codes
+
+
+async def test_a_message_refused_and_sent_again_is_counted_once(tmp_path):
+    """A broken or old peer sends a message we refused for good again (or a resend crossed
+    our error ack): it is refused again, as nothing was kept of it, but counted once, under
+    ``rejected``, and the repeats as duplicates; a service's refusal and an addressing one
+    alike. Another message of the same contents is another message."""
+    async with network(tmp_path, n=1) as net:
+        node = net.nodes[0]
+        rogue = await Rogue.join(node.port, node.agent_id)
+        promise = rogue.envelope(node.agent_id, "promise", {}, target="lift")  # no user
+        unknown = rogue.envelope(node.agent_id, "nonsense", {}, target="lift")
+        for _ in range(3):
+            await rogue.send_frames([pack(promise), pack(unknown)])
+            assert await errors_acked(rogue, {promise["id"], unknown["id"]}) == {
+                promise["id"]: "UNKNOWN_USER", unknown["id"]: "UNKNOWN_ACTION"}
+        assert node.counters.rejected == {"refused": 1, "unknown_action": 1}
+        assert node.counters.duplicates == 4
+        again = {**promise, "id": bytes(16)}
+        await rogue.send_frames([pack(again)])
+        assert await errors_acked(rogue, {again["id"]}) == {again["id"]: "UNKNOWN_USER"}
+        assert node.counters.rejected == {"refused": 2, "unknown_action": 1}
+        await rogue.aclose()
+
+
+def test_refused_ids_are_remembered_by_sender_the_last_few():
+    ids = RefusedIds(size=2)
+    assert ids.first(b"a", "X") and ids.first(b"a", "Y") and not ids.first(b"a", "X")
+    assert ids.first(b"b", "X")  # the oldest, (a, Y), is forgotten
+    assert ids.first(b"a", "Y") and not ids.first(b"b", "X")

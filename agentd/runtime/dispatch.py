@@ -3,9 +3,10 @@
 For each envelope the dispatcher queues one database job — record the id in the inbox, then
 let the service apply its guarded transition and queue its replies — without waiting for it,
 so many messages share one group commit. The channel sends the acks in arrival order once
-each job has committed. A duplicate is acked and ignored; a refusal is an error ack; a
-failure of ours (disk full, a bug), or a message that depends on one not here yet
-(``NotYet``), gets no ack at all, so the sender retries. A stranger's frame waits first, as
+each job has committed. A duplicate is acked and ignored; a refusal is an error ack, counted
+and logged once per message however often it is sent (``RefusedIds``); a failure of ours
+(disk full, a bug), or a message that depends on one not here yet (``NotYet``), gets no ack
+at all, so the sender retries. A stranger's frame waits first, as
 bytes, for its allowance (``WriteRation``) and then for its share of what strangers' frames
 may hold decoded at once (``DecodeBudget``, given back once its job has run), its channel
 reading nothing meanwhile: an ephemeral one too, which writes nothing but costs as much to
@@ -29,7 +30,7 @@ import trio
 
 from agentd.runtime.context import NotYet, Reject, Service, Tx
 from agentd.runtime.limits import MAX_WAIT, MESSAGE_COST, DecodeBudget
-from agentd.runtime.refusals import ack_error
+from agentd.runtime.refusals import RefusedIds, ack_error
 from agentd.runtime.timers import Failures
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
@@ -101,6 +102,7 @@ class Dispatcher:
         self.ephemeral: set[str] = set()  # targets whose messages are never written
         self._recording = Failures("recording peers' acks of our messages (each is sent "
                                    "again after its ack timeout, and its duplicate acked)")
+        self._refused = RefusedIds()
 
     def register(self, service: Service) -> None:
         self.services[service.target] = service
@@ -128,7 +130,6 @@ class Dispatcher:
                 share.release()
 
     async def _on_frame(self, channel: Channel, body: bytes, share: _Share | None) -> None:
-        counters = self.node.counters
         try:
             message = parse_frame(body)
         except CodecError as exc:
@@ -136,8 +137,9 @@ class Dispatcher:
         except EnvelopeError as exc:
             if exc.message_id is None:
                 raise ChannelClosed("bad_envelope", str(exc)) from exc
-            counters.reject("bad_envelope")
-            log.warning("rejected message from %s: %s", channel.agent[:8], exc)
+            first = self._first_refusal(exc.message_id, channel.agent, "bad_envelope")
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "rejected message from %s: %s", channel.agent[:8], exc)
             await channel.send_frame(ack_frame(exc.message_id, "BAD_ENVELOPE", str(exc)))
             return
         if isinstance(message, Ack):
@@ -145,8 +147,9 @@ class Dispatcher:
             return
         refusal = self._check_addressing(message, channel.agent)
         if refusal is not None:
-            counters.reject(refusal.code.lower())
-            log.warning("rejected message from %s: %s", channel.agent[:8], refusal)
+            first = self._first_refusal(message.id, channel.agent, refusal.code.lower())
+            log.log(logging.WARNING if first else logging.DEBUG,
+                    "rejected message from %s: %s", channel.agent[:8], refusal)
             await channel.send_frame(ack_frame(message.id, refusal.code, refusal.message))
             return
         started = time.perf_counter()
@@ -265,9 +268,10 @@ class Dispatcher:
                       heard.sender[:8], error)
             return None
         if isinstance(error, Refusal):
-            counters.reject("refused")
-            log.info("refused %s/%s from %s: %s", heard.target, heard.action,
-                     heard.sender[:8], error)
+            first = self._first_refusal(heard.id, heard.sender, "refused")
+            log.log(logging.INFO if first else logging.DEBUG, "refused %s/%s from %s: %s%s",
+                    heard.target, heard.action, heard.sender[:8], error,
+                    "" if first else " (refused before: not counted again)")
             return ack_frame(heard.id, *ack_error(error))
         if error is not None:  # our failure (disk full, a bug), not the message's: no ack
             counters.unacked_failures += 1
@@ -290,6 +294,15 @@ class Dispatcher:
             self.node.metrics.message_seconds.labels(heard.target).observe(
                 time.perf_counter() - started)
         return ack
+
+    def _first_refusal(self, message_id: bytes, sender: str, reason: str) -> bool:
+        """Count the refusal of a message under ``rejected[reason]`` the first time; one
+        refused before (sent again) counts as a duplicate. True the first time."""
+        if self._refused.first(message_id, sender):
+            self.node.counters.reject(reason)
+            return True
+        self.node.counters.duplicates += 1
+        return False
 
     async def _settle(self, ack: Ack, from_agent: str) -> None:
         node = self.node

@@ -37,7 +37,8 @@ COUNTER_HELP = {
     "bytes_in": "bytes received on channels", "bytes_out": "bytes sent on channels",
     "handshakes_ok": "Noise handshakes completed", "handshakes_failed": "handshakes failed",
     "messages_processed": "messages processed (committed)",
-    "duplicates": "redelivered messages acked and ignored", "acks_in": "acks received",
+    "duplicates": "redelivered messages acked and ignored, or refused again",
+    "acks_in": "acks received",
     "rejected_by_peer": "our messages a peer refused for good",
     "lift_equivocations": "lifts whose referee signed both good and void, proven here",
 }
