@@ -6,8 +6,10 @@ it answers. Real nodes; the hostile partner's promises are made by hand."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 
+from agentd.runtime.refusals import QUIET_S
 from protocol import lift as lf
 from protocol.keys import ChipAddress, SigningKey
 from protocol.messages import Send
@@ -148,3 +150,44 @@ async def test_a_partners_lifts_name_at_most_four_referees_that_never_answered(t
         await processed(ann, await promise(made_up(), payer=ann, cuid="ann", tally=anncat))
         assert pending_over(cat, bobcat) == lf.MAX_UNANSWERED + 2
         assert pending_over(cat, anncat) == 1
+
+
+async def test_refusals_past_the_bound_are_counted_and_logged_once_a_while_per_tally(
+        tmp_path, caplog):
+    """bob keeps naming made-up referees past the bound, a new one each time: cat refuses each
+    (REFEREE_REFUSED) and counts each (getinfo counters.refusals, the metrics), but logs the
+    first only, saying that the next are counted and not logged; ann's refusal over her own
+    tally with cat is logged on its own."""
+    caplog.set_level(logging.INFO, logger="agentd.runtime.dispatch")
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        ann, bob, cat = await users(net, "ann", "bob", "cat")
+        tallies = {bob: await open_tally(bob, "bob", cat, "cat"),
+                   ann: await open_tally(ann, "ann", cat, "cat")}
+
+        async def promise(payer, cuid: str) -> bytes:
+            record = lift_record(payer, cuid, cat, "cat", tallies[payer], made_up())
+            return await send_raw(payer, cat, "cat", "lift", "promise",
+                                  {"record": record, "hop": 0}, cuid)
+
+        for payer, cuid, refused in ((bob, "bob", 3), (ann, "ann", 1)):
+            for _ in range(lf.MAX_UNANSWERED):
+                await processed(payer, await promise(payer, cuid))
+            for _ in range(refused):
+                assert (await refusal_of(payer, await promise(payer, cuid))).startswith(
+                    "REFEREE_REFUSED: ")
+        info = await rpc(cat, "getinfo")
+        assert info["counters"]["refusals"] == {"REFEREE_REFUSED": 4}
+        assert info["counters"]["rejected"]["refused"] == 4
+        assert b'agentd_refusals_total{code="REFEREE_REFUSED"} 4.0' in cat.metrics.exposition()
+        logged = {payer: [record.getMessage() for record in caplog.records
+                          if record.getMessage().startswith(
+                              f"refused lift/promise from {payer.agent_id[:8]}: ")]
+                  for payer in (bob, ann)}
+        assert [len(lines) for lines in logged.values()] == [1, 1], logged
+        for payer, (line,) in logged.items():
+            assert line.startswith(f"refused lift/promise from {payer.agent_id[:8]}: "
+                                   f"REFEREE_REFUSED: the lifts pending here that came over "
+                                   f"tally {tallies[payer]} name 4 referees")
+            assert line.endswith(
+                f"(further REFEREE_REFUSED refusals over tally {tallies[payer]} in the next "
+                f"{QUIET_S:g} s are counted in getinfo counters.refusals, not logged)")

@@ -9,7 +9,7 @@ import pytest
 from agentd.bench.rogue import Rogue
 from agentd.rpc import NOT_FOUND, REFUSED, RpcServer
 from agentd.runtime.context import Reject
-from agentd.runtime.refusals import RefusedIds, ack_error, rpc_error
+from agentd.runtime.refusals import QuietLog, RefusedIds, ack_error, rpc_error
 from agentd.services.relay.driver import ViewError
 from protocol import clearing as ch
 from protocol import tally as t
@@ -109,3 +109,20 @@ def test_refused_ids_are_remembered_by_sender_the_last_few():
     assert ids.first(b"a", "X") and ids.first(b"a", "Y") and not ids.first(b"a", "X")
     assert ids.first(b"b", "X")  # the oldest, (a, Y), is forgotten
     assert ids.first(b"a", "Y") and not ids.first(b"b", "X")
+
+
+def test_a_routine_refusal_is_logged_once_a_window_per_code_and_key():
+    now = [0.0]
+    quiet = QuietLog(window=60, clock=lambda: now[0])
+    said = ("(further OVER_LIMIT refusals over tally T in the next 60 s are counted in getinfo "
+            "counters.refusals, not logged")
+    assert quiet.note("OVER_LIMIT", "over tally T") == f" {said})"
+    assert quiet.note("OVER_LIMIT", "over tally T") is None
+    assert quiet.note("OVER_LIMIT", "over tally U") is not None  # another key
+    assert quiet.note("REFEREE_REFUSED", "over tally T") is not None  # another code
+    now[0] = 59.9
+    assert quiet.note("OVER_LIMIT", "over tally T") is None
+    now[0] = 60.0  # the window has passed: logged again, saying how many were not
+    assert quiet.note("OVER_LIMIT", "over tally T") == f" {said}; 2 were since the last one " \
+                                                       "logged)"
+    assert quiet.note("OVER_LIMIT", "over tally T") is None

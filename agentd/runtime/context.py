@@ -44,6 +44,17 @@ class Reject(Refusal):
     Any ``protocol.errors.Refusal`` does the same; ``agentd.runtime.refusals`` maps them."""
 
 
+class RoutineReject(Reject):
+    """A refusal a partner can make us repeat at will (a bound it keeps running into): every
+    one is counted (``getinfo`` ``counters.refusals``), but the log has the first of each
+    code and ``key`` (what the refusals are about, such as ``over tally T``: never a value
+    the sender picks freely) in each ``refusals.QUIET_S`` seconds only."""
+
+    def __init__(self, code: str, message: str, key: str) -> None:
+        super().__init__(code, message)
+        self.key = key
+
+
 class NotYet(Exception):
     """A message this node cannot take *yet*, because it depends on another still on its way
     (a chain block of a lift chit whose decision has not arrived here): it changes nothing

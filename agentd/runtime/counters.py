@@ -26,11 +26,13 @@ class Counters:
     rationed: int = 0  # strangers' messages held back past their write allowance (WriteRation)
     lift_equivocations: int = 0  # lifts whose referee signed both good and void, proven here
     rejected: Counter[str] = field(default_factory=Counter)
+    refusals: Counter[str] = field(default_factory=Counter)  # rejected["refused"] by code
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] += 1
 
     def to_map(self) -> dict:
-        out = {k: v for k, v in vars(self).items() if k != "rejected"}
+        out = {k: v for k, v in vars(self).items() if k not in ("rejected", "refusals")}
         out["rejected"] = dict(sorted(self.rejected.items()))
+        out["refusals"] = dict(sorted(self.refusals.items()))
         return out

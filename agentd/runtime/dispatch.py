@@ -4,7 +4,8 @@ For each envelope the dispatcher queues one database job — record the id in th
 let the service apply its guarded transition and queue its replies — without waiting for it,
 so many messages share one group commit. The channel sends the acks in arrival order once
 each job has committed. A duplicate is acked and ignored; a refusal is an error ack, counted
-and logged once per message however often it is sent (``RefusedIds``); a failure of ours
+(by code) and logged once per message however often it is sent (``RefusedIds``), a routine
+one logged once per ``QUIET_S`` for what it is about (``RoutineReject``); a failure of ours
 (disk full, a bug), or a message that depends on one not here yet (``NotYet``), gets no ack
 at all, so the sender retries. A stranger's frame waits first, as
 bytes, for its allowance (``WriteRation``) and then for its share of what strangers' frames
@@ -28,9 +29,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
-from agentd.runtime.context import NotYet, Reject, Service, Tx
+from agentd.runtime.context import NotYet, Reject, RoutineReject, Service, Tx
 from agentd.runtime.limits import MAX_WAIT, MESSAGE_COST, DecodeBudget
-from agentd.runtime.refusals import RefusedIds, ack_error
+from agentd.runtime.refusals import QuietLog, RefusedIds, ack_error
 from agentd.runtime.timers import Failures
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import CodecError
@@ -103,6 +104,7 @@ class Dispatcher:
         self._recording = Failures("recording peers' acks of our messages (each is sent "
                                    "again after its ack timeout, and its duplicate acked)")
         self._refused = RefusedIds()
+        self._quiet = QuietLog()
 
     def register(self, service: Service) -> None:
         self.services[service.target] = service
@@ -268,11 +270,7 @@ class Dispatcher:
                       heard.sender[:8], error)
             return None
         if isinstance(error, Refusal):
-            first = self._first_refusal(heard.id, heard.sender, "refused")
-            log.log(logging.INFO if first else logging.DEBUG, "refused %s/%s from %s: %s%s",
-                    heard.target, heard.action, heard.sender[:8], error,
-                    "" if first else " (refused before: not counted again)")
-            return ack_frame(heard.id, *ack_error(error))
+            return self._refuse(heard, error)
         if error is not None:  # our failure (disk full, a bug), not the message's: no ack
             counters.unacked_failures += 1
             if isinstance(error, DatabaseError | sqlite3.Error):
@@ -294,6 +292,20 @@ class Dispatcher:
             self.node.metrics.message_seconds.labels(heard.target).observe(
                 time.perf_counter() - started)
         return ack
+
+    def _refuse(self, heard: _Heard, refusal: Refusal) -> bytes:
+        """The error ack of a message a service refused, counted and logged (once)."""
+        code, text = ack_error(refusal)
+        level, note = logging.DEBUG, " (refused before: not counted again)"
+        if self._first_refusal(heard.id, heard.sender, "refused"):
+            self.node.counters.refusals[code] += 1
+            level, note = logging.INFO, ""
+            if isinstance(refusal, RoutineReject):
+                quiet = self._quiet.note(code, refusal.key)
+                level, note = (logging.DEBUG, "") if quiet is None else (logging.INFO, quiet)
+        log.log(level, "refused %s/%s from %s: %s: %s%s", heard.target, heard.action,
+                heard.sender[:8], code, text, note)
+        return ack_frame(heard.id, code, text)
 
     def _first_refusal(self, message_id: bytes, sender: str, reason: str) -> bool:
         """Count the refusal of a message under ``rejected[reason]`` the first time; one

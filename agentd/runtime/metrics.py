@@ -111,6 +111,11 @@ class _NodeCollector:
         for reason, count in counters["rejected"].items():
             rejected.add_metric([reason], count)
         yield rejected
+        refusals = CounterMetricFamily("agentd_refusals", "messages a service refused, by "
+                                       "code", labels=["code"])
+        for code, count in counters["refusals"].items():
+            refusals.add_metric([code], count)
+        yield refusals
         running = node.db is not None and node.peers is not None
         depth = node.pump.depth_if_readable() if running else 0
         if depth is not None:  # a failed read is no figure, rather than a wrong one

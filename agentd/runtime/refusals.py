@@ -4,12 +4,15 @@ refusal, a clearing house's rejection, ...) as a wire error ack and as an RPC er
 Codes go out upper-case (tally refusals are lower-case inside the protocol); a refusal that
 names something unknown is RPC error -32011, any other -32010; ``data.reason`` is the code.
 A message refused for good leaves no row behind, so one sent again is decided again: the
-dispatcher counts it once (``RefusedIds``).
+dispatcher counts it once (``RefusedIds``). A ``RoutineReject`` is logged once per code and
+key in each ``QUIET_S`` seconds (``QuietLog``): a partner cannot fill the log with it.
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from enum import Enum
 
 from agentd.rpc import NOT_FOUND, REFUSED, RpcError
@@ -18,6 +21,8 @@ from protocol.errors import Refusal
 NOT_FOUND_CODES = frozenset({"UNKNOWN_USER", "UNKNOWN_TALLY", "UNKNOWN_CHIT", "UNKNOWN_LIFT",
                              "UNKNOWN_PAYEE"})
 REFUSED_IDS = 1024  # ids of messages refused for good, kept to count each one once
+QUIET_S = 60.0  # a routine refusal is logged once per code and key in this many seconds
+QUIET_KEYS = 1024  # (code, key) pairs remembered, the oldest forgotten first
 
 
 def code_of(refusal: Refusal) -> str:
@@ -59,3 +64,29 @@ class RefusedIds:
         if len(self._ids) > self.size:
             self._ids.popitem(last=False)
         return True
+
+
+class QuietLog:
+    """Which routine refusals go to the log: the first of each (code, key) in each
+    ``window`` seconds; the rest are counted only, and the next one logged says how many."""
+
+    def __init__(self, window: float = QUIET_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = window
+        self.clock = clock
+        self._seen: OrderedDict[tuple[str, str], list[float]] = OrderedDict()  # [logged, held]
+
+    def note(self, code: str, key: str) -> str | None:
+        """What to add to this refusal's log line, or None when it is not to be logged."""
+        now, seen = self.clock(), self._seen.get((code, key))
+        if seen is not None and now - seen[0] < self.window:
+            seen[1] += 1
+            return None
+        held = int(seen[1]) if seen is not None else 0
+        self._seen[(code, key)] = [now, 0]
+        self._seen.move_to_end((code, key))
+        while len(self._seen) > QUIET_KEYS:
+            self._seen.popitem(last=False)
+        return (f" (further {code} refusals {key} in the next {self.window:g} s are counted"
+                f" in getinfo counters.refusals, not logged" +
+                (f"; {held} were since the last one logged)" if held else ")"))

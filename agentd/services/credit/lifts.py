@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.rpc import invalid_params
-from agentd.runtime.context import Reject, Service, Tx
+from agentd.runtime.context import Reject, RoutineReject, Service, Tx
 from agentd.services.credit import lift_views
 from agentd.services.credit.ledger import CreditLedger
 from agentd.services.credit.lift_decisions import LiftDecisions, log_lift
@@ -342,14 +342,19 @@ class LiftService(Service):
         """Bound what promises over one incoming tally can make us hold (``lf.check_held``):
         a hop cannot void a lift on its own (its referee may have decided good), so what a
         partner can open is bounded, not what it left open. Two indexed reads, the second
-        only for a referee that never answered us where its record says it listens."""
+        only for a referee that never answered us where its record says it listens. A
+        partner can run into these bounds as often as it likes (naming a new referee each
+        time): each refusal is counted, and logged once a while per tally."""
         answered = self.runtime.answered
         unanswered = None
         if not answered(record["referee"]["agent"], lf.referee_at(record)):
             unanswered = {place for place in lifts.held_referees(tx.conn, tally, cuid)
                           if not answered(*place)}
-        lf.check_held(record, tally, held=lifts.held(tx.conn, tally, cuid),
-                      unanswered=unanswered)
+        try:
+            lf.check_held(record, tally, held=lifts.held(tx.conn, tally, cuid),
+                          unanswered=unanswered)
+        except Refusal as exc:
+            raise RoutineReject(exc.code, exc.message, f"over tally {tally}") from None
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """The next hop refused our promise for good: the lift cannot complete, so tell the
