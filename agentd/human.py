@@ -3,22 +3,25 @@
 A list of objects becomes a table (one row each, a column per field, nested values left out
 unless a method names them), an object becomes ``key: value`` lines, nested objects indented.
 The common calls choose their columns; every other method gets the generic layout. A table
-cell shows hashes, receipts and payloads cut short, so that a row stays readable in a
-terminal: the JSON output has every value whole.
+cell shows hashes, receipts, payloads, agent ids and tally ids cut short, and a column that
+would repeat another is merged into it, so that a row of the common lists fits 100 columns:
+the JSON output has every value whole.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
+import time
+from collections.abc import Callable
 from typing import Any
 
 # the columns of the common list results, in order (a dotted name reaches into a nested
 # object; "METHOD.KEY" names the list under KEY of an object result); a missing field is "-"
 COLUMNS = {
-    "peers.list": ("name", "agent", "address", "source", "connected", "last_seen",
-                   "clock_ahead_ms"),
-    "tally.list": ("tally", "cuid", "side", "state", "partner", "balance", "limit",
-                   "capacity.pay", "capacity.receive", "chain.index", "chain.confirmed"),
+    "peers.list": ("name", "agent", "address", "source", "last_seen", "clock_ahead_ms"),
+    "tally.list": ("tally", "cuid", "side", "state", "partner", "balance", "capacity.pay",
+                   "capacity.receive", "chain"),
     "users.list": ("cuid", "name", "address"),
     "receipts.list": ("pid", "seq", "kind", "status", "document_id"),
     "chit.list": ("chit", "by", "type", "units", "state", "index", "memo"),
@@ -28,26 +31,57 @@ COLUMNS = {
                          "payload_text"),
 }
 # headers other than the column's name in capitals
-TITLES = {"capacity.pay": "CAN_PAY", "capacity.receive": "CAN_RECEIVE", "chain.index": "CHAIN",
-          "chain.confirmed": "CONFIRMED", "header.kind": "KIND", "payload_text": "TEXT"}
+TITLES = {"capacity.pay": "CAN_PAY", "capacity.receive": "CAN_RECEIVE", "header.kind": "KIND",
+          "payload_text": "TEXT"}
 SPARSE = ("clock_ahead_ms",)  # a column only when some row has a value (null until measured)
 # table cells show the first N characters of these, and "…"
 CUT = {"entry_hash": 12, "prev_hash": 12, "document_id": 12, "payload_sha256": 12,
-       "client_id": 8, "receipt": 16, "payload": 16, "proof": 16, "payload_text": 24}
+       "client_id": 8, "agent": 8, "tally": 8, "receipt": 16, "payload": 16, "proof": 16,
+       "payload_text": 24}
 TIMESTAMPS = ("last_seen", "date", "received", "timestamp", "expires", "deadline")
 DURATIONS = ("uptime_s",)
 UNITS = (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1))
 
 
-def render(method: str, result: Any) -> str:
+def _seen(row: dict[str, Any], now_ms: int) -> Any:
+    """``connected`` while a channel is open (its last_seen is now), else how long ago it
+    last was (``2 h 13 min ago``: what a person asks of a peer), or ``never``."""
+    if row.get("connected"):
+        return "connected"
+    seen = row.get("last_seen")
+    if not isinstance(seen, int):
+        return "never"
+    return f"{duration(max(now_ms - seen, 0) / 1000)} ago"
+
+
+def _chain(row: dict[str, Any], now_ms: int) -> Any:
+    """The chain's head index and the index the partner confirmed: ``12/12`` when settled."""
+    chain = row.get("chain")
+    if not isinstance(chain, dict):
+        return None
+    return f"{_scalar('', chain.get('index'))}/{_scalar('', chain.get('confirmed'))}"
+
+
+# columns of a method's table made of several fields of the row (what would repeat apart),
+# from the row and the time now (ms since the epoch)
+JOINED: dict[str, dict[str, Callable[[dict[str, Any], int], Any]]] = {
+    "peers.list": {"last_seen": _seen}, "tally.list": {"chain": _chain}}
+
+
+def render(method: str, result: Any, now_ms: int | None = None) -> str:
+    """``result`` as text; ``now_ms`` (default: the clock) for how long ago things were."""
     if isinstance(result, list) and all(isinstance(item, dict) for item in result):
-        return table(result, COLUMNS.get(method))
+        now = round(time.time() * 1000) if now_ms is None else now_ms
+        joined = {column: functools.partial(cell, now_ms=now)
+                  for column, cell in JOINED.get(method, {}).items()}
+        return table(result, COLUMNS.get(method), joined)
     if isinstance(result, dict):
         return "\n".join(_lines(result, 0, method)) + "\n"
     return f"{_scalar('', result)}\n"
 
 
-def table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
+def table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None,
+          joined: dict[str, Callable[[dict[str, Any]], Any]] | None = None) -> str:
     if not rows:
         return "(none)\n"
     if columns is None:
@@ -55,8 +89,10 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) ->
                         if not isinstance(value, dict | list))
     columns = tuple(column for column in columns if column not in SPARSE
                     or any(_field(row, column) is not None for row in rows))
+    joined = joined or {}
     cells = [[TITLES.get(column, column.upper()) for column in columns]]
-    cells += [[_cell(column, _field(row, column)) for column in columns] for row in rows]
+    cells += [[_cell(column, joined[column](row) if column in joined else _field(row, column))
+               for column in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
     return "".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths,
                                                                        strict=True)).rstrip()

@@ -143,30 +143,97 @@ def test_human_output():
     assert [duration(s) for s in (0, 45, 60, 125, 7980, 86_400 * 3 + 4 * 3600 + 59)] == [
         "0 s", "45 s", "1 min", "2 min 5 s", "2 h 13 min", "3 d 4 h"]
     bob = {"name": "bob", "agent": "B", "address": "127.0.0.1:7102", "source": "config",
-           "connected": True, "last_seen": 1_700_000_000_000, "clock_ahead_ms": None}
+           "connected": False, "last_seen": 1_700_000_000_000, "clock_ahead_ms": None}
     stranger = {"name": None, "agent": "Ë", "address": None, "source": "learned",
                 "connected": False, "last_seen": None, "clock_ahead_ms": None}
-    assert render("peers.list", [bob, stranger]).splitlines() == [  # no offset measured yet
-        "NAME  AGENT  ADDRESS         SOURCE   CONNECTED  LAST_SEEN",
-        "bob   B      127.0.0.1:7102  config   yes        2023-11-14 22:13:20 UTC",
-        "-     Ë      -               learned  no         -"]
-    assert render("peers.list", [{**bob, "clock_ahead_ms": 5200}, stranger]).splitlines() == [
-        "NAME  AGENT  ADDRESS         SOURCE   CONNECTED  LAST_SEEN                CLOCK_AHEAD_MS",
-        "bob   B      127.0.0.1:7102  config   yes        2023-11-14 22:13:20 UTC  5200",
-        "-     Ë      -               learned  no         -                        -"]
+    later = 1_700_000_000_000 + 7_980_000
+    assert render("peers.list", [bob, stranger], later).splitlines() == [  # no offset yet
+        "NAME  AGENT  ADDRESS         SOURCE   LAST_SEEN",
+        "bob   B      127.0.0.1:7102  config   2 h 13 min ago",
+        "-     Ë      -               learned  never"]
+    assert render("peers.list", [{**bob, "clock_ahead_ms": 5200, "connected": True},
+                                 stranger], later).splitlines() == [
+        "NAME  AGENT  ADDRESS         SOURCE   LAST_SEEN  CLOCK_AHEAD_MS",
+        "bob   B      127.0.0.1:7102  config   connected  5200",
+        "-     Ë      -               learned  never      -"]
     tallies = render("tally.list", [
         {"tally": "T", "state": "open", "partner": f"bob:{'B' * 43}@127.0.0.1:7102",
          "balance": -300, "capacity": {"pay": 700, "receive": 1300}, "chain": {"index": 2}}])
     assert tallies.splitlines()[0].split() == [
-        "TALLY", "CUID", "SIDE", "STATE", "PARTNER", "BALANCE", "LIMIT", "CAN_PAY",
-        "CAN_RECEIVE", "CHAIN", "CONFIRMED"]
+        "TALLY", "CUID", "SIDE", "STATE", "PARTNER", "BALANCE", "CAN_PAY", "CAN_RECEIVE",
+        "CHAIN"]
     assert tallies.splitlines()[1].split() == [
-        "T", "-", "-", "open", "bob@BBBBBBBB", "-300", "-", "700", "1300", "2", "-"]
+        "T", "-", "-", "open", "bob@BBBBBBBB", "-300", "700", "1300", "2/-"]
     assert render("tally.list", []) == "(none)\n"
     routes = render("route.find", [{"path": [{"cuid": "ann", "agent": "A" * 43},
                                              {"cuid": "cyd", "agent": "C" * 43}],
                                     "capacity": 700}])
     assert routes.splitlines() == ["CAPACITY  PATH", "700       ann@AAAAAAAA -> cyd@CCCCCCCC"]
+
+
+AGENTS = {"alice": "wKIbDc-V_mRGqnY-o0zYiOBvUq5Iu6orALZXJk9tJzU",
+          "bob": "ZHL-dKJEj0V-_sc9KZmj7iXgD6dxyx97RrHQGuGUZpc",
+          "carol": "AQv6yDgevR6dddWOPKi5Z1em2g9Igv_sJIpqj0aYOuY",
+          "clearinghouse": "JiNcmgMw1uZsTQwpdxZZ-xlO0-olyRUz--NuzoEZmRE"}
+
+
+def test_human_peers_and_tallies_fit_100_columns():
+    """A node of a small network with addresses by name: 43-character agent ids and 36-character
+    tally ids in full made peers.list and tally.list 120-135 columns wide. The tables cut
+    them (their start, as a path's users show) and merge what repeats; the JSON keeps them."""
+    now = 1_765_040_435_000
+
+    def peer(name: str | None, agent: str, address: str | None, seen_s: int | None,
+             clock: int | None) -> dict:
+        return {"name": name, "agent": agent, "address": address, "source":
+                "config" if name else "learned", "connected": seen_s == 0,
+                "last_seen": None if seen_s is None else now - seen_s * 1000,
+                "clock_ahead_ms": clock}
+
+    peers = render("peers.list", [
+        peer("bob", AGENTS["bob"], "bob.chips.example.org:7102", 0, -1),
+        peer("carol", AGENTS["carol"], "carol.chips.example.org:7103", 86_400 * 12 + 3_600 * 23,
+             -12_345),
+        peer("clearinghouse", AGENTS["clearinghouse"], "clearing.example.org:7104", 0, 5200),
+        peer(None, "Zm9yZ290dGVuLXN0cmFuZ2VyLWtleS0wMTIzNDU2Nzg", "[2001:db8::17]:7105", None,
+             None)], now)
+    lines = peers.splitlines()
+    assert max(len(line) for line in lines) <= 100, peers
+    assert [re.split(r"\s{2,}", line.strip()) for line in lines] == [
+        ["NAME", "AGENT", "ADDRESS", "SOURCE", "LAST_SEEN", "CLOCK_AHEAD_MS"],
+        ["bob", "ZHL-dKJE…", "bob.chips.example.org:7102", "config", "connected", "-1"],
+        ["carol", "AQv6yDge…", "carol.chips.example.org:7103", "config", "12 d 23 h ago",
+         "-12345"],
+        ["clearinghouse", "JiNcmgMw…", "clearing.example.org:7104", "config", "connected",
+         "5200"],
+        ["-", "Zm9yZ290…", "[2001:db8::17]:7105", "learned", "never", "-"]]
+
+    def tally(uuid: str, side: str, state: str, partner: str, balance: int,
+              capacity: tuple[int, int], chain: tuple[int, int]) -> dict:
+        return {"tally": uuid, "cuid": "alice", "side": side, "state": state,
+                "partner": f"{partner}:{AGENTS[partner]}@{partner}.chips.example.org:7103",
+                "balance": balance, "limit": 1_000_000, "partner_limit": 1_000_000,
+                "capacity": dict(zip(("pay", "receive"), capacity, strict=True)),
+                "chain": {"index": chain[0], "confirmed": chain[1], "hash": "h" * 43,
+                          "pending": 0}}
+
+    tallies = render("tally.list", [
+        tally("cdfd881a-71f8-5139-848e-b616e9171ed1", "stock", "open", "bob", 1750,
+              (1_001_750, 998_250), (1204, 1203)),
+        tally("8ef03e63-25fb-5c8b-b388-fb54ef5a0ce9", "foil", "offer.open", "carol", 0,
+              (0, 0), (0, 0)),
+        tally("48923de2-f9ac-548f-883a-10678c2ed3b3", "foil", "C.open", "bob", -250_000,
+              (250_000, 0), (31, 31))])
+    lines = tallies.splitlines()
+    assert max(len(line) for line in lines) <= 100, tallies
+    assert [re.split(r"\s{2,}", line.strip()) for line in lines] == [
+        ["TALLY", "CUID", "SIDE", "STATE", "PARTNER", "BALANCE", "CAN_PAY", "CAN_RECEIVE",
+         "CHAIN"],
+        ["cdfd881a…", "alice", "stock", "open", "bob@ZHL-dKJE", "1750", "1001750", "998250",
+         "1204/1203"],
+        ["8ef03e63…", "alice", "foil", "offer.open", "carol@AQv6yDge", "0", "0", "0", "0/0"],
+        ["48923de2…", "alice", "foil", "C.open", "bob@ZHL-dKJE", "-250000", "250000", "0",
+         "31/31"]]
 
 
 def test_human_clearing_house_entries_fit_a_terminal():
