@@ -62,7 +62,11 @@ async def test_a_partners_promises_hold_at_most_max_held_lifts_over_its_tally(tm
         ids = await bob.transact(lambda tx: [
             tx.send(Send(to, "lift", "promise", {"record": record, "hop": 0}, from_cuid="bob"))
             for record in records])
-        await wait_for(lambda: not any(i in bob.pump.live for i in ids), timeout=60)
+        # every promise answered, and its answer recorded (an ack leaves the pump before the
+        # refusal it carries is committed: wait for the rows, not only the pump)
+        await wait_for(lambda: not any(i in bob.pump.live for i in ids) and not bob.db.read_one(
+            "SELECT count(*) FROM outbox WHERE action = 'promise' AND state = 'pending'")[0],
+            timeout=60)
         refusals = bob.db.read("SELECT error FROM outbox WHERE state = 'failed'")
         assert len(refusals) == 1, [row[0] for row in refusals[:3]]
         assert refusals[0][0] == (
