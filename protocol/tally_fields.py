@@ -176,10 +176,30 @@ def decode_ticket(text: str) -> dict[str, Any]:
     if text and text[:half] * 2 == text:
         raise Refusal("bad_ticket", "not a ticket: it is one ticket twice over (pasted twice?)")
     try:
-        ticket = unpack(unb64u(text), max_size=4096)
-    except (CodecError, IdentityError) as exc:
-        cut = "incomplete" in str(exc) or "truncated" in str(exc)
-        raise Refusal("bad_ticket", "not a ticket: it ends too soon (copy the whole string "
-                      "tally.invite printed)" if cut else f"not a ticket: {exc}") from exc
+        raw = unb64u(text)
+    except IdentityError as exc:
+        raise Refusal("bad_ticket", f"not a ticket: {exc} (a ticket is letters, digits, '-' "
+                      f"and '_' only: {_COPY})") from exc
+    try:
+        ticket = unpack(raw, max_size=4096)
+    except CodecError as exc:
+        raise Refusal("bad_ticket", f"not a ticket: {_garbled(raw, exc)}") from exc
     _check_ticket_fields(ticket)
     return ticket
+
+
+_COPY = "copy the whole string tally.invite printed"
+
+
+def _garbled(raw: bytes, exc: CodecError) -> str:
+    """What is wrong with a string given as a ticket, said as what went wrong in copying it
+    (not msgpack's words for it)."""
+    why = str(exc)
+    if raw[:1] != b"\x84":  # every ticket is a map of 4 fields: it begins 'hK'
+        return f"it does not begin as a ticket does ('hK'): {_COPY}"
+    if "extra data" in why:
+        return ("it goes on past the ticket's end: something was added after it (copy the "
+                "string tally.invite printed, and only that)")
+    if "incomplete" in why or "truncated" in why or "exceeds max_" in why:
+        return f"it ends too soon ({_COPY})"
+    return f"it is damaged ({why}): {_COPY}"

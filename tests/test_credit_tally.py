@@ -260,6 +260,15 @@ def test_a_ticket_travels_as_one_string() -> None:
     assert refusal(tf.decode_ticket, "not a ticket!").code == "bad_ticket"
     assert refusal(tf.decode_ticket, text[:-8]).message == (
         "not a ticket: it ends too soon (copy the whole string tally.invite printed)")
+    assert refusal(tf.decode_ticket, text[:8]).message == refusal(tf.decode_ticket,
+                                                                  text[:-8]).message
+    # what went wrong in copying it, never msgpack's words for it ("received extra data")
+    assert refusal(tf.decode_ticket, text + "xx").message == (
+        "not a ticket: it goes on past the ticket's end: something was added after it (copy "
+        "the string tally.invite printed, and only that)")
+    assert refusal(tf.decode_ticket, "abcd").message == (
+        "not a ticket: it does not begin as a ticket does ('hK'): copy the whole string "
+        "tally.invite printed")
     assert refusal(tf.decode_ticket, tf.encode_ticket({**ticket, "reuse": 1})).code == "bad_field"
     assert refusal(tf.make_ticket, ALICE.address, "", NOW).code == "bad_field"
 
