@@ -137,7 +137,11 @@ async def test_a_ping_that_times_out_says_why_the_peer_cannot_be_dialled(tmp_pat
             await node.rpc.call("peers.ping", {"agent": BOB})
         assert caught.value.reason == "UNREACHABLE"
         assert caught.value.message.startswith(f"cannot reach {BOB}: ")
-        assert f"cannot reach 127.0.0.1:{port}" in caught.value.message
+        # the cause (not trio's "all attempts to connect ... failed") and the line to check
+        assert (f"cannot reach 127.0.0.1:{port}: connection refused; nothing listens there: "
+                f"is bob (agent {BOB[:8]}) running, and is that where it listens? check "
+                f'address = "127.0.0.1:{port}" of [[peers]] "bob" in {path}'
+                in caught.value.message), caught.value.message
         node.stop()
     said = [r for r in caplog.records if f"cannot reach 127.0.0.1:{port}" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "INFO"

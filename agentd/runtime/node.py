@@ -260,17 +260,18 @@ class Node:
         return "config" if agent in configured or (house and house.agent == agent) \
             else "learned"
 
-    def describe_peer(self, agent: str) -> tuple[str, str]:
+    def describe_peer(self, agent: str, key: str = "agent") -> tuple[str, str]:
         """How a log line names ``agent`` (its name, if known, and the start of its id), and
-        where an operator checks the agent id the node dials it by."""
+        where an operator checks the ``key`` (``agent`` or ``address``) the node dials it by."""
         name = self._peer_names.get(agent)
         who = f"{name} (agent {agent[:8]})" if name else f"agent {agent[:8]}"
         config, house = self.config, self.config.clearinghouse
         peer = next((peer for peer in config.peers if peer.agent == agent), None)
         if peer is not None:
-            return who, f'agent = "{agent}" of [[peers]] "{peer.name}" in {config.path}'
+            value = agent if key == "agent" else peer.address
+            return who, f'{key} = "{value}" of [[peers]] "{peer.name}" in {config.path}'
         if house is not None and house.agent == agent:
-            return who, f"[clearinghouse] agent in {config.path}"
+            return who, f"[clearinghouse] {key} in {config.path}"
         return who, (f"the address learned for it (peers.list); peers.remove agent={agent} "
                      "forgets it")
 

@@ -9,6 +9,7 @@ backoff and jitter; callers learn at once that it is backing off instead of wait
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -65,11 +66,12 @@ class PeerManager:
         limits: Limits | None = None,
         is_known: Callable[[str], bool] = lambda agent: False,
         links: Links | None = None,
-        describe: Callable[[str], tuple[str, str]] = lambda agent: (
-            f"agent {agent[:8]}", "its agent id"),
+        describe: Callable[[str, str], tuple[str, str]] = lambda agent, key: (
+            f"agent {agent[:8]}", f"its {key}"),
     ) -> None:
-        """``describe(agent)``: how a log line names a peer, and where the operator checks its
-        agent id (its line of the config), for a dial that failed."""
+        """``describe(agent, key)``: how a log line names a peer, and where the operator checks
+        its ``key`` (``agent`` or ``address``: its line of the config), for a dial that
+        failed."""
         self.key = key
         self.links = links  # simulated link faults, agentd sim only
         self.hello = hello
@@ -218,13 +220,16 @@ class PeerManager:
                 state.retry_at = trio.current_time() + delay * _JITTER.uniform(0.5, 1.0)
                 if isinstance(exc, ChannelClosed):
                     self.counters.handshakes_failed += 1
-                who, where = self._describe(agent)
-                state.error = f"cannot reach {address}: {exc or type(exc).__name__}"
+                state.error = f"cannot reach {address}: {_why(exc)}"
                 wrong_key = isinstance(exc, ChannelClosed) and exc.reason == "handshake_eof"
+                who, where = self._describe(agent, "agent" if wrong_key else "address")
                 if wrong_key:  # an IK responder without the key we dial cannot read us
                     state.error += (f"; most likely the node at {address} has another key "
                                     f"than {who}: check {where} (unless that node was "
                                     "stopping just then: it hangs up on a handshake too)")
+                elif isinstance(_cause(exc), ConnectionRefusedError):
+                    state.error += (f"; nothing listens there: is {who} running, and is that "
+                                    f"where it listens? check {where}")
                 if state.failures == 1:  # once a streak: the retries back off quietly
                     log.log(logging.WARNING if wrong_key else logging.INFO,
                             "%s: %s; retrying with backoff", who, state.error)
@@ -289,6 +294,26 @@ class PeerManager:
             if not live:
                 self.channels.pop(channel.agent, None)
             self._on_channel_closed(channel)
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The error under trio's ``all attempts to connect to HOST:PORT failed`` (an OSError
+    whose cause is a group of one error per address tried): the first of them."""
+    cause = exc.__cause__
+    while isinstance(cause, BaseExceptionGroup) and cause.exceptions:
+        cause = cause.exceptions[0]
+    return cause if isinstance(cause, OSError) else exc
+
+
+def _why(exc: BaseException) -> str:
+    """A failed dial's reason as a person reads it: ``connection refused``, not trio's
+    ``all attempts to connect to 127.0.0.1:7402 failed``."""
+    cause = _cause(exc)
+    if not isinstance(cause, OSError) or not cause.strerror:
+        return str(exc) or type(exc).__name__
+    # trio's own says "Error connecting to ('127.0.0.1', 7402): Connection refused"
+    why = os.strerror(cause.errno) if cause.errno and cause.errno > 0 else cause.strerror
+    return why[0].lower() + why[1:]
 
 
 def _remote_host(stream: trio.SocketStream) -> str:
