@@ -14,7 +14,7 @@ from agentd.rpc import RpcError
 from agentd.runtime.node import Node
 from protocol.keys import SigningKey
 from store import peers as peer_store
-from tests.netfixture import Network, network
+from tests.netfixture import Network, dial_failures, network, wait_for
 from tests.test_credit_service import open_tally, users
 
 BOB = SigningKey(bytes([2]) * 32).agent_id
@@ -146,6 +146,63 @@ async def test_a_ping_that_times_out_says_why_the_peer_cannot_be_dialled(tmp_pat
     said = [r for r in caplog.records if f"cannot reach 127.0.0.1:{port}" in r.getMessage()]
     assert len(said) == 1 and said[0].levelname == "INFO"
     assert said[0].getMessage().startswith(f"bob (agent {BOB[:8]}): ")
+
+
+async def test_a_peer_back_up_is_pinged_at_once_not_judged_by_a_failed_dial_before(
+        tmp_path, monkeypatch):
+    """A peer that was down is started again: a ping dials it at once and gets its pong,
+    instead of waiting out the backoff of the dials that failed while it was down and being
+    answered UNREACHABLE with their reason (which named the address it is back at)."""
+    for bound in ("BACKOFF_MIN", "BACKOFF_MAX"):  # no redial of its own within the test
+        monkeypatch.setattr(f"agentd.runtime.peers.{bound}", 1000.0)
+    bob_key = SigningKey.generate()
+    async with trio.open_nursery() as nursery:
+        net = Network(nursery, tmp_path)
+        bob = await net.start("bob", bob_key)
+        port = bob.port
+        alice = await net.start("alice", SigningKey.generate(), sections={"peers": [
+            {"name": "bob", "agent": bob.agent_id, "address": bob.listen_address}]})
+        net.nodes = [bob, alice]
+        await alice.rpc.call("peers.ping", {"agent": bob.agent_id})
+        await net.stop(0)
+        with pytest.raises(RpcError) as down:
+            await alice.rpc.call("peers.ping", {"agent": bob.agent_id})
+        assert down.value.reason == "UNREACHABLE" and "connection refused" in down.value.message
+        bob = await net.start("bob", bob_key, port)
+        pinged = await alice.rpc.call("peers.ping", {"agent": bob.agent_id})
+        assert len(pinged["rtt_ms"]) == 1
+        alice.stop()
+        bob.stop()
+
+
+async def test_a_peers_address_put_right_is_dialled_at_once(tmp_path, monkeypatch):
+    """peers.add that corrects a peer's address: what waits for that peer goes there at once,
+    not after the backoff of the dials that failed at the wrong address."""
+    for bound in ("BACKOFF_MIN", "BACKOFF_MAX"):  # no redial of its own within the test
+        monkeypatch.setattr(f"agentd.runtime.peers.{bound}", 1000.0)
+    with socket.socket() as closed:  # the wrong port: nothing listens on it
+        closed.bind(("127.0.0.1", 0))
+        wrong = closed.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        net = Network(nursery, tmp_path)
+        bob = await net.start("bob", SigningKey.generate(), sections={
+            "relay": {"access": [{"principal": "*", "resource": "node:*"}]}})
+        path = tmp_path / "alice.toml"
+        path.write_text(CONFIG.replace(BOB, bob.agent_id).replace(
+            "127.0.0.1:7902", f"127.0.0.1:{wrong}"))
+        alice = Node(load_config(path), SigningKey.generate())
+        await nursery.start(alice.run)
+        failed = dial_failures(alice)
+        asked = await alice.rpc.call("relay.query", {
+            "address": f"{bob.agent_id}/agentd/node:info"})
+        await wait_for(lambda: failed)
+        await alice.rpc.call("peers.add", {"name": "bob", "agent": bob.agent_id,
+                                           "address": bob.listen_address})
+        state = await alice.rpc.call("relay.wait", {"request_id": asked["request_id"],
+                                                    "timeout_s": 30})
+        assert state["status"] == "COMPLETED", state
+        alice.stop()
+        bob.stop()
 
 
 async def test_a_peer_configured_with_another_nodes_agent_id_is_named_with_the_fix(

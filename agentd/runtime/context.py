@@ -189,6 +189,11 @@ class Runtime(Protocol):
         """Why the last dial of ``agent`` failed, while none since has succeeded."""
         ...
 
+    def redial(self, agent: str) -> None:
+        """Dial ``agent`` at its next send, whatever its backoff, forgetting why the last dial
+        failed (a user asked to reach it now)."""
+        ...
+
     def clock_ahead_ms(self, agent: str) -> int | None:
         """How far ``agent``'s clock is ahead of ours, from its messages' send times
         (``agentd.runtime.clocks``); None before any message of its."""

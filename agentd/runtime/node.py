@@ -91,8 +91,8 @@ class Node:
         self.ration = WriteRation(limits.stranger_write_rate, limits.stranger_write_burst,
                                   limits.all_strangers_write_rate, limits.all_strangers_write_burst)
         self.decoding = DecodeBudget(config.max_frame)  # strangers' frames being handled
-        self.configure_peers()
         self.peers: PeerManager = None  # type: ignore[assignment]  # set in run()
+        self.configure_peers()
         self.links: Links | None = None  # simulated link faults: set by agentd sim, before run
         self._install_services()
         for name, method in (("getinfo", self.rpc_getinfo), ("peers.list", self.rpc_peers),
@@ -126,6 +126,9 @@ class Node:
 
     def dial_error(self, agent: str) -> str | None:
         return None if self.peers is None else self.peers.dial_error(agent)
+
+    def redial(self, agent: str) -> None:
+        self.peers.redial(agent)
 
     def seen_before(self, agent: str) -> bool:
         return self.connected(agent) or self.db.reading(
@@ -210,16 +213,24 @@ class Node:
         (``agentd.runtime.peer_names``: one name, one peer)."""
         config = self.config
         for peer in config.peers:
-            self._peer_addresses[peer.agent] = peer.address
+            self._configure_address(peer.agent, peer.address)
         house = config.clearinghouse
         if house is not None and house.agent not in {peer.agent for peer in config.peers}:
-            self._peer_addresses[house.agent] = house.address
+            self._configure_address(house.agent, house.address)
         unnamed = peer_names.settle(self._peer_names, config)
         for gone in unnamed:
             log.warning("%s", gone)
         if self.db is not None:  # at start, run() stores them once the database is open
             self.db.submit(lambda conn: self._store_configured_peers(conn, unnamed))
         return unnamed
+
+    def _configure_address(self, agent: str, address: str) -> None:
+        """Dial ``agent`` at ``address`` from now on: at once if that is a new address (a
+        user's fix of a wrong one is not made to wait out the old one's backoff)."""
+        if self._peer_addresses.get(agent) != address:
+            self._peer_addresses[agent] = address
+            if self.peers is not None:
+                self.peers.redial(agent)
 
     def _store_configured_peers(self, conn: sqlite3.Connection,
                                 unnamed: Iterable[Unnamed] = ()) -> None:

@@ -3,7 +3,9 @@
 It accepts inbound connections (the listener hands each socket here), dials outbound ones
 when the outbox needs a peer, and runs every channel in its own nursery so stopping the
 manager closes them all. A peer that cannot be reached is retried with capped exponential
-backoff and jitter; callers learn at once that it is backing off instead of waiting.
+backoff and jitter; callers learn at once that it is backing off instead of waiting. A peer
+given another address (``peers.add``, ``reload``) and a user's ``peers.ping`` are dialled at
+once (``redial``): neither waits out a backoff, nor is answered with a failure from before.
 """
 
 from __future__ import annotations
@@ -247,6 +249,15 @@ class PeerManager:
         """Why the last dial of ``agent`` failed, while no dial since has succeeded."""
         state = self._dial.get(agent)
         return None if state is None else state.error
+
+    def redial(self, agent: str) -> None:
+        """Dial ``agent`` at the next send, whatever the backoff, and forget why the last dial
+        failed: a user asked to reach it now (``peers.ping``), or gave it another address (it
+        may have come back, or be there, since)."""
+        state = self._dial.get(agent)
+        if state is not None:
+            state.retry_at = 0.0
+            state.error = None
 
     async def _dial_once(self, agent: str, address: str) -> Channel:
         host, port = parse_hostport(address)

@@ -56,6 +56,7 @@ class PingService(Service):
                            "ping it while it is connected)", "UNKNOWN_PEER")
         host, port = parse_hostport(address) if address else (None, None)
         to = ChipAddress(agent=agent, host=host, port=port)
+        runtime.redial(agent)  # a peer back since its last failed dial is not judged by it
         rtts = []
         for seq in range(count):
             started = runtime.clock.monotonic()
