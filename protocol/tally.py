@@ -69,6 +69,7 @@ from .tally_fields import (
     exact_fields,
     same_user,
 )
+from .tally_hints import hint
 from .tally_local import LocalTally, other_side, to_partner
 from .tally_sign import chain_origin as chain_origin  # re-exported for protocol.chain
 from .tally_sign import check_signature, core_digest, signed, unsigned
@@ -77,6 +78,16 @@ from .tally_states import BINDING_STATES, C_OPEN, CLOSE, DRAFT, DRAFT_OFFER, nex
 DEFAULT_AGREEMENT = {"name": "agentd-credit", "version": 1}
 
 Step = tuple[LocalTally, list[Send]]
+
+
+def _asked(local: LocalTally, event: str) -> str:
+    """The next state for a user's ``event``, or a refusal that says what to do instead."""
+    try:
+        return next_state(local.state, event)
+    except Refusal as refusal:
+        told = hint(local.state, local.tally[local.partner_side]["cert"] is not None)
+        raise Refusal("bad_state", f"{refusal.message}: {told}" if told else refusal.message
+                      ) from None
 
 
 def _message(local: LocalTally, action: str, obj: dict[str, Any]) -> Send:
@@ -130,7 +141,7 @@ def edit(
     local: LocalTally, *, memo: str | None = None, limits: dict[str, int] | None = None
 ) -> Step:
     """Change the memo or either side's limit before offering."""
-    state = next_state(local.state, "edit")
+    state = _asked(local, "edit")
     tally = copy.deepcopy(local.tally)
     if memo is not None:
         tally["memo"] = memo
@@ -144,7 +155,7 @@ def edit(
 
 def offer(local: LocalTally, key: SigningKey) -> Step:
     """Sign our side and send the tally to the partner."""
-    state = next_state(local.state, "offer")
+    state = _asked(local, "offer")
     if local.tally[local.partner_side]["cert"] is None:
         raise Refusal("bad_state", f"tally {local.uuid} has no partner to offer it to")
     tally = signed(local.tally, local.side, key)
@@ -188,7 +199,7 @@ def receive_offer(
 
 def accept(local: LocalTally, key: SigningKey) -> Step:
     """Sign the partner's offer and send the fully signed tally back (``open``)."""
-    state = next_state(local.state, "accept")
+    state = _asked(local, "accept")
     tally = signed(local.tally, local.side, key)
     return replace(local, state=state, tally=tally), [_message(local, "open", tally)]
 
@@ -196,7 +207,7 @@ def accept(local: LocalTally, key: SigningKey) -> Step:
 def refuse(local: LocalTally) -> Step:
     """Turn the partner's offer down (``void``); or, on a ``draft`` no ticket has come for,
     withdraw our invitation: nobody to tell, and a ticket presented later is refused."""
-    state = next_state(local.state, "refuse")
+    state = _asked(local, "refuse")
     if local.state == DRAFT:
         if local.tally[local.partner_side]["cert"] is not None:
             raise Refusal("bad_state", f"tally {local.uuid} is the partner's to offer again "
@@ -207,7 +218,7 @@ def refuse(local: LocalTally) -> Step:
 
 def counter(local: LocalTally) -> Step:
     """Take the pen: clear the signatures, start the next revision, tell the partner (``draft``)."""
-    state = next_state(local.state, "counter")
+    state = _asked(local, "counter")
     tally = unsigned(local.tally)
     tally["version"] += 1
     countered = replace(local, state=state, tally=tally)
@@ -254,7 +265,7 @@ def close(local: LocalTally, *, balance: int) -> Step:
             "chits that bring the balance toward zero are taken"))
     if local.state == CLOSE:
         raise Refusal("bad_state", f"tally {local.uuid} is already closed ({CLOSE})")
-    state = next_state(local.state, "close")
+    state = _asked(local, "close")
     return replace(local, state=state), [_message(local, "close", {"uuid": local.uuid})]
 
 

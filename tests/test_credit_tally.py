@@ -14,6 +14,7 @@ import pytest
 
 from protocol import tally as t
 from protocol import tally_fields as tf
+from protocol import tally_hints
 from protocol import tally_states as ts
 from protocol.codec import pack, unpack
 from protocol.keys import ChipAddress, SigningKey
@@ -515,6 +516,31 @@ def test_an_event_the_table_does_not_list_is_refused_by_state(state: str, event:
     caught = refusal(_event_calls()[event], local)
     assert caught.to_map() == {"code": "bad_state", "message": caught.message}
     assert state in caught.message
+
+
+def test_a_user_refused_by_state_is_told_what_to_do() -> None:
+    """The user's own actions, refused by the tally's state, say what that state means and
+    what to do: an offer made before the partner presented the ticket (a new user's first
+    try), an offer made twice, an acceptance of our own offer."""
+    assert refusal(t.offer, invited(), ALICE.key).message == (
+        "cannot offer a tally in state draft: nobody has requested it yet: hand the ticket "
+        "tally.invite printed to the partner, whose node presents it with tally.request; then "
+        "tally.offer")
+    alice, bob = offered()
+    assert refusal(t.offer, alice, ALICE.key).message == (
+        "cannot offer a tally in state H.offer: our offer waits for the partner, who accepts, "
+        "refuses or counters it (tally.wait shows when)")
+    assert refusal(t.accept, alice, ALICE.key).message.endswith(": our offer waits for the "
+                                                                "partner, who accepts, refuses "
+                                                                "or counters it (tally.wait "
+                                                                "shows when)")
+    bob, [notice] = t.counter(bob)
+    alice, _ = t.receive_draft(alice, notice.object)
+    assert refusal(t.offer, alice, ALICE.key).message.endswith(
+        ": the partner countered our offer and offers next (tally.wait state=P.offer waits "
+        "for it)")
+    assert set(tally_hints.HINTS) == set(ts.STATES) - {ts.DRAFT}  # draft: by whether it has a
+    # partner; every other state has its hint, in words for the user who tried
 
 
 # -- storage and validation -------------------------------------------------------------------
