@@ -269,6 +269,11 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path, monkeypatc
             "is alice's own invoice, waiting for the partner: the payer accepts or refuses "
             "it, on its node")
         assert (await rpc(a, "chit.accept", cuid="bob", chit=bill["chit"]))["state"] == cs.L_GOOD
+        # answered twice: what the chit is now, not "cannot accept a chit in state L.good"
+        twice = await refused(a, "chit.refuse", cuid="bob", chit=bill["chit"])
+        assert twice.reason == "BAD_STATE" and twice.message.endswith(
+            f"chit {bill['chit']} is paid already (L.good): only an invoice waiting for bob's "
+            "answer (L.pend) can be accepted or refused"), twice.message
         await wait_for(lambda: agreed(a, "alice", a, "bob", tally, 3))
         assert chain_of(a, "alice", tally)[3] == -450  # alice (stock) owes bob 700 - 200 - 50
         bobs = await rpc(a, "chit.list", cuid="bob", tally=tally)
@@ -289,6 +294,10 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path, monkeypatc
         await wait_for(lambda: a.db.read_one(
             "SELECT 1 FROM chits WHERE cuid = 'bob' AND uuid = ?", (refused_bill["chit"],)))
         await rpc(a, "chit.refuse", cuid="bob", chit=refused_bill["chit"])
+        again = await refused(a, "chit.accept", cuid="bob", chit=refused_bill["chit"])
+        assert again.message.endswith(f"chit {refused_bill['chit']} is refused already (L.void)"
+                                      ": only an invoice waiting for bob's answer (L.pend) can "
+                                      "be accepted or refused"), again.message
         listed = await rpc(a, "chit.list", cuid="bob", tally=tally)
         assert [x["index"] for x in listed] == [1, 2, 3, None]
         assert await rpc(a, "chit.list", cuid="bob", tally=tally, start=3, limit=1) == listed[2:3]

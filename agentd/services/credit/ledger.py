@@ -29,6 +29,7 @@ from agentd.rpc import NOT_FOUND, RpcError
 from agentd.runtime.context import Reject, Tx
 from protocol import chain as ch
 from protocol import chit as c
+from protocol import chit_states as cs
 from protocol import tally as t
 from protocol import tally_fields as tf
 from protocol.envelope import Envelope
@@ -197,9 +198,8 @@ class CreditLedger:
         holding = self.holding(conn, tallies[0], cuid)
         owed = self.store.get_chit(conn, tallies[0], cuid, chit_uuid)
         assert owed is not None
-        if owed.state == c.A_PEND:  # our user's own invoice
-            raise Reject("BAD_STATE", f"chit {chit_uuid} is {cuid}'s own invoice, waiting for "
-                         "the partner: the payer accepts or refuses it, on its node")
+        if owed.state != cs.L_PEND:
+            raise Reject("BAD_STATE", _not_owed(chit_uuid, cuid, owed.state))
         return holding, owed
 
     def addressee(self, conn: sqlite3.Connection, envelope: Envelope) -> str:
@@ -267,3 +267,16 @@ def no_tally(cuid: str, tally_uuid: str, held_by: list[str] | None = None) -> st
                 f"(cuid={held_by[0]})")
     return (f"user {cuid} holds no tally {tally_uuid} (a tally requested with a ticket is held"
             " from the inviter's offer on: tally.wait state=P.offer waits for it)")
+
+
+def _not_owed(chit_uuid: str, cuid: str, state: str) -> str:
+    """Why ``cuid`` cannot accept or refuse a chit in ``state``: what it is, in words (a user
+    told only "cannot accept a chit in state L.void" does not know it refused it already)."""
+    if state == cs.A_PEND:
+        return (f"chit {chit_uuid} is {cuid}'s own invoice, waiting for the partner: the "
+                "payer accepts or refuses it, on its node")
+    if state == cs.A_VOID:
+        return f"chit {chit_uuid} is {cuid}'s own invoice, which the partner refused ({state})"
+    done = {cs.L_VOID: "refused already", cs.L_GOOD: "paid already"}.get(state)
+    return (f"chit {chit_uuid} is {f'{done} ({state})' if done else state}: only an invoice "
+            f"waiting for {cuid}'s answer ({cs.L_PEND}) can be accepted or refused")
