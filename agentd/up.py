@@ -41,9 +41,10 @@ def _configs(directory: Path) -> list[Path]:
     """The node configs ``directory`` names: its own, or the one file it is."""
     if directory.is_file():
         return [directory]
-    if not directory.is_dir():
-        raise UserError(f"{directory}: no such directory of node configs, nor a config file "
-                        "(run from the repository, or give DIR or CONFIG)")
+    if not directory.is_dir():  # the default is the repository's: say where to run it
+        raise UserError(f"{directory}: no such directory of node configs, nor a config file"
+                        + (f" ({DEFAULT_DIR} is the repository's: run from there, or give DIR"
+                           " or CONFIG)" if directory == DEFAULT_DIR else ""))
     found = node_configs(directory)
     if not found:
         raise UserError(f"{directory}: no node configs in it (*.toml, or */agentd.toml as "

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentd.errors import UserError
-from agentd.up import _configs, down
+from agentd.up import DEFAULT_DIR, _configs, down
 from tests.clihelpers import AGENTD, init, start
 
 
@@ -23,11 +23,17 @@ def test_up_takes_the_toml_files_and_the_agentd_toml_of_each_subdirectory(tmp_pa
     assert found == ["alice.toml", "n1/agentd.toml", "n2/agentd.toml"]
 
 
-def test_up_names_an_empty_directory_and_what_it_looked_for(tmp_path: Path):
+def test_up_names_an_empty_directory_and_what_it_looked_for(tmp_path: Path, monkeypatch):
     with pytest.raises(UserError, match=r"no node configs in it \(\*\.toml, or \*/agentd\.toml"):
         _configs(tmp_path)
-    with pytest.raises(UserError, match="no such directory"):
+    with pytest.raises(UserError) as missing:  # named by the user: no advice about the default
         _configs(tmp_path / "missing")
+    assert str(missing.value) == (f"{tmp_path / 'missing'}: no such directory of node configs, "
+                                  "nor a config file")
+    monkeypatch.chdir(tmp_path)  # agentd up with no DIR, away from the repository
+    with pytest.raises(UserError, match=r"^configs/local: no such directory of node configs, "
+                       r"nor a config file \(configs/local is the repository's: run from there"):
+        _configs(DEFAULT_DIR)
 
 
 def test_down_names_the_nodes_it_stopped_and_those_not_running(tmp_path: Path, capsys):
