@@ -87,7 +87,9 @@ async def test_no_route_says_the_most_a_route_found_can_carry(tmp_path):
         assert error.reason == "NO_ROUTE"
         assert error.message == (
             f"NO_ROUTE: no route from ann to dan:{dan.agent_id} can carry 700 mCHIP "
-            "now: the most a route found can carry is 600 mCHIP (route.find lists the routes)")
+            "now: the most a route found can carry is 600 mCHIP (a search reaches each user "
+            "once, by its first way in, so a route with more room may go unseen: route.find "
+            "units=N looks for one that carries N)")
         assert 1 in seen  # a second search, for any room at all, found it
         assert await rpc(ann, "lift.list") == []
         shown = await rpc(ann, "route.find", cuid="ann", find=who(dan, "dan"), units=600)

@@ -133,8 +133,11 @@ class RouteService(Service):
                        exhausted: bool) -> Reject:
         """``NO_ROUTE`` for a payment whose search found no route, saying what does fit:
         once the search was exhausted, a second one, as ``route.find units=1`` makes, finds
-        the routes with any room, and the refusal names the most one of them can carry (a
-        route's own capacity, which route.find shows anyone who asks)."""
+        routes with any room, and the refusal names the most one of them can carry (a
+        route's own capacity, which route.find shows anyone who asks). Not the most any route
+        can carry: a search reaches each user once, by the first tally that brings it there,
+        so a route with more room through a user reached another way goes unseen (a search for
+        more units, which cannot take the first way, finds it), and the message says so."""
         head = f"no route from {cuid} to {find.cuid}:{find.agent} can carry {units} mCHIP now"
         if not exhausted:
             return Reject("NO_ROUTE", f"{head}: none was found within {LIFT_SEARCH_S:g} s, "
@@ -142,7 +145,9 @@ class RouteService(Service):
         routes = await self.search(cuid, find, 1, route.KINDS[0], SEARCH_S)
         if routes:
             return Reject("NO_ROUTE", f"{head}: the most a route found can carry is "
-                          f"{routes[0]['capacity']} mCHIP (route.find lists the routes)")
+                          f"{routes[0]['capacity']} mCHIP (a search reaches each user once, by "
+                          "its first way in, so a route with more room may go unseen: "
+                          "route.find units=N looks for one that carries N)")
         unasked = "" if self.asks.can_ask(find) else (
             "; and its node was not asked whether it hosts that user: no address is known "
             "for it (give find as cuid:agent@host:port)")
