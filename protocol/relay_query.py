@@ -199,5 +199,6 @@ def admit_query(
     except AddressError as exc:
         raise AddressError(str(exc), "UNKNOWN_VIEW") from exc
     if not check_access(rules, query.certificate, address.view):
-        raise AccessDenied(f"no access rule lets {query.certificate} read {address.view!r}")
+        raise AccessDenied(f"no access rule lets {query.certificate} read {address.view!r}: "
+                           "a [[relay.access]] rule in the source's config grants it")
     return address
