@@ -290,8 +290,8 @@ def parse_config(raw: dict, source: Path) -> Config:
             node.bad("roles", f"has unknown role {role!r} (known: {', '.join(sorted(ROLES))})")
     max_frame = node.get("max_frame", int, DEFAULT_MAX_FRAME)
     if not DEFAULT_MAX_FRAME <= max_frame <= 64 << 20:  # the protocol's own batches need it
-        node.bad("max_frame", "must be between 1048576 and 67108864 bytes (a chain batch or a "
-                 "relay view a node must be able to send takes up to 0.6 MiB)")
+        node.bad("max_frame", f"must be between 1048576 and 67108864 bytes, got {max_frame} (a "
+                 "chain batch or a relay view a node must be able to send takes up to 0.6 MiB)")
     advertise = node.hostport("advertise")
     if listen is not None and advertise is None and listens_everywhere(listen):
         node.bad("listen", f"{listen} listens on every interface, an address peers cannot dial:"
@@ -302,7 +302,7 @@ def parse_config(raw: dict, source: Path) -> Config:
     idle_timeout = float(node.get("idle_timeout", (int, float), 60.0))
     for key, value in (("handshake_timeout", handshake_timeout), ("idle_timeout", idle_timeout)):
         if value <= 0:
-            node.bad(key, "must be > 0")
+            node.bad(key, f"must be > 0, got {value:g}")
     limits = _limits(node)
     node.finish()
 
@@ -341,14 +341,14 @@ def parse_config(raw: dict, source: Path) -> Config:
             section = _Section(problems, f"relay.access[{i}]", entry)
             principal = section.get("principal", str, required=True)
             if principal is not None and principal != "*" and not is_agent_id(principal):
-                section.bad("principal", "must be an agent id or *")
+                section.bad("principal", f"must be an agent id or *, got {principal!r}")
             access.append(AccessRule(principal, section.get("resource", str, required=True)))
             section.finish()
         for i, entry in enumerate(relay.get("verify", list, [])):
             section = _Section(problems, f"relay.verify[{i}]", entry)
             signers = section.get("signers", list, [], required=True)
             if not all(is_agent_id(s) for s in signers):
-                section.bad("signers", "must be agent ids")
+                section.bad("signers", f"must be agent ids, got {signers!r}")
             verify.append(VerifyPolicy(section.get("view", str, required=True), tuple(signers)))
             section.finish()
         relay.finish()
@@ -360,17 +360,18 @@ def parse_config(raw: dict, source: Path) -> Config:
         section.used.add("referee")
         referees = section.get("referees", list, [])
         if not all(is_agent_id(agent) for agent in referees):
-            section.bad("referees", "must be a list of agent ids")
+            section.bad("referees", f"must be a list of agent ids, got {referees!r}")
         life_s = section.get("life_s", (int, float), 120.0)
         if not 1 <= life_s <= MAX_LIFE_MS // 1000:
-            section.bad("life_s", f"must be seconds from 1 to {MAX_LIFE_MS // 1000}")
+            section.bad("life_s", f"must be seconds from 1 to {MAX_LIFE_MS // 1000}, got "
+                                  f"{life_s!r}")
         auto_clear = section.get("auto_clear", bool, False)
         minimum = section.get("minimum", int, 1)
         if minimum < 1:
-            section.bad("minimum", "must be a whole number of mCHIP >= 1")
+            section.bad("minimum", f"must be a whole number of mCHIP >= 1, got {minimum!r}")
         interval_s = section.get("interval_s", (int, float), 60.0)
         if not 1 <= interval_s <= 86_400:
-            section.bad("interval_s", "must be seconds from 1 to 86400")
+            section.bad("interval_s", f"must be seconds from 1 to 86400, got {interval_s!r}")
         section.finish()
         lift = LiftConfig(referee, tuple(referees), float(life_s), auto_clear, minimum,
                           float(interval_s))
@@ -380,10 +381,10 @@ def parse_config(raw: dict, source: Path) -> Config:
         log = _Section(problems, "log", top.get("log", dict, {}))
         log_level = log.get("level", str, "info")
         if log_level not in LOG_LEVELS:
-            log.bad("level", f"must be one of {', '.join(LOG_LEVELS)}")
+            log.bad("level", f"must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
         log_format = log.get("format", str, "text")
         if log_format not in LOG_FORMATS:
-            log.bad("format", f"must be one of {', '.join(LOG_FORMATS)}")
+            log.bad("format", f"must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
         log.finish()
 
     metrics_listen = None

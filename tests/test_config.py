@@ -46,7 +46,7 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
     assert found[0] == "node.listen is required (is node.lisen a misspelling of it?)"
     assert found[1] == "node.max_channels must be between 1 and 1048576, got 0"
     assert found[2].startswith("unknown key node.lisen (did you mean listen? known keys: ")
-    assert found[3] == "lift.life_s must be seconds from 1 to 86400"
+    assert found[3] == "lift.life_s must be seconds from 1 to 86400, got 0"
     assert found[4].startswith("unknown key lift.auto_clar (did you mean auto_clear? ")
     assert "referee, referees" in found[4]
     assert found[5] == ("unknown key node2 (did you mean node? known keys: clearinghouse, "
@@ -56,15 +56,28 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
 
 @pytest.mark.parametrize("text, complaint", [
     (GOOD.replace('name = "alice"', 'name = ""'), "node.name must not be empty"),
-    (GOOD + "idle_timeout = 0\n", "node.idle_timeout must be > 0"),
+    (GOOD + "idle_timeout = 0\n", "node.idle_timeout must be > 0, got 0"),
     (GOOD + 'idle_timeout = "sixty"\n', "node.idle_timeout must be a number, got 'sixty'"),
     (GOOD + "roles = [\"house\"]\n", "node.roles has unknown role 'house' (known: clearinghouse)"),
     (GOOD + "roles = [{}]\n", "node.roles has unknown role {} (known: clearinghouse)"),
     (GOOD + "max_frame = true\n", "node.max_frame must be an integer, not a boolean"),
-    (GOOD + "max_frame = 65536\n", "node.max_frame must be between 1048576 and 67108864"),
+    (GOOD + "max_frame = 65536\n",
+     "node.max_frame must be between 1048576 and 67108864 bytes, got 65536"),
     (GOOD + '\n[[peers]]\nname = "bob"\nagent = "x"\naddress = "127.0.0.1:7902"\n',
      "peers[0].agent is not an agent id (agent id must be 43 base64url characters: 'x')"),
-    (GOOD + '\n[log]\nlevel = "loud"\n', "log.level must be one of debug, info, warning, error"),
+    (GOOD + '\n[log]\nlevel = "loud"\n',
+     "log.level must be one of debug, info, warning, error, got 'loud'"),
+    (GOOD + '\n[log]\nformat = "xml"\n', "log.format must be one of text, json, got 'xml'"),
+    (GOOD + '\n[lift]\nminimum = -5\n', "lift.minimum must be a whole number of mCHIP >= 1, "
+     "got -5"),
+    (GOOD + '\n[lift]\ninterval_s = 0\n', "lift.interval_s must be seconds from 1 to 86400, "
+     "got 0"),
+    (GOOD + '\n[lift]\nreferees = ["x"]\n', "lift.referees must be a list of agent ids, got "
+     "['x']"),
+    (GOOD + '\n[[relay.access]]\nprincipal = "bob"\nresource = "*"\n',
+     "relay.access[0].principal must be an agent id or *, got 'bob'"),
+    (GOOD + '\n[[relay.verify]]\nview = "*"\nsigners = ["bob"]\n',
+     "relay.verify[0].signers must be agent ids, got ['bob']"),
     (GOOD + f'[[peers]]\nname = "bob"\nagent = "{BOB}"\naddress = "127.0.0.1:7902"\n'
      f'[[peers]]\nname = "bob"\nagent = "{CAROL}"\naddress = "127.0.0.1:7903"\n',
      "peers[1].name 'bob' is peers[0]'s too: names tell peers apart"),
