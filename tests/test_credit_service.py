@@ -830,8 +830,10 @@ async def test_rpc_parameters_are_checked(tmp_path):
         await users(a, "alice")
         for method, params, words in (
             ("tally.invite", {"cuid": "alice", "limit": -1}, "limit"),
-            ("tally.invite", {"cuid": "alice", "side": "left"}, "side"),
-            ("tally.invite", {"cuid": "alice", "expires_s": 0}, "expires_s"),
+            ("tally.invite", {"cuid": "alice", "side": "left"},
+             "side must be one of stock, foil, not 'left'"),  # the value given, quoted
+            ("tally.invite", {"cuid": "alice", "expires_s": 0},
+             "expires_s must be a number of seconds in (0, 31536000], not 0"),
             ("tally.offer", {"cuid": "alice", "tally": "nope"}, "tally"),
             ("chit.pay", {"cuid": "alice", "tally": str(uuid.uuid4()), "units": 0}, "units"),
             ("chit.pay", {"cuid": "alice", "tally": str(uuid.uuid4()), "units": 1.5}, "units"),

@@ -123,9 +123,10 @@ class TallyService(Service):
         cuid = self.ledger.known_user(param_cuid(cuid))
         limit = param_amount(limit, "limit", low=0)
         if side not in t.SIDES:
-            raise invalid_params(f"side must be one of {', '.join(t.SIDES)}")
+            raise invalid_params(f"side must be one of {', '.join(t.SIDES)}, not {side!r}")
         if not 0 < expires_s <= MAX_EXPIRES_S:  # the params' types: agentd.rpc_types
-            raise invalid_params(f"expires_s must be a number of seconds in (0, {MAX_EXPIRES_S}]")
+            raise invalid_params(f"expires_s must be a number of seconds in (0, {MAX_EXPIRES_S}], "
+                                 f"not {expires_s!r}")
         memo = param_memo(memo)
         token = b64u(os.urandom(24))
 
