@@ -52,6 +52,20 @@ def _configs(directory: Path) -> list[Path]:
     return found
 
 
+def _load_all(paths: list[Path]) -> list[Config]:
+    """Every config, or one error that names the problems of all of them (not the first
+    file's alone, to be fixed and run again for the next)."""
+    configs, problems = [], []
+    for path in paths:
+        try:
+            configs.append(load_config(path))
+        except UserError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise UserError("\n".join(problems))
+    return configs
+
+
 def _info(socket_path: Path) -> dict | None:
     """The node's getinfo, or None when no node answers on ``socket_path``."""
     try:
@@ -83,7 +97,7 @@ def _claim_start(config: Config) -> int | None:
 
 
 def up(directory: Path) -> int:
-    configs: list[Config] = [load_config(path) for path in _configs(directory)]
+    configs = _load_all(_configs(directory))
     locks: list[int] = []  # held until the nodes this up starts answer
     try:
         return _up(directory, configs, locks)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentd.errors import UserError
-from agentd.up import DEFAULT_DIR, _configs, down
+from agentd.up import DEFAULT_DIR, _configs, down, up
 from tests.clihelpers import AGENTD, init, start
 
 
@@ -34,6 +34,20 @@ def test_up_names_an_empty_directory_and_what_it_looked_for(tmp_path: Path, monk
     with pytest.raises(UserError, match=r"^configs/local: no such directory of node configs, "
                        r"nor a config file \(configs/local is the repository's: run from there"):
         _configs(DEFAULT_DIR)
+
+
+def test_up_names_the_problems_of_every_config_at_once(tmp_path: Path):
+    """Two broken configs: up names both files' problems, not the first one's alone (which
+    would leave the second to be found after fixing it), and starts nothing."""
+    for name in ("a", "b"):
+        config = Path(init(tmp_path, name)["config"])
+        config.write_text(config.read_text() + f"\n[lift]\nlife_s = {name!r}\n")
+    with pytest.raises(UserError) as broken:
+        up(tmp_path)
+    assert str(broken.value).splitlines() == [
+        f"{tmp_path / name / 'agentd.toml'}: lift.life_s must be a number, got {name!r}"
+        for name in ("a", "b")]
+    assert not list(tmp_path.glob("*/data/agentd.log"))  # nothing was started
 
 
 def test_down_names_the_nodes_it_stopped_and_those_not_running(tmp_path: Path, capsys):
