@@ -45,7 +45,7 @@ async def test_a_peer_whose_address_we_do_not_know_is_pinged_while_it_is_connect
     async with network(tmp_path, n=2) as net:
         a, b = net.nodes
         b._peer_addresses.pop(a.agent_id)  # b knows a only by the channel a opens
-        with pytest.raises(RpcError, match=r"add it to \[\[peers\]\] first"):
+        with pytest.raises(RpcError, match=r"this node knows no address of it: peers.add"):
             await b.rpc.call("peers.ping", {"agent": a.agent_id})  # no channel yet
         await a.rpc.call("peers.ping", {"agent": b.agent_id})
         assert len((await b.rpc.call("peers.ping", {"agent": a.agent_id}))["rtt_ms"]) == 1

@@ -137,6 +137,11 @@ async def test_a_ping_that_times_out_says_why_the_peer_cannot_be_dialled(tmp_pat
             await node.rpc.call("peers.ping", {"agent": BOB})
         assert caught.value.reason == "UNREACHABLE"
         assert caught.value.message.startswith(f"cannot reach {BOB}: ")
+        with pytest.raises(RpcError) as unknown:  # nobody it knows: how to make it known
+            await node.rpc.call("peers.ping", {"agent": DAVE})
+        assert (unknown.value.reason, unknown.value.message) == ("UNKNOWN_PEER", (
+            f"unknown peer {DAVE}: this node knows no address of it: peers.add name=NAME "
+            f"agent={DAVE} address=HOST:PORT adds one (or ping it while it is connected)"))
         # the cause (not trio's "all attempts to connect ... failed") and the line to check
         assert (f"cannot reach 127.0.0.1:{port}: connection refused; nothing listens there: "
                 f"is bob (agent {BOB[:8]}) running, and is that where it listens? check "

@@ -52,8 +52,9 @@ class PingService(Service):
         runtime = self.runtime
         address = runtime.address_of(agent)
         if address is None and agent != runtime.agent_id and not runtime.connected(agent):
-            raise RpcError(NOT_FOUND, f"unknown peer {agent}: add it to [[peers]] first (or "
-                           "ping it while it is connected)", "UNKNOWN_PEER")
+            raise RpcError(NOT_FOUND, f"unknown peer {agent}: this node knows no address of "
+                           f"it: peers.add name=NAME agent={agent} address=HOST:PORT adds one "
+                           "(or ping it while it is connected)", "UNKNOWN_PEER")
         host, port = parse_hostport(address) if address else (None, None)
         to = ChipAddress(agent=agent, host=host, port=port)
         runtime.redial(agent)  # a peer back since its last failed dial is not judged by it
