@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from agentd.bench import main as bench_main
 from agentd.errors import UserError
 from agentd.sim import limits, load_scenario, main
 from agentd.sim.lifts import lifts_atomic
@@ -43,6 +44,25 @@ def test_sim_help_names_the_shipped_scenarios(capsys):
     assert "scenario TOML file, or a shipped one by name:" in text
     for path in (REPO / "configs" / "sims").glob("*.toml"):
         assert path.stem in text, path.stem
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, capsys):
+    """--json FILE and --report DIR are tried as the command line is read: a mistyped path
+    is refused at once, not after the run (minutes, for scale-1000) with a traceback."""
+    scenario = str(write(tmp_path, SMALL))
+    (tmp_path / "taken").write_text("a file")
+    for option, path, why in (("--json", "nodir/report.json", "cannot write "),
+                              ("--report", "taken", "is a file, not a directory"),
+                              ("--report", "taken/sub", "cannot make the directory ")):
+        with pytest.raises(SystemExit) as refused:
+            main([scenario, option, str(tmp_path / path)])
+        assert refused.value.code == 2
+        said = capsys.readouterr()
+        assert f"argument {option}: " in said.err and why in said.err, said.err
+        assert "invariant" not in said.out  # nothing ran
+    with pytest.raises(SystemExit) as refused:  # the benchmarks' --json too
+        bench_main(["transport", "--json", str(tmp_path / "nodir" / "figures.json")])
+    assert refused.value.code == 2 and "argument --json: cannot write " in capsys.readouterr().err
 
 
 def test_ring_and_random_topologies(tmp_path):

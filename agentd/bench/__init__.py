@@ -13,6 +13,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from agentd.outputs import output_file
+
 BENCHMARKS = {
     "transport": "agentd.bench.transport",
     "relay": "agentd.bench.relay",
@@ -50,7 +52,8 @@ def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
 
     made = argparse.ArgumentParser(prog=prog, description=plain(doc),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    made.add_argument("--json", metavar="FILE", help="write the figures as a flat JSON map")
+    made.add_argument("--json", metavar="FILE", type=output_file,
+                      help="write the figures as a flat JSON map")
     made.add_argument("--no-goals", action="store_true",
                       help="print missed goals but exit 0 (for exploring settings)")
     return made

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from agentd.bench import table, write_json
+from agentd.outputs import output_file
 
 SIZES = (100, 300, 1000)
 QUICK_SIZES = (20, 60)
@@ -59,7 +60,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="agentd bench sim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="20 and 60 nodes only")
-    parser.add_argument("--json", metavar="FILE", help="write the figures as a flat JSON map")
+    parser.add_argument("--json", metavar="FILE", type=output_file,
+                        help="write the figures as a flat JSON map")
     parser.add_argument("--durable", action="store_true",
                         help="pass --durable to agentd sim (a writer thread per node, FULL)")
     options = parser.parse_args(argv)

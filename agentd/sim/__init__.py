@@ -28,6 +28,7 @@ from pathlib import Path
 import trio
 
 from agentd.configs_dir import shipped_scenarios
+from agentd.outputs import output_dir, output_file
 from agentd.sim.backends import InProcess, Processes
 from agentd.sim.faults import Healing, heal_all, run_faults
 from agentd.sim.html import check_report_extra, write_html
@@ -156,7 +157,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--workers", type=_count, default=os.cpu_count() or 1, metavar="N",
                         help="shard the nodes across N worker processes linked by TCP "
                         "(default: one a core, here %(default)s; 1: all in this process)")
-    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    parser.add_argument("--json", metavar="FILE", type=output_file,
+                        help="also write the report as JSON")
     parser.add_argument("--report", metavar="DIR",
                         help="also write DIR/index.html: the network, throughput over time "
                         "with the faults, latency histograms and the invariants, in one "
@@ -168,8 +170,12 @@ def main(argv: list[str]) -> int:
     options = parser.parse_args(argv)
     scenario = load_scenario(Path(options.scenario))
     check_capacity(scenario, options.processes)
-    if options.report:
-        check_report_extra()  # before the run, not after minutes of it
+    if options.report:  # before the run, not after minutes of it
+        check_report_extra()
+        try:  # made only once it can be written, so a refusal leaves nothing behind
+            output_dir(options.report)
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"argument --report: {exc}")
     workdir = Path(tempfile.mkdtemp(prefix="agentd-sim-"))
     try:
         report = trio.run(partial(run_scenario, scenario, workdir, processes=options.processes,
