@@ -203,15 +203,8 @@ def _local(command: str, args: list[str]) -> int:
         from agentd.up import main as up_main
 
         return up_main(command, args)
-    from agentd.configs_dir import scenario_path
     from agentd.sim import main as sim_main
 
-    # the sample scenarios by name, wherever agentd is installed: agentd sim ring
-    positional = next((i for i, arg in enumerate(args) if not arg.startswith("-")
-                       and (i == 0 or args[i - 1] != "--json")), None)
-    if positional is not None:
-        args = [*args[:positional], str(scenario_path(args[positional])),
-                *args[positional + 1:]]
     return sim_main(args)
 
 

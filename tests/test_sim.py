@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from agentd.bench import main as bench_main
+from agentd.cli import main as cli_main
 from agentd.errors import UserError
 from agentd.sim import limits, load_scenario, main
 from agentd.sim.lifts import lifts_atomic
@@ -44,6 +45,17 @@ def test_sim_help_names_the_shipped_scenarios(capsys):
     assert "scenario TOML file, or a shipped one by name:" in text
     for path in (REPO / "configs" / "sims").glob("*.toml"):
         assert path.stem in text, path.stem
+
+
+def test_a_shipped_scenario_is_found_by_name_whatever_options_come_first(tmp_path, capsys,
+                                                                         monkeypatch):
+    """agentd sim --workers 1 ring, away from the repository: the name is the scenario (an
+    option's value before it was taken for the scenario, which then was not found, while the
+    error listed ring among the shipped ones)."""
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["sim", "--workers", "1", "--json", "ring.json", "ring"]) == 0
+    assert "sim 'ring of ten': 10 nodes" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ring.json").read_text())["checks"]["exactly_once"]
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, capsys):

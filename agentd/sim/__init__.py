@@ -27,7 +27,7 @@ from pathlib import Path
 
 import trio
 
-from agentd.configs_dir import shipped_scenarios
+from agentd.configs_dir import scenario_path, shipped_scenarios
 from agentd.outputs import output_dir, output_file
 from agentd.sim.backends import InProcess, Processes
 from agentd.sim.faults import Healing, heal_all, run_faults
@@ -168,7 +168,8 @@ def main(argv: list[str]) -> int:
                         help="in one process, give each node its own database writer thread "
                         "and synchronous = FULL, as 'agentd run' has (slower)")
     options = parser.parse_args(argv)
-    scenario = load_scenario(Path(options.scenario))
+    # a shipped scenario by name, wherever agentd is installed: agentd sim ring
+    scenario = load_scenario(scenario_path(options.scenario))
     check_capacity(scenario, options.processes)
     if options.report:  # before the run, not after minutes of it
         check_report_extra()
