@@ -77,6 +77,15 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, ca
     assert refused.value.code == 2 and "argument --json: cannot write " in capsys.readouterr().err
 
 
+def test_workers_and_processes_are_not_given_together(tmp_path, capsys):
+    """--workers shards the nodes over N processes, --processes gives each its own: the two
+    at once ran a process per node and said nothing of the --workers given."""
+    with pytest.raises(SystemExit) as refused:
+        main([str(write(tmp_path, SMALL)), "--processes", "--workers", "3"])
+    assert refused.value.code == 2
+    assert "--processes runs a process per node: give one of them" in capsys.readouterr().err
+
+
 def test_ring_and_random_topologies(tmp_path):
     ring = load_scenario(write(tmp_path, '[nodes]\ncount = 5\n[topology]\nkind = "ring"\n'))
     assert len(ring.edges) == 5

@@ -154,9 +154,11 @@ def main(argv: list[str]) -> int:
                         f"{', '.join(shipped_scenarios())} (configs/sims/)")
     parser.add_argument("--processes", action="store_true",
                         help="run each node as its own 'agentd run' OS process")
-    parser.add_argument("--workers", type=_count, default=os.cpu_count() or 1, metavar="N",
+    cores = os.cpu_count() or 1
+    parser.add_argument("--workers", type=_count, metavar="N",
                         help="shard the nodes across N worker processes linked by TCP "
-                        "(default: one a core, here %(default)s; 1: all in this process)")
+                        f"(default: one a core, here {cores}; 1: all in this process; not with "
+                        "--processes)")
     parser.add_argument("--json", metavar="FILE", type=output_file,
                         help="also write the report as JSON")
     parser.add_argument("--report", metavar="DIR",
@@ -168,6 +170,9 @@ def main(argv: list[str]) -> int:
                         help="in one process, give each node its own database writer thread "
                         "and synchronous = FULL, as 'agentd run' has (slower)")
     options = parser.parse_args(argv)
+    if options.processes and options.workers is not None:  # it would be ignored: say so
+        parser.error("--workers N shards the nodes across N processes, --processes runs a "
+                     "process per node: give one of them")
     # a shipped scenario by name, wherever agentd is installed: agentd sim ring
     scenario = load_scenario(scenario_path(options.scenario))
     check_capacity(scenario, options.processes)
@@ -180,7 +185,7 @@ def main(argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="agentd-sim-"))
     try:
         report = trio.run(partial(run_scenario, scenario, workdir, processes=options.processes,
-                                  durable=options.durable, workers=options.workers))
+                                  durable=options.durable, workers=options.workers or cores))
     finally:
         if options.keep:
             print(f"data kept in {workdir}")
