@@ -5,12 +5,11 @@ on a random graph of 5N tallies, 20N payments, every credit invariant checked. R
 size: ``nodes_<N>_wall_s`` (the whole run: start-up, tallies, traffic, settling, checks),
 ``nodes_<N>_rss_mb`` (peak resident memory), ``nodes_<N>_payments_s`` (payments per second
 of traffic); and ``growth``, wall per node at the largest size ÷ wall per node at the
-smallest (1.0 is linear). ``--quick`` runs 20 and 60 nodes.
+smallest (1.0 is linear; goal <= 1.5). ``--quick`` runs 20 and 60 nodes.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -19,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from agentd.bench import table, write_json
-from agentd.outputs import output_file
+from agentd.bench import parser as bench_parser
+from agentd.bench import table, verdict, write_json
 
 SIZES = (100, 300, 1000)
 QUICK_SIZES = (20, 60)
@@ -57,11 +56,8 @@ def measure(nodes: int, workdir: Path, extra: list[str]) -> dict[str, float]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="agentd bench sim", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = bench_parser("agentd bench sim", __doc__)  # --json, --no-goals, as every one
     parser.add_argument("--quick", action="store_true", help="20 and 60 nodes only")
-    parser.add_argument("--json", metavar="FILE", type=output_file,
-                        help="write the figures as a flat JSON map")
     parser.add_argument("--durable", action="store_true",
                         help="pass --durable to agentd sim (a writer thread per node, FULL)")
     options = parser.parse_args(argv)
@@ -90,4 +86,5 @@ def main(argv: list[str]) -> int:
                  f"{figures['growth']:>8.2f} (goal <= 1.5)"))
     print(table(rows))
     write_json(options.json, figures)
-    return 0
+    return verdict([(f"growth {figures['growth']:.2f} (goal <= 1.5)", figures["growth"] <= 1.5)],
+                   options.no_goals)
