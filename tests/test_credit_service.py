@@ -649,6 +649,24 @@ async def test_a_relay_view_of_a_real_tally(tmp_path):
 # -- bad input --------------------------------------------------------------------------------
 
 
+async def test_a_ticket_whose_inviter_is_down_times_out_saying_why(tmp_path, monkeypatch):
+    """tally.request while the inviter's node is down: TIMEOUT, and why its node could not
+    be reached (it said only that the node did not answer)."""
+    monkeypatch.setattr("agentd.services.credit.tallies.REQUEST_TIMEOUT", 2.0)
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        invited = await rpc(a, "tally.invite", cuid="alice")
+        await net.stop(0)
+        late = await refused(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        assert late.reason == "TIMEOUT", late.message
+        assert late.message.startswith(f"the inviter's node {a.agent_id} did not answer within "
+                                       "2 s (the request stays in the outbox and will be "
+                                       f"retried): cannot reach {a.listen_address}: connection "
+                                       "refused"), late.message
+
+
 async def test_bad_tickets_are_refused_with_the_reason(tmp_path):
     async with network(tmp_path, n=2) as net:
         a, b = net.nodes

@@ -176,9 +176,16 @@ class TallyService(Service):
             return message_id
 
         message_id = await node.transact(work)
-        await node.replies.result(
-            message_id, REQUEST_TIMEOUT, f"the inviter's node {inviter.agent} did not answer"
-            f" within {REQUEST_TIMEOUT:g} s (the request stays in the outbox and will be retried)")
+        try:
+            await node.replies.result(
+                message_id, REQUEST_TIMEOUT, f"the inviter's node {inviter.agent} did not "
+                f"answer within {REQUEST_TIMEOUT:g} s (the request stays in the outbox and will "
+                "be retried)")
+        except RpcError as exc:  # say why, when a dial of the inviter's node failed
+            why = node.dial_error(inviter.agent)
+            if exc.reason != "TIMEOUT" or why is None:
+                raise
+            raise RpcError(exc.code, f"{exc.message}: {why}", exc.reason) from None
         return {"tally": tally_uuid, "state": "requested", "partner": str(inviter)}
 
     async def rpc_offer(
