@@ -46,6 +46,8 @@ def test_every_registered_method_has_help_and_a_readme_row():
         described = describe(name, method)
         assert described["doc"], f"{name} has no docstring"
         assert "``" not in described["doc"] and ":class:" not in described["doc"]
+        private = re.search(r"\b_[a-z]\w*", described["doc"])  # a name only the code knows
+        assert private is None, f"{name}'s help names {private[0]}"
         assert name in documented, f"{name} is missing from the README's RPC table"
     assert documented <= set(methods), f"README documents unknown methods: " \
                                        f"{sorted(documented - set(methods))}"

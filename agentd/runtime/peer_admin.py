@@ -76,7 +76,8 @@ class PeerAdmin:
     async def rpc_remove(self, agent: str) -> dict[str, Any]:
         """Remove a peer from the config file's [[peers]] (keeping the file's comments), or
         forget a learned one, and forget its address now (a connection open to it closes when
-        idle) — unless the node still needs that address (``_needed``): then a configured
+        idle) — unless the node still needs that address (its clearing house, its [lift]
+        referee, or the node of a partner in a tally that is not void): then a configured
         peer leaves the file but its address stays, listed as learned (``kept`` says why),
         and a learned one is refused (``PEER_IN_USE``)."""
         if (problem := agent_id_problem(agent)) is not None:

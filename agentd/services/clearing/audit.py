@@ -55,7 +55,8 @@ class Audit:
         every receipt to its entry. Never raises for a failure: ``ok`` is false and
         ``failures`` says what failed and why (the CLI then exits 1). What is pending is not a
         failure; ``pending_detail`` says whom it waits for, since when, and why that may be
-        in vain (``_pending_detail``)."""
+        in vain (not the configured clearing house, none configured, one without the role, or
+        one that cannot be reached: why)."""
         db = self.runtime.db
         # one snapshot: an answer committed between two reads would be neither pending nor
         # checked (or a receipt unchecked, its keys question already closed)

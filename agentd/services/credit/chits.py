@@ -69,7 +69,8 @@ class ChitService(Service):
 
     async def rpc_pay(self, cuid: str, tally: str, units: int, memo: str = "") -> dict:
         """Pay the partner ``units`` milliCHIPs: a chit our user signs, good at once. Refused
-        before anything is sent if it would take the partner past its limit."""
+        before anything is sent if it would bring what our user owes past the partner's limit
+        (``OVER_LIMIT``), or grow the balance of a closing tally (``CLOSING``)."""
         result = await self._pay(cuid, tally, [param_amount(units, "units")], memo, batched=False)
         return result[0]
 
