@@ -81,8 +81,11 @@ class RouteService(Service):
                        timeout_s: float = SEARCH_S) -> list[dict]:
         """Paths of tallies from our user to ``find`` (``cuid:agent`` or a full CHIP address)
         that can carry ``units`` now, best (largest capacity, then fewest hops) first; ``[]``
-        when there is none. ``UNKNOWN_PAYEE`` when ``find``'s node says it has no such user:
-        it is asked beside the search, which its refusal ends.
+        when there is none. Not every path: a search reaches each user once, by its first
+        way in, so a path with more room through a user reached another way is not listed
+        (asking for more ``units``, which the first way cannot carry, looks for it).
+        ``UNKNOWN_PAYEE`` when ``find``'s node says it has no such user: it is asked beside
+        the search, which its refusal ends.
 
         The search returns once it is exhausted, or when ``timeout_s`` seconds have passed
         (more than 0 and at most 30; default 2) with the routes found by then."""
