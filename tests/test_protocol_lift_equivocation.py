@@ -20,6 +20,7 @@ from protocol import chit as c
 from protocol import lift as lf
 from protocol import lift_equivocation as eq
 from protocol import tally as t
+from protocol.chit_lift import lift_chit, lift_decided
 from protocol.codec import digest
 from protocol.keys import SigningKey
 from protocol.messages import Send
@@ -114,7 +115,7 @@ def test_a_proof_message_carries_both_decisions_to_an_agent() -> None:
 
 def test_a_repair_shows_the_lift_chits_the_partner_has_not_taken() -> None:
     stock_ab, foil_ab = open_tally(T_AB, A, B, stock_limit=1_000, foil_limit=1_000)
-    good = c.lift_decided(c.lift_chit(REC, 0, stock_ab), lf.GOOD).chit
+    good = lift_decided(lift_chit(REC, 0, stock_ab), lf.GOOD).chit
     stock, _ = ch.add(ch.start(stock_ab), good, stock_ab)  # parked until the foil orders it
     assert eq.waiting(stock, ch.resync(stock, stock_ab), 8) == [REC["lift"]]
     foil, _ = ch.add(ch.start(foil_ab), good, foil_ab)  # linked, not confirmed
@@ -157,7 +158,7 @@ class Holder:
         if state != lf.GOOD:
             return sends
         for uuid, local in self.locals.items():
-            chit = c.lift_decided(c.lift_chit(self.rec, self._hop(uuid), local), lf.GOOD)
+            chit = lift_decided(lift_chit(self.rec, self._hop(uuid), local), lf.GOOD)
             self.chains[uuid], now = ch.add(self.chains[uuid], chit.chit, local)
             sends += now + (ch.resync(self.chains[uuid], local) if local.side == t.FOIL else [])
         return sends
