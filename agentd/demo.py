@@ -217,16 +217,19 @@ def credit_demo(configs: dict[str, Config], infos: dict[str, dict]) -> str:
     return tally
 
 
-def tally_evidence_demo(configs: dict[str, Config], tally: str) -> None:
+def tally_evidence_demo(configs: dict[str, Config], infos: dict[str, dict], tally: str
+                        ) -> None:
     """The evidence both partners logged on their own as the tally opened and its chits
-    became good: each holds the clearing house's receipts, which verify offline."""
-    print("\nevidence logged automatically for the tally (opened, chits good):")
+    became good, each under its own namespace (``AGENT/TALLY``): each holds the clearing
+    house's receipts, which verify offline."""
+    print("\nevidence logged automatically for the tally (opened, chits good), each node under"
+          " its own pid, AGENT/TALLY:")
     for name in ("alice", "bob"):
-        sock = configs[name].socket_path
-        until(f"{name}'s tally receipts", lambda sock=sock: len(
-            call(sock, "receipts.list", {"pid": tally})) >= 1 and call(
+        sock, pid = configs[name].socket_path, f"{infos[name]['agent']}/{tally}"
+        until(f"{name}'s tally receipts", lambda sock=sock, pid=pid: len(
+            call(sock, "receipts.list", {"pid": pid})) >= 1 and call(
             sock, "receipts.verify", {})["pending"] == 0)
-        receipts = call(sock, "receipts.list", {"pid": tally})
+        receipts = call(sock, "receipts.list", {"pid": pid})
         result = call(sock, "receipts.verify", {})
         kinds = ", ".join(f"{r['kind']} (seq {r['seq']})" for r in receipts)
         verdict = "all verify" if result["ok"] else f"FAILED: {result['failures']}"
@@ -287,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                   f" max {max(rtts):6.2f} ms")
         evidence_demo(configs, infos)
         tally = credit_demo(configs, infos)
-        tally_evidence_demo(configs, tally)
+        tally_evidence_demo(configs, infos, tally)
         tally_view_demo(configs, infos, tally)
         lifts_demo(configs, infos, tally)
         # evidence and chain blocks go out a moment after what caused them: let them land

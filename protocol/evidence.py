@@ -121,6 +121,15 @@ def evidence_object(pid: str, owners: Iterable[str], kind: str, payload: object,
     return owner_ids, obj, too_large
 
 
+def tally_pid(agent: str, tally: str) -> str:
+    """The process a node logs a tally's evidence under: the tally's uuid in the node's own
+    namespace (``AGENT/TALLY``), which only it may create (``protocol.clearing.namespace_of``).
+    Anyone who saw the ticket can work out the bare uuid, and the partner knows it: under it,
+    whoever created the process first owned it alone and every piece of the evidence was
+    refused. Each partner's node logs under its own, owned by both partners' agents."""
+    return f"{agent}/{tally}"
+
+
 def entry_key(message_id: bytes, index: int) -> bytes:
     """The key of entry ``index`` of a ``log_batch``: its receipt's ``request`` and waiter."""
     return message_id + index.to_bytes(2, "big")

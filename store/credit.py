@@ -91,6 +91,13 @@ def tallies_with(conn: sqlite3.Connection, agent: str) -> int:
                         (agent,)).fetchone()[0]
 
 
+def evidence_under_uuid(conn: sqlite3.Connection, tally_uuid: str) -> bool:
+    """Whether this node logged the tally's evidence under its bare uuid before version 16
+    (``tally_evidence_bare``): it goes on logging there, in the one process."""
+    return conn.execute("SELECT 1 FROM tally_evidence_bare WHERE tally = ?",
+                        (tally_uuid,)).fetchone() is not None
+
+
 def unsettled(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     """Chains that are not settled, with when each is due for a repair."""
     return conn.execute(UNSETTLED).fetchall()

@@ -10,7 +10,7 @@ every other node's ``[clearinghouse]`` section.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +52,14 @@ class Network:
             while node.db is not None and not node.db.closed:
                 await trio.sleep(0.01)
 
-    async def restart(self, index: int) -> Node:
+    async def restart(self, index: int, meanwhile: Callable[[Node], None] | None = None
+                      ) -> Node:
+        """``meanwhile`` is called with the stopped node (its data dir closed), e.g. to rewind
+        its database to an older version, as an upgrade would find it."""
         old = self.nodes[index]
         await self.stop(index)
+        if meanwhile is not None:
+            meanwhile(old)
         node = await self.start(old.config.name, old.key, old.port,
                                 **self._options[old.config.name])
         self.nodes[index] = node

@@ -32,6 +32,12 @@ def test_a_rejection_is_the_clearing_houses_refusal():
     assert refused == ev.Refused("NOT_AUTHORIZED", "not yours")
 
 
+def test_a_tally_is_logged_in_the_loggers_namespace():
+    pid = ev.tally_pid(ALICE, "0c620f89-8a06-5adb-bea5-4462dde7f86e")
+    assert pid == f"{ALICE}/0c620f89-8a06-5adb-bea5-4462dde7f86e"
+    assert ch.namespace_of(pid) == ALICE
+
+
 @pytest.mark.parametrize("obj", [{}, {"code": 7, "message": "x"}, {"code": "X", "message": b"y"}])
 def test_a_rejection_without_a_text_code_and_message_is_malformed(obj):
     refused = ev.judge("log", "rejection", obj)

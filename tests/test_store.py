@@ -21,6 +21,7 @@ from store import (
     DatabaseError,
     SharedWriter,
     clearing,
+    credit,
     inbox,
     lifts,
     outbox,
@@ -224,6 +225,39 @@ def test_equivocating_referees_are_kept_the_newest_first_and_a_proof_once(
         assert not lifts.contradict(conn, "l", {"state": "void", "n": 2})
         row = conn.execute("SELECT contradicted FROM lifts").fetchone()
         assert unpack(row[0]) == {"state": "void", "n": 1}
+    finally:
+        conn.close()
+
+
+def test_migration_16_keeps_tallies_logged_under_their_uuid_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tally whose evidence went under its bare uuid before version 16 (a receipt, or a
+    request not answered yet) keeps logging there; one whose every log was refused (its
+    process taken), or that logged nothing, logs under the node's namespace from then on."""
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    try:
+        monkeypatch.setattr("store.schema.migrations", lambda: migrations()[:15])
+        assert migrate(conn) == 15
+        conn.execute("INSERT INTO users (cuid, name, seed, public, created) VALUES ('u', '',"
+                     " x'00', x'00', 1)")
+        for tally in ("receipted", "waiting", "refused", "silent"):
+            conn.execute("INSERT INTO tallies (uuid, cuid, side, state, body, token, created,"
+                         " updated) VALUES (?, 'u', 'foil', 'open', x'80', x'00', 1, 1)",
+                         (tally,))
+        clearing.add_receipt(conn, request=b"r", ch="h", pid="receipted", seq=1,
+                             document_id="d", token="t", kind="tally.open", ref="receipted",
+                             payload_sha256="0" * 64, status="valid", problem=None, now_ms=1)
+        clearing.add_receipt(conn, request=b"s", ch="h", pid="silent", seq=1, document_id="d",
+                             token="t", kind="ch.log", ref=None, payload_sha256="0" * 64,
+                             status="valid", problem=None, now_ms=1)  # a user's, by hand
+        for pid, state in (("waiting", "waiting"), ("refused", "refused")):
+            conn.execute("INSERT INTO ch_requests (ch, action, pid, kind, ref, state, created)"
+                         " VALUES ('h', 'log', ?, 'chit.good', 'c', ?, 1)", (pid, state))
+        monkeypatch.undo()
+        assert migrate(conn) == LATEST
+        assert [credit.evidence_under_uuid(conn, tally) for tally in (
+            "receipted", "waiting", "refused", "silent")] == [True, True, False, False]
     finally:
         conn.close()
 

@@ -158,14 +158,18 @@ class Evidence:
         One line for a service, e.g. when a tally opens (and likewise ``"tally.close"``,
         ``"chit.good"``/``"chit.void"`` with ``ref=chit_uuid``)::
 
-            evidence.log(tx, tally_uuid, [stock_agent, foil_agent], "tally.open", signed_tally)
+            evidence.log(tx, f"{our_agent}/{tally_uuid}", [stock_agent, foil_agent],
+                         "tally.open", signed_tally, ref=tally_uuid)
 
         ``owners`` are the agents that may read and write the process (this node is always one);
         the first call for a pid also asks the clearing house to create it, and the logs wait in
         ``ch_requests`` until that is answered, so no log can create the process first with this
-        node as its sole owner. The header logged is ``{kind, ref, **header}`` (``ref`` defaults
-        to ``pid``); ``mode`` is ``full``, ``header`` (the payload's hash only) or ``hash``. A
-        payload too large for the clearing house is logged by hash (mode ``header``).
+        node as its sole owner. A pid others can learn before it is first used goes in this
+        node's namespace (``AGENT/...``, ``protocol.clearing.namespace_of``), which nobody else
+        may create: under a bare tally or lift uuid, whoever created it first would own it.
+        The header logged is ``{kind, ref, **header}`` (``ref`` defaults to ``pid``); ``mode``
+        is ``full``, ``header`` (the payload's hash only) or ``hash``. A payload too large for
+        the clearing house is logged by hash (mode ``header``).
 
         Nothing here waits: the request commits with the caller's state change, goes out right
         after in a batch with the other evidence waiting, and the outbox delivers it whenever the

@@ -9,8 +9,11 @@ recipient (the tally partner, for tally, chit and chain messages; any agent, for
 routes); :meth:`CreditLedger.emit` queues them as they are.
 
 Evidence (``log``, a no-op without a clearing house): tally open and close, chits becoming
-good or void, under pid = the tally uuid, owned by both partners' agents. When both holders
-are on this node only the foil holder logs, so nothing is logged twice.
+good or void. Each partner's node logs its own under ``AGENT/TALLY`` (its agent id, then the
+tally uuid: ``evidence_pid``), owned by both partners' agents, so each holds a receipt for
+every piece and nobody else can create the process first; the bare uuid, which the ticket
+gives away, could be taken. When both holders are on this node only the foil holder logs, so
+nothing is logged twice.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from agentd.runtime.context import Reject, Tx
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import chit_states as cs
+from protocol import evidence as ev
 from protocol import tally as t
 from protocol import tally_fields as tf
 from protocol.envelope import Envelope
@@ -151,14 +155,23 @@ class CreditLedger:
     def log(self, tx: Tx, local: t.LocalTally, kind: str, payload: object,
              ref: str | None = None) -> None:
         """Evidence for the clearing house, once per node (the foil holder's, when both
-        holders are ours)."""
+        holders are ours: one agent, one process)."""
         if self.evidence.clearing_house() is None:
             return  # evidence.log would do nothing, after checking its arguments
         partner = local.partner
         if partner.agent == self.runtime.agent_id and local.side == t.STOCK:
             return
         owners = [local.tally[side]["cert"]["chad"]["agent"] for side in t.SIDES]
-        self.evidence.log(tx, local.uuid, owners, kind, payload, ref=ref)
+        self.evidence.log(tx, self.evidence_pid(tx.conn, local.uuid), owners, kind, payload,
+                          ref=local.uuid if ref is None else ref)  # the object it proves
+
+    def evidence_pid(self, conn: sqlite3.Connection, tally_uuid: str) -> str:
+        """Where this node logs a tally's evidence: ``AGENT/TALLY``, in its own namespace
+        (``protocol.evidence.tally_pid``); a tally it logged under the bare uuid before
+        (migration 16) keeps its one process there."""
+        if credit_store.evidence_under_uuid(conn, tally_uuid):
+            return tally_uuid
+        return ev.tally_pid(self.runtime.agent_id, tally_uuid)
 
     def user(self, conn: sqlite3.Connection, cuid: str) -> User:
         user = self._users.get(cuid)
