@@ -154,6 +154,24 @@ def refusal_of(obj: Mapping[str, Any], what: str) -> Refused:
     return Refused(code, message)
 
 
+def refusal_text(refused: Refused, pid: str, client: str) -> str:
+    """What the refusal of ``client``'s evidence under ``pid`` says (to the log and to
+    ``receipts.verify``): the IDS code and message and, for ``NOT_AUTHORIZED``, what it means.
+    The evidence's process exists and ``client`` is not among its owners, so another agent
+    created it first and nothing ``client`` logs under it will be taken; a clearing house
+    that keeps agent namespaces lets nobody else create one in ``client``'s (``AGENT/...``),
+    so one that did lacks the rule."""
+    text = f"{refused.code}: {refused.message}"
+    if refused.code != ch.Reason.NOT_AUTHORIZED.value:
+        return text
+    text += (f" (another agent created the process {pid!r} first, without this node as an "
+             "owner: nothing this node logs under it is taken")
+    if ch.namespace_of(pid) == client:
+        text += ("; the pid is in this node's namespace, which a clearing house that keeps "
+                 "agent namespaces lets nobody else create: this one does not, upgrade it")
+    return text + ")"
+
+
 def judge(request: str, action: str, obj: Mapping[str, Any]) -> Refused | None:
     """What answer ``action`` (with ``obj``) to a ``request`` means: None when it is the
     expected reply (apply it), else the refusal the request ends with."""

@@ -45,6 +45,7 @@ async def test_a_scrape_shows_counters_gauges_and_latencies(tmp_path):
         assert value["agentd_frames_out"] >= 3 and value["agentd_messages_processed"] >= 3
         assert value["agentd_outbox_depth"] == a.pump.depth
         assert value["agentd_peers_connected"] == 1
+        assert value["agentd_evidence_refused"] == 0  # exported, as getinfo's counters
         rpc = {(s.name, s.labels.get("method"), s.labels.get("le")): s.value
                for s in families["agentd_rpc_seconds"].samples}
         assert rpc[("agentd_rpc_seconds_count", "peers.ping", None)] == 1

@@ -32,6 +32,23 @@ def test_a_rejection_is_the_clearing_houses_refusal():
     assert refused == ev.Refused("NOT_AUTHORIZED", "not yours")
 
 
+def test_a_refusal_of_evidence_says_what_not_authorized_means():
+    """NOT_AUTHORIZED on our evidence: another agent holds the process; in our own namespace
+    only a clearing house without the namespace rule let it. Other codes are as they came."""
+    other = ev.Refused("BAD_PARAMETERS", "log.payload: too large")
+    assert ev.refusal_text(other, f"{ALICE}/t1", ALICE) == "BAD_PARAMETERS: log.payload: too large"
+    taken = ev.Refused("NOT_AUTHORIZED", "log.pid: you are not an owner of 't1'")
+    assert ev.refusal_text(taken, "t1", ALICE) == (
+        "NOT_AUTHORIZED: log.pid: you are not an owner of 't1' (another agent created the "
+        "process 't1' first, without this node as an owner: nothing this node logs under it "
+        "is taken)")
+    ours = ev.refusal_text(taken, f"{ALICE}/t1", ALICE)
+    assert ours.endswith("is taken; the pid is in this node's namespace, which a clearing house"
+                         " that keeps agent namespaces lets nobody else create: this one does "
+                         "not, upgrade it)")
+    assert "this node's namespace" not in ev.refusal_text(taken, f"{BOB}/t1", ALICE)
+
+
 def test_a_tally_is_logged_in_the_loggers_namespace():
     pid = ev.tally_pid(ALICE, "0c620f89-8a06-5adb-bea5-4462dde7f86e")
     assert pid == f"{ALICE}/0c620f89-8a06-5adb-bea5-4462dde7f86e"

@@ -8,6 +8,7 @@ and a real clearing house."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from agentd.rpc import RpcError
 from agentd.runtime.node import Node
 from agentd.services.credit.ledger import CreditLedger
+from protocol import clearing
 from tests.netfixture import network, wait_for
 from tests.test_credit_service import open_tally, rpc, state, users
 
@@ -173,3 +175,46 @@ async def test_both_partners_on_one_node_log_once_under_its_namespace(tmp_path, 
         assert [(e["header"]["kind"], e["header"]["ref"]) for e in entries] == [
             ("tally.open", tally), ("chit.good", chit)]
 
+
+async def test_a_house_that_lets_the_namespace_be_taken_is_named_in_getinfo_verify_and_log(
+        tmp_path, monkeypatch, caplog):
+    """A clearing house without the namespace rule (an older one) lets a third party create
+    a partner's process first: the evidence is refused all the same. The partner's user is
+    told, where they look: getinfo counts it (``evidence_refused``), receipts.verify fails
+    each piece saying that another agent holds the process and why that could happen, and
+    the log warns once that the process was taken, naming the tally."""
+    monkeypatch.setattr(clearing, "_may_create", lambda action, pid, caller: None)
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        house, stock, foil, third = net.nodes
+        await users(stock, "alice")
+        await users(foil, "bob")
+        invited = await rpc(stock, "tally.invite", cuid="alice", limit=10_000)
+        tally = invited["tally"]
+        pid = f"{stock.agent_id}/{tally}"
+        await rpc(third, "ch.create_process", pid=pid, owners=[])  # alice's, taken
+        await rpc(foil, "tally.request", cuid="bob", ticket=invited["ticket"])
+        caplog.set_level(logging.INFO, logger="agentd.evidence")
+        await offer_and_accept(stock, foil, tally)
+        await rpc(foil, "chit.pay", cuid="bob", tally=tally, units=5)
+        await wait_for(lambda: answered(stock, foil) and len(refused(stock)) == 2, timeout=15)
+        assert (await rpc(stock, "getinfo"))["counters"]["evidence_refused"] == 2
+        assert (await rpc(foil, "getinfo"))["counters"]["evidence_refused"] == 0  # its own
+        why = (f"(another agent created the process {pid!r} first, without this node as an "
+               "owner: nothing this node logs under it is taken; the pid is in this node's "
+               "namespace, which a clearing house that keeps agent namespaces lets nobody else"
+               " create: this one does not, upgrade it)")
+        verified = await rpc(stock, "receipts.verify")
+        assert not verified["ok"]
+        assert [(f["pid"], f["kind"], f["fault"]) for f in verified["failures"]] == [
+            (pid, "tally.open", "refused"), (pid, "chit.good", "refused")]
+        assert verified["failures"][0]["message"] == (
+            "the clearing house refused this evidence: NOT_AUTHORIZED: log.pid: you are not an "
+            f"owner of {pid!r} {why}")
+        warned = [r.getMessage() for r in caplog.records
+                  if r.name == "agentd.evidence" and r.levelno == logging.WARNING]
+        assert warned[0] == (
+            f"clearing house {house.agent_id[:8]}: create_process for the evidence of "
+            f"tally.open {tally}: NOT_AUTHORIZED: create_process.pid: {pid!r} exists and you "
+            f"do not own it {why}")
+        assert len(warned) == 3 and all(why in line for line in warned)
+        assert (await rpc(foil, "receipts.verify"))["ok"]  # bob's process is bob's

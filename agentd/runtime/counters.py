@@ -25,6 +25,7 @@ class Counters:
     deferred: int = 0  # messages that depend on one not here yet: left unacked for a retry
     rationed: int = 0  # strangers' messages held back past their write allowance (WriteRation)
     lift_equivocations: int = 0  # lifts whose referee signed both good and void, proven here
+    evidence_refused: int = 0  # evidence logs the clearing house refused (receipts.verify)
     rejected: Counter[str] = field(default_factory=Counter)
     refusals: Counter[str] = field(default_factory=Counter)  # rejected["refused"] by code
 

@@ -41,6 +41,7 @@ COUNTER_HELP = {
     "acks_in": "acks received",
     "rejected_by_peer": "our messages a peer refused for good",
     "lift_equivocations": "lifts whose referee signed both good and void, proven here",
+    "evidence_refused": "evidence logs the clearing house refused",
 }
 
 

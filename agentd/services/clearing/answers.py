@@ -109,13 +109,18 @@ class Answers:
         if row["action"] == "create_process" and row["kind"] is not None:
             # Usually the partner created it first (BAD_PARAMETERS: exists already). Send the
             # waiting logs anyway: the clearing house judges each, and a refusal is recorded.
-            log.info("clearing house: create_process %s: %s: %s", row["pid"], code, message)
+            # NOT_AUTHORIZED: another agent holds it, and every log will be refused: say so.
+            level = logging.WARNING if code == ch.Reason.NOT_AUTHORIZED.value else logging.INFO
+            log.log(level, "clearing house %s: create_process for the evidence of %s %s: %s",
+                    row["ch"][:8], row["kind"], row["ref"], self._text(row, refused))
             store.delete_request(tx.conn, row["seq"])
             self._process_ready(tx, row["ch"], row["pid"])
         elif row["kind"] is not None and row["action"] == "log":
-            log.warning("clearing house refused evidence %s %s: %s: %s", row["kind"],
-                        row["ref"], code, message)
-            store.refuse_request(tx.conn, row["seq"], f"{code}: {message}")
+            error = self._text(row, refused)
+            log.warning("clearing house refused evidence %s %s: %s", row["kind"], row["ref"],
+                        error)
+            store.refuse_request(tx.conn, row["seq"], error)
+            tx.after_commit(self._count_refused)
         elif row["action"] == "log_batch" and row["object"] is not None:
             store.delete_request(tx.conn, row["seq"])
             for entry in _batch_entries(row):
@@ -124,6 +129,12 @@ class Answers:
         else:
             store.delete_request(tx.conn, row["seq"])
         self._fail(tx, row["id"], Reject(code, message))
+
+    def _text(self, row: sqlite3.Row, refused: ev.Refused) -> str:
+        return ev.refusal_text(refused, row["pid"], self.runtime.agent_id)
+
+    def _count_refused(self) -> None:
+        self.runtime.counters.evidence_refused += 1
 
     def _evidence_answer(self, tx: Tx, envelope: Envelope, entries: list[sqlite3.Row]) -> None:
         """The answer to evidence logs sent as one ``log_batch`` (see ``Sender``)."""
