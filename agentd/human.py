@@ -135,11 +135,19 @@ def _lines(value: dict[str, Any], depth: int, where: str) -> list[str]:
 
 def _cell(column: str, value: Any) -> str:
     """A table cell: a partner as ``cuid@agent`` (the start of its node's agent id), as paths
-    show users; a long hash or payload cut short."""
+    show users; a pid in an agent's namespace as ``AGENT…/REST`` (the agent id cut short, so
+    the tally or lift uuid that tells processes apart shows); a long hash or payload cut
+    short."""
     name = column.rsplit(".", 1)[-1]
     if name == "partner" and isinstance(value, str) and ":" in value:  # cuid:agent@host:port
         cuid, _, rest = value.partition(":")
         return _user(cuid, rest.split("@")[0])
+    if name == "pid" and isinstance(value, str):
+        from protocol.clearing import namespace_of  # here: -H getinfo need not load it
+
+        owner = namespace_of(value)
+        if owner is not None:
+            return f"{owner[:8]}…{value[len(owner):]}"
     text = _scalar(name, value)
     cut = CUT.get(name)
     return text if cut is None or len(text) <= cut + 1 else text[:cut] + "…"

@@ -263,6 +263,21 @@ def test_human_clearing_house_entries_fit_a_terminal():
     assert lines[4:] == ["total: 2", "page: 1", "size: 100", "has_more: no"]
 
 
+def test_human_receipts_show_the_uuid_of_a_namespaced_pid():
+    """A tally's evidence is under AGENT/TALLY (80 characters): the table cuts the agent id
+    short, as it does a partner's, and keeps the uuid that tells one tally from another."""
+    tally = "8e0c5a4e-0a49-5b38-9ad6-1d4b5e1c7f60"
+    rows = [{"pid": f"{'A' * 43}/{tally}", "seq": 3, "kind": "chit.good", "status": "valid",
+             "document_id": "c" * 64},
+            {"pid": "deal-1", "seq": 1, "kind": "ch.log", "status": "valid",
+             "document_id": "d" * 64}]
+    lines = render("receipts.list", rows).splitlines()
+    assert [re.split(r"\s{2,}", line.strip()) for line in lines[1:]] == [
+        [f"AAAAAAAA…/{tally}", "3", "chit.good", "valid", "cccccccccccc…"],
+        ["deal-1", "1", "ch.log", "valid", "dddddddddddd…"]]
+    assert max(len(line) for line in lines) <= 100
+
+
 def test_a_mistyped_name_gets_the_names_it_is_close_to():
     known = ["help", "init", "run", "peers.ping", "peers.add", "lift.pay", "lift.wait"]
     assert did_you_mean("halp", known) == " (did you mean help?)"
