@@ -258,6 +258,8 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path, monkeypatc
         (a,) = net.nodes
         await users(a, "alice", "bob", "carol")
         tally = await open_tally(a, "alice", a, "bob")
+        # no [clearinghouse]: no evidence, and tally.show names no process for it
+        assert (await rpc(a, "tally.show", cuid="alice", tally=tally))["evidence"] is None
         await rpc(a, "chit.pay", cuid="alice", tally=tally, units=700)
         await rpc(a, "chit.pay", cuid="bob", tally=tally, units=200)
         bill = await rpc(a, "chit.invoice", cuid="alice", tally=tally, units=50)

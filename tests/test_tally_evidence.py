@@ -67,6 +67,8 @@ async def test_nobody_can_create_a_tallys_evidence_process_first(tmp_path, squat
         for node in ours:
             assert refused(node) == [], refused(node)[0]
         for node, pid in ours.items():
+            cuid = "alice" if node is stock else "bob"
+            assert (await rpc(node, "tally.show", cuid=cuid, tally=tally))["evidence"] == pid
             assert logged(node) == [(pid, "tally.open", "valid"), (pid, "chit.good", "valid")]
             assert (await rpc(node, "receipts.verify", chain=True))["ok"]
             if node is not squat:
@@ -150,6 +152,10 @@ async def test_a_tally_logged_under_its_uuid_before_the_upgrade_keeps_its_proces
             assert [e["header"]["kind"] for e in history] == ["tally.open"] * 2 + [
                 "chit.good"] * 2
             assert history[-1]["header"]["ref"] == chits[kept]
+            cuid = "alice" if node is stock else "bob"
+            shown = [(await rpc(node, "tally.show", cuid=cuid, tally=tally))["evidence"]
+                     for tally in (kept, taken)]
+            assert shown == [kept, f"{node.agent_id}/{taken}"]
             assert len(refused(node)) == 1  # what the house refused stays refused
 
 

@@ -165,6 +165,13 @@ class CreditLedger:
         self.evidence.log(tx, self.evidence_pid(tx.conn, local.uuid), owners, kind, payload,
                           ref=local.uuid if ref is None else ref)  # the object it proves
 
+    def evidence_of(self, tally_uuid: str) -> str | None:
+        """Where this node logs the tally's evidence, for ``tally.show`` (None without a
+        clearing house): the pid to read it by, whichever of the two it is."""
+        if self.evidence.clearing_house() is None:
+            return None
+        return self.runtime.db.reading(lambda conn: self.evidence_pid(conn, tally_uuid))
+
     def evidence_pid(self, conn: sqlite3.Connection, tally_uuid: str) -> str:
         """Where this node logs a tally's evidence: ``AGENT/TALLY``, in its own namespace
         (``protocol.evidence.tally_pid``); a tally it logged under the bare uuid before

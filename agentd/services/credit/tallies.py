@@ -246,11 +246,13 @@ class TallyService(Service):
         return [tally_summary(row) for row in rows]
 
     async def rpc_show(self, cuid: str, tally: str) -> dict:
-        """One tally: its summary plus date and which sides have signed."""
+        """One tally: its summary plus date, which sides have signed, and the clearing-house
+        process this node logs its evidence under (``evidence``; null without one)."""
         row = self.ledger.tally_row(param_cuid(cuid), param_uuid(tally, "tally"))
         body = unpack(row["body"])
         return {**tally_summary(row), "date": body["date"],
-                "signed": [side for side in t.SIDES if body["sign"][side] is not None]}
+                "signed": [side for side in t.SIDES if body["sign"][side] is not None],
+                "evidence": self.ledger.evidence_of(row["uuid"])}
 
     async def rpc_wait(self, cuid: str, tally: str, state: str | list[str],
                        timeout_s: float = REQUEST_TIMEOUT) -> dict:
