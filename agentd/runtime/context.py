@@ -185,6 +185,11 @@ class Runtime(Protocol):
         handler on the writer thread may ask too)."""
         ...
 
+    def connected_since(self, agent: str) -> float | None:
+        """When the channel to ``agent`` that is open now opened (``clock.monotonic``), or
+        None while none is."""
+        ...
+
     def dial_error(self, agent: str) -> str | None:
         """Why the last dial of ``agent`` failed, while none since has succeeded."""
         ...

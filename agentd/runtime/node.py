@@ -121,6 +121,9 @@ class Node:
     def connected(self, agent: str) -> bool:
         return self.peers is not None and self.peers.connected(agent)
 
+    def connected_since(self, agent: str) -> float | None:
+        return None if self.peers is None else self.peers.connected_since(agent)
+
     def clock_ahead_ms(self, agent: str) -> int | None:
         return self.clocks.ahead_ms(agent)
 

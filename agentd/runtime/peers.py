@@ -103,6 +103,11 @@ class PeerManager:
     def connected(self, agent: str) -> bool:
         return self.channel_for(agent) is not None
 
+    def connected_since(self, agent: str) -> float | None:
+        """When the channel to ``agent`` that is open now opened (Trio's clock), or None."""
+        channel = self.channel_for(agent)
+        return None if channel is None else channel.opened
+
     def answered(self, agent: str, address: str) -> bool:
         """Whether ``agent`` answered a dial of ours at ``address`` since the node started
         (the last ``ANSWERED`` such places): a handshake there shows the address is the

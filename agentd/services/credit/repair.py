@@ -49,7 +49,7 @@ class ChainRepair:
     def __init__(self, node: Runtime, ledger: CreditLedger) -> None:
         self.runtime = node
         self.ledger = ledger
-        self._connected: set[str] = set()
+        self._looked = float("-inf")  # when the last look began (clock.monotonic)
         self._unsettled = False  # whether the last look found a chain to settle
         self._ticker = Ticker(RESYNC_INTERVAL, self._tick, task="chain repair")
         ledger.on_change.append(self._ticker.wake)
@@ -114,13 +114,14 @@ class ChainRepair:
         waiting in our outbox; returns how many chains were repaired."""
         node = self.runtime
         now = node.clock.now_ms()
+        looked, self._looked = self._looked, node.clock.monotonic()
         rows = node.db.reading(credit_store.unsettled)
         self._unsettled = bool(rows)
         waiting = node.db.reading(outbox.waiting_peers)
-        partners = {row["partner"] for row in rows}
-        connected = {agent for agent in partners
-                     if agent == node.agent_id or node.connected(agent)}
-        opened, self._connected = connected - self._connected, connected
+        # a partner whose channel opened since the last look may have missed what we sent
+        # (a chain that became unsettled meanwhile over a channel open all along has not)
+        opened = {agent for agent in {row["partner"] for row in rows}
+                  if (since := node.connected_since(agent)) is not None and since >= looked}
         due = [row for row in rows if row["partner"] not in waiting
                and (row["resync_due"] <= now or row["partner"] in opened)]
         if not due:
