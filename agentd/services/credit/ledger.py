@@ -31,11 +31,11 @@ from agentd.logs import event
 from agentd.rpc import NOT_FOUND, RpcError
 from agentd.runtime.context import Reject, Tx
 from protocol import chain as ch
-from protocol import chit as c
 from protocol import chit_states as cs
 from protocol import evidence as ev
 from protocol import tally as t
 from protocol import tally_fields as tf
+from protocol.chit_local import LocalChit, effect
 from protocol.envelope import Envelope
 from protocol.keys import SigningKey
 from protocol.messages import Send
@@ -75,7 +75,7 @@ class CreditLedger:
 
     # -- shared steps (writer thread) ------------------------------------------------------
 
-    def good(self, tx: Tx, holding: Holding, chits: list[c.LocalChit], *, batched: bool,
+    def good(self, tx: Tx, holding: Holding, chits: list[LocalChit], *, batched: bool,
              lift_delta: tuple[int, int] = (0, 0)) -> None:
         """Chits that just became good here (ours, or one the partner sent ``good``): store
         them, chain them, move the balance, tell the partner."""
@@ -92,7 +92,7 @@ class CreditLedger:
             if chit.chit["type"] == "lift" and side == t.FOIL:  # its block goes a moment later
                 key = holding.key
                 tx.after_commit(lambda: self.owe(*key))
-        delta = sum(c.effect(chit.chit, side) for chit in chits)
+        delta = sum(effect(chit.chit, side) for chit in chits)
         self.commit(tx, holding, chain=chain, delta=delta, messages=messages, fresh=chits,
                     lift_delta=lift_delta)
 
@@ -105,7 +105,7 @@ class CreditLedger:
         chain: ch.Chain | None = None,
         delta: int = 0,
         messages: Iterable[Send] = (),
-        fresh: Iterable[c.LocalChit] = (),
+        fresh: Iterable[LocalChit] = (),
         lift_delta: tuple[int, int] = (0, 0),
     ) -> Holding:
         """Save a transition's outcome (with the ``fresh`` chits it made or changed, and the
@@ -208,7 +208,7 @@ class CreditLedger:
         return holding
 
     def owed(self, conn: sqlite3.Connection, cuid: str, chit_uuid: str
-              ) -> tuple[Holding, c.LocalChit]:
+              ) -> tuple[Holding, LocalChit]:
         """The tally and the chit a user answers (an invoice addressed to it)."""
         tallies = self.store.tallies_with_chit(conn, cuid, chit_uuid)
         if not tallies:
@@ -268,7 +268,7 @@ def log_new_tally(tx: Tx, cuid: str, local: t.LocalTally) -> None:
                                       state=local.state, was="none"))
 
 
-def log_chits(tx: Tx, cuid: str, chits: Iterable[c.LocalChit]) -> None:
+def log_chits(tx: Tx, cuid: str, chits: Iterable[LocalChit]) -> None:
     """The info line per chit state change, once the transaction has committed."""
     for chit in chits:
         tx.after_commit(functools.partial(
