@@ -346,7 +346,16 @@ async def test_auto_clear_clears_debt_cycles_on_its_own(tmp_path):
         await wait_for(lambda: cleared_300(users, ab, bc, ca), timeout=20)
         lifts = await rpc(users["bob"], "lift.list")
         assert {lift["kind"] for lift in lifts} == {"circular"}
-        assert all(lift["state"] == "good" for lift in lifts)
+        assert any(lift["state"] == "good" for lift in lifts)
+        # Every user of the triangle is owed at least the minimum, so each node's clearing may
+        # start on the same cycle in the same second; on a loaded machine two can both find it
+        # before either holds it, and the one a hop cannot take is cancelled: void, moving
+        # nothing (the balances above moved by 300 once). None is left pending.
+        for lift in lifts:
+            if lift["state"] != "good":
+                decided = await rpc(users["bob"], "lift.wait", lift=lift["lift"], timeout_s=20)
+                assert decided["state"] == "void" and "cancelled" in decided["error"], decided
+        assert cleared_300(users, ab, bc, ca)
 
 
 async def test_a_lift_looks_near_first_then_as_far_as_the_depth(tmp_path):
