@@ -217,9 +217,12 @@ class Node:
         config = self.config
         for peer in config.peers:
             self._configure_address(peer.agent, peer.address)
+        configured = {peer.agent for peer in config.peers}
         house = config.clearinghouse
-        if house is not None and house.agent not in {peer.agent for peer in config.peers}:
+        if house is not None and house.agent not in configured:
             self._configure_address(house.agent, house.address)
+            configured.add(house.agent)
+        self._configured = frozenset(configured)  # peer_source, asked at each delivery
         unnamed = peer_names.settle(self._peer_names, config)
         for gone in unnamed:
             log.warning("%s", gone)
@@ -269,10 +272,7 @@ class Node:
     def peer_source(self, agent: str) -> str:
         """``config`` for a peer (or clearing house) the config file names, else ``learned``
         (from a hello, a ticket or a certificate)."""
-        house = self.config.clearinghouse
-        configured = {peer.agent for peer in self.config.peers}
-        return "config" if agent in configured or (house and house.agent == agent) \
-            else "learned"
+        return "config" if agent in self._configured else "learned"
 
     def describe_peer(self, agent: str, key: str = "agent") -> tuple[str, str]:
         """How a log line names ``agent`` (its name, if known, and the start of its id), and

@@ -139,6 +139,14 @@ class LiftDecisions:
         assert made.uuid == chit_uuid
         self.ledger.good(tx, holding, [made], batched=False)
 
+    def _clocks(self, decision: dict[str, Any]) -> str:
+        """What a late void says of the clocks: the referee's offset from ours, when its
+        messages have shown it (``agentd.runtime.clocks``) to be off by more than noise."""
+        ahead = self.runtime.clock_ahead_ms(decision["referee"])
+        if ahead is None or abs(ahead) < clocks.WARN_MS:
+            return "clocks apart"
+        return f"clocks apart: the referee's is {ahead / 1000:+.1f} s from this node's"
+
     # -- a referee that equivocated ----------------------------------------------------------
 
     def refusal(self, conn: sqlite3.Connection, referee: str) -> str | None:
@@ -222,14 +230,6 @@ class LiftDecisions:
                        else eq.proof_message(partner, record, eq.Proof(good, void)))
 
     # -- voids on lifts not here yet -------------------------------------------------------
-
-    def _clocks(self, decision: dict[str, Any]) -> str:
-        """What a late void says of the clocks: the referee's offset from ours, when its
-        messages have shown it (``agentd.runtime.clocks``) to be off by more than noise."""
-        ahead = self.runtime.clock_ahead_ms(decision["referee"])
-        if ahead is None or abs(ahead) < clocks.WARN_MS:
-            return "clocks apart"
-        return f"clocks apart: the referee's is {ahead / 1000:+.1f} s from this node's"
 
     def _hear_void(self, record: dict[str, Any], now_ms: int) -> None:
         """Remember a void on a lift that names our node but has not reached it, so its
