@@ -64,7 +64,8 @@ async def test_every_tally_converges_on_good_when_the_referee_signs_both(tmp_pat
     dan pays ann over hops the foil pays on. Either way cat's two tallies are split (bob and
     dan good, cat void), a chain disagreement that lasted for ever before: now all four
     nodes end good, each tally with one block both holders confirmed and opposite balances."""
-    async with network(tmp_path, n=6, clearinghouse=0) as net:
+    relay = {"relay": {"access": [{"principal": "*", "resource": "lift:*"}]}}
+    async with network(tmp_path, n=6, clearinghouse=0, sections=relay) as net:
         world, judge, record = await hostile_lift(net, payor, payee)
         u, tl, lift = world["users"], world["tallies"], record["lift"]
         cat = u["cat"]
@@ -94,6 +95,11 @@ async def test_every_tally_converges_on_good_when_the_referee_signs_both(tmp_pat
         shown = await rpc(cat, "lift.show", lift=lift)
         assert shown["error"].startswith(f"its referee {judge.agent_id} signed both good and "
                                          "void (it equivocated): it was void here and is good")
+        # the proof is in cat's signed view of the lift, for anyone it lets read it
+        asked = await rpc(u["ann"], "relay.query", address=f"{cat.agent_id}/agentd/lift:{lift}")
+        view = (await rpc(u["ann"], "relay.wait", request_id=asked["request_id"]))["view"]
+        assert view["payload"]["decision"]["state"] == "good"
+        assert view["payload"]["equivocation"]["sign"] == b64u(decisions["void"]["sign"])
         logged = await rpc(u["ann"], "ch.query", pid=f"{cat.agent_id}/{lift}/equivocation")
         assert [entry["header"]["kind"] for entry in logged["entries"]] == ["lift.equivocation"]
         # the referee is refused: by a payor that names it, and by a hop a promise names it to

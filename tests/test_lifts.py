@@ -335,6 +335,7 @@ async def test_the_lift_view_serves_record_state_and_decision(tmp_path):
         view = done["view"]["payload"]
         assert view["lift"] == lift and view["state"] == "good"
         assert view["record"]["units"] == 42 and view["decision"]["state"] == "good"
+        assert view["equivocation"] is None
         assert sorted(chit["state"] for chit in view["chits"]) == ["A.good", "L.good"]
 
 

@@ -14,7 +14,9 @@ Views:
 - ``tally:<uuid>:chits``: the signed chits of one holder, in chain order, each with its
   state, chain index and block hash (the unordered ones last);
 - ``lift:<uuid>``: a lift this node took part in or refereed: the payor's signed record, its
-  state here, the referee's signed decision (once known) and this node's chits of it.
+  state here, the referee's signed decision (once known), the referee's contradicting
+  decision when it signed both good and void (the proof this node holds) and this node's
+  chits of it.
 """
 
 from __future__ import annotations
@@ -89,13 +91,14 @@ def lift(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
     if row is not None:
         chits = [dict(chit) for chit in Ledger.lift_chits(conn, uuid)]
         return {"lift": uuid, "record": lifts.record_of(row), "state": row["state"],
-                "decision": lifts.decision_of(row), "chits": chits}
+                "decision": lifts.decision_of(row),
+                "equivocation": lifts.contradiction_of(row), "chits": chits}
     refereed = lifts.refereed(conn, uuid)
     if refereed is None:
         raise ViewError(NOT_FOUND, f"no lift {uuid} on this node")
     record, decided = refereed
     return {"lift": uuid, "record": record, "state": decided["state"], "decision": decided,
-            "chits": []}
+            "equivocation": None, "chits": []}
 
 
 def _holders(conn: sqlite3.Connection, uuid: str) -> list[sqlite3.Row]:
