@@ -92,6 +92,15 @@ def add_equivocator(conn: sqlite3.Connection, referee: str, lift: str, proof: di
                  " ORDER BY created DESC, rowid DESC LIMIT -1 OFFSET ?)", (keep,))
 
 
+def forgive(conn: sqlite3.Connection, referee: str) -> str | None:
+    """Forget that ``referee`` equivocated: the lift of its first proof here, or None when it
+    was not refused. The proof stays with that lift (``contradicted``) and in the evidence."""
+    lift = equivocated_on(conn, referee)
+    if lift is not None:
+        conn.execute("DELETE FROM equivocators WHERE referee = ?", (referee,))
+    return lift
+
+
 def equivocated_on(conn: sqlite3.Connection, referee: str) -> str | None:
     """The lift on which ``referee`` was first proven here to have equivocated, if any."""
     row = conn.execute("SELECT lift FROM equivocators WHERE referee = ?", (referee,)).fetchone()

@@ -17,7 +17,7 @@ from protocol import lift as lf
 from protocol.codec import digest, unpack
 from protocol.keys import ChipAddress, SigningKey, b64u
 from tests.netfixture import network, wait_for
-from tests.test_credit_service import agreed, refusal_of, rpc, send_raw
+from tests.test_credit_service import agreed, processed, refusal_of, rpc, send_raw
 from tests.test_lift_holds import lift_record
 from tests.test_lifts import balance, line, reserved, settled_everywhere, who
 
@@ -108,8 +108,9 @@ async def test_every_tally_converges_on_good_when_the_referee_signs_both(tmp_pat
         assert caught.value.reason == "REFEREE_REFUSED"
         assert caught.value.message.startswith(
             f"REFEREE_REFUSED: the lift referee {judge.agent_id} signed both good and void on "
-            f"lift {lift} (it equivocated): this node takes no lift it referees; name another "
-            "in [lift] referee")
+            f"lift {lift} (it equivocated): this node takes no lift it referees (until "
+            f"`lift.forgive referee={judge.agent_id}` on this node); name another in [lift] "
+            "referee")
         promise = lift_record(u["bob"], "bob", cat, "cat", tl["bobcat"],
                               ChipAddress(agent=judge.agent_id))
         refused = await refusal_of(u["bob"], await send_raw(
@@ -128,6 +129,22 @@ async def test_every_tally_converges_on_good_when_the_referee_signs_both(tmp_pat
         for name, (a, b) in hops.items():
             await wait_for(lambda t=tl[name], a=a, b=b: agreed(u[a], a, u[b], b, t, 2),
                            timeout=30)
+        # the operator forgives the referee (once only): its lifts are taken again
+        assert await rpc(cat, "lift.forgive", referee=judge.agent_id) == {
+            "referee": judge.agent_id, "lift": lift, "forgiven": True}
+        with pytest.raises(RpcError) as caught:
+            await rpc(cat, "lift.forgive", referee=judge.agent_id)
+        assert caught.value.message == (
+            f"lift.forgive: referee {judge.agent_id} is not refused here: this node holds no "
+            "proof that it signed both good and void on a lift")
+        with pytest.raises(RpcError) as caught:
+            await rpc(cat, "lift.forgive", referee="judge")
+        assert caught.value.message.startswith("lift.forgive: referee must be an agent id: ")
+        await processed(u["bob"], await send_raw(
+            u["bob"], cat, "cat", "lift", "promise", {"record": promise, "hop": 0}, "bob"))
+        assert cat.db.read_one("SELECT 1 FROM lifts WHERE lift = ?", (promise["lift"],))
+        shown = await rpc(cat, "lift.show", lift=lift)  # the proof stays with its lift
+        assert shown["equivocation"]["state"] == "void"
 
 
 async def test_a_decision_withheld_from_one_partner_reaches_it_from_the_other(tmp_path):

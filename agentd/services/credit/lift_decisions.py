@@ -155,7 +155,8 @@ class LiftDecisions:
         if lift is None:
             return None
         return (f"the lift referee {referee} signed both good and void on lift {lift} (it "
-                "equivocated): this node takes no lift it referees")
+                "equivocated): this node takes no lift it referees (until `lift.forgive "
+                f"referee={referee}` on this node)")
 
     def _proven(self, tx: Tx, row: sqlite3.Row, record: dict[str, Any], outcome: eq.Outcome,
                 envelope: Envelope, *, carried: bool) -> None:

@@ -49,7 +49,7 @@ from protocol import route
 from protocol.chit_lift import lift_chit, lift_chit_uuid
 from protocol.envelope import Envelope
 from protocol.errors import Refusal
-from protocol.keys import ChipAddress
+from protocol.keys import ChipAddress, IdentityError, agent_id_to_public
 from store import lifts
 from store.db import snapshot
 
@@ -83,7 +83,7 @@ class LiftService(Service):
         self.referee_role = Referee(node, ledger)  # lifts others name this node to decide
         self.decisions = LiftDecisions(node, ledger, routes, self._wake)
         self.follow_up = FollowUp(node, ledger, self.clear)
-        for name in ("pay", "clear", "wait", "show", "list"):
+        for name in ("pay", "clear", "wait", "show", "list", "forgive"):
             node.register_method(f"lift.{name}", getattr(self, f"rpc_{name}"))
 
     # -- RPC -----------------------------------------------------------------------------
@@ -191,6 +191,22 @@ class LiftService(Service):
                 return lift_views.listed(conn, who, limit, self.ledger.store)
 
         return self.runtime.db.reading(read)
+
+    async def rpc_forgive(self, referee: str) -> dict:
+        """Take ``referee`` off the referees this node refuses for having signed both good and
+        void on a lift it took part in: the operator's call, once the cause is known (a
+        referee restored from a backup decides again, and may decide otherwise)."""
+        try:
+            agent_id_to_public(referee)
+        except IdentityError as exc:
+            raise invalid_params(f"referee must be an agent id: {exc}") from None
+        lift = await self.runtime.db.write(lambda conn: lifts.forgive(conn, referee))
+        if lift is None:
+            raise invalid_params(f"referee {referee} is not refused here: this node holds no "
+                                 "proof that it signed both good and void on a lift")
+        log.warning("lift referee %s forgiven: it signed both good and void on lift %s, and "
+                    "this node takes the lifts it referees again", referee, lift)
+        return {"referee": referee, "lift": lift, "forgiven": True}
 
     def _life(self, life_s: float | None) -> int:
         if life_s is None:
