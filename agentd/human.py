@@ -3,9 +3,9 @@
 A list of objects becomes a table (one row each, a column per field, nested values left out
 unless a method names them), an object becomes ``key: value`` lines, nested objects indented.
 The common calls choose their columns; every other method gets the generic layout. A table
-cell shows hashes, receipts, payloads, agent ids and tally ids cut short, and a column that
-would repeat another is merged into it, so that a row of the common lists fits 100 columns:
-the JSON output has every value whole.
+cell shows hashes, receipts, payloads, agent ids and tally ids cut short, a long peer address
+cut in its middle, and a column that would repeat another is merged into it, so that a row of
+the common lists fits 100 columns: the JSON output has every value whole.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ SPARSE = ("clock_ahead_ms",)  # a column only when some row has a value (null un
 CUT = {"entry_hash": 12, "prev_hash": 12, "document_id": 12, "payload_sha256": 12,
        "client_id": 8, "agent": 8, "tally": 8, "receipt": 16, "payload": 16, "proof": 16,
        "payload_text": 24}
+# a peer's address longer than this shows its start, "…", its end and the port: a full IPv6
+# address ([8 groups]:port, 46 characters) took peers.list past 100 columns
+ADDRESS_CUT = 30
 TIMESTAMPS = ("last_seen", "date", "received", "timestamp", "expires", "deadline")
 DURATIONS = ("uptime_s",)
 UNITS = (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1))
@@ -136,12 +139,14 @@ def _lines(value: dict[str, Any], depth: int, where: str) -> list[str]:
 def _cell(column: str, value: Any) -> str:
     """A table cell: a partner as ``cuid@agent`` (the start of its node's agent id), as paths
     show users; a pid in an agent's namespace as ``AGENT…/REST`` (the agent id cut short, so
-    the tally or lift uuid that tells processes apart shows); a long hash or payload cut
-    short."""
+    the tally or lift uuid that tells processes apart shows); a long peer address cut in its
+    middle; a long hash or payload cut short."""
     name = column.rsplit(".", 1)[-1]
     if name == "partner" and isinstance(value, str) and ":" in value:  # cuid:agent@host:port
         cuid, _, rest = value.partition(":")
         return _user(cuid, rest.split("@")[0])
+    if name == "address" and isinstance(value, str) and "@" not in value:  # host:port
+        return _address(value)
     if name == "pid" and isinstance(value, str):
         from protocol.clearing import namespace_of  # here: -H getinfo need not load it
 
@@ -151,6 +156,25 @@ def _cell(column: str, value: Any) -> str:
     text = _scalar(name, value)
     cut = CUT.get(name)
     return text if cut is None or len(text) <= cut + 1 else text[:cut] + "…"
+
+
+def _address(address: str) -> str:
+    """``host:port`` in at most ``ADDRESS_CUT`` characters: the port whole (nodes on one host
+    differ by it), and of the host whole groups or labels from its start and its end either
+    side of ``…`` (an IPv6 address's network and interface parts, a name's first label and
+    its domain)."""
+    if len(address) <= ADDRESS_CUT:
+        return address
+    host, colon, port = address.rpartition(":")
+    room = ADDRESS_CUT - len(colon + port) - 1
+    if not host or room < 2:  # no port to keep, or one that leaves no room: cut the end
+        return address[:ADDRESS_CUT - 1] + "…"
+    head, tail = host[:(room + 1) // 2], host[len(host) - room // 2:]
+    cut = max(head.rfind(":"), head.rfind("."))  # the last whole group or label
+    head = head[:cut] if cut > 1 else head
+    cut = min((i for i in (tail.find(":"), tail.find(".")) if i >= 0), default=-1)
+    tail = tail[cut + 1:] if 0 <= cut < len(tail) - 2 else tail
+    return f"{head}…{tail}{colon}{port}"
 
 
 def _user(cuid: Any, agent: Any) -> str:

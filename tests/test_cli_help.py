@@ -238,6 +238,31 @@ def test_human_peers_and_tallies_fit_100_columns():
          "31/31"]]
 
 
+
+def test_human_peers_with_a_full_ipv6_address_fit_100_columns():
+    """A peer at a full IPv6 address (46 characters with its port) took peers.list to 110
+    columns: a long address shows its first and last groups either side of "…", and its port
+    whole (a name as long, its first label and its domain); the JSON keeps it whole."""
+    now = 1_765_040_435_000
+    rows = [{"name": "clearinghouse", "agent": AGENTS["clearinghouse"],
+             "address": "[2001:db8:1234:5678:9abc:def0:1234:5678]:9735", "source": "config",
+             "connected": False, "last_seen": now - (86_400 * 12 + 3_600 * 23) * 1000,
+             "clock_ahead_ms": -12_345},
+            {"name": "bob", "agent": AGENTS["bob"],
+             "address": "node-17.eu-west-3.chips.example.org:7102", "source": "config",
+             "connected": True, "last_seen": now, "clock_ahead_ms": 5200},
+            {"name": "carol", "agent": AGENTS["carol"], "address": "[::1]:7103",
+             "source": "learned", "connected": False, "last_seen": None,
+             "clock_ahead_ms": None}]
+    lines = render("peers.list", rows, now).splitlines()
+    assert max(len(line) for line in lines) <= 100, lines
+    assert [re.split(r"\s{2,}", line.strip()) for line in lines] == [
+        ["NAME", "AGENT", "ADDRESS", "SOURCE", "LAST_SEEN", "CLOCK_AHEAD_MS"],
+        ["clearinghouse", "JiNcmgMw…", "[2001:db8…1234:5678]:9735", "config", "12 d 23 h ago",
+         "-12345"],
+        ["bob", "ZHL-dKJE…", "node-17…example.org:7102", "config", "connected", "5200"],
+        ["carol", "AQv6yDge…", "[::1]:7103", "learned", "never", "-"]]
+
 def test_human_clearing_house_entries_fit_a_terminal():
     """ch.query entries carry three 64-digit hashes, an agent id and a payload: a row of
     each in full was ~400 columns. The table cuts them short; the JSON keeps them whole."""
