@@ -43,22 +43,27 @@ def config_document(name: str, listen: str, network: str, advertise: str | None 
     return doc
 
 
-def _check_siblings(directory: Path, listen: str) -> None:
-    """Refuse the listen address of a node beside this one (``agentd up`` of the parent
-    directory starts them all, and the second could not bind). Every-interface addresses
-    are left alone: nodes for several hosts may share one port."""
-    if listens_everywhere(listen):
-        return
-    ours = _bound(listen)
+def _check_siblings(directory: Path, name: str, listen: str) -> None:
+    """Refuse the name or the listen address of a node beside this one: ``agentd up`` of the
+    parent directory starts them all, and would list two of one name (told apart by agent id
+    alone), or could not bind the second.
+    Every-interface addresses are left alone: nodes for several hosts may share one port."""
+    ours = None if listens_everywhere(listen) else _bound(listen)
     for other in node_configs(directory.parent):
         if other.parent.resolve() == directory.resolve():
             continue
         try:
-            theirs = tomllib.loads(other.read_text(encoding="utf-8")).get("node", {}).get("listen")
-            clash = isinstance(theirs, str) and _bound(theirs) == ours
+            node = tomllib.loads(other.read_text(encoding="utf-8")).get("node", {})
+            theirs = node.get("listen")
+            clash = ours is not None and isinstance(theirs, str) and _bound(theirs) == ours
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError,
                 IdentityError):
             continue
+        if node.get("name") == name:
+            raise UserError(f"--name {name} is the name of the node in {other} already "
+                            f"('agentd up {directory.parent}' would list two nodes of that "
+                            "name, which you and their peers could tell apart by agent id "
+                            "alone): pick another name")
         if clash:
             raise UserError(f"--listen {listen} is the address of {other} already ('agentd up "
                             f"{directory.parent}' could not start both): pick another port")
@@ -92,7 +97,7 @@ def init_node(directory: Path, name: str, listen: str, network: str,
     config_path = directory / "agentd.toml"
     if config_path.exists():
         raise UserError(f"{config_path}: already exists; refusing to overwrite it")
-    _check_siblings(directory, listen)
+    _check_siblings(directory, name, listen)
     key = SigningKey.generate()
     write_key(directory / "data" / "agent.key", key)
     config_path.write_text(tomlkit.dumps(config_document(name, listen, network, advertise)),

@@ -53,3 +53,22 @@ def test_the_port_of_a_config_file_beside_it_or_written_as_localhost_is_refused(
         init_node(tmp_path / "dave", "dave", "127.0.0.1:7101", "agentd")
     with pytest.raises(UserError, match=r"--listen localhost:7101 is the address of"):
         init_node(tmp_path / "erin", "erin", "localhost:7101", "agentd")
+
+
+def test_the_name_of_a_node_beside_it_is_refused(tmp_path):
+    """Two nodes of one name in one directory: ``agentd up`` lists both under it, and peering
+    by name is ambiguous. The second is refused, naming the first, and nothing is written;
+    the same name in another directory is another network's business."""
+    init_node(tmp_path / "nodes" / "n1", "n1", "127.0.0.1:7301", "agentd")
+    with pytest.raises(UserError) as refused:
+        init_node(tmp_path / "nodes" / "n2", "n1", "127.0.0.1:7302", "agentd")
+    assert str(refused.value) == (
+        f"--name n1 is the name of the node in {tmp_path / 'nodes' / 'n1' / 'agentd.toml'} "
+        f"already ('agentd up {tmp_path / 'nodes'}' would list two nodes of that name, which "
+        "you and their peers could tell apart by agent id alone): pick another name")
+    assert not (tmp_path / "nodes" / "n2").exists()
+    (tmp_path / "nodes" / "alice.toml").write_text('[node]\nname = "alice"\n')  # configs/local
+    with pytest.raises(UserError, match=r"--name alice is the name of the node in .*alice\.toml"):
+        init_node(tmp_path / "nodes" / "a", "alice", "0.0.0.0:7303", "agentd", "10.0.0.1:7303")
+    init_node(tmp_path / "nodes" / "n2", "n2", "127.0.0.1:7302", "agentd")
+    init_node(tmp_path / "other" / "n1", "n1", "127.0.0.1:7304", "agentd")
