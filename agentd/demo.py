@@ -72,8 +72,10 @@ def prepare(configs: Path, workdir: Path, names: tuple[str, ...], *,
 
 @contextmanager
 def running(configs: dict[str, Config], workdir: Path) -> Iterator[dict[str, subprocess.Popen]]:
-    """Start one ``agentd run`` per config; wait for READY=1 from each; always clean up."""
+    """Start one ``agentd run`` per config; wait for READY=1 from each; always clean up, the
+    notify socket too (one a killed demo left is replaced: nothing else reads it)."""
     notify_path = workdir / "notify.sock"
+    notify_path.unlink(missing_ok=True)
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(notify_path))
     notify.settimeout(0.5)
@@ -119,6 +121,7 @@ def running(configs: dict[str, Config], workdir: Path) -> Iterator[dict[str, sub
                 process.kill()
                 process.wait()
         notify.close()
+        notify_path.unlink(missing_ok=True)
 
 
 def evidence_demo(configs: dict[str, Config], infos: dict[str, dict]) -> None:
