@@ -30,6 +30,17 @@ async def test_five_nodes_ping_each_other(tmp_path):
             assert {p["agent"] for p in peers} == {m.agent_id for m in net.nodes} - {node.agent_id}
 
 
+
+async def test_a_ping_count_out_of_range_is_refused_quoting_it(tmp_path):
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        for count in (0, 1001, -5):
+            with pytest.raises(RpcError) as refused:
+                await a.rpc.call("peers.ping", {"agent": b.agent_id, "count": count})
+            assert refused.value.message == (
+                f"peers.ping: count must be an integer from 1 to 1000, not {count}")
+        assert a.counters.messages_processed == b.counters.messages_processed == 0
+
 async def _queue_pings(node, to_node, count: int) -> list[bytes]:
     to = ChipAddress(agent=to_node.agent_id, host="127.0.0.1", port=to_node.port)
 

@@ -242,7 +242,13 @@ async def test_bad_parameters_are_invalid_params_naming_the_problem(tmp_path):
             ({"address": "127.0.0.1:99999/agentd/node:info"}, "port"),
             ({"address": f"{b.listen_address}/bad net/node:info"}, "network"),
             ({"address": addr(b, "bogus:view")}, "unknown view"),
-            ({"address": addr(b, "user:bob:balance"), "policy": "not-an-agent"}, "policy"),
+            ({"address": addr(b, "user:bob:balance"), "policy": "not-an-agent"},
+             'policy must be one or more agent ids, comma-separated or a list: "not-an-agent" '
+             "is not an agent id"),
+            ({"address": addr(b, "node:info"), "policy": f"{b.agent_id}, {'x' * 99}"},
+             f'a list: "{"x" * 56}... is not an agent id'),  # the bad one, cut short
+            ({"address": addr(b, "node:info"), "policy": []}, "or a list, not []"),
+            ({"address": addr(b, "node:info"), "policy": ""}, 'a list: "" is not an agent id'),
             ({"address": addr(b, "node:info"), "confidential": "yes"}, "confidential"),
             ({"address": addr(b, "node:info"), "timeout_s": 0}, "timeout_s"),
         ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import trio
 
 from agentd.rpc import NOT_FOUND, TIMEOUT, RpcError, invalid_params
+from agentd.rpc_types import shown
 from agentd.runtime.context import Reject, Runtime, Service, Tx
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, is_agent_id, parse_hostport
@@ -48,7 +49,7 @@ class PingService(Service):
         if not is_agent_id(agent):
             raise invalid_params(f"agent is not an agent id: {agent!r}")
         if not 1 <= count <= 1000:
-            raise invalid_params("count must be an integer from 1 to 1000")
+            raise invalid_params(f"count must be an integer from 1 to 1000, not {shown(count)}")
         runtime = self.runtime
         address = runtime.address_of(agent)
         if address is None and agent != runtime.agent_id and not runtime.connected(agent):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params, jsonable
+from agentd.rpc_types import shown
 from agentd.runtime.context import Tx
 from agentd.services.relay.states import PENDING, changed
 from protocol.codec import unpack
@@ -217,7 +218,11 @@ def _policy(value: object) -> list[str]:
     """Agent ids as a JSON list or comma-separated text (``policy=ID1,ID2`` on the CLI)."""
     if value is None:
         return []
+    rule = "policy must be one or more agent ids, comma-separated or a list"
     items = [p.strip() for p in value.split(",")] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or not all(is_agent_id(p) for p in items):
-        raise invalid_params("policy must be one or more agent ids, comma-separated or a list")
+    if not isinstance(items, list) or not items:
+        raise invalid_params(f"{rule}, not {shown(value)}")
+    bad = [p for p in items if not is_agent_id(p)]
+    if bad:
+        raise invalid_params(f"{rule}: {shown(bad[0])} is not an agent id")
     return list(dict.fromkeys(items))
