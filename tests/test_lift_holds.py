@@ -195,3 +195,43 @@ async def test_refusals_past_the_bound_are_counted_and_logged_once_a_while_per_t
             assert line.endswith(
                 f"(further REFEREE_REFUSED refusals over tally {tallies[payer]} in the next "
                 f"{QUIET_S:g} s are counted in getinfo counters.refusals, not logged)")
+
+
+async def test_the_sender_logs_a_refusal_of_its_promises_over_a_tally_once_a_while(
+        tmp_path, caplog):
+    """The other side of the test above: bob, whose promises over his tally with cat cat keeps
+    refusing (a new referee each time, so each refusal's text differs and the log's repeat
+    filter held none back), warned of every one. He logs the first per code and tally in
+    each QUIET_S seconds, saying the rest are counted (rejected_by_peer); ann's refusal over
+    her own tally is logged on its own."""
+    caplog.set_level(logging.DEBUG, logger="agentd.runtime.dispatch")
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        ann, bob, cat = await users(net, "ann", "bob", "cat")
+        tallies = {bob: await open_tally(bob, "bob", cat, "cat"),
+                   ann: await open_tally(ann, "ann", cat, "cat")}
+
+        async def promise(payer, cuid: str) -> bytes:
+            record = lift_record(payer, cuid, cat, "cat", tallies[payer], made_up())
+            return await send_raw(payer, cat, "cat", "lift", "promise",
+                                  {"record": record, "hop": 0}, cuid)
+
+        def heard(payer) -> list[logging.LogRecord]:
+            return [record for record in caplog.records if record.getMessage().startswith(
+                f"{cat.agent_id[:8]} refused lift/promise: REFEREE_REFUSED the lifts pending "
+                f"here that came over tally {tallies[payer]} ")]
+
+        for payer, cuid, refused in ((bob, "bob", 3), (ann, "ann", 1)):
+            for _ in range(lf.MAX_UNANSWERED):
+                await processed(payer, await promise(payer, cuid))
+            for _ in range(refused):
+                await refusal_of(payer, await promise(payer, cuid))
+            await wait_for(lambda payer=payer, refused=refused: len(heard(payer)) == refused)
+            assert (await rpc(payer, "getinfo"))["counters"]["rejected_by_peer"] == refused
+        for payer, levels in ((bob, [logging.WARNING, logging.DEBUG, logging.DEBUG]),
+                              (ann, [logging.WARNING])):
+            lines = heard(payer)
+            assert [line.levelno for line in lines] == levels, [r.getMessage() for r in lines]
+            assert lines[0].getMessage().endswith(
+                f"(further REFEREE_REFUSED refusals of our promises over tally {tallies[payer]} "
+                f"in the next {QUIET_S:g} s are counted in getinfo counters.rejected_by_peer, "
+                "not logged)")

@@ -273,5 +273,12 @@ class Service:
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """A message we sent was refused for good by its recipient (default: nothing)."""
 
+    def refusal_key(self, envelope: dict) -> str | None:
+        """What a peer's refusal of this message of ours is about, when the peer can refuse
+        many such at will (``of our promises over tally T``): the dispatcher logs the first
+        refusal of each code and key in each ``refusals.QUIET_S`` seconds and counts the
+        rest. None (the default): each refusal is logged, once per message."""
+        return None
+
 
 __all__ = ["VERSION", "NotYet", "Queued", "Reject", "Runtime", "Send", "Service", "Tx"]

@@ -5,7 +5,8 @@ let the service apply its guarded transition and queue its replies — without w
 so many messages share one group commit. The channel sends the acks in arrival order once
 each job has committed. A duplicate is acked and ignored; a refusal is an error ack, counted
 (by code) and logged once per message however often it is sent (``RefusedIds``), a routine
-one logged once per ``QUIET_S`` for what it is about (``RoutineReject``); a failure of ours
+one logged once per ``QUIET_S`` for what it is about (``RoutineReject``), as is a peer's
+refusal of our messages about one thing (``Service.refusal_key``); a failure of ours
 (disk full, a bug), or a message that depends on one not here yet (``NotYet``), gets no ack
 at all, so the sender retries. A stranger's frame waits first, as
 bytes, for its allowance (``WriteRation``) and then for its share of what strangers' frames
@@ -105,6 +106,7 @@ class Dispatcher:
                                    "again after its ack timeout, and its duplicate acked)")
         self._refused = RefusedIds()
         self._quiet = QuietLog()
+        self._quiet_peers = QuietLog(counted="counters.rejected_by_peer")  # peers' refusals
 
     def register(self, service: Service) -> None:
         self.services[service.target] = service
@@ -339,8 +341,13 @@ class Dispatcher:
             code, text = ack.error.get("code", "?"), ack.error.get("message", "")
             routine = service is not None and (envelope.get("action"), code) in (
                 service.routine_refusals)
-            log.log(logging.INFO if routine else logging.WARNING, "%s refused %s/%s: %s %s",
-                    from_agent[:8], envelope.get("target"), envelope.get("action"), code, text)
+            level, note = logging.INFO if routine else logging.WARNING, ""
+            key = None if service is None else service.refusal_key(envelope)
+            if key is not None:
+                quiet = self._quiet_peers.note(code, key)
+                level, note = (logging.DEBUG, "") if quiet is None else (level, quiet)
+            log.log(level, "%s refused %s/%s: %s %s%s", from_agent[:8], envelope.get("target"),
+                    envelope.get("action"), code, text, note)
         tx.committed()
 
     async def _record(self, item: Outgoing, service: Service | None, ack: Ack) -> Tx:

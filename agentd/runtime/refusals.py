@@ -5,7 +5,9 @@ Codes go out upper-case (tally refusals are lower-case inside the protocol); a r
 names something unknown is RPC error -32011, any other -32010; ``data.reason`` is the code.
 A message refused for good leaves no row behind, so one sent again is decided again: the
 dispatcher counts it once (``RefusedIds``). A ``RoutineReject`` is logged once per code and
-key in each ``QUIET_S`` seconds (``QuietLog``): a partner cannot fill the log with it.
+key in each ``QUIET_S`` seconds (``QuietLog``): a partner cannot fill the log with it; nor with
+its refusals of our messages about one thing (``Service.refusal_key``: our lift promises over
+one tally), logged the same way on our side.
 """
 
 from __future__ import annotations
@@ -68,12 +70,14 @@ class RefusedIds:
 
 class QuietLog:
     """Which routine refusals go to the log: the first of each (code, key) in each
-    ``window`` seconds; the rest are counted only, and the next one logged says how many."""
+    ``window`` seconds; the rest are counted only (in ``getinfo`` ``counted``), and the next
+    one logged says how many."""
 
-    def __init__(self, window: float = QUIET_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, window: float = QUIET_S, clock: Callable[[], float] = time.monotonic,
+                 counted: str = "counters.refusals") -> None:
         self.window = window
         self.clock = clock
+        self.counted = counted
         self._seen: OrderedDict[tuple[str, str], list[float]] = OrderedDict()  # [logged, held]
 
     def note(self, code: str, key: str) -> str | None:
@@ -88,5 +92,5 @@ class QuietLog:
         while len(self._seen) > QUIET_KEYS:
             self._seen.popitem(last=False)
         return (f" (further {code} refusals {key} in the next {self.window:g} s are counted"
-                f" in getinfo counters.refusals, not logged" +
+                f" in getinfo {self.counted}, not logged" +
                 (f"; {held} were since the last one logged)" if held else ")"))

@@ -388,6 +388,14 @@ class LiftService(Service):
         sender = (envelope.get("from") or {}).get("cuid")
         self.ledger.emit(tx, [lf.cancel(lifts.record_of(row), reason, from_cuid=sender)])
 
+    def refusal_key(self, envelope: dict) -> str | None:
+        """A partner refuses our promises over one tally as often as we send them (every lift
+        that crosses it while it is past a bound, or short of room): logged once a while."""
+        obj = envelope.get("object") or {}
+        if envelope.get("action") != "promise" or not isinstance(obj.get("record"), dict):
+            return None
+        return f"of our promises over tally {obj['record']['path'][obj['hop']]['tally']}"
+
     def _ask_referee(self, tx: Tx, record: dict[str, Any], cuid: str) -> None:
         """We take part in a lift while no channel joins us to its referee, which pushes its
         decision only on one (or to nodes it knows): ask now, so the question opens the
