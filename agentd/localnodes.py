@@ -9,6 +9,8 @@ waits for the control sockets, failing with the node's name if one exits first.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 import socket
 import subprocess
@@ -130,16 +132,27 @@ def wait_ready(nodes: list[LocalNode], processes: list[subprocess.Popen],
 
 
 def cpu_seconds(processes: list[subprocess.Popen]) -> list[float] | None:
-    """CPU time (user and system) each process has used so far, from Linux's ``/proc``;
-    None elsewhere, or once one of them has gone."""
+    """CPU time (user and system, every thread's) each process has used so far, from its
+    CPU-time clock, to the nanosecond: Linux's ``/proc/PID/stat`` counts it in clock ticks
+    (10 ms), so a phase of a few ms a process read 0 or 10 ms each, and a short bench phase
+    could read 0.0 over every process. None where the C library has no such clock, or once one
+    of the processes has gone."""
     try:
-        times = []
-        for process in processes:
-            fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            times.append((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError):
+        return [time.clock_gettime(_cpu_clock(process.pid)) for process in processes]
+    except OSError:
         return None
-    return times
+
+
+def _cpu_clock(pid: int) -> int:
+    """The id of process ``pid``'s CPU-time clock (POSIX ``clock_getcpuclockid``)."""
+    find = getattr(ctypes.CDLL(None), "clock_getcpuclockid", None)
+    if find is None:
+        raise OSError(errno.ENOSYS, "no clock_getcpuclockid in this C library")
+    clock = ctypes.c_int()  # clockid_t
+    error = find(pid, ctypes.byref(clock))
+    if error:
+        raise OSError(error, os.strerror(error))
+    return clock.value
 
 
 def rss_mb(pid: int) -> float:

@@ -42,3 +42,27 @@ def test_cpu_seconds_reads_what_each_process_spent() -> None:
     finally:
         busy.communicate(b"\n", timeout=10)
     assert cpu_seconds([busy]) is None  # it is gone: nothing to read
+
+
+def test_cpu_seconds_reads_a_process_to_the_microsecond_not_in_clock_ticks() -> None:
+    """hop5_cpu_ms once read 0.0: /proc counts each process's CPU in 10 ms clock ticks, and a
+    short phase (3 lifts in the test above: 22 ms over 7 processes, 0.3 to 8.6 ms each) can
+    leave every process short of its next tick. A process that burns a few ms at a time,
+    waiting on its stdin between bursts, reads what its own CPU clock says each time."""
+    burner = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time\n"
+                               "for line in sys.stdin:\n"
+                               "    end = time.process_time() + 0.0037\n"
+                               "    while time.process_time() < end: pass\n"
+                               "    print(time.process_time(), flush=True)\n"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(5):
+            burner.stdin.write("\n")
+            burner.stdin.flush()
+            own = float(burner.stdout.readline())  # it waits for the next line: CPU stays put
+            spent = cpu_seconds([burner])
+            assert spent is not None and own <= spent[0] < own + 0.001, (own, spent)
+    finally:
+        burner.stdin.close()
+        burner.wait(timeout=10)
