@@ -52,7 +52,9 @@ as ``conflict`` and needs a human.
 Cost: a chain with thousands of chits must stay cheap per chit, so the versions of one chain
 share lookup hints instead of scanning it (``protocol.chain_state``, where the chain and
 everything that changes it live). Make chains with the constructor (or ``from_map``) and
-change them only through these two modules' functions.
+change them only through these modules' functions. Each holder's part is a module of its own
+(``protocol.chain_foil``, ``protocol.chain_stock``); the messages and the checks of what
+they carry are ``protocol.chain_messages``.
 
 Memory: a chain need not hold its whole history. :func:`trim` lets it forget the blocks up to
 ``base``, confirmed by the partner or not, and the newest of the unordered chits that pile up
@@ -99,20 +101,22 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 from . import chain_state as cs
+from .chain_foil import HANDLERS as FOIL_HANDLERS
+from .chain_foil import foil_add, foil_resync
+from .chain_messages import (
+    CMDS,
+    UPD_BATCH,
+    Received,
+    chain_message,
+    check_message,
+    check_new,
+    upd,
+)
 from .chain_state import Chain, balance, block_hash, settled, trim, unspill
-from .chit import check_chit, check_form
+from .chain_stock import HANDLERS as STOCK_HANDLERS
+from .chain_stock import stock_add, stock_reply
 from .messages import Send
-from .tally import FOIL, STOCK, LocalTally, Refusal, chain_origin, to_partner
-
-UPD_BATCH = 100  # chits per upd or new message: under 0.6 MiB even with maximal memos and refs
-CMDS = ("new", "ack", "nak", "upd", "req")
-_CMD_FIELDS = {
-    "new": {"chits"},
-    "upd": {"chits", "conf"},
-    "ack": {"index", "hash"},
-    "nak": {"index", "hash"},
-    "req": {"index"},
-}
+from .tally import FOIL, STOCK, LocalTally, Refusal, chain_origin
 
 
 class Wanted(NamedTuple):
@@ -125,12 +129,6 @@ class Wanted(NamedTuple):
 
 
 NOTHING = Wanted(frozenset(), frozenset())
-
-
-class Received(NamedTuple):
-    chain: Chain
-    messages: list[Send]
-    adopted: list[dict[str, Any]]  # good chits first learned from this message
 
 
 def start(local: LocalTally) -> Chain:
@@ -192,19 +190,10 @@ def add(chain: Chain, chit: dict[str, Any], local: LocalTally) -> tuple[Chain, l
     usually applied the decision too, so it does not refuse the block as undecided, and one
     ``upd`` carries the blocks of every lift decided meanwhile); the stock parks it and waits
     for that ``upd`` (no ``good``, no ``req``: resync repairs a lost one)."""
-    _check_new(chain, chit)
-    ours, lift = chit["by"] == chain.side, chit["type"] == "lift"
+    check_new(chain, chit)
     if chain.side == FOIL:
-        chain, linked = cs.append(chain, chit)
-        if lift:
-            return chain, []
-        return chain, [_good(local, linked) if ours else _upd(chain, local, [linked])]
-    if lift:
-        return cs.park(chain, chit, chain.pending), []
-    if ours:
-        return cs.park(chain, chit, chain.pending), [_good(local, chit)]
-    chain = _take(chain, chit)
-    return chain, _stock_reply(chain, local)
+        return foil_add(chain, chit, local)
+    return stock_add(chain, chit, local)
 
 
 def add_many(
@@ -216,7 +205,7 @@ def add_many(
     for chit in chits:
         if chit["by"] != chain.side:
             raise Refusal("bad_field", f"chit {chit['uuid']} is not the {chain.side} user's")
-        _check_new(chain, chit)
+        check_new(chain, chit)
         if chit["uuid"] in seen:
             raise Refusal("bad_state", f"chit {chit['uuid']} comes twice")
         seen.add(chit["uuid"])
@@ -228,8 +217,8 @@ def add_many(
         chain, taken = replace(chain, pending=chain.pending + tuple(chits)), chits
     batches = [taken[first : first + UPD_BATCH] for first in range(0, len(taken), UPD_BATCH)]
     if chain.side == FOIL:
-        return chain, [_upd(chain, local, batch) for batch in batches]
-    return chain, [_chain_message(chain, local, "new", chits=batch) for batch in batches]
+        return chain, [upd(chain, local, batch) for batch in batches]
+    return chain, [chain_message(chain, local, "new", chits=batch) for batch in batches]
 
 
 def receive(chain: Chain, obj: Any, local: LocalTally,
@@ -240,8 +229,8 @@ def receive(chain: Chain, obj: Any, local: LocalTally,
     if not isinstance(obj, dict) or obj.get("cmd") not in CMDS:
         raise Refusal("bad_field", f"chain.cmd must be one of {CMDS}")
     cmd = obj["cmd"]
-    _check_message(chain, cmd, obj)
-    handlers = _FOIL_HANDLERS if chain.side == FOIL else _STOCK_HANDLERS
+    check_message(chain, cmd, obj)
+    handlers = FOIL_HANDLERS if chain.side == FOIL else STOCK_HANDLERS
     if cmd not in handlers:
         raise Refusal("bad_state", f"the {chain.side} holder does not take chain {cmd}")
     try:
@@ -259,241 +248,11 @@ def resync(chain: Chain, local: LocalTally,
     """Messages that repair whatever was lost; none once both sides are in step.
     ``history``: the blocks :func:`to_resend` names, by index."""
     if chain.side == FOIL:
-        unconfirmed = _blocks_from(replace(chain, history=history or {}), chain.conf + 1)
-        return [_upd(chain, local, unconfirmed)] if unconfirmed else []
+        return foil_resync(replace(chain, history=history or {}), local)
     unordered = [chit for chit in chain.pending if chit["by"] == STOCK][:UPD_BATCH]
-    messages = [_chain_message(chain, local, "new", chits=unordered)] if unordered else []
-    return messages + _stock_reply(chain, local, repair=True)
+    messages = [chain_message(chain, local, "new", chits=unordered)] if unordered else []
+    return messages + stock_reply(chain, local, repair=True)
 
-
-# -- messages ---------------------------------------------------------------------------------
-
-
-def _good(local: LocalTally, chit: dict[str, Any]) -> Send:
-    return to_partner(local, "chit", "good", chit)
-
-
-def _chain_message(chain: Chain, local: LocalTally, cmd: str, **fields: Any) -> Send:
-    return to_partner(local, "chit", "chain", {"cmd": cmd, "tally": chain.tally, **fields})
-
-
-def _upd(chain: Chain, local: LocalTally, chits: Iterable[dict[str, Any]]) -> Send:
-    return _chain_message(chain, local, "upd", chits=list(chits), conf=chain.conf)
-
-
-def _ack(chain: Chain, local: LocalTally, index: int) -> Send:
-    return _chain_message(chain, local, "ack", index=index, hash=chain.hash_at(index))
-
-
-def _check_message(chain: Chain, cmd: str, obj: dict[str, Any]) -> None:
-    expected = {"cmd", "tally", *_CMD_FIELDS[cmd]}
-    if set(obj) != expected:
-        raise Refusal("bad_field", f"chain {cmd} must have exactly the fields {sorted(expected)}")
-    if obj["tally"] != chain.tally:
-        raise Refusal("bad_field", f"chain.tally is {obj['tally']}, not {chain.tally}")
-    lowest = {"index": 1 if cmd == "req" else 0, "conf": 0}
-    for field, low in lowest.items():
-        if field in obj:
-            value = obj[field]
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise Refusal("bad_field", f"chain.{field} must be an integer from {low}")
-    if "hash" in obj and (not isinstance(obj["hash"], bytes) or len(obj["hash"]) != 32):
-        raise Refusal("bad_field", "chain.hash must be 32 bytes")
-    if "chits" in obj:
-        chits = obj["chits"]
-        if not isinstance(chits, list) or not 1 <= len(chits) <= UPD_BATCH:
-            raise Refusal("bad_field", f"chain.chits must be a list of 1 to {UPD_BATCH} chits")
-
-
-# -- shared helpers ---------------------------------------------------------------------------
-
-
-def _check_new(chain: Chain, chit: dict[str, Any]) -> None:
-    if chit["tally"] != chain.tally:
-        raise Refusal("bad_field", f"chit {chit['uuid']} is for tally {chit['tally']}")
-    if cs.find(chain, chit["uuid"]) is not None:
-        raise Refusal("bad_state", f"chit {chit['uuid']} is already in the chain")
-
-
-def _known(chain: Chain, chit: Any, local: LocalTally) -> dict[str, Any] | None:
-    """Validate a chit from a chain message: our copy if we know it, else ``None`` once its
-    issuer's signature checks out (the caller adopts it)."""
-    ours = cs.find(chain, chit.get("uuid")) if isinstance(chit, dict) else None
-    if ours is None:
-        check_chit(chit, local.tally, signed=True)
-        if chit["type"] == "lift":  # unsigned: only this holder's own decision links it
-            raise Refusal(
-                "lift_undecided",
-                f"lift chit {chit['uuid']} is not good here yet: ask the lift's referee",
-            )
-        return None
-    check_form(chit)
-    if ours["hash"] != chit["hash"]:
-        raise Refusal("conflict", f"chit {chit['uuid']} differs from our copy")
-    return ours
-
-
-# -- the foil holder: orders ------------------------------------------------------------------
-
-
-def _foil_new(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
-    known: dict[str, dict[str, Any]] = {}  # our linked copies
-    new: dict[str, dict[str, Any]] = {}  # the stock's chits we link now, in message order
-    for chit in obj["chits"]:
-        chit_uuid = chit.get("uuid") if isinstance(chit, dict) else None
-        first = new.get(chit_uuid) if isinstance(chit_uuid, str) else None
-        if first is not None:  # the same chit twice in one message
-            check_form(chit)
-            if first["hash"] != chit["hash"]:
-                raise Refusal("conflict", f"chit {chit_uuid} differs from our copy")
-            continue
-        ours = _known(chain, chit, local)
-        if ours is not None:
-            known[ours["uuid"]] = ours
-        elif chit["by"] != STOCK:
-            raise Refusal("bad_field", "chain new carries the stock holder's own chits")
-        else:
-            new[chit["uuid"]] = chit
-    chain, adopted = cs.append_all(chain, new.values())
-    blocks = [*known.values(), *adopted]
-    ordered = sorted(blocks, key=lambda chit: chit["chain"]["index"])
-    return Received(chain, [_upd(chain, local, ordered)], adopted)
-
-
-def _foil_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
-    index = obj["index"]
-    if index <= chain.length and chain.hash_at(index) == obj["hash"]:
-        chain = replace(chain, conf=max(chain.conf, index))
-        return Received(chain, [_ack(chain, local, chain.conf)], [])
-    at = min(index, chain.length)
-    nak = _chain_message(chain, local, "nak", index=at, hash=chain.hash_at(at))
-    return Received(chain, [nak], [])
-
-
-def _foil_req(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
-    blocks = _blocks_from(chain, obj["index"])
-    return Received(chain, [_upd(chain, local, blocks)] if blocks else [], [])
-
-
-def _blocks_from(chain: Chain, first: int) -> list[dict[str, Any]]:
-    """Up to ``UPD_BATCH`` linked blocks from index ``first``, those behind ``base`` from the
-    ``history`` the caller read."""
-    behind = [chain.linked_at(index)
-              for index in range(first, min(first + UPD_BATCH, chain.base + 1))]
-    start = max(first - chain.base - 1, 0)
-    return behind + list(chain.chits[start : start + UPD_BATCH - len(behind)])
-
-
-# -- the stock holder: conforms ---------------------------------------------------------------
-
-
-def _contradicts(chain: Chain, block: dict[str, Any]) -> bool:
-    """Whether the foil's block disagrees with what this stock holder has linked."""
-    index = block["index"]
-    if index <= chain.length:
-        return chain.linked_at(index)["chain"] != block
-    return index == chain.length + 1 and block["prev"] != chain.head
-
-
-def _take(chain: Chain, chit: dict[str, Any]) -> Chain:
-    """Keep a good chit (with the foil's block, if it has one) and link what is contiguous."""
-    block = chit["chain"]
-    if block is not None:
-        if block["hash"] != block_hash(block["index"], block["prev"], chit["hash"]):
-            raise Refusal("bad_field", f"chit {chit['uuid']}: chain.hash is not its block hash")
-        if _contradicts(chain, block):
-            if block["index"] <= chain.conf:
-                raise Refusal("conflict", f"the foil contradicts confirmed block {block['index']}")
-            chain = cs.rollback(chain)
-            if _contradicts(chain, block):
-                raise Refusal("conflict", f"block {block['index']} does not follow confirmed ones")
-    linked = cs.linked(chain, chit["uuid"])
-    if linked is not None:
-        if block is None or linked["chain"] == block:
-            return chain
-        raise Refusal("conflict", f"chit {chit['uuid']} is already linked elsewhere")
-    others = cs.unparked(chain, chit["uuid"])
-    if _follows(chain, block) and chain.length + 1 not in chain.hints.claims:
-        chain = cs.link(chain, chit, pending=others)  # the usual case: no parked rival
-    else:
-        chain = cs.park(chain, chit, others)
-    if chain.length + 1 in chain.hints.claims:  # a parked block may follow now
-        chain = cs.link_parked(chain)
-    return chain
-
-
-def _follows(chain: Chain, block: dict[str, Any] | None) -> bool:
-    return block is not None and block["index"] == chain.length + 1 and block["prev"] == chain.head
-
-
-def _stock_reply(chain: Chain, local: LocalTally, *, repair: bool = False) -> list[Send]:
-    """Ack blocks the foil has not confirmed; ask for the gap before a foil chit we hold. A
-    foil lift chit without a block is not a gap: the foil sends its ``upd`` when it applies
-    the decision (so only a ``repair`` asks for it)."""
-    messages = [_ack(chain, local, chain.length)] if chain.length > chain.conf else []
-    if chain.hints.foreign and any(
-        chit["by"] == FOIL and (repair or chit["type"] != "lift" or chit["chain"] is not None)
-        for chit in chain.pending
-    ):
-        messages.append(_chain_message(chain, local, "req", index=chain.length + 1))
-    return messages
-
-
-def _stock_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
-    """Take the foil's blocks in message order. The usual upd is a run of blocks that follow
-    the chain's head one after another: those are linked in one copy of the chain and of
-    ``pending`` (not one per chit: ``pending`` holds thousands when both users outpay the
-    foil's ordering), with the same result as taking them one by one."""
-    adopted = []
-    run: dict[str, dict[str, Any]] = {}  # uuid -> chit with its block, following the head
-    for chit in obj["chits"]:
-        chit_uuid = chit.get("uuid") if isinstance(chit, dict) else None
-        if isinstance(chit_uuid, str) and chit_uuid in run:  # the same chit again
-            chain, run = cs.link_run(chain, run), {}
-        ours = _known(chain, chit, local)
-        if chit["chain"] is None:
-            raise Refusal("bad_field", f"chit {chit['uuid']} in an upd has no chain block")
-        if ours is None:
-            adopted.append(chit)
-        else:  # keep our copy (and its signature); take only the foil's block
-            chit = {**ours, "chain": chit["chain"]}
-        if _extends(chain, run, chit):
-            run[chit["uuid"]] = chit
-            continue
-        chain, run = cs.link_run(chain, run), {}
-        chain = _take(chain, chit)
-    chain = cs.link_run(chain, run)
-    chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)))
-    return Received(chain, _stock_reply(chain, local), adopted)
-
-
-def _extends(chain: Chain, run: dict[str, dict[str, Any]], chit: dict[str, Any]) -> bool:
-    """Whether ``chit``'s block follows ``chain`` with ``run`` linked after it, in the case
-    :func:`_take` would simply link it: a block that hashes right, on an index no parked
-    block claims, for a chit not linked yet."""
-    block = chit["chain"]
-    index = chain.length + len(run) + 1
-    prev = next(reversed(run.values()))["chain"]["hash"] if run else chain.head
-    return (block["index"] == index and block["prev"] == prev
-            and index not in chain.hints.claims
-            and block["hash"] == block_hash(index, prev, chit["hash"])
-            and cs.linked(chain, chit["uuid"]) is None)
-
-
-def _stock_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
-    index = obj["index"]
-    if index <= chain.length and chain.hash_at(index) == obj["hash"]:
-        return Received(replace(chain, conf=max(chain.conf, index)), [], [])
-    return _stock_nak(chain, obj, local)
-
-
-def _stock_nak(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
-    chain = cs.rollback(chain)
-    return Received(chain, [_chain_message(chain, local, "req", index=chain.conf + 1)], [])
-
-
-_FOIL_HANDLERS = {"new": _foil_new, "ack": _foil_ack, "req": _foil_req}
-_STOCK_HANDLERS = {"upd": _stock_upd, "ack": _stock_ack, "nak": _stock_nak}
 
 __all__ = ["CMDS", "NOTHING", "UPD_BATCH", "Chain", "Received", "Wanted", "add", "add_many",
            "balance", "block_hash", "receive", "resync", "settled", "start", "to_resend", "trim",

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from protocol import chain as ch
+from protocol import chain_messages, chain_stock
 from protocol import chit as c
 from protocol import chit_states as cs
 from protocol import tally as t
@@ -252,14 +253,15 @@ def one_by_one(chain: ch.Chain, obj: dict[str, Any], local: LocalTally,
     chain = replace(fresh(chain), history=history or {})
     adopted = []
     for chit in obj["chits"]:
-        ours = ch._known(chain, chit, local)
+        ours = chain_messages.known(chain, chit, local)
         if chit["chain"] is None:
             raise t.Refusal("bad_field", f"chit {chit['uuid']} in an upd has no chain block")
         if ours is None:
             adopted.append(chit)
-        chain = ch._take(chain, chit if ours is None else {**ours, "chain": chit["chain"]})
+        chain = chain_stock.take(chain, chit if ours is None else {
+            **ours, "chain": chit["chain"]})
     chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)), history={})
-    return ch.Received(chain, ch._stock_reply(chain, local), adopted)
+    return ch.Received(chain, chain_stock.stock_reply(chain, local), adopted)
 
 
 def outcome(received: ch.Received) -> tuple[Any, ...]:
