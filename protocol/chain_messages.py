@@ -3,7 +3,9 @@
 ``protocol.chain`` (the public API) and its two roles, ``protocol.chain_foil`` and
 ``protocol.chain_stock``, build their messages here and validate chits through
 :func:`known`: our copy of a chit, or a chit new to the chain once its issuer's signature
-checks out.
+checks out. A chit new to the chain may be our own user's (signed with our user's key: a
+node restored from a backup lost it, its partner still holds it): :func:`own_good` is the
+transition that takes it back.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any, NamedTuple
 
 from . import chain_state as cs
 from .chain_state import Chain
-from .chit import check_chit, check_form
+from .chit import LocalChit, check_chit, check_form
+from .chit_states import L_GOOD, L_PEND, L_VOID
 from .messages import Send
 from .tally import LocalTally, Refusal, to_partner
 
@@ -50,6 +53,10 @@ def ack(chain: Chain, local: LocalTally, index: int) -> Send:
     return chain_message(chain, local, "ack", index=index, hash=chain.hash_at(index))
 
 
+def req(chain: Chain, local: LocalTally, index: int) -> Send:
+    return chain_message(chain, local, "req", index=index)
+
+
 def check_message(chain: Chain, cmd: str, obj: dict[str, Any]) -> None:
     expected = {"cmd", "tally", *_CMD_FIELDS[cmd]}
     if set(obj) != expected:
@@ -79,7 +86,8 @@ def check_new(chain: Chain, chit: dict[str, Any]) -> None:
 
 def known(chain: Chain, chit: Any, local: LocalTally) -> dict[str, Any] | None:
     """Validate a chit from a chain message: our copy if we know it, else ``None`` once its
-    issuer's signature checks out (the caller adopts it)."""
+    issuer's signature checks out (the caller adopts it: the partner's chit, or our own
+    user's that a restored backup lost, :func:`own_good`)."""
     ours = cs.find(chain, chit.get("uuid")) if isinstance(chit, dict) else None
     if ours is None:
         check_chit(chit, local.tally, signed=True)
@@ -95,10 +103,32 @@ def known(chain: Chain, chit: Any, local: LocalTally) -> dict[str, Any] | None:
     return ours
 
 
-def blocks_from(chain: Chain, first: int) -> list[dict[str, Any]]:
-    """Up to ``UPD_BATCH`` linked blocks from index ``first``, those behind ``base`` from the
-    ``history`` the caller read."""
-    behind = [chain.linked_at(index)
-              for index in range(first, min(first + UPD_BATCH, chain.base + 1))]
+def blocks_from(chain: Chain, first: int, last: int | None = None) -> list[dict[str, Any]]:
+    """Up to ``UPD_BATCH`` linked blocks from index ``first`` (to ``last`` at most), those
+    behind ``base`` from the ``history`` the caller read."""
+    end = min(first + UPD_BATCH, chain.length + 1 if last is None else last + 1)
+    behind = [chain.linked_at(index) for index in range(first, min(end, chain.base + 1))]
     start = max(first - chain.base - 1, 0)
-    return behind + list(chain.chits[start : start + UPD_BATCH - len(behind)])
+    return behind + list(chain.chits[start : start + max(end - first - len(behind), 0)])
+
+
+def own_good(local_chit: LocalChit | None, chit: Any, local: LocalTally) -> LocalChit:
+    """Our own user's chit that a partner's chain message carries and this holder does not
+    hold good: its node was restored from a backup made before the chit. Our user's
+    signature on it (checked against our certificate on the tally) is the proof it made the
+    chit good, as nobody else holds that key: a payment, or the acceptance of the partner's
+    invoice (``local_chit`` ``L.pend``; ``L.void`` if our user turned down, after the
+    restore, an invoice it had accepted before). The partner cannot make one up. Our node
+    checked the limit before our user signed, so none is checked here."""
+    check_chit(chit, local.tally, signed=True)
+    if chit["type"] == "lift":
+        raise Refusal("lift_undecided", f"chit {chit['uuid']} is a lift chit: only its "
+                      "lift's decision makes it good")
+    if chit["by"] != local.side:
+        raise Refusal("bad_field", f"chit.by of our user's chit must be our side, {local.side}")
+    if local_chit is not None:
+        if local_chit.chit["hash"] != chit["hash"]:
+            raise Refusal("bad_field", f"chit.hash differs from our chit {local_chit.uuid}")
+        if local_chit.state not in (L_PEND, L_VOID):
+            raise Refusal("bad_state", f"chit {local_chit.uuid} is {local_chit.state} here")
+    return LocalChit(L_GOOD, chit)

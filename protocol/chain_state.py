@@ -28,7 +28,7 @@ from .codec import digest
 from .tally import SIDES, Refusal
 
 _MAP_FIELDS = {"tally", "side", "origin", "chits", "pending", "conf", "base", "base_hash",
-               "base_balance", "spilled"}
+               "base_balance", "spilled", "ahead"}
 
 
 @dataclass
@@ -59,6 +59,9 @@ class Chain:
     base_hash: bytes | None = None  # block base's hash (None while base is 0: the origin)
     base_balance: int = 0  # what the good chits not held here moved (see balance())
     spilled: int = 0  # good chits not linked, without a block, not held here: see trim()
+    # the partner's conf as last heard: past ours when we lost blocks it holds (restored from
+    # a backup), which we ask for until we hold them (protocol.chain_stock, chain_foil)
+    ahead: int = 0
     hints: _Hints = dataclasses.field(default_factory=_Hints, compare=False, repr=False)
     # blocks behind ``base`` a message names, by index: set by receive() for one call
     history: Mapping[int, dict[str, Any]] = dataclasses.field(
@@ -125,6 +128,7 @@ class Chain:
             "base_hash": self.base_hash,
             "base_balance": self.base_balance,
             "spilled": self.spilled,
+            "ahead": self.ahead,
         }
 
     @classmethod
@@ -133,7 +137,7 @@ class Chain:
             raise Refusal("bad_field", "a stored chain has the fields of Chain")
         if value["side"] not in SIDES or not all(
                 isinstance(value[key], int)
-                for key in ("conf", "base", "base_balance", "spilled")):
+                for key in ("conf", "base", "base_balance", "spilled", "ahead")):
             raise Refusal("bad_field", "a stored chain has a side and integer conf and base")
         return cls(**{**value, "chits": tuple(value["chits"]), "pending": tuple(value["pending"])})
 
@@ -177,7 +181,7 @@ def trim(chain: Chain, keep: int) -> Chain:
                  pending=pending, conf=chain.conf, base=base,
                  base_hash=dropped[-1]["chain"]["hash"] if dropped else chain.base_hash,
                  base_balance=chain.base_balance + chit_balance((*dropped, *spilled), chain.side),
-                 spilled=chain.spilled + len(spilled), hints=hints)
+                 spilled=chain.spilled + len(spilled), ahead=chain.ahead, hints=hints)
 
 
 def unspill(chain: Chain, chits: Iterable[dict[str, Any]]) -> Chain:
@@ -195,9 +199,11 @@ def unspill(chain: Chain, chits: Iterable[dict[str, Any]]) -> Chain:
 
 
 def settled(chain: Chain) -> bool:
-    """Nothing waits for an order and the partner confirmed every block. (The foil cannot see
-    stock chits still in flight; a closing tally relies on both sides being quiet.)"""
-    return not chain.pending and not chain.spilled and chain.conf == chain.length
+    """Nothing waits for an order, the partner confirmed every block and holds none we lack.
+    (The foil cannot see stock chits still in flight; a closing tally relies on both sides
+    being quiet.)"""
+    return (not chain.pending and not chain.spilled and chain.conf == chain.length
+            and chain.ahead <= chain.conf)
 
 
 def find(chain: Chain, chit_uuid: Any) -> dict[str, Any] | None:
@@ -279,28 +285,31 @@ def append(chain: Chain, chit: dict[str, Any]) -> tuple[Chain, dict[str, Any]]:
     return chain, made
 
 
-def rollback(chain: Chain) -> Chain:
-    """Unlink every block after the last confirmed one; the foil will send its order again.
-    Unconfirmed blocks behind ``base`` stay spilled, but those the message at hand names
-    (its ``history``), which come back to ``pending``."""
-    if chain.conf >= chain.base:
-        kept = chain.conf - chain.base
+def rollback(chain: Chain, to: int | None = None) -> Chain:
+    """Unlink every block after block ``to`` (by default the last confirmed one: the stock,
+    whose foil will send its order again; a foil taking back blocks it lost passes the last
+    one it shares with the stock). The unlinked chits wait in ``pending``, without blocks.
+    Those behind ``base`` stay spilled, but those the message at hand names (its
+    ``history``), which come back to ``pending``."""
+    to = chain.conf if to is None else to
+    if to >= chain.base:
+        kept = to - chain.base
         unlinked = tuple({**chit, "chain": None} for chit in chain.chits[kept:])
         for chit in unlinked:
             note_parked(chain, chit)
         return replace(chain, chits=chain.chits[:kept], pending=(*unlinked, *chain.pending))
-    behind = range(chain.conf + 1, chain.base + 1)
+    behind = range(to + 1, chain.base + 1)
     back = tuple({**chain.history[index], "chain": None} for index in behind
                  if index in chain.history)
     unlinked = (*back, *({**chit, "chain": None} for chit in chain.chits))
     for chit in unlinked:
         note_parked(chain, chit)
-    return replace(chain, chits=(), pending=(*unlinked, *chain.pending), base=chain.conf,
-                   base_hash=None if chain.conf == 0 else chain.hash_at(chain.conf),
+    return replace(chain, chits=(), pending=(*unlinked, *chain.pending), base=to,
+                   base_hash=None if to == 0 else chain.hash_at(to),
                    base_balance=chain.base_balance - chit_balance(back, chain.side),
                    spilled=chain.spilled + len(behind) - len(back),
                    history={index: chit for index, chit in chain.history.items()
-                            if index <= chain.conf})
+                            if index <= to})
 
 
 def link_parked(chain: Chain) -> Chain:

@@ -2,8 +2,11 @@
 
 It links the foil's blocks where the foil put them, parks a block beyond a gap and asks for
 the gap (``req``), and rolls back the blocks its foil has not confirmed when the foil's order
-contradicts them; a contradiction of a confirmed block is refused as ``conflict``. See
-``protocol.chain``.
+contradicts them. A block it confirmed is never rolled back: a foil that contradicts one has
+lost it (restored from a backup made before it), so the stock keeps that foil's chits without
+their blocks and sends it its confirmed block (an ``upd`` of it); the foil asks for the blocks
+it lost from there (``req``), and the stock answers with its confirmed blocks
+(:func:`stock_req`). See ``protocol.chain``.
 """
 
 from __future__ import annotations
@@ -12,10 +15,22 @@ from dataclasses import replace
 from typing import Any
 
 from . import chain_state as cs
-from .chain_messages import Received, ack, chain_message, good, known
+from .chain_messages import (
+    Received,
+    ack,
+    blocks_from,
+    chain_message,
+    good,
+    known,
+    upd,
+)
 from .chain_state import Chain, block_hash
 from .messages import Send
 from .tally import FOIL, LocalTally, Refusal
+
+
+class Lost(Exception):
+    """The foil's block contradicts a block the foil confirmed: the foil lost it."""
 
 
 def _contradicts(chain: Chain, block: dict[str, Any]) -> bool:
@@ -27,22 +42,28 @@ def _contradicts(chain: Chain, block: dict[str, Any]) -> bool:
 
 
 def take(chain: Chain, chit: dict[str, Any]) -> Chain:
-    """Keep a good chit (with the foil's block, if it has one) and link what is contiguous."""
+    """Keep a good chit (with the foil's block, if it has one) and link what is contiguous.
+    Raises :class:`Lost` for a block that contradicts one the foil confirmed, or puts a chit
+    elsewhere than in one."""
     block = chit["chain"]
     if block is not None:
         if block["hash"] != block_hash(block["index"], block["prev"], chit["hash"]):
             raise Refusal("bad_field", f"chit {chit['uuid']}: chain.hash is not its block hash")
         if _contradicts(chain, block):
             if block["index"] <= chain.conf:
-                raise Refusal("conflict", f"the foil contradicts confirmed block {block['index']}")
+                raise Lost
             chain = cs.rollback(chain)
-            if _contradicts(chain, block):
-                raise Refusal("conflict", f"block {block['index']} does not follow confirmed ones")
+            if _contradicts(chain, block):  # it does not follow the last confirmed block
+                if chain.conf:
+                    raise Lost
+                raise Refusal("conflict", f"block {block['index']} does not follow the origin")
     linked = cs.linked(chain, chit["uuid"])
     if linked is not None:
         if block is None or linked["chain"] == block:
             return chain
-        raise Refusal("conflict", f"chit {chit['uuid']} is already linked elsewhere")
+        if linked["chain"]["index"] <= chain.conf:  # the foil lost where it put it
+            raise Lost
+        return take(cs.rollback(chain), chit)  # it moved a block it never confirmed
     others = cs.unparked(chain, chit["uuid"])
     if _follows(chain, block) and chain.length + 1 not in chain.hints.claims:
         chain = cs.link(chain, chit, pending=others)  # the usual case: no parked rival
@@ -53,19 +74,40 @@ def take(chain: Chain, chit: dict[str, Any]) -> Chain:
     return chain
 
 
+def lost(chain: Chain, chits: list[Any], local: LocalTally) -> Received:
+    """Answer a foil message whose blocks contradict blocks the foil confirmed: nothing it
+    links counts, but its chits we do not hold are good (signed, owed), so they wait in
+    ``pending`` without their blocks; the foil is sent our block at ``conf``, from which it
+    asks for what it lost (``req``). ``chain`` is the one the message found."""
+    chain.forget_other_versions()  # the links made on the way are not kept
+    adopted = []
+    for chit in chits:
+        if known(chain, chit, local) is None:
+            chain = cs.park(chain, {**chit, "chain": None}, chain.pending)
+            adopted.append(chit)
+    return Received(chain, [upd(chain, local, [chain.linked_at(chain.conf)])], adopted)
+
+
 def _follows(chain: Chain, block: dict[str, Any] | None) -> bool:
     return block is not None and block["index"] == chain.length + 1 and block["prev"] == chain.head
 
 
-def stock_reply(chain: Chain, local: LocalTally, *, repair: bool = False) -> list[Send]:
-    """Ack blocks the foil has not confirmed; ask for the gap before a foil chit we hold. A
-    foil lift chit without a block is not a gap: the foil sends its ``upd`` when it applies
-    the decision (so only a ``repair`` asks for it)."""
-    messages = [ack(chain, local, chain.length)] if chain.length > chain.conf else []
-    if chain.hints.foreign and any(
+def stock_reply(chain: Chain, local: LocalTally, *, repair: bool = False,
+                foil_conf: int | None = None, moved: bool = True) -> list[Send]:
+    """Ack blocks the foil has not confirmed (by our ``conf``, or by the ``conf`` of its
+    ``upd``: a foil restored from a backup lost our acks); ask for the gap before a foil chit
+    we hold, or for the blocks up to the foil's ``conf`` we lack (``ahead``: restored from a
+    backup, we lost them), but after an ``upd`` that linked nothing (a copy: the request
+    that brought the first one is answered already; a repair asks again). A foil lift chit
+    without a block is not a gap: the foil sends its ``upd`` when it applies the decision
+    (so only a ``repair`` asks for it)."""
+    told = chain.conf if foil_conf is None else min(chain.conf, foil_conf)
+    messages = [ack(chain, local, chain.length)] if chain.length > told else []
+    behind = chain.ahead > chain.length and (moved or repair)
+    if behind or (chain.hints.foreign and any(
         chit["by"] == FOIL and (repair or chit["type"] != "lift" or chit["chain"] is not None)
         for chit in chain.pending
-    ):
+    )):
         messages.append(chain_message(chain, local, "req", index=chain.length + 1))
     return messages
 
@@ -77,15 +119,27 @@ def stock_add(chain: Chain, chit: dict[str, Any], local: LocalTally) -> tuple[Ch
         return cs.park(chain, chit, chain.pending), []
     if ours:
         return cs.park(chain, chit, chain.pending), [good(local, chit)]
-    chain = take(chain, chit)
-    return chain, stock_reply(chain, local)
+    try:
+        taken = take(chain, chit)
+    except Lost:
+        found = lost(chain, [chit], local)
+        return found.chain, found.messages
+    return taken, stock_reply(taken, local)
 
 
 def stock_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
-    """Take the foil's blocks in message order. The usual upd is a run of blocks that follow
-    the chain's head one after another: those are linked in one copy of the chain and of
-    ``pending`` (not one per chit: ``pending`` holds thousands when both users outpay the
-    foil's ordering), with the same result as taking them one by one."""
+    """Take the foil's blocks in message order (or :func:`lost`). The usual upd is a run of
+    blocks that follow the chain's head one after another: those are linked in one copy of
+    the chain and of ``pending`` (not one per chit: ``pending`` holds thousands when both
+    users outpay the foil's ordering), with the same result as taking them one by one."""
+    try:
+        return _link_upd(chain, obj, local)
+    except Lost:
+        return lost(chain, obj["chits"], local)
+
+
+def _link_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
+    length = chain.length
     adopted = []
     run: dict[str, dict[str, Any]] = {}  # uuid -> chit with its block, following the head
     for chit in obj["chits"]:
@@ -105,8 +159,10 @@ def stock_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
         chain, run = cs.link_run(chain, run), {}
         chain = take(chain, chit)
     chain = cs.link_run(chain, run)
-    chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)))
-    return Received(chain, stock_reply(chain, local), adopted)
+    chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)),
+                    ahead=obj["conf"])
+    return Received(chain, stock_reply(chain, local, foil_conf=obj["conf"],
+                                       moved=chain.length > length), adopted)
 
 
 def _extends(chain: Chain, run: dict[str, dict[str, Any]], chit: dict[str, Any]) -> bool:
@@ -123,9 +179,13 @@ def _extends(chain: Chain, run: dict[str, dict[str, Any]], chit: dict[str, Any])
 
 
 def stock_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
+    """The foil holds block ``index``: confirmed; one past our head tells us it holds blocks
+    we lack (``ahead``); one that does not match, that we must conform (:func:`stock_nak`)."""
     index = obj["index"]
     if index <= chain.length and chain.hash_at(index) == obj["hash"]:
         return Received(replace(chain, conf=max(chain.conf, index)), [], [])
+    if index > chain.length:
+        chain = replace(chain, ahead=index)
     return stock_nak(chain, obj, local)
 
 
@@ -134,4 +194,17 @@ def stock_nak(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
     return Received(chain, [chain_message(chain, local, "req", index=chain.conf + 1)], [])
 
 
-HANDLERS = {"upd": stock_upd, "ack": stock_ack, "nak": stock_nak}
+def stock_req(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
+    """The foil asks for the blocks it confirmed from ``index`` on (it lost them, or checks
+    it did not, as a node does once a start): up to ``UPD_BATCH`` of them, none after
+    ``conf``; past ``conf``, the block at ``conf`` alone, which tells the foil it holds them
+    all (its ``upd`` names ``conf``). The blocks after ``conf`` are not the foil's to take
+    back: it may order their chits anew, and the stock conforms. A stock whose foil confirmed
+    nothing answers nothing."""
+    blocks = blocks_from(chain, obj["index"], chain.conf)
+    if not blocks and chain.conf:
+        blocks = [chain.linked_at(chain.conf)]
+    return Received(chain, [upd(chain, local, blocks)] if blocks else [], [])
+
+
+HANDLERS = {"upd": stock_upd, "ack": stock_ack, "nak": stock_nak, "req": stock_req}

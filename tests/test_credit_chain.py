@@ -128,14 +128,14 @@ class Holder:
             wanted = ch.wanted(self.chain, obj)
             chain = self.named(wanted)
             received = ch.receive(chain, obj, self.local, self.history(wanted))
-            if obj["cmd"] == "upd":
+            if obj["cmd"] == "upd" and self.side == t.STOCK:
                 assert outcome(received) == outcome(
                     one_by_one(chain, obj, self.local, self.history(wanted)))
             assert {chit["uuid"] for chit in received.adopted} <= wanted.uuids
             balance = ch.balance(chain)  # before the chits this message adopts
             self.chain = received.chain
             for chit in received.adopted:
-                self.chits[chit["uuid"]] = self._receive_good(chit, balance)
+                self.chits[chit["uuid"]] = self._adopt(chit, balance)
                 balance += effect(chit, self.local.side)
             return received.messages
         known = self.chits.get(obj["uuid"])
@@ -144,15 +144,23 @@ class Holder:
                 self.chits[obj["uuid"]], _ = c.receive_pend(known, obj, self.local)
                 return []
             if action == "void":
-                self.chits[obj["uuid"]], _ = c.receive_void(known, obj, self.local)
+                if known is not None:  # else UNKNOWN_CHIT (a restored holder lost it)
+                    self.chits[obj["uuid"]], _ = c.receive_void(known, obj, self.local)
                 return []
             good = self._receive_good(obj, ch.balance(self.chain))
         except t.Refusal as refused:
             assert refused.code == "bad_state", refused
             return []
         self.chits[good.uuid] = good
-        self.chain, messages = ch.add(self.chain, good.chit, self.local)
+        history = self.history(ch.wanted_chit(self.chain, good.chit))
+        self.chain, messages = ch.add(self.chain, good.chit, self.local, history)
         return messages
+
+    def _adopt(self, chit: dict[str, Any], balance: int) -> LocalChit:
+        """A chit a chain message brought: the partner's, or our user's that we lost."""
+        if chit["by"] == self.side:
+            return ch.own_good(self.chits.get(chit["uuid"]), chit, self.local)
+        return self._receive_good(chit, balance)
 
     def _receive_good(self, chit: dict[str, Any], balance: int) -> LocalChit:
         """The partner's good chit, checked against our limit at our ``balance``: under
@@ -250,18 +258,25 @@ def one_by_one(chain: ch.Chain, obj: dict[str, Any], local: LocalTally,
     """The stock's ``upd`` taken a chit at a time, each linked with its own copy of the
     chain (as before ``receive`` linked a run of blocks at once): what the batched path must
     equal. Run on a copy with hints of its own, so neither path leans on the other's."""
-    chain = replace(fresh(chain), history=history or {})
+    chain = found = replace(fresh(chain), history=history or {})
     adopted = []
-    for chit in obj["chits"]:
-        ours = chain_messages.known(chain, chit, local)
-        if chit["chain"] is None:
-            raise t.Refusal("bad_field", f"chit {chit['uuid']} in an upd has no chain block")
-        if ours is None:
-            adopted.append(chit)
-        chain = chain_stock.take(chain, chit if ours is None else {
-            **ours, "chain": chit["chain"]})
-    chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)), history={})
-    return ch.Received(chain, chain_stock.stock_reply(chain, local), adopted)
+    try:
+        for chit in obj["chits"]:
+            ours = chain_messages.known(chain, chit, local)
+            if chit["chain"] is None:
+                raise t.Refusal("bad_field", f"chit {chit['uuid']} in an upd has no chain block")
+            if ours is None:
+                adopted.append(chit)
+            chain = chain_stock.take(chain, chit if ours is None else {
+                **ours, "chain": chit["chain"]})
+    except chain_stock.Lost:  # the foil lost blocks it confirmed: answered, nothing linked
+        lost = chain_stock.lost(found, obj["chits"], local)
+        return lost._replace(chain=replace(lost.chain, history={}))
+    length = found.length
+    chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)), history={},
+                    ahead=obj["conf"])
+    return ch.Received(chain, chain_stock.stock_reply(
+        chain, local, foil_conf=obj["conf"], moved=chain.length > length), adopted)
 
 
 def outcome(received: ch.Received) -> tuple[Any, ...]:
@@ -455,16 +470,28 @@ def test_the_stock_conforms_when_the_foil_reorders_unconfirmed_blocks() -> None:
     assert [chit["units"] for chit in pair.stock.chain.pending] == [1]
 
 
-def test_contradicting_a_confirmed_block_is_a_conflict() -> None:
+def test_a_block_contradicting_a_confirmed_one_is_answered_with_the_confirmed_block() -> None:
+    """The stock never rolls back a block its foil confirmed: a rival block there (from a
+    foil restored from a backup that lost it) leaves its chit unordered and owed, and brings
+    the foil the confirmed block, from which it asks for what it lost. The foil takes no
+    stock block that contradicts one it confirmed."""
     pair = Pair()
     first = one(pair.foil.pay(pair.next_uuid(), 1))
     pair.post(pair.foil, [first])
     pair.drain()
-    assert pair.stock.chain.conf == 1
+    stock = pair.stock.chain
+    assert stock.conf == 1
     rival = one(Pair().foil.pay(pair.next_uuid(), 2)).object  # another chit at 1
-    assert refusal(ch.add, pair.stock.chain, rival, ALICE_TALLY).code == "conflict"
-    upd = command("upd", chits=[rival], conf=0)
-    assert refusal(ch.receive, pair.stock.chain, upd, ALICE_TALLY).code == "conflict"
+    chain, (answer,) = ch.add(stock, rival, ALICE_TALLY)
+    assert (chain.chits, chain.conf) == (stock.chits, 1)
+    assert chain.pending == ({**rival, "chain": None},)
+    assert ch.balance(chain) == ch.balance(stock) + 2
+    assert answer.object == command("upd", chits=list(stock.chits), conf=1)
+    received = ch.receive(stock, command("upd", chits=[rival], conf=0), ALICE_TALLY)
+    assert (received.chain.pending, received.messages, received.adopted) == (
+        chain.pending, [answer], [rival])
+    upd = command("upd", chits=[rival], conf=1)
+    assert refusal(ch.receive, pair.foil.chain, upd, BOB_TALLY).code == "conflict"
 
 
 def test_a_forged_or_altered_chit_in_a_chain_message_is_refused() -> None:
@@ -486,15 +513,19 @@ def test_a_forged_or_altered_chit_in_a_chain_message_is_refused() -> None:
     assert refused({**good, "chain": None}).message.endswith("has no chain block")
     for no_text in ([good["uuid"]], {"a": 1}):  # cannot key anything: refused, not a crash
         assert refused({**good, "uuid": no_text}).code == "bad_field"
-    foil_chit_in_new = command("new", chits=[good])
-    assert refusal(ch.receive, Pair().foil.chain, foil_chit_in_new, BOB_TALLY).code == "bad_field"
+    # the foil's own chit, which the stock holds unordered (it unlinked it for a foil that
+    # lost it), is taken back on the foil's user's signature, which nobody else can make
+    taken = ch.receive(Pair().foil.chain, command("new", chits=[good]), BOB_TALLY)
+    assert [chit["uuid"] for chit in taken.adopted] == [good["uuid"]]
+    forged = command("new", chits=[{**good, "sign": MALLORY.key.sign(good["hash"])}])
+    assert refusal(ch.receive, Pair().foil.chain, forged, BOB_TALLY).code == "bad_signature"
 
 
 def upd_cases() -> tuple[Pair, list[dict[str, Any]]]:
     """A stock holding two confirmed blocks and a third unconfirmed, two of its own chits
     waiting for the foil's order and an early block parked beyond a gap; and every block the
     foil could send it (1 to 8), rival orders (blocks 3 to 5, and a block 7 after the same
-    6), and blocks that lie."""
+    6), blocks that lie, and blocks of a foil that lost its first blocks."""
     pair = Pair()
     for _ in range(2):
         pair.post(pair.foil, pair.foil.pay(pair.next_uuid(), 3))
@@ -522,8 +553,9 @@ def upd_cases() -> tuple[Pair, list[dict[str, Any]]]:
     forged = {**blocks[3], "chain": {**blocks[3]["chain"], "hash": bytes(32)}}
     astray = placed(blocks[4], 5, bytes(32))
     again = placed(blocks[2], 4, blocks[2]["chain"]["hash"])  # block 3's chit at 4 too
+    lost = placed(blocks[0], 4, blocks[2]["chain"]["hash"])  # confirmed block 1's chit at 4
     return pair, [*blocks, *rival.chain.chits[2:], other.chain.chits[-1], moved, astray, again,
-                  forged]
+                  forged, lost]
 
 
 UPD_PAIR, UPD_BLOCKS = upd_cases()
@@ -556,7 +588,8 @@ def test_an_upd_links_its_run_of_blocks_as_taking_them_one_by_one_would(
 
 
 def test_the_upd_cases_reach_every_path() -> None:
-    """The cases above link runs, park, fill the gap, roll back and refuse."""
+    """The cases above link runs, park, fill the gap, roll back, refuse, and answer a foil
+    that lost blocks it confirmed."""
     stock, blocks = UPD_PAIR.stock.chain, UPD_BLOCKS
     assert (stock.length, stock.conf, len(stock.pending)) == (3, 2, 3)
 
@@ -570,7 +603,15 @@ def test_the_upd_cases_reach_every_path() -> None:
     assert [chit["units"] for chit in took(8).chits] == [3, 3, 4]  # rolled back to 2
     assert refusal(took, 12).message.endswith("not its block hash")
     assert took(3, 13).length == 2  # block 5 on another 4: rolled back, parked
-    assert refusal(took, 14).message.endswith("already linked elsewhere")
+    moved = took(14)  # block 3's chit moved to 4: rolled back to 2, parked beyond the gap
+    assert moved.length == 2
+    assert [chit["chain"] for chit in moved.pending if chit["uuid"] == blocks[2]["uuid"]] == [
+        blocks[14]["chain"]]
+    lost = command("upd", chits=[blocks[16]], conf=0)  # confirmed block 1's chit at 4
+    answer = ch.receive(fresh(stock), lost, ALICE_TALLY)  # the foil lost it: it is told
+    assert (answer.chain.chits, answer.chain.pending) == (stock.chits, stock.pending)
+    assert answer.messages == [t.to_partner(ALICE_TALLY, "chit", "chain", command(
+        "upd", chits=[stock.chits[1]], conf=2))]
     assert refusal(took, 15).message.endswith("not its block hash")
     assert took(3, 4, 5, 11).length == 2  # the parked 7 linked, then another 7: rolled back
     stock = UPD_STOCKS[1]
@@ -595,10 +636,10 @@ def test_a_refused_upd_leaves_no_hint_of_the_links_it_made_on_the_way() -> None:
 
 def test_each_holder_takes_only_the_commands_of_its_role() -> None:
     pair = Pair()
-    for stock_only in (command("upd", chits=[{}], conf=0), command("nak", index=0, hash=bytes(32))):
-        assert refusal(ch.receive, pair.foil.chain, stock_only, BOB_TALLY).code == "bad_state"
-    for foil_only in (command("new", chits=[{}]), command("req", index=1)):
-        assert refusal(ch.receive, pair.stock.chain, foil_only, ALICE_TALLY).code == "bad_state"
+    stock_only = command("nak", index=0, hash=bytes(32))
+    assert refusal(ch.receive, pair.foil.chain, stock_only, BOB_TALLY).code == "bad_state"
+    foil_only = command("new", chits=[{}])
+    assert refusal(ch.receive, pair.stock.chain, foil_only, ALICE_TALLY).code == "bad_state"
 
 
 @pytest.mark.parametrize(
