@@ -32,31 +32,33 @@ spent the capacity the void released, so the good chit may take a tally past a l
 the lift becomes good after its deadline. Only a referee's two signatures can trigger it: a
 partner that is not the referee cannot make a void lift good.
 
-**How the proof travels:** ``lift/decision`` carries ``{record, decision, other?}``; ``other``,
-when present, is the referee's contradicting decision on the same record, so one message is a
-proof on its own (:func:`proof_message`). A holder whose partner has not taken a good lift
-chit (the stock's parked chits, the blocks the foil re-sends) shows it the decision with the
-chain repair (:func:`waiting`); a partner that holds it void then has the proof, and a node
-that first holds a proof shows it to its partners on the lift (:func:`to_tell`).
+**How a decision travels between partners:** ``lift/decision`` carries ``{record,
+decision, other?}``; ``other``, when present, is the referee's contradicting decision on the
+same record, so one message is a proof on its own (:func:`proof_message`). A node that does not
+hold a lift chit good refuses a partner's chain message that carries it (``lift_undecided``:
+it holds the chit void, or pending past the lift's deadline, or not at all), and that refusal
+is what makes the partner show it the decision (:func:`undecided`: the lifts a refused
+message carried). The partner's chain repair sends the message again while the chit is not
+taken, so a node the referee told void, or told nothing, hears the decision from its
+partner; one that holds the lift void then has the proof, and a node that first holds a
+proof shows it to its partners on the lift (:func:`to_tell`).
 
 Public API: ``TRANSITIONS``, ``settle(state, event)``, ``Proof``, ``check_proof(record, a, b)``,
 ``Outcome``, ``receive(record, held, decision, other)``, ``to_tell``, ``proof_message``,
-``decision_message``, ``waiting(chain, sends, most)``, ``evidence_pid(record, agent)``.
+``decision_message``, ``undecided(obj)``, ``evidence_pid(record, agent)``.
 Refusal codes: those of ``check_decision``, ``bad_field`` (an ``other`` that does not
 contradict) and ``conflict`` (a held decision this one cannot be checked against).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection
 from typing import Any, NamedTuple
 
-from .chain_state import Chain
 from .errors import Refusal
 from .keys import ChipAddress
 from .lift import GOOD, PEND, VOID, check_decision
 from .messages import Send
-from .tally import STOCK
 
 # (state here, what the decisions heard say) -> state here: good wins over void
 TRANSITIONS: dict[tuple[str, str], str] = {
@@ -141,23 +143,15 @@ def decision_message(agent: str, record: dict[str, Any], decision: dict[str, Any
                 {"record": record, "decision": decision})
 
 
-def waiting(chain: Chain, sends: Iterable[Send], most: int) -> list[str]:
-    """The lifts (at most ``most``, first first) of the good lift chits a holder's partner
-    has not taken: the stock's parked ones (the foil has not ordered them), or those among
-    the blocks the foil re-sends (``sends``: its repair; the stock has not confirmed them).
-    The partner may lack their decision: lost, withheld, or contradicted by an equivocating
-    referee."""
-    if chain.side == STOCK:
-        chits: Iterable[dict[str, Any]] = chain.pending
-    else:
-        chits = (chit for send in sends if send.object.get("cmd") == "upd"
-                 for chit in send.object["chits"])
+def undecided(obj: dict[str, Any]) -> list[str]:
+    """The lifts (first first) of the lift chits in ``obj``, a chain message of ours that the
+    partner refused ``lift_undecided``: it does not hold them good (a decision withheld from
+    it, a referee that told it void, a lift lost with a backup), so it lacks their decision.
+    ``obj`` is our own message, as we sent it."""
     found: dict[str, None] = {}
-    for chit in chits:
+    for chit in obj.get("chits") or ():
         if chit["type"] == "lift":
             found[chit["ref"]["lift"]] = None
-            if len(found) == most:
-                break
     return list(found)
 
 

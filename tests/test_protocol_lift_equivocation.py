@@ -1,10 +1,10 @@
 """The rule for a lift referee that equivocates (``protocol.lift_equivocation``), sans-IO: what
-a participant makes of a decision given what it holds, whom it shows a proof, what a chain
-repair shows, and a property: partners along a path, each holding its tallies' chains
-(``protocol.chain``), told anything by a referee that signs both states, with messages
-delivered in any order and repeated, end with identical chains and opposite balances on every
-tally, all good as soon as any of them was told good, and all holding the proof as soon as
-the referee was seen to sign both."""
+a participant makes of a decision given what it holds, whom it shows a proof, which decisions
+a partner's refusal of a chain message asks for, and a property: partners along a path, each
+holding its tallies' chains (``protocol.chain``), told anything by a referee that signs both
+states, with messages delivered in any order and repeated, end with identical chains and
+opposite balances on every tally, all good as soon as any of them was told good, and all
+holding the proof as soon as the referee was seen to sign both."""
 
 from __future__ import annotations
 
@@ -113,17 +113,21 @@ def test_a_proof_message_carries_both_decisions_to_an_agent() -> None:
         "record": REC, "decision": GOOD}
 
 
-def test_a_repair_shows_the_lift_chits_the_partner_has_not_taken() -> None:
+def test_a_refused_chain_message_names_the_lifts_whose_decision_the_partner_lacks() -> None:
     stock_ab, foil_ab = open_tally(T_AB, A, B, stock_limit=1_000, foil_limit=1_000)
     good = lift_decided(lift_chit(REC, 0, stock_ab), lf.GOOD).chit
     stock, _ = ch.add(ch.start(stock_ab), good, stock_ab)  # parked until the foil orders it
-    assert eq.waiting(stock, ch.resync(stock, stock_ab), 8) == [REC["lift"]]
+    (new,) = ch.resync(stock, stock_ab)  # the stock's repair: new, with the parked chit
+    assert eq.undecided(new.object) == [REC["lift"]]
     foil, _ = ch.add(ch.start(foil_ab), good, foil_ab)  # linked, not confirmed
-    assert eq.waiting(foil, ch.resync(foil, foil_ab), 8) == [REC["lift"]]
-    assert eq.waiting(foil, [], 8) == []  # only what the repair re-sends
+    (upd,) = ch.resync(foil, foil_ab)  # the foil's repair (and owed blocks): its block
+    assert eq.undecided(upd.object) == [REC["lift"]]
     paid, _ = c.pay(foil_ab, B.key, chit_uuid=uuid_of(70), units=5, date_ms=NOW, balance=0)
-    plain, _ = ch.add(ch.start(foil_ab), paid.chit, foil_ab)
-    assert eq.waiting(plain, ch.resync(plain, foil_ab), 8) == []  # no lift chit in it
+    plain, _ = ch.add(foil, paid.chit, foil_ab)
+    (both,) = ch.resync(plain, foil_ab)
+    assert [chit["type"] for chit in both.object["chits"]] == ["lift", "tran"]
+    assert eq.undecided(both.object) == [REC["lift"]]  # once, and no payment
+    assert eq.undecided({"cmd": "req", "tally": T_AB, "index": 1}) == []
 
 
 def test_a_participant_logs_its_proof_in_its_own_namespace() -> None:
@@ -176,35 +180,37 @@ class Holder:
             new=new, carried="other" in obj, heard=obj["decision"]["state"], sender=sender,
             partners=self.partners(), record=self.rec, here=self.agent)]
 
-    def on_chain(self, send: Send) -> list[Send] | None:
+    def on_chain(self, send: Send, *, past_deadline: bool) -> list[Send] | None:
         """A chain message from a partner; None: left unacked for a retry (our lift chit is
-        pending: the decision is on its way)."""
+        pending and the deadline has not passed: the decision may be on its way); a refusal
+        ``lift_undecided`` raised for the sender to take (``on_undecided``)."""
         tally = send.object.get("tally")
         try:
             received = ch.receive(self.chains[tally], send.object, self.locals[tally])
         except t.Refusal as refusal:
-            if refusal.code == "lift_undecided" and self.state == lf.PEND:
+            if refusal.code != "lift_undecided":
+                return []  # refused for good: the sender's repair sends it again
+            if self.state == lf.PEND and not past_deadline:
                 return None
-            return []  # refused for good: the sender's repair sends it again
+            raise
         assert received.adopted == []
         self.chains[tally] = received.chain
         return received.messages
 
+    def on_undecided(self, send: Send) -> list[Send]:
+        """The partner refused our chain message ``send`` as ``lift_undecided``: show it the
+        decision (or the proof) of each lift good here whose chit it carried."""
+        if self.state != lf.GOOD:
+            return []
+        assert self.held is not None and eq.undecided(send.object) == [self.rec["lift"]]
+        return [eq.decision_message(send.to.agent, self.rec, self.held) if self.proof is None
+                else eq.proof_message(send.to.agent, self.rec, self.proof)]
+
     def repair(self) -> list[Send]:
-        """What the chain repair sends for each unsettled chain, with the decisions shown."""
-        sends = []
-        for uuid, local in self.locals.items():
-            chain = self.chains[uuid]
-            if ch.settled(chain):
-                continue
-            resent = ch.resync(chain, local)
-            sends += resent
-            for _ in eq.waiting(chain, resent, 8):
-                assert self.state == lf.GOOD and self.held is not None
-                sends.append(eq.decision_message(local.partner.agent, self.rec, self.held)
-                             if self.proof is None else
-                             eq.proof_message(local.partner.agent, self.rec, self.proof))
-        return sends
+        """What the chain repair sends for each unsettled chain."""
+        return [send for uuid, local in self.locals.items()
+                if not ch.settled(self.chains[uuid])
+                for send in ch.resync(self.chains[uuid], local)]
 
 
 @settings(max_examples=60, deadline=None)
@@ -228,7 +234,7 @@ def test_partners_told_anything_by_an_equivocating_referee_converge(length: int,
         (eq.decision_message(holder.agent, rec, signed[state]), REFEREE_AGENT)
         for holder, states in zip(holders, told, strict=True) for state in states]
     rng = random.Random(data.draw(st.integers(0, 2**32), label="delivery order"))
-    for _ in range(40):  # rounds: deliver everything in any order (some twice), then repair
+    for rounds in range(40):  # deliver everything in any order (some twice), then repair
         tries = 0
         while bag and tries < 500:
             tries += 1
@@ -236,8 +242,11 @@ def test_partners_told_anything_by_an_equivocating_referee_converge(length: int,
             if rng.random() < 0.1:
                 bag.append((send, sender))  # delivered again later
             holder = by_agent[send.to.agent]
-            out = holder.on_chain(send) if send.action == "chain" else holder.on_decision(
-                send.object, sender)
+            try:  # the lift's deadline passes after the first round
+                out = holder.on_chain(send, past_deadline=rounds > 0) if (
+                    send.action == "chain") else holder.on_decision(send.object, sender)
+            except t.Refusal:  # lift_undecided: the error ack goes back to the sender
+                out, holder = by_agent[sender].on_undecided(send), by_agent[sender]
             if out is None:  # unacked: tried again
                 bag.append((send, sender))
                 continue

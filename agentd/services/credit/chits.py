@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agentd.rpc import invalid_params
@@ -57,6 +58,9 @@ class ChitService(Service):
         self.ledger = ledger
         # blocks sent in answer to chain messages that changed nothing, by (tally, user)
         self._repairs = AnswersInFlight(REPAIRS)
+        # told of a chain message of ours the partner refused LIFT_UNDECIDED: shows it the
+        # decisions it lacks (``LiftDecisions.on_undecided``)
+        self.on_undecided: Callable[[Tx, dict[str, Any]], None] = lambda *_: None
         for name, method in (("pay", self.rpc_pay), ("pay_many", self.rpc_pay_many),
                              ("invoice", self.rpc_invoice), ("accept", self.rpc_chit_accept),
                              ("refuse", self.rpc_chit_refuse), ("list", self.rpc_chits)):
@@ -287,9 +291,9 @@ class ChitService(Service):
         """A chain message carries a lift chit we do not hold good (``undecided``). If we
         hold it pending, the partner applied the lift's decision before us: until the lift's
         deadline, ours is on its way, so the message is early, not wrong (``NotYet``: taken
-        when it comes again). Past it, the referee may be withholding ours: the refusal lets
-        the partner's chain repair go on, which shows us the decision (``LiftDecisions.
-        on_repair``), as it does when we hold the chit void."""
+        when it comes again). Past it, the referee may be withholding ours: the refusal makes
+        the partner show us the decision (``LiftDecisions.on_undecided``), as it does when we
+        hold the chit void."""
         chits = obj.get("chits")
         for chit in chits if isinstance(chits, list) else []:
             if isinstance(chit, dict) and chit.get("type") == "lift" and isinstance(
@@ -303,7 +307,7 @@ class ChitService(Service):
                     raise NotYet(undecided.message) from undecided
                 raise Refusal("lift_undecided", f"lift chit {held.uuid} is still pending here "
                               f"past lift {lift['lift']}'s deadline: its referee has not told "
-                              "this node (the chain repair shows it the decision)")
+                              "this node (this refusal asks the partner for it)")
 
     def chit_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """The partner refused a chit message of ours for good: keep the reason where the user
@@ -316,6 +320,8 @@ class ChitService(Service):
         reason = f"chit {action}: {code}: {message}"  # its form: see params._standing
         log.warning("tally %s: the partner refused %s", tally_uuid, reason)
         self.ledger.store.set_error(tx.conn, tally_uuid, cuid, reason)
+        if action == "chain" and code == "LIFT_UNDECIDED":
+            self.on_undecided(tx, envelope)
         if action in ("good", "pend", "void") and isinstance(obj.get("uuid"), str):
             self.ledger.store.set_chit_error(tx.conn, tally_uuid, cuid, obj["uuid"], reason)
 

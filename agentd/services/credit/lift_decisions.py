@@ -15,8 +15,8 @@ own namespace, owned by every agent on the path), warns, counts it
 (``getinfo.counters.lift_equivocations``), refuses the referee for later lifts
 (``refusal``: ``equivocators``, the newest ``MAX_EQUIVOCATORS``) and shows the proof to its
 partners on the lift, who may hold the losing state. What gets a partner that holds a lift
-void the good decision in the first place is the chain repair (``on_repair``): a holder whose
-partner has not taken a good lift chit shows it the decision.
+void the good decision in the first place is its refusal of our chain message carrying the
+chit (``on_undecided``): we show it the decision.
 """
 
 from __future__ import annotations
@@ -50,10 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentd.lift")
 HEARD_VOIDS = 4096  # voids remembered on lifts whose promise has not reached us (writer thread)
 MAX_EQUIVOCATORS = 1024  # referees remembered as having equivocated (rows)
-SHOWN_PER_REPAIR = 8  # decisions a chain repair shows the partner at most, per tally
-# ... of lifts decided here this long ago at least: by then the referee's own decision has
-# reached a partner that is up, unless the referee withheld it or told it the other state
-SHOW_AFTER_MS = 5_000
 _PENDING = (cs.A_LIFT, cs.L_LIFT)
 _VOID = (cs.A_VOID, cs.L_VOID)
 
@@ -208,21 +204,20 @@ class LiftDecisions:
         if self._shown.room(tx.conn, key):
             self._shown.sent(key, tx.send(send))
 
-    def on_repair(self, tx: Tx, holding: Holding, sends: list[Send]) -> None:
-        """A chain repair of ``holding`` (its messages: ``sends``): show the partner the
-        decision of the good lift chits it has not taken (``protocol.lift_equivocation.
-        waiting``) that were decided here ``SHOW_AFTER_MS`` ago or more, or the proof when we
-        hold one: the referee may have withheld its decision, or told the partner void. (A
-        repair also comes when a channel opens, or a chain is still for a second: with the
-        lifts of the moment, the partner has their decisions, or has them on their way.)"""
-        assert holding.chain is not None
-        partner = holding.local.partner.agent
-        if partner == self.runtime.agent_id:
+    def on_undecided(self, tx: Tx, envelope: dict[str, Any]) -> None:
+        """The partner refused our chain message ``envelope`` as ``LIFT_UNDECIDED``: it does
+        not hold the lift chits it carries good (``protocol.lift_equivocation.undecided``).
+        Show it the decision of each of those lifts good here, or the proof when we hold
+        one: the referee may have withheld its decision, or told it void. Its refusal is what
+        says it lacks them (a node pending before the deadline leaves the message unacked
+        instead), so the lifts of the moment, whose decisions are on their way, are not
+        shown; our chain repair sends the message again while the chit is not taken."""
+        partner = (envelope.get("to") or {}).get("agent")
+        if not isinstance(partner, str) or partner == self.runtime.agent_id:
             return
-        for lift in eq.waiting(holding.chain, sends, SHOWN_PER_REPAIR):
+        for lift in eq.undecided(envelope.get("object") or {}):
             row = lifts.get(tx.conn, lift)
-            if row is None or row["state"] != lf.GOOD or (
-                    tx.now_ms - row["updated"] < SHOW_AFTER_MS):
+            if row is None or row["state"] != lf.GOOD:
                 continue
             record, good = lifts.record_of(row), lifts.decision_of(row)
             assert good is not None

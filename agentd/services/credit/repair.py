@@ -3,9 +3,9 @@
 Once a second :class:`ChainRepair` looks for chains that are not settled, have been still for
 a while (or whose partner's channel just opened) and whose partner has nothing waiting in our
 outbox; each repair (``protocol.chain.resync``) pushes the next one back (doubling, up to a
-minute), and any chain change resets the pace. A repair also shows the partner the decision
-of each good lift chit it has not taken (``on_repair``: ``LiftDecisions.on_repair``), as
-the partner may not have it, or hold the lift void from a referee that signed both.
+minute), and any chain change resets the pace. A partner that does not hold a lift chit a
+repair carries good refuses it (``LIFT_UNDECIDED``), and is shown the lift's decision
+(``LiftDecisions.on_undecided``).
 
 It also sends what a chain owes its partner on purpose: a foil holder's lift chits, linked
 when it applies a lift's decision, go to the stock holder ``OWED_LINGER_S`` later, all that
@@ -21,7 +21,6 @@ nothing: the chain stays unsettled and is repaired.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -36,7 +35,6 @@ from store.credit import Holding
 
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
-    from protocol.messages import Send
 
 log = logging.getLogger("agentd.credit")
 RESYNC_INTERVAL = 1.0  # s between looks for chains to repair
@@ -57,9 +55,6 @@ class ChainRepair:
         self._owed_ticker = Ticker(OWED_LINGER_S, self._send_owed, armed=False,
                                    task="sending chains' owed blocks")
         ledger.owe = self.owe
-        # told of each repair, with what it sent: shows the partner the decisions of the
-        # lift chits it has not taken (``LiftDecisions.on_repair``)
-        self.on_repair: Callable[[Tx, Holding, list[Send]], None] = lambda *_: None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -91,18 +86,17 @@ class ChainRepair:
             log.exception("sending %d chains' owed blocks failed; the repair will", len(owed))
         return False
 
-    def _resend(self, tx: Tx, tally: str, cuid: str) -> tuple[Holding, list[Send]] | None:
-        """Queue what ``protocol.chain.resync`` sends for one holder's chain; the holding and
-        those messages, or None when it has no chain (any more)."""
+    def _resend(self, tx: Tx, tally: str, cuid: str) -> Holding | None:
+        """Queue what ``protocol.chain.resync`` sends for one holder's chain; the holding,
+        or None when it has no chain (any more)."""
         holding = self.ledger.store.get(tx.conn, tally, cuid)
         if holding is None or holding.chain is None:
             return None
         chain, history, _ = self.ledger.store.named(tx.conn, holding,
                                                     ch.to_resend(holding.chain))
         assert chain is not None
-        sends = ch.resync(chain, holding.local, history)
-        self.ledger.emit(tx, sends)
-        return holding, sends
+        self.ledger.emit(tx, ch.resync(chain, holding.local, history))
+        return holding
 
     async def _tick(self) -> bool:
         await self.resync()
@@ -129,11 +123,9 @@ class ChainRepair:
 
         def work(tx: Tx) -> int:
             for row in due:
-                resent = self._resend(tx, row["uuid"], row["cuid"])
-                if resent is None:
+                holding = self._resend(tx, row["uuid"], row["cuid"])
+                if holding is None:
                     continue
-                holding, sends = resent
-                self.on_repair(tx, holding, sends)
                 pause = RESYNC_QUIET_MS * 2 ** min(row["resync_tries"] + 1, 16)
                 due_ms = tx.now_ms + min(pause, RESYNC_MAX_MS)
                 self.ledger.store.resynced(tx.conn, *holding.key, due_ms)

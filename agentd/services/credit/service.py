@@ -27,7 +27,7 @@ class Credit:
         self.routes = RouteService(node, self.ledger)
         self.lifts = LiftService(node, self.ledger, self.routes)
         self.repair = ChainRepair(node, self.ledger)
-        self.repair.on_repair = self.lifts.decisions.on_repair
+        self.chits.on_undecided = self.lifts.decisions.on_undecided
         for service in (self.tallies, self.chits, self.routes, self.lifts):
             node.register_target(service)
 
