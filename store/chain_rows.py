@@ -147,6 +147,7 @@ def build_chain(conn: sqlite3.Connection, local: LocalTally, cuid: str, row: sql
         base_hash=base_hash,
         base_balance=row["balance"] - chit_balance(linked + unlinked, local.side),
         spilled=spilled,
+        ahead=row["chain_ahead"],
     )
 
 

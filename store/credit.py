@@ -48,7 +48,7 @@ LIST_CHITS = (
 UNSETTLED = (
     "SELECT uuid, cuid, partner, resync_due, resync_tries FROM tallies"
     " WHERE chain_origin IS NOT NULL"
-    " AND (chain_conf < chain_length OR chain_pending > 0)"
+    " AND (chain_conf < chain_length OR chain_pending > 0 OR chain_ahead > chain_conf)"
 )
 
 
@@ -83,6 +83,17 @@ def partner_addresses(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
         if chad.get("host") is not None:
             found[row["partner"]] = (chad["host"], chad["port"])
     return found
+
+
+def chains_after(conn: sqlite3.Connection, after: tuple[str, str], limit: int,
+                 agent: str) -> list[sqlite3.Row]:
+    """Up to ``limit`` holders' chains after ``after`` (tally, cuid), in that order, with
+    what ``protocol.chain.probe`` asks from: those whose partner is on another node than
+    ``agent`` (ours: both holders are restored together)."""
+    return conn.execute(
+        "SELECT uuid, cuid, side, state, body, chain_length, chain_head, chain_conf"
+        " FROM tallies WHERE chain_origin IS NOT NULL AND partner != ? AND (uuid, cuid) > (?, ?)"
+        " ORDER BY uuid, cuid LIMIT ?", (agent, *after, limit)).fetchall()
 
 
 def tallies_with(conn: sqlite3.Connection, agent: str) -> int:
@@ -133,7 +144,7 @@ class Ledger:
     def get(self, conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> Holding | None:
         row = conn.execute(
             "SELECT side, state, body, balance, chain_origin, chain_length, chain_conf, token,"
-            " lift_in, lift_out FROM tallies WHERE uuid = ? AND cuid = ?",
+            " lift_in, lift_out, chain_ahead FROM tallies WHERE uuid = ? AND cuid = ?",
             (tally_uuid, cuid),
         ).fetchone()
         if row is None:
@@ -207,6 +218,7 @@ class Ledger:
             sets.update(
                 chain_origin=chain.origin, chain_length=chain.length, chain_head=chain.head,
                 chain_conf=chain.conf, chain_pending=len(chain.pending) + chain.spilled,
+                chain_ahead=chain.ahead,
                 resync_due=resync_due,
                 resync_tries=0,
             )  # fmt: skip

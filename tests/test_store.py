@@ -262,6 +262,31 @@ def test_migration_16_keeps_tallies_logged_under_their_uuid_there(
         conn.close()
 
 
+def test_migration_17_keeps_what_a_chain_lacks_and_repairs_it_until_it_holds_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chains from before version 17 lack nothing (``chain_ahead`` 0): the settled one stays
+    settled. One whose partner's conf is past its own is repaired (``credit.unsettled``)."""
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    try:
+        monkeypatch.setattr("store.schema.migrations", lambda: migrations()[:16])
+        assert migrate(conn) == 16
+        for tally, length, conf in (("settled", 5, 5), ("unconfirmed", 5, 4)):
+            conn.execute("INSERT INTO tallies (uuid, cuid, side, state, body, token, created,"
+                         " updated, chain_origin, chain_length, chain_conf) VALUES (?, 'u',"
+                         " 'stock', 'open', x'80', x'00', 1, 1, x'00', ?, ?)",
+                         (tally, length, conf))
+        monkeypatch.undo()
+        assert migrate(conn) == LATEST
+        assert [row["uuid"] for row in credit.unsettled(conn)] == ["unconfirmed"]
+        conn.execute("UPDATE tallies SET chain_ahead = 9 WHERE uuid = 'settled'")
+        assert sorted(row["uuid"] for row in credit.unsettled(conn)) == [
+            "settled", "unconfirmed"]
+    finally:
+        conn.close()
+
+
 def test_migration_9_keeps_decisions_made_before_they_named_their_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -108,9 +108,15 @@ def answered(*nodes: Node) -> bool:
 
 
 def rewind_to_15(node: Node) -> None:
-    """The node's database as version 15 left it: before tally_evidence_bare."""
+    """The node's database as version 15 left it: before tally_evidence_bare (16) and
+    tallies.chain_ahead (17)."""
     conn = sqlite3.connect(node.config.db_path, isolation_level=None)
     try:
+        conn.execute("DROP INDEX tallies_unsettled")
+        conn.execute("ALTER TABLE tallies DROP COLUMN chain_ahead")
+        conn.execute("CREATE INDEX tallies_unsettled ON tallies (resync_due) WHERE"
+                     " chain_origin IS NOT NULL AND (chain_conf < chain_length OR"
+                     " chain_pending > 0)")
         conn.execute("DROP TABLE tally_evidence_bare")
         conn.execute("PRAGMA user_version = 15")
     finally:

@@ -228,7 +228,10 @@ class ChitService(Service):
                              "contents") from refusal
             return  # a copy of what we already hold (resent, or adopted from the chain)
         if action == "good":
-            self.ledger.good(tx, holding, [received], batched=False)
+            wanted = ch.wanted_chit(holding.chain, received.chit)
+            history = self.ledger.store.named(tx.conn, holding, wanted)[1] \
+                if wanted.indexes else None
+            self.ledger.good(tx, holding, [received], batched=False, history=history)
             return
         self.ledger.store.put_chit(tx.conn, cuid, received, tx.now_ms)
         log_chits(tx, cuid, [received])
@@ -257,24 +260,26 @@ class ChitService(Service):
             if exc.code == "lift_undecided":
                 self._awaiting_decision(tx, holding, obj, exc)
             raise
-        if _same(chain, received.chain):
+        changed = not _same(chain, received.chain)
+        answers = not changed or holding.local.side == t.STOCK  # sent a few at a time
+        if changed:
+            adopted = []  # good chits first learned from this message
+            delta = 0
+            for chit in received.adopted:  # wanted named each (the chain did not hold it)
+                got = _adopt(rows.get(chit["uuid"]), chit, holding, holding.balance + delta)
+                self.ledger.log(tx, holding.local, "chit.good", got.chit, ref=got.uuid)
+                adopted.append(got)
+                delta += effect(got.chit, holding.local.side)
+            self.ledger.commit(tx, holding, chain=received.chain, delta=delta,
+                               messages=[] if answers else received.messages, fresh=adopted)
+        if answers:
             self._repair(tx, holding, received.messages)
-            return
-        adopted = []  # good chits first learned from this message
-        delta = 0
-        for chit in received.adopted:  # wanted named each (the chain did not hold it): read
-            known = rows.get(chit["uuid"])
-            got = _receive_good(known, chit, holding, holding.balance + delta)
-            self.ledger.log(tx, holding.local, "chit.good", got.chit, ref=got.uuid)
-            adopted.append(got)
-            delta += effect(got.chit, holding.local.side)
-        self.ledger.commit(tx, holding, chain=received.chain, delta=delta,
-                           messages=received.messages, fresh=adopted)
 
     def _repair(self, tx: Tx, holding: Holding, messages: list[Send]) -> None:
-        """Answer a chain message that changed nothing (a request for old blocks, an ack
-        again, a copy). Its blocks (an ``upd``, up to 100 of them) are a repair the
-        partner's resync asks for again if it is lost, so a few at a time: while
+        """Send the answers to a chain message that changed nothing (a request for old
+        blocks, an ack again, a copy), and the stock's answers to any (the blocks a foil
+        restored from a backup lost). Their blocks (an ``upd``, up to 100 of them) are a
+        repair the partner's resync asks for again if it is lost, so a few at a time: while
         ``REPAIRS`` such answers on this tally still wait in the outbox, a new one is not
         written. Otherwise a partner that never acks could have each small message it
         sends make us keep an answer of up to 100 blocks for ever. A short answer (an ack,
@@ -335,6 +340,16 @@ def _same(before: ch.Chain, after: ch.Chain) -> bool:
 def _unconfirmed(error: str | None, index: int | None, confirmed: int) -> str | None:
     """A chit's error as shown: the partner's refusal matters until it confirms the block."""
     return None if index is not None and index <= confirmed else error
+
+
+def _adopt(known: LocalChit | None, chit: dict[str, Any], holding: Holding,
+           balance: int) -> LocalChit:
+    """A good chit a chain message brought that the chain did not hold: the partner's, or
+    our own user's, which a node restored from a backup lost (``protocol.chain.own_good``:
+    its signature is ours)."""
+    if chit["by"] == holding.local.side:
+        return ch.own_good(known, chit, holding.local)
+    return _receive_good(known, chit, holding, balance)
 
 
 def _receive_good(known: LocalChit | None, chit: Any, holding: Holding,

@@ -76,9 +76,11 @@ class CreditLedger:
     # -- shared steps (writer thread) ------------------------------------------------------
 
     def good(self, tx: Tx, holding: Holding, chits: list[LocalChit], *, batched: bool,
-             lift_delta: tuple[int, int] = (0, 0)) -> None:
+             lift_delta: tuple[int, int] = (0, 0),
+             history: dict[int, dict[str, Any]] | None = None) -> None:
         """Chits that just became good here (ours, or one the partner sent ``good``): store
-        them, chain them, move the balance, tell the partner."""
+        them, chain them, move the balance, tell the partner. ``history``: the blocks behind
+        the chain's window that ``protocol.chain.wanted_chit`` names for the partner's chit."""
         side = holding.local.side
         for chit in chits:
             self.log(tx, holding.local, "chit.good", chit.chit, ref=chit.uuid)
@@ -88,7 +90,7 @@ class CreditLedger:
                                           holding.local)
         else:
             (chit,) = chits
-            chain, messages = ch.add(holding.chain, chit.chit, holding.local)
+            chain, messages = ch.add(holding.chain, chit.chit, holding.local, history)
             if chit.chit["type"] == "lift" and side == t.FOIL:  # its block goes a moment later
                 key = holding.key
                 tx.after_commit(lambda: self.owe(*key))

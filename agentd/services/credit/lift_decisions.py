@@ -5,6 +5,10 @@ the record we hold makes every pending chit of the lift here good (chained) or v
 transaction; a void on a lift that has not reached us is remembered in memory, so its promise
 is refused if it comes late.
 
+A good decision on a lift we hold nothing of, from a tally partner of ours on its path, is a
+lift a node restored from a backup lost (``take_back``): the partner shows it when we refuse
+its chain message that carries the lift's chit (``on_undecided``, below).
+
 A referee that signs both ``good`` and ``void`` on one record (``protocol.lift_equivocation``)
 could leave a tally's partners disagreeing for ever, one holding the lift chit good and in its
 chain, the other void. Two such decisions are a proof anyone can check, and a node that holds
@@ -30,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from agentd.logs import event
 from agentd.runtime import clocks
 from agentd.runtime.answers import AnswersInFlight
-from agentd.runtime.context import Tx
+from agentd.runtime.context import Reject, Tx
 from protocol import chit_states as cs
 from protocol import lift as lf
 from protocol import lift_equivocation as eq
@@ -70,11 +74,15 @@ class LiftDecisions:
         record, decision = obj.get("record"), obj.get("decision")
         lift = record.get("lift") if isinstance(record, dict) else None
         row = lifts.get(tx.conn, lift) if isinstance(lift, str) else None
-        if row is None:  # we hold nothing of this lift (our hop was never reached)
+        if row is None:  # we hold nothing of this lift: our hop was never reached, or ...
             lf.check_record(record)  # a lift new to us: its record must stand on its own
             if lf.check_decision(decision, record) == lf.VOID:
                 self._hear_void(record, tx.now_ms)
-            return
+                return
+            if not self.take_back(tx, record, decision, envelope.from_.agent):
+                return
+            row = lifts.get(tx.conn, lift)  # ... we lost it: held good now, as it was
+            assert row is not None
         known = lifts.record_of(row)  # the record we checked when we took part counts
         held = lifts.decision_of(row) if row["state"] != lf.PEND else None
         other = obj.get("other")
@@ -123,6 +131,44 @@ class LiftDecisions:
         log_lift(tx, lift, state)
         tx.after_commit(lambda: self._wake(lift))
         tx.after_commit(lambda: self.routes.known.decided(lift, state))
+
+    def take_back(self, tx: Tx, record: dict[str, Any], decision: dict[str, Any],
+                  sender: str) -> bool:
+        """A good ``decision`` (checked) on a lift we hold nothing of, from agent ``sender``:
+        when it is our tally partner on the lift's path, this node lost the lift (restored
+        from a backup made before it) and the partner, which holds it good, showed it the
+        decision. A good decision comes after the promise passed every hop, ours too, so we
+        took part: with the referee acceptable (``[lift] referees``), the lift is taken, its
+        pending chit on every tally of ours the path crosses (both of an intermediary's, so a
+        partner cannot make it pay out alone what it took in), then its decision applied.
+        False when ``sender`` is no partner of ours on the path: then nothing is ours to
+        take, and the decision is ignored."""
+        agent, path = self.runtime.agent_id, record["path"]
+        holdings = []  # (hop, our holding of its tally)
+        for hop in range(len(path) - 1):
+            for user in (path[hop], path[hop + 1]):
+                if user["agent"] == agent:
+                    holding = self.ledger.store.get(tx.conn, path[hop]["tally"], user["cuid"])
+                    if holding is not None and holding.chain is not None:
+                        holdings.append((hop, holding))
+        if all(holding.local.partner.agent != sender for _, holding in holdings):
+            return False
+        allowed = self.runtime.config.lift.referees
+        if allowed and record["referee"]["agent"] not in allowed:
+            raise Reject("REFEREE_REFUSED", f"this node accepts lifts refereed by "
+                         f"{', '.join(allowed)} only")
+        lifts.add(tx.conn, record, payor=path[0]["cuid"] if path[0]["agent"] == agent else None,
+                  now_ms=tx.now_ms)
+        units = record["units"]
+        for hop, holding in holdings:
+            pending = lift_chit(record, hop, holding.local)  # the payor's key, if ours
+            incoming = pending.state == cs.A_LIFT
+            self.ledger.commit(tx, holding, fresh=[pending],
+                               lift_delta=(units, 0) if incoming else (0, units))
+        self.apply(tx, record["lift"], lf.GOOD, decision)
+        log.info("lift %s: good, as partner %s showed its decision; this node held nothing of "
+                 "it (restored from a backup made before it?)", record["lift"], sender[:8])
+        return True
 
     def _chain_again(self, tx: Tx, holding: Holding, record: dict[str, Any],
                      chit_uuid: str) -> None:

@@ -7,6 +7,10 @@ minute), and any chain change resets the pace. A partner that does not hold a li
 repair carries good refuses it (``LIFT_UNDECIDED``), and is shown the lift's decision
 (``LiftDecisions.on_undecided``).
 
+Once a start it asks every partner on another node whether it holds blocks this node lacks
+(``protocol.chain.probe``, one small message a tally and one back): a node restored from a
+backup of its data directory learns so what it lost since, even if nobody pays on the tally.
+
 It also sends what a chain owes its partner on purpose: a foil holder's lift chits, linked
 when it applies a lift's decision, go to the stock holder ``OWED_LINGER_S`` later, all that
 were linked meanwhile in one ``upd`` a tally (``CreditLedger.owe``). By then the stock holder
@@ -20,6 +24,7 @@ nothing: the chain stays unsettled and is repaired.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING
 
@@ -29,6 +34,8 @@ from agentd.runtime.context import Tx
 from agentd.runtime.timers import Ticker
 from agentd.services.credit.ledger import RESYNC_QUIET_MS, CreditLedger
 from protocol import chain as ch
+from protocol.codec import unpack
+from protocol.tally import LocalTally
 from store import credit as credit_store
 from store import is_failure, outbox
 from store.credit import Holding
@@ -41,6 +48,7 @@ RESYNC_INTERVAL = 1.0  # s between looks for chains to repair
 OWED_LINGER_S = 0.5  # a foil's lift chits wait this long before their blocks go to the stock
 # (below RESYNC_QUIET_MS, so the repair does not send the same blocks first)
 RESYNC_MAX_MS = 60_000  # while repairs do not settle a chain, at most this far apart
+PROBE_BATCH = 500  # chains probed in one transaction, once a start
 
 
 class ChainRepair:
@@ -62,7 +70,33 @@ class ChainRepair:
         chain change wakes it), and send what chains owe, until cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self._owed_ticker.run)
+            nursery.start_soon(self.probe)
             await self._ticker.run(task_status=task_status)
+
+    async def probe(self) -> int:
+        """Send every chain's ``protocol.chain.probe`` to its partner (on another node), a
+        batch to a transaction; returns how many. The outbox delivers each once the partner
+        is reachable. A failure (the database's) ends it, logged: a node restored from a
+        backup then catches up when its partner next sends it a block."""
+        node, after, sent = self.runtime, ("", ""), 0
+
+        def work(tx: Tx, rows: list) -> None:
+            for row in rows:
+                local = LocalTally(row["side"], row["state"], unpack(row["body"]))
+                tx.send(ch.probe(local, length=row["chain_length"], head=row["chain_head"],
+                                 conf=row["chain_conf"]))
+
+        try:
+            while rows := node.db.reading(functools.partial(
+                    credit_store.chains_after, after=after, limit=PROBE_BATCH,
+                    agent=node.agent_id)):
+                await self.ledger.transact(functools.partial(work, rows=rows))
+                sent += len(rows)
+                after = (rows[-1]["uuid"], rows[-1]["cuid"])
+        except Exception:
+            log.exception("asking tally partners for blocks this node lacks stopped after %d"
+                          " chains", sent)
+        return sent
 
     def owe(self, tally: str, cuid: str) -> None:
         """Holder ``cuid`` of ``tally`` linked blocks its partner has not been sent: send

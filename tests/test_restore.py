@@ -1,0 +1,178 @@
+"""A node restored from a backup of its database catches up with its tally partners (real
+nodes: loopback, Noise, SQLite). The backup is taken with the node stopped; after it, both
+users pay, more than a chain batch and the window a chain keeps in memory; the node is
+stopped, the copy put back and the node started while its partner is down, and its user pays
+on what it still knows. Once the partner is back, both hold the identical chain, every chit
+either user paid is in it once, and the partner gave up no block it had confirmed."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentd.runtime.node import Node
+from protocol import chain as ch
+from store.chain_rows import CHAIN_WINDOW
+from tests.netfixture import Network, network, wait_for
+from tests.test_credit_service import agreed, chain_of, open_tally, rpc, whole_chain
+from tests.test_lifts import settled_everywhere, who
+
+GAP = 2 * CHAIN_WINDOW + ch.UPD_BATCH // 2  # blocks made after the backup: 306
+
+
+def back_up(node: Node, to: Path) -> None:
+    """A copy of the stopped node's database, made with SQLite's backup API."""
+    source, copy = sqlite3.connect(node.config.db_path), sqlite3.connect(to)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+
+
+def put_back(node: Node, copy: Path) -> None:
+    """The copy in place of the stopped node's database (and its write-ahead log)."""
+    path = Path(node.config.db_path)
+    for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    shutil.copy(copy, path)
+
+
+async def restore(net: Network, index: int, copy: Path) -> Node:
+    await net.stop(index)
+    put_back(net.nodes[index], copy)
+    return await net.restart(index)
+
+
+async def pay(node: Node, cuid: str, tally: str, amounts: list[int]) -> dict[str, int]:
+    """Paid, a thousand to a call: {chit: units}."""
+    paid = {}
+    for first in range(0, len(amounts), 1000):
+        done = await rpc(node, "chit.pay_many", cuid=cuid, tally=tally,
+                         units=amounts[first:first + 1000])
+        paid.update(zip(done["chits"], amounts[first:first + 1000], strict=True))
+    return paid
+
+
+def stored_chits(node: Node, cuid: str, tally: str) -> dict[str, str]:
+    return dict(node.db.read("SELECT uuid, state FROM chits WHERE tally = ? AND cuid = ?",
+                             (tally, cuid)))
+
+
+@pytest.mark.parametrize("restored", ["stock", "foil"])
+async def test_a_node_restored_from_a_backup_catches_up_with_its_partner(tmp_path, restored):
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await rpc(a, "users.add", cuid="alice")
+        await rpc(b, "users.add", cuid="bob")
+        tally = await open_tally(a, "alice", b, "bob", limit=10**12)  # alice: stock
+        paid = await pay(a, "alice", tally, [1] * 5)
+        paid |= await pay(b, "bob", tally, [10] * 5)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 10))
+        index = 0 if restored == "stock" else 1
+        cuid = ("alice", "bob")[index]
+        await net.stop(index)
+        copy = tmp_path / "backup.db"
+        back_up(net.nodes[index], copy)
+        await net.restart(index)
+        a, b = net.nodes
+        paid |= await pay(a, "alice", tally, [2] * (GAP // 2))
+        paid |= await pay(b, "bob", tally, [20] * (GAP - GAP // 2))
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 10 + GAP), timeout=30)
+        partner = net.nodes[1 - index]
+        partner_cuid = ("alice", "bob")[1 - index]
+        confirmed = whole_chain(partner, partner_cuid, tally)
+
+        await net.stop(1 - index)  # the partner is down while the copy goes back
+        node = await restore(net, index, copy)
+        assert chain_of(node, cuid, tally)[0] == 10
+        for _ in range(3):  # on what it still knows, each chit its own message
+            paid[(await rpc(node, "chit.pay", cuid=cuid, tally=tally, units=3))["chit"]] = 3
+        await net.restart(1 - index)
+        a, b = net.nodes
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 13 + GAP), timeout=60)
+
+        stock, foil = whole_chain(a, "alice", tally), whole_chain(b, "bob", tally)
+        assert stock == foil
+        assert stock[: len(confirmed)] == confirmed  # the partner gave up nothing it held
+        assert [chit["uuid"] for chit in stock[len(confirmed):]] == list(paid)[-3:]
+        assert {chit["uuid"] for chit in stock} == set(paid)  # each once (agreed: no more)
+        owed = sum(units if chit_uuid in _by(b, tally) else -units
+                   for chit_uuid, units in paid.items())
+        assert chain_of(a, "alice", tally)[3] == owed == -chain_of(b, "bob", tally)[3]
+        for node, cuid in ((a, "alice"), (b, "bob")):
+            assert node.counters.unacked_failures == 0  # no message failed us on the way
+            assert set(stored_chits(node, cuid, tally).values()) <= {"A.good", "L.good"}
+            shown = await rpc(node, "tally.show", cuid=cuid, tally=tally)
+            assert shown["error"] is None and shown["chain"]["pending"] == 0
+
+
+def _by(node: Node, tally: str) -> set[str]:
+    """The chits bob (the foil) issued."""
+    return {row[0] for row in node.db.read(
+        "SELECT uuid FROM chits WHERE tally = ? AND issuer = 'foil'", (tally,))}
+
+
+async def test_a_node_restored_from_a_backup_takes_back_the_lifts_it_lost(tmp_path):
+    """bob's node (the foil of ann-bob, the stock of bob-cat) is restored from a backup made
+    before two lifts through it: its partners send it each lift's record and decision, and
+    it holds the lifts good, both its chits of each, as ann's and cat's nodes do."""
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        world = await line_of_three(net)
+        u, tl = world["users"], world["tallies"]
+        await net.stop(2)
+        copy = tmp_path / "bob.db"
+        back_up(net.nodes[2], copy)
+        u["bob"] = await net.restart(2)
+        lifts = []
+        for units in (700, 300):
+            started = await rpc(u["ann"], "lift.pay", cuid="ann", find=who(u["cat"], "cat"),
+                                units=units)
+            await settled_everywhere(list(u.values()), started["lift"], "good")
+            lifts.append(started["lift"])
+        await rpc(u["cat"], "chit.pay", cuid="cat", tally=tl["bobcat"], units=40)
+        for tally, (x, y) in {tl["annbob"]: ("ann", "bob"), tl["bobcat"]: ("bob", "cat")}.items():
+            await wait_for(lambda t=tally, x=x, y=y: agreed(u[x], x, u[y], y, t, len(
+                whole_chain(u[x], x, t))) and len(whole_chain(u[x], x, t)) >= 2)
+        before = {t: whole_chain(u["ann"] if t == tl["annbob"] else u["cat"],
+                                 "ann" if t == tl["annbob"] else "cat", t) for t in tl.values()}
+
+        kept = sqlite3.connect(copy)
+        try:  # the copy knows neither lift
+            assert kept.execute("SELECT count(*) FROM lifts").fetchone()[0] == 0
+        finally:
+            kept.close()
+        u["bob"] = await restore(net, 2, copy)
+        for lift in lifts:  # bob's node holds them once its partners told it
+            await wait_for(lambda lift=lift: u["bob"].db.read_one(
+                "SELECT count(*) FROM lifts WHERE lift = ? AND state = 'good'", (lift,))[0])
+            await settled_everywhere(list(u.values()), lift, "good")
+        for tally, (x, y) in {tl["annbob"]: ("ann", "bob"), tl["bobcat"]: ("bob", "cat")}.items():
+            await wait_for(lambda t=tally, x=x, y=y: agreed(
+                u[x], x, u[y], y, t, len(before[t])), timeout=30)
+            assert whole_chain(u["bob"], "bob", tally) == before[tally]
+        assert chain_of(u["bob"], "bob", tl["annbob"])[3] == 1000
+        assert chain_of(u["bob"], "bob", tl["bobcat"])[3] == -1000 + 40
+        for node, cuid in ((u["ann"], "ann"), (u["bob"], "bob"), (u["cat"], "cat")):
+            for shown in await rpc(node, "tally.list", cuid=cuid):
+                assert shown["error"] is None  # the partners' refusals, overcome
+        shown = await rpc(u["bob"], "lift.show", lift=lifts[0])
+        assert [(chit["tally"], chit["state"]) for chit in sorted(
+            shown["chits"], key=lambda chit: chit["tally"] != tl["annbob"])] == [
+            (tl["annbob"], "A.good"), (tl["bobcat"], "L.good")]
+
+
+async def line_of_three(net: Network) -> dict[str, Any]:
+    """ann@n1 — bob@n2 — cat@n3, refereed by the clearing house n0."""
+    nodes = net.nodes
+    users = {"ann": nodes[1], "bob": nodes[2], "cat": nodes[3]}
+    for cuid, node in users.items():
+        await rpc(node, "users.add", cuid=cuid)
+    tallies = {"annbob": await open_tally(nodes[1], "ann", nodes[2], "bob", limit=10**9),
+               "bobcat": await open_tally(nodes[2], "bob", nodes[3], "cat", limit=10**9)}
+    return {"users": users, "tallies": tallies}
+
