@@ -190,6 +190,12 @@ def stock_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
 
 
 def stock_nak(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
+    """The foil's chain does not hold our block at ``index``: roll back what it never
+    confirmed and ask for its blocks after ``conf``. Below ``conf`` (its head is short of a
+    block it confirmed) it lost blocks: restored from a backup, its request for them lost on
+    the way. It is sent our block at ``conf``, as :func:`lost` does, from which it asks."""
+    if obj["index"] < chain.conf:
+        return Received(chain, [upd(chain, local, [chain.linked_at(chain.conf)])], [])
     chain = cs.rollback(chain)
     return Received(chain, [chain_message(chain, local, "req", index=chain.conf + 1)], [])
 

@@ -176,6 +176,28 @@ def test_a_side_behind_its_partner_asks_again_when_its_request_is_lost():
         agreed(pair)
 
 
+def test_a_restored_foil_that_never_heard_back_is_sent_the_confirmed_block_by_its_nak():
+    """A foil restored with a block of its own the stock never confirmed, whose probe's
+    answer was lost, re-sends that block; the stock acks its own head (the foil lost its
+    acks), which the foil does not hold (``nak`` below the stock's ``conf``): the stock
+    sends its block at ``conf``, from which the foil asks for what it lost. (It answered
+    with a rollback that unlinks nothing confirmed and a request for blocks past the foil's
+    head: ack, nak, req for ever.)"""
+    pair = Pair()
+    pair.post(pair.foil, pair.foil.pay(pair.next_uuid(), 1))  # ordered, not confirmed yet
+    saved = backup(pair.foil)
+    pay(pair, pair.stock, 1)
+    pair.drain()
+    assert (pair.stock.chain.length, pair.stock.chain.conf) == (2, 2)
+    restore(pair, pair.foil, saved)
+    pair.deliver()  # the probe; its answer is lost
+    pair.queue.clear()
+    assert (pair.foil.chain.length, pair.foil.chain.conf) == (1, 0)
+    pair.recover()
+    agreed(pair)
+    assert pair.foil.chain.length == 2
+
+
 def test_a_partner_cannot_make_up_a_payment_by_our_user():
     """Our own user's chit comes back only with our user's signature: one the partner
     signed, or unsigned, is refused, in ``new`` and in the stock's blocks alike."""
@@ -328,7 +350,11 @@ class RestoredExchange(RuleBasedStateMachine):
     @rule(pick=PICK)
     def deliver(self, pick: int) -> None:
         if self.pair.queue:
-            self.pair.deliver(pick % len(self.pair.queue))
+            at, waiting = pick % len(self.pair.queue), len(self.pair.queue) - 1
+            asked = self.pair.queue[at][1] in self.probes
+            self.pair.deliver(at)
+            if asked:  # the answer to a probe is not lost either (see lose)
+                self.probes += [message for _, message in self.pair.queue[waiting:]]
 
     @rule()
     def calm(self) -> None:
@@ -336,9 +362,11 @@ class RestoredExchange(RuleBasedStateMachine):
 
     @rule(pick=PICK)
     def lose(self, pick: int) -> None:
-        """Any message but a probe: the outbox keeps a chit message until it is acked, so
-        messages are not lost, but a repair must make good one that is (the stock's request
-        for the blocks it lost, say); a restored node that never asked cannot know."""
+        """Any message but a probe and its answer: the outbox keeps a chit message until it
+        is acked, so messages are not lost, but a repair must make good one that is (the
+        stock's request for the blocks it lost, say); a restored node that never asked, or
+        never heard back, cannot know. (A stock writes no new answer while ``REPAIRS`` of
+        them wait unacked, but those reach the foil, and say as much.)"""
         if self.pair.queue:
             at = pick % len(self.pair.queue)
             if self.pair.queue[at][1] not in self.probes:
