@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,20 @@ import pytest
 
 from agentd.runtime.node import Node
 from protocol import chain as ch
+from protocol import lift as lf
+from protocol.keys import ChipAddress
 from store.chain_rows import CHAIN_WINDOW
 from tests.netfixture import Network, network, wait_for
-from tests.test_credit_service import agreed, chain_of, open_tally, rpc, whole_chain
+from tests.test_credit_service import (
+    agreed,
+    chain_of,
+    open_tally,
+    refusal_of,
+    rpc,
+    send_raw,
+    user_key,
+    whole_chain,
+)
 from tests.test_lifts import settled_everywhere, who
 
 GAP = 2 * CHAIN_WINDOW + ch.UPD_BATCH // 2  # blocks made after the backup: 306
@@ -164,6 +176,26 @@ async def test_a_node_restored_from_a_backup_takes_back_the_lifts_it_lost(tmp_pa
         assert [(chit["tally"], chit["state"]) for chit in sorted(
             shown["chits"], key=lambda chit: chit["tally"] != tl["annbob"])] == [
             (tl["annbob"], "A.good"), (tl["bobcat"], "L.good")]
+
+        # A good lift ann tells bob of, over a tally bob's node does not hold (one opened
+        # after its backup, say): bob would be paid by ann and pay nobody, or the reverse.
+        house = net.nodes[0]
+        made_up = lf.make_record(
+            lift_uuid=str(uuid.uuid4()), kind="linear", units=5, path=[
+                {"cuid": "ann", "agent": u["ann"].agent_id, "tally": tl["annbob"]},
+                {"cuid": "bob", "agent": u["bob"].agent_id, "tally": str(uuid.uuid4())},
+                {"cuid": "cat", "agent": u["cat"].agent_id, "tally": None}],
+            referee=ChipAddress(agent=house.agent_id), date_ms=house.clock.now_ms(),
+            life_ms=60_000, memo="", key=user_key(u["ann"], "ann"))
+        decision, _ = lf.decide(None, "commit", made_up, now_ms=house.clock.now_ms(),
+                                key=house.key, asker=u["cat"].agent_id)
+        told = await send_raw(u["ann"], u["bob"], "bob", "lift", "decision",
+                              {"record": made_up, "decision": decision}, "ann")
+        assert (await refusal_of(u["ann"], told)).startswith(
+            f"UNKNOWN_TALLY: lift {made_up['lift']} crosses bob on tally ")
+        assert u["bob"].db.read_one("SELECT count(*) FROM lifts WHERE lift = ?",
+                                    (made_up["lift"],))[0] == 0
+        assert chain_of(u["bob"], "bob", tl["annbob"])[3] == 1000
 
 
 async def line_of_three(net: Network) -> dict[str, Any]:

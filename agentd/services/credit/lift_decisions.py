@@ -142,17 +142,26 @@ class LiftDecisions:
         pending chit on every tally of ours the path crosses (both of an intermediary's, so a
         partner cannot make it pay out alone what it took in), then its decision applied.
         False when ``sender`` is no partner of ours on the path: then nothing is ours to
-        take, and the decision is ignored."""
+        take, and the decision is ignored. Refused (``UNKNOWN_TALLY``) when a tally of ours
+        the path crosses is not held here (opened after the backup, say), as none of its
+        chits can be taken alone."""
         agent, path = self.runtime.agent_id, record["path"]
-        holdings = []  # (hop, our holding of its tally)
+        holdings, missing = [], []  # (hop, our holding of its tally); what we lack
         for hop in range(len(path) - 1):
             for user in (path[hop], path[hop + 1]):
-                if user["agent"] == agent:
-                    holding = self.ledger.store.get(tx.conn, path[hop]["tally"], user["cuid"])
-                    if holding is not None and holding.chain is not None:
-                        holdings.append((hop, holding))
+                if user["agent"] != agent:
+                    continue
+                holding = self.ledger.store.get(tx.conn, path[hop]["tally"], user["cuid"])
+                if holding is None or holding.chain is None:
+                    missing.append(f"{user['cuid']} on tally {path[hop]['tally']}")
+                else:
+                    holdings.append((hop, holding))
         if all(holding.local.partner.agent != sender for _, holding in holdings):
             return False
+        if missing:  # one side of an intermediary's alone would pay out what it took in
+            raise Reject("UNKNOWN_TALLY", f"lift {record['lift']} crosses {', '.join(missing)}"
+                         ", which this node does not hold open (opened after the backup it was"
+                         " restored from?): its chits are not taken on any tally")
         allowed = self.runtime.config.lift.referees
         if allowed and record["referee"]["agent"] not in allowed:
             raise Reject("REFEREE_REFUSED", f"this node accepts lifts refereed by "
