@@ -17,7 +17,7 @@ chit lands first, which stalls with more than one chit in flight.) Pending chits
 in the balance: a good chit is owed whether or not it is ordered yet.
 
 Messages are typed ``protocol.messages.Send`` events from our user to the tally partner
-(``protocol.tally.to_partner``; hence the functions that send take the holder's
+(``protocol.tally_local.to_partner``; hence the functions that send take the holder's
 ``LocalTally``): target ``chit``, action ``chain`` with object ``{cmd, tally, ...}``, plus
 action ``good`` with the chit as object, which :func:`add` sends when our own chit becomes
 good (the foil's carries its block; the stock's carries none):
@@ -138,8 +138,11 @@ from .chain_messages import (
 from .chain_state import Chain, balance, block_hash, settled, trim, unspill
 from .chain_stock import HANDLERS as STOCK_HANDLERS
 from .chain_stock import stock_add, stock_reply
+from .errors import Refusal
 from .messages import Send
-from .tally import FOIL, STOCK, LocalTally, Refusal, chain_origin, to_partner
+from .tally_fields import FOIL, STOCK
+from .tally_local import LocalTally, to_partner
+from .tally_sign import chain_origin
 
 
 class Wanted(NamedTuple):

@@ -29,9 +29,10 @@ from .chain_messages import (
     upd,
 )
 from .chain_state import Chain, block_hash
-from .chit import check_form
+from .chit_fields import check_form
+from .errors import Refusal
 from .messages import Send
-from .tally import LocalTally, Refusal
+from .tally_local import LocalTally
 
 
 def catching_up(chain: Chain) -> bool:

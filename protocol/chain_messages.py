@@ -15,10 +15,12 @@ from typing import Any, NamedTuple
 
 from . import chain_state as cs
 from .chain_state import Chain
-from .chit import LocalChit, check_chit, check_form
+from .chit_fields import check_chit, check_form
+from .chit_local import LocalChit
 from .chit_states import L_GOOD, L_PEND, L_VOID
+from .errors import Refusal
 from .messages import Send
-from .tally import LocalTally, Refusal, to_partner
+from .tally_local import LocalTally, to_partner
 
 UPD_BATCH = 100  # chits per upd or new message: under 0.6 MiB even with maximal memos and refs
 CMDS = ("new", "ack", "nak", "upd", "req")

@@ -23,9 +23,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .chit import balance as chit_balance
+from .chit_local import balance as chit_balance
 from .codec import digest
-from .tally import SIDES, Refusal
+from .errors import Refusal
+from .tally_fields import SIDES
 
 _MAP_FIELDS = {"tally", "side", "origin", "chits", "pending", "conf", "base", "base_hash",
                "base_balance", "spilled", "ahead"}

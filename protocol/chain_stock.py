@@ -25,8 +25,10 @@ from .chain_messages import (
     upd,
 )
 from .chain_state import Chain, block_hash
+from .errors import Refusal
 from .messages import Send
-from .tally import FOIL, LocalTally, Refusal
+from .tally_fields import FOIL
+from .tally_local import LocalTally
 
 
 class Lost(Exception):

@@ -28,10 +28,6 @@ Transitions return ``(LocalChit, sends)``: typed ``protocol.messages.Send`` even
 (``protocol.errors.Refusal``) of the chit modules add the codes ``over_limit``, ``closing``,
 ``not_party`` (a lift hop whose users are not this tally's), ``lift_undecided`` and
 ``awaiting_lift`` (both: early, not wrong) to the tally's.
-
-``protocol.chain`` and ``protocol.chain_state`` import ``LocalChit``, ``check_chit``,
-``check_form`` and ``balance`` from here (they predate the split into these modules);
-everything else imports each name from its own module.
 """
 
 from __future__ import annotations
@@ -40,9 +36,7 @@ from dataclasses import replace
 from typing import Any
 
 from .chit_fields import bad_field, check_chit, check_fields, chit_hash
-from .chit_fields import check_form as check_form  # re-exported for protocol.chain
 from .chit_local import LocalChit
-from .chit_local import balance as balance  # re-exported for protocol.chain_state
 from .chit_room import check_limit, check_room
 from .chit_states import ISSUE_STATES, RECEIVE_STATES, next_state, require_tally
 from .errors import Refusal

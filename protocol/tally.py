@@ -42,10 +42,6 @@ Public API (``Refusal``, from ``protocol.errors``, is a reasoned "no"; the sides
   ``receive_draft``, ``receive_close``.
 - Node events: ``delivered``, ``rejected``, ``settle``, ``reopen``; ``follow`` applies the
   lifecycle rules after any change (start the chain, reopen, settle) and says which fired.
-
-``protocol.chain``, ``protocol.chain_state`` and the credit ledger import ``LocalTally``,
-``to_partner``, ``chain_origin``, the sides and ``Refusal`` from here (they predate the split
-into these modules); everything else imports each name from its own module.
 """
 
 from __future__ import annotations
@@ -71,7 +67,6 @@ from .tally_fields import (
 )
 from .tally_hints import hint
 from .tally_local import LocalTally, other_side, to_partner
-from .tally_sign import chain_origin as chain_origin  # re-exported for protocol.chain
 from .tally_sign import check_signature, core_digest, signed, unsigned
 from .tally_states import BINDING_STATES, C_OPEN, CLOSE, DRAFT, DRAFT_OFFER, next_state
 

@@ -35,7 +35,7 @@ from agentd.runtime.timers import Ticker
 from agentd.services.credit.ledger import RESYNC_QUIET_MS, CreditLedger
 from protocol import chain as ch
 from protocol.codec import unpack
-from protocol.tally import LocalTally
+from protocol.tally_local import LocalTally
 from store import credit as credit_store
 from store import is_failure, outbox
 from store.credit import Holding
