@@ -19,6 +19,7 @@ from agentd.runtime.node import Node
 from protocol import chain as ch
 from protocol import lift as lf
 from protocol.keys import ChipAddress
+from store import lifts
 from store.chain_rows import CHAIN_WINDOW
 from tests.netfixture import Network, network, wait_for
 from tests.test_credit_service import (
@@ -196,6 +197,56 @@ async def test_a_node_restored_from_a_backup_takes_back_the_lifts_it_lost(tmp_pa
         assert u["bob"].db.read_one("SELECT count(*) FROM lifts WHERE lift = ?",
                                     (made_up["lift"],))[0] == 0
         assert chain_of(u["bob"], "bob", tl["annbob"])[3] == 1000
+
+
+async def test_a_lift_made_up_under_a_referee_the_node_does_not_trust_is_not_taken(tmp_path):
+    """ann's node signs a record of ann paying cat through bob and, as its referee, a good
+    decision on it, and shows it to bob's node, which holds nothing of it (restored or not:
+    it cannot tell). Taken, bob would pay cat what ann's node says ann paid him; and bob's
+    node would show cat's node the decision, and so on back along any path to the payor's
+    partner, the one node that can check the payor's signature: an honest intermediary
+    would pay out what it never takes in. bob's node takes a lift it lost only under a
+    referee it trusts (its clearing house here), so it refuses it, naming the referees it
+    takes, and nothing is taken."""
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        world = await line_of_three(net)
+        u, tl = world["users"], world["tallies"]
+        ann = u["ann"]
+        made_up = lf.make_record(
+            lift_uuid=str(uuid.uuid4()), kind="linear", units=5, path=[
+                {"cuid": "ann", "agent": ann.agent_id, "tally": tl["annbob"]},
+                {"cuid": "bob", "agent": u["bob"].agent_id, "tally": tl["bobcat"]},
+                {"cuid": "cat", "agent": u["cat"].agent_id, "tally": None}],
+            referee=ChipAddress(agent=ann.agent_id), date_ms=ann.clock.now_ms(),
+            life_ms=60_000, memo="", key=user_key(ann, "ann"))
+        decision, _ = lf.decide(None, "commit", made_up, now_ms=ann.clock.now_ms(),
+                                key=ann.key, asker=u["cat"].agent_id)
+        told = await send_raw(ann, u["bob"], "bob", "lift", "decision",
+                              {"record": made_up, "decision": decision}, "ann")
+        assert await refusal_of(ann, told) == (
+            f"REFEREE_REFUSED: lift {made_up['lift']}: a lift this node lost is taken back only"
+            f" under a referee it trusts: {net.nodes[0].agent_id} ([lift] referees, else its "
+            f"own lift referee and clearing house), not {ann.agent_id}")
+        assert u["bob"].db.read_one("SELECT count(*) FROM lifts")[0] == 0
+        assert chain_of(u["bob"], "bob", tl["annbob"])[3] == 0
+        assert chain_of(u["bob"], "bob", tl["bobcat"])[3] == 0
+
+        # nor under its own clearing house once bob's node holds a proof it equivocated
+        house = net.nodes[0]
+        await u["bob"].transact(lambda tx: lifts.add_equivocator(
+            tx.conn, house.agent_id, "a-lift", {}, tx.now_ms, keep=1024))
+        under_house = lf.make_record(
+            lift_uuid=str(uuid.uuid4()), kind="linear", units=5, path=made_up["path"],
+            referee=ChipAddress(agent=house.agent_id), date_ms=ann.clock.now_ms(),
+            life_ms=60_000, memo="", key=user_key(ann, "ann"))
+        decision, _ = lf.decide(None, "commit", under_house, now_ms=house.clock.now_ms(),
+                                key=house.key, asker=u["cat"].agent_id)
+        told = await send_raw(ann, u["bob"], "bob", "lift", "decision",
+                              {"record": under_house, "decision": decision}, "ann")
+        assert (await refusal_of(ann, told)).startswith(
+            f"REFEREE_REFUSED: lift {under_house['lift']}: the lift referee {house.agent_id} "
+            "signed both good and void on lift a-lift (it equivocated)")
+        assert u["bob"].db.read_one("SELECT count(*) FROM lifts")[0] == 0
 
 
 async def line_of_three(net: Network) -> dict[str, Any]:

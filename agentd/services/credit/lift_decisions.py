@@ -137,14 +137,15 @@ class LiftDecisions:
         """A good ``decision`` (checked) on a lift we hold nothing of, from agent ``sender``:
         when it is our tally partner on the lift's path, this node lost the lift (restored
         from a backup made before it) and the partner, which holds it good, showed it the
-        decision. A good decision comes after the promise passed every hop, ours too, so we
-        took part: with the referee acceptable (``[lift] referees``), the lift is taken, its
-        pending chit on every tally of ours the path crosses (both of an intermediary's, so a
-        partner cannot make it pay out alone what it took in), then its decision applied.
-        False when ``sender`` is no partner of ours on the path: then nothing is ours to
-        take, and the decision is ignored. Refused (``UNKNOWN_TALLY``) when a tally of ours
-        the path crosses is not held here (opened after the backup, say), as none of its
-        chits can be taken alone."""
+        decision. Nothing of a lift is signed by us, so what we take rests on the referee:
+        an honest one decides good only once every hop, ours too, took its promise (the
+        first hop checking the payor's signature). So only under a referee we trust
+        (:meth:`trusted`) is the lift taken, its pending chit on every tally of ours the
+        path crosses (both of an intermediary's, so a partner cannot make it pay out alone
+        what it took in), then its decision applied. False when ``sender`` is no partner of
+        ours on the path: then nothing is ours to take, and the decision is ignored. Refused
+        (``UNKNOWN_TALLY``) when a tally of ours the path crosses is not held here (opened
+        after the backup, say), as none of its chits can be taken alone."""
         agent, path = self.runtime.agent_id, record["path"]
         holdings, missing = [], []  # (hop, our holding of its tally); what we lack
         for hop in range(len(path) - 1):
@@ -162,10 +163,9 @@ class LiftDecisions:
             raise Reject("UNKNOWN_TALLY", f"lift {record['lift']} crosses {', '.join(missing)}"
                          ", which this node does not hold open (opened after the backup it was"
                          " restored from?): its chits are not taken on any tally")
-        allowed = self.runtime.config.lift.referees
-        if allowed and record["referee"]["agent"] not in allowed:
-            raise Reject("REFEREE_REFUSED", f"this node accepts lifts refereed by "
-                         f"{', '.join(allowed)} only")
+        refused = self.trusted(tx.conn, record["referee"]["agent"])
+        if refused is not None:
+            raise Reject("REFEREE_REFUSED", f"lift {record['lift']}: {refused}")
         lifts.add(tx.conn, record, payor=path[0]["cuid"] if path[0]["agent"] == agent else None,
                   now_ms=tx.now_ms)
         units = record["units"]
@@ -178,6 +178,25 @@ class LiftDecisions:
         log.info("lift %s: good, as partner %s showed its decision; this node held nothing of "
                  "it (restored from a backup made before it?)", record["lift"], sender[:8])
         return True
+
+    def trusted(self, conn: sqlite3.Connection, referee: str) -> str | None:
+        """Why this node does not take back a lift it lost on ``referee``'s word (None: it
+        does). A referee that signs good on a record no hop saw, with a partner that shows
+        it, could have a node take a lift nobody agreed to, and each node that took it show
+        it on to the next, back to the payor's partner, which alone can check the payor's
+        signature and would refuse it: an honest intermediary would then pay out what it
+        never takes in. So the referee must be one in ``[lift] referees`` (when set), or
+        else the one this node names for its own lifts or its clearing house; never one
+        proven to have equivocated."""
+        config = self.runtime.config
+        allowed = config.lift.referees or tuple(dict.fromkeys(agent for agent in (
+            config.referee or self.runtime.agent_id,
+            config.clearinghouse.agent if config.clearinghouse else None) if agent))
+        if referee not in allowed:
+            return (f"a lift this node lost is taken back only under a referee it trusts: "
+                    f"{', '.join(allowed)} ([lift] referees, else its own lift referee and "
+                    f"clearing house), not {referee}")
+        return self.refusal(conn, referee)
 
     def _chain_again(self, tx: Tx, holding: Holding, record: dict[str, Any],
                      chit_uuid: str) -> None:
