@@ -249,6 +249,32 @@ async def test_a_lift_made_up_under_a_referee_the_node_does_not_trust_is_not_tak
         assert u["bob"].db.read_one("SELECT count(*) FROM lifts")[0] == 0
 
 
+async def test_a_lift_taken_back_with_a_proof_keeps_the_proof(tmp_path):
+    """A partner that holds a proof that the referee equivocated shows it (``decision`` good,
+    ``other`` void) to a node that lost the lift: the node takes the lift back good and holds
+    the proof as any node on the lift does (lift.show ``equivocation``, the counter)."""
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        world = await line_of_three(net)
+        u, tl, house = world["users"], world["tallies"], net.nodes[0]
+        ann, bob = u["ann"], u["bob"]
+        record = lf.make_record(
+            lift_uuid=str(uuid.uuid4()), kind="linear", units=5, path=[
+                {"cuid": "ann", "agent": ann.agent_id, "tally": tl["annbob"]},
+                {"cuid": "bob", "agent": bob.agent_id, "tally": tl["bobcat"]},
+                {"cuid": "cat", "agent": u["cat"].agent_id, "tally": None}],
+            referee=ChipAddress(agent=house.agent_id), date_ms=ann.clock.now_ms(),
+            life_ms=60_000, memo="", key=user_key(ann, "ann"))
+        good, void = (lf.decide(None, event, record, now_ms=house.clock.now_ms(),
+                                key=house.key, asker=u["cat"].agent_id)[0]
+                      for event in ("commit", "cancel"))
+        await send_raw(ann, bob, "bob", "lift", "decision",
+                       {"record": record, "decision": good, "other": void}, "ann")
+        await wait_for(lambda: bob.counters.lift_equivocations == 1)
+        shown = await rpc(bob, "lift.show", lift=record["lift"])
+        assert (shown["state"], shown["equivocation"]["state"]) == ("good", "void")
+        assert sorted(chit["state"] for chit in shown["chits"]) == ["A.good", "L.good"]
+
+
 async def line_of_three(net: Network) -> dict[str, Any]:
     """ann@n1 — bob@n2 — cat@n3, refereed by the clearing house n0."""
     nodes = net.nodes
