@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +25,20 @@ log = logging.getLogger("agentd.lift")
 QUERY_POLL_S = 60.0  # at most this long between looks while a lift is pending (a safety net)
 
 Clear = Callable[..., Awaitable[dict[str, Any]]]  # LiftService.clear
+Decided = Callable[[str, float], Awaitable[dict[str, Any]]]  # LiftService.decided
+JITTER = 0.5  # auto clear rounds come interval_s apart, times 1 - JITTER to 1 + JITTER
+RACE_TRIES = 3  # lifts an auto clear round starts for one user while hops cancel them
+DECIDED_GRACE_S = 10.0  # past a lift's deadline, for its referee's void to arrive
+_RANDOM = random.Random()  # its own: the global random stays whoever seeded it (a test)
 
 
 class FollowUp:
-    def __init__(self, runtime: Runtime, ledger: CreditLedger, clear: Clear) -> None:
+    def __init__(self, runtime: Runtime, ledger: CreditLedger, clear: Clear,
+                 decided: Decided) -> None:
         self.runtime = runtime
         self.ledger = ledger
         self._clear = clear
+        self._decided = decided
         self._work = trio.Event()  # a lift pending here is due sooner than we sleep until
         self._next_due: int | None = None  # ms: when the next question to a referee is due
 
@@ -41,7 +49,7 @@ class FollowUp:
         task_status.started()
         async with trio.open_nursery() as nursery:
             if self.runtime.config.lift.auto_clear:
-                nursery.start_soon(self._auto_clear)
+                nursery.start_soon(self.auto_clear)
             await self._follow_up()
 
     def due_at(self, due_ms: int) -> None:
@@ -81,27 +89,62 @@ class FollowUp:
         due = lifts.next_due(tx.conn)
         return None if due is None else max(due, tx.now_ms + 50)
 
-    async def _auto_clear(self) -> None:
-        """``[lift] auto_clear``: every ``interval_s``, clear a debt cycle through each of our
-        users owed at least ``minimum``."""
+    async def auto_clear(self) -> None:
+        """``[lift] auto_clear``: about every ``interval_s``, clear debt cycles through each
+        of our users owed at least ``minimum``. Each wait is drawn anew between half and one
+        and a half ``interval_s``: nodes started together, or with one interval, would else
+        clear in the same instant round after round, when their searches see the same debt
+        and their lifts take hops the others need, so that a hop cancels them (void)."""
         clearing = Failures("[lift] auto_clear")
         while True:
-            await trio.sleep(self.runtime.config.lift.interval_s)
+            await trio.sleep(self.runtime.config.lift.interval_s
+                             * _RANDOM.uniform(1 - JITTER, 1 + JITTER))
             await clearing.retry(self._clear_creditors)
 
     async def _clear_creditors(self) -> None:
+        """One lift at a time, each waited for until it is decided, so that the next search
+        sees the debt the last one cleared instead of racing it for the same hops. A lift
+        still pending past its deadline ends the round: its referee is slow or unreachable,
+        and more lifts would only hold more room until it answers."""
         settings = self.runtime.config.lift
         creditors = await self.runtime.db.write(
             lambda conn: self.ledger.store.creditors(conn, settings.minimum))
         for cuid in creditors:
+            if not await self._clear_for(cuid, settings.minimum):
+                return
+
+    async def _clear_for(self, cuid: str, minimum: int) -> bool:
+        """Clear a debt cycle through ``cuid``, if one can carry ``minimum``. A lift a hop
+        cancelled lost a race for a hop's room to another lift: look again after a random
+        while, up to 4, then 8 times what that lift took (a node whose clearing lost the
+        same race backs off too: one of the two goes first), at most ``RACE_TRIES`` lifts.
+        False when a lift was still undecided ``DECIDED_GRACE_S`` past its deadline."""
+        for attempt in range(RACE_TRIES):
+            began = trio.current_time()
             try:
-                cleared = await self._clear(cuid, settings.minimum, exact=False,
-                                            memo="auto clear")
+                started = await self._clear(cuid, minimum, exact=False, memo="auto clear")
             except Refusal as exc:  # no cycle now, or it filled up meanwhile
                 log.debug("auto clear for %s: %s", cuid, exc)
-                continue
-            log.info("auto clear for %s: lift %s of %d mCHIP", cuid, cleared["lift"],
-                     cleared["units"])
+                return True
+            log.info("auto clear for %s: lift %s of %d mCHIP", cuid, started["lift"],
+                     started["units"])
+            life_s = (started["deadline"] - self.runtime.clock.now_ms()) / 1000
+            ended = await self._decided(started["lift"], max(life_s, 0) + DECIDED_GRACE_S)
+            if ended["state"] == lf.PEND:
+                return False
+            if not cancelled(ended) or attempt == RACE_TRIES - 1:
+                return True
+            took_s = trio.current_time() - began
+            await trio.sleep(took_s * _RANDOM.uniform(0, 2 ** (attempt + 2)))
+        return True
+
+
+def cancelled(shown: dict[str, Any]) -> bool:
+    """Whether a lift (as ``lift.show`` shows it) ended void because a hop cancelled it,
+    before its deadline: not because the deadline passed."""
+    decision = shown["decision"]
+    return (shown["state"] == lf.VOID and decision is not None
+            and decision["date"] < shown["deadline"])
 
 
 __all__ = ["QUERY_POLL_S", "FollowUp"]

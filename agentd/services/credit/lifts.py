@@ -82,7 +82,7 @@ class LiftService(Service):
         self._settled: dict[str, trio.Event] = {}  # lift -> set when it is decided here
         self.referee_role = Referee(node, ledger)  # lifts others name this node to decide
         self.decisions = LiftDecisions(node, ledger, routes, self._wake)
-        self.follow_up = FollowUp(node, ledger, self.clear)
+        self.follow_up = FollowUp(node, ledger, self.clear, self.decided)
         for name in ("pay", "clear", "wait", "show", "list", "forgive"):
             node.register_method(f"lift.{name}", getattr(self, f"rpc_{name}"))
 
@@ -156,6 +156,11 @@ class LiftService(Service):
         if not 0 <= timeout_s <= MAX_WAIT_S:  # its type: agentd.rpc_types
             raise invalid_params(f"timeout_s must be seconds from 0 (look now) to "
                                  f"{MAX_WAIT_S:g}, not {timeout_s!r}")
+        return await self.decided(lift, timeout_s)
+
+    async def decided(self, lift: str, timeout_s: float) -> dict:
+        """``lift`` as ``lift.show`` shows it once it is good or void here, or as it is when
+        ``timeout_s`` passes."""
         event = self._settled.setdefault(lift, trio.Event())  # before we look: no race
         try:
             shown = await self.rpc_show(lift)
