@@ -12,6 +12,7 @@ from agentd.runtime.node import Node
 from agentd.runtime.reload import reload_config
 from protocol.keys import SigningKey
 from tests.netfixture import network
+from tests.test_credit_service import open_tally, rpc
 
 BOB = SigningKey(bytes([2]) * 32).agent_id
 CAROL = SigningKey(bytes([3]) * 32).agent_id
@@ -139,7 +140,7 @@ def test_a_lift_referee_with_no_known_address_is_taken_and_warned_of(tmp_path, c
     node, path = node_from(tmp_path, BASE)
     path.write_text(BASE + f'\n[lift]\nreferee = "{DAVE}"\n')
     warning = no_address(node.config.path, DAVE)
-    assert reload_config(node) == {"applied": [], "restart": ["lift.referee"],
+    assert reload_config(node) == {"applied": ["lift.referee"], "restart": [],
                                    "warnings": [warning]}
     logged = [r.getMessage() for r in caplog.records
               if r.name == "agentd.runtime.reload" and r.levelname == "WARNING"]
@@ -153,6 +154,17 @@ def test_a_lift_referee_with_no_known_address_is_taken_and_warned_of(tmp_path, c
     assert reload_config(node)["warnings"] == []
 
 
+def test_the_lift_referee_applies_at_once_and_the_rest_of_lift_waits(tmp_path):
+    node, path = node_from(tmp_path, BASE + f'\n[lift]\nreferee = "{BOB}"\n')
+    path.write_text(BASE + f'\n[lift]\nreferee = "{CAROL}"\nlife_s = 30\n')
+    assert reload_config(node) == {"applied": ["lift.referee"], "restart": ["lift.life_s"],
+                                   "warnings": [no_address(node.config.path, CAROL)]}
+    assert (node.config.referee, node.config.lift.life_s) == (CAROL, 120)
+    path.write_text(BASE + '\n[lift]\nlife_s = 30\n')  # no referee: this node's own again
+    assert reload_config(node)["applied"] == ["lift.referee"]
+    assert node.config.referee is None
+
+
 async def test_a_node_warns_at_start_of_a_lift_referee_it_knows_no_address_for(tmp_path,
                                                                                caplog):
     async with network(tmp_path, n=1, sections={"lift": {"referee": DAVE}}) as net:
@@ -160,3 +172,36 @@ async def test_a_node_warns_at_start_of_a_lift_referee_it_knows_no_address_for(t
     warnings = [r.getMessage() for r in caplog.records
                 if r.levelname == "WARNING" and "lift.referee" in r.getMessage()]
     assert warnings == [no_address(config_path, DAVE)]
+
+
+async def test_a_new_lift_referee_decides_the_lifts_started_after_a_reload(tmp_path):
+    """``[lift] referee`` applies at once: the next ``lift.pay`` names the new referee, which
+    decides it; a lift in flight keeps the referee its signed record names — the clearing
+    house, down when the lift started and when the referee changed, decides it once back."""
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        house, judge, ann, bob = net.nodes
+        await rpc(ann, "users.add", cuid="ann")
+        await rpc(bob, "users.add", cuid="bob")
+        await open_tally(ann, "ann", bob, "bob")
+        payee = f"bob:{bob.agent_id}"
+        await net.stop(0)
+        before = await rpc(ann, "lift.pay", cuid="ann", find=payee, units=100)
+        assert before["referee"] == house.agent_id  # the clearing house, by default
+        config = ann.config
+        Path(config.path).write_text(
+            f'[node]\nname = "{config.name}"\ndata_dir = "{config.data_dir}"\n'
+            f'listen = "{config.listen}"\n\n[clearinghouse]\nagent = "{house.agent_id}"\n'
+            f'address = "{house.listen_address}"\n\n[lift]\nreferee = "{judge.agent_id}"\n')
+        assert await rpc(ann, "reload") == {"applied": ["lift.referee"], "restart": [],
+                                            "warnings": []}
+        after = await rpc(ann, "lift.pay", cuid="ann", find=payee, units=200)
+        assert after["referee"] == judge.agent_id
+        done = await rpc(ann, "lift.wait", lift=after["lift"], timeout_s=30)
+        assert (done["state"], done["referee"], done["decision"]["referee"]) == (
+            "good", judge.agent_id, judge.agent_id)
+        held = await rpc(ann, "lift.show", lift=before["lift"])
+        assert (held["state"], held["referee"]) == ("pend", house.agent_id)
+        await net.restart(0)
+        done = await rpc(ann, "lift.wait", lift=before["lift"], timeout_s=60)
+        assert (done["state"], done["referee"], done["decision"]["referee"]) == (
+            "good", house.agent_id, house.agent_id)

@@ -464,9 +464,10 @@ class Node:
         return out
 
     async def rpc_reload(self) -> dict:
-        """Re-read the config file (as SIGHUP does): peers, clearing house, relay rules and
-        log level apply now; ``restart`` lists changed keys that wait for a restart, and
-        ``warnings`` what may not work yet (a ``[lift] referee`` with no known address)."""
+        """Re-read the config file (as SIGHUP does): peers, clearing house, relay rules, lift
+        referee and log level apply now; ``restart`` lists changed keys that wait for a
+        restart, and ``warnings`` what may not work yet (a ``[lift] referee`` with no known
+        address)."""
         try:
             return reload_config(self)
         except UserError as exc:

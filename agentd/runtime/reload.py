@@ -2,9 +2,11 @@
 
 What a node can take while it runs is applied: ``[[peers]]`` (new peers, and new addresses
 or names of known ones, dialled from the next connection on), ``[clearinghouse]``, the
-``[relay]`` access rules and verification policies, and ``[log] level``; evidence not
-answered yet that is bound to another agent moves to a new ``[clearinghouse]``
-(``agentd/services/clearing/moves.py``). Everything else — identity, ``listen``,
+``[relay]`` access rules and verification policies, ``[lift] referee`` (the lifts the node
+starts from then on name it; a lift in flight keeps the referee its signed record names, which
+alone may decide it) and ``[log] level``; evidence not answered yet that is bound to another
+agent moves to a new ``[clearinghouse]`` (``agentd/services/clearing/moves.py``). Everything
+else — identity, ``listen``,
 ``data_dir``, roles, limits and timeouts, the log format — is read once at start: a change
 there is reported as waiting for a restart, not half applied. A config that does not
 validate changes nothing. A value that validates but may not work yet is applied and warned
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentd.runtime.reload")
 
 LIVE = ("peers", "clearinghouse", "relay_access", "relay_verify", "log_level")
+LIVE_LIFT = ("referee",)  # the [lift] keys applied at once (LiftService.referee reads it)
 # Config fields by the names a user writes in the file (the rest are [node] keys of their own)
 FILE_KEYS = {"peers": "peers", "clearinghouse": "clearinghouse", "relay_access": "relay.access",
              "relay_verify": "relay.verify", "log_level": "log.level", "log_format": "log.format",
@@ -69,9 +72,9 @@ def reload_config(node: Node) -> dict[str, Any]:
     """Re-read ``node``'s config file and apply what can change while it runs.
 
     Returns what changed, by the keys' names in the file: ``{applied: [keys], restart:
-    [keys], warnings: [text]}``; ``applied`` names ``lift.referee`` too when a new
-    ``[clearinghouse]`` changes who referees new lifts (``[lift] referee`` unset: the clearing
-    house does); ``warnings`` (also logged) names values applied that may not work yet
+    [keys], warnings: [text]}``; ``applied`` names ``lift.referee`` when it changed, and when
+    a new ``[clearinghouse]`` changes who referees new lifts (``[lift] referee`` unset: the
+    clearing house does); ``warnings`` (also logged) names values applied that may not work yet
     (:func:`referee_warnings`); ``unnamed`` (when there are any) the peers whose name the
     config now gives another (``agentd.runtime.peer_names``: ``[{agent, name, now}]``). Raises
     ``UserError`` (nothing applied, and logged) for a config file that is missing or invalid.
@@ -86,11 +89,12 @@ def reload_config(node: Node) -> dict[str, Any]:
         raise
     live = [name for name in LIVE if getattr(new, name) != getattr(old, name)]
     applied = changed_keys(old, new, live)
-    restart = changed_keys(old, new, [field.name for field in fields(Config)
-                                      if field.name not in LIVE and field.name != "path"])
-    node.config = replace(old, **{name: getattr(new, name) for name in LIVE})
-    if node.config.referee != old.referee:  # [clearinghouse] moved the default lift referee
-        applied.insert(applied.index("clearinghouse") + 1, "lift.referee")
+    lift = replace(old.lift, **{key: getattr(new.lift, key) for key in LIVE_LIFT})
+    restart = changed_keys(replace(old, lift=lift), new, [
+        field.name for field in fields(Config) if field.name not in LIVE and field.name != "path"])
+    node.config = replace(old, lift=lift, **{name: getattr(new, name) for name in LIVE})
+    if lift != old.lift or node.config.referee != old.referee:  # or the clearing house's
+        applied.append("lift.referee")
     unnamed = node.configure_peers() if "peers" in live or "clearinghouse" in live else []
     if "clearinghouse" in live:
         node.evidence.house_changed()
