@@ -38,7 +38,7 @@ from typing import Any
 from .chit_fields import bad_field, check_chit, check_fields, chit_hash
 from .chit_local import LocalChit
 from .chit_room import check_limit, check_room
-from .chit_states import ISSUE_STATES, RECEIVE_STATES, next_state, require_tally
+from .chit_states import RECEIVE_STATES, next_state, require_issue, require_tally
 from .errors import Refusal
 from .keys import SigningKey
 from .messages import Send
@@ -89,7 +89,7 @@ def pay(
     """A direct payment by our user, signed and good at once (``chain.add`` sends it).
     ``balance`` is ours, from ``chain.balance``."""
     state = next_state(None, "pay")
-    require_tally(local, ISSUE_STATES)
+    require_issue(local)
     chit = _draft(
         local, by=local.side, chit_uuid=chit_uuid, units=units, date_ms=date_ms, memo=memo, ref=ref
     )
@@ -110,7 +110,7 @@ def invoice(
 ) -> Step:
     """Ask the partner to pay ``units``: an unsigned chit issued in its name, sent ``pend``."""
     state = next_state(None, "invoice")
-    require_tally(local, ISSUE_STATES)
+    require_issue(local)
     chit = _draft(
         local,
         by=local.partner_side,
@@ -129,7 +129,7 @@ def accept(
 ) -> Step:
     """Pay the partner's invoice: sign it as drafted (``chain.add`` sends it good)."""
     state = next_state(local_chit.state, "accept")
-    require_tally(local, ISSUE_STATES)
+    require_issue(local)
     check_room(local, local_chit.chit, balance, reserved)
     return LocalChit(state, _sign(local, local_chit.chit, key)), []
 

@@ -5,12 +5,14 @@ A holder's chit state has a prefix that says whose pledge it is: ``A.`` an asset
 pays us), ``L.`` a liability (we pay the partner). :data:`TRANSITIONS` is the whole table,
 kept apart from the events that use it (:mod:`protocol.chit`, :mod:`protocol.chit_lift`) so a
 reader sees every guarded transition at a glance; :func:`next_state` refuses an event the table
-does not list (``bad_state``), and :func:`require_tally` one on a tally that takes no chits.
+does not list (``bad_state``), and :func:`require_tally` one on a tally that takes no chits
+(:func:`require_issue` for our own user's, saying what to do instead).
 """
 
 from __future__ import annotations
 
 from .errors import Refusal
+from .tally_hints import hint
 from .tally_local import LocalTally
 from .tally_states import C_OPEN, CLOSE, OFFER_OPEN, OPEN
 
@@ -62,3 +64,13 @@ def require_tally(local: LocalTally, states: frozenset[str]) -> None:
     """Refuse a chit event on a tally whose state is not one of ``states``."""
     if local.state not in states:
         raise Refusal("bad_state", f"tally {local.uuid} is {local.state}: no chits now")
+
+
+def require_issue(local: LocalTally) -> None:
+    """Refuse our user's chit (a payment, an invoice or its acceptance) on a tally that takes
+    none, saying what the tally's state means and what to do: "tally T is P.offer: no chits
+    now" left the user to find out that the partner's offer waits for an answer."""
+    if local.state not in ISSUE_STATES:
+        told = hint(local.state, local.tally[local.partner_side]["cert"] is not None)
+        raise Refusal("bad_state", f"tally {local.uuid} is {local.state}: our user's chits "
+                                   f"move only on an open tally; {told}")

@@ -25,7 +25,7 @@ HINTS: dict[str, str] = {
                    "offer (tally.offer)",
     "open": "it is open: chits move on it, and tally.close closes it",
     "C.open": "it is closing, until its balance reaches zero",
-    "close": "it is closed",
+    "close": "it is closed: tally.invite starts another",
     "void": "it is void, and nothing more happens to it: tally.invite starts another",
 }
 

@@ -105,6 +105,25 @@ def test_only_the_payers_key_signs_and_only_on_an_open_tally() -> None:
     assert refusal(pay, bound, 1).code == "bad_state"  # not until the acceptance is delivered
 
 
+def test_a_user_refused_by_the_tallys_state_is_told_what_to_do() -> None:
+    """A payment, an invoice or an acceptance on a tally that takes no chits says what its
+    state means and what to do, as the tally's own calls do (README: BAD_STATE)."""
+    offered = LocalTally(BOB_TALLY.side, ts.P_OFFER, BOB_TALLY.tally)
+    assert refusal(pay, offered, 1).message == (
+        f"tally {TALLY_UUID} is P.offer: our user's chits move only on an open tally; the "
+        "partner's offer waits for us: tally.accept, tally.refuse or tally.counter")
+    closed = LocalTally(ALICE_TALLY.side, ts.CLOSE, ALICE_TALLY.tally)
+    assert refusal(c.invoice, closed, balance=0, chit_uuid=uuid_of(2), units=1,
+                   date_ms=NOW).message.endswith(
+        "is close: our user's chits move only on an open tally; it is closed: tally.invite "
+        "starts another")
+    owed = c.receive_pend(None, c.invoice(ALICE_TALLY, chit_uuid=uuid_of(3), units=1,
+                                          date_ms=NOW, balance=0)[1][0].object, BOB_TALLY)[0]
+    void = LocalTally(BOB_TALLY.side, ts.VOID, BOB_TALLY.tally)
+    assert refusal(c.accept, owed, void, BOB.key, balance=0).message.endswith(
+        "it is void, and nothing more happens to it: tally.invite starts another")
+
+
 # -- validation and signatures --------------------------------------------------------------------
 
 
