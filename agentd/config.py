@@ -19,11 +19,15 @@ from agentd.errors import UserError
 from protocol.frames import DEFAULT_MAX_FRAME
 from protocol.keys import IdentityError, agent_id_problem, is_agent_id, parse_hostport
 from protocol.lift import MAX_LIFE_MS
+from protocol.relay_fields import is_network
 
 ROLES = frozenset({"clearinghouse"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 MAX_PEER_NAME = 64  # characters
+# What ``[node] network`` (and ``agentd init --network``) must be: relay addresses name it.
+NETWORK_RULE = ("must start with a letter or '_' and hold up to 64 letters, digits, '_', '-' "
+                "(relay addresses name it: RELAY/NETWORK/VIEW)")
 
 
 @dataclass(frozen=True)
@@ -284,6 +288,8 @@ def parse_config(raw: dict, source: Path) -> Config:
     key_file = Path(os.path.normpath(base / node.get("key", str, str(data_dir / "agent.key"))))
     listen = node.hostport("listen", required=True, allow_zero=True)
     network = node.get("network", str, "agentd")
+    if not is_network(network):
+        node.bad("network", f"{NETWORK_RULE}, got {network!r}")
     roles = tuple(node.get("roles", list, []))
     for role in roles:
         if not isinstance(role, str) or role not in ROLES:

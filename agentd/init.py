@@ -7,11 +7,12 @@ from pathlib import Path
 
 import tomlkit
 
-from agentd.config import listens_everywhere
+from agentd.config import NETWORK_RULE, listens_everywhere
 from agentd.errors import UserError
 from agentd.keyfile import write_key
 from agentd.up import node_configs
 from protocol.keys import ChipAddress, IdentityError, SigningKey, parse_hostport
+from protocol.relay_fields import is_network
 
 
 def config_document(name: str, listen: str, network: str, advertise: str | None = None
@@ -77,6 +78,10 @@ def _bound(listen: str) -> tuple[str, int]:
 
 def init_node(directory: Path, name: str, listen: str, network: str,
               advertise: str | None = None) -> dict:
+    if not name:
+        raise UserError("--name must not be empty")
+    if not is_network(network):
+        raise UserError(f"--network {network!r} {NETWORK_RULE}")
     try:
         host, port = parse_hostport(listen)
     except IdentityError as exc:

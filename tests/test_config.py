@@ -61,6 +61,9 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
     (GOOD + "roles = [\"house\"]\n", "node.roles has unknown role 'house' (known: clearinghouse)"),
     (GOOD + "roles = [{}]\n", "node.roles has unknown role {} (known: clearinghouse)"),
     (GOOD + "max_frame = true\n", "node.max_frame must be an integer, not a boolean"),
+    (GOOD + 'network = "my.net"\n', "node.network must start with a letter or '_' and hold "
+     "up to 64 letters, digits, '_', '-' (relay addresses name it: RELAY/NETWORK/VIEW), got "
+     "'my.net'"),
     (GOOD + "max_frame = 65536\n",
      "node.max_frame must be between 1048576 and 67108864 bytes, got 65536"),
     (GOOD + '\n[[peers]]\nname = "bob"\nagent = "x"\naddress = "127.0.0.1:7902"\n',

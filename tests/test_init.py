@@ -11,12 +11,25 @@ from agentd.init import init_node
 
 def test_a_name_with_quotes_and_backslashes_round_trips(tmp_path):
     name = 'a"b\\c ë\n[x]'
-    made = init_node(tmp_path / "n", name, "127.0.0.1:7301", 'net"work')
+    made = init_node(tmp_path / "n", name, "127.0.0.1:7301", "_net-work")
     config = load_config(made["config"])
-    assert (config.name, config.network, config.listen) == (name, 'net"work', "127.0.0.1:7301")
+    assert (config.name, config.network, config.listen) == (name, "_net-work", "127.0.0.1:7301")
     assert config.key_file == tmp_path / "n" / "data" / "agent.key"
     text = (tmp_path / "n" / "agentd.toml").read_text(encoding="utf-8")
     assert "# agentd node config" in text and "peers.add" in text
+
+
+def test_a_name_or_network_the_node_could_not_run_with_is_refused_before_anything_is_written(
+        tmp_path):
+    """The config ``agentd init`` writes runs as written: an empty name, or a network no relay
+    address can name, was written and then refused by ``agentd run``."""
+    with pytest.raises(UserError, match=r"^--name must not be empty$"):
+        init_node(tmp_path / "a", "", "127.0.0.1:7301", "agentd")
+    with pytest.raises(UserError, match=r"^--network 'my\.net' must start with a letter or '_'"
+                                        r" and hold up to 64 letters, digits, '_', '-' \(relay "
+                                        r"addresses name it: RELAY/NETWORK/VIEW\)$"):
+        init_node(tmp_path / "a", "a", "127.0.0.1:7301", "my.net")
+    assert not (tmp_path / "a").exists()
 
 
 def test_a_node_on_every_interface_advertises_where_peers_dial_it(tmp_path):

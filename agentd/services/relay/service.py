@@ -34,8 +34,7 @@ from agentd.services.relay.states import FINAL, PENDING, changed
 from protocol.codec import CodecError, canonical, unpack
 from protocol.envelope import MAX_NESTING, Envelope
 from protocol.relay import APPLIES_FROM, AckStatus, Status
-from protocol.relay_address import ViewAddress
-from protocol.relay_fields import AddressError, MessageError, RelayError
+from protocol.relay_fields import MessageError, RelayError
 from protocol.relay_messages import Ack, ViewPayload
 from protocol.relay_policy import AccessRule, VerificationPolicy
 from protocol.relay_views import open_view
@@ -64,11 +63,6 @@ class RelayService(Service):
         super().__init__(runtime)
         config = runtime.config
         self.access, self.policies = self.rules(config)
-        try:
-            ViewAddress(runtime.agent_id, config.network, "node:info")
-        except AddressError as exc:
-            raise UserError(f"{config.path}: node.network cannot name a relay network: "
-                            f"{exc}") from exc
         self._wake = trio.Event()
         self._wake_at_ms: int | None = None
         self._next_sweep_ms = 0
