@@ -116,3 +116,23 @@ async def test_tally_and_chit_state_changes_log_one_line_each(tmp_path, caplog):
     chits = [r.fields for r in lines if r.getMessage().startswith("chit state")]
     assert {"chit": paid["chit"], "tally": tally, "cuid": "alice", "state": "L.good",
             "units": 5} in chits
+
+
+async def test_a_lost_peer_is_logged_with_where_it_was_and_why(tmp_path, caplog):
+    """README (Operations, Logs): a lost peer's line names its address and direction as the
+    connected line does, and why it closed: the inbound side closes an idle channel
+    (``idle``), which the dialler sees as the peer hanging up (``eof``)."""
+    from tests.netfixture import network, wait_for
+
+    caplog.set_level(logging.INFO)
+    async with network(tmp_path, n=2, idle_timeout=0.3) as net:
+        a, b = net.nodes
+        await a.rpc.call("peers.ping", {"agent": b.agent_id})
+        await wait_for(lambda: not a.peers.connected(b.agent_id), timeout=5)
+        lost = {r.fields["agent"]: r.fields for r in caplog.records
+                if r.getMessage().startswith("peer lost")}
+    of_b, of_a = lost[a.agent_id], lost[b.agent_id]  # b's line names a, and a's b
+    assert (of_b["name"], of_b["address"], of_b["direction"], of_b["reason"]) == (
+        "n0", a.listen_address, "in", "idle")
+    assert (of_a["name"], of_a["address"], of_a["direction"], of_a["reason"]) == (
+        "n1", b.listen_address, "out", "eof")

@@ -404,7 +404,11 @@ class Node:
         self._seen(channel)
 
     def _channel_closed(self, channel: Channel) -> None:
-        event(log, "peer lost", agent=channel.agent, name=self._peer_names.get(channel.agent))
+        """Logged with why (``Channel.close_reason``): a channel that closes once a minute
+        (the inbound side's idle timeout) is not a peer in trouble, and the line says so."""
+        event(log, "peer lost", agent=channel.agent, name=self._peer_names.get(channel.agent),
+              address=channel.hello.listen, direction="out" if channel.outbound else "in",
+              reason=channel.close_reason)
         self.pump.on_channel_closed(channel)
         self._seen(channel)
 
