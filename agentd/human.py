@@ -36,12 +36,13 @@ TITLES = {"capacity.pay": "CAN_PAY", "capacity.receive": "CAN_RECEIVE", "header.
 SPARSE = ("clock_ahead_ms",)  # a column only when some row has a value (null until measured)
 # table cells show the first N characters of these, and "…"
 CUT = {"entry_hash": 12, "prev_hash": 12, "document_id": 12, "payload_sha256": 12,
-       "client_id": 8, "agent": 8, "tally": 8, "receipt": 16, "payload": 16, "proof": 16,
-       "payload_text": 24}
+       "client_id": 8, "agent": 8, "clearing_house": 8, "tally": 8, "receipt": 16,
+       "payload": 16, "proof": 16, "payload_text": 24}
 # a peer's address longer than this shows its start, "…", its end and the port: a full IPv6
 # address ([8 groups]:port, 46 characters) took peers.list past 100 columns
 ADDRESS_CUT = 30
-TIMESTAMPS = ("last_seen", "date", "received", "timestamp", "expires", "deadline")
+TIMESTAMPS = ("last_seen", "date", "received", "timestamp", "expires", "deadline", "since",
+              "last_db_error_at")
 DURATIONS = ("uptime_s",)
 UNITS = (("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1))
 

@@ -303,6 +303,21 @@ def test_human_receipts_show_the_uuid_of_a_namespaced_pid():
     assert max(len(line) for line in lines) <= 100
 
 
+def test_human_times_are_dates_wherever_they_are():
+    """-H shows a time in ms since the epoch as a date: receipts.verify's pending_detail
+    ``since`` and getinfo's ``last_db_error_at`` were shown as 1700000000000."""
+    pending = {"ok": True, "checked": 3, "pending": 2, "pending_detail": [
+        {"clearing_house": AGENTS["clearinghouse"], "configured": True, "logs": 2, "keys": 0,
+         "since": 1_700_000_000_000, "problem": None}], "failures": []}
+    lines = render("receipts.verify", pending).splitlines()
+    assert [re.split(r"\s{2,}", line.strip()) for line in lines[4:6]] == [
+        ["CLEARING_HOUSE", "CONFIGURED", "LOGS", "KEYS", "SINCE", "PROBLEM"],
+        ["JiNcmgMw…", "yes", "2", "0", "2023-11-14 22:13:20 UTC", "-"]]
+    info = render("getinfo", {"last_db_error": "disk I/O error",
+                              "last_db_error_at": 1_700_000_000_000})
+    assert info.splitlines()[1] == "last_db_error_at: 2023-11-14 22:13:20 UTC"
+
+
 def test_a_mistyped_name_gets_the_names_it_is_close_to():
     known = ["help", "init", "run", "peers.ping", "peers.add", "lift.pay", "lift.wait"]
     assert did_you_mean("halp", known) == " (did you mean help?)"
