@@ -117,9 +117,10 @@ def _main(argv: list[str]) -> int:
         print(f"agentd {__version__}")
         return 0
     if options.command is None:
-        if options.config and not options.help:  # agentd -c CONFIG, and nothing to do
-            raise UserError("no METHOD to call: agentd -c CONFIG METHOD [key=value ...] "
-                            "(agentd -c CONFIG help lists the methods, getinfo shows the node)")
+        if (options.config or options.socket) and not options.help:  # and nothing to do
+            node = "-c CONFIG" if options.config else "--socket PATH"
+            raise UserError(f"no METHOD to call: agentd {node} METHOD [key=value ...] "
+                            f"(agentd {node} help lists the methods, getinfo shows the node)")
         print(usage(), end="")
         return 0 if options.help else 2
     args = options.args
@@ -129,6 +130,8 @@ def _main(argv: list[str]) -> int:
     if options.help:
         args = ["--help", *args]
     if options.command in LOCAL_COMMANDS:
+        if (options.config and options.command != "run") or options.socket:
+            raise UserError(_not_for(options.command, options.config, options.socket))
         if options.config:
             args = ["-c", options.config, *args]
         return _local(options.command, args)
@@ -146,6 +149,18 @@ def _main(argv: list[str]) -> int:
     args = [arg for arg in args if arg not in ("-H", "--human")]  # after the method too
     return _rpc(socket_path, options.command, args, human=human,
                 start=_how_to_start(options.config))
+
+
+def _not_for(command: str, config: str | None, socket: str | None) -> str:
+    """Why ``agentd -c CONFIG COMMAND`` (or ``--socket``) is refused: the option was passed
+    on to the command, which took the config for its own argument (``sim``: the scenario)
+    or said only "unrecognized arguments: -c", or ignored ``--socket`` and went on."""
+    if socket:
+        return (f"--socket names the control socket of a node to call a method on; agentd "
+                f"{command} does not take it")
+    if command in ("up", "down"):
+        return f"agentd {command} takes the config as its argument: agentd {command} {config}"
+    return f"-c CONFIG is for agentd run and method calls; agentd {command} does not take it"
 
 
 HELP_USAGE = """usage: agentd help [METHOD | COMMAND]

@@ -333,6 +333,24 @@ def test_a_config_without_a_method_says_a_method_is_missing(capsys):
         cli._main(["-c", "any.toml"])
     assert cli._main(["-c", "any.toml", "--help"]) == 0  # asked for: the usage
     assert "agentd -c CONFIG METHOD" in capsys.readouterr().out
+    with pytest.raises(UserError, match=r"^no METHOD to call: agentd --socket PATH METHOD"):
+        cli._main(["--socket", "any.sock"])  # it printed the whole usage
+
+
+def test_a_config_or_socket_given_to_a_command_that_takes_none_is_refused(capsys, tmp_path):
+    """``agentd -c CONFIG up`` said only "unrecognized arguments: -c", ``agentd -c CONFIG sim
+    ring`` took the config for the scenario, and ``agentd --socket PATH up`` started
+    configs/local: each now says what to type instead, before the command runs."""
+    with pytest.raises(UserError, match=r"^agentd up takes the config as its argument: agentd "
+                                        r"up configs/local/alice\.toml$"):
+        cli._main(["-c", "configs/local/alice.toml", "up"])
+    with pytest.raises(UserError, match=r"^-c CONFIG is for agentd run and method calls; "
+                                        r"agentd sim does not take it$"):
+        cli._main(["-c", "configs/local/alice.toml", "sim", "ring"])
+    with pytest.raises(UserError, match=r"^--socket names the control socket of a node to call "
+                                        r"a method on; agentd up does not take it$"):
+        cli._main(["--socket", "alice.sock", "up", str(tmp_path)])  # (nothing to start there)
+    assert capsys.readouterr().out == ""  # nothing ran
 
 
 def test_a_killed_nodes_socket_file_is_told_apart_from_no_socket(tmp_path):
