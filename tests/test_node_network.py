@@ -106,6 +106,19 @@ async def test_message_to_own_agent_is_delivered_locally(tmp_path):
         assert node.counters.messages_processed == 2
 
 
+async def test_a_bad_ping_says_what_is_wrong_with_it(tmp_path):
+    """peers.ping said "agent is not an agent id: 'nonsense'", and of a bad count only the
+    range: it now says what an agent id is and where to find one (a bad count:
+    test_a_ping_count_out_of_range_is_refused_quoting_it)."""
+    async with network(tmp_path, n=1) as net:
+        (node,) = net.nodes
+        with pytest.raises(RpcError) as bad_agent:
+            await node.rpc.call("peers.ping", {"agent": "nonsense"})
+        assert bad_agent.value.message == (
+            "peers.ping: agent: agent id must be 43 base64url characters: 'nonsense' "
+            "(peers.list shows the agent ids this node knows)")
+
+
 async def test_outbox_is_reloaded_after_restart(tmp_path):
     async with network(tmp_path, n=2) as net:
         sender, receiver = net.nodes

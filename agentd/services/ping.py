@@ -15,7 +15,7 @@ from agentd.rpc import NOT_FOUND, TIMEOUT, RpcError, invalid_params
 from agentd.rpc_types import shown
 from agentd.runtime.context import Reject, Runtime, Service, Tx
 from protocol.envelope import Envelope
-from protocol.keys import ChipAddress, is_agent_id, parse_hostport
+from protocol.keys import ChipAddress, agent_id_problem, parse_hostport
 from protocol.messages import Send
 
 PING_TIMEOUT = 10.0
@@ -46,8 +46,9 @@ class PingService(Service):
         """``count`` (1 to 1000) round trips to ``agent`` through the outbox and ack path;
         latencies in ms. A peer whose address we do not know is pinged over the channel it
         has open to us."""
-        if not is_agent_id(agent):
-            raise invalid_params(f"agent is not an agent id: {agent!r}")
+        if (problem := agent_id_problem(agent)) is not None:
+            raise invalid_params(f"agent: {problem} (peers.list shows the agent ids this node "
+                                 "knows)")
         if not 1 <= count <= 1000:
             raise invalid_params(f"count must be an integer from 1 to 1000, not {shown(count)}")
         runtime = self.runtime
