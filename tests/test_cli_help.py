@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import socket
@@ -16,7 +17,7 @@ from agentd.bench import usage as bench_usage
 from agentd.config import control_socket
 from agentd.errors import UserError, did_you_mean
 from agentd.human import duration, render
-from agentd.methods import describe, method_help, registry
+from agentd.methods import describe, method_help, plain, registry
 from tests.clihelpers import AGENTD
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -51,6 +52,18 @@ def test_every_registered_method_has_help_and_a_readme_row():
         assert name in documented, f"{name} is missing from the README's RPC table"
     assert documented <= set(methods), f"README documents unknown methods: " \
                                        f"{sorted(documented - set(methods))}"
+
+
+def test_every_optional_param_without_a_fixed_default_is_explained():
+    """agentd help shows such a param as [name=null]: its docstring must say what leaving it
+    out does (users.add's name, the cuid; ch.log's payload_type, from the payload)."""
+    unexplained = []
+    for name, method in registry().items():
+        doc = plain(inspect.cleandoc(method.__doc__ or ""))
+        unexplained += [f"{name} {param['name']}" for param in describe(name, method)["params"]
+                        if not param["required"] and param["default"] is None
+                        and not re.search(rf"\b{param['name']}\b", doc)]
+    assert unexplained == []
 
 
 def test_usage_names_every_method_and_benchmark(capsys):

@@ -15,7 +15,8 @@ class Users:
         runtime.register_method("users.list", self.rpc_list)
 
     async def rpc_add(self, cuid: str, name: str | None = None) -> dict:
-        """Create a user with a fresh signing key; returns its CHIP address."""
+        """Create a user with a fresh signing key; returns its CHIP address. ``name`` goes
+        into the user's certificate, which tally partners see (default: the cuid)."""
         if not valid_cuid(cuid):
             raise invalid_params(
                 f"cuid {cuid!r} must be {CUID_RULE}")

@@ -336,7 +336,9 @@ class Evidence:
     async def rpc_log(self, pid: str, payload: Any, mode: str = "full",
                       header: dict | None = None, payload_type: str | None = None) -> dict:
         """Log ``payload`` (text as UTF-8, other JSON as canonical msgpack) under ``pid``;
-        ``mode`` full | header (hash of the payload and the header) | hash (the hash alone)."""
+        ``mode`` full | header (hash of the payload and the header) | hash (the hash alone).
+        ``header``: a map logged beside it; ``payload_type``: its media type (default
+        ``text/plain; charset=utf-8`` for text, ``application/msgpack`` for other JSON)."""
         return await self.log_request(self._log_object(pid, payload, mode, header, payload_type))
 
     @staticmethod

@@ -237,7 +237,8 @@ class TallyService(Service):
             cuid, tally, lambda holding, _: t.close(holding.local, balance=holding.balance))
 
     async def rpc_list(self, cuid: str | None = None) -> list[dict]:
-        """Tallies (of one user, or all) with state, partner, balance and chain."""
+        """Tallies (of user ``cuid``, or of all users) with state, partner, balance and
+        chain."""
         if cuid is None:
             rows = self.runtime.db.reading(credit_store.list_tallies)
         else:
