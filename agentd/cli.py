@@ -148,7 +148,8 @@ def _main(argv: list[str]) -> int:
     human = options.human or any(arg in ("-H", "--human") for arg in args)
     args = [arg for arg in args if arg not in ("-H", "--human")]  # after the method too
     return _rpc(socket_path, options.command, args, human=human,
-                start=_how_to_start(options.config))
+                start="nothing to stop" if options.command == "stop"
+                else _how_to_start(options.config))
 
 
 def _not_for(command: str, config: str | None, socket: str | None) -> str:

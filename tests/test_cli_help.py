@@ -366,6 +366,17 @@ def test_a_config_or_socket_given_to_a_command_that_takes_none_is_refused(capsys
     assert capsys.readouterr().out == ""  # nothing ran
 
 
+def test_stopping_a_node_that_is_not_running_does_not_say_to_start_it(tmp_path):
+    """``agentd -c CONFIG stop`` with no node there said "start it with 'agentd up ...'"."""
+    config = tmp_path / "agentd.toml"
+    config.write_text('[node]\ndata_dir = "data"\n')
+    with pytest.raises(UserError, match=r"^no agentd is running here \(no control socket at "
+                                        r".*/data/agentd\.sock\); nothing to stop$"):
+        cli._main(["-c", str(config), "stop"])
+    with pytest.raises(UserError, match=r"; start it with 'agentd up .*agentd\.toml'"):
+        cli._main(["-c", str(config), "getinfo"])
+
+
 def test_a_killed_nodes_socket_file_is_told_apart_from_no_socket(tmp_path):
     from agentd.rpc import call
 
