@@ -122,13 +122,25 @@ def spawn(node: LocalNode, module: tuple[str, ...] = RUN) -> subprocess.Popen:
 
 def wait_ready(nodes: list[LocalNode], processes: list[subprocess.Popen],
                timeout: float = READY_TIMEOUT) -> None:
+    """Wait until every node's control socket takes a connection. Its file appears when the
+    node binds it, a moment before it listens: a call made then was refused (a sim on a
+    loaded machine failed so, "no agentd is running here")."""
     deadline = time.monotonic() + timeout
     for node, process in zip(nodes, processes, strict=True):
-        while not node.socket.exists():
+        while not _answers(node.socket):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"node {node.name} did not start; see "
                                    f"{node.directory / 'agentd.log'}")
             time.sleep(0.05)
+
+
+def _answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 def cpu_seconds(processes: list[subprocess.Popen]) -> list[float] | None:

@@ -182,7 +182,7 @@ class RpcServer:
 
     async def serve(self, path: Path, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen on the Unix socket at ``path`` (mode 0600) until cancelled."""
-        listener = await _unix_listener(path)
+        listener = _unix_listener(path)
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(trio.serve_listeners, self._connection, [listener])
@@ -237,7 +237,7 @@ def _encode(response: dict[str, Any]) -> bytes:
     return json.dumps(response, separators=(",", ":")).encode() + b"\n"
 
 
-async def _unix_listener(path: Path) -> trio.SocketListener:
+def _unix_listener(path: Path) -> trio.SocketListener:
     if path.exists():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -248,18 +248,20 @@ async def _unix_listener(path: Path) -> trio.SocketListener:
             raise UserError(f"{path}: another agentd is already running on this data dir")
         finally:
             probe.close()
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # bound and listening with no checkpoint between: a client that sees the file (as the
+    # sim's and the benchmarks' wait for a node does) can connect
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
-        await sock.bind(str(path))
+        sock.bind(str(path))
+        sock.listen(64)
     except OSError as exc:
         sock.close()
         raise UserError(f"{path}: cannot create control socket: {exc.strerror or exc}") from exc
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
-    sock.listen(64)
-    return trio.SocketListener(sock)
+    return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
 START = ("start it with 'agentd up DIR' (in the background) or 'agentd run -c CONFIG' (in the"
