@@ -312,8 +312,8 @@ def _init(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="agentd init",
                                      description="Create a node: a key file and a config.")
     parser.add_argument("dir", help="directory for the config, key and data")
-    parser.add_argument("--name", required=True, help="the node's name (one no node beside "
-                        "DIR has)")
+    parser.add_argument("--name", required=True, help="the node's name: 1 to 64 printable "
+                        "characters, one no node beside DIR has")
     parser.add_argument("--listen", required=True, help="HOST:PORT to listen on")
     parser.add_argument("--advertise", help="HOST:PORT peers should dial, when it differs "
                         "from --listen (needed with --listen 0.0.0.0:PORT)")

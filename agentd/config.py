@@ -24,7 +24,11 @@ from protocol.relay_fields import is_network
 ROLES = frozenset({"clearinghouse"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-MAX_PEER_NAME = 64  # characters
+MAX_NAME = 64  # characters of a node's or a peer's name
+# What ``[node] name``, ``agentd init --name``, ``[[peers]] name`` and ``peers.add name=`` must
+# be: text log lines and ``-H`` tables show a name on one line, in a column.
+NAME_RULE = (f"must be 1 to {MAX_NAME} printable characters (no line breaks, tabs or other "
+             "control characters)")
 # What ``[node] network`` (and ``agentd init --network``) must be: relay addresses name it.
 NETWORK_RULE = ("must start with a letter or '_' and hold up to 64 letters, digits, '_', '-' "
                 "(relay addresses name it: RELAY/NETWORK/VIEW)")
@@ -228,9 +232,17 @@ class _Section:
                               f"{', '.join(known)})")
 
 
-def is_peer_name(name: str) -> bool:
-    """A peer's name as logs and tables show it: one line, not too long to read."""
-    return 0 < len(name) <= MAX_PEER_NAME and name.isprintable()
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a node or a peer (``NAME_RULE`` and the name as typed, cut
+    short and escaped, so the complaint is one line), or None. One rule for both: the sims'
+    and benchmarks' configs name a node's peers by the peers' own node names."""
+    if 0 < len(name) <= MAX_NAME and name.isprintable():
+        return None
+    if not name:
+        return f"{NAME_RULE}, not empty"
+    if len(name) > MAX_NAME:
+        return f"{NAME_RULE}, not {len(name)} characters ({name[:24]!r}...)"
+    return f"{NAME_RULE}, not {name!r}"
 
 
 def listens_everywhere(hostport: str) -> bool:
@@ -282,8 +294,8 @@ def parse_config(raw: dict, source: Path) -> Config:
 
     node = _Section(problems, "node", top.get("node", dict, {}, required=True))
     name = node.get("name", str, required=True)
-    if name == "":
-        node.bad("name", "must not be empty")
+    if name is not None and (problem := name_problem(name)) is not None:
+        node.bad("name", problem)
     data_dir = Path(os.path.normpath(base / (node.get("data_dir", str, required=True) or ".")))
     key_file = Path(os.path.normpath(base / node.get("key", str, str(data_dir / "agent.key"))))
     listen = node.hostport("listen", required=True, allow_zero=True)
@@ -320,9 +332,8 @@ def parse_config(raw: dict, source: Path) -> Config:
             agent=section.agent("agent"),
             address=section.hostport("address", required=True),
         )
-        if peer.name is not None and not is_peer_name(peer.name):
-            section.bad("name", f"must be 1 to {MAX_PEER_NAME} printable characters, "
-                                f"not {peer.name[:80]!r}")
+        if peer.name is not None and (problem := name_problem(peer.name)) is not None:
+            section.bad("name", problem)
         for j, other in enumerate(peers):
             if peer.agent and other.agent == peer.agent:
                 section.bad("agent", f"is peers[{j}]'s too: one entry per peer")

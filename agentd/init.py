@@ -7,7 +7,7 @@ from pathlib import Path
 
 import tomlkit
 
-from agentd.config import NETWORK_RULE, listens_everywhere
+from agentd.config import NETWORK_RULE, listens_everywhere, name_problem
 from agentd.errors import UserError
 from agentd.keyfile import write_key
 from agentd.up import node_configs
@@ -78,8 +78,8 @@ def _bound(listen: str) -> tuple[str, int]:
 
 def init_node(directory: Path, name: str, listen: str, network: str,
               advertise: str | None = None) -> dict:
-    if not name:
-        raise UserError("--name must not be empty")
+    if (problem := name_problem(name)) is not None:
+        raise UserError(f"--name {problem}")
     if not is_network(network):
         raise UserError(f"--network {network!r} {NETWORK_RULE}")
     try:

@@ -5,11 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tomlkit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agentd import cli
 from agentd.config import load_config, parse_config
 from agentd.errors import UserError
+from agentd.init import init_node
+from agentd.runtime.node import Node
+from agentd.runtime.reload import reload_config
+from agentd.up import up
 from protocol.keys import SigningKey
 
 BOB = SigningKey(bytes([2]) * 32).agent_id
@@ -29,6 +35,59 @@ def complaints(tmp_path, text: str) -> list[str]:
     lines = str(refused.value).splitlines()
     assert all(line.startswith(f"{path}: ") for line in lines)
     return [line.removeprefix(f"{path}: ") for line in lines]
+
+
+NAME_RULE = ("must be 1 to 64 printable characters (no line breaks, tabs or other control "
+             "characters)")
+
+
+@pytest.mark.parametrize("name, shown", [
+    ("n" * 300, "300 characters ('nnnnnnnnnnnnnnnnnnnnnnnn'...)"),
+    ("a" * 65, "65 characters ('aaaaaaaaaaaaaaaaaaaaaaaa'...)"),
+    ("alice\nbob", "'alice\\nbob'"),
+    ("alice\tbob", "'alice\\tbob'"),
+    ("alice\x1b[31m", "'alice\\x1b[31m'"),
+    ("alice\u2028bob", "'alice\\u2028bob'"),
+])
+def test_a_node_name_that_is_not_one_short_line_is_refused_alike_everywhere(
+        tmp_path, capsys, name, shown):
+    """[node] name took any non-empty text: 300 characters, or line breaks that split a text
+    log line in two and broke -H tables. run, up, reload and init --name now refuse it alike:
+    the rule, the name as typed (escaped, cut short) and, from a file, the key and the file."""
+    complaint = f"{NAME_RULE}, not {shown}"
+    path = tmp_path / "alice.toml"
+    good = tomlkit.parse(GOOD)
+    node = Node(load_config(_written(path, good)), SigningKey.generate())
+    good["node"]["name"] = name
+    _written(path, good)
+    line = f"{path}: node.name {complaint}"
+    assert cli.main(["run", "-c", str(path)]) == 2
+    assert capsys.readouterr().err == f"agentd: {line}\n"
+    with pytest.raises(UserError) as by_up:
+        up(path)
+    assert str(by_up.value) == line
+    with pytest.raises(UserError) as by_reload:
+        reload_config(node)
+    assert str(by_reload.value) == line and node.config.name == "alice"
+    with pytest.raises(UserError) as by_init:
+        init_node(tmp_path / "n", name, "127.0.0.1:7301", "agentd")
+    assert str(by_init.value) == f"--name {complaint}"
+    assert not (tmp_path / "n").exists()
+
+
+def test_names_of_up_to_64_printable_characters_are_taken(tmp_path):
+    """Spaces, accents and punctuation are printable: only length and control characters
+    are refused."""
+    for name in ("alice", "n0", "clearinghouse", "Zoë's node #2", "x" * 64):
+        path = tmp_path / "alice.toml"
+        document = tomlkit.parse(GOOD)
+        document["node"]["name"] = name
+        assert load_config(_written(path, document)).name == name
+
+
+def _written(path: Path, document: tomlkit.TOMLDocument) -> Path:
+    path.write_text(tomlkit.dumps(document), encoding="utf-8")
+    return path
 
 
 def test_a_good_config_loads(tmp_path):
@@ -55,7 +114,8 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
 
 
 @pytest.mark.parametrize("text, complaint", [
-    (GOOD.replace('name = "alice"', 'name = ""'), "node.name must not be empty"),
+    (GOOD.replace('name = "alice"', 'name = ""'), "node.name must be 1 to 64 printable "
+     "characters (no line breaks, tabs or other control characters), not empty"),
     (GOOD + "idle_timeout = 0\n", "node.idle_timeout must be > 0, got 0"),
     (GOOD + 'idle_timeout = "sixty"\n', "node.idle_timeout must be a number, got 'sixty'"),
     (GOOD + "roles = [\"house\"]\n", "node.roles has unknown role 'house' (known: clearinghouse)"),
@@ -88,7 +148,8 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
      f'[[peers]]\nname = "bob2"\nagent = "{BOB}"\naddress = "127.0.0.1:7903"\n',
      "peers[1].agent is peers[0]'s too: one entry per peer"),
     (GOOD + f'[[peers]]\nname = "a\\nb"\nagent = "{BOB}"\naddress = "127.0.0.1:7902"\n',
-     "peers[0].name must be 1 to 64 printable characters, not 'a\\nb'"),
+     "peers[0].name must be 1 to 64 printable characters (no line breaks, tabs or other "
+     "control characters), not 'a\\nb'"),
     (GOOD + '\n[metrics]\nlisten = "nowhere"\n', "metrics.listen is not HOST:PORT"),
     (GOOD.replace("127.0.0.1:7901", "0.0.0.0:7901"),
      'node.listen 0.0.0.0:7901 listens on every interface, an address peers cannot dial: set '

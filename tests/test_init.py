@@ -10,7 +10,7 @@ from agentd.init import init_node
 
 
 def test_a_name_with_quotes_and_backslashes_round_trips(tmp_path):
-    name = 'a"b\\c ë\n[x]'
+    name = 'a"b\\c ë [x] # y'  # one line: a line break is refused (tests/test_config.py)
     made = init_node(tmp_path / "n", name, "127.0.0.1:7301", "_net-work")
     config = load_config(made["config"])
     assert (config.name, config.network, config.listen) == (name, "_net-work", "127.0.0.1:7301")
@@ -23,7 +23,9 @@ def test_a_name_or_network_the_node_could_not_run_with_is_refused_before_anythin
         tmp_path):
     """The config ``agentd init`` writes runs as written: an empty name, or a network no relay
     address can name, was written and then refused by ``agentd run``."""
-    with pytest.raises(UserError, match=r"^--name must not be empty$"):
+    with pytest.raises(UserError, match=r"^--name must be 1 to 64 printable characters \(no "
+                                        r"line breaks, tabs or other control characters\), "
+                                        r"not empty$"):
         init_node(tmp_path / "a", "", "127.0.0.1:7301", "agentd")
     with pytest.raises(UserError, match=r"^--network 'my\.net' must start with a letter or '_'"
                                         r" and hold up to 64 letters, digits, '_', '-' \(relay "

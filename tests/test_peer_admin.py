@@ -88,7 +88,7 @@ async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
         with pytest.raises(RpcError) as unknown:
             await node.rpc.call("peers.remove", {"agent": BOB})
         assert unknown.value.reason == "UNKNOWN_PEER"
-        for name, complaint in (("two\nlines", "printable characters (no line breaks)"),
+        for name, complaint in (("two\nlines", "printable characters (no line breaks, "),
                                 ("x" * 65, "1 to 64 printable characters"),
                                 ("carol", f"name 'carol' is already peer {CAROL}'s")):
             with pytest.raises(RpcError, match=re.escape(complaint)):

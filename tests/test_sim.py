@@ -115,6 +115,8 @@ def test_ring_and_random_topologies(tmp_path):
      'check = ["exactly_once"]\n', "exactly_once counts ping messages"),
     ('[nodes]\nnames = ["a", "clearinghouse"]\nclearinghouse = true\n',
      "the clearing house's name"),
+    ('[nodes]\nnames = ["a", "b\\nc"]\n', "nodes.names has a name that must be 1 to 64 "
+     "printable characters (no line breaks, tabs or other control characters), not 'b\\nc'"),
     ("[sim]\nconcurency = 4\n[nodes]\ncount = 2\n",
      "sim.concurency is not a known key (did you mean concurrency?)"),
     ('[nodes]\ncount = 2\n[[traffic]]\nkind = "ping"\ncout = 5\n',

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from agentd.config import MAX_PEER_NAME, is_peer_name, load_config, parse_config
+from agentd.config import load_config, name_problem, parse_config
 from agentd.errors import UserError
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.runtime.context import Reject
@@ -44,9 +44,8 @@ class PeerAdmin:
     async def rpc_add(self, name: str, agent: str, address: str) -> dict[str, Any]:
         """Add a peer to the config file's [[peers]] (or change the name and address of one
         already there), keeping the file's comments, and apply it at once."""
-        if not is_peer_name(name):
-            raise invalid_params(f"name must be 1 to {MAX_PEER_NAME} printable characters "
-                                 f"(no line breaks), not {name[:80]!r}")
+        if (problem := name_problem(name)) is not None:
+            raise invalid_params(f"name {problem}")
         if (problem := agent_id_problem(agent)) is not None:
             raise invalid_params(f"agent: {problem}")
         if agent == self.node.agent_id:

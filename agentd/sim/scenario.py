@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentd.config import name_problem
 from agentd.configs_dir import shipped_scenarios
 from agentd.errors import UserError, did_you_mean
 
@@ -165,6 +166,9 @@ def _node_names(section: dict, errors: _Errors) -> list[str]:
                                                           for n in names)):
             errors.add("nodes.names", "must be a non-empty list of non-empty text")
             return []
+        for name in names:  # each becomes a node's [node] name
+            if (problem := name_problem(name)) is not None:
+                errors.add("nodes.names", f"has a name that {problem}")
         if len(set(names)) != len(names):
             errors.add("nodes.names", "has duplicates")
         return names
