@@ -116,6 +116,9 @@ def _main(argv: list[str]) -> int:
     if options.version:
         print(f"agentd {__version__}")
         return 0
+    if options.config and options.socket and options.command not in LOCAL_COMMANDS:
+        raise UserError("-c CONFIG and --socket PATH both name the node to call: give one of "
+                        "them (-c finds the socket in the config's data_dir)")
     if options.command is None:
         if (options.config or options.socket) and not options.help:  # and nothing to do
             node = "-c CONFIG" if options.config else "--socket PATH"

@@ -366,6 +366,19 @@ def test_a_config_or_socket_given_to_a_command_that_takes_none_is_refused(capsys
     assert capsys.readouterr().out == ""  # nothing ran
 
 
+def test_a_config_and_a_socket_together_are_refused(tmp_path):
+    """``agentd -c CONFIG --socket PATH METHOD`` called the node at PATH and ignored the
+    config (and, with no node there, told how to start the config's): which node was meant
+    is not for the CLI to guess."""
+    both = "^-c CONFIG and --socket PATH both name the node to call: give one of them "
+    for argv in (["getinfo"], ["stop"], []):
+        with pytest.raises(UserError, match=both):
+            cli._main(["-c", "configs/local/alice.toml", "--socket", str(tmp_path / "x.sock"),
+                       *argv])
+    with pytest.raises(UserError, match=both):  # in either order
+        cli._main(["--socket", str(tmp_path / "x.sock"), "-c", "alice.toml", "getinfo"])
+
+
 def test_stopping_a_node_that_is_not_running_does_not_say_to_start_it(tmp_path):
     """``agentd -c CONFIG stop`` with no node there said "start it with 'agentd up ...'"."""
     config = tmp_path / "agentd.toml"
