@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import socket
 import sqlite3
 import uuid
 from typing import Any
@@ -31,7 +32,7 @@ from protocol.chit_fields import chit_hash
 from protocol.chit_local import balance as chit_balance
 from protocol.codec import pack, unpack
 from protocol.envelope import Envelope
-from protocol.keys import ChipAddress, SigningKey, b64u
+from protocol.keys import ChipAddress, SigningKey, b64u, parse_hostport
 from protocol.messages import Send
 from protocol.tally_sign import core_digest
 from store import outbox
@@ -655,22 +656,32 @@ async def test_a_relay_view_of_a_real_tally(tmp_path):
 # -- bad input --------------------------------------------------------------------------------
 
 
-async def test_a_ticket_whose_inviter_is_down_times_out_saying_why(tmp_path, monkeypatch):
-    """tally.request while the inviter's node is down: TIMEOUT, and why its node could not
-    be reached (it said only that the node did not answer)."""
-    monkeypatch.setattr("agentd.services.credit.tallies.REQUEST_TIMEOUT", 2.0)
+async def test_a_ticket_whose_inviter_is_down_is_unreachable_at_once(tmp_path, monkeypatch):
+    """tally.request while nothing listens at the inviter's address waited the whole 10 s
+    for a TIMEOUT, where peers.ping gives up half a second in: it is UNREACHABLE as soon as
+    the dial is refused (the wait here is 20 s, which the call does not wait out), naming
+    why. A node that is there but slow (a listener that never answers the handshake) is
+    still waited for, and times out without a stale dial failure's reason."""
+    monkeypatch.setattr("agentd.services.credit.tallies.REQUEST_TIMEOUT", 20.0)
     async with network(tmp_path, n=2) as net:
         a, b = net.nodes
         await users(a, "alice")
         await users(b, "bob")
-        invited = await rpc(a, "tally.invite", cuid="alice")
+        down, slow = [(await rpc(a, "tally.invite", cuid="alice"))["ticket"] for _ in "ab"]
         await net.stop(0)
-        late = await refused(b, "tally.request", cuid="bob", ticket=invited["ticket"])
-        assert late.reason == "TIMEOUT", late.message
-        assert late.message.startswith(f"the inviter's node {a.agent_id} did not answer within "
-                                       "2 s (the request stays in the outbox and will be "
-                                       f"retried): cannot reach {a.listen_address}: connection "
-                                       "refused"), late.message
+        late = await refused(b, "tally.request", cuid="bob", ticket=down)
+        assert late.reason == "UNREACHABLE", late.message
+        assert late.message.startswith(
+            f"cannot reach the inviter's node {a.agent_id}: cannot reach {a.listen_address}: "
+            "connection refused; nothing listens there: "), late.message
+        assert late.message.endswith(" (the request stays in the outbox and will be retried)")
+        monkeypatch.setattr("agentd.services.credit.tallies.REQUEST_TIMEOUT", 1.0)
+        host, port = parse_hostport(a.listen_address)
+        with socket.create_server((host, port)):  # takes the connection, never answers
+            late = await refused(b, "tally.request", cuid="bob", ticket=slow)
+        assert (late.reason, late.message) == ("TIMEOUT", (
+            f"the inviter's node {a.agent_id} did not answer within 1 s (the request stays in "
+            "the outbox and will be retried)"))
 
 
 async def test_bad_tickets_are_refused_with_the_reason(tmp_path):

@@ -153,6 +153,26 @@ async def test_a_ping_that_times_out_says_why_the_peer_cannot_be_dialled(tmp_pat
     assert said[0].getMessage().startswith(f"bob (agent {BOB[:8]}): ")
 
 
+async def test_a_ping_to_a_peer_that_never_answers_times_out(tmp_path, monkeypatch):
+    """A peer that takes the connection and never answers the handshake is slow, not
+    unreachable: the ping waits the whole PING_TIMEOUT and says so (it raised its TIMEOUT out
+    of a nursery as an exception group, which the caller got as an internal error)."""
+    monkeypatch.setattr("agentd.services.ping.PING_TIMEOUT", 1)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # takes connections, says nothing
+        path = tmp_path / "alice.toml"
+        path.write_text(CONFIG.replace("127.0.0.1:7902",
+                                       f"127.0.0.1:{silent.getsockname()[1]}"))
+        node = Node(load_config(path), SigningKey.generate())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(node.run)
+            with pytest.raises(RpcError) as caught:
+                await node.rpc.call("peers.ping", {"agent": BOB})
+            assert (caught.value.reason, caught.value.message) == ("TIMEOUT", (
+                f"no pong from {BOB} within 1 s (the ping stays in the outbox and will be "
+                "retried)"))
+            node.stop()
+
+
 async def test_a_peer_back_up_is_pinged_at_once_not_judged_by_a_failed_dial_before(
         tmp_path, monkeypatch):
     """A peer that was down is started again: a ping dials it at once and gets its pong,

@@ -9,12 +9,17 @@ there is just nobody waiting for it any more.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from agentd.rpc import TIMEOUT, RpcError
 from agentd.runtime.context import Reject, Tx
+
+if TYPE_CHECKING:
+    from agentd.runtime.context import Runtime
+
+DIAL_GRACE_S = 0.5  # how long a failed dial may still be put right before a call gives up
 
 
 class _Waiter:
@@ -86,3 +91,43 @@ class Replies:
         if waiter is not None:
             waiter.value, waiter.error = value, error
             waiter.event.set()
+
+
+async def answer_from(runtime: Runtime, agent: str, message_id: bytes, timeout: float, *,
+                      late: str, kept: str, who: str | None = None) -> Any:
+    """Wait for ``agent``'s answer to ``message_id`` (registered with ``expect``): the settled
+    value, or the settled refusal raised. A node that cannot be dialled need not cost the
+    caller the whole wait: ``UNREACHABLE`` as soon as a dial of ``agent`` has failed (nothing
+    listens at its address, the name does not resolve, another key answers) and still has
+    ``DIAL_GRACE_S`` in; a node that is slow to answer, or whose dial is still under way, is
+    waited for, until ``TIMEOUT`` after ``timeout`` seconds (``late``, and why the last dial
+    failed when one did). ``kept`` says what becomes of the request (it stays in the outbox);
+    ``who`` names the agent in the errors (default: its id). The caller's job is to redial
+    ``agent`` first, so that a dial that failed before the call does not judge it."""
+    unreachable: list[str] = []
+
+    async def watch_dials(scope: trio.CancelScope) -> None:
+        await trio.sleep(DIAL_GRACE_S)
+        while (why := runtime.dial_error(agent)) is None or runtime.connected(agent):
+            await trio.sleep(0.1)
+        unreachable.append(why)
+        scope.cancel()
+
+    answered, answer, failure = False, None, None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_dials, nursery.cancel_scope)
+        try:
+            answer, answered = await runtime.replies.result(message_id, timeout,
+                                                            f"{late} ({kept})"), True
+        except (RpcError, Reject) as exc:  # raised below, not as a group out of the nursery
+            failure = exc
+        nursery.cancel_scope.cancel()
+    if answered:
+        return answer
+    if failure is None:  # only watch_dials cancels the wait before it ends
+        raise RpcError(TIMEOUT, f"cannot reach {who or agent}: {unreachable[0]} ({kept})",
+                       "UNREACHABLE")
+    why = runtime.dial_error(agent)
+    if isinstance(failure, RpcError) and failure.reason == "TIMEOUT" and why is not None:
+        raise RpcError(failure.code, f"{failure.message}: {why}", failure.reason)
+    raise failure

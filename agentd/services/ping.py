@@ -9,17 +9,15 @@ queued in the receiver's transaction, its ack — so its latency is that of ever
 
 from __future__ import annotations
 
-import trio
-
-from agentd.rpc import NOT_FOUND, TIMEOUT, RpcError, invalid_params
+from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.rpc_types import shown
 from agentd.runtime.context import Reject, Runtime, Service, Tx
+from agentd.runtime.replies import answer_from
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, agent_id_problem, parse_hostport
 from protocol.messages import Send
 
 PING_TIMEOUT = 10.0
-DIAL_GRACE_S = 0.5  # how long a failed dial may still be put right before a ping gives up
 
 
 class PingService(Service):
@@ -69,38 +67,8 @@ class PingService(Service):
                 runtime.replies.expect_after(tx, message_id, agent)
                 return message_id
 
-            await self._pong(agent, await runtime.transact(work))
+            await answer_from(runtime, agent, await runtime.transact(work), PING_TIMEOUT,
+                              late=f"no pong from {agent} within {PING_TIMEOUT:g} s",
+                              kept="the ping stays in the outbox and will be retried")
             rtts.append(round((runtime.clock.monotonic() - started) * 1000, 3))
         return {"rtt_ms": rtts}
-
-    async def _pong(self, agent: str, message_id: bytes) -> None:
-        """Wait for the pong to ``message_id``: ``TIMEOUT`` after ``PING_TIMEOUT``, or
-        ``UNREACHABLE`` as soon as ``agent`` still cannot be dialled ``DIAL_GRACE_S`` in (a
-        peer that is down or unresolvable need not cost the caller the whole wait)."""
-        runtime = self.runtime
-        unreachable: list[str] = []
-
-        async def watch_dials(scope: trio.CancelScope) -> None:
-            await trio.sleep(DIAL_GRACE_S)
-            while (why := runtime.dial_error(agent)) is None or runtime.connected(agent):
-                await trio.sleep(0.1)
-            unreachable.append(why)
-            scope.cancel()
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch_dials, nursery.cancel_scope)
-                try:
-                    await runtime.replies.result(
-                        message_id, PING_TIMEOUT, f"no pong from {agent} within "
-                        f"{PING_TIMEOUT:g} s (the ping stays in the outbox and will be retried)")
-                finally:
-                    nursery.cancel_scope.cancel()
-        except RpcError as exc:
-            why = runtime.dial_error(agent)
-            if exc.reason != "TIMEOUT" or why is None:
-                raise
-            raise RpcError(exc.code, f"{exc.message}: {why}", exc.reason) from None
-        if unreachable:
-            raise RpcError(TIMEOUT, f"cannot reach {agent}: {unreachable[0]} (the ping stays in"
-                           " the outbox and will be retried)", "UNREACHABLE")

@@ -25,6 +25,7 @@ import trio
 
 from agentd.rpc import RpcError, invalid_params
 from agentd.runtime.context import Reject, Service, Tx
+from agentd.runtime.replies import answer_from
 from agentd.services.credit.ledger import CreditLedger, User, log_new_tally
 from agentd.services.credit.params import (
     object_uuid,
@@ -149,8 +150,10 @@ class TallyService(Service):
 
     async def rpc_request(self, cuid: str, ticket: str) -> dict:
         """Present a partner's invitation ticket. Waits until the inviter's node has taken it
-        (state ``requested``: the inviter offers next) or refused it (an error saying why).
-        An unknown user is refused before the ticket teaches the node the inviter's address."""
+        (state ``requested``: the inviter offers next) or refused it (an error saying why), or
+        at most ``REQUEST_TIMEOUT``; a node that cannot be dialled (nothing listens at the
+        ticket's address) is ``UNREACHABLE`` half a second in, as ``peers.ping`` answers. An
+        unknown user is refused before the ticket teaches the node the inviter's address."""
         cuid = self.ledger.known_user(param_cuid(cuid))
         invitation = tf.decode_ticket(ticket)
         inviter = ChipAddress.from_map(invitation["chad"])
@@ -175,17 +178,12 @@ class TallyService(Service):
             node.replies.expect_after(tx, message_id)
             return message_id
 
-        message_id = await node.transact(work)
-        try:
-            await node.replies.result(
-                message_id, REQUEST_TIMEOUT, f"the inviter's node {inviter.agent} did not "
-                f"answer within {REQUEST_TIMEOUT:g} s (the request stays in the outbox and will "
-                "be retried)")
-        except RpcError as exc:  # say why, when a dial of the inviter's node failed
-            why = node.dial_error(inviter.agent)
-            if exc.reason != "TIMEOUT" or why is None:
-                raise
-            raise RpcError(exc.code, f"{exc.message}: {why}", exc.reason) from None
+        node.redial(inviter.agent)  # an inviter back since a dial failed is not judged by it
+        await answer_from(
+            node, inviter.agent, await node.transact(work), REQUEST_TIMEOUT,
+            late=f"the inviter's node {inviter.agent} did not answer within "
+                 f"{REQUEST_TIMEOUT:g} s", who=f"the inviter's node {inviter.agent}",
+            kept="the request stays in the outbox and will be retried")
         return {"tally": tally_uuid, "state": "requested", "partner": str(inviter)}
 
     async def rpc_offer(
