@@ -145,6 +145,40 @@ async def test_rpc_errors_carry_the_ids_code(tmp_path):
             "give as document_id), not '2'")
 
 
+async def test_a_mistyped_owner_or_time_is_invalid_params_not_a_round_trip(tmp_path):
+    """ch.create_process owners=bob and ch.query date_from=yesterday went to the clearing
+    house and came back refused (-32010 BAD_PARAMETERS); they are now checked here, as
+    every other method's params are: -32602 naming the param and the value, and nothing is
+    sent (the clearing house is stopped: a request sent would time out)."""
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
+        _, alice = net.nodes
+        await alice.rpc.call("ch.create_process", {"pid": "p"})
+        await net.stop(0)
+        queued = alice.pump.depth_if_readable()
+        for method, params, message in (
+            ("ch.create_process", {"pid": "q", "owners": "bob"},
+             "owners: agent id must be 43 base64url characters: 'bob' (peers.list shows the "
+             "agent ids this node knows)"),
+            ("ch.create_process", {"pid": "q", "owners": [alice.agent_id, "x" * 43]},
+             "owners: agent id is not a canonical 32-byte base64url key"),
+            ("ch.query", {"pid": "p", "date_from": "yesterday"},
+             "date_from: 'yesterday' is neither integer ms since the epoch nor a YYYY-MM-DD day"),
+            ("ch.query", {"pid": "p", "date_to": "2024-02-30"},
+             "date_to: '2024-02-30': day is out of range for month"),
+            ("ch.query", {"pid": "p", "date_from": -1}, "date_from: -1 ms is outside 0..2^63-1"),
+            ("ch.query", {"pid": "p", "date_from": "2024-05-02", "date_to": "2024-05-01"},
+             "date_from '2024-05-02' is after date_to '2024-05-01': no entry can be in between"),
+            ("ch.query", {"pid": "p", "page": 0}, "page: 0 is below 1"),
+            ("ch.query", {"pid": "p", "size": 0}, "size: 0 is below 1"),
+            ("ch.query", {"pid": "p", "sort": "newest"}, "sort must be asc or desc, not 'newest'"),
+        ):
+            with pytest.raises(RpcError) as info:
+                await alice.rpc.call(method, params)
+            assert (info.value.code, info.value.reason) == (-32602, "INVALID_PARAMS")
+            assert info.value.message.startswith(f"{method}: {message}"), info.value.message
+        assert alice.pump.depth_if_readable() == queued  # nothing was sent
+
+
 async def test_what_a_reply_could_not_carry_is_refused_before_it_is_read(tmp_path,
                                                                          monkeypatch):
     """At the 1 MiB max_frame: a header over a quarter of a frame is refused, so every entry

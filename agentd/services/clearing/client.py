@@ -31,7 +31,10 @@ never came (the clearing house drops an answer after an hour) is sent again (``l
 Evidence bound to an agent that is no longer the clearing house (a mistyped ``[clearinghouse]
 agent``, fixed by a reload or a restart) moves to the one configured (``moves.py``).
 
-The RPC methods wait for the answer (``REQUEST_TIMEOUT``); a refusal becomes RPC error -32010
+The RPC methods check what the caller typed first (owners that are agent ids, times, page
+numbers: invalid params, -32602, naming the param and its value); the clearing house judges the
+rest (which pids, how many owners, how large a page). They wait for the answer
+(``REQUEST_TIMEOUT``); a refusal becomes RPC error -32010
 whose reason is the IDS code (``NOT_AUTHORIZED``, ``NOT_FOUND``, ``BAD_PARAMETERS``, ...). A
 request that times out stays in the outbox and is answered later: a late receipt is still
 stored. Binary values in RPC results (payloads, header fields) are base64url text.
@@ -56,9 +59,10 @@ from agentd.services.clearing.moves import move_evidence
 from agentd.services.clearing.sender import Pending, Sender
 from protocol import clearing as ch
 from protocol import evidence as ev
+from protocol.clearing_fields import Rejection, check_count, date_ms
 from protocol.codec import CodecError, pack
 from protocol.envelope import Envelope
-from protocol.keys import ChipAddress, parse_hostport
+from protocol.keys import ChipAddress, agent_id_problem, parse_hostport
 from protocol.messages import Send
 from store import clearing as store
 
@@ -330,6 +334,10 @@ class Evidence:
         comma-separated text, as ``owners=ID1,ID2`` on the command line)."""
         if isinstance(owners, str):  # its other types: agentd.rpc_types
             owners = [owner.strip() for owner in owners.split(",") if owner.strip()]
+        for owner in owners or []:
+            if (problem := agent_id_problem(owner)) is not None:
+                raise invalid_params(f"owners: {problem} (peers.list shows the agent ids this "
+                                     "node knows)")
         await self.request("create_process", {"pid": pid, "owners": owners or []})
         return {"pid": pid, "owners": sorted({self.runtime.agent_id, *(owners or [])})}
 
@@ -394,6 +402,7 @@ class Evidence:
         A null leaves the clearing house's default: ``page`` 1 (from 1), ``size`` 100 (at
         most 1000), ``sort`` desc; ``date_from``/``date_to`` bound the entries' timestamps
         (ms since the epoch, or a day as YYYY-MM-DD, inclusive)."""
+        _check_query(page, size, sort, date_from, date_to)
         params = {"page": page, "size": size, "sort": sort, "date_from": date_from,
                   "date_to": date_to}
         obj = {"pid": pid, **{k: v for k, v in params.items() if v is not None}}
@@ -412,6 +421,25 @@ class Evidence:
             raise Reject(ch.Reason.MALFORMED_MESSAGE.value,
                          "the clearing house answered get without exactly one entry")
         return entry_json(entries[0])
+
+
+def _check_query(page: int | None, size: int | None, sort: str | None,
+                 date_from: int | str | None, date_to: int | str | None) -> None:
+    """``ch.query``'s params as the clearing house reads them (``protocol.clearing_fields``),
+    checked before they are sent: a mistyped one is invalid params naming it and its value,
+    not a refusal after a round trip. The size's maximum stays the clearing house's."""
+    if sort not in (None, "asc", "desc"):
+        raise invalid_params(f"sort must be asc or desc, not {sort!r}")
+    try:
+        check_count(page, "page", 1)
+        check_count(size, "size", 1)
+        start = date_ms(date_from, "date_from", end_of_day=False)
+        end = date_ms(date_to, "date_to", end_of_day=True)
+    except Rejection as exc:
+        raise invalid_params(exc.message) from exc
+    if start is not None and end is not None and start > end:
+        raise invalid_params(f"date_from {date_from!r} is after date_to {date_to!r}: no entry "
+                             "can be in between")
 
 
 def _entries(result: Mapping[str, Any], action: str) -> list[dict[str, Any]]:
