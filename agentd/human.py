@@ -4,8 +4,9 @@ A list of objects becomes a table (one row each, a column per field, nested valu
 unless a method names them), an object becomes ``key: value`` lines, nested objects indented.
 The common calls choose their columns; every other method gets the generic layout. A table
 cell shows hashes, receipts, payloads, agent ids and tally ids cut short, a long peer address
-cut in its middle, and a column that would repeat another is merged into it, so that a row of
-the common lists fits 100 columns: the JSON output has every value whole.
+cut in its middle, a lift's path as its users alone, and a column that would repeat another
+is merged into it, so that a row of the common lists fits 100 columns: the JSON output has
+every value whole.
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ TITLES = {"capacity.pay": "CAN_PAY", "capacity.receive": "CAN_RECEIVE", "header.
 SPARSE = ("clock_ahead_ms",)  # a column only when some row has a value (null until measured)
 # table cells show the first N characters of these, and "…"
 CUT = {"entry_hash": 12, "prev_hash": 12, "document_id": 12, "payload_sha256": 12,
-       "client_id": 8, "agent": 8, "clearing_house": 8, "tally": 8, "receipt": 16,
+       "client_id": 8, "agent": 8, "clearing_house": 8, "tally": 8, "lift": 8, "receipt": 16,
        "payload": 16, "proof": 16, "payload_text": 24}
 # a peer's address longer than this shows its start, "…", its end and the port: a full IPv6
 # address ([8 groups]:port, 46 characters) took peers.list past 100 columns
 ADDRESS_CUT = 30
+# a lift's path in lift.list (users alone) longer than this shows its start, "…" and its end
+LIFT_PATH_CUT = 36
 TIMESTAMPS = ("last_seen", "date", "received", "timestamp", "expires", "deadline", "since",
               "last_db_error_at")
 DURATIONS = ("uptime_s",)
@@ -66,10 +69,30 @@ def _chain(row: dict[str, Any], now_ms: int) -> Any:
     return f"{_scalar('', chain.get('index'))}/{_scalar('', chain.get('confirmed'))}"
 
 
-# columns of a method's table made of several fields of the row (what would repeat apart),
-# from the row and the time now (ms since the epoch)
+def _users(row: dict[str, Any], now_ms: int) -> Any:
+    """A lift's path as ``lift.list`` shows it: its users alone (``alice -> bob -> carol``;
+    ``lift.show`` adds each one's node), and a path longer than ``LIFT_PATH_CUT`` as many
+    users from its start as fit, ``…``, its last user and how many hops it has."""
+    path = row.get("path")
+    if not isinstance(path, list) or not all(isinstance(hop, dict) for hop in path):
+        return path
+    names = [_scalar("", hop.get("cuid")) for hop in path]
+    if len(whole := " -> ".join(names)) <= LIFT_PATH_CUT:
+        return whole
+    end = f" -> … -> {names[-1]} ({len(names) - 1} hops)"
+    shown = names[0]
+    for name in names[1:-1]:
+        if len(f"{shown} -> {name}{end}") > LIFT_PATH_CUT:
+            break
+        shown += f" -> {name}"
+    return shown + end
+
+
+# columns of a method's table made of several fields of the row (what would repeat apart, or
+# is cut to fit), from the row and the time now (ms since the epoch)
 JOINED: dict[str, dict[str, Callable[[dict[str, Any], int], Any]]] = {
-    "peers.list": {"last_seen": _seen}, "tally.list": {"chain": _chain}}
+    "peers.list": {"last_seen": _seen}, "tally.list": {"chain": _chain},
+    "lift.list": {"path": _users}}
 
 
 def render(method: str, result: Any, now_ms: int | None = None) -> str:

@@ -276,6 +276,43 @@ def test_human_peers_with_a_full_ipv6_address_fit_100_columns():
         ["bob", "ZHL-dKJE…", "node-17…example.org:7102", "config", "connected", "5200"],
         ["carol", "AQv6yDge…", "[::1]:7103", "learned", "never", "-"]]
 
+def test_human_lifts_fit_100_columns():
+    """lift.list showed each lift's uuid whole and its path as cuid@agent hops: 155 columns
+    for a circle of three. The table cuts the uuid as it does a tally's and shows the path's
+    users alone (lift.show's table and the JSON have each hop's node), and a long path its start,
+    "…", its end and how many hops it has."""
+    def lift(uuid: str, kind: str, state: str, units: int, users: list[str]) -> dict:
+        return {"lift": uuid, "kind": kind, "state": state, "units": units,
+                "path": [{"cuid": user, "agent": AGENTS.get(user, "Q" * 43), "tally": None}
+                         for user in users],
+                "referee": AGENTS["clearinghouse"], "deadline": 1_765_040_555_000,
+                "date": 1_765_040_435_000, "memo": "", "payor": users[0], "decision": None,
+                "equivocation": None, "error": None, "chits": []}
+
+    long_way = ["alice", *(f"hop{i}" for i in range(1, 12)), "carol"]
+    text = render("lift.list", [
+        lift("5b0e1f7c-2a8d-4f0e-9c61-3d2b7a9e4f10", "linear", "good", 2500,
+             ["alice", "bob", "carol"]),
+        lift("c3a1d9e2-7b44-4e1a-8f25-6e0d4c2b1a97", "circular", "void", 1_000_000,
+             ["alice", "bob", "carol", "alice"]),
+        lift("0f9e8d7c-6b5a-4c3d-2e1f-0a9b8c7d6e5f", "linear", "pend", 75, long_way)])
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 100, text
+    assert [re.split(r"\s{2,}", line.strip()) for line in lines] == [
+        ["LIFT", "KIND", "STATE", "UNITS", "DEADLINE", "PATH"],
+        ["5b0e1f7c…", "linear", "good", "2500", "2025-12-06 17:02:35 UTC",
+         "alice -> bob -> carol"],
+        ["c3a1d9e2…", "circular", "void", "1000000", "2025-12-06 17:02:35 UTC",
+         "alice -> bob -> carol -> alice"],
+        ["0f9e8d7c…", "linear", "pend", "75", "2025-12-06 17:02:35 UTC",
+         "alice -> … -> carol (12 hops)"]]
+    shown = render("lift.show", lift("5b0e1f7c-2a8d-4f0e-9c61-3d2b7a9e4f10", "linear", "good",
+                                     2500, ["alice", "bob"]))  # its uuid whole, hops' nodes
+    assert "lift: 5b0e1f7c-2a8d-4f0e-9c61-3d2b7a9e4f10\n" in shown
+    assert ("path:\n  CUID   AGENT      TALLY\n  alice  wKIbDc-V…  -\n  bob    ZHL-dKJE…  -\n"
+            in shown)
+
+
 def test_human_clearing_house_entries_fit_a_terminal():
     """ch.query entries carry three 64-digit hashes, an agent id and a payload: a row of
     each in full was ~400 columns. The table cuts them short; the JSON keeps them whole."""
