@@ -30,6 +30,9 @@ COLUMNS = {
     "lift.list": ("lift", "kind", "state", "units", "deadline", "path"),
     "ch.query.entries": ("seq", "timestamp", "client_id", "header.kind", "document_id",
                          "payload_text"),
+    # the holders of a tally:<uuid> relay view, as tally.list shows a tally
+    **{f"{method}.view.payload.holders": ("cuid", "side", "state", "partner", "balance",
+                                          "chain") for method in ("relay.state", "relay.wait")},
 }
 # headers other than the column's name in capitals
 TITLES = {"capacity.pay": "CAN_PAY", "capacity.receive": "CAN_RECEIVE", "header.kind": "KIND",
@@ -92,19 +95,25 @@ def _users(row: dict[str, Any], now_ms: int) -> Any:
 # is cut to fit), from the row and the time now (ms since the epoch)
 JOINED: dict[str, dict[str, Callable[[dict[str, Any], int], Any]]] = {
     "peers.list": {"last_seen": _seen}, "tally.list": {"chain": _chain},
-    "lift.list": {"path": _users}}
+    "lift.list": {"path": _users},
+    **{f"{method}.view.payload.holders": {"chain": _chain}
+       for method in ("relay.state", "relay.wait")}}
 
 
 def render(method: str, result: Any, now_ms: int | None = None) -> str:
     """``result`` as text; ``now_ms`` (default: the clock) for how long ago things were."""
+    now = round(time.time() * 1000) if now_ms is None else now_ms
     if isinstance(result, list) and all(isinstance(item, dict) for item in result):
-        now = round(time.time() * 1000) if now_ms is None else now_ms
-        joined = {column: functools.partial(cell, now_ms=now)
-                  for column, cell in JOINED.get(method, {}).items()}
-        return table(result, COLUMNS.get(method), joined)
+        return table(result, COLUMNS.get(method), _joined(method, now))
     if isinstance(result, dict):
-        return "\n".join(_lines(result, 0, method)) + "\n"
+        return "\n".join(_lines(result, 0, method, now)) + "\n"
     return f"{_scalar('', result)}\n"
+
+
+def _joined(where: str, now_ms: int) -> dict[str, Callable[[dict[str, Any]], Any]]:
+    """The joined columns of the table ``where`` names (a method, or METHOD.KEY...)."""
+    return {column: functools.partial(cell, now_ms=now_ms)
+            for column, cell in JOINED.get(where, {}).items()}
 
 
 def table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None,
@@ -144,17 +153,18 @@ def _field(row: dict[str, Any], path: str) -> Any:
     return value
 
 
-def _lines(value: dict[str, Any], depth: int, where: str) -> list[str]:
+def _lines(value: dict[str, Any], depth: int, where: str, now_ms: int) -> list[str]:
     pad = "  " * depth
     out = []
     for key, item in value.items():
+        inner = f"{where}.{key}"
         if isinstance(item, dict) and item:
             out.append(f"{pad}{key}:")
-            out += _lines(item, depth + 1, f"{where}.{key}")
+            out += _lines(item, depth + 1, inner, now_ms)
         elif isinstance(item, list) and item and isinstance(item[0], dict):
             out.append(f"{pad}{key}:")
-            out += [pad + "  " + line
-                    for line in table(item, COLUMNS.get(f"{where}.{key}")).splitlines()]
+            out += [pad + "  " + line for line in table(
+                item, COLUMNS.get(inner), _joined(inner, now_ms)).splitlines()]
         else:
             out.append(f"{pad}{key}: {_scalar(key, item)}")
     return out

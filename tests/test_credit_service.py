@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from agentd.config import AccessRule
+from agentd.human import render
 from agentd.methods import method_help
 from agentd.rpc import NOT_FOUND, RpcError
 from agentd.runtime.context import Reject
@@ -648,6 +649,9 @@ async def test_a_relay_view_of_a_real_tally(tmp_path):
                 [holder] = payload["holders"]
                 assert (holder["cuid"], holder["state"], holder["balance"]) == ("alice", "open", 42)
                 assert holder["chain"] == {"index": 1, "head": b64u(head), "confirmed": 1}
+                shown = render("relay.wait", done).splitlines()  # -H: as tally.list's CHAIN
+                assert re.split(r"\s{2,}", shown[shown.index("    holders:") + 2].strip()) == [
+                    "alice", "stock", "open", b.agent_id, "42", "1/1"], shown
                 signed = payload["signed"]
                 assert signed["uuid"] == tally and signed["sign"]["stock"] and \
                     signed["sign"]["foil"]  # the tally as both users signed it
