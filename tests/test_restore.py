@@ -199,6 +199,34 @@ async def test_a_node_restored_from_a_backup_takes_back_the_lifts_it_lost(tmp_pa
         assert chain_of(u["bob"], "bob", tl["annbob"])[3] == 1000
 
 
+@pytest.mark.parametrize("restored", ["ann", "cat"])
+async def test_a_restored_payor_or_payee_takes_back_its_lift(tmp_path, restored):
+    """The payor's node (ann's) or the payee's (cat's) restored from a backup made before a
+    lift takes it back from its one partner on it: the payee's from the partner that pays
+    it, the payor's from the partner it pays, on its own user's signature on the record."""
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        world = await line_of_three(net)
+        u, tl = world["users"], world["tallies"]
+        index = net.nodes.index(u[restored])
+        await net.stop(index)
+        copy = tmp_path / "copy.db"
+        back_up(net.nodes[index], copy)
+        u[restored] = await net.restart(index)
+        started = await rpc(u["ann"], "lift.pay", cuid="ann", find=who(u["cat"], "cat"),
+                            units=700)
+        await settled_everywhere(list(u.values()), started["lift"], "good")
+        tally = tl["annbob"] if restored == "ann" else tl["bobcat"]
+        x, y = ("ann", "bob") if restored == "ann" else ("bob", "cat")
+        await wait_for(lambda: agreed(u[x], x, u[y], y, tally, 1))
+        u[restored] = await restore(net, index, copy)
+        await wait_for(lambda: u[restored].db.read_one(
+            "SELECT count(*) FROM lifts WHERE lift = ? AND state = 'good'", (started["lift"],)
+        )[0], timeout=30)
+        await wait_for(lambda: agreed(u[x], x, u[y], y, tally, 1))
+        owed = chain_of(u[restored], restored, tally)[3]
+        assert owed == (-700 if restored == "ann" else 700)
+
+
 async def test_a_lift_made_up_under_a_referee_the_node_does_not_trust_is_not_taken(tmp_path):
     """ann's node signs a record of ann paying cat through bob and, as its referee, a good
     decision on it, and shows it to bob's node, which holds nothing of it (restored or not:

@@ -7,7 +7,8 @@ is refused if it comes late.
 
 A good decision on a lift we hold nothing of, from a tally partner of ours on its path, is a
 lift a node restored from a backup lost (``take_back``): the partner shows it when we refuse
-its chain message that carries the lift's chit (``on_undecided``, below).
+its chain message that carries the lift's chit (``on_undecided``, below). It is taken only
+from the partner that pays into us on the lift (``unvouched``).
 
 A referee that signs both ``good`` and ``void`` on one record (``protocol.lift_equivocation``)
 could leave a tally's partners disagreeing for ever, one holding the lift chit good and in its
@@ -137,13 +138,16 @@ class LiftDecisions:
         """A good ``decision`` (checked) on a lift we hold nothing of, from agent ``sender``:
         when it is our tally partner on the lift's path, this node lost the lift (restored
         from a backup made before it) and the partner, which holds it good, showed it the
-        decision. Nothing of a lift is signed by us, so what we take rests on the referee:
-        an honest one decides good only once every hop, ours too, took its promise (the
-        first hop checking the payor's signature). So only under a referee we trust
-        (:meth:`trusted`) is the lift taken, its pending chit on every tally of ours the
-        path crosses (both of an intermediary's, so a partner cannot make it pay out alone
-        what it took in), then its decision applied. False when ``sender`` is no partner of
-        ours on the path: then nothing is ours to take, and the decision is ignored. Refused
+        decision. Nothing of a lift is signed by us, and a referee's good vouches for no hop
+        (an honest one decides good on any record its terminus's agent commits), so what we
+        pay out rests on the partner that pays it in, as its promise did the first time:
+        taken only from that partner, or where our own user is the payor, on its signature
+        on the record (:func:`unvouched`; a partner we pay, in league with whoever made the
+        record up, would gain by our taking it), and only under a referee we trust
+        (:meth:`trusted`). Taken, the lift has its pending chit on every tally of ours the
+        path crosses (both of an intermediary's, so it never pays out alone what it took
+        in), then its decision applied. False when ``sender`` is no partner of ours on the
+        path, or not one that vouches for it: then the decision is ignored. Refused
         (``UNKNOWN_TALLY``) when a tally of ours the path crosses is not held here (opened
         after the backup, say), as none of its chits can be taken alone."""
         agent, path = self.runtime.agent_id, record["path"]
@@ -158,6 +162,12 @@ class LiftDecisions:
                 else:
                     holdings.append((hop, holding))
         if all(holding.local.partner.agent != sender for _, holding in holdings):
+            return False
+        hop = unvouched(path, agent, sender)
+        if hop is not None:  # the partner we pay there, say: it gains by our taking it
+            log.info("lift %s: not taken back on the word of %s, which does not pay into "
+                     "this node's user %s on it (hop %d: it takes it from the partner that "
+                     "does)", record["lift"], sender[:8], path[hop]["cuid"], hop)
             return False
         if missing:  # one side of an intermediary's alone would pay out what it took in
             raise Reject("UNKNOWN_TALLY", f"lift {record['lift']} crosses {', '.join(missing)}"
@@ -181,13 +191,12 @@ class LiftDecisions:
 
     def trusted(self, conn: sqlite3.Connection, referee: str) -> str | None:
         """Why this node does not take back a lift it lost on ``referee``'s word (None: it
-        does). A referee that signs good on a record no hop saw, with a partner that shows
-        it, could have a node take a lift nobody agreed to, and each node that took it show
-        it on to the next, back to the payor's partner, which alone can check the payor's
-        signature and would refuse it: an honest intermediary would then pay out what it
-        never takes in. So the referee must be one in ``[lift] referees`` (when set), or
-        else the one this node names for its own lifts or its clearing house; never one
-        proven to have equivocated."""
+        does). A lift is taken back only from the partner that pays into it
+        (:func:`unvouched`), but a referee of that partner's making could sign good on a
+        record nobody else saw and have the node hold a lift its own node never took part
+        in. So the referee must be one in ``[lift] referees`` (when set), or else the one
+        this node names for its own lifts or its clearing house; never one proven to have
+        equivocated."""
         config = self.runtime.config
         allowed = config.lift.referees or tuple(dict.fromkeys(agent for agent in (
             config.referee or self.runtime.agent_id,
@@ -316,6 +325,26 @@ class LiftDecisions:
         heard.move_to_end(record["lift"])
         while len(heard) > HEARD_VOIDS:
             heard.popitem(last=False)
+
+
+def unvouched(path: list[dict[str, Any]], here: str, sender: str) -> int | None:
+    """The first hop of a lift's ``path`` on which a user of node ``here`` pays a user on
+    another node that nothing vouches for, if ``here`` took the lift back on the word of
+    ``sender``; None when every such payment is vouched for. A run of ``here``'s users pays
+    out what it took in from the node that pays into it: only that node's word vouches for
+    it, as its promise did (one further along, which is paid, would gain by our taking a
+    lift whose payment in it made up). A run that starts with the payor is vouched for by
+    the payor's signature on the record, which ``chit_lift.lift_chit`` checks against our
+    user's key. So a lift whose path enters ``here`` from two nodes, each run paying out,
+    is never taken back on one partner's word."""
+    vouched = path[0]["agent"] == here  # the payor is ours: its signature
+    for hop in range(len(path) - 1):
+        payer, payee = path[hop]["agent"], path[hop + 1]["agent"]
+        if payer != here and payee == here:
+            vouched = payer == sender
+        elif payer == here and payee != here and not vouched:
+            return hop
+    return None
 
 
 def log_lift(tx: Tx, lift: str, state: str, **fields: Any) -> None:
