@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import uuid
 
+from agentd.runtime.node import Node
 from agentd.services.credit.lift_decisions import unvouched
 from protocol import lift as lf
 from protocol.keys import ChipAddress, SigningKey
 from store import lifts
 from tests.netfixture import network, wait_for
-from tests.test_credit_service import chain_of, processed, send_raw
+from tests.test_credit_service import (
+    chain_of,
+    open_tally,
+    processed,
+    refusal_of,
+    rpc,
+    send_raw,
+    user_key,
+)
 from tests.test_restore import line_of_three
 
 
@@ -37,10 +46,7 @@ async def test_a_partner_the_node_pays_cannot_have_it_take_back_a_lift_nobody_pa
                 {"cuid": "ann", "agent": ann.agent_id, "tally": None}],
             referee=ChipAddress(agent=house.agent_id), date_ms=ann.clock.now_ms(),
             life_ms=60_000, memo="", key=SigningKey.generate())
-        await ann.transact(lambda tx: tx.send(lf.commit(record)))  # ann: the terminus
-        await wait_for(lambda: house.db.reading(
-            lambda conn: lifts.decision(conn, record["lift"], record)) is not None)
-        decision = house.db.reading(lambda conn: lifts.decision(conn, record["lift"], record))
+        decision = await decided_by(house, ann, record)  # ann: the terminus
         assert decision["state"] == lf.GOOD  # the honest referee's word, on ann's commit
 
         told = await send_raw(ann, bob, "bob", "lift", "decision",
@@ -52,6 +58,53 @@ async def test_a_partner_the_node_pays_cannot_have_it_take_back_a_lift_nobody_pa
                                (record["lift"],))[0] == 0
         assert chain_of(bob, "bob", tl["annbob"])[3] == 0
         assert chain_of(bob, "bob", tl["bobcat"])[3] == 0
+
+
+async def test_a_lift_taken_back_fits_the_tallies_as_a_promise_must(tmp_path):
+    """The partner that pays into a node vouches for what the node pays out, not for the
+    limits: ann's node makes up a circle of 50,000 from ann through bob and cat back to ann
+    (the payor and so the terminus: the clearing house decides it good on its commit), on
+    tallies whose limits are 1,000, each hop in the direction that grows a debt (a clearing
+    moves only the other way). Taken, bob would hold ann owing him 50,000, fifty times what
+    he lets her owe, and bob would owe cat as much; shown to cat by bob, cat would take it
+    too. bob's node checks each hop as a promise is checked, and refuses it (OVER_LIMIT,
+    naming the tally), taking nothing."""
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        house, ann, bob, cat = net.nodes
+        for node, cuid in ((ann, "ann"), (bob, "bob"), (cat, "cat")):
+            await rpc(node, "users.add", cuid=cuid)
+        tl = {"annbob": await open_tally(ann, "ann", bob, "bob", limit=1000),
+              "bobcat": await open_tally(bob, "bob", cat, "cat", limit=1000),
+              "catann": await open_tally(cat, "cat", ann, "ann", limit=1000)}
+        record = lf.make_record(
+            lift_uuid=str(uuid.uuid4()), kind="circular", units=50_000, path=[
+                {"cuid": "ann", "agent": ann.agent_id, "tally": tl["annbob"]},
+                {"cuid": "bob", "agent": bob.agent_id, "tally": tl["bobcat"]},
+                {"cuid": "cat", "agent": cat.agent_id, "tally": tl["catann"]},
+                {"cuid": "ann", "agent": ann.agent_id, "tally": None}],
+            referee=ChipAddress(agent=house.agent_id), date_ms=ann.clock.now_ms(),
+            life_ms=60_000, memo="", key=user_key(ann, "ann"))
+        decision = await decided_by(house, ann, record)
+
+        told = await send_raw(ann, bob, "bob", "lift", "decision",
+                              {"record": record, "decision": decision}, "ann")
+        assert await refusal_of(ann, told) == (
+            f"OVER_LIMIT: lift {record['lift']}, taken back: tally {tl['annbob']} can carry "
+            "0 more in this circular direction (0 reserved by pending lift chits), not 50000")
+        assert bob.db.read_one("SELECT count(*) FROM lifts")[0] == 0
+        for tally in (tl["annbob"], tl["bobcat"]):
+            assert chain_of(bob, "bob", tally)[3] == 0
+
+
+async def decided_by(house: Node, terminus: Node, record: dict) -> dict:
+    """The clearing house's decision on ``record``, committed by its terminus's node."""
+    await terminus.transact(lambda tx: tx.send(lf.commit(record)))
+
+    def kept() -> dict | None:
+        return house.db.reading(lambda conn: lifts.decision(conn, record["lift"], record))
+
+    await wait_for(lambda: kept() is not None)
+    return kept()
 
 
 def test_what_vouches_for_a_lift_taken_back():

@@ -40,6 +40,7 @@ from protocol import chit_states as cs
 from protocol import lift as lf
 from protocol import lift_equivocation as eq
 from protocol.chit_lift import lift_chit, lift_decided
+from protocol.errors import Refusal
 from protocol.messages import Send
 from store import lifts
 
@@ -144,12 +145,16 @@ class LiftDecisions:
         taken only from that partner, or where our own user is the payor, on its signature
         on the record (:func:`unvouched`; a partner we pay, in league with whoever made the
         record up, would gain by our taking it), and only under a referee we trust
-        (:meth:`trusted`). Taken, the lift has its pending chit on every tally of ours the
-        path crosses (both of an intermediary's, so it never pays out alone what it took
-        in), then its decision applied. False when ``sender`` is no partner of ours on the
-        path, or not one that vouches for it: then the decision is ignored. Refused
-        (``UNKNOWN_TALLY``) when a tally of ours the path crosses is not held here (opened
-        after the backup, say), as none of its chits can be taken alone."""
+        (:meth:`trusted`). Nor does that partner vouch for our limits: each chit must fit
+        its tally as a promise's must (``protocol.lift.check_room``), or a partner that is
+        its own lift's terminus, whose commit has an honest referee decide good, could run a
+        made-up lift through us past every limit (``OVER_LIMIT``). Taken, the lift has its
+        pending chit on every tally of ours the path crosses (both of an intermediary's, so
+        it never pays out alone what it took in), then its decision applied. False when
+        ``sender`` is no partner of ours on the path, or not one that vouches for it: then
+        the decision is ignored. Refused (``UNKNOWN_TALLY``) when a tally of ours the path
+        crosses is not held here (opened after the backup, say), as none of its chits can be
+        taken alone."""
         agent, path = self.runtime.agent_id, record["path"]
         holdings, missing = [], []  # (hop, our holding of its tally); what we lack
         for hop in range(len(path) - 1):
@@ -176,12 +181,21 @@ class LiftDecisions:
         refused = self.trusted(tx.conn, record["referee"]["agent"])
         if refused is not None:
             raise Reject("REFEREE_REFUSED", f"lift {record['lift']}: {refused}")
-        lifts.add(tx.conn, record, payor=path[0]["cuid"] if path[0]["agent"] == agent else None,
-                  now_ms=tx.now_ms)
-        units = record["units"]
+        chits = []  # (holding, its pending chit, whether the partner pays us)
         for hop, holding in holdings:
             pending = lift_chit(record, hop, holding.local)  # the payor's key, if ours
             incoming = pending.state == cs.A_LIFT
+            try:  # as a promise is: the partner vouches for the payment, not the limits
+                lf.check_room(record, pending, holding.local, balance=holding.balance,
+                              reserved=holding.lift_in if incoming else holding.lift_out)
+            except Refusal as exc:
+                raise Refusal(exc.code, f"lift {record['lift']}, taken back: {exc.message}"
+                              ) from None
+            chits.append((holding, pending, incoming))
+        lifts.add(tx.conn, record, payor=path[0]["cuid"] if path[0]["agent"] == agent else None,
+                  now_ms=tx.now_ms)
+        units = record["units"]
+        for holding, pending, incoming in chits:
             self.ledger.commit(tx, holding, fresh=[pending],
                                lift_delta=(units, 0) if incoming else (0, units))
         self.apply(tx, record["lift"], lf.GOOD, decision)
