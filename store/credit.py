@@ -88,12 +88,20 @@ def partner_addresses(conn: sqlite3.Connection) -> dict[str, tuple[str, int]]:
 def chains_after(conn: sqlite3.Connection, after: tuple[str, str], limit: int,
                  agent: str) -> list[sqlite3.Row]:
     """Up to ``limit`` holders' chains after ``after`` (tally, cuid), in that order, with
-    what ``protocol.chain.probe`` asks from: those whose partner is on another node than
-    ``agent`` (ours: both holders are restored together)."""
+    what ``protocol.chain.probe`` asks from and the id of the last probe (``chain_probe``):
+    those whose partner is on another node than ``agent`` (ours: both holders are restored
+    together)."""
     return conn.execute(
-        "SELECT uuid, cuid, side, state, body, chain_length, chain_head, chain_conf"
-        " FROM tallies WHERE chain_origin IS NOT NULL AND partner != ? AND (uuid, cuid) > (?, ?)"
-        " ORDER BY uuid, cuid LIMIT ?", (agent, *after, limit)).fetchall()
+        "SELECT uuid, cuid, side, state, body, chain_length, chain_head, chain_conf,"
+        " chain_probe FROM tallies WHERE chain_origin IS NOT NULL AND partner != ?"
+        " AND (uuid, cuid) > (?, ?) ORDER BY uuid, cuid LIMIT ?",
+        (agent, *after, limit)).fetchall()
+
+
+def probed(conn: sqlite3.Connection, tally_uuid: str, cuid: str, message_id: bytes) -> None:
+    """Keep the id of the chain's last probe (``chains_after`` reads it back)."""
+    conn.execute("UPDATE tallies SET chain_probe = ? WHERE uuid = ? AND cuid = ?",
+                 (message_id, tally_uuid, cuid))
 
 
 def tallies_with(conn: sqlite3.Connection, agent: str) -> int:

@@ -107,6 +107,38 @@ async def decided_by(house: Node, terminus: Node, record: dict) -> dict:
     return kept()
 
 
+async def test_a_partner_away_holds_one_probe_per_tally_however_often_the_node_starts(
+        tmp_path):
+    """Each start sends every tally partner on another node a probe, which waits in the
+    outbox while the partner is away (or does not ack: tally and chit messages never
+    expire). Four starts of alice's node while bob's is down leave one probe per tally
+    waiting, not four, and once bob's node is back each is delivered and answered."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await rpc(a, "users.add", cuid="alice")
+        await rpc(b, "users.add", cuid="bob")
+        tallies = [await open_tally(a, "alice", b, "bob") for _ in range(3)]
+        await net.stop(1)
+
+        def waiting(node: Node) -> int:
+            return node.db.read_one("SELECT count(*) FROM outbox WHERE peer = ? AND"
+                                    " state = 'pending'", (b.agent_id,))[0]
+
+        def probes(node: Node) -> set[bytes]:
+            return {row[0] for row in node.db.read("SELECT chain_probe FROM tallies")}
+
+        sent = probes(a)
+        for _ in range(4):
+            a = await net.restart(0)
+            await wait_for(lambda a=a, sent=sent: not probes(a) & sent)  # this start's
+            sent = probes(a)
+            assert waiting(a) == len(tallies)
+        await a.credit.repair.probe()  # once more in one run: nothing accumulates either
+        assert waiting(a) == len(tallies)
+        b = await net.restart(1)
+        await wait_for(lambda: waiting(a) == 0)
+
+
 def test_what_vouches_for_a_lift_taken_back():
     """``unvouched``: the payments out of a run of our node's users rest on the node that
     pays into that run, or on our payor's signature; never on a node we pay."""

@@ -76,8 +76,8 @@ class Queued:
 
 class Tx:
     """One transaction on the writer thread. Built by the runtime only (``transact``, the
-    dispatcher); a service uses ``conn``, ``now_ms``, ``send``, ``withdraw``, ``after_commit``,
-    ``charge``."""
+    dispatcher); a service uses ``conn``, ``now_ms``, ``send``, ``withdraw``, ``unsend``,
+    ``after_commit``, ``charge``."""
 
     def __init__(self, conn: sqlite3.Connection, now_ms: int,
                  own_address: Callable[[str | None], ChipAddress], pump: OutboxPump,
@@ -127,6 +127,12 @@ class Tx:
         """Stop delivering a message queued earlier: its row is marked failed with ``reason``
         in this transaction, and the pump drops it once this commits."""
         outbox.mark_failed(self.conn, message_id, reason)
+        self._withdrawn.append(message_id)
+
+    def unsend(self, message_id: bytes) -> None:
+        """Drop a message queued earlier that one queued now takes the place of, if it still
+        waits: its row goes in this transaction, and the pump lets it go once this commits."""
+        outbox.delete(self.conn, [message_id])
         self._withdrawn.append(message_id)
 
     def after_commit(self, fn: Callable[[], None]) -> None:

@@ -76,15 +76,20 @@ class ChainRepair:
     async def probe(self) -> int:
         """Send every chain's ``protocol.chain.probe`` to its partner (on another node), a
         batch to a transaction; returns how many. The outbox delivers each once the partner
-        is reachable. A failure (the database's) ends it, logged: a node restored from a
-        backup then catches up when its partner next sends it a block."""
+        is reachable; a probe an earlier start sent that still waits (the partner away, or
+        not acking) is dropped for the new one, so a chain has one probe waiting at most,
+        however often the node starts. A failure (the database's) ends it, logged: a node
+        restored from a backup then catches up when its partner next sends it a block."""
         node, after, sent = self.runtime, ("", ""), 0
 
         def work(tx: Tx, rows: list) -> None:
             for row in rows:
                 local = LocalTally(row["side"], row["state"], unpack(row["body"]))
-                tx.send(ch.probe(local, length=row["chain_length"], head=row["chain_head"],
-                                 conf=row["chain_conf"]))
+                if row["chain_probe"] is not None:  # the last start's, if it still waits
+                    tx.unsend(row["chain_probe"])
+                probe = tx.send(ch.probe(local, length=row["chain_length"],
+                                         head=row["chain_head"], conf=row["chain_conf"]))
+                credit_store.probed(tx.conn, row["uuid"], row["cuid"], probe)
 
         try:
             while rows := node.db.reading(functools.partial(
