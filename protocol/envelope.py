@@ -110,13 +110,17 @@ def unsendable(prefix: bytes, envelope: dict[str, Any], max_frame: int) -> str |
 
 
 MAX_ERROR_MESSAGE = 2000  # characters of an error ack's message: one that echoes a value is cut
+MAX_ERROR_CODE = 64  # characters of an error ack's code (ours are a word or two)
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most - 3] + "..."
 
 
 def ack_frame(message_id: bytes, code: str | None = None, message: str = "") -> bytes:
     """Encoded ack body; with ``code`` it rejects the message for good."""
-    if len(message) > MAX_ERROR_MESSAGE:
-        message = message[:MAX_ERROR_MESSAGE - 3] + "..."
-    error = {"code": code, "message": message} if code is not None else None
+    error = {"code": code, "message": _cut(message, MAX_ERROR_MESSAGE)} if code is not None \
+        else None
     return Ack(message_id, error).encode()
 
 
@@ -151,6 +155,10 @@ def _parse_ack(value: dict) -> Ack:
         and isinstance(error.get("message"), str)
     ):
         raise EnvelopeError("field 'error' must be a map with text 'code' and 'message'")
+    if error is not None:  # as a peer's refusal of ours is kept (its row, the log, a tally's
+        # error), cut as ours are: a frame's worth of either was kept whole, key and all
+        error = {"code": _cut(error["code"], MAX_ERROR_CODE),
+                 "message": _cut(error["message"], MAX_ERROR_MESSAGE)}
     return Ack(ack, error)
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from protocol.codec import CodecError, pack
 from protocol.envelope import (
     ATTEMPT_ROOM,
+    MAX_ERROR_CODE,
     MAX_ERROR_MESSAGE,
     MAX_NESTING,
     Ack,
@@ -253,6 +254,18 @@ def test_an_error_ack_echoing_a_huge_value_is_cut_short() -> None:
     assert isinstance(ack, Ack) and ack.error is not None
     assert len(ack.error["message"]) == MAX_ERROR_MESSAGE
     assert ack.error["message"].endswith("...")
+
+
+def test_a_peers_error_ack_is_cut_as_ours_are() -> None:
+    """A peer's refusal of our message is kept (its outbox row, the log, a tally's error):
+    one whose code or message is a frame's worth is cut on receipt, as ours are when sent,
+    and nothing but the code and message is kept."""
+    huge = {"code": "BAD_FIELD" * 10_000, "message": "x" * 500_000, "also": "y" * 1000}
+    ack = parse_frame(body({"v": 1, "ack": MID, "error": huge}))
+    assert isinstance(ack, Ack) and ack.error is not None
+    assert set(ack.error) == {"code", "message"}
+    assert len(ack.error["code"]) == MAX_ERROR_CODE and ack.error["code"].endswith("...")
+    assert len(ack.error["message"]) == MAX_ERROR_MESSAGE
 
 
 def test_ack_without_error() -> None:
