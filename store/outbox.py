@@ -10,6 +10,8 @@ import sqlite3
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
+FAILED_KEPT = 1024  # rows of one peer's messages refused for good, the newest kept
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
@@ -95,12 +97,25 @@ def prune_failed(conn: sqlite3.Connection, older_than_ms: int) -> int:
 
 
 def mark_failed(conn: sqlite3.Connection, message_id: bytes, error: str) -> OutboxRow | None:
+    """Mark a message refused for good (by the peer, or withdrawn by us), with ``error``: its
+    row keeps what it was and why, not its body (nothing sends it again), and only the
+    newest ``FAILED_KEPT`` such rows of its peer are kept. A partner that refuses every
+    chain message of ours has each repair resend a message of up to 100 blocks, which it
+    refuses again: kept whole, each for ``prune_failed``'s 30 days, they grew by as much
+    as the repair sends. Returns the row (its body gone), or None when no such message
+    waits."""
     row = conn.execute(
-        "UPDATE outbox SET state = 'failed', error = ? WHERE id = ? AND state = 'pending'"
-        " RETURNING seq, id, peer, address, target, action, body, tries",
+        "UPDATE outbox SET state = 'failed', error = ?, body = x'' WHERE id = ?"
+        " AND state = 'pending' RETURNING seq, id, peer, address, target, action, body, tries",
         (error, message_id),
     ).fetchone()
-    return OutboxRow(*row) if row else None
+    if not row:
+        return None
+    conn.execute(
+        "DELETE FROM outbox WHERE state = 'failed' AND peer = ? AND seq < (SELECT seq FROM"
+        " outbox WHERE state = 'failed' AND peer = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+        (row[2], row[2], FAILED_KEPT - 1))
+    return OutboxRow(*row)
 
 
 def record_tries(conn: sqlite3.Connection, tries: Iterable[tuple[int, bytes]]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from agentd.runtime import dispatch
 from agentd.runtime.context import Reject
 from protocol.envelope import MAX_ERROR_CODE, MAX_ERROR_MESSAGE, Ack
+from store import outbox
 from tests.netfixture import network, wait_for
 from tests.test_credit_service import open_tally, rpc, users
 
@@ -35,3 +36,38 @@ async def test_a_partners_refusal_is_kept_cut_short(tmp_path, monkeypatch):
         shown = await rpc(b, "tally.show", cuid="bob", tally=tally)
         assert shown["error"].startswith("chit chain: BAD_FIELDBAD_FIELD")
         assert len(shown["error"]) == len("chit chain: ") + most
+
+
+async def test_a_partner_that_refuses_every_repair_costs_a_few_small_rows(tmp_path,
+                                                                           monkeypatch):
+    """alice's node refuses every chain message of bob's, and reconnects over and over:
+    bob's repair resends his unconfirmed blocks (here 100) at once each time its channel
+    opens, and each is refused again. A refused message kept its whole row for 30 days, so
+    each reconnect left ~34 KB (up to ~600 KB with long memos) on bob's disk; its row now
+    keeps what it was and why, not its body, and only the newest of a peer's (3 here)."""
+    monkeypatch.setattr(outbox, "FAILED_KEPT", 3)
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob", limit=10**9)
+
+        def refuse(tx, holding, obj):
+            raise Reject("BAD_FIELD", "no")
+
+        monkeypatch.setattr(a.credit.chits, "_on_chain", refuse)
+        await rpc(b, "chit.pay_many", cuid="bob", tally=tally, units=[1] * 100)
+
+        def refused() -> int:
+            return b.counters.rejected_by_peer
+
+        await wait_for(lambda: refused() >= 1)
+        for _ in range(5):
+            for channel in list(a.peers.channels.get(b.agent_id, [])):
+                channel.close("test")
+            await wait_for(lambda: not a.connected(b.agent_id))
+            before = refused()
+            await rpc(a, "peers.ping", agent=b.agent_id)  # a channel again: bob resends
+            await wait_for(lambda before=before: refused() > before)
+        rows = b.db.read("SELECT action, error, length(body) FROM outbox WHERE state = 'failed'")
+        assert [tuple(row) for row in rows] == [("chain", "BAD_FIELD: no", 0)] * 3

@@ -680,6 +680,22 @@ async def test_refused_outbox_rows_are_pruned_and_pending_ones_kept(tmp_path: Pa
         assert [(row["id"][0], row["state"]) for row in rows] == [(2, "pending"), (3, "failed")]
 
 
+async def test_a_peers_refused_rows_keep_no_body_and_only_the_newest(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(outbox, "FAILED_KEPT", 2)
+    async with Database.open(tmp_path / "kept.db") as db:
+        for i, peer in enumerate("ppppqp"):
+            await db.write(lambda c, i=i, peer=peer: outbox.enqueue(
+                c, message_id=bytes([i]) * 16, peer=peer, address=None, target="chit",
+                action="chain", body=b"x" * 1000, now_ms=i))
+        for i in (0, 1, 2, 4):
+            await db.write(lambda c, i=i: outbox.mark_failed(c, bytes([i]) * 16, "NO: no"))
+        rows = db.read("SELECT id, peer, state, length(body) FROM outbox ORDER BY seq")
+        assert [(row[0][0], row[1], row[2], row[3]) for row in rows] == [
+            (1, "p", "failed", 0), (2, "p", "failed", 0), (3, "p", "pending", 1000),
+            (4, "q", "failed", 0), (5, "p", "pending", 1000)]
+
+
 async def test_unanswered_ch_calls_are_pruned_and_owed_answers_kept(tmp_path: Path) -> None:
     """A ch.* call whose answer never came is forgotten once old; evidence, a JWKS question
     and newer calls are kept (lost.py sends the owed ones again)."""
