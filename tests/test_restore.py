@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from agentd.runtime.answers import AnswersInFlight
 from agentd.runtime.node import Node
+from agentd.services.credit import chits as chits_module
 from protocol import chain as ch
 from protocol import lift as lf
 from protocol.keys import ChipAddress
@@ -122,6 +124,45 @@ async def test_a_node_restored_from_a_backup_catches_up_with_its_partner(tmp_pat
             assert set(stored_chits(node, cuid, tally).values()) <= {"A.good", "L.good"}
             shown = await rpc(node, "tally.show", cuid=cuid, tally=tally)
             assert shown["error"] is None and shown["chain"]["pending"] == 0
+
+
+async def test_a_restored_stock_asks_again_when_its_request_goes_unanswered(tmp_path,
+                                                                            monkeypatch):
+    """alice's node (the stock) is restored 5 blocks behind; its probe (an ack of its head)
+    tells it bob's conf, and it asks for the blocks. bob's node answers a few such requests
+    at a time, and leaves this one unwritten: alice's repair must ask again, which it does
+    while it keeps bob's conf as last heard. That was not saved when nothing else in the
+    chain changed (the runtime took the message for one that changed nothing), so alice's
+    chain looked settled and stayed 5 blocks behind until bob paid again."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await rpc(a, "users.add", cuid="alice")
+        await rpc(b, "users.add", cuid="bob")
+        tally = await open_tally(a, "alice", b, "bob", limit=10**9)
+        await pay(b, "bob", tally, [1] * 5)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 5))
+        await net.stop(0)
+        copy = tmp_path / "alice.db"
+        back_up(net.nodes[0], copy)
+        await net.restart(0)
+        await pay(net.nodes[1], "bob", tally, [1] * 5)
+        await wait_for(lambda: agreed(net.nodes[0], "alice", net.nodes[1], "bob", tally, 10))
+        await net.stop(1)
+        a = await restore(net, 0, copy)
+        unwritten: list[Any] = []
+
+        class FirstUnwritten(AnswersInFlight):  # bob's node's: no room for its first answer
+            def room(self, conn: sqlite3.Connection, key: Any) -> bool:
+                if not unwritten:
+                    unwritten.append(key)
+                    return False
+                return super().room(conn, key)
+
+        monkeypatch.setattr(chits_module, "AnswersInFlight", FirstUnwritten)
+        b = await net.restart(1)
+        monkeypatch.undo()
+        await wait_for(lambda: unwritten)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 10))
 
 
 def _by(node: Node, tally: str) -> set[str]:

@@ -332,9 +332,12 @@ class ChitService(Service):
 
 
 def _same(before: ch.Chain, after: ch.Chain) -> bool:
-    """Whether a chain message left the chain as it was."""
-    return (before.length, before.head, before.conf, before.pending, before.spilled) == (
-        after.length, after.head, after.conf, after.pending, after.spilled)
+    """Whether a chain message left the chain as it was: its partner's ``conf`` as last
+    heard (``ahead``) included, which a node restored from a backup keeps so that its repair
+    asks again for blocks it lacks while a request or its answer is lost."""
+    return (before.length, before.head, before.conf, before.pending, before.spilled,
+            before.ahead) == (after.length, after.head, after.conf, after.pending,
+                              after.spilled, after.ahead)
 
 
 def _unconfirmed(error: str | None, index: int | None, confirmed: int) -> str | None:
