@@ -161,49 +161,10 @@ async def test_refusals_past_the_bound_are_counted_and_logged_once_a_while_per_t
     """bob keeps naming made-up referees past the bound, a new one each time: cat refuses each
     (REFEREE_REFUSED) and counts each (getinfo counters.refusals, the metrics), but logs the
     first only, saying that the next are counted and not logged; ann's refusal over her own
-    tally with cat is logged on its own."""
-    caplog.set_level(logging.INFO, logger="agentd.runtime.dispatch")
-    async with network(tmp_path, n=4, clearinghouse=0) as net:
-        ann, bob, cat = await users(net, "ann", "bob", "cat")
-        tallies = {bob: await open_tally(bob, "bob", cat, "cat"),
-                   ann: await open_tally(ann, "ann", cat, "cat")}
-
-        async def promise(payer, cuid: str) -> bytes:
-            record = lift_record(payer, cuid, cat, "cat", tallies[payer], made_up())
-            return await send_raw(payer, cat, "cat", "lift", "promise",
-                                  {"record": record, "hop": 0}, cuid)
-
-        for payer, cuid, refused in ((bob, "bob", 3), (ann, "ann", 1)):
-            for _ in range(lf.MAX_UNANSWERED):
-                await processed(payer, await promise(payer, cuid))
-            for _ in range(refused):
-                assert (await refusal_of(payer, await promise(payer, cuid))).startswith(
-                    "REFEREE_REFUSED: ")
-        info = await rpc(cat, "getinfo")
-        assert info["counters"]["refusals"] == {"REFEREE_REFUSED": 4}
-        assert info["counters"]["rejected"]["refused"] == 4
-        assert b'agentd_refusals_total{code="REFEREE_REFUSED"} 4.0' in cat.metrics.exposition()
-        logged = {payer: [record.getMessage() for record in caplog.records
-                          if record.getMessage().startswith(
-                              f"refused lift/promise from {payer.agent_id[:8]}: ")]
-                  for payer in (bob, ann)}
-        assert [len(lines) for lines in logged.values()] == [1, 1], logged
-        for payer, (line,) in logged.items():
-            assert line.startswith(f"refused lift/promise from {payer.agent_id[:8]}: "
-                                   f"REFEREE_REFUSED: the lifts pending here that came over "
-                                   f"tally {tallies[payer]} name 4 referees")
-            assert line.endswith(
-                f"(further REFEREE_REFUSED refusals over tally {tallies[payer]} in the next "
-                f"{QUIET_S:g} s are counted in getinfo counters.refusals, not logged)")
-
-
-async def test_the_sender_logs_a_refusal_of_its_promises_over_a_tally_once_a_while(
-        tmp_path, caplog):
-    """The other side of the test above: bob, whose promises over his tally with cat cat keeps
-    refusing (a new referee each time, so each refusal's text differs and the log's repeat
-    filter held none back), warned of every one. He logs the first per code and tally in
-    each QUIET_S seconds, saying the rest are counted (rejected_by_peer); ann's refusal over
-    her own tally is logged on its own."""
+    tally with cat is logged on its own. The sender's side likewise: each refusal's text
+    differs (a new referee each time), so the log's repeat filter held none back and bob
+    warned of every one; he logs the first per code and tally in each QUIET_S seconds,
+    saying the rest are counted (rejected_by_peer), and ann's on its own."""
     caplog.set_level(logging.DEBUG, logger="agentd.runtime.dispatch")
     async with network(tmp_path, n=4, clearinghouse=0) as net:
         ann, bob, cat = await users(net, "ann", "bob", "cat")
@@ -215,7 +176,7 @@ async def test_the_sender_logs_a_refusal_of_its_promises_over_a_tally_once_a_whi
             return await send_raw(payer, cat, "cat", "lift", "promise",
                                   {"record": record, "hop": 0}, cuid)
 
-        def heard(payer) -> list[logging.LogRecord]:
+        def heard(payer) -> list[logging.LogRecord]:  # on the sender's side
             return [record for record in caplog.records if record.getMessage().startswith(
                 f"{cat.agent_id[:8]} refused lift/promise: REFEREE_REFUSED the lifts pending "
                 f"here that came over tally {tallies[payer]} ")]
@@ -224,9 +185,26 @@ async def test_the_sender_logs_a_refusal_of_its_promises_over_a_tally_once_a_whi
             for _ in range(lf.MAX_UNANSWERED):
                 await processed(payer, await promise(payer, cuid))
             for _ in range(refused):
-                await refusal_of(payer, await promise(payer, cuid))
+                assert (await refusal_of(payer, await promise(payer, cuid))).startswith(
+                    "REFEREE_REFUSED: ")
             await wait_for(lambda payer=payer, refused=refused: len(heard(payer)) == refused)
             assert (await rpc(payer, "getinfo"))["counters"]["rejected_by_peer"] == refused
+        info = await rpc(cat, "getinfo")
+        assert info["counters"]["refusals"] == {"REFEREE_REFUSED": 4}
+        assert info["counters"]["rejected"]["refused"] == 4
+        assert b'agentd_refusals_total{code="REFEREE_REFUSED"} 4.0' in cat.metrics.exposition()
+        logged = {payer: [record.getMessage() for record in caplog.records
+                          if record.levelno >= logging.INFO and record.getMessage().startswith(
+                              f"refused lift/promise from {payer.agent_id[:8]}: ")]
+                  for payer in (bob, ann)}
+        assert [len(lines) for lines in logged.values()] == [1, 1], logged
+        for payer, (line,) in logged.items():
+            assert line.startswith(f"refused lift/promise from {payer.agent_id[:8]}: "
+                                   f"REFEREE_REFUSED: the lifts pending here that came over "
+                                   f"tally {tallies[payer]} name 4 referees")
+            assert line.endswith(
+                f"(further REFEREE_REFUSED refusals over tally {tallies[payer]} in the next "
+                f"{QUIET_S:g} s are counted in getinfo counters.refusals, not logged)")
         for payer, levels in ((bob, [logging.WARNING, logging.DEBUG, logging.DEBUG]),
                               (ann, [logging.WARNING])):
             lines = heard(payer)
