@@ -59,11 +59,11 @@ confirmed: the stock keeps their chits unordered and sends its block at ``conf``
 stock to foil); the foil asks from its own ``conf`` (``req``), takes the stock's confirmed
 blocks in place of its own unconfirmed ones, and once it holds them all orders what it
 unlinked after them (``protocol.chain_foil``). The restored side keeps its partner's
-``conf`` as last heard (``ahead``): until it holds the blocks up to it, its chain is not
-settled and :func:`resync` asks again, so a request or an answer lost on the way (one the
-partner did not write: it answers a few repairs at a time) only delays it. Either way the
-restored side checks each chit
-it did not hold as it would have the first time: the issuer's signature (our own user's
+``conf`` as last heard (``ahead``; a foil asks from its ``conf`` + 1, so its ``req`` tells
+it too): until it holds the blocks up to it, its chain is not settled and :func:`resync`
+asks again, so a request or an answer lost on the way (one the partner did not write: it
+answers a few repairs at a time) only delays it. Either way the restored side checks each chit it
+did not hold as it would have the first time: the issuer's signature (our own user's
 proves a payment or acceptance the partner cannot make up: ``own_good``); a lift chit stays
 ``lift_undecided`` until the runtime applies the lift's decision here. A contradiction of a
 block the restored side itself confirmed is ``conflict`` and needs a human.

@@ -208,11 +208,21 @@ def stock_req(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
     ``conf``; past ``conf``, the block at ``conf`` alone, which tells the foil it holds them
     all (its ``upd`` names ``conf``). The blocks after ``conf`` are not the foil's to take
     back: it may order their chits anew, and the stock conforms. A stock whose foil confirmed
-    nothing answers nothing."""
+    nothing answers nothing.
+
+    The foil asks from its ``conf`` + 1: a ``conf`` past our head says we lost blocks we
+    confirmed (restored from a backup, the foil's answer to our probe lost with its own
+    restore), and we ask for them, unless we knew (a request is on its way)."""
+    told = obj["index"] - 1
+    knew = max(chain.ahead, chain.length)
+    chain = replace(chain, ahead=max(chain.ahead, told))
     blocks = blocks_from(chain, obj["index"], chain.conf)
     if not blocks and chain.conf:
         blocks = [chain.linked_at(chain.conf)]
-    return Received(chain, [upd(chain, local, blocks)] if blocks else [], [])
+    messages = [upd(chain, local, blocks)] if blocks else []
+    if told > knew:
+        messages.append(chain_message(chain, local, "req", index=chain.length + 1))
+    return Received(chain, messages, [])
 
 
 HANDLERS = {"upd": stock_upd, "ack": stock_ack, "nak": stock_nak, "req": stock_req}

@@ -304,6 +304,27 @@ def test_a_foil_catching_up_links_nothing_new_until_it_holds_every_confirmed_blo
     agreed(pair)
 
 
+def test_a_restored_stock_learns_from_the_foils_request_that_it_lost_a_block():
+    """The stock, restored to before its payment, asks (its probe); the foil is restored
+    too, to after the payment, before its answer goes out (the answer was in the outbox the
+    restore replaced). The foil's own probe asks from its ``conf`` + 1 = 2: the stock
+    confirmed block 1, so it lost it and asks for it. (It answered nothing and took both
+    chains for settled: the stock without the block the foil held confirmed.)"""
+    pair = Pair()
+    stock_then = backup(pair.stock)
+    (paid,) = pay(pair, pair.stock, 1)
+    pair.drain()
+    foil_then = backup(pair.foil)
+    restore(pair, pair.stock, stock_then)
+    pair.deliver()  # the stock's probe; the foil's answer is lost with its outbox
+    pair.queue.clear()
+    restore(pair, pair.foil, foil_then)
+    assert pair.queue[-1][1].object == command("req", index=2)
+    pair.recover()
+    agreed(pair)
+    assert pair.stock.chain.length == 1 and pair.stock.chits[paid].state == cs.L_GOOD
+
+
 # -- any number of restores over a lossy network ------------------------------------------------
 
 
