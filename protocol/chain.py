@@ -58,15 +58,17 @@ them, and confirmed indexes never move back, so the restored side takes them fro
 confirmed: the stock keeps their chits unordered and sends its block at ``conf`` (``upd``,
 stock to foil); the foil asks from its own ``conf`` (``req``), takes the stock's confirmed
 blocks in place of its own unconfirmed ones, and once it holds them all orders what it
-unlinked after them (``protocol.chain_foil``). The restored side keeps its partner's
-``conf`` as last heard (``ahead``; a foil asks from its ``conf`` + 1, so its ``req`` tells
-it too): until it holds the blocks up to it, its chain is not settled and :func:`resync`
-asks again, so a request or an answer lost on the way (one the partner did not write: it
-answers a few repairs at a time) only delays it. Either way the restored side checks each chit it
-did not hold as it would have the first time: the issuer's signature (our own user's
-proves a payment or acceptance the partner cannot make up: ``own_good``); a lift chit stays
-``lift_undecided`` until the runtime applies the lift's decision here. A contradiction of a
-block the restored side itself confirmed is ``conflict`` and needs a human.
+unlinked after them (``protocol.chain_foil``). The restored side keeps the highest
+``conf`` its partner stated (``ahead``; a foil asks from its ``conf`` + 1, so its ``req``
+states one too): until it holds the blocks up to it, its chain is not settled and
+:func:`resync` asks again, so a request or an answer lost on the way (one the partner did
+not write: it answers a few repairs at a time) only delays it, and a late copy of an older
+message, with a lower ``conf``, changes nothing. Either way the restored side checks each
+chit it did not hold as it would have the first time: the issuer's signature (our own
+user's proves a payment or acceptance the partner cannot make up: ``own_good``); a lift
+chit stays ``lift_undecided`` until the runtime applies the lift's decision here. A
+contradiction of a block the restored side itself confirmed is ``conflict`` and needs a
+human.
 
 Cost: a chain with thousands of chits must stay cheap per chit, so the versions of one chain
 share lookup hints instead of scanning it (``protocol.chain_state``, where the chain and

@@ -36,8 +36,8 @@ from .tally_local import LocalTally
 
 
 def catching_up(chain: Chain) -> bool:
-    """Whether a foil lacks blocks the stock confirmed (``ahead``: the stock's ``conf`` as
-    last heard), or holds good chits unlinked: it took back blocks it lost, and links them
+    """Whether a foil lacks blocks the stock confirmed (``ahead``: the highest ``conf`` the
+    stock stated), or holds good chits unlinked: it took back blocks it lost, and links them
     once it holds every block the stock confirmed."""
     return bool(chain.pending or chain.spilled or chain.conf < chain.ahead)
 
@@ -115,11 +115,11 @@ def _check_run(chits: list[Any]) -> None:
 
 def foil_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
     """The stock's blocks, which it holds (``conf``: the last the foil confirmed to it, kept
-    as ``ahead``). Those we hold confirm them; the first that differs is where we lost
-    blocks: ours from there, never confirmed by the stock, are unlinked and the stock's
-    linked instead. While we lack some the stock confirmed we ask for them from our
-    ``conf`` (``req``: after a run that took us further, or one that starts past what we
-    share with the stock; a repair asks again)."""
+    in ``ahead`` when it is the highest yet). Those we hold confirm them; the first that
+    differs is where we lost blocks: ours from there, never confirmed by the stock, are
+    unlinked and the stock's linked instead. While we lack some the stock confirmed we ask
+    for them from our ``conf`` (``req``: after a run that took us further, or one that
+    starts past what we share with the stock; a repair asks again)."""
     chits = obj["chits"]
     _check_run(chits)
     first = chits[0]["chain"]
@@ -129,7 +129,7 @@ def foil_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
             raise Refusal("conflict", f"the stock's block {at + 1} does not follow block {at},"
                           " which it confirmed")
         asked = chain.conf < chain.ahead  # a request is on its way (a late run, a copy)
-        chain = replace(chain, ahead=max(obj["conf"], at))
+        chain = replace(chain, ahead=max(chain.ahead, obj["conf"], at))
         return Received(chain, [] if asked else [req(chain, local, chain.conf + 1)], [])
     conf = chain.conf
     matched = at
@@ -156,7 +156,7 @@ def foil_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
                 chit = {**ours, "chain": chit["chain"]}
             chain = cs.link(chain, chit, pending=cs.unparked(chain, chit["uuid"]))
     last = chits[-1]["chain"]["index"]
-    chain = replace(chain, conf=max(chain.conf, last), ahead=obj["conf"])
+    chain = replace(chain, conf=max(chain.conf, last), ahead=max(chain.ahead, obj["conf"]))
     if chain.conf < chain.ahead:  # more to take back: ask, unless this was a copy
         return Received(chain, [req(chain, local, chain.conf + 1)] if chain.conf > conf
                         else [], adopted)

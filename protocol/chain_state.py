@@ -60,8 +60,9 @@ class Chain:
     base_hash: bytes | None = None  # block base's hash (None while base is 0: the origin)
     base_balance: int = 0  # what the good chits not held here moved (see balance())
     spilled: int = 0  # good chits not linked, without a block, not held here: see trim()
-    # the partner's conf as last heard: past ours when we lost blocks it holds (restored from
-    # a backup), which we ask for until we hold them (protocol.chain_stock, chain_foil)
+    # the highest conf the partner stated: past ours when we lost blocks it holds (restored
+    # from a backup), which we ask for until we hold them (protocol.chain_stock, chain_foil);
+    # never lowered, since a late copy of the partner's older message states a lower one
     ahead: int = 0
     hints: _Hints = dataclasses.field(default_factory=_Hints, compare=False, repr=False)
     # blocks behind ``base`` a message names, by index: set by receive() for one call

@@ -162,7 +162,7 @@ def _link_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
         chain = take(chain, chit)
     chain = cs.link_run(chain, run)
     chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)),
-                    ahead=obj["conf"])
+                    ahead=max(chain.ahead, obj["conf"]))
     return Received(chain, stock_reply(chain, local, foil_conf=obj["conf"],
                                        moved=chain.length > length), adopted)
 
@@ -187,7 +187,7 @@ def stock_ack(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
     if index <= chain.length and chain.hash_at(index) == obj["hash"]:
         return Received(replace(chain, conf=max(chain.conf, index)), [], [])
     if index > chain.length:
-        chain = replace(chain, ahead=index)
+        chain = replace(chain, ahead=max(chain.ahead, index))
     return stock_nak(chain, obj, local)
 
 

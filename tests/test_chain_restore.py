@@ -325,6 +325,38 @@ def test_a_restored_stock_learns_from_the_foils_request_that_it_lost_a_block():
     assert pair.stock.chain.length == 1 and pair.stock.chits[paid].state == cs.L_GOOD
 
 
+def test_a_stale_copy_never_tells_a_restored_side_that_it_caught_up():
+    """A side restored from a backup learns how far its partner's ``conf`` reached
+    (``ahead``), and takes the blocks back in batches. A copy of an older message of the
+    partner's, whose ``conf`` is as far as the first batch, arrives meanwhile and the
+    request for the next batch is lost: the restored side still lacks blocks its partner
+    confirmed, so its repair asks again. (It took the copy's ``conf`` for the partner's:
+    both chains counted as settled, the restored one 30 blocks short.)"""
+    for which in (t.STOCK, t.FOIL):
+        pair = Pair()
+        holder = pair.stock if which == t.STOCK else pair.foil
+        partner = pair.other(holder)
+        saved = backup(holder)
+        pay(pair, pair.foil, ch.UPD_BATCH)
+        pair.drain()
+        earlier = partner.chain  # the partner's answer to a request from block 1, then
+        (stale,) = ch.receive(earlier, command("req", index=1), partner.local).messages
+        assert stale.object["conf"] == ch.UPD_BATCH
+        pay(pair, pair.foil, 30)
+        pair.drain()
+        restore(pair, holder, saved)
+        while holder.chain.length < ch.UPD_BATCH:  # the first batch comes
+            pair.deliver()
+        asked = [message.object for _, message in pair.queue]
+        assert command("req", index=ch.UPD_BATCH + 1) in asked  # lost, with all in flight
+        pair.queue = [(holder, stale)]
+        pair.drain()
+        assert holder.chain.length == ch.UPD_BATCH and not ch.settled(holder.chain)
+        pair.recover()
+        agreed(pair)
+        assert holder.chain.length == ch.UPD_BATCH + 30
+
+
 # -- any number of restores over a lossy network ------------------------------------------------
 
 

@@ -274,7 +274,7 @@ def one_by_one(chain: ch.Chain, obj: dict[str, Any], local: LocalTally,
         return lost._replace(chain=replace(lost.chain, history={}))
     length = found.length
     chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)), history={},
-                    ahead=obj["conf"])
+                    ahead=max(chain.ahead, obj["conf"]))
     return ch.Received(chain, chain_stock.stock_reply(
         chain, local, foil_conf=obj["conf"], moved=chain.length > length), adopted)
 
