@@ -68,7 +68,11 @@ chit it did not hold as it would have the first time: the issuer's signature (ou
 user's proves a payment or acceptance the partner cannot make up: ``own_good``); a lift
 chit stays ``lift_undecided`` until the runtime applies the lift's decision here. A
 contradiction of a block the restored side itself confirmed is ``conflict`` and needs a
-human.
+human. So do blocks the stock confirmed that both holders lost (each restored to before
+them, one told of them by the other first): nobody holds them, and the side told asks for
+them at every repair, its chain never settled, since nothing tells a partner's restore from
+a late copy of its older message. A stock so told still takes the foil's new blocks, and
+settles once the foil's chain is as long again; a foil orders nothing meanwhile.
 
 Cost: a chain with thousands of chits must stay cheap per chit, so the versions of one chain
 share lookup hints instead of scanning it (``protocol.chain_state``, where the chain and

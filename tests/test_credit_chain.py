@@ -174,6 +174,10 @@ class Holder:
         return messages
 
 
+class Unsettled(AssertionError):
+    """Repairs went on past every round :meth:`Pair.recover` gives them."""
+
+
 class Pair:
     """Both holders and the messages between them, which a test delivers, drops or repeats."""
 
@@ -225,7 +229,7 @@ class Pair:
             if not self.queue:
                 return rounds
             self.drain()
-        raise AssertionError("resync does not converge")
+        raise Unsettled("resync does not converge")
 
     def assert_agreed(self) -> None:
         """Identical chains, every signed chit in them once, opposite balances, matching
