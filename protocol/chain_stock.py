@@ -161,10 +161,20 @@ def _link_upd(chain: Chain, obj: dict[str, Any], local: LocalTally) -> Received:
         chain, run = cs.link_run(chain, run), {}
         chain = take(chain, chit)
     chain = cs.link_run(chain, run)
-    chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)),
+    chain = replace(chain, conf=max(chain.conf, min(obj["conf"], shown(chain, obj["chits"]))),
                     ahead=max(chain.ahead, obj["conf"]))
     return Received(chain, stock_reply(chain, local, foil_conf=obj["conf"],
                                        moved=chain.length > length), adopted)
+
+
+def shown(chain: Chain, chits: list[dict[str, Any]]) -> int:
+    """The highest index at which the foil's upd ``chits`` show a block we hold as it is (a
+    block's hash pins every block before it): how far the upd's ``conf`` confirms our chain.
+    Not past it: a late copy of an order the foil has changed since (restored from a backup,
+    it took blocks back from us) may have put blocks in our chain that the foil's ``conf``
+    does not cover."""
+    return max((chit["chain"]["index"] for chit in chits if chit["chain"]["index"] <= chain.length
+                and chain.hash_at(chit["chain"]["index"]) == chit["chain"]["hash"]), default=0)
 
 
 def _extends(chain: Chain, run: dict[str, dict[str, Any]], chit: dict[str, Any]) -> bool:

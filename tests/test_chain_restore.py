@@ -409,6 +409,35 @@ def test_blocks_both_holders_lost_are_asked_for_until_a_person_sees_to_it():
     assert pair.foil.chits[mine].state == cs.L_GOOD
 
 
+def test_a_foils_upd_confirms_only_the_blocks_it_shows_the_stock_holds():
+    """A foil restored to before the stock's payment 1 orders the stock's payment 2 at 1,
+    then takes block 1 back from the stock and moves payment 2 to 2. The stock, restored to
+    before both, links payment 2 at 1 from a late copy of the foil's first order, and then
+    takes the foil's upd of block 3 (``conf`` 2, beyond a gap): that shows nothing of block
+    1, so it confirms nothing, and the stock takes the foil's block 1 in place of its own
+    when it comes. (It took ``conf`` 2 to cover its own block 1: it kept payment 2 there
+    as confirmed, and the foil refused its blocks as ``conflict`` for ever.)"""
+    pair = Pair()
+    stock_then, foil_then = backup(pair.stock), backup(pair.foil)
+    (first,) = pay(pair, pair.stock, 1)
+    pair.drain()
+    restore(pair, pair.foil, foil_then)
+    (second,) = pay(pair, pair.stock, 1)
+    pair.drain()
+    (late,) = [message for receiver, message in pair.sent if receiver is pair.stock
+               and chain_cmd(message) == "upd" and [
+                   (chit["uuid"], chit["chain"]["index"]) for chit in message.object["chits"]
+               ] == [(second, 1)]]
+    assert [chit["uuid"] for chit in pair.foil.whole()] == [first, second]
+    restore(pair, pair.stock, stock_then)
+    pay(pair, pair.stock, 1)  # linked at 3 by the foil, sent (conf 2) before block 1 comes
+    pair.deliver()  # the stock's probe: the foil answers with its conf
+    pair.queue.append((pair.stock, late))
+    pair.drain()
+    pair.recover()
+    agreed(pair)
+    assert [chit["uuid"] for chit in pair.stock.whole()][:2] == [first, second]
+
 # -- any number of restores over a lossy network ------------------------------------------------
 
 

@@ -277,8 +277,8 @@ def one_by_one(chain: ch.Chain, obj: dict[str, Any], local: LocalTally,
         lost = chain_stock.lost(found, obj["chits"], local)
         return lost._replace(chain=replace(lost.chain, history={}))
     length = found.length
-    chain = replace(chain, conf=max(chain.conf, min(obj["conf"], chain.length)), history={},
-                    ahead=max(chain.ahead, obj["conf"]))
+    conf = max(chain.conf, min(obj["conf"], chain_stock.shown(chain, obj["chits"])))
+    chain = replace(chain, conf=conf, history={}, ahead=max(chain.ahead, obj["conf"]))
     return ch.Received(chain, chain_stock.stock_reply(
         chain, local, foil_conf=obj["conf"], moved=chain.length > length), adopted)
 
