@@ -65,11 +65,14 @@ def _seen(row: dict[str, Any], now_ms: int) -> Any:
 
 
 def _chain(row: dict[str, Any], now_ms: int) -> Any:
-    """The chain's head index and the index the partner confirmed: ``12/12`` when settled."""
+    """The chain's head index and the index the partner confirmed: ``12/12`` when settled;
+    ``0/0 (3 missing)`` while it lacks blocks the partner confirmed."""
     chain = row.get("chain")
     if not isinstance(chain, dict):
         return None
-    return f"{_scalar('', chain.get('index'))}/{_scalar('', chain.get('confirmed'))}"
+    shown = f"{_scalar('', chain.get('index'))}/{_scalar('', chain.get('confirmed'))}"
+    missing = chain.get("missing")
+    return f"{shown} ({_scalar('', missing)} missing)" if missing else shown
 
 
 def _users(row: dict[str, Any], now_ms: int) -> Any:

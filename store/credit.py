@@ -34,7 +34,7 @@ from store import chain_rows
 CACHE_HOLDINGS = 256  # holdings kept in memory
 _TALLY_COLUMNS = (
     "uuid, cuid, side, state, partner, partner_cuid, body, balance, chain_length, chain_head,"
-    " chain_conf, chain_pending, error, created, updated, lift_in, lift_out"
+    " chain_conf, chain_pending, chain_ahead, error, created, updated, lift_in, lift_out"
 )
 SELECT_TALLY = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE uuid = ? AND cuid = ?"
 LIST_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies ORDER BY cuid, created, uuid"

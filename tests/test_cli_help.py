@@ -252,6 +252,19 @@ def test_human_peers_and_tallies_fit_100_columns():
 
 
 
+
+def test_human_tally_chain_says_how_many_blocks_it_lacks():
+    """A chain that lacks blocks its partner confirmed (restored from a backup) showed as
+    ``0/0``, what the README calls settled; it says how many it lacks."""
+    row = {"tally": "cdfd881a-71f8-5139-848e-b616e9171ed1", "cuid": "alice", "side": "stock",
+           "state": "open", "partner": f"bob:{AGENTS['bob']}@bob.chips.example.org:7102",
+           "balance": 0, "capacity": {"pay": 10, "receive": 10},
+           "chain": {"index": 0, "confirmed": 0, "hash": "h" * 43, "pending": 0, "missing": 3}}
+    (_, line) = render("tally.list", [row]).splitlines()
+    assert line.rstrip().endswith("  0/0 (3 missing)")
+    row["chain"]["missing"] = 0
+    assert render("tally.list", [row]).splitlines()[1].rstrip().endswith("  0/0")
+
 def test_human_peers_with_a_full_ipv6_address_fit_100_columns():
     """A peer at a full IPv6 address (46 characters with its port) took peers.list to 110
     columns: a long address shows its first and last groups either side of "…", and its port

@@ -236,7 +236,8 @@ async def test_negotiation_counter_offer_then_accept_and_a_refusal(tmp_path):
         assert (alice["side"], alice["limit"], alice["partner_limit"]) == ("stock", 3000, 2000)
         assert (bob["side"], bob["limit"], bob["partner_limit"]) == ("foil", 2000, 3000)
         assert alice["chain"] == bob["chain"] == {
-            "index": 0, "hash": alice["chain"]["hash"], "confirmed": 0, "pending": 0}
+            "index": 0, "hash": alice["chain"]["hash"], "confirmed": 0, "pending": 0,
+            "missing": 0}
         assert alice["signed"] == ["stock", "foil"] and alice["partner"] == str(
             b.own_address("bob"))
         # a second invitation, refused

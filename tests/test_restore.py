@@ -28,6 +28,7 @@ from tests.test_credit_service import (
     agreed,
     chain_of,
     open_tally,
+    rebuilt,
     refusal_of,
     rpc,
     send_raw,
@@ -164,6 +165,53 @@ async def test_a_restored_stock_asks_again_when_its_request_goes_unanswered(tmp_
         await wait_for(lambda: unwritten)
         await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 10))
 
+
+async def test_blocks_both_nodes_lost_show_as_missing_until_the_foil_orders_as_many(tmp_path):
+    """Both nodes of a tally put back to copies from before three of bob's payments, alice's
+    (the stock) told of them first, as the foil's answer to its probe leaves it (its stored
+    chain_ahead): nobody holds them. tally.show says three are missing on alice's node, and
+    her chain is not settled; the blocks bob orders next take their place, and once he paid
+    three more nothing is missing (README: Restoring a node from a backup)."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await rpc(a, "users.add", cuid="alice")
+        await rpc(b, "users.add", cuid="bob")
+        tally = await open_tally(a, "alice", b, "bob", limit=10**6)
+        copies = [tmp_path / "alice.db", tmp_path / "bob.db"]
+        for index in (0, 1):
+            await net.stop(index)
+            back_up(net.nodes[index], copies[index])
+            await net.restart(index)
+        await pay(net.nodes[1], "bob", tally, [10] * 3)
+        await wait_for(lambda: agreed(net.nodes[0], "alice", net.nodes[1], "bob", tally, 3))
+
+        def told(node: Node) -> None:
+            put_back(node, copies[0])
+            db = sqlite3.connect(node.config.db_path)
+            try:
+                with db:
+                    db.execute("UPDATE tallies SET chain_ahead = 3 WHERE uuid = ?", (tally,))
+            finally:
+                db.close()
+
+        await net.stop(1)
+        put_back(net.nodes[1], copies[1])
+        a = await net.restart(0, meanwhile=told)
+        b = await net.restart(1)
+        shown = await rpc(a, "tally.show", cuid="alice", tally=tally)
+        assert shown["chain"] == {"index": 0, "hash": shown["chain"]["hash"], "confirmed": 0,
+                                  "pending": 0, "missing": 3}
+        assert (await rpc(b, "tally.show", cuid="bob", tally=tally))["chain"]["missing"] == 0
+        assert not ch.settled(rebuilt(a, "alice", tally).chain)
+        await pay(b, "bob", tally, [20] * 2)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 2))
+        assert (await rpc(a, "tally.show", cuid="alice", tally=tally))["chain"]["missing"] == 1
+        await pay(b, "bob", tally, [30])
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 3))
+        for node, cuid in ((a, "alice"), (b, "bob")):
+            shown = await rpc(node, "tally.show", cuid=cuid, tally=tally)
+            assert (shown["chain"]["missing"], shown["chain"]["pending"]) == (0, 0)
+            assert node.counters.unacked_failures == 0
 
 def _by(node: Node, tally: str) -> set[str]:
     """The chits bob (the foil) issued."""

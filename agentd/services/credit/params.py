@@ -30,11 +30,20 @@ def tally_summary(row: Any) -> dict:
         "partner_limit": partner_limit, "version": body["version"],
         "memo": body["memo"],
         "chain": {"index": row["chain_length"], "hash": None if head is None else b64u(head),
-                  "confirmed": row["chain_conf"], "pending": row["chain_pending"]},
+                  "confirmed": row["chain_conf"], "pending": row["chain_pending"],
+                  "missing": _missing(row)},
         "error": _standing(row),
         "capacity": _capacity(row, limit, partner_limit),
         "reserved": {"in": row["lift_in"], "out": row["lift_out"]},
     }  # fmt: skip
+
+
+def _missing(row: Any) -> int:
+    """Blocks the partner confirmed that this holder lacks and asks for (restored from a
+    backup): past its head on the stock's side; past its ``conf`` on the foil's, whose own
+    blocks after it give way to the stock's (``protocol.chain``)."""
+    held = row["chain_length"] if row["side"] == "stock" else row["chain_conf"]
+    return max(row["chain_ahead"] - held, 0)
 
 
 def _capacity(row: Any, limit: int, partner_limit: int) -> dict[str, int]:
