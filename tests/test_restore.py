@@ -28,6 +28,7 @@ from tests.test_credit_service import (
     agreed,
     chain_of,
     open_tally,
+    processed,
     rebuilt,
     refusal_of,
     rpc,
@@ -212,6 +213,25 @@ async def test_blocks_both_nodes_lost_show_as_missing_until_the_foil_orders_as_m
             shown = await rpc(node, "tally.show", cuid=cuid, tally=tally)
             assert (shown["chain"]["missing"], shown["chain"]["pending"]) == (0, 0)
             assert node.counters.unacked_failures == 0
+
+
+async def test_what_a_partner_says_of_its_confirmed_blocks_is_kept_alone(tmp_path):
+    """A chain message that changes nothing but how far the partner says it confirmed (a
+    foil's req from its conf + 1, an ack past our head: we lost blocks) is kept, so the
+    repair asks for the blocks until they come, as tally.show says; it was answered and
+    forgotten (only a change of the chain's blocks, pending chits or conf was stored)."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await rpc(a, "users.add", cuid="alice")
+        await rpc(b, "users.add", cuid="bob")
+        tally = await open_tally(a, "alice", b, "bob", limit=10**6)
+        for told, obj in ((3, {"cmd": "req", "index": 4}),
+                          (5, {"cmd": "ack", "index": 5, "hash": bytes(32)})):
+            sent = await send_raw(b, a, "alice", "chit", "chain", {**obj, "tally": tally}, "bob")
+            await processed(b, sent)
+            shown = await rpc(a, "tally.show", cuid="alice", tally=tally)
+            assert (shown["chain"]["index"], shown["chain"]["missing"]) == (0, told)
+            assert rebuilt(a, "alice", tally).chain.ahead == told
 
 def _by(node: Node, tally: str) -> set[str]:
     """The chits bob (the foil) issued."""

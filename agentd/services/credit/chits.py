@@ -332,9 +332,9 @@ class ChitService(Service):
 
 
 def _same(before: ch.Chain, after: ch.Chain) -> bool:
-    """Whether a chain message left the chain as it was: its partner's ``conf`` as last
-    heard (``ahead``) included, which a node restored from a backup keeps so that its repair
-    asks again for blocks it lacks while a request or its answer is lost."""
+    """Whether a chain message left the chain as it was: its blocks, unlinked chits, ``conf``
+    and how far the partner said it confirmed (``ahead``: past our head, we lost blocks, and
+    the repair asks for them while it is kept)."""
     return (before.length, before.head, before.conf, before.pending, before.spilled,
             before.ahead) == (after.length, after.head, after.conf, after.pending,
                               after.spilled, after.ahead)
