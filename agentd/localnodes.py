@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import os
 import socket
 import subprocess
@@ -155,9 +156,15 @@ def cpu_seconds(processes: list[subprocess.Popen]) -> list[float] | None:
         return None
 
 
+@functools.cache
+def _clock_getcpuclockid() -> Any:
+    """The C library's ``clock_getcpuclockid``, looked up once (None where it has none)."""
+    return getattr(ctypes.CDLL(None), "clock_getcpuclockid", None)
+
+
 def _cpu_clock(pid: int) -> int:
     """The id of process ``pid``'s CPU-time clock (POSIX ``clock_getcpuclockid``)."""
-    find = getattr(ctypes.CDLL(None), "clock_getcpuclockid", None)
+    find = _clock_getcpuclockid()
     if find is None:
         raise OSError(errno.ENOSYS, "no clock_getcpuclockid in this C library")
     clock = ctypes.c_int()  # clockid_t

@@ -3,6 +3,8 @@ refusals make our node keep (real nodes: loopback, Noise, SQLite)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from agentd.runtime import dispatch
 from agentd.runtime.context import Reject
 from protocol.envelope import MAX_ERROR_CODE, MAX_ERROR_MESSAGE, Ack
@@ -11,16 +13,21 @@ from tests.netfixture import network, wait_for
 from tests.test_credit_service import open_tally, rpc, users
 
 
+async def alice_and_bob(net) -> tuple[Any, Any, str]:
+    """alice's and bob's nodes, and their tally."""
+    a, b = net.nodes
+    await users(a, "alice")
+    await users(b, "bob")
+    return a, b, await open_tally(a, "alice", b, "bob", limit=10**9)
+
+
 async def test_a_partners_refusal_is_kept_cut_short(tmp_path, monkeypatch):
     """alice's node refuses bob's chain messages with a code and a message of half a
     megabyte (its own acks not cut, as a hostile node's are not). bob's node keeps the
     refusal on the message's row, the tally's error and its log: each cut as its own
     refusals are (it kept all 590 KB in each)."""
     async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await users(a, "alice")
-        await users(b, "bob")
-        tally = await open_tally(a, "alice", b, "bob", limit=10**9)
+        a, b, tally = await alice_and_bob(net)
 
         def refuse(tx, holding, obj):
             raise Reject("BAD_FIELD" * 10_000, "x" * 500_000)
@@ -47,10 +54,7 @@ async def test_a_partner_that_refuses_every_repair_costs_a_few_small_rows(tmp_pa
     keeps what it was and why, not its body, and only the newest of a peer's (3 here)."""
     monkeypatch.setattr(outbox, "FAILED_KEPT", 3)
     async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await users(a, "alice")
-        await users(b, "bob")
-        tally = await open_tally(a, "alice", b, "bob", limit=10**9)
+        a, b, tally = await alice_and_bob(net)
 
         def refuse(tx, holding, obj):
             raise Reject("BAD_FIELD", "no")

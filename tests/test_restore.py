@@ -349,15 +349,21 @@ async def test_a_lift_made_up_under_a_referee_the_node_does_not_trust_is_not_tak
         world = await line_of_three(net)
         u, tl = world["users"], world["tallies"]
         ann = u["ann"]
-        made_up = lf.make_record(
-            lift_uuid=str(uuid.uuid4()), kind="linear", units=5, path=[
-                {"cuid": "ann", "agent": ann.agent_id, "tally": tl["annbob"]},
+        path = [{"cuid": "ann", "agent": ann.agent_id, "tally": tl["annbob"]},
                 {"cuid": "bob", "agent": u["bob"].agent_id, "tally": tl["bobcat"]},
-                {"cuid": "cat", "agent": u["cat"].agent_id, "tally": None}],
-            referee=ChipAddress(agent=ann.agent_id), date_ms=ann.clock.now_ms(),
-            life_ms=60_000, memo="", key=user_key(ann, "ann"))
-        decision, _ = lf.decide(None, "commit", made_up, now_ms=ann.clock.now_ms(),
-                                key=ann.key, asker=u["cat"].agent_id)
+                {"cuid": "cat", "agent": u["cat"].agent_id, "tally": None}]
+
+        def decided_by(referee) -> tuple[dict, dict]:
+            """A record of ann's along ``path`` under ``referee``, and its good decision."""
+            record = lf.make_record(
+                lift_uuid=str(uuid.uuid4()), kind="linear", units=5, path=path,
+                referee=ChipAddress(agent=referee.agent_id), date_ms=ann.clock.now_ms(),
+                life_ms=60_000, memo="", key=user_key(ann, "ann"))
+            decision, _ = lf.decide(None, "commit", record, now_ms=referee.clock.now_ms(),
+                                    key=referee.key, asker=u["cat"].agent_id)
+            return record, decision
+
+        made_up, decision = decided_by(ann)
         told = await send_raw(ann, u["bob"], "bob", "lift", "decision",
                               {"record": made_up, "decision": decision}, "ann")
         assert await refusal_of(ann, told) == (
@@ -372,12 +378,7 @@ async def test_a_lift_made_up_under_a_referee_the_node_does_not_trust_is_not_tak
         house = net.nodes[0]
         await u["bob"].transact(lambda tx: lifts.add_equivocator(
             tx.conn, house.agent_id, "a-lift", {}, tx.now_ms, keep=1024))
-        under_house = lf.make_record(
-            lift_uuid=str(uuid.uuid4()), kind="linear", units=5, path=made_up["path"],
-            referee=ChipAddress(agent=house.agent_id), date_ms=ann.clock.now_ms(),
-            life_ms=60_000, memo="", key=user_key(ann, "ann"))
-        decision, _ = lf.decide(None, "commit", under_house, now_ms=house.clock.now_ms(),
-                                key=house.key, asker=u["cat"].agent_id)
+        under_house, decision = decided_by(house)
         told = await send_raw(ann, u["bob"], "bob", "lift", "decision",
                               {"record": under_house, "decision": decision}, "ann")
         assert (await refusal_of(ann, told)).startswith(

@@ -38,7 +38,6 @@ from protocol.codec import unpack
 from protocol.tally_local import LocalTally
 from store import credit as credit_store
 from store import is_failure, outbox
-from store.credit import Holding
 
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
@@ -125,17 +124,17 @@ class ChainRepair:
             log.exception("sending %d chains' owed blocks failed; the repair will", len(owed))
         return False
 
-    def _resend(self, tx: Tx, tally: str, cuid: str) -> Holding | None:
-        """Queue what ``protocol.chain.resync`` sends for one holder's chain; the holding,
-        or None when it has no chain (any more)."""
+    def _resend(self, tx: Tx, tally: str, cuid: str) -> bool:
+        """Queue what ``protocol.chain.resync`` sends for one holder's chain; False when it
+        has no chain (any more)."""
         holding = self.ledger.store.get(tx.conn, tally, cuid)
         if holding is None or holding.chain is None:
-            return None
+            return False
         chain, history, _ = self.ledger.store.named(tx.conn, holding,
                                                     ch.to_resend(holding.chain))
         assert chain is not None
         self.ledger.emit(tx, ch.resync(chain, holding.local, history))
-        return holding
+        return True
 
     async def _tick(self) -> bool:
         await self.resync()
@@ -162,12 +161,11 @@ class ChainRepair:
 
         def work(tx: Tx) -> int:
             for row in due:
-                holding = self._resend(tx, row["uuid"], row["cuid"])
-                if holding is None:
+                if not self._resend(tx, row["uuid"], row["cuid"]):
                     continue
                 pause = RESYNC_QUIET_MS * 2 ** min(row["resync_tries"] + 1, 16)
                 due_ms = tx.now_ms + min(pause, RESYNC_MAX_MS)
-                self.ledger.store.resynced(tx.conn, *holding.key, due_ms)
+                self.ledger.store.resynced(tx.conn, row["uuid"], row["cuid"], due_ms)
             return len(due)
 
         return await self.ledger.transact(work)
