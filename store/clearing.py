@@ -219,6 +219,17 @@ def mark_sent(conn: sqlite3.Connection, seq: int, message_id: bytes) -> None:
     conn.execute("UPDATE ch_requests SET state = 'sent', id = ? WHERE seq = ?", (message_id, seq))
 
 
+def mark_merged_sent(conn: sqlite3.Connection, seqs: list[int], message_id: bytes, ref: str,
+                     payload_sha256: str, obj: bytes) -> None:
+    """Evidence logs ``seqs`` sent as one entry (``protocol.evidence_merge``) under
+    ``message_id``: the first row becomes that entry's request, the others go."""
+    first, *rest = seqs
+    conn.execute(
+        "UPDATE ch_requests SET state = 'sent', id = ?, ref = ?, payload_sha256 = ?, object = ?"
+        " WHERE seq = ?", (message_id, ref, payload_sha256, obj, first))
+    conn.execute(f"DELETE FROM ch_requests WHERE seq IN ({', '.join('?' * len(rest))})", rest)
+
+
 # Requests whose answer this node must have: evidence (logs and the processes they go to) and
 # the questions for a JWKS that receipts wait on; a ``ch.*`` RPC call's request is its caller's.
 _OWED = "state = 'sent' AND (kind IS NOT NULL OR action = 'keys')"

@@ -412,12 +412,12 @@ async def test_evidence_logged_together_goes_as_one_batch_under_one_signature(tm
         # ... and its receipt is checked: the keys request it needed has been answered too
         await wait_for(lambda: [r["status"] for r in receipts(alice)] == ["valid"])
         before = house.db.read_one("SELECT count(*) FROM inbox")[0]
-        await evidence(alice, 40, "tally-3", owners, "chit.good")  # one transaction
+        await evidence(alice, 40, "tally-3", owners, "tally.close")  # one transaction
         await wait_for(lambda: len(receipts(alice)) == 41)
         assert house.db.read_one("SELECT count(*) FROM inbox")[0] == before + 1  # one message
-        rows = alice.db.read("SELECT ref, token, status FROM receipts WHERE kind = 'chit.good'"
+        rows = alice.db.read("SELECT ref, token, status FROM receipts WHERE kind = 'tally.close'"
                              " ORDER BY seq")
-        assert [r["ref"] for r in rows] == [f"chit.good-{n}" for n in range(40)]
+        assert [r["ref"] for r in rows] == [f"tally.close-{n}" for n in range(40)]
         assert {r["status"] for r in rows} == {"valid"}
         assert len({r["token"].split("~")[0] for r in rows}) == 1  # one signature for all
         result = await alice.rpc.call("receipts.verify", {"chain": True})
@@ -436,9 +436,9 @@ async def test_a_refused_entry_of_an_evidence_batch_is_kept_as_refused(tmp_path)
 
         def work(tx):
             log = alice.evidence.log
-            log(tx, "mine", [alice.agent_id], "chit.good", {"n": 1}, ref="ok-1")
-            log(tx, "bobs", [alice.agent_id], "chit.good", {"n": 2}, ref="refused")
-            log(tx, "mine", [alice.agent_id], "chit.good", {"n": 3}, ref="ok-2")
+            log(tx, "mine", [alice.agent_id], "tally.close", {"n": 1}, ref="ok-1")
+            log(tx, "bobs", [alice.agent_id], "tally.close", {"n": 2}, ref="refused")
+            log(tx, "mine", [alice.agent_id], "tally.close", {"n": 3}, ref="ok-2")
 
         await alice.transact(work)
         await wait_for(lambda: len(receipts(alice)) == 3)
@@ -490,7 +490,7 @@ async def test_evidence_left_waiting_by_a_stopped_node_is_sent_when_it_starts(tm
         await evidence(alice, 1, "tally-4", [alice.agent_id], "tally.open")
         await wait_for(lambda: len(receipts(alice)) == 1)
         alice.evidence.sender.evidence_due = lambda: None  # as if the node stopped before sending
-        await evidence(alice, 5, "tally-4", [alice.agent_id], "chit.good")
+        await evidence(alice, 5, "tally-4", [alice.agent_id], "tally.close")
         await trio.sleep(0.2)
         waiting = alice.db.read_one("SELECT count(*) FROM ch_requests WHERE state = 'waiting'")
         assert waiting[0] == 5

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from itertools import takewhile
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -23,6 +24,7 @@ import trio
 from agentd.runtime.context import Tx
 from agentd.runtime.timers import Failures
 from protocol import clearing as ch
+from protocol import evidence_merge as merge
 from protocol.codec import pack, unpack
 from protocol.evidence import entry_key
 from protocol.keys import ChipAddress
@@ -38,6 +40,7 @@ QUEUE_LIMIT = 4 * ch.MAX_BATCH  # queued entries beyond which ch.log callers wai
 EVIDENCE_RETRY = 1.0  # s before evidence is sent again after a failed write
 EVIDENCE_LINGER_S = 1.0  # evidence waits this long for more to go in the same batch
 BATCH_ITEM_OVERHEAD = 16  # msgpack bytes around each entry of a log_batch, generously
+MERGE_WINDOW = 4 * ch.MAX_BATCH  # waiting logs read at once, to go in one batch's entries
 
 
 class Pending:
@@ -186,29 +189,42 @@ class Sender:
                 failures.recovered()
 
     async def _send_evidence_batch(self) -> bool:
-        """One ``log``/``log_batch`` of waiting evidence; False when none waits."""
+        """One ``log``/``log_batch`` of waiting evidence; False when none waits. Logs of one
+        tally's chits that follow each other go as one entry (``protocol.evidence_merge``),
+        their rows as one row."""
         room = self._room()
 
         def work(tx: Tx) -> bool:
             conn = tx.conn
-            rows = store.ready_logs(conn, ch.MAX_BATCH)
+            rows = store.ready_logs(conn, MERGE_WINDOW)
             if not rows:
                 return False
-            house, batch, size = rows[0]["ch"], [], 0
-            for row in rows:
-                size += len(row["object"]) + BATCH_ITEM_OVERHEAD
-                if row["ch"] != house or (batch and size > room):
+            house = rows[0]["ch"]
+            rows = list(takewhile(lambda row: row["ch"] == house, rows))
+            objs = [unpack(row["object"]) for row in rows]
+            batch: list[list[int]] = []
+            size = 0
+            for members in merge.group(objs, room=room // 4):
+                size += sum(len(rows[index]["object"]) + BATCH_ITEM_OVERHEAD
+                            for index in members)
+                if batch and (size > room or len(batch) == ch.MAX_BATCH):
                     break
-                batch.append(row)
+                batch.append(members)
+            entries = [merge.merged([objs[index] for index in members]) for members in batch]
             to = self._address(house)
             if len(batch) == 1:
-                message_id = tx.send(Send(to, ch.TARGET, "log", unpack(batch[0]["object"])))
-                store.mark_sent(conn, batch[0]["seq"], message_id)
-                return True
-            message_id = tx.send(Send(to, ch.TARGET, "log_batch",
-                                      {"entries": [unpack(row["object"]) for row in batch]}))
-            for index, row in enumerate(batch):
-                store.mark_sent(conn, row["seq"], entry_key(message_id, index))
+                message_id = tx.send(Send(to, ch.TARGET, "log", entries[0]))
+                keys = [message_id]
+            else:
+                message_id = tx.send(Send(to, ch.TARGET, "log_batch", {"entries": entries}))
+                keys = [entry_key(message_id, index) for index in range(len(batch))]
+            for members, entry, key in zip(batch, entries, keys, strict=True):
+                seqs = [rows[index]["seq"] for index in members]
+                if len(seqs) == 1:
+                    store.mark_sent(conn, seqs[0], key)
+                else:
+                    store.mark_merged_sent(conn, seqs, key, entry["header"]["ref"],
+                                           entry["payload_sha256"], pack(entry))
             return True
 
         return await self.runtime.transact(work)
