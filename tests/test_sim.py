@@ -290,8 +290,10 @@ def test_evidence_is_logged_and_every_receipt_verifies(tmp_path, capsys, process
     assert "3 nodes and a clearing house" in out
     assert "invariant receipts_verify    ok" in out and "FAILED" not in out
     counts = json.loads(report.read_text())["counts"]
-    # the hand-logged entries, plus each side's evidence of 3 tally openings and 20 good chits
-    assert counts["evidence"] == 130 and counts["receipts"] == 130 + 2 * (3 + 20)
+    # the hand-logged entries, plus each side's evidence of 3 tally openings and 20 good
+    # chits, a tally's chits that gathered in one batch under one receipt
+    assert counts["evidence"] == 130
+    assert 130 + 2 * (3 + 1) <= counts["receipts"] <= 130 + 2 * (3 + 20)
 
 
 def test_receipts_that_do_not_verify_fail_the_invariant(tmp_path, capsys, monkeypatch):
