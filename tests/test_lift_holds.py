@@ -164,7 +164,8 @@ async def test_refusals_past_the_bound_are_counted_and_logged_once_a_while_per_t
     tally with cat is logged on its own. The sender's side likewise: each refusal's text
     differs (a new referee each time), so the log's repeat filter held none back and bob
     warned of every one; he logs the first per code and tally in each QUIET_S seconds,
-    saying the rest are counted (rejected_by_peer), and ann's on its own."""
+    saying the rest are counted (rejected_by_peer, and by code in peer_refusals), and ann's
+    on its own."""
     caplog.set_level(logging.DEBUG, logger="agentd.runtime.dispatch")
     async with network(tmp_path, n=4, clearinghouse=0) as net:
         ann, bob, cat = await users(net, "ann", "bob", "cat")
@@ -188,7 +189,11 @@ async def test_refusals_past_the_bound_are_counted_and_logged_once_a_while_per_t
                 assert (await refusal_of(payer, await promise(payer, cuid))).startswith(
                     "REFEREE_REFUSED: ")
             await wait_for(lambda payer=payer, refused=refused: len(heard(payer)) == refused)
-            assert (await rpc(payer, "getinfo"))["counters"]["rejected_by_peer"] == refused
+            counted = (await rpc(payer, "getinfo"))["counters"]
+            assert counted["rejected_by_peer"] == refused
+            assert counted["peer_refusals"] == {"REFEREE_REFUSED": refused}  # by code
+            assert (f'agentd_peer_refusals_total{{code="REFEREE_REFUSED"}} {refused}.0'.encode()
+                    in payer.metrics.exposition())
         info = await rpc(cat, "getinfo")
         assert info["counters"]["refusals"] == {"REFEREE_REFUSED": 4}
         assert info["counters"]["rejected"]["refused"] == 4

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agentd.errors import UserError
 from agentd.runtime import outbox as pump_module
+from agentd.runtime.counters import PEER_CODES, Counters
 from agentd.runtime.node import Node
 from protocol.keys import ChipAddress, SigningKey
 from protocol.messages import Send
@@ -115,3 +116,19 @@ async def test_a_scrape_whose_outbox_read_fails_serves_the_rest_and_the_node_run
 
 def _samples(families: dict, name: str) -> dict[tuple[str, str | None], float]:
     return {(s.name, s.labels.get("figure")): s.value for s in families[name].samples}
+
+
+def test_peers_refusal_codes_are_counted_by_code_within_a_bound():
+    """getinfo counted the refusals of our messages by peers only in all (rejected_by_peer):
+    they are counted by code too, and as a peer picks its codes, past PEER_CODES distinct
+    ones the rest count together as "other" rather than each taking memory for good."""
+    counters = Counters()
+    for code in ("OVER_LIMIT", "OVER_LIMIT", "BAD_STATE"):
+        counters.peer_refused(code)
+    assert counters.to_map()["peer_refusals"] == {"BAD_STATE": 1, "OVER_LIMIT": 2}
+    for i in range(PEER_CODES + 5):
+        counters.peer_refused(f"MADE_UP_{i}")
+    shown = counters.to_map()
+    assert len(shown["peer_refusals"]) == PEER_CODES + 1
+    assert shown["peer_refusals"]["other"] == 7 and shown["peer_refusals"]["OVER_LIMIT"] == 2
+    assert shown["rejected_by_peer"] == PEER_CODES + 8

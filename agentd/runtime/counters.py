@@ -5,6 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+BY_KEY = ("rejected", "refusals", "peer_refusals")  # the counters kept by reason or code
+# distinct codes of peers' refusals counted apart: a peer picks its codes, so the rest of
+# them count together, as "other"
+PEER_CODES = 64
+
 
 @dataclass
 class Counters:
@@ -28,12 +33,19 @@ class Counters:
     evidence_refused: int = 0  # evidence logs the clearing house refused (receipts.verify)
     rejected: Counter[str] = field(default_factory=Counter)
     refusals: Counter[str] = field(default_factory=Counter)  # rejected["refused"] by code
+    # rejected_by_peer by code: which refusals a peer's answers were (OVER_LIMIT, ...)
+    peer_refusals: Counter[str] = field(default_factory=Counter)
 
     def reject(self, reason: str) -> None:
         self.rejected[reason] += 1
 
+    def peer_refused(self, code: str) -> None:
+        """One more of our messages refused for good by a peer, with ``code``."""
+        self.rejected_by_peer += 1
+        codes = self.peer_refusals
+        codes[code if code in codes or len(codes) < PEER_CODES else "other"] += 1
+
     def to_map(self) -> dict:
-        out = {k: v for k, v in vars(self).items() if k not in ("rejected", "refusals")}
-        out["rejected"] = dict(sorted(self.rejected.items()))
-        out["refusals"] = dict(sorted(self.refusals.items()))
+        out = {k: v for k, v in vars(self).items() if k not in BY_KEY}
+        out.update({name: dict(sorted(getattr(self, name).items())) for name in BY_KEY})
         return out

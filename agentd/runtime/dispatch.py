@@ -337,8 +337,8 @@ class Dispatcher:
             return
         self._recording.recovered()
         if ack.error is not None:  # counted and logged as recorded: once, however many
-            node.counters.rejected_by_peer += 1  # sends it took to record (unsettle)
             code, text = ack.error.get("code", "?"), ack.error.get("message", "")
+            node.counters.peer_refused(code)  # sends it took to record (unsettle)
             routine = service is not None and (envelope.get("action"), code) in (
                 service.routine_refusals)
             level, note = logging.INFO if routine else logging.WARNING, ""

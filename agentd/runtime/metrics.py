@@ -112,11 +112,12 @@ class _NodeCollector:
         for reason, count in counters["rejected"].items():
             rejected.add_metric([reason], count)
         yield rejected
-        refusals = CounterMetricFamily("agentd_refusals", "messages a service refused, by "
-                                       "code", labels=["code"])
-        for code, count in counters["refusals"].items():
-            refusals.add_metric([code], count)
-        yield refusals
+        for name, text in (("refusals", "messages a service refused, by code"),
+                           ("peer_refusals", "our messages a peer refused for good, by code")):
+            refusals = CounterMetricFamily(f"agentd_{name}", text, labels=["code"])
+            for code, count in counters[name].items():
+                refusals.add_metric([code], count)
+            yield refusals
         running = node.db is not None and node.peers is not None
         depth = node.pump.depth_if_readable() if running else 0
         if depth is not None:  # a failed read is no figure, rather than a wrong one
