@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+RELAY_STATES = ("relay.state", "relay.wait")  # the methods that show a relay view
 # the columns of the common list results, in order (a dotted name reaches into a nested
 # object; "METHOD.KEY" names the list under KEY of an object result); a missing field is "-"
 COLUMNS = {
@@ -32,16 +33,23 @@ COLUMNS = {
                          "payload_text"),
     # the holders of a tally:<uuid> relay view, as tally.list shows a tally
     **{f"{method}.view.payload.holders": ("cuid", "side", "state", "partner", "balance",
-                                          "chain") for method in ("relay.state", "relay.wait")},
+                                          "chain") for method in RELAY_STATES},
+    # the signed chits of a tally:<uuid>:chits view, as chit.list shows chits (a lift:<uuid>
+    # view's chits, this node's rows of them, lack "chit" and get every field)
+    **{f"{method}.view.payload.chits": ("chit.uuid", "chit.by", "chit.type", "chit.units",
+                                        "state", "index", "hash", "chit.memo")
+       for method in RELAY_STATES},
 }
 # headers other than the column's name in capitals
 TITLES = {"capacity.pay": "CAN_PAY", "capacity.receive": "CAN_RECEIVE", "header.kind": "KIND",
-          "payload_text": "TEXT"}
+          "payload_text": "TEXT", "chit.uuid": "CHIT", "chit.by": "BY", "chit.type": "TYPE",
+          "chit.units": "UNITS", "chit.memo": "MEMO"}
 SPARSE = ("clock_ahead_ms",)  # a column only when some row has a value (null until measured)
 # table cells show the first N characters of these, and "…"
 CUT = {"entry_hash": 12, "prev_hash": 12, "document_id": 12, "payload_sha256": 12,
        "client_id": 8, "agent": 8, "clearing_house": 8, "tally": 8, "lift": 8, "receipt": 16,
-       "payload": 16, "proof": 16, "payload_text": 24}
+       "payload": 16, "proof": 16, "payload_text": 24, "uuid": 8, "hash": 12,
+       "partner": 8}  # a partner as an agent id alone (a relay view's holders)
 # a peer's address longer than this shows its start, "…", its end and the port: a full IPv6
 # address ([8 groups]:port, 46 characters) took peers.list past 100 columns
 ADDRESS_CUT = 30
@@ -99,8 +107,7 @@ def _users(row: dict[str, Any], now_ms: int) -> Any:
 JOINED: dict[str, dict[str, Callable[[dict[str, Any], int], Any]]] = {
     "peers.list": {"last_seen": _seen}, "tally.list": {"chain": _chain},
     "lift.list": {"path": _users},
-    **{f"{method}.view.payload.holders": {"chain": _chain}
-       for method in ("relay.state", "relay.wait")}}
+    **{f"{method}.view.payload.holders": {"chain": _chain} for method in RELAY_STATES}}
 
 
 def render(method: str, result: Any, now_ms: int | None = None) -> str:
@@ -167,23 +174,35 @@ def _lines(value: dict[str, Any], depth: int, where: str, now_ms: int) -> list[s
         elif isinstance(item, list) and item and isinstance(item[0], dict):
             out.append(f"{pad}{key}:")
             out += [pad + "  " + line for line in table(
-                item, COLUMNS.get(inner), _joined(inner, now_ms)).splitlines()]
+                item, _columns(inner, item), _joined(inner, now_ms)).splitlines()]
         else:
             out.append(f"{pad}{key}: {_scalar(key, item)}")
     return out
+
+
+def _columns(where: str, rows: list[dict[str, Any]]) -> tuple[str, ...] | None:
+    """The columns of a nested table: those ``where`` names when its rows have the first of
+    them (the chits of two relay views share a place), else every scalar field."""
+    columns = COLUMNS.get(where)
+    return columns if columns and columns[0].split(".")[0] in rows[0] else None
 
 
 def _cell(column: str, value: Any) -> str:
     """A table cell: a partner as ``cuid@agent`` (the start of its node's agent id), as paths
     show users; a pid in an agent's namespace as ``AGENT…/REST`` (the agent id cut short, so
     the tally or lift uuid that tells processes apart shows); a long peer address cut in its
-    middle; a long hash or payload cut short."""
+    middle, and a CHIP address as ``cuid:AGENT…@`` and that; a long hash or payload cut
+    short."""
     name = column.rsplit(".", 1)[-1]
     if name == "partner" and isinstance(value, str) and ":" in value:  # cuid:agent@host:port
         cuid, _, rest = value.partition(":")
         return _user(cuid, rest.split("@")[0])
-    if name == "address" and isinstance(value, str) and "@" not in value:  # host:port
-        return _address(value)
+    if name == "address" and isinstance(value, str):
+        if "@" in value:  # a CHIP address, cuid:agent@host:port
+            user, _, where = value.rpartition("@")
+            cuid, colon, agent = user.rpartition(":")
+            return f"{cuid}{colon}{agent[:CUT['agent']]}…@{_address(where)}"
+        return _address(value)  # host:port
     if name == "pid" and isinstance(value, str):
         from protocol.clearing import namespace_of  # here: -H getinfo need not load it
 

@@ -326,26 +326,6 @@ def test_human_lifts_fit_100_columns():
             in shown)
 
 
-def test_human_relay_view_of_a_tally_shows_the_holders_chains():
-    """-H relay.wait on a tally:<uuid> view left each holder's chain out of the holders table
-    (a nested object): it shows as tally.list shows it, CHAIN index/confirmed."""
-    tally = "cdfd881a-71f8-5139-848e-b616e9171ed1"
-    holder = {"cuid": "alice", "side": "foil", "state": "open", "partner": AGENTS["bob"],
-              "balance": 42,
-              "chain": {"index": 3, "head": "h" * 43, "confirmed": 2}}
-    state = {"request_id": "9d1c", "status": "COMPLETED", "status_code": 3, "view": {
-        "address": f"127.0.0.1:7101/local/tally:{tally}", "signers": [AGENTS["alice"]],
-        "payload": {"tally": tally, "signed": {"uuid": tally},
-                    "holders": [holder, {**holder, "cuid": "dan", "chain": {"index": 0}}]}}}
-    for method in ("relay.wait", "relay.state"):
-        lines = render(method, state).splitlines()
-        at = lines.index("    holders:")
-        assert [re.split(r"\s{2,}", line.strip()) for line in lines[at + 1:at + 4]] == [
-            ["CUID", "SIDE", "STATE", "PARTNER", "BALANCE", "CHAIN"],
-            ["alice", "foil", "open", AGENTS["bob"], "42", "3/2"],
-            ["dan", "foil", "open", AGENTS["bob"], "42", "0/-"]], lines
-
-
 def test_human_clearing_house_entries_fit_a_terminal():
     """ch.query entries carry three 64-digit hashes, an agent id and a payload: a row of
     each in full was ~400 columns. The table cuts them short; the JSON keeps them whole."""

@@ -652,7 +652,7 @@ async def test_a_relay_view_of_a_real_tally(tmp_path):
                 assert holder["chain"] == {"index": 1, "head": b64u(head), "confirmed": 1}
                 shown = render("relay.wait", done).splitlines()  # -H: as tally.list's CHAIN
                 assert re.split(r"\s{2,}", shown[shown.index("    holders:") + 2].strip()) == [
-                    "alice", "stock", "open", b.agent_id, "42", "1/1"], shown
+                    "alice", "stock", "open", f"{b.agent_id[:8]}…", "42", "1/1"], shown
                 signed = payload["signed"]
                 assert signed["uuid"] == tally and signed["sign"]["stock"] and \
                     signed["sign"]["foil"]  # the tally as both users signed it

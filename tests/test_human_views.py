@@ -1,0 +1,107 @@
+"""``-H`` of the users and of relay views: what the tables show, and that a row fits 100
+columns (names of usual length) where the JSON keeps every value whole."""
+
+from __future__ import annotations
+
+import re
+
+from agentd.human import render
+
+ALICE = "wKIbDc-V_mRGqnY-o0zYiOBvUq5Iu6orALZXJk9tJzU"
+BOB = "ZHL-dKJEj0V-_sc9KZmj7iXgD6dxyx97RrHQGuGUZpc"
+TALLY = "cdfd881a-71f8-5139-848e-b616e9171ed1"
+RELAYED = ("relay.wait", "relay.state")
+
+
+def cells(lines: list[str]) -> list[list[str]]:
+    return [re.split(r"\s{2,}", line.strip()) for line in lines]
+
+
+def view(name: str, payload: dict) -> dict:
+    """A relay state as relay.wait answers it, with ``payload`` the view's."""
+    return {"request_id": "9d1c", "status": "COMPLETED", "status_code": 3, "view": {
+        "address": f"127.0.0.1:7101/local/{name}", "signers": [ALICE], "payload": payload}}
+
+
+def table_under(text: str, key: str) -> list[list[str]]:
+    """The rows of the table under ``key:`` (as deep as it is), header first."""
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip() == f"{key}:")
+    pad = len(lines[at + 1]) - len(lines[at + 1].lstrip())
+    rows = []
+    for line in lines[at + 1:]:
+        if len(line) - len(line.lstrip()) != pad:
+            break
+        rows.append(line)
+    return cells(rows)
+
+
+def test_human_users_at_a_full_ipv6_address_fit_100_columns():
+    """users.list -H showed each user's CHIP address whole: at a full IPv6 address a row took
+    113 columns. The address shows as ``cuid:AGENT…@`` (its node's agent id cut, as
+    peers.list cuts it) and the host:port cut as peers.list cuts it; the JSON keeps it."""
+    where = "[2001:db8:1234:5678:9abc:def0:1234:5678]:9735"
+    rows = [{"cuid": cuid, "name": name, "address": f"{cuid}:{ALICE}@{where}",
+             "public": "p" * 43} for cuid, name in (("alice", "Alice Liddell"),
+                                                     ("bob-the-builder", "Bob"))]
+    lines = render("users.list", rows).splitlines()
+    assert max(len(line) for line in lines) <= 100, lines
+    assert cells(lines) == [
+        ["CUID", "NAME", "ADDRESS"],
+        ["alice", "Alice Liddell", "alice:wKIbDc-V…@[2001:db8…1234:5678]:9735"],
+        ["bob-the-builder", "Bob", "bob-the-builder:wKIbDc-V…@[2001:db8…1234:5678]:9735"]]
+    near = render("users.list", [{**rows[0], "address": f"ann:{ALICE}@127.0.0.1:7101"}])
+    assert cells(near.splitlines())[1][2] == "ann:wKIbDc-V…@127.0.0.1:7101"
+
+
+def test_human_relay_view_of_a_tally_shows_the_holders_chains_and_partners_cut():
+    """-H relay.wait on a tally:<uuid> view left each holder's chain out of the holders table
+    (a nested object): it shows as tally.list shows it, CHAIN index/confirmed. A holder's
+    partner (its agent id alone in the view) showed whole: it is cut as peers.list cuts an
+    agent id."""
+    holder = {"cuid": "alice", "side": "foil", "state": "open", "partner": BOB,
+              "balance": 42, "chain": {"index": 3, "head": "h" * 43, "confirmed": 2}}
+    state = view(f"tally:{TALLY}", {"tally": TALLY, "signed": {"uuid": TALLY}, "holders": [
+        holder, {**holder, "cuid": "dan", "partner": None, "chain": {"index": 0}}]})
+    for method in RELAYED:
+        text = render(method, state)
+        assert table_under(text, "holders") == [
+            ["CUID", "SIDE", "STATE", "PARTNER", "BALANCE", "CHAIN"],
+            ["alice", "foil", "open", "ZHL-dKJE…", "42", "3/2"],
+            ["dan", "foil", "open", "-", "42", "0/-"]], text
+
+
+def test_human_relay_view_of_a_tallys_chits_shows_each_chit():
+    """-H relay.wait on a tally:<uuid>:chits view showed each chit's hash, index and state
+    only: the signed chit (a nested object) was left out, so not even its amount showed. The
+    table shows what chit.list shows of a chit, and its block's hash cut short."""
+    def chit(uuid: str, by: str, units: int, state: str, index: int | None, memo: str) -> dict:
+        return {"chit": {"tally": TALLY, "uuid": uuid, "by": by, "type": "tran",
+                         "date": 1_765_040_435_000, "units": units, "ref": None, "memo": memo,
+                         "hash": "c" * 43, "sign": "s" * 86, "chain": None},
+                "state": state, "index": index,
+                "hash": None if index is None else f"{index}" * 43}
+
+    state = view(f"tally:{TALLY}:chits", {"tally": TALLY, "holder": "alice", "chits": [
+        chit("0b34937b-4625-4f30-85af-deb11a22efed", "foil", 1250, "A.good", 1, "apples"),
+        chit("65600174-1bef-4053-a929-27e29487e9ab", "stock", 300, "L.pend", None, "")]})
+    for method in RELAYED:
+        text = render(method, state)
+        rows = table_under(text, "chits")
+        assert rows == [
+            ["CHIT", "BY", "TYPE", "UNITS", "STATE", "INDEX", "HASH", "MEMO"],
+            ["0b34937b…", "foil", "tran", "1250", "A.good", "1", "111111111111…", "apples"],
+            ["65600174…", "stock", "tran", "300", "L.pend", "-", "-"]], text
+
+
+def test_human_relay_view_of_a_lift_shows_its_chits_by_every_field():
+    """A lift:<uuid> view's chits (this node's rows, no signed chit) share their place in
+    the view with a tally's chits: they keep every field, their uuid cut as a chit's is."""
+    chits = [{"tally": TALLY, "cuid": "ann", "uuid": "e0075afe-da20-587c-a7ba-57a65b650676",
+              "state": "L.good", "units": 700, "issuer": "stock"}]
+    state = view("lift:4a8aa994-e8c9-41b2-96d9-505e4d18ea8e", {
+        "lift": "4a8aa994-e8c9-41b2-96d9-505e4d18ea8e", "record": {"kind": "linear"},
+        "state": "good", "decision": None, "equivocation": None, "chits": chits})
+    assert table_under(render("relay.wait", state), "chits") == [
+        ["TALLY", "CUID", "UUID", "STATE", "UNITS", "ISSUER"],
+        ["cdfd881a…", "ann", "e0075afe…", "L.good", "700", "stock"]]
