@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import tomlkit
+
 from agentd.config import Config, parse_config
 from protocol.keys import SigningKey
 
@@ -100,14 +102,21 @@ def write_node(directory: Path, name: str, port: int, *, key: SigningKey | None 
     key_file.write_text(node.key.dump())
     key_file.chmod(0o600)
     node.config.write_text(
-        f'[node]\nname = "{name}"\ndata_dir = "."\nlisten = "{node.address}"\n{node_keys}\n'
-        f'{sections}\n[log]\nlevel = "{log_level}"\n')
+        f'[node]\nname = {toml_string(name)}\ndata_dir = "."\n'
+        f'listen = {toml_string(node.address)}\n{node_keys}\n'
+        f'{sections}\n[log]\nlevel = {toml_string(log_level)}\n')
     return node
 
 
 def peer_section(node: LocalNode) -> str:
-    return f'[[peers]]\nname = "{node.name}"\nagent = "{node.key.agent_id}"\naddress = ' \
-           f'"{node.address}"\n'
+    return (f"[[peers]]\nname = {toml_string(node.name)}\n"
+            f"agent = {toml_string(node.key.agent_id)}\naddress = {toml_string(node.address)}\n")
+
+
+def toml_string(value: str) -> str:
+    """``value`` as a TOML string: a name (a sim's node names are the scenario's) may hold a
+    quote, a backslash or a character TOML must have escaped, which quoting alone broke."""
+    return tomlkit.string(value).as_string()
 
 
 RUN = ("agentd", "run")

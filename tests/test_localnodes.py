@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from agentd.localnodes import LocalNode, wait_ready
+from agentd.config import load_config
+from agentd.localnodes import LocalNode, peer_section, wait_ready, write_node
 from protocol.keys import SigningKey
 
 
@@ -28,3 +29,18 @@ def test_a_node_is_ready_when_its_control_socket_takes_a_connection(tmp_path):
     finally:
         process.kill()
         process.wait()
+
+
+def test_a_written_nodes_config_keeps_any_name_as_it_is(tmp_path):
+    """write_node and peer_section put names in the TOML between quotes as they were: a name
+    with a quote or a backslash (a sim scenario's [nodes] names are the user's) made a config
+    that did not parse, or parsed to another name. They are TOML strings now."""
+    names = ['say "hi"', "back\\slash", "it's #1", '"""']
+    peers = [write_node(tmp_path / f"p{i}", name, 7000 + i) for i, name in enumerate(names)]
+    node = write_node(tmp_path / "n", 'n "1" \\', 7100,
+                      sections="".join(peer_section(peer) for peer in peers))
+    config = load_config(node.config)
+    assert config.name == 'n "1" \\'
+    assert [(peer.name, peer.address) for peer in config.peers] == [
+        (name, f"127.0.0.1:{7000 + i}") for i, name in enumerate(names)]
+    assert [load_config(peer.config).name for peer in peers] == names
