@@ -50,6 +50,9 @@ CUT = {"entry_hash": 12, "prev_hash": 12, "document_id": 12, "payload_sha256": 1
        "client_id": 8, "agent": 8, "clearing_house": 8, "tally": 8, "lift": 8, "receipt": 16,
        "payload": 16, "proof": 16, "payload_text": 24, "uuid": 8, "hash": 12,
        "partner": 8}  # a partner as an agent id alone (a relay view's holders)
+# key: value lines show the first N characters of these (a relay view's proof, a receipt:
+# 500 to 2,000 characters that filled a screen), "…" and how long they are
+LINE_CUT = {"proof": 24, "receipt": 24}
 # a peer's address longer than this shows its start, "…", its end and the port: a full IPv6
 # address ([8 groups]:port, 46 characters) took peers.list past 100 columns
 ADDRESS_CUT = 30
@@ -176,7 +179,11 @@ def _lines(value: dict[str, Any], depth: int, where: str, now_ms: int) -> list[s
             out += [pad + "  " + line for line in table(
                 item, _columns(inner, item), _joined(inner, now_ms)).splitlines()]
         else:
-            out.append(f"{pad}{key}: {_scalar(key, item)}")
+            text = _scalar(key, item)
+            cut = LINE_CUT.get(key)
+            if cut is not None and len(text) > cut + 1:
+                text = f"{text[:cut]}… ({len(text)} characters, whole without -H)"
+            out.append(f"{pad}{key}: {text}")
     return out
 
 

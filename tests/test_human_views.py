@@ -105,3 +105,16 @@ def test_human_relay_view_of_a_lift_shows_its_chits_by_every_field():
     assert table_under(render("relay.wait", state), "chits") == [
         ["TALLY", "CUID", "UUID", "STATE", "UNITS", "ISSUER"],
         ["cdfd881a…", "ann", "e0075afe…", "L.good", "700", "stock"]]
+
+
+def test_human_proofs_and_receipts_are_cut_in_key_value_lines():
+    """-H relay.wait printed a view's proof whole and -H ch.log its receipt: 1,500 and 1,200
+    characters of base64 that filled the screen around what a person reads. They show their
+    start and their length; the JSON keeps them whole."""
+    proof, receipt = "gqRkYXRh" * 200, "eyJhbGci" * 150
+    shown = render("relay.wait", {**view("node:info", {"agent": ALICE}), "proof": proof})
+    assert "\nproof: gqRkYXRhgqRkYXRhgqRkYXRh… (1600 characters, whole without -H)\n" in shown
+    logged = render("ch.log", {"pid": "deal-1", "seq": 2, "receipt": receipt})
+    assert logged.splitlines()[-1] == (
+        "receipt: eyJhbGcieyJhbGcieyJhbGci… (1200 characters, whole without -H)")
+    assert render("ch.log", {"receipt": "short"}) == "receipt: short\n"
