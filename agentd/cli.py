@@ -314,13 +314,16 @@ def _init(args: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="agentd init",
                                      description="Create a node: a key file and a config.")
-    parser.add_argument("dir", help="directory for the config, key and data")
+    # metavars as `agentd --help` and the README write them (argparse's own: LISTEN, dir)
+    parser.add_argument("dir", metavar="DIR", help="directory for the config, key and data")
     parser.add_argument("--name", required=True, help="the node's name: 1 to 64 printable "
                         "characters, one no node beside DIR has")
-    parser.add_argument("--listen", required=True, help="HOST:PORT to listen on")
-    parser.add_argument("--advertise", help="HOST:PORT peers should dial, when it differs "
-                        "from --listen (needed with --listen 0.0.0.0:PORT)")
-    parser.add_argument("--network", default="agentd", help="network id (default: agentd)")
+    parser.add_argument("--listen", required=True, metavar="HOST:PORT",
+                        help="where to listen")
+    parser.add_argument("--advertise", metavar="HOST:PORT", help="where peers should dial, "
+                        "when it differs from --listen (needed with --listen 0.0.0.0:PORT)")
+    parser.add_argument("--network", default="agentd", metavar="ID",
+                        help="network id, which relay addresses name (default: agentd)")
     options = parser.parse_args(args)
     result = init_node(Path(options.dir), options.name, options.listen, options.network,
                        options.advertise)

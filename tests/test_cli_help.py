@@ -452,3 +452,20 @@ def test_a_killed_nodes_socket_file_is_told_apart_from_no_socket(tmp_path):
     with pytest.raises(UserError, match=r"nothing answers at .*: the node stopped without "
                                         r"removing it"):
         call(path, "getinfo", {})
+
+
+def test_each_commands_help_names_its_arguments_as_the_usage_does(capsys):
+    """`agentd --help` writes `agentd init DIR --name NAME --listen HOST:PORT` and the README
+    too, but `agentd init --help` said `--listen LISTEN ... dir` (argparse's names), and
+    `agentd sim --help` `scenario`: each command's own help names its arguments as the usage
+    lines do."""
+    assert cli.main(["--help"]) == 0
+    lines = re.findall(r"^  agentd (init|run|sim|up|down|demo|completion) (.*?)(?:  |$)",
+                       capsys.readouterr().out, re.MULTILINE)
+    assert {command for command, _ in lines} >= {"init", "run", "sim", "up", "down"}
+    for command, rest in lines:
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        usage = capsys.readouterr().out.split("\n\n")[0]
+        for name in re.findall(r"--?[a-z-]+(?: [A-Z][A-Z:|]*)?|\b[A-Z][A-Z:|]+\b", rest):
+            assert name in usage, (command, name, usage)

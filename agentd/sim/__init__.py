@@ -150,8 +150,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="agentd sim", description="Run a scripted multi-node simulation (see configs/sims/),"
         " check its invariants and print a report; exit 1 if one fails.")
-    parser.add_argument("scenario", help="scenario TOML file, or a shipped one by name: "
-                        f"{', '.join(shipped_scenarios())} (configs/sims/)")
+    parser.add_argument("scenario", metavar="SCENARIO", help="scenario TOML file, or a "
+                        f"shipped one by name: {', '.join(shipped_scenarios())} (configs/sims/)")
     parser.add_argument("--processes", action="store_true",
                         help="run each node as its own 'agentd run' OS process")
     cores = os.cpu_count() or 1
