@@ -48,7 +48,7 @@ SPARSE = ("clock_ahead_ms",)  # a column only when some row has a value (null un
 # table cells show the first N characters of these, and "…"
 CUT = {"entry_hash": 12, "prev_hash": 12, "document_id": 12, "payload_sha256": 12,
        "client_id": 8, "agent": 8, "clearing_house": 8, "tally": 8, "lift": 8, "receipt": 16,
-       "payload": 16, "proof": 16, "payload_text": 24, "uuid": 8, "hash": 12,
+       "payload": 16, "proof": 16, "payload_text": 24, "uuid": 8, "chit": 8, "hash": 12,
        "partner": 8}  # a partner as an agent id alone (a relay view's holders)
 # key: value lines show the first N characters of these (a relay view's proof, a receipt:
 # 500 to 2,000 characters that filled a screen), "…" and how long they are
@@ -259,4 +259,6 @@ def _scalar(key: str, value: Any) -> str:
         return " -> ".join(_user(hop.get("cuid"), hop.get("agent")) for hop in value)
     if isinstance(value, list):
         return ", ".join(_scalar("", item) for item in value) or "-"
+    if value == {}:  # nothing counted yet (getinfo's refusals), as an empty list shows
+        return "-"
     return str(value)

@@ -154,7 +154,7 @@ def test_human_output():
     info = render("getinfo", {"name": "alice", "uptime_s": 3725.2, "roles": [],
                               "counters": {"frames_in": 3, "rejected": {}}})
     assert info == "name: alice\nuptime_s: 1 h 2 min\nroles: -\ncounters:\n  frames_in: 3\n" \
-                   "  rejected: {}\n"
+                   "  rejected: -\n"
     assert [duration(s) for s in (0, 45, 60, 125, 7980, 86_400 * 3 + 4 * 3600 + 59)] == [
         "0 s", "45 s", "1 min", "2 min 5 s", "2 h 13 min", "3 d 4 h"]
     bob = {"name": "bob", "agent": "B", "address": "127.0.0.1:7102", "source": "config",

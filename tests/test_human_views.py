@@ -118,3 +118,20 @@ def test_human_proofs_and_receipts_are_cut_in_key_value_lines():
     assert logged.splitlines()[-1] == (
         "receipt: eyJhbGcieyJhbGcieyJhbGci… (1200 characters, whole without -H)")
     assert render("ch.log", {"receipt": "short"}) == "receipt: short\n"
+
+
+def test_human_chits_fit_100_columns_and_empty_counts_show_a_dash():
+    """chit.list -H (and lift.show's chits) showed each chit's uuid whole: with a memo of 30
+    characters a row took 105 columns. The uuid is cut as a tally's is. getinfo -H showed
+    the counts by code it had none of yet as ``{}``; they show "-", as an empty list does."""
+    rows = [{"chit": "0b34937b-4625-4f30-85af-deb11a22efed", "by": "foil", "type": "tran",
+             "units": 1_250_000, "state": "L.good", "index": 1204, "hash": "h" * 43,
+             "memo": "apples, pears and a crate of 12", "date": 1_765_040_435_000,
+             "error": None, "lift": None}]
+    lines = render("chit.list", rows).splitlines()
+    assert max(len(line) for line in lines) <= 100, lines
+    assert cells(lines)[1] == ["0b34937b…", "foil", "tran", "1250000", "L.good", "1204",
+                               "apples, pears and a crate of 12"]
+    info = render("getinfo", {"counters": {"refusals": {}, "peer_refusals": {"OVER_LIMIT": 2}}})
+    assert info.splitlines() == ["counters:", "  refusals: -", "  peer_refusals:",
+                                 "    OVER_LIMIT: 2"]
