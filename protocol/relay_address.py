@@ -74,7 +74,9 @@ class ViewAddress:
             raise AddressError("a view address must be text")
         parts = text.split("/")
         if len(parts) != 3:
-            raise AddressError(f"a view address is RELAY/NETWORK/VIEW, got {text!r}")
+            raise AddressError(
+                "a view address is RELAY/NETWORK/VIEW (the source's HOST:PORT or agent id, its "
+                f"[node] network and a view, as in 127.0.0.1:7102/local/node:info), got {text!r}")
         return cls(*parts)
 
     def __str__(self) -> str:

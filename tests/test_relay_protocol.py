@@ -248,8 +248,14 @@ def test_malformed_addresses_are_refused(text):
 
 
 def test_malformed_address_error_says_what_is_expected():
+    """A view alone (``tally:<uuid>``, what a new user types first) was told only
+    "RELAY/NETWORK/VIEW": the message says what each part is, with an example."""
     with pytest.raises(AddressError, match="RELAY/NETWORK/VIEW"):
         ViewAddress.parse("localhost:80/net")
+    with pytest.raises(AddressError, match=r"the source's HOST:PORT or agent id, its \[node\] "
+                       r"network and a view, as in 127.0.0.1:7102/local/node:info\), got "
+                       f"'tally:{TALLY}'"):
+        ViewAddress.parse(f"tally:{TALLY}")
     with pytest.raises(AddressError, match="neither HOST:PORT nor a 43-character agent id"):
         ViewAddress.parse("nohost/net/tally:x")
 
