@@ -117,6 +117,11 @@ def test_ring_and_random_topologies(tmp_path):
      "the clearing house's name"),
     ('[nodes]\nnames = ["a", "b\\nc"]\n', "nodes.names has a name that must be 1 to 64 "
      "printable characters (no line breaks, tabs or other control characters), not 'b\\nc'"),
+    # a node's user is named as the node: such a name took the run to a traceback (users.add)
+    ('[nodes]\nnames = ["a", "say hi"]\n[[traffic]]\nkind = "payments"\n',
+     "nodes.names has 'say hi', which cannot be a user id (1 to 64 ASCII letters, digits, "
+     "'_', '-' or '.'): each node's user is named as the node, and payments traffic needs "
+     "users"),
     ("[sim]\nconcurency = 4\n[nodes]\ncount = 2\n",
      "sim.concurency is not a known key (did you mean concurrency?)"),
     ('[nodes]\ncount = 2\n[[traffic]]\nkind = "ping"\ncout = 5\n',

@@ -17,6 +17,7 @@ from typing import Any
 from agentd.config import name_problem
 from agentd.configs_dir import shipped_scenarios
 from agentd.errors import UserError, did_you_mean
+from protocol.keys import valid_cuid
 
 TOPOLOGIES = ("ring", "random", "explicit", "full")
 # the keys each [[traffic]] kind takes besides ``kind`` (a new kind adds its line here)
@@ -149,6 +150,11 @@ def load_scenario(path: Path) -> Scenario:
     if "evidence" in kinds and not with_house:
         errors.add("traffic", "has evidence, which needs a clearing house: set "
                    "[nodes] clearinghouse = true")
+    if credit := sorted(kind for kind in kinds if kind in CREDIT_TRAFFIC):
+        for bad in (name for name in names if not valid_cuid(name)):
+            errors.add("nodes.names", f"has {bad!r}, which cannot be a user id (1 to 64 ASCII "
+                       "letters, digits, '_', '-' or '.'): each node's user is named as the "
+                       f"node, and {credit[0]} traffic needs users")
     invariants = _invariants(errors.table(raw, "invariants"), kinds, with_house, errors)
     faults = _faults(raw.get("faults", []), names, len(edges), errors)
     errors.raise_any()
