@@ -469,3 +469,14 @@ def test_each_commands_help_names_its_arguments_as_the_usage_does(capsys):
         usage = capsys.readouterr().out.split("\n\n")[0]
         for name in re.findall(r"--?[a-z-]+(?: [A-Z][A-Z:|]*)?|\b[A-Z][A-Z:|]+\b", rest):
             assert name in usage, (command, name, usage)
+
+
+def test_relay_query_help_says_what_an_address_is():
+    """agentd help relay.query said "the source named in address" and nothing of what an
+    address is: a new user had to find the README's Relay views. It says the form, each view
+    and an example."""
+    text = method_help("relay.query")
+    assert "address is RELAY/NETWORK/VIEW" in text
+    for view in ("node:info", "user:<cuid>:balance", "tally:<uuid>", "tally:<uuid>:chits",
+                 "lift:<uuid>", "127.0.0.1:7102/local/node:info"):
+        assert view in text, view

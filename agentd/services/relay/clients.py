@@ -49,7 +49,15 @@ class RelayClients:
     async def rpc_query(self, address: str, policy: str | list[str] | None = None,
                         confidential: bool = False, timeout_s: float = DEFAULT_TIMEOUT_S
                         ) -> dict:
-        """Ask the source named in ``address`` for a view; returns ``{request_id}`` at once.
+        """Ask the source named in ``address`` for a view; returns ``{request_id}`` at once
+        (``relay.wait`` waits for the view).
+
+        ``address`` is RELAY/NETWORK/VIEW: the source's HOST:PORT or agent id, its ``[node]
+        network`` and one of ``node:info``, ``user:<cuid>:balance``, ``tally:<uuid>``,
+        ``tally:<uuid>:chits``, ``lift:<uuid>`` (``127.0.0.1:7102/local/node:info``). The
+        source answers only what its ``[[relay.access]]`` rules let this node read.
+        ``confidential`` has the view encrypted to this node; ``timeout_s`` ends the request
+        as ERROR when no view came.
 
         ``policy`` (agent ids) overrides the configured verification policy for this request;
         with neither, the view must be notarized by the source agent itself.
