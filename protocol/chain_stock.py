@@ -30,6 +30,12 @@ from .messages import Send
 from .tally_fields import FOIL
 from .tally_local import LocalTally
 
+# Blocks beyond a gap a stock keeps with their place (parked, in memory and in their rows)
+# at most: one more beyond a gap waits as a chit without its block, as the stock's own chits
+# wait for the foil's order, so it may be spilled (``chain_state.trim``) and the foil sends
+# the block again once the gap is filled (its answer to our ``req``, or to our ``new``).
+PARKED_BLOCKS = 128
+
 
 class Lost(Exception):
     """The foil's block contradicts a block the foil confirmed: the foil lost it."""
@@ -69,6 +75,9 @@ def take(chain: Chain, chit: dict[str, Any]) -> Chain:
     others = cs.unparked(chain, chit["uuid"])
     if _follows(chain, block) and chain.length + 1 not in chain.hints.claims:
         chain = cs.link(chain, chit, pending=others)  # the usual case: no parked rival
+    elif block is not None and block["index"] > chain.length + 1 and sum(
+            parked["chain"] is not None for parked in others) >= PARKED_BLOCKS:
+        chain = cs.park(chain, {**chit, "chain": None}, others)  # a foil's flood beyond a gap
     else:
         chain = cs.park(chain, chit, others)
     if chain.length + 1 in chain.hints.claims:  # a parked block may follow now

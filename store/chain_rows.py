@@ -24,7 +24,8 @@ from protocol.tally_local import LocalTally
 
 # Blocks a holding's chain keeps in memory at least, confirmed or not (it drops this many at
 # a time), and unordered chits (good, no block yet) it keeps at most, once they pile up: with
-# parked blocks (beyond a gap), all it holds of the chain.
+# parked blocks (beyond a gap, at most protocol.chain_stock.PARKED_BLOCKS), all it holds of
+# the chain.
 CHAIN_WINDOW = 128
 _GOOD = (A_GOOD, L_GOOD)
 # A holder's good chits without a block (a stock's, waiting for the foil's order), oldest

@@ -14,6 +14,7 @@ import pytest
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import tally as t
+from protocol.chain_stock import PARKED_BLOCKS
 from protocol.chit_local import effect
 from protocol.codec import pack, unpack
 from protocol.messages import Send
@@ -326,3 +327,30 @@ async def test_a_node_holds_a_window_while_its_partner_is_away_and_repairs_the_r
         for node, cuid in ((a, "alice"), (b, "bob")):
             chain = rebuilt(node, cuid, tally).chain
             assert len(chain.chits) <= 2 * 4 and ch.settled(chain)
+
+
+def test_blocks_a_foil_sends_beyond_a_gap_cost_the_cache_a_bounded_number() -> None:
+    """The foil pays 1,500 chits and its upd of the first 100 is lost: the stock keeps at
+    most ``PARKED_BLOCKS`` of the 1,400 blocks beyond the gap, in memory and in the rows it
+    is rebuilt from; the others wait as chits without a block (spilled past the window), all
+    counted in the balance. Once the lost upd arrives the chains converge."""
+    rows = Rows()
+    foil, stock = rows.foil, rows.stock
+    upds = []
+    for _ in range(15):
+        foil, sent = rows.pay(foil, BOB.key, 100)
+        upds += sent
+    stock, replies = take(rows, stock, upds[1:])
+    assert replies and all(reply.object["index"] == 1 for reply in replies
+                           if reply.object["cmd"] == "req")
+    for version in (stock, stored(rows, stock)):
+        chain = version.chain
+        parked = [chit for chit in chain.pending if chit["chain"] is not None]
+        assert chain.length == 0 and len(parked) == PARKED_BLOCKS
+        assert len(chain.pending) < 2 * CHAIN_WINDOW + PARKED_BLOCKS
+        assert len(chain.pending) + chain.spilled == 1400
+        assert ch.balance(chain) == version.balance == stock.balance == 1400 * 5
+    assert rows.conn.execute("SELECT count(*) FROM chits WHERE cuid = 'alice'"
+                             " AND block IS NOT NULL").fetchone()[0] == PARKED_BLOCKS
+    stock, foil = converge(rows, stock, foil, upds[:1], [])
+    assert stock.chain.length == 1500
