@@ -115,14 +115,18 @@ class Search(_Answers):
     ``last`` hops is completed here, with that hop into ``find``. With ``first_hops`` (the
     payor's path entry each partner was sent), a good is kept only if it starts with that
     entry, then that partner, and uses no user or tally twice: what the payor can check of a
-    route it did not see made is checked."""
+    route it did not see made is checked. ``suspects``: users whose routes to ``find`` ended
+    in a void lift lately; routes through fewer of them come first, and :attr:`trusted`
+    tells whether a route through none was found."""
 
     def __init__(self, query: str, units: int, asked: Iterable[ChipAddress],
                  found: Iterable[dict[str, Any]] = (), frontier: int = 0, *,
                  find: ChipAddress | None = None, salt: bytes = bytes(SALT_BYTES),
                  last: Iterable[LastHop] = (),
-                 first_hops: Mapping[User, dict[str, Any]] | None = None) -> None:
+                 first_hops: Mapping[User, dict[str, Any]] | None = None,
+                 suspects: frozenset[User] = frozenset()) -> None:
         super().__init__(query, units, {user_key(to) for to in asked})
+        self._suspects = suspects
         self.frontier = frontier  # the payor's own (Started.frontier), then the answers'
         self._find = find
         self._first_hops = first_hops
@@ -140,6 +144,14 @@ class Search(_Answers):
         return not self.waiting and all(
             len(self._arrived.get(partner, ())) >= goods
             for partner, goods in self.announced.items())
+
+    @property
+    def trusted(self) -> bool:
+        """Whether a route through no suspect was found."""
+        return any(not self._suspected(good["path"]) for good in self.found)
+
+    def _suspected(self, path: list[dict[str, Any]]) -> int:
+        return sum(user_key(entry) in self._suspects for entry in path[1:-1])
 
     def on_answer(self, action: str, obj: Any, sender: ChipAddress) -> None:
         """Count one ``route/good`` or ``route/none``; answers to another query are ignored."""
@@ -181,18 +193,22 @@ class Search(_Answers):
 
     @property
     def routes(self) -> list[dict[str, Any]]:
-        """Distinct routes, best first (capacity, then fewer hops): ``{path: [{cuid, agent}],
-        hops: [{tally, capacity}], capacity}``; ``hops[i]`` joins ``path[i]`` and ``path[i+1]``."""
+        """Distinct routes, best first (through fewer suspects, then capacity, then fewer
+        hops): ``{path: [{cuid, agent}], hops: [{tally, capacity}], capacity}``; ``hops[i]``
+        joins ``path[i]`` and ``path[i+1]``."""
         routes: dict[tuple, dict[str, Any]] = {}
+        suspected: dict[tuple, int] = {}
         for good in self.found:
             path = good["path"]
+            suspected[_route_key(good)] = self._suspected(path)
             routes.setdefault(_route_key(good), {
                 "path": [{key: hop[key] for key in ("cuid", "agent", "host", "port")
                           if key in hop} for hop in path],
                 "hops": [{"tally": hop["tally"], "capacity": hop["capacity"]} for hop in path[:-1]],
                 "capacity": good["capacity"],
             })
-        return sorted(routes.values(), key=lambda route: (-route["capacity"], len(route["hops"])))
+        return [routes[key] for key in sorted(routes, key=lambda key: (
+            suspected[key], -routes[key]["capacity"], len(routes[key]["hops"])))]
 
 
 def _hop(entry: dict[str, Any]) -> tuple:

@@ -139,3 +139,34 @@ async def test_a_partners_query_flood_toward_partners_that_are_away_is_held_by_i
             held = [item.size for item in vic.pump.live.values() if item.peer == node.agent_id]
             assert held and sum(held) <= 64_000 + max(held)  # the budget, and one past it
         assert vic.counters.outbox_dropped > 0
+
+
+async def test_a_partner_that_makes_up_a_route_voids_one_lift_to_that_payee(tmp_path):
+    """mal answers every query at once (a lift takes its first route) with a route to eve
+    over a tally it does not have. ann's first lift to eve takes it and ends void; mal is a
+    suspect for eve then, so the next lifts wait for a route without it and go the honest
+    way, good; a route.find lists the made-up route last."""
+    async with network(tmp_path, n=7, clearinghouse=0) as net:
+        users = await mal_and_an_honest_route(net)
+        mal, eve, ann = users["mal"], users["eve"], users["ann"]
+        end = {"cuid": "eve", "agent": eve.agent_id, "tally": None, "capacity": None}
+        made_up = {"cuid": "mal", "agent": mal.agent_id,
+                   "tally": "00000000-0000-4000-8000-00000000aaaa", "capacity": LIMIT}
+
+        def answer(tx, envelope):
+            if envelope.action == "query":
+                obj = envelope.object
+                path = [obj["path"][0], made_up, end]
+                send(mal, tx, obj["path"][-1], "good", {
+                    "query": obj["query"], "path": path, "goods": 1, "frontier": 0,
+                    "capacity": min(hop["capacity"] for hop in path[:-1])})
+
+        hostile(mal, answer)
+        ends = []
+        for _ in range(3):
+            started = await rpc(ann, "lift.pay", cuid="ann", find=who(eve, "eve"), units=500)
+            done = await rpc(ann, "lift.wait", lift=started["lift"], timeout_s=20)
+            ends.append((done["state"], [hop["cuid"] for hop in started["path"]][1]))
+        assert ends == [("void", "mal"), ("good", "bob"), ("good", "bob")]
+        found = await rpc(ann, "route.find", cuid="ann", find=who(eve, "eve"), units=500)
+        assert [route["path"][1]["cuid"] for route in found] == ["bob", "mal"]

@@ -7,8 +7,19 @@ A directed check that finds nothing forgets the route and leaves its payee to th
 ``COOL_S`` (a node on the way that does not take directed queries costs one try a minute, not
 one a lift). While our own lifts along a route are undecided, the units they hold are counted
 against what a check finds there, so several lifts at once do not all pile onto one route the
-flood could have spread. Everything here is in memory and bounded: ``KNOWN`` routes and
-cooling payees (least recently used out first), and lifts in flight as many as ``FLYING``.
+flood could have spread.
+
+A route a search found is only what the users on it said: one of them may have made up the
+rest (a hop that does not exist, or room it does not have), and the lift along it goes void.
+So the users between the payor and the payee on a route whose lift went void are *suspects*
+for that payee for ``SUSPECT_S`` (those on a good lift's route are cleared): the searches'
+routes through fewer of them come first, and a lift waits for a route through none before it
+takes the first one found (``protocol.route.Search``). A liar that answers first thus voids
+one lift to a payee every ``SUSPECT_S``, not every one, while a route through a user whose
+lift was void by bad luck (a race for room) is still taken when there is no other.
+Everything here is in memory and bounded: ``KNOWN`` routes, cooling payees and payees with
+suspects (least recently used out first; ``SUSPECTS`` users each), and lifts in flight as
+many as ``FLYING``.
 """
 
 from __future__ import annotations
@@ -22,6 +33,8 @@ from protocol import route
 KNOWN = 1024  # routes remembered, and payees cooling
 COOL_S = 60.0  # after a directed check finds nothing, this long before the payee's next one
 FLYING = 65_536  # our lifts in flight whose routes are followed
+SUSPECT_S = 600.0  # how long the users on a void lift's route come last for its payee
+SUSPECTS = 64  # suspects kept for one payee, the latest
 
 User = tuple[Any, Any]  # (cuid, agent)
 Key = tuple[str, str, User]  # (our user, the lift's kind, the payee: our user for a circle)
@@ -49,6 +62,7 @@ class KnownRoutes:
         self._cool: OrderedDict[Key, float] = OrderedDict()
         self._flying: dict[str, tuple[Key, tuple[User, ...], int, float]] = {}
         self._held: dict[tuple[Key, tuple[User, ...]], int] = {}
+        self._suspects: OrderedDict[Key, dict[User, float]] = OrderedDict()  # user -> until
 
     def to_check(self, key: Key, now: float) -> Known | None:
         """The route to check for ``key``, unless there is none or its payee cools."""
@@ -58,6 +72,15 @@ class KnownRoutes:
                 return None
             del self._cool[key]
         return self._known.get(key)
+
+    def suspects(self, key: Key, now: float) -> frozenset[User]:
+        """The users on routes to ``key``'s payee whose lift went void lately."""
+        users = self._suspects.get(key)
+        if not users:
+            return frozenset()
+        for user in [user for user, until in users.items() if until <= now]:
+            del users[user]
+        return frozenset(users)
 
     def held(self, key: Key, via: tuple[User, ...]) -> int:
         """Units our undecided lifts along ``via`` hold."""
@@ -80,8 +103,9 @@ class KnownRoutes:
         self._flying[record["lift"]] = (key, users, units, took_s)
         self._held[key, users] = self._held.get((key, users), 0) + units
 
-    def decided(self, lift: str, state: str) -> None:
-        """A lift of ours ended: remember its route if it was good, forget it if void."""
+    def decided(self, lift: str, state: str, now: float) -> None:
+        """A lift of ours ended: remember its route if it was good (its users are suspects no
+        more), forget it and suspect its users if void."""
         entry = self._flying.pop(lift, None)
         if entry is None:
             return
@@ -89,6 +113,7 @@ class KnownRoutes:
         held = self._held.pop((key, users)) - units
         if held:
             self._held[key, users] = held
+        self._suspect(key, users, now if state == "void" else None)
         known = self._known.get(key)
         if state == "good" and len(users) < self.longest:
             self._known[key] = Known(users, took_s)
@@ -97,3 +122,21 @@ class KnownRoutes:
                 self._known.popitem(last=False)
         elif state == "void" and known is not None and known.via == users:
             del self._known[key]
+
+    def _suspect(self, key: Key, users: tuple[User, ...], now: float | None) -> None:
+        """Suspect ``users`` for ``key`` from ``now`` on, or clear them (``now`` None)."""
+        suspects = self._suspects.get(key)
+        if now is None:
+            for user in users if suspects else ():
+                suspects.pop(user, None)
+            return
+        if suspects is None:
+            suspects = self._suspects[key] = {}
+        for user in users:
+            suspects.pop(user, None)  # the latest last
+            suspects[user] = now + SUSPECT_S
+        while len(suspects) > SUSPECTS:
+            del suspects[next(iter(suspects))]
+        self._suspects.move_to_end(key)
+        if len(self._suspects) > KNOWN:
+            self._suspects.popitem(last=False)

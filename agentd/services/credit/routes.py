@@ -80,7 +80,9 @@ class RouteService(Service):
     async def rpc_find(self, cuid: str, find: str, units: int,
                        timeout_s: float = SEARCH_S) -> list[dict]:
         """Paths of tallies from our user to ``find`` (``cuid:agent`` or a full CHIP address)
-        that can carry ``units`` now, best (largest capacity, then fewest hops) first; ``[]``
+        that can carry ``units`` now, best (through fewest users on the route of a lift to
+        the same payee that went void lately, then largest capacity, then fewest hops)
+        first; ``[]``
         when there is none. Not every path: a search reaches each user once, by its first
         way in, so a path with more room through a user reached another way is not listed
         (asking for more ``units``, which the first way cannot carry, looks for it).
@@ -122,8 +124,10 @@ class RouteService(Service):
         (:meth:`_directed`): one message a hop where a flood costs several. When there is
         none, or it cannot carry ``units`` now, the search floods in rounds
         (:meth:`_rounds`). With ``first``, a round ends at its first route (a lift needs
-        one). ``LIFT_SEARCH_S`` bounds it all. Which routes are remembered, and for how long:
-        :mod:`agentd.services.credit.known_routes` (the lift service tells it how lifts end).
+        one) through no suspect (a user on the route of a void lift to the same payee).
+        ``LIFT_SEARCH_S`` bounds it all. Which routes are remembered, and for how long, and
+        the suspects: :mod:`agentd.services.credit.known_routes` (the lift service tells it
+        how lifts end).
         ``UNKNOWN_PAYEE`` when the payee's node says it has no such user."""
         ends = trio.current_time() + LIFT_SEARCH_S
         routes = await self._directed((cuid, kind, route.user_key(find)), find, units,
@@ -247,10 +251,12 @@ class RouteService(Service):
         search = route.Search(query, units, [send.to for send in started.messages],
                               started.found, started.frontier, find=find, salt=salt,
                               last=hops, first_hops={route.user_key(send.to): send.object[
-                                  "path"][0] for send in started.messages})
+                                  "path"][0] for send in started.messages},
+                              suspects=self.known.suspects((cuid, kind, route.user_key(find)),
+                                                           trio.current_time()))
         try:
-            with trio.move_on_after(max(timeout_s, 0)):
-                while not search.done and not (first and search.found):
+            with trio.move_on_after(max(timeout_s, 0)):  # with first, the first trusted route
+                while not search.done and not (first and search.trusted):
                     arrived = trio.Event()
                     self._searches[query] = (search, arrived)
                     await arrived.wait()
