@@ -104,7 +104,7 @@ async def test_no_route_says_the_most_a_route_found_can_carry(tmp_path):
         unasked = await refused(ann, "lift.pay", cuid="ann", find=stranger, units=5)
         assert unasked.reason == "NO_ROUTE" and unasked.message.endswith(
             "and its node was not asked whether it hosts that user: no address is known for "
-            "it (give find as cuid:agent@host:port)")
+            "it (give find as cuid:agent@host:port, or add that node with peers.add)")
 
 
 async def test_a_search_cut_short_says_so_and_looks_no_further(tmp_path, monkeypatch):
@@ -145,3 +145,26 @@ async def test_an_ask_refused_for_another_reason_ends_the_wait_for_last_hops(tmp
         with trio.fail_after(60):
             started = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=5)
         assert [hop["cuid"] for hop in started["path"]] == ["ann", "bob", "cat", "dan"]
+
+
+async def test_a_payee_whose_node_we_cannot_ask_is_found_through_tallies(tmp_path):
+    """ann's node knows no address for dan's node: a payment to a user dan's node does not
+    host says that node could not be asked and what to give so it can; one to ``dan:AGENT``
+    finds dan through the tallies and is good, and teaches ann's node where dan's node
+    listens, so the next payment to a user it does not host is ``UNKNOWN_PAYEE``."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        world = await line(net)
+        ann, dan = world["users"]["ann"], world["users"]["dan"]
+        del ann._peer_addresses[dan.agent_id]  # introduced by the test network only
+        nobody = f"zed:{dan.agent_id}"
+        unasked = await refused(ann, "lift.pay", cuid="ann", find=nobody, units=5)
+        assert unasked.reason == "NO_ROUTE" and unasked.message.endswith(
+            "and its node was not asked whether it hosts that user: no address is known for "
+            "it (give find as cuid:agent@host:port, or add that node with peers.add)")
+        started = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=5)
+        assert [hop["cuid"] for hop in started["path"]] == ["ann", "bob", "cat", "dan"]
+        assert (await rpc(ann, "lift.wait", lift=started["lift"], timeout_s=20))[
+            "state"] == "good"
+        assert ann.address_of(dan.agent_id) == dan.listen_address
+        again = await refused(ann, "lift.pay", cuid="ann", find=nobody, units=5)
+        assert again.reason == "UNKNOWN_PAYEE" and "has no user 'zed'" in again.message

@@ -60,7 +60,8 @@ class KnownRoutes:
         self.longest = longest  # hops: a longer route is not worth remembering
         self._known: OrderedDict[Key, Known] = OrderedDict()
         self._cool: OrderedDict[Key, float] = OrderedDict()
-        self._flying: dict[str, tuple[Key, tuple[User, ...], int, float]] = {}
+        # lift -> (key, users between, units, took_s, the payee's path entry)
+        self._flying: dict[str, tuple[Key, tuple[User, ...], int, float, dict[str, Any]]] = {}
         self._held: dict[tuple[Key, tuple[User, ...]], int] = {}
         self._suspects: OrderedDict[Key, dict[User, float]] = OrderedDict()  # user -> until
 
@@ -100,16 +101,17 @@ class KnownRoutes:
         if not users or len(self._flying) >= FLYING:
             return
         key, units = lift_key(record), record["units"]
-        self._flying[record["lift"]] = (key, users, units, took_s)
+        self._flying[record["lift"]] = (key, users, units, took_s, record["path"][-1])
         self._held[key, users] = self._held.get((key, users), 0) + units
 
-    def decided(self, lift: str, state: str, now: float) -> None:
+    def decided(self, lift: str, state: str, now: float) -> dict[str, Any] | None:
         """A lift of ours ended: remember its route if it was good (its users are suspects no
-        more), forget it and suspect its users if void."""
+        more), forget it and suspect its users if void. A good one's payee, as its path
+        entry (with where its node listens, when the route said), for the caller to learn."""
         entry = self._flying.pop(lift, None)
         if entry is None:
-            return
-        key, users, units, took_s = entry
+            return None
+        key, users, units, took_s, payee = entry
         held = self._held.pop((key, users)) - units
         if held:
             self._held[key, users] = held
@@ -122,6 +124,7 @@ class KnownRoutes:
                 self._known.popitem(last=False)
         elif state == "void" and known is not None and known.via == users:
             del self._known[key]
+        return payee if state == "good" else None
 
     def _suspect(self, key: Key, users: tuple[User, ...], now: float | None) -> None:
         """Suspect ``users`` for ``key`` from ``now`` on, or clear them (``now`` None)."""

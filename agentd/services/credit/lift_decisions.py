@@ -32,8 +32,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import trio
-
 from agentd.logs import event
 from agentd.runtime import clocks
 from agentd.runtime.answers import AnswersInFlight
@@ -134,7 +132,7 @@ class LiftDecisions:
         lifts.settle(tx.conn, lift, state, decision, tx.now_ms)
         log_lift(tx, lift, state)
         tx.after_commit(lambda: self._wake(lift))
-        tx.after_commit(lambda: self.routes.known.decided(lift, state, trio.current_time()))
+        tx.after_commit(lambda: self.routes.decided(lift, state))
 
     def take_back(self, tx: Tx, record: dict[str, Any], decision: dict[str, Any],
                   sender: str) -> bool:

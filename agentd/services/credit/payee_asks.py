@@ -5,7 +5,8 @@ and the answer also settles whether that node hosts the payee at all: it refuses
 user it does not host (``UNKNOWN_USER``), and the search ends there with ``UNKNOWN_PAYEE``
 instead of flooding the network for a user nobody hosts and then waiting out ``ASK_S``. Any
 other refusal ends the wait for the hops at once. Only a node whose address we know is asked
-(a route message goes nowhere else); a payee on our own node is looked up here.
+(a route message goes nowhere else: a payee found through tallies teaches it once a payment
+to it is good, ``RouteService.decided``); a payee on our own node is looked up here.
 """
 
 from __future__ import annotations

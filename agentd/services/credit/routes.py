@@ -157,7 +157,7 @@ class RouteService(Service):
                           "route.find units=N looks for one that carries N)")
         unasked = "" if self.asks.can_ask(find) else (
             "; and its node was not asked whether it hosts that user: no address is known "
-            "for it (give find as cuid:agent@host:port)")
+            "for it (give find as cuid:agent@host:port, or add that node with peers.add)")
         return Reject("NO_ROUTE", f"{head}: no path of tallies with room to pay reaches that "
                       f"user within {DEPTH} hops{unasked}")
 
@@ -212,6 +212,18 @@ class RouteService(Service):
                 return routes, search.done
             depth = route.next_depth(depth, search.frontier, deepest=DEPTH, thin=THIN)
         return [], True
+
+    def decided(self, lift: str, state: str) -> None:
+        """A lift of ours ended (``KnownRoutes.decided``). After a good payment, where the
+        route said its payee's node listens is learned, unless we know already: a payee
+        found through tallies without its address (``find`` as ``cuid:agent``) lets later
+        searches ask that node (``UNKNOWN_PAYEE`` for a user it does not host, its last
+        hops). The referee dials the nodes of a good lift's path at the same addresses; a
+        wrong one (a hop lied) is still dialled by agent id, so Noise refuses an impostor."""
+        payee = self.known.decided(lift, state, trio.current_time())
+        if payee is not None:
+            self.runtime.learn_address(ChipAddress.from_map(
+                {key: payee[key] for key in ("agent", "cuid", "host", "port") if key in payee}))
 
     def _partner_can_pay(self, cuid: str, find: ChipAddress, units: int) -> bool:
         """Whether our user can pay ``find`` directly, over one tally: then the first round
