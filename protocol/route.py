@@ -59,7 +59,11 @@ most Y may owe X; ``partner_limit``: the most X may owe Y); pending lift chits c
 - linear (a payment): ``partner_limit + balance - lift_out``;
 - circular (clearing, paying only a partner who owes us): ``balance - lift_out``;
 
-never below 0. :func:`receive_capacity` is the same hop seen from Y's holding.
+never below 0. :func:`receive_capacity` is the same hop seen from Y's holding. A node that
+forwards another's payment query offers and shows its hops' capacity rounded down to two
+significant digits (:func:`shown_capacity`): a partner that asks routes for many amounts
+(a binary search) learns a hop's room within 10%, not to the milliCHIP (discovery reveals only
+the path it returns). The payor's own hops, and a circle's debts (cleared whole), are exact.
 
 Loop freedom: a user or tally already on the path is never used again (for a circular lift
 the payor is allowed only as ``find``, which ends the route).
@@ -67,18 +71,18 @@ the payor is allowed only as ``find``, which ends the route).
 The fields and their checks are in :mod:`protocol.route_fields`, last hops in
 :mod:`protocol.route_last`, the answers' side in :mod:`protocol.route_answers`; this module
 re-exports what the runtime uses. Public API: ``KINDS``, ``ACTIONS``, ``MAX_DEPTH``,
-``MAX_ROUTES``, ``hop_capacity``, ``receive_capacity``, ``Candidate``, ``start -> Started``,
-``forward -> Forwarded``, ``repeat``, ``check_query``, ``LastHop``, ``last_digest``,
-``last_hops``, ``ask``, ``answer_ask``, ``read_hops``, ``Relay``, ``Search``, ``next_depth``,
-``lift_path(route)``. Refusal codes: ``bad_field``, ``not_asked``, ``unknown_tally`` (a
-query that did not come over an open tally between its sender and the user it is addressed
-to: a stranger cannot make a node search on its behalf).
+``MAX_ROUTES``, ``hop_capacity``, ``shown_capacity``, ``receive_capacity``, ``Candidate``,
+``start -> Started``, ``forward -> Forwarded``, ``repeat``, ``check_query``, ``LastHop``,
+``last_digest``, ``last_hops``, ``ask``, ``answer_ask``, ``read_hops``, ``Relay``, ``Search``,
+``next_depth``, ``lift_path(route)``. Refusal codes: ``bad_field``, ``not_asked``,
+``unknown_tally`` (a query that did not come over an open tally between its sender and the
+user it is addressed to: a stranger cannot make a node search on its behalf).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .keys import ChipAddress
@@ -100,6 +104,7 @@ from .route_fields import (
     good_answer,
     none_answer,
     path_entry,
+    shown_capacity,
     user_key,
 )
 from .route_last import LastHop, answer_ask, ask, last_digest, last_hops, read_hops
@@ -108,7 +113,8 @@ __all__ = [
     "ACTIONS", "ADDRESS_FIELDS", "KINDS", "MAX_DEPTH", "MAX_ROUTES", "SALT_BYTES", "Candidate",
     "Forwarded", "LastHop", "Relay", "Search", "Started", "answer_ask", "ask", "check_query",
     "check_where", "ends", "forward", "hop_capacity", "last_digest", "last_hops", "lift_path",
-    "next_depth", "read_hops", "receive_capacity", "repeat", "start", "user_key",
+    "next_depth", "read_hops", "receive_capacity", "repeat", "shown_capacity", "start",
+    "user_key",
 ]
 
 
@@ -267,6 +273,9 @@ def forward(
     obj = {**obj, "depth": min(obj["depth"], depth), "deadline": min(obj["deadline"], latest)}
     query, path, units, find = obj["query"], obj["path"], obj["units"], user_key(obj["find"])
     candidates = list(candidates)
+    if obj["kind"] == "linear":  # a circle's debts are cleared whole: shown as they are
+        candidates = [replace(cand, capacity=shown_capacity(cand.capacity))
+                      for cand in candidates]
     came_by = path[-1]["tally"]
     if not any(cand.tally == came_by and user_key(cand.partner) == user_key(sender)
                for cand in candidates):

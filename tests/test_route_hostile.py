@@ -170,3 +170,28 @@ async def test_a_partner_that_makes_up_a_route_voids_one_lift_to_that_payee(tmp_
         assert ends == [("void", "mal"), ("good", "bob"), ("good", "bob")]
         found = await rpc(ann, "route.find", cuid="ann", find=who(eve, "eve"), units=500)
         assert [route["path"][1]["cuid"] for route in found] == ["bob", "mal"]
+
+
+async def test_a_partner_asking_routes_for_many_amounts_learns_a_hops_room_to_two_digits(
+        tmp_path):
+    """bob can pay cat 1,234 mCHIP more: ann, bob's partner, binary-searches route.find's
+    amounts to cat and finds that the most a route through bob carries is 1,200 (and every
+    route shows bob's hop as 1,200), not 1,234; bob's own route.find sees 1,234."""
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        ann, bob, cat = net.nodes[1:4]
+        for node, cuid in ((ann, "ann"), (bob, "bob"), (cat, "cat")):
+            await rpc(node, "users.add", cuid=cuid)
+        await open_tally(ann, "ann", bob, "bob", limit=10_000)
+        await open_tally(bob, "bob", cat, "cat", limit=1234)
+
+        async def routes(units: int) -> list[dict]:
+            return await rpc(ann, "route.find", cuid="ann", find=who(cat, "cat"), units=units)
+
+        low, high = 1, 10_000  # routes(low) finds one, routes(high) does not
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if await routes(middle) else (low, middle)
+        assert low == 1200
+        assert [hop["capacity"] for hop in (await routes(1))[0]["hops"]] == [10_000, 1200]
+        own = await rpc(bob, "route.find", cuid="bob", find=who(cat, "cat"), units=1234)
+        assert [found["capacity"] for found in own] == [1234]
