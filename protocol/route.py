@@ -30,7 +30,9 @@ otherwise                          ``query`` to k partners, and a :class:`Relay`
 So the originator (:class:`Search`) waits for the end from each partner it asked; ``goods``
 tells it how many ``good`` answers to expect (one may overtake another on the way back), and
 the search is over when it has them all. Answers are taken only from the partners a node
-asked, and an end only once from each: a duplicate changes nothing. ``frontier`` counts the
+asked, and an end only once from each: a duplicate changes nothing; a ``good`` whose path
+does not start as the query sent to that partner did, then that partner, is dropped (and not
+counted in the relay's end), so a route a user made up names that user. ``frontier`` counts the
 queries the search would have sent on (at most ``fan_out`` a user) where it stopped only
 because of ``depth``, so an exhausted search knows whether a deeper one could find more (0: it
 cannot) and about how much the next hop of a deeper one would cost. On a chain (a user with
@@ -319,4 +321,4 @@ def forward(
     if not sends:
         return Forwarded([none_answer(query, sender, here, 0)], None)
     return Forwarded(sends, Relay(query, obj["units"], here, sender,
-                                  {user_key(send.to) for send in sends}))
+                                  {user_key(send.to): send.object["path"] for send in sends}))

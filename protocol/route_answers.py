@@ -80,12 +80,18 @@ class _Answers:
 class Relay(_Answers):
     """A node's part in carrying answers back to the user that sent it the query
     (``upstream``): every ``good`` at once, and one ``none`` once every partner it asked has
-    answered, announcing all the goods their nones announced."""
+    answered, announcing all the goods their nones announced. ``sent``: the path each
+    partner was sent; a good from it that does not start so, then with that partner, is
+    dropped (and not announced), so a route a user made up always names that user: whoever
+    answers a search cannot leave itself off the route it answers with (the payor's
+    ``Search`` checks its own first hop the same way)."""
 
     def __init__(self, query: str, units: int, here: ChipAddress, upstream: ChipAddress,
-                 asked: set[User]) -> None:
-        super().__init__(query, units, asked)
+                 sent: Mapping[User, list[dict[str, Any]]]) -> None:
+        super().__init__(query, units, set(sent))
         self.here, self.upstream = here, upstream
+        self._sent = sent
+        self.dropped = 0  # goods a partner sent that its query did not lead to
 
     @property
     def done(self) -> bool:
@@ -98,14 +104,24 @@ class Relay(_Answers):
         if not self.take(action, obj, sender):
             return []
         over = was_waiting and not self.waiting  # this answer ended our part
+        if action == "good" and not self._leads(obj["path"], sender):
+            self.dropped += 1
+            action = "none"  # nothing to pass on, but the end of our part if it is that
+        goods = max(self.goods - self.dropped, 0)
         if action == "good":
             good = {key: obj[key] for key in GOOD_FIELDS}
             if over:  # the good and our none in one message
-                good.update(goods=self.goods, frontier=self.frontier)
+                good.update(goods=goods, frontier=self.frontier)
             return [Send(self.upstream, "route", "good", good, self.here.cuid)]
         if not over:
             return []
-        return [none_answer(self.query, self.upstream, self.here, self.goods, self.frontier)]
+        return [none_answer(self.query, self.upstream, self.here, goods, self.frontier)]
+
+    def _leads(self, path: list[dict[str, Any]], sender: ChipAddress) -> bool:
+        """Whether a good's path starts with the path ``sender`` was sent, then ``sender``."""
+        sent = self._sent[user_key(sender)]
+        return len(path) > len(sent) and user_key(path[len(sent)]) == user_key(sender) and all(
+            _hop(ours) == _hop(theirs) for ours, theirs in zip(sent, path, strict=False))
 
 
 class Search(_Answers):

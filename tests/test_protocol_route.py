@@ -435,6 +435,24 @@ def test_a_good_that_ends_a_partners_part_is_passed_on_alone_or_with_the_relays_
     assert search.done and len(search.routes) == 2
 
 
+def test_a_relay_drops_a_good_that_does_not_start_as_the_query_it_sent_that_partner() -> None:
+    """B sent C the path A(1), B(2): a good from C that leaves C off (a route C made up that
+    names others only), or says B's hop was another tally or had more room, goes no further
+    and is not announced; one that ends C's part still ends B's, as a none."""
+    relay = forwarded(query_obj(hop(A, 1, 900)), B, cand(2, C, 800)).relay
+    made_up = [
+        good(hop(A, 1, 900), hop(B, 2, 800), hop(E, 7, 800), hop(D, None, None)),
+        good(hop(A, 1, 900), hop(B, 6, 800), hop(C, 3, 700), hop(D, None, None)),
+        good(hop(A, 1, 900), hop(B, 2, 900), hop(C, 3, 900), hop(D, None, None)),
+    ]
+    for lie in made_up:
+        assert relay.on_answer("good", lie, C) == []
+    honest = good(hop(A, 1, 900), hop(B, 2, 800), hop(C, 3, 700), hop(D, None, None))
+    assert [m.object for m in relay.on_answer("good", honest, C)] == [honest]
+    [end] = relay.on_answer("good", {**made_up[0], **none(5)}, C)
+    assert (end.action, end.object) == ("none", none(1)) and relay.dropped == 4
+
+
 def test_relayed_answers_reach_the_originator_through_a_chain_of_relays() -> None:
     """A -> B -> C -> D: D is found; its good, which ends C's part and then B's, travels back
     C, B, A: one message a hop."""
@@ -507,7 +525,7 @@ def test_the_next_round_goes_one_hop_further_or_to_the_full_depth_where_thin(
 
 def test_a_partner_cannot_make_a_relay_carry_routes_without_end() -> None:
     relay = forwarded(query_obj(hop(A, 1, 900)), B, cand(2, C, 800)).relay
-    found = good(hop(A, 1, 900), hop(B, 2, 800), hop(D, None, None))
+    found = good(hop(A, 1, 900), hop(B, 2, 800), hop(C, 3, 700), hop(D, None, None))
     for _ in range(rt.MAX_ROUTES):
         assert len(relay.on_answer("good", found, C)) == 1
     assert code_of(relay.on_answer, "good", found, C) == "bad_field"
