@@ -62,10 +62,11 @@ most Y may owe X; ``partner_limit``: the most X may owe Y); pending lift chits c
 - circular (clearing, paying only a partner who owes us): ``balance - lift_out``;
 
 never below 0. :func:`receive_capacity` is the same hop seen from Y's holding. A node that
-forwards another's payment query offers and shows its hops' capacity rounded down to two
-significant digits (:func:`shown_capacity`): a partner that asks routes for many amounts
-(a binary search) learns a hop's room within 10%, not to the milliCHIP (discovery reveals only
-the path it returns). The payor's own hops, and a circle's debts (cleared whole), are exact.
+forwards another's payment query shows its hops' capacity in the path rounded down to two
+significant digits, never below the query's units (:func:`shown_capacity`): every node the
+query passes reads the path, and learns a hop's room within 10%, not to the milliCHIP
+(discovery reveals only the path it returns); it is offered for every payment it can carry.
+The payor's own hops, and a circle's debts (cleared whole), are exact.
 
 Loop freedom: a user or tally already on the path is never used again (for a circular lift
 the payor is allowed only as ``find``, which ends the route).
@@ -276,7 +277,7 @@ def forward(
     query, path, units, find = obj["query"], obj["path"], obj["units"], user_key(obj["find"])
     candidates = list(candidates)
     if obj["kind"] == "linear":  # a circle's debts are cleared whole: shown as they are
-        candidates = [replace(cand, capacity=shown_capacity(cand.capacity))
+        candidates = [replace(cand, capacity=shown_capacity(cand.capacity, units))
                       for cand in candidates]
     came_by = path[-1]["tally"]
     if not any(cand.tally == came_by and user_key(cand.partner) == user_key(sender)

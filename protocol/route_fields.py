@@ -30,16 +30,16 @@ ADDRESS_FIELDS = {"host", "port"}  # where a path entry's node listens, when its
 User = tuple[Any, Any]  # (cuid, agent): who a query went to, who an answer came from
 
 
-def shown_capacity(capacity: int) -> int:
-    """A hop's room as a node shows it in another's payment search: rounded down to two
-    significant digits (1,234 mCHIP shows as 1,200; below 100, exact), and offered only for
-    units it can carry so. Every answer a partner gets (a good's capacities, or whether a
-    query for some units finds a route at all) depends on that, so however many amounts it
-    asks about, it narrows a hop's room down to within 10%, never to the milliCHIP."""
-    if capacity < 100:
+def shown_capacity(capacity: int, units: int) -> int:
+    """A hop's room as a node shows it in another's payment search for ``units``: rounded
+    down to two significant digits (1,234 mCHIP shows as 1,200; below 100, exact), but never
+    below ``units`` when it carries them, so it is offered for exactly the payments it can
+    carry. Every node the query passes reads the path, and the payor every hop of it: they
+    learn that a hop carries the units, and its room within 10%, not to the milliCHIP."""
+    if capacity < 100 or capacity < units:
         return capacity
     step = 10 ** (len(str(capacity)) - 2)
-    return capacity - capacity % step
+    return max(units, capacity - capacity % step)
 
 
 @dataclass(frozen=True)

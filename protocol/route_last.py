@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from .keys import ChipAddress
@@ -29,7 +29,6 @@ from .route_fields import (
     check_integer,
     check_kind,
     check_uuid,
-    shown_capacity,
     user_key,
 )
 
@@ -84,13 +83,10 @@ def answer_ask(obj: Any, *, here: ChipAddress, sender: ChipAddress,
                into: Iterable[Candidate]) -> Send:
     """The payee's node's answer: ``{query, last: [{digest, tally}]}`` for the hops ``into``
     its user that can carry ``units``, best first. It names neither the partners (only
-    salted digests) nor how much more than ``units`` they could carry, and whether a hop can
-    carry them is judged on its room as shown to others (``shown_capacity``), so asks for
-    many amounts narrow it down no further than a query could. The answer goes to the asking
-    user over the channel the ask came by, never to an address it names."""
+    salted digests) nor how much more than ``units`` they could carry. The answer goes to
+    the asking user over the channel the ask came by, never to an address it names."""
     check_ask(obj)
-    hops = last_hops(obj["salt"], [replace(cand, capacity=shown_capacity(cand.capacity))
-                                   for cand in into], obj["units"])
+    hops = last_hops(obj["salt"], into, obj["units"])
     return Send(ChipAddress(agent=sender.agent, cuid=sender.cuid), "route", "hops",
                 {"query": obj["query"],
                  "last": [{"digest": hop.digest, "tally": hop.tally} for hop in hops]},

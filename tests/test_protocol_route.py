@@ -155,17 +155,22 @@ def test_a_partner_of_find_answers_good_through_its_best_tally() -> None:
 
 
 def test_a_hops_room_shows_in_anothers_payment_search_rounded_down_to_two_digits() -> None:
-    """Room of 1,234 shows as 1,200 in a payment query B forwards (and one for 1,201 units
-    goes no further than B: binary search over amounts finds 1,200, not 1,234); a circle's
+    """Room of 1,234 shows as 1,200 in a payment query B forwards, but never below the units
+    asked for, so a payment of 1,234 still goes that way (and 1,235 does not); a circle's
     debts show whole."""
-    assert [rt.shown_capacity(n) for n in (0, 7, 99, 100, 105, 999, 1234, 98_765, 10**9 + 1)
+    assert [rt.shown_capacity(n, 1) for n in (0, 7, 99, 100, 105, 999, 1234, 98_765,
+                                              10**9 + 1)
             ] == [0, 7, 99, 100, 100, 990, 1200, 98_000, 10**9]
+    assert [rt.shown_capacity(1234, units) for units in (1200, 1201, 1234, 1235)] == [
+        1200, 1201, 1234, 1234]
     obj = query_obj(hop(A, 1, 5000))
     [send] = forward(obj, B, cand(2, C, 1234))
     assert send.object["path"][-1]["capacity"] == 1200
     [answer] = forward(obj, B, cand(2, D, 1234))
     assert answer.object["capacity"] == answer.object["path"][1]["capacity"] == 1200
-    [none_only] = forward({**obj, "units": 1201}, B, cand(2, D, 1234), cand(3, C, 1234))
+    [near] = forward({**obj, "units": 1234}, B, cand(2, D, 1234))
+    assert near.action == "good" and near.object["capacity"] == 1234
+    [none_only] = forward({**obj, "units": 1235}, B, cand(2, D, 1234), cand(3, C, 1234))
     assert none_only.action == "none"
     [circle] = forward(query_obj(hop(A, 1, 5000), kind="circular", find=A), B,
                        cand(2, C, 1234))
@@ -606,9 +611,6 @@ def test_the_payees_node_names_its_last_hops_by_digest_only() -> None:
         {"digest": rt.last_digest(SALT, E), "tally": uuid_of(5)},
         {"digest": rt.last_digest(SALT, B), "tally": uuid_of(3)}]}  # no partner, no capacity
     assert rt.read_hops(answer.object, 100) == [last_hop(E, 5, 100), last_hop(B, 3, 100)]
-    big = rt.ask(query=QUERY, kind="linear", find=D, units=1201, salt=SALT, payor_cuid=A.cuid)
-    assert rt.answer_ask(big.object, here=D, sender=A, into=[cand(3, B, 1234)]).object[
-        "last"] == []  # room of 1,234 is judged as shown: 1,200
 
 
 @pytest.mark.parametrize(

@@ -172,11 +172,12 @@ async def test_a_partner_that_makes_up_a_route_voids_one_lift_to_that_payee(tmp_
         assert [route["path"][1]["cuid"] for route in found] == ["bob", "mal"]
 
 
-async def test_a_partner_asking_routes_for_many_amounts_learns_a_hops_room_to_two_digits(
-        tmp_path):
-    """bob can pay cat 1,234 mCHIP more: ann, bob's partner, binary-searches route.find's
-    amounts to cat and finds that the most a route through bob carries is 1,200 (and every
-    route shows bob's hop as 1,200), not 1,234; bob's own route.find sees 1,234."""
+async def test_a_search_through_a_partner_shows_its_hops_room_to_two_digits(tmp_path):
+    """bob can pay cat 1,234 mCHIP more: ann's search through bob shows bob's hop as 1,200
+    (a route for 1 mCHIP, say), not 1,234, yet a payment of all 1,234 finds its route, and
+    one of 1,235 none: whether a route carries some units is the one thing a search must
+    tell, so amounts asked one after another (a binary search) still find the room; bob's
+    own route.find sees 1,234."""
     async with network(tmp_path, n=4, clearinghouse=0) as net:
         ann, bob, cat = net.nodes[1:4]
         for node, cuid in ((ann, "ann"), (bob, "bob"), (cat, "cat")):
@@ -191,7 +192,8 @@ async def test_a_partner_asking_routes_for_many_amounts_learns_a_hops_room_to_tw
         while high - low > 1:
             middle = (low + high) // 2
             low, high = (middle, high) if await routes(middle) else (low, middle)
-        assert low == 1200
+        assert low == 1234
         assert [hop["capacity"] for hop in (await routes(1))[0]["hops"]] == [10_000, 1200]
+        assert [hop["capacity"] for hop in (await routes(1234))[0]["hops"]] == [10_000, 1234]
         own = await rpc(bob, "route.find", cuid="bob", find=who(cat, "cat"), units=1234)
         assert [found["capacity"] for found in own] == [1234]
