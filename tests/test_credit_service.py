@@ -789,7 +789,7 @@ async def test_bad_signatures_and_strangers_change_nothing(tmp_path):
             ("chit", "chain", {"cmd": "req", "tally": tally, "index": 1}),
         ):
             message = await send_raw(m, a, "alice", target, action, obj, "mallory")
-            assert (await refusal_of(m, message)).startswith("NOT_PARTY"), action
+            assert (await refusal_of(m, message)).startswith("UNKNOWN_TALLY"), action
         # ... or that names a user this node does not have
         message = await send_raw(m, a, "nobody", "tally", "close", {"uuid": tally}, "mallory")
         assert (await refusal_of(m, message)).startswith("UNKNOWN_USER")
@@ -815,7 +815,7 @@ async def test_a_counter_offer_from_a_stranger_is_refused(tmp_path):
         digest = core_digest(hijack)
         hijack["sign"] = {"hash": digest, t.STOCK: None, t.FOIL: mallory_key.sign(digest)}
         message = await send_raw(m, a, "alice", "tally", "offer", hijack, "mallory")
-        assert (await refusal_of(m, message)).startswith("NOT_FROM_PARTNER")
+        assert (await refusal_of(m, message)).startswith("NOT_REQUESTED")  # as for no tally
         assert state(a, "alice", tally) == ts.H_OFFER
 
 

@@ -232,12 +232,19 @@ class CreditLedger:
         return cuid
 
     @staticmethod
-    def check_partner(holding: Holding, envelope: Envelope) -> None:
+    def is_partner(holding: Holding, agent: str, cuid: str | None) -> bool:
+        """Whether user ``cuid`` of ``agent`` is the partner of ``holding``'s tally."""
         cert = holding.local.tally[holding.local.partner_side]["cert"]
-        sender = envelope.from_
-        if cert is None or (sender.agent, sender.cuid) != (cert["chad"]["agent"],
-                                                           cert["chad"]["cuid"]):
-            raise Reject("NOT_PARTY", f"{sender} is not party to tally {holding.local.uuid}")
+        return cert is not None and (agent, cuid) == (cert["chad"]["agent"],
+                                                      cert["chad"]["cuid"])
+
+    @classmethod
+    def check_partner(cls, holding: Holding, envelope: Envelope) -> None:
+        """Refuse a message about a tally from anyone but its partner as a tally we do not
+        hold is refused (``UNKNOWN_TALLY``, the same words): a stranger must not learn
+        which tally uuids our users hold by the answer."""
+        if not cls.is_partner(holding, envelope.from_.agent, envelope.from_.cuid):
+            raise Reject("UNKNOWN_TALLY", no_tally(holding.cuid, holding.local.uuid))
 
     async def transact(self, work: Callable[[Tx], T]) -> T:
         """Run ``work`` in one transaction; its messages go to the pump once committed."""

@@ -38,7 +38,7 @@ import trio
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, RoutineReject, Service, Tx
 from agentd.services.credit import lift_views
-from agentd.services.credit.ledger import CreditLedger
+from agentd.services.credit.ledger import CreditLedger, no_tally
 from agentd.services.credit.lift_decisions import LiftDecisions, log_lift
 from agentd.services.credit.lift_follow_up import FollowUp
 from agentd.services.credit.params import param_amount, param_cuid, param_memo, param_uuid
@@ -353,11 +353,23 @@ class LiftService(Service):
         if last:
             self.ledger.emit(tx, [lf.commit(record)])
         else:
-            self._hold(tx, record, hop + 1, here.cuid, outgoing=True)
+            self._hold_onward(tx, record, hop + 1, here.cuid)
             self.ledger.emit(tx, [lf.promise(record, hop + 1)])
             self._ask_referee(tx, record, here.cuid)
         tx.after_commit(lambda: self._learn(record))  # a refused promise teaches nothing
         tx.after_commit(lambda: self.follow_up.due_at(record["deadline"]))
+
+    def _hold_onward(self, tx: Tx, record: dict[str, Any], hop: int, cuid: str) -> None:
+        """Our user's pending chit on the tally a promise names onward. A tally of our user's
+        with someone else than the next user on the path is refused as one it does not hold
+        (``UNKNOWN_TALLY``, the same words), or a partner could learn by promises which
+        tally uuids our user holds."""
+        try:
+            self._hold(tx, record, hop, cuid, outgoing=True)
+        except Refusal as exc:
+            if exc.code != "not_party":
+                raise
+            raise Reject("UNKNOWN_TALLY", no_tally(cuid, record["path"][hop]["tally"])) from None
 
     def _check_held(self, tx: Tx, record: dict[str, Any], tally: str, cuid: str) -> None:
         """Bound what promises over one incoming tally can make us hold (``lf.check_held``):

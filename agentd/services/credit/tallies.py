@@ -376,22 +376,28 @@ class TallyService(Service):
                 and obj[side]["cert"]["chad"]["agent"] == self.runtime.agent_id]
         if len(ours) != 1 or obj[ours[0]]["cert"]["public"] != user.key.public:
             raise Reject("NOT_ADDRESSED", f"tally {obj['uuid']} does not name our user {cuid}")
-        for other in self.ledger.store.holders_of(tx.conn, obj["uuid"]):
-            theirs = unpack(other["body"])
-            if other["cuid"] != cuid and any(theirs[s]["cert"] != obj[s]["cert"]
-                                             for s in t.SIDES):
-                raise Reject("UUID_TAKEN", f"tally {obj['uuid']} is another tally here")
         holding = self.ledger.store.get(tx.conn, obj["uuid"], cuid)
+        if holding is not None and not self.ledger.is_partner(holding, envelope.from_.agent,
+                                                             envelope.from_.cuid):
+            holding = None  # answered as a tally we do not hold: a stranger learns nothing
         local, _ = t.receive_offer(holding.local if holding else None, obj,
                                    holder_cert=obj[ours[0]]["cert"],
                                    sender_agent=envelope.from_.agent)
         if local.partner.cuid != envelope.from_.cuid:
             raise Reject("NOT_FROM_PARTNER", f"tally {obj['uuid']} names another partner user")
+        if holding is None and not self.ledger.store.take_request(
+                tx.conn, local.uuid, cuid, envelope.from_.agent):
+            raise Reject("NOT_REQUESTED", f"{cuid} presented no ticket of that agent's "
+                         f"for tally {local.uuid}: a first offer answers tally.request")
+        # only now that the sender showed it is the partner, or that our user asked it for
+        # this tally (a ticket), may it learn that the uuid is taken here
+        for other in self.ledger.store.holders_of(tx.conn, obj["uuid"]):
+            theirs = unpack(other["body"])
+            if (holding is None and other["cuid"] == cuid) or (
+                    other["cuid"] != cuid and any(theirs[s]["cert"] != obj[s]["cert"]
+                                                  for s in t.SIDES)):
+                raise Reject("UUID_TAKEN", f"tally {obj['uuid']} is another tally here")
         if holding is None:
-            if not self.ledger.store.take_request(tx.conn, local.uuid, cuid,
-                                                  envelope.from_.agent):
-                raise Reject("NOT_REQUESTED", f"{cuid} presented no ticket of that agent's "
-                             f"for tally {local.uuid}: a first offer answers tally.request")
             self.ledger.store.create(tx.conn, cuid, local, tx.now_ms)
             log_new_tally(tx, cuid, local)
             tx.after_commit(self.ledger.changed_now)
