@@ -67,7 +67,8 @@ class LiftDecisions:
         self.ledger = ledger
         self.routes = routes
         self._wake = wake  # lift.wait callers of a lift decided here
-        self.heard_void: OrderedDict[str, bytes] = OrderedDict()  # lift -> record digest
+        # (lift, record digest) of voids heard on lifts not here, oldest first
+        self.heard_void: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         self._shown = AnswersInFlight(1)  # decisions and proofs shown, by (lift, agent)
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
@@ -330,13 +331,15 @@ class LiftDecisions:
         anyway). In memory, at most ``HEARD_VOIDS`` (a restart forgets them: the promise is
         then taken and voided when the referee is asked): anyone can sign records as their
         own referee, and no row of ours is theirs to make. A void on another record of the
-        same uuid (one made up) does not match the real one's promise."""
+        same uuid (one made up) does not match the real one's promise, and is kept beside a
+        void heard on the real one, never in its place: it verifies only against the record
+        it was made up with, so it must change nothing of the real one."""
         if record["deadline"] <= now_ms or all(
                 hop["agent"] != self.runtime.agent_id for hop in record["path"]):
             return
-        heard = self.heard_void
-        heard[record["lift"]] = lf.record_digest(record)
-        heard.move_to_end(record["lift"])
+        heard, key = self.heard_void, (record["lift"], lf.record_digest(record))
+        heard[key] = None
+        heard.move_to_end(key)
         while len(heard) > HEARD_VOIDS:
             heard.popitem(last=False)
 

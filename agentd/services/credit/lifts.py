@@ -336,8 +336,7 @@ class LiftService(Service):
             return  # this hop's chit is here already: a resent promise
         if known is not None and known["state"] != lf.PEND:
             raise Reject("BAD_STATE", f"lift {record['lift']} is {known['state']} here already")
-        heard = self.decisions.heard_void.get(record["lift"])
-        if heard is not None and heard == lf.record_digest(record):
+        if (record["lift"], lf.record_digest(record)) in self.decisions.heard_void:
             raise Reject("BAD_STATE", f"lift {record['lift']} is void: its referee said so")
         if known is None:
             refused = self.decisions.refusal(tx.conn, record["referee"]["agent"])

@@ -1,0 +1,59 @@
+"""A tally partner that lies, and a stranger that makes records up: what their messages can
+make a node hold, send or log, and that a refused one changes nothing (real nodes: loopback,
+Noise, SQLite)."""
+
+from __future__ import annotations
+
+import uuid
+
+from protocol import lift as lf
+from protocol.keys import ChipAddress, SigningKey
+from tests.netfixture import network, wait_for
+from tests.test_credit_service import (
+    open_tally,
+    processed,
+    refusal_of,
+    send_raw,
+    user_key,
+    users,
+)
+
+
+async def test_a_made_up_void_does_not_replace_the_void_heard_on_the_real_record(tmp_path):
+    """alice's node hears the referee's void on bob's lift before its promise (it never
+    reached her). Anyone can then make up a record with the lift's uuid, sign it as its own
+    referee and send a void on it: that void verifies against its own record only, but it
+    took the real one's place, so the real promise, coming late, was taken (and its chit
+    held until the referee was asked) instead of refused."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(b, "bob", a, "alice")
+        record = lf.make_record(
+            lift_uuid=str(uuid.uuid4()), kind="linear", units=5, path=[
+                {"cuid": "bob", "agent": b.agent_id, "tally": tally},
+                {"cuid": "alice", "agent": a.agent_id, "tally": None}],
+            referee=ChipAddress(agent=b.agent_id), date_ms=b.clock.now_ms(), life_ms=60_000,
+            memo="", key=user_key(b, "bob"))
+        void, _ = lf.decide(None, "cancel", record, now_ms=b.clock.now_ms(), key=b.key,
+                            asker=b.agent_id)
+        heard = await send_raw(b, a, "alice", "lift", "decision",
+                               {"record": record, "decision": void}, "bob")
+        await processed(b, heard)
+        liar = SigningKey.generate()  # a referee of the record it makes up
+        made_up = lf.make_record(
+            lift_uuid=record["lift"], kind="linear", units=1, path=record["path"],
+            referee=ChipAddress(agent=liar.agent_id), date_ms=b.clock.now_ms(),
+            life_ms=60_000, memo="", key=SigningKey.generate())
+        its_void, _ = lf.decide(None, "cancel", made_up, now_ms=b.clock.now_ms(), key=liar,
+                                asker=b.agent_id)
+        told = await send_raw(b, a, None, "lift", "decision",
+                              {"record": made_up, "decision": its_void}, None)
+        await processed(b, told)
+        late = await send_raw(b, a, "alice", "lift", "promise", {"record": record, "hop": 0},
+                              "bob")
+        assert (await refusal_of(b, late)).startswith("BAD_STATE")
+        assert a.db.read_one("SELECT count(*) FROM lifts")[0] == 0
+        assert a.db.read_one("SELECT count(*) FROM chits WHERE type = 'lift'")[0] == 0
+        await wait_for(lambda: b.pump.depth == 0)
