@@ -57,3 +57,32 @@ async def test_a_made_up_void_does_not_replace_the_void_heard_on_the_real_record
         assert a.db.read_one("SELECT count(*) FROM lifts")[0] == 0
         assert a.db.read_one("SELECT count(*) FROM chits WHERE type = 'lift'")[0] == 0
         await wait_for(lambda: b.pump.depth == 0)
+
+
+async def test_a_partner_refusing_the_decisions_it_is_shown_is_logged_once_a_while(
+        tmp_path, caplog):
+    """bob's node refuses every decision alice's node sends it (as a partner that keeps its
+    chain message coming while refusing the decision that answers it makes alice's node
+    send one at each repair, on a lift of its choosing): alice's node logged a warning for
+    each refusal; now the first of each code in a minute per partner, the rest counted."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        sent = []
+        for _ in range(5):
+            record = lf.make_record(
+                lift_uuid=str(uuid.uuid4()), kind="linear", units=5, path=[
+                    {"cuid": "alice", "agent": a.agent_id, "tally": str(uuid.uuid4())},
+                    {"cuid": "bob", "agent": b.agent_id, "tally": None}],
+                referee=ChipAddress(agent=a.agent_id), date_ms=a.clock.now_ms(),
+                life_ms=60_000, memo="", key=user_key(a, "alice"))
+            decision = {"lift": record["lift"]}  # not a decision: refused BAD_FIELD
+            sent.append(await send_raw(a, b, "bob", "lift", "decision",
+                                       {"record": record, "decision": decision}, "alice"))
+        for message in sent:
+            assert (await refusal_of(a, message)).startswith("BAD_FIELD")
+        logged = [r for r in caplog.records if "refused lift/decision" in r.getMessage()
+                  and r.levelno >= 20]
+        assert len(logged) == 1, [r.getMessage() for r in logged]
+        assert a.counters.rejected_by_peer == 5

@@ -406,8 +406,13 @@ class LiftService(Service):
 
     def refusal_key(self, envelope: dict) -> str | None:
         """A partner refuses our promises over one tally as often as we send them (every lift
-        that crosses it while it is past a bound, or short of room): logged once a while."""
+        that crosses it while it is past a bound, or short of room), and the decisions we
+        show it as often as its chain messages make us (``LiftDecisions.on_undecided``:
+        each repair of a chain carrying a lift chit it will not take), on any lift it likes:
+        logged once a while per tally, and per agent."""
         obj = envelope.get("object") or {}
+        if envelope.get("action") == "decision":
+            return f"of the lift decisions we send {(envelope.get('to') or {}).get('agent')}"
         if envelope.get("action") != "promise" or not isinstance(obj.get("record"), dict):
             return None
         return f"of our promises over tally {obj['record']['path'][obj['hop']]['tally']}"
