@@ -7,6 +7,7 @@ from typing import Any
 
 from agentd.runtime import dispatch
 from agentd.runtime.context import Reject
+from agentd.services.credit import ledger, repair
 from protocol.envelope import MAX_ERROR_CODE, MAX_ERROR_MESSAGE, Ack
 from store import outbox
 from tests.netfixture import network, wait_for
@@ -53,6 +54,7 @@ async def test_a_partner_that_refuses_every_repair_costs_a_few_small_rows(tmp_pa
     each reconnect left ~34 KB (up to ~600 KB with long memos) on bob's disk; its row now
     keeps what it was and why, not its body, and only the newest of a peer's (3 here)."""
     monkeypatch.setattr(outbox, "FAILED_KEPT", 3)
+    monkeypatch.setattr(repair, "REOPENED_S", 0.0)  # each opening repairs (see below)
     async with network(tmp_path, n=2) as net:
         a, b, tally = await alice_and_bob(net)
 
@@ -75,3 +77,33 @@ async def test_a_partner_that_refuses_every_repair_costs_a_few_small_rows(tmp_pa
             await wait_for(lambda before=before: refused() > before)
         rows = b.db.read("SELECT action, error, length(body) FROM outbox WHERE state = 'failed'")
         assert [tuple(row) for row in rows] == [("chain", "BAD_FIELD: no", 0)] * 3
+
+
+async def test_a_partner_that_reconnects_over_and_over_is_repaired_once_a_while(tmp_path,
+                                                                                monkeypatch):
+    """alice's node refuses bob's chain messages and reconnects five times in a row: bob's
+    repair resent his 100 unconfirmed blocks each time its channel opened (at one reconnect a
+    second, 100 blocks a chain a second, whatever the backoff). An opening repairs a
+    partner's chains at most once in REOPENED_S now. (The backoff's own repairs are put off
+    past the test, so only openings repair.)"""
+    monkeypatch.setattr(ledger, "RESYNC_QUIET_MS", 10**9)
+    monkeypatch.setattr(repair, "RESYNC_QUIET_MS", 10**9)
+    async with network(tmp_path, n=2) as net:
+        a, b, tally = await alice_and_bob(net)
+
+        def refuse(tx, holding, obj):
+            raise Reject("BAD_FIELD", "no")
+
+        monkeypatch.setattr(a.credit.chits, "_on_chain", refuse)
+        await rpc(b, "chit.pay_many", cuid="bob", tally=tally, units=[1] * 100)
+        await wait_for(lambda: b.counters.rejected_by_peer >= 1)
+        first = b.counters.rejected_by_peer
+        for _ in range(5):
+            for channel in list(a.peers.channels.get(b.agent_id, [])):
+                channel.close("test")
+            await wait_for(lambda: not a.connected(b.agent_id))
+            await rpc(a, "peers.ping", agent=b.agent_id)  # a channel again
+            opened = b.clock.monotonic()
+            await wait_for(lambda opened=opened: b.credit.repair._looked > opened)
+            await wait_for(lambda: b.pump.depth == 0)  # what it sent, refused
+        assert b.counters.rejected_by_peer == first + 1

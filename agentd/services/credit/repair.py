@@ -47,6 +47,7 @@ RESYNC_INTERVAL = 1.0  # s between looks for chains to repair
 OWED_LINGER_S = 0.5  # a foil's lift chits wait this long before their blocks go to the stock
 # (below RESYNC_QUIET_MS, so the repair does not send the same blocks first)
 RESYNC_MAX_MS = 60_000  # while repairs do not settle a chain, at most this far apart
+REOPENED_S = 30.0  # a partner's channel opening repairs its chains at most this often
 PROBE_BATCH = 500  # chains probed in one transaction, once a start
 
 
@@ -59,6 +60,7 @@ class ChainRepair:
         self._ticker = Ticker(RESYNC_INTERVAL, self._tick, task="chain repair")
         ledger.on_change.append(self._ticker.wake)
         self._owed: set[tuple[str, str]] = set()  # (tally, cuid) of chains that owe blocks
+        self._reopened: dict[str, float] = {}  # partner -> when its opening last repaired
         self._owed_ticker = Ticker(OWED_LINGER_S, self._send_owed, armed=False,
                                    task="sending chains' owed blocks")
         ledger.owe = self.owe
@@ -140,6 +142,22 @@ class ChainRepair:
         await self.resync()
         return self._unsettled
 
+    def _opened(self, partners: set[str], looked: float) -> set[str]:
+        """The ``partners`` whose channel opened since the last look (at ``looked``): they
+        may have missed what we sent (a chain that became unsettled meanwhile over a channel
+        open all along has not). Each at most once in ``REOPENED_S``: a partner that
+        reconnects every second would otherwise have every unsettled chain's blocks (up to
+        a hundred a chain) sent again every second, whatever their backoff."""
+        now = self.runtime.clock.monotonic()
+        for agent, when in list(self._reopened.items()):
+            if now - when >= REOPENED_S:
+                del self._reopened[agent]
+        opened = {agent for agent in partners - self._reopened.keys()
+                  if (since := self.runtime.connected_since(agent)) is not None
+                  and since >= looked}
+        self._reopened.update(dict.fromkeys(opened, now))
+        return opened
+
     async def resync(self) -> int:
         """Send ``protocol.chain.resync`` repairs for every unsettled chain that is due (still
         for a while, or its partner's channel just opened) and whose partner has nothing
@@ -150,10 +168,7 @@ class ChainRepair:
         rows = node.db.reading(credit_store.unsettled)
         self._unsettled = bool(rows)
         waiting = node.db.reading(outbox.waiting_peers)
-        # a partner whose channel opened since the last look may have missed what we sent
-        # (a chain that became unsettled meanwhile over a channel open all along has not)
-        opened = {agent for agent in {row["partner"] for row in rows}
-                  if (since := node.connected_since(agent)) is not None and since >= looked}
+        opened = self._opened({row["partner"] for row in rows}, looked)
         due = [row for row in rows if row["partner"] not in waiting
                and (row["resync_due"] <= now or row["partner"] in opened)]
         if not due:
