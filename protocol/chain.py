@@ -73,9 +73,11 @@ chit stays ``lift_undecided`` until the runtime applies the lift's decision here
 contradiction of a block the restored side itself confirmed is ``conflict`` and needs a
 human. So do blocks the stock confirmed that both holders lost (each restored to before
 them, one told of them by the other first): nobody holds them, and the side told asks for
-them at every repair, its chain never settled, since nothing tells a partner's restore from
-a late copy of its older message. A stock so told still takes the foil's new blocks, and
-settles once the foil's chain is as long again; a foil orders nothing meanwhile.
+them at its repairs, its chain not settled (a stock so told still takes the foil's new
+blocks; a foil orders nothing meanwhile). A partner's word is no proof: one that states a
+``conf`` it never shows (it lies) would keep the chain unsettled for ever, so the runtime
+asks a few repairs without the chain growing and then gives the claim up (:func:`give_up`:
+``ahead`` only steers asking; blocks the partner does hold come back as the first time).
 
 Cost: a chain with thousands of chits must stay cheap per chit, so the versions of one chain
 share lookup hints instead of scanning it (``protocol.chain_state``, where the chain and
@@ -123,6 +125,9 @@ Public API:
   start, so a side restored from a backup learns what it lost.
 - ``own_good(local_chit, chit, local_tally) -> LocalChit`` — our own user's chit adopted.
 - ``balance(chain)``, ``settled(chain)``, ``block_hash(index, prev, chit_hash)``.
+- ``lacking(chain)`` — the blocks the partner says it confirmed that the chain lacks;
+  ``give_up(chain)`` the chain no longer asking for them (the runtime's bound on what a
+  partner's word can make it ask for: ``agentd.services.credit.repair``).
 """
 
 from __future__ import annotations
@@ -144,7 +149,7 @@ from .chain_messages import (
     own_good,
     upd,
 )
-from .chain_state import Chain, balance, block_hash, settled, trim, unspill
+from .chain_state import Chain, balance, block_hash, give_up, lacking, settled, trim, unspill
 from .chain_stock import HANDLERS as STOCK_HANDLERS
 from .chain_stock import stock_add, stock_reply
 from .errors import Refusal
@@ -336,5 +341,6 @@ def probe(local: LocalTally, *, length: int, head: bytes, conf: int) -> Send:
 
 
 __all__ = ["CMDS", "NOTHING", "UPD_BATCH", "Chain", "Received", "Wanted", "add", "add_many",
-           "balance", "block_hash", "own_good", "probe", "receive", "resync", "settled",
-           "start", "to_resend", "trim", "unspill", "wanted", "wanted_chit"]
+           "balance", "block_hash", "give_up", "lacking", "own_good", "probe", "receive",
+           "resync", "settled", "start", "to_resend", "trim", "unspill", "wanted",
+           "wanted_chit"]

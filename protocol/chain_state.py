@@ -26,7 +26,7 @@ from typing import Any
 from .chit_local import balance as chit_balance
 from .codec import digest
 from .errors import Refusal
-from .tally_fields import SIDES
+from .tally_fields import FOIL, SIDES
 
 _MAP_FIELDS = {"tally", "side", "origin", "chits", "pending", "conf", "base", "base_hash",
                "base_balance", "spilled", "ahead"}
@@ -206,6 +206,31 @@ def settled(chain: Chain) -> bool:
     being quiet.)"""
     return (not chain.pending and not chain.spilled and chain.conf == chain.length
             and chain.ahead <= chain.conf)
+
+
+def lacking(chain: Chain) -> int:
+    """How many blocks the partner says it confirmed (``ahead``) that this holder lacks and
+    asks for: past its head on the stock's side; past its ``conf`` on the foil's, whose own
+    blocks after it give way to the stock's."""
+    return max(chain.ahead - (chain.length if chain.side != FOIL else chain.conf), 0)
+
+
+def give_up(chain: Chain) -> Chain:
+    """``chain`` no longer asking for the blocks its partner says it confirmed and did not
+    send when asked (it lies, or lost them too): ``ahead`` lowered to what the chain holds,
+    and a foil's chits that waited for them linked after its head, in the order they waited
+    (as ``protocol.chain_foil`` does once it has caught up; not while some are spilled: it
+    reads those back as it catches up). Safe, for ``ahead`` only steers asking: the blocks
+    come back, if the partner holds them, as they came the first time (a block of the
+    partner's past a gap, or one that contradicts a block it confirmed, is answered with a
+    request), and a foil that orders anew on top of its ``conf`` is answered with the
+    stock's confirmed block if the stock holds more (``protocol.chain_stock.lost``)."""
+    if lacking(chain):
+        chain = replace(chain, ahead=chain.ahead - lacking(chain))
+    if chain.side == FOIL and chain.pending and not chain.spilled:
+        chain, _ = append_all(chain, chain.pending)
+        chain = replace(chain, pending=())
+    return chain
 
 
 def find(chain: Chain, chit_uuid: Any) -> dict[str, Any] | None:

@@ -46,7 +46,8 @@ LIST_CHITS = (
 )
 # Chains that are not settled (protocol.chain.settled) and due for a repair attempt.
 UNSETTLED = (
-    "SELECT uuid, cuid, partner, resync_due, resync_tries FROM tallies"
+    "SELECT uuid, cuid, partner, resync_due, resync_tries, side, chain_length, chain_conf,"
+    " chain_ahead, chain_asked FROM tallies"
     " WHERE chain_origin IS NOT NULL"
     " AND (chain_conf < chain_length OR chain_pending > 0 OR chain_ahead > chain_conf)"
 )
@@ -133,6 +134,7 @@ class Holding:
     token: bytes
     lift_in: int = 0  # units pending lift chits will add to our balance (the partner pays)
     lift_out: int = 0  # units pending lift chits will take from it (we pay)
+    asked: int = 0  # repairs that asked for blocks the partner claims, since the chain grew
 
     @property
     def key(self) -> tuple[str, str]:
@@ -152,7 +154,8 @@ class Ledger:
     def get(self, conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> Holding | None:
         row = conn.execute(
             "SELECT side, state, body, balance, chain_origin, chain_length, chain_conf, token,"
-            " lift_in, lift_out, chain_ahead FROM tallies WHERE uuid = ? AND cuid = ?",
+            " lift_in, lift_out, chain_ahead, chain_asked FROM tallies"
+            " WHERE uuid = ? AND cuid = ?",
             (tally_uuid, cuid),
         ).fetchone()
         if row is None:
@@ -168,7 +171,7 @@ class Ledger:
         if row["chain_origin"] is not None:
             chain = chain_rows.build_chain(conn, local, cuid, row)
         return self._remember(Holding(cuid, local, chain, row["balance"], row["token"],
-                                      row["lift_in"], row["lift_out"]))
+                                      row["lift_in"], row["lift_out"], row["chain_asked"]))
 
     def holders_of(self, conn: sqlite3.Connection, tally_uuid: str) -> list[sqlite3.Row]:
         """Every holder of ``tally_uuid`` on this node (two when both users are ours)."""
@@ -201,10 +204,12 @@ class Ledger:
         resync_due: int = 0,
         fresh: Iterable[LocalChit] = (),
         lift_delta: tuple[int, int] = (0, 0),
+        asked: int | None = None,
     ) -> Holding:
         """Write what changed from ``old`` (a holding this transaction loaded or saved):
         the tally, the chain (with ``resync_due``, when to look at it again if it stays
-        unsettled), the balance, the capacity pending lift chits hold (``lift_delta``: in,
+        unsettled, and ``asked``, the repairs that asked for blocks since it grew, when that
+        changes), the balance, the capacity pending lift chits hold (``lift_delta``: in,
         out) and the rows of ``fresh`` chits (new or changed here; the chain's copy of each
         gives its block). Returns the new holding."""
         local = local or old.local
@@ -220,6 +225,8 @@ class Ledger:
             sets["lift_in"], sets["lift_out"] = lift_in, lift_out
         if balance_delta:
             sets["balance"] = old.balance + balance_delta
+        if asked is not None:
+            sets["chain_asked"] = asked
         rows = {chit.uuid: chit for chit in fresh}
         if chain is not old.chain:
             assert chain is not None
@@ -240,9 +247,9 @@ class Ledger:
         )
         if chain is not None:
             chain = trim(chain, chain_rows.CHAIN_WINDOW)
-        return self._remember(
-            Holding(old.cuid, local, chain, old.balance + balance_delta, token, lift_in, lift_out)
-        )
+        return self._remember(Holding(old.cuid, local, chain, old.balance + balance_delta,
+                                      token, lift_in, lift_out,
+                                      old.asked if asked is None else asked))
 
     @staticmethod
     def named(conn: sqlite3.Connection, holding: Holding, wanted: Wanted
@@ -296,13 +303,17 @@ class Ledger:
         )
 
     def resynced(
-        self, conn: sqlite3.Connection, tally_uuid: str, cuid: str, due_ms: int
+        self, conn: sqlite3.Connection, tally_uuid: str, cuid: str, due_ms: int, *,
+        asked: bool = False,
     ) -> None:
-        """A repair was sent: look again at ``due_ms`` if the chain is still unsettled."""
+        """A repair was sent (``asked``: it asked for blocks the partner claims, which
+        changes the holding: a new token): look again at ``due_ms`` if the chain is still
+        unsettled."""
         conn.execute(
-            "UPDATE tallies SET resync_due = ?, resync_tries = resync_tries + 1"
-            " WHERE uuid = ? AND cuid = ?",
-            (due_ms, tally_uuid, cuid),
+            "UPDATE tallies SET resync_due = ?, resync_tries = resync_tries + 1,"
+            " chain_asked = chain_asked + ?, token = CASE WHEN ? THEN randomblob(16) ELSE token"
+            " END WHERE uuid = ? AND cuid = ?",
+            (due_ms, int(asked), int(asked), tally_uuid, cuid),
         )
 
     def _remember(self, holding: Holding) -> Holding:

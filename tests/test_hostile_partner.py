@@ -6,14 +6,23 @@ from __future__ import annotations
 
 import uuid
 
+from agentd.services.credit import ledger, repair
+from protocol import chain as ch
 from protocol import lift as lf
+from protocol import tally_states as ts
+from protocol.chain_state import block_hash
 from protocol.keys import ChipAddress, SigningKey
 from tests.netfixture import network, wait_for
 from tests.test_credit_service import (
+    agreed,
+    chit_by,
     open_tally,
     processed,
+    rebuilt,
     refusal_of,
+    rpc,
     send_raw,
+    state,
     user_key,
     users,
 )
@@ -86,3 +95,68 @@ async def test_a_partner_refusing_the_decisions_it_is_shown_is_logged_once_a_whi
                   and r.levelno >= 20]
         assert len(logged) == 1, [r.getMessage() for r in logged]
         assert a.counters.rejected_by_peer == 5
+
+
+async def test_a_partner_claiming_blocks_it_never_shows_cannot_keep_a_tally_open(
+        tmp_path, monkeypatch):
+    """bob's node (the foil) says it holds 1,000 blocks of the tally's chain that alice's
+    confirmed (an ack past her head, as a foil answers a restored stock's probe), and sends
+    none when asked: alice's node asked at every repair for ever, her chain never settled,
+    and the tally could not close. Now her repairs ask ASKS times (2 here, a repair a moment
+    apart), then give the claim up; a new claim, the chain not having grown, is not taken,
+    and the tally closes."""
+    monkeypatch.setattr(ledger, "ASKS", 2)
+    monkeypatch.setattr(repair, "ASKS", 2)
+    monkeypatch.setattr(repair, "RESYNC_QUIET_MS", 50)
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")
+
+        async def claim(index: int) -> None:
+            said = await send_raw(b, a, "alice", "chit", "chain",
+                                  {"cmd": "ack", "tally": tally, "index": index,
+                                   "hash": bytes(32)}, "bob")
+            await processed(b, said)
+
+        async def missing() -> int:
+            return (await rpc(a, "tally.show", cuid="alice", tally=tally))["chain"]["missing"]
+
+        await claim(1000)
+        assert await missing() == 1000
+        await wait_for(lambda: ch.settled(rebuilt(a, "alice", tally).chain), timeout=30)
+        assert await missing() == 0
+        await claim(2000)  # again: the chain has not grown since
+        assert await missing() == 0
+        assert ch.settled(rebuilt(a, "alice", tally).chain)
+        await rpc(a, "tally.close", cuid="alice", tally=tally)
+        await wait_for(lambda: state(a, "alice", tally) == ts.CLOSE)
+
+
+async def test_a_stock_claiming_blocks_it_never_shows_cannot_hold_up_the_foils_payments(
+        tmp_path, monkeypatch):
+    """alice's node (the stock) sends bob's a run of blocks from far past his chain, saying
+    he confirmed 1,000 of them, as a stock answers a foil restored from a backup, and never
+    sends the rest. bob's node, catching up, ordered nothing new: his payment to alice waited
+    unordered and unsent for ever. Now it asks ASKS times (2 here), gives the claim up, and
+    orders and sends the payment."""
+    monkeypatch.setattr(ledger, "ASKS", 2)
+    monkeypatch.setattr(repair, "ASKS", 2)
+    monkeypatch.setattr(repair, "RESYNC_QUIET_MS", 50)
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")
+        chit = chit_by(user_key(a, "alice"), tally, "stock", 1)
+        prev = bytes(32)
+        chit["chain"] = {"index": 500, "prev": prev, "hash": block_hash(500, prev, chit["hash"])}
+        said = await send_raw(a, b, "bob", "chit", "chain",
+                              {"cmd": "upd", "tally": tally, "chits": [chit], "conf": 1000},
+                              "alice")
+        await processed(a, said)
+        assert (await rpc(b, "tally.show", cuid="bob", tally=tally))["chain"]["missing"] == 1000
+        await rpc(b, "chit.pay", cuid="bob", tally=tally, units=5)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 1), timeout=30)
+        assert (await rpc(b, "tally.show", cuid="bob", tally=tally))["chain"]["missing"] == 0

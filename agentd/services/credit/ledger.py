@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 log = logging.getLogger("agentd.credit")
 RESYNC_QUIET_MS = 1000  # a chain this long still is repaired (see ``repair``)
+ASKS = 8  # repairs that ask for blocks a partner claims, the chain not growing, till given up
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,10 @@ class CreditLedger:
     ) -> Holding:
         """Save a transition's outcome (with the ``fresh`` chits it made or changed, and the
         change ``lift_delta`` in what pending lift chits hold) and queue its messages, after
-        the tally lifecycle rules (``protocol.tally.follow``)."""
-        chain = chain or holding.chain
+        the tally lifecycle rules (``protocol.tally.follow``). A chain whose repairs asked
+        ``ASKS`` times for blocks its partner claims (``protocol.chain.lacking``) and got
+        none believes no claim until it grows (:meth:`_believed`)."""
+        chain, asked = self._believed(holding, chain or holding.chain)
         local, happened = t.follow(local or holding.local, has_chain=chain is not None,
                                    balance=holding.balance + delta,
                                    quiet=chain is not None and ch.settled(chain))
@@ -127,7 +130,7 @@ class CreditLedger:
         tx.after_commit(self.changed_now)
         saved = self.store.save(tx.conn, holding, tx.now_ms, local=local, chain=chain,
                                  balance_delta=delta, resync_due=tx.now_ms + RESYNC_QUIET_MS,
-                                 fresh=fresh, lift_delta=lift_delta)
+                                 fresh=fresh, lift_delta=lift_delta, asked=asked)
         self.emit(tx, messages)
         if local.state != holding.local.state:
             tx.after_commit(functools.partial(
@@ -135,6 +138,23 @@ class CreditLedger:
                 state=local.state, was=holding.local.state, balance=saved.balance))
         log_chits(tx, holding.cuid, fresh)
         return saved
+
+    @staticmethod
+    def _believed(holding: Holding, chain: ch.Chain | None) -> tuple[ch.Chain | None,
+                                                                      int | None]:
+        """``chain`` as kept, and what its count of repairs that asked for claimed blocks
+        becomes (None: as it is). A chain that grew (a block linked, or one more confirmed)
+        counts from 0 again: the partner showed blocks. One that did not, whose repairs
+        asked ``ASKS`` times (``repair.ChainRepair``), does not take a new claim: a partner
+        that states a ``conf`` it never shows would otherwise keep it unsettled (and the
+        tally from closing) for ever. A reply to the claim still asks for the blocks once
+        (``protocol.chain`` answers it), so a partner that does hold them sends them."""
+        before = holding.chain
+        if chain is None or before is None or chain is before:
+            return chain, None
+        if chain.length > before.length or chain.conf > before.conf:
+            return chain, 0 if holding.asked else None
+        return (ch.give_up(chain) if holding.asked >= ASKS else chain), None
 
     def _know_partner(self, tx: Tx, local: t.LocalTally) -> None:
         """An open tally's partner is a peer we know from then on (the address its

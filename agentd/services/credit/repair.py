@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from agentd.runtime.context import Tx
 from agentd.runtime.timers import Ticker
-from agentd.services.credit.ledger import RESYNC_QUIET_MS, CreditLedger
+from agentd.services.credit.ledger import ASKS, RESYNC_QUIET_MS, CreditLedger
 from protocol import chain as ch
 from protocol.codec import unpack
 from protocol.tally_local import LocalTally
@@ -138,6 +138,23 @@ class ChainRepair:
         self.ledger.emit(tx, ch.resync(chain, holding.local, history))
         return True
 
+    def _give_up(self, tx: Tx, row: Any) -> None:
+        """The chain's repairs asked ``ASKS`` times for blocks its partner says it confirmed,
+        and none came: no more asks (``protocol.chain.give_up``). It settles once nothing
+        else waits, and believes no new claim until it grows (``CreditLedger._believed``).
+        Blocks the partner does hold come back with its next block (or our next start's
+        probe), as after any lost message."""
+        holding = self.ledger.store.get(tx.conn, row["uuid"], row["cuid"])
+        if holding is None or holding.chain is None:
+            return
+        lacked = ch.lacking(holding.chain)
+        self.ledger.commit(tx, holding, chain=ch.give_up(holding.chain))
+        tx.after_commit(functools.partial(
+            log.warning, "tally %s: partner %s said it confirmed %d blocks of %s's chain that "
+            "this node lacks, and sent none when asked %d times: not asked for any more (they"
+            " come back with its next block, if it holds them)", row["uuid"],
+            row["partner"][:8], lacked, row["cuid"], ASKS))
+
     async def _tick(self) -> bool:
         await self.resync()
         return self._unsettled
@@ -176,11 +193,17 @@ class ChainRepair:
 
         def work(tx: Tx) -> int:
             for row in due:
+                held = row["chain_length"] if row["side"] == "stock" else row["chain_conf"]
+                asks = row["chain_ahead"] > held  # for blocks the partner claims
+                if asks and row["chain_asked"] >= ASKS:
+                    self._give_up(tx, row)
+                    continue
                 if not self._resend(tx, row["uuid"], row["cuid"]):
                     continue
                 pause = RESYNC_QUIET_MS * 2 ** min(row["resync_tries"] + 1, 16)
                 due_ms = tx.now_ms + min(pause, RESYNC_MAX_MS)
-                self.ledger.store.resynced(tx.conn, row["uuid"], row["cuid"], due_ms)
+                self.ledger.store.resynced(tx.conn, row["uuid"], row["cuid"], due_ms,
+                                           asked=asks)
             return len(due)
 
         return await self.ledger.transact(work)
