@@ -23,6 +23,8 @@ from tests.test_credit_service import (
     user_key,
     users,
 )
+from tests.test_restore import line_of_three
+from tests.test_restore_hostile import decided_by
 
 
 async def answers(sender, to, cuid, make, real: str, sender_cuid: str) -> tuple[str, str]:
@@ -122,3 +124,34 @@ async def test_a_partner_cannot_tell_the_tallies_its_partner_holds_with_others(t
         assert held == unheld and held.startswith("UNKNOWN_TALLY"), (held, unheld)
         assert a.db.read_one("SELECT count(*) FROM lifts")[0] == 0
         assert a.db.read_one("SELECT count(*) FROM chits WHERE type = 'lift'")[0] == 0
+
+
+async def test_a_partner_showing_a_decision_cannot_tell_the_tallies_its_partner_holds(
+        tmp_path):
+    """ann's node makes up lifts from ann through bob to a user of its own, zed, the first
+    over bob's tally with cat, then over a uuid nobody holds, has the clearing house decide
+    each good on its commit (it is the terminus) and shows bob's node the decision, as a
+    partner shows a node restored from a backup a lift it lost. The first was refused
+    NOT_PARTY (bob holds that tally, with cat), the second UNKNOWN_TALLY; both are
+    UNKNOWN_TALLY now, word for word, and bob takes neither."""
+    async with network(tmp_path, n=4, clearinghouse=0) as net:
+        world = await line_of_three(net)
+        u, tl, house = world["users"], world["tallies"], net.nodes[0]
+        ann, bob = u["ann"], u["bob"]
+        said = []
+        for onward in (tl["bobcat"], str(uuid.uuid4())):
+            record = lf.make_record(
+                lift_uuid=str(uuid.uuid4()), kind="linear", units=5, path=[
+                    {"cuid": "ann", "agent": ann.agent_id, "tally": tl["annbob"]},
+                    {"cuid": "bob", "agent": bob.agent_id, "tally": onward},
+                    {"cuid": "zed", "agent": ann.agent_id, "tally": None}],
+                referee=ChipAddress(agent=house.agent_id), date_ms=ann.clock.now_ms(),
+                life_ms=60_000, memo="", key=user_key(ann, "ann"))
+            decision = await decided_by(house, ann, record)
+            assert decision["state"] == lf.GOOD
+            shown = await send_raw(ann, bob, "bob", "lift", "decision",
+                                   {"record": record, "decision": decision}, "ann")
+            said.append((await refusal_of(ann, shown)).replace(onward, "T").replace(
+                record["lift"], "L"))
+        assert said[0] == said[1] and said[0].startswith("UNKNOWN_TALLY"), said
+        assert bob.db.read_one("SELECT count(*) FROM lifts")[0] == 0

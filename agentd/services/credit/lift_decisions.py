@@ -155,15 +155,17 @@ class LiftDecisions:
         ``sender`` is no partner of ours on the path, or not one that vouches for it: then
         the decision is ignored. Refused (``UNKNOWN_TALLY``) when a tally of ours the path
         crosses is not held here (opened after the backup, say), as none of its chits can be
-        taken alone."""
+        taken alone; and so, in the same words, when our user holds that tally with another
+        user than the path's (a partner must not learn which tally uuids our users hold)."""
         agent, path = self.runtime.agent_id, record["path"]
         holdings, missing = [], []  # (hop, our holding of its tally); what we lack
         for hop in range(len(path) - 1):
-            for user in (path[hop], path[hop + 1]):
+            for user, other in ((path[hop], path[hop + 1]), (path[hop + 1], path[hop])):
                 if user["agent"] != agent:
                     continue
                 holding = self.ledger.store.get(tx.conn, path[hop]["tally"], user["cuid"])
-                if holding is None or holding.chain is None:
+                if holding is None or holding.chain is None or not self.ledger.is_partner(
+                        holding, other["agent"], other["cuid"]):  # as not held: see below
                     missing.append(f"{user['cuid']} on tally {path[hop]['tally']}")
                 else:
                     holdings.append((hop, holding))
