@@ -216,5 +216,5 @@ async def test_refusals_past_the_bound_are_counted_and_logged_once_a_while_per_t
             assert [line.levelno for line in lines] == levels, [r.getMessage() for r in lines]
             assert lines[0].getMessage().endswith(
                 f"(further REFEREE_REFUSED refusals of our promises over tally {tallies[payer]} "
-                f"in the next {QUIET_S:g} s are counted in getinfo counters.rejected_by_peer, "
+                f"in the next {QUIET_S:g} s are counted in getinfo counters.peer_refusals, "
                 "not logged)")

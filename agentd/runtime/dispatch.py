@@ -106,7 +106,7 @@ class Dispatcher:
                                    "again after its ack timeout, and its duplicate acked)")
         self._refused = RefusedIds()
         self._quiet = QuietLog()
-        self._quiet_peers = QuietLog(counted="counters.rejected_by_peer")  # peers' refusals
+        self._quiet_peers = QuietLog(counted="counters.peer_refusals")  # peers' refusals
 
     def register(self, service: Service) -> None:
         self.services[service.target] = service
