@@ -38,4 +38,5 @@ def hint(state: str, has_partner: bool) -> str:
     if has_partner:
         return f"the partner countered our offer and offers next ({WAIT_OFFER})"
     return ("nobody has requested it yet: hand the ticket tally.invite printed to the partner, "
-            "whose node presents it with tally.request; then tally.offer")
+            "whose node presents it with tally.request; then tally.offer (or tally.refuse "
+            "withdraws the invitation)")

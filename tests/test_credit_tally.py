@@ -522,10 +522,14 @@ def test_a_user_refused_by_state_is_told_what_to_do() -> None:
     """The user's own actions, refused by the tally's state, say what that state means and
     what to do: an offer made before the partner presented the ticket (a new user's first
     try), an offer made twice, an acceptance of our own offer."""
+    drafted = ("nobody has requested it yet: hand the ticket tally.invite printed to the "
+               "partner, whose node presents it with tally.request; then tally.offer (or "
+               "tally.refuse withdraws the invitation)")
     assert refusal(t.offer, invited(), ALICE.key).message == (
-        "cannot offer a tally in state draft: nobody has requested it yet: hand the ticket "
-        "tally.invite printed to the partner, whose node presents it with tally.request; then "
-        "tally.offer")
+        f"cannot offer a tally in state draft: {drafted}")
+    # closing an invitation nobody used: told of tally.refuse, which withdraws it, as well
+    assert refusal(t.close, invited(), balance=0).message == (
+        f"cannot close a tally in state draft: {drafted}")
     alice, bob = offered()
     assert refusal(t.offer, alice, ALICE.key).message == (
         "cannot offer a tally in state H.offer: our offer waits for the partner, who accepts, "
