@@ -338,7 +338,10 @@ def run_node(args: list[str], prepare: Callable[[Any], None] | None = None) -> i
     from agentd.keyfile import read_key
     from agentd.logs import setup_logging
 
-    parser = argparse.ArgumentParser(prog="agentd run", description="Run a node in the foreground.")
+    parser = argparse.ArgumentParser(
+        prog="agentd run", description="Run a node in the foreground, logging to stderr: "
+        "SIGINT or SIGTERM stops it cleanly, SIGHUP re-reads its config (as the reload "
+        "method does). It never daemonises: 'agentd up' starts nodes in the background.")
     parser.add_argument("-c", "--config", required=True, help="the node's TOML config")
     options = parser.parse_args(args)
     config = load_config(options.config)

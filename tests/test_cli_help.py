@@ -480,3 +480,14 @@ def test_relay_query_help_says_what_an_address_is():
     for view in ("node:info", "user:<cuid>:balance", "tally:<uuid>", "tally:<uuid>:chits",
                  "lift:<uuid>", "127.0.0.1:7102/local/node:info"):
         assert view in text, view
+
+
+def test_run_help_says_how_to_stop_and_reload_a_node(capsys):
+    """agentd run --help said "Run a node in the foreground." and nothing of the signals the
+    README tells an operator to use: it names them, and agentd up for the background."""
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("SIGINT or SIGTERM stops it cleanly", "SIGHUP re-reads its config",
+                  "'agentd up' starts nodes in the background"):
+        assert words in text, words
