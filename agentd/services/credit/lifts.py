@@ -160,16 +160,18 @@ class LiftService(Service):
 
     async def decided(self, lift: str, timeout_s: float) -> dict:
         """``lift`` as ``lift.show`` shows it once it is good or void here, or as it is when
-        ``timeout_s`` passes."""
+        ``timeout_s`` passes. Callers waiting on one lift share its event. A read shows the
+        decision once it is committed, which is before the dispatcher runs its hooks (the
+        wake-up among them): a caller that sees it decided wakes the others itself, since
+        the event may be theirs (dropping it unset left them asleep for their timeout)."""
         event = self._settled.setdefault(lift, trio.Event())  # before we look: no race
         try:
             shown = await self.rpc_show(lift)
         except Refusal:
             self._settled.pop(lift, None)
             raise
-        if shown["state"] != lf.PEND:  # decided before we came: nobody waits on this event
-            if self._settled.get(lift) is event:
-                del self._settled[lift]
+        if shown["state"] != lf.PEND:
+            self._wake(lift)
             return shown
         with trio.move_on_after(timeout_s):
             await event.wait()
