@@ -124,6 +124,8 @@ Public API:
 - ``probe(local_tally, length, head, conf) -> Send`` — what a holder asks its partner once a
   start, so a side restored from a backup learns what it lost.
 - ``own_good(local_chit, chit, local_tally) -> LocalChit`` — our own user's chit adopted.
+- ``check_caught_up(chain, balance)`` — refuses our user's payment while the chain
+  ``lacking`` blocks (``chain_behind``).
 - ``balance(chain)``, ``settled(chain)``, ``block_hash(index, prev, chit_hash)``.
 - ``lacking(chain)`` — the blocks the partner says it confirmed that the chain lacks;
   ``give_up(chain)`` the chain no longer asking for them (the runtime's bound on what a
@@ -340,7 +342,21 @@ def probe(local: LocalTally, *, length: int, head: bytes, conf: int) -> Send:
     return to_partner(local, "chit", "chain", {"tally": local.uuid, **fields})
 
 
+def check_caught_up(chain: Chain, balance: int) -> None:
+    """Refuse our user's payment on a chain that lacks blocks the partner confirmed: its
+    ``balance`` leaves them out, so a payment that fits it may be past the partner's limit
+    once they come back, and the partner would refuse it for good while our user's signature
+    keeps it good here: the tally would never settle. A node restored from a backup that
+    does not know yet (its partner away) cannot refuse; one that does waits."""
+    blocks = lacking(chain)
+    if blocks:
+        raise Refusal("chain_behind", f"tally {chain.tally}: this node lacks {blocks} blocks its"
+                      " partner confirmed (restored from a backup?), so the balance it holds"
+                      f" ({balance}) may not be the partner's: its user pays again once it has "
+                      "them, or has given up asking for them (tally.show chain.missing)")
+
+
 __all__ = ["CMDS", "NOTHING", "UPD_BATCH", "Chain", "Received", "Wanted", "add", "add_many",
-           "balance", "block_hash", "give_up", "lacking", "own_good", "probe", "receive",
-           "resync", "settled", "start", "to_resend", "trim", "unspill", "wanted",
+           "balance", "block_hash", "check_caught_up", "give_up", "lacking", "own_good", "probe",
+           "receive", "resync", "settled", "start", "to_resend", "trim", "unspill", "wanted",
            "wanted_chit"]

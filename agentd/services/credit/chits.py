@@ -74,7 +74,9 @@ class ChitService(Service):
     async def rpc_pay(self, cuid: str, tally: str, units: int, memo: str = "") -> dict:
         """Pay the partner ``units`` milliCHIPs: a chit our user signs, good at once. Refused
         before anything is sent if it would bring what our user owes past the partner's limit
-        (``OVER_LIMIT``), or grow the balance of a closing tally (``CLOSING``)."""
+        (``OVER_LIMIT``), or grow the balance of a closing tally (``CLOSING``), or while this
+        node knows it lacks blocks the partner confirmed (``CHAIN_BEHIND``: its balance is
+        stale, ``protocol.chain.check_caught_up``)."""
         result = await self._pay(cuid, tally, [param_amount(units, "units")], memo, batched=False)
         return result[0]
 
@@ -96,6 +98,8 @@ class ChitService(Service):
 
         def work(tx: Tx) -> list[LocalChit]:
             holding = self.ledger.holding(tx.conn, tally_uuid, cuid, ours=True)
+            if holding.chain is not None:
+                ch.check_caught_up(holding.chain, holding.balance)
             key = self.ledger.user(tx.conn, cuid).key
             balance, paid = holding.balance, []
             for at, (chit_uuid, units) in enumerate(zip(new_uuids(len(amounts)), amounts,
@@ -140,12 +144,15 @@ class ChitService(Service):
                 "units": units}
 
     async def rpc_chit_accept(self, cuid: str, chit: str) -> dict:
-        """Pay the partner's invoice: our user signs it and it is good."""
+        """Pay the partner's invoice: our user signs it and it is good (refused as
+        :meth:`rpc_pay` refuses a payment)."""
         cuid, chit_uuid = param_cuid(cuid), param_uuid(chit, "chit")
         self.ledger.known_user(cuid)
 
         def work(tx: Tx) -> LocalChit:
             holding, owed = self.ledger.owed(tx.conn, cuid, chit_uuid)
+            if holding.chain is not None:
+                ch.check_caught_up(holding.chain, holding.balance)
             paid, _ = c.accept(owed, holding.local, self.ledger.user(tx.conn, cuid).key,
                                balance=holding.balance, reserved=holding.lift_out)
             self.ledger.good(tx, holding, [paid], batched=False)

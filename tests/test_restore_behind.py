@@ -1,0 +1,87 @@
+"""A node restored from a backup pays on a balance it knows to be stale (real nodes: loopback,
+Noise, SQLite). README: Restoring a node from a backup."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import pytest
+
+from agentd.runtime.answers import AnswersInFlight
+from agentd.services.credit import chits as chits_module
+from tests.netfixture import network, wait_for
+from tests.test_credit_service import agreed, chain_of, open_tally, refused, rpc
+from tests.test_restore import back_up, pay, restore
+
+LOST = 150  # payments of 1 the restored node lost: more than one answer's 100 blocks
+
+
+class FirstOnly(AnswersInFlight):
+    """A partner's node that writes its first answer of blocks and no other: the restored
+    node takes the first 100 blocks it lost, learns it lacks more, and stays behind."""
+
+    def room(self, conn: sqlite3.Connection, key: Any) -> bool:
+        if getattr(self, "answered", False):
+            return False
+        self.answered = True
+        return super().room(conn, key)
+
+
+@pytest.mark.parametrize("restored", ["stock", "foil"])
+async def test_a_node_that_knows_its_chain_is_behind_refuses_its_users_payments(
+        tmp_path, monkeypatch, restored):
+    """The restored node's user lost 150 payments of 1 (limit 200) and pays 100 more on the
+    balance its node still holds, which knows it lacks 50 of the blocks: that payment was
+    good and signed there and over the limit once the lost blocks came back, so the partner
+    refused it for good (OVER_LIMIT) and the tally never settled (its repair sent it again,
+    refused again: the restored side owing 250, the partner holding 150). It is refused
+    (CHAIN_BEHIND, naming the blocks it lacks) and changes nothing; once caught up the node
+    refuses it as over the limit itself, and a payment that fits settles."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await rpc(a, "users.add", cuid="alice")
+        await rpc(b, "users.add", cuid="bob")
+        tally = await open_tally(a, "alice", b, "bob", limit=200)  # alice: stock
+        index = 0 if restored == "stock" else 1
+        cuid = ("alice", "bob")[index]
+        await net.stop(index)
+        copy = tmp_path / "backup.db"
+        back_up(net.nodes[index], copy)
+        node = await net.restart(index)
+        await pay(node, cuid, tally, [1] * LOST)
+        await wait_for(lambda: agreed(net.nodes[0], "alice", net.nodes[1], "bob", tally, LOST))
+
+        await net.stop(1 - index)
+        node = await restore(net, index, copy)
+        monkeypatch.setattr(chits_module, "AnswersInFlight", FirstOnly)
+        await net.restart(1 - index)
+        monkeypatch.undo()
+
+        async def shown() -> dict:
+            return (await rpc(node, "tally.show", cuid=cuid, tally=tally))["chain"]
+
+        await wait_for(lambda: chain_of(node, cuid, tally)[3] == -100)
+        assert (await shown())["missing"] == LOST - 100
+        before = node.db.read_one("SELECT count(*) FROM chits")[0]
+        error = await refused(node, "chit.pay", cuid=cuid, tally=tally, units=100)
+        assert error.reason == "CHAIN_BEHIND"
+        assert error.message == (
+            f"CHAIN_BEHIND: tally {tally}: this node lacks 50 blocks its partner confirmed "
+            "(restored from a backup?), so the balance it holds (-100) may not be the "
+            "partner's: its user pays again once it has them (tally.show chain.missing; it "
+            "asks for them at every repair)")
+        assert node.db.read_one("SELECT count(*) FROM chits")[0] == before
+        assert chain_of(node, cuid, tally)[3] == -100
+
+        partner = await net.restart(1 - index)  # answers every request now
+        a, b = net.nodes
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, LOST), timeout=30)
+        assert (await shown())["missing"] == 0
+        error = await refused(node, "chit.pay", cuid=cuid, tally=tally, units=100)
+        assert error.reason == "OVER_LIMIT"
+        await rpc(node, "chit.pay", cuid=cuid, tally=tally, units=50)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, LOST + 1))
+        assert chain_of(node, cuid, tally)[3] == -200
+        for holder, who in ((node, cuid), (partner, ("alice", "bob")[1 - index])):
+            assert (await rpc(holder, "tally.show", cuid=who, tally=tally))["error"] is None
