@@ -9,9 +9,18 @@ from typing import Any
 import pytest
 
 from agentd.runtime.answers import AnswersInFlight
+from agentd.runtime.context import Reject
 from agentd.services.credit import chits as chits_module
 from tests.netfixture import network, wait_for
-from tests.test_credit_service import agreed, chain_of, open_tally, refused, rpc
+from tests.test_credit_service import (
+    agreed,
+    chain_of,
+    open_tally,
+    processed,
+    refused,
+    rpc,
+    send_raw,
+)
 from tests.test_restore import back_up, pay, restore
 
 LOST = 150  # payments of 1 the restored node lost: more than one answer's 100 blocks
@@ -85,3 +94,36 @@ async def test_a_node_that_knows_its_chain_is_behind_refuses_its_users_payments(
         assert chain_of(node, cuid, tally)[3] == -200
         for holder, who in ((node, cuid), (partner, ("alice", "bob")[1 - index])):
             assert (await rpc(holder, "tally.show", cuid=who, tally=tally))["error"] is None
+
+
+async def test_a_partners_refusal_stays_shown_while_the_chain_lacks_blocks(tmp_path,
+                                                                          monkeypatch):
+    """tally.show hid the partner's refusal of a chain message once the chain held nothing
+    unordered and every block it held was confirmed, but a chain that lacks blocks the
+    partner confirmed (chain.missing) is not settled: the refusal may be why it does not
+    catch up (a CONFLICT, which needs a person, here bob's node refusing every chain message
+    of alice's), and it is shown until the chain is settled."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await rpc(a, "users.add", cuid="alice")
+        await rpc(b, "users.add", cuid="bob")
+        tally = await open_tally(a, "alice", b, "bob", limit=10**6)  # alice: stock
+
+        def conflict(*_: Any) -> None:
+            raise Reject("CONFLICT", "block 1 contradicts the one this node confirmed")
+
+        monkeypatch.setattr(b.credit.chits, "_on_chain", conflict)
+        told = await send_raw(b, a, "alice", "chit", "chain",
+                              {"cmd": "req", "index": 4, "tally": tally}, "bob")
+        await processed(b, told)  # bob's node says it confirmed 3 blocks alice lacks
+
+        def refused_shown() -> bool:
+            row = a.db.read_one("SELECT error FROM tallies WHERE uuid = ?", (tally,))
+            return row[0] is not None
+
+        await wait_for(refused_shown)  # alice's request for them, refused
+        shown = await rpc(a, "tally.show", cuid="alice", tally=tally)
+        assert (shown["chain"]["index"], shown["chain"]["confirmed"],
+                shown["chain"]["pending"], shown["chain"]["missing"]) == (0, 0, 0, 3)
+        assert shown["error"] == ("chit chain: CONFLICT: block 1 contradicts the one this "
+                                  "node confirmed")

@@ -63,11 +63,14 @@ def _capacity(row: Any, limit: int, partner_limit: int) -> dict[str, int]:
 
 def _standing(row: Any) -> str | None:
     """The tally's error as shown: the partner's last refusal, but for a refusal of a chit's
-    ``good`` or a chain message once the chain is settled again (every chit ordered and
-    confirmed: the repair overcame it)."""
+    ``good`` or a chain message once the chain is settled again (``protocol.chain.settled``:
+    every chit ordered and confirmed, and no block the partner confirmed missing here: the
+    repair overcame it). A chain that lacks blocks is not: the refusal may be what keeps it
+    from catching up."""
     error = row["error"]
     if error is not None and error.startswith(("chit good:", "chit chain:")) and (
-            row["chain_pending"] == 0 and row["chain_conf"] == row["chain_length"]):
+            row["chain_pending"] == 0 and row["chain_conf"] == row["chain_length"]
+            and row["chain_ahead"] <= row["chain_conf"]):
         return None
     return error
 
