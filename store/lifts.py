@@ -118,7 +118,7 @@ def prune_void(conn: sqlite3.Connection, before_ms: int) -> int:
                         (before_ms,)).rowcount
 
 
-def set_error(conn: sqlite3.Connection, lift: str, error: str, now_ms: int) -> None:
+def set_error(conn: sqlite3.Connection, lift: str, error: str | None, now_ms: int) -> None:
     conn.execute("UPDATE lifts SET error = ?, updated = ? WHERE lift = ?", (error, now_ms, lift))
 
 

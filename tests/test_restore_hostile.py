@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 from agentd.runtime.node import Node
-from agentd.services.credit.lift_decisions import unvouched
+from agentd.services.credit.lift_decisions import SIGNED, vouchers
 from protocol import lift as lf
 from protocol.keys import ChipAddress, SigningKey
 from store import lifts
@@ -140,19 +140,16 @@ async def test_a_partner_away_holds_one_probe_per_tally_however_often_the_node_s
 
 
 def test_what_vouches_for_a_lift_taken_back():
-    """``unvouched``: the payments out of a run of our node's users rest on the node that
-    pays into that run, or on our payor's signature; never on a node we pay."""
+    """``vouchers``: the payments out of a run of our node's users rest on the node that
+    pays into that run, or on our payor's signature; never on a node we pay. A path that
+    enters our node twice has a voucher for each run."""
     def path(*agents: str) -> list[dict[str, str]]:
         return [{"agent": agent} for agent in agents]
 
-    assert unvouched(path("A", "us", "C"), "us", "A") is None  # the partner paying in
-    assert unvouched(path("A", "us", "C"), "us", "C") == 1  # the partner we pay
-    assert unvouched(path("us", "B", "C"), "us", "B") is None  # our payor's signature
-    assert unvouched(path("A", "B", "us"), "us", "B") is None  # we pay nobody
-    assert unvouched(path("A", "us", "us", "D"), "us", "A") is None  # a run of two users
-    assert unvouched(path("A", "us", "us", "D"), "us", "D") == 2
-    # a path that enters our node twice: one partner vouches for one run, not both
-    assert unvouched(path("A", "us", "C", "us", "E"), "us", "A") == 3
-    assert unvouched(path("A", "us", "C", "us", "E"), "us", "C") == 1
-    assert unvouched(path("us", "B", "us", "D"), "us", "B") is None  # B pays in the 2nd
-    assert unvouched(path("us", "B", "C", "us"), "us", "C") is None  # a circle back to us
+    assert vouchers(path("A", "us", "C"), "us") == {0: "A", 1: "A"}
+    assert vouchers(path("us", "B", "C"), "us") == {0: SIGNED}  # our payor's signature
+    assert vouchers(path("A", "B", "us"), "us") == {1: "B"}  # we pay nobody
+    assert vouchers(path("A", "us", "us", "D"), "us") == {0: "A", 1: "A", 2: "A"}
+    assert vouchers(path("A", "us", "C", "us", "E"), "us") == {0: "A", 1: "A", 2: "C", 3: "C"}
+    assert vouchers(path("us", "B", "us", "D"), "us") == {0: SIGNED, 1: "B", 2: "B"}
+    assert vouchers(path("us", "B", "C", "us"), "us") == {0: SIGNED, 2: "C"}  # a circle

@@ -7,8 +7,8 @@ is refused if it comes late.
 
 A good decision on a lift we hold nothing of, from a tally partner of ours on its path, is a
 lift a node restored from a backup lost (``take_back``): the partner shows it when we refuse
-its chain message that carries the lift's chit (``on_undecided``, below). It is taken only
-from the partner that pays into us on the lift (``unvouched``).
+its chain message that carries the lift's chit (``on_undecided``, below). Each part of it is
+taken only from the partner that pays into us on that part (``vouchers``).
 
 A referee that signs both ``good`` and ``void`` on one record (``protocol.lift_equivocation``)
 could leave a tally's partners disagreeing for ever, one holding the lift chit good and in its
@@ -86,6 +86,9 @@ class LiftDecisions:
                 return
             row = lifts.get(tx.conn, lift)  # ... we lost it: held good now, as it was
             assert row is not None
+        elif row["state"] == lf.GOOD and obj.get("other") is None and lf.check_decision(
+                decision, lifts.record_of(row)) == lf.GOOD:  # part of it taken back so far?
+            self.take_back(tx, lifts.record_of(row), decision, envelope.from_.agent)
         known = lifts.record_of(row)  # the record we checked when we took part counts
         held = lifts.decision_of(row) if row["state"] != lf.PEND else None
         other = obj.get("other")
@@ -137,27 +140,30 @@ class LiftDecisions:
 
     def take_back(self, tx: Tx, record: dict[str, Any], decision: dict[str, Any],
                   sender: str) -> bool:
-        """A good ``decision`` (checked) on a lift we hold nothing of, from agent ``sender``:
+        """A good ``decision`` (checked) on a lift we lack chits of, from agent ``sender``:
         when it is our tally partner on the lift's path, this node lost the lift (restored
         from a backup made before it) and the partner, which holds it good, showed it the
         decision. Nothing of a lift is signed by us, and a referee's good vouches for no hop
         (an honest one decides good on any record its terminus's agent commits), so what we
         pay out rests on the partner that pays it in, as its promise did the first time:
-        taken only from that partner, or where our own user is the payor, on its signature
-        on the record (:func:`unvouched`; a partner we pay, in league with whoever made the
-        record up, would gain by our taking it), and only under a referee we trust
-        (:meth:`trusted`). Nor does that partner vouch for our limits: each chit must fit
-        its tally as a promise's must (``protocol.lift.check_room``), or a partner that is
-        its own lift's terminus, whose commit has an honest referee decide good, could run a
-        made-up lift through us past every limit (``OVER_LIMIT``). Taken, the lift has its
-        pending chit on every tally of ours the path crosses (both of an intermediary's, so
-        it never pays out alone what it took in), then its decision applied. False when
-        ``sender`` is no partner of ours on the path, or not one that vouches for it: then
-        the decision is ignored. Refused (``UNKNOWN_TALLY``) when a tally of ours the path
-        crosses is not held here (opened after the backup, say), as none of its chits can be
-        taken alone; and so, in the same words, when our user holds that tally with another
-        user than the path's (a partner must not learn which tally uuids our users hold)."""
-        agent, path = self.runtime.agent_id, record["path"]
+        each run of our users on the path is taken only on the word of the partner that pays
+        into it, or where our own user is the payor, on its signature on the record
+        (:func:`vouchers`; a partner we pay, in league with whoever made the record up, would
+        gain by our taking it), and only under a referee we trust (:meth:`trusted`). A path
+        that enters this node from two partners is so taken back a run at a time, as each
+        partner shows the decision (its chain carries the run's chit), each run paying out
+        what it takes in; until the last, the lift's error names the partners it waits for.
+        Nor does a partner vouch for our limits: each chit must fit its tally as a promise's
+        must (``protocol.lift.check_room``), or a partner that is its own lift's terminus,
+        whose commit has an honest referee decide good, could run a made-up lift through us
+        past every limit (``OVER_LIMIT``). Taken, a run's chits are pending, then the
+        decision applied to them. False when ``sender`` is no partner of ours on the path,
+        or vouches for no chit we lack: then the decision is ignored. Refused
+        (``UNKNOWN_TALLY``) when a tally of ours the path crosses is not held here (opened
+        after the backup, say), as none of its chits can be taken alone; and so, in the same
+        words, when our user holds that tally with another user than the path's (a partner
+        must not learn which tally uuids our users hold)."""
+        agent, path, lift = self.runtime.agent_id, record["path"], record["lift"]
         holdings, missing = [], []  # (hop, our holding of its tally); what we lack
         for hop in range(len(path) - 1):
             for user, other in ((path[hop], path[hop + 1]), (path[hop + 1], path[hop])):
@@ -171,29 +177,36 @@ class LiftDecisions:
                     holdings.append((hop, holding))
         if all(holding.local.partner.agent != sender for _, holding in holdings):
             return False
-        hop = unvouched(path, agent, sender)
-        if hop is not None:  # the partner we pay there, say: it gains by our taking it
+        held = {(chit["tally"], chit["cuid"]) for chit in self.ledger.store.lift_chits(
+            tx.conn, lift)}
+        lacking = [(hop, holding) for hop, holding in holdings
+                   if (holding.local.uuid, holding.cuid) not in held]
+        if not lacking and not missing:
+            return False  # a repeat: we hold every chit of it
+        vouched = vouchers(path, agent)
+        taken = [(hop, holding) for hop, holding in lacking if vouched[hop] in (sender, SIGNED)]
+        if not taken:  # the partner we pay there, say: it gains by our taking it
+            hop = lacking[0][0] if lacking else 0
             log.info("lift %s: not taken back on the word of %s, which does not pay into "
                      "this node's user %s on it (hop %d: it takes it from the partner that "
-                     "does)", record["lift"], sender[:8], path[hop]["cuid"], hop)
+                     "does)", lift, sender[:8], path[hop]["cuid"], hop)
             return False
         if missing:  # one side of an intermediary's alone would pay out what it took in
-            raise Reject("UNKNOWN_TALLY", f"lift {record['lift']} crosses {', '.join(missing)}"
+            raise Reject("UNKNOWN_TALLY", f"lift {lift} crosses {', '.join(missing)}"
                          ", which this node does not hold open (opened after the backup it was"
                          " restored from?): its chits are not taken on any tally")
         refused = self.trusted(tx.conn, record["referee"]["agent"])
         if refused is not None:
-            raise Reject("REFEREE_REFUSED", f"lift {record['lift']}: {refused}")
+            raise Reject("REFEREE_REFUSED", f"lift {lift}: {refused}")
         chits = []  # (holding, its pending chit, whether the partner pays us)
-        for hop, holding in holdings:
+        for hop, holding in taken:
             pending = lift_chit(record, hop, holding.local)  # the payor's key, if ours
             incoming = pending.state == cs.A_LIFT
             try:  # as a promise is: the partner vouches for the payment, not the limits
                 lf.check_room(record, pending, holding.local, balance=holding.balance,
                               reserved=holding.lift_in if incoming else holding.lift_out)
             except Refusal as exc:
-                raise Refusal(exc.code, f"lift {record['lift']}, taken back: {exc.message}"
-                              ) from None
+                raise Refusal(exc.code, f"lift {lift}, taken back: {exc.message}") from None
             chits.append((holding, pending, incoming))
         lifts.add(tx.conn, record, payor=path[0]["cuid"] if path[0]["agent"] == agent else None,
                   now_ms=tx.now_ms)
@@ -201,15 +214,27 @@ class LiftDecisions:
         for holding, pending, incoming in chits:
             self.ledger.commit(tx, holding, fresh=[pending],
                                lift_delta=(units, 0) if incoming else (0, units))
-        self.apply(tx, record["lift"], lf.GOOD, decision)
-        log.info("lift %s: good, as partner %s showed its decision; this node held nothing of "
-                 "it (restored from a backup made before it?)", record["lift"], sender[:8])
+        self.apply(tx, lift, lf.GOOD, decision)
+        waiting = sorted({vouched[hop] for hop, _ in lacking} - {sender, SIGNED})
+        if waiting:
+            lifts.set_error(tx.conn, lift, f"{PART} (restored from a backup?): {len(taken)} of "
+                            f"its chits here, as {sender} showed its decision; its chits on "
+                            f"{len(lacking) - len(taken)} more tallies wait for "
+                            f"{', '.join(waiting)}, which pays into this node on that part, to "
+                            "show it too (a partner vouches only for what it pays in)", tx.now_ms)
+        elif (lifts.get(tx.conn, lift)["error"] or "").startswith(PART):  # the rest, now
+            lifts.set_error(tx.conn, lift, None, tx.now_ms)
+        log.info("lift %s: good, as partner %s showed its decision (%d of its chits here%s); "
+                 "this node held %s of it (restored from a backup made before it?)", lift,
+                 sender[:8], len(taken), f", {len(lacking) - len(taken)} wait for "
+                 f"{', '.join(agent[:8] for agent in waiting)}" if waiting else "",
+                 "part" if held else "nothing")
         return True
 
     def trusted(self, conn: sqlite3.Connection, referee: str) -> str | None:
         """Why this node does not take back a lift it lost on ``referee``'s word (None: it
         does). A lift is taken back only from the partner that pays into it
-        (:func:`unvouched`), but a referee of that partner's making could sign good on a
+        (:func:`vouchers`), but a referee of that partner's making could sign good on a
         record nobody else saw and have the node hold a lift its own node never took part
         in. So the referee must be one in ``[lift] referees`` (when set), or else the one
         this node names for its own lifts or its clearing house; never one proven to have
@@ -346,24 +371,28 @@ class LiftDecisions:
             heard.popitem(last=False)
 
 
-def unvouched(path: list[dict[str, Any]], here: str, sender: str) -> int | None:
-    """The first hop of a lift's ``path`` on which a user of node ``here`` pays a user on
-    another node that nothing vouches for, if ``here`` took the lift back on the word of
-    ``sender``; None when every such payment is vouched for. A run of ``here``'s users pays
-    out what it took in from the node that pays into it: only that node's word vouches for
-    it, as its promise did (one further along, which is paid, would gain by our taking a
-    lift whose payment in it made up). A run that starts with the payor is vouched for by
-    the payor's signature on the record, which ``chit_lift.lift_chit`` checks against our
-    user's key. So a lift whose path enters ``here`` from two nodes, each run paying out,
-    is never taken back on one partner's word."""
-    vouched = path[0]["agent"] == here  # the payor is ours: its signature
+PART = "taken back in part"  # a lift's error while it waits for a partner's word on the rest
+SIGNED = ""  # what vouches for a run that starts with our payor: its signature on the record
+
+
+def vouchers(path: list[dict[str, Any]], here: str) -> dict[int, str]:
+    """For each hop of a lift's ``path`` with a user of node ``here`` at an end, whose word
+    vouches for ``here``'s chits on it, were ``here`` to take the lift back: the agent that
+    pays into the run of ``here``'s users the hop belongs to, as that agent's promise did
+    (one further along, which is paid, would gain by our taking a lift whose payment in it
+    made up), or :data:`SIGNED` for a run that starts with the payor, whose signature on the
+    record ``chit_lift.lift_chit`` checks against our user's key. A path that enters
+    ``here`` from two nodes has two such agents: each vouches for its run alone."""
+    found: dict[int, str] = {}
+    voucher = SIGNED if path[0]["agent"] == here else None
     for hop in range(len(path) - 1):
         payer, payee = path[hop]["agent"], path[hop + 1]["agent"]
         if payer != here and payee == here:
-            vouched = payer == sender
-        elif payer == here and payee != here and not vouched:
-            return hop
-    return None
+            voucher = payer
+        if here in (payer, payee):
+            assert voucher is not None  # a hop we pay on follows one we are paid on, or hop 0
+            found[hop] = voucher
+    return found
 
 
 def log_lift(tx: Tx, lift: str, state: str, **fields: Any) -> None:
