@@ -18,8 +18,10 @@ chits become good and are chained like any good chit, its pending ones good, its
 stay. Why good and not void:
 
 - a good lift chit may be in its holder's chain already (the foil links it the moment it
-  applies the decision) and chains only grow: the foil never unlinks or reorders a block, so
-  void could win only by rewriting both chains; good needs no more than a late decision does;
+  applies the decision) and a good chit never leaves a chain: the foil never unlinks or
+  reorders a block the stock confirmed (a restored foil unlinks only blocks the stock never
+  confirmed, and links their chits again), so void could win only by rewriting both
+  chains; good needs no more than a late decision does;
 - every participant agreed to good: each took part by holding the pending chit the payor's
   signed record set, and the terminus committed it;
 - a node applies one state to all its chits of the lift, so an intermediary still pays out
