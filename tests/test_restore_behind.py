@@ -64,7 +64,7 @@ async def test_a_node_that_knows_its_chain_is_behind_refuses_its_users_payments(
         await net.stop(1 - index)
         node = await restore(net, index, copy)
         monkeypatch.setattr(chits_module, "AnswersInFlight", FirstOnly)
-        await net.restart(1 - index)
+        partner = await net.restart(1 - index)
         monkeypatch.undo()
 
         async def shown() -> dict:
@@ -78,10 +78,16 @@ async def test_a_node_that_knows_its_chain_is_behind_refuses_its_users_payments(
         assert error.message == (
             f"CHAIN_BEHIND: tally {tally}: this node lacks 50 blocks its partner confirmed "
             "(restored from a backup?), so the balance it holds (-100) may not be the "
-            "partner's: its user pays again once it has them (tally.show chain.missing; it "
-            "asks for them at every repair)")
+            "partner's: its user pays again once it has them, or has given up asking for them "
+            "(tally.show chain.missing)")
         assert node.db.read_one("SELECT count(*) FROM chits")[0] == before
         assert chain_of(node, cuid, tally)[3] == -100
+        invoice = await rpc(partner, "chit.invoice", cuid=("alice", "bob")[1 - index],
+                            tally=tally, units=10)
+        await wait_for(lambda: node.db.read_one(
+            "SELECT count(*) FROM chits WHERE uuid = ?", (invoice["chit"],))[0])
+        error = await refused(node, "chit.accept", cuid=cuid, chit=invoice["chit"])
+        assert error.reason == "CHAIN_BEHIND"  # paying an invoice is a payment
 
         partner = await net.restart(1 - index)  # answers every request now
         a, b = net.nodes
