@@ -2,8 +2,7 @@
 (``protocol.chain``, sans-IO; ``tests/test_chain_restore.py`` has the catching up itself and
 the state machine that found these): a restored side learns how far its partner confirmed
 from every message that says so, a copy that says less changes nothing, an upd confirms only
-the blocks it shows, and blocks both partners lost are asked for until a person sees to it
-(``forget_missing``), which cannot make a side give up blocks its partner holds."""
+the blocks it shows, and blocks both partners lost are asked for until a person sees to it."""
 
 from __future__ import annotations
 
@@ -12,9 +11,8 @@ import pytest
 from protocol import chain as ch
 from protocol import chit_states as cs
 from protocol import tally as t
-from protocol.errors import Refusal
 from tests.test_chain_restore import RestoredExchange, agreed, backup, pay, restore
-from tests.test_credit_chain import Holder, Pair, Unsettled, chain_cmd, command
+from tests.test_credit_chain import Pair, Unsettled, chain_cmd, command
 
 
 def test_a_restored_stock_learns_from_the_foils_request_that_it_lost_a_block():
@@ -118,41 +116,6 @@ def test_blocks_both_holders_lost_are_asked_for_until_a_person_sees_to_it():
         pair.recover()
     assert pair.foil.chain.conf == 0 and pair.stock.chain.length == 0
     assert pair.foil.chits[mine].state == cs.L_GOOD
-    forget(pair, pair.foil)  # its operator's word that nobody holds them: it moves on
-    pair.recover()
-    agreed(pair)
-    assert pair.foil.whole()[0]["uuid"] == mine
-
-
-def forget(pair: Pair, holder: Holder) -> None:
-    """``protocol.chain.forget_missing`` on the holder (``tally.forget_missing``)."""
-    holder.chain, sends = ch.forget_missing(holder.chain, holder.local)
-    pair.post(holder, sends)
-
-
-def test_blocks_forgotten_that_the_partner_holds_come_back_all_the_same():
-    """``forget_missing`` used wrongly: the partner holds the blocks. The restored side
-    (stock or foil) took the first batch back and its request for the rest was lost; it
-    stops waiting, asks the partner again what it holds (its start's probe), and takes the
-    rest back as it would have. A chain that lacks nothing has nothing to forget."""
-    for which in (t.STOCK, t.FOIL):
-        pair = Pair()
-        holder = pair.stock if which == t.STOCK else pair.foil
-        saved = backup(holder)
-        pay(pair, pair.foil, ch.UPD_BATCH + 5)
-        pair.drain()
-        restore(pair, holder, saved)
-        while ch.missing(holder.chain) != 5:  # the first batch comes, and what it lacks
-            pair.deliver()
-        pair.queue.clear()  # its request for the rest, lost
-        forget(pair, holder)
-        assert ch.missing(holder.chain) == 0
-        pair.recover()
-        agreed(pair)
-        assert holder.chain.length == ch.UPD_BATCH + 5
-        with pytest.raises(Refusal) as caught:
-            ch.forget_missing(holder.chain, holder.local)
-        assert caught.value.code == "bad_state"
 
 
 def test_a_foils_upd_confirms_only_the_blocks_it_shows_the_stock_holds():
