@@ -30,6 +30,7 @@ from tests.test_credit_service import (
     user_key,
     users,
 )
+from tests.test_refusing_partner import alice_and_bob
 
 
 async def test_a_made_up_void_does_not_replace_the_void_heard_on_the_real_record(tmp_path):
@@ -101,6 +102,13 @@ async def test_a_partner_refusing_the_decisions_it_is_shown_is_logged_once_a_whi
         assert a.counters.rejected_by_peer == 5
 
 
+def give_up_after_two(monkeypatch) -> None:
+    """Repairs a moment apart, that give a partner's claim up after 2 asks (ASKS)."""
+    monkeypatch.setattr(ledger, "ASKS", 2)
+    monkeypatch.setattr(repair, "ASKS", 2)
+    monkeypatch.setattr(repair, "RESYNC_QUIET_MS", 50)
+
+
 async def test_a_partner_claiming_blocks_it_never_shows_cannot_keep_a_tally_open(
         tmp_path, monkeypatch):
     """bob's node (the foil) says it holds 1,000 blocks of the tally's chain that alice's
@@ -109,14 +117,9 @@ async def test_a_partner_claiming_blocks_it_never_shows_cannot_keep_a_tally_open
     and the tally could not close. Now her repairs ask ASKS times (2 here, a repair a moment
     apart), then give the claim up; a new claim, the chain not having grown, is not taken,
     and the tally closes."""
-    monkeypatch.setattr(ledger, "ASKS", 2)
-    monkeypatch.setattr(repair, "ASKS", 2)
-    monkeypatch.setattr(repair, "RESYNC_QUIET_MS", 50)
+    give_up_after_two(monkeypatch)
     async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await users(a, "alice")
-        await users(b, "bob")
-        tally = await open_tally(a, "alice", b, "bob")
+        a, b, tally = await alice_and_bob(net)
 
         async def claim(index: int) -> None:
             said = await send_raw(b, a, "alice", "chit", "chain",
@@ -146,14 +149,9 @@ async def test_a_stock_claiming_blocks_it_never_shows_cannot_hold_up_the_foils_p
     unordered and unsent for ever. Now it refuses bob's payment while it lacks them
     (CHAIN_BEHIND, changing nothing), asks ASKS times (2 here), gives the claim up, and takes,
     orders and sends the payment."""
-    monkeypatch.setattr(ledger, "ASKS", 2)
-    monkeypatch.setattr(repair, "ASKS", 2)
-    monkeypatch.setattr(repair, "RESYNC_QUIET_MS", 50)
+    give_up_after_two(monkeypatch)
     async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await users(a, "alice")
-        await users(b, "bob")
-        tally = await open_tally(a, "alice", b, "bob")
+        a, b, tally = await alice_and_bob(net)
         chit = chit_by(user_key(a, "alice"), tally, "stock", 1)
         prev = bytes(32)
         chit["chain"] = {"index": 500, "prev": prev, "hash": block_hash(500, prev, chit["hash"])}

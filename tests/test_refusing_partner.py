@@ -22,6 +22,14 @@ async def alice_and_bob(net) -> tuple[Any, Any, str]:
     return a, b, await open_tally(a, "alice", b, "bob", limit=10**9)
 
 
+def refuse_chain_messages(monkeypatch, node) -> None:
+    """``node`` refuses every chain message it is sent (``BAD_FIELD``)."""
+    def refuse(tx, holding, obj):
+        raise Reject("BAD_FIELD", "no")
+
+    monkeypatch.setattr(node.credit.chits, "_on_chain", refuse)
+
+
 async def test_a_partners_refusal_is_kept_cut_short(tmp_path, monkeypatch):
     """alice's node refuses bob's chain messages with a code and a message of half a
     megabyte (its own acks not cut, as a hostile node's are not). bob's node keeps the
@@ -58,10 +66,7 @@ async def test_a_partner_that_refuses_every_repair_costs_a_few_small_rows(tmp_pa
     async with network(tmp_path, n=2) as net:
         a, b, tally = await alice_and_bob(net)
 
-        def refuse(tx, holding, obj):
-            raise Reject("BAD_FIELD", "no")
-
-        monkeypatch.setattr(a.credit.chits, "_on_chain", refuse)
+        refuse_chain_messages(monkeypatch, a)
         await rpc(b, "chit.pay_many", cuid="bob", tally=tally, units=[1] * 100)
 
         def refused() -> int:
@@ -91,10 +96,7 @@ async def test_a_partner_that_reconnects_over_and_over_is_repaired_once_a_while(
     async with network(tmp_path, n=2) as net:
         a, b, tally = await alice_and_bob(net)
 
-        def refuse(tx, holding, obj):
-            raise Reject("BAD_FIELD", "no")
-
-        monkeypatch.setattr(a.credit.chits, "_on_chain", refuse)
+        refuse_chain_messages(monkeypatch, a)
         await rpc(b, "chit.pay_many", cuid="bob", tally=tally, units=[1] * 100)
         await wait_for(lambda: b.counters.rejected_by_peer >= 1)
         first = b.counters.rejected_by_peer
