@@ -54,6 +54,19 @@ async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
         assert node.address_of(CAROL) == "127.0.0.1:7903"
         assert path.stat().st_mode & 0o777 == 0o640
 
+        same = path.read_text()  # one listening port is one node: one agent
+        with pytest.raises(RpcError, match=re.escape(
+                f"address 127.0.0.1:7903 is already peer 'carol''s (agent {CAROL}): one "
+                f"address is one node. If that node's agent changed, peers.remove "
+                f"agent={CAROL} first")) as taken:
+            await node.rpc.call("peers.add", {"name": "dave", "agent": DAVE,
+                                              "address": "127.0.0.1:7903"})
+        assert taken.value.reason == "INVALID_PARAMS" and path.read_text() == same
+        assert node.address_of(DAVE) is None
+        again = await node.rpc.call("peers.add", {"name": "carol", "agent": CAROL,
+                                                  "address": "127.0.0.1:7903"})
+        assert again["change"] == "updated"  # the peer itself may give its address again
+
         moved = await node.rpc.call("peers.add", {"name": "bobby", "agent": BOB,
                                                   "address": "127.0.0.1:7912"})
         assert moved["change"] == "updated"

@@ -51,7 +51,7 @@ class PeerAdmin:
         if agent == self.node.agent_id:
             raise invalid_params("agent is this node itself")
         try:
-            parse_hostport(address)
+            where = _same_place(address)
         except (IdentityError, TypeError) as exc:
             raise invalid_params(f"address is not HOST:PORT: {address!r}") from exc
 
@@ -60,6 +60,14 @@ class PeerAdmin:
                 if entry.get("name") == name and entry.get("agent") != agent:
                     raise invalid_params(f"name {name!r} is already peer {entry.get('agent')}'s"
                                          ": give this one another name")
+                if entry.get("agent") != agent and _same_place(entry.get("address")) == where:
+                    # one listening port is one node, whose Noise key is one agent: a second
+                    # agent there would fail every handshake
+                    raise invalid_params(
+                        f"address {address} is already peer {entry.get('name')!r}'s (agent "
+                        f"{entry.get('agent')}): one address is one node. If that node's agent "
+                        f"changed, peers.remove agent={entry.get('agent')} first; else give "
+                        "this peer's own address")
             for entry in peers:
                 if entry.get("agent") == agent:
                     entry["name"], entry["address"] = name, address
@@ -160,6 +168,12 @@ class PeerAdmin:
         applied = reload_config(node)
         return {"change": change, "config": str(path), "applied": applied["applied"],
                 **({"unnamed": applied["unnamed"]} if "unnamed" in applied else {})}
+
+
+def _same_place(address: Any) -> tuple[str, int]:
+    """``address`` as (host, port) to compare: a host's case does not matter."""
+    host, port = parse_hostport(address)
+    return host.lower(), port
 
 
 def _write_atomically(path: Path, text: str) -> None:
