@@ -4,9 +4,9 @@ A list of objects becomes a table (one row each, a column per field, nested valu
 unless a method names them), an object becomes ``key: value`` lines, nested objects indented.
 The common calls choose their columns; every other method gets the generic layout. A table
 cell shows hashes, receipts, payloads, agent ids and tally ids cut short, a long peer address
-cut in its middle, a lift's path as its users alone, and a column that would repeat another
-is merged into it, so that a row of the common lists fits 100 columns: the JSON output has
-every value whole.
+cut in its middle, a lift's path as its users alone, a route's path wrapped onto lines, and a
+column that would repeat another is merged into it, so that a row of the common lists fits
+100 columns: the JSON output has every value whole.
 """
 
 from __future__ import annotations
@@ -58,6 +58,9 @@ LINE_CUT = {"proof": 24, "receipt": 24}
 ADDRESS_CUT = 30
 # a lift's path in lift.list (users alone) longer than this shows its start, "…" and its end
 LIFT_PATH_CUT = 36
+# a route's path in route.find (every hop as cuid@AGENT…) wraps onto lines of at most this
+# many characters, between hops: a route of 7 users took a row past 100 columns
+ROUTE_PATH_WIDTH = 80
 TIMESTAMPS = ("last_seen", "date", "received", "timestamp", "expires", "deadline", "since",
               "last_db_error_at")
 DURATIONS = ("uptime_s",)
@@ -105,11 +108,29 @@ def _users(row: dict[str, Any], now_ms: int) -> Any:
     return shown + end
 
 
+def _hops(row: dict[str, Any], now_ms: int) -> Any:
+    """A route's path as ``route.find`` shows it: every hop as ``cuid@AGENT…`` (a route is
+    what a person checks before paying along it, so none is left out), wrapped between hops
+    onto lines of at most ``ROUTE_PATH_WIDTH`` characters, each further line starting
+    ``-> ``; a single hop longer than that has a line of its own."""
+    path = row.get("path")
+    if not isinstance(path, list) or not all(isinstance(hop, dict) for hop in path):
+        return path
+    lines = [_user(path[0].get("cuid"), path[0].get("agent"))] if path else []
+    for hop in path[1:]:
+        user = _user(hop.get("cuid"), hop.get("agent"))
+        if len(f"{lines[-1]} -> {user}") <= ROUTE_PATH_WIDTH:
+            lines[-1] += f" -> {user}"
+        else:
+            lines.append(f"-> {user}")
+    return "\n".join(lines)
+
+
 # columns of a method's table made of several fields of the row (what would repeat apart, or
 # is cut to fit), from the row and the time now (ms since the epoch)
 JOINED: dict[str, dict[str, Callable[[dict[str, Any], int], Any]]] = {
     "peers.list": {"last_seen": _seen}, "tally.list": {"chain": _chain},
-    "lift.list": {"path": _users},
+    "lift.list": {"path": _users}, "route.find": {"path": _hops},
     **{f"{method}.view.payload.holders": {"chain": _chain} for method in RELAY_STATES}}
 
 
@@ -142,10 +163,15 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None,
     cells = [[TITLES.get(column, column.upper()) for column in columns]]
     cells += [[_cell(column, joined[column](row) if column in joined else _field(row, column))
                for column in columns] for row in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    return "".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths,
-                                                                       strict=True)).rstrip()
-                   + "\n" for line in cells)
+    widths = [max(len(part) for line in cells for part in line[i].split("\n"))
+              for i in range(len(columns))]
+    out = []
+    for line in cells:  # a cell of several lines (a wrapped route) makes its row as tall
+        parts = [cell.split("\n") for cell in line]
+        for i in range(max(len(cell) for cell in parts)):
+            out.append("  ".join((cell[i] if i < len(cell) else "").ljust(width)
+                                 for cell, width in zip(parts, widths, strict=True)).rstrip())
+    return "".join(f"{text}\n" for text in out)
 
 
 def duration(seconds: float) -> str:

@@ -135,3 +135,19 @@ def test_human_chits_fit_100_columns_and_empty_counts_show_a_dash():
     info = render("getinfo", {"counters": {"refusals": {}, "peer_refusals": {"OVER_LIMIT": 2}}})
     assert info.splitlines() == ["counters:", "  refusals: -", "  peer_refusals:",
                                  "    OVER_LIMIT: 2"]
+
+
+def test_human_route_of_eight_users_wraps_to_fit_100_columns():
+    """route.find -H showed every hop as ``cuid@AGENT…`` on one line: a route of 7 users or
+    more took a row past 100 columns. The path wraps between hops, each further line starting
+    ``-> `` under the first, and no hop is left out; a short route keeps one line."""
+    names = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi")
+    path = [{"cuid": name, "agent": (ALICE, BOB)[i % 2]} for i, name in enumerate(names)]
+    lines = render("route.find", [{"capacity": 1_250_000, "path": path},
+                                  {"capacity": 9, "path": path[:2]}]).splitlines()
+    assert max(len(line) for line in lines) <= 100, lines
+    assert lines == [
+        "CAPACITY  PATH",
+        "1250000   alice@wKIbDc-V -> bob@ZHL-dKJE -> carol@wKIbDc-V -> dave@ZHL-dKJE",
+        "          -> erin@wKIbDc-V -> frank@ZHL-dKJE -> grace@wKIbDc-V -> heidi@ZHL-dKJE",
+        "9         alice@wKIbDc-V -> bob@ZHL-dKJE"]
