@@ -156,8 +156,10 @@ class RouteService(Service):
                           "its first way in, so a route with more room may go unseen: "
                           "route.find units=N looks for one that carries N)")
         unasked = "" if self.asks.can_ask(find) else (
-            "; and its node was not asked whether it hosts that user: no address is known "
-            "for it (give find as cuid:agent@host:port, or add that node with peers.add)")
+            "; that user may not exist at all: its node was not asked whether it hosts it, "
+            "as no address is known for that node (give find as cuid:agent@host:port, or add "
+            "that node with peers.add, and it is asked: UNKNOWN_PAYEE if it hosts no such "
+            "user)")
         return Reject("NO_ROUTE", f"{head}: no path of tallies with room to pay reaches that "
                       f"user within {DEPTH} hops{unasked}")
 
