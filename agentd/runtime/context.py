@@ -181,9 +181,10 @@ class Runtime(Protocol):
         """Remember a peer's address (configured peers keep theirs)."""
         ...
 
-    def learn_address(self, address: ChipAddress) -> None:
+    def learn_address(self, address: ChipAddress, *, hearsay: bool = False) -> None:
         """Remember where ``address``'s agent listens, unless we know already (or it is
-        us, or the address names no host)."""
+        us, or the address names no host); ``hearsay`` (a route's word, which a hop could
+        have made up) only until dials there fail, and stored once one is answered."""
         ...
 
     def connected(self, agent: str) -> bool:

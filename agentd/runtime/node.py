@@ -28,6 +28,7 @@ from agentd.runtime.clocks import PeerClocks
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
+from agentd.runtime.hearsay import Hearsay
 from agentd.runtime.limits import DecodeBudget, WriteRation, defer_accept
 from agentd.runtime.links import Links
 from agentd.runtime.metrics import Metrics
@@ -85,6 +86,8 @@ class Node:
         self._stop = trio.Event()
         self._peer_addresses: dict[str, str] = {}
         self._peer_names: dict[str, str] = {}
+        self.hearsay = Hearsay(self._peer_addresses, self.learn_peer,
+                               lambda agent: self.peer_source(agent) == "config")
         self.strangers = Strangers()
         self.clocks = PeerClocks(lambda agent: self.describe_peer(agent)[0])
         limits = config.limits
@@ -249,6 +252,7 @@ class Node:
         """Remember a peer's address (configured peers keep their configured address), and
         its name unless it has one or another peer has that name."""
         if address and agent not in {p.agent for p in self.config.peers}:
+            self.hearsay.drop(agent)
             self._peer_addresses[agent] = address
         if agent in self._peer_names or name in self._peer_names.values():
             name = None
@@ -256,12 +260,14 @@ class Node:
             self._peer_names[agent] = name
         self.db.submit(lambda conn: peer_store.upsert(conn, agent, name=name, address=address))
 
-    def learn_address(self, address: ChipAddress) -> None:
+    def learn_address(self, address: ChipAddress, *, hearsay: bool = False) -> None:
         """Remember where ``address``'s agent listens, unless we know already (what we know
-        wins: the config, a ticket, an earlier lesson), or it is us, or it names no host."""
+        wins: the config, a ticket, an earlier lesson), or it is us, or it names no host;
+        ``hearsay`` (a route's word) only until dials there fail (``Hearsay``)."""
         if (address.agent != self.agent_id and address.host is not None
                 and address.agent not in self._peer_addresses):
-            self.learn_peer(address.agent, format_hostport(address.host, address.port))
+            where = format_hostport(address.host, address.port)
+            (self.hearsay.learn if hearsay else self.learn_peer)(address.agent, where)
 
     async def forget_peer(self, agent: str) -> None:
         """Drop a peer the operator removed: its address, its name, its stored row."""
@@ -336,7 +342,7 @@ class Node:
             idle_timeout=self.config.idle_timeout, on_frame=self.dispatcher.on_frame,
             on_channel=self._channel_opened, on_channel_closed=self._channel_closed,
             limits=self.config.limits, is_known=self.is_known, links=self.links,
-            describe=self.describe_peer,
+            describe=self.describe_peer, on_dial=self.hearsay.dialled,
         )
         await nursery.start(self.peers.run)
         await nursery.start(self.pump.run)

@@ -70,10 +70,11 @@ class PeerManager:
         links: Links | None = None,
         describe: Callable[[str, str], tuple[str, str]] = lambda agent, key: (
             f"agent {agent[:8]}", f"its {key}"),
+        on_dial: Callable[[str, str, bool], None] = lambda agent, address, answered: None,
     ) -> None:
         """``describe(agent, key)``: how a log line names a peer, and where the operator checks
         its ``key`` (``agent`` or ``address``: its line of the config), for a dial that
-        failed."""
+        failed; ``on_dial(agent, address, answered)`` hears how each dial went."""
         self.key = key
         self.links = links  # simulated link faults, agentd sim only
         self.hello = hello
@@ -90,6 +91,7 @@ class PeerManager:
         self.limits = limits = limits or Limits()
         self._is_known = is_known
         self._describe = describe
+        self._on_dial = on_dial
         self.handshakes = HandshakeSlots(limits, handshake_timeout, counters)
         self.budget = FrameBudget(limits.partial_frames_budget)
         self._nursery: trio.Nursery | None = None
@@ -240,6 +242,7 @@ class PeerManager:
                 if state.failures == 1:  # once a streak: the retries back off quietly
                     log.log(logging.WARNING if wrong_key else logging.INFO,
                             "%s: %s; retrying with backoff", who, state.error)
+                self._on_dial(agent, address, False)
                 raise PeerUnreachable(state.error) from exc
             state.failures = 0
             state.retry_at = 0.0
@@ -248,6 +251,7 @@ class PeerManager:
             self._answered.move_to_end((agent, address))
             while len(self._answered) > ANSWERED:
                 self._answered.popitem(last=False)
+            self._on_dial(agent, address, True)
             return channel
 
     def dial_error(self, agent: str) -> str | None:

@@ -220,12 +220,14 @@ class RouteService(Service):
         route said its payee's node listens is learned, unless we know already: a payee
         found through tallies without its address (``find`` as ``cuid:agent``) lets later
         searches ask that node (``UNKNOWN_PAYEE`` for a user it does not host, its last
-        hops). The referee dials the nodes of a good lift's path at the same addresses; a
-        wrong one (a hop lied) is still dialled by agent id, so Noise refuses an impostor."""
+        hops). A hop could have lied (Noise refuses an impostor there, as we dial by agent
+        id), so it is hearsay: kept only once a dial there is answered, and forgotten after
+        failed ones (``agentd.runtime.hearsay``)."""
         payee = self.known.decided(lift, state, trio.current_time())
         if payee is not None:
             self.runtime.learn_address(ChipAddress.from_map(
-                {key: payee[key] for key in ("agent", "cuid", "host", "port") if key in payee}))
+                {key: payee[key] for key in ("agent", "cuid", "host", "port") if key in payee}),
+                hearsay=True)
 
     def _partner_can_pay(self, cuid: str, find: ChipAddress, units: int) -> bool:
         """Whether our user can pay ``find`` directly, over one tally: then the first round
