@@ -407,6 +407,11 @@ def decide(
         if "record" not in decided:  # made before decisions named their record: name it now
             decided = _signed(decided["state"], decided["date"], record, key)
         return decided, [_decision_to(asker, record, decided)]
+    if record["deadline"] - now_ms > MAX_LIFE_MS:  # no hop takes it (check_promise), and a
+        # void decision on it could not be forgotten a month on (store.lifts): a commit
+        # before so far a deadline would then be decided good
+        raise Refusal("bad_field", f"lift {record['lift']} has its deadline more than "
+                      f"{MAX_LIFE_MS // 1000} s away: no hop takes part in such a lift")
     expired = now_ms >= record["deadline"]
     if event == "commit" and not expired and asker != record["path"][-1]["agent"]:
         raise Refusal("not_on_path", "only the terminus's agent (path[-1]) commits a lift")

@@ -3,7 +3,8 @@
 A participant's row holds the payor's signed record and the lift's state here (pend, good,
 void); its lift chits are ``chits`` rows (``store.credit``) with ``lift`` set. A referee's
 decision is written once and never changed: ``decide`` inserts it only if none exists and
-returns whichever is stored.
+returns whichever is stored. A void one is forgotten a month after its record's deadline
+(``prune_void_decisions``): asked again after the deadline, the referee decides void again.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sqlite3
 from typing import Any
 
 from protocol.codec import pack, unpack
-from protocol.lift import record_digest, referee_at
+from protocol.lift import MAX_LIFE_MS, record_digest, referee_at
 
 _COLUMNS = ("lift, kind, state, units, payor, referee, deadline, record, decision, query_due,"
             " query_tries, error, created, updated, contradicted")
@@ -110,7 +111,7 @@ def equivocated_on(conn: sqlite3.Connection, referee: str) -> str | None:
 def prune_void(conn: sqlite3.Connection, before_ms: int) -> int:
     """Forget the lifts that went void before ``before_ms``, with their lift chits (void:
     they never entered a chain); how many lifts. A good lift is history and stays, and so
-    does every decision this node made as a referee (``lift_decisions``)."""
+    does every good decision this node made as a referee (``lift_decisions``)."""
     void = "SELECT lift FROM lifts WHERE state = 'void' AND updated < ?"
     conn.execute(f"DELETE FROM chits WHERE lift IN ({void}) AND chain_index IS NULL",
                  (before_ms,))
@@ -193,9 +194,26 @@ def refereed(conn: sqlite3.Connection, lift: str) -> tuple[dict[str, Any], dict[
     return None if row is None else (unpack(row[0]), unpack(row[1]))
 
 
+def prune_void_decisions(conn: sqlite3.Connection, before_ms: int) -> int:
+    """Forget this referee's void decisions on records whose deadline passed before
+    ``before_ms``; how many. Asked again, the referee decides void again (past the deadline
+    nothing else), so what a participant learns is the same state, only signed anew; a good
+    decision stays, as a lift's chits entered the chains on it. The referee decides no record
+    whose deadline is more than ``MAX_LIFE_MS`` away (``protocol.lift.decide``), so only rows
+    made that long before the cutoff are read, and each record's deadline is checked (rows
+    kept from before that rule may name a later one)."""
+    rows = conn.execute("SELECT lift, record_hash, record FROM lift_decisions WHERE state ="
+                        " 'void' AND created < ?", (before_ms - MAX_LIFE_MS,)).fetchall()
+    old = [(lift, record_hash) for lift, record_hash, record in rows
+           if unpack(record)["deadline"] < before_ms]
+    conn.executemany("DELETE FROM lift_decisions WHERE lift = ? AND record_hash = ?", old)
+    return len(old)
+
+
 def decide(conn: sqlite3.Connection, record: dict[str, Any], decided: dict[str, Any],
            now_ms: int, *, legacy: bool = False) -> None:
-    """Keep a referee's decision on ``record`` for ever. ``legacy``: it is one made before
+    """Keep a referee's decision on ``record`` (a void one until ``prune_void_decisions``,
+    a good one for ever). ``legacy``: it is one made before
     decisions named their record (found by :func:`decision`), signed again; its old row goes."""
     if legacy:
         conn.execute("DELETE FROM lift_decisions WHERE lift = ? AND record_hash = X''",

@@ -1,6 +1,7 @@
 """A void lift is kept 30 days, then the hourly maintenance forgets it with its void lift
 chits: a partner whose promises keep failing cannot make a node keep rows for good. Good lifts
-are history and stay, as does every decision the referee made."""
+are history and stay, as does every decision the referee made (its void ones go a month on
+its own clock: test_referee_bounds)."""
 
 from __future__ import annotations
 

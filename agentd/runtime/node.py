@@ -369,16 +369,18 @@ class Node:
         """At start and hourly: forget processed-message ids older than the dedup window, our
         messages peers refused for good as long ago (their reasons are in the log),
         ``ch.*`` calls the clearing house never answered (its answer expired within an hour;
-        the caller was told it timed out), and lifts that went void as long ago, with their
-        void chits (their promises expired within a day)."""
+        the caller was told it timed out), lifts that went void as long ago, with their
+        void chits (their promises expired within a day), and the void decisions we made as
+        a referee on records whose deadline passed as long ago."""
         cutoff = self.clock.now_ms() - INBOX_RETENTION_MS
-        ids, refused, calls, void = await self.db.write(lambda conn: (
+        ids, refused, calls, void, decisions = await self.db.write(lambda conn: (
             inbox.prune(conn, cutoff), outbox.prune_failed(conn, cutoff),
             clearing_store.prune_unanswered_calls(conn, cutoff),
-            lift_store.prune_void(conn, cutoff)))
-        if ids or refused or calls or void:
+            lift_store.prune_void(conn, cutoff), lift_store.prune_void_decisions(conn, cutoff)))
+        if ids or refused or calls or void or decisions:
             log.info("pruned %d inbox ids, %d refused outbox messages, %d unanswered ch.* "
-                     "calls and %d void lifts older than 30 days", ids, refused, calls, void)
+                     "calls, %d void lifts and %d void referee decisions older than 30 days",
+                     ids, refused, calls, void, decisions)
         return True
 
     async def _load_peers(self) -> None:
