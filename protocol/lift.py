@@ -279,6 +279,22 @@ def check_promise(
         )
 
 
+def hop_room(kind: str, local: LocalTally, *, paying: bool, balance: int, reserved: int
+             ) -> int:
+    """How much more a lift of ``kind`` can move over ``local`` now, from this holder's view
+    (``paying``: its user pays over it); the rest as for :func:`check_room`, and nothing on a
+    tally that takes no chits."""
+    if local.state not in ISSUE_STATES:
+        return 0
+    kind = "circular" if local.state == C_OPEN else kind
+    ours, partners = local.tally[local.side], local.tally[local.partner_side]
+    if paying:
+        return hop_capacity(kind, balance=balance, partner_limit=partners["terms"]["limit"],
+                            lift_out=reserved)
+    return receive_capacity(kind, balance=balance, limit=ours["terms"]["limit"],
+                            lift_in=reserved)
+
+
 def check_room(
     record: dict[str, Any], local_chit: LocalChit, local: LocalTally, *, balance: int,
     reserved: int,
@@ -290,13 +306,8 @@ def check_room(
     if local.state not in ISSUE_STATES:
         raise Refusal("bad_state", f"tally {local.uuid} is {local.state}: no lift chits now")
     kind = "circular" if local.state == C_OPEN else record["kind"]
-    ours, partners = local.tally[local.side], local.tally[local.partner_side]
-    if local_chit.chit["by"] == local.side:
-        room = hop_capacity(kind, balance=balance, partner_limit=partners["terms"]["limit"],
-                            lift_out=reserved)
-    else:
-        room = receive_capacity(kind, balance=balance, limit=ours["terms"]["limit"],
-                                lift_in=reserved)
+    room = hop_room(record["kind"], local, paying=local_chit.chit["by"] == local.side,
+                    balance=balance, reserved=reserved)
     if room < record["units"]:
         raise Refusal(
             "over_limit",

@@ -33,6 +33,7 @@ from agentd.runtime.context import Reject, Tx
 from protocol import chain as ch
 from protocol import chit_states as cs
 from protocol import evidence as ev
+from protocol import lift as lf
 from protocol import tally as t
 from protocol import tally_fields as tf
 from protocol.chit_local import LocalChit, effect
@@ -228,6 +229,18 @@ class CreditLedger:
                 if ours else []
             raise Reject("UNKNOWN_TALLY", no_tally(cuid, tally_uuid, held_by))
         return holding
+
+    def lift_room(self, conn: sqlite3.Connection, cuid: str, pays_over: str, paid_over: str
+                  ) -> int:
+        """How much a circle can move through ``cuid`` now, by what its own hops carry: out
+        over tally ``pays_over``, back over ``paid_over`` (counting pending lift chits). A
+        circle over more would only fail at our own terminus check, holding our first hop
+        until its referee voids it."""
+        out, into = self.holding(conn, pays_over, cuid), self.holding(conn, paid_over, cuid)
+        return min(lf.hop_room("circular", out.local, paying=True, balance=out.balance,
+                               reserved=out.lift_out),
+                   lf.hop_room("circular", into.local, paying=False, balance=into.balance,
+                               reserved=into.lift_in))
 
     def owed(self, conn: sqlite3.Connection, cuid: str, chit_uuid: str
               ) -> tuple[Holding, LocalChit]:

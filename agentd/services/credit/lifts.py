@@ -163,12 +163,13 @@ class LiftService(Service):
             amount = least if exact else best["capacity"]
             try:
                 record = await self._start(cuid, "circular", amount, best, memo, life_ms,
-                                           referee=referee, took_s=trio.current_time() - began)
+                                           referee=referee, took_s=trio.current_time() - began,
+                                           least=least)
                 break
-            except Refusal as exc:  # another lift took our first hop meanwhile: look again
+            except Refusal as exc:  # another lift took our own hops meanwhile: look again
                 if exc.code != "over_limit" or attempt == CLEAR_TRIES - 1:
                     raise
-        return {**lift_views.started(record), "units": amount}
+        return {**lift_views.started(record), "units": record["units"]}
 
     async def rpc_wait(self, lift: str, timeout_s: float = WAIT_S) -> dict:
         """The lift once it is good or void here, or as it is when ``timeout_s`` passes."""
@@ -246,12 +247,21 @@ class LiftService(Service):
     # -- starting a lift -----------------------------------------------------------------
 
     async def _start(self, cuid: str, kind: str, units: int, found: dict, memo: str,
-                     life_ms: int, *, referee: ChipAddress, took_s: float) -> dict[str, Any]:
+                     life_ms: int, *, referee: ChipAddress, took_s: float,
+                     least: int | None = None) -> dict[str, Any]:
         """Record and promise a lift along ``found`` (its search took ``took_s``), to be
-        decided by ``referee``."""
+        decided by ``referee``. ``least``: a circle, whose ``units`` are cut to what our
+        user's own first and last hops carry, ``over_limit`` when that is under ``least``."""
         path = route.lift_path(found)
 
         def work(tx: Tx) -> dict[str, Any]:
+            nonlocal units
+            if least is not None:  # the partners' word (route answers) says it carries
+                room = self.ledger.lift_room(tx.conn, cuid, path[0]["tally"], path[-2]["tally"])
+                if room < least:  # units: the first hop and our terminus check are ours
+                    raise Refusal("over_limit", f"{cuid}'s own first and last tallies of the "
+                                  f"cycle can carry {room} mCHIP now, not {least}")
+                units = min(units, room)
             user = self.ledger.user(tx.conn, cuid)
             record = lf.make_record(
                 lift_uuid=str(uuidlib.uuid4()), kind=kind, units=units, path=path,
