@@ -328,6 +328,18 @@ def test_a_decision_never_changes_and_goes_to_the_asker_only() -> None:
     assert sends[0].object == {"record": LINEAR, "decision": first}
 
 
+def test_the_referee_decides_no_record_with_a_deadline_no_hop_would_take() -> None:
+    """A void decision is forgotten a month past its record's deadline (store.lifts); one on
+    a record years away would be forgotten before it, and a commit then decided good."""
+    early = LINEAR["deadline"] - lf.MAX_LIFE_MS - 1
+    for event in ("cancel", "commit"):
+        assert code_of(decided, event, now=early, asker=C.address.agent) == "bad_field"
+    assert decided("cancel", now=early + 1, asker=B.address.agent)[0]["state"] == lf.VOID
+    first, _ = decided()  # one kept is still answered, whatever the clock says
+    assert lf.decide(first, "query", LINEAR, now_ms=early, key=REFEREE,
+                     asker=A.address.agent)[0] is first
+
+
 def test_the_referee_refuses_strangers_a_wrong_key_and_an_early_commit() -> None:
     assert code_of(decided, "query", asker=D.address.agent) == "not_on_path"
     assert code_of(decided, "commit", asker=B.address.agent) == "not_on_path"
