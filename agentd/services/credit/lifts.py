@@ -117,9 +117,10 @@ class LiftService(Service):
     async def rpc_clear(self, cuid: str, units: int | None = None, memo: str = "",
                         life_s: float | None = None) -> dict:
         """Clear debt round a cycle through our user: the largest amount the first cycle found
-        can carry, or ``units`` mCHIP. Every balance on the cycle moves toward zero and nobody's net
-        position changes. ``NO_CYCLE`` when no debt cycle passes through the user.
-        ``life_s`` as for ``lift.pay``."""
+        can carry (by its route, and by our user's own tallies on it), or ``units`` mCHIP
+        (``OVER_LIMIT`` over what those carry). Every balance on the cycle moves toward zero
+        and nobody's net position changes. ``NO_CYCLE`` when no debt cycle passes through the
+        user. ``life_s`` as for ``lift.pay``."""
         cuid, memo = self.ledger.known_user(param_cuid(cuid)), param_memo(memo)
         life_ms = self._life(life_s)
         least = 1 if units is None else param_amount(units, "units")
