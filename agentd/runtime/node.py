@@ -31,6 +31,7 @@ from agentd.runtime.dispatch import Dispatcher
 from agentd.runtime.hearsay import Hearsay
 from agentd.runtime.limits import DecodeBudget, WriteRation, defer_accept
 from agentd.runtime.links import Links
+from agentd.runtime.maintenance import prune_kept
 from agentd.runtime.metrics import Metrics
 from agentd.runtime.outbox import OutboxPump
 from agentd.runtime.peer_admin import PeerAdmin
@@ -49,10 +50,8 @@ from agentd.services.ping import PingService
 from agentd.services.relay.service import RelayService
 from agentd.services.users import Users
 from protocol.keys import ChipAddress, SigningKey, format_hostport, parse_hostport
-from store import Database, DatabaseError, inbox, is_failure, outbox
-from store import clearing as clearing_store
+from store import Database, DatabaseError, is_failure
 from store import credit as credit_store
-from store import lifts as lift_store
 from store import peers as peer_store
 
 log = logging.getLogger("agentd.runtime.node")
@@ -366,21 +365,8 @@ class Node:
                                   task="maintenance (pruning what is kept 30 days)").run)
 
     async def _maintenance(self) -> bool:
-        """At start and hourly: forget processed-message ids older than the dedup window, our
-        messages peers refused for good as long ago (their reasons are in the log),
-        ``ch.*`` calls the clearing house never answered (its answer expired within an hour;
-        the caller was told it timed out), lifts that went void as long ago, with their
-        void chits (their promises expired within a day), and the void decisions we made as
-        a referee on records whose deadline passed as long ago."""
-        cutoff = self.clock.now_ms() - INBOX_RETENTION_MS
-        ids, refused, calls, void, decisions = await self.db.write(lambda conn: (
-            inbox.prune(conn, cutoff), outbox.prune_failed(conn, cutoff),
-            clearing_store.prune_unanswered_calls(conn, cutoff),
-            lift_store.prune_void(conn, cutoff), lift_store.prune_void_decisions(conn, cutoff)))
-        if ids or refused or calls or void or decisions:
-            log.info("pruned %d inbox ids, %d refused outbox messages, %d unanswered ch.* "
-                     "calls, %d void lifts and %d void referee decisions older than 30 days",
-                     ids, refused, calls, void, decisions)
+        """At start and hourly: forget what is kept 30 days (``maintenance.prune_kept``)."""
+        await prune_kept(self.db, self.clock.now_ms() - INBOX_RETENTION_MS)
         return True
 
     async def _load_peers(self) -> None:
