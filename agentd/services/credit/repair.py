@@ -152,7 +152,8 @@ class ChainRepair:
         tx.after_commit(functools.partial(
             log.warning, "tally %s: partner %s said it confirmed %d blocks of %s's chain that "
             "this node lacks, and sent none when asked %d times: not asked for any more (they"
-            " come back with its next block, if it holds them)", row["uuid"],
+            " come back with its next block, if it holds them); its users' payments on the "
+            "tally are taken again, on a balance that leaves them out", row["uuid"],
             row["partner"][:8], lacked, row["cuid"], ASKS))
 
     async def _tick(self) -> bool:

@@ -1,0 +1,68 @@
+"""A node restored from a backup whose partner stops sending the blocks it lacks, while its
+users' payments on the tally are refused ``CHAIN_BEHIND``, gives the claim up after
+``ASKS`` repairs (``protocol.chain.give_up``) and takes them again (real nodes: loopback,
+Noise, SQLite). README: Restoring a node from a backup."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentd.services.credit import chits as chits_module
+from agentd.services.credit import ledger, repair
+from tests.netfixture import network, wait_for
+from tests.test_credit_service import agreed, chain_of, open_tally, refused, rpc
+from tests.test_restore import back_up, pay, restore
+from tests.test_restore_behind import LOST, FirstOnly
+
+
+@pytest.mark.parametrize("restored", ["stock", "foil"])
+async def test_a_node_that_gave_up_the_blocks_it_lacks_says_its_payments_are_taken_again(
+        tmp_path, monkeypatch, caplog, restored):
+    """The restored node took 100 of the 150 blocks it lost, and its partner's node answers
+    no further request: payments are refused CHAIN_BEHIND, whose words say the user pays
+    again once the node has the blocks or has given up asking; after ASKS (2 here) repairs
+    it gives up, warns that payments are taken again on a balance that leaves the blocks
+    out (the warning said only that they were not asked for), and chit.pay is taken."""
+    monkeypatch.setattr(ledger, "ASKS", 2)
+    monkeypatch.setattr(repair, "ASKS", 2)
+    monkeypatch.setattr(repair, "RESYNC_QUIET_MS", 50)
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await rpc(a, "users.add", cuid="alice")
+        await rpc(b, "users.add", cuid="bob")
+        tally = await open_tally(a, "alice", b, "bob", limit=200)  # alice: stock
+        index = 0 if restored == "stock" else 1
+        cuid = ("alice", "bob")[index]
+        await net.stop(index)
+        copy = tmp_path / "backup.db"
+        back_up(net.nodes[index], copy)
+        node = await net.restart(index)
+        await pay(node, cuid, tally, [1] * LOST)
+        await wait_for(lambda: agreed(net.nodes[0], "alice", net.nodes[1], "bob", tally, LOST))
+
+        await net.stop(1 - index)
+        node = await restore(net, index, copy)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(chits_module, "AnswersInFlight", FirstOnly)
+            await net.restart(1 - index)
+
+        def missing() -> int:
+            """the restored node's tally.show chain.missing"""
+            ahead, length, conf = node.db.read_one(
+                "SELECT chain_ahead, chain_length, chain_conf FROM tallies"
+                " WHERE uuid = ? AND cuid = ?", (tally, cuid))
+            return max(ahead - (length if restored == "stock" else conf), 0)
+
+        await wait_for(lambda: chain_of(node, cuid, tally)[3] == -100)
+        if missing():  # not given up yet: refused
+            error = await refused(node, "chit.pay", cuid=cuid, tally=tally, units=100)
+            assert error.reason == "CHAIN_BEHIND" and "has given up asking" in error.message
+        await wait_for(lambda: missing() == 0, timeout=30)
+        warned = [record.getMessage() for record in caplog.records
+                  if "sent none when asked 2 times" in record.getMessage()]
+        assert len(warned) == 1
+        assert warned[0].endswith("its users' payments on the tally are taken again, on a "
+                                  "balance that leaves them out")
+        paid = await rpc(node, "chit.pay", cuid=cuid, tally=tally, units=100)
+        assert paid["units"] == 100
+        assert chain_of(node, cuid, tally)[3] == -200
