@@ -443,8 +443,10 @@ class RestoredExchange(RuleBasedStateMachine):
         the other first (a stock restored, its probe answered, then the foil restored; or a
         foil restored, told the stock's ``conf``, then the stock restored). Nobody holds
         them, and the one told asks for them at every repair (a stock until the foil's new
-        chain is as long): a confirmed index never moves back, and nothing tells a partner's
-        restore from a late copy of its older message (``tests/test_chain_restore_late.py``).
+        chain is as long; a node, ``ASKS`` times: this model has no give-up, which
+        ``tests/test_chain_give_up.py`` adds): a confirmed index never moves back, and
+        nothing tells a partner's restore from a late copy of its older message
+        (``tests/test_chain_restore_late.py``).
         So a holder that does not settle must be asking for a block that either side held
         confirmed and neither holds any more."""
         held = {(index, chit["chain"]["hash"]) for holder in (self.pair.stock, self.pair.foil)

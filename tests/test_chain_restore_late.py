@@ -75,7 +75,8 @@ def test_blocks_both_holders_lost_are_asked_for_until_a_person_sees_to_it():
     move back, and a partner's restore looks like a late copy of its older message). A
     stock so told takes new blocks from the foil meanwhile, and settles once the foil's
     chain is as long again; a foil orders nothing new while it lacks confirmed blocks, so
-    nothing moves on the tally until a person sees to it (the README says so)."""
+    nothing moves on the tally until its node gives them up, after ``ASKS`` repairs
+    (``protocol.chain.give_up``: tests/test_chain_give_up.py)."""
     pair = Pair()
     stock_then, foil_then = backup(pair.stock), backup(pair.foil)
     pay(pair, pair.foil, 3)
