@@ -342,18 +342,27 @@ def probe(local: LocalTally, *, length: int, head: bytes, conf: int) -> Send:
     return to_partner(local, "chit", "chain", {"tally": local.uuid, **fields})
 
 
-def check_caught_up(chain: Chain, balance: int) -> None:
+def check_caught_up(chain: Chain, balance: int, *, gave_up: bool = False) -> None:
     """Refuse our user's payment on a chain that lacks blocks the partner confirmed: its
     ``balance`` leaves them out, so a payment that fits it may be past the partner's limit
     once they come back, and the partner would refuse it for good while our user's signature
     keeps it good here: the tally would never settle. A node restored from a backup that
-    does not know yet (its partner away) cannot refuse; one that does waits."""
+    does not know yet (its partner away) cannot refuse; one that does waits. ``gave_up``:
+    the node gave such blocks up (the partner sent none when asked, ``give_up``) and the
+    chain has not grown since: the balance is as stale, whether the partner lied or only
+    went quiet, so the payment waits for the partner's next block (the cost of a lying
+    partner: our user does not pay on its tally until it sends one)."""
+    if gave_up:
+        raise Refusal("chain_behind", f"tally {chain.tally}: this node gave up asking its "
+                      "partner for blocks it said it confirmed (it sent none), so the balance "
+                      f"it holds ({balance}) may not be the partner's: its user pays again "
+                      "once the partner sends a block (tally.show chain.missing was not 0)")
     blocks = lacking(chain)
     if blocks:
         raise Refusal("chain_behind", f"tally {chain.tally}: this node lacks {blocks} blocks its"
                       " partner confirmed (restored from a backup?), so the balance it holds"
                       f" ({balance}) may not be the partner's: its user pays again once it has "
-                      "them, or has given up asking for them (tally.show chain.missing)")
+                      "them (tally.show chain.missing)")
 
 
 __all__ = ["CMDS", "NOTHING", "UPD_BATCH", "Chain", "Received", "Wanted", "add", "add_many",

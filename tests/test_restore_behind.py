@@ -78,8 +78,7 @@ async def test_a_node_that_knows_its_chain_is_behind_refuses_its_users_payments(
         assert error.message == (
             f"CHAIN_BEHIND: tally {tally}: this node lacks 50 blocks its partner confirmed "
             "(restored from a backup?), so the balance it holds (-100) may not be the "
-            "partner's: its user pays again once it has them, or has given up asking for them "
-            "(tally.show chain.missing)")
+            "partner's: its user pays again once it has them (tally.show chain.missing)")
         assert node.db.read_one("SELECT count(*) FROM chits")[0] == before
         assert chain_of(node, cuid, tally)[3] == -100
         invoice = await rpc(partner, "chit.invoice", cuid=("alice", "bob")[1 - index],

@@ -1,7 +1,8 @@
 """A node restored from a backup whose partner stops sending the blocks it lacks, while its
 users' payments on the tally are refused ``CHAIN_BEHIND``, gives the claim up after
-``ASKS`` repairs (``protocol.chain.give_up``) and takes them again (real nodes: loopback,
-Noise, SQLite). README: Restoring a node from a backup."""
+``ASKS`` repairs (``protocol.chain.give_up``) and settles, but takes its users' payments
+again only once the chain grows (real nodes: loopback, Noise, SQLite). README: Restoring a
+node from a backup."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from tests.test_restore_behind import LOST, FirstOnly
 
 
 @pytest.mark.parametrize("restored", ["stock", "foil"])
-async def test_a_node_that_gave_up_the_blocks_it_lacks_says_its_payments_are_taken_again(
+async def test_a_node_that_gave_up_the_blocks_it_lacks_pays_again_once_its_chain_grows(
         tmp_path, monkeypatch, caplog, restored):
     """The restored node took 100 of the 150 blocks it lost, and its partner's node answers
-    no further request: payments are refused CHAIN_BEHIND, whose words say the user pays
-    again once the node has the blocks or has given up asking; after ASKS (2 here) repairs
-    it gives up, warns that payments are taken again on a balance that leaves the blocks
-    out (the warning said only that they were not asked for), and chit.pay is taken."""
+    no further request: payments are refused CHAIN_BEHIND; after ASKS (2 here) repairs it
+    gives up and warns once, and payments are still refused (its balance leaves 50 blocks
+    out, and one of 100 would pass the limit of 200 once they count: it took it, and the
+    partner refused it for good). Once the partner's node answers again, the chain grows,
+    the blocks come back and a payment that fits is taken."""
     monkeypatch.setattr(ledger, "ASKS", 2)
     monkeypatch.setattr(repair, "ASKS", 2)
     monkeypatch.setattr(repair, "RESYNC_QUIET_MS", 50)
@@ -56,13 +58,20 @@ async def test_a_node_that_gave_up_the_blocks_it_lacks_says_its_payments_are_tak
         await wait_for(lambda: chain_of(node, cuid, tally)[3] == -100)
         if missing():  # not given up yet: refused
             error = await refused(node, "chit.pay", cuid=cuid, tally=tally, units=100)
-            assert error.reason == "CHAIN_BEHIND" and "has given up asking" in error.message
+            assert error.reason == "CHAIN_BEHIND" and "once it has them" in error.message
         await wait_for(lambda: missing() == 0, timeout=30)
         warned = [record.getMessage() for record in caplog.records
                   if "sent none when asked 2 times" in record.getMessage()]
         assert len(warned) == 1
-        assert warned[0].endswith("its users' payments on the tally are taken again, on a "
-                                  "balance that leaves them out")
-        paid = await rpc(node, "chit.pay", cuid=cuid, tally=tally, units=100)
-        assert paid["units"] == 100
-        assert chain_of(node, cuid, tally)[3] == -200
+        assert warned[0].endswith("its users' payments on the tally wait for that block "
+                                  "(CHAIN_BEHIND): the balance leaves them out")
+        error = await refused(node, "chit.pay", cuid=cuid, tally=tally, units=100)
+        assert error.reason == "CHAIN_BEHIND" and "gave up asking" in error.message
+        await net.restart(1 - index)  # answers every request now
+        await rpc(node, "peers.ping", agent=net.nodes[1 - index].agent_id)
+        a, b = net.nodes
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, LOST), timeout=30)
+        error = await refused(node, "chit.pay", cuid=cuid, tally=tally, units=100)
+        assert error.reason == "OVER_LIMIT"  # the balance counts all 150 again
+        await rpc(node, "chit.pay", cuid=cuid, tally=tally, units=50)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, LOST + 1))

@@ -141,6 +141,12 @@ class CreditLedger:
         return saved
 
     @staticmethod
+    def gave_up(holding: Holding) -> bool:
+        """Whether the chain gave up blocks its partner claimed (after ``ASKS`` repairs that
+        asked) and has not grown since: its balance may leave them out."""
+        return holding.asked >= ASKS
+
+    @staticmethod
     def _believed(holding: Holding, chain: ch.Chain | None) -> tuple[ch.Chain | None,
                                                                       int | None]:
         """``chain`` as kept, and what its count of repairs that asked for claimed blocks

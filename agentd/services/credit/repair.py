@@ -153,7 +153,7 @@ class ChainRepair:
             log.warning, "tally %s: partner %s said it confirmed %d blocks of %s's chain that "
             "this node lacks, and sent none when asked %d times: not asked for any more (they"
             " come back with its next block, if it holds them); its users' payments on the "
-            "tally are taken again, on a balance that leaves them out", row["uuid"],
+            "tally wait for that block (CHAIN_BEHIND): the balance leaves them out", row["uuid"],
             row["partner"][:8], lacked, row["cuid"], ASKS))
 
     async def _tick(self) -> bool:
