@@ -59,11 +59,15 @@ async def test_a_node_that_gave_up_the_blocks_it_lacks_pays_again_once_its_chain
         if missing():  # not given up yet: refused
             error = await refused(node, "chit.pay", cuid=cuid, tally=tally, units=100)
             assert error.reason == "CHAIN_BEHIND" and "once it has them" in error.message
-        await wait_for(lambda: missing() == 0, timeout=30)
-        warned = [record.getMessage() for record in caplog.records
-                  if "sent none when asked 2 times" in record.getMessage()]
-        assert len(warned) == 1
-        assert warned[0].endswith("its users' payments on the tally wait for that block "
+        def warned() -> list[str]:
+            """the give-up's warning (logged once its commit is done: after the row shows)"""
+            return [record.getMessage() for record in caplog.records
+                    if "sent none when asked 2 times" in record.getMessage()]
+
+        await wait_for(lambda: missing() == 0 and warned(), timeout=30)
+        lines = warned()
+        assert len(lines) == 1
+        assert lines[0].endswith("its users' payments on the tally wait for that block "
                                   "(CHAIN_BEHIND): the balance leaves them out")
         error = await refused(node, "chit.pay", cuid=cuid, tally=tally, units=100)
         assert error.reason == "CHAIN_BEHIND" and "gave up asking" in error.message
