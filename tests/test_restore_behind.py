@@ -37,9 +37,34 @@ class FirstOnly(AnswersInFlight):
         return super().room(conn, key)
 
 
+async def restored_behind(net: Any, tmp_path: Any, restored: str) -> tuple[Any, str, str, int]:
+    """A tally of limit 200 (alice: stock) whose ``restored`` side's node is backed up, then
+    its user pays LOST of 1, then the node is restored from the copy, and the partner's node
+    restarted to answer only its first request for blocks: the restored node takes 100 of
+    them back and knows it lacks 50. The restored node, its user, the tally, its index."""
+    a, b = net.nodes
+    await rpc(a, "users.add", cuid="alice")
+    await rpc(b, "users.add", cuid="bob")
+    tally = await open_tally(a, "alice", b, "bob", limit=200)
+    index = 0 if restored == "stock" else 1
+    cuid = ("alice", "bob")[index]
+    await net.stop(index)
+    copy = tmp_path / "backup.db"
+    back_up(net.nodes[index], copy)
+    node = await net.restart(index)
+    await pay(node, cuid, tally, [1] * LOST)
+    await wait_for(lambda: agreed(net.nodes[0], "alice", net.nodes[1], "bob", tally, LOST))
+    await net.stop(1 - index)
+    node = await restore(net, index, copy)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(chits_module, "AnswersInFlight", FirstOnly)
+        await net.restart(1 - index)
+    return node, cuid, tally, index
+
+
 @pytest.mark.parametrize("restored", ["stock", "foil"])
 async def test_a_node_that_knows_its_chain_is_behind_refuses_its_users_payments(
-        tmp_path, monkeypatch, restored):
+        tmp_path, restored):
     """The restored node's user lost 150 payments of 1 (limit 200) and pays 100 more on the
     balance its node still holds, which knows it lacks 50 of the blocks: that payment was
     good and signed there and over the limit once the lost blocks came back, so the partner
@@ -48,24 +73,8 @@ async def test_a_node_that_knows_its_chain_is_behind_refuses_its_users_payments(
     (CHAIN_BEHIND, naming the blocks it lacks) and changes nothing; once caught up the node
     refuses it as over the limit itself, and a payment that fits settles."""
     async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await rpc(a, "users.add", cuid="alice")
-        await rpc(b, "users.add", cuid="bob")
-        tally = await open_tally(a, "alice", b, "bob", limit=200)  # alice: stock
-        index = 0 if restored == "stock" else 1
-        cuid = ("alice", "bob")[index]
-        await net.stop(index)
-        copy = tmp_path / "backup.db"
-        back_up(net.nodes[index], copy)
-        node = await net.restart(index)
-        await pay(node, cuid, tally, [1] * LOST)
-        await wait_for(lambda: agreed(net.nodes[0], "alice", net.nodes[1], "bob", tally, LOST))
-
-        await net.stop(1 - index)
-        node = await restore(net, index, copy)
-        monkeypatch.setattr(chits_module, "AnswersInFlight", FirstOnly)
-        partner = await net.restart(1 - index)
-        monkeypatch.undo()
+        node, cuid, tally, index = await restored_behind(net, tmp_path, restored)
+        partner = net.nodes[1 - index]
 
         async def shown() -> dict:
             return (await rpc(node, "tally.show", cuid=cuid, tally=tally))["chain"]

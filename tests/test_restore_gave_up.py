@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from agentd.services.credit import chits as chits_module
 from agentd.services.credit import ledger, repair
 from tests.netfixture import network, wait_for
-from tests.test_credit_service import agreed, chain_of, open_tally, refused, rpc
-from tests.test_restore import back_up, pay, restore
-from tests.test_restore_behind import LOST, FirstOnly
+from tests.test_credit_service import agreed, chain_of, refused, rpc
+from tests.test_restore_behind import LOST, restored_behind
 
 
 @pytest.mark.parametrize("restored", ["stock", "foil"])
@@ -29,24 +27,7 @@ async def test_a_node_that_gave_up_the_blocks_it_lacks_pays_again_once_its_chain
     monkeypatch.setattr(repair, "ASKS", 2)
     monkeypatch.setattr(repair, "RESYNC_QUIET_MS", 50)
     async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await rpc(a, "users.add", cuid="alice")
-        await rpc(b, "users.add", cuid="bob")
-        tally = await open_tally(a, "alice", b, "bob", limit=200)  # alice: stock
-        index = 0 if restored == "stock" else 1
-        cuid = ("alice", "bob")[index]
-        await net.stop(index)
-        copy = tmp_path / "backup.db"
-        back_up(net.nodes[index], copy)
-        node = await net.restart(index)
-        await pay(node, cuid, tally, [1] * LOST)
-        await wait_for(lambda: agreed(net.nodes[0], "alice", net.nodes[1], "bob", tally, LOST))
-
-        await net.stop(1 - index)
-        node = await restore(net, index, copy)
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(chits_module, "AnswersInFlight", FirstOnly)
-            await net.restart(1 - index)
+        node, cuid, tally, index = await restored_behind(net, tmp_path, restored)
 
         def missing() -> int:
             """the restored node's tally.show chain.missing"""
