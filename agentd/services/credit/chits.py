@@ -98,9 +98,7 @@ class ChitService(Service):
 
         def work(tx: Tx) -> list[LocalChit]:
             holding = self.ledger.holding(tx.conn, tally_uuid, cuid, ours=True)
-            if holding.chain is not None:
-                ch.check_caught_up(holding.chain, holding.balance,
-                                   gave_up=self.ledger.gave_up(holding))
+            self.ledger.check_caught_up(holding)
             key = self.ledger.user(tx.conn, cuid).key
             balance, paid = holding.balance, []
             for at, (chit_uuid, units) in enumerate(zip(new_uuids(len(amounts)), amounts,
@@ -152,9 +150,7 @@ class ChitService(Service):
 
         def work(tx: Tx) -> LocalChit:
             holding, owed = self.ledger.owed(tx.conn, cuid, chit_uuid)
-            if holding.chain is not None:
-                ch.check_caught_up(holding.chain, holding.balance,
-                                   gave_up=self.ledger.gave_up(holding))
+            self.ledger.check_caught_up(holding)
             paid, _ = c.accept(owed, holding.local, self.ledger.user(tx.conn, cuid).key,
                                balance=holding.balance, reserved=holding.lift_out)
             self.ledger.good(tx, holding, [paid], batched=False)

@@ -141,10 +141,12 @@ class CreditLedger:
         return saved
 
     @staticmethod
-    def gave_up(holding: Holding) -> bool:
-        """Whether the chain gave up blocks its partner claimed (after ``ASKS`` repairs that
-        asked) and has not grown since: its balance may leave them out."""
-        return holding.asked >= ASKS
+    def check_caught_up(holding: Holding) -> None:
+        """Refuse our user's payment on the tally (``CHAIN_BEHIND``) while its chain lacks
+        blocks the partner confirmed, or gave such blocks up (:meth:`_believed`) and has not
+        grown since: either way its balance may leave them out."""
+        if holding.chain is not None:
+            ch.check_caught_up(holding.chain, holding.balance, gave_up=holding.asked >= ASKS)
 
     @staticmethod
     def _believed(holding: Holding, chain: ch.Chain | None) -> tuple[ch.Chain | None,
