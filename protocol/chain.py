@@ -37,7 +37,8 @@ req    both ways      ``index``: "send me your blocks from here" (to the stock: 
 
 Recovery: a stock that receives a block beyond a gap keeps it in ``pending`` with its position
 and sends ``req``; blocks link as soon as they are contiguous, so reordering never re-hashes
-anything. It keeps at most ``chain_stock.PARKED_BLOCKS`` such blocks: a chit beyond those
+anything. It keeps at most ``chain_stock.PARKED_BLOCKS`` such blocks of the foil's chits
+(its own user's chits bound the others): a chit beyond those
 waits without its block, like a chit waiting for the foil's order, and the foil sends the
 block again once the gap is filled, so a foil cannot make the stock hold its flood of blocks
 beyond a gap in memory. Lost messages are repaired by :func:`resync`, which the runtime calls

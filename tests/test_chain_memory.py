@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from protocol import chain as ch
+from protocol import chain_stock
 from protocol import chit as c
 from protocol import tally as t
-from protocol.chain_stock import PARKED_BLOCKS
 from protocol.chit_local import effect
 from protocol.codec import pack, unpack
 from protocol.messages import Send
@@ -36,6 +36,8 @@ from tests.test_credit_service import (
     whole_chain,
 )
 from tests.test_credit_tally import ALICE, BOB
+
+PARKED_BLOCKS = 128  # chain_stock's bound, made small enough for a quick test
 
 # -- the protocol: a trimmed unconfirmed tail answers as the whole chain does -------------------
 
@@ -329,11 +331,13 @@ async def test_a_node_holds_a_window_while_its_partner_is_away_and_repairs_the_r
             assert len(chain.chits) <= 2 * 4 and ch.settled(chain)
 
 
-def test_blocks_a_foil_sends_beyond_a_gap_cost_the_cache_a_bounded_number() -> None:
+def test_blocks_a_foil_sends_beyond_a_gap_cost_the_cache_a_bounded_number(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """The foil pays 1,500 chits and its upd of the first 100 is lost: the stock keeps at
-    most ``PARKED_BLOCKS`` of the 1,400 blocks beyond the gap, in memory and in the rows it
-    is rebuilt from; the others wait as chits without a block (spilled past the window), all
-    counted in the balance. Once the lost upd arrives the chains converge."""
+    most ``PARKED_BLOCKS`` (made 128 here) of the 1,400 blocks beyond the gap, in memory and
+    in the rows it is rebuilt from; the others wait as chits without a block (spilled past
+    the window), all counted in the balance. Once the lost upd arrives the chains converge."""
+    monkeypatch.setattr(chain_stock, "PARKED_BLOCKS", PARKED_BLOCKS)
     rows = Rows()
     foil, stock = rows.foil, rows.stock
     upds = []
@@ -354,3 +358,26 @@ def test_blocks_a_foil_sends_beyond_a_gap_cost_the_cache_a_bounded_number() -> N
                              " AND block IS NOT NULL").fetchone()[0] == PARKED_BLOCKS
     stock, foil = converge(rows, stock, foil, upds[:1], [])
     assert stock.chain.length == 1500
+
+
+def test_the_foil_orders_the_stocks_own_chits_beyond_a_gap_all_parked(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stock pays 1,500 chits, and the first of the foil's 15 upds that order them comes
+    last (under load the foil's order of the stock's chits overtakes its own chits): the
+    stock parks every block beyond the gap, past ``PARKED_BLOCKS`` (made 128 here), since
+    each is one of its own user's chits, and links all 1,500 as soon as the late upd comes,
+    with no repair. Asked for again by repairs, ``bench chits``' 20,000 took minutes."""
+    monkeypatch.setattr(chain_stock, "PARKED_BLOCKS", PARKED_BLOCKS)
+    rows = Rows()
+    foil, stock = rows.foil, rows.stock
+    news = []
+    for _ in range(15):
+        stock, sent = rows.pay(stock, ALICE.key, 100)
+        news += sent
+    foil, upds = take(rows, foil, news)
+    assert len(upds) == 15
+    stock, _ = take(rows, stock, upds[1:])
+    assert stock.chain.length == 0
+    assert sum(chit["chain"] is not None for chit in stock.chain.pending) == 1400
+    stock, _ = take(rows, stock, upds[:1])
+    assert stock.chain.length == foil.chain.length == 1500
