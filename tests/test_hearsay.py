@@ -63,3 +63,26 @@ async def test_an_address_on_hearsay_is_stored_once_answered_and_forgotten_once_
         assert alice.address_of(BOB) == f"127.0.0.1:{wrong}"
         alice.stop()
         carol.stop()
+
+
+def test_unproven_addresses_are_bounded_the_oldest_forgotten_first(monkeypatch) -> None:
+    """Past ``MAX_UNPROVEN`` the oldest unproven address is forgotten, unless the config
+    names its agent; a proven one (answered) stays."""
+    monkeypatch.setattr(hearsay, "MAX_UNPROVEN", 3)
+    addresses: dict[str, str] = {}
+    kept: list[tuple[str, str]] = []
+    table = hearsay.Hearsay(addresses, lambda agent, address: kept.append((agent, address)),
+                            lambda agent: agent == "configured")
+    table.learn("configured", "h:1")
+    table.learn("proven", "h:2")
+    table.dialled("proven", "h:2", answered=True)
+    for n in range(3):
+        table.learn(f"payee{n}", f"h:{10 + n}")
+    assert addresses == {"configured": "h:1", "proven": "h:2", "payee0": "h:10",
+                         "payee1": "h:11", "payee2": "h:12"}
+    table.learn("payee3", "h:13")
+    table.learn("payee0", "h:10")  # learnt again: the newest
+    table.learn("payee4", "h:14")
+    assert addresses == {"configured": "h:1", "proven": "h:2", "payee0": "h:10",
+                         "payee3": "h:13", "payee4": "h:14"}
+    assert kept == [("proven", "h:2")]

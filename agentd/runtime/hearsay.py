@@ -6,7 +6,8 @@ dial a wrong host for ever, and keep it across restarts. So such an address is h
 memory only until a dial there is answered, which proves it: then it is stored as any
 learned address is. After ``FORGET_AFTER`` failed dials in a row it is forgotten, and the
 payee's node is again one this node cannot ask (``NO_ROUTE`` says so) until a later good
-payment teaches an address again. An address the config names is never forgotten here.
+payment teaches an address again. An address the config names is never forgotten here. At
+most ``MAX_UNPROVEN`` are held: one more forgets the oldest, as a failed one is forgotten.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 log = logging.getLogger("agentd.runtime.hearsay")
 FORGET_AFTER = 3  # failed dials in a row at an unproven address before it is forgotten
+MAX_UNPROVEN = 1024  # unproven addresses held at once (the payees of our users' payments)
 
 
 class Hearsay:
@@ -32,7 +34,11 @@ class Hearsay:
     def learn(self, agent: str, address: str) -> None:
         """Dial ``agent`` at ``address`` from now on, until dials there fail."""
         self._addresses[agent] = address
+        self._unproven.pop(agent, None)  # re-learnt: the newest again
         self._unproven[agent] = (address, 0)
+        if len(self._unproven) > MAX_UNPROVEN:
+            oldest = next(iter(self._unproven))
+            self._forget(oldest, self._unproven.pop(oldest)[0])
 
     def drop(self, agent: str) -> None:
         """``agent``'s address came from elsewhere (the config, a hello, a ticket): not ours."""
@@ -52,7 +58,14 @@ class Hearsay:
             self._unproven[agent] = (address, failed)
             return
         del self._unproven[agent]
-        if self._addresses.get(agent) == address and not self._configured(agent):
-            del self._addresses[agent]
+        if self._forget(agent, address):
             log.warning("agent %s: forgot %s, which a payment's route gave as where its node "
                         "listens, after %d failed dials there", agent[:8], address, failed)
+
+    def _forget(self, agent: str, address: str) -> bool:
+        """Stop dialling ``agent`` at ``address``, unless the config names it or another
+        address replaced it; whether it was forgotten."""
+        if self._addresses.get(agent) != address or self._configured(agent):
+            return False
+        del self._addresses[agent]
+        return True
