@@ -4,6 +4,7 @@ would take is refused, and a good decision is kept and answered again the same."
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from typing import Any
 
@@ -12,6 +13,7 @@ from protocol import lift as lf
 from protocol.codec import pack
 from protocol.keys import SigningKey
 from store import lifts as lift_store
+from store.schema import migrate
 from tests.netfixture import network, wait_for
 from tests.test_credit_service import processed, refusal_of, send_raw
 from tests.test_lift_pruning import AMonthLater
@@ -99,3 +101,17 @@ async def test_a_strangers_void_decisions_go_a_month_on_and_honest_ones_answer_t
         again = [state for (lift, _), (state, _) in decisions(house).items()
                  if lift == strangers[0]["lift"]]
         assert again == ["void"]
+
+
+def test_the_hourly_look_for_old_void_decisions_reads_only_void_rows() -> None:
+    """A referee keeps every good decision for ever: the prune's query goes through the
+    index of void rows (migration 020), not through all of them."""
+    conn = sqlite3.connect(":memory:")
+    migrate(conn)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    assert lift_store.prune_void_decisions(conn, 10**13) == 0
+    conn.set_trace_callback(None)
+    select = next(sql for sql in statements if sql.startswith("SELECT"))
+    plan = conn.execute(f"EXPLAIN QUERY PLAN {select}").fetchall()
+    assert "USING INDEX lift_decisions_void" in plan[0][3]
