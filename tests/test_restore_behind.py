@@ -42,7 +42,7 @@ async def restored_behind(net: Any, tmp_path: Any, restored: str) -> tuple[Any, 
     its user pays LOST of 1, then the node is restored from the copy, and the partner's node
     restarted to answer only its first request for blocks: the restored node takes 100 of
     them back and knows it lacks 50. The restored node, its user, the tally, its index."""
-    a, b = net.nodes
+    a, b = net.nodes[:2]
     await rpc(a, "users.add", cuid="alice")
     await rpc(b, "users.add", cuid="bob")
     tally = await open_tally(a, "alice", b, "bob", limit=200)
@@ -141,3 +141,25 @@ async def test_a_partners_refusal_stays_shown_while_the_chain_lacks_blocks(tmp_p
                 shown["chain"]["pending"], shown["chain"]["missing"]) == (0, 0, 0, 3)
         assert shown["error"] == ("chit chain: CONFLICT: block 1 contradicts the one this "
                                   "node confirmed")
+
+
+async def test_a_lift_over_a_tally_whose_chain_is_behind_is_refused_before_any_promise(
+        tmp_path):
+    """The restored node's user pays its partner 100 by a lift, over the tally its node knows
+    lacks 50 blocks: refused at once (CHAIN_BEHIND, as chit.pay), no lift recorded, no chit
+    held; once caught up, a lift that fits is good."""
+    async with network(tmp_path, n=3, clearinghouse=2) as net:
+        node, cuid, tally, index = await restored_behind(net, tmp_path, "foil")
+        partner, payee = net.nodes[1 - index], ("alice", "bob")[1 - index]
+        await wait_for(lambda: chain_of(node, cuid, tally)[3] == -100)
+        find = f"{payee}:{partner.agent_id}"
+        error = await refused(node, "lift.pay", cuid=cuid, find=find, units=10)
+        assert error.reason == "CHAIN_BEHIND"
+        assert node.db.read_one("SELECT count(*) FROM lifts")[0] == 0
+        assert node.db.read_one("SELECT count(*) FROM chits WHERE type = 'lift'")[0] == 0
+
+        await net.restart(1 - index)  # answers every request now
+        await wait_for(lambda: chain_of(node, cuid, tally)[3] == -LOST, timeout=30)
+        started = await rpc(node, "lift.pay", cuid=cuid, find=find, units=10)
+        done = await rpc(node, "lift.wait", lift=started["lift"], timeout_s=20)
+        assert done["state"] == "good"

@@ -324,9 +324,13 @@ class LiftService(Service):
               outgoing: bool, holding: Holding | None = None) -> None:
         """Record the pending chit of hop ``hop`` on our user's tally (``holding``, when the
         caller has loaded it), after checking the tally takes chits and can carry the lift
-        counting every pending lift chit."""
+        counting every pending lift chit. Our user pays on an ``outgoing`` hop: not while
+        its chain lacks blocks the partner confirmed (``CHAIN_BEHIND``, as ``chit.pay``),
+        since the balance that room is counted from may leave them out."""
         if holding is None:
             holding = self.ledger.holding(tx.conn, record["path"][hop]["tally"], cuid)
+        if outgoing:
+            self.ledger.check_caught_up(holding)
         pending = lift_chit(record, hop, holding.local)
         units = record["units"]
         lf.check_room(record, pending, holding.local, balance=holding.balance,
