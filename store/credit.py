@@ -25,9 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from protocol.chain import Chain, Wanted, trim
+from protocol.chain import Chain, Wanted, give_up, trim
 from protocol.chit_local import LocalChit
 from protocol.codec import pack, unpack
+from protocol.tally_fields import FOIL
 from protocol.tally_local import LocalTally, other_side
 from store import chain_rows
 
@@ -256,6 +257,19 @@ class Ledger:
               ) -> tuple[Chain | None, dict[int, dict[str, Any]], dict[str, LocalChit]]:
         """``store.chain_rows.named`` for the holding's chain."""
         return chain_rows.named(conn, holding.key, holding.chain, wanted)
+
+    def given_up(self, conn: sqlite3.Connection, holding: Holding) -> Chain:
+        """``protocol.chain.give_up`` of the holding's chain, a foil's spilled chits read
+        back first: a foil links the chits that waited for the lost blocks only once it holds
+        them all, so with some spilled it went on waiting, its user's payments unordered (and
+        unsent) for ever. They are our own user's, as many as it paid meanwhile."""
+        chain = holding.chain
+        assert chain is not None
+        if chain.side == FOIL and chain.spilled:
+            chain, _, _ = self.named(conn, holding, Wanted(frozenset(), frozenset(),
+                                                           chain.spilled))
+            assert chain is not None
+        return give_up(chain)
 
     @staticmethod
     def fill_limits(conn: sqlite3.Connection) -> int:

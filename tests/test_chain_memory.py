@@ -5,6 +5,7 @@ requests, acks, the stock's rollback), byte for byte what it sent the first time
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import sqlite3
 from typing import Any
@@ -381,3 +382,25 @@ def test_the_foil_orders_the_stocks_own_chits_beyond_a_gap_all_parked(
     assert sum(chit["chain"] is not None for chit in stock.chain.pending) == 1400
     stock, _ = take(rows, stock, upds[:1])
     assert stock.chain.length == foil.chain.length == 1500
+
+
+def test_a_foil_that_gives_up_lost_blocks_links_every_chit_that_waited_spilled_too() -> None:
+    """A foil told of 3 blocks it lacks (restored from a backup; the stock never sends them)
+    waits with its user's 600 payments unordered, most spilled past the window. Giving the
+    blocks up links them all (``Ledger.given_up`` reads the spilled back): the foil orders
+    and sends them, and both chains agree. Before, it linked only when none was spilled,
+    so they waited for ever."""
+    rows = Rows()
+    foil, stock = rows.foil, rows.stock
+    foil, upds = rows.pay(foil, BOB.key, 100)
+    stock, foil = converge(rows, stock, foil, upds, [])
+    told = dataclasses.replace(foil.chain, ahead=foil.chain.length + 3)
+    foil = rows.ledger.save(rows.conn, foil, 5, chain=told)
+    for _ in range(6):
+        foil, sent = rows.pay(foil, BOB.key, 100)
+        assert sent == []  # catching up: nothing is ordered
+    assert foil.chain.spilled > 0 and ch.lacking(foil.chain) == 3
+    foil = rows.ledger.save(rows.conn, foil, 6, chain=rows.ledger.given_up(rows.conn, foil))
+    assert foil.chain.length == 700 and foil.chain.spilled == 0 and not foil.chain.pending
+    stock, foil = converge(rows, stock, foil, resend(rows, foil), [])
+    assert stock.chain.length == 700

@@ -148,7 +148,7 @@ class ChainRepair:
         if holding is None or holding.chain is None:
             return
         lacked = ch.lacking(holding.chain)
-        self.ledger.commit(tx, holding, chain=ch.give_up(holding.chain))
+        self.ledger.commit(tx, holding, chain=self.ledger.store.given_up(tx.conn, holding))
         tx.after_commit(functools.partial(
             log.warning, "tally %s: partner %s said it confirmed %d blocks of %s's chain that "
             "this node lacks, and sent none when asked %d times: not asked for any more (they"
