@@ -9,6 +9,7 @@ from typing import Any
 
 import msgpack
 
+from agentd.services.clearing import sender
 from protocol import evidence_merge as merge
 from protocol.codec import canonical, unpack
 from protocol.evidence import evidence_object
@@ -94,3 +95,37 @@ async def test_a_tallys_chits_logged_in_one_linger_are_one_entry_with_one_receip
         assert alice.db.read_one("SELECT count(*) FROM ch_requests")[0] == 0
         audit = await alice.rpc.call("receipts.verify", {"chain": True})
         assert audit["ok"] and audit["checked"] == 4, audit
+
+
+async def test_a_backlog_is_read_once_however_many_batches_it_makes(tmp_path, monkeypatch):
+    """600 logs that do not merge wait at once (as after a house outage): they go as three
+    ``log_batch`` messages (at most 256 entries each) from one read, each log unpacked once
+    (each batch read its window again: 1,032 unpacks), and every receipt comes back."""
+    logs = 600
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
+        house, alice = net.nodes
+        owners = [alice.agent_id]
+
+        def first(tx):
+            alice.evidence.log(tx, "T", owners, "tally.open", {"n": 0}, ref="T")
+
+        await alice.transact(first)
+        await wait_for(lambda: [r["status"] for r in receipts(alice)] == ["valid"])
+        inbox = house.db.read_one("SELECT count(*) FROM inbox")[0]
+        unpacked = []
+
+        def counting(data, **kwargs):
+            unpacked.append(1)
+            return unpack(data, **kwargs)
+
+        monkeypatch.setattr(sender, "unpack", counting)
+
+        def work(tx):
+            for n in range(logs):
+                alice.evidence.log(tx, "T", owners, "tally.close", {"n": n}, ref=f"r{n}")
+
+        await alice.transact(work)
+        await wait_for(lambda: len(receipts(alice)) == 1 + logs, timeout=30)
+        assert house.db.read_one("SELECT count(*) FROM inbox")[0] == inbox + 3
+        assert len(unpacked) == logs
+        assert all(r["status"] == "valid" for r in receipts(alice))
