@@ -59,18 +59,24 @@ def test_a_merged_entry_carries_every_chit_in_order_and_hashes_what_it_carries()
     assert merge.merged(logs[:1]) == logs[0]  # a lone chit's entry is as it always was
 
 
+async def process_t(net) -> tuple[Any, Any, list[str], int]:
+    """The house and alice's node once alice's first log made process ``T`` at the house
+    (its receipt back); alice's owners, and the house's inbox rows by then."""
+    house, alice = net.nodes
+    owners = [alice.agent_id]
+
+    def first(tx):
+        alice.evidence.log(tx, "T", owners, "tally.open", {"n": 0}, ref="T")
+
+    await alice.transact(first)
+    await wait_for(lambda: [r["status"] for r in receipts(alice)] == ["valid"])
+    return house, alice, owners, house.db.read_one("SELECT count(*) FROM inbox")[0]
+
+
 async def test_a_tallys_chits_logged_in_one_linger_are_one_entry_with_one_receipt(tmp_path):
     chits = 20
     async with network(tmp_path, n=2, clearinghouse=0) as net:
-        house, alice = net.nodes
-        owners = [alice.agent_id]
-
-        def first(tx):
-            alice.evidence.log(tx, "T", owners, "tally.open", {"n": 0}, ref="T")
-
-        await alice.transact(first)
-        await wait_for(lambda: [r["status"] for r in receipts(alice)] == ["valid"])
-        inbox = house.db.read_one("SELECT count(*) FROM inbox")[0]
+        house, alice, owners, inbox = await process_t(net)
 
         def work(tx):
             log = alice.evidence.log
@@ -103,15 +109,7 @@ async def test_a_backlog_is_read_once_however_many_batches_it_makes(tmp_path, mo
     (each batch read its window again: 1,032 unpacks), and every receipt comes back."""
     logs = 600
     async with network(tmp_path, n=2, clearinghouse=0) as net:
-        house, alice = net.nodes
-        owners = [alice.agent_id]
-
-        def first(tx):
-            alice.evidence.log(tx, "T", owners, "tally.open", {"n": 0}, ref="T")
-
-        await alice.transact(first)
-        await wait_for(lambda: [r["status"] for r in receipts(alice)] == ["valid"])
-        inbox = house.db.read_one("SELECT count(*) FROM inbox")[0]
+        house, alice, owners, inbox = await process_t(net)
         unpacked = []
 
         def counting(data, **kwargs):
