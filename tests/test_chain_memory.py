@@ -332,6 +332,17 @@ async def test_a_node_holds_a_window_while_its_partner_is_away_and_repairs_the_r
             assert len(chain.chits) <= 2 * 4 and ch.settled(chain)
 
 
+def paid(rows: Rows, holding: credit_store.Holding, key: Any
+         ) -> tuple[credit_store.Holding, list[Send]]:
+    """``holding``'s user pays 1,500 chits, a hundred at a time: the holding after, and the
+    chain messages the payments sent."""
+    sent: list[Send] = []
+    for _ in range(15):
+        holding, messages = rows.pay(holding, key, 100)
+        sent += messages
+    return holding, sent
+
+
 def test_blocks_a_foil_sends_beyond_a_gap_cost_the_cache_a_bounded_number(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The foil pays 1,500 chits and its upd of the first 100 is lost: the stock keeps at
@@ -340,11 +351,7 @@ def test_blocks_a_foil_sends_beyond_a_gap_cost_the_cache_a_bounded_number(
     the window), all counted in the balance. Once the lost upd arrives the chains converge."""
     monkeypatch.setattr(chain_stock, "PARKED_BLOCKS", PARKED_BLOCKS)
     rows = Rows()
-    foil, stock = rows.foil, rows.stock
-    upds = []
-    for _ in range(15):
-        foil, sent = rows.pay(foil, BOB.key, 100)
-        upds += sent
+    stock, (foil, upds) = rows.stock, paid(rows, rows.foil, BOB.key)
     stock, replies = take(rows, stock, upds[1:])
     assert replies and all(reply.object["index"] == 1 for reply in replies
                            if reply.object["cmd"] == "req")
@@ -370,11 +377,7 @@ def test_the_foil_orders_the_stocks_own_chits_beyond_a_gap_all_parked(
     with no repair. Asked for again by repairs, ``bench chits``' 20,000 took minutes."""
     monkeypatch.setattr(chain_stock, "PARKED_BLOCKS", PARKED_BLOCKS)
     rows = Rows()
-    foil, stock = rows.foil, rows.stock
-    news = []
-    for _ in range(15):
-        stock, sent = rows.pay(stock, ALICE.key, 100)
-        news += sent
+    foil, (stock, news) = rows.foil, paid(rows, rows.stock, ALICE.key)
     foil, upds = take(rows, foil, news)
     assert len(upds) == 15
     stock, _ = take(rows, stock, upds[1:])
