@@ -35,11 +35,12 @@ from .tally_local import LocalTally
 # stock's own chits wait for the foil's order, so it may be spilled (``chain_state.trim``) and
 # the foil sends the block again once the gap is filled (its answer to our ``req``, or to our
 # ``new``). Under load a foil's blocks often overtake its earlier ones (``bench chits``: a
-# few hundred of its own chits, and thousands of its order of the stock's): with 128, the
-# repairs that asked for the rest took 20,000 chits minutes to link instead of ~3 s. The
-# blocks of the stock's own chits are all parked: each is a chit our user signed, so the
-# foil cannot make them more. ~1.5 KB a chit: ~0.75 MB a tally at most.
-PARKED_BLOCKS = 512
+# few hundred of its own chits at 4 calls in flight a side, thousands at 16, and thousands
+# of its order of the stock's): with 128, the repairs that asked for the rest took 20,000
+# chits minutes to link instead of ~3 s (512 was enough at 4 calls in flight, not at 16).
+# The blocks of the stock's own chits are all parked: each is a chit our user signed, so
+# the foil cannot make them more. ~1.5 KB a chit: ~6 MB a tally at most.
+PARKED_BLOCKS = 4096
 
 
 class Lost(Exception):
