@@ -38,13 +38,13 @@ req    both ways      ``index``: "send me your blocks from here" (to the stock: 
 Recovery: a stock that receives a block beyond a gap keeps it in ``pending`` with its position
 and sends ``req``; blocks link as soon as they are contiguous, so reordering never re-hashes
 anything. It keeps at most ``chain_stock.PARKED_BLOCKS`` such blocks of the foil's chits
-(its own user's chits bound the others): a chit beyond those
-waits without its block, like a chit waiting for the foil's order, and the foil sends the
-block again once the gap is filled, so a foil cannot make the stock hold its flood of blocks
-beyond a gap in memory. Lost messages are repaired by :func:`resync`, which the runtime calls
-now and then (or when a channel to the partner opens): the foil re-sends blocks its partner
-has not confirmed; the stock re-sends ``new`` for its unordered chits, ``ack`` for unconfirmed
-blocks and ``req`` for gaps. A chit whose ``good`` message was lost thus still arrives, inside
+(its own user's chits bound the others): a chit beyond those waits without its block, like a
+chit waiting for the foil's order, and the foil sends the block again once the gap is
+filled, so a foil cannot make the stock hold its flood of blocks beyond a gap in memory.
+Lost messages are repaired by :func:`resync`, which the runtime calls now and then (or when
+a channel to the partner opens): the foil re-sends blocks its partner has not confirmed; the
+stock re-sends ``new`` for its unordered chits, ``ack`` for unconfirmed blocks and ``req``
+for gaps. A chit whose ``good`` message was lost thus still arrives, inside
 ``upd`` or ``new``, and :func:`receive` returns it in ``adopted`` for the caller to record
 (``protocol.chit.receive_good``, or ``own_good`` for our own user's). A lift chit (unsigned)
 is never adopted: each holder takes it with :func:`add` when it applies the lift's decision

@@ -219,12 +219,13 @@ def give_up(chain: Chain) -> Chain:
     """``chain`` no longer asking for the blocks its partner says it confirmed and did not
     send when asked (it lies, or lost them too): ``ahead`` lowered to what the chain holds,
     and a foil's chits that waited for them linked after its head, in the order they waited
-    (as ``protocol.chain_foil`` does once it has caught up; not while some are spilled: it
-    reads those back as it catches up). Safe, for ``ahead`` only steers asking: the blocks
-    come back, if the partner holds them, as they came the first time (a block of the
-    partner's past a gap, or one that contradicts a block it confirmed, is answered with a
-    request), and a foil that orders anew on top of its ``conf`` is answered with the
-    stock's confirmed block if the stock holds more (``protocol.chain_stock.lost``)."""
+    (as ``protocol.chain_foil`` does once it has caught up; not while some are spilled: the
+    caller holds those again first, ``store.credit.Ledger.given_up``). Safe, for ``ahead``
+    only steers asking: the blocks come back, if the partner holds them, as they came the
+    first time (a block of the partner's past a gap, or one that contradicts a block it
+    confirmed, is answered with a request), and a foil that orders anew on top of its
+    ``conf`` is answered with the stock's confirmed block if the stock holds more
+    (``protocol.chain_stock.lost``)."""
     if lacking(chain):
         chain = replace(chain, ahead=chain.ahead - lacking(chain))
     if chain.side == FOIL and chain.pending and not chain.spilled:

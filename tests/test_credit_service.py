@@ -165,6 +165,13 @@ async def users(node: Node, *cuids: str) -> None:
         await rpc(node, "users.add", cuid=cuid)
 
 
+async def one_user_each(net: Any, *cuids: str) -> list[Node]:
+    """``net``'s nodes, the i-th hosting user ``cuids[i]``."""
+    for node, cuid in zip(net.nodes, cuids, strict=True):
+        await users(node, cuid)
+    return list(net.nodes)
+
+
 # -- negotiation ------------------------------------------------------------------------------
 
 
@@ -732,10 +739,7 @@ async def test_bad_tickets_are_refused_with_the_reason(tmp_path):
 
 async def test_bad_signatures_and_strangers_change_nothing(tmp_path):
     async with network(tmp_path, n=3) as net:
-        a, b, m = net.nodes
-        await users(a, "alice")
-        await users(b, "bob")
-        await users(m, "mallory")
+        a, b, m = await one_user_each(net, "alice", "bob", "mallory")
         tally = await open_tally(a, "alice", b, "bob")
         await rpc(b, "chit.pay", cuid="bob", tally=tally, units=10)
         await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 1))
@@ -798,10 +802,7 @@ async def test_bad_signatures_and_strangers_change_nothing(tmp_path):
 
 async def test_a_counter_offer_from_a_stranger_is_refused(tmp_path):
     async with network(tmp_path, n=3) as net:
-        a, b, m = net.nodes
-        await users(a, "alice")
-        await users(b, "bob")
-        await users(m, "mallory")
+        a, b, m = await one_user_each(net, "alice", "bob", "mallory")
         invited = await rpc(a, "tally.invite", cuid="alice")
         tally = invited["tally"]
         await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])

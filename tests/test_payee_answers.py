@@ -14,6 +14,11 @@ from tests.netfixture import network
 from tests.test_credit_service import open_tally, refused, rpc
 from tests.test_lifts import line, who
 
+# how NO_ROUTE ends when the payee's node could not be asked (no address known for it)
+UNASKED = ("; that user may not exist at all: its node was not asked whether it hosts it, as "
+           "no address is known for that node (give find as cuid:agent@host:port, or add that "
+           "node with peers.add, and it is asked: UNKNOWN_PAYEE if it hosts no such user)")
+
 
 def queries_seen(nodes) -> list[int]:
     """The units of every route query any of ``nodes`` receives from now on."""
@@ -102,11 +107,7 @@ async def test_no_route_says_the_most_a_route_found_can_carry(tmp_path):
             f"within {DEPTH} hops")
         stranger = f"zed:{SigningKey.generate().agent_id}"  # a node nobody here knows
         unasked = await refused(ann, "lift.pay", cuid="ann", find=stranger, units=5)
-        assert unasked.reason == "NO_ROUTE" and unasked.message.endswith(
-            "; that user may not exist at all: its node was not asked whether it hosts it, "
-            "as no address is known for that node (give find as cuid:agent@host:port, or add "
-            "that node with peers.add, and it is asked: UNKNOWN_PAYEE if it hosts no such "
-            "user)")
+        assert unasked.reason == "NO_ROUTE" and unasked.message.endswith(UNASKED)
 
 
 async def test_a_search_cut_short_says_so_and_looks_no_further(tmp_path, monkeypatch):
@@ -160,11 +161,7 @@ async def test_a_payee_whose_node_we_cannot_ask_is_found_through_tallies(tmp_pat
         del ann._peer_addresses[dan.agent_id]  # introduced by the test network only
         nobody = f"zed:{dan.agent_id}"
         unasked = await refused(ann, "lift.pay", cuid="ann", find=nobody, units=5)
-        assert unasked.reason == "NO_ROUTE" and unasked.message.endswith(
-            "; that user may not exist at all: its node was not asked whether it hosts it, "
-            "as no address is known for that node (give find as cuid:agent@host:port, or add "
-            "that node with peers.add, and it is asked: UNKNOWN_PAYEE if it hosts no such "
-            "user)")
+        assert unasked.reason == "NO_ROUTE" and unasked.message.endswith(UNASKED)
         started = await rpc(ann, "lift.pay", cuid="ann", find=who(dan, "dan"), units=5)
         assert [hop["cuid"] for hop in started["path"]] == ["ann", "bob", "cat", "dan"]
         assert (await rpc(ann, "lift.wait", lift=started["lift"], timeout_s=20))[

@@ -15,6 +15,7 @@ from tests.netfixture import network
 from tests.test_credit_service import (
     chain_of,
     chit_by,
+    one_user_each,
     open_tally,
     rebuilt,
     refusal_of,
@@ -45,10 +46,7 @@ async def test_a_stranger_cannot_tell_a_tally_that_exists_from_one_that_does_not
     UNKNOWN_TALLY for the other, so anyone could test which uuids alice holds. Both are now
     UNKNOWN_TALLY, word for word, and nothing of alice's tally changes."""
     async with network(tmp_path, n=3) as net:
-        a, b, m = net.nodes
-        await users(a, "alice")
-        await users(b, "bob")
-        await users(m, "mallory")
+        a, b, m = await one_user_each(net, "alice", "bob", "mallory")
         tally = await open_tally(a, "alice", b, "bob")
         before = chain_of(a, "alice", tally), state(a, "alice", tally)
         mallory = user_key(m, "mallory")
@@ -102,10 +100,7 @@ async def test_a_partner_cannot_tell_the_tallies_its_partner_holds_with_others(t
     first was NOT_PARTY (the tally is alice's, with someone else), the second UNKNOWN_TALLY.
     Both are UNKNOWN_TALLY now, word for word, and alice holds nothing of either lift."""
     async with network(tmp_path, n=3) as net:
-        a, b, c = net.nodes
-        await users(a, "alice")
-        await users(b, "bob")
-        await users(c, "cat")
+        a, b, c = await one_user_each(net, "alice", "bob", "cat")
         bob_alice = await open_tally(b, "bob", a, "alice")
         alice_cat = await open_tally(a, "alice", c, "cat")
         bob = user_key(b, "bob")
