@@ -24,6 +24,9 @@ def test_a_small_ring_reports_every_figure_and_what_the_lifts_cost(tmp_path) -> 
     # a lift is at least a promise a hop, its commit and a decision to each node on its path
     # (on a ring of six the "5-hop" payee is the payor's other partner: one hop)
     assert figures["hop5_messages"] >= 4 and figures["lifts_messages"] >= 4
+    # what the host costs, beside the figures, to compare runs on different machines
+    assert figures["host_fsync_us"] > 0 and figures["host_thread_rtt_us"] > 0
+    assert figures["host_python_mops"] > 0
 
 
 def test_cpu_seconds_reads_what_each_process_spent() -> None:

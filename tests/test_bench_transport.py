@@ -18,9 +18,11 @@ def test_bench_transport_quick_writes_its_figures(tmp_path: Path) -> None:
     out = tmp_path / "transport.json"
     result = cli("bench", "transport", "--quick", "--json", str(out), "--no-goals")
     assert "(c) Noise + outbox/inbox/ack, durable" in result.stdout
+    assert "this host" in result.stdout and "thread round trip" in result.stdout
     figures = json.loads(out.read_text())
     for key in ("plain_small_msgs_s", "noise_small_msgs_s", "plain_large_mb_s",
-                "noise_large_mb_s", "handshakes_s", "durable_small_msgs_s"):
+                "noise_large_mb_s", "handshakes_s", "durable_small_msgs_s", "host_fsync_us",
+                "host_thread_rtt_us", "host_python_mops"):
         assert figures[key] > 0, key
 
 

@@ -17,7 +17,10 @@ process with one user, with a tally between each user and the next round the rin
 - ``hop5_messages`` / ``lifts_messages``: messages processed over every node (``getinfo``
   ``messages_processed``, acks not counted) per sequential lift and per lift in flight (the
   chain and evidence messages a phase's last lifts cause after it ends count in the next);
-- ``chits_s``: ``bench chits`` on one tally, measured in the same run, for scale.
+- ``chits_s``: ``bench chits`` on one tally, measured in the same run, for scale;
+- ``host_fsync_us``, ``host_thread_rtt_us``, ``host_python_mops``: what the host itself
+  costs (``agentd.bench.host``), measured before the nodes start, to compare runs on
+  different machines.
 Goals: hop5_p50_ms <= 25, hop5_p99_ms <= 60, lifts_s >= 300, unfinished = 0, void = 0.
 """
 
@@ -35,8 +38,8 @@ from typing import Any
 
 import trio
 
+from agentd.bench import host, table, verdict, write_json
 from agentd.bench import parser as bench_parser
-from agentd.bench import table, verdict, write_json
 from agentd.bench.chits import measure as measure_chits
 from agentd.bench.rpc_stream import RpcPool
 from agentd.localnodes import (
@@ -116,6 +119,7 @@ async def pay_and_wait(payor: LocalNode, cuid: str, payee: str, units: int) -> t
 
 async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears: int,
                   workdir: Path) -> dict[str, float]:
+    on_host = host.measure(workdir)  # before the nodes start: nothing else runs yet
     house, ring = ring_nodes(workdir, size)
     processes = [spawn(node) for node in (house, *ring)]
     rng = random.Random(7)
@@ -176,7 +180,7 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
                                   if row["partner"].startswith(f"{users[(i + 1) % size]}:")))
                 nursery.start_soon(functools.partial(
                     rpc, ring[(i + 1) % size], "chit.pay", cuid=users[(i + 1) % size],
-                    tally=ahead[i], units=(clears * 2 + lifts) * UNITS))
+                    tally=ahead[i], units=(clears * 2 + lifts + sequential) * UNITS))
         # chit.pay returns once the payer's node has it: a search reads the payee's side too
         with trio.fail_after(60):
             for i, tally in enumerate(ahead):
@@ -204,7 +208,7 @@ async def measure(size: int, sequential: int, lifts: int, in_flight: int, clears
         figures = {"hop5_p50_ms": statistics.median(latencies), "hop5_p99_ms": quantiles[98],
                    "lifts_s": lifts_s, "clear_s": clear_s,
                    "unfinished": states.count("pend"), "void": states.count("void"),
-                   "lifts": len(states)}
+                   "lifts": len(states), **on_host}
         figures["hop5_messages"] = (after_sequential - before) / sequential
         figures["lifts_messages"] = (after_in_flight - after_sequential) / lifts
         if None not in (cpu_before, cpu_sequential, cpu_in_flight, cpu_after):
@@ -275,6 +279,7 @@ def main(argv: list[str]) -> int:
             f"{os.cpu_count()} cores carry at most {figures['cpu_bound_lifts_s']:,.0f} lifts/s")]
           if "lifts_cpu_ms" in figures else []),
         ("chits/s on one tally (bench chits)", f"{figures['chits_s']:,.0f}"),
+        host.line(figures),
         ("goals", "all met" if not missed else "missed: " + ", ".join(missed)),
     ]))
     write_json(options.json, figures)

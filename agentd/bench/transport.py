@@ -4,7 +4,9 @@
 Noise channel; (c) the Noise channel with the whole durable path — outbox rows committed,
 sent, committed to the receiver's inbox, acked and deleted — to a receiver running as its
 own ``agentd run`` process. Small messages are 200-byte envelopes, large ones 64 KiB. Also
-handshakes/s, and py-libp2p on the small workload when the ``bench`` extra is installed.
+handshakes/s, py-libp2p on the small workload when the ``bench`` extra is installed, and
+what the host itself costs (an fsync, a thread round trip, the interpreter's speed:
+``agentd.bench.host``), to compare runs on different machines.
 
 (a) and (b) run the same :class:`~agentd.runtime.transport.Channel` code (coalescing send loop,
 frame decoder, envelope parsing); only the session differs, so their ratio is the cost of
@@ -22,8 +24,8 @@ from pathlib import Path
 
 import trio
 
+from agentd.bench import host, table, verdict, write_json
 from agentd.bench import parser as bench_parser
-from agentd.bench import table, verdict, write_json
 from agentd.localnodes import (
     free_ports,
     local_config,
@@ -217,7 +219,7 @@ async def libp2p_rate(count: int) -> float | None:
 
 async def run(quick: bool, workdir: Path) -> dict:
     small_n, large_n = (5_000, 200) if quick else (50_000, 2_000)
-    figures: dict[str, float | None] = {}
+    figures: dict[str, float | None] = {**host.measure(workdir)}
     figures["plain_small_msgs_s"] = await stream_rate(False, 200, small_n)
     figures["noise_small_msgs_s"] = await stream_rate(True, 200, small_n)
     large = 64 * 1024
@@ -255,6 +257,7 @@ def main(argv: list[str]) -> int:
                      f"{figures['noise_vs_libp2p_small']:.1f}x; goal >= 5x)"))
     else:
         rows.append(("py-libp2p", "not installed (pip install -e '.[bench]')"))
+    rows.append(host.line(figures))
     print("agentd bench transport" + (" --quick" if options.quick else ""))
     print(table(rows))
     write_json(options.json, {k: v for k, v in figures.items() if v is not None})
