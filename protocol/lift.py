@@ -74,10 +74,17 @@ from .keys import (
     verify_by_agent,
 )
 from .messages import Send
-from .route import ADDRESS_FIELDS, KINDS, MAX_DEPTH, check_where, hop_capacity, receive_capacity
+from .route import (
+    ADDRESS_FIELDS,
+    KINDS,
+    MAX_DEPTH,
+    check_where,
+    hop_capacity,
+    hop_kind,
+    receive_capacity,
+)
 from .tally_fields import MAX_MEMO, MAX_UNITS, check_uuid
 from .tally_local import LocalTally
-from .tally_states import C_OPEN
 
 PEND = "pend"
 GOOD = "good"
@@ -286,7 +293,7 @@ def hop_room(kind: str, local: LocalTally, *, paying: bool, balance: int, reserv
     tally that takes no chits."""
     if local.state not in ISSUE_STATES:
         return 0
-    kind = "circular" if local.state == C_OPEN else kind
+    kind = hop_kind(kind, local.state)
     ours, partners = local.tally[local.side], local.tally[local.partner_side]
     if paying:
         return hop_capacity(kind, balance=balance, partner_limit=partners["terms"]["limit"],
@@ -305,7 +312,7 @@ def check_room(
     tally only a hop that moves the balance toward zero fits (circular capacity)."""
     if local.state not in ISSUE_STATES:
         raise Refusal("bad_state", f"tally {local.uuid} is {local.state}: no lift chits now")
-    kind = "circular" if local.state == C_OPEN else record["kind"]
+    kind = hop_kind(record["kind"], local.state)
     room = hop_room(record["kind"], local, paying=local_chit.chit["by"] == local.side,
                     balance=balance, reserved=reserved)
     if room < record["units"]:

@@ -10,8 +10,8 @@ exactly one end of that user's part of the search back to its sender: a ``none``
 =================================  ===========================================================
 what the node sees                 answers to the sender
 =================================  ===========================================================
-not over an open tally between     refused (``unknown_tally``): only tally partners search
-  the sender and ``here``          through a node
+not over an open or closing       refused (``unknown_tally``): only tally partners search
+  tally between sender and here    through a node
 seen this (query, user) already    ``none {query, goods: 0, frontier: 0}``
 deadline passed, path too long     ``none {query, goods: 0, frontier: 0}``
 ``here`` is ``find``               ``good {query, path, capacity, goods: 1, frontier: 0}``
@@ -61,7 +61,10 @@ most Y may owe X; ``partner_limit``: the most X may owe Y); pending lift chits c
 - linear (a payment): ``partner_limit + balance - lift_out``;
 - circular (clearing, paying only a partner who owes us): ``balance - lift_out``;
 
-never below 0. :func:`receive_capacity` is the same hop seen from Y's holding. A node that
+never below 0. :func:`receive_capacity` is the same hop seen from Y's holding. A closing
+tally (``C.open``) takes only chits that bring its balance toward zero, so whatever the lift's
+kind it carries a circular lift's capacity (:func:`hop_kind`): a payment or a clearing may
+settle it, and nothing may raise its balance. A node that
 forwards another's payment query shows its hops' capacity in the path rounded down to two
 significant digits, never below the query's units (:func:`shown_capacity`): every node the
 query passes reads the path, and learns a hop's room within 10%, not to the milliCHIP
@@ -74,12 +77,12 @@ the payor is allowed only as ``find``, which ends the route).
 The fields and their checks are in :mod:`protocol.route_fields`, last hops in
 :mod:`protocol.route_last`, the answers' side in :mod:`protocol.route_answers`; this module
 re-exports what the runtime uses. Public API: ``KINDS``, ``ACTIONS``, ``MAX_DEPTH``,
-``MAX_ROUTES``, ``hop_capacity``, ``shown_capacity``, ``receive_capacity``, ``Candidate``,
-``start -> Started``, ``forward -> Forwarded``, ``repeat``, ``check_query``, ``LastHop``,
-``last_digest``, ``last_hops``, ``ask``, ``answer_ask``, ``read_hops``, ``Relay``, ``Search``,
-``next_depth``, ``lift_path(route)``. Refusal codes: ``bad_field``, ``not_asked``,
-``unknown_tally`` (a query that did not come over an open tally between its sender and the
-user it is addressed to: a stranger cannot make a node search on its behalf).
+``MAX_ROUTES``, ``hop_kind``, ``hop_capacity``, ``shown_capacity``, ``receive_capacity``,
+``Candidate``, ``start -> Started``, ``forward -> Forwarded``, ``repeat``, ``check_query``,
+``LastHop``, ``last_digest``, ``last_hops``, ``ask``, ``answer_ask``, ``read_hops``, ``Relay``,
+``Search``, ``next_depth``, ``lift_path(route)``. Refusal codes: ``bad_field``, ``not_asked``,
+``unknown_tally`` (a query that did not come over an open or closing tally between its sender
+and the user it is addressed to: a stranger cannot make a node search on its behalf).
 """
 
 from __future__ import annotations
@@ -111,14 +114,21 @@ from .route_fields import (
     user_key,
 )
 from .route_last import LastHop, answer_ask, ask, last_digest, last_hops, read_hops
+from .tally_states import C_OPEN
 
 __all__ = [
     "ACTIONS", "ADDRESS_FIELDS", "KINDS", "MAX_DEPTH", "MAX_ROUTES", "SALT_BYTES", "Candidate",
     "Forwarded", "LastHop", "Relay", "Search", "Started", "answer_ask", "ask", "check_query",
-    "check_where", "ends", "forward", "hop_capacity", "last_digest", "last_hops", "lift_path",
-    "next_depth", "read_hops", "receive_capacity", "repeat", "shown_capacity", "start",
-    "user_key",
+    "check_where", "ends", "forward", "hop_capacity", "hop_kind", "last_digest", "last_hops",
+    "lift_path", "next_depth", "read_hops", "receive_capacity", "repeat", "shown_capacity",
+    "start", "user_key",
 ]
+
+
+def hop_kind(kind: str, state: str) -> str:
+    """The kind of move a tally in ``state`` can carry for a lift of ``kind``: on a closing
+    tally only one toward a zero balance, which is a circular lift's capacity."""
+    return "circular" if state == C_OPEN else kind
 
 
 def hop_capacity(kind: str, *, balance: int, partner_limit: int, lift_out: int) -> int:
@@ -282,8 +292,8 @@ def forward(
     came_by = path[-1]["tally"]
     if not any(cand.tally == came_by and user_key(cand.partner) == user_key(sender)
                for cand in candidates):
-        raise Refusal("unknown_tally", f"query.path[-1].tally {came_by} is no open tally of "
-                      f"{here.cuid} with the sender: a query comes only over one")
+        raise Refusal("unknown_tally", f"query.path[-1].tally {came_by} is no open or closing "
+                      f"tally of {here.cuid} with the sender: a query comes only over one")
 
     def found(route: list[dict[str, Any]]) -> Forwarded:  # the good, and the end of our part
         return Forwarded([Send(sender, "route", "good",

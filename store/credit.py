@@ -289,17 +289,18 @@ class Ledger:
         """The user's tallies in ``states`` with what route discovery needs, from columns."""
         states = tuple(states)
         return conn.execute(
-            "SELECT uuid, side, partner, partner_cuid, balance, lim, partner_limit, lift_in,"
-            " lift_out FROM tallies WHERE cuid = ?"
+            "SELECT uuid, state, side, partner, partner_cuid, balance, lim, partner_limit,"
+            " lift_in, lift_out FROM tallies WHERE cuid = ?"
             f" AND state IN ({', '.join('?' * len(states))}) AND partner IS NOT NULL",
             (cuid, *states),
         ).fetchall()
 
     @staticmethod
     def creditors(conn: sqlite3.Connection, minimum: int) -> list[str]:
-        """Users owed at least ``minimum`` (beyond pending lift chits) on some open tally."""
+        """Users owed at least ``minimum`` (beyond pending lift chits) on some open or closing
+        tally."""
         return [row[0] for row in conn.execute(
-            "SELECT DISTINCT cuid FROM tallies WHERE state = 'open'"
+            "SELECT DISTINCT cuid FROM tallies WHERE state IN ('open', 'C.open')"
             " AND balance - lift_out >= ? ORDER BY cuid", (minimum,))]
 
     @staticmethod

@@ -52,12 +52,10 @@ def _capacity(row: Any, limit: int, partner_limit: int) -> dict[str, int]:
     balance, state = row["balance"], row["state"]
     if state not in (ts.OPEN, ts.C_OPEN):
         return {"pay": 0, "receive": 0}
-    pay = route.hop_capacity(route.KINDS[0], balance=balance, partner_limit=partner_limit,
+    kind = route.hop_kind(route.KINDS[0], state)
+    pay = route.hop_capacity(kind, balance=balance, partner_limit=partner_limit,
                              lift_out=row["lift_out"])
-    receive = route.receive_capacity(route.KINDS[0], balance=balance, limit=limit,
-                                     lift_in=row["lift_in"])
-    if state == ts.C_OPEN:
-        pay, receive = min(pay, max(balance, 0)), min(receive, max(-balance, 0))
+    receive = route.receive_capacity(kind, balance=balance, limit=limit, lift_in=row["lift_in"])
     return {"pay": pay, "receive": receive}
 
 

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 FAN_OUT = 10  # partners a query goes on to from one user
 DEPTH = 10  # hops at most
 NEAR = 3  # hops a lift's search tries first
+ROUTE_STATES = (ts.OPEN, ts.C_OPEN)  # tallies a route may take (a closing one toward zero)
 THIN = 2  # a round that stopped short of no more queries than this (a ring, a chain): next DEPTH
 SEARCH_S = 2.0  # default time budget of a search
 LIFT_SEARCH_S = 10.0  # a lift's: a search exhausted sooner ends sooner; this bounds a busy one
@@ -282,12 +283,14 @@ class RouteService(Service):
 
     def candidates(self, conn: sqlite3.Connection, cuid: str, kind: str
                    ) -> list[route.Candidate]:
-        """Our user's open tallies as hops, with what each can carry now."""
+        """Our user's open and closing tallies as hops, with what each can carry now (a
+        closing one only toward a zero balance: ``route.hop_kind``)."""
         out = []
-        for row in self.ledger.store.route_candidates(conn, cuid, (ts.OPEN,)):
+        for row in self.ledger.store.route_candidates(conn, cuid, ROUTE_STATES):
             if row["partner_limit"] is None:
                 continue  # not filled yet: offered once the node has started
-            capacity = route.hop_capacity(kind, balance=row["balance"],
+            capacity = route.hop_capacity(route.hop_kind(kind, row["state"]),
+                                          balance=row["balance"],
                                           partner_limit=row["partner_limit"],
                                           lift_out=row["lift_out"])
             address = self.partner_address(row["partner"], row["partner_cuid"])
@@ -295,12 +298,14 @@ class RouteService(Service):
         return out
 
     def into(self, conn: sqlite3.Connection, cuid: str, kind: str) -> list[route.Candidate]:
-        """Our user's open tallies as hops into it, with what each partner can pay it now."""
+        """Our user's open and closing tallies as hops into it, with what each partner can
+        pay it now."""
         out = []
-        for row in self.ledger.store.route_candidates(conn, cuid, (ts.OPEN,)):
+        for row in self.ledger.store.route_candidates(conn, cuid, ROUTE_STATES):
             if row["lim"] is None:
                 continue  # not filled yet, as in candidates()
-            capacity = route.receive_capacity(kind, balance=row["balance"], limit=row["lim"],
+            capacity = route.receive_capacity(route.hop_kind(kind, row["state"]),
+                                              balance=row["balance"], limit=row["lim"],
                                               lift_in=row["lift_in"])
             out.append(route.Candidate(
                 row["uuid"], ChipAddress(agent=row["partner"], cuid=row["partner_cuid"]),
