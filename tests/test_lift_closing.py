@@ -27,7 +27,7 @@ async def test_a_debt_cycle_through_a_closing_tally_clears_and_closes_it(tmp_pat
     cat: clearing the cycle (300) leaves her owing 100 on it, and clearing it again once
     bob owes cat more takes that 100 and the tally closes (fails without: NO_CYCLE)."""
     async with network(tmp_path, n=4, clearinghouse=0) as net:
-        users, ab, bc, ca = await triangle(net)
+        users, _, bc, ca = await triangle(net)
         ann, bob, cat = users["ann"], users["bob"], users["cat"]
         await closing(ann, "ann", ca, cat, "cat")
         shown = await rpc(ann, "tally.show", cuid="ann", tally=ca)
@@ -49,7 +49,8 @@ async def test_a_debt_cycle_through_a_closing_tally_clears_and_closes_it(tmp_pat
         again = await rpc(ann, "lift.clear", cuid="ann")
         assert again["units"] == 100
         assert (await rpc(ann, "lift.wait", lift=again["lift"], timeout_s=20))["state"] == "good"
-        await wait_for(lambda: state(ann, "ann", ca) == "close" and state(cat, "cat", ca) == "close")
+        await wait_for(lambda: state(ann, "ann", ca) == "close"
+                       and state(cat, "cat", ca) == "close")
         assert balance(ann, "ann", ca) == 0 and balance(cat, "cat", ca) == 0
 
 
