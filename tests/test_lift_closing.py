@@ -25,7 +25,10 @@ async def closing(node, cuid: str, tally: str, partner, partner_cuid: str) -> No
 async def test_a_debt_cycle_through_a_closing_tally_clears_and_closes_it(tmp_path):
     """bob owes ann 500, cat owes bob 300, ann owes cat 400, and ann closes her tally with
     cat: clearing the cycle (300) leaves her owing 100 on it, and clearing it again once
-    bob owes cat more takes that 100 and the tally closes (fails without: NO_CYCLE)."""
+    bob owes cat more takes that 100 and the tally closes (fails without: NO_CYCLE). Asked
+    for 150 there, lift.clear says the cycle can clear at most 100 (OVER_LIMIT, as the
+    README says of units over what a cycle carries; it answered NO_CYCLE, as if none
+    existed)."""
     async with network(tmp_path, n=4, clearinghouse=0) as net:
         users, _, bc, ca = await triangle(net)
         ann, bob, cat = users["ann"], users["bob"], users["cat"]
@@ -45,7 +48,10 @@ async def test_a_debt_cycle_through_a_closing_tally_clears_and_closes_it(tmp_pat
         await rpc(cat, "chit.pay", cuid="cat", tally=bc, units=100)  # cat owes bob 100 again
         await wait_for(lambda: balance(bob, "bob", bc) == 100)
         asked = await refused(ann, "lift.clear", cuid="ann", units=150)  # more than ca owes
-        assert asked.reason == "NO_CYCLE", asked
+        assert asked.reason == "OVER_LIMIT", asked
+        assert "can clear at most 100 mCHIP now, not 150" in asked.message
+        assert await rpc(ann, "lift.list", cuid="ann") == [
+            await rpc(ann, "lift.show", lift=cleared["lift"])]  # nothing promised
         again = await rpc(ann, "lift.clear", cuid="ann")
         assert again["units"] == 100
         assert (await rpc(ann, "lift.wait", lift=again["lift"], timeout_s=20))["state"] == "good"

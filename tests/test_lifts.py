@@ -182,8 +182,8 @@ async def test_a_circular_lift_clears_a_debt_cycle(tmp_path):
         # No more cycle through ann: bob<->cat is clear.
         none = await refused(users["ann"], "lift.clear", cuid="ann")
         assert none.reason == "NO_CYCLE" and "mCHIP" not in none.message  # no amount asked
-        assert "can clear 5 mCHIP" in (await refused(users["ann"], "lift.clear", cuid="ann",
-                                                     units=5)).message
+        five = await refused(users["ann"], "lift.clear", cuid="ann", units=5)
+        assert (five.reason, five.message) == (none.reason, none.message)  # none at all
         # a user the node does not have is refused before anything is asked of anyone
         sent = users["cat"].counters.messages_processed
         for method, extra in (("lift.pay", {"find": who(users["cat"], "cat"), "units": 5}),

@@ -156,10 +156,7 @@ class LiftService(Service):
             found, _ = await self.routes.search_near_first(
                 cuid, self.runtime.own_address(cuid), least, "circular", first=True)
             if not found:
-                raise Reject("NO_CYCLE", f"no debt cycle through {cuid}" + (
-                    f" can clear {least} mCHIP (without units, lift.clear clears the most "
-                    "the first cycle it finds can)" if exact or least > 1 else
-                    " (a circle of tallies on which each user owes the one before)"))
+                raise await self._no_cycle(cuid, least, exact)
             best = found[0]
             amount = least if exact else best["capacity"]
             try:
@@ -171,6 +168,26 @@ class LiftService(Service):
                 if exc.code != "over_limit" or attempt == CLEAR_TRIES - 1:
                     raise
         return {**lift_views.started(record), "units": record["units"]}
+
+    async def _no_cycle(self, cuid: str, least: int, exact: bool) -> Reject:
+        """``NO_CYCLE`` for a clearing whose search found no cycle that carries ``least``;
+        for ``units`` asked (``exact``), a second search, for any amount, tells a cycle that
+        carries less (``OVER_LIMIT``, naming the most the one it found can clear) from none
+        at all."""
+        none = Reject("NO_CYCLE", f"no debt cycle through {cuid} (a circle of tallies on which "
+                      "each user owes the one before)")
+        if not exact:
+            return none if least == 1 else Reject(
+                "NO_CYCLE", f"no debt cycle through {cuid} can clear {least} mCHIP")
+        found, _ = await self.routes.search_near_first(
+            cuid, self.runtime.own_address(cuid), 1, "circular", first=True)
+        if not found:
+            return none
+        return Reject("OVER_LIMIT", f"the debt cycle found through {cuid} can clear at most "
+                      f"{found[0]['capacity']} mCHIP now, not {least} (without units, "
+                      "lift.clear clears the most the first cycle it finds can; a search "
+                      "reaches each user once, by its first way in, so a cycle with more room "
+                      "may go unseen)")
 
     async def rpc_wait(self, lift: str, timeout_s: float = WAIT_S) -> dict:
         """The lift once it is good or void here, or as it is when ``timeout_s`` passes."""
