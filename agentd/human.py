@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -161,8 +162,8 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None,
                     or any(_field(row, column) is not None for row in rows))
     joined = joined or {}
     cells = [[TITLES.get(column, column.upper()) for column in columns]]
-    cells += [[_cell(column, joined[column](row) if column in joined else _field(row, column))
-               for column in columns] for row in rows]
+    cells += [[_joined_cell(joined[column](row)) if column in joined
+               else _cell(column, _field(row, column)) for column in columns] for row in rows]
     widths = [max(len(part) for line in cells for part in line[i].split("\n"))
               for i in range(len(columns))]
     out = []
@@ -220,6 +221,12 @@ def _columns(where: str, rows: list[dict[str, Any]]) -> tuple[str, ...] | None:
     return columns if columns and columns[0].split(".")[0] in rows[0] else None
 
 
+def _joined_cell(value: Any) -> str:
+    """A joined column's cell: text as its function made it (from printable parts, its own
+    line breaks kept: a wrapped route), anything else as a scalar."""
+    return value if isinstance(value, str) else _scalar("", value)
+
+
 def _cell(column: str, value: Any) -> str:
     """A table cell: a partner as ``cuid@agent`` (the start of its node's agent id), as paths
     show users; a pid in an agent's namespace as ``AGENT…/REST`` (the agent id cut short, so
@@ -266,8 +273,18 @@ def _address(address: str) -> str:
     return f"{head}…{tail}{colon}{port}"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\n``, ``\\x1b``): a memo
+    (ours, or a partner's) with a newline would break a table's row in two, and a terminal
+    escape sequence in one would drive the reader's terminal."""
+    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
+
+
 def _user(cuid: Any, agent: Any) -> str:
-    return f"{cuid}@{str(agent)[:8]}"
+    return _printable(f"{cuid}@{str(agent)[:8]}")
 
 
 def _scalar(key: str, value: Any) -> str:
@@ -287,4 +304,4 @@ def _scalar(key: str, value: Any) -> str:
         return ", ".join(_scalar("", item) for item in value) or "-"
     if value == {}:  # nothing counted yet (getinfo's refusals), as an empty list shows
         return "-"
-    return str(value)
+    return _printable(str(value))

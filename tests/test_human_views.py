@@ -151,3 +151,23 @@ def test_human_route_of_eight_users_wraps_to_fit_100_columns():
         "1250000   alice@wKIbDc-V -> bob@ZHL-dKJE -> carol@wKIbDc-V -> dave@ZHL-dKJE",
         "          -> erin@wKIbDc-V -> frank@ZHL-dKJE -> grace@wKIbDc-V -> heidi@ZHL-dKJE",
         "9         alice@wKIbDc-V -> bob@ZHL-dKJE"]
+
+
+def test_human_control_characters_show_as_escapes_and_a_row_stays_one_line():
+    """A memo with a newline (taken from our user, or signed by a partner) printed a chit's
+    row over two lines in chit.list -H and a bare line in lift.show -H, and an escape
+    sequence in one went to the reader's terminal as it came. Control characters show as
+    escapes; the JSON keeps them whole. A route's own wrapping is kept."""
+    rows = [{"chit": "0b34937b-4625-4f30-85af-deb11a22efed", "by": "foil", "type": "lift",
+             "units": 5, "state": "L.good", "index": 3, "memo": "line1\nline2\x1b[31m\x85"}]
+    lines = render("chit.list", rows).splitlines()
+    assert len(lines) == 2, lines
+    assert cells(lines)[1][-1] == "line1\\nline2\\x1b[31m\\x85"
+    shown = render("lift.show", {"lift": "7a", "memo": "rent\r\nmay", "path": [
+        {"cuid": "ann\n", "agent": ALICE}, {"cuid": "bob", "agent": BOB}]})
+    assert shown.splitlines()[:3] == ["lift: 7a", "memo: rent\\r\\nmay", "path:"]
+    assert cells(shown.splitlines()[3:]) == [["CUID", "AGENT"], ["ann\\n", f"{ALICE[:8]}…"],
+                                             ["bob", f"{BOB[:8]}…"]]
+    route = render("route.find", [{"capacity": 9, "path": [
+        {"cuid": f"u{i}\t", "agent": ALICE} for i in range(8)]}]).splitlines()
+    assert len(route) > 2 and "\t" not in "".join(route) and "u7\\t@" in route[-1]
