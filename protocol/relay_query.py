@@ -200,5 +200,5 @@ def admit_query(
         raise AddressError(str(exc), "UNKNOWN_VIEW") from exc
     if not check_access(rules, query.certificate, address.view):
         raise AccessDenied(f"no access rule lets {query.certificate} read {address.view!r}: "
-                           "a [[relay.access]] rule in the source's config grants it")
+                           "a [[relay.access]] rule in the source's config would grant it")
     return address

@@ -441,3 +441,22 @@ async def test_a_referee_that_never_answered_and_cannot_be_reached_starts_no_lif
             assert "has never answered this node and cannot be reached now: " in error.message
         assert await rpc(ann, "lift.list") == []
         assert reserved(ann, "ann", tl["annbob"]) == (0, 0)
+
+
+async def test_a_hop_that_refuses_a_promise_is_named_where_the_lift_shows_it(tmp_path):
+    """cat's node takes lifts under another referee alone: bob's promise to cat is refused,
+    and bob's node shows the lift's error naming whose node refused ("the next user on the
+    path (cat on node …)"), where it said "hop 1" (the tally's index); the lift ends void
+    everywhere."""
+    async with network(tmp_path, n=5, clearinghouse=0) as net:
+        u = (await line(net))["users"]
+        cat = u["cat"]
+        cat.config = dataclasses.replace(cat.config, lift=dataclasses.replace(
+            cat.config.lift, referees=(SigningKey.generate().agent_id,)))
+        started = await rpc(u["ann"], "lift.pay", cuid="ann", find=who(u["dan"], "dan"),
+                            units=5)
+        await settled_everywhere([u["ann"], u["bob"]], started["lift"], "void")
+        shown = await rpc(u["bob"], "lift.show", lift=started["lift"])
+        assert shown["error"].startswith(
+            f"the next user on the path (cat on node {cat.agent_id[:8]}…) refused: "
+            "REFEREE_REFUSED: "), shown["error"]

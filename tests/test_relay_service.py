@@ -209,7 +209,7 @@ async def test_refused_and_failed_queries_end_in_error(tmp_path):
         assert denied["status"] == "ERROR" and denied["status_code"] == 2
         assert denied["error"] == (  # and where the source's operator grants it
             f"the source refused the query: ACCESS_DENIED: no access rule lets {c.agent_id} "
-            "read 'node:info': a [[relay.access]] rule in the source's config grants it")
+            "read 'node:info': a [[relay.access]] rule in the source's config would grant it")
         network = await query(a, addr(b, "node:info", network="othernet"))
         assert "UNKNOWN_NETWORK" in network["error"] and "othernet" in network["error"]
         missing = await query(a, addr(b, "user:nobody:balance"))

@@ -39,7 +39,8 @@ class _Nodes:
 @pytest.mark.parametrize(("state", "errors", "raced"), [
     # b sent the promise that c refused: a concurrent lift had taken c's room
     ("void", {"a": "the referee voided it: a hop could not take part and cancelled it",
-              "b": "hop 1 refused: OVER_LIMIT: tally 1f0e cannot carry 300 more"}, True),
+              "b": "the next user on the path (c on node c) refused: OVER_LIMIT: tally 1f0e "
+                   "cannot carry 300 more"}, True),
     ("void", {"a": "the referee voided it: its deadline passed before the terminus's commit "
                    "reached it (a node on the path, or the referee, down or slow; or clocks "
                    "apart)", "b": None, "c": None}, False),

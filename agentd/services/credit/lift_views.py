@@ -23,6 +23,19 @@ def started(record: dict[str, Any]) -> dict[str, Any]:
             "deadline": record["deadline"]}
 
 
+def promised_to(record: dict[str, Any], hop: Any) -> str:
+    """Whom our promise on hop ``hop`` went to (the user after it on the path), as a person
+    can find it in a refusal: ``the next user on the path (dan on node ZrTvbBlu…)`` (the
+    refusal said "hop 2", the tally's index, not whose node refused)."""
+    path = record.get("path")
+    if not isinstance(hop, int) or not isinstance(path, list) or not 0 <= hop < len(path) - 1 \
+            or not isinstance(path[hop + 1], dict):
+        return f"the payee of hop {hop}"
+    payee = path[hop + 1]
+    return f"the next user on the path ({payee.get('cuid')} on node " \
+           f"{str(payee.get('agent'))[:8]}…)"
+
+
 def shown(conn: sqlite3.Connection, lift: str, store: Ledger) -> dict[str, Any]:
     """A lift this node takes part in, or only referees; ``UNKNOWN_LIFT`` otherwise."""
     row = lifts.get(conn, lift)

@@ -452,7 +452,7 @@ class LiftService(Service):
         row = lifts.get(tx.conn, record.get("lift"))
         if row is None or row["state"] != lf.PEND:
             return
-        reason = f"hop {obj.get('hop')} refused: {code}: {message}"
+        reason = f"{lift_views.promised_to(record, obj.get('hop'))} refused: {code}: {message}"
         log.info("lift %s: %s", row["lift"], reason)
         lifts.set_error(tx.conn, row["lift"], reason, tx.now_ms)
         sender = (envelope.get("from") or {}).get("cuid")
@@ -490,4 +490,3 @@ class LiftService(Service):
         on a schedule when ``[lift] auto_clear`` is set (``lift_follow_up``), until
         cancelled."""
         await self.follow_up.run(task_status=task_status)
-
