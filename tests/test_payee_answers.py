@@ -4,6 +4,8 @@ most a route found can carry, or that no path with any room reaches the payee.""
 
 from __future__ import annotations
 
+import socket
+
 import trio
 
 from agentd.runtime.context import Reject
@@ -108,6 +110,15 @@ async def test_no_route_says_the_most_a_route_found_can_carry(tmp_path):
         stranger = f"zed:{SigningKey.generate().agent_id}"  # a node nobody here knows
         unasked = await refused(ann, "lift.pay", cuid="ann", find=stranger, units=5)
         assert unasked.reason == "NO_ROUTE" and unasked.message.endswith(UNASKED)
+        # ... and at an address where nothing answers: that node could not be asked either
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            dead = f"127.0.0.1:{probe.getsockname()[1]}"
+        silent = await refused(ann, "lift.pay", cuid="ann", find=f"{stranger}@{dead}", units=5)
+        assert silent.reason == "NO_ROUTE" and silent.message.endswith(
+            f"within {DEPTH} hops; that user may not exist at all: its node did not answer at "
+            f"{dead}, so it was not asked whether it hosts it (is the node running, and is "
+            "that its address?)"), silent.message
 
 
 async def test_a_search_cut_short_says_so_and_looks_no_further(tmp_path, monkeypatch):

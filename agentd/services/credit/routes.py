@@ -37,7 +37,13 @@ from protocol import route
 from protocol import tally as t
 from protocol import tally_states as ts
 from protocol.envelope import Envelope
-from protocol.keys import ChipAddress, IdentityError, is_agent_id, parse_hostport
+from protocol.keys import (
+    ChipAddress,
+    IdentityError,
+    format_hostport,
+    is_agent_id,
+    parse_hostport,
+)
 
 if TYPE_CHECKING:
     import sqlite3
@@ -161,6 +167,13 @@ class RouteService(Service):
             "as no address is known for that node (give find as cuid:agent@host:port, or add "
             "that node with peers.add, and it is asked: UNKNOWN_PAYEE if it hosts no such "
             "user)")
+        where = format_hostport(find.host, find.port) if find.host is not None else None
+        runtime = self.runtime
+        if not unasked and not runtime.connected(find.agent) \
+                and not runtime.answered(find.agent, where):
+            unasked = (f"; that user may not exist at all: its node did not answer at "
+                       f"{where or runtime.address_of(find.agent)}, so it was not asked "
+                       "whether it hosts it (is the node running, and is that its address?)")
         return Reject("NO_ROUTE", f"{head}: no path of tallies with room to pay reaches that "
                       f"user within {DEPTH} hops{unasked}")
 
