@@ -36,7 +36,8 @@ COLUMNS = {
     **{f"{method}.view.payload.holders": ("cuid", "side", "state", "partner", "balance",
                                           "chain") for method in RELAY_STATES},
     # the signed chits of a tally:<uuid>:chits view, as chit.list shows chits (a lift:<uuid>
-    # view's chits, this node's rows of them, lack "chit" and get every field)
+    # view's chits, this node's rows of them, name each chit by its uuid alone and get every
+    # field)
     **{f"{method}.view.payload.chits": ("chit.uuid", "chit.by", "chit.type", "chit.units",
                                         "state", "index", "hash", "chit.memo")
        for method in RELAY_STATES},
@@ -218,7 +219,7 @@ def _columns(where: str, rows: list[dict[str, Any]]) -> tuple[str, ...] | None:
     """The columns of a nested table: those ``where`` names when its rows have the first of
     them (the chits of two relay views share a place), else every scalar field."""
     columns = COLUMNS.get(where)
-    return columns if columns and columns[0].split(".")[0] in rows[0] else None
+    return columns if columns and _field(rows[0], columns[0]) is not None else None
 
 
 def _joined_cell(value: Any) -> str:

@@ -97,14 +97,14 @@ def test_human_relay_view_of_a_tallys_chits_shows_each_chit():
 def test_human_relay_view_of_a_lift_shows_its_chits_by_every_field():
     """A lift:<uuid> view's chits (this node's rows, no signed chit) share their place in
     the view with a tally's chits: they keep every field, their uuid cut as a chit's is."""
-    chits = [{"tally": TALLY, "cuid": "ann", "uuid": "e0075afe-da20-587c-a7ba-57a65b650676",
-              "state": "L.good", "units": 700, "issuer": "stock"}]
+    chits = [{"chit": "e0075afe-da20-587c-a7ba-57a65b650676", "tally": TALLY, "cuid": "ann",
+              "state": "L.good", "units": 700, "by": "stock"}]
     state = view("lift:4a8aa994-e8c9-41b2-96d9-505e4d18ea8e", {
         "lift": "4a8aa994-e8c9-41b2-96d9-505e4d18ea8e", "record": {"kind": "linear"},
         "state": "good", "decision": None, "equivocation": None, "chits": chits})
     assert table_under(render("relay.wait", state), "chits") == [
-        ["TALLY", "CUID", "UUID", "STATE", "UNITS", "ISSUER"],
-        ["cdfd881a…", "ann", "e0075afe…", "L.good", "700", "stock"]]
+        ["CHIT", "TALLY", "CUID", "STATE", "UNITS", "BY"],
+        ["e0075afe…", "cdfd881a…", "ann", "L.good", "700", "stock"]]
 
 
 def test_human_proofs_and_receipts_are_cut_in_key_value_lines():

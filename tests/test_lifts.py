@@ -337,6 +337,8 @@ async def test_the_lift_view_serves_record_state_and_decision(tmp_path):
         assert view["record"]["units"] == 42 and view["decision"]["state"] == "good"
         assert view["equivocation"] is None
         assert sorted(chit["state"] for chit in view["chits"]) == ["A.good", "L.good"]
+        # named as lift.show names them (the view said uuid and issuer for chit and by)
+        assert view["chits"] == (await rpc(bob, "lift.show", lift=lift))["chits"]
 
 
 

@@ -36,11 +36,11 @@ def promised_to(record: dict[str, Any], hop: Any) -> str:
            f"{str(payee.get('agent'))[:8]}…)"
 
 
-def shown(conn: sqlite3.Connection, lift: str, store: Ledger) -> dict[str, Any]:
+def shown(conn: sqlite3.Connection, lift: str) -> dict[str, Any]:
     """A lift this node takes part in, or only referees; ``UNKNOWN_LIFT`` otherwise."""
     row = lifts.get(conn, lift)
     if row is not None:
-        return view(conn, row, store)
+        return view(conn, row)
     refereed = lifts.refereed(conn, lift)
     if refereed is None:
         raise Reject("UNKNOWN_LIFT", f"no lift {lift} on this node")
@@ -59,11 +59,10 @@ def refereed_view(record: dict[str, Any], decided: dict[str, Any]) -> dict[str, 
             "decision": _decision(decided), "equivocation": None, "error": error, "chits": []}
 
 
-def listed(conn: sqlite3.Connection, cuid: str | None, limit: int | None,
-           store: Ledger) -> list[dict[str, Any]]:
+def listed(conn: sqlite3.Connection, cuid: str | None, limit: int | None) -> list[dict[str, Any]]:
     """The lifts of ``cuid``, or (without) every lift this node takes part in or referees,
     newest first, at most ``limit``."""
-    rows = [(row["created"], view(conn, row, store)) for row in lifts.listing(conn, cuid, limit)]
+    rows = [(row["created"], view(conn, row)) for row in lifts.listing(conn, cuid, limit)]
     if cuid is None:
         rows += [(created, refereed_view(record, decided))
                  for record, decided, created in lifts.refereed_listing(conn, limit)]
@@ -71,17 +70,22 @@ def listed(conn: sqlite3.Connection, cuid: str | None, limit: int | None,
     return [shown for _, shown in rows[:limit]]
 
 
-def view(conn: sqlite3.Connection, row: sqlite3.Row, store: Ledger) -> dict[str, Any]:
+def view(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
     """A lift this node takes part in (its ``lifts`` row), with its chits here."""
     record, decided = lifts.record_of(row), lifts.decision_of(row)
     other = lifts.contradiction_of(row)
-    chits = [{"chit": chit["uuid"], "tally": chit["tally"], "cuid": chit["cuid"],
-              "state": chit["state"], "units": chit["units"], "by": chit["issuer"]}
-             for chit in store.lift_chits(conn, row["lift"])]
     return {**_describe(record), "state": row["state"], "payor": row["payor"],
             "decision": None if decided is None else _decision(decided),
             "equivocation": None if other is None else _decision(other),
-            "error": row["error"], "chits": chits}
+            "error": row["error"], "chits": chits_here(conn, row["lift"])}
+
+
+def chits_here(conn: sqlite3.Connection, lift: str) -> list[dict[str, Any]]:
+    """This node's chits of ``lift``, as ``lift.show`` and the ``lift:<uuid>`` relay view
+    show them (named as ``chit.list`` names a chit and its issuer)."""
+    return [{"chit": chit["uuid"], "tally": chit["tally"], "cuid": chit["cuid"],
+             "state": chit["state"], "units": chit["units"], "by": chit["issuer"]}
+            for chit in Ledger.lift_chits(conn, lift)]
 
 
 def _describe(record: dict[str, Any]) -> dict[str, Any]:

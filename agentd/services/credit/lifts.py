@@ -222,7 +222,7 @@ class LiftService(Service):
         as the decision is applied)."""
         lift = param_uuid(lift, "lift")
         return self.runtime.db.reading(
-            lambda conn: lift_views.shown(conn, lift, self.ledger.store))
+            lambda conn: lift_views.shown(conn, lift))
 
     async def rpc_list(self, cuid: str | None = None, limit: int | None = None) -> list[dict]:
         """Lifts this node takes part in (of one user; without ``cuid`` also those it only
@@ -234,7 +234,7 @@ class LiftService(Service):
 
         def read(conn: sqlite3.Connection) -> list[dict]:
             with snapshot(conn):  # each lift's state as its chits show it
-                return lift_views.listed(conn, who, limit, self.ledger.store)
+                return lift_views.listed(conn, who, limit)
 
         return self.runtime.db.reading(read)
 

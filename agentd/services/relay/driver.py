@@ -26,11 +26,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from agentd import __version__
+from agentd.services.credit.lift_views import chits_here
 from protocol.codec import unpack
 from protocol.errors import Refusal
 from store import lifts, users
 from store import relay as relay_store
-from store.credit import Ledger
 
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
@@ -89,10 +89,10 @@ def tally_chits(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
 def lift(conn: sqlite3.Connection, node: Runtime, uuid: str) -> dict:
     row = lifts.get(conn, uuid)
     if row is not None:
-        chits = [dict(chit) for chit in Ledger.lift_chits(conn, uuid)]
         return {"lift": uuid, "record": lifts.record_of(row), "state": row["state"],
                 "decision": lifts.decision_of(row),
-                "equivocation": lifts.contradiction_of(row), "chits": chits}
+                "equivocation": lifts.contradiction_of(row),
+                "chits": chits_here(conn, uuid)}
     refereed = lifts.refereed(conn, uuid)
     if refereed is None:
         raise ViewError(NOT_FOUND, f"no lift {uuid} on this node")
