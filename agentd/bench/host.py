@@ -19,24 +19,29 @@ import queue
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+
+def _median_us(rounds: int, step: Callable[[], object]) -> float:
+    """The median time of ``step``, in microseconds, over ``rounds`` calls."""
+    took = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        step()
+        took.append(time.perf_counter() - started)
+    return statistics.median(took) * 1e6
 
 
 def fsync_us(directory: Path, rounds: int = 100) -> float:
     path = directory / "host-fsync.bin"
     block = b"\0" * 4096
-    took = []
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        for _ in range(rounds):
-            started = time.perf_counter()
-            os.write(fd, block)
-            os.fsync(fd)
-            took.append(time.perf_counter() - started)
+        return _median_us(rounds, lambda: (os.write(fd, block), os.fsync(fd)))
     finally:
         os.close(fd)
         path.unlink()
-    return statistics.median(took) * 1e6
 
 
 def thread_rtt_us(rounds: int = 2000) -> float:
@@ -49,17 +54,11 @@ def thread_rtt_us(rounds: int = 2000) -> float:
 
     thread = threading.Thread(target=echo, name="bench-echo")
     thread.start()
-    took = []
     try:
-        for i in range(rounds):
-            started = time.perf_counter()
-            there.put(i)
-            back.get()
-            took.append(time.perf_counter() - started)
+        return _median_us(rounds, lambda: (there.put(1), back.get()))
     finally:
         there.put(None)
         thread.join()
-    return statistics.median(took) * 1e6
 
 
 def python_mops(steps: int = 2_000_000) -> float:
