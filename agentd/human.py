@@ -162,7 +162,7 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None,
     columns = tuple(column for column in columns if column not in SPARSE
                     or any(_field(row, column) is not None for row in rows))
     joined = joined or {}
-    cells = [[TITLES.get(column, column.upper()) for column in columns]]
+    cells = [[_printable(TITLES.get(column, str(column).upper())) for column in columns]]
     cells += [[_joined_cell(joined[column](row)) if column in joined
                else _cell(column, _field(row, column)) for column in columns] for row in rows]
     widths = [max(len(part) for line in cells for part in line[i].split("\n"))
@@ -198,12 +198,12 @@ def _lines(value: dict[str, Any], depth: int, where: str, now_ms: int) -> list[s
     pad = "  " * depth
     out = []
     for key, item in value.items():
-        inner = f"{where}.{key}"
+        inner, name = f"{where}.{key}", _printable(str(key))  # a relay view's keys: a peer's
         if isinstance(item, dict) and item:
-            out.append(f"{pad}{key}:")
+            out.append(f"{pad}{name}:")
             out += _lines(item, depth + 1, inner, now_ms)
         elif isinstance(item, list) and item and isinstance(item[0], dict):
-            out.append(f"{pad}{key}:")
+            out.append(f"{pad}{name}:")
             out += [pad + "  " + line for line in table(
                 item, _columns(inner, item), _joined(inner, now_ms)).splitlines()]
         else:
@@ -211,7 +211,7 @@ def _lines(value: dict[str, Any], depth: int, where: str, now_ms: int) -> list[s
             cut = LINE_CUT.get(key)
             if cut is not None and len(text) > cut + 1:
                 text = f"{text[:cut]}… ({len(text)} characters, whole without -H)"
-            out.append(f"{pad}{key}: {text}")
+            out.append(f"{pad}{name}: {text}")
     return out
 
 

@@ -168,6 +168,9 @@ def test_human_control_characters_show_as_escapes_and_a_row_stays_one_line():
     assert shown.splitlines()[:3] == ["lift: 7a", "memo: rent\\r\\nmay", "path:"]
     assert cells(shown.splitlines()[3:]) == [["CUID", "AGENT"], ["ann\\n", f"{ALICE[:8]}…"],
                                              ["bob", f"{BOB[:8]}…"]]
+    view_state = view("node:info", {"agent\x1b]0;x\x07": {"n\r": 1}, "rows": [{"a\nb": 2}]})
+    assert "\x1b" not in (text := render("relay.wait", view_state)) and "\x07" not in text
+    assert "agent\\x1b]0;x\\x07:" in text and "n\\r: 1" in text and "A\\nB" in text
     route = render("route.find", [{"capacity": 9, "path": [
         {"cuid": f"u{i}\t", "agent": ALICE} for i in range(8)]}]).splitlines()
     assert len(route) > 2 and "\t" not in "".join(route) and "u7\\t@" in route[-1]
