@@ -76,6 +76,9 @@ def make_cert(address: ChipAddress, name: str, public: bytes, date_ms: int) -> d
     return cert
 
 
+MAX_CERT_NAME = 200  # characters of a user's name in its certificate
+
+
 def check_cert(cert: Any, where: str) -> None:
     exact_fields(cert, where, {"chad", "name", "public", "date"})
     try:
@@ -84,7 +87,7 @@ def check_cert(cert: Any, where: str) -> None:
         raise Refusal("bad_field", f"{where}.chad: {exc}") from exc
     if address.cuid is None:
         raise Refusal("bad_field", f"{where}.chad must name a user (cuid)")
-    check_text(cert["name"], f"{where}.name", 200)
+    check_text(cert["name"], f"{where}.name", MAX_CERT_NAME)
     if not isinstance(cert["public"], bytes) or len(cert["public"]) != 32:
         raise Refusal("bad_field", f"{where}.public must be a 32-byte Ed25519 public key")
     check_integer(cert["date"], f"{where}.date")

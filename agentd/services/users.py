@@ -5,7 +5,25 @@ from __future__ import annotations
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Runtime
 from protocol.keys import CUID_RULE, SigningKey, b64u, valid_cuid
+from protocol.tally_fields import MAX_CERT_NAME
 from store import users
+
+NAME_RULE = (f"must be 1 to {MAX_CERT_NAME} printable characters (the user's certificate "
+             "carries it, and its tally partners see it; no line breaks, tabs or other "
+             "control characters)")
+
+
+def _check_name(name: object) -> None:
+    """A user's name as its certificate may carry it: a longer one was taken, and every
+    tally the user then invited or offered was refused (``BAD_FIELD``) with no way to rename
+    the user."""
+    if not isinstance(name, str):
+        raise invalid_params(f"name {NAME_RULE}, not {type(name).__name__}")
+    if 0 < len(name) <= MAX_CERT_NAME and name.isprintable():
+        return
+    shown = f"{len(name)} characters ({name[:24]!r}...)" if len(name) > MAX_CERT_NAME \
+        else repr(name)
+    raise invalid_params(f"name {NAME_RULE}, not {shown}")
 
 
 class Users:
@@ -20,8 +38,8 @@ class Users:
         if not valid_cuid(cuid):
             raise invalid_params(
                 f"cuid {cuid!r} must be {CUID_RULE}")
-        if name is not None and not isinstance(name, str):
-            raise invalid_params("name must be text")
+        if name is not None:
+            _check_name(name)
         key = SigningKey.generate()
         now = self.runtime.clock.now_ms()
         added = await self.runtime.db.write(
