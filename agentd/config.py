@@ -20,6 +20,7 @@ from protocol.frames import DEFAULT_MAX_FRAME
 from protocol.keys import IdentityError, agent_id_problem, is_agent_id, parse_hostport
 from protocol.lift import MAX_LIFE_MS
 from protocol.relay_fields import is_network
+from protocol.relay_policy import pattern_problem, served_problem
 
 ROLES = frozenset({"clearinghouse"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -359,14 +360,21 @@ def parse_config(raw: dict, source: Path) -> Config:
             principal = section.get("principal", str, required=True)
             if principal is not None and principal != "*" and not is_agent_id(principal):
                 section.bad("principal", f"must be an agent id or *, got {principal!r}")
-            access.append(AccessRule(principal, section.get("resource", str, required=True)))
+            resource = section.get("resource", str, required=True)
+            if resource is not None and (problem := served_problem(resource)) is not None:
+                section.bad("resource", problem)
+            access.append(AccessRule(principal, resource))
             section.finish()
         for i, entry in enumerate(relay.get("verify", list, [])):
             section = _Section(problems, f"relay.verify[{i}]", entry)
             signers = section.get("signers", list, [], required=True)
-            if not all(is_agent_id(s) for s in signers):
-                section.bad("signers", f"must be agent ids, got {signers!r}")
-            verify.append(VerifyPolicy(section.get("view", str, required=True), tuple(signers)))
+            if not signers or not all(is_agent_id(s) for s in signers):
+                section.bad("signers", "must be a non-empty list of agent ids (a view is never "
+                            f"accepted unverified), got {signers!r}")
+            view = section.get("view", str, required=True)
+            if view is not None and (problem := pattern_problem(view)) is not None:
+                section.bad("view", problem)
+            verify.append(VerifyPolicy(view, tuple(signers)))
             section.finish()
         relay.finish()
 

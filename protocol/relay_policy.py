@@ -8,13 +8,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from protocol.keys import is_agent_id
-from protocol.relay_address import MAX_VIEW_LENGTH, check_view
+from protocol.relay_address import MAX_VIEW_LENGTH, check_view, parse_view
 from protocol.relay_fields import AddressError, Message, as_tuple, map_fields, require
 
 _PATTERN_PREFIX = re.compile(r"[A-Za-z0-9_.:-]*")
 
 
-def _check_pattern(pattern: object) -> str | None:
+def pattern_problem(pattern: object) -> str | None:
     """The problem with a view pattern (a view, or a prefix followed by one ``*``), or None."""
     if not isinstance(pattern, str):
         return "must be text"
@@ -28,6 +28,33 @@ def _check_pattern(pattern: object) -> str | None:
     except AddressError as exc:
         return str(exc)
     return None
+
+
+# What agentd's source serves (``relay_address.parse_view``), as a pattern's start must read.
+SERVED = ("tally:", "user:", "lift:", "node:info")
+SERVED_VIEWS = "tally:<uuid>, tally:<uuid>:chits, user:<cuid>:balance, lift:<uuid>, node:info"
+
+
+def served_problem(pattern: object) -> str | None:
+    """The problem with an access rule's ``resource``: a view pattern (``pattern_problem``)
+    that can match a view this node serves, or None. A mistyped view kind (``talley:*``,
+    ``nothing:here``) granted nothing, silently."""
+    problem = pattern_problem(pattern)
+    if problem is not None or not isinstance(pattern, str):
+        return problem
+    if pattern.endswith("*"):
+        prefix = pattern[:-1]
+        matches = any(served.startswith(prefix)
+                      or (served.endswith(":") and prefix.startswith(served))
+                      for served in SERVED)
+    else:
+        try:
+            parse_view(pattern)
+            matches = True
+        except AddressError:
+            matches = False
+    return None if matches else (f"{pattern!r} matches no view this node serves (views: "
+                                 f"{SERVED_VIEWS}; one '*' at the end matches a prefix)")
 
 
 def _match_rank(pattern: str, view: str) -> tuple[int, int] | None:
@@ -52,7 +79,7 @@ class AccessRule(Message):
             self.principal == "*" or is_agent_id(self.principal),
             "must be an agent id or '*'",
         )
-        problem = _check_pattern(self.resource)
+        problem = pattern_problem(self.resource)
         require("AccessRule.resource", problem is None, problem or "")
 
     @classmethod
@@ -68,7 +95,7 @@ class VerificationPolicy(Message):
     signers: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        problem = _check_pattern(self.view)
+        problem = pattern_problem(self.view)
         require("VerificationPolicy.view", problem is None, problem or "")
         require(
             "VerificationPolicy.signers",

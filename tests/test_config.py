@@ -140,7 +140,20 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
     (GOOD + '\n[[relay.access]]\nprincipal = "bob"\nresource = "*"\n',
      "relay.access[0].principal must be an agent id or *, got 'bob'"),
     (GOOD + '\n[[relay.verify]]\nview = "*"\nsigners = ["bob"]\n',
-     "relay.verify[0].signers must be agent ids, got ['bob']"),
+     "relay.verify[0].signers must be a non-empty list of agent ids (a view is never accepted "
+     "unverified), got ['bob']"),
+    (GOOD + '\n[[relay.verify]]\nview = "*"\nsigners = []\n',
+     "relay.verify[0].signers must be a non-empty list of agent ids (a view is never accepted "
+     "unverified), got []"),
+    (GOOD + '\n[[relay.access]]\nprincipal = "*"\nresource = "talley:*"\n',
+     "relay.access[0].resource 'talley:*' matches no view this node serves (views: "
+     "tally:<uuid>, tally:<uuid>:chits, user:<cuid>:balance, lift:<uuid>, node:info; one '*' "
+     "at the end matches a prefix)"),
+    (GOOD + '\n[[relay.access]]\nprincipal = "*"\nresource = "nothing:here"\n',
+     "relay.access[0].resource 'nothing:here' matches no view this node serves"),
+    (GOOD + '\n[[relay.access]]\nprincipal = "*"\nresource = "tally*:x"\n',
+     "relay.access[0].resource view 'tally*:x' must be up to 256 characters of ':'-separated "
+     "non-empty parts"),
     (GOOD + f'[[peers]]\nname = "bob"\nagent = "{BOB}"\naddress = "127.0.0.1:7902"\n'
      f'[[peers]]\nname = "bob"\nagent = "{CAROL}"\naddress = "127.0.0.1:7903"\n',
      "peers[1].name 'bob' is peers[0]'s too: names tell peers apart"),
@@ -206,3 +219,17 @@ def test_any_table_loads_or_is_refused_with_a_user_error(raw):
         parse_config(raw, source)
     except UserError as refused:
         assert all(line.startswith(f"{source}: ") for line in str(refused).splitlines())
+
+
+def test_relay_problems_are_named_with_the_others_at_once(tmp_path):
+    """An empty signers list and a bad resource were checked only as the node built its
+    relay service, one at a time, behind every other problem of the file, and named by the
+    classes they went into (``VerificationPolicy.signers``): each is now named by its key,
+    with the rest."""
+    found = complaints(tmp_path, GOOD + '\n[lift]\nlife_s = 0\n'
+                       '\n[[relay.verify]]\nview = "*"\nsigners = []\n'
+                       '\n[[relay.access]]\nprincipal = "bob"\nresource = "tally*:x"\n')
+    assert [problem.split(" ")[0] for problem in found] == [
+        "relay.access[0].principal", "relay.access[0].resource", "relay.verify[0].signers",
+        "lift.life_s"], found
+    assert not any("Policy" in problem or "Rule" in problem for problem in found)
