@@ -56,7 +56,7 @@ async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
 
         same = path.read_text()  # one listening port is one node: one agent
         with pytest.raises(RpcError, match=re.escape(
-                f"address 127.0.0.1:7903 is already peer 'carol''s (agent {CAROL}): one "
+                f"address 127.0.0.1:7903 is already that of peer 'carol' (agent {CAROL}): one "
                 f"address is one node. If that node's agent changed, peers.remove "
                 f"agent={CAROL} first")) as taken:
             await node.rpc.call("peers.add", {"name": "dave", "agent": DAVE,

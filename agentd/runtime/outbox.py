@@ -214,7 +214,8 @@ class OutboxPump:
             for peer, after in spilled.items()))
         if gone:
             self.node.counters.outbox_expired += gone
-            log.info("outbox: %d messages expired undelivered in their rows", gone)
+            log.info("outbox: %d %s expired undelivered in their rows", gone,
+                     "message" if gone == 1 else "messages")
 
     def _hold(self, item: Outgoing) -> None:
         self.live[item.id] = item
@@ -469,7 +470,8 @@ class OutboxPump:
         ids = [item.id for item in expired if item.durable]
         if ids:
             self.node.db.submit(lambda conn: outbox.delete(conn, ids))
-        log.info("outbox: %d messages expired undelivered", len(expired))
+        log.info("outbox: %d %s expired undelivered", len(expired),
+                 "message" if len(expired) == 1 else "messages")
 
     async def _scan(self) -> bool | float:
         """Put back in their queues the messages whose ack is overdue, drop the expired; the

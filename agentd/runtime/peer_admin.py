@@ -64,7 +64,7 @@ class PeerAdmin:
                     # one listening port is one node, whose Noise key is one agent: a second
                     # agent there would fail every handshake
                     raise invalid_params(
-                        f"address {address} is already peer {entry.get('name')!r}'s (agent "
+                        f"address {address} is already that of peer {entry.get('name')!r} (agent "
                         f"{entry.get('agent')}): one address is one node. If that node's agent "
                         f"changed, peers.remove agent={entry.get('agent')} first; else give "
                         "this peer's own address")

@@ -91,8 +91,8 @@ class _Errors:
         value = table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < low or (
                 high is not None and value > high):
-            top = f" to {high}" if high is not None else " or more"
-            self.add(f"{where}.{key}", f"must be an integer from {low}{top}, not {value!r}")
+            within = f"from {low} to {high}" if high is not None else f"of {low} or more"
+            self.add(f"{where}.{key}", f"must be an integer {within}, not {value!r}")
             return default
         return value
 
@@ -135,7 +135,7 @@ def load_scenario(path: Path) -> Scenario:
     errors.unknown(raw, (*SECTIONS, "traffic", "faults"), "")
     sim, nodes_section = errors.table(raw, "sim"), errors.table(raw, "nodes")
     errors.unknown(sim, SECTIONS["sim"], "sim")
-    seed = errors.integer(sim, "seed", "sim", 1, low=0, high=2**63)
+    seed = errors.integer(sim, "seed", "sim", 1, low=0, high=2**63 - 1)
     concurrency = errors.integer(sim, "concurrency", "sim", 16, high=10_000)
     name = sim.get("name", path.stem)
     if not isinstance(name, str):
