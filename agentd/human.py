@@ -51,7 +51,8 @@ SPARSE = ("clock_ahead_ms",)  # a column only when some row has a value (null un
 CUT = {"entry_hash": 12, "prev_hash": 12, "document_id": 12, "payload_sha256": 12,
        "client_id": 8, "agent": 8, "clearing_house": 8, "tally": 8, "lift": 8, "receipt": 16,
        "payload": 16, "proof": 16, "payload_text": 24, "uuid": 8, "chit": 8, "hash": 12,
-       "partner": 8}  # a partner as an agent id alone (a relay view's holders)
+       "partner": 8,  # a partner as an agent id alone (a relay view's holders)
+       "memo": 40}  # a chit's memo (up to 1,000 characters) in chit.list and the chit views
 # key: value lines show the first N characters of these (a relay view's proof, a receipt:
 # 500 to 2,000 characters that filled a screen), "…" and how long they are
 LINE_CUT = {"proof": 24, "receipt": 24}

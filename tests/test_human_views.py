@@ -132,6 +132,9 @@ def test_human_chits_fit_100_columns_and_empty_counts_show_a_dash():
     assert max(len(line) for line in lines) <= 100, lines
     assert cells(lines)[1] == ["0b34937b…", "foil", "tran", "1250000", "L.good", "1204",
                                "apples, pears and a crate of 12"]
+    long = [{**rows[0], "memo": "m" * 1000}]  # a memo may be 1,000 characters: cut in a table
+    assert max(len(line) for line in render("chit.list", long).splitlines()) <= 100
+    assert cells(render("chit.list", long).splitlines())[1][-1] == "m" * 40 + "…"
     info = render("getinfo", {"counters": {"refusals": {}, "peer_refusals": {"OVER_LIMIT": 2}}})
     assert info.splitlines() == ["counters:", "  refusals: -", "  peer_refusals:",
                                  "    OVER_LIMIT: 2"]
