@@ -700,3 +700,22 @@ async def test_a_houses_answer_that_holds_no_entries_is_its_fault_not_ours(tmp_p
                 await alice.rpc.call(method, params)
             assert info.value.reason == "MALFORMED_MESSAGE", method
             assert "not entries" in info.value.message
+
+
+async def test_chains_of_a_house_that_cannot_be_reached_fail_at_once_not_one_by_one(tmp_path):
+    """receipts.verify chain=true asked the clearing house for each process's chain in turn,
+    each waiting the request timeout (10 s) when the house was down: 40 s for four processes.
+    A house that cannot be reached fails every chain at once, saying why; the receipts are
+    still checked offline."""
+    async with network(tmp_path, n=2, clearinghouse=0) as net:
+        alice = net.nodes[1]
+        for pid in ("p1", "p2", "p3"):
+            await alice.rpc.call("ch.log", {"pid": pid, "payload": "x"})
+        await net.stop(0)
+        audit = await alice.rpc.call("receipts.verify", {"chain": True})
+        assert (audit["ok"], audit["checked"], audit["chains"]) == (False, 3, 3)
+        assert [failure["pid"] for failure in audit["failures"]] == ["p1", "p2", "p3"]
+        for failure in audit["failures"]:
+            assert failure["message"].startswith(
+                "cannot read the chain, not asked: the clearing house cannot be reached: "), \
+                failure
