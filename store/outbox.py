@@ -56,6 +56,14 @@ def pending_to(conn: sqlite3.Connection, peer: str, after_seq: int, limit: int
     return [OutboxRow(*row) for row in rows]
 
 
+def pending_ids_to(conn: sqlite3.Connection, peer: str, targets: Collection[str]
+                   ) -> list[bytes]:
+    """The ids of one peer's pending messages to ``targets``."""
+    return [row[0] for row in conn.execute(
+        "SELECT id FROM outbox WHERE state = 'pending' AND peer = ?"
+        f" AND target IN ({', '.join('?' * len(targets))})", (peer, *targets))]
+
+
 def count_pending_to(conn: sqlite3.Connection, peer: str, after_seq: int) -> int:
     return conn.execute(
         "SELECT count(*) FROM outbox WHERE state = 'pending' AND peer = ? AND seq > ?",

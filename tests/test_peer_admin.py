@@ -307,3 +307,31 @@ async def test_a_peer_the_node_still_needs_keeps_its_address(tmp_path):
         assert removed["kept"].startswith("its address stays (learned): it holds the partner")
         assert alice.address_of(bob.agent_id) == bob.listen_address
         assert alice.peer_source(bob.agent_id) == "learned"
+
+
+async def test_removing_a_peer_withdraws_the_pings_queued_to_it(tmp_path, monkeypatch):
+    """A ping to a peer at a dead address stays in the outbox; peers.remove forgot the
+    address but the pump went on dialling the removed peer until the ping expired (~5
+    minutes), its log line telling to remove it. The ping is withdrawn with the peer."""
+    monkeypatch.setattr("agentd.services.ping.PING_TIMEOUT", 60)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    path = tmp_path / "alice.toml"
+    path.write_text(CONFIG.replace("127.0.0.1:7902", f"127.0.0.1:{port}"))
+    node = Node(load_config(path), SigningKey.generate())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        with pytest.raises(RpcError):
+            await node.rpc.call("peers.ping", {"agent": BOB})
+        assert node.pump.depth == 1
+        removed = await node.rpc.call("peers.remove", {"agent": BOB})
+        assert removed["change"] == "removed" and "kept" not in removed
+        assert node.pump.depth == 0
+        assert [tuple(row) for row in node.db.read(
+            "SELECT state, error FROM outbox WHERE peer = ?", (BOB,))] == [
+            ("failed", "its peer was removed (peers.remove) before it was delivered")]
+        _, where = node.describe_peer(BOB)
+        assert where.startswith("the messages queued to it (getinfo outbox_depth): it is no "
+                                "peer of this node now")
+        node.stop()

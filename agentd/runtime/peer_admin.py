@@ -21,10 +21,12 @@ from tomlkit.exceptions import TOMLKitError
 from agentd.config import load_config, name_problem, parse_config
 from agentd.errors import UserError
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
-from agentd.runtime.context import Reject
+from agentd.runtime.context import Reject, Tx
 from agentd.runtime.reload import reload_config
+from agentd.services.ping import PingService
 from protocol.keys import IdentityError, agent_id_problem, parse_hostport
 from store import credit as credit_store
+from store import outbox as outbox_store
 from store import peers as peer_store
 
 if TYPE_CHECKING:
@@ -106,7 +108,7 @@ class PeerAdmin:
         why = self._needed(agent)
         if why is not None:
             return result | {"kept": f"its address stays (learned): {why}"}
-        await self.node.forget_peer(agent)
+        await self._forget(agent)
         return result
 
     async def _forget_learned(self, agent: str) -> dict[str, Any]:
@@ -121,8 +123,20 @@ class PeerAdmin:
                       "config" else f"not in [[peers]] of {path} but learned")
             raise Reject("PEER_IN_USE", f"{agent} is {source}, and this node still needs its "
                          f"address: {why}")
-        await node.forget_peer(agent)
+        await self._forget(agent)
         return {"change": "forgotten", "config": str(path), "applied": [], "agent": agent}
+
+    async def _forget(self, agent: str) -> None:
+        """Forget ``agent``'s address, and withdraw the pings queued to it: one to a dead
+        address kept the node dialling the removed peer until it expired (~5 minutes)."""
+        await self.node.forget_peer(agent)
+
+        def work(tx: Tx) -> None:
+            for message_id in outbox_store.pending_ids_to(tx.conn, agent, (PingService.target,)):
+                tx.withdraw(message_id, "its peer was removed (peers.remove) before it was "
+                            "delivered")
+
+        await self.node.transact(work)
 
     def _needed(self, agent: str) -> str | None:
         """Why the node still needs to know where ``agent`` listens, or None. It needs the
