@@ -183,6 +183,8 @@ def check_count(value: object, where: str, default: int) -> int:
         raise malformed_type(where, "an integer", value)
     if value < 1:
         raise Rejection(Reason.BAD_PARAMETERS, f"{where}: {value} is below 1")
+    if value >= INT64_LIMIT:  # msgpack carries no more: it failed as the message was encoded
+        raise Rejection(Reason.BAD_PARAMETERS, f"{where}: {value} is above 2^63-1")
     return value
 
 

@@ -170,6 +170,8 @@ async def test_a_mistyped_owner_or_time_is_invalid_params_not_a_round_trip(tmp_p
              "date_from '2024-05-02' is after date_to '2024-05-01': no entry can be in between"),
             ("ch.query", {"pid": "p", "page": 0}, "page: 0 is below 1"),
             ("ch.query", {"pid": "p", "size": 0}, "size: 0 is below 1"),
+            ("ch.query", {"pid": "p", "size": 10**20},
+             "size: 100000000000000000000 is above 2^63-1"),
             ("ch.query", {"pid": "p", "sort": "newest"}, "sort must be asc or desc, not 'newest'"),
         ):
             with pytest.raises(RpcError) as info:
