@@ -367,14 +367,14 @@ def parse_config(raw: dict, source: Path) -> Config:
             section.finish()
         for i, entry in enumerate(relay.get("verify", list, [])):
             section = _Section(problems, f"relay.verify[{i}]", entry)
-            signers = section.get("signers", list, [], required=True)
-            if not signers or not all(is_agent_id(s) for s in signers):
+            signers = section.get("signers", list, None, required=True)
+            if signers is not None and (not signers or not all(map(is_agent_id, signers))):
                 section.bad("signers", "must be a non-empty list of agent ids (a view is never "
                             f"accepted unverified), got {signers!r}")
             view = section.get("view", str, required=True)
             if view is not None and (problem := pattern_problem(view)) is not None:
                 section.bad("view", problem)
-            verify.append(VerifyPolicy(view, tuple(signers)))
+            verify.append(VerifyPolicy(view, tuple(signers or ())))
             section.finish()
         relay.finish()
 

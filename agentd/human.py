@@ -206,7 +206,7 @@ def _lines(value: dict[str, Any], depth: int, where: str, now_ms: int) -> list[s
         elif isinstance(item, list) and item and isinstance(item[0], dict):
             out.append(f"{pad}{name}:")
             out += [pad + "  " + line for line in table(
-                item, _columns(inner, item), _joined(inner, now_ms)).splitlines()]
+                item, _columns(inner, item), _joined(inner, now_ms)).rstrip("\n").split("\n")]
         else:
             text = _scalar(key, item)
             cut = LINE_CUT.get(key)
@@ -230,7 +230,12 @@ def _joined_cell(value: Any) -> str:
 
 
 def _cell(column: str, value: Any) -> str:
-    """A table cell: a partner as ``cuid@agent`` (the start of its node's agent id), as paths
+    """A table cell, control characters escaped whatever made it (``_printable``)."""
+    return _printable(_cell_text(column, value))
+
+
+def _cell_text(column: str, value: Any) -> str:
+    """A table cell's text: a partner as ``cuid@agent`` (the start of its node's agent id), as paths
     show users; a pid in an agent's namespace as ``AGENT…/REST`` (the agent id cut short, so
     the tally or lift uuid that tells processes apart shows); a long peer address cut in its
     middle, and a CHIP address as ``cuid:AGENT…@`` and that; a long hash or payload cut
@@ -275,11 +280,13 @@ def _address(address: str) -> str:
     return f"{head}…{tail}{colon}{port}"
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0 and C1 controls, the line and paragraph separators (str.splitlines breaks rows at them)
+# and the bidirectional embeddings, overrides and isolates (a memo could reorder what shows)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 def _printable(text: str) -> str:
-    """``text`` with control characters written as escapes (``\\n``, ``\\x1b``): a memo
+    """``text`` with control characters written as escapes (``\\n``, ``\\x1b``, ``\\u202e``): a memo
     (ours, or a partner's) with a newline would break a table's row in two, and a terminal
     escape sequence in one would drive the reader's terminal."""
     return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)

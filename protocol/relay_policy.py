@@ -51,7 +51,9 @@ def served_problem(pattern: object) -> str | None:
         try:
             parse_view(pattern)
             matches = True
-        except AddressError:
+        except AddressError as exc:
+            if not str(exc).startswith("unknown view"):  # a served kind, its argument wrong
+                return str(exc)
             matches = False
     return None if matches else (f"{pattern!r} matches no view this node serves (views: "
                                  f"{SERVED_VIEWS}; one '*' at the end matches a prefix)")

@@ -151,6 +151,9 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
      "at the end matches a prefix)"),
     (GOOD + '\n[[relay.access]]\nprincipal = "*"\nresource = "nothing:here"\n',
      "relay.access[0].resource 'nothing:here' matches no view this node serves"),
+    (GOOD + '\n[[relay.access]]\nprincipal = "*"\nresource = "tally:0B34937B"\n',
+     "relay.access[0].resource view 'tally:0B34937B': '0B34937B' is not a lowercase UUID"),
+    (GOOD + '\n[[relay.verify]]\nview = "*"\nsigners = "abc"\n', "relay.verify[0].signers "),
     (GOOD + '\n[[relay.access]]\nprincipal = "*"\nresource = "tally*:x"\n',
      "relay.access[0].resource view 'tally*:x' must be up to 256 characters of ':'-separated "
      "non-empty parts"),

@@ -174,6 +174,13 @@ def test_human_control_characters_show_as_escapes_and_a_row_stays_one_line():
     view_state = view("node:info", {"agent\x1b]0;x\x07": {"n\r": 1}, "rows": [{"a\nb": 2}]})
     assert "\x1b" not in (text := render("relay.wait", view_state)) and "\x07" not in text
     assert "agent\\x1b]0;x\\x07:" in text and "n\\r: 1" in text and "A\\nB" in text
+    # cells a column formats (an address, a pid in an agent's namespace), a separator
+    # splitlines() breaks at and a bidirectional override: escaped alike
+    rows = [{"pid": f"{ALICE}/x\x1b]0;t\x07", "address": f"c:{ALICE}@h\x1b[2J:1",
+             "memo": "p\u2028q\u202eevil"}]
+    text = render("relay.state", {"view": {"payload": {"rows": rows}}})
+    assert not any(char in text for char in "\x1b\x07\u2028\u202e"), text
+    assert "p\\u2028q\\u202eevil" in text and len(text.splitlines()) == 5
     route = render("route.find", [{"capacity": 9, "path": [
         {"cuid": f"u{i}\t", "agent": ALICE} for i in range(8)]}]).splitlines()
     assert len(route) > 2 and "\t" not in "".join(route) and "u7\\t@" in route[-1]

@@ -116,9 +116,9 @@ async def test_no_route_says_the_most_a_route_found_can_carry(tmp_path):
             dead = f"127.0.0.1:{probe.getsockname()[1]}"
         silent = await refused(ann, "lift.pay", cuid="ann", find=f"{stranger}@{dead}", units=5)
         assert silent.reason == "NO_ROUTE" and silent.message.endswith(
-            f"within {DEPTH} hops; that user may not exist at all: its node did not answer at "
-            f"{dead}, so it was not asked whether it hosts it (is the node running, and is "
-            "that its address?)"), silent.message
+            f"within {DEPTH} hops; that user may not exist at all: its node has not answered a "
+            f"dial of this node at {dead}, so it may not have been asked whether it hosts it "
+            "(is the node running, and is that its address?)"), silent.message
 
 
 async def test_a_search_cut_short_says_so_and_looks_no_further(tmp_path, monkeypatch):

@@ -332,6 +332,6 @@ async def test_removing_a_peer_withdraws_the_pings_queued_to_it(tmp_path, monkey
             "SELECT state, error FROM outbox WHERE peer = ?", (BOB,))] == [
             ("failed", "its peer was removed (peers.remove) before it was delivered")]
         _, where = node.describe_peer(BOB)
-        assert where.startswith("the messages queued to it (getinfo outbox_depth): it is no "
-                                "peer of this node now")
+        assert where.startswith("the messages queued to it (getinfo outbox_depth): this node "
+                                "knows no address of it (a peer removed, or never one)")
         node.stop()

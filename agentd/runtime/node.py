@@ -291,10 +291,10 @@ class Node:
             return who, f'{key} = "{value}" of [[peers]] "{peer.name}" in {config.path}'
         if house is not None and house.agent == agent:
             return who, f"[clearinghouse] {key} in {config.path}"
-        if agent not in self._peer_addresses:  # removed: what was queued to it still goes
-            return who, ("the messages queued to it (getinfo outbox_depth): it is no peer of "
-                         "this node now, and they are tried at the address they were queued "
-                         "with until they expire")
+        if agent not in self._peer_addresses:  # removed, or never one: what was queued goes
+            return who, ("the messages queued to it (getinfo outbox_depth): this node knows no "
+                         "address of it (a peer removed, or never one), and they are tried at "
+                         "the address they were queued with until they expire")
         return who, (f"the address learned for it (peers.list); peers.remove agent={agent} "
                      "forgets it")
 

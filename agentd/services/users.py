@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import re
+
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Runtime
 from protocol.keys import CUID_RULE, SigningKey, b64u, valid_cuid
 from protocol.tally_fields import MAX_CERT_NAME
 from store import users
 
-NAME_RULE = (f"must be 1 to {MAX_CERT_NAME} printable characters (the user's certificate "
-             "carries it, and its tally partners see it; no line breaks, tabs or other "
-             "control characters)")
+NAME_RULE = (f"must be at most {MAX_CERT_NAME} characters (the user's certificate carries "
+             "it, and its tally partners see it), with no line breaks, tabs or other control "
+             "characters")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _check_name(name: object) -> None:
     """A user's name as its certificate may carry it: a longer one was taken, and every
     tally the user then invited or offered was refused (``BAD_FIELD``) with no way to rename
-    the user."""
+    the user. Any script's characters are taken (a ZWNJ in a Persian name, a no-break space);
+    an empty name means the cuid, as no name does."""
     if not isinstance(name, str):
         raise invalid_params(f"name {NAME_RULE}, not {type(name).__name__}")
-    if 0 < len(name) <= MAX_CERT_NAME and name.isprintable():
+    if len(name) <= MAX_CERT_NAME and not _CONTROL.search(name):
         return
     shown = f"{len(name)} characters ({name[:24]!r}...)" if len(name) > MAX_CERT_NAME \
         else repr(name)

@@ -44,7 +44,7 @@ from agentd.services.credit.lift_decisions import LiftDecisions, log_lift
 from agentd.services.credit.lift_follow_up import FollowUp
 from agentd.services.credit.params import param_amount, param_cuid, param_memo, param_uuid
 from agentd.services.credit.referee import Referee
-from agentd.services.credit.routes import RouteService, param_find
+from agentd.services.credit.routes import LIFT_SEARCH_S, RouteService, param_find
 from protocol import lift as lf
 from protocol import route
 from protocol.chit_lift import lift_chit, lift_chit_uuid
@@ -153,10 +153,14 @@ class LiftService(Service):
                          referee: ChipAddress) -> dict:
         for attempt in range(CLEAR_TRIES):
             began = trio.current_time()
-            found, _ = await self.routes.search_near_first(
+            found, exhausted = await self.routes.search_near_first(
                 cuid, self.runtime.own_address(cuid), least, "circular", first=True)
+            if not found and not exhausted:
+                raise Reject("NO_CYCLE", f"no debt cycle through {cuid} was found within "
+                             f"{LIFT_SEARCH_S:g} s, and the search was cut short there (a busy "
+                             "network): try again")
             if not found:
-                raise await self._no_cycle(cuid, least, exact)
+                raise await self._no_cycle(cuid, least, exact=exact)
             best = found[0]
             amount = least if exact else best["capacity"]
             try:
@@ -169,20 +173,23 @@ class LiftService(Service):
                     raise
         return {**lift_views.started(record), "units": record["units"]}
 
-    async def _no_cycle(self, cuid: str, least: int, exact: bool) -> Reject:
-        """``NO_CYCLE`` for a clearing whose search found no cycle that carries ``least``;
-        for ``units`` asked (``exact``), a second search, for any amount, tells a cycle that
-        carries less (``OVER_LIMIT``, naming the most the one it found can clear) from none
-        at all."""
+    async def _no_cycle(self, cuid: str, least: int, *, exact: bool) -> Reject:
+        """``NO_CYCLE`` for a clearing whose whole search found no cycle that carries
+        ``least``; for ``units`` asked (``exact``), a second search, for any amount, tells a
+        cycle that carries less (``OVER_LIMIT``, naming the most the one it found can clear)
+        from none at all."""
         none = Reject("NO_CYCLE", f"no debt cycle through {cuid} (a circle of tallies on which "
                       "each user owes the one before)")
-        if not exact:
+        if not exact or least == 1:
             return none if least == 1 else Reject(
                 "NO_CYCLE", f"no debt cycle through {cuid} can clear {least} mCHIP")
         found, _ = await self.routes.search_near_first(
             cuid, self.runtime.own_address(cuid), 1, "circular", first=True)
         if not found:
             return none
+        if found[0]["capacity"] >= least:  # the debt moved between the two searches
+            return Reject("NO_CYCLE", f"no debt cycle through {cuid} could clear {least} mCHIP "
+                          "as it looked, and the debt changed while it did: try again")
         return Reject("OVER_LIMIT", f"the debt cycle found through {cuid} can clear at most "
                       f"{found[0]['capacity']} mCHIP now, not {least} (without units, "
                       "lift.clear clears the most the first cycle it finds can; a search "

@@ -171,9 +171,10 @@ class RouteService(Service):
         runtime = self.runtime
         if not unasked and not runtime.connected(find.agent) \
                 and not runtime.answered(find.agent, where):
-            unasked = (f"; that user may not exist at all: its node did not answer at "
-                       f"{where or runtime.address_of(find.agent)}, so it was not asked "
-                       "whether it hosts it (is the node running, and is that its address?)")
+            unasked = (f"; that user may not exist at all: its node has not answered a dial "
+                       f"of this node at {where or runtime.address_of(find.agent)}, so it may "
+                       "not have been asked whether it hosts it (is the node running, and is "
+                       "that its address?)")
         return Reject("NO_ROUTE", f"{head}: no path of tallies with room to pay reaches that "
                       f"user within {DEPTH} hops{unasked}")
 
