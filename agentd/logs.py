@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -55,9 +56,20 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+# control characters a text log line shows as escapes (a traceback keeps its lines)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 class _TextFormatter(logging.Formatter):
+    """One line a record: a message carries text peers chose (a refusal's message, a memo),
+    and a line break in it would forge log lines, an escape sequence drive the terminal."""
+
     def __init__(self, node: str) -> None:
         super().__init__(f"%(isotime)s {node} %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _CONTROL.sub(lambda found: repr(found.group())[1:-1], record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         record.isotime = _timestamp(record)

@@ -41,6 +41,24 @@ def test_text_lines_name_the_node(capsys):
     assert " bob WARNING agentd.test: peer unreachable" in err
 
 
+def test_a_text_line_is_one_line_whatever_a_peer_wrote(capsys):
+    """A partner's refusal message goes into a log line: a line break in it forged a line
+    of its own, and an escape sequence reached the terminal. Both show as escapes; a
+    traceback keeps its lines."""
+    setup_logging("bob", "info", "text")
+    told = "OVER_LIMIT\n2026-01-01T00:00:00.000Z bob ERROR agentd: forged\x1b[2J"
+    logging.getLogger("agentd.test").info("refused: %s", told)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("agentd.test").exception("failed")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith("agentd.test: refused: OVER_LIMIT\\n2026-01-01T00:00:00.000Z bob "
+                             "ERROR agentd: forged\\x1b[2J"), lines
+    assert "\x1b" not in "".join(lines) and lines[1].endswith("agentd.test: failed")
+    assert lines[2] == "Traceback (most recent call last):"
+
+
 def test_events_keep_their_fields_and_timestamps_are_full(capsys):
     from agentd.logs import event
 
