@@ -16,6 +16,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -295,18 +296,31 @@ def _rpc(socket_path: Path, method: str, pairs: list[str], *, human: bool = Fals
         error: dict[str, Any] = {"code": exc.code, "message": exc.message}
         if exc.reason:
             error["reason"] = exc.reason
-        print(json.dumps(error, ensure_ascii=False), file=sys.stderr)
+        print(_json(error), file=sys.stderr)
         return 1
     if human:
         from agentd.human import render
 
         print(render(method, result), end="")
     else:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        print(_json(result, indent=2))
     sys.stdout.flush()  # a reader gone (| head) is found here, inside main's handler
     # A check that ran and found a problem (receipts.verify) answers {"ok": false, ...}:
     # the whole result is printed, and the exit status says that the check failed.
     return 1 if isinstance(result, dict) and result.get("ok") is False else 0
+
+
+# what JSON leaves raw that a terminal acts on or reorders by: DEL, the C1 controls (CSI
+# among them), the line and paragraph separators and the bidirectional controls
+_RAW = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _json(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON for a terminal: text as it is (no ``\\u`` for every accent), but
+    for the characters a peer could choose to drive or reorder the reader's terminal, which
+    are escaped as JSON allows (JSON already escapes C0 controls)."""
+    return _RAW.sub(lambda found: f"\\u{ord(found.group()):04x}",
+                    json.dumps(value, indent=indent, ensure_ascii=False))
 
 
 def _init(args: list[str]) -> int:
