@@ -136,6 +136,7 @@ def test_ring_and_random_topologies(tmp_path):
      "sim.seed must be an integer from 0 to 9223372036854775807, not 'x'"),
     ("[nodes]\ncount = true\n", "nodes.count must be an integer"),
     ('[nodes]\ncount = 2\nnames = ["a", "b"]\n', "gives both count and names"),
+    ('[nodes]\nnames = ["a", "b", "a", "c", "c"]\n', "nodes.names names 'a', 'c' more than once"),
     ('[nodes]\ncount = 4\n[topology]\nkind = "random"\ndegree = 4\n',
      "topology.degree is 4, but with 4 nodes a node can have at most 3 links"),
     ('[nodes]\ncount = 4\n[topology]\nkind = "random"\nlinks = 7\n',

@@ -108,6 +108,7 @@ def test_one_of_each_fault_then_every_invariant_holds(tmp_path, capsys, workers)
     faults = {f["kind"]: f for f in written["faults"]}  # all at 0 s: in any order
     assert sorted(faults) == ["crash", "cut", "loss", "partition"]
     assert faults["loss"]["what"] == "not started: the traffic was over first"
+    assert faults["loss"]["for_s"] == 1  # as planned (it said 0 s)
     assert faults["partition"]["what"] == "a,b | c,d" and faults["crash"]["what"] == "c"
     assert "fault at" in out and "crash" in out
     assert written["counts"]["chits"] == 200 and written["counts"]["balance_sum"] == 0

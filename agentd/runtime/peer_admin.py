@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from agentd.config import load_config, name_problem, parse_config
+from agentd.config import listens_everywhere, load_config, name_problem, parse_config
 from agentd.errors import UserError
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.runtime.context import Reject, Tx
@@ -56,6 +56,9 @@ class PeerAdmin:
             where = _same_place(address)
         except (IdentityError, TypeError) as exc:
             raise invalid_params(f"address is not HOST:PORT: {address!r}") from exc
+        if listens_everywhere(address) or where[1] == 0:  # as agentd init --advertise refuses
+            raise invalid_params(f"address {address} is not an address a node can be dialled "
+                                 "at (every interface, or port 0): give where that node listens")
 
         def edit(peers: Any) -> str:
             for entry in peers:

@@ -61,7 +61,8 @@ async def _schedule(backend: Any, scenario: Scenario, fault: dict, rng: random.R
             at += fault["every_s"]
     finally:
         if not ran:  # the report says so, rather than leave the fault out
-            report.faults.append({"kind": fault["kind"], "at_s": at, "for_s": 0.0,
+            report.faults.append({"kind": fault["kind"], "at_s": at,
+                                  "for_s": fault.get("for_s", 0.0),
                                   "what": "not started: the traffic was over first"})
 
 

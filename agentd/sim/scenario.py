@@ -176,7 +176,8 @@ def _node_names(section: dict, errors: _Errors) -> list[str]:
             if (problem := name_problem(name)) is not None:
                 errors.add("nodes.names", f"has a name that {problem}")
         if len(set(names)) != len(names):
-            errors.add("nodes.names", "has duplicates")
+            twice = sorted({name for name in names if names.count(name) > 1})
+            errors.add("nodes.names", f"names {', '.join(map(repr, twice))} more than once")
         return names
     if "count" not in section:
         errors.add("nodes.count", "is missing (or give nodes.names)")
