@@ -132,3 +132,26 @@ def test_peers_refusal_codes_are_counted_by_code_within_a_bound():
     assert len(shown["peer_refusals"]) == PEER_CODES + 1
     assert shown["peer_refusals"]["other"] == 7 and shown["peer_refusals"]["OVER_LIMIT"] == 2
     assert shown["rejected_by_peer"] == PEER_CODES + 8
+
+
+async def test_a_busy_metrics_port_stops_the_start_before_any_service_works(tmp_path):
+    """With [metrics] listen on a port in use, the node stops with one line, having started
+    nothing: its services had begun (a chain repair asked partners for blocks) and died
+    mid-send with a traceback in the log."""
+    with trio.socket.socket() as held:
+        await held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = f"127.0.0.1:{held.getsockname()[1]}"
+        node = Node(node_config(tmp_path, "a", sections={"metrics": {"listen": busy}}),
+                    SigningKey.generate())
+        started = []
+        node.credit.run = lambda **kwargs: started.append("credit")  # it must not be reached
+        with pytest.raises(BaseExceptionGroup) as caught:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(node.run)
+        matched, _ = caught.value.split(UserError)
+        assert matched is not None, caught.value
+        assert f"cannot listen on [metrics] listen {busy}" in str(
+            matched.exceptions[0] if not isinstance(matched.exceptions[0], BaseExceptionGroup)
+            else matched.exceptions[0].exceptions[0])
+        assert started == []

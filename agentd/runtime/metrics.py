@@ -60,13 +60,18 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def serve(self, listen: str, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    @staticmethod
+    async def bind(listen: str) -> list[trio.SocketListener]:
+        """The listeners of ``[metrics] listen``: bound before the node starts its work."""
         host, port = parse_hostport(listen)
         try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
+            return await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
             raise UserError(f"cannot listen on [metrics] listen {listen}: "
                             f"{exc.strerror or exc}") from exc
+
+    async def serve(self, listeners: list[trio.SocketListener], *,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started(listeners[0].socket.getsockname()[1])
         await trio.serve_listeners(functools.partial(_answer, self.exposition), listeners)
 

@@ -9,7 +9,6 @@ and joins the writer thread before ``run`` returns.
 
 from __future__ import annotations
 
-import errno
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable
@@ -29,7 +28,7 @@ from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
 from agentd.runtime.hearsay import Hearsay
-from agentd.runtime.limits import DecodeBudget, WriteRation, defer_accept
+from agentd.runtime.limits import DecodeBudget, WriteRation
 from agentd.runtime.links import Links
 from agentd.runtime.maintenance import prune_kept
 from agentd.runtime.metrics import Metrics
@@ -37,6 +36,7 @@ from agentd.runtime.outbox import OutboxPump
 from agentd.runtime.peer_admin import PeerAdmin
 from agentd.runtime.peer_names import Unnamed
 from agentd.runtime.peers import PeerManager, PeerUnreachable
+from agentd.runtime.ports import bind_ports
 from agentd.runtime.refusals import rpc_error
 from agentd.runtime.reload import referee_warnings, reload_config
 from agentd.runtime.replies import Replies
@@ -339,6 +339,10 @@ class Node:
                 await database.__aexit__(None, None, None)
 
     async def _start(self, nursery: trio.Nursery) -> None:
+        # the ports first: a port in use stops the start before any service has begun work
+        # (a repair had asked partners for blocks, and died mid-send with a traceback)
+        listeners, metrics = await bind_ports(self.config, self.host, self.port)
+        self.port = listeners[0].socket.getsockname()[1]
         self.peers = PeerManager(
             self.key, Hello(self.agent_id, None, self.config.roles), self.counters,
             max_frame=self.config.max_frame, handshake_timeout=self.config.handshake_timeout,
@@ -352,19 +356,11 @@ class Node:
         await nursery.start(self.relay.run)
         await nursery.start(self.credit.run)
         await nursery.start(self.evidence.run)
-        try:
-            listeners = await trio.open_tcp_listeners(self.port, host=self.host)
-        except OSError as exc:
-            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise UserError(f"cannot listen on {self.config.listen}: {reason}") from exc
-        defer_accept(listeners, self.config.limits.defer_accept)
         await nursery.start(trio.serve_listeners, self.peers.handle_inbound, listeners)
-        self.port = listeners[0].socket.getsockname()[1]
         self.peers.hello = Hello(self.agent_id, self.listen_address, self.config.roles)
         await nursery.start(self.rpc.serve, self.config.socket_path)
-        if self.config.metrics_listen:
-            self.metrics_port = await nursery.start(self.metrics.serve,
-                                                    self.config.metrics_listen)
+        if metrics:
+            self.metrics_port = await nursery.start(self.metrics.serve, metrics)
         nursery.start_soon(Ticker(MAINTENANCE_INTERVAL, self._maintenance, immediately=True,
                                   task="maintenance (pruning what is kept 30 days)").run)
 
