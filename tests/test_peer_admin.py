@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from pathlib import Path
 
 import pytest
 import trio
@@ -137,19 +138,25 @@ async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
         node.stop()
 
 
+def bob_nowhere(tmp_path: Path, monkeypatch) -> tuple[Node, Path, int]:
+    """alice's node (not started) with bob configured at a port nothing listens on; a ping
+    waits up to 60 s (it does not wait that out): the node, its config file and the port."""
+    monkeypatch.setattr("agentd.services.ping.PING_TIMEOUT", 60)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    path = tmp_path / "alice.toml"
+    path.write_text(CONFIG.replace("127.0.0.1:7902", f"127.0.0.1:{port}"))
+    return Node(load_config(path), SigningKey.generate()), path, port
+
+
 async def test_a_ping_that_times_out_says_why_the_peer_cannot_be_dialled(tmp_path, monkeypatch,
                                                                          caplog):
     """A peer whose address nobody answers at: the ping is UNREACHABLE once a redial has had
     half a second (not a TIMEOUT after the whole wait), naming the dial's failure, and the
     log says it once (not once per retry)."""
-    monkeypatch.setattr("agentd.services.ping.PING_TIMEOUT", 60)  # it does not wait that out
     caplog.set_level(logging.INFO, logger="agentd.runtime.peers")
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    path = tmp_path / "alice.toml"
-    path.write_text(CONFIG.replace("127.0.0.1:7902", f"127.0.0.1:{port}"))
-    node = Node(load_config(path), SigningKey.generate())
+    node, path, port = bob_nowhere(tmp_path, monkeypatch)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         with pytest.raises(RpcError) as caught:
@@ -319,13 +326,7 @@ async def test_removing_a_peer_withdraws_the_pings_queued_to_it(tmp_path, monkey
     """A ping to a peer at a dead address stays in the outbox; peers.remove forgot the
     address but the pump went on dialling the removed peer until the ping expired (~5
     minutes), its log line telling to remove it. The ping is withdrawn with the peer."""
-    monkeypatch.setattr("agentd.services.ping.PING_TIMEOUT", 60)
-    with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    path = tmp_path / "alice.toml"
-    path.write_text(CONFIG.replace("127.0.0.1:7902", f"127.0.0.1:{port}"))
-    node = Node(load_config(path), SigningKey.generate())
+    node, _, _ = bob_nowhere(tmp_path, monkeypatch)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
         with pytest.raises(RpcError):
