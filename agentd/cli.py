@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from agentd import __version__
+from agentd import __version__, printable
 from agentd.errors import UserError, did_you_mean
 
 # name: (synopsis, what it does) — the commands that run here rather than call a node
@@ -312,7 +312,7 @@ def _rpc(socket_path: Path, method: str, pairs: list[str], *, human: bool = Fals
 
 # what JSON leaves raw that a terminal acts on or reorders by: DEL, the C1 controls (CSI
 # among them), the line and paragraph separators and the bidirectional controls
-_RAW = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_RAW = re.compile(f"[\\x7f-\\x9f{printable.SEPARATORS}{printable.BIDI}]")
 
 
 def _json(value: Any, indent: int | None = None) -> str:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import datetime
 import functools
-import re
 import time
 from collections.abc import Callable
 from typing import Any
+
+from agentd.printable import escaped
 
 RELAY_STATES = ("relay.state", "relay.wait")  # the methods that show a relay view
 # the columns of the common list results, in order (a dotted name reaches into a nested
@@ -163,7 +164,7 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None,
     columns = tuple(column for column in columns if column not in SPARSE
                     or any(_field(row, column) is not None for row in rows))
     joined = joined or {}
-    cells = [[_printable(TITLES.get(column, str(column).upper())) for column in columns]]
+    cells = [[escaped(TITLES.get(column, str(column).upper())) for column in columns]]
     cells += [[_joined_cell(joined[column](row)) if column in joined
                else _cell(column, _field(row, column)) for column in columns] for row in rows]
     widths = [max(len(part) for line in cells for part in line[i].split("\n"))
@@ -199,7 +200,7 @@ def _lines(value: dict[str, Any], depth: int, where: str, now_ms: int) -> list[s
     pad = "  " * depth
     out = []
     for key, item in value.items():
-        inner, name = f"{where}.{key}", _printable(str(key))  # a relay view's keys: a peer's
+        inner, name = f"{where}.{key}", escaped(str(key))  # a relay view's keys: a peer's
         if isinstance(item, dict) and item:
             out.append(f"{pad}{name}:")
             out += _lines(item, depth + 1, inner, now_ms)
@@ -230,8 +231,8 @@ def _joined_cell(value: Any) -> str:
 
 
 def _cell(column: str, value: Any) -> str:
-    """A table cell, control characters escaped whatever made it (``_printable``)."""
-    return _printable(_cell_text(column, value))
+    """A table cell, control characters escaped whatever made it (``agentd.printable.escaped``)."""
+    return escaped(_cell_text(column, value))
 
 
 def _cell_text(column: str, value: Any) -> str:
@@ -280,20 +281,8 @@ def _address(address: str) -> str:
     return f"{head}…{tail}{colon}{port}"
 
 
-# C0 and C1 controls, the line and paragraph separators (str.splitlines breaks rows at them)
-# and the bidirectional embeddings, overrides and isolates (a memo could reorder what shows)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-def _printable(text: str) -> str:
-    """``text`` with control characters written as escapes (``\\n``, ``\\x1b``, ``\\u202e``): a memo
-    (ours, or a partner's) with a newline would break a table's row in two, and a terminal
-    escape sequence in one would drive the reader's terminal."""
-    return _CONTROL.sub(lambda found: repr(found.group())[1:-1], text)
-
-
 def _user(cuid: Any, agent: Any) -> str:
-    return _printable(f"{cuid}@{str(agent)[:8]}")
+    return escaped(f"{cuid}@{str(agent)[:8]}")
 
 
 def _scalar(key: str, value: Any) -> str:
@@ -313,4 +302,4 @@ def _scalar(key: str, value: Any) -> str:
         return ", ".join(_scalar("", item) for item in value) or "-"
     if value == {}:  # nothing counted yet (getinfo's refusals), as an empty list shows
         return "-"
-    return _printable(str(value))
+    return escaped(str(value))

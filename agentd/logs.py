@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import time
 from typing import Any
+
+from agentd.printable import escaped
 
 REPEAT_WINDOW = 60.0  # seconds a repeated warning is held back
 MAX_TRACKED = 1024  # distinct warnings remembered (oldest forgotten first)
@@ -56,10 +57,6 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-# control characters a text log line shows as escapes (a traceback keeps its lines)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
 class _TextFormatter(logging.Formatter):
     """One line a record: a message carries text peers chose (a refusal's message, a memo),
     and a line break in it would forge log lines, an escape sequence drive the terminal."""
@@ -68,7 +65,7 @@ class _TextFormatter(logging.Formatter):
         super().__init__(f"%(isotime)s {node} %(levelname)s %(name)s: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = _CONTROL.sub(lambda found: repr(found.group())[1:-1], record.message)
+        record.message = escaped(record.message)  # a traceback, added after, keeps its lines
         return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:

@@ -42,21 +42,19 @@ def served_problem(pattern: object) -> str | None:
     problem = pattern_problem(pattern)
     if problem is not None or not isinstance(pattern, str):
         return problem
-    if pattern.endswith("*"):
-        prefix = pattern[:-1]
-        matches = any(served.startswith(prefix)
-                      or (served.endswith(":") and prefix.startswith(served))
-                      for served in SERVED)
-    else:
+    star = pattern.endswith("*")
+    start = pattern[:-1] if star else pattern
+    if not any((star and served.startswith(start))
+               or (start.startswith(served) if served.endswith(":") else start == served)
+               for served in SERVED):
+        return (f"{pattern!r} matches no view this node serves (views: {SERVED_VIEWS}; one "
+                "'*' at the end matches a prefix)")
+    if not star:  # a served kind: its argument as a view names it (a lowercase uuid, a cuid)
         try:
             parse_view(pattern)
-            matches = True
         except AddressError as exc:
-            if not str(exc).startswith("unknown view"):  # a served kind, its argument wrong
-                return str(exc)
-            matches = False
-    return None if matches else (f"{pattern!r} matches no view this node serves (views: "
-                                 f"{SERVED_VIEWS}; one '*' at the end matches a prefix)")
+            return str(exc)
+    return None
 
 
 def _match_rank(pattern: str, view: str) -> tuple[int, int] | None:

@@ -77,12 +77,13 @@ the payor is allowed only as ``find``, which ends the route).
 The fields and their checks are in :mod:`protocol.route_fields`, last hops in
 :mod:`protocol.route_last`, the answers' side in :mod:`protocol.route_answers`; this module
 re-exports what the runtime uses. Public API: ``KINDS``, ``ACTIONS``, ``MAX_DEPTH``,
-``MAX_ROUTES``, ``hop_kind``, ``hop_capacity``, ``shown_capacity``, ``receive_capacity``,
-``Candidate``, ``start -> Started``, ``forward -> Forwarded``, ``repeat``, ``check_query``,
-``LastHop``, ``last_digest``, ``last_hops``, ``ask``, ``answer_ask``, ``read_hops``, ``Relay``,
-``Search``, ``next_depth``, ``lift_path(route)``. Refusal codes: ``bad_field``, ``not_asked``,
-``unknown_tally`` (a query that did not come over an open or closing tally between its sender
-and the user it is addressed to: a stranger cannot make a node search on its behalf).
+``MAX_ROUTES``, ``CARRYING``, ``hop_kind``, ``hop_capacity``, ``shown_capacity``,
+``receive_capacity``, ``Candidate``, ``start -> Started``, ``forward -> Forwarded``,
+``repeat``, ``check_query``, ``LastHop``, ``last_digest``, ``last_hops``, ``ask``,
+``answer_ask``, ``read_hops``, ``Relay``, ``Search``, ``next_depth``, ``lift_path(route)``.
+Refusal codes: ``bad_field``, ``not_asked``, ``unknown_tally`` (a query that did not come
+over an open or closing tally between its sender and the user it is addressed to: a
+stranger cannot make a node search on its behalf).
 """
 
 from __future__ import annotations
@@ -114,14 +115,16 @@ from .route_fields import (
     user_key,
 )
 from .route_last import LastHop, answer_ask, ask, last_digest, last_hops, read_hops
-from .tally_states import C_OPEN
+from .tally_states import C_OPEN, OPEN
+
+CARRYING = (OPEN, C_OPEN)  # tally states a route may take (a closing one toward zero only)
 
 __all__ = [
-    "ACTIONS", "ADDRESS_FIELDS", "KINDS", "MAX_DEPTH", "MAX_ROUTES", "SALT_BYTES", "Candidate",
-    "Forwarded", "LastHop", "Relay", "Search", "Started", "answer_ask", "ask", "check_query",
-    "check_where", "ends", "forward", "hop_capacity", "hop_kind", "last_digest", "last_hops",
-    "lift_path", "next_depth", "read_hops", "receive_capacity", "repeat", "shown_capacity",
-    "start", "user_key",
+    "ACTIONS", "ADDRESS_FIELDS", "CARRYING", "KINDS", "MAX_DEPTH", "MAX_ROUTES", "SALT_BYTES",
+    "Candidate", "Forwarded", "LastHop", "Relay", "Search", "Started", "answer_ask", "ask",
+    "check_query", "check_where", "ends", "forward", "hop_capacity", "hop_kind", "last_digest",
+    "last_hops", "lift_path", "next_depth", "read_hops", "receive_capacity", "repeat",
+    "shown_capacity", "start", "user_key",
 ]
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from protocol.chain import Chain, Wanted, give_up, trim
 from protocol.chit_local import LocalChit
 from protocol.codec import pack, unpack
+from protocol.route import CARRYING
 from protocol.tally_fields import FOIL
 from protocol.tally_local import LocalTally, other_side
 from store import chain_rows
@@ -297,11 +298,12 @@ class Ledger:
 
     @staticmethod
     def creditors(conn: sqlite3.Connection, minimum: int) -> list[str]:
-        """Users owed at least ``minimum`` (beyond pending lift chits) on some open or closing
-        tally."""
+        """Users owed at least ``minimum`` (beyond pending lift chits) on some tally a route
+        may take (``protocol.route.CARRYING``: open or closing)."""
+        states = ", ".join("?" * len(CARRYING))
         return [row[0] for row in conn.execute(
-            "SELECT DISTINCT cuid FROM tallies WHERE state IN ('open', 'C.open')"
-            " AND balance - lift_out >= ? ORDER BY cuid", (minimum,))]
+            f"SELECT DISTINCT cuid FROM tallies WHERE state IN ({states})"
+            " AND balance - lift_out >= ? ORDER BY cuid", (*CARRYING, minimum))]
 
     @staticmethod
     def lift_chits(conn: sqlite3.Connection, lift: str) -> list[sqlite3.Row]:

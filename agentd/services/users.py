@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from agentd.printable import CONTROLS, SEPARATORS
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, Runtime
 from protocol.keys import CUID_RULE, SigningKey, b64u, valid_cuid
@@ -13,7 +14,7 @@ from store import users
 NAME_RULE = (f"must be at most {MAX_CERT_NAME} characters (the user's certificate carries "
              "it, and its tally partners see it), with no line breaks, tabs or other control "
              "characters")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL = re.compile(f"[{CONTROLS}{SEPARATORS}]")  # bidi marks are a name's own
 
 
 def _check_name(name: object) -> None:

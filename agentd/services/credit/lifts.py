@@ -174,15 +174,15 @@ class LiftService(Service):
         return {**lift_views.started(record), "units": record["units"]}
 
     async def _no_cycle(self, cuid: str, least: int, *, exact: bool) -> Reject:
-        """``NO_CYCLE`` for a clearing whose whole search found no cycle that carries
-        ``least``; for ``units`` asked (``exact``), a second search, for any amount, tells a
-        cycle that carries less (``OVER_LIMIT``, naming the most the one it found can clear)
-        from none at all."""
+        """``NO_CYCLE`` for a clearing whose whole search found no cycle carrying ``least``; for
+        ``units`` asked (``exact``), a second search, for any amount, tells a cycle carrying
+        less (``OVER_LIMIT``, naming the most the one it found can clear) from none at all."""
         none = Reject("NO_CYCLE", f"no debt cycle through {cuid} (a circle of tallies on which "
                       "each user owes the one before)")
-        if not exact or least == 1:
-            return none if least == 1 else Reject(
-                "NO_CYCLE", f"no debt cycle through {cuid} can clear {least} mCHIP")
+        if least == 1:  # any cycle at all was looked for
+            return none
+        if not exact:
+            return Reject("NO_CYCLE", f"no debt cycle through {cuid} can clear {least} mCHIP")
         found, _ = await self.routes.search_near_first(
             cuid, self.runtime.own_address(cuid), 1, "circular", first=True)
         if not found:

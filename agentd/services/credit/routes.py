@@ -35,7 +35,6 @@ from agentd.services.credit.params import param_amount, param_cuid
 from agentd.services.credit.payee_asks import UNKNOWN, PayeeAsks, unknown_payee
 from protocol import route
 from protocol import tally as t
-from protocol import tally_states as ts
 from protocol.envelope import Envelope
 from protocol.keys import (
     ChipAddress,
@@ -53,7 +52,6 @@ if TYPE_CHECKING:
 FAN_OUT = 10  # partners a query goes on to from one user
 DEPTH = 10  # hops at most
 NEAR = 3  # hops a lift's search tries first
-ROUTE_STATES = (ts.OPEN, ts.C_OPEN)  # tallies a route may take (a closing one toward zero)
 THIN = 2  # a round that stopped short of no more queries than this (a ring, a chain): next DEPTH
 SEARCH_S = 2.0  # default time budget of a search
 LIFT_SEARCH_S = 10.0  # a lift's: a search exhausted sooner ends sooner; this bounds a busy one
@@ -300,7 +298,7 @@ class RouteService(Service):
         """Our user's open and closing tallies as hops, with what each can carry now (a
         closing one only toward a zero balance: ``route.hop_kind``)."""
         out = []
-        for row in self.ledger.store.route_candidates(conn, cuid, ROUTE_STATES):
+        for row in self.ledger.store.route_candidates(conn, cuid, route.CARRYING):
             if row["partner_limit"] is None:
                 continue  # not filled yet: offered once the node has started
             capacity = route.hop_capacity(route.hop_kind(kind, row["state"]),
@@ -315,7 +313,7 @@ class RouteService(Service):
         """Our user's open and closing tallies as hops into it, with what each partner can
         pay it now."""
         out = []
-        for row in self.ledger.store.route_candidates(conn, cuid, ROUTE_STATES):
+        for row in self.ledger.store.route_candidates(conn, cuid, route.CARRYING):
             if row["lim"] is None:
                 continue  # not filled yet, as in candidates()
             capacity = route.receive_capacity(route.hop_kind(kind, row["state"]),
