@@ -256,6 +256,20 @@ def listens_everywhere(hostport: str) -> bool:
         return False  # a host name
 
 
+def same_place(hostport: str) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port) to tell whether two addresses name one listening port:
+    a host's case does not matter, ``localhost`` is loopback, an IP address is compared as
+    an address (``::1`` and ``0:0::1`` alike)."""
+    host, port = parse_hostport(hostport)
+    host = host.lower()
+    if host == "localhost":
+        return "127.0.0.1", port
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        return host, port  # a host name
+
+
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if set(kinds) == {int, float}:  # a number, whole or not

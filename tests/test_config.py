@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentd import cli
-from agentd.config import load_config, parse_config
+from agentd.config import load_config, parse_config, same_place
 from agentd.errors import UserError
 from agentd.init import init_node
 from agentd.runtime.node import Node
@@ -236,3 +236,15 @@ def test_relay_problems_are_named_with_the_others_at_once(tmp_path):
         "relay.access[0].principal", "relay.access[0].resource", "relay.verify[0].signers",
         "lift.life_s"], found
     assert not any("Policy" in problem or "Rule" in problem for problem in found)
+
+
+@pytest.mark.parametrize(("one", "other", "same"), [
+    ("127.0.0.1:7101", "localhost:7101", True),
+    ("Node.Example.org:7101", "node.example.org:7101", True),
+    ("[::1]:7101", "[0:0::1]:7101", True),
+    ("127.0.0.1:7101", "127.0.0.1:7102", False),
+    ("[::1]:7101", "127.0.0.1:7101", False),  # another socket
+])
+def test_one_listening_port_is_known_however_its_address_is_written(one, other, same):
+    """What peers.add and agentd init compare when they refuse a second node at one address."""
+    assert (same_place(one) == same_place(other)) is same

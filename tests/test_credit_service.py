@@ -865,6 +865,31 @@ async def test_chits_for_a_tally_that_is_not_open_and_replays(tmp_path):
         assert len(await rpc(a, "chit.list", cuid="alice", tally=tally)) == 1
 
 
+async def test_a_tally_not_held_yet_is_told_from_one_never_to_be_held(tmp_path):
+    """The subject of a ticket holds the tally from the inviter's offer on: until then its
+    user is told the wait, and once the tally is held, nothing more. A uuid the user never
+    asked for (another node's, or one opened after the backup a node was restored from)
+    gets no wait to try, only where its tallies are listed."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await rpc(a, "users.add", cuid="ann")
+        await rpc(b, "users.add", cuid="bob")
+        invited = await rpc(a, "tally.invite", cuid="ann")
+        tally = invited["tally"]
+        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        waiting = await refused(b, "tally.show", cuid="bob", tally=tally)
+        assert (waiting.reason, waiting.message) == ("UNKNOWN_TALLY", (
+            f"user bob holds no tally {tally} yet: it presented the tally's ticket, and holds "
+            "it from the inviter's offer on (tally.wait state=P.offer waits for it)"))
+        other = str(uuid.uuid4())
+        never = await refused(b, "chit.pay", cuid="bob", tally=other, units=1)
+        assert (never.reason, never.message) == ("UNKNOWN_TALLY", (
+            f"user bob holds no tally {other} (tally.list cuid=bob lists those it holds)"))
+        await rpc(a, "tally.offer", cuid="ann", tally=tally)
+        await wait_for(lambda: state(b, "bob", tally) == ts.P_OFFER)
+        assert (await rpc(b, "tally.show", cuid="bob", tally=tally))["state"] == ts.P_OFFER
+
+
 async def test_rpc_parameters_are_checked(tmp_path):
     async with network(tmp_path, n=1) as net:
         (a,) = net.nodes
@@ -894,9 +919,7 @@ async def test_rpc_parameters_are_checked(tmp_path):
             assert error.reason == "INVALID_PARAMS" and words in error.message, method
         missing = await refused(a, "tally.show", cuid="alice", tally=str(uuid.uuid4()))
         assert (missing.code, missing.reason) == (NOT_FOUND, "UNKNOWN_TALLY")
-        assert missing.message.endswith("(a tally requested with a ticket is held from the "
-                                        "inviter's offer on: tally.wait state=P.offer waits "
-                                        "for it)")
+        assert missing.message.endswith("(tally.list cuid=alice lists those it holds)")
         missing = await refused(a, "chit.accept", cuid="alice", chit=str(uuid.uuid4()))
         assert (missing.code, missing.reason) == (NOT_FOUND, "UNKNOWN_CHIT")
         missing = await refused(a, "chit.pay", cuid="alice", tally=str(uuid.uuid4()), units=1)
@@ -971,9 +994,11 @@ async def test_a_chit_in_flight_when_the_tally_closes_reopens_it(tmp_path):
         assert chain_of(a, "alice", tally)[3] == chain_of(b, "bob", tally)[3] == 0
 
 
-async def test_a_partners_invoices_waiting_for_an_answer_are_bounded(tmp_path, monkeypatch):
+async def test_a_partners_invoices_waiting_for_an_answer_are_bounded(tmp_path, monkeypatch,
+                                                                     caplog):
     """Each invoice waiting for our user is a row: past MAX_INVOICES on a tally the next is
-    refused (TOO_MANY_INVOICES) until our user answers one."""
+    refused (TOO_MANY_INVOICES) until our user answers one. The refusal is logged once on
+    the sender's node, naming the tally."""
     monkeypatch.setattr("agentd.services.credit.chits.MAX_INVOICES", 3)
     async with network(tmp_path, n=2) as net:
         a, b = net.nodes
@@ -998,6 +1023,10 @@ async def test_a_partners_invoices_waiting_for_an_answer_are_bounded(tmp_path, m
 
         await wait_for(lambda: "TOO_MANY_INVOICES" in (error_of(fourth) or ""))
         assert waiting() == 3
+        said = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and "TOO_MANY_INVOICES" in r.getMessage()]
+        assert len(said) == 1 and said[0].startswith(
+            f"{a.agent_id[:8]} refused chit/pend (tally {tally}): TOO_MANY_INVOICES"), said
         await rpc(a, "chit.refuse", cuid="alice", chit=first[0])
         await invoice()
         await wait_for(lambda: waiting() == 3 and a.db.read_one(

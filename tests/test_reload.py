@@ -184,6 +184,7 @@ async def test_a_new_lift_referee_decides_the_lifts_started_after_a_reload(tmp_p
         await rpc(bob, "users.add", cuid="bob")
         await open_tally(ann, "ann", bob, "bob")
         payee = f"bob:{bob.agent_id}"
+        await rpc(ann, "peers.ping", agent=house.agent_id)  # a referee that answered before
         await net.stop(0)
         before = await rpc(ann, "lift.pay", cuid="ann", find=payee, units=100)
         assert before["referee"] == house.agent_id  # the clearing house, by default

@@ -280,6 +280,11 @@ class Service:
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         """A message we sent was refused for good by its recipient (default: nothing)."""
 
+    def subject(self, envelope: dict) -> str | None:
+        """What a message of ours is about (``tally T``), named in the line the dispatcher
+        logs when a peer refuses it. None (the default): its target and action say enough."""
+        return None
+
     def refusal_key(self, envelope: dict) -> str | None:
         """What a peer's refusal of this message of ours is about, when the peer can refuse
         many such at will (``of our promises over tally T``): the dispatcher logs the first

@@ -346,8 +346,10 @@ class Dispatcher:
             if key is not None:
                 quiet = self._quiet_peers.note(code, key)
                 level, note = (logging.DEBUG, "") if quiet is None else (level, quiet)
-            log.log(level, "%s refused %s/%s: %s %s%s", from_agent[:8], envelope.get("target"),
-                    envelope.get("action"), code, text, note)
+            subject = None if service is None else service.subject(envelope)
+            log.log(level, "%s refused %s/%s%s: %s %s%s", from_agent[:8], envelope.get("target"),
+                    envelope.get("action"), "" if subject is None else f" ({subject})", code,
+                    text, note)
         tx.committed()
 
     async def _record(self, item: Outgoing, service: Service | None, ack: Ack) -> Tx:

@@ -18,13 +18,19 @@ from typing import TYPE_CHECKING, Any
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from agentd.config import listens_everywhere, load_config, name_problem, parse_config
+from agentd.config import (
+    listens_everywhere,
+    load_config,
+    name_problem,
+    parse_config,
+    same_place,
+)
 from agentd.errors import UserError
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
 from agentd.runtime.context import Reject, Tx
 from agentd.runtime.reload import reload_config
 from agentd.services.ping import PingService
-from protocol.keys import IdentityError, agent_id_problem, parse_hostport
+from protocol.keys import IdentityError, agent_id_problem
 from store import credit as credit_store
 from store import outbox as outbox_store
 from store import peers as peer_store
@@ -53,7 +59,7 @@ class PeerAdmin:
         if agent == self.node.agent_id:
             raise invalid_params("agent is this node itself")
         try:
-            where = _same_place(address)
+            where = same_place(address)
         except (IdentityError, TypeError) as exc:
             raise invalid_params(f"address is not HOST:PORT: {address!r}") from exc
         if listens_everywhere(address) or where[1] == 0:  # as agentd init --advertise refuses
@@ -65,7 +71,7 @@ class PeerAdmin:
                 if entry.get("name") == name and entry.get("agent") != agent:
                     raise invalid_params(f"name {name!r} is already peer {entry.get('agent')}'s"
                                          ": give this one another name")
-                if entry.get("agent") != agent and _same_place(entry.get("address")) == where:
+                if entry.get("agent") != agent and same_place(entry.get("address")) == where:
                     # one listening port is one node, whose Noise key is one agent: a second
                     # agent there would fail every handshake
                     raise invalid_params(
@@ -185,12 +191,6 @@ class PeerAdmin:
         applied = reload_config(node)
         return {"change": change, "config": str(path), "applied": applied["applied"],
                 **({"unnamed": applied["unnamed"]} if "unnamed" in applied else {})}
-
-
-def _same_place(address: Any) -> tuple[str, int]:
-    """``address`` as (host, port) to compare: a host's case does not matter."""
-    host, port = parse_hostport(address)
-    return host.lower(), port
 
 
 def _write_atomically(path: Path, text: str) -> None:

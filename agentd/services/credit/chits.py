@@ -8,7 +8,6 @@ and user) and be addressed to one of our users; signatures are checked by the pr
 
 from __future__ import annotations
 
-import logging
 import uuid as uuidlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,7 +22,6 @@ from agentd.services.credit.params import (
     param_amount,
     param_cuid,
     param_memo,
-    param_uuid,
 )
 from protocol import chain as ch
 from protocol import chit as c
@@ -41,7 +39,6 @@ if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
     from protocol.messages import Send
 
-log = logging.getLogger("agentd.credit")
 MAX_PAYMENTS = 1000  # payments per chit.pay_many call
 MAX_INVOICES = 1000  # a partner's invoices waiting for our user's answer on one tally
 REPAIRS = 8  # blocks sent to repair a partner's chain, waiting unacked on one tally at most
@@ -69,6 +66,10 @@ class ChitService(Service):
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         self.chit_rejected(tx, envelope, code, message)
 
+    def subject(self, envelope: dict) -> str | None:
+        tally = (envelope.get("object") or {}).get("tally")
+        return f"tally {tally}" if isinstance(tally, str) else None
+
     # -- RPC -----------------------------------------------------------------------------
 
     async def rpc_pay(self, cuid: str, tally: str, units: int, memo: str = "") -> dict:
@@ -93,7 +94,8 @@ class ChitService(Service):
     async def _pay(
         self, cuid: str, tally: str, amounts: list[int], memo: str, *, batched: bool
     ) -> list[dict]:
-        cuid, tally_uuid, memo = param_cuid(cuid), param_uuid(tally, "tally"), param_memo(memo)
+        cuid, memo = param_cuid(cuid), param_memo(memo)
+        tally_uuid = self.ledger.tally_param(cuid, tally)
         self.ledger.known_user(cuid)  # UNKNOWN_USER before UNKNOWN_TALLY
 
         def work(tx: Tx) -> list[LocalChit]:
@@ -123,7 +125,8 @@ class ChitService(Service):
 
     async def rpc_invoice(self, cuid: str, tally: str, units: int, memo: str = "") -> dict:
         """Ask the partner to pay ``units``: a chit in its name that it accepts or refuses."""
-        cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
+        cuid = param_cuid(cuid)
+        tally_uuid = self.ledger.tally_param(cuid, tally)
         units, memo = param_amount(units, "units"), param_memo(memo)
         self.ledger.known_user(cuid)
 
@@ -145,7 +148,8 @@ class ChitService(Service):
     async def rpc_chit_accept(self, cuid: str, chit: str) -> dict:
         """Pay the partner's invoice: our user signs it and it is good (refused as
         :meth:`rpc_pay` refuses a payment)."""
-        cuid, chit_uuid = param_cuid(cuid), param_uuid(chit, "chit")
+        cuid = param_cuid(cuid)
+        chit_uuid = self.ledger.chit_param(cuid, chit)
         self.ledger.known_user(cuid)
 
         def work(tx: Tx) -> LocalChit:
@@ -161,7 +165,8 @@ class ChitService(Service):
 
     async def rpc_chit_refuse(self, cuid: str, chit: str) -> dict:
         """Turn the partner's invoice down."""
-        cuid, chit_uuid = param_cuid(cuid), param_uuid(chit, "chit")
+        cuid = param_cuid(cuid)
+        chit_uuid = self.ledger.chit_param(cuid, chit)
         self.ledger.known_user(cuid)
 
         def work(tx: Tx) -> LocalChit:
@@ -184,7 +189,8 @@ class ChitService(Service):
         the chain's repair overcame is no longer shown). A long tally is read a page at a
         time: the chits from block ``start`` (default 1) on, at most ``limit`` (default
         all); the next page starts after the last index shown."""
-        cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
+        cuid = param_cuid(cuid)
+        tally_uuid = self.ledger.tally_param(cuid, tally)
         for name, value, what in (("start", start, "a block index"),
                                   ("limit", limit, "a number of chits")):
             if value is not None and not 1 <= value < 2**63:  # its type: agentd.rpc_types
@@ -328,7 +334,6 @@ class ChitService(Service):
             return
         action = envelope.get("action")
         reason = f"chit {action}: {code}: {message}"  # its form: see params._standing
-        log.warning("tally %s: the partner refused %s", tally_uuid, reason)
         self.ledger.store.set_error(tx.conn, tally_uuid, cuid, reason)
         if action == "chain" and code == "LIFT_UNDECIDED":
             self.on_undecided(tx, envelope)

@@ -30,6 +30,7 @@ import trio
 from agentd.logs import event
 from agentd.rpc import NOT_FOUND, RpcError
 from agentd.runtime.context import Reject, Tx
+from agentd.services.credit.params import param_id
 from protocol import chain as ch
 from protocol import chit_states as cs
 from protocol import evidence as ev
@@ -41,7 +42,7 @@ from protocol.envelope import Envelope
 from protocol.keys import SigningKey
 from protocol.messages import Send
 from store import credit as credit_store
-from store import users
+from store import id_starts, users
 from store.credit import Holding, Ledger
 
 if TYPE_CHECKING:
@@ -233,10 +234,21 @@ class CreditLedger:
         this node who does hold it (a peer is not told who else we host)."""
         holding = self.store.get(conn, tally_uuid, cuid)
         if holding is None:
-            held_by = [row["cuid"] for row in self.store.holders_of(conn, tally_uuid)] \
-                if ours else []
-            raise Reject("UNKNOWN_TALLY", no_tally(cuid, tally_uuid, held_by))
+            raise Reject("UNKNOWN_TALLY", self._not_held(conn, cuid, tally_uuid) if ours
+                         else no_tally(cuid, tally_uuid))
         return holding
+
+    def _not_held(self, conn: sqlite3.Connection, cuid: str, tally_uuid: str) -> str:
+        """UNKNOWN_TALLY's message for our own user: who on this node does hold it, or the
+        offer the user waits for, or else where its tallies are listed (a tally uuid of
+        another node's, or of one opened after the backup this node was restored from, is no
+        tally a wait would bring). Never told to a peer."""
+        held_by = [row["cuid"] for row in self.store.holders_of(conn, tally_uuid)]
+        requested = self.store.requested(conn, tally_uuid, cuid)
+        missing = no_tally(cuid, tally_uuid, held_by, requested=requested)
+        if held_by or requested:
+            return missing
+        return f"{missing} (tally.list cuid={cuid} lists those it holds)"
 
     def lift_room(self, conn: sqlite3.Connection, cuid: str, pays_over: str, paid_over: str
                   ) -> int:
@@ -291,6 +303,21 @@ class CreditLedger:
         """Run ``work`` in one transaction; its messages go to the pump once committed."""
         return await self.runtime.transact(work)
 
+    def tally_param(self, cuid: str, value: Any) -> str:
+        """A tally of ``cuid``'s named by its whole id, or by its start as ``-H`` shows it."""
+        return param_id(value, "tally", lambda start: self._starting(
+            id_starts.tallies, cuid, start), f"user {cuid} holds")
+
+    def chit_param(self, cuid: str, value: Any) -> str:
+        """A chit of ``cuid``'s named by its whole id, or by its start as ``-H`` shows it."""
+        return param_id(value, "chit", lambda start: self._starting(
+            id_starts.chits, cuid, start), f"user {cuid} holds")
+
+    def _starting(self, ids: Callable[[sqlite3.Connection, str, str], list[str]], cuid: str,
+                  start: str) -> list[str]:
+        self.known_user(cuid)  # an unknown user is UNKNOWN_USER, as with a whole id
+        return self.runtime.db.reading(lambda conn: ids(conn, cuid, start))
+
     def known_user(self, cuid: str) -> str:
         if not self.runtime.db.reading(lambda conn: users.exists(conn, cuid)):
             raise RpcError(NOT_FOUND, f"no user {cuid!r} on this node "
@@ -300,14 +327,13 @@ class CreditLedger:
 
     def tally_row(self, cuid: str, tally_uuid: str) -> Any:
         self.known_user(cuid)
-        def read(conn: sqlite3.Connection) -> tuple[Any, list[str]]:
+        def read(conn: sqlite3.Connection) -> tuple[Any, str]:
             row = credit_store.tally_row(conn, tally_uuid, cuid)
-            return row, [] if row is not None else [
-                held["cuid"] for held in self.store.holders_of(conn, tally_uuid)]
+            return row, "" if row is not None else self._not_held(conn, cuid, tally_uuid)
 
-        row, held_by = self.runtime.db.reading(read)
+        row, missing = self.runtime.db.reading(read)
         if row is None:
-            raise RpcError(NOT_FOUND, no_tally(cuid, tally_uuid, held_by), "UNKNOWN_TALLY")
+            raise RpcError(NOT_FOUND, missing, "UNKNOWN_TALLY")
         return row
 
 
@@ -326,17 +352,21 @@ def log_chits(tx: Tx, cuid: str, chits: Iterable[LocalChit]) -> None:
             cuid=cuid, state=chit.state, units=chit.chit["units"]))
 
 
-def no_tally(cuid: str, tally_uuid: str, held_by: list[str] | None = None) -> str:
-    """UNKNOWN_TALLY's message: the user of this node who holds the tally, when the caller
-    named another (two users on one node, as in the README's examples), or else the wait a
-    subject that just presented a ticket is in (its node holds the tally once the inviter
-    offers it)."""
+def no_tally(cuid: str, tally_uuid: str, held_by: list[str] | None = None, *,
+             requested: bool = False) -> str:
+    """UNKNOWN_TALLY's message. To a peer, no more than that. To our own user: the user of
+    this node who holds the tally, when the caller named another (two users on one node, as
+    in the README's examples); else, when the user presented the tally's ticket, the offer
+    it waits for (its node holds the tally from then on)."""
     if held_by:
         return (f"user {cuid} holds no tally {tally_uuid}: on this node "
                 f"{' and '.join(held_by)} hold{'s' * (len(held_by) == 1)} it "
                 f"(cuid={held_by[0]})")
-    return (f"user {cuid} holds no tally {tally_uuid} (a tally requested with a ticket is held"
-            " from the inviter's offer on: tally.wait state=P.offer waits for it)")
+    if requested:
+        return (f"user {cuid} holds no tally {tally_uuid} yet: it presented the tally's ticket,"
+                " and holds it from the inviter's offer on (tally.wait state=P.offer waits "
+                "for it)")
+    return f"user {cuid} holds no tally {tally_uuid}"
 
 
 def _not_owed(chit_uuid: str, cuid: str, state: str) -> str:

@@ -15,7 +15,6 @@ delivery settles the state (``protocol.tally.delivered``/``rejected``).
 
 from __future__ import annotations
 
-import logging
 import os
 import uuid as uuidlib
 from collections.abc import Callable
@@ -32,7 +31,6 @@ from agentd.services.credit.params import (
     param_amount,
     param_cuid,
     param_memo,
-    param_uuid,
     tally_summary,
 )
 from protocol import tally as t
@@ -48,7 +46,6 @@ from store.credit import Holding
 if TYPE_CHECKING:
     from agentd.runtime.context import Runtime
 
-log = logging.getLogger("agentd.credit")
 
 DEFAULT_LIMIT = 1_000_000  # milliCHIPs (1,000 CHIPs) each side may owe, until countered
 
@@ -102,6 +99,10 @@ class TallyService(Service):
 
     def on_rejected(self, tx: Tx, envelope: dict, code: str, message: str) -> None:
         self.tally_settled(tx, envelope, Reject(code, message))
+
+    def subject(self, envelope: dict) -> str | None:
+        uuid = (envelope.get("object") or {}).get("uuid")
+        return f"tally {uuid}" if isinstance(uuid, str) else None
 
     # -- RPC -----------------------------------------------------------------------------
 
@@ -247,7 +248,8 @@ class TallyService(Service):
     async def rpc_show(self, cuid: str, tally: str) -> dict:
         """One tally: its summary plus date, which sides have signed, and the clearing-house
         process this node logs its evidence under (``evidence``; null without one)."""
-        row = self.ledger.tally_row(param_cuid(cuid), param_uuid(tally, "tally"))
+        cuid = param_cuid(cuid)
+        row = self.ledger.tally_row(cuid, self.ledger.tally_param(cuid, tally))
         body = unpack(row["body"])
         return {**tally_summary(row), "date": body["date"],
                 "signed": [side for side in t.SIDES if body["sign"][side] is not None],
@@ -258,7 +260,8 @@ class TallyService(Service):
         """Block until the tally is in ``state`` (a state, or a list of them) or ``timeout_s``
         passes; returns the tally as ``tally.show`` does either way (its ``state`` says
         which). The tally need not exist yet: until it does, ``state`` is null."""
-        cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
+        cuid = param_cuid(cuid)
+        tally_uuid = self.ledger.tally_param(cuid, tally)
         wanted = [state] if isinstance(state, str) else state
         if not wanted:
             raise invalid_params("state must be a tally state or a list of them")
@@ -289,7 +292,8 @@ class TallyService(Service):
         tally: str,
         step: Callable[[Holding, User], t.Step],
     ) -> dict:
-        cuid, tally_uuid = param_cuid(cuid), param_uuid(tally, "tally")
+        cuid = param_cuid(cuid)
+        tally_uuid = self.ledger.tally_param(cuid, tally)
         self.ledger.known_user(cuid)  # UNKNOWN_USER before UNKNOWN_TALLY
 
         def work(tx: Tx) -> Holding:
@@ -414,9 +418,7 @@ class TallyService(Service):
         holding = self.ledger.store.get(tx.conn, obj.get("uuid"), sender.get("cuid"))
         if holding is None or obj.get("version") != holding.local.tally["version"]:
             return  # about a revision that has moved on
-        if refusal is not None:
-            log.warning("tally %s: the partner refused our %s: %s", holding.local.uuid,
-                        envelope.get("action"), refusal)
+        if refusal is not None:  # logged by the dispatcher, naming the tally (subject)
             self.ledger.store.set_error(tx.conn, *holding.key,
                                         f"{envelope.get('action')}: {refusal}")
         report = t.delivered if refusal is None else t.rejected

@@ -1,0 +1,30 @@
+"""Ids by their start, as ``-H`` shows them (``cdfd881a…``): the tallies and chits of a user,
+the lifts of this node, whose id starts so. At most two: one is the id meant, two say the
+start is too short to tell."""
+
+from __future__ import annotations
+
+import sqlite3
+
+
+def _bounds(start: str) -> tuple[str, str]:
+    """Every id starting ``start`` sorts from it up to it and ``g`` (an id is hex and ``-``,
+    both below ``g``), so an index on the id serves the search."""
+    return start, start + "g"
+
+
+def tallies(conn: sqlite3.Connection, cuid: str, start: str) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT uuid FROM tallies WHERE uuid >= ? AND uuid < ? AND cuid = ? LIMIT 2",
+        (*_bounds(start), cuid))]
+
+
+def chits(conn: sqlite3.Connection, cuid: str, start: str) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT DISTINCT uuid FROM chits WHERE cuid = ? AND uuid >= ? AND uuid < ? LIMIT 2",
+        (cuid, *_bounds(start)))]
+
+
+def lifts(conn: sqlite3.Connection, start: str) -> list[str]:
+    return [row[0] for row in conn.execute(
+        "SELECT lift FROM lifts WHERE lift >= ? AND lift < ? LIMIT 2", _bounds(start))]
