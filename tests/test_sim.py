@@ -77,6 +77,34 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, ca
     assert refused.value.code == 2 and "argument --json: cannot write " in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("json_first", [False, True], ids=["--report first", "--json first"])
+def test_a_json_file_in_a_new_report_directory_is_written(tmp_path, capsys, json_first):
+    """--report DIR --json DIR/out.json with no DIR yet: --json was tried as it was read,
+    before --report made DIR, and refused (no such directory) whatever the order."""
+    out = tmp_path / "run"
+    report, written = ["--report", str(out)], ["--json", str(out / "out.json")]
+    options = written + report if json_first else report + written
+    assert main([str(write(tmp_path, SMALL)), "--workers", "1", *options]) == 0
+    assert json.loads((out / "out.json").read_text())["checks"]["exactly_once"]
+    assert (out / "index.html").is_file()
+
+
+def test_a_json_file_elsewhere_without_its_directory_is_refused_with_report(tmp_path, capsys):
+    """Only --report's own directory is made before --json is tried: any other missing
+    directory (a sub-directory of it too) is refused before the run, and the --report
+    directory is then not left behind."""
+    scenario = str(write(tmp_path, SMALL))
+    for path in ("nodir/out.json", "run/sub/out.json"):
+        with pytest.raises(SystemExit) as refused:
+            main([scenario, "--report", str(tmp_path / "run"), "--json", str(tmp_path / path)])
+        assert refused.value.code == 2
+        said = capsys.readouterr()
+        assert f"argument --json: cannot write {tmp_path / path}: no such file or directory" \
+            in said.err, said.err
+        assert "invariant" not in said.out  # nothing ran
+        assert not (tmp_path / "run").exists()
+
+
 def test_workers_and_processes_are_not_given_together(tmp_path, capsys):
     """--workers shards the nodes over N processes, --processes gives each its own: the two
     at once ran a process per node and said nothing of the --workers given."""

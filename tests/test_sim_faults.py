@@ -3,16 +3,24 @@ every invariant still holds afterwards."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agentd.configs_dir import scenario_path
 from agentd.errors import UserError
 from agentd.rpc import RpcError
+from agentd.runtime.links import Rule
 from agentd.runtime.peers import PeerUnreachable
 from agentd.sim import load_scenario, main
 from agentd.sim import node as simnode
+from agentd.sim.faults import Healing, run_faults
+from agentd.sim.report import Report
+from agentd.sim.scenario import Scenario
 from tests.netfixture import network
 
 BASE = '[nodes]\nnames = ["a", "b", "c", "d"]\n[topology]\nkind = "ring"\n'
@@ -179,3 +187,52 @@ def test_a_killed_process_restarts_and_every_invariant_holds(tmp_path, capsys):
     assert sorted(f["kind"] for f in written["faults"]) == ["crash", "delay", "loss"]
     assert written["counts"]["chits"] == 200
     _link_faults_acted(written)
+
+
+class _Stub:
+    """A backend that does each fault at once and nothing else, with ``live`` connections
+    for a cut to choose among (none: a cut draws nothing from the randomness it is given)."""
+
+    def __init__(self, live: int) -> None:
+        self.live = [f"c{i}" for i in range(live)]
+
+    async def cut(self, rng: random.Random) -> str | None:
+        return rng.choice(self.live) if self.live else None
+
+    async def partition(self, groups: list[list[str]]) -> None:
+        pass
+
+    async def heal(self) -> None:
+        pass
+
+    async def crash(self, name: str) -> None:
+        pass
+
+    async def restart(self, name: str) -> None:
+        pass
+
+    async def shape(self, name: str, peer: str, fault: str, rule: Rule | None) -> None:
+        pass
+
+    async def call(self, name: str, method: str, params: dict) -> Any:
+        return {"agent": name, "rtt_ms": [1.0]}
+
+
+async def _hit(scenario: Scenario, live: int) -> dict[str, str]:
+    """What each fault but the cut hit: the nodes crashed, the partition, the links shaped."""
+    report = Report()
+    await run_faults(_Stub(live), scenario, report, Healing())
+    return {fault["kind"]: fault["what"] for fault in report.faults if fault["kind"] != "cut"}
+
+
+async def test_the_seed_alone_decides_what_the_faults_hit(autojump_clock):
+    """faults.toml, once per seed: the same seed crashes the same nodes, splits and slows
+    the same, however many draws the cut made meanwhile (the faults shared one stream, so
+    each took what the others left: not replayable); another seed hits others."""
+    scenario = load_scenario(scenario_path("faults"))
+    hit = await _hit(scenario, live=0)
+    assert sorted(hit) == ["crash", "delay", "loss", "partition"]
+    assert await _hit(scenario, live=0) == hit
+    assert await _hit(scenario, live=30) == hit  # the cut drew, each time it closed one
+    other = await _hit(dataclasses.replace(scenario, seed=scenario.seed + 1), live=0)
+    assert other["crash"] != hit["crash"] and other["partition"] != hit["partition"]

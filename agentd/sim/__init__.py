@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -111,8 +112,7 @@ async def _run(scenario: Scenario, workdir: Path, processes: bool,
             report.traffic_at_s = trio.current_time() - report.zero
             async with trio.open_nursery() as traffic:
                 if scenario.faults:
-                    traffic.start_soon(run_faults, backend, scenario, random.Random(
-                        scenario.seed + 1), report, healing)
+                    traffic.start_soon(run_faults, backend, scenario, report, healing)
                 for item in scenario.traffic:
                     await {**KINDS, **LIFT_KINDS}[item["kind"]](run, item)
                 traffic.cancel_scope.cancel()  # the traffic is done: so are the faults
@@ -146,6 +146,30 @@ def _count(text: str) -> int:
     return value
 
 
+def _check_outputs(parser: argparse.ArgumentParser, options: argparse.Namespace) -> None:
+    """Try ``--json`` and ``--report`` before the run, not after minutes of it. A ``--json``
+    file in the ``--report`` directory is tried once that is made (it may not exist yet);
+    any other first, so that its refusal leaves no ``--report`` directory behind."""
+    in_report = bool(options.json and options.report) and \
+        Path(options.json).parent.resolve() == Path(options.report).resolve()
+    if options.json and not in_report:
+        _try(parser, "--json", output_file, options.json)
+    if options.report:
+        check_report_extra()  # the directory is made only once it can be drawn in
+        _try(parser, "--report", output_dir, options.report)
+    if in_report:
+        _try(parser, "--json", output_file, options.json)
+
+
+def _try(parser: argparse.ArgumentParser, option: str, check: Callable[[str], str],
+         path: str) -> None:
+    """``check(path)``, an error exit naming ``option`` as argparse's own would if it fails."""
+    try:
+        check(path)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"argument {option}: {exc}")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="agentd sim", description="Run a scripted multi-node simulation (see configs/sims/),"
@@ -159,8 +183,7 @@ def main(argv: list[str]) -> int:
                         help="shard the nodes across N worker processes linked by TCP "
                         f"(default: one a core, here {cores}; 1: all in this process; not with "
                         "--processes)")
-    parser.add_argument("--json", metavar="FILE", type=output_file,
-                        help="also write the report as JSON")
+    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     parser.add_argument("--report", metavar="DIR",
                         help="also write DIR/index.html: the network, throughput over time "
                         "with the faults, latency histograms and the invariants, in one "
@@ -176,12 +199,7 @@ def main(argv: list[str]) -> int:
     # a shipped scenario by name, wherever agentd is installed: agentd sim ring
     scenario = load_scenario(scenario_path(options.scenario))
     check_capacity(scenario, options.processes)
-    if options.report:  # before the run, not after minutes of it
-        check_report_extra()
-        try:  # made only once it can be written, so a refusal leaves nothing behind
-            output_dir(options.report)
-        except argparse.ArgumentTypeError as exc:
-            parser.error(f"argument --report: {exc}")
+    _check_outputs(parser, options)
     workdir = Path(tempfile.mkdtemp(prefix="agentd-sim-"))
     try:
         report = trio.run(partial(run_scenario, scenario, workdir, processes=options.processes,

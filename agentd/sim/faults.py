@@ -21,6 +21,11 @@ traffic runs) and lasts ``for_s`` (a crash: ``down_s``):
 
 When the traffic is done every fault heals (crashed nodes restart, partitions lift) and the
 invariants are checked on the healed network. The report lists each fault as it happened.
+
+What each fault hits (nodes, groups, links, connections cut) is drawn from the scenario's
+``seed``: each start of each fault has its own stream, so the same seed hits the same nodes
+again and a failing run can be replayed (which connections are live to be cut, and which
+frames a loss drops, still depend on timing).
 """
 
 from __future__ import annotations
@@ -36,31 +41,40 @@ from agentd.sim.report import Report
 from agentd.sim.scenario import Scenario
 
 
-async def run_faults(backend: Any, scenario: Scenario, rng: random.Random, report: Report,
-                     healing: Healing) -> None:
+async def run_faults(backend: Any, scenario: Scenario, report: Report, healing: Healing
+                     ) -> None:
     """Every fault of the scenario on its schedule, until cancelled (the traffic is done);
     ``heal_all`` then undoes what is still in force."""
     started = trio.current_time()
     async with trio.open_nursery() as nursery:
-        for fault in scenario.faults:
-            nursery.start_soon(_schedule, backend, scenario, fault, rng, report, healing,
-                               started)
+        for index in range(len(scenario.faults)):
+            nursery.start_soon(_schedule, backend, scenario, index, report, healing, started)
 
 
-async def _schedule(backend: Any, scenario: Scenario, fault: dict, rng: random.Random,
-                    report: Report, healing: Healing, started: float) -> None:
+def _stream(scenario: Scenario, index: int, start: int) -> random.Random:
+    """The randomness of the ``start``-th start (from 0) of fault ``index``, from the seed
+    alone: the faults run side by side, so with one stream each would draw what the others
+    left, in an order the timing decides. Apart from the traffic's (``Random(seed)``), which
+    the faults leave as it was."""
+    return random.Random(f"agentd.sim.faults {scenario.seed} {index} {start}")
+
+
+async def _schedule(backend: Any, scenario: Scenario, index: int, report: Report,
+                    healing: Healing, started: float) -> None:
+    fault = scenario.faults[index]
     at = fault.get("at_s", 0.0)
-    ran = False
+    starts = 0
     try:
         while True:
             await trio.sleep_until(started + at)
-            ran = True
-            await _one(backend, scenario, fault, rng, report, healing, started)
+            starts += 1
+            await _one(backend, scenario, fault, _stream(scenario, index, starts - 1), report,
+                       healing, started)
             if "every_s" not in fault:
                 return
             at += fault["every_s"]
     finally:
-        if not ran:  # the report says so, rather than leave the fault out
+        if not starts:  # the report says so, rather than leave the fault out
             report.faults.append({"kind": fault["kind"], "at_s": at,
                                   "for_s": fault.get("for_s", 0.0),
                                   "what": "not started: the traffic was over first"})
@@ -102,9 +116,7 @@ async def _one(backend: Any, scenario: Scenario, fault: dict, rng: random.Random
         await backend.heal()
         healing.partitioned = False
     else:
-        up = [name for name in scenario.nodes if name not in healing.crashed]
-        names = [name for name in fault.get("nodes") or rng.sample(
-            up, min(fault.get("count", 1), len(up))) if name not in healing.crashed]
+        names = _victims(scenario, fault, rng, healing.crashed)
         event["what"] = ", ".join(names)
         healing.crashed.update(names)
         for name in names:
@@ -161,6 +173,15 @@ async def _probe(backend: Any, link: tuple[str, str], report: Report, event: dic
         return
     event["rtt_ms"] = rtt
     event["what"] += f"; ping {a} -> {b} {rtt:.0f} ms"
+
+
+def _victims(scenario: Scenario, fault: dict, rng: random.Random, down: set[str]) -> list[str]:
+    """The nodes a crash kills: those named, or ``count`` drawn from every node, so that the
+    draw is the same whichever are down (a node down is skipped, not crashed again)."""
+    if fault.get("nodes"):
+        return [name for name in fault["nodes"] if name not in down]
+    drawn = rng.sample(scenario.nodes, len(scenario.nodes))
+    return [name for name in drawn if name not in down][:fault.get("count", 1)]
 
 
 def _halves(scenario: Scenario, rng: random.Random) -> list[list[str]]:
