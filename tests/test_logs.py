@@ -160,3 +160,31 @@ async def test_a_lost_peer_is_logged_with_where_it_was_and_why(tmp_path, caplog)
         "n0", a.listen_address, "in", "idle")
     assert (of_a["name"], of_a["address"], of_a["direction"], of_a["reason"]) == (
         "n1", b.listen_address, "out", "eof")
+
+
+async def test_at_debug_every_message_is_traced_from_its_send_to_its_ack(tmp_path, caplog):
+    """``[log] level = "debug"``: the sender logs each attempt of a message and its ack, the
+    receiver what it took, each naming the message's id, so one message can be followed
+    across two nodes' logs."""
+    from tests.netfixture import network, wait_for
+    from tests.test_credit_service import open_tally, users
+
+    caplog.set_level(logging.DEBUG, logger="agentd.runtime")
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")
+        caplog.clear()
+        await a.rpc.call("chit.pay", {"cuid": "alice", "tally": tally, "units": 5})
+        wanted = ("sent chit/good to", "took chit/good from", "acked chit/good")
+        await wait_for(lambda: all(any(w in r.getMessage() for r in caplog.records)
+                                     for w in wanted))
+    lines = {w: next(r.getMessage() for r in caplog.records if w in r.getMessage())
+             for w in wanted}
+    message_id = lines["sent chit/good to"].split("(id ")[1][:8]
+    assert lines["sent chit/good to"] == (
+        f"sent chit/good to {b.agent_id[:8]} (id {message_id}, try 1)")
+    assert lines["took chit/good from"].startswith(
+        f"took chit/good from {a.agent_id[:8]} (id {message_id}): ")
+    assert lines["acked chit/good"] == f"{b.agent_id[:8]} acked chit/good (id {message_id})"

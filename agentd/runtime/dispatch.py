@@ -285,8 +285,12 @@ class Dispatcher:
         ack = ack_frame(heard.id)
         if outcome is _DUPLICATE:
             counters.duplicates += 1
+            log.debug("took %s/%s from %s again (id %s): a duplicate, acked", heard.target,
+                      heard.action, heard.sender[:8], heard.id.hex()[:8])
             return ack
         counters.messages_processed += 1
+        log.debug("took %s/%s from %s (id %s): %d sent on", heard.target, heard.action,
+                  heard.sender[:8], heard.id.hex()[:8], len(outcome.sent))
         outcome.committed()
         if heard.sender != self.node.agent_id and not self.node.is_known(heard.sender):
             self._debit(heard.sender, outcome)

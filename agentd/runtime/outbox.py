@@ -286,6 +286,9 @@ class OutboxPump:
                 seconds = self.node.clock.monotonic() - item.sent
                 self.round_trips.setdefault(item.peer, RoundTrip()).sample(seconds)
                 self.round_trip.sample(seconds)
+        log.debug("%s %s %s/%s (id %s)", from_agent[:8], "acked" if ack.error is None
+                  else "refused", item.envelope.get("target"), item.envelope.get("action"),
+                  ack.ack.hex()[:8])
         return item
 
     def unsettle(self, item: Outgoing) -> None:
@@ -433,6 +436,8 @@ class OutboxPump:
                     self._release(peer)
                 queue.appendleft(item)
                 return
+            log.debug("sent %s/%s to %s (id %s, try %d)", item.envelope.get("target"),
+                      item.envelope.get("action"), peer[:8], item.id.hex()[:8], item.tries)
 
     async def _deliver_locally(self, queue: deque[Outgoing]) -> None:
         """Messages between two users of this node take the same path minus the socket."""
