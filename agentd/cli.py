@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from agentd import __version__, printable
+from agentd.completion import DIRECTORY, FILE
 from agentd.errors import UserError, did_you_mean
 
 # name: (synopsis, what it does) — the commands that run here rather than call a node
@@ -325,14 +326,12 @@ def _json(value: Any, indent: int | None = None) -> str:
 
 def init_parser() -> argparse.ArgumentParser:
     """``agentd init``'s options, which the completion script offers too."""
-    import shtab
-
     parser = argparse.ArgumentParser(prog="agentd init",
                                      description="Create a node: a key file and a config.")
     # metavars as `agentd --help` and the README write them (argparse's own: LISTEN, dir)
     where = parser.add_argument("dir", metavar="DIR",
                                 help="directory for the config, key and data")
-    where.complete = shtab.DIRECTORY
+    where.complete = DIRECTORY
     parser.add_argument("--name", required=True, help="the node's name: 1 to 64 printable "
                         "characters, one no node beside DIR has")
     parser.add_argument("--listen", required=True, metavar="HOST:PORT",
@@ -356,14 +355,12 @@ def _init(args: list[str]) -> int:
 
 def run_parser() -> argparse.ArgumentParser:
     """``agentd run``'s options, which the completion script offers too."""
-    import shtab
-
     parser = argparse.ArgumentParser(
         prog="agentd run", description="Run a node in the foreground, logging to stderr: "
         "SIGINT or SIGTERM stops it cleanly, SIGHUP re-reads its config (as the reload "
         "method does). It never daemonises: 'agentd up' starts nodes in the background.")
     parser.add_argument("-c", "--config", required=True,
-                        help="the node's TOML config").complete = shtab.FILE
+                        help="the node's TOML config").complete = FILE
     return parser
 
 

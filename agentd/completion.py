@@ -6,6 +6,11 @@ from the same tables as the usage text and from the local commands' own parsers:
 commands with every option they take (paths where a path goes, the shipped scenarios'
 names where ``agentd sim`` takes one), the benchmarks with theirs, and every method of the
 registry with its parameters offered as ``name=`` words.
+
+A command's own parser marks what an argument takes on its action (``.complete``) in plain
+words (:data:`FILE`, :data:`DIRECTORY`, :class:`NamesOrFiles`), which the script's parser
+turns into shtab's: the command then starts without importing shtab, which loads
+``importlib.metadata`` (~40 ms at every ``agentd run``).
 """
 
 from __future__ import annotations
@@ -13,9 +18,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import textwrap
-from collections.abc import Sequence
-
-import shtab
+from dataclasses import dataclass
+from typing import Any
 
 # where each shell's script goes and how the shell finds it there: the script's opening
 # comment says it (in place of shtab's own advice, which names other places), as does the README
@@ -35,12 +39,25 @@ INSTALL = {
 SHELLS = tuple(INSTALL)  # shtab's, as of 1.13
 
 
-def names_or_files(what: str, names: Sequence[str]) -> shtab.CompleteType:
-    """A ``.complete`` offering ``names`` as well as paths, for an argument that takes a file
-    or a shipped one by name (``agentd sim ring``); shtab can give an argument choices or a
-    completion function, not both. tcsh's ``complete`` cannot mix the two: it offers paths."""
-    listed = " ".join(names)
-    quoted = ", ".join(f"'{name}'" for name in names)  # PowerShell's literal strings
+FILE, DIRECTORY = "file", "directory"  # what an argument takes: see the module's docstring
+
+
+@dataclass(frozen=True)
+class NamesOrFiles:
+    """An argument that takes a file, or a shipped one by name (``agentd sim ring``)."""
+
+    what: str
+    names: tuple[str, ...]
+
+
+def _names_or_files(marked: NamesOrFiles) -> dict[str, Any]:
+    """shtab's ``.complete`` offering ``marked.names`` as well as paths: shtab can give an
+    argument choices or a completion function, not both. tcsh's ``complete`` cannot mix the
+    two: it offers paths."""
+    import shtab
+
+    what, listed = marked.what, " ".join(marked.names)
+    quoted = ", ".join(f"'{name}'" for name in marked.names)  # PowerShell's literal strings
     # with "_file" in its name shtab's bash script completes as paths (a "/" after a directory)
     function = f"_shtab_agentd_compgen_{what}_files"
     return {
@@ -60,6 +77,23 @@ def names_or_files(what: str, names: Sequence[str]) -> shtab.CompleteType:
     }
 
 
+def _as_shtab(parser: argparse.ArgumentParser) -> None:
+    """Turn the marks on ``parser``'s actions (and its sub-parsers') into shtab's."""
+    import shtab
+
+    for action in parser._actions:
+        marked = getattr(action, "complete", None)
+        if marked == FILE:
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+        elif marked == DIRECTORY:
+            action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+        elif isinstance(marked, NamesOrFiles):
+            action.complete = _names_or_files(marked)  # type: ignore[attr-defined]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _as_shtab(sub)
+
+
 def command_parsers() -> dict[str, argparse.ArgumentParser]:
     """The parser each local command parses its arguments with, by command name (not
     ``help``, which has none, nor ``bench``, whose benchmarks each have one)."""
@@ -76,8 +110,8 @@ def completion_parser() -> argparse.ArgumentParser:
     from agentd.methods import describe, registry
 
     parser = argparse.ArgumentParser(prog="agentd")
-    parser.add_argument("-c", "--config", help="the node's config").complete = shtab.FILE
-    parser.add_argument("--socket", help="the node's control socket").complete = shtab.FILE
+    parser.add_argument("-c", "--config", help="the node's config").complete = FILE
+    parser.add_argument("--socket", help="the node's control socket").complete = FILE
     parser.add_argument("-H", "--human", action="store_true", help="text, not JSON")
     commands = parser.add_subparsers(dest="command")
     methods = registry()
@@ -103,6 +137,7 @@ def completion_parser() -> argparse.ArgumentParser:
         words = [f"{param['name']}=" for param in described["params"]]
         if words:
             sub.add_argument("params", nargs="*", choices=words)
+    _as_shtab(parser)
     return parser
 
 
@@ -115,6 +150,8 @@ def install_command(shell: str) -> str:
 def script(shell: str) -> str:
     """shtab's script for ``shell``, its opening comment saying where it goes (shtab's names
     other places than the README does)."""
+    import shtab
+
     lines = shtab.complete(completion_parser(), shell=shell).split("\n")
     start = 1 if lines[0].startswith("#compdef") else 0  # zsh's tag stays the first line
     while lines[start] == "":

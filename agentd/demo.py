@@ -23,6 +23,7 @@ from pathlib import Path
 
 import tomlkit
 
+from agentd.completion import DIRECTORY
 from agentd.config import Config, load_config
 from agentd.configs_dir import configs_dir
 from agentd.demo_lifts import lifts_demo
@@ -270,13 +271,11 @@ def tally_view_demo(configs: dict[str, Config], infos: dict[str, dict], tally: s
 
 def command_parser() -> argparse.ArgumentParser:
     """``agentd demo``'s options, which the completion script offers too."""
-    import shtab
-
     parser = argparse.ArgumentParser(
         prog="agentd demo", description="Run the nodes of configs/local (alice, bob, carol and"
         " their clearing house) as OS processes and show what they do.")
     parser.add_argument("--workdir", default=".run/demo", help="where nodes keep their data "
-                        "(default: %(default)s)").complete = shtab.DIRECTORY
+                        "(default: %(default)s)").complete = DIRECTORY
     parser.add_argument("--free-ports", action="store_true",
                         help="listen on free ports instead of 7101-7104 (beside another demo)")
     return parser

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from agentd.completion import FILE
 from agentd.config import Config, control_socket, load_config
 from agentd.errors import UserError
 from agentd.rpc import RpcError, call
@@ -208,8 +209,6 @@ def _name(path: Path) -> str:
 
 def command_parser(command: str) -> argparse.ArgumentParser:
     """``agentd up``'s or ``agentd down``'s options, which the completion script offers too."""
-    import shtab
-
     parser = argparse.ArgumentParser(
         prog=f"agentd {command}",
         description=("Start every node configured in DIR (or the one CONFIG names) and leave "
@@ -219,7 +218,7 @@ def command_parser(command: str) -> argparse.ArgumentParser:
                                 help=("a directory of node configs: its *.toml files and the "
                                       "agentd.toml of each subdirectory (default: "
                                       f"{DEFAULT_DIR}); or one node's config file"))
-    where.complete = shtab.FILE  # a directory or a config: file completion offers both
+    where.complete = FILE  # a directory or a config: file completion offers both
     return parser
 
 

@@ -13,6 +13,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from agentd.completion import FILE
 from agentd.outputs import output_file
 
 BENCHMARKS = {
@@ -54,14 +55,12 @@ def summary(doc: str | None) -> str:
 def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
     """A benchmark's argument parser: plain-text description, --json, --no-goals (the
     benchmark adds --quick and its own)."""
-    import shtab
-
     from agentd.methods import plain
 
     made = argparse.ArgumentParser(prog=prog, description=plain(doc),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     made.add_argument("--json", metavar="FILE", type=output_file,
-                      help="write the figures as a flat JSON map").complete = shtab.FILE
+                      help="write the figures as a flat JSON map").complete = FILE
     made.add_argument("--no-goals", action="store_true",
                       help="print missed goals but exit 0 (for exploring settings)")
     return made

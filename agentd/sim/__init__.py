@@ -27,6 +27,7 @@ from pathlib import Path
 
 import trio
 
+from agentd.completion import DIRECTORY, FILE, NamesOrFiles
 from agentd.configs_dir import scenario_path, shipped_scenarios
 from agentd.outputs import output_dir, output_file
 from agentd.sim.backends import InProcess, Processes
@@ -149,17 +150,13 @@ def _count(text: str) -> int:
 def command_parser() -> argparse.ArgumentParser:
     """``agentd sim``'s options, which the completion script offers too (and the shipped
     scenarios' names where a SCENARIO goes)."""
-    import shtab
-
-    from agentd.completion import names_or_files
-
     parser = argparse.ArgumentParser(
         prog="agentd sim", description="Run a scripted multi-node simulation (see configs/sims/),"
         " check its invariants and print a report; exit 1 if one fails.")
     shipped = shipped_scenarios()
     scenario = parser.add_argument("scenario", metavar="SCENARIO", help="scenario TOML file, or"
                                    f" a shipped one by name: {', '.join(shipped)} (configs/sims/)")
-    scenario.complete = names_or_files("scenario", shipped)
+    scenario.complete = NamesOrFiles("scenario", tuple(shipped))
     parser.add_argument("--processes", action="store_true",
                         help="run each node as its own 'agentd run' OS process")
     cores = os.cpu_count() or 1
@@ -168,12 +165,12 @@ def command_parser() -> argparse.ArgumentParser:
                         f"(default: one a core, here {cores}; 1: all in this process; not with "
                         "--processes)")
     parser.add_argument("--json", metavar="FILE", type=output_file,
-                        help="also write the report as JSON").complete = shtab.FILE
+                        help="also write the report as JSON").complete = FILE
     report = parser.add_argument("--report", metavar="DIR",
                                  help="also write DIR/index.html: the network, throughput over "
                                  "time with the faults, latency histograms and the invariants, "
                                  "in one self-contained page (needs the 'report' extra)")
-    report.complete = shtab.DIRECTORY
+    report.complete = DIRECTORY
     parser.add_argument("--keep", action="store_true", help="keep the nodes' data directories")
     parser.add_argument("--durable", action="store_true",
                         help="in one process, give each node its own database writer thread "
