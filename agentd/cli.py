@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from agentd import __version__, printable
+from agentd.completion import DIRECTORY, FILE
 from agentd.errors import UserError, did_you_mean
 
 # name: (synopsis, what it does) — the commands that run here rather than call a node
@@ -323,13 +324,14 @@ def _json(value: Any, indent: int | None = None) -> str:
                     json.dumps(value, indent=indent, ensure_ascii=False))
 
 
-def _init(args: list[str]) -> int:
-    from agentd.init import init_node
-
+def init_parser() -> argparse.ArgumentParser:
+    """``agentd init``'s options, which the completion script offers too."""
     parser = argparse.ArgumentParser(prog="agentd init",
                                      description="Create a node: a key file and a config.")
     # metavars as `agentd --help` and the README write them (argparse's own: LISTEN, dir)
-    parser.add_argument("dir", metavar="DIR", help="directory for the config, key and data")
+    where = parser.add_argument("dir", metavar="DIR",
+                                help="directory for the config, key and data")
+    where.complete = DIRECTORY
     parser.add_argument("--name", required=True, help="the node's name: 1 to 64 printable "
                         "characters, one no node beside DIR has")
     parser.add_argument("--listen", required=True, metavar="HOST:PORT",
@@ -338,11 +340,28 @@ def _init(args: list[str]) -> int:
                         "when it differs from --listen (needed with --listen 0.0.0.0:PORT)")
     parser.add_argument("--network", default="agentd", metavar="ID",
                         help="network id, which relay addresses name (default: agentd)")
-    options = parser.parse_args(args)
+    return parser
+
+
+def _init(args: list[str]) -> int:
+    from agentd.init import init_node
+
+    options = init_parser().parse_args(args)
     result = init_node(Path(options.dir), options.name, options.listen, options.network,
                        options.advertise)
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
+
+
+def run_parser() -> argparse.ArgumentParser:
+    """``agentd run``'s options, which the completion script offers too."""
+    parser = argparse.ArgumentParser(
+        prog="agentd run", description="Run a node in the foreground, logging to stderr: "
+        "SIGINT or SIGTERM stops it cleanly, SIGHUP re-reads its config (as the reload "
+        "method does). It never daemonises: 'agentd up' starts nodes in the background.")
+    parser.add_argument("-c", "--config", required=True,
+                        help="the node's TOML config").complete = FILE
+    return parser
 
 
 def run_node(args: list[str], prepare: Callable[[Any], None] | None = None) -> int:
@@ -352,12 +371,7 @@ def run_node(args: list[str], prepare: Callable[[Any], None] | None = None) -> i
     from agentd.keyfile import read_key
     from agentd.logs import setup_logging
 
-    parser = argparse.ArgumentParser(
-        prog="agentd run", description="Run a node in the foreground, logging to stderr: "
-        "SIGINT or SIGTERM stops it cleanly, SIGHUP re-reads its config (as the reload "
-        "method does). It never daemonises: 'agentd up' starts nodes in the background.")
-    parser.add_argument("-c", "--config", required=True, help="the node's TOML config")
-    options = parser.parse_args(args)
+    options = run_parser().parse_args(args)
     config = load_config(options.config)
     setup_logging(config.name, config.log_level, config.log_format)
     key = read_key(config.key_file)

@@ -1,19 +1,25 @@
 """``agentd completion {bash,zsh,tcsh,fish,powershell}``: a shell completion script, made
 by shtab.
 
-shtab writes the script from an argparse parser, so the parser here is built for completion
-only, from the same tables as the usage text: the commands, the benchmarks, and every method
-of the registry with its parameters offered as ``name=`` words.
+shtab writes the script from an argparse parser, so the parser here is built for completion,
+from the same tables as the usage text and from the local commands' own parsers: the
+commands with every option they take (paths where a path goes, the shipped scenarios'
+names where ``agentd sim`` takes one), the benchmarks with theirs, and every method of the
+registry with its parameters offered as ``name=`` words.
+
+A command's own parser marks what an argument takes on its action (``.complete``) in plain
+words (:data:`FILE`, :data:`DIRECTORY`, :class:`NamesOrFiles`), which the script's parser
+turns into shtab's: the command then starts without importing shtab, which loads
+``importlib.metadata`` (~40 ms at every ``agentd run``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import textwrap
-
-import shtab
-
-from agentd.methods import describe, registry
+from dataclasses import dataclass
+from typing import Any
 
 # where each shell's script goes and how the shell finds it there: the script's opening
 # comment says it (in place of shtab's own advice, which names other places), as does the README
@@ -33,26 +39,96 @@ INSTALL = {
 SHELLS = tuple(INSTALL)  # shtab's, as of 1.13
 
 
+FILE, DIRECTORY = "file", "directory"  # what an argument takes: see the module's docstring
+
+
+@dataclass(frozen=True)
+class NamesOrFiles:
+    """An argument that takes a file, or a shipped one by name (``agentd sim ring``)."""
+
+    what: str
+    names: tuple[str, ...]
+
+
+def _names_or_files(marked: NamesOrFiles) -> dict[str, Any]:
+    """shtab's ``.complete`` offering ``marked.names`` as well as paths: shtab can give an
+    argument choices or a completion function, not both. tcsh's ``complete`` cannot mix the
+    two: it offers paths."""
+    import shtab
+
+    what, listed = marked.what, " ".join(marked.names)
+    quoted = ", ".join(f"'{name}'" for name in marked.names)  # PowerShell's literal strings
+    # with "_file" in its name shtab's bash script completes as paths (a "/" after a directory)
+    function = f"_shtab_agentd_compgen_{what}_files"
+    return {
+        "bash": function,
+        "zsh": f"{{_alternative '{what}s:{what}:({listed})' 'files:file:{shtab.FILE['zsh']}'}}",
+        "tcsh": shtab.FILE["tcsh"],
+        "fish": f"{listed} {shtab.FILE['fish']}",
+        "powershell": function,
+        "preamble": {
+            "bash": "\n".join([f"{function}() {{", f'  compgen -W "{listed}" -- "$1"',
+                               f'  {shtab.FILE["bash"]} "$1"', "}"]),
+            "powershell": "\n".join([
+                f"function {function} {{", "  param([string]$WordToComplete)",
+                f'  @({quoted}) | Where-Object {{ $_ -like "$WordToComplete*" }}',
+                f"  {shtab.FILE['powershell']} $WordToComplete", "}"]),
+        },
+    }
+
+
+def _as_shtab(parser: argparse.ArgumentParser) -> None:
+    """Turn the marks on ``parser``'s actions (and its sub-parsers') into shtab's."""
+    import shtab
+
+    for action in parser._actions:
+        marked = getattr(action, "complete", None)
+        if marked == FILE:
+            action.complete = shtab.FILE  # type: ignore[attr-defined]
+        elif marked == DIRECTORY:
+            action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+        elif isinstance(marked, NamesOrFiles):
+            action.complete = _names_or_files(marked)  # type: ignore[attr-defined]
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _as_shtab(sub)
+
+
+def command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """The parser each local command parses its arguments with, by command name (not
+    ``help``, which has none, nor ``bench``, whose benchmarks each have one)."""
+    from agentd import cli, demo, sim, up
+
+    return {"init": cli.init_parser(), "run": cli.run_parser(), "sim": sim.command_parser(),
+            "demo": demo.command_parser(), "up": up.command_parser("up"),
+            "down": up.command_parser("down"), "completion": command_parser()}
+
+
 def completion_parser() -> argparse.ArgumentParser:
-    from agentd.bench import BENCHMARKS
+    from agentd.bench import BENCHMARKS, summary
     from agentd.cli import COMMANDS
+    from agentd.methods import describe, registry
 
     parser = argparse.ArgumentParser(prog="agentd")
-    parser.add_argument("-c", "--config", help="the node's config").complete = shtab.FILE
-    parser.add_argument("--socket", help="the node's control socket").complete = shtab.FILE
+    parser.add_argument("-c", "--config", help="the node's config").complete = FILE
+    parser.add_argument("--socket", help="the node's control socket").complete = FILE
     parser.add_argument("-H", "--human", action="store_true", help="text, not JSON")
     commands = parser.add_subparsers(dest="command")
     methods = registry()
+    own = command_parsers()
     for name, (_, what) in COMMANDS.items():
+        if name in own:  # its options as the command itself parses them (-h comes with them)
+            commands.add_parser(name, help=what, parents=[own[name]], add_help=False)
+            continue
         sub = commands.add_parser(name, help=what)
         if name == "help":
             sub.add_argument("name", nargs="?", choices=sorted({*methods, *COMMANDS}))
         elif name == "bench":
-            sub.add_argument("benchmark", choices=list(BENCHMARKS))
-        elif name in ("run", "init", "sim", "up", "down"):
-            sub.add_argument("path", nargs="?").complete = shtab.FILE
-        elif name == "completion":
-            sub.add_argument("shell", choices=SHELLS)
+            benchmarks = sub.add_subparsers(dest="benchmark")
+            for benchmark, module_name in BENCHMARKS.items():
+                module = importlib.import_module(module_name)
+                benchmarks.add_parser(benchmark, help=summary(module.__doc__),
+                                      parents=[module.command_parser()], add_help=False)
     for name, method in sorted(methods.items()):
         if name in COMMANDS:  # `help` is the command that also explains methods
             continue
@@ -61,6 +137,7 @@ def completion_parser() -> argparse.ArgumentParser:
         words = [f"{param['name']}=" for param in described["params"]]
         if words:
             sub.add_argument("params", nargs="*", choices=words)
+    _as_shtab(parser)
     return parser
 
 
@@ -73,6 +150,8 @@ def install_command(shell: str) -> str:
 def script(shell: str) -> str:
     """shtab's script for ``shell``, its opening comment saying where it goes (shtab's names
     other places than the README does)."""
+    import shtab
+
     lines = shtab.complete(completion_parser(), shell=shell).split("\n")
     start = 1 if lines[0].startswith("#compdef") else 0  # zsh's tag stays the first line
     while lines[start] == "":
@@ -87,12 +166,17 @@ def script(shell: str) -> str:
     return "\n".join([*lines[:start], *note, *lines[end:]])
 
 
-def main(argv: list[str]) -> int:
+def command_parser() -> argparse.ArgumentParser:
+    """``agentd completion``'s options, which the completion script offers too."""
     parser = argparse.ArgumentParser(
         prog="agentd completion", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=f"Print a shell completion script; for bash:\n  {install_command('bash')}"
         "\n(the script's first lines say where each shell's goes)")
     parser.add_argument("shell", choices=SHELLS)
-    options = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    options = command_parser().parse_args(argv)
     print(script(options.shell))
     return 0

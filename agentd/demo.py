@@ -23,6 +23,7 @@ from pathlib import Path
 
 import tomlkit
 
+from agentd.completion import DIRECTORY
 from agentd.config import Config, load_config
 from agentd.configs_dir import configs_dir
 from agentd.demo_lifts import lifts_demo
@@ -268,15 +269,20 @@ def tally_view_demo(configs: dict[str, Config], infos: dict[str, dict], tally: s
               f"{chain['head'][:16]}…, confirmed {chain['confirmed']}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def command_parser() -> argparse.ArgumentParser:
+    """``agentd demo``'s options, which the completion script offers too."""
     parser = argparse.ArgumentParser(
         prog="agentd demo", description="Run the nodes of configs/local (alice, bob, carol and"
         " their clearing house) as OS processes and show what they do.")
-    parser.add_argument("--workdir", default=".run/demo",
-                        help="where nodes keep their data (default: %(default)s)")
+    parser.add_argument("--workdir", default=".run/demo", help="where nodes keep their data "
+                        "(default: %(default)s)").complete = DIRECTORY
     parser.add_argument("--free-ports", action="store_true",
                         help="listen on free ports instead of 7101-7104 (beside another demo)")
-    options = parser.parse_args(argv or [])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = command_parser().parse_args(argv or [])
     workdir = Path(options.workdir).resolve()
     configs = prepare(_repo_configs(), workdir, NODES, free_ports=options.free_ports)
     print(f"agentd demo: starting {', '.join(NODES)} as {len(NODES)} processes"

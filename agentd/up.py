@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from agentd.completion import FILE
 from agentd.config import Config, control_socket, load_config
 from agentd.errors import UserError
 from agentd.rpc import RpcError, call
@@ -206,15 +207,21 @@ def _name(path: Path) -> str:
         return path.parent.name if path.name == "agentd.toml" else path.stem
 
 
-def main(command: str, argv: list[str]) -> int:
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """``agentd up``'s or ``agentd down``'s options, which the completion script offers too."""
     parser = argparse.ArgumentParser(
         prog=f"agentd {command}",
         description=("Start every node configured in DIR (or the one CONFIG names) and leave "
                      "them running." if command == "up" else
                      "Stop every node configured in DIR (or the one CONFIG names)."))
-    parser.add_argument("dir", nargs="?", default=str(DEFAULT_DIR), metavar="DIR|CONFIG",
-                        help=("a directory of node configs: its *.toml files and the "
-                              f"agentd.toml of each subdirectory (default: {DEFAULT_DIR}); or "
-                              "one node's config file"))
-    options = parser.parse_args(argv)
+    where = parser.add_argument("dir", nargs="?", default=str(DEFAULT_DIR), metavar="DIR|CONFIG",
+                                help=("a directory of node configs: its *.toml files and the "
+                                      "agentd.toml of each subdirectory (default: "
+                                      f"{DEFAULT_DIR}); or one node's config file"))
+    where.complete = FILE  # a directory or a config: file completion offers both
+    return parser
+
+
+def main(command: str, argv: list[str]) -> int:
+    options = command_parser(command).parse_args(argv)
     return (up if command == "up" else down)(Path(options.dir))

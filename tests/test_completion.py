@@ -1,4 +1,5 @@
-"""`agentd completion bash` completes commands, method names and their parameters in bash."""
+"""`agentd completion bash` completes commands and their options, the shipped scenarios,
+method names and their parameters in bash."""
 
 from __future__ import annotations
 
@@ -9,19 +10,21 @@ from pathlib import Path
 import pytest
 
 from agentd.bench import BENCHMARKS
-from agentd.completion import INSTALL, install_command
+from agentd.completion import INSTALL, SHELLS, command_parsers, install_command
+from agentd.configs_dir import shipped_scenarios
 from tests.clihelpers import cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def complete(script: str, *words: str) -> list[str]:
-    """What bash offers for the last of ``words`` after ``agentd``."""
+def complete(script: str, *words: str, cwd: Path | None = None) -> list[str]:
+    """What bash offers for the last of ``words`` after ``agentd``, in ``cwd``."""
     quoted = " ".join(f'"{word}"' for word in ("agentd", *words))
     probe = (f"{script}\nCOMP_WORDS=({quoted}); COMP_CWORD={len(words)}; "
              f"COMP_LINE='agentd {' '.join(words)}'; COMP_POINT=${{#COMP_LINE}}; "
              "_shtab_agentd; printf '%s\\n' \"${COMPREPLY[@]}\"")
-    result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60,
+                            cwd=cwd)
     return [word.strip() for word in result.stdout.splitlines() if word.strip()]
 
 
@@ -35,6 +38,41 @@ def test_bash_completes_commands_methods_and_parameters():
     assert complete(script, "help", "ini") == ["init"]  # agentd help COMMAND shows its options
     assert "demo" in complete(script, "de")
     assert cli("completion", "zsh").stdout.startswith("#compdef agentd")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_bash_completes_the_local_commands_options_paths_and_scenario_names(tmp_path):
+    """The script offered no option of init, sim, bench ... (agentd init x --<TAB>: nothing),
+    and after `agentd sim` only files, though sim takes a shipped scenario by name: the
+    options come from each command's own parser, and sim's SCENARIO offers both."""
+    script = cli("completion", "bash").stdout
+    (tmp_path / "rings.toml").touch()
+    (tmp_path / "reports").mkdir()
+    named = [name for name in shipped_scenarios() if name.startswith("r")]
+    assert "ring" in named
+    paths = ["reports", "rings.toml"]  # bash sorts them for display; compgen need not
+    assert sorted(complete(script, "sim", "r", cwd=tmp_path)) == sorted([*named, *paths])
+    assert complete(script, "sim", "ring", "--report", "r", cwd=tmp_path) == ["reports"]
+    assert sorted(complete(script, "sim", "ring", "--json", "r", cwd=tmp_path)) == paths
+    assert complete(script, "init", "r", cwd=tmp_path) == ["reports"]
+    assert complete(script, "init", "x", "--") == ["--help", "--name", "--listen",
+                                                   "--advertise", "--network"]
+    assert complete(script, "bench", "lifts", "--q") == ["--quick"]
+    assert sorted(complete(script, "run", "-c", "r", cwd=tmp_path)) == paths
+    for command, parser in command_parsers().items():  # every option, as the command takes it
+        options = {option for action in parser._actions for option in action.option_strings
+                   if option.startswith("--")}
+        assert options <= set(complete(script, command, "--")), command
+    for benchmark in BENCHMARKS:
+        assert {"--json", "--no-goals", "--quick"} <= set(
+            complete(script, "bench", benchmark, "--")), benchmark
+
+
+def test_every_shells_script_has_the_local_commands_options():
+    for shell in SHELLS:
+        script = cli("completion", shell).stdout
+        for option in ("advertise", "processes", "free-ports", "in-flight", "no-goals"):
+            assert option in script, (shell, option)
 
 
 def test_each_script_says_where_it_goes_as_the_readme_does():

@@ -13,6 +13,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from agentd.completion import FILE
 from agentd.outputs import output_file
 
 BENCHMARKS = {
@@ -28,8 +29,6 @@ BENCHMARKS = {
 
 def usage() -> str:
     """Every benchmark with the first sentence of its module's docstring, as plain text."""
-    from agentd.methods import first_paragraph
-
     lines = ["usage: agentd bench NAME [--quick] [--json FILE] [--no-goals] [options]",
              "       agentd bench NAME --help   (that benchmark's options)", "",
              "benchmarks:"]
@@ -39,21 +38,29 @@ def usage() -> str:
             doc = importlib.import_module(module_name).__doc__
         except ModuleNotFoundError:
             doc = "(not built yet)"
-        summary = first_paragraph(doc).split(": ", 1)[-1].split(". ")[0].rstrip(".")
-        lines.append(f"  {name:<{width}}  {summary}")
+        lines.append(f"  {name:<{width}}  {summary(doc)}")
     lines += ["", "A benchmark prints its figures against its goals; a missed goal prints",
               "'goal missed: ...' and exits 1 unless --no-goals is given."]
     return "\n".join(lines) + "\n"
 
 
+def summary(doc: str | None) -> str:
+    """A benchmark module's docstring cut to what it measures, for the usage text and the
+    completion script's descriptions."""
+    from agentd.methods import first_paragraph
+
+    return first_paragraph(doc).split(": ", 1)[-1].split(". ")[0].rstrip(".")
+
+
 def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
-    """A benchmark's argument parser: plain-text description, --quick, --json, --no-goals."""
+    """A benchmark's argument parser: plain-text description, --json, --no-goals (the
+    benchmark adds --quick and its own)."""
     from agentd.methods import plain
 
     made = argparse.ArgumentParser(prog=prog, description=plain(doc),
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     made.add_argument("--json", metavar="FILE", type=output_file,
-                      help="write the figures as a flat JSON map")
+                      help="write the figures as a flat JSON map").complete = FILE
     made.add_argument("--no-goals", action="store_true",
                       help="print missed goals but exit 0 (for exploring settings)")
     return made

@@ -198,7 +198,8 @@ async def measure(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return figures
 
 
-def main(argv: list[str]) -> int:
+def command_parser() -> argparse.ArgumentParser:
+    """``agentd bench abuse``'s options, which the completion script offers too."""
     parser = bench_parser("agentd bench abuse", __doc__)
     parser.add_argument("--quick", action="store_true",
                         help="a few seconds: a smaller attack and a short wait")
@@ -208,7 +209,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tricklers", type=int, help="trickling channels (default 200)")
     parser.add_argument("--wait", type=float,
                         help="seconds after the attack before the outbox is read (default 60)")
-    options = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    options = command_parser().parse_args(argv)
     quick = options.quick
     for name, full, small in (("seconds", 30.0, 3.0), ("half_open", 500, 100),
                               ("flood", 10_000, 1_000), ("tricklers", 200, 20),

@@ -18,6 +18,7 @@ allocator's high water of the messages in flight while both users outpay the cha
 
 from __future__ import annotations
 
+import argparse
 import functools
 import tempfile
 import time
@@ -122,14 +123,19 @@ async def measure(count: int, batch: int, in_flight: int, workdir: Path) -> dict
         stop([process])
 
 
-def main(argv: list[str]) -> int:
+def command_parser() -> argparse.ArgumentParser:
+    """``agentd bench chits``'s options, which the completion script offers too."""
     parser = bench_parser("agentd bench chits", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
     parser.add_argument("--count", type=int, help="chits in all (half from each side)")
     parser.add_argument("--batch", type=int, default=100, help="payments per chit.pay_many")
     parser.add_argument("--in-flight", type=int, default=4,
                         help="chit.pay_many calls outstanding per side")
-    options = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    options = command_parser().parse_args(argv)
     count = options.count or (2_000 if options.quick else 20_000)
     samples = 2_000 if options.quick else 10_000
     sign_before, verify_before = crypto_bound(samples)

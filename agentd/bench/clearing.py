@@ -187,7 +187,8 @@ def run(options: argparse.Namespace, workdir: Path) -> dict[str, float]:
     }
 
 
-def main(argv: list[str]) -> int:
+def command_parser() -> argparse.ArgumentParser:
+    """``agentd bench ch``'s options, which the completion script offers too."""
     parser = bench_parser("agentd bench ch", __doc__)
     parser.add_argument("--quick", action="store_true", help="a short run (3 s of load)")
     parser.add_argument("--clients", type=int, default=4, help="client nodes (default 4)")
@@ -199,7 +200,11 @@ def main(argv: list[str]) -> int:
                         "(default 100)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="seconds of load (default 10, 3 with --quick)")
-    options = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    options = command_parser().parse_args(argv)
     if options.seconds is None:
         options.seconds = 3.0 if options.quick else 10.0
     with tempfile.TemporaryDirectory(prefix="agentd-bench-ch-") as tmp:

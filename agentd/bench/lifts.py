@@ -26,6 +26,7 @@ Goals: hop5_p50_ms <= 25, hop5_p99_ms <= 60, lifts_s >= 300, unfinished = 0, voi
 
 from __future__ import annotations
 
+import argparse
 import contextvars
 import functools
 import os
@@ -243,12 +244,18 @@ def _spent(before: list[float], after: list[float]) -> float:
     return (sum(after) - sum(before)) * 1000
 
 
-def main(argv: list[str]) -> int:
+def command_parser() -> argparse.ArgumentParser:
+    """``agentd bench lifts``'s options, which the completion script offers too."""
     parser = bench_parser("agentd bench lifts", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
     parser.add_argument("--ring", type=int, default=10, help="nodes round the ring")
     parser.add_argument("--lifts", type=int, help="linear lifts in the throughput phase")
     parser.add_argument("--in-flight", type=int, default=64, help="lifts at once")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = command_parser()
     options = parser.parse_args(argv)
     if options.ring < 6:
         parser.error("--ring must be at least 6 (the latency lift takes 5 hops)")

@@ -11,6 +11,7 @@ ended in ERROR.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import tempfile
@@ -144,10 +145,15 @@ async def run(quick: bool, workdir: Path) -> dict:
     }
 
 
-def main(argv: list[str]) -> int:
+def command_parser() -> argparse.ArgumentParser:
+    """``agentd bench relay``'s options, which the completion script offers too."""
     parser = bench_parser("agentd bench relay", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    options = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    options = command_parser().parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="agentd-bench-relay-") as tmp:
         figures = trio.run(run, options.quick, Path(tmp))
     print(f"relay round trips (relay.query + relay.wait), view {VIEW}, two agentd processes")

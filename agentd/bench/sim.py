@@ -10,6 +10,7 @@ smallest (1.0 is linear; goal <= 1.5). ``--quick`` runs 20 and 60 nodes.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -55,12 +56,17 @@ def measure(nodes: int, workdir: Path, extra: list[str]) -> dict[str, float]:
             f"nodes_{nodes}_duplicates": counts["duplicates_ignored"]}
 
 
-def main(argv: list[str]) -> int:
+def command_parser() -> argparse.ArgumentParser:
+    """``agentd bench sim``'s options, which the completion script offers too."""
     parser = bench_parser("agentd bench sim", __doc__)  # --json, --no-goals, as every one
     parser.add_argument("--quick", action="store_true", help="20 and 60 nodes only")
     parser.add_argument("--durable", action="store_true",
                         help="pass --durable to agentd sim (a writer thread per node, FULL)")
-    options = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    options = command_parser().parse_args(argv)
     sizes = QUICK_SIZES if options.quick else SIZES
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="agentd-bench-sim-") as tmp:

@@ -15,6 +15,7 @@ Noise itself.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import os
@@ -235,10 +236,15 @@ async def run(quick: bool, workdir: Path) -> dict:
     return figures
 
 
-def main(argv: list[str]) -> int:
+def command_parser() -> argparse.ArgumentParser:
+    """``agentd bench transport``'s options, which the completion script offers too."""
     parser = bench_parser("agentd bench transport", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    options = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    options = command_parser().parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="agentd-bench-") as tmp:
         figures = trio.run(run, options.quick, Path(tmp))
     rows = [

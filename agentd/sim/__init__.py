@@ -28,6 +28,7 @@ from pathlib import Path
 
 import trio
 
+from agentd.completion import DIRECTORY, FILE, NamesOrFiles
 from agentd.configs_dir import scenario_path, shipped_scenarios
 from agentd.outputs import output_dir, output_file
 from agentd.sim.backends import InProcess, Processes
@@ -170,12 +171,16 @@ def _try(parser: argparse.ArgumentParser, option: str, check: Callable[[str], st
         parser.error(f"argument {option}: {exc}")
 
 
-def main(argv: list[str]) -> int:
+def command_parser() -> argparse.ArgumentParser:
+    """``agentd sim``'s options, which the completion script offers too (and the shipped
+    scenarios' names where a SCENARIO goes)."""
     parser = argparse.ArgumentParser(
         prog="agentd sim", description="Run a scripted multi-node simulation (see configs/sims/),"
         " check its invariants and print a report; exit 1 if one fails.")
-    parser.add_argument("scenario", metavar="SCENARIO", help="scenario TOML file, or a "
-                        f"shipped one by name: {', '.join(shipped_scenarios())} (configs/sims/)")
+    shipped = shipped_scenarios()
+    scenario = parser.add_argument("scenario", metavar="SCENARIO", help="scenario TOML file, or"
+                                   f" a shipped one by name: {', '.join(shipped)} (configs/sims/)")
+    scenario.complete = NamesOrFiles("scenario", tuple(shipped))
     parser.add_argument("--processes", action="store_true",
                         help="run each node as its own 'agentd run' OS process")
     cores = os.cpu_count() or 1
@@ -183,15 +188,22 @@ def main(argv: list[str]) -> int:
                         help="shard the nodes across N worker processes linked by TCP "
                         f"(default: one a core, here {cores}; 1: all in this process; not with "
                         "--processes)")
-    parser.add_argument("--json", metavar="FILE", help="also write the report as JSON")
-    parser.add_argument("--report", metavar="DIR",
-                        help="also write DIR/index.html: the network, throughput over time "
-                        "with the faults, latency histograms and the invariants, in one "
-                        "self-contained page (needs the 'report' extra)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write the report as JSON").complete = FILE
+    report = parser.add_argument("--report", metavar="DIR",
+                                 help="also write DIR/index.html: the network, throughput over "
+                                 "time with the faults, latency histograms and the invariants, "
+                                 "in one self-contained page (needs the 'report' extra)")
+    report.complete = DIRECTORY
     parser.add_argument("--keep", action="store_true", help="keep the nodes' data directories")
     parser.add_argument("--durable", action="store_true",
                         help="in one process, give each node its own database writer thread "
                         "and synchronous = FULL, as 'agentd run' has (slower)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = command_parser()
     options = parser.parse_args(argv)
     if options.processes and options.workers is not None:  # it would be ignored: say so
         parser.error("--workers N shards the nodes across N processes, --processes runs a "
@@ -203,7 +215,8 @@ def main(argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="agentd-sim-"))
     try:
         report = trio.run(partial(run_scenario, scenario, workdir, processes=options.processes,
-                                  durable=options.durable, workers=options.workers or cores))
+                                  durable=options.durable,
+                                  workers=options.workers or os.cpu_count() or 1))
     finally:
         if options.keep:
             print(f"data kept in {workdir}")
