@@ -14,9 +14,12 @@ def _bounds(start: str) -> tuple[str, str]:
 
 
 def tallies(conn: sqlite3.Connection, cuid: str, start: str) -> list[str]:
+    """The user's tallies, and those whose ticket it presented, not held yet (``tally.wait``
+    waits for one). ``+cuid``: the search goes by the id, not by the user's other tallies."""
     return [row[0] for row in conn.execute(
-        "SELECT uuid FROM tallies WHERE uuid >= ? AND uuid < ? AND cuid = ? LIMIT 2",
-        (*_bounds(start), cuid))]
+        "SELECT uuid FROM tallies WHERE uuid >= ? AND uuid < ? AND +cuid = ?"
+        " UNION SELECT tally FROM tally_requests WHERE tally >= ? AND tally < ? AND +cuid = ?"
+        " LIMIT 2", (*_bounds(start), cuid) * 2)]
 
 
 def chits(conn: sqlite3.Connection, cuid: str, start: str) -> list[str]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from agentd.rpc import invalid_params
 from agentd.runtime.answers import AnswersInFlight
 from agentd.runtime.context import NotYet, Reject, Service, Tx
+from agentd.services.credit.ids import chit_id, tally_id
 from agentd.services.credit.ledger import CreditLedger, log_chits
 from agentd.services.credit.params import (
     new_uuids,
@@ -95,7 +96,7 @@ class ChitService(Service):
         self, cuid: str, tally: str, amounts: list[int], memo: str, *, batched: bool
     ) -> list[dict]:
         cuid, memo = param_cuid(cuid), param_memo(memo)
-        tally_uuid = self.ledger.tally_param(cuid, tally)
+        tally_uuid = tally_id(self.ledger, cuid, tally)
         self.ledger.known_user(cuid)  # UNKNOWN_USER before UNKNOWN_TALLY
 
         def work(tx: Tx) -> list[LocalChit]:
@@ -126,7 +127,7 @@ class ChitService(Service):
     async def rpc_invoice(self, cuid: str, tally: str, units: int, memo: str = "") -> dict:
         """Ask the partner to pay ``units``: a chit in its name that it accepts or refuses."""
         cuid = param_cuid(cuid)
-        tally_uuid = self.ledger.tally_param(cuid, tally)
+        tally_uuid = tally_id(self.ledger, cuid, tally)
         units, memo = param_amount(units, "units"), param_memo(memo)
         self.ledger.known_user(cuid)
 
@@ -149,7 +150,7 @@ class ChitService(Service):
         """Pay the partner's invoice: our user signs it and it is good (refused as
         :meth:`rpc_pay` refuses a payment)."""
         cuid = param_cuid(cuid)
-        chit_uuid = self.ledger.chit_param(cuid, chit)
+        chit_uuid = chit_id(self.ledger, cuid, chit)
         self.ledger.known_user(cuid)
 
         def work(tx: Tx) -> LocalChit:
@@ -166,7 +167,7 @@ class ChitService(Service):
     async def rpc_chit_refuse(self, cuid: str, chit: str) -> dict:
         """Turn the partner's invoice down."""
         cuid = param_cuid(cuid)
-        chit_uuid = self.ledger.chit_param(cuid, chit)
+        chit_uuid = chit_id(self.ledger, cuid, chit)
         self.ledger.known_user(cuid)
 
         def work(tx: Tx) -> LocalChit:
@@ -190,7 +191,7 @@ class ChitService(Service):
         time: the chits from block ``start`` (default 1) on, at most ``limit`` (default
         all); the next page starts after the last index shown."""
         cuid = param_cuid(cuid)
-        tally_uuid = self.ledger.tally_param(cuid, tally)
+        tally_uuid = tally_id(self.ledger, cuid, tally)
         for name, value, what in (("start", start, "a block index"),
                                   ("limit", limit, "a number of chits")):
             if value is not None and not 1 <= value < 2**63:  # its type: agentd.rpc_types

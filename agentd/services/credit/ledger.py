@@ -30,7 +30,6 @@ import trio
 from agentd.logs import event
 from agentd.rpc import NOT_FOUND, RpcError
 from agentd.runtime.context import Reject, Tx
-from agentd.services.credit.params import param_id
 from protocol import chain as ch
 from protocol import chit_states as cs
 from protocol import evidence as ev
@@ -42,7 +41,7 @@ from protocol.envelope import Envelope
 from protocol.keys import SigningKey
 from protocol.messages import Send
 from store import credit as credit_store
-from store import id_starts, users
+from store import users
 from store.credit import Holding, Ledger
 
 if TYPE_CHECKING:
@@ -302,21 +301,6 @@ class CreditLedger:
     async def transact(self, work: Callable[[Tx], T]) -> T:
         """Run ``work`` in one transaction; its messages go to the pump once committed."""
         return await self.runtime.transact(work)
-
-    def tally_param(self, cuid: str, value: Any) -> str:
-        """A tally of ``cuid``'s named by its whole id, or by its start as ``-H`` shows it."""
-        return param_id(value, "tally", lambda start: self._starting(
-            id_starts.tallies, cuid, start), f"user {cuid} holds")
-
-    def chit_param(self, cuid: str, value: Any) -> str:
-        """A chit of ``cuid``'s named by its whole id, or by its start as ``-H`` shows it."""
-        return param_id(value, "chit", lambda start: self._starting(
-            id_starts.chits, cuid, start), f"user {cuid} holds")
-
-    def _starting(self, ids: Callable[[sqlite3.Connection, str, str], list[str]], cuid: str,
-                  start: str) -> list[str]:
-        self.known_user(cuid)  # an unknown user is UNKNOWN_USER, as with a whole id
-        return self.runtime.db.reading(lambda conn: ids(conn, cuid, start))
 
     def known_user(self, cuid: str) -> str:
         if not self.runtime.db.reading(lambda conn: users.exists(conn, cuid)):

@@ -39,10 +39,11 @@ import trio
 from agentd.rpc import invalid_params
 from agentd.runtime.context import Reject, RoutineReject, Service, Tx
 from agentd.services.credit import lift_views
+from agentd.services.credit.ids import lift_id
 from agentd.services.credit.ledger import CreditLedger, no_tally
 from agentd.services.credit.lift_decisions import LiftDecisions, log_lift
 from agentd.services.credit.lift_follow_up import FollowUp
-from agentd.services.credit.params import param_amount, param_cuid, param_id, param_memo
+from agentd.services.credit.params import param_amount, param_cuid, param_memo
 from agentd.services.credit.referee import Referee
 from agentd.services.credit.routes import LIFT_SEARCH_S, RouteService, param_find
 from protocol import lift as lf
@@ -51,7 +52,7 @@ from protocol.chit_lift import lift_chit, lift_chit_uuid
 from protocol.envelope import Envelope
 from protocol.errors import Refusal
 from protocol.keys import ChipAddress, IdentityError, agent_id_to_public
-from store import id_starts, lifts
+from store import lifts
 from store.db import snapshot
 
 if TYPE_CHECKING:
@@ -198,7 +199,7 @@ class LiftService(Service):
 
     async def rpc_wait(self, lift: str, timeout_s: float = WAIT_S) -> dict:
         """The lift once it is good or void here, or as it is when ``timeout_s`` passes."""
-        lift = self._lift_param(lift)
+        lift = lift_id(self.runtime.db, lift)
         if not 0 <= timeout_s <= MAX_WAIT_S:  # its type: agentd.rpc_types
             raise invalid_params(f"timeout_s must be seconds from 0 (look now) to "
                                  f"{MAX_WAIT_S:g}, not {timeout_s!r}")
@@ -227,14 +228,9 @@ class LiftService(Service):
         """One lift as this node sees it: record, state, decision and its chits here (read
         from the last commit, without waiting for the writer: ``lift.wait`` answers as soon
         as the decision is applied)."""
-        lift = self._lift_param(lift)
+        lift = lift_id(self.runtime.db, lift)
         return self.runtime.db.reading(
             lambda conn: lift_views.shown(conn, lift))
-
-    def _lift_param(self, value: Any) -> str:
-        """A lift named by its whole id, or by its start as ``-H`` shows it."""
-        return param_id(value, "lift", lambda start: self.runtime.db.reading(
-            lambda conn: id_starts.lifts(conn, start)), "this node knows")
 
     async def rpc_list(self, cuid: str | None = None, limit: int | None = None) -> list[dict]:
         """Lifts this node takes part in (of one user; without ``cuid`` also those it only

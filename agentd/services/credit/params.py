@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 import uuid as uuidlib
-from collections.abc import Callable
 from typing import Any
 
-from agentd.rpc import NOT_FOUND, RpcError, invalid_params
+from agentd.rpc import invalid_params
 from protocol import route
-from protocol import tally as t
 from protocol import tally_fields as tf
 from protocol import tally_states as ts
 from protocol.codec import unpack
 from protocol.keys import CUID_RULE, ChipAddress, b64u, valid_cuid
 from protocol.tally_local import other_side
-
-# an id's start as -H shows it (8 characters) or longer, short of the whole
-ID_START = re.compile(r"[0-9a-f]{4}[0-9a-f-]{0,31}")
 
 
 def tally_summary(row: Any) -> dict:
@@ -95,34 +89,6 @@ def param_cuid(value: Any) -> str:
     if not valid_cuid(value):
         raise invalid_params(f"cuid {value!r} must be {CUID_RULE}")
     return value
-
-
-def param_uuid(value: Any, name: str) -> str:
-    try:
-        tf.check_uuid(value, name)
-    except t.Refusal as exc:
-        raise invalid_params(f"{name} must be a lowercase uuid like "
-                             f"3f2a5b1c-9d4e-4f7a-8b6c-1d2e3f4a5b6c, not {value!r}") from exc
-    return value
-
-
-def param_id(value: Any, name: str, starting: Callable[[str], list[str]], holder: str
-             ) -> str:
-    """A tally, chit or lift id, whole or by its start as ``-H`` shows it (``cdfd881a…``, the
-    ``…`` optional, 4 characters or more) when one id of ours starts so: ``starting`` gives
-    at most two that do; ``holder`` says whose they are (``user alice holds``)."""
-    start = value.removesuffix("…") if isinstance(value, str) else None
-    if start is None or ID_START.fullmatch(start) is None:
-        return param_uuid(value, name)
-    found = starting(start)
-    if len(found) == 1:
-        return found[0]
-    if found:
-        raise invalid_params(f"{name} {start}… is the start of {found[0]} and {found[1]} (and "
-                             "maybe more): give more of it, or the whole id")
-    raise RpcError(NOT_FOUND, f"{holder} no {name} whose id starts {start} (the whole id "
-                   f"is a uuid like 3f2a5b1c-9d4e-4f7a-8b6c-1d2e3f4a5b6c)",
-                   f"UNKNOWN_{name.upper()}")
 
 
 def param_amount(value: Any, name: str, *, low: int = 1) -> int:

@@ -25,6 +25,7 @@ import trio
 from agentd.rpc import RpcError, invalid_params
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.replies import answer_from
+from agentd.services.credit.ids import tally_id
 from agentd.services.credit.ledger import CreditLedger, User, log_new_tally
 from agentd.services.credit.params import (
     object_uuid,
@@ -249,7 +250,7 @@ class TallyService(Service):
         """One tally: its summary plus date, which sides have signed, and the clearing-house
         process this node logs its evidence under (``evidence``; null without one)."""
         cuid = param_cuid(cuid)
-        row = self.ledger.tally_row(cuid, self.ledger.tally_param(cuid, tally))
+        row = self.ledger.tally_row(cuid, tally_id(self.ledger, cuid, tally))
         body = unpack(row["body"])
         return {**tally_summary(row), "date": body["date"],
                 "signed": [side for side in t.SIDES if body["sign"][side] is not None],
@@ -261,7 +262,7 @@ class TallyService(Service):
         passes; returns the tally as ``tally.show`` does either way (its ``state`` says
         which). The tally need not exist yet: until it does, ``state`` is null."""
         cuid = param_cuid(cuid)
-        tally_uuid = self.ledger.tally_param(cuid, tally)
+        tally_uuid = tally_id(self.ledger, cuid, tally)
         wanted = [state] if isinstance(state, str) else state
         if not wanted:
             raise invalid_params("state must be a tally state or a list of them")
@@ -293,7 +294,7 @@ class TallyService(Service):
         step: Callable[[Holding, User], t.Step],
     ) -> dict:
         cuid = param_cuid(cuid)
-        tally_uuid = self.ledger.tally_param(cuid, tally)
+        tally_uuid = tally_id(self.ledger, cuid, tally)
         self.ledger.known_user(cuid)  # UNKNOWN_USER before UNKNOWN_TALLY
 
         def work(tx: Tx) -> Holding:
