@@ -18,7 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n auto  # pytest-xdist: a worker a core
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -164,8 +164,8 @@ async def test_a_lost_peer_is_logged_with_where_it_was_and_why(tmp_path, caplog)
 
 async def test_at_debug_every_message_is_traced_from_its_send_to_its_ack(tmp_path, caplog):
     """``[log] level = "debug"``: the sender logs each attempt of a message and its ack, the
-    receiver what it took, each naming the message's id, so one message can be followed
-    across two nodes' logs."""
+    receiver what it took, each with the message's id, so one message can be followed
+    across two nodes' logs (and by the id field in JSON)."""
     from tests.netfixture import network, wait_for
     from tests.test_credit_service import open_tally, users
 
@@ -177,14 +177,20 @@ async def test_at_debug_every_message_is_traced_from_its_send_to_its_ack(tmp_pat
         tally = await open_tally(a, "alice", b, "bob")
         caplog.clear()
         await a.rpc.call("chit.pay", {"cuid": "alice", "tally": tally, "units": 5})
-        wanted = ("sent chit/good to", "took chit/good from", "acked chit/good")
-        await wait_for(lambda: all(any(w in r.getMessage() for r in caplog.records)
-                                     for w in wanted))
-    lines = {w: next(r.getMessage() for r in caplog.records if w in r.getMessage())
-             for w in wanted}
-    message_id = lines["sent chit/good to"].split("(id ")[1][:8]
-    assert lines["sent chit/good to"] == (
-        f"sent chit/good to {b.agent_id[:8]} (id {message_id}, try 1)")
-    assert lines["took chit/good from"].startswith(
-        f"took chit/good from {a.agent_id[:8]} (id {message_id}): ")
-    assert lines["acked chit/good"] == f"{b.agent_id[:8]} acked chit/good (id {message_id})"
+
+        def traced() -> dict[str, dict]:
+            return {r.getMessage().split(" message=")[0]: r.fields for r in caplog.records
+                    if getattr(r, "fields", {}).get("message") == "chit/good"}
+
+        await wait_for(lambda: {"message sent", "message taken", "message acked"} <= set(
+            traced()))
+    lines = traced()
+    message_id = lines["message sent"]["id"]
+    assert len(message_id) == 12
+    assert lines["message sent"] == {"message": "chit/good", "id": message_id,
+                                     "to": b.agent_id, "attempt": 1}
+    taken = lines["message taken"]
+    assert isinstance(taken.pop("sent_on"), int)  # what its commit sent (a chain message)
+    assert taken == {"message": "chit/good", "id": message_id, "peer": a.agent_id}
+    assert lines["message acked"] == {"message": "chit/good", "id": message_id,
+                                      "by": b.agent_id}

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
+from agentd.logs import TRACED_ID, event
 from agentd.runtime.context import NotYet, Reject, RoutineReject, Service, Tx
 from agentd.runtime.limits import MAX_WAIT, MESSAGE_COST, DecodeBudget
 from agentd.runtime.refusals import QuietLog, RefusedIds, ack_error
@@ -61,6 +62,10 @@ class _Heard(NamedTuple):
     @classmethod
     def of(cls, envelope: Envelope) -> _Heard:
         return cls(envelope.id, envelope.target, envelope.action, envelope.from_.agent)
+
+    @property
+    def kind(self) -> str:
+        return f"{self.target}/{self.action}"
 
 
 class _Share:
@@ -285,12 +290,14 @@ class Dispatcher:
         ack = ack_frame(heard.id)
         if outcome is _DUPLICATE:
             counters.duplicates += 1
-            log.debug("took %s/%s from %s again (id %s): a duplicate, acked", heard.target,
-                      heard.action, heard.sender[:8], heard.id.hex()[:8])
+            if log.isEnabledFor(logging.DEBUG):
+                event(log, "message taken again", logging.DEBUG, message=heard.kind,
+                      id=heard.id.hex()[:TRACED_ID], peer=heard.sender)
             return ack
         counters.messages_processed += 1
-        log.debug("took %s/%s from %s (id %s): %d sent on", heard.target, heard.action,
-                  heard.sender[:8], heard.id.hex()[:8], len(outcome.sent))
+        if log.isEnabledFor(logging.DEBUG):
+            event(log, "message taken", logging.DEBUG, message=heard.kind,
+                  id=heard.id.hex()[:TRACED_ID], peer=heard.sender, sent_on=len(outcome.sent))
         outcome.committed()
         if heard.sender != self.node.agent_id and not self.node.is_known(heard.sender):
             self._debit(heard.sender, outcome)

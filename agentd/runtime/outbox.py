@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
+from agentd.logs import TRACED_ID, event
 from agentd.runtime.outgoing import Outgoing, RoundTrip, ack_timeout
 from agentd.runtime.peers import PeerUnreachable
 from agentd.runtime.timers import Failures, Ticker
@@ -286,9 +287,8 @@ class OutboxPump:
                 seconds = self.node.clock.monotonic() - item.sent
                 self.round_trips.setdefault(item.peer, RoundTrip()).sample(seconds)
                 self.round_trip.sample(seconds)
-        log.debug("%s %s %s/%s (id %s)", from_agent[:8], "acked" if ack.error is None
-                  else "refused", item.envelope.get("target"), item.envelope.get("action"),
-                  ack.ack.hex()[:8])
+        if ack.error is None:  # a refusal: the dispatcher logs it once it is recorded
+            _trace("message acked", item, by=from_agent)
         return item
 
     def unsettle(self, item: Outgoing) -> None:
@@ -436,8 +436,7 @@ class OutboxPump:
                     self._release(peer)
                 queue.appendleft(item)
                 return
-            log.debug("sent %s/%s to %s (id %s, try %d)", item.envelope.get("target"),
-                      item.envelope.get("action"), peer[:8], item.id.hex()[:8], item.tries)
+            _trace("message sent", item, to=peer, attempt=item.tries)
 
     async def _deliver_locally(self, queue: deque[Outgoing]) -> None:
         """Messages between two users of this node take the same path minus the socket."""
@@ -447,6 +446,7 @@ class OutboxPump:
             if item.id not in self.live:
                 continue
             item.tries += 1
+            _trace("message sent", item, to="this node", attempt=item.tries)
             ack_body = await self.node.dispatcher.process_local(
                 item.attempt(self.node.clock.now_ms()))
             if ack_body is None:  # not committed (disk full?): try again a little later
@@ -499,3 +499,12 @@ class OutboxPump:
             return False
         due = min((item.due for item in self._inflight.values()), default=now + SCAN_AT_MOST)
         return min(max(due - now, 0.0), SCAN_AT_MOST)
+
+
+def _trace(what: str, item: Outgoing, **fields: Any) -> None:
+    """A message's way out, at debug (``[log] level = "debug"``): followed by its id to the
+    peer's ``message taken`` line."""
+    if log.isEnabledFor(logging.DEBUG):
+        envelope = item.envelope
+        event(log, what, logging.DEBUG, message=f"{envelope.get('target')}/"
+              f"{envelope.get('action')}", id=item.id.hex()[:TRACED_ID], **fields)
