@@ -256,7 +256,7 @@ def listens_everywhere(hostport: str) -> bool:
         return False  # a host name
 
 
-def same_place(hostport: str) -> tuple[str, int]:
+def address_key(hostport: str) -> tuple[str, int]:
     """``HOST:PORT`` as (host, port) to tell whether two addresses name one listening port:
     a host's case does not matter, ``localhost`` is loopback, an IP address is compared as
     an address (``::1`` and ``0:0::1`` alike)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import tomlkit
 
-from agentd.config import NETWORK_RULE, listens_everywhere, name_problem, same_place
+from agentd.config import NETWORK_RULE, address_key, listens_everywhere, name_problem
 from agentd.errors import UserError
 from agentd.keyfile import write_key
 from agentd.up import node_configs
@@ -49,14 +49,14 @@ def _check_siblings(directory: Path, name: str, listen: str) -> None:
     parent directory starts them all, and would list two of one name (told apart by agent id
     alone), or could not bind the second.
     Every-interface addresses are left alone: nodes for several hosts may share one port."""
-    ours = None if listens_everywhere(listen) else same_place(listen)
+    ours = None if listens_everywhere(listen) else address_key(listen)
     for other in node_configs(directory.parent):
         if other.parent.resolve() == directory.resolve():
             continue
         try:
             node = tomllib.loads(other.read_text(encoding="utf-8")).get("node", {})
             theirs = node.get("listen")
-            clash = ours is not None and isinstance(theirs, str) and same_place(theirs) == ours
+            clash = ours is not None and isinstance(theirs, str) and address_key(theirs) == ours
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError,
                 IdentityError):
             continue

@@ -3,6 +3,7 @@ method names and their parameters in bash."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agentd.bench import BENCHMARKS
+from agentd.cli import COMMANDS
 from agentd.completion import INSTALL, SHELLS, command_parsers, install_command
 from agentd.configs_dir import shipped_scenarios
 from tests.clihelpers import cli
@@ -59,7 +61,9 @@ def test_bash_completes_the_local_commands_options_paths_and_scenario_names(tmp_
                                                    "--advertise", "--network"]
     assert complete(script, "bench", "lifts", "--q") == ["--quick"]
     assert sorted(complete(script, "run", "-c", "r", cwd=tmp_path)) == paths
-    for command, parser in command_parsers().items():  # every option, as the command takes it
+    own = command_parsers()  # every local command but help (none) and bench (one a benchmark)
+    assert set(own) == set(COMMANDS) - {"help", "bench"}
+    for command, parser in own.items():  # every option, as the command takes it
         options = {option for action in parser._actions for option in action.option_strings
                    if option.startswith("--")}
         assert options <= set(complete(script, command, "--")), command
@@ -69,10 +73,16 @@ def test_bash_completes_the_local_commands_options_paths_and_scenario_names(tmp_
 
 
 def test_every_shells_script_has_the_local_commands_options():
+    """As each shell's script writes an option (fish: ``-l name``; tcsh: a word of its one
+    ``c/--/(…)`` list; the others: ``--name``), not the word alone, which help could hold."""
     for shell in SHELLS:
         script = cli("completion", shell).stdout
         for option in ("advertise", "processes", "free-ports", "in-flight", "no-goals"):
-            assert option in script, (shell, option)
+            if shell == "tcsh":
+                assert option in re.search(r"'c/--/\(([^)]*)\)/'", script)[1].split(), option
+            else:
+                assert (f"-l {option}" if shell == "fish" else f"--{option}") in script, (
+                    shell, option)
 
 
 def test_each_script_says_where_it_goes_as_the_readme_does():

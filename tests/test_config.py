@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentd import cli
-from agentd.config import load_config, parse_config, same_place
+from agentd.config import address_key, load_config, parse_config
 from agentd.errors import UserError
 from agentd.init import init_node
 from agentd.runtime.node import Node
@@ -247,4 +247,4 @@ def test_relay_problems_are_named_with_the_others_at_once(tmp_path):
 ])
 def test_one_listening_port_is_known_however_its_address_is_written(one, other, same):
     """What peers.add and agentd init compare when they refuse a second node at one address."""
-    assert (same_place(one) == same_place(other)) is same
+    assert (address_key(one) == address_key(other)) is same

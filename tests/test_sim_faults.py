@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from agentd.configs_dir import scenario_path
 from agentd.errors import UserError
 from agentd.rpc import RpcError
 from agentd.runtime.links import Rule
@@ -225,11 +224,53 @@ async def _hit(scenario: Scenario, live: int) -> dict[str, str]:
     return {fault["kind"]: fault["what"] for fault in report.faults if fault["kind"] != "cut"}
 
 
-async def test_the_seed_alone_decides_what_the_faults_hit(autojump_clock):
-    """faults.toml, once per seed: the same seed crashes the same nodes, splits and slows
-    the same, however many draws the cut made meanwhile (the faults shared one stream, so
-    each took what the others left: not replayable); another seed hits others."""
-    scenario = load_scenario(scenario_path("faults"))
+# faults.toml's faults, each on nodes or links it draws, none repeating (every_s): the
+# scenario's own here, so that a change to the shipped one cannot make the test wait forever
+DRAWN = """
+[sim]
+seed = 11
+[nodes]
+count = 12
+[topology]
+kind = "random"
+degree = 2
+[[traffic]]
+kind = "payments"
+count = 10
+[[faults]]
+kind = "cut"
+at_s = 0.5
+for_s = 3
+rate = 10
+[[faults]]
+kind = "partition"
+at_s = 2
+for_s = 2
+[[faults]]
+kind = "crash"
+at_s = 1.5
+down_s = 1.5
+count = 2
+[[faults]]
+kind = "delay"
+at_s = 1
+for_s = 3
+links = 0.3
+ms = 50
+[[faults]]
+kind = "loss"
+at_s = 2.5
+for_s = 2
+links = 0.25
+rate = 0.1
+"""
+
+
+async def test_the_seed_alone_decides_what_the_faults_hit(tmp_path, autojump_clock):
+    """Once per seed: the same seed crashes the same nodes, splits and slows the same,
+    however many draws the cut made meanwhile (the faults shared one stream, so each took
+    what the others left: not replayable); another seed hits others."""
+    scenario = load_scenario(write(tmp_path, DRAWN))
     hit = await _hit(scenario, live=0)
     assert sorted(hit) == ["crash", "delay", "loss", "partition"]
     assert await _hit(scenario, live=0) == hit

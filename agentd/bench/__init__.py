@@ -34,11 +34,7 @@ def usage() -> str:
              "benchmarks:"]
     width = max(len(name) for name in BENCHMARKS)
     for name, module_name in BENCHMARKS.items():
-        try:
-            doc = importlib.import_module(module_name).__doc__
-        except ModuleNotFoundError:
-            doc = "(not built yet)"
-        lines.append(f"  {name:<{width}}  {summary(doc)}")
+        lines.append(f"  {name:<{width}}  {summary(importlib.import_module(module_name).__doc__)}")
     lines += ["", "A benchmark prints its figures against its goals; a missed goal prints",
               "'goal missed: ...' and exits 1 unless --no-goals is given."]
     return "\n".join(lines) + "\n"

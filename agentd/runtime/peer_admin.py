@@ -19,11 +19,11 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
 from agentd.config import (
+    address_key,
     listens_everywhere,
     load_config,
     name_problem,
     parse_config,
-    same_place,
 )
 from agentd.errors import UserError
 from agentd.rpc import NOT_FOUND, RpcError, invalid_params
@@ -59,7 +59,7 @@ class PeerAdmin:
         if agent == self.node.agent_id:
             raise invalid_params("agent is this node itself")
         try:
-            where = same_place(address)
+            where = address_key(address)
         except (IdentityError, TypeError) as exc:
             raise invalid_params(f"address is not HOST:PORT: {address!r}") from exc
         if listens_everywhere(address) or where[1] == 0:  # as agentd init --advertise refuses
@@ -71,7 +71,7 @@ class PeerAdmin:
                 if entry.get("name") == name and entry.get("agent") != agent:
                     raise invalid_params(f"name {name!r} is already peer {entry.get('agent')}'s"
                                          ": give this one another name")
-                if entry.get("agent") != agent and same_place(entry.get("address")) == where:
+                if entry.get("agent") != agent and address_key(entry.get("address")) == where:
                     # one listening port is one node, whose Noise key is one agent: a second
                     # agent there would fail every handshake
                     raise invalid_params(

@@ -55,6 +55,8 @@ __all__ = ["load_scenario", "main", "run_scenario"]
 # (measured at 200 nodes: traffic 2.4x faster at 0.5 ms, duplicates 126 -> 0).
 SWITCH_INTERVAL = 0.0002
 
+CORES = os.cpu_count() or 1  # --workers' default: a worker process a core
+
 
 async def run_scenario(scenario: Scenario, workdir: Path, *, processes: bool = False,
                        durable: bool = False, workers: int = 1) -> Report:
@@ -183,10 +185,9 @@ def command_parser() -> argparse.ArgumentParser:
     scenario.complete = NamesOrFiles("scenario", tuple(shipped))
     parser.add_argument("--processes", action="store_true",
                         help="run each node as its own 'agentd run' OS process")
-    cores = os.cpu_count() or 1
     parser.add_argument("--workers", type=_count, metavar="N",
                         help="shard the nodes across N worker processes linked by TCP "
-                        f"(default: one a core, here {cores}; 1: all in this process; not with "
+                        f"(default: one a core, here {CORES}; 1: all in this process; not with "
                         "--processes)")
     parser.add_argument("--json", metavar="FILE",
                         help="also write the report as JSON").complete = FILE
@@ -216,7 +217,7 @@ def main(argv: list[str]) -> int:
     try:
         report = trio.run(partial(run_scenario, scenario, workdir, processes=options.processes,
                                   durable=options.durable,
-                                  workers=options.workers or os.cpu_count() or 1))
+                                  workers=options.workers or CORES))
     finally:
         if options.keep:
             print(f"data kept in {workdir}")
