@@ -10,6 +10,7 @@ import difflib
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,15 +260,20 @@ def listens_everywhere(hostport: str) -> bool:
 def address_key(hostport: str) -> tuple[str, int]:
     """``HOST:PORT`` as (host, port) to tell whether two addresses name one listening port:
     a host's case does not matter, ``localhost`` is loopback, an IP address is compared as
-    an address (``::1`` and ``0:0::1`` alike)."""
+    an address (``::1`` and ``0:0::1`` alike, ``127.1`` and ``[::ffff:127.0.0.1]`` as
+    ``127.0.0.1``)."""
     host, port = parse_hostport(hostport)
-    host = host.lower()
+    host = host.lower().removesuffix(".")  # a name's root dot: localhost. is localhost
     if host == "localhost":
         return "127.0.0.1", port
     try:
-        return str(ipaddress.ip_address(host)), port
+        ip = ipaddress.ip_address(host)
     except ValueError:
-        return host, port  # a host name
+        try:  # the IPv4 forms a resolver takes too (127.1, 2130706433)
+            return socket.inet_ntoa(socket.inet_aton(host)), port
+        except OSError:
+            return host, port  # a host name
+    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip), port
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:

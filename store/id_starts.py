@@ -13,6 +13,13 @@ def _bounds(start: str) -> tuple[str, str]:
     return start, start + "g"
 
 
+def held(conn: sqlite3.Connection, start: str) -> list[str]:
+    """The tallies of every user of this node (to say which user holds one another named)."""
+    return [row[0] for row in conn.execute(
+        "SELECT DISTINCT uuid FROM tallies WHERE uuid >= ? AND uuid < ? LIMIT 2",
+        _bounds(start))]
+
+
 def tallies(conn: sqlite3.Connection, cuid: str, start: str) -> list[str]:
     """The user's tallies, and those whose ticket it presented, not held yet (``tally.wait``
     waits for one). ``+cuid``: the search goes by the id, not by the user's other tallies."""
@@ -29,5 +36,8 @@ def chits(conn: sqlite3.Connection, cuid: str, start: str) -> list[str]:
 
 
 def lifts(conn: sqlite3.Connection, start: str) -> list[str]:
+    """The lifts this node takes part in, and those it decided as a referee."""
     return [row[0] for row in conn.execute(
-        "SELECT lift FROM lifts WHERE lift >= ? AND lift < ? LIMIT 2", _bounds(start))]
+        "SELECT lift FROM lifts WHERE lift >= ? AND lift < ?"
+        " UNION SELECT lift FROM lift_decisions WHERE lift >= ? AND lift < ? LIMIT 2",
+        _bounds(start) * 2)]

@@ -242,6 +242,12 @@ def test_relay_problems_are_named_with_the_others_at_once(tmp_path):
     ("127.0.0.1:7101", "localhost:7101", True),
     ("Node.Example.org:7101", "node.example.org:7101", True),
     ("[::1]:7101", "[0:0::1]:7101", True),
+    ("127.0.0.1:7101", "127.1:7101", True),
+    ("127.0.0.1:7101", "2130706433:7101", True),
+    ("127.0.0.1:7101", "localhost.:7101", True),
+    ("127.0.0.1:7101", "[::ffff:127.0.0.1]:7101", True),
+    ("127.0.0.2:7101", "127.0.0.1:7101", False),
+    ("node.example.org:7101", "node.example.org.:7101", True),
     ("127.0.0.1:7101", "127.0.0.1:7102", False),
     ("[::1]:7101", "127.0.0.1:7101", False),  # another socket
 ])

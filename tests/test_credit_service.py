@@ -717,6 +717,11 @@ async def test_bad_tickets_are_refused_with_the_reason(tmp_path):
         assert await rpc(b, "tally.request", cuid="bob", ticket=once["ticket"]) == first
         reused = await refused(b, "tally.request", cuid="carol", ticket=once["ticket"])
         assert reused.reason == "BAD_TICKET" and "already used" in reused.message
+        never = await refused(b, "tally.show", cuid="carol", tally=once["tally"])
+        assert never.message.endswith("(tally.list cuid=carol lists those it holds)"), (
+            "carol waits for no offer: her request was refused")  # bob's still waits
+        assert (await refused(b, "tally.show", cuid="bob", tally=once["tally"])).message \
+            .endswith("(tally.wait state=P.offer waits for it)")
         twice = await refused(b, "tally.request", cuid="bob", ticket=once["ticket"] * 2)
         assert twice.reason == "BAD_TICKET" and "pasted twice" in twice.message
         await rpc(a, "tally.offer", cuid="alice", tally=once["tally"])

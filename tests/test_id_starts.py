@@ -50,6 +50,8 @@ async def test_the_start_of_an_id_as_a_table_shows_it_names_the_tally_chit_and_l
         lift = (await rpc(ann, "lift.clear", cuid="ann"))["lift"]
         assert (await rpc(ann, "lift.wait", lift=lift[:8] + "…", timeout_s=30))["lift"] == lift
         assert (await rpc(ann, "lift.show", lift=lift[:10]))["state"] == "good"
+        referee = net.nodes[0]  # the clearing house: it decided the lift, holding no chit
+        assert (await rpc(referee, "lift.show", lift=lift[:8] + "…"))["lift"] == lift
 
         none = "00000000" if not lift.startswith("00000000") else "ffffffff"
         missing = await refused(ann, "lift.show", lift=none + "…")
@@ -84,6 +86,10 @@ async def test_the_start_of_a_tally_requested_by_ticket_waits_for_its_offer(tmp_
         offered = await rpc(b, "tally.wait", cuid="bob", tally=tally[:8], state="P.offer",
                             timeout_s=10)
         assert (offered["tally"], offered["state"]) == (tally, "P.offer")
+        await rpc(b, "users.add", cuid="bea")  # another user of bob's node: told who holds it
+        other = await refused(b, "tally.show", cuid="bea", tally=tally[:8])
+        assert other.message == f"user bea holds no tally {tally}: on this node bob holds it " \
+            "(cuid=bob)"
 
 
 def test_a_start_searches_the_users_ids_by_the_id_and_finds_two_at_most():

@@ -71,6 +71,11 @@ async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
                 await node.rpc.call("peers.add", {"name": "dave", "agent": DAVE,
                                                   "address": nowhere})
         assert path.read_text() == same
+        own = node.listen_address.replace("127.0.0.1", "localhost")
+        with pytest.raises(RpcError, match=re.escape(
+                f"address {own} is this node's own ([node] listen): one address is one node")):
+            await node.rpc.call("peers.add", {"name": "dave", "agent": DAVE, "address": own})
+        assert path.read_text() == same
         again = await node.rpc.call("peers.add", {"name": "carol", "agent": CAROL,
                                                   "address": "127.0.0.1:7903"})
         assert again["change"] == "updated"  # the peer itself may give its address again
@@ -303,6 +308,11 @@ async def test_a_peer_the_node_still_needs_keeps_its_address(tmp_path):
         assert "outside [[peers]]" in ch.value.message  # as peers.list says: source config
         assert "learned" not in ch.value.message
         assert alice.address_of(house.agent_id) == house.listen_address
+        with pytest.raises(RpcError, match=re.escape(
+                f"is that of the clearing house (agent {house.agent_id}, [clearinghouse]): one "
+                "address is one node")):  # another agent at the house's address
+            await alice.rpc.call("peers.add", {"name": "bob", "agent": bob.agent_id,
+                                               "address": house.listen_address})
 
         removed = await alice.rpc.call("peers.remove", {"agent": bob.agent_id})
         assert removed["change"] == "forgotten" and alice.address_of(bob.agent_id) is None

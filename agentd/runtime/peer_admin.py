@@ -65,6 +65,9 @@ class PeerAdmin:
         if listens_everywhere(address) or where[1] == 0:  # as agentd init --advertise refuses
             raise invalid_params(f"address {address} is not an address a node can be dialled "
                                  "at (every interface, or port 0): give where that node listens")
+        if (taken := self._taken(where, agent)) is not None:
+            raise invalid_params(f"address {address} is {taken}: one address is one node, "
+                                 "whose key is one agent; give this peer's own address")
 
         def edit(peers: Any) -> str:
             for entry in peers:
@@ -90,6 +93,18 @@ class PeerAdmin:
             return "added"
 
         return self._apply(edit) | {"name": name, "agent": agent, "address": address}
+
+    def _taken(self, where: tuple[str, int], agent: str) -> str | None:
+        """Whose address ``where`` is outside ``[[peers]]``: this node's own, or its clearing
+        house's (when ``agent`` is another)."""
+        config = self.node.config
+        for key, mine in (("listen", self.node.listen_address), ("advertise", config.advertise)):
+            if mine is not None and address_key(mine) == where:
+                return f"this node's own ([node] {key})"
+        house = config.clearinghouse
+        if house is not None and house.agent != agent and address_key(house.address) == where:
+            return f"that of the clearing house (agent {house.agent}, [clearinghouse])"
+        return None
 
     async def rpc_remove(self, agent: str) -> dict[str, Any]:
         """Remove a peer from the config file's [[peers]] (keeping the file's comments), or

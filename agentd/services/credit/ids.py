@@ -22,10 +22,14 @@ SHOWN = 8  # the characters of an id -H shows (agentd.human.CUT)
 
 
 def tally_id(ledger: CreditLedger, cuid: str, value: Any) -> str:
-    """A tally of ``cuid``'s (one it holds, or whose ticket it presented)."""
-    return _resolved(value, "tally", lambda start: _of_user(ledger, id_starts.tallies, cuid,
-                                                            start),
-                     f"user {cuid} holds", "UNKNOWN_TALLY")
+    """A tally of ``cuid``'s (one it holds, or whose ticket it presented); else, one another
+    user of this node holds, which the caller then refuses naming that user, as it does a
+    whole id."""
+    def starting(start: str) -> list[str]:
+        return _of_user(ledger, id_starts.tallies, cuid, start) or ledger.runtime.db.reading(
+            lambda conn: id_starts.held(conn, start))
+
+    return _resolved(value, "tally", starting, f"user {cuid} holds", "UNKNOWN_TALLY")
 
 
 def chit_id(ledger: CreditLedger, cuid: str, value: Any) -> str:
