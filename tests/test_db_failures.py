@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -173,7 +174,8 @@ async def test_a_refusal_that_cannot_be_recorded_is_asked_again_and_recorded_onc
         assert a.counters.rejected["internal_error"] == 0
         assert a.counters.rejected_by_peer == 5
     refusals = [r.getMessage() for r in caplog.records
-                if "refused no-such-target/ping: BAD_ENVELOPE" in r.getMessage()]
+                if re.search(r"refused no-such-target/ping \(id [0-9a-f]{12}\): BAD_ENVELOPE: ",
+                             r.getMessage())]
     assert len(refusals) == 5, refusals
 
 

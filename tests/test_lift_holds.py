@@ -7,6 +7,7 @@ it answers. Real nodes; the hostile partner's promises are made by hand."""
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
 from agentd.runtime.refusals import QUIET_S
@@ -178,9 +179,10 @@ async def test_refusals_past_the_bound_are_counted_and_logged_once_a_while_per_t
                                   {"record": record, "hop": 0}, cuid)
 
         def heard(payer) -> list[logging.LogRecord]:  # on the sender's side
-            return [record for record in caplog.records if record.getMessage().startswith(
-                f"{cat.agent_id[:8]} refused lift/promise: REFEREE_REFUSED the lifts pending "
-                f"here that came over tally {tallies[payer]} ")]
+            return [record for record in caplog.records if re.match(
+                f"{re.escape(cat.agent_id[:8])} refused lift/promise \\(id [0-9a-f]{{12}}\\): "
+                f"REFEREE_REFUSED: the lifts pending here that came over tally "
+                f"{tallies[payer]} ", record.getMessage())]
 
         for payer, cuid, refused in ((bob, "bob", 3), (ann, "ann", 1)):
             for _ in range(lf.MAX_UNANSWERED):
@@ -200,13 +202,13 @@ async def test_refusals_past_the_bound_are_counted_and_logged_once_a_while_per_t
         assert b'agentd_refusals_total{code="REFEREE_REFUSED"} 4.0' in cat.metrics.exposition()
         logged = {payer: [record.getMessage() for record in caplog.records
                           if record.levelno >= logging.INFO and record.getMessage().startswith(
-                              f"refused lift/promise from {payer.agent_id[:8]}: ")]
+                              f"refused lift/promise from {payer.agent_id[:8]} (id ")]
                   for payer in (bob, ann)}
         assert [len(lines) for lines in logged.values()] == [1, 1], logged
         for payer, (line,) in logged.items():
-            assert line.startswith(f"refused lift/promise from {payer.agent_id[:8]}: "
-                                   f"REFEREE_REFUSED: the lifts pending here that came over "
-                                   f"tally {tallies[payer]} name 4 referees")
+            assert re.match(f"refused lift/promise from {re.escape(payer.agent_id[:8])} "
+                            f"\\(id [0-9a-f]{{12}}\\): REFEREE_REFUSED: the lifts pending here "
+                            f"that came over tally {tallies[payer]} name 4 referees", line), line
             assert line.endswith(
                 f"(further REFEREE_REFUSED refusals over tally {tallies[payer]} in the next "
                 f"{QUIET_S:g} s are counted in getinfo counters.refusals, not logged)")

@@ -67,6 +67,11 @@ class _Heard(NamedTuple):
     def kind(self) -> str:
         return f"{self.target}/{self.action}"
 
+    @property
+    def traced_id(self) -> str:
+        """The id as the debug trace shows it, to find the message's other lines by."""
+        return self.id.hex()[:TRACED_ID]
+
 
 class _Share:
     """A stranger's frame's share of the decoding budget, given back once: when its job has
@@ -273,16 +278,16 @@ class Dispatcher:
         counters = self.node.counters
         if isinstance(error, NotYet):  # before ``Refusal``: nothing wrong, just early
             counters.deferred += 1
-            log.debug("deferred %s/%s from %s: %s", heard.target, heard.action,
-                      heard.sender[:8], error)
+            log.debug("deferred %s from %s (id %s): %s", heard.kind, heard.sender[:8],
+                      heard.traced_id, error)
             return None
         if isinstance(error, Refusal):
             return self._refuse(heard, error)
         if error is not None:  # our failure (disk full, a bug), not the message's: no ack
             counters.unacked_failures += 1
             if isinstance(error, DatabaseError | sqlite3.Error):
-                log.error("could not commit %s/%s from %s, left unacked for a retry: %s",
-                          heard.target, heard.action, heard.sender[:8], error)
+                log.error("could not commit %s from %s (id %s), left unacked for a retry: %s",
+                          heard.kind, heard.sender[:8], heard.traced_id, error)
             else:
                 log.error("failed to process %s/%s, left unacked for a retry",
                           heard.target, heard.action, exc_info=error)
@@ -292,12 +297,12 @@ class Dispatcher:
             counters.duplicates += 1
             if log.isEnabledFor(logging.DEBUG):
                 event(log, "message taken again", logging.DEBUG, message=heard.kind,
-                      id=heard.id.hex()[:TRACED_ID], peer=heard.sender)
+                      id=heard.traced_id, peer=heard.sender)
             return ack
         counters.messages_processed += 1
         if log.isEnabledFor(logging.DEBUG):
             event(log, "message taken", logging.DEBUG, message=heard.kind,
-                  id=heard.id.hex()[:TRACED_ID], peer=heard.sender, sent_on=len(outcome.sent))
+                  id=heard.traced_id, peer=heard.sender, sent_on=len(outcome.sent))
         outcome.committed()
         if heard.sender != self.node.agent_id and not self.node.is_known(heard.sender):
             self._debit(heard.sender, outcome)
@@ -316,8 +321,8 @@ class Dispatcher:
             if isinstance(refusal, RoutineReject):
                 quiet = self._quiet.note(code, refusal.key)
                 level, note = (logging.DEBUG, "") if quiet is None else (logging.INFO, quiet)
-        log.log(level, "refused %s/%s from %s: %s: %s%s", heard.target, heard.action,
-                heard.sender[:8], code, text, note)
+        log.log(level, "refused %s from %s (id %s): %s: %s%s", heard.kind, heard.sender[:8],
+                heard.traced_id, code, text, note)
         return ack_frame(heard.id, code, text)
 
     def _first_refusal(self, message_id: bytes, sender: str, reason: str) -> bool:
@@ -358,9 +363,10 @@ class Dispatcher:
                 quiet = self._quiet_peers.note(code, key)
                 level, note = (logging.DEBUG, "") if quiet is None else (level, quiet)
             subject = None if service is None else service.subject(envelope)
-            log.log(level, "%s refused %s/%s%s: %s %s%s", from_agent[:8], envelope.get("target"),
-                    envelope.get("action"), "" if subject is None else f" ({subject})", code,
-                    text, note)
+            about = "" if subject is None else f", {subject}"
+            log.log(level, "%s refused %s/%s (id %s%s): %s: %s%s", from_agent[:8],
+                    envelope.get("target"), envelope.get("action"),
+                    item.id.hex()[:TRACED_ID], about, code, text, note)
         tx.committed()
 
     async def _record(self, item: Outgoing, service: Service | None, ack: Ack) -> Tx:

@@ -393,11 +393,10 @@ class OutboxPump:
                                        and not i.is_reply), None) or self.node.address_of(peer)
             try:
                 channel = await self.node.peers.connect(peer, address)
-            except PeerUnreachable as exc:
+            except PeerUnreachable:
                 if address is None:  # a stranger's reply waits for its channel (or expiry)
                     self.node.counters.no_route += 1
-                log.debug("outbox: %s", exc)
-                await trio.sleep(0.5)
+                await trio.sleep(0.5)  # the dial's failure is logged where it was made
                 continue
             await self._send_queue(channel, queue)
 

@@ -242,6 +242,9 @@ class PeerManager:
                 if state.failures == 1:  # once a streak: the retries back off quietly
                     log.log(logging.WARNING if wrong_key else logging.INFO,
                             "%s: %s; retrying with backoff", who, state.error)
+                else:
+                    log.debug("%s: %s; dial %d, the next in %.1f s at the most", who,
+                              state.error, state.failures, delay)
                 self._on_dial(agent, address, False)
                 raise PeerUnreachable(state.error) from exc
             state.failures = 0
