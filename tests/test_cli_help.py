@@ -66,6 +66,14 @@ def test_every_optional_param_without_a_fixed_default_is_explained():
     assert unexplained == []
 
 
+def test_no_method_help_names_the_code_behind_it():
+    """agentd help chit.accept said "refused as rpc_pay refuses": a name of the code's, not
+    one a user types."""
+    for name, method in registry().items():
+        doc = plain(inspect.cleandoc(method.__doc__ or ""))
+        assert not re.search(r"\brpc_|:meth:|:func:|``", doc), (name, doc)
+
+
 def test_usage_names_every_method_and_benchmark(capsys):
     assert cli.main(["--help"]) == 0
     text = capsys.readouterr().out

@@ -147,8 +147,8 @@ class ChitService(Service):
                 "units": units}
 
     async def rpc_chit_accept(self, cuid: str, chit: str) -> dict:
-        """Pay the partner's invoice: our user signs it and it is good (refused as
-        :meth:`rpc_pay` refuses a payment)."""
+        """Pay the partner's invoice: our user signs it and it is good (refused as chit.pay
+        refuses a payment)."""
         cuid = param_cuid(cuid)
         chit_uuid = chit_id(self.ledger, cuid, chit)
         self.ledger.known_user(cuid)
