@@ -358,8 +358,17 @@ RECEIPT_COLUMNS = (
 
 
 def receipts(conn: sqlite3.Connection, pid: str | None = None) -> list[sqlite3.Row]:
-    """Every stored receipt (or those of ``pid``), by process and seq."""
-    where, params = ("WHERE pid = ?", (pid,)) if pid is not None else ("", ())
+    """Every stored receipt (or those of ``pid``, which may be cut as ``-H`` shows a pid:
+    ``AGENT…/REST``, the agent id's start), by process and seq."""
+    if pid is None:
+        where, params = "", ()
+    elif "…" in pid:
+        head, tail = pid.split("…", 1)
+        where, params = ("WHERE substr(pid, 1, ?) = ? AND substr(pid, -?) = ?",
+                         (len(head), head, len(tail), tail)) if tail else (
+            "WHERE substr(pid, 1, ?) = ?", (len(head), head))
+    else:
+        where, params = "WHERE pid = ?", (pid,)
     return conn.execute(
         f"SELECT {RECEIPT_COLUMNS} FROM receipts {where} ORDER BY pid, seq", params
     ).fetchall()

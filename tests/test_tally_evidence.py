@@ -13,6 +13,7 @@ import sqlite3
 
 import pytest
 
+from agentd.human import render
 from agentd.rpc import RpcError
 from agentd.runtime.node import Node
 from agentd.services.credit.ledger import CreditLedger
@@ -70,6 +71,11 @@ async def test_nobody_can_create_a_tallys_evidence_process_first(tmp_path, squat
             cuid = "alice" if node is stock else "bob"
             assert (await rpc(node, "tally.show", cuid=cuid, tally=tally))["evidence"] == pid
             assert logged(node) == [(pid, "tally.open", "valid"), (pid, "chit.good", "valid")]
+            listed = await rpc(node, "receipts.list", pid=pid)
+            cut = render("receipts.list", listed).splitlines()[1].split()[0]  # as -H shows it
+            assert cut == f"{pid.split('/')[0][:8]}…/{tally}"
+            assert await rpc(node, "receipts.list", pid=cut) == listed
+            assert await rpc(node, "receipts.list", pid=cut.replace(tally, tally[:-1])) == []
             assert (await rpc(node, "receipts.verify", chain=True))["ok"]
             if node is not squat:
                 assert taken[pid] == "NOT_AUTHORIZED"
