@@ -134,6 +134,7 @@ def completion_parser() -> argparse.ArgumentParser:
             continue
         described = describe(name, method)
         sub = commands.add_parser(name, help=described["doc"][:60])
+        sub.add_argument("-H", "--human", action="store_true", help="text, not JSON")  # after too
         words = [f"{param['name']}=" for param in described["params"]]
         if words:
             sub.add_argument("params", nargs="*", choices=words)

@@ -60,6 +60,7 @@ def test_bash_completes_the_local_commands_options_paths_and_scenario_names(tmp_
     assert complete(script, "init", "x", "--") == ["--help", "--name", "--listen",
                                                    "--advertise", "--network"]
     assert complete(script, "bench", "lifts", "--q") == ["--quick"]
+    assert "-H" in complete(script, "tally.show", "-")  # -H may come after the method
     assert sorted(complete(script, "run", "-c", "r", cwd=tmp_path)) == paths
     own = command_parsers()  # every local command but help (none) and bench (one a benchmark)
     assert set(own) == set(COMMANDS) - {"help", "bench"}
