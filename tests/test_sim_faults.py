@@ -117,6 +117,8 @@ def test_one_of_each_fault_then_every_invariant_holds(tmp_path, capsys, workers)
     assert faults["loss"]["what"] == "not started: the traffic was over first"
     assert faults["loss"]["for_s"] == 1  # as planned (it said 0 s)
     assert faults["partition"]["what"] == "a,b | c,d" and faults["crash"]["what"] == "c"
+    assert faults["partition"]["groups"] == [["a", "b"], ["c", "d"]]
+    assert faults["crash"]["nodes"] == ["c"]
     assert "fault at" in out and "crash" in out
     assert written["counts"]["chits"] == 200 and written["counts"]["balance_sum"] == 0
 
@@ -131,6 +133,7 @@ def test_delay_and_loss_then_every_invariant_holds(tmp_path, workers):
     faults = {f["kind"]: f for f in written["faults"]}
     assert faults["delay"]["what"].startswith("2 of 4 links: 30 + up to 10 ms each way")
     assert faults["loss"]["what"] == "2 of 4 links: 5% of frames dropped"
+    assert len(faults["loss"]["links"]) == 2  # which, whole: the seed's to replay
     assert written["counts"]["chits"] == 200 and written["counts"]["balance_sum"] == 0
     _link_faults_acted(written)
 
@@ -217,11 +220,13 @@ class _Stub:
         return {"agent": name, "rtt_ms": [1.0]}
 
 
-async def _hit(scenario: Scenario, live: int) -> dict[str, str]:
+async def _hit(scenario: Scenario, live: int) -> dict[str, tuple[str, list]]:
     """What each fault but the cut hit: the nodes crashed, the partition, the links shaped."""
     report = Report()
     await run_faults(_Stub(live), scenario, report, Healing())
-    return {fault["kind"]: fault["what"] for fault in report.faults if fault["kind"] != "cut"}
+    return {fault["kind"]: (fault["what"], fault.get("nodes") or fault.get("groups")
+                            or fault.get("links"))  # the --json report names them whole
+            for fault in report.faults if fault["kind"] != "cut"}
 
 
 # faults.toml's faults, each on nodes or links it draws, none repeating (every_s): the

@@ -110,6 +110,7 @@ async def _one(backend: Any, scenario: Scenario, fault: dict, rng: random.Random
         groups = fault.get("groups") or _halves(scenario, rng)
         event["what"] = " | ".join(",".join(g[:4]) + ("..." if len(g) > 4 else "")
                                    for g in groups)
+        event["groups"] = [list(group) for group in groups]  # whole, for --json
         await backend.partition(groups)
         healing.partitioned = True
         await trio.sleep(lasting)
@@ -117,7 +118,7 @@ async def _one(backend: Any, scenario: Scenario, fault: dict, rng: random.Random
         healing.partitioned = False
     else:
         names = _victims(scenario, fault, rng, healing.crashed)
-        event["what"] = ", ".join(names)
+        event["what"], event["nodes"] = ", ".join(names), names
         healing.crashed.update(names)
         for name in names:
             report.crashed[name] = report.crashed.get(name, 0) + 1
@@ -145,6 +146,7 @@ async def _shape(backend: Any, scenario: Scenario, fault: dict, rng: random.Rand
         rule = Rule(loss=fault["rate"])
         event["what"] = f"{len(links)} of {len(scenario.edges)} links: {rule.loss:.0%} of " \
             "frames dropped"
+    event["links"] = [list(link) for link in links]
     healing.shaped[key] = links  # before any is shaped: heal_all undoes a half-done one
     await _set(backend, links, key, rule)
     if fault["kind"] == "delay":
