@@ -337,11 +337,14 @@ def parse_config(raw: dict, source: Path) -> Config:
                            ' set node.advertise = "HOST:PORT", where they should dial')
     if advertise is not None and listens_everywhere(advertise):
         node.bad("advertise", f"{advertise} is not an address peers can dial")
-    handshake_timeout = float(node.get("handshake_timeout", (int, float), 10.0))
-    idle_timeout = float(node.get("idle_timeout", (int, float), 60.0))
-    for key, value in (("handshake_timeout", handshake_timeout), ("idle_timeout", idle_timeout)):
-        if value <= 0:
-            node.bad(key, f"must be > 0, got {value:g}")
+    timeouts = {}
+    for key, default, (low, high) in (("handshake_timeout", 10.0, (0.05, 3600)),
+                                      ("idle_timeout", 60.0, (0.05, 86400))):
+        timeouts[key] = float(node.get(key, (int, float), default))
+        if not low <= timeouts[key] <= high:  # nan too: a deadline of nan fails every channel
+            node.bad(key, f"must be between {low:g} and {high:g} seconds, got {timeouts[key]:g}")
+            timeouts[key] = default
+    handshake_timeout, idle_timeout = timeouts["handshake_timeout"], timeouts["idle_timeout"]
     limits = _limits(node)
     node.finish()
 

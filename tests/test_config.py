@@ -116,7 +116,12 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
 @pytest.mark.parametrize("text, complaint", [
     (GOOD.replace('name = "alice"', 'name = ""'), "node.name must be 1 to 64 printable "
      "characters (no line breaks, tabs or other control characters), not empty"),
-    (GOOD + "idle_timeout = 0\n", "node.idle_timeout must be > 0, got 0"),
+    (GOOD + "idle_timeout = 0\n", "node.idle_timeout must be between 0.05 and 86400 seconds, "
+     "got 0"),
+    (GOOD + "handshake_timeout = nan\n", "node.handshake_timeout must be between 0.05 and 3600 "
+     "seconds, got nan"),
+    (GOOD + "idle_timeout = inf\n", "node.idle_timeout must be between 0.05 and 86400 seconds, "
+     "got inf"),
     (GOOD + 'idle_timeout = "sixty"\n', "node.idle_timeout must be a number, got 'sixty'"),
     (GOOD + "roles = [\"house\"]\n", "node.roles has unknown role 'house' (known: clearinghouse)"),
     (GOOD + "roles = [{}]\n", "node.roles has unknown role {} (known: clearinghouse)"),
