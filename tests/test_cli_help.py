@@ -499,3 +499,20 @@ def test_run_help_says_how_to_stop_and_reload_a_node(capsys):
     for words in ("SIGINT or SIGTERM stops it cleanly", "SIGHUP re-reads its config",
                   "'agentd up' starts nodes in the background"):
         assert words in text, words
+
+
+@pytest.mark.parametrize(("argv", "complaint"), [
+    (["chits", "--count", "-5"], "argument --count: must be from 2 to 10,000,000, not -5"),
+    (["chits", "--count", "0"], "argument --count: must be from 2 to 10,000,000, not 0"),
+    (["chits", "--batch", "0"], "argument --batch: must be from 1 to 1,000, not 0"),
+    (["lifts", "--ring", "3"], "argument --ring: must be from 6 to 64, not 3"),
+    (["lifts", "--in-flight", "many"], "argument --in-flight: 'many' is not a whole number"),
+    (["abuse", "--seconds", "nan"], "argument --seconds: must be from 1 to 3,600, not nan"),
+    (["ch", "--batch", "300"], "argument --batch: must be from 1 to 256, not 300"),
+])
+def test_a_benchmarks_counts_and_seconds_are_checked_before_it_runs(capsys, argv, complaint):
+    """bench chits --count -5 ran into a traceback and --count 0 silently took the default:
+    every count and length is a usage error out of its range, before anything starts."""
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["bench", *argv])
+    assert stopped.value.code == 2 and complaint in capsys.readouterr().err

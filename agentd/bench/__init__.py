@@ -11,6 +11,7 @@ import importlib
 import json
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from agentd.completion import FILE
@@ -46,6 +47,23 @@ def summary(doc: str | None) -> str:
     from agentd.methods import first_paragraph
 
     return first_paragraph(doc).split(": ", 1)[-1].split(". ")[0].rstrip(".")
+
+
+def bounded(kind: type[int] | type[float], low: float, high: float
+            ) -> Callable[[str], int | float]:
+    """An argparse type for a benchmark's count or seconds: from ``low`` to ``high`` (a
+    count of -5 ran into a traceback, 0 silently took the default; nan and inf are out)."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low:,} to {high:,}, not {text}")
+        return value
+
+    return parse
 
 
 def parser(prog: str, doc: str | None) -> argparse.ArgumentParser:

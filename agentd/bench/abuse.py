@@ -30,8 +30,8 @@ from typing import Any
 
 import trio
 
+from agentd.bench import bounded, table, verdict, write_json
 from agentd.bench import parser as bench_parser
-from agentd.bench import table, verdict, write_json
 from agentd.bench.rogue import Rogue
 from agentd.localnodes import (
     free_ports,
@@ -203,11 +203,15 @@ def command_parser() -> argparse.ArgumentParser:
     parser = bench_parser("agentd bench abuse", __doc__)
     parser.add_argument("--quick", action="store_true",
                         help="a few seconds: a smaller attack and a short wait")
-    parser.add_argument("--seconds", type=float, help="length of the attack (default 30)")
-    parser.add_argument("--half-open", type=int, help="half-open connections (default 500)")
-    parser.add_argument("--flood", type=int, help="pings in the flood (default 10,000)")
-    parser.add_argument("--tricklers", type=int, help="trickling channels (default 200)")
-    parser.add_argument("--wait", type=float,
+    parser.add_argument("--seconds", type=bounded(float, 1, 3600),
+                        help="length of the attack (default 30)")
+    parser.add_argument("--half-open", type=bounded(int, 0, 20_000),
+                        help="half-open connections (default 500)")
+    parser.add_argument("--flood", type=bounded(int, 0, 10_000_000),
+                        help="pings in the flood (default 10,000)")
+    parser.add_argument("--tricklers", type=bounded(int, 0, 10_000),
+                        help="trickling channels (default 200)")
+    parser.add_argument("--wait", type=bounded(float, 0, 3600),
                         help="seconds after the attack before the outbox is read (default 60)")
     return parser
 

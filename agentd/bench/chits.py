@@ -27,8 +27,8 @@ from typing import Any
 
 import trio
 
+from agentd.bench import bounded, table, verdict, write_json
 from agentd.bench import parser as bench_parser
-from agentd.bench import table, verdict, write_json
 from agentd.localnodes import (
     free_ports,
     local_config,
@@ -40,6 +40,7 @@ from agentd.localnodes import (
     write_node,
 )
 from agentd.rpc import call
+from agentd.services.credit.chits import MAX_PAYMENTS
 from protocol.keys import SigningKey, verify
 
 UNITS = 7  # milliCHIPs per payment
@@ -127,9 +128,11 @@ def command_parser() -> argparse.ArgumentParser:
     """``agentd bench chits``'s options, which the completion script offers too."""
     parser = bench_parser("agentd bench chits", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    parser.add_argument("--count", type=int, help="chits in all (half from each side)")
-    parser.add_argument("--batch", type=int, default=100, help="payments per chit.pay_many")
-    parser.add_argument("--in-flight", type=int, default=4,
+    parser.add_argument("--count", type=bounded(int, 2, 10_000_000),
+                        help="chits in all (half from each side)")
+    parser.add_argument("--batch", type=bounded(int, 1, MAX_PAYMENTS), default=100,
+                        help="payments per chit.pay_many")
+    parser.add_argument("--in-flight", type=bounded(int, 1, 64), default=4,
                         help="chit.pay_many calls outstanding per side")
     return parser
 

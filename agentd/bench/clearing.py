@@ -31,8 +31,8 @@ from pathlib import Path
 import jwt
 import trio
 
+from agentd.bench import bounded, percentile, table, verdict, write_json
 from agentd.bench import parser as bench_parser
-from agentd.bench import percentile, table, verdict, write_json
 from agentd.bench.rpc_stream import RpcStream
 from agentd.localnodes import cpu_seconds, free_ports, spawn, stop, wait_ready, write_node
 from protocol import clearing as ch
@@ -191,14 +191,15 @@ def command_parser() -> argparse.ArgumentParser:
     """``agentd bench ch``'s options, which the completion script offers too."""
     parser = bench_parser("agentd bench ch", __doc__)
     parser.add_argument("--quick", action="store_true", help="a short run (3 s of load)")
-    parser.add_argument("--clients", type=int, default=4, help="client nodes (default 4)")
+    parser.add_argument("--clients", type=bounded(int, 1, 64), default=4,
+                        help="client nodes (default 4)")
     parser.add_argument("--concurrency", type=int, default=8, choices=range(1, 65),
                         metavar="1..64", help="concurrent calls per client (default 8; at "
                         "most the control socket's listen backlog, 64)")
-    parser.add_argument("--batch", type=int, default=100, metavar="N",
+    parser.add_argument("--batch", type=bounded(int, 1, 256), default=100, metavar="N",
                         help="entries per call: more than 1 calls ch.log_many, 1 calls ch.log "
                         "(default 100)")
-    parser.add_argument("--seconds", type=float, default=None,
+    parser.add_argument("--seconds", type=bounded(float, 1, 3600), default=None,
                         help="seconds of load (default 10, 3 with --quick)")
     return parser
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from agentd.bench import host, table, verdict, write_json
+from agentd.bench import bounded, host, table, verdict, write_json
 from agentd.bench import parser as bench_parser
 from agentd.bench.chits import measure as measure_chits
 from agentd.bench.rpc_stream import RpcPool
@@ -248,17 +248,16 @@ def command_parser() -> argparse.ArgumentParser:
     """``agentd bench lifts``'s options, which the completion script offers too."""
     parser = bench_parser("agentd bench lifts", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
-    parser.add_argument("--ring", type=int, default=10, help="nodes round the ring")
-    parser.add_argument("--lifts", type=int, help="linear lifts in the throughput phase")
-    parser.add_argument("--in-flight", type=int, default=64, help="lifts at once")
+    parser.add_argument("--ring", type=bounded(int, 6, 64), default=10,
+                        help="nodes round the ring (6 or more: the latency lift takes 5 hops)")
+    parser.add_argument("--lifts", type=bounded(int, 1, 1_000_000),
+                        help="linear lifts in the throughput phase")
+    parser.add_argument("--in-flight", type=bounded(int, 1, 1024), default=64, help="lifts at once")
     return parser
 
 
 def main(argv: list[str]) -> int:
-    parser = command_parser()
-    options = parser.parse_args(argv)
-    if options.ring < 6:
-        parser.error("--ring must be at least 6 (the latency lift takes 5 hops)")
+    options = command_parser().parse_args(argv)
     sequential = 20 if options.quick else 100
     lifts = options.lifts or (128 if options.quick else 640)
     clears = 32 if options.quick else 160
