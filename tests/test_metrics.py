@@ -151,7 +151,7 @@ async def test_a_busy_metrics_port_stops_the_start_before_any_service_works(tmp_
                 await nursery.start(node.run)
         matched, _ = caught.value.split(UserError)
         assert matched is not None, caught.value
-        assert f"cannot listen on [metrics] listen {busy}" in str(
+        assert f".toml: metrics.listen {busy}: cannot listen there: address already in use" in str(
             matched.exceptions[0] if not isinstance(matched.exceptions[0], BaseExceptionGroup)
             else matched.exceptions[0].exceptions[0])
         assert started == []

@@ -22,9 +22,6 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from agentd.errors import UserError
-from protocol.keys import parse_hostport
-
 if TYPE_CHECKING:
     from agentd.runtime.node import Node
 
@@ -59,16 +56,6 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-    @staticmethod
-    async def bind(listen: str) -> list[trio.SocketListener]:
-        """The listeners of ``[metrics] listen``: bound before the node starts its work."""
-        host, port = parse_hostport(listen)
-        try:
-            return await trio.open_tcp_listeners(port, host=host)
-        except OSError as exc:
-            raise UserError(f"cannot listen on [metrics] listen {listen}: "
-                            f"{exc.strerror or exc}") from exc
 
     async def serve(self, listeners: list[trio.SocketListener], *,
                     task_status=trio.TASK_STATUS_IGNORED) -> None:

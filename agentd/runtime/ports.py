@@ -5,28 +5,49 @@ had asked partners for blocks, and died mid-send with a traceback in the log).""
 from __future__ import annotations
 
 import errno
+import socket
 
 import trio
 
 from agentd.config import Config
 from agentd.errors import UserError
 from agentd.runtime.limits import defer_accept
-from agentd.runtime.metrics import Metrics
+from protocol.keys import parse_hostport
 
 
 async def bind_ports(config: Config, host: str | None, port: int
                      ) -> tuple[list[trio.SocketListener], list[trio.SocketListener]]:
     """The peer port's listeners and the metrics port's (none when not configured)."""
-    try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    except OSError as exc:
-        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        raise UserError(f"cannot listen on {config.listen}: {reason}") from exc
+    listeners = await _listen(config, "node.listen", config.listen, host, port)
     defer_accept(listeners, config.limits.defer_accept)
+    if not config.metrics_listen:
+        return listeners, []
     try:
-        metrics = await Metrics.bind(config.metrics_listen) if config.metrics_listen else []
+        metrics_host, metrics_port = parse_hostport(config.metrics_listen)
+        return listeners, await _listen(config, "metrics.listen", config.metrics_listen,
+                                        metrics_host, metrics_port)
     except UserError:
         for listener in listeners:
             await listener.aclose()
         raise
-    return listeners, metrics
+
+
+async def _listen(config: Config, key: str, listen: str, host: str | None, port: int
+                  ) -> list[trio.SocketListener]:
+    """Listeners on ``listen``, else a config error naming the file and the key, as every
+    other config error does."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise UserError(f"{config.path}: {key} {listen}: cannot listen there: {_why(exc)}"
+                        ) from exc
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "address already in use (by another process: is this node running already?)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "no interface of this host has that address"
+    if isinstance(exc, socket.gaierror):
+        return f"no such host ({exc.strerror})"
+    return exc.strerror or str(exc)
