@@ -36,7 +36,6 @@ from store.schema import SchemaError, migrate
 
 T = TypeVar("T")
 MAX_BATCH = 2000
-FILE_CHECK_S = 1.0  # how often a commit first checks that the database's files are still ours
 _log = logging.getLogger("agentd.store")
 
 
@@ -189,7 +188,6 @@ class Database:
         self.last_error: str | None = None
         self.last_error_at: int | None = None  # when (ms since the epoch): is it still news?
         self._files: dict[Path, tuple[int, int]] = {}  # (device, inode) of the db, its WAL
-        self._files_checked = 0.0
         self._gone: str | None = None  # why the files are no longer ours: no more writes
         self._failing = 0  # the writer's current streak of failed writes (logged once)
 
@@ -274,12 +272,10 @@ class Database:
 
     def _files_gone(self) -> str | None:
         """Why the database file or its WAL is no longer the one this node opened (deleted or
-        replaced while it runs: what it would write next would be lost), or None. Checked at
-        most every ``FILE_CHECK_S``; once gone, for good."""
-        now = time.monotonic()
-        if self._gone is not None or now - self._files_checked < FILE_CHECK_S:
+        replaced while it runs: what it wrote there since is lost), or None; once gone, for
+        good. Two ``stat`` calls, ~3 µs."""
+        if self._gone is not None:
             return self._gone
-        self._files_checked = now
         for path in (self.path, self.path.with_name(self.path.name + "-wal")):
             try:
                 found = os.stat(path)
@@ -297,11 +293,14 @@ class Database:
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         """Write ``batch`` (or, once the files are gone, fail every job of it), then wake
-        the jobs' callers."""
-        gone = self._files_gone()
+        the jobs' callers. The files are looked at after the commit: one deleted before it
+        ended holds what the batch wrote where nobody will read it, and no caller may be told
+        its work was done."""
+        gone = self._gone
         if gone is None:
             self._write(conn, batch)
-        else:
+            gone = self._files_gone()
+        if gone is not None:
             self._count_error(gone)
             failure = DatabaseError(f"not written: {gone}")
             for job in batch:

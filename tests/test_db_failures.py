@@ -42,7 +42,6 @@ async def test_a_node_whose_database_was_deleted_keeps_running_its_timers(
         tmp_path, monkeypatch, caplog):
     """Maintenance and the relay's sweep tick every 0.1 s here, and the deleted file fails
     every write: each task backs off, logs once, and the node goes on answering."""
-    monkeypatch.setattr("store.db.FILE_CHECK_S", 0.0)
     monkeypatch.setattr(node_module, "MAINTENANCE_INTERVAL", 0.1)
     monkeypatch.setattr(RelayService, "sweep_interval_ms", 100)
     caplog.set_level(logging.ERROR, logger="agentd.runtime")

@@ -183,7 +183,6 @@ async def test_a_clean_stop_deletes_the_rows_of_messages_already_acked(tmp_path)
 async def test_getinfo_says_when_the_last_database_failure_was(tmp_path, monkeypatch):
     """``last_db_error`` alone cannot tell an operator whether it is news: ``last_db_error_at``
     (ms since the epoch) says when, and both are null while nothing has failed."""
-    monkeypatch.setattr("store.db.FILE_CHECK_S", 0.0)
     async with network(tmp_path, n=1) as net:
         node = net.nodes[0]
         await node.rpc.call("users.add", {"cuid": "ann"})  # and the writes queued at start

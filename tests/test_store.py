@@ -884,8 +884,9 @@ async def test_a_savepoint_undoes_its_block_alone_when_it_raises(tmp_path: Path)
 async def test_a_database_deleted_or_replaced_while_open_takes_no_more_writes(
         tmp_path: Path, monkeypatch) -> None:
     """What a node writes after its database file (or the WAL) was deleted or replaced would
-    be lost at the next start: every later write fails, as a failure of ours, naming why."""
-    monkeypatch.setattr("store.db.FILE_CHECK_S", 0.0)
+    be lost at the next start: every later write fails, as a failure of ours, naming why,
+    from the first (the files were looked at once a second: a write just after a deletion was
+    told it had succeeded, and was lost)."""
     for victim in ("gone.db", "gone.db-wal"):
         path = tmp_path / "gone.db"
         async with Database.open(path) as db:
