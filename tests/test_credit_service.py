@@ -286,6 +286,12 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path, monkeypatc
         assert twice.reason == "BAD_STATE" and twice.message.endswith(
             f"chit {bill['chit']} is paid already (L.good): only an invoice waiting for bob's "
             "answer (L.pend) can be accepted or refused"), twice.message
+        await wait_for(lambda: a.db.read_one("SELECT state FROM chits WHERE cuid = 'alice' AND"
+                                             " uuid = ?", (bill["chit"],))[0] == cs.A_GOOD)
+        paid = await refused(a, "chit.accept", cuid="alice", chit=bill["chit"])
+        assert paid.message.endswith(  # not "only an invoice waiting for alice's answer"
+            f"chit {bill['chit']} is alice's own: a payment it made, or its invoice the "
+            "partner paid (A.good)")
         await wait_for(lambda: agreed(a, "alice", a, "bob", tally, 3))
         assert chain_of(a, "alice", tally)[3] == -450  # alice (stock) owes bob 700 - 200 - 50
         bobs = await rpc(a, "chit.list", cuid="bob", tally=tally)

@@ -361,6 +361,9 @@ def _not_owed(chit_uuid: str, cuid: str, state: str) -> str:
                 "payer accepts or refuses it, on its node")
     if state == cs.A_VOID:
         return f"chit {chit_uuid} is {cuid}'s own invoice, which the partner refused ({state})"
+    if state == cs.A_GOOD:
+        return (f"chit {chit_uuid} is {cuid}'s own: a payment it made, or its invoice the "
+                f"partner paid ({state})")
     done = {cs.L_VOID: "refused already", cs.L_GOOD: "paid already"}.get(state)
     return (f"chit {chit_uuid} is {f'{done} ({state})' if done else state}: only an invoice "
             f"waiting for {cuid}'s answer ({cs.L_PEND}) can be accepted or refused")
