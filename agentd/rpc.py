@@ -158,6 +158,9 @@ class RpcServer:
             return _error(None, RpcError(PARSE_ERROR, f"request is not JSON: {exc}"))
         except RecursionError:
             return _error(None, RpcError(PARSE_ERROR, "request is nested too deeply"))
+        if isinstance(request, list):
+            return _error(None, RpcError(INVALID_REQUEST, "batches are not taken: send one "
+                                         "request object a line, each answered in turn"))
         if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or not isinstance(
             request.get("method"), str
         ):

@@ -84,5 +84,8 @@ def test_a_good_request_after_a_bad_one_on_the_same_socket(tmp_path: Path, metho
         sock.settimeout(30)
         sock.connect(socket_path)
         assert _exchange(sock, b"[" * 100_000)["error"]["code"] == -32700
+        batch = _exchange(sock, b'[{"jsonrpc":"2.0","id":1,"method":"getinfo"}]')["error"]
+        assert (batch["code"], batch["message"]) == (-32600, "batches are not taken: send one "
+                                                     "request object a line, each answered in turn")
         good = json.dumps({"jsonrpc": "2.0", "id": 7, "method": method}).encode()
         assert _exchange(sock, good)["id"] == 7
