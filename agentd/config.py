@@ -250,7 +250,7 @@ def name_problem(name: str) -> str | None:
 def listens_everywhere(hostport: str) -> bool:
     """Whether ``HOST:PORT`` names every interface (0.0.0.0, ::): fine to bind, but a peer
     given it would dial itself, so the node must advertise another address."""
-    host, _ = parse_hostport(hostport)
+    host, _ = address_key(hostport)  # 0:7101 and [::ffff:0.0.0.0]:7101 are 0.0.0.0 too
     try:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:
@@ -439,6 +439,10 @@ def parse_config(raw: dict, source: Path) -> Config:
     if "metrics" in raw:
         metrics = _Section(problems, "metrics", top.get("metrics", dict, {}))
         metrics_listen = metrics.hostport("listen", required=True, allow_zero=True)
+        if (metrics_listen is not None and listen is not None and address_key(metrics_listen)
+                == address_key(listen) and address_key(listen)[1] != 0):
+            metrics.bad("listen", f"{metrics_listen} is node.listen's address too: give the "
+                        "metrics a port of their own")
         metrics.finish()
 
     top.finish()

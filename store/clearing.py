@@ -357,18 +357,17 @@ RECEIPT_COLUMNS = (
 )
 
 
-def receipts(conn: sqlite3.Connection, pid: str | None = None) -> list[sqlite3.Row]:
-    """Every stored receipt (or those of ``pid``, which may be cut as ``-H`` shows a pid:
-    ``AGENT…/REST``, the agent id's start), by process and seq."""
+def receipts(conn: sqlite3.Connection, pid: str | None = None, *, tail: str | None = None
+             ) -> list[sqlite3.Row]:
+    """Every stored receipt (or those of ``pid``; with ``tail``, of every pid that starts
+    with ``pid`` and ends with ``tail``: a pid as ``-H`` cuts it), by process and seq."""
     if pid is None:
         where, params = "", ()
-    elif "…" in pid:
-        head, tail = pid.split("…", 1)
-        where, params = ("WHERE substr(pid, 1, ?) = ? AND substr(pid, -?) = ?",
-                         (len(head), head, len(tail), tail)) if tail else (
-            "WHERE substr(pid, 1, ?) = ?", (len(head), head))
-    else:
+    elif tail is None:
         where, params = "WHERE pid = ?", (pid,)
+    else:  # by the pid index: every pid starting so sorts from it up to it and U+10FFFF
+        where = "WHERE pid >= ? AND pid < ? AND length(pid) >= ? AND substr(pid, -?) = ?"
+        params = (pid, pid + chr(0x10FFFF), len(pid) + len(tail), len(tail), tail)
     return conn.execute(
         f"SELECT {RECEIPT_COLUMNS} FROM receipts {where} ORDER BY pid, seq", params
     ).fetchall()

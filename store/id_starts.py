@@ -13,8 +13,9 @@ def _bounds(start: str) -> tuple[str, str]:
     return start, start + "g"
 
 
-def held(conn: sqlite3.Connection, start: str) -> list[str]:
-    """The tallies of every user of this node (to say which user holds one another named)."""
+def any_users_tallies(conn: sqlite3.Connection, start: str) -> list[str]:
+    """The tallies starting so of every user of this node (to say which user holds one
+    another user named)."""
     return [row[0] for row in conn.execute(
         "SELECT DISTINCT uuid FROM tallies WHERE uuid >= ? AND uuid < ? LIMIT 2",
         _bounds(start))]

@@ -116,6 +116,8 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
 @pytest.mark.parametrize("text, complaint", [
     (GOOD.replace('name = "alice"', 'name = ""'), "node.name must be 1 to 64 printable "
      "characters (no line breaks, tabs or other control characters), not empty"),
+    (GOOD + '[metrics]\nlisten = "localhost:7901"\n', "metrics.listen localhost:7901 is "
+     "node.listen's address too"),
     (GOOD + "idle_timeout = 0\n", "node.idle_timeout must be between 0.05 and 86400 seconds, "
      "got 0"),
     (GOOD + "handshake_timeout = nan\n", "node.handshake_timeout must be between 0.05 and 3600 "

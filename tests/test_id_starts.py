@@ -64,32 +64,12 @@ async def test_the_start_of_an_id_as_a_table_shows_it_names_the_tally_chit_and_l
         assert (await refused(ann, "tally.show", cuid="zed", tally=start)).reason == \
             "UNKNOWN_USER"
         # too short to be safe (a mistyped 4 could name another tally), or no id's shape
-        for not_one in (tally[:7], tally[:4] + "…", tally.replace("-", "")[:12], "ghijklmn"):
+        for not_one in (tally[:7], tally[:4] + "…", tally.replace("-", "")[:12], "ghijklmn",
+                        "xxxxxxxx", "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", tally[:-2] + "xx"):
             bad = await refused(ann, "chit.pay", cuid="ann", tally=not_one, units=1)
             assert (bad.reason, bad.message) == ("INVALID_PARAMS", (
                 f"chit.pay: tally must be {WHOLE}, or its start as -H shows it (8 characters "
                 f"or more: 3f2a5b1c…), not {not_one!r}"))
-
-
-async def test_the_start_of_a_tally_requested_by_ticket_waits_for_its_offer(tmp_path):
-    """``tally.wait`` waits for a tally its user does not hold yet: by its start too."""
-    async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await rpc(a, "users.add", cuid="ann")
-        await rpc(b, "users.add", cuid="bob")
-        invited = await rpc(a, "tally.invite", cuid="ann")
-        tally = invited["tally"]
-        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
-        waiting = await refused(b, "tally.show", cuid="bob", tally=tally[:8] + "…")
-        assert waiting.message.startswith(f"user bob holds no tally {tally} yet: it presented")
-        await rpc(a, "tally.offer", cuid="ann", tally=tally)
-        offered = await rpc(b, "tally.wait", cuid="bob", tally=tally[:8], state="P.offer",
-                            timeout_s=10)
-        assert (offered["tally"], offered["state"]) == (tally, "P.offer")
-        await rpc(b, "users.add", cuid="bea")  # another user of bob's node: told who holds it
-        other = await refused(b, "tally.show", cuid="bea", tally=tally[:8])
-        assert other.message == f"user bea holds no tally {tally}: on this node bob holds it " \
-            "(cuid=bob)"
 
 
 def test_a_start_searches_the_users_ids_by_the_id_and_finds_two_at_most():

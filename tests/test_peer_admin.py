@@ -65,7 +65,8 @@ async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
                                                   "address": alias})
             assert taken.value.reason == "INVALID_PARAMS" and path.read_text() == same
         assert node.address_of(DAVE) is None
-        for nowhere in ("0.0.0.0:7904", "[::]:7904", "127.0.0.1:0"):  # as init --advertise
+        for nowhere in ("0.0.0.0:7904", "[::]:7904", "127.0.0.1:0", "0:7904",
+                        "[::ffff:0.0.0.0]:7904"):  # as init --advertise
             with pytest.raises(RpcError, match=re.escape(
                     f"address {nowhere} is not an address a node can be dialled at")):
                 await node.rpc.call("peers.add", {"name": "dave", "agent": DAVE,

@@ -289,8 +289,8 @@ class Dispatcher:
                 log.error("could not commit %s from %s (id %s), left unacked for a retry: %s",
                           heard.kind, heard.sender[:8], heard.traced_id, error)
             else:
-                log.error("failed to process %s/%s, left unacked for a retry",
-                          heard.target, heard.action, exc_info=error)
+                log.error("failed to process %s from %s (id %s), left unacked for a retry",
+                          heard.kind, heard.sender[:8], heard.traced_id, exc_info=error)
             return None
         ack = ack_frame(heard.id)
         if outcome is _DUPLICATE:
@@ -366,7 +366,7 @@ class Dispatcher:
             about = "" if subject is None else f", {subject}"
             log.log(level, "%s refused %s/%s (id %s%s): %s: %s%s", from_agent[:8],
                     envelope.get("target"), envelope.get("action"),
-                    item.id.hex()[:TRACED_ID], about, code, text, note)
+                    item.traced_id, about, code, text, note)
         tx.committed()
 
     async def _record(self, item: Outgoing, service: Service | None, ack: Ack) -> Tx:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agentd.logs import TRACED_ID, event
+from agentd.logs import event
 from agentd.runtime.outgoing import Outgoing, RoundTrip, ack_timeout
 from agentd.runtime.peers import PeerUnreachable
 from agentd.runtime.timers import Failures, Ticker
@@ -445,7 +445,7 @@ class OutboxPump:
             if item.id not in self.live:
                 continue
             item.tries += 1
-            _trace("message sent", item, to="this node", attempt=item.tries)
+            _trace("message sent", item, to=self.node.agent_id, attempt=item.tries)
             ack_body = await self.node.dispatcher.process_local(
                 item.attempt(self.node.clock.now_ms()))
             if ack_body is None:  # not committed (disk full?): try again a little later
@@ -506,4 +506,4 @@ def _trace(what: str, item: Outgoing, **fields: Any) -> None:
     if log.isEnabledFor(logging.DEBUG):
         envelope = item.envelope
         event(log, what, logging.DEBUG, message=f"{envelope.get('target')}/"
-              f"{envelope.get('action')}", id=item.id.hex()[:TRACED_ID], **fields)
+              f"{envelope.get('action')}", id=item.traced_id, **fields)

@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentd.logs import TRACED_ID
 from agentd.runtime.transport import Channel
 from protocol.envelope import attempt_prefix, with_attempt
 
@@ -65,6 +66,11 @@ class Outgoing:
         if self.prefix is None:
             self.prefix = attempt_prefix(self.envelope)
         return with_attempt(self.prefix, self.tries, now_ms)
+
+    @property
+    def traced_id(self) -> str:
+        """The id as logs show it (``agentd.logs.TRACED_ID``)."""
+        return self.id.hex()[:TRACED_ID]
 
     @property
     def is_reply(self) -> bool:

@@ -98,7 +98,7 @@ class PeerAdmin:
         """Whose address ``where`` is outside ``[[peers]]``: this node's own, or its clearing
         house's (when ``agent`` is another)."""
         config = self.node.config
-        for key, mine in (("listen", self.node.listen_address), ("advertise", config.advertise)):
+        for key, mine in (("listen", self.node.bound_address), ("advertise", config.advertise)):
             if mine is not None and address_key(mine) == where:
                 return f"this node's own ([node] {key})"
         house = config.clearinghouse

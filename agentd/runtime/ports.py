@@ -45,7 +45,7 @@ async def _listen(config: Config, key: str, listen: str, host: str | None, port:
 
 def _why(exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
-        return "address already in use (by another process: is this node running already?)"
+        return "address already in use (is this node running already?)"
     if exc.errno == errno.EADDRNOTAVAIL:
         return "no interface of this host has that address"
     if isinstance(exc, socket.gaierror):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agentd.rpc import RpcError
+from agentd.rpc import RpcError, invalid_params
 from agentd.runtime.context import Reject
 from protocol import clearing as ch
 from protocol import evidence as ev
@@ -44,8 +44,10 @@ class Audit:
         runtime.register_method("receipts.verify", self.rpc_receipts_verify)
 
     async def rpc_receipts_list(self, pid: str | None = None) -> list[dict]:
-        """Every stored receipt (or those of ``pid``), by process and seq."""
-        rows = self.runtime.db.reading(lambda conn: store.receipts(conn, pid))
+        """Every stored receipt (or those of ``pid``, whole or as its table shows it:
+        ``AGENT…/TALLY``, the agent id's first 8 characters), by process and seq."""
+        head, tail = _cut_pid(pid)
+        rows = self.runtime.db.reading(lambda conn: store.receipts(conn, head, tail=tail))
         return [
             {"pid": row["pid"], "seq": row["seq"], "document_id": row["document_id"],
              "kind": row["kind"], "ref": row["ref"], "clearing_house": row["ch"],
@@ -227,3 +229,18 @@ def _failure(row: Mapping[str, Any], fault: str, message: str) -> dict[str, Any]
 def _chain_failure(pid: str, message: str) -> dict[str, Any]:
     return {"pid": pid, "seq": None, "document_id": None, "kind": None, "ref": None,
             "fault": "chain", "message": message}
+
+
+def _cut_pid(pid: str | None) -> tuple[str | None, str | None]:
+    """``pid`` as (whole, None), or as -H cuts it, ``AGENT…/REST``: (its start, its end)."""
+    if pid is None:
+        return None, None
+    cut = pid.replace("...", "…")
+    if "…" not in cut:
+        return pid, None
+    head, _, tail = cut.partition("…")
+    if len(head) < 8 or "…" in tail or not tail.startswith("/"):
+        raise invalid_params(f"pid {pid!r} is cut, but not as receipts.list -H shows a pid "
+                             "(the agent id's first 8 characters, …, then /TALLY): give it as "
+                             "shown, or whole")
+    return head, tail

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 UUID_SHAPE = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
 SHOWN = 8  # the characters of an id -H shows (agentd.human.CUT)
+_HEX, _NOT_HEX = re.compile("[0-9a-f]"), re.compile("[^0-9a-f-]")
 
 
 def tally_id(ledger: CreditLedger, cuid: str, value: Any) -> str:
@@ -27,7 +28,7 @@ def tally_id(ledger: CreditLedger, cuid: str, value: Any) -> str:
     whole id."""
     def starting(start: str) -> list[str]:
         return _of_user(ledger, id_starts.tallies, cuid, start) or ledger.runtime.db.reading(
-            lambda conn: id_starts.held(conn, start))
+            lambda conn: id_starts.any_users_tallies(conn, start))
 
     return _resolved(value, "tally", starting, f"user {cuid} holds", "UNKNOWN_TALLY")
 
@@ -40,7 +41,7 @@ def chit_id(ledger: CreditLedger, cuid: str, value: Any) -> str:
 
 
 def lift_id(db: Database, value: Any) -> str:
-    """A lift this node takes part in."""
+    """A lift this node takes part in or refereed."""
     return _resolved(value, "lift", lambda start: db.reading(
         lambda conn: id_starts.lifts(conn, start)), "this node knows", "UNKNOWN_LIFT")
 
@@ -78,6 +79,7 @@ def _start(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
     text = value.lower().removesuffix("…").removesuffix("...")
-    if len(text) < SHOWN or not UUID_SHAPE.startswith(re.sub("[0-9a-f]", "x", text)):
+    if len(text) < SHOWN or _NOT_HEX.search(text) or not UUID_SHAPE.startswith(
+            _HEX.sub("x", text)):
         return None
     return text

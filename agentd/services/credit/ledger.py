@@ -346,10 +346,10 @@ def no_tally(cuid: str, tally_uuid: str, held_by: list[str] | None = None, *,
         return (f"user {cuid} holds no tally {tally_uuid}: on this node "
                 f"{' and '.join(held_by)} hold{'s' * (len(held_by) == 1)} it "
                 f"(cuid={held_by[0]})")
-    if requested:
+    if requested:  # kept when the inviter refuses: it refuses one it took already alike
         return (f"user {cuid} holds no tally {tally_uuid} yet: it presented the tally's ticket,"
-                " and holds it from the inviter's offer on (tally.wait state=P.offer waits "
-                "for it)")
+                " and holds it from the inviter's offer on, unless the inviter refused the "
+                "ticket (tally.wait state=P.offer waits for it)")
     return f"user {cuid} holds no tally {tally_uuid}"
 
 
@@ -362,8 +362,9 @@ def _not_owed(chit_uuid: str, cuid: str, state: str) -> str:
     if state == cs.A_VOID:
         return f"chit {chit_uuid} is {cuid}'s own invoice, which the partner refused ({state})"
     if state == cs.A_GOOD:
-        return (f"chit {chit_uuid} is {cuid}'s own: a payment it made, or its invoice the "
-                f"partner paid ({state})")
+        return (f"chit {chit_uuid} is a payment to {cuid} ({state}): the partner's, {cuid}'s "
+                "invoice it paid, or a lift's; only an invoice waiting for "
+                f"{cuid}'s answer ({cs.L_PEND}) can be accepted or refused")
     done = {cs.L_VOID: "refused already", cs.L_GOOD: "paid already"}.get(state)
     return (f"chit {chit_uuid} is {f'{done} ({state})' if done else state}: only an invoice "
             f"waiting for {cuid}'s answer ({cs.L_PEND}) can be accepted or refused")

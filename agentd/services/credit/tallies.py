@@ -409,25 +409,10 @@ class TallyService(Service):
         else:
             self.ledger.commit(tx, holding, local=local)
 
-    def _drop_request(self, tx: Tx, envelope: dict) -> None:
-        """The inviter refused our user's ticket: no offer will come, and ``tally.show`` must
-        not say one is awaited. The tally is the ticket's own, or (a reusable ticket) the
-        user's: the request row is one of the two."""
-        token = (envelope.get("object") or {}).get("token")
-        cuid = (envelope.get("from") or {}).get("cuid")
-        inviter = (envelope.get("to") or {}).get("agent")
-        if not isinstance(token, str) or not isinstance(cuid, str):
-            return
-        for tally_uuid in (ticket_tally_uuid(token),
-                           ticket_tally_uuid(token, self.runtime.own_address(cuid))):
-            self.ledger.store.take_request(tx.conn, tally_uuid, cuid, inviter)
-
     def tally_settled(self, tx: Tx, envelope: dict, refusal: Reject | None) -> None:
         """The partner's node committed (``refusal`` None) or refused a tally message of ours."""
         message_id = envelope.get("id")
         if envelope.get("action") == "ticket":
-            if refusal is not None:
-                self._drop_request(tx, envelope)
             self.runtime.replies.settle(tx, message_id, error=refusal)
             return
         obj, sender = envelope.get("object") or {}, envelope.get("from") or {}
