@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -115,16 +118,22 @@ async def test_peers_and_relay_requests_log_one_line_each(tmp_path, caplog):
     assert any(r.getMessage().startswith("peer lost") for r in caplog.records)
 
 
-async def test_tally_and_chit_state_changes_log_one_line_each(tmp_path, caplog):
+@contextlib.asynccontextmanager
+async def alice_and_bob(tmp_path) -> AsyncIterator[tuple[Any, Any, str]]:
+    """Two nodes, alice's and bob's, and an open tally between them."""
     from tests.netfixture import network
     from tests.test_credit_service import open_tally, users
 
-    caplog.set_level(logging.INFO, logger="agentd.credit")
     async with network(tmp_path, n=2) as net:
         a, b = net.nodes
         await users(a, "alice")
         await users(b, "bob")
-        tally = await open_tally(a, "alice", b, "bob")
+        yield a, b, await open_tally(a, "alice", b, "bob")
+
+
+async def test_tally_and_chit_state_changes_log_one_line_each(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="agentd.credit")
+    async with alice_and_bob(tmp_path) as (a, _, tally):
         paid = await a.rpc.call("chit.pay", {"cuid": "alice", "tally": tally, "units": 5})
     lines = [r for r in caplog.records if getattr(r, "fields", {}).get("tally") == tally]
     alice = [r.fields["state"] for r in lines
@@ -166,15 +175,10 @@ async def test_at_debug_every_message_is_traced_from_its_send_to_its_ack(tmp_pat
     """``[log] level = "debug"``: the sender logs each attempt of a message and its ack, the
     receiver what it took, each with the message's id, so one message can be followed
     across two nodes' logs (and by the id field in JSON)."""
-    from tests.netfixture import network, wait_for
-    from tests.test_credit_service import open_tally, users
+    from tests.netfixture import wait_for
 
     caplog.set_level(logging.DEBUG, logger="agentd.runtime")
-    async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await users(a, "alice")
-        await users(b, "bob")
-        tally = await open_tally(a, "alice", b, "bob")
+    async with alice_and_bob(tmp_path) as (a, b, tally):
         caplog.clear()
         await a.rpc.call("chit.pay", {"cuid": "alice", "tally": tally, "units": 5})
 
