@@ -329,8 +329,8 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path, monkeypatc
                 tf.decode_ticket(invited["ticket"])["token"], a.own_address(cuid))
             assert state(a, "alice", requested["tally"]) == ts.P_DRAFT
         assert state(a, "alice", invited["tally"]) == ts.DRAFT  # the template stays a draft
-        again = await refused(a, "tally.request", cuid="carol", ticket=invited["ticket"])
-        assert again.reason == "BAD_TICKET" and "already requested" in again.message
+        again = await rpc(a, "tally.request", cuid="carol", ticket=invited["ticket"])
+        assert again == requested  # taken again until alice offers, as a one-time ticket is
         own = await refused(a, "tally.request", cuid="alice", ticket=invited["ticket"])
         assert own.reason == "BAD_TICKET" and own.message.endswith(
             "alice made this ticket: the user it is for presents it, with tally.request on "
@@ -342,6 +342,12 @@ async def test_both_users_on_one_node_and_a_reusable_ticket(tmp_path, monkeypatc
         busy = await refused(a, "tally.request", cuid="dan", ticket=invited["ticket"])
         assert busy.reason == "TOO_MANY_REQUESTS" and "alice has 2 tally requests" in busy.message
         assert a.db.read_one("SELECT count(*) FROM tallies")[0] == rows
+        # once alice offered carol's tally, presenting the ticket again says where it is
+        await rpc(a, "tally.offer", cuid="alice", tally=requested["tally"])
+        await wait_for(lambda: state(a, "carol", requested["tally"]) == ts.P_OFFER)
+        used = await refused(a, "tally.request", cuid="carol", ticket=invited["ticket"])
+        assert used.reason == "BAD_TICKET" and used.message.endswith(
+            f"tally {requested['tally']} is already ours (P.offer)"), used.message
 
 
 # -- chits and the chain ----------------------------------------------------------------------

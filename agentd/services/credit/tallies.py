@@ -339,7 +339,9 @@ class TallyService(Service):
                   "expires": row["expires"], "reuse": bool(row["reuse"])}
         subject = envelope.from_
         new_uuid = ticket_tally_uuid(row["token"], subject) if row["reuse"] else template.local.uuid
-        if row["reuse"] and self.ledger.store.get(tx.conn, new_uuid, cuid) is not None:
+        if row["reuse"] and (held := self.ledger.store.get(tx.conn, new_uuid, cuid)):
+            if self._taken_from(held.local, subject):  # as a one-time ticket's is
+                return
             raise Reject("BAD_TICKET", f"this user already requested tally {new_uuid}")
         if row["reuse"]:  # each new subject makes a row: a public ticket must not make endless
             waiting = self.ledger.store.count_in_state(tx.conn, cuid, ts.P_DRAFT)
@@ -360,9 +362,10 @@ class TallyService(Service):
 
     @staticmethod
     def _taken_from(local: LocalTally, subject: ChipAddress) -> bool:
-        """Whether a used one-time ticket was used by ``subject`` and the inviter has not
-        offered yet (so presenting it again is taken, as the first time); once offered, a
-        refusal says where the tally got."""
+        """Whether the tally a ticket made (a one-time ticket's, or a reusable one's for this
+        subject) is ``subject``'s and the inviter has not offered it yet (so presenting the
+        ticket again is taken, as the first time); once offered, a refusal says where the
+        tally got."""
         partner = local.tally[local.partner_side]["cert"]
         chad = partner["chad"] if partner is not None else {}
         if (chad.get("agent"), chad.get("cuid")) != (subject.agent, subject.cuid):
