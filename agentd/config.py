@@ -340,10 +340,11 @@ def parse_config(raw: dict, source: Path) -> Config:
     timeouts = {}
     for key, default, (low, high) in (("handshake_timeout", 10.0, (0.05, 3600)),
                                       ("idle_timeout", 60.0, (0.05, 86400))):
-        timeouts[key] = float(node.get(key, (int, float), default))
-        if not low <= timeouts[key] <= high:  # nan too: a deadline of nan fails every channel
-            node.bad(key, f"must be between {low:g} and {high:g} seconds, got {timeouts[key]:g}")
-            timeouts[key] = default
+        given = node.get(key, (int, float), default)  # an int of any size: compared, not cast
+        if not low <= given <= high:  # nan too: a deadline of nan fails every channel
+            node.bad(key, f"must be between {low:g} and {high:g} seconds, got {given!r:.40}")
+            given = default
+        timeouts[key] = float(given)
     handshake_timeout, idle_timeout = timeouts["handshake_timeout"], timeouts["idle_timeout"]
     limits = _limits(node)
     node.finish()
@@ -412,14 +413,16 @@ def parse_config(raw: dict, source: Path) -> Config:
         life_s = section.get("life_s", (int, float), 120.0)
         if not 1 <= life_s <= MAX_LIFE_MS // 1000:
             section.bad("life_s", f"must be seconds from 1 to {MAX_LIFE_MS // 1000}, got "
-                                  f"{life_s!r}")
+                                  f"{life_s!r:.40}")
+            life_s = 120.0  # an int of any size: not cast while the file is refused
         auto_clear = section.get("auto_clear", bool, False)
         minimum = section.get("minimum", int, 1)
         if minimum < 1:
             section.bad("minimum", f"must be a whole number of mCHIP >= 1, got {minimum!r}")
         interval_s = section.get("interval_s", (int, float), 60.0)
         if not 1 <= interval_s <= 86_400:
-            section.bad("interval_s", f"must be seconds from 1 to 86400, got {interval_s!r}")
+            section.bad("interval_s", f"must be seconds from 1 to 86400, got {interval_s!r:.40}")
+            interval_s = 60.0
         section.finish()
         lift = LiftConfig(referee, tuple(referees), float(life_s), auto_clear, minimum,
                           float(interval_s))

@@ -190,6 +190,7 @@ class Database:
         self._files: dict[Path, tuple[int, int]] = {}  # (device, inode) of the db, its WAL
         self._gone: str | None = None  # why the files are no longer ours: no more writes
         self._failing = 0  # the writer's current streak of failed writes (logged once)
+        self._files_gone()  # the files as opened: one replaced before the first commit shows
 
     @classmethod
     def open(cls, path: Path | str, *, shared: SharedWriter | None = None,

@@ -375,6 +375,9 @@ async def test_ch_log_many_answers_each_entry_in_order_under_one_signature(tmp_p
             assert claims["document_id"] == result["document_id"]
         listed = await alice.rpc.call("receipts.list", {"pid": "deal"})
         assert [r["status"] for r in listed] == ["valid"] * 6
+        dotted = await alice.rpc.call("ch.log", {"pid": "notes...", "payload": "x"})
+        assert [r["seq"] for r in await alice.rpc.call(  # a whole pid, not a cut one
+            "receipts.list", {"pid": "notes..."})] == [dotted["seq"]]
 
 
 async def test_clearing_house_restarted_mid_stream_loses_nothing(tmp_path):

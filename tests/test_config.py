@@ -124,6 +124,11 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
      "seconds, got nan"),
     (GOOD + "idle_timeout = inf\n", "node.idle_timeout must be between 0.05 and 86400 seconds, "
      "got inf"),
+    (GOOD + f"handshake_timeout = 1{'0' * 400}\n", "node.handshake_timeout must be between "
+     "0.05 and 3600 seconds, got 1000000000000000000000000000000000000000"),  # not cast
+    (GOOD + f"[lift]\nlife_s = 1{'0' * 400}\n", "lift.life_s must be seconds from 1 to"),
+    (GOOD + f"[lift]\ninterval_s = 1{'0' * 400}\n", "lift.interval_s must be seconds from 1 "
+     "to 86400"),
     (GOOD + 'idle_timeout = "sixty"\n', "node.idle_timeout must be a number, got 'sixty'"),
     (GOOD + "roles = [\"house\"]\n", "node.roles has unknown role 'house' (known: clearinghouse)"),
     (GOOD + "roles = [{}]\n", "node.roles has unknown role {} (known: clearinghouse)"),

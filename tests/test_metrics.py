@@ -13,6 +13,7 @@ from agentd.errors import UserError
 from agentd.runtime import outbox as pump_module
 from agentd.runtime.counters import PEER_CODES, Counters
 from agentd.runtime.node import Node
+from agentd.runtime.ports import bind_ports
 from protocol.keys import ChipAddress, SigningKey
 from protocol.messages import Send
 from tests.netfixture import network, node_config
@@ -155,3 +156,16 @@ async def test_a_busy_metrics_port_stops_the_start_before_any_service_works(tmp_
             matched.exceptions[0] if not isinstance(matched.exceptions[0], BaseExceptionGroup)
             else matched.exceptions[0].exceptions[0])
         assert started == []
+
+
+@pytest.mark.parametrize(("metrics", "why"), [
+    ("a..b:9100", "not a valid host name"),  # IDNA refuses it: a UnicodeError, not an OSError
+    ("nosuchhost.invalid:9100", "no such host"),
+])
+async def test_a_metrics_host_that_cannot_be_listened_on_is_a_config_error(tmp_path, metrics,
+                                                                            why):
+    """Named with the file and the key, not a traceback (a..b raised UnicodeError)."""
+    config = node_config(tmp_path, "a", sections={"metrics": {"listen": metrics}})
+    with pytest.raises(UserError, match=rf"\.toml: metrics\.listen {metrics}: cannot listen "
+                       rf"there: {why}"):
+        await bind_ports(config, "127.0.0.1", 0)

@@ -897,6 +897,12 @@ async def test_a_database_deleted_or_replaced_while_open_takes_no_more_writes(
             assert db.errors == 1 and "was deleted while the node ran" in db.last_error
         for leftover in tmp_path.glob("gone.db*"):
             leftover.unlink()
+    early = tmp_path / "early.db"  # replaced before the first commit: the files as opened
+    async with Database.open(early) as db:
+        os.rename(early, tmp_path / "early-old.db")
+        early.write_bytes(b"")
+        with pytest.raises(DatabaseError, match=r"early\.db was replaced"):
+            await db.write(lambda c: inbox.claim(c, b"\x01" * 16, "p", 1))
     path = tmp_path / "swapped.db"
     async with Database.open(path) as db:
         await db.write(lambda c: inbox.claim(c, b"\x01" * 16, "p", 1))

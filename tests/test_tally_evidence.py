@@ -78,8 +78,7 @@ async def test_nobody_can_create_a_tallys_evidence_process_first(tmp_path, squat
             assert await rpc(node, "receipts.list", pid=cut.replace(tally, tally[:-1])) == []
             assert await rpc(node, "receipts.list", pid=cut.replace("…", "...")) == listed
             for not_as_shown in ("…", f"…/{tally}", f"{pid[:8]}…{pid[8:12]}…/{tally}"):
-                with pytest.raises(RpcError, match=r"is cut, but not as receipts\.list -H shows"):
-                    await rpc(node, "receipts.list", pid=not_as_shown)
+                assert await rpc(node, "receipts.list", pid=not_as_shown) == []  # a whole pid
             assert (await rpc(node, "receipts.verify", chain=True))["ok"]
             if node is not squat:
                 assert taken[pid] == "NOT_AUTHORIZED"

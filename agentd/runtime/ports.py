@@ -26,7 +26,7 @@ async def bind_ports(config: Config, host: str | None, port: int
         metrics_host, metrics_port = parse_hostport(config.metrics_listen)
         return listeners, await _listen(config, "metrics.listen", config.metrics_listen,
                                         metrics_host, metrics_port)
-    except UserError:
+    except BaseException:
         for listener in listeners:
             await listener.aclose()
         raise
@@ -38,14 +38,17 @@ async def _listen(config: Config, key: str, listen: str, host: str | None, port:
     other config error does."""
     try:
         return await trio.open_tcp_listeners(port, host=host)
-    except OSError as exc:
-        raise UserError(f"{config.path}: {key} {listen}: cannot listen there: {_why(exc)}"
-                        ) from exc
+    except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA refuses (a..b)
+        raise UserError(f"{config.path}: {key} {listen}: cannot listen there: "
+                        f"{_why(exc, key)}") from exc
 
 
-def _why(exc: OSError) -> str:
+def _why(exc: OSError | UnicodeError, key: str) -> str:
+    if isinstance(exc, UnicodeError):
+        return f"not a valid host name ({exc})"
     if exc.errno == errno.EADDRINUSE:
-        return "address already in use (is this node running already?)"
+        return "address already in use" + (" (is this node running already?)"
+                                           if key == "node.listen" else "")
     if exc.errno == errno.EADDRNOTAVAIL:
         return "no interface of this host has that address"
     if isinstance(exc, socket.gaierror):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agentd.rpc import RpcError, invalid_params
+from agentd.rpc import RpcError
 from agentd.runtime.context import Reject
 from protocol import clearing as ch
 from protocol import evidence as ev
@@ -232,15 +232,14 @@ def _chain_failure(pid: str, message: str) -> dict[str, Any]:
 
 
 def _cut_pid(pid: str | None) -> tuple[str | None, str | None]:
-    """``pid`` as (whole, None), or as -H cuts it, ``AGENT…/REST``: (its start, its end)."""
+    """``pid`` as -H cuts one, ``AGENT…/REST`` (8 characters, ``…`` or ``...``, then ``/``
+    and the rest whole): (its start, its end); any other, (itself, None): a pid is any text
+    a client logged under, dots and all."""
     if pid is None:
         return None, None
-    cut = pid.replace("...", "…")
-    if "…" not in cut:
+    cuts = [(pid.find(mark), mark) for mark in ("…", "...") if mark in pid]
+    if not cuts:
         return pid, None
-    head, _, tail = cut.partition("…")
-    if len(head) < 8 or "…" in tail or not tail.startswith("/"):
-        raise invalid_params(f"pid {pid!r} is cut, but not as receipts.list -H shows a pid "
-                             "(the agent id's first 8 characters, …, then /TALLY): give it as "
-                             "shown, or whole")
-    return head, tail
+    at, mark = min(cuts)
+    head, tail = pid[:at], pid[at + len(mark):]
+    return (head, tail) if len(head) >= 8 and tail.startswith("/") else (pid, None)
