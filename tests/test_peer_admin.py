@@ -38,6 +38,24 @@ level = "warning"
 """
 
 
+async def test_the_nodes_own_bound_and_advertised_addresses_are_no_peers(tmp_path):
+    """peers.add refuses both the port the node is bound to and the address it advertises,
+    each named by its key."""
+    path = tmp_path / "alice.toml"
+    path.write_text(CONFIG.replace('listen = "127.0.0.1:0"',
+                                   'listen = "127.0.0.1:0"\nadvertise = "alice.example:7101"'))
+    node = Node(load_config(path), SigningKey.generate())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        for address, key in ((node.bound_address, "listen"),
+                             ("ALICE.example.:7101", "advertise")):
+            with pytest.raises(RpcError, match=re.escape(
+                    f"address {address} is this node's own ([node] {key})")):
+                await node.rpc.call("peers.add", {"name": "dave", "agent": DAVE,
+                                                  "address": address})
+        nursery.cancel_scope.cancel()
+
+
 async def test_add_change_and_remove_peers_keeping_comments(tmp_path):
     path = tmp_path / "alice.toml"
     path.write_text(CONFIG)
