@@ -442,8 +442,9 @@ def parse_config(raw: dict, source: Path) -> Config:
     if "metrics" in raw:
         metrics = _Section(problems, "metrics", top.get("metrics", dict, {}))
         metrics_listen = metrics.hostport("listen", required=True, allow_zero=True)
-        if (metrics_listen is not None and listen is not None and address_key(metrics_listen)
-                == address_key(listen) and address_key(listen)[1] != 0):
+        ours = None if listen is None else address_key(listen)
+        if metrics_listen is not None and ours is not None and ours[1] != 0 \
+                and address_key(metrics_listen) == ours:
             metrics.bad("listen", f"{metrics_listen} is node.listen's address too: give the "
                         "metrics a port of their own")
         metrics.finish()

@@ -22,9 +22,11 @@ REPEAT_WINDOW = 60.0  # seconds a repeated warning is held back
 MAX_TRACKED = 1024  # distinct warnings remembered (oldest forgotten first)
 
 
-# the hex characters of a message id in the debug trace (``message sent``, ``taken``, ``acked``):
-# 48 bits, so two messages of one log are not told apart by chance
-TRACED_ID = 12
+def traced(message_id: bytes) -> str:
+    """A message's id as log lines show it (``message sent``, ``taken``, ``acked``, a refusal),
+    to follow it across nodes: 12 hex characters, 48 bits, so two messages of one log are not
+    told apart by chance."""
+    return message_id.hex()[:12]
 
 
 def event(logger: logging.Logger, what: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
-from agentd.logs import TRACED_ID, event
+from agentd.logs import event, traced
 from agentd.runtime.context import NotYet, Reject, RoutineReject, Service, Tx
 from agentd.runtime.limits import MAX_WAIT, MESSAGE_COST, DecodeBudget
 from agentd.runtime.refusals import QuietLog, RefusedIds, ack_error
@@ -69,8 +69,7 @@ class _Heard(NamedTuple):
 
     @property
     def traced_id(self) -> str:
-        """The id as the debug trace shows it, to find the message's other lines by."""
-        return self.id.hex()[:TRACED_ID]
+        return traced(self.id)
 
 
 class _Share:

@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentd.logs import TRACED_ID
+from agentd.logs import traced
 from agentd.runtime.transport import Channel
 from protocol.envelope import attempt_prefix, with_attempt
 
@@ -69,8 +69,7 @@ class Outgoing:
 
     @property
     def traced_id(self) -> str:
-        """The id as logs show it (``agentd.logs.TRACED_ID``)."""
-        return self.id.hex()[:TRACED_ID]
+        return traced(self.id)
 
     @property
     def is_reply(self) -> bool:
