@@ -182,10 +182,16 @@ async def test_tally_wait_returns_once_each_step_of_a_negotiation_lands(tmp_path
         await users(b, "bob")
         invited = await rpc(a, "tally.invite", cuid="alice", limit=LIMIT)
         tally = invited["tally"]
-        early = await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER,
-                          timeout_s=0.01)
-        assert early["state"] is None  # bob holds no such tally yet: the wait times out
+        # bob has not presented the ticket: no offer is coming, so no wait (a typo alike)
+        early = await refused(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER,
+                              timeout_s=30)
+        assert (early.reason, early.message) == ("UNKNOWN_TALLY", (
+            f"user bob holds no tally {tally} (tally.list cuid=bob lists those it "
+            "holds)"))
         await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        early = await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER,
+                          timeout_s=0)
+        assert early["state"] is None  # presented: bob's node waits for the offer
         async with trio.open_nursery() as nursery:  # waiting before the offer is even made
             shown: dict[str, dict] = {}
 

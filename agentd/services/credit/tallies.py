@@ -260,7 +260,9 @@ class TallyService(Service):
                        timeout_s: float = REQUEST_TIMEOUT) -> dict:
         """Block until the tally is in ``state`` (a state, or a list of them) or ``timeout_s``
         passes; returns the tally as ``tally.show`` does either way (its ``state`` says
-        which). The tally need not exist yet: until it does, ``state`` is null."""
+        which). A tally whose ticket the user presented is waited for before the offer makes
+        it (``state`` null until then); any other tally the user does not hold is
+        UNKNOWN_TALLY at once."""
         cuid = param_cuid(cuid)
         tally_uuid = tally_id(self.ledger, cuid, tally)
         wanted = [state] if isinstance(state, str) else state
@@ -273,6 +275,7 @@ class TallyService(Service):
         if not 0 <= timeout_s <= MAX_WAIT_S:
             raise invalid_params(f"timeout_s must be seconds from 0 (look now) to "
                                  f"{MAX_WAIT_S:g}, not {timeout_s!r}")
+        self.ledger.waitable(cuid, tally_uuid)
 
         async def current() -> dict:
             try:
