@@ -219,6 +219,51 @@ async def test_tally_wait_returns_once_each_step_of_a_negotiation_lands(tmp_path
         assert bad.message.startswith("tally.wait: state 'opne' is not a tally state (one of: ")
 
 
+async def test_a_one_time_ticket_presented_again_while_its_offer_is_on_the_way(tmp_path):
+    """bob presents alice's one-time ticket, alice offers, and bob presents it again before
+    the offer reaches his node: alice's node says where the tally got, bob's node keeps
+    waiting for the offer, and the offer, once it lands, opens the tally as usual."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        invited = await rpc(a, "tally.invite", cuid="alice", limit=LIMIT)
+        tally = invited["tally"]
+        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        held, add = [], a.pump.add
+
+        def holding(*args: Any, **kwargs: Any) -> Any:
+            envelope = args[3]
+            if (envelope.get("target"), envelope.get("action")) == ("tally", "offer"):
+                held.append((args, kwargs))
+                return None
+            return add(*args, **kwargs)
+
+        a.pump.add = holding
+        await rpc(a, "tally.offer", cuid="alice", tally=tally)
+        await wait_for(lambda: held)
+        again = await refused(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        assert (again.reason, again.message) == ("BAD_TICKET", (
+            f"BAD_TICKET: you used this ticket already: tally {tally} is draft.offer at the "
+            "inviter's node"
+            " (tally.list shows it once offered)"))
+        waiting = await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER,
+                            timeout_s=0)
+        assert waiting["state"] is None  # bob's node still waits for the offer
+        a.pump.add = add
+        for args, kwargs in held:
+            add(*args, **kwargs)
+        offered = await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER,
+                            timeout_s=20)
+        assert offered["state"] == ts.P_OFFER
+        assert b.db.read_one("SELECT count(*) FROM tally_requests")[0] == 0
+        await rpc(b, "tally.accept", cuid="bob", tally=tally)
+        for node, cuid in ((a, "alice"), (b, "bob")):
+            shown = await rpc(node, "tally.wait", cuid=cuid, tally=tally, state=ts.OPEN,
+                              timeout_s=20)
+            assert shown["state"] == ts.OPEN
+
+
 async def test_negotiation_counter_offer_then_accept_and_a_refusal(tmp_path):
     async with network(tmp_path, n=2) as net:
         a, b = net.nodes
