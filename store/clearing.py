@@ -15,7 +15,6 @@ from typing import Any
 from protocol.clearing import Entry, QueryRequest
 from protocol.codec import canonical, unpack
 from protocol.receipts import thumbprint
-from store.db import snapshot
 
 # --- clearing-house side -----------------------------------------------------------------
 
@@ -388,12 +387,11 @@ def refused_evidence(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 
 def audit_snapshot(conn: sqlite3.Connection) -> tuple[
         list[sqlite3.Row], list[sqlite3.Row], dict[str, dict], set[str], list[sqlite3.Row]]:
-    """What ``receipts.verify`` reads, from one snapshot (one read transaction): log requests
-    not answered yet by clearing house, every receipt, every JWKS, the clearing houses asked
-    for keys, and the evidence refused."""
-    with snapshot(conn):
-        return (pending_logs(conn), receipts(conn), all_jwks(conn), keys_asked(conn),
-                refused_evidence(conn))
+    """What ``receipts.verify`` reads (from one snapshot, as ``Database.reading`` runs it):
+    log requests not answered yet by clearing house, every receipt, every JWKS, the clearing
+    houses asked for keys, and the evidence refused."""
+    return (pending_logs(conn), receipts(conn), all_jwks(conn), keys_asked(conn),
+            refused_evidence(conn))
 
 
 def pending_logs(conn: sqlite3.Connection) -> list[sqlite3.Row]:

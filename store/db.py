@@ -233,10 +233,19 @@ class Database:
 
     def reading(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run the repository function ``fn`` on the read connection (event loop, no wait):
-        it sees the last committed state. A failure of the database is counted, as a
-        write's is."""
+        it sees the last committed state, as one snapshot (a read transaction: each
+        statement of its own would see the writer's commits between them, such as a tally
+        gone from one table and not yet found in the next). A failure of the database is
+        counted, as a write's is."""
+        conn = self._reader
         try:
-            return fn(self._reader)
+            if conn.in_transaction:  # a reading within another: the outer one's snapshot
+                return fn(conn)
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")  # a read: ends the snapshot, writes nothing
         except sqlite3.Error as exc:
             if is_failure(exc):
                 self._count_error(f"{type(exc).__name__}: {exc}")
@@ -455,13 +464,3 @@ def savepoint(conn: sqlite3.Connection, name: str = "step") -> Iterator[None]:
         raise
     conn.execute(f"RELEASE {name}")
 
-
-@contextlib.contextmanager
-def snapshot(conn: sqlite3.Connection) -> Iterator[None]:
-    """One read transaction: every read in the block sees the same commit (a commit between
-    two reads would otherwise show half of a change)."""
-    conn.execute("BEGIN")
-    try:
-        yield
-    finally:
-        conn.execute("COMMIT")

@@ -425,6 +425,27 @@ async def test_reader_cannot_write(tmp_path: Path) -> None:
             db.read("INSERT INTO meta (key, value) VALUES ('x', x'00')")
 
 
+async def test_a_reading_sees_one_commit_whatever_commits_between_its_statements(
+        tmp_path: Path) -> None:
+    """Each statement of its own would see a commit made between two of them: a tally gone
+    from the requests and not yet found among the tallies (tally.wait said UNKNOWN_TALLY of
+    one its node had just taken). A reading is one snapshot, a reading within it too."""
+    async with Database.open(tmp_path / "s.db") as db:
+        await db.write(_insert_meta("before"))
+
+        def read(conn: sqlite3.Connection) -> tuple[set[str], set[str], set[str]]:
+            first = {row["key"] for row in conn.execute("SELECT key FROM meta")}
+            other = sqlite3.connect(tmp_path / "s.db", isolation_level=None)
+            other.execute("INSERT INTO meta (key, value) VALUES ('between', x'00')")
+            other.close()
+            inner = {row["key"] for row in db.read("SELECT key FROM meta")}
+            return first, {row["key"] for row in conn.execute("SELECT key FROM meta")}, inner
+
+        first, second, inner = db.reading(read)
+        assert first == second == inner == {"before"}
+        assert _meta_keys(db) == {"before", "between"}  # the next reading sees it
+
+
 async def test_group_commit_of_500_concurrent_writes(tmp_path: Path) -> None:
     async with Database.open(tmp_path / "g.db") as db:
         commits0, jobs0 = db.commits, db.jobs

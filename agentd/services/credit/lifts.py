@@ -53,10 +53,8 @@ from protocol.envelope import Envelope
 from protocol.errors import Refusal
 from protocol.keys import ChipAddress, IdentityError, agent_id_to_public
 from store import lifts
-from store.db import snapshot
 
 if TYPE_CHECKING:
-    import sqlite3
 
     from agentd.runtime.context import Runtime
     from store.credit import Holding
@@ -240,11 +238,8 @@ class LiftService(Service):
         if limit is not None and not 1 <= limit < 2**63:  # its type: agentd.rpc_types
             raise invalid_params(f"limit must be a number of lifts from 1, not {limit}")
 
-        def read(conn: sqlite3.Connection) -> list[dict]:
-            with snapshot(conn):  # each lift's state as its chits show it
-                return lift_views.listed(conn, who, limit)
-
-        return self.runtime.db.reading(read)
+        return self.runtime.db.reading(  # one snapshot: each lift's state as its chits show it
+            lambda conn: lift_views.listed(conn, who, limit))
 
     async def rpc_forgive(self, referee: str) -> dict:
         """Take ``referee`` off the referees this node refuses for having signed both good and
