@@ -21,6 +21,7 @@ from agentd.methods import describe, method_help, plain, registry
 from tests.clihelpers import AGENTD
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+README_TEXT = README.read_text(encoding="utf-8")
 
 
 def _readme_rpc_methods() -> set[str]:
@@ -72,6 +73,11 @@ def test_no_method_help_names_the_code_behind_it():
     for name, method in registry().items():
         doc = plain(inspect.cleandoc(method.__doc__ or ""))
         assert not re.search(r"\brpc_|:meth:|:func:|``", doc), (name, doc)
+        # a module's path, or a constant's name where its value goes ("at most
+        # REQUEST_TIMEOUT"): every upper-case word with an underscore is a documented code
+        assert not re.search(r"\b(?:protocol|agentd|store)\.[a-z_]+\.", doc), (name, doc)
+        for word in re.findall(r"\b[A-Z][A-Z0-9]*_[A-Z0-9_]+\b", doc):
+            assert f"`{word}`" in README_TEXT, (name, word)
 
 
 def test_usage_names_every_method_and_benchmark(capsys):

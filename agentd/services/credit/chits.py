@@ -77,8 +77,8 @@ class ChitService(Service):
         """Pay the partner ``units`` milliCHIPs: a chit our user signs, good at once. Refused
         before anything is sent if it would bring what our user owes past the partner's limit
         (``OVER_LIMIT``), or grow the balance of a closing tally (``CLOSING``), or while this
-        node knows it lacks blocks the partner confirmed (``CHAIN_BEHIND``: its balance is
-        stale, ``protocol.chain.check_caught_up``)."""
+        node knows it lacks blocks the partner confirmed (``CHAIN_BEHIND``: restored from a
+        backup, its balance is stale until the partner sends them)."""
         result = await self._pay(cuid, tally, [param_amount(units, "units")], memo, batched=False)
         return result[0]
 

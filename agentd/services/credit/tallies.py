@@ -153,7 +153,7 @@ class TallyService(Service):
     async def rpc_request(self, cuid: str, ticket: str) -> dict:
         """Present a partner's invitation ticket. Waits until the inviter's node has taken it
         (state ``requested``: the inviter offers next) or refused it (an error saying why), or
-        at most ``REQUEST_TIMEOUT``; a node that cannot be dialled (nothing listens at the
+        at most 10 s (``TIMEOUT``); a node that cannot be dialled (nothing listens at the
         ticket's address) is ``UNREACHABLE`` half a second in, as ``peers.ping`` answers. An
         unknown user is refused before the ticket teaches the node the inviter's address."""
         cuid = self.ledger.known_user(param_cuid(cuid))
