@@ -749,8 +749,13 @@ async def test_a_ticket_whose_inviter_is_down_is_unreachable_at_once(tmp_path, m
         assert late.reason == "UNREACHABLE", late.message
         assert late.message.startswith(
             f"cannot reach the inviter's node {a.agent_id}: cannot reach {a.listen_address}: "
-            "connection refused; nothing listens there: "), late.message
-        assert late.message.endswith(" (the request stays in the outbox and will be retried)")
+            f"connection refused; nothing listens there: is n0 (agent {a.agent_id[:8]}) "
+            "running, "), late.message
+        assert late.message.endswith(  # forgetting the address would strand the request
+            "and is that where it listens? check the address learned for it "
+            f"(peers.list; learned from a ticket, a tally or a route): if it moved, peers.add "
+            f"name=… agent={a.agent_id} address=HOST:PORT dials it there (the request stays in"
+            " the outbox and will be retried)"), late.message
         monkeypatch.setattr("agentd.services.credit.tallies.REQUEST_TIMEOUT", 1.0)
         host, port = parse_hostport(a.listen_address)
         with socket.create_server((host, port)):  # takes the connection, never answers

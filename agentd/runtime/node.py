@@ -295,8 +295,9 @@ class Node:
             return who, ("the messages queued to it (getinfo outbox_depth): this node knows no "
                          "address of it (a peer removed, or never one), and they are tried at "
                          "the address they were queued with until they expire")
-        return who, (f"the address learned for it (peers.list); peers.remove agent={agent} "
-                     "forgets it")
+        return who, ("the address learned for it (peers.list; learned from a ticket, a "
+                     f"tally or a route): if it moved, peers.add name=… agent={agent} "
+                     "address=HOST:PORT dials it there")
 
     # -- lifecycle -----------------------------------------------------------------------
 
