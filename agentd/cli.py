@@ -129,6 +129,8 @@ def _main(argv: list[str]) -> int:
         print(usage(), end="")
         return 0 if options.help else 2
     args = options.args
+    if options.command not in LOCAL_COMMANDS or options.command == "help":
+        args = _node_options_after(options, args)
     asks_help = options.help or any(arg in ("-h", "--help") for arg in args)
     if options.command == "help" or (asks_help and options.command not in COMMANDS):
         return _help(args if options.command == "help" else [options.command])
@@ -147,14 +149,40 @@ def _main(argv: list[str]) -> int:
 
         socket_path = control_socket(options.config)
     else:
-        raise UserError(f"'{options.command}' is not a command"
-                        f"{did_you_mean(options.command, COMMANDS)}; to call a method on a node "
-                        "give its config: agentd -c CONFIG METHOD [key=value ...]")
+        hint = _spaced_method(options.command, args) or did_you_mean(options.command, COMMANDS)
+        raise UserError(f"'{options.command}' is not a command{hint}; to call a method on a "
+                        "node give its config: agentd -c CONFIG METHOD [key=value ...]")
     human = options.human or any(arg in ("-H", "--human") for arg in args)
     args = [arg for arg in args if arg not in ("-H", "--human")]  # after the method too
     return _rpc(socket_path, options.command, args, human=human,
                 start="nothing to stop" if options.command == "stop"
                 else _how_to_start(options.config))
+
+
+def _node_options_after(options: argparse.Namespace, args: list[str]) -> list[str]:
+    """``-c CONFIG`` or ``--socket PATH`` given after the method (``agentd tally.show
+    cuid=alice -c CONFIG``, ``agentd help tally.show -c CONFIG``), as ``-H`` may be: taken
+    as if given before it. A parameter is ``key=value``, never an option, so nothing is
+    mistaken for one."""
+    rest: list[str] = []
+    words = iter(args)
+    for word in words:
+        name, sep, value = word.partition("=")
+        if name in ("-c", "--config", "--socket"):
+            value = value if sep else next(words, None)
+            if value is None:
+                raise UserError(f"{name} needs a value: agentd {name} "
+                                f"{'PATH' if name == '--socket' else 'CONFIG'} METHOD ...")
+            key = "socket" if name == "--socket" else "config"
+            if getattr(options, key) not in (None, value):
+                raise UserError(f"{name} is given twice ({getattr(options, key)} and {value})")
+            setattr(options, key, value)
+            continue
+        rest.append(word)
+    if options.config and options.socket:
+        raise UserError("-c CONFIG and --socket PATH both name the node to call: give one of "
+                        "them (-c finds the socket in the config's data_dir)")
+    return rest
 
 
 def _not_for(command: str, config: str | None, socket: str | None) -> str:
@@ -289,7 +317,10 @@ def _rpc(socket_path: Path, method: str, pairs: list[str], *, human: bool = Fals
          start: str) -> int:
     from agentd.rpc import RpcError, call
 
-    params, typed = parse_params(pairs)
+    try:
+        params, typed = parse_params(pairs)
+    except UserError as exc:
+        raise UserError(f"{exc}{_spaced_method(method, pairs)}") from exc
     try:
         params = _fit_text(socket_path, method, params, typed, start)
         result = call(socket_path, method, params, start=start)
@@ -309,6 +340,17 @@ def _rpc(socket_path: Path, method: str, pairs: list[str], *, human: bool = Fals
     # A check that ran and found a problem (receipts.verify) answers {"ok": false, ...}:
     # the whole result is printed, and the exit status says that the check failed.
     return 1 if isinstance(result, dict) and result.get("ok") is False else 0
+
+
+def _spaced_method(method: str, args: list[str]) -> str:
+    """`` (did you mean tally.list?)`` for ``agentd -c CONFIG tally list``: a method's name
+    is one word. Asked only on the way to an error (the method table takes ~0.5 s)."""
+    if "." in method or not args or "=" in args[0]:
+        return ""
+    from agentd.methods import registry
+
+    joined = f"{method}.{args[0]}".lower()
+    return f" (did you mean {joined}? a method's name is one word)" if joined in registry() else ""
 
 
 # what JSON leaves raw that a terminal acts on or reorders by: DEL, the C1 controls (CSI

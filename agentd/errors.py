@@ -17,7 +17,9 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     """`` (did you mean a, b?)`` naming the known names closest to a mistyped ``name`` (its
     misspellings, and names of the same dotted family), or "" when none is close."""
     known = sorted(known)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    by_case = {k.lower(): k for k in known}  # GETINFO is getinfo
+    close = [by_case[k] for k in difflib.get_close_matches(name.lower(), by_case, n=3,
+                                                            cutoff=0.6)]
     family = name.split(".")[0] + "."
     close += [k for k in known if "." in name and k.startswith(family) and k not in close]
     return f" (did you mean {', '.join(close[:5])}?)" if close else ""

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -267,6 +268,13 @@ def _unix_listener(path: Path) -> trio.SocketListener:
     return trio.SocketListener(trio.socket.from_stdlib_socket(sock))
 
 
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 START = ("start it with 'agentd up DIR' (in the background) or 'agentd run -c CONFIG' (in the"
          " foreground)")
 
@@ -284,6 +292,10 @@ def call(socket_path: Path, method: str, params: dict[str, Any], timeout: float 
             raise UserError(f"no agentd is running here (no control socket at {socket_path});"
                             f" {start}") from exc
         except ConnectionRefusedError as exc:  # the socket file of a node that was killed
+            if not _is_socket(socket_path):  # or no socket at all: a config file, say
+                raise UserError(f"{socket_path} is not a control socket: --socket takes the "
+                                "agentd.sock in a node's data_dir; a node's config goes with -c"
+                                " CONFIG") from exc
             raise UserError(f"no agentd is running here (nothing answers at {socket_path}: the"
                             f" node stopped without removing it); {start}") from exc
         request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}

@@ -466,6 +466,41 @@ def test_a_killed_nodes_socket_file_is_told_apart_from_no_socket(tmp_path):
     with pytest.raises(UserError, match=r"nothing answers at .*: the node stopped without "
                                         r"removing it"):
         call(path, "getinfo", {})
+    config = tmp_path / "agentd.toml"  # --socket given the config: no node is said to be down
+    config.write_text('[node]\ndata_dir = "data"\n')
+    for wrong in (config, tmp_path):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(wrong))} is not a control socket:"
+                                            r" --socket takes the agentd\.sock in a node's "
+                                            r"data_dir; a node's config goes with -c CONFIG$"):
+            cli._main(["--socket", str(wrong), "getinfo"])
+
+
+def test_the_node_may_be_named_after_the_method_and_a_spaced_method_is_told(capsys, tmp_path):
+    """``agentd tally.show cuid=alice -c CONFIG`` said "'tally.show' is not a command ... give
+    its config" (it was given), ``agentd help tally.show -c CONFIG`` was refused, and
+    ``agentd -c CONFIG tally list`` said only "expected key=value, got 'list'"."""
+    config = tmp_path / "agentd.toml"
+    config.write_text('[node]\ndata_dir = "data"\n')
+    not_running = rf"^no agentd is running here \(no control socket at {re.escape(str(tmp_path))}"
+    for argv in (["getinfo", "-c", str(config)], ["getinfo", f"--config={config}"],
+                 ["tally.show", "cuid=alice", "--config", str(config), "tally=x"],
+                 ["getinfo", "--socket", str(tmp_path / "data" / "agentd.sock")]):
+        with pytest.raises(UserError, match=not_running):
+            cli._main(argv)
+    for argv in (["help", "tally.show", "-c", str(config)], ["help", "-c", str(config),
+                                                             "tally.show"]):
+        assert cli._main(argv) == 0
+        assert capsys.readouterr().out.startswith("usage: agentd -c CONFIG tally.show ")
+    with pytest.raises(UserError, match=r"^-c needs a value: agentd -c CONFIG METHOD"):
+        cli._main(["getinfo", "-c"])
+    with pytest.raises(UserError, match=r"^-c is given twice \(a\.toml and b\.toml\)"):
+        cli._main(["-c", "a.toml", "getinfo", "-c", "b.toml"])
+    spaced = r" \(did you mean tally\.list\? a method's name is one word\)"
+    with pytest.raises(UserError, match=rf"^expected key=value, got 'list'{spaced}$"):
+        cli._main(["-c", str(config), "tally", "list"])
+    with pytest.raises(UserError, match=rf"^'tally' is not a command{spaced}; to call"):
+        cli._main(["tally", "list"])
+    assert did_you_mean("GETINFO", ["getinfo", "peers.list"]) == " (did you mean getinfo?)"
 
 
 def test_each_commands_help_names_its_arguments_as_the_usage_does(capsys):
