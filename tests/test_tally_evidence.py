@@ -77,6 +77,8 @@ async def test_nobody_can_create_a_tallys_evidence_process_first(tmp_path, squat
             assert await rpc(node, "receipts.list", pid=cut) == listed
             assert await rpc(node, "receipts.list", pid=cut.replace(tally, tally[:-1])) == []
             assert await rpc(node, "receipts.list", pid=cut.replace("…", "...")) == listed
+            assert await rpc(node, "receipts.list", pid=cut.replace("…", "")) == listed
+            assert await rpc(node, "receipts.list", pid=cut.replace("…", "")[1:]) == []
             for not_as_shown in ("…", f"…/{tally}", f"{pid[:8]}…{pid[8:12]}…/{tally}"):
                 assert await rpc(node, "receipts.list", pid=not_as_shown) == []  # a whole pid
             assert (await rpc(node, "receipts.verify", chain=True))["ok"]

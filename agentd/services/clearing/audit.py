@@ -45,9 +45,20 @@ class Audit:
 
     async def rpc_receipts_list(self, pid: str | None = None) -> list[dict]:
         """Every stored receipt (or those of ``pid``, whole or as its table shows it:
-        ``AGENT…/TALLY``, the agent id's first 8 characters), by process and seq."""
+        ``AGENT…/TALLY``, the agent id's first 8 characters or more; without the ``…`` too,
+        when no pid is that text whole), by process and seq."""
         head, tail = _cut_pid(pid)
-        rows = self.runtime.db.reading(lambda conn: store.receipts(conn, head, tail=tail))
+
+        def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            rows = store.receipts(conn, head, tail=tail)
+            if rows or pid is None or tail is not None:
+                return rows
+            start, slash, rest = pid.partition("/")  # AGENT/TALLY with the agent cut short
+            if slash and len(start) >= 8:
+                return store.receipts(conn, start, tail=slash + rest)
+            return rows
+
+        rows = self.runtime.db.reading(read)
         return [
             {"pid": row["pid"], "seq": row["seq"], "document_id": row["document_id"],
              "kind": row["kind"], "ref": row["ref"], "clearing_house": row["ch"],
