@@ -119,5 +119,6 @@ def test_a_node_that_cannot_start_is_named_with_its_reason(tmp_path: Path):
                                 timeout=60)
     assert result.returncode != 0
     assert re.search(r"node a exited with 2: .*agentd\.toml: node\.listen 127\.0\.0\.1:\d+: cannot "
-                     r"listen there: address already in use \(is this node running "
-                     r"already\?\); see ", result.stderr), result.stderr
+                     r"listen there: address already in use by another process \(ss -ltnp "
+                     r"names it\): stop that or pick another port; see ", result.stderr), (
+        result.stderr)

@@ -40,15 +40,15 @@ async def _listen(config: Config, key: str, listen: str, host: str | None, port:
         return await trio.open_tcp_listeners(port, host=host)
     except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA refuses (a..b)
         raise UserError(f"{config.path}: {key} {listen}: cannot listen there: "
-                        f"{_why(exc, key)}") from exc
+                        f"{_why(exc)}") from exc
 
 
-def _why(exc: OSError | UnicodeError, key: str) -> str:
+def _why(exc: OSError | UnicodeError) -> str:
     if isinstance(exc, UnicodeError):
         return f"not a valid host name ({exc})"
-    if exc.errno == errno.EADDRINUSE:
-        return "address already in use" + (" (is this node running already?)"
-                                           if key == "node.listen" else "")
+    if exc.errno == errno.EADDRINUSE:  # not this node: its data_dir's lock is taken first
+        return ("address already in use by another process (ss -ltnp names it): stop that "
+                "or pick another port")
     if exc.errno == errno.EADDRNOTAVAIL:
         return "no interface of this host has that address"
     if isinstance(exc, socket.gaierror):
