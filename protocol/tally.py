@@ -68,7 +68,7 @@ from .tally_fields import (
 from .tally_hints import hint
 from .tally_local import LocalTally, other_side, to_partner
 from .tally_sign import check_signature, core_digest, signed, unsigned
-from .tally_states import BINDING_STATES, C_OPEN, CLOSE, DRAFT, DRAFT_OFFER, next_state
+from .tally_states import BINDING_STATES, C_OPEN, CLOSE, DRAFT, DRAFT_OFFER, P_DRAFT, next_state
 
 DEFAULT_AGREEMENT = {"name": "agentd-credit", "version": 1}
 
@@ -201,12 +201,19 @@ def accept(local: LocalTally, key: SigningKey) -> Step:
 
 def refuse(local: LocalTally) -> Step:
     """Turn the partner's offer down (``void``); or, on a ``draft`` no ticket has come for,
-    withdraw our invitation: nobody to tell, and a ticket presented later is refused."""
+    withdraw our invitation; or, on the ``P.draft`` a ticket made, turn its subject down
+    before offering: nobody holds a copy to tell (the subject's node only waits for an
+    offer), and the ticket presented again is refused, saying the tally is void."""
     state = _asked(local, "refuse")
     if local.state == DRAFT:
         if local.tally[local.partner_side]["cert"] is not None:
             raise Refusal("bad_state", f"tally {local.uuid} is the partner's to offer again "
                           "(it countered our offer): refuse that offer when it comes")
+        return replace(local, state=state), []
+    if local.state == P_DRAFT:
+        if local.tally["version"] > 1:
+            raise Refusal("bad_state", f"tally {local.uuid} is our counter-offer, not sent yet "
+                          "(the partner holds it as a draft): offer it, or leave it unsent")
         return replace(local, state=state), []
     return replace(local, state=state), [_notice(local, "void")]
 

@@ -56,6 +56,7 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
     (P_OFFER, "refuse"): OFFER_VOID,
     (B_OFFER, "refuse"): OFFER_VOID,
     (DRAFT, "refuse"): VOID,  # our invitation withdrawn, while no ticket has come for it
+    (P_DRAFT, "refuse"): VOID,  # a ticket's request turned down, before any offer of it
     (P_OFFER, "counter"): OFFER_DRAFT,
     (OPEN, "close"): C_OPEN,
     # the partner's messages

@@ -264,6 +264,38 @@ async def test_a_one_time_ticket_presented_again_while_its_offer_is_on_the_way(t
             assert shown["state"] == ts.OPEN
 
 
+async def test_the_inviter_turns_a_request_down_before_offering(tmp_path):
+    """tally.refuse on the P.draft a ticket made was BAD_STATE ("it is ours to offer"): an
+    inviter who did not want that partner had no way to say so. It voids the draft; the
+    ticket presented again says so; a counter-offer not sent yet cannot be refused so."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await users(a, "alice")
+        await users(b, "bob")
+        invited = await rpc(a, "tally.invite", cuid="alice", limit=LIMIT)
+        tally = invited["tally"]
+        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        assert state(a, "alice", tally) == ts.P_DRAFT
+        assert (await rpc(a, "tally.refuse", cuid="alice", tally=tally))["state"] == ts.VOID
+        again = await refused(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        assert (again.reason, again.message) == ("BAD_TICKET", (
+            f"BAD_TICKET: the inviter turned your request down: tally {tally} is void"))
+        assert (await refused(a, "tally.offer", cuid="alice", tally=tally)).reason == (
+            "BAD_STATE")
+        # bob counters alice's offer: his counter-offer, not sent yet, is his to send or not
+        invited = await rpc(a, "tally.invite", cuid="alice", limit=LIMIT)
+        tally = invited["tally"]
+        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        await rpc(a, "tally.offer", cuid="alice", tally=tally)
+        await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER, timeout_s=20)
+        await rpc(b, "tally.counter", cuid="bob", tally=tally)
+        await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_DRAFT, timeout_s=20)
+        countered = await refused(b, "tally.refuse", cuid="bob", tally=tally)
+        assert countered.message == (
+            f"BAD_STATE: tally {tally} is our counter-offer, not sent yet (the partner holds "
+            "it as a draft): offer it, or leave it unsent")
+
+
 async def test_negotiation_counter_offer_then_accept_and_a_refusal(tmp_path):
     async with network(tmp_path, n=2) as net:
         a, b = net.nodes

@@ -375,6 +375,9 @@ class TallyService(Service):
             return False
         if local.state == ts.P_DRAFT:
             return True
+        if local.state == ts.VOID and local.tally["version"] == 1:  # never offered
+            raise Reject("BAD_TICKET", f"the inviter turned your request down: tally "
+                         f"{local.uuid} is void")
         raise Reject("BAD_TICKET", f"you used this ticket already: tally {local.uuid} is "
                      f"{local.state} at the inviter's node (tally.list shows it once offered)")
 
