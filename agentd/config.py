@@ -293,6 +293,13 @@ def _unreadable(source: Path, exc: OSError) -> UserError:
     return UserError(f"{source}: cannot read config file: {exc.strerror}{hint}")
 
 
+def not_text(source: Path, what: str, exc: UnicodeDecodeError) -> UserError:
+    """A file that is not UTF-8 (a database, a file saved as Latin-1): where, not a
+    traceback."""
+    return UserError(f"{source}: not a {what}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}"
+                     f" at offset {exc.start}; TOML files are UTF-8)")
+
+
 def load_config(path: Path | str) -> Config:
     source = Path(path)
     try:
@@ -301,6 +308,8 @@ def load_config(path: Path | str) -> Config:
         raise UserError(f"{source}: config file not found") from exc
     except OSError as exc:
         raise _unreadable(source, exc) from exc
+    except UnicodeDecodeError as exc:
+        raise not_text(source, "config file", exc) from exc
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{source}: not valid TOML: {exc}") from exc
     return parse_config(raw, source)
@@ -473,6 +482,8 @@ def control_socket(path: Path | str) -> Path:
         raise UserError(f"{source}: config file not found") from exc
     except OSError as exc:
         raise _unreadable(source, exc) from exc
+    except UnicodeDecodeError as exc:
+        raise not_text(source, "config file", exc) from exc
     toml = ""
     try:
         data_dir = tomllib.loads(text).get("node", {}).get("data_dir")

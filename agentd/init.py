@@ -96,11 +96,19 @@ def init_node(directory: Path, name: str, listen: str, network: str,
     config_path = directory / "agentd.toml"
     if config_path.exists():
         raise UserError(f"{config_path}: already exists; refusing to overwrite it")
+    existing = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise UserError(f"{directory}: {existing} is a file, not a directory: give a new (or "
+                        "empty) directory for the node")
     _check_siblings(directory, name, listen)
     key = SigningKey.generate()
-    write_key(directory / "data" / "agent.key", key)
-    config_path.write_text(tomlkit.dumps(config_document(name, listen, network, advertise)),
-                           encoding="utf-8")
+    try:
+        write_key(directory / "data" / "agent.key", key)
+        config_path.write_text(tomlkit.dumps(config_document(name, listen, network, advertise)),
+                               encoding="utf-8")
+    except OSError as exc:  # no permission there, a full disk
+        raise UserError(f"{directory}: cannot write the node there: {exc.strerror} "
+                        f"({exc.filename})") from exc
     return {
         "config": str(config_path),
         "key": str(directory / "data" / "agent.key"),

@@ -90,6 +90,18 @@ def _written(path: Path, document: tomlkit.TOMLDocument) -> Path:
     return path
 
 
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path):
+    """A config saved as Latin-1, or a database given for one, was a UnicodeDecodeError
+    traceback from agentd run, up and every method call."""
+    latin = tmp_path / "agentd.toml"
+    latin.write_bytes(b'[node]\nname = "\xe9"\n')
+    said = rf"^{latin}: not a config file: not UTF-8 text \(byte 0xe9 at offset 15; TOML files"
+    with pytest.raises(UserError, match=said):
+        load_config(latin)
+    with pytest.raises(UserError, match=said):
+        cli._main(["-c", str(latin), "getinfo"])
+
+
 def test_a_good_config_loads(tmp_path):
     path = tmp_path / "alice.toml"
     path.write_text(GOOD + "\n[lift]\nauto_clear = true\n")

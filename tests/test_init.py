@@ -87,3 +87,14 @@ def test_the_name_of_a_node_beside_it_is_refused(tmp_path):
         init_node(tmp_path / "nodes" / "a", "alice", "0.0.0.0:7303", "agentd", "10.0.0.1:7303")
     init_node(tmp_path / "nodes" / "n2", "n2", "127.0.0.1:7302", "agentd")
     init_node(tmp_path / "other" / "n1", "n1", "127.0.0.1:7304", "agentd")
+
+
+def test_a_directory_that_is_a_file_is_refused_before_anything_is_written(tmp_path):
+    """agentd init FILE (or FILE/sub) was a NotADirectoryError traceback."""
+    taken = tmp_path / "backup.db"
+    taken.write_bytes(b"x")
+    for directory in (taken, taken / "sub"):
+        with pytest.raises(UserError, match=rf"^{directory}: {taken} is a file, not a directory: "
+                                            r"give a new \(or empty\) directory for the node$"):
+            init_node(directory, "zz", "127.0.0.1:7388", "agentd")
+    assert taken.read_bytes() == b"x"

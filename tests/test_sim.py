@@ -37,6 +37,18 @@ def test_a_missing_scenario_lists_the_shipped_ones(tmp_path):
         load_scenario(tmp_path / "nosuch.toml")
 
 
+def test_a_scenario_that_is_no_text_file_is_one_line(tmp_path):
+    """A directory (agentd sim configs/sims) or a file that is not UTF-8 was a traceback."""
+    with pytest.raises(UserError, match=rf"^{tmp_path}: cannot read the scenario: Is a "
+                                        r"directory$"):
+        load_scenario(tmp_path)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'[sim]\nname = "\xe9"\n')
+    with pytest.raises(UserError, match=rf"^{latin}: not a scenario: not UTF-8 text \(byte 0xe9 "
+                                        r"at offset 14; TOML files are UTF-8\)$"):
+        load_scenario(latin)
+
+
 def test_sim_help_names_the_shipped_scenarios(capsys):
     """agentd sim ring works from anywhere: --help says so, naming each shipped scenario."""
     with pytest.raises(SystemExit):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentd.config import name_problem
+from agentd.config import name_problem, not_text
 from agentd.configs_dir import shipped_scenarios
 from agentd.errors import UserError, did_you_mean
 from protocol.keys import valid_cuid
@@ -124,11 +124,15 @@ class _Errors:
 
 def load_scenario(path: Path) -> Scenario:
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         shipped = ", ".join(shipped_scenarios())
         raise UserError(f"{path}: scenario file not found (shipped scenarios, by name: "
                         f"{shipped})") from exc
+    except OSError as exc:  # a directory, say
+        raise UserError(f"{path}: cannot read the scenario: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise not_text(path, "scenario", exc) from exc
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from exc
     errors = _Errors(path)
