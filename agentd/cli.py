@@ -82,19 +82,26 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"agentd: {exc}", file=sys.stderr)
         return 2
-    except BaseExceptionGroup as group:  # a UserError raised inside the node's nursery
+    except BaseExceptionGroup as group:  # raised inside a nursery (a node's, the sim's)
         matched, _ = group.split(UserError)
-        if matched is None:
+        if matched is not None:
+            print(f"agentd: {_first_leaf(matched)}", file=sys.stderr)
+            return 2
+        _, rest = group.split(BrokenPipeError)
+        if rest is not None:
             raise
-        print(f"agentd: {_first_leaf(matched)}", file=sys.stderr)
-        return 2
+        return _reader_gone()  # agentd sim ... | head: the progress lines' print
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # the reader went away (agentd ... | head): stop quietly, as a Unix tool does; the
-        # interpreter's final flush must not find the broken pipe again either
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """The reader went away (agentd ... | head): stop quietly, as a Unix tool does; the
+    interpreter's final flush must not find the broken pipe again either."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
 
 
 def _first_leaf(error: BaseException) -> BaseException:

@@ -144,12 +144,15 @@ def test_control_socket_is_found_without_validating_the_config(tmp_path):
         control_socket(config)
 
 
-def test_a_closed_stdout_ends_quietly(tmp_path):
+@pytest.mark.parametrize("argv", [["--help"], ["sim", "ring"]], ids=["usage", "sim"])
+def test_a_closed_stdout_ends_quietly(tmp_path, argv):
+    """agentd sim ring | head: the sim's first print raised inside its nursery, a traceback
+    of 40 lines, where anything else ends quietly."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # every write to stdout now fails with EPIPE
     try:
-        result = subprocess.run([*AGENTD, "--help"], stdout=write_end, stderr=subprocess.PIPE,
-                                text=True, timeout=60)
+        result = subprocess.run([*AGENTD, *argv], stdout=write_end, stderr=subprocess.PIPE,
+                                text=True, timeout=60, cwd=tmp_path)
     finally:
         os.close(write_end)
     assert result.stderr == ""
