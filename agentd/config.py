@@ -21,7 +21,7 @@ from protocol.frames import DEFAULT_MAX_FRAME
 from protocol.keys import IdentityError, agent_id_problem, is_agent_id, parse_hostport
 from protocol.lift import MAX_LIFE_MS
 from protocol.relay_fields import is_network
-from protocol.relay_policy import pattern_problem, served_problem
+from protocol.relay_policy import served_problem
 
 ROLES = frozenset({"clearinghouse"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -405,8 +405,8 @@ def parse_config(raw: dict, source: Path) -> Config:
                 section.bad("signers", "must be a non-empty list of agent ids (a view is never "
                             f"accepted unverified), got {signers!r}")
             view = section.get("view", str, required=True)
-            if view is not None and (problem := pattern_problem(view)) is not None:
-                section.bad("view", problem)
+            if view is not None and (problem := served_problem(view, "a source")) is not None:
+                section.bad("view", problem)  # a typo would leave the default rule in force
             verify.append(VerifyPolicy(view, tuple(signers or ())))
             section.finish()
         relay.finish()

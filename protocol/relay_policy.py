@@ -35,10 +35,11 @@ SERVED = ("tally:", "user:", "lift:", "node:info")
 SERVED_VIEWS = "tally:<uuid>, tally:<uuid>:chits, user:<cuid>:balance, lift:<uuid>, node:info"
 
 
-def served_problem(pattern: object) -> str | None:
-    """The problem with an access rule's ``resource``: a view pattern (``pattern_problem``)
-    that can match a view this node serves, or None. A mistyped view kind (``talley:*``,
-    ``nothing:here``) granted nothing, silently."""
+def served_problem(pattern: object, server: str = "this node") -> str | None:
+    """The problem with an access rule's ``resource`` or a verification policy's ``view``:
+    a view pattern (``pattern_problem``) that can match a view ``server`` serves (an agentd
+    node: every source serves the same kinds), or None. A mistyped view kind (``talley:*``,
+    ``nothing:here``) granted nothing, or verified nothing, silently."""
     problem = pattern_problem(pattern)
     if problem is not None or not isinstance(pattern, str):
         return problem
@@ -47,7 +48,7 @@ def served_problem(pattern: object) -> str | None:
     if not any((star and served.startswith(start))
                or (start.startswith(served) if served.endswith(":") else start == served)
                for served in SERVED):
-        return (f"{pattern!r} matches no view this node serves (views: {SERVED_VIEWS}; one "
+        return (f"{pattern!r} matches no view {server} serves (views: {SERVED_VIEWS}; one "
                 "'*' at the end matches a prefix)")
     if not star:  # a served kind: its argument as a view names it (a lowercase uuid, a cuid)
         try:
