@@ -16,9 +16,10 @@ def configs_dir() -> Path:
 
 def scenario_path(name: str) -> Path:
     """A scenario as given, or else the shipped one it names (``ring``, ``ring.toml`` or
-    ``configs/sims/ring.toml`` from outside the repository)."""
+    ``configs/sims/ring.toml`` from outside the repository). Any other path is taken as
+    given: a mistyped path to an edited copy must not run the stock scenario of its name."""
     given = Path(name)
-    if given.exists():
+    if given.exists() or (len(given.parts) > 1 and given.parts[-3:-1] != ("configs", "sims")):
         return given
     shipped = configs_dir() / "sims" / given.name
     if shipped.suffix != ".toml":

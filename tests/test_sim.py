@@ -10,6 +10,7 @@ import trio
 
 from agentd.bench import main as bench_main
 from agentd.cli import main as cli_main
+from agentd.configs_dir import configs_dir, scenario_path
 from agentd.errors import UserError
 from agentd.sim import limits, load_scenario, main
 from agentd.sim.lifts import lifts_atomic
@@ -47,6 +48,19 @@ def test_a_scenario_that_is_no_text_file_is_one_line(tmp_path):
     with pytest.raises(UserError, match=rf"^{latin}: not a scenario: not UTF-8 text \(byte 0xe9 "
                                         r"at offset 14; TOML files are UTF-8\)$"):
         load_scenario(latin)
+
+
+def test_a_shipped_scenario_by_name_but_not_by_another_path(tmp_path, monkeypatch):
+    """agentd sim /no/such/dir/faults.toml ran the shipped faults.toml, saying nothing: a
+    mistyped path to an edited copy ran the stock scenario."""
+    monkeypatch.chdir(tmp_path)
+    shipped = configs_dir() / "sims" / "ring.toml"
+    for name in ("ring", "ring.toml", "configs/sims/ring.toml"):
+        assert scenario_path(name) == shipped
+    typo = tmp_path / "no" / "ring.toml"
+    assert scenario_path(str(typo)) == typo
+    with pytest.raises(UserError, match=rf"^{typo}: scenario file not found"):
+        main([str(typo)])
 
 
 def test_sim_help_names_the_shipped_scenarios(capsys):
