@@ -42,6 +42,9 @@ async def test_a_scrape_shows_counters_gauges_and_latencies(tmp_path):
         await a.rpc.call("peers.ping", {"agent": b.agent_id, "count": 3})
         status, body = await scrape(a.metrics_port)
         assert status == "HTTP/1.1 200 OK"
+        info = await a.rpc.call("getinfo", {})  # 127.0.0.1:0: where it took a port, shown
+        assert (info["metrics"], (await b.rpc.call("getinfo", {}))["metrics"]) == (
+            f"127.0.0.1:{a.metrics_port}", None)
         families = {f.name: f for f in text_string_to_metric_families(body)}
         value = {f: families[f].samples[0].value for f in families if families[f].samples}
         assert value["agentd_frames_out"] >= 3 and value["agentd_messages_processed"] >= 3

@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from protocol.keys import format_hostport, parse_hostport
+
 if TYPE_CHECKING:
     from agentd.runtime.node import Node
 
@@ -53,6 +55,15 @@ class Metrics:
         self.message_seconds = Histogram(
             "agentd_message_seconds", "incoming message: arrival to commit, by target",
             ["target"], buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    @property
+    def address(self) -> str | None:
+        """Where ``[metrics] listen`` serves, its port as bound (``HOST:0`` takes any), or
+        None when not configured."""
+        port, listen = self.node.metrics_port, self.node.config.metrics_listen
+        if port is None or listen is None:
+            return None
+        return format_hostport(parse_hostport(listen)[0], port)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

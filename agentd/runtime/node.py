@@ -322,9 +322,10 @@ class Node:
                     await self._start(nursery)
                     starting = False
                     self.started_monotonic = self.clock.monotonic()
-                    log.info("node %s (%s) listening on %s%s", config.name, self.agent_id,
+                    log.info("node %s (%s) listening on %s%s%s", config.name, self.agent_id,
                              self.bound_address, f" (advertised as {config.advertise})"
-                             if config.advertise else "")
+                             if config.advertise else "", "" if self.metrics.address is None
+                             else f"; metrics on http://{self.metrics.address}/metrics")
                     task_status.started(self)
                     await self._stop.wait()
                     log.info("stopping")
@@ -425,6 +426,7 @@ class Node:
             "agent": self.agent_id,
             "address": str(self.own_address()),
             "listen": self.bound_address,
+            "metrics": self.metrics.address,
             "network": self.config.network,
             "roles": list(self.config.roles),
             "version": __version__,
