@@ -317,6 +317,9 @@ def load_config(path: Path | str) -> Config:
 
 def parse_config(raw: dict, source: Path) -> Config:
     """Validate a config's tables; every problem found is raised at once (``UserError``)."""
+    if "sim" in raw and "node" not in raw:  # not a misspelt config: say what it is
+        raise UserError(f"{source}: a simulation scenario ([sim]), not a node config: "
+                        f"agentd sim {source} runs it")
     base = source.resolve().parent
     problems = _Problems(source)
     top = _Section(problems, "", raw)

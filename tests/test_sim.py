@@ -10,6 +10,7 @@ import trio
 
 from agentd.bench import main as bench_main
 from agentd.cli import main as cli_main
+from agentd.config import load_config
 from agentd.configs_dir import configs_dir, scenario_path
 from agentd.errors import UserError
 from agentd.sim import limits, load_scenario, main
@@ -61,6 +62,19 @@ def test_a_shipped_scenario_by_name_but_not_by_another_path(tmp_path, monkeypatc
     assert scenario_path(str(typo)) == typo
     with pytest.raises(UserError, match=rf"^{typo}: scenario file not found"):
         main([str(typo)])
+
+
+def test_a_node_config_and_a_scenario_are_told_apart(tmp_path):
+    """agentd sim CONFIG said 'node is not a known key (did you mean nodes?)' and agentd up
+    on a folder of scenarios the reverse: each now says what the file is and what runs it."""
+    shipped = configs_dir() / "sims" / "ring.toml"
+    with pytest.raises(UserError, match=rf"^{shipped}: a simulation scenario \(\[sim\]\), not "
+                                        rf"a node config: agentd sim {shipped} runs it$"):
+        load_config(shipped)
+    config = configs_dir() / "local" / "alice.toml"
+    with pytest.raises(UserError, match=rf"^{config}: a node's config \(\[node\]\), not a "
+                                        r"simulation scenario: agentd run -c "):
+        load_scenario(config)
 
 
 def test_sim_help_names_the_shipped_scenarios(capsys):

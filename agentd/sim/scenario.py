@@ -135,6 +135,9 @@ def load_scenario(path: Path) -> Scenario:
         raise not_text(path, "scenario", exc) from exc
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{path}: not valid TOML: {exc}") from exc
+    if "node" in raw and "sim" not in raw:  # not a misspelt scenario: say what it is
+        raise UserError(f"{path}: a node's config ([node]), not a simulation scenario: agentd "
+                        f"run -c {path} runs that node, agentd up {path} in the background")
     errors = _Errors(path)
     errors.unknown(raw, (*SECTIONS, "traffic", "faults"), "")
     sim, nodes_section = errors.table(raw, "sim"), errors.table(raw, "nodes")
