@@ -106,8 +106,9 @@ def test_a_missing_config_file_changes_nothing(tmp_path):
 def test_a_refused_reload_is_logged_and_changes_wait_by_their_file_names(tmp_path, caplog):
     node, path = node_from(tmp_path, BASE)
     path.write_text(BASE.replace('listen = "127.0.0.1:7901"', 'lisen = "127.0.0.1:7901"'))
-    with pytest.raises(UserError, match=r"node\.listen is required"):
+    with pytest.raises(UserError, match=r"node\.listen is required") as caught:
         reload_config(node)
+    assert "\n" not in str(caught.value) and "; " in str(caught.value)  # a "\n" in JSON
     refused = [r for r in caplog.records if r.name == "agentd.runtime.reload"]
     assert [r.levelname for r in refused] == ["ERROR"]
     assert "reload refused, the running config is kept" in refused[0].getMessage()

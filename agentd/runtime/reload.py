@@ -83,10 +83,10 @@ def reload_config(node: Node) -> dict[str, Any]:
     try:
         new = load_config(old.path)
         rules = node.relay.rules(new)  # a bad [relay] refuses the reload before anything changes
-    except UserError as exc:
-        log.error("reload refused, the running config is kept: %s",  # one line a record
-                  "; ".join(str(exc).splitlines()))
-        raise
+    except UserError as exc:  # its problems one a line: "; " in one line of JSON or log
+        problems = "; ".join(str(exc).splitlines())
+        log.error("reload refused, the running config is kept: %s", problems)
+        raise UserError(problems) from exc
     live = [name for name in LIVE if getattr(new, name) != getattr(old, name)]
     applied = changed_keys(old, new, live)
     lift = replace(old.lift, **{key: getattr(new.lift, key) for key in LIVE_LIFT})
