@@ -161,9 +161,19 @@ def _main(argv: list[str]) -> int:
                         "node give its config: agentd -c CONFIG METHOD [key=value ...]")
     human = options.human or any(arg in ("-H", "--human") for arg in args)
     args = [arg for arg in args if arg not in ("-H", "--human")]  # after the method too
-    return _rpc(socket_path, options.command, args, human=human,
-                start="nothing to stop" if options.command == "stop"
-                else _how_to_start(options.config))
+    try:
+        return _rpc(socket_path, options.command, args, human=human,
+                    start="nothing to stop" if options.command == "stop"
+                    else _how_to_start(options.config))
+    except UserError as exc:
+        if options.config is None or not str(exc).startswith("no agentd is running here"):
+            raise
+        from agentd.stray import stray_note
+
+        note = stray_note(Path(options.config))
+        if note is None:
+            raise
+        raise UserError(f"{exc}; {note}") from exc
 
 
 def _node_options_after(options: argparse.Namespace, args: list[str]) -> list[str]:

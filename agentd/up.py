@@ -26,6 +26,7 @@ from agentd.completion import FILE
 from agentd.config import Config, control_socket, load_config
 from agentd.errors import UserError
 from agentd.rpc import RpcError, call
+from agentd.stray import stray_note
 
 DEFAULT_DIR = Path("configs/local")
 READY_TIMEOUT = 30.0
@@ -181,6 +182,9 @@ def down(directory: Path) -> int:
             call(socket_path, "stop", {}, timeout=5)
         except (UserError, RpcError, OSError):
             idle.append(name)  # not running
+            if (note := stray_note(path)) is not None:
+                print(f"agentd down: {path}: no control socket where its data_dir says, {note}",
+                      file=sys.stderr)
             continue
         stopped.append((name, socket_path))
     deadline = time.monotonic() + STOP_TIMEOUT

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from agentd import cli
 from agentd.errors import UserError
 from agentd.up import DEFAULT_DIR, _configs, down, up
 from tests.clihelpers import AGENTD, init, start
@@ -64,6 +65,38 @@ def test_down_names_the_nodes_it_stopped_and_those_not_running(tmp_path: Path, c
             process.kill()
     assert down(tmp_path) == 0
     assert capsys.readouterr().out == "agentd down: no node was running\n"
+
+
+def test_a_node_whose_data_dir_was_edited_while_it_ran_is_not_said_to_be_down(
+        tmp_path: Path, capsys):
+    """data_dir edited while the node ran: down said "no node was running" and a call said
+    to start it (which fails: its port is taken, and init would give it a new key). Both
+    now say something still listens at its address, and how to stop it."""
+    a = init(tmp_path, "a")
+    config = Path(a["config"])
+    process = start(a["config"])
+    try:
+        config.write_text(config.read_text().replace('data_dir = "data"', 'data_dir = "data2"'))
+        note = (f"but something listens at its node.listen 127.0.0.1:{a['port']}: most likely "
+                "this node, started before its data_dir was edited (a second start cannot take"
+                " the port): stop it with 'agentd --socket OLD_DATA_DIR/agentd.sock stop'")
+        assert down(tmp_path) == 0
+        out, err = capsys.readouterr()
+        assert (out, err) == ("agentd down: no node was running\n", f"agentd down: {config}: "
+                              f"no control socket where its data_dir says, {note}\n")
+        with pytest.raises(UserError) as caught:
+            cli._main(["-c", str(config), "getinfo"])
+        assert str(caught.value).startswith("no agentd is running here (no control socket at ")
+        assert str(caught.value).endswith(f"; {note}")
+        socket_path = config.parent / "data" / "agentd.sock"
+        assert cli._main(["--socket", str(socket_path), "stop"]) == 0
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with pytest.raises(UserError) as caught:  # stopped: nothing listens, nothing to say
+        cli._main(["-c", str(config), "getinfo"])
+    assert "something listens" not in str(caught.value)
 
 
 def test_two_concurrent_ups_start_each_node_once(tmp_path: Path):
