@@ -48,6 +48,10 @@ COMMANDS = {
 LOCAL_COMMANDS = tuple(COMMANDS)
 
 
+BOTH_NODES = ("-c CONFIG and --socket PATH both name the node to call: give one of them (-c "
+              "finds the socket in the config's data_dir)")
+
+
 def usage() -> str:
     """The top-level help, from the command table, the benchmarks and the method registry."""
     from agentd.bench import BENCHMARKS
@@ -126,8 +130,7 @@ def _main(argv: list[str]) -> int:
         print(f"agentd {__version__}")
         return 0
     if options.config and options.socket and options.command not in LOCAL_COMMANDS:
-        raise UserError("-c CONFIG and --socket PATH both name the node to call: give one of "
-                        "them (-c finds the socket in the config's data_dir)")
+        raise UserError(BOTH_NODES)
     if options.command is None:
         if (options.config or options.socket) and not options.help:  # and nothing to do
             node = "-c CONFIG" if options.config else "--socket PATH"
@@ -197,8 +200,7 @@ def _node_options_after(options: argparse.Namespace, args: list[str]) -> list[st
             continue
         rest.append(word)
     if options.config and options.socket:
-        raise UserError("-c CONFIG and --socket PATH both name the node to call: give one of "
-                        "them (-c finds the socket in the config's data_dir)")
+        raise UserError(BOTH_NODES)
     return rest
 
 

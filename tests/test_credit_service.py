@@ -219,17 +219,21 @@ async def test_tally_wait_returns_once_each_step_of_a_negotiation_lands(tmp_path
         assert bad.message.startswith("tally.wait: state 'opne' is not a tally state (one of: ")
 
 
+async def presented(a: Node, b: Node) -> dict:
+    """alice's invitation (on node a), which bob (on node b) has presented."""
+    invited = await rpc(a, "tally.invite", cuid="alice", limit=LIMIT)
+    await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+    return invited
+
+
 async def test_a_one_time_ticket_presented_again_while_its_offer_is_on_the_way(tmp_path):
     """bob presents alice's one-time ticket, alice offers, and bob presents it again before
     the offer reaches his node: alice's node says where the tally got, bob's node keeps
     waiting for the offer, and the offer, once it lands, opens the tally as usual."""
     async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await users(a, "alice")
-        await users(b, "bob")
-        invited = await rpc(a, "tally.invite", cuid="alice", limit=LIMIT)
+        a, b = await one_user_each(net, "alice", "bob")
+        invited = await presented(a, b)
         tally = invited["tally"]
-        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
         held, add = [], a.pump.add
 
         def holding(*args: Any, **kwargs: Any) -> Any:
@@ -269,12 +273,9 @@ async def test_the_inviter_turns_a_request_down_before_offering(tmp_path):
     inviter who did not want that partner had no way to say so. It voids the draft; the
     ticket presented again says so; a counter-offer not sent yet cannot be refused so."""
     async with network(tmp_path, n=2) as net:
-        a, b = net.nodes
-        await users(a, "alice")
-        await users(b, "bob")
-        invited = await rpc(a, "tally.invite", cuid="alice", limit=LIMIT)
+        a, b = await one_user_each(net, "alice", "bob")
+        invited = await presented(a, b)
         tally = invited["tally"]
-        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
         assert state(a, "alice", tally) == ts.P_DRAFT
         assert (await rpc(a, "tally.refuse", cuid="alice", tally=tally))["state"] == ts.VOID
         again = await refused(b, "tally.request", cuid="bob", ticket=invited["ticket"])
@@ -283,9 +284,7 @@ async def test_the_inviter_turns_a_request_down_before_offering(tmp_path):
         assert (await refused(a, "tally.offer", cuid="alice", tally=tally)).reason == (
             "BAD_STATE")
         # bob counters alice's offer: his counter-offer, not sent yet, is his to send or not
-        invited = await rpc(a, "tally.invite", cuid="alice", limit=LIMIT)
-        tally = invited["tally"]
-        await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        tally = (await presented(a, b))["tally"]
         await rpc(a, "tally.offer", cuid="alice", tally=tally)
         await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER, timeout_s=20)
         await rpc(b, "tally.counter", cuid="bob", tally=tally)
