@@ -133,9 +133,11 @@ def _up(directory: Path, configs: list[Config], locks: list[int]) -> int:
         while (info := _info(config.socket_path)) is None:
             process = started.get(config.path)
             if process is not None and process.poll() is not None:
+                stray = stray_note(config.path)  # its data_dir edited while it ran
                 raise UserError(f"node {config.name} exited with {process.returncode}"
                                 f"{_last_line(config.data_dir / 'agentd.log')}; see "
                                 f"{config.data_dir / 'agentd.log'}"
+                                + ("" if stray is None else f"; {stray}")
                                 + _left_running(configs, config, stop_them))
             if time.monotonic() > deadline:
                 raise UserError(f"node {config.name} did not answer within {READY_TIMEOUT:g} s;"

@@ -88,6 +88,9 @@ def test_a_node_whose_data_dir_was_edited_while_it_ran_is_not_said_to_be_down(
             cli._main(["-c", str(config), "getinfo"])
         assert str(caught.value).startswith("no agentd is running here (no control socket at ")
         assert str(caught.value).endswith(f"; {note}")
+        with pytest.raises(UserError) as caught:  # not: 'create a key with agentd init'
+            up(tmp_path)
+        assert f"; {note}" in str(caught.value)
         socket_path = config.parent / "data" / "agentd.sock"
         assert cli._main(["--socket", str(socket_path), "stop"]) == 0
         assert process.wait(timeout=10) == 0
