@@ -51,6 +51,12 @@ def held_referees(conn: sqlite3.Connection, tally: str, cuid: str
         " AND state = 'pend'", (tally, cuid))]
 
 
+def refereed_pending(conn: sqlite3.Connection, referee: str) -> bool:
+    """Whether a lift pending here names ``referee``."""
+    return conn.execute("SELECT 1 FROM lifts WHERE referee = ? AND state = 'pend' LIMIT 1",
+                        (referee,)).fetchone() is not None
+
+
 def get(conn: sqlite3.Connection, lift: str) -> sqlite3.Row | None:
     return conn.execute(f"SELECT {_COLUMNS} FROM lifts WHERE lift = ?", (lift,)).fetchone()
 

@@ -64,6 +64,14 @@ def pending_ids_to(conn: sqlite3.Connection, peer: str, targets: Collection[str]
         f" AND target IN ({', '.join('?' * len(targets))})", (peer, *targets))]
 
 
+def pending_bodies_to(conn: sqlite3.Connection, peer: str, target: str,
+                      actions: Collection[str]) -> list[tuple[bytes, bytes]]:
+    """(id, body) of one peer's pending messages of ``target`` and ``actions``."""
+    return [(row[0], row[1]) for row in conn.execute(
+        "SELECT id, body FROM outbox WHERE state = 'pending' AND peer = ? AND target = ?"
+        f" AND action IN ({', '.join('?' * len(actions))})", (peer, target, *actions))]
+
+
 def count_pending_to(conn: sqlite3.Connection, peer: str, after_seq: int) -> int:
     return conn.execute(
         "SELECT count(*) FROM outbox WHERE state = 'pending' AND peer = ? AND seq > ?",

@@ -6,6 +6,7 @@ it answers. Real nodes; the hostile partner's promises are made by hand."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import uuid
@@ -220,3 +221,36 @@ async def test_refusals_past_the_bound_are_counted_and_logged_once_a_while_per_t
                 f"(further REFEREE_REFUSED refusals of our promises over tally {tallies[payer]} "
                 f"in the next {QUIET_S:g} s are counted in getinfo counters.peer_refusals, "
                 "not logged)")
+
+
+async def test_a_decided_lift_stops_the_dials_to_its_referee_and_forgets_it(tmp_path):
+    """bob names a made-up referee in each promise and voids the lift himself with its key
+    (he made it up): cat's commit to it stayed in the outbox, so cat dialled every such
+    address for ever, and kept each referee as a known peer (a row, and a known peer passes
+    the limits a stranger meets). A decided lift's messages to its referee go, and a referee
+    nothing else needs is forgotten; the clearing house, which the config names, never is."""
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        bob, cat = await users(net, "bob", "cat")
+        bobcat = await open_tally(bob, "bob", cat, "cat")
+        for _ in range(lf.MAX_UNANSWERED + 2):  # past the bound on those pending at once
+            key = SigningKey.generate()
+            referee = ChipAddress(agent=key.agent_id, host="127.0.0.1", port=free_port())
+            record = lift_record(bob, "bob", cat, "cat", bobcat, referee)
+            await processed(bob, await send_raw(bob, cat, "cat", "lift", "promise",
+                                                {"record": record, "hop": 0}, "bob"))
+            await wait_for(functools.partial(cat.is_known, referee.agent))  # cat commits there
+            decision, _ = lf.decide(None, "cancel", record, now_ms=bob.clock.now_ms(), key=key,
+                                    asker=bob.agent_id)
+            await processed(bob, await send_raw(bob, cat, "cat", "lift", "decision",
+                                                {"record": record, "decision": decision}, "bob"))
+            assert (await rpc(cat, "lift.show", lift=record["lift"]))["state"] == "void"
+            assert not cat.is_known(referee.agent)
+            assert cat.db.read_one("SELECT count(*) FROM outbox WHERE peer = ?",
+                                   (referee.agent,))[0] == 0
+            assert cat.db.read_one("SELECT count(*) FROM peers WHERE agent = ?",
+                                   (referee.agent,))[0] == 0
+        paid = await rpc(bob, "lift.pay", cuid="bob", find=who(cat, "cat"), units=5)
+        assert (await rpc(bob, "lift.wait", lift=paid["lift"], timeout_s=20))["state"] == "good"
+        await wait_for(lambda: cat.db.read_one("SELECT state FROM lifts WHERE lift = ?",
+                                               (paid["lift"],))[0] == "good")
+        assert cat.is_known(net.nodes[0].agent_id)  # the clearing house refereed it

@@ -215,6 +215,11 @@ class Runtime(Protocol):
         """Whether a channel to ``agent`` is open or ever was (a known peer's last_seen)."""
         ...
 
+    def forget_referee(self, tx: Tx, agent: str) -> None:
+        """Forget where a lift's referee listens, in ``tx``, once no lift pending here names
+        it and nothing else needs it (``agentd.runtime.peer_admin.forget_referee``)."""
+        ...
+
     def answered(self, agent: str, address: str | None) -> bool:
         """Whether ``agent`` is us, or answered a dial of ours at ``address`` (None: at the
         address we know for it) since the node started."""

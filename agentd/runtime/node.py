@@ -33,7 +33,7 @@ from agentd.runtime.links import Links
 from agentd.runtime.maintenance import prune_kept
 from agentd.runtime.metrics import Metrics
 from agentd.runtime.outbox import OutboxPump
-from agentd.runtime.peer_admin import PeerAdmin
+from agentd.runtime.peer_admin import PeerAdmin, forget_referee
 from agentd.runtime.peer_names import Unnamed
 from agentd.runtime.peers import PeerManager, PeerUnreachable
 from agentd.runtime.ports import bind_ports
@@ -270,9 +270,15 @@ class Node:
 
     async def forget_peer(self, agent: str) -> None:
         """Drop a peer the operator removed: its address, its name, its stored row."""
+        self.unlearn(agent)
+        await self.db.write(lambda conn: peer_store.delete(conn, agent))
+
+    def unlearn(self, agent: str) -> None:
         self._peer_addresses.pop(agent, None)
         self._peer_names.pop(agent, None)
-        await self.db.write(lambda conn: peer_store.delete(conn, agent))
+
+    def forget_referee(self, tx: Tx, agent: str) -> None:
+        forget_referee(self, tx, agent)
 
     def peer_source(self, agent: str) -> str:
         """``config`` for a peer (or clearing house) the config file names, else ``learned``

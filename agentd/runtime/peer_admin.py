@@ -11,6 +11,7 @@ overwritten.
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ from agentd.runtime.reload import reload_config
 from agentd.services.ping import PingService
 from protocol.keys import IdentityError, agent_id_problem
 from store import credit as credit_store
+from store import lifts as lifts_store
 from store import outbox as outbox_store
 from store import peers as peer_store
 
@@ -163,25 +165,7 @@ class PeerAdmin:
         await self.node.transact(work)
 
     def _needed(self, agent: str) -> str | None:
-        """Why the node still needs to know where ``agent`` listens, or None. It needs the
-        nodes it dials on its own for what it keeps: its clearing house (evidence), its
-        ``[lift] referee`` (every lift it starts), and the partner's node of a tally of ours
-        that is not void (chain and tally messages; a start learns it again from the tally's
-        certificate anyway). Not needed: whatever else a hello, a ticket or a lift taught it —
-        a message that names its own address (a lift's query to its referee, a reply) still
-        goes there, and a peer that dials us is still answered."""
-        config = self.node.config
-        if config.clearinghouse is not None and config.clearinghouse.agent == agent:
-            return (f"it is the clearing house ([clearinghouse] agent in {config.path}); "
-                    "to stop using it, change that section and reload")
-        if config.lift.referee == agent:
-            return (f"it is the lift referee ([lift] referee in {config.path}); to stop "
-                    "using it, change that and reload")
-        tallies = self.node.db.reading(lambda conn: credit_store.tallies_with(conn, agent))
-        if tallies:
-            return (f"it holds the partner's side of {tallies} of our tallies (tally.list), "
-                    "whose messages go to its node for as long as they are kept")
-        return None
+        return self.node.db.reading(lambda conn: needed(self.node, conn, agent))
 
     def _apply(self, edit) -> dict[str, Any]:
         node = self.node
@@ -223,3 +207,39 @@ def _write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def needed(node: Node, conn: sqlite3.Connection, agent: str) -> str | None:
+    """Why the node still needs to know where ``agent`` listens, or None. It needs the
+    nodes it dials on its own for what it keeps: its clearing house (evidence), its
+    ``[lift] referee`` (every lift it starts), and the partner's node of a tally of ours
+    that is not void (chain and tally messages; a start learns it again from the tally's
+    certificate anyway). Not needed: whatever else a hello, a ticket or a lift taught it —
+    a message that names its own address (a lift's query to its referee, a reply) still
+    goes there, and a peer that dials us is still answered."""
+    config = node.config
+    if config.clearinghouse is not None and config.clearinghouse.agent == agent:
+        return (f"it is the clearing house ([clearinghouse] agent in {config.path}); "
+                "to stop using it, change that section and reload")
+    if config.lift.referee == agent:
+        return (f"it is the lift referee ([lift] referee in {config.path}); to stop "
+                "using it, change that and reload")
+    tallies = credit_store.tallies_with(conn, agent)
+    if tallies:
+        return (f"it holds the partner's side of {tallies} of our tallies (tally.list), "
+                "whose messages go to its node for as long as they are kept")
+    return None
+
+
+def forget_referee(node: Node, tx: Tx, agent: str) -> None:
+    """Forget where a lift's referee listens once no lift pending here names it and nothing
+    else needs it (:func:`needed`; never a peer the config names): a partner's promises,
+    each naming a made-up referee that decides at once, made the node keep every one as a
+    known peer, for ever (a row each, and a known peer passes the limits a stranger meets).
+    Its messages still about a lift carry their own address."""
+    if (not node.is_known(agent) or node.peer_source(agent) == "config"
+            or lifts_store.refereed_pending(tx.conn, agent)
+            or needed(node, tx.conn, agent) is not None):
+        return
+    peer_store.delete(tx.conn, agent)
+    tx.after_commit(lambda: node.unlearn(agent))

@@ -40,9 +40,10 @@ from protocol import chit_states as cs
 from protocol import lift as lf
 from protocol import lift_equivocation as eq
 from protocol.chit_lift import lift_chit, lift_decided
+from protocol.codec import unpack
 from protocol.errors import Refusal
 from protocol.messages import Send
-from store import lifts
+from store import lifts, outbox
 
 if TYPE_CHECKING:
     import sqlite3
@@ -134,9 +135,26 @@ class LiftDecisions:
                 self.ledger.log(tx, holding.local, "chit.void", decided.to_map(),
                                 ref=decided.uuid)
         lifts.settle(tx.conn, lift, state, decision, tx.now_ms)
+        self._done_with_referee(tx, lift)
         log_lift(tx, lift, state)
         tx.after_commit(lambda: self._wake(lift))
         tx.after_commit(lambda: self.routes.decided(lift, state))
+
+    def _done_with_referee(self, tx: Tx, lift: str) -> None:
+        """A decided lift needs nothing more of its referee: what we still queued to it about
+        the lift (a commit, a cancel, a question) goes (a partner that named a made-up
+        referee, and voided its lift itself with that referee's key, had us dial its address
+        for ever), and its address is forgotten unless something else needs it."""
+        row = lifts.get(tx.conn, lift)
+        if row is None:
+            return
+        referee = row["referee"]
+        for message_id, body in outbox.pending_bodies_to(tx.conn, referee, "lift",
+                                                          ("commit", "cancel", "query")):
+            record = (unpack(body).get("object") or {}).get("record")
+            if isinstance(record, dict) and record.get("lift") == lift:
+                tx.unsend(message_id)
+        self.runtime.forget_referee(tx, referee)
 
     def take_back(self, tx: Tx, record: dict[str, Any], decision: dict[str, Any],
                   sender: str) -> bool:
