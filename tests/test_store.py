@@ -146,6 +146,36 @@ def test_migration_7_forgets_strangers_older_versions_stored(
         conn.close()
 
 
+def test_migration_21_forgets_the_referees_of_lifts_decided_here(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hop kept every referee it ever learned as a known peer; from version 21 only those a
+    pending lift names, a name, or a tally's partnership keeps."""
+    conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
+    try:
+        monkeypatch.setattr("store.schema.migrations", lambda: migrations()[:20])
+        assert migrate(conn) == 20
+        conn.executemany("INSERT INTO peers VALUES (?, ?, ?, ?)", [
+            ("decided", None, "10.0.0.1:1", 1), ("pending", None, "10.0.0.2:1", 2),
+            ("partner", None, "10.0.0.3:1", 3), ("named", "house", "10.0.0.4:1", 4),
+            ("ticket", None, "10.0.0.5:1", 5)])
+        conn.execute("INSERT INTO tallies (uuid, cuid, side, state, partner, body, token,"
+                     " created, updated) VALUES ('t', 'u', 'stock', 'open', 'partner', x'80',"
+                     " x'00', 1, 1)")
+        for lift, state, referee in (("l1", "void", "decided"), ("l2", "good", "pending"),
+                                     ("l3", "pend", "pending"), ("l4", "good", "partner"),
+                                     ("l5", "void", "named")):
+            conn.execute("INSERT INTO lifts (lift, kind, state, units, referee, deadline, record,"
+                         " query_due, created, updated) VALUES (?, 'linear', ?, 1, ?, 1, x'80',"
+                         " 1, 1, 1)", (lift, state, referee))
+        monkeypatch.undo()
+        assert migrate(conn) == LATEST
+        assert [row[0] for row in conn.execute("SELECT agent FROM peers ORDER BY agent")] == [
+            "named", "partner", "pending", "ticket"]
+    finally:
+        conn.close()
+
+
 def test_migration_10_forgets_voids_heard_of_lifts_that_never_reached_us(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
