@@ -62,6 +62,18 @@ def test_behind_is_never_warned_of_and_the_table_is_bounded(caplog, monkeypatch)
     assert peer.ahead_ms("slow") is None and peer.ahead_ms("c") == 0
 
 
+def test_a_strangers_clock_is_told_at_debug_only(caplog):
+    """200 fresh identities, each with a clock a minute ahead, wrote 200 warnings telling the
+    operator to check NTP: a stranger's clock is not the node's to fix. It is still kept
+    (peers.list shows it while the stranger is connected)."""
+    caplog.set_level(logging.DEBUG, logger="agentd.runtime.clocks")
+    peer = PeerClocks()
+    for agent in ("s1", "s2"):
+        peer.sample(agent, 60_000, 0, known=False)
+    assert peer.ahead_ms("s1") == 60_000
+    assert [r.levelno for r in caplog.records] == [logging.DEBUG, logging.DEBUG]
+
+
 async def test_peers_list_shows_a_peers_clock_and_the_one_behind_warns(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="agentd.runtime.clocks")
     async with network(tmp_path, n=2) as net:

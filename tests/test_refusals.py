@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -101,6 +102,38 @@ async def test_a_message_refused_and_sent_again_is_counted_once(tmp_path):
         await rogue.send_frames([pack(again)])
         assert await errors_acked(rogue, {again["id"]}) == {again["id"]: "UNKNOWN_USER"}
         assert node.counters.rejected == {"refused": 2, "unknown_action": 1}
+        await rogue.aclose()
+
+
+async def test_a_strangers_refused_messages_are_logged_once_a_while(tmp_path, caplog):
+    """Each refused message was a line of its own: a stranger sending ``lift/query`` with a
+    fresh id each time wrote ~1,200 lines a second (journald's rate limit then drops the
+    node's own). A stranger's refusals are logged as routine ones are: the first of each code
+    a while, the rest counted."""
+    caplog.set_level(logging.INFO, "agentd.runtime.dispatch")
+    async with network(tmp_path, n=1) as net:
+        node = net.nodes[0]
+        rogue = await Rogue.join(node.port, node.agent_id)
+        queries = [rogue.envelope(node.agent_id, "promise", {}, target="lift")
+                   for _ in range(50)]
+        await rogue.send_frames([pack(query) for query in queries])
+        acked = await errors_acked(rogue, {query["id"] for query in queries})
+        assert set(acked.values()) == {"UNKNOWN_USER"}
+        assert node.counters.refusals["UNKNOWN_USER"] == 50
+        lines = [r.getMessage() for r in caplog.records
+                 if r.name == "agentd.runtime.dispatch" and r.levelno >= logging.INFO]
+        assert len(lines) == 1, lines
+        assert lines[0].endswith("(further UNKNOWN_USER refusals from strangers in the next 60"
+                                 " s are counted in getinfo counters.refusals, not logged)")
+        caplog.clear()  # and those addressed to another node
+        astray = [rogue.envelope(rogue.agent, "promise", {}, target="lift")
+                  for _ in range(20)]
+        await rogue.send_frames([pack(message) for message in astray])
+        acked = await errors_acked(rogue, {message["id"] for message in astray})
+        assert set(acked.values()) == {"WRONG_RECIPIENT"}
+        lines = [r.getMessage() for r in caplog.records
+                 if r.name == "agentd.runtime.dispatch" and r.levelno >= logging.INFO]
+        assert len(lines) == 1 and lines[0].startswith("rejected message from "), lines
         await rogue.aclose()
 
 

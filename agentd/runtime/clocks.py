@@ -52,8 +52,10 @@ class PeerClocks:
         self._describe = describe
         self._peers: OrderedDict[str, _Offset] = OrderedDict()
 
-    def sample(self, agent: str, sent_ms: int, now_ms: int) -> None:
-        """A message from ``agent`` stamped ``sent_ms`` by its clock arrived at ``now_ms``."""
+    def sample(self, agent: str, sent_ms: int, now_ms: int, *, known: bool = True) -> None:
+        """A message from ``agent`` stamped ``sent_ms`` by its clock arrived at ``now_ms``.
+        A stranger's clock (``known`` false) is told at ``debug`` only: a fresh identity
+        each costs nothing, and the node's clock is not the one to check."""
         offset = self._peers.get(agent)
         if offset is None:
             offset = self._peers[agent] = _Offset(sent_ms - now_ms, now_ms)
@@ -65,13 +67,14 @@ class PeerClocks:
         ahead = offset.estimate >= WARN_MS
         if ahead != offset.warned:
             offset.warned = ahead
+            level = logging.WARNING if known else logging.DEBUG
             if ahead:
-                log.warning("the clock of %s is %.1f s ahead of ours (the send times on its "
+                log.log(level, "the clock of %s is %.1f s ahead of ours (the send times on its "
                             "messages): lifts it decides, or deadlines it sets, expire that "
                             "much early; check the time (NTP) on both hosts",
                             self._describe(agent), offset.estimate / 1000)
             else:
-                log.warning("the clock of %s agrees with ours again", self._describe(agent))
+                log.log(level, "the clock of %s agrees with ours again", self._describe(agent))
 
     def ahead_ms(self, agent: str) -> int | None:
         """How far ``agent``'s clock is ahead of ours (negative: behind, at most by that

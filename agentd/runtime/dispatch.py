@@ -161,12 +161,15 @@ class Dispatcher:
         refusal = self._check_addressing(message, channel.agent)
         if refusal is not None:
             first = self._first_refusal(message.id, channel.agent, refusal.code.lower())
-            log.log(logging.WARNING if first else logging.DEBUG,
-                    "rejected message from %s: %s", channel.agent[:8], refusal)
+            note = "" if self.node.is_known(channel.agent) or not first else self._quiet.note(
+                refusal.code, "from strangers")  # as a service's refusals (_refuse)
+            log.log(logging.WARNING if first and note is not None else logging.DEBUG,
+                    "rejected message from %s: %s%s", channel.agent[:8], refusal, note or "")
             await channel.send_frame(ack_frame(message.id, refusal.code, refusal.message))
             return
         started = time.perf_counter()
-        self.node.clocks.sample(channel.agent, message.last, self.node.clock.now_ms())
+        self.node.clocks.sample(channel.agent, message.last, self.node.clock.now_ms(),
+                                known=self.node.is_known(channel.agent))
         pending = self._start(message, channel.agent, share)
         heard = _Heard.of(message)
         del message  # the pipeline keeps what concluding needs, not the object
@@ -317,8 +320,12 @@ class Dispatcher:
         if self._first_refusal(heard.id, heard.sender, "refused"):
             self.node.counters.refusals[code] += 1
             level, note = logging.INFO, ""
-            if isinstance(refusal, RoutineReject):
-                quiet = self._quiet.note(code, refusal.key)
+            # a stranger's are routine too: a fresh id each costs it nothing (a line each
+            # filled the log at ~1,200 lines/s, and journald's rate limit then drops ours)
+            key = refusal.key if isinstance(refusal, RoutineReject) else (
+                None if self.node.is_known(heard.sender) else "from strangers")
+            if key is not None:
+                quiet = self._quiet.note(code, key)
                 level, note = (logging.DEBUG, "") if quiet is None else (logging.INFO, quiet)
         log.log(level, "refused %s from %s (id %s): %s: %s%s", heard.kind, heard.sender[:8],
                 heard.traced_id, code, text, note)
