@@ -6,10 +6,11 @@ it answers. Real nodes; the hostile partner's promises are made by hand."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import uuid
+
+import trio
 
 from agentd.runtime.refusals import QUIET_S
 from protocol import lift as lf
@@ -232,13 +233,15 @@ async def test_a_decided_lift_stops_the_dials_to_its_referee_and_forgets_it(tmp_
     async with network(tmp_path, n=3, clearinghouse=0) as net:
         bob, cat = await users(net, "bob", "cat")
         bobcat = await open_tally(bob, "bob", cat, "cat")
+        dials, ports = dial_failures(cat), []
         for _ in range(lf.MAX_UNANSWERED + 2):  # past the bound on those pending at once
             key = SigningKey.generate()
             referee = ChipAddress(agent=key.agent_id, host="127.0.0.1", port=free_port())
+            ports.append(f"127.0.0.1:{referee.port}:")
             record = lift_record(bob, "bob", cat, "cat", bobcat, referee)
             await processed(bob, await send_raw(bob, cat, "cat", "lift", "promise",
                                                 {"record": record, "hop": 0}, "bob"))
-            await wait_for(functools.partial(cat.is_known, referee.agent))  # cat commits there
+            await wait_for(lambda: any(ports[-1] in failure for failure in dials))  # its commit
             decision, _ = lf.decide(None, "cancel", record, now_ms=bob.clock.now_ms(), key=key,
                                     asker=bob.agent_id)
             await processed(bob, await send_raw(bob, cat, "cat", "lift", "decision",
@@ -249,6 +252,9 @@ async def test_a_decided_lift_stops_the_dials_to_its_referee_and_forgets_it(tmp_
                                    (referee.agent,))[0] == 0
             assert cat.db.read_one("SELECT count(*) FROM peers WHERE agent = ?",
                                    (referee.agent,))[0] == 0
+        dialled = len(dials)  # the pump dropped the withdrawn commits: no sender dials there
+        await trio.sleep(2)  # a failed dial is tried again after 0.5 s
+        assert not [failure for failure in dials[dialled:] if any(p in failure for p in ports)]
         paid = await rpc(bob, "lift.pay", cuid="bob", find=who(cat, "cat"), units=5)
         assert (await rpc(bob, "lift.wait", lift=paid["lift"], timeout_s=20))["state"] == "good"
         await wait_for(lambda: cat.db.read_one("SELECT state FROM lifts WHERE lift = ?",

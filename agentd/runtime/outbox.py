@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.logs import event
+from agentd.runtime.acked_rows import AckedRows
 from agentd.runtime.outgoing import Outgoing, RoundTrip, ack_timeout
 from agentd.runtime.peers import PeerUnreachable
 from agentd.runtime.timers import Failures, Ticker
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentd.runtime.outbox")
 SCAN_INTERVAL = 0.25  # the retry scan's shortest interval: a retry is at most this late...
 SCAN_AT_MOST = 1.0  # ... or, while messages are live, this: expired ones leave within it
-ACK_DELETE_S = 0.2  # acked rows wait this long, to be deleted together
 WINDOW = 1024  # unacked messages per peer: keeps ack latency, and so timeouts, meaningful
 STRANGER_QUEUE = 256  # replies waiting to go to one peer we do not know; past it the oldest go
 EPHEMERAL_QUEUE = 4096  # messages waiting for one peer past which an ephemeral one is not queued
@@ -67,7 +67,6 @@ class OutboxPump:
         self._inflight: dict[bytes, Outgoing] = {}
         self._unacked: dict[str, int] = {}
         self._window_open: dict[str, trio.Event] = {}
-        self._acked: list[bytes] = []
         self._nursery: trio.Nursery | None = None
         self._early: list[Outgoing] = []
         self._spilled: dict[str, int] = {}  # peer -> the last seq in memory: later rows wait
@@ -81,8 +80,7 @@ class OutboxPump:
         self.round_trips: dict[str, RoundTrip] = {}
         self.round_trip = RoundTrip()  # all peers': the timeout of a peer not yet measured
         self._scanner = Ticker(SCAN_INTERVAL, self._scan, task="the outbox's retry scan")
-        self._flusher = Ticker(ACK_DELETE_S, self._flush_acked, armed=False,
-                               task="deleting acked outbox rows")
+        self._acked = AckedRows(lambda: node.db)
 
     @property
     def depth(self) -> int:
@@ -118,7 +116,7 @@ class OutboxPump:
                 self._enqueue(item)
             self._early.clear()
             nursery.start_soon(self._scanner.run)
-            nursery.start_soon(self._ack_flusher)
+            nursery.start_soon(self._acked.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -308,41 +306,33 @@ class OutboxPump:
     def forget(self, item: Outgoing) -> None:
         """Delete an acked message's row with the next batch of deletes."""
         if item.durable:
-            self._acked.append(item.id)
-            self._flusher.wake()
+            self._acked.add(item.id)
 
     def withdraw(self, message_id: bytes) -> None:
-        """Stop delivering a message whose row the caller has marked failed or deleted."""
-        self._let_go(message_id)
+        """Stop delivering a message whose row the caller has marked failed or deleted. It
+        leaves its peer's queue too: a sender whose queue holds only withdrawn messages
+        dialled their address for as long as they stayed there (a made-up referee's, after
+        its lift was decided), and dials no one once it is empty."""
+        peer = self._withdraw(message_id)
+        if peer is not None:
+            self._drop_from_queue(peer)
+
+    def _withdraw(self, message_id: bytes) -> str | None:
+        """``withdraw`` but for its peer's queue; returns that peer (None: not live)."""
+        let_go = self._let_go(message_id)
         item = self._inflight.pop(message_id, None)
         if item is not None:
             self._release(item.peer)
+        return None if let_go is None else let_go.peer
 
-    async def _ack_flusher(self) -> None:
-        """Deletes acked rows in one commit per ``ACK_DELETE_S``: a commit (and an fsync)
-        fewer per message sent. A crash before it only makes the next run send those
-        messages again, and their recipients ack the duplicates; a clean stop deletes them."""
-        try:
-            await self._flusher.run()
-        finally:  # cancelled by the stop: the database takes this job before it closes
-            self._delete_acked()
-
-    async def _flush_acked(self) -> bool:
-        """Delete the rows acked since the last flush; ids whose delete failed (the
-        database's failure) are kept for the ticker's next try."""
-        ids, self._acked = self._acked, []
-        if ids:
-            try:
-                await self.node.db.write(lambda conn: outbox.delete(conn, ids))
-            except BaseException:
-                self._acked[:0] = ids
-                raise
-        return False
-
-    def _delete_acked(self) -> None:
-        ids, self._acked = self._acked, []
-        if ids:
-            self.node.db.submit(lambda conn: outbox.delete(conn, ids))
+    def _drop_from_queue(self, peer: str) -> None:
+        """Take the messages no longer live out of ``peer``'s queue."""
+        queue = self._queues.get(peer)
+        if queue is not None:
+            kept = [item for item in queue if item.id in self.live]
+            if len(kept) != len(queue):
+                queue.clear()
+                queue.extend(kept)
 
     def _release(self, peer: str) -> None:
         self._unacked[peer] -= 1
@@ -462,14 +452,9 @@ class OutboxPump:
         if not expired:
             return
         for item in expired:
-            self.withdraw(item.id)
-        peers = {item.peer for item in expired}
-        for peer in peers:
-            queue = self._queues.get(peer)
-            if queue is not None:
-                kept = [item for item in queue if item.id in self.live]
-                queue.clear()
-                queue.extend(kept)
+            self._withdraw(item.id)
+        for peer in {item.peer for item in expired}:
+            self._drop_from_queue(peer)
         self.node.counters.outbox_expired += len(expired)
         ids = [item.id for item in expired if item.durable]
         if ids:
