@@ -17,7 +17,7 @@ from protocol import tally as t
 from protocol.codec import pack
 from protocol.envelope import Ack
 from protocol.errors import Refusal
-from tests.netfixture import network
+from tests.netfixture import network, wait_for
 
 
 @pytest.mark.parametrize("refusal", [
@@ -111,6 +111,7 @@ async def test_a_strangers_refused_messages_are_logged_once_a_while(tmp_path, ca
     node's own). A stranger's refusals are logged as routine ones are: the first of each code
     a while, the rest counted."""
     caplog.set_level(logging.INFO, "agentd.runtime.dispatch")
+    caplog.set_level(logging.INFO, "agentd.runtime.node")
     async with network(tmp_path, n=1) as net:
         node = net.nodes[0]
         rogue = await Rogue.join(node.port, node.agent_id)
@@ -135,6 +136,10 @@ async def test_a_strangers_refused_messages_are_logged_once_a_while(tmp_path, ca
                  if r.name == "agentd.runtime.dispatch" and r.levelno >= logging.INFO]
         assert len(lines) == 1 and lines[0].startswith("rejected message from "), lines
         await rogue.aclose()
+        await wait_for(lambda: not node.connected(rogue.agent))
+    # nor a line each for its connections: a fresh identity each connection costs nothing
+    assert not [r for r in caplog.records if r.name == "agentd.runtime.node"
+                and r.levelno >= logging.INFO and rogue.agent in r.getMessage()]
 
 
 def test_refused_ids_are_remembered_by_sender_the_last_few():

@@ -286,24 +286,8 @@ class Node:
         return "config" if agent in self._configured else "learned"
 
     def describe_peer(self, agent: str, key: str = "agent") -> tuple[str, str]:
-        """How a log line names ``agent`` (its name, if known, and the start of its id), and
-        where an operator checks the ``key`` (``agent`` or ``address``) the node dials it by."""
-        name = self._peer_names.get(agent)
-        who = f"{name} (agent {agent[:8]})" if name else f"agent {agent[:8]}"
-        config, house = self.config, self.config.clearinghouse
-        peer = next((peer for peer in config.peers if peer.agent == agent), None)
-        if peer is not None:
-            value = agent if key == "agent" else peer.address
-            return who, f'{key} = "{value}" of [[peers]] "{peer.name}" in {config.path}'
-        if house is not None and house.agent == agent:
-            return who, f"[clearinghouse] {key} in {config.path}"
-        if agent not in self._peer_addresses:  # removed, or never one: what was queued goes
-            return who, ("the messages queued to it (getinfo outbox_depth): this node knows no "
-                         "address of it (a peer removed, or never one), and they are tried at "
-                         "the address they were queued with until they expire")
-        return who, ("the address learned for it (peers.list; learned from a ticket, a "
-                     f"tally or a route): if it moved, peers.add name=… agent={agent} "
-                     "address=HOST:PORT dials it there")
+        return peer_names.describe(self.config, agent, self._peer_names.get(agent),
+                                   agent in self._peer_addresses, key)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -401,18 +385,24 @@ class Node:
                 self._peer_addresses.setdefault(agent, format_hostport(host, port))
 
     def _channel_opened(self, channel: Channel) -> None:
-        event(log, "peer connected", agent=channel.agent, name=self._peer_names.get(channel.agent),
-              address=channel.hello.listen, direction="out" if channel.outbound else "in")
+        """Logged at ``info`` for a known peer, ``debug`` for a stranger (a fresh identity
+        each connection costs nothing, and two lines each filled the log)."""
+        event(log, "peer connected", self._level(channel.agent), agent=channel.agent,
+              name=self._peer_names.get(channel.agent), address=channel.hello.listen,
+              direction="out" if channel.outbound else "in")
         self._seen(channel)
 
     def _channel_closed(self, channel: Channel) -> None:
         """Logged with why (``Channel.close_reason``): a channel that closes once a minute
         (the inbound side's idle timeout) is not a peer in trouble, and the line says so."""
-        event(log, "peer lost", agent=channel.agent, name=self._peer_names.get(channel.agent),
-              address=channel.hello.listen, direction="out" if channel.outbound else "in",
-              reason=channel.close_reason)
+        event(log, "peer lost", self._level(channel.agent), agent=channel.agent,
+              name=self._peer_names.get(channel.agent), address=channel.hello.listen,
+              direction="out" if channel.outbound else "in", reason=channel.close_reason)
         self.pump.on_channel_closed(channel)
         self._seen(channel)
+
+    def _level(self, agent: str) -> int:
+        return logging.INFO if self.is_known(agent) else logging.DEBUG
 
     def _seen(self, channel: Channel) -> None:
         """A peer we know gets its last_seen stored; a stranger only a slot in the bounded

@@ -77,3 +77,25 @@ def load(names: dict[str, str], stored: list[tuple[str, str]]) -> list[Unnamed]:
         else:
             names[agent], owner[name] = name, agent
     return lost
+
+
+def describe(config: Config, agent: str, name: str | None, known: bool, key: str = "agent"
+             ) -> tuple[str, str]:
+    """How a log line names ``agent`` (its ``name``, if it has one, and the start of its
+    id), and where an operator checks the ``key`` (``agent`` or ``address``) the node dials
+    it by: the config's entry, or (``known``: an address learned) where that came from."""
+    who = f"{name} (agent {agent[:8]})" if name else f"agent {agent[:8]}"
+    house = config.clearinghouse
+    peer = next((peer for peer in config.peers if peer.agent == agent), None)
+    if peer is not None:
+        value = agent if key == "agent" else peer.address
+        return who, f'{key} = "{value}" of [[peers]] "{peer.name}" in {config.path}'
+    if house is not None and house.agent == agent:
+        return who, f"[clearinghouse] {key} in {config.path}"
+    if not known:  # removed, or never one: what was queued goes
+        return who, ("the messages queued to it (getinfo outbox_depth): this node knows no "
+                     "address of it (a peer removed, or never one), and they are tried at "
+                     "the address they were queued with until they expire")
+    return who, ("the address learned for it (peers.list; learned from a ticket, a "
+                 f"tally or a route): if it moved, peers.add name=… agent={agent} "
+                 "address=HOST:PORT dials it there")
