@@ -55,7 +55,6 @@ from protocol.keys import ChipAddress, IdentityError, agent_id_to_public
 from store import lifts
 
 if TYPE_CHECKING:
-
     from agentd.runtime.context import Runtime
     from store.credit import Holding
 
