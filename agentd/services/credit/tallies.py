@@ -222,7 +222,9 @@ class TallyService(Service):
     async def rpc_refuse(self, cuid: str, tally: str) -> dict:
         """Turn the partner's offer down (the tally becomes void); on a draft of our own
         invitation that no ticket has come for yet (an unused or expired ticket), withdraw
-        it (void: a ticket presented later is refused)."""
+        it (void: a ticket presented later is refused); on the P.draft a presented ticket
+        made, before any offer, turn that request down (void: the ticket presented again is
+        refused, saying so)."""
         return await self._tally_step(cuid, tally, lambda holding, _: t.refuse(holding.local))
 
     async def rpc_counter(self, cuid: str, tally: str) -> dict:
