@@ -98,7 +98,8 @@ MAX_LIFE_MS = 86_400_000
 # void a lift on its own: its referee may have decided good): lifts, and among the places
 # their referees are asked at (agent, HOST:PORT), those where the referee never answered.
 MAX_HELD = 1024
-MAX_UNANSWERED = 4
+MAX_UNANSWERED = 4  # among the lifts pending or decided in the last UNANSWERED_WINDOW_MS
+UNANSWERED_WINDOW_MS = 3_600_000  # a partner voiding its own lifts frees no place sooner
 
 TRANSITIONS: dict[tuple[str | None, str], str] = {
     (None, "originate"): PEND,
@@ -345,22 +346,23 @@ def check_held(record: dict[str, Any], tally: str, *, held: int,
                unanswered: Collection[tuple[str, str | None]] | None) -> None:
     """Whether a promise over our incoming ``tally`` may make us hold one more lift, while
     ``held`` lifts that promises over it brought are pending here. ``unanswered``: the
-    (referee, address) of those lifts where the referee never answered a dial of ours, or None
-    when the record's referee has answered at the address it names. Past ``MAX_UNANSWERED`` of
+    (referee, address) of those lifts, and of those decided in the last
+    ``UNANSWERED_WINDOW_MS``, where the referee never answered a dial of ours, or None when
+    the record's referee has answered at the address it names. Past ``MAX_UNANSWERED`` of
     them, a partner could make us dial addresses of its choice, naming a made-up referee at
-    each."""
+    each (and voiding each lift itself, with the key it made up, to free its place)."""
     if held >= MAX_HELD:
         raise Refusal("over_limit", f"tally {tally} has {held} lifts pending here that came "
                       f"over it, the most a partner's promises may make this node hold at once: "
                       "another waits until some are decided")
     asked = (record["referee"]["agent"], referee_at(record))
     if unanswered is not None and asked not in unanswered and len(unanswered) >= MAX_UNANSWERED:
-        raise Refusal("referee_refused", f"the lifts pending here that came over tally {tally} "
-                      f"name {len(unanswered)} referees that have never answered this node at "
-                      f"the address their records give (the most they may name: each is dialled"
-                      f" until it answers), and {asked[0]} at {asked[1] or 'no address'} has not"
-                      " either: its lift waits until one of them answers or its lifts are "
-                      "decided")
+        raise Refusal("referee_refused", f"the lifts that came over tally {tally}, pending "
+                      f"here or decided in the last hour, name {len(unanswered)} referees that "
+                      f"have never answered this node at the address their records give (the "
+                      f"most they may name: each is dialled until it answers), and {asked[0]} at"
+                      f" {asked[1] or 'no address'} has not either: its lift waits until one of "
+                      "them answers, or the hour passes")
 
 
 def _to_referee(record: dict[str, Any], action: str, obj: dict, from_cuid: str | None) -> Send:

@@ -43,12 +43,14 @@ def held(conn: sqlite3.Connection, tally: str, cuid: str) -> int:
                         " AND state = 'pend'", (tally, cuid)).fetchone()[0]
 
 
-def held_referees(conn: sqlite3.Connection, tally: str, cuid: str
+def held_referees(conn: sqlite3.Connection, tally: str, cuid: str, since_ms: int
                   ) -> list[tuple[str, str | None]]:
-    """The (referee, where its record says it listens) of those lifts, each once."""
+    """The (referee, where its record says it listens) of those lifts, and of the lifts over
+    the tally decided since ``since_ms``, each once."""
     return [(agent, at) for agent, at in conn.execute(
-        "SELECT DISTINCT referee, referee_at FROM lifts WHERE via_tally = ? AND via_cuid = ?"
-        " AND state = 'pend'", (tally, cuid))]
+        "SELECT referee, referee_at FROM lifts WHERE via_tally = ? AND via_cuid = ?"
+        " AND state = 'pend' UNION SELECT referee, referee_at FROM lifts WHERE via_tally = ?"
+        " AND via_cuid = ? AND updated >= ?", (tally, cuid, tally, cuid, since_ms))]
 
 
 def refereed_pending(conn: sqlite3.Connection, referee: str) -> bool:

@@ -126,11 +126,11 @@ async def test_a_partners_lifts_name_at_most_four_referees_that_never_answered(t
         fifth = ChipAddress(agent=fifth_key.agent_id, host="127.0.0.1", port=free_port())
         refused = await refusal_of(bob, await promise(fifth))
         assert refused == (
-            f"REFEREE_REFUSED: the lifts pending here that came over tally {bobcat} name "
-            f"{lf.MAX_UNANSWERED} referees that have never answered this node at the address "
-            f"their records give (the most they may name: each is dialled until it answers), "
-            f"and {fifth.agent} at 127.0.0.1:{fifth.port} has not either: its lift waits until "
-            "one of them answers or its lifts are decided")
+            f"REFEREE_REFUSED: the lifts that came over tally {bobcat}, pending here or decided"
+            f" in the last hour, name {lf.MAX_UNANSWERED} referees that have never answered this"
+            f" node at the address their records give (the most they may name: each is dialled"
+            f" until it answers), and {fifth.agent} at 127.0.0.1:{fifth.port} has not either: "
+            "its lift waits until one of them answers, or the hour passes")
         await processed(bob, await promise(referees[0]))  # one named already
         elsewhere = ChipAddress(agent=referees[0].agent, host="127.0.0.1", port=fifth.port)
         assert "REFEREE_REFUSED" in await refusal_of(bob, await promise(elsewhere))
@@ -183,8 +183,8 @@ async def test_refusals_past_the_bound_are_counted_and_logged_once_a_while_per_t
         def heard(payer) -> list[logging.LogRecord]:  # on the sender's side
             return [record for record in caplog.records if re.match(
                 f"{re.escape(cat.agent_id[:8])} refused lift/promise \\(id [0-9a-f]{{12}}\\): "
-                f"REFEREE_REFUSED: the lifts pending here that came over tally "
-                f"{tallies[payer]} ", record.getMessage())]
+                f"REFEREE_REFUSED: the lifts that came over tally {tallies[payer]}, ",
+                record.getMessage())]
 
         for payer, cuid, refused in ((bob, "bob", 3), (ann, "ann", 1)):
             for _ in range(lf.MAX_UNANSWERED):
@@ -209,8 +209,9 @@ async def test_refusals_past_the_bound_are_counted_and_logged_once_a_while_per_t
         assert [len(lines) for lines in logged.values()] == [1, 1], logged
         for payer, (line,) in logged.items():
             assert re.match(f"refused lift/promise from {re.escape(payer.agent_id[:8])} "
-                            f"\\(id [0-9a-f]{{12}}\\): REFEREE_REFUSED: the lifts pending here "
-                            f"that came over tally {tallies[payer]} name 4 referees", line), line
+                            f"\\(id [0-9a-f]{{12}}\\): REFEREE_REFUSED: the lifts that came over "
+                            f"tally {tallies[payer]}, pending here or decided in the last hour, "
+                            "name 4 referees", line), line
             assert line.endswith(
                 f"(further REFEREE_REFUSED refusals over tally {tallies[payer]} in the next "
                 f"{QUIET_S:g} s are counted in getinfo counters.refusals, not logged)")
@@ -228,13 +229,14 @@ async def test_a_decided_lift_stops_the_dials_to_its_referee_and_forgets_it(tmp_
     """bob names a made-up referee in each promise and voids the lift himself with its key
     (he made it up): cat's commit to it stayed in the outbox, so cat dialled every such
     address for ever, and kept each referee as a known peer (a row, and a known peer passes
-    the limits a stranger meets). A decided lift's messages to its referee go, and a referee
-    nothing else needs is forgotten; the clearing house, which the config names, never is."""
+    the limits a stranger meets). A decided lift's messages to its referee go, a referee
+    nothing else needs is forgotten (the clearing house, which the config names, never is),
+    and the referees that never answered still count against the bound for an hour."""
     async with network(tmp_path, n=3, clearinghouse=0) as net:
         bob, cat = await users(net, "bob", "cat")
         bobcat = await open_tally(bob, "bob", cat, "cat")
         dials, ports = dial_failures(cat), []
-        for _ in range(lf.MAX_UNANSWERED + 2):  # past the bound on those pending at once
+        for _ in range(lf.MAX_UNANSWERED):
             key = SigningKey.generate()
             referee = ChipAddress(agent=key.agent_id, host="127.0.0.1", port=free_port())
             ports.append(f"127.0.0.1:{referee.port}:")
@@ -255,6 +257,11 @@ async def test_a_decided_lift_stops_the_dials_to_its_referee_and_forgets_it(tmp_
         dialled = len(dials)  # the pump dropped the withdrawn commits: no sender dials there
         await trio.sleep(2)  # a failed dial is tried again after 0.5 s
         assert not [failure for failure in dials[dialled:] if any(p in failure for p in ports)]
+        # decided, they still count for an hour: voiding its own lifts frees bob no place
+        record = lift_record(bob, "bob", cat, "cat", bobcat, made_up())
+        assert (await refusal_of(bob, await send_raw(
+            bob, cat, "cat", "lift", "promise", {"record": record, "hop": 0}, "bob"))
+                ).startswith(f"REFEREE_REFUSED: the lifts that came over tally {bobcat}, ")
         paid = await rpc(bob, "lift.pay", cuid="bob", find=who(cat, "cat"), units=5)
         assert (await rpc(bob, "lift.wait", lift=paid["lift"], timeout_s=20))["state"] == "good"
         await wait_for(lambda: cat.db.read_one("SELECT state FROM lifts WHERE lift = ?",

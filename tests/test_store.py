@@ -230,7 +230,7 @@ def test_migration_14_finds_the_tally_a_pending_lift_came_over(
                             ).fetchall() == [("done", None, None), ("hop", "in", "u"),
                                              ("paid", None, None)]
         assert lifts.held(conn, "in", "u") == 1
-        assert lifts.held_referees(conn, "in", "u") == [("r", None)]
+        assert lifts.held_referees(conn, "in", "u", 2) == [("r", None)]
     finally:
         conn.close()
 

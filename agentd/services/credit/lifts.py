@@ -436,7 +436,8 @@ class LiftService(Service):
         answered = self.runtime.answered
         unanswered = None
         if not answered(record["referee"]["agent"], lf.referee_at(record)):
-            unanswered = {place for place in lifts.held_referees(tx.conn, tally, cuid)
+            since = tx.now_ms - lf.UNANSWERED_WINDOW_MS
+            unanswered = {place for place in lifts.held_referees(tx.conn, tally, cuid, since)
                           if not answered(*place)}
         try:
             lf.check_held(record, tally, held=lifts.held(tx.conn, tally, cuid),
