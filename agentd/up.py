@@ -176,17 +176,22 @@ def _left_running(configs: list[Config], failed: Config, stop_them: str) -> str:
 
 
 def down(directory: Path) -> int:
-    stopped, idle = [], []
+    """Stop every node ``directory`` names; 1 when one still runs that the CLI cannot reach
+    (its data_dir edited while it ran: ``agentd.stray``)."""
+    stopped, idle, strays = [], [], []
     for path in _configs(directory):
         name = _name(path)
         socket_path = control_socket(path)
         try:
             call(socket_path, "stop", {}, timeout=5)
         except (UserError, RpcError, OSError):
-            idle.append(name)  # not running
-            if (note := stray_note(path)) is not None:
-                print(f"agentd down: {path}: no control socket where its data_dir says, {note}",
-                      file=sys.stderr)
+            note = stray_note(path)
+            if note is None:
+                idle.append(name)  # not running
+            else:  # running, where the CLI cannot reach it
+                strays.append(name)
+                print(f"agentd down: {path}: no control socket where its data_dir says "
+                      f"({socket_path}), {note}", file=sys.stderr)
             continue
         stopped.append((name, socket_path))
     deadline = time.monotonic() + STOP_TIMEOUT
@@ -196,12 +201,16 @@ def down(directory: Path) -> int:
                 raise UserError(f"node {name} did not stop within {STOP_TIMEOUT:g} s")
             time.sleep(0.05)
     names = ", ".join(name for name, _ in stopped)
-    if not names:
+    if not names and not strays:
         print("agentd down: no node was running")
-    else:
+    elif names:
         print(f"agentd down: stopped {names}"
               + (f"; {', '.join(idle)} {'was' if len(idle) == 1 else 'were'} not running"
                  if idle else ""))
+    if strays:
+        print(f"agentd down: still running, not stopped: {', '.join(strays)} (see above)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -70,20 +70,25 @@ def test_down_names_the_nodes_it_stopped_and_those_not_running(tmp_path: Path, c
 def test_a_node_whose_data_dir_was_edited_while_it_ran_is_not_said_to_be_down(
         tmp_path: Path, capsys):
     """data_dir edited while the node ran: down said "no node was running" and a call said
-    to start it (which fails: its port is taken, and init would give it a new key). Both
-    now say something still listens at its address, and how to stop it."""
+    to start it (which fails: its port is taken, and init would give it a new key). Each now
+    names the process started from that config and the socket of the data_dir it holds; a
+    port held by anything else is not blamed on an edit."""
     a = init(tmp_path, "a")
     config = Path(a["config"])
     process = start(a["config"])
     try:
         config.write_text(config.read_text().replace('data_dir = "data"', 'data_dir = "data2"'))
-        note = (f"but something listens at its node.listen 127.0.0.1:{a['port']}: most likely "
-                "this node, started before its data_dir was edited (a second start cannot take"
-                " the port): stop it with 'agentd --socket OLD_DATA_DIR/agentd.sock stop'")
-        assert down(tmp_path) == 0
+        old = config.parent / "data"
+        note = (f"but a node started from this config still runs (pid {process.pid}), with the"
+                f" data_dir it had then ({old}): stop it with 'agentd --socket "
+                f"{old / 'agentd.sock'} stop', then start it again (move that directory's files "
+                "to the new data_dir first, or set data_dir back: they hold the node's key and "
+                "database)")
+        assert down(tmp_path) == 1
         out, err = capsys.readouterr()
-        assert (out, err) == ("agentd down: no node was running\n", f"agentd down: {config}: "
-                              f"no control socket where its data_dir says, {note}\n")
+        assert (out, err) == ("", f"agentd down: {config}: no control socket where its data_dir"
+                              f" says ({config.parent / 'data2' / 'agentd.sock'}), {note}\n"
+                              "agentd down: still running, not stopped: a (see above)\n")
         with pytest.raises(UserError) as caught:
             cli._main(["-c", str(config), "getinfo"])
         assert str(caught.value).startswith("no agentd is running here (no control socket at ")
@@ -91,15 +96,18 @@ def test_a_node_whose_data_dir_was_edited_while_it_ran_is_not_said_to_be_down(
         with pytest.raises(UserError) as caught:  # not: 'create a key with agentd init'
             up(tmp_path)
         assert f"; {note}" in str(caught.value)
-        socket_path = config.parent / "data" / "agentd.sock"
-        assert cli._main(["--socket", str(socket_path), "stop"]) == 0
+        assert cli._main(["--socket", str(old / "agentd.sock"), "stop"]) == 0
         assert process.wait(timeout=10) == 0
     finally:
         if process.poll() is None:
             process.kill()
-    with pytest.raises(UserError) as caught:  # stopped: nothing listens, nothing to say
+    with pytest.raises(UserError) as caught:  # stopped: nothing to say of it
         cli._main(["-c", str(config), "getinfo"])
-    assert "something listens" not in str(caught.value)
+    assert "still runs" not in str(caught.value)
+    with pytest.raises(UserError) as caught:  # the advice, followed: the key is not lost
+        up(tmp_path)
+    assert "if data_dir was changed in the config, move the old data_dir's files there" in str(
+        caught.value)
 
 
 def test_two_concurrent_ups_start_each_node_once(tmp_path: Path):
