@@ -23,10 +23,16 @@ async def test_an_unused_invitation_is_withdrawn_and_its_ticket_refused_after(tm
         assert await rpc(a, "tally.refuse", cuid="alice", tally=tally) == {
             "tally": tally, "state": "void"}
         assert [row["state"] for row in await rpc(a, "tally.list", cuid="alice")] == ["void"]
+        withdrawn = ("BAD_TICKET", "BAD_TICKET: the inviter withdrew this invitation: ask for "
+                     "a new ticket")  # it said "BAD_STATE: cannot got ticket a tally in state void"
         late = await refused(b, "tally.request", cuid="bob", ticket=invited["ticket"])
-        assert "void" in late.message, late.message
+        assert (late.reason, late.message) == withdrawn
         assert [row["state"] for row in await rpc(a, "tally.list", cuid="alice")] == ["void"]
         assert await rpc(b, "tally.list", cuid="bob") == []
+        public = await rpc(a, "tally.invite", cuid="alice", reuse=True)  # a reusable one too
+        await rpc(a, "tally.refuse", cuid="alice", tally=public["tally"])
+        late = await refused(b, "tally.request", cuid="bob", ticket=public["ticket"])
+        assert (late.reason, late.message) == withdrawn
 
 
 async def test_a_draft_the_partner_countered_is_not_withdrawn_behind_its_back(tmp_path):

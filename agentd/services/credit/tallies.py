@@ -336,6 +336,10 @@ class TallyService(Service):
         if row is None or row["cuid"] != cuid:
             raise Reject("BAD_TICKET", "no such ticket: it was never issued here")
         template = self.ledger.holding(tx.conn, row["tally"], cuid)
+        if template.local.state == ts.VOID and (row["reuse"] or not row["used"]):
+            # tally.refuse on the draft before any ticket came for it (reusable: at any time)
+            raise Reject("BAD_TICKET", "the inviter withdrew this invitation: ask for a new "
+                         "ticket")
         if not row["reuse"] and row["used"]:
             if self._taken_from(template.local, envelope.from_):
                 return  # presented again by the user who used it: nothing changes
