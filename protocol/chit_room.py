@@ -10,7 +10,8 @@ The receiving side (``protocol.chit.receive_good``) checks the limit too, which 
 always fits: a signed chit is the issuer's word. ``reserved`` is the sum of pending lift chits
 that already raise the payee's balance on this tally: it counts as spent.
 
-Refusal codes: ``over_limit`` and ``closing``, each saying how much fits now. Balances follow
+Refusal codes: ``over_limit`` and ``closing``, each saying how much fits now (or that nothing
+does). Balances follow
 the convention of :mod:`protocol.chit_local`.
 """
 
@@ -36,8 +37,8 @@ def check_limit(
         raise Refusal(
             "over_limit",
             f"{chit['units']} would bring {payer_name}'s debt to {payee_name} to {after}{held},"
-            f" past {payee_name}'s limit of {limit}: at most "
-            f"{_limit_fits(local, chit, before, reserved)} fits now",
+            f" past {payee_name}'s limit of {limit}: "
+            f"{_fits(_limit_fits(local, chit, before, reserved))}",
         )
     return before
 
@@ -57,7 +58,7 @@ def check_room(
         fits = min(max(0, -2 * (before + reserved)),  # as far past zero as it is short of it
                    _limit_fits(local, chit, before, reserved))
         raise Refusal("closing", f"tally {local.uuid} is closing: no payment may make what "
-                      f"either side owes grow; at most {fits} fits now")
+                      f"either side owes grow; {_fits(fits)}")
     check_limit(local, chit, holder_balance, reserved)
 
 
@@ -73,6 +74,11 @@ def _payee_limit(local: LocalTally, chit: dict[str, Any]) -> int:
 def _limit_fits(local: LocalTally, chit: dict[str, Any], before: int, reserved: int) -> int:
     """The most the payee's limit lets the payer pay now."""
     return max(_payee_limit(local, chit) - before - reserved, 0)
+
+
+def _fits(units: int) -> str:
+    """What fits, in words: "at most 0" names an amount no payment can have (units from 1)."""
+    return f"at most {units} fits now" if units > 0 else "nothing fits now"
 
 
 def _user(local: LocalTally, side: str) -> str:
