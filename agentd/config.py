@@ -477,19 +477,22 @@ def control_socket(path: Path | str) -> Path:
     """The control socket of the node configured in ``path``, read without validating the
     rest of the file: the CLI needs only ``[node] data_dir`` to reach a node — to ``reload``
     it after a bad edit, which the node then refuses naming the problem, or to ``stop`` it.
-    A file that is not TOML at all falls back to its ``data_dir = "..."`` line."""
+    A file that is not TOML at all (nor UTF-8: an edit saved as Latin-1) falls back to its
+    ``data_dir = "..."`` line."""
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        text = source.read_bytes().decode("utf-8", "replace")
     except FileNotFoundError as exc:
         raise UserError(f"{source}: config file not found") from exc
     except OSError as exc:
         raise _unreadable(source, exc) from exc
-    except UnicodeDecodeError as exc:
-        raise not_text(source, "config file", exc) from exc
     toml = ""
     try:
-        data_dir = tomllib.loads(text).get("node", {}).get("data_dir")
+        raw = tomllib.loads(text)
+        if "sim" in raw and "node" not in raw:
+            raise UserError(f"{source}: a simulation scenario ([sim]), not a node config: "
+                            f"agentd sim {source} runs it")
+        data_dir = raw.get("node", {}).get("data_dir")
     except (tomllib.TOMLDecodeError, AttributeError) as exc:
         found = re.search(r'^\s*data_dir\s*=\s*"([^"\\]*)"', text, re.MULTILINE)
         data_dir = found.group(1) if found else None

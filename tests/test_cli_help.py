@@ -142,6 +142,13 @@ def test_control_socket_is_found_without_validating_the_config(tmp_path):
     with pytest.raises(UserError, match=r"n\.toml: is not a TOML config \(.*\), and "
                                         r"node\.data_dir is required"):
         control_socket(config)
+    # an edit saved as Latin-1: the node can still be told to reload (it names the problem)
+    config.write_bytes(b'[node]\ndata_dir = "d3"\nname = "caf\xe9"\n')
+    assert control_socket(config) == tmp_path / "d3" / "agentd.sock"
+    config.write_text('[sim]\nname = "x"\n[nodes]\ncount = 2\n')  # a scenario, not a config
+    with pytest.raises(UserError, match=r"n\.toml: a simulation scenario \(\[sim\]\), not a "
+                                        r"node config: agentd sim .*n\.toml runs it$"):
+        control_socket(config)
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["sim", "ring"]], ids=["usage", "sim"])
