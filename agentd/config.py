@@ -404,9 +404,12 @@ def parse_config(raw: dict, source: Path) -> Config:
         for i, entry in enumerate(relay.get("verify", list, [])):
             section = _Section(problems, f"relay.verify[{i}]", entry)
             signers = section.get("signers", list, None, required=True)
-            if signers is not None and (not signers or not all(map(is_agent_id, signers))):
+            if signers is not None and not signers:
                 section.bad("signers", "must be a non-empty list of agent ids (a view is never "
-                            f"accepted unverified), got {signers!r}")
+                            "accepted unverified), got []")
+            elif signers is not None and (wrong := [s for s in signers if not is_agent_id(s)]):
+                section.bad("signers", f"{wrong[0]!r} is not an agent id (43 characters of "
+                            "base64url, as getinfo's agent shows it)")
             view = section.get("view", str, required=True)
             if view is not None and (problem := served_problem(view, "a source")) is not None:
                 section.bad("view", problem)  # a typo would leave the default rule in force

@@ -18,6 +18,8 @@ def pattern_problem(pattern: object) -> str | None:
     """The problem with a view pattern (a view, or a prefix followed by one ``*``), or None."""
     if not isinstance(pattern, str):
         return "must be text"
+    if "*" in pattern.removesuffix("*"):  # tally:*:chits: the parts check would say less
+        return f"{pattern!r}: '*' may appear only once, at the end"
     if pattern.endswith("*"):
         prefix = pattern[:-1]
         if len(prefix) > MAX_VIEW_LENGTH or not _PATTERN_PREFIX.fullmatch(prefix):
@@ -26,7 +28,7 @@ def pattern_problem(pattern: object) -> str | None:
     try:
         check_view(pattern)
     except AddressError as exc:
-        return str(exc)
+        return str(exc).removeprefix("view ")  # after the key's name ("….view"), once
     return None
 
 
@@ -54,7 +56,7 @@ def served_problem(pattern: object, server: str = "this node") -> str | None:
         try:
             parse_view(pattern)
         except AddressError as exc:
-            return str(exc)
+            return str(exc).removeprefix("view ")
     return None
 
 
