@@ -155,7 +155,7 @@ def _main(argv: list[str]) -> int:
     if options.socket:
         socket_path = Path(options.socket)
     elif options.config:
-        from agentd.config import control_socket
+        from agentd.config_files import control_socket
 
         socket_path = control_socket(options.config)
     else:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
-import re
 import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentd.config_files import not_text, unreadable
 from agentd.errors import UserError
 from protocol.frames import DEFAULT_MAX_FRAME
 from protocol.keys import IdentityError, agent_id_problem, is_agent_id, parse_hostport
@@ -285,21 +285,6 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def _unreadable(source: Path, exc: OSError) -> UserError:
-    hint = ""
-    if source.is_dir():
-        inside = source / "agentd.toml"
-        hint = f"; did you mean {inside}?" if inside.is_file() else "; give the config file"
-    return UserError(f"{source}: cannot read config file: {exc.strerror}{hint}")
-
-
-def not_text(source: Path, what: str, exc: UnicodeDecodeError) -> UserError:
-    """A file that is not UTF-8 (a database, a file saved as Latin-1): where, not a
-    traceback."""
-    return UserError(f"{source}: not a {what}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}"
-                     f" at offset {exc.start}; TOML files are UTF-8)")
-
-
 def load_config(path: Path | str) -> Config:
     source = Path(path)
     try:
@@ -307,7 +292,7 @@ def load_config(path: Path | str) -> Config:
     except FileNotFoundError as exc:
         raise UserError(f"{source}: config file not found") from exc
     except OSError as exc:
-        raise _unreadable(source, exc) from exc
+        raise unreadable(source, exc) from exc
     except UnicodeDecodeError as exc:
         raise not_text(source, "config file", exc) from exc
     except tomllib.TOMLDecodeError as exc:
@@ -474,37 +459,6 @@ def parse_config(raw: dict, source: Path) -> Config:
         log_level=log_level, log_format=log_format, metrics_listen=metrics_listen,
         limits=limits, lift=lift,
     )
-
-
-def control_socket(path: Path | str) -> Path:
-    """The control socket of the node configured in ``path``, read without validating the
-    rest of the file: the CLI needs only ``[node] data_dir`` to reach a node — to ``reload``
-    it after a bad edit, which the node then refuses naming the problem, or to ``stop`` it.
-    A file that is not TOML at all (nor UTF-8: an edit saved as Latin-1) falls back to its
-    ``data_dir = "..."`` line."""
-    source = Path(path)
-    try:
-        text = source.read_bytes().decode("utf-8", "replace")
-    except FileNotFoundError as exc:
-        raise UserError(f"{source}: config file not found") from exc
-    except OSError as exc:
-        raise _unreadable(source, exc) from exc
-    toml = ""
-    try:
-        raw = tomllib.loads(text)
-        if "sim" in raw and "node" not in raw:
-            raise UserError(f"{source}: a simulation scenario ([sim]), not a node config: "
-                            f"agentd sim {source} runs it")
-        data_dir = raw.get("node", {}).get("data_dir")
-    except (tomllib.TOMLDecodeError, AttributeError) as exc:
-        found = re.search(r'^\s*data_dir\s*=\s*"([^"\\]*)"', text, re.MULTILINE)
-        data_dir = found.group(1) if found else None
-        toml = f"is not a TOML config ({exc}), and " if isinstance(
-            exc, tomllib.TOMLDecodeError) else ""
-    if not isinstance(data_dir, str) or not data_dir:
-        raise UserError(f"{source}: {toml}node.data_dir is required (it locates the control "
-                        "socket; or give --socket PATH)")
-    return Path(os.path.normpath(source.resolve().parent / data_dir)) / "agentd.sock"
 
 
 def _limits(node: _Section) -> Limits:

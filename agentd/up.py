@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from agentd.completion import FILE
-from agentd.config import Config, control_socket, load_config
+from agentd.config import Config, load_config
+from agentd.config_files import control_socket
 from agentd.errors import UserError
 from agentd.rpc import RpcError, call
 from agentd.stray import stray_note

@@ -14,7 +14,7 @@ import pytest
 from agentd import cli
 from agentd.bench import BENCHMARKS, verdict
 from agentd.bench import usage as bench_usage
-from agentd.config import control_socket
+from agentd.config_files import control_socket
 from agentd.errors import UserError, did_you_mean
 from agentd.human import duration, render
 from agentd.methods import describe, method_help, plain, registry

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentd.config import name_problem, not_text
+from agentd.config import name_problem
+from agentd.config_files import not_text
 from agentd.configs_dir import shipped_scenarios
 from agentd.errors import UserError, did_you_mean
 from protocol.keys import valid_cuid
