@@ -279,8 +279,13 @@ async def test_the_inviter_turns_a_request_down_before_offering(tmp_path):
         assert state(a, "alice", tally) == ts.P_DRAFT
         assert (await rpc(a, "tally.refuse", cuid="alice", tally=tally))["state"] == ts.VOID
         again = await refused(b, "tally.request", cuid="bob", ticket=invited["ticket"])
-        assert (again.reason, again.message) == ("BAD_TICKET", (
-            f"BAD_TICKET: the inviter turned your request down: tally {tally} is void"))
+        assert (again.reason, again.message) == ("TICKET_REFUSED", (
+            f"TICKET_REFUSED: the inviter turned your request down: tally {tally} is void"))
+        # told so, bob's node waits for no offer: a wait is UNKNOWN_TALLY at once
+        assert b.db.read_one("SELECT count(*) FROM tally_requests")[0] == 0
+        gone = await refused(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER,
+                             timeout_s=30)
+        assert gone.reason == "UNKNOWN_TALLY"
         assert (await refused(a, "tally.offer", cuid="alice", tally=tally)).reason == (
             "BAD_STATE")
         # bob counters alice's offer: his counter-offer, not sent yet, is his to send or not

@@ -23,8 +23,8 @@ async def test_an_unused_invitation_is_withdrawn_and_its_ticket_refused_after(tm
         assert await rpc(a, "tally.refuse", cuid="alice", tally=tally) == {
             "tally": tally, "state": "void"}
         assert [row["state"] for row in await rpc(a, "tally.list", cuid="alice")] == ["void"]
-        withdrawn = ("BAD_TICKET", "BAD_TICKET: the inviter withdrew this invitation: ask for "
-                     "a new ticket")  # it said "BAD_STATE: cannot got ticket a tally in state void"
+        withdrawn = ("TICKET_REFUSED", "TICKET_REFUSED: the inviter withdrew this invitation: "
+                     "ask for a new ticket")  # it said "BAD_STATE: cannot got ticket a tally in …"
         late = await refused(b, "tally.request", cuid="bob", ticket=invited["ticket"])
         assert (late.reason, late.message) == withdrawn
         assert [row["state"] for row in await rpc(a, "tally.list", cuid="alice")] == ["void"]

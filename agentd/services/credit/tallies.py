@@ -338,8 +338,8 @@ class TallyService(Service):
         template = self.ledger.holding(tx.conn, row["tally"], cuid)
         if template.local.state == ts.VOID and (row["reuse"] or not row["used"]):
             # tally.refuse on the draft before any ticket came for it (reusable: at any time)
-            raise Reject("BAD_TICKET", "the inviter withdrew this invitation: ask for a new "
-                         "ticket")
+            raise Reject("TICKET_REFUSED", "the inviter withdrew this invitation: ask for a "
+                         "new ticket")
         if not row["reuse"] and row["used"]:
             if self._taken_from(template.local, envelope.from_):
                 return  # presented again by the user who used it: nothing changes
@@ -382,7 +382,7 @@ class TallyService(Service):
         if local.state == ts.P_DRAFT:
             return True
         if local.state == ts.VOID and local.tally["version"] == 1:  # never offered
-            raise Reject("BAD_TICKET", f"the inviter turned your request down: tally "
+            raise Reject("TICKET_REFUSED", f"the inviter turned your request down: tally "
                          f"{local.uuid} is void")
         raise Reject("BAD_TICKET", f"you used this ticket already: tally {local.uuid} is "
                      f"{local.state} at the inviter's node (tally.list shows it once offered)")
@@ -424,10 +424,26 @@ class TallyService(Service):
         else:
             self.ledger.commit(tx, holding, local=local)
 
+    def _forget_request(self, tx: Tx, envelope: dict) -> None:
+        """The inviter turned our user's request down, or withdrew its invitation: no offer
+        will come, so the request goes (``tally.wait`` and ``tally.show`` then say
+        ``UNKNOWN_TALLY`` at once). Its own code tells it from a ticket used already, whose
+        offer may still be on its way."""
+        token, user = (envelope.get("object") or {}).get("token"), (
+            envelope.get("from") or {}).get("cuid")
+        inviter = (envelope.get("to") or {}).get("agent")
+        if not isinstance(token, str) or not isinstance(user, str):
+            return
+        subject = self.runtime.own_address(user)
+        for tally_uuid in (ticket_tally_uuid(token), ticket_tally_uuid(token, subject)):
+            self.ledger.store.take_request(tx.conn, tally_uuid, user, inviter)
+
     def tally_settled(self, tx: Tx, envelope: dict, refusal: Reject | None) -> None:
         """The partner's node committed (``refusal`` None) or refused a tally message of ours."""
         message_id = envelope.get("id")
         if envelope.get("action") == "ticket":
+            if refusal is not None and refusal.code == "TICKET_REFUSED":
+                self._forget_request(tx, envelope)
             self.runtime.replies.settle(tx, message_id, error=refusal)
             return
         obj, sender = envelope.get("object") or {}, envelope.get("from") or {}
