@@ -29,7 +29,7 @@ import trio
 
 from agentd import __version__, printable
 from agentd.completion import DIRECTORY, FILE
-from agentd.errors import UserError, did_you_mean
+from agentd.errors import NotRunning, UserError, did_you_mean
 
 # name: (synopsis, what it does) — the commands that run here rather than call a node
 COMMANDS = {
@@ -168,8 +168,8 @@ def _main(argv: list[str]) -> int:
         return _rpc(socket_path, options.command, args, human=human,
                     start="nothing to stop" if options.command == "stop"
                     else _how_to_start(options.config))
-    except UserError as exc:
-        if options.config is None or not str(exc).startswith("no agentd is running here"):
+    except NotRunning as exc:
+        if options.config is None:
             raise
         from agentd.stray import stray_note
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agentd.config_files import not_text, unreadable
+from agentd.config_files import not_text, refuse_scenario, unreadable
 from agentd.errors import UserError
 from protocol.frames import DEFAULT_MAX_FRAME
 from protocol.keys import IdentityError, agent_id_problem, is_agent_id, parse_hostport
@@ -302,9 +302,7 @@ def load_config(path: Path | str) -> Config:
 
 def parse_config(raw: dict, source: Path) -> Config:
     """Validate a config's tables; every problem found is raised at once (``UserError``)."""
-    if "sim" in raw and "node" not in raw:  # not a misspelt config: say what it is
-        raise UserError(f"{source}: a simulation scenario ([sim]), not a node config: "
-                        f"agentd sim {source} runs it")
+    refuse_scenario(raw, source)
     base = source.resolve().parent
     problems = _Problems(source)
     top = _Section(problems, "", raw)

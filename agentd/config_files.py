@@ -28,6 +28,14 @@ def not_text(source: Path, what: str, exc: UnicodeDecodeError) -> UserError:
                      f" at offset {exc.start}; TOML files are UTF-8)")
 
 
+def refuse_scenario(raw: dict, source: Path) -> None:
+    """A simulation scenario given where a node's config goes: say what it is (its tables
+    would be called misspellings of the config's)."""
+    if "sim" in raw and "node" not in raw:
+        raise UserError(f"{source}: a simulation scenario ([sim]), not a node config: "
+                        f"agentd sim {source} runs it")
+
+
 def control_socket(path: Path | str) -> Path:
     """The control socket of the node configured in ``path``, read without validating the
     rest of the file: the CLI needs only ``[node] data_dir`` to reach a node — to ``reload``
@@ -44,9 +52,7 @@ def control_socket(path: Path | str) -> Path:
     toml = ""
     try:
         raw = tomllib.loads(text)
-        if "sim" in raw and "node" not in raw:
-            raise UserError(f"{source}: a simulation scenario ([sim]), not a node config: "
-                            f"agentd sim {source} runs it")
+        refuse_scenario(raw, source)
         data_dir = raw.get("node", {}).get("data_dir")
     except (tomllib.TOMLDecodeError, AttributeError) as exc:
         found = re.search(r'^\s*data_dir\s*=\s*"([^"\\]*)"', text, re.MULTILINE)

@@ -13,6 +13,10 @@ class UserError(Exception):
     """
 
 
+class NotRunning(UserError):
+    """No node answers at a control socket (none there, or a killed node's file)."""
+
+
 def did_you_mean(name: str, known: Iterable[str]) -> str:
     """`` (did you mean a, b?)`` naming the known names closest to a mistyped ``name`` (its
     misspellings, and names of the same dotted family), or "" when none is close."""

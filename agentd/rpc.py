@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from agentd.errors import UserError, did_you_mean
+from agentd.errors import NotRunning, UserError, did_you_mean
 from agentd.rpc_types import check_params
 from protocol.errors import Refusal
 from protocol.keys import b64u
@@ -289,14 +289,14 @@ def call(socket_path: Path, method: str, params: dict[str, Any], timeout: float 
         try:
             sock.connect(str(socket_path))
         except FileNotFoundError as exc:
-            raise UserError(f"no agentd is running here (no control socket at {socket_path});"
+            raise NotRunning(f"no agentd is running here (no control socket at {socket_path});"
                             f" {start}") from exc
         except ConnectionRefusedError as exc:  # the socket file of a node that was killed
             if not _is_socket(socket_path):  # or no socket at all: a config file, say
                 raise UserError(f"{socket_path} is not a control socket: --socket takes the "
                                 "agentd.sock in a node's data_dir; a node's config goes with -c"
                                 " CONFIG") from exc
-            raise UserError(f"no agentd is running here (nothing answers at {socket_path}: the"
+            raise NotRunning(f"no agentd is running here (nothing answers at {socket_path}: the"
                             f" node stopped without removing it); {start}") from exc
         request = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
         lost = UserError(f"agentd closed the control socket during {method!r}: whether it was "

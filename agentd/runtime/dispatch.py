@@ -161,8 +161,8 @@ class Dispatcher:
         refusal = self._check_addressing(message, channel.agent)
         if refusal is not None:
             first = self._first_refusal(message.id, channel.agent, refusal.code.lower())
-            note = "" if self.node.is_known(channel.agent) or not first else self._quiet.note(
-                refusal.code, "from strangers")  # as a service's refusals (_refuse)
+            key = self._quiet_key(refusal, channel.agent) if first else None
+            note = "" if key is None else self._quiet.note(refusal.code, key)
             log.log(logging.WARNING if first and note is not None else logging.DEBUG,
                     "rejected message from %s: %s%s", channel.agent[:8], refusal, note or "")
             await channel.send_frame(ack_frame(message.id, refusal.code, refusal.message))
@@ -320,16 +320,22 @@ class Dispatcher:
         if self._first_refusal(heard.id, heard.sender, "refused"):
             self.node.counters.refusals[code] += 1
             level, note = logging.INFO, ""
-            # a stranger's are routine too: a fresh id each costs it nothing (a line each
-            # filled the log at ~1,200 lines/s, and journald's rate limit then drops ours)
-            key = refusal.key if isinstance(refusal, RoutineReject) else (
-                None if self.node.is_known(heard.sender) else "from strangers")
+            key = self._quiet_key(refusal, heard.sender)
             if key is not None:
                 quiet = self._quiet.note(code, key)
                 level, note = (logging.DEBUG, "") if quiet is None else (logging.INFO, quiet)
         log.log(level, "refused %s from %s (id %s): %s: %s%s", heard.kind, heard.sender[:8],
                 heard.traced_id, code, text, note)
         return ack_frame(heard.id, code, text)
+
+    def _quiet_key(self, refusal: Refusal, sender: str) -> str | None:
+        """What a refusal is logged once a while under (``QuietLog``), or None to log each:
+        a routine one's key, and any of a stranger's (a fresh id each costs it nothing: a
+        line each filled the log at ~1,200 lines/s, and journald's rate limit then drops
+        ours)."""
+        if isinstance(refusal, RoutineReject):
+            return refusal.key
+        return None if self.node.is_known(sender) else "from strangers"
 
     def _first_refusal(self, message_id: bytes, sender: str, reason: str) -> bool:
         """Count the refusal of a message under ``rejected[reason]`` the first time; one

@@ -135,20 +135,17 @@ class LiftDecisions:
                 self.ledger.log(tx, holding.local, "chit.void", decided.to_map(),
                                 ref=decided.uuid)
         lifts.settle(tx.conn, lift, state, decision, tx.now_ms)
-        self._done_with_referee(tx, lift)
+        self._done_with_referee(tx, lift, decision["referee"])
         log_lift(tx, lift, state)
         tx.after_commit(lambda: self._wake(lift))
         tx.after_commit(lambda: self.routes.decided(lift, state))
 
-    def _done_with_referee(self, tx: Tx, lift: str) -> None:
-        """A decided lift needs nothing more of its referee: what we still queued to it about
-        the lift (a commit, a cancel, a question) goes (a partner that named a made-up
-        referee, and voided its lift itself with that referee's key, had us dial its address
-        for ever), and its address is forgotten unless something else needs it."""
-        row = lifts.get(tx.conn, lift)
-        if row is None:
-            return
-        referee = row["referee"]
+    def _done_with_referee(self, tx: Tx, lift: str, referee: str) -> None:
+        """A decided lift needs nothing more of its referee (the decision's signer, checked
+        against the record): what we still queued to it about the lift (a commit, a cancel,
+        a question) goes (a partner that named a made-up referee, and voided its lift itself
+        with that referee's key, had us dial its address for ever), and its address is
+        forgotten unless something else needs it."""
         for message_id, body in outbox.pending_bodies_to(tx.conn, referee, "lift",
                                                           ("commit", "cancel", "query")):
             record = (unpack(body).get("object") or {}).get("record")
