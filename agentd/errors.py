@@ -22,6 +22,8 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     misspellings, and names of the same dotted family), or "" when none is close."""
     known = sorted(known)
     by_case = {k.lower(): k for k in known}  # GETINFO is getinfo
+    if name.lower() in by_case:  # only the case is wrong: that name, and no other
+        return f" (did you mean {by_case[name.lower()]}?)"
     close = [by_case[k] for k in difflib.get_close_matches(name.lower(), by_case, n=3,
                                                             cutoff=0.6)]
     family = name.split(".")[0] + "."

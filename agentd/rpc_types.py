@@ -66,8 +66,16 @@ def check_params(method: str, signature: inspect.Signature, params: dict[str, An
         hint = signature.parameters[name].annotation
         checked = _check(hint) if isinstance(hint, str) else None
         if checked is not None and not any(check(value) for check in checked[0]):
-            return f"{method}: {name} must be {checked[1]}, not {shown(value)}"
+            return f"{method}: {name} must be {checked[1]}, not {shown(value)}{_whole(value)}"
     return None
+
+
+def _whole(value: Any) -> str:
+    """What to write instead of a whole number that JSON read as a fraction (``1e3``,
+    ``500.0``): the caller meant the integer, which the message names."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return f" (a number with a fraction or an exponent: write {int(value)})"
+    return ""
 
 
 def shown(value: Any, longest: int = 60) -> str:

@@ -262,3 +262,7 @@ def test_values_are_text_where_a_parameter_takes_text_only(tmp_path):
                 ] == ["123"]
         wrong = cli("-c", config, "tally.invite", "cuid=123", "limit=lots", check=False)
         assert wrong.returncode == 1 and "limit must be" in wrong.stderr
+        exponent = cli("-c", config, "tally.invite", "cuid=123", "limit=1e3", check=False)
+        assert exponent.returncode == 1 and ("limit must be an integer, not 1000.0 (a number "
+                                             "with a fraction or an exponent: write 1000)"
+                                             ) in exponent.stderr

@@ -411,6 +411,7 @@ def test_a_mistyped_name_gets_the_names_it_is_close_to():
     assert did_you_mean("peers.pnig", known) == " (did you mean peers.ping, peers.add?)"
     assert did_you_mean("lift", known) == " (did you mean lift.pay, lift.wait?)"
     assert did_you_mean("zzz", known) == ""
+    assert did_you_mean("Lift.Pay", known) == " (did you mean lift.pay?)"  # not lift.wait too
     with pytest.raises(UserError, match=r"'halp' is not a command \(did you mean help\?\)"):
         cli._main(["halp"])
 
