@@ -36,7 +36,8 @@ name us), ``not_from_partner`` (sent by an agent that is not the partner's), ``n
 Public API (``Refusal``, from ``protocol.errors``, is a reasoned "no"; the sides ``STOCK``,
 ``FOIL``, ``SIDES`` are ``protocol.tally_fields``'):
 
-- User events: ``invite``, ``edit``, ``offer``, ``accept``, ``refuse``, ``counter``, ``close``;
+- User events: ``invite``, ``edit``, ``offer``, ``accept``, ``refuse``, ``give_up``, ``counter``,
+  ``close``;
   ``ticket_request`` builds the subject's request, a ``Send`` (no state).
 - Peer events: ``receive_ticket``, ``receive_offer``, ``receive_open``, ``receive_void``,
   ``receive_draft``, ``receive_close``.
@@ -203,19 +204,23 @@ def refuse(local: LocalTally) -> Step:
     """Turn the partner's offer down (``void``); or, on a ``draft`` no ticket has come for,
     withdraw our invitation; or, on the ``P.draft`` a ticket made, turn its subject down
     before offering: nobody holds a copy to tell (the subject's node only waits for an
-    offer), and the ticket presented again is refused, saying the tally is void."""
+    offer), and the ticket presented again is refused, saying the tally is void. After a
+    counter-offer both sides hold a draft (one of them the pen): either may give the tally
+    up, and the partner is told (``void`` of that version)."""
+    countered = local.tally["version"] > 1 or (
+        local.state == DRAFT and local.tally[local.partner_side]["cert"] is not None)
+    if local.state in (DRAFT, P_DRAFT) and countered:
+        return give_up(local)
     state = _asked(local, "refuse")
-    if local.state == DRAFT:
-        if local.tally[local.partner_side]["cert"] is not None:
-            raise Refusal("bad_state", f"tally {local.uuid} is the partner's to offer again "
-                          "(it countered our offer): refuse that offer when it comes")
-        return replace(local, state=state), []
-    if local.state == P_DRAFT:
-        if local.tally["version"] > 1:
-            raise Refusal("bad_state", f"tally {local.uuid} is our counter-offer, not sent yet "
-                          "(the partner holds it as a draft): offer it, or leave it unsent")
+    if local.state in (DRAFT, P_DRAFT):
         return replace(local, state=state), []
     return replace(local, state=state), [_notice(local, "void")]
+
+
+def give_up(local: LocalTally) -> Step:
+    """Give up the draft a counter-offer left both sides (``tally.refuse`` on it): the
+    partner's copy goes void too, told by a ``void`` of its version."""
+    return replace(local, state=_asked(local, "give up")), [_notice(local, "void")]
 
 
 def counter(local: LocalTally) -> Step:
@@ -240,7 +245,7 @@ def receive_open(local: LocalTally, obj: Any) -> Step:
 
 
 def receive_void(local: LocalTally, obj: Any) -> Step:
-    """The partner refused our offer."""
+    """The partner refused our offer, or gave up the draft a counter-offer left us both."""
     state = next_state(local.state, "got void")
     _check_notice(local, obj, local.tally["version"])
     return replace(local, state=state), []

@@ -11,7 +11,8 @@ from __future__ import annotations
 WAIT_OFFER = "tally.wait state=P.offer waits for it"
 
 HINTS: dict[str, str] = {
-    "P.draft": "it is ours to offer: tally.offer signs it and sends it to the partner",
+    "P.draft": "it is ours to offer: tally.offer signs it and sends it to the partner (or "
+               "tally.refuse gives it up)",
     "draft.offer": "our offer is on its way to the partner, who accepts, refuses or counters "
                    "it (tally.wait shows when)",
     "H.offer": "our offer waits for the partner, who accepts, refuses or counters it "
@@ -36,7 +37,8 @@ def hint(state: str, has_partner: bool) -> str:
     if state != "draft":
         return HINTS.get(state, "")
     if has_partner:
-        return f"the partner countered our offer and offers next ({WAIT_OFFER})"
+        return (f"the partner countered our offer and offers next ({WAIT_OFFER}; "
+                "tally.refuse gives the tally up, and tells the partner)")
     return ("nobody has requested it yet: hand the ticket tally.invite printed to the partner, "
             "whose node presents it with tally.request; then tally.offer (or tally.refuse "
             "withdraws the invitation)")

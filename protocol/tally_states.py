@@ -57,6 +57,8 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
     (B_OFFER, "refuse"): OFFER_VOID,
     (DRAFT, "refuse"): VOID,  # our invitation withdrawn, while no ticket has come for it
     (P_DRAFT, "refuse"): VOID,  # a ticket's request turned down, before any offer of it
+    (P_DRAFT, "give up"): OFFER_VOID,  # our counter-draft given up: the partner is told
+    (DRAFT, "give up"): OFFER_VOID,  # the partner's counter-draft given up: it is told
     (P_OFFER, "counter"): OFFER_DRAFT,
     (OPEN, "close"): C_OPEN,
     # the partner's messages
@@ -69,6 +71,9 @@ TRANSITIONS: dict[tuple[str | None, str], str] = {
     (H_OFFER, "got open"): OPEN,
     (DRAFT_OFFER, "got void"): VOID,
     (H_OFFER, "got void"): VOID,
+    (DRAFT, "got void"): VOID,  # the partner gave up the counter-draft it holds the pen of
+    (P_DRAFT, "got void"): VOID,  # the partner gave up the counter-draft we hold the pen of
+    (OFFER_DRAFT, "got void"): VOID,  # ... before our counter's notice was acked
     (DRAFT_OFFER, "got draft"): DRAFT,
     (H_OFFER, "got draft"): DRAFT,
     (OPEN, "got close"): C_OPEN,

@@ -271,7 +271,7 @@ async def test_a_one_time_ticket_presented_again_while_its_offer_is_on_the_way(t
 async def test_the_inviter_turns_a_request_down_before_offering(tmp_path):
     """tally.refuse on the P.draft a ticket made was BAD_STATE ("it is ours to offer"): an
     inviter who did not want that partner had no way to say so. It voids the draft; the
-    ticket presented again says so; a counter-offer not sent yet cannot be refused so."""
+    ticket presented again says so. After a counter-offer, either side gives the tally up."""
     async with network(tmp_path, n=2) as net:
         a, b = await one_user_each(net, "alice", "bob")
         invited = await presented(a, b)
@@ -288,16 +288,25 @@ async def test_the_inviter_turns_a_request_down_before_offering(tmp_path):
         assert gone.reason == "UNKNOWN_TALLY"
         assert (await refused(a, "tally.offer", cuid="alice", tally=tally)).reason == (
             "BAD_STATE")
-        # bob counters alice's offer: his counter-offer, not sent yet, is his to send or not
-        tally = (await presented(a, b))["tally"]
-        await rpc(a, "tally.offer", cuid="alice", tally=tally)
-        await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER, timeout_s=20)
-        await rpc(b, "tally.counter", cuid="bob", tally=tally)
-        await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_DRAFT, timeout_s=20)
-        countered = await refused(b, "tally.refuse", cuid="bob", tally=tally)
-        assert countered.message == (
-            f"BAD_STATE: tally {tally} is our counter-offer, not sent yet (the partner holds "
-            "it as a draft): offer it, or leave it unsent")
+        # bob counters alice's offer, then gives it up: a counter-offer left both of them a
+        # draft of it that neither could void (alice's node said wait for his offer, bob's
+        # said offer it or leave it unsent), so it stayed for ever
+        for giver, holder in (("bob", "alice"), ("alice", "bob")):
+            tally = (await presented(a, b))["tally"]
+            await rpc(a, "tally.offer", cuid="alice", tally=tally)
+            await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER, timeout_s=20)
+            await rpc(b, "tally.counter", cuid="bob", tally=tally)
+            await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_DRAFT, timeout_s=20)
+            await rpc(a, "tally.wait", cuid="alice", tally=tally, state=ts.DRAFT, timeout_s=20)
+            nodes = {"alice": a, "bob": b}
+            given = await rpc(nodes[giver], "tally.refuse", cuid=giver, tally=tally)
+            assert given["state"] in (ts.OFFER_VOID, ts.VOID)
+            for node, cuid in ((nodes[giver], giver), (nodes[holder], holder)):
+                shown = await rpc(node, "tally.wait", cuid=cuid, tally=tally, state=ts.VOID,
+                                  timeout_s=20)
+                assert shown["state"] == ts.VOID, (giver, cuid, shown)
+            assert (await refused(nodes[holder], "tally.offer", cuid=holder, tally=tally)
+                    ).reason == "BAD_STATE"
 
 
 async def test_negotiation_counter_offer_then_accept_and_a_refusal(tmp_path):

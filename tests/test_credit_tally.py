@@ -314,6 +314,56 @@ def test_a_counter_offer_swaps_who_offers_and_starts_a_new_revision() -> None:
     assert alice.tally == bob.tally and alice.tally["version"] == 2
 
 
+def test_after_a_counter_offer_either_side_gives_the_tally_up_and_the_other_is_told() -> None:
+    """Both hold a draft of the countered tally (bob the pen): neither could void it, so a
+    negotiation nobody wanted to finish stayed for ever."""
+    def countered() -> tuple[LocalTally, LocalTally]:
+        alice, bob = offered()
+        bob, [notice] = t.counter(bob)
+        alice, _ = t.receive_draft(alice, notice.object)
+        return alice, bob
+
+    alice, bob = countered()
+    bob, _ = t.delivered(bob)
+    bob, [given] = t.refuse(bob)  # the pen's holder gives up its counter-draft
+    assert (bob.state, given.action, given.object) == (
+        ts.OFFER_VOID, "void", {"uuid": TALLY_UUID, "version": 2})
+    alice, _ = t.receive_void(alice, given.object)
+    bob, _ = t.delivered(bob)
+    assert alice.state == bob.state == ts.VOID
+    alice, bob = countered()  # the one who waits for its offer gives up
+    alice, [given] = t.refuse(alice)
+    assert (alice.state, given.action) == (ts.OFFER_VOID, "void")
+    gone, _ = t.receive_void(bob, given.object)  # before bob's node heard its notice taken
+    assert gone.state == ts.VOID
+    bob, _ = t.delivered(bob)
+    bob, _ = t.receive_void(bob, given.object)
+    assert bob.state == ts.VOID
+    # bob offers as alice gives up: each refuses the other's message, both end void
+    alice, bob = countered()
+    bob, _ = t.delivered(bob)
+    bob, [offer] = t.offer(bob, BOB.key)
+    alice, [given] = t.refuse(alice)
+    assert refusal(take_offer, offer.object, ALICE, local=alice, sender=BOB).code == "bad_state"
+    bob, _ = t.receive_void(bob, given.object)
+    alice, _ = t.delivered(alice)
+    assert alice.state == bob.state == ts.VOID
+    # both give up at once: each refuses the other's notice, and its own is settled void
+    alice, bob = countered()
+    bob, _ = t.delivered(bob)
+    alice, [from_alice] = t.refuse(alice)
+    bob, [from_bob] = t.refuse(bob)
+    assert refusal(t.receive_void, alice, from_bob.object).code == "bad_state"
+    assert refusal(t.receive_void, bob, from_alice.object).code == "bad_state"
+    alice, _ = t.rejected(alice)
+    bob, _ = t.rejected(bob)
+    assert alice.state == bob.state == ts.VOID
+    # a void of an older revision changes nothing
+    alice, bob = countered()
+    assert refusal(t.receive_void, alice, {"uuid": TALLY_UUID, "version": 1}).code == (
+        "bad_field")
+
+
 def test_a_counter_offer_that_overtakes_its_notice_is_taken_and_the_notice_refused() -> None:
     alice, bob = offered()
     bob, [notice] = t.counter(bob)
@@ -485,6 +535,7 @@ def _event_calls() -> dict[str, Any]:
         "offer": lambda local: t.offer(local, ALICE.key),
         "accept": lambda local: t.accept(local, ALICE.key),
         "refuse": t.refuse,
+        "give up": t.give_up,
         "counter": t.counter,
         "close": lambda local: t.close(local, balance=0),
         "got ticket": lambda local: present(local, MALLORY),
@@ -542,7 +593,7 @@ def test_a_user_refused_by_state_is_told_what_to_do() -> None:
     alice, _ = t.receive_draft(alice, notice.object)
     assert refusal(t.offer, alice, ALICE.key).message.endswith(
         ": the partner countered our offer and offers next (tally.wait state=P.offer waits "
-        "for it)")
+        "for it; tally.refuse gives the tally up, and tells the partner)")
     assert set(tally_hints.HINTS) == set(ts.STATES) - {ts.DRAFT}  # draft: by whether it has a
     # partner; every other state has its hint, in words for the user who tried
 
