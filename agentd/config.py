@@ -79,6 +79,7 @@ class Limits:
     stranger_write_burst: int = 16 << 20  # ... and at once, before the rate applies
     all_strangers_write_rate: int = 4 << 20  # the same for all strangers together
     all_strangers_write_burst: int = 64 << 20
+    inbox_per_peer: int = 1_000_000  # processed-message ids kept of one peer (besides 30 days)
 
 
 LIMIT_RANGES: dict[str, tuple[float, float]] = {
@@ -89,6 +90,7 @@ LIMIT_RANGES: dict[str, tuple[float, float]] = {
     "defer_accept": (0, 3600), "stranger_pipeline": (1, 4096),
     "stranger_write_rate": (1024, 1 << 40), "stranger_write_burst": (1024, 1 << 40),
     "all_strangers_write_rate": (1024, 1 << 40), "all_strangers_write_burst": (1024, 1 << 40),
+    "inbox_per_peer": (1000, 1 << 40),
 }
 
 

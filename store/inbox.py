@@ -16,3 +16,16 @@ def claim(conn: sqlite3.Connection, message_id: bytes, peer: str, now_ms: int) -
 
 def prune(conn: sqlite3.Connection, older_than_ms: int) -> int:
     return conn.execute("DELETE FROM inbox WHERE received < ?", (older_than_ms,)).rowcount
+
+
+def trim(conn: sqlite3.Connection, peer: str, keep: int) -> int:
+    """Forget ``peer``'s ids past its newest ``keep``; how many went. (The index on peer and
+    received holds the id too, the table's key: the edge is one entry, ties and all.)"""
+    edge = conn.execute("SELECT received, id FROM inbox WHERE peer = ? "
+                        "ORDER BY received DESC, id DESC LIMIT 1 OFFSET ?",
+                        (peer, keep)).fetchone()
+    if edge is None:
+        return 0
+    return conn.execute("DELETE FROM inbox WHERE peer = ? AND (received < ? OR "
+                        "(received = ? AND id <= ?))",
+                        (peer, edge[0], edge[0], edge[1])).rowcount

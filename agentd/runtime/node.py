@@ -28,6 +28,7 @@ from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
 from agentd.runtime.hearsay import Hearsay
+from agentd.runtime.inbox_bound import InboxBound
 from agentd.runtime.limits import DecodeBudget, WriteRation
 from agentd.runtime.links import Links
 from agentd.runtime.maintenance import prune_kept
@@ -93,6 +94,7 @@ class Node:
         self.ration = WriteRation(limits.stranger_write_rate, limits.stranger_write_burst,
                                   limits.all_strangers_write_rate, limits.all_strangers_write_burst)
         self.decoding = DecodeBudget(config.max_frame)  # strangers' frames being handled
+        self.inbox_bound = InboxBound(limits.inbox_per_peer)
         self.peers: PeerManager = None  # type: ignore[assignment]  # set in run()
         self.configure_peers()
         self.links: Links | None = None  # simulated link faults: set by agentd sim, before run
@@ -432,6 +434,7 @@ class Node:
                          "db_commits": self.db.commits, "db_jobs": self.db.jobs,
                          "db_errors": self.db.errors, "strangers": len(self.strangers),
                          "strangers_evicted": self.strangers.evicted,
+                         "inbox_trimmed": self.inbox_bound.trimmed,
                          "handshakes_in_progress": len(self.peers.handshakes),
                          "channels": self.peers.channel_count(),
                          "partial_frame_bytes": self.peers.budget.total,

@@ -1,0 +1,82 @@
+"""The inbox keeps at most ``inbox_per_peer`` ids of one peer (besides 30 days of them): a
+peer we know has no write ration, and its notes alone had the node keep an id for every
+message it sent in 30 days."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from agentd.bench.rogue import Rogue
+from protocol.codec import pack
+from protocol.envelope import Ack
+from store import inbox
+from store.schema import migrate
+from tests.netfixture import network
+
+
+async def _sent(rogue: Rogue, node_agent: str, bodies: list[dict]) -> None:
+    """Send ``bodies`` and wait until the node acked every one."""
+    await rogue.send_frames([pack(body) for body in bodies])
+    wanted, acked = {body["id"] for body in bodies}, set()
+    while not wanted <= acked:
+        acked |= {frame.ack for frame in await rogue.receive(10) if isinstance(frame, Ack)}
+
+
+async def test_a_known_peers_notes_keep_at_most_inbox_per_peer_of_its_ids(tmp_path):
+    keep = 1000
+    async with network(tmp_path, n=2, inbox_per_peer=keep) as net:
+        node, peer = net.nodes
+        rogue = await Rogue.join(node.port, node.agent_id, key=peer.key)  # the peer's key
+        assert node.is_known(rogue.agent)
+        sent: list[bytes] = []
+        for _ in range(6):
+            notes = [rogue.envelope(node.agent_id, "note", {}) for _ in range(500)]
+            await _sent(rogue, node.agent_id, notes)
+            sent += [note["id"] for note in notes]
+        held = node.db.read_one("SELECT count(*) FROM inbox WHERE peer = ?", (rogue.agent,))[0]
+        assert keep <= held <= keep + keep // 8, held  # 3,000 taken
+        info = await node.rpc.call("getinfo", {})
+        assert info["counters"]["inbox_trimmed"] == len(sent) - held
+        # the newest are known still: sent again, each is acked as a duplicate
+        duplicates, processed = node.counters.duplicates, node.counters.messages_processed
+        last = {**rogue.envelope(node.agent_id, "note", {}), "id": sent[-1], "try": 2}
+        await _sent(rogue, node.agent_id, [last])
+        assert node.counters.duplicates == duplicates + 1
+        # one of the oldest is taken again: a note changes nothing either time
+        first = {**rogue.envelope(node.agent_id, "note", {}), "id": sent[0], "try": 2}
+        await _sent(rogue, node.agent_id, [first])
+        assert node.counters.messages_processed == processed + 1
+        await rogue.aclose()
+
+
+async def test_a_refused_message_neither_adds_a_row_nor_counts_toward_the_trim(tmp_path):
+    """A refused message's row is undone with it. Counted anyway, a trim could land on a
+    refusal and be undone too: a peer that knew when the trims came (its own count) could
+    have every one land so, and keep as many rows as it liked."""
+    keep = 1000
+    async with network(tmp_path, n=2, inbox_per_peer=keep) as net:
+        node, peer = net.nodes
+        rogue = await Rogue.join(node.port, node.agent_id, key=peer.key)
+        refused = [rogue.envelope(node.agent_id, "open", {"uuid": "x"}, target="tally")
+                   for _ in range(560)]  # no such tally
+        await _sent(rogue, node.agent_id, refused)
+        assert node.db.read_one("SELECT count(*) FROM inbox")[0] == 0
+        for _ in range(9):  # then 1,125 notes: trimmed at every 125th, the last leaving 1,000
+            notes = [rogue.envelope(node.agent_id, "note", {}) for _ in range(keep // 8)]
+            await _sent(rogue, node.agent_id, notes)
+        assert node.db.read_one("SELECT count(*) FROM inbox")[0] == keep
+        await rogue.aclose()
+
+
+def test_trim_keeps_exactly_the_newest_ties_and_all(tmp_path):
+    conn = sqlite3.connect(tmp_path / "db")
+    migrate(conn)
+    for i in range(50):  # ten ids a millisecond, another peer's beside them
+        inbox.claim(conn, bytes([i]) * 16, "a", 1000 + i // 10)
+        inbox.claim(conn, bytes([i]) * 8 + b"b" * 8, "b", 1000)
+    assert inbox.trim(conn, "a", 25) == 25
+    kept = conn.execute("SELECT received, id FROM inbox WHERE peer = 'a' "
+                        "ORDER BY received, id").fetchall()
+    assert len(kept) == 25 and kept[0][0] == 1002  # 1002's ten split at the edge
+    assert inbox.trim(conn, "a", 25) == 0
+    assert conn.execute("SELECT count(*) FROM inbox WHERE peer = 'b'").fetchone()[0] == 50
