@@ -22,6 +22,7 @@ from protocol.keys import IdentityError, agent_id_problem, is_agent_id, parse_ho
 from protocol.lift import MAX_LIFE_MS
 from protocol.relay_fields import is_network
 from protocol.relay_policy import served_problem
+from protocol.tally_fields import MAX_UNITS
 
 ROLES = frozenset({"clearinghouse"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -417,8 +418,10 @@ def parse_config(raw: dict, source: Path) -> Config:
             life_s = 120.0  # an int of any size: not cast while the file is refused
         auto_clear = section.get("auto_clear", bool, False)
         minimum = section.get("minimum", int, 1)
-        if minimum < 1:
-            section.bad("minimum", f"must be a whole number of mCHIP >= 1, got {minimum!r}")
+        if not 1 <= minimum <= MAX_UNITS:  # past it, no lift could clear it (nor SQLite hold it)
+            section.bad("minimum", f"must be a whole number of mCHIP from 1 to {MAX_UNITS}, "
+                                   f"got {minimum!r:.40}")
+            minimum = 1
         interval_s = section.get("interval_s", (int, float), 60.0)
         if not 1 <= interval_s <= 86_400:
             section.bad("interval_s", f"must be seconds from 1 to 86400, got {interval_s!r:.40}")

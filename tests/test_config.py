@@ -155,8 +155,11 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
     (GOOD + '\n[log]\nlevel = "loud"\n',
      "log.level must be one of debug, info, warning, error, got 'loud'"),
     (GOOD + '\n[log]\nformat = "xml"\n', "log.format must be one of text, json, got 'xml'"),
-    (GOOD + '\n[lift]\nminimum = -5\n', "lift.minimum must be a whole number of mCHIP >= 1, "
-     "got -5"),
+    (GOOD + '\n[lift]\nminimum = -5\n', "lift.minimum must be a whole number of mCHIP from 1 "
+     "to 1000000000000000, got -5"),
+    # taken, it stopped the node at its first auto clearing (too large for SQLite)
+    (GOOD + '\n[lift]\nminimum = 99999999999999999999\n', "lift.minimum must be a whole "
+     "number of mCHIP from 1 to 1000000000000000, got 99999999999999999999"),
     (GOOD + '\n[lift]\ninterval_s = 0\n', "lift.interval_s must be seconds from 1 to 86400, "
      "got 0"),
     (GOOD + '\n[lift]\nreferees = ["x"]\n', "lift.referees must be a list of agent ids, got "
