@@ -119,6 +119,15 @@ async def test_no_route_says_the_most_a_route_found_can_carry(tmp_path):
             f"within {DEPTH} hops; that user may not exist at all: its node has not answered a "
             f"dial of this node at {dead}, so it may not have been asked whether it hosts it "
             "(is the node running, and is that its address?)"), silent.message
+        # ... and at the address of a node with another key: said so, not "is it running?"
+        # (the same agent as above: a user who corrects the address is not told of the last)
+        wrong = await refused(ann, "lift.pay", cuid="ann",
+                              find=f"{stranger}@{dan.listen_address}", units=5)
+        assert wrong.reason == "NO_ROUTE" and wrong.message.endswith(
+            f"has not answered a dial of this node at {dan.listen_address}, so it may not have "
+            f"been asked whether it hosts it (a node answers there, with another key than "
+            f"{stranger.split(':')[1]}: is that address, or that agent id, mistyped?)"), (
+            wrong.message)
 
 
 async def test_a_search_cut_short_says_so_and_looks_no_further(tmp_path, monkeypatch):

@@ -201,6 +201,11 @@ class Runtime(Protocol):
         """Why the last dial of ``agent`` failed, while none since has succeeded."""
         ...
 
+    def wrong_key_at(self, agent: str) -> str | None:
+        """Where the last dial of ``agent`` met a node with another key, while that is why
+        the last dial failed."""
+        ...
+
     def redial(self, agent: str) -> None:
         """Dial ``agent`` at its next send, whatever its backoff, forgetting why the last dial
         failed (a user asked to reach it now)."""

@@ -134,6 +134,9 @@ class Node:
     def dial_error(self, agent: str) -> str | None:
         return None if self.peers is None else self.peers.dial_error(agent)
 
+    def wrong_key_at(self, agent: str) -> str | None:
+        return None if self.peers is None else self.peers.wrong_key_at(agent)
+
     def redial(self, agent: str) -> None:
         self.peers.redial(agent)
 

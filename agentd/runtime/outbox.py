@@ -374,12 +374,14 @@ class OutboxPump:
                 await self._deliver_locally(queue)
                 continue
             # a message we started may dial the address it names (a ticket's, a cert's, a
-            # user's); a reply only an address we know: never one a stranger claims. A peer
-            # the config names is dialled where the config says: a fix of its address (peers.add,
-            # reload) also takes the messages queued before it, which name the old one
+            # user's), the newest such: a user who corrects a mistyped address is not held to
+            # the old one while a message naming it waits; a reply only an address we know:
+            # never one a stranger claims. A peer the config names is dialled where the
+            # config says: a fix of its address (peers.add, reload) also takes the messages
+            # queued before it, which name the old one
             address = self.node.address_of(peer) if self.node.peer_source(peer) == "config" \
                 else None
-            address = address or next((i.address for i in queue if i.address
+            address = address or next((i.address for i in reversed(queue) if i.address
                                        and not i.is_reply), None) or self.node.address_of(peer)
             try:
                 channel = await self.node.peers.connect(peer, address)

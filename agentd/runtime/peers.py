@@ -50,6 +50,7 @@ class _DialState:
     retry_at: float = 0.0
     lock: trio.Lock | None = None
     error: str | None = None  # why the last dial failed, until one succeeds
+    wrong_key_at: str | None = None  # where it met a node with another key, until then too
 
 
 class PeerManager:
@@ -231,6 +232,7 @@ class PeerManager:
                     self.counters.handshakes_failed += 1
                 state.error = f"cannot reach {address}: {_why(exc)}"
                 wrong_key = isinstance(exc, ChannelClosed) and exc.reason == "handshake_eof"
+                state.wrong_key_at = address if wrong_key else None
                 who, where = self._describe(agent, "agent" if wrong_key else "address")
                 if wrong_key:  # an IK responder without the key we dial cannot read us
                     state.error += (f"; most likely the node at {address} has another key "
@@ -261,6 +263,12 @@ class PeerManager:
         """Why the last dial of ``agent`` failed, while no dial since has succeeded."""
         state = self._dial.get(agent)
         return None if state is None else state.error
+
+    def wrong_key_at(self, agent: str) -> str | None:
+        """The address where the last dial of ``agent`` met a node with another key (it hung
+        up on the handshake), while no dial since has succeeded or failed otherwise."""
+        state = self._dial.get(agent)
+        return None if state is None or state.error is None else state.wrong_key_at
 
     def redial(self, agent: str) -> None:
         """Dial ``agent`` at the next send, whatever the backoff, and forget why the last dial

@@ -119,6 +119,8 @@ class PayeeAsks:
         to = find
         if self.runtime.address_of(find.agent) is not None:
             to = ChipAddress(agent=find.agent, cuid=find.cuid)
+        else:  # the user gave where it listens, perhaps anew: not judged by an earlier dial
+            self.runtime.redial(find.agent)
         self._asks[query] = ask
         try:
             self.runtime.transact_ephemeral(lambda tx: self.ledger.emit(tx, [route.ask(
