@@ -61,7 +61,8 @@ async def test_no_route_and_bad_params_change_nothing(tmp_path):
         for limit in (0, -1, 2**63):
             too_few = await refused(ann, "lift.list", limit=limit)
             assert (too_few.reason, too_few.message) == (
-                "INVALID_PARAMS", f"lift.list: limit must be a number of lifts from 1, not {limit}")
+                "INVALID_PARAMS",
+                f"lift.list: limit must be a number of lifts from 1 to {2**63 - 1}, not {limit}")
 
 
 async def test_a_wrong_address_in_find_holds_up_nothing_sent_to_a_node_we_know(tmp_path):

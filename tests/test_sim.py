@@ -216,6 +216,12 @@ def test_ring_and_random_topologies(tmp_path):
     ('sim = 3\n[nodes]\ncount = 2\n', "sim must be a table"),
     ('[nodes]\ncount = 2\n[[traffic]]\nkind = "lifts"\nconcurrency = 0\n',
      "traffic[0].concurrency must be an integer"),
+    # found only once the nodes had run, and then as a failure of all_delivered
+    ('[nodes]\ncount = 2\n[[traffic]]\nkind = "lifts"\n',
+     "traffic[0] has lifts, between users 2 or more tallies apart, and the topology has no "
+     "such two users"),
+    ('[nodes]\ncount = 5\n[topology]\nkind = "full"\n[[traffic]]\nkind = "ping"\n'
+     '[[traffic]]\nkind = "lifts"\n', "traffic[1] has lifts"),
 ])
 def test_bad_scenarios_name_the_key(tmp_path, text, complaint):
     with pytest.raises(UserError, match=r"scenario\.toml") as caught:
@@ -233,6 +239,17 @@ def test_every_error_is_reported_at_once(tmp_path):
                                    for line in lines)
     assert {line.split(": ")[1].split()[0] for line in lines} == {
         "sim.concurency", "topology.degree", "traffic[0].cout"}
+
+
+def test_lifts_are_taken_on_any_topology_with_two_users_two_tallies_apart(tmp_path):
+    for topology in ('kind = "ring"', 'kind = "random"\nlinks = 4',
+                     'kind = "explicit"\nedges = [["n0", "n1"], ["n1", "n2"], ["n3", "n4"]]'):
+        text = f'[nodes]\ncount = 5\n[topology]\n{topology}\n[[traffic]]\nkind = "lifts"\n'
+        assert load_scenario(write(tmp_path, text)).traffic[0]["kind"] == "lifts"
+    two_cliques = ('[nodes]\ncount = 4\n[topology]\nkind = "explicit"\n'
+                   'edges = [["n0", "n1"], ["n2", "n3"]]\n[[traffic]]\nkind = "lifts"\n')
+    with pytest.raises(UserError, match="has no such two users"):
+        load_scenario(write(tmp_path, two_cliques))
 
 
 def test_random_links_gives_exactly_that_many_connected_links(tmp_path):

@@ -163,11 +163,41 @@ def load_scenario(path: Path) -> Scenario:
             errors.add("nodes.names", f"has {bad!r}, which cannot be a user id (1 to 64 ASCII "
                        "letters, digits, '_', '-' or '.'): each node's user is named as the "
                        f"node, and {credit[0]} traffic needs users")
+    for i, item in enumerate(traffic):
+        if item.get("kind") == "lifts" and names and not _two_apart(names, edges):
+            errors.add(f"traffic[{i}]", "has lifts, between users 2 or more tallies apart, and "
+                       "the topology has no such two users (every node is linked to every "
+                       "other it reaches): lifts need a longer path, such as a ring of 3 or "
+                       "more nodes")
     invariants = _invariants(errors.table(raw, "invariants"), kinds, with_house, errors)
     faults = _faults(raw.get("faults", []), names, len(edges), errors)
     errors.raise_any()
     return Scenario(name, names, edges, traffic, invariants, seed, concurrency,
                     HOUSE if with_house else None, path, faults)
+
+
+def _two_apart(names: list[str], edges: list[tuple[str, str]]) -> bool:
+    """Whether two users are 2 tallies apart (so 2 to any ``max_hops``): some part of the
+    topology is not every node linked to every other (along a shortest path of 2 or more
+    links, the first two links' ends are 2 apart)."""
+    part = {name: name for name in names}
+
+    def root(name: str) -> str:
+        while part[name] != name:
+            part[name] = part[part[name]]
+            name = part[name]
+        return name
+
+    links = {frozenset(edge) for edge in edges if edge[0] != edge[1]}
+    for a, b in links:
+        part[root(a)] = root(b)
+    nodes: dict[str, int] = {}
+    linked: dict[str, int] = {}
+    for name in names:
+        nodes[root(name)] = nodes.get(root(name), 0) + 1
+    for a, _ in links:
+        linked[root(a)] = linked.get(root(a), 0) + 1
+    return any(linked.get(top, 0) < count * (count - 1) // 2 for top, count in nodes.items())
 
 
 def _node_names(section: dict, errors: _Errors) -> list[str]:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.rpc import invalid_params
+from agentd.rpc_types import shown
 from agentd.runtime.context import Reject, RoutineReject, Service, Tx
 from agentd.services.credit import lift_views
 from agentd.services.credit.ids import lift_id
@@ -195,11 +196,12 @@ class LiftService(Service):
                       "may go unseen)")
 
     async def rpc_wait(self, lift: str, timeout_s: float = WAIT_S) -> dict:
-        """The lift once it is good or void here, or as it is when ``timeout_s`` passes."""
+        """The lift once it is good or void here, or as it is when ``timeout_s`` (0 to 600)
+        passes. ``lift``: its id, or the first 8 or more characters of it."""
         lift = lift_id(self.runtime.db, lift)
         if not 0 <= timeout_s <= MAX_WAIT_S:  # its type: agentd.rpc_types
             raise invalid_params(f"timeout_s must be seconds from 0 (look now) to "
-                                 f"{MAX_WAIT_S:g}, not {timeout_s!r}")
+                                 f"{MAX_WAIT_S:g}, not {shown(timeout_s)}")
         return await self.decided(lift, timeout_s)
 
     async def decided(self, lift: str, timeout_s: float) -> dict:
@@ -224,7 +226,8 @@ class LiftService(Service):
     async def rpc_show(self, lift: str) -> dict:
         """One lift as this node sees it: record, state, decision and its chits here (read
         from the last commit, without waiting for the writer: ``lift.wait`` answers as soon
-        as the decision is applied)."""
+        as the decision is applied). ``lift``: its id, or the first 8 or more characters of
+        it."""
         lift = lift_id(self.runtime.db, lift)
         return self.runtime.db.reading(
             lambda conn: lift_views.shown(conn, lift))
@@ -235,7 +238,8 @@ class LiftService(Service):
         lift it took part in or decided). Read from the last commit, as lift.show is."""
         who = None if cuid is None else self.ledger.known_user(param_cuid(cuid))
         if limit is not None and not 1 <= limit < 2**63:  # its type: agentd.rpc_types
-            raise invalid_params(f"limit must be a number of lifts from 1, not {limit}")
+            raise invalid_params(f"limit must be a number of lifts from 1 to {2**63 - 1}, "
+                                 f"not {limit}")
 
         return self.runtime.db.reading(  # one snapshot: each lift's state as its chits show it
             lambda conn: lift_views.listed(conn, who, limit))
@@ -261,7 +265,8 @@ class LiftService(Service):
             return round(self.runtime.config.lift.life_s * 1000)
         longest = lf.MAX_LIFE_MS // 1000
         if not 1 <= life_s <= longest:
-            raise invalid_params(f"life_s must be seconds from 1 to {longest}, not {life_s:g}")
+            raise invalid_params(f"life_s must be seconds from 1 to {longest}, "
+                                 f"not {shown(life_s)}")
         return round(life_s * 1000)
 
     # -- starting a lift -----------------------------------------------------------------

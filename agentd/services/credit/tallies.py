@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from agentd.rpc import RpcError, invalid_params
+from agentd.rpc_types import shown
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.replies import answer_from
 from agentd.services.credit.ids import tally_id
@@ -276,7 +277,7 @@ class TallyService(Service):
                                  f"{', '.join(ts.STATES)})")
         if not 0 <= timeout_s <= MAX_WAIT_S:
             raise invalid_params(f"timeout_s must be seconds from 0 (look now) to "
-                                 f"{MAX_WAIT_S:g}, not {timeout_s!r}")
+                                 f"{MAX_WAIT_S:g}, not {shown(timeout_s)}")
         self.ledger.waitable(cuid, tally_uuid)
 
         async def current() -> dict:
