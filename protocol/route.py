@@ -208,7 +208,7 @@ def start(
     for cand in _directed(obj, _usable(candidates, units)):
         path = [path_entry(payor, cand.tally, cand.capacity)]
         if user_key(cand.partner) == user_key(find):
-            found.append(good_answer(query, [*path, path_entry(find, None, None)]))
+            found.append(good_answer(query, [*path, path_entry(cand.partner, None, None)]))
         elif user_key(cand.partner) == user_key(payor):
             continue
         elif depth >= 2 and last_digest(salt, cand.partner) in obj["last"]:

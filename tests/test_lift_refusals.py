@@ -75,11 +75,20 @@ async def test_a_wrong_address_in_find_holds_up_nothing_sent_to_a_node_we_know(t
         with socket.socket() as probe:  # a port nothing listens on
             probe.bind(("127.0.0.1", 0))
             dead = probe.getsockname()[1]
-        started = await rpc(ann, "lift.pay", cuid="ann", units=5,
-                            find=f"dan:{dan.agent_id}@127.0.0.1:{dead}")
+        mistyped = f"dan:{dan.agent_id}@127.0.0.1:{dead}"
+        # the route shows where dan's node listens, as this node knows it (it showed the
+        # address typed)
+        [found] = await rpc(ann, "route.find", cuid="ann", units=5, find=mistyped)
+        assert (found["path"][-1]["host"], found["path"][-1]["port"]) == ("127.0.0.1", dan.port)
+        started = await rpc(ann, "lift.pay", cuid="ann", units=5, find=mistyped)
         assert (await rpc(ann, "peers.ping", agent=dan.agent_id))["rtt_ms"]
         done = await rpc(ann, "lift.wait", lift=started["lift"], timeout_s=20)
         assert done["state"] == "good", done
+        # a payee who is our user's partner: the tally says where its node listens
+        bob = u["bob"]
+        [direct] = await rpc(ann, "route.find", cuid="ann", units=5,
+                             find=f"bob:{bob.agent_id}@127.0.0.1:{dead}")
+        assert direct["path"][-1]["port"] == bob.port
 
 
 async def test_a_decision_not_signed_by_the_referee_is_refused(tmp_path):

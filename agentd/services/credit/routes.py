@@ -180,6 +180,15 @@ class RouteService(Service):
         return Reject("NO_ROUTE", f"{head}: no path of tallies with room to pay reaches that "
                       f"user within {DEPTH} hops{unasked}")
 
+    def _where_known(self, find: ChipAddress) -> ChipAddress:
+        """``find`` where this node knows its node listens, whatever address it names: that
+        node is asked there (``PayeeAsks.asking``), and the route shows it there."""
+        known = self.runtime.address_of(find.agent)
+        if known is None or find.agent == self.runtime.agent_id:
+            return find
+        host, port = parse_hostport(known)
+        return ChipAddress(agent=find.agent, cuid=find.cuid, host=host, port=port)
+
     async def _directed(self, key: Key, find: ChipAddress, units: int, *, first: bool,
                         ends: float) -> list[dict]:
         """The route known for ``key``, checked again hop by hop with a query that goes only
@@ -264,6 +273,7 @@ class RouteService(Service):
         query = str(uuidlib.uuid4())
         node = self.runtime
         hops = list(last or [])
+        find = self._where_known(find)
 
         def work(tx: Tx) -> route.Started:
             self.ledger.user(tx.conn, cuid)
