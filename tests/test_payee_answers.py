@@ -106,7 +106,8 @@ async def test_no_route_says_the_most_a_route_found_can_carry(tmp_path):
         alone = await refused(ann, "lift.pay", cuid="ann", find=who(dan, "eve"), units=5)
         assert alone.message.endswith(
             f"can carry 5 mCHIP now: no path of tallies with room to pay reaches that user "
-            f"within {DEPTH} hops")
+            f"within {DEPTH} hops (room: what a payee's limit leaves on an open tally; a "
+            "closing one carries only payments toward a zero balance)")
         stranger = f"zed:{SigningKey.generate().agent_id}"  # a node nobody here knows
         unasked = await refused(ann, "lift.pay", cuid="ann", find=stranger, units=5)
         assert unasked.reason == "NO_ROUTE" and unasked.message.endswith(UNASKED)
@@ -116,7 +117,9 @@ async def test_no_route_says_the_most_a_route_found_can_carry(tmp_path):
             dead = f"127.0.0.1:{probe.getsockname()[1]}"
         silent = await refused(ann, "lift.pay", cuid="ann", find=f"{stranger}@{dead}", units=5)
         assert silent.reason == "NO_ROUTE" and silent.message.endswith(
-            f"within {DEPTH} hops; that user may not exist at all: its node has not answered a "
+            f"within {DEPTH} hops (room: what a payee's limit leaves on an open tally; a "
+            "closing one carries only payments toward a zero balance); that user may not exist "
+            "at all: its node has not answered a "
             f"dial of this node at {dead}, so it may not have been asked whether it hosts it "
             "(is the node running, and is that its address?)"), silent.message
         # ... and at the address of a node with another key: said so, not "is it running?"

@@ -178,7 +178,9 @@ class RouteService(Service):
                            if dialled is not None and runtime.wrong_key_at(find.agent) == dialled
                            else "is the node running, and is that its address?") + ")")
         return Reject("NO_ROUTE", f"{head}: no path of tallies with room to pay reaches that "
-                      f"user within {DEPTH} hops{unasked}")
+                      f"user within {DEPTH} hops (room: what a payee's limit leaves on an open "
+                      f"tally; a closing one carries only payments toward a zero balance)"
+                      f"{unasked}")
 
     def _where_known(self, find: ChipAddress) -> ChipAddress:
         """``find`` where this node knows its node listens, whatever address it names: that
