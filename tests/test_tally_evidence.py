@@ -121,10 +121,11 @@ def answered(*nodes: Node) -> bool:
 def rewind_to_15(node: Node) -> None:
     """The node's database as version 15 left it: before tally_evidence_bare (16),
     tallies.chain_ahead (17), tallies.chain_probe (18), tallies.chain_asked (19), the
-    index of void referee decisions (20) and that of lifts by when they changed (22; 21
-    only deletes rows)."""
+    index of void referee decisions (20), that of lifts by when they changed (22; 21
+    only deletes rows) and that of the inbox by peer (23)."""
     conn = sqlite3.connect(node.config.db_path, isolation_level=None)
     try:
+        conn.execute("DROP INDEX inbox_peer")
         conn.execute("DROP INDEX lifts_recent")
         conn.execute("DROP INDEX lift_decisions_void")
         conn.execute("ALTER TABLE tallies DROP COLUMN chain_asked")

@@ -35,9 +35,10 @@ async def test_an_unused_invitation_is_withdrawn_and_its_ticket_refused_after(tm
         assert (late.reason, late.message) == withdrawn
 
 
-async def test_a_draft_the_partner_countered_is_not_withdrawn_behind_its_back(tmp_path):
-    """After a counter the partner holds the pen (our draft names it): refusing then would
-    leave it offering a tally we dropped without a word, so it is refused until its offer."""
+async def test_a_draft_the_partner_countered_is_given_up_with_the_partner_told(tmp_path):
+    """After a counter the partner holds the pen (our draft names it): refusing then is not
+    a withdrawal behind its back (it would go on offering a tally we dropped): the partner's
+    node is sent the void, and its draft is void too."""
     async with network(tmp_path, n=2) as net:
         a, b, invited, tally = await _invited(net)
         await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
@@ -45,6 +46,6 @@ async def test_a_draft_the_partner_countered_is_not_withdrawn_behind_its_back(tm
         await wait_for(lambda: state(b, "bob", tally) == "P.offer")
         await rpc(b, "tally.counter", cuid="bob", tally=tally)
         await wait_for(lambda: state(a, "alice", tally) == "draft")
-        error = await refused(a, "tally.refuse", cuid="alice", tally=tally)
-        assert error.reason == "BAD_STATE" and "countered" in error.message
-        assert state(a, "alice", tally) == "draft"
+        await rpc(a, "tally.refuse", cuid="alice", tally=tally)
+        await wait_for(lambda: state(b, "bob", tally) == state(a, "alice", tally) == "void")
+        assert (await refused(b, "tally.offer", cuid="bob", tally=tally)).reason == "BAD_STATE"
