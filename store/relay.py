@@ -8,7 +8,7 @@ Statuses are plain integers here: which transitions are allowed is the protocol'
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 _COLUMNS = (
     "request_id, status, source, address, nonce, confidential, required, query_id, deadline,"
@@ -151,9 +151,15 @@ def tally_holders(conn: sqlite3.Connection, uuid: str) -> list[sqlite3.Row]:
     ).fetchall()
 
 
-def holder_chits(conn: sqlite3.Connection, uuid: str, cuid: str) -> list[sqlite3.Row]:
-    """The chits of one holder of a tally, in chain order (the unordered ones last)."""
-    return conn.execute(
+def holder_chits(conn: sqlite3.Connection, uuid: str, cuid: str) -> Iterator[sqlite3.Row]:
+    """The chits of one holder of a tally, in chain order (the unordered ones last), read as
+    they are taken: a reader that has enough stops reading."""
+    return iter(conn.execute(
         "SELECT body, state, chain_index, chain_hash FROM chits WHERE tally = ? AND cuid = ?"
         " ORDER BY chain_index IS NULL, chain_index, seq", (uuid, cuid),
-    ).fetchall()
+    ))
+
+
+def holder_chit_count(conn: sqlite3.Connection, uuid: str, cuid: str) -> int:
+    return conn.execute("SELECT count(*) FROM chits WHERE tally = ? AND cuid = ?",
+                        (uuid, cuid)).fetchone()[0]

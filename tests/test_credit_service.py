@@ -23,6 +23,7 @@ from agentd.runtime.node import Node
 from agentd.services.credit import tallies as tallies_module
 from agentd.services.credit.chits import REPAIRS
 from agentd.services.credit.tallies import ticket_tally_uuid
+from agentd.services.relay import driver as relay_driver
 from protocol import chain as ch
 from protocol import chit as c
 from protocol import chit_states as cs
@@ -37,6 +38,7 @@ from protocol.keys import ChipAddress, SigningKey, b64u, parse_hostport
 from protocol.messages import Send
 from protocol.tally_sign import core_digest
 from store import outbox
+from store import relay as relay_store
 from store.chain_rows import CHAIN_WINDOW
 from store.credit import Ledger
 from store.schema import migrate
@@ -734,6 +736,44 @@ def test_a_long_chain_is_held_by_its_newest_blocks_and_reads_older_ones_back():
 
 
 # -- views ------------------------------------------------------------------------------------
+
+
+async def test_a_chits_view_too_large_to_answer_is_refused_before_it_is_read_whole(
+        tmp_path, monkeypatch):
+    """A tally of 50,000 chits was read whole, in the writer's transaction, and refused
+    only once encoded (0.7 s of the writer and 50 MB a query, which a peer the access
+    rules let in could ask again and again): it stops reading once it cannot fit."""
+    monkeypatch.setattr(relay_driver, "MAX_PAYLOAD", 4096)
+    read: list[int] = []
+
+    def counted(conn, uuid, cuid, rows=relay_store.holder_chits):
+        for row in rows(conn, uuid, cuid):
+            read.append(1)
+            yield row
+
+    monkeypatch.setattr(relay_store, "holder_chits", counted)
+    async with network(tmp_path, n=2) as net:
+        carol, b = net.nodes
+        config = dataclasses.replace(node_config(tmp_path, "alice"), relay_access=(
+            AccessRule(carol.agent_id, "tally:*"),))
+        a = await start_node(net.nursery, config)
+        net.nodes.append(a)
+        net.introduce()
+        await users(a, "alice")
+        await users(b, "bob")
+        tally = await open_tally(a, "alice", b, "bob")
+        for _ in range(60):
+            await rpc(b, "chit.pay", cuid="bob", tally=tally, units=1)
+        await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 60))
+        asked = await rpc(carol, "relay.query",
+                          address=f"{a.listen_address}/{a.config.network}/tally:{tally}:chits")
+        done = await rpc(carol, "relay.wait", request_id=asked["request_id"])
+        assert done["status"] == "ERROR", done
+        assert done["error"] == (
+            f"the source could not serve the view: UNAVAILABLE: the view of tally {tally}'s 60 "
+            f"chits is more than the 4096 bytes a relay answer may carry (tally:{tally} shows "
+            "its balance and chain)"), done
+        assert 0 < len(read) < 30  # it stopped once the chits read passed the bound
 
 
 async def test_a_relay_view_of_a_real_tally(tmp_path):

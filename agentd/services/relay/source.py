@@ -17,6 +17,7 @@ import os
 
 from agentd.runtime.context import Reject, Runtime, Tx
 from agentd.services.relay import driver as relay_driver
+from agentd.services.relay.driver import MAX_PAYLOAD
 from protocol.codec import CodecError, canonical
 from protocol.envelope import Envelope
 from protocol.messages import Send
@@ -28,8 +29,6 @@ from protocol.relay_policy import AccessRule
 from protocol.relay_query import Query, admit_query
 from protocol.relay_views import make_view
 from store import relay as relay_store
-
-MAX_PAYLOAD = 512 * 1024  # a view's payload must fit in one frame at the default max_frame
 
 
 def on_query(tx: Tx, runtime: Runtime, access: tuple[AccessRule, ...], target: str,
