@@ -142,6 +142,39 @@ async def test_a_strangers_refused_messages_are_logged_once_a_while(tmp_path, ca
                 and r.levelno >= logging.INFO and rogue.agent in r.getMessage()]
 
 
+async def test_a_known_peers_refused_messages_are_logged_once_a_while_by_peer(tmp_path,
+                                                                                caplog):
+    """A peer we know (a tally partner) sending a made-up action a time had each refusal
+    logged: 10,800 lines a second (red team). Its refusals are logged as a stranger's are,
+    once a while per code, under its own name; another known peer's still get their line."""
+    caplog.set_level(logging.INFO, "agentd.runtime.dispatch")
+    async with network(tmp_path, n=3) as net:
+        node, peer, other = net.nodes
+        rogue = await Rogue.join(node.port, node.agent_id, key=peer.key)
+        assert node.is_known(rogue.agent)
+        made_up = [rogue.envelope(node.agent_id, f"act{i}", {}, target="node")
+                   for i in range(40)]
+        chain = [rogue.envelope(node.agent_id, "promise", {}, target="lift")
+                 for _ in range(40)]
+        await rogue.send_frames([pack(message) for message in made_up + chain])
+        acked = await errors_acked(rogue, {message["id"] for message in made_up + chain})
+        assert set(acked.values()) == {"UNKNOWN_ACTION", "UNKNOWN_USER"}
+        lines = [r.getMessage() for r in caplog.records
+                 if r.name == "agentd.runtime.dispatch" and r.levelno >= logging.INFO]
+        assert len(lines) == 2, lines
+        assert {line.split("(further ")[1].split(" in the next")[0] for line in lines} == {
+            f"UNKNOWN_ACTION refusals from {rogue.agent[:8]}",
+            f"UNKNOWN_USER refusals from {rogue.agent[:8]}"}
+        caplog.clear()
+        third = await Rogue.join(node.port, node.agent_id, key=other.key)
+        one = third.envelope(node.agent_id, "nope", {})
+        await third.send_frames([pack(one)])
+        await errors_acked(third, {one["id"]})
+        assert [r for r in caplog.records if other.agent_id[:8] in r.getMessage()]
+        await rogue.aclose()
+        await third.aclose()
+
+
 def test_refused_ids_are_remembered_by_sender_the_last_few():
     ids = RefusedIds(size=2)
     assert ids.first(b"a", "X") and ids.first(b"a", "Y") and not ids.first(b"a", "X")
