@@ -16,6 +16,7 @@ from agentd.runtime.refusals import QUIET_S
 from protocol import lift as lf
 from protocol.keys import ChipAddress, SigningKey
 from protocol.messages import Send
+from store import lifts as store_lifts
 from tests.clihelpers import free_port
 from tests.netfixture import dial_failures, network, wait_for
 from tests.test_credit_service import open_tally, processed, refusal_of, rpc, send_raw, user_key
@@ -157,6 +158,33 @@ async def test_a_partners_lifts_name_at_most_four_referees_that_never_answered(t
         await processed(ann, await promise(made_up(), payer=ann, cuid="ann", tally=anncat))
         assert pending_over(cat, bobcat) == lf.MAX_UNANSWERED + 2
         assert pending_over(cat, anncat) == 1
+
+
+async def test_the_places_of_a_tallys_lifts_are_read_once_a_minute(tmp_path, monkeypatch):
+    """Each promise naming a referee that never answered read the places of every lift over
+    the tally in the last hour: a partner's made-up lifts cost 5 ms a promise at 6,500 lifts
+    and 13 ms at 15,000 (red team). They are read once a minute, each taken promise adding
+    its own; the bound holds as before (test above)."""
+    reads: list[str] = []
+
+    def counted(conn, tally, cuid, since_ms, read=store_lifts.held_referees):
+        reads.append(tally)
+        return read(conn, tally, cuid, since_ms)
+
+    monkeypatch.setattr(store_lifts, "held_referees", counted)
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        bob, cat = await users(net, "bob", "cat")
+        bobcat = await open_tally(bob, "bob", cat, "cat")
+        referees = [made_up() for _ in range(lf.MAX_UNANSWERED)]
+        for i in range(40):
+            record = lift_record(bob, "bob", cat, "cat", bobcat, referees[i % len(referees)])
+            await processed(bob, await send_raw(bob, cat, "cat", "lift", "promise",
+                                                {"record": record, "hop": 0}, "bob"))
+        fifth = lift_record(bob, "bob", cat, "cat", bobcat, made_up())
+        assert "REFEREE_REFUSED" in await refusal_of(bob, await send_raw(
+            bob, cat, "cat", "lift", "promise", {"record": fifth, "hop": 0}, "bob"))
+        assert reads == [bobcat]
+        assert pending_over(cat, bobcat) == 40
 
 
 async def test_refusals_past_the_bound_are_counted_and_logged_once_a_while_per_tally(

@@ -44,6 +44,7 @@ from agentd.services.credit.ids import lift_id
 from agentd.services.credit.ledger import CreditLedger, no_tally
 from agentd.services.credit.lift_decisions import LiftDecisions, log_lift
 from agentd.services.credit.lift_follow_up import FollowUp
+from agentd.services.credit.lift_holds import LiftHolds
 from agentd.services.credit.params import param_amount, param_cuid, param_memo
 from agentd.services.credit.referee import Referee
 from agentd.services.credit.routes import LIFT_SEARCH_S, RouteService, param_find
@@ -86,6 +87,7 @@ class LiftService(Service):
         self.referee_role = Referee(node, ledger)  # lifts others name this node to decide
         self.decisions = LiftDecisions(node, ledger, routes, self._wake)
         self.follow_up = FollowUp(node, ledger, self.clear, self.decided)
+        self.holds = LiftHolds(node.answered)  # what promises over a tally may make us hold
         for name in ("pay", "clear", "wait", "show", "list", "forgive"):
             node.register_method(f"lift.{name}", getattr(self, f"rpc_{name}"))
 
@@ -432,21 +434,11 @@ class LiftService(Service):
             raise Reject("UNKNOWN_TALLY", no_tally(cuid, record["path"][hop]["tally"])) from None
 
     def _check_held(self, tx: Tx, record: dict[str, Any], tally: str, cuid: str) -> None:
-        """Bound what promises over one incoming tally can make us hold (``lf.check_held``):
-        a hop cannot void a lift on its own (its referee may have decided good), so what a
-        partner can open is bounded, not what it left open. Two indexed reads, the second
-        only for a referee that never answered us where its record says it listens. A
+        """Bound what promises over one incoming tally can make us hold (``LiftHolds``). A
         partner can run into these bounds as often as it likes (naming a new referee each
         time): each refusal is counted, and logged once a while per tally."""
-        answered = self.runtime.answered
-        unanswered = None
-        if not answered(record["referee"]["agent"], lf.referee_at(record)):
-            since = tx.now_ms - lf.UNANSWERED_WINDOW_MS
-            unanswered = {place for place in lifts.held_referees(tx.conn, tally, cuid, since)
-                          if not answered(*place)}
         try:
-            lf.check_held(record, tally, held=lifts.held(tx.conn, tally, cuid),
-                          unanswered=unanswered)
+            self.holds.check(tx.conn, record, tally, cuid, tx.now_ms)
         except Refusal as exc:
             raise RoutineReject(exc.code, exc.message, f"over tally {tally}") from None
 
