@@ -202,17 +202,17 @@ def accept(local: LocalTally, key: SigningKey) -> Step:
 
 def refuse(local: LocalTally) -> Step:
     """Turn the partner's offer down (``void``); or, on a ``draft`` no ticket has come for,
-    withdraw our invitation; or, on the ``P.draft`` a ticket made, turn its subject down
-    before offering: nobody holds a copy to tell (the subject's node only waits for an
-    offer), and the ticket presented again is refused, saying the tally is void. After a
-    counter-offer both sides hold a draft (one of them the pen): either may give the tally
-    up, and the partner is told (``void`` of that version)."""
+    withdraw our invitation (nobody to tell); or, on the ``P.draft`` a ticket made, turn its
+    subject down before offering: it is void here at once, and the subject's node, which
+    holds no copy (only its request), is sent ``void`` so that it stops waiting for an
+    offer. After a counter-offer both sides hold a draft (one of them the pen): either may
+    give the tally up, and the partner is told (``void`` of that version)."""
     countered = local.tally["version"] > 1 or (
         local.state == DRAFT and local.tally[local.partner_side]["cert"] is not None)
     if local.state in (DRAFT, P_DRAFT) and countered:
         return give_up(local)
     state = _asked(local, "refuse")
-    if local.state in (DRAFT, P_DRAFT):
+    if local.state == DRAFT:
         return replace(local, state=state), []
     return replace(local, state=state), [_notice(local, "void")]
 

@@ -279,12 +279,27 @@ async def test_the_inviter_turns_a_request_down_before_offering(tmp_path):
         invited = await presented(a, b)
         tally = invited["tally"]
         assert state(a, "alice", tally) == ts.P_DRAFT
-        assert (await rpc(a, "tally.refuse", cuid="alice", tally=tally))["state"] == ts.VOID
+        waited: list[RpcError] = []
+
+        async def wait_for_the_offer() -> None:  # bob waits, as tally.request's answer says
+            waited.append(await refused(b, "tally.wait", cuid="bob", tally=tally,
+                                        state=ts.P_OFFER, timeout_s=60))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(wait_for_the_offer)
+            await trio.sleep(0.2)
+            assert (await rpc(a, "tally.refuse", cuid="alice", tally=tally))["state"] == ts.VOID
+            with trio.fail_after(20):  # told at once: it waited out its 60 s
+                while not waited:
+                    await trio.sleep(0.05)
+        assert (waited[0].reason, waited[0].message) == ("TICKET_REFUSED", (
+            f"TICKET_REFUSED: the inviter turned bob's request down: no offer of tally {tally} "
+            "will come"))
+        assert b.db.read_one("SELECT count(*) FROM tally_requests")[0] == 0
         again = await refused(b, "tally.request", cuid="bob", ticket=invited["ticket"])
         assert (again.reason, again.message) == ("TICKET_REFUSED", (
             f"TICKET_REFUSED: the inviter turned your request down: tally {tally} is void"))
-        # told so, bob's node waits for no offer: a wait is UNKNOWN_TALLY at once
-        assert b.db.read_one("SELECT count(*) FROM tally_requests")[0] == 0
+        # the request forgotten, a wait is UNKNOWN_TALLY at once
         gone = await refused(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER,
                              timeout_s=30)
         assert gone.reason == "UNKNOWN_TALLY"

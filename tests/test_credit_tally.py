@@ -277,6 +277,15 @@ def test_a_ticket_travels_as_one_string() -> None:
 # -- refusing, countering, retrying -----------------------------------------------------------
 
 
+def test_turning_a_request_down_voids_the_draft_and_tells_the_subjects_node() -> None:
+    inviter = requested()  # the P.draft a presented ticket made
+    voided, [notice] = t.refuse(inviter)
+    assert (voided.state, notice.action, notice.object) == (
+        ts.VOID, "void", {"uuid": TALLY_UUID, "version": 1})
+    assert notice.to.agent == BOB.address.agent
+    assert t.refuse(invited())[1] == []  # a withdrawn invitation: nobody to tell
+
+
 def test_refusing_an_offer_voids_both_sides() -> None:
     alice, bob = offered()
     bob, [notice] = t.refuse(bob)

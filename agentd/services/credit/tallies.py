@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agentd.rpc import RpcError, invalid_params
+from agentd.rpc import REFUSED, RpcError, invalid_params
 from agentd.rpc_types import shown
 from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.replies import answer_from
@@ -286,7 +286,13 @@ class TallyService(Service):
             except RpcError as exc:
                 if exc.reason != "UNKNOWN_TALLY":
                     raise
-                return {"tally": tally_uuid, "state": None}
+            if not self.runtime.db.reading(  # one snapshot: the offer takes the request
+                    lambda conn: self.ledger.store.requested(conn, tally_uuid, cuid)
+                    or credit_store.tally_row(conn, tally_uuid, cuid) is not None):
+                raise RpcError(REFUSED, f"TICKET_REFUSED: the inviter turned {cuid}'s request "
+                               f"down: no offer of tally {tally_uuid} will come",
+                               "TICKET_REFUSED")
+            return {"tally": tally_uuid, "state": None}
 
         with trio.move_on_after(timeout_s):
             while (await current())["state"] not in wanted:  # no checkpoint until the wait
@@ -325,6 +331,8 @@ class TallyService(Service):
         receive = TALLY_RECEIVERS.get(action)
         if receive is None:
             raise Reject("UNKNOWN_ACTION", f"tally has no action {action!r}")
+        if action == "void" and self._turned_down(tx, envelope, cuid):
+            return
         holding = self.ledger.holding(tx.conn, object_uuid(obj, "uuid"), cuid)
         self.ledger.check_partner(holding, envelope)
         local, _ = receive(holding.local, obj)
@@ -424,6 +432,18 @@ class TallyService(Service):
             tx.after_commit(self.ledger.changed_now)
         else:
             self.ledger.commit(tx, holding, local=local)
+
+    def _turned_down(self, tx: Tx, envelope: Envelope, cuid: str) -> bool:
+        """Whether ``envelope`` (a ``void``) is the inviter turning our user's request down,
+        before any offer: our user holds no copy of the tally, only the request, which goes
+        (``tally.wait`` then says so at once, where it waited out its timeout)."""
+        uuid = object_uuid(envelope.object, "uuid")
+        if self.ledger.store.get(tx.conn, uuid, cuid) is not None:
+            return False
+        if not self.ledger.store.take_request(tx.conn, uuid, cuid, envelope.from_.agent):
+            return False
+        tx.after_commit(self.ledger.changed_now)
+        return True
 
     def _forget_request(self, tx: Tx, envelope: dict) -> None:
         """The inviter turned our user's request down, or withdrew its invitation: no offer
