@@ -753,6 +753,19 @@ def test_a_long_chain_is_held_by_its_newest_blocks_and_reads_older_ones_back():
 # -- views ------------------------------------------------------------------------------------
 
 
+async def viewed_tally(net, tmp_path) -> tuple[Node, Node, Node, str]:
+    """carol (n0) may view alice's tallies on a (started here); alice's with bob (n1)."""
+    carol, b = net.nodes
+    config = dataclasses.replace(node_config(tmp_path, "alice"), relay_access=(
+        AccessRule(carol.agent_id, "tally:*"),))
+    a = await start_node(net.nursery, config)
+    net.nodes.append(a)
+    net.introduce()
+    await users(a, "alice")
+    await users(b, "bob")
+    return carol, a, b, await open_tally(a, "alice", b, "bob")
+
+
 async def test_a_chits_view_too_large_to_answer_is_refused_before_it_is_read_whole(
         tmp_path, monkeypatch):
     """A tally of 50,000 chits was read whole, in the writer's transaction, and refused
@@ -768,15 +781,7 @@ async def test_a_chits_view_too_large_to_answer_is_refused_before_it_is_read_who
 
     monkeypatch.setattr(relay_store, "holder_chits", counted)
     async with network(tmp_path, n=2) as net:
-        carol, b = net.nodes
-        config = dataclasses.replace(node_config(tmp_path, "alice"), relay_access=(
-            AccessRule(carol.agent_id, "tally:*"),))
-        a = await start_node(net.nursery, config)
-        net.nodes.append(a)
-        net.introduce()
-        await users(a, "alice")
-        await users(b, "bob")
-        tally = await open_tally(a, "alice", b, "bob")
+        carol, a, b, tally = await viewed_tally(net, tmp_path)
         for _ in range(60):
             await rpc(b, "chit.pay", cuid="bob", tally=tally, units=1)
         await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 60))
@@ -793,15 +798,7 @@ async def test_a_chits_view_too_large_to_answer_is_refused_before_it_is_read_who
 
 async def test_a_relay_view_of_a_real_tally(tmp_path):
     async with network(tmp_path, n=2) as net:
-        carol, b = net.nodes
-        config = dataclasses.replace(node_config(tmp_path, "alice"), relay_access=(
-            AccessRule(carol.agent_id, "tally:*"),))
-        a = await start_node(net.nursery, config)
-        net.nodes.append(a)
-        net.introduce()
-        await users(a, "alice")
-        await users(b, "bob")
-        tally = await open_tally(a, "alice", b, "bob")
+        carol, a, b, tally = await viewed_tally(net, tmp_path)
         await rpc(b, "chit.pay", cuid="bob", tally=tally, units=42)
         await wait_for(lambda: agreed(a, "alice", b, "bob", tally, 1))
         for view in (f"tally:{tally}", f"tally:{tally}:chits"):
