@@ -28,6 +28,7 @@ class Rogue:
         self.agent = key.agent_id
         self.session: NoiseSession | None = None
         self._decoder = FrameDecoder(64 << 20)
+        self._early = b""  # bytes that came with the handshake's answer
 
     @classmethod
     async def connect(cls, port: int, host: str = "127.0.0.1",
@@ -58,9 +59,10 @@ class Rogue:
                 data = await self.stream.receive_some(4096)
                 if not data:
                     return False
-                message, _ = reader.feed(data)
+                message, rest = reader.feed(data)
                 if message is not None:
                     self.session.read_handshake(message)
+                    self._early = rest  # the node's first messages, in the same read
                     return True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return False
@@ -104,8 +106,9 @@ class Rogue:
         assert self.session is not None, "handshake first"
         with trio.fail_after(timeout):
             while True:
+                data, self._early = self._early, b""
                 try:
-                    data = await self.stream.receive_some(1 << 16)
+                    data = data or await self.stream.receive_some(1 << 16)
                 except trio.BrokenResourceError:
                     return []
                 if not data:
