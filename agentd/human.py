@@ -33,6 +33,7 @@ COLUMNS = {
     "lift.list": ("lift", "kind", "state", "units", "deadline", "path"),
     "ch.query.entries": ("seq", "timestamp", "client_id", "header.kind", "document_id",
                          "payload_text"),
+    "ch.log_many": ("pid", "seq", "document_id", "error"),  # an entry refused: its error
     # the holders of a tally:<uuid> relay view, as tally.list shows a tally
     **{f"{method}.view.payload.holders": ("cuid", "side", "state", "partner", "balance",
                                           "chain") for method in RELAY_STATES},
@@ -132,8 +133,18 @@ def _hops(row: dict[str, Any], now_ms: int) -> Any:
 
 # columns of a method's table made of several fields of the row (what would repeat apart, or
 # is cut to fit), from the row and the time now (ms since the epoch)
+def _error(row: dict[str, Any], now_ms: int) -> Any:
+    """An item's error (``{code, message}``, as ``ch.log_many`` gives a refused entry's) as
+    ``CODE: message``; "-" for an item without one."""
+    error = row.get("error")
+    if not isinstance(error, dict):
+        return error
+    return f"{_scalar('', error.get('code'))}: {_scalar('', error.get('message'))}"
+
+
 JOINED: dict[str, dict[str, Callable[[dict[str, Any], int], Any]]] = {
     "peers.list": {"last_seen": _seen}, "tally.list": {"chain": _chain},
+    "ch.log_many": {"error": _error},
     "lift.list": {"path": _users}, "route.find": {"path": _hops},
     **{f"{method}.view.payload.holders": {"chain": _chain} for method in RELAY_STATES}}
 
@@ -158,9 +169,12 @@ def table(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None,
           joined: dict[str, Callable[[dict[str, Any]], Any]] | None = None) -> str:
     if not rows:
         return "(none)\n"
-    if columns is None:
-        columns = tuple(key for key, value in rows[0].items()
-                        if not isinstance(value, dict | list))
+    if columns is None:  # every row's plain fields, in the order they first come
+        columns = tuple(dict.fromkeys(key for row in rows for key, value in row.items()
+                                      if not isinstance(value, dict | list)))
+        if not columns:  # nothing plain to tabulate: each row as key: value lines
+            return "\n".join("\n".join(_lines(row, 0, "", time.time_ns() // 10**6)) + "\n"
+                             for row in rows)
     columns = tuple(column for column in columns if column not in SPARSE
                     or any(_field(row, column) is not None for row in rows))
     joined = joined or {}

@@ -184,3 +184,20 @@ def test_human_control_characters_show_as_escapes_and_a_row_stays_one_line():
     route = render("route.find", [{"capacity": 9, "path": [
         {"cuid": f"u{i}\t", "agent": ALICE} for i in range(8)]}]).splitlines()
     assert len(route) > 2 and "\t" not in "".join(route) and "u7\\t@" in route[-1]
+
+
+def test_human_log_many_shows_a_refused_entry_with_its_error_first_or_not():
+    """-H ch.log_many whose first entry was refused was a traceback (the table took its
+    columns from the first row, all of it nested), after the other entries were logged: run
+    again, it logged them twice. Refused later, its row showed nothing but "-"."""
+    refused = {"error": {"code": "NOT_AUTHORIZED", "message": "not an owner of x"}}
+    logged = {"pid": "deal-1", "seq": 3, "document_id": "ab" * 32, "receipt": "eyJ..."}
+    for rows in ([refused, logged], [logged, refused]):
+        lines = [re.split(r"\s{2,}", line.strip())
+                 for line in render("ch.log_many", rows).splitlines()]
+        assert lines[0] == ["PID", "SEQ", "DOCUMENT_ID", "ERROR"]
+        assert ["-", "-", "-", "NOT_AUTHORIZED: not an owner of x"] in lines[1:]
+        assert ["deal-1", "3", "abababababab…", "-"] in lines[1:]
+    # a list of any other method: every row's plain fields, and nested-only rows as lines
+    assert render("any.list", [{"a": 1}, {"b": 2}]).splitlines()[0].split() == ["A", "B"]
+    assert render("any.list", [{"a": {"b": 1}}]) == "a:\n  b: 1\n"
