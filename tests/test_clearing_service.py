@@ -173,6 +173,14 @@ async def test_a_mistyped_owner_or_time_is_invalid_params_not_a_round_trip(tmp_p
             ("ch.query", {"pid": "p", "size": 10**20},
              "size: 100000000000000000000 is above 2^63-1"),
             ("ch.query", {"pid": "p", "sort": "newest"}, "sort must be asc or desc, not 'newest'"),
+            # a pid no clearing house takes: it waited for the house's refusal (10 s, and a
+            # retry while it was down, after which the refusal went unseen)
+            ("ch.log", {"pid": "default", "payload": "x"}, "pid: 'default' is reserved"),
+            ("ch.create_process", {"pid": ""}, "pid: must not be empty"),
+            ("ch.query", {"pid": "a b"}, "pid: 'a b' is not 1 to 128 printable non-space"),
+            ("ch.get", {"pid": "x" * 129, "id": "0" * 64}, "pid: 'xxxx"),
+            ("ch.log_many", {"entries": [{"pid": "default", "payload": "x"}]},
+             "entries[0]: pid: 'default' is reserved"),
         ):
             with pytest.raises(RpcError) as info:
                 await alice.rpc.call(method, params)
@@ -604,6 +612,34 @@ async def test_evidence_waits_for_a_clearing_house_that_is_down(tmp_path, monkey
         result = await alice.rpc.call("receipts.verify", {"chain": True})
         assert result["ok"] and result["checked"] == 4 and result["pending"] == 0, result
         assert [e["seq"] for e in await chain_of(bob, "tally-2")] == [1, 2, 3, 4, 5]
+
+
+async def test_a_refusal_that_comes_after_its_call_timed_out_is_logged(tmp_path, monkeypatch,
+                                                                       caplog):
+    """The call was told its request stays queued and "a late receipt is still stored"; a
+    late refusal went without a trace (receipts.verify's pending 1 became 0, nothing listed,
+    nothing logged). It is logged now, naming what was refused and why."""
+    monkeypatch.setattr("agentd.services.clearing.client.REQUEST_TIMEOUT", 0.5)
+    caplog.set_level(logging.WARNING, "agentd.services.clearing")
+    async with network(tmp_path, n=3, clearinghouse=0) as net:
+        _, alice, bob = net.nodes
+        await bob.rpc.call("ch.create_process", {"pid": "bobs"})
+        await net.stop(0)
+        with pytest.raises(RpcError) as info:
+            await alice.rpc.call("ch.log", {"pid": "bobs", "payload": "x"})
+        assert info.value.code == TIMEOUT and "a late refusal logged" in info.value.message
+        await net.restart(0)
+        await wait_for(lambda: any("after the call timed out" in r.getMessage()
+                                   for r in caplog.records), timeout=20)
+        [line] = [r.getMessage() for r in caplog.records
+                  if "after the call timed out" in r.getMessage()]
+        assert "refused ch.log of pid bobs, after the call timed out: NOT_AUTHORIZED" in line, (
+            line)
+        # a process copied cut short from a -H table is not found, and the error says why
+        with pytest.raises(RpcError) as info:
+            await alice.rpc.call("ch.query", {"pid": f"{alice.agent_id[:8]}…/x"})
+        assert info.value.reason == "NOT_FOUND" and "cut short, as -H shows it" in (
+            info.value.message)
 
 
 async def test_receipts_verify_offline_and_catches_tampering(tmp_path):

@@ -46,6 +46,10 @@ class Replies:
         it); then ``await result(message_id, ...)``."""
         tx.after_commit(lambda: self.expect(message_id, peer))
 
+    def waiting(self, message_id: object) -> bool:
+        """Whether a call still waits for the answer to ``message_id``."""
+        return isinstance(message_id, bytes) and message_id in self._waiting
+
     def discard(self, message_id: bytes) -> None:
         """Forget a waiter nobody will collect (its caller went away)."""
         self._waiting.pop(message_id, None)

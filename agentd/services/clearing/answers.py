@@ -123,12 +123,25 @@ class Answers:
             tx.after_commit(self._count_refused)
         elif row["action"] == "log_batch" and row["object"] is not None:
             store.delete_request(tx.conn, row["seq"])
-            for entry in _batch_entries(row):
+            entries = _batch_entries(row)
+            if not any(self.runtime.replies.waiting(entry["id"]) for entry in entries):
+                pids = ", ".join(sorted({entry["pid"] for entry in entries}))
+                self._late(row, f"ch.log of pid {pids}" if len(entries) == 1 else
+                           f"{len(entries)} ch.log entries (pids {pids})", refused)
+            for entry in entries:
                 self._fail(tx, entry["id"], Reject(code, message))
             return
         else:
             store.delete_request(tx.conn, row["seq"])
+            if not self.runtime.replies.waiting(row["id"]):
+                self._late(row, f"ch.{row['action']} of pid {row['pid']}", refused)
         self._fail(tx, row["id"], Reject(code, message))
+
+    def _late(self, row: sqlite3.Row, what: str, refused: ev.Refused) -> None:
+        """A call's request refused after the call timed out: nobody hears it but the log (it
+        went without a trace, after the call was told a late receipt would be stored)."""
+        log.warning("clearing house %s refused %s, after the call timed out: %s",
+                    row["ch"][:8], what, self._text(row, refused))
 
     def _text(self, row: sqlite3.Row, refused: ev.Refused) -> str:
         return ev.refusal_text(refused, row["pid"], self.runtime.agent_id)

@@ -59,7 +59,7 @@ from agentd.services.clearing.moves import move_evidence
 from agentd.services.clearing.sender import Pending, Sender
 from protocol import clearing as ch
 from protocol import evidence as ev
-from protocol.clearing_fields import Rejection, check_count, date_ms
+from protocol.clearing_fields import Rejection, check_count, check_pid, date_ms
 from protocol.codec import CodecError, pack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, agent_id_problem, parse_hostport
@@ -259,7 +259,7 @@ class Evidence:
         why = self.runtime.dial_error(house)
         return (f"no answer from the clearing house {house} within {REQUEST_TIMEOUT:g} s (the"
                 " request stays in the outbox and will be retried; a late receipt is still"
-                " stored)" + (f": {why}" if why else ""))
+                " stored, a late refusal logged)" + (f": {why}" if why else ""))
 
     async def request(self, action: str, obj: dict[str, Any]) -> Any:
         """Send one request to the clearing house and wait for its answer, as sent (no local
@@ -288,6 +288,17 @@ class Evidence:
             if exc.reason != "TIMEOUT":
                 raise
             raise RpcError(exc.code, self._timeout_message(house.agent), exc.reason) from None
+
+    async def _read(self, action: str, obj: dict[str, Any]) -> Any:
+        """A query or get; a process not found under a pid cut short as ``-H`` shows it (a
+        pid copied from a table) says so."""
+        try:
+            return await self.request(action, obj)
+        except Reject as exc:
+            if exc.code != ch.Reason.NOT_FOUND.value or "…" not in obj["pid"]:
+                raise
+            raise Reject(exc.code, f"{exc.message} (the pid is cut short, as -H shows it in a "
+                         "table: give it whole, as the output without -H has it)") from None
 
     async def log_request(self, obj: dict[str, Any]) -> Any:
         """Like ``request("log", obj)``, but coalesced with concurrent calls by the sender."""
@@ -332,6 +343,7 @@ class Evidence:
                                  ) -> dict:
         """Create process ``pid`` owned by this node and ``owners`` (agent ids: a list, or
         comma-separated text, as ``owners=ID1,ID2`` on the command line)."""
+        _check_pid(pid)
         if isinstance(owners, str):  # its other types: agentd.rpc_types
             owners = [owner.strip() for owner in owners.split(",") if owner.strip()]
         for owner in owners or []:
@@ -355,6 +367,7 @@ class Evidence:
         """The ``log`` request for ``ch.log``'s params; ``invalid_params`` names what is bad."""
         if not isinstance(pid, str):
             raise invalid_params("pid must be text")
+        _check_pid(pid)
         if not isinstance(mode, str):
             raise invalid_params("mode must be full, header or hash")
         if header is not None and not isinstance(header, dict):
@@ -402,25 +415,37 @@ class Evidence:
         A null leaves the clearing house's default: ``page`` 1 (from 1), ``size`` 100 (at
         most 1000), ``sort`` desc; ``date_from``/``date_to`` bound the entries' timestamps
         (ms since the epoch, or a day as YYYY-MM-DD, inclusive)."""
+        _check_pid(pid)
         _check_query(page, size, sort, date_from, date_to)
         params = {"page": page, "size": size, "sort": sort, "date_from": date_from,
                   "date_to": date_to}
         obj = {"pid": pid, **{k: v for k, v in params.items() if v is not None}}
-        result = await self.request("query", obj)
+        result = await self._read("query", obj)
         return {**result, "entries": [entry_json(e) for e in _entries(result, "query")]}
 
     async def rpc_get(self, pid: str, id: str) -> dict:
         """The entry whose document id is ``id`` (``document_id`` in what ``ch.log`` and
         ``ch.query`` return)."""
+        _check_pid(pid)
         if not ch.HEX64.fullmatch(id):  # its type: agentd.rpc_types
             raise invalid_params(f"id must be a document id (the 64 lowercase hex digits "
                                  f"ch.log and ch.query give as document_id), not {id!r}")
-        result = await self.request("get", {"pid": pid, "id": id})
+        result = await self._read("get", {"pid": pid, "id": id})
         entries = _entries(result, "get")
         if len(entries) != 1:
             raise Reject(ch.Reason.MALFORMED_MESSAGE.value,
                          "the clearing house answered get without exactly one entry")
         return entry_json(entries[0])
+
+
+def _check_pid(pid: str) -> None:
+    """A pid no clearing house takes (empty, ``default``, too long, with spaces) is invalid
+    params before anything is sent: sent, it waited for the clearing house's refusal, 10 s
+    and a retry if the house was down."""
+    try:
+        check_pid(pid, "ch")
+    except Rejection as exc:
+        raise invalid_params(exc.message.removeprefix("ch.")) from exc
 
 
 def _check_query(page: int | None, size: int | None, sort: str | None,
