@@ -705,6 +705,11 @@ async def test_a_node_without_the_role_refuses_requests(tmp_path):
         with pytest.raises(RpcError) as info:
             await client.rpc.call("ch.log", {"pid": "p", "payload": "x"})
         assert info.value.reason == "NOT_CLEARING_HOUSE"
+        # it said "this node does not have the clearinghouse role", which the caller took for
+        # the node it called
+        assert info.value.message == (
+            f"NOT_CLEARING_HOUSE: node {plain.agent_id} is no clearing house: its config has "
+            "no roles = [\"clearinghouse\"] (check the [clearinghouse] agent that named it)")
         with pytest.raises(RpcError) as info:
             await plain.rpc.call("ch.query", {"pid": "p"})
         assert info.value.reason == "NO_CLEARING_HOUSE"

@@ -74,7 +74,9 @@ class ClearingService(Service):
         if envelope.action not in REQUESTS:
             raise Reject("UNKNOWN_ACTION", f"ch has no action {envelope.action!r}")
         if not self.serving:
-            raise Reject(NOT_A_HOUSE, "this node does not have the clearinghouse role")
+            raise Reject(NOT_A_HOUSE, f"node {self.runtime.agent_id} is no clearing house: its "
+                         "config has no roles = [\"clearinghouse\"] (check the [clearinghouse] "
+                         "agent that named it)")
         keyring = self._keys(tx)
         try:
             with savepoint(tx.conn):
