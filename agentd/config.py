@@ -357,11 +357,19 @@ def parse_config(raw: dict, source: Path) -> Config:
         )
         if peer.name is not None and (problem := name_problem(peer.name)) is not None:
             section.bad("name", problem)
+        where = address_key(peer.address) if peer.address is not None else None
+        if where is not None and (listens_everywhere(peer.address) or where[1] == 0):
+            section.bad("address", f"{peer.address} is not an address a node can be dialled at "
+                        "(every interface, or port 0): give where that node listens")
         for j, other in enumerate(peers):
             if peer.agent and other.agent == peer.agent:
                 section.bad("agent", f"is peers[{j}]'s too: one entry per peer")
             elif peer.name is not None and other.name == peer.name:
                 section.bad("name", f"{peer.name!r} is peers[{j}]'s too: names tell peers apart")
+            elif where is not None and other.address is not None \
+                    and address_key(other.address) == where:
+                section.bad("address", f"{peer.address} is peers[{j}]'s too: one address is "
+                            "one node, whose key is one agent")
         peers.append(peer)
         section.finish()
 

@@ -152,6 +152,13 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
      "node.max_frame must be between 1048576 and 67108864 bytes, got 65536"),
     (GOOD + '\n[[peers]]\nname = "bob"\nagent = "x"\naddress = "127.0.0.1:7902"\n',
      "peers[0].agent is not an agent id (agent id must be 43 base64url characters: 'x')"),
+    # as peers.add refuses them: two agents at one port (each handshake fails one of them),
+    # and an address nobody can be dialled at
+    (GOOD + f'\n[[peers]]\nname = "bob"\nagent = "{BOB}"\naddress = "127.0.0.1:7902"\n'
+     f'[[peers]]\nname = "carol"\nagent = "{CAROL}"\naddress = "localhost:7902"\n',
+     "peers[1].address localhost:7902 is peers[0]'s too: one address is one node"),
+    (GOOD + f'\n[[peers]]\nname = "bob"\nagent = "{BOB}"\naddress = "0.0.0.0:7902"\n',
+     "peers[0].address 0.0.0.0:7902 is not an address a node can be dialled at"),
     (GOOD + '\n[log]\nlevel = "loud"\n',
      "log.level must be one of debug, info, warning, error, got 'loud'"),
     (GOOD + '\n[log]\nformat = "xml"\n', "log.format must be one of text, json, got 'xml'"),

@@ -95,6 +95,23 @@ def test_a_bad_config_changes_nothing(tmp_path, bad, complaint):
     assert (node.config, node.relay.access, node.address_of(CAROL)) == before
 
 
+async def test_a_config_naming_the_node_itself_as_a_peer_is_refused(tmp_path):
+    """peers.add refuses the node's own agent; a [[peers]] entry written by hand was taken at
+    start and by reload, and peers.list listed the node as its own peer."""
+    key = SigningKey.generate()
+    path = tmp_path / "alice.toml"
+    itself = f'\n[[peers]]\nname = "me"\nagent = "{key.agent_id}"\naddress = "127.0.0.1:7904"\n'
+    path.write_text(BASE + itself)
+    with pytest.raises(UserError, match=r"peers\[1\]\.agent is this node's own agent"):
+        await Node(load_config(path), key).run()
+    path.write_text(BASE)
+    node = Node(load_config(path), key)
+    path.write_text(BASE + itself)
+    with pytest.raises(UserError, match=r"peers\[1\]\.agent is this node's own agent"):
+        reload_config(node)
+    assert node.address_of(key.agent_id) is None
+
+
 def test_a_missing_config_file_changes_nothing(tmp_path):
     node, path = node_from(tmp_path, BASE)
     path.unlink()

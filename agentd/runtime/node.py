@@ -39,7 +39,7 @@ from agentd.runtime.peer_names import Unnamed
 from agentd.runtime.peers import PeerManager, PeerUnreachable
 from agentd.runtime.ports import bind_ports
 from agentd.runtime.refusals import rpc_error
-from agentd.runtime.reload import referee_warnings, reload_config
+from agentd.runtime.reload import own_peer_problems, referee_warnings, reload_config
 from agentd.runtime.replies import Replies
 from agentd.runtime.strangers import Strangers
 from agentd.runtime.timers import Ticker
@@ -301,6 +301,8 @@ class Node:
 
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         config = self.config
+        if problems := own_peer_problems(config, self.agent_id):
+            raise UserError("\n".join(problems))
         with datadir.claim(config.data_dir):  # before anything touches the directory
             try:
                 database = Database.open(config.db_path, **self.database_options)

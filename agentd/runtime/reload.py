@@ -68,6 +68,13 @@ def referee_warnings(node: Node, config: Config) -> list[str]:
             "referee to [[peers]] (agentd peers.add)"]
 
 
+def own_peer_problems(config: Config, agent: str) -> list[str]:
+    """A ``[[peers]]`` entry naming this node's own agent (only the node, which holds the key,
+    can tell): refused at start and by ``reload``, as ``peers.add`` refuses it."""
+    return [f"{config.path}: peers[{i}].agent is this node's own agent: a node is not its "
+            "own peer" for i, peer in enumerate(config.peers) if peer.agent == agent]
+
+
 def reload_config(node: Node) -> dict[str, Any]:
     """Re-read ``node``'s config file and apply what can change while it runs.
 
@@ -82,6 +89,8 @@ def reload_config(node: Node) -> dict[str, Any]:
     old = node.config
     try:
         new = load_config(old.path)
+        if problems := own_peer_problems(new, node.agent_id):
+            raise UserError("\n".join(problems))
         rules = node.relay.rules(new)  # a bad [relay] refuses the reload before anything changes
     except UserError as exc:  # its problems one a line: "; " in one line of JSON or log
         problems = "; ".join(str(exc).splitlines())
