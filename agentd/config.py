@@ -315,7 +315,11 @@ def parse_config(raw: dict, source: Path) -> Config:
     name = node.get("name", str, required=True)
     if name is not None and (problem := name_problem(name)) is not None:
         node.bad("name", problem)
-    data_dir = Path(os.path.normpath(base / (node.get("data_dir", str, required=True) or ".")))
+    given_dir = node.get("data_dir", str, required=True)
+    if given_dir == "":  # it meant the config's own folder, and the key was looked for there
+        node.bad("data_dir", 'is empty: name the folder for the key and the database ("." for '
+                 "this config's own)")
+    data_dir = Path(os.path.normpath(base / (given_dir or ".")))
     key_file = Path(os.path.normpath(base / node.get("key", str, str(data_dir / "agent.key"))))
     listen = node.hostport("listen", required=True, allow_zero=True)
     network = node.get("network", str, "agentd")

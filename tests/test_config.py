@@ -148,6 +148,8 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
     (GOOD + 'network = "my.net"\n', "node.network must start with a letter or '_' and hold "
      "up to 64 letters, digits, '_', '-' (relay addresses name it: RELAY/NETWORK/VIEW), got "
      "'my.net'"),
+    (GOOD.replace('data_dir = "data"', 'data_dir = ""'),
+     "node.data_dir is empty: name the folder for the key and the database"),
     (GOOD + "max_frame = 65536\n",
      "node.max_frame must be between 1048576 and 67108864 bytes, got 65536"),
     (GOOD + '\n[[peers]]\nname = "bob"\nagent = "x"\naddress = "127.0.0.1:7902"\n',
