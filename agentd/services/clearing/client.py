@@ -60,7 +60,7 @@ from agentd.services.clearing.sender import Pending, Sender
 from protocol import clearing as ch
 from protocol import evidence as ev
 from protocol.clearing_fields import Rejection, check_count, check_pid, date_ms
-from protocol.codec import CodecError, pack
+from protocol.codec import CodecError, canonical, pack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, agent_id_problem, parse_hostport
 from protocol.messages import Send
@@ -374,10 +374,17 @@ class Evidence:
             raise invalid_params("header must be an object")
         if payload_type is not None and not isinstance(payload_type, str):
             raise invalid_params("payload_type must be text")
+        if header is not None:
+            try:
+                canonical(header)
+            except CodecError as exc:  # the house refused it, a round trip later
+                raise invalid_params("header: " + _no_floats(exc, HEADER_TEXT)) from exc
         try:
             return ev.log_object(pid, payload, mode=mode, header=header,
                                  payload_type=payload_type)
-        except (ValueError, CodecError) as exc:
+        except CodecError as exc:
+            raise invalid_params("payload: " + _no_floats(exc, PAYLOAD_TEXT)) from exc
+        except ValueError as exc:
             raise invalid_params(str(exc)) from exc
 
     async def rpc_log_many(self, entries: list) -> list[dict]:
@@ -436,6 +443,20 @@ class Evidence:
             raise Reject(ch.Reason.MALFORMED_MESSAGE.value,
                          "the clearing house answered get without exactly one entry")
         return entry_json(entries[0])
+
+
+PAYLOAD_TEXT = """payload='"3.14"'"""  # a fraction as text, as ch.log's payload
+HEADER_TEXT = """header='{"rate": "3.14"}'"""  # ... and in its header
+
+
+def _no_floats(exc: CodecError, example: str) -> str:
+    """A value JSON gave as a fraction, which signed data cannot hold, said with what to write
+    instead (``$`` alone, where the whole value was one, told a person nothing)."""
+    text = str(exc).removeprefix("$: ").removeprefix("$.")
+    if "float" not in text:
+        return text
+    return (f"{text}: a number with a fraction cannot be logged (signed data holds integers "
+            f"only): give it as text, in quotes (on the command line, {example})")
 
 
 def _check_pid(pid: str) -> None:
