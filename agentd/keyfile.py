@@ -23,15 +23,19 @@ def write_key(path: Path, key: SigningKey) -> None:
         handle.write(key.dump())
 
 
+def missing_key(path: Path) -> str:
+    """What to do about a key file that is not there."""
+    return (f"{path}: key file not found (a new node: create it with 'agentd init'; if "
+            "data_dir was changed in the config, move the old data_dir's files there, or set "
+            "it back: they hold the node's key and database)")
+
+
 def read_key(path: Path) -> SigningKey:
     try:
         text = path.read_text(encoding="ascii")
         mode = path.stat().st_mode
     except FileNotFoundError as exc:
-        raise UserError(f"{path}: key file not found (a new node: create it with 'agentd "
-                        "init'; if data_dir was changed in the config, move the old data_dir's "
-                        "files there, or set it back: they hold the node's key and database)"
-                        ) from exc
+        raise UserError(missing_key(path)) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read key file: {exc}") from exc
     if mode & (stat.S_IRWXG | stat.S_IRWXO):

@@ -26,6 +26,7 @@ from agentd.completion import FILE
 from agentd.config import Config, load_config
 from agentd.config_files import control_socket
 from agentd.errors import UserError
+from agentd.keyfile import missing_key
 from agentd.rpc import RpcError, call
 from agentd.stray import stray_note
 
@@ -99,8 +100,24 @@ def _claim_start(config: Config) -> int | None:
     return fd
 
 
+def _keys_missing(configs: list[Config]) -> None:
+    """Refuse, before anything is started or created, when a node that is not running has no
+    key file where its config says (its data_dir edited, say): ``up`` made that directory for
+    its lock and log, and a directory there then turned the advised move of the old one's
+    files into a move of the old one into it."""
+    problems = []
+    for config in configs:
+        if not config.key_file.exists() and _info(config.socket_path) is None:
+            stray = stray_note(config.path)
+            problems.append(f"node {config.name}: {missing_key(config.key_file)}"
+                            + ("" if stray is None else f"; {stray}"))
+    if problems:
+        raise UserError("\n".join(problems) + "\nnothing was started")
+
+
 def up(directory: Path) -> int:
     configs = _load_all(_configs(directory))
+    _keys_missing(configs)
     locks: list[int] = []  # held until the nodes this up starts answer
     try:
         return _up(directory, configs, locks)

@@ -108,6 +108,15 @@ def test_a_node_whose_data_dir_was_edited_while_it_ran_is_not_said_to_be_down(
         up(tmp_path)
     assert "if data_dir was changed in the config, move the old data_dir's files there" in str(
         caught.value)
+    # and nothing was made where the key should be: a data2 made for up's lock and log turned
+    # the advised move (mv data data2) into a move of data into it
+    assert not (config.parent / "data2").exists()
+    assert str(caught.value).endswith("nothing was started")
+    (config.parent / "data").rename(config.parent / "data2")
+    try:
+        assert up(tmp_path) == 0
+    finally:
+        assert down(tmp_path) == 0
 
 
 def test_two_concurrent_ups_start_each_node_once(tmp_path: Path):
