@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentd import cli
-from agentd.config import address_key, load_config, parse_config
+from agentd.config import LIMIT_RANGES, address_key, load_config, parse_config
 from agentd.errors import UserError
 from agentd.init import init_node
 from agentd.runtime.node import Node
@@ -297,3 +297,18 @@ def test_relay_problems_are_named_with_the_others_at_once(tmp_path):
 def test_one_listening_port_is_known_however_its_address_is_written(one, other, same):
     """What peers.add and agentd init compare when they refuse a second node at one address."""
     assert (address_key(one) == address_key(other)) is same
+
+
+def test_the_readme_gives_every_limit_its_range():
+    """The [node] limits were refused outside ranges the README did not give: a user who set
+    stranger_write_rate = 1000 met an error it never hinted at."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+    def shown(value: float) -> str:
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+    for key, (low, high) in LIMIT_RANGES.items():
+        [row] = [line for line in readme.splitlines() if line.startswith(f"| `[node] {key}` |")]
+        wanted = f"({shown(low)} or more)" if high >= 1 << 40 else \
+            f"({shown(low)} to {shown(high)})"
+        assert row.endswith(f" {wanted} |"), (key, wanted, row)
