@@ -56,8 +56,8 @@ class RelayClients:
         network`` and one of ``node:info``, ``user:<cuid>:balance``, ``tally:<uuid>``,
         ``tally:<uuid>:chits``, ``lift:<uuid>`` (``127.0.0.1:7102/local/node:info``). The
         source answers only what its ``[[relay.access]]`` rules let this node read.
-        ``confidential`` has the view encrypted to this node; ``timeout_s`` ends the request
-        as ERROR when no view came.
+        ``confidential`` has the view encrypted to this node; ``timeout_s`` (more than 0, at
+        most 86400) ends the request as ERROR when no view came.
 
         ``policy`` (agent ids) overrides the configured verification policy for this request;
         with neither, the view must be notarized by the source agent itself.
@@ -102,7 +102,7 @@ class RelayClients:
 
     async def rpc_wait(self, request_id: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
         """Block until the request is COMPLETED, ERROR or DELETED, or ``timeout_s`` passes
-        (0: look now); returns its state either way."""
+        (0: look now; at most 86400); returns its state either way."""
         request_id = _request_id(request_id)
         timeout = _seconds(timeout_s, "timeout_s", look=True)
         with trio.move_on_after(timeout):
@@ -218,7 +218,7 @@ def _seconds(value: object, name: str, *, look: bool = False) -> float:
     ):
         span = "from 0 (look now) to" if look else "more than 0 and at most"
         raise invalid_params(f"{name} must be a number of seconds, {span} {MAX_TIMEOUT_S:g}, "
-                             f"not {value!r}")
+                             f"not {shown(value)}")
     return float(value)
 
 
