@@ -24,6 +24,9 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
     by_case = {k.lower(): k for k in known}  # GETINFO is getinfo
     if name.lower() in by_case:  # only the case is wrong: that name, and no other
         return f" (did you mean {by_case[name.lower()]}?)"
+    members = [k for k in known if k.lower().startswith(name.lower() + ".")]
+    if members:  # a family's name alone (ch, lift): its methods, all of them
+        return f" (did you mean one of {', '.join(members)}?)"
     close = [by_case[k] for k in difflib.get_close_matches(name.lower(), by_case, n=3,
                                                             cutoff=0.6)]
     family = name.split(".")[0] + "."

@@ -109,7 +109,8 @@ def method_help(name: str) -> str:
     described = describe(name, methods[name])
     lines = [f"usage: agentd -c CONFIG {signature_line(described)}"]
     for paragraph in plain(inspect.cleandoc(methods[name].__doc__ or "")).split("\n\n"):
-        lines += ["", *textwrap.wrap(" ".join(paragraph.split()), 92)]  # the whole docstring
+        lines += ["", *textwrap.wrap(" ".join(paragraph.split()), 92,  # the whole docstring
+                                     break_on_hyphens=False)]  # YYYY-MM-DD stays whole
     if described["params"]:
         lines += ["", "parameters:"]
         width = max(len(p["name"]) for p in described["params"])

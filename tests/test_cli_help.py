@@ -409,7 +409,8 @@ def test_a_mistyped_name_gets_the_names_it_is_close_to():
     known = ["help", "init", "run", "peers.ping", "peers.add", "lift.pay", "lift.wait"]
     assert did_you_mean("halp", known) == " (did you mean help?)"
     assert did_you_mean("peers.pnig", known) == " (did you mean peers.ping, peers.add?)"
-    assert did_you_mean("lift", known) == " (did you mean lift.pay, lift.wait?)"
+    assert did_you_mean("lift", known) == " (did you mean one of lift.pay, lift.wait?)"
+    assert did_you_mean("peers", known) == " (did you mean one of peers.add, peers.ping?)"
     assert did_you_mean("zzz", known) == ""
     assert did_you_mean("Lift.Pay", known) == " (did you mean lift.pay?)"  # not lift.wait too
     with pytest.raises(UserError, match=r"'halp' is not a command \(did you mean help\?\)"):
