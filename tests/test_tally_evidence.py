@@ -20,6 +20,7 @@ from agentd.services.credit.ledger import CreditLedger
 from protocol import clearing
 from tests.netfixture import network, wait_for
 from tests.test_credit_service import open_tally, rpc, state, users
+from tests.test_credit_service import refused as refused_call
 
 
 def refused(node: Node) -> list[str]:
@@ -81,6 +82,11 @@ async def test_nobody_can_create_a_tallys_evidence_process_first(tmp_path, squat
             assert await rpc(node, "receipts.list", pid=cut.replace("…", "")[1:]) == []
             for not_as_shown in ("…", f"…/{tally}", f"{pid[:8]}…{pid[8:12]}…/{tally}"):
                 assert await rpc(node, "receipts.list", pid=not_as_shown) == []  # a whole pid
+            for short, kept in ((f"{pid[:6]}/{tally}", 6), (f"{pid[:5]}…/{tally}", 5)):
+                too_short = await refused_call(node, "receipts.list", pid=short)  # listed nothing
+                assert too_short.message == (
+                    f"receipts.list: pid {short!r} cuts the agent id to {kept} characters: "
+                    "give 8 or more (as -H shows them), or the pid whole")
             assert (await rpc(node, "receipts.verify", chain=True))["ok"]
             if node is not squat:
                 assert taken[pid] == "NOT_AUTHORIZED"

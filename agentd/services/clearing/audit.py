@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from agentd.rpc import RpcError
+from agentd.rpc import RpcError, invalid_params
 from agentd.runtime.context import Reject
 from protocol import clearing as ch
 from protocol import evidence as ev
@@ -54,8 +54,13 @@ class Audit:
             if rows or pid is None or tail is not None:
                 return rows
             start, slash, rest = pid.partition("/")  # AGENT/TALLY with the agent cut short
+            start = start.removesuffix("…").removesuffix("...")
             if slash and len(start) >= 8:
                 return store.receipts(conn, start, tail=slash + rest)
+            if slash and start and store.receipts(conn, start, tail=slash + rest):
+                raise invalid_params(f"pid {pid!r} cuts the agent id to {len(start)} "
+                                     "characters: give 8 or more (as -H shows them), or the "
+                                     "pid whole")
             return rows
 
         rows = self.runtime.db.reading(read)
