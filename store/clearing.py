@@ -104,28 +104,50 @@ def _dates(request: QueryRequest) -> tuple[str, tuple[Any, ...]]:
     )
 
 
-def query(conn: sqlite3.Connection, request: QueryRequest) -> tuple[list[Entry], int]:
-    """One page of ``request`` ordered by seq, and the number of entries matching its dates."""
+def _page(conn: sqlite3.Connection, request: QueryRequest) -> tuple[str, tuple[Any, ...], int]:
+    """The WHERE clause and values that select ``request``'s page, and the number of entries
+    matching its dates. Without dates the page is a range of seqs (a process's seqs run from
+    1 with no gap, and the last one is its count), read by the (pid, seq) index: a query
+    bound by no dates sorted the whole process, 0.1 to 4.6 s of the writer for 100,000 to
+    1,000,000 entries, whatever its page. With dates, the entries in them are counted and
+    skipped to the page (the caller pays for that: ``scanned``)."""
+    order = "ASC" if request["sort"] == "asc" else "DESC"
+    first, size = (request["page"] - 1) * request["size"], request["size"]
+    if request["date_from"] is None and request["date_to"] is None:
+        last = conn.execute("SELECT max(seq) FROM ch_entries WHERE pid = ?",
+                            (request["pid"],)).fetchone()[0] or 0
+        high = min(first + size, last) if order == "ASC" else last - first
+        low = first + 1 if order == "ASC" else max(high - size + 1, 1)
+        return (f"pid = ? AND seq BETWEEN ? AND ? ORDER BY seq {order}",
+                (request["pid"], low, high), last)
     where, bounds = _dates(request)
     total = conn.execute(f"SELECT count(*) FROM ch_entries WHERE {where}", bounds).fetchone()[0]
-    order = "ASC" if request["sort"] == "asc" else "DESC"
-    rows = conn.execute(
-        f"SELECT {_ENTRY_COLUMNS} FROM ch_entries WHERE {where} ORDER BY seq {order}"
-        " LIMIT ? OFFSET ?",
-        (*bounds, request["size"], (request["page"] - 1) * request["size"]),
-    ).fetchall()
+    return f"{where} ORDER BY seq {order} LIMIT ? OFFSET ?", (*bounds, size, first), total
+
+
+def scanned(request: QueryRequest, total: int) -> int:
+    """How many entries ``query`` and ``page_bytes`` walk for ``request``: none but its page
+    without dates; with them, every entry in them, counted, then skipped up to the page."""
+    if request["date_from"] is None and request["date_to"] is None:
+        return 0
+    return total + min((request["page"] - 1) * request["size"], total)
+
+
+def query(conn: sqlite3.Connection, request: QueryRequest) -> tuple[list[Entry], int]:
+    """One page of ``request`` ordered by seq, and the number of entries matching its dates."""
+    where, values, total = _page(conn, request)
+    rows = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM ch_entries WHERE {where}",
+                        values).fetchall()
     return [_entry(row) for row in rows], total
 
 
 def page_bytes(conn: sqlite3.Connection, request: QueryRequest) -> int:
     """The headers' and payloads' bytes of the page ``query`` would read (their lengths are
     in the row headers: nothing is loaded), so an oversize page is refused unread."""
-    where, bounds = _dates(request)
-    order = "ASC" if request["sort"] == "asc" else "DESC"
+    where, values, _ = _page(conn, request)
     row = conn.execute(  # length() of a column reads the record header, not the blob
         f"SELECT sum(size) FROM (SELECT length(header) + ifnull(length(payload), 0) AS size"
-        f" FROM ch_entries WHERE {where} ORDER BY seq {order} LIMIT ? OFFSET ?)",
-        (*bounds, request["size"], (request["page"] - 1) * request["size"]),
+        f" FROM ch_entries WHERE {where})", values,
     ).fetchone()
     return row[0] or 0
 

@@ -961,3 +961,42 @@ async def test_a_database_deleted_or_replaced_while_open_takes_no_more_writes(
         path.write_bytes(b"")
         with pytest.raises(DatabaseError, match=r"swapped\.db was replaced"):
             await db.write(lambda c: inbox.claim(c, b"\x02" * 16, "p", 2))
+
+
+def test_a_query_without_dates_reads_its_page_by_seq_not_the_whole_process(tmp_path: Path):
+    """A query bound by no dates sorted every entry of the process (a temporary B-tree for
+    ORDER BY seq over the timestamp index): 0.1 to 4.6 s of a clearing house's writer at
+    100,000 to 1,000,000 entries, for a page of one, and a stranger owns processes of its
+    own. Its page is now a range of seqs; the answers are what they were."""
+    from store import clearing
+
+    conn = sqlite3.connect(tmp_path / "db", isolation_level=None)
+    migrate(conn)
+    clearing.create_process(conn, "big", ["a" * 43], 0)
+    conn.executemany(
+        "INSERT INTO ch_entries (pid, seq, prev_hash, timestamp, client_id, header,"
+        " payload_sha256, payload_type, payload, entry_hash) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (("big", seq, "0" * 64, 1000 + seq // 3, "a" * 43, b"\x80", "0" * 64, "t", None,
+          f"{seq:064x}") for seq in range(1, 1001)))
+
+    def request(**given):
+        return {"pid": "big", "page": 1, "size": 100, "sort": "desc", "date_from": None,
+                "date_to": None, **given}
+
+    def seqs(**given) -> tuple[list[int], int]:
+        entries, total = clearing.query(conn, request(**given))
+        return [entry["seq"] for entry in entries], total
+
+    assert seqs(size=3) == ([1000, 999, 998], 1000)
+    assert seqs(size=3, page=2, sort="asc") == ([4, 5, 6], 1000)
+    assert seqs(size=300, page=4) == ([100, *range(99, 0, -1)], 1000)
+    assert seqs(size=300, page=4, sort="asc") == (list(range(901, 1001)), 1000)
+    assert seqs(size=10, page=10**9) == ([], 1000)
+    assert seqs(size=3, date_from=1100, date_to=1101) == ([305, 304, 303], 6)  # dates: as before
+    assert clearing.scanned(request(size=3), 1000) == 0
+    assert clearing.scanned(request(size=3, page=2, date_from=0), 6) == 6 + 3
+    assert clearing.page_bytes(conn, request(size=5)) == 5  # each header one byte, no payload
+    where, values, _ = clearing._page(conn, request(page=5))
+    plan = " ".join(row[3] for row in conn.execute(
+        f"EXPLAIN QUERY PLAN SELECT seq FROM ch_entries WHERE {where}", values))
+    assert "TEMP B-TREE" not in plan, plan
