@@ -48,3 +48,46 @@ async def test_a_value_as_long_as_a_frame_is_refused_naming_its_field(tmp_path):
             assert reply.object["message"].startswith(field), reply.object["message"][:200]
             assert len(reply.object["message"]) < 400
         assert house.db.read_one("SELECT count(*) FROM ch_processes")[0] == 1  # p1 alone
+
+
+async def test_a_strangers_big_answers_it_never_reads_are_bounded_in_rows_too(tmp_path):
+    """A stranger logs one entry of 200 KB, then asks for it again and again and reads
+    nothing: past 8 MiB of answers held for it, each further answer stayed in its outbox row,
+    where the bound on a stranger's replies did not reach (4,000 gets of 300 bytes were 1 GB
+    of rows, for an hour). The oldest answers go instead, rows and all."""
+    import hashlib
+    import os
+
+    from agentd.runtime.outbox import HOLD_BYTES
+
+    async with network(tmp_path, n=1, clearinghouse=0) as net:
+        [house] = net.nodes
+        rogue = await Rogue.join(house.port, house.agent_id)
+        payload = os.urandom(200_000)
+        logged = await answers(rogue, house.agent_id, "log", {
+            "pid": "mine", "header": {}, "payload": payload, "payload_type": "b",
+            "payload_sha256": hashlib.sha256(payload).hexdigest()})
+        assert [frame.action for frame in logged if isinstance(frame, Envelope)] == [
+            "processed"]
+        entry = house.db.read_one("SELECT entry_hash FROM ch_entries WHERE pid = 'mine'")[0]
+        gets = [rogue.envelope(house.agent_id, "get", {"pid": "mine", "id": entry}, target="ch")
+                for _ in range(90)]  # 18 MB of answers, never read
+        await rogue.send_frames([pack(get) for get in gets])
+
+        def held() -> tuple[int, int]:
+            return tuple(house.db.read_one(
+                "SELECT count(*), ifnull(sum(length(body)), 0) FROM outbox WHERE peer = ?",
+                (rogue.agent,)))
+
+        seen = -1
+        with trio.fail_after(60):  # until it takes no more (its pipeline full, unacked)
+            while house.counters.messages_processed != seen:
+                seen = house.counters.messages_processed
+                await trio.sleep(1.0)
+        taken = seen - 1  # the log before them
+        assert taken >= 50, taken  # more answers than 8 MiB holds
+        rows, size = held()
+        # HOLD_BYTES, and the few on their way (sent, not acked): it was every answer
+        assert size <= HOLD_BYTES + 4 * 210_000, (taken, rows, size)
+        assert house.counters.outbox_dropped >= taken - rows
+        await rogue.aclose()

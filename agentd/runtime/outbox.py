@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
-from agentd.logs import event
 from agentd.runtime.acked_rows import AckedRows
-from agentd.runtime.outgoing import Outgoing, RoundTrip, ack_timeout
+from agentd.runtime.outgoing import Outgoing, RoundTrip, ack_timeout, trace
 from agentd.runtime.peers import PeerUnreachable
 from agentd.runtime.timers import Failures, Ticker
 from agentd.runtime.transport import Channel, ChannelClosed
@@ -129,7 +128,10 @@ class OutboxPump:
         the row's bytes), for delivery."""
         if message_id in self.live:
             return  # its sender read its row first
-        if seq is not None and self._spill(peer, seq):
+        # a reply to a peer we do not know is held, never spilled to its row, where the bound
+        # on a stranger's replies did not reach (4,000 answers of 256 KiB were 1 GB of rows)
+        to_stranger = envelope.get("re") is not None and not self.node.is_known(peer)
+        if seq is not None and not to_stranger and self._spill(peer, seq):
             return
         expires = expires_at(envelope.get("target", ""), envelope.get("action", ""),
                              self.node.clock.now_ms() if created is None else created)
@@ -253,21 +255,26 @@ class OutboxPump:
             self.node.counters.outbox_dropped += 1
             return
         queue.append(item)
-        if len(queue) > STRANGER_QUEUE and item.is_reply and not self.node.is_known(item.peer):
-            self._drop_oldest_reply(queue)
+        if item.is_reply and not self.node.is_known(item.peer):
+            while (len(queue) > STRANGER_QUEUE or self._held.get(item.peer, 0) > HOLD_BYTES) \
+                    and self._drop_oldest_reply(queue, item):
+                pass
         self._wake[item.peer].set()
 
-    def _drop_oldest_reply(self, queue: deque[Outgoing]) -> None:
+    def _drop_oldest_reply(self, queue: deque[Outgoing], newest: Outgoing) -> bool:
         """A stranger that floods us and never acks would have us hold every reply until it
-        expires: past ``STRANGER_QUEUE`` waiting, its oldest reply is dropped, row included
-        (``outbox_dropped``). Replies cost the stranger's own requests, nothing of ours."""
-        victim = next((i for i in queue if i.is_reply and i.id in self.live), None)
+        expires: past ``STRANGER_QUEUE`` waiting, or ``HOLD_BYTES``, its oldest reply is
+        dropped, row included (``outbox_dropped``); the newest is kept. Replies cost the
+        stranger's own requests, nothing of ours. False when there is none to drop."""
+        victim = next((i for i in queue if i.is_reply and i.id in self.live
+                       and i is not newest), None)
         if victim is None:
-            return
+            return False
         queue.remove(victim)
         self._let_go(victim.id)
         self.forget(victim)  # its row goes with the next batch of deletes
         self.node.counters.outbox_dropped += 1
+        return True
 
     # -- acks ----------------------------------------------------------------------------
 
@@ -286,7 +293,7 @@ class OutboxPump:
                 self.round_trips.setdefault(item.peer, RoundTrip()).sample(seconds)
                 self.round_trip.sample(seconds)
         if ack.error is None:  # a refusal: the dispatcher logs it once it is recorded
-            _trace("message acked", item, by=from_agent)
+            trace("message acked", item, by=from_agent)
         return item
 
     def unsettle(self, item: Outgoing) -> None:
@@ -427,7 +434,7 @@ class OutboxPump:
                     self._release(peer)
                 queue.appendleft(item)
                 return
-            _trace("message sent", item, to=peer, attempt=item.tries)
+            trace("message sent", item, to=peer, attempt=item.tries)
 
     async def _deliver_locally(self, queue: deque[Outgoing]) -> None:
         """Messages between two users of this node take the same path minus the socket."""
@@ -437,7 +444,7 @@ class OutboxPump:
             if item.id not in self.live:
                 continue
             item.tries += 1
-            _trace("message sent", item, to=self.node.agent_id, attempt=item.tries)
+            trace("message sent", item, to=self.node.agent_id, attempt=item.tries)
             ack_body = await self.node.dispatcher.process_local(
                 item.attempt(self.node.clock.now_ms()))
             if ack_body is None:  # not committed (disk full?): try again a little later
@@ -485,12 +492,3 @@ class OutboxPump:
             return False
         due = min((item.due for item in self._inflight.values()), default=now + SCAN_AT_MOST)
         return min(max(due - now, 0.0), SCAN_AT_MOST)
-
-
-def _trace(what: str, item: Outgoing, **fields: Any) -> None:
-    """A message's way out, at debug (``[log] level = "debug"``): followed by its id to the
-    peer's ``message taken`` line."""
-    if log.isEnabledFor(logging.DEBUG):
-        envelope = item.envelope
-        event(log, what, logging.DEBUG, message=f"{envelope.get('target')}/"
-              f"{envelope.get('action')}", id=item.traced_id, **fields)

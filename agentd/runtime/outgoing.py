@@ -4,16 +4,18 @@ kept per peer (:class:`RoundTrip`, RFC 6298's smoothing)."""
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentd.logs import traced
+from agentd.logs import event, traced
 from agentd.runtime.transport import Channel
 from protocol.envelope import attempt_prefix, with_attempt
 
 ACK_TIMEOUT_MIN = 2.0
 ACK_TIMEOUT_MAX = 60.0
+log = logging.getLogger("agentd.runtime.outbox")  # its lines are the pump's
 _JITTER = random.Random()  # its own: the global random stays whoever seeded it (a test)
 
 
@@ -77,4 +79,14 @@ class Outgoing:
         return self.envelope.get("re") is not None
 
 
-__all__ = ["ACK_TIMEOUT_MAX", "ACK_TIMEOUT_MIN", "Outgoing", "RoundTrip", "ack_timeout"]
+def trace(what: str, item: Outgoing, **fields: Any) -> None:
+    """A message's way out, at debug (``[log] level = "debug"``): followed by its id to the
+    peer's ``message taken`` line."""
+    if log.isEnabledFor(logging.DEBUG):
+        envelope = item.envelope
+        event(log, what, logging.DEBUG, message=f"{envelope.get('target')}/"
+              f"{envelope.get('action')}", id=item.traced_id, **fields)
+
+
+__all__ = ["ACK_TIMEOUT_MAX", "ACK_TIMEOUT_MIN", "Outgoing", "RoundTrip", "ack_timeout",
+           "trace"]
