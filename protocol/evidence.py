@@ -188,6 +188,10 @@ def judge(request: str, action: str, obj: Mapping[str, Any]) -> Refused | None:
     expected = EXPECTED_REPLY.get(request, "result")
     if action != expected:
         return Refused(MALFORMED, f"the clearing house answered {request} with {action}")
+    receipt = obj.get("receipt") if action == "processed" else None
+    if isinstance(receipt, str) and len(receipt) > rc.MAX_SIGNED + rc.MAX_ENTRY_PART + 1:
+        return Refused(MALFORMED, f"the receipt is {len(receipt)} characters, more than a "
+                       f"receipt's {rc.MAX_SIGNED + rc.MAX_ENTRY_PART + 1}")
     return None
 
 
@@ -203,6 +207,11 @@ def batch_results(obj: Mapping[str, Any], count: int) -> tuple[str | None, list[
     parts = [result["entry"] for result in results if "entry" in result]
     if parts and (not isinstance(signed, str) or not all(isinstance(p, str) for p in parts)):
         raise MalformedAnswer("processed_batch has receipts but no signed batch or entry text")
+    if parts and (len(signed) > rc.MAX_SIGNED or max(map(len, parts)) > rc.MAX_ENTRY_PART):
+        # refused unstored: each receipt repeats the signed text, so 1 MB of it made 256 MB
+        raise MalformedAnswer(f"processed_batch's signed text or an entry's part is longer "
+                              f"than a receipt's ({rc.MAX_SIGNED} and {rc.MAX_ENTRY_PART} "
+                              "characters)")
     out: list[str | Refused] = [result["entry"] if "entry" in result
                                 else refusal_of(result, "result") for result in results]
     return (signed if parts else None), out

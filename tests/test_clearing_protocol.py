@@ -658,3 +658,23 @@ def test_log_round_trip_from_client_to_verified_receipt() -> None:
             assert rc.verify_receipt(token, jwks, expect=expect)["seq"] == entry["seq"]
             rc.verify_receipt(token, jwks, expect=rc.entry_claims(entry))
     verify_chain(unpack(pack(store["entries"])))
+
+
+def test_a_houses_answer_with_receipts_too_long_for_one_is_malformed_and_not_stored() -> None:
+    """A hostile clearing house answered a 256-entry batch with 1 MB of "signed" text: each
+    entry's receipt repeats it, and the client stored 256 MB of receipts it had found invalid.
+    Such an answer is malformed before anything of it is stored (red team)."""
+    from protocol import evidence as ev
+    from protocol import receipts as rc
+
+    big = {"signed": "x" * (rc.MAX_SIGNED + 1), "results": [{"entry": "y"}] * 256}
+    with pytest.raises(ev.MalformedAnswer, match="longer than a receipt's"):
+        ev.batch_results(big, 256)
+    long_part = {"signed": "x", "results": [{"entry": "y" * (rc.MAX_ENTRY_PART + 1)}]}
+    with pytest.raises(ev.MalformedAnswer, match="longer than a receipt's"):
+        ev.batch_results(long_part, 1)
+    assert ev.batch_results({"signed": "x", "results": [{"entry": "y"}]}, 1) == ("x", ["y"])
+    huge = "z" * (rc.MAX_SIGNED + rc.MAX_ENTRY_PART + 2)
+    refused = ev.judge("log", "processed", {"receipt": huge})
+    assert refused is not None and refused.code == ev.MALFORMED
+    assert ev.judge("log", "processed", {"receipt": "z" * 100}) is None
