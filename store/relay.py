@@ -128,6 +128,18 @@ def record_nonce(
     return cursor.rowcount == 1
 
 
+def trim_nonces(conn: sqlite3.Connection, requestor: str, keep: int) -> int:
+    """Forget ``requestor``'s nonces past its newest ``keep``; how many went."""
+    edge = conn.execute("SELECT seen, nonce FROM relay_nonces WHERE requestor = ? "
+                        "ORDER BY seen DESC, nonce DESC LIMIT 1 OFFSET ?",
+                        (requestor, keep)).fetchone()
+    if edge is None:
+        return 0
+    return conn.execute("DELETE FROM relay_nonces WHERE requestor = ? AND (seen < ? OR "
+                        "(seen = ? AND nonce <= ?))",
+                        (requestor, edge[0], edge[0], edge[1])).rowcount
+
+
 def prune_nonces(conn: sqlite3.Connection, before_ms: int) -> int:
     return conn.execute("DELETE FROM relay_nonces WHERE seen < ?", (before_ms,)).rowcount
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sqlite3
 
+import trio
+
 from agentd.bench.rogue import Rogue
 from protocol.codec import pack
 from protocol.envelope import Ack
@@ -80,3 +82,26 @@ def test_trim_keeps_exactly_the_newest_ties_and_all(tmp_path):
     assert len(kept) == 25 and kept[0][0] == 1002  # 1002's ten split at the edge
     assert inbox.trim(conn, "a", 25) == 0
     assert conn.execute("SELECT count(*) FROM inbox WHERE peer = 'b'").fetchone()[0] == 50
+
+
+async def test_a_requestors_relay_nonces_are_kept_at_most_the_newest_bound(tmp_path,
+                                                                            monkeypatch):
+    """The relay's replay cache kept every nonce a week: a peer we know (no write ration)
+    sent ~1,900 queries a second, ~1.6 GB an hour. It keeps a requestor's newest
+    NONCES_PER_REQUESTOR, as the inbox does a peer's ids; a replay older than those could
+    come only from the requestor itself, which signs its queries."""
+    from agentd.services.relay import service
+
+    monkeypatch.setattr(service, "NONCES_PER_REQUESTOR", 1000)
+    async with network(tmp_path, n=2, sections={"relay": {"access": [
+            {"principal": "*", "resource": "node:*"}]}}) as net:
+        source, asker = net.nodes
+        address = f"{source.listen_address}/{source.config.network}/node:info"
+        for _ in range(1125):  # trimmed at every 125th: the last leaves 1,000
+            await asker.rpc.call("relay.query", {"address": address})
+        with trio.fail_after(60):
+            while source.counters.messages_processed < 1125:
+                await trio.sleep(0.05)
+        assert source.db.read_one("SELECT count(*) FROM relay_nonces WHERE requestor = ?",
+                                  (asker.agent_id,))[0] == 1000
+        assert source.relay.nonces.trimmed == 125

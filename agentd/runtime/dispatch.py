@@ -252,7 +252,7 @@ class Dispatcher:
                     return _DUPLICATE
                 tx = node.new_tx(conn, received)
                 service.handle(tx, envelope)
-                node.inbox_bound.claimed(conn, agent)  # taken: a refusal undoes its row
+                node.inbox_bound.added(conn, agent)  # taken: a refusal undoes its row
                 return tx
             finally:
                 if share is not None:

@@ -28,7 +28,6 @@ from agentd.runtime.context import Reject, Service, Tx
 from agentd.runtime.counters import Counters
 from agentd.runtime.dispatch import Dispatcher
 from agentd.runtime.hearsay import Hearsay
-from agentd.runtime.inbox_bound import InboxBound
 from agentd.runtime.limits import DecodeBudget, WriteRation
 from agentd.runtime.links import Links
 from agentd.runtime.maintenance import prune_kept
@@ -36,6 +35,7 @@ from agentd.runtime.metrics import Metrics
 from agentd.runtime.outbox import OutboxPump
 from agentd.runtime.peer_admin import PeerAdmin, forget_referee
 from agentd.runtime.peer_names import Unnamed
+from agentd.runtime.peer_rows import PeerRows
 from agentd.runtime.peers import PeerManager, PeerUnreachable
 from agentd.runtime.ports import bind_ports
 from agentd.runtime.refusals import rpc_error
@@ -51,7 +51,7 @@ from agentd.services.ping import PingService
 from agentd.services.relay.service import RelayService
 from agentd.services.users import Users
 from protocol.keys import ChipAddress, SigningKey, format_hostport, parse_hostport
-from store import Database, DatabaseError, is_failure
+from store import Database, DatabaseError, inbox, is_failure
 from store import credit as credit_store
 from store import peers as peer_store
 
@@ -94,7 +94,8 @@ class Node:
         self.ration = WriteRation(limits.stranger_write_rate, limits.stranger_write_burst,
                                   limits.all_strangers_write_rate, limits.all_strangers_write_burst)
         self.decoding = DecodeBudget(config.max_frame)  # strangers' frames being handled
-        self.inbox_bound = InboxBound(limits.inbox_per_peer)
+        self.inbox_bound = PeerRows(limits.inbox_per_peer, inbox.trim, "message ids",
+                                    "inbox_per_peer")
         self.peers: PeerManager = None  # type: ignore[assignment]  # set in run()
         self.configure_peers()
         self.links: Links | None = None  # simulated link faults: set by agentd sim, before run

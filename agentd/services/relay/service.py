@@ -27,6 +27,7 @@ import trio
 
 from agentd.errors import UserError
 from agentd.runtime.context import Reject, Runtime, Service, Tx
+from agentd.runtime.peer_rows import PeerRows
 from agentd.runtime.timers import Failures
 from agentd.services.relay import source
 from agentd.services.relay.clients import RelayClients
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from agentd.config import Config
 
 log = logging.getLogger("agentd.relay")
+NONCES_PER_REQUESTOR = 1_000_000  # a requestor's nonces kept (besides a week): ~250 MB
 
 # the access rules and verification policies a node serves with (from its [relay] config)
 Rules = tuple[tuple[AccessRule, ...], tuple[VerificationPolicy, ...]]
@@ -53,7 +55,8 @@ class RelayService(Service):
     target = "relay"
     actions = frozenset({"query", "ack", "view"})
 
-    #: How long the sweep keeps results, DELETED rows and seen nonces, and how often it runs.
+    #: How long the sweep keeps results, DELETED rows and seen nonces, and how often it runs
+    #: (one requestor's nonces: at most ``NONCES_PER_REQUESTOR``, the newest).
     result_ttl_ms = 24 * 3600 * 1000
     deleted_ttl_ms = 3600 * 1000
     nonce_ttl_ms = 7 * 24 * 3600 * 1000
@@ -67,6 +70,9 @@ class RelayService(Service):
         self._wake_at_ms: int | None = None
         self._next_sweep_ms = 0
         self.clients = RelayClients(self)
+        # a requestor's nonces kept at most (besides a week): a known peer has no write ration
+        self.nonces = PeerRows(NONCES_PER_REQUESTOR, relay_store.trim_nonces, "relay nonces",
+                               "the relay's NONCES_PER_REQUESTOR")
         runtime.register_target(self)
 
     @staticmethod
@@ -83,7 +89,7 @@ class RelayService(Service):
 
     def handle(self, tx: Tx, envelope: Envelope) -> None:
         if envelope.action == "query":
-            source.on_query(tx, self.runtime, self.access, self.target, envelope)
+            source.on_query(tx, self.runtime, self.access, self.target, envelope, self.nonces)
         elif envelope.action == "ack":
             self._on_ack(tx, envelope)
         elif envelope.action == "view":

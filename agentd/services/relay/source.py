@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 from agentd.runtime.context import Reject, Runtime, Tx
+from agentd.runtime.peer_rows import PeerRows
 from agentd.services.relay import driver as relay_driver
 from agentd.services.relay.driver import MAX_PAYLOAD
 from protocol.codec import CodecError, canonical
@@ -32,8 +33,9 @@ from store import relay as relay_store
 
 
 def on_query(tx: Tx, runtime: Runtime, access: tuple[AccessRule, ...], target: str,
-             envelope: Envelope) -> None:
-    """Admit the query under ``access``, then ack it and answer it in this transaction."""
+             envelope: Envelope, nonces: PeerRows) -> None:
+    """Admit the query under ``access``, then ack it and answer it in this transaction;
+    ``nonces`` bounds the nonces kept of one requestor."""
     try:
         query = Query.from_map(envelope.object)
     except MessageError as exc:
@@ -52,6 +54,7 @@ def on_query(tx: Tx, runtime: Runtime, access: tuple[AccessRule, ...], target: s
                                     query.request_id, tx.now_ms):
         raise Reject("REPLAYED_NONCE",
                      f"nonce {query.nonce} was already used by {query.certificate}")
+    nonces.added(tx.conn, query.certificate)  # nothing below refuses the query
     reply_to = envelope.from_
     tx.send(Send(reply_to, target, "ack", Ack(AckStatus.OK, query.request_id).to_map()),
             re=envelope.id)
