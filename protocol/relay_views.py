@@ -140,6 +140,9 @@ def make_view(
     return View(meta=meta, data=data)
 
 
+MAX_PROOFS = 64  # notarizations a view may carry: 7,000 copies of one were 0.5 s of checks
+
+
 def verify_view(view: View, required: Sequence[str]) -> VerifiedView:
     """Check every proof in ``view`` and that each agent in ``required`` is among the signers.
 
@@ -169,7 +172,11 @@ def verify_view(view: View, required: Sequence[str]) -> VerifiedView:
         isinstance(items["proofs"], list) and bool(items["proofs"]),
         "must be a non-empty list",
     )
+    require("View.data.proofs", len(items["proofs"]) <= MAX_PROOFS,
+            f"holds {len(items['proofs'])} proofs, more than the {MAX_PROOFS} a view may carry")
     proofs = [Proof.from_map(proof) for proof in items["proofs"]]
+    twice = len(proofs) - len({proof.signer for proof in proofs})
+    require("View.data.proofs", not twice, "names a signer more than once")  # before any check
     signed = digest(interop.to_map())
     for proof in proofs:
         if not verify_by_agent(proof.signer, proof.signature, signed):

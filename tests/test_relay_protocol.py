@@ -33,7 +33,7 @@ from protocol.relay_query import (
     verify_request,
 )
 from protocol.relay_seal import seal, unseal
-from protocol.relay_views import Proof, make_view, open_view, verify_view
+from protocol.relay_views import MAX_PROOFS, Proof, make_view, open_view, verify_view
 
 SOURCE = SigningKey(bytes([1]) * 32)
 REQUESTOR = SigningKey(bytes([2]) * 32)
@@ -464,6 +464,23 @@ def test_view_padded_with_a_junk_proof_is_refused():
     data = view_data(view_for())
     data["proofs"].append(Proof(OTHER.agent_id, bytes(64)).to_map())
     with pytest.raises(ProofError, match=f"by {OTHER.agent_id} does not verify"):
+        verify_view(with_data(view_for(), data), [SOURCE.agent_id])
+
+
+def test_view_padded_with_copies_of_its_own_proof_or_too_many_is_refused_unchecked():
+    """A source answered with 7,000 copies of its one valid proof: each was checked (0.5 s of
+    the destination's writer), and the view stored. A signer twice, or more proofs than a
+    view may carry, is refused before any is checked (red team)."""
+    data = view_data(view_for())
+    data["proofs"] = data["proofs"] * 7000
+    with pytest.raises(MessageError, match="holds 7000 proofs, more than the 64"):
+        verify_view(with_data(view_for(), data), [SOURCE.agent_id])
+    data["proofs"] = data["proofs"][:3]
+    with pytest.raises(MessageError, match="names a signer more than once"):
+        verify_view(with_data(view_for(), data), [SOURCE.agent_id])
+    data["proofs"] = [Proof(SigningKey.generate().agent_id, bytes(64)).to_map()
+                      for _ in range(MAX_PROOFS + 1)]
+    with pytest.raises(MessageError, match=f"more than the {MAX_PROOFS} a view may carry"):
         verify_view(with_data(view_for(), data), [SOURCE.agent_id])
 
 
