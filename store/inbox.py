@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from store.newest import keep_newest
+
 
 def claim(conn: sqlite3.Connection, message_id: bytes, peer: str, now_ms: int) -> bool:
     """Record ``message_id`` as processed; False when it already was (a duplicate)."""
@@ -19,13 +21,5 @@ def prune(conn: sqlite3.Connection, older_than_ms: int) -> int:
 
 
 def trim(conn: sqlite3.Connection, peer: str, keep: int) -> int:
-    """Forget ``peer``'s ids past its newest ``keep``; how many went. (The index on peer and
-    received holds the id too, the table's key: the edge is one entry, ties and all.)"""
-    edge = conn.execute("SELECT received, id FROM inbox WHERE peer = ? "
-                        "ORDER BY received DESC, id DESC LIMIT 1 OFFSET ?",
-                        (peer, keep)).fetchone()
-    if edge is None:
-        return 0
-    return conn.execute("DELETE FROM inbox WHERE peer = ? AND (received < ? OR "
-                        "(received = ? AND id <= ?))",
-                        (peer, edge[0], edge[0], edge[1])).rowcount
+    """Forget ``peer``'s ids past its newest ``keep``; how many went."""
+    return keep_newest(conn, "inbox", "peer", peer, ("received", "id"), keep)

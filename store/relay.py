@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 
+from store.newest import keep_newest
+
 _COLUMNS = (
     "request_id, status, source, address, nonce, confidential, required, query_id, deadline,"
     " view, result, signers, error, created, updated"
@@ -130,14 +132,7 @@ def record_nonce(
 
 def trim_nonces(conn: sqlite3.Connection, requestor: str, keep: int) -> int:
     """Forget ``requestor``'s nonces past its newest ``keep``; how many went."""
-    edge = conn.execute("SELECT seen, nonce FROM relay_nonces WHERE requestor = ? "
-                        "ORDER BY seen DESC, nonce DESC LIMIT 1 OFFSET ?",
-                        (requestor, keep)).fetchone()
-    if edge is None:
-        return 0
-    return conn.execute("DELETE FROM relay_nonces WHERE requestor = ? AND (seen < ? OR "
-                        "(seen = ? AND nonce <= ?))",
-                        (requestor, edge[0], edge[0], edge[1])).rowcount
+    return keep_newest(conn, "relay_nonces", "requestor", requestor, ("seen", "nonce"), keep)
 
 
 def prune_nonces(conn: sqlite3.Connection, before_ms: int) -> int:
