@@ -187,6 +187,8 @@ async def test_a_mistyped_owner_or_time_is_invalid_params_not_a_round_trip(tmp_p
              """only): give it as text, in quotes (on the command line, payload='"3.14"')"""),
             ("ch.log", {"pid": "p", "payload": "x", "header": {"rate": 1.5}},
              "header: rate: float is not allowed"),
+            ("ch.log", {"pid": "p", "payload": "x", "payload_type": ""},
+             "payload_type is empty: leave it out for the default"),
         ):
             with pytest.raises(RpcError) as info:
                 await alice.rpc.call(method, params)

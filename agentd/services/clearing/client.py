@@ -374,6 +374,9 @@ class Evidence:
             raise invalid_params("header must be an object")
         if payload_type is not None and not isinstance(payload_type, str):
             raise invalid_params("payload_type must be text")
+        if payload_type == "":  # it was taken as the default, unsaid
+            raise invalid_params("payload_type is empty: leave it out for the default, or "
+                                 "give a media type (text/plain, application/json, ...)")
         if header is not None:
             try:
                 canonical(header)
