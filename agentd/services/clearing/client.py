@@ -56,11 +56,11 @@ from agentd.services.clearing.answers import Answers
 from agentd.services.clearing.audit import Audit
 from agentd.services.clearing.lost import LostAnswers
 from agentd.services.clearing.moves import move_evidence
+from agentd.services.clearing.params import check_pid, check_query, log_object
 from agentd.services.clearing.sender import Pending, Sender
 from protocol import clearing as ch
 from protocol import evidence as ev
-from protocol.clearing_fields import Rejection, check_count, check_pid, date_ms
-from protocol.codec import CodecError, canonical, pack
+from protocol.codec import CodecError, pack
 from protocol.envelope import Envelope
 from protocol.keys import ChipAddress, agent_id_problem, parse_hostport
 from protocol.messages import Send
@@ -343,7 +343,7 @@ class Evidence:
                                  ) -> dict:
         """Create process ``pid`` owned by this node and ``owners`` (agent ids: a list, or
         comma-separated text, as ``owners=ID1,ID2`` on the command line)."""
-        _check_pid(pid)
+        check_pid(pid)
         if isinstance(owners, str):  # its other types: agentd.rpc_types
             owners = [owner.strip() for owner in owners.split(",") if owner.strip()]
         for owner in owners or []:
@@ -359,36 +359,7 @@ class Evidence:
         ``mode`` full | header (hash of the payload and the header) | hash (the hash alone).
         ``header``: a map logged beside it; ``payload_type``: its media type (default
         ``text/plain; charset=utf-8`` for text, ``application/msgpack`` for other JSON)."""
-        return await self.log_request(self._log_object(pid, payload, mode, header, payload_type))
-
-    @staticmethod
-    def _log_object(pid: object, payload: Any, mode: object = "full", header: object = None,
-                    payload_type: object = None) -> dict[str, Any]:
-        """The ``log`` request for ``ch.log``'s params; ``invalid_params`` names what is bad."""
-        if not isinstance(pid, str):
-            raise invalid_params("pid must be text")
-        _check_pid(pid)
-        if not isinstance(mode, str):
-            raise invalid_params("mode must be full, header or hash")
-        if header is not None and not isinstance(header, dict):
-            raise invalid_params("header must be an object")
-        if payload_type is not None and not isinstance(payload_type, str):
-            raise invalid_params("payload_type must be text")
-        if payload_type == "":  # it was taken as the default, unsaid
-            raise invalid_params("payload_type is empty: leave it out for the default, or "
-                                 "give a media type (text/plain, application/json, ...)")
-        if header is not None:
-            try:
-                canonical(header)
-            except CodecError as exc:  # the house refused it, a round trip later
-                raise invalid_params("header: " + _no_floats(exc, HEADER_TEXT)) from exc
-        try:
-            return ev.log_object(pid, payload, mode=mode, header=header,
-                                 payload_type=payload_type)
-        except CodecError as exc:
-            raise invalid_params("payload: " + _no_floats(exc, PAYLOAD_TEXT)) from exc
-        except ValueError as exc:
-            raise invalid_params(str(exc)) from exc
+        return await self.log_request(log_object(pid, payload, mode, header, payload_type))
 
     async def rpc_log_many(self, entries: list) -> list[dict]:
         """Log many entries in one call: ``entries`` is a list of ``{pid, payload, mode?,
@@ -410,7 +381,7 @@ class Evidence:
             if missing:
                 raise invalid_params(f"entries[{index}] has no {missing[0]}")
             try:
-                objs.append(self._log_object(**entry))
+                objs.append(log_object(**entry))
             except RpcError as exc:
                 raise invalid_params(f"entries[{index}]: {exc.message}") from exc
         results = await self.log_requests(objs, each=True)
@@ -425,8 +396,8 @@ class Evidence:
         A null leaves the clearing house's default: ``page`` 1 (from 1), ``size`` 100 (at
         most 1000), ``sort`` desc; ``date_from``/``date_to`` bound the entries' timestamps
         (ms since the epoch, or a day as YYYY-MM-DD, inclusive)."""
-        _check_pid(pid)
-        _check_query(page, size, sort, date_from, date_to)
+        check_pid(pid)
+        check_query(page, size, sort, date_from, date_to)
         params = {"page": page, "size": size, "sort": sort, "date_from": date_from,
                   "date_to": date_to}
         obj = {"pid": pid, **{k: v for k, v in params.items() if v is not None}}
@@ -436,7 +407,7 @@ class Evidence:
     async def rpc_get(self, pid: str, id: str) -> dict:
         """The entry whose document id is ``id`` (``document_id`` in what ``ch.log`` and
         ``ch.query`` return)."""
-        _check_pid(pid)
+        check_pid(pid)
         if not ch.HEX64.fullmatch(id):  # its type: agentd.rpc_types
             raise invalid_params(f"id must be a document id (the 64 lowercase hex digits "
                                  f"ch.log and ch.query give as document_id), not {id!r}")
@@ -446,49 +417,6 @@ class Evidence:
             raise Reject(ch.Reason.MALFORMED_MESSAGE.value,
                          "the clearing house answered get without exactly one entry")
         return entry_json(entries[0])
-
-
-PAYLOAD_TEXT = """payload='"3.14"'"""  # a fraction as text, as ch.log's payload
-HEADER_TEXT = """header='{"rate": "3.14"}'"""  # ... and in its header
-
-
-def _no_floats(exc: CodecError, example: str) -> str:
-    """A value JSON gave as a fraction, which signed data cannot hold, said with what to write
-    instead (``$`` alone, where the whole value was one, told a person nothing)."""
-    text = str(exc).removeprefix("$: ").removeprefix("$.")
-    if "float" not in text:
-        return text
-    return (f"{text}: a number with a fraction cannot be logged (signed data holds integers "
-            f"only): give it as text, in quotes (on the command line, {example})")
-
-
-def _check_pid(pid: str) -> None:
-    """A pid no clearing house takes (empty, ``default``, too long, with spaces) is invalid
-    params before anything is sent: sent, it waited for the clearing house's refusal, 10 s
-    and a retry if the house was down."""
-    try:
-        check_pid(pid, "ch")
-    except Rejection as exc:
-        raise invalid_params(exc.message.removeprefix("ch.")) from exc
-
-
-def _check_query(page: int | None, size: int | None, sort: str | None,
-                 date_from: int | str | None, date_to: int | str | None) -> None:
-    """``ch.query``'s params as the clearing house reads them (``protocol.clearing_fields``),
-    checked before they are sent: a mistyped one is invalid params naming it and its value,
-    not a refusal after a round trip. The size's maximum stays the clearing house's."""
-    if sort not in (None, "asc", "desc"):
-        raise invalid_params(f"sort must be asc or desc, not {sort!r}")
-    try:
-        check_count(page, "page", 1)
-        check_count(size, "size", 1)
-        start = date_ms(date_from, "date_from", end_of_day=False)
-        end = date_ms(date_to, "date_to", end_of_day=True)
-    except Rejection as exc:
-        raise invalid_params(exc.message) from exc
-    if start is not None and end is not None and start > end:
-        raise invalid_params(f"date_from {date_from!r} is after date_to {date_to!r}: no entry "
-                             "can be in between")
 
 
 def _entries(result: Mapping[str, Any], action: str) -> list[dict[str, Any]]:
