@@ -54,7 +54,8 @@ async def test_a_known_peers_notes_keep_at_most_inbox_per_peer_of_its_ids(tmp_pa
 async def test_a_refused_message_neither_adds_a_row_nor_counts_toward_the_trim(tmp_path):
     """A refused message's row is undone with it. Counted anyway, a trim could land on a
     refusal and be undone too: a peer that knew when the trims came (its own count) could
-    have every one land so, and keep as many rows as it liked."""
+    have every one land so, and keep as many rows as it liked (counted, the 560 refusals
+    moved the trims to the 66th note and every 125th after: 1,059 rows left, not 1,124)."""
     keep = 1000
     async with network(tmp_path, n=2, inbox_per_peer=keep) as net:
         node, peer = net.nodes
@@ -63,10 +64,11 @@ async def test_a_refused_message_neither_adds_a_row_nor_counts_toward_the_trim(t
                    for _ in range(560)]  # no such tally
         await _sent(rogue, node.agent_id, refused)
         assert node.db.read_one("SELECT count(*) FROM inbox")[0] == 0
-        for _ in range(9):  # then 1,125 notes: trimmed at every 125th, the last leaving 1,000
+        for _ in range(9):  # then 1,125 notes: looked at at the first (a peer new to the
+            # count), then at every 125th after: the one at 1,001 leaves 1,000, and 124 follow
             notes = [rogue.envelope(node.agent_id, "note", {}) for _ in range(keep // 8)]
             await _sent(rogue, node.agent_id, notes)
-        assert node.db.read_one("SELECT count(*) FROM inbox")[0] == keep
+        assert node.db.read_one("SELECT count(*) FROM inbox")[0] == keep + keep // 8 - 1
         await rogue.aclose()
 
 
@@ -97,11 +99,28 @@ async def test_a_requestors_relay_nonces_are_kept_at_most_the_newest_bound(tmp_p
             {"principal": "*", "resource": "node:*"}]}}) as net:
         source, asker = net.nodes
         address = f"{source.listen_address}/{source.config.network}/node:info"
-        for _ in range(1125):  # trimmed at every 125th: the last leaves 1,000
+        for _ in range(1126):  # looked at at the first, then every 125th: 1,126 leaves 1,000
             await asker.rpc.call("relay.query", {"address": address})
         with trio.fail_after(60):
-            while source.counters.messages_processed < 1125:
+            while source.counters.messages_processed < 1126:
                 await trio.sleep(0.05)
         assert source.db.read_one("SELECT count(*) FROM relay_nonces WHERE requestor = ?",
                                   (asker.agent_id,))[0] == 1000
-        assert source.relay.nonces.trimmed == 125
+        assert source.relay.nonces.trimmed == 126
+
+
+def test_a_peer_whose_count_was_forgotten_is_looked_at_its_next_row():
+    """Only the last 4,096 peers' counts are kept: 4,097 fresh strangers' notes between two
+    of a partner's trims pushed its count out, and counted afresh it never reached a trim
+    (red team: 2,000 → 3,052 rows and growing). A peer new to the count is trimmed at once."""
+    from agentd.runtime.peer_rows import TRACKED, PeerRows
+
+    trims: list[str] = []
+    rows = PeerRows(1000, lambda conn, peer, keep: trims.append(peer) or 0, "ids", "key")
+    for _ in range(124):
+        rows.added(None, "partner")
+    assert trims == ["partner"]  # its first row: a peer new to the count
+    for i in range(TRACKED):
+        rows.added(None, f"stranger{i}")
+    rows.added(None, "partner")  # its count was pushed out: looked at again
+    assert trims[-1] == "partner" and trims.count("partner") == 2
