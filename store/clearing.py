@@ -122,7 +122,11 @@ def _page(conn: sqlite3.Connection, request: QueryRequest) -> tuple[str, tuple[A
                 (request["pid"], low, high), last)
     where, bounds = _dates(request)
     total = conn.execute(f"SELECT count(*) FROM ch_entries WHERE {where}", bounds).fetchone()[0]
-    return f"{where} ORDER BY seq {order} LIMIT ? OFFSET ?", (*bounds, size, first), total
+    # the page walks the entries by seq, each tested for its date: by the timestamp index
+    # (what "timestamp BETWEEN" picks) the ones in the dates were sorted by seq first, all
+    # of them, 134 to 176 ms a query at 100,000 entries ("+" keeps the index out)
+    return (f"{where.replace('timestamp', '+timestamp')} ORDER BY seq {order} LIMIT ? OFFSET ?",
+            (*bounds, size, first), total)
 
 
 def scanned(request: QueryRequest, total: int) -> int:
