@@ -197,3 +197,33 @@ def test_a_routine_refusal_is_logged_once_a_window_per_code_and_key():
     assert quiet.note("OVER_LIMIT", "over tally T") == f" {said}; 2 were since the last one " \
                                                        "logged)"
     assert quiet.note("OVER_LIMIT", "over tally T") is None
+
+
+def test_a_peers_channel_events_are_logged_at_info_twenty_a_minute():
+    from agentd.runtime.churn import LINES, WINDOW_S, Churn
+
+    churn = Churn()
+    assert [churn.event("p", 0.0) for _ in range(LINES + 2)] == list(range(1, LINES + 3))
+    assert churn.event("q", 1.0) == 1  # another peer's own count
+    assert churn.event("p", WINDOW_S) == 1  # a new window
+    assert churn.store_due("p", 0.0) and not churn.store_due("p", 0.5)
+    assert churn.store_due("p", 1.0)
+
+
+async def test_a_known_peer_reconnecting_in_a_loop_is_not_a_line_each_time(tmp_path, caplog):
+    """A known peer reconnecting in a loop made 6,178 connections in 10 s, each a "peer
+    connected" and a "peer lost" line at info (200 KB of log a second) and a store of its
+    last_seen (the red team's re-run). Twenty of its channel events a minute get a line."""
+    from agentd.runtime.churn import LINES
+
+    caplog.set_level(logging.INFO, "agentd.runtime.node")
+    async with network(tmp_path, n=2) as net:
+        node, peer = net.nodes
+        for _ in range(15):  # 30 channel events
+            rogue = await Rogue.join(node.port, node.agent_id, key=peer.key)
+            await rogue.aclose()
+            await wait_for(lambda: not node.connected(peer.agent_id))
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO
+                 and ("peer connected" in r.getMessage() or "peer lost" in r.getMessage())]
+        assert len(lines) <= LINES, len(lines)
+        assert any("the rest of it are logged at debug" in line for line in lines)

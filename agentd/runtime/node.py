@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 
 import trio
 
-from agentd import __version__
 from agentd.config import Config
 from agentd.errors import UserError
 from agentd.logs import event
 from agentd.rpc import RpcServer
-from agentd.runtime import datadir, peer_names
+from agentd.runtime import churn, datadir, node_info, peer_names
+from agentd.runtime.churn import Churn
 from agentd.runtime.clock import Clock
 from agentd.runtime.clocks import PeerClocks
 from agentd.runtime.context import Reject, Service, Tx
@@ -72,6 +72,7 @@ class Node:
         self.key = key
         self.agent_id = key.agent_id
         self.counters = Counters()
+        self.churn = Churn()  # how often a peer's channel events get a line, and a store
         self.rpc = RpcServer(rpc_error)
         self.metrics = Metrics(self)
         self.metrics_port: int | None = None  # where [metrics] listen serves, once started
@@ -207,6 +208,14 @@ class Node:
         """Where to dial ``agent``: the config, or what a ticket, a user or the database
         taught us — never the address a stranger claims in its hello."""
         return self._peer_addresses.get(agent)
+
+    def name_of(self, agent: str) -> str | None:
+        """The name ``agent`` goes by here (a config's, or one stored), if it has one."""
+        return self._peer_names.get(agent)
+
+    def addressed(self) -> set[str]:
+        """The agents this node knows an address of."""
+        return set(self._peer_addresses)
 
     def is_known(self, agent: str) -> bool:
         """A configured peer, the clearing house, a partner in a tally that has opened (and
@@ -395,28 +404,40 @@ class Node:
     def _channel_opened(self, channel: Channel) -> None:
         """Logged at ``info`` for a known peer, ``debug`` for a stranger (a fresh identity
         each connection costs nothing, and two lines each filled the log)."""
-        event(log, "peer connected", self._level(channel.agent), agent=channel.agent,
+        level, note = self._churning(channel)
+        event(log, "peer connected", level, agent=channel.agent,
               name=self._peer_names.get(channel.agent), address=channel.hello.listen,
-              direction="out" if channel.outbound else "in")
+              direction="out" if channel.outbound else "in", **note)
         self._seen(channel)
 
     def _channel_closed(self, channel: Channel) -> None:
         """Logged with why (``Channel.close_reason``): a channel that closes once a minute
         (the inbound side's idle timeout) is not a peer in trouble, and the line says so."""
-        event(log, "peer lost", self._level(channel.agent), agent=channel.agent,
+        level, note = self._churning(channel)
+        event(log, "peer lost", level, agent=channel.agent,
               name=self._peer_names.get(channel.agent), address=channel.hello.listen,
-              direction="out" if channel.outbound else "in", reason=channel.close_reason)
+              direction="out" if channel.outbound else "in", reason=channel.close_reason,
+              **note)
         self.pump.on_channel_closed(channel)
         self._seen(channel)
 
-    def _level(self, agent: str) -> int:
-        return logging.INFO if self.is_known(agent) else logging.DEBUG
+    def _churning(self, channel: Channel) -> tuple[int, dict[str, str]]:
+        """The level of a channel event's line: ``info`` for a known peer's first
+        ``churn.LINES`` a minute (the one at the mark says the rest are at debug)."""
+        count = self.churn.event(channel.agent, self.clock.monotonic())
+        if not self.is_known(channel.agent) or count > churn.LINES:
+            return logging.DEBUG, {}
+        if count < churn.LINES:
+            return logging.INFO, {}
+        return logging.INFO, {"note": f"{churn.LINES} channel events of this peer in a minute:"
+                                      " the rest of it are logged at debug"}
 
     def _seen(self, channel: Channel) -> None:
         """A peer we know gets its last_seen stored; a stranger only a slot in the bounded
         table (its claimed listen address is never stored, nor dialled)."""
         stamp = self.clock.now_ms()
-        if self.is_known(channel.agent):
+        if self.is_known(channel.agent) and self.churn.store_due(channel.agent,
+                                                                  self.clock.monotonic()):
             self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
         else:
             self.strangers.seen(channel.agent, channel.hello.listen, stamp)
@@ -425,49 +446,12 @@ class Node:
 
     async def rpc_getinfo(self) -> dict:
         """The node's identity, address, uptime, connected peers and traffic counters."""
-        return {
-            "name": self.config.name,
-            "agent": self.agent_id,
-            "address": str(self.own_address()),
-            "listen": self.bound_address,
-            "metrics": self.metrics.address,
-            "network": self.config.network,
-            "roles": list(self.config.roles),
-            "version": __version__,
-            "uptime_s": round(self.clock.monotonic() - self.started_monotonic, 3),
-            "peers": len(self.peers.channels),
-            "counters": {**self.counters.to_map(), "outbox_depth": self.pump.depth_if_readable(),
-                         "db_commits": self.db.commits, "db_jobs": self.db.jobs,
-                         "db_errors": self.db.errors, "strangers": len(self.strangers),
-                         "strangers_evicted": self.strangers.evicted,
-                         "inbox_trimmed": self.inbox_bound.trimmed,
-                         "handshakes_in_progress": len(self.peers.handshakes),
-                         "channels": self.peers.channel_count(),
-                         "partial_frame_bytes": self.peers.budget.total,
-                         "stranger_frame_bytes": self.decoding.used},
-            "last_db_error": self.db.last_error,
-            "last_db_error_at": self.db.last_error_at,
-        }
+        return node_info.getinfo(self)
 
     async def rpc_peers(self) -> list[dict]:
         """Configured and learned peers: where each came from (source: config or learned) and
         whether a channel is open now."""
-        rows = {row["agent"]: row for row in self.db.reading(peer_store.all_peers)}
-        agents = set(rows) | set(self._peer_addresses) | set(self.peers.channels)
-        out, now = [], self.clock.now_ms()
-        for agent in sorted(agents, key=lambda a: (self._peer_names.get(a) or "~", a)):
-            row = rows.get(agent)
-            connected = self.peers.connected(agent)
-            out.append({
-                "name": self._peer_names.get(agent),  # what the database keeps, and more
-                "agent": agent,
-                "address": self._peer_addresses.get(agent) or (row["address"] if row else None),
-                "source": self.peer_source(agent),
-                "connected": connected,
-                "last_seen": now if connected else (row["last_seen"] if row else None),
-                "clock_ahead_ms": self.clocks.ahead_ms(agent),
-            })
-        return out
+        return node_info.peers(self)
 
     async def rpc_reload(self) -> dict:
         """Re-read the config file (as SIGHUP does): peers, clearing house, relay rules, lift
