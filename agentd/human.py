@@ -131,8 +131,6 @@ def _hops(row: dict[str, Any], now_ms: int) -> Any:
     return "\n".join(lines)
 
 
-# columns of a method's table made of several fields of the row (what would repeat apart, or
-# is cut to fit), from the row and the time now (ms since the epoch)
 def _error(row: dict[str, Any], now_ms: int) -> Any:
     """An item's error (``{code, message}``, as ``ch.log_many`` gives a refused entry's) as
     ``CODE: message``; "-" for an item without one."""
@@ -142,6 +140,8 @@ def _error(row: dict[str, Any], now_ms: int) -> Any:
     return f"{_scalar('', error.get('code'))}: {_scalar('', error.get('message'))}"
 
 
+# columns of a method's table made of several fields of the row (what would repeat apart, or
+# is cut to fit), from the row and the time now (ms since the epoch)
 JOINED: dict[str, dict[str, Callable[[dict[str, Any], int], Any]]] = {
     "peers.list": {"last_seen": _seen}, "tally.list": {"chain": _chain},
     "ch.log_many": {"error": _error},

@@ -189,9 +189,9 @@ def judge(request: str, action: str, obj: Mapping[str, Any]) -> Refused | None:
     if action != expected:
         return Refused(MALFORMED, f"the clearing house answered {request} with {action}")
     receipt = obj.get("receipt") if action == "processed" else None
-    if isinstance(receipt, str) and len(receipt) > rc.MAX_SIGNED + rc.MAX_ENTRY_PART + 1:
+    if isinstance(receipt, str) and len(receipt) > rc.MAX_RECEIPT:
         return Refused(MALFORMED, f"the receipt is {len(receipt)} characters, more than a "
-                       f"receipt's {rc.MAX_SIGNED + rc.MAX_ENTRY_PART + 1}")
+                       f"receipt's {rc.MAX_RECEIPT}")
     return None
 
 

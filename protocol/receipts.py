@@ -173,6 +173,7 @@ _URL_ALPHABET = bytes.maketrans(b"-_", b"+/")
 VERIFIED_BATCHES = 4096  # signed batches whose signature check is remembered
 MAX_SIGNED = 2048  # characters of a receipt's JWS: its header and claims are small
 MAX_ENTRY_PART = 8192  # characters of its entry part: claims and a proof (at most 64 hashes)
+MAX_RECEIPT = MAX_SIGNED + 1 + MAX_ENTRY_PART  # a whole receipt: the two parts and their "~"
 
 
 def _jwks_public(jwks: Mapping[str, Any], kid: str) -> bytes:

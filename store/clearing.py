@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from protocol.clearing import Entry, QueryRequest
@@ -95,63 +96,56 @@ def append(conn: sqlite3.Connection, entry: Entry) -> None:
     )  # fmt: skip
 
 
-def _dates(request: QueryRequest) -> tuple[str, tuple[Any, ...]]:
-    """The WHERE clause and its values for the entries of ``request``'s process and dates."""
-    return "pid = ? AND timestamp BETWEEN ? AND ?", (
-        request["pid"],
-        request["date_from"] if request["date_from"] is not None else 0,
-        request["date_to"] if request["date_to"] is not None else 2**63 - 1,
-    )
+@dataclass(frozen=True)
+class Page:
+    """The entries one query reads: the WHERE clause and values that select them in order,
+    how many entries its dates match (``total``), and how many it walks to find them
+    (``scanned``, what a stranger pays for)."""
+
+    where: str
+    values: tuple[Any, ...]
+    total: int
+    scanned: int
 
 
-def _page(conn: sqlite3.Connection, request: QueryRequest) -> tuple[str, tuple[Any, ...], int]:
-    """The WHERE clause and values that select ``request``'s page, and the number of entries
-    matching its dates. Without dates the page is a range of seqs (a process's seqs run from
-    1 with no gap, and the last one is its count), read by the (pid, seq) index: a query
-    bound by no dates sorted the whole process, 0.1 to 4.6 s of the writer for 100,000 to
-    1,000,000 entries, whatever its page. With dates, the entries in them are counted and
-    skipped to the page (the caller pays for that: ``scanned``)."""
-    order = "ASC" if request["sort"] == "asc" else "DESC"
+def page(conn: sqlite3.Connection, request: QueryRequest) -> Page:
+    """Where ``request``'s page is. Without dates it is a range of seqs (a process's seqs run
+    from 1 with no gap, and the last one is its count), read by the (pid, seq) index: sorted
+    by seq, a query took 0.1 to 4.6 s of the writer for 100,000 to 1,000,000 entries,
+    whatever its page. With dates, the entries in them are counted by the timestamp index,
+    and the page walks the entries by seq, each tested for its date (``+`` keeps the
+    timestamp index out: by it, the entries in the dates were sorted by seq first, 134 to
+    176 ms a query at 100,000)."""
+    pid, order = request["pid"], "ASC" if request["sort"] == "asc" else "DESC"
     first, size = (request["page"] - 1) * request["size"], request["size"]
     if request["date_from"] is None and request["date_to"] is None:
         last = conn.execute("SELECT max(seq) FROM ch_entries WHERE pid = ?",
-                            (request["pid"],)).fetchone()[0] or 0
+                            (pid,)).fetchone()[0] or 0
         high = min(first + size, last) if order == "ASC" else last - first
         low = first + 1 if order == "ASC" else max(high - size + 1, 1)
-        return (f"pid = ? AND seq BETWEEN ? AND ? ORDER BY seq {order}",
-                (request["pid"], low, high), last)
-    where, bounds = _dates(request)
-    total = conn.execute(f"SELECT count(*) FROM ch_entries WHERE {where}", bounds).fetchone()[0]
-    # the page walks the entries by seq, each tested for its date: by the timestamp index
-    # (what "timestamp BETWEEN" picks) the ones in the dates were sorted by seq first, all
-    # of them, 134 to 176 ms a query at 100,000 entries ("+" keeps the index out)
-    return (f"{where.replace('timestamp', '+timestamp')} ORDER BY seq {order} LIMIT ? OFFSET ?",
-            (*bounds, size, first), total)
+        return Page(f"pid = ? AND seq BETWEEN ? AND ? ORDER BY seq {order}", (pid, low, high),
+                    last, 0)
+    dates = (request["date_from"] if request["date_from"] is not None else 0,
+             request["date_to"] if request["date_to"] is not None else 2**63 - 1)
+    total = conn.execute("SELECT count(*) FROM ch_entries WHERE pid = ? AND timestamp "
+                         "BETWEEN ? AND ?", (pid, *dates)).fetchone()[0]
+    return Page(f"pid = ? AND +timestamp BETWEEN ? AND ? ORDER BY seq {order} LIMIT ? OFFSET ?",
+                (pid, *dates, size, first), total, total + min(first, total))
 
 
-def scanned(request: QueryRequest, total: int) -> int:
-    """How many entries ``query`` and ``page_bytes`` walk for ``request``: none but its page
-    without dates; with them, every entry in them, counted, then skipped up to the page."""
-    if request["date_from"] is None and request["date_to"] is None:
-        return 0
-    return total + min((request["page"] - 1) * request["size"], total)
+def query(conn: sqlite3.Connection, at: Page) -> list[Entry]:
+    """The entries of page ``at``, in its order."""
+    rows = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM ch_entries WHERE {at.where}",
+                        at.values).fetchall()
+    return [_entry(row) for row in rows]
 
 
-def query(conn: sqlite3.Connection, request: QueryRequest) -> tuple[list[Entry], int]:
-    """One page of ``request`` ordered by seq, and the number of entries matching its dates."""
-    where, values, total = _page(conn, request)
-    rows = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM ch_entries WHERE {where}",
-                        values).fetchall()
-    return [_entry(row) for row in rows], total
-
-
-def page_bytes(conn: sqlite3.Connection, request: QueryRequest) -> int:
-    """The headers' and payloads' bytes of the page ``query`` would read (their lengths are
-    in the row headers: nothing is loaded), so an oversize page is refused unread."""
-    where, values, _ = _page(conn, request)
+def page_bytes(conn: sqlite3.Connection, at: Page) -> int:
+    """The headers' and payloads' bytes of page ``at`` (their lengths are in the row headers:
+    nothing is loaded), so an oversize page is refused unread."""
     row = conn.execute(  # length() of a column reads the record header, not the blob
         f"SELECT sum(size) FROM (SELECT length(header) + ifnull(length(payload), 0) AS size"
-        f" FROM ch_entries WHERE {where})", values,
+        f" FROM ch_entries WHERE {at.where})", at.values,
     ).fetchone()
     return row[0] or 0
 

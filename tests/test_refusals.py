@@ -227,3 +227,4 @@ async def test_a_known_peer_reconnecting_in_a_loop_is_not_a_line_each_time(tmp_p
                  and ("peer connected" in r.getMessage() or "peer lost" in r.getMessage())]
         assert len(lines) <= LINES, len(lines)
         assert any("the rest of it are logged at debug" in line for line in lines)
+        assert peer.agent_id not in node.strangers  # a store skipped made it none

@@ -984,8 +984,8 @@ def test_a_query_without_dates_reads_its_page_by_seq_not_the_whole_process(tmp_p
                 "date_to": None, **given}
 
     def seqs(**given) -> tuple[list[int], int]:
-        entries, total = clearing.query(conn, request(**given))
-        return [entry["seq"] for entry in entries], total
+        at = clearing.page(conn, request(**given))
+        return [entry["seq"] for entry in clearing.query(conn, at)], at.total
 
     assert seqs(size=3) == ([1000, 999, 998], 1000)
     assert seqs(size=3, page=2, sort="asc") == ([4, 5, 6], 1000)
@@ -993,11 +993,12 @@ def test_a_query_without_dates_reads_its_page_by_seq_not_the_whole_process(tmp_p
     assert seqs(size=300, page=4, sort="asc") == (list(range(901, 1001)), 1000)
     assert seqs(size=10, page=10**9) == ([], 1000)
     assert seqs(size=3, date_from=1100, date_to=1101) == ([305, 304, 303], 6)  # dates: as before
-    assert clearing.scanned(request(size=3), 1000) == 0
-    assert clearing.scanned(request(size=3, page=2, date_from=0), 6) == 6 + 3
-    assert clearing.page_bytes(conn, request(size=5)) == 5  # each header one byte, no payload
+    assert clearing.page(conn, request(size=3)).scanned == 0
+    assert clearing.page(conn, request(size=3, page=2, date_from=1100, date_to=1101)
+                         ).scanned == 6 + 3  # the 6 in the dates counted, then 3 skipped
+    assert clearing.page_bytes(conn, clearing.page(conn, request(size=5))) == 5  # 1-byte headers
     for given in ({"page": 5}, {"page": 2, "date_from": 1100, "date_to": 1200}):
-        where, values, _ = clearing._page(conn, request(**given))
+        at = clearing.page(conn, request(**given))
         plan = " ".join(row[3] for row in conn.execute(
-            f"EXPLAIN QUERY PLAN SELECT seq FROM ch_entries WHERE {where}", values))
+            f"EXPLAIN QUERY PLAN SELECT seq FROM ch_entries WHERE {at.where}", at.values))
         assert "TEMP B-TREE" not in plan, (given, plan)  # with dates: 134-176 ms at 100,000

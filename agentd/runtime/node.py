@@ -424,8 +424,10 @@ class Node:
     def _churning(self, channel: Channel) -> tuple[int, dict[str, str]]:
         """The level of a channel event's line: ``info`` for a known peer's first
         ``churn.LINES`` a minute (the one at the mark says the rest are at debug)."""
+        if not self.is_known(channel.agent):
+            return logging.DEBUG, {}
         count = self.churn.event(channel.agent, self.clock.monotonic())
-        if not self.is_known(channel.agent) or count > churn.LINES:
+        if count > churn.LINES:
             return logging.DEBUG, {}
         if count < churn.LINES:
             return logging.INFO, {}
@@ -436,11 +438,10 @@ class Node:
         """A peer we know gets its last_seen stored; a stranger only a slot in the bounded
         table (its claimed listen address is never stored, nor dialled)."""
         stamp = self.clock.now_ms()
-        if self.is_known(channel.agent) and self.churn.store_due(channel.agent,
-                                                                  self.clock.monotonic()):
-            self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
-        else:
+        if not self.is_known(channel.agent):
             self.strangers.seen(channel.agent, channel.hello.listen, stamp)
+        elif self.churn.store_due(channel.agent, self.clock.monotonic()):
+            self.db.submit(lambda conn: peer_store.upsert(conn, channel.agent, last_seen=stamp))
 
     # -- core RPC methods ----------------------------------------------------------------
 

@@ -130,8 +130,7 @@ class OutboxPump:
             return  # its sender read its row first
         # a reply to a peer we do not know is held, never spilled to its row, where the bound
         # on a stranger's replies did not reach (4,000 answers of 256 KiB were 1 GB of rows)
-        to_stranger = envelope.get("re") is not None and not self.node.is_known(peer)
-        if seq is not None and not to_stranger and self._spill(peer, seq):
+        if seq is not None and not self._to_stranger(peer, envelope) and self._spill(peer, seq):
             return
         expires = expires_at(envelope.get("target", ""), envelope.get("action", ""),
                              self.node.clock.now_ms() if created is None else created)
@@ -255,11 +254,15 @@ class OutboxPump:
             self.node.counters.outbox_dropped += 1
             return
         queue.append(item)
-        if item.is_reply and not self.node.is_known(item.peer):
+        if self._to_stranger(item.peer, item.envelope):
             while (len(queue) > STRANGER_QUEUE or self._held.get(item.peer, 0) > HOLD_BYTES) \
                     and self._drop_oldest_reply(queue, item):
                 pass
         self._wake[item.peer].set()
+
+    def _to_stranger(self, peer: str, envelope: dict) -> bool:
+        """Whether ``envelope`` is a reply to a peer we do not know (``Outgoing.is_reply``)."""
+        return envelope.get("re") is not None and not self.node.is_known(peer)
 
     def _drop_oldest_reply(self, queue: deque[Outgoing], newest: Outgoing) -> bool:
         """A stranger that floods us and never acks would have us hold every reply until it

@@ -170,13 +170,13 @@ class RouteService(Service):
         if not unasked and not runtime.connected(find.agent) \
                 and not runtime.answered(find.agent, where):
             dialled = where or runtime.address_of(find.agent)
+            check = "is the node running, and is that its address?"
+            if dialled is not None and runtime.wrong_key_at(find.agent) == dialled:
+                check = (f"a node answers there, with another key than {find.agent}: is that "
+                         "address, or that agent id, mistyped?")
             unasked = (f"; that user may not exist at all: its node has not answered a dial "
                        f"of this node at {dialled}, so it may not have been asked whether it "
-                       "hosts it (" + (
-                           f"a node answers there, with another key than {find.agent}: is "
-                           "that address, or that agent id, mistyped?"
-                           if dialled is not None and runtime.wrong_key_at(find.agent) == dialled
-                           else "is the node running, and is that its address?") + ")")
+                       f"hosts it ({check})")
         return Reject("NO_ROUTE", f"{head}: no path of tallies with room to pay reaches that "
                       f"user within {DEPTH} hops (room: what a payee's limit leaves on an open "
                       f"tally; a closing one carries only payments toward a zero balance)"

@@ -224,8 +224,9 @@ class TallyService(Service):
         """Turn the partner's offer down (the tally becomes void); on a draft of our own
         invitation that no ticket has come for yet (an unused or expired ticket), withdraw
         it (void: a ticket presented later is refused); on the P.draft a presented ticket
-        made, before any offer, turn that request down (void: the ticket presented again is
-        refused, saying so)."""
+        made, before any offer, turn that request down (void, and the subject's node is
+        told); after a counter-offer, on either side's draft, give the tally up (the
+        partner is told, and both end void)."""
         return await self._tally_step(cuid, tally, lambda holding, _: t.refuse(holding.local))
 
     async def rpc_counter(self, cuid: str, tally: str) -> dict:
