@@ -5,7 +5,15 @@ writer thread inside a transaction. The writer takes every job waiting in its qu
 in its own savepoint (a failing job is rolled back alone and its caller gets the exception),
 commits them all with one COMMIT — one fsync for many jobs — and only then wakes the callers.
 So a caller that got a result knows its effects are durable, and a job sees the state left by
-every job before it: read-check-write inside a job is atomic.
+every job queued before it by the same owner (below), and by every job whose outcome its
+caller had: read-check-write inside a job is atomic.
+
+A job may name its *owner* (the peer whose message it handles). One owner's jobs take at most
+``OWNER_SLICE`` seconds of a batch (its first job always runs); the rest wait, in order, for
+the next batch, which the other owners' jobs that arrived meanwhile join. So a peer whose
+messages are slow to handle (a partner flooding us with costly ones) delays everyone else's
+by a slice a batch, not by everything it managed to queue, and still has the writer to
+itself when nobody else needs it.
 
 Reads that need no transaction use a second connection on the event-loop thread: indexed
 lookups take microseconds, less than the ~250 µs a thread hop costs here.
@@ -36,6 +44,7 @@ from store.schema import SchemaError, migrate
 
 T = TypeVar("T")
 MAX_BATCH = 2000
+OWNER_SLICE = 0.025  # seconds of a batch one owner's jobs may take before the rest wait
 _log = logging.getLogger("agentd.store")
 
 
@@ -60,13 +69,15 @@ def is_failure(exc: BaseException) -> bool:
 
 
 class _Job:
-    __slots__ = ("done", "error", "fn", "result")
+    __slots__ = ("done", "error", "fn", "owner", "result")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], done: trio.Event | None) -> None:
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], done: trio.Event | None,
+                 owner: str | None = None) -> None:
         self.fn = fn
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = done
+        self.owner = owner
 
 
 def _ran(conn: sqlite3.Connection) -> None:
@@ -155,7 +166,7 @@ class SharedWriter:
                 db, job = item
                 if job is _STOP:
                     for db, jobs in batches.items():
-                        db._commit(db._writer, jobs)
+                        db._commit_all(jobs)
                     return
                 batches.setdefault(db, []).append(job)
                 if taken >= MAX_BATCH:
@@ -166,7 +177,7 @@ class SharedWriter:
                     break
                 taken += 1
             for db, jobs in batches.items():
-                db._commit(db._writer, jobs)
+                db._commit_all(jobs)
 
 
 class Database:
@@ -207,12 +218,14 @@ class Database:
         """Run ``fn`` in a transaction on the writer thread; return once it is committed."""
         return await self.start(fn).outcome()
 
-    def start(self, fn: Callable[[sqlite3.Connection], T]) -> PendingWrite[T]:
+    def start(self, fn: Callable[[sqlite3.Connection], T],
+              owner: str | None = None) -> PendingWrite[T]:
         """Queue ``fn`` now and collect its outcome later, so callers can pipeline jobs
-        (many in the same batch) while still learning each one's outcome in order."""
+        (many in the same batch) while still learning each one's outcome in order.
+        ``owner``: whose share of a batch it takes (``OWNER_SLICE``)."""
         if self._stopped:
             raise DatabaseError("the database is closed")
-        job = _Job(fn, trio.Event())
+        job = _Job(fn, trio.Event(), owner)
         self._put(job)
         return PendingWrite(job)
 
@@ -261,13 +274,19 @@ class Database:
 
     def _run(self) -> None:
         conn = self._writer
+        left: list[_Job] = []  # past their owner's slice of the last batch: first in the next
+        stop = False
         while True:
-            first = self._queue.get()
-            if first is _STOP:
+            if left:
+                batch, left = left, []
+            elif stop:
                 return
-            batch = [first]
-            stop = False
-            while len(batch) < MAX_BATCH:
+            else:
+                first = self._queue.get()
+                if first is _STOP:
+                    return
+                batch = [first]
+            while not stop and len(batch) < MAX_BATCH:
                 try:
                     job = self._queue.get_nowait()
                 except queue.Empty:
@@ -276,9 +295,12 @@ class Database:
                     stop = True
                     break
                 batch.append(job)
-            self._commit(conn, batch)
-            if stop:
-                return
+            left = self._commit(conn, batch)
+
+    def _commit_all(self, batch: list[_Job]) -> None:
+        """Commit every job of ``batch`` in one go (the shared writer's way: ``agentd sim``'s
+        nodes are all ours, and closing waits for a job queued after all the others)."""
+        self._commit(self._writer, batch, None)
 
     def _files_gone(self) -> str | None:
         """Why the database file or its WAL is no longer the one this node opened (deleted or
@@ -301,15 +323,20 @@ class Database:
                           "stop the node, and restore the file or start afresh", self._gone)
         return self._gone
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Job],
+                owner_slice: float | None = OWNER_SLICE) -> list[_Job]:
         """Write ``batch`` (or, once the files are gone, fail every job of it), then wake
-        the jobs' callers. The files are looked at after the commit: one deleted before it
-        ended holds what the batch wrote where nobody will read it, and no caller may be told
-        its work was done."""
+        the callers of the jobs that ran; returns the jobs left for the next batch. The
+        files are looked at after the commit: one deleted before it ended holds what the
+        batch wrote where nobody will read it, and no caller may be told its work was done."""
         gone = self._gone
+        left: list[_Job] = []
         if gone is None:
-            self._write(conn, batch)
+            left = self._write(conn, batch, owner_slice)
             gone = self._files_gone()
+        if left:
+            waiting = {id(job) for job in left}
+            batch = [job for job in batch if id(job) not in waiting]
         if gone is not None:
             self._count_error(gone)
             failure = DatabaseError(f"not written: {gone}")
@@ -321,14 +348,24 @@ class Database:
         events = [job.done for job in batch if job.done is not None]
         if events:
             self._token.run_sync_soon(_set_all, events)
+        return left
 
-    def _write(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        """Run the batch's jobs, each in a savepoint, and commit them together."""
+    def _write(self, conn: sqlite3.Connection, batch: list[_Job],
+               owner_slice: float | None) -> list[_Job]:
+        """Run the batch's jobs, each in a savepoint, and commit them together; returns the
+        jobs not run, their owner's ``owner_slice`` of this batch (seconds) being spent."""
         alone = len(batch) == 1  # a lone job needs no savepoint: its failure undoes it all
         changes = conn.total_changes
+        spent: dict[str | None, float] = {}
+        left: list[_Job] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             for job in batch:
+                owner = job.owner
+                if owner_slice is not None and spent.get(owner, 0.0) >= owner_slice:
+                    left.append(job)
+                    continue
+                started = time.perf_counter()
                 if not alone:
                     conn.execute("SAVEPOINT job")
                 try:
@@ -345,10 +382,11 @@ class Database:
                         conn.execute("ROLLBACK")
                 if not alone:
                     conn.execute("RELEASE job")
+                spent[owner] = spent.get(owner, 0.0) + time.perf_counter() - started
             if conn.in_transaction:
                 conn.execute("COMMIT")
             self.commits += 1
-            self.jobs += len(batch)
+            self.jobs += len(batch) - len(left)
             if (self._failing and conn.total_changes > changes  # one that wrote, not empty
                     and not any(is_failure(job.error) for job in batch)):
                 _log.warning("database writes work again, after %d failed", self._failing)
@@ -359,9 +397,12 @@ class Database:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
             failure = DatabaseError(f"commit failed, nothing in this batch was written: {exc}")
+            waiting = {id(job) for job in left}
             for job in batch:
-                job.error = failure
-                job.result = None
+                if id(job) not in waiting:
+                    job.error = failure
+                    job.result = None
+        return left
 
     def _failed(self, exc: sqlite3.Error) -> None:
         """Count a failed write (getinfo shows each); log the first of a streak of failures

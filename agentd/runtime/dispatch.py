@@ -261,7 +261,7 @@ class Dispatcher:
 
         if share is not None:
             token, share.handed = trio.lowlevel.current_trio_token(), True
-        return node.db.start(job)
+        return node.db.start(job, owner=agent)  # its share of a batch: OWNER_SLICE
 
     async def _finish(self, heard: _Heard, pending: PendingWrite | _Done,
                       started: float | None = None) -> bytes | None:
