@@ -91,3 +91,48 @@ async def test_a_strangers_big_answers_it_never_reads_are_bounded_in_rows_too(tm
         assert size <= HOLD_BYTES + 4 * 210_000, (taken, rows, size)
         assert house.counters.outbox_dropped >= taken - rows
         await rogue.aclose()
+
+
+async def test_all_strangers_unread_answers_together_stay_within_one_bound(
+        tmp_path, monkeypatch):
+    """Each stranger's answers stay under its own bound (above); many strangers each holding
+    that much were gigabytes. Past ``ALL_STRANGERS_HOLD`` (3 MB here) the oldest answers of
+    the stranger holding the most go."""
+    import hashlib
+    import os
+
+    from agentd.runtime import stranger_replies
+
+    monkeypatch.setattr(stranger_replies, "ALL_STRANGERS_HOLD", 3_000_000)
+    async with network(tmp_path, n=1, clearinghouse=0) as net:
+        [house] = net.nodes
+        rogues = [await Rogue.join(house.port, house.agent_id) for _ in range(3)]
+        payload = os.urandom(200_000)
+        for i, rogue in enumerate(rogues):
+            await answers(rogue, house.agent_id, "log", {
+                "pid": f"mine{i}", "header": {}, "payload": payload, "payload_type": "b",
+                "payload_sha256": hashlib.sha256(payload).hexdigest()})
+        for i, rogue in enumerate(rogues):  # 4 MB of answers each, under one's 8 MiB
+            entry = house.db.read_one("SELECT entry_hash FROM ch_entries WHERE pid = ?",
+                                      (f"mine{i}",))[0]
+            gets = [rogue.envelope(house.agent_id, "get", {"pid": f"mine{i}", "id": entry},
+                                   target="ch") for _ in range(20)]
+            await rogue.send_frames([pack(get) for get in gets])
+
+        seen = -1
+        with trio.fail_after(60):  # until every get is taken
+            while house.counters.messages_processed != seen:
+                seen = house.counters.messages_processed
+                await trio.sleep(1.0)
+        assert seen == 63, seen
+        held = {rogue.agent: house.db.read_one(
+            "SELECT count(*), ifnull(sum(length(body)), 0) FROM outbox WHERE peer = ?",
+            (rogue.agent,)) for rogue in rogues}
+        total = sum(size for _, size in held.values())
+        # the bound, and the few on their way (sent, not acked): it was all 12 MB
+        assert total <= 3_000_000 + 3 * 4 * 210_000, held
+        assert total >= 2_000_000, held  # answers, not rejections
+        assert all(rows >= 1 for rows, _ in held.values()), held  # each keeps its newest
+        assert house.counters.outbox_dropped >= 60 - sum(rows for rows, _ in held.values())
+        for rogue in rogues:
+            await rogue.aclose()

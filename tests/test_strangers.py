@@ -16,7 +16,8 @@ from pathlib import Path
 import trio
 
 from agentd.runtime import dispatch
-from agentd.runtime.outbox import EPHEMERAL_QUEUE, STRANGER_QUEUE, WINDOW
+from agentd.runtime.outbox import EPHEMERAL_QUEUE, WINDOW
+from agentd.runtime.stranger_replies import STRANGER_QUEUE
 from agentd.runtime.strangers import Strangers
 from protocol.codec import pack
 from protocol.envelope import Ack, Envelope

@@ -29,6 +29,7 @@ import trio
 from agentd.runtime.acked_rows import AckedRows
 from agentd.runtime.outgoing import Outgoing, RoundTrip, ack_timeout, trace
 from agentd.runtime.peers import PeerUnreachable
+from agentd.runtime.stranger_replies import StrangerReplies
 from agentd.runtime.timers import Failures, Ticker
 from agentd.runtime.transport import Channel, ChannelClosed
 from protocol.codec import unpack
@@ -43,7 +44,6 @@ log = logging.getLogger("agentd.runtime.outbox")
 SCAN_INTERVAL = 0.25  # the retry scan's shortest interval: a retry is at most this late...
 SCAN_AT_MOST = 1.0  # ... or, while messages are live, this: expired ones leave within it
 WINDOW = 1024  # unacked messages per peer: keeps ack latency, and so timeouts, meaningful
-STRANGER_QUEUE = 256  # replies waiting to go to one peer we do not know; past it the oldest go
 EPHEMERAL_QUEUE = 4096  # messages waiting for one peer past which an ephemeral one is not queued
 SENDER_IDLE_S = 60.0  # a peer's sender ends after this long with nothing to send or await
 HOLD = 1024  # durable messages waiting for one peer in memory; later ones wait in their rows
@@ -70,6 +70,8 @@ class OutboxPump:
         self._early: list[Outgoing] = []
         self._spilled: dict[str, int] = {}  # peer -> the last seq in memory: later rows wait
         self._held: dict[str, int] = {}  # peer -> bytes of its messages in ``live``
+        self._stranger_replies = StrangerReplies(self._drop_oldest_reply, self._queues,
+                                                 self._held, HOLD_BYTES)
         self._rows_swept = 0.0  # when _expire_rows last looked (monotonic)
         self._reading = Failures("reading spilled outbox rows back to send them")
         self._reads_resume = 0.0  # after a failed read of them: not before (monotonic)
@@ -225,6 +227,7 @@ class OutboxPump:
         """Take a message out of ``live`` (acked, withdrawn, dropped or expired)."""
         item = self.live.pop(message_id, None)
         if item is not None:
+            self._stranger_replies.discard(item)
             held = self._held[item.peer] - item.size
             if held:
                 self._held[item.peer] = held
@@ -255,9 +258,7 @@ class OutboxPump:
             return
         queue.append(item)
         if self._to_stranger(item.peer, item.envelope):
-            while (len(queue) > STRANGER_QUEUE or self._held.get(item.peer, 0) > HOLD_BYTES) \
-                    and self._drop_oldest_reply(queue, item):
-                pass
+            self._stranger_replies.add(item, queue)
         self._wake[item.peer].set()
 
     def _to_stranger(self, peer: str, envelope: dict) -> bool:
@@ -265,10 +266,8 @@ class OutboxPump:
         return envelope.get("re") is not None and not self.node.is_known(peer)
 
     def _drop_oldest_reply(self, queue: deque[Outgoing], newest: Outgoing) -> bool:
-        """A stranger that floods us and never acks would have us hold every reply until it
-        expires: past ``STRANGER_QUEUE`` waiting, or ``HOLD_BYTES``, its oldest reply is
-        dropped, row included (``outbox_dropped``); the newest is kept. Replies cost the
-        stranger's own requests, nothing of ours. False when there is none to drop."""
+        """Drop the oldest reply waiting in ``queue`` but ``newest``, row included
+        (``StrangerReplies``' bounds); False when there is none."""
         victim = next((i for i in queue if i.is_reply and i.id in self.live
                        and i is not newest), None)
         if victim is None:
