@@ -17,7 +17,14 @@ from protocol.envelope import Ack
 from store.db import Database, SharedWriter
 from tests.netfixture import network, wait_for
 
-SLOW = 0.005  # seconds a flooding owner's job takes
+SLOW = 0.005  # seconds of CPU a flooding owner's job takes
+
+
+def burn(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU: what the writer's slices count."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
 
 
 async def test_an_owners_slow_jobs_wait_for_the_next_batch_past_its_slice(tmp_path: Path):
@@ -25,7 +32,7 @@ async def test_an_owners_slow_jobs_wait_for_the_next_batch_past_its_slice(tmp_pa
 
     def slow(i: int):
         def job(conn):
-            time.sleep(SLOW)
+            burn(SLOW)
             ran.append(("flood", i))
         return job
 
@@ -50,7 +57,7 @@ async def test_the_shared_writer_still_commits_every_job_in_order(tmp_path: Path
 
     def slow(i: int):
         def job(conn):
-            time.sleep(SLOW)
+            burn(SLOW)
             ran.append(i)
             conn.execute("CREATE TABLE IF NOT EXISTS t (i)")
             conn.execute("INSERT INTO t VALUES (?)", (i,))
@@ -74,7 +81,7 @@ async def _acked(rogue: Rogue, ids: set[bytes]) -> None:
 
 async def test_a_partners_costly_flood_leaves_another_peers_message_a_slice_behind(
         tmp_path: Path):
-    """Two peers the node knows; one floods it with notes that each cost its writer 5 ms
+    """Two peers the node knows; one floods it with notes that each cost its writer 5 ms of CPU
     (a handler made slow for that peer alone: what a partner's costly messages do)."""
     async with network(tmp_path, n=3) as net:
         node, partner, other = net.nodes
@@ -86,7 +93,7 @@ async def test_a_partners_costly_flood_leaves_another_peers_message_a_slice_behi
 
         def handle(tx, envelope):
             if envelope.from_.agent == flooder.agent:
-                time.sleep(SLOW)
+                burn(SLOW)
             plain(tx, envelope)
 
         service.handle = handle  # type: ignore[method-assign]
