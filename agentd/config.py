@@ -197,6 +197,10 @@ class _Section:
         if isinstance(value, bool) and kind is not bool:
             self.bad(key, f"must be {_kind_name(kind)}, not a boolean")
             return default
+        if kind is list and isinstance(value, dict):  # [peers] written for [[peers]]
+            self.bad(key, f"must be a list of tables: write each entry under "
+                     f"[[{self.name(key)}]] (two brackets), not [{self.name(key)}]")
+            return default
         if not isinstance(value, kind):
             self.bad(key, f"must be {_kind_name(kind)}, got {value!r}")
             return default
@@ -365,12 +369,17 @@ def parse_config(raw: dict, source: Path) -> Config:
         if where is not None and (listens_everywhere(peer.address) or where[1] == 0):
             section.bad("address", f"{peer.address} is not an address a node can be dialled at "
                         "(every interface, or port 0): give where that node listens")
-        for j, other in enumerate(peers):
+        for key, mine in (("listen", listen), ("advertise", advertise)):
+            if where is not None and mine is not None and address_key(mine) == where:
+                section.bad("address", f"{peer.address} is this node's own ([node] {key}): "
+                            "a node is not its own peer")
+        for j, other in enumerate(peers):  # every clash of an entry, not only its first
             if peer.agent and other.agent == peer.agent:
                 section.bad("agent", f"is peers[{j}]'s too: one entry per peer")
-            elif peer.name is not None and other.name == peer.name:
+                continue
+            if peer.name is not None and other.name == peer.name:
                 section.bad("name", f"{peer.name!r} is peers[{j}]'s too: names tell peers apart")
-            elif where is not None and other.address is not None \
+            if where is not None and other.address is not None \
                     and address_key(other.address) == where:
                 section.bad("address", f"{peer.address} is peers[{j}]'s too: one address is "
                             "one node, whose key is one agent")
@@ -384,6 +393,14 @@ def parse_config(raw: dict, source: Path) -> Config:
             agent=section.agent("agent"), address=section.hostport("address", required=True)
         )
         section.finish()
+        house = clearinghouse
+        for i, peer in enumerate(peers):  # as peers.add refuses it
+            if (house.address is not None and peer.address is not None and house.agent
+                    and peer.agent != house.agent
+                    and address_key(peer.address) == address_key(house.address)):
+                problems.add(f"peers[{i}].address {peer.address} is the clearing house's "
+                             f"([clearinghouse] address, agent {house.agent}): one address is "
+                             "one node, whose key is one agent")
 
     access: list[AccessRule] = []
     verify: list[VerifyPolicy] = []

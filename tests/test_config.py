@@ -214,10 +214,33 @@ def test_every_problem_is_named_at_once_with_what_was_probably_meant(tmp_path):
      'node.listen 0.0.0.0:7901 listens on every interface, an address peers cannot dial: set '
      'node.advertise = "HOST:PORT", where they should dial'),
     (GOOD + 'advertise = "[::]:7901"\n', "node.advertise [::]:7901 is not an address peers"),
+    # as peers.add refuses them: the node's own address (it would dial itself, and its hint
+    # named the agent line), the clearing house's under another agent
+    (GOOD + f'[[peers]]\nname = "q"\nagent = "{BOB}"\naddress = "localhost:7901"\n',
+     "peers[0].address localhost:7901 is this node's own ([node] listen): a node is not its "
+     "own peer"),
+    (GOOD + 'advertise = "h1.example.org:7000"\n'
+     f'[[peers]]\nname = "q"\nagent = "{BOB}"\naddress = "H1.example.org:7000"\n',
+     "peers[0].address H1.example.org:7000 is this node's own ([node] advertise)"),
+    (GOOD + f'[[peers]]\nname = "q"\nagent = "{BOB}"\naddress = "127.0.0.1:7950"\n'
+     f'[clearinghouse]\nagent = "{CAROL}"\naddress = "127.0.0.1:7950"\n',
+     f"peers[0].address 127.0.0.1:7950 is the clearing house's ([clearinghouse] address, "
+     f"agent {CAROL})"),
+    (GOOD + '[peers]\nname = "a"\n', "peers must be a list of tables: write each entry under "
+     "[[peers]] (two brackets), not [peers]"),
 ])
 def test_one_problem(tmp_path, text, complaint):
     found = complaints(tmp_path, text)
     assert len(found) == 1 and found[0].startswith(complaint), found
+
+
+def test_an_entry_that_repeats_two_others_says_both(tmp_path):
+    found = complaints(tmp_path, GOOD + f'[[peers]]\nname = "p"\nagent = "{BOB}"\n'
+                       'address = "127.0.0.1:7902"\n'
+                       f'[[peers]]\nname = "p"\nagent = "{CAROL}"\naddress = "127.0.0.1:7902"\n')
+    assert found == ["peers[1].name 'p' is peers[0]'s too: names tell peers apart",
+                     "peers[1].address 127.0.0.1:7902 is peers[0]'s too: one address is one "
+                     "node, whose key is one agent"], found
 
 
 @pytest.mark.parametrize("text, first", [("", "node is required"),
