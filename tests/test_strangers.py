@@ -135,6 +135,21 @@ async def test_strangers_are_remembered_in_a_bounded_table(tmp_path):
         assert node.address_of(rogue.agent) is None
 
 
+async def test_a_stranger_the_node_comes_to_know_leaves_the_strangers_table(tmp_path):
+    """A stranger whose tally opens (or a user adds) is a known peer: getinfo counted it
+    among the strangers still, and peers.list showed it learned."""
+    async with network(tmp_path, n=1) as net:
+        node = net.nodes[0]
+        rogue = await Rogue.join(node.port, node.agent_id, listen="127.0.0.1:9")
+        await rogue.send_frames([pack(rogue.envelope(node.agent_id))])
+        await wait_for(lambda: node.counters.messages_processed == 1)
+        assert rogue.agent in node.strangers
+        node.learn_peer(rogue.agent, "127.0.0.1:9")  # what a tally opening does
+        assert rogue.agent not in node.strangers and node.is_known(rogue.agent)
+        assert (await node.rpc.call("getinfo", {}))["counters"]["strangers"] == 0
+        await rogue.aclose()
+
+
 async def test_route_messages_for_a_peer_far_behind_are_not_queued(tmp_path):
     """A peer that already has ``EPHEMERAL_QUEUE`` messages waiting (unreachable, or slow)
     gets no more route messages: a partner flooding searches through us cannot make us hold

@@ -251,9 +251,14 @@ class Node:
         """Dial ``agent`` at ``address`` from now on: at once if that is a new address (a
         user's fix of a wrong one is not made to wait out the old one's backoff)."""
         if self._peer_addresses.get(agent) != address:
-            self._peer_addresses[agent] = address
+            self._know(agent, address)
             if self.peers is not None:
                 self.peers.redial(agent)
+
+    def _know(self, agent: str, address: str) -> None:
+        """``agent`` is a peer we know, at ``address``: no longer a stranger."""
+        self._peer_addresses[agent] = address
+        self.strangers.forget(agent)
 
     def _store_configured_peers(self, conn: sqlite3.Connection,
                                 unnamed: Iterable[Unnamed] = ()) -> None:
@@ -267,7 +272,7 @@ class Node:
         its name unless it has one or another peer has that name."""
         if address and agent not in {p.agent for p in self.config.peers}:
             self.hearsay.drop(agent)
-            self._peer_addresses[agent] = address
+            self._know(agent, address)
         if agent in self._peer_names or name in self._peer_names.values():
             name = None
         if name:

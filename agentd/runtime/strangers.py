@@ -43,5 +43,9 @@ class Strangers:
     def get(self, agent: str) -> Stranger | None:
         return self._table.get(agent)
 
+    def forget(self, agent: str) -> None:
+        """A stranger we came to know (a tally opened, a peer added) is one no longer."""
+        self._table.pop(agent, None)
+
 
 __all__ = ["MAX_STRANGERS", "Stranger", "Strangers"]
