@@ -28,6 +28,7 @@ from agentd.config_files import control_socket
 from agentd.errors import UserError
 from agentd.keyfile import missing_key
 from agentd.rpc import RpcError, call
+from agentd.runtime.datadir import in_use
 from agentd.stray import stray_note
 
 DEFAULT_DIR = Path("configs/local")
@@ -214,7 +215,9 @@ def down(directory: Path) -> int:
         stopped.append((name, socket_path))
     deadline = time.monotonic() + STOP_TIMEOUT
     for name, socket_path in stopped:
-        while socket_path.exists():  # the node removes it as its last act
+        # the node removes its socket as it stops, and lets go of its data dir's lock last,
+        # its database closed: a backup restored over it meets no writer
+        while socket_path.exists() or in_use(socket_path.parent):
             if time.monotonic() > deadline:
                 raise UserError(f"node {name} did not stop within {STOP_TIMEOUT:g} s")
             time.sleep(0.05)

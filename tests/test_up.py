@@ -10,6 +10,7 @@ import pytest
 
 from agentd import cli
 from agentd.errors import UserError
+from agentd.runtime.datadir import claim, in_use
 from agentd.up import DEFAULT_DIR, _configs, down, up
 from tests.clihelpers import AGENTD, init, start
 
@@ -58,6 +59,7 @@ def test_down_names_the_nodes_it_stopped_and_those_not_running(tmp_path: Path, c
     process = start(a["config"])
     try:
         assert down(tmp_path) == 0
+        assert not in_use(tmp_path / "a" / "data")  # its database closed: a restore may begin
         assert capsys.readouterr().out == "agentd down: stopped alpha; b was not running\n"
         assert process.wait(timeout=10) == 0
     finally:
@@ -65,6 +67,13 @@ def test_down_names_the_nodes_it_stopped_and_those_not_running(tmp_path: Path, c
             process.kill()
     assert down(tmp_path) == 0
     assert capsys.readouterr().out == "agentd down: no node was running\n"
+
+
+def test_a_data_dir_is_in_use_while_its_lock_is_held(tmp_path: Path):
+    assert not in_use(tmp_path / "nothing")
+    with claim(tmp_path / "d"):
+        assert in_use(tmp_path / "d")
+    assert not in_use(tmp_path / "d")
 
 
 def test_a_node_whose_data_dir_was_edited_while_it_ran_is_not_said_to_be_down(

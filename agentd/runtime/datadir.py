@@ -50,6 +50,22 @@ def claim(data_dir: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+def in_use(data_dir: Path) -> bool:
+    """Whether a node holds ``data_dir``'s lock: it does until its very end (its database
+    closed), after it has removed its control socket."""
+    try:
+        fd = os.open(data_dir / LOCK_NAME, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # and with it the shared lock, if it was taken
+    return False
+
+
 def warn_if_shared(path: Path, what: str, fix: str) -> None:
     """Log a warning when group or others may read ``path``."""
     mode = stat.S_IMODE(path.stat().st_mode)
@@ -57,4 +73,4 @@ def warn_if_shared(path: Path, what: str, fix: str) -> None:
         log.warning("%s: %s is readable by others (mode %o); %s", path, what, mode, fix)
 
 
-__all__ = ["claim", "warn_if_shared"]
+__all__ = ["claim", "in_use", "warn_if_shared"]
