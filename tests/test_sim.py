@@ -252,6 +252,24 @@ def test_lifts_are_taken_on_any_topology_with_two_users_two_tallies_apart(tmp_pa
         load_scenario(write(tmp_path, two_cliques))
 
 
+@pytest.mark.parametrize("kind", ["ping", "payments", "invoices", "relay"])
+def test_traffic_between_linked_nodes_is_refused_on_a_topology_with_no_link(tmp_path, kind):
+    """It started, and failed its run: 'ping traffic needs at least one edge'."""
+    text = f'[nodes]\ncount = 1\n[topology]\nkind = "ring"\n[[traffic]]\nkind = "{kind}"\n'
+    with pytest.raises(UserError, match=f"traffic\\[0\\] has {kind}, which goes between "
+                       "linked nodes, and the topology links none"):
+        load_scenario(write(tmp_path, text))
+
+
+def test_a_bad_topology_is_not_also_blamed_for_what_traffic_needs_of_it(tmp_path):
+    text = '[nodes]\ncount = 4\n[topology]\nkind = "star"\n[[traffic]]\nkind = "lifts"\n'
+    with pytest.raises(UserError) as caught:
+        load_scenario(write(tmp_path, text))
+    assert str(caught.value).splitlines() == [
+        f"{tmp_path}/scenario.toml: topology.kind must be one of ring, random, explicit, full, "
+        "not 'star'"]
+
+
 def test_random_links_gives_exactly_that_many_connected_links(tmp_path):
     text = '[nodes]\ncount = 30\n[topology]\nkind = "random"\nlinks = 100\n'
     scenario = load_scenario(write(tmp_path, text))
@@ -322,9 +340,15 @@ def test_processes_run_passes_its_invariants(tmp_path, capsys):
     assert "one process per node" in capsys.readouterr().out
 
 
-def test_a_failed_invariant_exits_non_zero(tmp_path, capsys):
-    text = SMALL.replace('kind = "ring"', 'kind = "explicit"\nedges = []')
-    assert main([str(write(tmp_path, text))]) == 1
+def test_a_failed_invariant_exits_non_zero(tmp_path, capsys, monkeypatch):
+    from agentd.rpc import RpcError
+    from agentd.services.ping import PingService
+
+    async def unreachable(self, agent: str, count: int = 1) -> dict:
+        raise RpcError(-32000, f"peer {agent} unreachable")  # every ping fails
+
+    monkeypatch.setattr(PingService, "rpc_ping", unreachable)
+    assert main([str(write(tmp_path, SMALL)), "--workers", "1"]) == 1  # patched here
     out = capsys.readouterr().out
     assert "invariant all_delivered      FAILED" in out
 

@@ -32,6 +32,7 @@ TRAFFIC: dict[str, tuple[str, ...]] = {
     "clearing": ("count",),
 }
 LIFT_TRAFFIC = frozenset({"lifts", "clearing"})
+LINKED_TRAFFIC = frozenset({"ping", "payments", "invoices", "relay"})  # over a link each
 # kinds that need a user on every node and a tally on every link
 CREDIT_TRAFFIC = frozenset({"payments", "invoices"}) | LIFT_TRAFFIC
 INVARIANTS = ("all_delivered", "outbox_drained", "exactly_once", "chains_agree",
@@ -152,7 +153,9 @@ def load_scenario(path: Path) -> Scenario:
     with_house = errors.boolean(nodes_section, "clearinghouse", "nodes")
     if with_house and HOUSE in names:
         errors.add("nodes.names", f"cannot hold {HOUSE!r}: that is the clearing house's name")
+    known = len(errors.found)
     edges = _topology(errors.table(raw, "topology"), names, random.Random(seed), errors)
+    topology = len(errors.found) == known  # valid: what traffic needs of it can be told
     traffic = _traffic(raw.get("traffic", []), errors)
     kinds = {item.get("kind") for item in traffic}
     if "evidence" in kinds and not with_house:
@@ -164,7 +167,13 @@ def load_scenario(path: Path) -> Scenario:
                        "letters, digits, '_', '-' or '.'): each node's user is named as the "
                        f"node, and {credit[0]} traffic needs users")
     for i, item in enumerate(traffic):
-        if item.get("kind") == "lifts" and names and not _two_apart(names, edges):
+        if not topology or not names:
+            break
+        if item.get("kind") in LINKED_TRAFFIC and not edges:
+            errors.add(f"traffic[{i}]", f"has {item['kind']}, which goes between linked "
+                       "nodes, and the topology links none: it needs 2 nodes or more and a "
+                       "link between two of them")
+        elif item.get("kind") == "lifts" and not _two_apart(names, edges):
             errors.add(f"traffic[{i}]", "has lifts, between users 2 or more tallies apart, and "
                        "the topology has no such two users (every node is linked to every "
                        "other it reaches): lifts need a longer path, such as a ring of 3 or "
