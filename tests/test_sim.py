@@ -154,6 +154,14 @@ def test_workers_and_processes_are_not_given_together(tmp_path, capsys):
     assert "--processes runs a process per node: give one of them" in capsys.readouterr().err
 
 
+def test_durable_is_not_taken_with_processes_whose_nodes_are_durable_already(tmp_path, capsys):
+    with pytest.raises(SystemExit) as refused:
+        main([str(write(tmp_path, SMALL)), "--processes", "--durable"])
+    assert refused.value.code == 2
+    assert "--durable is for the nodes the sim runs in its own processes" in \
+        capsys.readouterr().err
+
+
 def test_ring_and_random_topologies(tmp_path):
     ring = load_scenario(write(tmp_path, '[nodes]\ncount = 5\n[topology]\nkind = "ring"\n'))
     assert len(ring.edges) == 5

@@ -232,7 +232,8 @@ def main(argv: list[str]) -> int:
     print(table([
         ("attack", f"{figures['attack_s']:g} s: {figures['half_open']} half-open, "
                    f"{figures['flood_sent']:,} pings flooded, {figures['tricklers']} tricklers"),
-        ("legit pings (failed)", f"{figures['legit_pings']} ({figures['legit_ping_failures']})"),
+        ("legit pings (failed)",
+         f"{figures['legit_pings']:,} ({figures['legit_ping_failures']:,})"),
         ("legit ping p50 / p99", f"{figures['legit_ping_p50_ms'] or 0:.1f} / "
                                  f"{p99 or 0:.1f} ms (goal p99 <= 50)"),
         ("messages processed", f"{figures['processed']:,} ({figures['rationed']:,} waited for "

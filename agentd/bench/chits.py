@@ -129,11 +129,12 @@ def command_parser() -> argparse.ArgumentParser:
     parser = bench_parser("agentd bench chits", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
     parser.add_argument("--count", type=bounded(int, 2, 10_000_000),
-                        help="chits in all (half from each side)")
+                        help="chits in all, half from each side (default 20,000; 2,000 with "
+                        "--quick)")
     parser.add_argument("--batch", type=bounded(int, 1, MAX_PAYMENTS), default=100,
-                        help="payments per chit.pay_many")
+                        help="payments per chit.pay_many (default 100)")
     parser.add_argument("--in-flight", type=bounded(int, 1, 64), default=4,
-                        help="chit.pay_many calls outstanding per side")
+                        help="chit.pay_many calls outstanding per side (default 4)")
     return parser
 
 

@@ -193,9 +193,9 @@ def command_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="a short run (3 s of load)")
     parser.add_argument("--clients", type=bounded(int, 1, 64), default=4,
                         help="client nodes (default 4)")
-    parser.add_argument("--concurrency", type=int, default=8, choices=range(1, 65),
-                        metavar="1..64", help="concurrent calls per client (default 8; at "
-                        "most the control socket's listen backlog, 64)")
+    parser.add_argument("--concurrency", type=bounded(int, 1, 64), default=8,
+                        help="concurrent calls per client (default 8; at most the control "
+                        "socket's listen backlog, 64)")
     parser.add_argument("--batch", type=bounded(int, 1, 256), default=100, metavar="N",
                         help="entries per call: more than 1 calls ch.log_many, 1 calls ch.log "
                         "(default 100)")

@@ -249,10 +249,13 @@ def command_parser() -> argparse.ArgumentParser:
     parser = bench_parser("agentd bench lifts", __doc__)
     parser.add_argument("--quick", action="store_true", help="a small, fast run")
     parser.add_argument("--ring", type=bounded(int, 6, 64), default=10,
-                        help="nodes round the ring (6 or more: the latency lift takes 5 hops)")
+                        help="nodes round the ring (default 10; 6 or more: the latency lift "
+                        "takes 5 hops)")
     parser.add_argument("--lifts", type=bounded(int, 1, 1_000_000),
-                        help="linear lifts in the throughput phase")
-    parser.add_argument("--in-flight", type=bounded(int, 1, 1024), default=64, help="lifts at once")
+                        help="linear lifts in the throughput phase (default 640; 128 with "
+                        "--quick)")
+    parser.add_argument("--in-flight", type=bounded(int, 1, 1024), default=64,
+                        help="lifts at once (default 64)")
     return parser
 
 

@@ -4,8 +4,10 @@ Each size is one ``agentd sim`` run in its own process (so its peak RSS is its o
 on a random graph of 5N tallies, 20N payments, every credit invariant checked. Reported per
 size: ``nodes_<N>_wall_s`` (the whole run: start-up, tallies, traffic, settling, checks),
 ``nodes_<N>_rss_mb`` (peak resident memory), ``nodes_<N>_payments_s`` (payments per second
-of traffic); and ``growth``, wall per node at the largest size ÷ wall per node at the
-smallest (1.0 is linear; goal <= 1.5). ``--quick`` runs 20 and 60 nodes.
+of traffic), ``nodes_<N>_tallies_s`` (seconds to open every tally) and
+``nodes_<N>_duplicates`` (messages received again and ignored); and ``growth``, wall per node
+at the largest size ÷ wall per node at the smallest (1.0 is linear; goal <= 1.5).
+``--quick`` runs 20 and 60 nodes.
 """
 
 from __future__ import annotations

@@ -198,8 +198,9 @@ def command_parser() -> argparse.ArgumentParser:
     report.complete = DIRECTORY
     parser.add_argument("--keep", action="store_true", help="keep the nodes' data directories")
     parser.add_argument("--durable", action="store_true",
-                        help="in one process, give each node its own database writer thread "
-                        "and synchronous = FULL, as 'agentd run' has (slower)")
+                        help="give each node its own database writer thread and synchronous "
+                        "= FULL, as 'agentd run' has (slower; --processes, whose nodes are "
+                        "'agentd run', has it already)")
     return parser
 
 
@@ -209,6 +210,9 @@ def main(argv: list[str]) -> int:
     if options.processes and options.workers is not None:  # it would be ignored: say so
         parser.error("--workers N shards the nodes across N processes, --processes runs a "
                      "process per node: give one of them")
+    if options.processes and options.durable:
+        parser.error("--processes runs each node as 'agentd run', durable already: --durable "
+                     "is for the nodes the sim runs in its own processes")
     # a shipped scenario by name, wherever agentd is installed: agentd sim ring
     scenario = load_scenario(scenario_path(options.scenario))
     check_capacity(scenario, options.processes)
