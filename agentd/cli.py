@@ -5,7 +5,8 @@ socket and prints the result as JSON; each value is parsed as JSON when it parse
 text otherwise, or where its parameter takes only text. Problems of the user's making print one
 line on stderr and exit 2; an error answered by the node prints ``{"code", "message"}`` on
 stderr and exits 1, and so does a result ``{"ok": false, ...}`` (a check such as
-``receipts.verify`` that found failures: the result is still printed on stdout). The usage
+``receipts.verify`` that found failures) or one with a refused item (``ch.log_many``): such a
+result is still printed on stdout. The usage
 text and ``agentd help METHOD`` are built from the method registry (:mod:`agentd.methods`) and
 the benchmark list, so they cannot go stale.
 """
@@ -356,9 +357,22 @@ def _rpc(socket_path: Path, method: str, pairs: list[str], *, human: bool = Fals
     else:
         print(_json(result, indent=2))
     sys.stdout.flush()  # a reader gone (| head) is found here, inside main's handler
-    # A check that ran and found a problem (receipts.verify) answers {"ok": false, ...}:
-    # the whole result is printed, and the exit status says that the check failed.
-    return 1 if isinstance(result, dict) and result.get("ok") is False else 0
+    return 1 if _failed(method, result) else 0
+
+
+# methods whose result has an item per thing asked, each an "error" where it was refused
+PER_ITEM = ("ch.log_many",)
+
+
+def _failed(method: str, result: Any) -> bool:
+    """Whether an answered call still reports a failure, which the exit status (1) must say
+    for a script to tell, the whole result printed all the same: a check that found a problem
+    (``receipts.verify``: ``{"ok": false, ...}``), or an item refused of a batch
+    (``ch.log_many``: the others were done, and the result says which)."""
+    if isinstance(result, dict):
+        return result.get("ok") is False
+    return (method in PER_ITEM and isinstance(result, list)
+            and any(isinstance(item, dict) and "error" in item for item in result))
 
 
 def _spaced_method(method: str, args: list[str]) -> str:

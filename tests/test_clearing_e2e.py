@@ -45,10 +45,19 @@ def test_shared_process_refusal_and_offline_receipt_audit(evidence_network):
     assert error["code"] == -32010 and error["reason"] == "NOT_AUTHORIZED"
     assert error["message"].startswith("NOT_AUTHORIZED: ")
 
-    many = rpc(carol, "ch.log_many", 'entries=[{"pid": "deal-7", "payload": "mine"},'
-               ' {"pid": "carols", "payload": "a"}, {"pid": "carols", "payload": "b"}]')
+    # one entry refused: exit 1 for a script to tell, the whole result still on stdout
+    partly = cli("-c", carol, "ch.log_many", 'entries=[{"pid": "deal-7", "payload": "mine"},'
+                 ' {"pid": "carols", "payload": "a"}, {"pid": "carols", "payload": "b"}]',
+                 check=False)
+    assert partly.returncode == 1 and partly.stderr == ""
+    many = json.loads(partly.stdout)
     assert many[0]["error"]["code"] == "NOT_AUTHORIZED"
     assert [(r["pid"], r["seq"]) for r in many[1:]] == [("carols", 1), ("carols", 2)]
+    shown = cli("-H", "-c", carol, "ch.log_many", 'entries=[{"pid": "deal-7", "payload": 1}]',
+                check=False)
+    assert shown.returncode == 1 and "NOT_AUTHORIZED: " in shown.stdout
+    every = rpc(carol, "ch.log_many", 'entries=[{"pid": "carols", "payload": "c"}]')  # exit 0
+    assert every[0]["seq"] == 3 and "error" not in every[0]
 
     page = rpc(bob, "ch.query", "pid=deal-7", "sort=asc")
     assert [e["seq"] for e in page["entries"]] == [1, 2] and page["total"] == 2

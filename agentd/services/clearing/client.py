@@ -365,7 +365,8 @@ class Evidence:
         """Log many entries in one call: ``entries`` is a list of ``{pid, payload, mode?,
         header?, payload_type?}`` (as ``ch.log``); the result has one item per entry, in
         order: its receipt as ``ch.log`` returns it, or ``{error: {code, message}}`` for an
-        entry the clearing house refused. An invalid entry refuses the whole call."""
+        entry the clearing house refused (the CLI then exits 1, every item printed). An invalid
+        entry refuses the whole call."""
         if not isinstance(entries, list) or not 0 < len(entries) <= MAX_RPC_BATCH:
             raise invalid_params(f"entries must be a list of 1 to {MAX_RPC_BATCH} objects")
         objs = []
