@@ -26,8 +26,8 @@ def open_tally(a: Path, a_cuid: str, b: Path, b_cuid: str, limit: int = 100_000)
     tally = invited["tally"]
     call(b, "tally.request", {"cuid": b_cuid, "ticket": invited["ticket"]})
     call(a, "tally.offer", {"cuid": a_cuid, "tally": tally})
-    until(f"{b_cuid} receiving the offer", lambda: any(
-        row["tally"] == tally for row in call(b, "tally.list", {"cuid": b_cuid})))
+    until(f"{b_cuid} receiving the offer", lambda: call(  # requested until it comes
+        b, "tally.show", {"cuid": b_cuid, "tally": tally})["state"] == "P.offer")
     call(b, "tally.accept", {"cuid": b_cuid, "tally": tally})
     until("both sides opening the tally", lambda: all(
         call(sock, "tally.show", {"cuid": cuid, "tally": tally})["state"] == "open"

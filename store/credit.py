@@ -41,6 +41,12 @@ _TALLY_COLUMNS = (
 SELECT_TALLY = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE uuid = ? AND cuid = ?"
 LIST_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies ORDER BY cuid, created, uuid"
 LIST_USER_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE cuid = ? ORDER BY created, uuid"
+REQUESTED = "requested"  # the state tally.list shows a request in, until its offer comes
+_REQUEST_COLUMNS = f"tally AS uuid, cuid, '{REQUESTED}' AS state, partner, created"
+SELECT_REQUEST = f"SELECT {_REQUEST_COLUMNS} FROM tally_requests WHERE tally = ? AND cuid = ?"
+LIST_REQUESTS = f"SELECT {_REQUEST_COLUMNS} FROM tally_requests ORDER BY cuid, created, tally"
+LIST_USER_REQUESTS = (f"SELECT {_REQUEST_COLUMNS} FROM tally_requests WHERE cuid = ?"
+                      " ORDER BY created, tally")
 LIST_CHITS = (
     "SELECT uuid, issuer, type, units, memo, date, state, chain_index, chain_hash, error, lift"
     " FROM chits WHERE tally = ? AND cuid = ? AND (chain_index >= ? OR chain_index IS NULL)"
@@ -64,6 +70,20 @@ def list_tallies(conn: sqlite3.Connection, cuid: str | None = None) -> list[sqli
     if cuid is None:
         return conn.execute(LIST_TALLIES).fetchall()
     return conn.execute(LIST_USER_TALLIES, (cuid,)).fetchall()
+
+
+def request_row(conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> sqlite3.Row | None:
+    """The user's request of a tally it does not hold yet (``uuid, cuid, state, partner,
+    created``, state ``requested``), as ``tally.show`` shows it until the offer comes."""
+    return conn.execute(SELECT_REQUEST, (tally_uuid, cuid)).fetchone()
+
+
+def list_requests(conn: sqlite3.Connection, cuid: str | None = None) -> list[sqlite3.Row]:
+    """A user's requests (or every user's) as :func:`request_row` gives one, oldest first.
+    None is of a tally its user holds: the offer that makes the tally takes the request."""
+    if cuid is None:
+        return conn.execute(LIST_REQUESTS).fetchall()
+    return conn.execute(LIST_USER_REQUESTS, (cuid,)).fetchall()
 
 
 def list_chits(conn: sqlite3.Connection, tally_uuid: str, cuid: str, start: int = 1,
@@ -417,10 +437,12 @@ class Ledger:
 
     @staticmethod
     def add_request(conn: sqlite3.Connection, tally_uuid: str, cuid: str, inviter: str,
-                    now_ms: int) -> None:
-        """Our user presented a ticket to ``inviter``: the offer of ``tally_uuid`` may come."""
-        conn.execute("INSERT OR REPLACE INTO tally_requests (tally, cuid, inviter, created)"
-                     " VALUES (?, ?, ?, ?)", (tally_uuid, cuid, inviter, now_ms))
+                    partner: str, now_ms: int) -> None:
+        """Our user presented a ticket to ``inviter`` (the agent; ``partner``: the inviting
+        user's CHIP address, as the ticket names it): the offer of ``tally_uuid`` may come."""
+        conn.execute("INSERT OR REPLACE INTO tally_requests (tally, cuid, inviter, partner,"
+                     " created) VALUES (?, ?, ?, ?, ?)",
+                     (tally_uuid, cuid, inviter, partner, now_ms))
 
     @staticmethod
     def requested(conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> bool:

@@ -38,8 +38,8 @@ async def test_a_partner_killed_mid_stream_loses_no_confirmed_chit(tmp_path):
             await bob("tally.request", cuid="bob", ticket=invited["ticket"])
             await alice.rpc.call("tally.offer", {"cuid": "alice", "tally": tally})
             with trio.fail_after(10):
-                while (await bob("tally.list", cuid="bob")) == []:  # until the offer is in
-                    await trio.sleep(0.02)
+                while (await bob("tally.show", cuid="bob", tally=tally))["state"] != "P.offer":
+                    await trio.sleep(0.02)  # until the offer is in
             await bob("tally.accept", cuid="bob", tally=tally)
             await wait_for(lambda: alice.db.read_one(
                 "SELECT state FROM tallies WHERE uuid = ?", (tally,))[0] == "open")

@@ -31,6 +31,12 @@ def test_invite_request_offer_accept_pay_list(tmp_path):
         tally = invited["tally"]
         requested = agentd(b, "tally.request", cuid="bob", ticket=invited["ticket"])
         assert requested["tally"] == tally and requested["state"] == "requested"
+        [asked] = agentd(b, "tally.list", cuid="bob")  # what bob asked for, before the offer
+        assert (asked["tally"], asked["state"], asked["partner"], asked["balance"]) == (
+            tally, "requested", requested["partner"], 0)
+        [_, row] = cli("-H", "-c", b, "tally.list", "cuid=bob").stdout.splitlines()
+        assert row.split() == [f"{tally[:8]}…", "bob", "-", "requested",
+                               f"alice@{alice['agent'][:8]}", "0", "0", "0", "0/0"]
         agentd(a, "tally.offer", cuid="alice", tally=tally)
         until(lambda: [x["state"] for x in agentd(b, "tally.list", cuid="bob")] == ["P.offer"])
         agentd(b, "tally.accept", cuid="bob", tally=tally)

@@ -193,7 +193,7 @@ async def test_tally_wait_returns_once_each_step_of_a_negotiation_lands(tmp_path
         await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
         early = await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER,
                           timeout_s=0)
-        assert early["state"] is None  # presented: bob's node waits for the offer
+        assert early["state"] == "requested"  # presented: bob's node waits for the offer
         async with trio.open_nursery() as nursery:  # waiting before the offer is even made
             shown: dict[str, dict] = {}
 
@@ -252,10 +252,10 @@ async def test_a_one_time_ticket_presented_again_while_its_offer_is_on_the_way(t
         assert (again.reason, again.message) == ("BAD_TICKET", (
             f"BAD_TICKET: you used this ticket already: tally {tally} is draft.offer at the "
             "inviter's node"
-            " (tally.list shows it once offered)"))
+            " (tally.list shows it on your node)"))
         waiting = await rpc(b, "tally.wait", cuid="bob", tally=tally, state=ts.P_OFFER,
                             timeout_s=0)
-        assert waiting["state"] is None  # bob's node still waits for the offer
+        assert waiting["state"] == "requested"  # bob's node still waits for the offer
         a.pump.add = add
         for args, kwargs in held:
             add(*args, **kwargs)
@@ -1037,10 +1037,11 @@ async def test_chits_for_a_tally_that_is_not_open_and_replays(tmp_path):
 
 async def test_a_tally_not_held_yet_is_told_from_one_never_to_be_held(tmp_path):
     """The subject of a ticket holds the tally from the inviter's offer on: until then its
-    user is told the wait, and once the tally is held, nothing more. A uuid the user never
-    asked for (another node's, or one opened after the backup a node was restored from)
-    gets no wait to try, only where its tallies are listed. By its start as -H shows it
-    (``agentd.services.credit.ids``) alike: the wait, and the other user holding it."""
+    user is told the wait (tally.show shows the request), and once the tally is held,
+    nothing more. A uuid the user never asked for (another node's, or one opened after the
+    backup a node was restored from) gets no wait to try, only where its tallies are listed.
+    By its start as -H shows it (``agentd.services.credit.ids``) alike: the wait, and the
+    other user holding it."""
     async with network(tmp_path, n=2) as net:
         a, b = net.nodes
         await rpc(a, "users.add", cuid="ann")
@@ -1049,7 +1050,9 @@ async def test_a_tally_not_held_yet_is_told_from_one_never_to_be_held(tmp_path):
         tally = invited["tally"]
         await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
         for given in (tally, tally[:8] + "…"):
-            waiting = await refused(b, "tally.show", cuid="bob", tally=given)
+            shown = await rpc(b, "tally.show", cuid="bob", tally=given)
+            assert (shown["tally"], shown["state"]) == (tally, "requested")
+            waiting = await refused(b, "chit.list", cuid="bob", tally=given)
             assert (waiting.reason, waiting.message) == ("UNKNOWN_TALLY", (
                 f"user bob holds no tally {tally} yet: it presented the tally's ticket, and "
                 "holds it from the inviter's offer on, unless the inviter refused the ticket "
@@ -1066,6 +1069,39 @@ async def test_a_tally_not_held_yet_is_told_from_one_never_to_be_held(tmp_path):
         other = await refused(b, "tally.show", cuid="bea", tally=tally[:8])
         assert other.message.endswith(f"user bea holds no tally {tally}: on this node bob "
                                       "holds it (cuid=bob)")
+
+
+async def test_a_requested_tally_is_listed_and_shown_until_the_offer_makes_it(tmp_path):
+    """After tally.request the subject's node holds only the request, and tally.list did not
+    list it until the inviter offered: a user could not see what it had asked for. It is
+    listed, in its place by age, and shown as ``requested``, with its partner, what the
+    offer brings null and the rest 0; the offer's tally then takes its place."""
+    async with network(tmp_path, n=2) as net:
+        a, b = net.nodes
+        await rpc(a, "users.add", cuid="ann")
+        await rpc(b, "users.add", cuid="bob")
+        own = await rpc(b, "tally.invite", cuid="bob")  # a draft of bob's, older
+        invited = await rpc(a, "tally.invite", cuid="ann")
+        tally = invited["tally"]
+        requested = await rpc(b, "tally.request", cuid="bob", ticket=invited["ticket"])
+        draft, listed = await rpc(b, "tally.list", cuid="bob")
+        assert draft["tally"] == own["tally"] and listed.keys() == draft.keys()
+        assert listed == {
+            "tally": tally, "cuid": "bob", "side": None, "state": "requested",
+            "partner": requested["partner"], "balance": 0, "limit": None,
+            "partner_limit": None, "version": None, "memo": None,
+            "chain": {"index": 0, "hash": None, "confirmed": 0, "pending": 0, "missing": 0},
+            "error": None, "capacity": {"pay": 0, "receive": 0}, "reserved": {"in": 0, "out": 0}}
+        assert requested["partner"].startswith(f"ann:{a.agent_id}@")
+        assert await rpc(b, "tally.list") == [draft, listed]  # every user's alike
+        shown = await rpc(b, "tally.show", cuid="bob", tally=tally)
+        assert shown == {**listed, "date": None, "signed": [], "evidence": None}
+        await rpc(b, "users.add", cuid="bea")  # bea asked for nothing
+        assert await rpc(b, "tally.list", cuid="bea") == []
+        await rpc(a, "tally.offer", cuid="ann", tally=tally)
+        await rpc(b, "tally.wait", cuid="bob", tally=tally, state="P.offer", timeout_s=10)
+        assert [(row["tally"], row["state"]) for row in await rpc(b, "tally.list", cuid="bob")
+                ] == [(own["tally"], "draft"), (tally, ts.P_OFFER)]
 
 
 async def test_rpc_parameters_are_checked(tmp_path):

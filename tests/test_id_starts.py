@@ -82,7 +82,7 @@ def test_a_start_searches_the_users_ids_by_the_id_and_finds_two_at_most():
             ("cdfe0000-0000-4000-8000-000000000000", "ann")]  # just past every cdfd start
     conn.executemany("INSERT INTO tallies (uuid, cuid, side, state, body, token, created,"
                      " updated) VALUES (?, ?, 'stock', 'open', x'', x'', 0, 0)", rows)
-    conn.execute("INSERT INTO tally_requests VALUES"
+    conn.execute("INSERT INTO tally_requests (tally, cuid, inviter, created) VALUES"
                  " ('cdfd881b-0000-4000-8000-000000000000', 'ann', 'AGENT', 0)")
     assert id_starts.tallies(conn, "ann", "cdfd881a") == [
         "cdfd881a-0000-4000-8000-000000000000", "cdfd881a-1111-4000-8000-000000000000"]

@@ -128,10 +128,11 @@ def rewind_to_15(node: Node) -> None:
     """The node's database as version 15 left it: before tally_evidence_bare (16),
     tallies.chain_ahead (17), tallies.chain_probe (18), tallies.chain_asked (19), the
     index of void referee decisions (20), that of lifts by when they changed (22; 21
-    only deletes rows), that of the inbox by peer (23) and the relay's nonces by requestor
-    (24)."""
+    only deletes rows), that of the inbox by peer (23), the relay's nonces by requestor
+    (24) and tally_requests.partner (25)."""
     conn = sqlite3.connect(node.config.db_path, isolation_level=None)
     try:
+        conn.execute("ALTER TABLE tally_requests DROP COLUMN partner")
         conn.execute("DROP INDEX relay_nonces_requestor")
         conn.execute("DROP INDEX inbox_peer")
         conn.execute("DROP INDEX lifts_recent")

@@ -84,8 +84,8 @@ async def measure(count: int, batch: int, in_flight: int, workdir: Path) -> dict
             tally = invited["tally"]
             await bob("tally.request", cuid="bob", ticket=invited["ticket"])
             await me("tally.offer", cuid="alice", tally=tally)
-            while not await bob("tally.list", cuid="bob"):
-                await trio.sleep(0.01)
+            while (await bob("tally.show", cuid="bob", tally=tally))["state"] != "P.offer":
+                await trio.sleep(0.01)  # requested until the offer comes
             await bob("tally.accept", cuid="bob", tally=tally)
             for caller, cuid in ((me, "alice"), (bob, "bob")):
                 while (await caller("tally.show", cuid=cuid, tally=tally))["state"] != "open":

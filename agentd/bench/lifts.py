@@ -84,8 +84,8 @@ async def open_tally(a: LocalNode, a_cuid: str, b: LocalNode, b_cuid: str,
     await rpc(b, "tally.request", cuid=b_cuid, ticket=invited["ticket"])
     await rpc(a, "tally.offer", cuid=a_cuid, tally=tally)
     with trio.fail_after(30):
-        while not any(row["tally"] == tally for row in await rpc(b, "tally.list", cuid=b_cuid)):
-            await trio.sleep(0.01)
+        while (await rpc(b, "tally.show", cuid=b_cuid, tally=tally))["state"] != "P.offer":
+            await trio.sleep(0.01)  # requested until the offer comes
         await rpc(b, "tally.accept", cuid=b_cuid, tally=tally)
         for node, cuid in ((a, a_cuid), (b, b_cuid)):
             while (await rpc(node, "tally.show", cuid=cuid, tally=tally))["state"] != "open":

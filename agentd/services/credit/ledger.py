@@ -324,10 +324,14 @@ class CreditLedger:
         if missing:
             raise RpcError(NOT_FOUND, missing, "UNKNOWN_TALLY")
 
-    def tally_row(self, cuid: str, tally_uuid: str) -> Any:
+    def tally_row(self, cuid: str, tally_uuid: str, *, requested: bool = False) -> Any:
+        """The user's row of the tally; with ``requested``, else its request of it (state
+        ``requested``: ``tally.show``), read in one snapshot, as the offer swaps the two."""
         self.known_user(cuid)
         def read(conn: sqlite3.Connection) -> tuple[Any, str]:
             row = credit_store.tally_row(conn, tally_uuid, cuid)
+            if row is None and requested:
+                row = credit_store.request_row(conn, tally_uuid, cuid)
             return row, "" if row is not None else self._not_held(conn, cuid, tally_uuid)
 
         row, missing = self.runtime.db.reading(read)

@@ -13,9 +13,14 @@ from protocol import tally_states as ts
 from protocol.codec import unpack
 from protocol.keys import CUID_RULE, ChipAddress, b64u, valid_cuid
 from protocol.tally_local import other_side
+from store.credit import REQUESTED
 
 
 def tally_summary(row: Any) -> dict:
+    """A tally as ``tally.list`` shows it, from its row, or from the row of a request of one
+    (``store.credit.request_row``)."""
+    if row["state"] == REQUESTED:
+        return _requested(row)
     body = unpack(row["body"])
     side = row["side"]
     partner_side = other_side(side)
@@ -34,6 +39,19 @@ def tally_summary(row: Any) -> dict:
         "error": _standing(row),
         "capacity": _capacity(row, limit, partner_limit),
         "reserved": {"in": row["lift_in"], "out": row["lift_out"]},
+    }  # fmt: skip
+
+
+def _requested(row: Any) -> dict:
+    """A tally the user presented the ticket of, whose offer has not come: its partner (the
+    inviter) and nothing else yet. What the offer brings (side, limits, version, memo) is
+    null; what the tally would carry or hold (balance, chain, capacity, reserved) is 0."""
+    return {
+        "tally": row["uuid"], "cuid": row["cuid"], "side": None, "state": row["state"],
+        "partner": row["partner"], "balance": 0, "limit": None, "partner_limit": None,
+        "version": None, "memo": None,
+        "chain": {"index": 0, "hash": None, "confirmed": 0, "pending": 0, "missing": 0},
+        "error": None, "capacity": {"pay": 0, "receive": 0}, "reserved": {"in": 0, "out": 0},
     }  # fmt: skip
 
 

@@ -16,6 +16,7 @@ delivery settles the state (``protocol.tally.delivered``/``rejected``).
 from __future__ import annotations
 
 import os
+import sqlite3
 import uuid as uuidlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -177,7 +178,8 @@ class TallyService(Service):
                 raise Reject("BAD_TICKET", f"tally {tally_uuid} is already ours "
                              f"({held.local.state})")
             message_id = tx.send(t.ticket_request(invitation, user.cert, tx.now_ms))
-            self.ledger.store.add_request(tx.conn, tally_uuid, cuid, inviter.agent, tx.now_ms)
+            self.ledger.store.add_request(tx.conn, tally_uuid, cuid, inviter.agent,
+                                          str(inviter), tx.now_ms)
             node.replies.expect_after(tx, message_id)
             return message_id
 
@@ -187,7 +189,7 @@ class TallyService(Service):
             late=f"the inviter's node {inviter.agent} did not answer within "
                  f"{REQUEST_TIMEOUT:g} s", who=f"the inviter's node {inviter.agent}",
             kept="the request stays in the outbox and will be retried")
-        return {"tally": tally_uuid, "state": "requested", "partner": str(inviter)}
+        return {"tally": tally_uuid, "state": credit_store.REQUESTED, "partner": str(inviter)}
 
     async def rpc_offer(
         self,
@@ -242,22 +244,33 @@ class TallyService(Service):
 
     async def rpc_list(self, cuid: str | None = None) -> list[dict]:
         """Tallies (of user ``cuid``, or of all users) with state, partner, balance and
-        chain."""
-        if cuid is None:
-            rows = self.runtime.db.reading(credit_store.list_tallies)
-        else:
-            who = self.ledger.known_user(param_cuid(cuid))
-            rows = self.runtime.db.reading(lambda conn: credit_store.list_tallies(conn, who))
+        chain, oldest first; a tally whose ticket the user presented is listed from then on,
+        as ``requested`` until the inviter's offer brings the tally (a user sees what it
+        asked for)."""
+        who = None if cuid is None else self.ledger.known_user(param_cuid(cuid))
+
+        def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:  # one snapshot: an offer
+            return [*credit_store.list_tallies(conn, who),  # replaces a request by its tally
+                    *credit_store.list_requests(conn, who)]
+
+        rows = self.runtime.db.reading(read)
+        rows.sort(key=lambda row: (row["cuid"], row["created"], row["uuid"]))
         return [tally_summary(row) for row in rows]
 
     async def rpc_show(self, cuid: str, tally: str) -> dict:
         """One tally: its summary plus date, which sides have signed, and the clearing-house
-        process this node logs its evidence under (``evidence``; null without one)."""
+        process this node logs its evidence under (``evidence``; null without one). One the
+        user presented the ticket of shows as ``requested`` until the offer comes (``date``
+        null, nothing signed)."""
         cuid = param_cuid(cuid)
-        row = self.ledger.tally_row(cuid, tally_id(self.ledger, cuid, tally))
-        body = unpack(row["body"])
-        return {**tally_summary(row), "date": body["date"],
-                "signed": [side for side in t.SIDES if body["sign"][side] is not None],
+        row = self.ledger.tally_row(cuid, tally_id(self.ledger, cuid, tally), requested=True)
+        if row["state"] == credit_store.REQUESTED:
+            date, signed = None, []
+        else:
+            body = unpack(row["body"])
+            date = body["date"]
+            signed = [side for side in t.SIDES if body["sign"][side] is not None]
+        return {**tally_summary(row), "date": date, "signed": signed,
                 "evidence": self.ledger.evidence_of(row["uuid"])}
 
     async def rpc_wait(self, cuid: str, tally: str, state: str | list[str],
@@ -265,7 +278,7 @@ class TallyService(Service):
         """Block until the tally is in ``state`` (a state, or a list of them) or ``timeout_s``
         passes; returns the tally as ``tally.show`` does either way (its ``state`` says
         which). A tally whose ticket the user presented is waited for before the offer makes
-        it (``state`` null until then); any other tally the user does not hold is
+        it (``state`` ``requested`` until then); any other tally the user does not hold is
         UNKNOWN_TALLY at once."""
         cuid = param_cuid(cuid)
         tally_uuid = tally_id(self.ledger, cuid, tally)
@@ -287,13 +300,9 @@ class TallyService(Service):
             except RpcError as exc:
                 if exc.reason != "UNKNOWN_TALLY":
                     raise
-            if not self.runtime.db.reading(  # one snapshot: the offer takes the request
-                    lambda conn: self.ledger.store.requested(conn, tally_uuid, cuid)
-                    or credit_store.tally_row(conn, tally_uuid, cuid) is not None):
-                raise RpcError(REFUSED, f"TICKET_REFUSED: the inviter turned {cuid}'s request "
-                               f"down: no offer of tally {tally_uuid} will come",
-                               "TICKET_REFUSED")
-            return {"tally": tally_uuid, "state": None}
+            # held or presented a moment ago (waitable), neither now: the inviter refused
+            raise RpcError(REFUSED, f"TICKET_REFUSED: the inviter turned {cuid}'s request "
+                           f"down: no offer of tally {tally_uuid} will come", "TICKET_REFUSED")
 
         with trio.move_on_after(timeout_s):
             while (await current())["state"] not in wanted:  # no checkpoint until the wait
@@ -395,7 +404,7 @@ class TallyService(Service):
             raise Reject("TICKET_REFUSED", f"the inviter turned your request down: tally "
                          f"{local.uuid} is void")
         raise Reject("BAD_TICKET", f"you used this ticket already: tally {local.uuid} is "
-                     f"{local.state} at the inviter's node (tally.list shows it once offered)")
+                     f"{local.state} at the inviter's node (tally.list shows it on your node)")
 
     def _on_offer(self, tx: Tx, envelope: Envelope, cuid: str) -> None:
         obj = envelope.object
