@@ -5,7 +5,8 @@ shtab writes the script from an argparse parser, so the parser here is built for
 from the same tables as the usage text and from the local commands' own parsers: the
 commands with every option they take (paths where a path goes, the shipped scenarios'
 names where ``agentd sim`` takes one), the benchmarks with theirs, and every method of the
-registry with its parameters offered as ``name=`` words.
+registry with its parameters offered as ``name=`` words (in bash, :data:`BASH_PARAMS`: each
+once, and without a space after it).
 
 A command's own parser marks what an argument takes on its action (``.complete``) in plain
 words (:data:`FILE`, :data:`DIRECTORY`, :class:`NamesOrFiles`), which the script's parser
@@ -40,6 +41,44 @@ SHELLS = tuple(INSTALL)  # shtab's, as of 1.13
 
 
 FILE, DIRECTORY = "file", "directory"  # what an argument takes: see the module's docstring
+
+# bash runs this in place of shtab's function. shtab offers a method's parameters as choices,
+# each a word of its own: `lift.show <TAB><TAB>` wrote `lift= lift= `. So a name= word is not
+# offered once the line has it (the CLI refuses a parameter given twice), and takes no space
+# after it, as its value comes next. bash splits `cuid=alice` into `cuid`, `=`, `alice` where
+# COMP_WORDBREAKS has "=", as it has by default; both forms are read. Once nothing is left to
+# offer, no file names either (bashdefault).
+BASH_PARAMS = r"""
+# agentd's own, run in place of shtab's: each name= parameter offered once, no space after it
+_agentd() {
+  _shtab_agentd "$@"
+  local i word given=" " offered=() named=0 others=0
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    word="${COMP_WORDS[i]}"
+    if [[ "${COMP_WORDS[i+1]}" == "=" ]]; then
+      given+="$word= "
+    elif [[ "$word" == ?*=* ]]; then
+      given+="${word%%=*}= "
+    fi
+  done
+  for word in "${COMPREPLY[@]}"; do
+    if [[ "$word" == *= ]]; then
+      [[ "$given" == *" $word "* ]] && continue
+      named=1
+    else
+      others=1
+    fi
+    offered+=("$word")
+  done
+  if (( ${#offered[@]} < ${#COMPREPLY[@]} && ! ${#offered[@]} )); then
+    compopt +o bashdefault 2>/dev/null
+  elif (( named && ! others )); then
+    compopt -o nospace 2>/dev/null
+  fi
+  COMPREPLY=("${offered[@]}")
+  return 0
+}
+complete -o bashdefault -F _agentd agentd"""
 
 
 @dataclass(frozen=True)
@@ -164,7 +203,8 @@ def script(shell: str) -> str:
             f"# Install: {install_command(shell)}",
             *textwrap.wrap(INSTALL[shell][1], 88, initial_indent="# ",
                            subsequent_indent="# ", break_on_hyphens=False)]
-    return "\n".join([*lines[:start], *note, *lines[end:]])
+    text = "\n".join([*lines[:start], *note, *lines[end:]])
+    return text + BASH_PARAMS if shell == "bash" else text  # its complete replaces shtab's
 
 
 def command_parser() -> argparse.ArgumentParser:

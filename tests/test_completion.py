@@ -19,15 +19,27 @@ from tests.clihelpers import cli
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def complete(script: str, *words: str, cwd: Path | None = None) -> list[str]:
-    """What bash offers for the last of ``words`` after ``agentd``, in ``cwd``."""
+def completion(script: str, *words: str, cwd: Path | None = None
+               ) -> tuple[list[str], list[str]]:
+    """What bash offers for the last of ``words`` after ``agentd`` (in ``cwd``), through the
+    function the script registers for agentd, and the compopt calls it made (``-o nospace``).
+    ``words`` as bash splits the line: ``cuid=alice`` is ``cuid``, ``=``, ``alice``."""
     quoted = " ".join(f'"{word}"' for word in ("agentd", *words))
-    probe = (f"{script}\nCOMP_WORDS=({quoted}); COMP_CWORD={len(words)}; "
+    probe = (f"{script}\ncalls=(); compopt() {{ calls+=(\"$*\"); }}\n"  # recorded, not run
+             f"COMP_WORDS=({quoted}); COMP_CWORD={len(words)}; "
              f"COMP_LINE='agentd {' '.join(words)}'; COMP_POINT=${{#COMP_LINE}}; "
-             "_shtab_agentd; printf '%s\\n' \"${COMPREPLY[@]}\"")
+             'read -ra spec <<< "$(complete -p agentd)"; "${spec[-2]}"; '
+             "printf '%s\\n' \"${COMPREPLY[@]}\" compopt: \"${calls[@]}\"")
     result = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, timeout=60,
                             cwd=cwd)
-    return [word.strip() for word in result.stdout.splitlines() if word.strip()]
+    offered, _, calls = result.stdout.rpartition("compopt:\n")
+    return ([word.strip() for word in offered.splitlines() if word.strip()],
+            [call for call in calls.splitlines() if call != "-o filenames"])
+
+
+def complete(script: str, *words: str, cwd: Path | None = None) -> list[str]:
+    """What bash offers for the last of ``words`` after ``agentd``, in ``cwd``."""
+    return completion(script, *words, cwd=cwd)[0]
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
@@ -40,6 +52,27 @@ def test_bash_completes_commands_methods_and_parameters():
     assert complete(script, "help", "ini") == ["init"]  # agentd help COMMAND shows its options
     assert "demo" in complete(script, "de")
     assert cli("completion", "zsh").stdout.startswith("#compdef agentd")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_bash_offers_each_parameter_once_with_no_space_after_it():
+    """`agentd -c n.toml lift.show <TAB><TAB>` wrote `lift= lift= `: each name= word took a
+    space after it, where its value goes, and was offered again once given (the CLI refuses
+    a parameter given twice); with every parameter given, file names were offered."""
+    script = cli("completion", "bash").stdout
+    assert completion(script, "-c", "n.toml", "lift.show", "") == (["lift="], ["-o nospace"])
+    assert completion(script, "-c", "n.toml", "tally.invite", "cu") == (["cuid="],
+                                                                         ["-o nospace"])
+    given = ("-c", "n.toml", "tally.invite", "cuid", "=", "alice", "memo", "=", "x y")
+    assert completion(script, *given, "") == (["limit=", "side=", "reuse=", "expires_s="],
+                                              ["-o nospace"])
+    assert complete(script, *given, "cu") == []
+    assert complete(script, "-c", "n.toml", "peers.ping", "agent=x", "") == ["count="]  # no
+    #   "=" in COMP_WORDBREAKS: the word whole
+    assert completion(script, "-c", "n.toml", "lift.show", "lift", "=", "ab12", "") == (
+        [], ["+o bashdefault"])  # nothing left: no file names
+    assert completion(script, "-c", "n.toml", "tally.s") == (["tally.show"], [])  # a space
+    assert completion(script, "-c", "n.toml", "tally.show", "-")[1] == []
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
