@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         if matched is not None:
             print(f"agentd: {_first_leaf(matched)}", file=sys.stderr)
             return 2
+        interrupted, rest = group.split(KeyboardInterrupt)  # Ctrl-C in a sim's nursery
+        if interrupted is not None and rest is None:
+            return 130
         _, rest = group.split(BrokenPipeError)
         if rest is not None:
             raise

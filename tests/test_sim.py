@@ -577,3 +577,29 @@ async def test_a_traffic_item_runs_its_own_concurrency_at_once(tmp_path):
                     item={"concurrency": 3})
     await run_calls(scenario, "sim", [("sim",)] * 12, call, report=Report(), item={})
     assert most == {"own": 3, "sim": 8}
+
+
+def test_ctrl_c_stops_a_sim_quietly_with_status_130(tmp_path):
+    """Ctrl-C reached the sim inside its nodes' nursery, as a group: 62-96 lines of
+    traceback and status 1, where a benchmark stops quietly with 130."""
+    import signal
+    import subprocess
+    import time
+
+    from tests.clihelpers import AGENTD
+
+    long = write(tmp_path, SMALL.replace("count = 12", "count = 1000000"))
+    process = subprocess.Popen([*AGENTD, "sim", str(long), "--workers", "1"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        started = process.stdout.readline()  # its first line: the nodes are coming up
+        assert started, process.stderr.read() if process.stderr else ""
+        time.sleep(1.0)  # into the run, nodes and all
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, (out, err)
+    assert "Traceback" not in err, err
