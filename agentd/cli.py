@@ -38,9 +38,11 @@ COMMANDS = {
              "create a key and a config in DIR"),
     "run": ("run -c CONFIG", "run a node in the foreground"),
     "help": ("help [METHOD | COMMAND]", "list the methods, or show one method or command"),
-    "sim": ("sim SCENARIO [--processes]", "run a multi-node simulation (configs/sims/)"),
+    "sim": ("sim SCENARIO [--processes | --workers N] [--json FILE] [--report DIR] [--keep] "
+            "[--durable]", "run a multi-node simulation (configs/sims/; agentd sim --help)"),
     "bench": ("bench {{{benchmarks}}} [--quick]", "run a benchmark (agentd bench --help)"),
-    "demo": ("demo", "alice, bob, carol and a clearing house: a tour"),
+    "demo": ("demo [--workdir DIR] [--free-ports]",
+             "alice, bob, carol and a clearing house: a tour"),
     "up": ("up [DIR|CONFIG]", "start configs/local (or DIR, or one node) and leave it running"),
     "down": ("down [DIR|CONFIG]", "stop them"),
     "completion": ("completion {{bash,zsh,tcsh,fish,powershell}}",
@@ -63,6 +65,7 @@ def usage() -> str:
     rows.insert(2, ("agentd -c CONFIG METHOD [key=value ...]", "call a method on a running node"))
     rows.insert(3, ("agentd --socket PATH METHOD [key=value ...]",
                     "the same, naming the control socket"))
+    rows.append(("agentd --version", "print the version"))
     width = min(max(len(left) for left, _ in rows), 46)
     lines = ["agentd — a peer-to-peer agent daemon", "", "usage:"]
     for left, what in rows:  # a synopsis too long for the column gets its own line
@@ -220,11 +223,12 @@ def _not_for(command: str, config: str | None, socket: str | None) -> str:
     return f"-c CONFIG is for agentd run and method calls; agentd {command} does not take it"
 
 
-HELP_USAGE = """usage: agentd help [METHOD | COMMAND]
+HELP_USAGE = """usage: agentd help [METHOD | COMMAND | bench NAME]
 
 Without an argument: the commands and every method (as agentd --help). With a method: its
 parameters, their types and defaults, and what it does. With a command: its options (as
-agentd COMMAND --help). No node is needed, nor a config.
+agentd COMMAND --help); bench NAME, a benchmark's (as agentd bench NAME --help). No node is
+needed, nor a config.
 """
 
 
@@ -240,8 +244,11 @@ def _help(args: list[str]) -> int:
         return 0
     if args[0].startswith("-"):
         raise UserError(f"unknown option {args[0]!r} for agentd help; {HELP_USAGE.splitlines()[0]}")
+    if len(args) == 2 and args[0] == "bench":  # agentd help bench lifts: that benchmark's
+        return _local("bench", [args[1], "--help"])
     if len(args) > 1:
-        raise UserError(f"agentd help takes one METHOD or COMMAND, not {' '.join(args)!r}")
+        raise UserError(f"agentd help takes one METHOD or COMMAND (or bench NAME), not "
+                        f"{' '.join(args)!r}")
     name = args[0].removeprefix("method=")  # as the RPC help method is called: method=NAME
     if name == "help":
         print(HELP_USAGE, end="")

@@ -274,8 +274,9 @@ def command_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentd demo", description="Run the nodes of configs/local (alice, bob, carol and"
         " their clearing house) as OS processes and show what they do.")
-    parser.add_argument("--workdir", default=".run/demo", help="where nodes keep their data "
-                        "(default: %(default)s)").complete = DIRECTORY
+    parser.add_argument("--workdir", metavar="DIR", default=".run/demo",
+                        help="where nodes keep their data (default: %(default)s)"
+                        ).complete = DIRECTORY
     parser.add_argument("--free-ports", action="store_true",
                         help="listen on free ports instead of 7101-7104 (beside another demo)")
     return parser

@@ -120,10 +120,14 @@ def test_help_on_help_and_on_what_help_does_not_know(capsys):
         cli.main(["help", "init"])
     assert exited.value.code == 0 and "--listen" in capsys.readouterr().out
     with pytest.raises(UserError, match=r"^unknown option '--foo' for agentd help; usage: "
-                                        r"agentd help \[METHOD \| COMMAND\]$"):
+                                        r"agentd help \[METHOD \| COMMAND \| bench NAME\]$"):
         cli._main(["help", "--foo"])
-    with pytest.raises(UserError, match=r"takes one METHOD or COMMAND, not 'peers\.ping extra'"):
+    with pytest.raises(UserError, match=r"takes one METHOD or COMMAND \(or bench NAME\), not "
+                                        r"'peers\.ping extra'"):
         cli._main(["help", "peers.ping", "extra"])
+    with pytest.raises(SystemExit) as exited:  # a benchmark's options, as bench NAME --help
+        cli.main(["help", "bench", "lifts"])
+    assert exited.value.code == 0 and "--in-flight" in capsys.readouterr().out
     with pytest.raises(UserError, match=r"'inti' is neither a method nor a command \(did you "
                                         r"mean init\?\)"):
         cli._main(["help", "inti"])
