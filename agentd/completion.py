@@ -47,14 +47,17 @@ FILE, DIRECTORY = "file", "directory"  # what an argument takes: see the module'
 # offered once the line has it (the CLI refuses a parameter given twice), and takes no space
 # after it, as its value comes next. bash splits `cuid=alice` into `cuid`, `=`, `alice` where
 # COMP_WORDBREAKS has "=", as it has by default; both forms are read. Once nothing is left to
-# offer, no file names either (bashdefault).
+# offer, no file names either (bashdefault). After -c CONFIG or --socket PATH a method comes
+# (or run, or help): the commands that take neither are not offered there.
 BASH_PARAMS = r"""
 # agentd's own, run in place of shtab's: each name= parameter offered once, no space after it
 _agentd() {
   _shtab_agentd "$@"
-  local i word given=" " offered=() named=0 others=0
+  local i word given=" " offered=() named=0 others=0 node=0
+  local unnoded=" @UNNODED@ "
   for ((i = 1; i < COMP_CWORD; i++)); do
     word="${COMP_WORDS[i]}"
+    case "$word" in -c|--config|--socket|--config=*|--socket=*) node=1 ;; esac
     if [[ "${COMP_WORDS[i+1]}" == "=" ]]; then
       given+="$word= "
     elif [[ "$word" == ?*=* ]]; then
@@ -62,6 +65,7 @@ _agentd() {
     fi
   done
   for word in "${COMPREPLY[@]}"; do
+    (( node )) && [[ "$unnoded" == *" $word "* ]] && continue
     if [[ "$word" == *= ]]; then
       [[ "$given" == *" $word "* ]] && continue
       named=1
@@ -204,7 +208,12 @@ def script(shell: str) -> str:
             *textwrap.wrap(INSTALL[shell][1], 88, initial_indent="# ",
                            subsequent_indent="# ", break_on_hyphens=False)]
     text = "\n".join([*lines[:start], *note, *lines[end:]])
-    return text + BASH_PARAMS if shell == "bash" else text  # its complete replaces shtab's
+    if shell != "bash":
+        return text
+    from agentd.cli import COMMANDS
+
+    unnoded = " ".join(name for name in COMMANDS if name not in ("run", "help"))
+    return text + BASH_PARAMS.replace("@UNNODED@", unnoded)  # its complete replaces shtab's
 
 
 def command_parser() -> argparse.ArgumentParser:

@@ -73,6 +73,13 @@ def test_bash_offers_each_parameter_once_with_no_space_after_it():
         [], ["+o bashdefault"])  # nothing left: no file names
     assert completion(script, "-c", "n.toml", "tally.s") == (["tally.show"], [])  # a space
     assert completion(script, "-c", "n.toml", "tally.show", "-")[1] == []
+    # after -c CONFIG a method, run or help: not a command that takes no node (it offered
+    # init, up, down ... there)
+    assert set(complete(script, "-c", "n.toml", "r")) == {
+        "run", "receipts.list", "receipts.verify", "relay.delete", "relay.query", "relay.state",
+        "relay.wait", "reload", "route.find"}
+    assert not {"up", "down", "demo", "init"} & set(complete(script, "--socket", "s", ""))
+    assert {"up", "down", "demo", "init"} <= set(complete(script, ""))  # first, they are
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
