@@ -86,6 +86,8 @@ class PeerAdmin:
                         "this peer's own address")
             for entry in peers:
                 if entry.get("agent") == agent:
+                    if (entry.get("name"), entry.get("address")) == (name, address):
+                        return "unchanged"  # as it was: the file is written again, the same
                     entry["name"], entry["address"] = name, address
                     return "updated"
             entry = tomlkit.inline_table() if isinstance(peers, tomlkit.items.Array) \
