@@ -36,7 +36,7 @@ async def test_an_owners_slow_jobs_wait_for_the_next_batch_past_its_slice(tmp_pa
             ran.append(("flood", i))
         return job
 
-    async with Database.open(tmp_path / "db") as db:
+    async with Database.open(tmp_path / "db") as db:  # 200 x 5 ms: 10 slices of 100 ms
         gate = threading.Event()
         held = db.start(lambda conn: gate.wait(5))  # all below is queued before it ends
         flood = [db.start(slow(i), owner="flooder") for i in range(200)]
@@ -45,7 +45,7 @@ async def test_an_owners_slow_jobs_wait_for_the_next_batch_past_its_slice(tmp_pa
         await held.outcome()
         await honest.outcome()
         before = sum(1 for who, _ in ran if who == "flood")
-        assert before <= 2 * 0.025 / SLOW, before  # ~one 25 ms slice (all 200 before)
+        assert before <= 2 * 0.1 / SLOW, before  # ~one 100 ms slice (all 200 before)
         for pending in flood:
             await pending.outcome()
         assert [i for who, i in ran if who == "flood"] == list(range(200))  # in order
@@ -107,7 +107,7 @@ async def test_a_partners_costly_flood_leaves_another_peers_message_a_slice_behi
         note = honest.envelope(node.agent_id, "note", {})
         await honest.send_frames([pack(note)])
         await _acked(honest, {note["id"]})
-        assert taken(flooder.agent) < 100, taken(flooder.agent)  # all 400 before
+        assert taken(flooder.agent) < 150, taken(flooder.agent)  # all 400 before
         await _acked(flooder, {body["id"] for body in flood})
         assert taken(flooder.agent) == 400
         with trio.CancelScope(shield=True):
