@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import textwrap
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,38 @@ _agentd() {
   return 0
 }
 complete -o bashdefault -F _agentd agentd"""
+
+
+# zsh and fish: shtab offers a method's parameters as one fixed list. zsh offered only the
+# first, with a space after it; fish offered those given again. Each list goes through a
+# function of ours instead, which offers those not on the line yet (zsh: no space after one).
+ZSH_SPEC = re.compile(r'"\(\*\)::params:\(([^)]*)\)"')
+ZSH_PARAMS = r"""
+# agentd's own: a method's name= parameters not yet on the line, with no space after one
+_agentd_params() {
+  local -a given left
+  local word
+  given=(${${(M)words[1,CURRENT-1]:#?*=*}%%=*})
+  for word in "$@"; do
+    (( ${given[(Ie)${word%=}]} )) || left+=("$word")
+  done
+  compadd -S '' -- "${left[@]}"
+}
+
+"""
+FISH_SPEC = re.compile(r'-ka "([^"(]*=[^"(]*)" -d params')
+FISH_PARAMS = r"""
+# agentd's own: a method's name= parameters not yet on the line
+function _agentd_params
+  set -l given
+  for token in (commandline -opc)
+    string match -qr '^[^=]+=' -- $token; and set -a given (string replace -r '=.*' '=' -- $token)
+  end
+  for word in $argv
+    contains -- $word $given; or echo $word
+  end
+end
+"""
 
 
 @dataclass(frozen=True)
@@ -208,6 +241,11 @@ def script(shell: str) -> str:
             *textwrap.wrap(INSTALL[shell][1], 88, initial_indent="# ",
                            subsequent_indent="# ", break_on_hyphens=False)]
     text = "\n".join([*lines[:start], *note, *lines[end:]])
+    if shell == "zsh":
+        text = ZSH_SPEC.sub(r'"*:params:_agentd_params \1"', text)
+        return text.replace("\ntypeset -A opt_args\n", ZSH_PARAMS + "typeset -A opt_args\n", 1)
+    if shell == "fish":
+        return FISH_SPEC.sub(r'-ka "(_agentd_params \1)" -d params', text) + FISH_PARAMS
     if shell != "bash":
         return text
     from agentd.cli import COMMANDS
