@@ -8,12 +8,13 @@ So a caller that got a result knows its effects are durable, and a job sees the 
 every job queued before it by the same owner (below), and by every job whose outcome its
 caller had: read-check-write inside a job is atomic.
 
-A job may name its *owner* (the peer whose message it handles). One owner's jobs take at most
-``OWNER_SLICE`` seconds of a batch (its first job always runs); the rest wait, in order, for
-the next batch, which the other owners' jobs that arrived meanwhile join. So a peer whose
-messages are slow to handle (a partner flooding us with costly ones) delays everyone else's
-by a slice a batch, not by everything it managed to queue, and still has the writer to
-itself when nobody else needs it.
+A job may name its *owner* (the peer whose message it handles). The writer keeps the jobs
+waiting by owner, taking in all that came each time; a batch runs each owner's from the front
+until they have taken ``OWNER_SLICE`` seconds of the thread's CPU (its first always runs), and
+the rest wait, in order, for the next batch, where every owner's first jobs run again. So a
+peer whose messages are slow to handle (a partner flooding us with costly ones) delays
+everyone else's by a slice a batch, not by everything it managed to queue, however much that
+is, and still has the writer to itself when nobody else needs it.
 
 Reads that need no transaction use a second connection on the event-loop thread: indexed
 lookups take microseconds, less than the ~250 µs a thread hop costs here.
@@ -34,6 +35,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -83,6 +85,9 @@ class _Job:
         self.error: BaseException | None = None
         self.done = done
         self.owner = owner
+
+
+Waiting = OrderedDict[str | None, deque[_Job]]  # the writer's jobs not yet run, by owner
 
 
 def _ran(conn: sqlite3.Connection) -> None:
@@ -279,19 +284,17 @@ class Database:
 
     def _run(self) -> None:
         conn = self._writer
-        left: list[_Job] = []  # past their owner's slice of the last batch: first in the next
+        waiting: Waiting = OrderedDict()  # owner -> its jobs not yet run, in order
         stop = False
         while True:
-            if left:
-                batch, left = left, []
-            elif stop:
-                return
-            else:
+            if not waiting:
+                if stop:
+                    return
                 first = self._queue.get()
                 if first is _STOP:
                     return
-                batch = [first]
-            while not stop and len(batch) < MAX_BATCH:
+                waiting[first.owner] = deque([first])
+            while not stop:  # all that came: another owner's job is never behind a backlog
                 try:
                     job = self._queue.get_nowait()
                 except queue.Empty:
@@ -299,13 +302,21 @@ class Database:
                 if job is _STOP:
                     stop = True
                     break
-                batch.append(job)
-            left = self._commit(conn, batch)
+                waiting.setdefault(job.owner, deque()).append(job)
+            self._commit(conn, waiting)
+            for owner in list(waiting):  # who ran and has more goes last next time
+                if waiting[owner]:
+                    waiting.move_to_end(owner)
+                else:
+                    del waiting[owner]
 
     def _commit_all(self, batch: list[_Job]) -> None:
-        """Commit every job of ``batch`` in one go (the shared writer's way: ``agentd sim``'s
-        nodes are all ours, and closing waits for a job queued after all the others)."""
-        self._commit(self._writer, batch, None)
+        """Commit every job of ``batch``, in order, with no slices (the shared writer's way:
+        ``agentd sim``'s nodes are all ours, and closing waits for a job queued after all the
+        others)."""
+        waiting: Waiting = OrderedDict({None: deque(batch)})
+        while waiting[None]:
+            self._commit(self._writer, waiting, None)
 
     def _files_gone(self) -> str | None:
         """Why the database file or its WAL is no longer the one this node opened (deleted or
@@ -328,20 +339,21 @@ class Database:
                           "stop the node, and restore the file or start afresh", self._gone)
         return self._gone
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Job],
-                owner_slice: float | None = OWNER_SLICE) -> list[_Job]:
-        """Write ``batch`` (or, once the files are gone, fail every job of it), then wake
-        the callers of the jobs that ran; returns the jobs left for the next batch. The
-        files are looked at after the commit: one deleted before it ended holds what the
-        batch wrote where nobody will read it, and no caller may be told its work was done."""
+    def _commit(self, conn: sqlite3.Connection, waiting: Waiting,
+                owner_slice: float | None = OWNER_SLICE) -> None:
+        """Run and commit the next batch of ``waiting`` (each owner's jobs from the front, up
+        to its slice), or, once the files are gone, fail every job waiting; then wake the
+        callers of those. The files are looked at after the commit: one deleted before it
+        ended holds what the batch wrote where nobody will read it, and no caller may be told
+        its work was done."""
         gone = self._gone
-        left: list[_Job] = []
         if gone is None:
-            left = self._write(conn, batch, owner_slice)
+            batch = self._write(conn, waiting, owner_slice)
             gone = self._files_gone()
-        if left:
-            waiting = {id(job) for job in left}
-            batch = [job for job in batch if id(job) not in waiting]
+        else:
+            batch = [job for jobs in waiting.values() for job in jobs]
+            for jobs in waiting.values():
+                jobs.clear()
         if gone is not None:
             self._count_error(gone)
             failure = DatabaseError(f"not written: {gone}")
@@ -353,45 +365,31 @@ class Database:
         events = [job.done for job in batch if job.done is not None]
         if events:
             self._token.run_sync_soon(_set_all, events)
-        return left
 
-    def _write(self, conn: sqlite3.Connection, batch: list[_Job],
+    def _write(self, conn: sqlite3.Connection, waiting: Waiting,
                owner_slice: float | None) -> list[_Job]:
-        """Run the batch's jobs, each in a savepoint, and commit them together; returns the
-        jobs not run, their owner's ``owner_slice`` of this batch (seconds) being spent."""
-        alone = len(batch) == 1  # a lone job needs no savepoint: its failure undoes it all
+        """Run jobs from the front of each owner's queue in ``waiting``, each in a
+        savepoint, until the owner's ``owner_slice`` of this batch (seconds of this thread's
+        CPU) is spent or ``MAX_BATCH`` jobs ran, and commit them together; returns the jobs
+        that ran (taken off their queues)."""
+        alone = sum(len(jobs) for jobs in waiting.values()) == 1  # no savepoint needed
         changes = conn.total_changes
-        spent: dict[str | None, float] = {}
-        left: list[_Job] = []
+        batch: list[_Job] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for job in batch:
-                owner = job.owner
-                if owner_slice is not None and spent.get(owner, 0.0) >= owner_slice:
-                    left.append(job)
-                    continue
-                started = time.thread_time()
-                if not alone:
-                    conn.execute("SAVEPOINT job")
-                try:
-                    job.result = job.fn(conn)
-                    job.fn = _ran  # what it captured can go now (a message's object)
-                except BaseException as exc:  # the job's own failure: undo it alone
-                    job.fn = _ran
-                    job.error = exc
-                    if isinstance(exc, sqlite3.Error):
-                        self._failed(exc)
-                    if not alone:
-                        conn.execute("ROLLBACK TO job")
-                    elif conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                if not alone:
-                    conn.execute("RELEASE job")
-                spent[owner] = spent.get(owner, 0.0) + time.thread_time() - started
+            for jobs in waiting.values():
+                spent = 0.0
+                while jobs and len(batch) < MAX_BATCH and (owner_slice is None
+                                                           or spent < owner_slice):
+                    job = jobs.popleft()
+                    batch.append(job)
+                    started = time.thread_time()
+                    self._run_job(conn, job, alone)
+                    spent += time.thread_time() - started
             if conn.in_transaction:
                 conn.execute("COMMIT")
             self.commits += 1
-            self.jobs += len(batch) - len(left)
+            self.jobs += len(batch)
             if (self._failing and conn.total_changes > changes  # one that wrote, not empty
                     and not any(is_failure(job.error) for job in batch)):
                 _log.warning("database writes work again, after %d failed", self._failing)
@@ -402,12 +400,30 @@ class Database:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
             failure = DatabaseError(f"commit failed, nothing in this batch was written: {exc}")
-            waiting = {id(job) for job in left}
             for job in batch:
-                if id(job) not in waiting:
-                    job.error = failure
-                    job.result = None
-        return left
+                job.error = failure
+                job.result = None
+        return batch
+
+    def _run_job(self, conn: sqlite3.Connection, job: _Job, alone: bool) -> None:
+        """Run one job in its own savepoint (none when it is alone: its failure undoes the
+        transaction); its failure is its own, undone alone."""
+        if not alone:
+            conn.execute("SAVEPOINT job")
+        try:
+            job.result = job.fn(conn)
+            job.fn = _ran  # what it captured can go now (a message's object)
+        except BaseException as exc:  # the job's own failure: undo it alone
+            job.fn = _ran
+            job.error = exc
+            if isinstance(exc, sqlite3.Error):
+                self._failed(exc)
+            if not alone:
+                conn.execute("ROLLBACK TO job")
+            elif conn.in_transaction:
+                conn.execute("ROLLBACK")
+        if not alone:
+            conn.execute("RELEASE job")
 
     def _failed(self, exc: sqlite3.Error) -> None:
         """Count a failed write (getinfo shows each); log the first of a streak of failures

@@ -52,6 +52,32 @@ async def test_an_owners_slow_jobs_wait_for_the_next_batch_past_its_slice(tmp_pa
         assert db.jobs == 202
 
 
+async def test_another_owners_job_is_not_behind_a_backlog_past_a_batchs_size(tmp_path: Path):
+    """The jobs left from an owner's slice filled the next batch first, and a batch took at
+    most MAX_BATCH (2,000) jobs: with 3,000 of one owner's queued, another's waited for
+    1,000 of them (two channels of a partner's queries: 116 s). Every job that came is
+    taken in, by owner, each time."""
+    ran: list[str] = []
+
+    def cheap(conn):
+        burn(0.0005)
+        ran.append("flood")
+
+    async with Database.open(tmp_path / "db") as db:
+        gate = threading.Event()
+        held = db.start(lambda conn: gate.wait(5))
+        flood = [db.start(cheap, owner="flooder") for _ in range(3000)]
+        honest = db.start(lambda conn: ran.append("honest"), owner="honest")
+        gate.set()
+        await held.outcome()
+        await honest.outcome()
+        before = ran.index("honest")
+        assert before <= 2 * 0.1 / 0.0005, before  # ~one slice of 200 (1,000 and more before)
+        for pending in flood:
+            await pending.outcome()
+        assert len(ran) == 3001
+
+
 async def test_the_shared_writer_still_commits_every_job_in_order(tmp_path: Path):
     ran: list[int] = []
 
