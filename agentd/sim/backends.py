@@ -357,6 +357,8 @@ class Processes:
     async def stop(self) -> None:
         self.rss_kib = sum(_peak_kib(proc.pid) for proc in self.procs.values())
         for name in self.procs:
+            if not self._up[name].is_set():  # crashed, its restart cancelled (Ctrl-C): a
+                continue                     # call would wait for it for ever; killed below
             with contextlib.suppress(RpcError, UserError, OSError):
                 await self.call(name, "stop", {})
         await trio.to_thread.run_sync(stop, list(self.procs.values()))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import random
 import resource
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -106,6 +107,9 @@ async def serve(fd: int, workdir: Path, durable: bool, shaped: bool) -> None:
 
 
 def main(argv: list[str]) -> None:
+    # Ctrl-C reaches the terminal's whole process group: the parent stops the run and then
+    # its workers (each printed its own traceback, and the parent took that as its failure)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     fd, workdir = int(argv[0]), Path(argv[1])
     if "--durable" not in argv:
         sys.setswitchinterval(SWITCH_INTERVAL)
