@@ -91,13 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentd: {exc}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:  # raised inside a nursery (a node's, the sim's)
+        interrupted, _ = group.split(KeyboardInterrupt)  # Ctrl-C in a sim's nursery: what
+        if interrupted is not None:                      # failed beside it failed of it
+            return 130
         matched, _ = group.split(UserError)
         if matched is not None:
             print(f"agentd: {_first_leaf(matched)}", file=sys.stderr)
             return 2
-        interrupted, rest = group.split(KeyboardInterrupt)  # Ctrl-C in a sim's nursery
-        if interrupted is not None and rest is None:
-            return 130
         _, rest = group.split(BrokenPipeError)
         if rest is not None:
             raise

@@ -122,12 +122,17 @@ def toml_string(value: str) -> str:
 RUN = ("agentd", "run")
 
 
-def spawn(node: LocalNode, module: tuple[str, ...] = RUN) -> subprocess.Popen:
+def spawn(node: LocalNode, module: tuple[str, ...] = RUN, *,
+          own_group: bool = False) -> subprocess.Popen:
     """``agentd run`` on ``node`` (or another ``python -m`` module taking ``-c CONFIG``, such
-    as the sim's ``agentd.sim.node``); its log goes to ``agentd.log`` in the node directory."""
+    as the sim's ``agentd.sim.node``); its log goes to ``agentd.log`` in the node directory.
+    ``own_group``: out of the terminal's process group, so that Ctrl-C reaches the caller
+    alone, which stops the node itself (a node stopping on its own at the same moment closed
+    its socket under the caller's calls, which failed first)."""
     with open(node.directory / "agentd.log", "ab") as log:
         return subprocess.Popen([sys.executable, "-m", *module, "-c", str(node.config)],
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=own_group)
 
 
 def wait_ready(nodes: list[LocalNode], processes: list[subprocess.Popen],

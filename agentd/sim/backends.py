@@ -248,7 +248,7 @@ class Processes:
             peers = "".join(peer_section(planned[other]) for other in others)
             nodes.append(write_node(node.directory, name, node.port, key=node.key,
                                     sections=logging_to + access + peers))
-        self.procs = {node.name: spawn(node, self._module) for node in nodes}
+        self.procs = {node.name: spawn(node, self._module, own_group=True) for node in nodes}
         self.sockets = {node.name: node.socket for node in nodes}
         self._nodes = {node.name: node for node in nodes}
         self._up = {node.name: trio.Event() for node in nodes}
@@ -281,7 +281,7 @@ class Processes:
     async def restart(self, name: str) -> None:
         node = self._nodes[name]
         node.socket.unlink(missing_ok=True)
-        self.procs[name] = spawn(node, self._module)
+        self.procs[name] = spawn(node, self._module, own_group=True)
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(wait_ready, [node], [self.procs[name]])
             self._counted.setdefault(name, Counter()).update(self._seen.pop(name, {}))
