@@ -93,13 +93,17 @@ ZSH_SPEC = re.compile(r'"\(\*\)::params:\(([^)]*)\)"')
 ZSH_PARAMS = r"""
 # agentd's own: a method's name= parameters not yet on the line, with no space after one
 _agentd_params() {
-  local -a given left
+  local -a given left options
   local word
   given=(${${(M)words[1,CURRENT-1]:#?*=*}%%=*})
-  for word in "$@"; do
-    (( ${given[(Ie)${word%=}]} )) || left+=("$word")
+  for word in "$@"; do  # _arguments puts compadd's options (-J -default-) before ours
+    if [[ $word != ?*= ]]; then
+      options+=("$word")
+    elif (( ! ${given[(Ie)${word%=}]} )); then
+      left+=("$word")
+    fi
   done
-  compadd -S '' -- "${left[@]}"
+  compadd "${options[@]}" -S '' -- "${left[@]}"
 }
 
 """

@@ -66,7 +66,7 @@ def zsh_offers(tmp_path: Path, line: str) -> list[tuple[str, str]]:
     pairs = []
     for found in out.splitlines():
         hit, _, suffix = found.partition("HIT<")[2].partition(">SUF<")
-        if hit and not hit.startswith("-"):  # options and compadd's own group flags aside
+        if hit:
             pairs.append((hit, suffix.removesuffix(">")))
     return pairs
 
