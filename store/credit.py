@@ -42,7 +42,9 @@ SELECT_TALLY = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE uuid = ? AND cuid = 
 LIST_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies ORDER BY cuid, created, uuid"
 LIST_USER_TALLIES = f"SELECT {_TALLY_COLUMNS} FROM tallies WHERE cuid = ? ORDER BY created, uuid"
 REQUESTED = "requested"  # the state tally.list shows a request in, until its offer comes
-_REQUEST_COLUMNS = f"tally AS uuid, cuid, '{REQUESTED}' AS state, partner, created"
+# a request made before migration 025 kept the inviter's agent alone: shown as its partner
+_REQUEST_COLUMNS = (f"tally AS uuid, cuid, '{REQUESTED}' AS state, ifnull(partner, inviter) AS"
+                    " partner, created")
 SELECT_REQUEST = f"SELECT {_REQUEST_COLUMNS} FROM tally_requests WHERE tally = ? AND cuid = ?"
 LIST_REQUESTS = f"SELECT {_REQUEST_COLUMNS} FROM tally_requests ORDER BY cuid, created, tally"
 LIST_USER_REQUESTS = (f"SELECT {_REQUEST_COLUMNS} FROM tally_requests WHERE cuid = ?"

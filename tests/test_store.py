@@ -1002,3 +1002,19 @@ def test_a_query_without_dates_reads_its_page_by_seq_not_the_whole_process(tmp_p
         plan = " ".join(row[3] for row in conn.execute(
             f"EXPLAIN QUERY PLAN SELECT seq FROM ch_entries WHERE {at.where}", at.values))
         assert "TEMP B-TREE" not in plan, (given, plan)  # with dates: 134-176 ms at 100,000
+
+
+def test_a_request_from_before_migration_25_shows_its_inviter_agent_as_partner(tmp_path):
+    """Migration 025 added the inviter's address to a request; one made before it has only
+    the inviter's agent, which tally.list showed as no partner at all."""
+    from store import credit
+
+    conn = sqlite3.connect(tmp_path / "db")
+    conn.row_factory = sqlite3.Row
+    migrate(conn)
+    conn.execute("INSERT INTO tally_requests (tally, cuid, inviter, created) VALUES "
+                 "('t1', 'bob', 'AGENT', 1)")
+    conn.execute("INSERT INTO tally_requests (tally, cuid, inviter, partner, created) VALUES "
+                 "('t2', 'bob', 'AGENT', 'ann:AGENT@h:1', 2)")
+    assert [row["partner"] for row in credit.list_requests(conn, "bob")] == [
+        "AGENT", "ann:AGENT@h:1"]
