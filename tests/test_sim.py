@@ -260,7 +260,7 @@ def test_lifts_are_taken_on_any_topology_with_two_users_two_tallies_apart(tmp_pa
         load_scenario(write(tmp_path, two_cliques))
 
 
-@pytest.mark.parametrize("kind", ["ping", "payments", "invoices", "relay"])
+@pytest.mark.parametrize("kind", ["ping", "payments", "invoices", "relay", "lifts", "clearing"])
 def test_traffic_between_linked_nodes_is_refused_on_a_topology_with_no_link(tmp_path, kind):
     """It started, and failed its run: 'ping traffic needs at least one edge'."""
     text = f'[nodes]\ncount = 1\n[topology]\nkind = "ring"\n[[traffic]]\nkind = "{kind}"\n'

@@ -32,7 +32,8 @@ TRAFFIC: dict[str, tuple[str, ...]] = {
     "clearing": ("count",),
 }
 LIFT_TRAFFIC = frozenset({"lifts", "clearing"})
-LINKED_TRAFFIC = frozenset({"ping", "payments", "invoices", "relay"})  # over a link each
+# over a link each (lifts and clearing over several)
+LINKED_TRAFFIC = frozenset({"ping", "payments", "invoices", "relay", "lifts", "clearing"})
 # kinds that need a user on every node and a tally on every link
 CREDIT_TRAFFIC = frozenset({"payments", "invoices"}) | LIFT_TRAFFIC
 INVARIANTS = ("all_delivered", "outbox_drained", "exactly_once", "chains_agree",
