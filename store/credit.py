@@ -197,6 +197,12 @@ class Ledger:
         return self._remember(Holding(cuid, local, chain, row["balance"], row["token"],
                                       row["lift_in"], row["lift_out"], row["chain_asked"]))
 
+    @staticmethod
+    def requesters_of(conn: sqlite3.Connection, tally_uuid: str) -> list[str]:
+        """The users of this node that presented ``tally_uuid``'s ticket and wait for it."""
+        return [row[0] for row in conn.execute(
+            "SELECT cuid FROM tally_requests WHERE tally = ? ORDER BY cuid", (tally_uuid,))]
+
     def holders_of(self, conn: sqlite3.Connection, tally_uuid: str) -> list[sqlite3.Row]:
         """Every holder of ``tally_uuid`` on this node (two when both users are ours)."""
         return conn.execute(

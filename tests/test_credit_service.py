@@ -1098,6 +1098,9 @@ async def test_a_requested_tally_is_listed_and_shown_until_the_offer_makes_it(tm
         assert shown == {**listed, "date": None, "signed": [], "evidence": None}
         await rpc(b, "users.add", cuid="bea")  # bea asked for nothing
         assert await rpc(b, "tally.list", cuid="bea") == []
+        wrong = await refused(b, "tally.show", cuid="bea", tally=tally)  # who asked for it
+        assert wrong.message.endswith(f"user bea holds no tally {tally}: on this node bob "
+                                      "requested it (cuid=bob)"), wrong.message
         await rpc(a, "tally.offer", cuid="ann", tally=tally)
         await rpc(b, "tally.wait", cuid="bob", tally=tally, state="P.offer", timeout_s=10)
         assert [(row["tally"], row["state"]) for row in await rpc(b, "tally.list", cuid="bob")

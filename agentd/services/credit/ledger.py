@@ -243,10 +243,14 @@ class CreditLedger:
         another node's, or of one opened after the backup this node was restored from, is no
         tally a wait would bring). Never told to a peer."""
         held_by = [row["cuid"] for row in self.store.holders_of(conn, tally_uuid)]
-        requested = self.store.requested(conn, tally_uuid, cuid)
+        requesters = self.store.requesters_of(conn, tally_uuid)
+        requested = cuid in requesters
         missing = no_tally(cuid, tally_uuid, held_by, requested=requested)
         if held_by or requested:
             return missing
+        if requesters:  # another user of ours waits for its offer
+            return (f"{missing}: on this node {' and '.join(requesters)} requested it "
+                    f"(cuid={requesters[0]})")
         return f"{missing} (tally.list cuid={cuid} lists those it holds)"
 
     def lift_room(self, conn: sqlite3.Connection, cuid: str, pays_over: str, paid_over: str
