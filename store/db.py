@@ -38,11 +38,14 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import trio
 
 from store.schema import SchemaError, migrate
+
+if TYPE_CHECKING:
+    from store.shared_writer import SharedWriter
 
 T = TypeVar("T")
 MAX_BATCH = 2000
@@ -145,49 +148,6 @@ def _connect(path: Path, *, readonly: bool = False, synchronous: str = "FULL"
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
     return conn
-
-
-class SharedWriter:
-    """One writer thread for many databases of this process: it takes every job waiting,
-    commits each database's share as one batch (savepoint per job, as alone), and goes on.
-    ``with SharedWriter() as writer`` starts and joins it; open the databases within."""
-
-    def __init__(self, name: str = "sqlite-writer:shared") -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name)
-
-    def __enter__(self) -> SharedWriter:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._queue.put((None, _STOP))
-        self._thread.join()
-
-    def put(self, db: Database, job: _Job) -> None:
-        self._queue.put((db, job))
-
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            batches: dict[Database, list[_Job]] = {}
-            item, taken = first, 1
-            while True:
-                db, job = item
-                if job is _STOP:
-                    for db, jobs in batches.items():
-                        db._commit_all(jobs)
-                    return
-                batches.setdefault(db, []).append(job)
-                if taken >= MAX_BATCH:
-                    break
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                taken += 1
-            for db, jobs in batches.items():
-                db._commit_all(jobs)
 
 
 class Database:
@@ -310,7 +270,7 @@ class Database:
                 else:
                     del waiting[owner]
 
-    def _commit_all(self, batch: list[_Job]) -> None:
+    def commit_shared(self, batch: list[_Job]) -> None:
         """Commit every job of ``batch``, in order, with no slices (the shared writer's way:
         ``agentd sim``'s nodes are all ours, and closing waits for a job queued after all the
         others)."""

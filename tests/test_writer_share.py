@@ -14,7 +14,8 @@ import trio
 from agentd.bench.rogue import Rogue
 from protocol.codec import pack
 from protocol.envelope import Ack
-from store.db import Database, SharedWriter
+from store.db import Database
+from store.shared_writer import SharedWriter
 from tests.netfixture import network, wait_for
 
 SLOW = 0.005  # seconds of CPU a flooding owner's job takes
