@@ -453,12 +453,6 @@ class Ledger:
                      (tally_uuid, cuid, inviter, partner, now_ms))
 
     @staticmethod
-    def requested(conn: sqlite3.Connection, tally_uuid: str, cuid: str) -> bool:
-        """Whether our user presented the ticket of ``tally_uuid`` and waits for its offer."""
-        return conn.execute("SELECT 1 FROM tally_requests WHERE tally = ? AND cuid = ?",
-                            (tally_uuid, cuid)).fetchone() is not None
-
-    @staticmethod
     def take_request(conn: sqlite3.Connection, tally_uuid: str, cuid: str, inviter: str
                      ) -> bool:
         """Whether our user asked ``inviter`` for the tally (and no longer waits for it)."""

@@ -3,7 +3,8 @@
 Every state change is a *job*: a plain function ``job(conn) -> result`` that runs on the
 writer thread inside a transaction. The writer takes every job waiting in its queue, runs each
 in its own savepoint (a failing job is rolled back alone and its caller gets the exception),
-commits them all with one COMMIT — one fsync for many jobs — and only then wakes the callers.
+commits those it ran (below) with one COMMIT — one fsync for many jobs — and only then wakes
+their callers.
 So a caller that got a result knows its effects are durable, and a job sees the state left by
 every job queued before it by the same owner (below), and by every job whose outcome its
 caller had: read-check-write inside a job is atomic.

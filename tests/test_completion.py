@@ -78,6 +78,7 @@ def test_bash_offers_each_parameter_once_with_no_space_after_it():
     assert set(complete(script, "-c", "n.toml", "r")) == {
         "run", "receipts.list", "receipts.verify", "relay.delete", "relay.query", "relay.state",
         "relay.wait", "reload", "route.find"}
+    assert not {"up", "down", "demo", "init"} & set(complete(script, "-c", "n.toml", ""))
     assert not {"up", "down", "demo", "init"} & set(complete(script, "--socket", "s", ""))
     assert {"up", "down", "demo", "init"} <= set(complete(script, ""))  # first, they are
 

@@ -313,21 +313,6 @@ class CreditLedger:
                            "UNKNOWN_USER")
         return cuid
 
-    def waitable(self, cuid: str, tally_uuid: str) -> None:
-        """UNKNOWN_TALLY unless ``cuid`` holds the tally or presented its ticket: a wait for
-        any other id (a typo, another node's tally) would only sleep out its timeout."""
-        self.known_user(cuid)
-
-        def read(conn: sqlite3.Connection) -> str:
-            if (credit_store.tally_row(conn, tally_uuid, cuid) is not None
-                    or self.store.requested(conn, tally_uuid, cuid)):
-                return ""
-            return self._not_held(conn, cuid, tally_uuid)
-
-        missing = self.runtime.db.reading(read)
-        if missing:
-            raise RpcError(NOT_FOUND, missing, "UNKNOWN_TALLY")
-
     def tally_row(self, cuid: str, tally_uuid: str, *, requested: bool = False) -> Any:
         """The user's row of the tally; with ``requested``, else its request of it (state
         ``requested``: ``tally.show``), read in one snapshot, as the offer swaps the two."""

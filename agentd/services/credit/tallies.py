@@ -292,7 +292,9 @@ class TallyService(Service):
         if not 0 <= timeout_s <= MAX_WAIT_S:
             raise invalid_params(f"timeout_s must be seconds from 0 (look now) to "
                                  f"{MAX_WAIT_S:g}, not {shown(timeout_s)}")
-        self.ledger.waitable(cuid, tally_uuid)
+        # held or presented, else UNKNOWN_TALLY now: a wait for any other id (a typo,
+        # another node's tally) would only sleep out its timeout
+        self.ledger.tally_row(cuid, tally_uuid, requested=True)
 
         async def current() -> dict:
             try:
